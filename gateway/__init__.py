@@ -1,0 +1,1 @@
+"""Gateway: checks every device message, relays to the ledger, returns receipts."""

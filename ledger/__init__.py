@@ -1,0 +1,1 @@
+"""Full ledger nodes: PBFT consensus, block storage, registry contracts and proofs."""

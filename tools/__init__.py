@@ -1,0 +1,1 @@
+"""Command-line tools: CLI, benchmarks, deployment to boards."""
