@@ -1,0 +1,1 @@
+"""The ledger state machine: registry, anchors, certificate, firmware and provenance records."""
