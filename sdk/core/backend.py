@@ -1,0 +1,92 @@
+"""Choice of crypto backend behind one interface.
+
+``get_backend("portable")`` is the pure-Python core in this package (runs on MicroPython);
+``get_backend("cpython")`` uses `cryptography` (OpenSSL) on CPython; ``get_backend("pycryptodome")``
+uses pycryptodome. ``get_backend()`` picks "cpython" when it can be imported, else "portable".
+Every backend gives byte-identical results for deterministic operations (RFC 6979 signatures, ECDH,
+HKDF, HMAC, AES-CCM); tests/core/test_backends.py holds them to that.
+
+A backend has: ``name``, ``generate_private_key(rng=None)``, ``public_key(priv, compressed=False)``,
+``sign(priv, msg)`` (64-byte r||s), ``verify(pub, msg, sig) -> bool``, ``ecdh(priv, peer_pub)``,
+``hkdf(ikm, salt, info, length)``, ``hmac_sha256(key, data)``, ``sha256(data)``,
+``ccm_seal(key, nonce, plaintext, aad, tag_len=8)``, ``ccm_open(key, nonce, data, aad, tag_len=8)``.
+"""
+
+_cache = {}
+
+
+class PortableBackend:
+    """The pure-Python core; the reference every other backend must match."""
+
+    name = "portable"
+
+    def generate_private_key(self, rng=None):
+        from ledgerlink.core import ecdsa
+        return ecdsa.generate_private_key(rng)
+
+    def public_key(self, priv, compressed=False):
+        from ledgerlink.core import ecdsa
+        return ecdsa.public_key(priv, compressed)
+
+    def sign(self, priv, msg):
+        from ledgerlink.core import ecdsa
+        return ecdsa.sign(priv, msg)
+
+    def verify(self, pub, msg, sig):
+        from ledgerlink.core import ecdsa
+        return ecdsa.verify(pub, msg, sig)
+
+    def ecdh(self, priv, peer_pub):
+        from ledgerlink.core import ecdh
+        return ecdh.shared_secret(priv, peer_pub)
+
+    def hkdf(self, ikm, salt, info, length):
+        from ledgerlink.core import kdf
+        return kdf.hkdf(ikm, salt, info, length)
+
+    def hmac_sha256(self, key, data):
+        from ledgerlink.core import kdf
+        return kdf.hmac_sha256(key, data)
+
+    def sha256(self, data):
+        import hashlib
+        return hashlib.sha256(data).digest()
+
+    def ccm_seal(self, key, nonce, plaintext, aad=b"", tag_len=8):
+        from ledgerlink.core import ccm
+        return ccm.seal(key, nonce, plaintext, aad, tag_len)
+
+    def ccm_open(self, key, nonce, data, aad=b"", tag_len=8):
+        from ledgerlink.core import ccm
+        return ccm.open(key, nonce, data, aad, tag_len)
+
+
+def _load(name):
+    if name == "portable":
+        return PortableBackend()
+    if name == "cpython":
+        from ledgerlink.cpython_backend import CryptographyBackend
+        return CryptographyBackend()
+    if name == "pycryptodome":
+        from ledgerlink.cpython_backend import PycryptodomeBackend
+        return PycryptodomeBackend()
+    raise ValueError("unknown crypto backend: %r (use portable, cpython or pycryptodome)" % (name,))
+
+
+def get_backend(name=None):
+    """Return the backend called ``name``, or the fastest available one when ``name`` is None.
+
+    A backend object passed as ``name`` is returned as it is.
+    """
+    if name is not None and not isinstance(name, str):
+        return name
+    if name is None:
+        if "default" not in _cache:
+            try:
+                _cache["default"] = _load("cpython")
+            except ImportError:
+                _cache["default"] = _load("portable")
+        return _cache["default"]
+    if name not in _cache:
+        _cache[name] = _load(name)
+    return _cache[name]
