@@ -1,0 +1,409 @@
+"""Sparse Merkle tree over 256-bit keys with shortcut leaves and compact proofs (SHA-256).
+
+Tree. Keys are 32 bytes. Bit i of a key (i = 0 is the most significant bit of byte 0) chooses the
+child at depth i: 0 left, 1 right; the root is at depth 0. The tree is canonical, a function of the
+key set only: a subtree holding no key is empty, a subtree holding exactly one key is that key's
+leaf (stored at the shortest prefix where the key is alone), a subtree holding two or more keys is
+an interior node. Leaves therefore sit at depth 0..256.
+
+Hashes.
+  empty subtree        EMPTY = 32 zero bytes, at every depth
+  value_hash(value)    SHA-256(value)
+  leaf(key, value)     SHA-256(0x00 || key || value_hash(value))
+  interior(l, r)       SHA-256(0x01 || l || r), except interior(EMPTY, EMPTY) = EMPTY
+The root of the empty tree is EMPTY; the root of a one-key tree is that key's leaf hash.
+
+Proof of `key` (membership or non-membership). Walking from the root along the key's bits stops at
+depth d (0 <= d <= 256) at the key's leaf, at an empty subtree, or at the leaf of another key that
+shares the key's first d bits. The proof is the CBOR-friendly list
+    [depth, bitmap, siblings, other_leaf]
+  depth      int d
+  bitmap     bytes of length ceil(d / 8); bit j (byte j // 8, mask 0x80 >> (j % 8)) is set when the
+             sibling at depth j + 1 is non-empty; bits at positions >= d are zero
+  siblings   list of the non-empty sibling hashes, 32 bytes each, none equal to EMPTY, deepest
+             first (depth d up to depth 1); its length is the number of set bitmap bits
+  other_leaf null, or [other_key, other_value_hash] (32 bytes each) for a path ending at
+             another key's leaf
+The verifier starts from leaf(key, value) (membership), EMPTY (absence, other_leaf null) or
+SHA-256(0x00 || other_key || other_value_hash) (absence, other_leaf given), folds in the siblings
+from depth d up to depth 1 (an elided sibling is EMPTY; key bit j - 1 set puts the running hash on
+the right at depth j) and compares with the root. It also requires the canonical form: for d > 0 the
+sibling at depth d is non-empty (otherwise the leaf or empty subtree would sit higher), and other_key
+differs from key and shares its first d bits.
+
+What this protects against, and how it is tested:
+- forged membership (wrong value, absent key) and forged absence (present key) -- the fold must
+  reach the root; leaf and interior hashes are domain-separated (0x00 / 0x01) and leaves bind the
+  full key, so a leaf cannot be presented at another position. Tests tamper every field of proofs
+  on random key sets and check each false claim is refused.
+- non-canonical or malformed proofs -- strict shape checks in proof_from_cbor_obj (DecodeError for
+  wrong types or lengths, InvalidProof for inconsistent contents); verify raises only InvalidProof;
+  fuzzed proof objects in the tests raise nothing else.
+The root is tested to be independent of insertion order and restored by deletion.
+
+Implementation: an explicit node tree with cached interior hashes; set/delete clear the cache along
+one path and root() rehashes only those nodes, so n updates cost O(n log n) hashes in total.
+"""
+
+import hashlib
+
+from ledgerlink.core.errors import DecodeError, InvalidProof
+
+KEY_LEN = 32
+HASH_LEN = 32
+MAX_DEPTH = 256
+EMPTY = bytes(32)
+
+
+def value_hash(value):
+    """SHA-256(value)."""
+    return hashlib.sha256(bytes(value)).digest()
+
+
+def leaf_hash(key, vhash):
+    """SHA-256(0x00 || key || value_hash)."""
+    h = hashlib.sha256(b"\x00")
+    h.update(key)
+    h.update(vhash)
+    return h.digest()
+
+
+def interior_hash(left, right):
+    """SHA-256(0x01 || left || right), or EMPTY when both children are EMPTY."""
+    if left == EMPTY and right == EMPTY:
+        return EMPTY
+    h = hashlib.sha256(b"\x01")
+    h.update(left)
+    h.update(right)
+    return h.digest()
+
+
+def _bit(key, depth):
+    return (key[depth >> 3] >> (7 - (depth & 7))) & 1
+
+
+def _first_diff(a, b):
+    """Index of the first bit where the distinct 32-byte strings a and b differ."""
+    i = 0
+    while a[i] == b[i]:
+        i += 1
+    x = a[i] ^ b[i]
+    pos = 0
+    while not x & 0x80:
+        x <<= 1
+        pos += 1
+    return i * 8 + pos
+
+
+def _is_bytes(x, n):
+    return isinstance(x, (bytes, bytearray)) and len(x) == n
+
+
+def _check_key(key):
+    if not _is_bytes(key, KEY_LEN):
+        raise ValueError("key must be 32 bytes")
+    return bytes(key)
+
+
+class _Leaf:
+    def __init__(self, key, vhash):
+        self.key = key
+        self.vh = vhash
+        self.h = leaf_hash(key, vhash)
+
+
+class _Branch:
+    def __init__(self):
+        self.l = None
+        self.r = None
+        self.h = None
+
+
+class SMTProof:
+    """A decoded proof: depth, bitmap (bytes), siblings (deepest first), other (None or (key, vh))."""
+
+    def __init__(self, depth, bitmap, siblings, other):
+        self.depth = depth
+        self.bitmap = bitmap
+        self.siblings = siblings
+        self.other = other
+
+    def __eq__(self, o):
+        return (
+            isinstance(o, SMTProof)
+            and self.depth == o.depth
+            and self.bitmap == o.bitmap
+            and self.siblings == o.siblings
+            and self.other == o.other
+        )
+
+    def __repr__(self):
+        return "SMTProof(depth=%d, siblings=%d, other=%s)" % (
+            self.depth,
+            len(self.siblings),
+            "yes" if self.other is not None else "no",
+        )
+
+
+def _hash_of(node):
+    """Hash of a subtree, rehashing only the interior nodes whose cache was cleared."""
+    if node is None:
+        return EMPTY
+    if node.h is not None:
+        return node.h
+    stack = [node]
+    while stack:
+        n = stack[-1]
+        l = n.l
+        r = n.r
+        pending = False
+        if l is not None and l.h is None:
+            stack.append(l)
+            pending = True
+        if r is not None and r.h is None:
+            stack.append(r)
+            pending = True
+        if pending:
+            continue
+        stack.pop()
+        n.h = interior_hash(EMPTY if l is None else l.h, EMPTY if r is None else r.h)
+    return node.h
+
+
+class SparseMerkleTree:
+    """Mutable sparse Merkle tree mapping 32-byte keys to byte-string values."""
+
+    def __init__(self):
+        self._root = None
+        self._values = {}
+
+    def __len__(self):
+        return len(self._values)
+
+    def __contains__(self, key):
+        return key in self._values
+
+    def get(self, key):
+        """The value stored under key, or None."""
+        return self._values.get(_check_key(key))
+
+    def items(self):
+        """List of (key, value) pairs sorted by key."""
+        return sorted(self._values.items())
+
+    def root(self):
+        """Root hash (EMPTY for the empty tree)."""
+        return _hash_of(self._root)
+
+    def _attach(self, parent, side, node):
+        if parent is None:
+            self._root = node
+        elif side:
+            parent.r = node
+        else:
+            parent.l = node
+
+    def set(self, key, value):
+        """Store value (bytes) under key, replacing any previous value."""
+        key = _check_key(key)
+        if not isinstance(value, (bytes, bytearray)):
+            raise ValueError("value must be bytes")
+        value = bytes(value)
+        leaf = _Leaf(key, value_hash(value))
+        self._values[key] = value
+        parent = None
+        side = 0
+        node = self._root
+        depth = 0
+        while isinstance(node, _Branch):
+            node.h = None
+            side = _bit(key, depth)
+            parent = node
+            node = node.r if side else node.l
+            depth += 1
+        if node is None or node.key == key:
+            self._attach(parent, side, leaf)
+            return
+        split = _first_diff(key, node.key)
+        top = _Branch()
+        if _bit(key, split):
+            top.l, top.r = node, leaf
+        else:
+            top.l, top.r = leaf, node
+        d = split - 1
+        while d >= depth:
+            b = _Branch()
+            if _bit(key, d):
+                b.r = top
+            else:
+                b.l = top
+            top = b
+            d -= 1
+        self._attach(parent, side, top)
+
+    def delete(self, key):
+        """Remove key; return True if it was present."""
+        key = _check_key(key)
+        if key not in self._values:
+            return False
+        del self._values[key]
+        path = []
+        node = self._root
+        depth = 0
+        while isinstance(node, _Branch):
+            side = _bit(key, depth)
+            path.append((node, side))
+            node = node.r if side else node.l
+            depth += 1
+        repl = None
+        i = len(path) - 1
+        while i >= 0:
+            b, side = path[i]
+            if side:
+                b.r = repl
+                other = b.l
+            else:
+                b.l = repl
+                other = b.r
+            if other is None and (repl is None or isinstance(repl, _Leaf)):
+                pass
+            elif repl is None and isinstance(other, _Leaf):
+                repl = other
+            else:
+                break
+            i -= 1
+        if i < 0:
+            self._root = repl
+        else:
+            for j in range(i + 1):
+                path[j][0].h = None
+        return True
+
+    def prove(self, key):
+        """Membership proof if key is present, else non-membership proof (an SMTProof)."""
+        key = _check_key(key)
+        self.root()
+        node = self._root
+        depth = 0
+        found = []
+        while isinstance(node, _Branch):
+            if _bit(key, depth):
+                sib = node.l
+                node = node.r
+            else:
+                sib = node.r
+                node = node.l
+            depth += 1
+            if sib is not None:
+                found.append((depth, sib.h))
+        bitmap = bytearray((depth + 7) // 8)
+        siblings = []
+        for level, h in reversed(found):
+            bitmap[(level - 1) >> 3] |= 0x80 >> ((level - 1) & 7)
+            siblings.append(h)
+        other = None
+        if node is not None and node.key != key:
+            other = (node.key, node.vh)
+        return SMTProof(depth, bytes(bitmap), siblings, other)
+
+
+def proof_to_cbor_obj(proof):
+    """[depth, bitmap, [siblings...], None or [other_key, other_value_hash]]."""
+    other = None if proof.other is None else [proof.other[0], proof.other[1]]
+    return [proof.depth, proof.bitmap, list(proof.siblings), other]
+
+
+def proof_from_cbor_obj(obj):
+    """Parse and strictly validate a proof object; DecodeError on bad shape, InvalidProof on bad content."""
+    if not isinstance(obj, (list, tuple)) or len(obj) != 4:
+        raise DecodeError("SMT proof must be a 4-element array")
+    depth, bitmap, siblings, other = obj[0], obj[1], obj[2], obj[3]
+    if not isinstance(depth, int) or isinstance(depth, bool):
+        raise DecodeError("SMT proof depth must be an integer")
+    if not isinstance(bitmap, (bytes, bytearray)):
+        raise DecodeError("SMT proof bitmap must be bytes")
+    if not isinstance(siblings, (list, tuple)):
+        raise DecodeError("SMT proof siblings must be an array")
+    if len(siblings) > MAX_DEPTH:
+        raise InvalidProof("SMT proof has more siblings than the tree has levels")
+    for s in siblings:
+        if not _is_bytes(s, HASH_LEN):
+            raise DecodeError("SMT proof sibling must be 32 bytes")
+    if other is not None:
+        if not isinstance(other, (list, tuple)) or len(other) != 2:
+            raise DecodeError("SMT proof other leaf must be null or [key, value_hash]")
+        if not _is_bytes(other[0], KEY_LEN) or not _is_bytes(other[1], HASH_LEN):
+            raise DecodeError("SMT proof other leaf key and value hash must be 32 bytes")
+        other = (bytes(other[0]), bytes(other[1]))
+    if depth < 0 or depth > MAX_DEPTH:
+        raise InvalidProof("SMT proof depth out of range")
+    if len(bitmap) != (depth + 7) // 8:
+        raise InvalidProof("SMT proof bitmap length does not match depth")
+    count = 0
+    for j in range(len(bitmap) * 8):
+        if bitmap[j >> 3] & (0x80 >> (j & 7)):
+            if j >= depth:
+                raise InvalidProof("SMT proof bitmap has bits beyond depth")
+            count += 1
+    if count != len(siblings):
+        raise InvalidProof("SMT proof sibling count does not match bitmap")
+    for s in siblings:
+        if s == EMPTY:
+            raise InvalidProof("SMT proof lists an empty sibling")
+    if depth > 0 and not bitmap[(depth - 1) >> 3] & (0x80 >> ((depth - 1) & 7)):
+        raise InvalidProof("SMT proof is not canonical: sibling at the leaf depth is empty")
+    return SMTProof(depth, bytes(bitmap), [bytes(s) for s in siblings], other)
+
+
+def verify(root, key, value, proof):
+    """Check that proof shows key -> value (value bytes) or key absent (value None) under root.
+
+    proof is an SMTProof or its CBOR object form. Returns None; raises InvalidProof otherwise.
+    """
+    if not _is_bytes(root, HASH_LEN):
+        raise InvalidProof("root must be 32 bytes")
+    if not _is_bytes(key, KEY_LEN):
+        raise InvalidProof("key must be 32 bytes")
+    if value is not None and not isinstance(value, (bytes, bytearray)):
+        raise InvalidProof("value must be bytes or None")
+    if isinstance(proof, SMTProof):
+        proof = [proof.depth, proof.bitmap, proof.siblings, proof.other]
+    try:
+        proof = proof_from_cbor_obj(proof)
+    except DecodeError as e:
+        raise InvalidProof("malformed SMT proof: %s" % (e,))
+    key = bytes(key)
+    depth = proof.depth
+    if value is not None:
+        if proof.other is not None:
+            raise InvalidProof("proof shows another key's leaf, not membership")
+        h = leaf_hash(key, value_hash(value))
+    elif proof.other is None:
+        h = EMPTY
+    else:
+        okey, ovh = proof.other
+        if okey == key:
+            raise InvalidProof("proof shows the key itself is present")
+        if _first_diff(okey, key) < depth:
+            raise InvalidProof("other leaf is not on the key's path")
+        h = leaf_hash(okey, ovh)
+    idx = 0
+    bitmap = proof.bitmap
+    siblings = proof.siblings
+    level = depth
+    while level > 0:
+        j = level - 1
+        if bitmap[j >> 3] & (0x80 >> (j & 7)):
+            sib = siblings[idx]
+            idx += 1
+        else:
+            sib = EMPTY
+        if _bit(key, j):
+            h = interior_hash(sib, h)
+        else:
+            h = interior_hash(h, sib)
+        level -= 1
+    if h != root:
+        raise InvalidProof("SMT proof does not lead to the root")
+    return None
+
