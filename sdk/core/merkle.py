@@ -259,6 +259,7 @@ def verify_inclusion(leaf_hash, index, size, proof, root):
     _check_hash(leaf_hash, "leaf hash")
     _check_hash(root, "root")
     _check_path(proof, inclusion_proof_length(index, size))
+    root = bytes(root)
     fn = index
     sn = size - 1
     r = bytes(leaf_hash)
@@ -294,6 +295,8 @@ def verify_consistency(old_size, new_size, old_root, new_root, proof):
     _check_hash(old_root, "old root")
     _check_hash(new_root, "new root")
     _check_path(proof, consistency_proof_length(old_size, new_size))
+    old_root = bytes(old_root)
+    new_root = bytes(new_root)
     if old_size == 0:
         if old_root != EMPTY_ROOT:
             raise InvalidProof("old root is not the empty-tree hash")

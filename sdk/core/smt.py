@@ -373,6 +373,7 @@ def verify(root, key, value, proof):
     except DecodeError as e:
         raise InvalidProof("malformed SMT proof: %s" % (e,))
     key = bytes(key)
+    root = bytes(root)
     depth = proof.depth
     if value is not None:
         if proof.other is not None:
