@@ -1,0 +1,388 @@
+"""The ledger contracts: one function per tx kind, each reading and writing through a journal.
+
+A contract either returns having written its records into ``ctx.view`` (a journal over the state) or
+raises ``Refusal(code, text)``; the caller drops the journal of a refused transaction, so nothing of it
+is ever applied. Contracts only use data from the transaction, the state and the block (height, time),
+so every replica reaches the same result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from ledgerlink.core import cbor, cose
+from ledgerlink.core.errors import LedgerlinkError
+
+from ledgerlink.ledger.state.codes import DeviceStatus, ImageType, Reason, RecordKind as RK, Role, TxKind
+from ledgerlink.ledger.state.encoding import compress_pubkey, device_id, rotation_message, state_key
+
+MAX_ID = 64
+MAX_TEXT = 256
+MAX_ATTRIBUTES = 16
+MAX_ATTR_KEY = 32
+MAX_REQUEST = 2048
+MAX_WARNINGS = 128
+MAX_UINT = (1 << 64) - 1
+
+
+class Refusal(Exception):
+    """A transaction is refused with a numeric reason code and a text."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(code, text)
+        self.code = int(code)
+        self.text = text
+
+
+class Journal:
+    """Writes of one transaction (or block) over a read function; nothing reaches the base until merged."""
+
+    def __init__(self, base: Callable[[bytes], bytes | None]) -> None:
+        self._base = base
+        self.writes: dict[bytes, bytes] = {}
+
+    def get_raw(self, key: bytes) -> bytes | None:
+        if key in self.writes:
+            return self.writes[key]
+        return self._base(key)
+
+    def get(self, kind: int, record_id: Any) -> dict | None:
+        raw = self.get_raw(state_key(kind, record_id))
+        return None if raw is None else cbor.loads(raw)
+
+    def put(self, kind: int, record_id: Any, record: dict) -> None:
+        self.writes[state_key(kind, record_id)] = cbor.dumps(record)
+
+
+class TxContext:
+    """What a contract sees: the journal, the block, the chain settings and the authenticated tx."""
+
+    def __init__(self, view: Journal, chain: dict, height: int, block_time: int, submitter: bytes,
+                 submitter_record: dict, body: dict, tx_id: bytes, backend: Any) -> None:
+        self.view = view
+        self.chain = chain
+        self.chain_id: str = chain[1]
+        self.skew: int = chain[2]
+        self.height = height
+        self.block_time = block_time
+        self.submitter = submitter
+        self.record = submitter_record
+        self.body = body
+        self.nonce: bytes = body[3]
+        self.tx_id = tx_id
+        self.backend = backend
+
+
+# -- field checks -----------------------------------------------------------------------------------
+
+def _bad(text: str) -> Refusal:
+    return Refusal(Reason.INVALID_FIELD, text)
+
+
+def check_keys(body: dict, required: Iterable[int], optional: Iterable[int] = ()) -> None:
+    """Refuse a body that lacks a required field or carries one the tx kind does not define."""
+    req = set(required) | {1, 2, 3}
+    allowed = req | set(optional)
+    for key in body:
+        if key not in allowed:
+            raise _bad("field %r is not defined for this transaction kind" % (key,))
+    for key in req:
+        if key not in body:
+            raise _bad("field %d is missing" % key)
+
+
+def is_uint(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_UINT
+
+
+def get_uint(m: dict, key: int, lo: int = 0, hi: int = MAX_UINT) -> int:
+    value = m.get(key)
+    if not is_uint(value) or not lo <= value <= hi:
+        raise _bad("field %d must be an unsigned integer in [%d, %d]" % (key, lo, hi))
+    return value
+
+
+def get_bstr(m: dict, key: int, lo: int, hi: int) -> bytes:
+    value = m.get(key)
+    if not isinstance(value, (bytes, bytearray)) or not lo <= len(value) <= hi:
+        raise _bad("field %d must be a byte string of %d to %d bytes" % (key, lo, hi))
+    return bytes(value)
+
+
+def get_tstr(m: dict, key: int, lo: int = 1, hi: int = MAX_TEXT) -> str:
+    value = m.get(key)
+    if not isinstance(value, str) or not lo <= len(value) <= hi:
+        raise _bad("field %d must be a text string of %d to %d characters" % (key, lo, hi))
+    return value
+
+
+def get_pubkey(m: dict, key: int) -> bytes:
+    value = m.get(key)
+    if not isinstance(value, (bytes, bytearray)) or len(value) not in (33, 65):
+        raise _bad("field %d must be a 33- or 65-byte P-256 public key" % key)
+    try:
+        return compress_pubkey(bytes(value))
+    except LedgerlinkError:
+        raise _bad("field %d is not a valid P-256 point" % key) from None
+
+
+def check_attributes(attrs: Any) -> dict:
+    if not isinstance(attrs, dict) or len(attrs) > MAX_ATTRIBUTES:
+        raise _bad("device attributes must be a map of at most %d entries" % MAX_ATTRIBUTES)
+    for name, value in attrs.items():
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_ATTR_KEY:
+            raise _bad("attribute names must be text of 1 to %d characters" % MAX_ATTR_KEY)
+        if isinstance(value, str):
+            if len(value) > MAX_TEXT:
+                raise _bad("attribute %r is longer than %d characters" % (name, MAX_TEXT))
+        elif not (isinstance(value, int) and not isinstance(value, bool) and -MAX_UINT - 1 <= value <= MAX_UINT):
+            raise _bad("attribute %r must be text or an integer" % (name,))
+        if name in ("name", "model", "location") and not isinstance(value, str):
+            raise _bad("attribute %r must be text" % (name,))
+    return dict(attrs)
+
+
+def require_role(ctx: TxContext, *roles: int) -> None:
+    if ctx.record[3] not in roles:
+        names = "/".join(Role(r).name.lower() for r in roles)
+        raise Refusal(Reason.NOT_AUTHORIZED, "only a %s key may submit this transaction" % names)
+
+
+def _target(ctx: TxContext, dev: bytes) -> dict:
+    rec = ctx.view.get(RK.DEVICE, dev)
+    if rec is None:
+        raise Refusal(Reason.UNKNOWN_TARGET, "device %s is not registered" % dev.hex())
+    return rec
+
+
+# -- device registry --------------------------------------------------------------------------------
+
+def device_record(dev: bytes, pubkey: bytes, role: int, attributes: dict, at: int, by: bytes) -> dict:
+    """A new device record (see TX_FORMATS.md, `device-record`)."""
+    return {1: dev, 2: pubkey, 3: int(role), 4: attributes, 5: int(DeviceStatus.ACTIVE), 6: at, 7: by, 8: 1}
+
+
+def _decode_sign1_payload(frame: bytes) -> Any:
+    obj = cbor.loads(frame)
+    if getattr(obj, "tag", None) != 18:
+        raise _bad("registration request is not a COSE_Sign1")
+    parts = getattr(obj, "value", None)
+    if not isinstance(parts, list) or len(parts) != 4 or not isinstance(parts[2], (bytes, bytearray)):
+        raise _bad("registration request is not a COSE_Sign1")
+    return cbor.loads(bytes(parts[2]))
+
+
+def register(ctx: TxContext) -> None:
+    require_role(ctx, Role.ADMIN)
+    check_keys(ctx.body, (4,))
+    request = get_bstr(ctx.body, 4, 1, MAX_REQUEST)
+    try:
+        req = _decode_sign1_payload(request)
+        kid = cose.sign1_kid(request)
+    except LedgerlinkError:
+        raise _bad("registration request is not a well-formed COSE_Sign1") from None
+    if not isinstance(req, dict):
+        raise _bad("registration request payload must be a map")
+    for key in req:
+        if key not in (1, 2, 3, 4, 5):
+            raise _bad("registration request field %r is not defined" % (key,))
+    dev = get_bstr(req, 1, 16, 16)
+    pubkey = get_pubkey(req, 2)
+    role = get_uint(req, 3, 1, 7)
+    attrs = check_attributes(req.get(4))
+    req_time = get_uint(req, 5)
+    if device_id(pubkey) != dev:
+        raise Refusal(Reason.BAD_PROOF_OF_POSSESSION, "device id is not derived from the public key")
+    if kid != dev:
+        raise Refusal(Reason.BAD_PROOF_OF_POSSESSION, "registration request kid is not the device id")
+    try:
+        cose.verify_sign1(request, bytes(req[2]), b"", ctx.backend)
+    except LedgerlinkError:
+        raise Refusal(Reason.BAD_PROOF_OF_POSSESSION, "registration request signature does not verify") from None
+    if req_time > ctx.block_time + ctx.skew:
+        raise Refusal(Reason.CLOCK_SKEW, "registration request is dated after the block time")
+    if ctx.view.get(RK.DEVICE, dev) is not None:
+        raise Refusal(Reason.ALREADY_EXISTS, "device %s is already registered" % dev.hex())
+    ctx.view.put(RK.DEVICE, dev, device_record(dev, pubkey, role, attrs, ctx.block_time, ctx.submitter))
+
+
+def rotate_key(ctx: TxContext) -> None:
+    check_keys(ctx.body, (4, 5))
+    new_key = get_pubkey(ctx.body, 4)
+    pop = get_bstr(ctx.body, 5, 64, 64)
+    if new_key == ctx.record[2]:
+        raise _bad("the new key is the current key")
+    message = rotation_message(ctx.chain_id, ctx.submitter, bytes(ctx.body[4]), ctx.nonce)
+    if not ctx.backend.verify(new_key, message, pop):
+        raise Refusal(Reason.BAD_PROOF_OF_POSSESSION, "the new key's signature does not verify")
+    rec = dict(ctx.record)
+    rec[2] = new_key
+    rec[8] = rec[8] + 1
+    rec[11] = ctx.block_time
+    ctx.view.put(RK.DEVICE, ctx.submitter, rec)
+
+
+def _status_change(ctx: TxContext, banned: bool) -> None:
+    require_role(ctx, Role.ADMIN)
+    check_keys(ctx.body, (4, 5))
+    target = get_bstr(ctx.body, 4, 16, 16)
+    reason = get_tstr(ctx.body, 5)
+    if target == ctx.submitter:
+        raise Refusal(Reason.NOT_AUTHORIZED, "an admin may not change its own status")
+    rec = dict(_target(ctx, target))
+    if banned and rec[5] == DeviceStatus.BANNED:
+        raise Refusal(Reason.WRONG_STATUS, "device is already banned")
+    if not banned and rec[5] != DeviceStatus.BANNED:
+        raise Refusal(Reason.WRONG_STATUS, "device is not banned")
+    rec[5] = int(DeviceStatus.BANNED if banned else DeviceStatus.ACTIVE)
+    rec[9 if banned else 10] = {1: ctx.block_time, 2: ctx.submitter, 3: reason}
+    ctx.view.put(RK.DEVICE, target, rec)
+
+
+def ban(ctx: TxContext) -> None:
+    _status_change(ctx, True)
+
+
+def unban(ctx: TxContext) -> None:
+    _status_change(ctx, False)
+
+
+# -- anchors, certificates, firmware ------------------------------------------------------------------
+
+def _batch_id(body: dict) -> int | bytes:
+    value = body.get(4)
+    if is_uint(value):
+        return value
+    return get_bstr(body, 4, 1, 32)
+
+
+def anchor(ctx: TxContext) -> None:
+    require_role(ctx, Role.GATEWAY)
+    check_keys(ctx.body, (4, 5, 6))
+    batch_id = _batch_id(ctx.body)
+    root = get_bstr(ctx.body, 5, 32, 32)
+    count = get_uint(ctx.body, 6, 1, 0xFFFFFFFF)
+    rid = [ctx.submitter, batch_id]
+    if ctx.view.get(RK.ANCHOR, rid) is not None:
+        raise Refusal(Reason.ALREADY_EXISTS, "batch %r of this gateway is already anchored" % (batch_id,))
+    ctx.view.put(RK.ANCHOR, rid, {1: ctx.submitter, 2: batch_id, 3: root, 4: count, 5: ctx.height,
+                                  6: ctx.block_time, 7: ctx.tx_id})
+
+
+def cert_record(ctx: TxContext) -> None:
+    require_role(ctx, Role.GATEWAY, Role.ADMIN)
+    check_keys(ctx.body, (4, 5, 6, 7, 8, 9))
+    cert_hash = get_bstr(ctx.body, 4, 32, 32)
+    subject = get_bstr(ctx.body, 5, 16, 16)
+    issuer = get_bstr(ctx.body, 6, 1, MAX_ID)
+    valid_from = get_uint(ctx.body, 7)
+    valid_until = get_uint(ctx.body, 8)
+    serial = get_bstr(ctx.body, 9, 1, MAX_ID)
+    if valid_until <= valid_from:
+        raise _bad("certificate validity ends before it starts")
+    if ctx.view.get(RK.CERT, cert_hash) is not None:
+        raise Refusal(Reason.CERTIFICATE_REUSE, "certificate %s is already recorded" % cert_hash.hex())
+    if _target(ctx, subject)[5] == DeviceStatus.BANNED:
+        raise Refusal(Reason.WRONG_STATUS, "certificate subject is banned")
+    ctx.view.put(RK.CERT, cert_hash, {1: subject, 2: issuer, 3: valid_from, 4: valid_until, 5: serial,
+                                      6: ctx.submitter, 7: ctx.height, 8: ctx.block_time})
+
+
+def firmware(ctx: TxContext) -> None:
+    require_role(ctx, Role.MAINTENANCE)
+    check_keys(ctx.body, (4, 5, 6, 7), (8,))
+    image_hash = get_bstr(ctx.body, 4, 32, 32)
+    version = get_tstr(ctx.body, 5, 1, MAX_ID)
+    device_class = get_tstr(ctx.body, 6, 1, MAX_ID)
+    image_type = get_uint(ctx.body, 7, ImageType.FIRMWARE, ImageType.CONFIGURATION)
+    if ctx.view.get(RK.FIRMWARE, image_hash) is not None:
+        raise Refusal(Reason.ALREADY_EXISTS, "image %s is already recorded" % image_hash.hex())
+    rec = {1: image_type, 2: version, 3: device_class, 5: ctx.submitter, 6: ctx.height, 7: ctx.block_time}
+    if 8 in ctx.body:
+        rec[4] = get_uint(ctx.body, 8)
+    ctx.view.put(RK.FIRMWARE, image_hash, rec)
+    ctx.view.put(RK.FIRMWARE_LATEST, [image_type, device_class], {1: image_hash, 2: version, 3: ctx.height})
+
+
+# -- manufacturing records ------------------------------------------------------------------------------
+
+def provenance(ctx: TxContext) -> None:
+    check_keys(ctx.body, (4, 5, 6, 7, 8, 9))
+    material = get_bstr(ctx.body, 4, 1, MAX_ID)
+    origin = get_tstr(ctx.body, 5)
+    batch = get_tstr(ctx.body, 6, 1, MAX_ID)
+    form = get_tstr(ctx.body, 7, 1, MAX_ID)
+    produced = get_uint(ctx.body, 8)
+    key = get_pubkey(ctx.body, 9)
+    if produced > ctx.block_time + ctx.skew:
+        raise _bad("production time is after the block time")
+    if ctx.view.get(RK.PROVENANCE, material) is not None:
+        raise Refusal(Reason.ALREADY_EXISTS, "material %s is already recorded" % material.hex())
+    ctx.view.put(RK.PROVENANCE, material, {1: origin, 2: batch, 3: form, 4: produced, 5: key,
+                                           6: ctx.submitter, 7: ctx.height})
+
+
+def communication(ctx: TxContext) -> None:
+    check_keys(ctx.body, (4, 5, 6, 7, 8))
+    sender = get_bstr(ctx.body, 4, 16, 16)
+    receiver = get_bstr(ctx.body, 5, 16, 16)
+    msg_type: int | str = ctx.body[6] if is_uint(ctx.body.get(6)) else get_tstr(ctx.body, 6, 1, 32)
+    size = get_uint(ctx.body, 7)
+    digest = get_bstr(ctx.body, 8, 32, 32)
+    if ctx.submitter != sender and ctx.record[3] != Role.GATEWAY:
+        raise Refusal(Reason.NOT_AUTHORIZED, "only the sender or a gateway may record a communication")
+    _target(ctx, sender)
+    _target(ctx, receiver)
+    rid = [sender, digest]
+    if ctx.view.get(RK.COMMUNICATION, rid) is not None:
+        raise Refusal(Reason.ALREADY_EXISTS, "communication is already recorded")
+    ctx.view.put(RK.COMMUNICATION, rid, {1: sender, 2: receiver, 3: msg_type, 4: size, 5: digest,
+                                         6: ctx.submitter, 7: ctx.height, 8: ctx.block_time})
+
+
+def warnings(ctx: TxContext) -> None:
+    require_role(ctx, Role.GATEWAY)
+    check_keys(ctx.body, (4,))
+    entries = ctx.body[4]
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_WARNINGS:
+        raise _bad("field 4 must be a list of 1 to %d refusal records" % MAX_WARNINGS)
+    seen = set()
+    parsed = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise _bad("a refusal record must be a map")
+        for key in entry:
+            if key not in (1, 2, 3, 4, 5):
+                raise _bad("refusal record field %r is not defined" % (key,))
+        wid = get_bstr(entry, 1, 32, 32)
+        offender = get_bstr(entry, 2, 0, MAX_ID)
+        when = get_uint(entry, 3)
+        reason = get_uint(entry, 4, 1, 255)
+        detail = get_tstr(entry, 5, 0, MAX_TEXT) if 5 in entry else None
+        if wid in seen or ctx.view.get(RK.WARNING, [ctx.submitter, wid]) is not None:
+            raise Refusal(Reason.ALREADY_EXISTS, "refusal record %s is already recorded" % wid.hex())
+        seen.add(wid)
+        parsed.append((wid, offender, when, reason, detail))
+    for wid, offender, when, reason, detail in parsed:
+        rec: dict[int, Any] = {1: offender, 2: when, 3: reason, 5: ctx.submitter, 6: ctx.height}
+        if detail is not None:
+            rec[4] = detail
+        ctx.view.put(RK.WARNING, [ctx.submitter, wid], rec)
+        if offender:
+            prev = ctx.view.get(RK.OFFENCES, offender)
+            count = 1 if prev is None else prev[1] + 1
+            ctx.view.put(RK.OFFENCES, offender, {1: count, 2: when, 3: reason, 4: ctx.submitter})
+
+
+CONTRACTS: dict[int, Callable[[TxContext], None]] = {
+    TxKind.REGISTER: register,
+    TxKind.ROTATE_KEY: rotate_key,
+    TxKind.BAN: ban,
+    TxKind.UNBAN: unban,
+    TxKind.ANCHOR: anchor,
+    TxKind.CERT_RECORD: cert_record,
+    TxKind.FIRMWARE: firmware,
+    TxKind.PROVENANCE: provenance,
+    TxKind.COMMUNICATION: communication,
+    TxKind.WARNINGS: warnings,
+}

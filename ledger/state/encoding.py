@@ -1,0 +1,168 @@
+"""Encodings shared by the ledger state machine and its clients: state keys, device ids, tx frames.
+
+A transaction is a COSE_Sign1 (tag 18) by the submitter with kid = submitter device-id; its
+external_aad is ``cbor(["ledgerlink-tx-v1", chain-id])`` so a transaction signed for one chain does not
+verify on another. The builders here are what gateways, admin tools and tests use to make transactions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Callable, Mapping
+
+from ledgerlink.core import cbor, cose, p256
+from ledgerlink.core.backend import get_backend
+
+from ledgerlink.ledger.state.codes import RecordKind, TxKind
+
+TX_DOMAIN = "ledgerlink-tx-v1"
+ROTATE_DOMAIN = "ledgerlink-rotate-v1"
+NONCE_LEN = 16
+DEVICE_ID_LEN = 16
+
+
+def state_key(kind: int, record_id: Any) -> bytes:
+    """State key of a record: SHA-256(cbor([record-kind, id])).
+
+    ``record_id`` is a bstr, an int, or a list of those (composite ids such as [gateway, batch-id]).
+    """
+    if isinstance(record_id, tuple):
+        record_id = list(record_id)
+    return hashlib.sha256(cbor.dumps([int(kind), record_id])).digest()
+
+
+def compress_pubkey(pubkey: bytes) -> bytes:
+    """The 33-byte SEC 1 compressed form of a 33- or 65-byte P-256 key (raises InvalidPoint)."""
+    return p256.encode_point(p256.decode_point(bytes(pubkey)), True)
+
+
+def device_id(pubkey: bytes) -> bytes:
+    """Device id: the first 16 bytes of SHA-256 of the compressed identity public key."""
+    return hashlib.sha256(compress_pubkey(pubkey)).digest()[:DEVICE_ID_LEN]
+
+
+def tx_aad(chain_id: str) -> bytes:
+    """external_aad of every transaction signature on chain ``chain_id``."""
+    return cbor.dumps([TX_DOMAIN, chain_id])
+
+
+def tx_id(tx: bytes) -> bytes:
+    """Transaction id: SHA-256 of the transaction bytes (the tx-root leaf entry)."""
+    return hashlib.sha256(bytes(tx)).digest()
+
+
+def rotation_message(chain_id: str, dev_id: bytes, new_pubkey: bytes, nonce: bytes) -> bytes:
+    """Bytes the new key signs in a rotate-key transaction (its proof of possession)."""
+    return cbor.dumps([ROTATE_DOMAIN, chain_id, bytes(dev_id), bytes(new_pubkey), bytes(nonce)])
+
+
+def _rng(rng: Callable[[int], bytes] | None) -> Callable[[int], bytes]:
+    return rng or os.urandom
+
+
+def build_tx(chain_id: str, priv: bytes, kind: int, time_ms: int, fields: Mapping[int, Any],
+             nonce: bytes | None = None, kid: bytes | None = None, backend: Any = None,
+             rng: Callable[[int], bytes] | None = None) -> bytes:
+    """Sign a transaction of ``kind`` with body fields ``fields`` (keys 4 and up) as COSE_Sign1.
+
+    ``kid`` defaults to the device id of ``priv``; ``nonce`` to 16 random bytes.
+    """
+    be = get_backend(backend)
+    if kid is None:
+        kid = device_id(be.public_key(priv, True))
+    if nonce is None:
+        nonce = _rng(rng)(NONCE_LEN)
+    body = {1: int(kind), 2: int(time_ms), 3: bytes(nonce)}
+    for key, value in fields.items():
+        body[int(key)] = value
+    return cose.sign1(cbor.dumps(body), priv, kid, tx_aad(chain_id), be)
+
+
+def registration_request(priv: bytes, role: int, attributes: Mapping[str, Any], time_ms: int,
+                         backend: Any = None) -> bytes:
+    """The device's own registration-request (its proof of possession), signed by its identity key."""
+    be = get_backend(backend)
+    pub = be.public_key(priv, True)
+    dev = device_id(pub)
+    payload = {1: dev, 2: pub, 3: int(role), 4: dict(attributes), 5: int(time_ms)}
+    return cose.sign1(cbor.dumps(payload), priv, dev, b"", be)
+
+
+def register_tx(chain_id: str, admin_priv: bytes, request: bytes, time_ms: int, **kw: Any) -> bytes:
+    return build_tx(chain_id, admin_priv, TxKind.REGISTER, time_ms, {4: request}, **kw)
+
+
+def rotate_key_tx(chain_id: str, priv: bytes, new_priv: bytes, time_ms: int, nonce: bytes | None = None,
+                  backend: Any = None, rng: Callable[[int], bytes] | None = None, **kw: Any) -> bytes:
+    """Rotate-key transaction: signed by the current key, carrying the new key's proof of possession.
+
+    ``kw`` may carry ``kid`` (the device id, needed once the key has been rotated before).
+    """
+    be = get_backend(backend)
+    kid = kw.pop("kid", None) or device_id(be.public_key(priv, True))
+    if nonce is None:
+        nonce = _rng(rng)(NONCE_LEN)
+    new_pub = be.public_key(new_priv, True)
+    pop = be.sign(new_priv, rotation_message(chain_id, kid, new_pub, nonce))
+    return build_tx(chain_id, priv, TxKind.ROTATE_KEY, time_ms, {4: new_pub, 5: pop}, nonce=nonce,
+                    kid=kid, backend=be, **kw)
+
+
+def ban_tx(chain_id: str, admin_priv: bytes, target: bytes, reason: str, time_ms: int, **kw: Any) -> bytes:
+    return build_tx(chain_id, admin_priv, TxKind.BAN, time_ms, {4: bytes(target), 5: reason}, **kw)
+
+
+def unban_tx(chain_id: str, admin_priv: bytes, target: bytes, reason: str, time_ms: int, **kw: Any) -> bytes:
+    return build_tx(chain_id, admin_priv, TxKind.UNBAN, time_ms, {4: bytes(target), 5: reason}, **kw)
+
+
+def anchor_tx(chain_id: str, gateway_priv: bytes, batch_id: int | bytes, root: bytes, count: int,
+              time_ms: int, **kw: Any) -> bytes:
+    return build_tx(chain_id, gateway_priv, TxKind.ANCHOR, time_ms, {4: batch_id, 5: bytes(root), 6: count}, **kw)
+
+
+def cert_record_tx(chain_id: str, issuer_priv: bytes, cert_hash: bytes, subject: bytes, issuer: bytes,
+                   valid_from: int, valid_until: int, serial: bytes, time_ms: int, **kw: Any) -> bytes:
+    fields = {4: bytes(cert_hash), 5: bytes(subject), 6: bytes(issuer), 7: valid_from, 8: valid_until,
+              9: bytes(serial)}
+    return build_tx(chain_id, issuer_priv, TxKind.CERT_RECORD, time_ms, fields, **kw)
+
+
+def firmware_tx(chain_id: str, maintenance_priv: bytes, image_hash: bytes, version: str, device_class: str,
+                image_type: int, time_ms: int, size: int | None = None, **kw: Any) -> bytes:
+    fields: dict[int, Any] = {4: bytes(image_hash), 5: version, 6: device_class, 7: image_type}
+    if size is not None:
+        fields[8] = size
+    return build_tx(chain_id, maintenance_priv, TxKind.FIRMWARE, time_ms, fields, **kw)
+
+
+def provenance_tx(chain_id: str, priv: bytes, material_id: bytes, origin: str, batch: str, form: str,
+                  produced_ms: int, material_pubkey: bytes, time_ms: int, **kw: Any) -> bytes:
+    fields = {4: bytes(material_id), 5: origin, 6: batch, 7: form, 8: produced_ms, 9: bytes(material_pubkey)}
+    return build_tx(chain_id, priv, TxKind.PROVENANCE, time_ms, fields, **kw)
+
+
+def communication_tx(chain_id: str, priv: bytes, sender: bytes, receiver: bytes, msg_type: str | int,
+                     size: int, digest: bytes, time_ms: int, **kw: Any) -> bytes:
+    fields = {4: bytes(sender), 5: bytes(receiver), 6: msg_type, 7: size, 8: bytes(digest)}
+    return build_tx(chain_id, priv, TxKind.COMMUNICATION, time_ms, fields, **kw)
+
+
+def warning_entry(warning_id: bytes, offender: bytes, time_ms: int, reason: int, detail: str | None = None) -> dict:
+    """One refusal record of a warnings batch."""
+    entry: dict[int, Any] = {1: bytes(warning_id), 2: bytes(offender), 3: time_ms, 4: reason}
+    if detail is not None:
+        entry[5] = detail
+    return entry
+
+
+def warnings_tx(chain_id: str, gateway_priv: bytes, entries: list, time_ms: int, **kw: Any) -> bytes:
+    return build_tx(chain_id, gateway_priv, TxKind.WARNINGS, time_ms, {4: list(entries)}, **kw)
+
+
+__all__ = [
+    "RecordKind", "state_key", "compress_pubkey", "device_id", "tx_aad", "tx_id", "rotation_message",
+    "build_tx", "registration_request", "register_tx", "rotate_key_tx", "ban_tx", "unban_tx", "anchor_tx",
+    "cert_record_tx", "firmware_tx", "provenance_tx", "communication_tx", "warning_entry", "warnings_tx",
+]

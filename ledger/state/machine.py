@@ -1,0 +1,337 @@
+"""The ledger state machine: a deterministic map from (state, block of transactions) to a new state.
+
+The state is a set of CBOR records in a sparse Merkle tree (``ledgerlink.core.smt``) under keys
+``state_key(kind, id)``; its root goes into every block header. What it protects against and how:
+
+- forged or altered transactions: each is a COSE_Sign1 verified against the submitter's registered key,
+  with the chain id bound in the external_aad (tests: wrong key, altered bytes, unknown submitter,
+  other chain);
+- replay: a (submitter, nonce) record is written with every applied transaction and a second use is
+  refused; the signed time must lie within the chain's skew window of the block time (tests: replayed
+  nonce, same tx twice in one block, stale and future times);
+- unauthorised changes: each contract checks the submitter's role and status (tests: every role rule,
+  banned submitter);
+- partial application: each transaction runs in its own journal, merged only when it succeeds; a block
+  runs in a journal over the committed state, kept until ``commit`` (tests: root unchanged after refused
+  transactions and after ``rollback``; a mixed block applies exactly its good transactions);
+- divergence between replicas: contracts use only the transaction, the state and the block height and
+  time (tests: replicas fed the same random valid/invalid sequences keep identical roots);
+- malformed input: any bytes, of any size, give a reason code, never an exception (hypothesis tests).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator, Mapping, Sequence
+
+from ledgerlink.core import cbor, cose, smt
+from ledgerlink.core.backend import get_backend
+from ledgerlink.core.errors import InvalidSignature, LedgerlinkError
+
+from ledgerlink.ledger.state.codes import DeviceStatus, Reason, RecordKind as RK, Role, TxKind, reason_text
+from ledgerlink.ledger.state.contracts import (CONTRACTS, Journal, Refusal, TxContext, check_attributes,
+                                               device_record, is_uint)
+from ledgerlink.ledger.state.encoding import (NONCE_LEN, compress_pubkey, device_id, state_key, tx_aad,
+                                              tx_id)
+
+DEFAULT_MAX_SKEW_MS = 60_000
+DEFAULT_MAX_TX_BYTES = 16_384
+CHAIN_RECORD_ID = 0
+
+
+class StateError(Exception):
+    """The caller broke the execute/commit/rollback protocol (wrong height, nothing pending, ...)."""
+
+
+class TxResult:
+    """Outcome of one transaction; unpacks as ``(ok, code)`` and also carries ``text`` and ``tx_id``."""
+
+    def __init__(self, ok: bool, code: int, text: str, txid: bytes) -> None:
+        self.ok = ok
+        self.code = int(code)
+        self.text = text
+        self.tx_id = txid
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.ok, self.code))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TxResult):
+            return (self.ok, self.code, self.text, self.tx_id) == (other.ok, other.code, other.text, other.tx_id)
+        if isinstance(other, tuple):
+            return (self.ok, self.code) == other
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return "TxResult(ok=%r, code=%d, text=%r)" % (self.ok, self.code, self.text)
+
+
+class _Pending:
+    def __init__(self, height: int, time_ms: int, writes: dict[bytes, bytes], results: list[TxResult],
+                 root: bytes) -> None:
+        self.height = height
+        self.time_ms = time_ms
+        self.writes = writes
+        self.results = results
+        self.root = root
+
+
+def _genesis_entries(config: Mapping[str, Any], name: str, role: int | None) -> list[tuple[bytes, int, dict]]:
+    out = []
+    for entry in config.get(name, ()):
+        if isinstance(entry, (bytes, bytearray)):
+            key, entry_role, attrs = bytes(entry), role, {}
+        else:
+            key = bytes(entry["key"])
+            entry_role = entry.get("role", role)
+            attrs = dict(entry.get("attributes", {}))
+        if entry_role is None or not 1 <= int(entry_role) <= 7:
+            raise ValueError("genesis %s entry needs a role in 1..7" % name)
+        try:
+            out.append((compress_pubkey(key), int(entry_role), check_attributes(attrs)))
+        except (LedgerlinkError, Refusal) as exc:
+            raise ValueError("bad genesis %s entry: %s" % (name, exc)) from None
+    return out
+
+
+class LedgerState:
+    """Committed ledger state plus at most one executed, not yet committed block.
+
+    Create with ``LedgerState.genesis(config)``. The consensus core calls ``execute`` (which leaves
+    the committed state untouched and returns the state root the block would give), then ``commit``
+    or ``rollback``. Queries (``get_record``, ``prove``, ``state_root``) always see the committed state.
+    """
+
+    def __init__(self, records: dict[bytes, bytes], backend: Any) -> None:
+        self._records = records
+        self._backend = get_backend(backend)
+        self._smt = smt.SparseMerkleTree()
+        for key, value in records.items():
+            self._smt.set(key, value)
+        self._root = self._smt.root()
+        chain = cbor.loads(records[state_key(RK.CHAIN, CHAIN_RECORD_ID)])
+        self._chain: dict = chain
+        self._aad = tx_aad(chain[1])
+        self.height: int | None = None
+        self.last_time: int = chain[4]
+        self._pending: _Pending | None = None
+        self._results: dict[int, list[TxResult]] = {}
+
+    # -- construction --------------------------------------------------------------------------------
+
+    @classmethod
+    def genesis(cls, config: Mapping[str, Any], backend: Any = None) -> "LedgerState":
+        """Initial state from ``config``.
+
+        Keys: ``chain_id`` (str, required), ``admins`` (at least one) and ``validators``: lists of public
+        keys or of ``{"key": pubkey, "attributes": {...}}``; ``devices``: optional list of
+        ``{"key", "role", "attributes"}``; ``time_ms`` (genesis time, default 0), ``max_skew_ms``
+        (default 60000), ``max_tx_bytes`` (default 16384). Raises ValueError on a bad config.
+        """
+        chain_id = config.get("chain_id")
+        if not isinstance(chain_id, str) or not 1 <= len(chain_id) <= 64:
+            raise ValueError("chain_id must be a text of 1 to 64 characters")
+        genesis_time = int(config.get("time_ms", 0))
+        skew = int(config.get("max_skew_ms", DEFAULT_MAX_SKEW_MS))
+        max_tx = int(config.get("max_tx_bytes", DEFAULT_MAX_TX_BYTES))
+        if genesis_time < 0 or skew < 0 or max_tx < 256:
+            raise ValueError("time_ms and max_skew_ms must be >= 0 and max_tx_bytes >= 256")
+        admins = _genesis_entries(config, "admins", Role.ADMIN)
+        validators = _genesis_entries(config, "validators", Role.VALIDATOR)
+        others = _genesis_entries(config, "devices", None)
+        if not admins:
+            raise ValueError("genesis needs at least one admin key")
+        records: dict[bytes, bytes] = {}
+        for key, role, attrs in admins + validators + others:
+            dev = device_id(key)
+            skey = state_key(RK.DEVICE, dev)
+            if skey in records:
+                raise ValueError("genesis lists device %s twice" % dev.hex())
+            records[skey] = cbor.dumps(device_record(dev, key, role, attrs, genesis_time, b""))
+        chain = {1: chain_id, 2: skew, 3: max_tx, 4: genesis_time, 5: [key for key, _, _ in validators]}
+        records[state_key(RK.CHAIN, CHAIN_RECORD_ID)] = cbor.dumps(chain)
+        return cls(records, backend)
+
+    # -- queries -------------------------------------------------------------------------------------
+
+    @property
+    def chain_id(self) -> str:
+        return self._chain[1]
+
+    @property
+    def max_skew_ms(self) -> int:
+        return self._chain[2]
+
+    @property
+    def max_tx_bytes(self) -> int:
+        return self._chain[3]
+
+    def state_root(self) -> bytes:
+        """Sparse Merkle root of the committed state."""
+        return self._root
+
+    def get_record_bytes(self, kind: int, record_id: Any) -> bytes | None:
+        return self._records.get(state_key(kind, record_id))
+
+    def get_record(self, kind: int, record_id: Any) -> dict | None:
+        """The committed record decoded from CBOR, or None."""
+        raw = self.get_record_bytes(kind, record_id)
+        return None if raw is None else cbor.loads(raw)
+
+    def prove(self, kind: int, record_id: Any) -> tuple[bytes, bytes | None, Any]:
+        """(state key, record bytes or None, smt proof) against ``state_root()``."""
+        key = state_key(kind, record_id)
+        return key, self._records.get(key), self._smt.prove(key)
+
+    def device_status(self, dev: bytes) -> dict | None:
+        """Registry view of a device: id, role, status, key, attributes and ban/unban history."""
+        rec = self.get_record(RK.DEVICE, dev)
+        if rec is None:
+            return None
+        return {
+            "device_id": rec[1], "public_key": rec[2], "role": Role(rec[3]), "attributes": rec[4],
+            "status": DeviceStatus(rec[5]), "banned": rec[5] == DeviceStatus.BANNED,
+            "registered_at": rec[6], "registered_by": rec[7], "key_version": rec[8],
+            "ban": rec.get(9), "unban": rec.get(10), "key_rotated_at": rec.get(11),
+        }
+
+    def results_of(self, height: int) -> list[TxResult]:
+        """Per-transaction results of a committed (or the pending) block; KeyError for other heights."""
+        if self._pending is not None and self._pending.height == height:
+            return list(self._pending.results)
+        return list(self._results[height])
+
+    @property
+    def pending_height(self) -> int | None:
+        return None if self._pending is None else self._pending.height
+
+    # -- transactions ----------------------------------------------------------------------------------
+
+    def _run(self, tx: Any, view: Journal, height: int, block_time: int) -> None:
+        if not isinstance(tx, (bytes, bytearray, memoryview)):
+            raise Refusal(Reason.MALFORMED, "a transaction must be bytes")
+        tx = bytes(tx)
+        if len(tx) > self._chain[3]:
+            raise Refusal(Reason.OVERSIZED, "transaction is %d bytes, the limit is %d" % (len(tx), self._chain[3]))
+        try:
+            kid = cose.sign1_kid(tx)
+        except LedgerlinkError:
+            raise Refusal(Reason.MALFORMED, "not a COSE_Sign1 with a kid") from None
+        if not isinstance(kid, (bytes, bytearray)) or len(kid) != 16:
+            raise Refusal(Reason.MALFORMED, "kid must be a 16-byte device id")
+        kid = bytes(kid)
+        submitter = view.get(RK.DEVICE, kid)
+        if submitter is None:
+            raise Refusal(Reason.UNKNOWN_DEVICE, "submitter %s is not registered" % kid.hex())
+        if submitter[5] == DeviceStatus.BANNED:
+            raise Refusal(Reason.BANNED_DEVICE, "submitter %s is banned" % kid.hex())
+        try:
+            payload = cose.verify_sign1(tx, submitter[2], self._aad, self._backend)
+        except InvalidSignature:
+            raise Refusal(Reason.BAD_SIGNATURE, "signature does not verify with the submitter's key") from None
+        except LedgerlinkError:
+            raise Refusal(Reason.MALFORMED, "malformed COSE_Sign1") from None
+        try:
+            body = cbor.loads(payload)
+        except LedgerlinkError:
+            raise Refusal(Reason.MALFORMED, "tx-body is not deterministic CBOR") from None
+        if not isinstance(body, dict) or not all(is_uint(k) for k in body):
+            raise Refusal(Reason.MALFORMED, "tx-body must be a map with unsigned integer keys")
+        kind, when, nonce = body.get(1), body.get(2), body.get(3)
+        if not is_uint(kind) or not is_uint(when) or not isinstance(nonce, (bytes, bytearray)) \
+                or len(nonce) != NONCE_LEN:
+            raise Refusal(Reason.MALFORMED, "tx-body needs 1: tx-kind, 2: time-ms, 3: 16-byte nonce")
+        contract = CONTRACTS.get(kind)
+        if contract is None:
+            raise Refusal(Reason.UNKNOWN_TX_KIND, "tx-kind %d is not defined" % kind)
+        if abs(when - block_time) > self._chain[2]:
+            raise Refusal(Reason.CLOCK_SKEW, "tx time %d is more than %d ms from the block time %d"
+                          % (when, self._chain[2], block_time))
+        nonce_id = [kid, bytes(nonce)]
+        if view.get(RK.NONCE, nonce_id) is not None:
+            raise Refusal(Reason.REPLAY, "nonce already used by this submitter")
+        ctx = TxContext(view, self._chain, height, block_time, kid, submitter, body, tx_id(tx), self._backend)
+        contract(ctx)
+        view.put(RK.NONCE, nonce_id, {1: height})
+
+    def _apply(self, tx: Any, block: Journal, height: int, block_time: int) -> TxResult:
+        txid = tx_id(tx) if isinstance(tx, (bytes, bytearray, memoryview)) else b""
+        journal = Journal(block.get_raw)
+        try:
+            self._run(tx, journal, height, block_time)
+        except Refusal as refusal:
+            return TxResult(False, refusal.code, refusal.text, txid)
+        block.writes.update(journal.writes)
+        return TxResult(True, Reason.OK, reason_text(Reason.OK), txid)
+
+    def check_tx_detail(self, tx: Any, now_ms: int | None = None) -> TxResult:
+        """Dry-run ``tx`` against the committed state with block time ``now_ms`` (default: wall clock)."""
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
+        height = 0 if self.height is None else self.height + 1
+        return self._apply(tx, Journal(self._records.get), height, now_ms)
+
+    def check_tx(self, tx: Any, now_ms: int | None = None) -> int | None:
+        """Reason code that would refuse ``tx`` now, or None when it would be applied."""
+        result = self.check_tx_detail(tx, now_ms)
+        return None if result.ok else result.code
+
+    # -- blocks ----------------------------------------------------------------------------------------
+
+    def _root_with(self, writes: dict[bytes, bytes]) -> bytes:
+        if not writes:
+            return self._root
+        undo: list[tuple[bytes, bytes | None]] = []
+        try:
+            for key, value in writes.items():
+                undo.append((key, self._records.get(key)))
+                self._smt.set(key, value)
+            return self._smt.root()
+        finally:
+            for key, old in reversed(undo):
+                if old is None:
+                    self._smt.delete(key)
+                else:
+                    self._smt.set(key, old)
+
+    def execute(self, height: int, time_ms: int, txs: Sequence[Any]) -> bytes:
+        """Run a block on a working copy; return the state root it gives. Committed state is unchanged.
+
+        A block already pending at the same height is rolled back first.
+        """
+        if self._pending is not None:
+            if self._pending.height != height:
+                raise StateError("block %d is pending; commit or roll it back first" % self._pending.height)
+            self.rollback()
+        if not is_uint(height) or (self.height is not None and height != self.height + 1):
+            raise StateError("next block height is %s, got %r"
+                             % ("any" if self.height is None else self.height + 1, height))
+        if not is_uint(time_ms) or time_ms < self.last_time:
+            raise StateError("block time %r is before the last block time %d" % (time_ms, self.last_time))
+        block = Journal(self._records.get)
+        results = [self._apply(tx, block, height, time_ms) for tx in txs]
+        root = self._root_with(block.writes)
+        self._pending = _Pending(height, time_ms, block.writes, results, root)
+        return root
+
+    def commit(self, height: int) -> bytes:
+        """Make the pending block at ``height`` the committed state; return the new state root."""
+        pending = self._pending
+        if pending is None or pending.height != height:
+            raise StateError("no executed block at height %r to commit" % (height,))
+        for key, value in pending.writes.items():
+            self._records[key] = value
+            self._smt.set(key, value)
+        self._root = pending.root
+        self._results[height] = pending.results
+        self.height = height
+        self.last_time = pending.time_ms
+        self._pending = None
+        return self._root
+
+    def rollback(self) -> None:
+        """Drop the pending block (if any); the committed state is what it was."""
+        self._pending = None
+
+
+__all__ = ["LedgerState", "StateError", "TxResult", "Refusal", "TxKind", "Role", "RK", "Reason"]
