@@ -73,3 +73,65 @@ def check_ecdh(doc, spki, limit=None, only_ids=None):
             if not _outcome(test["result"], ok):
                 failures.append(test["tcId"])
     return count, failures
+
+
+def check_hmac(doc, limit=None):
+    from ledgerlink.core import kdf
+    count = 0
+    failures = []
+    for group in doc["testGroups"]:
+        size = group["tagSize"] // 8
+        for test in group["tests"]:
+            if limit is not None and count >= limit:
+                return count, failures
+            count += 1
+            tag = kdf.hmac_sha256(bytes.fromhex(test["key"]), bytes.fromhex(test["msg"]))[:size]
+            if not _outcome(test["result"], tag == bytes.fromhex(test["tag"])):
+                failures.append(test["tcId"])
+    return count, failures
+
+
+def check_hkdf(doc, limit=None):
+    from ledgerlink.core import kdf
+    count = 0
+    failures = []
+    for group in doc["testGroups"]:
+        for test in group["tests"]:
+            if limit is not None and count >= limit:
+                return count, failures
+            count += 1
+            try:
+                okm = kdf.hkdf(bytes.fromhex(test["ikm"]), bytes.fromhex(test["salt"]),
+                               bytes.fromhex(test["info"]), test["size"])
+                ok = okm == bytes.fromhex(test["okm"])
+            except LedgerlinkError:
+                ok = False
+            if not _outcome(test["result"], ok):
+                failures.append(test["tcId"])
+    return count, failures
+
+
+def check_aes_ccm(doc, limit=None):
+    from ledgerlink.core import ccm
+    count = 0
+    failures = []
+    for group in doc["testGroups"]:
+        tag_len = group["tagSize"] // 8
+        for test in group["tests"]:
+            if limit is not None and count >= limit:
+                return count, failures
+            count += 1
+            key = bytes.fromhex(test["key"])
+            nonce = bytes.fromhex(test["iv"])
+            aad = bytes.fromhex(test["aad"])
+            msg = bytes.fromhex(test["msg"])
+            sealed = bytes.fromhex(test["ct"]) + bytes.fromhex(test["tag"])
+            try:
+                ok = ccm.open(key, nonce, sealed, aad, tag_len) == msg
+                if ok and test["result"] == "valid":
+                    ok = ccm.seal(key, nonce, msg, aad, tag_len) == sealed
+            except LedgerlinkError:
+                ok = False
+            if not _outcome(test["result"], ok):
+                failures.append(test["tcId"])
+    return count, failures

@@ -172,20 +172,28 @@ _C = ((1 << 256) - 1) // 15  # sum of 16^i for i < 64: shifts window digits from
 
 def _comb_table():
     if not _comb:
-        g = (GX, GY, 1)
-        teeth = [g]
-        for _ in range(3):
-            q = teeth[-1]
-            for _ in range(64):
-                q = _double(q)
-            teeth.append(q)
-        for j in range(16):
-            acc = _INF
-            for bit in range(4):
-                if (j >> bit) & 1:
-                    acc = _add(acc, teeth[bit])
-            _comb.append(_pack(_normalize(acc)))
+        for h in _COMB_HEX:
+            _comb.append(_pack((int(h[:64], 16), int(h[64:128], 16), int(h[128:], 16))))
     return _comb
+
+
+def _compute_comb_table():
+    """The comb table from first principles: entry j = sum of 2^(64*t)*G over the bits t of j."""
+    g = (GX, GY, 1)
+    teeth = [g]
+    for _ in range(3):
+        q = teeth[-1]
+        for _ in range(64):
+            q = _double(q)
+        teeth.append(q)
+    table = []
+    for j in range(16):
+        acc = _INF
+        for bit in range(4):
+            if (j >> bit) & 1:
+                acc = _add(acc, teeth[bit])
+        table.append(_normalize(acc))
+    return table
 
 
 def _window_tables():
@@ -398,13 +406,21 @@ _g_odd = []
 
 def _g_table():
     if not _g_odd:
-        g = (GX, GY, 1)
-        twice = _jdouble(g)
-        acc = g
-        for _ in range(1 << (_G_WINDOW - 2)):
-            _g_odd.append(_jaffine(acc))
-            acc = _jadd(acc, twice)
+        for h in _G_ODD_HEX[:1 << (_G_WINDOW - 2)]:
+            _g_odd.append((int(h[:64], 16), int(h[64:], 16)))
     return _g_odd
+
+
+def _compute_g_table(count):
+    """Odd multiples 1*G, 3*G, ..., (2*count-1)*G from first principles."""
+    g = (GX, GY, 1)
+    twice = _jdouble(g)
+    acc = g
+    out = []
+    for _ in range(count):
+        out.append(_jaffine(acc))
+        acc = _jadd(acc, twice)
+    return out
 
 
 def _mul_add_jacobian(a, b, q):
@@ -519,3 +535,59 @@ def encode_point(pt, compressed=False):
     if compressed:
         return bytes((2 | (y & 1),)) + x.to_bytes(32, "big")
     return b"\x04" + x.to_bytes(32, "big") + y.to_bytes(32, "big")
+
+
+# Precomputed tables (tests/core/test_ecdsa_ecdh.py recomputes them): comb entries as x|y|z,
+# odd multiples of G as x|y.
+_COMB_HEX = (
+    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000010",
+    "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f51",
+    "0fa822bc2811aaa58492592e326e25de29493baaad651f7e90e75cb48e14db63bff44ae8f5dba80d6f4ad4bcb3df188b34b1a65050fe82f5e41124545f462ee71",
+    "300a4bbc89d6726fb257c0de95e02789e96c98fd0d35f1fa93391ce2097992af72aac7e0d09b46447f1ddb25ff1e3c6f5bb1eeada9d806a5aa54a291c08127a01",
+    "447d739beedb5e67fb982fd588c6766efc35ff7dc297eac357c84fc9d789bd852d4825ab834131eee12e9d953a4aaff73d349b95a7fae5000c7e33c972e25b321",
+    "ef9519328a9c72ffddc6068bb91dfc60ef7fbd2b1a0a11b713949c932a1d367f611e9fc37dbb2c9bc1ee9807022c219c23183b0895ca1740196035a77376d8a81",
+    "550663797b51f5d87dea6482e11238bf2936df5ec6c9bc36cae2b1920b57f4bc157164848aecb8510afa40018d9d50e59fb3d576dbdefbe144ffe216348a964c1",
+    "eb5d7745b21141eaa2e8f483f43e43917ccd84e70d715f26e48ecafffc5cde01eafd72ebdbecc17b0990e6a158006cee85f22cfe2844b645cac917e2731a34791",
+    "a6d39677a78492762736ff8344315fc596439591a3c6b94a6cf20ffb313728be674f84749b0b881666b8babd2d27ecdf824a920c2284059bf2bab833c357f5f41",
+    "4e769e7672c9ddad31855f7db8c7fedb74e02f080203a56b2df48c04677c8a3e42b99082de8306631ec0057206947281fb9ae16f3b9122a5a4c36165b824bbb01",
+    "78878ef61c6ce04d7fdc1ca008a1c478d1f89e799c0ce1316ef95150dda868b9b6cb3f5d7b72c321de53142c12309def6ace570ebde08d4f9c62b9121fe0d9761",
+    "0c88bc4d716b1287595c5220812ffcae5b82dd5bd54fb4967f991ed2c31a3573dd5ddea3f3901dc618d1b5b39c04e6aa7c8181f4df2564f33a57bf635f48aca81",
+    "68f344af6b317466efe0a423083e49f343a0a28c42ba792fe96a79fb3e72ad0c31b9c405f8540a20604ed93c24d67ff3668bfc2271f5c626cdfe17db3fb24d4a1",
+    "4052bf4b6f461db9663c62c3edbad7a00d1a10144ec39c28d36b4789a2582e7ffecf4d5190b0fc61862be6bd71d70cc8e724f33999bfcc5b235a27c3188d25eb1",
+    "1eddbae2c802e41a123202a8f62bff7aafdf5cc08526a7a474346c10a1d4cfac43104d86560ebcfc0c45f45273db33a036e06b7e4c7019178fa0af2dd603f8441",
+    "b48e26b484f7a21c0a4a46fb6aaf363a66b0de3225c4744b9615b5110d1d78e5fac015404d4d3dab64131bcdfed6f668c004e4048b7b0f9806ebb0f621a01b2d1",
+)
+_G_ODD_HEX = (
+    "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
+    "5ecbe4d1a6330a44c8f7ef951d4bf165e6c6b721efada985fb41661bc6e7fd6c8734640c4998ff7e374b06ce1a64a2ecd82ab036384fb83d9a79b127a27d5032",
+    "51590b7a515140d2d784c85608668fdfef8c82fd1f5be52421554a0dc3d033ede0c17da8904a727d8ae1bf36bf8a79260d012f00d4d80888d1d0bb44fda16da4",
+    "8e533b6fa0bf7b4625bb30667c01fb607ef9f8b8a80fef5b300628703187b2a373eb1dbde03318366d069f83a6f5900053c73633cb041b21c55e1a86c1f400b4",
+    "ea68d7b6fedf0b71878938d51d71f8729e0acb8c2c6df8b3d79e8a4b90949ee02a2744c972c9fce787014a964a8ea0c84d714feaa4de823fe85a224a4dd048fa",
+    "3ed113b7883b4c590638379db0c21cda16742ed0255048bf433391d374bc21d19099209accc4c8a224c843afa4f4c68a090d04da5e9889dae2f8eefce82a3740",
+    "177c837ae0ac495a61805df2d85ee2fc792e284b65ead58a98e15d9d46072c0163bb58cd4ebea558a24091adb40f4e7226ee14c3a1fb4df39c43bbe2efc7bfd8",
+    "f0454dc6971abae7adfb378999888265ae03af92de3a0ef163668c63e59b9d5fb5b93ee3592e2d1f4e6594e51f9643e62a3b21ce75b5fa3f47e59cde0d034f36",
+    "47776904c0f1cc3a9c0984b66f75301a5fa68678f0d64af8ba1abce34738a73eaa005ee6b5b957286231856577648e8381b2804428d5733f32f787ff71f1fcdc",
+    "cb6d2861102c0c25ce39b7c17108c507782c452257884895c1fc7b74ab03ed8358d7614b24d9ef515c35e7100d6d6ce4a496716e30fa3e03e39150752bcecdaa",
+    "3250fcf686637c7b2e4ac86eb473bca53a582139f42b1523fd76364e67399e8342e7c342667d359397b3090d1d7eb88c897cd3c33b566a8215de24a071d48c09",
+    "0e91c7239c2640d7d28a3e39d4583fa63c0bc0a5df64a4fe672e573045ca78965df65c3b550dba221a22733bb8e0bd6d7e68833575e7a5ae138046543140ad55",
+    "3a67e2554b0c0bb685f4f52d8c07fa8441652fc5b76f1b2484a4dc45f200d68727d0f1872f1fcf4326daf267163afb0d8c188af735a7618aa9ed16b302f79324",
+    "184ffa5819d80d51deba2fac4611f378576355bd683e54abf2e201173b0883d1c0a66e276688f359a4c6d90826cb999545bdeccc63f0491620d242c260906e6f",
+    "d6d33adefa195b07a7c36da090853b8cfd8cd1c688b58a41dedd693d1c784def84aaba16ee195d7e3f78245f558a5dcb09a166ab4b95eded550c124593d1bca6",
+    "301d9e502dc7e05da85da026a7ae9aa0fac9db7d52a95b3e3e3f9aa0a1b45b8b6551b6f6b3061223e0d23c026b017d72298d9ae46887ca61d58db6aea17ee267",
+    "9807d699fcd81356fa9aa25b89d9d34ea03b0a533aa872fd65c100f3cb2cd793c2a59cdccab11bf286a01a4d1d091b2fffe630b96c5878532f6bf92479634af4",
+    "d58d4a589ed27d168ffa3ad7326c48ca94e8e1fe92af9700a12d389033bb291ad45514d102726b8576ea92632dc7fef667271c163b034979a5b0c9c6f586b9d5",
+    "419a6a646ddb817dd6b0978611a826aae0d21379246bfd4473a92894502b3348332544cf1102f584545c9fb1954c2fd513c6d072f3dee1e2db1d6c81b09214b2",
+    "22a682f7c3996d4d42014976a179046e547b942dd2d138d4a0c199ddfb2776c44f4606b0102223eeb918c9835a54356c979dcc310265b0685347f649cbaa285d",
+    "67a6bec240dee0651cf258d2e6cfe8aa6067c5c3d4175a593a7de694995d2fa2de692b7022d131586c249b49464d44991542c7ee209aca6c49c24ce1441feed5",
+    "986ae2506f1ff104d04230861d8f4b498f4bc4c6d009b30f7544dc129b82d28d003cccc0a6460e0ae328a4d97d3c7b61d86fc6289c189f2525110c441bb07e97",
+    "a891d06670bde99b3ecd0f5ddff0672e0f5f609edd29d6d979c78080fae0ba03b596cd922cbfa1c1419a88c4033c1ce71c6b38f0feb0f2ccefc3edc8166934ae",
+    "42c315cc48958708595361ea83071bbcdd5b31583e19066d51d689227b1c0d7c649a61ce571b95852914d1dfbb7a799074f1a1e1eb87f164d6c4a72bb2f9b1b9",
+    "f785b0e098068875bb22b146866e6c0528fb7ea9758fd4fd7d228ce6a567445573fdb0bf6080da6ee15c767f0d9f5b414b04b6fd5f3aa60ae7bc490c10d62408",
+    "672c4a514d9de43eaadee6863c1d68bc95f7eb56e81008ff044360f0018e22b1548c7e9196a25bfe611de5a4ace203f7136246589704d9419935399191f37104",
+    "6f01bd49c9d952455a47802254b88039982b1ca78de9b983f126ec9f7449d0361562080ff1d5deab11a0f21a608776cea78551bfc3749b08360233dd989e17db",
+    "079dba7ba068c9267571a109fe7fea2cc2a595b762c1eadadec1dff7df6e60a0dc1e19b743d4d1811d223f9d2a9588ab83eb2df35751a397fb0da5aeb4824dea",
+    "c116e30ebb4d2865126d45a8ea907f86289d406e2d6c6bd88abd97b1d0f56077e9478823c35b30c2b8b16d9bb13b87657d5bd5e89e59c8c5313fd7fda410c206",
+    "665f1a6ffe0c6437765b2784fca9bdf7e50941119e8dc8eca2b6ea0e0faa4b45490e2ca49ffd18c26e8cca29f7eac37f7dede5bf81e215bc6e25a6602b7f4ccf",
+    "059ccb19edd3da9a2d3a6b3d8d9900013e7910a08b724fd55939ac380d32af0ebb6ad7eccad49159da65281b9345638e1621f7a33956cecd928e1e3c97fe91d1",
+    "6a9501d85bf5dc802a1f28a08acc7d8fdf53c8af01a7cd3832a290825d8bdac1ca640ad19347374381c6c6e44a3c56a3f8461b5c697a6f3530aff53d5f1ef1a3",
+)

