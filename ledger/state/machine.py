@@ -35,7 +35,7 @@ from ledgerlink.ledger.state.encoding import (NONCE_LEN, compress_pubkey, device
                                               tx_id)
 
 DEFAULT_MAX_SKEW_MS = 60_000
-DEFAULT_MAX_TX_BYTES = 16_384
+DEFAULT_MAX_TX_BYTES = cose.MAX_FRAME
 CHAIN_RECORD_ID = 0
 
 
@@ -126,7 +126,7 @@ class LedgerState:
         Keys: ``chain_id`` (str, required), ``admins`` (at least one) and ``validators``: lists of public
         keys or of ``{"key": pubkey, "attributes": {...}}``; ``devices``: optional list of
         ``{"key", "role", "attributes"}``; ``time_ms`` (genesis time, default 0), ``max_skew_ms``
-        (default 60000), ``max_tx_bytes`` (default 16384). Raises ValueError on a bad config.
+        (default 60000), ``max_tx_bytes`` (default and maximum: the 4096-byte COSE frame limit). Raises ValueError on a bad config.
         """
         chain_id = config.get("chain_id")
         if not isinstance(chain_id, str) or not 1 <= len(chain_id) <= 64:
@@ -134,8 +134,9 @@ class LedgerState:
         genesis_time = int(config.get("time_ms", 0))
         skew = int(config.get("max_skew_ms", DEFAULT_MAX_SKEW_MS))
         max_tx = int(config.get("max_tx_bytes", DEFAULT_MAX_TX_BYTES))
-        if genesis_time < 0 or skew < 0 or max_tx < 256:
-            raise ValueError("time_ms and max_skew_ms must be >= 0 and max_tx_bytes >= 256")
+        if genesis_time < 0 or skew < 0 or not 256 <= max_tx <= cose.MAX_FRAME:
+            raise ValueError("time_ms and max_skew_ms must be >= 0 and max_tx_bytes in [256, %d]"
+                             % cose.MAX_FRAME)
         admins = _genesis_entries(config, "admins", Role.ADMIN)
         validators = _genesis_entries(config, "validators", Role.VALIDATOR)
         others = _genesis_entries(config, "devices", None)

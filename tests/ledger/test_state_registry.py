@@ -234,7 +234,8 @@ def test_malformed_and_oversized(net, state):
         "not bytes",
         None,
     ]
-    oversized = net.tx("admin", TxKind.BAN, {4: net["sensor"].id, 5: "x" * 200, 6: b"\0" * state.max_tx_bytes})
+    body = cbor.dumps({1: 3, 2: net.time_ms, 3: net.nonce(), 4: net["sensor"].id, 5: "x" * state.max_tx_bytes})
+    oversized = cbor.dumps(cbor.Tag(18, [cbor.dumps({1: -7}), {4: admin.id}, body, bytes(64)]))
     unknown_kind = signed(cbor.dumps({1: 99, 2: net.time_ms, 3: net.nonce()}))
     root = state.state_root()
     results = net.block(state, malformed + [oversized, unknown_kind])
