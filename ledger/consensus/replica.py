@@ -1,0 +1,908 @@
+"""Sans-I/O PBFT replica (Castro-Liskov) that orders ledger blocks among n = 3f+1 validators.
+
+A ``Replica`` is a deterministic state machine: the node adapter feeds it events (``receive``,
+``submit``, ``tick``) with the current time and carries out the effects it returns, in list order
+(``Send``, ``Broadcast``, ``Persist``, ``Committed``, ``Dropped``). It does no I/O, reads no clock
+and draws no randomness. A ``Persist`` must be durable before any later effect is carried out: the
+replica never votes on height h+1 before the effect list that persists block h.
+
+Protocol. The PBFT sequence number is the block height and one block is in flight at a time
+(window 1); the primary of view v (``v mod n``) batches pending transactions (up to ``max_batch``, or
+fewer once the oldest has waited ``batch_timeout_ms``), executes the batch on the application's
+speculative copy and proposes the full header. Backups re-execute and prepare only when their header
+is byte-identical. 2f prepares plus the pre-prepare make a replica *prepared*; it then sends a commit
+whose signature is a commit-certificate vote; 2f+1 commits commit the block, which is persisted with
+its certificate. Every ``checkpoint_interval`` heights replicas exchange checkpoints; 2f+1 matching
+ones make a stable checkpoint and the per-height message log at or below it is discarded. A backup
+that sees no progress on pending work for ``view_change_timeout_ms`` (doubling per failed view, up to
+``2**max_backoff_exp``) moves to the next view; f+1 view-changes for higher views make a replica
+join the smallest of them. The new primary's new-view carries 2f+1 view-changes; from them every
+replica derives the highest certified height H and the highest-view prepared proposal at H+1, which
+the new primary must propose again unchanged. A replica behind the others (evidence: a commit
+certificate, or f+1 replicas working above its height) fetches committed blocks, verifies each
+certificate and the header chain, re-executes and checks the state root.
+
+Security. Protects the agreement of honest replicas on one block per height against up to f
+Byzantine validators (equivocation, forged or replayed votes, invalid proposals, lying view-changes)
+and an adversarial network (loss, delay, reordering, duplication, partitions). Every message is
+signed by its sender and checked; malformed, oversized, unknown-sender, bad-signature, stale,
+duplicate and conflicting messages are refused with a ``Dropped`` effect and no state change.
+Client transactions are validated by the application (``check_tx``) and deduplicated by hash;
+committed transactions are never accepted again. Tested in tests/ledger/test_pbft_*.py with targeted
+scenarios and thousands of seeded adversarial schedules (``ledgerlink.ledger.consensus.simulator``).
+
+Limits. Votes and the view number are not persisted: a replica restored from its blocks has
+forgotten its votes and counts toward f until the next view change. Committed blocks are kept in
+memory to answer block fetches; the application is replayed from the blocks on restore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol, Sequence
+
+from ledgerlink.ledger.consensus import messages as m
+from ledgerlink.ledger.consensus.messages import (
+    Block, CommitCertificate, Header, Message, MessageError, quorum,
+)
+
+
+class App(Protocol):
+    """The replicated application (the ledger contracts, or ``kv_app.KVApp`` in tests).
+
+    ``execute`` applies a batch to a speculative copy of the committed state and returns the state
+    root; it must be deterministic and must not raise on transactions that passed ``check_tx``
+    (a transaction that fails its contract is recorded as failed, not refused). ``commit(height)``
+    makes the speculative state the committed one; ``rollback`` discards it.
+    """
+
+    def check_tx(self, tx: bytes) -> int | None: ...
+    def execute(self, height: int, time_ms: int, txs: Sequence[bytes]) -> bytes: ...
+    def commit(self, height: int) -> None: ...
+    def rollback(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Config:
+    """Parameters shared by all validators (times in milliseconds)."""
+
+    chain_id: str
+    validators: tuple[bytes, ...]
+    max_batch: int = 64
+    batch_timeout_ms: int = 20
+    max_tx_size: int = 4096
+    max_message_size: int = 4 << 20
+    max_pool: int = 10000
+    view_change_timeout_ms: int = 1000
+    max_backoff_exp: int = 4
+    retransmit_ms: int = 250
+    checkpoint_interval: int = 16
+    max_clock_skew_ms: int = 5000
+    max_blocks_per_reply: int = 16
+    lookahead: int = 4
+
+    @property
+    def n(self) -> int:
+        return len(self.validators)
+
+    @property
+    def f(self) -> int:
+        return (self.n - 1) // 3
+
+    @property
+    def quorum(self) -> int:
+        return quorum(self.n)
+
+    def primary(self, view: int) -> int:
+        return view % self.n
+
+    @property
+    def limits(self) -> m.Limits:
+        return m.Limits(self.max_batch, self.max_tx_size, self.max_blocks_per_reply)
+
+
+# --- effects ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Send:
+    to: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Send to every other validator."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Persist:
+    """Store ``block`` (cbor [header, txs]) and its ``certificate`` durably before later effects."""
+
+    height: int
+    block: bytes
+    certificate: bytes
+
+
+@dataclass(frozen=True)
+class Committed:
+    height: int
+    header: Header
+    certificate: CommitCertificate
+    txs: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Dropped:
+    reason: str
+    sender: int | None = None
+
+
+Effect = Send | Broadcast | Persist | Committed | Dropped
+
+
+# --- internal state -----------------------------------------------------------------------------
+
+@dataclass
+class _Proposal:
+    view: int
+    header: Header
+    txs: tuple[bytes, ...]
+    hash: bytes
+    raw: bytes
+
+
+@dataclass
+class _Slot:
+    """Message log of one height."""
+
+    proposals: dict[int, _Proposal] = field(default_factory=dict)
+    prepares: dict[tuple[int, bytes], dict[int, bytes]] = field(default_factory=dict)
+    commits: dict[tuple[int, bytes], dict[int, bytes]] = field(default_factory=dict)
+    prepare_by: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    commit_by: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    rejected: set[int] = field(default_factory=set)
+    my_prepare: dict[int, bytes] = field(default_factory=dict)
+    my_commit: dict[int, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class _Stored:
+    block: Block
+    cert: CommitCertificate
+    hash: bytes
+
+
+@dataclass
+class _ViewChange:
+    view: int
+    sender: int
+    committed: tuple[Header, CommitCertificate] | None
+    prepared: _Proposal | None
+    raw: bytes
+
+
+def _txhash(tx: bytes) -> bytes:
+    return hashlib.sha256(tx).digest()
+
+
+class Replica:
+    """One PBFT validator; see the module docstring."""
+
+    def __init__(self, index: int, config: Config, signing_key: bytes, app: App, crypto: m.Crypto,
+                 now_ms: int):
+        if not 0 <= index < config.n:
+            raise ValueError("replica index out of range")
+        self.index = index
+        self.config = config
+        self._key = signing_key
+        self.app = app
+        self.crypto = crypto
+        self.now = now_ms
+        self._vhash = m.validators_hash(config.validators)
+        self.view = 0
+        self.in_view_change = False
+        self.chain: list[_Stored] = []
+        self.committed_txs: set[bytes] = set()
+        self.pool: OrderedDict[bytes, tuple[bytes, int, bool]] = OrderedDict()
+        self.slots: dict[int, _Slot] = {}
+        self.executed: bytes | None = None
+        self.prepared_proof: tuple[_Proposal, dict[int, bytes]] | None = None
+        self.stable_checkpoint = -1
+        self.checkpoints: dict[int, dict[bytes, set[int]]] = {}
+        self.view_changes: dict[int, _ViewChange] = {}
+        self.my_view_change: bytes | None = None
+        self.new_view_raw: bytes | None = None
+        self.progress_deadline: int | None = None
+        self.vc_deadline: int | None = None
+        self.backoff = 0
+        self.peer_heights: dict[int, int] = {}
+        self.peer_views: dict[int, int] = {}
+        self.certified_height = -1
+        self.certified_by: int | None = None
+        self.next_fetch = 0
+        self.fetch_round = 0
+        self.next_retransmit = now_ms + config.retransmit_ms
+        self.nv_sent_to: dict[int, int] = {}
+        self._out: list[Effect] = []
+
+    # --- public API -------------------------------------------------------------------------------
+
+    @classmethod
+    def restore(cls, index: int, config: Config, signing_key: bytes, app: App, crypto: m.Crypto,
+                now_ms: int, blocks: Iterable[tuple[bytes, bytes]]) -> "Replica":
+        """Rebuild a replica from its persisted (block, certificate) pairs, replaying ``app``.
+
+        ``app`` must be at the empty initial state. Raises ValueError if the store is inconsistent.
+        """
+        r = cls(index, config, signing_key, app, crypto, now_ms)
+        for block_bytes, cert_bytes in blocks:
+            try:
+                block = Block.decode(block_bytes)
+                cert = CommitCertificate.from_obj(m.loads(cert_bytes))
+                r._apply_certified(block.header, block.txs, cert, persist=False)
+            except MessageError as exc:
+                raise ValueError("corrupt block store: " + exc.reason) from exc
+        r._out = []
+        return r
+
+    @property
+    def height(self) -> int:
+        """Height of the last committed block (-1 before the first)."""
+        return len(self.chain) - 1
+
+    @property
+    def last_hash(self) -> bytes:
+        return self.chain[-1].hash if self.chain else m.ZERO_HASH
+
+    def is_primary(self) -> bool:
+        return self.config.primary(self.view) == self.index
+
+    def block(self, height: int) -> tuple[Block, CommitCertificate]:
+        s = self.chain[height]
+        return s.block, s.cert
+
+    def submit(self, tx: bytes, now_ms: int) -> list[Effect]:
+        """A client transaction arriving at this validator."""
+        self._begin(now_ms)
+        reason = self._admit(tx, origin=True)
+        if reason is not None:
+            self._drop(reason)
+        else:
+            self._broadcast([m.REQUEST, self.index, tx])
+            self._maybe_propose()
+        return self._end()
+
+    def receive(self, sender_index: int, data: bytes, now_ms: int) -> list[Effect]:
+        """A message from validator ``sender_index`` (as authenticated by the transport, if at all)."""
+        self._begin(now_ms)
+        if len(data) > self.config.max_message_size:
+            self._drop("oversized", sender_index)
+            return self._end()
+        try:
+            msg = m.decode_message(data, self.config.chain_id, self.config.validators, self.crypto,
+                                   self.config.limits)
+            if msg.sender != sender_index:
+                raise MessageError("sender mismatch")
+            if msg.sender == self.index:
+                raise MessageError("own message")
+            self._dispatch(msg)
+        except MessageError as exc:
+            self._drop(exc.reason, sender_index)
+        return self._end()
+
+    def tick(self, now_ms: int) -> list[Effect]:
+        """Timers: batching, view-change timeouts, retransmission and block fetching."""
+        self._begin(now_ms)
+        self._maybe_propose()
+        self._timers()
+        self._maybe_fetch()
+        if self.now >= self.next_retransmit:
+            self.next_retransmit = self.now + self.config.retransmit_ms
+            self._retransmit()
+        return self._end()
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    def _begin(self, now_ms: int) -> None:
+        self.now = max(self.now, now_ms)
+        self._out = []
+
+    def _end(self) -> list[Effect]:
+        out, self._out = self._out, []
+        return out
+
+    def _drop(self, reason: str, sender: int | None = None) -> None:
+        self._out.append(Dropped(reason, sender))
+
+    def _sign(self, body: list) -> bytes:
+        return m.encode_message(self.config.chain_id, body, self._key, self.crypto)
+
+    def _broadcast(self, body: list) -> bytes:
+        raw = self._sign(body)
+        self._out.append(Broadcast(raw))
+        return raw
+
+    def _slot(self, height: int) -> _Slot:
+        s = self.slots.get(height)
+        if s is None:
+            s = self.slots[height] = _Slot()
+        return s
+
+    def _note_height(self, sender: int, height: int) -> None:
+        if height > self.peer_heights.get(sender, -1):
+            self.peer_heights[sender] = height
+
+    def _note_view(self, sender: int, view: int) -> None:
+        if view > self.peer_views.get(sender, -1):
+            self.peer_views[sender] = view
+        if view > self.view and not self.in_view_change:
+            ahead = sum(1 for v in self.peer_views.values() if v > self.view)
+            if ahead >= self.config.f + 1:
+                self._start_view_change(self.view + 1)
+
+    def _dispatch(self, msg: Message) -> None:
+        k = msg.kind
+        if k == m.REQUEST:
+            reason = self._admit(msg.fields[0], origin=False)
+            if reason is not None:
+                self._drop(reason, msg.sender)
+            else:
+                self._maybe_propose()
+        elif k == m.PRE_PREPARE:
+            self._on_pre_prepare(msg)
+        elif k in (m.PREPARE, m.COMMIT):
+            self._on_vote(msg)
+        elif k == m.CHECKPOINT:
+            self._on_checkpoint(msg)
+        elif k == m.VIEW_CHANGE:
+            self._on_view_change(msg)
+        elif k == m.NEW_VIEW:
+            self._on_new_view(msg)
+        elif k == m.FETCH_BLOCKS:
+            self._on_fetch(msg)
+        elif k == m.BLOCKS:
+            self._on_blocks(msg)
+
+    # --- requests ---------------------------------------------------------------------------------
+
+    def _admit(self, tx: bytes, origin: bool) -> str | None:
+        if not isinstance(tx, bytes) or len(tx) > self.config.max_tx_size:
+            return "oversized tx"
+        h = _txhash(tx)
+        if h in self.committed_txs:
+            return "replayed tx"
+        if h in self.pool:
+            return "duplicate tx"
+        if len(self.pool) >= self.config.max_pool:
+            return "pool full"
+        code = self.app.check_tx(tx)
+        if code is not None:
+            return "invalid tx %d" % code
+        self.pool[h] = (tx, self.now, origin)
+        return None
+
+    # --- normal case ------------------------------------------------------------------------------
+
+    def _maybe_propose(self) -> None:
+        if not self.is_primary() or self.in_view_change or not self.pool:
+            return
+        h = self.height + 1
+        if self.certified_height > self.height:
+            return
+        slot = self._slot(h)
+        if self.view in slot.proposals:
+            return
+        oldest = next(iter(self.pool.values()))[1]
+        if len(self.pool) < self.config.max_batch and self.now - oldest < self.config.batch_timeout_ms:
+            return
+        txs = tuple(tx for tx, _, _ in list(self.pool.values())[: self.config.max_batch])
+        prev_time = self.chain[-1].block.header.time_ms if self.chain else -1
+        time_ms = max(self.now, prev_time + 1)
+        self._rollback()
+        state_root = self.app.execute(h, time_ms, txs)
+        header = Header(self.config.chain_id, h, self.last_hash, time_ms, m.tx_root(txs),
+                        state_root, self._vhash)
+        hh = header.hash()
+        self.executed = hh
+        raw = self._broadcast([m.PRE_PREPARE, self.index, self.view, h, header.to_obj(), list(txs)])
+        slot.proposals[self.view] = _Proposal(self.view, header, txs, hh, raw)
+        self._progress(h)
+
+    def _rollback(self) -> None:
+        if self.executed is not None:
+            self.app.rollback()
+            self.executed = None
+
+    def _check_header(self, header: Header, txs: Sequence[bytes], proposal: bool) -> None:
+        """Raise MessageError unless ``header`` can follow the last committed block."""
+        h = self.height + 1
+        if header.chain_id != self.config.chain_id or header.height != h:
+            raise MessageError("header mismatch")
+        if header.prev_hash != self.last_hash or header.validators_hash != self._vhash:
+            raise MessageError("header mismatch")
+        if header.tx_root != m.tx_root(txs):
+            raise MessageError("header mismatch")
+        if not proposal:
+            return
+        if self.chain and header.time_ms <= self.chain[-1].block.header.time_ms:
+            raise MessageError("bad time")
+        if header.time_ms > self.now + self.config.max_clock_skew_ms:
+            raise MessageError("bad time")
+        if not txs or len(txs) > self.config.max_batch:
+            raise MessageError("bad batch")
+        seen: set[bytes] = set()
+        for tx in txs:
+            th = _txhash(tx)
+            if th in seen:
+                raise MessageError("duplicate tx in batch")
+            if th in self.committed_txs:
+                raise MessageError("replayed tx in batch")
+            seen.add(th)
+            if th not in self.pool and self.app.check_tx(tx) is not None:
+                raise MessageError("invalid tx in batch")
+
+    def _execute(self, header: Header, txs: Sequence[bytes], hh: bytes) -> None:
+        """Make the app's speculative state the result of ``txs`` and check the state root."""
+        if self.executed == hh:
+            return
+        self._rollback()
+        root = self.app.execute(header.height, header.time_ms, txs)
+        if root != header.state_root:
+            self.app.rollback()
+            raise MessageError("state root mismatch")
+        self.executed = hh
+
+    def _on_pre_prepare(self, msg: Message) -> None:
+        view, h, header, txs = msg.fields
+        self._note_height(msg.sender, h - 1)
+        if msg.sender != self.config.primary(view):
+            raise MessageError("not primary")
+        self._note_view(msg.sender, view)
+        if view != self.view:
+            raise MessageError("stale view" if view < self.view else "future view")
+        if h <= self.height:
+            if h == self.height and header.hash() == self.last_hash:
+                self._help_commit(view, h, self.last_hash)
+                return
+            raise MessageError("stale height")
+        if h > self.height + 1 + self.config.lookahead:
+            raise MessageError("too far ahead")
+        if header.height != h:
+            raise MessageError("header mismatch")
+        slot = self._slot(h)
+        hh = header.hash()
+        old = slot.proposals.get(view)
+        if old is not None:
+            if old.hash == hh:
+                raise MessageError("duplicate")
+            if not self.in_view_change:
+                self._start_view_change(self.view + 1)
+            raise MessageError("equivocation")
+        slot.proposals[view] = _Proposal(view, header, txs, hh, msg.raw)
+        self._progress(self.height + 1)
+
+    def _help_commit(self, view: int, h: int, hh: bytes) -> None:
+        """Vote for a re-proposal of our own last committed block so that others can commit it."""
+        slot = self._slot(h)
+        if not self.is_primary() and view not in slot.my_prepare:
+            slot.my_prepare[view] = self._broadcast([m.PREPARE, self.index, view, h, hh])
+        if view not in slot.my_commit:
+            slot.my_commit[view] = self._broadcast([m.COMMIT, self.index, view, h, hh])
+
+    def _on_vote(self, msg: Message) -> None:
+        view, h, hh = msg.fields
+        self._note_height(msg.sender, h - 1)
+        self._note_view(msg.sender, view)
+        if view != self.view:
+            raise MessageError("stale view" if view < self.view else "future view")
+        if h <= self.height:
+            raise MessageError("stale height")
+        if h > self.height + 1 + self.config.lookahead:
+            raise MessageError("too far ahead")
+        if msg.kind == m.PREPARE and msg.sender == self.config.primary(view):
+            raise MessageError("prepare from primary")
+        slot = self._slot(h)
+        by, votes = ((slot.prepare_by, slot.prepares) if msg.kind == m.PREPARE
+                     else (slot.commit_by, slot.commits))
+        prev = by.get((view, msg.sender))
+        if prev is not None:
+            raise MessageError("duplicate" if prev == hh else "conflicting vote")
+        by[(view, msg.sender)] = hh
+        votes.setdefault((view, hh), {})[msg.sender] = msg.sig
+        self._progress(self.height + 1)
+
+    def _progress(self, h: int) -> None:
+        """Advance the slot at height h = height + 1 as far as the log allows."""
+        while True:
+            if h != self.height + 1 or self.in_view_change:
+                return
+            slot = self.slots.get(h)
+            if slot is None:
+                return
+            p = slot.proposals.get(self.view)
+            if p is None or self.view in slot.rejected:
+                return
+            if self.executed != p.hash:
+                try:
+                    self._check_header(p.header, p.txs, proposal=True)
+                    self._execute(p.header, p.txs, p.hash)
+                except MessageError as exc:
+                    slot.rejected.add(self.view)
+                    self._drop("rejected proposal: " + exc.reason, self.config.primary(self.view))
+                    return
+            primary = self.config.primary(self.view)
+            if self.index != primary and self.view not in slot.my_prepare:
+                raw = self._broadcast([m.PREPARE, self.index, self.view, h, p.hash])
+                slot.my_prepare[self.view] = raw
+                slot.prepare_by[(self.view, self.index)] = p.hash
+                slot.prepares.setdefault((self.view, p.hash), {})[self.index] = _sig_of(raw)
+            prepares = slot.prepares.get((self.view, p.hash), {})
+            if sum(1 for i in prepares if i != primary) < 2 * self.config.f:
+                return
+            if self.prepared_proof is None or self.prepared_proof[0].view != self.view \
+                    or self.prepared_proof[0].header.height != h:
+                self.prepared_proof = (p, {i: s for i, s in prepares.items() if i != primary})
+            if self.view not in slot.my_commit:
+                raw = self._broadcast([m.COMMIT, self.index, self.view, h, p.hash])
+                slot.my_commit[self.view] = raw
+                slot.commit_by[(self.view, self.index)] = p.hash
+                slot.commits.setdefault((self.view, p.hash), {})[self.index] = _sig_of(raw)
+            commits = slot.commits.get((self.view, p.hash), {})
+            if len(commits) < self.config.quorum:
+                return
+            votes = tuple(sorted(commits.items())[: self.config.quorum])
+            cert = CommitCertificate(h, self.view, p.hash, votes)
+            self._commit(p.header, p.txs, cert, persist=True)
+            h = self.height + 1
+            self._maybe_propose()
+
+    def _commit(self, header: Header, txs: tuple[bytes, ...], cert: CommitCertificate,
+                persist: bool) -> None:
+        h = header.height
+        self.app.commit(h)
+        self.executed = None
+        block = Block(header, txs)
+        self.chain.append(_Stored(block, cert, cert.header_hash))
+        for tx in txs:
+            th = _txhash(tx)
+            self.committed_txs.add(th)
+            self.pool.pop(th, None)
+        if self.prepared_proof is not None and self.prepared_proof[0].header.height <= h:
+            self.prepared_proof = None
+        self.progress_deadline = None
+        self.backoff = 0
+        if h > self.certified_height:
+            self.certified_height = h
+        if persist:
+            self._out.append(Persist(h, block.encode(), cert.encode()))
+            self._out.append(Committed(h, header, cert, txs))
+        if (h + 1) % self.config.checkpoint_interval == 0:
+            self._broadcast([m.CHECKPOINT, self.index, h, cert.header_hash])
+            self._add_checkpoint(self.index, h, cert.header_hash)
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def _on_checkpoint(self, msg: Message) -> None:
+        h, hh = msg.fields
+        self._note_height(msg.sender, h)
+        if h <= self.stable_checkpoint:
+            raise MessageError("stale checkpoint")
+        if (h + 1) % self.config.checkpoint_interval != 0:
+            raise MessageError("not a checkpoint height")
+        if any(msg.sender in s for s in self.checkpoints.get(h, {}).values()):
+            raise MessageError("duplicate")
+        self._add_checkpoint(msg.sender, h, hh)
+
+    def _add_checkpoint(self, sender: int, h: int, hh: bytes) -> None:
+        self.checkpoints.setdefault(h, {}).setdefault(hh, set()).add(sender)
+        self._try_stabilize()
+
+    def _try_stabilize(self) -> None:
+        for h in sorted(self.checkpoints):
+            if h <= self.stable_checkpoint or h > self.height:
+                continue
+            votes = self.checkpoints[h].get(self.chain[h].hash, set())
+            if len(votes) >= self.config.quorum:
+                self._truncate(h)
+
+    def _truncate(self, h: int) -> None:
+        """Stable checkpoint at h: discard the message log at or below it."""
+        self.stable_checkpoint = h
+        for k in [k for k in self.slots if k <= h]:
+            del self.slots[k]
+        for k in [k for k in self.checkpoints if k <= h]:
+            del self.checkpoints[k]
+
+    # --- view change ------------------------------------------------------------------------------
+
+    def _timeout(self) -> int:
+        return self.config.view_change_timeout_ms << min(self.backoff, self.config.max_backoff_exp)
+
+    def _has_work(self) -> bool:
+        if self.pool:
+            return True
+        slot = self.slots.get(self.height + 1)
+        return slot is not None and self.view in slot.proposals
+
+    def _timers(self) -> None:
+        if self.in_view_change:
+            if self.vc_deadline is not None and self.now >= self.vc_deadline:
+                self._start_view_change(self.view + 1)
+            return
+        if not self._has_work():
+            self.progress_deadline = None
+            return
+        if self.progress_deadline is None:
+            self.progress_deadline = self.now + self._timeout()
+        elif self.now >= self.progress_deadline:
+            self._start_view_change(self.view + 1)
+
+    def _start_view_change(self, view: int) -> None:
+        self.view = view
+        self.in_view_change = True
+        self.new_view_raw = None
+        self.progress_deadline = None
+        self.vc_deadline = self.now + self._timeout()
+        self.backoff += 1
+        committed = None
+        if self.chain:
+            last = self.chain[-1]
+            committed = [last.block.header.to_obj(), last.cert.to_obj()]
+        prepared = None
+        if self.prepared_proof is not None and self.prepared_proof[0].header.height == self.height + 1:
+            p, votes = self.prepared_proof
+            prepared = [p.raw, [[i, s] for i, s in sorted(votes.items())]]
+        raw = self._broadcast([m.VIEW_CHANGE, self.index, view, committed, prepared])
+        self.my_view_change = raw
+        self.view_changes[self.index] = self._parse_view_change(
+            m.decode_message(raw, self.config.chain_id, self.config.validators, self.crypto,
+                             self.config.limits))
+        self._try_new_view()
+
+    def _parse_view_change(self, msg: Message) -> _ViewChange:
+        """Verify the committed certificate and prepared proof of a view-change."""
+        view, committed, prepared = msg.fields
+        cfg = self.config
+        ch = -1
+        if committed is not None:
+            header, cert = committed
+            if header.validators_hash != self._vhash:
+                raise MessageError("bad view-change")
+            m.verify_certificate(cert, header, cfg.chain_id, cfg.validators, self.crypto)
+            ch = header.height
+        proposal = None
+        if prepared is not None:
+            raw_pp, votes = prepared
+            pp = m.decode_message(raw_pp, cfg.chain_id, cfg.validators, self.crypto, cfg.limits)
+            if pp.kind != m.PRE_PREPARE:
+                raise MessageError("bad view-change")
+            pview, ph, pheader, ptxs = pp.fields
+            if pp.sender != cfg.primary(pview) or pview >= view or ph != ch + 1 or pheader.height != ph:
+                raise MessageError("bad view-change")
+            hh = pheader.hash()
+            primary = cfg.primary(pview)
+            seen: set[int] = set()
+            for i, sig in votes:
+                if i >= cfg.n or i == primary or i in seen:
+                    raise MessageError("bad view-change")
+                body = [m.PREPARE, i, pview, ph, hh]
+                if not self.crypto.verify(cfg.validators[i], m.signed_bytes(cfg.chain_id, body), sig):
+                    raise MessageError("bad view-change")
+                seen.add(i)
+            if len(seen) < 2 * cfg.f:
+                raise MessageError("bad view-change")
+            proposal = _Proposal(pview, pheader, ptxs, hh, raw_pp)
+        return _ViewChange(view, msg.sender, committed, proposal, msg.raw)
+
+    def _on_view_change(self, msg: Message) -> None:
+        view = msg.fields[0]
+        if view < self.view or (view == self.view and not self.in_view_change):
+            if self.new_view_raw is not None and self.nv_sent_to.get(msg.sender, -1) < self.now:
+                self.nv_sent_to[msg.sender] = self.now + self.config.retransmit_ms
+                self._out.append(Send(msg.sender, self.new_view_raw))
+            raise MessageError("stale view")
+        old = self.view_changes.get(msg.sender)
+        if old is not None and old.view >= view:
+            raise MessageError("duplicate")
+        vc = self._parse_view_change(msg)
+        self.view_changes[msg.sender] = vc
+        if vc.committed is not None:
+            self._note_certified(msg.sender, vc.committed[0].height)
+        self._note_view(msg.sender, view)
+        if self.in_view_change and view > self.view:
+            higher = [v.view for v in self.view_changes.values() if v.view > self.view]
+            if len(higher) >= self.config.f + 1:
+                self._start_view_change(min(higher))
+        self._try_new_view()
+
+    def _select(self, vcs: Sequence[_ViewChange]) -> tuple[int, _Proposal | None]:
+        """Highest certified height H and the highest-view proposal prepared at H+1, if any."""
+        top = max((vc.committed[0].height for vc in vcs if vc.committed is not None), default=-1)
+        best: _Proposal | None = None
+        for vc in vcs:
+            p = vc.prepared
+            if p is None or p.header.height != top + 1:
+                continue
+            if best is None or (p.view, p.hash) > (best.view, best.hash):
+                best = p
+        return top, best
+
+    def _try_new_view(self) -> None:
+        if not self.in_view_change or not self.is_primary():
+            return
+        vcs = sorted((vc for vc in self.view_changes.values() if vc.view == self.view),
+                     key=lambda vc: vc.sender)
+        if len(vcs) < self.config.quorum:
+            return
+        vcs = vcs[: self.config.quorum]
+        top, chosen = self._select(vcs)
+        pp_raw = None
+        if chosen is not None:
+            pp_raw = self._sign([m.PRE_PREPARE, self.index, self.view, top + 1,
+                                 chosen.header.to_obj(), list(chosen.txs)])
+        raw = self._broadcast([m.NEW_VIEW, self.index, self.view, [vc.raw for vc in vcs], pp_raw])
+        self._enter_view(self.view, raw, vcs, top, chosen, pp_raw)
+
+    def _on_new_view(self, msg: Message) -> None:
+        view, raw_vcs, raw_pp = msg.fields
+        cfg = self.config
+        if view < self.view or (view == self.view and not self.in_view_change):
+            raise MessageError("stale view")
+        if msg.sender != cfg.primary(view):
+            raise MessageError("not primary")
+        vcs: list[_ViewChange] = []
+        senders: set[int] = set()
+        for raw in raw_vcs:
+            vm = m.decode_message(raw, cfg.chain_id, cfg.validators, self.crypto, cfg.limits)
+            if vm.kind != m.VIEW_CHANGE or vm.fields[0] != view or vm.sender in senders:
+                raise MessageError("bad new-view")
+            vcs.append(self._parse_view_change(vm))
+            senders.add(vm.sender)
+        if len(vcs) < cfg.quorum:
+            raise MessageError("bad new-view")
+        top, chosen = self._select(vcs)
+        if raw_pp is not None:
+            pp = m.decode_message(raw_pp, cfg.chain_id, cfg.validators, self.crypto, cfg.limits)
+            pview, ph, pheader, ptxs = pp.fields
+            if pp.kind != m.PRE_PREPARE or pp.sender != msg.sender or pview != view or ph != top + 1:
+                raise MessageError("bad new-view")
+            if chosen is not None and (pheader.hash() != chosen.hash or ptxs != chosen.txs):
+                raise MessageError("bad new-view")
+        elif chosen is not None:
+            raise MessageError("bad new-view")
+        for vc in vcs:
+            if vc.committed is not None:
+                self._note_certified(vc.sender, vc.committed[0].height)
+        self._enter_view(view, msg.raw, vcs, top, chosen, raw_pp)
+
+    def _enter_view(self, view: int, raw: bytes, vcs: Sequence[_ViewChange], top: int,
+                    chosen: _Proposal | None, raw_pp: bytes | None) -> None:
+        self.view = view
+        self.in_view_change = False
+        self.new_view_raw = raw
+        self.vc_deadline = None
+        self.progress_deadline = None
+        self.view_changes = {s: vc for s, vc in self.view_changes.items() if vc.view > view}
+        if raw_pp is not None:
+            pp = m.decode_message(raw_pp, self.config.chain_id, self.config.validators, self.crypto,
+                                  self.config.limits)
+            _, h, header, txs = pp.fields
+            if h == self.height and header.hash() == self.last_hash:
+                self._help_commit(view, h, self.last_hash)
+            elif self.height < h <= self.height + 1 + self.config.lookahead:
+                slot = self._slot(h)
+                slot.proposals[view] = _Proposal(view, header, txs, header.hash(), raw_pp)
+        self._progress(self.height + 1)
+        self._maybe_propose()
+
+    # --- state transfer ---------------------------------------------------------------------------
+
+    def _note_certified(self, sender: int, h: int) -> None:
+        self._note_height(sender, h)
+        if h > self.certified_height:
+            self.certified_height = h
+            self.certified_by = sender
+
+    def _fetch_target(self) -> int:
+        claims = sorted(self.peer_heights.values(), reverse=True)
+        f = self.config.f
+        target = claims[f] if len(claims) > f else -1
+        return max(target, self.certified_height)
+
+    def _maybe_fetch(self) -> None:
+        target = self._fetch_target()
+        if target <= self.height or self.now < self.next_fetch:
+            return
+        peers = sorted(i for i, h in self.peer_heights.items() if h > self.height and i != self.index)
+        if not peers:
+            return
+        self.fetch_round += 1
+        peer = peers[self.fetch_round % len(peers)]
+        self.next_fetch = self.now + self.config.retransmit_ms
+        hi = min(target, self.height + self.config.max_blocks_per_reply)
+        self._out.append(Send(peer, self._sign([m.FETCH_BLOCKS, self.index, self.height + 1, hi])))
+
+    def _on_fetch(self, msg: Message) -> None:
+        lo, hi = msg.fields
+        hi = min(hi, self.height, lo + self.config.max_blocks_per_reply - 1)
+        if lo > hi:
+            raise MessageError("nothing to send")
+        items = []
+        size = 0
+        for h in range(lo, hi + 1):
+            s = self.chain[h]
+            item = [s.block.header.to_obj(), list(s.block.txs), s.cert.to_obj()]
+            size += len(s.block.encode()) + 80 * len(s.cert.votes) + 64
+            if items and size > self.config.max_message_size // 2:
+                break
+            items.append(item)
+        self._out.append(Send(msg.sender, self._sign([m.BLOCKS, self.index, items])))
+
+    def _on_blocks(self, msg: Message) -> None:
+        (items,) = msg.fields
+        applied = 0
+        error = None
+        for header, txs, cert in items:
+            if header.height != self.height + 1:
+                continue
+            try:
+                self._apply_certified(header, txs, cert, persist=True)
+            except MessageError as exc:
+                error = exc
+                break
+            applied += 1
+        if applied == 0:
+            raise error or MessageError("no usable blocks")
+        if error is not None:
+            self._drop(error.reason, msg.sender)
+        self._note_height(msg.sender, self.height)
+        self.next_fetch = 0
+        self._try_stabilize()
+        self._progress(self.height + 1)
+        self._maybe_fetch()
+
+    def _apply_certified(self, header: Header, txs: tuple[bytes, ...], cert: CommitCertificate,
+                         persist: bool) -> None:
+        cfg = self.config
+        self._check_header(header, txs, proposal=False)
+        m.verify_certificate(cert, header, cfg.chain_id, cfg.validators, self.crypto)
+        self._execute(header, txs, cert.header_hash)
+        self._commit(header, txs, cert, persist)
+
+    # --- retransmission ---------------------------------------------------------------------------
+
+    def _retransmit(self) -> None:
+        if self.in_view_change:
+            if self.my_view_change is not None:
+                self._out.append(Broadcast(self.my_view_change))
+            return
+        slot = self.slots.get(self.height + 1)
+        if slot is not None:
+            p = slot.proposals.get(self.view)
+            if p is not None and self.is_primary():
+                self._out.append(Broadcast(p.raw))
+            for raw in (slot.my_prepare.get(self.view), slot.my_commit.get(self.view)):
+                if raw is not None:
+                    self._out.append(Broadcast(raw))
+        last = self.slots.get(self.height)
+        if last is not None:
+            raw = last.my_commit.get(self.view)
+            if raw is not None:
+                self._out.append(Broadcast(raw))
+        primary = self.config.primary(self.view)
+        if primary != self.index:
+            sent = 0
+            for tx, arrived, origin in self.pool.values():
+                if sent >= 8:
+                    break
+                if origin and self.now - arrived >= self.config.retransmit_ms:
+                    self._out.append(Send(primary, self._sign([m.REQUEST, self.index, tx])))
+                    sent += 1
+
+
+def _sig_of(raw: bytes) -> bytes:
+    return m.loads(raw)[-1]
