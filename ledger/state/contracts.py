@@ -162,23 +162,14 @@ def device_record(dev: bytes, pubkey: bytes, role: int, attributes: dict, at: in
     return {1: dev, 2: pubkey, 3: int(role), 4: attributes, 5: int(DeviceStatus.ACTIVE), 6: at, 7: by, 8: 1}
 
 
-def _decode_sign1_payload(frame: bytes) -> Any:
-    obj = cbor.loads(frame)
-    if getattr(obj, "tag", None) != 18:
-        raise _bad("registration request is not a COSE_Sign1")
-    parts = getattr(obj, "value", None)
-    if not isinstance(parts, list) or len(parts) != 4 or not isinstance(parts[2], (bytes, bytearray)):
-        raise _bad("registration request is not a COSE_Sign1")
-    return cbor.loads(bytes(parts[2]))
-
-
 def register(ctx: TxContext) -> None:
     require_role(ctx, Role.ADMIN)
     check_keys(ctx.body, (4,))
     request = get_bstr(ctx.body, 4, 1, MAX_REQUEST)
     try:
-        req = _decode_sign1_payload(request)
-        kid = cose.sign1_kid(request)
+        frame = cose.decode_sign1(request)
+        req = cbor.loads(frame.payload)
+        kid = frame.kid
     except LedgerlinkError:
         raise _bad("registration request is not a well-formed COSE_Sign1") from None
     if not isinstance(req, dict):

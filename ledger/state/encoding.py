@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 from ledgerlink.core import cbor, cose, p256
 from ledgerlink.core.backend import get_backend
 
-from ledgerlink.ledger.state.codes import RecordKind, TxKind
+from ledgerlink.ledger.state.codes import TxKind
 
 TX_DOMAIN = "ledgerlink-tx-v1"
 ROTATE_DOMAIN = "ledgerlink-rotate-v1"
@@ -162,7 +162,7 @@ def warnings_tx(chain_id: str, gateway_priv: bytes, entries: list, time_ms: int,
 
 
 __all__ = [
-    "RecordKind", "state_key", "compress_pubkey", "device_id", "tx_aad", "tx_id", "rotation_message",
+    "state_key", "compress_pubkey", "device_id", "tx_aad", "tx_id", "rotation_message",
     "build_tx", "registration_request", "register_tx", "rotate_key_tx", "ban_tx", "unban_tx", "anchor_tx",
     "cert_record_tx", "firmware_tx", "provenance_tx", "communication_tx", "warning_entry", "warnings_tx",
 ]

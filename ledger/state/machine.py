@@ -28,7 +28,7 @@ from ledgerlink.core import cbor, cose, smt
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidSignature, LedgerlinkError
 
-from ledgerlink.ledger.state.codes import DeviceStatus, Reason, RecordKind as RK, Role, TxKind, reason_text
+from ledgerlink.ledger.state.codes import DeviceStatus, Reason, RecordKind as RK, Role, reason_text
 from ledgerlink.ledger.state.contracts import (CONTRACTS, Journal, Refusal, TxContext, check_attributes,
                                                device_record, is_uint)
 from ledgerlink.ledger.state.encoding import (NONCE_LEN, compress_pubkey, device_id, state_key, tx_aad,
@@ -335,4 +335,4 @@ class LedgerState:
         self._pending = None
 
 
-__all__ = ["LedgerState", "StateError", "TxResult", "Refusal", "TxKind", "Role", "RK", "Reason"]
+__all__ = ["LedgerState", "StateError", "TxResult", "Refusal"]
