@@ -129,6 +129,15 @@ def cert_record_tx(chain_id: str, issuer_priv: bytes, cert_hash: bytes, subject:
     return build_tx(chain_id, issuer_priv, TxKind.CERT_RECORD, time_ms, fields, **kw)
 
 
+def cert_record_tx_for(chain_id: str, issuer_priv: bytes, cert_bytes: bytes, time_ms: int, **kw: Any) -> bytes:
+    """cert-record transaction for an ECQV certificate: its hash and fields, not the certificate itself."""
+    from ledgerlink.core import ecqv
+
+    cert = ecqv.decode_cert(cert_bytes)
+    return cert_record_tx(chain_id, issuer_priv, hashlib.sha256(bytes(cert_bytes)).digest(), cert.subject,
+                          cert.issuer, cert.valid_from, cert.valid_until, cert.serial, time_ms, **kw)
+
+
 def firmware_tx(chain_id: str, maintenance_priv: bytes, image_hash: bytes, version: str, device_class: str,
                 image_type: int, time_ms: int, size: int | None = None, **kw: Any) -> bytes:
     fields: dict[int, Any] = {4: bytes(image_hash), 5: version, 6: device_class, 7: image_type}
@@ -164,5 +173,5 @@ def warnings_tx(chain_id: str, gateway_priv: bytes, entries: list, time_ms: int,
 __all__ = [
     "state_key", "compress_pubkey", "device_id", "tx_aad", "tx_id", "rotation_message",
     "build_tx", "registration_request", "register_tx", "rotate_key_tx", "ban_tx", "unban_tx", "anchor_tx",
-    "cert_record_tx", "firmware_tx", "provenance_tx", "communication_tx", "warning_entry", "warnings_tx",
+    "cert_record_tx", "cert_record_tx_for", "firmware_tx", "provenance_tx", "communication_tx", "warning_entry", "warnings_tx",
 ]

@@ -78,6 +78,23 @@ def test_cert_record_happy_path(net, state):
                    7: 1, 8: net.time_ms}
 
 
+def test_cert_record_of_an_issued_ecqv_certificate(net, state):
+    from ledgerlink.core import ecqv
+
+    subject = net["sensor"].id
+    _, request_point = ecqv.create_request()
+    cert_bytes, _ = ecqv.issue(request_point, net["gateway"].priv, b"\x00\x07", b"fog-ca-1", subject,
+                               1_700_000_000, 1_700_003_600)
+    tx = enc.cert_record_tx_for(net.chain_id, net["gateway"].priv, cert_bytes, net.time_ms, nonce=net.nonce(),
+                                backend=net.backend)
+    again = enc.cert_record_tx_for(net.chain_id, net["gateway2"].priv, cert_bytes, net.time_ms, nonce=net.nonce(),
+                                   backend=net.backend)
+    assert codes(net.block(state, [tx, again])) == [0, Reason.CERTIFICATE_REUSE]
+    rec = state.get_record(RK.CERT, hashlib.sha256(cert_bytes).digest())
+    assert (rec[1], rec[2], rec[3], rec[4], rec[5]) == \
+        (subject, b"fog-ca-1", 1_700_000_000, 1_700_003_600, b"\x00\x07")
+
+
 def test_cert_hash_reuse_is_refused(net, state):
     cert_hash = h("cert-1")
     first = _cert(net, "gateway", cert_hash)
