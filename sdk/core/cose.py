@@ -1,0 +1,204 @@
+"""COSE_Sign1 (ES256) and COSE_Encrypt0 (AES-CCM-16-64-128) per RFC 9052 / RFC 9053.
+
+Sign1: ``#6.18([protected = bstr .cbor {1: -7}, {4: kid}, payload, signature (64 bytes r||s)])``,
+signed over ``["Signature1", protected, external_aad, payload]``.
+Encrypt0: ``#6.16([protected = bstr .cbor {1: 10}, {4: kid, 6: partial_iv} / {4: kid, 5: iv}, ciphertext])``,
+with AAD ``["Encrypt0", protected, external_aad]``. With a Partial IV the nonce is the context Base IV
+XOR the Partial IV left-padded to 13 bytes (RFC 9052 section 3.1).
+
+Protects against: altered payload, headers or topic (external AAD binds the MQTT topic); algorithm
+substitution (the protected header must be exactly {1: alg} for the expected alg); oversized frames
+(``MAX_FRAME``) and malformed structure (DecodeError / InvalidMessage, never a crash). Tested against
+pycose in both directions (tests/core/test_cose.py) and with tampering and bad-structure cases.
+"""
+
+from ledgerlink.core import cbor
+from ledgerlink.core.backend import get_backend
+from ledgerlink.core.errors import DecodeError, InvalidKey, InvalidMessage, InvalidSignature
+
+TAG_SIGN1 = 18
+TAG_ENCRYPT0 = 16
+ALG_ES256 = -7
+ALG_AES_CCM_16_64_128 = 10
+HDR_ALG = 1
+HDR_KID = 4
+HDR_IV = 5
+HDR_PARTIAL_IV = 6
+NONCE_LEN = 13
+TAG_LEN = 8
+KEY_LEN = 16
+MAX_FRAME = 4096
+MAX_KID = 64
+
+_PROTECTED_ES256 = cbor.dumps({HDR_ALG: ALG_ES256})
+_PROTECTED_CCM = cbor.dumps({HDR_ALG: ALG_AES_CCM_16_64_128})
+
+
+class Sign1:
+    """A decoded, not yet verified COSE_Sign1: ``protected`` (bytes), ``kid``, ``payload``, ``signature``."""
+
+    def __init__(self, protected, kid, payload, signature):
+        self.protected = protected
+        self.kid = kid
+        self.payload = payload
+        self.signature = signature
+
+    def to_be_signed(self, external_aad=b""):
+        return cbor.dumps(["Signature1", self.protected, bytes(external_aad), self.payload])
+
+
+class Encrypt0:
+    """A decoded COSE_Encrypt0: ``protected``, ``kid``, ``partial_iv`` or ``iv``, ``ciphertext``."""
+
+    def __init__(self, protected, kid, partial_iv, iv, ciphertext):
+        self.protected = protected
+        self.kid = kid
+        self.partial_iv = partial_iv
+        self.iv = iv
+        self.ciphertext = ciphertext
+
+    def aad(self, external_aad=b""):
+        return cbor.dumps(["Encrypt0", self.protected, bytes(external_aad)])
+
+
+def _decode(frame, tag, length, protected_expected, what):
+    if not isinstance(frame, (bytes, bytearray)):
+        raise InvalidMessage("%s must be bytes" % what)
+    if len(frame) > MAX_FRAME:
+        raise InvalidMessage("%s of %d bytes exceeds the %d-byte limit" % (what, len(frame), MAX_FRAME))
+    obj = cbor.loads(frame, max_depth=8, max_size=MAX_FRAME)
+    if not isinstance(obj, cbor.Tag) or obj.tag != tag:
+        raise InvalidMessage("%s must carry CBOR tag %d" % (what, tag))
+    arr = obj.value
+    if not isinstance(arr, list) or len(arr) != length:
+        raise InvalidMessage("%s must be an array of %d items" % (what, length))
+    protected, unprotected = arr[0], arr[1]
+    if not isinstance(protected, bytes):
+        raise InvalidMessage("%s protected header must be a byte string" % what)
+    if protected != protected_expected:
+        try:
+            header = cbor.loads(protected, max_depth=4)
+        except DecodeError:
+            raise InvalidMessage("%s protected header is not CBOR" % what)
+        if not isinstance(header, dict) or HDR_ALG not in header:
+            raise InvalidMessage("%s protected header has no algorithm" % what)
+        raise InvalidMessage("%s algorithm %r is not the expected one" % (what, header[HDR_ALG]))
+    if not isinstance(unprotected, dict):
+        raise InvalidMessage("%s unprotected header must be a map" % what)
+    for label in unprotected:
+        if label not in (HDR_KID, HDR_IV, HDR_PARTIAL_IV):
+            raise InvalidMessage("%s unprotected header label %r is not allowed" % (what, label))
+    kid = unprotected.get(HDR_KID)
+    if kid is not None and (not isinstance(kid, bytes) or len(kid) > MAX_KID):
+        raise InvalidMessage("%s kid must be a byte string of at most %d bytes" % (what, MAX_KID))
+    return arr, unprotected, kid
+
+
+def decode_sign1(frame):
+    """Decode a COSE_Sign1 frame without verifying it (e.g. to look up the key by kid)."""
+    arr, unprotected, kid = _decode(frame, TAG_SIGN1, 4, _PROTECTED_ES256, "COSE_Sign1")
+    if HDR_IV in unprotected or HDR_PARTIAL_IV in unprotected:
+        raise InvalidMessage("COSE_Sign1 must not carry an IV")
+    payload, signature = arr[2], arr[3]
+    if not isinstance(payload, bytes):
+        raise InvalidMessage("COSE_Sign1 payload must be a byte string (detached payloads are not used)")
+    if not isinstance(signature, bytes) or len(signature) != 64:
+        raise InvalidMessage("COSE_Sign1 ES256 signature must be 64 bytes")
+    return Sign1(arr[0], kid, payload, signature)
+
+
+def sign1_kid(frame):
+    """The kid of a COSE_Sign1 frame (not verified), or None."""
+    return decode_sign1(frame).kid
+
+
+def sign1(payload, private_key, kid=None, external_aad=b"", backend=None):
+    """Make a tagged COSE_Sign1 (ES256) over ``payload`` bound to ``external_aad``."""
+    if not isinstance(payload, (bytes, bytearray)):
+        raise InvalidMessage("payload must be bytes")
+    msg = Sign1(_PROTECTED_ES256, kid, bytes(payload), b"")
+    signature = get_backend(backend).sign(private_key, msg.to_be_signed(external_aad))
+    unprotected = {} if kid is None else {HDR_KID: bytes(kid)}
+    frame = cbor.dumps(cbor.Tag(TAG_SIGN1, [_PROTECTED_ES256, unprotected, bytes(payload), signature]))
+    if len(frame) > MAX_FRAME:
+        raise InvalidMessage("COSE_Sign1 of %d bytes exceeds the %d-byte limit" % (len(frame), MAX_FRAME))
+    return frame
+
+
+def verify_sign1(frame, public_key, external_aad=b"", backend=None):
+    """Verify a COSE_Sign1 frame with ``public_key`` (SEC 1 bytes); return the payload.
+
+    Raises DecodeError / InvalidMessage for malformed frames and InvalidSignature for a bad signature.
+    """
+    msg = decode_sign1(frame)
+    if not get_backend(backend).verify(public_key, msg.to_be_signed(external_aad), msg.signature):
+        raise InvalidSignature("COSE_Sign1 signature does not verify")
+    return msg.payload
+
+
+def nonce_from_partial_iv(base_iv, partial_iv):
+    """RFC 9052 section 3.1: Base IV XOR the Partial IV left-padded to the Base IV length."""
+    if len(base_iv) != NONCE_LEN:
+        raise InvalidKey("Base IV must be %d bytes" % NONCE_LEN)
+    if not isinstance(partial_iv, (bytes, bytearray)) or not 0 < len(partial_iv) <= NONCE_LEN:
+        raise InvalidMessage("Partial IV must be 1 to %d bytes" % NONCE_LEN)
+    padded = bytes(NONCE_LEN - len(partial_iv)) + bytes(partial_iv)
+    return bytes(a ^ b for a, b in zip(base_iv, padded))
+
+
+def decode_encrypt0(frame):
+    """Decode a COSE_Encrypt0 frame without decrypting it."""
+    arr, unprotected, kid = _decode(frame, TAG_ENCRYPT0, 3, _PROTECTED_CCM, "COSE_Encrypt0")
+    partial_iv = unprotected.get(HDR_PARTIAL_IV)
+    iv = unprotected.get(HDR_IV)
+    if (partial_iv is None) == (iv is None):
+        raise InvalidMessage("COSE_Encrypt0 needs exactly one of IV and Partial IV")
+    if iv is not None and (not isinstance(iv, bytes) or len(iv) != NONCE_LEN):
+        raise InvalidMessage("COSE_Encrypt0 IV must be %d bytes" % NONCE_LEN)
+    if partial_iv is not None and (not isinstance(partial_iv, bytes) or not 0 < len(partial_iv) <= NONCE_LEN):
+        raise InvalidMessage("COSE_Encrypt0 Partial IV must be 1 to %d bytes" % NONCE_LEN)
+    ciphertext = arr[2]
+    if not isinstance(ciphertext, bytes) or len(ciphertext) < TAG_LEN:
+        raise InvalidMessage("COSE_Encrypt0 ciphertext must be a byte string of at least %d bytes" % TAG_LEN)
+    return Encrypt0(arr[0], kid, partial_iv, iv, ciphertext)
+
+
+def encrypt0(plaintext, key, partial_iv=None, base_iv=None, iv=None, kid=None, external_aad=b"",
+             backend=None):
+    """Make a tagged COSE_Encrypt0 with AES-CCM-16-64-128.
+
+    Give either ``partial_iv`` and ``base_iv`` (the nonce is derived; only the Partial IV is sent) or a
+    full 13-byte ``iv`` (sent). Never reuse a nonce under one key.
+    """
+    if len(key) != KEY_LEN:
+        raise InvalidKey("AES-CCM-16-64-128 key must be 16 bytes")
+    if iv is not None:
+        if partial_iv is not None or len(iv) != NONCE_LEN:
+            raise InvalidKey("give a 13-byte IV or a Partial IV with a Base IV, not both")
+        nonce = bytes(iv)
+        unprotected = {HDR_IV: nonce}
+    else:
+        if partial_iv is None or base_iv is None:
+            raise InvalidKey("encrypt0 needs partial_iv and base_iv, or iv")
+        nonce = nonce_from_partial_iv(base_iv, partial_iv)
+        unprotected = {HDR_PARTIAL_IV: bytes(partial_iv)}
+    if kid is not None:
+        unprotected[HDR_KID] = bytes(kid)
+    msg = Encrypt0(_PROTECTED_CCM, kid, partial_iv, iv, b"")
+    ciphertext = get_backend(backend).ccm_seal(key, nonce, bytes(plaintext), msg.aad(external_aad), TAG_LEN)
+    frame = cbor.dumps(cbor.Tag(TAG_ENCRYPT0, [_PROTECTED_CCM, unprotected, ciphertext]))
+    if len(frame) > MAX_FRAME:
+        raise InvalidMessage("COSE_Encrypt0 of %d bytes exceeds the %d-byte limit" % (len(frame), MAX_FRAME))
+    return frame
+
+
+def decrypt0(frame, key, base_iv=None, external_aad=b"", backend=None):
+    """Decrypt a COSE_Encrypt0 frame; return the plaintext. InvalidTag when it was altered."""
+    msg = decode_encrypt0(frame)
+    if msg.iv is not None:
+        nonce = msg.iv
+    else:
+        if base_iv is None:
+            raise InvalidKey("frame carries a Partial IV: the Base IV of the context is needed")
+        nonce = nonce_from_partial_iv(base_iv, msg.partial_iv)
+    return get_backend(backend).ccm_open(key, nonce, msg.ciphertext, msg.aad(external_aad), TAG_LEN)
