@@ -167,6 +167,7 @@ class _Slot:
     rejected: set[int] = field(default_factory=set)
     my_prepare: dict[int, bytes] = field(default_factory=dict)
     my_commit: dict[int, bytes] = field(default_factory=dict)
+    other_commits: dict[int, tuple[int, bytes, bytes]] = field(default_factory=dict)
 
 
 @dataclass
@@ -227,6 +228,7 @@ class Replica:
         self.fetch_round = 0
         self.next_retransmit = now_ms + config.retransmit_ms
         self.nv_sent_to: dict[int, int] = {}
+        self.committed_at = now_ms
         self._out: list[Effect] = []
 
     # --- public API -------------------------------------------------------------------------------
@@ -497,12 +499,15 @@ class Replica:
         view, h, hh = msg.fields
         self._note_height(msg.sender, h - 1)
         self._note_view(msg.sender, view)
-        if view != self.view:
-            raise MessageError("stale view" if view < self.view else "future view")
         if h <= self.height:
             raise MessageError("stale height")
         if h > self.height + 1 + self.config.lookahead:
             raise MessageError("too far ahead")
+        if view != self.view:
+            if msg.kind == m.COMMIT and h == self.height + 1:
+                self._other_view_commit(msg)
+                return
+            raise MessageError("stale view" if view < self.view else "future view")
         if msg.kind == m.PREPARE and msg.sender == self.config.primary(view):
             raise MessageError("prepare from primary")
         slot = self._slot(h)
@@ -514,6 +519,32 @@ class Replica:
         by[(view, msg.sender)] = hh
         votes.setdefault((view, hh), {})[msg.sender] = msg.sig
         self._progress(self.height + 1)
+
+    def _other_view_commit(self, msg: Message) -> None:
+        """Keep a commit of another view at height + 1 as certificate evidence (latest per sender)."""
+        view, h, hh = msg.fields
+        slot = self._slot(h)
+        prev = slot.other_commits.get(msg.sender)
+        if prev is not None and prev[0] >= view:
+            raise MessageError("duplicate" if prev[:2] == (view, hh) else "stale view")
+        slot.other_commits[msg.sender] = (view, hh, msg.sig)
+        votes = {i: sig for i, (v, x, sig) in slot.other_commits.items() if v == view and x == hh}
+        if len(votes) < self.config.quorum:
+            return
+        cert = CommitCertificate(h, view, hh, tuple(sorted(votes.items())[: self.config.quorum]))
+        p = slot.proposals.get(view)
+        if p is not None and p.hash == hh:
+            try:
+                self._apply_certified(p.header, p.txs, cert, persist=True)
+            except MessageError as exc:
+                self._drop(exc.reason, msg.sender)
+                return
+            self._progress(self.height + 1)
+            self._maybe_propose()
+        else:
+            self._note_certified(msg.sender, h)
+            self.next_fetch = 0
+            self._maybe_fetch()
 
     def _progress(self, h: int) -> None:
         """Advance the slot at height h = height + 1 as far as the log allows."""
@@ -575,6 +606,7 @@ class Replica:
             self.prepared_proof = None
         self.progress_deadline = None
         self.backoff = 0
+        self.committed_at = self.now
         if h > self.certified_height:
             self.certified_height = h
         if persist:
@@ -889,7 +921,7 @@ class Replica:
                 if raw is not None:
                     self._out.append(Broadcast(raw))
         last = self.slots.get(self.height)
-        if last is not None:
+        if last is not None and self.now - self.committed_at <= 4 * self.config.retransmit_ms:
             raw = last.my_commit.get(self.view)
             if raw is not None:
                 self._out.append(Broadcast(raw))

@@ -1,0 +1,542 @@
+"""Deterministic simulator for the PBFT replicas: seeded adversarial schedules with invariant checks.
+
+One process runs n replicas (``Replica`` with ``KVApp``) on a virtual clock. Everything random comes
+from ``random.Random(seed)``, so a seed replays exactly. Each seed draws a scenario:
+
+  network  message loss, delay (reordering), duplication and partitions until the heal time; after
+           it every message arrives within the delay bound;
+  faults   at most f faulty validators, each one of: crash (and recover with its state), crash for
+           good, restart from its persisted blocks (votes, view and pool lost), equivocating primary
+           (different pre-prepares and commits to two halves of the validators), invalid signatures
+           and malformed/oversized frames, votes for unknown batches, a twin running the same key;
+  clients  signed key-value transactions submitted to random validators, and replays of them.
+
+Invariants checked on every run:
+  safety    no two non-Byzantine replicas commit different blocks (cbor [header, txs]) at one
+            height; every commit certificate verifies; no transaction is committed twice;
+  liveness  transactions submitted after the heal are committed by every non-Byzantine replica that
+            is up, within ``LIVENESS_BOUND_MS`` of virtual time.
+
+``python -m ledgerlink.ledger.consensus.simulator --seed N`` prints the trace of one schedule;
+``--seeds A:B`` runs seeds A..B-1 and prints a summary with the failing seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import random
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledgerlink.core.backend import get_backend
+from ledgerlink.ledger.consensus import messages as m
+from ledgerlink.ledger.consensus.kv_app import KVApp, make_tx
+from ledgerlink.ledger.consensus.replica import (
+    Broadcast, Committed, Config, Dropped, Persist, Replica, Send,
+)
+
+LIVENESS_BOUND_MS = 20000
+TICK_MS = 20
+FAULT_KINDS = ("crash", "crash_forever", "restart", "equivocate", "badsig", "junk", "twin")
+BYZANTINE = ("equivocate", "badsig", "junk", "twin")
+
+
+class CachingCrypto:
+    """A backend wrapper that remembers signatures and verification results across replicas.
+
+    Signing is deterministic (RFC 6979), so both caches are exact.
+    """
+
+    _verify: dict[tuple[bytes, bytes, bytes], bool] = {}
+    _sign: dict[tuple[bytes, bytes], bytes] = {}
+
+    def __init__(self, backend: Any):
+        self.backend = backend
+
+    def sign(self, priv: bytes, msg: bytes) -> bytes:
+        k = (priv, msg)
+        s = self._sign.get(k)
+        if s is None:
+            if len(self._sign) > 200000:
+                self._sign.clear()
+            s = self._sign[k] = self.backend.sign(priv, msg)
+        return s
+
+    def verify(self, pub: bytes, msg: bytes, sig: bytes) -> bool:
+        k = (pub, msg, sig)
+        r = self._verify.get(k)
+        if r is None:
+            if len(self._verify) > 400000:
+                self._verify.clear()
+            r = self._verify[k] = self.backend.verify(pub, msg, sig)
+        return r
+
+    def sha256(self, data: bytes) -> bytes:
+        return hashlib.sha256(data).digest()
+
+    def public_key(self, priv: bytes, compressed: bool = False) -> bytes:
+        return self.backend.public_key(priv, compressed)
+
+
+_KEYS: dict[int, list[bytes]] = {}
+
+
+def validator_keys(backend: Any, n: int) -> list[bytes]:
+    """Fixed validator keys for n validators (derived from a constant seed)."""
+    if n not in _KEYS:
+        rnd = random.Random(1000 + n)
+        _KEYS[n] = [backend.generate_private_key(rnd.randbytes) for _ in range(n)]
+    return _KEYS[n]
+
+
+@dataclass
+class Scenario:
+    n: int
+    faults: dict[int, str]
+    drop: float
+    dup: float
+    delay: tuple[int, int]
+    partitions: list[tuple[int, int, frozenset[int]]]
+    down: dict[int, tuple[int, int | None]]
+    heal_ms: int
+    txs: list[tuple[int, int]]
+    replays: list[int]
+
+    @property
+    def f(self) -> int:
+        return (self.n - 1) // 3
+
+    def describe(self) -> str:
+        return ("n=%d faults=%s drop=%.2f dup=%.2f delay=%s partitions=%s down=%s heal=%d txs=%d"
+                % (self.n, self.faults, self.drop, self.dup, self.delay,
+                   [(a, b, sorted(g)) for a, b, g in self.partitions], self.down, self.heal_ms,
+                   len(self.txs)))
+
+
+def draw_scenario(rnd: random.Random, kinds: tuple[str, ...] = FAULT_KINDS) -> Scenario:
+    n = 7 if rnd.random() < 0.15 else 4
+    f = (n - 1) // 3
+    count = rnd.choice([0] + [f] * 3 + list(range(1, f + 1)))
+    idx = list(range(n))
+    rnd.shuffle(idx)
+    if count and rnd.random() < 0.5 and 0 not in idx[:count]:
+        idx.remove(0)
+        idx.insert(0, 0)
+    faults = {i: rnd.choice(kinds) for i in idx[:count]}
+    heal = rnd.randint(800, 4000)
+    down: dict[int, tuple[int, int | None]] = {}
+    for i, kind in faults.items():
+        if kind in ("crash", "crash_forever", "restart"):
+            start = rnd.randint(0, heal - 100)
+            end = None if kind == "crash_forever" else rnd.randint(start + 50, heal)
+            down[i] = (start, end)
+    partitions = []
+    for _ in range(rnd.choice([0, 0, 1, 2])):
+        a = rnd.randint(0, heal - 50)
+        b = rnd.randint(a + 10, heal)
+        group = frozenset(rnd.sample(range(n), rnd.randint(1, n // 2)))
+        partitions.append((a, b, group))
+    drop = rnd.choice([0.0, 0.0, 0.05, 0.2])
+    dup = rnd.choice([0.0, 0.05])
+    dmin = rnd.randint(1, 5)
+    delay = (dmin, rnd.randint(dmin, 40))
+    txs = sorted((rnd.randint(0, heal), rnd.randrange(n)) for _ in range(rnd.randint(2, 12)))
+    replays = sorted(rnd.randint(0, heal + 2000) for _ in range(rnd.randint(0, 3)))
+    return Scenario(n, faults, drop, dup, delay, partitions, down, heal, txs, replays)
+
+
+@dataclass
+class Node:
+    index: int
+    kind: str
+    replicas: list[Replica]
+    up: bool = True
+    persisted: list[tuple[bytes, bytes]] = field(default_factory=list)
+    variants: dict[bytes, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    seed: int
+    scenario: Scenario
+    violations: list[str]
+    heights: list[int]
+    messages: int
+    drops: Counter
+    end_ms: int
+    trace: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+class Simulation:
+    """One seeded schedule; ``run()`` returns a ``Result``."""
+
+    def __init__(self, seed: int, trace: bool = False, scenario: Scenario | None = None,
+                 config_overrides: dict[str, Any] | None = None):
+        self.seed = seed
+        self.rnd = random.Random(seed)
+        self.sc = scenario or draw_scenario(self.rnd)
+        self.backend = get_backend("cpython")
+        self.crypto = CachingCrypto(self.backend)
+        self.keys = validator_keys(self.backend, self.sc.n)
+        pubs = tuple(self.crypto.public_key(k) for k in self.keys)
+        params = dict(chain_id="sim", validators=pubs, max_batch=8, batch_timeout_ms=10,
+                      view_change_timeout_ms=300, max_backoff_exp=3, retransmit_ms=100,
+                      checkpoint_interval=4, max_message_size=1 << 18, max_blocks_per_reply=8)
+        params.update(config_overrides or {})
+        self.config = Config(**params)
+        self.client = random.Random(7).randbytes(31) + b"\x01"
+        self.tracing = trace
+        self.trace: list[str] = []
+        self.queue: list[tuple[int, int, int, Any]] = []
+        self.seq = 0
+        self.now = 0
+        self.messages = 0
+        self.drops: Counter = Counter()
+        self.violations: list[str] = []
+        self.global_blocks: dict[int, bytes] = {}
+        self.nonce = 0
+        self.submitted: list[bytes] = []
+        self.liveness_txs: set[bytes] = set()
+        self.nodes = []
+        for i in range(self.sc.n):
+            kind = self.sc.faults.get(i, "honest")
+            count = 2 if kind == "twin" else 1
+            reps = [self._new_replica(i) for _ in range(count)]
+            self.nodes.append(Node(i, kind, reps))
+
+    # --- setup ------------------------------------------------------------------------------------
+
+    def _new_replica(self, i: int, persisted: list[tuple[bytes, bytes]] | None = None) -> Replica:
+        app = KVApp(self.crypto)
+        if persisted is None:
+            return Replica(i, self.config, self.keys[i], app, self.crypto, self.now)
+        return Replica.restore(i, self.config, self.keys[i], app, self.crypto, self.now, persisted)
+
+    def _log(self, text: str) -> None:
+        if self.tracing:
+            self.trace.append("%7d %s" % (self.now, text))
+
+    def _push(self, t: int, kind: int, data: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.queue, (t, self.seq, kind, data))
+
+    def _new_tx(self) -> bytes:
+        self.nonce += 1
+        tx = make_tx(self.crypto, self.client, self.nonce.to_bytes(16, "big"),
+                     b"k%d" % self.rnd.randrange(6), b"v%d" % self.nonce)
+        self.submitted.append(tx)
+        return tx
+
+    def honest(self, i: int) -> bool:
+        return self.nodes[i].kind not in BYZANTINE
+
+    # --- network ----------------------------------------------------------------------------------
+
+    def _partitioned(self, a: int, b: int) -> bool:
+        for start, end, group in self.sc.partitions:
+            if start <= self.now < end and ((a in group) != (b in group)):
+                return True
+        return False
+
+    def _send(self, src: int, dst: int, data: bytes) -> None:
+        if dst == src:
+            return
+        self.messages += 1
+        if self.now < self.sc.heal_ms:
+            if self._partitioned(src, dst) or self.rnd.random() < self.sc.drop:
+                return
+        lo, hi = self.sc.delay
+        self._push(self.now + self.rnd.randint(lo, hi), DELIVER, (src, dst, data))
+        if self.now < self.sc.heal_ms and self.rnd.random() < self.sc.dup:
+            self._push(self.now + self.rnd.randint(lo, hi), DELIVER, (src, dst, data))
+
+    def _out(self, node: Node, dsts: list[int], data: bytes) -> None:
+        """Outgoing message of ``node``; Byzantine kinds rewrite it here."""
+        kind = node.kind
+        if kind == "badsig":
+            for d in dsts:
+                self._send(node.index, d, self._corrupt(data))
+            return
+        if kind == "equivocate":
+            self._equivocate(node, dsts, data)
+            return
+        for d in dsts:
+            self._send(node.index, d, data)
+        if kind == "junk" and self.rnd.random() < 0.5:
+            self._junk(node, dsts, data)
+
+    def _corrupt(self, data: bytes) -> bytes:
+        r = self.rnd.random()
+        if r < 0.4:
+            return data
+        if r < 0.75:
+            pos = len(data) - 1 - self.rnd.randrange(64)
+            return data[:pos] + bytes([data[pos] ^ 0x01]) + data[pos + 1:]
+        if r < 0.85:
+            return self.rnd.randbytes(self.rnd.randint(0, 80))
+        if r < 0.95:
+            return data[: self.rnd.randrange(len(data))]
+        return bytes(self.config.max_message_size + 1)
+
+    def _resign(self, node: Node, body: list) -> bytes:
+        return m.encode_message(self.config.chain_id, body, self.keys[node.index], self.crypto)
+
+    def _equivocate(self, node: Node, dsts: list[int], data: bytes) -> None:
+        a = m.loads(data)
+        kind = a[0]
+        others = sorted(dsts)
+        self.rnd.shuffle(others)
+        half = set(others[: len(others) // 2])
+        alt = None
+        if kind == m.PRE_PREPARE:
+            header = list(a[4])
+            orig = hashlib.sha256(m.dumps(header)).digest()
+            header[3] += 1
+            node.variants[orig] = hashlib.sha256(m.dumps(header)).digest()
+            alt = self._resign(node, [a[0], a[1], a[2], a[3], header, a[5]])
+        elif kind in (m.PREPARE, m.COMMIT) and a[4] in node.variants:
+            alt = self._resign(node, [a[0], a[1], a[2], a[3], node.variants[a[4]]])
+        for d in dsts:
+            self._send(node.index, d, alt if alt is not None and d in half else data)
+
+    def _junk(self, node: Node, dsts: list[int], data: bytes) -> None:
+        a = m.loads(data)
+        if a[0] not in (m.PRE_PREPARE, m.PREPARE, m.COMMIT):
+            return
+        view, height = a[2], a[3]
+        kind = self.rnd.choice([m.PREPARE, m.COMMIT])
+        body = [kind, node.index, view + self.rnd.randint(0, 1), height + self.rnd.randint(0, 1),
+                self.rnd.randbytes(32)]
+        junk = self._resign(node, body)
+        for d in dsts:
+            self._send(node.index, d, junk)
+
+    # --- effects ----------------------------------------------------------------------------------
+
+    def _effects(self, node: Node, rep: Replica, effects: list) -> None:
+        others = [j for j in range(self.sc.n) if j != node.index]
+        for e in effects:
+            if isinstance(e, Broadcast):
+                if self.tracing:
+                    self._log("%d broadcast %s" % (node.index, _describe(e.data)))
+                self._out(node, others, e.data)
+            elif isinstance(e, Send):
+                if self.tracing:
+                    self._log("%d -> %d %s" % (node.index, e.to, _describe(e.data)))
+                self._out(node, [e.to], e.data)
+            elif isinstance(e, Persist):
+                if rep is node.replicas[0]:
+                    node.persisted.append((e.block, e.certificate))
+            elif isinstance(e, Committed):
+                self._on_committed(node, rep, e)
+            elif isinstance(e, Dropped):
+                self.drops[e.reason] += 1
+                if self.tracing:
+                    self._log("%d dropped from %s: %s" % (node.index, e.sender, e.reason))
+
+    def _on_committed(self, node: Node, rep: Replica, e: Committed) -> None:
+        block = m.Block(e.header, e.txs).encode()
+        self._log("%d COMMIT height %d view %d txs %d hash %s" % (
+            node.index, e.height, e.certificate.view, len(e.txs), e.certificate.header_hash.hex()[:12]))
+        if not self.honest(node.index):
+            return
+        try:
+            m.verify_certificate(e.certificate, e.header, self.config.chain_id,
+                                 self.config.validators, self.crypto)
+        except m.MessageError as exc:
+            self.violations.append("replica %d: invalid certificate at %d: %s"
+                                   % (node.index, e.height, exc.reason))
+        prev = self.global_blocks.setdefault(e.height, block)
+        if prev != block:
+            self.violations.append("SAFETY: replica %d committed a different block at height %d"
+                                   % (node.index, e.height))
+
+    # --- run --------------------------------------------------------------------------------------
+
+    def run(self, max_ms: int | None = None) -> Result:
+        sc = self.sc
+        self._log("scenario " + sc.describe())
+        for i in range(sc.n):
+            self._push(self.rnd.randint(0, TICK_MS), TICK, i)
+        for t, i in sc.txs:
+            self._push(t, SUBMIT, (i, None))
+        for t in sc.replays:
+            self._push(t, REPLAY, None)
+        for i, (start, end) in sc.down.items():
+            self._push(start, CRASH, i)
+            if end is not None:
+                self._push(end, RECOVER, i)
+        self._push(sc.heal_ms, HEAL, None)
+        deadline = sc.heal_ms + LIVENESS_BOUND_MS if max_ms is None else max_ms
+        done_at = None
+        while self.queue:
+            t, _, kind, data = heapq.heappop(self.queue)
+            if t > deadline:
+                break
+            self.now = t
+            if kind == DELIVER:
+                src, dst, raw = data
+                node = self.nodes[dst]
+                if not node.up:
+                    continue
+                for rep in node.replicas:
+                    self._effects(node, rep, rep.receive(src, raw, t))
+            elif kind == TICK:
+                node = self.nodes[data]
+                if node.up:
+                    for rep in node.replicas:
+                        self._effects(node, rep, rep.tick(t))
+                self._push(t + TICK_MS, TICK, data)
+            elif kind == SUBMIT:
+                i, tx = data
+                node = self.nodes[i]
+                tx = tx or self._new_tx()
+                if node.up:
+                    self._log("client submits %s to %d" % (hashlib.sha256(tx).hexdigest()[:8], i))
+                    for rep in node.replicas:
+                        self._effects(node, rep, rep.submit(tx, t))
+            elif kind == REPLAY:
+                if self.submitted:
+                    tx = self.rnd.choice(self.submitted)
+                    self._push(t, SUBMIT, (self.rnd.randrange(sc.n), tx))
+            elif kind == CRASH:
+                self.nodes[data].up = False
+                self._log("%d crashes" % data)
+            elif kind == RECOVER:
+                node = self.nodes[data]
+                node.up = True
+                if node.kind == "restart":
+                    node.replicas = [self._new_replica(data, list(node.persisted))]
+                    self._log("%d restarts from %d persisted blocks" % (data, len(node.persisted)))
+                else:
+                    self._log("%d recovers" % data)
+            elif kind == HEAL:
+                self._log("network heals")
+                for i in range(sc.n):
+                    if self.nodes[i].up and self.honest(i):
+                        tx = self._new_tx()
+                        self.liveness_txs.add(hashlib.sha256(tx).digest())
+                        self._push(t + 1 + i, SUBMIT, (i, tx))
+            if t >= sc.heal_ms and self.liveness_txs:
+                if self._live_done():
+                    done_at = t
+                    break
+        if done_at is None and max_ms is None:
+            if not self._live_done():
+                self.violations.append("LIVENESS: transactions submitted at the heal (%d ms) not "
+                                       "committed by all live honest replicas within %d ms"
+                                       % (sc.heal_ms, LIVENESS_BOUND_MS))
+        self._final_checks()
+        heights = [n.replicas[0].height for n in self.nodes]
+        self._log("end heights %s violations %d" % (heights, len(self.violations)))
+        return Result(self.seed, sc, self.violations, heights, self.messages, self.drops, self.now,
+                      self.trace)
+
+    def _live_replicas(self) -> list[Replica]:
+        return [n.replicas[0] for n in self.nodes if n.up and self.honest(n.index)]
+
+    def _live_done(self) -> bool:
+        for rep in self._live_replicas():
+            if not self.liveness_txs <= rep.committed_txs:
+                return False
+        return True
+
+    def _final_checks(self) -> None:
+        for node in self.nodes:
+            if not self.honest(node.index):
+                continue
+            rep = node.replicas[0]
+            seen: set[bytes] = set()
+            prev = m.ZERO_HASH
+            for h in range(rep.height + 1):
+                block, cert = rep.block(h)
+                if block.header.prev_hash != prev or block.header.height != h:
+                    self.violations.append("replica %d: broken chain at %d" % (node.index, h))
+                prev = cert.header_hash
+                if self.global_blocks.get(h) not in (None, block.encode()):
+                    self.violations.append("SAFETY: replica %d holds a different block at %d"
+                                           % (node.index, h))
+                for tx in block.txs:
+                    th = hashlib.sha256(tx).digest()
+                    if th in seen:
+                        self.violations.append("replica %d: transaction committed twice" % node.index)
+                    seen.add(th)
+            if node.kind == "restart" or not node.persisted:
+                continue
+            if len(node.persisted) != rep.height + 1:
+                self.violations.append("replica %d: %d blocks persisted, height %d"
+                                       % (node.index, len(node.persisted), rep.height))
+
+
+DELIVER, TICK, SUBMIT, REPLAY, CRASH, RECOVER, HEAL = range(7)
+
+
+def _describe(data: bytes) -> str:
+    try:
+        a = m.loads(data)
+        name = m.KIND_NAMES.get(a[0], "?")
+        if a[0] in (m.PREPARE, m.COMMIT):
+            return "%s v%d h%d %s" % (name, a[2], a[3], a[4].hex()[:12])
+        if a[0] == m.PRE_PREPARE:
+            return "%s v%d h%d %s txs %d" % (name, a[2], a[3],
+                                            hashlib.sha256(m.dumps(a[4])).hexdigest()[:12], len(a[5]))
+        if a[0] in (m.VIEW_CHANGE, m.NEW_VIEW):
+            return "%s v%d" % (name, a[2])
+        if a[0] in (m.CHECKPOINT, m.FETCH_BLOCKS):
+            return "%s %s" % (name, a[2:-1])
+        if a[0] == m.BLOCKS:
+            return "%s x%d" % (name, len(a[2]))
+        return name
+    except Exception:
+        return "(undecodable %d bytes)" % len(data)
+
+
+def run_seed(seed: int, trace: bool = False) -> Result:
+    return Simulation(seed, trace=trace).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ledgerlink.ledger.consensus.simulator",
+                                 description=__doc__.split("\n")[0])
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--seed", type=int, help="run one seed and print its trace")
+    g.add_argument("--seeds", help="A:B runs seeds A..B-1 and prints a summary")
+    args = ap.parse_args(argv)
+    if args.seed is not None:
+        r = run_seed(args.seed, trace=True)
+        print("\n".join(r.trace))
+        for v in r.violations:
+            print("VIOLATION", v)
+        print("seed %d: %s, heights %s, %d messages, %d ms" % (
+            r.seed, "ok" if r.ok else "FAILED", r.heights, r.messages, r.end_ms))
+        return 0 if r.ok else 1
+    a, _, b = args.seeds.partition(":")
+    lo, hi = int(a), int(b)
+    failed = []
+    kinds: Counter = Counter()
+    total_height = 0
+    for seed in range(lo, hi):
+        r = run_seed(seed)
+        for k in r.scenario.faults.values():
+            kinds[k] += 1
+        total_height += max(r.heights) + 1
+        if not r.ok:
+            failed.append(seed)
+            print("seed %d FAILED: %s" % (seed, "; ".join(r.violations)), flush=True)
+    print("%d seeds, %d failed, %d blocks committed; faults exercised: %s"
+          % (hi - lo, len(failed), total_height, dict(sorted(kinds.items()))))
+    if failed:
+        print("failing seeds:", " ".join(map(str, failed)))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
