@@ -2,7 +2,7 @@
 
 Only the forward cipher is provided: CCM uses AES in counter and CBC-MAC modes, which never decrypt
 a block. ``AES(key)`` uses the port's ``cryptolib.aes(key, 1)`` (ECB) when MicroPython provides it
-and accepts the key; otherwise a pure-Python implementation with 32-bit T-tables built on first use.
+and accepts the key; otherwise a pure-Python implementation with T-tables built on first use.
 
 Security note: the pure-Python fallback indexes its lookup tables with bytes that depend on the key
 and the data. On hardware with data caches this is a cache-timing side channel: an attacker who can
@@ -38,7 +38,8 @@ def _find_cryptolib():
 _cryptolib = _find_cryptolib()
 
 _SBOX = None
-_T0 = _T1 = _T2 = _T3 = None
+_H0 = _H1 = _H2 = _H3 = None
+_L0 = _L1 = _L2 = _L3 = None
 _RCON = (0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x1B, 0x36)
 
 
@@ -50,8 +51,12 @@ def _xtime(x):
 
 
 def _build_tables():
-    """Compute the S-box (multiplicative inverse in GF(2^8) plus affine map) and the T-tables."""
-    global _SBOX, _T0, _T1, _T2, _T3
+    """Compute the S-box (multiplicative inverse in GF(2^8) plus affine map) and the T-table halves.
+
+    T-table word ``i`` for input ``a`` is ``(_Hi[a] << 16) | _Li[a]``; e.g. T0[a] = (2s, s, s, 3s)
+    with s = S(a). Keeping the halves apart keeps every value below 2**16.
+    """
+    global _SBOX, _H0, _H1, _H2, _H3, _L0, _L1, _L2, _L3
     exp = [0] * 255
     log = [0] * 256
     x = 1
@@ -68,38 +73,60 @@ def _build_tables():
             r = ((r << 1) | (r >> 7)) & 0xFF
             s ^= r
         sbox[a] = s ^ 0x63
-    t0 = [0] * 256
-    t1 = [0] * 256
-    t2 = [0] * 256
-    t3 = [0] * 256
+    h0 = [0] * 256
+    h1 = [0] * 256
+    h2 = [0] * 256
+    h3 = [0] * 256
+    l0 = [0] * 256
+    l1 = [0] * 256
+    l2 = [0] * 256
+    l3 = [0] * 256
     for a in range(256):
         s = sbox[a]
         s2 = _xtime(s)
         s3 = s2 ^ s
-        t0[a] = (s2 << 24) | (s << 16) | (s << 8) | s3
-        t1[a] = (s3 << 24) | (s2 << 16) | (s << 8) | s
-        t2[a] = (s << 24) | (s3 << 16) | (s2 << 8) | s
-        t3[a] = (s << 24) | (s << 16) | (s3 << 8) | s2
-    _SBOX, _T0, _T1, _T2, _T3 = sbox, t0, t1, t2, t3
-
-
-def _sub_word(w):
-    s = _SBOX
-    return (s[w >> 24] << 24) | (s[(w >> 16) & 0xFF] << 16) | (s[(w >> 8) & 0xFF] << 8) | s[w & 0xFF]
+        h0[a] = (s2 << 8) | s
+        l0[a] = (s << 8) | s3
+        h1[a] = (s3 << 8) | s2
+        l1[a] = (s << 8) | s
+        h2[a] = (s << 8) | s3
+        l2[a] = (s2 << 8) | s
+        h3[a] = (s << 8) | s
+        l3[a] = (s3 << 8) | s2
+    _SBOX = sbox
+    _H0, _H1, _H2, _H3 = h0, h1, h2, h3
+    _L0, _L1, _L2, _L3 = l0, l1, l2, l3
 
 
 def _expand_key(key):
+    """FIPS 197 key expansion; returns (round key words as a flat list of 16-bit halves, rounds)."""
+    sb = _SBOX
     nk = len(key) // 4
     rounds = nk + 6
-    w = [int.from_bytes(key[4 * i:4 * i + 4], "big") for i in range(nk)]
+    w = []
+    for i in range(nk):
+        w.append((key[4 * i] << 8) | key[4 * i + 1])
+        w.append((key[4 * i + 2] << 8) | key[4 * i + 3])
     for i in range(nk, 4 * (rounds + 1)):
-        t = w[i - 1]
+        hi = w[2 * i - 2]
+        lo = w[2 * i - 1]
         if i % nk == 0:
-            t = _sub_word(((t << 8) & 0xFFFFFFFF) | (t >> 24)) ^ (_RCON[i // nk - 1] << 24)
+            hi, lo = ((hi & 0xFF) << 8) | (lo >> 8), ((lo & 0xFF) << 8) | (hi >> 8)
+            hi = ((sb[hi >> 8] ^ _RCON[i // nk - 1]) << 8) | sb[hi & 0xFF]
+            lo = (sb[lo >> 8] << 8) | sb[lo & 0xFF]
         elif nk > 6 and i % nk == 4:
-            t = _sub_word(t)
-        w.append(w[i - nk] ^ t)
+            hi = (sb[hi >> 8] << 8) | sb[hi & 0xFF]
+            lo = (sb[lo >> 8] << 8) | sb[lo & 0xFF]
+        w.append(w[2 * (i - nk)] ^ hi)
+        w.append(w[2 * (i - nk) + 1] ^ lo)
     return w, rounds
+
+
+_BUFFER_TYPES = (bytes, bytearray, memoryview)
+
+
+def _is_block(block):
+    return isinstance(block, _BUFFER_TYPES) and len(block) == BLOCK_SIZE
 
 
 class AES:
@@ -124,40 +151,108 @@ class AES:
         if self._ecb is not None:
             self.implementation = "cryptolib"
         else:
-            if _T0 is None:
+            if _SBOX is None:
                 _build_tables()
             self._round_keys, self._rounds = _expand_key(key)
             self.implementation = "python"
 
     def encrypt_block(self, block):
         """Encrypt one 16-byte block; returns 16 bytes."""
-        if not isinstance(block, (bytes, bytearray, memoryview)) or len(block) != BLOCK_SIZE:
+        if not _is_block(block):
             raise InvalidKey("AES block must be 16 bytes")
         if self._ecb is not None:
             return bytes(self._ecb.encrypt(bytes(block)))
-        return self._encrypt_python(bytes(block))
+        out = bytearray(BLOCK_SIZE)
+        self._encrypt_python(block, out)
+        return bytes(out)
 
-    def _encrypt_python(self, block):
-        t0, t1, t2, t3, sb = _T0, _T1, _T2, _T3, _SBOX
+    def encrypt_into(self, block, out):
+        """Encrypt the 16-byte ``block`` into the 16-byte bytearray ``out`` (which may be ``block``).
+
+        The pure-Python path allocates nothing; CCM uses this with preallocated buffers.
+        """
+        if not _is_block(block) or not isinstance(out, bytearray) or len(out) != BLOCK_SIZE:
+            raise InvalidKey("AES block must be 16 bytes")
+        if self._ecb is not None:
+            result = self._ecb.encrypt(bytes(block))
+            for i in range(BLOCK_SIZE):
+                out[i] = result[i]
+        else:
+            self._encrypt_python(block, out)
+
+    def _encrypt_python(self, b, out):
+        """The cipher on 16-bit halves of the state columns; allocates nothing on MicroPython.
+
+        Every int stays below 2**16 (MicroPython boxes ints from 2**30 on), and locals are assigned
+        one by one (unpacking more than three names builds a tuple).
+        """
+        H0 = _H0
+        H1 = _H1
+        H2 = _H2
+        H3 = _H3
+        L0 = _L0
+        L1 = _L1
+        L2 = _L2
+        L3 = _L3
         rk = self._round_keys
-        s0 = int.from_bytes(block[0:4], "big") ^ rk[0]
-        s1 = int.from_bytes(block[4:8], "big") ^ rk[1]
-        s2 = int.from_bytes(block[8:12], "big") ^ rk[2]
-        s3 = int.from_bytes(block[12:16], "big") ^ rk[3]
-        k = 4
-        for _ in range(self._rounds - 1):
-            n0 = t0[s0 >> 24] ^ t1[(s1 >> 16) & 0xFF] ^ t2[(s2 >> 8) & 0xFF] ^ t3[s3 & 0xFF] ^ rk[k]
-            n1 = t0[s1 >> 24] ^ t1[(s2 >> 16) & 0xFF] ^ t2[(s3 >> 8) & 0xFF] ^ t3[s0 & 0xFF] ^ rk[k + 1]
-            n2 = t0[s2 >> 24] ^ t1[(s3 >> 16) & 0xFF] ^ t2[(s0 >> 8) & 0xFF] ^ t3[s1 & 0xFF] ^ rk[k + 2]
-            n3 = t0[s3 >> 24] ^ t1[(s0 >> 16) & 0xFF] ^ t2[(s1 >> 8) & 0xFF] ^ t3[s2 & 0xFF] ^ rk[k + 3]
-            s0, s1, s2, s3 = n0, n1, n2, n3
-            k += 4
-        c0 = ((sb[s0 >> 24] << 24) | (sb[(s1 >> 16) & 0xFF] << 16)
-              | (sb[(s2 >> 8) & 0xFF] << 8) | sb[s3 & 0xFF]) ^ rk[k]
-        c1 = ((sb[s1 >> 24] << 24) | (sb[(s2 >> 16) & 0xFF] << 16)
-              | (sb[(s3 >> 8) & 0xFF] << 8) | sb[s0 & 0xFF]) ^ rk[k + 1]
-        c2 = ((sb[s2 >> 24] << 24) | (sb[(s3 >> 16) & 0xFF] << 16)
-              | (sb[(s0 >> 8) & 0xFF] << 8) | sb[s1 & 0xFF]) ^ rk[k + 2]
-        c3 = ((sb[s3 >> 24] << 24) | (sb[(s0 >> 16) & 0xFF] << 16)
-              | (sb[(s1 >> 8) & 0xFF] << 8) | sb[s2 & 0xFF]) ^ rk[k + 3]
-        return c0.to_bytes(4, "big") + c1.to_bytes(4, "big") + c2.to_bytes(4, "big") + c3.to_bytes(4, "big")
+        h0 = ((b[0] << 8) | b[1]) ^ rk[0]
+        l0 = ((b[2] << 8) | b[3]) ^ rk[1]
+        h1 = ((b[4] << 8) | b[5]) ^ rk[2]
+        l1 = ((b[6] << 8) | b[7]) ^ rk[3]
+        h2 = ((b[8] << 8) | b[9]) ^ rk[4]
+        l2 = ((b[10] << 8) | b[11]) ^ rk[5]
+        h3 = ((b[12] << 8) | b[13]) ^ rk[6]
+        l3 = ((b[14] << 8) | b[15]) ^ rk[7]
+        k = 8
+        end = 8 * self._rounds
+        while k < end:
+            a0 = h0 >> 8
+            b0 = h0 & 0xFF
+            c0 = l0 >> 8
+            d0 = l0 & 0xFF
+            a1 = h1 >> 8
+            b1 = h1 & 0xFF
+            c1 = l1 >> 8
+            d1 = l1 & 0xFF
+            a2 = h2 >> 8
+            b2 = h2 & 0xFF
+            c2 = l2 >> 8
+            d2 = l2 & 0xFF
+            a3 = h3 >> 8
+            b3 = h3 & 0xFF
+            c3 = l3 >> 8
+            d3 = l3 & 0xFF
+            h0 = H0[a0] ^ H1[b1] ^ H2[c2] ^ H3[d3] ^ rk[k]
+            l0 = L0[a0] ^ L1[b1] ^ L2[c2] ^ L3[d3] ^ rk[k + 1]
+            h1 = H0[a1] ^ H1[b2] ^ H2[c3] ^ H3[d0] ^ rk[k + 2]
+            l1 = L0[a1] ^ L1[b2] ^ L2[c3] ^ L3[d0] ^ rk[k + 3]
+            h2 = H0[a2] ^ H1[b3] ^ H2[c0] ^ H3[d1] ^ rk[k + 4]
+            l2 = L0[a2] ^ L1[b3] ^ L2[c0] ^ L3[d1] ^ rk[k + 5]
+            h3 = H0[a3] ^ H1[b0] ^ H2[c1] ^ H3[d2] ^ rk[k + 6]
+            l3 = L0[a3] ^ L1[b0] ^ L2[c1] ^ L3[d2] ^ rk[k + 7]
+            k += 8
+        sb = _SBOX
+        r = rk[k]
+        out[0] = sb[h0 >> 8] ^ (r >> 8)
+        out[1] = sb[h1 & 0xFF] ^ (r & 0xFF)
+        r = rk[k + 1]
+        out[2] = sb[l2 >> 8] ^ (r >> 8)
+        out[3] = sb[l3 & 0xFF] ^ (r & 0xFF)
+        r = rk[k + 2]
+        out[4] = sb[h1 >> 8] ^ (r >> 8)
+        out[5] = sb[h2 & 0xFF] ^ (r & 0xFF)
+        r = rk[k + 3]
+        out[6] = sb[l3 >> 8] ^ (r >> 8)
+        out[7] = sb[l0 & 0xFF] ^ (r & 0xFF)
+        r = rk[k + 4]
+        out[8] = sb[h2 >> 8] ^ (r >> 8)
+        out[9] = sb[h3 & 0xFF] ^ (r & 0xFF)
+        r = rk[k + 5]
+        out[10] = sb[l0 >> 8] ^ (r >> 8)
+        out[11] = sb[l1 & 0xFF] ^ (r & 0xFF)
+        r = rk[k + 6]
+        out[12] = sb[h3 >> 8] ^ (r >> 8)
+        out[13] = sb[h0 & 0xFF] ^ (r & 0xFF)
+        r = rk[k + 7]
+        out[14] = sb[l1 >> 8] ^ (r >> 8)
+        out[15] = sb[l2 & 0xFF] ^ (r & 0xFF)

@@ -53,50 +53,91 @@ def _encode_aad_length(n):
     return b"\xff\xff" + n.to_bytes(8, "big")
 
 
-def _xor(a, b):
-    """XOR of two equal-length byte strings."""
-    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+def _copy(dst, offset, src):
+    """Copy ``src`` into the bytearray ``dst`` at ``offset`` (no slice assignment on every port)."""
+    for i in range(len(src)):
+        dst[offset + i] = src[i]
 
 
-def _cbc_mac(cipher, nonce, aad, message, tag_len, length_size):
-    flags = (0x40 if aad else 0) | (((tag_len - 2) // 2) << 3) | (length_size - 1)
-    mac = cipher.encrypt_block(bytes((flags,)) + nonce + len(message).to_bytes(length_size, "big"))
-    blocks = []
+def _mac_absorb(cipher, x, data, pos):
+    """XOR ``data`` into the CBC-MAC state ``x`` from byte ``pos`` on, encrypting each full block.
+
+    Returns the new position (0..15) in the current block.
+    """
+    for i in range(len(data)):
+        x[pos] ^= data[i]
+        pos += 1
+        if pos == 16:
+            cipher.encrypt_into(x, x)
+            pos = 0
+    return pos
+
+
+def _ctr_block(block, counter, length_size):
+    """Write ``counter`` big-endian into the last ``length_size`` bytes of ``block``."""
+    for j in range(15, 15 - length_size, -1):
+        block[j] = counter & 0xFF
+        counter >>= 8
+
+
+def _ccm(cipher, nonce, aad, data, tag_len, length_size, out, encrypt):
+    """Run CCM over ``data`` into ``out``; returns the tag (bytearray of ``tag_len`` bytes).
+
+    ``encrypt`` selects which of input and output is the plaintext that the CBC-MAC covers. The MAC
+    and the key stream come from preallocated 16-byte buffers, so the pure-Python cipher allocates
+    nothing per block.
+    """
+    n = len(data)
+    x = bytearray(16)
+    x[0] = (0x40 if aad else 0) | (((tag_len - 2) // 2) << 3) | (length_size - 1)
+    _copy(x, 1, nonce)
+    _ctr_block(x, n, length_size)
+    cipher.encrypt_into(x, x)
     if aad:
-        blocks.append(_encode_aad_length(len(aad)) + aad)
-    blocks.append(message)
-    for data in blocks:
-        rem = len(data) % 16
-        if rem:
-            data = data + bytes(16 - rem)
-        for i in range(0, len(data), 16):
-            mac = cipher.encrypt_block(_xor(mac, data[i:i + 16]))
-    return mac[:tag_len]
+        pos = _mac_absorb(cipher, x, _encode_aad_length(len(aad)), 0)
+        if _mac_absorb(cipher, x, aad, pos):
+            cipher.encrypt_into(x, x)
 
-
-def _ctr(cipher, nonce, data, length_size):
-    """XOR ``data`` with the key stream S_1, S_2, ...; also returns S_0 for the tag."""
-    prefix = bytes((length_size - 1,)) + nonce
-    s0 = cipher.encrypt_block(prefix + bytes(length_size))
-    out = bytearray()
+    ctr = bytearray(16)
+    ctr[0] = length_size - 1
+    _copy(ctr, 1, nonce)
+    stream = bytearray(16)
     counter = 1
-    for i in range(0, len(data), 16):
-        chunk = data[i:i + 16]
-        stream = cipher.encrypt_block(prefix + counter.to_bytes(length_size, "big"))
-        out.extend(_xor(chunk, stream[:len(chunk)]))
+    i = 0
+    while i < n:
+        _ctr_block(ctr, counter, length_size)
+        cipher.encrypt_into(ctr, stream)
+        m = n - i
+        if m > 16:
+            m = 16
+        for j in range(m):
+            d = data[i + j]
+            e = d ^ stream[j]
+            out[i + j] = e
+            x[j] ^= d if encrypt else e
+        cipher.encrypt_into(x, x)
         counter += 1
-    return bytes(out), s0
+        i += 16
+
+    _ctr_block(ctr, 0, length_size)
+    cipher.encrypt_into(ctr, stream)
+    tag = bytearray(tag_len)
+    for j in range(tag_len):
+        tag[j] = x[j] ^ stream[j]
+    return tag
 
 
 def seal(key, nonce, plaintext, aad=b"", tag_len=8):
     """Encrypt and authenticate ``plaintext`` (and ``aad``); returns ciphertext || tag."""
     cipher, nonce, aad, length_size = _check(key, nonce, aad, tag_len)
     plaintext = _as_bytes(plaintext, "plaintext")
-    if length_size < 8 and len(plaintext) >= (1 << (8 * length_size)):
+    n = len(plaintext)
+    if length_size < 8 and n >= (1 << (8 * length_size)):
         raise InvalidKey("message too long for the CCM nonce length")
-    tag = _cbc_mac(cipher, nonce, aad, plaintext, tag_len, length_size)
-    ciphertext, s0 = _ctr(cipher, nonce, plaintext, length_size)
-    return ciphertext + _xor(tag, s0[:tag_len])
+    out = bytearray(n + tag_len)
+    tag = _ccm(cipher, nonce, aad, plaintext, tag_len, length_size, out, True)
+    _copy(out, n, tag)
+    return bytes(out)
 
 
 def open(key, nonce, data, aad=b"", tag_len=8):
@@ -105,12 +146,12 @@ def open(key, nonce, data, aad=b"", tag_len=8):
     data = _as_bytes(data, "data")
     if len(data) < tag_len:
         raise InvalidTag("CCM data shorter than the tag")
-    ciphertext = data[:len(data) - tag_len]
-    received = data[len(data) - tag_len:]
-    if length_size < 8 and len(ciphertext) >= (1 << (8 * length_size)):
+    n = len(data) - tag_len
+    if length_size < 8 and n >= (1 << (8 * length_size)):
         raise InvalidTag("CCM data too long for the nonce length")
-    plaintext, s0 = _ctr(cipher, nonce, ciphertext, length_size)
-    expected = _xor(_cbc_mac(cipher, nonce, aad, plaintext, tag_len, length_size), s0[:tag_len])
-    if not constant_time_equal(expected, received):
+    view = memoryview(data)
+    out = bytearray(n)
+    expected = _ccm(cipher, nonce, aad, view[:n], tag_len, length_size, out, False)
+    if not constant_time_equal(expected, view[n:]):
         raise InvalidTag("CCM authentication tag does not match")
-    return plaintext
+    return bytes(out)
