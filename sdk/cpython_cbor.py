@@ -213,8 +213,14 @@ def _convert(obj: Any, depth: int, max_depth: int, in_key: bool) -> Any:
     if t is tuple or t is list:
         if depth >= max_depth:
             raise _Reject
-        return tuple(x if type(x) in _SCALARS else _convert(x, depth + 1, max_depth, True)
-                     for x in obj)
+        items = [x if type(x) in _SCALARS else _convert(x, depth + 1, max_depth, in_key)
+                 for x in obj]
+        return tuple(items) if in_key else items
+    if t is cbor2.frozendict and not in_key:
+        if depth >= max_depth:
+            raise _Reject
+        return {_convert(k, depth + 1, max_depth, True): _convert(v, depth + 1, max_depth, False)
+                for k, v in obj.items()}
     if t is dict and not in_key:
         if depth >= max_depth:
             raise _Reject
@@ -266,6 +272,7 @@ _CHECK_VALUES = (
     {"b": 1, "aa": 2, "": 3}, {256: 1, -1: 2, 24: 3, 2**64: 4, -2**64 - 1: 5},
     {b"b": 1, "a": 2, 1: 3, (1, 2): 4, 1.5: 5, Tag(5, 1): 6, False: 7, None: 8},
     {(1000,): 1, (1, 1): 2, "x": {10: [], -10: {}}},
+    Tag(6, [Tag(7, {1: [2]}), {}]),
 )
 
 
@@ -287,3 +294,11 @@ def self_check() -> bool:
             continue
         return False
     return True
+
+
+try:
+    _CHECKED = self_check()
+except Exception:
+    _CHECKED = False
+if _CHECKED:
+    _portable._use_fast(dumps, loads)

@@ -471,15 +471,16 @@ def loads(data, max_depth=DEFAULT_MAX_DEPTH, max_size=DEFAULT_MAX_SIZE):
 portable_dumps = dumps
 portable_loads = loads
 
+
+def _use_fast(fast_dumps, fast_loads):
+    """Rebind dumps/loads; called by ledgerlink.cpython_cbor once its self-check has passed."""
+    global dumps, loads
+    dumps = fast_dumps
+    loads = fast_loads
+
+
 if _IS_CPYTHON:
     try:
-        from ledgerlink import cpython_cbor as _fast
+        import ledgerlink.cpython_cbor  # noqa: F401  (installs itself through _use_fast)
     except ImportError:
-        _fast = None
-    try:
-        _fast_ok = _fast is not None and _fast.self_check()
-    except Exception:
-        _fast_ok = False
-    if _fast_ok:
-        dumps = _fast.dumps
-        loads = _fast.loads
+        pass
