@@ -13,6 +13,7 @@ from ledgerlink.core.errors import (
 from tests.conftest import load_vectors
 
 V = load_vectors("ecqv/camp_p256_sha256.json")
+_NOT_ON_CURVE_X = next(x for x in range(1, 100) if p256._sqrt((x ** 3 - 3 * x + p256.B) % p256.P) is None)
 
 
 def _int(hex_text):
@@ -144,7 +145,7 @@ def test_invalid_ca_key_is_refused():
     (lambda items: [2] + items[1:], InvalidMessage),
     (lambda items: items[:3] + [b""] + items[4:], InvalidMessage),
     (lambda items: items[:4] + [10, 5] + items[6:], InvalidMessage),
-    (lambda items: items[:7] + [b"\x02" + bytes(32)], InvalidPoint),
+    (lambda items: items[:7] + [b"\x02" + _NOT_ON_CURVE_X.to_bytes(32, "big")], InvalidPoint),
     (lambda items: items[:7] + [bytes(65)], InvalidMessage),
 ])
 def test_malformed_certificates(mutate, error):
