@@ -214,7 +214,7 @@ class Replica:
         self.prepared_proof: tuple[_Proposal, dict[int, bytes]] | None = None
         self.stable_checkpoint = -1
         self.checkpoints: dict[int, dict[bytes, set[int]]] = {}
-        self.view_changes: dict[int, _ViewChange] = {}
+        self.view_changes: dict[int, dict[int, _ViewChange]] = {}
         self.my_view_change: bytes | None = None
         self.new_view_raw: bytes | None = None
         self.progress_deadline: int | None = None
@@ -228,6 +228,7 @@ class Replica:
         self.fetch_round = 0
         self.next_retransmit = now_ms + config.retransmit_ms
         self.nv_sent_to: dict[int, int] = {}
+        self.pushed_to: dict[int, int] = {}
         self.committed_at = now_ms
         self._out: list[Effect] = []
 
@@ -339,12 +340,16 @@ class Replica:
             self.peer_heights[sender] = height
 
     def _note_view(self, sender: int, view: int) -> None:
-        if view > self.peer_views.get(sender, -1):
-            self.peer_views[sender] = view
-        if view > self.view and not self.in_view_change:
-            ahead = sum(1 for v in self.peer_views.values() if v > self.view)
-            if ahead >= self.config.f + 1:
-                self._start_view_change(self.view + 1)
+        """Join the view that f+1 other replicas have reached (so at least one honest one)."""
+        if view <= self.peer_views.get(sender, -1):
+            return
+        self.peer_views[sender] = view
+        if view <= self.view:
+            return
+        views = sorted((v for i, v in self.peer_views.items() if i != self.index), reverse=True)
+        f = self.config.f
+        if len(views) > f and views[f] > self.view:
+            self._start_view_change(views[f])
 
     def _dispatch(self, msg: Message) -> None:
         k = msg.kind
@@ -662,7 +667,10 @@ class Replica:
 
     def _timers(self) -> None:
         if self.in_view_change:
-            if self.vc_deadline is not None and self.now >= self.vc_deadline:
+            if self.vc_deadline is None:
+                if len(self.view_changes.get(self.view, ())) >= self.config.quorum:
+                    self.vc_deadline = self.now + self._timeout()
+            elif self.now >= self.vc_deadline:
                 self._start_view_change(self.view + 1)
             return
         if not self._has_work():
@@ -678,8 +686,9 @@ class Replica:
         self.in_view_change = True
         self.new_view_raw = None
         self.progress_deadline = None
-        self.vc_deadline = self.now + self._timeout()
+        self.vc_deadline = None
         self.backoff += 1
+        self.view_changes = {v: d for v, d in self.view_changes.items() if v >= view}
         committed = None
         if self.chain:
             last = self.chain[-1]
@@ -690,7 +699,7 @@ class Replica:
             prepared = [p.raw, [[i, s] for i, s in sorted(votes.items())]]
         raw = self._broadcast([m.VIEW_CHANGE, self.index, view, committed, prepared])
         self.my_view_change = raw
-        self.view_changes[self.index] = self._parse_view_change(
+        self.view_changes.setdefault(view, {})[self.index] = self._parse_view_change(
             m.decode_message(raw, self.config.chain_id, self.config.validators, self.crypto,
                              self.config.limits))
         self._try_new_view()
@@ -730,25 +739,34 @@ class Replica:
             proposal = _Proposal(pview, pheader, ptxs, hh, raw_pp)
         return _ViewChange(view, msg.sender, committed, proposal, msg.raw)
 
+    def _push_blocks(self, to: int, committed: tuple[Header, CommitCertificate] | None) -> None:
+        """Send blocks to a replica whose view-change shows it below our height (rate-limited)."""
+        theirs = committed[0].height if committed is not None else -1
+        if theirs >= self.height or self.pushed_to.get(to, -1) > self.now:
+            return
+        self.pushed_to[to] = self.now + self.config.retransmit_ms
+        self._send_blocks(to, theirs + 1, self.height)
+
     def _on_view_change(self, msg: Message) -> None:
         view = msg.fields[0]
+        self._push_blocks(msg.sender, msg.fields[1])
         if view < self.view or (view == self.view and not self.in_view_change):
             if self.new_view_raw is not None and self.nv_sent_to.get(msg.sender, -1) < self.now:
                 self.nv_sent_to[msg.sender] = self.now + self.config.retransmit_ms
                 self._out.append(Send(msg.sender, self.new_view_raw))
             raise MessageError("stale view")
-        old = self.view_changes.get(msg.sender)
-        if old is not None and old.view >= view:
+        if msg.sender in self.view_changes.get(view, {}):
             raise MessageError("duplicate")
         vc = self._parse_view_change(msg)
-        self.view_changes[msg.sender] = vc
+        mine = sorted(v for v, d in self.view_changes.items() if msg.sender in d)
+        if len(mine) >= 3:
+            if mine[0] > view:
+                raise MessageError("stale view")
+            del self.view_changes[mine[0]][msg.sender]
+        self.view_changes.setdefault(view, {})[msg.sender] = vc
         if vc.committed is not None:
             self._note_certified(msg.sender, vc.committed[0].height)
         self._note_view(msg.sender, view)
-        if self.in_view_change and view > self.view:
-            higher = [v.view for v in self.view_changes.values() if v.view > self.view]
-            if len(higher) >= self.config.f + 1:
-                self._start_view_change(min(higher))
         self._try_new_view()
 
     def _select(self, vcs: Sequence[_ViewChange]) -> tuple[int, _Proposal | None]:
@@ -766,8 +784,7 @@ class Replica:
     def _try_new_view(self) -> None:
         if not self.in_view_change or not self.is_primary():
             return
-        vcs = sorted((vc for vc in self.view_changes.values() if vc.view == self.view),
-                     key=lambda vc: vc.sender)
+        vcs = sorted(self.view_changes.get(self.view, {}).values(), key=lambda vc: vc.sender)
         if len(vcs) < self.config.quorum:
             return
         vcs = vcs[: self.config.quorum]
@@ -818,7 +835,7 @@ class Replica:
         self.new_view_raw = raw
         self.vc_deadline = None
         self.progress_deadline = None
-        self.view_changes = {s: vc for s, vc in self.view_changes.items() if vc.view > view}
+        self.view_changes = {v: d for v, d in self.view_changes.items() if v > view}
         if raw_pp is not None:
             pp = m.decode_message(raw_pp, self.config.chain_id, self.config.validators, self.crypto,
                                   self.config.limits)
@@ -860,9 +877,12 @@ class Replica:
 
     def _on_fetch(self, msg: Message) -> None:
         lo, hi = msg.fields
-        hi = min(hi, self.height, lo + self.config.max_blocks_per_reply - 1)
-        if lo > hi:
+        if lo > min(hi, self.height):
             raise MessageError("nothing to send")
+        self._send_blocks(msg.sender, lo, hi)
+
+    def _send_blocks(self, to: int, lo: int, hi: int) -> None:
+        hi = min(hi, self.height, lo + self.config.max_blocks_per_reply - 1)
         items = []
         size = 0
         for h in range(lo, hi + 1):
@@ -872,7 +892,7 @@ class Replica:
             if items and size > self.config.max_message_size // 2:
                 break
             items.append(item)
-        self._out.append(Send(msg.sender, self._sign([m.BLOCKS, self.index, items])))
+        self._out.append(Send(to, self._sign([m.BLOCKS, self.index, items])))
 
     def _on_blocks(self, msg: Message) -> None:
         (items,) = msg.fields
