@@ -1,19 +1,26 @@
 """cbor2-backed deterministic CBOR for CPython, byte-identical to ``ledgerlink.core.cbor``.
 
-``dumps`` hands the value to cbor2's canonical encoder (shortest heads and floats, bignums as tags
-2/3). cbor2 sorts map keys length-first (RFC 7049), which equals the bytewise order of RFC 8949 only
-when all keys share one major type; maps with keys of mixed or compound types are therefore encoded
-here, key by key, and passed to cbor2 as pre-encoded bytes.
+``dumps`` prepares the value and hands it to cbor2's plain encoder, which already writes shortest
+heads, definite lengths and bignums as tags 2/3 and keeps dict order. cbor2's canonical mode is not
+used: it is slower and sorts map keys length-first (RFC 7049), not bytewise (RFC 8949). Maps are
+therefore re-ordered here: keys of one major type (all text, all byte strings, all integers) by plain
+sorts, which give the bytewise order of their encodings; maps with other keys are encoded pair by pair
+and passed to cbor2 as pre-encoded bytes, as are floats (shortest of binary16/32/64 via struct).
 
 ``loads`` keeps the portable decoder's strictness by construction: cbor2 decodes, the result is
-converted to ledgerlink types and re-encoded, and the input is accepted only when that encoding equals
-it byte for byte (the deterministic encoding of a value is unique). Anything else -- cbor2 errors,
-types only cbor2 produces (dates, sets, ...), too deep nesting, a mismatch -- is handed to
-``portable_loads``, which gives the authoritative value or ``DecodeError``.
+converted to ledgerlink types, and the input is accepted only when the deterministic encoding of that
+value equals it byte for byte (that encoding is unique). Anything else -- a cbor2 error, types only
+cbor2 produces (dates, sets, ...), too deep nesting, a mismatch -- goes to ``portable_loads``, which
+returns the authoritative value or raises ``DecodeError``. Invalid input thus costs both decoders.
 
-Protects against: divergence between the fast and portable codecs (``self_check`` at import; the
-portable module uses this one only when it passes). Tested in tests/core/test_cbor.py by property
-tests comparing both codecs on generated values and arbitrary bytes.
+Typical messages (flat maps with text or integer keys, byte strings, lists) encode about 2x and
+decode about 1.5-3x faster than the portable codec; maps with keys of mixed types are slower.
+
+Protects against: divergence between the two codecs. ``self_check`` runs at import over edge cases
+(bignums, float widths, NaN, mixed-type keys, non-deterministic input) and only when it passes does
+this module install itself as ``ledgerlink.core.cbor.dumps``/``loads``. Tested in
+tests/core/test_cbor.py by property tests comparing both codecs on generated values and on arbitrary
+and mutated bytes.
 """
 
 import struct

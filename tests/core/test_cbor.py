@@ -13,7 +13,7 @@ from ledgerlink.core import cbor
 from ledgerlink.core.cbor import UNDEFINED, Simple, Tag
 from ledgerlink.core.errors import DecodeError
 
-FAST = settings(max_examples=250, deadline=None)
+FAST = settings(max_examples=150, deadline=None)
 
 
 def same(a, b) -> bool:
@@ -339,13 +339,13 @@ def check_strict(data: bytes) -> None:
     assert same(cpython_cbor.loads(data), portable)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=40))
 def test_fuzz_arbitrary_bytes(data):
     check_strict(data)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(VALUES, st.data())
 def test_fuzz_mutated_encodings(value, draw):
     data = bytearray(cbor.portable_dumps(value))
