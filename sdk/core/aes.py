@@ -2,7 +2,9 @@
 
 Only the forward cipher is provided: CCM uses AES in counter and CBC-MAC modes, which never decrypt
 a block. ``AES(key)`` uses the port's ``cryptolib.aes(key, 1)`` (ECB) when MicroPython provides it
-and accepts the key; otherwise a pure-Python implementation with T-tables built on first use.
+and accepts the key; otherwise a pure-Python implementation with T-tables built on first use. The
+tables are split into 16-bit halves so that no int reaches 2**30, above which MicroPython allocates
+each int on the heap; ``encrypt_into`` then encrypts a block without allocating.
 
 Security note: the pure-Python fallback indexes its lookup tables with bytes that depend on the key
 and the data. On hardware with data caches this is a cache-timing side channel: an attacker who can
@@ -13,7 +15,8 @@ port's own implementation. Interpreter overhead also makes the timing of every o
 data-dependent; the fallback makes no constant-time claim.
 
 Tested in tests/core/test_aes_ccm.py: FIPS 197 appendix C vectors for all key sizes, equality with
-pycryptodome's AES on random keys and blocks, the ``cryptolib`` path and its fallback.
+pycryptodome's AES on random keys and blocks, ``encrypt_into`` (also in place), the bounds of tables and
+round keys, the ``cryptolib`` path and its fallback.
 """
 
 from ledgerlink.core.errors import InvalidKey

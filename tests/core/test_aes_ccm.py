@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from ledgerlink.core import aes, ccm
 from ledgerlink.core.errors import InvalidKey, InvalidTag
+from ledgerlink.tools.micropython_vm import MicroPythonVM
 from tests.conftest import load_vectors
 
 # FIPS 197 appendix C: plaintext 00112233...ff under keys 000102...
@@ -84,6 +85,80 @@ def test_cryptolib_path_and_fallback(monkeypatch):
     assert fake.calls == 2
     assert ccm.seal(RFC3610_KEY, RFC3610_NONCE, RFC3610_PLAINTEXT, RFC3610_AAD) == RFC3610_OUTPUT
     assert fake.calls == 3
+
+
+@settings(max_examples=100, deadline=None)
+@given(key=st.sampled_from((16, 24, 32)).flatmap(lambda n: st.binary(min_size=n, max_size=n)),
+       block=st.binary(min_size=16, max_size=16))
+def test_encrypt_into_matches_encrypt_block(key, block):
+    cipher = aes.AES(key)
+    expected = cipher.encrypt_block(block)
+    out = bytearray(16)
+    cipher.encrypt_into(block, out)
+    assert bytes(out) == expected
+    cipher.encrypt_into(memoryview(block), out)
+    assert bytes(out) == expected
+    in_place = bytearray(block)
+    cipher.encrypt_into(in_place, in_place)
+    assert bytes(in_place) == expected
+
+
+def test_encrypt_into_refuses_bad_buffers():
+    cipher = aes.AES(bytes(16))
+    for bad_block in (b"", bytes(15), bytes(17), None, "0" * 16):
+        with pytest.raises(InvalidKey):
+            cipher.encrypt_into(bad_block, bytearray(16))
+    for bad_out in (bytearray(15), bytearray(17), bytes(16), None, [0] * 16):
+        with pytest.raises(InvalidKey):
+            cipher.encrypt_into(bytes(16), bad_out)
+
+
+def test_encrypt_into_cryptolib_path(monkeypatch):
+    monkeypatch.setattr(aes, "_cryptolib", _FakeCryptolib())
+    key_hex, expected = FIPS197[0]
+    cipher = aes.AES(bytes.fromhex(key_hex))
+    assert cipher.implementation == "cryptolib"
+    buf = bytearray(FIPS197_PLAINTEXT)
+    cipher.encrypt_into(buf, buf)
+    assert bytes(buf) == bytes.fromhex(expected)
+
+
+@pytest.mark.parametrize("key_len", (16, 24, 32))
+def test_python_path_ints_stay_small(key_len):
+    # MicroPython allocates every int from 2**30 on; tables and round keys keep to 16 bits.
+    cipher = aes.AES(bytes(range(key_len)))
+    tables = (aes._SBOX, aes._H0, aes._H1, aes._H2, aes._H3, aes._L0, aes._L1, aes._L2, aes._L3)
+    assert all(len(t) == 256 and 0 <= min(t) and max(t) < 1 << 16 for t in tables)
+    assert len(cipher._round_keys) == 8 * (cipher._rounds + 1) == 8 * (key_len // 4 + 7)
+    assert all(0 <= w < 1 << 16 for w in cipher._round_keys)
+
+
+VM_ALLOCATION = """
+import gc, json
+from ledgerlink.core import aes, ccm
+key = bytes(range(16)); nonce = bytes(range(13))
+msg = bytes(i & 255 for i in range(1024))
+aes.AES(key)
+a0 = gc.mem_alloc()
+sealed = ccm.seal(key, nonce, msg, b"hdr")
+a1 = gc.mem_alloc()
+opened = ccm.open(key, nonce, sealed, b"hdr")
+a2 = gc.mem_alloc()
+print(json.dumps([a1 - a0, a2 - a1, sealed.hex(), opened == msg]))
+"""
+
+
+@pytest.mark.micropython
+def test_ccm_allocation_in_micropython_vm(tmp_path):
+    # A 1 KB message is 130 AES blocks; the VM has 1 MB of heap and no garbage collection.
+    vm = MicroPythonVM(workdir=tmp_path)
+    (seal_alloc, open_alloc, sealed_hex, round_trip), _fuel = vm.run_json(VM_ALLOCATION, fuel=2_000_000_000)
+    msg = bytes(i & 255 for i in range(1024))
+    assert bytes.fromhex(sealed_hex) == AESCCM(bytes(range(16)), tag_length=8).encrypt(
+        bytes(range(13)), msg, b"hdr")
+    assert round_trip is True
+    assert seal_alloc < 16 * 1024
+    assert open_alloc < 16 * 1024
 
 
 def test_cpython_uses_python_fallback():
