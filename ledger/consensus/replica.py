@@ -38,10 +38,11 @@ memory to answer block fetches; the application is replayed from the blocks on r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.consensus.messages import (
@@ -194,7 +195,9 @@ class Replica:
     """One PBFT validator; see the module docstring."""
 
     def __init__(self, index: int, config: Config, signing_key: bytes, app: App, crypto: m.Crypto,
-                 now_ms: int):
+                 now_ms: int, decoder: Callable[[bytes], Message] | None = None):
+        """``decoder`` (optional) replaces ``messages.decode_message`` for this configuration, e.g.
+        a cache of verified messages shared by the replicas of one process."""
         if not 0 <= index < config.n:
             raise ValueError("replica index out of range")
         self.index = index
@@ -231,17 +234,20 @@ class Replica:
         self.pushed_to: dict[int, int] = {}
         self.committed_at = now_ms
         self._out: list[Effect] = []
+        self._decode = decoder or functools.partial(
+            _decode_message, config.chain_id, config.validators, crypto, config.limits)
 
     # --- public API -------------------------------------------------------------------------------
 
     @classmethod
     def restore(cls, index: int, config: Config, signing_key: bytes, app: App, crypto: m.Crypto,
-                now_ms: int, blocks: Iterable[tuple[bytes, bytes]]) -> "Replica":
+                now_ms: int, blocks: Iterable[tuple[bytes, bytes]],
+                decoder: Callable[[bytes], Message] | None = None) -> "Replica":
         """Rebuild a replica from its persisted (block, certificate) pairs, replaying ``app``.
 
         ``app`` must be at the empty initial state. Raises ValueError if the store is inconsistent.
         """
-        r = cls(index, config, signing_key, app, crypto, now_ms)
+        r = cls(index, config, signing_key, app, crypto, now_ms, decoder)
         for block_bytes, cert_bytes in blocks:
             try:
                 block = Block.decode(block_bytes)
@@ -286,8 +292,7 @@ class Replica:
             self._drop("oversized", sender_index)
             return self._end()
         try:
-            msg = m.decode_message(data, self.config.chain_id, self.config.validators, self.crypto,
-                                   self.config.limits)
+            msg = self._decode(data)
             if msg.sender != sender_index:
                 raise MessageError("sender mismatch")
             if msg.sender == self.index:
@@ -328,6 +333,12 @@ class Replica:
         raw = self._sign(body)
         self._out.append(Broadcast(raw))
         return raw
+
+    def _broadcast_sig(self, body: list) -> tuple[bytes, bytes]:
+        sig = self.crypto.sign(self._key, m.signed_bytes(self.config.chain_id, body))
+        raw = m.dumps(list(body) + [sig])
+        self._out.append(Broadcast(raw))
+        return raw, sig
 
     def _slot(self, height: int) -> _Slot:
         s = self.slots.get(height)
@@ -572,10 +583,10 @@ class Replica:
                     return
             primary = self.config.primary(self.view)
             if self.index != primary and self.view not in slot.my_prepare:
-                raw = self._broadcast([m.PREPARE, self.index, self.view, h, p.hash])
+                raw, sig = self._broadcast_sig([m.PREPARE, self.index, self.view, h, p.hash])
                 slot.my_prepare[self.view] = raw
                 slot.prepare_by[(self.view, self.index)] = p.hash
-                slot.prepares.setdefault((self.view, p.hash), {})[self.index] = _sig_of(raw)
+                slot.prepares.setdefault((self.view, p.hash), {})[self.index] = sig
             prepares = slot.prepares.get((self.view, p.hash), {})
             if sum(1 for i in prepares if i != primary) < 2 * self.config.f:
                 return
@@ -583,10 +594,10 @@ class Replica:
                     or self.prepared_proof[0].header.height != h:
                 self.prepared_proof = (p, {i: s for i, s in prepares.items() if i != primary})
             if self.view not in slot.my_commit:
-                raw = self._broadcast([m.COMMIT, self.index, self.view, h, p.hash])
+                raw, sig = self._broadcast_sig([m.COMMIT, self.index, self.view, h, p.hash])
                 slot.my_commit[self.view] = raw
                 slot.commit_by[(self.view, self.index)] = p.hash
-                slot.commits.setdefault((self.view, p.hash), {})[self.index] = _sig_of(raw)
+                slot.commits.setdefault((self.view, p.hash), {})[self.index] = sig
             commits = slot.commits.get((self.view, p.hash), {})
             if len(commits) < self.config.quorum:
                 return
@@ -700,8 +711,7 @@ class Replica:
         raw = self._broadcast([m.VIEW_CHANGE, self.index, view, committed, prepared])
         self.my_view_change = raw
         self.view_changes.setdefault(view, {})[self.index] = self._parse_view_change(
-            m.decode_message(raw, self.config.chain_id, self.config.validators, self.crypto,
-                             self.config.limits))
+            self._decode(raw))
         self._try_new_view()
 
     def _parse_view_change(self, msg: Message) -> _ViewChange:
@@ -718,7 +728,7 @@ class Replica:
         proposal = None
         if prepared is not None:
             raw_pp, votes = prepared
-            pp = m.decode_message(raw_pp, cfg.chain_id, cfg.validators, self.crypto, cfg.limits)
+            pp = self._decode(raw_pp)
             if pp.kind != m.PRE_PREPARE:
                 raise MessageError("bad view-change")
             pview, ph, pheader, ptxs = pp.fields
@@ -806,7 +816,7 @@ class Replica:
         vcs: list[_ViewChange] = []
         senders: set[int] = set()
         for raw in raw_vcs:
-            vm = m.decode_message(raw, cfg.chain_id, cfg.validators, self.crypto, cfg.limits)
+            vm = self._decode(raw)
             if vm.kind != m.VIEW_CHANGE or vm.fields[0] != view or vm.sender in senders:
                 raise MessageError("bad new-view")
             vcs.append(self._parse_view_change(vm))
@@ -815,7 +825,7 @@ class Replica:
             raise MessageError("bad new-view")
         top, chosen = self._select(vcs)
         if raw_pp is not None:
-            pp = m.decode_message(raw_pp, cfg.chain_id, cfg.validators, self.crypto, cfg.limits)
+            pp = self._decode(raw_pp)
             pview, ph, pheader, ptxs = pp.fields
             if pp.kind != m.PRE_PREPARE or pp.sender != msg.sender or pview != view or ph != top + 1:
                 raise MessageError("bad new-view")
@@ -837,8 +847,7 @@ class Replica:
         self.progress_deadline = None
         self.view_changes = {v: d for v, d in self.view_changes.items() if v > view}
         if raw_pp is not None:
-            pp = m.decode_message(raw_pp, self.config.chain_id, self.config.validators, self.crypto,
-                                  self.config.limits)
+            pp = self._decode(raw_pp)
             _, h, header, txs = pp.fields
             if h == self.height and header.hash() == self.last_hash:
                 self._help_commit(view, h, self.last_hash)
@@ -956,5 +965,6 @@ class Replica:
                     sent += 1
 
 
-def _sig_of(raw: bytes) -> bytes:
-    return m.loads(raw)[-1]
+def _decode_message(chain_id: str, validators: tuple[bytes, ...], crypto: m.Crypto, limits: m.Limits,
+                    data: bytes) -> Message:
+    return m.decode_message(data, chain_id, validators, crypto, limits)

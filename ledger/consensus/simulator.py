@@ -40,7 +40,7 @@ from ledgerlink.ledger.consensus.replica import (
 )
 
 LIVENESS_BOUND_MS = 20000
-TICK_MS = 20
+TICK_MS = 25
 FAULT_KINDS = ("crash", "crash_forever", "restart", "equivocate", "badsig", "junk", "twin")
 BYZANTINE = ("equivocate", "badsig", "junk", "twin")
 
@@ -127,7 +127,7 @@ def draw_scenario(rnd: random.Random, kinds: tuple[str, ...] = FAULT_KINDS) -> S
         idx.remove(0)
         idx.insert(0, 0)
     faults = {i: rnd.choice(kinds) for i in idx[:count]}
-    heal = rnd.randint(800, 4000)
+    heal = rnd.randint(500, 2500)
     down: dict[int, tuple[int, int | None]] = {}
     for i, kind in faults.items():
         if kind in ("crash", "crash_forever", "restart"):
@@ -144,7 +144,7 @@ def draw_scenario(rnd: random.Random, kinds: tuple[str, ...] = FAULT_KINDS) -> S
     dup = rnd.choice([0.0, 0.05])
     dmin = rnd.randint(1, 5)
     delay = (dmin, rnd.randint(dmin, 40))
-    txs = sorted((rnd.randint(0, heal), rnd.randrange(n)) for _ in range(rnd.randint(2, 12)))
+    txs = sorted((rnd.randint(0, heal), rnd.randrange(n)) for _ in range(rnd.randint(2, 8)))
     replays = sorted(rnd.randint(0, heal + 2000) for _ in range(rnd.randint(0, 3)))
     return Scenario(n, faults, drop, dup, delay, partitions, down, heal, txs, replays)
 
@@ -205,6 +205,7 @@ class Simulation:
         self.nonce = 0
         self.submitted: list[bytes] = []
         self.liveness_txs: set[bytes] = set()
+        self._decoded: dict[bytes, m.Message | str] = {}
         self.nodes = []
         for i in range(self.sc.n):
             kind = self.sc.faults.get(i, "honest")
@@ -217,8 +218,23 @@ class Simulation:
     def _new_replica(self, i: int, persisted: list[tuple[bytes, bytes]] | None = None) -> Replica:
         app = KVApp(self.crypto)
         if persisted is None:
-            return Replica(i, self.config, self.keys[i], app, self.crypto, self.now)
-        return Replica.restore(i, self.config, self.keys[i], app, self.crypto, self.now, persisted)
+            return Replica(i, self.config, self.keys[i], app, self.crypto, self.now, self._decode)
+        return Replica.restore(i, self.config, self.keys[i], app, self.crypto, self.now, persisted,
+                               self._decode)
+
+    def _decode(self, data: bytes) -> m.Message:
+        """decode_message memoized by the wire bytes (decoding is a function of them)."""
+        r = self._decoded.get(data)
+        if r is None:
+            try:
+                r = m.decode_message(data, self.config.chain_id, self.config.validators, self.crypto,
+                                     self.config.limits)
+            except m.MessageError as exc:
+                r = exc.reason
+            self._decoded[data] = r
+        if isinstance(r, str):
+            raise m.MessageError(r)
+        return r
 
     def _log(self, text: str) -> None:
         if self.tracing:
