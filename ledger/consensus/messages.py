@@ -53,7 +53,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 try:
-    from ledgerlink.core.cbor import dumps as _dumps, loads as _loads
+    from ledgerlink.core.cbor import dumps as _dumps, loads as _core_loads
+
+    def _loads(data: bytes) -> Any:
+        return _core_loads(data, max_size=max(len(data), 1))  # callers bound the size
 except ImportError:  # until the project's deterministic CBOR codec is available
     import cbor2 as _cbor2
 
