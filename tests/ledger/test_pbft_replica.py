@@ -1,0 +1,312 @@
+"""Targeted PBFT replica scenarios on a lossless in-test network with instant delivery."""
+
+from collections import deque
+
+import pytest
+
+from ledgerlink.core.backend import get_backend
+from ledgerlink.ledger.consensus import messages as m
+from ledgerlink.ledger.consensus.kv_app import KVApp, make_tx
+from ledgerlink.ledger.consensus.replica import (
+    Broadcast, Committed, Config, Dropped, Persist, Replica, Send,
+)
+from ledgerlink.ledger.consensus.simulator import CachingCrypto, Scenario, Simulation
+
+CRYPTO = CachingCrypto(get_backend("cpython"))
+KEYS = [bytes([0x40 + i]) * 32 for i in range(4)]
+PUBS = tuple(CRYPTO.public_key(k) for k in KEYS)
+CLIENT = bytes([0x77]) * 32
+
+
+class Net:
+    """n replicas; messages are delivered in FIFO order at once; nodes in ``down`` lose them."""
+
+    def __init__(self, **overrides):
+        params = dict(chain_id="t", validators=PUBS, batch_timeout_ms=10, view_change_timeout_ms=200,
+                      retransmit_ms=50, checkpoint_interval=4)
+        params.update(overrides)
+        self.config = Config(**params)
+        self.now = 0
+        self.replicas = [Replica(i, self.config, KEYS[i], KVApp(CRYPTO), CRYPTO, 0) for i in range(4)]
+        self.queue: deque = deque()
+        self.down: set[int] = set()
+        self.persisted: dict[int, list] = {i: [] for i in range(4)}
+        self.effects: dict[int, list] = {i: [] for i in range(4)}
+        self.nonce = 0
+
+    def apply(self, i, effects):
+        self.effects[i].extend(effects)
+        for e in effects:
+            if isinstance(e, Broadcast):
+                self.queue.extend((i, j, e.data) for j in range(4) if j != i)
+            elif isinstance(e, Send):
+                self.queue.append((i, e.to, e.data))
+            elif isinstance(e, Persist):
+                self.persisted[i].append((e.block, e.certificate))
+        return effects
+
+    def tx(self, key=b"k"):
+        self.nonce += 1
+        return make_tx(CRYPTO, CLIENT, self.nonce.to_bytes(16, "big"), key, b"v%d" % self.nonce)
+
+    def submit(self, i, tx):
+        return self.apply(i, self.replicas[i].submit(tx, self.now))
+
+    def deliver(self):
+        while self.queue:
+            src, dst, data = self.queue.popleft()
+            if dst not in self.down and src not in self.down:
+                self.apply(dst, self.replicas[dst].receive(src, data, self.now))
+
+    def run(self, ms, step=10):
+        end = self.now + ms
+        while self.now < end:
+            self.now += step
+            for i in range(4):
+                if i not in self.down:
+                    self.apply(i, self.replicas[i].tick(self.now))
+            self.deliver()
+
+    def blocks(self, i):
+        r = self.replicas[i]
+        return [r.block(h)[0].encode() for h in range(r.height + 1)]
+
+    def committed(self, i):
+        return [e for e in self.effects[i] if isinstance(e, Committed)]
+
+
+def test_normal_case_commits_identical_blocks():
+    net = Net()
+    txs = [net.tx(b"a"), net.tx(b"b"), net.tx(b"c")]
+    for tx in txs:
+        net.submit(2, tx)
+    net.run(100)
+    assert [r.height for r in net.replicas] == [0, 0, 0, 0]
+    block = m.Block.decode(net.blocks(0)[0])
+    assert set(block.txs) == set(txs)
+    assert block.header.prev_hash == bytes(32) and block.header.tx_root == m.tx_root(block.txs)
+    assert block.header.validators_hash == m.validators_hash(PUBS)
+    for i in range(4):
+        assert net.blocks(i) == net.blocks(0)
+        kinds = [type(e) for e in net.effects[i] if isinstance(e, (Persist, Committed))]
+        assert kinds == [Persist, Committed]
+        c = net.committed(i)[0]
+        m.verify_certificate(c.certificate, c.header, "t", PUBS, CRYPTO)
+        assert net.replicas[i].app.get(b"c") == net.replicas[0].app.get(b"c") is not None
+        assert net.replicas[i].app.height == 0
+
+
+def test_batches_respect_max_batch_and_window_one():
+    net = Net(max_batch=2)
+    for _ in range(5):
+        net.submit(1, net.tx())
+    net.run(300)
+    sizes = [len(m.Block.decode(b).txs) for b in net.blocks(3)]
+    assert sum(sizes) == 5 and max(sizes) == 2 and len(sizes) >= 3
+    heights = [[b.height for b in net.committed(i)] for i in range(4)]
+    assert all(h == list(range(len(sizes))) for h in heights)
+
+
+def test_view_change_on_crashed_primary():
+    net = Net()
+    net.down.add(0)
+    tx = net.tx()
+    net.submit(1, tx)
+    net.run(2000)
+    for i in (1, 2, 3):
+        r = net.replicas[i]
+        assert r.view >= 1 and not r.in_view_change
+        assert r.height == 0 and r.block(0)[0].txs == (tx,)
+        assert net.committed(i)[0].certificate.view == r.view
+    assert net.blocks(1) == net.blocks(2) == net.blocks(3)
+
+
+def test_equivocating_primary_cannot_split_honest_replicas():
+    equivocations = 0
+    for seed in range(25):
+        sc = Scenario(n=4, faults={0: "equivocate"}, drop=0.0, dup=0.0, delay=(1, 20), partitions=[],
+                      down={}, heal_ms=600, txs=[(10 * k, 1 + k % 3) for k in range(4)], replays=[])
+        sim = Simulation(seed, scenario=sc)
+        result = sim.run()
+        assert result.ok, result.violations
+        equivocations += len(sim.nodes[0].variants)
+        honest = [sim.nodes[i].replicas[0] for i in (1, 2, 3)]
+        assert min(r.height for r in honest) >= 0
+        for h in range(min(r.height for r in honest) + 1):
+            assert len({r.block(h)[0].encode() for r in honest}) == 1
+    assert equivocations > 0
+
+
+def test_state_transfer_after_restart():
+    net = Net()
+    net.submit(1, net.tx(b"x"))
+    net.run(100)
+    net.down.add(3)
+    for k in range(5):
+        net.submit(1, net.tx(b"k%d" % k))
+        net.run(100)
+    assert net.replicas[0].height == 5 and net.replicas[3].height == 0
+    restored = Replica.restore(3, net.config, KEYS[3], KVApp(CRYPTO), CRYPTO, net.now, net.persisted[3])
+    assert restored.height == 0 and restored.app.get(b"x") is not None
+    net.replicas[3] = restored
+    net.down.discard(3)
+    net.submit(2, net.tx(b"y"))
+    net.run(1000)
+    assert net.replicas[3].height == net.replicas[0].height == 6
+    assert net.blocks(3) == net.blocks(0)
+    assert net.replicas[3].app.committed == net.replicas[0].app.committed
+    sent = [m.loads(e.data)[0] for e in net.effects[3] if isinstance(e, Send)]
+    assert m.FETCH_BLOCKS in sent
+    assert len(net.persisted[3]) == 7
+
+
+def test_restore_rejects_a_corrupt_store():
+    net = Net()
+    net.submit(1, net.tx())
+    net.run(100)
+    block, cert = net.persisted[1][0]
+    b = m.Block.decode(block)
+    forged = m.Block(b.header, b.txs + (net.tx(),)).encode()
+    for store in ([(forged, cert)], [(block, cert[:-3])], [(block, cert), (block, cert)]):
+        with pytest.raises(ValueError):
+            Replica.restore(1, net.config, KEYS[1], KVApp(CRYPTO), CRYPTO, 0, store)
+
+
+def snapshot(r):
+    return (r.view, r.in_view_change, r.height, list(r.pool), repr(r.slots), repr(r.checkpoints),
+            repr(r.view_changes), r.stable_checkpoint, r.executed)
+
+
+def only_drop(effects, reason, sender):
+    assert effects == [Dropped(reason, sender)], effects
+
+
+def test_bad_messages_are_dropped_with_reason_and_no_state_change():
+    net = Net()
+    net.submit(1, net.tx())
+    net.run(100)
+    r = net.replicas[2]
+    before = snapshot(r)
+    hh = r.last_hash
+    good = m.encode_message("t", [m.PREPARE, 1, 0, 1, hh], KEYS[1], CRYPTO)
+    cases = [
+        (1, m.encode_message("t", [m.PREPARE, 1, 0, 1, hh], KEYS[3], CRYPTO), "bad signature"),
+        (1, good[:-1] + bytes([good[-1] ^ 1]), "bad signature"),
+        (1, m.dumps([m.PREPARE, 7, 0, 1, hh, bytes(64)]), "unknown sender"),
+        (1, bytes(net.config.max_message_size + 1), "oversized"),
+        (1, b"\xff\x00garbage", "malformed"),
+        (1, m.dumps([m.PREPARE, 1, 0, 1, hh]), "malformed"),
+        (3, good, "sender mismatch"),
+        (2, m.encode_message("t", [m.PREPARE, 2, 0, 1, hh], KEYS[2], CRYPTO), "own message"),
+        (1, m.encode_message("t", [m.REQUEST, 1, b"not a tx"], KEYS[1], CRYPTO), "invalid tx 1"),
+        (1, m.encode_message("t", [m.PREPARE, 1, 0, 0, hh], KEYS[1], CRYPTO), "stale height"),
+        (1, m.encode_message("other-chain", [m.PREPARE, 1, 0, 1, hh], KEYS[1], CRYPTO), "bad signature"),
+    ]
+    for sender, data, reason in cases:
+        only_drop(r.receive(sender, data, net.now), reason, sender)
+        assert snapshot(r) == before
+
+
+def test_stale_duplicate_and_conflicting_votes():
+    net = Net()
+    r = net.replicas[2]
+    net.run(10)
+    r.view = 3
+    stale = m.encode_message("t", [m.PREPARE, 1, 2, 0, bytes(32)], KEYS[1], CRYPTO)
+    only_drop(r.receive(1, stale, net.now), "stale view", 1)
+    a = m.encode_message("t", [m.PREPARE, 1, 3, 0, b"a" * 32], KEYS[1], CRYPTO)
+    b = m.encode_message("t", [m.PREPARE, 1, 3, 0, b"b" * 32], KEYS[1], CRYPTO)
+    assert r.receive(1, a, net.now) == []
+    before = snapshot(r)
+    only_drop(r.receive(1, a, net.now), "duplicate", 1)
+    only_drop(r.receive(1, b, net.now), "conflicting vote", 1)
+    assert snapshot(r) == before
+    from_primary = m.encode_message("t", [m.PREPARE, 3, 3, 0, b"a" * 32], KEYS[3], CRYPTO)
+    only_drop(r.receive(3, from_primary, net.now), "prepare from primary", 3)
+
+
+def test_replayed_request_is_not_committed_twice():
+    net = Net()
+    tx = net.tx()
+    net.submit(1, tx)
+    only_drop(net.replicas[1].submit(tx, net.now), "duplicate tx", None)
+    net.run(100)
+    assert all(r.height == 0 for r in net.replicas)
+    for i in range(4):
+        only_drop(net.replicas[i].submit(tx, net.now), "replayed tx", None)
+    req = m.encode_message("t", [m.REQUEST, 3, tx], KEYS[3], CRYPTO)
+    only_drop(net.replicas[2].receive(3, req, net.now), "replayed tx", 3)
+    # a primary proposing the committed transaction again is refused by every backup
+    r0 = net.replicas[0]
+    prev = r0.block(0)[0].header
+    header = m.Header("t", 1, r0.last_hash, prev.time_ms + 5, m.tx_root([tx]), prev.state_root,
+                      m.validators_hash(PUBS))
+    pp = m.encode_message("t", [m.PRE_PREPARE, 0, 0, 1, header.to_obj(), [tx]], KEYS[0], CRYPTO)
+    for i in (1, 2, 3):
+        effects = net.replicas[i].receive(0, pp, net.now)
+        assert effects == [Dropped("rejected proposal: replayed tx in batch", 0)]
+    net.run(100)
+    assert all(r.height == 0 for r in net.replicas)
+
+
+def test_invalid_proposal_is_refused_and_primary_replaced():
+    net = Net()
+    tx = net.tx()
+    net.down.add(0)
+    for i in (1, 2, 3):
+        net.replicas[i].submit(tx, net.now)
+    bad_root = m.Header("t", 0, bytes(32), 5, m.tx_root([tx]), b"\x01" * 32, m.validators_hash(PUBS))
+    pp = m.encode_message("t", [m.PRE_PREPARE, 0, 0, 0, bad_root.to_obj(), [tx]], KEYS[0], CRYPTO)
+    for i in (1, 2, 3):
+        assert net.replicas[i].receive(0, pp, net.now) == [
+            Dropped("rejected proposal: state root mismatch", 0)]
+    net.run(2000)
+    assert all(net.replicas[i].height == 0 and net.replicas[i].view >= 1 for i in (1, 2, 3))
+    assert net.replicas[1].block(0)[0].header.state_root != b"\x01" * 32
+
+
+def test_checkpoint_truncates_the_log():
+    net = Net(checkpoint_interval=4)
+    for k in range(3):
+        net.submit(1, net.tx())
+        net.run(60)
+    r = net.replicas[2]
+    assert r.height == 2 and r.stable_checkpoint == -1 and {0, 1, 2} <= set(r.slots)
+    for k in range(6):
+        net.submit(1, net.tx())
+        net.run(60)
+    for r in net.replicas:
+        assert r.height == 8
+        assert r.stable_checkpoint == 7
+        assert all(h > 7 for h in r.slots) and all(h > 7 for h in r.checkpoints)
+    stale = m.encode_message("t", [m.CHECKPOINT, 1, 3, net.replicas[1].block(3)[1].header_hash],
+                             KEYS[1], CRYPTO)
+    only_drop(net.replicas[2].receive(1, stale, net.now), "stale checkpoint", 1)
+
+
+def test_forged_certificate_in_blocks_reply_is_refused():
+    net = Net()
+    net.down.add(3)
+    net.submit(1, net.tx())
+    net.run(100)
+    block, cert = net.replicas[0].block(0)
+    weak = m.CommitCertificate(cert.height, cert.view, cert.header_hash, cert.votes[:2])
+    reply = m.encode_message("t", [m.BLOCKS, 0, [[block.header.to_obj(), list(block.txs),
+                                                  weak.to_obj()]]], KEYS[0], CRYPTO)
+    r3 = net.replicas[3]
+    only_drop(r3.receive(0, reply, net.now), "bad certificate", 0)
+    assert r3.height == -1
+    ok = m.encode_message("t", [m.BLOCKS, 0, [[block.header.to_obj(), list(block.txs),
+                                               cert.to_obj()]]], KEYS[0], CRYPTO)
+    effects = r3.receive(0, ok, net.now)
+    assert r3.height == 0 and any(isinstance(e, Persist) for e in effects)
+
+
+def test_simulator_replays_a_seed_exactly(capsys):
+    from ledgerlink.ledger.consensus import simulator
+    assert simulator.main(["--seed", "11"]) == 0
+    first = capsys.readouterr().out
+    assert simulator.main(["--seed", "11"]) == 0
+    assert capsys.readouterr().out == first and "COMMIT height 0" in first
+    assert simulator.main(["--seeds", "0:4"]) == 0
+    assert "4 seeds, 0 failed" in capsys.readouterr().out
