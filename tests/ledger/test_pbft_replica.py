@@ -310,3 +310,18 @@ def test_simulator_replays_a_seed_exactly(capsys):
     assert capsys.readouterr().out == first and "COMMIT height 0" in first
     assert simulator.main(["--seeds", "0:4"]) == 0
     assert "4 seeds, 0 failed" in capsys.readouterr().out
+
+
+def test_seeded_suite_covers_every_fault_kind():
+    import random
+    from ledgerlink.ledger.consensus.simulator import FAULT_KINDS, draw_scenario
+    kinds, sizes, partitions, lossy = set(), set(), 0, 0
+    for seed in range(1000):
+        sc = draw_scenario(random.Random(seed))
+        kinds.update(sc.faults.values())
+        sizes.add(sc.n)
+        partitions += bool(sc.partitions)
+        lossy += sc.drop > 0
+        assert len(sc.faults) <= sc.f
+    assert kinds == set(FAULT_KINDS) and sizes == {4, 7}
+    assert partitions > 200 and lossy > 200
