@@ -17,6 +17,8 @@ from ledgerlink.core.errors import InvalidKey
 HASH_LEN = 32
 BLOCK_LEN = 64
 MAX_OKM_LEN = 255 * HASH_LEN
+_IPAD = int.from_bytes(b"\x36" * BLOCK_LEN, "big")
+_OPAD = int.from_bytes(b"\x5c" * BLOCK_LEN, "big")
 
 
 def _as_bytes(value, what):
@@ -38,15 +40,12 @@ def hmac_sha256(key, data):
     data = _as_bytes(data, "data")
     if len(key) > BLOCK_LEN:
         key = hashlib.sha256(key).digest()
-    inner_pad = bytearray(BLOCK_LEN)
-    outer_pad = bytearray(BLOCK_LEN)
-    for i in range(BLOCK_LEN):
-        k = key[i] if i < len(key) else 0
-        inner_pad[i] = k ^ 0x36
-        outer_pad[i] = k ^ 0x5C
-    inner = hashlib.sha256(bytes(inner_pad))
+    padded = int.from_bytes(key + bytes(BLOCK_LEN - len(key)), "big")
+    inner_pad = (padded ^ _IPAD).to_bytes(BLOCK_LEN, "big")
+    outer_pad = (padded ^ _OPAD).to_bytes(BLOCK_LEN, "big")
+    inner = hashlib.sha256(inner_pad)
     inner.update(data)
-    outer = hashlib.sha256(bytes(outer_pad))
+    outer = hashlib.sha256(outer_pad)
     outer.update(inner.digest())
     return outer.digest()
 

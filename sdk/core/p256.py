@@ -89,7 +89,7 @@ def is_on_curve(pt):
 
 # --- complete projective formulas (RCB16, a = -3) ------------------------------------------
 
-def _add(p1, p2):
+def _add(p1, p2, P=P, B=B):
     x1, y1, z1 = p1
     x2, y2, z2 = p2
     t0 = x1 * x2 % P
@@ -107,7 +107,7 @@ def _add(p1, p2):
     return ((t3 * x3 - t4 * y3) % P, (x3 * z3 + t0 * y3) % P, (t4 * z3 + t3 * t0) % P)
 
 
-def _add_affine(p1, x2, y2):
+def _add_affine(p1, x2, y2, P=P, B=B):
     """``_add`` with Z2 = 1: complete for every p1, but (x2, y2) must not be infinity."""
     x1, y1, z1 = p1
     t0 = x1 * x2 % P
@@ -124,7 +124,7 @@ def _add_affine(p1, x2, y2):
     return ((t3 * x3 - t4 * y3) % P, (x3 * z3 + t0 * y3) % P, (t4 * z3 + t3 * t0) % P)
 
 
-def _double(pt):
+def _double(pt, P=P, B=B):
     x, y, z = pt
     xx = x * x % P
     yy = y * y % P
@@ -167,7 +167,7 @@ _windows = []
 # Per-window tables (64 x 16 affine points, ~100 KB) where memory is plentiful; the 16-entry comb
 # (~2 KB) on boards.
 BASE_METHOD = "windows" if sys.implementation.name == "cpython" else "comb"
-_C = ((1 << 256) - 1) // 15  # sum of 16^i for i < 64: shifts window digits from [0, 15] to [1, 16]
+_WINDOWS = 52  # signed odd 5-bit digits of an odd scalar below 2^257
 
 
 def _comb_table():
@@ -197,17 +197,20 @@ def _compute_comb_table():
 
 
 def _window_tables():
+    """Row i holds (2j+1) * 32^i * G for j < 16, affine, packed as x | y << 256."""
     if not _windows:
         base = (GX, GY, 1)
-        for _ in range(64):
+        for _ in range(_WINDOWS):
+            twice = _double(base)
             row = []
             acc = base
             for _ in range(16):
                 aff = _to_affine(acc)
                 row.append(aff[0] | (aff[1] << 256))
-                acc = _add(acc, base)
+                acc = _add(acc, twice)
             _windows.append(row)
-            base = (row[15] & _MASK256, row[15] >> 256, 1)
+            for _ in range(5):
+                base = _double(base)
     return _windows
 
 
@@ -223,26 +226,37 @@ def _check_scalar(k):
         raise InvalidScalar("scalar out of range [1, n-1]")
 
 
-def _select_affine(row, digit):
+def _select_affine(row, digit, P=P, M=_MASK256):
+    """Entry (|digit| - 1) / 2 of ``row``, negated when digit < 0; every entry is read."""
+    sign = digit >> 8
+    index = ((digit ^ sign) - sign - 1) >> 1
     acc = 0
     j = 0
     for entry in row:
-        acc |= entry & (((digit ^ j) - 1) >> 8)
+        acc |= entry & (((index ^ j) - 1) >> 8)
         j += 1
-    return acc & _MASK256, acc >> 256
+    y = acc >> 256
+    return acc & M, y ^ ((y ^ (P - y)) & sign)
 
 
 def _base_mult_windows(k):
+    """Regular signed-window recoding (every digit odd, in [-31, 31]) of the odd one of k, k + n."""
     tables = _window_tables()
-    kk = (k - _C) % N
-    x, y = _select_affine(tables[0], kk & 15)
+    k = k + N * (1 - (k & 1))
+    digit = (k & 63) - 32
+    k = (k - digit) >> 5
+    x, y = _select_affine(tables[0], digit)
     acc = (x, y, 1)
     i = 1
-    while i < 64:
-        x, y = _select_affine(tables[i], (kk >> (4 * i)) & 15)
+    last = _WINDOWS - 1
+    while i < last:
+        digit = (k & 63) - 32
+        k = (k - digit) >> 5
+        x, y = _select_affine(tables[i], digit)
         acc = _add_affine(acc, x, y)
         i += 1
-    return acc
+    x, y = _select_affine(tables[last], k)
+    return _add_affine(acc, x, y)
 
 
 def _base_mult_comb(k):
@@ -309,7 +323,7 @@ def negate(pt):
 
 # --- variable-time arithmetic for public data (Jacobian coordinates) -------------------------
 
-def _jdouble(pt):
+def _jdouble(pt, P=P, B=B):
     x1, y1, z1 = pt
     if z1 == 0 or y1 == 0:
         return (1, 1, 0)
@@ -323,7 +337,7 @@ def _jdouble(pt):
     return (x3, y3, z3)
 
 
-def _jadd_affine(pt, x2, y2):
+def _jadd_affine(pt, x2, y2, P=P, B=B):
     x1, y1, z1 = pt
     if z1 == 0:
         return (x2, y2, 1)
@@ -346,7 +360,7 @@ def _jadd_affine(pt, x2, y2):
     return (x3, y3, z3)
 
 
-def _jadd(p1, p2):
+def _jadd(p1, p2, P=P, B=B):
     x1, y1, z1 = p1
     x2, y2, z2 = p2
     if z1 == 0:

@@ -84,8 +84,9 @@ def test_complete_addition_special_cases():
 
 
 def test_fixed_operation_count():
-    calls = {"add": 0, "double": 0, "select": 0}
-    original = (p256._add, p256._double, p256._select)
+    names = ["_add", "_add_affine", "_double", "_select", "_select_affine", "_to_affine_secret"]
+    calls = dict.fromkeys(names, 0)
+    original = {name: getattr(p256, name) for name in names}
 
     def counting(name, fn):
         def wrapper(*args):
@@ -94,19 +95,21 @@ def test_fixed_operation_count():
         return wrapper
 
     try:
-        p256._add = counting("add", original[0])
-        p256._double = counting("double", original[1])
-        p256._select = counting("select", original[2])
+        for name in names:
+            setattr(p256, name, counting(name, original[name]))
         seen = set()
-        for k in (1, 2, p256.N - 1, 0xFFFF, 1 << 200, 0x5555 << 100):
-            for key in calls:
-                calls[key] = 0
+        for k in (1, 2, 3, p256.N - 1, p256.N - 2, 0xFFFF, 1 << 200, 0x5555 << 100):
+            for name in names:
+                calls[name] = 0
             p256.base_mult(k, "comb")
+            p256.base_mult(k, "windows")
             p256.mult(k, p256.G)
             seen.add(tuple(sorted(calls.items())))
     finally:
-        p256._add, p256._double, p256._select = original
+        for name in names:
+            setattr(p256, name, original[name])
     assert len(seen) == 1
+    assert all(count > 0 for _, count in next(iter(seen)))
 
 
 @settings(max_examples=10, deadline=None)
