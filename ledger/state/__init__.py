@@ -1,7 +1,7 @@
 """The ledger state machine: registry, anchors, certificate, firmware and provenance records.
 
 ``LedgerState`` is the state machine the consensus core drives; ``state_key`` derives the sparse
-Merkle key of a record; ``encoding`` has the transaction builders; tx formats are in TX_FORMATS.md.
+Merkle key of a record; ``encoding`` has the transaction builders; tx formats are in docs/protocol.md ("Ledger transactions").
 """
 
 from ledgerlink.ledger.state.codes import (DeviceStatus, ImageType, Reason, RecordKind, Role, TxKind,

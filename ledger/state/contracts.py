@@ -158,7 +158,7 @@ def _target(ctx: TxContext, dev: bytes) -> dict:
 # -- device registry --------------------------------------------------------------------------------
 
 def device_record(dev: bytes, pubkey: bytes, role: int, attributes: dict, at: int, by: bytes) -> dict:
-    """A new device record (see TX_FORMATS.md, `device-record`)."""
+    """A new device record (see docs/protocol.md, `device-record`)."""
     return {1: dev, 2: pubkey, 3: int(role), 4: attributes, 5: int(DeviceStatus.ACTIVE), 6: at, 7: by, 8: 1}
 
 
