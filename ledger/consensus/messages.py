@@ -15,7 +15,7 @@ so that 2f+1 commit messages for one header form that block's ``commit-certifica
 pbft-msg = request / pre-prepare / prepare / commit / checkpoint / view-change / new-view /
            fetch-blocks / blocks
 sender = uint                      ; validator index, 0 .. n-1
-view = uint
+view = uint .le 4294967295
 height = uint                      ; PBFT sequence number == block height
 request      = [1, sender, tx: bstr, sig64]           ; forwards a client tx (the tx carries its own
                                                      ; client signature, checked by the application)
@@ -77,6 +77,7 @@ PBFT_DOMAIN = "ledgerlink-pbft-v1"
 COMMIT_DOMAIN = "ledgerlink-commit-v1"
 ZERO_HASH = bytes(32)
 MAX_UINT64 = (1 << 64) - 1
+MAX_VIEW = (1 << 32) - 1
 
 
 class MessageError(Exception):
@@ -122,6 +123,13 @@ def _uint(x: Any) -> int:
     if type(x) is not int or x < 0 or x > MAX_UINT64:
         raise MessageError("malformed")
     return x
+
+
+def _view(x: Any) -> int:
+    v = _uint(x)
+    if v > MAX_VIEW:
+        raise MessageError("malformed")
+    return v
 
 
 def _bstr(x: Any, size: int | None = None, max_size: int | None = None) -> bytes:
@@ -303,10 +311,10 @@ def _parse_fields(kind: int, a: list, limits: Limits) -> tuple:
     if kind == REQUEST:
         return (_bstr(a[0], max_size=limits.max_tx_size),)
     if kind == PRE_PREPARE:
-        return (_uint(a[0]), _uint(a[1]), Header.from_obj(a[2]),
+        return (_view(a[0]), _uint(a[1]), Header.from_obj(a[2]),
                 _txs(a[3], limits.max_batch, limits.max_tx_size))
     if kind in (PREPARE, COMMIT):
-        return (_uint(a[0]), _uint(a[1]), _bstr(a[2], 32))
+        return (_view(a[0]), _uint(a[1]), _bstr(a[2], 32))
     if kind == CHECKPOINT:
         return (_uint(a[0]), _bstr(a[1], 32))
     if kind == VIEW_CHANGE:
@@ -319,11 +327,11 @@ def _parse_fields(kind: int, a: list, limits: Limits) -> tuple:
             pp = _arr(a[2], 2)
             votes = tuple((_uint(v[0]), _bstr(v[1], 64)) for v in (_arr(x, 2) for x in _arr(pp[1])))
             prepared = (_bstr(pp[0]), votes)
-        return (_uint(a[0]), committed, prepared)
+        return (_view(a[0]), committed, prepared)
     if kind == NEW_VIEW:
         vcs = tuple(_bstr(x) for x in _arr(a[1]))
         pp = None if a[2] is None else _bstr(a[2])
-        return (_uint(a[0]), vcs, pp)
+        return (_view(a[0]), vcs, pp)
     if kind == FETCH_BLOCKS:
         return (_uint(a[0]), _uint(a[1]))
     if kind == BLOCKS:

@@ -32,8 +32,10 @@ committed transactions are never accepted again. Tested in tests/ledger/test_pbf
 scenarios and thousands of seeded adversarial schedules (``ledgerlink.ledger.consensus.simulator``).
 
 Limits. Votes and the view number are not persisted: a replica restored from its blocks has
-forgotten its votes and counts toward f until the next view change. Committed blocks are kept in
-memory to answer block fetches; the application is replayed from the blocks on restore.
+forgotten its votes and counts toward f until the next view change. Committed blocks and the hashes
+of committed transactions are kept in memory (blocks answer fetches); the application is replayed
+from the blocks on restore. Block fetches are answered without rate limiting (at most
+``max_blocks_per_reply`` blocks each).
 """
 
 from __future__ import annotations
@@ -641,6 +643,8 @@ class Replica:
             raise MessageError("stale checkpoint")
         if (h + 1) % self.config.checkpoint_interval != 0:
             raise MessageError("not a checkpoint height")
+        if h > self.height + self.config.lookahead * self.config.checkpoint_interval:
+            raise MessageError("too far ahead")
         if any(msg.sender in s for s in self.checkpoints.get(h, {}).values()):
             raise MessageError("duplicate")
         self._add_checkpoint(msg.sender, h, hh)
@@ -693,6 +697,8 @@ class Replica:
             self._start_view_change(self.view + 1)
 
     def _start_view_change(self, view: int) -> None:
+        if view > m.MAX_VIEW:
+            return
         self.view = view
         self.in_view_change = True
         self.new_view_raw = None
@@ -826,8 +832,10 @@ class Replica:
         top, chosen = self._select(vcs)
         if raw_pp is not None:
             pp = self._decode(raw_pp)
+            if pp.kind != m.PRE_PREPARE:
+                raise MessageError("bad new-view")
             pview, ph, pheader, ptxs = pp.fields
-            if pp.kind != m.PRE_PREPARE or pp.sender != msg.sender or pview != view or ph != top + 1:
+            if pp.sender != msg.sender or pview != view or ph != top + 1:
                 raise MessageError("bad new-view")
             if chosen is not None and (pheader.hash() != chosen.hash or ptxs != chosen.txs):
                 raise MessageError("bad new-view")

@@ -325,3 +325,44 @@ def test_seeded_suite_covers_every_fault_kind():
         assert len(sc.faults) <= sc.f
     assert kinds == set(FAULT_KINDS) and sizes == {4, 7}
     assert partitions > 200 and lossy > 200
+
+
+def _mutations(rnd, value):
+    choices = [None, 0, 1, 2 ** 64 - 1, -1, b"", bytes(32), bytes(64), "s", [], [0], [[0, bytes(64)]],
+               rnd.randbytes(rnd.randint(0, 70))]
+    if isinstance(value, list) and value:
+        i = rnd.randrange(len(value))
+        return value[:i] + [_mutations(rnd, value[i])] + value[i + 1:]
+    return rnd.choice(choices)
+
+
+def test_re_signed_mutated_messages_never_raise():
+    """Every field of real messages (including view-change and new-view) replaced by hostile values,
+    validly re-signed by the claimed sender: the replica only ever answers with effects."""
+    import random
+    net = Net()
+    net.down.add(0)
+    net.submit(1, net.tx())
+    net.run(1500)
+    net.down.discard(0)
+    net.submit(2, net.tx())
+    net.run(500)
+    seen = {}
+    for i in range(4):
+        for e in net.effects[i]:
+            if isinstance(e, (Broadcast, Send)):
+                seen.setdefault(m.loads(e.data)[0], []).append(e.data)
+    assert {m.PRE_PREPARE, m.PREPARE, m.COMMIT, m.VIEW_CHANGE, m.NEW_VIEW, m.REQUEST} <= set(seen)
+    rnd = random.Random(5)
+    target = net.replicas[2]
+    for n in range(1500):
+        raw = rnd.choice(seen[rnd.choice(sorted(seen))])
+        a = m.loads(raw)
+        body = _mutations(rnd, a[:-1])
+        sender = body[1] if isinstance(body[1], int) and 0 <= body[1] < 4 else a[1]
+        if sender == 2:
+            continue
+        data = m.dumps(body + [CRYPTO.sign(KEYS[sender], m.dumps([m.PBFT_DOMAIN, "t", body]))])
+        for e in target.receive(sender, data, net.now + n):
+            assert isinstance(e, (Send, Broadcast, Persist, Committed, Dropped))
+        target.tick(net.now + n)
