@@ -278,7 +278,7 @@ class PeerNetwork:
                 self.on_message(sender, data)
         except FrameError as exc:
             self._drop(peer, exc.reason)
-        except (OSError, ConnectionError):
+        except (OSError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             _close(writer)
@@ -328,7 +328,7 @@ class ClientServer:
                 t.add_done_callback(tasks.discard)
         except FrameError as exc:
             log.warning("dropped client frame from %s: %s", peer, exc.reason)
-        except (OSError, ConnectionError):
+        except (OSError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             for t in tasks:

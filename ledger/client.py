@@ -1,0 +1,216 @@
+"""Client of the ledger nodes' client port.
+
+``AsyncLedgerClient`` pipelines requests over one connection per node; ``LedgerClient`` is the same
+API made synchronous (its event loop runs in a background thread). A request that fails because its
+node is unreachable, the connection drops or no answer comes in time is retried on the next node;
+``submit`` is idempotent (a transaction already committed answers with where it was committed), so a
+retry never commits a transaction twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import threading
+from pathlib import Path
+from typing import Any, Coroutine, Sequence
+
+from ledgerlink.core import cbor
+from ledgerlink.core.errors import LedgerlinkError
+from ledgerlink.ledger.transport import ClusterConfig, FrameError, frame, read_frame
+
+MAX_RESPONSE = 16 << 20
+
+
+class LedgerUnavailable(Exception):
+    """No node answered."""
+
+
+class _Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.pending: dict[int, asyncio.Future] = {}
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        err: BaseException = ConnectionError("connection closed")
+        try:
+            while True:
+                data = await read_frame(self.reader, MAX_RESPONSE)
+                if data is None:
+                    break
+                try:
+                    resp = cbor.loads(data)
+                except LedgerlinkError:
+                    continue
+                if isinstance(resp, dict):
+                    fut = self.pending.pop(resp.get("id"), None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(resp)
+        except (OSError, ConnectionError, FrameError) as exc:
+            err = ConnectionError(str(exc))
+        finally:
+            self.closed = True
+            for fut in self.pending.values():
+                if not fut.done():
+                    fut.set_exception(err)
+            self.pending.clear()
+            self.writer.close()
+
+    closed = False
+
+
+class AsyncLedgerClient:
+    """Requests to the nodes of ``config`` (a ClusterConfig or the path of its file)."""
+
+    def __init__(self, config: ClusterConfig | str | Path, prefer: int = 0, timeout: float = 5.0) -> None:
+        self.config = config if isinstance(config, ClusterConfig) else ClusterConfig.load(config)
+        self.current = prefer % self.config.n
+        self.timeout = timeout
+        self._conns: dict[int, _Conn] = {}
+        self._ids = itertools.count(1)
+
+    async def _conn(self, i: int) -> _Conn:
+        c = self._conns.get(i)
+        if c is None or c.closed:
+            a = self.config.nodes[i]
+            r, w = await asyncio.wait_for(asyncio.open_connection(a.host, a.client_port), self.timeout)
+            c = self._conns[i] = _Conn(r, w)
+        return c
+
+    async def request_to(self, i: int, op: str, timeout: float | None = None, **args: Any) -> dict:
+        """One request to node ``i``; raises ConnectionError/TimeoutError when it does not answer."""
+        c = await self._conn(i)
+        rid = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        c.pending[rid] = fut
+        req = dict(args, id=rid, op=op)
+        c.writer.write(frame(cbor.dumps(req)))
+        try:
+            return await asyncio.wait_for(fut, self.timeout if timeout is None else timeout)
+        finally:
+            c.pending.pop(rid, None)
+
+    async def request(self, op: str, timeout: float | None = None, **args: Any) -> dict:
+        """``op`` on the current node, moving on to the next ones when a node does not answer."""
+        last: BaseException | None = None
+        for k in range(self.config.n):
+            i = (self.current + k) % self.config.n
+            try:
+                resp = await self.request_to(i, op, timeout, **args)
+            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+                last = exc
+                continue
+            self.current = i
+            return resp
+        raise LedgerUnavailable("no node answered %s: %s" % (op, last))
+
+    async def submit(self, tx: bytes, wait_ms: int = 10000) -> dict:
+        """Submit ``tx`` and wait for its outcome: ``status`` committed (height, index, code),
+        refused (code, reason) or pending (not committed within ``wait_ms``)."""
+        return await self.request("submit", timeout=wait_ms / 1000 + self.timeout, tx=tx, wait_ms=wait_ms)
+
+    async def status(self, tx_hash: bytes) -> dict:
+        return await self.request("status", hash=tx_hash)
+
+    async def latest(self) -> dict:
+        return await self.request("latest")
+
+    async def header(self, height: int) -> dict:
+        return await self.request("header", height=height)
+
+    async def block(self, height: int) -> dict:
+        return await self.request("block", height=height)
+
+    async def validators(self) -> dict:
+        return await self.request("validators")
+
+    async def record(self, kind: int, record_id: Any) -> dict:
+        return await self.request("record", kind=kind, id=record_id)
+
+    async def tx_proof(self, tx_hash: bytes) -> dict:
+        return await self.request("tx_proof", hash=tx_hash)
+
+    async def info(self) -> dict:
+        return await self.request("info")
+
+    async def close(self) -> None:
+        for c in self._conns.values():
+            c.task.cancel()
+            c.writer.close()
+        self._conns.clear()
+
+
+class LedgerClient:
+    """Synchronous ``AsyncLedgerClient``: same methods, blocking; ``submit_many`` submits concurrently."""
+
+    def __init__(self, config: ClusterConfig | str | Path, prefer: int = 0, timeout: float = 5.0) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._client = self._call(self._make(config, prefer, timeout))
+
+    @staticmethod
+    async def _make(config: Any, prefer: int, timeout: float) -> AsyncLedgerClient:
+        return AsyncLedgerClient(config, prefer, timeout)
+
+    def _call(self, coro: Coroutine) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def config(self) -> ClusterConfig:
+        return self._client.config
+
+    def submit(self, tx: bytes, wait_ms: int = 10000) -> dict:
+        return self._call(self._client.submit(tx, wait_ms))
+
+    def submit_many(self, txs: Sequence[bytes], wait_ms: int = 10000) -> list[dict]:
+        async def run() -> list[dict]:
+            return list(await asyncio.gather(*(self._client.submit(t, wait_ms) for t in txs)))
+        return self._call(run())
+
+    def request_to(self, i: int, op: str, **args: Any) -> dict:
+        return self._call(self._client.request_to(i, op, **args))
+
+    def status(self, tx_hash: bytes) -> dict:
+        return self._call(self._client.status(tx_hash))
+
+    def latest(self) -> dict:
+        return self._call(self._client.latest())
+
+    def header(self, height: int) -> dict:
+        return self._call(self._client.header(height))
+
+    def block(self, height: int) -> dict:
+        return self._call(self._client.block(height))
+
+    def validators(self) -> dict:
+        return self._call(self._client.validators())
+
+    def record(self, kind: int, record_id: Any) -> dict:
+        return self._call(self._client.record(kind, record_id))
+
+    def tx_proof(self, tx_hash: bytes) -> dict:
+        return self._call(self._client.tx_proof(tx_hash))
+
+    def info(self) -> dict:
+        return self._call(self._client.info())
+
+    def close(self) -> None:
+        try:
+            self._call(self._client.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "LedgerClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def tx_hash(tx: bytes) -> bytes:
+    return hashlib.sha256(tx).digest()

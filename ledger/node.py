@@ -1,0 +1,332 @@
+"""A ledger full node: one PBFT replica of the ledger state as a process.
+
+``python3 -m ledgerlink.ledger.node --config cluster.json --index i --data DIR`` runs validator ``i``.
+The node feeds peer messages, client transactions and timer ticks (every ``TICK_MS``) into its
+``Replica`` and carries out the effects in order: ``Send``/``Broadcast`` go to the peer links,
+``Persist`` writes the block to SQLite and returns only once it is fsync'd (so no later effect, in
+particular a vote on the next height, happens before the block is durable), ``Committed`` answers
+the clients waiting for those transactions. On start the node restores the replica from its block
+store: every stored block is re-executed into a fresh ``LedgerState`` and its certificate, header
+chain and state root are checked (``Replica.restore``); a node that is behind fetches the missing
+blocks from its peers (state transfer in the replica).
+
+Client port operations (CBOR maps, see ``transport``): ``submit`` {tx, wait_ms}, ``status`` {hash},
+``latest``, ``header`` {height}, ``block`` {height}, ``validators``, ``record`` {kind, id},
+``tx_proof`` {hash}, ``info``. Record proofs are sparse-Merkle proofs against the state root of the
+latest certified header; transaction proofs are RFC 9162 inclusion proofs against the tx root of the
+header of the transaction's block.
+
+Protects against: malformed, oversized or unknown peer and client messages (dropped with a logged
+reason by the transport or the replica, never a crash; every handler error becomes an error answer);
+loss of committed blocks at a crash (durable before the next vote). Limits: votes and the view are
+not persisted (see ``Replica``), proofs of records are only served for the latest height. Tested in
+tests/ledger/test_node_cluster.py with real processes on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter, OrderedDict
+from pathlib import Path
+from typing import Any
+
+from ledgerlink.core import merkle, smt
+from ledgerlink.core.backend import get_backend
+from ledgerlink.ledger.consensus.replica import (
+    Broadcast, Committed, Dropped, Persist, Replica, Send,
+)
+from ledgerlink.ledger.state import LedgerState
+from ledgerlink.ledger.storage import BlockStore
+from ledgerlink.ledger.transport import ClientServer, ClusterConfig, PeerNetwork
+
+log = logging.getLogger("ledgerlink.node")
+
+TICK_MS = 10
+DEFAULT_WAIT_MS = 10000
+MAX_WAIT_MS = 60000
+MAX_REFUSED = 100000
+
+
+class VerifyCache:
+    """A crypto backend whose ``verify`` remembers results (bounded), so that a transaction checked
+    at admission is not verified again when its block executes. Signing is not cached."""
+
+    def __init__(self, backend: Any, size: int = 200000) -> None:
+        self._backend = backend
+        self._cache: dict[tuple[bytes, bytes, bytes], bool] = {}
+        self._size = size
+        self.name = getattr(backend, "name", "cached")
+
+    def verify(self, pub: bytes, msg: bytes, sig: bytes) -> bool:
+        k = (bytes(pub), bytes(msg), bytes(sig))
+        r = self._cache.get(k)
+        if r is None:
+            if len(self._cache) >= self._size:
+                self._cache.clear()
+            r = self._cache[k] = self._backend.verify(pub, msg, sig)
+        return r
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
+def load_key(path: str | Path) -> bytes:
+    """A private key file: 64 hex characters."""
+    return bytes.fromhex(Path(path).read_text().strip())
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Node:
+    """One validator: replica, block store, peer network and client port."""
+
+    def __init__(self, config: ClusterConfig, index: int, data_dir: str | Path, key: bytes) -> None:
+        self.config = config
+        self.index = index
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.backend = get_backend("cpython")
+        self.rconfig = config.replica_config()
+        self.store = BlockStore(self.data_dir / "blocks.sqlite", config.chain_id, config.genesis_hash())
+        started = time.perf_counter()
+        self.app = LedgerState.genesis(config.genesis_config(), VerifyCache(self.backend))
+        self.replica = Replica.restore(index, self.rconfig, key, self.app, self.backend, now_ms(),
+                                       self.store.blocks())
+        if self.replica.height != self.store.height:
+            raise RuntimeError("restored height %d differs from the store's %d"
+                               % (self.replica.height, self.store.height))
+        log.info("node %d restored %d blocks in %.2f s", index, self.replica.height + 1,
+                 time.perf_counter() - started)
+        self.waiters: dict[bytes, list[asyncio.Future]] = {}
+        self.refused: OrderedDict[bytes, tuple[int, str]] = OrderedDict()
+        self.drops: Counter[str] = Counter()
+        self.net = PeerNetwork(config, index, self.rconfig.max_message_size + 1024, self.on_peer_message)
+        me = config.nodes[index]
+        self.client = ClientServer(me.host, me.client_port, self.handle)
+        self._tasks: list[asyncio.Task] = []
+
+    # --- replica driving --------------------------------------------------------------------------
+
+    def on_peer_message(self, sender: int, data: bytes) -> None:
+        self.effects(self.replica.receive(sender, data, now_ms()))
+
+    def effects(self, effects: list) -> None:
+        for e in effects:
+            if isinstance(e, Broadcast):
+                self.net.broadcast(e.data)
+            elif isinstance(e, Send):
+                self.net.send(e.to, e.data)
+            elif isinstance(e, Persist):
+                try:
+                    codes = [r.code for r in self.app.results_of(e.height)]
+                except KeyError:
+                    codes = None
+                self.store.append_block(e.height, e.block, e.certificate, codes)
+            elif isinstance(e, Committed):
+                self._on_committed(e)
+            elif isinstance(e, Dropped):
+                self.drops[e.reason] += 1
+                log.debug("dropped from %s: %s", e.sender, e.reason)
+
+    def _on_committed(self, e: Committed) -> None:
+        if not self.waiters:
+            return
+        try:
+            codes = [r.code for r in self.app.results_of(e.height)]
+        except KeyError:
+            codes = [0] * len(e.txs)
+        for i, tx in enumerate(e.txs):
+            futs = self.waiters.pop(hashlib.sha256(tx).digest(), None)
+            if futs:
+                res = {"status": "committed", "height": e.height, "index": i, "code": codes[i]}
+                for f in futs:
+                    if not f.done():
+                        f.set_result(res)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_MS / 1000)
+            try:
+                self.effects(self.replica.tick(now_ms()))
+            except Exception:
+                log.exception("tick failed")
+                raise
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            if self.drops:
+                log.info("dropped messages by reason: %s", dict(self.drops))
+                self.drops.clear()
+            log.info("height %d view %d pool %d", self.replica.height, self.replica.view,
+                     len(self.replica.pool))
+
+    async def start(self) -> None:
+        await self.net.start()
+        await self.client.start()
+        self._tasks = [asyncio.create_task(self._ticker()), asyncio.create_task(self._report())]
+        log.info("node %d listening: peers %s:%d, clients %s:%d", self.index,
+                 self.config.nodes[self.index].host, self.config.nodes[self.index].peer_port,
+                 self.config.nodes[self.index].host, self.config.nodes[self.index].client_port)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await self.client.stop()
+        await self.net.stop()
+        self.store.close()
+
+    # --- client requests --------------------------------------------------------------------------
+
+    def _certified(self, height: int) -> list:
+        block, cert = self.replica.block(height)
+        return [block.header.to_obj(), cert.to_obj()]
+
+    def _status(self, h: bytes) -> dict:
+        loc = self.store.tx_location(h)
+        if loc is not None:
+            return {"status": "committed", "height": loc[0], "index": loc[1], "code": loc[2]}
+        if h in self.refused:
+            code, reason = self.refused[h]
+            return {"status": "refused", "code": code, "reason": reason}
+        if h in self.replica.pool:
+            return {"status": "pending"}
+        return {"status": "unknown"}
+
+    def _refuse(self, h: bytes, code: int, reason: str) -> dict:
+        self.refused[h] = (code, reason)
+        if len(self.refused) > MAX_REFUSED:
+            self.refused.popitem(last=False)
+        return {"ok": True, "status": "refused", "code": code, "reason": reason}
+
+    async def _submit(self, req: dict) -> dict:
+        tx = req.get("tx")
+        if not isinstance(tx, bytes):
+            return {"ok": False, "error": "tx must be bytes"}
+        wait = req.get("wait_ms", DEFAULT_WAIT_MS)
+        if type(wait) is not int or wait < 0:
+            return {"ok": False, "error": "bad wait_ms"}
+        h = hashlib.sha256(tx).digest()
+        st = self._status(h)
+        if st["status"] == "committed":
+            return dict(st, ok=True)
+        effects = self.replica.submit(tx, now_ms())
+        reason = next((e.reason for e in effects if isinstance(e, Dropped) and e.sender is None), None)
+        self.effects(effects)
+        if reason is not None:
+            if reason.startswith("invalid tx "):
+                return self._refuse(h, int(reason[11:]), reason)
+            if reason == "oversized tx":
+                return self._refuse(h, 2, reason)
+            if reason == "pool full":
+                return {"ok": True, "status": "refused", "code": 9, "reason": reason}
+            st = self._status(h)
+            if st["status"] == "committed":
+                return dict(st, ok=True)
+        if wait == 0:
+            return {"ok": True, "status": "pending"}
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(h, []).append(fut)
+        try:
+            res = await asyncio.wait_for(fut, min(wait, MAX_WAIT_MS) / 1000)
+            return dict(res, ok=True)
+        except asyncio.TimeoutError:
+            futs = self.waiters.get(h)
+            if futs is not None and fut in futs:
+                futs.remove(fut)
+                if not futs:
+                    del self.waiters[h]
+            return dict(self._status(h), ok=True)
+
+    async def handle(self, req: dict) -> dict:
+        """Answer one client request (see the module docstring)."""
+        op = req["op"]
+        r = self.replica
+        if op == "submit":
+            return await self._submit(req)
+        if op == "status":
+            h = req.get("hash")
+            if not isinstance(h, bytes) or len(h) != 32:
+                return {"ok": False, "error": "hash must be 32 bytes"}
+            return dict(self._status(h), ok=True)
+        if op == "info":
+            return {"ok": True, "index": self.index, "height": r.height, "view": r.view,
+                    "primary": self.rconfig.primary(r.view), "pool": len(r.pool),
+                    "in_view_change": r.in_view_change}
+        if op == "validators":
+            return {"ok": True, "chain_id": self.config.chain_id, "f": self.rconfig.f,
+                    "validators": [[i, k] for i, k in enumerate(self.config.validators)]}
+        if op in ("latest", "header", "block"):
+            height = r.height if op == "latest" else req.get("height")
+            if type(height) is not int or not 0 <= height <= r.height:
+                return {"ok": False, "error": "no such block"}
+            out: dict[str, Any] = {"ok": True, "height": height, "certified_header": self._certified(height)}
+            if op == "block":
+                out["txs"] = list(r.block(height)[0].txs)
+            return out
+        if op == "record":
+            kind, rid = req.get("kind"), req.get("id")
+            if type(kind) is not int or r.height < 0:
+                return {"ok": False, "error": "bad kind" if r.height >= 0 else "no certified block yet"}
+            try:
+                key, value, proof = self.app.prove(kind, rid)
+            except Exception:
+                return {"ok": False, "error": "bad record id"}
+            return {"ok": True, "height": r.height,
+                    "proof": {1: self._certified(r.height), 2: key, 3: value, 4: smt.proof_to_cbor_obj(proof)}}
+        if op == "tx_proof":
+            h = req.get("hash")
+            if not isinstance(h, bytes) or len(h) != 32:
+                return {"ok": False, "error": "hash must be 32 bytes"}
+            loc = self.store.tx_location(h)
+            if loc is None or loc[0] > r.height:
+                return dict(self._status(h), ok=False, error="not committed")
+            height, index, code = loc
+            txs = list(r.block(height)[0].txs)
+            proof = merkle.MerkleTree(txs).inclusion_proof(index)
+            return {"ok": True, "height": height, "certified_header": self._certified(height),
+                    "tx": txs[index], "index": index, "size": len(txs), "proof": list(proof),
+                    "code": code}
+        return {"ok": False, "error": "unknown op"}
+
+
+async def _main(args: argparse.Namespace) -> None:
+    config = ClusterConfig.load(args.config)
+    key_file = args.key or config.nodes[args.index].key_file
+    if key_file is None:
+        raise SystemExit("no key file: give --key or nodes[i].key_file in the config")
+    node = Node(config, args.index, args.data, load_key(key_file))
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("node %d stopping at height %d", args.index, node.replica.height)
+    await node.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python3 -m ledgerlink.ledger.node", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="cluster config (JSON or TOML)")
+    p.add_argument("--index", required=True, type=int, help="validator index")
+    p.add_argument("--data", required=True, help="data directory (block store)")
+    p.add_argument("--key", help="private key file (hex); default: nodes[i].key_file of the config")
+    p.add_argument("--log-level", default=os.environ.get("LEDGERLINK_LOG", "INFO"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s node" + str(args.index) + " %(name)s %(levelname)s %(message)s")
+    asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()
