@@ -485,7 +485,7 @@ class Replica:
         if view != self.view:
             raise MessageError("stale view" if view < self.view else "future view")
         if h <= self.height:
-            if h == self.height and header.hash() == self.last_hash:
+            if h == self.height > self.stable_checkpoint and header.hash() == self.last_hash:
                 self._help_commit(view, h, self.last_hash)
                 return
             raise MessageError("stale height")
@@ -857,7 +857,7 @@ class Replica:
         if raw_pp is not None:
             pp = self._decode(raw_pp)
             _, h, header, txs = pp.fields
-            if h == self.height and header.hash() == self.last_hash:
+            if h == self.height > self.stable_checkpoint and header.hash() == self.last_hash:
                 self._help_commit(view, h, self.last_hash)
             elif self.height < h <= self.height + 1 + self.config.lookahead:
                 slot = self._slot(h)
