@@ -51,13 +51,18 @@ class _Conn:
                         fut.set_result(resp)
         except (OSError, ConnectionError, FrameError) as exc:
             err = ConnectionError(str(exc))
+        except asyncio.CancelledError:
+            pass
         finally:
             self.closed = True
             for fut in self.pending.values():
                 if not fut.done():
                     fut.set_exception(err)
             self.pending.clear()
-            self.writer.close()
+            try:
+                self.writer.close()
+            except RuntimeError:
+                pass
 
     closed = False
 
@@ -128,7 +133,7 @@ class AsyncLedgerClient:
         return await self.request("validators")
 
     async def record(self, kind: int, record_id: Any) -> dict:
-        return await self.request("record", kind=kind, id=record_id)
+        return await self.request("record", kind=kind, record_id=record_id)
 
     async def tx_proof(self, tx_hash: bytes) -> dict:
         return await self.request("tx_proof", hash=tx_hash)
@@ -137,10 +142,12 @@ class AsyncLedgerClient:
         return await self.request("info")
 
     async def close(self) -> None:
-        for c in self._conns.values():
+        conns = list(self._conns.values())
+        self._conns.clear()
+        for c in conns:
             c.task.cancel()
             c.writer.close()
-        self._conns.clear()
+        await asyncio.gather(*(c.task for c in conns), return_exceptions=True)
 
 
 class LedgerClient:
@@ -199,11 +206,19 @@ class LedgerClient:
         return self._call(self._client.info())
 
     def close(self) -> None:
+        async def shutdown() -> None:
+            await self._client.close()
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
         try:
-            self._call(self._client.close())
+            self._call(shutdown())
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+            if not self._thread.is_alive():
+                self._loop.close()
 
     def __enter__(self) -> "LedgerClient":
         return self

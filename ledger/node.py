@@ -11,7 +11,7 @@ chain and state root are checked (``Replica.restore``); a node that is behind fe
 blocks from its peers (state transfer in the replica).
 
 Client port operations (CBOR maps, see ``transport``): ``submit`` {tx, wait_ms}, ``status`` {hash},
-``latest``, ``header`` {height}, ``block`` {height}, ``validators``, ``record`` {kind, id},
+``latest``, ``header`` {height}, ``block`` {height}, ``validators``, ``record`` {kind, record_id},
 ``tx_proof`` {hash}, ``info``. Record proofs are sparse-Merkle proofs against the state root of the
 latest certified header; transaction proofs are RFC 9162 inclusion proofs against the tx root of the
 header of the transaction's block.
@@ -274,7 +274,7 @@ class Node:
                 out["txs"] = list(r.block(height)[0].txs)
             return out
         if op == "record":
-            kind, rid = req.get("kind"), req.get("id")
+            kind, rid = req.get("kind"), req.get("record_id")
             if type(kind) is not int or r.height < 0:
                 return {"ok": False, "error": "bad kind" if r.height >= 0 else "no certified block yet"}
             try:
