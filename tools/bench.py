@@ -352,7 +352,8 @@ def format_micropython(table: dict[str, dict[str, int | None]]) -> list[str]:
         kept_ok = "n/a" if retained is None else ("yes" if retained <= HEAP_TARGET else "no")
         lines.append("%-30s%14d%14d%12s%12s%12s" % (name, row["fuel"], allocated, alloc_ok, kept, kept_ok))
     lines += [
-        "fuel: Wasmtime fuel used by the operation alone (operation run minus baseline run; deterministic).",
+        "fuel: Wasmtime fuel used by the operation alone (operation run minus baseline run); repeatable to",
+        "  a few hundred units (keygen draws a random key; printed numbers differ in length).",
         "allocated: gc.mem_alloc() after minus before the operation, collection off: every byte the",
         "  operation allocated. An upper bound on the operation's peak live heap, NOT the peak itself.",
         "retained: gc.mem_alloc() after one top-level gc.collect() at the end of a run, minus the same in",
