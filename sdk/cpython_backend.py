@@ -199,7 +199,10 @@ class PycryptodomeBackend(_Common):
 
     def ecdh(self, priv: bytes, peer_pub: bytes) -> bytes:
         peer = self._public(peer_pub)
-        return self._agree(static_priv=self._private(priv), static_pub=peer, kdf=lambda z: z)
+        try:
+            return self._agree(static_priv=self._private(priv), static_pub=peer, kdf=lambda z: z)
+        except ValueError as exc:
+            raise InvalidPoint("ECDH refused: %s" % exc) from None
 
     def ccm_seal(self, key: bytes, nonce: bytes, plaintext: bytes, aad: bytes = b"", tag_len: int = 8) -> bytes:
         _check_ccm(key, nonce, tag_len)
