@@ -1,0 +1,627 @@
+"""Sans-I/O message checks of a site gateway: every device frame is accepted or refused with a reason.
+
+``GatewayCore`` is fed events (``on_frame``, ``on_registry_proof``, ``on_header``, ``tick``) and returns
+effects (``Accept``, ``Refuse``, ``Reply``, ``FetchRegistry``, ``CertIssued``, ``HeaderUpdated``,
+``Ignored``); it does no I/O, so the MQTT adapter, the batcher and the tests drive it alike.
+
+A reading frame passes, in order: the 4096-byte size limit (oversized) -> COSE decoding (malformed;
+COSE_Sign1 with kid = device id, or COSE_Encrypt0 with kid = session id) -> topic binding (wrong-topic)
+-> the registry: the device is registered and not banned (unknown-device, banned-device) -> the ES256
+signature or the AES-CCM tag with external_aad = the MQTT topic (bad-signature, bad-tag) -> the
+reading structure of docs/protocol.md (malformed) -> replay: a per-device sliding window over the
+sequence number and at most 30 s clock skew (replay, clock-skew) -> a per-device token bucket
+(rate-limited). Every refusal carries the reason code of docs/protocol.md "Gateway replies".
+
+Protects against:
+- forged, altered or impersonating frames and frames moved to another topic: signatures and tags
+  cover the topic; the kid must match the topic's device;
+- a lying broker or ledger node: the registry view only takes device records (or their absence)
+  proved by a sparse-Merkle proof under a header certified by 2f+1 of the trusted validators
+  (``spv.verify_record_proof``); an older proof never replaces a newer one, and a ban in a newer
+  certified proof applies to the next frame;
+- replays and reordering beyond the window, floods from one device (the others keep their budget);
+- malformed input: any bytes on any topic give a refusal, never an exception out of ``on_frame``;
+- session certificate reuse: a request nonce, request point or certificate is issued only once.
+Tested in tests/gateway/test_checks.py with real keys, COSE frames, ledger state and certified headers,
+one test per reason code and hypothesis-fuzzed frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ledgerlink.core import cbor, cose, ecqv, session_keys, spv
+from ledgerlink.core.backend import get_backend
+from ledgerlink.core.errors import InvalidSignature, InvalidTag, LedgerlinkError
+
+MALFORMED = 1
+OVERSIZED = 2
+UNKNOWN_DEVICE = 3
+BANNED_DEVICE = 4
+BAD_SIGNATURE = 5
+BAD_TAG = 6
+REPLAY = 7
+CLOCK_SKEW = 8
+RATE_LIMITED = 9
+UNKNOWN_SESSION = 10
+EXPIRED_SESSION = 11
+WRONG_TOPIC = 12
+CERTIFICATE_REUSE = 13
+LEDGER_UNAVAILABLE = 14
+
+REASON_TEXT = {
+    MALFORMED: "malformed frame", OVERSIZED: "frame larger than 4096 bytes", UNKNOWN_DEVICE: "unknown device",
+    BANNED_DEVICE: "device is banned", BAD_SIGNATURE: "signature does not verify", BAD_TAG: "tag does not verify",
+    REPLAY: "sequence number already seen or too old", CLOCK_SKEW: "device time more than 30 s off",
+    RATE_LIMITED: "rate limit exceeded", UNKNOWN_SESSION: "unknown session", EXPIRED_SESSION: "session expired",
+    WRONG_TOPIC: "frame does not belong to this topic", CERTIFICATE_REUSE: "request or certificate reused",
+    LEDGER_UNAVAILABLE: "registry not available from the ledger",
+}
+
+KIND_RECEIPT = 1
+KIND_REFUSAL = 2
+KIND_SESSION = 3
+DEVICE_RECORD_KIND = 1
+STATUS_BANNED = 2
+MAX_SEQ = 0xFFFFFFFF
+DEVICE_ID_LEN = 16
+MAX_DETAIL = 256
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+# --- effects --------------------------------------------------------------------------------------
+
+@dataclass
+class Accept:
+    """A frame that passed every check; store it durably before acknowledging it."""
+
+    device_id: bytes
+    seq: int
+    time_ms: int
+    measurements: Any
+    frame: bytes
+    frame_hash: bytes
+    topic: str
+    mode: str                      # "sign1" or "session"
+
+    def verified_reading(self, gateway_name: str) -> bytes:
+        """The ``verified-reading`` republished to applications."""
+        return cbor.dumps({1: self.device_id, 2: self.seq, 3: self.time_ms, 4: self.measurements,
+                           5: self.frame_hash, 6: gateway_name})
+
+
+@dataclass
+class Refuse:
+    """A refused frame: the warning record for the ledger and the refusal reply (``reply_topic`` may be None)."""
+
+    warning_id: bytes              # SHA-256 of the frame
+    submitter: bytes               # the gateway's device id
+    offender: bytes                # claimed device id, empty when unknown
+    time_ms: int
+    code: int
+    text: str
+    reply_topic: str | None
+    report: bool = True            # False: not posted to the ledger (repeats of a flood)
+
+    def reply(self) -> bytes:
+        return cbor.dumps({0: KIND_REFUSAL, 1: self.warning_id, 2: self.code, 3: self.text})
+
+    def warning_entry(self) -> dict:
+        return {1: self.warning_id, 2: self.offender, 3: self.time_ms, 4: self.code, 5: self.text[:MAX_DETAIL]}
+
+
+@dataclass
+class Reply:
+    topic: str
+    payload: bytes
+
+
+@dataclass
+class FetchRegistry:
+    """Ask the ledger for a record proof of this device and feed it to ``on_registry_proof``."""
+
+    device_id: bytes
+
+
+@dataclass
+class CertIssued:
+    """A session certificate was issued; record its hash on the ledger (cert-record transaction)."""
+
+    device_id: bytes
+    cert: bytes
+
+
+@dataclass
+class HeaderUpdated:
+    """A newer certified header was verified (publish it retained)."""
+
+    height: int
+    certified: bytes
+
+
+@dataclass
+class Ignored:
+    """An input that was not taken (forged proof, older header, ...)."""
+
+    reason: str
+
+
+Effect = Accept | Refuse | Reply | FetchRegistry | CertIssued | HeaderUpdated | Ignored
+
+
+class _Refusal(Exception):
+    def __init__(self, code: int, detail: str | None = None, offender: bytes = b"") -> None:
+        super().__init__(detail or REASON_TEXT[code])
+        self.code = code
+        self.detail = detail or REASON_TEXT[code]
+        self.offender = offender
+
+
+# --- per-device state -----------------------------------------------------------------------------
+
+class ReplayWindow:
+    """Sliding window over sequence numbers: the highest seen plus a bitmap of the ``size`` below it."""
+
+    def __init__(self, size: int = 64, highest: int = 0) -> None:
+        self.size = size
+        self.highest = highest
+        self.bits = (1 << size) - 1 if highest else 0   # after a restore, everything <= highest is seen
+
+    def fresh(self, seq: int) -> bool:
+        if seq > self.highest:
+            return True
+        offset = self.highest - seq
+        return offset < self.size and not (self.bits >> offset) & 1
+
+    def mark(self, seq: int) -> None:
+        if seq > self.highest:
+            shift = seq - self.highest
+            self.bits = ((self.bits << shift) | 1) & ((1 << self.size) - 1) if shift < self.size else 1
+            self.highest = seq
+        else:
+            self.bits |= 1 << (self.highest - seq)
+
+
+class TokenBucket:
+    """``rate`` tokens per second up to ``burst``; one token per accepted frame."""
+
+    def __init__(self, rate: float, burst: float, now_ms: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = now_ms
+
+    def take(self, now_ms: int) -> bool:
+        if now_ms > self.at:
+            self.tokens = min(self.burst, self.tokens + (now_ms - self.at) * self.rate / 1000.0)
+            self.at = now_ms
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class RegistryEntry:
+    height: int
+    record: dict | None            # decoded device-record, None when the proof shows absence
+    fetched_ms: int
+
+    @property
+    def banned(self) -> bool:
+        return self.record is not None and self.record.get(5) == STATUS_BANNED
+
+
+@dataclass
+class Session:
+    session_id: bytes
+    device_id: bytes
+    key: bytes
+    base_iv: bytes
+    valid_until_s: int
+    cert: bytes
+
+    def __repr__(self) -> str:
+        return "Session(%s, device=%s)" % (self.session_id.hex(), self.device_id.hex())
+
+
+@dataclass
+class GatewayKeys:
+    """``identity``: ledger key (anchors, warnings); ``ca``: fog CA key; ``site``: ECDH key of sessions."""
+
+    identity: bytes
+    ca: bytes
+    site: bytes
+
+    def __repr__(self) -> str:
+        return "GatewayKeys(<secret>)"
+
+
+@dataclass
+class Limits:
+    max_frame: int = cose.MAX_FRAME
+    window: int = 64
+    max_skew_ms: int = 30_000
+    rate_per_s: float = 10.0
+    burst: float = 20.0
+    session_lifetime_s: int = 24 * 3600
+    registry_ttl_ms: int = 60_000          # refresh device records older than this
+    registry_timeout_ms: int = 5_000       # frames held for a registry answer longer are refused (14)
+    max_pending: int = 1024
+    max_pending_per_device: int = 16
+    flood_report_ms: int = 10_000          # at most one rate-limited warning per device per period
+    max_devices: int = 100_000
+
+
+@dataclass
+class _Pending:
+    topic: str
+    frame: bytes
+    at_ms: int
+
+
+@dataclass
+class _DeviceState:
+    window: ReplayWindow
+    bucket: TokenBucket
+    last_flood_report: int = -(1 << 62)
+
+
+def _is_uint(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def parse_reading(payload: bytes) -> tuple[bytes, int, int, dict]:
+    """Decode and check a ``reading``; raise _Refusal(MALFORMED)."""
+    try:
+        obj = cbor.loads(payload, max_depth=16, max_size=cose.MAX_FRAME)
+    except LedgerlinkError as exc:
+        raise _Refusal(MALFORMED, "reading is not deterministic CBOR: %s" % exc) from None
+    if not isinstance(obj, dict) or set(obj) != {1, 2, 3, 4}:
+        raise _Refusal(MALFORMED, "reading must be a map with keys 1, 2, 3, 4")
+    dev, seq, t, meas = obj[1], obj[2], obj[3], obj[4]
+    if not isinstance(dev, bytes) or len(dev) != DEVICE_ID_LEN:
+        raise _Refusal(MALFORMED, "reading device id must be 16 bytes")
+    if not _is_uint(seq) or not 1 <= seq <= MAX_SEQ:
+        raise _Refusal(MALFORMED, "reading seq must be 1..2^32-1")
+    if not _is_uint(t):
+        raise _Refusal(MALFORMED, "reading time must be an unsigned integer")
+    if not isinstance(meas, dict) or not all(isinstance(k, str) or (isinstance(k, int) and not isinstance(k, bool))
+                                             for k in meas):
+        raise _Refusal(MALFORMED, "measurements must be a map with text or integer keys")
+    return dev, seq, t, meas
+
+
+class GatewayCore:
+    """Checks of one gateway of ``site``; see the module docstring.
+
+    ``chain_id`` and ``validator_keys`` are the trusted validator set; ``keys`` the gateway's keys.
+    """
+
+    def __init__(self, site: str, keys: GatewayKeys, chain_id: str, validator_keys: list[bytes],
+                 limits: Limits | None = None, backend: Any = None,
+                 rng: Callable[[int], bytes] | None = None) -> None:
+        self.site = site
+        self.keys = keys
+        self.crypto = get_backend(backend)
+        self.gateway_id = hashlib.sha256(self.crypto.public_key(keys.identity, True)).digest()[:DEVICE_ID_LEN]
+        self.gateway_name = self.gateway_id.hex()
+        self.ca_public = self.crypto.public_key(keys.ca, True)
+        self.site_public = self.crypto.public_key(keys.site, True)
+        self.chain_id = chain_id
+        self.validator_keys = list(validator_keys)
+        self.limits = limits or Limits()
+        self.rng = rng or os.urandom
+        self.registry: dict[bytes, RegistryEntry] = {}
+        self.devices: dict[bytes, _DeviceState] = {}
+        self.sessions: dict[bytes, Session] = {}
+        self.header: spv.Header | None = None
+        self.certified_header: bytes | None = None
+        self.pending: OrderedDict[bytes, list[_Pending]] = OrderedDict()
+        self.fetching: dict[bytes, int] = {}
+        self.used_requests: set[bytes] = set()
+        self.issued_certs: set[bytes] = set()
+        self._prefix = "ll/%s/dev/" % site
+
+    # --- topics ---------------------------------------------------------------------------------
+
+    def down_topic(self, dev: bytes) -> str:
+        return "%s%s/down" % (self._prefix, dev.hex())
+
+    def verified_topic(self, dev: bytes) -> str:
+        return "ll/%s/verified/%s" % (self.site, dev.hex())
+
+    def header_topic(self) -> str:
+        return "ll/%s/ledger/header" % self.site
+
+    def _topic_device(self, topic: str) -> tuple[bytes, str] | None:
+        if not isinstance(topic, str) or not topic.startswith(self._prefix):
+            return None
+        rest = topic[len(self._prefix):].split("/")
+        if len(rest) != 2 or len(rest[0]) != 32 or rest[0] != rest[0].lower():
+            return None
+        try:
+            return bytes.fromhex(rest[0]), rest[1]
+        except ValueError:
+            return None
+
+    # --- frames ---------------------------------------------------------------------------------
+
+    def on_frame(self, topic: str, payload: bytes, now_ms: int) -> list[Effect]:
+        """Check one frame received on ``topic``; never raises."""
+        try:
+            return self._on_frame(topic, payload, now_ms)
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the gateway down; refuse instead
+            frame = bytes(payload) if isinstance(payload, (bytes, bytearray)) else b""
+            return [self._refuse(frame, topic, None, now_ms,
+                                 _Refusal(MALFORMED, "unexpected %s" % type(exc).__name__))]
+
+    def _on_frame(self, topic: str, payload: Any, now_ms: int) -> list[Effect]:
+        if not isinstance(payload, (bytes, bytearray)):
+            payload = b""
+        frame = bytes(payload)
+        parsed = self._topic_device(topic)
+        dev_hint = parsed[0] if parsed else None
+        try:
+            if len(frame) > self.limits.max_frame:
+                raise _Refusal(OVERSIZED, "frame is %d bytes, the limit is %d" % (len(frame), self.limits.max_frame))
+            if parsed is None or parsed[1] not in ("up", "session"):
+                raise _Refusal(WRONG_TOPIC, "not a device up or session topic of site %s" % self.site)
+            if parsed[1] == "session":
+                return self._session_request(topic, frame, parsed[0], now_ms)
+            return self._reading(topic, frame, parsed[0], now_ms)
+        except _Refusal as r:
+            return [self._refuse(frame, topic, dev_hint, now_ms, r)]
+
+    def _refuse(self, frame: bytes, topic: str, dev: bytes | None, now_ms: int, r: _Refusal) -> Refuse:
+        offender = r.offender or (dev or b"")
+        report = True
+        if r.code == RATE_LIMITED and dev is not None:
+            st = self.devices.get(dev)
+            if st is not None:
+                report = now_ms - st.last_flood_report >= self.limits.flood_report_ms
+                if report:
+                    st.last_flood_report = now_ms
+        return Refuse(sha256(frame), self.gateway_id, offender, now_ms, r.code, r.detail[:MAX_DETAIL],
+                      self.down_topic(dev) if dev is not None else None, report)
+
+    def _device_record(self, dev: bytes, topic: str, frame: bytes, now_ms: int) -> dict | list[Effect]:
+        """The device record, or effects when the frame waits for a registry answer."""
+        entry = self.registry.get(dev)
+        if entry is None:
+            return self._hold(dev, topic, frame, now_ms)
+        if entry.record is None:
+            raise _Refusal(UNKNOWN_DEVICE, "device %s is not registered (ledger height %d)" % (dev.hex(), entry.height))
+        if entry.banned:
+            raise _Refusal(BANNED_DEVICE, "device %s is banned (ledger height %d)" % (dev.hex(), entry.height))
+        return entry.record
+
+    def _hold(self, dev: bytes, topic: str, frame: bytes, now_ms: int) -> list[Effect]:
+        total = sum(len(v) for v in self.pending.values())
+        queue = self.pending.get(dev)
+        if total >= self.limits.max_pending or (queue is not None and len(queue) >= self.limits.max_pending_per_device):
+            raise _Refusal(LEDGER_UNAVAILABLE, "too many frames waiting for the registry")
+        self.pending.setdefault(dev, []).append(_Pending(topic, frame, now_ms))
+        if dev in self.fetching:
+            return []
+        self.fetching[dev] = now_ms
+        return [FetchRegistry(dev)]
+
+    def _state(self, dev: bytes, now_ms: int) -> _DeviceState:
+        st = self.devices.get(dev)
+        if st is None:
+            st = self.devices[dev] = _DeviceState(ReplayWindow(self.limits.window),
+                                                  TokenBucket(self.limits.rate_per_s, self.limits.burst, now_ms))
+        return st
+
+    def _reading(self, topic: str, frame: bytes, topic_dev: bytes, now_ms: int) -> list[Effect]:
+        try:
+            tag = frame[0] if frame else None
+            if tag == 0xD2:
+                msg: Any = cose.decode_sign1(frame)
+                mode = "sign1"
+            elif tag == 0xD0:
+                msg = cose.decode_encrypt0(frame)
+                mode = "session"
+            else:
+                raise _Refusal(MALFORMED, "not a COSE_Sign1 or COSE_Encrypt0 frame")
+        except LedgerlinkError as exc:
+            raise _Refusal(MALFORMED, "bad COSE frame: %s" % exc) from None
+        aad = topic.encode()
+        if mode == "sign1":
+            if msg.kid is None or len(msg.kid) != DEVICE_ID_LEN:
+                raise _Refusal(MALFORMED, "kid must be a 16-byte device id")
+            if msg.kid != topic_dev:
+                raise _Refusal(WRONG_TOPIC, "kid %s does not match the topic" % msg.kid.hex())
+            rec = self._device_record(topic_dev, topic, frame, now_ms)
+            if isinstance(rec, list):
+                return rec
+            if not self.crypto.verify(rec[2], msg.to_be_signed(aad), msg.signature):
+                raise _Refusal(BAD_SIGNATURE, "signature does not verify with the registered key")
+            plaintext = msg.payload
+        else:
+            if msg.kid is None or len(msg.kid) != session_keys.SESSION_ID_LEN:
+                raise _Refusal(MALFORMED, "kid must be an 8-byte session id")
+            if msg.partial_iv is None or len(msg.partial_iv) > 4 or (len(msg.partial_iv) > 1 and msg.partial_iv[0] == 0):
+                raise _Refusal(MALFORMED, "Partial IV must be the sequence number, 1..4 bytes, minimal")
+            session = self.sessions.get(msg.kid)
+            if session is None:
+                raise _Refusal(UNKNOWN_SESSION, "session %s is unknown to this gateway" % msg.kid.hex())
+            if session.device_id != topic_dev:
+                raise _Refusal(WRONG_TOPIC, "session belongs to another device")
+            if now_ms // 1000 >= session.valid_until_s:
+                raise _Refusal(EXPIRED_SESSION, "session %s expired" % msg.kid.hex())
+            rec = self._device_record(topic_dev, topic, frame, now_ms)
+            if isinstance(rec, list):
+                return rec
+            try:
+                nonce = cose.nonce_from_partial_iv(session.base_iv, msg.partial_iv)
+                plaintext = self.crypto.ccm_open(session.key, nonce, msg.ciphertext, msg.aad(aad), cose.TAG_LEN)
+            except InvalidTag:
+                raise _Refusal(BAD_TAG, "AES-CCM tag does not verify") from None
+            except LedgerlinkError:
+                raise _Refusal(BAD_TAG, "AES-CCM tag does not verify") from None
+        dev, seq, t, meas = parse_reading(plaintext)
+        if dev != topic_dev:
+            raise _Refusal(MALFORMED, "reading device id differs from the sender")
+        if mode == "session" and int.from_bytes(msg.partial_iv, "big") != seq:
+            raise _Refusal(MALFORMED, "Partial IV differs from the reading seq")
+        st = self._state(dev, now_ms)
+        if not st.window.fresh(seq):
+            raise _Refusal(REPLAY, "seq %d already seen or below the window (highest %d)" % (seq, st.window.highest))
+        if abs(t - now_ms) > self.limits.max_skew_ms:
+            raise _Refusal(CLOCK_SKEW, "device time is %d ms off" % (t - now_ms))
+        if not st.bucket.take(now_ms):
+            raise _Refusal(RATE_LIMITED, "more than %g frames/s from %s" % (self.limits.rate_per_s, dev.hex()))
+        st.window.mark(seq)
+        return [Accept(dev, seq, t, meas, frame, sha256(frame), topic, mode)]
+
+    # --- sessions (fog CA) ----------------------------------------------------------------------
+
+    def _session_request(self, topic: str, frame: bytes, topic_dev: bytes, now_ms: int) -> list[Effect]:
+        try:
+            msg = cose.decode_sign1(frame)
+        except LedgerlinkError as exc:
+            raise _Refusal(MALFORMED, "bad COSE_Sign1: %s" % exc) from None
+        if msg.kid != topic_dev:
+            raise _Refusal(WRONG_TOPIC, "kid does not match the topic")
+        rec = self._device_record(topic_dev, topic, frame, now_ms)
+        if isinstance(rec, list):
+            return rec
+        if not self.crypto.verify(rec[2], msg.to_be_signed(topic.encode()), msg.signature):
+            raise _Refusal(BAD_SIGNATURE, "session request signature does not verify")
+        try:
+            req = cbor.loads(msg.payload, max_depth=4)
+        except LedgerlinkError:
+            raise _Refusal(MALFORMED, "session request is not deterministic CBOR") from None
+        if (not isinstance(req, dict) or set(req) != {1, 2, 3, 4} or req[1] != topic_dev
+                or not isinstance(req[2], bytes) or len(req[2]) != 33
+                or not isinstance(req[3], bytes) or len(req[3]) != 16 or not _is_uint(req[4])):
+            raise _Refusal(MALFORMED, "session request must be {1: device-id, 2: R_U, 3: nonce, 4: time}")
+        if abs(req[4] - now_ms) > self.limits.max_skew_ms:
+            raise _Refusal(CLOCK_SKEW, "request time is %d ms off" % (req[4] - now_ms))
+        ids = (sha256(b"nonce" + topic_dev + req[3]), sha256(b"point" + req[2]))
+        if any(i in self.used_requests for i in ids):
+            raise _Refusal(CERTIFICATE_REUSE, "request nonce or point already used")
+        if not self._state(topic_dev, now_ms).bucket.take(now_ms):
+            raise _Refusal(RATE_LIMITED, "too many requests from %s" % topic_dev.hex())
+        now_s = now_ms // 1000
+        try:
+            cert, r = ecqv.issue(req[2], self.keys.ca, self.rng(16), self.gateway_id, topic_dev, now_s,
+                                 now_s + self.limits.session_lifetime_s, ecqv.USAGE_SESSION, rng=self.rng)
+        except LedgerlinkError:
+            raise _Refusal(MALFORMED, "request point R_U is not a valid P-256 point") from None
+        cert_hash = sha256(cert)
+        if cert_hash in self.issued_certs:
+            raise _Refusal(CERTIFICATE_REUSE, "certificate already issued")
+        self.used_requests.update(ids)
+        self.install_session(cert, topic_dev)
+        response = {1: req[3], 2: cert, 3: r, 4: self.site_public, 5: self.gateway_id}
+        return [Reply(self.down_topic(topic_dev), cbor.dumps({0: KIND_SESSION, 1: response})),
+                CertIssued(topic_dev, cert)]
+
+    def install_session(self, cert: bytes, dev: bytes) -> Session:
+        """Derive and keep the session keys of a certificate this gateway issued (also after a restart)."""
+        parsed = ecqv.decode_cert(cert)
+        q_u = ecqv.public_key(cert, self.ca_public)
+        sk = session_keys.derive(self.keys.site, q_u, cert, dev, self.gateway_id, self.crypto)
+        session = Session(sk.session_id, dev, sk.key, sk.base_iv, parsed.valid_until, cert)
+        self.sessions[sk.session_id] = session
+        self.issued_certs.add(sha256(cert))
+        return session
+
+    # --- ledger inputs ----------------------------------------------------------------------------
+
+    def restore_window(self, dev: bytes, highest_seq: int, now_ms: int) -> None:
+        """After a restart: every seq up to ``highest_seq`` of ``dev`` counts as seen."""
+        st = self._state(dev, now_ms)
+        if highest_seq > st.window.highest:
+            st.window = ReplayWindow(self.limits.window, highest_seq)
+
+    def on_header(self, certified: Any, now_ms: int) -> list[Effect]:
+        """A certified header (CBOR bytes or object) from the ledger; kept when it verifies and is newer."""
+        try:
+            raw = bytes(certified) if isinstance(certified, (bytes, bytearray)) else cbor.dumps(certified)
+            header = spv.verify_certified_header(raw, self.chain_id, self.validator_keys, self.crypto)
+        except Exception as exc:  # noqa: BLE001 - forged or malformed input is dropped
+            return [Ignored("certified header refused: %s" % exc)]
+        return self._take_header(header, raw)
+
+    def _take_header(self, header: spv.Header, raw: bytes) -> list[Effect]:
+        if self.header is not None and header.height <= self.header.height:
+            return []
+        self.header = header
+        self.certified_header = raw
+        return [HeaderUpdated(header.height, raw)]
+
+    def on_registry_proof(self, record_proof: Any, now_ms: int, device_id: bytes | None = None) -> list[Effect]:
+        """A device ``record-proof`` from the ledger. ``device_id`` names the device for an absence proof.
+
+        Returns the effects of the frames that waited for it (processed now).
+        """
+        try:
+            raw = record_proof if isinstance(record_proof, (bytes, bytearray)) else cbor.dumps(record_proof)
+            header, key, value = spv.verify_record_proof(bytes(raw), self.chain_id, self.validator_keys, self.crypto)
+            if value is None:
+                if device_id is None or spv.state_key(DEVICE_RECORD_KIND, bytes(device_id)) != key:
+                    raise ValueError("absence proof for another key")
+                dev, record = bytes(device_id), None
+            else:
+                record = cbor.loads(value)
+                if not isinstance(record, dict) or not isinstance(record.get(1), bytes):
+                    raise ValueError("not a device record")
+                dev = record[1]
+                if spv.state_key(DEVICE_RECORD_KIND, dev) != key or (device_id is not None and device_id != dev):
+                    raise ValueError("record is not the device record of its key")
+                if not isinstance(record.get(2), bytes) or record.get(5) not in (1, 2):
+                    raise ValueError("device record lacks key or status")
+            cert = cbor.loads(bytes(raw), max_depth=12)[1]
+        except Exception as exc:  # noqa: BLE001 - forged or malformed input is dropped
+            return [Ignored("registry proof refused: %s" % exc)]
+        effects: list[Effect] = []
+        effects.extend(self._take_header(header, cbor.dumps(cert)))
+        old = self.registry.get(dev)
+        if old is not None and header.height < old.height:
+            effects.append(Ignored("registry proof of height %d is older than %d" % (header.height, old.height)))
+        else:
+            if len(self.registry) >= self.limits.max_devices and old is None:
+                self.registry.pop(next(iter(self.registry)))
+            self.registry[dev] = RegistryEntry(header.height, record, now_ms)
+        self.fetching.pop(dev, None)
+        for p in self.pending.pop(dev, []):
+            effects.extend(self.on_frame(p.topic, p.frame, now_ms))
+        return effects
+
+    def tick(self, now_ms: int) -> list[Effect]:
+        """Time passes: frames waiting too long for the registry are refused; stale records are refetched."""
+        effects: list[Effect] = []
+        for dev in list(self.pending):
+            queue = self.pending[dev]
+            keep = []
+            for p in queue:
+                if now_ms - p.at_ms > self.limits.registry_timeout_ms:
+                    effects.append(self._refuse(p.frame, p.topic, dev, now_ms,
+                                                _Refusal(LEDGER_UNAVAILABLE, "no registry answer for %s" % dev.hex())))
+                else:
+                    keep.append(p)
+            if keep:
+                self.pending[dev] = keep
+            else:
+                del self.pending[dev]
+                self.fetching.pop(dev, None)
+        for dev, at in list(self.fetching.items()):
+            if now_ms - at > self.limits.registry_timeout_ms // 2:
+                self.fetching[dev] = now_ms
+                effects.append(FetchRegistry(dev))
+        for dev, entry in self.registry.items():
+            if now_ms - entry.fetched_ms > self.limits.registry_ttl_ms and dev not in self.fetching:
+                self.fetching[dev] = now_ms
+                effects.append(FetchRegistry(dev))
+        return effects
