@@ -75,15 +75,18 @@ class AsyncLedgerClient:
         self.current = prefer % self.config.n
         self.timeout = timeout
         self._conns: dict[int, _Conn] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
         self._ids = itertools.count(1)
 
     async def _conn(self, i: int) -> _Conn:
-        c = self._conns.get(i)
-        if c is None or c.closed:
-            a = self.config.nodes[i]
-            r, w = await asyncio.wait_for(asyncio.open_connection(a.host, a.client_port), self.timeout)
-            c = self._conns[i] = _Conn(r, w)
-        return c
+        lock = self._locks.setdefault(i, asyncio.Lock())
+        async with lock:
+            c = self._conns.get(i)
+            if c is None or c.closed:
+                a = self.config.nodes[i]
+                r, w = await asyncio.wait_for(asyncio.open_connection(a.host, a.client_port), self.timeout)
+                c = self._conns[i] = _Conn(r, w)
+            return c
 
     async def request_to(self, i: int, op: str, timeout: float | None = None, **args: Any) -> dict:
         """One request to node ``i``; raises ConnectionError/TimeoutError when it does not answer."""
