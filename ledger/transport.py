@@ -228,6 +228,7 @@ class PeerNetwork:
         self.on_message = on_message
         self.links = {a.index: _Outbound(self, a) for a in config.nodes if a.index != index}
         self.server: asyncio.base_events.Server | None = None
+        self.inbound: set[asyncio.StreamWriter] = set()
         self.dropped = 0
 
     async def start(self) -> None:
@@ -242,6 +243,8 @@ class PeerNetwork:
                 link.task.cancel()
         if self.server is not None:
             self.server.close()
+        for w in list(self.inbound):
+            _close(w)
 
     def send(self, to: int, data: bytes) -> None:
         link = self.links.get(to)
@@ -258,6 +261,7 @@ class PeerNetwork:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        self.inbound.add(writer)
         try:
             hello = await read_frame(reader, 256)
             if hello is None:
@@ -281,6 +285,7 @@ class PeerNetwork:
         except (OSError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self.inbound.discard(writer)
             _close(writer)
 
 

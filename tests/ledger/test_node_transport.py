@@ -1,0 +1,107 @@
+"""Transport: frame limits, cluster config files, client port answers and peer reconnection."""
+
+import asyncio
+import json
+
+import pytest
+
+from ledgerlink.core import cbor
+from ledgerlink.ledger.cluster import free_base_port
+from ledgerlink.ledger.transport import (ClientServer, ClusterConfig, FrameError, PeerNetwork, frame,
+                                         read_frame)
+
+KEYS = [bytes([2]) + bytes([i + 1]) * 32 for i in range(4)]
+
+
+def _reader(data: bytes) -> asyncio.StreamReader:
+    r = asyncio.StreamReader()
+    r.feed_data(data)
+    r.feed_eof()
+    return r
+
+
+def test_read_frame_limits():
+    async def run():
+        assert await read_frame(_reader(frame(b"abc") + frame(b"")), 10) == b"abc"
+        assert await read_frame(_reader(b""), 10) is None
+        for bad in (frame(b"x" * 11), b"\x00\x00", frame(b"abcdef")[:-1]):
+            with pytest.raises(FrameError):
+                await read_frame(_reader(bad), 10)
+    asyncio.run(run())
+
+
+def test_config_json_and_toml(tmp_path):
+    data = {"chain_id": "c", "base_port": 30000, "validators": [k.hex() for k in KEYS],
+            "nodes": [{}, {"host": "10.0.0.2", "peer_port": 1, "key_file": "k1"}],
+            "consensus": {"max_batch": 7}}
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(data))
+    c = ClusterConfig.load(p)
+    assert [(a.host, a.peer_port, a.client_port) for a in c.nodes] == [
+        ("127.0.0.1", 30000, 31000), ("10.0.0.2", 1, 31001), ("127.0.0.1", 30002, 31002),
+        ("127.0.0.1", 30003, 31003)]
+    assert c.nodes[1].key_file == str(tmp_path / "k1")
+    assert c.replica_config().max_batch == 7 and c.validators == tuple(KEYS)
+    t = tmp_path / "c.toml"
+    t.write_text('chain_id = "c"\nbase_port = 30000\nvalidators = [%s]\n[consensus]\nmax_batch = 7\n'
+                 % ", ".join('"%s"' % k.hex() for k in KEYS))
+    ct = ClusterConfig.load(t)
+    assert ct.validators == c.validators and ct.genesis_hash() == ClusterConfig.load(p).genesis_hash()
+
+
+def test_client_port_pipelines_and_survives_junk():
+    async def handler(req):
+        await asyncio.sleep(0.05 if req["op"] == "slow" else 0)
+        return {"ok": True, "echo": req["op"]}
+
+    async def run():
+        port = free_base_port(1)
+        server = ClientServer("127.0.0.1", port, handler)
+        await server.start()
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(frame(b"\xff") + frame(cbor.dumps({"id": 1, "op": "slow"})) + frame(cbor.dumps({"id": 2, "op": "fast"})))
+        answers = [cbor.loads(await read_frame(r, 1 << 20)) for _ in range(3)]
+        assert answers[0] == {"ok": False, "error": "malformed request"}
+        assert [a["id"] for a in answers[1:]] == [2, 1]           # out of order
+        w.write(b"\xff\xff\xff\xff")                              # oversized: connection closed
+        assert await read_frame(r, 1 << 20) is None
+        r2, w2 = await asyncio.open_connection("127.0.0.1", port)   # server still serves
+        w2.write(frame(cbor.dumps({"id": 3, "op": "x"})))
+        assert cbor.loads(await read_frame(r2, 1 << 20))["echo"] == "x"
+        w.close()
+        w2.close()
+        await server.stop()
+    asyncio.run(run())
+
+
+def test_peers_exchange_and_reconnect():
+    base = free_base_port(2)
+    cfg = ClusterConfig.from_dict({"chain_id": "c", "base_port": base, "validators": [k.hex() for k in KEYS[:2]]})
+
+    async def run():
+        got: list[tuple[int, bytes]] = []
+        a = PeerNetwork(cfg, 0, 1000, lambda s, d: got.append((s, d)))
+        b = PeerNetwork(cfg, 1, 1000, lambda s, d: None)
+        await a.start()
+        b.send(0, b"before start")             # queued until the link is up
+        await b.start()
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.02)
+        assert got == [(1, b"before start")]
+        await a.stop()
+        await asyncio.sleep(0.1)
+        got.clear()
+        a = PeerNetwork(cfg, 0, 1000, lambda s, d: got.append((s, d)))
+        await a.start()
+        for k in range(150):                   # the link comes back with backoff
+            b.broadcast(b"m%d" % k)
+            await asyncio.sleep(0.02)
+            if any(s == 1 and d.startswith(b"m") for s, d in got):
+                break
+        assert any(d.startswith(b"m") for _, d in got)
+        assert all(s == 1 for s, _ in got)
+        await a.stop()
+        await b.stop()
+    asyncio.run(run())
