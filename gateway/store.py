@@ -1,0 +1,193 @@
+"""Durable gateway store: accepted messages, content-addressed frames, batches, warnings, session certificates.
+
+One SQLite file in WAL mode with ``synchronous=FULL``: every ``append_*`` returns only after its
+transaction is committed to disk, so a frame acknowledged to the broker after ``append_accepted`` survives
+a crash and is anchored after the restart (``unbatched``/``pending_batches``). Frames are stored once
+under their SHA-256 (content address), which is also their batch leaf entry's hash.
+
+Protects against losing acknowledged readings at a crash, and, through ``highest_seqs`` and
+``certificates``, against replays and lost sessions after a restart. Tested in
+tests/gateway/test_batcher.py (restart with un-anchored messages, reopen after anchoring).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ledgerlink.core import cbor
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (hash BLOB PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, frame_hash BLOB NOT NULL, device BLOB NOT NULL, seq INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL, topic TEXT NOT NULL, received_ms INTEGER NOT NULL,
+    batch BLOB, leaf INTEGER);
+CREATE INDEX IF NOT EXISTS messages_batch ON messages (batch, leaf);
+CREATE TABLE IF NOT EXISTS batches (
+    id BLOB PRIMARY KEY, root BLOB NOT NULL, count INTEGER NOT NULL, tx BLOB NOT NULL,
+    status TEXT NOT NULL, created_ms INTEGER NOT NULL, proof BLOB);
+CREATE TABLE IF NOT EXISTS warnings (
+    id BLOB PRIMARY KEY, entry BLOB NOT NULL, created_ms INTEGER NOT NULL, tx_hash BLOB, status TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS warning_txs (hash BLOB PRIMARY KEY, tx BLOB NOT NULL, status TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS certs (
+    hash BLOB PRIMARY KEY, device BLOB NOT NULL, cert BLOB NOT NULL, created_ms INTEGER NOT NULL,
+    status TEXT NOT NULL);
+"""
+
+
+@dataclass
+class StoredMessage:
+    id: int
+    frame_hash: bytes
+    device: bytes
+    seq: int
+    time_ms: int
+    topic: str
+    received_ms: int
+    batch: bytes | None
+    leaf: int | None
+
+
+@dataclass
+class Batch:
+    id: bytes
+    root: bytes
+    count: int
+    tx: bytes
+    status: str            # pending, anchored, failed
+    created_ms: int
+    proof: bytes | None    # CBOR [anchor-tx-proof, certified-header] once anchored
+
+
+class Store:
+    """The gateway's SQLite store at ``path`` (":memory:" for tests that need no durability)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.lock = threading.RLock()
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+    def _tx(self, statements: list[tuple[str, tuple]]) -> None:
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    self.db.execute(sql, args)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self.lock:
+            return self.db.execute(sql, args).fetchall()
+
+    # --- messages ---------------------------------------------------------------------------------
+
+    def append_accepted(self, frame: bytes, device: bytes, seq: int, time_ms: int, topic: str,
+                        received_ms: int) -> bytes:
+        """Store an accepted frame durably; returns its SHA-256."""
+        h = hashlib.sha256(frame).digest()
+        self._tx([("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", (h, frame)),
+                  ("INSERT INTO messages (frame_hash, device, seq, time_ms, topic, received_ms) VALUES (?,?,?,?,?,?)",
+                   (h, device, seq, time_ms, topic, received_ms))])
+        return h
+
+    def blob(self, h: bytes) -> bytes | None:
+        rows = self._query("SELECT data FROM blobs WHERE hash = ?", (h,))
+        return rows[0][0] if rows else None
+
+    def unbatched(self, limit: int) -> list[StoredMessage]:
+        rows = self._query("SELECT * FROM messages WHERE batch IS NULL ORDER BY id LIMIT ?", (limit,))
+        return [StoredMessage(*r) for r in rows]
+
+    def batch_messages(self, batch_id: bytes) -> list[StoredMessage]:
+        rows = self._query("SELECT * FROM messages WHERE batch = ? ORDER BY leaf", (batch_id,))
+        return [StoredMessage(*r) for r in rows]
+
+    def highest_seqs(self) -> dict[bytes, int]:
+        return {d: s for d, s in self._query("SELECT device, MAX(seq) FROM messages GROUP BY device")}
+
+    # --- batches ----------------------------------------------------------------------------------
+
+    def create_batch(self, batch_id: bytes, root: bytes, tx: bytes, message_ids: list[int], now_ms: int) -> None:
+        stmts: list[tuple[str, tuple]] = [
+            ("INSERT INTO batches (id, root, count, tx, status, created_ms) VALUES (?,?,?,?,?,?)",
+             (batch_id, root, len(message_ids), tx, "pending", now_ms))]
+        stmts += [("UPDATE messages SET batch = ?, leaf = ? WHERE id = ?", (batch_id, i, mid))
+                  for i, mid in enumerate(message_ids)]
+        self._tx(stmts)
+
+    def batches(self, status: str) -> list[Batch]:
+        return [Batch(*r) for r in self._query("SELECT * FROM batches WHERE status = ? ORDER BY created_ms", (status,))]
+
+    def batch(self, batch_id: bytes) -> Batch | None:
+        rows = self._query("SELECT * FROM batches WHERE id = ?", (batch_id,))
+        return Batch(*rows[0]) if rows else None
+
+    def replace_batch_tx(self, batch_id: bytes, tx: bytes) -> None:
+        self._tx([("UPDATE batches SET tx = ? WHERE id = ?", (tx, batch_id))])
+
+    def set_batch_status(self, batch_id: bytes, status: str, proof: bytes | None = None) -> None:
+        self._tx([("UPDATE batches SET status = ?, proof = ? WHERE id = ?", (status, proof, batch_id))])
+
+    # --- warnings ---------------------------------------------------------------------------------
+
+    def add_warning(self, entry: dict, now_ms: int) -> bool:
+        """Queue a refusal record for the ledger; False when its id was already queued (once per gateway)."""
+        with self.lock:
+            before = self.db.total_changes
+            self._tx([("INSERT OR IGNORE INTO warnings (id, entry, created_ms, status) VALUES (?,?,?,?)",
+                       (entry[1], cbor.dumps(entry), now_ms, "queued"))])
+            return self.db.total_changes > before
+
+    def queued_warnings(self, limit: int) -> list[dict]:
+        rows = self._query("SELECT entry FROM warnings WHERE status = 'queued' ORDER BY created_ms LIMIT ?", (limit,))
+        return [cbor.loads(r[0]) for r in rows]
+
+    def create_warning_tx(self, tx: bytes, ids: list[bytes]) -> None:
+        h = hashlib.sha256(tx).digest()
+        stmts: list[tuple[str, tuple]] = [("INSERT INTO warning_txs (hash, tx, status) VALUES (?,?,?)", (h, tx, "pending"))]
+        stmts += [("UPDATE warnings SET status = 'batched', tx_hash = ? WHERE id = ?", (h, i)) for i in ids]
+        self._tx(stmts)
+
+    def warning_txs(self, status: str) -> list[tuple[bytes, bytes]]:
+        return self._query("SELECT hash, tx FROM warning_txs WHERE status = ?", (status,))
+
+    def set_warning_tx_status(self, h: bytes, status: str) -> None:
+        self._tx([("UPDATE warning_txs SET status = ? WHERE hash = ?", (status, h))])
+
+    # --- session certificates ---------------------------------------------------------------------
+
+    def add_cert(self, device: bytes, cert: bytes, now_ms: int) -> None:
+        self._tx([("INSERT OR IGNORE INTO certs (hash, device, cert, created_ms, status) VALUES (?,?,?,?,?)",
+                   (hashlib.sha256(cert).digest(), device, cert, now_ms, "pending"))])
+
+    def certificates(self, status: str | None = None) -> list[tuple[bytes, bytes]]:
+        """(device, cert) pairs, all or with ``status`` (pending: not yet recorded on the ledger)."""
+        if status is None:
+            return self._query("SELECT device, cert FROM certs ORDER BY created_ms")
+        return self._query("SELECT device, cert FROM certs WHERE status = ? ORDER BY created_ms", (status,))
+
+    def set_cert_status(self, cert: bytes, status: str) -> None:
+        self._tx([("UPDATE certs SET status = ? WHERE hash = ?", (status, hashlib.sha256(cert).digest()))])
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "messages": self._query("SELECT COUNT(*) FROM messages")[0][0],
+            "unbatched": self._query("SELECT COUNT(*) FROM messages WHERE batch IS NULL")[0][0],
+            "batches": dict(self._query("SELECT status, COUNT(*) FROM batches GROUP BY status")),
+            "warnings": dict(self._query("SELECT status, COUNT(*) FROM warnings GROUP BY status")),
+        }

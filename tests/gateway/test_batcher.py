@@ -1,0 +1,149 @@
+"""Batcher and store: anchors, receipts checked like a device does, restart, ledger outage, warnings."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ledgerlink.core import cbor, cose, ecqv
+from ledgerlink.core.backend import get_backend
+from ledgerlink.core.errors import InvalidProof
+from ledgerlink.gateway.batcher import Batcher, verify_receipt
+from ledgerlink.gateway.store import Store
+from ledgerlink.ledger.state.codes import RecordKind
+from ledgerlink.ledger.state.testing import DevNet
+
+from tests.gateway.fake_ledger import FakeLedgerAdapter
+
+CRYPTO = get_backend("cpython")
+NOW = DevNet().time_ms + 1000
+SITE = "plant-1"
+
+
+def frames(net: DevNet, n: int, start: int = 1) -> list[tuple[bytes, int]]:
+    dev = net["sensor"].id
+    topic = "ll/%s/dev/%s/up" % (SITE, dev.hex())
+    return [(cose.sign1(cbor.dumps({1: dev, 2: s, 3: NOW, 4: {"i": s}}), net["sensor"].priv, dev,
+                        topic.encode(), CRYPTO), s) for s in range(start, start + n)]
+
+
+def setup(tmp_path, name: str = "gw.db", ledger: FakeLedgerAdapter | None = None, **kw):
+    ledger = ledger or FakeLedgerAdapter(clock=lambda: NOW)
+    store = Store(tmp_path / name)
+    b = Batcher(store, ledger, SITE, ledger.chain_id, ledger.keys, ledger.net["gateway"].priv, **kw)
+    return ledger, store, b
+
+
+def append(store: Store, net: DevNet, items: list[tuple[bytes, int]], now: int = NOW) -> None:
+    dev = net["sensor"].id
+    for frame, seq in items:
+        store.append_accepted(frame, dev, seq, NOW, "ll/%s/dev/%s/up" % (SITE, dev.hex()), now)
+
+
+def test_batch_anchored_and_receipts_verify(tmp_path):
+    ledger, store, b = setup(tmp_path)
+    items = frames(ledger.net, 5)
+    append(store, ledger.net, items)
+    assert b.step(NOW + 10) == []                             # younger than the interval: no batch yet
+    out = b.step(NOW + 200)
+    receipts = [o for o in out if o.topic.endswith("/down")]
+    assert len(receipts) == 5 and out[-1].retain and out[-1].topic == "ll/plant-1/ledger/header"
+    for (frame, seq), o in zip(items, receipts):
+        r = cbor.loads(o.payload)
+        assert r[2] == seq and r[4] == 5
+        header = verify_receipt(o.payload, frame, ledger.chain_id, ledger.keys)
+        assert header.height == ledger.height
+    with pytest.raises(InvalidProof):
+        verify_receipt(receipts[0].payload, items[1][0], ledger.chain_id, ledger.keys)
+    batch = store.batches("anchored")[0]
+    rec = ledger.state.get_record(RecordKind.ANCHOR, [ledger.net["gateway"].id, batch.id])
+    assert rec[3] == batch.root and rec[4] == 5
+    assert store.unbatched(10) == [] and b.step(NOW + 400) == []
+
+
+def test_batches_split_at_max_batch(tmp_path):
+    ledger, store, b = setup(tmp_path, max_batch=4)
+    append(store, ledger.net, frames(ledger.net, 10))
+    out = b.step(NOW + 1, force=True)
+    sizes = sorted(len(s.id) and s.count for s in store.batches("anchored"))
+    assert sizes == [2, 4, 4] and len([o for o in out if o.topic.endswith("/down")]) == 10
+
+
+def test_unanchored_messages_are_anchored_after_a_restart(tmp_path):
+    ledger, store, b = setup(tmp_path)
+    items = frames(ledger.net, 3)
+    append(store, ledger.net, items)
+    ledger.available = False
+    assert b.step(NOW + 200) == []                            # batch cut, anchor not possible
+    assert store.stats()["batches"] == {"pending": 1}
+    store.close()
+    append_more = Store(tmp_path / "gw.db")
+    append(append_more, ledger.net, frames(ledger.net, 2, start=4))
+    append_more.close()
+    ledger.available = True
+    _, store2, b2 = setup(tmp_path, ledger=ledger)
+    assert store2.highest_seqs() == {ledger.net["sensor"].id: 5}
+    out = b2.step(NOW + 400)
+    receipts = [o for o in out if o.topic.endswith("/down")]
+    assert len(receipts) == 5
+    assert len(ledger.submitted) == 2                         # the stored anchor once, the new batch once
+    for (frame, _), o in zip(items + frames(ledger.net, 2, start=4), receipts):
+        verify_receipt(o.payload, frame, ledger.chain_id, ledger.keys)
+
+
+def test_anchor_rebuilt_after_clock_skew(tmp_path):
+    ledger, store, b = setup(tmp_path)
+    append(store, ledger.net, frames(ledger.net, 2))
+    late = NOW + 120_000
+    ledger.clock = lambda: late
+    assert b.step(NOW + 200) == []                            # refused: 2 minutes off the block time
+    out = b.step(late)
+    assert len([o for o in out if o.topic.endswith("/down")]) == 2
+
+
+def test_receipts_need_a_certified_anchor(tmp_path):
+    ledger, store, b = setup(tmp_path)
+    ledger.votes = 2                                          # the ledger serves under-signed headers
+    append(store, ledger.net, frames(ledger.net, 2))
+    assert b.step(NOW + 200) == []
+    assert store.stats()["batches"] == {"pending": 1}
+
+
+def test_warnings_posted_in_batches_of_at_most_32(tmp_path):
+    ledger, store, b = setup(tmp_path)
+    gw = ledger.net["gateway"].id
+    ids = [bytes([i]) * 32 for i in range(40)]
+    for i in ids:
+        assert store.add_warning({1: i, 2: b"\x01" * 16, 3: NOW, 4: 5, 5: "x" * 200}, NOW)
+    assert not store.add_warning({1: ids[0], 2: b"", 3: NOW, 4: 5}, NOW)     # once per gateway
+    b.step(NOW + 1)
+    b.step(NOW + 2)
+    b.step(NOW + 3)
+    assert store.stats()["warnings"] == {"batched": 40}
+    assert all(ledger.state.get_record(RecordKind.WARNING, [gw, i]) is not None for i in ids)
+
+
+def test_session_certificates_recorded(tmp_path):
+    ledger, store, b = setup(tmp_path)
+    dev = ledger.net["sensor"].id
+    cert, _ = ecqv.issue(ecqv.create_request()[1], ledger.net["gw-ca"].priv, b"s1", ledger.net["gateway"].id, dev,
+                         NOW // 1000, NOW // 1000 + 3600)
+    store.add_cert(dev, cert, NOW)
+    b.step(NOW + 1)
+    assert store.certificates("recorded") == [(dev, cert)]
+    assert ledger.state.get_record(RecordKind.CERT, CRYPTO.sha256(cert))[1] == dev
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 9))
+def test_every_receipt_verifies_for_any_batch_shape(tmp_path_factory, n: int, max_batch: int):
+    tmp = tmp_path_factory.mktemp("b")
+    ledger, store, b = setup(tmp, max_batch=max_batch)
+    items = frames(ledger.net, n)
+    append(store, ledger.net, items)
+    out = [o for o in b.step(NOW + 1, force=True) if o.topic.endswith("/down")]
+    assert len(out) == n
+    by_hash = {CRYPTO.sha256(f): f for f, _ in items}
+    for o in out:
+        verify_receipt(o.payload, by_hash[cbor.loads(o.payload)[1]], ledger.chain_id, ledger.keys)
+    store.close()
