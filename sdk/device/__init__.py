@@ -1,0 +1,1 @@
+"""CPython device SDK: sans-I/O device core, file keystore, offline queue and MQTT client."""
