@@ -168,6 +168,9 @@ _windows = []
 # (~2 KB) on boards.
 BASE_METHOD = "windows" if sys.implementation.name == "cpython" else "comb"
 _WINDOWS = 52  # signed odd 5-bit digits of an odd scalar below 2^257
+_SENTINEL = 1 << 320
+_SHIFT16 = N - (((1 << 256) - 1) // 15) % N  # adding it subtracts sum 16^i (i < 64) mod n
+_SHIFT_COMB = N - ((1 << 64) - 1)  # adding it subtracts 2^64 - 1 mod n
 
 
 def _comb_table():
@@ -178,7 +181,7 @@ def _comb_table():
 
 
 def _compute_comb_table():
-    """The comb table from first principles: entry j = sum of 2^(64*t)*G over the bits t of j."""
+    """The comb table from first principles: entry j = G + sum of 2^(64*t)*G over the bits t of j."""
     g = (GX, GY, 1)
     teeth = [g]
     for _ in range(3):
@@ -188,7 +191,7 @@ def _compute_comb_table():
         teeth.append(q)
     table = []
     for j in range(16):
-        acc = _INF
+        acc = g
         for bit in range(4):
             if (j >> bit) & 1:
                 acc = _add(acc, teeth[bit])
@@ -242,7 +245,8 @@ def _select_affine(row, digit, P=P, M=_MASK256):
 def _base_mult_windows(k):
     """Regular signed-window recoding (every digit odd, in [-31, 31]) of the odd one of k, k + n."""
     tables = _window_tables()
-    k = k + N * (1 - (k & 1))
+    # A sentinel bit far above the scalar keeps every intermediate the same length for every k.
+    k = (k + N * (1 - (k & 1))) | _SENTINEL
     digit = (k & 63) - 32
     k = (k - digit) >> 5
     x, y = _select_affine(tables[0], digit)
@@ -255,19 +259,22 @@ def _base_mult_windows(k):
         x, y = _select_affine(tables[i], digit)
         acc = _add_affine(acc, x, y)
         i += 1
-    x, y = _select_affine(tables[last], k)
+    x, y = _select_affine(tables[last], k - (_SENTINEL >> (5 * last)))
     return _add_affine(acc, x, y)
 
 
 def _base_mult_comb(k):
+    """Comb over k' = k - (2^64 - 1) mod n with entries G + tau(d)*G: no entry is infinity."""
     table = _comb_table()
+    k = (k + _SHIFT_COMB) % N
     acc = _INF
     i = 63
     while i >= 0:
         acc = _double(acc)
         digit = ((k >> i) & 1) | (((k >> (64 + i)) & 1) << 1) | (((k >> (128 + i)) & 1) << 2) \
             | (((k >> (192 + i)) & 1) << 3)
-        acc = _add(acc, _select(table, digit))
+        x, y, _ = _select(table, digit)
+        acc = _add_affine(acc, x, y)
         i -= 1
     return acc
 
@@ -285,20 +292,25 @@ def base_mult(k, method=None):
 
 
 def mult(k, point):
-    """k*point for a secret scalar 1 <= k < n and a validated public point, fixed operation sequence."""
+    """k*point for a secret scalar 1 <= k < n and a validated public point, fixed operation sequence.
+
+    Window digits are shifted from [0, 15] to [1, 16] (k' = k - sum 16^i mod n), so the table holds
+    1*Q .. 16*Q and never the point at infinity, whose zero coordinates would make steps cheaper.
+    """
     _check_scalar(k)
     if point is None or not is_on_curve(point):
         raise InvalidPoint("point is not on P-256")
     base = (point[0], point[1], 1)
-    entries = [_INF, base]
-    for j in range(2, 16):
-        entries.append(_add(entries[j - 1], base))
+    entries = [base]
+    for _ in range(15):
+        entries.append(_add(entries[-1], base))
     table = [_pack(e) for e in entries]
-    acc = _INF
-    i = 63
+    kk = (k + _SHIFT16) % N
+    acc = _select(table, kk >> 252)
+    i = 62
     while i >= 0:
         acc = _double(_double(_double(_double(acc))))
-        acc = _add(acc, _select(table, (k >> (4 * i)) & 15))
+        acc = _add(acc, _select(table, (kk >> (4 * i)) & 15))
         i -= 1
     return _to_affine_secret(acc)
 
@@ -554,22 +566,22 @@ def encode_point(pt, compressed=False):
 # Precomputed tables (tests/core/test_ecdsa_ecdh.py recomputes them): comb entries as x|y|z,
 # odd multiples of G as x|y.
 _COMB_HEX = (
-    "000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000010",
     "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f51",
-    "0fa822bc2811aaa58492592e326e25de29493baaad651f7e90e75cb48e14db63bff44ae8f5dba80d6f4ad4bcb3df188b34b1a65050fe82f5e41124545f462ee71",
+    "7cf27b188d034f7e8a52380304b51ac3c08969e277f21b35a60b48fc4766997807775510db8ed040293d9ac69f7430dbba7dade63ce982299e04b79d227873d11",
     "300a4bbc89d6726fb257c0de95e02789e96c98fd0d35f1fa93391ce2097992af72aac7e0d09b46447f1ddb25ff1e3c6f5bb1eeada9d806a5aa54a291c08127a01",
-    "447d739beedb5e67fb982fd588c6766efc35ff7dc297eac357c84fc9d789bd852d4825ab834131eee12e9d953a4aaff73d349b95a7fae5000c7e33c972e25b321",
+    "72dc0565ee2f7e1dea07b9f6b9f640ee821fbd55b22aab1e26211f8da5a937982dbfcb580d6281cfa457e509ebda3061c9b0a2f36da4af20643dc3d1f3f696801",
     "ef9519328a9c72ffddc6068bb91dfc60ef7fbd2b1a0a11b713949c932a1d367f611e9fc37dbb2c9bc1ee9807022c219c23183b0895ca1740196035a77376d8a81",
-    "550663797b51f5d87dea6482e11238bf2936df5ec6c9bc36cae2b1920b57f4bc157164848aecb8510afa40018d9d50e59fb3d576dbdefbe144ffe216348a964c1",
+    "69481ed9a52fe85a116b7fe8ecc10fc9b6c216ef38279827f0ec08a365408f4536a0263a82dc2d289df2469287bff82c9981014e4ed50b6c086897091db511441",
     "eb5d7745b21141eaa2e8f483f43e43917ccd84e70d715f26e48ecafffc5cde01eafd72ebdbecc17b0990e6a158006cee85f22cfe2844b645cac917e2731a34791",
-    "a6d39677a78492762736ff8344315fc596439591a3c6b94a6cf20ffb313728be674f84749b0b881666b8babd2d27ecdf824a920c2284059bf2bab833c357f5f41",
+    "9eb490010e852e9a8ae206ee90df78a0796ab4b9194754e392caf71738333a9da7cf15dbd3c85ba1cabcd3b1edf29f87de53e982423acb768cee5f0f2d774f7a1",
     "4e769e7672c9ddad31855f7db8c7fedb74e02f080203a56b2df48c04677c8a3e42b99082de8306631ec0057206947281fb9ae16f3b9122a5a4c36165b824bbb01",
-    "78878ef61c6ce04d7fdc1ca008a1c478d1f89e799c0ce1316ef95150dda868b9b6cb3f5d7b72c321de53142c12309def6ace570ebde08d4f9c62b9121fe0d9761",
+    "f0d1c5c3cc83a1d7131a01186d7645f9966e66a6ffa344b79d333ed7f06edcf8a83f46a33284a18399876aabec5946cf4893a3fafe515de7de3151bb99b069d61",
     "0c88bc4d716b1287595c5220812ffcae5b82dd5bd54fb4967f991ed2c31a3573dd5ddea3f3901dc618d1b5b39c04e6aa7c8181f4df2564f33a57bf635f48aca81",
-    "68f344af6b317466efe0a423083e49f343a0a28c42ba792fe96a79fb3e72ad0c31b9c405f8540a20604ed93c24d67ff3668bfc2271f5c626cdfe17db3fb24d4a1",
+    "1508fd2eab708735a070513e8b5ee04ca86084393d435d7c3174ced2ad0cb19b1cdf8f5691782b58eebc414b49cd01f1083e99ffad1334606596b01de268da0d1",
     "4052bf4b6f461db9663c62c3edbad7a00d1a10144ec39c28d36b4789a2582e7ffecf4d5190b0fc61862be6bd71d70cc8e724f33999bfcc5b235a27c3188d25eb1",
-    "1eddbae2c802e41a123202a8f62bff7aafdf5cc08526a7a474346c10a1d4cfac43104d86560ebcfc0c45f45273db33a036e06b7e4c7019178fa0af2dd603f8441",
+    "4e047a3af74872be32fb69ce2440fc703c1ad92be031e62d87ac16e3f789decff40e74b2c2477e0ec7a51c72c8a37ee78a0849acaf8a1264febb367c3efb40e71",
     "b48e26b484f7a21c0a4a46fb6aaf363a66b0de3225c4744b9615b5110d1d78e5fac015404d4d3dab64131bcdfed6f668c004e4048b7b0f9806ebb0f621a01b2d1",
+    "2f4b5a77144daf0b0739fc33ab60eeae42c705e319a1d4a2b6388a3ce2afd0374817b0f723e5b59eab413986968c8e185bf1a315b04f03bbaa6c8056c1afc7421",
 )
 _G_ODD_HEX = (
     "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
