@@ -121,6 +121,7 @@ class Refuse:
 class Reply:
     topic: str
     payload: bytes
+    frame_hash: bytes | None = None    # the request frame this answers
 
 
 @dataclass
@@ -524,7 +525,7 @@ class GatewayCore:
         self.used_requests.update(ids)
         self.install_session(cert, topic_dev)
         response = {1: req[3], 2: cert, 3: r, 4: self.site_public, 5: self.gateway_id}
-        return [Reply(self.down_topic(topic_dev), cbor.dumps({0: KIND_SESSION, 1: response})),
+        return [Reply(self.down_topic(topic_dev), cbor.dumps({0: KIND_SESSION, 1: response}), sha256(frame)),
                 CertIssued(topic_dev, cert)]
 
     def install_session(self, cert: bytes, dev: bytes) -> Session:

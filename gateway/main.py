@@ -1,0 +1,111 @@
+"""Gateway process: ``python3 -m ledgerlink.gateway.main --config FILE``.
+
+The config (JSON, or TOML when the name ends in .toml)::
+
+    {
+      "site": "plant-1",
+      "mqtt": {"host": "127.0.0.1", "port": 1883, "client_id": "gw-plant-1-a", "shared": true},
+      "store": "gateway.db",
+      "keys": {"identity": "keys/gateway.key", "ca": "keys/gw-ca.key", "site": "keys/gw-site.key"},
+      "ledger": {"cluster": "cluster.json"},
+      "trust": {"chain_id": "...", "validators": ["<hex key>", ...]},
+      "limits": {"rate_per_s": 10, "burst": 20, ...},
+      "batch": {"max": 256, "interval_ms": 100}
+    }
+
+Key files hold a hex private key (as written by ``ledgerlink.ledger.cluster``); ``identity`` is the
+gateway's registered ledger key (role gateway), ``ca`` its fog CA key and ``site`` its ECDH key
+(``ca`` and ``site`` fall back to ``identity`` when not given; separate keys are better). ``trust`` defaults to the
+chain id and validator keys of the cluster file. Relative paths are relative to the config file.
+Keys are never logged. SIGINT/SIGTERM stop the gateway cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ledgerlink.gateway.batcher import Batcher
+from ledgerlink.gateway.checks import GatewayCore, GatewayKeys, Limits
+from ledgerlink.gateway.mqtt_adapter import MqttGateway
+from ledgerlink.gateway.service import GatewayService
+from ledgerlink.gateway.store import Store
+
+log = logging.getLogger("ledgerlink.gateway")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    data = tomllib.loads(p.read_text()) if p.suffix == ".toml" else json.loads(p.read_text())
+    data["_dir"] = str(p.resolve().parent)
+    return data
+
+
+def _path(cfg: dict[str, Any], value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else Path(cfg["_dir"]) / p
+
+
+def _key(cfg: dict[str, Any], value: str) -> bytes:
+    key = bytes.fromhex(_path(cfg, value).read_text().strip())
+    if len(key) != 32:
+        raise SystemExit("key file %s must hold a 32-byte hex key" % value)
+    return key
+
+
+def build(cfg: dict[str, Any]) -> MqttGateway:
+    """Objects of a gateway from its config (connects to nothing yet)."""
+    from ledgerlink.ledger.client import LedgerClient
+    from ledgerlink.ledger.transport import ClusterConfig
+
+    site = cfg["site"]
+    keys_cfg = cfg["keys"]
+    identity = _key(cfg, keys_cfg["identity"])
+    keys = GatewayKeys(identity, _key(cfg, keys_cfg["ca"]) if "ca" in keys_cfg else identity,
+                       _key(cfg, keys_cfg["site"]) if "site" in keys_cfg else identity)
+    cluster_path = _path(cfg, cfg["ledger"]["cluster"])
+    trust = cfg.get("trust") or {}
+    cluster = ClusterConfig.load(cluster_path)
+    chain_id = trust.get("chain_id", cluster.chain_id)
+    validators = [bytes.fromhex(k) for k in trust["validators"]] if "validators" in trust else list(cluster.validators)
+    limits = Limits(**cfg.get("limits", {}))
+    core = GatewayCore(site, keys, chain_id, validators, limits)
+    store = Store(_path(cfg, cfg.get("store", "gateway-%s.db" % site)))
+    ledger = LedgerClient(cluster_path)
+    batch = cfg.get("batch", {})
+    batcher = Batcher(store, ledger, site, chain_id, validators, keys.identity, max_batch=int(batch.get("max", 256)),
+                      interval_ms=int(batch.get("interval_ms", 100)))
+    mq = cfg.get("mqtt", {})
+    return MqttGateway(GatewayService(core, store), batcher, ledger, site, mq.get("host", "127.0.0.1"),
+                       int(mq.get("port", 1883)), mq.get("client_id", "ll-gw-%s-%d" % (site, os.getpid())),
+                       shared=bool(mq.get("shared", True)), batch_interval_ms=int(batch.get("interval_ms", 100)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python3 -m ledgerlink.gateway.main", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="gateway config (JSON or TOML)")
+    p.add_argument("--log-level", default=os.environ.get("LEDGERLINK_LOG", "INFO"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s gateway %(name)s %(levelname)s %(message)s")
+    gw = build(load_config(args.config))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: gw.stop())
+    log.info("gateway %s of site %s starting", gw.service.core.gateway_name, gw.site)
+    try:
+        gw.run()
+    finally:
+        gw.ledger.close()
+        gw.service.store.close()
+    log.info("gateway stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""MQTT 5 transport of the gateway (paho-mqtt 2.x): shared subscriptions, QoS 1, acks after durable append.
+
+Subscribes to ``$share/ll-gw-{site}/ll/{site}/dev/+/up`` and ``.../session`` with QoS 1 on a persistent
+session (clean_start false). The client runs with ``manual_ack=True``: a PUBACK is sent only once the
+frame is decided, i.e. after an accepted frame's append to the SQLite store has been committed (WAL,
+synchronous=FULL) or after its refusal was handled. A frame that waits for a registry answer is
+acknowledged when that answer (or the timeout refusal) comes. If the gateway dies before the ack, the
+broker redelivers the frame (to this or another member of the shared group); the redelivery of an
+already stored frame is refused as a replay, while its receipt still comes from the stored copy.
+
+Accepted readings are republished as ``verified-reading`` on ``ll/{site}/verified/{dev}``; replies
+(refusals, receipts, session responses) go to ``ll/{site}/dev/{dev}/down``; the latest certified header
+is published retained on ``ll/{site}/ledger/header``. All checks run on one thread (``GatewayCore`` is
+not thread-safe); the ledger calls of the batcher and of registry lookups run on two worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ledgerlink.gateway.batcher import Batcher, Ledger, Outgoing
+from ledgerlink.gateway.service import GatewayService, Handled, fetch_header, fetch_registry
+
+log = logging.getLogger("ledgerlink.gateway.mqtt")
+
+SESSION_EXPIRY_S = 3600
+TICK_S = 0.1
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MqttGateway:
+    def __init__(self, service: GatewayService, batcher: Batcher, ledger: Ledger, site: str, host: str,
+                 port: int, client_id: str, shared: bool = True, batch_interval_ms: int = 100,
+                 clock: Callable[[], int] = now_ms) -> None:
+        self.service = service
+        self.batcher = batcher
+        self.ledger = ledger
+        self.site = site
+        self.host = host
+        self.port = port
+        self.clock = clock
+        self.batch_interval = batch_interval_ms / 1000
+        prefix = "$share/ll-gw-%s/" % site if shared else ""
+        self.subscriptions = [prefix + "ll/%s/dev/+/up" % site, prefix + "ll/%s/dev/+/session" % site]
+        self.events: queue.Queue = queue.Queue()
+        self.fetches: queue.Queue = queue.Queue()
+        self.stop_event = threading.Event()
+        self.pending_acks: dict[bytes, list[tuple[int, int]]] = {}
+        self.connected = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                                  manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+
+    # --- paho callbacks (network thread) ------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.error("MQTT connect refused: %s", reason)
+            return
+        client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.subscriptions])
+        self.connected.set()
+        log.info("connected to %s:%d, subscribed to %s", self.host, self.port, self.subscriptions)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.connected.clear()
+        log.warning("MQTT disconnected: %s", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.events.put(("frame", msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+
+    # --- effects ------------------------------------------------------------------------------------
+
+    def publish(self, items: list[Outgoing]) -> None:
+        for o in items:
+            self.client.publish(o.topic, o.payload, qos=1, retain=o.retain)
+
+    def _carry_out(self, h: Handled) -> None:
+        self.publish(h.outgoing)
+        for frame_hash in h.decided:
+            for mid, qos in self.pending_acks.pop(frame_hash, []):
+                if qos > 0:
+                    self.client.ack(mid, qos)
+        for dev in h.fetch:
+            self.fetches.put(dev)
+
+    # --- threads ------------------------------------------------------------------------------------
+
+    def _checks_loop(self) -> None:
+        next_tick = time.monotonic()
+        while not self.stop_event.is_set():
+            try:
+                ev = self.events.get(timeout=TICK_S)
+            except queue.Empty:
+                ev = None
+            try:
+                if ev is not None:
+                    t = self.clock()
+                    if ev[0] == "frame":
+                        _, topic, payload, mid, qos = ev
+                        self.pending_acks.setdefault(hashlib.sha256(payload).digest(), []).append((mid, qos))
+                        self._carry_out(self.service.handle_frame(topic, payload, t))
+                    elif ev[0] == "registry":
+                        self._carry_out(self.service.handle_registry(ev[1], ev[2], t))
+                    elif ev[0] == "header":
+                        self._carry_out(self.service.handle_header(ev[1], t))
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + TICK_S
+                    self._carry_out(self.service.tick(self.clock()))
+            except Exception:  # noqa: BLE001 - e.g. the store failed: stop rather than ack undurable frames
+                log.exception("gateway check loop failed; stopping")
+                self.stop_event.set()
+
+    def _registry_loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                dev = self.fetches.get(timeout=TICK_S)
+            except queue.Empty:
+                continue
+            proof = fetch_registry(self.ledger, dev)
+            if proof is not None:
+                self.events.put(("registry", dev, proof))
+
+    def _batch_loop(self) -> None:
+        last_header = None
+        while not self.stop_event.wait(self.batch_interval):
+            try:
+                self.publish(self.batcher.step(self.clock()))
+            except Exception:  # noqa: BLE001 - retried at the next step
+                log.exception("batcher step failed")
+            if self.batcher.last_header is not None and self.batcher.last_header != last_header:
+                last_header = self.batcher.last_header
+                self.events.put(("header", last_header[1]))
+
+    def run(self) -> None:
+        """Connect and serve until ``stop()``."""
+        self.service.restore(self.clock())
+        header = fetch_header(self.ledger)
+        if header is not None:
+            self.events.put(("header", header))
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+        self.client.loop_start()
+        threads = [threading.Thread(target=f, name=n, daemon=True) for f, n in (
+            (self._registry_loop, "ll-gw-registry"), (self._batch_loop, "ll-gw-batcher"))]
+        for t in threads:
+            t.start()
+        try:
+            self._checks_loop()
+        finally:
+            self.stop_event.set()
+            for t in threads:
+                t.join(timeout=15)
+            self.client.disconnect()
+            self.client.loop_stop()
+
+    def stop(self) -> None:
+        self.stop_event.set()
