@@ -1,0 +1,400 @@
+"""MQTT 3.1.1 packet codec and a small non-blocking client over any byte stream (OASIS MQTT 3.1.1).
+
+Packets: CONNECT, CONNACK, PUBLISH (QoS 0/1), PUBACK, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT.
+The stream is any object with ``write(data)`` (writes everything), ``read(n, timeout_ms)`` (up to n
+bytes; b"" when nothing arrived in time; OSError when the connection is closed) and ``close()``;
+``ledgerlink_client.transport`` has one over a socket and one over host calls.
+
+Unlike umqtt.simple, whose QoS 1 ``publish`` blocks until the PUBACK, ``MQTTClient.publish`` returns
+the packet id at once and ``poll`` reports ("puback", pid) events, so the device layer can keep several
+publishes in flight and retransmit them itself. umqtt.simple can be used instead through
+``ledgerlink_client.umqtt_adapter``.
+
+Protects against: malformed or hostile packets from the broker (``parse`` raises MQTTError, never
+IndexError; remaining length limited to 4 bytes and to ``max_packet``; unknown or reserved packet types
+refused). Tested under CPython with hypothesis round trips and truncation/garbage cases and against a
+real mosquitto broker from inside MicroPython (tests/micropython/).
+"""
+
+CONNECT = 1
+CONNACK = 2
+PUBLISH = 3
+PUBACK = 4
+PUBREC = 5
+SUBSCRIBE = 8
+SUBACK = 9
+PINGREQ = 12
+PINGRESP = 13
+DISCONNECT = 14
+
+MAX_REMAINING = 268435455
+DEFAULT_MAX_PACKET = 8192
+
+
+class MQTTError(OSError):
+    """A protocol error or a refusal by the broker; the connection should be dropped."""
+
+
+class Packet:
+    """A decoded packet. Fields not used by a packet type stay None."""
+
+    def __init__(self, kind, flags=0, pid=None, topic=None, payload=None, qos=0, retain=False, dup=False,
+                 codes=None, session_present=False, return_code=None, client_id=None, keepalive=None,
+                 clean_session=False, username=None, password=None):
+        self.kind = kind
+        self.flags = flags
+        self.pid = pid
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.dup = dup
+        self.codes = codes
+        self.session_present = session_present
+        self.return_code = return_code
+        self.client_id = client_id
+        self.keepalive = keepalive
+        self.clean_session = clean_session
+        self.username = username
+        self.password = password
+
+    def __repr__(self):
+        return "Packet(kind=%d, pid=%r, topic=%r)" % (self.kind, self.pid, self.topic)
+
+
+def encode_length(n):
+    """Remaining length as the 1..4 byte variable-length integer."""
+    if n < 0 or n > MAX_REMAINING:
+        raise MQTTError("remaining length out of range")
+    out = bytearray()
+    while True:
+        digit = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(digit | 0x80)
+        else:
+            out.append(digit)
+            return bytes(out)
+
+
+def _string(s):
+    if isinstance(s, str):
+        s = s.encode("utf-8")
+    if len(s) > 65535:
+        raise MQTTError("string longer than 65535 bytes")
+    return len(s).to_bytes(2, "big") + bytes(s)
+
+
+def _pid_bytes(pid):
+    if not isinstance(pid, int) or not 0 < pid < 65536:
+        raise MQTTError("packet id must be 1..65535")
+    return pid.to_bytes(2, "big")
+
+
+def _packet(first, body):
+    return bytes([first]) + encode_length(len(body)) + body
+
+
+def encode_connect(client_id, keepalive=60, clean_session=True, username=None, password=None):
+    """CONNECT, protocol level 4 (3.1.1)."""
+    if not 0 <= keepalive < 65536:
+        raise MQTTError("keepalive must be 0..65535 s")
+    flags = 0x02 if clean_session else 0
+    tail = b""
+    if username is not None:
+        flags |= 0x80
+        tail += _string(username)
+    if password is not None:
+        if username is None:
+            raise MQTTError("a password needs a user name in MQTT 3.1.1")
+        flags |= 0x40
+        tail += _string(password)
+    body = _string("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big") + _string(client_id) + tail
+    return _packet(CONNECT << 4, body)
+
+
+def encode_connack(session_present, return_code):
+    return _packet(CONNACK << 4, bytes([1 if session_present else 0, return_code]))
+
+
+def encode_publish(topic, payload, qos=0, retain=False, pid=None, dup=False):
+    """PUBLISH; ``pid`` is required for QoS 1."""
+    if qos not in (0, 1):
+        raise MQTTError("only QoS 0 and 1 are supported")
+    if not topic or "+" in topic or "#" in topic:
+        raise MQTTError("publish topic must be non-empty without wildcards")
+    first = (PUBLISH << 4) | (qos << 1) | (1 if retain else 0) | (8 if dup and qos else 0)
+    body = _string(topic)
+    if qos:
+        body += _pid_bytes(pid)
+    return _packet(first, body + bytes(payload))
+
+
+def encode_puback(pid):
+    return _packet(PUBACK << 4, _pid_bytes(pid))
+
+
+def encode_subscribe(pid, topics):
+    """SUBSCRIBE for a list of (topic filter, qos)."""
+    if not topics:
+        raise MQTTError("SUBSCRIBE needs at least one topic")
+    body = _pid_bytes(pid)
+    for topic, qos in topics:
+        if not topic or qos not in (0, 1, 2):
+            raise MQTTError("bad subscription")
+        body += _string(topic) + bytes([qos])
+    return _packet(0x82, body)
+
+
+def encode_suback(pid, codes):
+    return _packet(SUBACK << 4, _pid_bytes(pid) + bytes(codes))
+
+
+def encode_pingreq():
+    return b"\xc0\x00"
+
+
+def encode_pingresp():
+    return b"\xd0\x00"
+
+
+def encode_disconnect():
+    return b"\xe0\x00"
+
+
+class _Reader:
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0
+
+    def take(self, n):
+        if n < 0 or self.pos + n > len(self.data):
+            raise MQTTError("packet truncated")
+        out = bytes(self.data[self.pos:self.pos + n])
+        self.pos += n
+        return out
+
+    def u8(self):
+        return self.take(1)[0]
+
+    def u16(self):
+        return int.from_bytes(self.take(2), "big")
+
+    def string(self):
+        raw = self.take(self.u16())
+        try:
+            return raw.decode("utf-8")
+        except UnicodeError:
+            raise MQTTError("string is not UTF-8")
+
+    def binary(self):
+        return self.take(self.u16())
+
+    def rest(self):
+        return self.take(len(self.data) - self.pos)
+
+    def done(self):
+        if self.pos != len(self.data):
+            raise MQTTError("trailing bytes in packet")
+
+
+def _pid(reader):
+    pid = reader.u16()
+    if pid == 0:
+        raise MQTTError("packet id 0")
+    return pid
+
+
+def _decode_body(kind, flags, body):
+    r = _Reader(body)
+    if kind in (PUBACK, PINGREQ, PINGRESP, DISCONNECT, CONNACK, SUBACK, CONNECT) and flags != 0:
+        raise MQTTError("reserved flags set")
+    if kind == CONNACK:
+        ack, code = r.u8(), r.u8()
+        r.done()
+        if ack & 0xFE:
+            raise MQTTError("reserved CONNACK flags set")
+        return Packet(kind, session_present=bool(ack & 1), return_code=code)
+    if kind == PUBLISH:
+        qos = (flags >> 1) & 3
+        if qos == 3:
+            raise MQTTError("PUBLISH with QoS 3")
+        topic = r.string()
+        pid = _pid(r) if qos else None
+        return Packet(kind, flags, pid=pid, topic=topic, payload=r.rest(), qos=qos, retain=bool(flags & 1),
+                      dup=bool(flags & 8))
+    if kind == PUBACK:
+        pid = _pid(r)
+        r.done()
+        return Packet(kind, pid=pid)
+    if kind == SUBSCRIBE:
+        if flags != 2:
+            raise MQTTError("SUBSCRIBE flags must be 2")
+        pid = _pid(r)
+        codes = []
+        topics = []
+        while r.pos < len(body):
+            topics.append(r.string())
+            q = r.u8()
+            if q > 2:
+                raise MQTTError("bad requested QoS")
+            codes.append(q)
+        if not topics:
+            raise MQTTError("SUBSCRIBE without topics")
+        return Packet(kind, flags, pid=pid, topic=topics, codes=codes)
+    if kind == SUBACK:
+        pid = _pid(r)
+        codes = list(r.rest())
+        if not codes:
+            raise MQTTError("SUBACK without return codes")
+        for c in codes:
+            if c not in (0, 1, 2, 0x80):
+                raise MQTTError("bad SUBACK return code")
+        return Packet(kind, pid=pid, codes=codes)
+    if kind in (PINGREQ, PINGRESP, DISCONNECT):
+        r.done()
+        return Packet(kind)
+    if kind == CONNECT:
+        if r.string() != "MQTT" or r.u8() != 4:
+            raise MQTTError("not an MQTT 3.1.1 CONNECT")
+        cflags = r.u8()
+        if cflags & 0x3D:
+            raise MQTTError("CONNECT will/reserved flags are not supported")
+        if cflags & 0x40 and not cflags & 0x80:
+            raise MQTTError("password without user name")
+        keepalive = r.u16()
+        client_id = r.string()
+        username = r.string() if cflags & 0x80 else None
+        password = r.binary() if cflags & 0x40 else None
+        r.done()
+        return Packet(kind, client_id=client_id, keepalive=keepalive, clean_session=bool(cflags & 2),
+                      username=username, password=password)
+    raise MQTTError("unsupported packet type %d" % kind)
+
+
+def parse(buf, max_packet=DEFAULT_MAX_PACKET):
+    """Parse one packet from the front of ``buf``: (Packet, bytes used), or (None, 0) if incomplete."""
+    if len(buf) < 2:
+        return None, 0
+    first = buf[0]
+    n = 0
+    shift = 0
+    i = 1
+    while True:
+        if i >= len(buf):
+            return None, 0
+        if i > 4:
+            raise MQTTError("remaining length longer than 4 bytes")
+        b = buf[i]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not b & 0x80:
+            break
+    if i + n > max_packet:
+        raise MQTTError("packet of %d bytes exceeds the %d-byte limit" % (i + n, max_packet))
+    if len(buf) < i + n:
+        return None, 0
+    return _decode_body(first >> 4, first & 0x0F, bytes(buf[i:i + n])), i + n
+
+
+class MQTTClient:
+    """MQTT 3.1.1 client over a stream; QoS 0/1 publish without blocking, events from ``poll``.
+
+    Events: ("puback", pid), ("suback", pid, codes), ("pingresp",), ("msg", topic, payload, qos, retain).
+    Incoming QoS 1 messages are acknowledged as they are parsed.
+    """
+
+    def __init__(self, stream, client_id, keepalive=60, clean_session=True, username=None, password=None,
+                 max_packet=DEFAULT_MAX_PACKET):
+        self.stream = stream
+        self.client_id = client_id
+        self.keepalive = keepalive
+        self.clean_session = clean_session
+        self.username = username
+        self.password = password
+        self.max_packet = max_packet
+        self._buf = bytearray()
+        self._next_pid = 0
+
+    def _alloc_pid(self):
+        self._next_pid = self._next_pid % 65535 + 1
+        return self._next_pid
+
+    def _read_packet(self, timeout_ms):
+        pkt, used = parse(self._buf, self.max_packet)
+        if pkt is None:
+            data = self.stream.read(1024, timeout_ms)
+            if data:
+                self._buf.extend(data)
+                pkt, used = parse(self._buf, self.max_packet)
+        if pkt is not None:
+            self._buf = self._buf[used:]
+        return pkt
+
+    def connect(self, timeout_ms=5000):
+        """Send CONNECT and wait for CONNACK; return session-present. MQTTError if refused or silent."""
+        self.stream.write(encode_connect(self.client_id, self.keepalive, self.clean_session, self.username,
+                                         self.password))
+        waited = 0
+        step = 100
+        while waited < timeout_ms:
+            pkt = self._read_packet(step)
+            waited += step
+            if pkt is None:
+                continue
+            if pkt.kind != CONNACK:
+                raise MQTTError("expected CONNACK, got packet type %d" % pkt.kind)
+            if pkt.return_code != 0:
+                raise MQTTError("connection refused by the broker, code %d" % pkt.return_code)
+            return pkt.session_present
+        raise MQTTError("no CONNACK within %d ms" % timeout_ms)
+
+    def publish(self, topic, payload, qos=1, retain=False, pid=None, dup=False):
+        """Send a PUBLISH; return its packet id (None for QoS 0). Give ``pid`` and ``dup`` to resend."""
+        if qos and pid is None:
+            pid = self._alloc_pid()
+        self.stream.write(encode_publish(topic, payload, qos, retain, pid, dup))
+        return pid
+
+    def subscribe(self, topic, qos=1):
+        """Send a SUBSCRIBE; the SUBACK comes as a ("suback", pid, codes) event."""
+        pid = self._alloc_pid()
+        self.stream.write(encode_subscribe(pid, [(topic, qos)]))
+        return pid
+
+    def ping(self):
+        self.stream.write(encode_pingreq())
+
+    def poll(self, timeout_ms=0):
+        """Read what arrives within ``timeout_ms`` and return the events of all complete packets."""
+        events = []
+        pkt = self._read_packet(timeout_ms)
+        while pkt is not None:
+            if pkt.kind == PUBACK:
+                events.append(("puback", pkt.pid))
+            elif pkt.kind == SUBACK:
+                events.append(("suback", pkt.pid, pkt.codes))
+            elif pkt.kind == PINGRESP:
+                events.append(("pingresp",))
+            elif pkt.kind == PUBLISH:
+                if pkt.qos == 2:
+                    raise MQTTError("QoS 2 delivery was never requested")
+                if pkt.qos == 1:
+                    self.stream.write(encode_puback(pkt.pid))
+                events.append(("msg", pkt.topic, pkt.payload, pkt.qos, pkt.retain))
+            else:
+                raise MQTTError("unexpected packet type %d from the broker" % pkt.kind)
+            pkt, used = parse(self._buf, self.max_packet)
+            if pkt is not None:
+                self._buf = self._buf[used:]
+        return events
+
+    def disconnect(self):
+        try:
+            self.stream.write(encode_disconnect())
+        finally:
+            self.stream.close()
+
+    def close(self):
+        self.stream.close()

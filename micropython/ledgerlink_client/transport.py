@@ -1,0 +1,96 @@
+"""Byte streams for ``mqtt.MQTTClient``: a socket (boards, CPython) or host calls (a VM with a bridge).
+
+A stream has ``write(data)``, ``read(n, timeout_ms)`` (b"" on timeout, OSError once closed) and ``close()``.
+"""
+
+_TIMEOUT_ERRNOS = (11, 110, 116)  # EAGAIN, ETIMEDOUT (Linux), ETIMEDOUT (lwIP)
+
+
+class SocketTransport:
+    """A connected socket (``socket.socket`` or a TLS-wrapped one)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.closed = False
+
+    def write(self, data):
+        if self.closed:
+            raise OSError("stream closed")
+        view = memoryview(data)
+        while len(view):
+            sent = self.sock.send(view)
+            if sent is None or sent <= 0:
+                raise OSError("socket send failed")
+            view = view[sent:]
+
+    def read(self, n, timeout_ms):
+        if self.closed:
+            raise OSError("stream closed")
+        self.sock.settimeout(max(timeout_ms, 1) / 1000)
+        try:
+            data = self.sock.recv(n)
+        except OSError as exc:
+            code = exc.args[0] if exc.args else None
+            if code in _TIMEOUT_ERRNOS or type(exc).__name__ in ("timeout", "TimeoutError"):
+                return b""
+            raise
+        if not data:
+            self.closed = True
+            raise OSError("connection closed by peer")
+        return data
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+
+
+def open_socket(host, port, timeout_ms=5000):
+    """Connect a TCP socket to ``host:port`` and wrap it (board networking must already be up)."""
+    import socket
+
+    addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+    sock = socket.socket()
+    try:
+        sock.settimeout(timeout_ms / 1000)
+        sock.connect(addr)
+    except BaseException:
+        sock.close()
+        raise
+    return SocketTransport(sock)
+
+
+class CallTransport:
+    """A socket held by a host process, reached through ``call(name, *args)``.
+
+    The host offers ``sock_connect(host, port) -> id``, ``sock_send(id, hex) -> n``,
+    ``sock_recv(id, n, timeout_ms) -> hex`` ("" on timeout, null once closed) and ``sock_close(id)``;
+    ``call`` raises OSError when the host reports an error (as ``host_call`` in the VM does).
+    """
+
+    def __init__(self, call, host, port):
+        self.call = call
+        self.id = call("sock_connect", host, port)
+        self.closed = False
+
+    def write(self, data):
+        if self.closed:
+            raise OSError("stream closed")
+        self.call("sock_send", self.id, bytes(data).hex())
+
+    def read(self, n, timeout_ms):
+        if self.closed:
+            raise OSError("stream closed")
+        data = self.call("sock_recv", self.id, n, timeout_ms)
+        if data is None:
+            self.closed = True
+            raise OSError("connection closed by peer")
+        return bytes.fromhex(data)
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            try:
+                self.call("sock_close", self.id)
+            except OSError:
+                pass
