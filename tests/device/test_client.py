@@ -1,0 +1,240 @@
+"""Device over a real mosquitto broker: live readings, queueing while the broker is down, sessions,
+receipts and commands through MQTT."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ledgerlink.core import cbor, cose
+from ledgerlink.device import core as dc
+from ledgerlink.device.client import Device, backoff_delay
+from ledgerlink.device.offline_queue import OfflineQueue
+from ledgerlink.gateway import checks as c
+
+from tests.device.helpers import CRYPTO, NOW, SITE, Env
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """mosquitto on a free port, with persistence so sessions and queued messages survive a restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             "persistence_location %s/\nautosave_interval 0\n" % (self.port, workdir))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start on port %d" % self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture()
+def broker(tmp_path):
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+class Subscriber:
+    """A paho subscriber with a persistent session (it gets what was published while it reconnected)."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.messages: queue.Queue = queue.Queue()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-sub-%d" % os.getpid(),
+                                  protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(0.05, 0.2)
+        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload))
+        self.subscribed = False
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", port, keepalive=5, clean_start=False, properties=props)
+        self.client.loop_start()
+
+    def take(self, n: int, timeout: float = 15.0) -> list:
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n and time.monotonic() < deadline:
+            try:
+                out.append(self.messages.get(timeout=0.1))
+            except queue.Empty:
+                pass
+        return out
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def wait_for(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+def seq_of(env: Env, dev: dc.DeviceCore, topic: str, payload: bytes) -> int:
+    body = cose.verify_sign1(payload, dev.public_key, topic.encode(), CRYPTO)
+    return cbor.loads(body)[2]
+
+
+def make_device(env: Env, broker: Broker, tmp_path: Path, **kw) -> Device:
+    dev = Device(env.device(), OfflineQueue(tmp_path / "queue.db"), "127.0.0.1", broker.port, keepalive=5,
+                 backoff_initial=0.05, backoff_max=0.4, clock=lambda: NOW, **kw)
+    dev.start()
+    assert dev.wait_connected(10)
+    return dev
+
+
+def test_backoff_grows_with_jitter_and_is_capped():
+    assert backoff_delay(0, 0.5, 30, lambda: 0.0) == 0.25
+    assert backoff_delay(0, 0.5, 30, lambda: 1.0) == 0.5
+    assert backoff_delay(3, 0.5, 30, lambda: 0.0) == 2.0
+    assert backoff_delay(50, 0.5, 30, lambda: 1.0) == 30
+    delays = {round(backoff_delay(4, 0.5, 30), 6) for _ in range(20)}
+    assert len(delays) > 1 and all(4.0 <= d <= 8.0 for d in delays)
+
+
+def test_readings_are_published_and_queued_while_the_broker_is_down(broker, tmp_path):
+    env = Env()
+    sub = Subscriber(broker.port, "ll/%s/dev/+/up" % SITE)
+    time.sleep(0.3)
+    dev = make_device(env, broker, tmp_path)
+    try:
+        live = [dev.publish_reading({"t": 20 + i}) for i in range(3)]
+        got = sub.take(3)
+        assert [seq_of(env, dev.core, t, p) for t, p in got] == [o.seq for o in live] == [1, 2, 3]
+        assert dev.wait_flushed(5)
+
+        broker.stop()
+        assert wait_for(lambda: not dev.connected)
+        offline = [dev.publish_reading({"t": 30 + i}) for i in range(5)]
+        time.sleep(0.5)                                          # several reconnect attempts fail meanwhile
+        assert len(dev.queue) == 5
+
+        broker.start()
+        assert dev.wait_connected(10)
+        got = sub.take(5)
+        assert [seq_of(env, dev.core, t, p) for t, p in got] == [o.seq for o in offline] == [4, 5, 6, 7, 8]
+        assert [p for _, p in got] == [o.payload for o in offline]             # the original frames
+        assert dev.wait_flushed(5) and dev.connects >= 2
+        assert sub.take(1, timeout=0.3) == []                                  # nothing twice
+    finally:
+        dev.stop()
+        sub.close()
+
+
+def test_queue_survives_a_device_restart(broker, tmp_path):
+    env = Env()
+    sub = Subscriber(broker.port, "ll/%s/dev/+/up" % SITE)
+    time.sleep(0.3)
+    broker.stop()
+    dev = Device(env.device(), OfflineQueue(tmp_path / "queue.db"), "127.0.0.1", broker.port,
+                 backoff_initial=0.05, backoff_max=0.2, clock=lambda: NOW)
+    dev.start()
+    frames = [dev.publish_reading({"n": i}) for i in range(4)]
+    dev.stop()                                                   # never connected; frames stay on disk
+    broker.start()
+    dev2 = Device(dev.core, OfflineQueue(tmp_path / "queue.db"), "127.0.0.1", broker.port, clock=lambda: NOW)
+    dev2.start()
+    try:
+        got = sub.take(4)
+        assert [p for _, p in got] == [f.payload for f in frames]
+        assert dev2.wait_flushed(5)
+    finally:
+        dev2.stop()
+        sub.close()
+
+
+def test_session_receipts_and_commands_over_mqtt(broker, tmp_path):
+    env = Env()
+    receipts: list = []
+    commands: list = []
+    # a minimal gateway: the real checks on the site topics, replies published back
+    gw = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-gw", protocol=mqtt.MQTTv5)
+    accepted: queue.Queue = queue.Queue()
+
+    def on_gw_message(client, userdata, msg):
+        for e in env.feed(msg.topic, msg.payload):
+            if isinstance(e, c.Reply):
+                client.publish(e.topic, e.payload, qos=1)
+            elif isinstance(e, c.Accept):
+                accepted.put(e)
+
+    gw.on_message = on_gw_message
+    gw.on_connect = lambda cl, u, f, rc, p: cl.subscribe([("ll/%s/dev/+/up" % SITE, 1),
+                                                         ("ll/%s/dev/+/session" % SITE, 1)])
+    gw.connect("127.0.0.1", broker.port)
+    gw.loop_start()
+    time.sleep(0.3)
+    dev = make_device(env, broker, tmp_path, mode=dc.MODE_SESSION, on_receipt=receipts.append,
+                      on_command=commands.append)
+    try:
+        signed = dev.publish_reading({"t": 1})                     # no session yet: signed
+        assert dev.ensure_session(10)
+        enc = dev.publish_reading({"t": 2})
+        assert cose.decode_encrypt0(enc.payload).kid == dev.core.session.keys.session_id
+        got = [accepted.get(timeout=10) for _ in range(2)]
+        assert [(a.seq, a.mode) for a in got] == [(signed.seq, "sign1"), (enc.seq, "session")]
+
+        for r in env.receipts([a.frame_hash for a in got], [a.seq for a in got]):
+            gw.publish(dev.core.down_topic, cbor.dumps(r), qos=1)
+        forged = env.receipts([bytes(32)], [99])[0]
+        gw.publish(dev.core.down_topic, cbor.dumps(forged), qos=1)
+        assert wait_for(lambda: len(receipts) == 3)
+        assert [(r.valid, r.seq) for r in receipts] == [(True, 1), (True, 2), (False, 99)]
+
+        dev.core.update_controller(env.ledger.device_proof(env.net["controller"].id))
+        gw.publish(dev.core.cmd_topic, env.command("controller", dev.core.device_id, 1, "reboot", None, NOW + 1000),
+                   qos=1)
+        gw.publish(dev.core.cmd_topic, env.command("sensor", dev.core.device_id, 2, "reboot", None, NOW + 1000),
+                   qos=1)
+        assert wait_for(lambda: len(commands) == 2)
+        assert commands[0].accepted and commands[0].action == "reboot"
+        assert not commands[1].accepted and "not a controller" in commands[1].reason
+    finally:
+        dev.stop()
+        gw.loop_stop()
+        gw.disconnect()
