@@ -31,12 +31,12 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ledgerlink.core import cbor, cose, ecqv, session_keys, spv
 from ledgerlink.core.backend import get_backend
-from ledgerlink.core.errors import InvalidSignature, InvalidTag, LedgerlinkError
+from ledgerlink.core.errors import LedgerlinkError
 
 MALFORMED = 1
 OVERSIZED = 2
@@ -465,9 +465,7 @@ class GatewayCore:
             try:
                 nonce = cose.nonce_from_partial_iv(session.base_iv, msg.partial_iv)
                 plaintext = self.crypto.ccm_open(session.key, nonce, msg.ciphertext, msg.aad(aad), cose.TAG_LEN)
-            except InvalidTag:
-                raise _Refusal(BAD_TAG, "AES-CCM tag does not verify") from None
-            except LedgerlinkError:
+            except LedgerlinkError:             # InvalidTag
                 raise _Refusal(BAD_TAG, "AES-CCM tag does not verify") from None
         dev, seq, t, meas = parse_reading(plaintext)
         if dev != topic_dev:

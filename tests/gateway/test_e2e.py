@@ -8,7 +8,6 @@ reason codes, a flood that leaves another device unaffected, a ban taking effect
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import socket
