@@ -12,6 +12,11 @@ Accepted readings are republished as ``verified-reading`` on ``ll/{site}/verifie
 (refusals, receipts, session responses) go to ``ll/{site}/dev/{dev}/down``; the latest certified header
 is published retained on ``ll/{site}/ledger/header``. All checks run on one thread (``GatewayCore`` is
 not thread-safe); the ledger calls of the batcher and of registry lookups run on two worker threads.
+
+Limits: session keys live in the process that issued the certificate, so with several processes in
+one shared group a session-mode frame delivered to another member is refused as unknown-session;
+``reg`` (registration requests) is not handled here (an admin countersigns those); receipts of a batch
+anchored just before a crash are not sent again.
 """
 
 from __future__ import annotations
