@@ -8,7 +8,8 @@ a packet id, ``subscribe``, ``ping``, ``poll`` returning events, ``close``); it 
 (broker unreachable).
 
 Delivery: up to ``max_inflight`` publishes are outstanding; a publish without PUBACK after ``retry_ms``
-is sent again with the same packet id and DUP set; a record leaves the queue only when it and every
+is sent again with the same packet id and DUP set, and one still unacknowledged after ``keepalive_s``
+drops the connection; a record leaves the queue only when it and every
 older record are acknowledged. Connections use a clean session, so after a reconnect everything
 unacknowledged is published again from the queue (at least once: the gateway's replay window drops
 duplicates). Keepalive: a PINGREQ after ``keepalive_s / 2`` without traffic; no answer within
@@ -209,7 +210,10 @@ class DeviceClient:
 
     def _send_window(self, now):
         cfg = self.config
+        keepalive_ms = cfg["keepalive_s"] * 1000
         for entry in self._inflight:
+            if not entry[2] and keepalive_ms and self.ticks_diff(now, entry[3]) > keepalive_ms:
+                raise OSError("no PUBACK within the keepalive interval")
             if not entry[2] and self.ticks_diff(now, entry[1]) >= cfg["retry_ms"]:
                 topic, payload = self.queue.peek(self._inflight.index(entry))
                 self.mqtt.publish(topic, payload, 1, False, entry[0], True)
@@ -219,7 +223,7 @@ class DeviceClient:
         while len(self._inflight) < cfg["max_inflight"] and len(self._inflight) < len(self.queue):
             topic, payload = self.queue.peek(len(self._inflight))
             pid = self.mqtt.publish(topic, payload, 1)
-            self._inflight.append([pid, now, False])
+            self._inflight.append([pid, now, False, now])
             self._last_tx = now
             self.stats["published"] += 1
 

@@ -1,0 +1,325 @@
+"""The board client's parts under CPython: MQTT codec, offline queue on real files, delivery logic."""
+
+import os
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledgerlink.core import cbor, cose
+from tests.conftest import PROJECT_ROOT
+
+sys.path.insert(0, str(PROJECT_ROOT / "micropython"))
+
+from ledgerlink_client import device, mqtt  # noqa: E402
+from ledgerlink_client.queue import FileStorage, MemoryStorage, OfflineQueue, SeqCounter  # noqa: E402
+
+topics = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="+#\x00"),
+                 min_size=1, max_size=40)
+pids = st.integers(1, 65535)
+
+
+@settings(max_examples=200, deadline=None)
+@given(topics, st.binary(max_size=300), st.sampled_from([0, 1]), st.booleans(), pids, st.booleans())
+def test_publish_round_trip(topic, payload, qos, retain, pid, dup):
+    raw = mqtt.encode_publish(topic, payload, qos, retain, pid if qos else None, dup)
+    pkt, used = mqtt.parse(raw + b"\xc0", max_packet=1 << 20)
+    assert used == len(raw)
+    assert (pkt.kind, pkt.topic, pkt.payload, pkt.qos, pkt.retain) == (mqtt.PUBLISH, topic, payload, qos, retain)
+    assert pkt.pid == (pid if qos else None) and pkt.dup == (dup and qos == 1)
+    for cut in range(len(raw)):
+        assert mqtt.parse(raw[:cut], max_packet=1 << 20) == (None, 0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=23), st.integers(0, 65535), st.booleans(), st.none() | st.text(max_size=10),
+       st.binary(max_size=10))
+def test_connect_round_trip(client_id, keepalive, clean, user, password):
+    pw = password if user is not None else None
+    pkt, _ = mqtt.parse(mqtt.encode_connect(client_id, keepalive, clean, user, pw))
+    assert (pkt.client_id, pkt.keepalive, pkt.clean_session, pkt.username, pkt.password) == \
+        (client_id, keepalive, clean, user, pw)
+
+
+@settings(max_examples=100, deadline=None)
+@given(pids, st.lists(st.tuples(topics, st.sampled_from([0, 1, 2])), min_size=1, max_size=4),
+       st.lists(st.sampled_from([0, 1, 2, 0x80]), min_size=1, max_size=4), st.booleans(), st.integers(0, 255))
+def test_other_packets_round_trip(pid, subs, codes, present, rc):
+    sub, _ = mqtt.parse(mqtt.encode_subscribe(pid, subs))
+    assert (sub.pid, list(zip(sub.topic, sub.codes))) == (pid, subs)
+    ack, _ = mqtt.parse(mqtt.encode_suback(pid, codes))
+    assert (ack.kind, ack.pid, ack.codes) == (mqtt.SUBACK, pid, codes)
+    con, _ = mqtt.parse(mqtt.encode_connack(present, rc))
+    assert (con.session_present, con.return_code) == (present, rc)
+    assert mqtt.parse(mqtt.encode_puback(pid))[0].pid == pid
+    for raw, kind in ((mqtt.encode_pingreq(), mqtt.PINGREQ), (mqtt.encode_pingresp(), mqtt.PINGRESP),
+                      (mqtt.encode_disconnect(), mqtt.DISCONNECT)):
+        assert mqtt.parse(raw)[0].kind == kind
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, mqtt.MAX_REMAINING))
+def test_remaining_length_round_trip(n):
+    enc = mqtt.encode_length(n)
+    assert 1 <= len(enc) <= 4
+    pkt_head = b"\x30" + enc
+    if n > 100:
+        assert mqtt.parse(pkt_head + b"\x00" * 10, max_packet=1 << 30) == (None, 0)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64))
+def test_garbage_never_escapes_as_another_error(data):
+    try:
+        mqtt.parse(data)
+    except mqtt.MQTTError:
+        pass
+
+
+def test_codec_refusals():
+    with pytest.raises(mqtt.MQTTError):
+        mqtt.parse(b"\x30\xff\xff\xff\xff\x01")
+    with pytest.raises(mqtt.MQTTError):
+        mqtt.parse(b"\x30\x80\x80\x01", max_packet=8192)
+    with pytest.raises(mqtt.MQTTError):
+        mqtt.parse(b"\x40\x02\x00\x00")  # PUBACK with packet id 0
+    with pytest.raises(mqtt.MQTTError):
+        mqtt.parse(b"\x36\x03\x00\x01a")  # QoS 3
+    with pytest.raises(mqtt.MQTTError):
+        mqtt.encode_publish("a/+", b"")
+    with pytest.raises(mqtt.MQTTError):
+        mqtt.encode_publish("a", b"", qos=1)
+
+
+class Pipe:
+    """A stream whose reads come from a list of chunks and whose writes are recorded."""
+
+    def __init__(self, chunks=()):
+        self.chunks = list(chunks)
+        self.written = []
+        self.closed = False
+
+    def write(self, data):
+        self.written.append(bytes(data))
+
+    def read(self, n, timeout_ms):
+        return self.chunks.pop(0) if self.chunks else b""
+
+    def close(self):
+        self.closed = True
+
+
+def test_client_poll_splits_packets_and_acks_qos1():
+    incoming = (mqtt.encode_puback(7) + mqtt.encode_publish("x/down", b"hi", 1, pid=9) +
+                mqtt.encode_pingresp())
+    pipe = Pipe([incoming[:5], incoming[5:]])
+    client = mqtt.MQTTClient(pipe, "c")
+    events = client.poll(10) + client.poll(10)
+    assert events == [("puback", 7), ("msg", "x/down", b"hi", 1, False), ("pingresp",)]
+    assert pipe.written == [mqtt.encode_puback(9)]
+
+
+def test_client_connect_refused_and_silent():
+    with pytest.raises(mqtt.MQTTError, match="code 5"):
+        mqtt.MQTTClient(Pipe([mqtt.encode_connack(False, 5)]), "c").connect(200)
+    with pytest.raises(mqtt.MQTTError, match="no CONNACK"):
+        mqtt.MQTTClient(Pipe(), "c").connect(200)
+    pipe = Pipe([mqtt.encode_connack(True, 0)])
+    assert mqtt.MQTTClient(pipe, "dev", keepalive=30).connect(200) is True
+    assert mqtt.parse(pipe.written[0])[0].client_id == "dev"
+
+
+@pytest.fixture(params=["files", "memory"])
+def storage(request, tmp_path):
+    return FileStorage(str(tmp_path)) if request.param == "files" else MemoryStorage()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.binary(min_size=0, max_size=120), st.none()), max_size=40))
+def test_queue_matches_a_list_and_survives_reopening(tmp_path_factory, ops):
+    storage = FileStorage(str(tmp_path_factory.mktemp("q")))
+    q = OfflineQueue(storage, max_bytes=1200, max_frames=12)
+    model = []
+    for op in ops:
+        if op is None:
+            if model:
+                assert q.peek() == model.pop(0)
+                q.pop()
+        else:
+            q.push("t/%d" % len(op), op)
+            model.append(("t/%d" % len(op), op))
+            while len(model) > 12 or sum(6 + 1 + len(t) + len(p) for t, p in model) > 1200:
+                model.pop(0)
+        assert len(q) == len(model)
+        assert [q.peek(i) for i in range(len(q))] == model
+    again = OfflineQueue(storage, max_bytes=1200, max_frames=12)
+    assert [again.peek(i) for i in range(len(again))] == model
+
+
+def test_queue_drops_oldest_and_counts(storage):
+    q = OfflineQueue(storage, max_frames=3)
+    for i in range(5):
+        q.push("t", bytes([i]))
+    assert q.dropped == 2 and [q.peek(i)[1] for i in range(3)] == [b"\x02", b"\x03", b"\x04"]
+    with pytest.raises(ValueError):
+        OfflineQueue(storage, max_bytes=100).push("t", bytes(200))
+
+
+def test_queue_ignores_a_torn_tail_and_a_corrupt_index(tmp_path):
+    storage = FileStorage(str(tmp_path))
+    q = OfflineQueue(storage)
+    for i in range(3):
+        q.push("up", b"frame-%d" % i)
+    q.pop()
+    with open(tmp_path / "llq.dat", "ab") as f:
+        f.write(b"\x00\x20\x01\x02")  # a record cut short by a reset
+    q2 = OfflineQueue(storage)
+    assert [q2.peek(i)[1] for i in range(len(q2))] == [b"frame-1", b"frame-2"]
+    q2.push("up", b"frame-3")
+    assert [OfflineQueue(storage).peek(i)[1] for i in range(3)] == [b"frame-1", b"frame-2", b"frame-3"]
+    (tmp_path / "llq.idx").write_bytes(b"\xff" * 8)  # corrupt index: start from the beginning of the file
+    q3 = OfflineQueue(storage)
+    assert q3.peek(0)[1] == b"frame-1"
+
+
+def test_sequence_numbers_never_repeat_across_resets(storage):
+    seen = []
+    for _ in range(5):
+        counter = SeqCounter(storage, block=4)
+        seen += [counter.next() for _ in range(3)]
+    assert seen == sorted(set(seen)) and seen[0] == 1
+
+
+class FakeMQTT:
+    """An MQTT object that records publishes; the test decides which PUBACKs arrive."""
+
+    instances: list = []
+
+    def __init__(self, fail=False):
+        self.fail = fail
+        self.published = []
+        self.events = []
+        self.pings = 0
+        self.closed = False
+        self.pid = 0
+        FakeMQTT.instances.append(self)
+
+    def connect(self):
+        if self.fail:
+            raise OSError("refused")
+
+    def subscribe(self, topic, qos):
+        self.topic = topic
+
+    def publish(self, topic, payload, qos=1, retain=False, pid=None, dup=False):
+        if pid is None:
+            self.pid += 1
+            pid = self.pid
+        self.published.append((pid, dup, payload))
+        return pid
+
+    def ping(self):
+        self.pings += 1
+
+    def poll(self, timeout_ms):
+        events, self.events = self.events, []
+        return events
+
+    def close(self):
+        self.closed = True
+
+    disconnect = close
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0
+
+    def ticks(self):
+        return self.now
+
+    def sleep(self, ms):
+        self.now += ms
+
+
+def make_client(clock, factory, **cfg):
+    keys = {"key": os.urandom(16), "base_iv": os.urandom(13), "session_id": os.urandom(8)}
+    config = {"site": "s", "device_id": b"\x05" * 16, "session": keys, "retry_ms": 1000, "keepalive_s": 10,
+              "backoff_min_ms": 100, "backoff_max_ms": 1000, "max_inflight": 2}
+    config.update(cfg)
+    return device.DeviceClient(config, factory, ticks_ms=clock.ticks, ticks_diff=lambda a, b: a - b,
+                               time_ms=lambda: 1_700_000_000_000, sleep_ms=clock.sleep,
+                               rng=os.urandom), keys
+
+
+def test_retransmits_with_dup_and_pops_in_order():
+    FakeMQTT.instances = []
+    clock = Clock()
+    client, keys = make_client(clock, FakeMQTT)
+    for i in range(3):
+        client.publish({"i": i})
+    client.step(0)
+    m = FakeMQTT.instances[0]
+    assert [(p, d) for p, d, _ in m.published] == [(1, False), (2, False)]
+    m.events = [("puback", 2)]
+    client.step(0)
+    assert client.pending() == 3  # 2 acknowledged but 1 is not: nothing leaves the queue yet
+    clock.now += 1000
+    client.step(0)
+    assert (1, True) in [(p, d) for p, d, _ in m.published]
+    m.events = [("puback", 1)]
+    client.step(0)
+    assert client.pending() == 1 and client.stats["retransmitted"] == 1
+    client.step(0)
+    assert m.published[-1][:2] == (3, False)
+    frame = m.published[-1][2]
+    reading = cbor.loads(cose.decrypt0(frame, keys["key"], keys["base_iv"], external_aad=client.topic_up.encode()))
+    assert reading[2] == 3 and reading[4] == {"i": 2}
+
+
+def test_keepalive_ping_then_drop_and_jittered_backoff():
+    FakeMQTT.instances = []
+    clock = Clock()
+    client, _ = make_client(clock, FakeMQTT)
+    client.step(0)
+    clock.now += 5000
+    client.step(0)
+    assert FakeMQTT.instances[0].pings == 1
+    clock.now += 10001
+    client.step(0)
+    assert not client.connected and FakeMQTT.instances[0].closed
+    assert 50 <= client._retry_wait <= 100
+    client.failures = 10
+    waits = {client._backoff_ms() for _ in range(50)}
+    assert min(waits) >= 500 and max(waits) <= 1000 and len(waits) > 5
+
+
+def test_reconnect_resends_unacknowledged_readings():
+    FakeMQTT.instances = []
+    clock = Clock()
+    outcomes = [True, False]
+    client, _ = make_client(clock, lambda: FakeMQTT(fail=outcomes.pop(0) if outcomes else False))
+    client.publish({"a": 1})
+    client.step(0)
+    assert client.stats["connect_failures"] == 1 and not client.connected
+    client.step(10_000)
+    client.step(0)
+    first = FakeMQTT.instances[1]
+    assert client.connected and len(first.published) == 1
+    first.events = [("msg", client.topic_down, b"\xff"), ("msg", client.topic_down, cbor.dumps({0: 2, 2: 7})),
+                    ("msg", "other/topic", cbor.dumps({0: 1}))]
+    client.step(0)
+    assert client.stats["bad_replies"] == 1 and client.replies == [{0: 2, 2: 7}]
+    clock.now += 5_000
+    client.step(0)
+    clock.now += 10_001
+    client.step(0)  # no PUBACK within the keepalive interval: dropped
+    assert not client.connected and client.stats["drops"] == 1 and client.pending() == 1
+    while len(FakeMQTT.instances) < 3:
+        client.step(100)
+    second = FakeMQTT.instances[2]
+    assert [(pid, dup, payload) for pid, dup, payload in second.published] == [(1, False, first.published[0][2])]
+    second.events = [("puback", 1)]
+    client.step(0)
+    assert client.pending() == 0
