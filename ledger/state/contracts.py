@@ -35,23 +35,37 @@ class Refusal(Exception):
 
 
 class Journal:
-    """Writes of one transaction (or block) over a read function; nothing reaches the base until merged."""
+    """Writes of one transaction (or block) over a read function; nothing reaches the base until merged.
 
-    def __init__(self, base: Callable[[bytes], bytes | None]) -> None:
+    A ``lazy`` journal (a dry run whose writes are dropped) keeps written records unencoded until
+    one is read back.
+    """
+
+    def __init__(self, base: Callable[[bytes], bytes | None], lazy: bool = False) -> None:
         self._base = base
-        self.writes: dict[bytes, bytes] = {}
+        self._lazy = lazy
+        self.writes: dict[bytes, Any] = {}
 
     def get_raw(self, key: bytes) -> bytes | None:
         if key in self.writes:
-            return self.writes[key]
+            value = self.writes[key]
+            if type(value) is not bytes:
+                value = self.writes[key] = cbor.dumps(value)
+            return value
         return self._base(key)
 
     def get(self, kind: int, record_id: Any) -> dict | None:
         raw = self.get_raw(state_key(kind, record_id))
         return None if raw is None else cbor.loads(raw)
 
+    def exists(self, kind: int, record_id: Any) -> bool:
+        return self.get_raw(state_key(kind, record_id)) is not None
+
     def put(self, kind: int, record_id: Any, record: dict) -> None:
-        self.writes[state_key(kind, record_id)] = cbor.dumps(record)
+        self.writes[state_key(kind, record_id)] = record if self._lazy else cbor.dumps(record)
+
+    def put_raw(self, key: bytes, raw: bytes) -> None:
+        self.writes[key] = raw
 
 
 class TxContext:
@@ -192,7 +206,7 @@ def register(ctx: TxContext) -> None:
         raise Refusal(Reason.BAD_PROOF_OF_POSSESSION, "registration request signature does not verify") from None
     if req_time > ctx.block_time + ctx.skew:
         raise Refusal(Reason.CLOCK_SKEW, "registration request is dated after the block time")
-    if ctx.view.get(RK.DEVICE, dev) is not None:
+    if ctx.view.exists(RK.DEVICE, dev):
         raise Refusal(Reason.ALREADY_EXISTS, "device %s is already registered" % dev.hex())
     ctx.view.put(RK.DEVICE, dev, device_record(dev, pubkey, role, attrs, ctx.block_time, ctx.submitter))
 
@@ -254,7 +268,7 @@ def anchor(ctx: TxContext) -> None:
     root = get_bstr(ctx.body, 5, 32, 32)
     count = get_uint(ctx.body, 6, 1, 0xFFFFFFFF)
     rid = [ctx.submitter, batch_id]
-    if ctx.view.get(RK.ANCHOR, rid) is not None:
+    if ctx.view.exists(RK.ANCHOR, rid):
         raise Refusal(Reason.ALREADY_EXISTS, "batch %r of this gateway is already anchored" % (batch_id,))
     ctx.view.put(RK.ANCHOR, rid, {1: ctx.submitter, 2: batch_id, 3: root, 4: count, 5: ctx.height,
                                   6: ctx.block_time, 7: ctx.tx_id})
@@ -271,7 +285,7 @@ def cert_record(ctx: TxContext) -> None:
     serial = get_bstr(ctx.body, 9, 1, MAX_ID)
     if valid_until <= valid_from:
         raise _bad("certificate validity ends before it starts")
-    if ctx.view.get(RK.CERT, cert_hash) is not None:
+    if ctx.view.exists(RK.CERT, cert_hash):
         raise Refusal(Reason.CERTIFICATE_REUSE, "certificate %s is already recorded" % cert_hash.hex())
     if _target(ctx, subject)[5] == DeviceStatus.BANNED:
         raise Refusal(Reason.WRONG_STATUS, "certificate subject is banned")
@@ -286,7 +300,7 @@ def firmware(ctx: TxContext) -> None:
     version = get_tstr(ctx.body, 5, 1, MAX_ID)
     device_class = get_tstr(ctx.body, 6, 1, MAX_ID)
     image_type = get_uint(ctx.body, 7, ImageType.FIRMWARE, ImageType.CONFIGURATION)
-    if ctx.view.get(RK.FIRMWARE, image_hash) is not None:
+    if ctx.view.exists(RK.FIRMWARE, image_hash):
         raise Refusal(Reason.ALREADY_EXISTS, "image %s is already recorded" % image_hash.hex())
     rec = {1: image_type, 2: version, 3: device_class, 5: ctx.submitter, 6: ctx.height, 7: ctx.block_time}
     if 8 in ctx.body:
@@ -307,7 +321,7 @@ def provenance(ctx: TxContext) -> None:
     key = get_pubkey(ctx.body, 9)
     if produced > ctx.block_time + ctx.skew:
         raise _bad("production time is after the block time")
-    if ctx.view.get(RK.PROVENANCE, material) is not None:
+    if ctx.view.exists(RK.PROVENANCE, material):
         raise Refusal(Reason.ALREADY_EXISTS, "material %s is already recorded" % material.hex())
     ctx.view.put(RK.PROVENANCE, material, {1: origin, 2: batch, 3: form, 4: produced, 5: key,
                                            6: ctx.submitter, 7: ctx.height})
@@ -325,7 +339,7 @@ def communication(ctx: TxContext) -> None:
     _target(ctx, sender)
     _target(ctx, receiver)
     rid = [sender, digest]
-    if ctx.view.get(RK.COMMUNICATION, rid) is not None:
+    if ctx.view.exists(RK.COMMUNICATION, rid):
         raise Refusal(Reason.ALREADY_EXISTS, "communication is already recorded")
     ctx.view.put(RK.COMMUNICATION, rid, {1: sender, 2: receiver, 3: msg_type, 4: size, 5: digest,
                                          6: ctx.submitter, 7: ctx.height, 8: ctx.block_time})
@@ -350,7 +364,7 @@ def warnings(ctx: TxContext) -> None:
         when = get_uint(entry, 3)
         reason = get_uint(entry, 4, 1, 255)
         detail = get_tstr(entry, 5, 0, MAX_TEXT) if 5 in entry else None
-        if wid in seen or ctx.view.get(RK.WARNING, [ctx.submitter, wid]) is not None:
+        if wid in seen or ctx.view.exists(RK.WARNING, [ctx.submitter, wid]):
             raise Refusal(Reason.ALREADY_EXISTS, "refusal record %s is already recorded" % wid.hex())
         seen.add(wid)
         parsed.append((wid, offender, when, reason, detail))

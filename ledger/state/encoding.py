@@ -22,14 +22,62 @@ NONCE_LEN = 16
 DEVICE_ID_LEN = 16
 
 
+_U64_MAX = (1 << 64) - 1
+
+
+def _head(major: int, n: int) -> bytes:
+    mt = major << 5
+    if n < 24:
+        return bytes((mt | n,))
+    if n < 0x100:
+        return bytes((mt | 24, n))
+    if n < 0x10000:
+        return bytes((mt | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((mt | 26,)) + n.to_bytes(4, "big")
+    return bytes((mt | 27,)) + n.to_bytes(8, "big")
+
+
+def _id_item(x: Any) -> bytes | None:
+    """CBOR of a byte string or an unsigned integer up to 2**64 - 1; None for anything else."""
+    t = type(x)
+    if t is bytes:
+        return _head(2, len(x)) + x
+    if t is int and 0 <= x <= _U64_MAX:
+        return _head(0, x)
+    return None
+
+
+def _id_cbor(record_id: Any) -> bytes | None:
+    """Deterministic CBOR of the usual record ids (bstr, uint, or a list of those), else None."""
+    item = _id_item(record_id)
+    if item is not None:
+        return item
+    if type(record_id) is list or type(record_id) is tuple:
+        parts = [_head(4, len(record_id))]
+        for x in record_id:
+            item = _id_item(x)
+            if item is None:
+                return None
+            parts.append(item)
+        return b"".join(parts)
+    return None
+
+
 def state_key(kind: int, record_id: Any) -> bytes:
     """State key of a record: SHA-256(cbor([record-kind, id])).
 
     ``record_id`` is a bstr, an int, or a list of those (composite ids such as [gateway, batch-id]).
+    Byte strings, unsigned integers and lists of them are encoded here directly (the same bytes as
+    ``cbor.dumps``); any other id goes through ``cbor.dumps``.
     """
+    kind = int(kind)
+    body = _id_cbor(record_id) if 0 <= kind < 24 else None
+    if body is not None:
+        return hashlib.sha256(bytes((0x82, kind)) + body).digest()
     if isinstance(record_id, tuple):
         record_id = list(record_id)
-    return hashlib.sha256(cbor.dumps([int(kind), record_id])).digest()
+    return hashlib.sha256(cbor.dumps([kind, record_id])).digest()
 
 
 def compress_pubkey(pubkey: bytes) -> bytes:

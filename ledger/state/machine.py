@@ -68,12 +68,35 @@ class TxResult:
 
 class _Pending:
     def __init__(self, height: int, time_ms: int, writes: dict[bytes, bytes], results: list[TxResult],
-                 root: bytes) -> None:
+                 root: bytes, undo: list[tuple[bytes, bytes | None]], txs: list[bytes]) -> None:
         self.height = height
         self.time_ms = time_ms
         self.writes = writes
         self.results = results
         self.root = root
+        self.undo = undo
+        self.txs = txs
+
+
+class _Parsed:
+    """What a transaction's bytes alone determine, so a transaction checked at admission is not
+    decoded again when its block runs. ``early`` is a refusal due before the submitter lookup, ``late``
+    one due after the signature check (the order of ``_run``'s checks is kept); ``verified`` holds the
+    public keys its signature was found valid under."""
+
+    __slots__ = ("early", "kid", "tbs", "sig", "late", "body", "when", "nonce", "contract", "txid",
+                 "verified")
+
+    def __init__(self) -> None:
+        self.early: tuple[int, str] | None = None
+        self.late: tuple[int, str] | None = None
+        self.kid: bytes | None = None
+        self.tbs = self.sig = self.body = self.when = self.nonce = self.contract = self.txid = None
+        self.verified: set[bytes] = set()
+
+
+PARSED_CACHE_SIZE = 30000
+RECORD_CACHE_SIZE = 4096
 
 
 def _genesis_entries(config: Mapping[str, Any], name: str, role: int | None) -> list[tuple[bytes, int, dict]]:
@@ -116,6 +139,9 @@ class LedgerState:
         self.last_time: int = chain[4]
         self._pending: _Pending | None = None
         self._results: dict[int, list[TxResult]] = {}
+        self._parsed: dict[bytes, _Parsed] = {}
+        self._submitters: dict[bytes, dict] = {}
+        self._nonce_record: tuple[int, bytes] = (-1, b"")
 
     # -- construction --------------------------------------------------------------------------------
 
@@ -182,7 +208,15 @@ class LedgerState:
     def prove(self, kind: int, record_id: Any) -> tuple[bytes, bytes | None, Any]:
         """(state key, record bytes or None, smt proof) against ``state_root()``."""
         key = state_key(kind, record_id)
-        return key, self._records.get(key), self._smt.prove(key)
+        pending = self._pending
+        if pending is None or not pending.undo:
+            return key, self._records.get(key), self._smt.prove(key)
+        self._smt_undo(pending.undo)
+        try:
+            return key, self._records.get(key), self._smt.prove(key)
+        finally:
+            for k, value in pending.writes.items():
+                self._smt.set(k, value)
 
     def device_status(self, dev: bytes) -> dict | None:
         """Registry view of a device: id, role, status, key, attributes and ban/unban history."""
@@ -208,32 +242,40 @@ class LedgerState:
 
     # -- transactions ----------------------------------------------------------------------------------
 
-    def _run(self, tx: Any, view: Journal, height: int, block_time: int) -> None:
-        if not isinstance(tx, (bytes, bytearray, memoryview)):
-            raise Refusal(Reason.MALFORMED, "a transaction must be bytes")
-        tx = bytes(tx)
+    def _parse(self, tx: bytes) -> _Parsed:
+        """The stateless checks and decoding of ``tx`` (cached by its bytes)."""
+        p = self._parsed.get(tx)
+        if p is not None:
+            return p
+        p = _Parsed()
+        try:
+            self._parse_into(p, tx)
+        except Refusal as refusal:
+            if p.kid is None:
+                p.early = (refusal.code, refusal.text)
+            else:
+                p.late = (refusal.code, refusal.text)
+        if len(self._parsed) >= PARSED_CACHE_SIZE:
+            del self._parsed[next(iter(self._parsed))]
+        self._parsed[tx] = p
+        return p
+
+    def _parse_into(self, p: _Parsed, tx: bytes) -> None:
         if len(tx) > self._chain[3]:
             raise Refusal(Reason.OVERSIZED, "transaction is %d bytes, the limit is %d" % (len(tx), self._chain[3]))
         try:
-            kid = cose.sign1_kid(tx)
+            msg = cose.decode_sign1(tx)
         except LedgerlinkError:
             raise Refusal(Reason.MALFORMED, "not a COSE_Sign1 with a kid") from None
+        kid = msg.kid
         if not isinstance(kid, (bytes, bytearray)) or len(kid) != 16:
             raise Refusal(Reason.MALFORMED, "kid must be a 16-byte device id")
-        kid = bytes(kid)
-        submitter = view.get(RK.DEVICE, kid)
-        if submitter is None:
-            raise Refusal(Reason.UNKNOWN_DEVICE, "submitter %s is not registered" % kid.hex())
-        if submitter[5] == DeviceStatus.BANNED:
-            raise Refusal(Reason.BANNED_DEVICE, "submitter %s is banned" % kid.hex())
+        p.kid = bytes(kid)
+        p.tbs = msg.to_be_signed(self._aad)
+        p.sig = msg.signature
+        p.txid = tx_id(tx)
         try:
-            payload = cose.verify_sign1(tx, submitter[2], self._aad, self._backend)
-        except InvalidSignature:
-            raise Refusal(Reason.BAD_SIGNATURE, "signature does not verify with the submitter's key") from None
-        except LedgerlinkError:
-            raise Refusal(Reason.MALFORMED, "malformed COSE_Sign1") from None
-        try:
-            body = cbor.loads(payload)
+            body = cbor.loads(msg.payload)
         except LedgerlinkError:
             raise Refusal(Reason.MALFORMED, "tx-body is not deterministic CBOR") from None
         if not isinstance(body, dict) or not all(is_uint(k) for k in body):
@@ -245,24 +287,67 @@ class LedgerState:
         contract = CONTRACTS.get(kind)
         if contract is None:
             raise Refusal(Reason.UNKNOWN_TX_KIND, "tx-kind %d is not defined" % kind)
-        if abs(when - block_time) > self._chain[2]:
-            raise Refusal(Reason.CLOCK_SKEW, "tx time %d is more than %d ms from the block time %d"
-                          % (when, self._chain[2], block_time))
-        nonce_id = [kid, bytes(nonce)]
-        if view.get(RK.NONCE, nonce_id) is not None:
-            raise Refusal(Reason.REPLAY, "nonce already used by this submitter")
-        ctx = TxContext(view, self._chain, height, block_time, kid, submitter, body, tx_id(tx), self._backend)
-        contract(ctx)
-        view.put(RK.NONCE, nonce_id, {1: height})
+        p.body = body
+        p.when = when
+        p.nonce = bytes(nonce)
+        p.contract = contract
 
-    def _apply(self, tx: Any, block: Journal, height: int, block_time: int) -> TxResult:
+    def _submitter(self, view: Journal, kid: bytes) -> dict | None:
+        raw = view.get_raw(state_key(RK.DEVICE, kid))
+        if raw is None:
+            return None
+        rec = self._submitters.get(raw)
+        if rec is None:
+            if len(self._submitters) >= RECORD_CACHE_SIZE:
+                self._submitters.clear()
+            rec = self._submitters[raw] = cbor.loads(raw)
+        return rec
+
+    def _run(self, tx: Any, view: Journal, height: int, block_time: int) -> None:
+        if not isinstance(tx, (bytes, bytearray, memoryview)):
+            raise Refusal(Reason.MALFORMED, "a transaction must be bytes")
+        p = self._parse(bytes(tx))
+        if p.early is not None:
+            raise Refusal(*p.early)
+        kid = p.kid
+        submitter = self._submitter(view, kid)
+        if submitter is None:
+            raise Refusal(Reason.UNKNOWN_DEVICE, "submitter %s is not registered" % kid.hex())
+        if submitter[5] == DeviceStatus.BANNED:
+            raise Refusal(Reason.BANNED_DEVICE, "submitter %s is banned" % kid.hex())
+        pub = submitter[2]
+        if pub not in p.verified:
+            try:
+                ok = self._backend.verify(pub, p.tbs, p.sig)
+            except LedgerlinkError:
+                raise Refusal(Reason.MALFORMED, "malformed COSE_Sign1") from None
+            if not ok:
+                raise Refusal(Reason.BAD_SIGNATURE, "signature does not verify with the submitter's key")
+            p.verified.add(pub)
+        if p.late is not None:
+            raise Refusal(*p.late)
+        if abs(p.when - block_time) > self._chain[2]:
+            raise Refusal(Reason.CLOCK_SKEW, "tx time %d is more than %d ms from the block time %d"
+                          % (p.when, self._chain[2], block_time))
+        nonce_key = state_key(RK.NONCE, [kid, p.nonce])
+        if view.get_raw(nonce_key) is not None:
+            raise Refusal(Reason.REPLAY, "nonce already used by this submitter")
+        ctx = TxContext(view, self._chain, height, block_time, kid, submitter, p.body, p.txid, self._backend)
+        p.contract(ctx)
+        if self._nonce_record[0] != height:
+            self._nonce_record = (height, cbor.dumps({1: height}))
+        view.put_raw(nonce_key, self._nonce_record[1])
+
+    def _apply(self, tx: Any, journal: Journal, height: int, block_time: int,
+               block: Journal | None = None) -> TxResult:
+        """Run ``tx`` in ``journal``; merge its writes into ``block`` (if given) when it succeeds."""
         txid = tx_id(tx) if isinstance(tx, (bytes, bytearray, memoryview)) else b""
-        journal = Journal(block.get_raw)
         try:
             self._run(tx, journal, height, block_time)
         except Refusal as refusal:
             return TxResult(False, refusal.code, refusal.text, txid)
-        block.writes.update(journal.writes)
+        if block is not None:
+            block.writes.update(journal.writes)
         return TxResult(True, Reason.OK, reason_text(Reason.OK), txid)
 
     def check_tx_detail(self, tx: Any, now_ms: int | None = None) -> TxResult:
@@ -270,7 +355,7 @@ class LedgerState:
         if now_ms is None:
             now_ms = int(time.time() * 1000)
         height = 0 if self.height is None else self.height + 1
-        return self._apply(tx, Journal(self._records.get), height, now_ms)
+        return self._apply(tx, Journal(self._records.get, lazy=True), height, now_ms)
 
     def check_tx(self, tx: Any, now_ms: int | None = None) -> int | None:
         """Reason code that would refuse ``tx`` now, or None when it would be applied."""
@@ -279,26 +364,18 @@ class LedgerState:
 
     # -- blocks ----------------------------------------------------------------------------------------
 
-    def _root_with(self, writes: dict[bytes, bytes]) -> bytes:
-        if not writes:
-            return self._root
-        undo: list[tuple[bytes, bytes | None]] = []
-        try:
-            for key, value in writes.items():
-                undo.append((key, self._records.get(key)))
-                self._smt.set(key, value)
-            return self._smt.root()
-        finally:
-            for key, old in reversed(undo):
-                if old is None:
-                    self._smt.delete(key)
-                else:
-                    self._smt.set(key, old)
+    def _smt_undo(self, undo: list[tuple[bytes, bytes | None]]) -> None:
+        for key, old in reversed(undo):
+            if old is None:
+                self._smt.delete(key)
+            else:
+                self._smt.set(key, old)
 
     def execute(self, height: int, time_ms: int, txs: Sequence[Any]) -> bytes:
         """Run a block on a working copy; return the state root it gives. Committed state is unchanged.
 
-        A block already pending at the same height is rolled back first.
+        A block already pending at the same height is rolled back first. The block's writes go into
+        the Merkle tree at once (so ``commit`` costs nothing) and are undone by ``rollback``.
         """
         if self._pending is not None:
             if self._pending.height != height:
@@ -310,9 +387,22 @@ class LedgerState:
         if not is_uint(time_ms) or time_ms < self.last_time:
             raise StateError("block time %r is before the last block time %d" % (time_ms, self.last_time))
         block = Journal(self._records.get)
-        results = [self._apply(tx, block, height, time_ms) for tx in txs]
-        root = self._root_with(block.writes)
-        self._pending = _Pending(height, time_ms, block.writes, results, root)
+        results = [self._apply(tx, Journal(block.get_raw), height, time_ms, block) for tx in txs]
+        undo: list[tuple[bytes, bytes | None]] = []
+        root = self._root
+        if block.writes:
+            get = self._records.get
+            smt_set = self._smt.set
+            try:
+                for key, value in block.writes.items():
+                    undo.append((key, get(key)))
+                    smt_set(key, value)
+                root = self._smt.root()
+            except BaseException:
+                self._smt_undo(undo)
+                raise
+        kept = [bytes(tx) for tx in txs if isinstance(tx, (bytes, bytearray, memoryview))]
+        self._pending = _Pending(height, time_ms, block.writes, results, root, undo, kept)
         return root
 
     def commit(self, height: int) -> bytes:
@@ -320,19 +410,22 @@ class LedgerState:
         pending = self._pending
         if pending is None or pending.height != height:
             raise StateError("no executed block at height %r to commit" % (height,))
-        for key, value in pending.writes.items():
-            self._records[key] = value
-            self._smt.set(key, value)
+        self._records.update(pending.writes)
         self._root = pending.root
         self._results[height] = pending.results
         self.height = height
         self.last_time = pending.time_ms
         self._pending = None
+        for tx in pending.txs:
+            self._parsed.pop(tx, None)
         return self._root
 
     def rollback(self) -> None:
         """Drop the pending block (if any); the committed state is what it was."""
+        pending = self._pending
         self._pending = None
+        if pending is not None and pending.undo:
+            self._smt_undo(pending.undo)
 
 
 __all__ = ["LedgerState", "StateError", "TxResult", "Refusal"]
