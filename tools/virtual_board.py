@@ -1,0 +1,439 @@
+"""A virtual MicroPython board on TCP, so deploy and the HIL checks run in CI without hardware.
+
+``VirtualBoard`` listens on 127.0.0.1 and speaks MicroPython's raw REPL over the socket, the byte
+protocol mpremote uses on a serial port; pyserial's ``socket://`` URLs let mpremote connect to it:
+``mpremote connect socket://127.0.0.1:PORT exec "print(1+1)"``.
+
+Raw REPL as implemented: Ctrl-A enters raw mode (``raw REPL; CTRL-B to exit\\r\\n>``), Ctrl-B leaves
+it (banner and ``>>> ``), Ctrl-C drops the pending input, Ctrl-D on an empty buffer is a soft reset
+(``OK\\r\\nMPY: soft reboot\\r\\n`` then the raw banner), Ctrl-D after code answers ``OK``, runs it, and
+sends stdout, ``\\x04``, the traceback, ``\\x04``, ``>``. Raw-paste mode (``\\x05A\\x01``) is supported
+with flow control: ``R\\x01``, a 16-bit window, ``\\x01`` per window consumed, ``\\x04`` at the end.
+
+The board's flash is a host folder. mpremote's file commands (``fs ls/cat/cp/mkdir/rm/rmdir/touch/
+sha256sum``) send fixed snippets of code; those snippets are recognised exactly and served from the
+folder on the host, with paths confined to it. Every other program runs in a fresh instance of real
+MicroPython (the WASI build, ``micropython_vm.run_wasm`` with the harness preamble: automatic
+collection off, ``-X heapsize``) with the flash folder mounted at ``/input`` (``/input/lib`` on
+``sys.path``, the working directory moved to ``/input``), so ``import ledgerlink.core.p256`` loads what
+was copied to ``/lib``. Not supported: state kept between two execs (each exec is a new VM), writing
+files from board code, interrupting a running program with Ctrl-C, the friendly REPL (input there is
+ignored), ``mpremote mount``, ``machine`` peripherals.
+
+Command line: ``python3 -m ledgerlink.tools.virtual_board --port 2323 [--flash DIR] [--preload]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import os
+import posixpath
+import re
+import shutil
+import socket
+import stat
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from ledgerlink.tools.micropython_vm import ERROR_MARK, GUARD, PREAMBLE, VMError, run_wasm, stage
+
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+FRIENDLY_BANNER = (b"MicroPython v1.27 on ledgerlink-virtual; WASI build\r\n"
+                   b"Type \"help()\" for more information.\r\n>>> ")
+SOFT_REBOOT = b"OK\r\nMPY: soft reboot\r\n"
+PASTE_WINDOW = 4096
+DEFAULT_HEAP = 16 * 1024 * 1024
+DEFAULT_FUEL = 20_000_000_000
+DEFAULT_EXEC_TIMEOUT = 300.0
+BOARD_PREAMBLE = "import os\nos.chdir('/input')\n"
+
+_ERRNO = {"ENOENT": 2, "EIO": 5, "EEXIST": 17, "ENOTDIR": 20, "EISDIR": 21, "EINVAL": 22, "ENOTEMPTY": 39,
+          "EACCES": 13}
+
+
+class BoardOSError(Exception):
+    """A file operation failed; rendered as MicroPython's ``OSError: [Errno N] NAME``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _traceback(text: str) -> bytes:
+    return ("Traceback (most recent call last):\r\n  File \"<stdin>\", line 1, in <module>\r\n%s\r\n"
+            % text).encode()
+
+
+class Flash:
+    """The board's filesystem: board paths (absolute or relative to ``/``) inside a host folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def host(self, board_path: str) -> Path:
+        norm = posixpath.normpath("/" + board_path)
+        if "\x00" in norm:
+            raise BoardOSError("EINVAL")
+        target = (self.root / norm.lstrip("/")).resolve() if norm != "/" else self.root
+        if target != self.root and self.root not in target.parents:
+            raise BoardOSError("EACCES")
+        return target
+
+    def stat(self, board_path: str) -> tuple:
+        try:
+            st = self.host(board_path).stat()
+        except FileNotFoundError:
+            raise BoardOSError("ENOENT") from None
+        mode = 0x4000 if stat.S_ISDIR(st.st_mode) else 0x8000
+        size = 0 if mode == 0x4000 else st.st_size
+        mtime = int(st.st_mtime)
+        return (mode, 0, 0, 0, 0, 0, size, mtime, mtime, mtime)
+
+    def ilistdir(self, board_path: str) -> list[tuple]:
+        path = self.host(board_path)
+        if not path.exists():
+            raise BoardOSError("ENOENT")
+        if not path.is_dir():
+            raise BoardOSError("ENOTDIR")
+        out = []
+        for entry in sorted(path.iterdir()):
+            if entry.is_dir():
+                out.append((entry.name, 0x4000, 0, 0))
+            else:
+                out.append((entry.name, 0x8000, 0, entry.stat().st_size))
+        return out
+
+    def mkdir(self, board_path: str) -> None:
+        path = self.host(board_path)
+        if path.exists():
+            raise BoardOSError("EEXIST")
+        if not path.parent.is_dir():
+            raise BoardOSError("ENOENT")
+        path.mkdir()
+
+    def rmdir(self, board_path: str) -> None:
+        path = self.host(board_path)
+        if not path.is_dir():
+            raise BoardOSError("ENOENT" if not path.exists() else "ENOTDIR")
+        if any(path.iterdir()):
+            raise BoardOSError("ENOTEMPTY")
+        path.rmdir()
+
+    def remove(self, board_path: str) -> None:
+        path = self.host(board_path)
+        if path.is_dir():
+            raise BoardOSError("EISDIR")
+        if not path.exists():
+            raise BoardOSError("ENOENT")
+        path.unlink()
+
+    def open(self, board_path: str, mode: str):
+        path = self.host(board_path)
+        if path.is_dir():
+            raise BoardOSError("EISDIR")
+        if "r" in mode and not path.exists():
+            raise BoardOSError("ENOENT")
+        if not path.parent.is_dir():
+            raise BoardOSError("ENOENT")
+        return open(path, mode + ("b" if "b" not in mode else ""))
+
+
+def _path_arg(text: str) -> str:
+    value = ast.literal_eval(text)
+    if not isinstance(value, str):
+        raise ValueError("path is not a string")
+    return value
+
+
+_P = r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"  # one Python string literal
+FS_SNIPPETS = [
+    ("listdir", re.compile(r"import os\nfor f in os\.ilistdir\(%s?\):\n print\(repr\(f\), end=','\)" % _P)),
+    ("noop", re.compile(r"import os|import hashlib")),
+    ("stat", re.compile(r"print\(repr\(tuple\(os\.stat\(%s\)\)\)\)" % _P)),
+    ("cat", re.compile(r"with open\(%s\) as f:\n while 1:\n  b=f\.read\((\d+)\)\n  if not b:break\n"
+                       r"  print\(b,end=''\)" % _P)),
+    ("open_read", re.compile(r"f=open\(%s,'rb'\)\nr=f\.read" % _P)),
+    ("read", re.compile(r"print\(repr\(r\((\d+)\)\)\)")),
+    ("open_write", re.compile(r"f=open\(%s,'wb'\)\nw=f\.write" % _P)),
+    ("write", re.compile(r"w\((b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\")\)", re.S)),
+    ("close", re.compile(r"f\.close\(\)")),
+    ("touch", re.compile(r"f=open\(%s,'a'\)\nf\.close\(\)" % _P)),
+    ("mkdir", re.compile(r"import os\nos\.mkdir\(%s\)" % _P)),
+    ("rmdir", re.compile(r"import os\nos\.rmdir\(%s\)" % _P)),
+    ("remove", re.compile(r"import os\nos\.remove\(%s\)" % _P)),
+    ("hash_new", re.compile(r"import hashlib\nh = hashlib\.(sha256|sha1|md5)\(\)")),
+    ("hash_file", re.compile(r"buf = memoryview\(bytearray\((\d+)\)\)\nwith open\(%s, 'rb'\) as f:\n"
+                             r" while True:\n  n = f\.readinto\(buf\)\n  if n == 0:\n   break\n"
+                             r"  h\.update\(buf if n == \d+ else buf\[:n\]\)\n?" % _P)),
+    ("digest", re.compile(r"print\(repr\(h\.digest\(\)\)\)")),
+]
+
+
+class Session:
+    """One connection: the raw REPL state machine and the file handles mpremote keeps between execs."""
+
+    def __init__(self, board: "VirtualBoard", conn: socket.socket) -> None:
+        self.board = board
+        self.conn = conn
+        self.file = None
+        self.hash = None
+
+    def send(self, data: bytes) -> None:
+        self.conn.sendall(data)
+
+    def reset(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.file = None
+        self.hash = None
+
+    def serve(self) -> None:
+        raw = False
+        buf = bytearray()
+        pending = bytearray()
+        try:
+            while True:
+                if not pending:
+                    chunk = self.conn.recv(65536)
+                    if not chunk:
+                        return
+                    pending.extend(chunk)
+                c = pending.pop(0)
+                if c == 0x01:
+                    raw = True
+                    buf.clear()
+                    self.send(RAW_BANNER + b">")
+                elif c == 0x02:
+                    raw = False
+                    buf.clear()
+                    self.send(b"\r\n" + FRIENDLY_BANNER)
+                elif c == 0x03:
+                    buf.clear()
+                elif not raw:
+                    continue
+                elif c == 0x05 and not buf:
+                    pending = self._raw_paste(pending)
+                    if pending is None:
+                        return
+                elif c == 0x04:
+                    if not buf:
+                        self.reset()
+                        self.send(SOFT_REBOOT + RAW_BANNER + b">")
+                        continue
+                    self.send(b"OK")
+                    self._execute_and_reply(bytes(buf))
+                    buf.clear()
+                else:
+                    buf.append(c)
+        except OSError:
+            return
+        finally:
+            self.reset()
+
+    def _recv_into(self, pending: bytearray, n: int) -> bool:
+        while len(pending) < n:
+            chunk = self.conn.recv(65536)
+            if not chunk:
+                return False
+            pending.extend(chunk)
+        return True
+
+    def _raw_paste(self, pending: bytearray) -> bytearray | None:
+        """After ``\\x05``: expect ``A\\x01``, receive the program under flow control, run it."""
+        if not self._recv_into(pending, 2):
+            return None
+        if bytes(pending[:2]) != b"A\x01":
+            return pending
+        del pending[:2]
+        self.send(b"R\x01" + PASTE_WINDOW.to_bytes(2, "little"))
+        program = bytearray()
+        since_ack = 0
+        while True:
+            if not pending and not self._recv_into(pending, 1):
+                return None
+            c = pending.pop(0)
+            if c == 0x04:
+                break
+            program.append(c)
+            since_ack += 1
+            if since_ack == PASTE_WINDOW:
+                since_ack = 0
+                self.send(b"\x01")
+        self.send(b"\x04")
+        self._execute_and_reply(bytes(program))
+        return pending
+
+    def _execute_and_reply(self, program: bytes) -> None:
+        out, err = self.execute(program.decode("utf-8", "replace"))
+        self.send(out.replace(b"\x04", b"") + b"\x04" + err.replace(b"\x04", b"") + b"\x04>")
+
+    def execute(self, code: str) -> tuple[bytes, bytes]:
+        """Run one program; return (stdout, traceback)."""
+        for kind, pattern in FS_SNIPPETS:
+            match = pattern.fullmatch(code)
+            if match:
+                try:
+                    return self._file_op(kind, match.groups()), b""
+                except BoardOSError as exc:
+                    return b"", _traceback("OSError: [Errno %d] %s" % (_ERRNO[exc.name], exc.name))
+                except (ValueError, SyntaxError) as exc:
+                    return b"", _traceback("ValueError: %s" % exc)
+                except OSError as exc:
+                    return b"", _traceback("OSError: [Errno 5] EIO (%s)" % exc.strerror)
+        return self.board.run_program(code)
+
+    def _file_op(self, kind: str, args: tuple) -> bytes:
+        flash = self.board.flash
+        if kind == "noop":
+            return b""
+        if kind == "listdir":
+            entries = flash.ilistdir(_path_arg(args[0]) if args[0] else "")
+            return "".join(repr(e) + "," for e in entries).encode()
+        if kind == "stat":
+            return repr(flash.stat(_path_arg(args[0]))).encode() + b"\r\n"
+        if kind == "cat":
+            with flash.open(_path_arg(args[0]), "r") as f:
+                return f.read()
+        if kind == "open_read" or kind == "open_write":
+            self.reset()
+            self.file = flash.open(_path_arg(args[0]), "rb" if kind == "open_read" else "wb")
+            return b""
+        if kind in ("read", "write", "close"):
+            if self.file is None:
+                raise ValueError("no open file")
+            if kind == "read":
+                return repr(self.file.read(int(args[0]))).encode() + b"\r\n"
+            if kind == "write":
+                data = ast.literal_eval(args[0])
+                if not isinstance(data, bytes):
+                    raise ValueError("write takes bytes")
+                self.file.write(data)
+                return b""
+            self.reset()
+            return b""
+        if kind == "touch":
+            flash.open(_path_arg(args[0]), "ab").close()
+            return b""
+        if kind in ("mkdir", "rmdir", "remove"):
+            getattr(flash, kind)(_path_arg(args[0]))
+            return b""
+        if kind == "hash_new":
+            self.hash = hashlib.new(args[0])
+            return b""
+        if kind == "hash_file":
+            if self.hash is None:
+                raise ValueError("no hash object")
+            with flash.open(_path_arg(args[1]), "rb") as f:
+                self.hash.update(f.read())
+            return b""
+        if kind == "digest":
+            if self.hash is None:
+                raise ValueError("no hash object")
+            return repr(self.hash.digest()).encode() + b"\r\n"
+        raise ValueError(kind)
+
+
+class VirtualBoard:
+    """A raw-REPL server on 127.0.0.1 backed by a flash folder; one client at a time, like a serial port."""
+
+    def __init__(self, flash_dir: Path | None = None, port: int = 0, heap_bytes: int = DEFAULT_HEAP,
+                 fuel: int = DEFAULT_FUEL, exec_timeout: float = DEFAULT_EXEC_TIMEOUT,
+                 preload_library: bool = False) -> None:
+        self._own_flash = flash_dir is None
+        root = Path(flash_dir) if flash_dir is not None else Path(tempfile.mkdtemp(prefix="ledgerlink-board-"))
+        root.mkdir(parents=True, exist_ok=True)
+        if preload_library:
+            stage(root)
+        self.flash = Flash(root)
+        self.heap_bytes = heap_bytes
+        self.fuel = fuel
+        self.exec_timeout = exec_timeout
+        self.execs = 0
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", port))
+        self._sock.listen(1)
+        self.port = self._sock.getsockname()[1]
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return "socket://127.0.0.1:%d" % self.port
+
+    def run_program(self, code: str) -> tuple[bytes, bytes]:
+        """Run ``code`` in a fresh MicroPython with the flash mounted; (stdout, traceback)."""
+        self.execs += 1
+        program = PREAMBLE % os.urandom(32).hex() + BOARD_PREAMBLE + GUARD % (code,)
+        try:
+            result = run_wasm(program, fuel=self.fuel, heap_bytes=self.heap_bytes,
+                              readonly_dir=self.flash.root, timeout=self.exec_timeout)
+        except VMError as exc:
+            return b"", _traceback("RuntimeError: %s" % str(exc).replace("\n", " ")[:500])
+        out, sep, err = result.stdout.partition(ERROR_MARK)
+        return out.encode(), err.lstrip("\n").encode() if sep else b""
+
+    def serve_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                Session(self, conn).serve()
+
+    def start(self) -> "VirtualBoard":
+        self._thread = threading.Thread(target=self.serve_forever, name="virtual-board", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._own_flash:
+            shutil.rmtree(self.flash.root, ignore_errors=True)
+
+    def __enter__(self) -> "VirtualBoard":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m ledgerlink.tools.virtual_board",
+                                     description="A MicroPython raw REPL on 127.0.0.1 for mpremote socket:// URLs.")
+    parser.add_argument("--port", type=int, default=2323)
+    parser.add_argument("--flash", type=Path, help="host folder holding the board's files (default: a temp folder)")
+    parser.add_argument("--preload", action="store_true", help="put the compiled library in /lib first")
+    parser.add_argument("--heap", type=int, default=DEFAULT_HEAP, help="MicroPython heap per exec, bytes")
+    args = parser.parse_args(argv)
+    try:
+        board = VirtualBoard(args.flash, port=args.port, heap_bytes=args.heap, preload_library=args.preload)
+    except OSError as exc:
+        print("virtual board: cannot listen on 127.0.0.1:%d (%s); pick another --port" % (args.port, exc.strerror),
+              file=sys.stderr)
+        return 2
+    print("virtual board on %s, flash %s" % (board.url, board.flash.root), flush=True)
+    try:
+        board.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
