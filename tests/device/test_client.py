@@ -3,6 +3,7 @@ receipts and commands through MQTT."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import queue
 import signal
@@ -35,18 +36,23 @@ def free_port() -> int:
 
 
 class Broker:
-    """mosquitto on a free port, with persistence so sessions and queued messages survive a restart."""
+    """mosquitto on a free port, with persistence so sessions and queued messages survive a restart.
+
+    ``user`` keeps the broker as the test's user, so it can write its database into the test directory.
+    """
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             "persistence_location %s/\nautosave_interval 0\n" % (self.port, workdir))
+                             "persistence_location %s/\nautosave_interval 0\nuser %s\n"
+                             % (self.port, workdir, getpass.getuser()))
+        self.log = workdir / "mosquitto.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
