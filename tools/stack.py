@@ -1,0 +1,271 @@
+"""One site on one machine: an MQTT broker, a ledger cluster and a gateway, as child processes.
+
+``Stack(data_dir).start()`` starts mosquitto on a free loopback port, a ``LocalCluster`` (keys and
+genesis in ``data_dir/ledger``, reused when present), writes the gateway's fog CA and site keys and its
+config, and starts ``ledgerlink.gateway.main``; ``stop()`` stops them in reverse order (SIGTERM, then
+SIGKILL after a timeout). Children run in their own sessions, so a Ctrl-C in the terminal reaches only
+the owning process, which then stops them in order. Logs: ``data_dir/mosquitto.log``,
+``data_dir/ledger/node<i>.log``, ``data_dir/gateway.log``. The admin key (``ledger/keys/admin.key``)
+signs the register and ban transactions of ``register`` and ``ban``. Private keys are never printed.
+
+The gateway speaks MQTT 5 (shared subscriptions, manual acks, session expiry), so the broker must be
+an MQTT 5 broker: ``find_mosquitto`` looks on PATH and at /usr/sbin/mosquitto.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ledgerlink.core.backend import get_backend
+from ledgerlink.ledger.client import LedgerClient
+from ledgerlink.ledger.cluster import LocalCluster, write_key
+from ledgerlink.ledger.state import encoding as enc
+
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+INSTALL_HINT = "ledgerlink demo needs an MQTT 5 broker: install mosquitto (apt-get install mosquitto)"
+REASON_OK = 0
+
+
+class StackError(Exception):
+    """A part of the stack did not start or a ledger transaction was refused."""
+
+
+class BrokerMissing(StackError):
+    """No mosquitto executable was found."""
+
+
+def find_mosquitto() -> str | None:
+    """Path of the mosquitto executable (PATH first), or None."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for p in MOSQUITTO_PATHS:
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _stop_proc(p: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    if p is None or p.poll() is not None:
+        return
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+class _SessionCluster(LocalCluster):
+    """``LocalCluster`` whose node processes run in their own sessions (no terminal SIGINT)."""
+
+    def start_node(self, i: int) -> None:
+        if i in self.procs and self.procs[i].poll() is None:
+            return
+        with open(self.data_dir / ("node%d.log" % i), "ab") as log:
+            self.procs[i] = subprocess.Popen(
+                [sys.executable, "-m", "ledgerlink.ledger.node", "--config", str(self.config_path),
+                 "--index", str(i), "--data", str(self.data_dir / ("node%d" % i)), "--log-level", self.log_level],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+class Stack:
+    """Broker, ledger cluster and gateway of site ``site`` with their state in ``data_dir``.
+
+    ``limits`` and ``batch`` go into the gateway config unchanged (see ``ledgerlink.gateway.main``).
+    ``progress`` receives one line per started part.
+    """
+
+    def __init__(self, data_dir: str | Path, site: str = "demo", nodes: int = 4,
+                 limits: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.site = site
+        self.nodes = nodes
+        self.limits = dict(limits or {})
+        self.batch = dict(batch or {"max": 256, "interval_ms": 100})
+        self.progress = progress or (lambda line: None)
+        self.broker: subprocess.Popen | None = None
+        self.broker_port = 0
+        self.gateway: subprocess.Popen | None = None
+        self.cluster: _SessionCluster | None = None
+        self.ledger: LedgerClient | None = None
+        self.crypto = get_backend("cpython")
+
+    # --- facts other code needs -----------------------------------------------------------------------
+
+    @property
+    def chain_id(self) -> str:
+        return self._cluster().config.chain_id
+
+    @property
+    def validators(self) -> list[bytes]:
+        return list(self._cluster().config.validators)
+
+    def public_key(self, name: str) -> bytes:
+        """Compressed public key of ``ledger/keys/<name>.key`` (gateway, gw-ca, gw-site, admin)."""
+        return self.crypto.public_key(self._cluster().key(name), True)
+
+    @property
+    def gateway_id(self) -> bytes:
+        return enc.device_id(self.public_key("gateway"))
+
+    def pids(self) -> list[int]:
+        """Process ids of the running children."""
+        procs = [self.broker, self.gateway] + (list(self.cluster.procs.values()) if self.cluster else [])
+        return [p.pid for p in procs if p is not None and p.poll() is None]
+
+    def _cluster(self) -> _SessionCluster:
+        if self.cluster is None:
+            raise StackError("the stack is not started")
+        return self.cluster
+
+    def _ledger(self) -> LedgerClient:
+        if self.ledger is None:
+            raise StackError("the stack is not started")
+        return self.ledger
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start broker, cluster and gateway; on any failure stop what was started and raise."""
+        mosquitto = find_mosquitto()
+        if mosquitto is None:
+            raise BrokerMissing(INSTALL_HINT)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_broker(mosquitto, timeout)
+            self._start_cluster(timeout)
+            self._start_gateway(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_broker(self, mosquitto: str, timeout: float) -> None:
+        self.broker_port = free_port()
+        conf = self.data_dir / "mosquitto.conf"
+        conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % self.broker_port)
+        with open(self.data_dir / "mosquitto.log", "ab") as log:
+            self.broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.broker.poll() is not None:
+                raise StackError("mosquitto exited with %s (see %s)" % (self.broker.returncode,
+                                                                       self.data_dir / "mosquitto.log"))
+            try:
+                socket.create_connection(("127.0.0.1", self.broker_port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise StackError("mosquitto did not listen on port %d" % self.broker_port) from None
+                time.sleep(0.05)
+        self.progress("MQTT broker: mosquitto on 127.0.0.1:%d (%s)" % (self.broker_port, mosquitto))
+
+    def _start_cluster(self, timeout: float) -> None:
+        ledger_dir = self.data_dir / "ledger"
+        self.cluster = _SessionCluster(ledger_dir, self.nodes)
+        self.cluster.start(timeout)
+        self.ledger = LedgerClient(self.cluster.config_path)
+        cfg = self.cluster.config
+        ports = ", ".join(str(a.client_port) for a in cfg.nodes)
+        self.progress("ledger: chain %r, %d PBFT nodes on 127.0.0.1 (client ports %s), height %d"
+                      % (cfg.chain_id, cfg.n, ports, self.height()))
+
+    def _start_gateway(self, timeout: float) -> None:
+        keys = self.data_dir / "ledger" / "keys"
+        for name in ("gw-ca", "gw-site"):
+            if not (keys / (name + ".key")).exists():
+                write_key(keys / (name + ".key"), self.crypto.generate_private_key())
+        cfg = {
+            "site": self.site,
+            "mqtt": {"host": "127.0.0.1", "port": self.broker_port, "client_id": "ll-gw-%s-1" % self.site},
+            "store": "gateway.db",
+            "keys": {"identity": "ledger/keys/gateway.key", "ca": "ledger/keys/gw-ca.key",
+                     "site": "ledger/keys/gw-site.key"},
+            "ledger": {"cluster": "ledger/cluster.json"},
+            "limits": self.limits,
+            "batch": self.batch,
+        }
+        path = self.data_dir / "gateway.json"
+        path.write_text(json.dumps(cfg, indent=2) + "\n")
+        log_path = self.data_dir / "gateway.log"
+        start = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
+            self.gateway = subprocess.Popen(
+                [sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(log_path, "rb") as f:
+                f.seek(start)
+                if b"subscribed" in f.read():
+                    break
+            if self.gateway.poll() is not None:
+                raise StackError("gateway exited with %s (see %s)" % (self.gateway.returncode, log_path))
+            if time.monotonic() > deadline:
+                raise StackError("gateway did not subscribe (see %s)" % log_path)
+            time.sleep(0.05)
+        self.progress("gateway %s: site %r, subscribed to ll/%s/dev/+/up and .../session"
+                      % (self.gateway_id.hex(), self.site, self.site))
+
+    def stop(self) -> None:
+        """Stop gateway, ledger client, cluster and broker (each waited for)."""
+        _stop_proc(self.gateway, 15)
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
+        if self.cluster is not None:
+            self.cluster.stop()
+        _stop_proc(self.broker)
+
+    def __enter__(self) -> "Stack":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # --- ledger operations --------------------------------------------------------------------------
+
+    def height(self) -> int:
+        """Height of the newest committed block (0 before the first)."""
+        res = self._ledger().latest()
+        return int(res.get("height") or 0)
+
+    def register(self, requests: Sequence[bytes]) -> list[dict]:
+        """Admin-signed ``tx-register`` of each device ``registration-request``; raises unless all commit with code 0."""
+        admin = self._cluster().key("admin")
+        txs = [enc.register_tx(self.chain_id, admin, r, now_ms()) for r in requests]
+        results = self._ledger().submit_many(txs)
+        for res in results:
+            if res.get("status") != "committed" or res.get("code") != REASON_OK:
+                raise StackError("registration refused: %r" % (res,))
+        return results
+
+    def ban(self, device_id: bytes, reason: str) -> dict:
+        """Admin-signed ``tx-ban`` of ``device_id``; raises unless it commits with code 0."""
+        tx = enc.ban_tx(self.chain_id, self._cluster().key("admin"), device_id, reason, now_ms())
+        res = self._ledger().submit(tx)
+        if res.get("status") != "committed" or res.get("code") != REASON_OK:
+            raise StackError("ban refused: %r" % (res,))
+        return res
