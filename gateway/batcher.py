@@ -72,7 +72,7 @@ def verify_receipt(receipt: bytes | dict, frame: bytes, chain_id: str, validator
     body = cbor.loads(cbor.loads(atp[1]).value[2])
     if body.get(1) != 5 or body.get(6) != r[4]:
         raise InvalidProof("the transaction is not an anchor of this batch")
-    merkle.verify_inclusion(merkle.leaf_hash(frame), r[3], r[4], r[5], body[5])
+    merkle.verify_inclusion(merkle.leaf_hash(r[1]), r[3], r[4], r[5], body[5])
     return header
 
 
@@ -103,7 +103,7 @@ class Batcher:
             return None
         if not force and len(waiting) < self.max_batch and now_ms - waiting[0].received_ms < self.interval_ms:
             return None
-        root = merkle.MerkleTree([self.store.blob(m.frame_hash) for m in waiting]).root()
+        root = merkle.MerkleTree([m.frame_hash for m in waiting]).root()
         batch_id = self.rng(16)
         tx = enc.anchor_tx(self.chain_id, self.priv, batch_id, root, len(waiting), now_ms, rng=self.rng)
         self.store.create_batch(batch_id, root, tx, [m.id for m in waiting], now_ms)
@@ -173,7 +173,7 @@ class Batcher:
             return []
         anchor_proof, certified = cbor.loads(batch.proof)
         msgs = self.store.batch_messages(batch_id)
-        tree = merkle.MerkleTree([self.store.blob(m.frame_hash) for m in msgs])
+        tree = merkle.MerkleTree([m.frame_hash for m in msgs])
         out = []
         for m in msgs:
             receipt = {0: 1, 1: m.frame_hash, 2: m.seq, 3: m.leaf, 4: len(msgs), 5: tree.inclusion_proof(m.leaf),

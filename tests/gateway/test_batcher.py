@@ -147,3 +147,20 @@ def test_every_receipt_verifies_for_any_batch_shape(tmp_path_factory, n: int, ma
     for o in out:
         verify_receipt(o.payload, by_hash[cbor.loads(o.payload)[1]], ledger.chain_id, ledger.keys)
     store.close()
+
+
+def test_gateway_receipts_verify_in_the_device_sdk(tmp_path):
+    from ledgerlink.device.core import DeviceCore, MemoryCounter, SequenceCounter
+
+    ledger, store, b = setup(tmp_path)
+    items = frames(ledger.net, 3)
+    append(store, ledger.net, items)
+    receipts = [o for o in b.step(NOW + 200) if o.topic.endswith("/down")]
+    device = DeviceCore(ledger.net["sensor"].priv, SITE, SequenceCounter(MemoryCounter()), ledger.chain_id,
+                        ledger.keys, backend="cpython")
+    for (frame, _), o in zip(items, receipts):
+        result = device.verify_receipt(cbor.loads(o.payload), frame)
+        assert result.valid, result.reason
+    forged = cbor.loads(receipts[0].payload)
+    forged[3] = 1
+    assert not device.verify_receipt(forged, items[0][0]).valid
