@@ -9,7 +9,7 @@ COSE_Sign1 with kid = device id, or COSE_Encrypt0 with kid = session id) -> topi
 -> the registry: the device is registered and not banned (unknown-device, banned-device) -> the ES256
 signature or the AES-CCM tag with external_aad = the MQTT topic (bad-signature, bad-tag) -> the
 reading structure of docs/protocol.md (malformed) -> replay: a per-device sliding window over the
-sequence number and at most 30 s clock skew (replay, clock-skew) -> a per-device token bucket
+sequence number, a time at most 30 s ahead and at most 24 h old (replay, clock-skew) -> a per-device token bucket
 (rate-limited). Every refusal carries the reason code of docs/protocol.md "Gateway replies".
 
 Protects against:
@@ -250,6 +250,7 @@ class Limits:
     max_frame: int = cose.MAX_FRAME
     window: int = 64
     max_skew_ms: int = 30_000
+    max_age_ms: int = 24 * 3600 * 1000  # readings replayed in order from a device's offline queue
     rate_per_s: float = 10.0
     burst: float = 20.0
     session_lifetime_s: int = 24 * 3600
@@ -475,7 +476,7 @@ class GatewayCore:
         st = self._state(dev, now_ms)
         if not st.window.fresh(seq):
             raise _Refusal(REPLAY, "seq %d already seen or below the window (highest %d)" % (seq, st.window.highest))
-        if abs(t - now_ms) > self.limits.max_skew_ms:
+        if t - now_ms > self.limits.max_skew_ms or now_ms - t > self.limits.max_age_ms:
             raise _Refusal(CLOCK_SKEW, "device time is %d ms off" % (t - now_ms))
         if not st.bucket.take(now_ms):
             raise _Refusal(RATE_LIMITED, "more than %g frames/s from %s" % (self.limits.rate_per_s, dev.hex()))

@@ -124,8 +124,12 @@ def test_window_restored_after_restart():
 
 def test_clock_skew(env: Env):
     topic = up(env.net["sensor"].id)
-    refused(env.one(topic, reading(env.net, "sensor", 200, t=NOW - 30_001)), c.CLOCK_SKEW)
+    refused(env.one(topic, reading(env.net, "sensor", 200, t=NOW - 24 * 3600 * 1000 - 1)), c.CLOCK_SKEW)
     refused(env.one(topic, reading(env.net, "sensor", 201, t=NOW + 30_001)), c.CLOCK_SKEW)
+    # a reading queued offline for an hour is accepted in order; a replay of it is not
+    late = reading(env.net, "sensor", 202, t=NOW - 3600 * 1000)
+    assert isinstance(env.one(topic, late), c.Accept)
+    refused(env.one(topic, late), c.REPLAY)
 
 
 def test_unregistered_device():
