@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Sequence
 
 from ledgerlink import __version__
+
+SITE_RE = re.compile(r"[a-z0-9-]{1,32}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -14,19 +17,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version="ledgerlink " + __version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="run the end-to-end example of the protocol library")
+    demo = commands.add_parser(
+        "demo", help="run the whole system on this machine (broker, 4 ledger nodes, gateway, devices)",
+        description="Start an MQTT broker (mosquitto), a 4-node ledger, a gateway and simulated devices on "
+                    "loopback; register the devices, open sessions, publish readings, verify receipts, ban one "
+                    "device halfway; stop on Ctrl-C or after --duration. Exit 0 only when every check held.")
+    demo.add_argument("--devices", type=int, default=20, metavar="N", help="simulated devices (default 20, at least 2)")
+    demo.add_argument("--duration", type=float, default=30.0, metavar="S",
+                      help="seconds of readings before stopping (default 30; 0: until Ctrl-C)")
+    demo.add_argument("--site", default="demo", metavar="NAME", help="site name, [a-z0-9-]{1,32} (default demo)")
+    demo.add_argument("--data", metavar="DIR",
+                      help="keep keys, ledger, gateway store and logs in DIR (reused when it exists; "
+                           "default: a temporary directory, removed after a successful run)")
+    demo.add_argument("--interval", type=float, default=1.0, metavar="S",
+                      help="seconds between readings of one device (default 1)")
+    demo.add_argument("--library", action="store_true",
+                      help="instead: the in-process example of the protocol library (no processes, no network)")
     demo.add_argument("--backend", choices=("portable", "cpython"), default=None,
-                      help="crypto backend (default: the fastest available)")
-    demo.add_argument("--readings", type=int, default=8, metavar="N",
-                      help="readings per mode in the example batch (default 8)")
+                      help="--library: crypto backend (default: the fastest available; implies --library)")
+    demo.add_argument("--readings", type=int, default=None, metavar="N",
+                      help="--library: readings per mode in the example batch (default 8; implies --library)")
 
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from ledgerlink.tools.demo import run_demo
+        if args.library or args.backend is not None or args.readings is not None:
+            from ledgerlink.tools.demo import run_demo
 
-        if args.readings < 1:
-            parser.error("--readings must be at least 1")
-        return run_demo(backend=args.backend, readings=args.readings)
+            readings = 8 if args.readings is None else args.readings
+            if readings < 1:
+                parser.error("--readings must be at least 1")
+            return run_demo(backend=args.backend, readings=readings)
+        if args.devices < 2:
+            parser.error("--devices must be at least 2 (one of them is banned)")
+        if args.duration < 0:
+            parser.error("--duration must not be negative")
+        if args.interval <= 0:
+            parser.error("--interval must be positive")
+        if not SITE_RE.fullmatch(args.site):
+            parser.error("--site must match [a-z0-9-]{1,32}")
+        from ledgerlink.tools.demo import run_live
+
+        return run_live(devices=args.devices, duration=args.duration, site=args.site, data=args.data,
+                        interval=args.interval)
     parser.print_help()
     return 2
 

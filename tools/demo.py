@@ -1,14 +1,31 @@
-"""`ledgerlink demo`: one device, one fog CA and one gateway exercising the protocol library in-process.
+"""`ledgerlink demo`: the whole system on one machine, and `ledgerlink demo --library`: the protocol
+library in-process.
 
-Each step uses the same code a board runs (`ledgerlink.core`) and prints what happened. A step that
-does not give the expected result makes the command exit non-zero.
+``run_live`` starts a ``Stack`` (mosquitto, a 4-node PBFT ledger, a gateway), registers N simulated
+devices (``ledgerlink.device.Device``: their own keys; admin-signed tx-register), opens ECQV sessions
+for half of them (the others sign with their identity key), publishes readings, checks every receipt
+as a device does (batch inclusion, anchor tx inclusion, 2f+1 certified header), bans one device
+halfway through (admin-signed tx-ban) and checks that the gateway refuses it from then on. It prints a
+live summary, stops every process on Ctrl-C or after ``--duration``, and returns 0 only when every
+check held (1 when one failed, 2 without mosquitto, 130 when interrupted before every step ran).
+
+``run_demo`` (``--library``): one device, one fog CA and one gateway exercising ``ledgerlink.core``
+in-process; each step prints what happened and a wrong result makes it return 1.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 from ledgerlink.core import cbor, cose, ecdsa, ecqv, merkle, session_keys, smt
 from ledgerlink.core.backend import get_backend
@@ -169,3 +186,330 @@ def run_demo(backend: str | None = None, readings: int = 8) -> int:
         return 1
     print("all steps passed")
     return 0
+
+
+# --- the live system ---------------------------------------------------------------------------------
+
+REASON_NAMES = {
+    1: "malformed", 2: "oversized", 3: "unknown-device", 4: "banned-device", 5: "bad-signature", 6: "bad-tag",
+    7: "replay", 8: "clock-skew", 9: "rate-limited", 10: "unknown-session", 11: "expired-session",
+    12: "wrong-topic", 13: "certificate-reuse", 14: "ledger-unavailable",
+}
+BANNED_DEVICE = 4
+BAN_REASON = "demo: tampering suspected"
+EXIT_OK, EXIT_FAILED, EXIT_NO_BROKER, EXIT_INTERRUPTED = 0, 1, 2, 130
+SUMMARY_EVERY_S = 5.0
+DRAIN_S = 15.0
+GATEWAY_LIMITS = {"registry_ttl_ms": 1000, "rate_per_s": 10, "burst": 20}
+
+
+class _Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while the stack was starting."""
+
+
+class _Signals:
+    """SIGINT/SIGTERM handler: sets ``event``; raises ``_Interrupted`` while ``raising`` (start-up)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.raising = True
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            return
+        self.received = signum
+        self.event.set()
+        print("%s: stopping" % signal.Signals(signum).name, flush=True)
+        if self.raising:
+            raise _Interrupted()
+
+
+class _Tally:
+    """What devices and the verified-topic subscriber saw (updated from MQTT threads)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.accepted: dict[bytes, list[int]] = {}      # device id -> device times of verified readings
+        self.refused: dict[bytes, list[tuple[int, str]]] = {}
+        self.receipts_valid = 0
+        self.receipts_invalid: list[str] = []
+        self.header_height: int | None = None
+
+    def verified(self, payload: bytes) -> None:
+        try:
+            v = cbor.loads(payload)
+            dev, t = v[1], v[3]
+        except (LedgerlinkError, TypeError, KeyError):
+            return
+        with self.lock:
+            self.accepted.setdefault(dev, []).append(t)
+
+    def header(self, payload: bytes) -> None:
+        try:
+            self.header_height = cbor.loads(payload)[0][1]
+        except (LedgerlinkError, TypeError, IndexError, KeyError):
+            pass
+
+    def receipt(self, result: Any) -> None:
+        with self.lock:
+            if result.valid:
+                self.receipts_valid += 1
+            else:
+                self.receipts_invalid.append(result.reason)
+
+    def refusal(self, dev: bytes, event: Any) -> None:
+        with self.lock:
+            self.refused.setdefault(dev, []).append((event.code, event.reason))
+
+    def totals(self) -> tuple[int, dict[str, int], int]:
+        with self.lock:
+            accepted = sum(len(v) for v in self.accepted.values())
+            by_reason: dict[str, int] = {}
+            for items in self.refused.values():
+                for code, _ in items:
+                    name = REASON_NAMES.get(code, str(code))
+                    by_reason[name] = by_reason.get(name, 0) + 1
+            return accepted, by_reason, self.receipts_valid
+
+
+def _refused_text(by_reason: dict[str, int]) -> str:
+    total = sum(by_reason.values())
+    if not total:
+        return "refused 0"
+    return "refused %d (%s)" % (total, ", ".join("%s %d" % kv for kv in sorted(by_reason.items())))
+
+
+class _Monitor:
+    """An application subscribed to the verified readings and the certified header of the site."""
+
+    def __init__(self, site: str, port: int, tally: _Tally) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.topics = ("ll/%s/verified/+" % site, "ll/%s/ledger/header" % site)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ll-demo-monitor-%d" % os.getpid(),
+                                  protocol=mqtt.MQTTv5)
+        self.subscribed = threading.Event()
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe([(t, 1) for t in self.topics])
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()
+        self.client.on_message = lambda c, u, m: (tally.header if m.topic == self.topics[1] else tally.verified)(
+            bytes(m.payload))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _open_devices(stack: Any, count: int, directory: Path, tally: _Tally) -> list[Any]:
+    from ledgerlink.device.client import Device
+    from ledgerlink.device.core import MODE_SESSION, MODE_SIGNED
+
+    gateway_keys = {stack.gateway_id: stack.public_key("gateway")}
+    devices = []
+    for i in range(count):
+        mode = MODE_SESSION if i % 2 == 0 else MODE_SIGNED
+        holder: list[Any] = []
+        dev = Device.open(str(directory / ("dev%02d" % i)), stack.site, "127.0.0.1", stack.broker_port,
+                          stack.chain_id, stack.validators, ca_public=stack.public_key("gw-ca"),
+                          gateway_keys=gateway_keys, mode=mode, backoff_initial=0.2, backoff_max=2.0,
+                          on_receipt=tally.receipt,
+                          on_refusal=lambda ev, h=holder: tally.refusal(h[0].core.device_id, ev))
+        holder.append(dev)
+        dev.name = "dev%02d" % i
+        devices.append(dev)
+    return devices
+
+
+def _all_decided(devices: list[Any]) -> bool:
+    """Every frame was acknowledged by the broker and got a receipt or a refusal."""
+    return all(len(d.queue) == 0 and len(d.core.sent) == 0 for d in devices)
+
+
+def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data: str | None = None,
+             interval: float = 1.0) -> int:
+    """The whole system on loopback; see the module docstring. ``duration`` 0: until Ctrl-C."""
+    from ledgerlink.device.core import ROLE_SENSOR
+    from ledgerlink.tools.stack import INSTALL_HINT, Stack, StackError, find_mosquitto
+
+    if find_mosquitto() is None:
+        print(INSTALL_HINT, file=sys.stderr)
+        return EXIT_NO_BROKER
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ledgerlink.device").setLevel(logging.ERROR)   # refusals are counted, not logged
+    signals = _Signals()
+    signals.install()
+    temporary = data is None
+    data_dir = Path(tempfile.mkdtemp(prefix="ledgerlink-demo-") if data is None else data).resolve()
+    t0 = time.monotonic()
+
+    def say(line: str) -> None:
+        print("[%6.1fs] %s" % (time.monotonic() - t0, line), flush=True)
+
+    stack = Stack(data_dir, site, limits=GATEWAY_LIMITS, progress=say)
+    tally = _Tally()
+    devs: list[Any] = []
+    monitor: _Monitor | None = None
+    checks: list[tuple[bool, str]] = []
+    steps_done = False
+    failed = False
+    ban_target = None
+    ban_ms: int | None = None
+    try:
+        say("ledgerlink demo: site %r, %d devices, %s, data in %s" % (
+            site, devices, "until Ctrl-C" if duration <= 0 else "%g s" % duration, data_dir))
+        stack.start()
+
+        dev_dir = data_dir / "devices"
+        shutil.rmtree(dev_dir, ignore_errors=True)
+        devs = _open_devices(stack, devices, dev_dir, tally)
+        requests = [d.core.registration_request(int(time.time() * 1000), ROLE_SENSOR,
+                                                {"name": d.name, "model": "simulated"}).payload for d in devs]
+        results = stack.register(requests)
+        heights = sorted({r["height"] for r in results})
+        say("registered %d devices: admin-signed tx-register, committed at height%s %s" % (
+            len(devs), "s" if len(heights) > 1 else "", ", ".join(map(str, heights))))
+        checks.append((True, "%d/%d devices registered on the ledger" % (len(devs), devices)))
+
+        monitor = _Monitor(site, stack.broker_port, tally)
+        if not monitor.subscribed.wait(10):
+            raise StackError("the verified-topic subscriber did not subscribe")
+        for d in devs:
+            d.start()
+        for d in devs:
+            if not d.wait_connected(10):
+                raise StackError("%s did not connect to the broker" % d.name)
+        sessions = [d for d in devs if d.mode == "session"]
+        opened = 0
+        for d in sessions:
+            try:
+                d.open_session(10)
+                opened += 1
+            except Exception as exc:  # noqa: BLE001 - reported as a failed check
+                say("%s: session not opened: %s" % (d.name, exc))
+        say("sessions: %d/%d devices hold an ECQV session certificate from the gateway's fog CA; "
+            "%d devices sign with their identity key" % (opened, len(sessions), len(devs) - len(sessions)))
+        checks.append((opened == len(sessions), "%d/%d ECQV sessions opened" % (opened, len(sessions))))
+        say("no dashboard yet; verified readings: mosquitto_sub -h 127.0.0.1 -p %d -V mqttv5 -t 'll/%s/verified/+'"
+            % (stack.broker_port, site))
+        say("ledger: chain %r, node client ports %s, logs and keys in %s" % (
+            stack.chain_id, ", ".join(str(a.client_port) for a in stack.cluster.config.nodes), data_dir))
+
+        signals.raising = False
+        ban_target = devs[-1]
+        ban_after = duration / 2 if duration > 0 else 10.0
+        start = time.monotonic()
+        next_summary = start + SUMMARY_EVERY_S
+        next_tick = start
+        seq = 0
+        while not signals.event.is_set():
+            now = time.monotonic()
+            if duration > 0 and now - start >= duration:
+                break
+            if now >= next_tick:
+                seq += 1
+                for i, d in enumerate(devs):
+                    d.publish_reading({"t": round(20 + i / 10 + (seq % 10) / 100, 2), "rh": 40 + (seq + i) % 20})
+                next_tick += interval
+            if ban_ms is None and now - start >= ban_after:
+                res = stack.ban(ban_target.core.device_id, BAN_REASON)
+                ban_ms = int(time.time() * 1000)
+                say("banned %s (%s): admin-signed tx-ban %r committed at height %d" % (
+                    ban_target.name, ban_target.core.device_id.hex(), BAN_REASON, res["height"]))
+            if now >= next_summary:
+                accepted, by_reason, receipts = tally.totals()
+                say("accepted %d  %s  receipts verified %d  ledger height %d" % (
+                    accepted, _refused_text(by_reason), receipts, stack.height()))
+                next_summary += SUMMARY_EVERY_S
+            signals.event.wait(max(0.0, min(next_tick, next_summary) - time.monotonic()))
+        steps_done = ban_ms is not None
+
+        say("publishing stopped after %d readings per device; waiting for receipts" % seq)
+        deadline = time.monotonic() + DRAIN_S
+        while not _all_decided(devs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        height = stack.height()
+        accepted, by_reason, receipts = tally.totals()
+        say("summary: accepted %d  %s  receipts verified %d  ledger height %d" % (
+            accepted, _refused_text(by_reason), receipts, height))
+        checks.extend(_final_checks(devs, tally, ban_target, ban_ms, signals.received is not None))
+    except _Interrupted:
+        pass
+    except (StackError, OSError) as exc:
+        say("FAILED: %s" % exc)
+        failed = True
+    finally:
+        signals.raising = False
+        for d in devs:
+            d.stop()
+        if monitor is not None:
+            monitor.close()
+        pids = stack.pids()
+        stack.stop()
+        left = [p for p in pids if _alive(p)]
+        say("stopped %d devices, gateway, %d ledger nodes and broker; %s" % (
+            len(devs), stack.nodes, "no processes left" if not left else "LEFT RUNNING: %s" % left))
+        checks.append((not left, "clean shutdown"))
+        signals.restore()
+        ok = all(c for c, _ in checks)
+        if temporary and ok and not failed:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    for good, text in checks:
+        print("  [%s] %s" % ("ok" if good else "FAILED", text))
+    if failed or not ok:
+        print("demo FAILED (logs in %s)" % data_dir)
+        return EXIT_FAILED
+    if not steps_done:
+        print("interrupted before every step ran (logs in %s)" % data_dir)
+        return EXIT_INTERRUPTED
+    print("demo passed: every step worked")
+    return EXIT_OK
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _final_checks(devs: list[Any], tally: _Tally, ban_target: Any, ban_ms: int | None,
+                  interrupted: bool) -> list[tuple[bool, str]]:
+    out: list[tuple[bool, str]] = []
+    accepted, _, receipts = tally.totals()
+    others = [d for d in devs if d is not ban_target]
+    silent = [d.name for d in others if not tally.accepted.get(d.core.device_id)]
+    out.append((accepted > 0 and not silent, "accepted %d readings; every device not banned had readings accepted%s"
+                % (accepted, "" if not silent else " (none from %s)" % ", ".join(silent))))
+    undecided = sum(len(d.core.sent) for d in devs)
+    out.append((receipts == accepted and not tally.receipts_invalid and undecided == 0,
+                "receipts verified %d of %d accepted (batch root, anchor tx, 2f+1 certified header); "
+                "%d invalid, %d frames without an answer" % (receipts, accepted, len(tally.receipts_invalid), undecided)))
+    unexpected = [(REASON_NAMES.get(c, c), r) for d in others for c, r in tally.refused.get(d.core.device_id, [])]
+    out.append((not unexpected, "no refusal of a device in good standing%s"
+                % ("" if not unexpected else ": %r" % unexpected[:3])))
+    if ban_ms is None:
+        if not interrupted:
+            out.append((False, "ban step not reached"))
+        return out
+    refusals = tally.refused.get(ban_target.core.device_id, [])
+    banned = [r for c, r in refusals if c == BANNED_DEVICE]
+    late = [t for t in tally.accepted.get(ban_target.core.device_id, [])
+            if t > ban_ms + GATEWAY_LIMITS["registry_ttl_ms"] + 1000]
+    out.append((bool(banned) and not late and len(banned) == len(refusals),
+                "banned device %s refused %d times with banned-device (4) (%s); %d readings accepted after the ban"
+                % (ban_target.name, len(banned), banned[-1] if banned else "no refusal", len(late))))
+    return out
