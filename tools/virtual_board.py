@@ -50,6 +50,7 @@ DEFAULT_HEAP = 16 * 1024 * 1024
 DEFAULT_FUEL = 20_000_000_000
 DEFAULT_EXEC_TIMEOUT = 300.0
 BOARD_PREAMBLE = "import os\nos.chdir('/input')\n"
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 _ERRNO = {"ENOENT": 2, "EIO": 5, "EEXIST": 17, "ENOTDIR": 20, "EISDIR": 21, "EINVAL": 22, "ENOTEMPTY": 39,
           "EACCES": 13}
@@ -185,6 +186,13 @@ class Session:
     def send(self, data: bytes) -> None:
         self.conn.sendall(data)
 
+    def recv(self) -> bytes:
+        """Receive, acknowledging at once: mpremote's small writes would otherwise wait out delayed ACKs."""
+        data = self.conn.recv(65536)
+        if _QUICKACK is not None:
+            self.conn.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        return data
+
     def reset(self) -> None:
         if self.file is not None:
             self.file.close()
@@ -198,7 +206,7 @@ class Session:
         try:
             while True:
                 if not pending:
-                    chunk = self.conn.recv(65536)
+                    chunk = self.recv()
                     if not chunk:
                         return
                     pending.extend(chunk)
@@ -236,7 +244,7 @@ class Session:
 
     def _recv_into(self, pending: bytearray, n: int) -> bool:
         while len(pending) < n:
-            chunk = self.conn.recv(65536)
+            chunk = self.recv()
             if not chunk:
                 return False
             pending.extend(chunk)
@@ -385,6 +393,8 @@ class VirtualBoard:
                 return
             with conn:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if _QUICKACK is not None:
+                    conn.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
                 Session(self, conn).serve()
 
     def start(self) -> "VirtualBoard":
