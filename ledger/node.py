@@ -306,6 +306,9 @@ async def _main(args: argparse.Namespace) -> None:
         raise SystemExit("no key file: give --key or nodes[i].key_file in the config")
     node = Node(config, args.index, args.data, load_key(key_file))
     await node.start()
+    if args.metrics_port is not None:
+        from ledgerlink.ledger.metrics import serve_node
+        serve_node(node, config.nodes[args.index].host, args.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -321,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--index", required=True, type=int, help="validator index")
     p.add_argument("--data", required=True, help="data directory (block store)")
     p.add_argument("--key", help="private key file (hex); default: nodes[i].key_file of the config")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: off)")
     p.add_argument("--log-level", default=os.environ.get("LEDGERLINK_LOG", "INFO"))
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
