@@ -101,7 +101,7 @@ class LocalCluster:
     """Node processes of a generated cluster in ``data_dir``."""
 
     def __init__(self, data_dir: str | Path, nodes: int = 4, consensus: dict[str, Any] | None = None,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", metrics: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.config_path = self.data_dir / "cluster.json"
         if not self.config_path.exists():
@@ -109,6 +109,20 @@ class LocalCluster:
         self.config = ClusterConfig.load(self.config_path)
         self.log_level = log_level
         self.procs: dict[int, subprocess.Popen] = {}
+        self.metrics_ports: dict[int, int] = {}   # node index -> /metrics port, when ``metrics``
+        self.metrics = metrics
+
+    def node_args(self, i: int) -> list[str]:
+        """Command line of node ``i`` (with ``--metrics-port`` when ``metrics``; the port stays across restarts)."""
+        args = [sys.executable, "-m", "ledgerlink.ledger.node", "--config", str(self.config_path),
+                "--index", str(i), "--data", str(self.data_dir / ("node%d" % i)), "--log-level", self.log_level]
+        if self.metrics:
+            if i not in self.metrics_ports:
+                with socket.socket() as s:
+                    s.bind((self.config.nodes[i].host, 0))
+                    self.metrics_ports[i] = s.getsockname()[1]
+            args += ["--metrics-port", str(self.metrics_ports[i])]
+        return args
 
     def key(self, name: str) -> bytes:
         """A private key from ``keys/<name>.key`` (e.g. "admin", "gateway", "validator0")."""
@@ -119,10 +133,7 @@ class LocalCluster:
             return
         log = open(self.data_dir / ("node%d.log" % i), "ab")
         self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "ledgerlink.ledger.node", "--config", str(self.config_path),
-             "--index", str(i), "--data", str(self.data_dir / ("node%d" % i)),
-             "--log-level", self.log_level],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.node_args(i), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 
     def start(self, wait: float = 30.0) -> None:

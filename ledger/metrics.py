@@ -170,6 +170,12 @@ class Gauge(_Family):
                 for k, v in items]
 
 
+class CounterFunc(Gauge):
+    """A counter kept elsewhere, read by ``func`` at render time."""
+
+    kind = "counter"
+
+
 class Histogram(_Family):
     """Observations counted in cumulative buckets with upper bounds ``buckets`` (plus +Inf)."""
 
@@ -348,6 +354,9 @@ class NodeMetrics:
                                          "Transactions committed since the node started.")
         self.submitted = reg.counter("ledgerlink_node_submitted_transactions_total",
                                      "Client submissions received by this node.")
+        reg.register(CounterFunc("ledgerlink_node_dropped_frames_total",
+                                 "Peer frames dropped by the transport (framing, bad hello).",
+                                 func=lambda: getattr(node.net, "dropped", 0)))
         self.dropped = reg.counter("ledgerlink_node_dropped_messages_total",
                                    "Peer messages and transactions dropped, by reason.", ("reason",))
         self.commit_latency = reg.histogram("ledgerlink_node_commit_latency_seconds",
