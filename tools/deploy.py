@@ -2,9 +2,9 @@
 
 ``python3 -m ledgerlink.tools.deploy --port PORT --board esp32 [--config FILE] [--dry-run]``
 
-Order: load the board profile (hardware/boards/<board>.toml) and validate the config, compile every
-file with ``mpy-cross`` (``-march`` from the profile) into a staging folder and write the board config
-there, check the broker answers on TCP, probe the board, copy ``lib/`` with ``mpremote fs cp -r``
+Order: load the board profile (hardware/boards/<board>.toml) and validate the config, check the broker
+answers on TCP, compile every file with ``mpy-cross`` (``-march`` from the profile) into a staging
+folder and write the board config there, probe the board, copy ``lib/`` with ``mpremote fs cp -r``
 (unchanged files are skipped by hash), write the config last, then import the library on the board.
 Nothing reaches the board before everything is staged; a failed copy leaves the old config in place
 and can simply be rerun. Every failure prints one line saying what to do and exits non-zero:
@@ -274,12 +274,12 @@ def deploy(port: str, board: str, config_path: Path, dry_run: bool = False, chec
             out(line)
         out("dry run: nothing compiled, nothing copied")
         return 0
+    if check_broker_first:
+        check_broker(board_config)
     with tempfile.TemporaryDirectory(prefix="ledgerlink-deploy-") as tmp:
         staging = Path(tmp)
         files = stage(profile, board_config, staging)
         out("staged %d files and the config in %s" % (len(files), staging))
-        if check_broker_first:
-            check_broker(board_config)
         impl = probe(port)
         if impl != "micropython":
             raise DeployError(3, "the board on %s runs %s, not MicroPython: flash MicroPython first" % (port, impl))

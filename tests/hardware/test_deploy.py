@@ -1,0 +1,140 @@
+"""Board profiles and deploy: profile validation, the dry-run plan, one-line errors that write nothing."""
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from ledgerlink.tools import deploy
+
+EXAMPLE = deploy.PROJECT_ROOT / "hardware" / "config.example.json"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    wifi = tmp_path / "wifi.json"
+    wifi.write_text(json.dumps({"ssid": "lab", "password": "s3cret-pass"}))
+    data = json.loads(EXAMPLE.read_text())
+    data["wifi_file"] = str(wifi)
+    path = tmp_path / "device.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("name,arch", [("esp32", "xtensawin"), ("esp32s3", "xtensawin"), ("picow", "armv6m"),
+                                       ("rpi", ""), ("virtual", "")])
+def test_profiles_load_and_validate(name, arch):
+    profile = deploy.load_profile(name)
+    assert profile["name"] == name and profile["mpy_arch"] == arch
+    assert profile["wiring"]["bme280"]["address"] == 0x76
+    if profile["runtime"] == "micropython":
+        files = deploy.board_files(profile)
+        assert files["lib/ledgerlink/core/p256.mpy"].name == "p256.py"
+        assert files["lib/bme280.mpy"].is_file()
+        assert profile["memory"]["heap_bytes"] > profile["memory"]["min_free_bytes"]
+
+
+def test_broken_profiles_are_refused():
+    good = deploy.load_profile("esp32")
+    for mutate, message in [(lambda p: p.pop("mpy_arch"), "missing key 'mpy_arch'"),
+                            (lambda p: p.update(mpy_arch="z80"), "unknown mpy_arch"),
+                            (lambda p: p["memory"].update(heap_bytes=-1), "heap_bytes"),
+                            (lambda p: p["install"].update(drivers=["nosuch"]), "no driver")]:
+        profile = json.loads(json.dumps(good))
+        mutate(profile)
+        with pytest.raises(deploy.DeployError, match=message) as info:
+            deploy.validate_profile(profile)
+        assert info.value.code == 2
+    with pytest.raises(deploy.DeployError, match="unknown board 'z80': choose one of esp32"):
+        deploy.load_profile("z80")
+    with pytest.raises(deploy.DeployError, match="unknown board"):
+        deploy.load_profile("../boards/esp32")
+
+
+def test_dry_run_prints_the_plan_and_hides_the_password(config, capsys):
+    assert deploy.main(["--port", "/dev/ttyUSB0", "--board", "esp32", "--config", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "mpy-cross -march=xtensawin" in out
+    assert "/lib/ledgerlink/core/p256.mpy <- sdk/core/p256.py" in out
+    assert "/lib/bme280.mpy <- micropython/drivers/bme280.py" in out
+    assert "/ledgerlink.json (written last)" in out
+    assert '"ssid": "lab"' in out and "s3cret-pass" not in out
+    assert deploy.main(["--port", "/dev/ttyACM0", "--board", "picow", "--config", str(config), "--dry-run"]) == 0
+    assert "-march=armv6m" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("key", ["broker", "site", "device_name", "gateway_id", "validator_keys", "wifi_file"])
+def test_missing_config_key_is_one_line_exit_2(config, key, capsys, monkeypatch):
+    data = json.loads(config.read_text())
+    del data[key]
+    config.write_text(json.dumps(data))
+    staged = []
+    monkeypatch.setattr(deploy, "stage", lambda *a: staged.append(a))
+    monkeypatch.setattr(deploy, "mpremote", lambda *a, **k: pytest.fail("board contacted"))
+    assert deploy.main(["--port", "/dev/ttyUSB0", "--board", "esp32", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing key %r" % key in err and "config.example.json" in err
+    assert staged == []
+
+
+def test_bad_values_are_refused(config, capsys):
+    data = json.loads(config.read_text())
+    for broken, message in [({"validator_keys": ["04" + "00" * 64]}, "validator_keys[0]"),
+                            ({"broker": {"host": "h", "port": 70000}}, "broker.port"),
+                            ({"wifi_file": "/nonexistent/wifi.json"}, "Wi-Fi file /nonexistent/wifi.json not found")]:
+        config.write_text(json.dumps(dict(data, **broken)))
+        assert deploy.main(["--port", "p", "--board", "esp32", "--config", str(config), "--dry-run"]) == 2
+        assert message in capsys.readouterr().err
+    assert deploy.main(["--port", "p", "--board", "esp32", "--config", "/nonexistent.json"]) == 2
+    assert "copy hardware/config.example.json" in capsys.readouterr().err
+    assert deploy.main(["--port", "p", "--board", "rpi", "--config", str(config)]) == 2
+    assert "runs CPython" in capsys.readouterr().err
+
+
+def _listening_port() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(4)
+    return s
+
+
+def test_bad_port_exits_3_after_staging_and_writes_nothing(config, capsys, tmp_path):
+    broker = _listening_port()
+    data = json.loads(config.read_text())
+    data["broker"] = {"host": "127.0.0.1", "port": broker.getsockname()[1]}
+    config.write_text(json.dumps(data))
+    try:
+        code = deploy.main(["--port", str(tmp_path / "ttyUSB9"), "--board", "esp32", "--config", str(config)])
+    finally:
+        broker.close()
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.count("\n") == 1 and "no MicroPython board answers on" in err and "mpremote connect list" in err
+    assert not (tmp_path / "ttyUSB9").exists()
+
+
+def test_broker_down_exits_4_before_touching_the_board(config, capsys, monkeypatch):
+    closed = _listening_port()
+    port = closed.getsockname()[1]
+    closed.close()
+    data = json.loads(config.read_text())
+    data["broker"] = {"host": "127.0.0.1", "port": port}
+    config.write_text(json.dumps(data))
+    monkeypatch.setattr(deploy, "mpremote", lambda *a, **k: pytest.fail("board contacted"))
+    assert deploy.main(["--port", "/dev/ttyUSB0", "--board", "esp32", "--config", str(config)]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "broker 127.0.0.1:%d not reachable" % port in err
+
+
+def test_stage_compiles_for_the_board_arch(config, tmp_path):
+    profile = deploy.load_profile("esp32")
+    board_config = deploy.load_config(config, profile)
+    written = deploy.stage(profile, board_config, tmp_path / "stage")
+    assert "lib/ledgerlink/core/ecdsa.mpy" in written
+    mpy = (tmp_path / "stage" / "lib/ledgerlink/core/ecdsa.mpy").read_bytes()
+    assert mpy[0:2] == b"M\x06"  # .mpy version 6; no native code, so the arch field stays 0
+    assert "-march=xtensawin" in deploy.mpy_cross_command(Path("a.py"), Path("a.mpy"), profile["mpy_arch"])
+    stored = json.loads((tmp_path / "stage" / "ledgerlink.json").read_text())
+    assert stored["wifi"] == {"ssid": "lab", "password": "s3cret-pass"} and "wifi_file" not in stored
+    assert stored["board"] == "esp32"
