@@ -4,7 +4,8 @@
 genesis in ``data_dir/ledger``, reused when present), writes the gateway's fog CA and site keys and its
 config, and starts ``ledgerlink.gateway.main``; ``stop()`` stops them in reverse order (SIGTERM, then
 SIGKILL after a timeout). Children run in their own sessions, so a Ctrl-C in the terminal reaches only
-the owning process, which then stops them in order. Logs: ``data_dir/mosquitto.log``,
+the owning process, which then stops them in order; on Linux they get SIGTERM when the process that
+started them dies, so a killed owner leaves no orphans. Logs: ``data_dir/mosquitto.log``,
 ``data_dir/ledger/node<i>.log``, ``data_dir/gateway.log``. The admin key (``ledger/keys/admin.key``)
 signs the register and ban transactions of ``register`` and ``ban``. Private keys are never printed.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -33,6 +35,7 @@ from ledgerlink.ledger.state import encoding as enc
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 INSTALL_HINT = "ledgerlink demo needs an MQTT 5 broker: install mosquitto (apt-get install mosquitto)"
 REASON_OK = 0
+PR_SET_PDEATHSIG = 1
 
 
 class StackError(Exception):
@@ -64,6 +67,17 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _child_setup() -> None:
+    """In the child before exec: own session (no terminal SIGINT); SIGTERM when the parent dies (Linux)."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def _stop_proc(p: subprocess.Popen | None, timeout: float = 10.0) -> None:
     if p is None or p.poll() is not None:
         return
@@ -76,7 +90,7 @@ def _stop_proc(p: subprocess.Popen | None, timeout: float = 10.0) -> None:
 
 
 class _SessionCluster(LocalCluster):
-    """``LocalCluster`` whose node processes run in their own sessions (no terminal SIGINT)."""
+    """``LocalCluster`` whose node processes are started with ``_child_setup``."""
 
     def start_node(self, i: int) -> None:
         if i in self.procs and self.procs[i].poll() is None:
@@ -85,7 +99,7 @@ class _SessionCluster(LocalCluster):
             self.procs[i] = subprocess.Popen(
                 [sys.executable, "-m", "ledgerlink.ledger.node", "--config", str(self.config_path),
                  "--index", str(i), "--data", str(self.data_dir / ("node%d" % i)), "--log-level", self.log_level],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_child_setup)
 
 
 class Stack:
@@ -163,10 +177,12 @@ class Stack:
     def _start_broker(self, mosquitto: str, timeout: float) -> None:
         self.broker_port = free_port()
         conf = self.data_dir / "mosquitto.conf"
-        conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % self.broker_port)
+        # user: the broker keeps the owner's identity (a switch would also clear its parent-death signal)
+        conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nuser %s\n"
+                        % (self.broker_port, pwd.getpwuid(os.geteuid()).pw_name))
         with open(self.data_dir / "mosquitto.log", "ab") as log:
             self.broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, start_new_session=True)
+                                           stdin=subprocess.DEVNULL, preexec_fn=_child_setup)
         deadline = time.monotonic() + timeout
         while True:
             if self.broker.poll() is not None:
@@ -213,7 +229,7 @@ class Stack:
         with open(log_path, "ab") as log:
             self.gateway = subprocess.Popen(
                 [sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_child_setup)
         deadline = time.monotonic() + timeout
         while True:
             with open(log_path, "rb") as f:
