@@ -1,0 +1,108 @@
+"""``Stack``: broker, ledger cluster and gateway start, carry a registered device's reading through to the
+verified topic, ban it on the ledger, stop without leftovers and restart on the same data directory."""
+
+import os
+import queue
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from ledgerlink.core import cbor
+from ledgerlink.device.core import DeviceCore, MemoryCounter, SequenceCounter
+from ledgerlink.tools import stack as stack_mod
+from ledgerlink.tools.stack import BrokerMissing, Stack, StackError
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _subscriber(port: int, topic: str) -> tuple[mqtt.Client, queue.Queue]:
+    q: queue.Queue = queue.Queue()
+    done = queue.Queue()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-stack-app", protocol=mqtt.MQTTv5)
+    c.on_message = lambda cl, u, m: q.put((m.topic, bytes(m.payload)))
+    c.on_subscribe = lambda cl, u, mid, codes, p: done.put(1)
+    c.on_connect = lambda cl, u, f, r, p: cl.subscribe(topic, qos=1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    done.get(timeout=10)
+    return c, q
+
+
+def test_start_reading_ban_stop_and_restart(tmp_path):
+    lines: list[str] = []
+    s = Stack(tmp_path / "site", site="t1", limits={"registry_ttl_ms": 300}, progress=lines.append)
+    s.start()
+    try:
+        pids = s.pids()
+        assert len(pids) == 6 and all(_alive(p) for p in pids)
+        assert [l.split(":")[0] for l in lines] == ["MQTT broker", "ledger", "gateway %s" % s.gateway_id.hex()]
+        assert len(s.validators) == 4 and s.chain_id
+
+        dev = DeviceCore(bytes(range(1, 33)), "t1", SequenceCounter(MemoryCounter()), s.chain_id, s.validators)
+        req = dev.registration_request(int(time.time() * 1000), attributes={"name": "probe"}).payload
+        [res] = s.register([req])
+        assert res["status"] == "committed" and res["code"] == 0
+        with pytest.raises(StackError, match="registration refused"):
+            s.register([req])                                   # already-exists
+
+        app, q = _subscriber(s.broker_port, "ll/t1/verified/+")
+        try:
+            out = dev.reading({"t": 21.5}, int(time.time() * 1000))
+            app.publish(out.topic, out.payload, qos=1).wait_for_publish(5)
+            topic, payload = q.get(timeout=15)
+        finally:
+            app.loop_stop()
+            app.disconnect()
+        v = cbor.loads(payload)
+        assert topic == "ll/t1/verified/" + dev.device_id.hex()
+        assert v[1] == dev.device_id and v[2] == out.seq and v[4] == {"t": 21.5} and v[5] == out.frame_hash
+
+        ban = s.ban(dev.device_id, "probe ban")
+        record = cbor.loads(s.ledger.record(1, dev.device_id)["proof"][3])
+        assert record[5] == 2 and record[9][3] == "probe ban"
+        assert s.height() >= ban["height"]
+        with pytest.raises(StackError, match="ban refused"):
+            s.ban(dev.device_id, "again")                       # wrong-status
+        height = s.height()
+    finally:
+        s.stop()
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+
+    again = Stack(tmp_path / "site", site="t1")                # same keys, chain and blocks
+    again.start()
+    try:
+        assert again.chain_id == s.chain_id and again.gateway_id == s.gateway_id
+        assert again.height() >= height
+    finally:
+        again.stop()
+
+
+def test_without_mosquitto_nothing_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr(stack_mod, "find_mosquitto", lambda: None)
+    s = Stack(tmp_path / "site")
+    with pytest.raises(BrokerMissing, match="apt-get install mosquitto"):
+        s.start()
+    assert s.pids() == [] and not (tmp_path / "site").exists()
+
+
+def test_failed_start_stops_what_started(tmp_path, monkeypatch):
+    def broken_gateway(self, timeout):
+        raise StackError("gateway refused to start")
+    monkeypatch.setattr(Stack, "_start_gateway", broken_gateway)
+    s = Stack(tmp_path / "site")
+    with pytest.raises(StackError, match="gateway refused"):
+        s.start()
+    procs = [s.broker] + list(s.cluster.procs.values())
+    assert len(procs) == 5 and all(p.poll() is not None for p in procs)
