@@ -12,6 +12,7 @@ from ledgerlink.tools import deploy
 from ledgerlink.tools.virtual_board import VirtualBoard
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.micropython, pytest.mark.slow]
 
 
 def mpremote(url: str, *args: str) -> subprocess.CompletedProcess:
