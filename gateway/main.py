@@ -10,13 +10,15 @@ The config (JSON, or TOML when the name ends in .toml)::
       "ledger": {"cluster": "cluster.json"},
       "trust": {"chain_id": "...", "validators": ["<hex key>", ...]},
       "limits": {"rate_per_s": 10, "burst": 20, ...},
-      "batch": {"max": 256, "interval_ms": 100}
+      "batch": {"max": 256, "interval_ms": 100},
+      "http": {"host": "127.0.0.1", "port": 8080}
     }
 
 Key files hold a hex private key (as written by ``ledgerlink.ledger.cluster``); ``identity`` is the
 gateway's registered ledger key (role gateway), ``ca`` its fog CA key and ``site`` its ECDH key
-(``ca`` and ``site`` fall back to ``identity`` when not given; separate keys are better). ``trust`` defaults to the
-chain id and validator keys of the cluster file. Relative paths are relative to the config file.
+(``ca`` and ``site`` fall back to ``identity`` when not given; separate keys are better). ``http``
+(optional) starts the dashboard and ``/metrics`` (see ``ledgerlink.gateway.dashboard``). ``trust`` defaults to
+the chain id and validator keys of the cluster file. Relative paths are relative to the config file.
 Keys are never logged. SIGINT/SIGTERM stop the gateway cleanly.
 """
 
@@ -34,6 +36,7 @@ from typing import Any
 
 from ledgerlink.gateway.batcher import Batcher
 from ledgerlink.gateway.checks import GatewayCore, GatewayKeys, Limits
+from ledgerlink.gateway.dashboard import start_for
 from ledgerlink.gateway.mqtt_adapter import MqttGateway
 from ledgerlink.gateway.service import GatewayService
 from ledgerlink.gateway.store import Store
@@ -95,13 +98,17 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s gateway %(name)s %(levelname)s %(message)s")
-    gw = build(load_config(args.config))
+    cfg = load_config(args.config)
+    gw = build(cfg)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: gw.stop())
     log.info("gateway %s of site %s starting", gw.service.core.gateway_name, gw.site)
+    dashboard = start_for(gw, cfg)
     try:
         gw.run()
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         gw.ledger.close()
         gw.service.store.close()
     log.info("gateway stopped")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from ledgerlink.core import cbor
 from ledgerlink.gateway import checks as c
@@ -40,6 +41,7 @@ class GatewayService:
     def __init__(self, core: c.GatewayCore, store: Store) -> None:
         self.core = core
         self.store = store
+        self.observer: Any = None      # ``ledgerlink.gateway.metrics.GatewayMetrics``: sees inputs and effects
 
     def restore(self, now_ms: int) -> None:
         """After a (re)start: replay windows from the store, sessions from the stored certificates."""
@@ -78,13 +80,20 @@ class GatewayService:
                 out.outgoing.append(Outgoing(self.core.header_topic(), e.certified, retain=True))
             elif isinstance(e, c.Ignored):
                 log.warning("ignored: %s", e.reason)
+        if self.observer is not None:
+            self.observer.effects(effects, now_ms)
         return out
 
     def handle_frame(self, topic: str, payload: bytes, now_ms: int) -> Handled:
+        if self.observer is not None:
+            self.observer.frame(topic, payload, now_ms)
         return self._effects(self.core.on_frame(topic, payload, now_ms), now_ms)
 
     def handle_registry(self, dev: bytes, proof: object, now_ms: int) -> Handled:
-        return self._effects(self.core.on_registry_proof(proof, now_ms, dev), now_ms)
+        handled = self._effects(self.core.on_registry_proof(proof, now_ms, dev), now_ms)
+        if self.observer is not None:
+            self.observer.registry_updated(dev)
+        return handled
 
     def handle_header(self, certified: object, now_ms: int) -> Handled:
         return self._effects(self.core.on_header(certified, now_ms), now_ms)

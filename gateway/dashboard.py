@@ -1,0 +1,114 @@
+"""The gateway's web dashboard and ``/metrics``, over the standard library's ``http.server``.
+
+Paths: ``/`` (the page, ``static/index.html``), ``/static/app.js``, ``/static/style.css``,
+``/api/state`` (JSON of ``GatewayMetrics.state``), ``/metrics`` (Prometheus text format). The page
+fetches ``/api/state`` every 1.5 s and renders devices and their state (online, offline after
+``offline_after_s`` without a frame, banned, unregistered), recent verified messages, refusals with
+their reasons, the verified ledger height and validators, and receipts per second. A thread polls the
+ledger's latest certified header every ``poll_s`` and keeps it only if it verifies against the
+gateway's trusted validator set.
+
+Gateway config (``ledgerlink.gateway.main``)::
+
+    "http": {"host": "127.0.0.1", "port": 8080, "offline_after_s": 30, "poll_s": 2}
+
+(off when ``http`` is absent; port 0 takes a free port). The gateway logs
+``dashboard on http://HOST:PORT/`` once it listens.
+
+Protects against script injection from device-provided text (measurements, device names, ban
+reasons, topics and details in refusals): the page builds the DOM with ``textContent`` only, never
+markup from data; ``/api/state`` escapes ``<``, ``>`` and ``&`` inside JSON strings; every answer
+carries a Content-Security-Policy without inline scripts and ``X-Content-Type-Options: nosniff``.
+Only the listed files are served (no path from the request reaches the file system). The dashboard
+is read-only and has no authentication: bind it to loopback or a management network. Tested in
+tests/gateway/test_dashboard.py, including a page rendered by headless Chromium with hostile device text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from ledgerlink.gateway.metrics import GatewayMetrics
+from ledgerlink.ledger.metrics import CONTENT_TYPE, HttpServer, Response
+
+log = logging.getLogger("ledgerlink.gateway.dashboard")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+
+
+def state_json(state: dict) -> bytes:
+    """JSON with ``<``, ``>`` and ``&`` escaped, so no string can close or open markup if misread as HTML."""
+    text = json.dumps(state, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+class Dashboard:
+    """Serves the dashboard of ``metrics``; ``ledger`` (a ``LedgerClient``) is polled for the latest header."""
+
+    def __init__(self, metrics: GatewayMetrics, ledger: Any = None, poll_s: float = 2.0,
+                 static_dir: Path = STATIC_DIR) -> None:
+        self.metrics = metrics
+        self.ledger = ledger
+        self.poll_s = poll_s
+        self.files = {path: ((static_dir / name).read_bytes(), ctype) for path, (name, ctype) in FILES.items()}
+        self.server: HttpServer | None = None
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def handle(self, path: str, query: str) -> Response | None:
+        if path in self.files:
+            body, ctype = self.files[path]
+            return 200, ctype, body
+        if path == "/api/state":
+            return 200, "application/json; charset=utf-8", state_json(self.metrics.state())
+        if path == "/metrics":
+            return 200, CONTENT_TYPE, self.metrics.registry.render().encode()
+        return None
+
+    def _poll(self) -> None:
+        while True:
+            self.metrics.poll_ledger(self.ledger)
+            if self._stop.wait(self.poll_s):
+                return
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> "Dashboard":
+        self.server = HttpServer(host, port, self.handle).start()
+        if self.ledger is not None:
+            self._poller = threading.Thread(target=self._poll, name="ll-gw-dashboard-poll", daemon=True)
+            self._poller.start()
+        log.info("dashboard on %s", self.url)
+        return self
+
+    @property
+    def url(self) -> str:
+        if self.server is None:
+            raise RuntimeError("dashboard not started")
+        return self.server.url
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.server is not None:
+            self.server.stop()
+        if self._poller is not None:
+            self._poller.join(timeout=10)
+
+
+def start_for(gateway: Any, cfg: dict[str, Any]) -> Dashboard | None:
+    """Instrument an ``MqttGateway`` and start its dashboard from the ``http`` section of ``cfg`` (None: off)."""
+    http = cfg.get("http")
+    if http is None or http is False:
+        return None
+    http = {} if http is True else http
+    metrics = GatewayMetrics(gateway.service.core, float(http.get("offline_after_s", 30))).instrument(gateway)
+    return Dashboard(metrics, gateway.ledger, float(http.get("poll_s", 2))).start(
+        str(http.get("host", "127.0.0.1")), int(http.get("port", 0)))
