@@ -202,3 +202,19 @@ def test_ctrl_c_after_the_ban_passes(tmp_path):
     assert "SIGINT: stopping" in out and "[ok] banned device dev01 refused" in out
     assert "demo passed: every step worked" in out
     assert _processes_under(data) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_starting_stops_what_started(tmp_path):
+    data = tmp_path / "run"
+    run = Run(["--devices", "2", "--duration", "0", "--data", str(data)])
+    try:
+        run.wait_for(r"MQTT broker: mosquitto", 40)
+        run.proc.send_signal(signal.SIGINT)
+        rc = run.finish(40)
+    finally:
+        run.stop()
+    out = run.out
+    assert rc == 130, out
+    assert "SIGINT: stopping" in out and "no processes left" in out and "Traceback" not in out
+    assert _processes_under(data) == []

@@ -57,8 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--site must match [a-z0-9-]{1,32}")
         from ledgerlink.tools.demo import run_live
 
-        return run_live(devices=args.devices, duration=args.duration, site=args.site, data=args.data,
-                        interval=args.interval)
+        try:
+            return run_live(devices=args.devices, duration=args.duration, site=args.site, data=args.data,
+                            interval=args.interval)
+        except KeyboardInterrupt:                # before anything was started
+            print("interrupted", file=sys.stderr)
+            return 130
     parser.print_help()
     return 2
 

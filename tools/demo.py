@@ -348,7 +348,6 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ledgerlink.device").setLevel(logging.ERROR)   # refusals are counted, not logged
     signals = _Signals()
-    signals.install()
     temporary = data is None
     data_dir = Path(tempfile.mkdtemp(prefix="ledgerlink-demo-") if data is None else data).resolve()
     t0 = time.monotonic()
@@ -365,6 +364,7 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
     failed = False
     ban_target = None
     ban_ms: int | None = None
+    signals.install()
     try:
         say("ledgerlink demo: site %r, %d devices, %s, data in %s" % (
             site, devices, "until Ctrl-C" if duration <= 0 else "%g s" % duration, data_dir))
@@ -398,7 +398,7 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
             except Exception as exc:  # noqa: BLE001 - reported as a failed check
                 say("%s: session not opened: %s" % (d.name, exc))
         say("sessions: %d/%d devices hold an ECQV session certificate from the gateway's fog CA; "
-            "%d devices sign with their identity key" % (opened, len(sessions), len(devs) - len(sessions)))
+            "%d sign with their identity key" % (opened, len(sessions), len(devs) - len(sessions)))
         checks.append((opened == len(sessions), "%d/%d ECQV sessions opened" % (opened, len(sessions))))
         say("no dashboard yet; verified readings: mosquitto_sub -h 127.0.0.1 -p %d -V mqttv5 -t 'll/%s/verified/+'"
             % (stack.broker_port, site))
