@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from hashlib import sha256 as _sha256
 from typing import Any, Callable, Mapping
 
 from ledgerlink.core import cbor, cose, p256
@@ -38,22 +39,37 @@ def _head(major: int, n: int) -> bytes:
     return bytes((mt | 27,)) + n.to_bytes(8, "big")
 
 
+_BSTR_HEAD = [_head(2, n) for n in range(256)]
+_UINT = [_head(0, n) for n in range(256)]
+_PAIR = [bytes((0x82, k)) for k in range(24)]
+
+
 def _id_item(x: Any) -> bytes | None:
     """CBOR of a byte string or an unsigned integer up to 2**64 - 1; None for anything else."""
     t = type(x)
     if t is bytes:
-        return _head(2, len(x)) + x
+        n = len(x)
+        return (_BSTR_HEAD[n] if n < 256 else _head(2, n)) + x
     if t is int and 0 <= x <= _U64_MAX:
-        return _head(0, x)
+        return _UINT[x] if x < 256 else _head(0, x)
     return None
 
 
 def _id_cbor(record_id: Any) -> bytes | None:
     """Deterministic CBOR of the usual record ids (bstr, uint, or a list of those), else None."""
+    t = type(record_id)
+    if t is bytes and len(record_id) < 256:
+        return _BSTR_HEAD[len(record_id)] + record_id
+    if (t is list or t is tuple) and len(record_id) == 2:
+        a = _id_item(record_id[0])
+        b = _id_item(record_id[1])
+        if a is None or b is None:
+            return None
+        return b"\x82" + a + b
     item = _id_item(record_id)
     if item is not None:
         return item
-    if type(record_id) is list or type(record_id) is tuple:
+    if t is list or t is tuple:
         parts = [_head(4, len(record_id))]
         for x in record_id:
             item = _id_item(x)
@@ -74,7 +90,7 @@ def state_key(kind: int, record_id: Any) -> bytes:
     kind = int(kind)
     body = _id_cbor(record_id) if 0 <= kind < 24 else None
     if body is not None:
-        return hashlib.sha256(bytes((0x82, kind)) + body).digest()
+        return _sha256(_PAIR[kind] + body).digest()
     if isinstance(record_id, tuple):
         record_id = list(record_id)
     return hashlib.sha256(cbor.dumps([kind, record_id])).digest()
