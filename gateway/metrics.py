@@ -113,6 +113,7 @@ class GatewayMetrics:
         self._accepted: OrderedDict[bytes, float] = OrderedDict()    # frame hash -> accept (monotonic)
         self._receipt_times: deque[tuple[float, int]] = deque()
         self.ledger: dict[str, Any] = {"height": None, "time_ms": None, "checked_ms": None, "error": None}
+        self._ignored = 0
 
         self.registry = reg = Registry()
         self.received = reg.counter("ledgerlink_gateway_frames_received_total", "Frames received from devices.")
@@ -132,11 +133,10 @@ class GatewayMetrics:
         reg.gauge("ledgerlink_gateway_sessions", "Session keys held.", func=lambda: len(core.sessions))
         reg.gauge("ledgerlink_gateway_pending_frames", "Frames waiting for a registry answer.",
                   func=lambda: sum(len(v) for v in list(core.pending.values())))
-        reg.gauge("ledgerlink_gateway_ledger_height", "Height of the newest verified ledger header.",
-                  func=lambda: self.ledger_height() if self.ledger_height() is not None else math.nan)
+        reg.gauge("ledgerlink_gateway_ledger_height", "Height of the newest verified ledger header (NaN: none yet).",
+                  func=lambda: self._height_or_nan())
         reg.register(CounterFunc("ledgerlink_gateway_ignored_inputs_total", "Ledger inputs not taken (forged, older).",
                                  func=lambda: self._ignored))
-        self._ignored = 0
 
     # --- inputs (check thread, MQTT thread, batch thread) -----------------------------------------------
 
@@ -274,6 +274,10 @@ class GatewayMetrics:
         heights = [h for h in (self.ledger["height"], core_header.height if core_header is not None else None)
                    if h is not None]
         return max(heights) if heights else None
+
+    def _height_or_nan(self) -> float:
+        h = self.ledger_height()
+        return math.nan if h is None else h
 
     def _state_of(self, d: _Device, now_ms: int) -> str:
         if d.registry == "banned":

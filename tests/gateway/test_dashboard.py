@@ -254,7 +254,7 @@ def _wait_log(path: Path, pattern: str, proc: subprocess.Popen, timeout: float =
 def test_dashboard_renders_in_chromium_against_running_gateway(tmp_path):
     import paho.mqtt.client as mqtt
 
-    browser = chromium()                                   # fails, does not skip, when missing
+    chromium()                                             # fails, does not skip, when missing
     port = _free_port()
     broker = subprocess.Popen([MOSQUITTO, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cluster = LocalCluster(tmp_path / "ledger", nodes=4)
@@ -324,7 +324,6 @@ def test_dashboard_renders_in_chromium_against_running_gateway(tmp_path):
         assert "&lt;img src=x onerror=\"document.body.setAttribute('data-pwned','name')\"&gt;" in dom
         assert "&lt;script&gt;document.body.setAttribute" in dom and "&lt;/td&gt;&lt;b id=pwned&gt;" in dom
         assert "data-pwned=" not in dom and 'id="pwned"' not in dom and "<img" not in dom
-        assert browser
     finally:
         if pub is not None:
             pub.loop_stop()
