@@ -442,11 +442,13 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
         accepted, by_reason, receipts = tally.totals()
         say("summary: accepted %d  %s  receipts verified %d  ledger height %d" % (
             accepted, _refused_text(by_reason), receipts, height))
+        if tally.header_height is not None:
+            say("certified header of height %d retained on ll/%s/ledger/header" % (tally.header_height, site))
         checks.extend(_final_checks(devs, tally, ban_target, ban_ms, signals.received is not None))
     except _Interrupted:
         pass
-    except (StackError, OSError) as exc:
-        say("FAILED: %s" % exc)
+    except Exception as exc:  # noqa: BLE001 - any failure ends the run with the checks so far
+        say("FAILED: %s: %s" % (type(exc).__name__, exc))
         failed = True
     finally:
         signals.raising = False
