@@ -400,7 +400,9 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
         say("sessions: %d/%d devices hold an ECQV session certificate from the gateway's fog CA; "
             "%d sign with their identity key" % (opened, len(sessions), len(devs) - len(sessions)))
         checks.append((opened == len(sessions), "%d/%d ECQV sessions opened" % (opened, len(sessions))))
-        say("no dashboard yet; verified readings: mosquitto_sub -h 127.0.0.1 -p %d -V mqttv5 -t 'll/%s/verified/+'"
+        if stack.dashboard_url:
+            say("dashboard: %s (metrics at %smetrics)" % (stack.dashboard_url, stack.dashboard_url))
+        say("verified readings: mosquitto_sub -h 127.0.0.1 -p %d -V mqttv5 -t 'll/%s/verified/+'"
             % (stack.broker_port, site))
         say("ledger: chain %r, node client ports %s, logs and keys in %s" % (
             stack.chain_id, ", ".join(str(a.client_port) for a in stack.cluster.config.nodes), data_dir))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -120,6 +121,7 @@ class Stack:
         self.progress = progress or (lambda line: None)
         self.broker: subprocess.Popen | None = None
         self.broker_port = 0
+        self.dashboard_url: str | None = None
         self.gateway: subprocess.Popen | None = None
         self.cluster: _SessionCluster | None = None
         self.ledger: LedgerClient | None = None
@@ -221,6 +223,7 @@ class Stack:
             "ledger": {"cluster": "ledger/cluster.json"},
             "limits": self.limits,
             "batch": self.batch,
+            "http": {"host": "127.0.0.1", "port": 0},
         }
         path = self.data_dir / "gateway.json"
         path.write_text(json.dumps(cfg, indent=2) + "\n")
@@ -234,7 +237,10 @@ class Stack:
         while True:
             with open(log_path, "rb") as f:
                 f.seek(start)
-                if b"subscribed" in f.read():
+                text = f.read()
+                if b"subscribed" in text:
+                    found = re.search(rb"dashboard on (http://\S+)", text)
+                    self.dashboard_url = found.group(1).decode() if found else None
                     break
             if self.gateway.poll() is not None:
                 raise StackError("gateway exited with %s (see %s)" % (self.gateway.returncode, log_path))
