@@ -11,6 +11,16 @@ from ledgerlink import __version__
 
 SITE_RE = re.compile(r"[a-z0-9-]{1,32}")
 
+# Commands whose arguments are handled by the module that implements them.
+PASSTHROUGH = {
+    "deploy": ("ledgerlink.tools.deploy", "compile the library for a board and copy it with mpremote"),
+    "virtual-board": ("ledgerlink.tools.virtual_board", "serve a MicroPython raw REPL on a TCP port for mpremote"),
+    "cluster": ("ledgerlink.ledger.cluster", "start a local ledger cluster (keys, genesis, node processes)"),
+    "gateway": ("ledgerlink.gateway.main", "run a gateway from a config file"),
+    "bench": ("ledgerlink.tools.bench", "per-operation crypto benchmark table"),
+    "leakage": ("ledgerlink.tools.leakage", "dudect-style leakage check of secret-scalar operations"),
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ledgerlink", description="ledgerlink device-security SDK")
@@ -38,6 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--readings", type=int, default=None, metavar="N",
                       help="--library: readings per mode in the example batch (default 8; implies --library)")
 
+    for name, (module, text) in PASSTHROUGH.items():
+        commands.add_parser(name, help=text, add_help=False)
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        import importlib
+
+        result = importlib.import_module(PASSTHROUGH[argv[0]][0]).main(argv[1:])
+        return 0 if result is None else int(result)
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.library or args.backend is not None or args.readings is not None:
