@@ -96,6 +96,56 @@ def state_key(kind: int, record_id: Any) -> bytes:
     return hashlib.sha256(cbor.dumps([kind, record_id])).digest()
 
 
+_SIGN1_HEAD = b"\xd2\x84\x43\xa1\x01\x26\xa1\x04\x50"   # 18([h'A10126', {4: 16-byte kid ...
+_SIG_HEAD = b"\x58\x40"
+
+
+def bstr_head(n: int) -> bytes:
+    """Shortest CBOR head of a byte string of n bytes."""
+    if n < 24:
+        return bytes((0x40 | n,))
+    if n < 0x100:
+        return bytes((0x58, n))
+    if n < 0x10000:
+        return b"\x59" + n.to_bytes(2, "big")
+    return b"\x5a" + n.to_bytes(4, "big")
+
+
+def split_sign1(tx: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(kid, payload, signature) of a transaction in the exact deterministic form the builders write
+    (protected header {1: -7}, unprotected {4: 16-byte kid}, attached payload, 64-byte signature), so
+    that ``cose.decode_sign1`` would give the same fields; None for any other form."""
+    if not tx.startswith(_SIGN1_HEAD) or len(tx) < 28:
+        return None
+    kid = tx[9:25]
+    b = tx[25]
+    if b < 0x58:
+        if b < 0x40:
+            return None
+        n, i = b - 0x40, 26
+    elif b == 0x58:
+        n, i = tx[26], 27
+        if n < 24:
+            return None
+    elif b == 0x59:
+        n, i = int.from_bytes(tx[26:28], "big"), 28
+        if n < 0x100:
+            return None
+    else:
+        return None
+    end = i + n
+    if len(tx) != end + 66 or tx[end:end + 2] != _SIG_HEAD:
+        return None
+    return kid, tx[i:end], tx[end + 2:]
+
+
+def tx_tbs_prefix(chain_id: str) -> bytes:
+    """CBOR of the transaction Sig_structure ["Signature1", h'A10126', tx_aad(chain_id), payload] up to
+    the payload (which follows as a byte string)."""
+    aad = tx_aad(chain_id)
+    return b"\x84\x6aSignature1\x43\xa1\x01\x26" + bstr_head(len(aad)) + aad
+
+
 def compress_pubkey(pubkey: bytes) -> bytes:
     """The 33-byte SEC 1 compressed form of a 33- or 65-byte P-256 key (raises InvalidPoint)."""
     return p256.encode_point(p256.decode_point(bytes(pubkey)), True)

@@ -31,8 +31,8 @@ from ledgerlink.core.errors import InvalidSignature, LedgerlinkError
 from ledgerlink.ledger.state.codes import DeviceStatus, Reason, RecordKind as RK, Role, reason_text
 from ledgerlink.ledger.state.contracts import (CONTRACTS, Journal, Refusal, TxContext, check_attributes,
                                                device_record, is_uint)
-from ledgerlink.ledger.state.encoding import (NONCE_LEN, compress_pubkey, device_id, state_key, tx_aad,
-                                              tx_id)
+from ledgerlink.ledger.state.encoding import (NONCE_LEN, bstr_head, compress_pubkey, device_id, split_sign1,
+                                              state_key, tx_aad, tx_id, tx_tbs_prefix)
 
 DEFAULT_MAX_SKEW_MS = 60_000
 DEFAULT_MAX_TX_BYTES = cose.MAX_FRAME
@@ -135,6 +135,7 @@ class LedgerState:
         chain = cbor.loads(records[state_key(RK.CHAIN, CHAIN_RECORD_ID)])
         self._chain: dict = chain
         self._aad = tx_aad(chain[1])
+        self._tbs_prefix = tx_tbs_prefix(chain[1])
         self.height: int | None = None
         self.last_time: int = chain[4]
         self._pending: _Pending | None = None
@@ -263,19 +264,24 @@ class LedgerState:
     def _parse_into(self, p: _Parsed, tx: bytes) -> None:
         if len(tx) > self._chain[3]:
             raise Refusal(Reason.OVERSIZED, "transaction is %d bytes, the limit is %d" % (len(tx), self._chain[3]))
-        try:
-            msg = cose.decode_sign1(tx)
-        except LedgerlinkError:
-            raise Refusal(Reason.MALFORMED, "not a COSE_Sign1 with a kid") from None
-        kid = msg.kid
-        if not isinstance(kid, (bytes, bytearray)) or len(kid) != 16:
-            raise Refusal(Reason.MALFORMED, "kid must be a 16-byte device id")
+        parts = split_sign1(tx)
+        if parts is not None:
+            kid, payload, p.sig = parts
+            p.tbs = self._tbs_prefix + bstr_head(len(payload)) + payload
+        else:
+            try:
+                msg = cose.decode_sign1(tx)
+            except LedgerlinkError:
+                raise Refusal(Reason.MALFORMED, "not a COSE_Sign1 with a kid") from None
+            kid, payload = msg.kid, msg.payload
+            if not isinstance(kid, (bytes, bytearray)) or len(kid) != 16:
+                raise Refusal(Reason.MALFORMED, "kid must be a 16-byte device id")
+            p.tbs = msg.to_be_signed(self._aad)
+            p.sig = msg.signature
         p.kid = bytes(kid)
-        p.tbs = msg.to_be_signed(self._aad)
-        p.sig = msg.signature
         p.txid = tx_id(tx)
         try:
-            body = cbor.loads(msg.payload)
+            body = cbor.loads(payload)
         except LedgerlinkError:
             raise Refusal(Reason.MALFORMED, "tx-body is not deterministic CBOR") from None
         if not isinstance(body, dict) or not all(is_uint(k) for k in body):

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ledgerlink.core import cbor, smt
+from ledgerlink.core import cbor, cose, smt
 from ledgerlink.ledger.state import Reason, RecordKind as RK, TxKind, state_key
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.ledger.state.testing import DevNet
@@ -98,3 +98,35 @@ def test_prove_and_roots_while_a_block_is_pending(net):
     assert fresh.execute(1, T, txs) == pending_root
     key, value, proof = state.prove(RK.ANCHOR, [net["gateway"].id, 1])
     smt.verify(pending_root, key, value, proof)
+
+
+def _frame(kid, payload, sig):
+    return cbor.dumps(cbor.Tag(18, [cose._PROTECTED_ES256, {4: kid}, payload, sig]))
+
+
+edits = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 5000), st.integers(0, 255)), max_size=3)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([0, 16, 16, 16, 17]), st.integers(0, 600), st.sampled_from([64, 64, 63]), edits)
+def test_split_sign1_agrees_with_the_cose_decoder(kid_len, payload_len, sig_len, changes):
+    aad = enc.tx_aad("ll-test")
+    frame = bytearray(_frame(bytes(range(kid_len)), bytes(payload_len), b"\x01" * sig_len))
+    for op, pos, value in changes:
+        pos %= len(frame) + 1
+        if op == 0 and pos < len(frame):
+            frame[pos] = value
+        elif op == 1 and pos < len(frame):
+            del frame[pos]
+        else:
+            frame.insert(pos, value)
+    frame = bytes(frame)
+    parts = enc.split_sign1(frame)
+    if not changes and kid_len == 16 and sig_len == 64:
+        assert parts is not None
+    if parts is None:
+        return
+    msg = cose.decode_sign1(frame)
+    assert parts == (msg.kid, msg.payload, msg.signature)
+    tbs = enc.tx_tbs_prefix("ll-test") + enc.bstr_head(len(parts[1])) + parts[1]
+    assert tbs == msg.to_be_signed(aad)
