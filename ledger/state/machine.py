@@ -95,7 +95,7 @@ class _Parsed:
         self.verified: set[bytes] = set()
 
 
-PARSED_CACHE_SIZE = 30000
+PARSED_CACHE_SIZE = 20000
 RECORD_CACHE_SIZE = 4096
 
 
