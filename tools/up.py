@@ -1,0 +1,549 @@
+"""``ledgerlink up --config FILE``: one site for real devices (broker, ledger cluster, gateway, dashboard).
+
+The same parts as ``ledgerlink demo`` (``ledgerlink.tools.stack``) without simulated devices, placed by a
+config file (JSON, or TOML when the name ends in .toml; relative paths are relative to the file)::
+
+    {
+      "data_dir": "site-data",                         # required: keys, ledger, gateway store, logs
+      "site": "plant-1",                               # required: [a-z0-9-]{1,32}
+      "broker": {"host": "127.0.0.1", "port": 1883},   # mosquitto started here (port 0: a free one)
+                                                       # or {"external": "mqtt.lan:1883"}: a running MQTT 5 broker
+      "ledger": {"nodes": 4, "host": "127.0.0.1", "base_port": 27000, "chain_id": "ll-plant-1"},
+                                                       # peer ports base_port+i, client ports base_port+1000+i
+      "gateway": {"http_host": "127.0.0.1", "http_port": 8080, "limits": {}, "batch": {}},
+      "admin_key": "admin.key"                         # the genesis admin's key (default: made in data_dir)
+    }
+
+Every setting is checked before anything is written or started (fields and types, ports in range and
+free, the external broker answering, the admin key file, an existing data directory matching the
+config); a bad config ends with one line saying what to change and exit status 2. The first run writes
+the validator keys, the genesis (the configured admin key is its admin) and ``data_dir/ledger/cluster.json``
+into a temporary directory renamed into place, so an interrupted first run leaves nothing half-made;
+later runs reuse them. When everything runs it prints where each part is and a line starting with
+``ready``; Ctrl-C or SIGTERM stops the gateway, the nodes and the broker in that order (exit 0). A part
+that exits by itself stops the rest (exit 1). Private keys are never printed.
+
+The local broker allows anonymous MQTT clients: devices are authenticated by their signatures and
+session keys, not by the broker; put broker access control in an external broker's own config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Sequence
+
+from ledgerlink.core import p256
+from ledgerlink.core.backend import get_backend
+from ledgerlink.core.errors import LedgerlinkError
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+SITE_RE = re.compile(r"[a-z0-9-]{1,32}")
+CHAIN_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+CLIENT_PORT_OFFSET = 1000
+KNOWN = {
+    "": ("data_dir", "site", "broker", "ledger", "gateway", "admin_key"),
+    "broker": ("host", "port", "external"),
+    "ledger": ("nodes", "host", "base_port", "chain_id"),
+    "gateway": ("http_host", "http_port", "limits", "batch"),
+}
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message says what to change."""
+
+
+class UpConfig:
+    """A checked ``ledgerlink up`` config (paths resolved against the config file's folder)."""
+
+    def __init__(self, path: Path, raw: dict[str, Any]) -> None:
+        self.path = path
+        self.raw = raw
+        base = path.resolve().parent
+        self.data_dir = _resolve(base, _text(raw, "data_dir", None))
+        self.site = _text(raw, "site", None)
+        if not SITE_RE.fullmatch(self.site):
+            raise ConfigError("site %r must match [a-z0-9-]{1,32}" % self.site)
+        broker = _section(raw, "broker")
+        self.broker_external: tuple[str, int] | None = None
+        if "external" in broker:
+            if "port" in broker or "host" in broker:
+                raise ConfigError("broker: give either external (a running broker) or host/port (start mosquitto), not both")
+            self.broker_external = _host_port(broker["external"], "broker.external")
+        self.broker_host = _text(broker, "host", "127.0.0.1", "broker.host")
+        self.broker_port = _port(broker, "port", 1883, "broker.port")
+        ledger = _section(raw, "ledger")
+        self.nodes = _int(ledger, "nodes", 4, "ledger.nodes")
+        if self.nodes < 1 or self.nodes > 64 or (self.nodes - 1) % 3:
+            raise ConfigError("ledger.nodes must be 3f+1 (1, 4, 7, ...) and at most 64, not %d" % self.nodes)
+        self.ledger_host = _text(ledger, "host", "127.0.0.1", "ledger.host")
+        self.base_port = _port(ledger, "base_port", 0, "ledger.base_port")
+        if self.base_port and self.base_port + CLIENT_PORT_OFFSET + self.nodes - 1 > 65535:
+            raise ConfigError("ledger.base_port %d leaves no room for client ports base_port+1000+i below 65536"
+                              % self.base_port)
+        self.chain_id = _text(ledger, "chain_id", "ll-" + self.site, "ledger.chain_id")
+        if not CHAIN_RE.fullmatch(self.chain_id):
+            raise ConfigError("ledger.chain_id %r must be 1..64 of A-Z a-z 0-9 . _ -" % self.chain_id)
+        gateway = _section(raw, "gateway")
+        self.http_host = _text(gateway, "http_host", "127.0.0.1", "gateway.http_host")
+        self.http_port = _port(gateway, "http_port", 0, "gateway.http_port")
+        self.limits = _map(gateway, "limits", "gateway.limits")
+        self.batch = _map(gateway, "batch", "gateway.batch") or {"max": 256, "interval_ms": 100}
+        admin = raw.get("admin_key")
+        if admin is not None and not isinstance(admin, str):
+            raise ConfigError("admin_key must be the path of a key file")
+        self.admin_key_given = admin is not None
+        self.admin_key_path = (_resolve(base, admin) if admin is not None
+                               else self.data_dir / "ledger" / "keys" / "admin.key")
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.data_dir / "ledger"
+
+    @property
+    def cluster_path(self) -> Path:
+        return self.ledger_dir / "cluster.json"
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return (p if p.is_absolute() else base / p).resolve()
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError("%s must be a table/object" % name)
+    return value
+
+
+def _text(d: dict[str, Any], key: str, default: str | None, label: str | None = None) -> str:
+    label = label or key
+    if key not in d:
+        if default is None:
+            raise ConfigError("the config lacks %s (required)" % label)
+        return default
+    value = d[key]
+    if not isinstance(value, str) or not value:
+        raise ConfigError("%s must be a non-empty text" % label)
+    return value
+
+
+def _int(d: dict[str, Any], key: str, default: int, label: str) -> int:
+    value = d.get(key, default)
+    if type(value) is not int:
+        raise ConfigError("%s must be an integer, not %r" % (label, value))
+    return value
+
+
+def _port(d: dict[str, Any], key: str, default: int, label: str) -> int:
+    value = _int(d, key, default, label)
+    if not 0 <= value <= 65535:
+        raise ConfigError("%s must be a port number 1..65535 (0: a free one), not %d" % (label, value))
+    return value
+
+
+def _map(d: dict[str, Any], key: str, label: str) -> dict[str, Any]:
+    value = d.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError("%s must be a table/object" % label)
+    return dict(value)
+
+
+def _host_port(value: Any, label: str) -> tuple[str, int]:
+    if not isinstance(value, str) or value.count(":") != 1:
+        raise ConfigError("%s must be HOST:PORT, not %r" % (label, value))
+    host, port = value.split(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError("%s must be HOST:PORT with a port 1..65535, not %r" % (label, value))
+    return host, int(port)
+
+
+def load_config(path: str | Path) -> UpConfig:
+    """Read and check the fields of an ``up`` config (nothing on the machine is looked at)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError("cannot read config %s: %s" % (p, exc.strerror or exc)) from None
+    try:
+        raw = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("config %s is not valid %s: %s" % (p, "TOML" if p.suffix == ".toml" else "JSON", exc)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("config %s must hold an object/table" % p)
+    for section, keys in KNOWN.items():
+        d = raw if not section else raw.get(section, {})
+        if isinstance(d, dict):
+            for k in d:
+                if k not in keys:
+                    where = "%s." % section if section else ""
+                    raise ConfigError("unknown config field %s%s (known: %s)" % (where, k, ", ".join(keys)))
+    return UpConfig(p, raw)
+
+
+def read_key(path: Path, what: str = "key") -> bytes:
+    """A 32-byte P-256 private key from a hex key file; ConfigError says what is wrong."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError("%s file %s does not exist" % (what, path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("cannot read %s file %s: %s" % (what, path, exc)) from None
+    try:
+        key = bytes.fromhex(text)
+        p256.scalar_from_bytes(key)
+    except (ValueError, LedgerlinkError):
+        raise ConfigError("%s file %s must hold a P-256 private key as 64 hex digits" % (what, path)) from None
+    return key
+
+
+# --- checks on the machine (read only) ------------------------------------------------------------------
+
+
+def _bind_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _existing_cluster(cfg: UpConfig) -> dict[str, Any] | None:
+    if not cfg.cluster_path.exists():
+        return None
+    try:
+        data = json.loads(cfg.cluster_path.read_text())
+        n = len(data["validators"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError("%s exists but is not a cluster config: move it away or use another data_dir"
+                          % cfg.cluster_path) from None
+    if n != cfg.nodes:
+        raise ConfigError("data_dir %s holds a %d-node ledger but ledger.nodes is %d: set ledger.nodes = %d "
+                          "or use another data_dir" % (cfg.data_dir, n, cfg.nodes, n))
+    if cfg.base_port and int(data.get("base_port", 0)) != cfg.base_port:
+        raise ConfigError("data_dir %s holds a ledger on base port %s but ledger.base_port is %d: set it to %s "
+                          "or leave it out" % (cfg.data_dir, data.get("base_port"), cfg.base_port, data.get("base_port")))
+    if data.get("chain_id") != cfg.chain_id and "chain_id" in cfg.raw.get("ledger", {}):
+        raise ConfigError("data_dir %s holds chain %r but ledger.chain_id is %r" % (cfg.data_dir, data.get("chain_id"),
+                                                                                  cfg.chain_id))
+    return data
+
+
+def preflight(cfg: UpConfig) -> dict[str, Any] | None:
+    """Check the machine for ``cfg`` without writing anything; return the existing cluster config, if any."""
+    from ledgerlink.tools.stack import INSTALL_HINT, find_mosquitto
+
+    if cfg.data_dir.exists() and not cfg.data_dir.is_dir():
+        raise ConfigError("data_dir %s is not a directory" % cfg.data_dir)
+    if cfg.admin_key_given or cfg.admin_key_path.exists():
+        read_key(cfg.admin_key_path, "admin key")
+    if cfg.admin_key_given and not cfg.admin_key_path.exists():
+        raise ConfigError("admin key file %s does not exist: make one with `ledgerlink admin keygen --out %s` "
+                          "or leave admin_key out" % (cfg.admin_key_path, cfg.admin_key_path))
+    existing = _existing_cluster(cfg)
+    ports: list[tuple[str, str, int]] = []
+    if cfg.broker_external is None:
+        if find_mosquitto() is None:
+            raise ConfigError(INSTALL_HINT.replace("ledgerlink demo", "ledgerlink up")
+                              + ", or set broker.external to a running MQTT 5 broker")
+        if cfg.broker_port:
+            ports.append(("broker.port", cfg.broker_host, cfg.broker_port))
+    else:
+        host, port = cfg.broker_external
+        try:
+            socket.create_connection((host, port), timeout=3).close()
+        except OSError as exc:
+            raise ConfigError("broker %s:%d does not answer (%s): start it or fix broker.external"
+                              % (host, port, exc.strerror or exc)) from None
+    base = int(existing["base_port"]) if existing is not None else cfg.base_port
+    if base:
+        for i in range(cfg.nodes):
+            ports.append(("ledger peer port of node %d" % i, cfg.ledger_host, base + i))
+            ports.append(("ledger client port of node %d" % i, cfg.ledger_host, base + CLIENT_PORT_OFFSET + i))
+    if cfg.http_port:
+        ports.append(("gateway.http_port", cfg.http_host, cfg.http_port))
+    seen: dict[int, str] = {}
+    for label, host, port in ports:
+        if port in seen:
+            raise ConfigError("%s and %s are both port %d: give them different ports" % (seen[port], label, port))
+        seen[port] = label
+        if not _bind_free(host, port):
+            raise ConfigError("%s %s:%d is in use or not bindable: stop what uses it (another `ledgerlink up`?) "
+                              "or choose another port" % (label, host, port))
+    return existing
+
+
+# --- first run: keys and genesis ------------------------------------------------------------------------
+
+
+def make_ledger(cfg: UpConfig) -> None:
+    """Write validator, gateway (and admin, unless configured) keys, genesis and cluster.json, all or nothing."""
+    from ledgerlink.ledger.cluster import free_base_port, generate
+
+    be = get_backend("cpython")
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".ledger-", dir=cfg.data_dir))
+    try:
+        base = cfg.base_port or free_base_port(cfg.nodes, cfg.ledger_host)
+        path = generate(tmp, cfg.nodes, base, cfg.chain_id)
+        data = json.loads(path.read_text())
+        data["host"] = cfg.ledger_host
+        if cfg.admin_key_given:
+            admin_pub = be.public_key(read_key(cfg.admin_key_path, "admin key"), True)
+            data["genesis"]["admins"] = [{"key": admin_pub.hex(), "attributes": {"name": "admin"}}]
+            (tmp / "keys" / "admin.key").unlink()
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        os.rename(tmp, cfg.ledger_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _admin_warning(cfg: UpConfig, cluster: dict[str, Any]) -> str | None:
+    be = get_backend("cpython")
+    pub = be.public_key(read_key(cfg.admin_key_path, "admin key"), True).hex()
+    admins = [a["key"] if isinstance(a, dict) else a for a in cluster.get("genesis", {}).get("admins", [])]
+    if pub not in admins:
+        return ("warning: admin key %s is not a genesis admin of this ledger; its transactions are refused "
+                "unless it was registered with role admin" % cfg.admin_key_path)
+    return None
+
+
+# --- the running site -----------------------------------------------------------------------------------
+
+
+def _make_stack_class() -> type:
+    from ledgerlink.tools import stack as st
+
+    class UpStack(st.Stack):
+        """``Stack`` with the broker, gateway HTTP and MQTT addresses of an ``up`` config."""
+
+        def __init__(self, cfg: UpConfig, progress: Any) -> None:
+            super().__init__(cfg.data_dir, cfg.site, cfg.nodes, limits=cfg.limits, batch=cfg.batch, progress=progress)
+            self.cfg = cfg
+            self.broker_host = "127.0.0.1"
+
+        def start(self, timeout: float = 60.0) -> None:
+            if self.cfg.broker_external is None:
+                super().start(timeout)
+                return
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.broker_host, self.broker_port = self.cfg.broker_external
+                self.progress("MQTT broker: external at %s:%d" % self.cfg.broker_external)
+                self._start_cluster(timeout)
+                self._start_gateway(timeout)
+            except BaseException:
+                self.stop()
+                raise
+
+        def _start_broker(self, mosquitto: str, timeout: float) -> None:
+            cfg = self.cfg
+            self.broker_port = cfg.broker_port or st.free_port(cfg.broker_host)
+            self.broker_host = "127.0.0.1" if cfg.broker_host in ("0.0.0.0", "::") else cfg.broker_host
+            conf = self.data_dir / "mosquitto.conf"
+            conf.write_text("listener %d %s\nallow_anonymous true\npersistence false\nuser %s\n"
+                            % (self.broker_port, cfg.broker_host, pwd.getpwuid(os.geteuid()).pw_name))
+            with open(self.data_dir / "mosquitto.log", "ab") as log:
+                self.broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, preexec_fn=st._child_setup)
+            _wait_listening(self.broker, "mosquitto", self.broker_host, self.broker_port,
+                            self.data_dir / "mosquitto.log", timeout)
+            self.progress("MQTT broker: mosquitto on %s:%d (%s)" % (cfg.broker_host, self.broker_port, mosquitto))
+
+        def _start_gateway(self, timeout: float) -> None:
+            keys = self.data_dir / "ledger" / "keys"
+            for name in ("gw-ca", "gw-site"):
+                if not (keys / (name + ".key")).exists():
+                    st.write_key(keys / (name + ".key"), self.crypto.generate_private_key())
+            gw = {
+                "site": self.site,
+                "mqtt": {"host": self.broker_host, "port": self.broker_port, "client_id": "ll-gw-%s-1" % self.site},
+                "store": "gateway.db",
+                "keys": {"identity": "ledger/keys/gateway.key", "ca": "ledger/keys/gw-ca.key",
+                         "site": "ledger/keys/gw-site.key"},
+                "ledger": {"cluster": "ledger/cluster.json"},
+                "limits": self.limits,
+                "batch": self.batch,
+                "http": {"host": self.cfg.http_host, "port": self.cfg.http_port},
+            }
+            path = self.data_dir / "gateway.json"
+            path.write_text(json.dumps(gw, indent=2) + "\n")
+            log_path = self.data_dir / "gateway.log"
+            start = log_path.stat().st_size if log_path.exists() else 0
+            with open(log_path, "ab") as log:
+                self.gateway = subprocess.Popen(
+                    [sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=st._child_setup)
+            deadline = time.monotonic() + timeout
+            while True:
+                with open(log_path, "rb") as f:
+                    f.seek(start)
+                    text = f.read()
+                if b"subscribed" in text:
+                    found = re.search(rb"dashboard on (http://\S+)", text)
+                    self.dashboard_url = found.group(1).decode() if found else None
+                    break
+                if self.gateway.poll() is not None:
+                    raise st.StackError("gateway exited with %s (see %s)" % (self.gateway.returncode, log_path))
+                if time.monotonic() > deadline:
+                    raise st.StackError("gateway did not subscribe (see %s)" % log_path)
+                time.sleep(0.05)
+            self.progress("gateway %s: site %r, subscribed to ll/%s/dev/+/up, .../reg and .../session"
+                          % (self.gateway_id.hex(), self.site, self.site))
+
+        def exited(self) -> str | None:
+            """A line naming a part that exited by itself, or None."""
+            parts = [("mosquitto", self.broker, self.data_dir / "mosquitto.log"),
+                     ("gateway", self.gateway, self.data_dir / "gateway.log")]
+            if self.cluster is not None:
+                parts += [("ledger node %d" % i, p, self.data_dir / "ledger" / ("node%d.log" % i))
+                          for i, p in sorted(self.cluster.procs.items())]
+            for name, p, log in parts:
+                if p is not None and p.poll() is not None:
+                    return "%s exited with status %s (see %s)" % (name, p.returncode, log)
+            return None
+
+    return UpStack
+
+
+def _wait_listening(proc: subprocess.Popen, name: str, host: str, port: int, log: Path, timeout: float) -> None:
+    from ledgerlink.tools.stack import StackError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise StackError("%s exited with %s (see %s)" % (name, proc.returncode, log))
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise StackError("%s did not listen on %s:%d (see %s)" % (name, host, port, log)) from None
+            time.sleep(0.05)
+
+
+class _Stop(Exception):
+    """SIGINT or SIGTERM."""
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _ignore_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _summary(stack: Any, cfg: UpConfig) -> list[str]:
+    be = get_backend("cpython")
+    c = stack.cluster.config
+    admin_pub = be.public_key(read_key(cfg.admin_key_path, "admin key"), True)
+    from ledgerlink.ledger.state.encoding import device_id
+
+    lines = ["broker: mqtt://%s:%d (MQTT 5; devices use ll/%s/dev/<device-id>/up, reg, session; replies on .../down)"
+             % (stack.broker_host, stack.broker_port, cfg.site),
+             "ledger: chain %r, %d nodes; client ports %s" % (
+                 c.chain_id, c.n, ", ".join("%s:%d" % (a.host, a.client_port) for a in c.nodes)),
+             "cluster config (trust anchor: chain id + validator keys): %s" % cfg.cluster_path]
+    for a in c.nodes:
+        lines.append("  validator %d: %s (key file %s)" % (a.index, a.pubkey.hex(), a.key_file))
+    lines.append("admin key: %s (device %s); e.g. ledgerlink admin --up-config %s validators"
+                 % (cfg.admin_key_path, device_id(admin_pub).hex(), cfg.path))
+    lines.append("gateway: device %s, log %s" % (stack.gateway_id.hex(), cfg.data_dir / "gateway.log"))
+    lines.append("dashboard: %s (metrics at %smetrics)" % (stack.dashboard_url, stack.dashboard_url)
+                 if stack.dashboard_url else "dashboard: not started (see the gateway log)")
+    lines.append("processes: %s" % " ".join(str(p) for p in stack.pids()))
+    return lines
+
+
+def run(cfg: UpConfig) -> int:
+    """Start the site of ``cfg``, print where everything is, run until SIGINT/SIGTERM; the exit status."""
+    from ledgerlink.tools.stack import StackError
+
+    existing = preflight(cfg)
+    t0 = time.monotonic()
+
+    def say(line: str) -> None:
+        print("[%6.1fs] %s" % (time.monotonic() - t0, line), flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_stop)
+    stack = None
+    started = False
+    try:
+        say("ledgerlink up: site %r, data in %s" % (cfg.site, cfg.data_dir))
+        if existing is None:
+            make_ledger(cfg)
+            say("new ledger: keys and genesis written to %s" % cfg.ledger_dir)
+        else:
+            warning = _admin_warning(cfg, existing)
+            if warning:
+                say(warning)
+        stack = _make_stack_class()(cfg, say)
+        stack.start()
+        started = True
+        for line in _summary(stack, cfg):
+            say(line)
+        say("ready: Ctrl-C or SIGTERM stops")
+        while True:
+            time.sleep(0.25)
+            gone = stack.exited()
+            if gone:
+                _ignore_signals()
+                say("error: %s; stopping" % gone)
+                stack.stop()
+                say("stopped")
+                return EXIT_FAILED
+    except _Stop as stop:
+        _ignore_signals()
+        say("%s: stopping" % stop)
+        if stack is not None:
+            stack.stop()
+        say("stopped")
+        return 0 if started else 130
+    except (StackError, RuntimeError, TimeoutError, OSError, ConfigError) as exc:
+        _ignore_signals()
+        if stack is not None:
+            stack.stop()
+        print("ledgerlink up: error: %s" % exc, file=sys.stderr, flush=True)
+        return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ledgerlink up", description=__doc__.split("\n")[0].strip("`"),
+                                epilog="Config format: see the module docstring of ledgerlink.tools.up "
+                                       "and tools/up.example.json.")
+    p.add_argument("--config", required=True, metavar="FILE", help="site config (JSON, or TOML ending in .toml)")
+    p.add_argument("--check", action="store_true", help="only check the config and the machine, start nothing")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        if args.check:
+            preflight(cfg)
+            print("config %s is usable: site %r, data in %s" % (args.config, cfg.site, cfg.data_dir))
+            return 0
+        return run(cfg)
+    except ConfigError as exc:
+        print("ledgerlink up: config error: %s" % exc, file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())
