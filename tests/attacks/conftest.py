@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
@@ -72,18 +73,19 @@ class Dev:
 class Net:
     """The attacker's and the observer's MQTT 5 clients on the stack's broker."""
 
-    def __init__(self, stack: Stack, site: str = SITE) -> None:
+    def __init__(self, stack: Stack, site: str = SITE, db: Path | None = None) -> None:
         self.stack = stack
         self.site = site
+        self.db = db or stack.data_dir / "gateway.db"
         self.lock = threading.Lock()
         self.msgs: list[tuple[str, bytes]] = []
-        self.observer = self._client("atk-observer-%d" % os.getpid())
+        self.observer = self._client("observer-%s-%d" % (site, os.getpid()))
         subscribed = threading.Event()
         self.observer.on_message = self._on_message
         self.observer.on_subscribe = lambda *a: subscribed.set()
         self.observer.subscribe([("ll/%s/dev/+/down" % site, 1), ("ll/%s/verified/+" % site, 1)])
         assert subscribed.wait(5)
-        self.attacker = self._client("atk-attacker-%d" % os.getpid())
+        self.attacker = self._client("attacker-%s-%d" % (site, os.getpid()))
 
     def _client(self, cid: str) -> mqtt.Client:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
@@ -162,7 +164,7 @@ class Net:
 
     def stored(self, frame: bytes) -> bool:
         """The frame is in the gateway's store of accepted messages (hence batched and anchored)."""
-        db = sqlite3.connect("file:%s?mode=ro" % (self.stack.data_dir / "gateway.db"), uri=True, timeout=5)
+        db = sqlite3.connect("file:%s?mode=ro" % self.db, uri=True, timeout=5)
         try:
             return bool(db.execute("SELECT count(*) FROM messages WHERE frame_hash = ?", (sha256(frame),)).fetchone()[0])
         finally:
