@@ -19,6 +19,8 @@ PASSTHROUGH = {
     "gateway": ("ledgerlink.gateway.main", "run a gateway from a config file"),
     "bench": ("ledgerlink.tools.bench", "per-operation crypto benchmark table"),
     "leakage": ("ledgerlink.tools.leakage", "dudect-style leakage check of secret-scalar operations"),
+    "up": ("ledgerlink.tools.up", "run broker, ledger and gateway for real devices from a config file"),
+    "admin": ("ledgerlink.tools.admin", "register, ban, show devices; firmware records; verified headers"),
 }
 
 
