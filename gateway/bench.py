@@ -1,0 +1,352 @@
+"""Benchmark of one gateway process on a live site: ``python3 -m ledgerlink.gateway.bench``.
+
+Starts a ``Stack`` (mosquitto on loopback, a 4-node PBFT ledger, the gateway) in a temporary directory,
+registers ``--devices`` simulated devices (their own keys; admin-signed ``tx-register`` in batches of
+``--reg-batch`` submitted concurrently) and prints, with the time each setup step took:
+
+- the ceiling: single-core ES256 verifications per second of the cpython backend, in this process;
+- first contact: every device sends one signed reading (the gateway fetches and checks one ledger
+  record proof per device);
+- signed-mode throughput: ``--messages`` pre-made COSE_Sign1 readings, at most ``--window`` in flight
+  (published and not yet republished as verified, so the broker never drops queued messages);
+- receipt latency: pre-made signed readings published at ``--rate`` msg/s for ``--latency-s`` seconds,
+  publish to receipt on the device's down topic, p50/p99;
+- session-mode throughput: ``--session-devices`` devices open ECQV sessions with the gateway's fog CA
+  (the rest stay in signed mode), then ``--messages`` pre-made COSE_Encrypt0 readings of those devices.
+
+All frames are made before their phase is timed. Targets: signed >= half the verify ceiling per
+gateway process, session >= 3x signed, p99 receipt latency < 500 ms at 1,000 msg/s. The machine's
+other load counts: broker, ledger nodes, gateway and this load generator share the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import paho.mqtt.client as mqtt
+
+from ledgerlink.core import cbor
+from ledgerlink.core.backend import get_backend
+from ledgerlink.device.core import MODE_SESSION, DeviceCore, MemoryCounter, SequenceCounter, SessionOpened
+from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.tools.stack import Stack
+
+SITE = "bench"
+LIMITS = {"rate_per_s": 100000, "burst": 100000, "registry_ttl_ms": 3_600_000, "registry_timeout_ms": 60_000,
+          "max_pending": 100_000, "max_devices": 1_000_000}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def verify_ceiling(seconds: float = 2.0) -> float:
+    """ES256 verifications per second on one core with the cpython backend."""
+    crypto = get_backend("cpython")
+    priv = crypto.generate_private_key()
+    pub = crypto.public_key(priv, True)
+    msgs = [os.urandom(100) for _ in range(16)]
+    sigs = [crypto.sign(priv, m) for m in msgs]
+    n = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for m, s in zip(msgs, sigs):
+            if not crypto.verify(pub, m, s):
+                raise AssertionError("verify failed")
+        n += len(msgs)
+    return n / (time.perf_counter() - start)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+class Observer:
+    """QoS 0 subscriber of the verified and down topics: arrival times by frame hash."""
+
+    def __init__(self, port: int) -> None:
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.verified: dict[bytes, float] = {}
+        self.receipts: dict[bytes, float] = {}
+        self.refused: dict[int, int] = {}
+        self.sessions: dict[str, Any] = {}
+        self.session_handler: Callable[[str, bytes], None] | None = None
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ll-bench-observer-%d" % os.getpid(),
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        ready = threading.Event()
+        self.client.on_subscribe = lambda *a: ready.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.client.subscribe([("ll/%s/verified/+" % SITE, 0), ("ll/%s/dev/+/down" % SITE, 0)])
+        if not ready.wait(10):
+            raise RuntimeError("observer did not subscribe")
+
+    def _on_message(self, c: Any, u: Any, m: Any) -> None:
+        t = time.monotonic()
+        payload = bytes(m.payload)
+        if "/verified/" in m.topic:
+            with self.cond:
+                self.verified[cbor.loads(payload)[5]] = t
+                self.cond.notify_all()
+            return
+        if payload[:3] == b"\xa8\x00\x01":                  # receipt map {0: 1, ...}: only its hash is needed
+            msg = cbor.loads(payload)
+            with self.cond:
+                self.receipts[msg[1]] = t
+            return
+        msg = cbor.loads(payload)
+        if msg.get(0) == 2:
+            with self.cond:
+                self.refused[msg[2]] = self.refused.get(msg[2], 0) + 1
+                self.cond.notify_all()
+        elif msg.get(0) == 3 and self.session_handler is not None:
+            self.session_handler(m.topic, payload)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Publisher:
+    def __init__(self, port: int, name: str) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ll-bench-%s-%d" % (name, os.getpid()),
+                                  protocol=mqtt.MQTTv5)
+        self.client.max_queued_messages_set(0)
+        self.client.max_inflight_messages_set(1000)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run_closed_loop(pub: Publisher, obs: Observer, frames: list[tuple[str, bytes]], window: int,
+                    stall_s: float = 30.0) -> tuple[int, float]:
+    """Publish ``frames`` with at most ``window`` not yet verified or refused; (accepted, seconds)."""
+    hashes = [hashlib.sha256(p).digest() for _, p in frames]
+    with obs.lock:
+        refused0 = sum(obs.refused.values())
+    start = time.monotonic()
+    sent = 0
+    last_progress = start
+    last_done = 0
+    while True:
+        with obs.cond:
+            done = sum(1 for h in hashes[:sent] if h in obs.verified) if sent - last_done > window // 2 or sent == len(frames) else last_done
+            refused = sum(obs.refused.values()) - refused0
+            if done + refused > last_done:
+                last_progress = time.monotonic()
+            last_done = done
+            if done + refused >= len(frames):
+                break
+            if sent - done - refused >= window or sent == len(frames):
+                obs.cond.wait(0.05)
+                if time.monotonic() - last_progress > stall_s:
+                    break
+                continue
+        while sent < len(frames) and sent - last_done - refused < window:
+            pub.publish(*frames[sent])
+            sent += 1
+    with obs.lock:
+        accepted = sum(1 for h in hashes if h in obs.verified)
+        ends = [obs.verified[h] for h in hashes if h in obs.verified]
+    return accepted, (max(ends) if ends else time.monotonic()) - start
+
+
+def run_paced(pub: Publisher, obs: Observer, frames: list[tuple[str, bytes]], rate: float,
+              wait_s: float = 30.0) -> tuple[list[float], float, int]:
+    """Publish at ``rate`` msg/s; (publish-to-receipt latencies in s, achieved rate, frames without receipt)."""
+    sent_at: dict[bytes, float] = {}
+    start = time.monotonic()
+    for i, (topic, payload) in enumerate(frames):
+        due = start + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        sent_at[hashlib.sha256(payload).digest()] = time.monotonic()
+        pub.publish(topic, payload)
+    achieved = len(frames) / (time.monotonic() - start)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        with obs.lock:
+            if all(h in obs.receipts for h in sent_at):
+                break
+        time.sleep(0.1)
+    with obs.lock:
+        lat = [obs.receipts[h] - t for h, t in sent_at.items() if h in obs.receipts]
+    return lat, achieved, len(sent_at) - len(lat)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m ledgerlink.gateway.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--devices", type=int, default=10000)
+    p.add_argument("--messages", type=int, default=20000, help="readings per throughput phase")
+    p.add_argument("--rate", type=float, default=1000.0, help="offered msg/s of the latency phase")
+    p.add_argument("--latency-s", type=float, default=10.0)
+    p.add_argument("--session-devices", type=int, default=1000)
+    p.add_argument("--window", type=int, default=500, help="frames in flight in the throughput phases")
+    p.add_argument("--reg-batch", type=int, default=1000)
+    p.add_argument("--data", help="keep the stack's data here (default: a temporary directory, removed)")
+    args = p.parse_args(argv)
+    crypto = get_backend("cpython")
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    ceiling = verify_ceiling()
+    say("verify ceiling: %.0f ES256 verifications/s on one core (cpython backend)" % ceiling)
+    data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="ll-gw-bench-"))
+    stack = Stack(data, site=SITE, limits=LIMITS, batch={"max": 1024, "interval_ms": 100}, progress=say)
+    t = time.monotonic()
+    stack.start()
+    say("stack started in %.1f s" % (time.monotonic() - t))
+    obs = pub = None
+    rows: list[tuple[str, str, str, str]] = []
+    try:
+        t = time.monotonic()
+        devices = [DeviceCore(crypto.generate_private_key(), SITE, SequenceCounter(MemoryCounter(), 1 << 20),
+                              stack.chain_id, stack.validators, ca_public=stack.public_key("gw-ca"), backend="cpython")
+                   for _ in range(args.devices)]
+        reqs = [enc.registration_request(d._priv, 1, {"name": "bench-%d" % i}, now_ms()) for i, d in enumerate(devices)]
+        say("made %d device keys and registration requests in %.1f s" % (len(devices), time.monotonic() - t))
+        t = time.monotonic()
+        for i in range(0, len(reqs), args.reg_batch):
+            stack.register(reqs[i:i + args.reg_batch])
+        reg_s = time.monotonic() - t
+        say("registered %d devices on the ledger in %.1f s (%.0f tx/s), height %d"
+            % (len(devices), reg_s, len(devices) / reg_s, stack.height()))
+        obs = Observer(stack.broker_port)
+        pub = Publisher(stack.broker_port, "pub")
+
+        first = [(d.up_topic, d.reading({"t": 0}, now_ms()).payload) for d in devices]
+        n, secs = run_closed_loop(pub, obs, first, args.window, stall_s=60)
+        say("first contact: %d of %d devices accepted in %.1f s (%.0f/s, one ledger record proof each)"
+            % (n, len(first), secs, n / secs))
+
+        def signed_frames(count: int, pool: list[DeviceCore]) -> list[tuple[str, bytes]]:
+            return [(pool[i % len(pool)].up_topic, pool[i % len(pool)].reading({"t": i}, now_ms()).payload)
+                    for i in range(count)]
+
+        t = time.monotonic()
+        frames = signed_frames(args.messages, devices)
+        say("made %d signed readings in %.1f s" % (len(frames), time.monotonic() - t))
+        gw_pid = stack.gateway.pid
+        cpu0 = cpu_seconds(gw_pid)
+        n, secs = run_closed_loop(pub, obs, frames, args.window)
+        signed_rate = n / secs
+        say("signed mode: %d of %d accepted in %.2f s; gateway process CPU %.0f%% of one core"
+            % (n, len(frames), secs, 100 * (cpu_seconds(gw_pid) - cpu0) / secs))
+
+        count = int(args.rate * args.latency_s)
+        frames = signed_frames(count, devices)
+        lat, achieved, missing = run_paced(pub, obs, frames, args.rate)
+        p50, p99 = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
+        say("latency: %d readings at %.0f msg/s offered (%.0f achieved): p50 %.0f ms, p99 %.0f ms, %d without receipt"
+            % (count, args.rate, achieved, p50, p99, missing))
+
+        k = min(args.session_devices, len(devices))
+        subset = devices[:k]
+        by_topic = {d.down_topic: d for d in subset}
+        opened: list[Any] = []
+        lock = threading.Lock()
+
+        def on_session(topic: str, payload: bytes) -> None:
+            d = by_topic.get(topic)
+            if d is None:
+                return
+            res = d.handle_down(payload, now_ms())
+            if isinstance(res, SessionOpened):
+                with lock:
+                    opened.append(d)
+
+        obs.session_handler = on_session
+        t = time.monotonic()
+        requests = [d.session_request(now_ms()) for d in subset]
+        for r in requests:
+            pub.publish(r.topic, r.payload)
+        deadline = time.monotonic() + 120
+        while len(opened) < k and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sess_s = time.monotonic() - t
+        say("sessions: %d of %d devices opened ECQV sessions with the fog CA in %.1f s" % (len(opened), k, sess_s))
+        t = time.monotonic()
+        db = data / "gateway.db"
+        while time.monotonic() - t < 300:
+            con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=10)
+            pending = con.execute("SELECT count(*) FROM certs WHERE status = 'pending'").fetchone()[0]
+            con.close()
+            if pending == 0:
+                break
+            time.sleep(0.5)
+        say("certificate records on the ledger: done in %.1f s (%d pending)" % (time.monotonic() - t, pending))
+        pool = [d for d in subset if d.session is not None]
+        session_rate = float("nan")
+        if pool:
+            frames = [(pool[i % len(pool)].up_topic, pool[i % len(pool)].reading({"t": i}, now_ms(), MODE_SESSION).payload)
+                      for i in range(args.messages)]
+            cpu0 = cpu_seconds(gw_pid)
+            n, secs = run_closed_loop(pub, obs, frames, args.window)
+            session_rate = n / secs
+            say("session mode: %d of %d accepted in %.2f s; gateway process CPU %.0f%% of one core"
+                % (n, len(frames), secs, 100 * (cpu_seconds(gw_pid) - cpu0) / secs))
+        with obs.lock:
+            refused = dict(obs.refused)
+        if refused:
+            say("refusals seen: %s" % refused)
+
+        rows = [
+            ("verify ceiling (1 core, cpython)", "%.0f /s" % ceiling, "-", "-"),
+            ("signed mode, accepted", "%.0f msg/s" % signed_rate, ">= %.0f msg/s" % (ceiling / 2),
+             "met" if signed_rate >= ceiling / 2 else "NOT met"),
+            ("session mode, accepted (%d devices)" % len(pool), "%.0f msg/s" % session_rate,
+             ">= %.0f msg/s" % (3 * signed_rate), "met" if session_rate >= 3 * signed_rate else "NOT met"),
+            ("receipt latency p50 at %.0f msg/s" % args.rate, "%.0f ms" % p50, "-", "-"),
+            ("receipt latency p99 at %.0f msg/s" % args.rate, "%.0f ms" % p99, "< 500 ms",
+             "met" if p99 < 500 and missing == 0 else "NOT met"),
+        ]
+        w = max(len(r[0]) for r in rows)
+        say("")
+        say("%-*s  %14s  %16s  %s" % (w, "gateway bench (%d devices)" % len(devices), "measured", "target", ""))
+        for r in rows:
+            say("%-*s  %14s  %16s  %s" % (w, *r))
+    finally:
+        for c in (pub, obs):
+            if c is not None:
+                c.close()
+        stack.stop()
+        if not args.data:
+            shutil.rmtree(data, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
