@@ -215,7 +215,9 @@ def read_key(path: Path, what: str = "key") -> bytes:
 
 
 def _bind_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now (SO_REUSEADDR, as the servers set it)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -250,11 +252,11 @@ def preflight(cfg: UpConfig) -> dict[str, Any] | None:
 
     if cfg.data_dir.exists() and not cfg.data_dir.is_dir():
         raise ConfigError("data_dir %s is not a directory" % cfg.data_dir)
-    if cfg.admin_key_given or cfg.admin_key_path.exists():
-        read_key(cfg.admin_key_path, "admin key")
     if cfg.admin_key_given and not cfg.admin_key_path.exists():
         raise ConfigError("admin key file %s does not exist: make one with `ledgerlink admin keygen --out %s` "
                           "or leave admin_key out" % (cfg.admin_key_path, cfg.admin_key_path))
+    if cfg.admin_key_path.exists():
+        read_key(cfg.admin_key_path, "admin key")
     existing = _existing_cluster(cfg)
     ports: list[tuple[str, str, int]] = []
     if cfg.broker_external is None:

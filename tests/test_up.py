@@ -1,0 +1,185 @@
+"""``ledgerlink up``: a site started from a config file (given ports, a configured admin key) answers on the
+dashboard, the broker and the ledger, stops cleanly on SIGINT without leftover processes, and refuses bad
+configs with one line and exit 2 before writing anything."""
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from ledgerlink.ledger.client import LedgerClient
+from ledgerlink.ledger.cluster import free_base_port
+from ledgerlink.tools import up
+
+pytestmark = pytest.mark.slow
+
+CLI = [sys.executable, "-m", "ledgerlink.tools.cli"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def write_config(path, **fields):
+    path.write_text(json.dumps(fields))
+    return path
+
+
+def _lines(proc, q):
+    for line in proc.stdout:
+        q.put(line)
+    q.put(None)
+
+
+def test_up_runs_a_site_and_stops_on_sigint(tmp_path):
+    subprocess.run(CLI + ["admin", "keygen", "--out", str(tmp_path / "admin.key")], check=True, capture_output=True)
+    broker, http, base = free_port(), free_port(), free_base_port(4)
+    cfg = write_config(tmp_path / "up.json", data_dir="site", site="hall-2", broker={"port": broker},
+                       ledger={"nodes": 4, "base_port": base}, gateway={"http_port": http}, admin_key="admin.key")
+    proc = subprocess.Popen(CLI + ["up", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    q: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(proc, q), daemon=True).start()
+    out = []
+    try:
+        deadline = time.monotonic() + 60
+        while not any(l.split("] ", 1)[-1].startswith("ready") for l in out):
+            line = q.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, ("up exited", "".join(out), proc.stderr.read())
+            out.append(line)
+        text = "".join(out)
+        assert "broker: mqtt://127.0.0.1:%d" % broker in text
+        assert "client ports " + ", ".join("127.0.0.1:%d" % (base + 1000 + i) for i in range(4)) in text
+        assert len(re.findall(r"validator \d: [0-9a-f]{66}", text)) == 4
+        assert "admin key: %s" % (tmp_path / "admin.key") in text
+        url = re.search(r"dashboard: (http://\S+)", text).group(1)
+        assert url == "http://127.0.0.1:%d/" % http
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert resp.status == 200
+        assert listening(broker)
+        with LedgerClient(tmp_path / "site" / "ledger" / "cluster.json") as c:
+            info = c.info()
+            assert info["ok"] and c.validators()["chain_id"] == "ll-hall-2"
+        # the configured admin key is the genesis admin: it can register a device
+        reg = subprocess.run(CLI + ["admin", "--up-config", str(cfg), "register", "--demo-key",
+                                    str(tmp_path / "dev.key"), "--name", "probe"], capture_output=True, text=True)
+        assert reg.returncode == 0, reg.stderr
+        assert not (tmp_path / "site" / "ledger" / "keys" / "admin.key").exists()
+        pids = [int(p) for p in re.search(r"processes: ([\d ]+)", text).group(1).split()]
+        assert len(pids) == 6 and all(alive(p) for p in pids)
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rest = []
+    while (line := q.get(timeout=5)) is not None:
+        rest.append(line)
+    assert "stopped" in rest[-1]
+    assert proc.stderr.read() == ""
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)
+    assert not listening(broker) and not listening(http) and not listening(base + 1000)
+
+    # the data dir is reused; a config that does not match it is refused before anything starts
+    bad = write_config(tmp_path / "bad.json", data_dir="site", site="hall-2", ledger={"nodes": 7})
+    p = subprocess.run(CLI + ["up", "--config", str(bad)], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "holds a 4-node ledger" in p.stderr
+    p = subprocess.run(CLI + ["up", "--check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "is usable" in p.stdout
+
+
+def _dead_port():
+    return free_port()
+
+
+BAD = [
+    ({"data_dir": "d"}, "lacks site"),
+    ({"data_dir": "d", "site": "Plant 1"}, "must match"),
+    ({"data_dir": "d", "site": "p", "broker": {"port": 70000}}, "port number"),
+    ({"data_dir": "d", "site": "p", "gateway": {"http_port": "8080"}}, "must be an integer"),
+    ({"data_dir": "d", "site": "p", "ledger": {"nodes": 3}}, "3f+1"),
+    ({"data_dir": "d", "site": "p", "brokr": {}}, "unknown config field brokr"),
+    ({"data_dir": "d", "site": "p", "admin_key": "missing.key"}, "ledgerlink admin keygen --out"),
+    ({"data_dir": "d", "site": "p", "broker": {"external": "127.0.0.1:%d"}}, "does not answer"),
+    ({"data_dir": "d", "site": "p", "broker": {"external": "nohost"}}, "HOST:PORT"),
+]
+
+
+@pytest.mark.parametrize("fields,message", BAD, ids=[m for _, m in BAD])
+def test_bad_config_is_one_line_and_exit_2(tmp_path, fields, message):
+    fields = json.loads(json.dumps(fields).replace("%d", str(_dead_port())))
+    cfg = write_config(tmp_path / "up.json", **fields)
+    p = subprocess.run(CLI + ["up", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ledgerlink up: config error: ") and message in lines[0], p.stderr
+    assert p.stdout == ""
+    assert sorted(os.listdir(tmp_path)) == ["up.json"]
+
+
+def test_ports_in_use_and_bad_files(tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        cfg = write_config(tmp_path / "up.json", data_dir="d", site="p", gateway={"http_port": busy})
+        assert up.main(["--config", str(cfg)]) == 2
+        assert "gateway.http_port 127.0.0.1:%d is in use" % busy in capsys.readouterr().err
+    port = free_port()
+    cfg = write_config(tmp_path / "up.json", data_dir="d", site="p", broker={"port": port},
+                       gateway={"http_port": port})
+    assert up.main(["--config", str(cfg)]) == 2
+    assert "both port %d" % port in capsys.readouterr().err
+    (tmp_path / "admin.key").write_text("zz\n")
+    cfg = write_config(tmp_path / "up.json", data_dir="d", site="p", admin_key="admin.key")
+    assert up.main(["--config", str(cfg)]) == 2
+    assert "64 hex digits" in capsys.readouterr().err
+    (tmp_path / "up.toml").write_text('data_dir = "d"\nsite = \n')
+    assert up.main(["--config", str(tmp_path / "up.toml")]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    assert up.main(["--config", str(tmp_path / "none.json")]) == 2
+    assert "cannot read config" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_toml_config_and_example(tmp_path):
+    (tmp_path / "up.toml").write_text('data_dir = "data"\nsite = "plant-1"\n[broker]\nexternal = "mq.lan:1883"\n'
+                                      '[ledger]\nnodes = 7\nbase_port = 30000\n[gateway]\nhttp_port = 8080\n')
+    cfg = up.load_config(tmp_path / "up.toml")
+    assert cfg.broker_external == ("mq.lan", 1883) and cfg.nodes == 7 and cfg.base_port == 30000
+    assert cfg.data_dir == (tmp_path / "data").resolve() and cfg.chain_id == "ll-plant-1"
+    assert cfg.admin_key_path == cfg.data_dir / "ledger" / "keys" / "admin.key"
+    example = up.load_config(os.path.join(os.path.dirname(up.__file__), "up.example.json"))
+    assert example.site == "plant-1" and example.admin_key_given
