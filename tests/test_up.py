@@ -183,3 +183,51 @@ def test_toml_config_and_example(tmp_path):
     assert cfg.admin_key_path == cfg.data_dir / "ledger" / "keys" / "admin.key"
     example = up.load_config(os.path.join(os.path.dirname(up.__file__), "up.example.json"))
     assert example.site == "plant-1" and example.admin_key_given
+
+
+def test_external_broker_and_a_part_that_exits(tmp_path):
+    from ledgerlink.tools.stack import find_mosquitto
+
+    port = free_port()
+    (tmp_path / "mq.conf").write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % port)
+    mq = subprocess.Popen([find_mosquitto(), "-c", str(tmp_path / "mq.conf")], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not listening(port):
+            assert time.monotonic() < deadline and mq.poll() is None
+            time.sleep(0.05)
+        cfg = write_config(tmp_path / "up.json", data_dir="site", site="ext", ledger={"nodes": 1},
+                           broker={"external": "127.0.0.1:%d" % port})
+        proc = subprocess.Popen(CLI + ["up", "--config", str(cfg)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        q: queue.Queue = queue.Queue()
+        threading.Thread(target=_lines, args=(proc, q), daemon=True).start()
+        out = []
+        try:
+            while not any("ready" in l for l in out):
+                line = q.get(timeout=60)
+                assert line is not None, ("up exited", "".join(out), proc.stderr.read())
+                out.append(line)
+            text = "".join(out)
+            assert "MQTT broker: external at 127.0.0.1:%d" % port in text
+            assert "broker: mqtt://127.0.0.1:%d" % port in text
+            pids = [int(p) for p in re.search(r"processes: ([\d ]+)", text).group(1).split()]
+            assert len(pids) == 2
+            node = [p for p in pids if b"ledgerlink.ledger.node" in open("/proc/%d/cmdline" % p, "rb").read()]
+            assert len(node) == 1
+            os.kill(node[0], signal.SIGKILL)
+            assert proc.wait(30) == 1
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        rest = []
+        while (line := q.get(timeout=5)) is not None:
+            rest.append(line)
+        assert any("error: ledger node 0 exited" in l for l in rest) and "stopped" in rest[-1]
+        assert not any(alive(p) for p in pids)
+        assert mq.poll() is None and listening(port)          # an external broker is not ours to stop
+    finally:
+        mq.terminate()
+        mq.wait(10)

@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         where.add_argument("--timeout", type=float, metavar="S", help="seconds per node request (default 5)",
                            **(kw or {"default": 5.0}))
 
-    p = argparse.ArgumentParser(prog="ledgerlink admin", description=__doc__.split("\n")[0].strip("`"))
+    p = argparse.ArgumentParser(prog="ledgerlink admin", description=__doc__.split("\n")[0].replace("`", ""))
     ledger_options(p, False)
     common = argparse.ArgumentParser(add_help=False)
     ledger_options(common, True)

@@ -529,7 +529,7 @@ def run(cfg: UpConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ledgerlink up", description=__doc__.split("\n")[0].strip("`"),
+    p = argparse.ArgumentParser(prog="ledgerlink up", description=__doc__.split("\n")[0].replace("`", ""),
                                 epilog="Config format: see the module docstring of ledgerlink.tools.up "
                                        "and tools/up.example.json.")
     p.add_argument("--config", required=True, metavar="FILE", help="site config (JSON, or TOML ending in .toml)")
@@ -545,6 +545,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print("ledgerlink up: config error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("ledgerlink up: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
