@@ -260,6 +260,7 @@ class Limits:
     max_pending_per_device: int = 16
     flood_report_ms: int = 10_000          # at most one rate-limited warning per device per period
     max_devices: int = 100_000
+    max_proof_lag: int = 64                # registry proofs from headers further behind the newest are stale
 
 
 @dataclass
@@ -586,6 +587,10 @@ class GatewayCore:
         except Exception as exc:  # noqa: BLE001 - forged or malformed input is dropped
             return [Ignored("registry proof refused: %s" % exc)]
         effects: list[Effect] = []
+        if self.header is not None and header.height + self.limits.max_proof_lag < self.header.height:
+            # A lying node could otherwise serve a proof from before a ban for a device not cached here.
+            return [Ignored("registry proof of height %d is more than %d behind height %d"
+                            % (header.height, self.limits.max_proof_lag, self.header.height))]
         effects.extend(self._take_header(header, cbor.dumps(cert)))
         old = self.registry.get(dev)
         if old is not None and header.height < old.height:

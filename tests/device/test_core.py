@@ -216,7 +216,7 @@ def test_receipt_from_another_validator_set_or_gateway(env):
 
 def test_refusal_reply_names_the_sent_frame(env):
     dev = env.device()
-    out = dev.reading({"t": 1}, NOW - 60_000)                                 # clock skew at the gateway
+    out = dev.reading({"t": 1}, NOW + 60_000)                                 # clock skew at the gateway
     [refuse] = env.feed(out.topic, out.payload)
     assert isinstance(refuse, c.Refuse) and refuse.code == c.CLOCK_SKEW
     result = dev.handle_down(refuse.reply(), NOW)
