@@ -180,7 +180,9 @@ class Stack:
         self.broker_port = free_port()
         conf = self.data_dir / "mosquitto.conf"
         # user: the broker keeps the owner's identity (a switch would also clear its parent-death signal)
+        # max_queued_messages: QoS 1 frames for a gateway that falls behind wait instead of being dropped
         conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nuser %s\n"
+                        "max_queued_messages 100000\n"
                         % (self.broker_port, pwd.getpwuid(os.geteuid()).pw_name))
         with open(self.data_dir / "mosquitto.log", "ab") as log:
             self.broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
