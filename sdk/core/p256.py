@@ -243,10 +243,11 @@ def _select_affine(row, digit, P=P, M=_MASK256):
 
 
 def _base_mult_windows(k):
-    """Regular signed-window recoding (every digit odd, in [-31, 31]) of the odd one of k, k + n."""
+    """Regular signed-window recoding (every digit odd, in [-31, 31]) of k + n or k + 2n, whichever is odd."""
     tables = _window_tables()
     # A sentinel bit far above the scalar keeps every intermediate the same length for every k.
-    k = (k + N * (1 - (k & 1))) | _SENTINEL
+    # k + N (k even) or k + 2N (k odd): odd, and the same work whatever the parity of k.
+    k = (k + N * (2 - ((k + 1) & 1))) | _SENTINEL
     digit = (k & 63) - 32
     k = (k - digit) >> 5
     x, y = _select_affine(tables[0], digit)
