@@ -227,28 +227,7 @@ class Stack:
             "batch": self.batch,
             "http": {"host": "127.0.0.1", "port": 0},
         }
-        path = self.data_dir / "gateway.json"
-        path.write_text(json.dumps(cfg, indent=2) + "\n")
-        log_path = self.data_dir / "gateway.log"
-        start = log_path.stat().st_size if log_path.exists() else 0
-        with open(log_path, "ab") as log:
-            self.gateway = subprocess.Popen(
-                [sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_child_setup)
-        deadline = time.monotonic() + timeout
-        while True:
-            with open(log_path, "rb") as f:
-                f.seek(start)
-                text = f.read()
-                if b"subscribed" in text:
-                    found = re.search(rb"dashboard on (http://\S+)", text)
-                    self.dashboard_url = found.group(1).decode() if found else None
-                    break
-            if self.gateway.poll() is not None:
-                raise StackError("gateway exited with %s (see %s)" % (self.gateway.returncode, log_path))
-            if time.monotonic() > deadline:
-                raise StackError("gateway did not subscribe (see %s)" % log_path)
-            time.sleep(0.05)
+        self.gateway, self.dashboard_url = launch_gateway(cfg, self.data_dir, timeout)
         self.progress("gateway %s: site %r, subscribed to ll/%s/dev/+/up and .../session"
                       % (self.gateway_id.hex(), self.site, self.site))
 
@@ -293,3 +272,31 @@ class Stack:
         if res.get("status") != "committed" or res.get("code") != REASON_OK:
             raise StackError("ban refused: %r" % (res,))
         return res
+
+
+def launch_gateway(cfg: dict, data_dir: Path, timeout: float) -> tuple[subprocess.Popen, str | None]:
+    """Write ``gateway.json`` into ``data_dir``, start the gateway and wait until it subscribed.
+
+    Returns the process and the dashboard URL it logged (None without one); raises StackError.
+    """
+    path = data_dir / "gateway.json"
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    log_path = data_dir / "gateway.log"
+    start = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_child_setup)
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            text = f.read()
+        if b"subscribed" in text:
+            found = re.search(rb"dashboard on (http://\S+)", text)
+            return proc, found.group(1).decode() if found else None
+        if proc.poll() is not None:
+            raise StackError("gateway exited with %s (see %s)" % (proc.returncode, log_path))
+        if time.monotonic() > deadline:
+            raise StackError("gateway did not subscribe (see %s)" % log_path)
+        time.sleep(0.05)

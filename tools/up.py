@@ -384,28 +384,7 @@ def _make_stack_class() -> type:
                 "batch": self.batch,
                 "http": {"host": self.cfg.http_host, "port": self.cfg.http_port},
             }
-            path = self.data_dir / "gateway.json"
-            path.write_text(json.dumps(gw, indent=2) + "\n")
-            log_path = self.data_dir / "gateway.log"
-            start = log_path.stat().st_size if log_path.exists() else 0
-            with open(log_path, "ab") as log:
-                self.gateway = subprocess.Popen(
-                    [sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=st._child_setup)
-            deadline = time.monotonic() + timeout
-            while True:
-                with open(log_path, "rb") as f:
-                    f.seek(start)
-                    text = f.read()
-                if b"subscribed" in text:
-                    found = re.search(rb"dashboard on (http://\S+)", text)
-                    self.dashboard_url = found.group(1).decode() if found else None
-                    break
-                if self.gateway.poll() is not None:
-                    raise st.StackError("gateway exited with %s (see %s)" % (self.gateway.returncode, log_path))
-                if time.monotonic() > deadline:
-                    raise st.StackError("gateway did not subscribe (see %s)" % log_path)
-                time.sleep(0.05)
+            self.gateway, self.dashboard_url = st.launch_gateway(gw, self.data_dir, timeout)
             self.progress("gateway %s: site %r, subscribed to ll/%s/dev/+/up, .../reg and .../session"
                           % (self.gateway_id.hex(), self.site, self.site))
 
