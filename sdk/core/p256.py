@@ -61,20 +61,16 @@ def _inv_secret(z):
     return pow(z, P - 2, P)
 
 
-def _to_affine(pt):
+def _to_affine(pt, inverse=None):
     x, y, z = pt
     if z % P == 0:
         return None
-    zi = _inv(z)
+    zi = (inverse or _inv)(z)
     return (x * zi % P, y * zi % P)
 
 
 def _to_affine_secret(pt):
-    x, y, z = pt
-    if z % P == 0:
-        return None
-    zi = _inv_secret(z)
-    return (x * zi % P, y * zi % P)
+    return _to_affine(pt, _inv_secret)
 
 
 def is_on_curve(pt):
