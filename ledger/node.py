@@ -107,6 +107,7 @@ class Node:
         log.info("node %d restored %d blocks in %.2f s", index, self.replica.height + 1,
                  time.perf_counter() - started)
         self.waiters: dict[bytes, list[asyncio.Future]] = {}
+        self._arriving: list[tuple[bytes, asyncio.Future]] = []
         self.refused: OrderedDict[bytes, tuple[int, str]] = OrderedDict()
         self.drops: Counter[str] = Counter()
         self.net = PeerNetwork(config, index, self.rconfig.max_message_size + 1024, self.on_peer_message)
@@ -208,6 +209,37 @@ class Node:
             self.refused.popitem(last=False)
         return {"ok": True, "status": "refused", "code": code, "reason": reason}
 
+    def _admit(self, tx: bytes) -> asyncio.Future:
+        """Queue ``tx`` for the replica; the future gives the reason it was refused, or None. The
+        transactions that arrive in one turn of the event loop go to the replica together, so they
+        are forwarded to the other validators in one signed request."""
+        fut = asyncio.get_running_loop().create_future()
+        if not self._arriving:
+            asyncio.get_running_loop().call_soon(self._admit_arrived)
+        self._arriving.append((tx, fut))
+        return fut
+
+    def _admit_arrived(self) -> None:
+        arrived, self._arriving = self._arriving, []
+        try:
+            effects = self.replica.submit_many([tx for tx, _ in arrived], now_ms())
+        except Exception as exc:
+            log.exception("submit failed")
+            for _, fut in arrived:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        drops = [e for e in effects if isinstance(e, Dropped) and e.tx is not None]
+        self.effects(effects)
+        k = 0
+        for tx, fut in arrived:
+            reason = None
+            if k < len(drops) and drops[k].tx is tx:
+                reason = drops[k].reason
+                k += 1
+            if not fut.done():
+                fut.set_result(reason)
+
     async def _submit(self, req: dict) -> dict:
         tx = req.get("tx")
         if not isinstance(tx, bytes):
@@ -219,9 +251,7 @@ class Node:
         st = self._status(h)
         if st["status"] == "committed":
             return dict(st, ok=True)
-        effects = self.replica.submit(tx, now_ms())
-        reason = next((e.reason for e in effects if isinstance(e, Dropped) and e.sender is None), None)
-        self.effects(effects)
+        reason = await self._admit(tx)
         if reason is not None:
             if reason.startswith("invalid tx "):
                 return self._refuse(h, int(reason[11:]), reason)
@@ -329,7 +359,16 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s node" + str(args.index) + " %(name)s %(levelname)s %(message)s")
-    asyncio.run(_main(args))
+    prof_dir = os.environ.get("LEDGERLINK_PROFILE_DIR")
+    if not prof_dir:
+        asyncio.run(_main(args))
+        return
+    import cProfile
+    prof = cProfile.Profile()
+    try:
+        prof.runcall(asyncio.run, _main(args))
+    finally:
+        prof.dump_stats(os.path.join(prof_dir, "node%d.prof" % args.index))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,9 @@ class KVApp:
             return BAD_SIGNATURE
         return None
 
+    def precheck_tx(self, tx: bytes) -> int | None:
+        return self.check_tx(tx)
+
     def execute(self, height: int, time_ms: int, txs: Sequence[bytes]) -> bytes:
         if self.pending is not None:
             raise RuntimeError("execute without commit or rollback")

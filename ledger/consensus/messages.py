@@ -309,7 +309,10 @@ def encode_message(chain_id: str, body: list, priv: bytes, crypto: Crypto) -> by
 
 def _parse_fields(kind: int, a: list, limits: Limits) -> tuple:
     if kind == REQUEST:
-        return (_bstr(a[0], max_size=limits.max_tx_size),)
+        txs = _txs(a[0], limits.max_batch, limits.max_tx_size)
+        if not txs:
+            raise MessageError("malformed")
+        return (txs,)
     if kind == PRE_PREPARE:
         return (_view(a[0]), _uint(a[1]), Header.from_obj(a[2]),
                 _txs(a[3], limits.max_batch, limits.max_tx_size))

@@ -57,11 +57,13 @@ class App(Protocol):
 
     ``execute`` applies a batch to a speculative copy of the committed state and returns the state
     root; it must be deterministic and must not raise on transactions that passed ``check_tx``
+    or ``precheck_tx`` (the cheaper check of a transaction forwarded by another validator)
     (a transaction that fails its contract is recorded as failed, not refused). ``commit(height)``
     makes the speculative state the committed one; ``rollback`` discards it.
     """
 
     def check_tx(self, tx: bytes) -> int | None: ...
+    def precheck_tx(self, tx: bytes) -> int | None: ...
     def execute(self, height: int, time_ms: int, txs: Sequence[bytes]) -> bytes: ...
     def commit(self, height: int) -> None: ...
     def rollback(self) -> None: ...
@@ -140,8 +142,11 @@ class Committed:
 
 @dataclass(frozen=True)
 class Dropped:
+    """A refused message or transaction; ``tx`` is set when one transaction was refused."""
+
     reason: str
     sender: int | None = None
+    tx: bytes | None = None
 
 
 Effect = Send | Broadcast | Persist | Committed | Dropped
@@ -278,14 +283,30 @@ class Replica:
 
     def submit(self, tx: bytes, now_ms: int) -> list[Effect]:
         """A client transaction arriving at this validator."""
+        return self.submit_many([tx], now_ms)
+
+    def submit_many(self, txs: Sequence[bytes], now_ms: int) -> list[Effect]:
+        """Client transactions arriving at this validator together: each is admitted or dropped
+        (one ``Dropped`` per refused tx, in order); the admitted ones are forwarded to the other
+        validators in signed requests of at most ``max_batch`` transactions."""
         self._begin(now_ms)
-        reason = self._admit(tx, origin=True)
-        if reason is not None:
-            self._drop(reason)
-        else:
-            self._broadcast([m.REQUEST, self.index, tx])
+        admitted = []
+        for tx in txs:
+            reason = self._admit(tx, origin=True)
+            if reason is not None:
+                self._out.append(Dropped(reason, None, tx))
+            else:
+                admitted.append(tx)
+        self._forward(admitted, None)
+        if admitted:
             self._maybe_propose()
         return self._end()
+
+    def _forward(self, txs: list[bytes], to: int | None) -> None:
+        step = self.config.max_batch
+        for i in range(0, len(txs), step):
+            raw = self._sign([m.REQUEST, self.index, txs[i:i + step]])
+            self._out.append(Broadcast(raw) if to is None else Send(to, raw))
 
     def receive(self, sender_index: int, data: bytes, now_ms: int) -> list[Effect]:
         """A message from validator ``sender_index`` (as authenticated by the transport, if at all)."""
@@ -367,10 +388,14 @@ class Replica:
     def _dispatch(self, msg: Message) -> None:
         k = msg.kind
         if k == m.REQUEST:
-            reason = self._admit(msg.fields[0], origin=False)
-            if reason is not None:
-                self._drop(reason, msg.sender)
-            else:
+            admitted = False
+            for tx in msg.fields[0]:
+                reason = self._admit(tx, origin=False)
+                if reason is not None:
+                    self._drop(reason, msg.sender)
+                else:
+                    admitted = True
+            if admitted:
                 self._maybe_propose()
         elif k == m.PRE_PREPARE:
             self._on_pre_prepare(msg)
@@ -399,7 +424,7 @@ class Replica:
             return "duplicate tx"
         if len(self.pool) >= self.config.max_pool:
             return "pool full"
-        code = self.app.check_tx(tx)
+        code = self.app.check_tx(tx) if origin else self.app.precheck_tx(tx)
         if code is not None:
             return "invalid tx %d" % code
         self.pool[h] = (tx, self.now, origin)
@@ -964,13 +989,13 @@ class Replica:
                 self._out.append(Broadcast(raw))
         primary = self.config.primary(self.view)
         if primary != self.index:
-            sent = 0
+            late = []
             for tx, arrived, origin in self.pool.values():
-                if sent >= 8:
+                if len(late) >= self.config.max_batch:
                     break
                 if origin and self.now - arrived >= self.config.retransmit_ms:
-                    self._out.append(Send(primary, self._sign([m.REQUEST, self.index, tx])))
-                    sent += 1
+                    late.append(tx)
+            self._forward(late, primary)
 
 
 def _decode_message(chain_id: str, validators: tuple[bytes, ...], crypto: m.Crypto, limits: m.Limits,

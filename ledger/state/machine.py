@@ -310,6 +310,19 @@ class LedgerState:
         return rec
 
     def _run(self, tx: Any, view: Journal, height: int, block_time: int) -> None:
+        p, submitter = self._check_submitter(tx, view, block_time)
+        nonce_key = state_key(RK.NONCE, [p.kid, p.nonce])
+        if view.get_raw(nonce_key) is not None:
+            raise Refusal(Reason.REPLAY, "nonce already used by this submitter")
+        ctx = TxContext(view, self._chain, height, block_time, p.kid, submitter, p.body,
+                        p.txid, self._backend)
+        p.contract(ctx)
+        if self._nonce_record[0] != height:
+            self._nonce_record = (height, cbor.dumps({1: height}))
+        view.put_raw(nonce_key, self._nonce_record[1])
+
+    def _check_submitter(self, tx: Any, view: Journal, block_time: int) -> tuple[_Parsed, dict]:
+        """Stateless checks, submitter registered and not banned, signature, clock skew."""
         if not isinstance(tx, (bytes, bytearray, memoryview)):
             raise Refusal(Reason.MALFORMED, "a transaction must be bytes")
         p = self._parse(bytes(tx))
@@ -335,14 +348,7 @@ class LedgerState:
         if abs(p.when - block_time) > self._chain[2]:
             raise Refusal(Reason.CLOCK_SKEW, "tx time %d is more than %d ms from the block time %d"
                           % (p.when, self._chain[2], block_time))
-        nonce_key = state_key(RK.NONCE, [kid, p.nonce])
-        if view.get_raw(nonce_key) is not None:
-            raise Refusal(Reason.REPLAY, "nonce already used by this submitter")
-        ctx = TxContext(view, self._chain, height, block_time, kid, submitter, p.body, p.txid, self._backend)
-        p.contract(ctx)
-        if self._nonce_record[0] != height:
-            self._nonce_record = (height, cbor.dumps({1: height}))
-        view.put_raw(nonce_key, self._nonce_record[1])
+        return p, submitter
 
     def _apply(self, tx: Any, journal: Journal, height: int, block_time: int,
                block: Journal | None = None) -> TxResult:
@@ -362,6 +368,18 @@ class LedgerState:
             now_ms = int(time.time() * 1000)
         height = 0 if self.height is None else self.height + 1
         return self._apply(tx, Journal(self._records.get, lazy=True), height, now_ms)
+
+    def precheck_tx(self, tx: Any, now_ms: int | None = None) -> int | None:
+        """Reason code that refuses ``tx`` without running its contract (for a transaction another
+        validator has already checked in full): form, submitter registered and not banned,
+        signature, clock skew. A tx that passes may still fail its contract when its block runs."""
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
+        try:
+            self._check_submitter(tx, Journal(self._records.get, lazy=True), now_ms)
+        except Refusal as refusal:
+            return refusal.code
+        return None
 
     def check_tx(self, tx: Any, now_ms: int | None = None) -> int | None:
         """Reason code that would refuse ``tx`` now, or None when it would be applied."""

@@ -76,7 +76,7 @@ def sample_messages():
     votes = [[i, CRYPTO.sign(KEYS[i], m.commit_sign_bytes(CHAIN, 2, 0, hh))] for i in range(3)]
     cert = [2, 0, hh, votes]
     return [
-        [m.REQUEST, 0, b"tx"],
+        [m.REQUEST, 0, [b"tx"]],
         [m.PRE_PREPARE, 1, 1, 3, header.to_obj(), [b"t"]],
         [m.PREPARE, 2, 1, 3, hh],
         [m.COMMIT, 3, 1, 3, hh],
@@ -126,7 +126,7 @@ def test_unknown_sender_unknown_kind_and_wrong_arity():
 
 def test_oversized_fields_refused():
     limits = m.Limits(max_batch=2, max_tx_size=8, max_blocks=1)
-    raw = sign([m.REQUEST, 0, b"x" * 9])
+    raw = sign([m.REQUEST, 0, [b"x" * 9]])
     with pytest.raises(m.MessageError) as e:
         m.decode_message(raw, CHAIN, PUBS, CRYPTO, limits)
     assert e.value.reason == "oversized"

@@ -1,5 +1,6 @@
 """Targeted PBFT replica scenarios on a lossless in-test network with instant delivery."""
 
+import hashlib
 from collections import deque
 
 import pytest
@@ -178,7 +179,8 @@ def snapshot(r):
 
 
 def only_drop(effects, reason, sender):
-    assert effects == [Dropped(reason, sender)], effects
+    assert [(e.reason, e.sender) for e in effects if isinstance(e, Dropped)] == [(reason, sender)], effects
+    assert len(effects) == 1, effects
 
 
 def test_bad_messages_are_dropped_with_reason_and_no_state_change():
@@ -198,7 +200,7 @@ def test_bad_messages_are_dropped_with_reason_and_no_state_change():
         (1, m.dumps([m.PREPARE, 1, 0, 1, hh]), "malformed"),
         (3, good, "sender mismatch"),
         (2, m.encode_message("t", [m.PREPARE, 2, 0, 1, hh], KEYS[2], CRYPTO), "own message"),
-        (1, m.encode_message("t", [m.REQUEST, 1, b"not a tx"], KEYS[1], CRYPTO), "invalid tx 1"),
+        (1, m.encode_message("t", [m.REQUEST, 1, [b"not a tx"]], KEYS[1], CRYPTO), "invalid tx 1"),
         (1, m.encode_message("t", [m.PREPARE, 1, 0, 0, hh], KEYS[1], CRYPTO), "stale height"),
         (1, m.encode_message("other-chain", [m.PREPARE, 1, 0, 1, hh], KEYS[1], CRYPTO), "bad signature"),
     ]
@@ -234,7 +236,7 @@ def test_replayed_request_is_not_committed_twice():
     assert all(r.height == 0 for r in net.replicas)
     for i in range(4):
         only_drop(net.replicas[i].submit(tx, net.now), "replayed tx", None)
-    req = m.encode_message("t", [m.REQUEST, 3, tx], KEYS[3], CRYPTO)
+    req = m.encode_message("t", [m.REQUEST, 3, [tx]], KEYS[3], CRYPTO)
     only_drop(net.replicas[2].receive(3, req, net.now), "replayed tx", 3)
     # a primary proposing the committed transaction again is refused by every backup
     r0 = net.replicas[0]
@@ -366,3 +368,35 @@ def test_re_signed_mutated_messages_never_raise():
         for e in target.receive(sender, data, net.now + n):
             assert isinstance(e, (Send, Broadcast, Persist, Committed, Dropped))
         target.tick(net.now + n)
+
+
+def test_client_txs_submitted_together_are_forwarded_in_one_signed_request():
+    net = Net(max_batch=3)
+    txs = [net.tx(b"k%d" % i) for i in range(5)]
+    bad = b"not a tx"
+    effects = net.apply(1, net.replicas[1].submit_many(txs[:2] + [bad] + txs[2:], net.now))
+    drops = [e for e in effects if isinstance(e, Dropped)]
+    assert [(d.reason, d.sender, d.tx) for d in drops] == [("invalid tx 1", None, bad)]
+    requests = [m.decode_message(e.data, "t", PUBS, CRYPTO, net.config.limits)
+                for e in effects if isinstance(e, Broadcast)]
+    assert [r.kind for r in requests] == [m.REQUEST, m.REQUEST]
+    assert [len(r.fields[0]) for r in requests] == [3, 2]            # at most max_batch per request
+    assert sum((list(r.fields[0]) for r in requests), []) == txs
+    net.run(200)
+    assert all(r.height >= 0 for r in net.replicas)
+    committed = [tx for r in net.committed(2) for tx in r.txs]
+    assert sorted(committed) == sorted(txs)
+
+
+def test_request_admits_its_good_txs_and_drops_the_bad_ones():
+    net = Net()
+    good = net.tx()
+    req = m.encode_message("t", [m.REQUEST, 3, [b"junk", good, good]], KEYS[3], CRYPTO)
+    effects = net.replicas[2].receive(3, req, net.now)
+    assert [(e.reason, e.sender) for e in effects if isinstance(e, Dropped)] == [
+        ("invalid tx 1", 3), ("duplicate tx", 3)]
+    assert list(net.replicas[2].pool) == [hashlib.sha256(good).digest()]
+    for body, reason in (([m.REQUEST, 3, []], "malformed"),
+                         ([m.REQUEST, 3, [good] * (net.config.max_batch + 1)], "oversized")):
+        raw = m.encode_message("t", body, KEYS[3], CRYPTO)
+        only_drop(net.replicas[1].receive(3, raw, net.now), reason, 3)

@@ -310,3 +310,25 @@ def test_genesis_config_keys(net):
         Reason.CLOCK_SKEW
     big = net.tx("admin", TxKind.BAN, {4: net["sensor"].id, 5: "x" * 250})
     assert len(big) > 300 and state.check_tx(big, net.time_ms) == Reason.OVERSIZED
+
+
+def test_precheck_skips_only_the_contract(net):
+    state = net.genesis()
+    root0 = state.state_root()
+    not_admin = net.register("sensor", "x", Role.SENSOR)
+    # the contract refuses it (only admins register), the precheck of a forwarded tx does not
+    assert state.check_tx(not_admin, net.time_ms) == Reason.NOT_AUTHORIZED
+    assert state.precheck_tx(not_admin, net.time_ms) is None
+    # everything before the contract is still checked
+    assert state.precheck_tx(b"\x00", net.time_ms) == Reason.MALFORMED
+    good = net.register("admin", "y", Role.SENSOR)
+    assert state.precheck_tx(good, net.time_ms + 10**9) == Reason.CLOCK_SKEW
+    forged = bytearray(net.register("admin", "z", Role.SENSOR))
+    forged[-1] ^= 1
+    assert state.precheck_tx(bytes(forged), net.time_ms) == Reason.BAD_SIGNATURE
+    unknown = net.tx("stranger", TxKind.ANCHOR, {4: 1, 5: bytes(32), 6: 1})
+    assert state.precheck_tx(unknown, net.time_ms) == Reason.UNKNOWN_DEVICE
+    assert state.state_root() == root0
+    # a prechecked tx that fails its contract is recorded as failed when its block runs
+    state.execute(1, net.time_ms, [not_admin, good])
+    assert state.results_of(1) == [(False, Reason.NOT_AUTHORIZED), (True, 0)]
