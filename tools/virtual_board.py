@@ -14,11 +14,16 @@ The board's flash is a host folder. mpremote's file commands (``fs ls/cat/cp/mkd
 sha256sum``) send fixed snippets of code; those snippets are recognised exactly and served from the
 folder on the host, with paths confined to it. Every other program runs in a fresh instance of real
 MicroPython (the WASI build, ``micropython_vm.run_wasm`` with the harness preamble: automatic
-collection off, ``-X heapsize``) with the flash folder mounted at ``/input`` (``/input/lib`` on
-``sys.path``, the working directory moved to ``/input``), so ``import ledgerlink.core.p256`` loads what
-was copied to ``/lib``. Not supported: state kept between two execs (each exec is a new VM), writing
-files from board code, interrupting a running program with Ctrl-C, the friendly REPL (input there is
-ignored), ``mpremote mount``, ``machine`` peripherals.
+collection off, ``-X heapsize``) with the flash folder mounted read-write at ``/input`` (``/input/lib``
+on ``sys.path``, the working directory moved to ``/input``), so ``import ledgerlink.core.p256`` loads
+what was copied to ``/lib``. Files that board code writes (``open``, ``os.rename``, ``os.remove``,
+``os.mkdir`` with paths relative to the working directory; an absolute path names the VM's root, not
+the flash) stay in the folder for the life of the server, as on a board's flash: later execs and
+mpremote's file commands see them. ``os.urandom`` on the board is ``host_urandom`` of the preamble
+(a fresh 32-byte seed from the host's ``os.urandom`` per exec, expanded with SHA-256): the WASI
+build's own reads ``/dev/urandom``, which the sandbox does not have. Not supported: variables kept between two execs (each exec is a new
+VM), interrupting a running program with Ctrl-C, the friendly REPL (input there is ignored),
+``mpremote mount``, ``machine`` peripherals.
 
 Command line: ``python3 -m ledgerlink.tools.virtual_board --port 2323 [--flash DIR] [--preload]``.
 """
@@ -49,7 +54,24 @@ PASTE_WINDOW = 4096
 DEFAULT_HEAP = 16 * 1024 * 1024
 DEFAULT_FUEL = 20_000_000_000
 DEFAULT_EXEC_TIMEOUT = 300.0
-BOARD_PREAMBLE = "import os\nos.chdir('/input')\n"
+BOARD_PREAMBLE = """\
+import os
+os.chdir('/input')
+
+class _BoardOS:
+    def __init__(self, real):
+        self._real = real
+
+    def urandom(self, n):
+        return host_urandom(n)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+sys.modules['os'] = _BoardOS(os)
+del _BoardOS
+import os
+"""
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 _ERRNO = {"ENOENT": 2, "EIO": 5, "EEXIST": 17, "ENOTDIR": 20, "EISDIR": 21, "EINVAL": 22, "ENOTEMPTY": 39,

@@ -95,3 +95,19 @@ def test_hil_reports_a_missing_library_and_writes_nothing(tmp_path):
                                 capture_output=True, text=True, timeout=120)
     assert result.returncode == 3 and "deploy first" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_board_files_persist_between_execs_and_urandom_works(board):
+    write = ("import os\nf = open('state.bin', 'wb')\nf.write(os.urandom(32))\nf.close()\n"
+             "os.rename('state.bin', 'kept.bin')\nfrom os import urandom\nprint(urandom(16).hex())")
+    first = mpremote(board.url, "exec", write)
+    assert first.returncode == 0, first.stdout + first.stderr
+    kept = (board.flash.root / "kept.bin").read_bytes()
+    assert len(kept) == 32 and not (board.flash.root / "state.bin").exists()
+    read = "import os\nprint(open('kept.bin', 'rb').read().hex(), os.urandom(16).hex())\nos.remove('kept.bin')"
+    second = mpremote(board.url, "exec", read)
+    assert second.returncode == 0, second.stdout + second.stderr
+    seen, fresh = second.stdout.split()
+    assert bytes.fromhex(seen) == kept
+    assert len({first.stdout.strip(), fresh, kept.hex()[:32]}) == 3
+    assert not (board.flash.root / "kept.bin").exists()
