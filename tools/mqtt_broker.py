@@ -1,0 +1,1333 @@
+"""An embedded MQTT broker (MQTT 5.0 and 3.1.1, QoS 0 and 1) for one site on one machine.
+
+``ledgerlink demo`` and ``ledgerlink up`` use it when mosquitto is not installed. One asyncio event loop
+in one process (``python3 -m ledgerlink.tools.mqtt_broker --port N``, or ``BrokerThread`` in-process),
+listening on loopback unless told otherwise. What it implements, after the OASIS MQTT 5.0 standard:
+
+- CONNECT/CONNACK for protocol levels 5 and 4 (3.1.1), clean start, assigned client identifiers,
+  keep alive (a client silent for 1.5 x its keep alive is disconnected with 0x8D), will messages with
+  will delay, session takeover (0x8E).
+- Sessions in memory: subscriptions, unacknowledged QoS 1 messages (sent again with DUP on resume) and
+  queued messages survive a disconnect for the session expiry interval (3.1.1: clean session 0 keeps
+  the session until the broker stops). Nothing is written to disk.
+- PUBLISH QoS 0 and 1 (PUBACK); QoS 2 is refused (Maximum QoS 1 in CONNACK; 0x9B). Retained messages,
+  topic aliases from clients, message expiry (the remaining interval is forwarded; expired copies are
+  dropped), user properties, content type, payload format, response topic and correlation data are
+  passed through unchanged; subscription identifiers are added.
+- SUBSCRIBE/SUBACK/UNSUBSCRIBE/UNSUBACK with ``+`` and ``#``, no local, retain as published, retain
+  handling, and shared subscriptions ``$share/{group}/{filter}``: each message goes to one member of the
+  group, round robin over connected members with room; a member's unacknowledged messages go to another
+  member when its session ends.
+- Flow control: at most the client's Receive Maximum unacknowledged QoS 1 messages per client, packets
+  larger than the client's Maximum Packet Size are not sent to it, and a bounded queue per session
+  (``max_queued`` messages, ``max_queued_bytes``); what does not fit is dropped and counted.
+
+Bad input: the decoder checks every length, flag, property identifier, duplicate property and UTF-8
+string; a malformed packet closes that connection with DISCONNECT 0x81 (protocol errors 0x82, too large
+0x95; for 3.1.1 clients the connection is closed), and an unexpected exception in a handler closes only
+that connection (0x80). ``decode_packet`` is the pure decoder; tests feed it random and mutated packets
+(hypothesis) and check that only ``MqttError`` comes out, and drive the running broker with paho-mqtt
+clients and raw sockets. There is no authentication: any client on the listening address may connect
+(devices are authenticated by their signatures, not by the broker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import itertools
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger("ledgerlink.mqtt_broker")
+
+# packet types
+CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
+SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = 8, 9, 10, 11, 12, 13, 14, 15
+
+# reason codes (MQTT 5.0 section 2.4)
+SUCCESS = 0x00
+NO_SUBSCRIPTION_EXISTED = 0x11
+DISCONNECT_WITH_WILL = 0x04
+UNSPECIFIED = 0x80
+MALFORMED = 0x81
+PROTOCOL_ERROR = 0x82
+UNSUPPORTED_VERSION = 0x84
+CLIENT_ID_NOT_VALID = 0x85
+BAD_AUTH_METHOD = 0x8C
+SERVER_SHUTTING_DOWN = 0x8B
+KEEP_ALIVE_TIMEOUT = 0x8D
+SESSION_TAKEN_OVER = 0x8E
+TOPIC_FILTER_INVALID = 0x8F
+TOPIC_NAME_INVALID = 0x90
+TOPIC_ALIAS_INVALID = 0x94
+PACKET_TOO_LARGE = 0x95
+QOS_NOT_SUPPORTED = 0x9B
+
+# property identifiers and their value types
+P_PAYLOAD_FORMAT, P_MESSAGE_EXPIRY, P_CONTENT_TYPE, P_RESPONSE_TOPIC, P_CORRELATION = 0x01, 0x02, 0x03, 0x08, 0x09
+P_SUBSCRIPTION_ID, P_SESSION_EXPIRY, P_ASSIGNED_ID, P_SERVER_KEEP_ALIVE = 0x0B, 0x11, 0x12, 0x13
+P_AUTH_METHOD, P_AUTH_DATA, P_REQUEST_PROBLEM, P_WILL_DELAY, P_REQUEST_RESPONSE = 0x15, 0x16, 0x17, 0x18, 0x19
+P_RESPONSE_INFO, P_SERVER_REFERENCE, P_REASON_STRING, P_RECEIVE_MAXIMUM = 0x1A, 0x1C, 0x1F, 0x21
+P_TOPIC_ALIAS_MAXIMUM, P_TOPIC_ALIAS, P_MAXIMUM_QOS, P_RETAIN_AVAILABLE, P_USER = 0x22, 0x23, 0x24, 0x25, 0x26
+P_MAXIMUM_PACKET_SIZE = 0x27
+
+_BYTE, _U16, _U32, _VBI, _STR, _BIN, _PAIR = range(7)
+PROPERTY_TYPES = {
+    0x01: _BYTE, 0x02: _U32, 0x03: _STR, 0x08: _STR, 0x09: _BIN, 0x0B: _VBI, 0x11: _U32, 0x12: _STR,
+    0x13: _U16, 0x15: _STR, 0x16: _BIN, 0x17: _BYTE, 0x18: _U32, 0x19: _BYTE, 0x1A: _STR, 0x1C: _STR,
+    0x1F: _STR, 0x21: _U16, 0x22: _U16, 0x23: _U16, 0x24: _BYTE, 0x25: _BYTE, 0x26: _PAIR, 0x27: _U32,
+    0x28: _BYTE, 0x29: _BYTE, 0x2A: _BYTE,
+}
+# properties a client may send, per packet (identifiers valid elsewhere make the packet malformed)
+CONNECT_PROPS = frozenset((0x11, 0x21, 0x27, 0x22, 0x19, 0x17, 0x26, 0x15, 0x16))
+WILL_PROPS = frozenset((0x18, 0x01, 0x02, 0x03, 0x08, 0x09, 0x26))
+PUBLISH_PROPS = frozenset((0x01, 0x02, 0x23, 0x08, 0x09, 0x0B, 0x26, 0x03))
+ACK_PROPS = frozenset((0x1F, 0x26))
+SUBSCRIBE_PROPS = frozenset((0x0B, 0x26))
+UNSUBSCRIBE_PROPS = frozenset((0x26,))
+DISCONNECT_PROPS = frozenset((0x11, 0x1F, 0x26, 0x1C))
+AUTH_PROPS = frozenset((0x15, 0x16, 0x1F, 0x26))
+
+MAX_VBI = 268_435_455
+NEVER_EXPIRES = 0xFFFFFFFF
+MAX_PID = 65535
+CONNECT_TIMEOUT_S = 10.0
+
+
+class MqttError(Exception):
+    """A packet breaks the protocol; ``code`` is the MQTT 5 reason code to close with."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def _malformed(text: str) -> MqttError:
+    return MqttError(MALFORMED, text)
+
+
+def _protocol(text: str) -> MqttError:
+    return MqttError(PROTOCOL_ERROR, text)
+
+
+# --- decoding ------------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Bounds-checked reads of MQTT data types from ``data[pos:end]``."""
+
+    __slots__ = ("data", "pos", "end")
+
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+        self.data = data
+        self.pos = pos
+        self.end = len(data) if end is None else end
+
+    def left(self) -> int:
+        return self.end - self.pos
+
+    def raw(self, n: int) -> bytes:
+        if n > self.end - self.pos:
+            raise _malformed("packet shorter than its fields")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        if self.pos >= self.end:
+            raise _malformed("packet shorter than its fields")
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def u16(self) -> int:
+        return int.from_bytes(self.raw(2), "big")
+
+    def u32(self) -> int:
+        return int.from_bytes(self.raw(4), "big")
+
+    def vbi(self) -> int:
+        value, shift = 0, 0
+        for i in range(4):
+            b = self.u8()
+            if i and b == 0:
+                raise _malformed("variable byte integer not in its shortest form")
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return value
+            shift += 7
+        raise _malformed("variable byte integer longer than 4 bytes")
+
+    def binary(self) -> bytes:
+        return self.raw(self.u16())
+
+    def string(self) -> str:
+        b = self.binary()
+        try:
+            s = b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _malformed("string is not well-formed UTF-8") from None
+        if "\x00" in s:
+            raise _malformed("string contains U+0000")
+        return s
+
+    def rest(self) -> bytes:
+        return self.raw(self.end - self.pos)
+
+    def properties(self, allowed: frozenset, repeatable: frozenset = frozenset((P_USER,))) -> dict[int, Any]:
+        """A property list; user properties (and other ``repeatable`` ones) as lists in arrival order."""
+        length = self.vbi()
+        if length > self.end - self.pos:
+            raise _malformed("property length beyond the packet")
+        r = _Reader(self.data, self.pos, self.pos + length)
+        self.pos += length
+        out: dict[int, Any] = {}
+        while r.pos < r.end:
+            pid = r.vbi()
+            if pid not in allowed:
+                raise _malformed("property 0x%02x not valid in this packet" % pid)
+            kind = PROPERTY_TYPES[pid]
+            if kind == _BYTE:
+                value: Any = r.u8()
+            elif kind == _U16:
+                value = r.u16()
+            elif kind == _U32:
+                value = r.u32()
+            elif kind == _VBI:
+                value = r.vbi()
+            elif kind == _STR:
+                value = r.string()
+            elif kind == _BIN:
+                value = r.binary()
+            else:
+                value = (r.string(), r.string())
+            if pid in repeatable:
+                out.setdefault(pid, []).append(value)
+            elif pid in out:
+                raise _protocol("property 0x%02x more than once" % pid)
+            else:
+                out[pid] = value
+        return out
+
+
+class Will:
+    __slots__ = ("topic", "payload", "qos", "retain", "props", "delay")
+
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool, props: dict[int, Any]) -> None:
+        self.topic, self.payload, self.qos, self.retain, self.props = topic, payload, qos, retain, props
+        self.delay = props.get(P_WILL_DELAY, 0)
+
+
+class Connect:
+    __slots__ = ("version", "client_id", "clean_start", "keepalive", "props", "will", "username", "password")
+
+
+class Publish:
+    __slots__ = ("qos", "retain", "dup", "topic", "pid", "props", "payload")
+
+
+class Ack:
+    __slots__ = ("kind", "pid", "code", "props")
+
+
+class Subscribe:
+    __slots__ = ("pid", "props", "topics")     # topics: [(filter, options byte)]
+
+
+class Unsubscribe:
+    __slots__ = ("pid", "props", "filters")
+
+
+class Disconnect:
+    __slots__ = ("code", "props")
+
+
+class Simple:
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: int) -> None:
+        self.kind = kind
+
+
+FLAGS_0010 = (PUBREL, SUBSCRIBE, UNSUBSCRIBE)
+
+
+def check_topic_name(topic: str) -> None:
+    """Raise MqttError(0x90) unless ``topic`` may be published to (non-empty, no wildcards)."""
+    if not topic or "+" in topic or "#" in topic:
+        raise MqttError(TOPIC_NAME_INVALID, "topic name %r is empty or has a wildcard" % topic[:64])
+
+
+def valid_filter(f: str) -> bool:
+    """Whether ``f`` is a topic filter: ``#`` only alone as the last level, ``+`` only alone in a level."""
+    if not f:
+        return False
+    levels = f.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return False
+        if "+" in level and level != "+":
+            return False
+    return True
+
+
+def split_shared(f: str) -> tuple[str | None, str] | None:
+    """``(group, filter)`` of ``$share/group/filter``, ``(None, f)`` otherwise, None if invalid."""
+    if not f.startswith("$share/"):
+        return (None, f) if valid_filter(f) else None
+    parts = f.split("/", 2)
+    if len(parts) != 3 or not parts[1] or "+" in parts[1] or "#" in parts[1] or not valid_filter(parts[2]):
+        return None
+    return parts[1], parts[2]
+
+
+def decode_connect(body: bytes) -> Connect:
+    """A CONNECT body; raises MqttError (``.version`` tells which CONNACK form the client reads)."""
+    r = _Reader(body)
+    version = 5
+    try:
+        name = r.string()
+        version = r.u8()
+        if name != "MQTT" or version not in (4, 5):
+            raise MqttError(UNSUPPORTED_VERSION, "protocol %r level %d is not MQTT 3.1.1 or 5" % (name[:16], version))
+        flags = r.u8()
+        if flags & 0x01:
+            raise _malformed("CONNECT reserved flag set")
+        will_flag, will_qos, will_retain = bool(flags & 0x04), (flags >> 3) & 3, bool(flags & 0x20)
+        if will_qos == 3 or (not will_flag and (will_qos or will_retain)):
+            raise _malformed("CONNECT will flags inconsistent")
+        if version == 4 and flags & 0x40 and not flags & 0x80:
+            raise _malformed("CONNECT password without user name")
+        c = Connect()
+        c.version = version
+        c.clean_start = bool(flags & 0x02)
+        c.keepalive = r.u16()
+        c.props = r.properties(CONNECT_PROPS) if version == 5 else {}
+        if c.props.get(P_RECEIVE_MAXIMUM) == 0 or c.props.get(P_MAXIMUM_PACKET_SIZE) == 0:
+            raise _protocol("receive maximum or maximum packet size of 0")
+        for p in (P_REQUEST_PROBLEM, P_REQUEST_RESPONSE):
+            if c.props.get(p, 0) > 1:
+                raise _protocol("request flag property not 0 or 1")
+        if P_AUTH_DATA in c.props and P_AUTH_METHOD not in c.props:
+            raise _protocol("authentication data without a method")
+        c.client_id = r.string()
+        c.will = None
+        if will_flag:
+            wprops = r.properties(WILL_PROPS) if version == 5 else {}
+            _check_message_props(wprops)
+            topic = r.string()
+            check_topic_name(topic)
+            c.will = Will(topic, r.binary(), will_qos, will_retain, wprops)
+        c.username = r.string() if flags & 0x80 else None
+        c.password = r.binary() if flags & 0x40 else None
+        if r.left():
+            raise _malformed("bytes after the CONNECT payload")
+        return c
+    except MqttError as exc:
+        exc.version = version  # type: ignore[attr-defined]
+        raise
+
+
+def _check_message_props(props: dict[int, Any]) -> None:
+    if props.get(P_PAYLOAD_FORMAT, 0) > 1:
+        raise _protocol("payload format indicator not 0 or 1")
+    if P_RESPONSE_TOPIC in props:
+        check_topic_name(props[P_RESPONSE_TOPIC])
+
+
+def decode_packet(first: int, body: bytes, version: int) -> Any:
+    """Decode one client-to-server packet (fixed header byte ``first``, its ``body``) of protocol ``version``.
+
+    Returns Connect, Publish, Ack, Subscribe, Unsubscribe, Disconnect or Simple(PINGREQ); raises only
+    MqttError (0x81 malformed, 0x82 protocol error, 0x84, 0x90).
+    """
+    kind, flags = first >> 4, first & 0x0F
+    v5 = version == 5
+    if kind == PUBLISH:
+        qos = (flags >> 1) & 3
+        if qos == 3:
+            raise _malformed("PUBLISH with QoS 3")
+        if qos == 0 and flags & 0x08:
+            raise _malformed("DUP set on a QoS 0 PUBLISH")
+        r = _Reader(body)
+        p = Publish()
+        p.qos, p.retain, p.dup = qos, bool(flags & 1), bool(flags & 0x08)
+        p.topic = r.string()
+        p.pid = 0
+        if qos:
+            p.pid = r.u16()
+            if p.pid == 0:
+                raise _protocol("PUBLISH packet identifier 0")
+        p.props = r.properties(PUBLISH_PROPS) if v5 else {}
+        if P_SUBSCRIPTION_ID in p.props:
+            raise _protocol("a client PUBLISH carries a subscription identifier")
+        _check_message_props(p.props)
+        p.payload = r.rest()
+        return p
+    if flags != (2 if kind in FLAGS_0010 else 0):
+        raise _malformed("reserved flags 0x%x on packet type %d" % (flags, kind))
+    r = _Reader(body)
+    if kind == CONNECT:
+        return decode_connect(body)
+    if kind in (PUBACK, PUBREC, PUBREL, PUBCOMP):
+        a = Ack()
+        a.kind = kind
+        a.pid = r.u16()
+        a.code, a.props = SUCCESS, {}
+        if v5 and r.left():
+            a.code = r.u8()
+            if r.left():
+                a.props = r.properties(ACK_PROPS)
+        if r.left():
+            raise _malformed("bytes after an acknowledgement")
+        return a
+    if kind == SUBSCRIBE:
+        s = Subscribe()
+        s.pid = r.u16()
+        if s.pid == 0:
+            raise _protocol("SUBSCRIBE packet identifier 0")
+        s.props = r.properties(SUBSCRIBE_PROPS) if v5 else {}
+        if s.props.get(P_SUBSCRIPTION_ID) == 0:
+            raise _protocol("subscription identifier 0")
+        s.topics = []
+        while r.left():
+            f = r.string()
+            opts = r.u8()
+            if opts & 3 == 3 or opts & (0xC0 if v5 else 0xFC):
+                raise _malformed("subscription options 0x%02x" % opts)
+            if v5 and (opts >> 4) & 3 == 3:
+                raise _protocol("retain handling 3")
+            s.topics.append((f, opts))
+        if not s.topics:
+            raise _protocol("SUBSCRIBE without a topic filter")
+        return s
+    if kind == UNSUBSCRIBE:
+        u = Unsubscribe()
+        u.pid = r.u16()
+        if u.pid == 0:
+            raise _protocol("UNSUBSCRIBE packet identifier 0")
+        u.props = r.properties(UNSUBSCRIBE_PROPS) if v5 else {}
+        u.filters = []
+        while r.left():
+            u.filters.append(r.string())
+        if not u.filters:
+            raise _protocol("UNSUBSCRIBE without a topic filter")
+        return u
+    if kind == PINGREQ:
+        if body:
+            raise _malformed("PINGREQ with a body")
+        return Simple(PINGREQ)
+    if kind == DISCONNECT:
+        d = Disconnect()
+        d.code, d.props = SUCCESS, {}
+        if v5 and r.left():
+            d.code = r.u8()
+            if r.left():
+                d.props = r.properties(DISCONNECT_PROPS)
+        if r.left():
+            raise _malformed("bytes after DISCONNECT")
+        return d
+    if kind == AUTH and v5:
+        raise _protocol("AUTH without an authentication method")
+    if kind == 0 or (kind == AUTH and not v5):
+        raise _malformed("reserved packet type %d" % kind)
+    raise _protocol("packet type %d is sent by servers only" % kind)
+
+
+def split_frame(buf: bytes | bytearray, pos: int, max_size: int) -> tuple[int, int, int] | None:
+    """``(first, body_start, end)`` of the packet at ``buf[pos:]``, None while incomplete.
+
+    Raises MqttError 0x81 on a bad remaining length and 0x95 when the packet exceeds ``max_size``.
+    """
+    n = len(buf)
+    if n - pos < 2:
+        return None
+    length, shift, i = 0, 0, pos + 1
+    while True:
+        if i >= n:
+            return None
+        b = buf[i]
+        if i > pos + 1 and b == 0:
+            raise _malformed("remaining length not in its shortest form")
+        length |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            break
+        shift += 7
+        if i - pos > 4:
+            raise _malformed("remaining length longer than 4 bytes")
+    end = i + length
+    if end - pos > max_size:
+        raise MqttError(PACKET_TOO_LARGE, "packet of %d bytes exceeds %d" % (end - pos, max_size))
+    if end > n:
+        return None
+    return buf[pos], i, end
+
+
+# --- encoding ------------------------------------------------------------------------------------------
+
+
+def vbi(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _s(text: str) -> bytes:
+    b = text.encode("utf-8")
+    return len(b).to_bytes(2, "big") + b
+
+
+def _b(data: bytes) -> bytes:
+    return len(data).to_bytes(2, "big") + data
+
+
+def encode_properties(props: Sequence[tuple[int, Any]]) -> bytes:
+    """A property list (length first) from ``(identifier, value)`` pairs, values of the identifier's type."""
+    raw = _property_items(props)
+    return vbi(len(raw)) + raw
+
+
+def _property_items(props: Sequence[tuple[int, Any]]) -> bytes:
+    out = bytearray()
+    for pid, value in props:
+        out += vbi(pid)
+        kind = PROPERTY_TYPES[pid]
+        if kind == _BYTE:
+            out.append(value)
+        elif kind == _U16:
+            out += value.to_bytes(2, "big")
+        elif kind == _U32:
+            out += value.to_bytes(4, "big")
+        elif kind == _VBI:
+            out += vbi(value)
+        elif kind == _STR:
+            out += _s(value)
+        elif kind == _BIN:
+            out += _b(value)
+        else:
+            out += _s(value[0]) + _s(value[1])
+    return bytes(out)
+
+
+def packet(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + vbi(len(body)) + body
+
+
+PINGRESP_PACKET = bytes((PINGRESP << 4, 0))
+
+
+def forwarded_properties(props: dict[int, Any]) -> bytes:
+    """The properties of a PUBLISH that go unchanged to subscribers (encoded, without length)."""
+    items: list[tuple[int, Any]] = []
+    for pid in (P_PAYLOAD_FORMAT, P_CONTENT_TYPE, P_RESPONSE_TOPIC, P_CORRELATION):
+        if pid in props:
+            items.append((pid, props[pid]))
+    for pair in props.get(P_USER, ()):
+        items.append((P_USER, pair))
+    return _property_items(items)
+
+
+# --- topic tree ----------------------------------------------------------------------------------------
+
+
+class Sub:
+    """One subscription of one session."""
+
+    __slots__ = ("session", "filter", "group", "qos", "no_local", "rap", "rh", "sid")
+
+    def __init__(self, session: "Session", full: str, group: str | None, opts: int, sid: int | None) -> None:
+        self.session, self.filter, self.group, self.sid = session, full, group, sid
+        self.qos = min(opts & 3, 1)
+        self.no_local, self.rap, self.rh = bool(opts & 4), bool(opts & 8), (opts >> 4) & 3
+
+
+class Group:
+    """Members of one shared subscription; ``turn`` counts deliveries for round robin."""
+
+    __slots__ = ("members", "turn")
+
+    def __init__(self) -> None:
+        self.members: dict[str, Sub] = {}
+        self.turn = 0
+
+
+class _Node:
+    __slots__ = ("children", "subs", "groups")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.subs: dict[str, Sub] = {}          # client id -> subscription
+        self.groups: dict[str, Group] = {}      # share name -> group
+
+
+class TopicTree:
+    """Subscriptions by filter level; ``match`` walks only the branches a topic can reach."""
+
+    def __init__(self) -> None:
+        self.root = _Node()
+
+    def add(self, filt: str, sub: Sub) -> None:
+        node = self.root
+        for level in filt.split("/"):
+            node = node.children.setdefault(level, _Node())
+        cid = sub.session.client_id
+        if sub.group is None:
+            node.subs[cid] = sub
+        else:
+            node.groups.setdefault(sub.group, Group()).members[cid] = sub
+
+    def remove(self, filt: str, group: str | None, client_id: str) -> None:
+        path = [self.root]
+        for level in filt.split("/"):
+            nxt = path[-1].children.get(level)
+            if nxt is None:
+                return
+            path.append(nxt)
+        node = path[-1]
+        if group is None:
+            node.subs.pop(client_id, None)
+        elif group in node.groups:
+            node.groups[group].members.pop(client_id, None)
+            if not node.groups[group].members:
+                del node.groups[group]
+        levels = filt.split("/")
+        for i in range(len(levels), 0, -1):
+            n = path[i]
+            if n.children or n.subs or n.groups:
+                break
+            del path[i - 1].children[levels[i - 1]]
+
+    def match(self, topic: str) -> tuple[list[Sub], list[Group]]:
+        subs: list[Sub] = []
+        groups: list[Group] = []
+        levels = topic.split("/")
+        last = len(levels)
+
+        def walk(node: _Node, i: int) -> None:
+            hash_node = node.children.get("#")
+            if hash_node is not None and not (i == 0 and topic.startswith("$")):
+                subs.extend(hash_node.subs.values())
+                groups.extend(hash_node.groups.values())
+            if i == last:
+                subs.extend(node.subs.values())
+                groups.extend(node.groups.values())
+                return
+            child = node.children.get(levels[i])
+            if child is not None:
+                walk(child, i + 1)
+            if not (i == 0 and topic.startswith("$")):
+                plus = node.children.get("+")
+                if plus is not None:
+                    walk(plus, i + 1)
+
+        walk(self.root, 0)
+        return subs, groups
+
+
+def filter_matches(filt: str, topic: str) -> bool:
+    """Whether topic filter ``filt`` (no ``$share`` prefix) matches topic name ``topic``."""
+    if topic.startswith("$") and filt[:1] in ("+", "#"):
+        return False
+    fl, tl = filt.split("/"), topic.split("/")
+    for i, f in enumerate(fl):
+        if f == "#":
+            return True
+        if i >= len(tl) or (f != "+" and f != tl[i]):
+            return False
+    return len(fl) == len(tl)
+
+
+# --- messages and sessions ------------------------------------------------------------------------------
+
+
+class Message:
+    __slots__ = ("topic", "topic_bytes", "payload", "qos", "retain", "props", "expires", "sender")
+
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool, props: dict[int, Any],
+                 sender: str | None) -> None:
+        self.topic, self.payload, self.qos, self.retain, self.sender = topic, payload, qos, retain, sender
+        self.topic_bytes = _s(topic)
+        self.props = forwarded_properties(props)
+        expiry = props.get(P_MESSAGE_EXPIRY)
+        self.expires = None if expiry is None else time.monotonic() + expiry
+
+
+class Entry:
+    """One message on its way to one session (queued or awaiting PUBACK)."""
+
+    __slots__ = ("msg", "qos", "retain", "sids", "group")
+
+    def __init__(self, msg: Message, qos: int, retain: bool, sids: tuple[int, ...], group: Group | None) -> None:
+        self.msg, self.qos, self.retain, self.sids, self.group = msg, qos, retain, sids, group
+
+
+class Session:
+    """State the broker keeps for one client id, connected or not."""
+
+    def __init__(self, broker: "Broker", client_id: str) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self.conn: Connection | None = None
+        self.subs: dict[str, Sub] = {}
+        self.queue: collections.deque[Entry] = collections.deque()
+        self.queued_bytes = 0
+        self.inflight: dict[int, Entry] = {}
+        self.next_pid = 1
+        self.expiry = 0
+        self.expiry_timer: asyncio.TimerHandle | None = None
+        self.will: Will | None = None
+        self.will_timer: asyncio.TimerHandle | None = None
+        self.dropped = 0
+
+    def has_room(self) -> bool:
+        return len(self.queue) < self.broker.max_queued and self.queued_bytes < self.broker.max_queued_bytes
+
+    def enqueue(self, entry: Entry) -> None:
+        if entry.qos == 0 and self.conn is None:
+            return
+        if not self.has_room():
+            self.dropped += 1
+            self.broker.dropped += 1
+            if self.dropped in (1, 10, 100, 1000) or self.dropped % 10000 == 0:
+                log.warning("queue of %r is full (%d messages): %d dropped", self.client_id, len(self.queue),
+                            self.dropped)
+            return
+        self.queue.append(entry)
+        self.queued_bytes += len(entry.msg.payload)
+        if self.conn is not None and not self.conn.paused:
+            self.pump()
+
+    def _pid(self) -> int:
+        pid = self.next_pid
+        while pid in self.inflight:
+            pid = pid % MAX_PID + 1
+        self.next_pid = pid % MAX_PID + 1
+        return pid
+
+    def pump(self) -> None:
+        """Send queued messages while the client's receive maximum and the socket allow."""
+        conn = self.conn
+        q = self.queue
+        while q and conn is not None and not conn.paused:
+            entry = q[0]
+            if entry.qos and len(self.inflight) >= conn.receive_max:
+                return
+            q.popleft()
+            self.queued_bytes -= len(entry.msg.payload)
+            if entry.msg.expires is not None and entry.msg.expires <= time.monotonic():
+                continue
+            if entry.qos:
+                pid = self._pid()
+                if conn.send_publish(entry, pid, False):
+                    self.inflight[pid] = entry
+            else:
+                conn.send_publish(entry, 0, False)
+            conn = self.conn
+
+    def acked(self, pid: int) -> None:
+        if self.inflight.pop(pid, None) is not None and self.queue:
+            self.pump()
+
+    def resend(self) -> None:
+        conn = self.conn
+        for pid, entry in list(self.inflight.items()):
+            if conn is None or conn is not self.conn:
+                return
+            if not conn.send_publish(entry, pid, True):
+                self.inflight.pop(pid, None)
+
+
+class Broker:
+    """The broker state; ``serve`` listens until ``close``. All methods run on the broker's event loop."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883, max_packet_size: int = 1 << 20,
+                 receive_maximum: int = 1024, max_queued: int = 100_000, max_queued_bytes: int = 256 << 20,
+                 topic_alias_maximum: int = 64, max_keepalive: int = 0) -> None:
+        self.host, self.port = host, port
+        self.max_packet_size = max_packet_size
+        self.receive_maximum = receive_maximum
+        self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
+        self.topic_alias_maximum = topic_alias_maximum
+        self.max_keepalive = max_keepalive
+        self.sessions: dict[str, Session] = {}
+        self.tree = TopicTree()
+        self.retained: dict[str, Message] = {}
+        self.connections: set[Connection] = set()
+        self.server: asyncio.base_events.Server | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ids = itertools.count(1)
+        self.received = 0
+        self.dropped = 0
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.server = await self.loop.create_server(lambda: Connection(self), self.host, self.port,
+                                                    reuse_address=True)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening; tell MQTT 5 clients the server is shutting down (0x8B); close every connection."""
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.close(SERVER_SHUTTING_DOWN, "server shutting down", publish_will=False)
+        if self.server is not None:
+            await self.server.wait_closed()
+        for s in self.sessions.values():
+            for timer in (s.expiry_timer, s.will_timer):
+                if timer is not None:
+                    timer.cancel()
+
+    # --- routing --------------------------------------------------------------------------------------
+
+    def publish(self, msg: Message) -> None:
+        """Store a retained message and hand a copy to each matching session (one per shared group)."""
+        self.received += 1
+        if msg.retain:
+            if msg.payload:
+                self.retained[msg.topic] = msg
+            else:
+                self.retained.pop(msg.topic, None)
+        subs, groups = self.tree.match(msg.topic)
+        if subs:
+            best: dict[Session, list] = {}
+            for sub in subs:
+                if sub.no_local and sub.session.client_id == msg.sender:
+                    continue
+                d = best.get(sub.session)
+                if d is None:
+                    best[sub.session] = [sub.qos, sub.rap, [sub.sid] if sub.sid else []]
+                else:
+                    d[0] = max(d[0], sub.qos)
+                    d[1] = d[1] or sub.rap
+                    if sub.sid:
+                        d[2].append(sub.sid)
+            for session, (qos, rap, sids) in best.items():
+                session.enqueue(Entry(msg, min(qos, msg.qos), msg.retain and rap, tuple(sids), None))
+        for group in groups:
+            sub = self._pick(group)
+            if sub is not None:
+                sub.session.enqueue(Entry(msg, min(sub.qos, msg.qos), msg.retain and sub.rap,
+                                          (sub.sid,) if sub.sid else (), group))
+
+    def _pick(self, group: Group, avoid: Session | None = None) -> Sub | None:
+        members = [m for m in group.members.values() if m.session is not avoid]
+        if not members:
+            return None
+        n = len(members)
+        start = group.turn % n
+        group.turn += 1
+        fallback = None
+        for k in range(n):
+            m = members[(start + k) % n]
+            s = m.session
+            if s.conn is not None and not s.conn.paused and s.has_room():
+                return m
+            if fallback is None and s.has_room():
+                fallback = m
+        return fallback or members[start]
+
+    def send_retained(self, sub: Sub, filt: str) -> None:
+        now = time.monotonic()
+        for topic, msg in list(self.retained.items()):
+            if msg.expires is not None and msg.expires <= now:
+                del self.retained[topic]
+                continue
+            if filter_matches(filt, topic):
+                sub.session.enqueue(Entry(msg, min(sub.qos, msg.qos), True, (sub.sid,) if sub.sid else (), None))
+
+    # --- sessions -------------------------------------------------------------------------------------
+
+    def end_session(self, session: Session) -> None:
+        """Forget ``session``: its subscriptions, its will (published now if delayed) and its messages;
+        messages it held for a shared group go to another member."""
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        for timer in (session.expiry_timer, session.will_timer):
+            if timer is not None:
+                timer.cancel()
+        session.expiry_timer = None
+        if session.will_timer is not None and session.will is not None:
+            session.will_timer = None
+            self.publish_will(session)
+        for sub in session.subs.values():
+            self.tree.remove(_plain(sub.filter), sub.group, session.client_id)
+        held = list(session.inflight.values()) + list(session.queue)
+        session.inflight.clear()
+        session.queue.clear()
+        session.queued_bytes = 0
+        for entry in held:
+            if entry.group is not None and entry.qos:
+                other = self._pick(entry.group, avoid=session)
+                if other is not None:
+                    other.session.enqueue(Entry(entry.msg, min(other.qos, entry.msg.qos), entry.retain,
+                                                (other.sid,) if other.sid else (), entry.group))
+
+    def publish_will(self, session: Session) -> None:
+        will, session.will = session.will, None
+        if will is not None:
+            self.publish(Message(will.topic, will.payload, will.qos, will.retain, will.props, session.client_id))
+
+
+def _plain(full: str) -> str:
+    shared = split_shared(full)
+    return shared[1] if shared else full
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: decodes packets as bytes arrive and applies them to the broker."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.version = 0
+        self.session: Session | None = None
+        self.connected = False           # CONNACK with success sent
+        self.closing = False
+        self.paused = False
+        self.keepalive = 0
+        self.last_rx = time.monotonic()
+        self.timer: asyncio.TimerHandle | None = None
+        self.receive_max = 65535
+        self.max_out = MAX_VBI + 5
+        self.aliases: dict[int, str] = {}
+        self.problem_info = True
+        self.peer = "?"
+
+    # --- asyncio.Protocol -----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=1 << 20)
+        peer = transport.get_extra_info("peername")
+        self.peer = "%s:%s" % peer[:2] if peer else "?"
+        self.broker.connections.add(self)
+        self.timer = self.broker.loop.call_later(CONNECT_TIMEOUT_S, self._connect_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.broker.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.closing = True
+        self._detach(publish_will=True)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.session is not None and self.session.conn is self:
+            self.session.pump()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.last_rx = time.monotonic()
+        buf = self.buf
+        buf += data
+        pos = 0
+        try:
+            while not self.closing:
+                frame = split_frame(buf, pos, self.broker.max_packet_size)
+                if frame is None:
+                    break
+                first, start, end = frame
+                body = bytes(buf[start:end])
+                pos = end
+                self._handle(first, body)
+        except MqttError as exc:
+            self.close(exc.code, str(exc))
+        except Exception:  # noqa: BLE001 - one client's failure must not stop the broker
+            log.exception("client %s: handler failed", self._name())
+            self.close(UNSPECIFIED, "internal error")
+        if pos:
+            del buf[:pos]
+
+    # --- sending --------------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    def send_publish(self, entry: Entry, pid: int, dup: bool) -> bool:
+        """Write one PUBLISH; False when it exceeds the client's maximum packet size (it is skipped)."""
+        msg = entry.msg
+        body = [msg.topic_bytes]
+        if entry.qos:
+            body.append(pid.to_bytes(2, "big"))
+        if self.version == 5:
+            props = msg.props
+            if msg.expires is not None:
+                props += b"\x02" + max(0, int(msg.expires - time.monotonic() + 0.999)).to_bytes(4, "big")
+            for sid in entry.sids:
+                props += b"\x0b" + vbi(sid)
+            body.append(vbi(len(props)))
+            body.append(props)
+        body.append(msg.payload)
+        b = b"".join(body)
+        data = packet(0x30 | (8 if dup else 0) | (entry.qos << 1) | (1 if entry.retain else 0), b)
+        if len(data) > self.max_out:
+            return False
+        self.write(data)
+        return True
+
+    def close(self, code: int, text: str, publish_will: bool = True) -> None:
+        """Tell the client why (MQTT 5: CONNACK before a session, else DISCONNECT) and close."""
+        if self.closing or self.transport is None:
+            return
+        if code not in (SUCCESS, SERVER_SHUTTING_DOWN):
+            log.info("client %s: closing: %s (0x%02x)", self._name(), text, code)
+        if self.version == 5:
+            props = encode_properties([(P_REASON_STRING, text[:200])]) if self.problem_info else b"\x00"
+            if self.connected:
+                self.write(packet(DISCONNECT << 4, bytes((code,)) + props))
+            else:
+                self.write(packet(CONNACK << 4, bytes((0, code)) + props))
+        self.closing = True
+        self._detach(publish_will=publish_will)
+        self.transport.close()
+        self.broker.loop.call_later(2.0, self.transport.abort)
+
+    def _name(self) -> str:
+        return "%r (%s)" % (self.session.client_id, self.peer) if self.session else self.peer
+
+    def _detach(self, publish_will: bool) -> None:
+        s, self.session = self.session, None
+        if s is None or s.conn is not self:
+            return
+        s.conn = None
+        broker = self.broker
+        if not publish_will:
+            s.will = None
+        if s.expiry == 0:
+            if s.will is not None:
+                broker.publish_will(s)
+            broker.end_session(s)
+            return
+        if s.will is not None:
+            if s.will.delay == 0:
+                broker.publish_will(s)
+            else:
+                s.will_timer = broker.loop.call_later(min(s.will.delay, s.expiry), self._delayed_will, s)
+        if s.expiry != NEVER_EXPIRES:
+            s.expiry_timer = broker.loop.call_later(s.expiry, broker.end_session, s)
+
+    def _delayed_will(self, s: Session) -> None:
+        s.will_timer = None
+        self.broker.publish_will(s)
+
+    # --- timers ---------------------------------------------------------------------------------------
+
+    def _connect_timeout(self) -> None:
+        if self.session is None and not self.closing:
+            log.info("client %s: no CONNECT within %g s", self.peer, CONNECT_TIMEOUT_S)
+            self.closing = True
+            self.transport.abort()
+
+    def _keepalive_check(self) -> None:
+        limit = self.keepalive * 1.5
+        idle = time.monotonic() - self.last_rx
+        if idle >= limit:
+            self.close(KEEP_ALIVE_TIMEOUT, "no packet within 1.5 x keep alive (%d s)" % self.keepalive)
+        else:
+            self.timer = self.broker.loop.call_later(limit - idle, self._keepalive_check)
+
+    # --- packets --------------------------------------------------------------------------------------
+
+    def _handle(self, first: int, body: bytes) -> None:
+        if self.session is None:
+            if first >> 4 != CONNECT:
+                raise _protocol("first packet is not CONNECT")
+            if first & 0x0F:
+                raise _malformed("reserved flags on CONNECT")
+            try:
+                c = decode_connect(body)
+            except MqttError as exc:
+                self.version = getattr(exc, "version", 5)
+                if exc.code == UNSUPPORTED_VERSION:
+                    if self.version < 5:
+                        self.write(packet(CONNACK << 4, b"\x00\x01"))
+                        self.version = 0
+                    else:
+                        self.version = 5
+                raise
+            self._connect(c)
+            return
+        p = decode_packet(first, body, self.version)
+        if isinstance(p, Publish):
+            self._publish(p)
+        elif isinstance(p, Ack):
+            if p.kind != PUBACK:
+                raise _protocol("QoS 2 flow packet type %d on a QoS 1 server" % p.kind)
+            self.session.acked(p.pid)
+        elif isinstance(p, Subscribe):
+            self._subscribe(p)
+        elif isinstance(p, Unsubscribe):
+            self._unsubscribe(p)
+        elif isinstance(p, Simple):
+            self.write(PINGRESP_PACKET)
+        elif isinstance(p, Disconnect):
+            self._disconnect(p)
+        else:
+            raise _protocol("second CONNECT")
+
+    def _connect(self, c: Connect) -> None:
+        broker = self.broker
+        self.version = c.version
+        self.problem_info = bool(c.props.get(P_REQUEST_PROBLEM, 1))
+        if P_AUTH_METHOD in c.props:
+            raise MqttError(BAD_AUTH_METHOD, "enhanced authentication is not supported")
+        if c.will is not None and c.will.qos > 1:
+            if c.version == 5:
+                raise MqttError(QOS_NOT_SUPPORTED, "will QoS 2 is not supported")
+            c.will.qos = 1
+        cid = c.client_id
+        assigned = None
+        if not cid:
+            if c.version == 4 and not c.clean_start:
+                self.write(packet(CONNACK << 4, b"\x00\x02"))
+                self.version = 0
+                raise MqttError(CLIENT_ID_NOT_VALID, "empty client id with clean session 0")
+            cid = assigned = "ll-auto-%d" % next(broker.ids)
+        old = broker.sessions.get(cid)
+        if old is not None and old.conn is not None:
+            old.conn.close(SESSION_TAKEN_OVER, "another connection took over the session")
+            old = broker.sessions.get(cid)
+        present = old is not None and not c.clean_start
+        if old is not None and not present:
+            broker.end_session(old)
+        if present:
+            s = old
+            for timer in (s.expiry_timer, s.will_timer):
+                if timer is not None:
+                    timer.cancel()
+            s.expiry_timer = s.will_timer = None
+        else:
+            s = Session(broker, cid)
+            broker.sessions[cid] = s
+        s.expiry = c.props.get(P_SESSION_EXPIRY, 0) if c.version == 5 else (0 if c.clean_start else NEVER_EXPIRES)
+        s.will = c.will
+        s.conn = self
+        self.session = s
+        self.receive_max = c.props.get(P_RECEIVE_MAXIMUM, 65535)
+        self.max_out = c.props.get(P_MAXIMUM_PACKET_SIZE, MAX_VBI + 5)
+        self.keepalive = c.keepalive
+        if broker.max_keepalive and (self.keepalive == 0 or self.keepalive > broker.max_keepalive):
+            self.keepalive = broker.max_keepalive
+        if c.version == 5:
+            props = [(P_RECEIVE_MAXIMUM, broker.receive_maximum), (P_MAXIMUM_QOS, 1),
+                     (P_MAXIMUM_PACKET_SIZE, broker.max_packet_size), (P_TOPIC_ALIAS_MAXIMUM, broker.topic_alias_maximum)]
+            if assigned:
+                props.append((P_ASSIGNED_ID, assigned))
+            if self.keepalive != c.keepalive:
+                props.append((P_SERVER_KEEP_ALIVE, self.keepalive))
+            self.write(packet(CONNACK << 4, bytes((1 if present else 0, SUCCESS)) + encode_properties(props)))
+        else:
+            self.write(packet(CONNACK << 4, bytes((1 if present else 0, 0))))
+        self.connected = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.keepalive:
+            self.timer = broker.loop.call_later(self.keepalive * 1.5, self._keepalive_check)
+        log.debug("client %s connected (MQTT %s, session %s)", self._name(), "5" if c.version == 5 else "3.1.1",
+                  "resumed" if present else "new")
+        if present:
+            s.resend()
+            s.pump()
+
+    def _publish(self, p: Publish) -> None:
+        topic = p.topic
+        alias = p.props.get(P_TOPIC_ALIAS)
+        if alias is not None:
+            if alias == 0 or alias > self.broker.topic_alias_maximum:
+                raise MqttError(TOPIC_ALIAS_INVALID, "topic alias %d outside 1..%d" % (alias, self.broker.topic_alias_maximum))
+            if topic:
+                self.aliases[alias] = topic
+            else:
+                topic = self.aliases.get(alias, "")
+                if not topic:
+                    raise _protocol("topic alias %d was never set" % alias)
+        check_topic_name(topic)
+        if p.qos == 2:
+            raise MqttError(QOS_NOT_SUPPORTED, "QoS 2 is not supported")
+        self.broker.publish(Message(topic, p.payload, p.qos, p.retain, p.props, self.session.client_id))
+        if p.qos == 1:
+            self.write(packet(PUBACK << 4, p.pid.to_bytes(2, "big")))
+
+    def _subscribe(self, p: Subscribe) -> None:
+        s = self.session
+        v5 = self.version == 5
+        sid = p.props.get(P_SUBSCRIPTION_ID)
+        codes = bytearray()
+        todo = []
+        for full, opts in p.topics:
+            shared = split_shared(full)
+            if shared is None:
+                codes.append(TOPIC_FILTER_INVALID if v5 else 0x80)
+                continue
+            group, filt = shared
+            if group is not None and opts & 4:
+                raise _protocol("no local on a shared subscription")
+            sub = Sub(s, full, group, opts, sid)
+            existed = full in s.subs
+            s.subs[full] = sub
+            self.broker.tree.add(filt, sub)
+            codes.append(sub.qos)
+            if group is None and (sub.rh == 0 or (sub.rh == 1 and not existed)):
+                todo.append((sub, filt))
+        body = p.pid.to_bytes(2, "big") + (b"\x00" if v5 else b"") + bytes(codes)
+        self.write(packet(SUBACK << 4, body))
+        for sub, filt in todo:
+            self.broker.send_retained(sub, filt)
+
+    def _unsubscribe(self, p: Unsubscribe) -> None:
+        s = self.session
+        codes = bytearray()
+        for full in p.filters:
+            sub = s.subs.pop(full, None)
+            if sub is None:
+                codes.append(NO_SUBSCRIPTION_EXISTED)
+                continue
+            self.broker.tree.remove(_plain(full), sub.group, s.client_id)
+            codes.append(SUCCESS)
+        body = p.pid.to_bytes(2, "big") + (b"\x00" + bytes(codes) if self.version == 5 else b"")
+        self.write(packet(UNSUBACK << 4, body))
+
+    def _disconnect(self, p: Disconnect) -> None:
+        s = self.session
+        expiry = p.props.get(P_SESSION_EXPIRY)
+        if expiry is not None:
+            if s.expiry == 0 and expiry != 0:
+                raise _protocol("session expiry set on DISCONNECT after 0 on CONNECT")
+            s.expiry = expiry
+        if p.code == SUCCESS:
+            s.will = None
+        self.closing = True
+        self._detach(publish_will=True)
+        self.transport.close()
+
+
+# --- running it --------------------------------------------------------------------------------------
+
+
+class BrokerThread:
+    """A ``Broker`` on its own event loop in a daemon thread (for tests and in-process use).
+
+    ``start()`` returns once it listens (``port`` is then the bound port); ``stop()`` closes it.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
+        self.broker = Broker(host, port, **options)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="ll-mqtt-broker", daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def port(self) -> int:
+        return self.broker.port
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.broker.start())
+        except BaseException as exc:  # noqa: BLE001 - reported by start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.broker.close())
+        self.loop.close()
+
+    def start(self, timeout: float = 10.0) -> "BrokerThread":
+        self.thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("the MQTT broker did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Run ``fn()`` on the broker's loop and return its result (to look at broker state safely)."""
+        done = threading.Event()
+        box: list[Any] = []
+
+        def run() -> None:
+            try:
+                box.append(fn())
+            finally:
+                done.set()
+
+        self.loop.call_soon_threadsafe(run)
+        if not done.wait(timeout):
+            raise TimeoutError("broker loop did not answer")
+        return box[0] if box else None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout)
+
+    def __enter__(self) -> "BrokerThread":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m ledgerlink.tools.mqtt_broker",
+                                description="Embedded MQTT 5.0 / 3.1.1 broker (QoS 0 and 1, retained messages, "
+                                            "shared subscriptions, sessions in memory).")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=1883, help="TCP port (default 1883; 0: a free one)")
+    p.add_argument("--max-packet-size", type=int, default=1 << 20, metavar="BYTES",
+                   help="largest packet accepted from a client (default 1 MiB)")
+    p.add_argument("--max-queued", type=int, default=100_000, metavar="N",
+                   help="messages queued per client before new ones are dropped (default 100000)")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = p.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        p.error("--port must be 0..65535")
+    if not 16 <= args.max_packet_size <= MAX_VBI + 5 or args.max_queued < 1:
+        p.error("--max-packet-size must be 16..268435460 and --max-queued at least 1")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    broker = Broker(args.host, args.port, max_packet_size=args.max_packet_size, max_queued=args.max_queued)
+
+    async def serve() -> None:
+        await broker.start()
+        log.info("listening on %s:%d (MQTT 5.0 and 3.1.1)", args.host, broker.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping: %d messages received, %d dropped from full queues", broker.received, broker.dropped)
+        await broker.close()
+
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        print("mqtt_broker: cannot listen on %s:%d: %s" % (args.host, args.port, exc.strerror or exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
