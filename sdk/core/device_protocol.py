@@ -1,0 +1,682 @@
+"""The device side of the ledgerlink protocol (docs/protocol.md), sans I/O, in the portable subset.
+
+``DeviceProtocol`` builds what a device sends (readings signed with its identity key or encrypted
+under a session key, its registration request, ECQV session requests) and checks what it receives on
+its ``down`` and ``cmd`` topics (session responses, receipts, refusals, commands). It moves no bytes
+and keeps no files: the caller publishes the frames, and sequence numbers come from a ``counter``
+object with ``next()`` that persists its own high-water mark. The same code runs on CPython (wrapped
+by ``ledgerlink.device.core.DeviceCore``) and on MicroPython boards (``micropython/ledgerlink_client``).
+
+Protects against:
+- nonce reuse: every frame takes the next number of the persistent counter, and the Partial IV of a
+  session frame is that number;
+- a gateway or broker lying about a reading's fate: a receipt is valid only when the frame hash is in
+  the batch root, the anchor transaction carrying that root and batch size is in the tx root of a
+  header certified by 2f+1 of the validators the device trusts, and (when the device knows gateway
+  keys) the anchor is signed by a known gateway. Certified headers and anchor signatures already
+  checked against the same trust anchors are remembered by hash (``cache_size``), so the receipts of
+  one batch cost one header check;
+- a forged or replayed session response: the nonce must be the pending one, the certificate must name
+  this device, be for sessions and valid now, and the reconstructed key must match it
+  (``ecqv.reconstruct``);
+- forged or replayed commands: only commands signed by a controller whose device record (role
+  controller, active) was proved by an SPV record proof are executed, for this device, in time, with a
+  per-controller sequence number above the last executed one.
+Malformed network data never escapes as IndexError, KeyError or TypeError: ``handle_down`` and
+``handle_command`` return results, ``check_receipt`` raises only errors of ``ledgerlink.core.errors``.
+Tested in tests/core/test_device_protocol.py (forged receipts, wrong header signatures, tampered
+session responses; hypothesis on the decoders), tests/device/test_core.py against the gateway's own
+checks, and under MicroPython in tests/micropython/test_device_protocol_in_vm.py and, against the real
+broker, gateway and ledger, tests/micropython/test_stack_in_vm.py.
+"""
+
+import hashlib
+
+from ledgerlink.core import cbor, cose, ecqv, merkle, session_keys, spv
+from ledgerlink.core.backend import get_backend
+from ledgerlink.core.errors import InvalidMessage, InvalidProof, LedgerlinkError
+
+MAX_SEQ = 0xFFFFFFFF
+DEVICE_ID_LEN = 16
+NONCE_LEN = 16
+TX_DOMAIN = "ledgerlink-tx-v1"
+MAX_REPLY = cose.MAX_FRAME * 4
+
+KIND_RECEIPT = 1
+KIND_REFUSAL = 2
+KIND_SESSION = 3
+
+ROLE_SENSOR = 1
+ROLE_GATEWAY = 3
+ROLE_CONTROLLER = 6
+STATUS_ACTIVE = 1
+RECORD_DEVICE = 1
+TX_ANCHOR = 5
+
+MODE_SIGNED = "signed"
+MODE_SESSION = "session"
+
+SESSION_RECORD_VERSION = 1
+
+
+class DeviceError(LedgerlinkError):
+    """A device-side operation cannot be done (no session, no identity key, numbers exhausted, ...)."""
+
+
+def _sha256(data):
+    return hashlib.sha256(data).digest()
+
+
+def _is_uint(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_hash(v):
+    return isinstance(v, bytes) and len(v) == 32
+
+
+def device_id_of(public_key):
+    """First 16 bytes of SHA-256 of the compressed identity public key (33 or 65 bytes given)."""
+    from ledgerlink.core import p256
+
+    public_key = bytes(public_key)
+    if len(public_key) != 33:
+        public_key = p256.encode_point(p256.decode_point(public_key), True)
+    return _sha256(public_key)[:DEVICE_ID_LEN]
+
+
+def partial_iv(seq):
+    """The Partial IV of sequence number ``seq``: big-endian, minimal length (1..4 bytes)."""
+    if not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
+        raise ValueError("seq out of range")
+    n = 1
+    while seq >> (8 * n):
+        n += 1
+    return seq.to_bytes(n, "big")
+
+
+# --- results ---------------------------------------------------------------------------------------
+
+
+class OutFrame:
+    """A frame to publish: ``topic``, ``payload``, ``seq`` (readings) and ``frame_hash``."""
+
+    def __init__(self, topic, payload, seq=None):
+        self.topic = topic
+        self.payload = payload
+        self.seq = seq
+        self.frame_hash = _sha256(payload)
+
+    def __repr__(self):
+        return "OutFrame(%s, seq=%s, %d bytes)" % (self.topic, self.seq, len(self.payload))
+
+
+class SessionOpened:
+    """A session response was checked: ``session_id``, ``gateway_id``, ``valid_until_s``, ``cert_tx``."""
+
+    def __init__(self, session_id, gateway_id, valid_until_s, cert_tx):
+        self.session_id = session_id
+        self.gateway_id = gateway_id
+        self.valid_until_s = valid_until_s
+        self.cert_tx = cert_tx
+
+    def __repr__(self):
+        return "SessionOpened(%s)" % self.session_id.hex()
+
+
+class ReceiptResult:
+    """Outcome of a receipt check: ``valid`` with ``reason`` when not; ``height`` of the certified header."""
+
+    def __init__(self, valid, seq, frame_hash, reason="", height=None, gateway_id=None):
+        self.valid = valid
+        self.seq = seq
+        self.frame_hash = frame_hash
+        self.reason = reason
+        self.height = height
+        self.gateway_id = gateway_id
+
+    def __repr__(self):
+        return "ReceiptResult(valid=%s, seq=%s%s)" % (self.valid, self.seq, "" if self.valid else ", " + self.reason)
+
+
+class Refused:
+    """The gateway refused a frame this device sent (``seq`` is None for a session request)."""
+
+    def __init__(self, frame_hash, code, reason, seq):
+        self.frame_hash = frame_hash
+        self.code = code
+        self.reason = reason
+        self.seq = seq
+
+    def __repr__(self):
+        return "Refused(seq=%s, code=%d: %s)" % (self.seq, self.code, self.reason)
+
+
+class Ignored:
+    """A reply that was dropped, with the ``reason``."""
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    def __repr__(self):
+        return "Ignored(%s)" % self.reason
+
+
+class CommandResult:
+    """A checked command: ``accepted`` with ``action``/``args``, or refused with ``reason``."""
+
+    def __init__(self, accepted, reason="", controller=None, seq=None, action=None, args=None, not_after_ms=None):
+        self.accepted = accepted
+        self.reason = reason
+        self.controller = controller
+        self.seq = seq
+        self.action = action
+        self.args = args
+        self.not_after_ms = not_after_ms
+
+    def __repr__(self):
+        if self.accepted:
+            return "CommandResult(accepted, %r, seq=%s)" % (self.action, self.seq)
+        return "CommandResult(refused: %s)" % self.reason
+
+
+class PendingSession:
+    """An open session request: the ECQV secret k_U, the nonce, the time and the request frame hash."""
+
+    def __init__(self, secret, nonce, time_ms, frame_hash=None):
+        self.secret = secret
+        self.nonce = nonce
+        self.time_ms = time_ms
+        self.frame_hash = frame_hash
+
+
+class Session:
+    """Session keys with the gateway id, the end of validity (seconds; None: unknown) and the certificate."""
+
+    def __init__(self, keys, gateway_id, valid_until_s, cert):
+        self.keys = keys
+        self.gateway_id = gateway_id
+        self.valid_until_s = valid_until_s
+        self.cert = cert
+
+    def __repr__(self):
+        return "Session(%s, gateway=%s)" % (self.keys.session_id.hex(), self.gateway_id.hex())
+
+
+# --- session records (persistence) ------------------------------------------------------------------
+
+
+def encode_session(session):
+    """Bytes to keep a session across resets: cbor([1, cert, key, base-iv, gateway-id]) + 4-byte check."""
+    k = session.keys
+    body = cbor.dumps([SESSION_RECORD_VERSION, session.cert, k.key, k.base_iv, session.gateway_id])
+    return body + _sha256(body)[:4]
+
+
+def decode_session(data, device_id):
+    """The Session stored by ``encode_session`` for ``device_id``; raises DecodeError/InvalidMessage.
+
+    The certificate must name ``device_id`` and be a session certificate; the session id is
+    recomputed from it, so a record cannot pair keys with another certificate's id.
+    """
+    data = bytes(data)
+    if len(data) < 5 or _sha256(data[:-4])[:4] != data[-4:]:
+        raise InvalidMessage("session record check does not match")
+    obj = cbor.loads(data[:-4], max_depth=4, max_size=1024)
+    if not isinstance(obj, list) or len(obj) != 5 or obj[0] != SESSION_RECORD_VERSION:
+        raise InvalidMessage("session record must be [1, cert, key, base-iv, gateway-id]")
+    cert, key, base_iv, gateway_id = obj[1], obj[2], obj[3], obj[4]
+    if (not isinstance(key, bytes) or len(key) != session_keys.KEY_LEN or not isinstance(base_iv, bytes)
+            or len(base_iv) != session_keys.IV_LEN or not isinstance(gateway_id, bytes)
+            or not 0 < len(gateway_id) <= 64):
+        raise InvalidMessage("session record keys have the wrong sizes")
+    parsed = ecqv.decode_cert(cert)
+    if parsed.subject != device_id or parsed.usage != ecqv.USAGE_SESSION:
+        raise InvalidMessage("session record is not a session of this device")
+    keys = session_keys.SessionKeys(key, base_iv, session_keys.session_id(cert))
+    return Session(keys, gateway_id, parsed.valid_until, cert)
+
+
+# --- the protocol state of one device ---------------------------------------------------------------
+
+
+class DeviceProtocol:
+    """Protocol state of one device of ``site``.
+
+    ``private_key``: 32-byte identity key, or None for a device that only seals under a pre-made
+    session (then ``device_id`` is required). ``counter``: an object whose ``next()`` returns the next
+    sequence number (persisted by the caller). ``chain_id`` and ``validator_keys``: the validator set
+    trusted for receipts and record proofs (None: receipts cannot be checked). ``ca_public``: the
+    fog CA key that issues session certificates. ``gateway_keys``: optional {gateway device-id:
+    identity public key}; when given, receipts need an anchor signed by one of them. ``rng(n)``:
+    random bytes (default os.urandom). ``max_tracked``: sent frames remembered for receipts.
+    """
+
+    def __init__(self, private_key, site, counter, chain_id=None, validator_keys=None, ca_public=None,
+                 gateway_keys=None, backend=None, rng=None, max_tracked=4096, device_id=None, cache_size=4):
+        self.crypto = get_backend(backend)
+        if private_key is not None:
+            self._priv = bytes(private_key)
+            self.public_key = self.crypto.public_key(self._priv, True)
+            self.device_id = device_id_of(self.public_key)
+        else:
+            if device_id is None or len(device_id) != DEVICE_ID_LEN:
+                raise ValueError("a 16-byte device_id is needed without an identity key")
+            self._priv = None
+            self.public_key = None
+            self.device_id = bytes(device_id)
+        self.site = site
+        self.counter = counter
+        self.chain_id = chain_id
+        self.validator_keys = [bytes(k) for k in validator_keys] if validator_keys is not None else None
+        self.ca_public = ca_public
+        self.gateway_keys = dict(gateway_keys) if gateway_keys is not None else None
+        self.rng = rng or _default_rng
+        self.max_tracked = max_tracked
+        self.cache_size = cache_size
+        self.session = None
+        self._pending_session = None
+        self.sent = {}                  # seq -> frame hash, awaiting a receipt
+        self.controllers = {}           # controller id -> (key, proof height)
+        self._record_heights = {}       # newest proof height seen per device id
+        self.command_seqs = {}
+        self._headers = []              # [(trust-bound hash, Header)], newest last
+        self._anchors = []              # trust-bound hashes of anchor signatures that verified
+
+    def __repr__(self):
+        return "DeviceProtocol(%s, site=%s)" % (self.device_id.hex(), self.site)
+
+    # --- topics -----------------------------------------------------------------------------------
+
+    def topic(self, leaf):
+        return "ll/%s/dev/%s/%s" % (self.site, self.device_id.hex(), leaf)
+
+    @property
+    def up_topic(self):
+        return self.topic("up")
+
+    @property
+    def down_topic(self):
+        return self.topic("down")
+
+    @property
+    def cmd_topic(self):
+        return self.topic("cmd")
+
+    # --- outgoing ---------------------------------------------------------------------------------
+
+    def _identity(self):
+        if self._priv is None:
+            raise DeviceError("this device has no identity key")
+        return self._priv
+
+    def registration_request(self, time_ms, role=ROLE_SENSOR, attributes=None):
+        """The registration request (proof of possession, external_aad empty) for the ``reg`` topic."""
+        payload = {1: self.device_id, 2: self.public_key, 3: int(role), 4: dict(attributes or {}), 5: int(time_ms)}
+        frame = cose.sign1(cbor.dumps(payload), self._identity(), self.device_id, b"", self.crypto)
+        return OutFrame(self.topic("reg"), frame)
+
+    def reading(self, measurements, time_ms, mode=MODE_SIGNED):
+        """Build the next reading as a signed or session-encrypted frame bound to the ``up`` topic."""
+        if mode != MODE_SIGNED and mode != MODE_SESSION:
+            raise ValueError("mode must be %r or %r" % (MODE_SIGNED, MODE_SESSION))
+        if mode == MODE_SESSION and self.session is None:
+            raise DeviceError("no session: open one first")
+        if mode == MODE_SIGNED:
+            self._identity()
+        for key in measurements:
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                raise ValueError("measurement names must be text or integers")
+        topic = self.up_topic
+        seq = self.counter.next()
+        body = cbor.dumps({1: self.device_id, 2: seq, 3: int(time_ms), 4: dict(measurements)})
+        aad = topic.encode()
+        if mode == MODE_SIGNED:
+            frame = cose.sign1(body, self._priv, self.device_id, aad, self.crypto)
+        else:
+            keys = self.session.keys
+            frame = cose.encrypt0(body, keys.key, partial_iv(seq), keys.base_iv, None, keys.session_id, aad,
+                                  self.crypto)
+        out = OutFrame(topic, frame, seq)
+        self._track(seq, out.frame_hash)
+        return out
+
+    def _track(self, seq, frame_hash):
+        self.sent[seq] = frame_hash
+        while len(self.sent) > self.max_tracked:
+            del self.sent[min(self.sent)]
+
+    def session_request(self, time_ms):
+        """Start an ECQV session request; a newer request replaces a pending one."""
+        priv = self._identity()
+        secret, point = ecqv.create_request(self.rng)
+        nonce = self.rng(NONCE_LEN)
+        topic = self.topic("session")
+        payload = cbor.dumps({1: self.device_id, 2: point, 3: nonce, 4: int(time_ms)})
+        frame = cose.sign1(payload, priv, self.device_id, topic.encode(), self.crypto)
+        out = OutFrame(topic, frame)
+        self._pending_session = PendingSession(secret, nonce, int(time_ms), out.frame_hash)
+        return out
+
+    @property
+    def session_pending(self):
+        return self._pending_session is not None
+
+    def cancel_session_request(self):
+        self._pending_session = None
+
+    def set_session(self, session):
+        """Take a session made elsewhere (restored from storage, or pre-made keys)."""
+        self.session = session
+
+    def session_valid(self, now_ms, margin_s=0):
+        """True when a session exists and is valid for at least ``margin_s`` more seconds."""
+        s = self.session
+        if s is None:
+            return False
+        return s.valid_until_s is None or now_ms // 1000 + margin_s < s.valid_until_s
+
+    def drop_session(self):
+        self.session = None
+
+    # --- incoming ---------------------------------------------------------------------------------
+
+    def decode_reply(self, payload):
+        """Decode a ``gateway-reply``: the map with a known kind, or raise DecodeError/InvalidMessage."""
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise InvalidMessage("reply must be bytes")
+        if len(payload) > MAX_REPLY:
+            raise InvalidMessage("reply of %d bytes is too large" % len(payload))
+        msg = cbor.loads(bytes(payload), max_depth=16, max_size=MAX_REPLY)
+        if not isinstance(msg, dict) or msg.get(0) not in (KIND_RECEIPT, KIND_REFUSAL, KIND_SESSION):
+            raise InvalidMessage("reply has no known kind")
+        return msg
+
+    def handle_down(self, payload, now_ms):
+        """A ``gateway-reply`` (bytes) from the ``down`` topic: SessionOpened, ReceiptResult, Refused or Ignored."""
+        try:
+            msg = self.decode_reply(payload)
+        except LedgerlinkError as exc:
+            return Ignored("reply refused: %s" % exc)
+        return self.handle_reply(msg, now_ms)
+
+    def handle_reply(self, msg, now_ms):
+        """Like ``handle_down`` for a reply already decoded by ``decode_reply``."""
+        kind = msg.get(0)
+        try:
+            if kind == KIND_SESSION:
+                return self.handle_session_response(msg.get(1), now_ms)
+            if kind == KIND_RECEIPT:
+                return self.verify_receipt(msg)
+            if kind == KIND_REFUSAL:
+                return self._refusal(msg)
+        except DeviceError as exc:
+            return Ignored(str(exc))
+        return Ignored("reply has no known kind")
+
+    def _refusal(self, msg):
+        frame_hash, code, text = msg.get(1), msg.get(2), msg.get(3)
+        if not _is_hash(frame_hash) or not _is_uint(code) or not isinstance(text, str):
+            return Ignored("malformed refusal")
+        pending = self._pending_session
+        if pending is not None and pending.frame_hash == frame_hash:
+            self._pending_session = None
+            return Refused(frame_hash, code, text, None)
+        seq = None
+        for s in self.sent:
+            if self.sent[s] == frame_hash:
+                seq = s
+                break
+        if seq is None:
+            return Ignored("refusal of a frame this device did not send")
+        del self.sent[seq]
+        return Refused(frame_hash, code, text, seq)
+
+    def check_session_response(self, resp, now_ms):
+        """Check a ``session-response`` map against the pending request; return (Session, cert-tx or None).
+
+        Raises InvalidMessage for a malformed or mismatched response, InvalidCertificate (or another
+        LedgerlinkError) when the certificate or the reconstructed key does not check, DeviceError when
+        nothing is pending or no CA key is configured. The pending request stays pending on failure.
+        """
+        pending = self._pending_session
+        if pending is None:
+            raise DeviceError("no session request is pending")
+        if self.ca_public is None:
+            raise DeviceError("no fog CA key configured: sessions cannot be checked")
+        if not isinstance(resp, dict):
+            raise InvalidMessage("session response must be a map")
+        for label in resp:
+            if label not in (1, 2, 3, 4, 5, 6):
+                raise InvalidMessage("session response has an unknown field %r" % (label,))
+        for label in (1, 2, 3, 4, 5):
+            if label not in resp:
+                raise InvalidMessage("session response lacks field %d" % label)
+        nonce, cert, r, q_gw, gw_id = resp[1], resp[2], resp[3], resp[4], resp[5]
+        cert_tx = resp.get(6)
+        if nonce != pending.nonce:
+            raise InvalidMessage("session response for another request")
+        if (not isinstance(cert, bytes) or not isinstance(r, bytes) or len(r) != 32 or not isinstance(q_gw, bytes)
+                or not isinstance(gw_id, bytes) or not 0 < len(gw_id) <= 64
+                or (cert_tx is not None and not _is_hash(cert_tx))):
+            raise InvalidMessage("malformed session response")
+        parsed = ecqv.decode_cert(cert)
+        if parsed.subject != self.device_id:
+            raise InvalidMessage("session certificate names another device")
+        if parsed.usage != ecqv.USAGE_SESSION:
+            raise InvalidMessage("certificate is not a session certificate")
+        if not parsed.valid_at(now_ms // 1000):
+            raise InvalidMessage("session certificate is not valid now")
+        d_u, _ = ecqv.reconstruct(pending.secret, cert, r, self.ca_public)
+        keys = session_keys.derive(d_u, q_gw, cert, self.device_id, gw_id, self.crypto)
+        return Session(keys, gw_id, parsed.valid_until, cert), cert_tx
+
+    def handle_session_response(self, resp, now_ms):
+        """Reconstruct the session key from a ``session-response`` and take the session; never raises
+        for bad input (returns Ignored with the reason)."""
+        if self._pending_session is None:
+            return Ignored("no session request is pending")
+        try:
+            session, cert_tx = self.check_session_response(resp, now_ms)
+        except DeviceError:
+            raise
+        except LedgerlinkError as exc:
+            return Ignored("session response refused: %s: %s" % (type(exc).__name__, exc))
+        self._pending_session = None
+        self.session = session
+        return SessionOpened(session.keys.session_id, session.gateway_id, session.valid_until_s, cert_tx)
+
+    # --- receipts ---------------------------------------------------------------------------------
+
+    def verify_receipt(self, receipt, frame=None):
+        """Check a ``receipt`` map (or its CBOR bytes); return a ReceiptResult (never raises for bad input).
+
+        Without ``frame`` the receipt must be for a frame this device sent and has not had a receipt for.
+        """
+        try:
+            if isinstance(receipt, (bytes, bytearray)):
+                receipt = cbor.loads(bytes(receipt), max_depth=16, max_size=MAX_REPLY)
+            return self._verify_receipt(receipt, frame)
+        except LedgerlinkError as exc:
+            seq = receipt.get(2) if isinstance(receipt, dict) else None
+            return ReceiptResult(False, seq if _is_uint(seq) else None, None, "%s: %s" % (type(exc).__name__, exc))
+
+    def check_receipt(self, receipt, frame=None):
+        """Like ``verify_receipt`` but raises: InvalidMessage (malformed or not this device's frame),
+        InvalidProof (a proof, the anchor, the header or its signatures), DeviceError (no trust anchors)."""
+        if isinstance(receipt, (bytes, bytearray)):
+            receipt = cbor.loads(bytes(receipt), max_depth=16, max_size=MAX_REPLY)
+        result = self._verify_receipt(receipt, frame)
+        if not result.valid:
+            raise InvalidProof(result.reason)
+        return result
+
+    def _verify_receipt(self, r, frame):
+        if self.validator_keys is None or self.chain_id is None:
+            raise DeviceError("no trusted validator set: receipts cannot be checked")
+        if not isinstance(r, dict) or r.get(0) != KIND_RECEIPT or len(r) != 8:
+            raise InvalidMessage("receipt must be a map with keys 0..7 and kind 1")
+        for label in (1, 2, 3, 4, 5, 6, 7):
+            if label not in r:
+                raise InvalidMessage("receipt must be a map with keys 0..7 and kind 1")
+        frame_hash, seq, index, size, path, anchor = r[1], r[2], r[3], r[4], r[5], r[6]
+        if not _is_hash(frame_hash) or not _is_uint(seq) or not _is_uint(index) or not _is_uint(size):
+            raise InvalidMessage("receipt fields 1..4 have the wrong types")
+        if not isinstance(path, list):
+            raise InvalidMessage("receipt inclusion proof must be a list of hashes")
+        for h in path:
+            if not _is_hash(h):
+                raise InvalidMessage("receipt inclusion proof must be a list of hashes")
+        if frame is not None:
+            if _sha256(bytes(frame)) != frame_hash:
+                return ReceiptResult(False, seq, frame_hash, "receipt is for another frame")
+        elif self.sent.get(seq) != frame_hash:
+            return ReceiptResult(False, seq, frame_hash, "receipt is not for a frame this device sent with seq %d" % seq)
+        if not isinstance(anchor, dict) or len(anchor) != 4 or 1 not in anchor or 2 not in anchor \
+                or 3 not in anchor or 4 not in anchor:
+            raise InvalidMessage("anchor-tx-proof must be a map with keys 1..4")
+        tx, tx_index, tx_count, tx_path = anchor[1], anchor[2], anchor[3], anchor[4]
+        if not isinstance(tx, bytes) or not _is_uint(tx_index) or not _is_uint(tx_count) or not isinstance(tx_path, list):
+            raise InvalidMessage("anchor-tx-proof fields have the wrong types")
+        sign1 = cose.decode_sign1(tx)
+        body = cbor.loads(sign1.payload, max_depth=8)
+        if not isinstance(body, dict) or body.get(1) != TX_ANCHOR:
+            return ReceiptResult(False, seq, frame_hash, "anchor transaction is not a tx-anchor")
+        root, count = body.get(5), body.get(6)
+        if not _is_hash(root) or not _is_uint(count):
+            raise InvalidMessage("tx-anchor lacks its batch root or size")
+        if count != size:
+            return ReceiptResult(False, seq, frame_hash, "batch size %d differs from the anchored %d" % (size, count))
+        gateway = sign1.kid
+        if self.gateway_keys is not None:
+            key = self.gateway_keys.get(gateway)
+            if key is None:
+                return ReceiptResult(False, seq, frame_hash, "anchor is not signed by a known gateway")
+            if not self._anchor_signed(key, sign1):
+                return ReceiptResult(False, seq, frame_hash, "anchor signature does not verify")
+        merkle.verify_inclusion(merkle.leaf_hash(frame_hash), index, size, path, root)
+        header = self._certified_header(r[7])
+        spv.verify_tx_inclusion(header, tx, tx_index, tx_count, tx_path)
+        if frame is None:
+            del self.sent[seq]
+        return ReceiptResult(True, seq, frame_hash, "", header.height, gateway)
+
+    def _remember(self, cache, entry):
+        cache.append(entry)
+        while len(cache) > self.cache_size:
+            cache.pop(0)
+
+    def _anchor_signed(self, key, sign1):
+        tbs = sign1.to_be_signed(cbor.dumps([TX_DOMAIN, self.chain_id]))
+        mark = _sha256(cbor.dumps([bytes(key), tbs, sign1.signature]))
+        if mark in self._anchors:
+            return True
+        if not self.crypto.verify(key, tbs, sign1.signature):
+            return False
+        if self.cache_size:
+            self._remember(self._anchors, mark)
+        return True
+
+    def _certified_header(self, certified):
+        """The checked Header of a certified header, from the cache when the same bytes were checked
+        against the same chain and validator set."""
+        raw = cbor.dumps(certified) if not isinstance(certified, (bytes, bytearray)) else bytes(certified)
+        mark = _sha256(cbor.dumps([self.chain_id, self.validator_keys, raw]))
+        for entry in self._headers:
+            if entry[0] == mark:
+                return entry[1]
+        header = spv.verify_certified_header(certified, self.chain_id, self.validator_keys, self.crypto)
+        if self.cache_size:
+            self._remember(self._headers, (mark, header))
+        return header
+
+    # --- controllers and commands -------------------------------------------------------------------
+
+    def _device_record(self, record_proof):
+        if self.validator_keys is None or self.chain_id is None:
+            raise DeviceError("no trusted validator set: record proofs cannot be checked")
+        header, key, value = spv.verify_record_proof(record_proof, self.chain_id, self.validator_keys, self.crypto)
+        if value is None:
+            return header.height, None, key
+        record = cbor.loads(value, max_depth=8)
+        if not isinstance(record, dict) or not isinstance(record.get(1), bytes) or not isinstance(record.get(2), bytes):
+            raise InvalidMessage("not a device record")
+        if spv.state_key(RECORD_DEVICE, record[1]) != key:
+            raise InvalidProof("record is not the device record of its key")
+        return header.height, record, key
+
+    def update_controller(self, record_proof):
+        """Take a controller from a proved device record; a banned or absent record removes it.
+
+        Returns the controller id (for an absence proof: the state key). Raises DeviceError or a
+        LedgerlinkError when the proof does not check or is older than the one held.
+        """
+        height, record, key = self._device_record(record_proof)
+        if record is None:
+            for cid in list(self.controllers):
+                if spv.state_key(RECORD_DEVICE, cid) == key and self.controllers[cid][1] <= height:
+                    del self.controllers[cid]
+                    self._record_heights[cid] = height
+            return key
+        cid = record[1]
+        seen = self._record_heights.get(cid, -1)
+        if height < seen:
+            raise DeviceError("record proof of height %d is older than one already taken (%d)" % (height, seen))
+        self._record_heights[cid] = height
+        if record.get(3) != ROLE_CONTROLLER or record.get(5) != STATUS_ACTIVE:
+            self.controllers.pop(cid, None)
+            if record.get(3) != ROLE_CONTROLLER:
+                raise DeviceError("device %s is not a controller" % cid.hex())
+            return cid
+        self.controllers[cid] = (record[2], height)
+        return cid
+
+    def update_gateway(self, record_proof):
+        """Trust a gateway's identity key for anchor signatures from a proved, active gateway record."""
+        record = self._device_record(record_proof)[1]
+        if record is None or record.get(3) != ROLE_GATEWAY or record.get(5) != STATUS_ACTIVE:
+            raise DeviceError("record proof does not show an active gateway")
+        if self.gateway_keys is None:
+            self.gateway_keys = {}
+        self.gateway_keys[record[1]] = record[2]
+        return record[1]
+
+    def handle_command(self, topic, payload, now_ms):
+        """Check a command (COSE_Sign1 by a controller, external_aad = the ``cmd`` topic); never raises."""
+        if topic != self.cmd_topic:
+            return CommandResult(False, "command on topic %r, not this device's" % (topic,))
+        try:
+            msg = cose.decode_sign1(bytes(payload))
+        except (LedgerlinkError, TypeError, ValueError) as exc:
+            return CommandResult(False, "malformed command: %s" % exc)
+        cid = msg.kid
+        held = self.controllers.get(cid) if cid is not None else None
+        if held is None:
+            return CommandResult(False, "signer %s is not a controller listed by the ledger"
+                                 % (cid.hex() if cid else "(no kid)"), cid)
+        if not self.crypto.verify(held[0], msg.to_be_signed(topic.encode()), msg.signature):
+            return CommandResult(False, "command signature does not verify with the controller key", cid)
+        try:
+            body = cbor.loads(msg.payload, max_depth=16)
+        except LedgerlinkError as exc:
+            return CommandResult(False, "command body is not deterministic CBOR: %s" % exc, cid)
+        if (not isinstance(body, dict) or len(body) != 5 or 1 not in body or 2 not in body or 3 not in body
+                or 4 not in body or 5 not in body or not isinstance(body[3], str)
+                or not _is_uint(body[2]) or not 1 <= body[2] <= MAX_SEQ or not _is_uint(body[5])):
+            return CommandResult(False, "command must be {1: target, 2: seq, 3: action, 4: args, 5: not-after}", cid)
+        seq = body[2]
+        if body[1] != self.device_id:
+            return CommandResult(False, "command is for another device", cid, seq)
+        if now_ms > body[5]:
+            return CommandResult(False, "command expired %d ms ago" % (now_ms - body[5]), cid, seq)
+        last = self.command_seqs.get(cid, 0)
+        if seq <= last:
+            return CommandResult(False, "command seq %d already used (last %d)" % (seq, last), cid, seq)
+        self.command_seqs[cid] = seq
+        return CommandResult(True, "", cid, seq, body[3], body[4], body[5])
+
+
+def _default_rng(n):
+    import os
+
+    return os.urandom(n)
