@@ -14,6 +14,7 @@ SITE_RE = re.compile(r"[a-z0-9-]{1,32}")
 # Commands whose arguments are handled by the module that implements them.
 PASSTHROUGH = {
     "deploy": ("ledgerlink.tools.deploy", "compile the library for a board and copy it with mpremote"),
+    "provision": ("ledgerlink.tools.provision", "make a board's key on the board and register it on the ledger"),
     "virtual-board": ("ledgerlink.tools.virtual_board", "serve a MicroPython raw REPL on a TCP port for mpremote"),
     "cluster": ("ledgerlink.ledger.cluster", "start a local ledger cluster (keys, genesis, node processes)"),
     "gateway": ("ledgerlink.gateway.main", "run a gateway from a config file"),

@@ -1,0 +1,498 @@
+"""``ledgerlink provision``: give a MicroPython board its identity key and register it on the ledger.
+
+``ledgerlink provision --port PORT [--board esp32] (--cluster FILE | --up-config FILE) [--name N] ...``
+
+The device key pair is made ON THE BOARD, by ``ledgerlink.core.ecdsa`` with the board's ``os.urandom``;
+the board keeps the private key in ``ledgerlink.key`` (hex) and sends only its public key and its signed
+registration request (the proof of possession). The host checks the request, wraps it in an
+admin-signed registration transaction (``tools/admin.py``), waits for the commit, fetches the device
+record with its sparse-Merkle proof under a certified header and verifies it against the trusted
+validator set of the cluster config. It then writes to the board:
+
+- ``ledgerlink.reg.cbor``: CBOR map {1: chain id, 2: device id, 3: record-proof (bstr holding the
+  ``record-proof`` map that ``ledgerlink.core.spv.verify_record_proof`` takes), 4: registration tx id
+  (bstr; absent when the device was registered before)};
+- ``ledgerlink.id.json``: ``device_id``, ``public_key``, ``chain_id``, ``height`` of the proof's header.
+
+Both are first copied under ``*.new`` names; the board then verifies the proof itself with
+``ledgerlink.core.spv`` against the ``validator_keys`` of its own config (written by ``ledgerlink
+deploy``) and checks that the proven record holds its own public key, and only then renames them into
+place. ``--check`` reruns that verification on the board from the stored files.
+
+Protects against: the private key leaving the board (no program sent to the board prints it; the host
+never reads the key file; tests scan everything the host printed or wrote for it); losing a registered
+key (a board with a key keeps it; ``--new-key`` must come with ``--force`` to replace it, and the new key
+only replaces the old one after its registration is proven); a lying ledger node (every record is
+checked with spv on the host and again on the board). A key made by a run that stopped after the
+ledger answered is kept as ``ledgerlink.key.new`` and reused by the next run, so a registered key is
+never thrown away; a key whose registration the ledger refused is removed again. Tested end to end
+against a 4-node ledger and the virtual board in tests/hardware/test_provision.py.
+
+Exit status: 0 done, 1 refused by the ledger or a check failed, 2 bad arguments, cluster config or key
+file, 3 no board answers on the port, 4 the board is not set up (library or config missing: run
+``ledgerlink deploy``), 5 no ledger node answered. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.ledger.state.codes import DeviceStatus, RecordKind
+from ledgerlink.tools import admin, deploy
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NO_BOARD = 3
+EXIT_NOT_DEPLOYED = 4
+EXIT_LEDGER = 5
+
+KEY_FILE = "ledgerlink.key"
+PENDING_KEY_FILE = KEY_FILE + ".new"
+PROOF_FILE = "ledgerlink.reg.cbor"
+ID_FILE = "ledgerlink.id.json"
+DEFAULT_CONFIG = "ledgerlink.json"
+MARK = "PROVISION:"
+BOARD_TIMEOUT = 600.0
+
+BOARD_COMMON = """\
+import json, os, hashlib
+
+def out(obj):
+    print('PROVISION:' + json.dumps(obj))
+
+def exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+def replace(src, dst):
+    try:
+        os.remove(dst)
+    except OSError:
+        pass
+    os.rename(src, dst)
+
+def read_private(path):
+    with open(path) as f:
+        return bytes.fromhex(f.read().strip())
+
+def trusted_keys(path):
+    with open(path) as f:
+        cfg = json.load(f)
+    return cfg, [bytes.fromhex(k) for k in cfg.get('validator_keys') or []]
+
+def verify_stored(data, trusted, pub):
+    from ledgerlink.core import cbor, spv
+    doc = cbor.loads(data)
+    chain_id, dev = doc[1], doc[2]
+    header, key, value = spv.verify_record_proof(doc[3], chain_id, trusted)
+    if key != spv.state_key(1, dev) or value is None:
+        raise ValueError('the proof is not of this device record')
+    record = cbor.loads(value)
+    if record[1] != dev or record[2] != pub or hashlib.sha256(pub).digest()[:16] != dev:
+        raise ValueError('the proven record does not hold this board key')
+    if record[5] != 1:
+        raise ValueError('the device is not active on the ledger')
+    return dev, header.height
+"""
+
+# Make or reuse the key (nothing is written unless every check passed), return the signed request.
+PREPARE = BOARD_COMMON + """\
+P = json.loads(%r)
+
+def main():
+    try:
+        from ledgerlink.core import cbor, cose, ecdsa, spv
+    except ImportError as exc:
+        return {'status': 'no-library', 'error': str(exc)}
+    try:
+        cfg, trusted = trusted_keys(P['config'])
+    except (OSError, ValueError) as exc:
+        return {'status': 'no-config', 'error': str(exc)}
+    if [k.hex() for k in trusted] != P['validators']:
+        return {'status': 'other-validators', 'count': len(trusted)}
+    name = P['name'] or cfg.get('device_name')
+    if not name:
+        return {'status': 'no-name'}
+    have_key = exists(P['key'])
+    if have_key and P['new_key'] and not P['force']:
+        return {'status': 'has-key'}
+    if have_key and not P['new_key']:
+        path, made = P['key'], 'kept'
+    elif exists(P['pending']):
+        path, made = P['pending'], 'resumed'
+    else:
+        try:
+            os.urandom
+        except AttributeError:
+            return {'status': 'no-urandom'}
+        tmp = P['pending'] + '.tmp'
+        with open(tmp, 'w') as f:
+            f.write(ecdsa.generate_private_key().hex())
+        os.rename(tmp, P['pending'])
+        path, made = P['pending'], 'new'
+    priv = read_private(path)
+    pub = ecdsa.public_key(priv, True)
+    dev = hashlib.sha256(pub).digest()[:16]
+    attrs = {'name': name}
+    for k in ('model', 'location'):
+        if P[k] is not None:
+            attrs[k] = P[k]
+    payload = {1: dev, 2: pub, 3: P['role'], 4: attrs, 5: P['time_ms']}
+    request = cose.sign1(cbor.dumps(payload), priv, dev, b'')
+    return {'status': 'ok', 'key': made, 'had_key': have_key, 'public_key': pub.hex(), 'request': request.hex()}
+
+out(main())
+"""
+
+# Verify the copied proof against the board's own key and trust anchor, then move everything into place.
+COMMIT = BOARD_COMMON + """\
+P = json.loads(%r)
+
+def main():
+    from ledgerlink.core import ecdsa
+    cfg, trusted = trusted_keys(P['config'])
+    path = P['pending'] if exists(P['pending']) else P['key']
+    pub = ecdsa.public_key(read_private(path), True)
+    if pub.hex() != P['public_key']:
+        return {'status': 'key-changed'}
+    with open(P['proof'] + '.new', 'rb') as f:
+        data = f.read()
+    try:
+        dev, height = verify_stored(data, trusted, pub)
+    except Exception as exc:
+        return {'status': 'bad-proof', 'error': '%%s: %%s' %% (type(exc).__name__, exc)}
+    if path == P['pending']:
+        replace(P['pending'], P['key'])
+    replace(P['proof'] + '.new', P['proof'])
+    replace(P['id'] + '.new', P['id'])
+    return {'status': 'ok', 'device_id': dev.hex(), 'height': height}
+
+out(main())
+"""
+
+# Remove the key this run made after the ledger refused its registration.
+DISCARD = BOARD_COMMON + """\
+P = json.loads(%r)
+from ledgerlink.core import ecdsa
+if exists(P['pending']) and ecdsa.public_key(read_private(P['pending']), True).hex() == P['public_key']:
+    os.remove(P['pending'])
+out({'status': 'ok'})
+"""
+
+# Re-verify the stored proof on the board (no ledger needed).
+CHECK = BOARD_COMMON + """\
+P = json.loads(%r)
+
+def main():
+    try:
+        from ledgerlink.core import ecdsa
+    except ImportError as exc:
+        return {'status': 'no-library', 'error': str(exc)}
+    if not exists(P['key']) or not exists(P['proof']):
+        return {'status': 'not-provisioned'}
+    try:
+        cfg, trusted = trusted_keys(P['config'])
+    except (OSError, ValueError) as exc:
+        return {'status': 'no-config', 'error': str(exc)}
+    pub = ecdsa.public_key(read_private(P['key']), True)
+    with open(P['proof'], 'rb') as f:
+        data = f.read()
+    try:
+        dev, height = verify_stored(data, trusted, pub)
+    except Exception as exc:
+        return {'status': 'bad-proof', 'error': '%%s: %%s' %% (type(exc).__name__, exc)}
+    return {'status': 'ok', 'device_id': dev.hex(), 'height': height, 'validators': len(trusted)}
+
+out(main())
+"""
+
+
+class ProvisionError(Exception):
+    """A failure with its exit status; the message is one line saying what to do."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class LedgerContext(admin.Context):
+    """``admin.Context`` that keeps the last raw ``record`` answer, so its proof can be stored on the board."""
+
+    last_record: dict | None = None
+
+    def call(self, op: str, *args: Any) -> dict:
+        res = super().call(op, *args)
+        if op == "record":
+            self.last_record = res
+        return res
+
+
+def _deploy_hint(port: str) -> str:
+    return "run `ledgerlink deploy --port %s --board BOARD --config CONFIG` first" % port
+
+
+class Board:
+    """The board on ``port``, reached with mpremote; runs the provisioning programs and copies files."""
+
+    def __init__(self, port: str, config_path: str, timeout: float = BOARD_TIMEOUT) -> None:
+        self.port = port
+        self.paths = {"key": KEY_FILE, "pending": PENDING_KEY_FILE, "proof": PROOF_FILE, "id": ID_FILE,
+                      "config": config_path}
+        self.timeout = timeout
+
+    def run(self, program: str, params: dict) -> dict:
+        """Run a board program with ``params``; return its ``PROVISION:`` answer."""
+        result = deploy.mpremote(self.port, "exec", program % json.dumps(dict(self.paths, **params)),
+                                 timeout=self.timeout)
+        for line in result.stdout.splitlines():
+            if line.startswith(MARK):
+                try:
+                    answer = json.loads(line[len(MARK):])
+                except ValueError:
+                    break
+                if isinstance(answer, dict):
+                    return answer
+        text = result.stdout + result.stderr
+        if "Traceback" in text:
+            raise ProvisionError("the program on the board failed (%s): check free memory and MicroPython "
+                                 ">= 1.22, then rerun provision" % deploy._last_line(result))
+        raise ProvisionError("no MicroPython board answers on %s (%s): check the port (mpremote connect list), "
+                             "the cable, and that no other program holds it" % (self.port, deploy._last_line(result)),
+                             EXIT_NO_BOARD)
+
+    def copy(self, files: dict[str, Path]) -> None:
+        """Copy host files to board paths in one mpremote session."""
+        args: list[str] = []
+        for target, src in files.items():
+            args += (["+"] if args else []) + ["fs", "cp", str(src), ":" + target]
+        result = deploy.mpremote(self.port, *args, timeout=self.timeout)
+        if result.returncode != 0:
+            raise ProvisionError("copying the proof to the board failed (%s): the board keeps its key; rerun "
+                                 "provision" % deploy._last_line(result))
+
+
+def _board_status(answer: dict, port: str) -> None:
+    """Raise for a PREPARE/CHECK answer that is not ``ok``."""
+    status = answer.get("status")
+    if status == "ok":
+        return
+    if status == "no-library":
+        raise ProvisionError("the ledgerlink library is not on the board on %s (%s): %s"
+                             % (port, answer.get("error"), _deploy_hint(port)), EXIT_NOT_DEPLOYED)
+    if status == "no-config":
+        raise ProvisionError("the board has no readable config with validator_keys (%s): %s"
+                             % (answer.get("error"), _deploy_hint(port)), EXIT_NOT_DEPLOYED)
+    if status == "other-validators":
+        raise ProvisionError("the board's config trusts other validator keys (%d) than this ledger: put the "
+                             "ledger's validators (cluster.json) in the config's validator_keys and %s"
+                             % (answer.get("count", 0), _deploy_hint(port).replace(" first", " again")),
+                             EXIT_NOT_DEPLOYED)
+    if status == "no-name":
+        raise ProvisionError("no device name: pass --name or set device_name in the board config", EXIT_USAGE)
+    if status == "has-key":
+        raise ProvisionError("the board already has a key (%s); --new-key would replace it and give the board a "
+                             "new device id: add --force to do that" % KEY_FILE, EXIT_USAGE)
+    if status == "no-urandom":
+        raise ProvisionError("this MicroPython port has no os.urandom, so the board cannot make a key: use a "
+                             "build with a hardware random source", EXIT_FAILED)
+    if status == "not-provisioned":
+        raise ProvisionError("the board on %s has no key and proof yet: run `ledgerlink provision` without "
+                             "--check" % port, EXIT_FAILED)
+    if status == "bad-proof":
+        raise ProvisionError("the proof on the board does NOT verify on the board: %s" % answer.get("error"))
+    raise ProvisionError("unexpected answer from the board: %r" % (answer,))
+
+
+def _context(args: argparse.Namespace) -> LedgerContext:
+    try:
+        return LedgerContext(args)
+    except admin.AdminError as exc:
+        raise ProvisionError(str(exc), exc.status) from None
+
+
+def _ledger(call: Callable[[], Any]) -> Any:
+    """Run an admin call, mapping its errors to provision's exit codes."""
+    try:
+        return call()
+    except admin.AdminError as exc:
+        status = EXIT_LEDGER if exc.status == admin.EXIT_UNAVAILABLE else exc.status
+        raise ProvisionError(str(exc), status) from None
+
+
+def _check_ledger(ctx: LedgerContext) -> None:
+    res = _ledger(lambda: ctx.call("validators"))
+    answered = [bytes(k) for _, k in sorted(res.get("validators") or [])] if res.get("ok") else None
+    if res.get("chain_id") != ctx.chain_id or answered != ctx.validators:
+        raise ProvisionError("the ledger at %s names another chain or validator set than %s: check --cluster"
+                             % (ctx.cluster_path, ctx.cluster_path))
+
+
+def _existing_record(ctx: LedgerContext, dev: bytes) -> Any:
+    if not _ledger(lambda: ctx.call("latest")).get("ok"):
+        return None
+    return _ledger(lambda: ctx.proven_record(RecordKind.DEVICE, dev))[0]
+
+
+def _active_record_of(record: Any, dev: bytes, pub: bytes) -> bool:
+    return isinstance(record, dict) and record.get(1) == dev and record.get(2) == pub \
+        and record.get(5) == DeviceStatus.ACTIVE
+
+
+def provision(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
+    if not args.port:
+        raise ProvisionError("--port is required: the board's serial port (/dev/ttyUSB0, COM3; list them with "
+                             "`mpremote connect list`) or socket://127.0.0.1:PORT for a virtual board", EXIT_USAGE)
+    config_path = DEFAULT_CONFIG
+    if args.board is not None:
+        try:
+            profile = deploy.load_profile(args.board)
+        except deploy.DeployError as exc:
+            raise ProvisionError(str(exc), EXIT_USAGE) from None
+        if profile["runtime"] != "micropython":
+            raise ProvisionError("board %s runs CPython: make the key on it with `ledgerlink admin keygen` and "
+                                 "`ledgerlink admin request`, then `ledgerlink admin register --request`"
+                                 % args.board, EXIT_USAGE)
+        config_path = deploy.config_target(profile)
+    role = admin.ROLES.get(args.role)
+    if role is None:
+        raise ProvisionError("--role %r is not one of %s" % (args.role, ", ".join(admin.ROLES)), EXIT_USAGE)
+    if args.new_key and args.check:
+        raise ProvisionError("--check only verifies what the board stores; it cannot be combined with --new-key",
+                             EXIT_USAGE)
+    board = Board(args.port, config_path)
+    if args.check:
+        return check(board, out)
+
+    ctx = _context(args)
+    try:
+        try:
+            admin_priv = ctx.admin_key()
+        except admin.AdminError as exc:
+            raise ProvisionError("%s: pass the admin's key with --admin-key FILE" % exc, EXIT_USAGE) from None
+        _check_ledger(ctx)
+        out("ledger %r answers; %d validators trusted from %s" % (ctx.chain_id, len(ctx.validators),
+                                                                 ctx.cluster_path))
+        answer = board.run(PREPARE, {
+            "validators": [k.hex() for k in ctx.validators], "name": args.name, "model": args.model,
+            "location": args.location, "role": role, "time_ms": admin.now_ms(), "new_key": args.new_key,
+            "force": args.force})
+        _board_status(answer, args.port)
+        made, prepared = answer["key"], answer
+        out({"kept": "the board keeps its key",
+             "resumed": "the board reuses the key made by an earlier unfinished provision",
+             "new": "the board made a new key pair"}[made]
+            + " (the private key stays on the board in %s)" % (KEY_FILE if made == "kept" else PENDING_KEY_FILE))
+        request = bytes.fromhex(answer["request"])
+        try:
+            payload = admin.check_request(request)
+        except admin.AdminError:
+            raise ProvisionError("the board's registration request does not verify (its proof of possession "
+                                 "does not check): the library on the board may be damaged; %s"
+                                 % _deploy_hint(args.port).replace(" first", " again")) from None
+        pub, dev = payload[2], payload[1]
+        if pub.hex() != answer["public_key"]:
+            raise ProvisionError("the board's request is for another key than the one it reported")
+        out("device %s, public key %s" % (dev.hex(), pub.hex()))
+
+        tx_id = None
+        record = _existing_record(ctx, dev)
+        if record is not None:
+            if not _active_record_of(record, dev, pub):
+                raise ProvisionError("device %s is on the ledger but not active (banned?): unban it with "
+                                     "`ledgerlink admin unban %s`, or give the board a new key with --new-key "
+                                     "--force" % (dev.hex(), dev.hex()))
+            out("already registered on the ledger; storing a fresh proof of its record")
+        else:
+            tx = enc.register_tx(ctx.chain_id, admin_priv, request, admin.now_ms())
+            try:
+                res, line = _ledger(lambda: ctx.submit(tx, "registration"))
+            except ProvisionError as exc:
+                if made == "new" and " refused by the ledger" in str(exc):
+                    board.run(DISCARD, {"public_key": pub.hex()})
+                    raise ProvisionError(str(exc) + "; the board's new key was removed again", exc.status) from None
+                raise
+            tx_id = enc.tx_id(tx)
+            out("registered with role %s at height %d" % (admin.role_name(role), res["height"]))
+            out(line)
+
+        record, header, votes = _ledger(lambda: ctx.proven_record(RecordKind.DEVICE, dev))
+        if not _active_record_of(record, dev, pub):
+            raise ProvisionError("the ledger's proven record of %s does not hold the board's key" % dev.hex())
+        out("device record " + ctx.proof_line(header, votes))
+        raw_proof = ctx.last_record["proof"]
+    finally:
+        ctx.close()
+
+    from ledgerlink.core import cbor
+
+    doc: dict[int, Any] = {1: ctx.chain_id, 2: dev, 3: cbor.dumps(raw_proof)}
+    if tx_id is not None:
+        doc[4] = tx_id
+    ident = {"device_id": dev.hex(), "public_key": pub.hex(), "chain_id": ctx.chain_id, "height": header.height}
+    with tempfile.TemporaryDirectory(prefix="ledgerlink-provision-") as tmp:
+        proof_path, id_path = Path(tmp) / PROOF_FILE, Path(tmp) / ID_FILE
+        proof_path.write_bytes(cbor.dumps(doc))
+        id_path.write_text(json.dumps(ident, sort_keys=True))
+        board.copy({PROOF_FILE + ".new": proof_path, ID_FILE + ".new": id_path})
+    answer = board.run(COMMIT, {"public_key": pub.hex()})
+    if answer.get("status") == "key-changed":
+        raise ProvisionError("the key on the board changed while provisioning: rerun provision")
+    _board_status(answer, args.port)
+    out("the board verified its proof (header %d) and stored %s and %s" % (answer["height"], PROOF_FILE, ID_FILE))
+    if made != "kept" and prepared["had_key"]:
+        out("the board's old key was replaced; its old device id stays registered until you ban it "
+            "(`ledgerlink admin ban OLD_DEVICE_ID`)")
+    out("provisioned device %s" % dev.hex())
+    return EXIT_OK
+
+
+def check(board: Board, out: Callable[[str], None] = print) -> int:
+    answer = board.run(CHECK, {})
+    _board_status(answer, board.port)
+    out("the board verified its stored proof: device %s registered, header %d certified by its %d trusted "
+        "validators" % (answer["device_id"], answer["height"], answer["validators"]))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ledgerlink provision", description=__doc__.split("\n")[0].replace("`", ""))
+    p.add_argument("--port", help="the board: serial port (/dev/ttyUSB0) or socket://127.0.0.1:PORT")
+    p.add_argument("--board", help="board profile (%s); sets where the board config is" % ", ".join(deploy.board_names()))
+    where = p.add_argument_group("ledger")
+    where.add_argument("--cluster", metavar="FILE", help="cluster config (cluster.json): nodes and trusted validators")
+    where.add_argument("--up-config", metavar="FILE", help="the `ledgerlink up` config (its cluster.json and admin_key)")
+    where.add_argument("--admin-key", metavar="FILE", help="admin private key file (hex)")
+    where.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds per node request (default 5)")
+    dev = p.add_argument_group("device")
+    dev.add_argument("--role", default="sensor", help="one of %s (default sensor)" % ", ".join(admin.ROLES))
+    dev.add_argument("--name", help="device name (default: device_name of the board config)")
+    dev.add_argument("--model", help="device model")
+    dev.add_argument("--location", help="where the device is")
+    dev.add_argument("--new-key", action="store_true", help="replace the board's key with a new one (needs --force)")
+    dev.add_argument("--force", action="store_true", help="allow --new-key to replace an existing key")
+    p.add_argument("--check", action="store_true", help="only re-verify the proof stored on the board")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return provision(args)
+    except ProvisionError as exc:
+        print("ledgerlink provision: error: %s" % exc, file=sys.stderr)
+        return exc.status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
