@@ -70,6 +70,7 @@ STATUS_BANNED = 2
 MAX_SEQ = 0xFFFFFFFF
 DEVICE_ID_LEN = 16
 MAX_DETAIL = 256
+HEADER_CACHE = 16                  # certified headers whose quorum signatures were checked, by exact bytes
 
 
 def sha256(data: bytes) -> bytes:
@@ -322,7 +323,7 @@ class GatewayCore:
         self.validator_keys = list(validator_keys)
         self.limits = limits or Limits()
         self.rng = rng or os.urandom
-        self.registry: dict[bytes, RegistryEntry] = {}
+        self.registry: OrderedDict[bytes, RegistryEntry] = OrderedDict()     # by time of the last answer
         self.devices: dict[bytes, _DeviceState] = {}
         self.sessions: dict[bytes, Session] = {}
         self.header: spv.Header | None = None
@@ -330,6 +331,7 @@ class GatewayCore:
         self.pending: OrderedDict[bytes, list[_Pending]] = OrderedDict()
         self.fetching: dict[bytes, int] = {}
         self.used_requests: set[bytes] = set()
+        self._headers: OrderedDict[bytes, spv.Header] = OrderedDict()
         self.issued_certs: set[bytes] = set()
         self._prefix = "ll/%s/dev/" % site
 
@@ -549,8 +551,7 @@ class GatewayCore:
     def on_header(self, certified: Any, now_ms: int) -> list[Effect]:
         """A certified header (CBOR bytes or object) from the ledger; kept when it verifies and is newer."""
         try:
-            raw = bytes(certified) if isinstance(certified, (bytes, bytearray)) else cbor.dumps(certified)
-            header = spv.verify_certified_header(raw, self.chain_id, self.validator_keys, self.crypto)
+            header, raw = self._verified_header(certified)
         except Exception as exc:  # noqa: BLE001 - forged or malformed input is dropped
             return [Ignored("certified header refused: %s" % exc)]
         return self._take_header(header, raw)
@@ -562,14 +563,32 @@ class GatewayCore:
         self.certified_header = raw
         return [HeaderUpdated(header.height, raw)]
 
+    def _verified_header(self, certified: Any) -> tuple[spv.Header, bytes]:
+        """``spv.verify_certified_header`` of a certified header (object or CBOR), remembering the last
+        ``HEADER_CACHE`` that verified by their exact bytes; returns (header, its CBOR bytes)."""
+        raw = cbor.dumps(cbor.loads(bytes(certified), max_depth=8)) if isinstance(certified, (bytes, bytearray)) \
+            else cbor.dumps(certified)
+        header = self._headers.get(raw)
+        if header is None:
+            header = spv.verify_certified_header(raw, self.chain_id, self.validator_keys, self.crypto)
+            self._headers[raw] = header
+            if len(self._headers) > HEADER_CACHE:
+                self._headers.popitem(last=False)
+        return header, raw
+
     def on_registry_proof(self, record_proof: Any, now_ms: int, device_id: bytes | None = None) -> list[Effect]:
         """A device ``record-proof`` from the ledger. ``device_id`` names the device for an absence proof.
 
         Returns the effects of the frames that waited for it (processed now).
         """
         try:
-            raw = record_proof if isinstance(record_proof, (bytes, bytearray)) else cbor.dumps(record_proof)
-            header, key, value = spv.verify_record_proof(bytes(raw), self.chain_id, self.validator_keys, self.crypto)
+            proof = cbor.loads(bytes(record_proof), max_depth=12) if isinstance(record_proof, (bytes, bytearray)) \
+                else record_proof
+            if not isinstance(proof, dict) or any(label not in proof for label in (1, 2, 3, 4)):
+                raise ValueError("record proof must be a map with fields 1..4")
+            header, certified = self._verified_header(proof[1])
+            key, value = proof[2], proof[3]
+            spv.verify_record(header, key, value, proof[4])
             if value is None:
                 if device_id is None or spv.state_key(DEVICE_RECORD_KIND, bytes(device_id)) != key:
                     raise ValueError("absence proof for another key")
@@ -583,7 +602,6 @@ class GatewayCore:
                     raise ValueError("record is not the device record of its key")
                 if not isinstance(record.get(2), bytes) or record.get(5) not in (1, 2):
                     raise ValueError("device record lacks key or status")
-            cert = cbor.loads(bytes(raw), max_depth=12)[1]
         except Exception as exc:  # noqa: BLE001 - forged or malformed input is dropped
             return [Ignored("registry proof refused: %s" % exc)]
         effects: list[Effect] = []
@@ -591,7 +609,7 @@ class GatewayCore:
             # A lying node could otherwise serve a proof from before a ban for a device not cached here.
             return [Ignored("registry proof of height %d is more than %d behind height %d"
                             % (header.height, self.limits.max_proof_lag, self.header.height))]
-        effects.extend(self._take_header(header, cbor.dumps(cert)))
+        effects.extend(self._take_header(header, certified))
         old = self.registry.get(dev)
         if old is not None and header.height < old.height:
             effects.append(Ignored("registry proof of height %d is older than %d" % (header.height, old.height)))
@@ -599,6 +617,7 @@ class GatewayCore:
             if len(self.registry) >= self.limits.max_devices and old is None:
                 self.registry.pop(next(iter(self.registry)))
             self.registry[dev] = RegistryEntry(header.height, record, now_ms)
+            self.registry.move_to_end(dev)
         self.fetching.pop(dev, None)
         for p in self.pending.pop(dev, []):
             effects.extend(self.on_frame(p.topic, p.frame, now_ms))
@@ -625,8 +644,10 @@ class GatewayCore:
             if now_ms - at > self.limits.registry_timeout_ms // 2:
                 self.fetching[dev] = now_ms
                 effects.append(FetchRegistry(dev))
-        for dev, entry in self.registry.items():
-            if now_ms - entry.fetched_ms > self.limits.registry_ttl_ms and dev not in self.fetching:
+        for dev, entry in self.registry.items():          # oldest answer first
+            if now_ms - entry.fetched_ms <= self.limits.registry_ttl_ms:
+                break
+            if dev not in self.fetching:
                 self.fetching[dev] = now_ms
                 effects.append(FetchRegistry(dev))
         return effects

@@ -4,7 +4,8 @@ The config (JSON, or TOML when the name ends in .toml)::
 
     {
       "site": "plant-1",
-      "mqtt": {"host": "127.0.0.1", "port": 1883, "client_id": "gw-plant-1-a", "shared": true},
+      "mqtt": {"host": "127.0.0.1", "port": 1883, "client_id": "gw-plant-1-a", "shared": true,
+               "receive_maximum": 1000},
       "store": "gateway.db",
       "keys": {"identity": "keys/gateway.key", "ca": "keys/gw-ca.key", "site": "keys/gw-site.key"},
       "ledger": {"cluster": "cluster.json"},
@@ -37,7 +38,7 @@ from typing import Any
 from ledgerlink.gateway.batcher import Batcher
 from ledgerlink.gateway.checks import GatewayCore, GatewayKeys, Limits
 from ledgerlink.gateway.dashboard import start_for
-from ledgerlink.gateway.mqtt_adapter import MqttGateway
+from ledgerlink.gateway.mqtt_adapter import RECEIVE_MAXIMUM, MqttGateway
 from ledgerlink.gateway.service import GatewayService
 from ledgerlink.gateway.store import Store
 
@@ -88,7 +89,8 @@ def build(cfg: dict[str, Any]) -> MqttGateway:
     mq = cfg.get("mqtt", {})
     return MqttGateway(GatewayService(core, store), batcher, ledger, site, mq.get("host", "127.0.0.1"),
                        int(mq.get("port", 1883)), mq.get("client_id", "ll-gw-%s-%d" % (site, os.getpid())),
-                       shared=bool(mq.get("shared", True)), batch_interval_ms=int(batch.get("interval_ms", 100)))
+                       shared=bool(mq.get("shared", True)), batch_interval_ms=int(batch.get("interval_ms", 100)),
+                       receive_maximum=int(mq.get("receive_maximum", RECEIVE_MAXIMUM)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """MQTT 5 transport of the gateway (paho-mqtt 2.x): shared subscriptions, QoS 1, acks after durable append.
 
 Subscribes to ``$share/ll-gw-{site}/ll/{site}/dev/+/up`` and ``.../session`` with QoS 1 on a persistent
-session (clean_start false). The client runs with ``manual_ack=True``: a PUBACK is sent only once the
+session (clean_start false), announcing a Receive Maximum of ``receive_maximum`` frames in flight (without
+it mosquitto sends 20 at a time, and each waits for the ack after the store commit). The client runs with ``manual_ack=True``: a PUBACK is sent only once the
 frame is decided, i.e. after an accepted frame's append to the SQLite store has been committed (WAL,
 synchronous=FULL) or after its refusal was handled. A frame that waits for a registry answer is
 acknowledged when that answer (or the timeout refusal) comes. If the gateway dies before the ack, the
@@ -11,7 +12,10 @@ already stored frame is refused as a replay, while its receipt still comes from 
 Accepted readings are republished as ``verified-reading`` on ``ll/{site}/verified/{dev}``; replies
 (refusals, receipts, session responses) go to ``ll/{site}/dev/{dev}/down``; the latest certified header
 is published retained on ``ll/{site}/ledger/header``. All checks run on one thread (``GatewayCore`` is
-not thread-safe); the ledger calls of the batcher and of registry lookups run on two worker threads.
+not thread-safe) and take the queued inputs in groups of up to ``MAX_GROUP``: the group's accepted frames
+are committed in one store transaction (one fsync) before any of them is acknowledged. The ledger calls
+of the batcher run on their own thread; registry lookups on a pool of ``REGISTRY_FETCHERS`` threads, so
+that many are in flight at once.
 
 Limits: session keys live in the process that issued the certificate, so with several processes in
 one shared group a session-mode frame delivered to another member is refused as unknown-session;
@@ -26,6 +30,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
@@ -40,6 +45,10 @@ log = logging.getLogger("ledgerlink.gateway.mqtt")
 
 SESSION_EXPIRY_S = 3600
 TICK_S = 0.1
+RECEIVE_MAXIMUM = 1000          # unacknowledged frames the broker may send (MQTT 5 Receive Maximum; mosquitto: 20)
+OUT_INFLIGHT = 1000             # own QoS 1 publishes awaiting the broker's PUBACK
+REGISTRY_FETCHERS = 16          # registry lookups in flight at once (pipelined on the ledger connection)
+MAX_GROUP = 256                 # inputs checked together and committed in one store transaction
 
 
 def now_ms() -> int:
@@ -49,7 +58,7 @@ def now_ms() -> int:
 class MqttGateway:
     def __init__(self, service: GatewayService, batcher: Batcher, ledger: Ledger, site: str, host: str,
                  port: int, client_id: str, shared: bool = True, batch_interval_ms: int = 100,
-                 clock: Callable[[], int] = now_ms) -> None:
+                 clock: Callable[[], int] = now_ms, receive_maximum: int = RECEIVE_MAXIMUM) -> None:
         self.service = service
         self.batcher = batcher
         self.ledger = ledger
@@ -61,12 +70,14 @@ class MqttGateway:
         prefix = "$share/ll-gw-%s/" % site if shared else ""
         self.subscriptions = [prefix + "ll/%s/dev/+/up" % site, prefix + "ll/%s/dev/+/session" % site]
         self.events: queue.Queue = queue.Queue()
-        self.fetches: queue.Queue = queue.Queue()
+        self.fetches = ThreadPoolExecutor(REGISTRY_FETCHERS, thread_name_prefix="ll-gw-registry")
         self.stop_event = threading.Event()
         self.pending_acks: dict[bytes, list[tuple[int, int]]] = {}
         self.connected = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                                   manual_ack=True)
+        self.receive_maximum = receive_maximum
+        self.client.max_inflight_messages_set(OUT_INFLIGHT)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
@@ -101,44 +112,37 @@ class MqttGateway:
                 if qos > 0:
                     self.client.ack(mid, qos)
         for dev in h.fetch:
-            self.fetches.put(dev)
+            self.fetches.submit(self._fetch, dev)
 
     # --- threads ------------------------------------------------------------------------------------
 
     def _checks_loop(self) -> None:
         next_tick = time.monotonic()
         while not self.stop_event.is_set():
+            items: list[tuple] = []
             try:
-                ev = self.events.get(timeout=TICK_S)
+                items.append(self.events.get(timeout=TICK_S))
+                while len(items) < MAX_GROUP:
+                    items.append(self.events.get_nowait())
             except queue.Empty:
-                ev = None
+                pass
             try:
-                if ev is not None:
-                    t = self.clock()
+                for ev in items:
                     if ev[0] == "frame":
-                        _, topic, payload, mid, qos = ev
-                        self.pending_acks.setdefault(hashlib.sha256(payload).digest(), []).append((mid, qos))
-                        self._carry_out(self.service.handle_frame(topic, payload, t))
-                    elif ev[0] == "registry":
-                        self._carry_out(self.service.handle_registry(ev[1], ev[2], t))
-                    elif ev[0] == "header":
-                        self._carry_out(self.service.handle_header(ev[1], t))
+                        self.pending_acks.setdefault(hashlib.sha256(ev[2]).digest(), []).append((ev[3], ev[4]))
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK_S
-                    self._carry_out(self.service.tick(self.clock()))
+                    items.append(("tick",))
+                if items:
+                    self._carry_out(self.service.handle_many([ev[:3] for ev in items], self.clock()))
             except Exception:  # noqa: BLE001 - e.g. the store failed: stop rather than ack undurable frames
                 log.exception("gateway check loop failed; stopping")
                 self.stop_event.set()
 
-    def _registry_loop(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                dev = self.fetches.get(timeout=TICK_S)
-            except queue.Empty:
-                continue
-            proof = fetch_registry(self.ledger, dev)
-            if proof is not None:
-                self.events.put(("registry", dev, proof))
+    def _fetch(self, dev: bytes) -> None:
+        proof = fetch_registry(self.ledger, dev)
+        if proof is not None:
+            self.events.put(("registry", dev, proof))
 
     def _batch_loop(self) -> None:
         last_header = None
@@ -159,10 +163,10 @@ class MqttGateway:
             self.events.put(("header", header))
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = self.receive_maximum
         self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
         self.client.loop_start()
-        threads = [threading.Thread(target=f, name=n, daemon=True) for f, n in (
-            (self._registry_loop, "ll-gw-registry"), (self._batch_loop, "ll-gw-batcher"))]
+        threads = [threading.Thread(target=self._batch_loop, name="ll-gw-batcher", daemon=True)]
         for t in threads:
             t.start()
         try:
@@ -171,6 +175,7 @@ class MqttGateway:
             self.stop_event.set()
             for t in threads:
                 t.join(timeout=15)
+            self.fetches.shutdown(wait=False, cancel_futures=True)
             self.client.disconnect()
             self.client.loop_stop()
 

@@ -1,7 +1,8 @@
 """The gateway without its transport: checks (``GatewayCore``), durable store and ledger lookups, wired.
 
-``GatewayService.handle_frame`` runs a frame through the checks and carries out the effects in order:
-an accepted frame is appended to the store (durable) before anything is published or acknowledged;
+``GatewayService.handle_many`` runs a group of inputs (frames, registry answers, headers, ticks) through
+the checks and carries out the effects: the accepted frames, warnings and certificates of the whole group
+are committed to the store in one transaction (durable) before anything is published or acknowledged;
 refusals are queued as ledger warnings and answered on the device's down topic; issued session
 certificates are stored (to restore sessions after a restart and to record them on the ledger).
 It returns what to publish and the SHA-256 of every frame that is now decided, so the transport
@@ -54,16 +55,20 @@ class GatewayService:
                 log.warning("stored certificate not restored: %s", exc)
 
     def _effects(self, effects: list[c.Effect], now_ms: int) -> Handled:
+        """Carry out ``effects``: their store writes in one transaction, then what to publish and ack."""
         out = Handled()
+        accepted: list[tuple[bytes, bytes, int, int, str, int]] = []
+        warnings: list[tuple[dict, int]] = []
+        certs: list[tuple[bytes, bytes, int]] = []
         for e in effects:
             if isinstance(e, c.Accept):
-                self.store.append_accepted(e.frame, e.device_id, e.seq, e.time_ms, e.topic, now_ms)
+                accepted.append((e.frame, e.device_id, e.seq, e.time_ms, e.topic, now_ms))
                 out.outgoing.append(Outgoing(self.core.verified_topic(e.device_id),
                                              e.verified_reading(self.core.gateway_name)))
                 out.decided.append(e.frame_hash)
             elif isinstance(e, c.Refuse):
                 if e.report:
-                    self.store.add_warning(e.warning_entry(), now_ms)
+                    warnings.append((e.warning_entry(), now_ms))
                 if e.reply_topic is not None:
                     out.outgoing.append(Outgoing(e.reply_topic, e.reply()))
                 out.decided.append(e.warning_id)
@@ -73,33 +78,58 @@ class GatewayService:
                 if e.frame_hash is not None:
                     out.decided.append(e.frame_hash)
             elif isinstance(e, c.CertIssued):
-                self.store.add_cert(e.device_id, e.cert, now_ms)
+                certs.append((e.device_id, e.cert, now_ms))
             elif isinstance(e, c.FetchRegistry):
                 out.fetch.append(e.device_id)
             elif isinstance(e, c.HeaderUpdated):
                 out.outgoing.append(Outgoing(self.core.header_topic(), e.certified, retain=True))
             elif isinstance(e, c.Ignored):
                 log.warning("ignored: %s", e.reason)
+        self.store.write_many(accepted, warnings, certs)
         if self.observer is not None:
             self.observer.effects(effects, now_ms)
         return out
 
+    def _feed(self, item: tuple, now_ms: int) -> list[c.Effect]:
+        kind = item[0]
+        if kind == "frame":
+            if self.observer is not None:
+                self.observer.frame(item[1], item[2], now_ms)
+            return self.core.on_frame(item[1], item[2], now_ms)
+        if kind == "registry":
+            effects = self.core.on_registry_proof(item[2], now_ms, item[1])
+            if self.observer is not None:
+                self.observer.registry_updated(item[1])
+            return effects
+        if kind == "header":
+            return self.core.on_header(item[1], now_ms)
+        if kind == "tick":
+            return self.core.tick(now_ms)
+        raise ValueError("unknown input %r" % (kind,))
+
+    def handle_many(self, items: list[tuple], now_ms: int) -> Handled:
+        """Feed several inputs in order: ``("frame", topic, payload)``, ``("registry", device_id, proof)``,
+        ``("header", certified)``, ``("tick",)``.
+
+        Their store writes are committed together (one transaction) before this returns, so every
+        frame in ``decided`` may be acknowledged.
+        """
+        effects: list[c.Effect] = []
+        for item in items:
+            effects.extend(self._feed(item, now_ms))
+        return self._effects(effects, now_ms)
+
     def handle_frame(self, topic: str, payload: bytes, now_ms: int) -> Handled:
-        if self.observer is not None:
-            self.observer.frame(topic, payload, now_ms)
-        return self._effects(self.core.on_frame(topic, payload, now_ms), now_ms)
+        return self.handle_many([("frame", topic, payload)], now_ms)
 
     def handle_registry(self, dev: bytes, proof: object, now_ms: int) -> Handled:
-        handled = self._effects(self.core.on_registry_proof(proof, now_ms, dev), now_ms)
-        if self.observer is not None:
-            self.observer.registry_updated(dev)
-        return handled
+        return self.handle_many([("registry", dev, proof)], now_ms)
 
     def handle_header(self, certified: object, now_ms: int) -> Handled:
-        return self._effects(self.core.on_header(certified, now_ms), now_ms)
+        return self.handle_many([("header", certified)], now_ms)
 
     def tick(self, now_ms: int) -> Handled:
-        return self._effects(self.core.tick(now_ms), now_ms)
+        return self.handle_many([("tick",)], now_ms)
 
 
 def fetch_registry(ledger: Ledger, dev: bytes) -> object | None:

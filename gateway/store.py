@@ -1,8 +1,10 @@
 """Durable gateway store: accepted messages, content-addressed frames, batches, warnings, session certificates.
 
-One SQLite file in WAL mode with ``synchronous=FULL``: every ``append_*`` returns only after its
-transaction is committed to disk, so a frame acknowledged to the broker after ``append_accepted`` survives
-a crash and is anchored after the restart (``unbatched``/``pending_batches``). Frames are stored once
+One SQLite file in WAL mode with ``synchronous=FULL``: every write returns only after its
+transaction is committed to disk, so a frame acknowledged to the broker after ``append_accepted`` (or
+``write_many``, which commits the frames, warnings and certificates of a group of inputs in one
+transaction: one fsync for the group) survives a crash and is anchored after the restart
+(``unbatched``/``pending_batches``). Frames are stored once
 under their SHA-256 (content address), which is also their batch leaf entry's hash.
 
 Protects against losing acknowledged readings at a crash, and, through ``highest_seqs`` and
@@ -104,6 +106,44 @@ class Store:
                   ("INSERT INTO messages (frame_hash, device, seq, time_ms, topic, received_ms) VALUES (?,?,?,?,?,?)",
                    (h, device, seq, time_ms, topic, received_ms))])
         return h
+
+    def write_many(self, accepted: list[tuple[bytes, bytes, int, int, str, int]] = (),
+                   warnings: list[tuple[dict, int]] = (), certs: list[tuple[bytes, bytes, int]] = ()) -> int:
+        """Commit in one transaction ``accepted`` frames (frame, device, seq, time_ms, topic, received_ms)
+        in order, queued ``warnings`` (entry, now_ms) and session ``certs`` (device, cert, now_ms).
+
+        Returns the number of warnings newly queued (an id already queued is kept once).
+        """
+        if not accepted and not warnings and not certs:
+            return 0
+        blobs = []
+        msgs = []
+        for frame, device, seq, time_ms, topic, received_ms in accepted:
+            h = hashlib.sha256(frame).digest()
+            blobs.append((h, frame))
+            msgs.append((h, device, seq, time_ms, topic, received_ms))
+        warn_rows = [(e[1], cbor.dumps(e), now_ms, "queued") for e, now_ms in warnings]
+        cert_rows = [(hashlib.sha256(cert).digest(), dev, cert, now_ms, "pending") for dev, cert, now_ms in certs]
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if blobs:
+                    self.db.executemany("INSERT OR IGNORE INTO blobs (hash, data) VALUES (?, ?)", blobs)
+                    self.db.executemany("INSERT INTO messages (frame_hash, device, seq, time_ms, topic, received_ms) "
+                                        "VALUES (?,?,?,?,?,?)", msgs)
+                before = self.db.total_changes
+                if warn_rows:
+                    self.db.executemany("INSERT OR IGNORE INTO warnings (id, entry, created_ms, status) "
+                                        "VALUES (?,?,?,?)", warn_rows)
+                added = self.db.total_changes - before
+                if cert_rows:
+                    self.db.executemany("INSERT OR IGNORE INTO certs (hash, device, cert, created_ms, status) "
+                                        "VALUES (?,?,?,?,?)", cert_rows)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return added
 
     def blob(self, h: bytes) -> bytes | None:
         rows = self._query("SELECT data FROM blobs WHERE hash = ?", (h,))

@@ -185,6 +185,43 @@ def test_forged_registry_proofs_are_ignored():
     assert e.core.registry[dev].banned
 
 
+def test_header_quorum_checked_once_per_exact_header_bytes():
+    e = Env()
+    calls = []
+    real = e.core.crypto
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def verify(self, pub, msg, sig):
+            calls.append(pub)
+            return real.verify(pub, msg, sig)
+
+    e.core.crypto = Counting()
+    s, a = e.net["sensor"].id, e.net["actuator"].id
+    good_s, good_a = e.ledger.device_proof(s), e.ledger.device_proof(a)
+    assert good_s[1] == good_a[1]                         # the same certified header
+    quorum = len(good_s[1][1][3])
+    e.core.on_registry_proof(good_s, NOW)
+    assert len(calls) == quorum
+    e.core.on_registry_proof(good_a, NOW)
+    assert len(calls) == quorum and a in e.core.registry  # the second proof's header was not re-verified
+    # a header differing in one signature bit is checked again (and refused)
+    header = cbor.loads(cbor.dumps(good_s[1]))
+    sig = bytearray(header[1][3][0][1])
+    sig[5] ^= 1
+    header[1][3][0][1] = bytes(sig)
+    del e.core.registry[s]
+    assert isinstance(e.core.on_registry_proof({**good_s, 1: header}, NOW)[0], c.Ignored)
+    assert s not in e.core.registry and len(calls) > quorum
+    # the cached header does not admit a record that is not under its state root
+    rec = cbor.loads(good_s[3])
+    rec[5] = 2
+    assert isinstance(e.core.on_registry_proof({**good_s, 3: cbor.dumps(rec)}, NOW)[0], c.Ignored)
+    assert s not in e.core.registry
+
+
 def test_headers_too_few_signatures_other_chain_and_older():
     e = Env()
     certified = e.ledger.latest()["certified_header"]
