@@ -14,10 +14,10 @@ validator set of the cluster config. It then writes to the board:
   (bstr; absent when the device was registered before)};
 - ``ledgerlink.id.json``: ``device_id``, ``public_key``, ``chain_id``, ``height`` of the proof's header.
 
-Both are first copied under ``*.new`` names; the board then verifies the proof itself with
+Both travel inside the program sent to the board, which first verifies the proof itself with
 ``ledgerlink.core.spv`` against the ``validator_keys`` of its own config (written by ``ledgerlink
-deploy``) and checks that the proven record holds its own public key, and only then renames them into
-place. ``--check`` reruns that verification on the board from the stored files.
+deploy``) and checks that the proven record holds its own public key; only then does it write them
+(each to a temporary name, then renamed into place). ``--check`` reruns that verification on the board from the stored files.
 
 Protects against: the private key leaving the board (no program sent to the board prints it; the host
 never reads the key file; tests scan everything the host printed or wrote for it); losing a registered
@@ -39,8 +39,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ledgerlink.ledger.state import encoding as enc
@@ -112,7 +110,7 @@ P = json.loads(%r)
 
 def main():
     try:
-        from ledgerlink.core import cbor, cose, ecdsa, spv
+        from ledgerlink.core import cbor, cose, ecdsa
     except ImportError as exc:
         return {'status': 'no-library', 'error': str(exc)}
     try:
@@ -155,9 +153,15 @@ def main():
 out(main())
 """
 
-# Verify the copied proof against the board's own key and trust anchor, then move everything into place.
+# Verify the proof against the board's own key and trust anchor, then write the files and commit the key.
 COMMIT = BOARD_COMMON + """\
 P = json.loads(%r)
+
+def write(path, data):
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        f.write(data)
+    replace(tmp, path)
 
 def main():
     from ledgerlink.core import ecdsa
@@ -166,16 +170,15 @@ def main():
     pub = ecdsa.public_key(read_private(path), True)
     if pub.hex() != P['public_key']:
         return {'status': 'key-changed'}
-    with open(P['proof'] + '.new', 'rb') as f:
-        data = f.read()
+    data = bytes.fromhex(P['proof_data'])
     try:
         dev, height = verify_stored(data, trusted, pub)
     except Exception as exc:
         return {'status': 'bad-proof', 'error': '%%s: %%s' %% (type(exc).__name__, exc)}
     if path == P['pending']:
         replace(P['pending'], P['key'])
-    replace(P['proof'] + '.new', P['proof'])
-    replace(P['id'] + '.new', P['id'])
+    write(P['proof'], data)
+    write(P['id'], P['id_data'].encode())
     return {'status': 'ok', 'device_id': dev.hex(), 'height': height}
 
 out(main())
@@ -243,7 +246,7 @@ def _deploy_hint(port: str) -> str:
 
 
 class Board:
-    """The board on ``port``, reached with mpremote; runs the provisioning programs and copies files."""
+    """The board on ``port``, reached with mpremote; runs the provisioning programs."""
 
     def __init__(self, port: str, config_path: str, timeout: float = BOARD_TIMEOUT) -> None:
         self.port = port
@@ -270,16 +273,6 @@ class Board:
         raise ProvisionError("no MicroPython board answers on %s (%s): check the port (mpremote connect list), "
                              "the cable, and that no other program holds it" % (self.port, deploy._last_line(result)),
                              EXIT_NO_BOARD)
-
-    def copy(self, files: dict[str, Path]) -> None:
-        """Copy host files to board paths in one mpremote session."""
-        args: list[str] = []
-        for target, src in files.items():
-            args += (["+"] if args else []) + ["fs", "cp", str(src), ":" + target]
-        result = deploy.mpremote(self.port, *args, timeout=self.timeout)
-        if result.returncode != 0:
-            raise ProvisionError("copying the proof to the board failed (%s): the board keeps its key; rerun "
-                                 "provision" % deploy._last_line(result))
 
 
 def _board_status(answer: dict, port: str) -> None:
@@ -334,8 +327,8 @@ def _check_ledger(ctx: LedgerContext) -> None:
     res = _ledger(lambda: ctx.call("validators"))
     answered = [bytes(k) for _, k in sorted(res.get("validators") or [])] if res.get("ok") else None
     if res.get("chain_id") != ctx.chain_id or answered != ctx.validators:
-        raise ProvisionError("the ledger at %s names another chain or validator set than %s: check --cluster"
-                             % (ctx.cluster_path, ctx.cluster_path))
+        raise ProvisionError("the ledger's nodes name another chain or validator set than the trusted one in %s: "
+                             "check --cluster" % ctx.cluster_path)
 
 
 def _existing_record(ctx: LedgerContext, dev: bytes) -> Any:
@@ -440,12 +433,8 @@ def provision(args: argparse.Namespace, out: Callable[[str], None] = print) -> i
     if tx_id is not None:
         doc[4] = tx_id
     ident = {"device_id": dev.hex(), "public_key": pub.hex(), "chain_id": ctx.chain_id, "height": header.height}
-    with tempfile.TemporaryDirectory(prefix="ledgerlink-provision-") as tmp:
-        proof_path, id_path = Path(tmp) / PROOF_FILE, Path(tmp) / ID_FILE
-        proof_path.write_bytes(cbor.dumps(doc))
-        id_path.write_text(json.dumps(ident, sort_keys=True))
-        board.copy({PROOF_FILE + ".new": proof_path, ID_FILE + ".new": id_path})
-    answer = board.run(COMMIT, {"public_key": pub.hex()})
+    answer = board.run(COMMIT, {"public_key": pub.hex(), "proof_data": cbor.dumps(doc).hex(),
+                                "id_data": json.dumps(ident, sort_keys=True)})
     if answer.get("status") == "key-changed":
         raise ProvisionError("the key on the board changed while provisioning: rerun provision")
     _board_status(answer, args.port)
