@@ -1,13 +1,15 @@
 """`ledgerlink demo`: the whole system on one machine, and `ledgerlink demo --library`: the protocol
 library in-process.
 
-``run_live`` starts a ``Stack`` (mosquitto, a 4-node PBFT ledger, a gateway), registers N simulated
+``run_live`` starts a ``Stack`` (an MQTT broker, a 4-node PBFT ledger, a gateway), registers N simulated
 devices (``ledgerlink.device.Device``: their own keys; admin-signed tx-register), opens ECQV sessions
 for half of them (the others sign with their identity key), publishes readings, checks every receipt
 as a device does (batch inclusion, anchor tx inclusion, 2f+1 certified header), bans one device
 halfway through (admin-signed tx-ban) and checks that the gateway refuses it from then on. It prints a
 live summary, stops every process on Ctrl-C or after ``--duration``, and returns 0 only when every
-check held (1 when one failed, 2 without mosquitto, 130 when interrupted before every step ran).
+check held (1 when one failed, 2 when the broker asked for cannot be used, 130 when interrupted before
+every step ran). The broker (``broker``: auto, mosquitto or embedded; None: $LEDGERLINK_BROKER, else auto)
+is mosquitto when installed, else the embedded Python broker ``ledgerlink.tools.mqtt_broker``.
 
 ``run_demo`` (``--library``): one device, one fog CA and one gateway exercising ``ledgerlink.core``
 in-process; each step prints what happened and a wrong result makes it return 1.
@@ -337,13 +339,15 @@ def _all_decided(devices: list[Any]) -> bool:
 
 
 def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data: str | None = None,
-             interval: float = 1.0) -> int:
+             interval: float = 1.0, broker: str | None = None) -> int:
     """The whole system on loopback; see the module docstring. ``duration`` 0: until Ctrl-C."""
     from ledgerlink.device.core import ROLE_SENSOR
-    from ledgerlink.tools.stack import INSTALL_HINT, Stack, StackError, find_mosquitto
+    from ledgerlink.tools.stack import Stack, StackError, choose_broker
 
-    if find_mosquitto() is None:
-        print(INSTALL_HINT, file=sys.stderr)
+    try:
+        choose_broker(broker)
+    except StackError as exc:                   # BrokerMissing or an unknown choice
+        print(exc, file=sys.stderr)
         return EXIT_NO_BROKER
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ledgerlink.device").setLevel(logging.ERROR)   # refusals are counted, not logged
@@ -355,7 +359,7 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
     def say(line: str) -> None:
         print("[%6.1fs] %s" % (time.monotonic() - t0, line), flush=True)
 
-    stack = Stack(data_dir, site, limits=GATEWAY_LIMITS, progress=say)
+    stack = Stack(data_dir, site, limits=GATEWAY_LIMITS, progress=say, broker=broker)
     tally = _Tally()
     devs: list[Any] = []
     monitor: _Monitor | None = None
@@ -402,8 +406,12 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
         checks.append((opened == len(sessions), "%d/%d ECQV sessions opened" % (opened, len(sessions))))
         if stack.dashboard_url:
             say("dashboard: %s (metrics at %smetrics)" % (stack.dashboard_url, stack.dashboard_url))
-        say("verified readings: mosquitto_sub -h 127.0.0.1 -p %d -V mqttv5 -t 'll/%s/verified/+'"
-            % (stack.broker_port, site))
+        if stack.broker_kind == "mosquitto":
+            say("verified readings: mosquitto_sub -h 127.0.0.1 -p %d -V mqttv5 -t 'll/%s/verified/+'"
+                % (stack.broker_port, site))
+        else:
+            say("verified readings: subscribe with any MQTT client to 'll/%s/verified/+' on 127.0.0.1:%d"
+                % (site, stack.broker_port))
         say("ledger: chain %r, node client ports %s, logs and keys in %s" % (
             stack.chain_id, ", ".join(str(a.client_port) for a in stack.cluster.config.nodes), data_dir))
 

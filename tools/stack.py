@@ -1,16 +1,19 @@
 """One site on one machine: an MQTT broker, a ledger cluster and a gateway, as child processes.
 
-``Stack(data_dir).start()`` starts mosquitto on a free loopback port, a ``LocalCluster`` (keys and
+``Stack(data_dir).start()`` starts an MQTT broker on a free loopback port, a ``LocalCluster`` (keys and
 genesis in ``data_dir/ledger``, reused when present), writes the gateway's fog CA and site keys and its
 config, and starts ``ledgerlink.gateway.main``; ``stop()`` stops them in reverse order (SIGTERM, then
 SIGKILL after a timeout). Children run in their own sessions, so a Ctrl-C in the terminal reaches only
 the owning process, which then stops them in order; on Linux they get SIGTERM when the process that
-started them dies, so a killed owner leaves no orphans. Logs: ``data_dir/mosquitto.log``,
-``data_dir/ledger/node<i>.log``, ``data_dir/gateway.log``. The admin key (``ledger/keys/admin.key``)
-signs the register and ban transactions of ``register`` and ``ban``. Private keys are never printed.
+started them dies, so a killed owner leaves no orphans. Logs: ``data_dir/mosquitto.log`` (or
+``data_dir/mqtt_broker.log``), ``data_dir/ledger/node<i>.log``, ``data_dir/gateway.log``. The admin key
+(``ledger/keys/admin.key``) signs the register and ban transactions of ``register`` and ``ban``.
+Private keys are never printed.
 
 The gateway speaks MQTT 5 (shared subscriptions, manual acks, session expiry), so the broker must be
-an MQTT 5 broker: ``find_mosquitto`` looks on PATH and at /usr/sbin/mosquitto.
+an MQTT 5 broker. ``broker`` chooses it: "mosquitto" (``find_mosquitto`` looks on PATH and at
+/usr/sbin/mosquitto), "embedded" (``python3 -m ledgerlink.tools.mqtt_broker`` as a child process), or
+"auto" (the default, also from $LEDGERLINK_BROKER): mosquitto when installed, else the embedded broker.
 """
 
 from __future__ import annotations
@@ -34,7 +37,11 @@ from ledgerlink.ledger.cluster import LocalCluster, write_key
 from ledgerlink.ledger.state import encoding as enc
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-INSTALL_HINT = "ledgerlink demo needs an MQTT 5 broker: install mosquitto (apt-get install mosquitto)"
+INSTALL_HINT = ("--broker mosquitto needs mosquitto: install it (apt-get install mosquitto) "
+                "or use --broker embedded")
+BROKER_CHOICES = ("auto", "mosquitto", "embedded")
+BROKER_ENV = "LEDGERLINK_BROKER"
+QUEUED_PER_CLIENT = 100_000
 REASON_OK = 0
 PR_SET_PDEATHSIG = 1
 
@@ -56,6 +63,40 @@ def find_mosquitto() -> str | None:
         if os.path.isfile(p) and os.access(p, os.X_OK):
             return p
     return None
+
+
+def choose_broker(choice: str | None = None) -> tuple[str, str | None]:
+    """``("mosquitto", path)`` or ``("embedded", None)`` for ``choice`` (None: $LEDGERLINK_BROKER, else auto).
+
+    Raises BrokerMissing when mosquitto is asked for and not installed, StackError for an unknown choice.
+    """
+    if choice is None:
+        choice = os.environ.get(BROKER_ENV) or "auto"
+    if choice not in BROKER_CHOICES:
+        raise StackError("unknown MQTT broker %r (choose %s)" % (choice, ", ".join(BROKER_CHOICES)))
+    if choice == "embedded":
+        return "embedded", None
+    path = find_mosquitto()
+    if path is not None:
+        return "mosquitto", path
+    if choice == "mosquitto":
+        raise BrokerMissing(INSTALL_HINT)
+    return "embedded", None
+
+
+def wait_listening(proc: subprocess.Popen, name: str, host: str, port: int, log: Path, timeout: float) -> None:
+    """Wait until ``host:port`` accepts connections; StackError when ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise StackError("%s exited with %s (see %s)" % (name, proc.returncode, log))
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise StackError("%s did not listen on %s:%d (see %s)" % (name, host, port, log)) from None
+            time.sleep(0.05)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -107,20 +148,26 @@ class Stack:
     """Broker, ledger cluster and gateway of site ``site`` with their state in ``data_dir``.
 
     ``limits`` and ``batch`` go into the gateway config unchanged (see ``ledgerlink.gateway.main``).
-    ``progress`` receives one line per started part.
+    ``progress`` receives one line per started part. ``broker``: auto, mosquitto or embedded (None:
+    $LEDGERLINK_BROKER, else auto); it listens on ``broker_bind``:``broker_port`` (0: a free port).
     """
 
     def __init__(self, data_dir: str | Path, site: str = "demo", nodes: int = 4,
                  limits: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, broker: str | None = None,
+                 broker_bind: str = "127.0.0.1", broker_port: int = 0) -> None:
         self.data_dir = Path(data_dir)
         self.site = site
         self.nodes = nodes
         self.limits = dict(limits or {})
         self.batch = dict(batch or {"max": 256, "interval_ms": 100})
         self.progress = progress or (lambda line: None)
+        self.broker_choice = broker
+        self.broker_kind: str | None = None
+        self.broker_bind = broker_bind
+        self.broker_host = "127.0.0.1" if broker_bind in ("0.0.0.0", "::", "") else broker_bind
         self.broker: subprocess.Popen | None = None
-        self.broker_port = 0
+        self.broker_port = broker_port
         self.dashboard_url: str | None = None
         self.gateway: subprocess.Popen | None = None
         self.cluster: _SessionCluster | None = None
@@ -162,11 +209,18 @@ class Stack:
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
+    @property
+    def broker_name(self) -> str:
+        return "the embedded MQTT broker" if self.broker_kind == "embedded" else "mosquitto"
+
+    @property
+    def broker_log(self) -> Path:
+        return self.data_dir / ("mqtt_broker.log" if self.broker_kind == "embedded" else "mosquitto.log")
+
     def start(self, timeout: float = 60.0) -> None:
         """Start broker, cluster and gateway; on any failure stop what was started and raise."""
-        mosquitto = find_mosquitto()
-        if mosquitto is None:
-            raise BrokerMissing(INSTALL_HINT)
+        kind, mosquitto = choose_broker(self.broker_choice)
+        self.broker_kind = kind
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._start_broker(mosquitto, timeout)
@@ -176,30 +230,31 @@ class Stack:
             self.stop()
             raise
 
-    def _start_broker(self, mosquitto: str, timeout: float) -> None:
-        self.broker_port = free_port()
-        conf = self.data_dir / "mosquitto.conf"
-        # user: the broker keeps the owner's identity (a switch would also clear its parent-death signal)
-        # max_queued_messages: QoS 1 frames for a gateway that falls behind wait instead of being dropped
-        conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nuser %s\n"
-                        "max_queued_messages 100000\n"
-                        % (self.broker_port, pwd.getpwuid(os.geteuid()).pw_name))
-        with open(self.data_dir / "mosquitto.log", "ab") as log:
-            self.broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, preexec_fn=_child_setup)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.broker.poll() is not None:
-                raise StackError("mosquitto exited with %s (see %s)" % (self.broker.returncode,
-                                                                       self.data_dir / "mosquitto.log"))
-            try:
-                socket.create_connection(("127.0.0.1", self.broker_port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise StackError("mosquitto did not listen on port %d" % self.broker_port) from None
-                time.sleep(0.05)
-        self.progress("MQTT broker: mosquitto on 127.0.0.1:%d (%s)" % (self.broker_port, mosquitto))
+    def _start_broker(self, mosquitto: str | None, timeout: float) -> None:
+        """Start mosquitto (``mosquitto`` is its path) or, when it is None, the embedded broker."""
+        self.broker_port = self.broker_port or free_port(self.broker_host)
+        with open(self.broker_log, "ab") as log:
+            if mosquitto is not None:
+                conf = self.data_dir / "mosquitto.conf"
+                # user: the broker keeps the owner's identity (a switch would also clear its parent-death signal)
+                # max_queued_messages: QoS 1 frames for a gateway that falls behind wait instead of being dropped
+                conf.write_text("listener %d %s\nallow_anonymous true\npersistence false\nuser %s\n"
+                                "max_queued_messages %d\n"
+                                % (self.broker_port, self.broker_bind, pwd.getpwuid(os.geteuid()).pw_name,
+                                   QUEUED_PER_CLIENT))
+                cmd = [mosquitto, "-c", str(conf)]
+            else:
+                cmd = [sys.executable, "-m", "ledgerlink.tools.mqtt_broker", "--host", self.broker_bind,
+                       "--port", str(self.broker_port), "--max-queued", str(QUEUED_PER_CLIENT)]
+            self.broker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           preexec_fn=_child_setup)
+        wait_listening(self.broker, self.broker_name, self.broker_host, self.broker_port, self.broker_log, timeout)
+        if mosquitto is not None:
+            self.progress("MQTT broker: mosquitto on %s:%d (%s)" % (self.broker_bind, self.broker_port, mosquitto))
+        else:
+            self.progress("MQTT broker: embedded (ledgerlink.tools.mqtt_broker, MQTT 5 and 3.1.1%s) on %s:%d"
+                          % ("" if find_mosquitto() else "; mosquitto is not installed",
+                             self.broker_bind, self.broker_port))
 
     def _start_cluster(self, timeout: float) -> None:
         ledger_dir = self.data_dir / "ledger"
@@ -218,7 +273,7 @@ class Stack:
                 write_key(keys / (name + ".key"), self.crypto.generate_private_key())
         cfg = {
             "site": self.site,
-            "mqtt": {"host": "127.0.0.1", "port": self.broker_port, "client_id": "ll-gw-%s-1" % self.site},
+            "mqtt": {"host": self.broker_host, "port": self.broker_port, "client_id": "ll-gw-%s-1" % self.site},
             "store": "gateway.db",
             "keys": {"identity": "ledger/keys/gateway.key", "ca": "ledger/keys/gw-ca.key",
                      "site": "ledger/keys/gw-site.key"},

@@ -6,13 +6,17 @@ config file (JSON, or TOML when the name ends in .toml; relative paths are relat
     {
       "data_dir": "site-data",                         # required: keys, ledger, gateway store, logs
       "site": "plant-1",                               # required: [a-z0-9-]{1,32}
-      "broker": {"host": "127.0.0.1", "port": 1883},   # mosquitto started here (port 0: a free one)
+      "broker": {"host": "127.0.0.1", "port": 1883},   # the broker started here (port 0: a free one)
                                                        # or {"external": "mqtt.lan:1883"}: a running MQTT 5 broker
       "ledger": {"nodes": 4, "host": "127.0.0.1", "base_port": 27000, "chain_id": "ll-plant-1"},
                                                        # peer ports base_port+i, client ports base_port+1000+i
       "gateway": {"http_host": "127.0.0.1", "http_port": 8080, "limits": {}, "batch": {}},
       "admin_key": "admin.key"                         # the genesis admin's key (default: made in data_dir)
     }
+
+The broker started is chosen by ``--broker``: mosquitto, embedded (``ledgerlink.tools.mqtt_broker``, in
+Python, nothing to install) or auto (the default, also from $LEDGERLINK_BROKER: mosquitto when installed,
+else the embedded one).
 
 Every setting is checked before anything is written or started (fields and types, ports in range and
 free, the external broker answering, the admin key file, an existing data directory matching the
@@ -32,12 +36,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -81,7 +83,7 @@ class UpConfig:
         self.broker_external: tuple[str, int] | None = None
         if "external" in broker:
             if "port" in broker or "host" in broker:
-                raise ConfigError("broker: give either external (a running broker) or host/port (start mosquitto), not both")
+                raise ConfigError("broker: give either external (a running broker) or host/port (start one), not both")
             self.broker_external = _host_port(broker["external"], "broker.external")
         self.broker_host = _text(broker, "host", "127.0.0.1", "broker.host")
         self.broker_port = _port(broker, "port", 1883, "broker.port")
@@ -246,9 +248,12 @@ def _existing_cluster(cfg: UpConfig) -> dict[str, Any] | None:
     return data
 
 
-def preflight(cfg: UpConfig) -> dict[str, Any] | None:
-    """Check the machine for ``cfg`` without writing anything; return the existing cluster config, if any."""
-    from ledgerlink.tools.stack import INSTALL_HINT, find_mosquitto
+def preflight(cfg: UpConfig, broker: str | None = None) -> dict[str, Any] | None:
+    """Check the machine for ``cfg`` without writing anything; return the existing cluster config, if any.
+
+    ``broker``: auto, mosquitto or embedded (None: $LEDGERLINK_BROKER, else auto).
+    """
+    from ledgerlink.tools.stack import BrokerMissing, StackError, choose_broker
 
     if cfg.data_dir.exists() and not cfg.data_dir.is_dir():
         raise ConfigError("data_dir %s is not a directory" % cfg.data_dir)
@@ -260,9 +265,12 @@ def preflight(cfg: UpConfig) -> dict[str, Any] | None:
     existing = _existing_cluster(cfg)
     ports: list[tuple[str, str, int]] = []
     if cfg.broker_external is None:
-        if find_mosquitto() is None:
-            raise ConfigError(INSTALL_HINT.replace("ledgerlink demo", "ledgerlink up")
-                              + ", or set broker.external to a running MQTT 5 broker")
+        try:
+            choose_broker(broker)
+        except BrokerMissing as exc:
+            raise ConfigError("%s, or set broker.external to a running MQTT 5 broker" % exc) from None
+        except StackError as exc:
+            raise ConfigError(str(exc)) from None
         if cfg.broker_port:
             ports.append(("broker.port", cfg.broker_host, cfg.broker_port))
     else:
@@ -335,10 +343,10 @@ def _make_stack_class() -> type:
     class UpStack(st.Stack):
         """``Stack`` with the broker, gateway HTTP and MQTT addresses of an ``up`` config."""
 
-        def __init__(self, cfg: UpConfig, progress: Any) -> None:
-            super().__init__(cfg.data_dir, cfg.site, cfg.nodes, limits=cfg.limits, batch=cfg.batch, progress=progress)
+        def __init__(self, cfg: UpConfig, progress: Any, broker: str | None = None) -> None:
+            super().__init__(cfg.data_dir, cfg.site, cfg.nodes, limits=cfg.limits, batch=cfg.batch, progress=progress,
+                             broker=broker, broker_bind=cfg.broker_host, broker_port=cfg.broker_port)
             self.cfg = cfg
-            self.broker_host = "127.0.0.1"
 
         def start(self, timeout: float = 60.0) -> None:
             if self.cfg.broker_external is None:
@@ -353,20 +361,6 @@ def _make_stack_class() -> type:
             except BaseException:
                 self.stop()
                 raise
-
-        def _start_broker(self, mosquitto: str, timeout: float) -> None:
-            cfg = self.cfg
-            self.broker_port = cfg.broker_port or st.free_port(cfg.broker_host)
-            self.broker_host = "127.0.0.1" if cfg.broker_host in ("0.0.0.0", "::") else cfg.broker_host
-            conf = self.data_dir / "mosquitto.conf"
-            conf.write_text("listener %d %s\nallow_anonymous true\npersistence false\nuser %s\n"
-                            % (self.broker_port, cfg.broker_host, pwd.getpwuid(os.geteuid()).pw_name))
-            with open(self.data_dir / "mosquitto.log", "ab") as log:
-                self.broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, preexec_fn=st._child_setup)
-            _wait_listening(self.broker, "mosquitto", self.broker_host, self.broker_port,
-                            self.data_dir / "mosquitto.log", timeout)
-            self.progress("MQTT broker: mosquitto on %s:%d (%s)" % (cfg.broker_host, self.broker_port, mosquitto))
 
         def _start_gateway(self, timeout: float) -> None:
             keys = self.data_dir / "ledger" / "keys"
@@ -390,7 +384,7 @@ def _make_stack_class() -> type:
 
         def exited(self) -> str | None:
             """A line naming a part that exited by itself, or None."""
-            parts = [("mosquitto", self.broker, self.data_dir / "mosquitto.log"),
+            parts = [(self.broker_name, self.broker, self.broker_log),
                      ("gateway", self.gateway, self.data_dir / "gateway.log")]
             if self.cluster is not None:
                 parts += [("ledger node %d" % i, p, self.data_dir / "ledger" / ("node%d.log" % i))
@@ -401,22 +395,6 @@ def _make_stack_class() -> type:
             return None
 
     return UpStack
-
-
-def _wait_listening(proc: subprocess.Popen, name: str, host: str, port: int, log: Path, timeout: float) -> None:
-    from ledgerlink.tools.stack import StackError
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise StackError("%s exited with %s (see %s)" % (name, proc.returncode, log))
-        try:
-            socket.create_connection((host, port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise StackError("%s did not listen on %s:%d (see %s)" % (name, host, port, log)) from None
-            time.sleep(0.05)
 
 
 class _Stop(Exception):
@@ -454,11 +432,14 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
     return lines
 
 
-def run(cfg: UpConfig) -> int:
-    """Start the site of ``cfg``, print where everything is, run until SIGINT/SIGTERM; the exit status."""
+def run(cfg: UpConfig, broker: str | None = None) -> int:
+    """Start the site of ``cfg``, print where everything is, run until SIGINT/SIGTERM; the exit status.
+
+    ``broker``: auto, mosquitto or embedded (None: $LEDGERLINK_BROKER, else auto).
+    """
     from ledgerlink.tools.stack import StackError
 
-    existing = preflight(cfg)
+    existing = preflight(cfg, broker)
     t0 = time.monotonic()
 
     def say(line: str) -> None:
@@ -477,7 +458,7 @@ def run(cfg: UpConfig) -> int:
             warning = _admin_warning(cfg, existing)
             if warning:
                 say(warning)
-        stack = _make_stack_class()(cfg, say)
+        stack = _make_stack_class()(cfg, say, broker)
         stack.start()
         started = True
         for line in _summary(stack, cfg):
@@ -513,14 +494,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        "and tools/up.example.json.")
     p.add_argument("--config", required=True, metavar="FILE", help="site config (JSON, or TOML ending in .toml)")
     p.add_argument("--check", action="store_true", help="only check the config and the machine, start nothing")
+    p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default=None,
+                   help="MQTT broker to start unless broker.external is set: mosquitto, embedded (in Python) or "
+                        "auto (default, or $LEDGERLINK_BROKER): mosquitto when installed, else embedded")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
         if args.check:
-            preflight(cfg)
+            preflight(cfg, args.broker)
             print("config %s is usable: site %r, data in %s" % (args.config, cfg.site, cfg.data_dir))
             return 0
-        return run(cfg)
+        return run(cfg, args.broker)
     except ConfigError as exc:
         print("ledgerlink up: config error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
