@@ -50,11 +50,16 @@ def test_bad_argument_is_a_usage_error():
     assert result.returncode == 2 and "--site must match" in result.stderr
 
 
-def test_without_mosquitto_one_line_and_exit_2(monkeypatch, tmp_path, capsys):
+def test_mosquitto_asked_for_but_missing_one_line_and_exit_2(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr("ledgerlink.tools.stack.find_mosquitto", lambda: None)
-    assert demo_mod.run_live(devices=2, duration=1, data=str(tmp_path / "d")) == 2
+    assert demo_mod.run_live(devices=2, duration=1, data=str(tmp_path / "d"), broker="mosquitto") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["ledgerlink demo needs an MQTT 5 broker: install mosquitto (apt-get install mosquitto)"]
+    assert err == ["--broker mosquitto needs mosquitto: install it (apt-get install mosquitto) "
+                   "or use --broker embedded"]
+    monkeypatch.setenv("LEDGERLINK_BROKER", "rabbit")
+    assert demo_mod.run_live(devices=2, duration=1, data=str(tmp_path / "d")) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "unknown MQTT broker 'rabbit' (choose auto, mosquitto, embedded)"]
     assert not (tmp_path / "d").exists()
 
 
@@ -79,9 +84,9 @@ def _processes_under(path: Path) -> list[int]:
 class Run:
     """``ledgerlink demo`` in a subprocess; its stdout lines arrive in ``lines``."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(CLI + ["demo"] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1, env=None if env is None else {**os.environ, **env})
         self.q: queue.Queue = queue.Queue()
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -165,6 +170,26 @@ def test_live_demo_runs_bans_and_stops_cleanly(tmp_path):
     assert out.rstrip().endswith("demo passed: every step worked")
     assert _processes_under(data) == []
     assert (data / "ledger" / "cluster.json").exists()            # --data is kept
+
+
+@pytest.mark.slow
+def test_live_demo_on_the_embedded_broker(tmp_path):
+    data = tmp_path / "run"
+    run = Run(["--devices", "4", "--duration", "8", "--data", str(data)], env={"LEDGERLINK_BROKER": "embedded"})
+    try:
+        rc = run.finish(60)
+    finally:
+        run.stop()
+    out = run.out
+    assert rc == 0, out
+    assert re.search(r"MQTT broker: embedded \(ledgerlink.tools.mqtt_broker, MQTT 5 and 3.1.1\) on 127.0.0.1:\d+",
+                     out), out
+    assert "mosquitto" not in out
+    accepted, refused, banned_refusals, receipts, height = map(int, re.search(SUMMARY, out).groups())
+    assert accepted > 0 and receipts == accepted and refused == banned_refusals > 0
+    assert "no processes left" in out and out.rstrip().endswith("demo passed: every step worked")
+    assert _processes_under(data) == []
+    assert "listening on 127.0.0.1:" in (data / "mqtt_broker.log").read_text()
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """``Stack``: broker, ledger cluster and gateway start, carry a registered device's reading through to the
-verified topic, ban it on the ledger, stop without leftovers and restart on the same data directory."""
+verified topic, ban it on the ledger, stop without leftovers and restart on the same data directory; the
+same site on the embedded MQTT broker gives a device its receipt; the broker choice."""
 
 import os
 import queue
@@ -11,7 +12,7 @@ import pytest
 from ledgerlink.core import cbor
 from ledgerlink.device.core import DeviceCore, MemoryCounter, SequenceCounter
 from ledgerlink.tools import stack as stack_mod
-from ledgerlink.tools.stack import BrokerMissing, Stack, StackError
+from ledgerlink.tools.stack import BrokerMissing, Stack, StackError, choose_broker
 
 pytestmark = pytest.mark.slow
 
@@ -89,12 +90,64 @@ def test_start_reading_ban_stop_and_restart(tmp_path):
         again.stop()
 
 
-def test_without_mosquitto_nothing_starts(tmp_path, monkeypatch):
+def test_mosquitto_asked_for_but_missing_nothing_starts(tmp_path, monkeypatch):
     monkeypatch.setattr(stack_mod, "find_mosquitto", lambda: None)
-    s = Stack(tmp_path / "site")
+    s = Stack(tmp_path / "site", broker="mosquitto")
     with pytest.raises(BrokerMissing, match="apt-get install mosquitto"):
         s.start()
     assert s.pids() == [] and not (tmp_path / "site").exists()
+
+
+def test_broker_choice(monkeypatch):
+    monkeypatch.delenv(stack_mod.BROKER_ENV, raising=False)
+    assert choose_broker("auto") == ("mosquitto", stack_mod.find_mosquitto())
+    assert choose_broker("embedded") == ("embedded", None)
+    monkeypatch.setenv(stack_mod.BROKER_ENV, "embedded")
+    assert choose_broker() == ("embedded", None)
+    assert choose_broker("mosquitto")[0] == "mosquitto"
+    monkeypatch.setattr(stack_mod, "find_mosquitto", lambda: None)
+    monkeypatch.delenv(stack_mod.BROKER_ENV)
+    assert choose_broker() == ("embedded", None)              # nothing installed: the embedded broker
+    with pytest.raises(BrokerMissing):
+        choose_broker("mosquitto")
+    with pytest.raises(StackError, match="unknown MQTT broker 'rabbit'"):
+        choose_broker("rabbit")
+
+
+def test_embedded_broker_site_gives_a_device_its_receipt(tmp_path):
+    lines: list[str] = []
+    s = Stack(tmp_path / "site", site="emb", broker="embedded", progress=lines.append)
+    s.start()
+    try:
+        pids = s.pids()
+        assert len(pids) == 6
+        assert lines[0].startswith("MQTT broker: embedded (ledgerlink.tools.mqtt_broker")
+        assert b"ledgerlink.tools.mqtt_broker" in open("/proc/%d/cmdline" % s.broker.pid, "rb").read()
+        dev = DeviceCore(bytes(range(2, 34)), "emb", SequenceCounter(MemoryCounter()), s.chain_id, s.validators,
+                         gateway_keys={s.gateway_id: s.public_key("gateway")})
+        s.register([dev.registration_request(int(time.time() * 1000), attributes={"name": "probe"}).payload])
+        down = "ll/emb/dev/%s/down" % dev.device_id.hex()
+        app, q = _subscriber(s.broker_port, down)
+        try:
+            out = dev.reading({"t": 20.5}, int(time.time() * 1000))
+            app.publish(out.topic, out.payload, qos=1).wait_for_publish(5)
+            deadline = time.monotonic() + 30
+            result = None
+            while result is None or type(result).__name__ != "ReceiptResult":
+                topic, payload = q.get(timeout=max(0.1, deadline - time.monotonic()))
+                assert topic == down
+                result = dev.handle_down(payload, int(time.time() * 1000))
+        finally:
+            app.loop_stop()
+            app.disconnect()
+        assert result.valid, result.reason
+        assert result.seq == out.seq and result.frame_hash == out.frame_hash and result.height >= 1
+    finally:
+        s.stop()
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
 
 
 def test_failed_start_stops_what_started(tmp_path, monkeypatch):

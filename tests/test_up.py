@@ -231,3 +231,48 @@ def test_external_broker_and_a_part_that_exits(tmp_path):
     finally:
         mq.terminate()
         mq.wait(10)
+
+
+def test_embedded_broker_site_and_broker_exit(tmp_path):
+    broker = free_port()
+    cfg = write_config(tmp_path / "up.json", data_dir="site", site="emb", broker={"port": broker},
+                       ledger={"nodes": 1})
+    proc = subprocess.Popen(CLI + ["up", "--broker", "embedded", "--config", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    q: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(proc, q), daemon=True).start()
+    out = []
+    try:
+        while not any("ready" in l for l in out):
+            line = q.get(timeout=60)
+            assert line is not None, ("up exited", "".join(out), proc.stderr.read())
+            out.append(line)
+        text = "".join(out)
+        assert "MQTT broker: embedded (ledgerlink.tools.mqtt_broker, MQTT 5 and 3.1.1) on 127.0.0.1:%d" % broker in text
+        assert "broker: mqtt://127.0.0.1:%d" % broker in text and listening(broker)
+        pids = [int(p) for p in re.search(r"processes: ([\d ]+)", text).group(1).split()]
+        assert len(pids) == 3
+        [mq] = [p for p in pids if b"ledgerlink.tools.mqtt_broker" in open("/proc/%d/cmdline" % p, "rb").read()]
+        os.kill(mq, signal.SIGKILL)
+        assert proc.wait(30) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rest = []
+    while (line := q.get(timeout=5)) is not None:
+        rest.append(line)
+    assert any("error: the embedded MQTT broker exited with status -9 (see %s)"
+               % (tmp_path / "site" / "mqtt_broker.log") in l for l in rest), rest
+    assert "stopped" in rest[-1]
+    assert not any(alive(p) for p in pids)
+
+
+def test_mosquitto_asked_for_but_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("ledgerlink.tools.stack.find_mosquitto", lambda: None)
+    cfg = write_config(tmp_path / "up.json", data_dir="d", site="p")
+    assert up.main(["--check", "--broker", "mosquitto", "--config", str(cfg)]) == 2
+    assert "--broker mosquitto needs mosquitto" in capsys.readouterr().err
+    assert up.main(["--check", "--config", str(cfg)]) == 0          # auto: the embedded broker
+    assert "is usable" in capsys.readouterr().out
+    assert not (tmp_path / "d").exists()
