@@ -7,7 +7,8 @@ submitted, so after a crash the same transaction is submitted again (the ledger 
 transaction with where it was committed). Once the ledger has committed it, the transaction's inclusion
 proof and certified header are checked with ``spv`` against the trusted validator set, and every
 frame of the batch gets a ``receipt`` (docs/protocol.md) on its device's down topic. Refusal records go
-to the ledger in ``tx-warnings`` of at most 32 entries; session certificates in ``tx-cert-record``.
+to the ledger in ``tx-warnings`` of at most 32 entries; session certificates in ``tx-cert-record``. The
+transactions of a step are submitted together (``submit_many``), so a step waits for about one commit.
 
 Protects against: losing acknowledged frames (they are in the store before the ack and anchored after a
 restart); receipts the ledger did not certify (proofs are verified before a receipt is sent);
@@ -34,6 +35,8 @@ log = logging.getLogger("ledgerlink.gateway.batcher")
 REBUILD_CODES = (7, 8)          # replay (nonce), clock-skew: rebuild the transaction
 MAX_WARNINGS_PER_TX = 32
 MAX_WARNING_TXS_PER_STEP = 8
+MAX_CERTS_PER_STEP = 256
+POOL_FULL = "pool full"         # the node's transaction pool is full: submitted again at the next step
 
 
 class Ledger(Protocol):
@@ -55,6 +58,7 @@ class Outgoing:
     topic: str
     payload: bytes
     retain: bool = False
+    frame_hash: bytes | None = None     # for a receipt: the frame it is for
 
 
 def down_topic(site: str, dev: bytes) -> str:
@@ -111,12 +115,25 @@ class Batcher:
 
     # --- anchoring --------------------------------------------------------------------------------
 
-    def _submit(self, tx: bytes) -> dict | None:
-        try:
-            return self.ledger.submit(tx, self.wait_ms)
-        except Exception as exc:  # noqa: BLE001 - ledger unavailable: retried at the next step
-            log.warning("ledger submit failed: %s", exc)
-            return None
+    def _submit_many(self, txs: list[bytes]) -> list[dict | None]:
+        """Submit ``txs`` concurrently when the ledger client can (``submit_many``); None for a failed one."""
+        if not txs:
+            return []
+        many = getattr(self.ledger, "submit_many", None)
+        if many is not None and len(txs) > 1:
+            try:
+                return list(many(txs, self.wait_ms))
+            except Exception as exc:  # noqa: BLE001 - ledger unavailable: retried at the next step
+                log.warning("ledger submit failed: %s", exc)
+                return [None] * len(txs)
+        out: list[dict | None] = []
+        for tx in txs:
+            try:
+                out.append(self.ledger.submit(tx, self.wait_ms))
+            except Exception as exc:  # noqa: BLE001
+                log.warning("ledger submit failed: %s", exc)
+                out.append(None)
+        return out
 
     def _proof(self, tx: bytes) -> tuple[dict, spv.Header] | None:
         try:
@@ -139,12 +156,17 @@ class Batcher:
 
     def anchor(self, batch: Batch, now_ms: int, retry: bool = True) -> list[Outgoing]:
         """Submit a pending batch's anchor; on commit return its receipts."""
-        res = self._submit(batch.tx)
+        return self._anchored(batch, self._submit_many([batch.tx])[0], now_ms, retry)
+
+    def _anchored(self, batch: Batch, res: dict | None, now_ms: int, retry: bool = True) -> list[Outgoing]:
+        """Act on the ledger's answer ``res`` to the anchor of ``batch``; on commit return its receipts."""
         if res is None or not res.get("ok"):
             return []
         status = res.get("status")
         if status == "refused" or (status == "committed" and res.get("code", 0) != 0):
             code = res.get("code")
+            if res.get("reason") == POOL_FULL:
+                return []
             if code in REBUILD_CODES:
                 tx = enc.anchor_tx(self.chain_id, self.priv, batch.id, batch.root, batch.count, now_ms, rng=self.rng)
                 self.store.replace_batch_tx(batch.id, tx)
@@ -167,23 +189,32 @@ class Batcher:
         return self.receipts(batch.id)
 
     def receipts(self, batch_id: bytes) -> list[Outgoing]:
-        """The receipts of an anchored batch, one per frame, for the devices' down topics."""
+        """The receipts of an anchored batch, one per frame, for the devices' down topics.
+
+        A receipt is the deterministic CBOR map {0: 1, 1: frame hash, 2: seq, 3: leaf, 4: size,
+        5: inclusion proof, 6: anchor proof, 7: certified header}; the encoding of 6 and 7, the same in
+        every receipt of the batch, is made once.
+        """
         batch = self.store.batch(batch_id)
         if batch is None or batch.proof is None:
             return []
-        anchor_proof, certified = cbor.loads(batch.proof)
+        proof = cbor.loads(batch.proof)
+        shared = b"\x06" + cbor.dumps(proof[0]) + b"\x07" + cbor.dumps(proof[1])
         msgs = self.store.batch_messages(batch_id)
+        size = len(msgs)
         tree = merkle.MerkleTree([m.frame_hash for m in msgs])
         out = []
         for m in msgs:
-            receipt = {0: 1, 1: m.frame_hash, 2: m.seq, 3: m.leaf, 4: len(msgs), 5: tree.inclusion_proof(m.leaf),
-                       6: anchor_proof, 7: certified}
-            out.append(Outgoing(down_topic(self.site, m.device), cbor.dumps(receipt)))
+            head = cbor.dumps({1: m.frame_hash, 2: m.seq, 3: m.leaf, 4: size, 5: tree.inclusion_proof(m.leaf)})
+            # a map of 5 (0xa5) -> of 8 (0xa8) entries, with 0: 1 first and 6, 7 last (keys in order)
+            out.append(Outgoing(down_topic(self.site, m.device), b"\xa8\x00\x01" + head[1:] + shared,
+                                frame_hash=m.frame_hash))
         return out
 
     # --- warnings and certificates ------------------------------------------------------------------
 
-    def post_warnings(self, now_ms: int) -> None:
+    def _warning_txs(self, now_ms: int) -> list[tuple[bytes, bytes]]:
+        """Make ``tx-warnings`` of the queued refusal records; return the pending ones (hash, tx)."""
         for _ in range(MAX_WARNING_TXS_PER_STEP):
             entries = self.store.queued_warnings(MAX_WARNINGS_PER_TX)
             if not entries:
@@ -195,9 +226,11 @@ class Batcher:
                 except InvalidMessage:              # over the 4096-byte frame limit
                     entries = entries[:len(entries) // 2]
             self.store.create_warning_tx(tx, [e[1] for e in entries])
-        for h, tx in self.store.warning_txs("pending"):
-            res = self._submit(tx)
-            if res is None or not res.get("ok") or res.get("status") == "pending":
+        return self.store.warning_txs("pending")
+
+    def _warnings_done(self, pending: list[tuple[bytes, bytes]], results: list[dict | None]) -> None:
+        for (h, _), res in zip(pending, results):
+            if res is None or not res.get("ok") or res.get("status") == "pending" or res.get("reason") == POOL_FULL:
                 continue
             if res.get("status") == "committed" and res.get("code", 0) == 0:
                 self.store.set_warning_tx_status(h, "committed")
@@ -205,27 +238,49 @@ class Batcher:
                 self.store.set_warning_tx_status(h, "refused")
                 log.warning("warnings transaction refused: %s %s", res.get("code"), res.get("reason"))
 
-    def record_certs(self, now_ms: int) -> None:
-        for _, cert in self.store.certificates("pending"):
-            res = self._submit(enc.cert_record_tx_for(self.chain_id, self.priv, cert, now_ms, rng=self.rng))
-            if res is None or not res.get("ok") or res.get("status") == "pending":
+    def _cert_txs(self, now_ms: int) -> tuple[list[bytes], list[bytes]]:
+        """(certificates, their ``tx-cert-record``) of at most ``MAX_CERTS_PER_STEP`` pending certificates."""
+        certs = [cert for _, cert in self.store.certificates("pending", MAX_CERTS_PER_STEP)]
+        return certs, [enc.cert_record_tx_for(self.chain_id, self.priv, cert, now_ms, rng=self.rng) for cert in certs]
+
+    def _certs_done(self, certs: list[bytes], results: list[dict | None]) -> None:
+        statuses = []
+        for cert, res in zip(certs, results):
+            if res is None or not res.get("ok") or res.get("status") == "pending" or res.get("reason") == POOL_FULL:
                 continue
             ok = res.get("status") == "committed" and res.get("code", 0) == 0
-            self.store.set_cert_status(cert, "recorded" if ok else "refused")
+            statuses.append((cert, "recorded" if ok else "refused"))
             if not ok:
                 log.warning("cert record refused: %s %s", res.get("code"), res.get("reason"))
+        self.store.set_cert_statuses(statuses)
+
+    def post_warnings(self, now_ms: int) -> None:
+        pending = self._warning_txs(now_ms)
+        self._warnings_done(pending, self._submit_many([tx for _, tx in pending]))
+
+    def record_certs(self, now_ms: int) -> None:
+        certs, txs = self._cert_txs(now_ms)
+        self._certs_done(certs, self._submit_many(txs))
 
     # --- one step -----------------------------------------------------------------------------------
 
     def step(self, now_ms: int, force: bool = False) -> list[Outgoing]:
-        """Cut, anchor pending batches, post warnings and certificate records; return what to publish."""
+        """Cut, anchor pending batches, post warnings and certificate records; return what to publish.
+
+        The anchors, warnings and certificate records of a step are submitted together (concurrently
+        with a ``LedgerClient``), so the step waits for about one commit, not one per transaction.
+        """
         out: list[Outgoing] = []
         while self.cut(now_ms, force) is not None:
             pass
-        for batch in self.store.batches("pending"):
-            out.extend(self.anchor(batch, now_ms))
-        self.post_warnings(now_ms)
-        self.record_certs(now_ms)
+        batches = self.store.batches("pending")
+        warnings = self._warning_txs(now_ms)
+        certs, cert_txs = self._cert_txs(now_ms)
+        results = self._submit_many([b.tx for b in batches] + [tx for _, tx in warnings] + cert_txs)
+        for batch, res in zip(batches, results):
+            out.extend(self._anchored(batch, res, now_ms))
+        self._warnings_done(warnings, results[len(batches):len(batches) + len(warnings)])
+        self._certs_done(certs, results[len(batches) + len(warnings):])
         if self.last_header is not None and out:
             out.append(Outgoing("ll/%s/ledger/header" % self.site, self.last_header[1], retain=True))
         return out

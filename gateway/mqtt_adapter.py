@@ -48,6 +48,7 @@ TICK_S = 0.1
 RECEIVE_MAXIMUM = 1000          # unacknowledged frames the broker may send (MQTT 5 Receive Maximum; mosquitto: 20)
 OUT_INFLIGHT = 1000             # own QoS 1 publishes awaiting the broker's PUBACK
 REGISTRY_FETCHERS = 16          # registry lookups in flight at once (pipelined on the ledger connection)
+BATCH_POLLS = 4                 # batcher steps per batch interval (a batch is cut soon after its oldest frame is due)
 MAX_GROUP = 256                 # inputs checked together and committed in one store transaction
 
 
@@ -146,7 +147,7 @@ class MqttGateway:
 
     def _batch_loop(self) -> None:
         last_header = None
-        while not self.stop_event.wait(self.batch_interval):
+        while not self.stop_event.wait(self.batch_interval / BATCH_POLLS):
             try:
                 self.publish(self.batcher.step(self.clock()))
             except Exception:  # noqa: BLE001 - retried at the next step

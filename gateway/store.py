@@ -215,14 +215,21 @@ class Store:
         self._tx([("INSERT OR IGNORE INTO certs (hash, device, cert, created_ms, status) VALUES (?,?,?,?,?)",
                    (hashlib.sha256(cert).digest(), device, cert, now_ms, "pending"))])
 
-    def certificates(self, status: str | None = None) -> list[tuple[bytes, bytes]]:
+    def certificates(self, status: str | None = None, limit: int = -1) -> list[tuple[bytes, bytes]]:
         """(device, cert) pairs, all or with ``status`` (pending: not yet recorded on the ledger)."""
         if status is None:
-            return self._query("SELECT device, cert FROM certs ORDER BY created_ms")
-        return self._query("SELECT device, cert FROM certs WHERE status = ? ORDER BY created_ms", (status,))
+            return self._query("SELECT device, cert FROM certs ORDER BY created_ms LIMIT ?", (limit,))
+        return self._query("SELECT device, cert FROM certs WHERE status = ? ORDER BY created_ms LIMIT ?",
+                           (status, limit))
 
     def set_cert_status(self, cert: bytes, status: str) -> None:
-        self._tx([("UPDATE certs SET status = ? WHERE hash = ?", (status, hashlib.sha256(cert).digest()))])
+        self.set_cert_statuses([(cert, status)])
+
+    def set_cert_statuses(self, statuses: list[tuple[bytes, str]]) -> None:
+        """Set the status of several certificates in one transaction."""
+        if statuses:
+            self._tx([("UPDATE certs SET status = ? WHERE hash = ?", (status, hashlib.sha256(cert).digest()))
+                      for cert, status in statuses])
 
     def stats(self) -> dict[str, Any]:
         return {

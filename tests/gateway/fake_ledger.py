@@ -35,6 +35,7 @@ class FakeLedgerAdapter:
         self.lock = threading.Lock()
         self.available = True
         self.submitted: list[bytes] = []
+        self.many: list[int] = []
         self.commit_block([])
 
     @property
@@ -87,6 +88,11 @@ class FakeLedgerAdapter:
         self.commit_block([tx])
         height, index, code = self.locations[h]
         return {"ok": True, "status": "committed", "height": height, "index": index, "code": code}
+
+    def submit_many(self, txs: list[bytes], wait_ms: int = 10000) -> list[dict]:
+        """``LedgerClient.submit_many``: here one after the other; each call's size is kept in ``many``."""
+        self.many.append(len(txs))
+        return [self.submit(tx, wait_ms) for tx in txs]
 
     def status(self, tx_hash: bytes) -> dict:
         self._check()

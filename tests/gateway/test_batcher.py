@@ -134,6 +134,24 @@ def test_session_certificates_recorded(tmp_path):
     assert ledger.state.get_record(RecordKind.CERT, CRYPTO.sha256(cert))[1] == dev
 
 
+def test_one_step_submits_anchor_warnings_and_certs_together(tmp_path):
+    ledger, store, b = setup(tmp_path)
+    net = ledger.net
+    gw, dev = net["gateway"].id, net["sensor"].id
+    append(store, net, frames(net, 3))
+    store.add_warning({1: b"w" * 32, 2: dev, 3: NOW, 4: 5, 5: "x"}, NOW)
+    certs = [ecqv.issue(ecqv.create_request()[1], net["gw-ca"].priv, bytes([i]) * 8, gw, dev, NOW // 1000,
+                        NOW // 1000 + 3600)[0] for i in range(3)]
+    for cert in certs:
+        store.add_cert(dev, cert, NOW)
+    out = b.step(NOW + 200)
+    assert ledger.many == [1 + 1 + 3]
+    assert len([o for o in out if o.topic.endswith("/down")]) == 3
+    assert store.stats()["warnings"] == {"batched": 1} and store.warning_txs("committed")
+    assert sorted(c for _, c in store.certificates("recorded")) == sorted(certs)
+    assert ledger.state.get_record(RecordKind.WARNING, [gw, b"w" * 32]) is not None
+
+
 @settings(max_examples=15, deadline=None)
 @given(st.integers(1, 40), st.integers(1, 9))
 def test_every_receipt_verifies_for_any_batch_shape(tmp_path_factory, n: int, max_batch: int):
@@ -145,7 +163,9 @@ def test_every_receipt_verifies_for_any_batch_shape(tmp_path_factory, n: int, ma
     assert len(out) == n
     by_hash = {CRYPTO.sha256(f): f for f, _ in items}
     for o in out:
-        verify_receipt(o.payload, by_hash[cbor.loads(o.payload)[1]], ledger.chain_id, ledger.keys)
+        receipt = cbor.loads(o.payload)
+        assert cbor.dumps(receipt) == o.payload and o.frame_hash == receipt[1] and sorted(receipt) == list(range(8))
+        verify_receipt(o.payload, by_hash[receipt[1]], ledger.chain_id, ledger.keys)
     store.close()
 
 
