@@ -166,8 +166,11 @@ def write(path, data):
 def main():
     from ledgerlink.core import ecdsa
     cfg, trusted = trusted_keys(P['config'])
-    path = P['pending'] if exists(P['pending']) else P['key']
-    pub = ecdsa.public_key(read_private(path), True)
+    path = P['pending'] if P['use_pending'] else P['key']
+    try:
+        pub = ecdsa.public_key(read_private(path), True)
+    except OSError:
+        pub = b''
     if pub.hex() != P['public_key']:
         return {'status': 'key-changed'}
     data = bytes.fromhex(P['proof_data'])
@@ -433,8 +436,8 @@ def provision(args: argparse.Namespace, out: Callable[[str], None] = print) -> i
     if tx_id is not None:
         doc[4] = tx_id
     ident = {"device_id": dev.hex(), "public_key": pub.hex(), "chain_id": ctx.chain_id, "height": header.height}
-    answer = board.run(COMMIT, {"public_key": pub.hex(), "proof_data": cbor.dumps(doc).hex(),
-                                "id_data": json.dumps(ident, sort_keys=True)})
+    answer = board.run(COMMIT, {"public_key": pub.hex(), "use_pending": made != "kept",
+                                "proof_data": cbor.dumps(doc).hex(), "id_data": json.dumps(ident, sort_keys=True)})
     if answer.get("status") == "key-changed":
         raise ProvisionError("the key on the board changed while provisioning: rerun provision")
     _board_status(answer, args.port)

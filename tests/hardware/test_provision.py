@@ -161,16 +161,21 @@ def test_board_reverifies_and_catches_a_tampered_proof(board, provisioned, capsy
     assert rc == 1 and "does NOT verify on the board" in one_line_error(err)
 
 
-def test_rerun_keeps_the_key_and_refreshes_the_proof(ledger, board, provisioned, capsys):
-    before = board_key(board)
+def test_key_is_kept_unless_new_key_and_force(ledger, board, provisioned, capsys):
+    old = board_key(board)
+    # A --new-key --force run that stopped after the board made its new key (the board's own program).
+    stopped = provision.Board(board.url, "ledgerlink.json").run(provision.PREPARE, {
+        "validators": [k.hex() for k in ledger.config.validators], "name": None, "model": None,
+        "location": None, "role": 1, "time_ms": 0, "new_key": True, "force": True})
+    assert stopped["status"] == "ok" and stopped["key"] == "new" and stopped["had_key"]
+    pending = board_key(board, "ledgerlink.key.new")
+    assert pending != old
+
     rc, out, _ = run_here(capsys, "--port", board.url, "--cluster", ledger.config_path)
     assert rc == 0, out
     assert "the board keeps its key" in out and "already registered" in out
-    assert board_key(board) == before
+    assert board_key(board) == old and board_key(board, "ledgerlink.key.new") == pending
 
-
-def test_new_key_needs_force_then_replaces_the_key(ledger, board, provisioned, capsys):
-    old = board_key(board)
     before = snapshot(board.flash.root)
     rc, _, err = run_here(capsys, "--port", board.url, "--cluster", ledger.config_path, "--new-key")
     assert rc == 2 and "add --force" in one_line_error(err)
@@ -178,13 +183,16 @@ def test_new_key_needs_force_then_replaces_the_key(ledger, board, provisioned, c
 
     rc, out, err = run_here(capsys, "--port", board.url, "--cluster", ledger.config_path, "--new-key", "--force")
     assert rc == 0, err
-    new = board_key(board)
-    assert new != old and "old device id stays registered" in out
-    new_dev = enc.device_id(ecdsa.public_key(new, True))
-    assert proven_device(ledger, new_dev)[2] == ecdsa.public_key(new, True)
+    assert "reuses the key made by an earlier unfinished provision" in out
+    assert board_key(board) == pending and not (board.flash.root / "ledgerlink.key.new").exists()
+    assert "old device id stays registered" in out
+    new_pub = ecdsa.public_key(pending, True)
+    new_dev = enc.device_id(new_pub)
+    assert proven_device(ledger, new_dev)[2] == new_pub
     assert proven_device(ledger, enc.device_id(ecdsa.public_key(old, True)))[5] == 1
     assert json.loads((board.flash.root / "ledgerlink.id.json").read_text())["device_id"] == new_dev.hex()
-    assert_no_secret(new, [out, err], [], skip=set())
+    assert_no_secret(old, [out, err], [], skip=set())
+    assert_no_secret(pending, [out, err], [], skip=set())
 
 
 def test_refused_registration_prints_the_code_and_leaves_no_key(ledger, library, tmp_path, capsys):
@@ -229,5 +237,9 @@ def test_ledger_and_key_errors_come_before_the_board(ledger, library, tmp_path, 
         assert rc == 2 and "--admin-key" in one_line_error(err) and "does not exist" in err
         rc, _, err = run_here(capsys, "--port", b.url)
         assert rc == 2 and "--cluster" in one_line_error(err)
+        rc, _, err = run_here(capsys, "--port", b.url, "--board", "rpi", "--cluster", ledger.config_path)
+        assert rc == 2 and "runs CPython" in one_line_error(err) and "admin request" in err
+        rc, _, err = run_here(capsys, "--port", b.url, "--board", "no-such", "--cluster", ledger.config_path)
+        assert rc == 2 and "unknown board" in one_line_error(err)
         assert b.execs == 0
     assert snapshot(flash) == before
