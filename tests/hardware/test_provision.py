@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ledgerlink.core import cbor, ecdsa, spv
+from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.cluster import LocalCluster, generate
 from ledgerlink.ledger.state import encoding as enc
@@ -159,6 +161,25 @@ def test_board_reverifies_and_catches_a_tampered_proof(board, provisioned, capsy
     finally:
         path.write_bytes(good)
     assert rc == 1 and "does NOT verify on the board" in one_line_error(err)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_changed_byte_of_the_stored_proof_is_caught(ledger, board, provisioned, data):
+    """The board's check (run here under CPython) refuses the stored file with any byte changed."""
+    checks = {}
+    exec(provision.BOARD_COMMON, checks)
+    pub = ecdsa.public_key(board_key(board), True)
+    doc = cbor.loads((board.flash.root / "ledgerlink.reg.cbor").read_bytes())
+    doc.pop(4, None)
+    stored = cbor.dumps(doc)
+    trusted = list(ledger.config.validators)
+    assert checks["verify_stored"](stored, trusted, pub)[0] == doc[2]
+    i = data.draw(st.integers(0, len(stored) - 1))
+    bad = bytearray(stored)
+    bad[i] ^= data.draw(st.integers(1, 255))
+    with pytest.raises((LedgerlinkError, ValueError, KeyError, TypeError, IndexError)):
+        checks["verify_stored"](bytes(bad), trusted, pub)
 
 
 def test_key_is_kept_unless_new_key_and_force(ledger, board, provisioned, capsys):
