@@ -4,7 +4,8 @@
 The node feeds peer messages, client transactions and timer ticks (every ``TICK_MS``) into its
 ``Replica`` and carries out the effects in order: ``Send``/``Broadcast`` go to the peer links,
 ``Persist`` writes the block to SQLite and returns only once it is fsync'd (so no later effect, in
-particular a vote on the next height, happens before the block is durable), ``Committed`` answers
+particular a vote on the next height, happens before the block is durable), ``SaveVotes`` does the
+same for the replica's vote record (view and prepared proof, saved before the votes they cover), ``Committed`` answers
 the clients waiting for those transactions. On start the node restores the replica from its block
 store: every stored block is re-executed into a fresh ``LedgerState`` and its certificate, header
 chain and state root are checked (``Replica.restore``); a node that is behind fetches the missing
@@ -18,8 +19,9 @@ header of the transaction's block.
 
 Protects against: malformed, oversized or unknown peer and client messages (dropped with a logged
 reason by the transport or the replica, never a crash; every handler error becomes an error answer);
-loss of committed blocks at a crash (durable before the next vote). Limits: votes and the view are
-not persisted (see ``Replica``), proofs of records are only served for the latest height. Tested in
+loss of committed blocks at a crash (durable before the next vote) and of votes (a restarted node
+never votes twice in one view and height). Limits: proofs of records are only served for the latest
+height. ``LEDGERLINK_PROFILE_DIR=DIR`` writes a cProfile of the node to ``DIR/node<i>.prof`` at exit. Tested in
 tests/ledger/test_node_cluster.py with real processes on loopback.
 """
 
@@ -40,7 +42,7 @@ from typing import Any
 from ledgerlink.core import merkle, smt
 from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.consensus.replica import (
-    Broadcast, Committed, Dropped, Persist, Replica, Send,
+    Broadcast, Committed, Dropped, Persist, Replica, SaveVotes, Send,
 )
 from ledgerlink.ledger.state import LedgerState
 from ledgerlink.ledger.storage import BlockStore
@@ -100,7 +102,7 @@ class Node:
         started = time.perf_counter()
         self.app = LedgerState.genesis(config.genesis_config(), VerifyCache(self.backend))
         self.replica = Replica.restore(index, self.rconfig, key, self.app, self.backend, now_ms(),
-                                       self.store.blocks())
+                                       self.store.blocks(), votes=self.store.votes())
         if self.replica.height != self.store.height:
             raise RuntimeError("restored height %d differs from the store's %d"
                                % (self.replica.height, self.store.height))
@@ -132,6 +134,8 @@ class Node:
                 except KeyError:
                     codes = None
                 self.store.append_block(e.height, e.block, e.certificate, codes)
+            elif isinstance(e, SaveVotes):
+                self.store.save_votes(e.record)
             elif isinstance(e, Committed):
                 self._on_committed(e)
             elif isinstance(e, Dropped):
@@ -193,7 +197,7 @@ class Node:
         return [block.header.to_obj(), cert.to_obj()]
 
     def _status(self, h: bytes) -> dict:
-        loc = self.store.tx_location(h)
+        loc = self.store.tx_location(h) if h in self.replica.committed_txs else None
         if loc is not None:
             return {"status": "committed", "height": loc[0], "index": loc[1], "code": loc[2]}
         if h in self.refused:

@@ -1,8 +1,9 @@
 """Durable block store of a ledger node (SQLite).
 
 Holds what a node needs to restart and to answer queries: every committed block (header, commit
-certificate and transactions, as the ``Persist`` effect of the replica gives them) and an index from
-transaction hash to (height, index in block, result code). A block and its index rows are written in
+certificate and transactions, as the ``Persist`` effect of the replica gives them), an index from
+transaction hash to (height, index in block, result code), and the replica's vote record (the
+``SaveVotes`` effect: its view and prepared proof, replaced on each save and fsync'd like a block). A block and its index rows are written in
 one SQLite transaction with ``synchronous=FULL`` in WAL mode, so ``append_block`` returns only after
 the commit is fsync'd: the node carries out no later effect of the replica (its vote on the next
 height) before the block is durable.
@@ -31,6 +32,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     certificate BLOB NOT NULL,
     block BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS votes (id INTEGER PRIMARY KEY CHECK (id = 0), record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS txs (
     hash BLOB PRIMARY KEY,
     height INTEGER NOT NULL,
@@ -100,6 +102,15 @@ class BlockStore:
             db.execute("ROLLBACK")
             raise
         self._height = height
+
+    def save_votes(self, record: bytes) -> None:
+        """Replace the vote record; durable on return."""
+        self._db.execute("INSERT OR REPLACE INTO votes (id, record) VALUES (0, ?)", (record,))
+
+    def votes(self) -> bytes | None:
+        """The last saved vote record (None if the replica never saved one)."""
+        row = self._db.execute("SELECT record FROM votes WHERE id = 0").fetchone()
+        return None if row is None else bytes(row[0])
 
     def blocks(self, start: int = 0) -> Iterator[tuple[bytes, bytes]]:
         """(block, certificate) pairs from ``start`` in height order: the input of ``Replica.restore``."""

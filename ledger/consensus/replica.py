@@ -31,8 +31,16 @@ Client transactions are validated by the application (``check_tx``) and deduplic
 committed transactions are never accepted again. Tested in tests/ledger/test_pbft_*.py with targeted
 scenarios and thousands of seeded adversarial schedules (``ledgerlink.ledger.consensus.simulator``).
 
-Limits. Votes and the view number are not persisted: a replica restored from its blocks has
-forgotten its votes and counts toward f until the next view change. Committed blocks and the hashes
+Durability. Before its first message in a new view and before each commit vote, the replica emits
+``SaveVotes`` with its vote record (view, whether it is changing view, prepared proof); the node
+makes it durable before later effects. ``restore`` takes the record back: the replica returns to its
+view (re-sending its view-change if it was changing view) with its prepared proof, and casts no vote
+at the height above its last block in that view or a lower one, where it may already have voted.
+So a restarted replica stays honest: it never votes for two proposals of one view and height and
+never forgets a prepared proof it voted to commit (tests/ledger/test_pbft_replica.py; the simulator
+restarts an extra, honest validator in 30% of its schedules).
+
+Limits. Committed blocks and the hashes
 of committed transactions are kept in memory (blocks answer fetches); the application is replayed
 from the blocks on restore. Block fetches are answered without rate limiting (at most
 ``max_blocks_per_reply`` blocks each).
@@ -133,6 +141,14 @@ class Persist:
 
 
 @dataclass(frozen=True)
+class SaveVotes:
+    """Store ``record`` (the replica's vote record, replacing the previous one) durably before later
+    effects; ``Replica.restore`` takes it back."""
+
+    record: bytes
+
+
+@dataclass(frozen=True)
 class Committed:
     height: int
     header: Header
@@ -149,7 +165,7 @@ class Dropped:
     tx: bytes | None = None
 
 
-Effect = Send | Broadcast | Persist | Committed | Dropped
+Effect = Send | Broadcast | Persist | SaveVotes | Committed | Dropped
 
 
 # --- internal state -----------------------------------------------------------------------------
@@ -240,6 +256,8 @@ class Replica:
         self.nv_sent_to: dict[int, int] = {}
         self.pushed_to: dict[int, int] = {}
         self.committed_at = now_ms
+        self.abstain_height = -1
+        self.abstain_view = -1
         self._out: list[Effect] = []
         self._decode = decoder or functools.partial(
             _decode_message, config.chain_id, config.validators, crypto, config.limits)
@@ -249,10 +267,15 @@ class Replica:
     @classmethod
     def restore(cls, index: int, config: Config, signing_key: bytes, app: App, crypto: m.Crypto,
                 now_ms: int, blocks: Iterable[tuple[bytes, bytes]],
-                decoder: Callable[[bytes], Message] | None = None) -> "Replica":
-        """Rebuild a replica from its persisted (block, certificate) pairs, replaying ``app``.
+                decoder: Callable[[bytes], Message] | None = None,
+                votes: bytes | None = None) -> "Replica":
+        """Rebuild a replica from its persisted (block, certificate) pairs, replaying ``app``, and its
+        last ``SaveVotes`` record (None when it never saved one).
 
-        ``app`` must be at the empty initial state. Raises ValueError if the store is inconsistent.
+        The replica comes back in the recorded view with the recorded prepared proof, and casts no
+        vote (prepare, commit or proposal) at the height above its last block in that view or any
+        lower one, where it may have voted before it stopped. ``app`` must be at the empty initial
+        state. Raises ValueError if the store is inconsistent.
         """
         r = cls(index, config, signing_key, app, crypto, now_ms, decoder)
         for block_bytes, cert_bytes in blocks:
@@ -262,6 +285,20 @@ class Replica:
                 r._apply_certified(block.header, block.txs, cert, persist=False)
             except MessageError as exc:
                 raise ValueError("corrupt block store: " + exc.reason) from exc
+        view = 0
+        if votes is not None:
+            try:
+                view, prepared, changing = r._parse_vote_record(votes)
+            except MessageError as exc:
+                raise ValueError("corrupt vote record: " + exc.reason) from exc
+            r.view = view
+            if prepared is not None:
+                r.prepared_proof = prepared
+            if changing:
+                r._start_view_change(view)               # sent again by the first retransmission
+                r.backoff = 0
+        r.abstain_height = r.height + 1
+        r.abstain_view = view
         r._out = []
         return r
 
@@ -363,6 +400,47 @@ class Replica:
         self._out.append(Broadcast(raw))
         return raw, sig
 
+    def _may_vote(self, view: int, height: int) -> bool:
+        """False where a restored replica may have voted before it stopped (see ``restore``)."""
+        return height != self.abstain_height or view > self.abstain_view
+
+    def _save_votes(self) -> None:
+        """Emit the vote record: ``cbor([view, in-view-change: bool, prepared-proof / null])``."""
+        prepared = None
+        if self.prepared_proof is not None:
+            p, votes = self.prepared_proof
+            prepared = [p.raw, [[i, s] for i, s in sorted(votes.items())]]
+        self._out.append(SaveVotes(m.dumps([self.view, self.in_view_change, prepared])))
+
+    def _parse_vote_record(self, data: bytes) -> tuple[int, tuple[_Proposal, dict[int, bytes]] | None, bool]:
+        try:
+            a = m.loads(data)
+        except Exception:
+            raise MessageError("malformed") from None
+        if not isinstance(a, list) or len(a) != 3 or type(a[0]) is not int or not 0 <= a[0] <= m.MAX_VIEW \
+                or not isinstance(a[1], bool):
+            raise MessageError("malformed")
+        view, changing = a[0], a[1]
+        a = [view, a[2]]
+        if a[1] is None:
+            return view, None, changing
+        if not isinstance(a[1], list) or len(a[1]) != 2 or not isinstance(a[1][1], list):
+            raise MessageError("malformed")
+        raw_pp = a[1][0]
+        votes = []
+        for v in a[1][1]:
+            if not isinstance(v, list) or len(v) != 2 or type(v[0]) is not int or not isinstance(v[1], bytes):
+                raise MessageError("malformed")
+            votes.append((v[0], v[1]))
+        if not isinstance(raw_pp, bytes):
+            raise MessageError("malformed")
+        proposal = self._check_prepared(raw_pp, votes, view + 1, -1)
+        if proposal.header.height <= self.height:
+            return view, None, changing
+        if proposal.header.height != self.height + 1:
+            raise MessageError("prepared proof above the next height")
+        return view, (proposal, dict(votes)), changing
+
     def _slot(self, height: int) -> _Slot:
         s = self.slots.get(height)
         if s is None:
@@ -439,7 +517,7 @@ class Replica:
         if self.certified_height > self.height:
             return
         slot = self._slot(h)
-        if self.view in slot.proposals:
+        if self.view in slot.proposals or not self._may_vote(self.view, h):
             return
         oldest = next(iter(self.pool.values()))[1]
         if len(self.pool) < self.config.max_batch and self.now - oldest < self.config.batch_timeout_ms:
@@ -609,7 +687,8 @@ class Replica:
                     self._drop("rejected proposal: " + exc.reason, self.config.primary(self.view))
                     return
             primary = self.config.primary(self.view)
-            if self.index != primary and self.view not in slot.my_prepare:
+            voting = self._may_vote(self.view, h)
+            if voting and self.index != primary and self.view not in slot.my_prepare:
                 raw, sig = self._broadcast_sig([m.PREPARE, self.index, self.view, h, p.hash])
                 slot.my_prepare[self.view] = raw
                 slot.prepare_by[(self.view, self.index)] = p.hash
@@ -617,10 +696,11 @@ class Replica:
             prepares = slot.prepares.get((self.view, p.hash), {})
             if sum(1 for i in prepares if i != primary) < 2 * self.config.f:
                 return
-            if self.prepared_proof is None or self.prepared_proof[0].view != self.view \
-                    or self.prepared_proof[0].header.height != h:
-                self.prepared_proof = (p, {i: s for i, s in prepares.items() if i != primary})
-            if self.view not in slot.my_commit:
+            if voting and self.view not in slot.my_commit:
+                if self.prepared_proof is None or self.prepared_proof[0].view != self.view \
+                        or self.prepared_proof[0].header.height != h:
+                    self.prepared_proof = (p, {i: s for i, s in prepares.items() if i != primary})
+                    self._save_votes()
                 raw, sig = self._broadcast_sig([m.COMMIT, self.index, self.view, h, p.hash])
                 slot.my_commit[self.view] = raw
                 slot.commit_by[(self.view, self.index)] = p.hash
@@ -731,6 +811,7 @@ class Replica:
         self.vc_deadline = None
         self.backoff += 1
         self.view_changes = {v: d for v, d in self.view_changes.items() if v >= view}
+        self._save_votes()
         committed = None
         if self.chain:
             last = self.chain[-1]
@@ -759,26 +840,35 @@ class Replica:
         proposal = None
         if prepared is not None:
             raw_pp, votes = prepared
-            pp = self._decode(raw_pp)
-            if pp.kind != m.PRE_PREPARE:
+            proposal = self._check_prepared(raw_pp, votes, view, ch)
+            if proposal.header.height != ch + 1:
                 raise MessageError("bad view-change")
-            pview, ph, pheader, ptxs = pp.fields
-            if pp.sender != cfg.primary(pview) or pview >= view or ph != ch + 1 or pheader.height != ph:
-                raise MessageError("bad view-change")
-            hh = pheader.hash()
-            primary = cfg.primary(pview)
-            seen: set[int] = set()
-            for i, sig in votes:
-                if i >= cfg.n or i == primary or i in seen:
-                    raise MessageError("bad view-change")
-                body = [m.PREPARE, i, pview, ph, hh]
-                if not self.crypto.verify(cfg.validators[i], m.signed_bytes(cfg.chain_id, body), sig):
-                    raise MessageError("bad view-change")
-                seen.add(i)
-            if len(seen) < 2 * cfg.f:
-                raise MessageError("bad view-change")
-            proposal = _Proposal(pview, pheader, ptxs, hh, raw_pp)
         return _ViewChange(view, msg.sender, committed, proposal, msg.raw)
+
+    def _check_prepared(self, raw_pp: bytes, votes: Iterable[tuple[int, bytes]], view: int,
+                        committed: int) -> _Proposal:
+        """The proposal of a prepared proof (a pre-prepare of a view below ``view`` above height
+        ``committed``, and 2f valid prepares from distinct backups); MessageError otherwise."""
+        cfg = self.config
+        pp = self._decode(raw_pp)
+        if pp.kind != m.PRE_PREPARE:
+            raise MessageError("bad view-change")
+        pview, ph, pheader, ptxs = pp.fields
+        if pp.sender != cfg.primary(pview) or pview >= view or ph <= committed or pheader.height != ph:
+            raise MessageError("bad view-change")
+        hh = pheader.hash()
+        primary = cfg.primary(pview)
+        seen: set[int] = set()
+        for i, sig in votes:
+            if i >= cfg.n or i == primary or i in seen:
+                raise MessageError("bad view-change")
+            body = [m.PREPARE, i, pview, ph, hh]
+            if not self.crypto.verify(cfg.validators[i], m.signed_bytes(cfg.chain_id, body), sig):
+                raise MessageError("bad view-change")
+            seen.add(i)
+        if len(seen) < 2 * cfg.f:
+            raise MessageError("bad view-change")
+        return _Proposal(pview, pheader, ptxs, hh, raw_pp)
 
     def _push_blocks(self, to: int, committed: tuple[Header, CommitCertificate] | None) -> None:
         """Send blocks to a replica whose view-change shows it below our height (rate-limited)."""
@@ -875,6 +965,7 @@ class Replica:
                     chosen: _Proposal | None, raw_pp: bytes | None) -> None:
         self.view = view
         self.in_view_change = False
+        self._save_votes()
         self.new_view_raw = raw
         self.vc_deadline = None
         self.progress_deadline = None

@@ -6,9 +6,11 @@ from ``random.Random(seed)``, so a seed replays exactly. Each seed draws a scena
   network  message loss, delay (reordering), duplication and partitions until the heal time; after
            it every message arrives within the delay bound;
   faults   at most f faulty validators, each one of: crash (and recover with its state), crash for
-           good, restart from its persisted blocks (votes, view and pool lost), equivocating primary
-           (different pre-prepares and commits to two halves of the validators), invalid signatures
-           and malformed/oversized frames, votes for unknown batches, a twin running the same key;
+           good, restart from its persisted blocks and vote record (pool and unsaved state lost),
+           equivocating primary (different pre-prepares and commits to two halves of the
+           validators), invalid signatures and malformed/oversized frames, votes for unknown
+           batches, a twin running the same key; in 30% of the seeds one more, honest, validator
+           restarts from its persisted blocks and vote record (durable votes keep it honest);
   clients  signed key-value transactions submitted to random validators, and replays of them.
 
 Invariants checked on every run:
@@ -36,7 +38,7 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.consensus.kv_app import KVApp, make_tx
 from ledgerlink.ledger.consensus.replica import (
-    Broadcast, Committed, Config, Dropped, Persist, Replica, Send,
+    Broadcast, Committed, Config, Dropped, Persist, Replica, SaveVotes, Send,
 )
 
 LIVENESS_BOUND_MS = 20000
@@ -127,6 +129,8 @@ def draw_scenario(rnd: random.Random, kinds: tuple[str, ...] = FAULT_KINDS) -> S
         idx.remove(0)
         idx.insert(0, 0)
     faults = {i: rnd.choice(kinds) for i in idx[:count]}
+    if "restart" in kinds and count < n and rnd.random() < 0.3:
+        faults[idx[count]] = "restart"           # honest: restarts from its blocks and vote record
     heal = rnd.randint(500, 2500)
     down: dict[int, tuple[int, int | None]] = {}
     for i, kind in faults.items():
@@ -156,6 +160,7 @@ class Node:
     replicas: list[Replica]
     up: bool = True
     persisted: list[tuple[bytes, bytes]] = field(default_factory=list)
+    votes: bytes | None = None
     variants: dict[bytes, bytes] = field(default_factory=dict)
 
 
@@ -215,12 +220,13 @@ class Simulation:
 
     # --- setup ------------------------------------------------------------------------------------
 
-    def _new_replica(self, i: int, persisted: list[tuple[bytes, bytes]] | None = None) -> Replica:
+    def _new_replica(self, i: int, persisted: list[tuple[bytes, bytes]] | None = None,
+                     votes: bytes | None = None) -> Replica:
         app = KVApp(self.crypto)
         if persisted is None:
             return Replica(i, self.config, self.keys[i], app, self.crypto, self.now, self._decode)
         return Replica.restore(i, self.config, self.keys[i], app, self.crypto, self.now, persisted,
-                               self._decode)
+                               self._decode, votes)
 
     def _decode(self, data: bytes) -> m.Message:
         """decode_message memoized by the wire bytes (decoding is a function of them)."""
@@ -351,6 +357,9 @@ class Simulation:
             elif isinstance(e, Persist):
                 if rep is node.replicas[0]:
                     node.persisted.append((e.block, e.certificate))
+            elif isinstance(e, SaveVotes):
+                if rep is node.replicas[0]:
+                    node.votes = e.record
             elif isinstance(e, Committed):
                 self._on_committed(node, rep, e)
             elif isinstance(e, Dropped):
@@ -430,8 +439,9 @@ class Simulation:
                 node = self.nodes[data]
                 node.up = True
                 if node.kind == "restart":
-                    node.replicas = [self._new_replica(data, list(node.persisted))]
-                    self._log("%d restarts from %d persisted blocks" % (data, len(node.persisted)))
+                    node.replicas = [self._new_replica(data, list(node.persisted), node.votes)]
+                    self._log("%d restarts from %d persisted blocks and its vote record"
+                              % (data, len(node.persisted)))
                 else:
                     self._log("%d recovers" % data)
             elif kind == HEAL:

@@ -72,3 +72,15 @@ def test_refuses_other_chain_and_holes(tmp_path):
     db.close()
     with pytest.raises(StoreError):
         BlockStore(path, "c", b"g")
+
+
+def test_vote_record_replaced_and_kept_across_reopen(tmp_path):
+    path = tmp_path / "b.sqlite"
+    s = BlockStore(path, "c", b"g")
+    assert s.votes() is None
+    s.save_votes(b"first")
+    s.save_votes(b"second")
+    s.close()
+    s = BlockStore(path, "c", b"g")
+    assert s.votes() == b"second"
+    s.close()

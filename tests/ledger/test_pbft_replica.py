@@ -9,7 +9,7 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.consensus.kv_app import KVApp, make_tx
 from ledgerlink.ledger.consensus.replica import (
-    Broadcast, Committed, Config, Dropped, Persist, Replica, Send,
+    Broadcast, Committed, Config, Dropped, Persist, Replica, SaveVotes, Send,
 )
 from ledgerlink.ledger.consensus.simulator import CachingCrypto, Scenario, Simulation
 
@@ -317,16 +317,20 @@ def test_simulator_replays_a_seed_exactly(capsys):
 def test_seeded_suite_covers_every_fault_kind():
     import random
     from ledgerlink.ledger.consensus.simulator import FAULT_KINDS, draw_scenario
-    kinds, sizes, partitions, lossy = set(), set(), 0, 0
+    kinds, sizes, partitions, lossy, extra_restarts = set(), set(), 0, 0, 0
     for seed in range(1000):
         sc = draw_scenario(random.Random(seed))
         kinds.update(sc.faults.values())
         sizes.add(sc.n)
         partitions += bool(sc.partitions)
         lossy += sc.drop > 0
-        assert len(sc.faults) <= sc.f
+        # at most f faulty; one more validator may restart (honest, with its durable vote record)
+        faulty = len(sc.faults)
+        if faulty > sc.f:
+            assert faulty == sc.f + 1 and "restart" in sc.faults.values()
+            extra_restarts += 1
     assert kinds == set(FAULT_KINDS) and sizes == {4, 7}
-    assert partitions > 200 and lossy > 200
+    assert partitions > 200 and lossy > 200 and extra_restarts > 100
 
 
 def _mutations(rnd, value):
@@ -366,7 +370,7 @@ def test_re_signed_mutated_messages_never_raise():
             continue
         data = m.dumps(body + [CRYPTO.sign(KEYS[sender], m.dumps([m.PBFT_DOMAIN, "t", body]))])
         for e in target.receive(sender, data, net.now + n):
-            assert isinstance(e, (Send, Broadcast, Persist, Committed, Dropped))
+            assert isinstance(e, (Send, Broadcast, Persist, SaveVotes, Committed, Dropped))
         target.tick(net.now + n)
 
 
@@ -400,3 +404,92 @@ def test_request_admits_its_good_txs_and_drops_the_bad_ones():
                          ([m.REQUEST, 3, [good] * (net.config.max_batch + 1)], "oversized")):
         raw = m.encode_message("t", body, KEYS[3], CRYPTO)
         only_drop(net.replicas[1].receive(3, raw, net.now), reason, 3)
+
+
+def _votes_of(effects, kind):
+    return [m.loads(e.data) for e in effects if isinstance(e, Broadcast) and m.loads(e.data)[0] == kind]
+
+
+def _saved(effects):
+    return [e.record for e in effects if isinstance(e, SaveVotes)]
+
+
+def test_a_restarted_replica_never_votes_for_a_second_proposal_of_the_same_view_and_height():
+    """An equivocating primary shows proposal X, then (after the backup restarts) proposal Y for the
+    same view and height: the backup's durable vote record keeps it from preparing Y."""
+    net = Net()
+    net.submit(1, net.tx(b"a"))
+    net.run(100)
+    assert all(r.height == 0 for r in net.replicas)
+    net.down.update({0, 1, 2, 3})                 # the test delivers every message by hand now
+    twin = Replica.restore(0, net.config, KEYS[0], KVApp(CRYPTO), CRYPTO, net.now, net.persisted[0])
+    twin.abstain_height = -1                      # a Byzantine twin ignores its own record
+
+    def proposal(r, tx):
+        effects = r.submit(tx, net.now + 20) + r.tick(net.now + 40)
+        return [e.data for e in effects if isinstance(e, Broadcast) and m.loads(e.data)[0] == m.PRE_PREPARE][0]
+
+    pp_x = proposal(net.replicas[0], net.tx(b"x"))
+    pp_y = proposal(twin, net.tx(b"y"))
+    assert m.loads(pp_x)[0] == m.loads(pp_y)[0] == m.PRE_PREPARE and pp_x != pp_y
+    r3 = net.replicas[3]
+    effects = r3.receive(0, pp_x, net.now + 20)
+    prep = _votes_of(effects, m.PREPARE)
+    assert len(prep) == 1 and prep[0][2:4] == [0, 1]
+    hx = prep[0][4]
+    for i in (1, 2):
+        effects += r3.receive(i, m.encode_message("t", [m.PREPARE, i, 0, 1, hx], KEYS[i], CRYPTO), net.now + 20)
+    assert _votes_of(effects, m.COMMIT)[0][4] == hx
+    record = _saved(effects)[-1]                 # saved before the commit vote left
+    kinds = [type(e).__name__ for e in effects]
+    assert kinds.index("SaveVotes") < max(i for i, e in enumerate(effects)
+                                           if isinstance(e, Broadcast) and m.loads(e.data)[0] == m.COMMIT)
+
+    for votes in (record, None):                 # with its record, and one that never saved one
+        restored = Replica.restore(3, net.config, KEYS[3], KVApp(CRYPTO), CRYPTO, net.now + 30,
+                                   net.persisted[3], votes=votes)
+        out = restored.receive(0, pp_y, net.now + 30)
+        for i in (1, 2):
+            hy = m.loads(pp_y)[4]
+            hy = m.Header.from_obj(hy).hash()
+            out += restored.receive(i, m.encode_message("t", [m.PREPARE, i, 0, 1, hy], KEYS[i], CRYPTO),
+                                    net.now + 30)
+        assert not _votes_of(out, m.PREPARE) and not _votes_of(out, m.COMMIT), out
+        if votes is not None:
+            # its prepared proof for X survives the restart and goes into its view-change
+            assert restored.prepared_proof[0].hash == hx
+            out = restored.tick(net.now + 40) + restored.tick(net.now + 50 + net.config.view_change_timeout_ms)
+            vc = _votes_of(out, m.VIEW_CHANGE)
+            assert vc and vc[0][2] == 1 and vc[0][4][0] == pp_x
+
+
+def test_a_restarted_replica_comes_back_in_its_view_change_and_votes_in_later_views():
+    net = Net()
+    net.submit(1, net.tx(b"a"))
+    net.run(100)
+    net.down.add(0)                               # the primary stops: the others change view
+    net.submit(2, net.tx(b"b"))
+    effects3 = len(net.effects[3])
+    net.run(400)
+    records = [m.loads(r)[:2] for r in _saved(net.effects[3][effects3:])]
+    assert records[:2] == [[1, True], [1, False]]            # view change started, new view entered
+    record = _saved(net.effects[3][effects3:])[0]             # it stops before the new view arrives
+    net.replicas[3] = Replica.restore(3, net.config, KEYS[3], KVApp(CRYPTO), CRYPTO, net.now,
+                                      net.persisted[3], votes=record)
+    assert net.replicas[3].in_view_change and net.replicas[3].view == 1
+    net.run(1500)
+    assert [r.view for r in net.replicas[1:]] == [1, 1, 1]
+    assert [r.height for r in net.replicas[1:]] == [1, 1, 1]
+    assert net.blocks(3) == net.blocks(1)
+
+
+def test_a_corrupt_vote_record_is_refused():
+    net = Net()
+    net.submit(1, net.tx())
+    net.run(100)
+    good = m.dumps([0, False, None])
+    Replica.restore(1, net.config, KEYS[1], KVApp(CRYPTO), CRYPTO, 0, net.persisted[1], votes=good)
+    for bad in (b"\xff", m.dumps([0, None]), m.dumps([-1, False, None]), m.dumps([0, 1, None]),
+                m.dumps([0, False, [b"junk", []]]), m.dumps([0, False, [b"x", [[0, b"s"]]]])):
+        with pytest.raises(ValueError):
+            Replica.restore(1, net.config, KEYS[1], KVApp(CRYPTO), CRYPTO, 0, net.persisted[1], votes=bad)
