@@ -1,11 +1,12 @@
-"""Device side of the ledgerlink protocol over MQTT: readings, offline queue, reconnects, replies.
+"""Device side of the ledgerlink protocol over MQTT: sessions, readings, offline queue, reconnects, receipts.
 
 ``DeviceClient(config, mqtt_factory)`` seals each reading (docs/protocol.md, "Device readings") the
 moment it is taken, with the next sequence number, and appends it to the offline queue; ``step`` /
 ``flush`` deliver the queue oldest first over MQTT with QoS 1. ``mqtt_factory()`` returns a new,
 unconnected MQTT object with the interface of ``mqtt.MQTTClient`` (``connect``, ``publish`` returning
 a packet id, ``subscribe``, ``ping``, ``poll`` returning events, ``close``); it may raise OSError
-(broker unreachable).
+(broker unreachable). The protocol itself (frames, session requests and responses, receipts) is
+``ledgerlink.core.device_protocol``, the same code the CPython SDK runs.
 
 Delivery: up to ``max_inflight`` publishes are outstanding; a publish without PUBACK after ``retry_ms``
 is sent again with the same packet id and DUP set, and one still unacknowledged after ``keepalive_s``
@@ -19,15 +20,34 @@ duplicates). Keepalive: a PINGREQ after ``keepalive_s / 2`` without traffic; no 
 Modes: "session" (default): COSE_Encrypt0 with the session key, kid = session id, Partial IV = seq;
 "signed": COSE_Sign1 with the identity key, kid = device id. Both bind the topic as external AAD.
 
-Protects against: reading loss while offline or across resets (flash queue, persistent sequence
-counter), nonce reuse (a sequence number is never handed out twice), reconnect storms (jittered
-backoff) and hostile replies (decoded strictly by ``cbor.loads``; undecodable ones are counted and
-ignored). Tested in MicroPython against a real mosquitto broker (tests/micropython/test_client_in_vm.py).
+Sessions: with an identity key and the fog CA key ("ca_public"), the client opens its session itself
+(ECQV): while connected without a session valid for ``session_margin_s`` more seconds it publishes a
+signed session request on its ``session`` topic and takes the checked response from its ``down`` topic;
+a request unanswered (or refused) for ``session_timeout_ms`` is replaced by a new one. The session
+(certificate, key, Base IV, gateway id) is kept in the storage as ``llsess`` and restored after a
+reset while it is valid. A gateway that no longer knows the session (refusal codes 10, 11) makes the
+client drop it and open a new one. Readings taken while there is no session are held in a second
+queue (``llh``) on the same storage and sealed, in order, once a session is open. Pre-made session
+keys ("session" in the config) are still accepted and never expire.
+
+Receipts: with "chain_id" and "validators" (and optionally "gateway_keys") every receipt on the
+``down`` topic is checked (batch inclusion proof, anchor transaction inclusion, certified header with
+2f+1 validator signatures); ``stats`` counts valid and invalid ones and ``receipts`` keeps the last
+``max_results`` results.
+
+Protects against: reading loss while offline or across resets (flash queues, persistent sequence
+counter), nonce reuse (a sequence number is never handed out twice, also across sessions), reconnect
+storms (jittered backoff), forged session responses and receipts (checked by the protocol; refused
+ones are counted, never taken) and hostile replies (decoded strictly; undecodable ones are counted and
+ignored). Tested in MicroPython against a real mosquitto broker (tests/micropython/test_client_in_vm.py)
+and against the real broker, gateway and ledger (tests/micropython/test_stack_in_vm.py).
 """
 
 import time
 
-from ledgerlink.core import cbor, cose
+from ledgerlink.core import cbor, session_keys
+from ledgerlink.core import device_protocol as dp
+from ledgerlink.core.device_protocol import partial_iv  # noqa: F401  (part of this module's API)
 from ledgerlink.core.errors import LedgerlinkError
 
 from ledgerlink_client.queue import MemoryStorage, OfflineQueue, SeqCounter
@@ -42,7 +62,16 @@ DEFAULTS = {
     "queue_bytes": 32768,
     "queue_frames": 256,
     "max_replies": 16,
+    "hold_bytes": 8192,
+    "hold_frames": 64,
+    "session_margin_s": 600,
+    "session_timeout_ms": 20000,
+    "max_tracked": 64,
+    "max_results": 8,
 }
+
+SESSION_FILE = "llsess"
+SESSION_GONE = (10, 11)  # unknown-session, expired-session
 
 
 def _ticks_ms():
@@ -74,60 +103,58 @@ def _default_rng(n):
     return os.urandom(n)
 
 
-def partial_iv(seq):
-    """The Partial IV of a sequence number: big-endian, minimal length (at least one byte)."""
-    n = 1
-    while seq >> (8 * n):
-        n += 1
-    return seq.to_bytes(n, "big")
-
-
 class DeviceClient:
     """A device's link to its gateway.
 
-    ``config`` (dict): "site", "device_id" (16 bytes), "mode", and "session" (an object or dict with
-    ``key``, ``base_iv``, ``session_id``) for session mode or "identity_key" (32 bytes) for signed mode;
-    optional tuning keys as in ``DEFAULTS`` and "client_id". ``storage`` holds the queue and the
-    sequence counter (``queue.FileStorage`` on flash; RAM when omitted). ``rng(n)``, ``ticks_ms()``,
-    ``ticks_diff(a, b)``, ``time_ms()`` (epoch milliseconds) and ``sleep_ms(ms)`` can be injected.
+    ``config`` (dict): "site"; "identity_key" (32 bytes; needed for signed mode and to open sessions)
+    and/or "device_id" (16 bytes); "mode"; "ca_public" (fog CA key: sessions through ECQV) or
+    "session" (pre-made keys: an object or dict with ``key``, ``base_iv``, ``session_id``);
+    "chain_id", "validators" (list of public keys) and optional "gateway_keys" ({id: key}) to check
+    receipts; optional tuning keys as in ``DEFAULTS`` and "client_id". ``storage`` holds the queues,
+    the sequence counter and the session (``queue.FileStorage`` on flash; RAM when omitted).
+    ``rng(n)``, ``ticks_ms()``, ``ticks_diff(a, b)``, ``time_ms()`` (epoch milliseconds) and
+    ``sleep_ms(ms)`` can be injected. ``on_reply(reply)`` gets each decoded reply map, ``on_result(r)``
+    each protocol result (SessionOpened, ReceiptResult, Refused, Ignored).
     """
 
     def __init__(self, config, mqtt_factory, storage=None, rng=None, ticks_ms=None, ticks_diff=None,
-                 time_ms=None, sleep_ms=None, on_reply=None, backend=None):
+                 time_ms=None, sleep_ms=None, on_reply=None, backend=None, on_result=None):
         cfg = dict(DEFAULTS)
         cfg.update(config)
         self.config = cfg
-        self.device_id = bytes(cfg["device_id"])
-        if len(self.device_id) != 16:
-            raise ValueError("device_id must be 16 bytes")
         self.mode = cfg["mode"]
-        if self.mode == "session":
-            s = cfg["session"]
-            if isinstance(s, dict):
-                self._key, self._base_iv, self._kid = s["key"], s["base_iv"], s["session_id"]
-            else:
-                self._key, self._base_iv, self._kid = s.key, s.base_iv, s.session_id
-        elif self.mode == "signed":
-            self._identity = cfg["identity_key"]
-        else:
+        if self.mode != "session" and self.mode != "signed":
             raise ValueError("mode must be 'session' or 'signed'")
-        dev = self.device_id.hex()
-        base = "ll/%s/dev/%s/" % (cfg["site"], dev)
-        self.topic_up = base + "up"
-        self.topic_down = base + "down"
-        self.client_id = cfg.get("client_id") or "ll-" + dev
-        self.mqtt_factory = mqtt_factory
+        identity = cfg.get("identity_key")
+        if identity is None and (self.mode == "signed" or "session" not in cfg):
+            raise ValueError("an identity_key is needed for signed mode and to open sessions")
+        if self.mode == "session" and "session" not in cfg and cfg.get("ca_public") is None:
+            raise ValueError("session mode needs the fog CA key (ca_public) or pre-made session keys")
         storage = storage if storage is not None else MemoryStorage()
-        self.queue = OfflineQueue(storage, "llq", cfg["queue_bytes"], cfg["queue_frames"])
+        self.storage = storage
         self.seq = SeqCounter(storage, "llseq")
         self.rng = rng or _default_rng
         self.ticks_ms = ticks_ms or _ticks_ms
         self.ticks_diff = ticks_diff or _ticks_diff
         self.time_ms = time_ms or _time_ms
         self.sleep_ms = sleep_ms or _sleep_ms
+        self.protocol = dp.DeviceProtocol(
+            identity, cfg["site"], self.seq, cfg.get("chain_id"), cfg.get("validators"), cfg.get("ca_public"),
+            cfg.get("gateway_keys"), backend, self.rng, cfg["max_tracked"], cfg.get("device_id"))
+        self.device_id = self.protocol.device_id
+        if cfg.get("device_id") is not None and bytes(cfg["device_id"]) != self.device_id:
+            raise ValueError("device_id does not belong to the identity key")
+        self.check_receipts = cfg.get("chain_id") is not None and cfg.get("validators") is not None
+        self.topic_up = self.protocol.up_topic
+        self.topic_down = self.protocol.down_topic
+        self.client_id = cfg.get("client_id") or "ll-" + self.device_id.hex()
+        self.mqtt_factory = mqtt_factory
+        self.queue = OfflineQueue(storage, "llq", cfg["queue_bytes"], cfg["queue_frames"])
+        self.held = OfflineQueue(storage, "llh", cfg["hold_bytes"], cfg["hold_frames"])
         self.on_reply = on_reply
-        self.backend = backend
+        self.on_result = on_result
         self.replies = []
+        self.receipts = []
         self.mqtt = None
         self.failures = 0
         self._retry_from = None
@@ -135,33 +162,77 @@ class DeviceClient:
         self._inflight = []
         self._last_tx = 0
         self._ping_sent = None
+        self._session_at = None
         self.stats = {"connects": 0, "connect_failures": 0, "drops": 0, "published": 0, "retransmitted": 0,
-                      "acked": 0, "pings": 0, "bad_replies": 0}
+                      "acked": 0, "pings": 0, "bad_replies": 0, "session_requests": 0, "sessions_opened": 0,
+                      "sessions_restored": 0, "sessions_refused": 0, "receipts_valid": 0, "receipts_invalid": 0,
+                      "refused": 0, "ignored_replies": 0}
+        self.ecqv = self.mode == "session" and "session" not in cfg
+        if self.mode == "session" and not self.ecqv:
+            s = cfg["session"]
+            if isinstance(s, dict):
+                keys = session_keys.SessionKeys(s["key"], s["base_iv"], s["session_id"])
+            else:
+                keys = session_keys.SessionKeys(s.key, s.base_iv, s.session_id)
+            self.protocol.set_session(dp.Session(keys, b"", None, None))
+        elif self.ecqv:
+            self._restore_session()
+
+    def _restore_session(self):
+        raw = self.storage.read(SESSION_FILE)
+        if not raw:
+            return
+        try:
+            session = dp.decode_session(raw, self.device_id)
+        except LedgerlinkError:
+            self.storage.remove(SESSION_FILE)
+            return
+        self.protocol.set_session(session)
+        if self.protocol.session_valid(self.time_ms()):
+            self.stats["sessions_restored"] += 1
+        else:
+            self.protocol.drop_session()
+            self.storage.remove(SESSION_FILE)
+
+    @property
+    def session(self):
+        """The current ``device_protocol.Session`` or None."""
+        return self.protocol.session
+
+    def session_valid(self, margin_s=0):
+        return self.protocol.session_valid(self.time_ms(), margin_s)
 
     @property
     def connected(self):
         return self.mqtt is not None
 
-    def seal(self, reading_bytes, seq):
-        """The device frame (COSE) for an encoded reading with sequence number ``seq``."""
-        aad = self.topic_up.encode()
-        if self.mode == "signed":
-            return cose.sign1(reading_bytes, self._identity, kid=self.device_id, external_aad=aad,
-                              backend=self.backend)
-        return cose.encrypt0(reading_bytes, self._key, partial_iv=partial_iv(seq), base_iv=self._base_iv,
-                             kid=self._kid, external_aad=aad, backend=self.backend)
-
     def publish(self, measurements, time_ms=None):
-        """Seal a reading with the next sequence number and queue it; return the sequence number."""
-        seq = self.seq.next()
-        reading = cbor.dumps({1: self.device_id, 2: seq, 3: self.time_ms() if time_ms is None else time_ms,
-                              4: measurements})
-        self.queue.push(self.topic_up, self.seal(reading, seq))
-        return seq
+        """Seal a reading with the next sequence number and queue it; return the sequence number.
+
+        In session mode without a valid session the reading is held (on the storage) until a session
+        opens, and None is returned.
+        """
+        t = self.time_ms() if time_ms is None else time_ms
+        if self.mode == "session" and (len(self.held) or not self.protocol.session_valid(t)):
+            self.held.push("h", cbor.dumps([t, measurements]))
+            return None
+        return self._seal(measurements, t)
+
+    def _seal(self, measurements, t):
+        out = self.protocol.reading(measurements, t, self.mode)
+        self.queue.push(out.topic, out.payload)
+        return out.seq
+
+    def _release_held(self):
+        """Seal the held readings in order under the session now open."""
+        while len(self.held) and self.protocol.session_valid(self.time_ms()):
+            item = cbor.loads(self.held.peek(0)[1])
+            self._seal(item[1], item[0])
+            self.held.pop()
 
     def pending(self):
-        """Readings not yet acknowledged by the broker."""
-        return len(self.queue)
+        """Readings not yet acknowledged by the broker (held ones included)."""
+        return len(self.queue) + len(self.held)
 
     def _backoff_ms(self):
         cfg = self.config
@@ -241,11 +312,8 @@ class DeviceClient:
         if topic != self.topic_down:
             return
         try:
-            reply = cbor.loads(payload)
+            reply = self.protocol.decode_reply(payload)
         except LedgerlinkError:
-            self.stats["bad_replies"] += 1
-            return
-        if not isinstance(reply, dict) or reply.get(0) not in (1, 2, 3):
             self.stats["bad_replies"] += 1
             return
         self.replies.append(reply)
@@ -253,6 +321,58 @@ class DeviceClient:
             self.replies.pop(0)
         if self.on_reply is not None:
             self.on_reply(reply)
+        if reply[0] == dp.KIND_RECEIPT and not self.check_receipts:
+            return
+        result = self.protocol.handle_reply(reply, self.time_ms())
+        self._on_result(result)
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def _on_result(self, result):
+        if isinstance(result, dp.ReceiptResult):
+            self.stats["receipts_valid" if result.valid else "receipts_invalid"] += 1
+            self.receipts.append(result)
+            if len(self.receipts) > self.config["max_results"]:
+                self.receipts.pop(0)
+        elif isinstance(result, dp.SessionOpened):
+            self.stats["sessions_opened"] += 1
+            self._session_at = None
+            self.storage.replace(SESSION_FILE, dp.encode_session(self.protocol.session))
+            self._release_held()
+        elif isinstance(result, dp.Refused):
+            self.stats["refused"] += 1
+            if result.seq is None:
+                self.stats["sessions_refused"] += 1
+            elif result.code in SESSION_GONE and self.ecqv:
+                self.protocol.drop_session()
+                self.storage.remove(SESSION_FILE)
+        else:
+            self.stats["ignored_replies"] += 1
+
+    def _maintain_session(self, now):
+        """Send a session request when the session is missing or close to its end and none is in time."""
+        if not self.ecqv:
+            return
+        if self.protocol.session_valid(self.time_ms(), self.config["session_margin_s"]):
+            if len(self.held):
+                self._release_held()
+            return
+        if self._session_at is not None and self.ticks_diff(now, self._session_at) < self.config["session_timeout_ms"]:
+            return
+        out = self.protocol.session_request(self.time_ms())
+        self.mqtt.publish(out.topic, out.payload, 1)
+        self._session_at = now
+        self._last_tx = now
+        self.stats["session_requests"] += 1
+
+    def open_session(self, timeout_ms=60000, step_ms=50):
+        """Run ``step`` until a session valid for ``session_margin_s`` is open; True if within ``timeout_ms``."""
+        start = self.ticks_ms()
+        while not self.protocol.session_valid(self.time_ms(), self.config["session_margin_s"]):
+            if self.ticks_diff(self.ticks_ms(), start) >= timeout_ms:
+                return False
+            self.step(step_ms)
+        return True
 
     def step(self, timeout_ms=100):
         """One round: (re)connect when due, send and retransmit, keep alive, handle what arrives."""
@@ -267,6 +387,7 @@ class DeviceClient:
                 return
         keepalive_ms = self.config["keepalive_s"] * 1000
         try:
+            self._maintain_session(now)
             self._send_window(now)
             if self._ping_sent is not None:
                 if self.ticks_diff(now, self._ping_sent) > keepalive_ms:
@@ -288,9 +409,9 @@ class DeviceClient:
             self._drop(self.ticks_ms())
 
     def flush(self, timeout_ms=10000, step_ms=50):
-        """Run ``step`` until the queue is empty; return True if it emptied within ``timeout_ms``."""
+        """Run ``step`` until no reading is queued or held; return True if that happened within ``timeout_ms``."""
         start = self.ticks_ms()
-        while len(self.queue):
+        while len(self.queue) or len(self.held):
             if self.ticks_diff(self.ticks_ms(), start) >= timeout_ms:
                 return False
             self.step(step_ms)
@@ -304,6 +425,15 @@ class DeviceClient:
                 return None
             self.step(step_ms)
         return self.replies.pop(0)
+
+    def wait_receipts(self, n, timeout_ms=30000, step_ms=50):
+        """Run ``step`` until ``n`` receipts (valid or not) were checked in all; return that count."""
+        start = self.ticks_ms()
+        while self.stats["receipts_valid"] + self.stats["receipts_invalid"] < n:
+            if self.ticks_diff(self.ticks_ms(), start) >= timeout_ms:
+                break
+            self.step(step_ms)
+        return self.stats["receipts_valid"] + self.stats["receipts_invalid"]
 
     def close(self):
         if self.mqtt is not None:

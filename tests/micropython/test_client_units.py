@@ -323,3 +323,148 @@ def test_reconnect_resends_unacknowledged_readings():
     second.events = [("puback", 1)]
     client.step(0)
     assert client.pending() == 0
+
+
+# --- sessions and receipts against the gateway's own checks (GatewayCore over a FakeLedgerAdapter) ----
+
+
+class GatewayMQTT(FakeMQTT):
+    """Every publish goes through ``GatewayCore``; its replies come back as messages on the next poll."""
+
+    def __init__(self, env, accepted, clock, tamper=None):
+        super().__init__()
+        self.env = env
+        self.accepted = accepted
+        self.clock = clock
+        self.tamper = tamper
+
+    def poll(self, timeout_ms):
+        events = super().poll(timeout_ms)
+        if not events:
+            self.clock.now += timeout_ms
+        return events
+
+    def publish(self, topic, payload, qos=1, retain=False, pid=None, dup=False):
+        from ledgerlink.gateway import checks as c
+
+        pid = super().publish(topic, payload, qos, retain, pid, dup)
+        self.events.append(("puback", pid))
+        for e in self.env.feed(topic, payload, self.env.now):
+            if isinstance(e, c.Reply):
+                reply = e.payload if self.tamper is None else self.tamper(e.payload)
+                self.events.append(("msg", e.topic, reply))
+            elif isinstance(e, c.Accept):
+                self.accepted.append(e)
+            elif isinstance(e, c.Refuse) and e.reply_topic:
+                self.events.append(("msg", e.reply_topic, e.reply()))
+        return pid
+
+
+def gateway_client(env, storage, accepted, tamper=None, **cfg):
+    from tests.device.helpers import CRYPTO
+
+    config = {"site": env.gw.site, "identity_key": env.net["sensor"].priv, "ca_public": env.ca_public,
+              "chain_id": env.net.chain_id, "validators": list(env.ledger.keys), "backoff_min_ms": 100}
+    config.update(cfg)
+    clock = Clock()
+    mq = []
+
+    def factory():
+        mq.append(GatewayMQTT(env, accepted, clock, tamper))
+        return mq[-1]
+
+    client = device.DeviceClient(config, factory, storage=storage, ticks_ms=clock.ticks,
+                                 ticks_diff=lambda a, b: a - b, time_ms=lambda: env.now, sleep_ms=clock.sleep,
+                                 rng=os.urandom, backend=CRYPTO)
+    return client, mq, clock
+
+
+@pytest.fixture()
+def gw_env():
+    from tests.device.helpers import NOW, Env
+
+    env = Env()
+    env.now = NOW
+    return env
+
+
+def deliver_receipts(env, client, mq, accepted, mutate=None):
+    receipts = env.receipts([a.frame_hash for a in accepted], [a.seq for a in accepted])
+    for r in receipts:
+        if mutate is not None:
+            mutate(r)
+        mq[-1].events.append(("msg", client.topic_down, cbor.dumps(r)))
+    client.step(0)
+    del accepted[:]
+
+
+def test_client_opens_a_session_itself_and_checks_receipts(gw_env):
+    env, storage, accepted = gw_env, MemoryStorage(), []
+    client, mq, _ = gateway_client(env, storage, accepted)
+    assert client.publish({"t": 1}) is None and client.pending() == 1          # held: no session yet
+    assert client.open_session(5000)
+    assert client.stats["session_requests"] == 1 and client.stats["sessions_opened"] == 1
+    sid = client.session.keys.session_id
+    assert env.gw.sessions[sid].key == client.session.keys.key
+    assert client.publish({"t": 2}) == 2
+    assert client.flush(5000) and [a.seq for a in accepted] == [1, 2]
+    assert all(a.mode == "session" and a.device_id == client.device_id for a in accepted)
+    assert [a.measurements for a in accepted] == [{"t": 1}, {"t": 2}]
+    deliver_receipts(env, client, mq, accepted)
+    assert client.stats["receipts_valid"] == 2 and client.stats["receipts_invalid"] == 0
+    assert [r.seq for r in client.receipts] == [1, 2] and all(r.valid for r in client.receipts)
+
+    # a receipt whose header carries a forged validator signature is counted as invalid
+    client.publish({"t": 3})
+    client.flush(5000)
+    deliver_receipts(env, client, mq, accepted, lambda r: r[7][1][3][0].__setitem__(1, bytes(64)))
+    assert client.stats["receipts_invalid"] == 1 and not client.receipts[-1].valid
+    assert "does not verify" in client.receipts[-1].reason
+
+    # a reset: the session comes back from the storage, no new request, sequence numbers continue
+    again, mq2, _ = gateway_client(env, storage, accepted)
+    assert again.stats["sessions_restored"] == 1 and again.session.keys.session_id == sid
+    seq = again.publish({"t": 4})
+    assert seq > 3 and again.flush(5000) and again.stats["session_requests"] == 0
+    assert [a.seq for a in accepted] == [seq] and accepted[0].mode == "session"
+
+
+def test_client_refreshes_before_expiry_and_after_the_gateway_forgets(gw_env):
+    env, storage, accepted = gw_env, MemoryStorage(), []
+    client, mq, clock = gateway_client(env, storage, accepted, session_margin_s=600, session_timeout_ms=1000)
+    assert client.open_session(5000)
+    first = client.session
+    env.now = (first.valid_until_s - 601) * 1000
+    client.step(0)
+    assert client.session is first and client.stats["session_requests"] == 1
+    env.now += 2000                                                            # inside the margin
+    client.step(0)
+    client.step(0)
+    assert client.stats["session_requests"] == 2 and client.session is not first
+    assert client.session.valid_until_s > first.valid_until_s
+    # the gateway loses the session: the refusal (unknown session) makes the client open a new one
+    second = client.session
+    env.gw.sessions.clear()
+    client.publish({"t": 5})
+    client.step(0)
+    assert client.stats["refused"] == 1 and client.session is None and storage.read("llsess") == b""
+    client.step(0)
+    assert client.stats["session_requests"] == 3 and client.session is not None
+    assert client.session.keys.session_id != second.keys.session_id
+    assert client.session.keys.session_id in env.gw.sessions
+
+
+@pytest.mark.parametrize("field", [2, 3, 4])
+def test_tampered_session_responses_are_not_taken(gw_env, field):
+    def tamper(payload):
+        msg = cbor.loads(payload)
+        if msg[0] == 3:
+            v = msg[1][field]
+            msg[1][field] = v[:-1] + bytes([v[-1] ^ 1])
+        return cbor.dumps(msg)
+
+    env, storage, accepted = gw_env, MemoryStorage(), []
+    client, _, _ = gateway_client(env, storage, accepted, tamper=tamper)
+    assert not client.open_session(300)
+    assert client.session is None and client.stats["ignored_replies"] >= 1
+    assert client.stats["sessions_opened"] == 0 and storage.read("llsess") == b""
