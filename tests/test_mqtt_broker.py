@@ -5,7 +5,6 @@ raw malformed packets over sockets, and hypothesis on the packet decoder and the
 import queue
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 

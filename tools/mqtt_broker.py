@@ -98,6 +98,7 @@ MAX_VBI = 268_435_455
 NEVER_EXPIRES = 0xFFFFFFFF
 MAX_PID = 65535
 CONNECT_TIMEOUT_S = 10.0
+OUT_HIGH = 1 << 20          # bytes written to a connection before it counts as busy
 
 
 class MqttError(Exception):
@@ -706,7 +707,7 @@ class Session:
             return
         self.queue.append(entry)
         self.queued_bytes += len(entry.msg.payload)
-        if self.conn is not None and not self.conn.paused:
+        if self.conn is not None and not self.conn.busy():
             self.pump()
 
     def _pid(self) -> int:
@@ -720,7 +721,7 @@ class Session:
         """Send queued messages while the client's receive maximum and the socket allow."""
         conn = self.conn
         q = self.queue
-        while q and conn is not None and not conn.paused:
+        while q and conn is not None and not conn.busy():
             entry = q[0]
             if entry.qos and len(self.inflight) >= conn.receive_max:
                 return
@@ -834,7 +835,7 @@ class Broker:
         for k in range(n):
             m = members[(start + k) % n]
             s = m.session
-            if s.conn is not None and not s.conn.paused and s.has_room():
+            if s.conn is not None and not s.conn.busy() and s.has_room():
                 return m
             if fallback is None and s.has_room():
                 fallback = m
@@ -907,6 +908,9 @@ class Connection(asyncio.Protocol):
         self.aliases: dict[int, str] = {}
         self.problem_info = True
         self.peer = "?"
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        self.flush_pending = False
 
     # --- asyncio.Protocol -----------------------------------------------------------------------------
 
@@ -932,6 +936,10 @@ class Connection(asyncio.Protocol):
         self.paused = False
         if self.session is not None and self.session.conn is self:
             self.session.pump()
+
+    def busy(self) -> bool:
+        """The socket's buffer is full or a megabyte waits to be handed to it: hold messages in the queue."""
+        return self.paused or self.out_bytes >= OUT_HIGH
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -960,8 +968,24 @@ class Connection(asyncio.Protocol):
     # --- sending --------------------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closing:
-            self.transport.write(data)
+        """Queue ``data``; everything queued in one pass of the event loop goes out in one write."""
+        if self.transport is None or self.closing:
+            return
+        self.out.append(data)
+        self.out_bytes += len(data)
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.broker.loop.call_soon(self._flush, True)
+
+    def _flush(self, pump: bool = True) -> None:
+        self.flush_pending = False
+        if self.out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
+        self.out_bytes = 0
+        s = self.session
+        if pump and not self.closing and s is not None and s.conn is self and s.queue:
+            s.pump()
 
     def send_publish(self, entry: Entry, pid: int, dup: bool) -> bool:
         """Write one PUBLISH; False when it exceeds the client's maximum packet size (it is skipped)."""
@@ -997,6 +1021,7 @@ class Connection(asyncio.Protocol):
                 self.write(packet(DISCONNECT << 4, bytes((code,)) + props))
             else:
                 self.write(packet(CONNACK << 4, bytes((0, code)) + props))
+        self._flush(pump=False)
         self.closing = True
         self._detach(publish_will=publish_will)
         self.transport.close()
@@ -1067,6 +1092,8 @@ class Connection(asyncio.Protocol):
                 raise
             self._connect(c)
             return
+        if first >> 4 == CONNECT:
+            raise _protocol("second CONNECT")
         p = decode_packet(first, body, self.version)
         if isinstance(p, Publish):
             self._publish(p)
@@ -1080,10 +1107,8 @@ class Connection(asyncio.Protocol):
             self._unsubscribe(p)
         elif isinstance(p, Simple):
             self.write(PINGRESP_PACKET)
-        elif isinstance(p, Disconnect):
-            self._disconnect(p)
         else:
-            raise _protocol("second CONNECT")
+            self._disconnect(p)
 
     def _connect(self, c: Connect) -> None:
         broker = self.broker
@@ -1217,6 +1242,7 @@ class Connection(asyncio.Protocol):
             s.expiry = expiry
         if p.code == SUCCESS:
             s.will = None
+        self._flush(pump=False)
         self.closing = True
         self._detach(publish_will=True)
         self.transport.close()
