@@ -6,8 +6,10 @@ rate of 100 and 1,000 tx/s (submit to acknowledged commit), the same with one ba
 time to verify a header certificate and a registry record proof on the client side. Load is
 ``anchor`` transactions of the genesis gateway, pre-signed before each phase so that the signing cost
 of the load generator does not count. At saturation ``--concurrency`` submissions are in flight at
-all times (pipelined over one connection per node), and the CPU time the node processes spent per
-committed transaction is printed as well: on a shared machine it varies much less than the rates.
+all times (pipelined over one connection per node), one transaction per request and then (as a
+gateway submits) ``--submit-batch`` transactions per ``submit_many`` request; the CPU time the node
+processes spent per committed transaction is printed as well: on a shared machine it varies much
+less than the rates.
 """
 
 from __future__ import annotations
@@ -79,6 +81,24 @@ async def _saturate(clients: list[AsyncLedgerClient], txs: list[bytes], concurre
     return time.perf_counter() - start, ok
 
 
+async def _saturate_batched(clients: list[AsyncLedgerClient], txs: list[bytes], batch: int,
+                            concurrency: int) -> tuple[float, int]:
+    """Like ``_saturate`` with ``batch`` transactions per ``submit_many`` request."""
+    chunks = iter([txs[i:i + batch] for i in range(0, len(txs), batch)])
+    ok = 0
+
+    async def worker(c: AsyncLedgerClient) -> None:
+        nonlocal ok
+        for chunk in chunks:
+            for r in await c.submit_many(chunk, wait_ms=30000):
+                if r.get("status") == "committed":
+                    ok += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(clients[k % len(clients)]) for k in range(max(1, concurrency // batch))))
+    return time.perf_counter() - start, ok
+
+
 async def _rate(clients: list[AsyncLedgerClient], txs: list[bytes], rate: float) -> tuple[list[float], int]:
     lat: list[float] = []
     failed = 0
@@ -133,6 +153,15 @@ async def _run(cluster: LocalCluster, loader: Loader, args: argparse.Namespace, 
         out["saturation"] = (ok / secs, ok, secs)
         out["cpu_ms_per_tx"] = (cpu1 - cpu0) * 1000 / ok if cpu0 is not None and cpu1 is not None and ok \
             else float("nan")
+        if args.submit_batch > 1:
+            await _settle(clients[0], live)
+            txs = loader.txs(args.saturation_txs)
+            cpu0 = _cluster_cpu(cluster, live)
+            secs, ok = await _saturate_batched(clients, txs, args.submit_batch, args.concurrency)
+            cpu1 = _cluster_cpu(cluster, live)
+            out["batched"] = (ok / secs, ok, secs)
+            out["batched_cpu"] = (cpu1 - cpu0) * 1000 / ok if cpu0 is not None and cpu1 is not None and ok \
+                else float("nan")
         for rate in (100, 1000):
             await _settle(clients[0], live)
             n = max(50, int(rate * args.rate_seconds))
@@ -172,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--saturation-txs", type=int, default=4000)
     p.add_argument("--concurrency", type=int, default=2000, help="submissions in flight at saturation")
     p.add_argument("--rate-seconds", type=float, default=2.0, help="duration of each fixed-rate phase")
+    p.add_argument("--submit-batch", type=int, default=64,
+                   help="transactions per submit_many request in the second saturation run (1: skip it)")
     p.add_argument("--max-batch", type=int, default=512, help="replica max_batch (txs per block)")
     p.add_argument("--batch-timeout-ms", type=int, default=0,
                    help="replica batch_timeout_ms (a block is proposed at once while none is in flight)")
@@ -204,6 +235,10 @@ def main(argv: list[str] | None = None) -> None:
     print("%-34s %14.0f %14.0f" % ("committed tx/s at saturation", s4[0], s3[0]))
     print("%-34s %14.2f %14.2f" % ("node CPU ms per tx at saturation", full["cpu_ms_per_tx"],
                                    degraded["cpu_ms_per_tx"]))
+    if "batched" in full:
+        print("%-34s %14.0f %14.0f" % ("  same, %d txs per request" % args.submit_batch, full["batched"][0],
+                                       degraded["batched"][0]))
+        print("%-34s %14.2f %14.2f" % ("  node CPU ms per tx", full["batched_cpu"], degraded["batched_cpu"]))
     for rate in (100, 1000):
         a, b = full[rate], degraded[rate]
         print("%-34s %14.1f %14.1f" % ("latency p50 ms at %d tx/s" % rate, a[0], b[0]))

@@ -120,6 +120,17 @@ class AsyncLedgerClient:
         refused (code, reason) or pending (not committed within ``wait_ms``)."""
         return await self.request("submit", timeout=wait_ms / 1000 + self.timeout, tx=tx, wait_ms=wait_ms)
 
+    async def submit_many(self, txs: Sequence[bytes], wait_ms: int = 10000) -> list[dict]:
+        """Submit ``txs`` in one request (to one node) and wait for their outcomes, one ``submit``
+        answer per tx in order; raises LedgerUnavailable if no node answers, ValueError if the node
+        refuses the request as a whole."""
+        resp = await self.request("submit_many", timeout=wait_ms / 1000 + self.timeout, txs=list(txs),
+                                  wait_ms=wait_ms)
+        results = resp.get("results")
+        if not resp.get("ok") or not isinstance(results, list) or len(results) != len(txs):
+            raise ValueError("submit_many refused: %s" % resp.get("error", "bad answer"))
+        return results
+
     async def status(self, tx_hash: bytes) -> dict:
         return await self.request("status", hash=tx_hash)
 
@@ -154,7 +165,7 @@ class AsyncLedgerClient:
 
 
 class LedgerClient:
-    """Synchronous ``AsyncLedgerClient``: same methods, blocking; ``submit_many`` submits concurrently."""
+    """Synchronous ``AsyncLedgerClient``: same methods, blocking."""
 
     def __init__(self, config: ClusterConfig | str | Path, prefer: int = 0, timeout: float = 5.0) -> None:
         self._loop = asyncio.new_event_loop()
@@ -177,9 +188,7 @@ class LedgerClient:
         return self._call(self._client.submit(tx, wait_ms))
 
     def submit_many(self, txs: Sequence[bytes], wait_ms: int = 10000) -> list[dict]:
-        async def run() -> list[dict]:
-            return list(await asyncio.gather(*(self._client.submit(t, wait_ms) for t in txs)))
-        return self._call(run())
+        return self._call(self._client.submit_many(txs, wait_ms))
 
     def request_to(self, i: int, op: str, **args: Any) -> dict:
         return self._call(self._client.request_to(i, op, **args))

@@ -11,7 +11,8 @@ store: every stored block is re-executed into a fresh ``LedgerState`` and its ce
 chain and state root are checked (``Replica.restore``); a node that is behind fetches the missing
 blocks from its peers (state transfer in the replica).
 
-Client port operations (CBOR maps, see ``transport``): ``submit`` {tx, wait_ms}, ``status`` {hash},
+Client port operations (CBOR maps, see ``transport``): ``submit`` {tx, wait_ms}, ``submit_many``
+{txs, wait_ms} (answer: ``results``, one ``submit`` answer per tx, in order), ``status`` {hash},
 ``latest``, ``header`` {height}, ``block`` {height}, ``validators``, ``record`` {kind, record_id},
 ``tx_proof`` {hash}, ``info``. Record proofs are sparse-Merkle proofs against the state root of the
 latest certified header; transaction proofs are RFC 9162 inclusion proofs against the tx root of the
@@ -54,6 +55,7 @@ TICK_MS = 10
 DEFAULT_WAIT_MS = 10000
 MAX_WAIT_MS = 60000
 MAX_REFUSED = 100000
+MAX_SUBMIT_MANY = 1024
 
 
 class VerifyCache:
@@ -287,6 +289,13 @@ class Node:
         r = self.replica
         if op == "submit":
             return await self._submit(req)
+        if op == "submit_many":
+            txs = req.get("txs")
+            if not isinstance(txs, list) or not 0 < len(txs) <= MAX_SUBMIT_MANY:
+                return {"ok": False, "error": "txs must be a list of 1..%d transactions" % MAX_SUBMIT_MANY}
+            wait = req.get("wait_ms", DEFAULT_WAIT_MS)
+            results = await asyncio.gather(*(self._submit({"tx": tx, "wait_ms": wait}) for tx in txs))
+            return {"ok": True, "results": list(results)}
         if op == "status":
             h = req.get("hash")
             if not isinstance(h, bytes) or len(h) != 32:

@@ -91,6 +91,20 @@ def test_refused_tx_has_reason_code(cluster, client):
     assert client.status(h(tx))["status"] in ("refused", "unknown")
 
 
+def test_submit_many_answers_each_tx_in_order(cluster, client):
+    stranger = get_backend("cpython").generate_private_key()
+    bad = enc.anchor_tx(cluster.config.chain_id, stranger, 1, bytes(32), 1, int(time.time() * 1000))
+    good = anchors(cluster, 3)
+    results = client.submit_many([good[0], bad, good[1], good[0], b"junk", good[2]])
+    assert [r["status"] for r in results] == ["committed", "refused", "committed", "committed", "refused",
+                                              "committed"]
+    assert results[1]["code"] == 3 and results[4]["code"] == 1
+    assert results[3]["height"] == results[0]["height"]
+    for args in ({"txs": []}, {"txs": b"x"}, {"txs": [b"x"] * 1025}):
+        r = client.request_to(0, "submit_many", **args)
+        assert not r["ok"] and "txs must be" in r["error"]
+
+
 def test_record_proof_and_certificate(cluster, client):
     vals = client.validators()
     keys = [k for _, k in vals["validators"]]
