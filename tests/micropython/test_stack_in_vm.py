@@ -1,0 +1,149 @@
+"""The board client in MicroPython against the real stack: mosquitto, a 4-node ledger cluster and the gateway.
+
+The client in the VM builds its registration request, which the test countersigns with the admin key
+(``register`` host function, as an installer would); it opens its session with the gateway through
+ECQV, publishes readings encrypted under it, and checks each receipt the gateway sends (batch
+inclusion, anchor inclusion, certified header with 2f+1 validator signatures) inside the VM. Then the
+board "resets": a new client on the same storage takes the stored session back and its readings are
+accepted without a new session request. The VM reaches the broker only through ``SocketBridge``.
+"""
+
+import json
+import time
+
+import paho.mqtt.client as paho
+import pytest
+
+from ledgerlink.core import cbor
+from ledgerlink.tools.stack import Stack
+from tests.micropython.bridge import SocketBridge
+
+pytestmark = [pytest.mark.micropython, pytest.mark.slow]
+
+SITE = "vmsite"
+N = 3
+FUEL = 40_000_000_000
+HEAP = 256 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("vmstack") / "site", site=SITE, broker="mosquitto")
+    s.start()
+    yield s
+    s.stop()
+
+
+class Verified:
+    """Application side: the readings the gateway republishes on the verified topic."""
+
+    def __init__(self, port: int) -> None:
+        self.readings: list[dict] = []
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="vm-app", protocol=paho.MQTTv5)
+        self.c.on_message = lambda c, u, m: self.readings.append(cbor.loads(bytes(m.payload)))
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        self.c.subscribe("ll/%s/verified/+" % SITE, qos=1)
+        time.sleep(0.2)
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+PROGRAM = """
+import json, time
+from ledgerlink_client import device, mqtt, queue, transport
+
+def factory():
+    return mqtt.MQTTClient(transport.CallTransport(host_call, '127.0.0.1', %(port)d), 'vm-stack-dev', keepalive=30)
+
+def ms():
+    return time.ticks_ms()
+
+cfg = {'site': %(site)r, 'identity_key': bytes.fromhex(%(priv)r), 'ca_public': bytes.fromhex(%(ca)r),
+       'chain_id': %(chain)r, 'validators': [bytes.fromhex(k) for k in %(validators)r],
+       'gateway_keys': {bytes.fromhex(%(gw_id)r): bytes.fromhex(%(gw_key)r)}}
+storage = queue.MemoryStorage()
+out = {}
+t = ms()
+client = device.DeviceClient(cfg, factory, storage=storage, rng=host_urandom)
+out['init_ms'] = ms() - t
+req = client.protocol.registration_request(client.time_ms(), 1, {'name': 'vm-board'})
+out['registered_at'] = host_call('register', req.payload.hex())
+held = client.publish({'t': 19})
+t = ms()
+out['opened'] = client.open_session(120000)
+out['session_ms'] = ms() - t
+for i in range(%(n)d):
+    client.publish({'t': 20 + i, 'i': i})
+out['flushed'] = client.flush(30000)
+t = ms()
+out['checked'] = client.wait_receipts(%(n)d + 1, 120000)
+out['receipts_ms'] = ms() - t
+out['held'] = held
+out['results'] = [[r.valid, r.seq, r.reason, r.height] for r in client.receipts]
+out['stats'] = client.stats
+out['session_id'] = client.session.keys.session_id.hex()
+out['device_id'] = client.device_id.hex()
+client.close()
+
+again = device.DeviceClient(cfg, factory, storage=storage, rng=host_urandom)
+out['restored'] = again.stats['sessions_restored']
+out['after_seq'] = again.publish({'after': 1})
+out['flushed_again'] = again.flush(30000)
+out['checked_again'] = again.wait_receipts(1, 120000)
+out['again'] = [[r.valid, r.seq, r.reason] for r in again.receipts]
+out['stats_again'] = again.stats
+again.close()
+print(json.dumps(out))
+"""
+
+
+def test_board_client_opens_a_session_and_checks_receipts_against_the_real_stack(stack, client_vm):
+    crypto = stack.crypto
+    priv = crypto.generate_private_key()
+    bridge = SocketBridge()
+    registered: list[dict] = []
+
+    def register(request_hex: str) -> int:
+        [res] = stack.register([bytes.fromhex(request_hex)])
+        registered.append(res)
+        return res["height"]
+
+    program = PROGRAM % {
+        "port": stack.broker_port, "site": SITE, "priv": priv.hex(), "ca": stack.public_key("gw-ca").hex(),
+        "chain": stack.chain_id, "validators": [k.hex() for k in stack.validators],
+        "gw_id": stack.gateway_id.hex(), "gw_key": stack.public_key("gateway").hex(), "n": N}
+    app = Verified(stack.broker_port)
+    try:
+        started = time.monotonic()
+        result = client_vm.run(program, fuel=FUEL, heap_bytes=HEAP, timeout=400,
+                               host_functions=dict(bridge.functions(), register=register))
+        wall = time.monotonic() - started
+        deadline = time.monotonic() + 5
+        while len(app.readings) < N + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        app.close()
+        bridge.close()
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    device_id = crypto.sha256(crypto.public_key(priv, True))[:16]
+    assert out["device_id"] == device_id.hex() and len(registered) == 1
+    assert out["held"] is None and out["opened"] is True and out["flushed"] is True
+    stats = out["stats"]
+    assert stats["session_requests"] == 1 and stats["sessions_opened"] == 1
+    assert out["checked"] == N + 1 and stats["receipts_valid"] == N + 1 and stats["receipts_invalid"] == 0
+    assert sorted(r[1] for r in out["results"]) == list(range(1, N + 2))
+    assert all(r[0] and r[2] == "" and r[3] >= 1 for r in out["results"])
+    # after the reset: the stored session, no new request, a valid receipt for the next number
+    assert out["restored"] == 1 and out["flushed_again"] is True
+    assert out["stats_again"]["session_requests"] == 0 and out["stats_again"]["receipts_valid"] == 1
+    assert out["again"][0][0] is True and out["again"][0][1] == out["after_seq"] > N + 1
+    # what the gateway accepted and republished is what the board sealed under its session
+    mine = sorted((r for r in app.readings if r[1] == device_id), key=lambda r: r[2])
+    assert [r[2] for r in mine] == list(range(1, N + 2)) + [out["after_seq"]]
+    assert [r[4] for r in mine] == [{"t": 19}] + [{"t": 20 + i, "i": i} for i in range(N)] + [{"after": 1}]
+    assert all(r[6] == stack.gateway_id.hex() for r in mine)
+    print("in the VM: init %d ms, session open %d ms, %d receipts checked in %d ms; %d fuel in all, %.1f s wall"
+          % (out["init_ms"], out["session_ms"], N + 1, out["receipts_ms"], result.fuel_used, wall))
