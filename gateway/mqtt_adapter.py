@@ -46,7 +46,8 @@ log = logging.getLogger("ledgerlink.gateway.mqtt")
 SESSION_EXPIRY_S = 3600
 TICK_S = 0.1
 RECEIVE_MAXIMUM = 1000          # unacknowledged frames the broker may send (MQTT 5 Receive Maximum; mosquitto: 20)
-OUT_INFLIGHT = 1000             # own QoS 1 publishes awaiting the broker's PUBACK
+OUT_INFLIGHT = 20               # own QoS 1 publishes awaiting a PUBACK: mosquitto's Receive Maximum (paho scans
+                                # this many at every PUBACK, so more costs CPU)
 REGISTRY_FETCHERS = 16          # registry lookups in flight at once (pipelined on the ledger connection)
 BATCH_POLLS = 4                 # batcher steps per batch interval (a batch is cut soon after its oldest frame is due)
 MAX_GROUP = 256                 # inputs checked together and committed in one store transaction
