@@ -17,14 +17,15 @@ validator set of the cluster config. It then writes to the board:
 Both travel inside the program sent to the board, which first verifies the proof itself with
 ``ledgerlink.core.spv`` against the ``validator_keys`` of its own config (written by ``ledgerlink
 deploy``) and checks that the proven record holds its own public key; only then does it write them
-(each to a temporary name, then renamed into place). ``--check`` reruns that verification on the board from the stored files.
+(each to a temporary name, then renamed into place). ``--check`` reruns that verification on the
+board from the stored files.
 
 Protects against: the private key leaving the board (no program sent to the board prints it; the host
 never reads the key file; tests scan everything the host printed or wrote for it); losing a registered
 key (a board with a key keeps it; ``--new-key`` must come with ``--force`` to replace it, and the new key
 only replaces the old one after its registration is proven); a lying ledger node (every record is
-checked with spv on the host and again on the board). A key made by a run that stopped after the
-ledger answered is kept as ``ledgerlink.key.new`` and reused by the next run, so a registered key is
+checked with spv on the host and again on the board). A key made by a run that did not finish is
+kept as ``ledgerlink.key.new`` and reused by the next run, so a registered key is
 never thrown away; a key whose registration the ledger refused is removed again. Tested end to end
 against a 4-node ledger and the virtual board in tests/hardware/test_provision.py.
 
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from typing import Any, Callable, Sequence
 
