@@ -751,7 +751,11 @@ class Session:
 
 
 class Broker:
-    """The broker state; ``serve`` listens until ``close``. All methods run on the broker's event loop."""
+    """The broker state: ``start`` listens, ``close`` stops. All methods run on the broker's event loop.
+
+    A PUBLISH is routed and acknowledged as it is decoded, so clients never hold more unacknowledged
+    QoS 1 publishes towards the broker than the Receive Maximum it announces.
+    """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, max_packet_size: int = 1 << 20,
                  receive_maximum: int = 1024, max_queued: int = 100_000, max_queued_bytes: int = 256 << 20,
