@@ -109,7 +109,7 @@ class _Leaf:
     def __init__(self, key, vhash):
         self.key = key
         self.vh = vhash
-        self.h = leaf_hash(key, vhash)
+        self.h = hashlib.sha256(b"\x00" + key + vhash).digest()
 
 
 class _Branch:
@@ -146,27 +146,37 @@ class SMTProof:
 
 
 def _hash_of(node):
-    """Hash of a subtree, rehashing only the interior nodes whose cache was cleared."""
+    """Hash of a subtree, rehashing only the interior nodes whose cache was cleared.
+
+    Iterative (no recursion 256 deep on a board); an interior node in the tree always has a
+    non-empty subtree below it, so its hash is never the EMPTY special case."""
     if node is None:
         return EMPTY
     if node.h is not None:
         return node.h
+    sha = hashlib.sha256
     stack = [node]
+    push = stack.append
+    pop = stack.pop
     while stack:
         n = stack[-1]
         l = n.l
         r = n.r
-        pending = False
         if l is not None and l.h is None:
-            stack.append(l)
-            pending = True
-        if r is not None and r.h is None:
-            stack.append(r)
-            pending = True
-        if pending:
+            push(l)
+            if r is not None and r.h is None:
+                push(r)
             continue
-        stack.pop()
-        n.h = interior_hash(EMPTY if l is None else l.h, EMPTY if r is None else r.h)
+        if r is not None and r.h is None:
+            push(r)
+            continue
+        pop()
+        if l is None:
+            n.h = sha(b"\x01" + EMPTY + r.h).digest()
+        elif r is None:
+            n.h = sha(b"\x01" + l.h + EMPTY).digest()
+        else:
+            n.h = sha(b"\x01" + l.h + r.h).digest()
     return node.h
 
 
@@ -209,15 +219,16 @@ class SparseMerkleTree:
         if not isinstance(value, (bytes, bytearray)):
             raise ValueError("value must be bytes")
         value = bytes(value)
-        leaf = _Leaf(key, value_hash(value))
+        leaf = _Leaf(key, hashlib.sha256(value).digest())
         self._values[key] = value
         parent = None
         side = 0
         node = self._root
         depth = 0
-        while isinstance(node, _Branch):
+        branch = _Branch
+        while type(node) is branch:
             node.h = None
-            side = _bit(key, depth)
+            side = (key[depth >> 3] >> (7 - (depth & 7))) & 1
             parent = node
             node = node.r if side else node.l
             depth += 1
