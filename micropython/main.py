@@ -1,10 +1,13 @@
 """Example board program: Wi-Fi, then one reading a minute to the gateway over MQTT.
 
 Copy ``ledgerlink_client/`` and the compiled ``ledgerlink`` library to the board (``/lib``) and a
-``ledgerlink.json`` with: site, broker, port, device_id (hex), session {key, base_iv, session_id} (hex)
-or identity_key (hex) with "mode": "signed", wifi {ssid, password}. Readings are queued on flash in
-``/ll`` and survive resets. To use umqtt.simple instead of the bundled client, install it with
-``mip.install("umqtt.simple")`` and set "umqtt": true.
+``ledgerlink.json`` with: site, broker, port, identity_key (hex), ca_public (hex, the fog CA key: the
+board opens its sessions itself), chain_id and validators (hex list: receipts are checked), optional
+gateway_keys ({device id hex: key hex}), "mode" ("session", the default, or "signed"), wifi {ssid,
+password}. Pre-made session keys (session {key, base_iv, session_id} in hex, with device_id) still
+work. Readings, the sequence counter and the session are kept on flash in ``/ll`` and survive resets.
+To use umqtt.simple instead of the bundled client, install it with ``mip.install("umqtt.simple")`` and
+set "umqtt": true.
 """
 
 import json
@@ -17,11 +20,15 @@ from ledgerlink_client import device, mqtt, queue, transport
 def load_config(path="ledgerlink.json"):
     with open(path) as f:
         cfg = json.load(f)
-    cfg["device_id"] = bytes.fromhex(cfg["device_id"])
+    for name in ("device_id", "identity_key", "ca_public"):
+        if name in cfg:
+            cfg[name] = bytes.fromhex(cfg[name])
     if "session" in cfg:
         cfg["session"] = dict((k, bytes.fromhex(v)) for k, v in cfg["session"].items())
-    if "identity_key" in cfg:
-        cfg["identity_key"] = bytes.fromhex(cfg["identity_key"])
+    if "validators" in cfg:
+        cfg["validators"] = [bytes.fromhex(k) for k in cfg["validators"]]
+    if "gateway_keys" in cfg:
+        cfg["gateway_keys"] = dict((bytes.fromhex(k), bytes.fromhex(v)) for k, v in cfg["gateway_keys"].items())
     return cfg
 
 
@@ -39,8 +46,8 @@ def connect_wifi(wifi):
     return wlan.isconnected()
 
 
-def make_factory(cfg):
-    client_id = "ll-" + cfg["device_id"].hex()
+def make_factory(cfg, device_id):
+    client_id = "ll-" + device_id.hex()
     if cfg.get("umqtt"):
         from umqtt.simple import MQTTClient as Umqtt
 
@@ -70,14 +77,17 @@ def main():
         pass
     if cfg.get("umqtt"):
         cfg["max_inflight"] = 1
-    client = device.DeviceClient(cfg, make_factory(cfg), storage=queue.FileStorage("/ll"))
+    factory = []
+    client = device.DeviceClient(cfg, lambda: factory[0](), storage=queue.FileStorage("/ll"),
+                                 on_result=lambda result: print("gateway:", result))
+    factory.append(make_factory(cfg, client.device_id))
     while True:
         client.publish(read_sensor())
         start = time.ticks_ms()
         while time.ticks_diff(time.ticks_ms(), start) < 60000:
             client.step(500)
-            while client.replies:
-                print("gateway reply", client.replies.pop(0).get(0))
+            del client.replies[:]
+        print("stats", client.stats)
 
 
 main()
