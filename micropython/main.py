@@ -1,7 +1,8 @@
 """Example board program: Wi-Fi, then one reading a minute to the gateway over MQTT.
 
 Copy ``ledgerlink_client/`` and the compiled ``ledgerlink`` library to the board (``/lib``) and a
-``ledgerlink.json`` with: site, broker, port, identity_key (hex), ca_public (hex, the fog CA key: the
+``ledgerlink.json`` (or use ``ledgerlink deploy`` and ``ledgerlink provision``, whose files
+``load_config`` also reads) with: site, broker, port, identity_key (hex), ca_public (hex, the fog CA key: the
 board opens its sessions itself), chain_id and validators (hex list: receipts are checked), optional
 gateway_keys ({device id hex: key hex}), "mode" ("session", the default, or "signed"), wifi {ssid,
 password}. Pre-made session keys (session {key, base_iv, session_id} in hex, with device_id) still
@@ -17,9 +18,32 @@ import time
 from ledgerlink_client import device, mqtt, queue, transport
 
 
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def load_config(path="ledgerlink.json"):
+    """The client config from ``path``, also in the layout ``ledgerlink deploy`` and ``provision`` write
+    (broker {host, port}, validator_keys, the key in ``ledgerlink.key``, the chain in ``ledgerlink.id.json``)."""
     with open(path) as f:
         cfg = json.load(f)
+    if isinstance(cfg.get("broker"), dict):
+        cfg["port"] = cfg["broker"].get("port", 1883)
+        cfg["broker"] = cfg["broker"]["host"]
+    if "validators" not in cfg and "validator_keys" in cfg:
+        cfg["validators"] = cfg["validator_keys"]
+    if "identity_key" not in cfg and "session" not in cfg:
+        key = _read("ledgerlink.key")
+        if key:
+            cfg["identity_key"] = key.strip()
+    if "chain_id" not in cfg:
+        ident = _read("ledgerlink.id.json")
+        if ident:
+            cfg["chain_id"] = json.loads(ident)["chain_id"]
     for name in ("device_id", "identity_key", "ca_public"):
         if name in cfg:
             cfg[name] = bytes.fromhex(cfg[name])
