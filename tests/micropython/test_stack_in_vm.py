@@ -5,7 +5,8 @@ The client in the VM builds its registration request, which the test countersign
 ECQV, publishes readings encrypted under it, and checks each receipt the gateway sends (batch
 inclusion, anchor inclusion, certified header with 2f+1 validator signatures) inside the VM. Then the
 board "resets": a new client on the same storage takes the stored session back and its readings are
-accepted without a new session request. The VM reaches the broker only through ``SocketBridge``.
+accepted without a new session request; near the end of the (short) session lifetime it opens the next
+session before the old one expires. The VM reaches the broker only through ``SocketBridge``.
 """
 
 import json
@@ -24,11 +25,14 @@ SITE = "vmsite"
 N = 3
 FUEL = 40_000_000_000
 HEAP = 256 * 1024 * 1024
+LIFETIME_S = 75
+MARGIN_S = 60          # a session is renewed once fewer than MARGIN_S of its LIFETIME_S seconds are left
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("vmstack") / "site", site=SITE, broker="mosquitto")
+    s = Stack(tmp_path_factory.mktemp("vmstack") / "site", site=SITE, broker="mosquitto",
+              limits={"session_lifetime_s": LIFETIME_S})
     s.start()
     yield s
     s.stop()
@@ -63,7 +67,7 @@ def ms():
 
 cfg = {'site': %(site)r, 'identity_key': bytes.fromhex(%(priv)r), 'ca_public': bytes.fromhex(%(ca)r),
        'chain_id': %(chain)r, 'validators': [bytes.fromhex(k) for k in %(validators)r],
-       'gateway_keys': {bytes.fromhex(%(gw_id)r): bytes.fromhex(%(gw_key)r)}}
+       'gateway_keys': {bytes.fromhex(%(gw_id)r): bytes.fromhex(%(gw_key)r)}, 'session_margin_s': %(margin)d}
 storage = queue.MemoryStorage()
 out = {}
 t = ms()
@@ -93,6 +97,17 @@ out['restored'] = again.stats['sessions_restored']
 out['after_seq'] = again.publish({'after': 1})
 out['flushed_again'] = again.flush(30000)
 out['checked_again'] = again.wait_receipts(1, 120000)
+out['requests_after_reset'] = again.stats['session_requests']
+first_sid = again.session.keys.session_id
+t = ms()
+while again.stats['sessions_opened'] < 1 and ms() - t < 60000:
+    again.step(100)
+out['refresh_wait_ms'] = ms() - t
+out['new_session'] = again.session.keys.session_id != first_sid
+out['valid_until'] = again.session.valid_until_s
+out['last_seq'] = again.publish({'after': 2})
+out['flushed_last'] = again.flush(30000)
+out['checked_last'] = again.wait_receipts(2, 120000)
 out['again'] = [[r.valid, r.seq, r.reason] for r in again.receipts]
 out['stats_again'] = again.stats
 again.close()
@@ -114,7 +129,7 @@ def test_board_client_opens_a_session_and_checks_receipts_against_the_real_stack
     program = PROGRAM % {
         "port": stack.broker_port, "site": SITE, "priv": priv.hex(), "ca": stack.public_key("gw-ca").hex(),
         "chain": stack.chain_id, "validators": [k.hex() for k in stack.validators],
-        "gw_id": stack.gateway_id.hex(), "gw_key": stack.public_key("gateway").hex(), "n": N}
+        "gw_id": stack.gateway_id.hex(), "gw_key": stack.public_key("gateway").hex(), "n": N, "margin": MARGIN_S}
     app = Verified(stack.broker_port)
     try:
         started = time.monotonic()
@@ -122,7 +137,7 @@ def test_board_client_opens_a_session_and_checks_receipts_against_the_real_stack
                                host_functions=dict(bridge.functions(), register=register))
         wall = time.monotonic() - started
         deadline = time.monotonic() + 5
-        while len(app.readings) < N + 2 and time.monotonic() < deadline:
+        while len(app.readings) < N + 3 and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         app.close()
@@ -137,13 +152,20 @@ def test_board_client_opens_a_session_and_checks_receipts_against_the_real_stack
     assert sorted(r[1] for r in out["results"]) == list(range(1, N + 2))
     assert all(r[0] and r[2] == "" and r[3] >= 1 for r in out["results"])
     # after the reset: the stored session, no new request, a valid receipt for the next number
-    assert out["restored"] == 1 and out["flushed_again"] is True
-    assert out["stats_again"]["session_requests"] == 0 and out["stats_again"]["receipts_valid"] == 1
-    assert out["again"][0][0] is True and out["again"][0][1] == out["after_seq"] > N + 1
-    # what the gateway accepted and republished is what the board sealed under its session
+    assert out["restored"] == 1 and out["flushed_again"] is True and out["checked_again"] == 1
+    assert out["requests_after_reset"] == 0
+    # renewed before the end of its lifetime: a new session, whose reading is accepted and receipted
+    again = out["stats_again"]
+    assert again["session_requests"] == 1 and again["sessions_opened"] == 1 and out["new_session"] is True
+    assert out["valid_until"] - time.time() > LIFETIME_S - 30
+    assert out["flushed_last"] is True and again["receipts_valid"] == 2 and again["receipts_invalid"] == 0
+    assert [r[:2] for r in out["again"]] == [[True, out["after_seq"]], [True, out["last_seq"]]]
+    assert N + 1 < out["after_seq"] < out["last_seq"]
+    # what the gateway accepted and republished is what the board sealed under its sessions
     mine = sorted((r for r in app.readings if r[1] == device_id), key=lambda r: r[2])
-    assert [r[2] for r in mine] == list(range(1, N + 2)) + [out["after_seq"]]
-    assert [r[4] for r in mine] == [{"t": 19}] + [{"t": 20 + i, "i": i} for i in range(N)] + [{"after": 1}]
+    assert [r[2] for r in mine] == list(range(1, N + 2)) + [out["after_seq"], out["last_seq"]]
+    assert [r[4] for r in mine] == ([{"t": 19}] + [{"t": 20 + i, "i": i} for i in range(N)]
+                                    + [{"after": 1}, {"after": 2}])
     assert all(r[6] == stack.gateway_id.hex() for r in mine)
     print("in the VM: init %d ms, session open %d ms, %d receipts checked in %d ms; %d fuel in all, %.1f s wall"
           % (out["init_ms"], out["session_ms"], N + 1, out["receipts_ms"], result.fuel_used, wall))
