@@ -80,6 +80,30 @@ def verify_receipt(receipt: bytes | dict, frame: bytes, chain_id: str, validator
     return header
 
 
+def inclusion_proofs(entries: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """The RFC 9162 root of ``entries`` and the inclusion proof of every entry, in one pass (n log n hashes
+    fewer than proving each entry on its own)."""
+    if not entries:
+        raise ValueError("no entries")
+
+    def walk(hashes: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
+        n = len(hashes)
+        if n == 1:
+            return hashes[0], [[]]
+        k = 1
+        while k * 2 < n:
+            k *= 2
+        left, left_proofs = walk(hashes[:k])
+        right, right_proofs = walk(hashes[k:])
+        for p in left_proofs:
+            p.append(right)
+        for p in right_proofs:
+            p.append(left)
+        return merkle.node_hash(left, right), left_proofs + right_proofs
+
+    return walk([merkle.leaf_hash(e) for e in entries])
+
+
 class Batcher:
     """Anchors the batches of ``store`` through ``ledger``; returns what to publish from ``step``."""
 
@@ -202,10 +226,15 @@ class Batcher:
         shared = b"\x06" + cbor.dumps(proof[0]) + b"\x07" + cbor.dumps(proof[1])
         msgs = self.store.batch_messages(batch_id)
         size = len(msgs)
-        tree = merkle.MerkleTree([m.frame_hash for m in msgs])
+        if not msgs:
+            return []
+        root, proofs = inclusion_proofs([m.frame_hash for m in msgs])
+        if root != batch.root or [m.leaf for m in msgs] != list(range(size)):
+            log.error("stored batch %s does not match its anchored root", batch_id.hex())
+            return []
         out = []
-        for m in msgs:
-            head = cbor.dumps({1: m.frame_hash, 2: m.seq, 3: m.leaf, 4: size, 5: tree.inclusion_proof(m.leaf)})
+        for m, path in zip(msgs, proofs):
+            head = cbor.dumps({1: m.frame_hash, 2: m.seq, 3: m.leaf, 4: size, 5: path})
             # a map of 5 (0xa5) -> of 8 (0xa8) entries, with 0: 1 first and 6, 7 last (keys in order)
             out.append(Outgoing(down_topic(self.site, m.device), b"\xa8\x00\x01" + head[1:] + shared,
                                 frame_hash=m.frame_hash))

@@ -91,9 +91,12 @@ class Accept:
     frame_hash: bytes
     topic: str
     mode: str                      # "sign1" or "session"
+    reading: bytes | None = None   # the checked ``reading`` (deterministic CBOR map with keys 1..4)
 
     def verified_reading(self, gateway_name: str) -> bytes:
-        """The ``verified-reading`` republished to applications."""
+        """The ``verified-reading`` republished to applications: the reading's map with 5 and 6 added."""
+        if self.reading is not None and self.reading[:1] == b"\xa4" and len(self.frame_hash) == 32:
+            return b"\xa6" + self.reading[1:] + b"\x05\x58\x20" + self.frame_hash + b"\x06" + cbor.dumps(gateway_name)
         return cbor.dumps({1: self.device_id, 2: self.seq, 3: self.time_ms, 4: self.measurements,
                            5: self.frame_hash, 6: gateway_name})
 
@@ -329,6 +332,7 @@ class GatewayCore:
         self.header: spv.Header | None = None
         self.certified_header: bytes | None = None
         self.pending: OrderedDict[bytes, list[_Pending]] = OrderedDict()
+        self.pending_count = 0                                               # frames in ``pending``
         self.fetching: dict[bytes, int] = {}
         self.used_requests: set[bytes] = set()
         self._headers: OrderedDict[bytes, spv.Header] = OrderedDict()
@@ -409,11 +413,12 @@ class GatewayCore:
         return entry.record
 
     def _hold(self, dev: bytes, topic: str, frame: bytes, now_ms: int) -> list[Effect]:
-        total = sum(len(v) for v in self.pending.values())
         queue = self.pending.get(dev)
-        if total >= self.limits.max_pending or (queue is not None and len(queue) >= self.limits.max_pending_per_device):
+        if (self.pending_count >= self.limits.max_pending
+                or (queue is not None and len(queue) >= self.limits.max_pending_per_device)):
             raise _Refusal(LEDGER_UNAVAILABLE, "too many frames waiting for the registry")
         self.pending.setdefault(dev, []).append(_Pending(topic, frame, now_ms))
+        self.pending_count += 1
         if dev in self.fetching:
             return []
         self.fetching[dev] = now_ms
@@ -484,7 +489,7 @@ class GatewayCore:
         if not st.bucket.take(now_ms):
             raise _Refusal(RATE_LIMITED, "more than %g frames/s from %s" % (self.limits.rate_per_s, dev.hex()))
         st.window.mark(seq)
-        return [Accept(dev, seq, t, meas, frame, sha256(frame), topic, mode)]
+        return [Accept(dev, seq, t, meas, frame, sha256(frame), topic, mode, bytes(plaintext))]
 
     # --- sessions (fog CA) ----------------------------------------------------------------------
 
@@ -619,7 +624,9 @@ class GatewayCore:
             self.registry[dev] = RegistryEntry(header.height, record, now_ms)
             self.registry.move_to_end(dev)
         self.fetching.pop(dev, None)
-        for p in self.pending.pop(dev, []):
+        waiting = self.pending.pop(dev, [])
+        self.pending_count -= len(waiting)
+        for p in waiting:
             effects.extend(self.on_frame(p.topic, p.frame, now_ms))
         return effects
 
@@ -635,6 +642,7 @@ class GatewayCore:
                                                 _Refusal(LEDGER_UNAVAILABLE, "no registry answer for %s" % dev.hex())))
                 else:
                     keep.append(p)
+            self.pending_count -= len(queue) - len(keep)
             if keep:
                 self.pending[dev] = keep
             else:

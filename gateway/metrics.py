@@ -107,7 +107,7 @@ class GatewayMetrics:
         self.started = mono()
         self.lock = threading.Lock()
         self.devices: OrderedDict[bytes, _Device] = OrderedDict()
-        self.recent: deque[dict] = deque(maxlen=RECENT)
+        self.recent: deque[tuple[c.Accept, int]] = deque(maxlen=RECENT)     # shown as JSON by ``state``
         self.warnings: deque[dict] = deque(maxlen=RECENT)
         self._arrived: OrderedDict[bytes, float] = OrderedDict()     # frame hash -> arrival (monotonic)
         self._accepted: OrderedDict[bytes, float] = OrderedDict()    # frame hash -> accept (monotonic)
@@ -186,10 +186,7 @@ class GatewayMetrics:
                     self._remember(self._accepted, e.frame_hash, t)
                     d = self._device(e.device_id, now_ms)
                     d.accepted += 1
-                    self.recent.appendleft({"device": e.device_id.hex(), "seq": e.seq, "time_ms": e.time_ms,
-                                            "received_ms": now_ms, "mode": e.mode,
-                                            "frame_hash": e.frame_hash.hex(),
-                                            "measurements": jsonable(e.measurements)})
+                    self.recent.appendleft((e, now_ms))
                 elif isinstance(e, c.Refuse):
                     self.refused.inc(1, (str(e.code), reason_name(e.code)))
                     self._arrived.pop(e.warning_id, None)
@@ -314,7 +311,9 @@ class GatewayMetrics:
                         "last_reason": reason_name(d.last_code) if d.last_code is not None else None,
                         "ban_reason": d.ban_reason, "registry_height": d.registry_height}
                        for dev, d in reversed(self.devices.items())]
-            recent = list(self.recent)
+            recent = [{"device": e.device_id.hex(), "seq": e.seq, "time_ms": e.time_ms, "received_ms": at,
+                       "mode": e.mode, "frame_hash": e.frame_hash.hex(), "measurements": jsonable(e.measurements)}
+                      for e, at in self.recent]
             warnings = list(self.warnings)
             ledger = dict(self.ledger)
         ledger.update(height=self.ledger_height(), chain_id=core.chain_id,

@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 from ledgerlink.core import cbor, cose, ecqv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidProof
-from ledgerlink.gateway.batcher import Batcher, verify_receipt
+from ledgerlink.core import merkle
+from ledgerlink.gateway.batcher import Batcher, inclusion_proofs, verify_receipt
 from ledgerlink.gateway.store import Store
 from ledgerlink.ledger.state.codes import RecordKind
 from ledgerlink.ledger.state.testing import DevNet
@@ -184,3 +185,14 @@ def test_gateway_receipts_verify_in_the_device_sdk(tmp_path):
     forged = cbor.loads(receipts[0].payload)
     forged[3] = 1
     assert not device.verify_receipt(forged, items[0][0]).valid
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=70))
+def test_inclusion_proofs_of_all_entries_match_the_tree(entries: list[bytes]):
+    tree = merkle.MerkleTree(entries)
+    root, proofs = inclusion_proofs(entries)
+    assert root == tree.root() and len(proofs) == len(entries)
+    for i, p in enumerate(proofs):
+        assert p == list(tree.inclusion_proof(i))
+        merkle.verify_inclusion(merkle.leaf_hash(entries[i]), i, len(entries), p, root)

@@ -397,3 +397,25 @@ def test_bit_flipped_frames_are_refused(env: Env, pos: int, bit: int):
     effects = env.feed(up(env.net["actuator"].id), bytes(frame))
     assert len(effects) == 1 and isinstance(effects[0], c.Refuse)
     assert effects[0].code in (c.MALFORMED, c.BAD_SIGNATURE, c.WRONG_TOPIC)
+
+
+MEASUREMENTS = st.dictionaries(st.one_of(st.text(max_size=8), st.integers(-2**40, 2**40)),
+                               st.one_of(st.integers(-2**64, 2**64), st.floats(allow_nan=False), st.text(max_size=20),
+                                         st.binary(max_size=20), st.booleans(), st.none(),
+                                         st.lists(st.integers(), max_size=4)), max_size=6)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(MEASUREMENTS, st.integers(1, 2**32 - 1), st.integers(NOW - 10**6, NOW + 10**4))
+def test_verified_reading_is_the_reading_with_hash_and_gateway(env: Env, meas: dict, seq: int, t: int):
+    dev = env.net["sensor"].id
+    env.core.devices.pop(dev, None)                                   # a fresh replay window and rate budget
+    frame = cose.sign1(cbor.dumps({1: dev, 2: seq, 3: t, 4: meas}), env.net["sensor"].priv, dev,
+                       up(dev).encode(), CRYPTO)
+    effects = env.feed(up(dev), frame)
+    assert len(effects) == 1 and isinstance(effects[0], c.Accept), effects
+    accept = effects[0]
+    out = accept.verified_reading(env.core.gateway_name)
+    assert accept.reading is not None
+    assert out == cbor.dumps({1: dev, 2: seq, 3: t, 4: meas, 5: CRYPTO.sha256(frame), 6: env.core.gateway_name})
+    assert cbor.loads(out)[4] == accept.measurements
