@@ -93,6 +93,17 @@ out['names'] = names
 """
 
 
+COMMANDS = """
+proof = cbor.loads(bytes.fromhex(%(proof)r))
+out['controller'] = dev.update_controller(proof).hex()
+results = []
+for topic, frame in %(commands)r:
+    r = dev.handle_command(topic, bytes.fromhex(frame), NOW)
+    results.append([r.accepted, r.action, r.args, r.seq, r.reason])
+out['commands'] = results
+"""
+
+
 class Host:
     """Ledger, gateway and the receipts for two frames of one batch."""
 
@@ -106,6 +117,17 @@ class Host:
             "chain": self.env.net.chain_id, "validators": [k.hex() for k in self.env.ledger.keys],
             "ca": self.env.ca_public.hex(), "gw_id": gw.id.hex(), "gw_key": gw.pub.hex(),
             "receipts": [cbor.dumps(r).hex() for r in self.receipts], "frames": [f.hex() for f in self.frames]}
+
+    def commands(self) -> dict:
+        env, dev_id = self.env, self.env.net["sensor"].id
+        cmd_topic = "ll/%s/dev/%s/cmd" % (env.gw.site, dev_id.hex())
+        frames = [env.command("controller", dev_id, 1, "open-valve", {"pct": 30}, NOW + 5000),
+                  env.command("controller", dev_id, 1, "open-valve", {"pct": 30}, NOW + 5000),   # replay
+                  env.command("controller", dev_id, 2, "x", None, NOW - 1),                         # expired
+                  env.command("sensor", dev_id, 3, "x", None, NOW + 5000),                          # not listed
+                  env.command("controller", dev_id, 4, "x", None, NOW + 5000, topic="ll/o/dev/x/cmd")]
+        return {"proof": cbor.dumps(env.ledger.device_proof(env.net["controller"].id)).hex(),
+                "commands": [(cmd_topic, f.hex()) for f in frames]}
 
     def gateway(self, topic: str, frame_hex: str) -> str:
         effects = self.env.feed(topic, bytes.fromhex(frame_hex), NOW)
@@ -152,3 +174,14 @@ def test_forged_receipts_and_tampered_session_responses_are_refused_in_vm(vm, ho
     assert names[6:8] == ["InvalidCertificate", "InvalidMessage"]
     assert names[8] in ("InvalidPoint", "InvalidCertificate") and names[9] == "InvalidPoint"
     assert names[10:] == ["Ignored", "SessionOpened"]
+
+
+def test_commands_from_a_proved_controller_in_vm(vm, host):
+    out, _ = run(vm, host, COMMANDS % host.commands())
+    assert out["controller"] == host.env.net["controller"].id.hex()
+    ok, replay, expired, unlisted, wrong_topic = out["commands"]
+    assert ok[:4] == [True, "open-valve", {"pct": 30}, 1]
+    assert not replay[0] and "already used" in replay[4]
+    assert not expired[0] and "expired" in expired[4]
+    assert not unlisted[0] and "not a controller listed" in unlisted[4]
+    assert not wrong_topic[0] and "signature" in wrong_topic[4]
