@@ -398,8 +398,8 @@ def deliver_receipts(env, client, mq, accepted, mutate=None):
     del accepted[:]
 
 
-def test_client_opens_a_session_itself_and_checks_receipts(gw_env):
-    env, storage, accepted = gw_env, MemoryStorage(), []
+def test_client_opens_a_session_itself_and_checks_receipts(gw_env, storage):
+    env, accepted = gw_env, []
     client, mq, _ = gateway_client(env, storage, accepted)
     assert client.publish({"t": 1}) is None and client.pending() == 1          # held: no session yet
     assert client.open_session(5000)
@@ -468,3 +468,18 @@ def test_tampered_session_responses_are_not_taken(gw_env, field):
     assert not client.open_session(300)
     assert client.session is None and client.stats["ignored_replies"] >= 1
     assert client.stats["sessions_opened"] == 0 and storage.read("llsess") == b""
+
+
+def test_a_damaged_or_expired_stored_session_is_not_used(gw_env):
+    env, storage, accepted = gw_env, MemoryStorage(), []
+    client, _, _ = gateway_client(env, storage, accepted)
+    assert client.open_session(5000)
+    good = storage.read("llsess")
+    storage.replace("llsess", good[:-1] + bytes([good[-1] ^ 1]))
+    again, _, _ = gateway_client(env, storage, accepted)
+    assert again.session is None and again.stats["sessions_restored"] == 0 and storage.read("llsess") == b""
+    storage.replace("llsess", good)
+    env.now = client.session.valid_until_s * 1000
+    late, _, _ = gateway_client(env, storage, accepted)
+    assert late.session is None and storage.read("llsess") == b""
+    assert late.open_session(5000) and late.stats["session_requests"] == 1
