@@ -11,7 +11,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_help_lists_every_command():
     out = _run("--help").stdout
-    for name in ("demo", "deploy", "virtual-board", "cluster", "gateway", "bench", "leakage"):
+    for name in ("demo", "deploy", "provision", "virtual-board", "cluster", "gateway", "bench", "leakage", "up",
+                 "admin"):
         assert name in out
 
 

@@ -175,7 +175,7 @@ def test_live_demo_runs_bans_and_stops_cleanly(tmp_path):
 @pytest.mark.slow
 def test_live_demo_on_the_embedded_broker(tmp_path):
     data = tmp_path / "run"
-    run = Run(["--devices", "4", "--duration", "8", "--data", str(data)], env={"LEDGERLINK_BROKER": "embedded"})
+    run = Run(["--devices", "4", "--duration", "8", "--data", str(data), "--broker", "embedded"])
     try:
         rc = run.finish(60)
     finally:

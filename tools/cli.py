@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     demo = commands.add_parser(
         "demo", help="run the whole system on this machine (broker, 4 ledger nodes, gateway, devices)",
-        description="Start an MQTT broker (mosquitto), a 4-node ledger, a gateway and simulated devices on "
+        description="Start an MQTT broker (mosquitto when installed, else the embedded one), a 4-node ledger, a gateway and simulated devices on "
                     "loopback; register the devices, open sessions, publish readings, verify receipts, ban one "
                     "device halfway; stop on Ctrl-C or after --duration. Exit 0 only when every check held.")
     demo.add_argument("--devices", type=int, default=20, metavar="N", help="simulated devices (default 20, at least 2)")
@@ -44,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "default: a temporary directory, removed after a successful run)")
     demo.add_argument("--interval", type=float, default=1.0, metavar="S",
                       help="seconds between readings of one device (default 1)")
+    demo.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default=None,
+                      help="MQTT broker: mosquitto, embedded (Python, nothing to install) or auto (default, or "
+                           "$LEDGERLINK_BROKER): mosquitto when installed, else embedded")
     demo.add_argument("--library", action="store_true",
                       help="instead: the in-process example of the protocol library (no processes, no network)")
     demo.add_argument("--backend", choices=("portable", "cpython"), default=None,
@@ -81,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             return run_live(devices=args.devices, duration=args.duration, site=args.site, data=args.data,
-                            interval=args.interval)
+                            interval=args.interval, broker=args.broker)
         except KeyboardInterrupt:                # before anything was started
             print("interrupted", file=sys.stderr)
             return 130
