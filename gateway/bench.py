@@ -118,14 +118,18 @@ class Observer:
         t = time.monotonic()
         payload = bytes(m.payload)
         if "/verified/" in m.topic:
+            # {..., 5: frame hash, 6: gateway name (32 hex digits)} ends the deterministic map: no full decode
+            if payload[-70:-67] == b"\x05\x58\x20" and payload[-35:-32] == b"\x06\x78\x20":
+                h = payload[-67:-35]
+            else:
+                h = cbor.loads(payload)[5]
             with self.cond:
-                self.verified[cbor.loads(payload)[5]] = t
+                self.verified[h] = t
                 self.cond.notify_all()
             return
-        if payload[:3] == b"\xa8\x00\x01":                  # receipt map {0: 1, ...}: only its hash is needed
-            msg = cbor.loads(payload)
+        if payload[:6] == b"\xa8\x00\x01\x01\x58\x20":          # receipt map {0: 1, 1: frame hash, ...}
             with self.cond:
-                self.receipts[msg[1]] = t
+                self.receipts[payload[6:38]] = t
             return
         msg = cbor.loads(payload)
         if msg.get(0) == 2:
