@@ -17,8 +17,9 @@ Protects against:
   cover the topic; the kid must match the topic's device;
 - a lying broker or ledger node: the registry view only takes device records (or their absence)
   proved by a sparse-Merkle proof under a header certified by 2f+1 of the trusted validators
-  (``spv.verify_record_proof``); an older proof never replaces a newer one, and a ban in a newer
-  certified proof applies to the next frame;
+  (the checks of ``spv.verify_record_proof``; the quorum signatures of a certified header are checked
+  once per exact header bytes, the last ``HEADER_CACHE`` of them remembered); an older proof never
+  replaces a newer one, and a ban in a newer certified proof applies to the next frame;
 - replays and reordering beyond the window, floods from one device (the others keep their budget);
 - malformed input: any bytes on any topic give a refusal, never an exception out of ``on_frame``;
 - session certificate reuse: a request nonce, request point or certificate is issued only once.
@@ -523,7 +524,8 @@ class GatewayCore:
         now_s = now_ms // 1000
         try:
             cert, r = ecqv.issue(req[2], self.keys.ca, self.rng(16), self.gateway_id, topic_dev, now_s,
-                                 now_s + self.limits.session_lifetime_s, ecqv.USAGE_SESSION, rng=self.rng)
+                                 now_s + self.limits.session_lifetime_s, ecqv.USAGE_SESSION, rng=self.rng,
+                                 peer=self.site_public)
         except LedgerlinkError:
             raise _Refusal(MALFORMED, "request point R_U is not a valid P-256 point") from None
         cert_hash = sha256(cert)

@@ -32,7 +32,7 @@ broker, gateway and ledger, tests/micropython/test_stack_in_vm.py.
 
 import hashlib
 
-from ledgerlink.core import cbor, cose, ecqv, merkle, session_keys, spv
+from ledgerlink.core import cbor, cose, ecqv, merkle, p256, session_keys, spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof, LedgerlinkError
 
@@ -465,6 +465,10 @@ class DeviceProtocol:
             raise InvalidMessage("session certificate names another device")
         if parsed.usage != ecqv.USAGE_SESSION:
             raise InvalidMessage("certificate is not a session certificate")
+        if parsed.issuer != gw_id:
+            raise InvalidMessage("session certificate issued by another gateway")
+        if parsed.peer is None or p256.decode_point(q_gw) != parsed.peer:
+            raise InvalidMessage("gateway key is not the one the certificate names")
         if not parsed.valid_at(now_ms // 1000):
             raise InvalidMessage("session certificate is not valid now")
         d_u, _ = ecqv.reconstruct(pending.secret, cert, r, self.ca_public)

@@ -18,8 +18,13 @@ What this protects against, and how it is tested:
 - out-of-range scalars (r, k_U, e) -- refused with InvalidScalar / InvalidCertificate.
 Secret scalars (k_U, k, d_CA, d_U) only meet constant-time point multiplication (p256.base_mult).
 
+- a man in the middle swapping the key a session is agreed with -- a session certificate names that
+  key (``peer``), so the CA's implicit signature covers it and a swapped key breaks reconstruction;
+  tests swap the key in the session response.
+
 Certificates are CBOR arrays (see docs/protocol.md, `ecqv-cert`):
-[version, serial, issuer, subject, valid_from, valid_until, usage, P_U (33-byte compressed point)].
+[version, serial, issuer, subject, valid_from, valid_until, usage, P_U (33-byte compressed point)
+(, peer: 33-byte compressed point, the key a session certificate's key is agreed with)].
 """
 
 import hashlib
@@ -115,7 +120,7 @@ def reconstruct_raw(request_secret, r, cert_bytes, p_u, ca_public, convention=SE
 class ImplicitCert:
     """A ledgerlink implicit certificate; ``encode()`` gives the exact bytes that are hashed."""
 
-    def __init__(self, serial, issuer, subject, valid_from, valid_until, usage, p_u):
+    def __init__(self, serial, issuer, subject, valid_from, valid_until, usage, p_u, peer=None):
         self.serial = serial
         self.issuer = issuer
         self.subject = subject
@@ -123,11 +128,14 @@ class ImplicitCert:
         self.valid_until = valid_until
         self.usage = usage
         self.p_u = p_u
+        self.peer = peer
 
     def encode(self):
-        return cbor.dumps([CERT_VERSION, self.serial, self.issuer, self.subject,
-                           self.valid_from, self.valid_until, self.usage,
-                           p256.encode_point(self.p_u, True)])
+        items = [CERT_VERSION, self.serial, self.issuer, self.subject, self.valid_from, self.valid_until,
+                 self.usage, p256.encode_point(self.p_u, True)]
+        if self.peer is not None:
+            items.append(p256.encode_point(self.peer, True))
+        return cbor.dumps(items)
 
     def hash(self):
         return hashlib.sha256(self.encode()).digest()
@@ -148,9 +156,10 @@ def decode_cert(data):
     if not isinstance(data, (bytes, bytearray)) or len(data) > 512:
         raise DecodeError("certificate must be at most 512 bytes")
     items = cbor.loads(bytes(data))
-    if not isinstance(items, list) or len(items) != 8:
-        raise InvalidMessage("certificate must be an array of 8 items")
-    version, serial, issuer, subject, valid_from, valid_until, usage, p_u = items
+    if not isinstance(items, list) or len(items) not in (8, 9):
+        raise InvalidMessage("certificate must be an array of 8 or 9 items")
+    version, serial, issuer, subject, valid_from, valid_until, usage, p_u = items[:8]
+    peer = items[8] if len(items) == 9 else None
     if version != CERT_VERSION:
         raise InvalidMessage("unsupported certificate version %r" % (version,))
     for name, value in (("serial", serial), ("issuer", issuer), ("subject", subject)):
@@ -163,15 +172,23 @@ def decode_cert(data):
         raise InvalidMessage("certificate validity period is empty")
     if not isinstance(p_u, bytes) or len(p_u) != 33:
         raise InvalidMessage("certificate P_U must be a 33-byte compressed point")
-    return ImplicitCert(serial, issuer, subject, valid_from, valid_until, usage, p256.decode_point(p_u))
+    if peer is not None and (not isinstance(peer, bytes) or len(peer) != 33):
+        raise InvalidMessage("certificate peer key must be a 33-byte compressed point")
+    return ImplicitCert(serial, issuer, subject, valid_from, valid_until, usage, p256.decode_point(p_u),
+                        None if peer is None else p256.decode_point(peer))
 
 
 def issue(request_point, ca_private, serial, issuer, subject, valid_from, valid_until,
-          usage=USAGE_SESSION, rng=None):
-    """CA side: return (cert_bytes, r as 32 bytes) for a request point R_U (33 or 65 bytes)."""
+          usage=USAGE_SESSION, rng=None, peer=None):
+    """CA side: return (cert_bytes, r as 32 bytes) for a request point R_U (33 or 65 bytes).
+
+    ``peer`` (33 or 65 bytes) is the key a session certificate's key is agreed with (the gateway's
+    site key); it goes into the certificate, so the CA vouches for it."""
+    peer_point = None if peer is None else p256.decode_point(peer)
+
     def make_cert(p_u_bytes):
         return ImplicitCert(serial, issuer, subject, valid_from, valid_until, usage,
-                            p256.decode_point(p_u_bytes)).encode()
+                            p256.decode_point(p_u_bytes), peer_point).encode()
 
     cert_bytes, r, _ = issue_raw(request_point, ca_private, make_cert, rng=rng)
     return cert_bytes, r

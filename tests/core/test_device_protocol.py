@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledgerlink.core import cbor, device_protocol as dp, session_keys
+from ledgerlink.core import cbor, device_protocol as dp, ecqv, p256, session_keys
 from ledgerlink.core.errors import (DecodeError, InvalidCertificate, InvalidMessage, InvalidPoint, InvalidProof,
                                     LedgerlinkError)
 from ledgerlink.device.core import MemoryCounter, SequenceCounter
@@ -98,6 +98,28 @@ def test_tampered_session_responses_are_refused(field, mutate, error):
     result = dev.handle_down(cbor.dumps({0: 3, 1: resp}), NOW)
     assert isinstance(result, dp.Ignored) and dev.session is None and dev.session_pending
     assert isinstance(dev.handle_down(cbor.dumps(msg), NOW), dp.SessionOpened)
+
+
+def test_man_in_the_middle_cannot_swap_the_gateway_key():
+    """The certificate names the gateway's key: a swapped key in the response, or in the
+    certificate too, is refused, so nobody between device and gateway learns the session key."""
+    env = Env()
+    dev = protocol(env)
+    resp = dict(cbor.loads(session_reply(env, dev))[1])
+    attacker = CRYPTO.public_key(CRYPTO.generate_private_key(), True)
+    with pytest.raises(InvalidMessage, match="not the one the certificate names"):
+        dev.check_session_response({**resp, 4: attacker}, NOW)
+    cert = ecqv.decode_cert(resp[2])
+    assert cert.peer == p256.decode_point(resp[4])
+    cert.peer = p256.decode_point(attacker)
+    with pytest.raises(InvalidCertificate):
+        dev.check_session_response({**resp, 2: cert.encode(), 4: attacker}, NOW)
+    with pytest.raises(InvalidMessage, match="another gateway"):
+        dev.check_session_response({**resp, 5: b"other-gateway"}, NOW)
+    cert.peer = None                              # a certificate that names no key
+    with pytest.raises(InvalidMessage, match="not the one the certificate names"):
+        dev.check_session_response({**resp, 2: cert.encode()}, NOW)
+    dev.check_session_response(resp, NOW)
 
 
 def test_certificate_for_another_device_or_time_is_refused():

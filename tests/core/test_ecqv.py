@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledgerlink.core import ecdsa, ecqv, p256
+from ledgerlink.core import cbor, ecdsa, ecqv, p256
 from ledgerlink.core.errors import (
     DecodeError, InvalidCertificate, InvalidMessage, InvalidPoint, InvalidScalar,
 )
@@ -95,6 +95,23 @@ def test_decoded_certificate_fields():
     assert parsed.subject == b"device-7"
     assert parsed.valid_at(1500) and not parsed.valid_at(2000) and not parsed.valid_at(999)
     assert parsed.encode() == cert
+
+
+def test_session_certificate_names_its_peer_key():
+    ca_priv = ecdsa.generate_private_key()
+    peer = ecdsa.public_key(ecdsa.generate_private_key())          # uncompressed in, compressed in the cert
+    k_u, r_u = ecqv.create_request()
+    cert, r = ecqv.issue(r_u, ca_priv, b"s" * 8, b"gw", b"dev", 0, 10, peer=peer)
+    parsed = ecqv.decode_cert(cert)
+    assert cbor.loads(cert)[8] == p256.encode_point(p256.decode_point(peer), True)
+    assert parsed.peer == p256.decode_point(peer) and parsed.encode() == cert
+    ecqv.reconstruct(k_u, cert, r, ecdsa.public_key(ca_priv))
+    items = cbor.loads(cert)
+    for bad in (b"\x02" * 32, b"\x05" + bytes(32), 7):
+        with pytest.raises((InvalidMessage, InvalidPoint)):
+            ecqv.decode_cert(cbor.dumps(items[:8] + [bad]))
+    with pytest.raises(InvalidMessage):
+        ecqv.decode_cert(cbor.dumps(items + [items[8]]))
 
 
 def test_wrong_r_is_refused():
