@@ -16,6 +16,7 @@ import urllib.request
 
 import pytest
 
+from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.cluster import free_base_port
 from ledgerlink.tools import up
@@ -81,6 +82,9 @@ def test_up_runs_a_site_and_stops_on_sigint(tmp_path):
         assert "admin key: %s" % (tmp_path / "admin.key") in text
         url = re.search(r"dashboard: (http://\S+)", text).group(1)
         assert url == "http://127.0.0.1:%d/" % http
+        ca_public = re.search(r"board configs: chain_id 'll-hall-2', ca_public ([0-9a-f]{66}) ", text).group(1)
+        ca_key = bytes.fromhex((tmp_path / "site" / "ledger" / "keys" / "gw-ca.key").read_text().strip())
+        assert bytes.fromhex(ca_public) == get_backend("cpython").public_key(ca_key, True)
         with urllib.request.urlopen(url, timeout=10) as resp:
             assert resp.status == 200
         assert listening(broker)

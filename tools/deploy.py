@@ -135,6 +135,17 @@ def load_config(path: Path, profile: dict) -> dict:
                 p256.decode_point(bytes.fromhex(key))
             except (TypeError, ValueError, LedgerlinkError):
                 raise DeployError(2, "%s: validator_keys[%d] is not a hex P-256 public key" % (where, i)) from None
+        if not _need(config, "chain_id", str, where):
+            raise DeployError(2, "%s: 'chain_id' is empty" % where)
+        mode = config.get("mode", "session")
+        if mode not in ("session", "signed"):
+            raise DeployError(2, "%s: mode must be \"session\" or \"signed\"" % where)
+        if mode == "session" or "ca_public" in config:
+            try:
+                p256.decode_point(bytes.fromhex(_need(config, "ca_public", str, where)))
+            except (ValueError, LedgerlinkError):
+                raise DeployError(2, "%s: ca_public is not a hex P-256 public key (the gateway's fog CA key, "
+                                     "printed by ledgerlink up)" % where) from None
         board_config = dict(config)
         board_config.pop("wifi_file", None)
         if needs_wifi(profile):

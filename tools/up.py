@@ -426,6 +426,9 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
     lines.append("admin key: %s (device %s); e.g. ledgerlink admin --up-config %s validators"
                  % (cfg.admin_key_path, device_id(admin_pub).hex(), cfg.path))
     lines.append("gateway: device %s, log %s" % (stack.gateway_id.hex(), cfg.data_dir / "gateway.log"))
+    ca_key = read_key(cfg.data_dir / "ledger" / "keys" / "gw-ca.key", "fog CA key")
+    lines.append("board configs: chain_id %r, ca_public %s (the fog CA key), validator_keys as above"
+                 % (c.chain_id, be.public_key(ca_key, True).hex()))
     lines.append("dashboard: %s (metrics at %smetrics)" % (stack.dashboard_url, stack.dashboard_url)
                  if stack.dashboard_url else "dashboard: not started (see the gateway log)")
     lines.append("processes: %s" % " ".join(str(p) for p in stack.pids()))

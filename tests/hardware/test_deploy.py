@@ -64,7 +64,8 @@ def test_dry_run_prints_the_plan_and_hides_the_password(config, capsys):
     assert "-march=armv6m" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("key", ["broker", "site", "device_name", "gateway_id", "validator_keys", "wifi_file"])
+@pytest.mark.parametrize("key", ["broker", "site", "device_name", "gateway_id", "validator_keys", "wifi_file",
+                                 "chain_id", "ca_public"])
 def test_missing_config_key_is_one_line_exit_2(config, key, capsys, monkeypatch):
     data = json.loads(config.read_text())
     del data[key]
@@ -82,6 +83,8 @@ def test_bad_values_are_refused(config, capsys):
     data = json.loads(config.read_text())
     for broken, message in [({"validator_keys": ["04" + "00" * 64]}, "validator_keys[0]"),
                             ({"broker": {"host": "h", "port": 70000}}, "broker.port"),
+                            ({"ca_public": "05" + "11" * 32}, "ca_public is not a hex P-256 public key"),
+                            ({"mode": "plain"}, "mode must be"),
                             ({"wifi_file": "/nonexistent/wifi.json"}, "Wi-Fi file /nonexistent/wifi.json not found")]:
         config.write_text(json.dumps(dict(data, **broken)))
         assert deploy.main(["--port", "p", "--board", "esp32", "--config", str(config), "--dry-run"]) == 2
