@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+import pytest
+
 from ledgerlink.core import cbor, cose, ecqv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.gateway import checks as c
@@ -77,3 +81,23 @@ def test_restart_keeps_replay_windows_and_sessions(tmp_path):
     keys = _device_keys(env, "sensor", secret, reply.payload)
     h = run(svc2, ledger, up(dev), session_reading(keys, dev, 6))
     assert len(h.decided) == 1 and svc2.store.stats()["unbatched"] == 2
+
+
+def test_a_group_of_inputs_is_committed_in_one_transaction_before_it_is_decided(tmp_path):
+    ledger = FakeLedgerAdapter(clock=lambda: DevNet().time_ms)
+    svc = make(ledger, tmp_path / "gw.db")
+    net = ledger.net
+    dev = net["sensor"].id
+    run(svc, ledger, up(dev), reading(net, "sensor", 1))
+    statements: list[str] = []
+    svc.store.db.set_trace_callback(statements.append)
+    group = [reading(net, "sensor", s) for s in (2, 3, 4)] + [reading(net, "sensor", 5, key="actuator")]
+    h = svc.handle_many([("frame", up(dev), f) for f in group] + [("tick",)], NOW)
+    assert [s for s in statements if s.strip().upper() == "COMMIT"] == ["COMMIT"]
+    assert h.decided == [CRYPTO.sha256(f) for f in group]
+    assert svc.store.stats()["unbatched"] == 4 and svc.store.stats()["warnings"] == {"queued": 1}
+    assert all(svc.store.blob(CRYPTO.sha256(f)) == f for f in group[:3])
+    # when the store cannot commit, nothing of the group is decided (the transport acks nothing)
+    svc.store.db.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        svc.handle_many([("frame", up(dev), reading(net, "sensor", 6))], NOW)
