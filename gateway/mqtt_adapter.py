@@ -2,9 +2,9 @@
 
 Subscribes to ``$share/ll-gw-{site}/ll/{site}/dev/+/up`` and ``.../session`` with QoS 1 on a persistent
 session (clean_start false), announcing a Receive Maximum of ``receive_maximum`` frames in flight (without
-it mosquitto sends 20 at a time, and each waits for the ack after the store commit). The client runs with ``manual_ack=True``: a PUBACK is sent only once the
-frame is decided, i.e. after an accepted frame's append to the SQLite store has been committed (WAL,
-synchronous=FULL) or after its refusal was handled. A frame that waits for a registry answer is
+it mosquitto sends 20 at a time, and each waits for the ack after the store commit). The client runs
+with ``manual_ack=True``: a PUBACK is sent only once the frame is decided, i.e. after an accepted frame's
+append to the SQLite store has been committed (WAL, synchronous=FULL) or after its refusal was handled. A frame that waits for a registry answer is
 acknowledged when that answer (or the timeout refusal) comes. If the gateway dies before the ack, the
 broker redelivers the frame (to this or another member of the shared group); the redelivery of an
 already stored frame is refused as a replay, while its receipt still comes from the stored copy.
