@@ -4,10 +4,11 @@ Subscribes to ``$share/ll-gw-{site}/ll/{site}/dev/+/up`` and ``.../session`` wit
 session (clean_start false), announcing a Receive Maximum of ``receive_maximum`` frames in flight (without
 it mosquitto sends 20 at a time, and each waits for the ack after the store commit). The client runs
 with ``manual_ack=True``: a PUBACK is sent only once the frame is decided, i.e. after an accepted frame's
-append to the SQLite store has been committed (WAL, synchronous=FULL) or after its refusal was handled. A frame that waits for a registry answer is
-acknowledged when that answer (or the timeout refusal) comes. If the gateway dies before the ack, the
-broker redelivers the frame (to this or another member of the shared group); the redelivery of an
-already stored frame is refused as a replay, while its receipt still comes from the stored copy.
+append to the SQLite store has been committed (WAL, synchronous=FULL) or after its refusal was handled.
+A frame that waits for a registry answer is acknowledged when that answer (or the timeout refusal)
+comes. If the gateway dies before the ack, the broker redelivers the frame (to this or another member
+of the shared group); the redelivery of an already stored frame is refused as a replay, while its
+receipt still comes from the stored copy.
 
 Accepted readings are republished as ``verified-reading`` on ``ll/{site}/verified/{dev}``; replies
 (refusals, receipts, session responses) go to ``ll/{site}/dev/{dev}/down``; the latest certified header
