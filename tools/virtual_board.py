@@ -25,7 +25,16 @@ build's own reads ``/dev/urandom``, which the sandbox does not have. Not support
 VM), interrupting a running program with Ctrl-C, the friendly REPL (input there is ignored),
 ``mpremote mount``, ``machine`` peripherals.
 
-Command line: ``python3 -m ledgerlink.tools.virtual_board --port 2323 [--flash DIR] [--preload]``.
+Network (opt-in, ``network_allow`` / ``--network``): a real board reaches its broker over Wi-Fi with
+``socket``; the WASI build has no sockets, so with ``--network`` each exec gets ``host_call`` (the
+preamble of ``micropython_vm``) and the host functions of a fresh ``socket_bridge.SocketBridge``, whose
+sockets board code opens with ``transport.CallTransport(host_call, host, port)``. Only addresses in the
+allow list are connected to (``--network-allow``, repeatable, addresses or networks; 127.0.0.1 by
+default); any other host raises OSError on the board naming the allow list. The sockets of an exec are
+closed when it ends, as a reset closes a board's. Without ``--network`` ``host_call`` is not defined.
+
+Command line: ``python3 -m ledgerlink.tools.virtual_board --port 2323 [--flash DIR] [--preload]
+[--network [--network-allow ADDR]...]`` (also ``ledgerlink virtual-board``).
 """
 
 from __future__ import annotations
@@ -44,7 +53,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ledgerlink.tools.micropython_vm import ERROR_MARK, GUARD, PREAMBLE, VMError, run_wasm, stage
+from ledgerlink.tools.micropython_vm import ERROR_MARK, GUARD, HOST_PREAMBLE, PREAMBLE, VMError, run_wasm, stage
+from ledgerlink.tools.socket_bridge import SocketBridge, parse_allow
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 FRIENDLY_BANNER = (b"MicroPython v1.27 on ledgerlink-virtual; WASI build\r\n"
@@ -54,6 +64,7 @@ PASTE_WINDOW = 4096
 DEFAULT_HEAP = 16 * 1024 * 1024
 DEFAULT_FUEL = 20_000_000_000
 DEFAULT_EXEC_TIMEOUT = 300.0
+DEFAULT_NETWORK_ALLOW = ("127.0.0.1",)
 BOARD_PREAMBLE = """\
 import os
 os.chdir('/input')
@@ -372,7 +383,12 @@ class VirtualBoard:
 
     def __init__(self, flash_dir: Path | None = None, port: int = 0, heap_bytes: int = DEFAULT_HEAP,
                  fuel: int = DEFAULT_FUEL, exec_timeout: float = DEFAULT_EXEC_TIMEOUT,
-                 preload_library: bool = False) -> None:
+                 preload_library: bool = False, network_allow: list[str] | tuple[str, ...] | None = None) -> None:
+        """``network_allow``: addresses or networks board code may connect to through the host (None: no
+        network); ValueError when an entry is not an address or network."""
+        if network_allow is not None:
+            parse_allow(network_allow)
+        self.network_allow = None if network_allow is None else list(network_allow)
         self._own_flash = flash_dir is None
         root = Path(flash_dir) if flash_dir is not None else Path(tempfile.mkdtemp(prefix="ledgerlink-board-"))
         root.mkdir(parents=True, exist_ok=True)
@@ -398,12 +414,21 @@ class VirtualBoard:
     def run_program(self, code: str) -> tuple[bytes, bytes]:
         """Run ``code`` in a fresh MicroPython with the flash mounted; (stdout, traceback)."""
         self.execs += 1
-        program = PREAMBLE % os.urandom(32).hex() + BOARD_PREAMBLE + GUARD % (code,)
+        program = PREAMBLE % os.urandom(32).hex() + BOARD_PREAMBLE
+        bridge = None
+        if self.network_allow is not None:
+            bridge = SocketBridge(self.network_allow)
+            program += HOST_PREAMBLE
+        program += GUARD % (code,)
         try:
             result = run_wasm(program, fuel=self.fuel, heap_bytes=self.heap_bytes,
-                              readonly_dir=self.flash.root, timeout=self.exec_timeout)
+                              readonly_dir=self.flash.root, timeout=self.exec_timeout,
+                              host_functions=bridge.functions() if bridge is not None else None)
         except VMError as exc:
             return b"", _traceback("RuntimeError: %s" % str(exc).replace("\n", " ")[:500])
+        finally:
+            if bridge is not None:
+                bridge.close()
         out, sep, err = result.stdout.partition(ERROR_MARK)
         return out.encode(), err.lstrip("\n").encode() if sep else b""
 
@@ -450,14 +475,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flash", type=Path, help="host folder holding the board's files (default: a temp folder)")
     parser.add_argument("--preload", action="store_true", help="put the compiled library in /lib first")
     parser.add_argument("--heap", type=int, default=DEFAULT_HEAP, help="MicroPython heap per exec, bytes")
+    parser.add_argument("--network", action="store_true",
+                        help="let board code open TCP connections through this host (host_call sockets)")
+    parser.add_argument("--network-allow", action="append", metavar="ADDR",
+                        help="address or network board code may connect to (repeatable; implies --network; "
+                             "default 127.0.0.1)")
     args = parser.parse_args(argv)
+    allow = None
+    if args.network or args.network_allow:
+        allow = args.network_allow or list(DEFAULT_NETWORK_ALLOW)
     try:
-        board = VirtualBoard(args.flash, port=args.port, heap_bytes=args.heap, preload_library=args.preload)
+        board = VirtualBoard(args.flash, port=args.port, heap_bytes=args.heap, preload_library=args.preload,
+                             network_allow=allow)
+    except ValueError as exc:
+        print("virtual board: --network-allow: %s" % exc, file=sys.stderr)
+        return 2
     except OSError as exc:
         print("virtual board: cannot listen on 127.0.0.1:%d (%s); pick another --port" % (args.port, exc.strerror),
               file=sys.stderr)
         return 2
-    print("virtual board on %s, flash %s" % (board.url, board.flash.root), flush=True)
+    network = "network to %s" % ", ".join(allow) if allow is not None else "no network"
+    print("virtual board on %s, flash %s, %s" % (board.url, board.flash.root, network), flush=True)
     try:
         board.serve_forever()
     except KeyboardInterrupt:
