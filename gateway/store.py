@@ -163,12 +163,17 @@ class Store:
     # --- batches ----------------------------------------------------------------------------------
 
     def create_batch(self, batch_id: bytes, root: bytes, tx: bytes, message_ids: list[int], now_ms: int) -> None:
-        stmts: list[tuple[str, tuple]] = [
-            ("INSERT INTO batches (id, root, count, tx, status, created_ms) VALUES (?,?,?,?,?,?)",
-             (batch_id, root, len(message_ids), tx, "pending", now_ms))]
-        stmts += [("UPDATE messages SET batch = ?, leaf = ? WHERE id = ?", (batch_id, i, mid))
-                  for i, mid in enumerate(message_ids)]
-        self._tx(stmts)
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("INSERT INTO batches (id, root, count, tx, status, created_ms) VALUES (?,?,?,?,?,?)",
+                                (batch_id, root, len(message_ids), tx, "pending", now_ms))
+                self.db.executemany("UPDATE messages SET batch = ?, leaf = ? WHERE id = ?",
+                                    [(batch_id, i, mid) for i, mid in enumerate(message_ids)])
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
 
     def batches(self, status: str) -> list[Batch]:
         return [Batch(*r) for r in self._query("SELECT * FROM batches WHERE status = ? ORDER BY created_ms", (status,))]
