@@ -1,14 +1,30 @@
 """Hardware-in-the-loop checks run through mpremote on a board with ledgerlink installed (tools/deploy.py).
 
-``python3 hardware/hil/run_checks.py --port PORT --board NAME --out DIR``
+``python3 hardware/hil/run_checks.py --port PORT --board NAME --out DIR [--readings N] [--session-wait S]``
 
 On the device, in separate mpremote execs: (1) the port, MicroPython version and free heap; (2) a few
 Wycheproof ECDSA P-256/SHA-256 (P1363) verify cases and (3) AES-CCM open cases, sent as arguments in the
 program text from ../shared/vectors, each compared with the expected result; (4) key generation, ECDSA
 sign and verify, and (5) ECQV issue, reconstruct and public-key extraction, each timed with
-``time.ticks_ms`` (ms; interpreter fuel is not visible through mpremote) with ``gc.mem_free`` after.
-Writes ``<board>.txt`` (a table) and ``<board>.json`` to ``--out``. Exit 0 when every vector passed,
-1 when one failed, 3 when the board did not answer.
+``time.ticks_ms`` (ms; interpreter fuel is not visible through mpremote) with ``gc.mem_free`` after;
+(6) session and receipt: from the board's deployed config (``ledgerlink.json``: broker, site, chain_id,
+ca_public, validator_keys) and its provisioned key (``ledgerlink.key``, from ``ledgerlink provision``),
+the board client (``ledgerlink_client.device.DeviceClient``) connects to the broker, opens a new ECQV
+session with the gateway (a stored one is dropped first) and keeps it on flash; then each of
+``--readings`` execs publishes one reading under it, waits for its receipt and checks it on the board
+(batch inclusion, anchor, certified header with 2f+1 validator signatures). Reported: time to open the
+session (connect, request, response checked, key derived), per reading the time from publishing to the
+checked receipt and of the check itself, ledger height, ``gc.mem_free``. The readings use the board's
+own queue and sequence counter (folder ``ll``, as the board program's ``/ll``), so a sequence number is
+never reused. Wi-Fi (config ``wifi``) is brought up and the clock set by NTP when it is not. The board
+reaches the broker through ``socket`` (``transport.open_socket``), or on the virtual board through
+the host's sockets (``transport.CallTransport`` with ``host_call``, given by ``virtual_board
+--network``); ``open_stream`` picks. The step is skipped, with a line saying so, only when the config
+has no broker (or with ``--skip-session``); every other problem (no key, broker unreachable, the
+session response or a receipt not checking out, a timeout) fails it with the reason.
+
+Writes ``<board>.txt`` (a table) and ``<board>.json`` to ``--out``. Exit 0 when every vector passed and
+the session step passed or was skipped, 1 when something failed, 3 when the board did not answer.
 
 On the WASI build behind tools/virtual_board.py, ``gc.collect()`` is not called (that build's collector
 corrupts memory); on boards it runs before each measurement.
