@@ -27,7 +27,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def parse_allow(entries: Iterable[str]) -> list[Network]:
-    """Addresses or networks (``127.0.0.1``, ``10.0.0.0/8``, ``::1``) as ip_network objects; ValueError if one is not."""
+    """Addresses or networks (``127.0.0.1``, ``10.0.0.0/8``, ``::1``) as ip_network objects.
+
+    Raises ValueError naming the first entry that is neither."""
     out = []
     for entry in entries:
         text = entry.strip()

@@ -21,8 +21,8 @@ what was copied to ``/lib``. Files that board code writes (``open``, ``os.rename
 the flash) stay in the folder for the life of the server, as on a board's flash: later execs and
 mpremote's file commands see them. ``os.urandom`` on the board is ``host_urandom`` of the preamble
 (a fresh 32-byte seed from the host's ``os.urandom`` per exec, expanded with SHA-256): the WASI
-build's own reads ``/dev/urandom``, which the sandbox does not have. Not supported: variables kept between two execs (each exec is a new
-VM), interrupting a running program with Ctrl-C, the friendly REPL (input there is ignored),
+build's own reads ``/dev/urandom``, which the sandbox does not have. Not supported: variables kept
+between two execs (each exec is a new VM), interrupting a running program with Ctrl-C, the friendly REPL (input there is ignored),
 ``mpremote mount``, ``machine`` peripherals.
 
 Network (opt-in, ``network_allow`` / ``--network``): a real board reaches its broker over Wi-Fi with
