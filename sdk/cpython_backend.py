@@ -18,6 +18,7 @@ from ledgerlink.core.errors import InvalidKey, InvalidPoint, InvalidScalar, Inva
 
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _CCM_TAGS = (4, 6, 8, 10, 12, 14, 16)
+PUBLIC_KEY_CACHE = 65536       # decoded public keys kept (least recently used dropped): one per device
 
 
 def _scalar(priv: bytes) -> int:
@@ -113,9 +114,11 @@ class CryptographyBackend(_Common):
                 key = self._ec.EllipticCurvePublicKey.from_encoded_point(self._ec.SECP256R1(), bytes(pub))
             except ValueError as exc:
                 raise InvalidPoint("invalid P-256 point: %s" % exc) from None
-            if len(self._pub_cache) > 4096:
-                self._pub_cache.clear()
+            if len(self._pub_cache) >= PUBLIC_KEY_CACHE:
+                del self._pub_cache[next(iter(self._pub_cache))]     # the least recently used
             self._pub_cache[bytes(pub)] = key
+        elif len(self._pub_cache) > PUBLIC_KEY_CACHE // 2:
+            self._pub_cache[pub] = self._pub_cache.pop(pub)        # most recently used last
         return key
 
     def public_key(self, priv: bytes, compressed: bool = False) -> bytes:

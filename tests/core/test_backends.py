@@ -111,3 +111,19 @@ def test_deterministic_results_are_byte_identical(seed, peer_seed, msg, key, non
     for c in crypto.values():
         for other in crypto.values():
             assert other.verify(c.public_key(priv), msg, c.sign(priv, msg))
+
+
+def test_public_key_cache_drops_the_least_recently_used(monkeypatch):
+    from ledgerlink import cpython_backend
+
+    monkeypatch.setattr(cpython_backend, "PUBLIC_KEY_CACHE", 4)
+    be = cpython_backend.CryptographyBackend()
+    keys = [be.generate_private_key() for _ in range(6)]
+    pubs = [be.public_key(k) for k in keys]
+    sigs = [be.sign(k, b"m") for k in keys]
+    for i in range(4):
+        assert be.verify(pubs[i], b"m", sigs[i])
+    assert be.verify(pubs[0], b"m", sigs[0])            # 0 used again: 1 is now the oldest
+    assert be.verify(pubs[4], b"m", sigs[4])
+    assert list(be._pub_cache) == [pubs[2], pubs[3], pubs[0], pubs[4]]
+    assert not be.verify(pubs[5], b"m", sigs[4]) and len(be._pub_cache) == 4
