@@ -26,9 +26,9 @@ Bad input: the decoder checks every length, flag, property identifier, duplicate
 string; a malformed packet closes that connection with DISCONNECT 0x81 (protocol errors 0x82, too large
 0x95; for 3.1.1 clients the connection is closed), and an unexpected exception in a handler closes only
 that connection (0x80). ``decode_packet`` (in ``ledgerlink.mqtt5``, the codec) is the pure decoder; tests
-feed it random and mutated packets (hypothesis) and check that only ``MqttError`` comes out, and drive the running broker with paho-mqtt
-clients and raw sockets. There is no authentication: any client on the listening address may connect
-(devices are authenticated by their signatures, not by the broker).
+feed it random and mutated packets (hypothesis) and check that only ``MqttError`` comes out, and drive the
+running broker with paho-mqtt clients and raw sockets. There is no authentication: any client on the
+listening address may connect (devices are authenticated by their signatures, not by the broker).
 """
 
 from __future__ import annotations
