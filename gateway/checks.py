@@ -338,6 +338,7 @@ class GatewayCore:
         self.used_requests: set[bytes] = set()
         self._headers: OrderedDict[bytes, spv.Header] = OrderedDict()
         self.issued_certs: set[bytes] = set()
+        self.session_source: Callable[[bytes], tuple[bytes, bytes] | None] | None = None
         self._prefix = "ll/%s/dev/" % site
 
     # --- topics ---------------------------------------------------------------------------------
@@ -464,6 +465,8 @@ class GatewayCore:
                 raise _Refusal(MALFORMED, "Partial IV must be the sequence number, 1..4 bytes, minimal")
             session = self.sessions.get(msg.kid)
             if session is None:
+                session = self._shared_session(msg.kid)
+            if session is None:
                 raise _Refusal(UNKNOWN_SESSION, "session %s is unknown to this gateway" % msg.kid.hex())
             if session.device_id != topic_dev:
                 raise _Refusal(WRONG_TOPIC, "session belongs to another device")
@@ -536,6 +539,21 @@ class GatewayCore:
         response = {1: req[3], 2: cert, 3: r, 4: self.site_public, 5: self.gateway_id}
         return [Reply(self.down_topic(topic_dev), cbor.dumps({0: KIND_SESSION, 1: response}), sha256(frame)),
                 CertIssued(topic_dev, cert)]
+
+    def _shared_session(self, session_id: bytes) -> Session | None:
+        """A session issued by another process of this site (same CA and site keys), from
+        ``session_source`` (the shared store): its keys are derived again here from the certificate."""
+        if self.session_source is None:
+            return None
+        found = self.session_source(session_id)
+        if found is None:
+            return None
+        dev, cert = found
+        try:
+            session = self.install_session(cert, dev)
+        except LedgerlinkError:
+            return None
+        return session if session.session_id == session_id else None
 
     def install_session(self, cert: bytes, dev: bytes) -> Session:
         """Derive and keep the session keys of a certificate this gateway issued (also after a restart)."""

@@ -21,6 +21,11 @@ gateway's registered ledger key (role gateway), ``ca`` its fog CA key and ``site
 (optional) starts the dashboard and ``/metrics`` (see ``ledgerlink.gateway.dashboard``). ``trust`` defaults to
 the chain id and validator keys of the cluster file. Relative paths are relative to the config file.
 Keys are never logged. SIGINT/SIGTERM stop the gateway cleanly.
+
+Several gateway processes of one site on one host share the load: give them the same ``site``, keys,
+``store`` file and ``mqtt.shared``, and each its own stable ``mqtt.client_id`` (it names the process's
+rows in the shared store, so a restarted process anchors what it had accepted). Sessions opened
+through one process are then known to all, and a sequence number is accepted once across them.
 """
 
 from __future__ import annotations
@@ -81,7 +86,8 @@ def build(cfg: dict[str, Any]) -> MqttGateway:
     validators = [bytes.fromhex(k) for k in trust["validators"]] if "validators" in trust else list(cluster.validators)
     limits = Limits(**cfg.get("limits", {}))
     core = GatewayCore(site, keys, chain_id, validators, limits)
-    store = Store(_path(cfg, cfg.get("store", "gateway-%s.db" % site)))
+    store = Store(_path(cfg, cfg.get("store", "gateway-%s.db" % site)),
+                  owner=str(cfg.get("mqtt", {}).get("client_id", "")))
     ledger = LedgerClient(cluster_path)
     batch = cfg.get("batch", {})
     batcher = Batcher(store, ledger, site, chain_id, validators, keys.identity, max_batch=int(batch.get("max", 256)),

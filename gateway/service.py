@@ -42,6 +42,7 @@ class GatewayService:
     def __init__(self, core: c.GatewayCore, store: Store) -> None:
         self.core = core
         self.store = store
+        core.session_source = store.session_cert
         self.observer: Any = None      # ``ledgerlink.gateway.metrics.GatewayMetrics``: sees inputs and effects
 
     def restore(self, now_ms: int) -> None:
@@ -58,13 +59,15 @@ class GatewayService:
         """Carry out ``effects``: their store writes in one transaction, then what to publish and ack."""
         out = Handled()
         accepted: list[tuple[bytes, bytes, int, int, str, int]] = []
+        accepts: list[tuple[int, Outgoing]] = []          # (index in effects, its verified republish)
         warnings: list[tuple[dict, int]] = []
         certs: list[tuple[bytes, bytes, int]] = []
-        for e in effects:
+        for k, e in enumerate(effects):
             if isinstance(e, c.Accept):
                 accepted.append((e.frame, e.device_id, e.seq, e.time_ms, e.topic, now_ms))
-                out.outgoing.append(Outgoing(self.core.verified_topic(e.device_id),
-                                             e.verified_reading(self.core.gateway_name)))
+                verified = Outgoing(self.core.verified_topic(e.device_id), e.verified_reading(self.core.gateway_name))
+                accepts.append((k, verified))
+                out.outgoing.append(verified)
                 out.decided.append(e.frame_hash)
             elif isinstance(e, c.Refuse):
                 if e.report:
@@ -85,10 +88,33 @@ class GatewayService:
                 out.outgoing.append(Outgoing(self.core.header_topic(), e.certified, retain=True))
             elif isinstance(e, c.Ignored):
                 log.warning("ignored: %s", e.reason)
-        self.store.write_many(accepted, warnings, certs)
+        elsewhere: list[tuple[int, bool]] = []
+        self.store.write_many(accepted, warnings, certs, elsewhere)
+        if elsewhere:
+            self._stored_elsewhere(effects, accepts, elsewhere, out, now_ms)
         if self.observer is not None:
             self.observer.effects(effects, now_ms)
         return out
+
+    def _stored_elsewhere(self, effects: list[c.Effect], accepts: list[tuple[int, Outgoing]],
+                          elsewhere: list[tuple[int, bool]], out: Handled, now_ms: int) -> None:
+        """Accepted frames whose (device, seq) another gateway process sharing the store had already
+        stored: refused as replays (not republished); a different frame under a taken seq is reported."""
+        warnings = []
+        for i, same_frame in elsewhere:
+            k, verified = accepts[i]
+            e = effects[k]
+            assert isinstance(e, c.Accept)
+            out.outgoing.remove(verified)
+            refusal = c.Refuse(e.frame_hash, self.core.gateway_id, e.device_id, now_ms, c.REPLAY,
+                               "sequence number %d already accepted by another gateway process" % e.seq,
+                               self.core.down_topic(e.device_id), report=not same_frame)
+            effects[k] = refusal
+            out.outgoing.append(Outgoing(refusal.reply_topic, refusal.reply()))
+            if refusal.report:
+                warnings.append((refusal.warning_entry(), now_ms))
+        if warnings:
+            self.store.write_many(warnings=warnings)
 
     def _feed(self, item: tuple, now_ms: int) -> list[c.Effect]:
         kind = item[0]
