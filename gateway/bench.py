@@ -14,6 +14,7 @@ registers ``--devices`` simulated devices (their own keys; admin-signed ``tx-reg
 - session-mode throughput: ``--session-devices`` devices open ECQV sessions with the gateway's fog CA
   (the rest stay in signed mode), then ``--messages`` pre-made COSE_Encrypt0 readings of those devices.
 
+``--mqtt-client`` picks the gateway's MQTT client (``mqtt.client`` of ``ledgerlink.gateway.main``).
 All frames are made before their phase is timed. Targets: signed >= half the verify ceiling per
 gateway process, session >= 3x signed, p99 receipt latency < 500 ms at 1,000 msg/s. The machine's
 other load counts: broker, ledger nodes, gateway and this load generator share the same cores, so the
@@ -227,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--session-devices", type=int, default=1000)
     p.add_argument("--window", type=int, default=500, help="frames in flight in the throughput phases")
     p.add_argument("--reg-batch", type=int, default=1000)
+    p.add_argument("--mqtt-client", choices=("ledgerlink", "paho"),
+                   help="the gateway's MQTT client (default: the gateway's default)")
     p.add_argument("--data", help="keep the stack's data here (default: a temporary directory, removed)")
     args = p.parse_args(argv)
     crypto = get_backend("cpython")
@@ -234,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
+    if args.mqtt_client:
+        os.environ["LEDGERLINK_MQTT_CLIENT"] = args.mqtt_client
     ceiling = verify_ceiling()
+    say("gateway MQTT client: %s" % (args.mqtt_client or "default"))
     say("verify ceiling: %.0f ES256 verifications/s on one core (cpython backend)" % ceiling)
     data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="ll-gw-bench-"))
     stack = Stack(data, site=SITE, limits=LIMITS, batch={"max": 1024, "interval_ms": 100}, progress=say)

@@ -5,7 +5,7 @@ The config (JSON, or TOML when the name ends in .toml)::
     {
       "site": "plant-1",
       "mqtt": {"host": "127.0.0.1", "port": 1883, "client_id": "gw-plant-1-a", "shared": true,
-               "receive_maximum": 1000},
+               "receive_maximum": 1000, "client": "ledgerlink"},
       "store": "gateway.db",
       "keys": {"identity": "keys/gateway.key", "ca": "keys/gw-ca.key", "site": "keys/gw-site.key"},
       "ledger": {"cluster": "cluster.json"},
@@ -20,7 +20,9 @@ gateway's registered ledger key (role gateway), ``ca`` its fog CA key and ``site
 (``ca`` and ``site`` fall back to ``identity`` when not given; separate keys are better). ``http``
 (optional) starts the dashboard and ``/metrics`` (see ``ledgerlink.gateway.dashboard``). ``trust`` defaults to
 the chain id and validator keys of the cluster file. Relative paths are relative to the config file.
-Keys are never logged. SIGINT/SIGTERM stop the gateway cleanly.
+``mqtt.client`` picks the MQTT client: "ledgerlink" (the gateway's own, ``ledgerlink.gateway.mqtt_client``)
+or "paho" (paho-mqtt); without it, $LEDGERLINK_MQTT_CLIENT, else the default of
+``ledgerlink.gateway.mqtt_adapter``. Keys are never logged. SIGINT/SIGTERM stop the gateway cleanly.
 
 Several gateway processes of one site on one host share the load: give them the same ``site``, keys,
 ``store`` file and ``mqtt.shared``, and each its own stable ``mqtt.client_id`` (it names the process's
@@ -43,7 +45,7 @@ from typing import Any
 from ledgerlink.gateway.batcher import Batcher
 from ledgerlink.gateway.checks import GatewayCore, GatewayKeys, Limits
 from ledgerlink.gateway.dashboard import start_for
-from ledgerlink.gateway.mqtt_adapter import RECEIVE_MAXIMUM, MqttGateway
+from ledgerlink.gateway.mqtt_adapter import DEFAULT_CLIENT, RECEIVE_MAXIMUM, MqttGateway
 from ledgerlink.gateway.service import GatewayService
 from ledgerlink.gateway.store import Store
 
@@ -96,7 +98,8 @@ def build(cfg: dict[str, Any]) -> MqttGateway:
     return MqttGateway(GatewayService(core, store), batcher, ledger, site, mq.get("host", "127.0.0.1"),
                        int(mq.get("port", 1883)), mq.get("client_id", "ll-gw-%s-%d" % (site, os.getpid())),
                        shared=bool(mq.get("shared", True)), batch_interval_ms=int(batch.get("interval_ms", 100)),
-                       receive_maximum=int(mq.get("receive_maximum", RECEIVE_MAXIMUM)))
+                       receive_maximum=int(mq.get("receive_maximum", RECEIVE_MAXIMUM)),
+                       client=str(mq.get("client") or os.environ.get("LEDGERLINK_MQTT_CLIENT") or DEFAULT_CLIENT))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,12 @@
-"""MQTT 5 transport of the gateway (paho-mqtt 2.x): shared subscriptions, QoS 1, acks after durable append.
+"""MQTT 5 transport of the gateway: shared subscriptions, QoS 1, acks after durable append.
+
+Two clients, chosen by ``client``: "ledgerlink" (``ledgerlink.gateway.mqtt_client``, one socket and
+thread, the packets of a group's publishes and acks written together) or "paho" (paho-mqtt 2.x).
 
 Subscribes to ``$share/ll-gw-{site}/ll/{site}/dev/+/up`` and ``.../session`` with QoS 1 on a persistent
 session (clean_start false), announcing a Receive Maximum of ``receive_maximum`` frames in flight (without
 it mosquitto sends 20 at a time, and each waits for the ack after the store commit). The client runs
-with ``manual_ack=True``: a PUBACK is sent only once the frame is decided, i.e. after an accepted frame's
+with manual acks: a PUBACK is sent only once the frame is decided, i.e. after an accepted frame's
 append to the SQLite store has been committed (WAL, synchronous=FULL) or after its refusal was handled.
 A frame that waits for a registry answer is acknowledged when that answer (or the timeout refusal)
 comes. If the gateway dies before the ack, the broker redelivers the frame (to this or another member
@@ -40,6 +43,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ledgerlink.gateway.batcher import Batcher, Ledger, Outgoing
+from ledgerlink.gateway.mqtt_client import MqttClient
 from ledgerlink.gateway.service import GatewayService, Handled, fetch_header, fetch_registry
 
 log = logging.getLogger("ledgerlink.gateway.mqtt")
@@ -52,6 +56,8 @@ OUT_INFLIGHT = 20               # own QoS 1 publishes awaiting a PUBACK: mosquit
 REGISTRY_FETCHERS = 16          # registry lookups in flight at once (pipelined on the ledger connection)
 BATCH_POLLS = 4                 # batcher steps per batch interval (a batch is cut soon after its oldest frame is due)
 MAX_GROUP = 256                 # inputs checked together and committed in one store transaction
+CLIENTS = ("ledgerlink", "paho")
+DEFAULT_CLIENT = "paho"
 
 
 def now_ms() -> int:
@@ -61,7 +67,10 @@ def now_ms() -> int:
 class MqttGateway:
     def __init__(self, service: GatewayService, batcher: Batcher, ledger: Ledger, site: str, host: str,
                  port: int, client_id: str, shared: bool = True, batch_interval_ms: int = 100,
-                 clock: Callable[[], int] = now_ms, receive_maximum: int = RECEIVE_MAXIMUM) -> None:
+                 clock: Callable[[], int] = now_ms, receive_maximum: int = RECEIVE_MAXIMUM,
+                 client: str = DEFAULT_CLIENT) -> None:
+        if client not in CLIENTS:
+            raise ValueError("mqtt client %r is not one of %s" % (client, ", ".join(CLIENTS)))
         self.service = service
         self.batcher = batcher
         self.ledger = ledger
@@ -75,11 +84,20 @@ class MqttGateway:
         self.events: queue.Queue = queue.Queue()
         self.fetches = ThreadPoolExecutor(REGISTRY_FETCHERS, thread_name_prefix="ll-gw-registry")
         self.stop_event = threading.Event()
-        self.pending_acks: dict[bytes, list[tuple[int, int]]] = {}
+        self.pending_acks: dict[bytes, list[tuple[Any, int]]] = {}   # frame hash -> (ack token, QoS)
         self.connected = threading.Event()
+        self.receive_maximum = receive_maximum
+        self.client_kind = client
+        self.client: Any
+        if client == "ledgerlink":
+            self.client = MqttClient(host, port, client_id, keepalive=30, clean_start=False,
+                                     session_expiry=SESSION_EXPIRY_S, receive_maximum=receive_maximum,
+                                     on_message=self._on_ll_message, on_connect=self._on_ll_connect)
+            self.client.subscriptions.update((t, 1) for t in self.subscriptions)
+            self.connected = self.client.connected
+            return
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                                   manual_ack=True)
-        self.receive_maximum = receive_maximum
         self.client.max_inflight_messages_set(OUT_INFLIGHT)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -102,18 +120,42 @@ class MqttGateway:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.events.put(("frame", msg.topic, bytes(msg.payload), msg.mid, msg.qos))
 
+    # --- ledgerlink client callbacks (network thread) --------------------------------------------------
+
+    def _on_ll_connect(self, session_present: bool) -> None:
+        log.info("connected to %s:%d (session %s), subscribed to %s", self.host, self.port,
+                 "resumed" if session_present else "new", self.subscriptions)
+
+    def _on_ll_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self.events.put(("frame", msg.topic, msg.payload, (msg.pid, msg.generation), msg.qos))
+
     # --- effects ------------------------------------------------------------------------------------
 
     def publish(self, items: list[Outgoing]) -> None:
+        if self.client_kind == "ledgerlink":
+            for o in items:
+                self.client.publish(o.topic, o.payload, 1, o.retain, flush=False)
+            self.client.flush()
+            return
         for o in items:
             self.client.publish(o.topic, o.payload, qos=1, retain=o.retain)
 
     def _carry_out(self, h: Handled) -> None:
-        self.publish(h.outgoing)
-        for frame_hash in h.decided:
-            for mid, qos in self.pending_acks.pop(frame_hash, []):
-                if qos > 0:
-                    self.client.ack(mid, qos)
+        if self.client_kind == "ledgerlink":
+            client = self.client
+            for o in h.outgoing:
+                client.publish(o.topic, o.payload, 1, o.retain, flush=False)
+            for frame_hash in h.decided:
+                for (pid, generation), qos in self.pending_acks.pop(frame_hash, ()):
+                    if qos > 0:
+                        client.ack(pid, generation, flush=False)
+            client.flush()
+        else:
+            self.publish(h.outgoing)
+            for frame_hash in h.decided:
+                for mid, qos in self.pending_acks.pop(frame_hash, []):
+                    if qos > 0:
+                        self.client.ack(mid, qos)
         for dev in h.fetch:
             self.fetches.submit(self._fetch, dev)
 
@@ -164,11 +206,14 @@ class MqttGateway:
         header = fetch_header(self.ledger)
         if header is not None:
             self.events.put(("header", header))
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        props.ReceiveMaximum = self.receive_maximum
-        self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
-        self.client.loop_start()
+        if self.client_kind == "ledgerlink":
+            self.client.start()
+        else:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            props.ReceiveMaximum = self.receive_maximum
+            self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+            self.client.loop_start()
         threads = [threading.Thread(target=self._batch_loop, name="ll-gw-batcher", daemon=True)]
         for t in threads:
             t.start()
@@ -179,8 +224,11 @@ class MqttGateway:
             for t in threads:
                 t.join(timeout=15)
             self.fetches.shutdown(wait=False, cancel_futures=True)
-            self.client.disconnect()
-            self.client.loop_stop()
+            if self.client_kind == "ledgerlink":
+                self.client.stop()
+            else:
+                self.client.disconnect()
+                self.client.loop_stop()
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -2,7 +2,7 @@
 
 ``MqttClient`` connects with clean start false, a session expiry interval and a Receive Maximum,
 subscribes (QoS 1, shared subscriptions allowed) and hands every incoming PUBLISH to ``on_message``
-on the network thread; a QoS 1 message is acknowledged only when the application calls
+on the network thread (called as paho's hook is); a QoS 1 message is acknowledged only when the application calls
 ``ack(pid, generation)``. Outgoing QoS 1 publishes are kept in flight up to the server's Receive Maximum
 (the rest wait in order); their PUBACKs are matched by packet identifier in a dict. Every call that
 writes packets takes ``flush=False`` to buffer them, and ``flush()`` sends the buffer in one ``sendall``;
@@ -51,6 +51,10 @@ class Message:
         self.topic, self.payload, self.qos, self.pid = topic, payload, qos, pid
         self.retain, self.dup, self.props, self.generation = retain, dup, props, generation
 
+    @property
+    def mid(self) -> int:
+        return self.pid
+
 
 class ConnectRefused(Exception):
     """The server answered CONNECT with a failure reason code ``code``."""
@@ -63,13 +67,13 @@ class ConnectRefused(Exception):
 class MqttClient:
     """One MQTT 5 connection kept up by a network thread (``start``), ended by ``stop``.
 
-    ``on_message(Message)`` and ``on_connect(session_present)`` run on the network thread. The other
-    methods are thread-safe.
+    ``on_message(client, userdata, Message)`` (the shape of paho's hook) and ``on_connect(session_present)``
+    run on the network thread. The other methods are thread-safe.
     """
 
     def __init__(self, host: str, port: int, client_id: str, *, keepalive: int = 30, clean_start: bool = False,
                  session_expiry: int = 3600, receive_maximum: int = 65535,
-                 on_message: Callable[[Message], None] | None = None,
+                 on_message: Callable[[Any, Any, Message], None] | None = None,
                  on_connect: Callable[[bool], None] | None = None,
                  backoff: tuple[float, float] = (0.1, 10.0), connect_timeout: float = 10.0) -> None:
         self.host, self.port, self.client_id = host, port, client_id
@@ -78,6 +82,7 @@ class MqttClient:
         self.session_expiry = session_expiry
         self.receive_maximum = receive_maximum
         self.on_message = on_message
+        self.userdata: Any = None
         self.on_connect = on_connect
         self.backoff = backoff
         self.connect_timeout = connect_timeout
@@ -307,6 +312,7 @@ class MqttClient:
         sock = self._sock
         generation = self.generation
         on_message = self.on_message
+        userdata = self.userdata
         while not self._stop.is_set():
             pos = 0
             acked = False
@@ -326,7 +332,8 @@ class MqttClient:
                                 raise MqttError(0x93, "server exceeded the Receive Maximum")
                             self._unacked.add(p.pid)
                     if on_message is not None:
-                        on_message(Message(p.topic, p.payload, p.qos, p.pid, p.retain, p.dup, p.props, generation))
+                        on_message(self, userdata,
+                                   Message(p.topic, p.payload, p.qos, p.pid, p.retain, p.dup, p.props, generation))
                 elif kind == PUBACK:
                     with self._lock:
                         if self._inflight.pop(p.pid, None) is None:
