@@ -9,7 +9,8 @@ folder and write the board config there, probe the board, copy ``lib/`` with ``m
 Nothing reaches the board before everything is staged; a failed copy leaves the old config in place
 and can simply be rerun. Every failure prints one line saying what to do and exits non-zero:
 2 bad arguments, profile or config; 3 no board on the port; 4 broker not reachable; 5 compile error;
-6 copy failed; 7 import check failed on the board.
+6 copy failed; 7 import check failed on the board; 8 the board has less free heap than the profile's
+``min_free_bytes`` or less free flash than the files.
 
 The Wi-Fi password is read from the user's file (config key ``wifi_file``) and written only into the
 board config; it is never printed.
@@ -239,14 +240,46 @@ def _last_line(result: subprocess.CompletedProcess) -> str:
     return lines[-1] if lines else "exit code %d" % result.returncode
 
 
-def probe(port: str, timeout: float = 30.0) -> str:
-    """The board's ``sys.implementation.name``; DeployError(3) when nothing answers on ``port``."""
-    result = mpremote(port, "exec", "import sys\nprint('impl=' + sys.implementation.name)", timeout=timeout)
+PROBE = """\
+import sys, gc
+if getattr(sys.implementation, '_build', '') != 'wasi':
+    gc.collect()
+try:
+    import os
+    st = os.statvfs('/')
+    flash = st[0] * st[3]
+except Exception:
+    flash = -1
+print('impl=%s heap=%d flash=%d' % (sys.implementation.name, gc.mem_free() if hasattr(gc, 'mem_free') else -1, flash))
+"""
+
+
+def probe(port: str, timeout: float = 30.0) -> tuple[str, int, int]:
+    """The board's ``sys.implementation.name``, free heap and free flash bytes (-1 where the board does
+    not say); DeployError(3) when nothing answers on ``port``."""
+    result = mpremote(port, "exec", PROBE, timeout=timeout)
     for line in result.stdout.splitlines():
         if line.startswith("impl="):
-            return line[5:].strip()
+            fields = dict(item.split("=", 1) for item in line.split())
+            try:
+                return fields["impl"], int(fields.get("heap", -1)), int(fields.get("flash", -1))
+            except ValueError:
+                return fields["impl"], -1, -1
     raise DeployError(3, "no MicroPython board answers on %s (%s): check the port (mpremote connect list), the "
                          "cable, and that no other program holds it" % (port, _last_line(result)))
+
+
+def check_memory(profile: dict, heap: int, flash: int, needed_flash: int) -> None:
+    """DeployError(8) when the board has less free heap than the profile's ``min_free_bytes`` or less
+    free flash than the files to copy."""
+    need = profile["memory"]["min_free_bytes"]
+    if 0 <= heap < need:
+        raise DeployError(8, "the board has %d bytes of free heap, ledgerlink needs at least %d (profile %s): use "
+                             "a board with more RAM or PSRAM (esp32s3), or free memory (remove boot.py/main.py "
+                             "imports)" % (heap, need, profile["name"]))
+    if 0 <= flash < needed_flash:
+        raise DeployError(8, "the board has %d bytes of free flash, the files need %d: delete files on the board "
+                             "(mpremote fs rm) or reflash MicroPython" % (flash, needed_flash))
 
 
 def verify_command(profile: dict) -> str:
@@ -291,9 +324,12 @@ def deploy(port: str, board: str, config_path: Path, dry_run: bool = False, chec
         staging = Path(tmp)
         files = stage(profile, board_config, staging)
         out("staged %d files and the config in %s" % (len(files), staging))
-        impl = probe(port)
+        impl, heap, flash = probe(port)
         if impl != "micropython":
             raise DeployError(3, "the board on %s runs %s, not MicroPython: flash MicroPython first" % (port, impl))
+        check_memory(profile, heap, flash, sum(f.stat().st_size for f in staging.rglob("*") if f.is_file()))
+        out("board: %s bytes of heap, %s bytes of flash free" % (heap if heap >= 0 else "?",
+                                                                  flash if flash >= 0 else "?"))
         if (staging / "lib").is_dir():
             result = mpremote(port, "fs", "cp", "-r", str(staging / "lib"), ":")
             if result.returncode != 0:

@@ -201,3 +201,17 @@ def test_cli_refuses_a_bad_allow_entry(capsys):
     assert virtual_board.main(["--port", "0", "--network-allow", "not-an-address"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--network-allow" in err[0] and "not an IP address" in err[0]
+
+
+def test_deploy_refuses_a_board_without_enough_memory(tmp_path, capsys):
+    config = json.loads((PROJECT_ROOT / "hardware" / "config.example.json").read_text())
+    config.update(wifi_file=str(tmp_path / "none.json"))
+    path = tmp_path / "device.json"
+    path.write_text(json.dumps(config))
+    with VirtualBoard(tmp_path / "small", heap_bytes=48 * 1024) as small:
+        code = deploy.main(["--port", small.url, "--board", "virtual", "--config", str(path),
+                            "--skip-broker-check"])
+        err = capsys.readouterr().err
+        assert code == 8, err
+        assert err.count("\n") == 1 and "bytes of free heap, ledgerlink needs at least 60000" in err
+        assert list((tmp_path / "small").iterdir()) == []            # nothing copied
