@@ -6,7 +6,7 @@ Copy ``ledgerlink_client/`` and the compiled ``ledgerlink`` library to the board
 board opens its sessions itself), chain_id and validators (hex list: receipts are checked), optional
 gateway_keys ({device id hex: key hex}), "mode" ("session", the default, or "signed"), wifi {ssid,
 password}. Pre-made session keys (session {key, base_iv, session_id} in hex, with device_id) still
-work. Readings, the sequence counter and the session are kept on flash in ``/ll`` and survive resets.
+work. Readings, the sequence counter and the session are kept on flash in ``ll/`` and survive resets.
 To use umqtt.simple instead of the bundled client, install it with ``mip.install("umqtt.simple")`` and
 set "umqtt": true.
 """
@@ -78,7 +78,8 @@ def make_factory(cfg, device_id):
         from ledgerlink_client.umqtt_adapter import UmqttAdapter
 
         return lambda: UmqttAdapter(Umqtt(client_id, cfg["broker"], cfg.get("port", 1883), keepalive=60))
-    return lambda: mqtt.MQTTClient(transport.open_socket(cfg["broker"], cfg.get("port", 1883)), client_id,
+    call = globals().get("host_call")              # the virtual board's host sockets (--network)
+    return lambda: mqtt.MQTTClient(transport.open_stream(cfg["broker"], cfg.get("port", 1883), call), client_id,
                                    keepalive=60)
 
 
@@ -94,15 +95,16 @@ def read_sensor():
 
 def main():
     cfg = load_config()
-    connect_wifi(cfg["wifi"])
+    if "wifi" in cfg:
+        connect_wifi(cfg["wifi"])
     try:
-        os.mkdir("/ll")
+        os.mkdir("ll")
     except OSError:
         pass
     if cfg.get("umqtt"):
         cfg["max_inflight"] = 1
     factory = []
-    client = device.DeviceClient(cfg, lambda: factory[0](), storage=queue.FileStorage("/ll"),
+    client = device.DeviceClient(cfg, lambda: factory[0](), storage=queue.FileStorage("ll"),
                                  on_result=lambda result: print("gateway:", result))
     factory.append(make_factory(cfg, client.device_id))
     while True:

@@ -150,11 +150,10 @@ P = json.loads(@PARAMS@)
 
 def open_stream(host, port):
     # The board's route to host:port: the host's sockets on the virtual board (--network), else its own.
-    if 'host_call' in globals():
-        return transport.CallTransport(host_call, host, port)
-    if WASI:
+    call = globals().get('host_call')
+    if call is None and WASI:
         raise OSError('the virtual board has no network: start it with --network')
-    return transport.open_socket(host, port)
+    return transport.open_stream(host, port, call)
 
 def read_text(path):
     try:

@@ -60,6 +60,14 @@ def open_socket(host, port, timeout_ms=5000):
     return SocketTransport(sock)
 
 
+def open_stream(host, port, call=None, timeout_ms=5000):
+    """The board's route to ``host:port``: through the host's sockets when ``call`` (the virtual
+    board's ``host_call``, present when it runs with --network) is given, else the board's own TCP."""
+    if call is not None:
+        return CallTransport(call, host, port)
+    return open_socket(host, port, timeout_ms)
+
+
 class CallTransport:
     """A socket held by a host process, reached through ``call(name, *args)``.
 
