@@ -26,8 +26,11 @@ signed session request on its ``session`` topic and takes the checked response f
 a request unanswered (or refused) for ``session_timeout_ms`` is replaced by a new one. The session
 (certificate, key, Base IV, gateway id) is kept in the storage as ``llsess`` and restored after a
 reset while it is valid. A gateway that no longer knows the session (refusal codes 10, 11) makes the
-client drop it and open a new one. Readings taken while there is no session are held in a second
-queue (``llh``) on the same storage and sealed, in order, once a session is open. Pre-made session
+client drop it and open a new one; the readings it refused that way go back to the held queue and are
+sealed again under the next session (while they are among the last ``max_tracked`` sent; the
+plaintext is kept in RAM until the receipt, so not across a reset). Readings taken while there is no
+session are held in a second queue (``llh``) on the same storage and sealed, in order, once a
+session is open. Pre-made session
 keys ("session" in the config) are still accepted and never expire.
 
 Receipts: with "chain_id" and "validators" (and optionally "gateway_keys") every receipt on the
@@ -163,10 +166,12 @@ class DeviceClient:
         self._last_tx = 0
         self._ping_sent = None
         self._session_at = None
+        self._plain = {}            # seq -> (session id, cbor [time, measurements]) awaiting a receipt
+        self._plain_order = []
         self.stats = {"connects": 0, "connect_failures": 0, "drops": 0, "published": 0, "retransmitted": 0,
                       "acked": 0, "pings": 0, "bad_replies": 0, "session_requests": 0, "sessions_opened": 0,
                       "sessions_restored": 0, "sessions_refused": 0, "receipts_valid": 0, "receipts_invalid": 0,
-                      "refused": 0, "ignored_replies": 0}
+                      "refused": 0, "ignored_replies": 0, "resealed": 0}
         self.ecqv = self.mode == "session" and "session" not in cfg
         if self.mode == "session" and not self.ecqv:
             s = cfg["session"]
@@ -221,6 +226,11 @@ class DeviceClient:
     def _seal(self, measurements, t):
         out = self.protocol.reading(measurements, t, self.mode)
         self.queue.push(out.topic, out.payload)
+        if self.ecqv:
+            self._plain[out.seq] = (self.protocol.session.keys.session_id, cbor.dumps([t, measurements]))
+            self._plain_order.append(out.seq)
+            while len(self._plain_order) > self.config["max_tracked"]:
+                self._plain.pop(self._plain_order.pop(0), None)
         return out.seq
 
     def _release_held(self):
@@ -330,6 +340,9 @@ class DeviceClient:
 
     def _on_result(self, result):
         if isinstance(result, dp.ReceiptResult):
+            if result.valid and result.seq in self._plain:
+                del self._plain[result.seq]
+                self._plain_order.remove(result.seq)
             self.stats["receipts_valid" if result.valid else "receipts_invalid"] += 1
             self.receipts.append(result)
             if len(self.receipts) > self.config["max_results"]:
@@ -344,8 +357,15 @@ class DeviceClient:
             if result.seq is None:
                 self.stats["sessions_refused"] += 1
             elif result.code in SESSION_GONE and self.ecqv:
-                self.protocol.drop_session()
-                self.storage.remove(SESSION_FILE)
+                sealed = self._plain.pop(result.seq, None)
+                current = self.protocol.session
+                if current is not None and (sealed is None or sealed[0] == current.keys.session_id):
+                    self.protocol.drop_session()
+                    self.storage.remove(SESSION_FILE)
+                if sealed is not None:               # sealed again, with a new seq, under the next session
+                    self._plain_order.remove(result.seq)
+                    self.held.push("h", sealed[1])
+                    self.stats["resealed"] += 1
         else:
             self.stats["ignored_replies"] += 1
 

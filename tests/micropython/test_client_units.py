@@ -452,6 +452,11 @@ def test_client_refreshes_before_expiry_and_after_the_gateway_forgets(gw_env):
     assert client.stats["session_requests"] == 3 and client.session is not None
     assert client.session.keys.session_id != second.keys.session_id
     assert client.session.keys.session_id in env.gw.sessions
+    # the refused reading is not lost: sealed again (new seq) under the new session and accepted
+    assert client.stats["resealed"] == 1
+    del accepted[:]
+    assert client.flush(5000)
+    assert [a.measurements for a in accepted] == [{"t": 5}] and accepted[0].mode == "session"
 
 
 @pytest.mark.parametrize("field", [2, 3, 4])
