@@ -3,16 +3,15 @@ verified topic, ban it on the ledger, stop without leftovers and restart on the 
 same site on the embedded MQTT broker gives a device its receipt; the broker choice."""
 
 import os
-import queue
 import time
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from ledgerlink.core import cbor
 from ledgerlink.device.core import DeviceCore, MemoryCounter, SequenceCounter
 from ledgerlink.tools import stack as stack_mod
 from ledgerlink.tools.stack import BrokerMissing, Stack, StackError, choose_broker
+from tests.mqtt_helpers import subscriber
 
 pytestmark = pytest.mark.slow
 
@@ -24,18 +23,6 @@ def _alive(pid: int) -> bool:
         return False
     return True
 
-
-def _subscriber(port: int, topic: str) -> tuple[mqtt.Client, queue.Queue]:
-    q: queue.Queue = queue.Queue()
-    done = queue.Queue()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-stack-app", protocol=mqtt.MQTTv5)
-    c.on_message = lambda cl, u, m: q.put((m.topic, bytes(m.payload)))
-    c.on_subscribe = lambda cl, u, mid, codes, p: done.put(1)
-    c.on_connect = lambda cl, u, f, r, p: cl.subscribe(topic, qos=1)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    done.get(timeout=10)
-    return c, q
 
 
 def test_start_reading_ban_stop_and_restart(tmp_path):
@@ -55,7 +42,7 @@ def test_start_reading_ban_stop_and_restart(tmp_path):
         with pytest.raises(StackError, match="registration refused"):
             s.register([req])                                   # already-exists
 
-        app, q = _subscriber(s.broker_port, "ll/t1/verified/+")
+        app, q = subscriber(s.broker_port, "ll/t1/verified/+", "test-stack-app")
         try:
             out = dev.reading({"t": 21.5}, int(time.time() * 1000))
             app.publish(out.topic, out.payload, qos=1).wait_for_publish(5)
@@ -127,7 +114,7 @@ def test_embedded_broker_site_gives_a_device_its_receipt(tmp_path):
                          gateway_keys={s.gateway_id: s.public_key("gateway")})
         s.register([dev.registration_request(int(time.time() * 1000), attributes={"name": "probe"}).payload])
         down = "ll/emb/dev/%s/down" % dev.device_id.hex()
-        app, q = _subscriber(s.broker_port, down)
+        app, q = subscriber(s.broker_port, down, "test-stack-app")
         try:
             out = dev.reading({"t": 20.5}, int(time.time() * 1000))
             app.publish(out.topic, out.payload, qos=1).wait_for_publish(5)

@@ -5,32 +5,19 @@ one receipt, and a replayed frame is refused whichever process receives it."""
 from __future__ import annotations
 
 import json
-import queue
 import re
 import time
 import urllib.request
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from ledgerlink.core import cbor
 from ledgerlink.device.core import MODE_SESSION, DeviceCore, MemoryCounter, ReceiptResult, SequenceCounter
 from ledgerlink.tools.stack import Stack, _stop_proc, launch_gateway
+from tests.mqtt_helpers import subscriber
 
 pytestmark = pytest.mark.slow
 
-
-def _client(port: int, topic: str) -> tuple[mqtt.Client, queue.Queue]:
-    q: queue.Queue = queue.Queue()
-    ready: queue.Queue = queue.Queue()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-two-gw", protocol=mqtt.MQTTv5)
-    c.on_message = lambda cl, u, m: q.put(bytes(m.payload))
-    c.on_subscribe = lambda cl, u, mid, codes, p: ready.put(1)
-    c.on_connect = lambda cl, u, f, r, p: cl.subscribe(topic, qos=1)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    ready.get(timeout=10)
-    return c, q
 
 
 def _accepted(url: str) -> float:
@@ -56,7 +43,7 @@ def test_two_gateway_processes_share_sessions_and_replay_protection(tmp_path):
         dev = DeviceCore(bytes(range(3, 35)), "two", SequenceCounter(MemoryCounter()), s.chain_id, s.validators,
                          ca_public=s.public_key("gw-ca"))
         s.register([dev.registration_request(int(time.time() * 1000), attributes={"name": "probe"}).payload])
-        app, q = _client(s.broker_port, "ll/two/dev/%s/down" % dev.device_id.hex())
+        app, q = subscriber(s.broker_port, "ll/two/dev/%s/down" % dev.device_id.hex(), "test-two-gw")
 
         def publish(frame) -> None:
             app.publish(frame.topic, frame.payload, qos=1).wait_for_publish(5)
@@ -64,7 +51,7 @@ def test_two_gateway_processes_share_sessions_and_replay_protection(tmp_path):
         def answers(n: int, timeout: float = 40) -> list:
             out, deadline = [], time.monotonic() + timeout
             while len(out) < n:
-                payload = q.get(timeout=max(0.1, deadline - time.monotonic()))
+                _, payload = q.get(timeout=max(0.1, deadline - time.monotonic()))
                 out.append(dev.handle_down(payload, int(time.time() * 1000)))
             return out
 
@@ -81,7 +68,7 @@ def test_two_gateway_processes_share_sessions_and_replay_protection(tmp_path):
         assert a + b == 30 and a > 0 and b > 0, (a, b)                # both processes took part
         for f in frames[:6]:                                          # replays land on either process
             publish(f)
-        replies = [cbor.loads(q.get(timeout=30)) for _ in range(6)]
+        replies = [cbor.loads(q.get(timeout=30)[1]) for _ in range(6)]
         assert [(r[0], r[2]) for r in replies] == [(2, 7)] * 6, replies      # refusal, code replay
         assert sorted(r[1] for r in replies) == sorted(f.frame_hash for f in frames[:6])
         assert _accepted(s.dashboard_url) + _accepted(url2) == 30

@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
 
-from ledgerlink.core import cbor, ecdsa
+from ledgerlink.core import ecdsa
 from ledgerlink.tools import deploy
 from ledgerlink.tools.stack import Stack
+from tests.mqtt_helpers import Verified
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RUN_CHECKS = PROJECT_ROOT / "hardware" / "hil" / "run_checks.py"
@@ -101,26 +101,11 @@ def run_checks(url: str, out: Path, *extra: str) -> tuple[subprocess.CompletedPr
     return result, report, (out / "virtual.txt").read_text() if (out / "virtual.txt").exists() else ""
 
 
-class Verified:
-    """The application's view: readings the gateway republishes on the verified topic."""
-
-    def __init__(self, port: int) -> None:
-        self.readings: list[list] = []
-        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="hil-app", protocol=paho.MQTTv5)
-        self.c.on_message = lambda c, u, m: self.readings.append(cbor.loads(bytes(m.payload)))
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        self.c.subscribe("ll/%s/verified/+" % SITE, qos=1)
-        time.sleep(0.2)
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 def test_board_opens_a_session_and_verifies_its_receipts(stack, board, tmp_path):
     ident = json.loads((board.flash / "ledgerlink.id.json").read_text())
-    app = Verified(stack.broker_port)
+    app = Verified(stack.broker_port, SITE, 'hil-app')
     try:
         started = time.monotonic()
         result, report, table = run_checks(board.url, tmp_path / "r", "--readings", "3")

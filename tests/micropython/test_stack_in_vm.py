@@ -12,12 +12,11 @@ session before the old one expires. The VM reaches the broker only through ``Soc
 import json
 import time
 
-import paho.mqtt.client as paho
 import pytest
 
-from ledgerlink.core import cbor
 from ledgerlink.tools.stack import Stack
 from tests.micropython.bridge import SocketBridge
+from tests.mqtt_helpers import Verified
 
 pytestmark = [pytest.mark.micropython, pytest.mark.slow]
 
@@ -38,21 +37,6 @@ def stack(tmp_path_factory):
     s.stop()
 
 
-class Verified:
-    """Application side: the readings the gateway republishes on the verified topic."""
-
-    def __init__(self, port: int) -> None:
-        self.readings: list[dict] = []
-        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="vm-app", protocol=paho.MQTTv5)
-        self.c.on_message = lambda c, u, m: self.readings.append(cbor.loads(bytes(m.payload)))
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        self.c.subscribe("ll/%s/verified/+" % SITE, qos=1)
-        time.sleep(0.2)
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 PROGRAM = """
@@ -130,7 +114,7 @@ def test_board_client_opens_a_session_and_checks_receipts_against_the_real_stack
         "port": stack.broker_port, "site": SITE, "priv": priv.hex(), "ca": stack.public_key("gw-ca").hex(),
         "chain": stack.chain_id, "validators": [k.hex() for k in stack.validators],
         "gw_id": stack.gateway_id.hex(), "gw_key": stack.public_key("gateway").hex(), "n": N, "margin": MARGIN_S}
-    app = Verified(stack.broker_port)
+    app = Verified(stack.broker_port, SITE, 'vm-app')
     try:
         started = time.monotonic()
         result = client_vm.run(program, fuel=FUEL, heap_bytes=HEAP, timeout=400,
