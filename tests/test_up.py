@@ -59,23 +59,32 @@ def _lines(proc, q):
     q.put(None)
 
 
+def _start_up(*args: str) -> tuple[subprocess.Popen, queue.Queue, str]:
+    """``ledgerlink up ARGS`` in a subprocess; its output up to the "ready" line, and the rest in the queue."""
+    proc = subprocess.Popen(CLI + ["up", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    q: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(proc, q), daemon=True).start()
+    out: list[str] = []
+    deadline = time.monotonic() + 60
+    try:
+        while not any(l.split("] ", 1)[-1].startswith("ready") for l in out):
+            line = q.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, ("up exited", "".join(out), proc.stderr.read())
+            out.append(line)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, q, "".join(out)
+
+
 def test_up_runs_a_site_and_stops_on_sigint(tmp_path):
     subprocess.run(CLI + ["admin", "keygen", "--out", str(tmp_path / "admin.key")], check=True, capture_output=True)
     broker, http, base = free_port(), free_port(), free_base_port(4)
     cfg = write_config(tmp_path / "up.json", data_dir="site", site="hall-2", broker={"port": broker},
                        ledger={"nodes": 4, "base_port": base}, gateway={"http_port": http}, admin_key="admin.key")
-    proc = subprocess.Popen(CLI + ["up", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    q: queue.Queue = queue.Queue()
-    threading.Thread(target=_lines, args=(proc, q), daemon=True).start()
-    out = []
+    proc, q, text = _start_up("--config", str(cfg))
     try:
-        deadline = time.monotonic() + 60
-        while not any(l.split("] ", 1)[-1].startswith("ready") for l in out):
-            line = q.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert line is not None, ("up exited", "".join(out), proc.stderr.read())
-            out.append(line)
-        text = "".join(out)
         assert "broker: mqtt://127.0.0.1:%d" % broker in text
         assert "client ports " + ", ".join("127.0.0.1:%d" % (base + 1000 + i) for i in range(4)) in text
         assert len(re.findall(r"validator \d: [0-9a-f]{66}", text)) == 4
@@ -203,17 +212,8 @@ def test_external_broker_and_a_part_that_exits(tmp_path):
             time.sleep(0.05)
         cfg = write_config(tmp_path / "up.json", data_dir="site", site="ext", ledger={"nodes": 1},
                            broker={"external": "127.0.0.1:%d" % port})
-        proc = subprocess.Popen(CLI + ["up", "--config", str(cfg)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        q: queue.Queue = queue.Queue()
-        threading.Thread(target=_lines, args=(proc, q), daemon=True).start()
-        out = []
+        proc, q, text = _start_up("--config", str(cfg))
         try:
-            while not any("ready" in l for l in out):
-                line = q.get(timeout=60)
-                assert line is not None, ("up exited", "".join(out), proc.stderr.read())
-                out.append(line)
-            text = "".join(out)
             assert "MQTT broker: external at 127.0.0.1:%d" % port in text
             assert "broker: mqtt://127.0.0.1:%d" % port in text
             pids = [int(p) for p in re.search(r"processes: ([\d ]+)", text).group(1).split()]
@@ -241,17 +241,8 @@ def test_embedded_broker_site_and_broker_exit(tmp_path):
     broker = free_port()
     cfg = write_config(tmp_path / "up.json", data_dir="site", site="emb", broker={"port": broker},
                        ledger={"nodes": 1})
-    proc = subprocess.Popen(CLI + ["up", "--broker", "embedded", "--config", str(cfg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    q: queue.Queue = queue.Queue()
-    threading.Thread(target=_lines, args=(proc, q), daemon=True).start()
-    out = []
+    proc, q, text = _start_up("--broker", "embedded", "--config", str(cfg))
     try:
-        while not any("ready" in l for l in out):
-            line = q.get(timeout=60)
-            assert line is not None, ("up exited", "".join(out), proc.stderr.read())
-            out.append(line)
-        text = "".join(out)
         assert "MQTT broker: embedded (ledgerlink.tools.mqtt_broker, MQTT 5 and 3.1.1) on 127.0.0.1:%d" % broker in text
         assert "broker: mqtt://127.0.0.1:%d" % broker in text and listening(broker)
         pids = [int(p) for p in re.search(r"processes: ([\d ]+)", text).group(1).split()]
