@@ -247,41 +247,62 @@ class Node:
                 fut.set_result(reason)
 
     async def _submit(self, req: dict) -> dict:
-        tx = req.get("tx")
-        if not isinstance(tx, bytes):
-            return {"ok": False, "error": "tx must be bytes"}
         wait = req.get("wait_ms", DEFAULT_WAIT_MS)
         if type(wait) is not int or wait < 0:
             return {"ok": False, "error": "bad wait_ms"}
-        h = hashlib.sha256(tx).digest()
-        st = self._status(h)
-        if st["status"] == "committed":
-            return dict(st, ok=True)
-        reason = await self._admit(tx)
-        if reason is not None:
-            if reason.startswith("invalid tx "):
-                return self._refuse(h, int(reason[11:]), reason)
-            if reason == "oversized tx":
-                return self._refuse(h, 2, reason)
-            if reason == "pool full":
-                return {"ok": True, "status": "refused", "code": 9, "reason": reason}
+        return (await self._submit_all([req.get("tx")], wait))[0]
+
+    async def _submit_all(self, txs: list, wait: int) -> list[dict]:
+        """Admit ``txs`` together and wait (up to ``wait`` ms in all) for their outcomes, in order."""
+        out: list[dict | None] = [None] * len(txs)
+        admitting: list[tuple[int, bytes, asyncio.Future]] = []
+        for i, tx in enumerate(txs):
+            if not isinstance(tx, bytes):
+                out[i] = {"ok": False, "error": "tx must be bytes"}
+                continue
+            h = hashlib.sha256(tx).digest()
             st = self._status(h)
             if st["status"] == "committed":
-                return dict(st, ok=True)
-        if wait == 0:
-            return {"ok": True, "status": "pending"}
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters.setdefault(h, []).append(fut)
-        try:
-            res = await asyncio.wait_for(fut, min(wait, MAX_WAIT_MS) / 1000)
-            return dict(res, ok=True)
-        except asyncio.TimeoutError:
+                out[i] = dict(st, ok=True)
+            else:
+                admitting.append((i, h, self._admit(tx)))
+        loop = asyncio.get_running_loop()
+        waiting: list[tuple[int, bytes, asyncio.Future]] = []
+        for i, h, admitted in admitting:
+            reason = await admitted
+            if reason is not None:
+                if reason.startswith("invalid tx "):
+                    out[i] = self._refuse(h, int(reason[11:]), reason)
+                    continue
+                if reason == "oversized tx":
+                    out[i] = self._refuse(h, 2, reason)
+                    continue
+                if reason == "pool full":
+                    out[i] = {"ok": True, "status": "refused", "code": 9, "reason": reason}
+                    continue
+                st = self._status(h)
+                if st["status"] == "committed":
+                    out[i] = dict(st, ok=True)
+                    continue
+            if wait == 0:
+                out[i] = {"ok": True, "status": "pending"}
+                continue
+            fut = loop.create_future()
+            self.waiters.setdefault(h, []).append(fut)
+            waiting.append((i, h, fut))
+        if waiting:
+            await asyncio.wait([f for _, _, f in waiting], timeout=min(wait, MAX_WAIT_MS) / 1000)
+        for i, h, fut in waiting:
+            if fut.done():
+                out[i] = dict(fut.result(), ok=True)
+                continue
             futs = self.waiters.get(h)
             if futs is not None and fut in futs:
                 futs.remove(fut)
                 if not futs:
                     del self.waiters[h]
-            return dict(self._status(h), ok=True)
+            out[i] = dict(self._status(h), ok=True)
+        return out  # type: ignore[return-value]
 
     async def handle(self, req: dict) -> dict:
         """Answer one client request (see the module docstring)."""
@@ -294,8 +315,9 @@ class Node:
             if not isinstance(txs, list) or not 0 < len(txs) <= MAX_SUBMIT_MANY:
                 return {"ok": False, "error": "txs must be a list of 1..%d transactions" % MAX_SUBMIT_MANY}
             wait = req.get("wait_ms", DEFAULT_WAIT_MS)
-            results = await asyncio.gather(*(self._submit({"tx": tx, "wait_ms": wait}) for tx in txs))
-            return {"ok": True, "results": list(results)}
+            if type(wait) is not int or wait < 0:
+                return {"ok": False, "error": "bad wait_ms"}
+            return {"ok": True, "results": await self._submit_all(txs, wait)}
         if op == "status":
             h = req.get("hash")
             if not isinstance(h, bytes) or len(h) != 32:
