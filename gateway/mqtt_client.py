@@ -249,6 +249,9 @@ class MqttClient:
 
     def _close(self, why: str) -> None:
         with self._lock:
+            if self._sock is None:
+                self.errors.append(why)
+                del self.errors[:-20]
             self._drop_locked(why)
 
     def _connect(self) -> bytearray:
@@ -313,6 +316,7 @@ class MqttClient:
         generation = self.generation
         on_message = self.on_message
         userdata = self.userdata
+        overshoot = False
         while not self._stop.is_set():
             pos = 0
             acked = False
@@ -328,8 +332,10 @@ class MqttClient:
                 if kind == PUBLISH:
                     if p.qos:
                         with self._lock:
-                            if len(self._unacked) >= self.receive_maximum and p.pid not in self._unacked:
-                                raise MqttError(0x93, "server exceeded the Receive Maximum")
+                            if len(self._unacked) >= self.receive_maximum and not overshoot:
+                                overshoot = True        # mosquitto 2 sends one more than the maximum
+                                log.warning("MQTT server sent more than our Receive Maximum of %d unacknowledged",
+                                            self.receive_maximum)
                             self._unacked.add(p.pid)
                     if on_message is not None:
                         on_message(self, userdata,
