@@ -57,7 +57,7 @@ REGISTRY_FETCHERS = 16          # registry lookups in flight at once (pipelined 
 BATCH_POLLS = 4                 # batcher steps per batch interval (a batch is cut soon after its oldest frame is due)
 MAX_GROUP = 256                 # inputs checked together and committed in one store transaction
 CLIENTS = ("ledgerlink", "paho")
-DEFAULT_CLIENT = "paho"
+DEFAULT_CLIENT = "ledgerlink"
 
 
 def now_ms() -> int:
