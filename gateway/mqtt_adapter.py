@@ -21,10 +21,11 @@ are committed in one store transaction (one fsync) before any of them is acknowl
 of the batcher run on their own thread; registry lookups on a pool of ``REGISTRY_FETCHERS`` threads, so
 that many are in flight at once.
 
-Limits: session keys live in the process that issued the certificate, so with several processes in
-one shared group a session-mode frame delivered to another member is refused as unknown-session;
-``reg`` (registration requests) is not handled here (an admin countersigns those); receipts of a batch
-anchored just before a crash are not sent again.
+Several processes of one site share the group and one store file (see ``ledgerlink.gateway.main``):
+sessions opened through one are known to all, and a sequence number is accepted once across them.
+
+Limits: ``reg`` (registration requests) is not handled here (an admin countersigns those); receipts of
+a batch anchored just before a crash are not sent again.
 """
 
 from __future__ import annotations
