@@ -142,6 +142,7 @@ class LedgerState:
         self._results: dict[int, list[TxResult]] = {}
         self._parsed: dict[bytes, _Parsed] = {}
         self._submitters: dict[bytes, dict] = {}
+        self._device_keys: dict[bytes, bytes] = {}                # device id -> its record's state key
         self._nonce_record: tuple[int, bytes] = (-1, b"")
 
     # -- construction --------------------------------------------------------------------------------
@@ -299,7 +300,12 @@ class LedgerState:
         p.contract = contract
 
     def _submitter(self, view: Journal, kid: bytes) -> dict | None:
-        raw = view.get_raw(state_key(RK.DEVICE, kid))
+        key = self._device_keys.get(kid)
+        if key is None:
+            if len(self._device_keys) >= RECORD_CACHE_SIZE:
+                self._device_keys.clear()
+            key = self._device_keys[kid] = state_key(RK.DEVICE, kid)
+        raw = view.get_raw(key)
         if raw is None:
             return None
         rec = self._submitters.get(raw)
