@@ -28,6 +28,8 @@ Several gateway processes of one site on one host share the load: give them the 
 ``store`` file and ``mqtt.shared``, and each its own stable ``mqtt.client_id`` (it names the process's
 rows in the shared store, so a restarted process anchors what it had accepted). Sessions opened
 through one process are then known to all, and a sequence number is accepted once across them.
+
+``LEDGERLINK_PROFILE_DIR=DIR`` writes a cProfile of the gateway's threads to ``DIR/gateway-<pid>.prof`` at exit.
 """
 
 from __future__ import annotations
@@ -102,6 +104,38 @@ def build(cfg: dict[str, Any]) -> MqttGateway:
                        client=str(mq.get("client") or os.environ.get("LEDGERLINK_MQTT_CLIENT") or DEFAULT_CLIENT))
 
 
+def _profiled(run: Any, path: str) -> None:
+    """``run()`` with the threads it starts profiled too (one profile per thread, merged into ``path``)."""
+    import cProfile
+    import pstats
+    import threading
+
+    profiles: list[cProfile.Profile] = []
+    lock = threading.Lock()
+    start = threading.Thread.run
+
+    def run_profiled(self: threading.Thread) -> None:
+        prof = cProfile.Profile()
+        with lock:
+            profiles.append(prof)
+        prof.runcall(start, self)
+
+    threading.Thread.run = run_profiled  # type: ignore[method-assign]
+    main_prof = cProfile.Profile()
+    try:
+        main_prof.runcall(run)
+    finally:
+        threading.Thread.run = start  # type: ignore[method-assign]
+        with lock:
+            for prof in profiles:
+                prof.create_stats()
+            stats = pstats.Stats(main_prof)
+            for prof in profiles:
+                if prof.stats:
+                    stats.add(prof)
+        stats.dump_stats(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python3 -m ledgerlink.gateway.main", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="gateway config (JSON or TOML)")
@@ -115,8 +149,12 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(sig, lambda *_: gw.stop())
     log.info("gateway %s of site %s starting", gw.service.core.gateway_name, gw.site)
     dashboard = start_for(gw, cfg)
+    prof_dir = os.environ.get("LEDGERLINK_PROFILE_DIR")
     try:
-        gw.run()
+        if prof_dir:
+            _profiled(gw.run, os.path.join(prof_dir, "gateway-%d.prof" % os.getpid()))
+        else:
+            gw.run()
     finally:
         if dashboard is not None:
             dashboard.stop()
