@@ -146,6 +146,14 @@ class GatewayMetrics:
         with self.lock:
             self._remember(self._arrived, h, self.mono())
 
+    def arrived_many(self, payloads: list[bytes]) -> None:
+        """``arrived`` of several frames (one time stamp)."""
+        hashes = [hashlib.sha256(p).digest() for p in payloads]
+        t = self.mono()
+        with self.lock:
+            for h in hashes:
+                self._remember(self._arrived, h, t)
+
     @staticmethod
     def _remember(d: OrderedDict, key: bytes, value: float) -> None:
         if key not in d:
@@ -341,13 +349,21 @@ class GatewayMetrics:
         """Observe an ``MqttGateway``: its service, MQTT arrivals, batch creation and receipts."""
         gateway.service.observer = self
         client = gateway.client
-        on_message = client.on_message
+        on_messages = getattr(client, "on_messages", None)
+        if on_messages is not None:
+            def observed_messages(cl: Any, userdata: Any, msgs: list) -> None:
+                self.arrived_many([msg.payload for msg in msgs])
+                on_messages(cl, userdata, msgs)
 
-        def observed_message(cl: Any, userdata: Any, msg: Any) -> None:
-            self.arrived(bytes(msg.payload))
-            on_message(cl, userdata, msg)
+            client.on_messages = observed_messages
+        else:
+            on_message = client.on_message
 
-        client.on_message = observed_message
+            def observed_message(cl: Any, userdata: Any, msg: Any) -> None:
+                self.arrived(bytes(msg.payload))
+                on_message(cl, userdata, msg)
+
+            client.on_message = observed_message
         store = gateway.service.store
         create_batch = store.create_batch
 

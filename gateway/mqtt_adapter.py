@@ -93,7 +93,7 @@ class MqttGateway:
         if client == "ledgerlink":
             self.client = MqttClient(host, port, client_id, keepalive=30, clean_start=False,
                                      session_expiry=SESSION_EXPIRY_S, receive_maximum=receive_maximum,
-                                     on_message=self._on_ll_message, on_connect=self._on_ll_connect)
+                                     on_messages=self._on_ll_messages, on_connect=self._on_ll_connect)
             self.client.subscriptions.update((t, 1) for t in self.subscriptions)
             self.connected = self.client.connected
             return
@@ -127,8 +127,8 @@ class MqttGateway:
         log.info("connected to %s:%d (session %s), subscribed to %s", self.host, self.port,
                  "resumed" if session_present else "new", self.subscriptions)
 
-    def _on_ll_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        self.events.put(("frame", msg.topic, msg.payload, (msg.pid, msg.generation), msg.qos))
+    def _on_ll_messages(self, client: Any, userdata: Any, msgs: list[Any]) -> None:
+        self.events.put(("frames", [("frame", m.topic, m.payload, (m.pid, m.generation), m.qos) for m in msgs]))
 
     # --- effects ------------------------------------------------------------------------------------
 
@@ -144,13 +144,15 @@ class MqttGateway:
     def _carry_out(self, h: Handled) -> None:
         if self.client_kind == "ledgerlink":
             client = self.client
-            for o in h.outgoing:
-                client.publish(o.topic, o.payload, 1, o.retain, flush=False)
+            if h.outgoing:
+                client.publish_many([(o.topic, o.payload, o.retain) for o in h.outgoing], flush=False)
+            acks = []
+            pending = self.pending_acks
             for frame_hash in h.decided:
-                for (pid, generation), qos in self.pending_acks.pop(frame_hash, ()):
+                for token, qos in pending.pop(frame_hash, ()):
                     if qos > 0:
-                        client.ack(pid, generation, flush=False)
-            client.flush()
+                        acks.append(token)
+            client.ack_many(acks)
         else:
             self.publish(h.outgoing)
             for frame_hash in h.decided:
@@ -164,18 +166,30 @@ class MqttGateway:
 
     def _checks_loop(self) -> None:
         next_tick = time.monotonic()
+        backlog: list[tuple] = []       # inputs taken from the queue, not yet checked
+        events = self.events
         while not self.stop_event.is_set():
-            items: list[tuple] = []
             try:
-                items.append(self.events.get(timeout=TICK_S))
-                while len(items) < MAX_GROUP:
-                    items.append(self.events.get_nowait())
+                ev = events.get(timeout=TICK_S) if not backlog else events.get_nowait()
+                while True:
+                    if ev[0] == "frames":
+                        backlog.extend(ev[1])
+                    else:
+                        backlog.append(ev)
+                    if len(backlog) >= MAX_GROUP:
+                        break
+                    ev = events.get_nowait()
             except queue.Empty:
                 pass
+            if len(backlog) > MAX_GROUP:
+                items, backlog = backlog[:MAX_GROUP], backlog[MAX_GROUP:]
+            else:
+                items, backlog = backlog, []
             try:
+                pending = self.pending_acks
                 for ev in items:
                     if ev[0] == "frame":
-                        self.pending_acks.setdefault(hashlib.sha256(ev[2]).digest(), []).append((ev[3], ev[4]))
+                        pending.setdefault(hashlib.sha256(ev[2]).digest(), []).append((ev[3], ev[4]))
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK_S
                     items.append(("tick",))

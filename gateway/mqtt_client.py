@@ -1,9 +1,9 @@
 """A lean MQTT 5 client for the gateway: one TCP socket, one network thread, QoS 0/1, manual acks.
 
 ``MqttClient`` connects with clean start false, a session expiry interval and a Receive Maximum,
-subscribes (QoS 1, shared subscriptions allowed) and hands every incoming PUBLISH to ``on_message``
-on the network thread (called as paho's hook is); a QoS 1 message is acknowledged only when the application calls
-``ack(pid, generation)``. Outgoing QoS 1 publishes are kept in flight up to the server's Receive Maximum
+subscribes (QoS 1, shared subscriptions allowed) and hands the incoming PUBLISHes of each read chunk to
+``on_messages`` in one list, or else each to ``on_message`` (called as paho's hook is), on the network thread;
+a QoS 1 message is acknowledged only when the application calls ``ack(pid, generation)`` (or ``ack_many``). Outgoing QoS 1 publishes are kept in flight up to the server's Receive Maximum
 (the rest wait in order); their PUBACKs are matched by packet identifier in a dict. Every call that
 writes packets takes ``flush=False`` to buffer them, and ``flush()`` sends the buffer in one ``sendall``;
 the network thread reads in 256 KiB chunks and sends what freed window slots let out in one write.
@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 from ledgerlink.mqtt5 import (
     CONNACK, DISCONNECT, P_ASSIGNED_ID, P_MAXIMUM_PACKET_SIZE, P_RECEIVE_MAXIMUM, P_SERVER_KEEP_ALIVE,
     P_SESSION_EXPIRY, PINGREQ_PACKET, PINGRESP, PUBACK, PUBLISH, SUBACK, SUCCESS, UNSUBACK, MqttError,
-    decode_server_packet, encode_connect, encode_disconnect, encode_properties, encode_publish, encode_subscribe,
+    decode_server_packet, decode_server_publish_qos1, encode_connect, encode_disconnect, encode_properties, encode_publish, encode_subscribe,
     puback, split_frame,
 )
 
@@ -67,14 +67,15 @@ class ConnectRefused(Exception):
 class MqttClient:
     """One MQTT 5 connection kept up by a network thread (``start``), ended by ``stop``.
 
-    ``on_message(client, userdata, Message)`` (the shape of paho's hook) and ``on_connect(session_present)``
-    run on the network thread. The other methods are thread-safe.
+    ``on_messages(client, userdata, [Message, ...])`` (when given; else ``on_message(client, userdata, Message)``,
+    the shape of paho's hook) and ``on_connect(session_present)`` run on the network thread. The other methods are thread-safe.
     """
 
     def __init__(self, host: str, port: int, client_id: str, *, keepalive: int = 30, clean_start: bool = False,
                  session_expiry: int = 3600, receive_maximum: int = 65535,
                  on_message: Callable[[Any, Any, Message], None] | None = None,
                  on_connect: Callable[[bool], None] | None = None,
+                 on_messages: Callable[[Any, Any, list[Message]], None] | None = None,
                  backoff: tuple[float, float] = (0.1, 10.0), connect_timeout: float = 10.0) -> None:
         self.host, self.port, self.client_id = host, port, client_id
         self.keepalive = keepalive
@@ -82,6 +83,7 @@ class MqttClient:
         self.session_expiry = session_expiry
         self.receive_maximum = receive_maximum
         self.on_message = on_message
+        self.on_messages = on_messages
         self.userdata: Any = None
         self.on_connect = on_connect
         self.backoff = backoff
@@ -136,6 +138,25 @@ class MqttClient:
             else:
                 self._waiting.append((topic, payload, retain, props))
                 self._pump_locked()
+            if flush:
+                self._flush_locked()
+
+    def publish_many(self, items: Sequence[tuple[str, bytes, bool]], flush: bool = True) -> None:
+        """QoS 1 ``publish`` of each ``(topic, payload, retain)``, in order, under one lock."""
+        with self._lock:
+            self._waiting.extend((topic, payload, retain, _NO_PROPS) for topic, payload, retain in items)
+            self._pump_locked()
+            if flush:
+                self._flush_locked()
+
+    def ack_many(self, acks: Sequence[tuple[int, int]], flush: bool = True) -> None:
+        """``ack`` of each ``(pid, generation)`` under one lock."""
+        with self._lock:
+            unacked, out, current = self._unacked, self._out, self.generation
+            for pid, generation in acks:
+                if generation == current and pid in unacked:
+                    unacked.discard(pid)
+                    out.append(puback(pid))
             if flush:
                 self._flush_locked()
 
@@ -315,50 +336,69 @@ class MqttClient:
         sock = self._sock
         generation = self.generation
         on_message = self.on_message
+        on_messages = self.on_messages
         userdata = self.userdata
+        limit = self.receive_maximum
         overshoot = False
         while not self._stop.is_set():
+            msgs: list[Message] = []
+            pids: list[int] = []                         # of received QoS 1 messages
+            acked: list[tuple[int, int]] = []            # (packet id, reason code) of PUBACKs
             pos = 0
-            acked = False
-            while True:
-                frame = split_frame(buf, pos, MAX_PACKET)
-                if frame is None:
-                    break
-                first, start, end = frame
-                body = bytes(buf[start:end])
-                pos = end
-                kind = first >> 4
-                p = decode_server_packet(first, body)
-                if kind == PUBLISH:
-                    if p.qos:
+            data = bytes(buf) if split_frame(buf, 0, MAX_PACKET) is not None else b""
+            try:
+                while True:
+                    frame = split_frame(data, pos, MAX_PACKET)
+                    if frame is None:
+                        break
+                    first, start, end = frame
+                    pos = end
+                    if first == 0x32 or first == 0x3A:      # QoS 1 PUBLISH, retain 0
+                        fast = decode_server_publish_qos1(data, start, end)
+                        if fast is not None:
+                            pids.append(fast[1])
+                            msgs.append(Message(fast[0], fast[2], 1, fast[1], False, first == 0x3A, {}, generation))
+                            continue
+                    kind = first >> 4
+                    p = decode_server_packet(first, data[start:end])
+                    if kind == PUBLISH:
+                        if p.qos:
+                            pids.append(p.pid)
+                        msgs.append(Message(p.topic, p.payload, p.qos, p.pid, p.retain, p.dup, p.props, generation))
+                    elif kind == PUBACK:
+                        acked.append((p.pid, p.code))
+                    elif kind == SUBACK or kind == UNSUBACK:
                         with self._lock:
-                            if len(self._unacked) >= self.receive_maximum and not overshoot:
+                            self._sub_pending.discard(p.pid)
+                        bad = [c for c in p.codes if c >= 0x80]
+                        if bad:
+                            log.error("MQTT subscription refused: reason codes %s", ["0x%02x" % c for c in bad])
+                    elif kind == PINGRESP:
+                        pass
+                    elif kind == DISCONNECT:
+                        raise ConnectionError("server sent DISCONNECT 0x%02x %s" % (p.code, p.props.get(0x1F, "")))
+                    else:
+                        raise MqttError(0x82, "unexpected packet type %d" % kind)
+            finally:
+                if pids or acked:
+                    with self._lock:
+                        if pids:
+                            if len(self._unacked) + len(pids) > limit and not overshoot:
                                 overshoot = True        # mosquitto 2 sends one more than the maximum
                                 log.warning("MQTT server sent more than our Receive Maximum of %d unacknowledged",
-                                            self.receive_maximum)
-                            self._unacked.add(p.pid)
-                    if on_message is not None:
-                        on_message(self, userdata,
-                                   Message(p.topic, p.payload, p.qos, p.pid, p.retain, p.dup, p.props, generation))
-                elif kind == PUBACK:
-                    with self._lock:
-                        if self._inflight.pop(p.pid, None) is None:
-                            log.debug("PUBACK of unknown packet id %d", p.pid)
-                        elif p.code >= 0x80:
-                            log.warning("publish refused by the server: reason 0x%02x", p.code)
-                    acked = True
-                elif kind == SUBACK or kind == UNSUBACK:
-                    with self._lock:
-                        self._sub_pending.discard(p.pid)
-                    bad = [c for c in p.codes if c >= 0x80]
-                    if bad:
-                        log.error("MQTT subscription refused: reason codes %s", ["0x%02x" % c for c in bad])
-                elif kind == PINGRESP:
-                    pass
-                elif kind == DISCONNECT:
-                    raise ConnectionError("server sent DISCONNECT 0x%02x %s" % (p.code, p.props.get(0x1F, "")))
-                else:
-                    raise MqttError(0x82, "unexpected packet type %d" % kind)
+                                            limit)
+                            self._unacked.update(pids)
+                        for pid, code in acked:
+                            if self._inflight.pop(pid, None) is None:
+                                log.debug("PUBACK of unknown packet id %d", pid)
+                            elif code >= 0x80:
+                                log.warning("publish refused by the server: reason 0x%02x", code)
+                if msgs:
+                    if on_messages is not None:
+                        on_messages(self, userdata, msgs)
+                    elif on_message is not None:
+                        for m in msgs:
+                            on_message(self, userdata, m)
             if pos:
                 del buf[:pos]
             self._ping_sent = 0.0 if pos else self._ping_sent

@@ -634,6 +634,33 @@ def decode_server_packet(first: int, body: bytes) -> Any:
     raise _protocol("packet type %d is sent by clients only" % kind)
 
 
+def decode_server_publish_qos1(data: bytes, start: int, end: int) -> tuple[str, int, bytes] | None:
+    """``(topic, packet id, payload)`` of the body ``data[start:end]`` of a QoS 1 PUBLISH from a server
+    (fixed header 0x32 or 0x3A), or None when it has properties or is too short for its fields: then
+    ``decode_server_packet`` decodes (or refuses) it. Otherwise checks, in the same order, what
+    ``decode_server_packet`` checks and raises the same MqttError.
+    """
+    if end - start < 2:
+        return None
+    t_end = start + 2 + ((data[start] << 8) | data[start + 1])
+    if t_end + 3 > end:
+        return None
+    try:
+        topic = data[start + 2:t_end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise _malformed("string is not well-formed UTF-8") from None
+    if "\x00" in topic:
+        raise _malformed("string contains U+0000")
+    if data[t_end + 2]:
+        return None
+    pid = (data[t_end] << 8) | data[t_end + 1]
+    if pid == 0:
+        raise _protocol("PUBLISH packet identifier 0")
+    if not topic or "+" in topic or "#" in topic:
+        raise MqttError(TOPIC_NAME_INVALID, "topic name %r is empty or has a wildcard" % topic[:64])
+    return topic, pid, data[t_end + 3:end]
+
+
 # --- client to server encoders ----------------------------------------------------------------------------
 
 PINGREQ_PACKET = bytes((PINGREQ << 4, 0))
