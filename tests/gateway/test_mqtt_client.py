@@ -470,6 +470,39 @@ def test_server_decoder_on_random_bodies(first, body):
         assert 0x80 <= exc.code <= 0xA2
 
 
+def _decode_both(body: bytes, dup: bool):
+    """(fast path result or its error code, full decoder's (topic, pid, payload) or its error code)."""
+    first = 0x3A if dup else 0x32
+    fast = slow = None
+    try:
+        fast = mqtt5.decode_server_publish_qos1(b"xyz" + body + b"!", 3, 3 + len(body))
+    except mqtt5.MqttError as exc:
+        fast = exc.code
+    try:
+        p = mqtt5.decode_server_packet(first, body)
+        slow = (p.topic, p.pid, p.payload) if not p.props else p.props
+    except mqtt5.MqttError as exc:
+        slow = exc.code
+    return fast, slow
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=6), st.binary(max_size=20), st.integers(0, 65535), st.booleans(),
+       st.lists(st.tuples(st.integers(0, 40), st.integers(0, 255)), max_size=3), st.integers(0, 6))
+def test_qos1_publish_fast_path_agrees_with_the_decoder(topic, payload, pid, dup, edits, cut):
+    body = bytearray(len(topic.encode()).to_bytes(2, "big") + topic.encode() + pid.to_bytes(2, "big") + b"\x00"
+                     + payload)
+    for i, v in edits:
+        if i < len(body):
+            body[i] = v
+    body = bytes(body[:max(0, len(body) - cut)])
+    fast, slow = _decode_both(body, dup)
+    if fast is None:                     # left to the full decoder: properties, or too short
+        assert not isinstance(slow, tuple)
+    else:
+        assert fast == slow
+
+
 def test_server_packet_checks():
     ok = mqtt5.decode_server_packet(CONNACK_OK[0], CONNACK_OK[2:])
     assert (ok.session_present, ok.code, ok.props) == (False, 0, {mqtt5.P_RECEIVE_MAXIMUM: 10})
