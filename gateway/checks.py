@@ -71,11 +71,45 @@ STATUS_BANNED = 2
 MAX_SEQ = 0xFFFFFFFF
 DEVICE_ID_LEN = 16
 MAX_DETAIL = 256
+TOPIC_CACHE = 1 << 16              # parsed device topics remembered (emptied when full)
 HEADER_CACHE = 16                  # certified headers whose quorum signatures were checked, by exact bytes
 
 
 def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+def _bstr_head(n: int) -> bytes:
+    """Head of a CBOR byte string of ``n`` bytes (RFC 8949 shortest form)."""
+    if n < 24:
+        return bytes((0x40 | n,))
+    if n < 0x100:
+        return bytes((0x58, n))
+    if n < 0x10000:
+        return b"\x59" + n.to_bytes(2, "big")
+    return b"\x5a" + n.to_bytes(4, "big")
+
+
+_SIG1_PREFIX = b"\x84" + cbor.dumps("Signature1")
+
+
+def sig1_to_be_signed(protected: bytes, external_aad: bytes, payload: bytes) -> bytes:
+    """``cose.Sign1.to_be_signed``: the CBOR of ["Signature1", protected, external_aad, payload]."""
+    return b"".join((_SIG1_PREFIX, _bstr_head(len(protected)), protected, _bstr_head(len(external_aad)),
+                     external_aad, _bstr_head(len(payload)), payload))
+
+
+_TEXT_CACHE: dict[str, bytes] = {}
+
+
+def _cbor_text(text: str) -> bytes:
+    """``cbor.dumps(text)``, remembered (gateway names)."""
+    out = _TEXT_CACHE.get(text)
+    if out is None:
+        out = cbor.dumps(text)
+        if len(_TEXT_CACHE) < 64:
+            _TEXT_CACHE[text] = out
+    return out
 
 
 # --- effects --------------------------------------------------------------------------------------
@@ -97,7 +131,7 @@ class Accept:
     def verified_reading(self, gateway_name: str) -> bytes:
         """The ``verified-reading`` republished to applications: the reading's map with 5 and 6 added."""
         if self.reading is not None and self.reading[:1] == b"\xa4" and len(self.frame_hash) == 32:
-            return b"\xa6" + self.reading[1:] + b"\x05\x58\x20" + self.frame_hash + b"\x06" + cbor.dumps(gateway_name)
+            return b"\xa6" + self.reading[1:] + b"\x05\x58\x20" + self.frame_hash + b"\x06" + _cbor_text(gateway_name)
         return cbor.dumps({1: self.device_id, 2: self.seq, 3: self.time_ms, 4: self.measurements,
                            5: self.frame_hash, 6: gateway_name})
 
@@ -340,6 +374,7 @@ class GatewayCore:
         self.issued_certs: set[bytes] = set()
         self.session_source: Callable[[bytes], tuple[bytes, bytes] | None] | None = None
         self._prefix = "ll/%s/dev/" % site
+        self._topics: dict[str, tuple[bytes, str]] = {}                     # parsed device topics
 
     # --- topics ---------------------------------------------------------------------------------
 
@@ -353,6 +388,19 @@ class GatewayCore:
         return "ll/%s/ledger/header" % self.site
 
     def _topic_device(self, topic: str) -> tuple[bytes, str] | None:
+        """(device id, last level) of a device topic ``{prefix}{32 lowercase hex}/{level}`` of this site, or None."""
+        if type(topic) is str:
+            hit = self._topics.get(topic)
+            if hit is not None:
+                return hit
+        parsed = self._parse_topic(topic)
+        if parsed is not None and (parsed[1] == "up" or parsed[1] == "session"):     # bounded length
+            if len(self._topics) >= TOPIC_CACHE:
+                self._topics.clear()
+            self._topics[topic] = parsed
+        return parsed
+
+    def _parse_topic(self, topic: str) -> tuple[bytes, str] | None:
         if not isinstance(topic, str) or not topic.startswith(self._prefix):
             return None
         rest = topic[len(self._prefix):].split("/")
@@ -455,7 +503,7 @@ class GatewayCore:
             rec = self._device_record(topic_dev, topic, frame, now_ms)
             if isinstance(rec, list):
                 return rec
-            if not self.crypto.verify(rec[2], msg.to_be_signed(aad), msg.signature):
+            if not self.crypto.verify(rec[2], sig1_to_be_signed(msg.protected, aad, msg.payload), msg.signature):
                 raise _Refusal(BAD_SIGNATURE, "signature does not verify with the registered key")
             plaintext = msg.payload
         else:
