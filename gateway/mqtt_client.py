@@ -359,6 +359,9 @@ class MqttClient:
                             pids.append(fast[1])
                             msgs.append(Message(fast[0], fast[2], 1, fast[1], False, first == 0x3A, {}, generation))
                             continue
+                    elif first == 0x40 and end - start == 2 and (data[start] or data[start + 1]):
+                        acked.append(((data[start] << 8) | data[start + 1], SUCCESS))    # PUBACK, Success
+                        continue
                     kind = first >> 4
                     p = decode_server_packet(first, data[start:end])
                     if kind == PUBLISH:
