@@ -80,6 +80,19 @@ def verify_receipt(receipt: bytes | dict, frame: bytes, chain_id: str, validator
     return header
 
 
+def _head(major: int, n: int) -> bytes:
+    """The shortest CBOR head of major type ``major`` with argument ``n`` (RFC 8949 section 4.2.1)."""
+    if n < 24:
+        return bytes(((major << 5) | n,))
+    if n < 0x100:
+        return bytes(((major << 5) | 24, n))
+    if n < 0x10000:
+        return bytes(((major << 5) | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes(((major << 5) | 26,)) + n.to_bytes(4, "big")
+    return bytes(((major << 5) | 27,)) + n.to_bytes(8, "big")
+
+
 def inclusion_proofs(entries: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
     """The RFC 9162 root of ``entries`` and the inclusion proof of every entry, in one pass (n log n hashes
     fewer than proving each entry on its own)."""
@@ -233,11 +246,13 @@ class Batcher:
             log.error("stored batch %s does not match its anchored root", batch_id.hex())
             return []
         out = []
+        size_item = b"\x04" + _head(0, size)
         for m, path in zip(msgs, proofs):
-            head = cbor.dumps({1: m.frame_hash, 2: m.seq, 3: m.leaf, 4: size, 5: path})
-            # a map of 5 (0xa5) -> of 8 (0xa8) entries, with 0: 1 first and 6, 7 last (keys in order)
-            out.append(Outgoing(down_topic(self.site, m.device), b"\xa8\x00\x01" + head[1:] + shared,
-                                frame_hash=m.frame_hash))
+            # the deterministic map of 8 entries, keys 0..7 in order (6 and 7 shared by the batch)
+            payload = b"".join((b"\xa8\x00\x01\x01", _head(2, len(m.frame_hash)), m.frame_hash,
+                                b"\x02", _head(0, m.seq), b"\x03", _head(0, m.leaf), size_item,
+                                b"\x05", _head(4, len(path)), b"".join([_head(2, len(x)) + x for x in path]), shared))
+            out.append(Outgoing(down_topic(self.site, m.device), payload, frame_hash=m.frame_hash))
         return out
 
     # --- warnings and certificates ------------------------------------------------------------------

@@ -184,10 +184,11 @@ class GatewayMetrics:
     def effects(self, effects: list, now_ms: int) -> None:
         """Effects of one input, after they were carried out."""
         t = self.mono()
+        accepted: dict[str, int] = {}
         with self.lock:
             for e in effects:
                 if isinstance(e, c.Accept):
-                    self.accepted.inc(1, (e.mode,))
+                    accepted[e.mode] = accepted.get(e.mode, 0) + 1
                     t0 = self._arrived.pop(e.frame_hash, None)
                     if t0 is not None:
                         self.accept_latency.observe(max(0.0, t - t0))
@@ -213,6 +214,8 @@ class GatewayMetrics:
                     self._arrived.pop(e.frame_hash, None)
                 elif isinstance(e, c.Ignored):
                     self._ignored += 1
+            for mode, n in accepted.items():
+                self.accepted.inc(n, (mode,))
 
     def registry_updated(self, dev: bytes) -> None:
         """The core took (or refused) a registry answer for ``dev``."""
