@@ -1,6 +1,6 @@
 """Gateway metrics and live state: Prometheus families and the data of the dashboard.
 
-``GatewayMetrics`` is the ``observer`` of a ``GatewayService``: it sees every frame (``frame``), the
+``GatewayMetrics`` is the ``observer`` of a ``GatewayService``: it sees every frame (``frames``, a group at a time), the
 effects of every input after they were carried out (``effects``: accepted frames are durable by then)
 and registry answers (``registry_updated``). ``instrument(gateway)`` attaches it to an ``MqttGateway`` and
 also wraps, on the instance, the MQTT message callback (to stamp the time a frame arrived, before
@@ -180,6 +180,19 @@ class GatewayMetrics:
             self._remember(self._arrived, h, self.mono())
             if parsed is not None:
                 self._device(parsed[0], now_ms).last_ms = now_ms
+
+    def frames(self, items: list[tuple[str, bytes]], now_ms: int) -> None:
+        """``frame`` of each ``(topic, payload)`` of a group."""
+        self.received.inc(len(items))
+        parsed = [(self.core._topic_device(topic),
+                   hashlib.sha256(payload if isinstance(payload, (bytes, bytearray)) else b"").digest())
+                  for topic, payload in items]
+        t = self.mono()
+        with self.lock:
+            for dev, h in parsed:
+                self._remember(self._arrived, h, t)
+                if dev is not None:
+                    self._device(dev[0], now_ms).last_ms = now_ms
 
     def effects(self, effects: list, now_ms: int) -> None:
         """Effects of one input, after they were carried out."""

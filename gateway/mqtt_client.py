@@ -3,10 +3,11 @@
 ``MqttClient`` connects with clean start false, a session expiry interval and a Receive Maximum,
 subscribes (QoS 1, shared subscriptions allowed) and hands the incoming PUBLISHes of each read chunk to
 ``on_messages`` in one list, or else each to ``on_message`` (called as paho's hook is), on the network thread;
-a QoS 1 message is acknowledged only when the application calls ``ack(pid, generation)`` (or ``ack_many``). Outgoing QoS 1 publishes are kept in flight up to the server's Receive Maximum
-(the rest wait in order); their PUBACKs are matched by packet identifier in a dict. Every call that
-writes packets takes ``flush=False`` to buffer them, and ``flush()`` sends the buffer in one ``sendall``;
-the network thread reads in 256 KiB chunks and sends what freed window slots let out in one write.
+a QoS 1 message is acknowledged only when the application calls ``ack(pid, generation)`` (or ``ack_many``).
+Outgoing QoS 1 publishes are kept in flight up to the server's Receive Maximum (the rest wait in order);
+their PUBACKs are matched by packet identifier in a dict. Every call that writes packets takes
+``flush=False`` to buffer them, and ``flush()`` sends the buffer in one ``sendall``; the network thread
+reads in 256 KiB chunks and sends what freed window slots let out in one write.
 
 Connection loss (socket error, keep-alive timeout, DISCONNECT or a malformed packet from the server)
 is logged, the socket closed, and the client reconnects with exponential backoff and jitter: it
@@ -30,8 +31,8 @@ from typing import Any, Callable, Sequence
 from ledgerlink.mqtt5 import (
     CONNACK, DISCONNECT, P_ASSIGNED_ID, P_MAXIMUM_PACKET_SIZE, P_RECEIVE_MAXIMUM, P_SERVER_KEEP_ALIVE,
     P_SESSION_EXPIRY, PINGREQ_PACKET, PINGRESP, PUBACK, PUBLISH, SUBACK, SUCCESS, UNSUBACK, MqttError,
-    decode_server_packet, decode_server_publish_qos1, encode_connect, encode_disconnect, encode_properties, encode_publish, encode_subscribe,
-    puback, split_frame,
+    decode_server_packet, decode_server_publish_qos1, encode_connect, encode_disconnect, encode_properties,
+    encode_publish, encode_subscribe, puback, split_frame,
 )
 
 log = logging.getLogger("ledgerlink.gateway.mqtt_client")
@@ -67,8 +68,9 @@ class ConnectRefused(Exception):
 class MqttClient:
     """One MQTT 5 connection kept up by a network thread (``start``), ended by ``stop``.
 
-    ``on_messages(client, userdata, [Message, ...])`` (when given; else ``on_message(client, userdata, Message)``,
-    the shape of paho's hook) and ``on_connect(session_present)`` run on the network thread. The other methods are thread-safe.
+    ``on_messages(client, userdata, [Message, ...])`` (when given; else ``on_message(client, userdata,
+    Message)``, the shape of paho's hook) and ``on_connect(session_present)`` run on the network thread.
+    The other methods are thread-safe.
     """
 
     def __init__(self, host: str, port: int, client_id: str, *, keepalive: int = 30, clean_start: bool = False,

@@ -119,8 +119,6 @@ class GatewayService:
     def _feed(self, item: tuple, now_ms: int) -> list[c.Effect]:
         kind = item[0]
         if kind == "frame":
-            if self.observer is not None:
-                self.observer.frame(item[1], item[2], now_ms)
             return self.core.on_frame(item[1], item[2], now_ms)
         if kind == "registry":
             effects = self.core.on_registry_proof(item[2], now_ms, item[1])
@@ -140,6 +138,10 @@ class GatewayService:
         Their store writes are committed together (one transaction) before this returns, so every
         frame in ``decided`` may be acknowledged.
         """
+        if self.observer is not None:
+            frames = [(item[1], item[2]) for item in items if item[0] == "frame"]
+            if frames:
+                self.observer.frames(frames, now_ms)
         effects: list[c.Effect] = []
         for item in items:
             effects.extend(self._feed(item, now_ms))
