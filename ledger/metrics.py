@@ -9,7 +9,7 @@ HTTP thread). ``HttpServer`` serves GET requests from a handler function on a da
 (``http.server``; nothing outside the standard library).
 
 ``NodeMetrics.attach(node)`` observes a running ``ledgerlink.ledger.node.Node``: it wraps the
-instance's ``effects`` and ``_submit`` so committed transactions, dropped messages (by reason) and the
+instance's ``effects`` and ``_submit_all`` so committed transactions, dropped messages (by reason) and the
 submit-to-commit latency of transactions submitted at this node are counted; view, height, pool size
 and peer state are read when scraped. A node started without ``--metrics-port`` runs unchanged.
 
@@ -364,13 +364,13 @@ class NodeMetrics:
         self._submitted_at: OrderedDict[bytes, float] = OrderedDict()
 
     def attach(self) -> "NodeMetrics":
-        """Wrap the node's ``effects`` and ``_submit`` on the instance."""
+        """Wrap the node's ``effects`` and ``_submit_all`` (every submission goes through it) on the instance."""
         import hashlib
 
         from ledgerlink.ledger.consensus.replica import Committed, Dropped
 
         node = self.node
-        effects, submit = node.effects, node._submit
+        effects, submit_all = node.effects, node._submit_all
 
         def observed_effects(items: list) -> None:
             for e in items:
@@ -380,19 +380,19 @@ class NodeMetrics:
                     self.dropped.inc(1, (reason_label(e.reason),))
             effects(items)
 
-        async def observed_submit(req: dict) -> dict:
-            tx = req.get("tx")
-            if isinstance(tx, bytes):
-                self.submitted.inc()
-                h = hashlib.sha256(tx).digest()
-                if h not in self._submitted_at:
-                    self._submitted_at[h] = self.clock()
-                    if len(self._submitted_at) > self.MAX_TRACKED:
-                        self._submitted_at.popitem(last=False)
-            return await submit(req)
+        async def observed_submit_all(txs: list, wait: int) -> list[dict]:
+            for tx in txs:
+                if isinstance(tx, bytes):
+                    self.submitted.inc()
+                    h = hashlib.sha256(tx).digest()
+                    if h not in self._submitted_at:
+                        self._submitted_at[h] = self.clock()
+                        if len(self._submitted_at) > self.MAX_TRACKED:
+                            self._submitted_at.popitem(last=False)
+            return await submit_all(txs, wait)
 
         node.effects = observed_effects
-        node._submit = observed_submit
+        node._submit_all = observed_submit_all
         return self
 
     def on_committed(self, txs: Iterable[bytes]) -> None:
