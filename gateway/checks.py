@@ -81,13 +81,7 @@ def sha256(data: bytes) -> bytes:
 
 def _bstr_head(n: int) -> bytes:
     """Head of a CBOR byte string of ``n`` bytes (RFC 8949 shortest form)."""
-    if n < 24:
-        return bytes((0x40 | n,))
-    if n < 0x100:
-        return bytes((0x58, n))
-    if n < 0x10000:
-        return b"\x59" + n.to_bytes(2, "big")
-    return b"\x5a" + n.to_bytes(4, "big")
+    return cbor.head(2, n)
 
 
 _SIG1_PREFIX = b"\x84" + cbor.dumps("Signature1")

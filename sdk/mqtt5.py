@@ -311,6 +311,25 @@ def _check_message_props(props: dict[int, Any]) -> None:
         check_topic_name(props[P_RESPONSE_TOPIC])
 
 
+def _publish_head(flags: int, body: bytes) -> tuple["Publish", "_Reader"]:
+    """A PUBLISH's fixed-header flags, topic and packet id; the reader stands at its properties."""
+    qos = (flags >> 1) & 3
+    if qos == 3:
+        raise _malformed("PUBLISH with QoS 3")
+    if qos == 0 and flags & 0x08:
+        raise _malformed("DUP set on a QoS 0 PUBLISH")
+    r = _Reader(body)
+    p = Publish()
+    p.qos, p.retain, p.dup = qos, bool(flags & 1), bool(flags & 0x08)
+    p.topic = r.string()
+    p.pid = 0
+    if qos:
+        p.pid = r.u16()
+        if p.pid == 0:
+            raise _protocol("PUBLISH packet identifier 0")
+    return p, r
+
+
 def decode_packet(first: int, body: bytes, version: int) -> Any:
     """Decode one client-to-server packet (fixed header byte ``first``, its ``body``) of protocol ``version``.
 
@@ -320,20 +339,7 @@ def decode_packet(first: int, body: bytes, version: int) -> Any:
     kind, flags = first >> 4, first & 0x0F
     v5 = version == 5
     if kind == PUBLISH:
-        qos = (flags >> 1) & 3
-        if qos == 3:
-            raise _malformed("PUBLISH with QoS 3")
-        if qos == 0 and flags & 0x08:
-            raise _malformed("DUP set on a QoS 0 PUBLISH")
-        r = _Reader(body)
-        p = Publish()
-        p.qos, p.retain, p.dup = qos, bool(flags & 1), bool(flags & 0x08)
-        p.topic = r.string()
-        p.pid = 0
-        if qos:
-            p.pid = r.u16()
-            if p.pid == 0:
-                raise _protocol("PUBLISH packet identifier 0")
+        p, r = _publish_head(flags, body)
         p.props = r.properties(PUBLISH_PROPS) if v5 else {}
         if P_SUBSCRIPTION_ID in p.props:
             raise _protocol("a client PUBLISH carries a subscription identifier")
@@ -538,20 +544,7 @@ def decode_server_packet(first: int, body: bytes) -> Any:
     """
     kind, flags = first >> 4, first & 0x0F
     if kind == PUBLISH:
-        qos = (flags >> 1) & 3
-        if qos == 3:
-            raise _malformed("PUBLISH with QoS 3")
-        if qos == 0 and flags & 0x08:
-            raise _malformed("DUP set on a QoS 0 PUBLISH")
-        r = _Reader(body)
-        p = Publish()
-        p.qos, p.retain, p.dup = qos, bool(flags & 1), bool(flags & 0x08)
-        p.topic = r.string()
-        p.pid = 0
-        if qos:
-            p.pid = r.u16()
-            if p.pid == 0:
-                raise _protocol("PUBLISH packet identifier 0")
+        p, r = _publish_head(flags, body)
         if r.pos < r.end and r.data[r.pos] == 0:      # no properties: the common case
             r.pos += 1
             p.props = {}

@@ -26,17 +26,7 @@ DEVICE_ID_LEN = 16
 _U64_MAX = (1 << 64) - 1
 
 
-def _head(major: int, n: int) -> bytes:
-    mt = major << 5
-    if n < 24:
-        return bytes((mt | n,))
-    if n < 0x100:
-        return bytes((mt | 24, n))
-    if n < 0x10000:
-        return bytes((mt | 25,)) + n.to_bytes(2, "big")
-    if n < 0x100000000:
-        return bytes((mt | 26,)) + n.to_bytes(4, "big")
-    return bytes((mt | 27,)) + n.to_bytes(8, "big")
+_head = cbor.head
 
 
 _BSTR_HEAD = [_head(2, n) for n in range(256)]
@@ -102,13 +92,7 @@ _SIG_HEAD = b"\x58\x40"
 
 def bstr_head(n: int) -> bytes:
     """Shortest CBOR head of a byte string of n bytes."""
-    if n < 24:
-        return bytes((0x40 | n,))
-    if n < 0x100:
-        return bytes((0x58, n))
-    if n < 0x10000:
-        return b"\x59" + n.to_bytes(2, "big")
-    return b"\x5a" + n.to_bytes(4, "big")
+    return _BSTR_HEAD[n] if n < 256 else cbor.head(2, n)
 
 
 def split_sign1(tx: bytes) -> tuple[bytes, bytes, bytes] | None:

@@ -100,6 +100,13 @@ UNDEFINED = _Undefined()
 
 # ---------------------------------------------------------------- encoding
 
+def head(major, value):
+    """The shortest CBOR head (bytes) of major type ``major`` with argument ``value`` (0..2**64-1)."""
+    out = bytearray()
+    _head(out, major, value)
+    return bytes(out)
+
+
 def _head(out, major, value):
     """Append the shortest head for major type ``major`` and argument ``value`` (0..2**64-1)."""
     mt = major << 5

@@ -289,13 +289,28 @@ def from_cbor2(obj, in_key=False):
     return obj
 
 
+def _simple_key_beside_int(obj) -> bool:
+    """A map (at any depth) with a simple-value key and an integer key of the same number."""
+    if isinstance(obj, dict):
+        ints = {k for k in obj if type(k) is int}
+        if any(isinstance(k, Simple) and k.value in ints for k in obj):
+            return True
+        return any(_simple_key_beside_int(k) or _simple_key_beside_int(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return any(_simple_key_beside_int(x) for x in obj)
+    if isinstance(obj, Tag):
+        return _simple_key_beside_int(obj.value)
+    return False
+
+
 @FAST
 @given(VALUES)
 def test_roundtrip_and_codecs_agree(value):
     data = cbor.portable_dumps(value)
     assert cpython_cbor.dumps(value) == data
     assert cbor.dumps(value) == data
-    assert same(from_cbor2(cbor2.loads(data)), value)  # an independent decoder reads the same value
+    if not _simple_key_beside_int(value):        # cbor2's simple values equal ints: such keys collide there
+        assert same(from_cbor2(cbor2.loads(data)), value)  # an independent decoder reads the same value
     portable = cbor.portable_loads(data, max_depth=1000)
     fast = cpython_cbor.loads(data, max_depth=1000)
     assert same(portable, value)
