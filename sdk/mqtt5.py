@@ -311,6 +311,36 @@ def _check_message_props(props: dict[int, Any]) -> None:
         check_topic_name(props[P_RESPONSE_TOPIC])
 
 
+def _decode_ack(kind: int, r: "_Reader", v5: bool, refuse_zero_pid: bool) -> "Ack":
+    """PUBACK, PUBREC, PUBREL or PUBCOMP: packet id, then (MQTT 5) optional reason code and properties."""
+    a = Ack()
+    a.kind = kind
+    a.pid = r.u16()
+    if refuse_zero_pid and a.pid == 0:
+        raise _protocol("acknowledgement of packet identifier 0")
+    a.code, a.props = SUCCESS, {}
+    if v5 and r.left():
+        a.code = r.u8()
+        if r.left():
+            a.props = r.properties(ACK_PROPS)
+    if r.left():
+        raise _malformed("bytes after an acknowledgement")
+    return a
+
+
+def _decode_disconnect(r: "_Reader", v5: bool, allowed_props: Any) -> "Disconnect":
+    """DISCONNECT: (MQTT 5) optional reason code and properties of ``allowed_props``."""
+    d = Disconnect()
+    d.code, d.props = SUCCESS, {}
+    if v5 and r.left():
+        d.code = r.u8()
+        if r.left():
+            d.props = r.properties(allowed_props)
+    if r.left():
+        raise _malformed("bytes after DISCONNECT")
+    return d
+
+
 def _publish_head(flags: int, body: bytes) -> tuple["Publish", "_Reader"]:
     """A PUBLISH's fixed-header flags, topic and packet id; the reader stands at its properties."""
     qos = (flags >> 1) & 3
@@ -352,17 +382,7 @@ def decode_packet(first: int, body: bytes, version: int) -> Any:
     if kind == CONNECT:
         return decode_connect(body)
     if kind in (PUBACK, PUBREC, PUBREL, PUBCOMP):
-        a = Ack()
-        a.kind = kind
-        a.pid = r.u16()
-        a.code, a.props = SUCCESS, {}
-        if v5 and r.left():
-            a.code = r.u8()
-            if r.left():
-                a.props = r.properties(ACK_PROPS)
-        if r.left():
-            raise _malformed("bytes after an acknowledgement")
-        return a
+        return _decode_ack(kind, r, v5, False)
     if kind == SUBSCRIBE:
         s = Subscribe()
         s.pid = r.u16()
@@ -400,15 +420,7 @@ def decode_packet(first: int, body: bytes, version: int) -> Any:
             raise _malformed("PINGREQ with a body")
         return Simple(PINGREQ)
     if kind == DISCONNECT:
-        d = Disconnect()
-        d.code, d.props = SUCCESS, {}
-        if v5 and r.left():
-            d.code = r.u8()
-            if r.left():
-                d.props = r.properties(DISCONNECT_PROPS)
-        if r.left():
-            raise _malformed("bytes after DISCONNECT")
-        return d
+        return _decode_disconnect(r, v5, DISCONNECT_PROPS)
     if kind == AUTH and v5:
         raise _protocol("AUTH without an authentication method")
     if kind == 0 or (kind == AUTH and not v5):
@@ -562,19 +574,7 @@ def decode_server_packet(first: int, body: bytes) -> Any:
         raise _malformed("reserved flags 0x%x on packet type %d" % (flags, kind))
     r = _Reader(body)
     if kind in (PUBACK, PUBREC, PUBREL, PUBCOMP):
-        a = Ack()
-        a.kind = kind
-        a.pid = r.u16()
-        if a.pid == 0:
-            raise _protocol("acknowledgement of packet identifier 0")
-        a.code, a.props = SUCCESS, {}
-        if r.left():
-            a.code = r.u8()
-            if r.left():
-                a.props = r.properties(ACK_PROPS)
-        if r.left():
-            raise _malformed("bytes after an acknowledgement")
-        return a
+        return _decode_ack(kind, r, True, True)
     if kind == CONNACK:
         c = Connack()
         ack_flags = r.u8()
@@ -611,15 +611,7 @@ def decode_server_packet(first: int, body: bytes) -> Any:
             raise _malformed("PINGRESP with a body")
         return Simple(PINGRESP)
     if kind == DISCONNECT:
-        d = Disconnect()
-        d.code, d.props = SUCCESS, {}
-        if r.left():
-            d.code = r.u8()
-            if r.left():
-                d.props = r.properties(SERVER_DISCONNECT_PROPS)
-        if r.left():
-            raise _malformed("bytes after DISCONNECT")
-        return d
+        return _decode_disconnect(r, True, SERVER_DISCONNECT_PROPS)
     if kind == AUTH:
         raise _protocol("AUTH without an authentication method")
     if kind == 0:
