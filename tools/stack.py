@@ -266,12 +266,13 @@ class Stack:
         self.progress("ledger: chain %r, %d PBFT nodes on 127.0.0.1 (client ports %s), height %d"
                       % (cfg.chain_id, cfg.n, ports, self.height()))
 
-    def _start_gateway(self, timeout: float) -> None:
+    def _gateway_config(self, http_host: str, http_port: int) -> dict:
+        """The site gateway's config (its fog CA and site keys made on first use), paths relative to ``data_dir``."""
         keys = self.data_dir / "ledger" / "keys"
         for name in ("gw-ca", "gw-site"):
             if not (keys / (name + ".key")).exists():
                 write_key(keys / (name + ".key"), self.crypto.generate_private_key())
-        cfg = {
+        return {
             "site": self.site,
             "mqtt": {"host": self.broker_host, "port": self.broker_port, "client_id": "ll-gw-%s-1" % self.site},
             "store": "gateway.db",
@@ -280,8 +281,11 @@ class Stack:
             "ledger": {"cluster": "ledger/cluster.json"},
             "limits": self.limits,
             "batch": self.batch,
-            "http": {"host": "127.0.0.1", "port": 0},
+            "http": {"host": http_host, "port": http_port},
         }
+
+    def _start_gateway(self, timeout: float) -> None:
+        cfg = self._gateway_config("127.0.0.1", 0)
         self.gateway, self.dashboard_url = launch_gateway(cfg, self.data_dir, timeout)
         self.progress("gateway %s: site %r, subscribed to ll/%s/dev/+/up and .../session"
                       % (self.gateway_id.hex(), self.site, self.site))

@@ -363,21 +363,7 @@ def _make_stack_class() -> type:
                 raise
 
         def _start_gateway(self, timeout: float) -> None:
-            keys = self.data_dir / "ledger" / "keys"
-            for name in ("gw-ca", "gw-site"):
-                if not (keys / (name + ".key")).exists():
-                    st.write_key(keys / (name + ".key"), self.crypto.generate_private_key())
-            gw = {
-                "site": self.site,
-                "mqtt": {"host": self.broker_host, "port": self.broker_port, "client_id": "ll-gw-%s-1" % self.site},
-                "store": "gateway.db",
-                "keys": {"identity": "ledger/keys/gateway.key", "ca": "ledger/keys/gw-ca.key",
-                         "site": "ledger/keys/gw-site.key"},
-                "ledger": {"cluster": "ledger/cluster.json"},
-                "limits": self.limits,
-                "batch": self.batch,
-                "http": {"host": self.cfg.http_host, "port": self.cfg.http_port},
-            }
+            gw = self._gateway_config(self.cfg.http_host, self.cfg.http_port)
             self.gateway, self.dashboard_url = st.launch_gateway(gw, self.data_dir, timeout)
             self.progress("gateway %s: site %r, subscribed to ll/%s/dev/+/up, .../reg and .../session"
                           % (self.gateway_id.hex(), self.site, self.site))
