@@ -30,7 +30,6 @@ import hashlib
 import os
 import shutil
 import sqlite3
-import statistics
 import tempfile
 import threading
 import time
@@ -41,7 +40,7 @@ import paho.mqtt.client as mqtt
 
 from ledgerlink.core import cbor
 from ledgerlink.core.backend import get_backend
-from ledgerlink.device.core import MODE_SESSION, DeviceCore, MemoryCounter, SequenceCounter, SessionOpened
+from ledgerlink.device.core import MODE_SESSION, MODE_SIGNED, DeviceCore, MemoryCounter, SequenceCounter, SessionOpened
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.tools.stack import Stack
 
@@ -273,23 +272,26 @@ def main(argv: list[str] | None = None) -> int:
         say("first contact: %d of %d devices accepted in %.1f s (%.0f/s, one ledger record proof each); "
             "gateway CPU %.2f ms per message" % (n, len(first), secs, n / secs, first_cpu))
 
-        def signed_frames(count: int, pool: list[DeviceCore]) -> list[tuple[str, bytes]]:
-            return [(pool[i % len(pool)].up_topic, pool[i % len(pool)].reading({"t": i}, now_ms()).payload)
+        def make_frames(count: int, pool: list[DeviceCore], mode: str = MODE_SIGNED) -> list[tuple[str, bytes]]:
+            return [(pool[i % len(pool)].up_topic, pool[i % len(pool)].reading({"t": i}, now_ms(), mode).payload)
                     for i in range(count)]
 
+        def closed_loop(name: str, frames: list[tuple[str, bytes]]) -> tuple[float, float]:
+            """Accepted msg/s and gateway CPU ms per message with ``args.window`` frames in flight."""
+            cpu0 = cpu_seconds(gw_pid)
+            n, secs = run_closed_loop(pub, obs, frames, args.window)
+            cpu = cpu_seconds(gw_pid) - cpu0
+            say("%s mode: %d of %d accepted in %.2f s; gateway process CPU %.0f%% of one core, %.2f ms per message"
+                % (name, n, len(frames), secs, 100 * cpu / secs, cpu_ms_per(cpu, n)))
+            return n / secs, cpu_ms_per(cpu, n)
+
         t = time.monotonic()
-        frames = signed_frames(args.messages, devices)
+        frames = make_frames(args.messages, devices)
         say("made %d signed readings in %.1f s" % (len(frames), time.monotonic() - t))
-        cpu0 = cpu_seconds(gw_pid)
-        n, secs = run_closed_loop(pub, obs, frames, args.window)
-        signed_rate = n / secs
-        cpu = cpu_seconds(gw_pid) - cpu0
-        signed_cpu = cpu_ms_per(cpu, n)
-        say("signed mode: %d of %d accepted in %.2f s; gateway process CPU %.0f%% of one core, %.2f ms per message"
-            % (n, len(frames), secs, 100 * cpu / secs, signed_cpu))
+        signed_rate, signed_cpu = closed_loop("signed", frames)
 
         count = int(args.rate * args.latency_s)
-        frames = signed_frames(count, devices)
+        frames = make_frames(count, devices)
         cpu0 = cpu_seconds(gw_pid)
         lat, achieved, missing = run_paced(pub, obs, frames, args.rate)
         latency_cpu = cpu_ms_per(cpu_seconds(gw_pid) - cpu0, len(lat))
@@ -335,15 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         pool = [d for d in subset if d.session is not None]
         session_rate = session_cpu = float("nan")
         if pool:
-            frames = [(pool[i % len(pool)].up_topic, pool[i % len(pool)].reading({"t": i}, now_ms(), MODE_SESSION).payload)
-                      for i in range(args.messages)]
-            cpu0 = cpu_seconds(gw_pid)
-            n, secs = run_closed_loop(pub, obs, frames, args.window)
-            session_rate = n / secs
-            cpu = cpu_seconds(gw_pid) - cpu0
-            session_cpu = cpu_ms_per(cpu, n)
-            say("session mode: %d of %d accepted in %.2f s; gateway process CPU %.0f%% of one core, %.2f ms per message"
-                % (n, len(frames), secs, 100 * cpu / secs, session_cpu))
+            session_rate, session_cpu = closed_loop("session", make_frames(args.messages, pool, MODE_SESSION))
         with obs.lock:
             refused = dict(obs.refused)
         if refused:
