@@ -59,6 +59,17 @@ def _lines(proc, q):
     q.put(None)
 
 
+def _rest(proc: subprocess.Popen, q: queue.Queue) -> list[str]:
+    """Kill ``proc`` if it still runs; its remaining output lines."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    rest = []
+    while (line := q.get(timeout=5)) is not None:
+        rest.append(line)
+    return rest
+
+
 def _start_up(*args: str) -> tuple[subprocess.Popen, queue.Queue, str]:
     """``ledgerlink up ARGS`` in a subprocess; its output up to the "ready" line, and the rest in the queue."""
     proc = subprocess.Popen(CLI + ["up", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -111,12 +122,7 @@ def test_up_runs_a_site_and_stops_on_sigint(tmp_path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    rest = []
-    while (line := q.get(timeout=5)) is not None:
-        rest.append(line)
+        rest = _rest(proc, q)
     assert "stopped" in rest[-1]
     assert proc.stderr.read() == ""
     deadline = time.monotonic() + 5
@@ -223,12 +229,7 @@ def test_external_broker_and_a_part_that_exits(tmp_path):
             os.kill(node[0], signal.SIGKILL)
             assert proc.wait(30) == 1
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        rest = []
-        while (line := q.get(timeout=5)) is not None:
-            rest.append(line)
+            rest = _rest(proc, q)
         assert any("error: ledger node 0 exited" in l for l in rest) and "stopped" in rest[-1]
         assert not any(alive(p) for p in pids)
         assert mq.poll() is None and listening(port)          # an external broker is not ours to stop
@@ -251,12 +252,7 @@ def test_embedded_broker_site_and_broker_exit(tmp_path):
         os.kill(mq, signal.SIGKILL)
         assert proc.wait(30) == 1
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    rest = []
-    while (line := q.get(timeout=5)) is not None:
-        rest.append(line)
+        rest = _rest(proc, q)
     assert any("error: the embedded MQTT broker exited with status -9 (see %s)"
                % (tmp_path / "site" / "mqtt_broker.log") in l for l in rest), rest
     assert "stopped" in rest[-1]

@@ -374,40 +374,36 @@ def ecdsa_cases(count: int) -> list:
     """[[pub_hex, [[tcId, msg, sig, expect_valid], ...]]]: the first ``count`` valid and invalid cases."""
     data = load("wycheproof/ecdsa_secp256r1_sha256_p1363_test.json")
     groups = []
-    valid = invalid = 0
+    taken = {"valid": 0, "invalid": 0}
     for group in data["testGroups"]:
-        picked = []
-        for t in group["tests"]:
-            if t["result"] == "valid" and valid < count:
-                valid += 1
-            elif t["result"] == "invalid" and invalid < count:
-                invalid += 1
-            else:
-                continue
-            picked.append([t["tcId"], t["msg"], t["sig"], t["result"] == "valid"])
+        picked = [[t["tcId"], t["msg"], t["sig"], t["result"] == "valid"] for t in _take(group["tests"], count, taken)]
         if picked:
             groups.append([group["publicKey"]["uncompressed"], picked])
-        if valid >= count and invalid >= count:
+        if min(taken.values()) >= count:
             break
     return groups
+
+
+def _take(tests: list, count: int, taken: dict) -> list:
+    """The tests of a group while fewer than ``count`` valid (and invalid) ones are taken in all."""
+    out = []
+    for t in tests:
+        if t["result"] in taken and taken[t["result"]] < count:
+            taken[t["result"]] += 1
+            out.append(t)
+    return out
 
 
 def ccm_cases(count: int) -> list:
     """[[tcId, key, iv, aad, msg, ct, tag, expect_valid]] from groups our CCM supports (nonce 7..13 bytes)."""
     data = load("wycheproof/aes_ccm_test.json")
     out = []
-    valid = invalid = 0
+    taken = {"valid": 0, "invalid": 0}
     for group in data["testGroups"]:
         if not 56 <= group["ivSize"] <= 104 or group["tagSize"] % 16:
             continue
-        for t in group["tests"]:
-            if t["result"] == "valid" and valid < count:
-                valid += 1
-            elif t["result"] == "invalid" and invalid < count:
-                invalid += 1
-            else:
-                continue
-            out.append([t["tcId"], t["key"], t["iv"], t["aad"], t["msg"], t["ct"], t["tag"], t["result"] == "valid"])
+        out += [[t["tcId"], t["key"], t["iv"], t["aad"], t["msg"], t["ct"], t["tag"], t["result"] == "valid"]
+                for t in _take(group["tests"], count, taken)]
     return out
 
 
