@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ledgerlink.core import cbor, cose, ecdsa, ecqv, merkle, session_keys, smt
+from ledgerlink.core import cbor, cose, ecqv, merkle, session_keys, smt
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidSignature, InvalidTag, LedgerlinkError
 

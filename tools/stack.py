@@ -120,7 +120,8 @@ def _child_setup() -> None:
         pass
 
 
-def _stop_proc(p: subprocess.Popen | None, timeout: float = 10.0) -> None:
+def stop_process(p: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM ``p`` (if running) and wait; SIGKILL after ``timeout`` seconds."""
     if p is None or p.poll() is not None:
         return
     p.send_signal(signal.SIGTERM)
@@ -292,13 +293,13 @@ class Stack:
 
     def stop(self) -> None:
         """Stop gateway, ledger client, cluster and broker (each waited for)."""
-        _stop_proc(self.gateway, 15)
+        stop_process(self.gateway, 15)
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None
         if self.cluster is not None:
             self.cluster.stop()
-        _stop_proc(self.broker)
+        stop_process(self.broker)
 
     def __enter__(self) -> "Stack":
         self.start()

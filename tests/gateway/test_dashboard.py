@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from ledgerlink.ledger.metrics import CONTENT_TYPE
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.ledger.state.codes import Role
 from ledgerlink.ledger.state.testing import DevNet
+from ledgerlink.tools.stack import stop_process
 
 from tests.gateway.fake_ledger import FakeLedgerAdapter
 from tests.gateway.test_checks import NOW, SITE, reading, up
@@ -328,13 +328,7 @@ def test_dashboard_renders_in_chromium_against_running_gateway(tmp_path):
         if pub is not None:
             pub.loop_stop()
             pub.disconnect()
-        if gw_proc is not None:
-            gw_proc.send_signal(signal.SIGTERM)
-            try:
-                gw_proc.wait(15)
-            except subprocess.TimeoutExpired:
-                gw_proc.kill()
-                gw_proc.wait()
+        stop_process(gw_proc, 15)
         if client is not None:
             client.close()
         cluster.stop()

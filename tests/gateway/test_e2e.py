@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import queue
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from ledgerlink.gateway.batcher import verify_receipt
 from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.cluster import LocalCluster, write_key
 from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.tools.stack import stop_process
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 SITE = "e2e"
@@ -139,13 +139,7 @@ def system(tmp_path_factory):
     finally:
         if listener is not None:
             listener.close()
-        if gw_proc is not None:
-            gw_proc.send_signal(signal.SIGTERM)
-            try:
-                gw_proc.wait(15)
-            except subprocess.TimeoutExpired:
-                gw_proc.kill()
-                gw_proc.wait()
+        stop_process(gw_proc, 15)
         if client is not None:
             client.close()
         cluster.stop()

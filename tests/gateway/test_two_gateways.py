@@ -13,7 +13,7 @@ import pytest
 
 from ledgerlink.core import cbor
 from ledgerlink.device.core import MODE_SESSION, DeviceCore, MemoryCounter, ReceiptResult, SequenceCounter
-from ledgerlink.tools.stack import Stack, _stop_proc, launch_gateway
+from ledgerlink.tools.stack import Stack, launch_gateway, stop_process
 from tests.mqtt_helpers import subscriber
 
 pytestmark = pytest.mark.slow
@@ -76,5 +76,5 @@ def test_two_gateway_processes_share_sessions_and_replay_protection(tmp_path):
         if app is not None:
             app.loop_stop()
             app.disconnect()
-        _stop_proc(second, 15)
+        stop_process(second, 15)
         s.stop()
