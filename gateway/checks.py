@@ -79,18 +79,116 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+_BSTR_HEADS = [bytes((0x40 | n,)) for n in range(24)] + [bytes((0x58, n)) for n in range(24, 256)]
+
+
 def _bstr_head(n: int) -> bytes:
     """Head of a CBOR byte string of ``n`` bytes (RFC 8949 shortest form)."""
-    return cbor.head(2, n)
+    return _BSTR_HEADS[n] if n < 256 else cbor.head(2, n)
 
 
 _SIG1_PREFIX = b"\x84" + cbor.dumps("Signature1")
+_ENC0_PREFIX = b"\x83" + cbor.dumps("Encrypt0")
 
 
 def sig1_to_be_signed(protected: bytes, external_aad: bytes, payload: bytes) -> bytes:
     """``cose.Sign1.to_be_signed``: the CBOR of ["Signature1", protected, external_aad, payload]."""
     return b"".join((_SIG1_PREFIX, _bstr_head(len(protected)), protected, _bstr_head(len(external_aad)),
                      external_aad, _bstr_head(len(payload)), payload))
+
+
+def enc0_aad(protected: bytes, external_aad: bytes) -> bytes:
+    """``cose.Encrypt0.aad``: the CBOR of ["Encrypt0", protected, external_aad]."""
+    return b"".join((_ENC0_PREFIX, _bstr_head(len(protected)), protected, _bstr_head(len(external_aad)),
+                     external_aad))
+
+
+def partial_iv_nonce(base_iv: bytes, partial_iv: bytes) -> bytes:
+    """``cose.nonce_from_partial_iv`` (raises as it does for a bad Base IV or Partial IV)."""
+    if len(base_iv) != cose.NONCE_LEN or not 0 < len(partial_iv) <= cose.NONCE_LEN:
+        return cose.nonce_from_partial_iv(base_iv, partial_iv)
+    return (int.from_bytes(base_iv, "big") ^ int.from_bytes(partial_iv, "big")).to_bytes(cose.NONCE_LEN, "big")
+
+
+# --- fast paths for the one encoding devices send ---------------------------------------------------
+# Each returns what the strict decoder returns for input in exactly that deterministic encoding, and
+# None for anything else (the strict decoder then accepts or refuses it).
+
+_PROTECTED_SIGN1 = cbor.dumps({cose.HDR_ALG: cose.ALG_ES256})
+_PROTECTED_ENC0 = cbor.dumps({cose.HDR_ALG: cose.ALG_AES_CCM_16_64_128})
+# tag 18, [protected, {4: 16-byte kid}, ...] and tag 16, [protected, {4: 8-byte kid, 6: ...}, ...]
+_SIGN1_HEAD = b"\xd2\x84" + _bstr_head(len(_PROTECTED_SIGN1)) + _PROTECTED_SIGN1 + b"\xa1\x04\x50"
+_ENC0_HEAD = b"\xd0\x83" + _bstr_head(len(_PROTECTED_ENC0)) + _PROTECTED_ENC0 + b"\xa2\x04\x48"
+_SIG_HEAD = b"\x58\x40"
+
+
+def _bstr_at(data: bytes, pos: int) -> tuple[int, int] | None:
+    """(start, end) of the content of the shortest-form byte string of at most 65535 bytes at ``data[pos]``."""
+    if pos >= len(data):
+        return None
+    b = data[pos]
+    if 0x40 <= b < 0x58:
+        start, n = pos + 1, b - 0x40
+    elif b == 0x58 and pos + 2 <= len(data) and data[pos + 1] >= 24:
+        start, n = pos + 2, data[pos + 1]
+    elif b == 0x59 and pos + 3 <= len(data) and data[pos + 1]:
+        start, n = pos + 3, (data[pos + 1] << 8) | data[pos + 2]
+    else:
+        return None
+    return (start, start + n) if start + n <= len(data) else None
+
+
+def decode_sign1_fast(frame: bytes) -> cose.Sign1 | None:
+    """``cose.decode_sign1(frame)`` when ``frame`` is a COSE_Sign1 with a 16-byte kid in its deterministic
+    encoding, else None."""
+    k = len(_SIGN1_HEAD)
+    if len(frame) > cose.MAX_FRAME or not frame.startswith(_SIGN1_HEAD):
+        return None
+    got = _bstr_at(frame, k + DEVICE_ID_LEN)
+    if got is None:
+        return None
+    start, end = got
+    if len(frame) != end + 66 or frame[end:end + 2] != _SIG_HEAD:
+        return None
+    return cose.Sign1(_PROTECTED_SIGN1, frame[k:k + DEVICE_ID_LEN], frame[start:end], frame[end + 2:])
+
+
+def decode_encrypt0_fast(frame: bytes) -> cose.Encrypt0 | None:
+    """``cose.decode_encrypt0(frame)`` when ``frame`` is a COSE_Encrypt0 with an 8-byte kid and a Partial IV
+    of 1..4 bytes in its deterministic encoding, else None."""
+    k = len(_ENC0_HEAD)
+    if len(frame) > cose.MAX_FRAME or not frame.startswith(_ENC0_HEAD):
+        return None
+    p = k + session_keys.SESSION_ID_LEN
+    if len(frame) < p + 2 or frame[p] != 0x06 or not 0x41 <= frame[p + 1] <= 0x44:
+        return None
+    piv_end = p + 2 + frame[p + 1] - 0x40
+    got = _bstr_at(frame, piv_end)
+    if got is None:
+        return None
+    start, end = got
+    if end != len(frame) or end - start < cose.TAG_LEN:
+        return None
+    return cose.Encrypt0(_PROTECTED_ENC0, frame[k:p], frame[p + 2:piv_end], None, frame[start:end])
+
+
+def _uint_at(data: bytes, pos: int) -> tuple[int, int] | None:
+    """(value, end) of the shortest-form unsigned integer at ``data[pos]``."""
+    if pos >= len(data):
+        return None
+    b = data[pos]
+    if b < 24:
+        return b, pos + 1
+    if not 24 <= b <= 27:
+        return None
+    n = 1 << (b - 24)
+    end = pos + 1 + n
+    if end > len(data):
+        return None
+    v = int.from_bytes(data[pos + 1:end], "big")
+    if v < (24 if n == 1 else 1 << (4 * n)):
+        return None
+    return v, end
 
 
 _TEXT_CACHE: dict[str, bytes] = {}
@@ -314,8 +412,46 @@ def _is_uint(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+_READING_HEAD = b"\xa4\x01\x50"          # {1: 16-byte device id, ...
+
+
+def _parse_reading_fast(payload: bytes) -> tuple[bytes, int, int, dict] | None:
+    """``parse_reading(payload)`` of a valid reading (its deterministic encoding), else None: the
+    head {1: id, 2: seq, 3: time, 4: is read here, the measurements by the strict decoder."""
+    if len(payload) > cose.MAX_FRAME or not payload.startswith(_READING_HEAD) or payload[19:20] != b"\x02":
+        return None
+    got = _uint_at(payload, 20)
+    if got is None or not 1 <= got[0] <= MAX_SEQ:
+        return None
+    seq, p = got
+    if payload[p:p + 1] != b"\x03":
+        return None
+    got = _uint_at(payload, p + 1)
+    if got is None:
+        return None
+    t, p = got
+    if payload[p:p + 1] != b"\x04":
+        return None
+    try:
+        meas = cbor.loads(payload[p + 1:], max_depth=15, max_size=cose.MAX_FRAME)   # one level below the reading
+    except LedgerlinkError:
+        return None
+    if type(meas) is not dict:
+        return None
+    for k in meas:
+        if type(k) is not str and type(k) is not int:
+            return None
+    return payload[3:19], seq, t, meas
+
+
 def parse_reading(payload: bytes) -> tuple[bytes, int, int, dict]:
     """Decode and check a ``reading``; raise _Refusal(MALFORMED)."""
+    fast = _parse_reading_fast(payload)
+    return fast if fast is not None else _parse_reading_strict(payload)
+
+
+def _parse_reading_strict(payload: bytes) -> tuple[bytes, int, int, dict]:
+    """``parse_reading`` by the strict decoder (any input)."""
     try:
         obj = cbor.loads(payload, max_depth=16, max_size=cose.MAX_FRAME)
     except LedgerlinkError as exc:
@@ -479,10 +615,10 @@ class GatewayCore:
         try:
             tag = frame[0] if frame else None
             if tag == 0xD2:
-                msg: Any = cose.decode_sign1(frame)
+                msg: Any = decode_sign1_fast(frame) or cose.decode_sign1(frame)
                 mode = "sign1"
             elif tag == 0xD0:
-                msg = cose.decode_encrypt0(frame)
+                msg = decode_encrypt0_fast(frame) or cose.decode_encrypt0(frame)
                 mode = "session"
             else:
                 raise _Refusal(MALFORMED, "not a COSE_Sign1 or COSE_Encrypt0 frame")
@@ -518,8 +654,9 @@ class GatewayCore:
             if isinstance(rec, list):
                 return rec
             try:
-                nonce = cose.nonce_from_partial_iv(session.base_iv, msg.partial_iv)
-                plaintext = self.crypto.ccm_open(session.key, nonce, msg.ciphertext, msg.aad(aad), cose.TAG_LEN)
+                nonce = partial_iv_nonce(session.base_iv, msg.partial_iv)
+                plaintext = self.crypto.ccm_open(session.key, nonce, msg.ciphertext, enc0_aad(msg.protected, aad),
+                                                 cose.TAG_LEN)
             except LedgerlinkError:             # InvalidTag
                 raise _Refusal(BAD_TAG, "AES-CCM tag does not verify") from None
         dev, seq, t, meas = parse_reading(plaintext)
