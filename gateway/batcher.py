@@ -93,28 +93,55 @@ def _head(major: int, n: int) -> bytes:
     return bytes(((major << 5) | 27,)) + n.to_bytes(8, "big")
 
 
-def inclusion_proofs(entries: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
-    """The RFC 9162 root of ``entries`` and the inclusion proof of every entry, in one pass (n log n hashes
-    fewer than proving each entry on its own)."""
+_HASH_ITEM = b"\x58\x20"           # CBOR head of a 32-byte byte string
+
+
+def _tree_levels(leaves: list[bytes]) -> list[list[bytes]]:
+    """The node hashes of the RFC 9162 tree over the leaf hashes ``leaves``, level by level from the leaves
+    to the root. A node without a right sibling moves up unchanged, which gives the RFC's split at the
+    largest power of two below the size."""
+    levels = [leaves]
+    level = leaves
+    node_hash = merkle.node_hash
+    while len(level) > 1:
+        up = [node_hash(level[k], level[k + 1]) for k in range(0, len(level) - 1, 2)]
+        if len(level) & 1:
+            up.append(level[-1])
+        levels.append(up)
+        level = up
+    return levels
+
+
+def merkle_root(entries: list[bytes]) -> bytes:
+    """``merkle.root_of(entries)``."""
+    if not entries:
+        return merkle.EMPTY_ROOT
+    return _tree_levels([merkle.leaf_hash(e) for e in entries])[-1][0]
+
+
+def encoded_inclusion_proofs(entries: list[bytes]) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """The RFC 9162 root of ``entries`` and, for every entry, its inclusion proof as (number of hashes,
+    the hashes' CBOR byte strings concatenated), all in one pass over the tree (the proofs of leaves
+    with a common ancestor share the encoding of the path above it)."""
     if not entries:
         raise ValueError("no entries")
+    levels = _tree_levels([merkle.leaf_hash(e) for e in entries])
+    above: list[tuple[int, bytes]] = [(0, b"")]
+    for level in reversed(levels[:-1]):
+        m = len(level)
+        paths = []
+        for j in range(m):
+            count, rest = above[j >> 1]
+            s = j ^ 1
+            paths.append((count + 1, _HASH_ITEM + level[s] + rest) if s < m else (count, rest))
+        above = paths
+    return levels[-1][0], above
 
-    def walk(hashes: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
-        n = len(hashes)
-        if n == 1:
-            return hashes[0], [[]]
-        k = 1
-        while k * 2 < n:
-            k *= 2
-        left, left_proofs = walk(hashes[:k])
-        right, right_proofs = walk(hashes[k:])
-        for p in left_proofs:
-            p.append(right)
-        for p in right_proofs:
-            p.append(left)
-        return merkle.node_hash(left, right), left_proofs + right_proofs
 
-    return walk([merkle.leaf_hash(e) for e in entries])
+def inclusion_proofs(entries: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """The RFC 9162 root of ``entries`` and the inclusion proof of every entry (``encoded_inclusion_proofs``)."""
+    root, encoded = encoded_inclusion_proofs(entries)
+    return root, [[enc[k + 2:k + 34] for k in range(0, 34 * count, 34)] for count, enc in encoded]
 
 
 class Batcher:
@@ -139,15 +166,19 @@ class Batcher:
 
     def cut(self, now_ms: int, force: bool = False) -> Batch | None:
         """Make a batch of the waiting frames when it is time (or ``force``)."""
-        waiting = self.store.unbatched(self.max_batch)
+        if not force:
+            oldest = self.store.unbatched_leaves(1)
+            if not oldest:
+                return None
+            if now_ms - oldest[0][2] < self.interval_ms and not self.store.unbatched_leaves(1, self.max_batch - 1):
+                return None
+        waiting = self.store.unbatched_leaves(self.max_batch)
         if not waiting:
             return None
-        if not force and len(waiting) < self.max_batch and now_ms - waiting[0].received_ms < self.interval_ms:
-            return None
-        root = merkle.MerkleTree([m.frame_hash for m in waiting]).root()
+        root = merkle_root([m[1] for m in waiting])
         batch_id = self.rng(16)
         tx = enc.anchor_tx(self.chain_id, self.priv, batch_id, root, len(waiting), now_ms, rng=self.rng)
-        self.store.create_batch(batch_id, root, tx, [m.id for m in waiting], now_ms)
+        self.store.create_batch(batch_id, root, tx, [m[0] for m in waiting], now_ms)
         return self.store.batch(batch_id)
 
     # --- anchoring --------------------------------------------------------------------------------
@@ -237,22 +268,21 @@ class Batcher:
             return []
         proof = cbor.loads(batch.proof)
         shared = b"\x06" + cbor.dumps(proof[0]) + b"\x07" + cbor.dumps(proof[1])
-        msgs = self.store.batch_messages(batch_id)
-        size = len(msgs)
-        if not msgs:
+        leaves = self.store.batch_leaves(batch_id)
+        size = len(leaves)
+        if not leaves:
             return []
-        root, proofs = inclusion_proofs([m.frame_hash for m in msgs])
-        if root != batch.root or [m.leaf for m in msgs] != list(range(size)):
+        root, proofs = encoded_inclusion_proofs([leaf[0] for leaf in leaves])
+        if root != batch.root or [leaf[3] for leaf in leaves] != list(range(size)):
             log.error("stored batch %s does not match its anchored root", batch_id.hex())
             return []
         out = []
         size_item = b"\x04" + _head(0, size)
-        for m, path in zip(msgs, proofs):
+        for (frame_hash, device, seq, leaf), (count, path) in zip(leaves, proofs):
             # the deterministic map of 8 entries, keys 0..7 in order (6 and 7 shared by the batch)
-            payload = b"".join((b"\xa8\x00\x01\x01", _head(2, len(m.frame_hash)), m.frame_hash,
-                                b"\x02", _head(0, m.seq), b"\x03", _head(0, m.leaf), size_item,
-                                b"\x05", _head(4, len(path)), b"".join([_head(2, len(x)) + x for x in path]), shared))
-            out.append(Outgoing(down_topic(self.site, m.device), payload, frame_hash=m.frame_hash))
+            payload = b"".join((b"\xa8\x00\x01\x01", _head(2, len(frame_hash)), frame_hash, b"\x02", _head(0, seq),
+                                b"\x03", _head(0, leaf), size_item, b"\x05", _head(4, count), path, shared))
+            out.append(Outgoing(down_topic(self.site, device), payload, frame_hash=frame_hash))
         return out
 
     # --- warnings and certificates ------------------------------------------------------------------

@@ -198,9 +198,20 @@ class Store:
                            "ORDER BY id LIMIT ?", (self.owner, limit))
         return [StoredMessage(*r) for r in rows]
 
+    def unbatched_leaves(self, limit: int, offset: int = 0) -> list[tuple[int, bytes, int]]:
+        """(id, frame hash, received_ms) of this owner's messages not in a batch, in arrival order, from
+        the ``offset``-th on."""
+        return self._query("SELECT id, frame_hash, received_ms FROM messages WHERE batch IS NULL AND owner = ? "
+                           "ORDER BY id LIMIT ? OFFSET ?", (self.owner, limit, offset))
+
     def batch_messages(self, batch_id: bytes) -> list[StoredMessage]:
         rows = self._query("SELECT " + MESSAGE_COLUMNS + " FROM messages WHERE batch = ? ORDER BY leaf", (batch_id,))
         return [StoredMessage(*r) for r in rows]
+
+    def batch_leaves(self, batch_id: bytes) -> list[tuple[bytes, bytes, int, int]]:
+        """(frame hash, device, seq, leaf) of the messages of a batch, in leaf order."""
+        return self._query("SELECT frame_hash, device, seq, leaf FROM messages WHERE batch = ? ORDER BY leaf",
+                           (batch_id,))
 
     def highest_seqs(self) -> dict[bytes, int]:
         return {d: s for d, s in self._query("SELECT device, MAX(seq) FROM messages GROUP BY device")}
