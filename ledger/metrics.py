@@ -26,6 +26,7 @@ import math
 import re
 import threading
 import time
+from bisect import bisect_left
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
@@ -190,9 +191,7 @@ class Histogram(_Family):
         self._sum = 0.0
 
     def observe(self, v: float) -> None:
-        i = 0
-        while i < len(self.buckets) and v > self.buckets[i]:
-            i += 1
+        i = bisect_left(self.buckets, v)       # the first bucket with v <= bound (NaN: the first)
         with self._lock:
             self._counts[i] += 1
             self._sum += v
