@@ -23,6 +23,7 @@ MAX_ATTR_KEY = 32
 MAX_REQUEST = 2048
 MAX_WARNINGS = 32
 MAX_UINT = (1 << 64) - 1
+_ANCHOR = int(RK.ANCHOR)
 
 
 class Refusal(Exception):
@@ -62,7 +63,11 @@ class Journal:
         return self.get_raw(state_key(kind, record_id)) is not None
 
     def put(self, kind: int, record_id: Any, record: dict) -> None:
-        self.writes[state_key(kind, record_id)] = record if self._lazy else cbor.dumps(record)
+        self.put_at(state_key(kind, record_id), record)
+
+    def put_at(self, key: bytes, record: dict) -> None:
+        """``put`` under an already computed state key."""
+        self.writes[key] = record if self._lazy else cbor.dumps(record)
 
     def put_raw(self, key: bytes, raw: bytes) -> None:
         self.writes[key] = raw
@@ -93,8 +98,20 @@ def _bad(text: str) -> Refusal:
     return Refusal(Reason.INVALID_FIELD, text)
 
 
+_KEY_SETS: dict[tuple, tuple[frozenset, frozenset]] = {}
+
+
 def check_keys(body: dict, required: Iterable[int], optional: Iterable[int] = ()) -> None:
     """Refuse a body that lacks a required field or carries one the tx kind does not define."""
+    if type(required) is tuple and type(optional) is tuple:
+        sets = _KEY_SETS.get((required, optional))
+        if sets is None:
+            need = frozenset(required) | {1, 2, 3}
+            sets = (need, need | frozenset(optional))
+            if len(_KEY_SETS) < 64:
+                _KEY_SETS[(required, optional)] = sets
+        if sets[1].issuperset(body) and sets[0].issubset(body):
+            return
     req = set(required) | {1, 2, 3}
     allowed = req | set(optional)
     for key in body:
@@ -267,11 +284,11 @@ def anchor(ctx: TxContext) -> None:
     batch_id = _batch_id(ctx.body)
     root = get_bstr(ctx.body, 5, 32, 32)
     count = get_uint(ctx.body, 6, 1, 0xFFFFFFFF)
-    rid = [ctx.submitter, batch_id]
-    if ctx.view.exists(RK.ANCHOR, rid):
+    key = state_key(_ANCHOR, [ctx.submitter, batch_id])
+    if ctx.view.get_raw(key) is not None:
         raise Refusal(Reason.ALREADY_EXISTS, "batch %r of this gateway is already anchored" % (batch_id,))
-    ctx.view.put(RK.ANCHOR, rid, {1: ctx.submitter, 2: batch_id, 3: root, 4: count, 5: ctx.height,
-                                  6: ctx.block_time, 7: ctx.tx_id})
+    ctx.view.put_at(key, {1: ctx.submitter, 2: batch_id, 3: root, 4: count, 5: ctx.height,
+                          6: ctx.block_time, 7: ctx.tx_id})
 
 
 def cert_record(ctx: TxContext) -> None:

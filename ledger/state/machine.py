@@ -85,18 +85,23 @@ class _Parsed:
     public keys its signature was found valid under."""
 
     __slots__ = ("early", "kid", "tbs", "sig", "late", "body", "when", "nonce", "contract", "txid",
-                 "verified")
+                 "verified", "nonce_key")
 
     def __init__(self) -> None:
         self.early: tuple[int, str] | None = None
         self.late: tuple[int, str] | None = None
         self.kid: bytes | None = None
         self.tbs = self.sig = self.body = self.when = self.nonce = self.contract = self.txid = None
+        self.nonce_key: bytes | None = None
         self.verified: set[bytes] = set()
 
 
 PARSED_CACHE_SIZE = 20000
 RECORD_CACHE_SIZE = 4096
+_OK_TEXT = reason_text(Reason.OK)
+_MAX_UINT = (1 << 64) - 1
+_DEVICE = int(RK.DEVICE)
+_NONCE = int(RK.NONCE)
 
 
 def _genesis_entries(config: Mapping[str, Any], name: str, role: int | None) -> list[tuple[bytes, int, dict]]:
@@ -144,6 +149,7 @@ class LedgerState:
         self._submitters: dict[bytes, dict] = {}
         self._device_keys: dict[bytes, bytes] = {}                # device id -> its record's state key
         self._nonce_record: tuple[int, bytes] = (-1, b"")
+        self._committed_view = Journal(records.get, lazy=True)     # never written: dry runs get their own
 
     # -- construction --------------------------------------------------------------------------------
 
@@ -285,8 +291,11 @@ class LedgerState:
             body = cbor.loads(payload)
         except LedgerlinkError:
             raise Refusal(Reason.MALFORMED, "tx-body is not deterministic CBOR") from None
-        if not isinstance(body, dict) or not all(is_uint(k) for k in body):
+        if not isinstance(body, dict):
             raise Refusal(Reason.MALFORMED, "tx-body must be a map with unsigned integer keys")
+        for k in body:
+            if (type(k) is not int or not 0 <= k <= _MAX_UINT) and not is_uint(k):
+                raise Refusal(Reason.MALFORMED, "tx-body must be a map with unsigned integer keys")
         kind, when, nonce = body.get(1), body.get(2), body.get(3)
         if not is_uint(kind) or not is_uint(when) or not isinstance(nonce, (bytes, bytearray)) \
                 or len(nonce) != NONCE_LEN:
@@ -298,13 +307,14 @@ class LedgerState:
         p.when = when
         p.nonce = bytes(nonce)
         p.contract = contract
+        p.nonce_key = state_key(_NONCE, [p.kid, p.nonce])
 
     def _submitter(self, view: Journal, kid: bytes) -> dict | None:
         key = self._device_keys.get(kid)
         if key is None:
             if len(self._device_keys) >= RECORD_CACHE_SIZE:
                 self._device_keys.clear()
-            key = self._device_keys[kid] = state_key(RK.DEVICE, kid)
+            key = self._device_keys[kid] = state_key(_DEVICE, kid)
         raw = view.get_raw(key)
         if raw is None:
             return None
@@ -315,9 +325,10 @@ class LedgerState:
             rec = self._submitters[raw] = cbor.loads(raw)
         return rec
 
-    def _run(self, tx: Any, view: Journal, height: int, block_time: int) -> None:
+    def _run(self, tx: Any, view: Journal, height: int, block_time: int) -> bytes:
+        """Run ``tx`` in ``view``; return its id (Refusal when it is refused)."""
         p, submitter = self._check_submitter(tx, view, block_time)
-        nonce_key = state_key(RK.NONCE, [p.kid, p.nonce])
+        nonce_key = p.nonce_key
         if view.get_raw(nonce_key) is not None:
             raise Refusal(Reason.REPLAY, "nonce already used by this submitter")
         ctx = TxContext(view, self._chain, height, block_time, p.kid, submitter, p.body,
@@ -326,6 +337,7 @@ class LedgerState:
         if self._nonce_record[0] != height:
             self._nonce_record = (height, cbor.dumps({1: height}))
         view.put_raw(nonce_key, self._nonce_record[1])
+        return p.txid
 
     def _check_submitter(self, tx: Any, view: Journal, block_time: int) -> tuple[_Parsed, dict]:
         """Stateless checks, submitter registered and not banned, signature, clock skew."""
@@ -359,14 +371,14 @@ class LedgerState:
     def _apply(self, tx: Any, journal: Journal, height: int, block_time: int,
                block: Journal | None = None) -> TxResult:
         """Run ``tx`` in ``journal``; merge its writes into ``block`` (if given) when it succeeds."""
-        txid = tx_id(tx) if isinstance(tx, (bytes, bytearray, memoryview)) else b""
         try:
-            self._run(tx, journal, height, block_time)
+            txid = self._run(tx, journal, height, block_time)
         except Refusal as refusal:
+            txid = tx_id(tx) if isinstance(tx, (bytes, bytearray, memoryview)) else b""
             return TxResult(False, refusal.code, refusal.text, txid)
         if block is not None:
             block.writes.update(journal.writes)
-        return TxResult(True, Reason.OK, reason_text(Reason.OK), txid)
+        return TxResult(True, Reason.OK, _OK_TEXT, txid)
 
     def check_tx_detail(self, tx: Any, now_ms: int | None = None) -> TxResult:
         """Dry-run ``tx`` against the committed state with block time ``now_ms`` (default: wall clock)."""
@@ -382,7 +394,7 @@ class LedgerState:
         if now_ms is None:
             now_ms = int(time.time() * 1000)
         try:
-            self._check_submitter(tx, Journal(self._records.get, lazy=True), now_ms)
+            self._check_submitter(tx, self._committed_view, now_ms)
         except Refusal as refusal:
             return refusal.code
         return None
@@ -422,11 +434,9 @@ class LedgerState:
         root = self._root
         if block.writes:
             get = self._records.get
-            smt_set = self._smt.set
+            undo = [(key, get(key)) for key in block.writes]
             try:
-                for key, value in block.writes.items():
-                    undo.append((key, get(key)))
-                    smt_set(key, value)
+                self._smt.update(block.writes.items())
                 root = self._smt.root()
             except BaseException:
                 self._smt_undo(undo)

@@ -252,6 +252,102 @@ class SparseMerkleTree:
             d -= 1
         self._attach(parent, side, top)
 
+    def update(self, items):
+        """Store every (key, value) pair of items, as set() would one by one, and rehash the tree.
+
+        The keys go in sorted order, each walking down from where its path leaves the previous
+        key's; the interior nodes on the new paths are then hashed once each, children before
+        parents, so that root() costs nothing afterwards. Raises ValueError (nothing stored) on a
+        bad key or value."""
+        pairs = {}
+        for key, value in items:
+            key = _check_key(key)
+            if not isinstance(value, (bytes, bytearray)):
+                raise ValueError("value must be bytes")
+            pairs[key] = bytes(value)
+        if not pairs:
+            return
+        values = self._values
+        sha = hashlib.sha256
+        branch = _Branch
+        dirty = []
+        mark = dirty.append
+        path = []
+        walked = path.append
+        prev = None
+        for key in sorted(pairs):
+            value = pairs[key]
+            values[key] = value
+            leaf = _Leaf(key, sha(value).digest())
+            if prev is None:
+                parent = None
+                side = 0
+                node = self._root
+                depth = 0
+            else:
+                depth = _first_diff(prev, key) + 1
+                if depth < len(path):
+                    del path[depth:]
+                else:
+                    depth = len(path)
+                if depth:
+                    parent = path[-1]
+                    side = _bit(key, depth - 1)
+                    node = parent.r if side else parent.l
+                else:
+                    parent = None
+                    side = 0
+                    node = self._root
+            prev = key
+            while type(node) is branch:
+                if node.h is not None:
+                    node.h = None
+                    mark(node)
+                walked(node)
+                side = (key[depth >> 3] >> (7 - (depth & 7))) & 1
+                parent = node
+                node = node.r if side else node.l
+                depth += 1
+            if node is None or node.key == key:
+                self._attach(parent, side, leaf)
+                continue
+            split = _first_diff(key, node.key)
+            top = _Branch()
+            if _bit(key, split):
+                top.l, top.r = node, leaf
+            else:
+                top.l, top.r = leaf, node
+            chain = [top]
+            d = split - 1
+            while d >= depth:
+                b = _Branch()
+                if _bit(key, d):
+                    b.r = top
+                else:
+                    b.l = top
+                chain.append(b)
+                top = b
+                d -= 1
+            chain.reverse()
+            dirty.extend(chain)
+            self._attach(parent, side, top)
+        for n in reversed(dirty):
+            l = n.l
+            r = n.r
+            if l is None:
+                lh = EMPTY
+            else:
+                lh = l.h
+                if lh is None:
+                    lh = _hash_of(l)
+            if r is None:
+                rh = EMPTY
+            else:
+                rh = r.h
+                if rh is None:
+                    rh = _hash_of(r)
+            n.h = sha(b"\x01" + lh + rh).digest()
+
     def delete(self, key):
         """Remove key; return True if it was present."""
         key = _check_key(key)

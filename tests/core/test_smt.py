@@ -123,6 +123,38 @@ def test_root_matches_definition_and_ignores_order(items, rnd):
     assert u.root() == t.root()
 
 
+@settings(max_examples=150, deadline=None)
+@given(key_values, st.lists(st.tuples(keys, st.binary(max_size=8)), max_size=24), st.lists(keys, max_size=4),
+       st.booleans())
+def test_update_is_set_one_by_one(items, changes, removed, hashed):
+    t = build(items)
+    u = build(items)
+    if hashed:
+        t.root()
+        u.root()
+    for k in removed:
+        t.delete(k)
+        u.delete(k)
+    for k, v in changes:
+        t.set(k, v)
+    u.update(changes)
+    assert u.root() == t.root() == ref_root(dict(t.items()))
+    assert u.items() == t.items()
+    for k, _ in changes[:4]:
+        assert u.prove(k) == t.prove(k)
+
+
+def test_update_refuses_bad_input_and_stores_nothing():
+    t = build({bytes(32): b"a"})
+    before = t.root()
+    with pytest.raises(ValueError):
+        t.update([(bytes(range(32)), b"b"), (b"short", b"c")])
+    with pytest.raises(ValueError):
+        t.update([(bytes(range(32)), "text")])
+    t.update([])
+    assert t.root() == before and len(t) == 1
+
+
 @settings(max_examples=80, deadline=None)
 @given(key_values, st.lists(keys, max_size=6), st.randoms(use_true_random=False))
 def test_delete_restores_previous_root(items, extra, rnd):

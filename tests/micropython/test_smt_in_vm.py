@@ -1,4 +1,4 @@
-"""The sparse Merkle tree built under MicroPython: same root and proofs as CPython, through set and delete."""
+"""The sparse Merkle tree built under MicroPython: same root and proofs as CPython, through set, delete and update."""
 
 import random
 
@@ -14,6 +14,7 @@ def test_tree_built_in_micropython_matches_cpython(vm):
     for k in keys[:5]:
         tree.delete(k)
     tree.set(keys[7], b"changed")
+    tree.update([(k, b"u%d" % i) for i, k in enumerate(keys[3:12])])
     proofs = [smt.proof_to_cbor_obj(tree.prove(k)) for k in (keys[0], keys[7], keys[-1])]
     code = f"""
 import json
@@ -25,6 +26,7 @@ for i, k in enumerate(keys):
 for k in keys[:5]:
     t.delete(k)
 t.set(keys[7], b"changed")
+t.update([(k, b"u%d" % i) for i, k in enumerate(keys[3:12])])
 proofs = [smt.proof_to_cbor_obj(t.prove(k)) for k in (keys[0], keys[7], keys[-1])]
 print(json.dumps([t.root().hex(), cbor.dumps(proofs).hex()]))
 """
