@@ -70,14 +70,20 @@ def verify_ceiling(seconds: float = 2.0) -> float:
     return n / (time.perf_counter() - start)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (Linux /proc; 0 elsewhere)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process ``pid`` (Linux /proc; zeros elsewhere)."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tck = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tck, int(fields[12]) / tck
     except (OSError, ValueError, IndexError):
-        return 0.0
+        return 0.0, 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc; 0 elsewhere)."""
+    return sum(cpu_times(pid))
 
 
 def cpu_ms_per(cpu_s: float, n: int) -> float:
@@ -278,11 +284,13 @@ def main(argv: list[str] | None = None) -> int:
 
         def closed_loop(name: str, frames: list[tuple[str, bytes]]) -> tuple[float, float]:
             """Accepted msg/s and gateway CPU ms per message with ``args.window`` frames in flight."""
-            cpu0 = cpu_seconds(gw_pid)
+            user0, sys0 = cpu_times(gw_pid)
             n, secs = run_closed_loop(pub, obs, frames, args.window)
-            cpu = cpu_seconds(gw_pid) - cpu0
-            say("%s mode: %d of %d accepted in %.2f s; gateway process CPU %.0f%% of one core, %.2f ms per message"
-                % (name, n, len(frames), secs, 100 * cpu / secs, cpu_ms_per(cpu, n)))
+            user1, sys1 = cpu_times(gw_pid)
+            cpu = user1 - user0 + sys1 - sys0
+            say("%s mode: %d of %d accepted in %.2f s; gateway process CPU %.0f%% of one core, %.2f ms per message "
+                "(user %.3f, system %.3f)" % (name, n, len(frames), secs, 100 * cpu / secs, cpu_ms_per(cpu, n),
+                                              cpu_ms_per(user1 - user0, n), cpu_ms_per(sys1 - sys0, n)))
             return n / secs, cpu_ms_per(cpu, n)
 
         t = time.monotonic()

@@ -134,9 +134,8 @@ class MqttGateway:
 
     def publish(self, items: list[Outgoing]) -> None:
         if self.client_kind == "ledgerlink":
-            for o in items:
-                self.client.publish(o.topic, o.payload, 1, o.retain, flush=False)
-            self.client.flush()
+            if items:
+                self.client.publish_many([(o.topic, o.payload, o.retain) for o in items])
             return
         for o in items:
             self.client.publish(o.topic, o.payload, qos=1, retain=o.retain)

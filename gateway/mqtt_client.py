@@ -32,13 +32,14 @@ from ledgerlink.mqtt5 import (
     CONNACK, DISCONNECT, P_ASSIGNED_ID, P_MAXIMUM_PACKET_SIZE, P_RECEIVE_MAXIMUM, P_SERVER_KEEP_ALIVE,
     P_SESSION_EXPIRY, PINGREQ_PACKET, PINGRESP, PUBACK, PUBLISH, SUBACK, SUCCESS, UNSUBACK, MqttError,
     decode_server_packet, decode_server_publish_qos1, encode_connect, encode_disconnect, encode_properties,
-    encode_publish, encode_subscribe, puback, split_frame,
+    encode_publish, encode_publish_qos1, encode_subscribe, puback, split_frame, topic_field,
 )
 
 log = logging.getLogger("ledgerlink.gateway.mqtt_client")
 
 READ_CHUNK = 1 << 18
 MAX_PACKET = 268_435_460
+TOPIC_FIELDS = 1 << 14             # encoded topic names remembered (emptied when full)
 _NO_PROPS = b"\x00"
 
 
@@ -102,6 +103,7 @@ class MqttClient:
         self._out: list[bytes] = []                     # buffered packets (sent by flush)
         self._inflight: dict[int, bytes] = {}           # own QoS 1 publishes awaiting PUBACK, in send order
         self._waiting: collections.deque[tuple[str, bytes, bool, bytes]] = collections.deque()
+        self._topic_fields: dict[str, bytes] = {}
         self._next_pid = 1
         self._unacked: set[int] = set()                 # received QoS 1 packet ids not yet acknowledged
         self._sub_pending: set[int] = set()            # SUBSCRIBE packet ids awaiting SUBACK
@@ -214,13 +216,22 @@ class MqttClient:
         """Move waiting publishes into the window (the server's Receive Maximum)."""
         if self._sock is None or not self.connected.is_set():
             return
-        inflight, waiting, room = self._inflight, self._waiting, self.server_receive_maximum
+        inflight, waiting, room, out = self._inflight, self._waiting, self.server_receive_maximum, self._out
+        fields = self._topic_fields
         while waiting and len(inflight) < room:
             topic, payload, retain, props = waiting.popleft()
             pid = self._pid_locked()
-            pkt = encode_publish(topic, payload, 1, pid, retain, False, props)
+            if props is _NO_PROPS:
+                field = fields.get(topic)
+                if field is None:
+                    if len(fields) >= TOPIC_FIELDS:
+                        fields.clear()
+                    field = fields[topic] = topic_field(topic)
+                pkt = encode_publish_qos1(field, payload, pid, retain)
+            else:
+                pkt = encode_publish(topic, payload, 1, pid, retain, False, props)
             inflight[pid] = pkt
-            self._out.append(pkt)
+            out.append(pkt)
 
     def _pid_locked(self) -> int:
         pid = self._next_pid

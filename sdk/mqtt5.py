@@ -677,6 +677,26 @@ def encode_publish(topic: str, payload: bytes, qos: int = 0, pid: int = 0, retai
     return b"".join((bytes((first,)), vbi(n), head, props, payload))
 
 
+def topic_field(topic: str) -> bytes:
+    """The topic name field of a PUBLISH: its UTF-8 length (2 bytes) and bytes."""
+    t = topic.encode("utf-8")
+    return len(t).to_bytes(2, "big") + t
+
+
+def encode_publish_qos1(topic: bytes, payload: bytes, pid: int, retain: bool = False) -> bytes:
+    """``encode_publish(name, payload, 1, pid, retain)`` (no properties, DUP 0) of the topic field
+    ``topic = topic_field(name)``."""
+    n = len(topic) + 3 + len(payload)
+    first = 0x33 if retain else 0x32
+    if n < 128:
+        fixed = bytes((first, n))
+    elif n < 16384:
+        fixed = bytes((first, (n & 0x7F) | 0x80, n >> 7))
+    else:
+        fixed = bytes((first,)) + vbi(n)
+    return b"".join((fixed, topic, bytes((pid >> 8, pid & 0xFF, 0)), payload))
+
+
 def encode_subscribe(pid: int, topics: Sequence[tuple[str, int]], props: Sequence[tuple[int, Any]] = ()) -> bytes:
     """An MQTT 5 SUBSCRIBE of ``(filter, options byte)`` pairs."""
     body = [pid.to_bytes(2, "big"), encode_properties(props)]

@@ -413,6 +413,14 @@ def test_publish_encoding_round_trips(topic, payload, qos, pid, retain, dup, use
         assert p.props.get(mqtt5.P_USER, []) == user
 
 
+@settings(max_examples=200, deadline=None)
+@given(topics, st.one_of(st.binary(max_size=300), st.integers(100, 20000).map(bytes)), st.integers(1, 65535),
+       st.booleans())
+def test_qos1_publish_from_a_topic_field_is_encode_publish(topic, payload, pid, retain):
+    assert mqtt5.encode_publish_qos1(mqtt5.topic_field(topic), payload, pid, retain) == \
+        mqtt5.encode_publish(topic, payload, 1, pid, retain, False, b"\x00")
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 65535), st.lists(st.tuples(topics, st.integers(0, 1)), min_size=1, max_size=4),
        st.text(max_size=10).filter(lambda s: "\x00" not in s), st.integers(0, 65535), st.booleans())
