@@ -31,6 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import heapq
+import itertools
 import logging
 import os
 import signal
@@ -56,6 +58,7 @@ DEFAULT_WAIT_MS = 10000
 MAX_WAIT_MS = 60000
 MAX_REFUSED = 100000
 MAX_SUBMIT_MANY = 1024
+_TIMED_OUT = object()
 
 
 class VerifyCache:
@@ -111,6 +114,9 @@ class Node:
         log.info("node %d restored %d blocks in %.2f s", index, self.replica.height + 1,
                  time.perf_counter() - started)
         self.waiters: dict[bytes, list[asyncio.Future]] = {}
+        self._deadlines: list[tuple[float, int, list[asyncio.Future]]] = []   # heap, swept by the ticker
+        self._deadline_seq = itertools.count()
+        self._tx_hashes: tuple[int, list[bytes]] = (-1, [])           # of the block persisted last
         self._arriving: list[tuple[bytes, asyncio.Future]] = []
         self.refused: OrderedDict[bytes, tuple[int, str]] = OrderedDict()
         self.drops: Counter[str] = Counter()
@@ -135,7 +141,11 @@ class Node:
                     codes = [r.code for r in self.app.results_of(e.height)]
                 except KeyError:
                     codes = None
-                self.store.append_block(e.height, e.block, e.certificate, codes)
+                block = self.replica.block(e.height)[0]
+                sha = hashlib.sha256
+                hashes = [sha(tx).digest() for tx in block.txs]
+                self._tx_hashes = (e.height, hashes)
+                self.store.append_block(e.height, e.block, e.certificate, codes, block, hashes)
             elif isinstance(e, SaveVotes):
                 self.store.save_votes(e.record)
             elif isinstance(e, Committed):
@@ -151,8 +161,12 @@ class Node:
             codes = [r.code for r in self.app.results_of(e.height)]
         except KeyError:
             codes = [0] * len(e.txs)
-        for i, tx in enumerate(e.txs):
-            futs = self.waiters.pop(hashlib.sha256(tx).digest(), None)
+        if self._tx_hashes[0] == e.height:
+            hashes = self._tx_hashes[1]
+        else:
+            hashes = [hashlib.sha256(tx).digest() for tx in e.txs]
+        for i, h in enumerate(hashes):
+            futs = self.waiters.pop(h, None)
             if futs:
                 res = {"status": "committed", "height": e.height, "index": i, "code": codes[i]}
                 for f in futs:
@@ -167,6 +181,16 @@ class Node:
             except Exception:
                 log.exception("tick failed")
                 raise
+            self._expire_waits()
+
+    def _expire_waits(self) -> None:
+        """End the waits whose time is up (their futures get ``_TIMED_OUT``)."""
+        now = time.monotonic()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            for f in heapq.heappop(heap)[2]:
+                if not f.done():
+                    f.set_result(_TIMED_OUT)
 
     async def _report(self) -> None:
         while True:
@@ -291,10 +315,15 @@ class Node:
             self.waiters.setdefault(h, []).append(fut)
             waiting.append((i, h, fut))
         if waiting:
-            await asyncio.wait([f for _, _, f in waiting], timeout=min(wait, MAX_WAIT_MS) / 1000)
+            pending = [f for _, _, f in waiting]
+            heapq.heappush(self._deadlines, (time.monotonic() + min(wait, MAX_WAIT_MS) / 1000,
+                                             next(self._deadline_seq), pending))
+            for f in pending:
+                await f
         for i, h, fut in waiting:
-            if fut.done():
-                out[i] = dict(fut.result(), ok=True)
+            res = fut.result()
+            if res is not _TIMED_OUT:
+                out[i] = dict(res, ok=True)
                 continue
             futs = self.waiters.get(h)
             if futs is not None and fut in futs:

@@ -76,26 +76,32 @@ class BlockStore:
         return self._height
 
     def append_block(self, height: int, block: bytes, certificate: bytes,
-                     codes: Sequence[int] | None = None) -> None:
+                     codes: Sequence[int] | None = None, decoded: m.Block | None = None,
+                     tx_hashes: Sequence[bytes] | None = None) -> None:
         """Store block ``height`` (cbor [header, txs]) with its certificate; durable on return.
 
-        ``codes`` are the per-transaction result codes (0 = applied), default all 0.
+        ``codes`` are the per-transaction result codes (0 = applied), default all 0. ``decoded`` (the
+        block that ``block`` encodes) and ``tx_hashes`` (SHA-256 of each of its transactions) spare
+        decoding and hashing again when the caller has them.
         """
         if height != self._height + 1:
             raise StoreError("expected block %d, got %d" % (self._height + 1, height))
-        decoded = m.Block.decode(block)
+        if decoded is None:
+            decoded = m.Block.decode(block)
         if decoded.header.height != height:
             raise StoreError("block header height differs")
         header = decoded.header.encode()
-        rows = []
-        for i, tx in enumerate(decoded.txs):
-            code = 0 if codes is None else int(codes[i])
-            rows.append((hashlib.sha256(tx).digest(), height, i, code))
+        if tx_hashes is None:
+            tx_hashes = [hashlib.sha256(tx).digest() for tx in decoded.txs]
+        if codes is None:
+            rows = [(th, height, i, 0) for i, th in enumerate(tx_hashes)]
+        else:
+            rows = [(th, height, i, int(codes[i])) for i, th in enumerate(tx_hashes)]
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("INSERT INTO blocks (height, hash, header, certificate, block) VALUES (?,?,?,?,?)",
-                       (height, decoded.header.hash(), header, certificate, block))
+                       (height, hashlib.sha256(header).digest(), header, certificate, block))
             db.executemany("INSERT OR IGNORE INTO txs (hash, height, idx, code) VALUES (?,?,?,?)", rows)
             db.execute("COMMIT")
         except BaseException:
