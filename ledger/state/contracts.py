@@ -8,6 +8,7 @@ so every replica reaches the same result.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from ledgerlink.core import cbor, cose
@@ -193,10 +194,22 @@ def device_record(dev: bytes, pubkey: bytes, role: int, attributes: dict, at: in
     return {1: dev, 2: pubkey, 3: int(role), 4: attributes, 5: int(DeviceStatus.ACTIVE), 6: at, 7: by, 8: 1}
 
 
-def register(ctx: TxContext) -> None:
-    require_role(ctx, Role.ADMIN)
-    check_keys(ctx.body, (4,))
-    request = get_bstr(ctx.body, 4, 1, MAX_REQUEST)
+@dataclass
+class RegistrationRequest:
+    """The checked content of a device's ``registration-request`` (its proof of possession verified)."""
+
+    device_id: bytes
+    pubkey: bytes
+    role: int
+    attributes: dict
+    time_ms: int
+
+
+def check_registration_request(request: bytes, backend: Any) -> RegistrationRequest:
+    """Decode a ``registration-request`` and verify its proof of possession; raise Refusal.
+
+    Used by the register contract and by gateways that take requests on the ``reg`` topic.
+    """
     try:
         frame = cose.decode_sign1(request)
         req = cbor.loads(frame.payload)
@@ -218,14 +231,22 @@ def register(ctx: TxContext) -> None:
     if kid != dev:
         raise Refusal(Reason.BAD_PROOF_OF_POSSESSION, "registration request kid is not the device id")
     try:
-        cose.verify_sign1(request, bytes(req[2]), b"", ctx.backend)
+        cose.verify_sign1(request, bytes(req[2]), b"", backend)
     except LedgerlinkError:
         raise Refusal(Reason.BAD_PROOF_OF_POSSESSION, "registration request signature does not verify") from None
-    if req_time > ctx.block_time + ctx.skew:
+    return RegistrationRequest(dev, pubkey, role, attrs, req_time)
+
+
+def register(ctx: TxContext) -> None:
+    require_role(ctx, Role.ADMIN)
+    check_keys(ctx.body, (4,))
+    req = check_registration_request(get_bstr(ctx.body, 4, 1, MAX_REQUEST), ctx.backend)
+    if req.time_ms > ctx.block_time + ctx.skew:
         raise Refusal(Reason.CLOCK_SKEW, "registration request is dated after the block time")
-    if ctx.view.exists(RK.DEVICE, dev):
-        raise Refusal(Reason.ALREADY_EXISTS, "device %s is already registered" % dev.hex())
-    ctx.view.put(RK.DEVICE, dev, device_record(dev, pubkey, role, attrs, ctx.block_time, ctx.submitter))
+    if ctx.view.exists(RK.DEVICE, req.device_id):
+        raise Refusal(Reason.ALREADY_EXISTS, "device %s is already registered" % req.device_id.hex())
+    ctx.view.put(RK.DEVICE, req.device_id, device_record(req.device_id, req.pubkey, req.role, req.attributes,
+                                                         ctx.block_time, ctx.submitter))
 
 
 def rotate_key(ctx: TxContext) -> None:
