@@ -38,6 +38,8 @@ from typing import Any, Callable
 from ledgerlink.core import cbor, cose, ecqv, session_keys, spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import LedgerlinkError
+from ledgerlink.ledger.state import contracts
+from ledgerlink.ledger.state.codes import Reason
 
 MALFORMED = 1
 OVERSIZED = 2
@@ -66,6 +68,7 @@ REASON_TEXT = {
 KIND_RECEIPT = 1
 KIND_REFUSAL = 2
 KIND_SESSION = 3
+KIND_REGISTRATION = 4
 DEVICE_RECORD_KIND = 1
 STATUS_BANNED = 2
 MAX_SEQ = 0xFFFFFFFF
@@ -285,7 +288,26 @@ class Ignored:
     reason: str
 
 
-Effect = Accept | Refuse | Reply | FetchRegistry | CertIssued | HeaderUpdated | Ignored
+@dataclass
+class RegistrationReceived:
+    """A device's registration request passed its checks: keep it (durably) until an admin registers it."""
+
+    device_id: bytes
+    request: bytes
+    role: int
+    attributes: dict
+    time_ms: int
+
+
+@dataclass
+class RegistrationSettled:
+    """A held registration request is gone: the device is on the ledger, or the request expired."""
+
+    device_id: bytes
+
+
+Effect = (Accept | Refuse | Reply | FetchRegistry | CertIssued | HeaderUpdated | Ignored | RegistrationReceived
+          | RegistrationSettled)
 
 
 class _Refusal(Exception):
@@ -392,6 +414,10 @@ class Limits:
     flood_report_ms: int = 10_000          # at most one rate-limited warning per device per period
     max_devices: int = 100_000
     max_proof_lag: int = 64                # registry proofs from headers further behind the newest are stale
+    max_registrations: int = 1000          # registration requests held for an admin
+    registration_rate_per_s: float = 5.0   # registration requests checked per second, all devices together
+    registration_burst: float = 50.0
+    registration_ttl_ms: int = 7 * 24 * 3600 * 1000
 
 
 @dataclass
@@ -505,6 +531,8 @@ class GatewayCore:
         self.session_source: Callable[[bytes], tuple[bytes, bytes] | None] | None = None
         self._prefix = "ll/%s/dev/" % site
         self._topics: dict[str, tuple[bytes, str]] = {}                     # parsed device topics
+        self.registrations: OrderedDict[bytes, tuple[int, int]] = OrderedDict()  # dev -> (request time, held since)
+        self._registration_bucket = TokenBucket(self.limits.registration_rate_per_s, self.limits.registration_burst, 0)
 
     # --- topics ---------------------------------------------------------------------------------
 
@@ -561,10 +589,12 @@ class GatewayCore:
         try:
             if len(frame) > self.limits.max_frame:
                 raise _Refusal(OVERSIZED, "frame is %d bytes, the limit is %d" % (len(frame), self.limits.max_frame))
-            if parsed is None or parsed[1] not in ("up", "session"):
-                raise _Refusal(WRONG_TOPIC, "not a device up or session topic of site %s" % self.site)
+            if parsed is None or parsed[1] not in ("up", "session", "reg"):
+                raise _Refusal(WRONG_TOPIC, "not a device up, session or reg topic of site %s" % self.site)
             if parsed[1] == "session":
                 return self._session_request(topic, frame, parsed[0], now_ms)
+            if parsed[1] == "reg":
+                return self._registration_request(frame, parsed[0], now_ms)
             return self._reading(topic, frame, parsed[0], now_ms)
         except _Refusal as r:
             return [self._refuse(frame, topic, dev_hint, now_ms, r)]
@@ -673,6 +703,45 @@ class GatewayCore:
             raise _Refusal(RATE_LIMITED, "more than %g frames/s from %s" % (self.limits.rate_per_s, dev.hex()))
         st.window.mark(seq)
         return [Accept(dev, seq, t, meas, frame, sha256(frame), topic, mode, bytes(plaintext))]
+
+    # --- registration requests ---------------------------------------------------------------------
+
+    def _registration_request(self, frame: bytes, topic_dev: bytes, now_ms: int) -> list[Effect]:
+        """Hold a device's own registration request for an admin (``ledgerlink admin pending``).
+
+        The proof of possession is checked here as the register contract checks it; the global token
+        bucket comes first so a flood of requests from made-up keys costs one decode each, not a verify.
+        """
+        try:
+            kid = cose.decode_sign1(frame).kid
+        except LedgerlinkError as exc:
+            raise _Refusal(MALFORMED, "bad COSE_Sign1: %s" % exc) from None
+        if kid != topic_dev:
+            raise _Refusal(WRONG_TOPIC, "kid does not match the topic")
+        held = self.registrations.get(topic_dev)
+        if held is None and len(self.registrations) >= self.limits.max_registrations:
+            raise _Refusal(RATE_LIMITED, "%d registration requests already wait for an admin"
+                           % len(self.registrations))
+        if not self._registration_bucket.take(now_ms):
+            raise _Refusal(RATE_LIMITED, "too many registration requests at this gateway")
+        try:
+            req = contracts.check_registration_request(frame, self.crypto)
+        except contracts.Refusal as exc:
+            code = BAD_SIGNATURE if exc.code == Reason.BAD_PROOF_OF_POSSESSION else MALFORMED
+            raise _Refusal(code, "registration request: %s" % exc.text) from None
+        if req.time_ms > now_ms + self.limits.max_skew_ms or req.time_ms < now_ms - self.limits.max_age_ms:
+            raise _Refusal(CLOCK_SKEW, "registration request time is %d ms off" % (req.time_ms - now_ms))
+        if held is not None and req.time_ms <= held[0]:
+            raise _Refusal(REPLAY, "a registration request of this device dated %d is already held" % held[0])
+        self.registrations[topic_dev] = (req.time_ms, now_ms)
+        self.registrations.move_to_end(topic_dev)
+        reply = cbor.dumps({0: KIND_REGISTRATION, 1: sha256(frame)})
+        return [RegistrationReceived(topic_dev, frame, req.role, req.attributes, req.time_ms),
+                Reply(self.down_topic(topic_dev), reply, sha256(frame))]
+
+    def restore_registration(self, dev: bytes, time_ms: int, held_since_ms: int) -> None:
+        """After a restart: a registration request the store still holds."""
+        self.registrations[dev] = (time_ms, held_since_ms)
 
     # --- sessions (fog CA) ----------------------------------------------------------------------
 
@@ -822,6 +891,8 @@ class GatewayCore:
                 self.registry.pop(next(iter(self.registry)))
             self.registry[dev] = RegistryEntry(header.height, record, now_ms)
             self.registry.move_to_end(dev)
+            if record is not None and self.registrations.pop(dev, None) is not None:
+                effects.append(RegistrationSettled(dev))
         self.fetching.pop(dev, None)
         waiting = self.pending.pop(dev, [])
         self.pending_count -= len(waiting)
@@ -857,4 +928,9 @@ class GatewayCore:
             if dev not in self.fetching:
                 self.fetching[dev] = now_ms
                 effects.append(FetchRegistry(dev))
+        for dev, (_, since) in list(self.registrations.items()):     # oldest first
+            if now_ms - since <= self.limits.registration_ttl_ms:
+                break
+            del self.registrations[dev]
+            effects.append(RegistrationSettled(dev))
         return effects

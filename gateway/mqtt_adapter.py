@@ -3,7 +3,7 @@
 Two clients, chosen by ``client``: "ledgerlink" (``ledgerlink.gateway.mqtt_client``, one socket and
 thread, the packets of a group's publishes and acks written together) or "paho" (paho-mqtt 2.x).
 
-Subscribes to ``$share/ll-gw-{site}/ll/{site}/dev/+/up`` and ``.../session`` with QoS 1 on a persistent
+Subscribes to ``$share/ll-gw-{site}/ll/{site}/dev/+/up``, ``.../session`` and ``.../reg`` with QoS 1 on a persistent
 session (clean_start false), announcing a Receive Maximum of ``receive_maximum`` frames in flight (without
 it mosquitto sends 20 at a time, and each waits for the ack after the store commit). The client runs
 with manual acks: a PUBACK is sent only once the frame is decided, i.e. after an accepted frame's
@@ -24,8 +24,8 @@ that many are in flight at once.
 Several processes of one site share the group and one store file (see ``ledgerlink.gateway.main``):
 sessions opened through one are known to all, and a sequence number is accepted once across them.
 
-Limits: ``reg`` (registration requests) is not handled here (an admin countersigns those); receipts of
-a batch anchored just before a crash are not sent again.
+Registration requests on ``reg`` are checked and held in the store until an admin registers the device
+(``ledgerlink admin pending``). Limits: receipts of a batch anchored just before a crash are not sent again.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class MqttGateway:
         self.clock = clock
         self.batch_interval = batch_interval_ms / 1000
         prefix = "$share/ll-gw-%s/" % site if shared else ""
-        self.subscriptions = [prefix + "ll/%s/dev/+/up" % site, prefix + "ll/%s/dev/+/session" % site]
+        self.subscriptions = [prefix + "ll/%s/dev/+/%s" % (site, level) for level in ("up", "session", "reg")]
         self.events: queue.Queue = queue.Queue()
         self.fetches = ThreadPoolExecutor(REGISTRY_FETCHERS, thread_name_prefix="ll-gw-registry")
         self.stop_event = threading.Event()

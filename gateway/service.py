@@ -54,6 +54,8 @@ class GatewayService:
                 self.core.install_session(cert, dev)
             except Exception as exc:  # noqa: BLE001 - a stored certificate that no longer parses
                 log.warning("stored certificate not restored: %s", exc)
+        for reg in self.store.registrations():
+            self.core.restore_registration(reg.device, reg.time_ms, reg.held_ms)
 
     def _effects(self, effects: list[c.Effect], now_ms: int) -> Handled:
         """Carry out ``effects``: their store writes in one transaction, then what to publish and ack."""
@@ -62,6 +64,8 @@ class GatewayService:
         accepts: list[tuple[int, Outgoing]] = []          # (index in effects, its verified republish)
         warnings: list[tuple[dict, int]] = []
         certs: list[tuple[bytes, bytes, int]] = []
+        held: list[tuple[bytes, bytes, int, dict, int, int]] = []
+        settled: list[bytes] = []
         for k, e in enumerate(effects):
             if isinstance(e, c.Accept):
                 accepted.append((e.frame, e.device_id, e.seq, e.time_ms, e.topic, now_ms))
@@ -88,6 +92,12 @@ class GatewayService:
                 out.outgoing.append(Outgoing(self.core.header_topic(), e.certified, retain=True))
             elif isinstance(e, c.Ignored):
                 log.warning("ignored: %s", e.reason)
+            elif isinstance(e, c.RegistrationReceived):
+                held.append((e.device_id, e.request, e.role, e.attributes, e.time_ms, now_ms))
+                log.info("registration request of %s held for an admin", e.device_id.hex())
+            elif isinstance(e, c.RegistrationSettled):
+                settled.append(e.device_id)
+        self.store.write_registrations(held, settled)
         elsewhere: list[tuple[int, bool]] = []
         self.store.write_many(accepted, warnings, certs, elsewhere)
         if elsewhere:

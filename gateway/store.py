@@ -47,6 +47,9 @@ CREATE TABLE IF NOT EXISTS warning_txs (hash BLOB PRIMARY KEY, tx BLOB NOT NULL,
 CREATE TABLE IF NOT EXISTS certs (
     hash BLOB PRIMARY KEY, device BLOB NOT NULL, cert BLOB NOT NULL, created_ms INTEGER NOT NULL,
     status TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS registrations (
+    device BLOB PRIMARY KEY, request BLOB NOT NULL, role INTEGER NOT NULL, attributes BLOB NOT NULL,
+    time_ms INTEGER NOT NULL, held_ms INTEGER NOT NULL);
 """
 
 
@@ -61,6 +64,18 @@ class StoredMessage:
     received_ms: int
     batch: bytes | None
     leaf: int | None
+
+
+@dataclass
+class HeldRegistration:
+    """A device's registration request waiting for an admin; ``request`` is the device's signed frame."""
+
+    device: bytes
+    request: bytes
+    role: int
+    attributes: dict
+    time_ms: int
+    held_ms: int
 
 
 @dataclass
@@ -306,6 +321,24 @@ class Store:
         if statuses:
             self._tx([("UPDATE certs SET status = ? WHERE hash = ?", (status, hashlib.sha256(cert).digest()))
                       for cert, status in statuses])
+
+    # --- registration requests held for an admin ---------------------------------------------------
+
+    def write_registrations(self, held: list[tuple[bytes, bytes, int, dict, int, int]],
+                            settled: list[bytes]) -> None:
+        """Keep (device, request, role, attributes, time, held since) rows and drop ``settled`` devices, in
+        one transaction; a newer request of a device replaces its older one."""
+        if held or settled:
+            self._tx([("INSERT OR REPLACE INTO registrations (device, request, role, attributes, time_ms, held_ms) "
+                       "VALUES (?,?,?,?,?,?)", (dev, req, role, cbor.dumps(attrs), t, at))
+                      for dev, req, role, attrs, t, at in held]
+                     + [("DELETE FROM registrations WHERE device = ?", (dev,)) for dev in settled])
+
+    def registrations(self, limit: int = -1) -> list[HeldRegistration]:
+        """Held registration requests, oldest first."""
+        return [HeldRegistration(bytes(d), bytes(r), role, cbor.loads(bytes(a)), t, at) for d, r, role, a, t, at in
+                self._query("SELECT device, request, role, attributes, time_ms, held_ms FROM registrations "
+                            "ORDER BY held_ms LIMIT ?", (limit,))]
 
     def stats(self) -> dict[str, Any]:
         return {

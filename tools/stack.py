@@ -288,7 +288,7 @@ class Stack:
     def _start_gateway(self, timeout: float) -> None:
         cfg = self._gateway_config("127.0.0.1", 0)
         self.gateway, self.dashboard_url = launch_gateway(cfg, self.data_dir, timeout)
-        self.progress("gateway %s: site %r, subscribed to ll/%s/dev/+/up and .../session"
+        self.progress("gateway %s: site %r, subscribed to ll/%s/dev/+/up, .../session and .../reg"
                       % (self.gateway_id.hex(), self.site, self.site))
 
     def stop(self) -> None:

@@ -365,7 +365,7 @@ def _make_stack_class() -> type:
         def _start_gateway(self, timeout: float) -> None:
             gw = self._gateway_config(self.cfg.http_host, self.cfg.http_port)
             self.gateway, self.dashboard_url = st.launch_gateway(gw, self.data_dir, timeout)
-            self.progress("gateway %s: site %r, subscribed to ll/%s/dev/+/up, .../reg and .../session"
+            self.progress("gateway %s: site %r, subscribed to ll/%s/dev/+/up, .../session and .../reg"
                           % (self.gateway_id.hex(), self.site, self.site))
 
         def exited(self) -> str | None:
