@@ -45,6 +45,7 @@ MAX_REPLY = cose.MAX_FRAME * 4
 KIND_RECEIPT = 1
 KIND_REFUSAL = 2
 KIND_SESSION = 3
+KIND_REGISTRATION = 4
 
 ROLE_SENSOR = 1
 ROLE_GATEWAY = 3
@@ -140,7 +141,7 @@ class ReceiptResult:
 
 
 class Refused:
-    """The gateway refused a frame this device sent (``seq`` is None for a session request)."""
+    """The gateway refused a frame this device sent (``seq`` is None for a session or registration request)."""
 
     def __init__(self, frame_hash, code, reason, seq):
         self.frame_hash = frame_hash
@@ -150,6 +151,16 @@ class Refused:
 
     def __repr__(self):
         return "Refused(seq=%s, code=%d: %s)" % (self.seq, self.code, self.reason)
+
+
+class RegistrationHeld:
+    """The gateway checked this device's registration request and holds it for an admin."""
+
+    def __init__(self, frame_hash):
+        self.frame_hash = frame_hash
+
+    def __repr__(self):
+        return "RegistrationHeld(%s)" % self.frame_hash.hex()
 
 
 class Ignored:
@@ -276,6 +287,7 @@ class DeviceProtocol:
         self.cache_size = cache_size
         self.session = None
         self._pending_session = None
+        self._registration = None       # frame hash of the last registration request
         self.sent = {}                  # seq -> frame hash, awaiting a receipt
         self.controllers = {}           # controller id -> (key, proof height)
         self._record_heights = {}       # newest proof height seen per device id
@@ -314,7 +326,9 @@ class DeviceProtocol:
         """The registration request (proof of possession, external_aad empty) for the ``reg`` topic."""
         payload = {1: self.device_id, 2: self.public_key, 3: int(role), 4: dict(attributes or {}), 5: int(time_ms)}
         frame = cose.sign1(cbor.dumps(payload), self._identity(), self.device_id, b"", self.crypto)
-        return OutFrame(self.topic("reg"), frame)
+        out = OutFrame(self.topic("reg"), frame)
+        self._registration = out.frame_hash
+        return out
 
     def reading(self, measurements, time_ms, mode=MODE_SIGNED):
         """Build the next reading as a signed or session-encrypted frame bound to the ``up`` topic."""
@@ -388,12 +402,14 @@ class DeviceProtocol:
         if len(payload) > MAX_REPLY:
             raise InvalidMessage("reply of %d bytes is too large" % len(payload))
         msg = cbor.loads(bytes(payload), max_depth=16, max_size=MAX_REPLY)
-        if not isinstance(msg, dict) or msg.get(0) not in (KIND_RECEIPT, KIND_REFUSAL, KIND_SESSION):
+        if not isinstance(msg, dict) or msg.get(0) not in (KIND_RECEIPT, KIND_REFUSAL, KIND_SESSION,
+                                                           KIND_REGISTRATION):
             raise InvalidMessage("reply has no known kind")
         return msg
 
     def handle_down(self, payload, now_ms):
-        """A ``gateway-reply`` (bytes) from the ``down`` topic: SessionOpened, ReceiptResult, Refused or Ignored."""
+        """A ``gateway-reply`` (bytes) from the ``down`` topic: SessionOpened, ReceiptResult, Refused,
+        RegistrationHeld or Ignored."""
         try:
             msg = self.decode_reply(payload)
         except LedgerlinkError as exc:
@@ -410,6 +426,10 @@ class DeviceProtocol:
                 return self.verify_receipt(msg)
             if kind == KIND_REFUSAL:
                 return self._refusal(msg)
+            if kind == KIND_REGISTRATION:
+                if self._registration is None or msg.get(1) != self._registration:
+                    return Ignored("registration reply for a request this device did not send")
+                return RegistrationHeld(self._registration)
         except DeviceError as exc:
             return Ignored(str(exc))
         return Ignored("reply has no known kind")
@@ -421,6 +441,9 @@ class DeviceProtocol:
         pending = self._pending_session
         if pending is not None and pending.frame_hash == frame_hash:
             self._pending_session = None
+            return Refused(frame_hash, code, text, None)
+        if frame_hash == self._registration:
+            self._registration = None
             return Refused(frame_hash, code, text, None)
         seq = None
         for s in self.sent:

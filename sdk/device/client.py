@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ledgerlink.device.core import (MODE_SESSION, MODE_SIGNED, CommandResult, DeviceCore, DeviceError, OutFrame,
-                                    ReceiptResult, Refused, SequenceCounter, SessionOpened)
+                                    ReceiptResult, Refused, RegistrationHeld, SequenceCounter, SessionOpened)
 from ledgerlink.device.keystore import FileCounter, FileKeystore
 from ledgerlink.device.offline_queue import OfflineQueue
 
@@ -82,6 +82,7 @@ class Device:
         self._wake = threading.Event()
         self._connected = threading.Event()
         self._session_event = threading.Event()
+        self._registration_held = threading.Event()
         self._session_result: SessionOpened | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -134,6 +135,10 @@ class Device:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
+    def wait_registration_held(self, timeout: float) -> bool:
+        """Wait until the gateway answers that it holds the registration request for an admin."""
+        return self._registration_held.wait(timeout)
+
     def wait_flushed(self, timeout: float) -> bool:
         """Wait until every queued frame is acknowledged by the broker."""
         deadline = time.monotonic() + timeout
@@ -146,7 +151,9 @@ class Device:
     # --- sending ------------------------------------------------------------------------------------
 
     def register(self, role: int, attributes: Mapping[str, Any] | None = None) -> OutFrame:
-        """Queue the registration request (an admin countersigns it into the ledger)."""
+        """Queue the registration request for the ``reg`` topic; the gateway holds it until an admin
+        registers the device (``ledgerlink admin pending``, ``ledgerlink admin register --pending``)."""
+        self._registration_held.clear()
         with self._lock:
             out = self.core.registration_request(self.clock(), role, attributes)
         self._enqueue(out)
@@ -303,6 +310,9 @@ class Device:
                 log.warning("invalid receipt: %s", event.reason)
             if self.on_receipt is not None:
                 self.on_receipt(event)
+        elif isinstance(event, RegistrationHeld):
+            log.info("the gateway holds the registration request for an admin")
+            self._registration_held.set()
         elif isinstance(event, Refused):
             log.warning("gateway refused seq %s: %s (%d)", event.seq, event.reason, event.code)
             if self.on_refusal is not None:

@@ -25,7 +25,7 @@ from ledgerlink.core.device_protocol import (DEVICE_ID_LEN, KIND_RECEIPT, KIND_R
                                              MODE_SESSION, MODE_SIGNED, NONCE_LEN, RECORD_DEVICE, ROLE_CONTROLLER,
                                              ROLE_GATEWAY, ROLE_SENSOR, STATUS_ACTIVE, TX_ANCHOR, TX_DOMAIN,
                                              CommandResult, DeviceError, Ignored, OutFrame, ReceiptResult, Refused,
-                                             Session, SessionOpened, device_id_of, partial_iv)
+                                             RegistrationHeld, Session, SessionOpened, device_id_of, partial_iv)
 
 
 def _is_uint(v: Any) -> bool:
@@ -155,5 +155,5 @@ __all__ = [
     "DEVICE_ID_LEN", "KIND_RECEIPT", "KIND_REFUSAL", "KIND_SESSION", "MAX_SEQ", "MODE_SESSION", "MODE_SIGNED",
     "NONCE_LEN", "RECORD_DEVICE", "ROLE_CONTROLLER", "ROLE_GATEWAY", "ROLE_SENSOR", "STATUS_ACTIVE", "TX_ANCHOR",
     "TX_DOMAIN", "CommandResult", "DeviceCore", "DeviceError", "Ignored", "MemoryCounter", "OutFrame",
-    "ReceiptResult", "Refused", "SequenceCounter", "Session", "SessionOpened", "device_id_of", "partial_iv",
+    "ReceiptResult", "Refused", "RegistrationHeld", "SequenceCounter", "Session", "SessionOpened", "device_id_of", "partial_iv",
 ]
