@@ -1,7 +1,9 @@
 """The gateway's web dashboard and ``/metrics``, over the standard library's ``http.server``.
 
 Paths: ``/`` (the page, ``static/index.html``), ``/static/app.js``, ``/static/style.css``,
-``/api/state`` (JSON of ``GatewayMetrics.state``), ``/metrics`` (Prometheus text format). The page
+``/api/state`` (JSON of ``GatewayMetrics.state``), ``/api/registrations`` (registration requests held
+for an admin, each with the device's signed request in hex: ``ledgerlink admin pending`` reads it and
+checks every proof of possession itself), ``/metrics`` (Prometheus text format). The page
 fetches ``/api/state`` every 1.5 s and renders devices and their state (online, offline after
 ``offline_after_s`` without a frame, banned, unregistered), recent verified messages, refusals with
 their reasons, the verified ledger height and validators, and receipts per second. A thread polls the
@@ -30,7 +32,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ledgerlink.gateway.metrics import GatewayMetrics
 from ledgerlink.ledger.metrics import CONTENT_TYPE, HttpServer, Response
@@ -46,6 +48,9 @@ FILES = {
 }
 
 
+MAX_LISTED = 1000                      # registration requests listed by /api/registrations
+
+
 def state_json(state: dict) -> bytes:
     """JSON with ``<``, ``>`` and ``&`` escaped, so no string can close or open markup if misread as HTML."""
     text = json.dumps(state, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
@@ -56,8 +61,9 @@ class Dashboard:
     """Serves the dashboard of ``metrics``; ``ledger`` (a ``LedgerClient``) is polled for the latest header."""
 
     def __init__(self, metrics: GatewayMetrics, ledger: Any = None, poll_s: float = 2.0,
-                 static_dir: Path = STATIC_DIR) -> None:
+                 static_dir: Path = STATIC_DIR, registrations: Callable[[], list] | None = None) -> None:
         self.metrics = metrics
+        self.registrations = registrations
         self.ledger = ledger
         self.poll_s = poll_s
         self.files = {path: ((static_dir / name).read_bytes(), ctype) for path, (name, ctype) in FILES.items()}
@@ -73,6 +79,10 @@ class Dashboard:
             return 200, "application/json; charset=utf-8", state_json(self.metrics.state())
         if path == "/metrics":
             return 200, CONTENT_TYPE, self.metrics.registry.render().encode()
+        if path == "/api/registrations" and self.registrations is not None:
+            held = [{"device": r.device.hex(), "role": r.role, "attributes": r.attributes, "time_ms": r.time_ms,
+                     "held_ms": r.held_ms, "request": r.request.hex()} for r in self.registrations()]
+            return 200, "application/json; charset=utf-8", state_json({"registrations": held})
         return None
 
     def _poll(self) -> None:
@@ -110,5 +120,6 @@ def start_for(gateway: Any, cfg: dict[str, Any]) -> Dashboard | None:
         return None
     http = {} if http is True else http
     metrics = GatewayMetrics(gateway.service.core, float(http.get("offline_after_s", 30))).instrument(gateway)
-    return Dashboard(metrics, gateway.ledger, float(http.get("poll_s", 2))).start(
+    return Dashboard(metrics, gateway.ledger, float(http.get("poll_s", 2)),
+                     registrations=lambda: gateway.service.store.registrations(MAX_LISTED)).start(
         str(http.get("host", "127.0.0.1")), int(http.get("port", 0)))

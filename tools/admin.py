@@ -10,7 +10,12 @@ config), firmware records with a maintenance key.
 Registration needs the device's own proof of possession: the device makes its key pair and a signed
 ``registration-request`` (``ledgerlink admin keygen`` and ``ledgerlink admin request`` on a CPython
 device, ``DeviceCore.registration_request`` on a board) and only the request file travels to the admin;
-``register --demo-key FILE`` makes a key pair here instead, for tests.
+``register --demo-key FILE`` makes a key pair here instead, for tests. A device that publishes its
+request on its ``reg`` topic has it checked and held by the gateway: ``pending`` lists the held
+requests (from the gateway's ``/api/registrations``; ``--gateway URL``, or the up config's dashboard
+address) with each proof of possession checked here again and each device's ledger status proven, and
+``register --pending DEVICE_ID`` registers one of them. The gateway is not trusted for any of it: a
+request it altered fails its proof of possession.
 
 Exit status: 0 done, 1 refused by the ledger / not found / does not verify, 2 bad arguments, config or
 key file, 3 no ledger node answered. Errors are one line on stderr. Private keys are never printed.
@@ -21,9 +26,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import json
 import string
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -49,6 +57,10 @@ class AdminError(Exception):
     def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.status = status
+
+
+class NoCertifiedBlock(AdminError):
+    """The ledger has committed nothing yet, so no record (or absence) can be proven."""
 
 
 def _usage(message: str) -> AdminError:
@@ -151,6 +163,10 @@ class Context:
                          % self.cluster_path) from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise _usage("cluster config %s is not usable: %s" % (self.cluster_path, exc)) from None
+        self.gateway_url: str | None = getattr(args, "gateway", None)
+        if self.gateway_url is None and args.up_config and up.http_port:
+            host = "127.0.0.1" if up.http_host in ("0.0.0.0", "::", "") else up.http_host
+            self.gateway_url = "http://%s:%d" % (host, up.http_port)
         self.chain_id = self.config.chain_id
         self.validators = list(self.config.validators)
         self.admin_key_path = Path(args.admin_key) if args.admin_key else (
@@ -170,6 +186,25 @@ class Context:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def held_registrations(self) -> list[dict]:
+        """The gateway's held registration requests (unchecked: every caller checks each request)."""
+        if not self.gateway_url:
+            raise _usage("name the gateway: --gateway URL (its dashboard address) or --up-config UP.json with "
+                         "gateway.http_port set")
+        url = self.gateway_url.rstrip("/") + "/api/registrations"
+        try:
+            with urllib.request.urlopen(url, timeout=self.args.timeout) as resp:
+                held = json.loads(resp.read(4 << 20))["registrations"]
+            if not isinstance(held, list):
+                raise TypeError("registrations is not a list")
+        except urllib.error.HTTPError as exc:
+            raise AdminError("gateway at %s answered %d for /api/registrations (an older gateway, or its "
+                             "dashboard is off)" % (self.gateway_url, exc.code), EXIT_UNAVAILABLE) from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise AdminError("no usable answer from the gateway at %s (%s): is it running with its dashboard on?"
+                             % (self.gateway_url, exc), EXIT_UNAVAILABLE) from None
+        return [h for h in held if isinstance(h, dict)]
 
     def admin_key(self) -> bytes:
         return load_key(self.admin_key_path, "admin key")
@@ -202,7 +237,7 @@ class Context:
         res = self.call("record", int(kind), record_id)
         if not res.get("ok"):
             if res.get("error") == "no certified block yet":
-                raise AdminError("the ledger has no certified block yet (no transaction committed so far), "
+                raise NoCertifiedBlock("the ledger has no certified block yet (no transaction committed so far), "
                                  "so nothing can be proven; try again after the first transaction")
             raise AdminError("ledger error: %s" % res.get("error"))
         proof = res.get("proof")
@@ -287,11 +322,55 @@ def check_request(request: bytes) -> dict:
     return payload
 
 
+def _held_request(entry: dict) -> bytes | None:
+    try:
+        return bytes.fromhex(entry["request"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _kid(request: bytes) -> bytes | None:
+    try:
+        return cose.decode_sign1(request).kid
+    except LedgerlinkError:
+        return None
+
+
+def cmd_pending(ctx: Context, args: argparse.Namespace) -> int:
+    held = ctx.held_registrations()
+    print("%d registration request(s) held by the gateway at %s" % (len(held), ctx.gateway_url))
+    for entry in held:
+        request = _held_request(entry)
+        try:
+            payload = check_request(request or b"")
+        except AdminError:
+            print("  %s  INVALID: its proof of possession does not check (altered on the way?)"
+                  % str(entry.get("device"))[:32])
+            continue
+        dev = payload[1]
+        try:
+            record, header, _ = ctx.proven_record(RecordKind.DEVICE, dev)
+            status = "waiting" if record is None else "registered already (ledger height %d)" % header.height
+        except NoCertifiedBlock:
+            status = "waiting (the ledger has no block yet)"
+        print("  %s  %-10s %s; requested %s; %s" % (dev.hex(), role_name(payload.get(3)),
+                                                    _attrs_text(payload.get(4) or {}), fmt_time(payload.get(5, 0)),
+                                                    status))
+    return EXIT_OK
+
+
 def cmd_register(ctx: Context, args: argparse.Namespace) -> int:
-    if args.request and args.demo_key:
-        raise _usage("give --request FILE (made on the device) or --demo-key FILE, not both")
+    if sum(1 for x in (args.request, args.demo_key, args.pending) if x) > 1:
+        raise _usage("give one of --request FILE (made on the device), --pending DEVICE_ID or --demo-key FILE")
+    if args.pending:
+        dev = parse_device_id(args.pending)
+        found = [r for r in map(_held_request, ctx.held_registrations()) if r is not None and _kid(r) == dev]
+        if not found:
+            raise AdminError("the gateway at %s holds no registration request of device %s (see `pending`)"
+                             % (ctx.gateway_url, dev.hex()))
+        args.request = found[0]
     if args.request:
-        request = read_blob(args.request, "registration request")
+        request = args.request if isinstance(args.request, bytes) else read_blob(args.request, "registration request")
         payload = check_request(request)
         attrs = payload.get(4) or {}
         if args.pubkey is not None and enc.compress_pubkey(_pubkey(args.pubkey)) != enc.compress_pubkey(payload[2]):
@@ -545,9 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = with_ledger("register", help="register a device from its own signed registration request")
     r.add_argument("--request", metavar="FILE", help="registration request made on the device (CBOR or hex)")
+    r.add_argument("--pending", metavar="DEVICE_ID", help="the request of this device held by the gateway (see pending)")
     r.add_argument("--demo-key", metavar="FILE", help="testing: make a key pair here, write its private key to FILE")
     r.add_argument("--pubkey", metavar="HEX", help="the device's public key (checked against the request)")
     attributes(r)
+    pd = with_ledger("pending", help="registration requests the gateway holds, checked here, with ledger status")
+    pd.add_argument("--gateway", metavar="URL", help="the gateway's dashboard address (default: from --up-config)")
+    r.add_argument("--gateway", metavar="URL", help="with --pending: the gateway's dashboard address")
     b = with_ledger("ban", help="ban a device (the gateway refuses it from then on)")
     b.add_argument("device_id", metavar="DEVICE_ID")
     b.add_argument("--reason", required=True, help="why (1..256 characters; on the ledger)")
@@ -581,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "register": cmd_register,
+    "pending": cmd_pending,
     "ban": cmd_ban,
     "unban": lambda ctx, args: cmd_ban(ctx, args, unban=True),
     "show": cmd_show,
