@@ -117,7 +117,7 @@ class DeviceClient:
     the sequence counter and the session (``queue.FileStorage`` on flash; RAM when omitted).
     ``rng(n)``, ``ticks_ms()``, ``ticks_diff(a, b)``, ``time_ms()`` (epoch milliseconds) and
     ``sleep_ms(ms)`` can be injected. ``on_reply(reply)`` gets each decoded reply map, ``on_result(r)``
-    each protocol result (SessionOpened, ReceiptResult, Refused, Ignored).
+    each protocol result (SessionOpened, ReceiptResult, Refused, RegistrationHeld, Ignored).
     """
 
     def __init__(self, config, mqtt_factory, storage=None, rng=None, ticks_ms=None, ticks_diff=None,
@@ -171,7 +171,9 @@ class DeviceClient:
         self.stats = {"connects": 0, "connect_failures": 0, "drops": 0, "published": 0, "retransmitted": 0,
                       "acked": 0, "pings": 0, "bad_replies": 0, "session_requests": 0, "sessions_opened": 0,
                       "sessions_restored": 0, "sessions_refused": 0, "receipts_valid": 0, "receipts_invalid": 0,
-                      "refused": 0, "ignored_replies": 0, "resealed": 0}
+                      "refused": 0, "ignored_replies": 0, "resealed": 0, "registrations_held": 0,
+                      "registrations_refused": 0}
+        self._registration = None
         self.ecqv = self.mode == "session" and "session" not in cfg
         if self.mode == "session" and not self.ecqv:
             s = cfg["session"]
@@ -222,6 +224,14 @@ class DeviceClient:
             self.held.push("h", cbor.dumps([t, measurements]))
             return None
         return self._seal(measurements, t)
+
+    def register(self, role=1, attributes=None, time_ms=None):
+        """Queue this device's own registration request for the ``reg`` topic; the gateway checks it and
+        holds it until an admin registers the device (``stats["registrations_held"]`` counts its answers)."""
+        out = self.protocol.registration_request(self.time_ms() if time_ms is None else time_ms, role, attributes)
+        self._registration = out.frame_hash
+        self.queue.push(out.topic, out.payload)
+        return out.frame_hash
 
     def _seal(self, measurements, t):
         out = self.protocol.reading(measurements, t, self.mode)
@@ -352,9 +362,13 @@ class DeviceClient:
             self._session_at = None
             self.storage.replace(SESSION_FILE, dp.encode_session(self.protocol.session))
             self._release_held()
+        elif isinstance(result, dp.RegistrationHeld):
+            self.stats["registrations_held"] += 1
         elif isinstance(result, dp.Refused):
             self.stats["refused"] += 1
-            if result.seq is None:
+            if result.seq is None and result.frame_hash == self._registration:
+                self.stats["registrations_refused"] += 1
+            elif result.seq is None:
                 self.stats["sessions_refused"] += 1
             elif result.code in SESSION_GONE and self.ecqv:
                 sealed = self._plain.pop(result.seq, None)

@@ -429,6 +429,23 @@ def test_client_opens_a_session_itself_and_checks_receipts(gw_env, storage):
     assert [a.seq for a in accepted] == [seq] and accepted[0].mode == "session"
 
 
+def test_client_sends_its_registration_request_and_hears_the_answer(gw_env, storage):
+    env, accepted = gw_env, []
+    client, mq, _ = gateway_client(env, storage, accepted, identity_key=env.net["newcomer"].priv, mode="signed")
+    h = client.register(1, {"name": "newcomer"})
+    assert client.flush(5000)
+    client.step(0)
+    assert len(mq[-1].published) == 1
+    assert client.stats["registrations_held"] == 1 and client.device_id in env.gw.registrations
+    assert client.stats["registrations_refused"] == 0 and not accepted
+
+    client.register(1, {"name": "newcomer"}, time_ms=env.now + 120_000)        # clock far ahead: refused
+    assert client.flush(5000)
+    client.step(0)
+    assert client.stats["registrations_refused"] == 1 and client.stats["sessions_refused"] == 0
+    assert h != client._registration
+
+
 def test_client_refreshes_before_expiry_and_after_the_gateway_forgets(gw_env):
     env, storage, accepted = gw_env, MemoryStorage(), []
     client, mq, clock = gateway_client(env, storage, accepted, session_margin_s=600, session_timeout_ms=1000)
