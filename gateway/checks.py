@@ -21,6 +21,8 @@ Protects against:
   once per exact header bytes, the last ``HEADER_CACHE`` of them remembered); an older proof never
   replaces a newer one, and a ban in a newer certified proof applies to the next frame;
 - replays and reordering beyond the window, floods from one device (the others keep their budget);
+- a flood of bad frames filling the ledger with warnings: every refusal is answered and counted, but the
+  warnings posted to the ledger are bounded per offender and per gateway (``Limits.report_*``);
 - malformed input: any bytes on any topic give a refusal, never an exception out of ``on_frame``;
 - session certificate reuse: a request nonce, request point or certificate is issued only once.
 Tested in tests/gateway/test_checks.py with real keys, COSE frames, ledger state and certified headers,
@@ -75,6 +77,7 @@ MAX_SEQ = 0xFFFFFFFF
 DEVICE_ID_LEN = 16
 MAX_DETAIL = 256
 TOPIC_CACHE = 1 << 16              # parsed device topics remembered (emptied when full)
+REPORT_BUCKETS = 4096              # offenders whose warning budget is remembered (least recent forgotten)
 HEADER_CACHE = 16                  # certified headers whose quorum signatures were checked, by exact bytes
 
 
@@ -412,6 +415,10 @@ class Limits:
     max_pending: int = 1024
     max_pending_per_device: int = 16
     flood_report_ms: int = 10_000          # at most one rate-limited warning per device per period
+    report_rate_per_s: float = 0.5         # warnings posted to the ledger per offender (claimed device id)
+    report_burst: float = 30.0
+    report_total_per_s: float = 50.0       # warnings posted to the ledger, all offenders together
+    report_total_burst: float = 500.0
     max_devices: int = 100_000
     max_proof_lag: int = 64                # registry proofs from headers further behind the newest are stale
     max_registrations: int = 1000          # registration requests held for an admin
@@ -532,6 +539,8 @@ class GatewayCore:
         self._prefix = "ll/%s/dev/" % site
         self._topics: dict[str, tuple[bytes, str]] = {}                     # parsed device topics
         self.registrations: OrderedDict[bytes, tuple[int, int]] = OrderedDict()  # dev -> (request time, held since)
+        self._report_buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
+        self._report_total = TokenBucket(self.limits.report_total_per_s, self.limits.report_total_burst, 0)
         self._registration_bucket = TokenBucket(self.limits.registration_rate_per_s, self.limits.registration_burst, 0)
 
     # --- topics ---------------------------------------------------------------------------------
@@ -608,8 +617,26 @@ class GatewayCore:
                 report = now_ms - st.last_flood_report >= self.limits.flood_report_ms
                 if report:
                     st.last_flood_report = now_ms
+        if report:
+            report = self._reportable(offender, now_ms)
         return Refuse(sha256(frame), self.gateway_id, offender, now_ms, r.code, r.detail[:MAX_DETAIL],
                       self.down_topic(dev) if dev is not None else None, report)
+
+    def _reportable(self, offender: bytes, now_ms: int) -> bool:
+        """Whether a refusal still fits the warning budget of its offender and of the gateway.
+
+        Every refusal is answered and counted; only the warnings posted to the ledger are bounded, so a
+        flood of bad frames (from one claimed device or from many made-up ones) cannot fill the ledger.
+        """
+        bucket = self._report_buckets.get(offender)
+        if bucket is None:
+            if len(self._report_buckets) >= REPORT_BUCKETS:
+                self._report_buckets.popitem(last=False)
+            bucket = self._report_buckets[offender] = TokenBucket(self.limits.report_rate_per_s,
+                                                                  self.limits.report_burst, now_ms)
+        else:
+            self._report_buckets.move_to_end(offender)
+        return bucket.take(now_ms) and self._report_total.take(now_ms)
 
     def _device_record(self, dev: bytes, topic: str, frame: bytes, now_ms: int) -> dict | list[Effect]:
         """The device record, or effects when the frame waits for a registry answer."""

@@ -419,3 +419,17 @@ def test_verified_reading_is_the_reading_with_hash_and_gateway(env: Env, meas: d
     assert accept.reading is not None
     assert out == cbor.dumps({1: dev, 2: seq, 3: t, 4: meas, 5: CRYPTO.sha256(frame), 6: env.core.gateway_name})
     assert cbor.loads(out)[4] == accept.measurements
+
+
+def test_warnings_posted_to_the_ledger_are_bounded_per_offender_and_in_all():
+    e = Env(c.Limits(report_burst=3, report_rate_per_s=1.0, report_total_burst=5, report_total_per_s=2.0))
+    sensor = e.net["sensor"].id
+    forged = [e.one(up(sensor), reading(e.net, "sensor", 200 + i, key="actuator")) for i in range(6)]
+    assert all(r.code == c.BAD_SIGNATURE and r.reply_topic for r in forged)     # every one refused, answered
+    assert [r.report for r in forged] == [True] * 3 + [False] * 3
+    later = e.one(up(sensor), reading(e.net, "sensor", 300, key="actuator"), NOW + 1000)
+    assert later.report                                                          # one more a second later
+    strangers = ["stranger%d" % i for i in range(5)]                            # made-up devices, one frame each
+    other = [e.one(up(e.net[n].id), reading(e.net, n, 1), NOW + 1000) for n in strangers]
+    assert all(r.code == c.UNKNOWN_DEVICE for r in other)
+    assert [r.report for r in other] == [True] * 3 + [False] * 2                 # the gateway's: 5, +2 in 1 s
