@@ -162,6 +162,40 @@ async def read_frame(reader: asyncio.StreamReader, max_size: int) -> bytes | Non
         raise FrameError("truncated frame") from None
 
 
+class FrameSplitter:
+    """Frames cut out of a stream read in chunks: the same frames and errors as ``read_frame``
+    called once per frame, with one read per chunk instead of two per frame."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._buf = bytearray()
+        self.error: FrameError | None = None
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The frames completed by ``chunk``; ``error`` is set when a frame after them breaks the limit."""
+        buf = self._buf
+        buf += chunk
+        out = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (length,) = _LEN.unpack_from(buf, pos)
+            if length > self.max_size:
+                self.error = FrameError("frame of %d bytes exceeds the %d-byte limit" % (length, self.max_size))
+                break
+            if end - pos - 4 < length:
+                break
+            out.append(bytes(buf[pos + 4:pos + 4 + length]))
+            pos += 4 + length
+        del buf[:pos]
+        return out
+
+    def end(self) -> None:
+        """At the end of the stream: FrameError if it stopped inside a frame."""
+        if self._buf:
+            raise FrameError("truncated length" if len(self._buf) < 4 else "truncated frame")
+
+
 def _close(writer: asyncio.StreamWriter) -> None:
     try:
         writer.close()
@@ -292,6 +326,26 @@ class PeerNetwork:
 # --- client port ----------------------------------------------------------------------------------
 
 Handler = Callable[[dict], Awaitable[dict]]
+MAX_REPLY_BUFFER = 1 << 20
+READ_CHUNK = 1 << 16
+
+
+class _Replies:
+    """The answers due on one client connection, written together once per event-loop turn."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.chunks: list[bytes] = []
+
+    def add(self, data: bytes) -> None:
+        if not self.chunks:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.chunks.append(data)
+
+    def flush(self) -> None:
+        chunks, self.chunks = self.chunks, []
+        if chunks and not self.writer.is_closing():
+            self.writer.write(b"".join(chunks))
 
 
 class ClientServer:
@@ -314,23 +368,29 @@ class ClientServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         tasks: set[asyncio.Task] = set()
+        replies = _Replies(writer)
+        frames = FrameSplitter(self.max_frame)
         try:
             while True:
-                data = await read_frame(reader, self.max_frame)
-                if data is None:
+                chunk = await reader.read(READ_CHUNK)
+                if not chunk:
+                    frames.end()
                     return
-                try:
-                    req = cbor.loads(data)
-                except LedgerlinkError:
-                    req = None
-                if not isinstance(req, dict) or type(req.get("id")) is not int \
-                        or not isinstance(req.get("op"), str):
-                    log.warning("dropped client request from %s: malformed", peer)
-                    writer.write(frame(cbor.dumps({"ok": False, "error": "malformed request"})))
-                    continue
-                t = asyncio.create_task(self._answer(req, writer))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
+                for data in frames.feed(chunk):
+                    try:
+                        req = cbor.loads(data)
+                    except LedgerlinkError:
+                        req = None
+                    if not isinstance(req, dict) or type(req.get("id")) is not int \
+                            or not isinstance(req.get("op"), str):
+                        log.warning("dropped client request from %s: malformed", peer)
+                        writer.write(frame(cbor.dumps({"ok": False, "error": "malformed request"})))
+                        continue
+                    t = asyncio.create_task(self._answer(req, writer, replies))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+                if frames.error is not None:
+                    raise frames.error
         except FrameError as exc:
             log.warning("dropped client frame from %s: %s", peer, exc.reason)
         except (OSError, ConnectionError, asyncio.CancelledError):
@@ -340,7 +400,7 @@ class ClientServer:
                 t.cancel()
             _close(writer)
 
-    async def _answer(self, req: dict, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, req: dict, writer: asyncio.StreamWriter, replies: _Replies) -> None:
         try:
             resp = await self.handler(req)
         except asyncio.CancelledError:
@@ -349,8 +409,9 @@ class ClientServer:
             log.exception("client request %r failed", req.get("op"))
             resp = {"ok": False, "error": "internal error: %s" % type(exc).__name__}
         resp["id"] = req["id"]
+        replies.add(frame(cbor.dumps(resp)))
         try:
-            writer.write(frame(cbor.dumps(resp)))
-            await writer.drain()
+            if writer.transport.get_write_buffer_size() > MAX_REPLY_BUFFER:
+                await writer.drain()
         except (OSError, ConnectionError):
             pass

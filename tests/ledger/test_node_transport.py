@@ -4,11 +4,13 @@ import asyncio
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledgerlink.core import cbor
 from ledgerlink.ledger.cluster import free_base_port
-from ledgerlink.ledger.transport import (ClientServer, ClusterConfig, FrameError, PeerNetwork, frame,
-                                         read_frame)
+from ledgerlink.ledger.transport import (ClientServer, ClusterConfig, FrameError, FrameSplitter, PeerNetwork,
+                                         frame, read_frame)
 
 KEYS = [bytes([2]) + bytes([i + 1]) * 32 for i in range(4)]
 
@@ -28,6 +30,49 @@ def test_read_frame_limits():
             with pytest.raises(FrameError):
                 await read_frame(_reader(bad), 10)
     asyncio.run(run())
+
+
+async def _read_all(data: bytes, limit: int) -> tuple[list[bytes], str | None]:
+    r = _reader(data)
+    out = []
+    try:
+        while True:
+            f = await read_frame(r, limit)
+            if f is None:
+                return out, None
+            out.append(f)
+    except FrameError as exc:
+        return out, exc.reason
+
+
+def _split_all(data: bytes, limit: int, cuts: list[int]) -> tuple[list[bytes], str | None]:
+    s = FrameSplitter(limit)
+    out = []
+    bounds = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    try:
+        for a, b in zip(bounds, bounds[1:]):
+            out += s.feed(data[a:b])
+            if s.error is not None:
+                raise s.error
+        s.end()
+    except FrameError as exc:
+        return out, exc.reason
+    return out, None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=8), st.integers(0, 8), st.lists(st.integers(0, 400), max_size=12),
+       st.one_of(st.none(), st.integers(0, 400)), st.binary(max_size=6))
+def test_frame_splitter_agrees_with_read_frame(payloads, oversized_at, cuts, truncate, junk):
+    """Any chunking of any stream (valid frames, an oversized one, a cut, junk) gives read_frame's frames and error."""
+    frames = [frame(p) for p in payloads]
+    limit = 32
+    if oversized_at < 4:
+        frames.insert(min(oversized_at, len(frames)), frame(b"o" * 33))
+    data = b"".join(frames) + junk
+    if truncate is not None:
+        data = data[:truncate]
+    assert _split_all(data, limit, cuts) == asyncio.run(_read_all(data, limit))
 
 
 def test_config_json_and_toml(tmp_path):
