@@ -82,17 +82,25 @@ def _bit(key, depth):
     return (key[depth >> 3] >> (7 - (depth & 7))) & 1
 
 
+def _leading_zeros():
+    out = bytearray(256)
+    for x in range(256):
+        n = 0
+        while n < 8 and not (x << n) & 0x80:
+            n += 1
+        out[x] = n
+    return bytes(out)
+
+
+_LZ = _leading_zeros()
+
+
 def _first_diff(a, b):
     """Index of the first bit where the distinct 32-byte strings a and b differ."""
     i = 0
     while a[i] == b[i]:
         i += 1
-    x = a[i] ^ b[i]
-    pos = 0
-    while not x & 0x80:
-        x <<= 1
-        pos += 1
-    return i * 8 + pos
+    return i * 8 + _LZ[a[i] ^ b[i]]
 
 
 def _is_bytes(x, n):
@@ -261,10 +269,13 @@ class SparseMerkleTree:
         bad key or value."""
         pairs = {}
         for key, value in items:
-            key = _check_key(key)
-            if not isinstance(value, (bytes, bytearray)):
-                raise ValueError("value must be bytes")
-            pairs[key] = bytes(value)
+            if type(key) is not bytes or len(key) != KEY_LEN:
+                key = _check_key(key)
+            if type(value) is not bytes:
+                if not isinstance(value, bytearray):
+                    raise ValueError("value must be bytes")
+                value = bytes(value)
+            pairs[key] = value
         if not pairs:
             return
         values = self._values
@@ -313,24 +324,32 @@ class SparseMerkleTree:
                 continue
             split = _first_diff(key, node.key)
             top = _Branch()
-            if _bit(key, split):
+            if (key[split >> 3] >> (7 - (split & 7))) & 1:
                 top.l, top.r = node, leaf
             else:
                 top.l, top.r = leaf, node
-            chain = [top]
             d = split - 1
-            while d >= depth:
-                b = _Branch()
-                if _bit(key, d):
-                    b.r = top
-                else:
-                    b.l = top
-                chain.append(b)
-                top = b
-                d -= 1
-            chain.reverse()
-            dirty.extend(chain)
-            self._attach(parent, side, top)
+            if d < depth:
+                mark(top)
+            else:
+                chain = [top]
+                while d >= depth:
+                    b = _Branch()
+                    if (key[d >> 3] >> (7 - (d & 7))) & 1:
+                        b.r = top
+                    else:
+                        b.l = top
+                    chain.append(b)
+                    top = b
+                    d -= 1
+                chain.reverse()
+                dirty.extend(chain)
+            if parent is None:
+                self._root = top
+            elif side:
+                parent.r = top
+            else:
+                parent.l = top
         for n in reversed(dirty):
             l = n.l
             r = n.r
