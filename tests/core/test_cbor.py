@@ -1,4 +1,4 @@
-"""Deterministic CBOR: RFC 8949 Appendix A, malformed input, portable vs cbor2-backed codec, fuzzing."""
+"""Deterministic CBOR: RFC 8949 Appendix A, malformed and non-deterministic input, both codecs, fuzzing."""
 
 import math
 import struct
@@ -259,7 +259,8 @@ INTS = st.one_of(st.integers(), st.integers(min_value=-2**140, max_value=2**140)
                  st.sampled_from([0, 23, 24, 255, 256, 2**16, 2**32, 2**64 - 1, 2**64, -2**64, -2**64 - 1]))
 FLOATS = st.one_of(st.floats(), st.floats(width=16), st.floats(width=32), st.sampled_from([-0.0, math.nan]))
 LEAVES = st.one_of(INTS, st.binary(max_size=30), st.text(max_size=12), st.booleans(), st.none(), FLOATS,
-                   SIMPLES, st.just(UNDEFINED))
+                   SIMPLES, st.just(UNDEFINED), st.binary(min_size=250, max_size=270),
+                   st.text(min_size=120, max_size=270))
 KEYS = st.recursive(
     st.one_of(INTS, st.text(max_size=6), st.binary(max_size=6), st.floats(allow_nan=False), st.booleans(),
               st.none(), SIMPLES),
@@ -342,16 +343,25 @@ def test_map_keys_sorted_bytewise(value):
     assert [cbor.portable_dumps(k) for k in cbor.portable_loads(data)] == [k for k, _ in pairs]
 
 
-def check_strict(data: bytes) -> None:
-    """Both decoders agree; an accepted input is exactly the encoding of what it decodes to."""
+def check_strict(data: bytes, max_depth: int = cbor.DEFAULT_MAX_DEPTH,
+                 max_size: int = cbor.DEFAULT_MAX_SIZE) -> None:
+    """Both decoders agree; an accepted input is exactly the encoding of what it decodes to.
+
+    The fast decoder is also checked on its own, without the portable decoder it falls back to: it
+    must fail on everything the portable decoder refuses and return the same value otherwise.
+    """
     try:
-        portable = cbor.portable_loads(data)
+        portable = cbor.portable_loads(data, max_depth, max_size)
     except DecodeError:
         with pytest.raises(DecodeError):
-            cpython_cbor.loads(data)
+            cpython_cbor.loads(data, max_depth, max_size)
+        if len(data) <= max_size:
+            with pytest.raises(Exception):
+                cpython_cbor._fast_loads(data, max_depth)
         return
     assert cbor.portable_dumps(portable) == data
-    assert same(cpython_cbor.loads(data), portable)
+    assert same(cpython_cbor.loads(data, max_depth, max_size), portable)
+    assert same(cpython_cbor._fast_loads(data, max_depth), portable)
 
 
 @settings(max_examples=400, deadline=None)
@@ -378,6 +388,246 @@ def test_fuzz_mutated_encodings(value, draw):
     else:
         del data[i]
     check_strict(bytes(data))
+
+
+def loose_head(major: int, arg: int, draw) -> bytes:
+    """A head for ``arg``: mostly the shortest, sometimes a wider one (non-deterministic)."""
+    widths = [w for w, limit in ((0, 24), (1, 1 << 8), (2, 1 << 16), (4, 1 << 32), (8, 1 << 64)) if arg < limit]
+    width = widths[0]
+    if len(widths) > 1 and draw(st.integers(0, 5)) == 0:
+        width = draw(st.sampled_from(widths[1:]))
+    if width == 0:
+        return bytes([major << 5 | arg])
+    return bytes([major << 5 | {1: 24, 2: 25, 4: 26, 8: 27}[width]]) + arg.to_bytes(width, "big")
+
+
+NAN_FORMS = ["f97e01", "f9fe00", "f97c01", "f97fff", "fa7fc00000", "faffc00000", "fa7f800001",
+             "fb7ff8000000000000", "fb7ff0000000000001"]
+
+
+def loose(obj, draw) -> bytes:
+    """A well-formed or malformed CBOR encoding of ``obj`` that is sometimes not the deterministic one.
+
+    Deviations, each drawn rarely at every node: wider heads (ints, lengths, tags), integers as
+    bignums, bignums with leading zero bytes, wider floats, NaN payloads and signs, simple values in
+    two-byte form, indefinite-length strings, arrays and maps, shuffled and duplicated map entries.
+    """
+    def deviate() -> bool:
+        return draw(st.integers(0, 7)) == 0
+
+    if obj is False or obj is True or obj is None or obj is UNDEFINED:
+        return cbor.portable_dumps(obj)
+    if isinstance(obj, Simple):
+        if obj.value < 24 and deviate():
+            return bytes([0xF8, obj.value])
+        return cbor.portable_dumps(obj)
+    if isinstance(obj, int):
+        major, n = (0, obj) if obj >= 0 else (1, -1 - obj)
+        if n <= 2**64 - 1 and not deviate():
+            return loose_head(major, n, draw)
+        raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+        if deviate():
+            raw = b"\x00" * draw(st.integers(1, 2)) + raw
+        return bytes([0xC2 + major]) + loose_head(2, len(raw), draw) + raw
+    if isinstance(obj, float):
+        canonical = cbor.float_bytes(obj)
+        if not deviate():
+            return canonical
+        if obj != obj:
+            return bytes.fromhex(draw(st.sampled_from(NAN_FORMS)))
+        wider = [(0xFA, ">f"), (0xFB, ">d")][len(canonical) // 4:]
+        if not wider:
+            return canonical
+        head, fmt = draw(st.sampled_from(wider))
+        return bytes([head]) + struct.pack(fmt, obj)
+    if isinstance(obj, (bytes, str)):
+        major = 2 if isinstance(obj, bytes) else 3
+        if obj and deviate():
+            cut = draw(st.integers(0, len(obj)))
+            chunks = [c.encode("utf-8") if major == 3 else c for c in (obj[:cut], obj[cut:])]
+            return bytes([major << 5 | 31]) + b"".join(loose_head(major, len(c), draw) + c for c in chunks) + b"\xff"
+        raw = obj.encode("utf-8") if major == 3 else obj
+        return loose_head(major, len(raw), draw) + raw
+    if isinstance(obj, (list, tuple)):
+        items = b"".join(loose(x, draw) for x in obj)
+        if deviate():
+            return b"\x9f" + items + b"\xff"
+        return loose_head(4, len(obj), draw) + items
+    if isinstance(obj, dict):
+        pairs = sorted((cbor.portable_dumps(k), loose(k, draw) + loose(v, draw)) for k, v in obj.items())
+        pairs = [p for _, p in pairs]
+        if len(pairs) > 1 and deviate():
+            pairs = draw(st.permutations(pairs))
+        if pairs and deviate():
+            i = draw(st.integers(0, len(pairs) - 1))
+            pairs = pairs[:i + 1] + [pairs[i]] + pairs[i + 1:]
+        if deviate():
+            return b"\xbf" + b"".join(pairs) + b"\xff"
+        return loose_head(5, len(pairs), draw) + b"".join(pairs)
+    assert isinstance(obj, Tag)
+    return loose_head(6, obj.tag, draw) + loose(obj.value, draw)
+
+
+@settings(max_examples=400, deadline=None)
+@given(VALUES, st.data())
+def test_loose_encodings_refused_unless_deterministic(value, data):
+    # A valid CBOR encoding of a value other than its deterministic one is the deterministic encoding
+    # of nothing, so both decoders must refuse it (the fast one on its own too).
+    enc = loose(value, data.draw)
+    if data.draw(st.integers(0, 15)) == 0:
+        enc += bytes([data.draw(st.integers(0, 255))])
+    if enc == cbor.portable_dumps(value):
+        assert same(cpython_cbor._fast_loads(enc, 1000), value)
+        assert same(cpython_cbor.loads(enc, max_depth=1000), value)
+        assert same(cbor.portable_loads(enc, max_depth=1000), value)
+        return
+    for loads in (cbor.portable_loads, cpython_cbor.loads):
+        with pytest.raises(DecodeError):
+            loads(enc, max_depth=1000)
+    with pytest.raises(Exception):
+        cpython_cbor._fast_loads(enc, 1000)
+
+
+@FAST
+@given(VALUES)
+def test_fast_decoder_reads_every_deterministic_encoding_itself(value):
+    # No silent fallback: the fast decoder alone returns what was encoded.
+    assert same(cpython_cbor._fast_loads(cbor.portable_dumps(value), 1000), value)
+
+
+@FAST
+@given(VALUES, st.integers(0, 6), st.integers(-2, 1))
+def test_depth_and_size_limits_agree(value, max_depth, size_delta):
+    data = cbor.portable_dumps(value)
+    check_strict(data, max_depth=max_depth)
+    check_strict(data, max_size=len(data) + size_delta)
+
+
+# Items that are not deterministic CBOR (or not CBOR); each is refused wherever it appears.
+NON_DETERMINISTIC_ITEMS = {
+    "uint 23 in 1 byte": "1817", "uint 255 in 2": "1900ff", "uint in 4": "1a0000ffff",
+    "uint in 8": "1b00000000ffffffff", "negative in 1": "3800", "negative in 2": "3900ff",
+    "negative in 4": "3a0000ffff", "negative in 8": "3b00000000ffffffff",
+    "bstr length in 1": "5800", "bstr length 23 in 1": "5817" + "00" * 23, "bstr length in 2": "59000100",
+    "bstr length in 4": "5a0000000100", "bstr length in 8": "5b000000000000000100",
+    "text length in 1": "780161", "text length in 2": "79000161",
+    "array length in 1": "9800", "array length in 2": "990000", "array length in 4": "9a00000000",
+    "array length in 8": "9b0000000000000000", "map length in 1": "b800", "map length in 2": "b90000",
+    "tag in 1": "d80600", "tag in 2": "d9000600", "tag 2 in 1": "d80249010000000000000000",
+    "bignum fits uint64": "c248ffffffffffffffff", "bignum fits 1 byte": "c24101", "empty bignum": "c240",
+    "bignum leading zero": "c24a00010000000000000000", "negative bignum fits": "c34101",
+    "bignum length in 1": "c25809010000000000000000", "bignum of text": "c26161",
+    "bignum of array": "c280", "bignum of 9-byte text": "c269010000000000000000",
+    "bignum of 9-item array": "c289010000000000000000", "indefinite bignum": "c25f4101ff",
+    "half fits as single": "fa3fc00000", "single as double": "fb3ff8000000000000",
+    "inf as single": "fa7f800000", "inf as double": "fb7ff0000000000000", "-0.0 as single": "fa80000000",
+    "-0.0 as double": "fb8000000000000000", "half subnormal as single": "fa33800000",
+    "half subnormal as double": "fb3e70000000000000", "single subnormal as double": "fb36a0000000000000",
+    "nan payload": "f97e01", "negative nan": "f9fe00", "signalling nan": "f97c01", "single nan": "fa7fc00000",
+    "double nan": "fb7ff8000000000000",
+    "simple 0 in 2 bytes": "f800", "simple 19 in 2": "f813", "false in 2": "f814", "undefined in 2": "f817",
+    "simple 24": "f818", "simple 31": "f81f",
+    "ai 28": "1c", "ai 29": "3d", "ai 30": "5e", "ai 28 text": "7c", "ai 28 array": "9c", "ai 28 map": "bc",
+    "ai 28 tag": "dc", "ai 28 major 7": "fc", "ai 29 major 7": "fd", "ai 30 major 7": "fe",
+    "ai 31 uint": "1f", "ai 31 negative": "3f", "ai 31 tag": "df", "break": "ff",
+    "indefinite bstr": "5f4100ff", "empty indefinite bstr": "5fff", "indefinite text": "7f6161ff",
+    "indefinite array": "9f01ff", "empty indefinite array": "9fff", "indefinite map": "bf0100ff",
+    "utf-8 continuation": "6180", "utf-8 invalid": "62c328", "utf-8 surrogate": "63eda080",
+    "utf-8 overlong 2": "62c0af", "utf-8 overlong 3": "63e08080", "utf-8 above U+10FFFF": "64f4908080",
+    "utf-8 ff": "61ff",
+    "unsorted int keys": "a2020001 00", "duplicate keys": "a201000100", "unsorted text keys": "a2616200616100",
+    "length-first order": "a22000190100 00", "unsorted bstr keys": "a2420000004100 00",
+    "unsorted mixed keys": "a2616100 0100", "0 and false": "a20000f400", "1 and 1.0": "a20100f93c0000",
+    "0 and 0.0": "a20000f9000000", "nan keys": "a2f97e0000f97e0000",
+    "map as key": "a1a000", "map in array key": "a181a000", "map in tagged key": "a1c6a000",
+    "truncated 1-byte arg": "18", "truncated 2-byte arg": "1901", "truncated 8-byte arg": "1b00",
+    "truncated bstr": "4200", "truncated bstr length": "58", "truncated long bstr": "581800",
+    "truncated text": "6261", "truncated array": "8201", "truncated map": "a100", "truncated tag": "c6",
+    "truncated half": "f900", "truncated single": "fa0000", "truncated double": "fb00",
+    "truncated bignum": "c2490100",
+}
+CONTEXTS = {
+    "top": "{}", "array item": "81{}", "second array item": "8201{}", "map value": "a100{}",
+    "second map value": "a2000001{}", "map key": "a1{}00", "tag content": "c6{}",
+    "array in map": "a10081{}", "map in array": "81a100{}", "array in tag in array": "81c681{}",
+}
+
+
+@pytest.mark.parametrize("context", sorted(CONTEXTS))
+@pytest.mark.parametrize("name", sorted(NON_DETERMINISTIC_ITEMS))
+def test_non_deterministic_item_refused_everywhere(name, context):
+    data = bytes.fromhex(CONTEXTS[context].format(NON_DETERMINISTIC_ITEMS[name]).replace(" ", ""))
+    for loads in (cbor.portable_loads, cpython_cbor.loads):
+        with pytest.raises(DecodeError):
+            loads(data)
+    with pytest.raises(Exception):
+        cpython_cbor._fast_loads(data, cbor.DEFAULT_MAX_DEPTH)
+
+
+BOUNDARY_INTS = [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1, 2**64, 2**72]
+
+
+@pytest.mark.parametrize("n", [0, 1, 23, 24, 255, 256, 65535, 65536])
+def test_lengths_at_head_boundaries(n):
+    leaves = [b"\x01" * n, "\u00e9" * (n // 2) + "a" * (n % 2)]
+    if n <= 256:
+        leaves += [[0] * n, {i: 0 for i in range(n)}]
+    leaves += BOUNDARY_INTS + [-1 - i for i in BOUNDARY_INTS]
+    for leaf in leaves:
+        for value in (leaf, [leaf], [1, leaf, 2], {0: leaf}, {0: leaf, 1: leaf}, Tag(6, leaf), [[leaf]]):
+            data = cbor.portable_dumps(value)
+            check_strict(data)
+            assert same(cpython_cbor._fast_loads(data, 8), value)
+        if not isinstance(leaf, (list, dict)):
+            for value in ({leaf: 0}, {leaf: 0, "~": leaf}, {(leaf, 1): leaf}):
+                data = cbor.portable_dumps(value)
+                check_strict(data)
+                assert same(cpython_cbor._fast_loads(data, 8), value)
+
+
+def test_every_input_of_up_to_two_bytes():
+    for n in range(0x10000):
+        check_strict(n.to_bytes(2, "big"))
+        if n < 0x100:
+            check_strict(bytes([n]))
+
+
+def test_every_half_float_in_every_width():
+    for h in range(0x10000):
+        x = struct.unpack(">e", h.to_bytes(2, "big"))[0]
+        check_strict(b"\xf9" + h.to_bytes(2, "big"))
+        check_strict(b"\xfa" + struct.pack(">f", x))
+        check_strict(b"\xfb" + struct.pack(">d", x))
+
+
+@FAST
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1))
+def test_single_and_double_bit_patterns(single, double):
+    check_strict(b"\xfa" + single.to_bytes(4, "big"))
+    check_strict(b"\xfb" + double.to_bytes(8, "big"))
+
+
+@FAST
+@given(FLOATS)
+def test_fast_float_bytes_matches_portable(x):
+    assert cpython_cbor._float_bytes(x) == cbor.float_bytes(x)
+
+
+def test_protocol_messages_decode_on_the_fast_path():
+    from ledgerlink.core import cose
+    from ledgerlink.core.backend import get_backend
+
+    backend = get_backend("cpython")
+    priv = bytes(31) + b"\x07"
+    dev = bytes(range(16))
+    body = cbor.dumps({1: dev, 2: 7, 3: 1_700_000_000_000, 4: {"t": 21.5, "rh": 40, "p": 1013.25}})
+    frames = [body, cose.sign1(body, priv, dev, b"ll/s/dev/up", backend),
+              cose.encrypt0(body, bytes(16), partial_iv=b"\x07", base_iv=bytes(13), kid=b"s" * 8,
+                            external_aad=b"ll/s/dev/up", backend=backend)]
+    for data in frames:
+        value = cpython_cbor._fast_loads(data, 8)
+        assert cbor.portable_dumps(value) == data
+        assert same(value, cbor.portable_loads(data, max_depth=8))
 
 
 @FAST
