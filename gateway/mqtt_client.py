@@ -359,8 +359,14 @@ class MqttClient:
             acked: list[tuple[int, int]] = []            # (packet id, reason code) of PUBACKs
             pos = 0
             data = bytes(buf) if split_frame(buf, 0, MAX_PACKET) is not None else b""
+            n = len(data)
             try:
                 while True:
+                    if (pos + 4 <= n and data[pos] == 0x40 and data[pos + 1] == 2
+                            and (data[pos + 2] or data[pos + 3])):     # PUBACK, Success, no properties
+                        acked.append(((data[pos + 2] << 8) | data[pos + 3], SUCCESS))
+                        pos += 4
+                        continue
                     frame = split_frame(data, pos, MAX_PACKET)
                     if frame is None:
                         break
@@ -372,9 +378,6 @@ class MqttClient:
                             pids.append(fast[1])
                             msgs.append(Message(fast[0], fast[2], 1, fast[1], False, first == 0x3A, {}, generation))
                             continue
-                    elif first == 0x40 and end - start == 2 and (data[start] or data[start + 1]):
-                        acked.append(((data[start] << 8) | data[start + 1], SUCCESS))    # PUBACK, Success
-                        continue
                     kind = first >> 4
                     p = decode_server_packet(first, data[start:end])
                     if kind == PUBLISH:
