@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from hashlib import sha256 as _sha256
 from typing import Any, Callable, Mapping
 
@@ -32,6 +33,20 @@ _head = cbor.head
 _BSTR_HEAD = [_head(2, n) for n in range(256)]
 _UINT = [_head(0, n) for n in range(256)]
 _PAIR = [bytes((0x82, k)) for k in range(24)]
+_U16 = struct.Struct(">BH").pack
+_U32 = struct.Struct(">BI").pack
+_U64 = struct.Struct(">BQ").pack
+
+
+def _uint(x: int) -> bytes:
+    """CBOR of an unsigned integer 0 <= x <= 2**64 - 1."""
+    if x < 256:
+        return _UINT[x]
+    if x < 0x10000:
+        return _U16(0x19, x)
+    if x < 0x100000000:
+        return _U32(0x1A, x)
+    return _U64(0x1B, x)
 
 
 def _id_item(x: Any) -> bytes | None:
@@ -41,7 +56,7 @@ def _id_item(x: Any) -> bytes | None:
         n = len(x)
         return (_BSTR_HEAD[n] if n < 256 else _head(2, n)) + x
     if t is int and 0 <= x <= _U64_MAX:
-        return _UINT[x] if x < 256 else _head(0, x)
+        return _uint(x)
     return None
 
 
