@@ -17,7 +17,13 @@ that does the setup (imports, precomputed tables, inputs) and a run that adds th
 The peak live heap itself is not measured: the WASI build cannot collect in the middle of a
 computation (tools/micropython_vm.py), so there is no safe way to sample it.
 
-Usage: ``python3 -m ledgerlink.tools.bench [--quick] [--json FILE]``.
+``--cbor`` prints only the CBOR decoding table instead: microseconds per ``loads`` of the messages on
+the gateway and ledger hot paths (a signed and a session reading frame, a reading body, a ledger
+transaction and its body), for the CPython fast path, the portable decoder and plain ``cbor2.loads``
+(which checks none of the determinism rules; for scale). Each cell is process CPU time, the best
+of five runs, so that other processes on the machine disturb it less.
+
+Usage: ``python3 -m ledgerlink.tools.bench [--quick] [--cbor] [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import json
 import os
 import sys
 import time
+import timeit
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -193,6 +200,68 @@ def cpython_table(inp: Inputs, target_s: float) -> dict[str, dict[str, float | N
             row[column] = None if op is None else time_op(op, target_s)[0]
         table[name] = row
     return table
+
+
+# --- CBOR decoding ------------------------------------------------------------------------------
+
+CBOR_COLUMNS = ("cpython_cbor.loads", "portable_loads", "cbor2.loads")
+
+
+def cbor_inputs(inp: Inputs) -> dict[str, tuple[bytes, dict[str, int]]]:
+    """{name: (bytes, loads keyword arguments)} as the gateway and the ledger decode them."""
+    from ledgerlink.core import cbor
+    from ledgerlink.ledger.state import encoding
+
+    dev = hashlib.sha256(b"device").digest()[:16]
+    topic = ("ll/plant-1/dev/%s/up" % dev.hex()).encode()
+    frame_kw = {"max_depth": 8, "max_size": cose.MAX_FRAME}
+    body = cbor.dumps({1: dev, 2: 12345, 3: 1_700_000_000_000, 4: {"t": 21.5, "rh": 40}})
+    signed = cose.sign1(body, inp.priv, dev, topic, backend="cpython")
+    session = cose.encrypt0(body, inp.ccm_key, partial_iv=b"\x30\x39", base_iv=bytes(13), kid=dev[:8],
+                            external_aad=topic, backend="cpython")
+    tx = encoding.anchor_tx("ll-bench", inp.priv, 7, hashlib.sha256(b"root").digest(), 1, 1_700_000_000_000,
+                            nonce=bytes(16), backend="cpython")
+    split = encoding.split_sign1(tx)
+    assert split is not None
+    return {
+        "signed reading frame": (signed, frame_kw),
+        "session reading frame": (session, frame_kw),
+        "reading body": (body, {"max_depth": 16, "max_size": cose.MAX_FRAME}),
+        "ledger tx (anchor)": (tx, {}),
+        "ledger tx body": (split[1], {}),
+    }
+
+
+def cbor_table(inp: Inputs, target_s: float) -> dict[str, dict[str, Any]]:
+    """{input: {"bytes": n, column: µs of process CPU time per loads, best of 5 runs}}."""
+    import cbor2
+
+    from ledgerlink import cpython_cbor
+    from ledgerlink.core import cbor
+
+    table: dict[str, dict[str, Any]] = {}
+    for name, (data, kw) in cbor_inputs(inp).items():
+        ops: dict[str, Op] = {
+            "cpython_cbor.loads": lambda d=data, k=kw: cpython_cbor.loads(d, **k),
+            "portable_loads": lambda d=data, k=kw: cbor.portable_loads(d, **k),
+            "cbor2.loads": lambda d=data: cbor2.loads(d),
+        }
+        row: dict[str, Any] = {"bytes": len(data)}
+        for column in CBOR_COLUMNS:
+            calls = time_op(ops[column], target_s / 5)[1]
+            best = min(timeit.repeat(ops[column], number=calls, repeat=5, timer=time.process_time))
+            row[column] = best / calls * 1e6
+        table[name] = row
+    return table
+
+
+def format_cbor(table: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["CBOR decoding, µs of CPU per loads (best of 5); cbor2.loads checks no determinism rule",
+             "input".ljust(24) + "bytes".rjust(7) + "".join(c.rjust(20) for c in CBOR_COLUMNS)]
+    for name, row in table.items():
+        lines.append(name.ljust(24) + str(row["bytes"]).rjust(7)
+                     + "".join(("%.2f" % row[c]).rjust(20) for c in CBOR_COLUMNS))
+    return lines
 
 
 # --- MicroPython -------------------------------------------------------------------------------
@@ -410,9 +479,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m ledgerlink.tools.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few iterations, no MicroPython section")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    parser.add_argument("--cbor", action="store_true", help="only the CBOR decoding table")
     args = parser.parse_args(argv)
     target_s = 0.005 if args.quick else 0.3
     inp = Inputs()
+    if args.cbor:
+        table = cbor_table(inp, target_s)
+        print("\n".join(format_cbor(table)))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump({"python": sys.version.split()[0], "cbor_loads_us": table}, fh, indent=2)
+        return 0
     cpython = cpython_table(inp, target_s)
     checks = targets(cpython)
     print("\n".join(format_cpython(cpython)))
