@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from ledgerlink.core import cbor, merkle, spv
+from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof
 from ledgerlink.gateway.store import Batch, Store
 from ledgerlink.ledger.state import encoding as enc
@@ -160,6 +161,7 @@ class Batcher:
         self.interval_ms = interval_ms
         self.wait_ms = wait_ms
         self.rng = rng or os.urandom
+        self.kid = enc.device_id(get_backend(None).public_key(gateway_priv, True))    # of the signed transactions
         self.last_header: tuple[int, bytes] | None = None
 
     # --- cutting ----------------------------------------------------------------------------------
@@ -177,7 +179,7 @@ class Batcher:
             return None
         root = merkle_root([m[1] for m in waiting])
         batch_id = self.rng(16)
-        tx = enc.anchor_tx(self.chain_id, self.priv, batch_id, root, len(waiting), now_ms, rng=self.rng)
+        tx = enc.anchor_tx(self.chain_id, self.priv, batch_id, root, len(waiting), now_ms, rng=self.rng, kid=self.kid)
         self.store.create_batch(batch_id, root, tx, [m[0] for m in waiting], now_ms)
         return self.store.batch(batch_id)
 
@@ -236,7 +238,8 @@ class Batcher:
             if res.get("reason") == POOL_FULL:
                 return []
             if code in REBUILD_CODES:
-                tx = enc.anchor_tx(self.chain_id, self.priv, batch.id, batch.root, batch.count, now_ms, rng=self.rng)
+                tx = enc.anchor_tx(self.chain_id, self.priv, batch.id, batch.root, batch.count, now_ms, rng=self.rng,
+                                   kid=self.kid)
                 self.store.replace_batch_tx(batch.id, tx)
                 log.info("anchor of batch %s rebuilt after refusal %s", batch.id.hex(), code)
                 rebuilt = self.store.batch(batch.id)
@@ -295,7 +298,7 @@ class Batcher:
                 break
             while True:
                 try:
-                    tx = enc.warnings_tx(self.chain_id, self.priv, entries, now_ms, rng=self.rng)
+                    tx = enc.warnings_tx(self.chain_id, self.priv, entries, now_ms, rng=self.rng, kid=self.kid)
                     break
                 except InvalidMessage:              # over the 4096-byte frame limit
                     entries = entries[:len(entries) // 2]
@@ -315,7 +318,8 @@ class Batcher:
     def _cert_txs(self, now_ms: int) -> tuple[list[bytes], list[bytes]]:
         """(certificates, their ``tx-cert-record``) of at most ``MAX_CERTS_PER_STEP`` pending certificates."""
         certs = [cert for _, cert in self.store.certificates("pending", MAX_CERTS_PER_STEP)]
-        return certs, [enc.cert_record_tx_for(self.chain_id, self.priv, cert, now_ms, rng=self.rng) for cert in certs]
+        return certs, [enc.cert_record_tx_for(self.chain_id, self.priv, cert, now_ms, rng=self.rng, kid=self.kid)
+                       for cert in certs]
 
     def _certs_done(self, certs: list[bytes], results: list[dict | None]) -> None:
         statuses = []
