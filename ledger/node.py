@@ -61,29 +61,6 @@ MAX_SUBMIT_MANY = 1024
 _TIMED_OUT = object()
 
 
-class VerifyCache:
-    """A crypto backend whose ``verify`` remembers results (bounded), so that a transaction checked
-    at admission is not verified again when its block executes. Signing is not cached."""
-
-    def __init__(self, backend: Any, size: int = 200000) -> None:
-        self._backend = backend
-        self._cache: dict[tuple[bytes, bytes, bytes], bool] = {}
-        self._size = size
-        self.name = getattr(backend, "name", "cached")
-
-    def verify(self, pub: bytes, msg: bytes, sig: bytes) -> bool:
-        k = (bytes(pub), bytes(msg), bytes(sig))
-        r = self._cache.get(k)
-        if r is None:
-            if len(self._cache) >= self._size:
-                self._cache.clear()
-            r = self._cache[k] = self._backend.verify(pub, msg, sig)
-        return r
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backend, name)
-
-
 def load_key(path: str | Path) -> bytes:
     """A private key file: 64 hex characters."""
     return bytes.fromhex(Path(path).read_text().strip())
@@ -105,7 +82,7 @@ class Node:
         self.rconfig = config.replica_config()
         self.store = BlockStore(self.data_dir / "blocks.sqlite", config.chain_id, config.genesis_hash())
         started = time.perf_counter()
-        self.app = LedgerState.genesis(config.genesis_config(), VerifyCache(self.backend))
+        self.app = LedgerState.genesis(config.genesis_config(), self.backend)
         self.replica = Replica.restore(index, self.rconfig, key, self.app, self.backend, now_ms(),
                                        self.store.blocks(), votes=self.store.votes())
         if self.replica.height != self.store.height:

@@ -167,3 +167,9 @@ def test_verify_certificate():
         cert = _cert(header, [0, 1, 2], view=1)
         m.verify_certificate(m.CommitCertificate(7, 0, cert.header_hash, cert.votes), header, CHAIN,
                              PUBS, CRYPTO)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=70))
+def test_tx_root_is_the_rfc9162_root(txs):
+    assert m.tx_root(txs) == m.tx_root(tuple(txs)) == root_of(txs)
