@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         n, secs = run_closed_loop(pub, obs, first, args.window, stall_s=60)
         first_cpu = cpu_ms_per(cpu_seconds(gw_pid) - cpu0, n)
         say("first contact: %d of %d devices accepted in %.1f s (%.0f/s, one ledger record proof each); "
-            "gateway CPU %.2f ms per message" % (n, len(first), secs, n / secs, first_cpu))
+            "gateway CPU %.3f ms per message" % (n, len(first), secs, n / secs, first_cpu))
 
         def make_frames(count: int, pool: list[DeviceCore], mode: str = MODE_SIGNED) -> list[tuple[str, bytes]]:
             return [(pool[i % len(pool)].up_topic, pool[i % len(pool)].reading({"t": i}, now_ms(), mode).payload)
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             n, secs = run_closed_loop(pub, obs, frames, args.window)
             user1, sys1 = cpu_times(gw_pid)
             cpu = user1 - user0 + sys1 - sys0
-            say("%s mode: %d of %d accepted in %.2f s; gateway process CPU %.0f%% of one core, %.2f ms per message "
+            say("%s mode: %d of %d accepted in %.2f s; gateway process CPU %.0f%% of one core, %.3f ms per message "
                 "(user %.3f, system %.3f)" % (name, n, len(frames), secs, 100 * cpu / secs, cpu_ms_per(cpu, n),
                                               cpu_ms_per(user1 - user0, n), cpu_ms_per(sys1 - sys0, n)))
             return n / secs, cpu_ms_per(cpu, n)
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_cpu = cpu_ms_per(cpu_seconds(gw_pid) - cpu0, len(lat))
         p50, p99 = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
         say("latency: %d readings at %.0f msg/s offered (%.0f achieved): p50 %.0f ms, p99 %.0f ms, %d without receipt; "
-            "gateway CPU %.2f ms per message" % (count, args.rate, achieved, p50, p99, missing, latency_cpu))
+            "gateway CPU %.3f ms per message" % (count, args.rate, achieved, p50, p99, missing, latency_cpu))
 
         k = min(args.session_devices, len(devices))
         subset = devices[:k]
@@ -362,12 +362,12 @@ def main(argv: list[str] | None = None) -> int:
             ("receipt latency p50 at %.0f msg/s" % args.rate, "%.0f ms" % p50, "-", "-"),
             ("receipt latency p99 at %.0f msg/s" % args.rate, "%.0f ms" % p99, "< 500 ms",
              "met" if p99 < 500 and missing == 0 else "NOT met"),
-            ("gateway CPU per message, first contact", "%.2f ms" % first_cpu, "-", "-"),
-            ("gateway CPU per message, signed", "%.2f ms" % signed_cpu, "<= %.2f ms" % (2000 / ceiling),
+            ("gateway CPU per message, first contact", "%.3f ms" % first_cpu, "-", "-"),
+            ("gateway CPU per message, signed", "%.3f ms" % signed_cpu, "<= %.3f ms" % (2000 / ceiling),
              "met" if signed_cpu <= 2000 / ceiling else "NOT met"),
-            ("gateway CPU per message, session", "%.2f ms" % session_cpu, "<= %.2f ms" % (signed_cpu / 3),
+            ("gateway CPU per message, session", "%.3f ms" % session_cpu, "<= %.3f ms" % (signed_cpu / 3),
              "met" if session_cpu <= signed_cpu / 3 else "NOT met"),
-            ("gateway CPU per message, latency phase", "%.2f ms" % latency_cpu, "-", "-"),
+            ("gateway CPU per message, latency phase", "%.3f ms" % latency_cpu, "-", "-"),
             ("signed msg/s at one full core (1000 / CPU ms)", "%.0f msg/s" % (1000 / signed_cpu), "-", "-"),
         ]
         w = max(len(r[0]) for r in rows)

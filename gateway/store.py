@@ -240,8 +240,14 @@ class Store:
                 self.db.execute("INSERT INTO batches (id, root, count, tx, status, created_ms, owner) "
                                 "VALUES (?,?,?,?,?,?,?)",
                                 (batch_id, root, len(message_ids), tx, "pending", now_ms, self.owner))
-                self.db.executemany("UPDATE messages SET batch = ?, leaf = ? WHERE id = ?",
-                                    [(batch_id, i, mid) for i, mid in enumerate(message_ids)])
+                first = message_ids[0] if message_ids else 0
+                if message_ids and message_ids[-1] - first == len(message_ids) - 1 and \
+                        message_ids == list(range(first, first + len(message_ids))):
+                    self.db.execute("UPDATE messages SET batch = ?, leaf = id - ? WHERE id BETWEEN ? AND ?",
+                                    (batch_id, first, first, message_ids[-1]))
+                else:
+                    self.db.executemany("UPDATE messages SET batch = ?, leaf = ? WHERE id = ?",
+                                        [(batch_id, i, mid) for i, mid in enumerate(message_ids)])
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
