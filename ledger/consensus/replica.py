@@ -210,6 +210,9 @@ class _ViewChange:
     raw: bytes
 
 
+MAX_REFORWARD_EXP = 3      # a pending tx goes to the primary again after 1, 2, 4, 8, 8, ... retransmit_ms
+
+
 def _txhash(tx: bytes) -> bytes:
     return hashlib.sha256(tx).digest()
 
@@ -235,6 +238,7 @@ class Replica:
         self.chain: list[_Stored] = []
         self.committed_txs: set[bytes] = set()
         self.pool: OrderedDict[bytes, tuple[bytes, int, bool]] = OrderedDict()
+        self._reforward: dict[bytes, tuple[int, int]] = {}    # tx hash -> (next re-forward time, interval)
         self.slots: dict[int, _Slot] = {}
         self.executed: bytes | None = None
         self.prepared_proof: tuple[_Proposal, dict[int, bytes]] | None = None
@@ -965,6 +969,7 @@ class Replica:
                     chosen: _Proposal | None, raw_pp: bytes | None) -> None:
         self.view = view
         self.in_view_change = False
+        self._reforward = {}
         self._save_votes()
         self.new_view_raw = raw
         self.vc_deadline = None
@@ -1080,12 +1085,21 @@ class Replica:
                 self._out.append(Broadcast(raw))
         primary = self.config.primary(self.view)
         if primary != self.index:
+            step0 = self.config.retransmit_ms
+            again = self._reforward
+            if len(again) > 2 * len(self.pool) + 64:
+                again = self._reforward = {h: v for h, v in again.items() if h in self.pool}
             late = []
-            for tx, arrived, origin in self.pool.values():
+            for h, (tx, arrived, origin) in self.pool.items():
                 if len(late) >= self.config.max_batch:
                     break
-                if origin and self.now - arrived >= self.config.retransmit_ms:
+                if not origin:
+                    continue
+                due, step = again.get(h, (arrived + step0, step0))
+                if self.now >= due:
                     late.append(tx)
+                    step = min(2 * step, step0 << MAX_REFORWARD_EXP)
+                    again[h] = (self.now + step, step)
             self._forward(late, primary)
 
 
