@@ -22,7 +22,10 @@ Protects against: malformed, oversized or unknown peer and client messages (drop
 reason by the transport or the replica, never a crash; every handler error becomes an error answer);
 loss of committed blocks at a crash (durable before the next vote) and of votes (a restarted node
 never votes twice in one view and height). Limits: proofs of records are only served for the latest
-height. ``LEDGERLINK_PROFILE_DIR=DIR`` writes a cProfile of the node to ``DIR/node<i>.prof`` at exit. Tested in
+height. The node process freezes its restored state out of the garbage collector's scans and runs
+young collections every ``GC_THRESHOLD`` net new objects (at saturation the default 700 spent ~6% of the
+node's CPU rescanning the state tree). ``LEDGERLINK_PROFILE_DIR=DIR`` writes a cProfile of the node to
+``DIR/node<i>.prof`` at exit. Tested in
 tests/ledger/test_node_cluster.py with real processes on loopback.
 """
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import heapq
 import itertools
@@ -58,6 +62,7 @@ DEFAULT_WAIT_MS = 10000
 MAX_WAIT_MS = 60000
 MAX_REFUSED = 100000
 MAX_SUBMIT_MANY = 1024
+GC_THRESHOLD = 20000     # net new container objects between young collections (CPython default 700)
 _TIMED_OUT = object()
 
 
@@ -376,6 +381,8 @@ async def _main(args: argparse.Namespace) -> None:
     if key_file is None:
         raise SystemExit("no key file: give --key or nodes[i].key_file in the config")
     node = Node(config, args.index, args.data, load_key(key_file))
+    gc.freeze()                       # the restored state is long-lived: no collection scans it again
+    gc.set_threshold(GC_THRESHOLD, 10, 10)
     await node.start()
     if args.metrics_port is not None:
         from ledgerlink.ledger.metrics import serve_node
