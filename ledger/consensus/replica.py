@@ -15,7 +15,8 @@ whose signature is a commit-certificate vote; 2f+1 commits commit the block, whi
 its certificate. Every ``checkpoint_interval`` heights replicas exchange checkpoints; 2f+1 matching
 ones make a stable checkpoint and the per-height message log at or below it is discarded. A backup
 that sees no progress on pending work for ``view_change_timeout_ms`` (doubling per failed view, up to
-``2**max_backoff_exp``) moves to the next view; f+1 view-changes for higher views make a replica
+``2**max_backoff_exp``; progress is a commit or the first valid proposal for the next height in its
+view) moves to the next view; f+1 view-changes for higher views make a replica
 join the smallest of them. The new primary's new-view carries 2f+1 view-changes; from them every
 replica derives the highest certified height H and the highest-view prepared proposal at H+1, which
 the new primary must propose again unchanged. A replica behind the others (evidence: a commit
@@ -537,6 +538,7 @@ class Replica:
         self.executed = hh
         raw = self._broadcast([m.PRE_PREPARE, self.index, self.view, h, header.to_obj(), list(txs)])
         slot.proposals[self.view] = _Proposal(self.view, header, txs, hh, raw)
+        self.progress_deadline = None
         self._progress(h)
 
     def _rollback(self) -> None:
@@ -690,6 +692,7 @@ class Replica:
                     slot.rejected.add(self.view)
                     self._drop("rejected proposal: " + exc.reason, self.config.primary(self.view))
                     return
+                self.progress_deadline = None      # a valid proposal for the next height is progress
             primary = self.config.primary(self.view)
             voting = self._may_vote(self.view, h)
             if voting and self.index != primary and self.view not in slot.my_prepare:
