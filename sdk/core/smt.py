@@ -114,6 +114,8 @@ def _check_key(key):
 
 
 class _Leaf:
+    __slots__ = ("key", "vh", "h")   # CPython: no dict per node (MicroPython ignores __slots__)
+
     def __init__(self, key, vhash):
         self.key = key
         self.vh = vhash
@@ -121,6 +123,8 @@ class _Leaf:
 
 
 class _Branch:
+    __slots__ = ("l", "r", "h")
+
     def __init__(self):
         self.l = None
         self.r = None
