@@ -43,6 +43,8 @@ class Journal:
     one is read back.
     """
 
+    __slots__ = ("_base", "_lazy", "writes")
+
     def __init__(self, base: Callable[[bytes], bytes | None], lazy: bool = False) -> None:
         self._base = base
         self._lazy = lazy
@@ -76,6 +78,9 @@ class Journal:
 
 class TxContext:
     """What a contract sees: the journal, the block, the chain settings and the authenticated tx."""
+
+    __slots__ = ("view", "chain", "chain_id", "skew", "height", "block_time", "submitter", "record", "body",
+                 "nonce", "tx_id", "backend")
 
     def __init__(self, view: Journal, chain: dict, height: int, block_time: int, submitter: bytes,
                  submitter_record: dict, body: dict, tx_id: bytes, backend: Any) -> None:

@@ -46,6 +46,8 @@ class StateError(Exception):
 class TxResult:
     """Outcome of one transaction; unpacks as ``(ok, code)`` and also carries ``text`` and ``tx_id``."""
 
+    __slots__ = ("ok", "code", "text", "tx_id")
+
     def __init__(self, ok: bool, code: int, text: str, txid: bytes) -> None:
         self.ok = ok
         self.code = int(code)
