@@ -1093,16 +1093,21 @@ class Replica:
             if len(again) > 2 * len(self.pool) + 64:
                 again = self._reforward = {h: v for h, v in again.items() if h in self.pool}
             late = []
-            for h, (tx, arrived, origin) in self.pool.items():
-                if len(late) >= self.config.max_batch:
-                    break
-                if not origin:
+            now = self.now
+            for h, entry in self.pool.items():
+                if not entry[2]:
                     continue
-                due, step = again.get(h, (arrived + step0, step0))
-                if self.now >= due:
-                    late.append(tx)
+                got = again.get(h)
+                if got is None:
+                    due, step = entry[1] + step0, step0
+                else:
+                    due, step = got
+                if now >= due:
+                    late.append(entry[0])
                     step = min(2 * step, step0 << MAX_REFORWARD_EXP)
-                    again[h] = (self.now + step, step)
+                    again[h] = (now + step, step)
+                    if len(late) >= self.config.max_batch:
+                        break
             self._forward(late, primary)
 
 
