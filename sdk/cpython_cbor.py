@@ -249,8 +249,9 @@ def _arg(data: bytes, pos: int, ai: int) -> tuple[int, int]:
 def _item(data: bytes, pos: int, room: int) -> tuple[Any, int]:
     """(value, next offset) of the item at ``pos``; ``room`` more arrays, maps and tags may nest.
 
-    Inside arrays and maps, unsigned integers below 24, byte strings shorter than 256 bytes and map
-    keys that are text strings shorter than 24 bytes are read inline, without a call.
+    Inside arrays and maps, unsigned integers below 24, byte strings shorter than 256 bytes, map keys
+    that are text strings shorter than 24 bytes and map values that are unsigned integers are read
+    inline, without a call.
     """
     ib = data[pos]
     pos += 1
@@ -332,6 +333,28 @@ def _item(data: bytes, pos: int, room: int) -> tuple[Any, int]:
                 end = pos + n
                 result[key] = data[pos:end]
                 pos = end
+            elif ib < 0x1C:
+                if ib == 0x18:
+                    value = data[pos + 1]
+                    if value < 24:
+                        raise _Reject
+                    pos += 2
+                elif ib == 0x19:
+                    value = _unpack_from_h(data, pos + 1)[0]
+                    if value < 0x100:
+                        raise _Reject
+                    pos += 3
+                elif ib == 0x1A:
+                    value = _unpack_from_i(data, pos + 1)[0]
+                    if value < 0x10000:
+                        raise _Reject
+                    pos += 5
+                else:
+                    value = _unpack_from_q(data, pos + 1)[0]
+                    if value < 0x100000000:
+                        raise _Reject
+                    pos += 9
+                result[key] = value
             else:
                 result[key], pos = _item(data, pos, room)
         if len(result) != arg:
