@@ -123,8 +123,10 @@ def partial_iv_nonce(base_iv: bytes, partial_iv: bytes) -> bytes:
 _PROTECTED_SIGN1 = cbor.dumps({cose.HDR_ALG: cose.ALG_ES256})
 _PROTECTED_ENC0 = cbor.dumps({cose.HDR_ALG: cose.ALG_AES_CCM_16_64_128})
 # tag 18, [protected, {4: 16-byte kid}, ...] and tag 16, [protected, {4: 8-byte kid, 6: ...}, ...]
-_SIGN1_HEAD = b"\xd2\x84" + _bstr_head(len(_PROTECTED_SIGN1)) + _PROTECTED_SIGN1 + b"\xa1\x04\x50"
-_ENC0_HEAD = b"\xd0\x83" + _bstr_head(len(_PROTECTED_ENC0)) + _PROTECTED_ENC0 + b"\xa2\x04\x48"
+_SIGN1_HEAD = (b"\xd2\x84" + _bstr_head(len(_PROTECTED_SIGN1)) + _PROTECTED_SIGN1 + b"\xa1\x04"
+               + _bstr_head(DEVICE_ID_LEN))
+_ENC0_HEAD = (b"\xd0\x83" + _bstr_head(len(_PROTECTED_ENC0)) + _PROTECTED_ENC0 + b"\xa2\x04"
+              + _bstr_head(session_keys.SESSION_ID_LEN))
 _SIG_HEAD = b"\x58\x40"
 
 
