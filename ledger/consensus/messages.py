@@ -152,7 +152,10 @@ def _txs(x: Any, max_txs: int, max_tx: int) -> tuple[bytes, ...]:
     items = _arr(x)
     if len(items) > max_txs:
         raise MessageError("oversized")
-    return tuple(_bstr(t, max_size=max_tx) for t in items)
+    for t in items:
+        if type(t) is not bytes or len(t) > max_tx:
+            return tuple(_bstr(t, max_size=max_tx) for t in items)
+    return tuple(items)
 
 
 # --- header, certificate ------------------------------------------------------------------------
