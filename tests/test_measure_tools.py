@@ -127,3 +127,14 @@ def test_class_schedule_is_balanced_and_interleaved():
     classes = leakage.class_schedule(500, random.Random(1))
     assert classes.count(0) == classes.count(1) == 500
     assert classes != sorted(classes)
+
+
+def test_bench_cbor_prints_each_hot_path_message():
+    out = _run("ledgerlink.tools.bench", "--cbor")
+    rows = [line for line in out.splitlines() if re.match(r"(signed|session|reading|ledger) ", line)]
+    assert len(rows) == 5, out
+    for row in rows:
+        cells = row.split()[-4:]
+        assert all(re.fullmatch(NUMBER, c) for c in cells), row
+        size, fast, portable, plain = (float(c) for c in cells)
+        assert size > 0 and fast > 0 and portable > 0 and plain > 0
