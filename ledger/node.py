@@ -124,8 +124,11 @@ class Node:
                 except KeyError:
                     codes = None
                 block = self.replica.block(e.height)[0]
-                sha = hashlib.sha256
-                hashes = [sha(tx).digest() for tx in block.txs]
+                known = self.replica.committed_hashes
+                if known[0] == e.height:
+                    hashes = list(known[1])
+                else:
+                    hashes = [hashlib.sha256(tx).digest() for tx in block.txs]
                 self._tx_hashes = (e.height, hashes)
                 self.store.append_block(e.height, e.block, e.certificate, codes, block, hashes)
             elif isinstance(e, SaveVotes):

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol, Sequence
@@ -178,6 +179,7 @@ class _Proposal:
     txs: tuple[bytes, ...]
     hash: bytes
     raw: bytes
+    tx_hashes: tuple[bytes, ...] | None = None     # SHA-256 of each tx, once known
 
 
 @dataclass
@@ -238,6 +240,7 @@ class Replica:
         self.in_view_change = False
         self.chain: list[_Stored] = []
         self.committed_txs: set[bytes] = set()
+        self.committed_hashes: tuple[int, tuple[bytes, ...]] = (-1, ())   # the last block's tx hashes
         self.pool: OrderedDict[bytes, tuple[bytes, int, bool]] = OrderedDict()
         self._reforward: dict[bytes, tuple[int, int]] = {}    # tx hash -> (next re-forward time, interval)
         self.slots: dict[int, _Slot] = {}
@@ -527,7 +530,8 @@ class Replica:
         oldest = next(iter(self.pool.values()))[1]
         if len(self.pool) < self.config.max_batch and self.now - oldest < self.config.batch_timeout_ms:
             return
-        txs = tuple(tx for tx, _, _ in list(self.pool.values())[: self.config.max_batch])
+        batch = list(itertools.islice(self.pool.items(), self.config.max_batch))
+        txs = tuple(entry[0] for _, entry in batch)
         prev_time = self.chain[-1].block.header.time_ms if self.chain else -1
         time_ms = max(self.now, prev_time + 1)
         self._rollback()
@@ -537,7 +541,7 @@ class Replica:
         hh = header.hash()
         self.executed = hh
         raw = self._broadcast([m.PRE_PREPARE, self.index, self.view, h, header.to_obj(), list(txs)])
-        slot.proposals[self.view] = _Proposal(self.view, header, txs, hh, raw)
+        slot.proposals[self.view] = _Proposal(self.view, header, txs, hh, raw, tuple(th for th, _ in batch))
         self.progress_deadline = None
         self._progress(h)
 
@@ -546,8 +550,9 @@ class Replica:
             self.app.rollback()
             self.executed = None
 
-    def _check_header(self, header: Header, txs: Sequence[bytes], proposal: bool) -> None:
-        """Raise MessageError unless ``header`` can follow the last committed block."""
+    def _check_header(self, header: Header, txs: Sequence[bytes], proposal: bool) -> tuple[bytes, ...] | None:
+        """Raise MessageError unless ``header`` can follow the last committed block; for a proposal,
+        return the hashes of its transactions."""
         h = self.height + 1
         if header.chain_id != self.config.chain_id or header.height != h:
             raise MessageError("header mismatch")
@@ -556,7 +561,7 @@ class Replica:
         if header.tx_root != m.tx_root(txs):
             raise MessageError("header mismatch")
         if not proposal:
-            return
+            return None
         if self.chain and header.time_ms <= self.chain[-1].block.header.time_ms:
             raise MessageError("bad time")
         if header.time_ms > self.now + self.config.max_clock_skew_ms:
@@ -564,6 +569,7 @@ class Replica:
         if not txs or len(txs) > self.config.max_batch:
             raise MessageError("bad batch")
         seen: set[bytes] = set()
+        hashes = []
         for tx in txs:
             th = _txhash(tx)
             if th in seen:
@@ -571,8 +577,10 @@ class Replica:
             if th in self.committed_txs:
                 raise MessageError("replayed tx in batch")
             seen.add(th)
+            hashes.append(th)
             if th not in self.pool and self.app.check_tx(tx) is not None:
                 raise MessageError("invalid tx in batch")
+        return tuple(hashes)
 
     def _execute(self, header: Header, txs: Sequence[bytes], hh: bytes) -> None:
         """Make the app's speculative state the result of ``txs`` and check the state root."""
@@ -686,7 +694,7 @@ class Replica:
                 return
             if self.executed != p.hash:
                 try:
-                    self._check_header(p.header, p.txs, proposal=True)
+                    p.tx_hashes = self._check_header(p.header, p.txs, proposal=True)
                     self._execute(p.header, p.txs, p.hash)
                 except MessageError as exc:
                     slot.rejected.add(self.view)
@@ -717,21 +725,24 @@ class Replica:
                 return
             votes = tuple(sorted(commits.items())[: self.config.quorum])
             cert = CommitCertificate(h, self.view, p.hash, votes)
-            self._commit(p.header, p.txs, cert, persist=True)
+            self._commit(p.header, p.txs, cert, persist=True, hashes=p.tx_hashes)
             h = self.height + 1
             self._maybe_propose()
 
     def _commit(self, header: Header, txs: tuple[bytes, ...], cert: CommitCertificate,
-                persist: bool) -> None:
+                persist: bool, hashes: tuple[bytes, ...] | None = None) -> None:
         h = header.height
         self.app.commit(h)
         self.executed = None
         block = Block(header, txs)
         self.chain.append(_Stored(block, cert, cert.header_hash))
-        for tx in txs:
-            th = _txhash(tx)
-            self.committed_txs.add(th)
-            self.pool.pop(th, None)
+        if hashes is None or len(hashes) != len(txs):
+            hashes = tuple(_txhash(tx) for tx in txs)
+        self.committed_txs.update(hashes)
+        pool = self.pool
+        for th in hashes:
+            pool.pop(th, None)
+        self.committed_hashes = (h, hashes)
         if self.prepared_proof is not None and self.prepared_proof[0].header.height <= h:
             self.prepared_proof = None
         self.progress_deadline = None
