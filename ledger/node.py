@@ -97,6 +97,7 @@ class Node:
                  time.perf_counter() - started)
         self.waiters: dict[bytes, list[asyncio.Future]] = {}
         self._deadlines: list[tuple[float, int, list[asyncio.Future]]] = []   # heap, swept by the ticker
+        self._waits_live = 0                                          # its entries not yet finished
         self._deadline_seq = itertools.count()
         self._tx_hashes: tuple[int, list[bytes]] = (-1, [])           # of the block persisted last
         self._arriving: list[tuple[bytes, asyncio.Future]] = []
@@ -176,6 +177,9 @@ class Node:
             for f in heapq.heappop(heap)[2]:
                 if not f.done():
                     f.set_result(_TIMED_OUT)
+        if len(heap) > 1024 and len(heap) > 4 * self._waits_live:
+            self._deadlines = [e for e in heap if e[2]]            # finished waits leave empty lists
+            heapq.heapify(self._deadlines)
 
     async def _report(self) -> None:
         while True:
@@ -303,8 +307,13 @@ class Node:
             pending = [f for _, _, f in waiting]
             heapq.heappush(self._deadlines, (time.monotonic() + min(wait, MAX_WAIT_MS) / 1000,
                                              next(self._deadline_seq), pending))
-            for f in pending:
-                await f
+            self._waits_live += 1
+            try:
+                for f in pending:
+                    await f
+            finally:
+                pending.clear()
+                self._waits_live -= 1
         for i, h, fut in waiting:
             res = fut.result()
             if res is not _TIMED_OUT:
