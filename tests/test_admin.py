@@ -53,8 +53,8 @@ def one_line_error(err):
 def ledger(tmp_path_factory):
     d = tmp_path_factory.mktemp("admin-ledger")
     c = LocalCluster(d / "c", 4, log_level="WARNING")
-    c.start()
     try:
+        c.start()
         yield c
     finally:
         c.stop()

@@ -42,8 +42,8 @@ def run_admin(capsys, *args) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     s = Stack(tmp_path_factory.mktemp("reg") / "site", site="rg", limits={"registry_ttl_ms": 300})
-    s.start()
     try:
+        s.start()
         yield s
     finally:
         s.stop()

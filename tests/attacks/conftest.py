@@ -211,8 +211,8 @@ class Net:
 def stack(tmp_path_factory):
     s = Stack(tmp_path_factory.mktemp("attack-stack"), site=SITE, limits=LIMITS,
               batch={"max": 256, "interval_ms": 50})
-    s.start()
     try:
+        s.start()
         yield s
     finally:
         s.stop()

@@ -250,8 +250,8 @@ def scrape(port: int) -> dict:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     c = LocalCluster(tmp_path_factory.mktemp("mcluster"), metrics=True)
-    c.start()
     try:
+        c.start()
         yield c
     finally:
         c.stop()
