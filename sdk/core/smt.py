@@ -192,6 +192,32 @@ def _hash_of(node):
     return node.h
 
 
+def _split(key, leaf, node, depth, dirty):
+    """The subtree that replaces ``node`` (a leaf of another key met at ``depth``) so that ``node`` and
+    ``leaf`` part where their keys first differ; its new branches are added to ``dirty`` top-down."""
+    split = _first_diff(key, node.key)
+    top = _Branch()
+    if (key[split >> 3] >> (7 - (split & 7))) & 1:
+        top.l, top.r = node, leaf
+    else:
+        top.l, top.r = leaf, node
+    chain = [top]
+    d = split - 1
+    while d >= depth:
+        b = _Branch()
+        if (key[d >> 3] >> (7 - (d & 7))) & 1:
+            b.r = top
+        else:
+            b.l = top
+        chain.append(b)
+        top = b
+        d -= 1
+    if dirty is not None:
+        chain.reverse()
+        dirty.extend(chain)
+    return top
+
+
 class SparseMerkleTree:
     """Mutable sparse Merkle tree mapping 32-byte keys to byte-string values."""
 
@@ -247,22 +273,7 @@ class SparseMerkleTree:
         if node is None or node.key == key:
             self._attach(parent, side, leaf)
             return
-        split = _first_diff(key, node.key)
-        top = _Branch()
-        if _bit(key, split):
-            top.l, top.r = node, leaf
-        else:
-            top.l, top.r = leaf, node
-        d = split - 1
-        while d >= depth:
-            b = _Branch()
-            if _bit(key, d):
-                b.r = top
-            else:
-                b.l = top
-            top = b
-            d -= 1
-        self._attach(parent, side, top)
+        self._attach(parent, side, _split(key, leaf, node, depth, None))
 
     def update(self, items):
         """Store every (key, value) pair of items, as set() would one by one, and rehash the tree.
@@ -326,28 +337,7 @@ class SparseMerkleTree:
             if node is None or node.key == key:
                 self._attach(parent, side, leaf)
                 continue
-            split = _first_diff(key, node.key)
-            top = _Branch()
-            if (key[split >> 3] >> (7 - (split & 7))) & 1:
-                top.l, top.r = node, leaf
-            else:
-                top.l, top.r = leaf, node
-            d = split - 1
-            if d < depth:
-                mark(top)
-            else:
-                chain = [top]
-                while d >= depth:
-                    b = _Branch()
-                    if (key[d >> 3] >> (7 - (d & 7))) & 1:
-                        b.r = top
-                    else:
-                        b.l = top
-                    chain.append(b)
-                    top = b
-                    d -= 1
-                chain.reverse()
-                dirty.extend(chain)
+            top = _split(key, leaf, node, depth, dirty)
             if parent is None:
                 self._root = top
             elif side:
