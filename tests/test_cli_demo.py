@@ -243,3 +243,19 @@ def test_ctrl_c_while_starting_stops_what_started(tmp_path):
     assert rc == 130, out
     assert "SIGINT: stopping" in out and "no processes left" in out and "Traceback" not in out
     assert _processes_under(data) == []
+
+
+def test_a_signal_whose_raise_was_swallowed_still_stops_the_start_up():
+    from ledgerlink.tools import demo
+
+    signals = demo._Signals()
+    signals.check()                                          # nothing received: no raise
+    try:
+        signals._handle(signal.SIGINT, None)                 # as if raised inside a fork hook, where
+    except demo._Interrupted:                                # Python prints and drops the exception
+        pass
+    with pytest.raises(demo._Interrupted):
+        signals.check()
+    signals.raising = False                                  # after start-up the flag is read instead
+    signals.check()
+    assert signals.event.is_set() and signals.received == signal.SIGINT

@@ -226,6 +226,12 @@ class _Signals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def check(self) -> None:
+        """Raise ``_Interrupted`` if a signal came while ``raising``: the handler's own raise is lost when
+        the signal lands where Python ignores exceptions (a fork hook of ``subprocess``, a finalizer)."""
+        if self.raising and self.received is not None:
+            raise _Interrupted()
+
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None:
             return
@@ -373,12 +379,14 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
         say("ledgerlink demo: site %r, %d devices, %s, data in %s" % (
             site, devices, "until Ctrl-C" if duration <= 0 else "%g s" % duration, data_dir))
         stack.start()
+        signals.check()
 
         dev_dir = data_dir / "devices"
         shutil.rmtree(dev_dir, ignore_errors=True)
         devs = _open_devices(stack, devices, dev_dir, tally)
         requests = [d.core.registration_request(int(time.time() * 1000), ROLE_SENSOR,
                                                 {"name": d.name, "model": "simulated"}).payload for d in devs]
+        signals.check()
         results = stack.register(requests)
         heights = sorted({r["height"] for r in results})
         say("registered %d devices: admin-signed tx-register, committed at height%s %s" % (
@@ -388,6 +396,7 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
         monitor = _Monitor(site, stack.broker_port, tally)
         if not monitor.subscribed.wait(10):
             raise StackError("the verified-topic subscriber did not subscribe")
+        signals.check()
         for d in devs:
             d.start()
         for d in devs:
@@ -415,6 +424,7 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
         say("ledger: chain %r, node client ports %s, logs and keys in %s" % (
             stack.chain_id, ", ".join(str(a.client_port) for a in stack.cluster.config.nodes), data_dir))
 
+        signals.check()
         signals.raising = False
         ban_target = devs[-1]
         ban_after = duration / 2 if duration > 0 else 10.0
