@@ -387,8 +387,12 @@ class _Stop(Exception):
     """SIGINT or SIGTERM."""
 
 
+_received: list[str] = []      # signals seen: the raise is lost when one lands in a fork hook or finalizer
+
+
 def _raise_stop(signum: int, frame: Any) -> None:
-    raise _Stop(signal.Signals(signum).name)
+    _received.append(signal.Signals(signum).name)
+    raise _Stop(_received[-1])
 
 
 def _ignore_signals() -> None:
@@ -434,6 +438,7 @@ def run(cfg: UpConfig, broker: str | None = None) -> int:
     def say(line: str) -> None:
         print("[%6.1fs] %s" % (time.monotonic() - t0, line), flush=True)
 
+    _received.clear()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _raise_stop)
     stack = None
@@ -454,6 +459,8 @@ def run(cfg: UpConfig, broker: str | None = None) -> int:
             say(line)
         say("ready: Ctrl-C or SIGTERM stops")
         while True:
+            if _received:
+                raise _Stop(_received[0])
             time.sleep(0.25)
             gone = stack.exited()
             if gone:
