@@ -32,7 +32,6 @@ import argparse
 import gc
 import hashlib
 import json
-import os
 import sys
 import time
 import timeit

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ledgerlink.core import cbor, cose, smt
 from ledgerlink.core.backend import get_backend
-from ledgerlink.core.errors import InvalidSignature, LedgerlinkError
+from ledgerlink.core.errors import LedgerlinkError
 
 from ledgerlink.ledger.state.codes import DeviceStatus, Reason, RecordKind as RK, Role, reason_text
 from ledgerlink.ledger.state.contracts import (CONTRACTS, Journal, Refusal, TxContext, check_attributes,
