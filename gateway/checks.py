@@ -85,101 +85,6 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-_BSTR_HEADS = [bytes((0x40 | n,)) for n in range(24)] + [bytes((0x58, n)) for n in range(24, 256)]
-
-
-def _bstr_head(n: int) -> bytes:
-    """Head of a CBOR byte string of ``n`` bytes (RFC 8949 shortest form)."""
-    return _BSTR_HEADS[n] if n < 256 else cbor.head(2, n)
-
-
-_SIG1_PREFIX = b"\x84" + cbor.dumps("Signature1")
-_ENC0_PREFIX = b"\x83" + cbor.dumps("Encrypt0")
-
-
-def sig1_to_be_signed(protected: bytes, external_aad: bytes, payload: bytes) -> bytes:
-    """``cose.Sign1.to_be_signed``: the CBOR of ["Signature1", protected, external_aad, payload]."""
-    return b"".join((_SIG1_PREFIX, _bstr_head(len(protected)), protected, _bstr_head(len(external_aad)),
-                     external_aad, _bstr_head(len(payload)), payload))
-
-
-def enc0_aad(protected: bytes, external_aad: bytes) -> bytes:
-    """``cose.Encrypt0.aad``: the CBOR of ["Encrypt0", protected, external_aad]."""
-    return b"".join((_ENC0_PREFIX, _bstr_head(len(protected)), protected, _bstr_head(len(external_aad)),
-                     external_aad))
-
-
-def partial_iv_nonce(base_iv: bytes, partial_iv: bytes) -> bytes:
-    """``cose.nonce_from_partial_iv`` (raises as it does for a bad Base IV or Partial IV)."""
-    if len(base_iv) != cose.NONCE_LEN or not 0 < len(partial_iv) <= cose.NONCE_LEN:
-        return cose.nonce_from_partial_iv(base_iv, partial_iv)
-    return (int.from_bytes(base_iv, "big") ^ int.from_bytes(partial_iv, "big")).to_bytes(cose.NONCE_LEN, "big")
-
-
-# --- fast paths for the one encoding devices send ---------------------------------------------------
-# Each returns what the strict decoder returns for input in exactly that deterministic encoding, and
-# None for anything else (the strict decoder then accepts or refuses it).
-
-_PROTECTED_SIGN1 = cbor.dumps({cose.HDR_ALG: cose.ALG_ES256})
-_PROTECTED_ENC0 = cbor.dumps({cose.HDR_ALG: cose.ALG_AES_CCM_16_64_128})
-# tag 18, [protected, {4: 16-byte kid}, ...] and tag 16, [protected, {4: 8-byte kid, 6: ...}, ...]
-_SIGN1_HEAD = (b"\xd2\x84" + _bstr_head(len(_PROTECTED_SIGN1)) + _PROTECTED_SIGN1 + b"\xa1\x04"
-               + _bstr_head(DEVICE_ID_LEN))
-_ENC0_HEAD = (b"\xd0\x83" + _bstr_head(len(_PROTECTED_ENC0)) + _PROTECTED_ENC0 + b"\xa2\x04"
-              + _bstr_head(session_keys.SESSION_ID_LEN))
-_SIG_HEAD = b"\x58\x40"
-
-
-def _bstr_at(data: bytes, pos: int) -> tuple[int, int] | None:
-    """(start, end) of the content of the shortest-form byte string of at most 65535 bytes at ``data[pos]``."""
-    if pos >= len(data):
-        return None
-    b = data[pos]
-    if 0x40 <= b < 0x58:
-        start, n = pos + 1, b - 0x40
-    elif b == 0x58 and pos + 2 <= len(data) and data[pos + 1] >= 24:
-        start, n = pos + 2, data[pos + 1]
-    elif b == 0x59 and pos + 3 <= len(data) and data[pos + 1]:
-        start, n = pos + 3, (data[pos + 1] << 8) | data[pos + 2]
-    else:
-        return None
-    return (start, start + n) if start + n <= len(data) else None
-
-
-def decode_sign1_fast(frame: bytes) -> cose.Sign1 | None:
-    """``cose.decode_sign1(frame)`` when ``frame`` is a COSE_Sign1 with a 16-byte kid in its deterministic
-    encoding, else None."""
-    k = len(_SIGN1_HEAD)
-    if len(frame) > cose.MAX_FRAME or not frame.startswith(_SIGN1_HEAD):
-        return None
-    got = _bstr_at(frame, k + DEVICE_ID_LEN)
-    if got is None:
-        return None
-    start, end = got
-    if len(frame) != end + 66 or frame[end:end + 2] != _SIG_HEAD:
-        return None
-    return cose.Sign1(_PROTECTED_SIGN1, frame[k:k + DEVICE_ID_LEN], frame[start:end], frame[end + 2:])
-
-
-def decode_encrypt0_fast(frame: bytes) -> cose.Encrypt0 | None:
-    """``cose.decode_encrypt0(frame)`` when ``frame`` is a COSE_Encrypt0 with an 8-byte kid and a Partial IV
-    of 1..4 bytes in its deterministic encoding, else None."""
-    k = len(_ENC0_HEAD)
-    if len(frame) > cose.MAX_FRAME or not frame.startswith(_ENC0_HEAD):
-        return None
-    p = k + session_keys.SESSION_ID_LEN
-    if len(frame) < p + 2 or frame[p] != 0x06 or not 0x41 <= frame[p + 1] <= 0x44:
-        return None
-    piv_end = p + 2 + frame[p + 1] - 0x40
-    got = _bstr_at(frame, piv_end)
-    if got is None:
-        return None
-    start, end = got
-    if end != len(frame) or end - start < cose.TAG_LEN:
-        return None
-    return cose.Encrypt0(_PROTECTED_ENC0, frame[k:p], frame[p + 2:piv_end], None, frame[start:end])
-
-
 def _uint_at(data: bytes, pos: int) -> tuple[int, int] | None:
     """(value, end) of the shortest-form unsigned integer at ``data[pos]``."""
     if pos >= len(data):
@@ -674,10 +579,10 @@ class GatewayCore:
         try:
             tag = frame[0] if frame else None
             if tag == 0xD2:
-                msg: Any = decode_sign1_fast(frame) or cose.decode_sign1(frame)
+                msg: Any = cose.decode_sign1(frame)
                 mode = "sign1"
             elif tag == 0xD0:
-                msg = decode_encrypt0_fast(frame) or cose.decode_encrypt0(frame)
+                msg = cose.decode_encrypt0(frame)
                 mode = "session"
             else:
                 raise _Refusal(MALFORMED, "not a COSE_Sign1 or COSE_Encrypt0 frame")
@@ -692,7 +597,7 @@ class GatewayCore:
             rec = self._device_record(topic_dev, topic, frame, now_ms)
             if isinstance(rec, list):
                 return rec
-            if not self.crypto.verify(rec[2], sig1_to_be_signed(msg.protected, aad, msg.payload), msg.signature):
+            if not self.crypto.verify(rec[2], msg.to_be_signed(aad), msg.signature):
                 raise _Refusal(BAD_SIGNATURE, "signature does not verify with the registered key")
             plaintext = msg.payload
         else:
@@ -713,8 +618,8 @@ class GatewayCore:
             if isinstance(rec, list):
                 return rec
             try:
-                nonce = partial_iv_nonce(session.base_iv, msg.partial_iv)
-                plaintext = self.crypto.ccm_open(session.key, nonce, msg.ciphertext, enc0_aad(msg.protected, aad),
+                nonce = cose.nonce_from_partial_iv(session.base_iv, msg.partial_iv)
+                plaintext = self.crypto.ccm_open(session.key, nonce, msg.ciphertext, msg.aad(aad),
                                                  cose.TAG_LEN)
             except LedgerlinkError:             # InvalidTag
                 raise _Refusal(BAD_TAG, "AES-CCM tag does not verify") from None

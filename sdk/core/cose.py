@@ -32,6 +32,16 @@ MAX_KID = 64
 
 _PROTECTED_ES256 = cbor.dumps({HDR_ALG: ALG_ES256})
 _PROTECTED_CCM = cbor.dumps({HDR_ALG: ALG_AES_CCM_16_64_128})
+_SIG1_CONTEXT = b"\x84" + cbor.dumps("Signature1")
+_ENC0_CONTEXT = b"\x83" + cbor.dumps("Encrypt0")
+# tag 18, [protected, {4: kid ...  and  tag 16, [protected, {4: kid, 6: Partial IV}, ...
+_SIGN1_HEAD = b"\xd2\x84" + cbor.head(2, len(_PROTECTED_ES256)) + _PROTECTED_ES256 + b"\xa1\x04"
+_ENC0_HEAD = b"\xd0\x83" + cbor.head(2, len(_PROTECTED_CCM)) + _PROTECTED_CCM + b"\xa2\x04"
+
+
+def _bstr(data):
+    """The CBOR byte string of ``data`` (bytes or bytearray)."""
+    return cbor.head(2, len(data)) + bytes(data)
 
 
 class Sign1:
@@ -44,7 +54,8 @@ class Sign1:
         self.signature = signature
 
     def to_be_signed(self, external_aad=b""):
-        return cbor.dumps(["Signature1", self.protected, bytes(external_aad), self.payload])
+        """The CBOR of ["Signature1", protected, external_aad, payload]."""
+        return _SIG1_CONTEXT + _bstr(self.protected) + _bstr(external_aad) + _bstr(self.payload)
 
 
 class Encrypt0:
@@ -58,7 +69,62 @@ class Encrypt0:
         self.ciphertext = ciphertext
 
     def aad(self, external_aad=b""):
-        return cbor.dumps(["Encrypt0", self.protected, bytes(external_aad)])
+        """The CBOR of ["Encrypt0", protected, external_aad]."""
+        return _ENC0_CONTEXT + _bstr(self.protected) + _bstr(external_aad)
+
+
+def _bstr_at(data, pos):
+    """(start, end) of the content of the shortest-form byte string of at most 65535 bytes at ``data[pos]``,
+    or None."""
+    if pos >= len(data):
+        return None
+    b = data[pos]
+    if 0x40 <= b < 0x58:
+        start = pos + 1
+        n = b - 0x40
+    elif b == 0x58 and pos + 2 <= len(data) and data[pos + 1] >= 24:
+        start = pos + 2
+        n = data[pos + 1]
+    elif b == 0x59 and pos + 3 <= len(data) and data[pos + 1]:
+        start = pos + 3
+        n = (data[pos + 1] << 8) | data[pos + 2]
+    else:
+        return None
+    return (start, start + n) if start + n <= len(data) else None
+
+
+# Fast paths for the one deterministic encoding that sign1() and encrypt0() produce: each returns what
+# the full decoder returns for such a frame, and None for anything else (the full decoder then accepts
+# or refuses it), so both paths accept exactly the same frames.
+
+def _sign1_fast(frame):
+    if len(frame) > MAX_FRAME or not frame.startswith(_SIGN1_HEAD):
+        return None
+    kid = _bstr_at(frame, len(_SIGN1_HEAD))
+    if kid is None or kid[1] - kid[0] > MAX_KID:
+        return None
+    payload = _bstr_at(frame, kid[1])
+    if payload is None:
+        return None
+    end = payload[1]
+    if len(frame) != end + 66 or frame[end] != 0x58 or frame[end + 1] != 0x40:
+        return None
+    return Sign1(_PROTECTED_ES256, frame[kid[0]:kid[1]], frame[payload[0]:end], frame[end + 2:])
+
+
+def _encrypt0_fast(frame):
+    if len(frame) > MAX_FRAME or not frame.startswith(_ENC0_HEAD):
+        return None
+    kid = _bstr_at(frame, len(_ENC0_HEAD))
+    if kid is None or kid[1] - kid[0] > MAX_KID or kid[1] >= len(frame) or frame[kid[1]] != HDR_PARTIAL_IV:
+        return None
+    piv = _bstr_at(frame, kid[1] + 1)
+    if piv is None or not 0 < piv[1] - piv[0] <= NONCE_LEN:
+        return None
+    ct = _bstr_at(frame, piv[1])
+    if ct is None or ct[1] != len(frame) or ct[1] - ct[0] < TAG_LEN:
+        return None
+    return Encrypt0(_PROTECTED_CCM, frame[kid[0]:kid[1]], frame[piv[0]:piv[1]], None, frame[ct[0]:ct[1]])
 
 
 def _decode(frame, tag, length, protected_expected, what):
@@ -96,6 +162,14 @@ def _decode(frame, tag, length, protected_expected, what):
 
 def decode_sign1(frame):
     """Decode a COSE_Sign1 frame without verifying it (e.g. to look up the key by kid)."""
+    if type(frame) is bytes:
+        msg = _sign1_fast(frame)
+        if msg is not None:
+            return msg
+    return _decode_sign1_full(frame)
+
+
+def _decode_sign1_full(frame):
     arr, unprotected, kid = _decode(frame, TAG_SIGN1, 4, _PROTECTED_ES256, "COSE_Sign1")
     if HDR_IV in unprotected or HDR_PARTIAL_IV in unprotected:
         raise InvalidMessage("COSE_Sign1 must not carry an IV")
@@ -142,12 +216,19 @@ def nonce_from_partial_iv(base_iv, partial_iv):
         raise InvalidKey("Base IV must be %d bytes" % NONCE_LEN)
     if not isinstance(partial_iv, (bytes, bytearray)) or not 0 < len(partial_iv) <= NONCE_LEN:
         raise InvalidMessage("Partial IV must be 1 to %d bytes" % NONCE_LEN)
-    padded = bytes(NONCE_LEN - len(partial_iv)) + bytes(partial_iv)
-    return bytes(a ^ b for a, b in zip(base_iv, padded))
+    return (int.from_bytes(bytes(base_iv), "big") ^ int.from_bytes(bytes(partial_iv), "big")).to_bytes(NONCE_LEN, "big")
 
 
 def decode_encrypt0(frame):
     """Decode a COSE_Encrypt0 frame without decrypting it."""
+    if type(frame) is bytes:
+        msg = _encrypt0_fast(frame)
+        if msg is not None:
+            return msg
+    return _decode_encrypt0_full(frame)
+
+
+def _decode_encrypt0_full(frame):
     arr, unprotected, kid = _decode(frame, TAG_ENCRYPT0, 3, _PROTECTED_CCM, "COSE_Encrypt0")
     partial_iv = unprotected.get(HDR_PARTIAL_IV)
     iv = unprotected.get(HDR_IV)
