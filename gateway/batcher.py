@@ -51,6 +51,8 @@ class Ledger(Protocol):
 
     def latest(self) -> dict: ...
 
+    def block(self, height: int) -> dict: ...
+
 
 @dataclass
 class Outgoing:

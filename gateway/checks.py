@@ -1,6 +1,7 @@
 """Sans-I/O message checks of a site gateway: every device frame is accepted or refused with a reason.
 
-``GatewayCore`` is fed events (``on_frame``, ``on_registry_proof``, ``on_header``, ``tick``) and returns
+``GatewayCore`` is fed events (``on_frame``, ``on_registry_proof``, ``on_header``, ``on_block``, ``on_gap``,
+``tick``) and returns
 effects (``Accept``, ``Refuse``, ``Reply``, ``FetchRegistry``, ``CertIssued``, ``HeaderUpdated``,
 ``Ignored``); it does no I/O, so the MQTT adapter, the batcher and the tests drive it alike.
 
@@ -15,6 +16,8 @@ sequence number, a time at most 30 s ahead and at most 24 h old (replay, clock-s
 Protects against:
 - forged, altered or impersonating frames and frames moved to another topic: signatures and tags
   cover the topic; the kid must match the topic's device;
+- a ban reaching the gateway late: committed blocks are followed (``on_block``), so a device whose
+  record a block may change leaves the cache and its next frame waits for a proof from that block on;
 - a lying broker or ledger node: the registry view only takes device records (or their absence)
   proved by a sparse-Merkle proof under a header certified by 2f+1 of the trusted validators
   (the checks of ``spv.verify_record_proof``; the quorum signatures of a certified header are checked
@@ -40,8 +43,9 @@ from typing import Any, Callable
 from ledgerlink.core import cbor, cose, ecqv, session_keys, spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import LedgerlinkError
+from ledgerlink.ledger.consensus.messages import tx_root
 from ledgerlink.ledger.state import contracts
-from ledgerlink.ledger.state.codes import Reason
+from ledgerlink.ledger.state.codes import Reason, TxKind
 
 MALFORMED = 1
 OVERSIZED = 2
@@ -411,6 +415,36 @@ def _parse_reading_strict(payload: bytes) -> tuple[bytes, int, int, dict]:
     return dev, seq, t, meas
 
 
+_STATUS_TXS = (TxKind.BAN, TxKind.UNBAN)
+
+
+def _check_txs(header: spv.Header, txs: Any) -> None:
+    if not isinstance(txs, list) or any(type(tx) is not bytes for tx in txs):
+        raise ValueError("transactions must be a list of byte strings")
+    if tx_root(txs) != header.tx_root:
+        raise ValueError("transactions do not hash to the header's tx root")
+
+
+def _devices_changed_by(tx: bytes) -> list[bytes]:
+    """Device ids whose record a ledger transaction may change: the target of a ban or unban, the
+    submitter of a key rotation, the device of a registration (none for other kinds or undecodable txs)."""
+    try:
+        msg = cose.decode_sign1(tx)
+        body = cbor.loads(msg.payload)
+        kind = body[1]
+        if kind in _STATUS_TXS:
+            dev = body[4]
+        elif kind == TxKind.ROTATE_KEY:
+            dev = msg.kid
+        elif kind == TxKind.REGISTER:
+            dev = cose.decode_sign1(body[4]).kid
+        else:
+            return []
+    except (LedgerlinkError, KeyError, TypeError, IndexError):
+        return []
+    return [dev] if type(dev) is bytes and len(dev) == DEVICE_ID_LEN else []
+
+
 class GatewayCore:
     """Checks of one gateway of ``site``; see the module docstring.
 
@@ -446,6 +480,8 @@ class GatewayCore:
         self._prefix = "ll/%s/dev/" % site
         self._topics: dict[str, tuple[bytes, str]] = {}                     # parsed device topics
         self.registrations: OrderedDict[bytes, tuple[int, int]] = OrderedDict()  # dev -> (request time, held since)
+        self.changed: OrderedDict[bytes, int] = OrderedDict()    # device -> height of a block that touched its record
+        self.min_proof_height = -1                                # after a gap in the followed blocks
         self._report_buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
         self._report_total = TokenBucket(self.limits.report_total_per_s, self.limits.report_total_burst, 0)
         self._registration_bucket = TokenBucket(self.limits.registration_rate_per_s, self.limits.registration_burst, 0)
@@ -817,6 +853,11 @@ class GatewayCore:
             return [Ignored("registry proof of height %d is more than %d behind height %d"
                             % (header.height, self.limits.max_proof_lag, self.header.height))]
         effects.extend(self._take_header(header, certified))
+        if header.height < max(self.changed.get(dev, -1), self.min_proof_height):
+            # a block this gateway followed changed the record after this proof's height (a ban, say)
+            self.fetching[dev] = now_ms
+            return effects + [Ignored("registry proof of height %d predates a change of %s" % (header.height, dev.hex())),
+                              FetchRegistry(dev)]
         old = self.registry.get(dev)
         if old is not None and header.height < old.height:
             effects.append(Ignored("registry proof of height %d is older than %d" % (header.height, old.height)))
@@ -833,6 +874,54 @@ class GatewayCore:
         for p in waiting:
             effects.extend(self.on_frame(p.topic, p.frame, now_ms))
         return effects
+
+    def on_block(self, certified: Any, txs: Any, now_ms: int) -> list[Effect]:
+        """A committed block (its certified header and transactions) from the ledger, followed in height order.
+
+        The header must verify against the trusted validators and the transactions must hash to its tx
+        root, so a lying node can neither invent nor hide a transaction. Devices whose records the block
+        may change (register, key rotation, ban, unban) leave the registry cache: their next frame waits
+        for a fresh proof, and a proof from before the block is not taken. This is how a ban reaches the
+        gateway within one follow interval.
+        """
+        try:
+            header, raw = self._verified_header(certified)
+            _check_txs(header, txs)
+        except Exception as exc:  # noqa: BLE001 - forged or malformed input is dropped
+            return [Ignored("block refused: %s" % exc)]
+        effects = self._take_header(header, raw)
+        for tx in txs:
+            for dev in _devices_changed_by(tx):
+                self.registry.pop(dev, None)
+                self.changed[dev] = header.height
+                self.changed.move_to_end(dev)
+        floor = header.height - self.limits.max_proof_lag
+        while self.changed and (next(iter(self.changed.values())) < floor or len(self.changed) > self.limits.max_devices):
+            self.changed.popitem(last=False)
+        return effects
+
+    def check_block(self, certified: Any, txs: Any) -> spv.Header:
+        """The header of a block that checks as ``on_block`` checks it (raises otherwise); keeps no state,
+        so the thread that fetches blocks may call it."""
+        header = self.check_header(certified)
+        _check_txs(header, txs)
+        return header
+
+    def check_header(self, certified: Any) -> spv.Header:
+        """A certified header (object or CBOR) verified against the trusted validators; keeps no state."""
+        raw = certified if isinstance(certified, (bytes, bytearray)) else cbor.dumps(certified)
+        return spv.verify_certified_header(bytes(raw), self.chain_id, self.validator_keys, self.crypto)
+
+    def on_gap(self, certified: Any, now_ms: int) -> list[Effect]:
+        """Blocks up to the certified header ``certified`` were not followed (the ledger was out of reach):
+        every cached record may be stale, so all are dropped and proofs from before it are not taken."""
+        try:
+            header, raw = self._verified_header(certified)
+        except Exception as exc:  # noqa: BLE001 - forged or malformed input is dropped
+            return [Ignored("certified header refused: %s" % exc)]
+        self.registry.clear()
+        self.min_proof_height = max(self.min_proof_height, header.height)
+        return self._take_header(header, raw)
 
     def tick(self, now_ms: int) -> list[Effect]:
         """Time passes: frames waiting too long for the registry are refused; stale records are refetched."""

@@ -55,6 +55,8 @@ RECEIVE_MAXIMUM = 1000          # unacknowledged frames the broker may send (MQT
 OUT_INFLIGHT = 20               # own QoS 1 publishes awaiting a PUBACK: mosquitto's Receive Maximum (paho scans
                                 # this many at every PUBACK, so more costs CPU)
 REGISTRY_FETCHERS = 16          # registry lookups in flight at once (pipelined on the ledger connection)
+FOLLOW_S = 0.25                 # how often the ledger's newest height is asked for (bans reach the checks)
+FOLLOW_MAX_BLOCKS = 64          # blocks fetched per round; a longer gap drops the whole registry cache
 BATCH_POLLS = 4                 # batcher steps per batch interval (a batch is cut soon after its oldest frame is due)
 MAX_GROUP = 256                 # inputs checked together and committed in one store transaction
 CLIENTS = ("ledgerlink", "paho")
@@ -203,6 +205,51 @@ class MqttGateway:
         if proof is not None:
             self.events.put(("registry", dev, proof))
 
+    def _follow_loop(self) -> None:
+        """Feed every committed block to the checks in height order (``GatewayCore.on_block``). Heights
+        come only from certified headers that verify, so a lying node cannot make it skip blocks; a block
+        one node withholds or alters is asked of the others."""
+        core = self.service.core
+        followed: int | None = None
+        warned = 0.0
+        while not self.stop_event.wait(FOLLOW_S):
+            try:
+                latest = self.ledger.latest()
+                if not latest.get("ok"):
+                    continue
+                top = core.check_header(latest["certified_header"]).height
+                if followed is None or top - followed > FOLLOW_MAX_BLOCKS:
+                    if followed is not None:
+                        log.warning("ledger blocks %d..%d not followed; registry cache dropped", followed + 1, top)
+                    self.events.put(("gap", latest["certified_header"]))
+                    followed = top
+                    continue
+                while followed < top and not self.stop_event.is_set():
+                    block = self._checked_block(followed + 1)
+                    if block is None:
+                        raise ConnectionError("no node gave block %d in a form that checks" % (followed + 1))
+                    self.events.put(("block", block[0], block[1]))
+                    followed += 1
+            except Exception as exc:  # noqa: BLE001 - ledger unreachable or lying: asked again next round
+                if time.monotonic() - warned > 10:
+                    warned = time.monotonic()
+                    log.warning("following the ledger: %s", exc)
+
+    def _checked_block(self, height: int) -> tuple[Any, list] | None:
+        """(certified header, txs) of block ``height`` that pass ``GatewayCore.check_block``, from the
+        preferred node or else any other; None when none gives one."""
+        asks: list[Callable[[], dict]] = [lambda: self.ledger.block(height)]
+        nodes = getattr(getattr(self.ledger, "config", None), "nodes", ())
+        asks += [lambda i=i: self.ledger.request_to(i, "block", height=height) for i in range(len(nodes))]
+        for ask in asks:
+            try:
+                res = ask()
+                if res.get("ok") and self.service.core.check_block(res["certified_header"], res["txs"]).height == height:
+                    return res["certified_header"], res["txs"]
+            except Exception:  # noqa: BLE001 - this node failed or lied: the next one is asked
+                continue
+        return None
+
     def _batch_loop(self) -> None:
         last_header = None
         while not self.stop_event.wait(self.batch_interval / BATCH_POLLS):
@@ -228,7 +275,8 @@ class MqttGateway:
             props.ReceiveMaximum = self.receive_maximum
             self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
             self.client.loop_start()
-        threads = [threading.Thread(target=self._batch_loop, name="ll-gw-batcher", daemon=True)]
+        threads = [threading.Thread(target=self._batch_loop, name="ll-gw-batcher", daemon=True),
+                   threading.Thread(target=self._follow_loop, name="ll-gw-follow", daemon=True)]
         for t in threads:
             t.start()
         try:

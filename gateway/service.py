@@ -139,11 +139,15 @@ class GatewayService:
             return self.core.on_header(item[1], now_ms)
         if kind == "tick":
             return self.core.tick(now_ms)
+        if kind == "block":
+            return self.core.on_block(item[1], item[2], now_ms)
+        if kind == "gap":
+            return self.core.on_gap(item[1], now_ms)
         raise ValueError("unknown input %r" % (kind,))
 
     def handle_many(self, items: list[tuple], now_ms: int) -> Handled:
         """Feed several inputs in order: ``("frame", topic, payload)``, ``("registry", device_id, proof)``,
-        ``("header", certified)``, ``("tick",)``.
+        ``("header", certified)``, ``("block", certified, txs)``, ``("gap", certified)``, ``("tick",)``.
 
         Their store writes are committed together (one transaction) before this returns, so every
         frame in ``decided`` may be acknowledged.

@@ -146,3 +146,30 @@ def test_failed_start_stops_what_started(tmp_path, monkeypatch):
         s.start()
     procs = [s.broker] + list(s.cluster.procs.values())
     assert len(procs) == 5 and all(p.poll() is not None for p in procs)
+
+
+def test_a_ban_reaches_the_gateway_within_a_second_with_default_limits(tmp_path):
+    s = Stack(tmp_path / "site", site="bn")                      # registry_ttl_ms at its default (60 s)
+    s.start()
+    try:
+        dev = DeviceCore(bytes(range(3, 35)), "bn", SequenceCounter(MemoryCounter()), s.chain_id, s.validators)
+        s.register([dev.registration_request(int(time.time() * 1000), attributes={"name": "probe"}).payload])
+        app, q = subscriber(s.broker_port, "ll/bn/dev/%s/down" % dev.device_id.hex(), "test-ban-app")
+        try:
+            def answer(out) -> int:
+                app.publish(out.topic, out.payload, qos=1).wait_for_publish(5)
+                while True:
+                    _, payload = q.get(timeout=15)
+                    reply = cbor.loads(payload)
+                    if reply[1] == out.frame_hash:
+                        return reply[0] if reply[0] != 2 else -reply[2]
+
+            assert answer(dev.reading({"t": 1}, int(time.time() * 1000))) == 1          # a receipt
+            s.ban(dev.device_id, "probe ban")
+            time.sleep(1.0)
+            assert answer(dev.reading({"t": 2}, int(time.time() * 1000))) == -4         # banned-device
+        finally:
+            app.loop_stop()
+            app.disconnect()
+    finally:
+        s.stop()

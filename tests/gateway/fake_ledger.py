@@ -3,7 +3,7 @@
 Every accepted transaction is committed at once as a one-transaction block whose header is certified
 by 2f+1 (or ``votes``) real DevNet validator signatures, so record and transaction proofs check with
 ``ledgerlink.core.spv`` exactly as proofs from real nodes do. Answers have the shapes of the node's
-client port (``submit``, ``status``, ``latest``, ``record``, ``tx_proof``).
+client port (``submit``, ``status``, ``latest``, ``block``, ``record``, ``tx_proof``).
 """
 
 from __future__ import annotations
@@ -104,6 +104,13 @@ class FakeLedgerAdapter:
     def latest(self) -> dict:
         self._check()
         return {"ok": True, "height": self.height, "certified_header": self.blocks[-1][0]}
+
+    def block(self, height: int) -> dict:
+        self._check()
+        if not 1 <= height <= self.height:
+            return {"ok": False, "error": "no such block"}
+        certified, txs = self.blocks[height - 1]
+        return {"ok": True, "height": height, "certified_header": certified, "txs": list(txs)}
 
     def record(self, kind: int, record_id: Any) -> dict:
         self._check()
