@@ -1,9 +1,9 @@
 """Sans-I/O message checks of a site gateway: every device frame is accepted or refused with a reason.
 
-``GatewayCore`` is fed events (``on_frame``, ``on_registry_proof``, ``on_header``, ``on_block``, ``on_gap``,
-``tick``) and returns
-effects (``Accept``, ``Refuse``, ``Reply``, ``FetchRegistry``, ``CertIssued``, ``HeaderUpdated``,
-``Ignored``); it does no I/O, so the MQTT adapter, the batcher and the tests drive it alike.
+``GatewayCore`` is fed events (``on_frame``, ``on_registry_proof``, ``on_header``, ``on_block``,
+``on_gap``, ``tick``) and returns effects (``Accept``, ``Refuse``, ``Reply``, ``FetchRegistry``,
+``CertIssued``, ``HeaderUpdated``, ``RegistrationReceived``, ``RegistrationSettled``, ``Ignored``); it
+does no I/O, so the MQTT adapter, the batcher and the tests drive it alike.
 
 A reading frame passes, in order: the 4096-byte size limit (oversized) -> COSE decoding (malformed;
 COSE_Sign1 with kid = device id, or COSE_Encrypt0 with kid = session id) -> topic binding (wrong-topic)
