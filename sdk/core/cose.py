@@ -160,13 +160,14 @@ def _decode(frame, tag, length, protected_expected, what):
     return arr, unprotected, kid
 
 
+def _fast_or_full(frame, fast, full):
+    msg = fast(frame) if type(frame) is bytes else None
+    return msg if msg is not None else full(frame)
+
+
 def decode_sign1(frame):
     """Decode a COSE_Sign1 frame without verifying it (e.g. to look up the key by kid)."""
-    if type(frame) is bytes:
-        msg = _sign1_fast(frame)
-        if msg is not None:
-            return msg
-    return _decode_sign1_full(frame)
+    return _fast_or_full(frame, _sign1_fast, _decode_sign1_full)
 
 
 def _decode_sign1_full(frame):
@@ -221,11 +222,7 @@ def nonce_from_partial_iv(base_iv, partial_iv):
 
 def decode_encrypt0(frame):
     """Decode a COSE_Encrypt0 frame without decrypting it."""
-    if type(frame) is bytes:
-        msg = _encrypt0_fast(frame)
-        if msg is not None:
-            return msg
-    return _decode_encrypt0_full(frame)
+    return _fast_or_full(frame, _encrypt0_fast, _decode_encrypt0_full)
 
 
 def _decode_encrypt0_full(frame):

@@ -8,21 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from ledgerlink.core import cbor, cose
 from ledgerlink.core.errors import LedgerlinkError
-
-
-def _mutated(data: st.DataObject, frame: bytes) -> bytes:
-    """``frame`` as it is, bit-flipped, truncated, extended, or with one byte replaced."""
-    how = data.draw(st.sampled_from(["same", "flip", "cut", "extend", "byte"]))
-    if how == "same" or not frame:
-        return frame
-    pos = data.draw(st.integers(0, len(frame) - 1))
-    if how == "flip":
-        return frame[:pos] + bytes((frame[pos] ^ (1 << data.draw(st.integers(0, 7))),)) + frame[pos + 1:]
-    if how == "cut":
-        return frame[:pos]
-    if how == "extend":
-        return frame + data.draw(st.binary(min_size=1, max_size=3))
-    return frame[:pos] + bytes((data.draw(st.integers(0, 255)),)) + frame[pos + 1:]
+from tests.mutations import long_head, mutated
 
 
 def _strict(decode, frame: bytes):
@@ -32,24 +18,19 @@ def _strict(decode, frame: bytes):
         return None
 
 
-def _long_head(major: int, n: int) -> bytes:
-    """A head of ``n`` that is longer than needed (not deterministic)."""
-    return bytes(((major << 5) | 25,)) + n.to_bytes(2, "big")
-
-
 @settings(max_examples=200, deadline=None)
 @given(st.data(), st.one_of(st.none(), st.binary(max_size=20), st.binary(min_size=16, max_size=16)),
        st.binary(max_size=400), st.integers(62, 66), st.booleans(), st.booleans())
-def test_sign1_fast_decode_agrees(data: st.DataObject, kid, payload: bytes, sig_len: int, iv: bool, long_head: bool):
+def test_sign1_fast_decode_agrees(data: st.DataObject, kid, payload: bytes, sig_len: int, iv: bool, wide: bool):
     unprotected = {} if kid is None else {cose.HDR_KID: kid}
     if iv:
         unprotected[cose.HDR_PARTIAL_IV] = b"\x01"
     frame = cbor.dumps(cbor.Tag(cose.TAG_SIGN1, [cose._PROTECTED_ES256, unprotected, payload, bytes(sig_len)]))
-    if long_head and kid is not None and len(kid) == 16:
+    if wide and kid is not None and len(kid) == 16:
         head = cbor.head(2, len(payload))
         k = frame.index(head + payload, 25)
-        frame = frame[:k] + _long_head(2, len(payload)) + frame[k + len(head):]
-    frame = _mutated(data, frame)
+        frame = frame[:k] + long_head(2, len(payload)) + frame[k + len(head):]
+    frame = mutated(data, frame)
     fast = cose._sign1_fast(frame)
     strict = _strict(cose._decode_sign1_full, frame)
     if fast is not None:
@@ -70,7 +51,7 @@ def test_encrypt0_fast_decode_agrees(data: st.DataObject, kid, piv, iv, cipherte
     for label, value in ((cose.HDR_KID, kid), (cose.HDR_PARTIAL_IV, piv), (cose.HDR_IV, iv)):
         if value is not None:
             unprotected[label] = value
-    frame = _mutated(data, cbor.dumps(cbor.Tag(cose.TAG_ENCRYPT0, [cose._PROTECTED_CCM, unprotected, ciphertext])))
+    frame = mutated(data, cbor.dumps(cbor.Tag(cose.TAG_ENCRYPT0, [cose._PROTECTED_CCM, unprotected, ciphertext])))
     fast = cose._encrypt0_fast(frame)
     strict = _strict(cose._decode_encrypt0_full, frame)
     if fast is not None:

@@ -6,35 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ledgerlink.core import cbor
-from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.gateway import checks as c
-
-
-def _mutated(data: st.DataObject, frame: bytes) -> bytes:
-    """``frame`` as it is, bit-flipped, truncated, extended, or with one byte replaced."""
-    how = data.draw(st.sampled_from(["same", "flip", "cut", "extend", "byte"]))
-    if how == "same" or not frame:
-        return frame
-    pos = data.draw(st.integers(0, len(frame) - 1))
-    if how == "flip":
-        return frame[:pos] + bytes((frame[pos] ^ (1 << data.draw(st.integers(0, 7))),)) + frame[pos + 1:]
-    if how == "cut":
-        return frame[:pos]
-    if how == "extend":
-        return frame + data.draw(st.binary(min_size=1, max_size=3))
-    return frame[:pos] + bytes((data.draw(st.integers(0, 255)),)) + frame[pos + 1:]
-
-
-def _strict(decode, frame: bytes):
-    try:
-        return decode(frame)
-    except LedgerlinkError:
-        return None
-
-
-def _long_head(major: int, n: int) -> bytes:
-    """A head of ``n`` that is longer than needed (not deterministic)."""
-    return bytes(((major << 5) | 25,)) + n.to_bytes(2, "big")
+from tests.mutations import long_head, mutated
 
 
 def _nested(depth: int):
@@ -69,8 +42,8 @@ def test_reading_fast_parse_agrees(data: st.DataObject, dev: bytes, seq: int, t:
         key = b"\x02" if variant == "long-seq" else b"\x03"
         value = seq if variant == "long-seq" else t
         k = payload.index(key + cbor.dumps(value), 19)
-        payload = payload[:k + 1] + _long_head(0, value) + payload[k + 1 + len(cbor.dumps(value)):]
-    payload = _mutated(data, payload)
+        payload = payload[:k + 1] + long_head(0, value) + payload[k + 1 + len(cbor.dumps(value)):]
+    payload = mutated(data, payload)
     fast = c._parse_reading_fast(payload)
     try:
         strict = c._parse_reading_strict(payload)
