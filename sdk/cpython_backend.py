@@ -106,19 +106,25 @@ class CryptographyBackend(_Common):
         return key
 
     def _public(self, pub: bytes):
+        if type(pub) is not bytes:
+            if not isinstance(pub, (bytes, bytearray)):
+                raise InvalidPoint("public key must be a 33- or 65-byte SEC 1 point")
+            pub = bytes(pub)
         key = self._pub_cache.get(pub)
         if key is None:
-            if not isinstance(pub, (bytes, bytearray)) or len(pub) not in (33, 65) or pub[0] not in (2, 3, 4):
+            if len(pub) not in (33, 65) or pub[0] not in (2, 3, 4):
                 raise InvalidPoint("public key must be a 33- or 65-byte SEC 1 point")
             try:
-                key = self._ec.EllipticCurvePublicKey.from_encoded_point(self._ec.SECP256R1(), bytes(pub))
+                key = self._ec.EllipticCurvePublicKey.from_encoded_point(self._ec.SECP256R1(), pub)
             except ValueError as exc:
                 raise InvalidPoint("invalid P-256 point: %s" % exc) from None
             if len(self._pub_cache) >= PUBLIC_KEY_CACHE:
-                del self._pub_cache[next(iter(self._pub_cache))]     # the least recently used
-            self._pub_cache[bytes(pub)] = key
+                # the least recently used; pop with a default, as gateway threads share this cache
+                self._pub_cache.pop(next(iter(self._pub_cache), None), None)
+            self._pub_cache[pub] = key
         elif len(self._pub_cache) > PUBLIC_KEY_CACHE // 2:
-            self._pub_cache[pub] = self._pub_cache.pop(pub)        # most recently used last
+            self._pub_cache.pop(pub, None)                          # most recently used last
+            self._pub_cache[pub] = key
         return key
 
     def public_key(self, priv: bytes, compressed: bool = False) -> bytes:

@@ -127,3 +127,33 @@ def test_public_key_cache_drops_the_least_recently_used(monkeypatch):
     assert be.verify(pubs[4], b"m", sigs[4])
     assert list(be._pub_cache) == [pubs[2], pubs[3], pubs[0], pubs[4]]
     assert not be.verify(pubs[5], b"m", sigs[4]) and len(be._pub_cache) == 4
+
+
+def test_public_key_cache_is_shared_safely_between_threads(monkeypatch):
+    import threading
+
+    import ledgerlink.cpython_backend as cb
+
+    be = cb.CryptographyBackend()
+    monkeypatch.setattr(cb, "PUBLIC_KEY_CACHE", 16)             # evictions and reorders all the time
+    privs = [be.generate_private_key() for _ in range(40)]
+    pubs = [be.public_key(p, True) for p in privs]
+    sigs = [be.sign(p, b"m") for p in privs]
+    errors: list[str] = []
+
+    def run(offset: int) -> None:
+        try:
+            for i in range(3000):
+                k = (i + offset) % len(pubs)
+                key = pubs[k] if i % 3 else bytearray(pubs[k])
+                if not be.verify(key, b"m", sigs[k]) or be.verify(key, b"n", sigs[k]):
+                    errors.append("wrong answer for key %d" % k)
+        except Exception as exc:  # noqa: BLE001 - any exception is the failure under test
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
