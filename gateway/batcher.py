@@ -99,36 +99,13 @@ def _head(major: int, n: int) -> bytes:
 _HASH_ITEM = b"\x58\x20"           # CBOR head of a 32-byte byte string
 
 
-def _tree_levels(leaves: list[bytes]) -> list[list[bytes]]:
-    """The node hashes of the RFC 9162 tree over the leaf hashes ``leaves``, level by level from the leaves
-    to the root. A node without a right sibling moves up unchanged, which gives the RFC's split at the
-    largest power of two below the size."""
-    levels = [leaves]
-    level = leaves
-    node_hash = merkle.node_hash
-    while len(level) > 1:
-        up = [node_hash(level[k], level[k + 1]) for k in range(0, len(level) - 1, 2)]
-        if len(level) & 1:
-            up.append(level[-1])
-        levels.append(up)
-        level = up
-    return levels
-
-
-def merkle_root(entries: list[bytes]) -> bytes:
-    """``merkle.root_of(entries)``."""
-    if not entries:
-        return merkle.EMPTY_ROOT
-    return _tree_levels([merkle.leaf_hash(e) for e in entries])[-1][0]
-
-
 def encoded_inclusion_proofs(entries: list[bytes]) -> tuple[bytes, list[tuple[int, bytes]]]:
     """The RFC 9162 root of ``entries`` and, for every entry, its inclusion proof as (number of hashes,
     the hashes' CBOR byte strings concatenated), all in one pass over the tree (the proofs of leaves
     with a common ancestor share the encoding of the path above it)."""
     if not entries:
         raise ValueError("no entries")
-    levels = _tree_levels([merkle.leaf_hash(e) for e in entries])
+    levels = merkle.tree_levels([merkle.leaf_hash(e) for e in entries])
     above: list[tuple[int, bytes]] = [(0, b"")]
     for level in reversed(levels[:-1]):
         m = len(level)
@@ -179,7 +156,7 @@ class Batcher:
         waiting = self.store.unbatched_leaves(self.max_batch)
         if not waiting:
             return None
-        root = merkle_root([m[1] for m in waiting])
+        root = merkle.root_of([m[1] for m in waiting])
         batch_id = self.rng(16)
         tx = enc.anchor_tx(self.chain_id, self.priv, batch_id, root, len(waiting), now_ms, rng=self.rng, kid=self.kid)
         self.store.create_batch(batch_id, root, tx, [m[0] for m in waiting], now_ms)

@@ -194,18 +194,8 @@ def _sha256(data: bytes) -> bytes:
 
 
 def tx_root(txs: Sequence[bytes]) -> bytes:
-    """RFC 9162 Merkle tree head over the block's transactions (``merkle.root_of``, built level by
-    level: pairs hashed left to right, an odd last node carried up unchanged)."""
-    if not txs or not all(type(tx) is bytes for tx in txs):
-        return root_of(list(txs))
-    sha = hashlib.sha256
-    level = [sha(b"\x00" + tx).digest() for tx in txs]
-    while len(level) > 1:
-        up = [sha(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
-        if len(level) & 1:
-            up.append(level[-1])
-        level = up
-    return level[0]
+    """RFC 9162 Merkle tree head over the block's transactions (``merkle.root_of``)."""
+    return root_of(txs)
 
 
 def validators_hash(validators: Sequence[bytes]) -> bytes:

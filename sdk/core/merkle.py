@@ -228,9 +228,25 @@ class MerkleTree:
         return path
 
 
+def tree_levels(leaf_hashes):
+    """The node hashes of the tree over ``leaf_hashes``, level by level from the leaves to the root: pairs
+    hashed left to right, a last node without a sibling carried up unchanged (the same tree as the RFC's
+    split at the largest power of two below the size)."""
+    level = list(leaf_hashes)
+    levels = [level]
+    while len(level) > 1:
+        up = [node_hash(level[k], level[k + 1]) for k in range(0, len(level) - 1, 2)]
+        if len(level) & 1:
+            up.append(level[-1])
+        levels.append(up)
+        level = up
+    return levels
+
+
 def root_of(entries):
     """Root hash of the tree over `entries`."""
-    return MerkleTree(entries).root()
+    leaves = [leaf_hash(e) for e in entries]
+    return tree_levels(leaves)[-1][0] if leaves else EMPTY_ROOT
 
 
 def _check_hash(h, what):

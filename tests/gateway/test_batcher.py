@@ -9,7 +9,7 @@ from ledgerlink.core import cbor, cose, ecqv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidProof
 from ledgerlink.core import merkle
-from ledgerlink.gateway.batcher import Batcher, inclusion_proofs, merkle_root, verify_receipt
+from ledgerlink.gateway.batcher import Batcher, inclusion_proofs, verify_receipt
 from ledgerlink.gateway.store import Store
 from ledgerlink.ledger.state.codes import RecordKind
 from ledgerlink.ledger.state.testing import DevNet
@@ -192,11 +192,7 @@ def test_gateway_receipts_verify_in_the_device_sdk(tmp_path):
 def test_inclusion_proofs_of_all_entries_match_the_tree(entries: list[bytes]):
     tree = merkle.MerkleTree(entries)
     root, proofs = inclusion_proofs(entries)
-    assert root == tree.root() == merkle_root(entries) and len(proofs) == len(entries)
+    assert root == tree.root() == merkle.root_of(entries) and len(proofs) == len(entries)
     for i, p in enumerate(proofs):
         assert p == list(tree.inclusion_proof(i))
         merkle.verify_inclusion(merkle.leaf_hash(entries[i]), i, len(entries), p, root)
-
-
-def test_merkle_root_of_no_entries():
-    assert merkle_root([]) == merkle.root_of([]) == merkle.EMPTY_ROOT
