@@ -425,9 +425,9 @@ def _check_txs(header: spv.Header, txs: Any) -> None:
         raise ValueError("transactions do not hash to the header's tx root")
 
 
-def _devices_changed_by(tx: bytes) -> list[bytes]:
-    """Device ids whose record a ledger transaction may change: the target of a ban or unban, the
-    submitter of a key rotation, the device of a registration (none for other kinds or undecodable txs)."""
+def _device_changed_by(tx: bytes) -> bytes | None:
+    """The device whose record a ledger transaction may change: the target of a ban or unban, the
+    submitter of a key rotation, the device of a registration (None for other kinds or undecodable txs)."""
     try:
         msg = cose.decode_sign1(tx)
         body = cbor.loads(msg.payload)
@@ -439,10 +439,10 @@ def _devices_changed_by(tx: bytes) -> list[bytes]:
         elif kind == TxKind.REGISTER:
             dev = cose.decode_sign1(body[4]).kid
         else:
-            return []
+            return None
     except (LedgerlinkError, KeyError, TypeError, IndexError):
-        return []
-    return [dev] if type(dev) is bytes and len(dev) == DEVICE_ID_LEN else []
+        return None
+    return dev if type(dev) is bytes and len(dev) == DEVICE_ID_LEN else None
 
 
 class GatewayCore:
@@ -705,9 +705,10 @@ class GatewayCore:
             raise _Refusal(REPLAY, "a registration request of this device dated %d is already held" % held[0])
         self.registrations[topic_dev] = (req.time_ms, now_ms)
         self.registrations.move_to_end(topic_dev)
-        reply = cbor.dumps({0: KIND_REGISTRATION, 1: sha256(frame)})
+        frame_hash = sha256(frame)
+        reply = cbor.dumps({0: KIND_REGISTRATION, 1: frame_hash})
         return [RegistrationReceived(topic_dev, frame, req.role, req.attributes, req.time_ms),
-                Reply(self.down_topic(topic_dev), reply, sha256(frame))]
+                Reply(self.down_topic(topic_dev), reply, frame_hash)]
 
     def restore_registration(self, dev: bytes, time_ms: int, held_since_ms: int) -> None:
         """After a restart: a registration request the store still holds."""
@@ -891,7 +892,8 @@ class GatewayCore:
             return [Ignored("block refused: %s" % exc)]
         effects = self._take_header(header, raw)
         for tx in txs:
-            for dev in _devices_changed_by(tx):
+            dev = _device_changed_by(tx)
+            if dev is not None:
                 self.registry.pop(dev, None)
                 self.changed[dev] = header.height
                 self.changed.move_to_end(dev)
