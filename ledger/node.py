@@ -44,7 +44,7 @@ import sys
 import time
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ledgerlink.core import merkle, smt
 from ledgerlink.core.backend import get_backend
@@ -99,7 +99,6 @@ class Node:
         self._deadlines: list[tuple[float, int, list[asyncio.Future]]] = []   # heap, swept by the ticker
         self._waits_live = 0                                          # its entries not yet finished
         self._deadline_seq = itertools.count()
-        self._tx_hashes: tuple[int, list[bytes]] = (-1, [])           # of the block persisted last
         self._arriving: list[tuple[bytes, asyncio.Future]] = []
         self.refused: OrderedDict[bytes, tuple[int, str]] = OrderedDict()
         self.drops: Counter[str] = Counter()
@@ -125,13 +124,8 @@ class Node:
                 except KeyError:
                     codes = None
                 block = self.replica.block(e.height)[0]
-                known = self.replica.committed_hashes
-                if known[0] == e.height:
-                    hashes = list(known[1])
-                else:
-                    hashes = [hashlib.sha256(tx).digest() for tx in block.txs]
-                self._tx_hashes = (e.height, hashes)
-                self.store.append_block(e.height, e.block, e.certificate, codes, block, hashes)
+                self.store.append_block(e.height, e.block, e.certificate, codes, block,
+                                        self._tx_hashes(e.height, block.txs))
             elif isinstance(e, SaveVotes):
                 self.store.save_votes(e.record)
             elif isinstance(e, Committed):
@@ -140,6 +134,11 @@ class Node:
                 self.drops[e.reason] += 1
                 log.debug("dropped from %s: %s", e.sender, e.reason)
 
+    def _tx_hashes(self, height: int, txs: Sequence[bytes]) -> Sequence[bytes]:
+        """SHA-256 of each transaction of block ``height``: the replica's, kept from its last commit, or computed."""
+        known = self.replica.committed_hashes
+        return known[1] if known[0] == height else [hashlib.sha256(tx).digest() for tx in txs]
+
     def _on_committed(self, e: Committed) -> None:
         if not self.waiters:
             return
@@ -147,11 +146,7 @@ class Node:
             codes = [r.code for r in self.app.results_of(e.height)]
         except KeyError:
             codes = [0] * len(e.txs)
-        if self._tx_hashes[0] == e.height:
-            hashes = self._tx_hashes[1]
-        else:
-            hashes = [hashlib.sha256(tx).digest() for tx in e.txs]
-        for i, h in enumerate(hashes):
+        for i, h in enumerate(self._tx_hashes(e.height, e.txs)):
             futs = self.waiters.pop(h, None)
             if futs:
                 res = {"status": "committed", "height": e.height, "index": i, "code": codes[i]}
