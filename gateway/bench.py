@@ -176,21 +176,24 @@ class Publisher:
 
 def run_closed_loop(pub: Publisher, obs: Observer, frames: list[tuple[str, bytes]], window: int,
                     stall_s: float = 30.0) -> tuple[int, float]:
-    """Publish ``frames`` with at most ``window`` not yet verified or refused; (accepted, seconds)."""
-    hashes = [hashlib.sha256(p).digest() for _, p in frames]
+    """Publish ``frames`` with at most ``window`` not yet verified or refused; (accepted, seconds).
+
+    Progress is counted from the size of the observer's verified set (every frame of a phase is new),
+    so each step costs the same however many frames were sent before it."""
     with obs.lock:
         refused0 = sum(obs.refused.values())
+        verified0 = len(obs.verified)
     start = time.monotonic()
     sent = 0
     last_progress = start
     last_done = 0
     while True:
         with obs.cond:
-            done = sum(1 for h in hashes[:sent] if h in obs.verified) if sent - last_done > window // 2 or sent == len(frames) else last_done
+            done = len(obs.verified) - verified0
             refused = sum(obs.refused.values()) - refused0
             if done + refused > last_done:
                 last_progress = time.monotonic()
-            last_done = done
+            last_done = done + refused
             if done + refused >= len(frames):
                 break
             if sent - done - refused >= window or sent == len(frames):
@@ -198,10 +201,11 @@ def run_closed_loop(pub: Publisher, obs: Observer, frames: list[tuple[str, bytes
                 if time.monotonic() - last_progress > stall_s:
                     break
                 continue
-        room = min(len(frames) - sent, window - (sent - last_done - refused))
+        room = min(len(frames) - sent, window - (sent - last_done))
         if room > 0:
             pub.publish_many(frames[sent:sent + room])
             sent += room
+    hashes = [hashlib.sha256(p).digest() for _, p in frames]
     with obs.lock:
         accepted = sum(1 for h in hashes if h in obs.verified)
         ends = [obs.verified[h] for h in hashes if h in obs.verified]
