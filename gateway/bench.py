@@ -243,10 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=1000.0, help="offered msg/s of the latency phase")
     p.add_argument("--latency-s", type=float, default=10.0)
     p.add_argument("--session-devices", type=int, default=1000)
-    p.add_argument("--window", type=int, default=500, help="frames in flight in the throughput phases")
+    p.add_argument("--window", type=int, default=2000,
+                   help="frames in flight in the throughput phases (twice the gateway's Receive Maximum, so its queue never runs dry)")
     p.add_argument("--reg-batch", type=int, default=1000)
     p.add_argument("--mqtt-client", choices=("ledgerlink", "paho"),
                    help="the gateway's MQTT client (default: the gateway's default)")
+    p.add_argument("--verify-threads", type=int,
+                   help="the gateway's signature-checking threads (default: the gateway's default)")
     p.add_argument("--data", help="keep the stack's data here (default: a temporary directory, removed)")
     args = p.parse_args(argv)
     crypto = get_backend("cpython")
@@ -256,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.mqtt_client:
         os.environ["LEDGERLINK_MQTT_CLIENT"] = args.mqtt_client
+    if args.verify_threads:
+        os.environ["LEDGERLINK_VERIFY_THREADS"] = str(args.verify_threads)
     ceiling = verify_ceiling()
-    say("gateway MQTT client: %s" % (args.mqtt_client or "default"))
+    say("gateway MQTT client: %s; signature-checking threads: %s"
+        % (args.mqtt_client or "default", args.verify_threads or "default"))
     say("verify ceiling: %.0f ES256 verifications/s on one core (cpython backend)" % ceiling)
     data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="ll-gw-bench-"))
     stack = Stack(data, site=SITE, limits=LIMITS, batch={"max": 1024, "interval_ms": 100}, progress=say)

@@ -532,6 +532,26 @@ class GatewayCore:
             return [self._refuse(frame, topic, None, now_ms,
                                  _Refusal(MALFORMED, "unexpected %s" % type(exc).__name__))]
 
+    def signature_check(self, topic: str, payload: Any) -> tuple[bytes, bytes, bytes] | None:
+        """(registered key, signed bytes, signature) that ``on_frame`` will verify for a signed reading on
+        an ``up`` topic whose device record is cached and not banned; None for any other frame. Changes no
+        state, so a group's signatures can be checked ahead (``ledgerlink.gateway.verify_ahead``)."""
+        if type(payload) is not bytes or not payload or payload[0] != 0xD2 or len(payload) > self.limits.max_frame:
+            return None
+        parsed = self._topic_device(topic)
+        if parsed is None or parsed[1] != "up":
+            return None
+        entry = self.registry.get(parsed[0])
+        if entry is None or entry.record is None or entry.banned:
+            return None
+        try:
+            msg = cose.decode_sign1(payload)
+        except Exception:  # noqa: BLE001 - on_frame refuses it; nothing to check ahead
+            return None
+        if msg.kid != parsed[0]:
+            return None
+        return entry.record[2], msg.to_be_signed(topic.encode()), msg.signature
+
     def _on_frame(self, topic: str, payload: Any, now_ms: int) -> list[Effect]:
         if not isinstance(payload, (bytes, bytearray)):
             payload = b""

@@ -12,7 +12,8 @@ The config (JSON, or TOML when the name ends in .toml)::
       "trust": {"chain_id": "...", "validators": ["<hex key>", ...]},
       "limits": {"rate_per_s": 10, "burst": 20, ...},
       "batch": {"max": 256, "interval_ms": 100},
-      "http": {"host": "127.0.0.1", "port": 8080}
+      "http": {"host": "127.0.0.1", "port": 8080},
+      "verify_threads": 2
     }
 
 Key files hold a hex private key (as written by ``ledgerlink.ledger.cluster``); ``identity`` is the
@@ -20,7 +21,9 @@ gateway's registered ledger key (role gateway), ``ca`` its fog CA key and ``site
 (``ca`` and ``site`` fall back to ``identity`` when not given; separate keys are better). ``http``
 (optional) starts the dashboard and ``/metrics`` (see ``ledgerlink.gateway.dashboard``). ``trust`` defaults to
 the chain id and validator keys of the cluster file. Relative paths are relative to the config file.
-``mqtt.client`` picks the MQTT client: "ledgerlink" (the gateway's own, ``ledgerlink.gateway.mqtt_client``)
+``verify_threads`` (default: $LEDGERLINK_VERIFY_THREADS, else one per core, at most 4) checks each group's
+signatures on that many threads ahead of the checks (``ledgerlink.gateway.verify_ahead``); 1 checks them
+on the check thread. ``mqtt.client`` picks the MQTT client: "ledgerlink" (the gateway's own, ``ledgerlink.gateway.mqtt_client``)
 or "paho" (paho-mqtt); without it, $LEDGERLINK_MQTT_CLIENT, else the default of
 ``ledgerlink.gateway.mqtt_adapter``. Keys are never logged. SIGINT/SIGTERM stop the gateway cleanly.
 
@@ -74,6 +77,12 @@ def _key(cfg: dict[str, Any], value: str) -> bytes:
     return key
 
 
+def default_verify_threads() -> int:
+    """Signature-checking threads without ``verify_threads`` in the config: $LEDGERLINK_VERIFY_THREADS, else
+    one per core, at most 4."""
+    return int(os.environ.get("LEDGERLINK_VERIFY_THREADS") or 0) or max(1, min(4, os.cpu_count() or 1))
+
+
 def build(cfg: dict[str, Any]) -> MqttGateway:
     """Objects of a gateway from its config (connects to nothing yet)."""
     from ledgerlink.ledger.client import LedgerClient
@@ -98,7 +107,8 @@ def build(cfg: dict[str, Any]) -> MqttGateway:
     batcher = Batcher(store, ledger, site, chain_id, validators, keys.identity, max_batch=int(batch.get("max", 256)),
                       interval_ms=int(batch.get("interval_ms", 100)))
     mq = cfg.get("mqtt", {})
-    return MqttGateway(GatewayService(core, store), batcher, ledger, site, mq.get("host", "127.0.0.1"),
+    threads = int(cfg.get("verify_threads", default_verify_threads()))
+    return MqttGateway(GatewayService(core, store, threads), batcher, ledger, site, mq.get("host", "127.0.0.1"),
                        int(mq.get("port", 1883)), mq.get("client_id", "ll-gw-%s-%d" % (site, os.getpid())),
                        shared=bool(mq.get("shared", True)), batch_interval_ms=int(batch.get("interval_ms", 100)),
                        receive_maximum=int(mq.get("receive_maximum", RECEIVE_MAXIMUM)),

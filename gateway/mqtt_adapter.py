@@ -286,6 +286,8 @@ class MqttGateway:
             for t in threads:
                 t.join(timeout=15)
             self.fetches.shutdown(wait=False, cancel_futures=True)
+            if self.service.verifier is not None:
+                self.service.verifier.close()
             if self.client_kind == "ledgerlink":
                 self.client.stop()
             else:

@@ -24,6 +24,7 @@ from ledgerlink.core import cbor
 from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.batcher import Ledger, Outgoing
 from ledgerlink.gateway.store import Store
+from ledgerlink.gateway.verify_ahead import VerifyAhead
 from ledgerlink.ledger.state.codes import RecordKind
 
 log = logging.getLogger("ledgerlink.gateway")
@@ -39,10 +40,13 @@ class Handled:
 
 
 class GatewayService:
-    def __init__(self, core: c.GatewayCore, store: Store) -> None:
+    def __init__(self, core: c.GatewayCore, store: Store, verify_threads: int = 1) -> None:
         self.core = core
         self.store = store
         core.session_source = store.session_cert
+        self.verifier: VerifyAhead | None = None
+        if verify_threads > 1:
+            self.verifier = core.crypto = VerifyAhead(core.crypto, verify_threads)
         self.observer: Any = None      # ``ledgerlink.gateway.metrics.GatewayMetrics``: sees inputs and effects
 
     def restore(self, now_ms: int) -> None:
@@ -156,6 +160,10 @@ class GatewayService:
             frames = [(item[1], item[2]) for item in items if item[0] == "frame"]
             if frames:
                 self.observer.frames(frames, now_ms)
+        if self.verifier is not None:
+            check = self.core.signature_check
+            self.verifier.prime([job for job in (check(item[1], item[2]) for item in items if item[0] == "frame")
+                                 if job is not None])
         effects: list[c.Effect] = []
         for item in items:
             effects.extend(self._feed(item, now_ms))
