@@ -118,8 +118,17 @@ class Store:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        # reads (the batcher's, the dashboard's, session lookups) go through their own connection, so they
+        # neither wait for nor hold up the check thread's group commits (WAL: readers see committed data)
+        self.reader, self.read_lock = self.db, self.lock
+        if self.path != ":memory:" and not self.path.startswith("file::memory:"):
+            self.reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self.read_lock = threading.Lock()
 
     def close(self) -> None:
+        with self.read_lock:
+            if self.reader is not self.db:
+                self.reader.close()
         with self.lock:
             self.db.close()
 
@@ -135,8 +144,8 @@ class Store:
                 raise
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self.lock:
-            return self.db.execute(sql, args).fetchall()
+        with self.read_lock:
+            return self.reader.execute(sql, args).fetchall()
 
     # --- messages ---------------------------------------------------------------------------------
 
