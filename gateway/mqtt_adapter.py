@@ -17,7 +17,8 @@ Accepted readings are republished as ``verified-reading`` on ``ll/{site}/verifie
 (refusals, receipts, session responses) go to ``ll/{site}/dev/{dev}/down``; the latest certified header
 is published retained on ``ll/{site}/ledger/header``. All checks run on one thread (``GatewayCore`` is
 not thread-safe) and take the queued inputs in groups of up to ``MAX_GROUP``: the group's accepted frames
-are committed in one store transaction (one fsync) before any of them is acknowledged. The ledger calls
+are committed in one store transaction (one fsync) before any of them is acknowledged. A group's
+signatures are first checked on the service's verify threads (``ledgerlink.gateway.verify_ahead``). The ledger calls
 of the batcher run on their own thread; registry lookups on a pool of ``REGISTRY_FETCHERS`` threads, so
 that many are in flight at once.
 
