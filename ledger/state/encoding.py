@@ -155,6 +155,12 @@ def device_id(pubkey: bytes) -> bytes:
     return hashlib.sha256(compress_pubkey(pubkey)).digest()[:DEVICE_ID_LEN]
 
 
+def _own_device_id(compressed: bytes) -> bytes:
+    """``device_id`` of a compressed key the backend just derived from a private key: already on the
+    curve and in compressed form, so it is hashed without being decoded again."""
+    return hashlib.sha256(compressed).digest()[:DEVICE_ID_LEN]
+
+
 def tx_aad(chain_id: str) -> bytes:
     """external_aad of every transaction signature on chain ``chain_id``."""
     return cbor.dumps([TX_DOMAIN, chain_id])
@@ -183,7 +189,7 @@ def build_tx(chain_id: str, priv: bytes, kind: int, time_ms: int, fields: Mappin
     """
     be = get_backend(backend)
     if kid is None:
-        kid = device_id(be.public_key(priv, True))
+        kid = _own_device_id(be.public_key(priv, True))
     if nonce is None:
         nonce = _rng(rng)(NONCE_LEN)
     body = {1: int(kind), 2: int(time_ms), 3: bytes(nonce)}
@@ -197,7 +203,7 @@ def registration_request(priv: bytes, role: int, attributes: Mapping[str, Any], 
     """The device's own registration-request (its proof of possession), signed by its identity key."""
     be = get_backend(backend)
     pub = be.public_key(priv, True)
-    dev = device_id(pub)
+    dev = _own_device_id(pub)
     payload = {1: dev, 2: pub, 3: int(role), 4: dict(attributes), 5: int(time_ms)}
     return cose.sign1(cbor.dumps(payload), priv, dev, b"", be)
 

@@ -1,8 +1,10 @@
 """Device registry contracts: genesis, register, rotate-key, ban, unban, and the common tx checks."""
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from ledgerlink.core import cbor, cose
+from ledgerlink.core import cbor, cose, p256
+from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.state import LedgerState, Reason, RecordKind, Role, StateError, TxKind, device_id
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.ledger.state.codes import DeviceStatus
@@ -350,3 +352,15 @@ def test_block_protocol_errors(net, state):
     with pytest.raises(KeyError):
         state.results_of(3)
     assert state.results_of(5) == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, p256.N - 1), st.sampled_from(["portable", "cpython"]))
+def test_own_key_ids_are_the_device_id_of_the_public_key(scalar, backend):
+    be = get_backend(backend)
+    priv = scalar.to_bytes(32, "big")
+    dev = device_id(be.public_key(priv, False))              # from the uncompressed form, decoded and checked
+    tx = enc.build_tx("chain", priv, TxKind.BAN, 1, {4: b"x" * 16}, nonce=b"n" * 16, backend=be)
+    assert cose.decode_sign1(tx).kid == dev
+    req = enc.registration_request(priv, Role.SENSOR, {"name": "n"}, 1, be)
+    assert cose.decode_sign1(req).kid == dev and cbor.loads(cose.decode_sign1(req).payload)[1] == dev
