@@ -5,7 +5,7 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ledgerlink.core import ecdh, ecdsa, p256
@@ -67,9 +67,11 @@ def test_scalar_multiplication_matches_openssl(k):
 
 @settings(max_examples=10, deadline=None)
 @given(a=scalars, b=scalars, c=scalars)
+@example(a=1, b=1, c=p256.N - 1)                            # a*G + b*Q is the point at infinity
 def test_mul_add_and_add(a, b, c):
     q = p256.base_mult(c)
-    expected = _openssl_point((a + b * c) % p256.N)
+    k = (a + b * c) % p256.N
+    expected = _openssl_point(k) if k else None
     assert p256.mul_add_vartime(a, b, q) == expected
     assert p256.add(p256.base_mult(a), p256.mult(b, q)) == expected
 
