@@ -121,7 +121,7 @@ class Store:
         # reads (the batcher's, the dashboard's, session lookups) go through their own connection, so they
         # neither wait for nor hold up the check thread's group commits (WAL: readers see committed data)
         self.reader, self.read_lock = self.db, self.lock
-        if self.path != ":memory:" and not self.path.startswith("file::memory:"):
+        if self.path != ":memory:":
             self.reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             self.read_lock = threading.Lock()
 

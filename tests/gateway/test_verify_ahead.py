@@ -30,9 +30,9 @@ def _service(ledger: FakeLedgerAdapter, threads: int) -> GatewayService:
     return svc
 
 
-def _outcome(h) -> list[tuple[str, bytes]]:
-    return sorted((o.topic, o.payload) for o in h.outgoing if not o.topic.endswith("/down")) + \
-        sorted((o.topic, o.payload[:3]) for o in h.outgoing if o.topic.endswith("/down"))
+def _outcome(h) -> tuple[list[tuple[str, bytes]], list[bytes]]:
+    """Everything published (republished readings, refusals with their codes) and the frames decided."""
+    return [(o.topic, o.payload) for o in h.outgoing], h.decided
 
 
 def test_answers_only_the_exact_check_it_was_primed_with():
