@@ -479,6 +479,7 @@ class GatewayCore:
         self.session_source: Callable[[bytes], tuple[bytes, bytes] | None] | None = None
         self._prefix = "ll/%s/dev/" % site
         self._topics: dict[str, tuple[bytes, str]] = {}                     # parsed device topics
+        self._ahead: dict[bytes, tuple[str, Any, bytes]] = {}   # frame -> (topic, Sign1, signed bytes), one group
         self.registrations: OrderedDict[bytes, tuple[int, int]] = OrderedDict()  # dev -> (request time, held since)
         self.changed: OrderedDict[bytes, int] = OrderedDict()    # device -> height of a block that touched its record
         self.min_proof_height = -1                                # after a gap in the followed blocks
@@ -532,25 +533,33 @@ class GatewayCore:
             return [self._refuse(frame, topic, None, now_ms,
                                  _Refusal(MALFORMED, "unexpected %s" % type(exc).__name__))]
 
-    def signature_check(self, topic: str, payload: Any) -> tuple[bytes, bytes, bytes] | None:
-        """(registered key, signed bytes, signature) that ``on_frame`` will verify for a signed reading on
-        an ``up`` topic whose device record is cached and not banned; None for any other frame. Changes no
-        state, so a group's signatures can be checked ahead (``ledgerlink.gateway.verify_ahead``)."""
-        if type(payload) is not bytes or not payload or payload[0] != 0xD2 or len(payload) > self.limits.max_frame:
-            return None
-        parsed = self._topic_device(topic)
-        if parsed is None or parsed[1] != "up":
-            return None
-        entry = self.registry.get(parsed[0])
-        if entry is None or entry.record is None or entry.banned:
-            return None
-        try:
-            msg = cose.decode_sign1(payload)
-        except Exception:  # noqa: BLE001 - on_frame refuses it; nothing to check ahead
-            return None
-        if msg.kid != parsed[0]:
-            return None
-        return entry.record[2], msg.to_be_signed(topic.encode()), msg.signature
+    def signature_checks(self, frames: list[tuple[str, Any]]) -> list[tuple[bytes, bytes, bytes]]:
+        """(registered key, signed bytes, signature) of each signed reading among ``frames`` (topic, payload)
+        whose device record is cached and not banned: what ``on_frame`` will verify for them, so a group's
+        signatures can be checked ahead (``ledgerlink.gateway.verify_ahead``). Changes no check state; the
+        decoded frames are kept for ``on_frame`` until the next call, so each is decoded once."""
+        ahead = self._ahead
+        ahead.clear()
+        jobs = []
+        for topic, payload in frames:
+            if type(payload) is not bytes or not payload or payload[0] != 0xD2 or len(payload) > self.limits.max_frame:
+                continue
+            parsed = self._topic_device(topic)
+            if parsed is None or parsed[1] != "up":
+                continue
+            entry = self.registry.get(parsed[0])
+            if entry is None or entry.record is None or entry.banned:
+                continue
+            try:
+                msg = cose.decode_sign1(payload)
+            except Exception:  # noqa: BLE001 - on_frame refuses it; nothing to check ahead
+                continue
+            if msg.kid != parsed[0]:
+                continue
+            signed = msg.to_be_signed(topic.encode())
+            ahead[payload] = (topic, msg, signed)
+            jobs.append((entry.record[2], signed, msg.signature))
+        return jobs
 
     def _on_frame(self, topic: str, payload: Any, now_ms: int) -> list[Effect]:
         if not isinstance(payload, (bytes, bytearray)):
@@ -635,7 +644,13 @@ class GatewayCore:
         try:
             tag = frame[0] if frame else None
             if tag == 0xD2:
-                msg: Any = cose.decode_sign1(frame)
+                decoded = self._ahead.pop(frame, None)
+                if decoded is not None and decoded[0] == topic:
+                    msg: Any = decoded[1]
+                    signed = decoded[2]
+                else:
+                    msg = cose.decode_sign1(frame)
+                    signed = None
                 mode = "sign1"
             elif tag == 0xD0:
                 msg = cose.decode_encrypt0(frame)
@@ -653,7 +668,7 @@ class GatewayCore:
             rec = self._device_record(topic_dev, topic, frame, now_ms)
             if isinstance(rec, list):
                 return rec
-            if not self.crypto.verify(rec[2], msg.to_be_signed(aad), msg.signature):
+            if not self.crypto.verify(rec[2], signed or msg.to_be_signed(aad), msg.signature):
                 raise _Refusal(BAD_SIGNATURE, "signature does not verify with the registered key")
             plaintext = msg.payload
         else:

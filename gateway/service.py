@@ -161,9 +161,8 @@ class GatewayService:
             if frames:
                 self.observer.frames(frames, now_ms)
         if self.verifier is not None:
-            check = self.core.signature_check
-            self.verifier.prime([job for job in (check(item[1], item[2]) for item in items if item[0] == "frame")
-                                 if job is not None])
+            self.verifier.prime(self.core.signature_checks([(item[1], item[2]) for item in items
+                                                             if item[0] == "frame"]))
         effects: list[c.Effect] = []
         for item in items:
             effects.extend(self._feed(item, now_ms))
