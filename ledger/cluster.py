@@ -49,11 +49,22 @@ def _ports_free(host: str, ports: list[int]) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    """Lowest port the kernel hands out to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_base_port(n: int, host: str = "127.0.0.1") -> int:
-    """A base port such that base+i and base+1000+i (i < n) are free now."""
+    """A base port such that base+i and base+1000+i (i < n) are free now, all below the ephemeral range:
+    there an outgoing connection (another test's, a broker's) could take one before the node binds it."""
     rnd = random.Random()
+    top = min(40000, _ephemeral_low()) - CLIENT_PORT_OFFSET - n
     for _ in range(200):
-        base = rnd.randrange(20000, 40000)
+        base = rnd.randrange(10000, max(10001, top))
         if _ports_free(host, [base + i for i in range(n)] + [base + CLIENT_PORT_OFFSET + i for i in range(n)]):
             return base
     raise RuntimeError("no free ports")

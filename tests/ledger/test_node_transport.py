@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import socket
 
 import pytest
 from hypothesis import given, settings
@@ -9,8 +10,8 @@ from hypothesis import strategies as st
 
 from ledgerlink.core import cbor
 from ledgerlink.ledger.cluster import free_base_port
-from ledgerlink.ledger.transport import (ClientServer, ClusterConfig, FrameError, FrameSplitter, PeerNetwork,
-                                         frame, read_frame)
+from ledgerlink.ledger.transport import (CLIENT_PORT_OFFSET, ClientServer, ClusterConfig, FrameError, FrameSplitter,
+                                         PeerNetwork, frame, read_frame)
 
 KEYS = [bytes([2]) + bytes([i + 1]) * 32 for i in range(4)]
 
@@ -150,3 +151,15 @@ def test_peers_exchange_and_reconnect():
         await a.stop()
         await b.stop()
     asyncio.run(run())
+
+
+def test_free_base_ports_are_free_and_below_the_ephemeral_range():
+    from ledgerlink.ledger.cluster import _ephemeral_low
+    low = _ephemeral_low()
+    for _ in range(20):
+        base = free_base_port(4)
+        ports = [base + i for i in range(4)] + [base + CLIENT_PORT_OFFSET + i for i in range(4)]
+        assert 10000 <= base and max(ports) < low
+        for p in ports:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p))
