@@ -20,8 +20,9 @@ view) moves to the next view; f+1 view-changes for higher views make a replica
 join the smallest of them. The new primary's new-view carries 2f+1 view-changes; from them every
 replica derives the highest certified height H and the highest-view prepared proposal at H+1, which
 the new primary must propose again unchanged. A replica behind the others (evidence: a commit
-certificate, or f+1 replicas working above its height) fetches committed blocks, verifies each
-certificate and the header chain, re-executes and checks the state root.
+certificate, 2f+1 commits for a proposal it never got, or f+1 replicas working above its height)
+fetches committed blocks, verifies each certificate and the header chain, re-executes and checks
+the state root.
 
 Security. Protects the agreement of honest replicas on one block per height against up to f
 Byzantine validators (equivocation, forged or replayed votes, invalid proposals, lying view-changes)
@@ -691,6 +692,9 @@ class Replica:
                 return
             p = slot.proposals.get(self.view)
             if p is None or self.view in slot.rejected:
+                self._fetch_if_certified(slot, h, None)
+                return
+            if self._fetch_if_certified(slot, h, p.hash):
                 return
             if self.executed != p.hash:
                 try:
@@ -728,6 +732,22 @@ class Replica:
             self._commit(p.header, p.txs, cert, persist=True, hashes=p.tx_hashes)
             h = self.height + 1
             self._maybe_propose()
+
+    def _fetch_if_certified(self, slot: _Slot, h: int, have: bytes | None) -> bool:
+        """2f+1 commits of this view at h for a header other than ``have`` (the valid proposal held,
+        if any): the block is certified elsewhere, so fetch it instead of waiting for new traffic."""
+        for (view, hh), votes in slot.commits.items():
+            if view != self.view or hh == have or len(votes) < self.config.quorum:
+                continue
+            fresh = h > self.certified_height
+            for i in votes:
+                if i != self.index:
+                    self._note_certified(i, h)
+            if fresh:
+                self.next_fetch = 0
+            self._maybe_fetch()
+            return True
+        return False
 
     def _commit(self, header: Header, txs: tuple[bytes, ...], cert: CommitCertificate,
                 persist: bool, hashes: tuple[bytes, ...] | None = None) -> None:

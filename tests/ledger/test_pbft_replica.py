@@ -161,6 +161,32 @@ def test_state_transfer_after_restart():
     assert len(net.persisted[3]) == 7
 
 
+def test_a_replica_that_missed_a_proposal_fetches_the_block_its_peers_certified():
+    """Replica 3 loses the request and the pre-prepare of a block but gets the 2f+1 commits for it:
+    with no further traffic it fetches the block instead of waiting for the next one."""
+    net = Net()
+    net.submit(1, net.tx(b"x"))
+    net.run(100)
+    lost = {m.PRE_PREPARE, m.REQUEST}
+
+    def deliver():
+        while net.queue:
+            src, dst, data = net.queue.popleft()
+            if dst == 3 and m.loads(data)[0] in lost:
+                continue
+            net.apply(dst, net.replicas[dst].receive(src, data, net.now))
+
+    net.deliver = deliver
+    before = len(net.effects[3])
+    net.submit(1, net.tx(b"y"))
+    net.run(200)
+    assert [r.height for r in net.replicas] == [1, 1, 1, 1]
+    assert [r.view for r in net.replicas] == [0, 0, 0, 0]
+    assert net.blocks(3) == net.blocks(0)
+    sent = [m.loads(e.data)[0] for e in net.effects[3][before:] if isinstance(e, Send)]
+    assert sent.count(m.FETCH_BLOCKS) == 1
+
+
 def test_restore_rejects_a_corrupt_store():
     net = Net()
     net.submit(1, net.tx())
