@@ -323,8 +323,8 @@ class Limits:
     session_lifetime_s: int = 24 * 3600
     registry_ttl_ms: int = 60_000          # refresh device records older than this
     registry_timeout_ms: int = 5_000       # frames held for a registry answer longer are refused (14)
-    max_pending: int = 1024
-    max_pending_per_device: int = 16
+    max_pending: int = 16384               # frames held for registry answers, and their bytes: room for the
+    max_pending_bytes: int = 8 << 20       # backlog a broker redelivers at once after a restart
     flood_report_ms: int = 10_000          # at most one rate-limited warning per device per period
     report_rate_per_s: float = 0.5         # warnings posted to the ledger per offender (claimed device id)
     report_burst: float = 30.0
@@ -472,6 +472,7 @@ class GatewayCore:
         self.certified_header: bytes | None = None
         self.pending: OrderedDict[bytes, list[_Pending]] = OrderedDict()
         self.pending_count = 0                                               # frames in ``pending``
+        self.pending_bytes = 0                                               # and their bytes
         self.fetching: dict[bytes, int] = {}
         self.used_requests: set[bytes] = set()
         self._headers: OrderedDict[bytes, spv.Header] = OrderedDict()
@@ -622,12 +623,12 @@ class GatewayCore:
         return entry.record
 
     def _hold(self, dev: bytes, topic: str, frame: bytes, now_ms: int) -> list[Effect]:
-        queue = self.pending.get(dev)
         if (self.pending_count >= self.limits.max_pending
-                or (queue is not None and len(queue) >= self.limits.max_pending_per_device)):
+                or self.pending_bytes + len(frame) > self.limits.max_pending_bytes):
             raise _Refusal(LEDGER_UNAVAILABLE, "too many frames waiting for the registry")
         self.pending.setdefault(dev, []).append(_Pending(topic, frame, now_ms))
         self.pending_count += 1
+        self.pending_bytes += len(frame)
         if dev in self.fetching:
             return []
         self.fetching[dev] = now_ms
@@ -907,6 +908,7 @@ class GatewayCore:
         self.fetching.pop(dev, None)
         waiting = self.pending.pop(dev, [])
         self.pending_count -= len(waiting)
+        self.pending_bytes -= sum(len(p.frame) for p in waiting)
         for p in waiting:
             effects.extend(self.on_frame(p.topic, p.frame, now_ms))
         return effects
@@ -973,6 +975,7 @@ class GatewayCore:
                 else:
                     keep.append(p)
             self.pending_count -= len(queue) - len(keep)
+            self.pending_bytes -= sum(len(p.frame) for p in queue) - sum(len(p.frame) for p in keep)
             if keep:
                 self.pending[dev] = keep
             else:

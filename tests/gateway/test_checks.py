@@ -373,6 +373,25 @@ def test_frames_wait_for_the_registry_then_time_out():
     assert [x.seq for x in released if isinstance(x, c.Accept)] == [3]
 
 
+def test_a_backlog_waits_for_the_registry_up_to_the_held_bytes():
+    """A device's backlog (as a broker redelivers it after a restart) is held, not refused, while its
+    record is fetched; beyond ``max_pending_bytes`` frames are refused and nothing is counted twice."""
+    frames = [reading(DevNet(), "sensor", seq) for seq in range(1, 201)]
+    size = sum(len(f) for f in frames[:150])
+    e = Env(c.Limits(rate_per_s=1e6, burst=1e6, max_pending_bytes=size))
+    dev = e.net["sensor"].id
+    held = [e.core.on_frame(up(dev), f, NOW) for f in frames]
+    assert held[0] == [c.FetchRegistry(dev)] and held[1:150] == [[]] * 149
+    assert all(len(x) == 1 and x[0].code == c.LEDGER_UNAVAILABLE for x in held[150:])
+    assert (e.core.pending_count, e.core.pending_bytes) == (150, size)
+    released = e.core.on_registry_proof(e.ledger.device_proof(dev), NOW + 10)
+    assert [x.seq for x in released if isinstance(x, c.Accept)] == list(range(1, 151))
+    assert (e.core.pending_count, e.core.pending_bytes) == (0, 0)
+    e.core.on_frame(up(e.net["actuator"].id), reading(e.net, "actuator", 1), NOW)
+    e.core.tick(NOW + 60_000)                                              # timed out: released too
+    assert (e.core.pending_count, e.core.pending_bytes) == (0, 0)
+
+
 def test_stale_registry_entries_are_refetched():
     e = Env(c.Limits(registry_ttl_ms=1000))
     dev = e.net["sensor"].id
