@@ -17,7 +17,8 @@ Accepted readings are republished as ``verified-reading`` on ``ll/{site}/verifie
 (refusals, receipts, session responses) go to ``ll/{site}/dev/{dev}/down``; the latest certified header
 is published retained on ``ll/{site}/ledger/header``. All checks run on one thread (``GatewayCore`` is
 not thread-safe) and take the queued inputs in groups of up to ``MAX_GROUP``: the group's accepted frames
-are committed in one store transaction (one fsync) before any of them is acknowledged. A group's
+are committed in one store transaction (one fsync) before any of them is acknowledged. The commits, and
+then the publishes and acks, run in order on a commit thread while the next group is checked. A group's
 signatures are first checked on the service's verify threads (``ledgerlink.gateway.verify_ahead``). The ledger calls
 of the batcher run on their own thread; registry lookups on a pool of ``REGISTRY_FETCHERS`` threads, so
 that many are in flight at once.
@@ -60,6 +61,7 @@ FOLLOW_S = 0.25                 # how often the ledger's newest height is asked 
 FOLLOW_MAX_BLOCKS = 64          # blocks fetched per round; a longer gap drops the whole registry cache
 BATCH_POLLS = 4                 # batcher steps per batch interval (a batch is cut soon after its oldest frame is due)
 MAX_GROUP = 256                 # inputs checked together and committed in one store transaction
+COMMITS_AHEAD = 2               # checked groups waiting for the commit thread (then the check thread waits)
 CLIENTS = ("ledgerlink", "paho")
 DEFAULT_CLIENT = "ledgerlink"
 
@@ -89,6 +91,8 @@ class MqttGateway:
         self.fetches = ThreadPoolExecutor(REGISTRY_FETCHERS, thread_name_prefix="ll-gw-registry")
         self.stop_event = threading.Event()
         self.pending_acks: dict[bytes, list[tuple[Any, int]]] = {}   # frame hash -> (ack token, QoS)
+        self.acks_lock = threading.Lock()                           # pending_acks: check and commit threads
+        self.commits: queue.Queue = queue.Queue(COMMITS_AHEAD)      # checked groups for the commit thread
         self.connected = threading.Event()
         self.receive_maximum = receive_maximum
         self.client_kind = client
@@ -150,15 +154,18 @@ class MqttGateway:
                 client.publish_many([(o.topic, o.payload, o.retain) for o in h.outgoing], flush=False)
             acks = []
             pending = self.pending_acks
-            for frame_hash in h.decided:
-                for token, qos in pending.pop(frame_hash, ()):
-                    if qos > 0:
-                        acks.append(token)
+            with self.acks_lock:
+                for frame_hash in h.decided:
+                    for token, qos in pending.pop(frame_hash, ()):
+                        if qos > 0:
+                            acks.append(token)
             client.ack_many(acks)
         else:
             self.publish(h.outgoing)
-            for frame_hash in h.decided:
-                for mid, qos in self.pending_acks.pop(frame_hash, []):
+            with self.acks_lock:
+                decided = [self.pending_acks.pop(frame_hash, []) for frame_hash in h.decided]
+            for tokens in decided:
+                for mid, qos in tokens:
                     if qos > 0:
                         self.client.ack(mid, qos)
         for dev in h.fetch:
@@ -189,17 +196,38 @@ class MqttGateway:
                 items, backlog = backlog, []
             try:
                 pending = self.pending_acks
-                for ev in items:
-                    if ev[0] == "frame":
-                        pending.setdefault(hashlib.sha256(ev[2]).digest(), []).append((ev[3], ev[4]))
+                tokens = [(hashlib.sha256(ev[2]).digest(), (ev[3], ev[4])) for ev in items if ev[0] == "frame"]
+                with self.acks_lock:
+                    for frame_hash, token in tokens:
+                        pending.setdefault(frame_hash, []).append(token)
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK_S
                     items.append(("tick",))
                 if items:
-                    self._carry_out(self.service.handle_many([ev[:3] for ev in items], self.clock()))
-            except Exception:  # noqa: BLE001 - e.g. the store failed: stop rather than ack undurable frames
+                    checked = self.service.check_many([ev[:3] for ev in items], self.clock())
+                    while not self.stop_event.is_set():
+                        try:
+                            self.commits.put(checked, timeout=TICK_S)
+                            break
+                        except queue.Full:
+                            continue
+            except Exception:  # noqa: BLE001 - a bug in the checks: stop rather than guess
                 log.exception("gateway check loop failed; stopping")
                 self.stop_event.set()
+
+    def _commit_loop(self) -> None:
+        """Commit the checked groups in order, then publish and acknowledge each. While a group's store
+        transaction runs (SQLite and fsync without the GIL), the check thread checks the next one."""
+        while True:
+            checked = self.commits.get()
+            if checked is None:
+                return
+            try:
+                self._carry_out(self.service.commit(checked))
+            except Exception:  # noqa: BLE001 - e.g. the store failed: stop rather than ack undurable frames
+                log.exception("gateway commit failed; stopping")
+                self.stop_event.set()
+                return
 
     def _fetch(self, dev: bytes) -> None:
         proof = fetch_registry(self.ledger, dev)
@@ -278,12 +306,19 @@ class MqttGateway:
             self.client.loop_start()
         threads = [threading.Thread(target=self._batch_loop, name="ll-gw-batcher", daemon=True),
                    threading.Thread(target=self._follow_loop, name="ll-gw-follow", daemon=True)]
-        for t in threads:
+        committer = threading.Thread(target=self._commit_loop, name="ll-gw-commit", daemon=True)
+        for t in threads + [committer]:
             t.start()
         try:
             self._checks_loop()
         finally:
             self.stop_event.set()
+            if committer.is_alive():
+                try:
+                    self.commits.put(None, timeout=30)    # after the groups already checked are committed
+                except queue.Full:
+                    log.error("the commit thread is stuck; checked frames stay unacknowledged")
+                committer.join(timeout=30)
             for t in threads:
                 t.join(timeout=15)
             self.fetches.shutdown(wait=False, cancel_futures=True)

@@ -39,6 +39,14 @@ class Handled:
     fetch: list[bytes] = field(default_factory=list)
 
 
+@dataclass
+class Checked:
+    """The effects of a checked group, not yet stored (``GatewayService.check_many``)."""
+
+    effects: list[c.Effect]
+    now_ms: int
+
+
 class GatewayService:
     def __init__(self, core: c.GatewayCore, store: Store, verify_threads: int = 1) -> None:
         self.core = core
@@ -156,6 +164,14 @@ class GatewayService:
         Their store writes are committed together (one transaction) before this returns, so every
         frame in ``decided`` may be acknowledged.
         """
+        return self.commit(self.check_many(items, now_ms))
+
+    def check_many(self, items: list[tuple], now_ms: int) -> Checked:
+        """The checks of ``handle_many`` alone: the core's state moves on, nothing is stored or published.
+
+        ``commit`` of the result must follow, in the same order as the groups were checked, before any
+        of its frames is acknowledged; it may run on another thread while the next group is checked.
+        """
         if self.observer is not None:
             frames = [(item[1], item[2]) for item in items if item[0] == "frame"]
             if frames:
@@ -166,7 +182,11 @@ class GatewayService:
         effects: list[c.Effect] = []
         for item in items:
             effects.extend(self._feed(item, now_ms))
-        return self._effects(effects, now_ms)
+        return Checked(effects, now_ms)
+
+    def commit(self, checked: Checked) -> Handled:
+        """Store the writes of a checked group in one transaction; then what to publish and acknowledge."""
+        return self._effects(checked.effects, checked.now_ms)
 
     def handle_frame(self, topic: str, payload: bytes, now_ms: int) -> Handled:
         return self.handle_many([("frame", topic, payload)], now_ms)
