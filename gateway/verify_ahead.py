@@ -34,7 +34,9 @@ class VerifyAhead:
         self.answered = 0                   # verify calls answered from those results
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.backend, name)
+        value = getattr(self.backend, name)
+        setattr(self, name, value)              # found in the instance from now on
+        return value
 
     def verify(self, pub: bytes, msg: bytes, sig: bytes) -> bool:
         hit = self.results.pop((pub, sig), None)

@@ -19,6 +19,7 @@ from ledgerlink.core.errors import InvalidKey, InvalidPoint, InvalidScalar, Inva
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _CCM_TAGS = (4, 6, 8, 10, 12, 14, 16)
 PUBLIC_KEY_CACHE = 65536       # decoded public keys kept (least recently used dropped): one per device
+CCM_CONTEXT_CACHE = 16384      # AES-CCM contexts kept (the oldest dropped): one per session key in use
 
 
 def _scalar(priv: bytes) -> int:
@@ -95,6 +96,7 @@ class CryptographyBackend(_Common):
         self._enc, self._fmt = Encoding, PublicFormat
         self._priv_cache: dict[bytes, object] = {}
         self._pub_cache: dict[bytes, object] = {}
+        self._ccm_cache: dict[tuple[bytes, int], object] = {}
 
     def _private(self, priv: bytes):
         key = self._priv_cache.get(priv)
@@ -151,16 +153,30 @@ class CryptographyBackend(_Common):
     def ecdh(self, priv: bytes, peer_pub: bytes) -> bytes:
         return self._private(priv).exchange(self._ec.ECDH(), self._public(peer_pub))
 
+    def _ccm(self, key: bytes, nonce: bytes, tag_len: int):
+        """The AESCCM context of (key, tag length), kept for the session keys in use (a gateway opens
+        every frame of a session under one key); the nonce is checked on each call."""
+        if type(key) is not bytes:
+            key = bytes(key)
+        ctx = self._ccm_cache.get((key, tag_len))
+        if ctx is None:
+            _check_ccm(key, nonce, tag_len)
+            if len(self._ccm_cache) >= CCM_CONTEXT_CACHE:
+                self._ccm_cache.pop(next(iter(self._ccm_cache), None), None)    # threads share this cache
+            ctx = self._ccm_cache[(key, tag_len)] = self._aesccm(key, tag_length=tag_len)
+        elif not 7 <= len(nonce) <= 13:
+            _check_ccm(key, nonce, tag_len)
+        return ctx
+
     def ccm_seal(self, key: bytes, nonce: bytes, plaintext: bytes, aad: bytes = b"", tag_len: int = 8) -> bytes:
-        _check_ccm(key, nonce, tag_len)
-        return self._aesccm(bytes(key), tag_length=tag_len).encrypt(bytes(nonce), bytes(plaintext), bytes(aad))
+        return self._ccm(key, nonce, tag_len).encrypt(bytes(nonce), bytes(plaintext), bytes(aad))
 
     def ccm_open(self, key: bytes, nonce: bytes, data: bytes, aad: bytes = b"", tag_len: int = 8) -> bytes:
-        _check_ccm(key, nonce, tag_len)
+        ctx = self._ccm(key, nonce, tag_len)
         if len(data) < tag_len:
             raise InvalidTag("ciphertext shorter than its tag")
         try:
-            return self._aesccm(bytes(key), tag_length=tag_len).decrypt(bytes(nonce), bytes(data), bytes(aad))
+            return ctx.decrypt(bytes(nonce), bytes(data), bytes(aad))
         except self._bad_tag:
             raise InvalidTag("AES-CCM tag does not match") from None
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from ledgerlink.core import ecdh, ecdsa
 from ledgerlink.core.backend import get_backend
-from ledgerlink.core.errors import LedgerlinkError
+from ledgerlink.core.errors import InvalidKey, InvalidTag, LedgerlinkError
 from tests.conftest import load_vectors
 
 FAST = ["cpython", "pycryptodome"]
@@ -157,3 +157,25 @@ def test_public_key_cache_is_shared_safely_between_threads(monkeypatch):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_ccm_context_cache_is_bounded_and_checks_every_call(monkeypatch):
+    from ledgerlink import cpython_backend
+
+    monkeypatch.setattr(cpython_backend, "CCM_CONTEXT_CACHE", 2)
+    be = cpython_backend.CryptographyBackend()
+    ref = get_backend("portable")
+    keys = [bytes([i]) * 16 for i in range(5)]
+    nonce, aad = bytes(13), b"aad"
+    for key in keys + keys:                              # contexts made, dropped and made again
+        sealed = be.ccm_seal(key, nonce, b"reading", aad, 8)
+        assert sealed == ref.ccm_seal(key, nonce, b"reading", aad, 8)
+        assert be.ccm_open(key, nonce, sealed, aad, 8) == b"reading"
+        with pytest.raises(InvalidTag):
+            be.ccm_open(key, nonce, sealed[:-1] + bytes([sealed[-1] ^ 1]), aad, 8)
+        for bad_nonce in (bytes(6), bytes(14)):          # the context is cached, the nonce still checked
+            with pytest.raises(InvalidKey):
+                be.ccm_open(key, bad_nonce, sealed, aad, 8)
+        assert len(be._ccm_cache) <= 2
+    with pytest.raises(InvalidKey):
+        be.ccm_open(bytes(15), nonce, sealed, aad, 8)
