@@ -525,10 +525,11 @@ class GatewayCore:
 
     # --- frames ---------------------------------------------------------------------------------
 
-    def on_frame(self, topic: str, payload: bytes, now_ms: int) -> list[Effect]:
-        """Check one frame received on ``topic``; never raises."""
+    def on_frame(self, topic: str, payload: bytes, now_ms: int, frame_hash: bytes | None = None) -> list[Effect]:
+        """Check one frame received on ``topic`` (``frame_hash``: its SHA-256 when the caller has it); never
+        raises."""
         try:
-            return self._on_frame(topic, payload, now_ms)
+            return self._on_frame(topic, payload, now_ms, frame_hash)
         except Exception as exc:  # noqa: BLE001 - a bug must not take the gateway down; refuse instead
             frame = bytes(payload) if isinstance(payload, (bytes, bytearray)) else b""
             return [self._refuse(frame, topic, None, now_ms,
@@ -562,9 +563,10 @@ class GatewayCore:
             jobs.append((entry.record[2], signed, msg.signature))
         return jobs
 
-    def _on_frame(self, topic: str, payload: Any, now_ms: int) -> list[Effect]:
+    def _on_frame(self, topic: str, payload: Any, now_ms: int, frame_hash: bytes | None) -> list[Effect]:
         if not isinstance(payload, (bytes, bytearray)):
             payload = b""
+            frame_hash = None
         frame = bytes(payload)
         parsed = self._topic_device(topic)
         dev_hint = parsed[0] if parsed else None
@@ -577,11 +579,12 @@ class GatewayCore:
                 return self._session_request(topic, frame, parsed[0], now_ms)
             if parsed[1] == "reg":
                 return self._registration_request(frame, parsed[0], now_ms)
-            return self._reading(topic, frame, parsed[0], now_ms)
+            return self._reading(topic, frame, parsed[0], now_ms, frame_hash)
         except _Refusal as r:
-            return [self._refuse(frame, topic, dev_hint, now_ms, r)]
+            return [self._refuse(frame, topic, dev_hint, now_ms, r, frame_hash)]
 
-    def _refuse(self, frame: bytes, topic: str, dev: bytes | None, now_ms: int, r: _Refusal) -> Refuse:
+    def _refuse(self, frame: bytes, topic: str, dev: bytes | None, now_ms: int, r: _Refusal,
+                frame_hash: bytes | None = None) -> Refuse:
         offender = r.offender or (dev or b"")
         report = True
         if r.code == RATE_LIMITED and dev is not None:
@@ -592,7 +595,7 @@ class GatewayCore:
                     st.last_flood_report = now_ms
         if report:
             report = self._reportable(offender, now_ms)
-        return Refuse(sha256(frame), self.gateway_id, offender, now_ms, r.code, r.detail[:MAX_DETAIL],
+        return Refuse(frame_hash or sha256(frame), self.gateway_id, offender, now_ms, r.code, r.detail[:MAX_DETAIL],
                       self.down_topic(dev) if dev is not None else None, report)
 
     def _reportable(self, offender: bytes, now_ms: int) -> bool:
@@ -641,7 +644,8 @@ class GatewayCore:
                                                   TokenBucket(self.limits.rate_per_s, self.limits.burst, now_ms))
         return st
 
-    def _reading(self, topic: str, frame: bytes, topic_dev: bytes, now_ms: int) -> list[Effect]:
+    def _reading(self, topic: str, frame: bytes, topic_dev: bytes, now_ms: int,
+                 frame_hash: bytes | None = None) -> list[Effect]:
         try:
             tag = frame[0] if frame else None
             if tag == 0xD2:
@@ -708,7 +712,7 @@ class GatewayCore:
         if not st.bucket.take(now_ms):
             raise _Refusal(RATE_LIMITED, "more than %g frames/s from %s" % (self.limits.rate_per_s, dev.hex()))
         st.window.mark(seq)
-        return [Accept(dev, seq, t, meas, frame, sha256(frame), topic, mode, bytes(plaintext))]
+        return [Accept(dev, seq, t, meas, frame, frame_hash or sha256(frame), topic, mode, bytes(plaintext))]
 
     # --- registration requests ---------------------------------------------------------------------
 

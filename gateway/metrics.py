@@ -2,9 +2,9 @@
 
 ``GatewayMetrics`` is the ``observer`` of a ``GatewayService``: it sees every frame (``frames``, a group at a time), the
 effects of every input after they were carried out (``effects``: accepted frames are durable by then)
-and registry answers (``registry_updated``). ``instrument(gateway)`` attaches it to an ``MqttGateway`` and
-also wraps, on the instance, the MQTT message callback (to stamp the time a frame arrived, before
-it waits in the check queue), the store's ``create_batch`` (batch sizes) and the batcher's
+and registry answers (``registry_updated``); the ``MqttGateway`` reports when frames arrived from the
+broker, before they wait in the check queue (``arrived``). ``instrument(gateway)`` attaches it to an
+``MqttGateway`` and wraps, on the instance, the store's ``create_batch`` (batch sizes) and the batcher's
 ``receipts`` (receipt count and accept-to-receipt latency).
 
 Families (``/metrics``): frames received; accepted by mode; refused by reason code; latency
@@ -21,7 +21,6 @@ tests/gateway/test_dashboard.py (GatewayCore fed real frames; the page rendered 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -140,15 +139,8 @@ class GatewayMetrics:
 
     # --- inputs (check thread, MQTT thread, batch thread) -----------------------------------------------
 
-    def arrived(self, payload: bytes) -> None:
-        """A frame arrived from the broker (before it waits in the check queue)."""
-        h = hashlib.sha256(payload).digest()
-        with self.lock:
-            self._remember(self._arrived, h, self.mono())
-
-    def arrived_many(self, payloads: list[bytes]) -> None:
-        """``arrived`` of several frames (one time stamp)."""
-        hashes = [hashlib.sha256(p).digest() for p in payloads]
+    def arrived(self, hashes: list[bytes]) -> None:
+        """Frames (by SHA-256) arrived from the broker, before they wait in the check queue (one time stamp)."""
         t = self.mono()
         with self.lock:
             for h in hashes:
@@ -171,22 +163,10 @@ class GatewayMetrics:
             self.devices.move_to_end(dev)
         return d
 
-    def frame(self, topic: str, payload: bytes, now_ms: int) -> None:
-        """A frame is about to be checked."""
-        self.received.inc()
-        parsed = self.core._topic_device(topic)
-        h = hashlib.sha256(payload if isinstance(payload, (bytes, bytearray)) else b"").digest()
-        with self.lock:
-            self._remember(self._arrived, h, self.mono())
-            if parsed is not None:
-                self._device(parsed[0], now_ms).last_ms = now_ms
-
-    def frames(self, items: list[tuple[str, bytes]], now_ms: int) -> None:
-        """``frame`` of each ``(topic, payload)`` of a group."""
+    def frames(self, items: list[tuple[str, bytes, bytes]], now_ms: int) -> None:
+        """``frame`` of each ``(topic, payload, its SHA-256)`` of a group."""
         self.received.inc(len(items))
-        parsed = [(self.core._topic_device(topic),
-                   hashlib.sha256(payload if isinstance(payload, (bytes, bytearray)) else b"").digest())
-                  for topic, payload in items]
+        parsed = [(self.core._topic_device(topic), h) for topic, _, h in items]
         t = self.mono()
         with self.lock:
             for dev, h in parsed:
@@ -362,24 +342,9 @@ class GatewayMetrics:
     # --- wiring -------------------------------------------------------------------------------------
 
     def instrument(self, gateway: Any) -> "GatewayMetrics":
-        """Observe an ``MqttGateway``: its service, MQTT arrivals, batch creation and receipts."""
+        """Observe an ``MqttGateway``: its service (which reports MQTT arrivals too), batch creation and
+        receipts."""
         gateway.service.observer = self
-        client = gateway.client
-        on_messages = getattr(client, "on_messages", None)
-        if on_messages is not None:
-            def observed_messages(cl: Any, userdata: Any, msgs: list) -> None:
-                self.arrived_many([msg.payload for msg in msgs])
-                on_messages(cl, userdata, msgs)
-
-            client.on_messages = observed_messages
-        else:
-            on_message = client.on_message
-
-            def observed_message(cl: Any, userdata: Any, msg: Any) -> None:
-                self.arrived(bytes(msg.payload))
-                on_message(cl, userdata, msg)
-
-            client.on_message = observed_message
         store = gateway.service.store
         create_batch = store.create_batch
 

@@ -126,7 +126,11 @@ class MqttGateway:
         log.warning("MQTT disconnected: %s", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.events.put(("frame", msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+        payload = bytes(msg.payload)
+        frame_hash = hashlib.sha256(payload).digest()
+        if self.service.observer is not None:
+            self.service.observer.arrived([frame_hash])
+        self.events.put(("frame", msg.topic, payload, msg.mid, msg.qos, frame_hash))
 
     # --- ledgerlink client callbacks (network thread) --------------------------------------------------
 
@@ -135,7 +139,12 @@ class MqttGateway:
                  "resumed" if session_present else "new", self.subscriptions)
 
     def _on_ll_messages(self, client: Any, userdata: Any, msgs: list[Any]) -> None:
-        self.events.put(("frames", [("frame", m.topic, m.payload, (m.pid, m.generation), m.qos) for m in msgs]))
+        sha256 = hashlib.sha256
+        frames = [("frame", m.topic, m.payload, (m.pid, m.generation), m.qos, sha256(m.payload).digest())
+                  for m in msgs]
+        if self.service.observer is not None:
+            self.service.observer.arrived([f[5] for f in frames])
+        self.events.put(("frames", frames))
 
     # --- effects ------------------------------------------------------------------------------------
 
@@ -196,15 +205,16 @@ class MqttGateway:
                 items, backlog = backlog, []
             try:
                 pending = self.pending_acks
-                tokens = [(hashlib.sha256(ev[2]).digest(), (ev[3], ev[4])) for ev in items if ev[0] == "frame"]
                 with self.acks_lock:
-                    for frame_hash, token in tokens:
-                        pending.setdefault(frame_hash, []).append(token)
+                    for ev in items:
+                        if ev[0] == "frame":
+                            pending.setdefault(ev[5], []).append((ev[3], ev[4]))
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK_S
                     items.append(("tick",))
                 if items:
-                    checked = self.service.check_many([ev[:3] for ev in items], self.clock())
+                    checked = self.service.check_many([(ev[0], ev[1], ev[2], ev[5]) if ev[0] == "frame" else ev
+                                                       for ev in items], self.clock())
                     while not self.stop_event.is_set():
                         try:
                             self.commits.put(checked, timeout=TICK_S)

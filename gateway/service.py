@@ -80,7 +80,7 @@ class GatewayService:
         settled: list[bytes] = []
         for k, e in enumerate(effects):
             if isinstance(e, c.Accept):
-                accepted.append((e.frame, e.device_id, e.seq, e.time_ms, e.topic, now_ms))
+                accepted.append((e.frame, e.device_id, e.seq, e.time_ms, e.topic, now_ms, e.frame_hash))
                 verified = Outgoing(self.core.verified_topic(e.device_id), e.verified_reading(self.core.gateway_name))
                 accepts.append((k, verified))
                 out.outgoing.append(verified)
@@ -141,7 +141,7 @@ class GatewayService:
     def _feed(self, item: tuple, now_ms: int) -> list[c.Effect]:
         kind = item[0]
         if kind == "frame":
-            return self.core.on_frame(item[1], item[2], now_ms)
+            return self.core.on_frame(item[1], item[2], now_ms, item[3] if len(item) > 3 else None)
         if kind == "registry":
             effects = self.core.on_registry_proof(item[2], now_ms, item[1])
             if self.observer is not None:
@@ -158,7 +158,7 @@ class GatewayService:
         raise ValueError("unknown input %r" % (kind,))
 
     def handle_many(self, items: list[tuple], now_ms: int) -> Handled:
-        """Feed several inputs in order: ``("frame", topic, payload)``, ``("registry", device_id, proof)``,
+        """Feed several inputs in order: ``("frame", topic, payload[, its SHA-256])``, ``("registry", device_id, proof)``,
         ``("header", certified)``, ``("block", certified, txs)``, ``("gap", certified)``, ``("tick",)``.
 
         Their store writes are committed together (one transaction) before this returns, so every
@@ -173,7 +173,8 @@ class GatewayService:
         of its frames is acknowledged; it may run on another thread while the next group is checked.
         """
         if self.observer is not None:
-            frames = [(item[1], item[2]) for item in items if item[0] == "frame"]
+            frames = [(item[1], item[2], item[3] if len(item) > 3 else c.sha256(item[2]))
+                      for item in items if item[0] == "frame"]
             if frames:
                 self.observer.frames(frames, now_ms)
         if self.verifier is not None:

@@ -158,10 +158,10 @@ class Store:
                    "VALUES (?,?,?,?,?,?,?)", (h, device, seq, time_ms, topic, received_ms, self.owner))])
         return h
 
-    def write_many(self, accepted: list[tuple[bytes, bytes, int, int, str, int]] = (),
+    def write_many(self, accepted: list[tuple[bytes, bytes, int, int, str, int, bytes]] = (),
                    warnings: list[tuple[dict, int]] = (), certs: list[tuple[bytes, bytes, int]] = (),
                    stored_elsewhere: list[tuple[int, bool]] | None = None) -> int:
-        """Commit in one transaction ``accepted`` frames (frame, device, seq, time_ms, topic, received_ms)
+        """Commit in one transaction ``accepted`` frames (frame, device, seq, time_ms, topic, received_ms, SHA-256)
         in order, queued ``warnings`` (entry, now_ms) and session ``certs`` (device, cert, now_ms).
 
         Returns the number of warnings newly queued (an id already queued is kept once). The indexes
@@ -174,8 +174,7 @@ class Store:
         blobs = []
         msgs = []
         owner = self.owner
-        for frame, device, seq, time_ms, topic, received_ms in accepted:
-            h = hashlib.sha256(frame).digest()
+        for frame, device, seq, time_ms, topic, received_ms, h in accepted:
             blobs.append((h, frame))
             msgs.append((h, device, seq, time_ms, topic, received_ms, owner))
         warn_rows = [(e[1], cbor.dumps(e), now_ms, "queued", owner) for e, now_ms in warnings]

@@ -4,6 +4,7 @@ order, and after a failed commit nothing more is acknowledged."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 
@@ -72,6 +73,11 @@ def _gateway(tmp_path):
     return gw, store, up(dev), frames, threads
 
 
+def _events(topic, frames, first=0):
+    """The check queue's entries for ``frames`` as the adapter makes them (ack token ``(i, 0)``)."""
+    return [("frame", topic, f, (i, 0), 1, hashlib.sha256(f).digest()) for i, f in enumerate(frames, first)]
+
+
 def _wait(cond, timeout=10.0):
     deadline = time.monotonic() + timeout
     while not cond():
@@ -81,9 +87,9 @@ def _wait(cond, timeout=10.0):
 
 def test_next_group_is_checked_while_the_last_commits_and_acks_follow_each_commit(tmp_path):
     gw, store, topic, frames, threads = _gateway(tmp_path)
-    gw.events.put(("frames", [("frame", topic, f, (i, 0), 1) for i, f in enumerate(frames[:3])]))
+    gw.events.put(("frames", _events(topic, frames[:3])))
     assert store.entered.acquire(timeout=10)             # group 1 is committing
-    gw.events.put(("frames", [("frame", topic, f, (i, 0), 1) for i, f in enumerate(frames[3:], 3)]))
+    gw.events.put(("frames", _events(topic, frames[3:], 3)))
     [state] = gw.service.core.devices.values()
     _wait(lambda: state.window.highest == 6)             # group 2 is checked meanwhile
     time.sleep(0.1)
@@ -106,9 +112,9 @@ def test_next_group_is_checked_while_the_last_commits_and_acks_follow_each_commi
 
 def test_after_a_failed_commit_nothing_more_is_acknowledged(tmp_path):
     gw, store, topic, frames, threads = _gateway(tmp_path)
-    gw.events.put(("frames", [("frame", topic, f, (i, 0), 1) for i, f in enumerate(frames[:3])]))
+    gw.events.put(("frames", _events(topic, frames[:3])))
     assert store.entered.acquire(timeout=10)
-    gw.events.put(("frames", [("frame", topic, f, (i, 0), 1) for i, f in enumerate(frames[3:], 3)]))
+    gw.events.put(("frames", _events(topic, frames[3:], 3)))
     time.sleep(0.2)
     store.fail = True
     store.gate.release()

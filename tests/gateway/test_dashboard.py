@@ -79,7 +79,8 @@ def site(tmp_path):
                              mono=lambda: clock.mono).instrument(gw)
 
     def deliver(topic: str, frame: bytes, wait: float = 0.0):
-        gw.client.on_message(None, None, Msg(topic, frame))     # arrival stamp, then the check queue
+        metrics.arrived([CRYPTO.sha256(frame)])                  # as the MQTT adapter stamps an arrival
+        gw.client.on_message(None, None, Msg(topic, frame))     # then the check queue
         clock.advance(wait)
         m = queued.pop()
         h = svc.handle_frame(m.topic, m.payload, clock.wall)
