@@ -322,7 +322,8 @@ class Limits:
     burst: float = 20.0
     session_lifetime_s: int = 24 * 3600
     registry_ttl_ms: int = 60_000          # refresh device records older than this
-    registry_timeout_ms: int = 5_000       # frames held for a registry answer longer are refused (14)
+    registry_timeout_ms: int = 5_000       # held frames are refused (14) after this long with no registry answer
+    registry_wait_max_ms: int = 60_000     # for any device (a backlog's lookups queue up), or this long in all
     max_pending: int = 16384               # frames held for registry answers, and their bytes: room for the
     max_pending_bytes: int = 8 << 20       # backlog a broker redelivers at once after a restart
     flood_report_ms: int = 10_000          # at most one rate-limited warning per device per period
@@ -474,6 +475,7 @@ class GatewayCore:
         self.pending_count = 0                                               # frames in ``pending``
         self.pending_bytes = 0                                               # and their bytes
         self.fetching: dict[bytes, int] = {}
+        self.last_answer_ms: int | None = None     # the last registry proof that verified, of any device
         self.used_requests: set[bytes] = set()
         self._headers: OrderedDict[bytes, spv.Header] = OrderedDict()
         self.issued_certs: set[bytes] = set()
@@ -888,6 +890,7 @@ class GatewayCore:
                     raise ValueError("device record lacks key or status")
         except Exception as exc:  # noqa: BLE001 - forged or malformed input is dropped
             return [Ignored("registry proof refused: %s" % exc)]
+        self.last_answer_ms = now_ms
         effects: list[Effect] = []
         if self.header is not None and header.height + self.limits.max_proof_lag < self.header.height:
             # A lying node could otherwise serve a proof from before a ban for a device not cached here.
@@ -967,13 +970,21 @@ class GatewayCore:
         return self._take_header(header, raw)
 
     def tick(self, now_ms: int) -> list[Effect]:
-        """Time passes: frames waiting too long for the registry are refused; stale records are refetched."""
+        """Time passes: frames waiting too long for the registry are refused; stale records are refetched.
+
+        While registry answers keep coming (a backlog after a restart: lookups of many devices queue up
+        behind each other), held frames wait up to ``registry_wait_max_ms``; when the ledger stops
+        answering, ``registry_timeout_ms`` after the last answer.
+        """
         effects: list[Effect] = []
+        lim = self.limits
+        answered = self.last_answer_ms if self.last_answer_ms is not None else now_ms - lim.registry_wait_max_ms
         for dev in list(self.pending):
             queue = self.pending[dev]
             keep = []
             for p in queue:
-                if now_ms - p.at_ms > self.limits.registry_timeout_ms:
+                if (now_ms - max(p.at_ms, answered) > lim.registry_timeout_ms
+                        or now_ms - p.at_ms > lim.registry_wait_max_ms):
                     effects.append(self._refuse(p.frame, p.topic, dev, now_ms,
                                                 _Refusal(LEDGER_UNAVAILABLE, "no registry answer for %s" % dev.hex())))
                 else:
@@ -986,7 +997,7 @@ class GatewayCore:
                 del self.pending[dev]
                 self.fetching.pop(dev, None)
         for dev, at in list(self.fetching.items()):
-            if now_ms - at > self.limits.registry_timeout_ms // 2:
+            if now_ms - max(at, answered) > lim.registry_timeout_ms // 2:
                 self.fetching[dev] = now_ms
                 effects.append(FetchRegistry(dev))
         for dev, entry in self.registry.items():          # oldest answer first

@@ -392,6 +392,36 @@ def test_a_backlog_waits_for_the_registry_up_to_the_held_bytes():
     assert (e.core.pending_count, e.core.pending_bytes) == (0, 0)
 
 
+def test_held_frames_wait_while_registry_answers_keep_coming():
+    """After a restart every device's record is fetched again and the lookups queue up: a frame whose
+    answer comes late is not refused while answers for other devices arrive; when they stop, it is."""
+    e = Env(c.Limits(registry_timeout_ms=5000, registry_wait_max_ms=20_000))
+    sensor, actuator = e.net["sensor"].id, e.net["actuator"].id
+    assert e.core.on_frame(up(sensor), reading(e.net, "sensor", 1), NOW) == [c.FetchRegistry(sensor)]
+    assert e.core.on_frame(up(actuator), reading(e.net, "actuator", 1), NOW) == [c.FetchRegistry(actuator)]
+    for t in range(1000, 9000, 1000):                   # the actuator's answer comes, others' keep coming
+        e.core.on_registry_proof(e.ledger.device_proof(actuator), NOW + t)
+        assert e.core.tick(NOW + t) == []               # nothing refused, nothing asked again
+    released = e.core.on_registry_proof(e.ledger.device_proof(sensor), NOW + 9000)
+    assert [x.seq for x in released if isinstance(x, c.Accept)] == [1]
+    e.core.on_frame(up(sensor), reading(e.net, "sensor", 2, t=NOW + 10_000), NOW + 10_000)   # a cached record
+    stranger = e.net["stranger"].id
+    e.core.on_frame(up(stranger), reading(e.net, "stranger", 1, t=NOW + 10_000), NOW + 10_000)
+    assert e.core.tick(NOW + 12_000) == []
+    assert e.core.tick(NOW + 12_600) == [c.FetchRegistry(stranger)]     # asked again after 2.6 s with no answer
+    assert e.core.tick(NOW + 14_900) == []
+    out = e.core.tick(NOW + 15_100)                     # 5.1 s since it arrived, no answer since
+    assert [x.code for x in out if isinstance(x, c.Refuse)] == [c.LEDGER_UNAVAILABLE]
+    # however many answers come, a frame waits at most registry_wait_max_ms
+    e.core.on_frame(up(stranger), reading(e.net, "stranger", 2, t=NOW + 20_000), NOW + 20_000)
+    for t in range(21_000, 41_000, 1000):
+        e.core.on_registry_proof(e.ledger.device_proof(actuator), NOW + t)
+        out = e.core.tick(NOW + t)
+        assert not [x for x in out if isinstance(x, c.Refuse)]
+    out = e.core.tick(NOW + 40_100)
+    assert [x.code for x in out if isinstance(x, c.Refuse)] == [c.LEDGER_UNAVAILABLE]
+
+
 def test_stale_registry_entries_are_refetched():
     e = Env(c.Limits(registry_ttl_ms=1000))
     dev = e.net["sensor"].id
