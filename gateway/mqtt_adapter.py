@@ -13,6 +13,10 @@ comes. If the gateway dies before the ack, the broker redelivers the frame (to t
 of the shared group); the redelivery of an already stored frame is refused as a replay, while its
 receipt still comes from the stored copy.
 
+Outgoing QoS 1 publishes wait for the broker's PUBACK at most the broker's Receive Maximum at a time
+(mosquitto announces its ``max_inflight_messages``, 20 unless set; ``ledgerlink.tools.stack`` sets 1000):
+with 20, a site's republishes and receipts are held to about 20 per broker round trip.
+
 Accepted readings are republished as ``verified-reading`` on ``ll/{site}/verified/{dev}``; replies
 (refusals, receipts, session responses) go to ``ll/{site}/dev/{dev}/down``; the latest certified header
 is published retained on ``ll/{site}/ledger/header``. All checks run on one thread (``GatewayCore`` is

@@ -42,6 +42,7 @@ INSTALL_HINT = ("--broker mosquitto needs mosquitto: install it (apt-get install
 BROKER_CHOICES = ("auto", "mosquitto", "embedded")
 BROKER_ENV = "LEDGERLINK_BROKER"
 QUEUED_PER_CLIENT = 100_000
+INFLIGHT_PER_CLIENT = 1000
 REASON_OK = 0
 PR_SET_PDEATHSIG = 1
 
@@ -239,10 +240,13 @@ class Stack:
                 conf = self.data_dir / "mosquitto.conf"
                 # user: the broker keeps the owner's identity (a switch would also clear its parent-death signal)
                 # max_queued_messages: QoS 1 frames for a gateway that falls behind wait instead of being dropped
+                # max_inflight_messages: also the Receive Maximum mosquitto announces, i.e. how many QoS 1
+                # publishes a client (the gateway's republishes and receipts, a load generator) may have
+                # awaiting the broker's PUBACK (default 20)
                 conf.write_text("listener %d %s\nallow_anonymous true\npersistence false\nuser %s\n"
-                                "max_queued_messages %d\n"
+                                "max_queued_messages %d\nmax_inflight_messages %d\n"
                                 % (self.broker_port, self.broker_bind, pwd.getpwuid(os.geteuid()).pw_name,
-                                   QUEUED_PER_CLIENT))
+                                   QUEUED_PER_CLIENT, INFLIGHT_PER_CLIENT))
                 cmd = [mosquitto, "-c", str(conf)]
             else:
                 cmd = [sys.executable, "-m", "ledgerlink.tools.mqtt_broker", "--host", self.broker_bind,
