@@ -165,24 +165,19 @@ class MqttGateway:
             client = self.client
             if h.outgoing:
                 client.publish_many([(o.topic, o.payload, o.retain) for o in h.outgoing], flush=False)
-            acks = []
-            pending = self.pending_acks
-            with self.acks_lock:
-                for frame_hash in h.decided:
-                    for token, qos in pending.pop(frame_hash, ()):
-                        if qos > 0:
-                            acks.append(token)
-            client.ack_many(acks)
+            client.ack_many([token for token, _ in self._acks(h.decided)])
         else:
             self.publish(h.outgoing)
-            with self.acks_lock:
-                decided = [self.pending_acks.pop(frame_hash, []) for frame_hash in h.decided]
-            for tokens in decided:
-                for mid, qos in tokens:
-                    if qos > 0:
-                        self.client.ack(mid, qos)
+            for mid, qos in self._acks(h.decided):
+                self.client.ack(mid, qos)
         for dev in h.fetch:
             self.fetches.submit(self._fetch, dev)
+
+    def _acks(self, decided: list[bytes]) -> list[tuple[Any, int]]:
+        """(ack token, QoS) of the QoS 1+ deliveries of the ``decided`` frames, taken from ``pending_acks``."""
+        pending = self.pending_acks
+        with self.acks_lock:
+            return [(token, qos) for frame_hash in decided for token, qos in pending.pop(frame_hash, ()) if qos > 0]
 
     # --- threads ------------------------------------------------------------------------------------
 

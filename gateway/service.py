@@ -173,7 +173,7 @@ class GatewayService:
         of its frames is acknowledged; it may run on another thread while the next group is checked.
         """
         if self.observer is not None:
-            frames = [(item[1], item[2], item[3] if len(item) > 3 else c.sha256(item[2]))
+            frames = [(item[1], item[2], item[3] if len(item) > 3 else _frame_hash(item[2]))
                       for item in items if item[0] == "frame"]
             if frames:
                 self.observer.frames(frames, now_ms)
@@ -200,6 +200,11 @@ class GatewayService:
 
     def tick(self, now_ms: int) -> Handled:
         return self.handle_many([("tick",)], now_ms)
+
+
+def _frame_hash(payload: Any) -> bytes:
+    """SHA-256 of a frame as the checks take it (anything but bytes is the empty frame)."""
+    return c.sha256(bytes(payload) if isinstance(payload, (bytes, bytearray)) else b"")
 
 
 def fetch_registry(ledger: Ledger, dev: bytes) -> object | None:

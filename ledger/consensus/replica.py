@@ -691,10 +691,8 @@ class Replica:
             if slot is None:
                 return
             p = slot.proposals.get(self.view)
-            if p is None or self.view in slot.rejected:
-                self._fetch_if_certified(slot, h, None)
-                return
-            if self._fetch_if_certified(slot, h, p.hash):
+            usable = p is not None and self.view not in slot.rejected
+            if self._fetch_if_certified(slot, h, p.hash if usable else None) or not usable:
                 return
             if self.executed != p.hash:
                 try:
