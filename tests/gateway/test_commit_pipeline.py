@@ -8,6 +8,8 @@ import hashlib
 import threading
 import time
 
+import pytest
+
 from ledgerlink.gateway.mqtt_adapter import MqttGateway
 from ledgerlink.ledger.state.testing import DevNet
 
@@ -28,6 +30,12 @@ class FakeClient:
 
     def ack_many(self, acks, flush=True) -> None:
         self.log += [("ack", token) for token in acks]
+
+    def publish(self, topic, payload, qos=1, retain=False) -> None:        # as paho's
+        self.log.append(("publish", topic))
+
+    def ack(self, mid, qos) -> None:                                        # as paho's
+        self.log.append(("ack", mid))
 
     def acks(self) -> list:
         return [x for kind, x in self.log if kind == "ack"]
@@ -56,14 +64,14 @@ class GatedStore:
         return getattr(self.store, name)
 
 
-def _gateway(tmp_path):
+def _gateway(tmp_path, client="ledgerlink"):
     ledger = FakeLedgerAdapter(clock=lambda: DevNet().time_ms)
     svc = make(ledger, tmp_path / "gw.db")
     net = ledger.net
     dev = net["sensor"].id
     svc.core.on_registry_proof(ledger.device_proof(dev), NOW, dev)
     store = svc.store = GatedStore(svc.store)
-    gw = MqttGateway(svc, None, ledger, SITE, "127.0.0.1", 1, "test-gw", clock=lambda: NOW, client="ledgerlink")
+    gw = MqttGateway(svc, None, ledger, SITE, "127.0.0.1", 1, "test-gw", clock=lambda: NOW, client=client)
     gw.client = FakeClient()
     frames = [reading(net, "sensor", seq) for seq in range(1, 7)]
     threads = [threading.Thread(target=gw._checks_loop, daemon=True),
@@ -85,8 +93,9 @@ def _wait(cond, timeout=10.0):
         time.sleep(0.01)
 
 
-def test_next_group_is_checked_while_the_last_commits_and_acks_follow_each_commit(tmp_path):
-    gw, store, topic, frames, threads = _gateway(tmp_path)
+@pytest.mark.parametrize("client", ["ledgerlink", "paho"])
+def test_next_group_is_checked_while_the_last_commits_and_acks_follow_each_commit(tmp_path, client):
+    gw, store, topic, frames, threads = _gateway(tmp_path, client)
     gw.events.put(("frames", _events(topic, frames[:3])))
     assert store.entered.acquire(timeout=10)             # group 1 is committing
     gw.events.put(("frames", _events(topic, frames[3:], 3)))
