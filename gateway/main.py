@@ -101,7 +101,7 @@ def build(cfg: dict[str, Any]) -> MqttGateway:
     limits = Limits(**cfg.get("limits", {}))
     core = GatewayCore(site, keys, chain_id, validators, limits)
     store = Store(_path(cfg, cfg.get("store", "gateway-%s.db" % site)),
-                  owner=str(cfg.get("mqtt", {}).get("client_id", "")))
+                  owner=str(cfg.get("mqtt", {}).get("client_id", "")), window=limits.window)
     ledger = LedgerClient(cluster_path)
     batch = cfg.get("batch", {})
     batcher = Batcher(store, ledger, site, chain_id, validators, keys.identity, max_batch=int(batch.get("max", 256)),

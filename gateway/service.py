@@ -129,7 +129,8 @@ class GatewayService:
             assert isinstance(e, c.Accept)
             out.outgoing.remove(verified)
             refusal = c.Refuse(e.frame_hash, self.core.gateway_id, e.device_id, now_ms, c.REPLAY,
-                               "sequence number %d already accepted by another gateway process" % e.seq,
+                               "sequence number %d already taken, or below the replay window, at another gateway process"
+                               % e.seq,
                                self.core.down_topic(e.device_id), report=not same_frame)
             effects[k] = refusal
             out.outgoing.append(Outgoing(refusal.reply_topic, refusal.reply()))

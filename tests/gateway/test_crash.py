@@ -30,7 +30,8 @@ def _stored(db: str) -> tuple[list[bytes], int]:
     con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=10)
     try:
         hashes = [bytes(r[0]) for r in con.execute("SELECT frame_hash FROM messages")]
-        anchored = con.execute("SELECT COUNT(*) FROM messages m JOIN batches b ON m.batch = b.id "
+        anchored = con.execute("SELECT COUNT(*) FROM messages m JOIN batches b ON m.id BETWEEN b.first_id AND b.last_id "
+                               "AND m.owner = b.owner "
                                "WHERE b.status = 'anchored'").fetchone()[0]
         return hashes, anchored
     finally:
