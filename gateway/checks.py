@@ -857,10 +857,16 @@ class GatewayCore:
         header = self._headers.get(raw)
         if header is None:
             header = spv.verify_certified_header(raw, self.chain_id, self.validator_keys, self.crypto)
-            self._headers[raw] = header
-            if len(self._headers) > HEADER_CACHE:
-                self._headers.popitem(last=False)
+            self._remember_header(raw, header)
         return header, raw
+
+    def _remember_header(self, raw: bytes, header: spv.Header) -> None:
+        """Keep a verified header by its exact bytes (the check thread and the block follower both add:
+        each step is one operation on the dict, and a pop finds the dict already trimmed at worst)."""
+        headers = self._headers
+        headers[raw] = header
+        while len(headers) > HEADER_CACHE:
+            headers.pop(next(iter(headers), None), None)
 
     def on_registry_proof(self, record_proof: Any, now_ms: int, device_id: bytes | None = None) -> list[Effect]:
         """A device ``record-proof`` from the ledger. ``device_id`` names the device for an absence proof.
@@ -947,16 +953,16 @@ class GatewayCore:
         return effects
 
     def check_block(self, certified: Any, txs: Any) -> spv.Header:
-        """The header of a block that checks as ``on_block`` checks it (raises otherwise); keeps no state,
-        so the thread that fetches blocks may call it."""
-        header = self.check_header(certified)
+        """The header of a block that checks as ``on_block`` checks it (raises otherwise). Called by the
+        thread that fetches blocks: it changes no state but the cache of verified headers, so ``on_block``
+        does not verify the quorum signatures of the same header again."""
+        header, _ = self._verified_header(certified)
         _check_txs(header, txs)
         return header
 
     def check_header(self, certified: Any) -> spv.Header:
-        """A certified header (object or CBOR) verified against the trusted validators; keeps no state."""
-        raw = certified if isinstance(certified, (bytes, bytearray)) else cbor.dumps(certified)
-        return spv.verify_certified_header(bytes(raw), self.chain_id, self.validator_keys, self.crypto)
+        """A certified header (object or CBOR) verified against the trusted validators (as ``check_block``)."""
+        return self._verified_header(certified)[0]
 
     def on_gap(self, certified: Any, now_ms: int) -> list[Effect]:
         """Blocks up to the certified header ``certified`` were not followed (the ledger was out of reach):

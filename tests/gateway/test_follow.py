@@ -5,7 +5,7 @@ match its certified header, or whose header lacks a quorum, changes nothing."""
 from __future__ import annotations
 
 from ledgerlink.gateway import checks as c
-from tests.gateway.test_checks import NOW, Env, reading, refused, up
+from tests.gateway.test_checks import CRYPTO, NOW, Env, reading, refused, up
 
 
 def accepted(e: Env, name: str, seq: int) -> None:
@@ -105,6 +105,17 @@ def test_check_block_is_the_check_of_on_block():
             pass
         else:
             raise AssertionError("a block whose transactions do not match its header was taken")
+    # the block follower's check leaves the header verified for on_block: no quorum signature is checked twice
+    calls = []
+    verify = e.core.crypto.verify
+    e.core.crypto = type("Counting", (), {"verify": lambda self, *a: calls.append(1) or verify(*a),
+                                          "__getattr__": lambda self, n: getattr(CRYPTO, n)})()
+    e.ledger.ban("actuator")
+    certified, txs = block(e)
+    e.core.check_block(certified, txs)
+    checked = len(calls)
+    e.core.on_block(certified, txs, NOW)
+    assert checked >= 3 and len(calls) == checked
 
 
 def test_changes_are_remembered_only_as_far_back_as_proofs_are_taken():
