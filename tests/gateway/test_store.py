@@ -101,6 +101,15 @@ def test_frames_are_found_by_hash_before_and_after_they_are_indexed(tmp_path, mo
     s.create_batch(b"b4", b"r" * 32, b"tx", [m.id for m in s.unbatched(10)], 8)
     assert s.db.execute("SELECT COUNT(*) FROM frame_index").fetchone()[0] == 10
     assert all(s.blob(r[6]) == r[0] for r in rows)
+    # a redelivery to another process is told apart from another frame under the seq, through the index too
+    elsewhere: list[tuple[int, bool]] = []
+    Store(tmp_path / "gw.db", "b").write_many([rows[0], row(DEVICES[0], 2, tag=1), rows[9]], stored_elsewhere=elsewhere)
+    assert elsewhere == [(0, True), (1, False), (2, True)]
+
+
+def test_the_window_has_at_least_one_number():
+    with pytest.raises(ValueError):
+        Store(":memory:", window=0)
 
 
 def test_a_batch_is_the_owners_oldest_unbatched_messages(tmp_path):
