@@ -14,7 +14,8 @@ registers ``--devices`` simulated devices (their own keys; admin-signed ``tx-reg
 - session-mode throughput: ``--session-devices`` devices open ECQV sessions with the gateway's fog CA
   (the rest stay in signed mode), then ``--messages`` pre-made COSE_Encrypt0 readings of those devices.
 
-``--mqtt-client`` picks the gateway's MQTT client (``mqtt.client`` of ``ledgerlink.gateway.main``); the
+``--repeat N`` runs each throughput phase N times and the table gives the medians (the host's speed may
+drift within a run; each run's line is printed too). ``--mqtt-client`` picks the gateway's MQTT client (``mqtt.client`` of ``ledgerlink.gateway.main``); the
 load generator itself publishes and observes through ``ledgerlink.gateway.mqtt_client`` (QoS 1 out in
 batches, QoS 0 in), so it takes less of the shared cores than a per-message client would.
 All frames are made before their phase is timed. Targets: signed >= half the verify ceiling per
@@ -245,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--session-devices", type=int, default=1000)
     p.add_argument("--window", type=int, default=2000,
                    help="frames in flight in the throughput phases (twice the gateway's Receive Maximum, so its queue never runs dry)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of each throughput phase (new readings each run); the table gives the median of each "
+                        "(use an odd count)")
     p.add_argument("--reg-batch", type=int, default=1000)
     p.add_argument("--mqtt-client", choices=("ledgerlink", "paho"),
                    help="the gateway's MQTT client (default: the gateway's default)")
@@ -300,6 +304,16 @@ def main(argv: list[str] | None = None) -> int:
             return [(pool[i % len(pool)].up_topic, pool[i % len(pool)].reading({"t": i}, now_ms(), mode).payload)
                     for i in range(count)]
 
+        def repeated(name: str, count: int, pool: list[DeviceCore], mode: str) -> tuple[float, float]:
+            """Median msg/s and median gateway CPU ms per message of ``args.repeat`` closed-loop runs."""
+            runs = []
+            for _ in range(max(1, args.repeat)):
+                t = time.monotonic()
+                frames = make_frames(count, pool, mode)
+                say("made %d %s readings in %.1f s" % (len(frames), name, time.monotonic() - t))
+                runs.append(closed_loop(name, frames))
+            return percentile([r[0] for r in runs], 50), percentile([r[1] for r in runs], 50)
+
         def closed_loop(name: str, frames: list[tuple[str, bytes]]) -> tuple[float, float]:
             """Accepted msg/s and gateway CPU ms per message with ``args.window`` frames in flight."""
             user0, sys0 = cpu_times(gw_pid)
@@ -311,10 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                                               cpu_ms_per(user1 - user0, n), cpu_ms_per(sys1 - sys0, n)))
             return n / secs, cpu_ms_per(cpu, n)
 
-        t = time.monotonic()
-        frames = make_frames(args.messages, devices)
-        say("made %d signed readings in %.1f s" % (len(frames), time.monotonic() - t))
-        signed_rate, signed_cpu = closed_loop("signed", frames)
+        signed_rate, signed_cpu = repeated("signed", args.messages, devices, MODE_SIGNED)
 
         count = int(args.rate * args.latency_s)
         frames = make_frames(count, devices)
@@ -363,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         pool = [d for d in subset if d.session is not None]
         session_rate = session_cpu = float("nan")
         if pool:
-            session_rate, session_cpu = closed_loop("session", make_frames(args.messages, pool, MODE_SESSION))
+            session_rate, session_cpu = repeated("session", args.messages, pool, MODE_SESSION)
         with obs.lock:
             refused = dict(obs.refused)
         if refused:
