@@ -9,7 +9,8 @@ transaction: one fsync for the group) survives a crash and is anchored after the
 Frames are content-addressed: ``blob(sha256)`` finds a stored frame by its SHA-256, which is also its
 batch leaf entry's hash. A frame is written once, in its ``messages`` row, appended in arrival order.
 A batch is the range of its owner's message ids from ``first_id`` to ``last_id``; no message row is
-rewritten when it is batched. The ``frame_index`` (hash -> message id) is extended in hash order, for
+rewritten when it is batched. The ``frame_index`` (hash prefix -> message id; the whole hash is compared
+in the row, so prefixes may repeat) is extended in hash order, for
 every owner's messages up to the newest batched one, once ``FRAME_INDEX_STEP`` of them wait; later
 frames are found by scanning the rows after the mark ``indexed``. So the group commit on the way to
 the broker's ack appends rows and rewrites one small row per device, where inserting into indexes
@@ -51,7 +52,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT, frame_hash BLOB NOT NULL, device BLOB NOT NULL, seq INTEGER NOT NULL,
     time_ms INTEGER NOT NULL, topic TEXT NOT NULL, received_ms INTEGER NOT NULL, frame BLOB);
-CREATE TABLE IF NOT EXISTS frame_index (hash BLOB PRIMARY KEY, id INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS frame_index (prefix BLOB NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (prefix, id))
+    WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS device_seqs (device BLOB PRIMARY KEY, highest INTEGER NOT NULL, seen BLOB NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS store_marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -108,6 +110,7 @@ WAL_AUTOCHECKPOINT_PAGES = 4000    # WAL pages before a checkpoint (SQLite: 1000
 OWNED = ("messages", "batches", "warnings", "warning_txs", "certs")
 MESSAGE_COLUMNS = "id, frame_hash, device, seq, time_ms, topic, received_ms"
 INSERT_ROWS = (64, 16, 4, 1)       # rows per multi-row INSERT statement, largest first
+FRAME_PREFIX = 8                   # bytes of the frame hash in the index (the message row has all 32)
 FRAME_INDEX_STEP = 8192            # messages added to the frame index at once (fewer index pages written per frame)
 BATCHED_UPTO = "(SELECT COALESCE(MAX(last_id), 0) FROM batches WHERE owner = ?)"   # this owner's batched prefix
 BATCH_COLUMNS = "id, root, count, tx, status, created_ms, proof"
@@ -298,24 +301,28 @@ class Store:
                 self.db.execute(sql, [v for row in rows[i:i + size] for v in row])
                 i += size
 
-    # frames by hash: the frame index holds the messages up to the mark "indexed"; later ones are scanned
-    _FRAME_BY_HASH = ("SELECT m.{0} FROM frame_index f JOIN messages m ON m.id = f.id WHERE f.hash = ?",
-                      "SELECT {0} FROM messages WHERE id > (SELECT COALESCE(MAX(value), 0) FROM store_marks "
-                      "WHERE name = 'indexed') AND frame_hash = ?")
+    @staticmethod
+    def _frame_queries(column: str, h: bytes) -> tuple[tuple[str, tuple], ...]:
+        """The queries for ``column`` of the message whose frame hash is ``h``: through the frame index,
+        then among the rows after the mark "indexed"."""
+        return (("SELECT m.%s FROM frame_index f JOIN messages m ON m.id = f.id WHERE f.prefix = ? AND m.frame_hash = ?"
+                 % column, (h[:FRAME_PREFIX], h)),
+                ("SELECT %s FROM messages WHERE id > (SELECT COALESCE(MAX(value), 0) FROM store_marks WHERE name = "
+                 "'indexed') AND frame_hash = ?" % column, (h,)))
 
     def _stored_owner(self, h: bytes) -> str | None:
         """Inside the write transaction: the owner of the stored message whose frame hash is ``h``; None
         when there is none."""
-        for sql in self._FRAME_BY_HASH:
-            row = self.db.execute(sql.format("owner"), (h,)).fetchone()
+        for sql, args in self._frame_queries("owner", h):
+            row = self.db.execute(sql, args).fetchone()
             if row is not None:
                 return row[0]
         return None
 
     def blob(self, h: bytes) -> bytes | None:
         """The stored frame whose SHA-256 is ``h``; None when there is none."""
-        for sql in self._FRAME_BY_HASH:
-            rows = self._query(sql.format("frame"), (h,))
+        for sql, args in self._frame_queries("frame", h):
+            rows = self._query(sql, args)
             if rows and rows[0][0] is not None:
                 return rows[0][0]
         if self.legacy_blobs:
@@ -376,8 +383,8 @@ class Store:
         done = self.db.execute("SELECT COALESCE(MAX(value), 0) FROM store_marks WHERE name = 'indexed'").fetchone()[0]
         if upto - done < FRAME_INDEX_STEP:
             return
-        self.db.execute("INSERT OR IGNORE INTO frame_index (hash, id) SELECT frame_hash, id FROM messages "
-                        "WHERE id > ? AND id <= ? ORDER BY frame_hash", (done, upto))
+        self.db.execute("INSERT OR IGNORE INTO frame_index (prefix, id) SELECT substr(frame_hash, 1, ?), id "
+                        "FROM messages WHERE id > ? AND id <= ? ORDER BY frame_hash", (FRAME_PREFIX, done, upto))
         self.db.execute("INSERT OR REPLACE INTO store_marks (name, value) VALUES ('indexed', ?)", (upto,))
 
     def batches(self, status: str) -> list[Batch]:

@@ -171,3 +171,22 @@ def test_a_store_of_the_earlier_layout_is_carried_on(tmp_path):
     assert "messages_device_seq" not in indexes and "messages_batch" not in indexes
     s.close()
     assert Store(path, "gw").highest_seqs() == {DEVICES[0]: 4, DEVICES[1]: 8}
+
+
+def test_frames_whose_hashes_share_the_indexed_prefix_are_told_apart(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "FRAME_PREFIX", 1)          # 300 frames, 256 prefixes: many shared
+    monkeypatch.setattr(store_module, "FRAME_INDEX_STEP", 1)
+    path = tmp_path / "site.db"
+    a = Store(path, "a")
+    rows = [row(DEVICES[i % 3], i // 3 + 1) for i in range(300)]
+    a.write_many(rows)
+    a.create_batch(b"b", b"r" * 32, b"tx", [m.id for m in a.unbatched(300)], 5)
+    prefixes = [r[6][:1] for r in rows]
+    assert len(set(prefixes)) < len(prefixes)
+    assert a.db.execute("SELECT COUNT(*) FROM frame_index").fetchone()[0] == 300
+    assert all(a.blob(r[6]) == r[0] for r in rows)
+    missing = next(h for h in (hashlib.sha256(b"x%d" % i).digest() for i in range(1000)) if h[:1] in prefixes)
+    assert a.blob(missing) is None
+    elsewhere: list[tuple[int, bool]] = []
+    Store(path, "b").write_many([rows[5], row(rows[7][1], rows[7][2], tag=1)], stored_elsewhere=elsewhere)
+    assert elsewhere == [(0, True), (1, False)]
