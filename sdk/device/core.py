@@ -28,10 +28,6 @@ from ledgerlink.core.device_protocol import (DEVICE_ID_LEN, KIND_RECEIPT, KIND_R
                                              RegistrationHeld, Session, SessionOpened, device_id_of, partial_iv)
 
 
-def _is_uint(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
 # --- sequence numbers -------------------------------------------------------------------------------
 
 
@@ -64,7 +60,7 @@ class SequenceCounter:
         self.storage = storage
         self.reserve = reserve
         mark = storage.load()
-        if not _is_uint(mark) or mark > MAX_SEQ:
+        if not dp.is_uint(mark) or mark > MAX_SEQ:
             raise DeviceError("stored sequence mark %r is out of range" % (mark,))
         self.last = mark
         self.mark = mark

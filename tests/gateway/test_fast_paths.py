@@ -65,3 +65,17 @@ def test_reading_nesting_limit_is_the_strict_one(depth: int):
     except c._Refusal:
         strict = None
     assert c._parse_reading_fast(payload) == strict
+
+
+@pytest.mark.parametrize("field,value", [(3, 2**64), (3, 2**70), (2, 2**64)])
+def test_a_bignum_seq_or_time_is_not_a_uint(field: int, value: int):
+    """``time-ms`` and ``seq`` are CDDL ``uint`` (CBOR major type 0): a bignum (tag 2) is malformed."""
+    reading = {1: bytes(16), 2: 7, 3: 5, 4: {}}
+    reading[field] = value
+    payload = cbor.dumps(reading)
+    assert c._parse_reading_fast(payload) is None
+    with pytest.raises(c._Refusal) as refused:
+        c.parse_reading(payload)
+    assert refused.value.code == c.MALFORMED
+    reading[field] = 2**64 - 1 if field == 3 else 7
+    assert c.parse_reading(cbor.dumps(reading))[field - 1] == reading[field]
