@@ -39,8 +39,8 @@ def validators_hash(validator_keys):
 
 
 def _uint(value, what):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidMessage("%s must be an unsigned integer" % what)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFFFFFFFFFFFFFF:
+        raise InvalidMessage("%s must be an unsigned integer of at most 64 bits" % what)
     return value
 
 

@@ -70,6 +70,8 @@ def test_portable_backend_gives_the_same_verdict():
     (lambda c, k: ([c[0][:6], c[1]], k), InvalidMessage),
     (lambda c, k: ([c[0], c[1][:3]], k), InvalidMessage),
     (lambda c, k: ([c[0]], k), InvalidMessage),
+    (lambda c, k: ([c[0][:1] + [2**64] + c[0][2:], c[1]], k), InvalidMessage),  # height a bignum, not a uint
+    (lambda c, k: ([c[0], [c[1][0], 2**64] + c[1][2:]], k), InvalidMessage),     # view a bignum
 ])
 def test_forged_headers_are_refused(mutate, error):
     net, _, _, keys, certified = _certified_block()
