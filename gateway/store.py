@@ -10,15 +10,16 @@ Frames are content-addressed: ``blob(sha256)`` finds a stored frame by its SHA-2
 batch leaf entry's hash. A frame is written once, in its ``messages`` row, appended in arrival order.
 A batch is the range of its owner's message ids from ``first_id`` to ``last_id``; no message row is
 rewritten when it is batched. The ``frame_index`` (hash prefix -> message id; the whole hash is compared
-in the row, so prefixes may repeat) is extended in hash order, for
+in the row, so prefixes may repeat), in a file of its own next to the store, is extended in hash order, for
 every owner's messages up to the newest batched one, once ``FRAME_INDEX_STEP`` of them wait; later
 frames are found by scanning the rows after the mark ``indexed``. So the group commit on the way to
 the broker's ack appends rows and rewrites one small row per device, where inserting into indexes
 keyed by random values (frame hash, device id) wrote a page for nearly every message. Measured on
 120,000 messages of 1,000 devices in groups of 256 with a batch every 1,024: 1.7 KB written and 15 us
 per message, against 12.8 KB and 47 us with those indexes. The frame index itself still grows by
-random keys: as it outgrows a step's worth of pages, each step writes more of them (at 800,000
-messages: 6.7 KB per message, and the step's transaction holds the write lock for up to 150 ms).
+random keys: as it outgrows a step's worth of pages, each step writes more of them (32-byte keys, at
+800,000 messages: 6.7 KB per message and steps of up to 150 ms), which is why its keys are prefixes
+and why its steps take the index file's write lock, not the store's.
 
 Several gateway processes of one site on one host share the file, each with its own ``owner`` name:
 a process batches, anchors and posts only its own messages, warnings and certificate records, while
@@ -52,11 +53,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT, frame_hash BLOB NOT NULL, device BLOB NOT NULL, seq INTEGER NOT NULL,
     time_ms INTEGER NOT NULL, topic TEXT NOT NULL, received_ms INTEGER NOT NULL, frame BLOB);
-CREATE TABLE IF NOT EXISTS frame_index (prefix BLOB NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (prefix, id))
-    WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS device_seqs (device BLOB PRIMARY KEY, highest INTEGER NOT NULL, seen BLOB NOT NULL)
     WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS store_marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
     id BLOB PRIMARY KEY, root BLOB NOT NULL, count INTEGER NOT NULL, tx BLOB NOT NULL,
     status TEXT NOT NULL, created_ms INTEGER NOT NULL, proof BLOB, first_id INTEGER, last_id INTEGER);
@@ -69,6 +67,12 @@ CREATE TABLE IF NOT EXISTS certs (
 CREATE TABLE IF NOT EXISTS registrations (
     device BLOB PRIMARY KEY, request BLOB NOT NULL, role INTEGER NOT NULL, attributes BLOB NOT NULL,
     time_ms INTEGER NOT NULL, held_ms INTEGER NOT NULL);
+"""
+
+FRAMES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames.frame_index (prefix BLOB NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (prefix, id))
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS frames.marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
@@ -147,9 +151,27 @@ class Store:
         # reads (the batcher's, the dashboard's, session lookups) go through their own connection, so they
         # neither wait for nor hold up the check thread's group commits (WAL: readers see committed data)
         self.reader, self.read_lock = self.db, self.lock
-        if self.path != ":memory:":
+        self.indexer, self.index_lock = self.db, self.lock
+        self.frames_path = ":memory:" if self.path == ":memory:" else self.path + "-frames"
+        if self.path == ":memory:":
+            self._attach_frames(self.db)
+        else:                           # not on the writer: its BEGIN IMMEDIATE would take the index file's lock too
             self.reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             self.read_lock = threading.Lock()
+            self._attach_frames(self.reader)
+            self.indexer = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self.index_lock = threading.Lock()
+            self._attach_frames(self.indexer)
+
+    def _attach_frames(self, con: sqlite3.Connection) -> None:
+        """The frame index lives in a file of its own (``<store>-frames``), so that extending it takes that
+        file's write lock, not the store's: group commits go on meanwhile. It holds nothing that cannot be
+        rebuilt from the messages (synchronous=NORMAL: a crash may lose its last steps, and their frames
+        are then found by the scan past the mark until the next step indexes them again)."""
+        con.execute("ATTACH DATABASE ? AS frames", (self.frames_path,))
+        con.execute("PRAGMA frames.journal_mode=WAL")
+        con.execute("PRAGMA frames.synchronous=NORMAL")
+        con.executescript(FRAMES_SCHEMA)
 
     def _upgrade_layout(self) -> None:
         """Stores of the earlier layout kept frames in a ``blobs`` table keyed by hash, a unique (device,
@@ -180,6 +202,9 @@ class Store:
         with self.read_lock:
             if self.reader is not self.db:
                 self.reader.close()
+        with self.index_lock:
+            if self.indexer is not self.db:
+                self.indexer.close()
         with self.lock:
             self.db.close()
 
@@ -305,19 +330,22 @@ class Store:
     def _frame_queries(column: str, h: bytes) -> tuple[tuple[str, tuple], ...]:
         """The queries for ``column`` of the message whose frame hash is ``h``: through the frame index,
         then among the rows after the mark "indexed"."""
-        return (("SELECT m.%s FROM frame_index f JOIN messages m ON m.id = f.id WHERE f.prefix = ? AND m.frame_hash = ?"
-                 % column, (h[:FRAME_PREFIX], h)),
-                ("SELECT %s FROM messages WHERE id > (SELECT COALESCE(MAX(value), 0) FROM store_marks WHERE name = "
+        return (("SELECT m.%s FROM frames.frame_index f JOIN messages m ON m.id = f.id WHERE f.prefix = ? "
+                 "AND m.frame_hash = ?" % column, (h[:FRAME_PREFIX], h)),
+                ("SELECT %s FROM messages WHERE id > (SELECT COALESCE(MAX(value), 0) FROM frames.marks WHERE name = "
                  "'indexed') AND frame_hash = ?" % column, (h,)))
 
     def _stored_owner(self, h: bytes) -> str | None:
         """Inside the write transaction: the owner of the stored message whose frame hash is ``h``; None
-        when there is none."""
-        for sql, args in self._frame_queries("owner", h):
-            row = self.db.execute(sql, args).fetchone()
-            if row is not None:
-                return row[0]
-        return None
+        when there is none. The index is read through the reader (the writer does not attach it)."""
+        with self.read_lock:
+            ids = [r[0] for r in self.reader.execute("SELECT id FROM frames.frame_index WHERE prefix = ?",
+                                                     (h[:FRAME_PREFIX],))]
+            mark = self.reader.execute("SELECT COALESCE(MAX(value), 0) FROM frames.marks "
+                                       "WHERE name = 'indexed'").fetchone()[0]
+        row = self.db.execute("SELECT owner FROM messages WHERE frame_hash = ? AND (id > ? OR id IN (%s))"
+                              % ",".join("?" * len(ids)), [h, mark] + ids).fetchone()
+        return row[0] if row else None
 
     def blob(self, h: bytes) -> bytes | None:
         """The stored frame whose SHA-256 is ``h``; None when there is none."""
@@ -371,21 +399,33 @@ class Store:
                 self.db.execute("INSERT INTO batches (id, root, count, tx, status, created_ms, owner, first_id, last_id) "
                                 "VALUES (?,?,?,?,?,?,?,?,?)",
                                 (batch_id, root, len(message_ids), tx, "pending", now_ms, self.owner, first, last))
-                self._extend_frame_index(last)
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+        self._extend_frame_index(last)
 
     def _extend_frame_index(self, upto: int) -> None:
-        """Inside a write transaction: add the frames of all owners' messages up to id ``upto`` to the
-        frame index, in hash order, once at least ``FRAME_INDEX_STEP`` of them wait."""
-        done = self.db.execute("SELECT COALESCE(MAX(value), 0) FROM store_marks WHERE name = 'indexed'").fetchone()[0]
-        if upto - done < FRAME_INDEX_STEP:
-            return
-        self.db.execute("INSERT OR IGNORE INTO frame_index (prefix, id) SELECT substr(frame_hash, 1, ?), id "
-                        "FROM messages WHERE id > ? AND id <= ? ORDER BY frame_hash", (FRAME_PREFIX, done, upto))
-        self.db.execute("INSERT OR REPLACE INTO store_marks (name, value) VALUES ('indexed', ?)", (upto,))
+        """Add the frames of all owners' messages up to id ``upto`` to the frame index, in hash order, once
+        at least ``FRAME_INDEX_STEP`` of them wait (one transaction on the index file; the messages are
+        read from a snapshot, and a stored message never changes)."""
+        con = self.indexer
+        with self.index_lock:
+            done = con.execute("SELECT COALESCE(MAX(value), 0) FROM frames.marks WHERE name = 'indexed'").fetchone()[0]
+            if upto - done < FRAME_INDEX_STEP:
+                return
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                done = con.execute("SELECT COALESCE(MAX(value), 0) FROM frames.marks "
+                                   "WHERE name = 'indexed'").fetchone()[0]      # another process may have gone on
+                if upto > done:
+                    con.execute("INSERT OR IGNORE INTO frames.frame_index (prefix, id) SELECT substr(frame_hash, 1, ?), id "
+                                "FROM messages WHERE id > ? AND id <= ? ORDER BY frame_hash", (FRAME_PREFIX, done, upto))
+                    con.execute("INSERT OR REPLACE INTO frames.marks (name, value) VALUES ('indexed', ?)", (upto,))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
 
     def batches(self, status: str) -> list[Batch]:
         return [Batch(*r) for r in self._query("SELECT " + BATCH_COLUMNS + " FROM batches WHERE status = ? AND owner = ? "

@@ -88,18 +88,18 @@ def test_frames_are_found_by_hash_before_and_after_they_are_indexed(tmp_path, mo
     s.write_many(rows[:3])
     assert all(s.blob(r[6]) == r[0] for r in rows[:3])             # unbatched, not indexed
     s.create_batch(b"b1", b"r" * 32, b"tx", [m.id for m in s.unbatched(10)], 5)
-    assert s.db.execute("SELECT COUNT(*) FROM frame_index").fetchone()[0] == 0      # fewer than the step
+    assert s.reader.execute("SELECT COUNT(*) FROM frames.frame_index").fetchone()[0] == 0      # fewer than the step
     s.write_many(rows[3:])
     s.create_batch(b"b2", b"r" * 32, b"tx", [m.id for m in s.unbatched(1)], 6)
-    assert s.db.execute("SELECT COUNT(*) FROM frame_index").fetchone()[0] == 4      # the step reached
+    assert s.reader.execute("SELECT COUNT(*) FROM frames.frame_index").fetchone()[0] == 4      # the step reached
     s.create_batch(b"b3", b"r" * 32, b"tx", [m.id for m in s.unbatched(3)], 7)
-    assert s.db.execute("SELECT COUNT(*) FROM frame_index").fetchone()[0] == 4
+    assert s.reader.execute("SELECT COUNT(*) FROM frames.frame_index").fetchone()[0] == 4
     assert all(s.blob(r[6]) == r[0] for r in rows)                  # indexed, and the unindexed rest
     assert s.blob(hashlib.sha256(b"other").digest()) is None
     assert [leaf[2:] for leaf in s.batch_leaves(b"b3")] == [(5, 0), (6, 1), (7, 2)]
     assert [m.seq for m in s.unbatched(10)] == [8, 9, 10] and s.stats()["unbatched"] == 3
     s.create_batch(b"b4", b"r" * 32, b"tx", [m.id for m in s.unbatched(10)], 8)
-    assert s.db.execute("SELECT COUNT(*) FROM frame_index").fetchone()[0] == 10
+    assert s.reader.execute("SELECT COUNT(*) FROM frames.frame_index").fetchone()[0] == 10
     assert all(s.blob(r[6]) == r[0] for r in rows)
     # a redelivery to another process is told apart from another frame under the seq, through the index too
     elsewhere: list[tuple[int, bool]] = []
@@ -183,10 +183,39 @@ def test_frames_whose_hashes_share_the_indexed_prefix_are_told_apart(tmp_path, m
     a.create_batch(b"b", b"r" * 32, b"tx", [m.id for m in a.unbatched(300)], 5)
     prefixes = [r[6][:1] for r in rows]
     assert len(set(prefixes)) < len(prefixes)
-    assert a.db.execute("SELECT COUNT(*) FROM frame_index").fetchone()[0] == 300
+    assert a.reader.execute("SELECT COUNT(*) FROM frames.frame_index").fetchone()[0] == 300
     assert all(a.blob(r[6]) == r[0] for r in rows)
     missing = next(h for h in (hashlib.sha256(b"x%d" % i).digest() for i in range(1000)) if h[:1] in prefixes)
     assert a.blob(missing) is None
     elsewhere: list[tuple[int, bool]] = []
     Store(path, "b").write_many([rows[5], row(rows[7][1], rows[7][2], tag=1)], stored_elsewhere=elsewhere)
     assert elsewhere == [(0, True), (1, False)]
+
+
+def test_the_frame_index_has_its_own_file_and_write_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "FRAME_INDEX_STEP", 2)
+    path = tmp_path / "gw.db"
+    s = Store(path, "a")
+    rows = [row(DEVICES[0], seq) for seq in range(1, 7)]
+    s.write_many(rows[:3])
+    s.create_batch(b"b1", b"r" * 32, b"tx", [m.id for m in s.unbatched(3)], 5)
+    assert s.reader.execute("SELECT COUNT(*) FROM frames.frame_index").fetchone()[0] == 3
+    assert not s.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'frame_index'").fetchone()
+    # a transaction on the index file (another process extending it) does not hold up group commits
+    blocker = sqlite3.connect(str(path) + "-frames", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    s.db.execute("PRAGMA busy_timeout = 100")
+    s.write_many(rows[3:5])
+    assert s.blob(rows[4][6]) == rows[4][0]
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    s.close()
+    # the index file lost: frames are still found (the scan past the mark), and the next step rebuilds it
+    for suffix in ("-frames", "-frames-wal", "-frames-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    s = Store(path, "a")
+    assert all(s.blob(r[6]) == r[0] for r in rows[:5])
+    s.write_many(rows[5:])
+    s.create_batch(b"b2", b"r" * 32, b"tx", [m.id for m in s.unbatched(3)], 6)
+    assert s.reader.execute("SELECT COUNT(*) FROM frames.frame_index").fetchone()[0] == 6
+    assert all(s.blob(r[6]) == r[0] for r in rows)
