@@ -162,6 +162,22 @@ class Store:
             self.indexer = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             self.index_lock = threading.Lock()
             self._attach_frames(self.indexer)
+            self._drop_index_ahead_of_store()
+
+    def _drop_index_ahead_of_store(self) -> None:
+        """An index file newer than the store (the store restored from a copy without it) names message
+        ids the store may give to other messages: it is emptied and rebuilt by the next steps."""
+        con = self.indexer
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            mark = con.execute("SELECT COALESCE(MAX(value), 0) FROM frames.marks WHERE name = 'indexed'").fetchone()[0]
+            if mark > con.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]:
+                con.execute("DELETE FROM frames.frame_index")
+                con.execute("DELETE FROM frames.marks")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     def _attach_frames(self, con: sqlite3.Connection) -> None:
         """The frame index lives in a file of its own (``<store>-frames``), so that extending it takes that

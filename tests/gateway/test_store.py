@@ -219,3 +219,25 @@ def test_the_frame_index_has_its_own_file_and_write_lock(tmp_path, monkeypatch):
     s.create_batch(b"b2", b"r" * 32, b"tx", [m.id for m in s.unbatched(3)], 6)
     assert s.reader.execute("SELECT COUNT(*) FROM frames.frame_index").fetchone()[0] == 6
     assert all(s.blob(r[6]) == r[0] for r in rows)
+
+
+def test_an_index_file_ahead_of_a_restored_store_is_dropped(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "FRAME_INDEX_STEP", 2)
+    path = tmp_path / "gw.db"
+    s = Store(path, "a")
+    s.write_many([row(DEVICES[0], 1)])
+    s.close()
+    copy = (path.read_bytes(), Path(str(path) + "-wal").read_bytes() if Path(str(path) + "-wal").exists() else b"")
+    s = Store(path, "a")
+    s.write_many([row(DEVICES[0], seq) for seq in (2, 3, 4)])
+    s.create_batch(b"b1", b"r" * 32, b"tx", [m.id for m in s.unbatched(10)], 5)
+    assert s.reader.execute("SELECT COUNT(*) FROM frames.frame_index").fetchone()[0] == 4
+    s.close()
+    path.write_bytes(copy[0])                                       # the store restored, its index not
+    Path(str(path) + "-wal").write_bytes(copy[1])
+    Path(str(path) + "-shm").unlink(missing_ok=True)
+    s = Store(path, "a")
+    assert s.reader.execute("SELECT COUNT(*) FROM frames.frame_index").fetchone()[0] == 0
+    other = [row(DEVICES[1], seq) for seq in (1, 2, 3)]             # new messages take the ids again
+    s.write_many(other)
+    assert all(s.blob(r[6]) == r[0] for r in other)
