@@ -1,11 +1,10 @@
 """Durable gateway store: accepted messages and their frames, batches, warnings, session certificates.
 
-One SQLite file in WAL mode with ``synchronous=FULL`` (and the frame index in a second one, below): every
-write returns only after its
-transaction is committed to disk, so a frame acknowledged to the broker after ``append_accepted`` (or
-``write_many``, which commits the frames, warnings and certificates of a group of inputs in one
-transaction: one fsync for the group) survives a crash and is anchored after the restart
-(``unbatched``, ``batches("pending")``).
+One SQLite file in WAL mode with ``synchronous=FULL`` (the frame index has a second one, below): every
+write returns only after its transaction is committed to disk, so a frame acknowledged to the broker
+after ``append_accepted`` (or ``write_many``, which commits the frames, warnings and certificates of a
+group of inputs in one transaction: one fsync for the group) survives a crash and is anchored after the
+restart (``unbatched``, ``batches("pending")``).
 
 Frames are content-addressed: ``blob(sha256)`` finds a stored frame by its SHA-256, which is also its
 batch leaf entry's hash. A frame is written once, in its ``messages`` row, appended in arrival order.
