@@ -44,9 +44,10 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ledgerlink.core import cbor
 
@@ -118,7 +119,20 @@ INSERT_ROWS = (64, 16, 4, 1)       # rows per multi-row INSERT statement, larges
 FRAME_PREFIX = 8                   # bytes of the frame hash in the index (the message row has all 32)
 FRAME_INDEX_STEP = 8192            # messages added to the frame index at once (fewer index pages written per frame)
 BATCHED_UPTO = "(SELECT COALESCE(MAX(last_id), 0) FROM batches WHERE owner = ?)"   # this owner's batched prefix
+INDEXED_UPTO = "(SELECT COALESCE(MAX(value), 0) FROM frames.marks WHERE name = 'indexed')"  # messages in the index
 BATCH_COLUMNS = "id, root, count, tx, status, created_ms, proof"
+
+
+@contextmanager
+def _transaction(con: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction on ``con``: committed when the block ends, rolled back when it raises."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 class Store:
@@ -138,17 +152,12 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA wal_autocheckpoint=%d" % WAL_AUTOCHECKPOINT_PAGES)
         self.db.executescript(SCHEMA)
-        self.db.execute("BEGIN IMMEDIATE")                   # stores written before owners existed
-        try:
+        with _transaction(self.db):                         # stores written before owners existed
             for table in OWNED:
                 columns = [r[1] for r in self.db.execute("PRAGMA table_info(%s)" % table)]
                 if "owner" not in columns:
                     self.db.execute("ALTER TABLE %s ADD COLUMN owner TEXT NOT NULL DEFAULT ''" % table)
             self._upgrade_layout()
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         # reads (the batcher's, the dashboard's, session lookups) go through their own connection, so they
         # neither wait for nor hold up the check thread's group commits (WAL: readers see committed data)
         self.reader, self.read_lock = self.db, self.lock
@@ -169,16 +178,10 @@ class Store:
         """An index file newer than the store (the store restored from a copy without it) names message
         ids the store may give to other messages: it is emptied and rebuilt by the next steps."""
         con = self.indexer
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            mark = con.execute("SELECT COALESCE(MAX(value), 0) FROM frames.marks WHERE name = 'indexed'").fetchone()[0]
-            if mark > con.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]:
+        with _transaction(con):
+            if con.execute("SELECT " + INDEXED_UPTO + " > (SELECT COALESCE(MAX(id), 0) FROM messages)").fetchone()[0]:
                 con.execute("DELETE FROM frames.frame_index")
                 con.execute("DELETE FROM frames.marks")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     def _attach_frames(self, con: sqlite3.Connection) -> None:
         """The frame index lives in a file of its own (``<store>-frames``), so that extending it takes that
@@ -226,15 +229,9 @@ class Store:
             self.db.close()
 
     def _tx(self, statements: list[tuple[str, tuple]]) -> None:
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in statements:
-                    self.db.execute(sql, args)
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        with self.lock, _transaction(self.db):
+            for sql, args in statements:
+                self.db.execute(sql, args)
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self.read_lock:
@@ -268,23 +265,17 @@ class Store:
         warn_rows = [(e[1], cbor.dumps(e), now_ms, "queued", owner) for e, now_ms in warnings]
         cert_rows = [(hashlib.sha256(cert).digest(), dev, cert, now_ms, "pending", owner)
                      for dev, cert, now_ms in certs]
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                if accepted:
-                    self._append_messages(accepted, stored_elsewhere)
-                before = self.db.total_changes
-                if warn_rows:
-                    self.db.executemany("INSERT OR IGNORE INTO warnings (id, entry, created_ms, status, owner) "
-                                        "VALUES (?,?,?,?,?)", warn_rows)
-                added = self.db.total_changes - before
-                if cert_rows:
-                    self.db.executemany("INSERT OR IGNORE INTO certs (hash, device, cert, created_ms, status, owner) "
-                                        "VALUES (?,?,?,?,?,?)", cert_rows)
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        with self.lock, _transaction(self.db):
+            if accepted:
+                self._append_messages(accepted, stored_elsewhere)
+            before = self.db.total_changes
+            if warn_rows:
+                self.db.executemany("INSERT OR IGNORE INTO warnings (id, entry, created_ms, status, owner) "
+                                    "VALUES (?,?,?,?,?)", warn_rows)
+            added = self.db.total_changes - before
+            if cert_rows:
+                self.db.executemany("INSERT OR IGNORE INTO certs (hash, device, cert, created_ms, status, owner) "
+                                    "VALUES (?,?,?,?,?,?)", cert_rows)
         return added
 
     def _append_messages(self, accepted: list[tuple[bytes, bytes, int, int, str, int, bytes]],
@@ -343,33 +334,26 @@ class Store:
                 self.db.execute(sql, [v for row in rows[i:i + size] for v in row])
                 i += size
 
-    @staticmethod
-    def _frame_queries(column: str, h: bytes) -> tuple[tuple[str, tuple], ...]:
-        """The queries for ``column`` of the message whose frame hash is ``h``: through the frame index,
-        then among the rows after the mark "indexed"."""
-        return (("SELECT m.%s FROM frames.frame_index f JOIN messages m ON m.id = f.id WHERE f.prefix = ? "
-                 "AND m.frame_hash = ?" % column, (h[:FRAME_PREFIX], h)),
-                ("SELECT %s FROM messages WHERE id > (SELECT COALESCE(MAX(value), 0) FROM frames.marks WHERE name = "
-                 "'indexed') AND frame_hash = ?" % column, (h,)))
-
     def _stored_owner(self, h: bytes) -> str | None:
         """Inside the write transaction: the owner of the stored message whose frame hash is ``h``; None
         when there is none. The index is read through the reader (the writer does not attach it)."""
         with self.read_lock:
             ids = [r[0] for r in self.reader.execute("SELECT id FROM frames.frame_index WHERE prefix = ?",
                                                      (h[:FRAME_PREFIX],))]
-            mark = self.reader.execute("SELECT COALESCE(MAX(value), 0) FROM frames.marks "
-                                       "WHERE name = 'indexed'").fetchone()[0]
+            mark = self.reader.execute("SELECT " + INDEXED_UPTO).fetchone()[0]
         row = self.db.execute("SELECT owner FROM messages WHERE frame_hash = ? AND (id > ? OR id IN (%s))"
                               % ",".join("?" * len(ids)), [h, mark] + ids).fetchone()
         return row[0] if row else None
 
     def blob(self, h: bytes) -> bytes | None:
-        """The stored frame whose SHA-256 is ``h``; None when there is none."""
-        for sql, args in self._frame_queries("frame", h):
-            rows = self._query(sql, args)
-            if rows and rows[0][0] is not None:
-                return rows[0][0]
+        """The stored frame whose SHA-256 is ``h``; None when there is none. Through the frame index, then
+        among the messages after it."""
+        rows = self._query("SELECT m.frame FROM frames.frame_index f JOIN messages m ON m.id = f.id "
+                           "WHERE f.prefix = ? AND m.frame_hash = ? AND m.frame IS NOT NULL", (h[:FRAME_PREFIX], h)) \
+            or self._query("SELECT frame FROM messages WHERE id > " + INDEXED_UPTO + " AND frame_hash = ? "
+                           "AND frame IS NOT NULL", (h,))
+        if rows:
+            return rows[0][0]
         if self.legacy_blobs:
             rows = self._query("SELECT data FROM blobs WHERE hash = ?", (h,))
             return rows[0][0] if rows else None
@@ -404,22 +388,15 @@ class Store:
         batch is the range of this owner's messages from the first id to the last)."""
         if not message_ids:
             raise ValueError("a batch needs messages")
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                first, last = message_ids[0], message_ids[-1]
-                ids = [r[0] for r in self.db.execute("SELECT id FROM messages WHERE id > " + BATCHED_UPTO +
-                                                     " AND id <= ? AND owner = ? ORDER BY id",
-                                                     (self.owner, last, self.owner))]
-                if ids != list(message_ids):
-                    raise ValueError("batch messages must be this owner's oldest unbatched messages, in order")
-                self.db.execute("INSERT INTO batches (id, root, count, tx, status, created_ms, owner, first_id, last_id) "
-                                "VALUES (?,?,?,?,?,?,?,?,?)",
-                                (batch_id, root, len(message_ids), tx, "pending", now_ms, self.owner, first, last))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        first, last = message_ids[0], message_ids[-1]
+        with self.lock, _transaction(self.db):
+            ids = [r[0] for r in self.db.execute("SELECT id FROM messages WHERE id > " + BATCHED_UPTO +
+                                                 " AND id <= ? AND owner = ? ORDER BY id", (self.owner, last, self.owner))]
+            if ids != list(message_ids):
+                raise ValueError("batch messages must be this owner's oldest unbatched messages, in order")
+            self.db.execute("INSERT INTO batches (id, root, count, tx, status, created_ms, owner, first_id, last_id) "
+                            "VALUES (?,?,?,?,?,?,?,?,?)",
+                            (batch_id, root, len(message_ids), tx, "pending", now_ms, self.owner, first, last))
         self._extend_frame_index(last)
 
     def _extend_frame_index(self, upto: int) -> None:
@@ -428,21 +405,14 @@ class Store:
         read from a snapshot, and a stored message never changes)."""
         con = self.indexer
         with self.index_lock:
-            done = con.execute("SELECT COALESCE(MAX(value), 0) FROM frames.marks WHERE name = 'indexed'").fetchone()[0]
-            if upto - done < FRAME_INDEX_STEP:
+            if upto - con.execute("SELECT " + INDEXED_UPTO).fetchone()[0] < FRAME_INDEX_STEP:
                 return
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                done = con.execute("SELECT COALESCE(MAX(value), 0) FROM frames.marks "
-                                   "WHERE name = 'indexed'").fetchone()[0]      # another process may have gone on
+            with _transaction(con):
+                done = con.execute("SELECT " + INDEXED_UPTO).fetchone()[0]     # another process may have gone on
                 if upto > done:
                     con.execute("INSERT OR IGNORE INTO frames.frame_index (prefix, id) SELECT substr(frame_hash, 1, ?), id "
                                 "FROM messages WHERE id > ? AND id <= ? ORDER BY frame_hash", (FRAME_PREFIX, done, upto))
                     con.execute("INSERT OR REPLACE INTO frames.marks (name, value) VALUES ('indexed', ?)", (upto,))
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
 
     def batches(self, status: str) -> list[Batch]:
         return [Batch(*r) for r in self._query("SELECT " + BATCH_COLUMNS + " FROM batches WHERE status = ? AND owner = ? "
