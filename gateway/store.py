@@ -14,12 +14,13 @@ in the row, so prefixes may repeat), in a file of its own next to the store, is 
 every owner's messages up to the newest batched one, once ``FRAME_INDEX_STEP`` of them wait; later
 frames are found by scanning the rows after the mark ``indexed``. So the group commit on the way to
 the broker's ack appends rows and rewrites one small row per device, where inserting into indexes
-keyed by random values (frame hash, device id) wrote a page for nearly every message. Measured on
-120,000 messages of 1,000 devices in groups of 256 with a batch every 1,024: 1.3 KB written and 11 us
-per message, against 12.8 KB and 47 us with those indexes. The frame index itself still grows by
-random keys: as it outgrows a step's worth of pages, each step writes more of them (32-byte keys, at
-800,000 messages: 6.7 KB per message and steps of up to 150 ms), which is why its keys are prefixes
-and why its steps take the index file's write lock, not the store's.
+keyed by random values (frame hash, device id) wrote a page for nearly every message. The frame index
+is still keyed by random values, so each of its steps writes more pages as it grows: its keys are
+hash prefixes, and its steps take the index file's write lock, not the store's. Measured with
+``python3 -m ledgerlink.gateway.store_bench --messages 300000 --every 100000`` (1,000 devices, groups
+of 256, a batch every 1,024): group commits 7.8 / 7.6 / 8.0 us and 1.1 / 1.7 / 2.6 KB written per
+message at 100k / 200k / 300k messages, against 24 / 39 / 44 us and 9.3 / 15.1 / 16.8 KB with those
+indexes; batches (with the index steps) 2.2 / 3.1 / 4.5 us per message, the longest 42 ms.
 
 Several gateway processes of one site on one host share the file, each with its own ``owner`` name:
 a process batches, anchors and posts only its own messages, warnings and certificate records, while
