@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ledgerlink.core import cbor, cose, ecqv, session_keys, spv
-from ledgerlink.core import device_protocol as dp
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.ledger.consensus.messages import tx_root
@@ -403,9 +402,9 @@ def _parse_reading_strict(payload: bytes) -> tuple[bytes, int, int, dict]:
     dev, seq, t, meas = obj[1], obj[2], obj[3], obj[4]
     if not isinstance(dev, bytes) or len(dev) != DEVICE_ID_LEN:
         raise _Refusal(MALFORMED, "reading device id must be 16 bytes")
-    if not dp.is_uint(seq) or not 1 <= seq <= MAX_SEQ:
+    if not cbor.is_uint(seq) or not 1 <= seq <= MAX_SEQ:
         raise _Refusal(MALFORMED, "reading seq must be 1..2^32-1")
-    if not dp.is_uint(t):
+    if not cbor.is_uint(t):
         raise _Refusal(MALFORMED, "reading time must be an unsigned integer")
     if not isinstance(meas, dict) or not all(isinstance(k, str) or (isinstance(k, int) and not isinstance(k, bool))
                                              for k in meas):
@@ -773,7 +772,7 @@ class GatewayCore:
             raise _Refusal(MALFORMED, "session request is not deterministic CBOR") from None
         if (not isinstance(req, dict) or set(req) != {1, 2, 3, 4} or req[1] != topic_dev
                 or not isinstance(req[2], bytes) or len(req[2]) != 33
-                or not isinstance(req[3], bytes) or len(req[3]) != 16 or not dp.is_uint(req[4])):
+                or not isinstance(req[3], bytes) or len(req[3]) != 16 or not cbor.is_uint(req[4])):
             raise _Refusal(MALFORMED, "session request must be {1: device-id, 2: R_U, 3: nonce, 4: time}")
         if abs(req[4] - now_ms) > self.limits.max_skew_ms:
             raise _Refusal(CLOCK_SKEW, "request time is %d ms off" % (req[4] - now_ms))

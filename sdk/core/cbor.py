@@ -37,7 +37,7 @@ from ledgerlink.core.errors import DecodeError
 DEFAULT_MAX_DEPTH = 32
 DEFAULT_MAX_SIZE = 1 << 20
 
-_U64_MAX = 0xFFFFFFFFFFFFFFFF
+UINT_MAX = 0xFFFFFFFFFFFFFFFF                # the largest integer of major type 0
 _IS_CPYTHON = sys.implementation.name == "cpython"
 
 
@@ -45,7 +45,7 @@ class Tag:
     """Tagged data item: tag number ``tag`` (0 .. 2**64-1) applied to ``value``."""
 
     def __init__(self, tag, value):
-        if not isinstance(tag, int) or isinstance(tag, bool) or tag < 0 or tag > _U64_MAX:
+        if not isinstance(tag, int) or isinstance(tag, bool) or tag < 0 or tag > UINT_MAX:
             raise ValueError("tag number must be an integer in 0..2**64-1")
         self.tag = tag
         self.value = value
@@ -132,7 +132,7 @@ def _encode_int(n, out):
     else:
         major = 1
         n = -1 - n
-    if n <= _U64_MAX:
+    if n <= UINT_MAX:
         _head(out, major, n)
     else:
         raw = n.to_bytes((len(hex(n)) - 1) // 2, "big")
@@ -237,7 +237,7 @@ def _encode(obj, out):
     elif isinstance(obj, Tag):
         if obj.tag == 2 or obj.tag == 3:
             raise ValueError("tags 2 and 3 are written from int values, not Tag")
-        if not isinstance(obj.tag, int) or obj.tag < 0 or obj.tag > _U64_MAX:
+        if not isinstance(obj.tag, int) or obj.tag < 0 or obj.tag > UINT_MAX:
             raise ValueError("tag number out of range")
         _head(out, 6, obj.tag)
         _encode(obj.value, out)
@@ -352,7 +352,7 @@ class _Decoder:
         if length == 0 or raw[0] == 0:
             raise DecodeError("bignum with leading zero bytes at offset %d" % start)
         value = int.from_bytes(raw, "big")
-        if value <= _U64_MAX:
+        if value <= UINT_MAX:
             raise DecodeError("bignum at offset %d fits a plain integer" % start)
         return value if tag == 2 else -1 - value
 
@@ -454,6 +454,11 @@ class _Decoder:
         if float_bytes(value) != self.data[start:self.pos]:
             raise DecodeError("float at offset %d not in shortest form" % start)
         return value
+
+
+def is_uint(v):
+    """``v`` is a CDDL ``uint``: an int of major type 0 (0 to 2^64 - 1; a bignum is not)."""
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= UINT_MAX
 
 
 def loads(data, max_depth=DEFAULT_MAX_DEPTH, max_size=DEFAULT_MAX_SIZE):

@@ -37,7 +37,6 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof, LedgerlinkError
 
 MAX_SEQ = 0xFFFFFFFF
-UINT_MAX = 0xFFFFFFFFFFFFFFFF                # the largest CBOR major type 0 integer
 DEVICE_ID_LEN = 16
 NONCE_LEN = 16
 TX_DOMAIN = "ledgerlink-tx-v1"
@@ -67,11 +66,6 @@ class DeviceError(LedgerlinkError):
 
 def _sha256(data):
     return hashlib.sha256(data).digest()
-
-
-def is_uint(v):
-    """``v`` is a CDDL ``uint``: an int of CBOR major type 0 (0 to 2^64 - 1; a bignum is not)."""
-    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= UINT_MAX
 
 
 def _is_hash(v):
@@ -438,7 +432,7 @@ class DeviceProtocol:
 
     def _refusal(self, msg):
         frame_hash, code, text = msg.get(1), msg.get(2), msg.get(3)
-        if not _is_hash(frame_hash) or not is_uint(code) or not isinstance(text, str):
+        if not _is_hash(frame_hash) or not cbor.is_uint(code) or not isinstance(text, str):
             return Ignored("malformed refusal")
         pending = self._pending_session
         if pending is not None and pending.frame_hash == frame_hash:
@@ -528,7 +522,7 @@ class DeviceProtocol:
             return self._verify_receipt(receipt, frame)
         except LedgerlinkError as exc:
             seq = receipt.get(2) if isinstance(receipt, dict) else None
-            return ReceiptResult(False, seq if is_uint(seq) else None, None, "%s: %s" % (type(exc).__name__, exc))
+            return ReceiptResult(False, seq if cbor.is_uint(seq) else None, None, "%s: %s" % (type(exc).__name__, exc))
 
     def check_receipt(self, receipt, frame=None):
         """Like ``verify_receipt`` but raises: InvalidMessage (malformed or not this device's frame),
@@ -549,7 +543,7 @@ class DeviceProtocol:
             if label not in r:
                 raise InvalidMessage("receipt must be a map with keys 0..7 and kind 1")
         frame_hash, seq, index, size, path, anchor = r[1], r[2], r[3], r[4], r[5], r[6]
-        if not _is_hash(frame_hash) or not is_uint(seq) or not is_uint(index) or not is_uint(size):
+        if not _is_hash(frame_hash) or not cbor.is_uint(seq) or not cbor.is_uint(index) or not cbor.is_uint(size):
             raise InvalidMessage("receipt fields 1..4 have the wrong types")
         if not isinstance(path, list):
             raise InvalidMessage("receipt inclusion proof must be a list of hashes")
@@ -565,14 +559,14 @@ class DeviceProtocol:
                 or 3 not in anchor or 4 not in anchor:
             raise InvalidMessage("anchor-tx-proof must be a map with keys 1..4")
         tx, tx_index, tx_count, tx_path = anchor[1], anchor[2], anchor[3], anchor[4]
-        if not isinstance(tx, bytes) or not is_uint(tx_index) or not is_uint(tx_count) or not isinstance(tx_path, list):
+        if not isinstance(tx, bytes) or not cbor.is_uint(tx_index) or not cbor.is_uint(tx_count) or not isinstance(tx_path, list):
             raise InvalidMessage("anchor-tx-proof fields have the wrong types")
         sign1 = cose.decode_sign1(tx)
         body = cbor.loads(sign1.payload, max_depth=8)
         if not isinstance(body, dict) or body.get(1) != TX_ANCHOR:
             return ReceiptResult(False, seq, frame_hash, "anchor transaction is not a tx-anchor")
         root, count = body.get(5), body.get(6)
-        if not _is_hash(root) or not is_uint(count):
+        if not _is_hash(root) or not cbor.is_uint(count):
             raise InvalidMessage("tx-anchor lacks its batch root or size")
         if count != size:
             return ReceiptResult(False, seq, frame_hash, "batch size %d differs from the anchored %d" % (size, count))
@@ -691,7 +685,7 @@ class DeviceProtocol:
             return CommandResult(False, "command body is not deterministic CBOR: %s" % exc, cid)
         if (not isinstance(body, dict) or len(body) != 5 or 1 not in body or 2 not in body or 3 not in body
                 or 4 not in body or 5 not in body or not isinstance(body[3], str)
-                or not is_uint(body[2]) or not 1 <= body[2] <= MAX_SEQ or not is_uint(body[5])):
+                or not cbor.is_uint(body[2]) or not 1 <= body[2] <= MAX_SEQ or not cbor.is_uint(body[5])):
             return CommandResult(False, "command must be {1: target, 2: seq, 3: action, 4: args, 5: not-after}", cid)
         seq = body[2]
         if body[1] != self.device_id:

@@ -39,7 +39,7 @@ def validators_hash(validator_keys):
 
 
 def _uint(value, what):
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFFFFFFFFFFFFFF:
+    if not cbor.is_uint(value):
         raise InvalidMessage("%s must be an unsigned integer of at most 64 bits" % what)
     return value
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Mapping
 
-from ledgerlink.core import device_protocol as dp
+from ledgerlink.core import cbor, device_protocol as dp
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.device_protocol import (DEVICE_ID_LEN, KIND_RECEIPT, KIND_REFUSAL, KIND_SESSION, MAX_SEQ,
                                              MODE_SESSION, MODE_SIGNED, NONCE_LEN, RECORD_DEVICE, ROLE_CONTROLLER,
@@ -60,7 +60,7 @@ class SequenceCounter:
         self.storage = storage
         self.reserve = reserve
         mark = storage.load()
-        if not dp.is_uint(mark) or mark > MAX_SEQ:
+        if not cbor.is_uint(mark) or mark > MAX_SEQ:
             raise DeviceError("stored sequence mark %r is out of range" % (mark,))
         self.last = mark
         self.mark = mark

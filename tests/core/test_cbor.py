@@ -666,3 +666,8 @@ def test_utf8_validator_matches_cpython(raw):
 @given(st.text(max_size=12))
 def test_utf8_validator_accepts_text(text):
     assert cbor.utf8_valid(text.encode("utf-8"))
+
+
+def test_uint_is_cbor_major_type_0():
+    assert cbor.is_uint(0) and cbor.is_uint(2**64 - 1)
+    assert not cbor.is_uint(2**64) and not cbor.is_uint(-1) and not cbor.is_uint(True) and not cbor.is_uint(1.0)

@@ -336,8 +336,3 @@ def test_partial_iv_is_minimal_big_endian(seq):
     for bad in (0, dp.MAX_SEQ + 1):
         with pytest.raises(ValueError):
             dp.partial_iv(bad)
-
-
-def test_uint_is_cbor_major_type_0():
-    assert dp.is_uint(0) and dp.is_uint(2**64 - 1)
-    assert not dp.is_uint(2**64) and not dp.is_uint(-1) and not dp.is_uint(True) and not dp.is_uint(1.0)
