@@ -173,3 +173,53 @@ def test_a_ban_reaches_the_gateway_within_a_second_with_default_limits(tmp_path)
             app.disconnect()
     finally:
         s.stop()
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_stop_signal_while_spawning_is_handled_after_the_child_started(tmp_path, monkeypatch):
+    """A handler that raises must not run inside ``Popen`` (its fork hooks would drop the exception)."""
+    import signal
+    import subprocess
+    import sys
+
+    real_popen = subprocess.Popen
+    seen: list[str] = []
+
+    def popen_with_sigint(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        seen.append("popen")
+        return real_popen(*args, **kwargs)
+
+    def handler(signum, frame):
+        seen.append("handler")
+        raise _Stop()
+
+    monkeypatch.setattr(stack_mod.subprocess, "Popen", popen_with_sigint)
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        with open(tmp_path / "log", "wb") as log, pytest.raises(_Stop):
+            stack_mod.spawn([sys.executable, "-c", "print('child ran')"], log)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == ["popen", "handler"]
+    deadline = time.monotonic() + 20
+    while b"child ran" not in (tmp_path / "log").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "log").read_bytes() == b"child ran\n"
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM}
+
+
+def test_a_spawned_child_gets_stop_signals(tmp_path):
+    import signal
+    import sys
+
+    with open(tmp_path / "log", "wb") as log:
+        p = stack_mod.spawn([sys.executable, "-c", "import signal; print(sorted(int(s) for s in "
+                             "signal.pthread_sigmask(signal.SIG_BLOCK, [])))"], log)
+    assert p.wait(20) == 0
+    blocked = (tmp_path / "log").read_text()
+    assert str(int(signal.SIGINT)) not in blocked.strip("[]\n").split(", ")
+    assert str(int(signal.SIGTERM)) not in blocked.strip("[]\n").split(", ")

@@ -228,7 +228,8 @@ class _Signals:
 
     def check(self) -> None:
         """Raise ``_Interrupted`` if a signal came while ``raising``: the handler's own raise is lost when
-        the signal lands where Python ignores exceptions (a fork hook of ``subprocess``, a finalizer)."""
+        the signal lands where Python ignores exceptions (a finalizer; child processes are started with
+        the signals blocked, see ``stack.spawn``)."""
         if self.raising and self.received is not None:
             raise _Interrupted()
 

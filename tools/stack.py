@@ -110,8 +110,13 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _child_setup() -> None:
-    """In the child before exec: own session (no terminal SIGINT); SIGTERM when the parent dies (Linux)."""
+    """In the child before exec: stop signals unblocked (see ``spawn``), own session (no terminal SIGINT),
+    SIGTERM when the parent dies (Linux)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     os.setsid()
     try:
         import ctypes
@@ -119,6 +124,21 @@ def _child_setup() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+
+
+def spawn(cmd: Sequence[str], log: Any) -> subprocess.Popen:
+    """Start ``cmd`` with ``_child_setup``, output to the open file ``log``.
+
+    SIGINT and SIGTERM are blocked in this thread while the child is forked: a ``preexec_fn`` makes Python
+    run its fork hooks, and a Python signal handler that raised inside one would have its exception
+    printed and dropped. A signal that arrives meanwhile is handled when ``Popen`` has returned.
+    """
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_child_setup)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def stop_process(p: subprocess.Popen | None, timeout: float = 10.0) -> None:
@@ -140,10 +160,10 @@ class _SessionCluster(LocalCluster):
         if i in self.procs and self.procs[i].poll() is None:
             return
         with open(self.data_dir / ("node%d.log" % i), "ab") as log:
-            self.procs[i] = subprocess.Popen(
+            self.procs[i] = spawn(
                 [sys.executable, "-m", "ledgerlink.ledger.node", "--config", str(self.config_path),
                  "--index", str(i), "--data", str(self.data_dir / ("node%d" % i)), "--log-level", self.log_level],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_child_setup)
+                log)
 
 
 class Stack:
@@ -251,8 +271,7 @@ class Stack:
             else:
                 cmd = [sys.executable, "-m", "ledgerlink.tools.mqtt_broker", "--host", self.broker_bind,
                        "--port", str(self.broker_port), "--max-queued", str(QUEUED_PER_CLIENT)]
-            self.broker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           preexec_fn=_child_setup)
+            self.broker = spawn(cmd, log)
         wait_listening(self.broker, self.broker_name, self.broker_host, self.broker_port, self.broker_log, timeout)
         if mosquitto is not None:
             self.progress("MQTT broker: mosquitto on %s:%d (%s)" % (self.broker_bind, self.broker_port, mosquitto))
@@ -348,9 +367,8 @@ def launch_gateway(cfg: dict, data_dir: Path, timeout: float) -> tuple[subproces
     log_path = data_dir / "gateway.log"
     start = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_child_setup)
+        proc = spawn([sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
+                     log)
     deadline = time.monotonic() + timeout
     while True:
         with open(log_path, "rb") as f:
