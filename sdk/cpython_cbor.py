@@ -39,7 +39,7 @@ from ledgerlink.core import cbor as _portable
 from ledgerlink.core.cbor import UNDEFINED, Simple, Tag
 from ledgerlink.core.errors import DecodeError
 
-_U64_MAX = 0xFFFFFFFFFFFFFFFF
+_U64_MAX = _portable.UINT_MAX
 _pack_e = struct.Struct(">e").pack
 _unpack_e = struct.Struct(">e").unpack
 _pack_f = struct.Struct(">f").pack

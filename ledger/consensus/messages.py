@@ -52,20 +52,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-try:
-    from ledgerlink.core.cbor import dumps as _dumps, loads as _core_loads
-
-    def _loads(data: bytes) -> Any:
-        return _core_loads(data, max_size=max(len(data), 1))  # callers bound the size
-except ImportError:  # until the project's deterministic CBOR codec is available
-    import cbor2 as _cbor2
-
-    def _dumps(obj: Any) -> bytes:
-        return _cbor2.dumps(obj, canonical=True)
-
-    _loads = _cbor2.loads
-
+from ledgerlink.core.cbor import UINT_MAX, dumps as _dumps, loads as _core_loads
 from ledgerlink.core.merkle import root_of
+
+
+def _loads(data: bytes) -> Any:
+    return _core_loads(data, max_size=max(len(data), 1))  # callers bound the size
+
 
 REQUEST, PRE_PREPARE, PREPARE, COMMIT, CHECKPOINT, VIEW_CHANGE, NEW_VIEW, FETCH_BLOCKS, BLOCKS = range(1, 10)
 KIND_NAMES = {
@@ -76,7 +69,7 @@ KIND_NAMES = {
 PBFT_DOMAIN = "ledgerlink-pbft-v1"
 COMMIT_DOMAIN = "ledgerlink-commit-v1"
 ZERO_HASH = bytes(32)
-MAX_UINT64 = (1 << 64) - 1
+MAX_UINT64 = UINT_MAX
 MAX_VIEW = (1 << 32) - 1
 
 

@@ -23,10 +23,6 @@ ROTATE_DOMAIN = "ledgerlink-rotate-v1"
 NONCE_LEN = 16
 DEVICE_ID_LEN = 16
 
-
-_U64_MAX = (1 << 64) - 1
-
-
 _head = cbor.head
 
 
@@ -55,7 +51,7 @@ def _id_item(x: Any) -> bytes | None:
     if t is bytes:
         n = len(x)
         return (_BSTR_HEAD[n] if n < 256 else _head(2, n)) + x
-    if t is int and 0 <= x <= _U64_MAX:
+    if t is int and 0 <= x <= cbor.UINT_MAX:
         return _uint(x)
     return None
 

@@ -101,7 +101,6 @@ class _Parsed:
 PARSED_CACHE_SIZE = 20000
 RECORD_CACHE_SIZE = 4096
 _OK_TEXT = reason_text(Reason.OK)
-_MAX_UINT = (1 << 64) - 1
 _DEVICE = int(RK.DEVICE)
 _NONCE = int(RK.NONCE)
 
@@ -296,7 +295,7 @@ class LedgerState:
         if not isinstance(body, dict):
             raise Refusal(Reason.MALFORMED, "tx-body must be a map with unsigned integer keys")
         for k in body:
-            if (type(k) is not int or not 0 <= k <= _MAX_UINT) and not is_uint(k):
+            if (type(k) is not int or not 0 <= k <= cbor.UINT_MAX) and not is_uint(k):
                 raise Refusal(Reason.MALFORMED, "tx-body must be a map with unsigned integer keys")
         kind, when, nonce = body.get(1), body.get(2), body.get(3)
         if not is_uint(kind) or not is_uint(when) or not isinstance(nonce, (bytes, bytearray)) \
