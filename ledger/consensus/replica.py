@@ -19,10 +19,14 @@ that sees no progress on pending work for ``view_change_timeout_ms`` (doubling p
 view) moves to the next view; f+1 view-changes for higher views make a replica
 join the smallest of them. The new primary's new-view carries 2f+1 view-changes; from them every
 replica derives the highest certified height H and the highest-view prepared proposal at H+1, which
-the new primary must propose again unchanged. A replica behind the others (evidence: a commit
+the new primary must propose again unchanged. A replica keeps the last new-view it accepted, also
+after it moved on to a later view change, and sends it to a replica whose view-change is for a lower
+view: replicas left waiting in a view change below quorum (their peers moved on) join that view and
+time out from it. A replica behind the others (evidence: a commit
 certificate, 2f+1 commits for a proposal it never got, or f+1 replicas working above its height)
 fetches committed blocks, verifies each certificate and the header chain, re-executes and checks
-the state root.
+the state root. With no work of its own it also asks one peer in turn for newer blocks every
+``idle_sync_ms``, so a replica that missed the last blocks' votes catches up with no new traffic.
 
 Security. Protects the agreement of honest replicas on one block per height against up to f
 Byzantine validators (equivocation, forged or replayed votes, invalid proposals, lying view-changes)
@@ -98,6 +102,7 @@ class Config:
     max_clock_skew_ms: int = 5000
     max_blocks_per_reply: int = 16
     lookahead: int = 4
+    idle_sync_ms: int = 2000
 
     @property
     def n(self) -> int:
@@ -261,6 +266,7 @@ class Replica:
         self.certified_by: int | None = None
         self.next_fetch = 0
         self.fetch_round = 0
+        self.next_sync = now_ms + config.idle_sync_ms
         self.next_retransmit = now_ms + config.retransmit_ms
         self.nv_sent_to: dict[int, int] = {}
         self.pushed_to: dict[int, int] = {}
@@ -377,6 +383,7 @@ class Replica:
         self._maybe_propose()
         self._timers()
         self._maybe_fetch()
+        self._idle_sync()
         if self.now >= self.next_retransmit:
             self.next_retransmit = self.now + self.config.retransmit_ms
             self._retransmit()
@@ -842,7 +849,6 @@ class Replica:
             return
         self.view = view
         self.in_view_change = True
-        self.new_view_raw = None
         self.progress_deadline = None
         self.vc_deadline = None
         self.backoff += 1
@@ -1044,6 +1050,21 @@ class Replica:
         self.next_fetch = self.now + self.config.retransmit_ms
         hi = min(target, self.height + self.config.max_blocks_per_reply)
         self._out.append(Send(peer, self._sign([m.FETCH_BLOCKS, self.index, self.height + 1, hi])))
+
+    def _idle_sync(self) -> None:
+        """With no work of its own, ask one peer in turn every ``idle_sync_ms`` for blocks above our height:
+        a replica that missed the last blocks' votes (restarted, partitioned) catches up while no new
+        traffic would show it that it is behind."""
+        if self.now < self.next_sync:
+            return
+        self.next_sync = self.now + self.config.idle_sync_ms
+        if self.in_view_change or self._has_work():
+            return
+        self.fetch_round += 1
+        peers = [i for i in range(self.config.n) if i != self.index]
+        peer = peers[self.fetch_round % len(peers)]
+        self._out.append(Send(peer, self._sign([m.FETCH_BLOCKS, self.index, self.height + 1,
+                                                self.height + self.config.max_blocks_per_reply])))
 
     def _on_fetch(self, msg: Message) -> None:
         lo, hi = msg.fields

@@ -17,7 +17,8 @@ Invariants checked on every run:
   safety    no two non-Byzantine replicas commit different blocks (cbor [header, txs]) at one
             height; every commit certificate verifies; no transaction is committed twice;
   liveness  transactions submitted after the heal are committed by every non-Byzantine replica that
-            is up, within ``LIVENESS_BOUND_MS`` of virtual time.
+            is up, within ``LIVENESS_BOUND_MS`` of virtual time; then, with no new transactions, those
+            replicas reach one height within ``CONVERGE_BOUND_MS``.
 
 ``python -m ledgerlink.ledger.consensus.simulator --seed N`` prints the trace of one schedule;
 ``--seeds A:B`` runs seeds A..B-1 and prints a summary with the failing seeds.
@@ -42,6 +43,7 @@ from ledgerlink.ledger.consensus.replica import (
 )
 
 LIVENESS_BOUND_MS = 20000
+CONVERGE_BOUND_MS = 5000        # after the liveness commits, every live honest replica reaches one height
 TICK_MS = 25
 FAULT_KINDS = ("crash", "crash_forever", "restart", "equivocate", "badsig", "junk", "twin")
 BYZANTINE = ("equivocate", "badsig", "junk", "twin")
@@ -452,9 +454,16 @@ class Simulation:
                         self.liveness_txs.add(hashlib.sha256(tx).digest())
                         self._push(t + 1 + i, SUBMIT, (i, tx))
             if t >= sc.heal_ms and self.liveness_txs:
-                if self._live_done():
+                if done_at is None and self._live_done():
                     done_at = t
-                    break
+                if done_at is not None:
+                    heights = {rep.height for rep in self._live_replicas()}
+                    if len(heights) == 1:
+                        break
+                    if t > done_at + CONVERGE_BOUND_MS:
+                        self.violations.append("LIVENESS: live honest replicas at heights %s %d ms after the "
+                                               "last liveness commit" % (sorted(heights), CONVERGE_BOUND_MS))
+                        break
         if done_at is None and max_ms is None:
             if not self._live_done():
                 self.violations.append("LIVENESS: transactions submitted at the heal (%d ms) not "

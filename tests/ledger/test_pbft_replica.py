@@ -187,6 +187,31 @@ def test_a_replica_that_missed_a_proposal_fetches_the_block_its_peers_certified(
     assert sent.count(m.FETCH_BLOCKS) == 1
 
 
+def test_an_idle_replica_that_missed_the_last_block_catches_up_without_new_traffic():
+    """Replica 3 loses every message of the last block; nothing is submitted after it, so no vote shows
+    it that it is behind: it asks a peer for newer blocks every ``idle_sync_ms`` and gets the block."""
+    net = Net()
+    assert net.config.idle_sync_ms == 2000
+    net.submit(1, net.tx(b"x"))
+    net.run(100)
+    net.down.add(3)
+    net.submit(1, net.tx(b"y"))
+    net.run(400)                                  # past the peers' re-sends of their last commit votes
+    net.down.discard(3)
+    assert [r.height for r in net.replicas] == [1, 1, 1, 0]
+    net.run(100)
+    assert net.replicas[3].height == 0
+    net.run(2000)
+    assert [r.height for r in net.replicas] == [1, 1, 1, 1]
+    assert net.blocks(3) == net.blocks(0)
+    polls = [e for e in net.effects[0] if isinstance(e, Send) and m.loads(e.data)[0] == m.FETCH_BLOCKS]
+    assert polls, "replicas with nothing to do ask for newer blocks too"
+    before = {i: len(net.effects[i]) for i in range(4)}
+    net.run(2000)
+    assert [r.height for r in net.replicas] == [1, 1, 1, 1]
+    assert not any(isinstance(e, (Broadcast, Persist)) for i in range(4) for e in net.effects[i][before[i]:])
+
+
 def test_restore_rejects_a_corrupt_store():
     net = Net()
     net.submit(1, net.tx())

@@ -16,3 +16,16 @@ def test_seeded_schedules(start):
         if not result.ok:
             failures[seed] = result.violations
     assert not failures, failures
+
+
+# seeds that once failed, each with what failed
+REGRESSIONS = {
+    2951: "liveness: the primary of view 1 moved on to a view change to 2 and stopped re-sending its view-1 "
+          "new-view, so the two replicas that missed it waited in their view change to 1 below quorum",
+}
+
+
+@pytest.mark.parametrize("seed", sorted(REGRESSIONS))
+def test_seeds_that_once_failed(seed):
+    result = run_seed(seed)
+    assert result.ok, (REGRESSIONS[seed], result.violations)
