@@ -179,8 +179,9 @@ class _Stop(Exception):
     pass
 
 
-def test_a_stop_signal_while_spawning_is_handled_after_the_child_started(tmp_path, monkeypatch):
-    """A handler that raises must not run inside ``Popen`` (its fork hooks would drop the exception)."""
+def test_a_stop_signal_while_spawning_is_handled_after_the_caller_keeps_the_child(tmp_path, monkeypatch):
+    """A handler that raises must not run inside ``Popen`` (its fork hooks would drop the exception),
+    and the caller must hold the started process before it runs."""
     import signal
     import subprocess
     import sys
@@ -197,29 +198,47 @@ def test_a_stop_signal_while_spawning_is_handled_after_the_child_started(tmp_pat
         seen.append("handler")
         raise _Stop()
 
+    kept: list = []
     monkeypatch.setattr(stack_mod.subprocess, "Popen", popen_with_sigint)
     previous = signal.signal(signal.SIGINT, handler)
     try:
         with open(tmp_path / "log", "wb") as log, pytest.raises(_Stop):
-            stack_mod.spawn([sys.executable, "-c", "print('child ran')"], log)
+            stack_mod.spawn([sys.executable, "-c", "print('child ran')"], log,
+                            lambda p: (kept.append(p), seen.append("kept")))
+        assert signal.getsignal(signal.SIGINT) is handler
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert seen == ["popen", "handler"]
-    deadline = time.monotonic() + 20
-    while b"child ran" not in (tmp_path / "log").read_bytes() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert seen == ["popen", "kept", "handler"]
+    assert kept[0].wait(20) == 0
     assert (tmp_path / "log").read_bytes() == b"child ran\n"
-    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM}
 
 
 def test_a_spawned_child_gets_stop_signals(tmp_path):
     import signal
     import sys
 
+    kept: list = []
     with open(tmp_path / "log", "wb") as log:
         p = stack_mod.spawn([sys.executable, "-c", "import signal; print(sorted(int(s) for s in "
-                             "signal.pthread_sigmask(signal.SIG_BLOCK, [])))"], log)
-    assert p.wait(20) == 0
-    blocked = (tmp_path / "log").read_text()
-    assert str(int(signal.SIGINT)) not in blocked.strip("[]\n").split(", ")
-    assert str(int(signal.SIGTERM)) not in blocked.strip("[]\n").split(", ")
+                             "signal.pthread_sigmask(signal.SIG_BLOCK, [])), signal.getsignal(signal.SIGTERM))"],
+                            log, kept.append)
+    assert kept == [p] and p.wait(20) == 0
+    blocked, handler = (tmp_path / "log").read_text().rsplit(" ", 1)
+    assert str(int(signal.SIGINT)) not in blocked.strip("[]").split(", ")
+    assert str(int(signal.SIGTERM)) not in blocked.strip("[]").split(", ")
+    assert int(handler) == int(signal.SIG_DFL)
+
+
+def test_a_gateway_that_does_not_subscribe_is_stopped(tmp_path, monkeypatch):
+    kept: list = []
+    real_spawn = stack_mod.spawn
+
+    def spawn_sleeper(cmd, log, keep):
+        import sys
+        return real_spawn([sys.executable, "-c", "import time; time.sleep(60)"], log,
+                          lambda p: (kept.append(p), keep(p)))
+
+    monkeypatch.setattr(stack_mod, "spawn", spawn_sleeper)
+    with pytest.raises(StackError, match="did not subscribe"):
+        stack_mod.launch_gateway({}, tmp_path, 0.5)
+    assert kept[0].poll() is not None

@@ -18,6 +18,7 @@ an MQTT 5 broker. ``broker`` chooses it: "mosquitto" (``find_mosquitto`` looks o
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
@@ -27,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -114,9 +116,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _child_setup() -> None:
-    """In the child before exec: stop signals unblocked (see ``spawn``), own session (no terminal SIGINT),
-    SIGTERM when the parent dies (Linux)."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    """In the child before exec: own session (no terminal SIGINT); SIGTERM when the parent dies (Linux)."""
     os.setsid()
     try:
         import ctypes
@@ -126,19 +126,32 @@ def _child_setup() -> None:
         pass
 
 
-def spawn(cmd: Sequence[str], log: Any) -> subprocess.Popen:
-    """Start ``cmd`` with ``_child_setup``, output to the open file ``log``.
+def spawn(cmd: Sequence[str], log: Any, keep: Callable[[subprocess.Popen], None]) -> subprocess.Popen:
+    """Start ``cmd`` with ``_child_setup``, output to the open file ``log``, and hand the process to ``keep``
+    before a SIGINT or SIGTERM that arrived meanwhile is handled.
 
-    SIGINT and SIGTERM are blocked in this thread while the child is forked: a ``preexec_fn`` makes Python
-    run its fork hooks, and a Python signal handler that raised inside one would have its exception
-    printed and dropped. A signal that arrives meanwhile is handled when ``Popen`` has returned.
+    A ``preexec_fn`` makes Python run its fork hooks, and an exception that a signal handler raises inside
+    one is printed and dropped. So, in the main thread, the handlers only note a stop signal while the
+    child starts; the signal is raised again once ``keep`` has the process, so its handler runs with
+    nothing lost.
     """
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        return subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    if threading.current_thread() is not threading.main_thread():
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 preexec_fn=_child_setup)
+        keep(proc)
+        return proc
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_child_setup)
+        keep(proc)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
+    return proc
 
 
 def stop_process(p: subprocess.Popen | None, timeout: float = 10.0) -> None:
@@ -160,10 +173,9 @@ class _SessionCluster(LocalCluster):
         if i in self.procs and self.procs[i].poll() is None:
             return
         with open(self.data_dir / ("node%d.log" % i), "ab") as log:
-            self.procs[i] = spawn(
-                [sys.executable, "-m", "ledgerlink.ledger.node", "--config", str(self.config_path),
-                 "--index", str(i), "--data", str(self.data_dir / ("node%d" % i)), "--log-level", self.log_level],
-                log)
+            spawn([sys.executable, "-m", "ledgerlink.ledger.node", "--config", str(self.config_path),
+                   "--index", str(i), "--data", str(self.data_dir / ("node%d" % i)), "--log-level", self.log_level],
+                  log, functools.partial(self.procs.__setitem__, i))
 
 
 class Stack:
@@ -271,7 +283,7 @@ class Stack:
             else:
                 cmd = [sys.executable, "-m", "ledgerlink.tools.mqtt_broker", "--host", self.broker_bind,
                        "--port", str(self.broker_port), "--max-queued", str(QUEUED_PER_CLIENT)]
-            self.broker = spawn(cmd, log)
+            spawn(cmd, log, functools.partial(setattr, self, "broker"))
         wait_listening(self.broker, self.broker_name, self.broker_host, self.broker_port, self.broker_log, timeout)
         if mosquitto is not None:
             self.progress("MQTT broker: mosquitto on %s:%d (%s)" % (self.broker_bind, self.broker_port, mosquitto))
@@ -360,25 +372,33 @@ class Stack:
 def launch_gateway(cfg: dict, data_dir: Path, timeout: float) -> tuple[subprocess.Popen, str | None]:
     """Write ``gateway.json`` into ``data_dir``, start the gateway and wait until it subscribed.
 
-    Returns the process and the dashboard URL it logged (None without one); raises StackError.
+    Returns the process and the dashboard URL it logged (None without one); raises StackError, and on any
+    error stops the process first.
     """
     path = data_dir / "gateway.json"
     path.write_text(json.dumps(cfg, indent=2) + "\n")
     log_path = data_dir / "gateway.log"
     start = log_path.stat().st_size if log_path.exists() else 0
-    with open(log_path, "ab") as log:
-        proc = spawn([sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
-                     log)
-    deadline = time.monotonic() + timeout
-    while True:
-        with open(log_path, "rb") as f:
-            f.seek(start)
-            text = f.read()
-        if b"subscribed" in text:
-            found = re.search(rb"dashboard on (http://\S+)", text)
-            return proc, found.group(1).decode() if found else None
-        if proc.poll() is not None:
-            raise StackError("gateway exited with %s (see %s)" % (proc.returncode, log_path))
-        if time.monotonic() > deadline:
-            raise StackError("gateway did not subscribe (see %s)" % log_path)
-        time.sleep(0.05)
+    started: list[subprocess.Popen] = []
+    try:
+        with open(log_path, "ab") as log:
+            spawn([sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
+                  log, started.append)
+        proc = started[0]
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(log_path, "rb") as f:
+                f.seek(start)
+                text = f.read()
+            if b"subscribed" in text:
+                found = re.search(rb"dashboard on (http://\S+)", text)
+                return proc, found.group(1).decode() if found else None
+            if proc.poll() is not None:
+                raise StackError("gateway exited with %s (see %s)" % (proc.returncode, log_path))
+            if time.monotonic() > deadline:
+                raise StackError("gateway did not subscribe (see %s)" % log_path)
+            time.sleep(0.05)
+    except BaseException:
+        if started:
+            stop_process(started[0])      # not left running when it failed to subscribe or a signal came
+        raise
