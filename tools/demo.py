@@ -228,8 +228,8 @@ class _Signals:
 
     def check(self) -> None:
         """Raise ``_Interrupted`` if a signal came while ``raising``: the handler's own raise is lost when
-        the signal lands where Python ignores exceptions (a finalizer; child processes are started with
-        the signals blocked, see ``stack.spawn``)."""
+        the signal lands where Python ignores exceptions (a finalizer; while a child process starts, the
+        signal is held back and raised after, see ``stack.spawn``)."""
         if self.raising and self.received is not None:
             raise _Interrupted()
 
