@@ -1068,6 +1068,8 @@ class Replica:
 
     def _on_fetch(self, msg: Message) -> None:
         lo, hi = msg.fields
+        if lo == self.height + 1 <= hi:
+            return                      # a peer as far as we are (``_idle_sync``): nothing to send, nothing wrong
         if lo > min(hi, self.height):
             raise MessageError("nothing to send")
         self._send_blocks(msg.sender, lo, hi)
