@@ -25,7 +25,9 @@ def test_small_run_accepts_everything_and_fills_the_table(tmp_path):
     shares = re.findall(r"CPU ms per message: gateway ([\d.]+), broker ([\d.]+), ledger ([\d.]+), "
                         r"load generator ([\d.]+); machine (\d+)% busy", text)
     assert len(shares) == 2, text
-    assert all(float(shares[k][0]) > 0 and float(shares[k][3]) > 0 for k in range(2)), shares
+    # /proc counts CPU in clock ticks (10 ms), so a small phase may show 0 for a process; 400 signature
+    # checks take more than 20 ms of the gateway's
+    assert float(shares[0][0]) > 0 and all(0 <= int(busy) <= 100 for *_, busy in shares), shares
     table = text[text.index("gateway bench (40 devices)"):].splitlines()[1:]
     assert len(table) == 14, table
     for row in table:
