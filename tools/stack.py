@@ -135,17 +135,18 @@ def spawn(cmd: Sequence[str], log: Any, keep: Callable[[subprocess.Popen], None]
     child starts; the signal is raised again once ``keep`` has the process, so its handler runs with
     nothing lost.
     """
-    if threading.current_thread() is not threading.main_thread():
+    def start() -> subprocess.Popen:
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 preexec_fn=_child_setup)
         keep(proc)
         return proc
+
+    if threading.current_thread() is not threading.main_thread():
+        return start()
     caught: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in STOP_SIGNALS}
     try:
-        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_child_setup)
-        keep(proc)
+        proc = start()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
