@@ -52,7 +52,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-from ledgerlink.core.cbor import UINT_MAX, dumps as _dumps, loads as _core_loads
+from ledgerlink.core.cbor import UINT_MAX, dumps as _dumps, is_uint, loads as _core_loads
 from ledgerlink.core.merkle import root_of
 
 
@@ -113,7 +113,7 @@ def _arr(x: Any, n: int | None = None) -> list:
 
 
 def _uint(x: Any) -> int:
-    if type(x) is not int or x < 0 or x > MAX_UINT64:
+    if not is_uint(x):
         raise MessageError("malformed")
     return x
 

@@ -128,8 +128,7 @@ def check_keys(body: dict, required: Iterable[int], optional: Iterable[int] = ()
             raise _bad("field %d is missing" % key)
 
 
-def is_uint(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_UINT
+is_uint = cbor.is_uint
 
 
 def get_uint(m: dict, key: int, lo: int = 0, hi: int = MAX_UINT) -> int:
