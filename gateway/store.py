@@ -335,30 +335,29 @@ class Store:
                 self.db.execute(sql, [v for row in rows[i:i + size] for v in row])
                 i += size
 
+    def _by_hash(self, h: bytes, column: str, with_frame: bool) -> Any:
+        """``column`` of the stored message whose frame hash is ``h``, None when there is none: through the
+        frame index, then among the messages after it. ``with_frame``: only rows that hold their frame
+        (those of the earlier layout have it in ``blobs``). Read through the reader, which attaches the
+        index; inside the writer's transaction it sees every other process's committed rows."""
+        held = " AND m.frame IS NOT NULL" if with_frame else ""
+        rows = self._query("SELECT m.%s FROM frames.frame_index f JOIN messages m ON m.id = f.id "
+                           "WHERE f.prefix = ? AND m.frame_hash = ?%s" % (column, held), (h[:FRAME_PREFIX], h)) \
+            or self._query("SELECT m.%s FROM messages m WHERE m.id > %s AND m.frame_hash = ?%s"
+                           % (column, INDEXED_UPTO, held), (h,))
+        return rows[0][0] if rows else None
+
     def _stored_owner(self, h: bytes) -> str | None:
-        """Inside the write transaction: the owner of the stored message whose frame hash is ``h``; None
-        when there is none. The index is read through the reader (the writer does not attach it)."""
-        with self.read_lock:
-            ids = [r[0] for r in self.reader.execute("SELECT id FROM frames.frame_index WHERE prefix = ?",
-                                                     (h[:FRAME_PREFIX],))]
-            mark = self.reader.execute("SELECT " + INDEXED_UPTO).fetchone()[0]
-        row = self.db.execute("SELECT owner FROM messages WHERE frame_hash = ? AND (id > ? OR id IN (%s))"
-                              % ",".join("?" * len(ids)), [h, mark] + ids).fetchone()
-        return row[0] if row else None
+        """Inside the write transaction: the owner of the stored message whose frame hash is ``h``."""
+        return self._by_hash(h, "owner", with_frame=False)
 
     def blob(self, h: bytes) -> bytes | None:
-        """The stored frame whose SHA-256 is ``h``; None when there is none. Through the frame index, then
-        among the messages after it."""
-        rows = self._query("SELECT m.frame FROM frames.frame_index f JOIN messages m ON m.id = f.id "
-                           "WHERE f.prefix = ? AND m.frame_hash = ? AND m.frame IS NOT NULL", (h[:FRAME_PREFIX], h)) \
-            or self._query("SELECT frame FROM messages WHERE id > " + INDEXED_UPTO + " AND frame_hash = ? "
-                           "AND frame IS NOT NULL", (h,))
-        if rows:
-            return rows[0][0]
-        if self.legacy_blobs:
+        """The stored frame whose SHA-256 is ``h``; None when there is none."""
+        frame = self._by_hash(h, "frame", with_frame=True)
+        if frame is None and self.legacy_blobs:
             rows = self._query("SELECT data FROM blobs WHERE hash = ?", (h,))
             return rows[0][0] if rows else None
-        return None
+        return frame
 
     def unbatched(self, limit: int) -> list[StoredMessage]:
         rows = self._query("SELECT " + MESSAGE_COLUMNS + " FROM messages WHERE id > " + BATCHED_UPTO +
