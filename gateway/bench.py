@@ -113,7 +113,7 @@ class CpuShares:
 
     def __init__(self, stack: Stack) -> None:
         self.roles = {"gateway": [stack.gateway.pid], "broker": [stack.broker.pid],
-                      "ledger": list(stack.cluster.procs[i].pid for i in stack.cluster.procs),
+                      "ledger": [p.pid for p in stack.cluster.procs.values()],
                       "load generator": [os.getpid()]}
         self.start()
 
