@@ -304,7 +304,7 @@ class Store:
             elif st[0] - seq < window and not st[1] >> (st[0] - seq) & 1:
                 st[1] |= 1 << (st[0] - seq)
             else:
-                stored = owner if h in taken else self._stored_owner(h)
+                stored = owner if h in taken else self._by_hash(h, "owner", with_frame=False)
                 if stored == owner:             # this process's own frame again: stored once, decided again
                     continue
                 if stored_elsewhere is None:
@@ -346,10 +346,6 @@ class Store:
             or self._query("SELECT m.%s FROM messages m WHERE m.id > %s AND m.frame_hash = ?%s"
                            % (column, INDEXED_UPTO, held), (h,))
         return rows[0][0] if rows else None
-
-    def _stored_owner(self, h: bytes) -> str | None:
-        """Inside the write transaction: the owner of the stored message whose frame hash is ``h``."""
-        return self._by_hash(h, "owner", with_frame=False)
 
     def blob(self, h: bytes) -> bytes | None:
         """The stored frame whose SHA-256 is ``h``; None when there is none."""
