@@ -40,7 +40,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ledgerlink.core import cbor, cose, ecqv, session_keys, spv
+from ledgerlink.core import cbor, cose, ecdsa, ecqv, session_keys, spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.ledger.consensus.messages import tx_root
@@ -230,6 +230,13 @@ class _Refusal(Exception):
         self.code = code
         self.detail = detail or REASON_TEXT[code]
         self.offender = offender
+
+
+def _require_canonical(signature: bytes) -> None:
+    """Refuse the (r, n - s) twin of a device signature: frames are named by their hash, so a flipped
+    copy delivered first would otherwise be stored in place of the device's own frame."""
+    if not ecdsa.is_canonical(signature):
+        raise _Refusal(BAD_SIGNATURE, "signature is not canonical (s > n/2)")
 
 
 # --- per-device state -----------------------------------------------------------------------------
@@ -671,6 +678,7 @@ class GatewayCore:
             rec = self._device_record(topic_dev, topic, frame, now_ms)
             if isinstance(rec, list):
                 return rec
+            _require_canonical(msg.signature)
             if not self.crypto.verify(rec[2], signed or msg.to_be_signed(aad), msg.signature):
                 raise _Refusal(BAD_SIGNATURE, "signature does not verify with the registered key")
             plaintext = msg.payload
@@ -764,6 +772,7 @@ class GatewayCore:
         rec = self._device_record(topic_dev, topic, frame, now_ms)
         if isinstance(rec, list):
             return rec
+        _require_canonical(msg.signature)
         if not self.crypto.verify(rec[2], msg.to_be_signed(topic.encode()), msg.signature):
             raise _Refusal(BAD_SIGNATURE, "session request signature does not verify")
         try:

@@ -14,6 +14,7 @@ import hmac
 import os
 from typing import Callable
 
+from ledgerlink.core import ecdsa
 from ledgerlink.core.errors import InvalidKey, InvalidPoint, InvalidScalar, InvalidTag
 
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -135,7 +136,7 @@ class CryptographyBackend(_Common):
 
     def sign(self, priv: bytes, msg: bytes) -> bytes:
         r, s = self._decode_sig(self._private(priv).sign(msg, self._sign_alg))
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return r.to_bytes(32, "big") + ecdsa.canonical_s(s).to_bytes(32, "big")
 
     def verify(self, pub: bytes, msg: bytes, sig: bytes) -> bool:
         key = self._public(pub)
@@ -210,7 +211,8 @@ class PycryptodomeBackend(_Common):
         return self._private(priv).public_key().export_key(format="SEC1", compress=compressed)
 
     def sign(self, priv: bytes, msg: bytes) -> bytes:
-        return self._dss.new(self._private(priv), "deterministic-rfc6979").sign(self._sha.new(msg))
+        sig = self._dss.new(self._private(priv), "deterministic-rfc6979").sign(self._sha.new(msg))
+        return sig[:32] + ecdsa.canonical_s(int.from_bytes(sig[32:], "big")).to_bytes(32, "big")
 
     def verify(self, pub: bytes, msg: bytes, sig: bytes) -> bool:
         key = self._public(pub)

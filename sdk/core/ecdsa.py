@@ -3,6 +3,11 @@
 Signatures are 64 bytes r||s (the COSE/IEEE P1363 form); ``sig_to_der``/``sig_from_der`` convert to
 and from the DER form with strict decoding (no BER leniency).
 
+Signatures are made canonical: ``s`` is at most n/2 (``canonical_s``). Both (r, s) and (r, n - s)
+verify under FIPS 186, so anything that names a signed message by its hash (the gateway names frames by
+SHA-256) must take only the canonical one, or a copy re-signed by flipping ``s`` could pre-empt the
+original; ``is_canonical`` is that check.
+
 Protects against: nonce reuse or bias (RFC 6979 HMAC-DRBG, no RNG needed to sign); leaking the key
 through the nonce multiplication (p256.base_mult is fixed-sequence) or the nonce inversion (Fermat or
 blinded); forged or malleable encodings on verify (r, s range checks, strict DER, full point
@@ -17,6 +22,7 @@ from ledgerlink.core.errors import InvalidScalar, InvalidSignature
 from ledgerlink.core.kdf import hmac_sha256
 
 N = p256.N
+HALF_N = N // 2
 
 
 def _default_rng(n):
@@ -84,7 +90,17 @@ def sign_digest(private_key, digest):
             continue
         s = _inv_n_secret(k) * (z + r * d) % N
         if s != 0:
-            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+            return r.to_bytes(32, "big") + canonical_s(s).to_bytes(32, "big")
+
+
+def canonical_s(s):
+    """The one of s and n - s that is at most n/2 (s is public: part of the signature)."""
+    return N - s if s > HALF_N else s
+
+
+def is_canonical(signature):
+    """True if a 64-byte r||s signature has s <= n/2 (as ``sign`` makes them)."""
+    return len(signature) == 64 and int.from_bytes(signature[32:], "big") <= HALF_N
 
 
 def sign(private_key, message):

@@ -45,14 +45,17 @@ def test_wycheproof_ecdh(name, spki):
 
 
 def test_rfc6979_a21_p256_sha256():
-    # RFC 6979 appendix A.2.5, P-256 with SHA-256, message "sample" and "test".
+    # RFC 6979 appendix A.2.5, P-256 with SHA-256, message "sample" and "test": the same nonce, so the
+    # same r; s is the canonical one of the RFC's s and n - s ("sample"'s is above n/2, "test"'s below).
     x = bytes.fromhex("C9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721")
-    assert ecdsa.sign(x, b"sample").hex().upper() == (
-        "EFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716"
-        "F7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8")
-    assert ecdsa.sign(x, b"test").hex().upper() == (
-        "F1ABB023518351CD71D881567B1EA663ED3EFCF6C5132B354F28D3B0B7D38367"
-        "019F4113742A2B14BD25926B49C649155F267E60D3814B4C0CC84250E46F0083")
+    for message, r, s in [
+            (b"sample", "EFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716",
+             "F7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8"),
+            (b"test", "F1ABB023518351CD71D881567B1EA663ED3EFCF6C5132B354F28D3B0B7D38367",
+             "019F4113742A2B14BD25926B49C649155F267E60D3814B4C0CC84250E46F0083")]:
+        canonical = ecdsa.canonical_s(int(s, 16))
+        assert (canonical != int(s, 16)) == (message == b"sample")
+        assert ecdsa.sign(x, message) == bytes.fromhex(r) + canonical.to_bytes(32, "big")
 
 
 @settings(max_examples=15, deadline=None)
