@@ -50,6 +50,7 @@ gc.disable()
 import sys
 sys.path.insert(0, '/input')
 sys.path.insert(0, '/input/lib')
+INPUT = '/input'
 import hashlib as _hashlib
 _seed = bytes.fromhex('%s')
 _count = [0]
@@ -262,6 +263,10 @@ def run_wasm(program: str, fuel: int, heap_bytes: int, readonly_dir: Path | None
 class MicroPythonVM:
     """A staged copy of the library plus a way to run code against it in fresh MicroPython instances."""
 
+    counts_fuel = True
+    sockets = False
+    name = "wasm"
+
     def __init__(self, extra_modules: dict[str, Path] | None = None,
                  files: dict[str, Path] | None = None, workdir: Path | None = None) -> None:
         self._own_dir = workdir is None
@@ -280,11 +285,13 @@ class MicroPythonVM:
 
     def run(self, code: str, fuel: int = DEFAULT_FUEL, heap_bytes: int = DEFAULT_HEAP,
             timeout: float | None = 600.0, memory_bytes: int | None = None,
-            host_functions: Mapping[str, HostFunction] | None = None) -> RunResult:
+            host_functions: Mapping[str, HostFunction] | None = None,
+            board_heap: int | None = None) -> RunResult:
         """Run ``code`` after the preamble in a fresh VM; raise VMError if it raises or the VM stops.
 
         ``memory_bytes`` is accepted as another name for ``heap_bytes``. With ``host_functions`` the
-        code can call ``host_call(name, *args)``.
+        code can call ``host_call(name, *args)``. ``board_heap`` (board32's heap, tools/board_runtime.py)
+        is ignored here: the VM does not collect, its heap is ``heap_bytes``.
         """
         if memory_bytes is not None:
             heap_bytes = memory_bytes

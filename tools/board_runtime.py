@@ -1,0 +1,350 @@
+"""Run the portable library on board32: 32-bit MicroPython with its collector on and a fixed heap.
+
+``micropython-board32`` (``../shared/tools/micropython-board32`` from the project root, see that
+folder's README) behaves like a board: a real garbage collector, ``-X heapsize=N``, ROMFS, sockets,
+``os.urandom``, ``cryptolib`` and ``gc.peak_live()``. ``Board(layout)`` stages the library as a board
+holds it: ``sdk/__init__.py`` and ``sdk/core/*.py`` as ``lib/ledgerlink/...`` and
+``micropython/ledgerlink_client/*.py`` as ``lib/ledgerlink_client/...``, compiled with ``mpy-cross``:
+- ``files``: .mpy files on a filesystem (bytecode is copied to the heap when imported);
+- ``romfs``: an image made by ``mpremote romfs --no-mpy -o IMG build DIR`` and mapped at ``/rom``
+  (bytecode runs in place, as after ``mpremote romfs deploy``).
+
+``Board.run(code)`` compiles ``code`` (after a short preamble) to a .mpy, imports it in a fresh
+board32 process and returns its output with ``gc.peak_live()``: the highest live heap seen after any
+collection while it ran. ``host_urandom`` is ``os.urandom``. With ``host_functions``, ``host_call(name,
+*args)`` reaches them over a TCP connection to the host (one JSON line each way), so programs written
+for the WASI VM (tools/micropython_vm.py) run unchanged; board programs should use real sockets.
+A missing runtime raises ``BoardError``: tests never skip for it.
+
+Command line:
+``python3 -m ledgerlink.tools.board_runtime --import-table`` prints the heap kept after importing each
+module, from files and from ROMFS; ``python3 -m ledgerlink.tools.board_runtime -c CODE [--layout
+romfs] [--heap 64K]`` runs code against the staged library and prints its peak live heap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from ledgerlink.tools.micropython_vm import PROJECT_ROOT, VMError, mpy_cross, portable_sources
+
+BOARD32 = PROJECT_ROOT.parent / "shared" / "tools" / "micropython-board32" / "micropython-board32"
+CLIENT = PROJECT_ROOT / "micropython" / "ledgerlink_client"
+LAYOUTS = ("files", "romfs")
+# The heap each layout's targets are set at (issue 11): a plain ESP32's free heap for .mpy files,
+# 64 KB for the library in ROMFS.
+LAYOUT_HEAP = {"files": 110 * 1024, "romfs": 64 * 1024}
+DEFAULT_TIMEOUT_S = 120.0
+APP = "_board_app"
+RESULT_MARK = "--board-peak--"
+
+DRIVER = """\
+import gc
+gc.collect()
+gc.peak_live(1)
+import %s
+gc.collect()
+print('%s', gc.peak_live()[0], gc.peak_live()[1], gc.mem_alloc())
+""" % (APP, RESULT_MARK)
+
+PREAMBLE = """\
+import os
+host_urandom = os.urandom
+INPUT = %r
+"""
+
+HOST_PREAMBLE = """\
+import socket as _socket, json as _json
+_host = _socket.socket()
+_host.connect(_socket.getaddrinfo('127.0.0.1', %d)[0][-1])
+
+def host_call(name, *args):
+    _host.write(_json.dumps({'name': name, 'args': args}).encode() + b'\\n')
+    _r = _json.loads(_host.readline())
+    if not _r.get('ok'):
+        raise OSError(_r.get('error', 'host function failed'))
+    return _r.get('value')
+"""
+
+
+class BoardError(VMError):
+    """board32 is missing, or the program raised (MemoryError included), exited or timed out."""
+
+
+def board32() -> Path:
+    """The board32 executable; BoardError naming the expected path when it is not there."""
+    if not os.access(BOARD32, os.X_OK):
+        raise BoardError("micropython-board32 not found at %s (it lives in ../shared/tools relative "
+                         "to the project root; see that folder's README)" % BOARD32)
+    return BOARD32
+
+
+def library_sources() -> dict[str, Path]:
+    """Board path (relative to lib/) -> source, for the portable library and the board client."""
+    files = dict(portable_sources())
+    for path in sorted(CLIENT.glob("*.py")):
+        files["ledgerlink_client/" + path.name] = path
+    return files
+
+
+def build_romfs(source_dir: Path, image: Path) -> None:
+    """``mpremote romfs --no-mpy -o image build source_dir``; BoardError with its output on failure."""
+    exe = shutil.which("mpremote")
+    if exe is None:
+        raise BoardError("mpremote not found: install the project (pip install -e .) to get it")
+    result = subprocess.run([exe, "romfs", "--no-mpy", "-o", str(image), "build", str(source_dir)],
+                            capture_output=True, text=True)
+    if result.returncode != 0 or not image.is_file():
+        raise BoardError("mpremote romfs build failed: " + (result.stderr or result.stdout).strip()[-400:])
+
+
+def parse_size(text: str) -> int:
+    """``64K`` -> 65536, ``110000`` -> 110000 (as board32's ``-X heapsize``)."""
+    text = text.strip().upper()
+    scale = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
+    return int(text[:-1] if scale > 1 else text) * scale
+
+
+@dataclass(frozen=True)
+class BoardResult:
+    stdout: str
+    stderr: str
+    peak_live: int          # highest live heap (bytes) after any collection during the run
+    collections: int
+    kept: int               # live heap after the run's last collection
+    heap_bytes: int
+    fuel_used: None = None  # board32 counts no fuel (the WASI VM does)
+
+
+HostFunction = Callable[..., object]
+
+
+class HostLink:
+    """Host functions for one run: a TCP listener on 127.0.0.1 answering JSON lines."""
+
+    def __init__(self, functions: Mapping[str, HostFunction]) -> None:
+        self.functions = dict(functions)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, name="board-host", daemon=True)
+        self.thread.start()
+
+    def _answer(self, line: bytes) -> bytes:
+        try:
+            request = json.loads(line)
+            name = request["name"]
+            if name not in self.functions:
+                raise LookupError("no host function named %r" % name)
+            answer = {"ok": True, "value": self.functions[name](*request.get("args", []))}
+        except Exception as exc:  # reported to the board, which raises OSError
+            answer = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc)}
+        return json.dumps(answer).encode() + b"\n"
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.server.accept()
+        except OSError:
+            return
+        with conn, conn.makefile("rb") as lines:
+            for line in lines:
+                try:
+                    conn.sendall(self._answer(line))
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class Board:
+    """The library staged for board32 in one layout, and fresh board32 runs against it.
+
+    ``heap_bytes``: the heap of every run (default: the layout's target heap). ``extra_modules``
+    ({name: source}) are compiled next to the library (top level); ``files`` ({relative path: file})
+    are copied into a data folder the program finds as ``INPUT``.
+    """
+
+    counts_fuel = False
+    sockets = True
+
+    def __init__(self, layout: str = "files", heap_bytes: int | None = None,
+                 extra_modules: dict[str, Path] | None = None, files: dict[str, Path] | None = None,
+                 workdir: Path | None = None) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError("layout must be one of %s" % ", ".join(LAYOUTS))
+        self.exe = board32()
+        self.layout = layout
+        self.heap_bytes = heap_bytes or LAYOUT_HEAP[layout]
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="ledgerlink-board-"))
+        self.fs = self.dir / "fs"
+        for rel, src in library_sources().items():
+            mpy_cross(src, self.fs / "lib" / rel.replace(".py", ".mpy"))
+        for name, src in (extra_modules or {}).items():
+            mpy_cross(src, self.fs / (name + ".mpy"))
+        self.input = self.dir / "input"
+        self.input.mkdir(exist_ok=True)
+        for rel, src in (files or {}).items():
+            (self.input / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, self.input / rel)
+        self.image: Path | None = None
+        if layout == "romfs":
+            self.image = self.dir / "lib.romfs"
+            build_romfs(self.fs, self.image)
+
+    @property
+    def name(self) -> str:
+        return "board32-%s-%dK" % (self.layout, self.heap_bytes // 1024)
+
+    def close(self) -> None:
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "Board":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _env(self, app_dir: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("MICROPY_ROMFS", None)
+        if self.image is not None:
+            env["MICROPY_ROMFS"] = str(self.image)
+            env["MICROPYPATH"] = ".frozen:%s:/rom:/rom/lib" % app_dir
+        else:
+            env["MICROPYPATH"] = ".frozen:%s:%s:%s" % (app_dir, self.fs, self.fs / "lib")
+        return env
+
+    def run(self, code: str, board_heap: int | None = None, timeout: float | None = DEFAULT_TIMEOUT_S,
+            host_functions: Mapping[str, HostFunction] | None = None, **_wasm: object) -> BoardResult:
+        """Run ``code`` (compiled to a .mpy after the preamble) in a fresh board32 process.
+
+        ``board_heap`` overrides the board's heap for this run. Options of the WASI VM's ``run``
+        (fuel, ``heap_bytes``: a heap without collection) are accepted and ignored: the board's heap
+        is the board's. Raises BoardError with the board's traceback if the code raises or times out.
+        """
+        heap = board_heap or self.heap_bytes
+        link = HostLink(host_functions) if host_functions else None
+        app_dir = Path(tempfile.mkdtemp(prefix="app-", dir=self.dir))
+        try:
+            program = PREAMBLE % str(self.input)
+            if link is not None:
+                program += HOST_PREAMBLE % link.port
+            source = app_dir / (APP + ".py")
+            source.write_text(program + code)
+            mpy_cross(source, app_dir / (APP + ".mpy"))
+            source.unlink()
+            try:
+                proc = subprocess.run([str(self.exe), "-X", "heapsize=%d" % heap, "-c", DRIVER],
+                                      cwd=app_dir, env=self._env(app_dir), capture_output=True,
+                                      text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise BoardError("board32 run timed out after %s s" % timeout) from None
+        finally:
+            if link is not None:
+                link.close()
+            shutil.rmtree(app_dir, ignore_errors=True)
+        lines = proc.stdout.rstrip("\n").split("\n")
+        if proc.returncode != 0 or not lines or not lines[-1].startswith(RESULT_MARK):
+            raise BoardError("board32 (%s, heap %d) raised:\n%s%s" % (
+                self.layout, heap, proc.stdout[-1500:], proc.stderr.strip()[-3000:]))
+        _, peak, collections, kept = lines[-1].split()
+        return BoardResult("\n".join(lines[:-1]) + "\n", proc.stderr, int(peak), int(collections),
+                           int(kept), heap)
+
+    def run_json(self, code: str, **kwargs) -> tuple[object, None]:
+        """Run code whose last stdout line is JSON; return (value, None): board32 counts no fuel."""
+        value, _ = self.run_json_result(code, **kwargs)
+        return value, None
+
+    def run_json_result(self, code: str, **kwargs) -> tuple[object, BoardResult]:
+        """Run code whose last stdout line is JSON; return (value, the run's result)."""
+        result = self.run(code, **kwargs)
+        lines = [line for line in result.stdout.splitlines() if line.strip()]
+        if not lines:
+            raise BoardError("no output from board32; stderr: " + result.stderr.strip())
+        try:
+            return json.loads(lines[-1]), result
+        except ValueError as exc:
+            raise BoardError("board32 output is not JSON: %r" % lines[-1][:200]) from exc
+
+
+IMPORT_MODULES = tuple(
+    ["ledgerlink.core." + Path(rel).stem for rel in sorted(portable_sources()) if rel.startswith("ledgerlink/core/")
+     and not rel.endswith("__init__.py")]
+    + ["ledgerlink_client." + p.stem for p in sorted(CLIENT.glob("*.py")) if p.stem != "__init__"])
+
+IMPORT_KEPT = """
+import gc
+gc.collect()
+_base = gc.mem_alloc()
+%s
+gc.collect()
+print(gc.mem_alloc() - _base)
+"""
+
+
+def import_kept(board: Board, modules: tuple[str, ...]) -> int:
+    """Live heap (bytes) kept after importing ``modules`` in one fresh run on ``board``."""
+    code = IMPORT_KEPT % "\n".join("import " + m for m in modules)
+    return int(board.run(code, board_heap=1024 * 1024).stdout.split()[-1])
+
+
+def import_table() -> dict[str, dict[str, int]]:
+    """{module or "all": {layout: heap kept after importing it (with what it imports)}}."""
+    table: dict[str, dict[str, int]] = {}
+    for layout in LAYOUTS:
+        with Board(layout) as board:
+            for module in IMPORT_MODULES:
+                table.setdefault(module, {})[layout] = import_kept(board, (module,))
+            table.setdefault("all", {})[layout] = import_kept(board, IMPORT_MODULES)
+    return table
+
+
+def format_import_table(table: dict[str, dict[str, int]]) -> list[str]:
+    lines = ["Heap kept after importing each module (with what it imports), board32, bytes:",
+             "  %-36s %10s %10s" % ("module", "files", "romfs")]
+    for module, cells in table.items():
+        lines.append("  %-36s %10d %10d" % (module, cells["files"], cells["romfs"]))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m ledgerlink.tools.board_runtime",
+                                     description="Run the portable library on board32 (collector on, fixed heap).")
+    parser.add_argument("--import-table", action="store_true", help="print the heap kept by each import")
+    parser.add_argument("-c", dest="code", help="code to run against the staged library")
+    parser.add_argument("--layout", choices=LAYOUTS, default="files")
+    parser.add_argument("--heap", type=parse_size, help="heap size, e.g. 64K (default: the layout's target)")
+    args = parser.parse_args(argv)
+    try:
+        if args.import_table:
+            print("\n".join(format_import_table(import_table())))
+        if args.code is not None:
+            with Board(args.layout, args.heap) as board:
+                result = board.run(args.code)
+            sys.stdout.write(result.stdout)
+            print("heap %d B, peak live %d B, %d collections, kept %d B"
+                  % (result.heap_bytes, result.peak_live, result.collections, result.kept), file=sys.stderr)
+        elif not args.import_table:
+            parser.error("give --import-table or -c CODE")
+    except BoardError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
