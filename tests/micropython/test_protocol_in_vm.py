@@ -15,7 +15,7 @@ def test_ecqv_camp_vector_in_vm(vm):
     code = """
 import json
 from ledgerlink.core import ecqv, p256
-v = json.load(open('/input/vectors/camp_p256_sha256.json'))
+v = json.load(open(INPUT + '/vectors/camp_p256_sha256.json'))
 def pt(xy):
     return (int(xy['x'], 16), int(xy['y'], 16))
 tbs = bytes.fromhex(v['tbsCert'])
@@ -28,7 +28,7 @@ print(json.dumps([r.hex().upper(), d_u.hex().upper(), cert[-33:].hex().upper()])
     (r, d_u, p_u), fuel = vm.run_json(code)
     expected = v["sec4_leftmost_bits"]
     assert [r, d_u, p_u] == [expected["r"], expected["dU"], v["PU_compressed"]]
-    assert fuel > 0
+    assert fuel > 0 if vm.counts_fuel else fuel is None
 
 
 def test_sign_encrypt_and_proofs_match_cpython(vm):
