@@ -37,12 +37,14 @@ Client transactions are validated by the application (``check_tx``) and deduplic
 committed transactions are never accepted again. Tested in tests/ledger/test_pbft_*.py with targeted
 scenarios and thousands of seeded adversarial schedules (``ledgerlink.ledger.consensus.simulator``).
 
-Durability. Before its first message in a new view and before each commit vote, the replica emits
-``SaveVotes`` with its vote record (view, whether it is changing view, prepared proof); the node
-makes it durable before later effects. ``restore`` takes the record back: the replica returns to its
-view (re-sending its view-change if it was changing view) with its prepared proof, and casts no vote
-at the height above its last block in that view or a lower one, where it may already have voted.
-So a restarted replica stays honest: it never votes for two proposals of one view and height and
+Durability. Before its first vote ever (pre-prepare, prepare or commit), before its first message
+in a new view and before each commit vote, the replica emits ``SaveVotes`` with its vote record
+(view, whether it is changing view, prepared proof); the node makes it durable before later effects.
+``restore`` takes the record back: the replica returns to its view (re-sending its view-change if it
+was changing view) with its prepared proof, and casts no vote at the height above its last block in
+that view or a lower one, where it may already have voted. A store without a record belongs to a
+replica that never voted: it abstains from nothing, so a fresh cluster commits in view 0 (no view
+change in its first second). So a restarted replica stays honest: it never votes for two proposals of one view and height and
 never forgets a prepared proof it voted to commit (tests/ledger/test_pbft_replica.py; the simulator
 restarts an extra, honest validator in 30% of its schedules).
 
@@ -219,6 +221,7 @@ class _ViewChange:
     raw: bytes
 
 
+_VOTES = (m.PRE_PREPARE, m.PREPARE, m.COMMIT)
 MAX_REFORWARD_EXP = 3      # a pending tx goes to the primary again after 1, 2, 4, 8, 8, ... retransmit_ms
 
 
@@ -273,6 +276,7 @@ class Replica:
         self.committed_at = now_ms
         self.abstain_height = -1
         self.abstain_view = -1
+        self.votes_saved = False            # a vote record was emitted (or restored): votes may leave
         self._out: list[Effect] = []
         self._decode = decoder or functools.partial(
             _decode_message, config.chain_id, config.validators, crypto, config.limits)
@@ -300,7 +304,6 @@ class Replica:
                 r._apply_certified(block.header, block.txs, cert, persist=False)
             except MessageError as exc:
                 raise ValueError("corrupt block store: " + exc.reason) from exc
-        view = 0
         if votes is not None:
             try:
                 view, prepared, changing = r._parse_vote_record(votes)
@@ -312,8 +315,9 @@ class Replica:
             if changing:
                 r._start_view_change(view)               # sent again by the first retransmission
                 r.backoff = 0
-        r.abstain_height = r.height + 1
-        r.abstain_view = view
+            r.votes_saved = True
+            r.abstain_height = r.height + 1
+            r.abstain_view = view
         r._out = []
         return r
 
@@ -403,6 +407,8 @@ class Replica:
         self._out.append(Dropped(reason, sender))
 
     def _sign(self, body: list) -> bytes:
+        if not self.votes_saved and body[0] in _VOTES:
+            self._save_votes()
         return m.encode_message(self.config.chain_id, body, self._key, self.crypto)
 
     def _broadcast(self, body: list) -> bytes:
@@ -411,6 +417,8 @@ class Replica:
         return raw
 
     def _broadcast_sig(self, body: list) -> tuple[bytes, bytes]:
+        if not self.votes_saved:
+            self._save_votes()
         sig = self.crypto.sign(self._key, m.signed_bytes(self.config.chain_id, body))
         raw = m.dumps(list(body) + [sig])
         self._out.append(Broadcast(raw))
@@ -426,6 +434,7 @@ class Replica:
         if self.prepared_proof is not None:
             p, votes = self.prepared_proof
             prepared = [p.raw, [[i, s] for i, s in sorted(votes.items())]]
+        self.votes_saved = True
         self._out.append(SaveVotes(m.dumps([self.view, self.in_view_change, prepared])))
 
     def _parse_vote_record(self, data: bytes) -> tuple[int, tuple[_Proposal, dict[int, bytes]] | None, bool]:

@@ -498,7 +498,9 @@ def test_a_restarted_replica_never_votes_for_a_second_proposal_of_the_same_view_
     assert kinds.index("SaveVotes") < max(i for i, e in enumerate(effects)
                                            if isinstance(e, Broadcast) and m.loads(e.data)[0] == m.COMMIT)
 
-    for votes in (record, None):                 # with its record, and one that never saved one
+    first = _saved(net.effects[3])[0]           # saved before its first vote (a prepare in view 0)
+    assert m.loads(first) == [0, False, None]
+    for votes in (record, first):                # with its last record, and with the first one
         restored = Replica.restore(3, net.config, KEYS[3], KVApp(CRYPTO), CRYPTO, net.now + 30,
                                    net.persisted[3], votes=votes)
         out = restored.receive(0, pp_y, net.now + 30)
@@ -508,7 +510,7 @@ def test_a_restarted_replica_never_votes_for_a_second_proposal_of_the_same_view_
             out += restored.receive(i, m.encode_message("t", [m.PREPARE, i, 0, 1, hy], KEYS[i], CRYPTO),
                                     net.now + 30)
         assert not _votes_of(out, m.PREPARE) and not _votes_of(out, m.COMMIT), out
-        if votes is not None:
+        if votes is record:
             # its prepared proof for X survives the restart and goes into its view-change
             assert restored.prepared_proof[0].hash == hx
             out = restored.tick(net.now + 40) + restored.tick(net.now + 50 + net.config.view_change_timeout_ms)
@@ -546,3 +548,31 @@ def test_a_corrupt_vote_record_is_refused():
                 m.dumps([0, False, [b"junk", []]]), m.dumps([0, False, [b"x", [[0, b"s"]]]])):
         with pytest.raises(ValueError):
             Replica.restore(1, net.config, KEYS[1], KVApp(CRYPTO), CRYPTO, 0, net.persisted[1], votes=bad)
+
+
+def test_a_fresh_replica_saves_a_vote_record_before_its_first_vote():
+    """No vote leaves a replica before a vote record is durable, so a store without one is a replica
+    that never voted (``restore`` then abstains from nothing)."""
+    net = Net()
+    net.submit(1, net.tx(b"a"))
+    net.run(100)
+    for i in range(4):
+        kinds = [("save" if isinstance(e, SaveVotes) else m.loads(e.data)[0]) for e in net.effects[i]
+                 if isinstance(e, SaveVotes) or (isinstance(e, Broadcast)
+                                                  and m.loads(e.data)[0] in (m.PRE_PREPARE, m.PREPARE))]
+        assert kinds[0] == "save", (i, kinds)
+
+
+def test_a_fresh_cluster_restored_from_empty_stores_commits_in_view_0():
+    """Nodes start through ``Replica.restore`` with no blocks and no vote record: the primary of
+    view 0 proposes at once and no replica changes view."""
+    net = Net()
+    net.replicas = [Replica.restore(i, net.config, KEYS[i], KVApp(CRYPTO), CRYPTO, 0, [], votes=None)
+                    for i in range(4)]
+    for k in range(5):
+        net.submit(k % 4, net.tx(b"k%d" % k))
+        net.run(60)
+    assert [r.height for r in net.replicas] == [4] * 4
+    assert [r.view for r in net.replicas] == [0] * 4
+    assert not any(isinstance(e, Broadcast) and m.loads(e.data)[0] == m.VIEW_CHANGE
+                   for i in range(4) for e in net.effects[i])
