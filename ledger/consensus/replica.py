@@ -17,7 +17,26 @@ ones make a stable checkpoint and the per-height message log at or below it is d
 that sees no progress on pending work for ``view_change_timeout_ms`` (doubling per failed view, up to
 ``2**max_backoff_exp``; progress is a commit or the first valid proposal for the next height in its
 view) moves to the next view; f+1 view-changes for higher views make a replica
-join the smallest of them. The new primary's new-view carries 2f+1 view-changes; from them every
+join the smallest of them.
+
+Slow primary (after Aardvark, NSDI'09). A primary can stay just inside the timeout, proposing each
+block shortly before backups would give up on it. So each backup also measures the primary's
+service in its view: for every block it commits normally, ``d`` is the time from when it was ready
+for that proposal (its previous commit, or the arrival of work in an empty pool) with transactions
+waiting in its pool, to the arrival of the valid proposal (the primary's share of the block time),
+and ``p`` the time from the proposal to the commit (the replicas' share: execution, two vote
+rounds, fsyncs). With a grace ``g`` = ``batch_timeout_ms`` + ``slow_primary_grace_ms`` per block
+for batching and the primary's tick, the pool and the recent blocks allow one block per
+``p + g``. When, over the last ``slow_primary_window_ms`` of such blocks in the view (at least
+``SLOW_PRIMARY_MIN_BLOCKS``), sum(d) > (``SLOW_PRIMARY_FRACTION`` - 1) * sum(p + g), the primary
+delivers less than a third of that rate and the backup demands a view change (moves to the next
+view; f+1 such demands move every honest replica). An honest primary under load keeps its view:
+it proposes the next batch as soon as it commits the last one, so ``d`` is its own execution of
+the batch plus one message delay, while ``p`` contains the backups' execution of the same batch
+plus two vote rounds; load lengthens both alike and the ratio stays far below the bound. A backup
+that lags measures ``d`` near 0 (the proposal is there when it gets ready), and a backup with no
+transactions waiting measures nothing, so neither blames the primary for its own slowness or for
+idle time. The new primary's new-view carries 2f+1 view-changes; from them every
 replica derives the highest certified height H and the highest-view prepared proposal at H+1, which
 the new primary must propose again unchanged. A replica keeps the last new-view it accepted, also
 after it moved on to a later view change, and sends it to a replica whose view-change is for a lower
@@ -59,7 +78,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol, Sequence
 
@@ -105,6 +124,8 @@ class Config:
     max_blocks_per_reply: int = 16
     lookahead: int = 4
     idle_sync_ms: int = 2000
+    slow_primary_window_ms: int = 1000
+    slow_primary_grace_ms: int = 50
 
     @property
     def n(self) -> int:
@@ -222,6 +243,8 @@ class _ViewChange:
 
 
 _VOTES = (m.PRE_PREPARE, m.PREPARE, m.COMMIT)
+SLOW_PRIMARY_FRACTION = 3     # a backup demands a view change below 1/3 of the rate the pool and recent blocks allow
+SLOW_PRIMARY_MIN_BLOCKS = 2
 MAX_REFORWARD_EXP = 3      # a pending tx goes to the primary again after 1, 2, 4, 8, 8, ... retransmit_ms
 
 
@@ -277,6 +300,10 @@ class Replica:
         self.abstain_height = -1
         self.abstain_view = -1
         self.votes_saved = False            # a vote record was emitted (or restored): votes may leave
+        self.waiting_since: int | None = None      # ready for the next proposal with work waiting
+        self.proposed_at: int | None = None        # the valid proposal for the next height arrived
+        self.service: deque[tuple[int, int]] = deque()   # (d, p) of this view's recent blocks
+        self.slow_primary_demands = 0               # view changes this replica demanded for a slow primary
         self._out: list[Effect] = []
         self._decode = decoder or functools.partial(
             _decode_message, config.chain_id, config.validators, crypto, config.limits)
@@ -531,6 +558,8 @@ class Replica:
         if code is not None:
             return "invalid tx %d" % code
         self.pool[h] = (tx, self.now, origin)
+        if self.waiting_since is None:
+            self.waiting_since = self.now
         return None
 
     # --- normal case ------------------------------------------------------------------------------
@@ -719,6 +748,8 @@ class Replica:
                     self._drop("rejected proposal: " + exc.reason, self.config.primary(self.view))
                     return
                 self.progress_deadline = None      # a valid proposal for the next height is progress
+                if self.proposed_at is None:
+                    self.proposed_at = self.now
             primary = self.config.primary(self.view)
             voting = self._may_vote(self.view, h)
             if voting and self.index != primary and self.view not in slot.my_prepare:
@@ -743,9 +774,36 @@ class Replica:
                 return
             votes = tuple(sorted(commits.items())[: self.config.quorum])
             cert = CommitCertificate(h, self.view, p.hash, votes)
+            served = self._served()
             self._commit(p.header, p.txs, cert, persist=True, hashes=p.tx_hashes)
             h = self.height + 1
+            if served and self._primary_too_slow():
+                self.slow_primary_demands += 1
+                self._start_view_change(self.view + 1)
+                return
             self._maybe_propose()
+
+    def _served(self) -> bool:
+        """Record the (d, p) sample of the block about to commit in this view (see the module
+        docstring); True when one was recorded."""
+        if self.is_primary() or self.proposed_at is None:
+            return False
+        ready = self.waiting_since
+        d = self.proposed_at - ready if ready is not None and ready < self.proposed_at else 0
+        self.service.append((d, self.now - self.proposed_at))
+        return True
+
+    def _primary_too_slow(self) -> bool:
+        """The slow-primary rule of the module docstring over the samples of this view."""
+        cfg = self.config
+        grace = cfg.batch_timeout_ms + cfg.slow_primary_grace_ms
+        service = self.service
+        while len(service) > SLOW_PRIMARY_MIN_BLOCKS \
+                and sum(d + p for d, p in itertools.islice(service, 1, None)) >= cfg.slow_primary_window_ms:
+            service.popleft()
+        if len(service) < SLOW_PRIMARY_MIN_BLOCKS or sum(d + p for d, p in service) < cfg.slow_primary_window_ms:
+            return False
+        return sum(d for d, _ in service) > (SLOW_PRIMARY_FRACTION - 1) * sum(p + grace for _, p in service)
 
     def _fetch_if_certified(self, slot: _Slot, h: int, have: bytes | None) -> bool:
         """2f+1 commits of this view at h for a header other than ``have`` (the valid proposal held,
@@ -782,6 +840,8 @@ class Replica:
         self.progress_deadline = None
         self.backoff = 0
         self.committed_at = self.now
+        self.proposed_at = None
+        self.waiting_since = self.now if self.pool else None
         if h > self.certified_height:
             self.certified_height = h
         if persist:
@@ -860,6 +920,7 @@ class Replica:
         self.in_view_change = True
         self.progress_deadline = None
         self.vc_deadline = None
+        self.service.clear()
         self.backoff += 1
         self.view_changes = {v: d for v, d in self.view_changes.items() if v >= view}
         self._save_votes()
@@ -1017,6 +1078,9 @@ class Replica:
         self.view = view
         self.in_view_change = False
         self._reforward = {}
+        self.service.clear()
+        self.proposed_at = None
+        self.waiting_since = self.now if self.pool else None
         self._save_votes()
         self.new_view_raw = raw
         self.vc_deadline = None

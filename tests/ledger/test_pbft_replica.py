@@ -576,3 +576,61 @@ def test_a_fresh_cluster_restored_from_empty_stores_commits_in_view_0():
     assert [r.view for r in net.replicas] == [0] * 4
     assert not any(isinstance(e, Broadcast) and m.loads(e.data)[0] == m.VIEW_CHANGE
                    for i in range(4) for e in net.effects[i])
+
+
+class SlowPrimaryNet(Net):
+    """Replica 0 holds each of its pre-prepares ``hold`` ms before it sends them (a slow primary)."""
+
+    def __init__(self, hold, **overrides):
+        super().__init__(**overrides)
+        self.hold = hold
+        self.held = []
+
+    def apply(self, i, effects):
+        if i == 0:
+            keep = []
+            for e in effects:
+                if isinstance(e, Broadcast) and m.loads(e.data)[0] == m.PRE_PREPARE \
+                        and m.loads(e.data)[2] == 0:
+                    self.held.append((self.now + self.hold, e))
+                else:
+                    keep.append(e)
+            effects = keep
+        return super().apply(i, effects)
+
+    def run(self, ms, step=10, every=None):
+        end = self.now + ms
+        while self.now < end:
+            self.now += step
+            due = [e for t, e in self.held if t <= self.now]
+            self.held = [(t, e) for t, e in self.held if t > self.now]
+            for e in due:
+                Net.apply(self, 0, [e])
+            if every and self.now % every == 0:
+                self.submit(1 + self.now // every % 3, self.tx(b"k%d" % self.now))
+            for i in range(4):
+                if i not in self.down:
+                    self.apply(i, self.replicas[i].tick(self.now))
+            self.deliver()
+
+
+def test_a_slow_primary_loses_its_view_and_the_rate_recovers():
+    """The primary holds each proposal 800 ms of a 1,000 ms timeout (1.2 blocks/s while backups have
+    work): the backups measure its service against what their commits allow and change view."""
+    net = SlowPrimaryNet(800, view_change_timeout_ms=1000)
+    net.run(2500, every=20)
+    assert [r.view for r in net.replicas[1:]] == [1, 1, 1]
+    assert sum(r.slow_primary_demands for r in net.replicas[1:]) >= 2
+    h0 = net.replicas[1].height
+    net.run(1000, every=20)
+    assert net.replicas[1].height - h0 >= 10                  # one block per few ticks again
+    assert len({tuple(net.blocks(i)) for i in (1, 2, 3)}) == 1
+
+
+def test_a_primary_just_inside_the_bound_keeps_its_view():
+    """A primary that holds each proposal 40 ms (within the grace for batching) is not demoted."""
+    net = SlowPrimaryNet(40, view_change_timeout_ms=1000)
+    net.run(3000, every=20)
+    assert [r.view for r in net.replicas] == [0] * 4
+    assert not any(r.slow_primary_demands for r in net.replicas)
+    assert net.replicas[1].height >= 30
