@@ -69,8 +69,14 @@ restarts an extra, honest validator in 30% of its schedules).
 
 Limits. Committed blocks and the hashes
 of committed transactions are kept in memory (blocks answer fetches); the application is replayed
-from the blocks on restore. Block fetches are answered without rate limiting (at most
-``max_blocks_per_reply`` blocks each).
+from the blocks on restore. Blocks sent to a peer (fetch answers and pushes to a replica whose
+view-change shows it behind) draw on a per-peer byte budget that refills at ``max_message_size``
+bytes per second (each answer counts at least ``max_message_size // FETCH_MIN_COST_DIV`` bytes, so
+also at most that many small answers per second); a fetch beyond it is dropped ("fetch rate"),
+which bounds what a peer asking ``fetch-blocks 0..10^6`` in a loop costs in encoding and signing
+(tests/ledger/test_pbft_replica.py, and the simulator's flooding adversary). An honest replica
+asks one peer at a time, once per reply or per ``retransmit_ms``, and catches up at several
+megabytes of blocks per second per peer.
 """
 
 from __future__ import annotations
@@ -245,6 +251,7 @@ class _ViewChange:
 _VOTES = (m.PRE_PREPARE, m.PREPARE, m.COMMIT)
 SLOW_PRIMARY_FRACTION = 3     # a backup demands a view change below 1/3 of the rate the pool and recent blocks allow
 SLOW_PRIMARY_MIN_BLOCKS = 2
+FETCH_MIN_COST_DIV = 256
 MAX_REFORWARD_EXP = 3      # a pending tx goes to the primary again after 1, 2, 4, 8, 8, ... retransmit_ms
 
 
@@ -304,6 +311,7 @@ class Replica:
         self.proposed_at: int | None = None        # the valid proposal for the next height arrived
         self.service: deque[tuple[int, int]] = deque()   # (d, p) of this view's recent blocks
         self.slow_primary_demands = 0               # view changes this replica demanded for a slow primary
+        self.send_budget: dict[int, tuple[int, int]] = {}   # peer -> (bytes of blocks it may get, at ms)
         self._out: list[Effect] = []
         self._decode = decoder or functools.partial(
             _decode_message, config.chain_id, config.validators, crypto, config.limits)
@@ -988,7 +996,10 @@ class Replica:
         if theirs >= self.height or self.pushed_to.get(to, -1) > self.now:
             return
         self.pushed_to[to] = self.now + self.config.retransmit_ms
-        self._send_blocks(to, theirs + 1, self.height)
+        try:
+            self._send_blocks(to, theirs + 1, self.height)
+        except MessageError as exc:                  # the view-change itself is still processed
+            self._drop(exc.reason, to)
 
     def _on_view_change(self, msg: Message) -> None:
         view = msg.fields[0]
@@ -1148,6 +1159,12 @@ class Replica:
         self._send_blocks(msg.sender, lo, hi)
 
     def _send_blocks(self, to: int, lo: int, hi: int) -> None:
+        cap = self.config.max_message_size
+        tokens, at = self.send_budget.get(to, (cap, self.now))
+        tokens = min(cap, tokens + (self.now - at) * cap // 1000)
+        if tokens < 0:
+            self.send_budget[to] = (tokens, self.now)
+            raise MessageError("fetch rate")
         hi = min(hi, self.height, lo + self.config.max_blocks_per_reply - 1)
         items = []
         size = 0
@@ -1158,6 +1175,7 @@ class Replica:
             if items and size > self.config.max_message_size // 2:
                 break
             items.append(item)
+        self.send_budget[to] = (tokens - max(size, cap // FETCH_MIN_COST_DIV), self.now)
         self._out.append(Send(to, self._sign([m.BLOCKS, self.index, items])))
 
     def _on_blocks(self, msg: Message) -> None:

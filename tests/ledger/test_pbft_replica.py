@@ -634,3 +634,25 @@ def test_a_primary_just_inside_the_bound_keeps_its_view():
     assert [r.view for r in net.replicas] == [0] * 4
     assert not any(r.slow_primary_demands for r in net.replicas)
     assert net.replicas[1].height >= 30
+
+
+def test_block_fetches_beyond_a_peers_byte_budget_are_dropped():
+    """A peer that asks for blocks 0..10^6 in a loop gets answers worth ``max_message_size`` bytes
+    per second (at least 1/256 of it per answer), not one per request."""
+    net = Net(max_message_size=1 << 16)
+    for k in range(6):
+        net.submit(1, net.tx(b"k%d" % k))
+        net.run(60)
+    r = net.replicas[1]
+    assert r.height >= 5
+    answers = drops = 0
+    for t in range(0, 1000, 1):                              # 1,000 fetches a second for one second
+        for e in r.receive(3, m.encode_message("t", [m.FETCH_BLOCKS, 3, 0, 10 ** 6], KEYS[3], CRYPTO),
+                           net.now + t):
+            if isinstance(e, Send) and m.loads(e.data)[0] == m.BLOCKS:
+                answers += 1
+            elif isinstance(e, Dropped) and e.reason == "fetch rate":
+                drops += 1
+    assert answers + drops == 1000 and 2 <= answers <= 2 * 256, answers
+    again = r.receive(2, m.encode_message("t", [m.FETCH_BLOCKS, 2, 0, 3], KEYS[2], CRYPTO), net.now + 1000)
+    assert any(isinstance(e, Send) and e.to == 2 for e in again)            # other peers keep their budget
