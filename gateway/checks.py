@@ -328,6 +328,7 @@ class Limits:
     rate_per_s: float = 10.0
     burst: float = 20.0
     session_lifetime_s: int = 24 * 3600
+    sessions_per_device: int = 4           # a new session of a device drops its oldest beyond this
     registry_ttl_ms: int = 60_000          # refresh device records older than this
     registry_timeout_ms: int = 5_000       # held frames are refused (14) after this long with no registry answer
     registry_wait_max_ms: int = 60_000     # for any device (a backlog's lookups queue up), or this long in all
@@ -479,9 +480,11 @@ class GatewayCore:
         self.pending_bytes = 0                                               # and their bytes
         self.fetching: dict[bytes, int] = {}
         self.last_answer_ms: int | None = None     # the last registry proof that verified, of any device
-        self.used_requests: set[bytes] = set()
+        self.used_requests: OrderedDict[bytes, int] = OrderedDict()   # request id -> when it may be forgotten
         self._headers: OrderedDict[bytes, spv.Header] = OrderedDict()
-        self.issued_certs: set[bytes] = set()
+        self.issued_certs: set[bytes] = set()                                # of the sessions kept
+        self._device_sessions: dict[bytes, list[bytes]] = {}                 # device -> its session ids, oldest first
+        self._session_sweep_ms = 0
         self.session_source: Callable[[bytes], tuple[bytes, bytes] | None] | None = None
         self._prefix = "ll/%s/dev/" % site
         self._topics: dict[str, tuple[bytes, str]] = {}                     # parsed device topics
@@ -800,7 +803,9 @@ class GatewayCore:
         cert_hash = sha256(cert)
         if cert_hash in self.issued_certs:
             raise _Refusal(CERTIFICATE_REUSE, "certificate already issued")
-        self.used_requests.update(ids)
+        forget_ms = now_ms + 2 * self.limits.max_skew_ms        # past it, the request's time is refused
+        for i in ids:
+            self.used_requests[i] = forget_ms
         self.install_session(cert, topic_dev)
         response = {1: req[3], 2: cert, 3: r, 4: self.site_public, 5: self.gateway_id}
         return [Reply(self.down_topic(topic_dev), cbor.dumps({0: KIND_SESSION, 1: response}), sha256(frame)),
@@ -829,7 +834,34 @@ class GatewayCore:
         session = Session(sk.session_id, dev, sk.key, sk.base_iv, parsed.valid_until, cert)
         self.sessions[sk.session_id] = session
         self.issued_certs.add(sha256(cert))
+        mine = self._device_sessions.setdefault(dev, [])
+        if sk.session_id not in mine:
+            mine.append(sk.session_id)
+        while len(mine) > self.limits.sessions_per_device:
+            self._drop_session(self.sessions[mine[0]])
         return session
+
+    def _drop_session(self, session: Session) -> None:
+        del self.sessions[session.session_id]
+        self.issued_certs.discard(sha256(session.cert))
+        mine = self._device_sessions[session.device_id]
+        mine.remove(session.session_id)
+        if not mine:
+            del self._device_sessions[session.device_id]
+
+    def _forget_expired_sessions(self, now_ms: int) -> None:
+        """Sessions past their certificate's end (looked for once a minute), and request ids whose time no
+        longer passes the skew check."""
+        if now_ms >= self._session_sweep_ms:
+            self._session_sweep_ms = now_ms + 60_000
+            now_s = now_ms // 1000
+            for session in [s for s in self.sessions.values() if now_s >= s.valid_until_s]:
+                self._drop_session(session)
+        while self.used_requests:
+            first = next(iter(self.used_requests))
+            if self.used_requests[first] > now_ms:
+                break
+            del self.used_requests[first]
 
     # --- ledger inputs ----------------------------------------------------------------------------
 
@@ -989,6 +1021,7 @@ class GatewayCore:
         """
         effects: list[Effect] = []
         lim = self.limits
+        self._forget_expired_sessions(now_ms)
         answered = self.last_answer_ms if self.last_answer_ms is not None else now_ms - lim.registry_wait_max_ms
         for dev in list(self.pending):
             queue = self.pending[dev]

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledgerlink.core import cbor
+from ledgerlink.core import cbor, ecqv
 from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.batcher import Ledger, Outgoing
 from ledgerlink.gateway.store import Store
@@ -61,8 +61,11 @@ class GatewayService:
         """After a (re)start: replay windows from the store, sessions from the stored certificates."""
         for dev, seq in self.store.highest_seqs().items():
             self.core.restore_window(dev, seq, now_ms)
-        for dev, cert in self.store.certificates():
+        lifetime_ms = self.core.limits.session_lifetime_s * 1000
+        for dev, cert in self.store.certificates(issued_from_ms=now_ms - lifetime_ms):
             try:
+                if ecqv.decode_cert(cert).valid_until <= now_ms // 1000:
+                    continue
                 self.core.install_session(cert, dev)
             except Exception as exc:  # noqa: BLE001 - a stored certificate that no longer parses
                 log.warning("stored certificate not restored: %s", exc)

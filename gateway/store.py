@@ -458,11 +458,13 @@ class Store:
         self._tx([("INSERT OR IGNORE INTO certs (hash, device, cert, created_ms, status, owner) VALUES (?,?,?,?,?,?)",
                    (hashlib.sha256(cert).digest(), device, cert, now_ms, "pending", self.owner))])
 
-    def certificates(self, status: str | None = None, limit: int = -1) -> list[tuple[bytes, bytes]]:
-        """(device, cert) pairs: all of the site's, or this owner's with ``status`` (pending: not yet
-        recorded on the ledger)."""
+    def certificates(self, status: str | None = None, limit: int = -1,
+                     issued_from_ms: int = 0) -> list[tuple[bytes, bytes]]:
+        """(device, cert) pairs: all of the site's issued at ``issued_from_ms`` or later, or this owner's
+        with ``status`` (pending: not yet recorded on the ledger)."""
         if status is None:
-            return self._query("SELECT device, cert FROM certs ORDER BY created_ms LIMIT ?", (limit,))
+            return self._query("SELECT device, cert FROM certs WHERE created_ms >= ? ORDER BY created_ms LIMIT ?",
+                               (issued_from_ms, limit))
         return self._query("SELECT device, cert FROM certs WHERE status = ? AND owner = ? ORDER BY created_ms "
                            "LIMIT ?", (status, self.owner, limit))
 
