@@ -5,7 +5,9 @@ The config (JSON, or TOML when the name ends in .toml)::
     {
       "site": "plant-1",
       "mqtt": {"host": "127.0.0.1", "port": 1883, "client_id": "gw-plant-1-a", "shared": true,
-               "receive_maximum": 1000, "client": "ledgerlink"},
+               "receive_maximum": 1000, "client": "ledgerlink",
+               "credentials": "broker/credentials/gw-plant-1-a.json",
+               "tls": {"ca": "broker/tls/ca.pem", "cert": "gw.pem", "key": "gw.key"}},
       "store": "gateway.db",
       "keys": {"identity": "keys/gateway.key", "ca": "keys/gw-ca.key", "site": "keys/gw-site.key"},
       "ledger": {"cluster": "cluster.json"},
@@ -21,6 +23,10 @@ gateway's registered ledger key (role gateway), ``ca`` its fog CA key and ``site
 (``ca`` and ``site`` fall back to ``identity`` when not given; separate keys are better). ``http``
 (optional) starts the dashboard and ``/metrics`` (see ``ledgerlink.gateway.dashboard``). ``trust`` defaults to
 the chain id and validator keys of the cluster file. Relative paths are relative to the config file.
+``mqtt.credentials`` (optional) is the broker account's login file (``{"username", "password"}``, as
+``ledgerlink.tools.broker_access`` writes it; the client id must be its username); ``mqtt.tls``
+(optional) connects with TLS, checking the broker's certificate against ``ca`` (``cert`` and ``key``: a
+client certificate, when the broker asks for one).
 ``verify_threads`` (default: $LEDGERLINK_VERIFY_THREADS, else one per core, at most 4) checks each group's
 signatures on that many threads ahead of the checks (``ledgerlink.gateway.verify_ahead``); 1 checks them
 on the check thread. ``mqtt.client`` picks the MQTT client: "ledgerlink" (the gateway's own, ``ledgerlink.gateway.mqtt_client``)
@@ -108,11 +114,19 @@ def build(cfg: dict[str, Any]) -> MqttGateway:
                       interval_ms=int(batch.get("interval_ms", 100)))
     mq = cfg.get("mqtt", {})
     threads = int(cfg.get("verify_threads", default_verify_threads()))
+    login = json.loads(_path(cfg, mq["credentials"]).read_text()) if "credentials" in mq else None
+    tls = None
+    if "tls" in mq:
+        from ledgerlink.tools.broker_access import client_tls_context
+
+        t = mq["tls"]
+        tls = client_tls_context(_path(cfg, t["ca"]), *(_path(cfg, t[k]) for k in ("cert", "key") if k in t))
     return MqttGateway(GatewayService(core, store, threads), batcher, ledger, site, mq.get("host", "127.0.0.1"),
                        int(mq.get("port", 1883)), mq.get("client_id", "ll-gw-%s-%d" % (site, os.getpid())),
                        shared=bool(mq.get("shared", True)), batch_interval_ms=int(batch.get("interval_ms", 100)),
                        receive_maximum=int(mq.get("receive_maximum", RECEIVE_MAXIMUM)),
-                       client=str(mq.get("client") or os.environ.get("LEDGERLINK_MQTT_CLIENT") or DEFAULT_CLIENT))
+                       client=str(mq.get("client") or os.environ.get("LEDGERLINK_MQTT_CLIENT") or DEFAULT_CLIENT),
+                       login=login and {"username": login["username"], "password": login["password"]}, tls=tls)
 
 
 def _profiled(run: Any, path: str) -> None:

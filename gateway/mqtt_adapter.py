@@ -78,7 +78,8 @@ class MqttGateway:
     def __init__(self, service: GatewayService, batcher: Batcher, ledger: Ledger, site: str, host: str,
                  port: int, client_id: str, shared: bool = True, batch_interval_ms: int = 100,
                  clock: Callable[[], int] = now_ms, receive_maximum: int = RECEIVE_MAXIMUM,
-                 client: str = DEFAULT_CLIENT) -> None:
+                 client: str = DEFAULT_CLIENT, login: dict[str, str] | None = None, tls: Any = None) -> None:
+        """``login``: the broker account (``{"username", "password"}``); ``tls``: an ``ssl.SSLContext``."""
         if client not in CLIENTS:
             raise ValueError("mqtt client %r is not one of %s" % (client, ", ".join(CLIENTS)))
         self.service = service
@@ -90,7 +91,7 @@ class MqttGateway:
         self.clock = clock
         self.batch_interval = batch_interval_ms / 1000
         prefix = "$share/ll-gw-%s/" % site if shared else ""
-        self.subscriptions = [prefix + "ll/%s/dev/+/%s" % (site, level) for level in ("up", "session", "reg")]
+        self.subscriptions = [prefix + "ll/%s/dev/+/%s" % (site, level) for level in ("up", "session", "reg", "ask")]
         self.events: queue.Queue = queue.Queue()
         self.fetches = ThreadPoolExecutor(REGISTRY_FETCHERS, thread_name_prefix="ll-gw-registry")
         self.stop_event = threading.Event()
@@ -104,13 +105,18 @@ class MqttGateway:
         if client == "ledgerlink":
             self.client = MqttClient(host, port, client_id, keepalive=30, clean_start=False,
                                      session_expiry=SESSION_EXPIRY_S, receive_maximum=receive_maximum,
-                                     on_messages=self._on_ll_messages, on_connect=self._on_ll_connect)
+                                     on_messages=self._on_ll_messages, on_connect=self._on_ll_connect,
+                                     tls=tls, **(login or {}))
             self.client.subscriptions.update((t, 1) for t in self.subscriptions)
             self.connected = self.client.connected
             return
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                                   manual_ack=True)
         self.client.max_inflight_messages_set(OUT_INFLIGHT)
+        if login:
+            self.client.username_pw_set(login["username"], login["password"])
+        if tls is not None:
+            self.client.tls_set_context(tls)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect

@@ -79,8 +79,12 @@ class MqttClient:
                  on_message: Callable[[Any, Any, Message], None] | None = None,
                  on_connect: Callable[[bool], None] | None = None,
                  on_messages: Callable[[Any, Any, list[Message]], None] | None = None,
-                 backoff: tuple[float, float] = (0.1, 10.0), connect_timeout: float = 10.0) -> None:
+                 backoff: tuple[float, float] = (0.1, 10.0), connect_timeout: float = 10.0,
+                 username: str | None = None, password: str | None = None, tls: Any = None) -> None:
         self.host, self.port, self.client_id = host, port, client_id
+        self.username = username
+        self.password = password
+        self.tls = tls                                  # an ssl.SSLContext (server checked against its CA), or None
         self.keepalive = keepalive
         self.clean_start = clean_start
         self.session_expiry = session_expiry
@@ -293,7 +297,11 @@ class MqttClient:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         props = [(P_SESSION_EXPIRY, self.session_expiry), (P_RECEIVE_MAXIMUM, self.receive_maximum)]
         try:
-            sock.sendall(encode_connect(self.client_id, self.keepalive, self.clean_start, props))
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+            password = self.password.encode() if self.password is not None else None
+            sock.sendall(encode_connect(self.client_id, self.keepalive, self.clean_start, props, self.username,
+                                        password))
             buf = bytearray()
             deadline = time.monotonic() + self.connect_timeout
             while True:

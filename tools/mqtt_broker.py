@@ -27,8 +27,10 @@ string; a malformed packet closes that connection with DISCONNECT 0x81 (protocol
 0x95; for 3.1.1 clients the connection is closed), and an unexpected exception in a handler closes only
 that connection (0x80). ``decode_packet`` (in ``ledgerlink.mqtt5``, the codec) is the pure decoder; tests
 feed it random and mutated packets (hypothesis) and check that only ``MqttError`` comes out, and drive the
-running broker with paho-mqtt clients and raw sockets. There is no authentication: any client on the
-listening address may connect (devices are authenticated by their signatures, not by the broker).
+running broker with paho-mqtt clients and raw sockets. With ``--accounts FILE`` (a site's ``accounts.json``,
+see ``ledgerlink.tools.broker_access``) only its accounts connect, each under its own client id, and
+``ledgerlink.tools.mqtt_acl`` decides what each may publish, subscribe to and receive; without it any
+client on the listening address may connect.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+from ledgerlink.tools import mqtt_acl
 from ledgerlink.mqtt5 import (  # noqa: F401 - re-exported: the codec lived here
     Ack, BAD_AUTH_METHOD, CLIENT_ID_NOT_VALID, CONNACK, CONNECT, Connect, DISCONNECT, Disconnect,
     KEEP_ALIVE_TIMEOUT, MALFORMED, MAX_PID, MAX_VBI, MqttError, NEVER_EXPIRES, NO_SUBSCRIPTION_EXISTED,
@@ -282,8 +285,9 @@ class Broker:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, max_packet_size: int = 1 << 20,
                  receive_maximum: int = 1024, max_queued: int = 100_000, max_queued_bytes: int = 256 << 20,
-                 topic_alias_maximum: int = 64, max_keepalive: int = 0) -> None:
+                 topic_alias_maximum: int = 64, max_keepalive: int = 0, access: Any = None) -> None:
         self.host, self.port = host, port
+        self.access = access            # an ``mqtt_acl.Access``, or None: anonymous, no ACLs
         self.max_packet_size = max_packet_size
         self.receive_maximum = receive_maximum
         self.max_queued = max_queued
@@ -305,6 +309,22 @@ class Broker:
         self.server = await self.loop.create_server(lambda: Connection(self), self.host, self.port,
                                                     reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]
+        if self.access is not None:
+            self.loop.call_later(mqtt_acl.RELOAD_S, self._reload_access)
+
+    def _reload_access(self) -> None:
+        """Read the accounts again when they changed; disconnect the clients of accounts now refused."""
+        try:
+            gone = self.access.reload()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("accounts file %s not read again (the accounts read before stay): %s", self.access.path, exc)
+            gone = []
+        for username in gone:
+            s = self.sessions.get(username)
+            if s is not None and s.conn is not None:
+                s.conn.close(mqtt_acl.ADMINISTRATIVE_ACTION, "account disabled or changed")
+        if self.server is not None and self.server.is_serving():
+            self.loop.call_later(mqtt_acl.RELOAD_S, self._reload_access)
 
     async def close(self) -> None:
         """Stop listening; tell MQTT 5 clients the server is shutting down (0x8B); close every connection."""
@@ -332,8 +352,11 @@ class Broker:
         subs, groups = self.tree.match(msg.topic)
         if subs:
             best: dict[Session, list] = {}
+            access = self.access
             for sub in subs:
                 if sub.no_local and sub.session.client_id == msg.sender:
+                    continue
+                if access is not None and not access.may_receive(sub.session.client_id, msg.topic):
                     continue
                 d = best.get(sub.session)
                 if d is None:
@@ -374,7 +397,8 @@ class Broker:
             if msg.expires is not None and msg.expires <= now:
                 del self.retained[topic]
                 continue
-            if filter_matches(filt, topic):
+            if filter_matches(filt, topic) and (self.access is None
+                                                or self.access.may_receive(sub.session.client_id, topic)):
                 sub.session.enqueue(Entry(msg, min(sub.qos, msg.qos), True, (sub.sid,) if sub.sid else (), None))
 
     # --- sessions -------------------------------------------------------------------------------------
@@ -655,6 +679,16 @@ class Connection(asyncio.Protocol):
                 self.version = 0
                 raise MqttError(CLIENT_ID_NOT_VALID, "empty client id with clean session 0")
             cid = assigned = "ll-auto-%d" % next(broker.ids)
+        if broker.access is not None:
+            bound = broker.access.check_connect(c.client_id, c.username, c.password)
+            if bound is None:
+                log.info("client %s: connection refused: no such account, wrong password or client id", self.peer)
+                if c.version == 4:
+                    self.write(packet(CONNACK << 4, b"\x00\x05"))
+                    self.version = 0
+                raise MqttError(mqtt_acl.NOT_AUTHORIZED, "not authorized")
+            assigned = bound if cid != bound else None
+            cid = bound
         old = broker.sessions.get(cid)
         if old is not None and old.conn is not None:
             old.conn.close(SESSION_TAKEN_OVER, "another connection took over the session")
@@ -717,6 +751,12 @@ class Connection(asyncio.Protocol):
         check_topic_name(topic)
         if p.qos == 2:
             raise MqttError(QOS_NOT_SUPPORTED, "QoS 2 is not supported")
+        access = self.broker.access
+        if access is not None and not access.may_send(self.session.client_id, topic):
+            log.info("client %s: publish to %r denied", self._name(), topic)
+            if p.qos == 1:
+                self.write(packet(PUBACK << 4, p.pid.to_bytes(2, "big") + (b"\x87" if self.version == 5 else b"")))
+            return
         self.broker.publish(Message(topic, p.payload, p.qos, p.retain, p.props, self.session.client_id))
         if p.qos == 1:
             self.write(packet(PUBACK << 4, p.pid.to_bytes(2, "big")))
@@ -735,6 +775,10 @@ class Connection(asyncio.Protocol):
             group, filt = shared
             if group is not None and opts & 4:
                 raise _protocol("no local on a shared subscription")
+            if self.broker.access is not None and not self.broker.access.may_subscribe(s.client_id, full):
+                log.info("client %s: subscription to %r denied", self._name(), full)
+                codes.append(mqtt_acl.NOT_AUTHORIZED if v5 else 0x80)
+                continue
             sub = Sub(s, full, group, opts, sid)
             existed = full in s.subs
             s.subs[full] = sub
@@ -854,6 +898,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="largest packet accepted from a client (default 1 MiB)")
     p.add_argument("--max-queued", type=int, default=100_000, metavar="N",
                    help="messages queued per client before new ones are dropped (default 100000)")
+    p.add_argument("--accounts", metavar="FILE", help="a site's accounts.json (ledgerlink.tools.broker_access): "
+                   "only its accounts connect, with their ACLs (default: anonymous clients, no ACLs)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
@@ -861,7 +907,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 16 <= args.max_packet_size <= MAX_VBI + 5 or args.max_queued < 1:
         p.error("--max-packet-size must be 16..268435460 and --max-queued at least 1")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    broker = Broker(args.host, args.port, max_packet_size=args.max_packet_size, max_queued=args.max_queued)
+    try:
+        access = mqtt_acl.Access(args.accounts) if args.accounts else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print("mqtt_broker: cannot read accounts %s: %s" % (args.accounts, exc), file=sys.stderr)
+        return 2
+    broker = Broker(args.host, args.port, max_packet_size=args.max_packet_size, max_queued=args.max_queued,
+                    access=access)
 
     async def serve() -> None:
         await broker.start()

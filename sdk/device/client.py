@@ -50,7 +50,8 @@ class Device:
     """A device connected to a site broker.
 
     ``core``: the protocol state (``DeviceCore``); ``queue``: the durable ``OfflineQueue``. ``mode`` is
-    ``"signed"`` or ``"session"``. Callbacks run on the I/O thread and must not block.
+    ``"signed"`` or ``"session"``. Callbacks run on the I/O thread and must not block. ``password`` (and
+    ``username``): the device's broker account; ``tls``: an ``ssl.SSLContext`` that checks the broker.
     """
 
     def __init__(self, core: DeviceCore, queue: OfflineQueue, host: str, port: int = 1883, mode: str = MODE_SIGNED,
@@ -59,7 +60,8 @@ class Device:
                  on_receipt: Callable[[ReceiptResult], None] | None = None,
                  on_refusal: Callable[[Refused], None] | None = None,
                  on_command: Callable[[CommandResult], None] | None = None,
-                 clock: Callable[[], int] = now_ms) -> None:
+                 clock: Callable[[], int] = now_ms, username: str | None = None, password: str | None = None,
+                 tls: Any = None) -> None:
         if mode not in (MODE_SIGNED, MODE_SESSION):
             raise ValueError("mode must be %r or %r" % (MODE_SIGNED, MODE_SESSION))
         self.core = core
@@ -94,6 +96,15 @@ class Device:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
+        if password is not None:
+            self.set_login(password, username)
+        if tls is not None:
+            self._client.tls_set_context(tls)
+
+    def set_login(self, password: str, username: str | None = None) -> None:
+        """The broker account used from the next connect on (``username`` defaults to ``ll-<device id>``, the
+        client id; ``ledgerlink.tools.broker_access`` binds each account to its client id)."""
+        self._client.username_pw_set(username or "ll-" + self.core.device_id.hex(), password)
 
     @classmethod
     def open(cls, directory: str, site: str, host: str, port: int, chain_id: str, validator_keys: Iterable[bytes],

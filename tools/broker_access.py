@@ -1,0 +1,489 @@
+"""Who may do what on a site's MQTT broker: accounts, per-role ACLs and how each broker enforces them.
+
+Protects against clients on the broker's network: without an account nobody connects (anonymous off);
+each account is bound to one client id (so nobody can take over the gateway's session or kick it off
+without its password), and each role may publish, subscribe and receive only its own topics:
+
+==============  =========================================  ==============================================
+role            publish                                    subscribe and receive
+==============  =========================================  ==============================================
+device          ``ll/S/dev/D/up``, ``reg``, ``session``     ``ll/S/dev/D/down``, ``ll/S/dev/D/cmd``,
+                                                           ``ll/S/ledger/header``
+controller      as device, and ``ll/S/dev/+/cmd``          as device
+gateway         ``ll/S/dev/+/down``, ``ll/S/verified/+``,  ``$share/ll-gw-S/ll/S/dev/+/up``, ``session``,
+                ``ll/S/ledger/header``                     ``reg`` (the shared group only)
+consumer        nothing                                    ``ll/S/verified/+``
+operator        ``ll/S/#``                                 ``ll/S/#`` (no ``$share`` group; made only on
+                                                           request, for diagnosis)
+broker-admin    ``$CONTROL/dynamic-security/#``            its responses (mosquitto only)
+==============  =========================================  ==============================================
+
+(S the site, D the device id in hex.) The site's accounts live in ``accounts.json`` in the broker
+folder (``data_dir/broker``, mode 0700; files 0600): role, PBKDF2-SHA512 hash of the password and
+whether the account is disabled. Passwords are 24 random bytes (base64url), so the hash's iteration
+count (mosquitto's 101) does not carry their strength. Each account's client login is written once to
+``credentials/<username>.json`` (0600) for the client that uses it; the password itself is kept nowhere else.
+Usernames: ``ll-<device id hex>`` for devices and controllers (the client id the device SDKs already
+use), ``ll-gw-<site>-<i>`` for gateway processes, ``ll-app-<site>`` for the consumer.
+
+Enforcement:
+
+- mosquitto (2.0, Debian 12's 2.0.11): the dynamic security plugin. Chosen over password and ACL files
+  because with the files mosquitto 2.0 accepts every SUBSCRIBE and checks only at delivery: a device
+  that joined the gateway's shared group was dealt half of the site's frames and mosquitto dropped them
+  (acknowledged to the device, never delivered; measured 10 of 20). The plugin refuses such a SUBSCRIBE
+  (0x87), pins each account's client id, and ``disableClient`` disconnects that one client at once (a
+  SIGHUP reload of password files disconnects every client, the gateway too). ``mosquitto_lines``
+  writes the plugin's config from ``accounts.json`` at each start; changes while it runs go to it as
+  ``$CONTROL/dynamic-security/v1`` commands from the ``ll-broker-admin`` account (``apply_live``).
+- the embedded broker (``ledgerlink.tools.mqtt_broker --accounts FILE``): ``ledgerlink.tools.mqtt_acl``
+  reads the same ``accounts.json`` with the same rules, and reads it again within ``RELOAD_S`` of a
+  change, disconnecting the clients of disabled accounts.
+
+Tested in tests/access/ against both brokers on a live site.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+ROLES = ("device", "controller", "gateway", "consumer", "operator", "broker-admin")
+PBKDF2_ITERATIONS = 101                 # mosquitto's own; the passwords are random, see the module docstring
+PASSWORD_BYTES = 24
+ADMIN_USER = "ll-broker-admin"
+DYNSEC_PLUGIN_PATHS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+                       "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+                       "/usr/lib/mosquitto_dynamic_security.so", "/usr/local/lib/mosquitto_dynamic_security.so")
+DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
+ACCOUNTS_FILE = "accounts.json"
+RUNTIME_FILE = "runtime.json"
+DYNSEC_FILE = "dynamic-security.json"
+RELOAD_S = 0.2                          # the embedded broker looks at accounts.json this often
+
+SEND, RECEIVE, SUBSCRIBE = "send", "receive", "subscribe"
+ROLE_CONTROLLER = 6                     # the ledger role of a device that may command others
+
+
+class AccessError(Exception):
+    """An account operation that cannot be done; the message says why."""
+
+
+def device_username(device_id: bytes) -> str:
+    return "ll-" + device_id.hex()
+
+
+def gateway_username(site: str, index: int = 1) -> str:
+    return "ll-gw-%s-%d" % (site, index)
+
+
+def consumer_username(site: str) -> str:
+    return "ll-app-%s" % site
+
+
+def rules(site: str, username: str, role: str, device: str | None = None) -> list[tuple[str, str]]:
+    """The (kind, topic filter) allowances of one account: kind is send, receive or subscribe."""
+    base = "ll/%s" % site
+    if role in ("device", "controller"):
+        own = "%s/dev/%s" % (base, device)
+        out = [(SEND, own + "/" + level) for level in ("up", "reg", "session")]
+        for topic in (own + "/down", own + "/cmd", base + "/ledger/header"):
+            out += [(SUBSCRIBE, topic), (RECEIVE, topic)]
+        if role == "controller":
+            out.append((SEND, base + "/dev/+/cmd"))
+        return out
+    if role == "gateway":
+        out = [(SEND, base + "/dev/+/down"), (SEND, base + "/verified/+"), (SEND, base + "/ledger/header")]
+        for level in ("up", "session", "reg"):
+            out += [(SUBSCRIBE, "$share/ll-gw-%s/%s/dev/+/%s" % (site, base, level)),
+                    (RECEIVE, "%s/dev/+/%s" % (base, level))]
+        return out
+    if role == "consumer":
+        return [(SUBSCRIBE, base + "/verified/+"), (RECEIVE, base + "/verified/+")]
+    if role == "operator":
+        return [(SEND, base + "/#"), (SUBSCRIBE, base + "/#"), (RECEIVE, base + "/#")]
+    if role == "broker-admin":
+        return [(SEND, DYNSEC_TOPIC), (SUBSCRIBE, DYNSEC_TOPIC + "/response"), (RECEIVE, DYNSEC_TOPIC + "/response")]
+    raise AccessError("unknown role %r (one of %s)" % (role, ", ".join(ROLES)))
+
+
+def hash_password(password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> dict[str, Any]:
+    salt = salt if salt is not None else secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return {"salt": base64.b64encode(salt).decode(), "hash": base64.b64encode(digest).decode(), "iterations": iterations}
+
+
+def password_matches(account: dict[str, Any], password: bytes | str | None) -> bool:
+    """Whether ``password`` is the account's (constant-time compare of the PBKDF2 digests)."""
+    if password is None:
+        return False
+    if isinstance(password, bytes):
+        try:
+            password = password.decode()
+        except UnicodeDecodeError:
+            return False
+    try:
+        salt = base64.b64decode(account["salt"])
+        want = base64.b64decode(account["hash"])
+        got = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, int(account["iterations"]))
+    except (KeyError, ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (mode 0600) through a temporary file renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` made (with parents) and set to mode 0700."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def find_dynsec_plugin() -> str | None:
+    for p in DYNSEC_PLUGIN_PATHS:
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+class SiteAccess:
+    """The accounts of one site in ``folder`` (``data_dir/broker``)."""
+
+    def __init__(self, folder: str | Path, site: str) -> None:
+        self.folder = Path(folder)
+        self.site = site
+
+    # --- the accounts file ---------------------------------------------------------------------------
+
+    @property
+    def accounts_path(self) -> Path:
+        return self.folder / ACCOUNTS_FILE
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """username -> account (empty when there is no accounts file yet)."""
+        try:
+            data = json.loads(self.accounts_path.read_text())
+        except FileNotFoundError:
+            return {}
+        if data.get("site") != self.site:
+            raise AccessError("%s holds the accounts of site %r, not %r" % (self.accounts_path, data.get("site"),
+                                                                            self.site))
+        return dict(data["accounts"])
+
+    def _save(self, accounts: dict[str, dict[str, Any]]) -> None:
+        private_dir(self.folder)
+        _write_private(self.accounts_path, json.dumps({"site": self.site, "accounts": accounts}, indent=1,
+                                                      sort_keys=True) + "\n")
+
+    def credentials_path(self, username: str) -> Path:
+        return self.folder / "credentials" / (username + ".json")
+
+    def login(self, username: str) -> dict[str, str]:
+        """``{"username": ..., "password": ...}`` of an account made here (from its credentials file)."""
+        try:
+            data = json.loads(self.credentials_path(username).read_text())
+        except FileNotFoundError:
+            raise AccessError("no credentials file for MQTT account %s in %s" % (username, self.folder)) from None
+        return {"username": data["username"], "password": data["password"]}
+
+    # --- changes -------------------------------------------------------------------------------------
+
+    def add(self, username: str, role: str, device: bytes | None = None, rotate: bool = False) -> dict[str, str]:
+        """Make the account (or, with ``rotate``, give it a new password; enable it again when it was
+        disabled); write its credentials file; return its login. An existing account is kept as it is."""
+        rules(self.site, username, role, device.hex() if device else None)       # the role is known
+        accounts = self.load()
+        old = accounts.get(username)
+        if old is not None and old["role"] != role:
+            raise AccessError("MQTT account %s has role %s, not %s" % (username, old["role"], role))
+        if old is not None and not rotate and self.credentials_path(username).exists():
+            return self.login(username)
+        password = base64.urlsafe_b64encode(secrets.token_bytes(PASSWORD_BYTES)).decode()
+        account = {"role": role, "disabled": False, **hash_password(password)}
+        if device is not None:
+            account["device"] = device.hex()
+        accounts[username] = account
+        private_dir(self.folder / "credentials")
+        _write_private(self.credentials_path(username), json.dumps({"username": username, "password": password}) + "\n")
+        self._save(accounts)
+        self.apply_live([("set", username, password)])
+        return {"username": username, "password": password}
+
+    def add_device(self, device_id: bytes, role: str = "device", rotate: bool = False) -> dict[str, str]:
+        return self.add(device_username(device_id), role, device_id, rotate)
+
+    def add_registered(self, request: bytes, rotate: bool = False) -> dict[str, str]:
+        """The account of the device whose ``registration-request`` this is (controllers may also send commands)."""
+        from ledgerlink.core import cbor, cose
+
+        payload = cbor.loads(cose.decode_sign1(request).payload)
+        return self.add_device(payload[1], "controller" if payload.get(3) == ROLE_CONTROLLER else "device", rotate)
+
+    def set_disabled(self, username: str, disabled: bool) -> bool:
+        """Disable (or enable) an account; False when there is no such account."""
+        accounts = self.load()
+        if username not in accounts:
+            return False
+        accounts[username]["disabled"] = disabled
+        self._save(accounts)
+        self.apply_live([("disable" if disabled else "enable", username, None)])
+        return True
+
+    def site_accounts(self, gateways: int = 1) -> None:
+        """The accounts every site has: its gateway processes, the consumer and the broker admin."""
+        for i in range(1, gateways + 1):
+            self.add(gateway_username(self.site, i), "gateway")
+        self.add(consumer_username(self.site), "consumer")
+        self.add(ADMIN_USER, "broker-admin")
+
+    # --- mosquitto -----------------------------------------------------------------------------------
+
+    def dynsec_config(self) -> dict[str, Any]:
+        """The dynamic security plugin's config for the accounts (one role per account)."""
+        kinds = {SEND: "publishClientSend", RECEIVE: "publishClientReceive", SUBSCRIBE: "subscribePattern"}
+        clients, roles = [], []
+        for username, a in sorted(self.load().items()):
+            clients.append({"username": username, "clientid": username, "password": a["hash"], "salt": a["salt"],
+                            "iterations": a["iterations"], "disabled": bool(a.get("disabled")),
+                            "roles": [{"rolename": username}]})
+            roles.append({"rolename": username, "acls": [
+                {"acltype": kinds[kind], "topic": topic, "allow": True, "priority": 0}
+                for kind, topic in rules(self.site, username, a["role"], a.get("device"))]})
+        return {"defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
+                                     "unsubscribe": True},
+                "clients": clients, "groups": [], "roles": roles}
+
+    def mosquitto_lines(self) -> str:
+        """mosquitto.conf lines that turn anonymous access off and load the plugin with the accounts."""
+        plugin = find_dynsec_plugin()
+        if plugin is None:
+            raise AccessError("mosquitto's dynamic security plugin (mosquitto_dynamic_security.so) was not found "
+                              "in %s" % ", ".join(DYNSEC_PLUGIN_PATHS))
+        path = self.folder / DYNSEC_FILE
+        _write_private(path, json.dumps(self.dynsec_config(), indent=1) + "\n")
+        return "allow_anonymous false\nplugin %s\nplugin_opt_config_file %s\n" % (plugin, path)
+
+    # --- the running broker --------------------------------------------------------------------------
+
+    def write_runtime(self, kind: str, host: str, port: int) -> None:
+        """Note which broker serves the accounts (read by ``apply_live`` in other processes)."""
+        private_dir(self.folder)
+        _write_private(self.folder / RUNTIME_FILE, json.dumps({"kind": kind, "host": host, "port": port}) + "\n")
+
+    def apply_live(self, changes: Iterable[tuple[str, str, str | None]]) -> None:
+        """Tell a running mosquitto about changed accounts (the embedded broker reads the file itself).
+
+        ``changes``: ("set", username, password), ("disable", username, None), ("enable", username, None).
+        """
+        try:
+            runtime = json.loads((self.folder / RUNTIME_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        if runtime.get("kind") != "mosquitto":
+            return
+        commands: list[dict[str, Any]] = []
+        accounts = self.load()
+        for op, username, password in changes:
+            if username == ADMIN_USER:
+                continue
+            a = accounts[username]
+            if op == "set":
+                acls = [{"acltype": {SEND: "publishClientSend", RECEIVE: "publishClientReceive",
+                                     SUBSCRIBE: "subscribePattern"}[kind], "topic": topic, "allow": True}
+                        for kind, topic in rules(self.site, username, a["role"], a.get("device"))]
+                commands += [{"command": "deleteClient", "username": username},
+                             {"command": "deleteRole", "rolename": username},
+                             {"command": "createRole", "rolename": username, "acls": acls},
+                             {"command": "createClient", "username": username, "password": password,
+                              "clientid": username, "roles": [{"rolename": username}]}]
+            else:
+                commands.append({"command": op + "Client", "username": username})
+        if commands:
+            dynsec_command(runtime["host"], int(runtime["port"]), self.login(ADMIN_USER), commands)
+
+
+def dynsec_command(host: str, port: int, login: dict[str, str], commands: list[dict[str, Any]],
+                   timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Send ``commands`` to mosquitto's dynamic security plugin and wait for its answers."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    done = threading.Event()
+    answers: list[dict[str, Any]] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=login["username"], protocol=mqtt.MQTTv5)
+    c.username_pw_set(login["username"], login["password"])
+    subscribed = threading.Event()
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        answers.extend(json.loads(msg.payload).get("responses", []))
+        done.set()
+
+    c.on_message = on_message
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.on_connect = lambda cl, u, f, r, p: cl.subscribe(DYNSEC_TOPIC + "/response", 1)
+    c.connect(host, port)
+    c.loop_start()
+    try:
+        if not subscribed.wait(timeout):
+            raise AccessError("mosquitto at %s:%d did not take the broker admin's subscription" % (host, port))
+        c.publish(DYNSEC_TOPIC, json.dumps({"commands": commands}), qos=1)
+        deadline = time.monotonic() + timeout
+        while len(answers) < len(commands) and time.monotonic() < deadline:
+            done.wait(0.05)
+            done.clear()
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return answers
+
+
+# --- TLS: the site CA, the broker's certificate, client certificates ------------------------------------
+
+TLS_DIR = "tls"
+CA_DAYS = 3650
+LEAF_DAYS = 825
+
+
+def _tls_dir(folder: Path) -> Path:
+    return private_dir(Path(folder) / TLS_DIR)
+
+
+def _write_key(path: Path, key: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    _write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()).decode())
+
+
+def _load_ca(tls: Path) -> tuple[Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key((tls / "ca.key").read_bytes(), None)
+    return x509.load_pem_x509_certificate((tls / "ca.pem").read_bytes()), key
+
+
+def _issue(tls: Path, name: str, subject: str, hosts: Iterable[str] = (), client: bool = False) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert, ca_key = _load_ca(tls)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    names: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            names.append(x509.DNSName(h))
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(ca_cert.subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=LEAF_DAYS))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client
+                                                     else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    cert_path, key_path = tls / (name + ".pem"), tls / (name + ".key")
+    _write_key(key_path, key)
+    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM).decode())
+    os.chmod(cert_path, 0o644)
+    return cert_path, key_path
+
+
+def site_tls(folder: str | Path, site: str, hosts: Iterable[str]) -> dict[str, Path]:
+    """The site CA (made once) and the broker's certificate for ``hosts`` (made again when they change):
+    ``{"ca": ca.pem, "cert": server.pem, "key": server.key}`` in ``folder/tls`` (keys 0600)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    tls = _tls_dir(Path(folder))
+    if not (tls / "ca.pem").exists():
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ledgerlink site CA %s" % site)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                             key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                             key_cert_sign=True, crl_sign=True, encipher_only=False,
+                                             decipher_only=False), critical=True)
+                .sign(key, hashes.SHA256()))
+        _write_key(tls / "ca.key", key)
+        _write_private(tls / "ca.pem", cert.public_bytes(serialization.Encoding.PEM).decode())
+        os.chmod(tls / "ca.pem", 0o644)
+    hosts = sorted(set(hosts) | {"127.0.0.1", "localhost"})
+    stamp = tls / "server.hosts"
+    if not (tls / "server.pem").exists() or not stamp.exists() or stamp.read_text() != " ".join(hosts):
+        _issue(tls, "server", "ledgerlink broker %s" % site, hosts)
+        _write_private(stamp, " ".join(hosts))
+    return {"ca": tls / "ca.pem", "cert": tls / "server.pem", "key": tls / "server.key"}
+
+
+def client_certificate(folder: str | Path, username: str) -> tuple[Path, Path]:
+    """A client certificate (CN = ``username``) from the site CA: (cert, key) in ``folder/tls``."""
+    return _issue(_tls_dir(Path(folder)), "client-" + username, username, client=True)
+
+
+def client_tls_context(ca: str | Path, cert: str | Path | None = None, key: str | Path | None = None) -> Any:
+    """An ``ssl.SSLContext`` that accepts only a broker certificate from the site CA ``ca`` for the host
+    connected to (optionally presenting a client certificate)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(str(ca))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key) if key is not None else None)
+    return ctx
+
+
+def server_tls_context(paths: dict[str, Path], require_client_cert: bool = False) -> Any:
+    """The broker's ``ssl.SSLContext`` (client certificates from the site CA checked when given or required)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(paths["cert"]), str(paths["key"]))
+    ctx.load_verify_locations(str(paths["ca"]))
+    ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    return ctx
+
+
+def mosquitto_tls_lines(paths: dict[str, Path], bind: str, port: int, require_client_cert: bool = False) -> str:
+    """A mosquitto TLS listener (the accounts and ACLs apply to it as to the plain one)."""
+    return ("listener %d %s\ncafile %s\ncertfile %s\nkeyfile %s\ntls_version tlsv1.2\nrequire_certificate %s\n"
+            % (port, bind, paths["ca"], paths["cert"], paths["key"], "true" if require_client_cert else "false"))

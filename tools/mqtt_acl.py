@@ -1,0 +1,102 @@
+"""Accounts and ACLs in the embedded MQTT broker, from the site's ``accounts.json`` (``ledgerlink.tools.broker_access``).
+
+The same rules mosquitto's dynamic security plugin gets: no anonymous client; the password checked
+against the account's PBKDF2-SHA512 hash; the client id must be the username (an empty one is assigned
+the username), so nobody takes over another account's session; a PUBLISH needs a ``send`` rule
+(else MQTT 5 PUBACK 0x87 and the message is dropped), a SUBSCRIBE a ``subscribe`` rule that covers the
+whole filter (else SUBACK 0x87), and every delivery a ``receive`` rule for the topic. The file is read
+again when it changes (checked every ``RELOAD_S``), and clients of accounts disabled or removed by then,
+or whose password changed, are disconnected (0x98 administrative action).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ledgerlink.tools.broker_access import RECEIVE, RELOAD_S, SEND, SUBSCRIBE, password_matches, rules
+
+NOT_AUTHORIZED = 0x87
+ADMINISTRATIVE_ACTION = 0x98
+__all__ = ["Access", "NOT_AUTHORIZED", "ADMINISTRATIVE_ACTION", "RELOAD_S", "covers", "topic_matches"]
+
+
+def topic_matches(rule: str, topic: str) -> bool:
+    """Whether topic name ``topic`` falls under filter ``rule`` (MQTT matching; ``$`` topics only by name)."""
+    if topic.startswith("$") and rule[:1] in ("+", "#"):
+        return False
+    rl, tl = rule.split("/"), topic.split("/")
+    for i, r in enumerate(rl):
+        if r == "#":
+            return True
+        if i >= len(tl) or (r != "+" and r != tl[i]):
+            return False
+    return len(rl) == len(tl)
+
+
+def covers(rule: str, filt: str) -> bool:
+    """Whether every topic filter ``filt`` can match also matches ``rule`` (so ``#`` is covered only by ``#``)."""
+    rl, fl = rule.split("/"), filt.split("/")
+    for i, r in enumerate(rl):
+        if r == "#":
+            return True
+        if i >= len(fl) or fl[i] == "#" or (r != "+" and (fl[i] == "+" or r != fl[i])):
+            return False
+    return len(rl) == len(fl)
+
+
+class Access:
+    """The accounts of one site's ``accounts.json``, reloaded when the file changes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.site = ""
+        self.accounts: dict[str, dict[str, Any]] = {}
+        self.rules: dict[str, list[tuple[str, str]]] = {}
+        self._receive_cache: dict[tuple[str, str], bool] = {}
+        self._stamp: tuple[int, int] | None = None
+        self.reload()
+
+    def reload(self) -> list[str]:
+        """Read the file when it changed; the usernames whose connections must end (disabled, removed or
+        given a new password)."""
+        st = os.stat(self.path)
+        stamp = (st.st_mtime_ns, st.st_ino)
+        if stamp == self._stamp:
+            return []
+        data = json.loads(self.path.read_text())
+        accounts = dict(data["accounts"])
+        site = data["site"]
+        gone = [u for u, a in self.accounts.items()
+                if u not in accounts or accounts[u].get("disabled") or accounts[u].get("hash") != a.get("hash")]
+        self.site, self.accounts, self._stamp = site, accounts, stamp
+        self.rules = {u: rules(site, u, a["role"], a.get("device")) for u, a in accounts.items()}
+        self._receive_cache.clear()
+        return gone
+
+    def check_connect(self, client_id: str, username: str | None, password: bytes | None) -> str | None:
+        """The client id to use, or None when the connection is refused."""
+        a = self.accounts.get(username or "")
+        if a is None or a.get("disabled") or not password_matches(a, password):
+            return None
+        if client_id not in ("", username):
+            return None
+        return username
+
+    def may_send(self, username: str, topic: str) -> bool:
+        return any(kind == SEND and topic_matches(rule, topic) for kind, rule in self.rules.get(username, ()))
+
+    def may_subscribe(self, username: str, filt: str) -> bool:
+        return any(kind == SUBSCRIBE and covers(rule, filt) for kind, rule in self.rules.get(username, ()))
+
+    def may_receive(self, username: str, topic: str) -> bool:
+        key = (username, topic)
+        ok = self._receive_cache.get(key)
+        if ok is None:
+            if len(self._receive_cache) > 100_000:
+                self._receive_cache.clear()
+            ok = self._receive_cache[key] = any(kind == RECEIVE and topic_matches(rule, topic)
+                                                for kind, rule in self.rules.get(username, ()))
+        return ok
