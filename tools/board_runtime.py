@@ -18,7 +18,9 @@ A missing runtime raises ``BoardError``: tests never skip for it.
 
 Command line:
 ``python3 -m ledgerlink.tools.board_runtime --import-table`` prints the heap kept after importing each
-module, from files and from ROMFS; ``python3 -m ledgerlink.tools.board_runtime -c CODE [--layout
+module, from files and from ROMFS; ``--cycle`` starts a stack (mosquitto, ledger, gateway) and runs
+the whole client cycle (``CycleSite``) in each layout and mode: pass/fail at the layout's target heap,
+peak live heap per phase, and the least heap that completes it; ``python3 -m ledgerlink.tools.board_runtime -c CODE [--layout
 romfs] [--heap 64K]`` runs code against the staged library and prints its peak live heap.
 """
 
@@ -281,6 +283,188 @@ class Board:
             raise BoardError("board32 output is not JSON: %r" % lines[-1][:200]) from exc
 
 
+CYCLE_READINGS = 10
+CYCLE_TIMEOUT_S = 90.0   # the cycle takes about a second; each of its waits gives up after 20 s
+MODES = ("session", "signed")
+
+CYCLE = """
+import gc, json
+from ledgerlink.core import cbor
+from ledgerlink_client import device, mqtt, transport
+
+out = {'peaks': {}}
+
+def phase(name):
+    gc.collect()
+    out['peaks'][name] = [gc.peak_live(1)[0], gc.mem_alloc()]
+
+def factory():
+    return mqtt.MQTTClient(transport.open_socket('127.0.0.1', %(port)d), %(client_id)r, keepalive=30)
+
+cfg = {'site': %(site)r, 'mode': %(mode)r, 'identity_key': bytes.fromhex(%(priv)r),
+       'ca_public': bytes.fromhex(%(ca)r), 'chain_id': %(chain)r,
+       'validators': [bytes.fromhex(k) for k in %(validators)r],
+       'gateway_keys': {bytes.fromhex(%(gw_id)r): bytes.fromhex(%(gw_key)r)}}
+client = device.DeviceClient(cfg, factory)
+phase('start')
+out['opened'] = client.open_session(20000) if %(mode)r == 'session' else None
+phase('session')
+for i in range(%(n)d):
+    client.publish({'t': 20 + i, 'i': i})
+out['flushed'] = client.flush(20000)
+phase('readings')
+out['checked'] = client.wait_receipts(%(n)d, 20000)
+out['stats'] = client.stats
+phase('receipts')
+with open(INPUT + '/controller.cbor', 'rb') as f:
+    out['controller'] = client.protocol.update_controller(cbor.loads(f.read())).hex()
+with open(INPUT + '/command.cose', 'rb') as f:
+    r = client.protocol.handle_command(client.protocol.cmd_topic, f.read(), client.time_ms())
+out['command'] = [r.accepted, r.action, r.args, r.reason]
+client.close()
+phase('command')
+out['peak'] = max(v[0] for v in out['peaks'].values())
+print(json.dumps(out))
+"""
+
+
+class CycleSite:
+    """A running stack (mosquitto, 4 ledger nodes, gateway) and what a board needs to join it.
+
+    ``cycle(board, mode)`` runs the whole client cycle on ``board`` with a new device: session open
+    (session mode), ``CYCLE_READINGS`` readings, every receipt checked on the board (certified header,
+    batch proof, anchor), then one controller command checked against a ledger record proof.
+    """
+
+    def __init__(self, stack) -> None:
+        from ledgerlink.core import device_protocol as dp
+        from ledgerlink.core import ecdsa
+
+        self.stack = stack
+        self.crypto = stack.crypto
+        self.controller_key = ecdsa.generate_private_key()
+        controller = dp.DeviceProtocol(self.controller_key, stack.site, _Counter())
+        stack.register([controller.registration_request(_now_ms(), dp.ROLE_CONTROLLER).payload])
+        self.controller_id = controller.device_id
+        self.devices = 0
+
+    def cycle(self, board: Board, mode: str = "session", heap: int | None = None) -> tuple[dict, BoardResult]:
+        """(the board's report, its run) for one cycle; BoardError if the board raised (MemoryError too)."""
+        from ledgerlink.core import cbor, cose, ecdsa
+        from ledgerlink.core import device_protocol as dp
+
+        stack = self.stack
+        priv = ecdsa.generate_private_key()
+        device = dp.DeviceProtocol(priv, stack.site, _Counter())
+        stack.register([device.registration_request(_now_ms()).payload])
+        proof = stack._ledger().record(dp.RECORD_DEVICE, self.controller_id)
+        if not proof.get("ok"):
+            raise BoardError("no record proof of the controller: %r" % (proof,))
+        (board.input / "controller.cbor").write_bytes(cbor.dumps(proof["proof"]))
+        body = cbor.dumps({1: device.device_id, 2: 1, 3: "open-valve", 4: {"pct": 30}, 5: _now_ms() + 600_000})
+        (board.input / "command.cose").write_bytes(
+            cose.sign1(body, self.controller_key, self.controller_id, device.cmd_topic.encode()))
+        self.devices += 1
+        program = CYCLE % {
+            "port": stack.broker_port, "client_id": "board-%d" % self.devices, "site": stack.site, "mode": mode,
+            "priv": priv.hex(), "ca": stack.public_key("gw-ca").hex(), "chain": stack.chain_id,
+            "validators": [k.hex() for k in stack.validators], "gw_id": stack.gateway_id.hex(),
+            "gw_key": stack.public_key("gateway").hex(), "n": CYCLE_READINGS}
+        value, result = board.run_json_result(program, board_heap=heap, timeout=CYCLE_TIMEOUT_S)
+        return value, result
+
+
+def cycle_ok(report: dict, mode: str) -> bool:
+    """Did the cycle complete: session (if any) opened, every reading delivered and its receipt valid,
+    the controller taken and its command accepted."""
+    stats = report["stats"]
+    return ((mode != "session" or report["opened"] is True) and report["flushed"] is True
+            and report["checked"] == CYCLE_READINGS and stats["receipts_valid"] == CYCLE_READINGS
+            and stats["receipts_invalid"] == 0 and report["command"][0] is True)
+
+
+class _Counter:
+    n = 0
+
+    def next(self) -> int:
+        self.n += 1
+        return self.n
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def least_heap(site: CycleSite, board: Board, mode: str, low: int = 32 * 1024, high: int = 512 * 1024,
+               step: int = 1024) -> int | None:
+    """The smallest heap (a multiple of ``step``) at which the cycle completes, by bisection between
+    ``low`` and ``high``; None if it fails even at ``high``."""
+
+    def passes(heap: int) -> bool:
+        try:
+            return cycle_ok(site.cycle(board, mode, heap)[0], mode)
+        except BoardError as exc:
+            if "MemoryError" in str(exc) or "timed out" in str(exc):
+                return False
+            raise
+
+    lo, hi = low // step, high // step
+    if not passes(hi * step):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if passes(mid * step):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi * step
+
+
+def cycle_table(data_dir: Path) -> list[dict]:
+    """For each layout and mode: pass/fail at the layout's target heap, peak live heap there (or at
+    512 KB when it fails) per phase, and the least heap that completes the cycle."""
+    from ledgerlink.tools.stack import Stack
+
+    rows = []
+    stack = Stack(data_dir / "site", site="boardsite", broker="mosquitto")
+    stack.start()
+    try:
+        site = CycleSite(stack)
+        for layout in LAYOUTS:
+            with Board(layout) as board:
+                for mode in MODES:
+                    row = {"layout": layout, "mode": mode, "target": board.heap_bytes}
+                    try:
+                        report = site.cycle(board, mode)[0]
+                        row["ok"] = cycle_ok(report, mode)
+                    except BoardError as exc:
+                        if "MemoryError" not in str(exc):
+                            raise
+                        row["ok"] = False
+                        report = site.cycle(board, mode, 512 * 1024)[0]
+                    row["peak"], row["peaks"] = report["peak"], report["peaks"]
+                    row["least"] = least_heap(site, board, mode)
+                    rows.append(row)
+    finally:
+        stack.stop()
+    return rows
+
+
+def format_cycle_table(rows: list[dict]) -> list[str]:
+    lines = ["Client cycle on board32 (session open, %d readings, every receipt checked, one command),"
+             % CYCLE_READINGS, "  real stack over board32's sockets; peak = gc.peak_live() after collections:",
+             "  %-6s %-8s %-22s %10s %11s   %s" % ("layout", "mode", "at target heap", "peak live", "least heap",
+                                                  "peak per phase")]
+    for r in rows:
+        verdict = "%s at %dK" % ("completes" if r["ok"] else "FAILS", r["target"] // 1024)
+        least = "%dK" % (r["least"] // 1024) if r["least"] else "-"
+        phases = " ".join("%s %d" % (k, v[0]) for k, v in r["peaks"].items())
+        lines.append("  %-6s %-8s %-22s %10d %11s   %s" % (r["layout"], r["mode"], verdict, r["peak"], least, phases))
+    return lines
+
+
 IMPORT_MODULES = tuple(
     ["ledgerlink.core." + Path(rel).stem for rel in sorted(portable_sources()) if rel.startswith("ledgerlink/core/")
      and not rel.endswith("__init__.py")]
@@ -325,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m ledgerlink.tools.board_runtime",
                                      description="Run the portable library on board32 (collector on, fixed heap).")
     parser.add_argument("--import-table", action="store_true", help="print the heap kept by each import")
+    parser.add_argument("--cycle", action="store_true",
+                        help="start a stack and run the client cycle on board32 in each layout and mode")
     parser.add_argument("-c", dest="code", help="code to run against the staged library")
     parser.add_argument("--layout", choices=LAYOUTS, default="files")
     parser.add_argument("--heap", type=parse_size, help="heap size, e.g. 64K (default: the layout's target)")
@@ -332,14 +518,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.import_table:
             print("\n".join(format_import_table(import_table())))
+        if args.cycle:
+            with tempfile.TemporaryDirectory(prefix="ledgerlink-cycle-") as tmp:
+                print("\n".join(format_cycle_table(cycle_table(Path(tmp)))))
         if args.code is not None:
             with Board(args.layout, args.heap) as board:
                 result = board.run(args.code)
             sys.stdout.write(result.stdout)
             print("heap %d B, peak live %d B, %d collections, kept %d B"
                   % (result.heap_bytes, result.peak_live, result.collections, result.kept), file=sys.stderr)
-        elif not args.import_table:
-            parser.error("give --import-table or -c CODE")
+        elif not (args.import_table or args.cycle):
+            parser.error("give --import-table, --cycle or -c CODE")
     except BoardError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -1,0 +1,43 @@
+"""The whole client cycle on board32 at the limit heaps, against the real stack over board32's own sockets.
+
+Targets (issue 11): with the library in ROMFS the cycle completes in a 64 KB heap, with the library
+as .mpy files in 110 KB (a plain ESP32's free heap), in session and in signed mode. The cycle:
+session open (session mode), ten readings, every receipt checked on the board (certified header,
+batch proof, anchor), one controller command checked against the controller's ledger record.
+``python3 -m ledgerlink.tools.board_runtime --cycle`` prints the same runs with their peak heap.
+"""
+
+import pytest
+
+from ledgerlink.tools.board_runtime import CYCLE_READINGS, LAYOUT_HEAP, Board, CycleSite, cycle_ok
+from ledgerlink.tools.stack import Stack
+
+pytestmark = [pytest.mark.micropython, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    stack = Stack(tmp_path_factory.mktemp("boardstack") / "site", site="boardsite", broker="mosquitto")
+    stack.start()
+    try:
+        yield CycleSite(stack)
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module", params=sorted(LAYOUT_HEAP))
+def board(request, tmp_path_factory):
+    b = Board(request.param, workdir=tmp_path_factory.mktemp("board-" + request.param))
+    yield b
+    b.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "signed"])
+def test_client_cycle_completes_at_the_layout_heap(site, board, mode):
+    report, run = site.cycle(board, mode)
+    assert cycle_ok(report, mode), report
+    assert report["controller"] == site.controller_id.hex()
+    assert report["command"][1:3] == ["open-valve", {"pct": 30}]
+    assert report["stats"]["receipts_valid"] == CYCLE_READINGS
+    assert run.heap_bytes == LAYOUT_HEAP[board.layout] and run.peak_live <= run.heap_bytes
+    print("%s, %s mode: peak live %d B of %d B" % (board.name, mode, run.peak_live, run.heap_bytes))
