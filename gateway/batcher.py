@@ -83,7 +83,7 @@ def verify_receipt(receipt: bytes | dict, frame: bytes, chain_id: str, validator
     return header
 
 
-def _head(major: int, n: int) -> bytes:
+def cbor_head(major: int, n: int) -> bytes:
     """The shortest CBOR head of major type ``major`` with argument ``n`` (RFC 8949 section 4.2.1)."""
     if n < 24:
         return bytes(((major << 5) | n,))
@@ -124,6 +124,39 @@ def inclusion_proofs(entries: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
     return root, [[enc[k + 2:k + 34] for k in range(0, 34 * count, 34)] for count, enc in encoded]
 
 
+def batch_receipts(store: Store, site: str, batch_id: bytes, only: bytes | None = None) -> list[Outgoing]:
+    """The receipts of an anchored batch of ``store``, one per frame (``only``: of that frame hash alone),
+    for the devices' down topics.
+
+    A receipt is the deterministic CBOR map {0: 1, 1: frame hash, 2: seq, 3: leaf, 4: size,
+    5: inclusion proof, 6: anchor proof, 7: certified header}; the encoding of 6 and 7, the same in
+    every receipt of the batch, is made once.
+    """
+    batch = store.batch(batch_id)
+    if batch is None or batch.proof is None:
+        return []
+    proof = cbor.loads(batch.proof)
+    shared = b"\x06" + cbor.dumps(proof[0]) + b"\x07" + cbor.dumps(proof[1])
+    leaves = store.batch_leaves(batch_id)
+    size = len(leaves)
+    if not leaves:
+        return []
+    root, proofs = encoded_inclusion_proofs([leaf[0] for leaf in leaves])
+    if root != batch.root or [leaf[3] for leaf in leaves] != list(range(size)):
+        log.error("stored batch %s does not match its anchored root", batch_id.hex())
+        return []
+    out = []
+    size_item = b"\x04" + cbor_head(0, size)
+    for (frame_hash, device, seq, leaf), (count, path) in zip(leaves, proofs):
+        if only is not None and frame_hash != only:
+            continue
+        # the deterministic map of 8 entries, keys 0..7 in order (6 and 7 shared by the batch)
+        payload = b"".join((b"\xa8\x00\x01\x01", cbor_head(2, len(frame_hash)), frame_hash, b"\x02", cbor_head(0, seq),
+                            b"\x03", cbor_head(0, leaf), size_item, b"\x05", cbor_head(4, count), path, shared))
+        out.append(Outgoing(down_topic(site, device), payload, frame_hash=frame_hash))
+    return out
+
+
 class Batcher:
     """Anchors the batches of ``store`` through ``ledger``; returns what to publish from ``step``."""
 
@@ -142,6 +175,7 @@ class Batcher:
         self.rng = rng or os.urandom
         self.kid = enc.device_id(get_backend(None).public_key(gateway_priv, True))    # of the signed transactions
         self.last_header: tuple[int, bytes] | None = None
+        self._handed_out: list[bytes] = []     # batches whose receipts the last step returned
 
     # --- cutting ----------------------------------------------------------------------------------
 
@@ -239,32 +273,19 @@ class Batcher:
         return self.receipts(batch.id)
 
     def receipts(self, batch_id: bytes) -> list[Outgoing]:
-        """The receipts of an anchored batch, one per frame, for the devices' down topics.
+        """The receipts of an anchored batch, one per frame (``batch_receipts``)."""
+        self._handed_out.append(batch_id)
+        return batch_receipts(self.store, self.site, batch_id)
 
-        A receipt is the deterministic CBOR map {0: 1, 1: frame hash, 2: seq, 3: leaf, 4: size,
-        5: inclusion proof, 6: anchor proof, 7: certified header}; the encoding of 6 and 7, the same in
-        every receipt of the batch, is made once.
-        """
-        batch = self.store.batch(batch_id)
-        if batch is None or batch.proof is None:
-            return []
-        proof = cbor.loads(batch.proof)
-        shared = b"\x06" + cbor.dumps(proof[0]) + b"\x07" + cbor.dumps(proof[1])
-        leaves = self.store.batch_leaves(batch_id)
-        size = len(leaves)
-        if not leaves:
-            return []
-        root, proofs = encoded_inclusion_proofs([leaf[0] for leaf in leaves])
-        if root != batch.root or [leaf[3] for leaf in leaves] != list(range(size)):
-            log.error("stored batch %s does not match its anchored root", batch_id.hex())
-            return []
-        out = []
-        size_item = b"\x04" + _head(0, size)
-        for (frame_hash, device, seq, leaf), (count, path) in zip(leaves, proofs):
-            # the deterministic map of 8 entries, keys 0..7 in order (6 and 7 shared by the batch)
-            payload = b"".join((b"\xa8\x00\x01\x01", _head(2, len(frame_hash)), frame_hash, b"\x02", _head(0, seq),
-                                b"\x03", _head(0, leaf), size_item, b"\x05", _head(4, count), path, shared))
-            out.append(Outgoing(down_topic(self.site, device), payload, frame_hash=frame_hash))
+    def _unsent_receipts(self) -> list[Outgoing]:
+        """Mark the receipts handed out by the last step as sent (the transport published them before it
+        called this step); return those of anchored batches still unmarked: after a restart, the receipts
+        of batches anchored just before the crash."""
+        self.store.mark_receipts_sent(self._handed_out)
+        self._handed_out = []
+        out: list[Outgoing] = []
+        for batch_id in self.store.unreceipted_batches():
+            out.extend(self.receipts(batch_id))
         return out
 
     # --- warnings and certificates ------------------------------------------------------------------
@@ -327,7 +348,7 @@ class Batcher:
         The anchors, warnings and certificate records of a step are submitted together (concurrently
         with a ``LedgerClient``), so the step waits for about one commit, not one per transaction.
         """
-        out: list[Outgoing] = []
+        out = self._unsent_receipts()
         while self.cut(now_ms, force) is not None:
             pass
         batches = self.store.batches("pending")

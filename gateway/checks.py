@@ -40,7 +40,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ledgerlink.core import cbor, cose, ecdsa, ecqv, session_keys, spv
+from ledgerlink.core import cbor, cose, ecdsa, ecqv, session_keys, spv, stored_ack
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.ledger.consensus.messages import tx_root
@@ -173,6 +173,25 @@ class Reply:
 
 
 @dataclass
+class AskStored:
+    """A device asks for the stored-acks and receipts of its frames (``stored_ack.parse_request`` items:
+    seqs and frame hashes); answered from the store."""
+
+    device_id: bytes
+    items: list
+    frame_hash: bytes              # the request frame this answers
+
+
+@dataclass
+class StoredAlready:
+    """A frame refused as a replay turned out to be stored already: answered with its ack and receipt
+    (set by the service, which sees the store)."""
+
+    device_id: bytes
+    frame_hash: bytes
+
+
+@dataclass
 class FetchRegistry:
     """Ask the ledger for a record proof of this device and feed it to ``on_registry_proof``."""
 
@@ -221,7 +240,7 @@ class RegistrationSettled:
 
 
 Effect = (Accept | Refuse | Reply | FetchRegistry | CertIssued | HeaderUpdated | Ignored | RegistrationReceived
-          | RegistrationSettled)
+          | RegistrationSettled | AskStored | StoredAlready)
 
 
 class _Refusal(Exception):
@@ -244,10 +263,10 @@ def _require_canonical(signature: bytes) -> None:
 class ReplayWindow:
     """Sliding window over sequence numbers: the highest seen plus a bitmap of the ``size`` below it."""
 
-    def __init__(self, size: int = 64, highest: int = 0) -> None:
+    def __init__(self, size: int = 64, highest: int = 0, seen: int = 0) -> None:
         self.size = size
         self.highest = highest
-        self.bits = (1 << size) - 1 if highest else 0   # after a restore, everything <= highest is seen
+        self.bits = seen & ((1 << size) - 1)            # bit i: seq highest - i was seen
 
     def fresh(self, seq: int) -> bool:
         if seq > self.highest:
@@ -345,6 +364,8 @@ class Limits:
     registration_rate_per_s: float = 5.0   # registration requests checked per second, all devices together
     registration_burst: float = 50.0
     registration_ttl_ms: int = 7 * 24 * 3600 * 1000
+    ask_rate_per_s: float = 1.0            # receipt requests per device (each names up to stored_ack.MAX_ASK frames)
+    ask_burst: float = 8.0
 
 
 @dataclass
@@ -359,6 +380,7 @@ class _DeviceState:
     window: ReplayWindow
     bucket: TokenBucket
     last_flood_report: int = -(1 << 62)
+    asks: TokenBucket | None = None
 
 
 _READING_HEAD = b"\xa4\x01\x50"          # {1: 16-byte device id, ...
@@ -581,8 +603,10 @@ class GatewayCore:
         try:
             if len(frame) > self.limits.max_frame:
                 raise _Refusal(OVERSIZED, "frame is %d bytes, the limit is %d" % (len(frame), self.limits.max_frame))
-            if parsed is None or parsed[1] not in ("up", "session", "reg"):
-                raise _Refusal(WRONG_TOPIC, "not a device up, session or reg topic of site %s" % self.site)
+            if parsed is None or parsed[1] not in ("up", "session", "reg", "ask"):
+                raise _Refusal(WRONG_TOPIC, "not a device up, session, reg or ask topic of site %s" % self.site)
+            if parsed[1] == "ask":
+                return self._ask(frame, parsed[0], now_ms, frame_hash)
             if parsed[1] == "session":
                 return self._session_request(topic, frame, parsed[0], now_ms)
             if parsed[1] == "reg":
@@ -722,6 +746,24 @@ class GatewayCore:
             raise _Refusal(RATE_LIMITED, "more than %g frames/s from %s" % (self.limits.rate_per_s, dev.hex()))
         st.window.mark(seq)
         return [Accept(dev, seq, t, meas, frame, frame_hash or sha256(frame), topic, mode, bytes(plaintext))]
+
+    # --- receipt requests --------------------------------------------------------------------------
+
+    def _ask(self, frame: bytes, dev: bytes, now_ms: int, frame_hash: bytes | None) -> list[Effect]:
+        """A device's receipt request: answered from the store (only with this device's frames), at most
+        ``ask_rate_per_s`` per device. Unsigned: the broker's ACL limits the topic to the device, and the
+        answers go to the device's own down topic."""
+        try:
+            items = stored_ack.parse_request(frame)
+        except LedgerlinkError as exc:
+            raise _Refusal(MALFORMED, "receipt request: %s" % exc) from None
+        st = self._state(dev, now_ms)
+        if st.asks is None:
+            st.asks = TokenBucket(self.limits.ask_rate_per_s, self.limits.ask_burst, now_ms)
+        if not st.asks.take(now_ms):
+            raise _Refusal(RATE_LIMITED, "more than %g receipt requests/s from %s" % (self.limits.ask_rate_per_s,
+                                                                                      dev.hex()))
+        return [AskStored(dev, items, frame_hash or sha256(frame))]
 
     # --- registration requests ---------------------------------------------------------------------
 
@@ -865,11 +907,13 @@ class GatewayCore:
 
     # --- ledger inputs ----------------------------------------------------------------------------
 
-    def restore_window(self, dev: bytes, highest_seq: int, now_ms: int) -> None:
-        """After a restart: every seq up to ``highest_seq`` of ``dev`` counts as seen."""
+    def restore_window(self, dev: bytes, highest_seq: int, now_ms: int, seen: int = 1) -> None:
+        """After a restart: the window of ``dev`` as the store holds it: ``highest_seq`` and ``seen``, whose bit
+        i says whether seq ``highest_seq - i`` is stored (the store's window; seqs below it count as seen,
+        and no seq the store does not hold is marked)."""
         st = self._state(dev, now_ms)
         if highest_seq > st.window.highest:
-            st.window = ReplayWindow(self.limits.window, highest_seq)
+            st.window = ReplayWindow(self.limits.window, highest_seq, seen)
 
     def on_header(self, certified: Any, now_ms: int) -> list[Effect]:
         """A certified header (CBOR bytes or object) from the ledger; kept when it verifies and is newer."""

@@ -20,10 +20,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledgerlink.core import cbor, ecqv
+from ledgerlink.core import cbor, ecqv, stored_ack
 from ledgerlink.gateway import checks as c
-from ledgerlink.gateway.batcher import Ledger, Outgoing
-from ledgerlink.gateway.store import Store
+from ledgerlink.gateway.batcher import Ledger, Outgoing, batch_receipts, cbor_head, encoded_inclusion_proofs
+from ledgerlink.gateway.store import StoredMessage, Store
 from ledgerlink.gateway.verify_ahead import VerifyAhead
 from ledgerlink.ledger.state.codes import RecordKind
 
@@ -59,8 +59,8 @@ class GatewayService:
 
     def restore(self, now_ms: int) -> None:
         """After a (re)start: replay windows from the store, sessions from the stored certificates."""
-        for dev, seq in self.store.highest_seqs().items():
-            self.core.restore_window(dev, seq, now_ms)
+        for dev, (highest, seen) in self.store.seq_windows().items():
+            self.core.restore_window(dev, highest, now_ms, seen)
         lifetime_ms = self.core.limits.session_lifetime_s * 1000
         for dev, cert in self.store.certificates(issued_from_ms=now_ms - lifetime_ms):
             try:
@@ -81,8 +81,18 @@ class GatewayService:
         certs: list[tuple[bytes, bytes, int]] = []
         held: list[tuple[bytes, bytes, int, dict, int, int]] = []
         settled: list[bytes] = []
+        found: list[StoredMessage] = []                   # frames answered from the store: ack and receipt
+        in_group: dict[bytes, tuple[bytes, int]] = {}     # frames accepted in this group: hash -> (device, seq)
         for k, e in enumerate(effects):
+            if isinstance(e, c.Refuse) and e.code == c.REPLAY and e.reply_topic is not None:
+                dup = self._stored(e.warning_id, e.offender, in_group)
+                if dup is not None:
+                    effects[k] = c.StoredAlready(e.offender, e.warning_id)
+                    found.append(dup)
+                    out.decided.append(e.warning_id)
+                    continue
             if isinstance(e, c.Accept):
+                in_group[e.frame_hash] = (e.device_id, e.seq)
                 accepted.append((e.frame, e.device_id, e.seq, e.time_ms, e.topic, now_ms, e.frame_hash))
                 verified = Outgoing(self.core.verified_topic(e.device_id), e.verified_reading(self.core.gateway_name))
                 accepts.append((k, verified))
@@ -112,29 +122,86 @@ class GatewayService:
                 log.info("registration request of %s held for an admin", e.device_id.hex())
             elif isinstance(e, c.RegistrationSettled):
                 settled.append(e.device_id)
+            elif isinstance(e, c.AskStored):
+                found.extend(self._asked(e, out))
+                out.decided.append(e.frame_hash)
         self.store.write_registrations(held, settled)
         elsewhere: list[tuple[int, bool]] = []
         self.store.write_many(accepted, warnings, certs, elsewhere)
+        stored = [(row[1], row[2], row[6]) for row in accepted]
         if elsewhere:
             self._stored_elsewhere(effects, accepts, elsewhere, out, now_ms)
+            gone = {i for i, _ in elsewhere}
+            stored = [entry for i, entry in enumerate(stored) if i not in gone]
+            for i, same_frame in elsewhere:
+                msg = self.store.message_by_hash(accepted[i][6]) if same_frame else None
+                if msg is not None:
+                    found.append(msg)
+        stored += [(m.device, m.seq, m.frame_hash) for m in found]
+        if stored:
+            out.outgoing.extend(self._acks(stored, now_ms))
+        for m in found:
+            batch = self.store.anchored_batch_of(m) if m.id else None
+            if batch is not None:
+                out.outgoing.extend(batch_receipts(self.store, self.core.site, batch, m.frame_hash))
         if self.observer is not None:
             self.observer.effects(effects, now_ms)
         return out
 
+    def _stored(self, frame_hash: bytes, device: bytes, in_group: dict[bytes, tuple[bytes, int]]) -> StoredMessage | None:
+        """The stored message (or one accepted earlier in this group: id 0) of ``device`` whose frame hash is
+        ``frame_hash``; None when it is not stored."""
+        got = in_group.get(frame_hash)
+        if got is not None:
+            return StoredMessage(0, frame_hash, got[0], got[1], 0, "", 0) if got[0] == device else None
+        msg = self.store.message_by_hash(frame_hash)
+        return msg if msg is not None and msg.device == device else None
+
+    def _asked(self, e: c.AskStored, out: Handled) -> list[StoredMessage]:
+        """The stored frames of a receipt request; a ``not-stored`` reply for each item that is not stored."""
+        found = []
+        for item in e.items:
+            msg = self.store.message_by_seq(e.device_id, item) if isinstance(item, int) \
+                else self.store.message_by_hash(item)
+            if msg is not None and msg.device == e.device_id:
+                found.append(msg)
+            else:
+                out.outgoing.append(Outgoing(self.core.down_topic(e.device_id),
+                                             cbor.dumps({0: stored_ack.KIND_NOT_STORED, 1: item})))
+        return found
+
+    def _acks(self, stored: list[tuple[bytes, int, bytes]], now_ms: int) -> list[Outgoing]:
+        """One ``stored-ack`` per stored (device, seq, frame hash), all under one signed commit statement."""
+        head = cbor_head
+        leaves = [b"\x83\x50" + dev + head(0, seq) + b"\x58\x20" + h for dev, seq, h in stored]   # stored_ack.entry
+        root, proofs = encoded_inclusion_proofs(leaves)
+        core = self.core
+        statement = stored_ack.sign_statement(root, len(leaves), now_ms, core.keys.identity, core.gateway_id,
+                                              core.site, core.crypto)
+        tail = b"\x05" + head(2, len(statement)) + statement
+        down = core.down_topic
+        return [Outgoing(down(dev), b"".join((b"\xa6\x00\x05\x01\x58\x20", h, b"\x02", head(0, seq), b"\x03", head(0, i),
+                                             b"\x04", head(4, count), path, tail)), frame_hash=h)
+                for i, ((dev, seq, h), (count, path)) in enumerate(zip(stored, proofs))]
+
     def _stored_elsewhere(self, effects: list[c.Effect], accepts: list[tuple[int, Outgoing]],
                           elsewhere: list[tuple[int, bool]], out: Handled, now_ms: int) -> None:
         """Accepted frames whose (device, seq) another gateway process sharing the store had already
-        stored: refused as replays (not republished); a different frame under a taken seq is reported."""
+        stored: the same frame is answered with its ack and receipt (by the caller); a different frame
+        under a taken seq is refused as a replay and reported. Neither is republished."""
         warnings = []
         for i, same_frame in elsewhere:
             k, verified = accepts[i]
             e = effects[k]
             assert isinstance(e, c.Accept)
             out.outgoing.remove(verified)
+            if same_frame:
+                effects[k] = c.StoredAlready(e.device_id, e.frame_hash)
+                continue
             refusal = c.Refuse(e.frame_hash, self.core.gateway_id, e.device_id, now_ms, c.REPLAY,
                                "sequence number %d already taken, or below the replay window, at another gateway process"
                                % e.seq,
-                               self.core.down_topic(e.device_id), report=not same_frame)
+                               self.core.down_topic(e.device_id))
             effects[k] = refusal
             out.outgoing.append(Outgoing(refusal.reply_topic, refusal.reply()))
             if refusal.report:

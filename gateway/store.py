@@ -76,6 +76,8 @@ FRAMES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames.frame_index (prefix BLOB NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (prefix, id))
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS frames.marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS frames.seq_index (device BLOB NOT NULL, seq INTEGER NOT NULL, id INTEGER NOT NULL,
+    PRIMARY KEY (device, seq, id)) WITHOUT ROWID;
 """
 
 
@@ -121,7 +123,13 @@ FRAME_PREFIX = 8                   # bytes of the frame hash in the index (the m
 FRAME_INDEX_STEP = 8192            # messages added to the frame index at once (fewer index pages written per frame)
 BATCHED_UPTO = "(SELECT COALESCE(MAX(last_id), 0) FROM batches WHERE owner = ?)"   # this owner's batched prefix
 INDEXED_UPTO = "(SELECT COALESCE(MAX(value), 0) FROM frames.marks WHERE name = 'indexed')"  # messages in the index
+SEQ_INDEXED_UPTO = "(SELECT COALESCE(MAX(value), 0) FROM frames.marks WHERE name = 'seq_indexed')"  # in seq_index
 BATCH_COLUMNS = "id, root, count, tx, status, created_ms, proof"
+
+
+def _prefixed(columns: str) -> str:
+    """``columns`` ("a, b") of the messages table under its alias m ("m.a, m.b")."""
+    return ", ".join("m." + name.strip() for name in columns.split(","))
 
 
 @contextmanager
@@ -180,8 +188,10 @@ class Store:
         ids the store may give to other messages: it is emptied and rebuilt by the next steps."""
         con = self.indexer
         with _transaction(con):
-            if con.execute("SELECT " + INDEXED_UPTO + " > (SELECT COALESCE(MAX(id), 0) FROM messages)").fetchone()[0]:
+            if con.execute("SELECT MAX(" + INDEXED_UPTO + ", " + SEQ_INDEXED_UPTO + ") > "
+                           "(SELECT COALESCE(MAX(id), 0) FROM messages)").fetchone()[0]:
                 con.execute("DELETE FROM frames.frame_index")
+                con.execute("DELETE FROM frames.seq_index")
                 con.execute("DELETE FROM frames.marks")
 
     def _attach_frames(self, con: sqlite3.Connection) -> None:
@@ -213,7 +223,10 @@ class Store:
             self.db.execute("UPDATE batches SET first_id = (SELECT MIN(id) FROM messages WHERE batch = batches.id), "
                             "last_id = (SELECT MAX(id) FROM messages WHERE batch = batches.id)")
             self.db.execute("DROP INDEX IF EXISTS messages_batch")
+        if "receipts_sent" not in columns["batches"]:    # batches anchored before: their receipts count as sent
+            self.db.execute("ALTER TABLE batches ADD COLUMN receipts_sent INTEGER NOT NULL DEFAULT 1")
         self.db.execute("CREATE INDEX IF NOT EXISTS batches_owner_last ON batches (owner, last_id)")
+        self.db.execute("CREATE INDEX IF NOT EXISTS batches_unreceipted ON batches (owner) WHERE receipts_sent = 0")
         self.legacy_blobs = bool(self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'blobs'").fetchone())
 
     def _full_window(self) -> bytes:
@@ -335,17 +348,21 @@ class Store:
                 self.db.execute(sql, [v for row in rows[i:i + size] for v in row])
                 i += size
 
-    def _by_hash(self, h: bytes, column: str, with_frame: bool) -> Any:
-        """``column`` of the stored message whose frame hash is ``h``, None when there is none: through the
-        frame index, then among the messages after it. ``with_frame``: only rows that hold their frame
-        (those of the earlier layout have it in ``blobs``). Read through the reader, which attaches the
-        index; inside the writer's transaction it sees every other process's committed rows."""
+    def _by_hash(self, h: bytes, column: str, with_frame: bool, whole_row: bool = False) -> Any:
+        """``column`` (columns, with ``whole_row``) of the stored message whose frame hash is ``h``, None
+        when there is none: through the frame index, then among the messages after it. ``with_frame``: only
+        rows that hold their frame (those of the earlier layout have it in ``blobs``). Read through the
+        reader, which attaches the index; inside the writer's transaction it sees every other process's
+        committed rows."""
         held = " AND m.frame IS NOT NULL" if with_frame else ""
-        rows = self._query("SELECT m.%s FROM frames.frame_index f JOIN messages m ON m.id = f.id "
-                           "WHERE f.prefix = ? AND m.frame_hash = ?%s" % (column, held), (h[:FRAME_PREFIX], h)) \
-            or self._query("SELECT m.%s FROM messages m WHERE m.id > %s AND m.frame_hash = ?%s"
-                           % (column, INDEXED_UPTO, held), (h,))
-        return rows[0][0] if rows else None
+        columns = _prefixed(column)
+        rows = self._query("SELECT %s FROM frames.frame_index f JOIN messages m ON m.id = f.id "
+                           "WHERE f.prefix = ? AND m.frame_hash = ?%s" % (columns, held), (h[:FRAME_PREFIX], h)) \
+            or self._query("SELECT %s FROM messages m WHERE m.id > %s AND m.frame_hash = ?%s"
+                           % (columns, INDEXED_UPTO, held), (h,))
+        if not rows:
+            return None
+        return rows[0] if whole_row else rows[0][0]
 
     def blob(self, h: bytes) -> bytes | None:
         """The stored frame whose SHA-256 is ``h``; None when there is none."""
@@ -377,6 +394,37 @@ class Store:
         """The highest stored sequence number of each device."""
         return dict(self._query("SELECT device, highest FROM device_seqs"))
 
+    def seq_windows(self) -> dict[bytes, tuple[int, int]]:
+        """Each device's stored window: (highest stored seq, bits), bit i set when seq highest - i is stored."""
+        return {dev: (highest, int.from_bytes(seen, "little"))
+                for dev, highest, seen in self._query("SELECT device, highest, seen FROM device_seqs")}
+
+    def message_by_hash(self, h: bytes) -> StoredMessage | None:
+        """The stored message whose frame hash is ``h`` (by any owner), None when there is none."""
+        row = self._by_hash(h, MESSAGE_COLUMNS, with_frame=False, whole_row=True)
+        return StoredMessage(*row) if row is not None else None
+
+    def message_by_seq(self, device: bytes, seq: int) -> StoredMessage | None:
+        """The stored message of ``device`` with sequence number ``seq`` (by any owner), None when there is
+        none: through the seq index, then among the messages after it."""
+        rows = self._query("SELECT " + _prefixed(MESSAGE_COLUMNS) + " FROM frames.seq_index s JOIN messages m "
+                           "ON m.id = s.id WHERE s.device = ? AND s.seq = ?", (device, seq)) \
+            or self._query("SELECT " + MESSAGE_COLUMNS + " FROM messages WHERE id > " + SEQ_INDEXED_UPTO +
+                           " AND device = ? AND seq = ?", (device, seq))
+        return StoredMessage(*rows[0]) if rows else None
+
+    def frame_of(self, message_id: int) -> bytes | None:
+        rows = self._query("SELECT frame FROM messages WHERE id = ?", (message_id,))
+        return rows[0][0] if rows else None
+
+    def anchored_batch_of(self, message: StoredMessage) -> bytes | None:
+        """The id of the anchored batch that holds ``message``, None while it is not anchored."""
+        rows = self._query("SELECT b.id, b.first_id, b.status FROM batches b JOIN messages m ON m.id = ? "
+                           "WHERE b.owner = m.owner AND b.last_id >= m.id ORDER BY b.last_id LIMIT 1", (message.id,))
+        if not rows or rows[0][1] > message.id or rows[0][2] != "anchored":
+            return None
+        return rows[0][0]
+
     # --- batches ----------------------------------------------------------------------------------
 
     def create_batch(self, batch_id: bytes, root: bytes, tx: bytes, message_ids: list[int], now_ms: int) -> None:
@@ -390,8 +438,8 @@ class Store:
                                                  " AND id <= ? AND owner = ? ORDER BY id", (self.owner, last, self.owner))]
             if ids != list(message_ids):
                 raise ValueError("batch messages must be this owner's oldest unbatched messages, in order")
-            self.db.execute("INSERT INTO batches (id, root, count, tx, status, created_ms, owner, first_id, last_id) "
-                            "VALUES (?,?,?,?,?,?,?,?,?)",
+            self.db.execute("INSERT INTO batches (id, root, count, tx, status, created_ms, owner, first_id, last_id, "
+                            "receipts_sent) VALUES (?,?,?,?,?,?,?,?,?,0)",
                             (batch_id, root, len(message_ids), tx, "pending", now_ms, self.owner, first, last))
         self._extend_frame_index(last)
 
@@ -409,6 +457,11 @@ class Store:
                     con.execute("INSERT OR IGNORE INTO frames.frame_index (prefix, id) SELECT substr(frame_hash, 1, ?), id "
                                 "FROM messages WHERE id > ? AND id <= ? ORDER BY frame_hash", (FRAME_PREFIX, done, upto))
                     con.execute("INSERT OR REPLACE INTO frames.marks (name, value) VALUES ('indexed', ?)", (upto,))
+                done = con.execute("SELECT " + SEQ_INDEXED_UPTO).fetchone()[0]
+                if upto > done:
+                    con.execute("INSERT OR IGNORE INTO frames.seq_index (device, seq, id) SELECT device, seq, id "
+                                "FROM messages WHERE id > ? AND id <= ? ORDER BY device, seq", (done, upto))
+                    con.execute("INSERT OR REPLACE INTO frames.marks (name, value) VALUES ('seq_indexed', ?)", (upto,))
 
     def batches(self, status: str) -> list[Batch]:
         return [Batch(*r) for r in self._query("SELECT " + BATCH_COLUMNS + " FROM batches WHERE status = ? AND owner = ? "
@@ -423,6 +476,15 @@ class Store:
 
     def set_batch_status(self, batch_id: bytes, status: str, proof: bytes | None = None) -> None:
         self._tx([("UPDATE batches SET status = ?, proof = ? WHERE id = ?", (status, proof, batch_id))])
+
+    def unreceipted_batches(self) -> list[bytes]:
+        """Ids of this owner's anchored batches whose receipts are not marked sent, oldest first."""
+        return [r[0] for r in self._query("SELECT id FROM batches WHERE owner = ? AND receipts_sent = 0 "
+                                          "AND status = 'anchored' ORDER BY last_id", (self.owner,))]
+
+    def mark_receipts_sent(self, batch_ids: list[bytes]) -> None:
+        if batch_ids:
+            self._tx([("UPDATE batches SET receipts_sent = 1 WHERE id = ?", (b,)) for b in batch_ids])
 
     # --- warnings ---------------------------------------------------------------------------------
 

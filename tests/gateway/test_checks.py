@@ -115,11 +115,13 @@ def test_replay_and_window():
 
 def test_window_restored_after_restart():
     e = Env()
-    e.core.restore_window(e.net["sensor"].id, 50, NOW)
+    e.core.restore_window(e.net["sensor"].id, 100, NOW, 0b101)         # 100 and 98 stored, 99 not
     topic = up(e.net["sensor"].id)
-    refused(e.one(topic, reading(e.net, "sensor", 49)), c.REPLAY)
-    refused(e.one(topic, reading(e.net, "sensor", 50)), c.REPLAY)
-    assert isinstance(e.one(topic, reading(e.net, "sensor", 51)), c.Accept)
+    refused(e.one(topic, reading(e.net, "sensor", 98)), c.REPLAY)
+    refused(e.one(topic, reading(e.net, "sensor", 100)), c.REPLAY)
+    refused(e.one(topic, reading(e.net, "sensor", 100 - 64)), c.REPLAY)   # below the window
+    assert isinstance(e.one(topic, reading(e.net, "sensor", 99)), c.Accept)
+    assert isinstance(e.one(topic, reading(e.net, "sensor", 101)), c.Accept)
 
 
 def test_clock_skew(env: Env):

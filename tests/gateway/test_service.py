@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from ledgerlink.core import cbor, cose, ecqv
+from ledgerlink.core import cbor, cose, ecqv, stored_ack
 from ledgerlink.core.backend import get_backend
 from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.service import GatewayService, fetch_header, fetch_registry
@@ -75,7 +75,9 @@ def test_restart_keeps_replay_windows_and_sessions(tmp_path):
 
     svc2 = make(ledger, tmp_path / "gw.db")
     assert fetch_header(ledger) is not None
-    h = run(svc2, ledger, up(dev), first)
+    h = run(svc2, ledger, up(dev), first)                        # stored: answered with its ack, not stored again
+    assert [cbor.loads(o.payload)[0] for o in h.outgoing if o.topic.endswith("/down")] == [stored_ack.KIND_STORED]
+    h = run(svc2, ledger, up(dev), reading(net, "sensor", 5, meas={"other": 1}))
     assert [cbor.loads(o.payload)[2] for o in h.outgoing if o.topic.endswith("/down")] == [c.REPLAY]
     env = type("E", (), {"net": net, "core": svc2.core})
     keys = _device_keys(env, "sensor", secret, reply.payload)

@@ -3,7 +3,7 @@ number accepted once across both, each process batching only its own messages.""
 
 from __future__ import annotations
 
-from ledgerlink.core import cbor, cose, ecqv
+from ledgerlink.core import cbor, cose, ecqv, stored_ack
 from ledgerlink.core.backend import get_backend
 from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.batcher import Batcher
@@ -27,7 +27,14 @@ def process(ledger: FakeLedgerAdapter, path, owner: str) -> GatewayService:
 
 
 def codes(h) -> list[int]:
-    return [cbor.loads(o.payload)[2] for o in h.outgoing if o.topic.endswith("/down")]
+    """Reason codes of the refusals among the replies."""
+    return [m[2] for m in (cbor.loads(o.payload) for o in h.outgoing if o.topic.endswith("/down")) if m[0] == c.KIND_REFUSAL]
+
+
+def acked(h) -> list[int]:
+    """Seqs of the stored-acks among the replies."""
+    return [m[2] for m in (cbor.loads(o.payload) for o in h.outgoing if o.topic.endswith("/down"))
+            if m[0] == stored_ack.KIND_STORED]
 
 
 def verified(h) -> list[bytes]:
@@ -61,9 +68,9 @@ def test_a_sequence_number_is_accepted_once_across_processes(tmp_path):
     dev = net["sensor"].id
     frame = reading(net, "sensor", 7)
     assert len(verified(run(a, ledger, up(dev), frame))) == 1
-    # the same frame replayed to the other process: refused, not republished, decided (acked)
+    # the same frame replayed to the other process: answered with its ack, not republished, decided
     h = run(b, ledger, up(dev), frame)
-    assert verified(h) == [] and codes(h) == [c.REPLAY] and h.decided == [CRYPTO.sha256(frame)]
+    assert verified(h) == [] and codes(h) == [] and acked(h) == [7] and h.decided == [CRYPTO.sha256(frame)]
     assert b.store.stats()["warnings"] == {}                  # a redelivery of a stored frame: not reported
     # another frame under the taken sequence number: refused and reported
     forged = reading(net, "sensor", 7, meas={"t": 99})
