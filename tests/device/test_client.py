@@ -9,6 +9,7 @@ import queue
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,10 @@ from ledgerlink.device import core as dc
 from ledgerlink.device.client import Device, backoff_delay
 from ledgerlink.device.offline_queue import OfflineQueue
 from ledgerlink.gateway import checks as c
+from ledgerlink.gateway.batcher import Batcher
+from ledgerlink.gateway.mqtt_adapter import MqttGateway
+from ledgerlink.gateway.service import GatewayService
+from ledgerlink.gateway.store import Store
 
 from tests.device.helpers import CRYPTO, NOW, SITE, Env
 
@@ -158,20 +163,20 @@ def test_readings_are_published_and_queued_while_the_broker_is_down(broker, tmp_
         live = [dev.publish_reading({"t": 20 + i}) for i in range(3)]
         got = sub.take(3)
         assert [seq_of(env, dev.core, t, p) for t, p in got] == [o.seq for o in live] == [1, 2, 3]
-        assert dev.wait_flushed(5)
+        assert dev.wait_sent(5)
 
         broker.stop()
         assert wait_for(lambda: not dev.connected)
         offline = [dev.publish_reading({"t": 30 + i}) for i in range(5)]
         time.sleep(0.5)                                          # several reconnect attempts fail meanwhile
-        assert len(dev.queue) == 5
+        assert len(dev.queue) == 8                               # no gateway stored the first 3 either
 
         broker.start()
         assert dev.wait_connected(10)
         got = sub.take(5)
         assert [seq_of(env, dev.core, t, p) for t, p in got] == [o.seq for o in offline] == [4, 5, 6, 7, 8]
         assert [p for _, p in got] == [o.payload for o in offline]             # the original frames
-        assert dev.wait_flushed(5) and dev.connects >= 2
+        assert dev.wait_sent(5) and dev.connects >= 2
         assert sub.take(1, timeout=0.3) == []                                  # nothing twice
         assert {p for _, p in sub.redelivered} <= {o.payload for o in live}
     finally:
@@ -195,7 +200,7 @@ def test_queue_survives_a_device_restart(broker, tmp_path):
     try:
         got = sub.take(4)
         assert [p for _, p in got] == [f.payload for f in frames]
-        assert dev2.wait_flushed(5)
+        assert dev2.wait_sent(5)
     finally:
         dev2.stop()
         sub.close()
@@ -251,3 +256,140 @@ def test_session_receipts_and_commands_over_mqtt(broker, tmp_path):
         dev.stop()
         gw.loop_stop()
         gw.disconnect()
+
+
+# --- end to end: the real gateway (checks, store, batcher, MQTT transport) in this process ------------
+
+class LiveGateway:
+    """The site gateway over the test's mosquitto and the FakeLedgerAdapter ledger of ``env``; its clock
+    (and the ledger's) runs from NOW, so rate limits refill."""
+
+    def __init__(self, env: Env, broker: Broker, path: Path, limits: c.Limits | None = None,
+                 batch_interval_ms: int = 100) -> None:
+        start = time.monotonic()
+        clock = lambda: NOW + int((time.monotonic() - start) * 1000)   # noqa: E731
+        env.ledger.clock = clock
+        net = env.net
+        keys = c.GatewayKeys(net["gateway"].priv, net["gw-ca"].priv, net["gw-site"].priv)
+        core = c.GatewayCore(SITE, keys, net.chain_id, env.ledger.keys, limits, backend=CRYPTO)
+        self.store = Store(path)
+        self.service = GatewayService(core, self.store)
+        batcher = Batcher(self.store, env.ledger, SITE, net.chain_id, env.ledger.keys, net["gateway"].priv,
+                          interval_ms=batch_interval_ms)
+        self.gw = MqttGateway(self.service, batcher, env.ledger, SITE, "127.0.0.1", broker.port, "test-gw-live",
+                              clock=clock)
+        self.thread = threading.Thread(target=self.gw.run, daemon=True)
+        self.thread.start()
+        assert self.gw.connected.wait(10)
+
+    def seqs(self) -> list[int]:
+        return [m.seq for m in self.store.unbatched(10_000)] + [
+            seq for b in self.store.batches("pending") + self.store.batches("anchored")
+            for _, _, seq, _ in self.store.batch_leaves(b.id)]
+
+    def stop(self) -> None:
+        self.gw.stop()
+        self.thread.join(30)
+        self.store.close()
+
+
+def gateway_keys(env: Env) -> dict:
+    gw = env.net["gateway"]
+    return {gw.id: CRYPTO.public_key(gw.priv, True)}
+
+
+def test_frames_a_broker_had_no_gateway_for_stay_queued_until_a_gateway_stores_them(broker, tmp_path):
+    """mosquitto answers a frame no one subscribed to with PUBACK 0x10 and drops it: the frame stays."""
+    env = Env()
+    dev = make_device(env, broker, tmp_path)
+    gw = None
+    try:
+        frames = [dev.publish_reading({"n": i}) for i in range(5)]
+        time.sleep(1.0)                                   # each published, PUBACK 0x10, published again...
+        assert len(dev.queue) == 5 and dev.resent >= 5
+        gw = LiveGateway(env, broker, tmp_path / "gw.db")
+        assert dev.wait_flushed(20)
+        assert sorted(gw.seqs()) == [f.seq for f in frames]
+        assert wait_for(lambda: dev.receipts_valid == 5 and dev.awaiting_receipts == 0, 20)
+        assert all(dev.receipt(seq=f.seq) is not None for f in frames) and dev.acks_valid >= 5
+    finally:
+        dev.stop()
+        if gw is not None:
+            gw.stop()
+
+
+def test_a_backlog_drains_within_the_gateway_rate_limit_and_nothing_is_lost(broker, tmp_path):
+    """40 readings made offline, flushed to a gateway with its default limit (10/s, burst 20)."""
+    env = Env()
+    gw = LiveGateway(env, broker, tmp_path / "gw.db", c.Limits())
+    dev = Device(env.device(gateway_keys=gateway_keys(env)), OfflineQueue(tmp_path / "queue.db"), "127.0.0.1",
+                 broker.port, keepalive=5, backoff_initial=0.05, backoff_max=0.4, clock=lambda: NOW)
+    refusals: list = []
+    dev.on_refusal = refusals.append
+    try:
+        frames = [dev.publish_reading({"n": i}) for i in range(40)]
+        dev.start()
+        assert dev.wait_flushed(30), len(dev.queue)
+        assert sorted(gw.seqs()) == [f.seq for f in frames] and refusals == [] and dev.queue.refused == 0
+        assert dev.acks_valid >= 40 and dev.acks_invalid == 0
+    finally:
+        dev.stop()
+        gw.stop()
+
+
+def test_receipts_after_a_device_restart_are_checked_against_the_queue_file(broker, tmp_path):
+    """Frames stored before the device restarts get their receipts after it: they are valid."""
+    env = Env()
+    gw = LiveGateway(env, broker, tmp_path / "gw.db", batch_interval_ms=2000)
+    counter = dc.MemoryCounter()
+    path = tmp_path / "queue.db"
+    dev = Device(env.device(counter=counter), OfflineQueue(path), "127.0.0.1", broker.port, keepalive=5,
+                 backoff_initial=0.05, backoff_max=0.4, clock=lambda: NOW)
+    dev2 = None
+    results: list = []
+    try:
+        dev.start()
+        frames = [dev.publish_reading({"n": i}) for i in range(3)]
+        assert dev.wait_flushed(10) and dev.receipts_valid == 0
+        dev.stop()
+        dev2 = Device(env.device(counter=counter), OfflineQueue(path), "127.0.0.1", broker.port, keepalive=5,
+                      backoff_initial=0.05, backoff_max=0.4, clock=lambda: NOW, on_receipt=results.append)
+        dev2.start()
+        assert wait_for(lambda: len(results) >= 3, 20)
+        assert sorted((r.valid, r.seq) for r in results) == [(True, f.seq) for f in frames], results
+        assert dev2.awaiting_receipts == 0 and all(dev2.receipt(frame_hash=f.frame_hash) for f in frames)
+    finally:
+        (dev2 or dev).stop()
+        gw.stop()
+
+
+def test_receipts_published_while_the_device_was_down_are_asked_for(broker, tmp_path):
+    env = Env()
+    gw = LiveGateway(env, broker, tmp_path / "gw.db", batch_interval_ms=1000)
+    counter = dc.MemoryCounter()
+    path = tmp_path / "queue.db"
+    dev = Device(env.device(counter=counter), OfflineQueue(path), "127.0.0.1", broker.port, keepalive=5,
+                 backoff_initial=0.05, backoff_max=0.4, clock=lambda: NOW)
+    dev2 = None
+    results: list = []
+    try:
+        dev.start()
+        frames = [dev.publish_reading({"n": i}) for i in range(3)]
+        assert dev.wait_flushed(10)
+        dev.stop()
+        time.sleep(2.5)                                  # anchored; the receipts go to no one (clean session)
+        dev2 = Device(env.device(counter=counter), OfflineQueue(path), "127.0.0.1", broker.port, keepalive=5,
+                      backoff_initial=0.05, backoff_max=0.4, clock=lambda: NOW, receipt_wait=0.5,
+                      on_receipt=results.append)
+        assert dev2.awaiting_receipts == 3
+        dev2.start()
+        assert wait_for(lambda: dev2.awaiting_receipts == 0, 20)
+        assert sorted((r.valid, r.seq) for r in results) == [(True, f.seq) for f in frames]
+        receipt = dev2.receipt(seq=frames[0].seq)
+        assert receipt is not None and dev2.core.verify_receipt(receipt, frames[0].payload).valid
+        dev2.request_receipts([frames[1].seq])           # on demand, by seq: answered again, a copy
+        time.sleep(1.0)
+        assert dev2.receipts_invalid == 0
+    finally:
+        (dev2 or dev).stop()
+        gw.stop()

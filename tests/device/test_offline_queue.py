@@ -84,3 +84,33 @@ def test_queue_model(bound, ops):
                 dropped += 1
     assert [p for _, p, _ in drain(q)] == model
     assert q.dropped == dropped
+
+
+def test_stored_frames_await_their_receipts_across_reopen(tmp_path):
+    path = tmp_path / "q.db"
+    q = OfflineQueue(path, max_frames=3, max_receipts=2)
+    for seq in range(1, 4):
+        q.put("ll/s/dev/a/up", b"f%d" % seq, seq)
+    q.put("ll/s/dev/a/reg", b"reg", None)                    # the oldest reading is dropped: full
+    frames = q.peek(3)
+    assert [f.seq for f in frames] == [2, 3, None] and q.dropped == 1
+    for f in frames:
+        q.stored(f, 1000 + (f.seq or 0))
+    q.refuse(q.put("t", b"bad", 9))
+    q.close()
+    q = OfflineQueue(path, max_frames=3, max_receipts=2)
+    assert len(q) == 0 and q.awaiting_count() == 2 and q.refused == 1     # the registration awaits no receipt
+    a = q.awaiting(seq=2)
+    assert a is not None and a.payload == b"f2" and q.awaiting(frames[1].hash).seq == 3
+    assert [x.seq for x in q.due_for_asking(1100, 50, 16)] == [2, 3]
+    q.asked([a.hash], 1100)
+    assert [x.seq for x in q.due_for_asking(1120, 50, 16)] == [3]         # asked again only later
+    assert [x.seq for x in q.due_for_asking(1300, 50, 16)] == [2, 3]
+    assert q.not_stored(a.hash) and [f.seq for f in q.peek(5)] == [2] and q.awaiting_count() == 1
+    q.receipt_received(frames[1].hash, 3, b"r3")
+    for seq in (10, 11):
+        q.receipt_received(bytes([seq]) * 32, seq, b"r%d" % seq)
+    q.close()
+    q = OfflineQueue(path, max_frames=3, max_receipts=2)
+    assert q.awaiting_count() == 0 and q.receipt(seq=3) is None            # the oldest receipt made room
+    assert q.receipt(bytes([11]) * 32) == b"r11" and q.receipt(seq=10) == b"r10"
