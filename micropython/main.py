@@ -79,8 +79,9 @@ def make_factory(cfg, device_id):
 
         return lambda: UmqttAdapter(Umqtt(client_id, cfg["broker"], cfg.get("port", 1883), keepalive=60))
     call = globals().get("host_call")              # the virtual board's host sockets (--network)
+    login = json.loads(_read("ledgerlink.mqtt.json") or "{}")    # the broker login ``ledgerlink provision`` stored
     return lambda: mqtt.MQTTClient(transport.open_stream(cfg["broker"], cfg.get("port", 1883), call), client_id,
-                                   keepalive=60)
+                                   keepalive=60, username=login.get("username"), password=login.get("password"))
 
 
 def read_sensor():

@@ -67,6 +67,7 @@ ACCOUNTS_FILE = "accounts.json"
 RUNTIME_FILE = "runtime.json"
 DYNSEC_FILE = "dynamic-security.json"
 RELOAD_S = 0.2                          # the embedded broker looks at accounts.json this often
+APPLIED_SUFFIX = ".applied"             # it writes the mtime of what it read to accounts.json.applied
 
 SEND, RECEIVE, SUBSCRIBE = "send", "receive", "subscribe"
 ROLE_CONTROLLER = 6                     # the ledger role of a device that may command others
@@ -204,10 +205,12 @@ class SiteAccess:
 
     # --- changes -------------------------------------------------------------------------------------
 
-    def add(self, username: str, role: str, device: bytes | None = None, rotate: bool = False) -> dict[str, str]:
+    def add(self, username: str, role: str, device: bytes | None = None, rotate: bool = False,
+            site: str | None = None) -> dict[str, str]:
         """Make the account (or, with ``rotate``, give it a new password; enable it again when it was
-        disabled); write its credentials file; return its login. An existing account is kept as it is."""
-        rules(self.site, username, role, device.hex() if device else None)       # the role is known
+        disabled); write its credentials file; return its login. An existing account is kept as it is.
+        ``site``: the account's topics are another site's on the same broker (default: this one's)."""
+        rules(site or self.site, username, role, device.hex() if device else None)       # the role is known
         accounts = self.load()
         old = accounts.get(username)
         if old is not None and old["role"] != role:
@@ -218,6 +221,8 @@ class SiteAccess:
         account = {"role": role, "disabled": False, **hash_password(password)}
         if device is not None:
             account["device"] = device.hex()
+        if site is not None and site != self.site:
+            account["site"] = site
         accounts[username] = account
         private_dir(self.folder / "credentials")
         _write_private(self.credentials_path(username), json.dumps({"username": username, "password": password}) + "\n")
@@ -264,7 +269,7 @@ class SiteAccess:
                             "roles": [{"rolename": username}]})
             roles.append({"rolename": username, "acls": [
                 {"acltype": kinds[kind], "topic": topic, "allow": True, "priority": 0}
-                for kind, topic in rules(self.site, username, a["role"], a.get("device"))]})
+                for kind, topic in rules(a.get("site", self.site), username, a["role"], a.get("device"))]})
         return {"defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
                                      "unsubscribe": True},
                 "clients": clients, "groups": [], "roles": roles}
@@ -295,6 +300,9 @@ class SiteAccess:
             runtime = json.loads((self.folder / RUNTIME_FILE).read_text())
         except (FileNotFoundError, ValueError):
             return
+        if runtime.get("kind") == "embedded":
+            self._wait_applied()
+            return
         if runtime.get("kind") != "mosquitto":
             return
         commands: list[dict[str, Any]] = []
@@ -306,7 +314,7 @@ class SiteAccess:
             if op == "set":
                 acls = [{"acltype": {SEND: "publishClientSend", RECEIVE: "publishClientReceive",
                                      SUBSCRIBE: "subscribePattern"}[kind], "topic": topic, "allow": True}
-                        for kind, topic in rules(self.site, username, a["role"], a.get("device"))]
+                        for kind, topic in rules(a.get("site", self.site), username, a["role"], a.get("device"))]
                 commands += [{"command": "deleteClient", "username": username},
                              {"command": "deleteRole", "rolename": username},
                              {"command": "createRole", "rolename": username, "acls": acls},
@@ -316,6 +324,21 @@ class SiteAccess:
                 commands.append({"command": op + "Client", "username": username})
         if commands:
             dynsec_command(runtime["host"], int(runtime["port"]), self.login(ADMIN_USER), commands)
+
+
+    def _wait_applied(self, timeout: float = 2.0) -> None:
+        """Wait until the embedded broker has read the accounts file as it is now."""
+        want = str(os.stat(self.accounts_path).st_mtime_ns)
+        applied = self.folder / (ACCOUNTS_FILE + APPLIED_SUFFIX)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if applied.read_text() == want:
+                    return
+            except FileNotFoundError:
+                pass
+            time.sleep(0.01)
+        raise AccessError("the embedded broker did not read the changed accounts within %.1f s" % timeout)
 
 
 def dynsec_command(host: str, port: int, login: dict[str, str], commands: list[dict[str, Any]],

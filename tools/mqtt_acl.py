@@ -5,7 +5,8 @@ against the account's PBKDF2-SHA512 hash; the client id must be the username (an
 the username), so nobody takes over another account's session; a PUBLISH needs a ``send`` rule
 (else MQTT 5 PUBACK 0x87 and the message is dropped), a SUBSCRIBE a ``subscribe`` rule that covers the
 whole filter (else SUBACK 0x87), and every delivery a ``receive`` rule for the topic. The file is read
-again when it changes (checked every ``RELOAD_S``), and clients of accounts disabled or removed by then,
+again when it changes (checked every ``RELOAD_S``; the file's mtime then goes into ``accounts.json.applied``,
+which ``broker_access`` waits for), and clients of accounts disabled or removed by then,
 or whose password changed, are disconnected (0x98 administrative action).
 """
 
@@ -16,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ledgerlink.tools.broker_access import RECEIVE, RELOAD_S, SEND, SUBSCRIBE, password_matches, rules
+from ledgerlink.tools.broker_access import APPLIED_SUFFIX, RECEIVE, RELOAD_S, SEND, SUBSCRIBE, password_matches, rules
 
 NOT_AUTHORIZED = 0x87
 ADMINISTRATIVE_ACTION = 0x98
@@ -72,8 +73,12 @@ class Access:
         gone = [u for u, a in self.accounts.items()
                 if u not in accounts or accounts[u].get("disabled") or accounts[u].get("hash") != a.get("hash")]
         self.site, self.accounts, self._stamp = site, accounts, stamp
-        self.rules = {u: rules(site, u, a["role"], a.get("device")) for u, a in accounts.items()}
+        self.rules = {u: rules(a.get("site", site), u, a["role"], a.get("device")) for u, a in accounts.items()}
         self._receive_cache.clear()
+        applied = self.path.with_name(self.path.name + APPLIED_SUFFIX)
+        tmp = applied.with_name(applied.name + ".tmp")
+        tmp.write_text(str(stamp[0]))
+        os.replace(tmp, applied)
         return gone
 
     def check_connect(self, client_id: str, username: str | None, password: bytes | None) -> str | None:

@@ -12,7 +12,9 @@ validator set of the cluster config. It then writes to the board:
 - ``ledgerlink.reg.cbor``: CBOR map {1: chain id, 2: device id, 3: record-proof (bstr holding the
   ``record-proof`` map that ``ledgerlink.core.spv.verify_record_proof`` takes), 4: registration tx id
   (bstr; absent when the device was registered before)};
-- ``ledgerlink.id.json``: ``device_id``, ``public_key``, ``chain_id``, ``height`` of the proof's header.
+- ``ledgerlink.id.json``: ``device_id``, ``public_key``, ``chain_id``, ``height`` of the proof's header;
+- ``ledgerlink.mqtt.json``: the device's broker login ``{"username", "password"}``, when the site's broker
+  accounts are beside the cluster config (``ledgerlink up``'s ``data_dir/broker``; ``broker_access``).
 
 Both travel inside the program sent to the board, which first verifies the proof itself with
 ``ledgerlink.core.spv`` against the ``validator_keys`` of its own config (written by ``ledgerlink
@@ -56,6 +58,7 @@ KEY_FILE = "ledgerlink.key"
 PENDING_KEY_FILE = KEY_FILE + ".new"
 PROOF_FILE = "ledgerlink.reg.cbor"
 ID_FILE = "ledgerlink.id.json"
+MQTT_FILE = "ledgerlink.mqtt.json"
 DEFAULT_CONFIG = "ledgerlink.json"
 MARK = "PROVISION:"
 BOARD_TIMEOUT = 600.0
@@ -182,6 +185,8 @@ def main():
         replace(P['pending'], P['key'])
     write(P['proof'], data)
     write(P['id'], P['id_data'].encode())
+    if P.get('mqtt_data'):
+        write(P['mqtt'], P['mqtt_data'].encode())
     return {'status': 'ok', 'device_id': dev.hex(), 'height': height}
 
 out(main())
@@ -254,7 +259,7 @@ class Board:
     def __init__(self, port: str, config_path: str, timeout: float = BOARD_TIMEOUT) -> None:
         self.port = port
         self.paths = {"key": KEY_FILE, "pending": PENDING_KEY_FILE, "proof": PROOF_FILE, "id": ID_FILE,
-                      "config": config_path}
+                      "mqtt": MQTT_FILE, "config": config_path}
         self.timeout = timeout
 
     def run(self, program: str, params: dict) -> dict:
@@ -436,17 +441,39 @@ def provision(args: argparse.Namespace, out: Callable[[str], None] = print) -> i
     if tx_id is not None:
         doc[4] = tx_id
     ident = {"device_id": dev.hex(), "public_key": pub.hex(), "chain_id": ctx.chain_id, "height": header.height}
+    login = _broker_login(ctx, dev, role, out)
     answer = board.run(COMMIT, {"public_key": pub.hex(), "use_pending": made != "kept",
-                                "proof_data": cbor.dumps(doc).hex(), "id_data": json.dumps(ident, sort_keys=True)})
+                                "proof_data": cbor.dumps(doc).hex(), "id_data": json.dumps(ident, sort_keys=True),
+                                "mqtt_data": json.dumps(login) if login else ""})
     if answer.get("status") == "key-changed":
         raise ProvisionError("the key on the board changed while provisioning: rerun provision")
     _board_status(answer, args.port)
-    out("the board verified its proof (header %d) and stored %s and %s" % (answer["height"], PROOF_FILE, ID_FILE))
+    out("the board verified its proof (header %d) and stored %s and %s%s" % (
+        answer["height"], PROOF_FILE, ID_FILE, " and its broker login in %s" % MQTT_FILE if login else ""))
     if made != "kept" and prepared["had_key"]:
         out("the board's old key was replaced; its old device id stays registered until you ban it "
             "(`ledgerlink admin ban OLD_DEVICE_ID`)")
     out("provisioned device %s" % dev.hex())
     return EXIT_OK
+
+
+def _broker_login(ctx: LedgerContext, dev: bytes, role: int, out: Callable[[str], None]) -> dict[str, str] | None:
+    """The device's broker account, made in the site's broker folder (``data_dir/broker`` beside the ledger
+    folder of ``ledgerlink up``) when there is one; None otherwise (an external broker's own accounts)."""
+    from ledgerlink.tools.broker_access import ACCOUNTS_FILE, ROLE_CONTROLLER, AccessError, SiteAccess
+
+    folder = ctx.cluster_path.resolve().parent.parent / "broker"
+    if not (folder / ACCOUNTS_FILE).exists():
+        out("no broker accounts beside %s: give the board a login of your broker's own" % ctx.cluster_path)
+        return None
+    try:
+        site = json.loads((folder / ACCOUNTS_FILE).read_text())["site"]
+        login = SiteAccess(folder, site).add_device(dev, "controller" if role == ROLE_CONTROLLER else "device")
+    except (OSError, ValueError, KeyError, AccessError) as exc:
+        raise ProvisionError("the device's broker account could not be made in %s: %s" % (folder, exc)) from None
+    out("broker account %s (its password also in %s, mode 0600)" % (login["username"], SiteAccess(folder, site)
+                                                                     .credentials_path(login["username"])))
+    return login
 
 
 def check(board: Board, out: Callable[[str], None] = print) -> int:

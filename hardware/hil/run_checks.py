@@ -234,12 +234,18 @@ def make_client(cfg, results):
         except OSError as exc:
             errors.append(str(exc))
             raise
-        return mqtt.MQTTClient(stream, 'll-' + client_id[0], keepalive=60)
+        login = read_login()
+        return mqtt.MQTTClient(stream, 'll-' + client_id[0], keepalive=60, username=login.get('username'),
+                               password=login.get('password'))
     client_id = ['']
     client = device.DeviceClient(cfg, factory, storage=queue.FileStorage(P['storage']), rng=rng,
                                  on_result=results.append)
     client_id[0] = client.device_id.hex()
     return client, errors
+
+def read_login():
+    # the broker login ledgerlink provision stored, if any
+    return json.loads(read_text('ledgerlink.mqtt.json') or '{}')
 
 def connect_problem(client, cfg, errors):
     if client.stats['connect_failures']:
