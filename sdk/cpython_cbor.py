@@ -13,15 +13,23 @@ than decoding). It makes the portable decoder's checks -- shortest heads, length
 definite lengths, bytewise ordered keys without duplicates (also in Python), UTF-8, simple values,
 nesting -- and returns the same values. It reads the common small items of arrays and maps inline, and
 checks bounds once: offsets only grow, so reading past the end raises IndexError or struct.error or
-leaves the offset beyond the input, where the final check refuses it. Any input it does not accept,
-for whatever reason, goes to ``portable_loads``, which returns the authoritative value or raises
-``DecodeError``; invalid input thus costs both decoders (bounded by ``max_size``).
+leaves the offset beyond the input, where the final check refuses it. It is the only decoder that
+sees the input: whatever it refuses raises ``DecodeError`` at once, without a second parse by
+``portable_loads`` (a fallback let a 4 MB non-deterministic frame cost a ledger node 0.94 s of CPU).
+Its cost is linear in the input: one pass, every slice and UTF-8 check over bytes it then steps past,
+nesting bounded by ``max_depth``, and at most ``MAX_COLLIDING_KEYS`` map keys per map whose Python
+hash an attacker can choose (arrays, tags, bignums and floats as keys: 20,000 bignum keys that all
+hash alike, 258 kB of CBOR, took 3.5 s to insert into one dict; other keys hash with a per-process
+seed or have at most a few values per hash). That limit is the one place it refuses a deterministic
+encoding ``portable_loads`` accepts.
 
 Against the portable codec, messages with text or integer map keys, byte strings and lists encode
 1.6-3x faster and maps whose keys mix types about 1.4x slower; gateway frames, reading bodies and
 ledger transactions decode 2-3x faster (1.5-3 us each), large arrays of byte strings up to 3.5x.
 
-Protects against: divergence between the two codecs. ``self_check`` runs at import over edge cases
+Protects against: divergence between the two codecs; decoding work an input's sender can make
+grow faster than its size (tests/core/test_cbor_strict.py bounds the CPU time of refusing 4 MB
+frames of each hostile shape and checks both decoders agree on generated deterministic input). ``self_check`` runs at import over edge cases
 (bignums, float widths, NaN, mixed-type keys, non-deterministic input) and only when it passes does
 this module install itself as ``ledgerlink.core.cbor.dumps``/``loads``. Tested in
 tests/core/test_cbor.py by property tests comparing both codecs, and the fast decoder alone, on
@@ -207,7 +215,10 @@ def dumps(obj: Any) -> bytes:
 
 
 class _Reject(Exception):
-    """The fast decoder does not accept the input; ``portable_loads`` decides."""
+    """The input is not one deterministic CBOR data item this decoder accepts."""
+
+
+MAX_COLLIDING_KEYS = 64      # map keys per map that are arrays, tags, bignums or floats (see above)
 
 
 _BYTE = tuple(bytes((i,)) for i in range(256))
@@ -299,6 +310,7 @@ def _item(data: bytes, pos: int, room: int) -> tuple[Any, int]:
         room -= 1
         result = {}
         prev = b""
+        colliding = 0
         for _ in range(arg):
             ib = data[pos]
             if ib < 0x18:
@@ -311,6 +323,10 @@ def _item(data: bytes, pos: int, room: int) -> tuple[Any, int]:
                 kb = data[start:pos]
                 key = kb[1:].decode("utf-8")
             else:
+                if 0x80 <= ib < 0xA0 or 0xC0 <= ib < 0xE0 or ib >= 0xF9:
+                    colliding += 1
+                    if colliding > MAX_COLLIDING_KEYS:
+                        raise _Reject
                 start = pos
                 key, pos = _key(data, pos, room)
                 kb = data[start:pos]
@@ -458,17 +474,20 @@ def _fast_loads(data: bytes, max_depth: int) -> Any:
 
 def loads(data: bytes | bytearray | memoryview, max_depth: int = _portable.DEFAULT_MAX_DEPTH,
           max_size: int = _portable.DEFAULT_MAX_SIZE) -> Any:
-    """Decode like ``portable_loads`` (same values, same DecodeError cases), usually faster."""
+    """Decode like ``portable_loads`` (same values; DecodeError on the same inputs, and on maps with
+    more than ``MAX_COLLIDING_KEYS`` keys of hash-collidable types), in time linear in ``len(data)``."""
     if type(data) is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise DecodeError("CBOR input must be bytes")
         data = bytes(data)
-    if len(data) <= max_size:
-        try:
-            return _fast_loads(data, max_depth)
-        except Exception:
-            pass
-    return _portable.portable_loads(data, max_depth, max_size)
+    if len(data) > max_size:
+        raise DecodeError("CBOR input of %d bytes exceeds max_size %d" % (len(data), max_size))
+    try:
+        return _fast_loads(data, max_depth)
+    except (RecursionError, MemoryError):
+        raise DecodeError("CBOR input too deeply nested or too large to decode") from None
+    except Exception:
+        raise DecodeError("not one deterministic CBOR data item") from None
 
 
 _CHECK_VALUES = (
