@@ -336,17 +336,21 @@ class DeviceClient:
         except LedgerlinkError:
             self.stats["bad_replies"] += 1
             return
-        self.replies.append(reply)
-        if len(self.replies) > self.config["max_replies"]:
-            self.replies.pop(0)
         if self.on_reply is not None:
             self.on_reply(reply)
+        if reply[0] != dp.KIND_RECEIPT or not self.check_receipts:
+            self._keep_reply(reply)  # a checked receipt is kept as its result (``receipts``), not whole
         if reply[0] == dp.KIND_RECEIPT and not self.check_receipts:
             return
         result = self.protocol.handle_reply(reply, self.time_ms())
         self._on_result(result)
         if self.on_result is not None:
             self.on_result(result)
+
+    def _keep_reply(self, reply):
+        self.replies.append(reply)
+        if len(self.replies) > self.config["max_replies"]:
+            self.replies.pop(0)
 
     def _on_result(self, result):
         if isinstance(result, dp.ReceiptResult):
