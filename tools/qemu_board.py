@@ -163,7 +163,7 @@ class QemuBoard:
         assert self.sock is not None
         self.sock.sendall(code.encode() + b"\x04")
         head = self._read_until(b"OK", timeout)
-        if head.strip(b"\r\n>"):
+        if head.replace(RAW_BANNER, b"").strip(b"\r\n>"):
             raise BoardCodeError("the board did not take the program: %r" % head)
         out = self._read_until(b"\x04", timeout)
         err = self._read_until(b"\x04", timeout)

@@ -11,12 +11,20 @@ host and the connection goes to the resolved address that was checked, so a name
 an allowed address for the check and another one for the connection. Open sockets are capped at
 ``max_sockets`` and reads at ``MAX_READ`` bytes. Tested in tests/hardware/test_virtual_board.py (allow
 list, refusals as the board sees them) and by every VM test that talks to a broker.
+
+``UartBridge`` is the same service for a board whose only line out is a serial port (the QEMU board's
+UART1, a TCP server on the host): like a serial modem, it opens a TCP connection to one fixed server
+(checked against the allow list) when the board starts sending, relays bytes both ways, and forgets
+the connection once the server closes it, so the board's next bytes (its next MQTT CONNECT) open a
+new one.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import select
 import socket
+import threading
 from typing import Callable, Iterable
 
 MAX_READ = 2048
@@ -140,3 +148,91 @@ class SocketBridge:
         for sock in self.socks.values():
             sock.close()
         self.socks.clear()
+
+
+class UartBridge:
+    """Relay between a board's serial line (``uart``: host, port of its TCP server) and ``target`` (host, port).
+
+    A thread connects to the serial line at ``start``; the target connection is opened when the board
+    sends and dropped when the target closes it. ``connections`` counts target connections, ``bytes_up``
+    and ``bytes_down`` the bytes relayed.
+    """
+
+    def __init__(self, uart: tuple[str, int], target: tuple[str, int], allow: Iterable[str] | None = None) -> None:
+        self.uart = uart
+        self.target = target
+        self.check = SocketBridge(allow)
+        self.connections = 0
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.line: socket.socket | None = None
+        self.peer: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "UartBridge":
+        self.check._resolve(*self.target)
+        self.line = socket.create_connection(self.uart, timeout=CONNECT_TIMEOUT_S)
+        self.line.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._thread = threading.Thread(target=self._run, name="uart-bridge", daemon=True)
+        self._thread.start()
+        return self
+
+    def _open_peer(self) -> socket.socket:
+        family, addr = self.check._resolve(*self.target)
+        peer = socket.socket(family, socket.SOCK_STREAM)
+        peer.settimeout(CONNECT_TIMEOUT_S)
+        peer.connect(addr)
+        peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connections += 1
+        return peer
+
+    def _drop_peer(self) -> None:
+        if self.peer is not None:
+            self.peer.close()
+            self.peer = None
+
+    def _run(self) -> None:
+        assert self.line is not None
+        try:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([self.line] + ([self.peer] if self.peer else []), [], [], 0.1)
+                if self.line in ready:
+                    data = self.line.recv(MAX_READ)
+                    if not data:
+                        return
+                    if self.peer is None:
+                        try:
+                            self.peer = self._open_peer()
+                        except OSError:
+                            continue
+                    self.peer.sendall(data)
+                    self.bytes_up += len(data)
+                if self.peer is not None and self.peer in ready:
+                    try:
+                        data = self.peer.recv(MAX_READ)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self._drop_peer()
+                        continue
+                    self.line.sendall(data)
+                    self.bytes_down += len(data)
+        except OSError:
+            return
+        finally:
+            self._drop_peer()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.line is not None:
+            self.line.close()
+            self.line = None
+
+    def __enter__(self) -> "UartBridge":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
