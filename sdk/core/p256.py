@@ -406,10 +406,13 @@ def _jaffine(pt):
     return (x * zi2 % P, y * zi2 * zi % P)
 
 
-def _wnaf(k, w):
-    digits = []
+def _wnaf(k, w, out):
+    """Width-``w`` NAF digits of ``k`` (least significant first) into ``out`` as two's complement
+    bytes; returns how many. ``out`` is preallocated: a list grown digit by digit needs a 1 KB block
+    on a board's heap, which a fragmented heap may not have."""
     half = 1 << (w - 1)
     full = 1 << w
+    n = 0
     while k:
         if k & 1:
             d = k & (full - 1)
@@ -418,11 +421,15 @@ def _wnaf(k, w):
             k -= d
         else:
             d = 0
-        digits.append(d)
+        out[n] = d & 0xFF
+        n += 1
         k >>= 1
-    return digits
+    return n
 
 
+_NAF_LEN = 258  # digits of a scalar below 2^257
+_naf_a = bytearray(_NAF_LEN)
+_naf_b = bytearray(_NAF_LEN)
 _G_WINDOW = 7 if sys.implementation.name == "cpython" else 5
 _g_odd = []
 
@@ -453,26 +460,27 @@ def _mul_add_jacobian(a, b, q):
     qt = [qj]
     for _ in range(7):
         qt.append(_jadd(qt[-1], q2))
-    na = _wnaf(a % N, _G_WINDOW)
-    nb = _wnaf(b % N, 5)
+    na, nb = _naf_a, _naf_b
+    len_a = _wnaf(a % N, _G_WINDOW, na)
+    len_b = _wnaf(b % N, 5, nb)
     acc = (1, 1, 0)
-    i = max(len(na), len(nb)) - 1
+    i = max(len_a, len_b) - 1
     while i >= 0:
         acc = _jdouble(acc)
-        if i < len(na):
+        if i < len_a:
             d = na[i]
-            if d > 0:
+            if 0 < d < 128:
                 x, y = gt[d >> 1]
                 acc = _jadd_affine(acc, x, y)
-            elif d < 0:
-                x, y = gt[(-d) >> 1]
+            elif d:
+                x, y = gt[(256 - d) >> 1]
                 acc = _jadd_affine(acc, x, P - y)
-        if i < len(nb):
+        if i < len_b:
             d = nb[i]
-            if d > 0:
+            if 0 < d < 128:
                 acc = _jadd(acc, qt[d >> 1])
-            elif d < 0:
-                x, y, z = qt[(-d) >> 1]
+            elif d:
+                x, y, z = qt[(256 - d) >> 1]
                 acc = _jadd(acc, (x, P - y, z))
         i -= 1
     return acc
