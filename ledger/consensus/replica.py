@@ -76,7 +76,13 @@ also at most that many small answers per second); a fetch beyond it is dropped (
 which bounds what a peer asking ``fetch-blocks 0..10^6`` in a loop costs in encoding and signing
 (tests/ledger/test_pbft_replica.py, and the simulator's flooding adversary). An honest replica
 asks one peer at a time, once per reply or per ``retransmit_ms``, and catches up at several
-megabytes of blocks per second per peer.
+megabytes of blocks per second per peer. Cheap refusals before the signature check (``receive``):
+a peer's fetch-blocks beyond ``FETCH_REQUESTS_PER_S`` a second, and a prepare or commit that would
+be dropped and tells nothing new about its sender (a second vote of the sender for a view and
+height, a vote for a stale height or another view already noted from that sender) are dropped
+unverified, so a validator that floods such messages costs a CBOR decode each, not an ECDSA
+verification. The budgets are per transport sender, which a peer link must authenticate (else a
+host that claims to be validator j spends j's fetch budget).
 """
 
 from __future__ import annotations
@@ -252,6 +258,8 @@ _VOTES = (m.PRE_PREPARE, m.PREPARE, m.COMMIT)
 SLOW_PRIMARY_FRACTION = 3     # a backup demands a view change below 1/3 of the rate the pool and recent blocks allow
 SLOW_PRIMARY_MIN_BLOCKS = 2
 FETCH_MIN_COST_DIV = 256
+FETCH_REQUESTS_PER_S = 50          # fetch-blocks a peer may send a second (burst as many)
+MAX_PEEK = 256                     # messages up to this size are looked at before their signature
 MAX_REFORWARD_EXP = 3      # a pending tx goes to the primary again after 1, 2, 4, 8, 8, ... retransmit_ms
 
 
@@ -312,6 +320,7 @@ class Replica:
         self.service: deque[tuple[int, int]] = deque()   # (d, p) of this view's recent blocks
         self.slow_primary_demands = 0               # view changes this replica demanded for a slow primary
         self.send_budget: dict[int, tuple[int, int]] = {}   # peer -> (bytes of blocks it may get, at ms)
+        self.fetch_budget: dict[int, tuple[float, int]] = {}  # peer -> (fetch requests it may send, at ms)
         self._out: list[Effect] = []
         self._decode = decoder or functools.partial(
             _decode_message, config.chain_id, config.validators, crypto, config.limits)
@@ -405,6 +414,11 @@ class Replica:
         if len(data) > self.config.max_message_size:
             self._drop("oversized", sender_index)
             return self._end()
+        if len(data) <= MAX_PEEK:
+            reason = self._refuse_unverified(sender_index, data)
+            if reason is not None:
+                self._drop(reason, sender_index)
+                return self._end()
         try:
             msg = self._decode(data)
             if msg.sender != sender_index:
@@ -415,6 +429,47 @@ class Replica:
         except MessageError as exc:
             self._drop(exc.reason, sender_index)
         return self._end()
+
+    def _refuse_unverified(self, sender: int, data: bytes) -> str | None:
+        """The reason to drop a small message before its signature is checked, or None (see
+        the module docstring: fetch rate, and votes that would be dropped with nothing to note)."""
+        try:
+            a = m.loads(data)
+        except MessageError:
+            return None
+        if not isinstance(a, list) or len(a) < 4 or a[1] != sender or type(a[0]) is not int:
+            return None
+        kind = a[0]
+        if kind == m.FETCH_BLOCKS:
+            tokens, at = self.fetch_budget.get(sender, (FETCH_REQUESTS_PER_S, self.now))
+            tokens = min(FETCH_REQUESTS_PER_S, tokens + (self.now - at) * FETCH_REQUESTS_PER_S / 1000)
+            if tokens < 1:
+                self.fetch_budget[sender] = (tokens, self.now)
+                return "fetch rate"
+            self.fetch_budget[sender] = (tokens - 1, self.now)
+            return None
+        if kind not in (m.PREPARE, m.COMMIT) or len(a) != 6:
+            return None
+        view, h = a[2], a[3]
+        if not m.is_uint(view) or not m.is_uint(h):
+            return None
+        if h - 1 > self.peer_heights.get(sender, -1) or view > self.peer_views.get(sender, -1):
+            return None                                  # news about the sender: verify and note it
+        if h <= self.height:
+            return "stale height"
+        if h > self.height + 1 + self.config.lookahead:
+            return "too far ahead"
+        if view != self.view:
+            if kind == m.COMMIT and h == self.height + 1:
+                return None
+            return "stale view" if view < self.view else "future view"
+        slot = self.slots.get(h)
+        if slot is None:
+            return None
+        prev = (slot.prepare_by if kind == m.PREPARE else slot.commit_by).get((view, sender))
+        if prev is None:
+            return None
+        return "duplicate" if prev == a[4] else "conflicting vote"
 
     def tick(self, now_ms: int) -> list[Effect]:
         """Timers: batching, view-change timeouts, retransmission and block fetching."""

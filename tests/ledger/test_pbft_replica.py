@@ -656,3 +656,43 @@ def test_block_fetches_beyond_a_peers_byte_budget_are_dropped():
     assert answers + drops == 1000 and 2 <= answers <= 2 * 256, answers
     again = r.receive(2, m.encode_message("t", [m.FETCH_BLOCKS, 2, 0, 3], KEYS[2], CRYPTO), net.now + 1000)
     assert any(isinstance(e, Send) and e.to == 2 for e in again)            # other peers keep their budget
+
+
+class CountingCrypto:
+    def __init__(self, inner):
+        self.inner = inner
+        self.verifies = 0
+
+    def verify(self, pub, msg, sig):
+        self.verifies += 1
+        return self.inner.verify(pub, msg, sig)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_floods_of_useless_votes_and_fetches_are_dropped_before_the_signature_check():
+    """A validator that sends a second vote for one view and height, votes for stale heights or
+    other views it already claimed, or more than FETCH_REQUESTS_PER_S fetches a second, costs no
+    ECDSA verification per message."""
+    net = Net()
+    for k in range(3):
+        net.submit(1, net.tx(b"k%d" % k))
+        net.run(60)
+    counting = CountingCrypto(CRYPTO)
+    r = Replica(1, net.config, KEYS[1], KVApp(CRYPTO), counting, net.now)
+    for h in range(net.replicas[1].height + 1):
+        block, cert = net.replicas[1].block(h)
+        r.receive(0, m.encode_message("t", [m.BLOCKS, 0, [[block.header.to_obj(), list(block.txs), cert.to_obj()]]],
+                                      KEYS[0], CRYPTO), net.now)
+    assert r.height == net.replicas[1].height
+    import os as _os
+    flood = [m.encode_message("t", [kind, 3, view, r.height + dh, _os.urandom(32)], KEYS[3], CRYPTO)
+             for _ in range(20) for kind in (m.PREPARE, m.COMMIT) for view in (0, 1, 2) for dh in (0, 1, 2)]
+    flood += [m.encode_message("t", [m.FETCH_BLOCKS, 3, 0, 10 ** 6], KEYS[3], CRYPTO)] * 500
+    before = counting.verifies
+    reasons = [e.reason for data in flood for e in r.receive(3, data, net.now) if isinstance(e, Dropped)]
+    assert counting.verifies - before <= 18 + 2 * 50 + 60, counting.verifies - before   # firsts + fetch burst
+    assert reasons.count("fetch rate") >= 400
+    assert {"conflicting vote", "future view", "stale height"} <= set(reasons)
+    assert r.height == net.replicas[1].height and r.view == 0
