@@ -56,13 +56,14 @@ def test_bench_quick_prints_every_operation(tmp_path):
 def test_bench_micropython_report_labels_figures():
     table = {name: {"fuel": 1000 + i, "allocated": 20_000 - 3_000 * i, "retained": None if i == 0 else 64}
              for i, name in enumerate(bench.OPERATIONS)}
-    lines = bench.format_micropython(table)
+    board = {name: 17_000 - 1_000 * i for i, name in enumerate(bench.OPERATIONS)}
+    lines = bench.format_micropython(table, board)
     text = "\n".join(lines)
-    assert "upper bound" in text and "NOT the peak" in text
+    assert "upper bound" in text and "NOT the peak" in text and "collector on" in text
     keygen = next(line for line in lines if line.startswith("keygen")).split()
-    assert keygen[-4:] == ["20000", "no", "n/a", "n/a"]
+    assert keygen[-6:] == ["20000", "no", "n/a", "n/a", "17000", "no"]
     last = next(line for line in lines if line.startswith(bench.OPERATIONS[-1])).split()
-    assert last[-4:] == [str(20_000 - 3_000 * 8), "yes", "64", "yes"]
+    assert last[-6:] == [str(20_000 - 3_000 * 8), "yes", "64", "yes", "9000", "yes"]
 
 
 def test_leakage_small_run_reports_every_operation(tmp_path):
