@@ -698,3 +698,93 @@ def test_live_broker_survives_random_bytes_after_connect(broker, junk):
     probe.send(b"\xc0\x00")
     assert probe.read() == (0xD0, b"")
     probe.close()
+
+
+# --- limits on what a client may hold -------------------------------------------------------------------
+
+
+def _partial_publish(size: int) -> bytes:
+    """All but the last byte of a QoS 0 PUBLISH of ``size`` payload bytes on topic "t"."""
+    return mb.packet(0x30, b"\x00\x01t\x00" + b"x" * size)[:-1]
+
+
+def _closed(r: Raw, timeout: float = 5) -> bool:
+    """Whether the broker closed ``r`` (orderly or with a reset) within ``timeout`` seconds."""
+    try:
+        return r.read(timeout=timeout) is None
+    except ConnectionResetError:
+        return True
+
+
+def test_incomplete_packets_are_bounded_and_timed_out():
+    with BrokerThread(packet_timeout_s=1.0, buffered_max=1 << 20) as b:
+        attackers = [Raw(b.port, keepalive=0) for _ in range(12)]
+        for r in attackers:
+            r.s.sendall(_partial_publish(200_000))           # 12 x 200 kB against a 1 MiB budget
+        time.sleep(0.5)
+        held, over = b.call(lambda: (b.broker.buffered, b.broker.over_budget))
+        assert 0 < held <= 1 << 20 and over >= 6             # those beyond the budget are closed at once
+        sub, pub = Client(b.port), Client(b.port)            # others are still served meanwhile
+        assert sub.sub("ok/t") == [mqtt.ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")]
+        pub.pub("ok/t", b"served")
+        assert sub.q.get(timeout=5).payload == b"served"
+        started = time.monotonic()
+        for r in attackers:                                  # the rest closed once their packet is 1 s old
+            assert _closed(r)
+        assert time.monotonic() - started < 3
+        assert b.call(lambda: b.broker.buffered) == 0
+        sub.close()
+        pub.close()
+
+
+def test_connection_cap():
+    with BrokerThread(max_connections=3) as b:
+        held = [Raw(b.port) for _ in range(3)]
+        extra = socket.create_connection(("127.0.0.1", b.port), timeout=5)
+        assert extra.recv(10) == b""                          # closed at once, nothing read
+        extra.close()
+        assert b.call(lambda: (len(b.broker.connections), b.broker.refused)) == (3, 1)
+        held[0].close()
+        time.sleep(0.2)
+        Raw(b.port).close()                                  # room again
+        for r in held[1:]:
+            r.close()
+
+
+def _connect_keepalive_zero(port: int) -> tuple[Raw, bytes]:
+    r = Raw(port, connect=False)
+    r.send(mb.packet(0x10, b"\x00\x04MQTT\x05\x02\x00\x00\x00\x00\x02k0"))
+    first, body = r.read()
+    assert first == 0x20 and body[1] == 0
+    return r, body
+
+
+def test_keepalive_zero_gets_the_servers_keepalive():
+    with BrokerThread() as b:                                # by default too: no connection idles for good
+        r, connack = _connect_keepalive_zero(b.port)
+        assert bytes((mb.P_SERVER_KEEP_ALIVE,)) + mb.MAX_KEEPALIVE_S.to_bytes(2, "big") in connack
+        r.close()
+    with BrokerThread(max_keepalive=1) as b:
+        r, connack = _connect_keepalive_zero(b.port)
+        assert bytes((mb.P_SERVER_KEEP_ALIVE, 0, 1)) in connack
+        started = time.monotonic()
+        assert r.closed_with(timeout=5) == mb.KEEP_ALIVE_TIMEOUT   # an idle connection ends
+        assert time.monotonic() - started < 3
+
+
+def test_a_client_that_does_not_read_is_disconnected(monkeypatch):
+    monkeypatch.setattr(mb, "OUT_MAX", 64 << 10)
+    with BrokerThread() as b:
+        reader = Raw(b.port)
+        reader.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.send(mb.packet(0x82, b"\x00\x01\x00\x00\x03big\x00"))   # SUBSCRIBE big, QoS 0
+        assert reader.read()[0] == 0x90
+        pub = Client(b.port)
+        for _ in range(400):
+            pub.c.publish("big", b"y" * 60_000, qos=0)
+        deadline = time.monotonic() + 10
+        while b.call(lambda: len(b.broker.connections)) > 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert b.call(lambda: len(b.broker.connections)) == 1   # the reader is gone, the publisher stays
+        pub.close()
+        reader.close()

@@ -9,6 +9,7 @@ import pytest
 
 from ledgerlink.core import cbor
 from ledgerlink.device.core import DeviceCore, MemoryCounter, SequenceCounter
+from ledgerlink.core.stored_ack import KIND_STORED
 from ledgerlink.tools import stack as stack_mod
 from ledgerlink.tools.stack import BrokerMissing, Stack, StackError, choose_broker
 from tests.mqtt_helpers import subscriber
@@ -161,7 +162,7 @@ def test_a_ban_reaches_the_gateway_within_a_second_with_default_limits(tmp_path)
                 while True:
                     _, payload = q.get(timeout=15)
                     reply = cbor.loads(payload)
-                    if reply[1] == out.frame_hash:
+                    if reply[0] != KIND_STORED and reply[1] == out.frame_hash:      # a receipt or a refusal
                         return reply[0] if reply[0] != 2 else -reply[2]
 
             assert answer(dev.reading({"t": 1}, int(time.time() * 1000))) == 1          # a receipt

@@ -204,7 +204,7 @@ def test_toml_config_and_example(tmp_path):
     assert example.site == "plant-1" and example.admin_key_given
 
 
-def test_external_broker_and_a_part_that_exits(tmp_path):
+def test_external_broker_and_a_node_that_exits_is_started_again(tmp_path):
     from ledgerlink.tools.stack import find_mosquitto
 
     port = free_port()
@@ -219,44 +219,62 @@ def test_external_broker_and_a_part_that_exits(tmp_path):
         cfg = write_config(tmp_path / "up.json", data_dir="site", site="ext", ledger={"nodes": 1},
                            broker={"external": "127.0.0.1:%d" % port})
         proc, q, text = _start_up("--config", str(cfg))
+        seen: list[str] = []
         try:
             assert "MQTT broker: external at 127.0.0.1:%d" % port in text
             assert "broker: mqtt://127.0.0.1:%d" % port in text
-            pids = [int(p) for p in re.search(r"processes: ([\d ]+)", text).group(1).split()]
+            pids = _pids_of(text)
             assert len(pids) == 2
-            node = [p for p in pids if b"ledgerlink.ledger.node" in open("/proc/%d/cmdline" % p, "rb").read()]
+            node = [p for p in pids if b"ledgerlink.ledger.node" in _cmdline(p)]
             assert len(node) == 1
             os.kill(node[0], signal.SIGKILL)
-            assert proc.wait(30) == 1
+            _wait_line(q, seen, r"ledger node 0 exited with status -9 \(see .*node0\.log\); starting it again")
+            _wait_line(q, seen, r"ledger node 0 restarted")
+            status = _status(tmp_path / "site")
+            assert "broker" not in status                     # an external broker is not ours to restart
+            assert status["ledger node 0"]["restarts"] == 1 and alive(status["ledger node 0"]["pid"])
+            pids.append(status["ledger node 0"]["pid"])
+            lines = _stop_up(proc, q, seen)
         finally:
-            rest = _rest(proc, q)
-        assert any("error: ledger node 0 exited" in l for l in rest) and "stopped" in rest[-1]
-        assert not any(alive(p) for p in pids)
+            if proc.poll() is None:
+                _rest(proc, q)
+        assert "stopped" in lines[-1]
+        assert _all_gone(pids)
         assert mq.poll() is None and listening(port)          # an external broker is not ours to stop
     finally:
         mq.terminate()
         mq.wait(10)
 
 
-def test_embedded_broker_site_and_broker_exit(tmp_path):
+def test_embedded_broker_site_and_broker_restart(tmp_path):
     broker = free_port()
     cfg = write_config(tmp_path / "up.json", data_dir="site", site="emb", broker={"port": broker},
                        ledger={"nodes": 1})
     proc, q, text = _start_up("--broker", "embedded", "--config", str(cfg))
+    seen: list[str] = []
     try:
         assert "MQTT broker: embedded (ledgerlink.tools.mqtt_broker, MQTT 5 and 3.1.1) on 127.0.0.1:%d" % broker in text
         assert "broker: mqtt://127.0.0.1:%d" % broker in text and listening(broker)
-        pids = [int(p) for p in re.search(r"processes: ([\d ]+)", text).group(1).split()]
+        pids = _pids_of(text)
         assert len(pids) == 3
-        [mq] = [p for p in pids if b"ledgerlink.tools.mqtt_broker" in open("/proc/%d/cmdline" % p, "rb").read()]
+        [mq] = [p for p in pids if b"ledgerlink.tools.mqtt_broker" in _cmdline(p)]
         os.kill(mq, signal.SIGKILL)
-        assert proc.wait(30) == 1
+        _wait_line(q, seen, r"the embedded MQTT broker exited with status -9 \(see %s\); starting it again"
+                   % re.escape(str(tmp_path / "site" / "mqtt_broker.log")))
+        _wait_line(q, seen, r"the embedded MQTT broker restarted")
+        deadline = time.monotonic() + 10
+        while not listening(broker):                          # on the same port
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        status = _status(tmp_path / "site")
+        assert status["broker"]["restarts"] == 1 and status["broker"]["last_exit"] == -9
+        pids.append(status["broker"]["pid"])
+        lines = _stop_up(proc, q, seen)
     finally:
-        rest = _rest(proc, q)
-    assert any("error: the embedded MQTT broker exited with status -9 (see %s)"
-               % (tmp_path / "site" / "mqtt_broker.log") in l for l in rest), rest
-    assert "stopped" in rest[-1]
-    assert not any(alive(p) for p in pids)
+        if proc.poll() is None:
+            _rest(proc, q)
+    assert "stopped" in lines[-1]
+    assert _all_gone(pids)
 
 
 def test_mosquitto_asked_for_but_missing(tmp_path, monkeypatch, capsys):
@@ -267,3 +285,174 @@ def test_mosquitto_asked_for_but_missing(tmp_path, monkeypatch, capsys):
     assert up.main(["--check", "--config", str(cfg)]) == 0          # auto: the embedded broker
     assert "is usable" in capsys.readouterr().out
     assert not (tmp_path / "d").exists()
+
+
+# --- supervision: a crashed part is started again, the rest keep serving ---------------------------------
+
+
+class _SiteDevice:
+    """A registered device of a running ``up`` site that publishes readings and checks their receipts."""
+
+    def __init__(self, site_dir, site: str, broker_port: int, seed: int) -> None:
+        from ledgerlink.device.core import DeviceCore, MemoryCounter, SequenceCounter
+        from ledgerlink.ledger.state import encoding as enc
+        from ledgerlink.ledger.transport import ClusterConfig
+        from tests.mqtt_helpers import subscriber
+
+        cluster_path = site_dir / "ledger" / "cluster.json"
+        cfg = ClusterConfig.load(cluster_path)
+        keys = site_dir / "ledger" / "keys"
+        be = get_backend("cpython")
+        gateway_key = bytes.fromhex((keys / "gateway.key").read_text().strip())
+        gateway_pub = be.public_key(gateway_key, True)
+        self.core = DeviceCore(bytes([seed]) * 32, site, SequenceCounter(MemoryCounter()), cfg.chain_id,
+                               list(cfg.validators), gateway_keys={enc.device_id(gateway_pub): gateway_pub})
+        admin = bytes.fromhex((keys / "admin.key").read_text().strip())
+        req = self.core.registration_request(int(time.time() * 1000), attributes={"name": "probe%d" % seed}).payload
+        with LedgerClient(cluster_path) as c:
+            res = c.submit(enc.register_tx(cfg.chain_id, admin, req, int(time.time() * 1000)))
+        assert res.get("status") == "committed" and res.get("code") == 0, res
+        self.app, self.q = subscriber(broker_port, "ll/%s/dev/%s/down" % (site, self.core.device_id.hex()),
+                                      "test-up-dev-%d" % seed)
+
+    def publish(self):
+        out = self.core.reading({"t": time.time()}, int(time.time() * 1000))
+        self.app.publish(out.topic, out.payload, qos=1).wait_for_publish(10)
+        return out
+
+    def receipts(self, frames, timeout: float) -> set[int]:
+        """Seqs of ``frames`` whose valid receipt arrived within ``timeout`` seconds."""
+        want = {f.frame_hash: f.seq for f in frames}
+        got: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(got) < len(want) and time.monotonic() < deadline:
+            try:
+                _, payload = self.q.get(timeout=max(0.05, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            result = self.core.handle_down(payload, int(time.time() * 1000))
+            if type(result).__name__ == "ReceiptResult" and result.valid and result.frame_hash in want:
+                got.add(want[result.frame_hash])
+        return got
+
+    def close(self) -> None:
+        self.app.loop_stop()
+        self.app.disconnect()
+
+
+def _wait_line(q: queue.Queue, seen: list[str], pattern: str, timeout: float = 30) -> str:
+    """The first output line (already seen or coming) that matches ``pattern``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in seen:
+            if re.search(pattern, line):
+                return line
+        line = q.get(timeout=max(0.1, deadline - time.monotonic()))
+        assert line is not None, ("up exited", "".join(seen))
+        seen.append(line)
+
+
+def _status(site_dir) -> dict:
+    return {p["part"]: p for p in json.loads((site_dir / "status.json").read_text())["parts"]}
+
+
+def _pids_of(text: str) -> list[int]:
+    return [int(p) for p in re.search(r"processes: ([\d ]+)", text).group(1).split()]
+
+
+def _cmdline(pid: int) -> bytes:
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        return f.read()
+
+
+def _stop_up(proc, q, seen: list[str]) -> list[str]:
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(40) == 0
+    return seen + _rest(proc, q)
+
+
+def _all_gone(pids: list[int], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(alive(p) for p in pids)
+
+
+def test_a_killed_gateway_is_restarted_and_its_queued_readings_get_receipts(tmp_path):
+    cfg = write_config(tmp_path / "up.json", data_dir="site", site="sup", ledger={"nodes": 4},
+                       broker={"port": free_port()})
+    proc, q, text = _start_up("--broker", "mosquitto", "--config", str(cfg))
+    site_dir = tmp_path / "site"
+    seen: list[str] = []
+    dev = None
+    started: list[int] = []
+    try:
+        broker = int(re.search(r"broker: mqtt://127.0.0.1:(\d+)", text).group(1))
+        url = re.search(r"dashboard: (http://\S+)", text).group(1)
+        started = _pids_of(text)
+        [gw] = [p for p in started if b"ledgerlink.gateway.main" in _cmdline(p)]
+        dev = _SiteDevice(site_dir, "sup", broker, 7)
+        first = dev.publish()
+        assert dev.receipts([first], 30) == {first.seq}
+
+        os.kill(gw, signal.SIGKILL)
+        _wait_line(q, seen, r"gateway exited with status -9 \(see .*gateway\.log\); starting it again in 0\.5 s")
+        during = [dev.publish() for _ in range(5)]              # queued at the broker for the gateway's session
+        _wait_line(q, seen, r"gateway restarted \(pid \d+, restart 1\)")
+        _wait_line(q, seen, r"gateway subscribed again")
+        after = [dev.publish() for _ in range(3)]
+        assert dev.receipts(during + after, 60) == {f.seq for f in during + after}
+        status = _status(site_dir)
+        assert status["gateway"]["restarts"] == 1 and status["gateway"]["last_exit"] == -9
+        assert status["gateway"]["state"] == "running" and alive(status["gateway"]["pid"])
+        assert status["ledger node 0"]["restarts"] == 0 and status["broker"]["restarts"] == 0
+        assert 'ledgerlink_site_restarts_total{part="gateway"} 1' in (site_dir / "status.prom").read_text()
+        with urllib.request.urlopen(url, timeout=10) as resp:     # the dashboard is back on its address
+            assert resp.status == 200
+        assert all(alive(p) for p in started if p != gw)          # the others kept running
+        pids = started + [status["gateway"]["pid"]]
+        lines = _stop_up(proc, q, seen)
+    finally:
+        if dev is not None:
+            dev.close()
+        if proc.poll() is None:
+            _rest(proc, q)
+    assert "stopped" in lines[-1]
+    assert _all_gone(pids)
+
+
+def test_a_killed_ledger_node_is_restarted_while_the_site_serves(tmp_path):
+    cfg = write_config(tmp_path / "up.json", data_dir="site", site="sup4", ledger={"nodes": 4},
+                       broker={"port": free_port()})
+    proc, q, text = _start_up("--broker", "mosquitto", "--config", str(cfg))
+    site_dir = tmp_path / "site"
+    seen: list[str] = []
+    dev = None
+    try:
+        broker = int(re.search(r"broker: mqtt://127.0.0.1:(\d+)", text).group(1))
+        started = _pids_of(text)
+        nodes = [p for p in started if b"ledgerlink.ledger.node" in _cmdline(p)]
+        assert len(nodes) == 4
+        dev = _SiteDevice(site_dir, "sup4", broker, 9)
+        os.kill(nodes[0], signal.SIGKILL)
+        _wait_line(q, seen, r"ledger node 0 exited with status -9")
+        during = [dev.publish() for _ in range(3)]              # 3 of 4 nodes: the ledger still commits
+        assert dev.receipts(during, 60) == {f.seq for f in during}
+        _wait_line(q, seen, r"ledger node 0 restarted \(pid \d+, restart 1\)")
+        os.kill(nodes[2], signal.SIGKILL)                       # another one, once node 0 is back
+        _wait_line(q, seen, r"ledger node 2 exited with status -9")
+        _wait_line(q, seen, r"ledger node 2 restarted")
+        after = [dev.publish() for _ in range(3)]
+        assert dev.receipts(after, 60) == {f.seq for f in after}
+        status = _status(site_dir)
+        assert [status["ledger node %d" % i]["restarts"] for i in range(4)] == [1, 0, 1, 0]
+        assert status["gateway"]["restarts"] == 0 and all(alive(p) for p in started if p not in (nodes[0], nodes[2]))
+        pids = started + [status["ledger node 0"]["pid"], status["ledger node 2"]["pid"]]
+        lines = _stop_up(proc, q, seen)
+    finally:
+        if dev is not None:
+            dev.close()
+        if proc.poll() is None:
+            _rest(proc, q)
+    assert "stopped" in lines[-1]
+    assert _all_gone(pids)

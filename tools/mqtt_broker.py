@@ -21,6 +21,12 @@ listening on loopback unless told otherwise. What it implements, after the OASIS
 - Flow control: at most the client's Receive Maximum unacknowledged QoS 1 messages per client, packets
   larger than the client's Maximum Packet Size are not sent to it, and a bounded queue per session
   (``max_queued`` messages, ``max_queued_bytes``); what does not fit is dropped and counted.
+- Limits against clients that hold resources: at most ``max_connections`` connections (more are closed
+  at once); CONNECT within ``CONNECT_TIMEOUT_S``; keep alive at most ``max_keepalive`` (also for clients
+  that ask for none, MQTT 5 clients are told so), so an idle connection ends; a packet complete within
+  ``packet_timeout_s`` of its first byte; incomplete packets of all connections together held up to
+  ``buffered_max`` bytes (the connection whose packet goes beyond is closed); a client that leaves
+  ``OUT_MAX`` bytes unread is disconnected.
 
 Bad input: the decoder checks every length, flag, property identifier, duplicate property and UTF-8
 string; a malformed packet closes that connection with DISCONNECT 0x81 (protocol errors 0x82, too large
@@ -63,7 +69,12 @@ from ledgerlink.mqtt5 import (  # noqa: F401 - re-exported: the codec lived here
 log = logging.getLogger("ledgerlink.mqtt_broker")
 
 CONNECT_TIMEOUT_S = 10.0
+PACKET_TIMEOUT_S = 10.0     # a packet whose first byte came must be complete this much later
 OUT_HIGH = 1 << 20          # bytes written to a connection before it counts as busy
+OUT_MAX = 16 << 20          # bytes waiting for a client that does not read them: then it is disconnected
+MAX_CONNECTIONS = 10_000
+MAX_KEEPALIVE_S = 300       # keep alive granted at most (also to clients asking for none), so idle links end
+BUFFERED_MAX = 16 << 20     # bytes of incomplete packets held over all connections; beyond, the one adding closes
 
 
 # --- topic tree ----------------------------------------------------------------------------------------
@@ -285,7 +296,9 @@ class Broker:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, max_packet_size: int = 1 << 20,
                  receive_maximum: int = 1024, max_queued: int = 100_000, max_queued_bytes: int = 256 << 20,
-                 topic_alias_maximum: int = 64, max_keepalive: int = 0, access: Any = None) -> None:
+                 topic_alias_maximum: int = 64, max_keepalive: int = MAX_KEEPALIVE_S, access: Any = None,
+                 max_connections: int = MAX_CONNECTIONS, packet_timeout_s: float = PACKET_TIMEOUT_S,
+                 buffered_max: int = BUFFERED_MAX) -> None:
         self.host, self.port = host, port
         self.access = access            # an ``mqtt_acl.Access``, or None: anonymous, no ACLs
         self.max_packet_size = max_packet_size
@@ -294,6 +307,12 @@ class Broker:
         self.max_queued_bytes = max_queued_bytes
         self.topic_alias_maximum = topic_alias_maximum
         self.max_keepalive = max_keepalive
+        self.max_connections = max_connections
+        self.packet_timeout_s = packet_timeout_s
+        self.buffered_max = buffered_max
+        self.buffered = 0                       # bytes of incomplete packets over all connections
+        self.over_budget = 0                    # connections closed because incomplete packets filled the budget
+        self.refused = 0                        # connections refused at the connection cap
         self.sessions: dict[str, Session] = {}
         self.tree = TopicTree()
         self.retained: dict[str, Message] = {}
@@ -462,6 +481,8 @@ class Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.out_bytes = 0
         self.flush_pending = False
+        self.held = 0                    # len(buf) as counted in broker.buffered
+        self.packet_timer: asyncio.TimerHandle | None = None     # runs while an incomplete packet is held
 
     # --- asyncio.Protocol -----------------------------------------------------------------------------
 
@@ -470,11 +491,22 @@ class Connection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=1 << 20)
         peer = transport.get_extra_info("peername")
         self.peer = "%s:%s" % peer[:2] if peer else "?"
-        self.broker.connections.add(self)
-        self.timer = self.broker.loop.call_later(CONNECT_TIMEOUT_S, self._connect_timeout)
+        broker = self.broker
+        if len(broker.connections) >= broker.max_connections:
+            broker.refused += 1
+            if broker.refused in (1, 10, 100, 1000) or broker.refused % 10000 == 0:
+                log.warning("%d connections open (the cap): %d refused so far", len(broker.connections), broker.refused)
+            self.closing = True
+            self.transport.abort()
+            return
+        broker.connections.add(self)
+        self.timer = broker.loop.call_later(CONNECT_TIMEOUT_S, self._connect_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.broker.connections.discard(self)
+        self._hold(0)
+        if self.packet_timer is not None:
+            self.packet_timer.cancel()
         if self.timer is not None:
             self.timer.cancel()
         self.closing = True
@@ -515,6 +547,44 @@ class Connection(asyncio.Protocol):
             self.close(UNSPECIFIED, "internal error")
         if pos:
             del buf[:pos]
+        if not self.closing:
+            self._hold(len(buf))
+
+    def _hold(self, size: int) -> None:
+        """Count ``size`` bytes of an incomplete packet against the broker's budget; time the packet.
+
+        A connection whose incomplete packet pushes the total over ``buffered_max`` is closed, and so is
+        one whose packet is not complete ``packet_timeout_s`` after its first byte. So clients that open
+        connections and send all but the last byte of large packets hold at most the budget (and one
+        read) in this process, and only for the timeout; complete packets are never held.
+        """
+        broker = self.broker
+        broker.buffered += size - self.held
+        self.held = size
+        if not size:
+            if self.packet_timer is not None:
+                self.packet_timer.cancel()
+                self.packet_timer = None
+            return
+        if broker.buffered > broker.buffered_max:
+            broker.over_budget += 1
+            self._abort("incomplete packets of all clients exceed %d bytes" % broker.buffered_max)
+        elif self.packet_timer is None:
+            self.packet_timer = broker.loop.call_later(broker.packet_timeout_s, self._packet_timeout)
+
+    def _abort(self, why: str) -> None:
+        """Close at once (no reason code: the client is not reading or not speaking MQTT)."""
+        log.info("client %s: %s; closing", self._name(), why)
+        self.closing = True
+        self._detach(publish_will=True)
+        self.transport.abort()
+        self.buf.clear()
+        self._hold(0)
+
+    def _packet_timeout(self) -> None:
+        self.packet_timer = None
+        if self.held and not self.closing:
+            self._abort("packet incomplete %g s after its first byte" % self.broker.packet_timeout_s)
 
     # --- sending --------------------------------------------------------------------------------------
 
@@ -534,6 +604,9 @@ class Connection(asyncio.Protocol):
             self.transport.write(b"".join(self.out))
         self.out.clear()
         self.out_bytes = 0
+        if self.transport is not None and self.transport.get_write_buffer_size() > OUT_MAX and not self.closing:
+            self._abort("%d bytes wait for it to read" % self.transport.get_write_buffer_size())
+            return
         s = self.session
         if pump and not self.closing and s is not None and s.conn is self and s.queue:
             s.pump()
@@ -898,6 +971,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="largest packet accepted from a client (default 1 MiB)")
     p.add_argument("--max-queued", type=int, default=100_000, metavar="N",
                    help="messages queued per client before new ones are dropped (default 100000)")
+    p.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, metavar="N",
+                   help="client connections at once; more are closed at once (default %d)" % MAX_CONNECTIONS)
+    p.add_argument("--max-keepalive", type=int, default=MAX_KEEPALIVE_S, metavar="S",
+                   help="keep alive granted at most, also to clients asking for none (default %d s)" % MAX_KEEPALIVE_S)
+    p.add_argument("--packet-timeout", type=float, default=PACKET_TIMEOUT_S, metavar="S",
+                   help="a connection whose packet is not complete this long after its first byte is closed "
+                        "(default %g s)" % PACKET_TIMEOUT_S)
     p.add_argument("--accounts", metavar="FILE", help="a site's accounts.json (ledgerlink.tools.broker_access): "
                    "only its accounts connect, with their ACLs (default: anonymous clients, no ACLs)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -906,6 +986,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--port must be 0..65535")
     if not 16 <= args.max_packet_size <= MAX_VBI + 5 or args.max_queued < 1:
         p.error("--max-packet-size must be 16..268435460 and --max-queued at least 1")
+    if args.max_connections < 1 or not 1 <= args.max_keepalive <= 65535 or args.packet_timeout <= 0:
+        p.error("--max-connections must be at least 1, --max-keepalive 1..65535 and --packet-timeout above 0")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         access = mqtt_acl.Access(args.accounts) if args.accounts else None
@@ -913,7 +995,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("mqtt_broker: cannot read accounts %s: %s" % (args.accounts, exc), file=sys.stderr)
         return 2
     broker = Broker(args.host, args.port, max_packet_size=args.max_packet_size, max_queued=args.max_queued,
-                    access=access)
+                    access=access, max_connections=args.max_connections, max_keepalive=args.max_keepalive,
+                    packet_timeout_s=args.packet_timeout)
 
     async def serve() -> None:
         await broker.start()

@@ -14,6 +14,19 @@ The gateway speaks MQTT 5 (shared subscriptions, manual acks, session expiry), s
 an MQTT 5 broker. ``broker`` chooses it: "mosquitto" (``find_mosquitto`` looks on PATH and at
 /usr/sbin/mosquitto), "embedded" (``python3 -m ledgerlink.tools.mqtt_broker`` as a child process), or
 "auto" (the default, also from $LEDGERLINK_BROKER): mosquitto when installed, else the embedded broker.
+
+``gateways`` gateway processes share the site's subscription group and store (``gateway.json`` and
+``gateway.log`` for the first, ``gateway-<i>.json`` and ``gateway-<i>.log`` for the others; only the
+first serves the dashboard on the given HTTP address, the others on a free loopback port).
+
+Supervision: ``supervise()``, called every fraction of a second by whoever runs the site
+(``ledgerlink up``, the chaos tool), starts again every part that exited without being asked to
+(broker, a ledger node, a gateway), after a delay of ``RESTART_FIRST_S`` doubled for each crash in a
+row up to ``RESTART_MAX_S`` (a part that ran ``STABLE_S`` starts over at the first delay); the other
+parts keep running. It returns one line per event ("... exited ...; restart N in D s", "... restarted")
+and writes ``data_dir/status.json`` (each part: pid, state, restarts, last exit status) and
+``data_dir/status.prom`` (Prometheus text: ``ledgerlink_site_restarts_total``,
+``ledgerlink_site_part_up``, for a node exporter's text-file collector).
 """
 
 from __future__ import annotations
@@ -44,7 +57,16 @@ INSTALL_HINT = ("--broker mosquitto needs mosquitto: install it (apt-get install
 BROKER_CHOICES = ("auto", "mosquitto", "embedded")
 BROKER_ENV = "LEDGERLINK_BROKER"
 QUEUED_PER_CLIENT = 100_000
+QUEUED_BYTES_PER_CLIENT = 256 << 20   # bytes queued per client: bounds a stalled gateway's backlog in memory
 INFLIGHT_PER_CLIENT = 1000
+MESSAGE_SIZE_LIMIT = 64 << 10         # largest PUBLISH payload: a device frame is a few hundred bytes
+PACKET_SIZE_LIMIT = MESSAGE_SIZE_LIMIT + (4 << 10)   # largest MQTT packet (payload, topic and properties)
+MAX_CONNECTIONS = 10_000              # client connections to the site's broker
+MAX_KEEPALIVE_S = 300                 # keep alive granted at most (MQTT 5 server keep alive), so idle links end
+AUTOSAVE_S = 1                        # mosquitto writes its persistence file this often
+RESTART_FIRST_S = 0.5                 # delay before a crashed part is started again; doubled per crash in a row
+RESTART_MAX_S = 30.0
+STABLE_S = 60.0                       # a part that ran this long counts its next crash as the first in a row
 REASON_OK = 0
 PR_SET_PDEATHSIG = 1
 
@@ -167,6 +189,32 @@ def stop_process(p: subprocess.Popen | None, timeout: float = 10.0) -> None:
         p.wait()
 
 
+def mosquitto_config(data_dir: Path, bind: str, port: int) -> str:
+    """The text of the site's ``mosquitto.conf`` (one place for every broker setting of ``ledgerlink up``).
+
+    - persistence: sessions, subscriptions and queued QoS 1 frames are written to ``data_dir/mosquitto.db``
+      every ``AUTOSAVE_S`` and at exit, so a restarted broker still holds what it acknowledged (frames
+      taken in the last interval before a SIGKILL are not; devices send a frame again until the gateway
+      acknowledges it).
+    - user: the broker keeps the owner's identity (a switch would also clear its parent-death signal).
+    - max_queued_messages/bytes: QoS 1 frames for a gateway that falls behind wait instead of being
+      dropped, up to a bound.
+    - max_inflight_messages: also the Receive Maximum mosquitto announces, i.e. how many QoS 1 publishes a
+      client (the gateway's republishes and receipts, a load generator) may have awaiting the broker's
+      PUBACK (default 20).
+    - limits: ``message_size_limit`` and ``max_packet_size`` (a device frame is at most a few KiB),
+      ``max_connections`` on the listener, ``max_keepalive`` (MQTT 5 clients asking for none or more are
+      told this one, so a silent connection ends).
+    """
+    return ("listener %d %s\nmax_connections %d\nallow_anonymous true\n"
+            "persistence true\npersistence_location %s/\npersistence_file mosquitto.db\nautosave_interval %d\n"
+            "user %s\nmax_queued_messages %d\nmax_queued_bytes %d\nmax_inflight_messages %d\n"
+            "message_size_limit %d\nmax_packet_size %d\nmax_keepalive %d\n"
+            % (port, bind, MAX_CONNECTIONS, data_dir.resolve(), AUTOSAVE_S, pwd.getpwuid(os.geteuid()).pw_name,
+               QUEUED_PER_CLIENT, QUEUED_BYTES_PER_CLIENT, INFLIGHT_PER_CLIENT, MESSAGE_SIZE_LIMIT,
+               PACKET_SIZE_LIMIT, MAX_KEEPALIVE_S))
+
+
 class _SessionCluster(LocalCluster):
     """``LocalCluster`` whose node processes are started with ``_child_setup``."""
 
@@ -185,12 +233,13 @@ class Stack:
     ``limits`` and ``batch`` go into the gateway config unchanged (see ``ledgerlink.gateway.main``).
     ``progress`` receives one line per started part. ``broker``: auto, mosquitto or embedded (None:
     $LEDGERLINK_BROKER, else auto); it listens on ``broker_bind``:``broker_port`` (0: a free port).
+    ``gateways``: gateway processes in the site's shared subscription.
     """
 
     def __init__(self, data_dir: str | Path, site: str = "demo", nodes: int = 4,
                  limits: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
                  progress: Callable[[str], None] | None = None, broker: str | None = None,
-                 broker_bind: str = "127.0.0.1", broker_port: int = 0) -> None:
+                 broker_bind: str = "127.0.0.1", broker_port: int = 0, gateways: int = 1) -> None:
         self.data_dir = Path(data_dir)
         self.site = site
         self.nodes = nodes
@@ -203,11 +252,23 @@ class Stack:
         self.broker_host = "127.0.0.1" if broker_bind in ("0.0.0.0", "::", "") else broker_bind
         self.broker: subprocess.Popen | None = None
         self.broker_port = broker_port
+        self.mosquitto: str | None = None
         self.dashboard_url: str | None = None
-        self.gateway: subprocess.Popen | None = None
+        self.gateways: list[subprocess.Popen | None] = [None] * gateways
         self.cluster: _SessionCluster | None = None
         self.ledger: LedgerClient | None = None
         self.crypto = get_backend("cpython")
+        self.parts: dict[str, _Part] = {}
+        self.stopping = False
+
+    @property
+    def gateway(self) -> subprocess.Popen | None:
+        """The first gateway process (the one with the dashboard)."""
+        return self.gateways[0]
+
+    @gateway.setter
+    def gateway(self, proc: subprocess.Popen | None) -> None:
+        self.gateways[0] = proc
 
     # --- facts other code needs -----------------------------------------------------------------------
 
@@ -229,7 +290,7 @@ class Stack:
 
     def pids(self) -> list[int]:
         """Process ids of the running children."""
-        procs = [self.broker, self.gateway] + (list(self.cluster.procs.values()) if self.cluster else [])
+        procs = [self.broker, *self.gateways] + (list(self.cluster.procs.values()) if self.cluster else [])
         return [p.pid for p in procs if p is not None and p.poll() is None]
 
     def _cluster(self) -> _SessionCluster:
@@ -268,23 +329,11 @@ class Stack:
     def _start_broker(self, mosquitto: str | None, timeout: float) -> None:
         """Start mosquitto (``mosquitto`` is its path) or, when it is None, the embedded broker."""
         self.broker_port = self.broker_port or free_port(self.broker_host)
-        with open(self.broker_log, "ab") as log:
-            if mosquitto is not None:
-                conf = self.data_dir / "mosquitto.conf"
-                # user: the broker keeps the owner's identity (a switch would also clear its parent-death signal)
-                # max_queued_messages: QoS 1 frames for a gateway that falls behind wait instead of being dropped
-                # max_inflight_messages: also the Receive Maximum mosquitto announces, i.e. how many QoS 1
-                # publishes a client (the gateway's republishes and receipts, a load generator) may have
-                # awaiting the broker's PUBACK (default 20)
-                conf.write_text("listener %d %s\nallow_anonymous true\npersistence false\nuser %s\n"
-                                "max_queued_messages %d\nmax_inflight_messages %d\n"
-                                % (self.broker_port, self.broker_bind, pwd.getpwuid(os.geteuid()).pw_name,
-                                   QUEUED_PER_CLIENT, INFLIGHT_PER_CLIENT))
-                cmd = [mosquitto, "-c", str(conf)]
-            else:
-                cmd = [sys.executable, "-m", "ledgerlink.tools.mqtt_broker", "--host", self.broker_bind,
-                       "--port", str(self.broker_port), "--max-queued", str(QUEUED_PER_CLIENT)]
-            spawn(cmd, log, functools.partial(setattr, self, "broker"))
+        self.mosquitto = mosquitto
+        if mosquitto is not None:
+            (self.data_dir / "mosquitto.conf").write_text(
+                mosquitto_config(self.data_dir, self.broker_bind, self.broker_port))
+        self._spawn_broker()
         wait_listening(self.broker, self.broker_name, self.broker_host, self.broker_port, self.broker_log, timeout)
         if mosquitto is not None:
             self.progress("MQTT broker: mosquitto on %s:%d (%s)" % (self.broker_bind, self.broker_port, mosquitto))
@@ -292,6 +341,18 @@ class Stack:
             self.progress("MQTT broker: embedded (ledgerlink.tools.mqtt_broker, MQTT 5 and 3.1.1%s) on %s:%d"
                           % ("" if find_mosquitto() else "; mosquitto is not installed",
                              self.broker_bind, self.broker_port))
+
+    def _spawn_broker(self) -> None:
+        """Start the broker process (its config already written); does not wait for it to listen."""
+        if self.mosquitto is not None:
+            cmd = [self.mosquitto, "-c", str(self.data_dir / "mosquitto.conf")]
+        else:
+            cmd = [sys.executable, "-m", "ledgerlink.tools.mqtt_broker", "--host", self.broker_bind,
+                   "--port", str(self.broker_port), "--max-queued", str(QUEUED_PER_CLIENT),
+                   "--max-packet-size", str(PACKET_SIZE_LIMIT), "--max-connections", str(MAX_CONNECTIONS),
+                   "--max-keepalive", str(MAX_KEEPALIVE_S)]
+        with open(self.broker_log, "ab") as log:
+            spawn(cmd, log, functools.partial(setattr, self, "broker"))
 
     def _start_cluster(self, timeout: float) -> None:
         ledger_dir = self.data_dir / "ledger"
@@ -303,15 +364,16 @@ class Stack:
         self.progress("ledger: chain %r, %d PBFT nodes on 127.0.0.1 (client ports %s), height %d"
                       % (cfg.chain_id, cfg.n, ports, self.height()))
 
-    def _gateway_config(self, http_host: str, http_port: int) -> dict:
-        """The site gateway's config (its fog CA and site keys made on first use), paths relative to ``data_dir``."""
+    def _gateway_config(self, http_host: str, http_port: int, index: int = 1) -> dict:
+        """Config of gateway process ``index`` (1 first; its fog CA and site keys made on first use), paths
+        relative to ``data_dir``."""
         keys = self.data_dir / "ledger" / "keys"
         for name in ("gw-ca", "gw-site"):
             if not (keys / (name + ".key")).exists():
                 write_key(keys / (name + ".key"), self.crypto.generate_private_key())
         return {
             "site": self.site,
-            "mqtt": {"host": self.broker_host, "port": self.broker_port, "client_id": "ll-gw-%s-1" % self.site},
+            "mqtt": {"host": self.broker_host, "port": self.broker_port, "client_id": "ll-gw-%s-%d" % (self.site, index)},
             "store": "gateway.db",
             "keys": {"identity": "ledger/keys/gateway.key", "ca": "ledger/keys/gw-ca.key",
                      "site": "ledger/keys/gw-site.key"},
@@ -321,21 +383,109 @@ class Stack:
             "http": {"host": http_host, "port": http_port},
         }
 
+    def _gateway_http(self, index: int) -> tuple[str, int]:
+        """HTTP address of gateway ``index``: the first keeps its dashboard's port across restarts."""
+        if index == 1 and self.dashboard_url:
+            found = re.fullmatch(r"http://(.+):(\d+)/", self.dashboard_url)
+            if found:
+                return found.group(1), int(found.group(2))
+        return "127.0.0.1", 0
+
     def _start_gateway(self, timeout: float) -> None:
-        cfg = self._gateway_config("127.0.0.1", 0)
-        self.gateway, self.dashboard_url = launch_gateway(cfg, self.data_dir, timeout)
-        self.progress("gateway %s: site %r, subscribed to ll/%s/dev/+/up, .../session and .../reg"
-                      % (self.gateway_id.hex(), self.site, self.site))
+        for index in range(1, len(self.gateways) + 1):
+            self._launch_gateway(index, *self._gateway_http(index), timeout)
+
+    def _launch_gateway(self, index: int, http_host: str, http_port: int, timeout: float) -> None:
+        proc, url = launch_gateway(self._gateway_config(http_host, http_port, index), self.data_dir, timeout,
+                                   gateway_name(index))
+        self.gateways[index - 1] = proc
+        if index == 1:
+            self.dashboard_url = url
+        self.progress("%s %s: site %r, subscribed to ll/%s/dev/+/up, .../session and .../reg"
+                      % (part_name("gateway", index, len(self.gateways)), self.gateway_id.hex(), self.site, self.site))
 
     def stop(self) -> None:
-        """Stop gateway, ledger client, cluster and broker (each waited for)."""
-        stop_process(self.gateway, 15)
+        """Stop gateways, ledger client, cluster and broker (each waited for)."""
+        self.stopping = True
+        for proc in self.gateways:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.gateways:
+            stop_process(proc, 15)
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None
         if self.cluster is not None:
             self.cluster.stop()
         stop_process(self.broker)
+
+    # --- supervision ----------------------------------------------------------------------------------
+
+    def _supervised(self) -> list["_Part"]:
+        """The parts this stack started, each with its restart state (made on first use)."""
+        wanted: list[tuple[str, Path, Callable[[], subprocess.Popen | None], Callable[[], None]]] = []
+        if self.broker is not None or "broker" in self.parts:
+            wanted.append(("broker", self.broker_log, lambda: self.broker, self._spawn_broker))
+        if self.cluster is not None:
+            for i in range(self.cluster.config.n):
+                wanted.append(("ledger node %d" % i, self.data_dir / "ledger" / ("node%d.log" % i),
+                               functools.partial(self.cluster.procs.get, i),
+                               functools.partial(self.cluster.start_node, i)))
+        for index in range(1, len(self.gateways) + 1):
+            wanted.append((part_name("gateway", index, len(self.gateways)),
+                           self.data_dir / (gateway_name(index) + ".log"),
+                           functools.partial(self.gateways.__getitem__, index - 1),
+                           functools.partial(self._respawn_gateway, index)))
+        out = []
+        for key, log, current, start in wanted:
+            part = self.parts.get(key)
+            if part is None:
+                part = self.parts[key] = _Part(key, log, current, start)
+            out.append(part)
+        return out
+
+    def _respawn_gateway(self, index: int) -> None:
+        """Start gateway ``index`` again without waiting for it to subscribe (``supervise`` reports that)."""
+        cfg = self._gateway_config(*self._gateway_http(index), index)
+        offset = spawn_gateway(cfg, self.data_dir, gateway_name(index),
+                               functools.partial(self.gateways.__setitem__, index - 1))
+        self.parts[part_name("gateway", index, len(self.gateways))].watch = offset
+
+    def supervise(self, now: float | None = None) -> list[str]:
+        """Start again each part that exited by itself, once its restart delay has passed; the lines to report.
+
+        Does nothing once ``stop`` was called. Writes ``status.json`` and ``status.prom`` when anything changed.
+        """
+        if self.stopping:
+            return []
+        now = time.monotonic() if now is None else now
+        lines: list[str] = []
+        for part in self._supervised():
+            if part.key == "broker":
+                part.name = self.broker_name
+            lines.extend(part.check(now))
+        if lines or not (self.data_dir / "status.json").exists():
+            self.write_status()
+        return lines
+
+    def status(self) -> dict[str, Any]:
+        """Each supervised part: pid, state (running, starting, restarting), restarts, last exit status."""
+        return {"parts": [part.status() for part in self._supervised()]}
+
+    def write_status(self) -> None:
+        """``data_dir/status.json`` and ``data_dir/status.prom`` (written to a temporary name, then renamed)."""
+        parts = self.status()["parts"]
+        lines = ["# HELP ledgerlink_site_restarts_total Restarts of a part of the site after it exited by itself.",
+                 "# TYPE ledgerlink_site_restarts_total counter"]
+        lines += ['ledgerlink_site_restarts_total{part="%s"} %d' % (p["part"], p["restarts"]) for p in parts]
+        lines += ["# HELP ledgerlink_site_part_up 1 while the part's process runs.",
+                  "# TYPE ledgerlink_site_part_up gauge"]
+        lines += ['ledgerlink_site_part_up{part="%s"} %d' % (p["part"], p["state"] != "restarting") for p in parts]
+        for name, text in (("status.json", json.dumps({"time_ms": now_ms(), "parts": parts}, indent=1) + "\n"),
+                           ("status.prom", "\n".join(lines) + "\n")):
+            tmp = self.data_dir / (name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, self.data_dir / name)
 
     def __enter__(self) -> "Stack":
         self.start()
@@ -370,21 +520,103 @@ class Stack:
         return res
 
 
-def launch_gateway(cfg: dict, data_dir: Path, timeout: float) -> tuple[subprocess.Popen, str | None]:
-    """Write ``gateway.json`` into ``data_dir``, start the gateway and wait until it subscribed.
+class _Part:
+    """One supervised part of a ``Stack``: how to find and start its process, and its restart state."""
+
+    def __init__(self, key: str, log: Path, current: Callable[[], subprocess.Popen | None],
+                 start: Callable[[], None]) -> None:
+        self.key = key
+        self.name = key
+        self.log = log
+        self.current = current
+        self.start = start
+        self.restarts = 0
+        self.crashes_in_row = 0
+        self.started = time.monotonic()
+        self.due: float | None = None          # when the next start is due, while the part is down
+        self.last_exit: int | None = None
+        self.watch: int | None = None          # a restarted gateway: its log offset, until it subscribed
+
+    def check(self, now: float) -> list[str]:
+        """Note an exit and schedule the restart, or start the part when its delay has passed."""
+        if self.due is None:
+            proc = self.current()
+            if proc is None or proc.poll() is None:
+                return self._subscribed()
+            self.last_exit = proc.returncode
+            self.watch = None
+            return [self._schedule(now, "%s exited with status %s (see %s)" % (self.name, proc.returncode, self.log))]
+        if now < self.due:
+            return []
+        self.due = None
+        self.started = now
+        self.restarts += 1
+        try:
+            self.start()
+        except (OSError, StackError) as exc:
+            return [self._schedule(now, "%s did not start: %s" % (self.name, exc))]
+        proc = self.current()
+        return ["%s restarted (pid %s, restart %d)" % (self.name, proc.pid if proc else "?", self.restarts)]
+
+    def _schedule(self, now: float, what: str) -> str:
+        self.crashes_in_row = 1 if now - self.started >= STABLE_S else self.crashes_in_row + 1
+        delay = min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** (self.crashes_in_row - 1))
+        self.due = now + delay
+        return "%s; starting it again in %.1f s" % (what, delay)
+
+    def _subscribed(self) -> list[str]:
+        if self.watch is None:
+            return []
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(self.watch)
+                if b"subscribed" not in f.read():
+                    return []
+        except OSError:
+            return []
+        self.watch = None
+        return ["%s subscribed again" % self.name]
+
+    def status(self) -> dict[str, Any]:
+        proc = self.current()
+        state = "restarting" if self.due is not None else "starting" if self.watch is not None else "running"
+        return {"part": self.key, "name": self.name, "pid": proc.pid if proc is not None and proc.poll() is None else None,
+                "state": state, "restarts": self.restarts, "last_exit": self.last_exit}
+
+
+def part_name(kind: str, index: int, count: int) -> str:
+    """"gateway" when there is one, else "gateway 1", "gateway 2", ..."""
+    return kind if count == 1 else "%s %d" % (kind, index)
+
+
+def gateway_name(index: int) -> str:
+    """Base name of gateway ``index``'s config and log in the site's data directory."""
+    return "gateway" if index == 1 else "gateway-%d" % index
+
+
+def spawn_gateway(cfg: dict, data_dir: Path, name: str, keep: Callable[[subprocess.Popen], None]) -> int:
+    """Write ``data_dir/<name>.json`` and start the gateway with output to ``<name>.log``, handing the process
+    to ``keep`` (as ``spawn`` does); the log's size before it started."""
+    path = data_dir / (name + ".json")
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    log_path = data_dir / (name + ".log")
+    start = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as log:
+        spawn([sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
+              log, keep)
+    return start
+
+
+def launch_gateway(cfg: dict, data_dir: Path, timeout: float, name: str = "gateway") -> tuple[subprocess.Popen, str | None]:
+    """Write ``<name>.json`` into ``data_dir``, start the gateway (log ``<name>.log``) and wait until it subscribed.
 
     Returns the process and the dashboard URL it logged (None without one); raises StackError, and on any
     error stops the process first.
     """
-    path = data_dir / "gateway.json"
-    path.write_text(json.dumps(cfg, indent=2) + "\n")
-    log_path = data_dir / "gateway.log"
-    start = log_path.stat().st_size if log_path.exists() else 0
+    log_path = data_dir / (name + ".log")
     started: list[subprocess.Popen] = []
     try:
-        with open(log_path, "ab") as log:
-            spawn([sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
-                  log, started.append)
+        start = spawn_gateway(cfg, data_dir, name, started.append)
         proc = started[0]
         deadline = time.monotonic() + timeout
         while True:

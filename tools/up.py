@@ -10,7 +10,8 @@ config file (JSON, or TOML when the name ends in .toml; relative paths are relat
                                                        # or {"external": "mqtt.lan:1883"}: a running MQTT 5 broker
       "ledger": {"nodes": 4, "host": "127.0.0.1", "base_port": 27000, "chain_id": "ll-plant-1"},
                                                        # peer ports base_port+i, client ports base_port+1000+i
-      "gateway": {"http_host": "127.0.0.1", "http_port": 8080, "limits": {}, "batch": {}},
+      "gateway": {"http_host": "127.0.0.1", "http_port": 8080, "limits": {}, "batch": {}, "processes": 1},
+                                                       # processes: gateways sharing the subscription and store
       "admin_key": "admin.key"                         # the genesis admin's key (default: made in data_dir)
     }
 
@@ -24,8 +25,13 @@ config); a bad config ends with one line saying what to change and exit status 2
 the validator keys, the genesis (the configured admin key is its admin) and ``data_dir/ledger/cluster.json``
 into a temporary directory renamed into place, so an interrupted first run leaves nothing half-made;
 later runs reuse them. When everything runs it prints where each part is and a line starting with
-``ready``; Ctrl-C or SIGTERM stops the gateway, the nodes and the broker in that order (exit 0). A part
-that exits by itself stops the rest (exit 1). Private keys are never printed.
+``ready``; Ctrl-C or SIGTERM stops the gateways, the nodes and the broker in that order (exit 0).
+
+The site is supervised: a part that exits by itself (a crashed gateway, ledger node or broker) is started
+again with backoff while the others keep running (``ledgerlink.tools.stack``: 0.5 s, doubled for each crash
+in a row, at most 30 s), and each exit and restart is printed. ``data_dir/status.json`` and
+``data_dir/status.prom`` say what runs and how often each part was restarted. The site stops only when
+the operator stops it. Private keys are never printed.
 
 The local broker allows anonymous MQTT clients: devices are authenticated by their signatures and
 session keys, not by the broker; put broker access control in an external broker's own config.
@@ -56,11 +62,13 @@ EXIT_FAILED = 1
 SITE_RE = re.compile(r"[a-z0-9-]{1,32}")
 CHAIN_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 CLIENT_PORT_OFFSET = 1000
+MAX_GATEWAY_PROCESSES = 16
+SUPERVISE_S = 0.25             # how often the parts are looked at
 KNOWN = {
     "": ("data_dir", "site", "broker", "ledger", "gateway", "admin_key"),
     "broker": ("host", "port", "external"),
     "ledger": ("nodes", "host", "base_port", "chain_id"),
-    "gateway": ("http_host", "http_port", "limits", "batch"),
+    "gateway": ("http_host", "http_port", "limits", "batch", "processes"),
 }
 
 
@@ -104,6 +112,9 @@ class UpConfig:
         self.http_port = _port(gateway, "http_port", 0, "gateway.http_port")
         self.limits = _map(gateway, "limits", "gateway.limits")
         self.batch = _map(gateway, "batch", "gateway.batch") or {"max": 256, "interval_ms": 100}
+        self.gateway_processes = _int(gateway, "processes", 1, "gateway.processes")
+        if not 1 <= self.gateway_processes <= MAX_GATEWAY_PROCESSES:
+            raise ConfigError("gateway.processes must be 1..%d, not %d" % (MAX_GATEWAY_PROCESSES, self.gateway_processes))
         admin = raw.get("admin_key")
         if admin is not None and not isinstance(admin, str):
             raise ConfigError("admin_key must be the path of a key file")
@@ -345,7 +356,8 @@ def _make_stack_class() -> type:
 
         def __init__(self, cfg: UpConfig, progress: Any, broker: str | None = None) -> None:
             super().__init__(cfg.data_dir, cfg.site, cfg.nodes, limits=cfg.limits, batch=cfg.batch, progress=progress,
-                             broker=broker, broker_bind=cfg.broker_host, broker_port=cfg.broker_port)
+                             broker=broker, broker_bind=cfg.broker_host, broker_port=cfg.broker_port,
+                             gateways=cfg.gateway_processes)
             self.cfg = cfg
 
         def start(self, timeout: float = 60.0) -> None:
@@ -362,23 +374,12 @@ def _make_stack_class() -> type:
                 self.stop()
                 raise
 
-        def _start_gateway(self, timeout: float) -> None:
-            gw = self._gateway_config(self.cfg.http_host, self.cfg.http_port)
-            self.gateway, self.dashboard_url = st.launch_gateway(gw, self.data_dir, timeout)
-            self.progress("gateway %s: site %r, subscribed to ll/%s/dev/+/up, .../session and .../reg"
-                          % (self.gateway_id.hex(), self.site, self.site))
-
-        def exited(self) -> str | None:
-            """A line naming a part that exited by itself, or None."""
-            parts = [(self.broker_name, self.broker, self.broker_log),
-                     ("gateway", self.gateway, self.data_dir / "gateway.log")]
-            if self.cluster is not None:
-                parts += [("ledger node %d" % i, p, self.data_dir / "ledger" / ("node%d.log" % i))
-                          for i, p in sorted(self.cluster.procs.items())]
-            for name, p, log in parts:
-                if p is not None and p.poll() is not None:
-                    return "%s exited with status %s (see %s)" % (name, p.returncode, log)
-            return None
+        def _gateway_http(self, index: int) -> tuple[str, int]:
+            """The configured dashboard address for the first gateway (kept across restarts), a free port for
+            the others."""
+            if index == 1 and not self.cfg.http_port and self.dashboard_url:
+                return super()._gateway_http(index)
+            return (self.cfg.http_host, self.cfg.http_port if index == 1 else 0)
 
     return UpStack
 
@@ -461,14 +462,9 @@ def run(cfg: UpConfig, broker: str | None = None) -> int:
         while True:
             if _received:
                 raise _Stop(_received[0])
-            time.sleep(0.25)
-            gone = stack.exited()
-            if gone:
-                _ignore_signals()
-                say("error: %s; stopping" % gone)
-                stack.stop()
-                say("stopped")
-                return EXIT_FAILED
+            time.sleep(SUPERVISE_S)
+            for line in stack.supervise():
+                say(line)
     except _Stop as stop:
         _ignore_signals()
         say("%s: stopping" % stop)
