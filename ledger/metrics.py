@@ -10,8 +10,9 @@ HTTP thread). ``HttpServer`` serves GET requests from a handler function on a da
 
 ``NodeMetrics.attach(node)`` observes a running ``ledgerlink.ledger.node.Node``: it wraps the
 instance's ``effects`` and ``_submit_all`` so committed transactions, dropped messages (by reason) and the
-submit-to-commit latency of transactions submitted at this node are counted; view, height, pool size
-and peer state are read when scraped. A node started without ``--metrics-port`` runs unchanged.
+submit-to-commit latency of transactions submitted at this node are counted; view, height, pool size,
+peer state and the port limits that bit (``ledgerlink_node_port_limited_total{port, limit}``, with the
+bytes and connections they bound) are read when scraped. A node started without ``--metrics-port`` runs unchanged.
 
 The HTTP server only answers GET and HEAD of known paths, with request lines and headers bounded by
 ``http.server``; it serves no files named by the request. Tested in tests/ledger/test_node_metrics.py
@@ -358,6 +359,17 @@ class NodeMetrics:
                                  func=lambda: getattr(node.net, "dropped", 0)))
         self.dropped = reg.counter("ledgerlink_node_dropped_messages_total",
                                    "Peer messages and transactions dropped, by reason.", ("reason",))
+        reg.register(CounterFunc("ledgerlink_node_port_limited_total",
+                                 "Times a limit of the peer or client port bit (see ledger/transport.py), by limit.",
+                                 ("port", "limit"), func=lambda: _limited(node)))
+        reg.gauge("ledgerlink_node_peer_queued_bytes", "Bytes queued for the peers, all links.",
+                  func=lambda: node.net.queued_bytes())
+        reg.gauge("ledgerlink_node_peer_connections", "Authenticated inbound peer connections.",
+                  func=lambda: len(node.net.peers))
+        reg.gauge("ledgerlink_node_client_connections", "Open client port connections.",
+                  func=lambda: len(node.client.conns))
+        reg.gauge("ledgerlink_node_client_buffered_bytes", "Bytes of partial client frames held.",
+                  func=lambda: node.client.buffered_bytes())
         self.commit_latency = reg.histogram("ledgerlink_node_commit_latency_seconds",
                                             "Time from a client submission at this node to its commit.")
         self._submitted_at: OrderedDict[bytes, float] = OrderedDict()
@@ -410,6 +422,12 @@ class NodeMetrics:
 
     def serve(self, host: str, port: int) -> HttpServer:
         return HttpServer(host, port, metrics_handler(self.registry)).start()
+
+
+def _limited(node: Any) -> dict[tuple[str, str], int]:
+    out = {("peer", k): v for k, v in list(node.net.limited.items())}
+    out.update({("client", k): v for k, v in list(node.client.limited.items())})
+    return out
 
 
 def serve_node(node: Any, host: str, port: int) -> HttpServer:

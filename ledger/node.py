@@ -20,6 +20,8 @@ header of the transaction's block.
 
 Protects against: malformed, oversized or unknown peer and client messages (dropped with a logged
 reason by the transport or the replica, never a crash; every handler error becomes an error answer);
+strangers on either port (peers prove their validator key before any frame is read; every buffer,
+queue, connection count and request rate of both ports is bounded, see ``transport``);
 loss of committed blocks at a crash (durable before the next vote) and of votes (a restarted node
 never votes twice in one view and height). Limits: proofs of records are only served for the latest
 height. The node process freezes its restored state out of the garbage collector's scans and runs
@@ -102,9 +104,10 @@ class Node:
         self._arriving: list[tuple[bytes, asyncio.Future]] = []
         self.refused: OrderedDict[bytes, tuple[int, str]] = OrderedDict()
         self.drops: Counter[str] = Counter()
-        self.net = PeerNetwork(config, index, self.rconfig.max_message_size + 1024, self.on_peer_message)
+        self.net = PeerNetwork(config, index, self.rconfig.max_message_size + 1024, self.on_peer_message, key,
+                               self.backend)
         me = config.nodes[index]
-        self.client = ClientServer(me.host, me.client_port, self.handle)
+        self.client = ClientServer(me.host, me.client_port, self.handle, limits=config.ports)
         self._tasks: list[asyncio.Task] = []
 
     # --- replica driving --------------------------------------------------------------------------

@@ -9,11 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledgerlink.core import cbor
+from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.cluster import free_base_port
-from ledgerlink.ledger.transport import (CLIENT_PORT_OFFSET, ClientServer, ClusterConfig, FrameError, FrameSplitter,
-                                         PeerNetwork, frame, read_frame)
+from ledgerlink.ledger.transport import (CLIENT_PORT_OFFSET, HELLO, ClientServer, ClusterConfig, FrameError,
+                                         FrameSplitter, HandshakeError, PeerNetwork, frame, handshake_dial,
+                                         peek_kind, peek_op, read_frame)
 
-KEYS = [bytes([2]) + bytes([i + 1]) * 32 for i in range(4)]
+CRYPTO = get_backend("cpython")
+PRIVS = [CRYPTO.generate_private_key() for _ in range(4)]
+KEYS = [CRYPTO.public_key(k, True) for k in PRIVS]
 
 
 def _reader(data: bytes) -> asyncio.StreamReader:
@@ -126,8 +130,8 @@ def test_peers_exchange_and_reconnect():
 
     async def run():
         got: list[tuple[int, bytes]] = []
-        a = PeerNetwork(cfg, 0, 1000, lambda s, d: got.append((s, d)))
-        b = PeerNetwork(cfg, 1, 1000, lambda s, d: None)
+        a = PeerNetwork(cfg, 0, 1000, lambda s, d: got.append((s, d)), PRIVS[0])
+        b = PeerNetwork(cfg, 1, 1000, lambda s, d: None, PRIVS[1])
         await a.start()
         b.send(0, b"before start")             # queued until the link is up
         await b.start()
@@ -139,7 +143,7 @@ def test_peers_exchange_and_reconnect():
         await a.stop()
         await asyncio.sleep(0.1)
         got.clear()
-        a = PeerNetwork(cfg, 0, 1000, lambda s, d: got.append((s, d)))
+        a = PeerNetwork(cfg, 0, 1000, lambda s, d: got.append((s, d)), PRIVS[0])
         await a.start()
         for k in range(150):                   # the link comes back with backoff
             b.broadcast(b"m%d" % k)
@@ -163,3 +167,85 @@ def test_free_base_ports_are_free_and_below_the_ephemeral_range():
         for p in ports:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", p))
+
+
+def _two_node_config(**ports):
+    return ClusterConfig.from_dict({"chain_id": "c", "base_port": free_base_port(2),
+                                    "validators": [k.hex() for k in KEYS[:2]], "ports": ports})
+
+
+def test_handshake_proves_keys_before_any_frame_is_read():
+    """Only a dialer that signs with the key of the validator it claims gets its frames read; a wrong
+    key, a replayed hello and a stall are closed without a signature from the node."""
+    cfg = _two_node_config(handshake_timeout_s=0.5)
+
+    async def run():
+        got: list[tuple[int, bytes]] = []
+        a = PeerNetwork(cfg, 0, 1000, lambda s, d: got.append((s, d)), PRIVS[0])
+        await a.start()
+        port = cfg.nodes[0].peer_port
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        await handshake_dial(r, w, cfg, 1, PRIVS[1], 0)            # right key: the node proves its own
+        w.write(frame(b"\x83\x01\x01\x00"))
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        assert got == [(1, b"\x83\x01\x01\x00")]
+        w.close()
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        with pytest.raises((HandshakeError, FrameError, ConnectionError)):
+            await handshake_dial(r, w, cfg, 1, CRYPTO.generate_private_key(), 0)
+        r, w = await asyncio.open_connection("127.0.0.1", port)     # stranger: junk after a v1 hello
+        w.write(frame(cbor.dumps(["ledgerlink-peer-v1", "c", 1])) + frame(b"\x00" * 900))
+        assert await asyncio.wait_for(r.read(), 2) == b""
+        r, w = await asyncio.open_connection("127.0.0.1", port)     # stall in the hello: closed in time
+        w.write(frame(cbor.dumps([HELLO, "c", 1, 0, bytes(32)]))[:-3])
+        start = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(r.read(), 3) == b""
+        assert asyncio.get_running_loop().time() - start < 1.5
+        await asyncio.sleep(0.05)
+        assert len(got) == 1
+        assert a.limited["peer_handshake_failed"] >= 2 and a.limited["peer_handshake_timeout"] == 1
+        await a.stop()
+    asyncio.run(run())
+
+
+def test_slow_peer_is_cut_off_not_queued_for():
+    cfg = _two_node_config(peer_queue_bytes=10000)
+
+    async def run():
+        b = PeerNetwork(cfg, 1, 1000, lambda s, d: None, PRIVS[1])
+        for _ in range(100):                      # peer 0 is down: its queue stays below the byte cap
+            b.send(0, b"x" * 300)
+        assert b.links[0].queued_bytes <= 10000
+        assert b.limited["peer_queue_bytes"] >= 1
+    asyncio.run(run())
+
+
+def test_peeks_read_kind_and_op_without_decoding():
+    assert peek_kind(cbor.dumps([8, 1, 0, 10 ** 6, bytes(64)])) == 8
+    assert peek_kind(b"\xff\x00") is None
+    for rid in (0, 23, 24, 300, 70000, 2 ** 40):
+        assert peek_op(cbor.dumps({"id": rid, "op": "submit_many", "txs": [b"x"]})) == "submit_many"
+    assert peek_op(cbor.dumps({"id": 1, "ab": 0, "op": "status"})) is None
+    assert peek_op(b"\xa2") is None
+
+
+def test_client_port_caps_request_size_per_op():
+    async def handler(req):
+        return {"ok": True}
+
+    async def run():
+        port = free_base_port(1)
+        server = ClientServer("127.0.0.1", port, handler)
+        await server.start()
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(frame(cbor.dumps({"id": 1, "op": "status", "hash": bytes(8000)})))
+        w.write(frame(cbor.dumps({"id": 2, "op": "submit", "tx": bytes(8000)})))
+        answers = [cbor.loads(await read_frame(r, 1 << 20)) for _ in range(2)]
+        assert answers == [{"ok": False, "error": "malformed request"}, {"ok": True, "id": 2}]
+        assert server.limited["client_request_size"] == 1
+        w.close()
+        await server.stop()
+    asyncio.run(run())
