@@ -5,8 +5,8 @@ Copy ``ledgerlink_client/`` and the compiled ``ledgerlink`` library to the board
 ``load_config`` also reads) with: site, broker, port, identity_key (hex), ca_public (hex, the fog CA key: the
 board opens its sessions itself), chain_id and validators (hex list: receipts are checked), optional
 gateway_keys ({device id hex: key hex}), "mode" ("session", the default, or "signed"), wifi {ssid,
-password}. Pre-made session keys (session {key, base_iv, session_id} in hex, with device_id) still
-work. Readings, the sequence counter and the session are kept on flash in ``ll/`` and survive resets.
+password}. Readings, the sequence counter, the session and the command record are kept on flash in
+``ll/`` and survive resets; a counter file found missing or damaged makes the board open a new session.
 To use umqtt.simple instead of the bundled client, install it with ``mip.install("umqtt.simple")`` and
 set "umqtt": true.
 """
@@ -36,7 +36,7 @@ def load_config(path="ledgerlink.json"):
         cfg["broker"] = cfg["broker"]["host"]
     if "validators" not in cfg and "validator_keys" in cfg:
         cfg["validators"] = cfg["validator_keys"]
-    if "identity_key" not in cfg and "session" not in cfg:
+    if "identity_key" not in cfg:
         key = _read("ledgerlink.key")
         if key:
             cfg["identity_key"] = key.strip()
@@ -47,8 +47,6 @@ def load_config(path="ledgerlink.json"):
     for name in ("device_id", "identity_key", "ca_public"):
         if name in cfg:
             cfg[name] = bytes.fromhex(cfg[name])
-    if "session" in cfg:
-        cfg["session"] = dict((k, bytes.fromhex(v)) for k, v in cfg["session"].items())
     if "validators" in cfg:
         cfg["validators"] = [bytes.fromhex(k) for k in cfg["validators"]]
     if "gateway_keys" in cfg:

@@ -20,18 +20,24 @@ duplicates). Keepalive: a PINGREQ after ``keepalive_s / 2`` without traffic; no 
 Modes: "session" (default): COSE_Encrypt0 with the session key, kid = session id, Partial IV = seq;
 "signed": COSE_Sign1 with the identity key, kid = device id. Both bind the topic as external AAD.
 
-Sessions: with an identity key and the fog CA key ("ca_public"), the client opens its session itself
+Sessions: with the identity key and the fog CA key ("ca_public"), the client opens its session itself
 (ECQV): while connected without a session valid for ``session_margin_s`` more seconds it publishes a
 signed session request on its ``session`` topic and takes the checked response from its ``down`` topic;
 a request unanswered (or refused) for ``session_timeout_ms`` is replaced by a new one. The session
-(certificate, key, Base IV, gateway id) is kept in the storage as ``llsess`` and restored after a
-reset while it is valid. A gateway that no longer knows the session (refusal codes 10, 11) makes the
+(certificate, key, Base IV, gateway id, the counter mark it was opened at) is kept in the storage as
+``llsess`` and restored after a reset while it is valid, only with an intact counter at or above its mark
+(``device_protocol.restore_session``): a counter file that is missing or fails its check restarts the
+sequence, and the stored session is then deleted and a new one opened, so no (session id, Partial IV)
+pair is ever sent twice. A ``replay`` refusal of a frame sealed under the current session also drops
+it (and moves the counter ahead). A gateway that no longer knows the session (refusal codes 10, 11) makes the
 client drop it and open a new one; the readings it refused that way go back to the held queue and are
 sealed again under the next session (while they are among the last ``max_tracked`` sent; the
 plaintext is kept in RAM until the receipt, so not across a reset). Readings taken while there is no
 session are held in a second queue (``llh``) on the same storage and sealed, in order, once a
-session is open. Pre-made session
-keys ("session" in the config) are still accepted and never expire.
+session is open.
+
+Commands: the last executed seq of each controller is kept as ``llcmd`` (``device_protocol.open_commands``:
+a lost record refuses the commands from before the loss), for ``client.protocol.handle_command``.
 
 Receipts: with "chain_id" and "validators" (and optionally "gateway_keys") every receipt on the
 ``down`` topic is checked (batch inclusion proof, anchor transaction inclusion, certified header with
@@ -48,12 +54,12 @@ and against the real broker, gateway and ledger (tests/micropython/test_stack_in
 
 import time
 
-from ledgerlink.core import cbor, session_keys
+from ledgerlink.core import cbor
 from ledgerlink.core import device_protocol as dp
 from ledgerlink.core.device_protocol import partial_iv  # noqa: F401  (part of this module's API)
 from ledgerlink.core.errors import LedgerlinkError
 
-from ledgerlink_client.queue import MemoryStorage, OfflineQueue, SeqCounter
+from ledgerlink_client.queue import MemoryStorage, OfflineQueue, SeqCounter, StoredRecord
 
 DEFAULTS = {
     "mode": "session",
@@ -74,6 +80,7 @@ DEFAULTS = {
 }
 
 SESSION_FILE = "llsess"
+COMMAND_FILE = "llcmd"
 SESSION_GONE = (10, 11)  # unknown-session, expired-session
 
 
@@ -109,12 +116,11 @@ def _default_rng(n):
 class DeviceClient:
     """A device's link to its gateway.
 
-    ``config`` (dict): "site"; "identity_key" (32 bytes; needed for signed mode and to open sessions)
-    and/or "device_id" (16 bytes); "mode"; "ca_public" (fog CA key: sessions through ECQV) or
-    "session" (pre-made keys: an object or dict with ``key``, ``base_iv``, ``session_id``);
+    ``config`` (dict): "site"; "identity_key" (32 bytes) and optionally "device_id" (16 bytes, checked
+    against it); "mode"; "ca_public" (fog CA key: sessions through ECQV; needed in session mode);
     "chain_id", "validators" (list of public keys) and optional "gateway_keys" ({id: key}) to check
     receipts; optional tuning keys as in ``DEFAULTS`` and "client_id". ``storage`` holds the queues,
-    the sequence counter and the session (``queue.FileStorage`` on flash; RAM when omitted).
+    the sequence counter, the session and the command record (``queue.FileStorage`` on flash; RAM when omitted).
     ``rng(n)``, ``ticks_ms()``, ``ticks_diff(a, b)``, ``time_ms()`` (epoch milliseconds) and
     ``sleep_ms(ms)`` can be injected. ``on_reply(reply)`` gets each decoded reply map, ``on_result(r)``
     each protocol result (SessionOpened, ReceiptResult, Refused, RegistrationHeld, Ignored).
@@ -129,10 +135,12 @@ class DeviceClient:
         if self.mode != "session" and self.mode != "signed":
             raise ValueError("mode must be 'session' or 'signed'")
         identity = cfg.get("identity_key")
-        if identity is None and (self.mode == "signed" or "session" not in cfg):
-            raise ValueError("an identity_key is needed for signed mode and to open sessions")
-        if self.mode == "session" and "session" not in cfg and cfg.get("ca_public") is None:
-            raise ValueError("session mode needs the fog CA key (ca_public) or pre-made session keys")
+        if "session" in cfg:
+            raise ValueError("pre-made session keys are not supported: the device opens its sessions (ca_public)")
+        if identity is None:
+            raise ValueError("an identity_key is needed")
+        if self.mode == "session" and cfg.get("ca_public") is None:
+            raise ValueError("session mode needs the fog CA key (ca_public)")
         storage = storage if storage is not None else MemoryStorage()
         self.storage = storage
         self.seq = SeqCounter(storage, "llseq")
@@ -174,15 +182,9 @@ class DeviceClient:
                       "refused": 0, "ignored_replies": 0, "resealed": 0, "registrations_held": 0,
                       "registrations_refused": 0}
         self._registration = None
-        self.ecqv = self.mode == "session" and "session" not in cfg
-        if self.mode == "session" and not self.ecqv:
-            s = cfg["session"]
-            if isinstance(s, dict):
-                keys = session_keys.SessionKeys(s["key"], s["base_iv"], s["session_id"])
-            else:
-                keys = session_keys.SessionKeys(s.key, s.base_iv, s.session_id)
-            self.protocol.set_session(dp.Session(keys, b"", None, None))
-        elif self.ecqv:
+        self.ecqv = self.mode == "session"
+        self.protocol.open_commands(StoredRecord(storage, COMMAND_FILE), self.time_ms())
+        if self.ecqv:
             self._restore_session()
 
     def _restore_session(self):
@@ -190,16 +192,11 @@ class DeviceClient:
         if not raw:
             return
         try:
-            session = dp.decode_session(raw, self.device_id)
-        except LedgerlinkError:
+            self.protocol.restore_session(raw, self.time_ms())
+        except LedgerlinkError:                 # damaged, expired, or the counter was lost or is behind
             self.storage.remove(SESSION_FILE)
             return
-        self.protocol.set_session(session)
-        if self.protocol.session_valid(self.time_ms()):
-            self.stats["sessions_restored"] += 1
-        else:
-            self.protocol.drop_session()
-            self.storage.remove(SESSION_FILE)
+        self.stats["sessions_restored"] += 1
 
     @property
     def session(self):
@@ -374,6 +371,8 @@ class DeviceClient:
                 self.stats["registrations_refused"] += 1
             elif result.seq is None:
                 self.stats["sessions_refused"] += 1
+            elif result.session_dropped:            # a replay under the session: its numbers may repeat
+                self.storage.remove(SESSION_FILE)
             elif result.code in SESSION_GONE and self.ecqv:
                 sealed = self._plain.pop(result.seq, None)
                 current = self.protocol.session

@@ -13,6 +13,8 @@ Protects against: loss of undelivered readings across resets, torn writes (a rec
 check fails ends the scan; the torn tail is cut off at the next compaction), unbounded flash use, and
 sequence-number reuse after a reset (``SeqCounter`` persists a reserved upper bound before handing out
 numbers, so a reset skips numbers but never repeats one; a repeated number would repeat a CCM nonce).
+A counter file that is missing or fails its check makes the counter ``lost``: it restarts at 1 and the
+client opens a new session instead of restoring the stored one (``device_protocol.restore_session``).
 Tested under CPython on real files in a temporary folder and in MicroPython on ``MemoryStorage``.
 """
 
@@ -133,6 +135,20 @@ def _store_u32(storage, name, value):
     storage.replace(name, raw + _check(raw))
 
 
+class StoredRecord:
+    """One small file of ``storage`` as a record store (``load()``: bytes or None, ``store(data)``)."""
+
+    def __init__(self, storage, name):
+        self.storage = storage
+        self.name = name
+
+    def load(self):
+        return self.storage.read(self.name) or None
+
+    def store(self, data):
+        self.storage.replace(self.name, data)
+
+
 class OfflineQueue:
     """FIFO of (topic, payload) records that survives resets; see the module docstring for the format."""
 
@@ -229,14 +245,22 @@ class OfflineQueue:
 
 
 class SeqCounter:
-    """Strictly increasing sequence numbers (1, 2, ...) that never repeat across resets."""
+    """Strictly increasing sequence numbers (1, 2, ...) that never repeat across resets; ``lost``: the
+    stored mark was missing or damaged at start (the sequence restarted)."""
 
     def __init__(self, storage, name="llseq", block=16):
         self.storage = storage
         self.name = name
         self.block = block
-        self.reserved = _load_u32(storage, name) or 0
+        reserved = _load_u32(storage, name)
+        self.lost = reserved is None
+        self.reserved = reserved or 0
         self.last = self.reserved
+
+    def advance(self, seq):
+        """Make every later number higher than ``seq`` (stored with the next number handed out)."""
+        if seq > self.last:
+            self.last = min(seq, 0xFFFFFFFF)
 
     def next(self):
         seq = self.last + 1

@@ -9,7 +9,13 @@ by ``ledgerlink.device.core.DeviceCore``) and on MicroPython boards (``micropyth
 
 Protects against:
 - nonce reuse: every frame takes the next number of the persistent counter, and the Partial IV of a
-  session frame is that number;
+  session frame is that number. A stored session is used again only with the counter it was opened
+  with (RFC 8613 appendix B.1): its record carries the counter's last number at the session's opening
+  and is refused when the counter's store was missing or damaged at start (the sequence restarted) or
+  holds less than that mark (an older copy); a lost counter restarts only under a new session. A
+  ``replay`` refusal of a frame sealed under the current session drops the session and moves the
+  counter ahead (a step that doubles per refusal, reset by a valid receipt), so a device whose counter
+  fell behind the gateway's window gets going again instead of repeating refused numbers;
 - a gateway or broker lying about a reading's fate: a receipt is valid only when the frame hash is in
   the batch root, the anchor transaction carrying that root and batch size is in the tx root of a
   header certified by 2f+1 of the validators the device trusts, and (when the device knows gateway
@@ -20,8 +26,10 @@ Protects against:
   this device, be for sessions and valid now, and the reconstructed key must match it
   (``ecqv.reconstruct``);
 - forged or replayed commands: only commands signed by a controller whose device record (role
-  controller, active) was proved by an SPV record proof are executed, for this device, in time, with a
-  per-controller sequence number above the last executed one.
+  controller, active) was proved by an SPV record proof are executed, for this device, in time (not
+  after at most 24 h ahead of the device clock), with a per-controller sequence number above the last
+  executed one, kept in a checked record that is written before a command is accepted. See
+  ``open_commands`` for a lost or damaged record.
 Malformed network data never escapes as IndexError, KeyError or TypeError: ``handle_down`` and
 ``handle_command`` return results, ``check_receipt`` raises only errors of ``ledgerlink.core.errors``.
 Tested in tests/core/test_device_protocol.py (forged receipts, wrong header signatures, tampered
@@ -57,7 +65,12 @@ TX_ANCHOR = 5
 MODE_SIGNED = "signed"
 MODE_SESSION = "session"
 
-SESSION_RECORD_VERSION = 1
+SESSION_RECORD_VERSION = 2
+COMMAND_RECORD_VERSION = 1
+COMMAND_AHEAD_MAX_MS = 24 * 3600 * 1000     # a command's not-after is at most this far ahead of the device clock
+REFUSAL_REPLAY = 7
+REPLAY_SKIP_MIN = 64                        # the gateway's replay window
+REPLAY_SKIP_MAX = 1 << 16                   # bounds what forged replay refusals can burn of the 2^32 numbers
 
 
 class DeviceError(LedgerlinkError):
@@ -137,13 +150,17 @@ class ReceiptResult:
 
 
 class Refused:
-    """The gateway refused a frame this device sent (``seq`` is None for a session or registration request)."""
+    """The gateway refused a frame this device sent (``seq`` is None for a session or registration request).
 
-    def __init__(self, frame_hash, code, reason, seq):
+    ``session_dropped``: the refusal (a replay of a frame sealed under the current session) dropped the session.
+    """
+
+    def __init__(self, frame_hash, code, reason, seq, session_dropped=False):
         self.frame_hash = frame_hash
         self.code = code
         self.reason = reason
         self.seq = seq
+        self.session_dropped = session_dropped
 
     def __repr__(self):
         return "Refused(seq=%s, code=%d: %s)" % (self.seq, self.code, self.reason)
@@ -198,13 +215,16 @@ class PendingSession:
 
 
 class Session:
-    """Session keys with the gateway id, the end of validity (seconds; None: unknown) and the certificate."""
+    """Session keys with the gateway id, the end of validity (seconds; None: unknown), the certificate and
+    ``mark``, the counter's last number when the session opened (every frame of the session has a higher one)."""
 
-    def __init__(self, keys, gateway_id, valid_until_s, cert):
+    def __init__(self, keys, gateway_id, valid_until_s, cert, mark=None):
         self.keys = keys
         self.gateway_id = gateway_id
         self.valid_until_s = valid_until_s
         self.cert = cert
+        self.mark = mark
+        self.first_seq = None           # the first number sealed under it since it was taken
 
     def __repr__(self):
         return "Session(%s, gateway=%s)" % (self.keys.session_id.hex(), self.gateway_id.hex())
@@ -213,35 +233,80 @@ class Session:
 # --- session records (persistence) ------------------------------------------------------------------
 
 
-def encode_session(session):
-    """Bytes to keep a session across resets: cbor([1, cert, key, base-iv, gateway-id]) + 4-byte check."""
-    k = session.keys
-    body = cbor.dumps([SESSION_RECORD_VERSION, session.cert, k.key, k.base_iv, session.gateway_id])
+def _checked(body):
     return body + _sha256(body)[:4]
+
+
+def _unchecked(data, what):
+    data = bytes(data)
+    if len(data) < 5 or _sha256(data[:-4])[:4] != data[-4:]:
+        raise InvalidMessage("%s check does not match" % what)
+    return data[:-4]
+
+
+def encode_session(session):
+    """Bytes to keep a session across resets: cbor([2, cert, key, base-iv, gateway-id, mark]) + 4-byte check."""
+    if not cbor.is_uint(session.mark) or session.mark > MAX_SEQ:
+        raise DeviceError("the session has no counter mark: it cannot be kept")
+    k = session.keys
+    return _checked(cbor.dumps([SESSION_RECORD_VERSION, session.cert, k.key, k.base_iv, session.gateway_id,
+                                session.mark]))
 
 
 def decode_session(data, device_id):
     """The Session stored by ``encode_session`` for ``device_id``; raises DecodeError/InvalidMessage.
 
     The certificate must name ``device_id`` and be a session certificate; the session id is
-    recomputed from it, so a record cannot pair keys with another certificate's id.
+    recomputed from it, so a record cannot pair keys with another certificate's id. Records of
+    version 1 (no counter mark) are refused.
     """
-    data = bytes(data)
-    if len(data) < 5 or _sha256(data[:-4])[:4] != data[-4:]:
-        raise InvalidMessage("session record check does not match")
-    obj = cbor.loads(data[:-4], max_depth=4, max_size=1024)
-    if not isinstance(obj, list) or len(obj) != 5 or obj[0] != SESSION_RECORD_VERSION:
-        raise InvalidMessage("session record must be [1, cert, key, base-iv, gateway-id]")
-    cert, key, base_iv, gateway_id = obj[1], obj[2], obj[3], obj[4]
+    obj = cbor.loads(_unchecked(data, "session record"), max_depth=4, max_size=1024)
+    if not isinstance(obj, list) or len(obj) != 6 or obj[0] != SESSION_RECORD_VERSION:
+        raise InvalidMessage("session record must be [2, cert, key, base-iv, gateway-id, mark]")
+    cert, key, base_iv, gateway_id, mark = obj[1], obj[2], obj[3], obj[4], obj[5]
     if (not isinstance(key, bytes) or len(key) != session_keys.KEY_LEN or not isinstance(base_iv, bytes)
             or len(base_iv) != session_keys.IV_LEN or not isinstance(gateway_id, bytes)
-            or not 0 < len(gateway_id) <= 64):
-        raise InvalidMessage("session record keys have the wrong sizes")
+            or not 0 < len(gateway_id) <= 64 or not cbor.is_uint(mark) or mark > MAX_SEQ):
+        raise InvalidMessage("session record fields have the wrong sizes")
     parsed = ecqv.decode_cert(cert)
     if parsed.subject != device_id or parsed.usage != ecqv.USAGE_SESSION:
         raise InvalidMessage("session record is not a session of this device")
     keys = session_keys.SessionKeys(key, base_iv, session_keys.session_id(cert))
-    return Session(keys, gateway_id, parsed.valid_until, cert)
+    return Session(keys, gateway_id, parsed.valid_until, cert, mark)
+
+
+# --- command records (persistence) ------------------------------------------------------------------
+
+
+class MemoryRecord:
+    """A record store in RAM (tests): ``load()`` gives the stored bytes or None, ``store(data)`` keeps them."""
+
+    def __init__(self, data=None):
+        self.data = data
+
+    def load(self):
+        return self.data
+
+    def store(self, data):
+        self.data = bytes(data)
+
+
+def encode_commands(fence_ms, seqs):
+    """Bytes of the command record: cbor([1, fence-ms, {controller id: last seq}]) + 4-byte check."""
+    return _checked(cbor.dumps([COMMAND_RECORD_VERSION, fence_ms, seqs]))
+
+
+def decode_commands(data):
+    """(fence-ms, {controller id: last seq}) of a record by ``encode_commands``; raises on any damage."""
+    obj = cbor.loads(_unchecked(data, "command record"), max_depth=3, max_size=65536)
+    if (not isinstance(obj, list) or len(obj) != 3 or obj[0] != COMMAND_RECORD_VERSION or not cbor.is_uint(obj[1])
+            or not isinstance(obj[2], dict)):
+        raise InvalidMessage("command record must be [1, fence-ms, {controller: seq}]")
+    for cid in obj[2]:
+        seq = obj[2][cid]
+        if not isinstance(cid, bytes) or not cbor.is_uint(seq) or seq > MAX_SEQ:
+            raise InvalidMessage("command record entries must be controller id: seq")
+    return obj[1], obj[2]
 
 
 # --- the protocol state of one device ---------------------------------------------------------------
@@ -250,9 +315,10 @@ def decode_session(data, device_id):
 class DeviceProtocol:
     """Protocol state of one device of ``site``.
 
-    ``private_key``: 32-byte identity key, or None for a device that only seals under a pre-made
-    session (then ``device_id`` is required). ``counter``: an object whose ``next()`` returns the next
-    sequence number (persisted by the caller). ``chain_id`` and ``validator_keys``: the validator set
+    ``private_key``: 32-byte identity key (``device_id``, when given, must be its id). ``counter``: the
+    persistent sequence counter: ``next()`` returns the next number, ``last`` is the last one handed
+    out (after a start: the stored mark), ``lost`` says its store was missing or damaged at start, and
+    ``advance(n)`` makes every later number higher than ``n``. ``chain_id`` and ``validator_keys``: the validator set
     trusted for receipts and record proofs (None: receipts cannot be checked). ``ca_public``: the
     fog CA key that issues session certificates. ``gateway_keys``: optional {gateway device-id:
     identity public key}; when given, receipts need an anchor signed by one of them. ``rng(n)``:
@@ -262,16 +328,13 @@ class DeviceProtocol:
     def __init__(self, private_key, site, counter, chain_id=None, validator_keys=None, ca_public=None,
                  gateway_keys=None, backend=None, rng=None, max_tracked=4096, device_id=None, cache_size=4):
         self.crypto = get_backend(backend)
-        if private_key is not None:
-            self._priv = bytes(private_key)
-            self.public_key = self.crypto.public_key(self._priv, True)
-            self.device_id = device_id_of(self.public_key)
-        else:
-            if device_id is None or len(device_id) != DEVICE_ID_LEN:
-                raise ValueError("a 16-byte device_id is needed without an identity key")
-            self._priv = None
-            self.public_key = None
-            self.device_id = bytes(device_id)
+        if private_key is None:
+            raise ValueError("an identity key is needed")
+        self._priv = bytes(private_key)
+        self.public_key = self.crypto.public_key(self._priv, True)
+        self.device_id = device_id_of(self.public_key)
+        if device_id is not None and bytes(device_id) != self.device_id:
+            raise ValueError("device_id does not belong to the identity key")
         self.site = site
         self.counter = counter
         self.chain_id = chain_id
@@ -287,7 +350,11 @@ class DeviceProtocol:
         self.sent = {}                  # seq -> frame hash, awaiting a receipt
         self.controllers = {}           # controller id -> (key, proof height)
         self._record_heights = {}       # newest proof height seen per device id
-        self.command_seqs = {}
+        self.command_seqs = {}          # controller id -> last executed seq (as in the command store)
+        self._command_store = None
+        self._command_fence_ms = None   # after a lost command store: its time (see open_commands)
+        self._replay_skip = REPLAY_SKIP_MIN
+        self._replay_upto = 0           # replay refusals of numbers up to this one moved the counter already
         self._headers = []              # [(trust-bound hash, Header)], newest last
         self._anchors = []              # trust-bound hashes of anchor signatures that verified
 
@@ -314,8 +381,6 @@ class DeviceProtocol:
     # --- outgoing ---------------------------------------------------------------------------------
 
     def _identity(self):
-        if self._priv is None:
-            raise DeviceError("this device has no identity key")
         return self._priv
 
     def registration_request(self, time_ms, role=ROLE_SENSOR, attributes=None):
@@ -347,6 +412,8 @@ class DeviceProtocol:
             keys = self.session.keys
             frame = cose.encrypt0(body, keys.key, partial_iv(seq), keys.base_iv, None, keys.session_id, aad,
                                   self.crypto)
+            if self.session.first_seq is None:
+                self.session.first_seq = seq
         out = OutFrame(topic, frame, seq)
         self._track(seq, out.frame_hash)
         return out
@@ -376,8 +443,30 @@ class DeviceProtocol:
         self._pending_session = None
 
     def set_session(self, session):
-        """Take a session made elsewhere (restored from storage, or pre-made keys)."""
+        """Take a session made elsewhere (tests; a stored one goes through ``restore_session``)."""
         self.session = session
+
+    def session_record(self):
+        """Bytes that keep the current session across resets (``encode_session``); DeviceError without one."""
+        if self.session is None:
+            raise DeviceError("no session to keep")
+        return encode_session(self.session)
+
+    def restore_session(self, record, now_ms):
+        """Take the session kept by ``session_record`` and return it; raise a LedgerlinkError instead when
+        it may not be used: damaged or not this device's (InvalidMessage, DecodeError), the counter was
+        lost at start or is below the record's mark (its numbers, and so its nonces, could repeat), or the
+        session has expired (DeviceError). The caller deletes a refused record."""
+        session = decode_session(record, self.device_id)
+        if getattr(self.counter, "lost", True):
+            raise DeviceError("the sequence counter was lost: the stored session cannot be used again")
+        if self.counter.last < session.mark:
+            raise DeviceError("the sequence counter (%d) is below the mark of the stored session (%d)"
+                              % (self.counter.last, session.mark))
+        if session.valid_until_s is not None and now_ms // 1000 >= session.valid_until_s:
+            raise DeviceError("the stored session has expired")
+        self.session = session
+        return session
 
     def session_valid(self, now_ms, margin_s=0):
         """True when a session exists and is valid for at least ``margin_s`` more seconds."""
@@ -449,7 +538,21 @@ class DeviceProtocol:
         if seq is None:
             return Ignored("refusal of a frame this device did not send")
         del self.sent[seq]
-        return Refused(frame_hash, code, text, seq)
+        dropped = code == REFUSAL_REPLAY and self._replayed(seq)
+        return Refused(frame_hash, code, text, seq, dropped)
+
+    def _replayed(self, seq):
+        """The gateway already has ``seq``: move the counter ahead unless an earlier refusal did; drop the
+        session when the frame was sealed under it (its numbers may repeat). True when it was dropped."""
+        if seq > self._replay_upto:
+            self.counter.advance(min(MAX_SEQ, max(self.counter.last, seq) + self._replay_skip))
+            self._replay_upto = self.counter.last
+            self._replay_skip = min(REPLAY_SKIP_MAX, self._replay_skip * 2)
+        session = self.session
+        if session is not None and session.first_seq is not None and seq >= session.first_seq:
+            self.session = None
+            return True
+        return False
 
     def check_session_response(self, resp, now_ms):
         """Check a ``session-response`` map against the pending request; return (Session, cert-tx or None).
@@ -506,6 +609,7 @@ class DeviceProtocol:
         except LedgerlinkError as exc:
             return Ignored("session response refused: %s: %s" % (type(exc).__name__, exc))
         self._pending_session = None
+        session.mark = getattr(self.counter, "last", None)
         self.session = session
         return SessionOpened(session.keys.session_id, session.gateway_id, session.valid_until_s, cert_tx)
 
@@ -582,6 +686,7 @@ class DeviceProtocol:
         spv.verify_tx_inclusion(header, tx, tx_index, tx_count, tx_path)
         if frame is None:
             del self.sent[seq]
+        self._replay_skip = REPLAY_SKIP_MIN
         return ReceiptResult(True, seq, frame_hash, "", header.height, gateway)
 
     def _remember(self, cache, entry):
@@ -664,8 +769,32 @@ class DeviceProtocol:
         self.gateway_keys[record[1]] = record[2]
         return record[1]
 
+    def open_commands(self, store, now_ms):
+        """Take the store of the last executed seq of each controller (``load()``: bytes or None,
+        ``store(data)``); call it at start, with the clock set. Until then every command is refused.
+
+        A missing or damaged record (first start, flash erased or corrupted) cannot say which commands
+        ran, so it fails closed: a new record fenced at ``now_ms`` is written at once, and a controller
+        with no command executed under it is taken only with a not-after of at least fence + 24 h. Every
+        command executed before the loss had a not-after at most 24 h after the device time it ran at
+        (the cap below), so none of them passes; a controller that signs a command after the start with
+        the longest validity gets through, its seq becomes the controller's new mark, and later commands
+        only need a higher seq. The fence ends by itself 24 h after the loss, when nothing from before it
+        is unexpired. (Taking the first seq seen after a loss as the mark would let a captured series of
+        commands be replayed in increasing order.)
+        """
+        try:
+            fence_ms, seqs = decode_commands(store.load())
+        except (LedgerlinkError, TypeError):
+            fence_ms, seqs = int(now_ms), {}
+            store.store(encode_commands(fence_ms, seqs))
+        self._command_store = store
+        self._command_fence_ms = fence_ms
+        self.command_seqs = seqs
+
     def handle_command(self, topic, payload, now_ms):
-        """Check a command (COSE_Sign1 by a controller, external_aad = the ``cmd`` topic); never raises."""
+        """Check a command (COSE_Sign1 by a controller, external_aad = the ``cmd`` topic); never raises
+        (but for a failing command store). Its seq is stored before it is accepted."""
         if topic != self.cmd_topic:
             return CommandResult(False, "command on topic %r, not this device's" % (topic,))
         try:
@@ -690,13 +819,25 @@ class DeviceProtocol:
         seq = body[2]
         if body[1] != self.device_id:
             return CommandResult(False, "command is for another device", cid, seq)
-        if now_ms > body[5]:
-            return CommandResult(False, "command expired %d ms ago" % (now_ms - body[5]), cid, seq)
-        last = self.command_seqs.get(cid, 0)
-        if seq <= last:
+        not_after = body[5]
+        if now_ms > not_after:
+            return CommandResult(False, "command expired %d ms ago" % (now_ms - not_after), cid, seq)
+        if not_after - now_ms > COMMAND_AHEAD_MAX_MS:
+            return CommandResult(False, "command not-after is more than 24 h ahead of the device clock", cid, seq)
+        store, fence_ms = self._command_store, self._command_fence_ms
+        if store is None:
+            return CommandResult(False, "no command store is open: commands are refused", cid, seq)
+        last = self.command_seqs.get(cid)
+        if last is None and not_after < fence_ms + COMMAND_AHEAD_MAX_MS:
+            return CommandResult(False, "the command store was new or lost at %d: the first command of a controller "
+                                 "must be valid until at least 24 h after that" % fence_ms, cid, seq)
+        if last is not None and seq <= last:
             return CommandResult(False, "command seq %d already used (last %d)" % (seq, last), cid, seq)
-        self.command_seqs[cid] = seq
-        return CommandResult(True, "", cid, seq, body[3], body[4], body[5])
+        seqs = dict(self.command_seqs)
+        seqs[cid] = seq
+        store.store(encode_commands(fence_ms, seqs))
+        self.command_seqs = seqs
+        return CommandResult(True, "", cid, seq, body[3], body[4], not_after)
 
 
 def _default_rng(n):

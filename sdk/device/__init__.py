@@ -7,9 +7,9 @@ sequence mark; ``OfflineQueue`` (offline_queue.py) the frames waiting for the br
 
 from ledgerlink.device.core import (MODE_SESSION, MODE_SIGNED, CommandResult, DeviceCore, DeviceError, MemoryCounter,
                                     ReceiptResult, SequenceCounter, SessionOpened)
-from ledgerlink.device.keystore import FileCounter, FileKeystore, KeystoreError
+from ledgerlink.device.keystore import FileCounter, FileKeystore, FileRecord, KeystoreError
 from ledgerlink.device.offline_queue import OfflineQueue
 
 __all__ = ["DeviceCore", "DeviceError", "SequenceCounter", "MemoryCounter", "ReceiptResult", "SessionOpened",
-           "CommandResult", "MODE_SIGNED", "MODE_SESSION", "FileKeystore", "FileCounter", "KeystoreError",
+           "CommandResult", "MODE_SIGNED", "MODE_SESSION", "FileKeystore", "FileCounter", "FileRecord", "KeystoreError",
            "OfflineQueue"]

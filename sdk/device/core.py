@@ -3,13 +3,13 @@
 The protocol itself (readings signed with the identity key or encrypted under a session key, the
 registration request, ECQV session requests and responses, receipts, refusals, commands) is
 ``DeviceProtocol`` in the portable core, the same code a MicroPython board runs; this module adds
-type hints, the CPython crypto backend and the ``CounterStorage`` based ``SequenceCounter``
-(``load() -> int``, ``store(int)``). It does no network or file I/O: the caller moves the bytes.
+type hints, the CPython crypto backend and the ``SequenceCounter`` over a counter storage
+(``load() -> int | None``, ``store(int)``). It does no network or file I/O: the caller moves the bytes.
 
 Protects against (by the portable protocol; see its docstring): nonce reuse and replays of the
 device's own frames (sequence numbers are stored before they are handed out, in blocks of
-``reserve``, so they never repeat across restarts), forged receipts, forged session responses and
-forged or replayed commands.
+``reserve``, so they never repeat across restarts; a lost counter restarts only under a new session),
+forged receipts, forged session responses and forged or replayed commands (seqs kept in a command store).
 Tested in tests/device/test_core.py against the gateway's own checks (``GatewayCore``), ``cose``
 verification, ledger state from ``DevNet`` and certified headers signed by real validator keys.
 """
@@ -32,13 +32,14 @@ from ledgerlink.core.device_protocol import (DEVICE_ID_LEN, KIND_RECEIPT, KIND_R
 
 
 class MemoryCounter:
-    """Counter storage in memory (tests, or devices that re-register after every power cycle)."""
+    """Counter storage in memory (tests, or devices that re-register after every power cycle);
+    ``value`` None reads as a lost store."""
 
-    def __init__(self, value: int = 0) -> None:
+    def __init__(self, value: int | None = 0) -> None:
         self.value = value
         self.stores = 0
 
-    def load(self) -> int:
+    def load(self) -> int | None:
         return self.value
 
     def store(self, value: int) -> None:
@@ -51,7 +52,9 @@ class SequenceCounter:
 
     The storage holds a high-water mark: every number handed out is at most the stored value, and a
     restart continues above it. With ``reserve`` > 1 the mark is written once per ``reserve`` numbers
-    (fewer flash writes); a restart then skips the unused rest of the block.
+    (fewer flash writes); a restart then skips the unused rest of the block. A storage that loads None
+    (missing or damaged) makes the counter ``lost``: it restarts at 1, and the protocol refuses to use a
+    stored session with it (``DeviceProtocol.restore_session``), so the restart happens under a new session.
     """
 
     def __init__(self, storage: Any, reserve: int = 16) -> None:
@@ -60,10 +63,17 @@ class SequenceCounter:
         self.storage = storage
         self.reserve = reserve
         mark = storage.load()
-        if not cbor.is_uint(mark) or mark > MAX_SEQ:
+        self.lost = mark is None
+        if self.lost:
+            mark = 0
+        elif not cbor.is_uint(mark) or mark > MAX_SEQ:
             raise DeviceError("stored sequence mark %r is out of range" % (mark,))
         self.last = mark
         self.mark = mark
+
+    def advance(self, seq: int) -> None:
+        """Make every later number higher than ``seq`` (stored with the next number handed out)."""
+        self.last = max(self.last, min(seq, MAX_SEQ))
 
     def next(self) -> int:
         seq = self.last + 1
@@ -126,6 +136,20 @@ class DeviceCore(dp.DeviceProtocol):
 
     def session_valid(self, now_ms: int, margin_s: int = 0) -> bool:
         return super().session_valid(now_ms, margin_s)
+
+    def session_record(self) -> bytes:
+        """Bytes that keep the current session across restarts, with the counter mark it was opened at."""
+        return super().session_record()
+
+    def restore_session(self, record: bytes, now_ms: int) -> Session:
+        """Take a kept session; a LedgerlinkError when it may not be used (counter lost or below its mark,
+        damaged, expired): then delete the record and open a new session."""
+        return super().restore_session(record, now_ms)
+
+    def open_commands(self, store: Any, now_ms: int) -> None:
+        """Take the command store (``FileRecord``); commands are refused without one. See the portable docstring
+        for the rule after a lost store."""
+        super().open_commands(store, now_ms)
 
     def verify_receipt(self, receipt: Any, frame: bytes | None = None) -> ReceiptResult:
         """Check a ``receipt`` map (or its CBOR bytes) against the trusted validator set.

@@ -1,4 +1,4 @@
-"""File keystore of a device identity key, and a file store for the sequence-number mark.
+"""File keystore of a device identity key, and file stores for the sequence-number mark and records.
 
 The key is made on the device (``get_backend().generate_private_key()``) and never leaves it. It is
 written to a temporary file created with ``os.open(..., O_CREAT | O_EXCL, 0o600)``, fsynced and renamed
@@ -8,12 +8,15 @@ a regular file is refused (``KeystoreError``) rather than used. The key appears 
 ``repr``.
 
 Protects against: key disclosure through file permissions or logs, torn writes, and sequence numbers
-repeating after a crash (the counter mark is written the same atomic way). Tested in
-tests/device/test_keystore.py (modes, refusal of loose permissions, reload, counter reopen).
+repeating after a crash (the counter mark is written the same atomic way, with a check). A counter file
+that is missing, damaged, or open to others reads as lost (None), never as a smaller number: the caller
+then restarts the sequence under a new session (``ledgerlink.core.device_protocol``). Tested in
+tests/device/test_keystore.py and tests/device/test_counter_faults.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat
@@ -122,23 +125,58 @@ class FileKeystore:
         return self.backend.public_key(self.load(), True)
 
 
+def _check(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()[:4]
+
+
+def _load_private(path: str) -> bytes | None:
+    """The bytes of a private file, or None when it is missing, unreadable or open to others (logged)."""
+    try:
+        return _read_private(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, KeystoreError) as exc:
+        log.warning("%s cannot be used: %s", path, exc)
+        return None
+
+
 class FileCounter:
-    """Counter storage for ``SequenceCounter``: the high-water mark as decimal text, written atomically."""
+    """Counter storage for ``SequenceCounter``: the high-water mark as 4 bytes big-endian and a 4-byte
+    check (SHA-256[0:4]), written atomically; the board client's ``llseq`` file has the same layout."""
 
     def __init__(self, path: str) -> None:
         self.path = os.fspath(path)
 
-    def load(self) -> int:
-        if not os.path.exists(self.path):
-            return 0
-        data = _read_private(self.path)
-        try:
-            value = int(data.decode("ascii").strip())
-        except (UnicodeDecodeError, ValueError):
-            raise KeystoreError("%s does not hold a sequence mark" % self.path) from None
-        if value < 0:
-            raise KeystoreError("%s holds a negative sequence mark" % self.path)
-        return value
+    def load(self) -> int | None:
+        """The stored mark, or None when the file is missing or damaged (the counter is lost)."""
+        data = _load_private(self.path)
+        if data is None:
+            return None
+        if len(data) != 8 or _check(data[:4]) != data[4:]:
+            log.warning("%s does not hold a checked sequence mark: the counter is lost", self.path)
+            return None
+        return int.from_bytes(data[:4], "big")
 
     def store(self, value: int) -> None:
-        atomic_write(self.path, b"%d\n" % value)
+        raw = value.to_bytes(4, "big")
+        atomic_write(self.path, raw + _check(raw))
+
+
+class FileRecord:
+    """A small record in a private file (the session record, the command record): ``load()`` gives its
+    bytes or None, ``store(data)`` writes it atomically. The records carry their own checks."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.fspath(path)
+
+    def load(self) -> bytes | None:
+        return _load_private(self.path)
+
+    def store(self, data: bytes) -> None:
+        atomic_write(self.path, bytes(data))
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass

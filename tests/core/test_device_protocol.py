@@ -161,11 +161,11 @@ def test_session_record_round_trip_and_tampering(key, base_iv, gateway_id):
         _CERT.append(dev.session)
     cert = _CERT[0].cert
     s = dp.Session(session_keys.SessionKeys(key, base_iv, session_keys.session_id(cert)), gateway_id,
-                   _CERT[0].valid_until_s, cert)
+                   _CERT[0].valid_until_s, cert, len(gateway_id))
     raw = dp.encode_session(s)
     back = dp.decode_session(raw, dev.device_id)
-    assert (back.keys.key, back.keys.base_iv, back.keys.session_id, back.gateway_id, back.cert, back.valid_until_s) == \
-        (key, base_iv, s.keys.session_id, gateway_id, cert, s.valid_until_s)
+    assert (back.keys.key, back.keys.base_iv, back.keys.session_id, back.gateway_id, back.cert, back.valid_until_s,
+            back.mark) == (key, base_iv, s.keys.session_id, gateway_id, cert, s.valid_until_s, s.mark)
     with pytest.raises(InvalidMessage):
         dp.decode_session(raw, bytes(16))                                      # another device's record
     for i in (0, len(raw) // 2, len(raw) - 1):
@@ -278,7 +278,7 @@ def test_any_changed_byte_of_a_receipt_is_refused(at, x):
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_decode_reply_raises_only_our_errors(data):
-    dev = dp.DeviceProtocol(None, "s", SequenceCounter(MemoryCounter()), device_id=bytes(16), backend=CRYPTO)
+    dev = dp.DeviceProtocol(bytes(31) + b"\x01", "s", SequenceCounter(MemoryCounter()), backend=CRYPTO)
     try:
         msg = dev.decode_reply(data)
     except LedgerlinkError:
@@ -315,17 +315,15 @@ def test_well_formed_replies_of_any_shape_never_raise(kind, fields):
 
 
 def test_oversized_and_unknown_replies():
-    dev = dp.DeviceProtocol(None, "s", SequenceCounter(MemoryCounter()), device_id=bytes(16), backend=CRYPTO)
+    dev = dp.DeviceProtocol(bytes(31) + b"\x01", "s", SequenceCounter(MemoryCounter()), backend=CRYPTO)
     with pytest.raises(InvalidMessage):
         dev.decode_reply(cbor.dumps({0: 1, 1: bytes(dp.MAX_REPLY)}))
     with pytest.raises(InvalidMessage):
         dev.decode_reply(cbor.dumps({0: 9}))
     with pytest.raises(DecodeError):
         dev.decode_reply(b"\xa1\x00")
-    with pytest.raises(dp.DeviceError):
-        dev.registration_request(NOW)
-    with pytest.raises(dp.DeviceError):
-        dev.session_request(NOW)
+    with pytest.raises(ValueError):                     # no device without its identity key
+        dp.DeviceProtocol(None, "s", SequenceCounter(MemoryCounter()), device_id=bytes(16), backend=CRYPTO)
 
 
 @settings(max_examples=100, deadline=None)

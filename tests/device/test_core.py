@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ledgerlink.core import cbor, cose, ecqv, session_keys
+from ledgerlink.core import device_protocol as dp
 from ledgerlink.core.errors import InvalidProof
 from ledgerlink.device import core as dc
 from ledgerlink.gateway import checks as c
@@ -244,6 +245,7 @@ def _shared_env() -> Env:
 
 def test_commands_from_listed_and_unlisted_controllers(env):
     dev = env.device("actuator")
+    dev.open_commands(dp.MemoryRecord(), NOW - dp.COMMAND_AHEAD_MAX_MS)
     target = dev.device_id
     cmd = env.command("controller", target, 1, "open-valve", {"pct": 30}, NOW + 5000)
     refused = dev.handle_command(dev.cmd_topic, cmd, NOW)
@@ -296,5 +298,6 @@ def test_banned_controller_is_removed(env):
         dev.update_controller(old)                           # an older proof cannot list it again
     assert dev.controllers == {}
     cmd = env.command("controller", dev.device_id, 1, "x", None, NOW + 5000)
+    dev.open_commands(dp.MemoryRecord(), NOW - dp.COMMAND_AHEAD_MAX_MS)
     dev.update_controller(env.ledger.device_proof(env.net["controller"].id))
-    assert not dev.handle_command(dev.cmd_topic, cmd, NOW).accepted
+    assert "not a controller listed" in dev.handle_command(dev.cmd_topic, cmd, NOW).reason

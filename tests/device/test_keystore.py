@@ -79,10 +79,11 @@ def test_counter_mark_survives_reopen(tmp_path):
     assert seen == sorted(set(seen))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert FileCounter(path).load() >= seen[-1]
-    os.chmod(path, 0o644)
-    with pytest.raises(KeystoreError):
-        FileCounter(path).load()
+    os.chmod(path, 0o644)                       # open to others: not trusted, the counter is lost
+    assert FileCounter(path).load() is None
     os.chmod(path, 0o600)
-    path.write_text("x")
-    with pytest.raises(KeystoreError):
-        FileCounter(path).load()
+    for junk in (b"x", b"17\n", b""):              # unchecked content (the old decimal text too) is lost
+        path.write_bytes(junk)
+        assert FileCounter(path).load() is None
+    counter = SequenceCounter(FileCounter(path), reserve=3)
+    assert counter.lost and counter.next() == 1 and FileCounter(path).load() == 3

@@ -104,8 +104,14 @@ def bridge():
     b.close()
 
 
-def vm_program(port: int, config: str, body: str, call: str = "host_call") -> str:
-    """``call``: ``host_call`` (the host's sockets through the bridge) or ``None`` (the board's own TCP)."""
+def vm_program(port: int, config: str, body: str, call: str = "host_call", session=None) -> str:
+    """``call``: ``host_call`` (the host's sockets through the bridge) or ``None`` (the board's own TCP).
+    ``session``: (key, base_iv, session_id) of a session set on the client before ``body`` runs."""
+    setup = ""
+    if session is not None:
+        setup = ("from ledgerlink.core import device_protocol as dp, session_keys\n"
+                 "client.protocol.set_session(dp.Session(session_keys.SessionKeys(bytes.fromhex(%r), "
+                 "bytes.fromhex(%r), bytes.fromhex(%r)), b'gw', None, None, 0))\n" % tuple(v.hex() for v in session))
     return """
 import json
 from ledgerlink_client import device, mqtt, transport
@@ -113,9 +119,9 @@ def factory():
     return mqtt.MQTTClient(transport.open_stream('127.0.0.1', %d, %s), 'vm-dev', keepalive=30)
 cfg = %s
 client = device.DeviceClient(cfg, factory, rng=host_urandom)
-%s
+%s%s
 print(json.dumps(out))
-""" % (port, call, config, body)
+""" % (port, call, config, setup, body)
 
 
 def own_sockets(runtime, bridge) -> tuple[str, dict]:
@@ -125,10 +131,14 @@ def own_sockets(runtime, bridge) -> tuple[str, dict]:
     return "host_call", bridge.functions()
 
 
+SESSION_KEY = bytes(31) + b"\x07"       # identity key of the session-mode device (its session is set directly)
+SESSION_DEVICE = hashlib.sha256(ecdsa.public_key(SESSION_KEY, compressed=True)).digest()[:16]
+
+
 def session_config(device_id: bytes, key: bytes, base_iv: bytes, sid: bytes, **extra) -> str:
-    cfg = ("{'site': %r, 'device_id': bytes.fromhex(%r), 'session': {'key': bytes.fromhex(%r), "
-           "'base_iv': bytes.fromhex(%r), 'session_id': bytes.fromhex(%r)}" %
-           (SITE, device_id.hex(), key.hex(), base_iv.hex(), sid.hex()))
+    """Config of the session-mode device; pass ``session=(key, base_iv, sid)`` to ``vm_program``."""
+    cfg = ("{'site': %r, 'device_id': bytes.fromhex(%r), 'identity_key': bytes.fromhex(%r), "
+           "'ca_public': bytes.fromhex(%r)" % (SITE, device_id.hex(), SESSION_KEY.hex(), (b"\x02" + bytes(32)).hex()))
     for k, v in extra.items():
         cfg += ", %r: %r" % (k, v)
     return cfg + "}"
@@ -148,7 +158,7 @@ def readings_of(frames, key, base_iv, sid):
 
 def test_session_readings_reach_the_broker_and_a_reply_comes_back(client_vm, broker, bridge):
     broker.start()
-    device_id, key, base_iv, sid = os.urandom(16), os.urandom(16), os.urandom(13), os.urandom(8)
+    device_id, key, base_iv, sid = SESSION_DEVICE, os.urandom(16), os.urandom(13), os.urandom(8)
     gw = Gateway(broker.port, (key, base_iv))
     n = 12
     body = """
@@ -163,7 +173,8 @@ client.close()
     try:
         before = time.time() * 1000
         call, functions = own_sockets(client_vm, bridge)
-        result = client_vm.run(vm_program(broker.port, session_config(device_id, key, base_iv, sid), body, call),
+        result = client_vm.run(vm_program(broker.port, session_config(device_id, key, base_iv, sid), body, call,
+                                          (key, base_iv, sid)),
                                host_functions=functions, fuel=1_500_000_000, timeout=60)
         deadline = time.monotonic() + 3
         while len(gw.frames) < n and time.monotonic() < deadline:
@@ -224,7 +235,7 @@ client.close()
 
 
 def test_offline_readings_are_queued_and_delivered_in_order_when_the_broker_comes_up(client_vm, broker, bridge):
-    device_id, key, base_iv, sid = os.urandom(16), os.urandom(16), os.urandom(13), os.urandom(8)
+    device_id, key, base_iv, sid = SESSION_DEVICE, os.urandom(16), os.urandom(13), os.urandom(8)
     gateways = []
 
     def before_connect(attempt: int) -> None:
@@ -248,8 +259,8 @@ client.close()
 """
     config = session_config(device_id, key, base_iv, sid, backoff_min_ms=40, backoff_max_ms=200)
     try:
-        result = client_vm.run(vm_program(broker.port, config, body), host_functions=bridge.functions(),
-                               fuel=1_500_000_000, timeout=60)
+        result = client_vm.run(vm_program(broker.port, config, body, session=(key, base_iv, sid)),
+                               host_functions=bridge.functions(), fuel=1_500_000_000, timeout=60)
         deadline = time.monotonic() + 3
         while gateways and len(gateways[0].frames) < 6 and time.monotonic() < deadline:
             time.sleep(0.02)

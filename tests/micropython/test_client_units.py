@@ -244,13 +244,18 @@ class Clock:
 
 
 def make_client(clock, factory, **cfg):
+    """A session-mode client with a session of known keys and no end (set directly, as a test may)."""
+    from ledgerlink.core import device_protocol as dp, session_keys
+
     keys = {"key": os.urandom(16), "base_iv": os.urandom(13), "session_id": os.urandom(8)}
-    config = {"site": "s", "device_id": b"\x05" * 16, "session": keys, "retry_ms": 1000, "keepalive_s": 10,
-              "backoff_min_ms": 100, "backoff_max_ms": 1000, "max_inflight": 2}
+    config = {"site": "s", "identity_key": bytes(31) + b"\x05", "ca_public": b"\x02" + bytes(32),
+              "retry_ms": 1000, "keepalive_s": 10, "backoff_min_ms": 100, "backoff_max_ms": 1000, "max_inflight": 2}
     config.update(cfg)
-    return device.DeviceClient(config, factory, ticks_ms=clock.ticks, ticks_diff=lambda a, b: a - b,
-                               time_ms=lambda: 1_700_000_000_000, sleep_ms=clock.sleep,
-                               rng=os.urandom), keys
+    client = device.DeviceClient(config, factory, ticks_ms=clock.ticks, ticks_diff=lambda a, b: a - b,
+                                 time_ms=lambda: 1_700_000_000_000, sleep_ms=clock.sleep, rng=os.urandom)
+    session = session_keys.SessionKeys(keys["key"], keys["base_iv"], keys["session_id"])
+    client.protocol.set_session(dp.Session(session, b"gw", None, None, 0))
+    return client, keys
 
 
 def test_retransmits_with_dup_and_pops_in_order():

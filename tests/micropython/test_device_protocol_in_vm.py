@@ -94,6 +94,7 @@ out['names'] = names
 
 
 COMMANDS = """
+dev.open_commands(dp.MemoryRecord(dp.encode_commands(0, {})), NOW)   # the empty record of a provisioned device
 proof = cbor.loads(bytes.fromhex(%(proof)r))
 out['controller'] = dev.update_controller(proof).hex()
 results = []
