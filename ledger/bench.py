@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import hashlib
 import statistics
 import tempfile
+import threading
 import time
 from typing import Any
 
-from ledgerlink.core import spv
+from ledgerlink.core import cbor, spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.client import AsyncLedgerClient
 from ledgerlink.ledger.cluster import LocalCluster
@@ -194,6 +196,138 @@ async def _verify_times(cluster: LocalCluster) -> tuple[float, float]:
         spv.verify_record(header, proof[2], proof[3], proof[4])
     proof_ms = (time.perf_counter() - t0) * 1000 / reps
     return cert_ms, proof_ms
+
+
+# --- Byzantine runs -------------------------------------------------------------------------------
+
+BYZ_RATE = 150                 # tx/s offered to the honest nodes during a Byzantine run
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident set size of process ``pid`` in MB (Linux /proc), or None where unavailable."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class RateLoad:
+    """A thread that offers ``rate`` anchor transactions a second to ``nodes`` in turn (one
+    ``submit_many`` of rate/10 every 0.1 s, not waiting for commits); ``submitted`` holds the hash of
+    every transaction a node admitted."""
+
+    def __init__(self, cluster: LocalCluster, nodes: list[int], rate: float = BYZ_RATE) -> None:
+        from ledgerlink.ledger.client import LedgerClient
+        self.loader = Loader(cluster)
+        self.nodes = nodes
+        self.rate = rate
+        self.clients = {i: LedgerClient(cluster.config_path, prefer=i, timeout=2.0) for i in nodes}
+        self.submitted: list[bytes] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        k = 0
+        per_tick = max(1, round(self.rate / 10))
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            node = self.nodes[k % len(self.nodes)]
+            k += 1
+            txs = self.loader.txs(per_tick)
+            try:
+                results = self.clients[node].submit_many(txs, wait_ms=0)
+                for tx, r in zip(txs, results):
+                    if r.get("status") in ("pending", "committed"):
+                        self.submitted.append(hashlib.sha256(tx).digest())
+            except Exception:
+                self.errors += 1
+            next_t += 0.1
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+    def __enter__(self) -> "RateLoad":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        for c in self.clients.values():
+            c.close()
+
+
+def heights(client: Any, nodes: list[int]) -> dict[int, int]:
+    """Height of each of ``nodes`` (-1 for one that does not answer)."""
+    out = {}
+    for i in nodes:
+        try:
+            out[i] = client.request_to(i, "info")["height"]
+        except Exception:
+            out[i] = -1
+    return out
+
+
+def audit(cluster: LocalCluster, nodes: list[int], submitted: list[bytes] = (), wait_s: float = 20.0) -> list[str]:
+    """Safety of the honest ``nodes``, checked as a device would: every block's certified header
+    verifies against the validator set (2f+1 commit signatures), each header follows the one before
+    and carries the tx root of its transactions, all nodes hold the same blocks, no transaction is
+    committed twice; and every transaction in ``submitted`` is committed (within ``wait_s``).
+    Returns the violations (empty: all held)."""
+    from ledgerlink.ledger.client import LedgerClient
+    from ledgerlink.ledger.consensus.messages import tx_root
+    be = get_backend("cpython")
+    keys = list(cluster.config.validators)
+    chain_id = cluster.config.chain_id
+    bad: list[str] = []
+    with LedgerClient(cluster.config_path, prefer=nodes[0], timeout=10.0) as c:
+        deadline = time.monotonic() + wait_s
+        missing = list(submitted)
+        while missing and time.monotonic() < deadline:
+            missing = [h for h in missing
+                       if c.request_to(nodes[0], "status", hash=h).get("status") != "committed"]
+            if missing:
+                time.sleep(0.2)
+        if missing:
+            bad.append("%d of %d admitted transactions not committed after %.0f s"
+                       % (len(missing), len(submitted), wait_s))
+        tops = heights(c, nodes)
+        top = min(tops.values())
+        seen: set[bytes] = set()
+        prev = None
+        for h in range(top + 1):
+            blocks = [c.request_to(i, "block", height=h) for i in nodes]
+            if not all(b.get("ok") for b in blocks):
+                bad.append("block %d missing on a node" % h)
+                break
+            if len({cbor.dumps([b["certified_header"][0], b["txs"]]) for b in blocks}) != 1:
+                bad.append("FORK: nodes hold different blocks at height %d" % h)
+            for i, b in zip(nodes, blocks):
+                try:
+                    header = spv.verify_certified_header(b["certified_header"], chain_id, keys, be)
+                except Exception as exc:
+                    bad.append("node %d: certificate of block %d does not verify: %s" % (i, h, exc))
+                    continue
+                if header.tx_root != tx_root(b["txs"]):
+                    bad.append("node %d: tx root of block %d" % (i, h))
+                if i == nodes[0]:
+                    if prev is not None and (header.prev_hash != prev.hash or header.height != prev.height + 1):
+                        bad.append("broken header chain at %d" % h)
+                    prev = header
+                    for tx in b["txs"]:
+                        th = hashlib.sha256(tx).digest()
+                        if th in seen:
+                            bad.append("transaction committed twice (block %d)" % h)
+                        seen.add(th)
+        for i in nodes[1:]:
+            for h in submitted[:: max(1, len(submitted) // 50)]:
+                if c.request_to(i, "status", hash=h).get("status") != "committed":
+                    bad.append("node %d lacks a transaction node %d committed" % (i, nodes[0]))
+                    break
+    return bad
 
 
 def main(argv: list[str] | None = None) -> None:

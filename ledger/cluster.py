@@ -4,7 +4,8 @@
 and ``DIR/keys/*.key`` (validator keys, an admin key and a gateway key, hex, mode 0600), starts one
 ``ledgerlink.ledger.node`` process per validator (logs in ``DIR/node<i>.log``, blocks in
 ``DIR/node<i>/``), prints where they listen and stops them cleanly on Ctrl-C. ``LocalCluster`` is
-the same as a Python API for tests and benchmarks (start, stop, kill, restart single nodes).
+the same as a Python API for tests and benchmarks (start, stop, kill, restart single nodes; a node
+may run as a ``ledgerlink.ledger.rogue`` Byzantine validator instead).
 Private keys are never printed or logged.
 """
 
@@ -112,7 +113,10 @@ class LocalCluster:
     """Node processes of a generated cluster in ``data_dir``."""
 
     def __init__(self, data_dir: str | Path, nodes: int = 4, consensus: dict[str, Any] | None = None,
-                 log_level: str = "INFO", metrics: bool = False) -> None:
+                 log_level: str = "INFO", metrics: bool = False,
+                 rogues: dict[int, list[str]] | None = None) -> None:
+        """``rogues`` maps a validator index to the arguments of ``ledgerlink.ledger.rogue`` after the
+        common ones (e.g. ``["--attack", "slow"]``): that node runs as a Byzantine validator."""
         self.data_dir = Path(data_dir)
         self.config_path = self.data_dir / "cluster.json"
         if not self.config_path.exists():
@@ -122,11 +126,14 @@ class LocalCluster:
         self.procs: dict[int, subprocess.Popen] = {}
         self.metrics_ports: dict[int, int] = {}   # node index -> /metrics port, when ``metrics``
         self.metrics = metrics
+        self.rogues = dict(rogues or {})
 
     def node_args(self, i: int) -> list[str]:
         """Command line of node ``i`` (with ``--metrics-port`` when ``metrics``; the port stays across restarts)."""
-        args = [sys.executable, "-m", "ledgerlink.ledger.node", "--config", str(self.config_path),
+        module = "ledgerlink.ledger.rogue" if i in self.rogues else "ledgerlink.ledger.node"
+        args = [sys.executable, "-m", module, "--config", str(self.config_path),
                 "--index", str(i), "--data", str(self.data_dir / ("node%d" % i)), "--log-level", self.log_level]
+        args += self.rogues.get(i, [])
         if self.metrics:
             if i not in self.metrics_ports:
                 with socket.socket() as s:

@@ -70,9 +70,10 @@ restarts an extra, honest validator in 30% of its schedules).
 Limits. Committed blocks and the hashes
 of committed transactions are kept in memory (blocks answer fetches); the application is replayed
 from the blocks on restore. Blocks sent to a peer (fetch answers and pushes to a replica whose
-view-change shows it behind) draw on a per-peer byte budget that refills at ``max_message_size``
-bytes per second (each answer counts at least ``max_message_size // FETCH_MIN_COST_DIV`` bytes, so
-also at most that many small answers per second); a fetch beyond it is dropped ("fetch rate"),
+view-change shows it behind) draw on a per-peer byte budget that refills at ``max_message_size //
+SEND_BUDGET_DIV`` bytes per second (512 KiB/s by default; one full answer of half a message at
+once) and each answer counts at least ``max_message_size // FETCH_MIN_COST_DIV`` bytes (so at
+most 32 answers a second); a fetch beyond it is dropped ("fetch rate"),
 which bounds what a peer asking ``fetch-blocks 0..10^6`` in a loop costs in encoding and signing
 (tests/ledger/test_pbft_replica.py, and the simulator's flooding adversary). An honest replica
 asks one peer at a time, once per reply or per ``retransmit_ms``, and catches up at several
@@ -258,6 +259,7 @@ _VOTES = (m.PRE_PREPARE, m.PREPARE, m.COMMIT)
 SLOW_PRIMARY_FRACTION = 3     # a backup demands a view change below 1/3 of the rate the pool and recent blocks allow
 SLOW_PRIMARY_MIN_BLOCKS = 2
 FETCH_MIN_COST_DIV = 256
+SEND_BUDGET_DIV = 8                # blocks sent to one peer: max_message_size / 8 bytes a second
 FETCH_REQUESTS_PER_S = 50          # fetch-blocks a peer may send a second (burst as many)
 MAX_PEEK = 256                     # messages up to this size are looked at before their signature
 MAX_REFORWARD_EXP = 3      # a pending tx goes to the primary again after 1, 2, 4, 8, 8, ... retransmit_ms
@@ -1215,8 +1217,8 @@ class Replica:
 
     def _send_blocks(self, to: int, lo: int, hi: int) -> None:
         cap = self.config.max_message_size
-        tokens, at = self.send_budget.get(to, (cap, self.now))
-        tokens = min(cap, tokens + (self.now - at) * cap // 1000)
+        tokens, at = self.send_budget.get(to, (cap // 2, self.now))
+        tokens = min(cap // 2, tokens + (self.now - at) * cap // (1000 * SEND_BUDGET_DIV))
         if tokens < 0:
             self.send_budget[to] = (tokens, self.now)
             raise MessageError("fetch rate")

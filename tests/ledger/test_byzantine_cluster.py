@@ -1,0 +1,78 @@
+"""A rogue validator (one real key, ``ledgerlink.ledger.rogue``) beside 3 honest node processes on
+loopback, with a client offering 150 tx/s to the honest nodes: for each attack, safety (checked as a
+device would: certificates, header chain, tx roots, one chain, no transaction twice, every admitted
+transaction committed) and a liveness floor on the honest nodes. Also: a fresh cluster commits in
+view 0.
+
+The floors are far below what an idle machine gives (about 15 blocks/s at this load) and far above
+what the attacks left before the defences (a slow primary: 1.3 blocks/s for good)."""
+
+import time
+
+import pytest
+
+from ledgerlink.ledger.bench import RateLoad, audit, heights, rss_mb
+from ledgerlink.ledger.client import LedgerClient
+from ledgerlink.ledger.cluster import LocalCluster
+
+HONEST = [1, 2, 3]
+ATTACK_S = 4.0
+RSS_LIMIT_MB = 200
+
+
+def run(tmp_path, rogue_args, rogue=0, attack_s=ATTACK_S):
+    """Start the cluster with validator ``rogue`` attacking from the start; offer load for
+    ``attack_s``; return (blocks the honest nodes committed meanwhile, views, peak RSS, violations)."""
+    cluster = LocalCluster(tmp_path, 4, rogues={rogue: rogue_args}, log_level="WARNING")
+    honest = [i for i in range(4) if i != rogue]
+    cluster.start()
+    try:
+        with LedgerClient(cluster.config_path, prefer=honest[0], timeout=5.0) as c:
+            h0 = heights(c, honest)
+            peak = 0.0
+            with RateLoad(cluster, honest) as load:
+                end = time.monotonic() + attack_s
+                while time.monotonic() < end:
+                    time.sleep(0.25)
+                    for i in honest:
+                        peak = max(peak, rss_mb(cluster.procs[i].pid) or 0.0)
+            h1 = heights(c, honest)
+            views = {i: c.request_to(i, "info")["view"] for i in honest}
+        violations = audit(cluster, honest, load.submitted)
+        blocks = min(h1[i] - h0[i] for i in honest)
+        return blocks, views, peak, violations
+    finally:
+        cluster.stop()
+
+
+def test_a_fresh_cluster_commits_in_view_0(tmp_path):
+    """No view change at a fresh start (every fresh cluster changed view in its first second)."""
+    with LocalCluster(tmp_path, 4, log_level="WARNING") as cluster, \
+            LedgerClient(cluster.config_path, timeout=5.0) as c:
+        with RateLoad(cluster, [0, 1, 2, 3]) as load:
+            time.sleep(1.5)
+        assert not audit(cluster, [0, 1, 2, 3], load.submitted)
+        infos = [c.request_to(i, "info") for i in range(4)]
+        assert min(i["height"] for i in infos) >= 5
+        assert [i["view"] for i in infos] == [0, 0, 0, 0]
+
+
+def test_slow_primary_is_replaced(tmp_path):
+    blocks, views, peak, bad = run(tmp_path, ["--attack", "slow", "--hold-ms", "800"])
+    assert not bad
+    assert min(views.values()) >= 1                  # the honest backups left the slow primary's view
+    assert blocks >= 12, blocks                      # 1.3 blocks/s (about 5) without the rule
+
+
+def test_equivocating_primary(tmp_path):
+    blocks, views, peak, bad = run(tmp_path, ["--attack", "equivocate"])
+    assert not bad
+    assert blocks >= 8, blocks
+
+
+@pytest.mark.parametrize("attack, rogue", [("oversized", 3), ("fetch-flood", 3), ("vote-flood", 3)])
+def test_flooding_replica(tmp_path, attack, rogue):
+    blocks, views, peak, bad = run(tmp_path, ["--attack", attack], rogue=rogue)
+    assert not bad
+    assert blocks >= 8, blocks
+    assert peak < RSS_LIMIT_MB, peak
