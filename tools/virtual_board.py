@@ -1,5 +1,18 @@
 """A virtual MicroPython board on TCP, so deploy and the HIL checks run in CI without hardware.
 
+Runtime: by default each program runs on board32 (../shared/tools/micropython-board32: 32-bit MicroPython
+with its garbage collector on, a fixed heap, ROMFS and ``gc.peak_live``) with the heap of a board
+profile (``--board esp32``: 110,000 bytes; ``picow``: 190,000; ``--heap`` overrides), so a program that
+does not fit a board's heap fails here with MemoryError as it would there. ``--runtime wasi`` keeps the
+WASI build (collection off, a roomy heap; below). A missing board32 fails loudly.
+
+ROMFS: the board has a ROMFS partition of ``romfs_bytes`` (the profile's ``[memory] romfs_bytes``; none
+when 0), kept as the host file ``<flash>.romfs`` beside the flash folder. ``mpremote romfs deploy`` and
+``romfs query`` work: their fixed snippets are served on the host as the file commands are, and each
+later program runs with the image mounted at ``/rom`` (``/rom/lib`` ahead of ``/lib`` on ``sys.path``, as
+on boards), so ``ledgerlink deploy`` can write either layout. ``--preload`` puts the compiled library
+on the board in the profile's deploy layout (``--layout`` overrides).
+
 ``VirtualBoard`` listens on 127.0.0.1 and speaks MicroPython's raw REPL over the socket, the byte
 protocol mpremote uses on a serial port; pyserial's ``socket://`` URLs let mpremote connect to it:
 ``mpremote connect socket://127.0.0.1:PORT exec "print(1+1)"``.
@@ -13,34 +26,42 @@ with flow control: ``R\\x01``, a 16-bit window, ``\\x01`` per window consumed, `
 The board's flash is a host folder. mpremote's file commands (``fs ls/cat/cp/mkdir/rm/rmdir/touch/
 sha256sum``) send fixed snippets of code; those snippets are recognised exactly and served from the
 folder on the host, with paths confined to it. Every other program runs in a fresh instance of real
-MicroPython (the WASI build, ``micropython_vm.run_wasm`` with the harness preamble: automatic
-collection off, ``-X heapsize``) with the flash folder mounted read-write at ``/input`` (``/input/lib``
-on ``sys.path``, the working directory moved to ``/input``), so ``import ledgerlink.core.p256`` loads
-what was copied to ``/lib``. Files that board code writes (``open``, ``os.rename``, ``os.remove``,
+MicroPython, as after a reset: on board32, a new process with the flash folder as its working directory
+(``/lib`` of the flash on ``sys.path``; an absolute path in board code is the host's); on the WASI
+build (``micropython_vm.run_wasm`` with the harness preamble: automatic collection off, ``-X heapsize``)
+with the flash folder mounted read-write at ``/input`` (``/input/lib`` on ``sys.path``, the working
+directory moved to ``/input``). Either way ``import ledgerlink.core.p256`` loads what was copied to
+``/lib`` (or the ROMFS image). Files that board code writes (``open``, ``os.rename``, ``os.remove``,
 ``os.mkdir`` with paths relative to the working directory; an absolute path names the VM's root, not
 the flash) stay in the folder for the life of the server, as on a board's flash: later execs and
-mpremote's file commands see them. ``os.urandom`` on the board is ``host_urandom`` of the preamble
-(a fresh 32-byte seed from the host's ``os.urandom`` per exec, expanded with SHA-256): the WASI
-build's own reads ``/dev/urandom``, which the sandbox does not have. Not supported: variables kept
+mpremote's file commands see them. ``os.urandom`` is board32's own; on the WASI build it is
+``host_urandom`` of the preamble (a fresh 32-byte seed from the host's ``os.urandom`` per exec, expanded
+with SHA-256): that build's own reads ``/dev/urandom``, which the sandbox does not have. Not supported: variables kept
 between two execs (each exec is a new VM), interrupting a running program with Ctrl-C, the friendly REPL (input there is ignored),
 ``mpremote mount``, ``machine`` peripherals.
 
 Network (opt-in, ``network_allow`` / ``--network``): a real board reaches its broker over Wi-Fi with
-``socket``; the WASI build has no sockets, so with ``--network`` each exec gets ``host_call`` (the
-preamble of ``micropython_vm``) and the host functions of a fresh ``socket_bridge.SocketBridge``, whose
-sockets board code opens with ``transport.CallTransport(host_call, host, port)``. Only addresses in the
-allow list are connected to (``--network-allow``, repeatable, addresses or networks; 127.0.0.1 by
-default); any other host raises OSError on the board naming the allow list. The sockets of an exec are
-closed when it ends, as a reset closes a board's. Without ``--network`` ``host_call`` is not defined.
+``socket``; here each exec gets ``host_call`` and the host functions of a fresh
+``socket_bridge.SocketBridge``, whose sockets board code opens with ``transport.CallTransport(host_call,
+host, port)`` (on board32 ``host_call`` is a JSON-line link to the host, ``board_runtime.HostLink``; on
+the WASI build the preamble of ``micropython_vm``). Only addresses in the allow list are connected to
+(``--network-allow``, repeatable, addresses or networks; 127.0.0.1 by default); any other host raises
+OSError on the board naming the allow list. The sockets of an exec are closed when it ends, as a reset
+closes a board's. Without ``--network`` ``host_call`` is not defined. On board32 the ``socket`` module
+board code imports is one whose calls raise OSError (the virtual board has no network / reaches the
+network only through ``host_call``): this keeps honest board code inside the allow list; it is not a
+sandbox against code that looks for the host link's own socket.
 
-Command line: ``python3 -m ledgerlink.tools.virtual_board --port 2323 [--flash DIR] [--preload]
-[--network [--network-allow ADDR]...]`` (also ``ledgerlink virtual-board``).
+Command line: ``python3 -m ledgerlink.tools.virtual_board --port 2323 [--board esp32] [--heap N]
+[--layout romfs|files] [--runtime board32|wasi] [--flash DIR] [--preload] [--network [--network-allow
+ADDR]...]`` (also ``ledgerlink virtual-board``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import binascii
 import hashlib
 import os
 import posixpath
@@ -48,12 +69,16 @@ import re
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from ledgerlink.tools.micropython_vm import ERROR_MARK, GUARD, HOST_PREAMBLE, PREAMBLE, VMError, run_wasm, stage
+from ledgerlink.tools import deploy
+from ledgerlink.tools.board_runtime import HOST_PREAMBLE as BOARD32_HOST_PREAMBLE
+from ledgerlink.tools.board_runtime import HostLink, board32
+from ledgerlink.tools.micropython_vm import ERROR_MARK, GUARD, HOST_PREAMBLE, PREAMBLE, VMError, run_wasm
 from ledgerlink.tools.socket_bridge import SocketBridge, parse_allow
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
@@ -65,6 +90,48 @@ DEFAULT_HEAP = 16 * 1024 * 1024
 DEFAULT_FUEL = 20_000_000_000
 DEFAULT_EXEC_TIMEOUT = 300.0
 DEFAULT_NETWORK_ALLOW = ("127.0.0.1",)
+RUNTIMES = ("board32", "wasi")
+DEFAULT_BOARD = "virtual"
+ROMFS_MAGIC = b"\xd2\xcd\x31"
+ROMFS_MIN_WRITE = 4096
+# board32: the script's folder is sys.path[0]; a board's is '' (its working directory, the flash root).
+# vfs.rom_ioctl(1/2) answer with this board's partition, as a board's do (mpremote and deploy's probe
+# read its size); os.urandom is board32's own; host_urandom keeps programs written for the WASI VM working.
+BOARD32_PREAMBLE = """\
+import sys, os, vfs as _vfs
+sys.path[0] = ''
+host_urandom = os.urandom
+
+class _RomPartition:
+    def __len__(self):
+        return %d
+
+class _BoardVfs:
+    def rom_ioctl(self, op, *args):
+        if op == 1:
+            return 1 if %d else 0
+        if op == 2:
+            return _RomPartition() if %d and args[0] == 0 else -19
+        return -22
+
+    def __getattr__(self, name):
+        return getattr(_vfs, name)
+
+sys.modules['vfs'] = _BoardVfs()
+del _BoardVfs
+"""
+BOARD32_NO_SOCKETS = """\
+class _NoNetwork:
+    def __getattr__(self, name):
+        def refuse(*args, **kwargs):
+            raise OSError(%r)
+        return refuse
+
+sys.modules['socket'] = sys.modules['usocket'] = _NoNetwork()
+del _NoNetwork
+"""
+NO_NETWORK = "the virtual board has no network: start it with --network"
+HOST_SOCKETS_ONLY = "the virtual board reaches the network only through host_call (transport.CallTransport)"
 BOARD_PREAMBLE = """\
 import os
 os.chdir('/input')
@@ -86,7 +153,7 @@ import os
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 _ERRNO = {"ENOENT": 2, "EIO": 5, "EEXIST": 17, "ENOTDIR": 20, "EISDIR": 21, "EINVAL": 22, "ENOTEMPTY": 39,
-          "EACCES": 13}
+          "EACCES": 13, "ENODEV": 19}
 
 
 class BoardOSError(Exception):
@@ -186,7 +253,18 @@ def _path_arg(text: str) -> str:
 _P = r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"  # one Python string literal
 FS_SNIPPETS = [
     ("listdir", re.compile(r"import os\nfor f in os\.ilistdir\(%s?\):\n print\(repr\(f\), end=','\)" % _P)),
-    ("noop", re.compile(r"import os|import hashlib")),
+    ("noop", re.compile(r"import os|import hashlib|import vfs|from binascii import a2b_base64|from io import BytesIO"
+                        r"|import vfs\ntry:\n vfs\.umount\('/rom'\)\nexcept:\n pass")),
+    ("no_deflate", re.compile(r"from deflate import DeflateIO,RAW")),
+    ("true", re.compile(r"print\(repr\((?:hasattr\(vfs,'rom_ioctl'\)|hasattr\(bytes,'fromhex'\))\)\)")),
+    ("false", re.compile(r"print\(repr\(hasattr\(dev,'ioctl'\)\)\)")),
+    ("rom_dev", re.compile(r"dev=vfs\.rom_ioctl\(2,(\d+)\)")),
+    ("rom_missing", re.compile(r"print\(repr\(isinstance\(dev,int\) and dev<0\)\)")),
+    ("rom_len", re.compile(r"print\(repr\(len\(dev\)\)\)")),
+    ("rom_head", re.compile(r"print\(repr\(bytes\(memoryview\(dev\)\[:(\d+)\]\)\)\)")),
+    ("rom_ioctl", re.compile(r"print\(repr\(vfs\.rom_ioctl\((\d+)((?:,\d+)*)\)\)\)")),
+    ("rom_buf", re.compile(r"buf=a2b_base64\((b'[A-Za-z0-9+/=\\n]*')\)")),
+    ("rom_write", re.compile(r"vfs\.rom_ioctl\(4,(\d+),(\d+),buf\)")),
     ("stat", re.compile(r"print\(repr\(tuple\(os\.stat\(%s\)\)\)\)" % _P)),
     ("cat", re.compile(r"with open\(%s\) as f:\n while 1:\n  b=f\.read\((\d+)\)\n  if not b:break\n"
                        r"  print\(b,end=''\)" % _P)),
@@ -215,6 +293,7 @@ class Session:
         self.conn = conn
         self.file = None
         self.hash = None
+        self.rom_buf = b""
 
     def send(self, data: bytes) -> None:
         self.conn.sendall(data)
@@ -321,6 +400,8 @@ class Session:
                     return self._file_op(kind, match.groups()), b""
                 except BoardOSError as exc:
                     return b"", _traceback("OSError: [Errno %d] %s" % (_ERRNO[exc.name], exc.name))
+                except ImportError as exc:
+                    return b"", _traceback("ImportError: %s" % exc)
                 except (ValueError, SyntaxError) as exc:
                     return b"", _traceback("ValueError: %s" % exc)
                 except OSError as exc:
@@ -331,6 +412,8 @@ class Session:
         flash = self.board.flash
         if kind == "noop":
             return b""
+        if kind.startswith("rom") or kind in ("true", "false", "no_deflate"):
+            return self._rom_op(kind, args)
         if kind == "listdir":
             entries = flash.ilistdir(_path_arg(args[0]) if args[0] else "")
             return "".join(repr(e) + "," for e in entries).encode()
@@ -377,24 +460,125 @@ class Session:
             return repr(self.hash.digest()).encode() + b"\r\n"
         raise ValueError(kind)
 
+    def _rom_op(self, kind: str, args: tuple) -> bytes:
+        """mpremote's ``romfs query`` / ``romfs deploy`` snippets against the board's ROMFS partition."""
+        rom = self.board.romfs
+        if kind in ("true", "false"):
+            return repr(kind == "true").encode() + b"\r\n"
+        if kind == "no_deflate":
+            raise ModuleNotFoundError("no module named 'deflate'")
+        if kind == "rom_dev":
+            if int(args[0]) != 0 or rom.size == 0:
+                raise BoardOSError("ENODEV")
+            return b""
+        if kind == "rom_missing":
+            return repr(rom.size == 0).encode() + b"\r\n"
+        if kind == "rom_len":
+            return repr(rom.size).encode() + b"\r\n"
+        if kind == "rom_head":
+            return repr(rom.read()[:int(args[0])].ljust(int(args[0]), b"\xff")).encode() + b"\r\n"
+        if kind == "rom_buf":
+            self.rom_buf = binascii.a2b_base64(ast.literal_eval(args[0]))
+            return b""
+        if kind == "rom_write":
+            rom.write(int(args[1]), self.rom_buf)
+            return b""
+        op, rest = int(args[0]), [int(a) for a in args[1].split(",") if a]
+        if op == 1:
+            return repr(1 if rom.size else 0).encode() + b"\r\n"
+        if op == 6:
+            return repr(rom.size).encode() + b"\r\n"
+        if op == 3:
+            rom.erase()
+            return repr(ROMFS_MIN_WRITE).encode() + b"\r\n"
+        if op == 5:
+            rom.finish()
+            return b"0\r\n"
+        raise ValueError("rom_ioctl %d" % op)
+
+
+def _split_board32_output(proc: subprocess.CompletedProcess, script: bytes, preamble_lines: int) -> tuple[bytes, bytes]:
+    """(output, traceback) of a board32 run: the unix port prints an uncaught exception's traceback on
+    stdout, last; its line numbers are made relative to the program, as a board's raw REPL gives them."""
+    out = proc.stdout
+    if proc.returncode == 0:
+        return out, b""
+    at = out.rfind(b"Traceback (most recent call last):")
+    if at < 0:
+        return out, _traceback("RuntimeError: board32 exited with code %d %s" % (
+            proc.returncode, proc.stderr.decode("utf-8", "replace").strip()[-300:]))
+
+    def line(match: re.Match) -> bytes:
+        return b'File "<stdin>", line %d' % max(1, int(match.group(1)) - preamble_lines)
+
+    err = re.sub(rb'File "' + re.escape(script) + rb'", line (\d+)', line, out[at:])
+    return out[:at], err.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+class RomPartition:
+    """The board's ROMFS partition: ``size`` bytes (0: none), its contents in a host file."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self.pending: bytearray | None = None
+        self.end = 0
+
+    def read(self) -> bytes:
+        return self.path.read_bytes() if self.path.is_file() else b""
+
+    def image(self) -> Path | None:
+        """The host file when it holds a ROMFS image (what a board mounts at /rom)."""
+        return self.path if self.read()[:3] == ROMFS_MAGIC else None
+
+    def erase(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.pending = bytearray()
+        self.end = 0
+
+    def write(self, offset: int, data: bytes) -> None:
+        if self.pending is None:
+            raise ValueError("partition not prepared")
+        if offset + len(data) > self.size:
+            raise BoardOSError("EINVAL")
+        if len(self.pending) < offset + len(data):
+            self.pending.extend(bytes(offset + len(data) - len(self.pending)))
+        self.pending[offset:offset + len(data)] = data
+        self.end = max(self.end, offset + len(data))
+
+    def finish(self) -> None:
+        if self.pending is not None:
+            self.path.write_bytes(bytes(self.pending[:self.end]))
+        self.pending = None
+
 
 class VirtualBoard:
     """A raw-REPL server on 127.0.0.1 backed by a flash folder; one client at a time, like a serial port."""
 
     def __init__(self, flash_dir: Path | None = None, port: int = 0, heap_bytes: int = DEFAULT_HEAP,
                  fuel: int = DEFAULT_FUEL, exec_timeout: float = DEFAULT_EXEC_TIMEOUT,
-                 preload_library: bool = False, network_allow: list[str] | tuple[str, ...] | None = None) -> None:
+                 preload_library: bool = False, network_allow: list[str] | tuple[str, ...] | None = None,
+                 runtime: str = "board32", romfs_bytes: int = 0, layout: str = "files") -> None:
         """``network_allow``: addresses or networks board code may connect to through the host (None: no
-        network); ValueError when an entry is not an address or network."""
+        network); ValueError when an entry is not an address or network, or ``runtime`` / ``layout`` is
+        unknown; ``board_runtime.BoardError`` when board32 is missing. ``romfs_bytes``: the ROMFS
+        partition (0: none). ``preload_library`` stages the library and client in ``layout``."""
         if network_allow is not None:
             parse_allow(network_allow)
+        if runtime not in RUNTIMES:
+            raise ValueError("runtime must be one of %s" % ", ".join(RUNTIMES))
+        if layout not in deploy.LAYOUTS:
+            raise ValueError("layout must be one of %s" % ", ".join(deploy.LAYOUTS))
+        self.runtime = runtime
+        self.exe = board32() if runtime == "board32" else None
         self.network_allow = None if network_allow is None else list(network_allow)
         self._own_flash = flash_dir is None
         root = Path(flash_dir) if flash_dir is not None else Path(tempfile.mkdtemp(prefix="ledgerlink-board-"))
         root.mkdir(parents=True, exist_ok=True)
-        if preload_library:
-            stage(root)
         self.flash = Flash(root)
+        self.romfs = RomPartition(self.flash.root.with_name(self.flash.root.name + ".romfs"), romfs_bytes)
+        if preload_library:
+            self.preload(layout)
         self.heap_bytes = heap_bytes
         self.fuel = fuel
         self.exec_timeout = exec_timeout
@@ -411,8 +595,25 @@ class VirtualBoard:
     def url(self) -> str:
         return "socket://127.0.0.1:%d" % self.port
 
+    def preload(self, layout: str) -> None:
+        """Put the compiled library and client on the board: as an image in the ROMFS partition, or in /lib."""
+        files = deploy.library_sources()
+        if layout == "romfs":
+            if self.romfs.size == 0:
+                raise ValueError("this virtual board has no ROMFS partition: preload with layout files")
+            self.romfs.erase()
+            deploy.build_image(files, self.romfs.path)
+            self.romfs.pending = None
+            if self.romfs.path.stat().st_size > self.romfs.size:
+                self.romfs.path.unlink()
+                raise ValueError("the library image does not fit the %d-byte ROMFS partition" % self.romfs.size)
+        else:
+            deploy.compile_files(files, self.flash.root)
+
     def run_program(self, code: str) -> tuple[bytes, bytes]:
-        """Run ``code`` in a fresh MicroPython with the flash mounted; (stdout, traceback)."""
+        """Run ``code`` in a fresh MicroPython with the flash (and ROMFS image) in place; (stdout, traceback)."""
+        if self.runtime == "board32":
+            return self._run_board32(code)
         self.execs += 1
         program = PREAMBLE % os.urandom(32).hex() + BOARD_PREAMBLE
         bridge = None
@@ -431,6 +632,36 @@ class VirtualBoard:
                 bridge.close()
         out, sep, err = result.stdout.partition(ERROR_MARK)
         return out.encode(), err.lstrip("\n").encode() if sep else b""
+
+    def _run_board32(self, code: str) -> tuple[bytes, bytes]:
+        self.execs += 1
+        size = self.romfs.size
+        program = BOARD32_PREAMBLE % (size, size, size)
+        bridge = link = None
+        if self.network_allow is not None:
+            bridge = SocketBridge(self.network_allow)
+            link = HostLink(bridge.functions())
+            program += BOARD32_HOST_PREAMBLE % link.port
+        program += BOARD32_NO_SOCKETS % (NO_NETWORK if bridge is None else HOST_SOCKETS_ONLY)
+        env = dict(os.environ, MICROPYPATH=".frozen:%s" % (self.flash.root / "lib"))
+        env.pop("MICROPY_ROMFS", None)
+        image = self.romfs.image()
+        if image is not None:
+            env["MICROPY_ROMFS"] = str(image)
+        with tempfile.TemporaryDirectory(prefix="ledgerlink-exec-") as tmp:
+            script = Path(tmp) / "stdin.py"
+            script.write_text(program + code + "\n")
+            try:
+                proc = subprocess.run([str(self.exe), "-X", "heapsize=%d" % self.heap_bytes, str(script)],
+                                      cwd=self.flash.root, env=env, capture_output=True, timeout=self.exec_timeout)
+            except subprocess.TimeoutExpired:
+                return b"", _traceback("RuntimeError: the program ran longer than %.0f s" % self.exec_timeout)
+            finally:
+                if link is not None:
+                    link.close()
+                if bridge is not None:
+                    bridge.close()
+        return _split_board32_output(proc, str(script).encode(), program.count("\n"))
 
     def serve_forever(self) -> None:
         while not self._stopping.is_set():
@@ -460,6 +691,7 @@ class VirtualBoard:
             self._thread.join(timeout=5)
         if self._own_flash:
             shutil.rmtree(self.flash.root, ignore_errors=True)
+            self.romfs.path.unlink(missing_ok=True)
 
     def __enter__(self) -> "VirtualBoard":
         return self.start()
@@ -472,9 +704,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m ledgerlink.tools.virtual_board",
                                      description="A MicroPython raw REPL on 127.0.0.1 for mpremote socket:// URLs.")
     parser.add_argument("--port", type=int, default=2323)
+    parser.add_argument("--board", default=DEFAULT_BOARD,
+                        help="board profile whose heap and ROMFS partition the board has: %s (default %s)"
+                             % (", ".join(deploy.board_names()), DEFAULT_BOARD))
+    parser.add_argument("--runtime", choices=RUNTIMES, default="board32",
+                        help="board32 (collector on, the profile's heap; default) or wasi (collection off)")
+    parser.add_argument("--layout", choices=deploy.LAYOUTS,
+                        help="how --preload puts the library on the board (default: the profile's deploy layout)")
     parser.add_argument("--flash", type=Path, help="host folder holding the board's files (default: a temp folder)")
-    parser.add_argument("--preload", action="store_true", help="put the compiled library in /lib first")
-    parser.add_argument("--heap", type=int, default=DEFAULT_HEAP, help="MicroPython heap per exec, bytes")
+    parser.add_argument("--preload", action="store_true", help="put the compiled library on the board first")
+    parser.add_argument("--heap", type=int, help="MicroPython heap per exec, bytes (default: the profile's "
+                                                 "heap_bytes on board32, %d on wasi)" % DEFAULT_HEAP)
     parser.add_argument("--network", action="store_true",
                         help="let board code open TCP connections through this host (host_call sockets)")
     parser.add_argument("--network-allow", action="append", metavar="ADDR",
@@ -485,17 +725,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.network or args.network_allow:
         allow = args.network_allow or list(DEFAULT_NETWORK_ALLOW)
     try:
-        board = VirtualBoard(args.flash, port=args.port, heap_bytes=args.heap, preload_library=args.preload,
-                             network_allow=allow)
+        parse_allow(allow or [])
     except ValueError as exc:
         print("virtual board: --network-allow: %s" % exc, file=sys.stderr)
+        return 2
+    try:
+        profile = deploy.load_profile(args.board)
+    except deploy.DeployError as exc:
+        print("virtual board: --board: %s" % exc, file=sys.stderr)
+        return 2
+    heap = args.heap or (profile["memory"]["heap_bytes"] if args.runtime == "board32" else DEFAULT_HEAP)
+    romfs_bytes = profile["memory"].get("romfs_bytes", 0) if args.runtime == "board32" else 0
+    layout = args.layout or deploy.default_layout(profile)
+    try:
+        board = VirtualBoard(args.flash, port=args.port, heap_bytes=heap, preload_library=args.preload,
+                             network_allow=allow, runtime=args.runtime, romfs_bytes=romfs_bytes, layout=layout)
+    except (ValueError, VMError, deploy.DeployError) as exc:
+        print("virtual board: %s" % exc, file=sys.stderr)
         return 2
     except OSError as exc:
         print("virtual board: cannot listen on 127.0.0.1:%d (%s); pick another --port" % (args.port, exc.strerror),
               file=sys.stderr)
         return 2
     network = "network to %s" % ", ".join(allow) if allow is not None else "no network"
-    print("virtual board on %s, flash %s, %s" % (board.url, board.flash.root, network), flush=True)
+    rom = "ROMFS partition %d bytes" % romfs_bytes if romfs_bytes else "no ROMFS partition"
+    print("virtual board on %s, flash %s, %s; %s, %s heap %d bytes, %s" % (
+        board.url, board.flash.root, network, profile["name"], args.runtime, heap, rom), flush=True)
     try:
         board.serve_forever()
     except KeyboardInterrupt:

@@ -23,11 +23,15 @@ the host's sockets (``transport.CallTransport`` with ``host_call``, given by ``v
 has no broker (or with ``--skip-session``); every other problem (no key, broker unreachable, the
 session response or a receipt not checking out, a timeout) fails it with the reason.
 
+Each program reports the peak heap of its step (``heap.peak_per_step`` in the JSON, a table in the text):
+``gc.peak_live()`` where the firmware has it (board32, the QEMU board: the highest live heap after any
+collection during the step), the lowest ``gc.mem_free()`` seen otherwise (sampled before each collection).
+
 Writes ``<board>.txt`` (a table) and ``<board>.json`` to ``--out``. Exit 0 when every vector passed and
 the session step passed or was skipped, 1 when something failed, 3 when the board did not answer.
 
-On the WASI build behind tools/virtual_board.py, ``gc.collect()`` is not called (that build's collector
-corrupts memory); on boards it runs before each measurement.
+On the WASI build (``virtual_board --runtime wasi``), ``gc.collect()`` is not called (that build's
+collector corrupts memory); on boards and board32 it runs before each measurement.
 """
 
 from __future__ import annotations
@@ -48,14 +52,31 @@ STORAGE_DIR = "ll"
 DEVICE_PRELUDE = """\
 import sys, gc, time, json
 WASI = getattr(sys.implementation, '_build', '') == 'wasi'
+PEAK = hasattr(gc, 'peak_live')
+_lowest = [gc.mem_free()]
+def _sample():
+    _lowest[0] = min(_lowest[0], gc.mem_free())
 def collect():
+    _sample()
     if not WASI:
         gc.collect()
 def free():
     collect()
     return gc.mem_free()
+def heap_peak():
+    # the step's peak heap: gc.peak_live (highest live heap after any collection) where the firmware has
+    # it, else the lowest gc.mem_free seen (sampled before each collection)
+    if PEAK:
+        gc.collect()
+        return {'bytes': gc.peak_live()[0], 'measure': 'peak_live'}
+    _sample()
+    return {'bytes': _lowest[0], 'measure': 'lowest_free'}
 def report(obj):
+    obj['heap_peak'] = heap_peak()
     print('HIL:' + json.dumps(obj))
+if PEAK:
+    gc.collect()
+    gc.peak_live(True)
 def rng(n):
     try:
         return host_urandom(n)
@@ -365,6 +386,9 @@ run(body)
 """
 
 
+MEASURES = {"peak_live": "gc.peak_live (highest live heap)", "lowest_free": "lowest gc.mem_free"}
+
+
 class BoardError(Exception):
     """The board did not answer or a device program raised."""
 
@@ -490,11 +514,17 @@ def run_checks(port: str, board: str, out_dir: Path, cases: int = 3, repeat: int
     else:
         step = {"status": "skipped", "reason": "--skip-session given", "readings": [], "readings_asked": 0,
                 "receipts_verified": 0}
+    steps = {"info": info, "ecdsa_vectors": ecdsa, "ccm_vectors": ccm, "ecdsa_timings": sig, "ecqv_timings": ecqv}
+    if "open" in step:
+        steps["session_open"] = step["open"]
+    for i, reading in enumerate(step["readings"], 1):
+        steps["reading_%d" % i] = reading
     report = {
         "board": board, "port": port, "device": info,
         "vectors": vectors, "timings": timings,
         "heap": {"free_at_start": info["mem_free"], "free_after_vectors": ecdsa["mem_free"],
-                 "lowest_during_ecdsa": sig["mem_low"], "lowest_during_ecqv": ecqv["mem_low"]},
+                 "lowest_during_ecdsa": sig["mem_low"], "lowest_during_ecqv": ecqv["mem_low"],
+                 "peak_per_step": {name: part["heap_peak"] for name, part in steps.items() if "heap_peak" in part}},
         "session": step,
         "passed": not vectors["ecdsa"]["failed"] and not vectors["aes_ccm"]["failed"] and step["status"] != "fail",
         "wall_s": round(time.time() - started, 1),
@@ -518,7 +548,11 @@ def render(report: dict) -> str:
         lines.append("%-18s %4d %8d %8d %8d" % (name, t["n"], t["min_ms"], t["median_ms"], t["max_ms"]))
     lines += ["", "%-26s %10s" % ("heap", "bytes free")]
     for name, value in report["heap"].items():
-        lines.append("%-26s %10d" % (name, value))
+        if name != "peak_per_step":
+            lines.append("%-26s %10d" % (name, value))
+    lines += ["", "%-26s %10s  %s" % ("peak heap per step", "bytes", "measure")]
+    for name, peak in report["heap"]["peak_per_step"].items():
+        lines.append("%-26s %10d  %s" % (name, peak["bytes"], MEASURES[peak["measure"]]))
     lines += [""] + render_session(report["session"])
     lines += ["", "result: %s" % ("PASS" if report["passed"] else "FAIL")]
     return "\n".join(lines) + "\n"
