@@ -1,0 +1,629 @@
+"""Fault injection on real processes: ``python3 -m ledgerlink.tools.chaos --seeds A:B``.
+
+Each seed starts a site (``ledgerlink.tools.stack``: an MQTT broker, a 4-node PBFT ledger, two gateway
+processes in one shared subscription, supervised as ``ledgerlink up`` supervises it) in a temporary
+directory, and CPython devices (``ledgerlink.device.Device``, each its own process) that publish readings
+throughout. A schedule drawn from the seed then SIGKILLs, SIGSTOPs (and SIGCONTs) and SIGTERMs gateways
+(one, or both at once), ledger nodes (the primary among them; at most one node down at a time, the
+fault PBFT tolerates), the broker and devices, and takes devices offline for long stretches (they go
+on making readings into their durable queue). The supervisor starts crashed parts again; killed devices
+are started again after a pause. After the schedule the site heals (every stopped process continued,
+every device online), devices stop making readings and drain, and the checks run:
+
+- every reading a device made (its ``created.log``, written after the reading is in its durable queue)
+  is in the gateway store exactly once, in an anchored batch, and its receipt was checked by the device
+  (the receipts kept in its queue file, and those its ``on_receipt`` logged);
+- no acknowledged ledger transaction is lost: every batch the store calls anchored is committed on the
+  ledger;
+- no process is left behind (site parts and devices, all that ever ran).
+
+It prints, per seed and over all seeds: readings lost, stored twice, not anchored, without a checked
+receipt; and the first new receipt after a gateway restart (from the restart to the first receipt any
+device checked after it) at p50/p99, against the 5 s target. ``--outage`` runs the backlog scenario
+instead: one device offline for what a 1 Hz device makes in ``--outage-s`` seconds (600: ten minutes),
+made at ``--outage-rate`` per second (time compressed: the backlog is the same size, its readings are
+younger), then online; it prints the drain time, the refusals the device saw and how many readings were
+lost. Exit status 0 when every check of every seed held.
+
+``--keep DIR`` keeps each seed's site and device directories (logs, stores, queues) under DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+SITE = "chaos"
+GATEWAYS = 2
+NODES = 4
+DEVICE_BACKOFF_S = (0.2, 2.0)
+TICK_S = 0.1
+DEVICE_RESTART_S = (0.5, 3.0)        # a killed device is started again after this long
+STOP_S = (0.5, 3.0)                  # a SIGSTOPped process is continued after this long
+OFFLINE_S = (3.0, 10.0)              # a device goes offline for this long
+FAULT_GAP_S = (0.7, 2.5)             # time between faults
+HEAL_S = 60.0                        # after the schedule: time for every part to run and subscribe again
+DRAIN_S = 120.0                      # then for every device's queue to drain and its receipts to come
+RECEIPT_TARGET_S = 5.0
+FAULTS = ("gateway-kill", "gateways-kill", "gateway-term", "gateway-stop", "node-kill", "primary-kill",
+          "node-stop", "broker-kill", "device-kill", "device-offline")
+
+
+# --- the device process ----------------------------------------------------------------------------------
+
+
+def device_main(directory: str) -> int:
+    """Run one device from ``directory/device.json`` until SIGTERM (see the module docstring)."""
+    from ledgerlink.device.client import Device
+
+    d = Path(directory)
+    cfg = json.loads((d / "device.json").read_text())
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    receipts = open(d / "receipts.log", "a")
+    refusals = open(d / "refusals.log", "a")
+
+    def on_receipt(ev: Any) -> None:
+        if ev.valid:
+            receipts.write("%.3f %d %s\n" % (time.time(), ev.seq, ev.frame_hash.hex()))
+            receipts.flush()
+
+    def on_refusal(ev: Any) -> None:
+        refusals.write("%.3f %s %d %s\n" % (time.time(), ev.seq, ev.code, ev.reason))
+        refusals.flush()
+
+    dev = Device.open(str(d / "state"), cfg["site"], "127.0.0.1", cfg["port"], cfg["chain_id"],
+                      [bytes.fromhex(k) for k in cfg["validators"]], ca_public=bytes.fromhex(cfg["ca_public"]),
+                      gateway_keys={bytes.fromhex(k): bytes.fromhex(v) for k, v in cfg["gateway_keys"].items()},
+                      backoff_initial=DEVICE_BACKOFF_S[0], backoff_max=DEVICE_BACKOFF_S[1],
+                      on_receipt=on_receipt, on_refusal=on_refusal)
+    made = len(_lines(d / "created.log"))
+    if "login" in cfg:
+        dev.set_login(cfg["login"]["password"], cfg["login"]["username"])
+    created = open(d / "created.log", "a")
+    period = 1.0 / cfg["rate"]
+    running = False
+    due = time.monotonic()
+    drained = False
+    while not stop:
+        offline = (d / "offline").exists()
+        if running and offline:
+            dev.stop(close_queue=False)
+            running = False
+        elif not running and not offline:
+            dev.start()
+            running = True
+        now = time.monotonic()
+        if not (d / "done").exists():
+            while now >= due:
+                out = dev.publish_reading({"n": made})
+                made += 1
+                created.write("%d %s\n" % (out.seq, out.frame_hash.hex()))
+                created.flush()
+                os.fsync(created.fileno())
+                due += period
+        elif not drained and len(dev.queue) == 0 and dev.awaiting_receipts == 0:
+            (d / "drained").write_text("%.3f\n" % time.time())
+            drained = True
+        time.sleep(min(0.05, max(0.0, due - time.monotonic())) if not (d / "done").exists() else 0.1)
+    dev.stop()
+    return 0
+
+
+# --- the orchestrator ----------------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceProc:
+    """One device process and its directory."""
+    directory: Path
+    proc: subprocess.Popen | None = None
+    pids: list[int] = field(default_factory=list)
+
+    def start(self) -> None:
+        with open(self.directory / "device.log", "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "ledgerlink.tools.chaos", "--device",
+                                          str(self.directory)], stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self.pids.append(self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def _die_with_parent() -> None:
+    from ledgerlink.tools.stack import _child_setup
+
+    _child_setup()
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    readings: int = 0
+    lost: int = 0
+    stored_twice: int = 0
+    not_anchored: int = 0
+    no_receipt: int = 0
+    txs_lost: int = 0
+    left_running: list[int] = field(default_factory=list)
+    faults: dict[str, int] = field(default_factory=dict)
+    receipt_after_restart_s: list[float] = field(default_factory=list)
+    refusals: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.stored_twice or self.not_anchored or self.no_receipt or self.txs_lost
+                    or self.left_running or self.problems)
+
+
+class Chaos:
+    """One seed: the site, its devices, the fault schedule, the heal and the checks."""
+
+    def __init__(self, seed: int, base: Path, devices: int, rate: float, duration: float, broker: str | None,
+                 say: Callable[[str], None]) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.base = base
+        self.n_devices = devices
+        self.rate = rate
+        self.duration = duration
+        self.broker = broker
+        self.say = say
+        self.result = SeedResult(seed)
+        self.stack: Any = None
+        self.devices: list[DeviceProc] = []
+        self.undo: list[tuple[float, Callable[[], None]]] = []
+        self.stopped: set[int] = set()            # pids SIGSTOPped and not yet continued
+        self.site_pids: set[int] = set()
+        self.gateway_restarts: list[float] = []   # wall-clock times at which a gateway was started again
+
+    # --- set up ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from ledgerlink.tools.stack import Stack
+
+        self.stack = Stack(self.base / "site", site=SITE, nodes=NODES, broker=self.broker, gateways=GATEWAYS,
+                           progress=lambda line: None)
+        self.stack.start()
+        self.site_pids.update(self.stack.pids())
+        s = self.stack
+        requests: list[bytes] = []
+        ids: list[bytes] = []
+        for i in range(self.n_devices):
+            d = self.base / ("dev%02d" % i)
+            d.mkdir(parents=True)
+            (d / "device.json").write_text(json.dumps({
+                "site": SITE, "port": s.broker_port, "chain_id": s.chain_id,
+                "validators": [k.hex() for k in s.validators], "ca_public": s.public_key("gw-ca").hex(),
+                "gateway_keys": {s.gateway_id.hex(): s.public_key("gateway").hex()}, "rate": self.rate}))
+            core = self._core(d)
+            requests.append(core.registration_request(int(time.time() * 1000), attributes={"name": d.name}).payload)
+            ids.append(core.device_id)
+            self.devices.append(DeviceProc(d))
+        s.register(requests)
+        for dev, device_id in zip(self.devices, ids):
+            self._login(dev.directory, device_id)
+        for dev in self.devices:
+            dev.start()
+
+    def _login(self, d: Path, device_id: bytes) -> None:
+        """Give the device in ``d`` its broker login when the site has broker accounts."""
+        device_login = getattr(self.stack, "device_login", None)
+        if device_login is not None:
+            cfg = json.loads((d / "device.json").read_text())
+            cfg["login"] = device_login(device_id)
+            (d / "device.json").write_text(json.dumps(cfg))
+
+    def _core(self, d: Path) -> Any:
+        """The protocol core of the device in ``d`` (its key made now, in its state directory)."""
+        from ledgerlink.device.core import DeviceCore, MemoryCounter, SequenceCounter
+        from ledgerlink.device.keystore import FileKeystore
+
+        s = self.stack
+        (d / "state").mkdir(mode=0o700)
+        priv = FileKeystore(str(d / "state" / "identity.key")).load_or_create()
+        return DeviceCore(priv, SITE, SequenceCounter(MemoryCounter()), s.chain_id, s.validators)
+
+    # --- faults --------------------------------------------------------------------------------------
+
+    def schedule(self) -> list[tuple[float, str]]:
+        """(time from start, fault) pairs drawn from the seed."""
+        out, t = [], 0.0
+        while True:
+            t += self.rng.uniform(*FAULT_GAP_S)
+            if t >= self.duration:
+                return out
+            out.append((t, self.rng.choice(FAULTS)))
+
+    def _signal(self, pid: int | None, sig: int) -> None:
+        if pid is None:
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _stop_for(self, pid: int | None, now: float) -> None:
+        if pid is None or pid in self.stopped:
+            return
+        self._signal(pid, signal.SIGSTOP)
+        self.stopped.add(pid)
+
+        def cont() -> None:
+            self.stopped.discard(pid)
+            self._signal(pid, signal.SIGCONT)
+        self.undo.append((now + self.rng.uniform(*STOP_S), cont))
+
+    def _live_gateways(self) -> list[subprocess.Popen]:
+        return [p for p in self.stack.gateways if p is not None and p.poll() is None and p.pid not in self.stopped]
+
+    def _node_down(self) -> bool:
+        procs = self.stack.cluster.procs
+        return any(p.poll() is not None or p.pid in self.stopped for p in procs.values())
+
+    def _primary(self) -> int:
+        try:
+            return int(self.stack.ledger.info()["view"]) % NODES
+        except Exception:  # noqa: BLE001 - a node being restarted may not answer: any node will do
+            return self.rng.randrange(NODES)
+
+    def inject(self, fault: str, now: float) -> None:
+        s = self.stack
+        gws = self._live_gateways()
+        if fault in ("gateway-kill", "gateway-term", "gateway-stop") and gws:
+            p = self.rng.choice(gws)
+            if fault == "gateway-stop":
+                self._stop_for(p.pid, now)
+            else:
+                self._signal(p.pid, signal.SIGKILL if fault == "gateway-kill" else signal.SIGTERM)
+        elif fault == "gateways-kill":
+            for p in gws:
+                self._signal(p.pid, signal.SIGKILL)
+        elif fault in ("node-kill", "primary-kill", "node-stop"):
+            if self._node_down():
+                return
+            i = self._primary() if fault == "primary-kill" else self.rng.randrange(NODES)
+            p = s.cluster.procs.get(i)
+            if fault == "node-stop":
+                self._stop_for(p.pid if p else None, now)
+            else:
+                self._signal(p.pid if p else None, signal.SIGKILL)
+        elif fault == "broker-kill":
+            if s.broker is not None and s.broker.pid not in self.stopped:
+                self._signal(s.broker.pid, signal.SIGKILL)
+        elif fault == "device-kill":
+            dev = self.rng.choice(self.devices)
+            if dev.alive() and dev.proc.pid not in self.stopped:
+                dev.proc.kill()
+                dev.proc.wait()
+                self.undo.append((now + self.rng.uniform(*DEVICE_RESTART_S), dev.start))
+        elif fault == "device-offline":
+            dev = self.rng.choice(self.devices)
+            flag = dev.directory / "offline"
+            if not flag.exists():
+                flag.write_text("")
+                self.undo.append((now + self.rng.uniform(*OFFLINE_S), lambda f=flag: f.unlink(missing_ok=True)))
+        else:
+            return
+        self.result.faults[fault] = self.result.faults.get(fault, 0) + 1
+
+    def supervise(self) -> None:
+        for line in self.stack.supervise():
+            if line.startswith("gateway") and " restarted " in line:
+                self.gateway_restarts.append(time.time())
+        self.site_pids.update(self.stack.pids())
+
+    def run_undos(self, now: float, everything: bool = False) -> None:
+        due = [u for u in self.undo if everything or u[0] <= now]
+        self.undo = [u for u in self.undo if u not in due]
+        for _, fn in due:
+            fn()
+
+    # --- the run ----------------------------------------------------------------------------------------
+
+    def run(self) -> SeedResult:
+        try:
+            self.start()
+            t0 = time.monotonic()
+            for at, fault in self.schedule():
+                while time.monotonic() - t0 < at:
+                    self.run_undos(time.monotonic())
+                    self.supervise()
+                    time.sleep(TICK_S)
+                self.inject(fault, time.monotonic())
+            while time.monotonic() - t0 < self.duration:
+                self.run_undos(time.monotonic())
+                self.supervise()
+                time.sleep(TICK_S)
+            self.heal()
+            self.drain()
+            self.check_ledger()
+        except Exception as exc:  # noqa: BLE001 - reported as this seed's problem, the site still stopped
+            self.result.problems.append("%s: %s" % (type(exc).__name__, exc))
+        finally:
+            self.shutdown()
+        self.check()
+        return self.result
+
+    def heal(self) -> None:
+        self.run_undos(0, everything=True)
+        for pid in list(self.stopped):
+            self._signal(pid, signal.SIGCONT)
+        self.stopped.clear()
+        for dev in self.devices:
+            (dev.directory / "offline").unlink(missing_ok=True)
+            if not dev.alive():
+                dev.start()
+        deadline = time.monotonic() + HEAL_S
+        while True:
+            self.supervise()
+            parts = self.stack.status()["parts"]
+            if all(p["state"] == "running" and p["pid"] for p in parts):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("site not healed within %g s: %s" % (HEAL_S, [p for p in parts if p["state"] != "running"]))
+            time.sleep(TICK_S)
+
+    def drain(self) -> None:
+        for dev in self.devices:
+            (dev.directory / "done").write_text("")
+        deadline = time.monotonic() + DRAIN_S
+        while not all((dev.directory / "drained").exists() for dev in self.devices):
+            if time.monotonic() > deadline:
+                left = [dev.directory.name for dev in self.devices if not (dev.directory / "drained").exists()]
+                self.result.problems.append("devices not drained within %g s: %s" % (DRAIN_S, ", ".join(left)))
+                return
+            self.supervise()
+            for dev in self.devices:
+                if not dev.alive():
+                    dev.start()
+            time.sleep(TICK_S)
+
+    def shutdown(self) -> None:
+        for pid in list(self.stopped):
+            self._signal(pid, signal.SIGCONT)
+        for dev in self.devices:
+            if dev.alive():
+                dev.proc.send_signal(signal.SIGTERM)
+        for dev in self.devices:
+            if dev.proc is not None:
+                try:
+                    dev.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    dev.proc.kill()
+                    dev.proc.wait()
+        if self.stack is not None:
+            self.site_pids.update(self.stack.pids())
+            self.stack.stop()
+
+    # --- the checks ------------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        r = self.result
+        created: dict[bytes, tuple[str, int]] = {}
+        receipts: set[bytes] = set()
+        receipt_times: list[float] = []
+        for dev in self.devices:
+            for line in _lines(dev.directory / "created.log"):
+                seq, h = line.split()
+                created[bytes.fromhex(h)] = (dev.directory.name, int(seq))
+            for line in _lines(dev.directory / "receipts.log"):
+                t, _, h = line.split()
+                receipts.add(bytes.fromhex(h))
+                receipt_times.append(float(t))
+            receipts.update(_kept_receipts(dev.directory / "state" / "queue.db"))
+            r.refusals += len(_lines(dev.directory / "refusals.log"))
+        r.readings = len(created)
+        db = self.base / "site" / "gateway.db"
+        stored, anchored, anchored_txs = _store(db) if db.exists() else ({}, set(), [])
+        r.lost = sum(1 for h in created if h not in stored)
+        r.stored_twice = sum(n - 1 for n in stored.values() if n > 1)
+        r.not_anchored = sum(1 for h in created if h in stored and h not in anchored)
+        r.no_receipt = sum(1 for h in created if h not in receipts)
+        receipt_times.sort()
+        for t in self.gateway_restarts:
+            later = [x for x in receipt_times if x >= t]
+            if later:
+                r.receipt_after_restart_s.append(later[0] - t)
+        pids = self.site_pids | {p for dev in self.devices for p in dev.pids}
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r.left_running = sorted(p for p in pids if _alive(p))
+
+    def check_ledger(self) -> None:
+        """Count the anchor transactions the store holds as anchored that the healed ledger does not hold."""
+        import hashlib
+
+        db = self.base / "site" / "gateway.db"
+        txs = _store(db)[2] if db.exists() else []
+        self.result.txs_lost = sum(1 for tx in txs
+                                   if self.stack.ledger.status(hashlib.sha256(tx).digest()).get("status") != "committed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def _kept_receipts(path: Path) -> set[bytes]:
+    if not path.exists():
+        return set()
+    con = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=10)
+    try:
+        return {bytes(row[0]) for row in con.execute("SELECT hash FROM receipts")}
+    except sqlite3.Error:
+        return set()
+    finally:
+        con.close()
+
+
+def _store(db: Path) -> tuple[dict[bytes, int], set[bytes], list[bytes]]:
+    """(times each frame hash is stored, hashes in anchored batches, transactions of anchored batches)."""
+    con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=10)
+    try:
+        stored: dict[bytes, int] = {}
+        for (h,) in con.execute("SELECT frame_hash FROM messages"):
+            stored[bytes(h)] = stored.get(bytes(h), 0) + 1
+        anchored = {bytes(row[0]) for row in con.execute(
+            "SELECT m.frame_hash FROM messages m JOIN batches b ON m.id BETWEEN b.first_id AND b.last_id "
+            "AND m.owner = b.owner WHERE b.status = 'anchored'")}
+        txs = [bytes(row[0]) for row in con.execute("SELECT tx FROM batches WHERE status = 'anchored'")]
+        return stored, anchored, txs
+    finally:
+        con.close()
+
+
+# --- the backlog scenario ---------------------------------------------------------------------------
+
+
+def outage(base: Path, outage_s: int, rate: float, broker: str | None, say: Callable[[str], None]) -> dict[str, Any]:
+    """One device offline while it makes ``outage_s`` readings (a 1 Hz device's ``outage_s`` seconds, made at
+    ``rate``/s), then online: drain time, refusals seen, readings lost."""
+    c = Chaos(0, base, 1, rate, 0, broker, say)
+    try:
+        c.start()
+        dev = c.devices[0]
+        dev.proc.send_signal(signal.SIGTERM)
+        dev.proc.wait(15)
+        (dev.directory / "offline").write_text("")
+        dev.start()
+        deadline = time.monotonic() + outage_s / rate + 60
+        while len(_lines(dev.directory / "created.log")) < outage_s:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the device made too few readings")
+            c.supervise()
+            time.sleep(TICK_S)
+        (dev.directory / "done").write_text("")
+        t_online = time.time()
+        (dev.directory / "offline").unlink()
+        deadline = time.monotonic() + DRAIN_S + outage_s / 8
+        while not (dev.directory / "drained").exists():
+            if time.monotonic() > deadline:
+                c.result.problems.append("not drained")
+                break
+            c.supervise()
+            time.sleep(TICK_S)
+        drained_s = float((dev.directory / "drained").read_text()) - t_online if (dev.directory / "drained").exists() else None
+    except Exception as exc:  # noqa: BLE001 - reported
+        c.result.problems.append("%s: %s" % (type(exc).__name__, exc))
+        drained_s = None
+    finally:
+        c.shutdown()
+    c.check()
+    return {"readings": c.result.readings, "drained_s": drained_s, "refusals": c.result.refusals,
+            "lost": c.result.lost, "no_receipt": c.result.no_receipt, "stored_twice": c.result.stored_twice,
+            "problems": c.result.problems, "left_running": c.result.left_running}
+
+
+# --- command ------------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _seconds(v: float | None) -> str:
+    return "-" if v is None else "%.2f s" % v
+
+
+def _seeds(text: str) -> range:
+    a, _, b = text.partition(":")
+    if not a.isdigit() or (b and not b.isdigit()):
+        raise argparse.ArgumentTypeError("--seeds is A:B (seeds A..B-1) or A")
+    return range(int(a), int(b)) if b else range(int(a), int(a) + 1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m ledgerlink.tools.chaos", description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=_seeds, default=range(0, 1), help="A:B runs seeds A..B-1 (default 0:1)")
+    p.add_argument("--devices", type=int, default=3, help="CPython devices per seed (default 3)")
+    p.add_argument("--rate", type=float, default=2.0, help="readings per second per device (default 2)")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds of faults per seed (default 15)")
+    p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default=None)
+    p.add_argument("--outage", action="store_true", help="run the backlog scenario instead of fault schedules")
+    p.add_argument("--outage-s", type=int, default=600, help="readings of the 1 Hz device's outage (default 600)")
+    p.add_argument("--outage-rate", type=float, default=40.0, help="readings per second made while offline")
+    p.add_argument("--keep", metavar="DIR", help="keep each seed's directories under DIR")
+    p.add_argument("--device", metavar="DIR", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.device:
+        return device_main(args.device)
+    t_start = time.monotonic()
+
+    def say(line: str) -> None:
+        print("[%6.1fs] %s" % (time.monotonic() - t_start, line), flush=True)
+
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ll-chaos-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.outage:
+            res = outage(root / "outage", args.outage_s, args.outage_rate, args.broker, say)
+            say("outage: a 1 Hz device offline %d s (%d readings, made at %g/s): drained in %s; refusals seen %d "
+                "(each retried); lost %d, stored twice %d, without receipt %d; processes left %d%s"
+                % (args.outage_s, res["readings"], args.outage_rate, _seconds(res["drained_s"]), res["refusals"],
+                   res["lost"], res["stored_twice"], res["no_receipt"], len(res["left_running"]),
+                   "; problems: %s" % "; ".join(res["problems"]) if res["problems"] else ""))
+            ok = not (res["lost"] or res["stored_twice"] or res["no_receipt"] or res["left_running"] or res["problems"])
+            return 0 if ok else 1
+        results = []
+        for seed in args.seeds:
+            c = Chaos(seed, root / ("seed%d" % seed), args.devices, args.rate, args.duration, args.broker, say)
+            r = c.run()
+            results.append(r)
+            say("seed %d: %s; %d readings: lost %d, stored twice %d, not anchored %d, without receipt %d; "
+                "ledger txs lost %d; processes left %d; refusals seen %d; first receipt after gateway restart %s%s"
+                % (seed, "ok" if r.ok else "FAILED", r.readings, r.lost, r.stored_twice, r.not_anchored, r.no_receipt,
+                   r.txs_lost, len(r.left_running), r.refusals,
+                   ", ".join("%.1f s" % x for x in r.receipt_after_restart_s) or "-",
+                   "; faults: " + ", ".join("%s %d" % kv for kv in sorted(r.faults.items()))
+                   + ("; problems: " + "; ".join(r.problems) if r.problems else "")))
+        waits = [x for r in results for x in r.receipt_after_restart_s]
+        p99 = percentile(waits, 0.99)
+        say("over %d seeds: readings %d; lost %d; stored twice %d; not anchored %d; without receipt %d; "
+            "ledger txs lost %d; processes left %d; first new receipt after a gateway restart p50 %s, p99 %s "
+            "(target %g s, %d restarts); seeds failing: %s"
+            % (len(results), sum(r.readings for r in results), sum(r.lost for r in results),
+               sum(r.stored_twice for r in results), sum(r.not_anchored for r in results),
+               sum(r.no_receipt for r in results), sum(r.txs_lost for r in results),
+               sum(len(r.left_running) for r in results), _seconds(percentile(waits, 0.5)), _seconds(p99),
+               RECEIPT_TARGET_S, len(waits), " ".join(str(r.seed) for r in results if not r.ok) or "none"))
+        return 0 if all(r.ok for r in results) else 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
