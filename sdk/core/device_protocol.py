@@ -769,9 +769,12 @@ class DeviceProtocol:
         self.gateway_keys[record[1]] = record[2]
         return record[1]
 
-    def open_commands(self, store, now_ms):
+    def open_commands(self, store, now_ms, new_identity=False):
         """Take the store of the last executed seq of each controller (``load()``: bytes or None,
         ``store(data)``); call it at start, with the clock set. Until then every command is refused.
+        ``new_identity``: the identity key was made at this start, so no command can name the device
+        yet and a missing record starts empty without a fence (provisioning writes that empty record
+        for a board).
 
         A missing or damaged record (first start, flash erased or corrupted) cannot say which commands
         ran, so it fails closed: a new record fenced at ``now_ms`` is written at once, and a controller
@@ -786,7 +789,7 @@ class DeviceProtocol:
         try:
             fence_ms, seqs = decode_commands(store.load())
         except (LedgerlinkError, TypeError):
-            fence_ms, seqs = int(now_ms), {}
+            fence_ms, seqs = 0 if new_identity and store.load() is None else int(now_ms), {}
             store.store(encode_commands(fence_ms, seqs))
         self._command_store = store
         self._command_fence_ms = fence_ms

@@ -42,7 +42,7 @@ from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.device.core import (KIND_RECEIPT, KIND_REFUSAL, MODE_SESSION, MODE_SIGNED, CommandResult, DeviceCore,
                                     DeviceError, OutFrame, ReceiptResult, Refused, RegistrationHeld, SequenceCounter,
                                     SessionOpened)
-from ledgerlink.device.keystore import FileCounter, FileKeystore
+from ledgerlink.device.keystore import FileCounter, FileKeystore, FileRecord
 from ledgerlink.device.offline_queue import OfflineQueue, QueuedFrame
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,14 @@ class Device:
     def open(cls, directory: str, site: str, host: str, port: int, chain_id: str, validator_keys: Iterable[bytes],
              ca_public: bytes | None = None, gateway_keys: Mapping[bytes, bytes] | None = None,
              max_queued: int = 10_000, backend: Any = None, **kw: Any) -> "Device":
-        """A device whose key (made on first use), sequence mark and queue live in ``directory``."""
+        """A device whose key (made on first use), sequence mark, command record and queue live in ``directory``."""
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        priv = FileKeystore(os.path.join(directory, "identity.key"), backend).load_or_create()
+        keystore = FileKeystore(os.path.join(directory, "identity.key"), backend)
+        new_identity = not keystore.exists()
+        priv = keystore.load_or_create()
         counter = SequenceCounter(FileCounter(os.path.join(directory, "seq")))
         core = DeviceCore(priv, site, counter, chain_id, validator_keys, ca_public, gateway_keys, backend)
+        core.open_commands(FileRecord(os.path.join(directory, "commands")), kw.get("clock", now_ms)(), new_identity)
         queue = OfflineQueue(os.path.join(directory, "queue.db"), max_queued)
         return cls(core, queue, host, port, **kw)
 

@@ -146,10 +146,10 @@ class DeviceCore(dp.DeviceProtocol):
         damaged, expired): then delete the record and open a new session."""
         return super().restore_session(record, now_ms)
 
-    def open_commands(self, store: Any, now_ms: int) -> None:
+    def open_commands(self, store: Any, now_ms: int, new_identity: bool = False) -> None:
         """Take the command store (``FileRecord``); commands are refused without one. See the portable docstring
         for the rule after a lost store."""
-        super().open_commands(store, now_ms)
+        super().open_commands(store, now_ms, new_identity)
 
     def verify_receipt(self, receipt: Any, frame: bytes | None = None) -> ReceiptResult:
         """Check a ``receipt`` map (or its CBOR bytes) against the trusted validator set.

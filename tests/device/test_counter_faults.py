@@ -435,3 +435,28 @@ def test_board_command_seqs_survive_a_reset(env, tmp_path):
     assert not again.protocol.handle_command(topic, fresh, NOW).accepted
     assert again.protocol.handle_command(topic, env.command("controller", client.device_id, 5, "x", None, NOW + 5000),
                                          NOW).accepted
+
+
+def test_sdk_device_open_keeps_command_seqs_and_fences_a_lost_record(env, tmp_path):
+    from ledgerlink.device.client import Device
+
+    def open_device(now: int) -> Device:
+        dev = Device.open(str(tmp_path), "plant-1", "127.0.0.1", 1, env.net.chain_id, env.ledger.keys,
+                          env.ca_public, backend=CRYPTO, clock=lambda: now)
+        dev.core.update_controller(env.ledger.device_proof(env.net["controller"].id))
+        return dev
+
+    dev = open_device(NOW)                              # the key is made now: no fence on its empty record
+    target, topic = dev.core.device_id, dev.core.cmd_topic
+    cmd = env.command("controller", target, 1, "open-valve", None, NOW + 5000)
+    assert dev.core.handle_command(topic, cmd, NOW).accepted
+    dev.queue.close()
+    again = open_device(NOW + 1000)
+    assert not again.core.handle_command(topic, cmd, NOW + 1000).accepted
+    again.queue.close()
+    damage(tmp_path / "commands", "bit-flipped")
+    fenced = open_device(NOW + 2000)
+    short = env.command("controller", target, 2, "x", None, NOW + 9000)
+    refused = fenced.core.handle_command(topic, short, NOW + 2000)
+    assert not refused.accepted and "command store" in refused.reason
+    fenced.queue.close()
