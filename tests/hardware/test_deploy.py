@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ledgerlink.tools import deploy
+from ledgerlink.tools.virtual_board import VirtualBoard
 
 EXAMPLE = deploy.PROJECT_ROOT / "hardware" / "config.example.json"
 
@@ -141,3 +142,85 @@ def test_stage_compiles_for_the_board_arch(config, tmp_path):
     stored = json.loads((tmp_path / "stage" / "ledgerlink.json").read_text())
     assert stored["wifi"] == {"ssid": "lab", "password": "s3cret-pass"} and "wifi_file" not in stored
     assert stored["board"] == "esp32"
+
+
+# --- layouts: ROMFS image or .mpy files ---------------------------------------------------------
+
+def device_config(tmp_path: Path) -> Path:
+    config = json.loads(EXAMPLE.read_text())
+    config.pop("wifi_file")
+    path = tmp_path / "device.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def run_deploy(board, config: Path, *extra: str) -> int:
+    return deploy.main(["--port", board.url, "--board", "virtual", "--config", str(config), "--skip-broker-check",
+                        *extra])
+
+
+def on_board(board, code: str) -> str:
+    result = deploy.mpremote(board.url, "exec", code, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_dry_run_shows_the_layout(config, capsys):
+    assert deploy.main(["--port", "p", "--board", "esp32", "--config", str(config), "--dry-run",
+                        "--layout", "romfs"]) == 0
+    out = capsys.readouterr().out
+    assert "layout: romfs (library as a ROMFS image; config, keys, counters and queues on the writable " in out
+    assert "/rom/lib/ledgerlink/core/p256.mpy <- sdk/core/p256.py" in out and "romfs deploy" in out
+    assert deploy.main(["--port", "p", "--board", "esp32", "--config", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "layout: files" in out and "  /lib/ledgerlink/core/p256.mpy" in out
+    assert deploy.default_layout(deploy.load_profile("virtual")) == "romfs"
+
+
+@pytest.mark.slow
+def test_romfs_layout_writes_one_image_and_keeps_the_config_on_flash(tmp_path, capsys):
+    config = device_config(tmp_path)
+    with VirtualBoard(tmp_path / "flash", heap_bytes=110_000) as board:
+        assert run_deploy(board, config) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        assert "as a ROMFS image" in out and "ROMFS partition 1048576 bytes" in out
+        assert board.romfs.read()[:3] == b"\xd2\xcd\x31"
+        assert sorted(p.name for p in board.flash.root.iterdir()) == ["ledgerlink.json"]   # no /lib
+        where = on_board(board, "import ledgerlink.core.p256 as m, ledgerlink_client.device as d\n"
+                                "print(m.__file__, d.__file__)")
+        assert where.split() == ["/rom/lib/ledgerlink/core/p256.mpy", "/rom/lib/ledgerlink_client/device.mpy"]
+        # --layout files overrides the profile: .mpy files in /lib (the image stays, ahead on sys.path)
+        assert run_deploy(board, config, "--layout", "files") == 0
+        assert (board.flash.root / "lib" / "ledgerlink" / "core" / "p256.mpy").is_file()
+
+
+def test_romfs_layout_refused_without_a_partition_or_room_before_writing(tmp_path, capsys):
+    config = device_config(tmp_path)
+    for size, message in [(0, "the board has no ROMFS partition"),
+                          (16 * 1024, "the board's ROMFS partition has 16384 bytes, the library image needs")]:
+        with VirtualBoard(tmp_path / ("flash%d" % size), heap_bytes=110_000, romfs_bytes=size) as board:
+            assert run_deploy(board, config, "--layout", "romfs") == 8
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and message in err and "--layout files" in err
+            assert list(board.flash.root.iterdir()) == [] and board.romfs.read() == b""
+
+
+def test_heap_need_follows_the_layout(tmp_path, capsys, monkeypatch):
+    """A board whose heap holds the library run from ROMFS but not copied from files: files are refused
+    (with the way out named), ROMFS goes on."""
+    real = deploy.load_profile
+
+    def profile(name: str) -> dict:
+        p = real(name)
+        p["memory"].update(min_free_bytes=100_000, min_free_bytes_romfs=40_000)
+        return p
+
+    monkeypatch.setattr(deploy, "load_profile", profile)
+    config = device_config(tmp_path)
+    with VirtualBoard(tmp_path / "flash", heap_bytes=80 * 1024) as board:
+        assert run_deploy(board, config, "--layout", "files") == 8
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "ledgerlink needs at least 100000 with the library as .mpy files" in err
+        assert "deploy with --layout romfs" in err and list(board.flash.root.iterdir()) == []
+        assert run_deploy(board, config) == 0, capsys.readouterr().err
+        assert board.romfs.read()[:3] == b"\xd2\xcd\x31"

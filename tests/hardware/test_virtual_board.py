@@ -72,8 +72,10 @@ def test_deploy_then_hil_checks(board, tmp_path):
         broker.close()
     stored = json.loads((board.flash.root / "ledgerlink.json").read_text())
     assert stored["site"] == config["site"] and stored["board"] == "virtual"
-    assert (board.flash.root / "lib" / "ledgerlink" / "core" / "p256.mpy").is_file()
-    assert (board.flash.root / "lib" / "bme280.mpy").is_file()
+    # the virtual profile has a ROMFS partition: the library went there as one image, the config to flash
+    image = board.romfs.read()
+    assert image[:3] == b"\xd2\xcd\x31" and b"p256.mpy" in image and b"bme280.mpy" in image
+    assert not (board.flash.root / "lib").exists()
 
     out = tmp_path / "reports"
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "hardware" / "hil" / "run_checks.py"),
