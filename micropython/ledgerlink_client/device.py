@@ -371,8 +371,14 @@ class DeviceClient:
                 self.stats["registrations_refused"] += 1
             elif result.seq is None:
                 self.stats["sessions_refused"] += 1
-            elif result.session_dropped:            # a replay under the session: its numbers may repeat
-                self.storage.remove(SESSION_FILE)
+            elif result.code == dp.REFUSAL_REPLAY:
+                if result.session_dropped:          # a replay under the session: its numbers may repeat
+                    self.storage.remove(SESSION_FILE)
+                sealed = self._plain.pop(result.seq, None) if self.seq.lost else None
+                if sealed is not None:              # the sequence restarted: another frame has this seq
+                    self._plain_order.remove(result.seq)
+                    self.held.push("h", sealed[1])
+                    self.stats["resealed"] += 1
             elif result.code in SESSION_GONE and self.ecqv:
                 sealed = self._plain.pop(result.seq, None)
                 current = self.protocol.session
