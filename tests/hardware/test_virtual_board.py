@@ -222,3 +222,34 @@ def test_deploy_refuses_a_board_without_enough_memory(tmp_path, capsys):
         assert code == 8, err
         assert err.count("\n") == 1 and "bytes of free heap, ledgerlink needs at least 60000" in err
         assert list((tmp_path / "small").iterdir()) == []            # nothing copied
+
+
+IMPORT_CLIENT = "import gc, ledgerlink_client.device\ngc.collect()\nprint('kept', gc.mem_alloc())"
+
+
+def test_board32_heap_makes_the_layout_matter(tmp_path):
+    """At a 64 KB heap the client imports from the ROMFS image and runs out of memory as .mpy files, as on
+    a board: bytecode from files is copied to the heap, from ROMFS it runs in place."""
+    heap = 64 * 1024
+    with VirtualBoard(tmp_path / "files", heap_bytes=heap, preload_library=True, layout="files") as files:
+        result = mpremote(files.url, "exec", IMPORT_CLIENT)
+    assert result.returncode == 1 and "MemoryError" in result.stdout + result.stderr, result.stdout
+    with VirtualBoard(tmp_path / "romfs", heap_bytes=heap, preload_library=True, layout="romfs") as rom:
+        result = mpremote(rom.url, "exec", IMPORT_CLIENT)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert 0 < int(result.stdout.split()[-1]) < heap
+        assert not (rom.flash.root / "lib").exists() and rom.romfs.image() is not None
+
+
+def test_cli_takes_the_profiles_heap(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "ledgerlink.tools.cli", "virtual-board", "--port", "0",
+                             "--board", "esp32", "--flash", str(tmp_path / "flash")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+    assert "esp32, board32 heap 110000 bytes, no ROMFS partition" in banner, banner
+    assert virtual_board.main(["--port", "0", "--board", "z80"]) == 2
