@@ -24,8 +24,9 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.core.device_protocol import (DEVICE_ID_LEN, KIND_RECEIPT, KIND_REFUSAL, KIND_SESSION, MAX_SEQ,
                                              MODE_SESSION, MODE_SIGNED, NONCE_LEN, RECORD_DEVICE, ROLE_CONTROLLER,
                                              ROLE_GATEWAY, ROLE_SENSOR, STATUS_ACTIVE, TX_ANCHOR, TX_DOMAIN,
-                                             CommandResult, DeviceError, Ignored, OutFrame, ReceiptResult, Refused,
-                                             RegistrationHeld, Session, SessionOpened, device_id_of, partial_iv)
+                                             CommandResult, DeviceError, Ignored, MemoryRecord, OutFrame, ReceiptResult,
+                                             Refused, RegistrationHeld, Session, SessionOpened, device_id_of,
+                                             partial_iv)
 
 
 # --- sequence numbers -------------------------------------------------------------------------------
@@ -174,6 +175,6 @@ class DeviceCore(dp.DeviceProtocol):
 __all__ = [
     "DEVICE_ID_LEN", "KIND_RECEIPT", "KIND_REFUSAL", "KIND_SESSION", "MAX_SEQ", "MODE_SESSION", "MODE_SIGNED",
     "NONCE_LEN", "RECORD_DEVICE", "ROLE_CONTROLLER", "ROLE_GATEWAY", "ROLE_SENSOR", "STATUS_ACTIVE", "TX_ANCHOR",
-    "TX_DOMAIN", "CommandResult", "DeviceCore", "DeviceError", "Ignored", "MemoryCounter", "OutFrame",
+    "TX_DOMAIN", "CommandResult", "DeviceCore", "DeviceError", "Ignored", "MemoryCounter", "MemoryRecord", "OutFrame",
     "ReceiptResult", "Refused", "RegistrationHeld", "SequenceCounter", "Session", "SessionOpened", "device_id_of", "partial_iv",
 ]

@@ -244,6 +244,7 @@ def test_session_receipts_and_commands_over_mqtt(broker, tmp_path):
         assert wait_for(lambda: len(receipts) == 3)
         assert [(r.valid, r.seq) for r in receipts] == [(True, 1), (True, 2), (False, 99)]
 
+        dev.core.open_commands(dc.MemoryRecord(), NOW, new_identity=True)
         dev.core.update_controller(env.ledger.device_proof(env.net["controller"].id))
         gw.publish(dev.core.cmd_topic, env.command("controller", dev.core.device_id, 1, "reboot", None, NOW + 1000),
                    qos=1)
