@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ledgerlink.tools import deploy
+from ledgerlink.tools.stack import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TOOLS = PROJECT_ROOT.parent / "shared" / "tools"
@@ -79,12 +80,6 @@ def library_image(image: Path, extra: Mapping[str, Path] | None = None) -> Path:
     """Build the QEMU board's ROMFS image at ``image`` (``/rom/lib`` holds the library); return the path."""
     deploy.build_image(image_sources(extra), image)
     return image
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class QemuBoard:

@@ -73,7 +73,7 @@ class SocketBridge:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         return any(ip in net for net in self.allow)
 
-    def _resolve(self, host: str, port: int) -> tuple:
+    def resolve(self, host: str, port: int) -> tuple:
         """The first resolved address of ``host:port`` inside the allow list; PermissionError if none is."""
         try:
             infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
@@ -96,7 +96,7 @@ class SocketBridge:
         self.attempts += 1
         if self.before_connect is not None:
             self.before_connect(self.attempts)
-        family, addr = self._resolve(host, port)
+        family, addr = self.resolve(host, port)
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT_S)
         try:
@@ -171,7 +171,7 @@ class UartBridge:
         self._thread: threading.Thread | None = None
 
     def start(self) -> "UartBridge":
-        self.check._resolve(*self.target)
+        self.check.resolve(*self.target)
         self.line = socket.create_connection(self.uart, timeout=CONNECT_TIMEOUT_S)
         self.line.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._thread = threading.Thread(target=self._run, name="uart-bridge", daemon=True)
@@ -179,7 +179,7 @@ class UartBridge:
         return self
 
     def _open_peer(self) -> socket.socket:
-        family, addr = self.check._resolve(*self.target)
+        family, addr = self.check.resolve(*self.target)
         peer = socket.socket(family, socket.SOCK_STREAM)
         peer.settimeout(CONNECT_TIMEOUT_S)
         peer.connect(addr)

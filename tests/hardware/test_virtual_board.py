@@ -5,12 +5,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from ledgerlink.tools import deploy, virtual_board
-from ledgerlink.tools.socket_bridge import SocketBridge, parse_allow
+from ledgerlink.tools.socket_bridge import SocketBridge, UartBridge, parse_allow
 from ledgerlink.tools.virtual_board import VirtualBoard
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -253,3 +254,29 @@ def test_cli_takes_the_profiles_heap(tmp_path):
         proc.stdout.close()
     assert "esp32, board32 heap 110000 bytes, no ROMFS partition" in banner, banner
     assert virtual_board.main(["--port", "0", "--board", "z80"]) == 2
+
+
+def test_uart_bridge_opens_a_connection_per_exchange_and_keeps_to_the_allow_list():
+    """The serial-modem relay of the QEMU board's UART1: a connection to the target opens when the board
+    sends, closes with the target, and the next bytes open a new one."""
+    def upper_once(srv: socket.socket) -> None:
+        for _ in range(2):
+            conn, _ = srv.accept()
+            with conn:
+                conn.sendall(conn.recv(64).upper())
+
+    with socket.create_server(("127.0.0.1", 0)) as uart, socket.create_server(("127.0.0.1", 0)) as target:
+        threading.Thread(target=upper_once, args=(target,), daemon=True).start()
+        with pytest.raises(PermissionError, match="not in the virtual board's network allow list"):
+            UartBridge(uart.getsockname(), target.getsockname(), allow=["10.0.0.0/8"]).start()
+        with UartBridge(uart.getsockname(), target.getsockname(), allow=["127.0.0.1"]) as bridge:
+            line, _ = uart.accept()
+            line.settimeout(5)
+            with line:
+                for word in (b"ping", b"again"):
+                    line.sendall(word)
+                    assert line.recv(64) == word.upper()
+                    deadline = time.monotonic() + 5
+                    while bridge.peer is not None and time.monotonic() < deadline:
+                        time.sleep(0.01)
+        assert bridge.connections == 2 and bridge.bytes_up == 9 and bridge.bytes_down == 9
