@@ -24,18 +24,27 @@ carries a Content-Security-Policy without inline scripts and ``X-Content-Type-Op
 Only the listed files are served (no path from the request reaches the file system). The dashboard
 is read-only and has no authentication: bind it to loopback or a management network. Tested in
 tests/gateway/test_dashboard.py, including a page rendered by headless Chromium with hostile device text.
+
+Protects against clients that hold the port (``DashboardServer``): at most ``HTTP_MAX_CONNECTIONS``
+connections are served at once (a new one beyond them closes the oldest), each read waits at most
+``HTTP_READ_S``, and a connection lives at most ``HTTP_CONNECTION_S`` (request and answer; one request per
+connection), so slow or incomplete requests hold a bounded number of threads and line buffers (at most
+64 KiB each, ``http.server``'s limit) for a bounded time. Tested in tests/chaos/test_port_attack.py.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
+import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from ledgerlink.gateway.metrics import GatewayMetrics
-from ledgerlink.ledger.metrics import CONTENT_TYPE, HttpServer, Response
+from ledgerlink.ledger.metrics import CONTENT_TYPE, Handler, HttpServer, Response, _RequestHandler
 
 log = logging.getLogger("ledgerlink.gateway.dashboard")
 
@@ -49,6 +58,84 @@ FILES = {
 
 
 MAX_LISTED = 1000                      # registration requests listed by /api/registrations
+HTTP_MAX_CONNECTIONS = 64              # connections served at once
+HTTP_READ_S = 5.0                      # longest wait for the next bytes of a request
+HTTP_CONNECTION_S = 10.0               # longest life of a connection
+REAP_S = 0.5                           # how often connections are checked against HTTP_CONNECTION_S
+
+
+class _TimedHandler(_RequestHandler):
+    timeout = HTTP_READ_S
+
+
+class _BoundedHTTPServer(http.server.ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them, each closed after ``connection_s``."""
+
+    daemon_threads = True
+    request_queue_size = 128               # listen backlog: a burst of connections is taken, then bounded here
+
+    def __init__(self, address: tuple[str, int], max_connections: int, connection_s: float) -> None:
+        self.max_connections = max_connections
+        self.connection_s = connection_s
+        self.open: dict[socket.socket, float] = {}         # connection -> when accepted, oldest first
+        self.lock = threading.Lock()
+        self.evicted = 0                                    # closed to make room for a newer one
+        self.expired = 0                                    # closed after connection_s
+        self.closed = threading.Event()
+        super().__init__(address, _TimedHandler)
+        threading.Thread(target=self._reap, name="ll-http-reaper", daemon=True).start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.lock:
+            if len(self.open) >= self.max_connections:
+                oldest = next(iter(self.open))
+                del self.open[oldest]
+                self.evicted += 1
+                _cut(oldest)
+            self.open[request] = time.monotonic()
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.lock:
+            self.open.pop(request, None)
+        super().shutdown_request(request)
+
+    def _reap(self) -> None:
+        while not self.closed.wait(REAP_S):
+            limit = time.monotonic() - self.connection_s
+            with self.lock:
+                old = [conn for conn, since in self.open.items() if since < limit]
+                for conn in old:
+                    del self.open[conn]
+            self.expired += len(old)
+            for conn in old:
+                _cut(conn)
+
+    def server_close(self) -> None:
+        self.closed.set()
+        super().server_close()
+
+
+def _cut(conn: socket.socket) -> None:
+    """End a connection another thread may be reading (its read returns at once; that thread closes it)."""
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class DashboardServer(HttpServer):
+    """``HttpServer`` bounded as the module docstring says."""
+
+    def __init__(self, host: str, port: int, handler: Handler, max_connections: int = HTTP_MAX_CONNECTIONS,
+                 connection_s: float = HTTP_CONNECTION_S) -> None:
+        self.httpd = _BoundedHTTPServer((host, port), max_connections, connection_s)
+        self.httpd.handler = handler  # type: ignore[attr-defined]
+        self.host = host
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="ll-http", daemon=True)
+
+
 
 
 def state_json(state: dict) -> bytes:
@@ -67,7 +154,7 @@ class Dashboard:
         self.ledger = ledger
         self.poll_s = poll_s
         self.files = {path: ((static_dir / name).read_bytes(), ctype) for path, (name, ctype) in FILES.items()}
-        self.server: HttpServer | None = None
+        self.server: DashboardServer | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -92,7 +179,7 @@ class Dashboard:
                 return
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> "Dashboard":
-        self.server = HttpServer(host, port, self.handle).start()
+        self.server = DashboardServer(host, port, self.handle).start()
         if self.ledger is not None:
             self._poller = threading.Thread(target=self._poll, name="ll-gw-dashboard-poll", daemon=True)
             self._poller.start()

@@ -36,10 +36,12 @@ import os
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -544,6 +546,195 @@ def outage(base: Path, outage_s: int, rate: float, broker: str | None, say: Call
             "problems": c.result.problems, "left_running": c.result.left_running}
 
 
+# --- the partial-frame attack on our ports ------------------------------------------------------------
+
+
+ATTACK_CONNECTIONS = 1000
+ATTACK_HOLD_S = 2.0                  # time the attack is held before memory is measured
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid`` in KiB (Linux)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS for pid %d" % pid)
+
+
+def _mqtt_partial(packet_bytes: int) -> tuple[bytes, bytes]:
+    """(CONNECT with keep alive 0, all but the last byte of a PUBLISH of ``packet_bytes`` bytes)."""
+    from ledgerlink.mqtt5 import encode_connect, packet
+
+    publish = packet(0x30, b"\x00\x01t" + b"\x00" + b"x" * max(0, packet_bytes - 10))
+    return encode_connect("", 0, True), publish[:-1]
+
+
+HTTP_LINE_MAX = 65536                # http.server answers a longer header line with an error at once
+
+
+def _http_partial(packet_bytes: int) -> tuple[bytes, bytes]:
+    """(nothing, a GET whose header line is ``packet_bytes`` long, at most just under http.server's line
+    limit, and never ends)."""
+    return b"", b"GET / HTTP/1.1\r\nX-Fill: " + b"a" * max(0, min(packet_bytes, HTTP_LINE_MAX - 100) - 30)
+
+
+def _open_attack(port: int, first: bytes, partial: bytes, count: int) -> list[socket.socket]:
+    conns = []
+    for _ in range(count):
+        try:
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            continue
+        c.setblocking(False)
+        try:
+            if first:
+                c.send(first)
+            c.send(partial)
+        except OSError:
+            pass
+        conns.append(c)
+    return conns
+
+
+def _closed_by_server(conns: list[socket.socket], closed: set[socket.socket]) -> None:
+    """Add to ``closed`` those of ``conns`` the server has closed (reading what it sent)."""
+    for c in conns:
+        if c in closed:
+            continue
+        try:
+            while c.recv(65536):
+                pass
+            closed.add(c)
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed.add(c)
+
+
+def _served_mqtt(port: int) -> bool:
+    """A client connects, subscribes and gets back its own QoS 1 message."""
+    import queue as queue_mod
+
+    import paho.mqtt.client as paho
+
+    got: queue_mod.Queue = queue_mod.Queue()
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="ll-attack-probe", protocol=paho.MQTTv5)
+    c.on_message = lambda cl, u, m: got.put(bytes(m.payload))
+    c.on_subscribe = lambda cl, u, mid, codes, p: cl.publish("probe/t", b"served", qos=1)
+    c.on_connect = lambda cl, u, f, r, p: cl.subscribe("probe/t", qos=1)
+    try:
+        c.connect("127.0.0.1", port, keepalive=30)
+        c.loop_start()
+        return got.get(timeout=10) == b"served"
+    except Exception:  # noqa: BLE001 - not served
+        return False
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def _served_http(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=10) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def attack(kind: str, pid: int, port: int, packet_bytes: int, connections: int, timeout_s: float) -> dict[str, Any]:
+    """Open ``connections`` connections to ``port`` (process ``pid``), each sending all but the last byte of a
+    ``packet_bytes`` packet (MQTT: after a CONNECT with keep alive 0; HTTP: a request header line); measure
+    the target's RSS growth while they are held, whether another client is served meanwhile, and how many
+    the target closed within ``timeout_s`` (its packet or connection time limit) and a margin."""
+    first, partial = _mqtt_partial(packet_bytes) if kind == "mqtt" else _http_partial(packet_bytes)
+    served = _served_mqtt if kind == "mqtt" else _served_http
+    before = rss_kib(pid)
+    started = time.monotonic()
+    conns = _open_attack(port, first, partial, connections)
+    time.sleep(ATTACK_HOLD_S)
+    held = rss_kib(pid)
+    ok = served(port)
+    peak = max(held, rss_kib(pid))
+    deadline = time.monotonic() + timeout_s + 5
+    closed: set[socket.socket] = set()
+    _closed_by_server(conns, closed)
+    while len(closed) < len(conns) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        _closed_by_server(conns, closed)
+        peak = max(peak, rss_kib(pid))
+    for c in conns:
+        c.close()
+    return {"kind": kind, "connections": len(conns), "packet_bytes": packet_bytes, "rss_before_mib": before / 1024,
+            "rss_growth_mib": (peak - before) / 1024, "served": ok, "closed": len(closed),
+            "closed_within_s": time.monotonic() - started}
+
+
+def _start_target(kind: str, packet_bytes: int, timeout_s: float, log_path: Path) -> tuple[subprocess.Popen, int]:
+    """The embedded broker with the site's limits, or the dashboard's HTTP server, as a child process."""
+    from ledgerlink.tools.stack import MAX_CONNECTIONS, MAX_KEEPALIVE_S, free_port, wait_listening
+
+    port = free_port()
+    if kind == "mqtt":
+        cmd = [sys.executable, "-m", "ledgerlink.tools.mqtt_broker", "--port", str(port), "--max-packet-size",
+               str(packet_bytes + 16), "--max-connections", str(MAX_CONNECTIONS), "--max-keepalive",
+               str(MAX_KEEPALIVE_S), "--packet-timeout", str(timeout_s), "--log-level", "WARNING"]
+    else:
+        cmd = [sys.executable, "-m", "ledgerlink.tools.chaos", "--serve-http", str(port)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent)
+    try:
+        wait_listening(proc, kind, "127.0.0.1", port, log_path, 30)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    time.sleep(0.5)
+    return proc, port
+
+
+def serve_http(port: int) -> int:
+    """The dashboard's HTTP server with a fixed page, until SIGTERM (a target for ``attack``)."""
+    from ledgerlink.gateway.dashboard import DashboardServer
+
+    server = DashboardServer("127.0.0.1", port, lambda path, query: (200, "text/plain", b"ok\n")).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    return 0
+
+
+def port_attacks(connections: int, packet_bytes: int, timeout_s: float, say: Callable[[str], None]) -> bool:
+    """Run the attack on the embedded broker and the dashboard's HTTP server; True when both held."""
+    from ledgerlink.gateway.dashboard import HTTP_CONNECTION_S
+
+    ok = True
+    for kind, limit_s in (("mqtt", timeout_s), ("http", HTTP_CONNECTION_S)):
+        with tempfile.TemporaryDirectory(prefix="ll-attack-") as tmp:
+            proc, port = _start_target(kind, packet_bytes, timeout_s, Path(tmp) / (kind + ".log"))
+            try:
+                r = attack(kind, proc.pid, port, packet_bytes if kind == "mqtt" else min(packet_bytes, HTTP_LINE_MAX - 100),
+                       connections, limit_s)
+            finally:
+                proc.terminate()
+                proc.wait(10)
+        held = r["rss_growth_mib"] < ATTACK_RSS_MIB and r["served"] and r["closed"] == r["connections"]
+        ok = ok and held
+        say("%s port: %d connections each holding all but 1 byte of a %d-byte packet: RSS %.1f MiB, grew %.1f MiB "
+            "(target < %d); another client served: %s; closed by the server: %d within %.1f s: %s"
+            % ("embedded MQTT broker" if kind == "mqtt" else "dashboard HTTP", r["connections"], r["packet_bytes"],
+               r["rss_before_mib"], r["rss_growth_mib"], ATTACK_RSS_MIB, "yes" if r["served"] else "NO",
+               r["closed"], r["closed_within_s"], "ok" if held else "FAILED"))
+    return ok
+
+
+ATTACK_RSS_MIB = 50
+
+
 # --- command ------------------------------------------------------------------------------------------
 
 
@@ -576,15 +767,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--outage-s", type=int, default=600, help="readings of the 1 Hz device's outage (default 600)")
     p.add_argument("--outage-rate", type=float, default=40.0, help="readings per second made while offline")
     p.add_argument("--keep", metavar="DIR", help="keep each seed's directories under DIR")
+    p.add_argument("--ports", action="store_true",
+                   help="run the partial-frame attack on the embedded broker and the dashboard's HTTP port instead")
+    p.add_argument("--connections", type=int, default=ATTACK_CONNECTIONS, help="attack connections (default 1000)")
+    p.add_argument("--packet-bytes", type=int, default=None,
+                   help="attack packet size (default: the site broker's packet limit)")
+    p.add_argument("--packet-timeout", type=float, default=None, help="the broker's packet timeout (default its own)")
     p.add_argument("--device", metavar="DIR", help=argparse.SUPPRESS)
+    p.add_argument("--serve-http", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device:
         return device_main(args.device)
+    if args.serve_http:
+        return serve_http(args.serve_http)
     t_start = time.monotonic()
 
     def say(line: str) -> None:
         print("[%6.1fs] %s" % (time.monotonic() - t_start, line), flush=True)
 
+    if args.ports:
+        from ledgerlink.tools.mqtt_broker import PACKET_TIMEOUT_S
+        from ledgerlink.tools.stack import PACKET_SIZE_LIMIT
+
+        return 0 if port_attacks(args.connections, args.packet_bytes or PACKET_SIZE_LIMIT,
+                                 args.packet_timeout or PACKET_TIMEOUT_S, say) else 1
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ll-chaos-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
