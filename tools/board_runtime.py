@@ -290,7 +290,7 @@ MODES = ("session", "signed")
 CYCLE = """
 import gc, json
 from ledgerlink.core import cbor
-from ledgerlink_client import device, mqtt, transport
+from ledgerlink_client import device, mqtt, queue, transport
 
 out = {'peaks': {}}
 
@@ -299,13 +299,15 @@ def phase(name):
     out['peaks'][name] = [gc.peak_live(1)[0], gc.mem_alloc()]
 
 def factory():
-    return mqtt.MQTTClient(transport.open_socket('127.0.0.1', %(port)d), %(client_id)r, keepalive=30)
+    return mqtt.MQTTClient(transport.open_socket('127.0.0.1', %(port)d), %(client_id)r, keepalive=30,
+                           username=%(username)r, password=%(password)r)
 
 cfg = {'site': %(site)r, 'mode': %(mode)r, 'identity_key': bytes.fromhex(%(priv)r),
        'ca_public': bytes.fromhex(%(ca)r), 'chain_id': %(chain)r,
        'validators': [bytes.fromhex(k) for k in %(validators)r],
        'gateway_keys': {bytes.fromhex(%(gw_id)r): bytes.fromhex(%(gw_key)r)}}
-client = device.DeviceClient(cfg, factory)
+storage = queue.FileStorage(%(flash)r)   # queues, counter and session on flash, as on a board
+client = device.DeviceClient(cfg, factory, storage=storage)
 phase('start')
 out['opened'] = client.open_session(20000) if %(mode)r == 'session' else None
 phase('session')
@@ -365,11 +367,15 @@ class CycleSite:
         (board.input / "command.cose").write_bytes(
             cose.sign1(body, self.controller_key, self.controller_id, device.cmd_topic.encode()))
         self.devices += 1
+        flash = board.input / ("flash-%d" % self.devices)
+        flash.mkdir()
+        login = stack.device_login(device.device_id) if hasattr(stack, "device_login") else {}
         program = CYCLE % {
-            "port": stack.broker_port, "client_id": "board-%d" % self.devices, "site": stack.site, "mode": mode,
+            "port": stack.broker_port, "client_id": login.get("username", "board-%d" % self.devices),
+            "username": login.get("username"), "password": login.get("password"), "site": stack.site, "mode": mode,
             "priv": priv.hex(), "ca": stack.public_key("gw-ca").hex(), "chain": stack.chain_id,
             "validators": [k.hex() for k in stack.validators], "gw_id": stack.gateway_id.hex(),
-            "gw_key": stack.public_key("gateway").hex(), "n": CYCLE_READINGS}
+            "gw_key": stack.public_key("gateway").hex(), "n": CYCLE_READINGS, "flash": str(flash)}
         value, result = board.run_json_result(program, board_heap=heap, timeout=CYCLE_TIMEOUT_S)
         return value, result
 
