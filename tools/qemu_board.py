@@ -10,7 +10,8 @@ raises ``BoardCodeError`` with the board's traceback. Variables live on between 
 ``RNG_SOURCE`` defines ``rng(n)`` on the board from a seed the host passes.
 
 ``icount=0`` runs QEMU with ``-icount shift=0``: one instruction is one nanosecond of virtual time, so
-``time.ticks_us()`` differences times 1000 are instruction counts, repeatable run after run.
+``time.ticks_us()`` differences times 1000 are instruction counts, repeatable run after run to one tick
+(1,000 instructions: idle time passes in host time and shifts the phase of the microsecond).
 
 Command line (prints QEMU instructions per core operation, from the bench's inputs):
 ``python3 -m ledgerlink.tools.qemu_board [--heap-kb 110|190] [--json FILE]``.

@@ -105,14 +105,17 @@ def test_core_operations_give_cpythons_bytes_on_the_110k_board(image):
 
 
 def test_instruction_counts_are_repeatable(image):
-    """Two boots with -icount shift=0 count the same instructions for one signature (fixed key)."""
+    """Two boots with -icount shift=0 count the same instructions for one signature (fixed key), to the
+    resolution of the count."""
     counts = []
     for _ in range(2):
         with QemuBoard(image, heap_kb=110, icount=0) as board:
             board.exec("import gc, time\nfrom ledgerlink.core import ecdsa\nd = bytes(31) + b'\\x01'")
             out = board.exec(qemu_board.MEASURE % ("ecdsa.sign(d, b'm')", "ecdsa.sign(d, b'm')"))
             counts.append(int(out.split("ICOUNT")[-1]) * 1000)
-    assert counts[0] == counts[1] and 10_000_000 < counts[0] < 200_000_000
+    # equal up to one tick of ticks_us (1,000 instructions): the board's idle time before the operation
+    # passes in host time, so the operation starts at another phase of the microsecond
+    assert abs(counts[0] - counts[1]) <= 1000 and 10_000_000 < counts[0] < 200_000_000
 
 
 # --- the client cycle over UART1 ----------------------------------------------------------------
