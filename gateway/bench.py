@@ -155,7 +155,7 @@ class Observer:
     The load generator uses the gateway's own MQTT client (one socket, batched reads), so less of the
     two cores goes to it and more to the gateway under test."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, login: dict[str, str]) -> None:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.verified: dict[bytes, float] = {}
@@ -163,8 +163,8 @@ class Observer:
         self.refused: dict[int, int] = {}
         self.sessions: dict[str, Any] = {}
         self.session_handler: Callable[[str, bytes], None] | None = None
-        self.client = MqttClient("127.0.0.1", port, "ll-bench-observer-%d" % os.getpid(), clean_start=True,
-                                 session_expiry=0, on_messages=self._on_messages)
+        self.client = MqttClient("127.0.0.1", port, login["username"], clean_start=True,
+                                 session_expiry=0, on_messages=self._on_messages, **login)
         self.client.subscriptions.update({"ll/%s/verified/+" % SITE: 0, "ll/%s/dev/+/down" % SITE: 0})
         self.client.start()
         if not self.client.wait_connected(10):
@@ -207,9 +207,8 @@ class Observer:
 
 
 class Publisher:
-    def __init__(self, port: int, name: str) -> None:
-        self.client = MqttClient("127.0.0.1", port, "ll-bench-%s-%d" % (name, os.getpid()), clean_start=True,
-                                 session_expiry=0)
+    def __init__(self, port: int, login: dict[str, str]) -> None:
+        self.client = MqttClient("127.0.0.1", port, login["username"], clean_start=True, session_expiry=0, **login)
         self.client.start()
         if not self.client.wait_connected(10):
             raise RuntimeError("publisher did not connect")
@@ -338,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         reg_s = time.monotonic() - t
         say("registered %d devices on the ledger in %.1f s (%.0f tx/s), height %d"
             % (len(devices), reg_s, len(devices) / reg_s, stack.height()))
-        obs = Observer(stack.broker_port)
-        pub = Publisher(stack.broker_port, "pub")
+        obs = Observer(stack.broker_port, stack.access.add("ll-bench-observer", "operator"))
+        pub = Publisher(stack.broker_port, stack.access.add("ll-bench-pub", "operator"))
 
         gw_pid = stack.gateway.pid
         first = [(d.up_topic, d.reading({"t": 0}, now_ms()).payload) for d in devices]

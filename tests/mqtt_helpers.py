@@ -10,11 +10,14 @@ import paho.mqtt.client as paho
 from ledgerlink.core import cbor
 
 
-def subscriber(port: int, topic: str, client_id: str) -> tuple[paho.Client, queue.Queue]:
-    """A connected client subscribed to ``topic`` (QoS 1); messages arrive as (topic, payload) in the queue."""
+def subscriber(port: int, topic: str, client_id: str, login: dict[str, str] | None = None
+               ) -> tuple[paho.Client, queue.Queue]:
+    """A connected client subscribed to ``topic`` (QoS 1); messages arrive as (topic, payload) in the queue.
+
+    ``login``: a broker account (``{"username", "password"}``; its username is then the client id)."""
     q: queue.Queue = queue.Queue()
     ready: queue.Queue = queue.Queue()
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    c = _client(client_id, login)
     c.on_message = lambda cl, u, m: q.put((m.topic, bytes(m.payload)))
     c.on_subscribe = lambda cl, u, mid, codes, p: ready.put(1)
     c.on_connect = lambda cl, u, f, r, p: cl.subscribe(topic, qos=1)
@@ -22,6 +25,14 @@ def subscriber(port: int, topic: str, client_id: str) -> tuple[paho.Client, queu
     c.loop_start()
     ready.get(timeout=10)
     return c, q
+
+
+def _client(client_id: str, login: dict[str, str] | None) -> paho.Client:
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=login["username"] if login else client_id,
+                    protocol=paho.MQTTv5)
+    if login:
+        c.username_pw_set(login["username"], login["password"])
+    return c
 
 
 def close(c: paho.Client) -> None:
@@ -32,9 +43,9 @@ def close(c: paho.Client) -> None:
 class Verified:
     """The application's view: the readings the gateway republishes on the site's verified topic."""
 
-    def __init__(self, port: int, site: str, client_id: str) -> None:
+    def __init__(self, port: int, site: str, client_id: str, login: dict[str, str] | None = None) -> None:
         self.readings: list = []
-        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        self.c = _client(client_id, login)
         self.c.on_message = lambda c, u, m: self.readings.append(cbor.loads(bytes(m.payload)))
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()

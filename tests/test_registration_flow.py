@@ -56,7 +56,8 @@ def test_device_registers_over_mqtt_and_an_admin_approves(stack, tmp_path, capsy
                       backend="cpython")
     dev_hex = core.device_id.hex()
     receipts: list = []
-    dev = Device(core, OfflineQueue(tmp_path / "q.db"), "127.0.0.1", stack.broker_port, keepalive=5)
+    dev = Device(core, OfflineQueue(tmp_path / "q.db"), "127.0.0.1", stack.broker_port, keepalive=5,
+                 password=stack.device_login(core.device_id)["password"])   # its broker account comes first
     dev.on_receipt = receipts.append
     dev.start()
     try:

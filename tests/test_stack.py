@@ -43,7 +43,8 @@ def test_start_reading_ban_stop_and_restart(tmp_path):
         with pytest.raises(StackError, match="registration refused"):
             s.register([req])                                   # already-exists
 
-        app, q = subscriber(s.broker_port, "ll/t1/verified/+", "test-stack-app")
+        app, q = subscriber(s.broker_port, "ll/t1/verified/+", "test-stack-app",
+                            s.access.add("test-stack-app", "operator"))
         try:
             out = dev.reading({"t": 21.5}, int(time.time() * 1000))
             app.publish(out.topic, out.payload, qos=1).wait_for_publish(5)
@@ -115,7 +116,7 @@ def test_embedded_broker_site_gives_a_device_its_receipt(tmp_path):
                          gateway_keys={s.gateway_id: s.public_key("gateway")})
         s.register([dev.registration_request(int(time.time() * 1000), attributes={"name": "probe"}).payload])
         down = "ll/emb/dev/%s/down" % dev.device_id.hex()
-        app, q = subscriber(s.broker_port, down, "test-stack-app")
+        app, q = subscriber(s.broker_port, down, "test-stack-app", s.device_login(dev.device_id))
         try:
             out = dev.reading({"t": 20.5}, int(time.time() * 1000))
             app.publish(out.topic, out.payload, qos=1).wait_for_publish(5)
@@ -155,7 +156,8 @@ def test_a_ban_reaches_the_gateway_within_a_second_with_default_limits(tmp_path)
     try:
         dev = DeviceCore(bytes(range(3, 35)), "bn", SequenceCounter(MemoryCounter()), s.chain_id, s.validators)
         s.register([dev.registration_request(int(time.time() * 1000), attributes={"name": "probe"}).payload])
-        app, q = subscriber(s.broker_port, "ll/bn/dev/%s/down" % dev.device_id.hex(), "test-ban-app")
+        app, q = subscriber(s.broker_port, "ll/bn/dev/%s/down" % dev.device_id.hex(), "test-ban-app",
+                            s.access.add("test-ban-app", "operator"))     # the device's own account is disabled by the ban
         try:
             def answer(out) -> int:
                 app.publish(out.topic, out.payload, qos=1).wait_for_publish(5)

@@ -105,7 +105,8 @@ def test_up_runs_a_site_and_stops_on_sigint(tmp_path):
         ca_public = re.search(r"board configs: chain_id 'll-hall-2', ca_public ([0-9a-f]{66}) ", text).group(1)
         ca_key = bytes.fromhex((tmp_path / "site" / "ledger" / "keys" / "gw-ca.key").read_text().strip())
         assert bytes.fromhex(ca_public) == get_backend("cpython").public_key(ca_key, True)
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        assert "log in with the token in %s" % (tmp_path / "site" / "dashboard.token") in text
+        with urllib.request.urlopen(_logged_in(url, tmp_path / "site"), timeout=10) as resp:
             assert resp.status == 200
         assert listening(broker)
         with LedgerClient(tmp_path / "site" / "ledger" / "cluster.json") as c:
@@ -312,8 +313,11 @@ class _SiteDevice:
         with LedgerClient(cluster_path) as c:
             res = c.submit(enc.register_tx(cfg.chain_id, admin, req, int(time.time() * 1000)))
         assert res.get("status") == "committed" and res.get("code") == 0, res
+        from ledgerlink.tools.broker_access import SiteAccess
+
+        login = SiteAccess(site_dir / "broker", site).add_device(self.core.device_id)
         self.app, self.q = subscriber(broker_port, "ll/%s/dev/%s/down" % (site, self.core.device_id.hex()),
-                                      "test-up-dev-%d" % seed)
+                                      "test-up-dev-%d" % seed, login)
 
     def publish(self):
         out = self.core.reading({"t": time.time()}, int(time.time() * 1000))
@@ -371,6 +375,12 @@ def _stop_up(proc, q, seen: list[str]) -> list[str]:
     return seen + _rest(proc, q)
 
 
+def _logged_in(url: str, site_dir) -> urllib.request.Request:
+    """A request for the dashboard with the site's token (``up`` makes it)."""
+    return urllib.request.Request(url, headers={
+        "Authorization": "Bearer " + (site_dir / "dashboard.token").read_text().strip()})
+
+
 def _all_gone(pids: list[int], timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
@@ -407,7 +417,7 @@ def test_a_killed_gateway_is_restarted_and_its_queued_readings_get_receipts(tmp_
         assert status["gateway"]["state"] == "running" and alive(status["gateway"]["pid"])
         assert status["ledger node 0"]["restarts"] == 0 and status["broker"]["restarts"] == 0
         assert 'ledgerlink_site_restarts_total{part="gateway"} 1' in (site_dir / "status.prom").read_text()
-        with urllib.request.urlopen(url, timeout=10) as resp:     # the dashboard is back on its address
+        with urllib.request.urlopen(_logged_in(url, site_dir), timeout=10) as resp:   # back on its address
             assert resp.status == 200
         assert all(alive(p) for p in started if p != gw)          # the others kept running
         pids = started + [status["gateway"]["pid"]]

@@ -193,8 +193,12 @@ class Context:
             raise _usage("name the gateway: --gateway URL (its dashboard address) or --up-config UP.json with "
                          "gateway.http_port set")
         url = self.gateway_url.rstrip("/") + "/api/registrations"
+        request = urllib.request.Request(url)
+        token_file = self.cluster_path.resolve().parent.parent / "dashboard.token"
+        if token_file.exists():                                       # ``ledgerlink up``'s dashboard login
+            request.add_header("Authorization", "Bearer " + token_file.read_text().strip())
         try:
-            with urllib.request.urlopen(url, timeout=self.args.timeout) as resp:
+            with urllib.request.urlopen(request, timeout=self.args.timeout) as resp:
                 held = json.loads(resp.read(4 << 20))["registrations"]
             if not isinstance(held, list):
                 raise TypeError("registrations is not a list")
@@ -402,6 +406,37 @@ def cmd_register(ctx: Context, args: argparse.Namespace) -> int:
     print("registered device %s: role %s, %s; committed at height %d" % (
         dev.hex(), role_name(payload[3]), _attrs_text(payload.get(4) or {}), res["height"]))
     print(line)
+    access = _broker_accounts(ctx)
+    if access is not None:
+        login = access.add_registered(request)
+        print("broker account %s: its login is in %s (mode 0600); give it to the device"
+              % (login["username"], access.credentials_path(login["username"])))
+    return EXIT_OK
+
+
+def _broker_accounts(ctx: Context) -> Any:
+    """The site's broker accounts beside the cluster config (``ledgerlink up``'s data_dir), or None."""
+    from ledgerlink.tools.broker_access import SiteAccess
+
+    return SiteAccess.beside(ctx.cluster_path)
+
+
+def cmd_broker_login(ctx: Context, args: argparse.Namespace) -> int:
+    """Make a device's broker account before it registers (or give it a new password with --rotate)."""
+    from ledgerlink.tools.broker_access import AccessError
+
+    dev = parse_device_id(args.device_id)
+    access = _broker_accounts(ctx)
+    if access is None:
+        raise AdminError("no broker accounts beside %s (a site of `ledgerlink up` has them in data_dir/broker)"
+                         % ctx.cluster_path, EXIT_USAGE)
+    try:
+        login = access.add_device(dev, args.role, rotate=args.rotate)
+    except AccessError as exc:
+        raise AdminError(str(exc)) from None
+    print("broker account %s (role %s)%s: its login is in %s (mode 0600)" % (
+        login["username"], args.role, ", new password" if args.rotate else "",
+        access.credentials_path(login["username"])))
     return EXIT_OK
 
 
@@ -434,6 +469,9 @@ def cmd_ban(ctx: Context, args: argparse.Namespace, unban: bool = False) -> int:
     print("%s device %s (%r); committed at height %d" % ("unbanned" if unban else "banned", dev.hex(), reason,
                                                           res["height"]))
     print(line)
+    access = _broker_accounts(ctx)
+    if access is not None and access.set_disabled("ll-" + dev.hex(), not unban):
+        print("broker account ll-%s %s" % (dev.hex(), "enabled again" if unban else "disabled: disconnected now"))
     return EXIT_OK
 
 
@@ -637,6 +675,11 @@ def build_parser() -> argparse.ArgumentParser:
     u = with_ledger("unban", help="lift a device's ban")
     u.add_argument("device_id", metavar="DEVICE_ID")
     u.add_argument("--reason", default="unbanned by admin", help="why (default: unbanned by admin)")
+    bl = with_ledger("broker-login", help="make a device's broker account (before it sends its registration "
+                                          "request), or give it a new password (--rotate)")
+    bl.add_argument("device_id", metavar="DEVICE_ID")
+    bl.add_argument("--role", choices=("device", "controller"), default="device")
+    bl.add_argument("--rotate", action="store_true", help="a new password (the old one stops working at once)")
     s = with_ledger("show", help="a device's record, with its state proof verified")
     s.add_argument("device_id", metavar="DEVICE_ID")
     f = with_ledger("firmware", help="record a firmware or configuration image (maintenance key)")
@@ -667,6 +710,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "pending": cmd_pending,
     "ban": cmd_ban,
     "unban": lambda ctx, args: cmd_ban(ctx, args, unban=True),
+    "broker-login": cmd_broker_login,
     "show": cmd_show,
     "firmware": cmd_firmware,
     "headers": cmd_headers,

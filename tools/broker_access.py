@@ -65,6 +65,7 @@ DYNSEC_PLUGIN_PATHS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 ACCOUNTS_FILE = "accounts.json"
 RUNTIME_FILE = "runtime.json"
+DASHBOARD_TOKEN_FILE = "dashboard.token"
 DYNSEC_FILE = "dynamic-security.json"
 RELOAD_S = 0.2                          # the embedded broker looks at accounts.json this often
 APPLIED_SUFFIX = ".applied"             # it writes the mtime of what it read to accounts.json.applied
@@ -118,7 +119,8 @@ def rules(site: str, username: str, role: str, device: str | None = None) -> lis
 def hash_password(password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> dict[str, Any]:
     salt = salt if salt is not None else secrets.token_bytes(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    return {"salt": base64.b64encode(salt).decode(), "hash": base64.b64encode(digest).decode(), "iterations": iterations}
+    return {"salt": base64.b64encode(salt).decode(), "hash": base64.b64encode(digest).decode(),
+            "iterations": iterations}
 
 
 def password_matches(account: dict[str, Any], password: bytes | str | None) -> bool:
@@ -156,6 +158,21 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def private_log(path: Path) -> Any:
+    """``path`` opened for appending, created with mode 0600 (a log may name devices and accounts)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
+
+
+def dashboard_token(data_dir: Path) -> str:
+    """The dashboard's login token in ``data_dir/dashboard.token`` (made on first use, mode 0600)."""
+    path = Path(data_dir) / DASHBOARD_TOKEN_FILE
+    if not path.exists():
+        _write_private(path, secrets.token_urlsafe(PASSWORD_BYTES) + "\n")
+    return path.read_text().strip()
+
+
 def find_dynsec_plugin() -> str | None:
     for p in DYNSEC_PLUGIN_PATHS:
         if os.path.isfile(p):
@@ -169,6 +186,17 @@ class SiteAccess:
     def __init__(self, folder: str | Path, site: str) -> None:
         self.folder = Path(folder)
         self.site = site
+
+    @classmethod
+    def beside(cls, cluster_path: str | Path) -> "SiteAccess | None":
+        """The accounts of the site whose ledger config is ``cluster_path`` (``ledgerlink up``'s layout:
+        ``data_dir/ledger/cluster.json`` and ``data_dir/broker``), or None when there are none."""
+        folder = Path(cluster_path).resolve().parent.parent / "broker"
+        try:
+            site = json.loads((folder / ACCOUNTS_FILE).read_text())["site"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return cls(folder, site)
 
     # --- the accounts file ---------------------------------------------------------------------------
 

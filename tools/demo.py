@@ -251,6 +251,7 @@ class _Tally:
         self.accepted: dict[bytes, list[int]] = {}      # device id -> device times of verified readings
         self.refused: dict[bytes, list[tuple[int, str]]] = {}
         self.receipts_valid = 0
+        self.receipts_of: dict[bytes, int] = {}        # device id -> valid receipts
         self.receipts_invalid: list[str] = []
         self.header_height: int | None = None
 
@@ -269,10 +270,11 @@ class _Tally:
         except (LedgerlinkError, TypeError, IndexError, KeyError):
             pass
 
-    def receipt(self, result: Any) -> None:
+    def receipt(self, dev: bytes, result: Any) -> None:
         with self.lock:
             if result.valid:
                 self.receipts_valid += 1
+                self.receipts_of[dev] = self.receipts_of.get(dev, 0) + 1
             else:
                 self.receipts_invalid.append(result.reason)
 
@@ -301,12 +303,12 @@ def _refused_text(by_reason: dict[str, int]) -> str:
 class _Monitor:
     """An application subscribed to the verified readings and the certified header of the site."""
 
-    def __init__(self, site: str, port: int, tally: _Tally) -> None:
+    def __init__(self, site: str, port: int, tally: _Tally, login: dict[str, str]) -> None:
         import paho.mqtt.client as mqtt
 
         self.topics = ("ll/%s/verified/+" % site, "ll/%s/ledger/header" % site)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ll-demo-monitor-%d" % os.getpid(),
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=login["username"], protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(login["username"], login["password"])
         self.subscribed = threading.Event()
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe([(t, 1) for t in self.topics])
         self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()
@@ -332,12 +334,15 @@ def _open_devices(stack: Any, count: int, directory: Path, tally: _Tally) -> lis
         dev = Device.open(str(directory / ("dev%02d" % i)), stack.site, "127.0.0.1", stack.broker_port,
                           stack.chain_id, stack.validators, ca_public=stack.public_key("gw-ca"),
                           gateway_keys=gateway_keys, mode=mode, backoff_initial=0.2, backoff_max=2.0,
-                          on_receipt=tally.receipt,
+                          on_receipt=lambda ev, h=holder: tally.receipt(h[0].core.device_id, ev),
                           on_refusal=lambda ev, h=holder: tally.refusal(h[0].core.device_id, ev))
         holder.append(dev)
         dev.name = "dev%02d" % i
         devices.append(dev)
     return devices
+
+
+CUT_OFF_MS = 1000          # the banned device's broker account is disabled and its connection ended within this
 
 
 def _all_decided(devices: list[Any]) -> bool:
@@ -375,6 +380,7 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
     failed = False
     ban_target = None
     ban_ms: int | None = None
+    cut_off_ms: int | None = None
     signals.install()
     try:
         say("ledgerlink demo: site %r, %d devices, %s, data in %s" % (
@@ -389,12 +395,14 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
                                                 {"name": d.name, "model": "simulated"}).payload for d in devs]
         signals.check()
         results = stack.register(requests)
+        for d in devs:
+            d.set_login(stack.device_login(d.core.device_id)["password"])
         heights = sorted({r["height"] for r in results})
         say("registered %d devices: admin-signed tx-register, committed at height%s %s" % (
             len(devs), "s" if len(heights) > 1 else "", ", ".join(map(str, heights))))
         checks.append((True, "%d/%d devices registered on the ledger" % (len(devs), devices)))
 
-        monitor = _Monitor(site, stack.broker_port, tally)
+        monitor = _Monitor(site, stack.broker_port, tally, stack.consumer_login())
         if not monitor.subscribed.wait(10):
             raise StackError("the verified-topic subscriber did not subscribe")
         signals.check()
@@ -416,12 +424,15 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
         checks.append((opened == len(sessions), "%d/%d ECQV sessions opened" % (opened, len(sessions))))
         if stack.dashboard_url:
             say("dashboard: %s (metrics at %smetrics)" % (stack.dashboard_url, stack.dashboard_url))
+        user = stack.consumer_login()["username"]
+        creds = stack.access.credentials_path(user)
         if stack.broker_kind == "mosquitto":
-            say("verified readings: mosquitto_sub -h 127.0.0.1 -p %d -V mqttv5 -t 'll/%s/verified/+'"
-                % (stack.broker_port, site))
+            say("verified readings: mosquitto_sub -h 127.0.0.1 -p %d -V mqttv5 -i %s -u %s -P PASSWORD -t "
+                "'ll/%s/verified/+' (the consumer account; its password is in %s)"
+                % (stack.broker_port, user, user, site, creds))
         else:
-            say("verified readings: subscribe with any MQTT client to 'll/%s/verified/+' on 127.0.0.1:%d"
-                % (site, stack.broker_port))
+            say("verified readings: subscribe with an MQTT client to 'll/%s/verified/+' on 127.0.0.1:%d as client id "
+                "and user %s (the consumer account; its password is in %s)" % (site, stack.broker_port, user, creds))
         say("ledger: chain %r, node client ports %s, logs and keys in %s" % (
             stack.chain_id, ", ".join(str(a.client_port) for a in stack.cluster.config.nodes), data_dir))
 
@@ -447,6 +458,12 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
                 ban_ms = int(time.time() * 1000)
                 say("banned %s (%s): admin-signed tx-ban %r committed at height %d" % (
                     ban_target.name, ban_target.core.device_id.hex(), BAN_REASON, res["height"]))
+                while ban_target.connected and time.time() * 1000 - ban_ms < CUT_OFF_MS:
+                    time.sleep(0.005)
+                cut_off_ms = None if ban_target.connected else int(time.time() * 1000) - ban_ms
+                say("broker account of %s disabled: %s" % (
+                    ban_target.name, "disconnected %d ms after the ban committed" % cut_off_ms
+                    if cut_off_ms is not None else "STILL CONNECTED after %d ms" % CUT_OFF_MS))
             if now >= next_summary:
                 accepted, by_reason, receipts = tally.totals()
                 say("accepted %d  %s  receipts verified %d  ledger height %d" % (
@@ -457,7 +474,7 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
 
         say("publishing stopped after %d readings per device; waiting for receipts" % seq)
         deadline = time.monotonic() + DRAIN_S
-        while not _all_decided(devs) and time.monotonic() < deadline:
+        while not _all_decided([d for d in devs if d is not ban_target]) and time.monotonic() < deadline:
             time.sleep(0.1)
         height = stack.height()
         accepted, by_reason, receipts = tally.totals()
@@ -465,7 +482,7 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
             accepted, _refused_text(by_reason), receipts, height))
         if tally.header_height is not None:
             say("certified header of height %d retained on ll/%s/ledger/header" % (tally.header_height, site))
-        checks.extend(_final_checks(devs, tally, ban_target, ban_ms, signals.received is not None))
+        checks.extend(_final_checks(devs, tally, ban_target, ban_ms, signals.received is not None, cut_off_ms))
     except _Interrupted:
         pass
     except Exception as exc:  # noqa: BLE001 - any failure ends the run with the checks so far
@@ -510,17 +527,20 @@ def _alive(pid: int) -> bool:
 
 
 def _final_checks(devs: list[Any], tally: _Tally, ban_target: Any, ban_ms: int | None,
-                  interrupted: bool) -> list[tuple[bool, str]]:
+                  interrupted: bool, cut_off_ms: int | None = None) -> list[tuple[bool, str]]:
     out: list[tuple[bool, str]] = []
     accepted, _, receipts = tally.totals()
     others = [d for d in devs if d is not ban_target]
     silent = [d.name for d in others if not tally.accepted.get(d.core.device_id)]
     out.append((accepted > 0 and not silent, "accepted %d readings; every device not banned had readings accepted%s"
                 % (accepted, "" if not silent else " (none from %s)" % ", ".join(silent))))
-    undecided = sum(len(d.core.sent) for d in devs)
-    out.append((receipts == accepted and not tally.receipts_invalid and undecided == 0,
+    undecided = sum(len(d.core.sent) for d in others)      # the banned device is cut off from its receipts
+    good_accepted = sum(len(tally.accepted.get(d.core.device_id, ())) for d in others)
+    good_receipts = sum(tally.receipts_of.get(d.core.device_id, 0) for d in others)
+    out.append((good_receipts == good_accepted and not tally.receipts_invalid and undecided == 0,
                 "receipts verified %d of %d accepted (batch root, anchor tx, 2f+1 certified header); "
-                "%d invalid, %d frames without an answer" % (receipts, accepted, len(tally.receipts_invalid), undecided)))
+                "%d invalid, %d frames without an answer" % (good_receipts, good_accepted, len(tally.receipts_invalid),
+                                                             undecided)))
     unexpected = [(REASON_NAMES.get(c, c), r) for d in others for c, r in tally.refused.get(d.core.device_id, [])]
     out.append((not unexpected, "no refusal of a device in good standing%s"
                 % ("" if not unexpected else ": %r" % unexpected[:3])))
@@ -532,7 +552,8 @@ def _final_checks(devs: list[Any], tally: _Tally, ban_target: Any, ban_ms: int |
     banned = [r for c, r in refusals if c == BANNED_DEVICE]
     late = [t for t in tally.accepted.get(ban_target.core.device_id, [])
             if t > ban_ms + GATEWAY_LIMITS["registry_ttl_ms"] + 1000]
-    out.append((bool(banned) and not late and len(banned) == len(refusals),
-                "banned device %s refused %d times with banned-device (4) (%s); %d readings accepted after the ban"
-                % (ban_target.name, len(banned), banned[-1] if banned else "no refusal", len(late))))
+    out.append((cut_off_ms is not None and not late and len(banned) == len(refusals),
+                "banned device %s cut off by the broker %s ms after the ban; refused %d times with banned-device "
+                "(4) (%s); %d readings accepted after the ban"
+                % (ban_target.name, cut_off_ms, len(banned), banned[-1] if banned else "no refusal", len(late))))
     return out

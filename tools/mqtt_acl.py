@@ -1,4 +1,4 @@
-"""Accounts and ACLs in the embedded MQTT broker, from the site's ``accounts.json`` (``ledgerlink.tools.broker_access``).
+"""Accounts and ACLs in the embedded MQTT broker, from a site's ``accounts.json`` (``tools.broker_access``).
 
 The same rules mosquitto's dynamic security plugin gets: no anonymous client; the password checked
 against the account's PBKDF2-SHA512 hash; the client id must be the username (an empty one is assigned

@@ -460,19 +460,18 @@ def provision(args: argparse.Namespace, out: Callable[[str], None] = print) -> i
 def _broker_login(ctx: LedgerContext, dev: bytes, role: int, out: Callable[[str], None]) -> dict[str, str] | None:
     """The device's broker account, made in the site's broker folder (``data_dir/broker`` beside the ledger
     folder of ``ledgerlink up``) when there is one; None otherwise (an external broker's own accounts)."""
-    from ledgerlink.tools.broker_access import ACCOUNTS_FILE, ROLE_CONTROLLER, AccessError, SiteAccess
+    from ledgerlink.tools.broker_access import ROLE_CONTROLLER, AccessError, SiteAccess
 
-    folder = ctx.cluster_path.resolve().parent.parent / "broker"
-    if not (folder / ACCOUNTS_FILE).exists():
+    access = SiteAccess.beside(ctx.cluster_path)
+    if access is None:
         out("no broker accounts beside %s: give the board a login of your broker's own" % ctx.cluster_path)
         return None
     try:
-        site = json.loads((folder / ACCOUNTS_FILE).read_text())["site"]
-        login = SiteAccess(folder, site).add_device(dev, "controller" if role == ROLE_CONTROLLER else "device")
-    except (OSError, ValueError, KeyError, AccessError) as exc:
-        raise ProvisionError("the device's broker account could not be made in %s: %s" % (folder, exc)) from None
-    out("broker account %s (its password also in %s, mode 0600)" % (login["username"], SiteAccess(folder, site)
-                                                                     .credentials_path(login["username"])))
+        login = access.add_device(dev, "controller" if role == ROLE_CONTROLLER else "device")
+    except (OSError, AccessError) as exc:
+        raise ProvisionError("the device's broker account could not be made in %s: %s" % (access.folder, exc)) from None
+    out("broker account %s (its password also in %s, mode 0600)"
+        % (login["username"], access.credentials_path(login["username"])))
     return login
 
 

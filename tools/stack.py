@@ -50,6 +50,8 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.cluster import LocalCluster, write_key
 from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.tools.broker_access import (DASHBOARD_TOKEN_FILE, SiteAccess, consumer_username, dashboard_token,
+                                            device_username, gateway_username, private_dir, private_log)
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 INSTALL_HINT = ("--broker mosquitto needs mosquitto: install it (apt-get install mosquitto) "
@@ -140,6 +142,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def _child_setup() -> None:
     """In the child before exec: own session (no terminal SIGINT); SIGTERM when the parent dies (Linux)."""
     os.setsid()
+    os.umask(0o077)                 # the gateway's store, the ledger's blocks, the broker's files: owner only
     try:
         import ctypes
 
@@ -189,7 +192,7 @@ def stop_process(p: subprocess.Popen | None, timeout: float = 10.0) -> None:
         p.wait()
 
 
-def mosquitto_config(data_dir: Path, bind: str, port: int) -> str:
+def mosquitto_config(data_dir: Path, bind: str, port: int, access: str = "allow_anonymous true\n") -> str:
     """The text of the site's ``mosquitto.conf`` (one place for every broker setting of ``ledgerlink up``).
 
     - persistence: sessions, subscriptions and queued QoS 1 frames are written to ``data_dir/mosquitto.db``
@@ -205,12 +208,13 @@ def mosquitto_config(data_dir: Path, bind: str, port: int) -> str:
     - limits: ``message_size_limit`` and ``max_packet_size`` (a device frame is at most a few KiB),
       ``max_connections`` on the listener, ``max_keepalive`` (MQTT 5 clients asking for none or more are
       told this one, so a silent connection ends).
+    - access: the lines of ``SiteAccess.mosquitto_lines`` (accounts and ACLs; ``ledgerlink.tools.broker_access``).
     """
-    return ("listener %d %s\nmax_connections %d\nallow_anonymous true\n"
+    return ("listener %d %s\nmax_connections %d\n%s"
             "persistence true\npersistence_location %s/\npersistence_file mosquitto.db\nautosave_interval %d\n"
             "user %s\nmax_queued_messages %d\nmax_queued_bytes %d\nmax_inflight_messages %d\n"
             "message_size_limit %d\nmax_packet_size %d\nmax_keepalive %d\n"
-            % (port, bind, MAX_CONNECTIONS, data_dir.resolve(), AUTOSAVE_S, pwd.getpwuid(os.geteuid()).pw_name,
+            % (port, bind, MAX_CONNECTIONS, access, data_dir.resolve(), AUTOSAVE_S, pwd.getpwuid(os.geteuid()).pw_name,
                QUEUED_PER_CLIENT, QUEUED_BYTES_PER_CLIENT, INFLIGHT_PER_CLIENT, MESSAGE_SIZE_LIMIT,
                PACKET_SIZE_LIMIT, MAX_KEEPALIVE_S))
 
@@ -221,7 +225,7 @@ class _SessionCluster(LocalCluster):
     def start_node(self, i: int) -> None:
         if i in self.procs and self.procs[i].poll() is None:
             return
-        with open(self.data_dir / ("node%d.log" % i), "ab") as log:
+        with private_log(self.data_dir / ("node%d.log" % i)) as log:
             spawn([sys.executable, "-m", "ledgerlink.ledger.node", "--config", str(self.config_path),
                    "--index", str(i), "--data", str(self.data_dir / ("node%d" % i)), "--log-level", self.log_level],
                   log, functools.partial(self.procs.__setitem__, i))
@@ -239,7 +243,8 @@ class Stack:
     def __init__(self, data_dir: str | Path, site: str = "demo", nodes: int = 4,
                  limits: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
                  progress: Callable[[str], None] | None = None, broker: str | None = None,
-                 broker_bind: str = "127.0.0.1", broker_port: int = 0, gateways: int = 1) -> None:
+                 broker_bind: str = "127.0.0.1", broker_port: int = 0, gateways: int = 1,
+                 dashboard_login: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.site = site
         self.nodes = nodes
@@ -258,6 +263,8 @@ class Stack:
         self.cluster: _SessionCluster | None = None
         self.ledger: LedgerClient | None = None
         self.crypto = get_backend("cpython")
+        self.access = SiteAccess(self.data_dir / "broker", site)
+        self.dashboard_login = dashboard_login
         self.parts: dict[str, _Part] = {}
         self.stopping = False
 
@@ -317,7 +324,7 @@ class Stack:
         """Start broker, cluster and gateway; on any failure stop what was started and raise."""
         kind, mosquitto = choose_broker(self.broker_choice)
         self.broker_kind = kind
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         try:
             self._start_broker(mosquitto, timeout)
             self._start_cluster(timeout)
@@ -330,11 +337,14 @@ class Stack:
         """Start mosquitto (``mosquitto`` is its path) or, when it is None, the embedded broker."""
         self.broker_port = self.broker_port or free_port(self.broker_host)
         self.mosquitto = mosquitto
+        self.access.write_runtime("starting", self.broker_host, self.broker_port)
+        self.access.site_accounts(len(self.gateways))
         if mosquitto is not None:
             (self.data_dir / "mosquitto.conf").write_text(
-                mosquitto_config(self.data_dir, self.broker_bind, self.broker_port))
+                mosquitto_config(self.data_dir, self.broker_bind, self.broker_port, self.access.mosquitto_lines()))
         self._spawn_broker()
         wait_listening(self.broker, self.broker_name, self.broker_host, self.broker_port, self.broker_log, timeout)
+        self.access.write_runtime(self.broker_kind or "embedded", self.broker_host, self.broker_port)
         if mosquitto is not None:
             self.progress("MQTT broker: mosquitto on %s:%d (%s)" % (self.broker_bind, self.broker_port, mosquitto))
         else:
@@ -350,8 +360,8 @@ class Stack:
             cmd = [sys.executable, "-m", "ledgerlink.tools.mqtt_broker", "--host", self.broker_bind,
                    "--port", str(self.broker_port), "--max-queued", str(QUEUED_PER_CLIENT),
                    "--max-packet-size", str(PACKET_SIZE_LIMIT), "--max-connections", str(MAX_CONNECTIONS),
-                   "--max-keepalive", str(MAX_KEEPALIVE_S)]
-        with open(self.broker_log, "ab") as log:
+                   "--max-keepalive", str(MAX_KEEPALIVE_S), "--accounts", str(self.access.accounts_path)]
+        with private_log(self.broker_log) as log:
             spawn(cmd, log, functools.partial(setattr, self, "broker"))
 
     def _start_cluster(self, timeout: float) -> None:
@@ -367,20 +377,25 @@ class Stack:
     def _gateway_config(self, http_host: str, http_port: int, index: int = 1) -> dict:
         """Config of gateway process ``index`` (1 first; its fog CA and site keys made on first use), paths
         relative to ``data_dir``."""
+        self.dashboard_token                          # noqa: B018 - the token file exists before the gateway reads it
         keys = self.data_dir / "ledger" / "keys"
+        login = self.access.credentials_path(gateway_username(self.site, index))
         for name in ("gw-ca", "gw-site"):
             if not (keys / (name + ".key")).exists():
                 write_key(keys / (name + ".key"), self.crypto.generate_private_key())
         return {
             "site": self.site,
-            "mqtt": {"host": self.broker_host, "port": self.broker_port, "client_id": "ll-gw-%s-%d" % (self.site, index)},
+            "mqtt": {"host": self.broker_host, "port": self.broker_port,
+                     "client_id": gateway_username(self.site, index),
+                     **({"credentials": str(login.relative_to(self.data_dir))} if login.exists() else {})},
             "store": "gateway.db",
             "keys": {"identity": "ledger/keys/gateway.key", "ca": "ledger/keys/gw-ca.key",
                      "site": "ledger/keys/gw-site.key"},
             "ledger": {"cluster": "ledger/cluster.json"},
             "limits": self.limits,
             "batch": self.batch,
-            "http": {"host": http_host, "port": http_port},
+            "http": {"host": http_host, "port": http_port,
+                     **({"token_file": DASHBOARD_TOKEN_FILE} if self.dashboard_login else {})},
         }
 
     def _gateway_http(self, index: int) -> tuple[str, int]:
@@ -509,7 +524,28 @@ class Stack:
         for res in results:
             if res.get("status") != "committed" or res.get("code") != REASON_OK:
                 raise StackError("registration refused: %r" % (res,))
+        for r in requests:
+            self.access.add_registered(r)
         return results
+
+    def login(self, username: str) -> dict[str, str]:
+        """``{"username", "password"}`` of one of the site's broker accounts (``broker_access``)."""
+        return self.access.login(username)
+
+    @property
+    def dashboard_token(self) -> str | None:
+        """The dashboard's login token (``dashboard_login``; made on first use, mode 0600), else None."""
+        if not self.dashboard_login:
+            return None
+        return dashboard_token(self.data_dir)
+
+    def device_login(self, device_id: bytes) -> dict[str, str]:
+        """The broker login of a device (its account made when it does not exist yet)."""
+        return self.access.add_device(device_id)
+
+    def consumer_login(self) -> dict[str, str]:
+        """The broker login of the site's consumer (reads the verified readings)."""
+        return self.access.login(consumer_username(self.site))
 
     def ban(self, device_id: bytes, reason: str) -> dict:
         """Admin-signed ``tx-ban`` of ``device_id``; raises unless it commits with code 0."""
@@ -517,6 +553,7 @@ class Stack:
         res = self._ledger().submit(tx)
         if res.get("status") != "committed" or res.get("code") != REASON_OK:
             raise StackError("ban refused: %r" % (res,))
+        self.access.set_disabled(device_username(device_id), True)
         return res
 
 
@@ -601,7 +638,7 @@ def spawn_gateway(cfg: dict, data_dir: Path, name: str, keep: Callable[[subproce
     path.write_text(json.dumps(cfg, indent=2) + "\n")
     log_path = data_dir / (name + ".log")
     start = log_path.stat().st_size if log_path.exists() else 0
-    with open(log_path, "ab") as log:
+    with private_log(log_path) as log:
         spawn([sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
               log, keep)
     return start

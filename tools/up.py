@@ -33,8 +33,13 @@ in a row, at most 30 s), and each exit and restart is printed. ``data_dir/status
 ``data_dir/status.prom`` say what runs and how often each part was restarted. The site stops only when
 the operator stops it. Private keys are never printed.
 
-The local broker allows anonymous MQTT clients: devices are authenticated by their signatures and
-session keys, not by the broker; put broker access control in an external broker's own config.
+The local broker admits no anonymous client: every client logs in with its own account, bound to its
+client id, and may use only its role's topics (``ledgerlink.tools.broker_access``: the accounts in
+``data_dir/broker``, enforced by mosquitto's dynamic security plugin or the embedded broker). ``up``
+makes the accounts of the gateway processes, the consumer (reads the verified readings) and the broker
+admin; ``ledgerlink provision`` and ``admin register`` make a device's, and a ban disables it at once.
+The dashboard asks for the token in ``data_dir/dashboard.token``. Secret files are mode 0600 and
+``data_dir`` is 0700. An external broker (``broker.external``) enforces its own accounts.
 """
 
 from __future__ import annotations
@@ -357,7 +362,7 @@ def _make_stack_class() -> type:
         def __init__(self, cfg: UpConfig, progress: Any, broker: str | None = None) -> None:
             super().__init__(cfg.data_dir, cfg.site, cfg.nodes, limits=cfg.limits, batch=cfg.batch, progress=progress,
                              broker=broker, broker_bind=cfg.broker_host, broker_port=cfg.broker_port,
-                             gateways=cfg.gateway_processes)
+                             gateways=cfg.gateway_processes, dashboard_login=True)
             self.cfg = cfg
 
         def start(self, timeout: float = 60.0) -> None:
@@ -409,6 +414,9 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
 
     lines = ["broker: mqtt://%s:%d (MQTT 5; devices use ll/%s/dev/<device-id>/up, reg, session; replies on .../down)"
              % (stack.broker_host, stack.broker_port, cfg.site),
+             "broker accounts: %s (no anonymous clients; each account's login in %s/<username>.json, mode 0600; "
+             "devices get theirs from `ledgerlink provision`)" % (stack.access.accounts_path,
+                                                                  stack.access.folder / "credentials"),
              "ledger: chain %r, %d nodes; client ports %s" % (
                  c.chain_id, c.n, ", ".join("%s:%d" % (a.host, a.client_port) for a in c.nodes)),
              "cluster config (trust anchor: chain id + validator keys): %s" % cfg.cluster_path]
@@ -420,7 +428,8 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
     ca_key = read_key(cfg.data_dir / "ledger" / "keys" / "gw-ca.key", "fog CA key")
     lines.append("board configs: chain_id %r, ca_public %s (the fog CA key), validator_keys as above"
                  % (c.chain_id, be.public_key(ca_key, True).hex()))
-    lines.append("dashboard: %s (metrics at %smetrics)" % (stack.dashboard_url, stack.dashboard_url)
+    lines.append("dashboard: %s (metrics at %smetrics; log in with the token in %s)"
+                 % (stack.dashboard_url, stack.dashboard_url, cfg.data_dir / "dashboard.token")
                  if stack.dashboard_url else "dashboard: not started (see the gateway log)")
     lines.append("processes: %s" % " ".join(str(p) for p in stack.pids()))
     return lines

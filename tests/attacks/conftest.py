@@ -88,7 +88,11 @@ class Net:
         self.attacker = self._client("attacker-%s-%d" % (site, os.getpid()))
 
     def _client(self, cid: str) -> mqtt.Client:
+        """A client with an operator account: it may publish and read every topic of the site, as a party in
+        the broker's position could."""
+        login = self.stack.access.add(cid, "operator", site=self.site)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        c.username_pw_set(login["username"], login["password"])
         c.connect("127.0.0.1", self.stack.broker_port)
         c.loop_start()
         return c

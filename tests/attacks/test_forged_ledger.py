@@ -151,9 +151,11 @@ def evil(stack, tmp_path_factory):
     stack.register([Dev(stack).registration()])   # a first block: the gateway's start-up header fetch is answered
     lying = LyingLedger(stack.data_dir / "ledger" / "cluster.json", stack.chain_id)
     keys = stack.data_dir / "ledger" / "keys"
+    stack.access.add("ll-gw-%s-1" % EVIL_SITE, "gateway", site=EVIL_SITE)
     cfg = {
         "site": EVIL_SITE,
-        "mqtt": {"host": "127.0.0.1", "port": stack.broker_port, "client_id": "ll-gw-%s-1" % EVIL_SITE},
+        "mqtt": {"host": "127.0.0.1", "port": stack.broker_port, "client_id": "ll-gw-%s-1" % EVIL_SITE,
+                 "credentials": str(stack.access.credentials_path("ll-gw-%s-1" % EVIL_SITE))},
         "store": str(tmp / "gateway.db"),
         "keys": {"identity": str(keys / "gateway.key"), "ca": str(keys / "gw-ca.key"), "site": str(keys / "gw-site.key")},
         "ledger": {"cluster": str(lying.write_config(tmp / "lying-cluster.json"))},

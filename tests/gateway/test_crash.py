@@ -48,10 +48,12 @@ def test_gateway_killed_under_load_loses_no_reading_and_anchors_all(tmp_path):
         devs = [DeviceCore(os.urandom(32), "crash", SequenceCounter(MemoryCounter()), s.chain_id, s.validators)
                 for _ in range(DEVICES)]
         s.register([d.registration_request(int(time.time() * 1000)).payload for d in devs])
-        down, replies = subscriber(s.broker_port, "ll/crash/dev/+/down", "test-crash-down")
+        down, replies = subscriber(s.broker_port, "ll/crash/dev/+/down", "test-crash-down",
+                                   s.access.add("test-crash-down", "operator"))
         frames = [d.reading({"i": i}, int(time.time() * 1000), MODE_SIGNED)
                   for i in range(PER_DEVICE) for d in devs]
-        pub = MqttClient("127.0.0.1", s.broker_port, "test-crash-pub", clean_start=True).start()
+        pub = MqttClient("127.0.0.1", s.broker_port, "test-crash-pub", clean_start=True,
+                         **s.access.add("test-crash-pub", "operator")).start()
         assert pub.wait_connected(10)
         db = str(site / "gateway.db")
         pub.publish_many([(f.topic, f.payload, False) for f in frames[:DEVICES]])      # registry records cached

@@ -35,6 +35,8 @@ def test_two_gateway_processes_share_sessions_and_replay_protection(tmp_path):
     try:
         cfg = json.loads((site / "gateway.json").read_text())
         cfg["mqtt"]["client_id"] = "ll-gw-two-2"
+        s.access.add("ll-gw-two-2", "gateway")
+        cfg["mqtt"]["credentials"] = str(s.access.credentials_path("ll-gw-two-2"))
         cfg["store"] = str(site / cfg["store"])
         cfg["keys"] = {k: str(site / v) for k, v in cfg["keys"].items()}
         cfg["ledger"]["cluster"] = str(site / cfg["ledger"]["cluster"])
@@ -43,7 +45,8 @@ def test_two_gateway_processes_share_sessions_and_replay_protection(tmp_path):
         dev = DeviceCore(bytes(range(3, 35)), "two", SequenceCounter(MemoryCounter()), s.chain_id, s.validators,
                          ca_public=s.public_key("gw-ca"))
         s.register([dev.registration_request(int(time.time() * 1000), attributes={"name": "probe"}).payload])
-        app, q = subscriber(s.broker_port, "ll/two/dev/%s/down" % dev.device_id.hex(), "test-two-gw")
+        app, q = subscriber(s.broker_port, "ll/two/dev/%s/down" % dev.device_id.hex(), "test-two-gw",
+                            s.device_login(dev.device_id))
 
         def publish(frame) -> None:
             app.publish(frame.topic, frame.payload, qos=1).wait_for_publish(5)

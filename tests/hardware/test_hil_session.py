@@ -105,7 +105,7 @@ def run_checks(url: str, out: Path, *extra: str) -> tuple[subprocess.CompletedPr
 
 def test_board_opens_a_session_and_verifies_its_receipts(stack, board, tmp_path):
     ident = json.loads((board.flash / "ledgerlink.id.json").read_text())
-    app = Verified(stack.broker_port, SITE, 'hil-app')
+    app = Verified(stack.broker_port, SITE, 'hil-app', stack.consumer_login())
     try:
         started = time.monotonic()
         result, report, table = run_checks(board.url, tmp_path / "r", "--readings", "3")

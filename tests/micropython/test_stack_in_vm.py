@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.tools.stack import Stack
 from tests.micropython.bridge import SocketBridge
 from tests.mqtt_helpers import Verified
@@ -44,7 +45,8 @@ import json, time
 from ledgerlink_client import device, mqtt, queue, transport
 
 def factory():
-    return mqtt.MQTTClient(transport.CallTransport(host_call, '127.0.0.1', %(port)d), 'vm-stack-dev', keepalive=30)
+    return mqtt.MQTTClient(transport.CallTransport(host_call, '127.0.0.1', %(port)d), %(user)r, keepalive=30,
+                           username=%(user)r, password=%(password)r)
 
 def ms():
     return time.ticks_ms()
@@ -113,8 +115,10 @@ def test_board_client_opens_a_session_and_checks_receipts_against_the_real_stack
     program = PROGRAM % {
         "port": stack.broker_port, "site": SITE, "priv": priv.hex(), "ca": stack.public_key("gw-ca").hex(),
         "chain": stack.chain_id, "validators": [k.hex() for k in stack.validators],
-        "gw_id": stack.gateway_id.hex(), "gw_key": stack.public_key("gateway").hex(), "n": N, "margin": MARGIN_S}
-    app = Verified(stack.broker_port, SITE, 'vm-app')
+        "gw_id": stack.gateway_id.hex(), "gw_key": stack.public_key("gateway").hex(), "n": N, "margin": MARGIN_S,
+        **{"user" if k == "username" else k: v
+           for k, v in stack.device_login(enc.device_id(crypto.public_key(priv, True))).items()}}
+    app = Verified(stack.broker_port, SITE, 'vm-app', stack.consumer_login())
     try:
         started = time.monotonic()
         result = client_vm.run(program, fuel=FUEL, heap_bytes=HEAP, timeout=400,
