@@ -1,0 +1,122 @@
+"""Attacks by clients on the site's broker, on the live stack, against mosquitto and the embedded broker.
+
+Each attack is refused by the broker (CONNACK, SUBACK or PUBACK 0x87, or nothing delivered) and a good
+device is still served (its readings get receipts that verify). The gateway's log shows it was never
+disconnected by an attacker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+
+from ledgerlink.core import cbor
+from tests.access.conftest import NOT_AUTHORIZED, SITE, Client, now_ms
+
+
+def _gateway_connects(stack) -> int:
+    return len(re.findall(r"MQTT connected to", (stack.data_dir / "gateway.log").read_text()))
+
+
+def test_anonymous_and_wrong_password_refused(stack, register):
+    anon = Client(stack, "anon-reader")
+    assert not anon.accepted and anon.code in (0x86, NOT_AUTHORIZED), hex(anon.code)
+    anon.close()
+    [dev] = register(1)
+    wrong = Client(stack, dev.username, {"username": dev.username, "password": "guess"})
+    assert not wrong.accepted
+    wrong.close()
+
+
+def test_device_reads_only_its_own_topics(stack, register):
+    victim, spy = register(2)
+    spy_c = spy.client()
+    assert spy_c.subscribe(victim.core.down_topic) == NOT_AUTHORIZED
+    assert spy_c.subscribe("#") == NOT_AUTHORIZED
+    assert spy_c.subscribe("ll/%s/dev/+/down" % SITE) == NOT_AUTHORIZED
+    assert spy_c.subscribe("ll/%s/verified/+" % SITE) == NOT_AUTHORIZED
+    assert spy_c.subscribe("ll/%s/dev/%s/up" % (SITE, victim.id.hex())) == NOT_AUTHORIZED
+    victim_c = victim.client()
+    victim.served(victim_c, 2)                                   # its receipts went to its own down topic
+    assert spy_c.drain(0.3) == []
+    assert spy_c.publish(victim.core.up_topic, spy.core.reading({"x": 1}, now_ms()).payload) == NOT_AUTHORIZED
+    for c in (spy_c, victim_c):
+        c.close()
+
+
+def test_device_cannot_join_the_gateways_group(stack, register):
+    thief, good = register(2)
+    thief_c = thief.client()
+    for level in ("up", "session", "reg"):
+        assert thief_c.subscribe("$share/ll-gw-%s/ll/%s/dev/+/%s" % (SITE, SITE, level)) == NOT_AUTHORIZED
+    good_c = good.client()
+    good.served(good_c, 20)                                      # none of the 20 was dealt to the thief
+    assert thief_c.drain(0.2) == []
+    for c in (thief_c, good_c):
+        c.close()
+
+
+def test_gateway_client_id_cannot_be_taken(stack, register):
+    [dev] = register(1)
+    before = _gateway_connects(stack)
+    gw_id = "ll-gw-%s-1" % SITE
+    for login in (None, {"username": gw_id, "password": "guess"}, dev.login(),
+                  {"username": dev.username, "password": dev.login()["password"]}):
+        c = Client(stack, gw_id, login)
+        assert not c.accepted, "connected as %s with %r" % (gw_id, login and login["username"])
+        c.close()
+    time.sleep(0.3)
+    assert _gateway_connects(stack) == before                    # the gateway was never kicked off
+    c = dev.client()
+    dev.served(c)
+    c.close()
+
+
+def test_forged_verified_reading_and_retained_header_refused(stack, register):
+    forger, reader = register(2)
+    consumer = Client(stack, "ll-app-%s" % SITE, stack.consumer_login())
+    assert consumer.accepted
+    assert consumer.subscribe("ll/%s/verified/+" % SITE) == 1
+    forger_c = forger.client()
+    fake = cbor.dumps({1: forger.id, 2: 1, 3: now_ms(), 4: {"t": 99}, 5: hashlib.sha256(b"x").digest(),
+                       6: stack.gateway_id.hex()})
+    assert forger_c.publish("ll/%s/verified/%s" % (SITE, forger.id.hex()), fake) == NOT_AUTHORIZED
+    assert forger_c.publish("ll/%s/ledger/header" % SITE, b"junk", retain=True) == NOT_AUTHORIZED
+    assert [m for m in consumer.drain(0.3) if m[1] == fake] == []
+    reader_c = reader.client()
+    reader.served(reader_c)                                      # a batch anchored: a header is retained
+    assert reader_c.subscribe("ll/%s/ledger/header" % SITE) == 1
+    headers = [p for t, p, _ in reader_c.drain(1.0) if t.endswith("/ledger/header")]
+    assert headers and b"junk" not in headers
+    cbor.loads(headers[-1])
+    for c in (consumer, forger_c, reader_c):
+        c.close()
+
+
+def test_consumer_reads_verified_only(stack, register):
+    [dev] = register(1)
+    consumer = Client(stack, "ll-app-%s" % SITE, stack.consumer_login())
+    for topic in ("#", dev.core.down_topic, "ll/%s/dev/+/up" % SITE, "ll/%s/ledger/header" % SITE):
+        assert consumer.subscribe(topic) == NOT_AUTHORIZED, topic
+    assert consumer.publish(dev.core.up_topic, b"x") == NOT_AUTHORIZED
+    consumer.close()
+
+
+def test_banned_device_is_cut_off_within_a_second(stack, register):
+    banned, good = register(2)
+    c = banned.client()
+    t0 = time.monotonic()
+    stack.ban(banned.id, "access test")
+    committed = time.monotonic()
+    assert c.disconnected.wait(1.0)
+    cut = time.monotonic()
+    print("ban: tx committed in %.0f ms, connection ended %.0f ms after the commit"
+          % ((committed - t0) * 1000, (cut - committed) * 1000))
+    c.close()
+    again = Client(stack, banned.username, banned.login())
+    assert not again.accepted
+    again.close()
+    gc = good.client()
+    good.served(gc)
+    gc.close()
