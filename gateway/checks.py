@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 from ledgerlink.core import cbor, cose, ecdsa, ecqv, session_keys, spv, stored_ack
 from ledgerlink.core.backend import get_backend
-from ledgerlink.core.errors import LedgerlinkError
+from ledgerlink.core.errors import InvalidMessage, LedgerlinkError
 from ledgerlink.ledger.consensus.messages import tx_root
 from ledgerlink.ledger.state import contracts
 from ledgerlink.ledger.state.codes import Reason, TxKind
@@ -174,7 +174,7 @@ class Reply:
 
 @dataclass
 class AskStored:
-    """A device asks for the stored-acks and receipts of its frames (``stored_ack.parse_request`` items:
+    """A device asks for the stored-acks and receipts of its frames (``parse_receipt_request`` items:
     seqs and frame hashes); answered from the store."""
 
     device_id: bytes
@@ -440,6 +440,18 @@ def _parse_reading_strict(payload: bytes) -> tuple[bytes, int, int, dict]:
                                              for k in meas):
         raise _Refusal(MALFORMED, "measurements must be a map with text or integer keys")
     return dev, seq, t, meas
+
+
+def parse_receipt_request(payload: bytes) -> list:
+    """The items (seqs and frame hashes) of a ``receipt-request``; InvalidMessage when malformed."""
+    msg = cbor.loads(bytes(payload), max_depth=2, max_size=64 + 40 * stored_ack.MAX_ASK)
+    items = msg.get(1) if isinstance(msg, dict) and len(msg) == 1 else None
+    if not isinstance(items, list) or not 0 < len(items) <= stored_ack.MAX_ASK:
+        raise InvalidMessage("receipt request must be {1: [1..%d seqs or frame hashes]}" % stored_ack.MAX_ASK)
+    for item in items:
+        if not (type(item) is bytes and len(item) == 32) and not (cbor.is_uint(item) and 1 <= item <= MAX_SEQ):
+            raise InvalidMessage("receipt request items are seqs or 32-byte frame hashes")
+    return items
 
 
 _STATUS_TXS = (TxKind.BAN, TxKind.UNBAN)
@@ -754,7 +766,7 @@ class GatewayCore:
         ``ask_rate_per_s`` per device. Unsigned: the broker's ACL limits the topic to the device, and the
         answers go to the device's own down topic."""
         try:
-            items = stored_ack.parse_request(frame)
+            items = parse_receipt_request(frame)
         except LedgerlinkError as exc:
             raise _Refusal(MALFORMED, "receipt request: %s" % exc) from None
         st = self._state(dev, now_ms)

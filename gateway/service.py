@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledgerlink.core import cbor, ecqv, stored_ack
+from ledgerlink.core import cbor, cose, ecqv, stored_ack
 from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.batcher import Ledger, Outgoing, batch_receipts, cbor_head, encoded_inclusion_proofs
 from ledgerlink.gateway.store import StoredMessage, Store
@@ -176,8 +176,8 @@ class GatewayService:
         leaves = [b"\x83\x50" + dev + head(0, seq) + b"\x58\x20" + h for dev, seq, h in stored]   # stored_ack.entry
         root, proofs = encoded_inclusion_proofs(leaves)
         core = self.core
-        statement = stored_ack.sign_statement(root, len(leaves), now_ms, core.keys.identity, core.gateway_id,
-                                              core.site, core.crypto)
+        statement = sign_statement(root, len(leaves), now_ms, core.keys.identity, core.gateway_id, core.site,
+                                   core.crypto)
         tail = b"\x05" + head(2, len(statement)) + statement
         down = core.down_topic
         return [Outgoing(down(dev), b"".join((b"\xa6\x00\x05\x01\x58\x20", h, b"\x02", head(0, seq), b"\x03", head(0, i),
@@ -271,6 +271,13 @@ class GatewayService:
 
     def tick(self, now_ms: int) -> Handled:
         return self.handle_many([("tick",)], now_ms)
+
+
+def sign_statement(root: bytes, count: int, time_ms: int, private_key: bytes, gateway_id: bytes, site: str,
+                   backend: Any = None) -> bytes:
+    """A ``commit-statement`` (docs/protocol.md, "Delivery") over the root of ``count`` ack entries."""
+    return cose.sign1(cbor.dumps({1: root, 2: count, 3: time_ms}), private_key, gateway_id,
+                      stored_ack.statement_aad(site), backend)
 
 
 def _frame_hash(payload: Any) -> bytes:

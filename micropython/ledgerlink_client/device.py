@@ -8,14 +8,16 @@ a packet id, ``subscribe``, ``ping``, ``poll`` returning events, ``close``); it 
 (broker unreachable). The protocol itself (frames, session requests and responses, receipts) is
 ``ledgerlink.core.device_protocol``, the same code the CPython SDK runs.
 
-Delivery: up to ``max_inflight`` publishes are outstanding; a publish without PUBACK after ``retry_ms``
-is sent again with the same packet id and DUP set, and one still unacknowledged after ``keepalive_s``
-drops the connection; a record leaves the queue only when it and every
-older record are acknowledged. Connections use a clean session, so after a reconnect everything
-unacknowledged is published again from the queue (at least once: the gateway's replay window drops
-duplicates). Keepalive: a PINGREQ after ``keepalive_s / 2`` without traffic; no answer within
-``keepalive_s`` drops the connection. Reconnects wait ``backoff_min_ms * 2**failures`` (capped at
-``backoff_max_ms``) with full jitter in the upper half, drawn from ``rng``.
+Delivery (docs/protocol.md, "Delivery"; ``delivery.py``, loaded on the first connected step): up to
+``max_inflight`` frames in flight, paced under the gateway's per-device limit so a backlog drains without
+refusals; a PUBACK only says the broker has a frame, which leaves the queue once a gateway says it is
+stored (stored-ack, receipt) or refuses it for good; a frame with no stored-ack in time, or refused as
+rate-limited or ledger-unavailable, is published again. Stored readings wait for their receipts on the
+storage (``lla``), across resets, and the client asks for receipts that do not come. Connections use a
+clean session, so after a reconnect everything not yet stored is published again from the queue.
+Keepalive: a PINGREQ after ``keepalive_s / 2`` without traffic; no answer within ``keepalive_s`` drops
+the connection. Reconnects wait ``backoff_min_ms * 2**failures`` (capped at ``backoff_max_ms``) with full
+jitter in the upper half, drawn from ``rng``.
 
 Modes: "session" (default): COSE_Encrypt0 with the session key, kid = session id, Partial IV = seq;
 "signed": COSE_Sign1 with the identity key, kid = device id. Both bind the topic as external AAD.
@@ -77,6 +79,13 @@ DEFAULTS = {
     "session_timeout_ms": 20000,
     "max_tracked": 64,
     "max_results": 8,
+    "ack_timeout_ms": 10000,
+    "pace_per_s": 8,
+    "pace_burst": 16,
+    "await_bytes": 16384,
+    "await_frames": 128,
+    "receipt_wait_ms": 30000,
+    "receipts_kept": 32,
 }
 
 SESSION_FILE = "llsess"
@@ -170,7 +179,7 @@ class DeviceClient:
         self.failures = 0
         self._retry_from = None
         self._retry_wait = 0
-        self._inflight = []
+        self._delivery = None
         self._last_tx = 0
         self._ping_sent = None
         self._session_at = None
@@ -180,7 +189,8 @@ class DeviceClient:
                       "acked": 0, "pings": 0, "bad_replies": 0, "session_requests": 0, "sessions_opened": 0,
                       "sessions_restored": 0, "sessions_refused": 0, "receipts_valid": 0, "receipts_invalid": 0,
                       "refused": 0, "ignored_replies": 0, "resealed": 0, "registrations_held": 0,
-                      "registrations_refused": 0}
+                      "registrations_refused": 0, "stored": 0, "acks_invalid": 0, "refused_for_good": 0,
+                      "resent": 0, "asks": 0}
         self._registration = None
         self.ecqv = self.mode == "session"
         self.protocol.open_commands(StoredRecord(storage, COMMAND_FILE), self.time_ms())
@@ -248,8 +258,23 @@ class DeviceClient:
             self.held.pop()
 
     def pending(self):
-        """Readings not yet acknowledged by the broker (held ones included)."""
+        """Readings no gateway has said it stored yet (held ones included)."""
         return len(self.queue) + len(self.held)
+
+    @property
+    def delivery(self):
+        """Frames in flight and readings waiting for receipts (``delivery.Delivery``), loaded when first needed."""
+        if self._delivery is None:
+            from ledgerlink_client.delivery import Delivery
+
+            self._delivery = Delivery(self)
+        return self._delivery
+
+    def request_receipts(self, items):
+        """Ask the gateway now for the stored-acks and receipts of frames named by seq or frame hash."""
+        if self.mqtt is None:
+            raise OSError("not connected")
+        self.delivery.request(items)
 
     def _backoff_ms(self):
         cfg = self.config
@@ -268,7 +293,8 @@ class DeviceClient:
                 pass
             self.mqtt = None
             self.stats["drops"] += 1
-        self._inflight = []
+        if self._delivery is not None:
+            self._delivery.inflight = []
         self._ping_sent = None
         self._retry_from = now
         self._retry_wait = self._backoff_ms()
@@ -296,42 +322,14 @@ class DeviceClient:
         self._ping_sent = None
         return True
 
-    def _send_window(self, now):
-        cfg = self.config
-        keepalive_ms = cfg["keepalive_s"] * 1000
-        for entry in self._inflight:
-            if not entry[2] and keepalive_ms and self.ticks_diff(now, entry[3]) > keepalive_ms:
-                raise OSError("no PUBACK within the keepalive interval")
-            if not entry[2] and self.ticks_diff(now, entry[1]) >= cfg["retry_ms"]:
-                topic, payload = self.queue.peek(self._inflight.index(entry))
-                self.mqtt.publish(topic, payload, 1, False, entry[0], True)
-                entry[1] = now
-                self._last_tx = now
-                self.stats["retransmitted"] += 1
-        while len(self._inflight) < cfg["max_inflight"] and len(self._inflight) < len(self.queue):
-            topic, payload = self.queue.peek(len(self._inflight))
-            pid = self.mqtt.publish(topic, payload, 1)
-            self._inflight.append([pid, now, False, now])
-            self._last_tx = now
-            self.stats["published"] += 1
-
-    def _on_puback(self, pid):
-        for entry in self._inflight:
-            if entry[0] == pid and not entry[2]:
-                entry[2] = True
-                self.stats["acked"] += 1
-                break
-        while self._inflight and self._inflight[0][2]:
-            self._inflight.pop(0)
-            self.queue.pop()
-
     def _on_message(self, topic, payload):
         if topic != self.topic_down:
             return
         try:
             reply = self.protocol.decode_reply(payload)
         except LedgerlinkError:
-            self.stats["bad_replies"] += 1
+            if not self.delivery.reply(payload):
+                self.stats["bad_replies"] += 1
             return
         if self.on_reply is not None:
             self.on_reply(reply)
@@ -339,7 +337,11 @@ class DeviceClient:
             self._keep_reply(reply)  # a checked receipt is kept as its result (``receipts``), not whole
         if reply[0] == dp.KIND_RECEIPT and not self.check_receipts:
             return
-        result = self.protocol.handle_reply(reply, self.time_ms())
+        result = self.delivery.down(reply)
+        if result is False:                     # a transient refusal: the frame goes out again later
+            return
+        if result is None:
+            result = self.protocol.handle_reply(reply, self.time_ms())
         self._on_result(result)
         if self.on_result is not None:
             self.on_result(result)
@@ -431,7 +433,8 @@ class DeviceClient:
         keepalive_ms = self.config["keepalive_s"] * 1000
         try:
             self._maintain_session(now)
-            self._send_window(now)
+            self.delivery.send(now)
+            self.delivery.ask(now)
             if self._ping_sent is not None:
                 if self.ticks_diff(now, self._ping_sent) > keepalive_ms:
                     raise OSError("no answer to PINGREQ")
@@ -443,7 +446,7 @@ class DeviceClient:
             for event in self.mqtt.poll(timeout_ms):
                 self._ping_sent = None
                 if event[0] == "puback":
-                    self._on_puback(event[1])
+                    self.delivery.puback(event[1])
                 elif event[0] == "msg":
                     self._on_message(event[1], event[2])
                 elif event[0] == "suback" and 0x80 in event[2]:

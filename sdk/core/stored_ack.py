@@ -101,27 +101,9 @@ def check(ack, device_id, site, gateway_keys=None, backend=None, cache=None):
     return Ack(frame_hash, seq, gateway, time_ms)
 
 
-def sign_statement(root, count, time_ms, private_key, gateway_id, site, backend=None):
-    """The gateway's commit statement over the root of ``count`` ack entries (COSE_Sign1 bytes)."""
-    return cose.sign1(cbor.dumps({1: root, 2: count, 3: time_ms}), private_key, gateway_id, statement_aad(site),
-                      backend)
-
-
 def request(items):
     """A ``receipt-request`` for up to ``MAX_ASK`` frames, each named by its seq or its frame hash."""
     items = list(items)
     if not 0 < len(items) <= MAX_ASK:
         raise ValueError("a receipt request names 1..%d frames" % MAX_ASK)
     return cbor.dumps({1: items})
-
-
-def parse_request(payload):
-    """The items (seqs and frame hashes) of a ``receipt-request``; InvalidMessage when malformed."""
-    msg = cbor.loads(bytes(payload), max_depth=2, max_size=64 + 40 * MAX_ASK)
-    items = msg.get(1) if isinstance(msg, dict) and len(msg) == 1 else None
-    if not isinstance(items, list) or not 0 < len(items) <= MAX_ASK:
-        raise InvalidMessage("receipt request must be {1: [1..%d seqs or frame hashes]}" % MAX_ASK)
-    for item in items:
-        if not _is_hash(item) and not (cbor.is_uint(item) and 1 <= item <= 0xFFFFFFFF):
-            raise InvalidMessage("receipt request items are seqs or 32-byte frame hashes")
-    return items

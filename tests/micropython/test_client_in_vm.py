@@ -20,6 +20,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from ledgerlink.core import cbor, cose, ecdsa
+from tests.device.test_board_client_delivery import ack_reply
 from tests.micropython.bridge import SocketBridge
 
 pytestmark = pytest.mark.micropython
@@ -84,6 +85,10 @@ class Gateway:
             seq = cbor.loads(cose.decrypt0(frame, key, base_iv, external_aad=msg.topic.encode()))[2]
         reply = {0: 1, 1: hashlib.sha256(frame).digest(), 2: seq, 3: len(self.frames) - 1, 4: 0}
         client.publish(msg.topic[:-2] + "down", cbor.dumps(reply), qos=1)
+        if self.session is None:
+            seq = cbor.loads(cose.decode_sign1(frame).payload)[2]
+        dev = bytes.fromhex(msg.topic.split("/")[3])     # stored: the device may drop the frame
+        client.publish(msg.topic[:-2] + "down", ack_reply(dev, SITE, seq, hashlib.sha256(frame).digest()), qos=1)
 
     def close(self) -> None:
         self.client.loop_stop()

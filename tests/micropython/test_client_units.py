@@ -14,6 +14,8 @@ sys.path.insert(0, str(PROJECT_ROOT / "micropython"))
 
 from ledgerlink_client import device, mqtt  # noqa: E402
 from ledgerlink_client.queue import FileStorage, MemoryStorage, OfflineQueue, SeqCounter  # noqa: E402
+from tests.device.helpers import CRYPTO  # noqa: E402
+from tests.device.test_board_client_delivery import ack_reply  # noqa: E402
 
 topics = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="+#\x00"),
                  min_size=1, max_size=40)
@@ -273,7 +275,8 @@ def test_retransmits_with_dup_and_pops_in_order():
     clock.now += 1000
     client.step(0)
     assert (1, True) in [(p, d) for p, d, _ in m.published]
-    m.events = [("puback", 1)]
+    m.events = [("puback", 1)] + [("msg", client.topic_down, ack_reply(client.device_id, "s", pid, CRYPTO.sha256(f)))
+                                  for pid, _, f in m.published[:2]]              # the gateway stored both
     client.step(0)
     assert client.pending() == 1 and client.stats["retransmitted"] == 1
     client.step(0)
@@ -325,7 +328,8 @@ def test_reconnect_resends_unacknowledged_readings():
         client.step(100)
     second = FakeMQTT.instances[2]
     assert [(pid, dup, payload) for pid, dup, payload in second.published] == [(1, False, first.published[0][2])]
-    second.events = [("puback", 1)]
+    second.events = [("puback", 1), ("msg", client.topic_down,
+                                     ack_reply(client.device_id, "s", 1, CRYPTO.sha256(first.published[0][2])))]
     client.step(0)
     assert client.pending() == 0
 
@@ -360,6 +364,8 @@ class GatewayMQTT(FakeMQTT):
                 self.events.append(("msg", e.topic, reply))
             elif isinstance(e, c.Accept):
                 self.accepted.append(e)
+                self.events.append(("msg", self.env.gw.down_topic(e.device_id),
+                                    ack_reply(e.device_id, self.env.gw.site, e.seq, e.frame_hash)))
             elif isinstance(e, c.Refuse) and e.reply_topic:
                 self.events.append(("msg", e.reply_topic, e.reply()))
         return pid
