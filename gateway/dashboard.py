@@ -12,17 +12,20 @@ gateway's trusted validator set.
 
 Gateway config (``ledgerlink.gateway.main``)::
 
-    "http": {"host": "127.0.0.1", "port": 8080, "offline_after_s": 30, "poll_s": 2}
+    "http": {"host": "127.0.0.1", "port": 8080, "offline_after_s": 30, "poll_s": 2, "token_file": "dashboard.token"}
 
 (off when ``http`` is absent; port 0 takes a free port). The gateway logs
-``dashboard on http://HOST:PORT/`` once it listens.
+``dashboard on http://HOST:PORT/`` once it listens. With ``token_file`` (``ledgerlink up`` makes one,
+mode 0600) every path answers 401 unless the request logs in: HTTP Basic with any user name and the
+token as password (a browser asks for it), or ``Authorization: Bearer TOKEN`` (``ledgerlink admin``,
+a Prometheus scrape's ``authorization`` credentials).
 
 Protects against script injection from device-provided text (measurements, device names, ban
 reasons, topics and details in refusals): the page builds the DOM with ``textContent`` only, never
 markup from data; ``/api/state`` escapes ``<``, ``>`` and ``&`` inside JSON strings; every answer
 carries a Content-Security-Policy without inline scripts and ``X-Content-Type-Options: nosniff``.
 Only the listed files are served (no path from the request reaches the file system). The dashboard
-is read-only and has no authentication: bind it to loopback or a management network. Tested in
+is read-only; without a token it has no login: bind it to loopback or a management network. Tested in
 tests/gateway/test_dashboard.py, including a page rendered by headless Chromium with hostile device text.
 
 Protects against clients that hold the port (``DashboardServer``): at most ``HTTP_MAX_CONNECTIONS``
@@ -34,6 +37,8 @@ connection), so slow or incomplete requests hold a bounded number of threads and
 
 from __future__ import annotations
 
+import base64
+import hmac
 import http.server
 import json
 import logging
@@ -66,6 +71,33 @@ REAP_S = 0.5                           # how often connections are checked again
 
 class _TimedHandler(_RequestHandler):
     timeout = HTTP_READ_S
+
+    def _answer(self, body: bool) -> None:
+        token = getattr(self.server, "token", None)
+        if token is not None and not authorized(self.headers.get("Authorization", ""), token):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="ledgerlink gateway", charset="UTF-8"')
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", "13")
+            self.end_headers()
+            if body:
+                self.wfile.write(b"login needed\n")
+            return
+        super()._answer(body)
+
+
+def authorized(header: str, token: str) -> bool:
+    """Whether an ``Authorization`` header carries ``token``: ``Bearer TOKEN`` or HTTP Basic with any user
+    name and the token as password (what a browser's login prompt sends); compared in constant time."""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            value = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return False
+    elif scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.strip().encode(), token.encode())
 
 
 class _BoundedHTTPServer(http.server.ThreadingHTTPServer):
@@ -128,14 +160,13 @@ class DashboardServer(HttpServer):
     """``HttpServer`` bounded as the module docstring says."""
 
     def __init__(self, host: str, port: int, handler: Handler, max_connections: int = HTTP_MAX_CONNECTIONS,
-                 connection_s: float = HTTP_CONNECTION_S) -> None:
+                 connection_s: float = HTTP_CONNECTION_S, token: str | None = None) -> None:
         self.httpd = _BoundedHTTPServer((host, port), max_connections, connection_s)
         self.httpd.handler = handler  # type: ignore[attr-defined]
+        self.httpd.token = token  # type: ignore[attr-defined]
         self.host = host
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="ll-http", daemon=True)
-
-
 
 
 def state_json(state: dict) -> bytes:
@@ -148,8 +179,10 @@ class Dashboard:
     """Serves the dashboard of ``metrics``; ``ledger`` (a ``LedgerClient``) is polled for the latest header."""
 
     def __init__(self, metrics: GatewayMetrics, ledger: Any = None, poll_s: float = 2.0,
-                 static_dir: Path = STATIC_DIR, registrations: Callable[[], list] | None = None) -> None:
+                 static_dir: Path = STATIC_DIR, registrations: Callable[[], list] | None = None,
+                 token: str | None = None) -> None:
         self.metrics = metrics
+        self.token = token
         self.registrations = registrations
         self.ledger = ledger
         self.poll_s = poll_s
@@ -179,7 +212,7 @@ class Dashboard:
                 return
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> "Dashboard":
-        self.server = DashboardServer(host, port, self.handle).start()
+        self.server = DashboardServer(host, port, self.handle, token=self.token).start()
         if self.ledger is not None:
             self._poller = threading.Thread(target=self._poll, name="ll-gw-dashboard-poll", daemon=True)
             self._poller.start()
@@ -207,6 +240,10 @@ def start_for(gateway: Any, cfg: dict[str, Any]) -> Dashboard | None:
         return None
     http = {} if http is True else http
     metrics = GatewayMetrics(gateway.service.core, float(http.get("offline_after_s", 30))).instrument(gateway)
+    token = None
+    if http.get("token_file"):
+        path = Path(http["token_file"])
+        token = (path if path.is_absolute() else Path(cfg["_dir"]) / path).read_text().strip()
     return Dashboard(metrics, gateway.ledger, float(http.get("poll_s", 2)),
-                     registrations=lambda: gateway.service.store.registrations(MAX_LISTED)).start(
+                     registrations=lambda: gateway.service.store.registrations(MAX_LISTED), token=token).start(
         str(http.get("host", "127.0.0.1")), int(http.get("port", 0)))
