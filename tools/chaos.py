@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import shutil
@@ -71,6 +72,7 @@ def device_main(directory: str) -> int:
     from ledgerlink.device.client import Device
 
     d = Path(directory)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = json.loads((d / "device.json").read_text())
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -124,6 +126,106 @@ def device_main(directory: str) -> int:
     return 0
 
 
+# --- the MicroPython device (board32) ---------------------------------------------------------------------
+
+BOARD_HEAP = 256 * 1024
+BOARD_PROGRAM = """
+import os, time
+from ledgerlink_client import device, mqtt, queue, transport
+
+D = %(dir)r
+
+def exists(p):
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
+
+def count(p):
+    try:
+        with open(p) as f:
+            return len(set(f.read().split()))
+    except OSError:
+        return 0
+
+def factory():
+    return mqtt.MQTTClient(transport.open_socket('127.0.0.1', %(port)d), %(client_id)r, keepalive=30,
+                           username=%(username)r, password=%(password)r)
+
+cfg = {'site': %(site)r, 'mode': 'signed', 'identity_key': bytes.fromhex(%(priv)r),
+       'ca_public': bytes.fromhex(%(ca)r), 'chain_id': %(chain)r,
+       'validators': [bytes.fromhex(k) for k in %(validators)r],
+       'gateway_keys': {bytes.fromhex(%(gw_id)r): bytes.fromhex(%(gw_key)r)}}
+client = device.DeviceClient(cfg, factory, storage=queue.FileStorage(D + '/flash'))
+created = open(D + '/created.log', 'a')
+receipts = open(D + '/receipts.log', 'a')
+period = %(period_ms)d
+due = time.ticks_ms()
+valid = client.stats['receipts_valid']
+made = 0
+drained = False
+checked = time.ticks_ms()
+while True:
+    if not exists(D + '/done'):
+        if time.ticks_diff(time.ticks_ms(), due) >= 0:
+            seq = client.publish({'n': made})
+            made += 1
+            created.write('%%d\\n' %% seq)
+            created.flush()
+            due = time.ticks_add(due, period)
+    elif not drained and time.ticks_diff(time.ticks_ms(), checked) > 1000:
+        checked = time.ticks_ms()
+        if client.pending() == 0 and count(D + '/receipts.log') >= count(D + '/created.log'):
+            open(D + '/drained', 'w').close()
+            drained = True
+    if exists(D + '/offline'):
+        time.sleep_ms(50)
+    else:
+        client.step(50)
+    n = client.stats['receipts_valid'] - valid
+    if n:
+        for r in client.receipts[-n:]:
+            receipts.write('%%d\\n' %% r.seq)
+        receipts.flush()
+        valid += n
+"""
+
+
+class BoardDevice:
+    """A MicroPython client on board32 (signed mode, files layout) making readings like ``device_main``; its
+    flash (queues, counter) in ``directory/flash`` survives a kill."""
+
+    def __init__(self, directory: Path, program: str) -> None:
+        from ledgerlink.tools.board_runtime import Board
+
+        self.directory = directory
+        self.board = Board("files", BOARD_HEAP, workdir=directory / "board")
+        self.app = directory / "app"
+        self.app.mkdir()
+        from ledgerlink.tools.board_runtime import APP, PREAMBLE
+        from ledgerlink.tools.micropython_vm import mpy_cross
+
+        source = self.app / (APP + ".py")
+        source.write_text(PREAMBLE % str(self.board.input) + program)
+        mpy_cross(source, self.app / (APP + ".mpy"))
+        self.proc: subprocess.Popen | None = None
+        self.pids: list[int] = []
+
+    def start(self) -> None:
+        from ledgerlink.tools.board_runtime import APP
+
+        with open(self.directory / "device.log", "ab") as log:
+            self.proc = subprocess.Popen([str(self.board.exe), "-X", "heapsize=%d" % BOARD_HEAP, "-c", "import " + APP],
+                                         cwd=self.app, env=self.board._env(self.app), stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent)
+        self.pids.append(self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
 # --- the orchestrator ----------------------------------------------------------------------------------
 
 
@@ -151,6 +253,15 @@ def _die_with_parent() -> None:
     _child_setup()
 
 
+class _Counter:
+    """A sequence counter in memory (the board's own counter is on its flash)."""
+    n = 0
+
+    def next(self) -> int:
+        self.n += 1
+        return self.n
+
+
 @dataclass
 class SeedResult:
     seed: int
@@ -164,6 +275,7 @@ class SeedResult:
     faults: dict[str, int] = field(default_factory=dict)
     receipt_after_restart_s: list[float] = field(default_factory=list)
     refusals: int = 0
+    board_readings: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -176,7 +288,7 @@ class Chaos:
     """One seed: the site, its devices, the fault schedule, the heal and the checks."""
 
     def __init__(self, seed: int, base: Path, devices: int, rate: float, duration: float, broker: str | None,
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], board: bool = False) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.base = base
@@ -187,7 +299,9 @@ class Chaos:
         self.say = say
         self.result = SeedResult(seed)
         self.stack: Any = None
-        self.devices: list[DeviceProc] = []
+        self.devices: list[Any] = []              # DeviceProc, and the BoardDevice last when there is one
+        self.board = board
+        self.board_id: bytes | None = None
         self.undo: list[tuple[float, Callable[[], None]]] = []
         self.stopped: set[int] = set()            # pids SIGSTOPped and not yet continued
         self.site_pids: set[int] = set()
@@ -216,11 +330,36 @@ class Chaos:
             requests.append(core.registration_request(int(time.time() * 1000), attributes={"name": d.name}).payload)
             ids.append(core.device_id)
             self.devices.append(DeviceProc(d))
+        if self.board:
+            board_request = self._board()
+            requests.append(board_request)
         s.register(requests)
         for dev, device_id in zip(self.devices, ids):
             self._login(dev.directory, device_id)
         for dev in self.devices:
             dev.start()
+
+    def _board(self) -> bytes:
+        """Stage the board32 device (its own key) and return its registration request."""
+        from ledgerlink.core import device_protocol as dp
+        from ledgerlink.core import ecdsa
+
+        s = self.stack
+        d = self.base / "board"
+        d.mkdir()
+        (d / "flash").mkdir()
+        priv = ecdsa.generate_private_key()
+        protocol = dp.DeviceProtocol(priv, SITE, _Counter())
+        self.board_id = protocol.device_id
+        login = s.device_login(protocol.device_id) if hasattr(s, "device_login") else {}
+        program = BOARD_PROGRAM % {
+            "dir": str(d), "port": s.broker_port, "client_id": login.get("username", "board-" + protocol.device_id.hex()),
+            "username": login.get("username"), "password": login.get("password"), "site": SITE,
+            "priv": priv.hex(), "ca": s.public_key("gw-ca").hex(), "chain": s.chain_id,
+            "validators": [k.hex() for k in s.validators], "gw_id": s.gateway_id.hex(),
+            "gw_key": s.public_key("gateway").hex(), "period_ms": int(1000 / self.rate)}
+        self.devices.append(BoardDevice(d, program))
+        return protocol.registration_request(int(time.time() * 1000)).payload
 
     def _login(self, d: Path, device_id: bytes) -> None:
         """Give the device in ``d`` its broker login when the site has broker accounts."""
@@ -420,6 +559,9 @@ class Chaos:
         receipts: set[bytes] = set()
         receipt_times: list[float] = []
         for dev in self.devices:
+            if isinstance(dev, BoardDevice):
+                self._check_board(dev)
+                continue
             for line in _lines(dev.directory / "created.log"):
                 seq, h = line.split()
                 created[bytes.fromhex(h)] = (dev.directory.name, int(seq))
@@ -429,13 +571,14 @@ class Chaos:
                 receipt_times.append(float(t))
             receipts.update(_kept_receipts(dev.directory / "state" / "queue.db"))
             r.refusals += len(_lines(dev.directory / "refusals.log"))
-        r.readings = len(created)
+        r.readings += len(created)
         db = self.base / "site" / "gateway.db"
         stored, anchored, anchored_txs = _store(db) if db.exists() else ({}, set(), [])
-        r.lost = sum(1 for h in created if h not in stored)
-        r.stored_twice = sum(n - 1 for n in stored.values() if n > 1)
-        r.not_anchored = sum(1 for h in created if h in stored and h not in anchored)
-        r.no_receipt = sum(1 for h in created if h not in receipts)
+        ours = {h: n for h, n in stored.items() if h in created}
+        r.lost += sum(1 for h in created if h not in stored)
+        r.stored_twice += sum(n - 1 for n in ours.values() if n > 1)
+        r.not_anchored += sum(1 for h in created if h in stored and h not in anchored)
+        r.no_receipt += sum(1 for h in created if h not in receipts)
         receipt_times.sort()
         for t in self.gateway_restarts:
             later = [x for x in receipt_times if x >= t]
@@ -446,6 +589,32 @@ class Chaos:
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
         r.left_running = sorted(p for p in pids if _alive(p))
+
+    def _check_board(self, dev: BoardDevice) -> None:
+        """The board device's readings by seq: stored once, anchored, receipt checked on the board."""
+        r = self.result
+        created = {int(x) for x in _lines(dev.directory / "created.log")}
+        receipts = {int(x) for x in _lines(dev.directory / "receipts.log")}
+        db = self.base / "site" / "gateway.db"
+        stored: dict[int, int] = {}
+        anchored: set[int] = set()
+        if db.exists():
+            con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=10)
+            try:
+                for seq, n in con.execute("SELECT seq, COUNT(*) FROM messages WHERE device = ? GROUP BY seq",
+                                          (self.board_id,)):
+                    stored[seq] = n
+                anchored = {row[0] for row in con.execute(
+                    "SELECT m.seq FROM messages m JOIN batches b ON m.id BETWEEN b.first_id AND b.last_id "
+                    "AND m.owner = b.owner WHERE b.status = 'anchored' AND m.device = ?", (self.board_id,))}
+            finally:
+                con.close()
+        r.board_readings = len(created)
+        r.readings += len(created)
+        r.lost += sum(1 for q in created if q not in stored)
+        r.stored_twice += sum(n - 1 for n in stored.values() if n > 1)
+        r.not_anchored += sum(1 for q in created if q in stored and q not in anchored)
+        r.no_receipt += sum(1 for q in created if q not in receipts)
 
     def check_ledger(self) -> None:
         """Count the anchor transactions the store holds as anchored that the healed ledger does not hold."""
@@ -763,6 +932,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=2.0, help="readings per second per device (default 2)")
     p.add_argument("--duration", type=float, default=15.0, help="seconds of faults per seed (default 15)")
     p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default=None)
+    p.add_argument("--board", action="store_true",
+                   help="add a MicroPython client on board32 (../shared/tools/micropython-board32) to each seed")
     p.add_argument("--outage", action="store_true", help="run the backlog scenario instead of fault schedules")
     p.add_argument("--outage-s", type=int, default=600, help="readings of the 1 Hz device's outage (default 600)")
     p.add_argument("--outage-rate", type=float, default=40.0, help="readings per second made while offline")
@@ -805,12 +976,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if ok else 1
         results = []
         for seed in args.seeds:
-            c = Chaos(seed, root / ("seed%d" % seed), args.devices, args.rate, args.duration, args.broker, say)
+            c = Chaos(seed, root / ("seed%d" % seed), args.devices, args.rate, args.duration, args.broker, say,
+                      args.board)
             r = c.run()
             results.append(r)
-            say("seed %d: %s; %d readings: lost %d, stored twice %d, not anchored %d, without receipt %d; "
+            say("seed %d: %s; %d readings (%d by the board32 client): lost %d, stored twice %d, not anchored %d, without receipt %d; "
                 "ledger txs lost %d; processes left %d; refusals seen %d; first receipt after gateway restart %s%s"
-                % (seed, "ok" if r.ok else "FAILED", r.readings, r.lost, r.stored_twice, r.not_anchored, r.no_receipt,
+                % (seed, "ok" if r.ok else "FAILED", r.readings, r.board_readings, r.lost, r.stored_twice, r.not_anchored, r.no_receipt,
                    r.txs_lost, len(r.left_running), r.refusals,
                    ", ".join("%.1f s" % x for x in r.receipt_after_restart_s) or "-",
                    "; faults: " + ", ".join("%s %d" % kv for kv in sorted(r.faults.items()))

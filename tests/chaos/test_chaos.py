@@ -1,7 +1,8 @@
 """``python3 -m ledgerlink.tools.chaos`` on real processes: a seeded fault schedule (gateways, ledger nodes,
-the broker and devices killed, stopped and started again) after which every reading is stored once,
-anchored and its receipt checked by its device, no anchored transaction is missing from the ledger and
-no process is left; and the backlog of a device that was offline drains."""
+the broker and devices, CPython and one MicroPython client on board32, killed, stopped and started again)
+after which every reading is stored once, anchored and its receipt checked by its device, no anchored
+transaction is missing from the ledger and no process is left; and the backlog of a device that was
+offline drains."""
 
 import re
 import subprocess
@@ -16,12 +17,12 @@ CHAOS = [sys.executable, "-m", "ledgerlink.tools.chaos"]
 
 def test_a_seeded_fault_schedule_loses_nothing(tmp_path):
     # seed 1 kills the broker twice, one gateway, both gateways at once, and stops a gateway and a node
-    p = subprocess.run(CHAOS + ["--seeds", "1:2", "--duration", "10", "--keep", str(tmp_path)],
+    p = subprocess.run(CHAOS + ["--seeds", "1:2", "--duration", "10", "--board", "--keep", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
-    seed = re.search(r"seed 1: ok; (\d+) readings: lost 0, stored twice 0, not anchored 0, without receipt 0; "
-                     r"ledger txs lost 0; processes left 0", p.stdout)
-    assert seed and int(seed.group(1)) >= 20, p.stdout
+    seed = re.search(r"seed 1: ok; (\d+) readings \((\d+) by the board32 client\): lost 0, stored twice 0, "
+                     r"not anchored 0, without receipt 0; ledger txs lost 0; processes left 0", p.stdout)
+    assert seed and int(seed.group(1)) >= 20 and int(seed.group(2)) >= 5, p.stdout
     assert "gateways-kill 1" in p.stdout and "broker-kill" in p.stdout
     waits = re.search(r"first new receipt after a gateway restart p50 \S+ s, p99 (\S+) s", p.stdout)
     assert waits and float(waits.group(1)) < 30, p.stdout
