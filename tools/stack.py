@@ -447,6 +447,8 @@ class Stack:
                                functools.partial(self.cluster.procs.get, i),
                                functools.partial(self.cluster.start_node, i)))
         for index in range(1, len(self.gateways) + 1):
+            if self.gateways[index - 1] is None and part_name("gateway", index, len(self.gateways)) not in self.parts:
+                continue                                    # not started (yet)
             wanted.append((part_name("gateway", index, len(self.gateways)),
                            self.data_dir / (gateway_name(index) + ".log"),
                            functools.partial(self.gateways.__getitem__, index - 1),
