@@ -534,7 +534,10 @@ def server_tls_context(paths: dict[str, Path], require_client_cert: bool = False
     return ctx
 
 
-def mosquitto_tls_lines(paths: dict[str, Path], bind: str, port: int, require_client_cert: bool = False) -> str:
-    """A mosquitto TLS listener (the accounts and ACLs apply to it as to the plain one)."""
-    return ("listener %d %s\ncafile %s\ncertfile %s\nkeyfile %s\ntls_version tlsv1.2\nrequire_certificate %s\n"
-            % (port, bind, paths["ca"], paths["cert"], paths["key"], "true" if require_client_cert else "false"))
+def mosquitto_tls_lines(paths: dict[str, Path], bind: str, port: int, max_connections: int,
+                        require_client_cert: bool = False) -> str:
+    """A mosquitto TLS listener (the accounts and ACLs apply to it as to the plain one); the lines after it
+    in mosquitto.conf must be global options."""
+    return ("listener %d %s\nmax_connections %d\ncafile %s\ncertfile %s\nkeyfile %s\ntls_version tlsv1.2\n"
+            "require_certificate %s\n" % (port, bind, max_connections, paths["ca"], paths["cert"], paths["key"],
+                                          "true" if require_client_cert else "false"))

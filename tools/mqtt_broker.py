@@ -298,8 +298,10 @@ class Broker:
                  receive_maximum: int = 1024, max_queued: int = 100_000, max_queued_bytes: int = 256 << 20,
                  topic_alias_maximum: int = 64, max_keepalive: int = MAX_KEEPALIVE_S, access: Any = None,
                  max_connections: int = MAX_CONNECTIONS, packet_timeout_s: float = PACKET_TIMEOUT_S,
-                 buffered_max: int = BUFFERED_MAX) -> None:
+                 buffered_max: int = BUFFERED_MAX, tls: Any = None, tls_port: int = 0) -> None:
         self.host, self.port = host, port
+        self.tls, self.tls_port = tls, tls_port      # an ssl.SSLContext: a second, TLS listener on tls_port
+        self.tls_server: asyncio.base_events.Server | None = None
         self.access = access            # an ``mqtt_acl.Access``, or None: anonymous, no ACLs
         self.max_packet_size = max_packet_size
         self.receive_maximum = receive_maximum
@@ -328,6 +330,10 @@ class Broker:
         self.server = await self.loop.create_server(lambda: Connection(self), self.host, self.port,
                                                     reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]
+        if self.tls is not None:
+            self.tls_server = await self.loop.create_server(lambda: Connection(self), self.host, self.tls_port,
+                                                            reuse_address=True, ssl=self.tls)
+            self.tls_port = self.tls_server.sockets[0].getsockname()[1]
         if self.access is not None:
             self.loop.call_later(mqtt_acl.RELOAD_S, self._reload_access)
 
@@ -347,12 +353,14 @@ class Broker:
 
     async def close(self) -> None:
         """Stop listening; tell MQTT 5 clients the server is shutting down (0x8B); close every connection."""
-        if self.server is not None:
-            self.server.close()
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                server.close()
         for conn in list(self.connections):
             conn.close(SERVER_SHUTTING_DOWN, "server shutting down", publish_will=False)
-        if self.server is not None:
-            await self.server.wait_closed()
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                await server.wait_closed()
         for s in self.sessions.values():
             for timer in (s.expiry_timer, s.will_timer):
                 if timer is not None:
@@ -980,6 +988,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(default %g s)" % PACKET_TIMEOUT_S)
     p.add_argument("--accounts", metavar="FILE", help="a site's accounts.json (ledgerlink.tools.broker_access): "
                    "only its accounts connect, with their ACLs (default: anonymous clients, no ACLs)")
+    p.add_argument("--tls-port", type=int, metavar="N", help="also listen with TLS on this port (0: a free one), "
+                   "with --tls-dir")
+    p.add_argument("--tls-dir", metavar="DIR", help="the site CA and broker certificate (ca.pem, server.pem, "
+                   "server.key; ledgerlink.tools.broker_access.site_tls); client certificates from the CA are checked")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
@@ -994,13 +1006,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print("mqtt_broker: cannot read accounts %s: %s" % (args.accounts, exc), file=sys.stderr)
         return 2
+    tls = None
+    if args.tls_port is not None:
+        from pathlib import Path
+
+        from ledgerlink.tools.broker_access import server_tls_context
+
+        d = Path(args.tls_dir or ".")
+        tls = server_tls_context({"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"})
     broker = Broker(args.host, args.port, max_packet_size=args.max_packet_size, max_queued=args.max_queued,
                     access=access, max_connections=args.max_connections, max_keepalive=args.max_keepalive,
-                    packet_timeout_s=args.packet_timeout)
+                    packet_timeout_s=args.packet_timeout, tls=tls, tls_port=args.tls_port or 0)
 
     async def serve() -> None:
         await broker.start()
-        log.info("listening on %s:%d (MQTT 5.0 and 3.1.1)", args.host, broker.port)
+        log.info("listening on %s:%d (MQTT 5.0 and 3.1.1)%s", args.host, broker.port,
+                 ", TLS on %d" % broker.tls_port if broker.tls is not None else "")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

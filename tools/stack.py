@@ -51,7 +51,8 @@ from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.cluster import LocalCluster, write_key
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.tools.broker_access import (DASHBOARD_TOKEN_FILE, SiteAccess, consumer_username, dashboard_token,
-                                            device_username, gateway_username, private_dir, private_log)
+                                            device_username, gateway_username, mosquitto_tls_lines, private_dir,
+                                            private_log, site_tls)
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 INSTALL_HINT = ("--broker mosquitto needs mosquitto: install it (apt-get install mosquitto) "
@@ -244,7 +245,7 @@ class Stack:
                  limits: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
                  progress: Callable[[str], None] | None = None, broker: str | None = None,
                  broker_bind: str = "127.0.0.1", broker_port: int = 0, gateways: int = 1,
-                 dashboard_login: bool = False) -> None:
+                 dashboard_login: bool = False, broker_tls_port: int = 0) -> None:
         self.data_dir = Path(data_dir)
         self.site = site
         self.nodes = nodes
@@ -257,6 +258,8 @@ class Stack:
         self.broker_host = "127.0.0.1" if broker_bind in ("0.0.0.0", "::", "") else broker_bind
         self.broker: subprocess.Popen | None = None
         self.broker_port = broker_port
+        self.broker_tls_port = broker_tls_port     # the broker's TLS listener (0: a free port)
+        self.tls: dict[str, Path] = {}              # the site CA and the broker's certificate (broker_access.site_tls)
         self.mosquitto: str | None = None
         self.dashboard_url: str | None = None
         self.gateways: list[subprocess.Popen | None] = [None] * gateways
@@ -337,13 +340,18 @@ class Stack:
         """Start mosquitto (``mosquitto`` is its path) or, when it is None, the embedded broker."""
         self.broker_port = self.broker_port or free_port(self.broker_host)
         self.mosquitto = mosquitto
+        self.broker_tls_port = self.broker_tls_port or free_port(self.broker_host)
         self.access.write_runtime("starting", self.broker_host, self.broker_port)
         self.access.site_accounts(len(self.gateways))
+        hosts = [h for h in (self.broker_host, self.broker_bind) if h not in ("0.0.0.0", "::", "")]
+        self.tls = site_tls(self.access.folder, self.site, hosts + ([socket.gethostname()] if len(hosts) < 2 else []))
         if mosquitto is not None:
-            (self.data_dir / "mosquitto.conf").write_text(
-                mosquitto_config(self.data_dir, self.broker_bind, self.broker_port, self.access.mosquitto_lines()))
+            (self.data_dir / "mosquitto.conf").write_text(mosquitto_config(
+                self.data_dir, self.broker_bind, self.broker_port, self.access.mosquitto_lines()
+                + mosquitto_tls_lines(self.tls, self.broker_bind, self.broker_tls_port, MAX_CONNECTIONS)))
         self._spawn_broker()
         wait_listening(self.broker, self.broker_name, self.broker_host, self.broker_port, self.broker_log, timeout)
+        wait_listening(self.broker, self.broker_name, self.broker_host, self.broker_tls_port, self.broker_log, timeout)
         self.access.write_runtime(self.broker_kind or "embedded", self.broker_host, self.broker_port)
         if mosquitto is not None:
             self.progress("MQTT broker: mosquitto on %s:%d (%s)" % (self.broker_bind, self.broker_port, mosquitto))
@@ -360,7 +368,8 @@ class Stack:
             cmd = [sys.executable, "-m", "ledgerlink.tools.mqtt_broker", "--host", self.broker_bind,
                    "--port", str(self.broker_port), "--max-queued", str(QUEUED_PER_CLIENT),
                    "--max-packet-size", str(PACKET_SIZE_LIMIT), "--max-connections", str(MAX_CONNECTIONS),
-                   "--max-keepalive", str(MAX_KEEPALIVE_S), "--accounts", str(self.access.accounts_path)]
+                   "--max-keepalive", str(MAX_KEEPALIVE_S), "--accounts", str(self.access.accounts_path),
+                   "--tls-port", str(self.broker_tls_port), "--tls-dir", str(self.tls["ca"].parent)]
         with private_log(self.broker_log) as log:
             spawn(cmd, log, functools.partial(setattr, self, "broker"))
 

@@ -6,7 +6,9 @@ config file (JSON, or TOML when the name ends in .toml; relative paths are relat
     {
       "data_dir": "site-data",                         # required: keys, ledger, gateway store, logs
       "site": "plant-1",                               # required: [a-z0-9-]{1,32}
-      "broker": {"host": "127.0.0.1", "port": 1883},   # the broker started here (port 0: a free one)
+      "broker": {"host": "127.0.0.1", "port": 1883, "tls_port": 8883},
+                                                       # the broker started here (port 0: a free one), also
+                                                       # with TLS on tls_port (the site CA in data_dir/broker/tls)
                                                        # or {"external": "mqtt.lan:1883"}: a running MQTT 5 broker
       "ledger": {"nodes": 4, "host": "127.0.0.1", "base_port": 27000, "chain_id": "ll-plant-1"},
                                                        # peer ports base_port+i, client ports base_port+1000+i
@@ -71,7 +73,7 @@ MAX_GATEWAY_PROCESSES = 16
 SUPERVISE_S = 0.25             # how often the parts are looked at
 KNOWN = {
     "": ("data_dir", "site", "broker", "ledger", "gateway", "admin_key"),
-    "broker": ("host", "port", "external"),
+    "broker": ("host", "port", "tls_port", "external"),
     "ledger": ("nodes", "host", "base_port", "chain_id"),
     "gateway": ("http_host", "http_port", "limits", "batch", "processes"),
 }
@@ -100,6 +102,7 @@ class UpConfig:
             self.broker_external = _host_port(broker["external"], "broker.external")
         self.broker_host = _text(broker, "host", "127.0.0.1", "broker.host")
         self.broker_port = _port(broker, "port", 1883, "broker.port")
+        self.broker_tls_port = _port(broker, "tls_port", 0, "broker.tls_port")
         ledger = _section(raw, "ledger")
         self.nodes = _int(ledger, "nodes", 4, "ledger.nodes")
         if self.nodes < 1 or self.nodes > 64 or (self.nodes - 1) % 3:
@@ -289,6 +292,8 @@ def preflight(cfg: UpConfig, broker: str | None = None) -> dict[str, Any] | None
             raise ConfigError(str(exc)) from None
         if cfg.broker_port:
             ports.append(("broker.port", cfg.broker_host, cfg.broker_port))
+        if cfg.broker_tls_port:
+            ports.append(("broker.tls_port", cfg.broker_host, cfg.broker_tls_port))
     else:
         host, port = cfg.broker_external
         try:
@@ -362,7 +367,8 @@ def _make_stack_class() -> type:
         def __init__(self, cfg: UpConfig, progress: Any, broker: str | None = None) -> None:
             super().__init__(cfg.data_dir, cfg.site, cfg.nodes, limits=cfg.limits, batch=cfg.batch, progress=progress,
                              broker=broker, broker_bind=cfg.broker_host, broker_port=cfg.broker_port,
-                             gateways=cfg.gateway_processes, dashboard_login=True)
+                             gateways=cfg.gateway_processes, dashboard_login=True,
+                             broker_tls_port=cfg.broker_tls_port)
             self.cfg = cfg
 
         def start(self, timeout: float = 60.0) -> None:
@@ -414,6 +420,9 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
 
     lines = ["broker: mqtt://%s:%d (MQTT 5; devices use ll/%s/dev/<device-id>/up, reg, session; replies on .../down)"
              % (stack.broker_host, stack.broker_port, cfg.site),
+             "broker TLS: mqtts://%s:%d (clients check it against the site CA %s)"
+             % (stack.broker_host, stack.broker_tls_port, stack.tls["ca"]) if stack.tls else
+             "broker TLS: as the external broker offers it",
              "broker accounts: %s (no anonymous clients; each account's login in %s/<username>.json, mode 0600; "
              "devices get theirs from `ledgerlink provision`)" % (stack.access.accounts_path,
                                                                   stack.access.folder / "credentials"),
