@@ -48,6 +48,7 @@ class _Conn:
                 if isinstance(resp, dict):
                     fut = self.pending.pop(resp.get("id"), None)
                     if fut is not None and not fut.done():
+                        self.answered += 1
                         fut.set_result(resp)
         except (OSError, ConnectionError, FrameError) as exc:
             err = ConnectionError(str(exc))
@@ -65,6 +66,7 @@ class _Conn:
                 pass
 
     closed = False
+    answered = 0
 
 
 class AsyncLedgerClient:
@@ -89,17 +91,27 @@ class AsyncLedgerClient:
             return c
 
     async def request_to(self, i: int, op: str, timeout: float | None = None, **args: Any) -> dict:
-        """One request to node ``i``; raises ConnectionError/TimeoutError when it does not answer."""
-        c = await self._conn(i)
-        rid = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
-        c.pending[rid] = fut
-        req = dict(args, id=rid, op=op)
-        c.writer.write(frame(cbor.dumps(req)))
-        try:
-            return await asyncio.wait_for(fut, self.timeout if timeout is None else timeout)
-        finally:
-            c.pending.pop(rid, None)
+        """One request to node ``i``; raises ConnectionError/TimeoutError when it does not answer.
+
+        A connection the node closes as the request goes out (nodes close idle connections) is
+        replaced once; every operation is idempotent, so the request is sent again."""
+        req = dict(args, op=op)
+        for attempt in (0, 1):
+            c = await self._conn(i)
+            reused = c.answered > 0
+            rid = next(self._ids)
+            fut = asyncio.get_running_loop().create_future()
+            c.pending[rid] = fut
+            req["id"] = rid
+            c.writer.write(frame(cbor.dumps(req)))
+            try:
+                return await asyncio.wait_for(fut, self.timeout if timeout is None else timeout)
+            except ConnectionError:
+                if attempt or not reused:
+                    raise
+            finally:
+                c.pending.pop(rid, None)
+        raise AssertionError("unreachable")
 
     async def request(self, op: str, timeout: float | None = None, **args: Any) -> dict:
         """``op`` on the current node, moving on to the next ones when a node does not answer."""

@@ -33,8 +33,8 @@ that has not completed a request yet is closed to make room, so strangers holdin
 cannot lock clients out), bytes of partial frames per connection (``max_frame``) and per node
 (the oldest partial frame is cut first), a time limit for a started frame and for an idle
 connection, a size cap per operation read from the request's first bytes before it is decoded,
-a per-address token bucket on requests (reading pauses when it is empty), requests in flight per
-connection, and reply bytes a client leaves unread (reading pauses; a client that reads nothing for
+per-address token buckets on new connections (refused beyond), requests and bytes read (reading
+pauses when one is empty), requests in flight per connection, and reply bytes a client leaves unread (reading pauses; a client that reads nothing for
 ``client_write_timeout_s`` is cut off). Tested in tests/ledger/test_node_transport.py (framing,
 handshake, reconnect) and tests/ledger/test_port_limits.py (node processes under each attack).
 """
@@ -88,10 +88,12 @@ class PortLimits:
     peer_message_rate: float = 2000.0     # every other kind, per peer and kind; burst twice that
     client_max_connections: int = 256
     client_max_per_address: int = 128
-    client_buffered_bytes: int = 16 << 20
+    client_buffered_bytes: int = 8 << 20
     client_frame_timeout_s: float = 5.0
     client_idle_timeout_s: float = 120.0
     client_request_rate: float = 5000.0   # per address; burst twice that
+    client_bytes_rate: float = 16 << 20   # bytes read per address; burst twice that
+    client_connect_rate: float = 100.0    # new connections per address; burst twice that
     client_max_in_flight: int = 2048      # per connection
     client_write_timeout_s: float = 10.0
 
@@ -129,10 +131,11 @@ class TokenBucket:
         self.tokens -= n
         return True
 
-    def wait_s(self, n: float = 1.0) -> float:
-        """Seconds until ``n`` tokens are there."""
+    def spend(self, n: float) -> float:
+        """Take ``n`` tokens, going into debt if there are fewer; the seconds until the debt is paid."""
         self._refill()
-        return max(0.0, (n - self.tokens) / self.rate)
+        self.tokens -= n
+        return max(0.0, -self.tokens / self.rate)
 
 
 class _Buckets:
@@ -557,9 +560,11 @@ class PeerNetwork:
     def queued_bytes(self) -> int:
         return sum(link.queued_bytes for link in self.links.values())
 
-    def _drop(self, peer: Any, reason: str) -> None:
+    def _drop(self, peer: Any, reason: str, authenticated: bool = False) -> None:
+        """Count a dropped frame; logged as a warning only for an authenticated peer (strangers' frames
+        are counted, not logged one by one: a flood of them must not become a flood of log lines)."""
         self.dropped += 1
-        log.warning("dropped frame from %s: %s", peer, reason)
+        log.log(logging.WARNING if authenticated else logging.DEBUG, "dropped frame from %s: %s", peer, reason)
 
     def _admit(self, host: str) -> bool:
         lim = self.limits
@@ -608,7 +613,7 @@ class PeerNetwork:
             self.peers[sender] = writer
             await self._read_peer(sender, reader)
         except FrameError as exc:
-            self._drop(peer, exc.reason)
+            self._drop(peer, exc.reason, sender is not None)
         except (OSError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -698,7 +703,7 @@ class _Replies:
 class _ClientConn:
     """What the client port knows of one connection."""
 
-    __slots__ = ("host", "writer", "frames", "answered", "frame_started", "opened")
+    __slots__ = ("host", "writer", "frames", "answered", "frame_started", "opened", "task")
 
     def __init__(self, host: str, writer: asyncio.StreamWriter, frames: FrameSplitter) -> None:
         self.host = host
@@ -707,6 +712,7 @@ class _ClientConn:
         self.answered = 0
         self.frame_started = 0.0
         self.opened = time.monotonic()
+        self.task = asyncio.current_task()
 
 
 class ClientServer:
@@ -723,6 +729,8 @@ class ClientServer:
         self.conns: dict[asyncio.StreamWriter, _ClientConn] = {}
         self.per_address: collections.Counter[str] = collections.Counter()
         self._request_rate = _Buckets(self.limits.client_request_rate, 2 * self.limits.client_request_rate)
+        self._bytes_rate = _Buckets(self.limits.client_bytes_rate, 2 * self.limits.client_bytes_rate)
+        self._connect_rate = _Buckets(self.limits.client_connect_rate, 2 * self.limits.client_connect_rate)
         self.limited: collections.Counter[str] = collections.Counter()
 
     def limit(self, name: str) -> None:
@@ -742,16 +750,31 @@ class ClientServer:
         """Bytes of partial frames held for all connections."""
         return sum(c.frames.pending for c in self.conns.values())
 
+    def _close(self, conn: _ClientConn) -> None:
+        """Forget ``conn`` now, drop what it holds and stop serving it."""
+        if self.conns.pop(conn.writer, None) is None:
+            return
+        self.per_address[conn.host] -= 1
+        if not self.per_address[conn.host]:
+            del self.per_address[conn.host]
+        conn.frames._buf.clear()
+        conn.writer.transport.abort()
+        if conn.task is not None and conn.task is not asyncio.current_task():
+            conn.task.cancel()
+
     def _evict(self, host: str | None) -> bool:
         """Close the oldest connection (of ``host``, or any) that has not completed a request; False if none."""
         victims = [c for c in self.conns.values() if not c.answered and (host is None or c.host == host)]
         if not victims:
             return False
-        min(victims, key=lambda c: c.opened).writer.transport.abort()
+        self._close(min(victims, key=lambda c: c.opened))
         return True
 
     def _admit(self, host: str) -> bool:
         lim = self.limits
+        if not self._connect_rate.get(host).take():
+            self.limit("client_connect_rate")
+            return False
         if self.per_address[host] >= lim.client_max_per_address:
             self.limit("client_connections_per_address")
             if not self._evict(host):
@@ -771,8 +794,7 @@ class ClientServer:
         for c in sorted((c for c in self.conns.values() if c.frames.pending), key=lambda c: c.frame_started):
             self.limit("client_buffered_bytes")
             total -= c.frames.pending
-            c.frames._buf.clear()
-            c.writer.transport.abort()
+            self._close(c)
             if total <= budget:
                 return
 
@@ -789,6 +811,7 @@ class ClientServer:
         conn = self.conns[writer] = _ClientConn(host, writer, frames)
         self.per_address[host] += 1
         rate = self._request_rate.get(host)
+        ingress = self._bytes_rate.get(host)
         try:
             while True:
                 if frames.pending:
@@ -805,8 +828,20 @@ class ClientServer:
                 if not chunk:
                     frames.end()
                     return
+                pause = ingress.spend(len(chunk))
+                if pause:
+                    self.limit("client_bytes_rate")
+                    await asyncio.sleep(pause)
+                if writer not in self.conns:        # closed to make room (a cancel that wait_for may swallow)
+                    return
                 was_pending = frames.pending
                 for data in frames.feed(chunk):
+                    pause = rate.spend(1)
+                    if pause:
+                        self.limit("client_request_rate")
+                        await asyncio.sleep(pause)
+                        if writer not in self.conns:
+                            return
                     req = self._decode(data, peer)
                     if req is None:
                         writer.write(frame(cbor.dumps({"ok": False, "error": "malformed request"})))
@@ -814,41 +849,38 @@ class ClientServer:
                     t = asyncio.create_task(self._answer(req, writer, replies, conn))
                     tasks.add(t)
                     t.add_done_callback(tasks.discard)
-                    if not rate.take():
-                        self.limit("client_request_rate")
-                        await asyncio.sleep(rate.wait_s())
                 if frames.error is not None:
                     raise frames.error
                 if frames.pending and (not was_pending or frames.pending < len(chunk)):
                     conn.frame_started = time.monotonic()
                 if frames.pending > MAX_SMALL_REQUEST:
                     self._make_room(conn)
+                    if writer not in self.conns:
+                        return
                 await self._backpressure(writer, tasks)
         except FrameError as exc:
-            log.warning("dropped client frame from %s: %s", peer, exc.reason)
+            self.limit("client_bad_frame")
+            log.debug("dropped client frame from %s: %s", peer, exc.reason)
         except (OSError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             for t in tasks:
                 t.cancel()
-            del self.conns[writer]
-            self.per_address[host] -= 1
-            if not self.per_address[host]:
-                del self.per_address[host]
-            writer.transport.abort()
+            self._close(conn)
 
     def _decode(self, data: bytes, peer: Any) -> dict | None:
         op = peek_op(data)
         if len(data) > REQUEST_SIZE_CAPS.get(op or "", MAX_SMALL_REQUEST):
             self.limit("client_request_size")
-            log.warning("dropped client request from %s: %d bytes for op %r", peer, len(data), op)
+            log.debug("dropped client request from %s: %d bytes for op %r", peer, len(data), op)
             return None
         try:
             req = cbor.loads(data, max_size=self.max_frame)
         except LedgerlinkError:
             req = None
         if not isinstance(req, dict) or type(req.get("id")) is not int or not isinstance(req.get("op"), str):
-            log.warning("dropped client request from %s: malformed", peer)
+            self.limit("client_malformed")
+            log.debug("dropped client request from %s: malformed", peer)
             return None
         return req
 
