@@ -3,9 +3,13 @@
 a serial port, such as the QEMU board (``UART(1)`` from its ``uart1.py``)."""
 
 
+CHUNK = 128   # bytes per read: small blocks keep a fragmented heap able to serve them
+
+
 class UartStream:
-    """``write(data)``, ``read(n, timeout_ms)`` (b"" on timeout) and ``close()`` over a UART object with
-    ``write``, ``read(n)`` and a ``timeout`` attribute in ms (the wait for the first byte)."""
+    """``write(data)``, ``read(n, timeout_ms)`` (b"" on timeout; at most ``CHUNK`` bytes) and ``close()``
+    over a UART object with ``write``, ``read(n)`` and a ``timeout`` attribute in ms (the wait for the
+    first byte)."""
 
     def __init__(self, uart):
         self.uart = uart
@@ -20,7 +24,7 @@ class UartStream:
         if self.closed:
             raise OSError("stream closed")
         self.uart.timeout = timeout_ms
-        return self.uart.read(n) or b""
+        return self.uart.read(min(n, CHUNK)) or b""
 
     def close(self):
         self.closed = True

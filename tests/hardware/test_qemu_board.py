@@ -12,7 +12,9 @@ import pytest
 from ledgerlink import cpython_cbor
 from ledgerlink.core import cbor, cose, ecdh, ecdsa, kdf, merkle
 from ledgerlink.core.backend import get_backend
+from ledgerlink.core import device_protocol as dp
 from ledgerlink.tools import qemu_board
+from ledgerlink.tools.board_runtime import CycleSite
 from ledgerlink.tools.qemu_board import BoardCodeError, QemuBoard
 from ledgerlink.tools.socket_bridge import UartBridge
 from ledgerlink.tools.stack import Stack
@@ -121,12 +123,15 @@ def test_instruction_counts_are_repeatable(image):
 # --- the client cycle over UART1 ----------------------------------------------------------------
 
 SITE = "qemusite"
-READINGS = 3
+READINGS = 10
+FLASH_ADDRESS = 0x21400000   # mps2-an385 PSRAM above the 4 MiB the ROMFS image may take
+FLASH_BYTES = 1 << 20
 
 CYCLE_SETUP = """
 import gc, time
 from uart1 import UART
 from uart_stream import UartStream
+from region_storage import RegionStorage
 from ledgerlink_client import device, mqtt
 %(rng)s
 clock = [%(now_ms)d, time.ticks_ms()]
@@ -139,13 +144,21 @@ def factory():
     return mqtt.MQTTClient(UartStream(UART(1)), %(user)r, keepalive=30, username=%(user)r, password=%(password)r)
 h = bytes.fromhex
 cfg = {'site': %(site)r, 'identity_key': h(%(priv)r), 'ca_public': h(%(ca)r), 'chain_id': %(chain)r,
-       'validators': [h(k) for k in %(validators)r], 'mode': %(mode)r}
-client = device.DeviceClient(cfg, factory, rng=rng, time_ms=time_ms)
+       'validators': [h(k) for k in %(validators)r], 'mode': %(mode)r, 'max_results': %(n)d}
+storage = RegionStorage(%(flash)d, %(flash_bytes)d)   # the board's "flash": PSRAM outside the heap
+storage.replace('llcmd', device.dp.encode_commands(0, {}))   # the empty command record provisioning writes
+client = device.DeviceClient(cfg, factory, storage=storage, rng=rng, time_ms=time_ms)
 print('REQ', client.protocol.registration_request(client.time_ms(), 1, {'name': 'qemu-board'}).payload.hex())
 gc.collect()
 gc.peak_live(True)
 """
 READ_STATS = "print('STATS', repr(client.stats))"
+COMMAND = """
+from ledgerlink.core import cbor
+client.protocol.update_controller(cbor.loads(h(%r)))
+r = client.protocol.handle_command(client.protocol.cmd_topic, h(%r), client.time_ms())
+print('CMD', repr([r.accepted, r.action, r.args, r.reason]))
+"""
 RESULTS = """
 client.close()
 gc.collect()
@@ -177,23 +190,43 @@ def stack(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def site(stack):
+    """The stack with a registered controller whose commands the boards check (as board32's cycle does)."""
+    return CycleSite(stack)
+
+
+def command_for(site: CycleSite, priv: bytes) -> tuple[bytes, bytes]:
+    """(the controller's record proof, one command it signed for the device of ``priv``)."""
+    proof = site.stack._ledger().record(dp.RECORD_DEVICE, site.controller_id)
+    assert proof.get("ok"), proof
+    device = dp.DeviceProtocol(priv, SITE, None)
+    expires_ms = int(time.time() * 1000) + 600_000
+    body = cbor.dumps({1: device.device_id, 2: 1, 3: "open-valve", 4: {"pct": 30}, 5: expires_ms})
+    return cbor.dumps(proof["proof"]), cose.sign1(body, site.controller_key, site.controller_id,
+                                                   device.cmd_topic.encode())
+
+
+@pytest.fixture(scope="module")
 def cycle_image(tmp_path_factory):
-    extra = {"lib/uart_stream.mpy": qemu_board.PROJECT_ROOT / "hardware" / "hil" / "uart_stream.py"}
+    hil = qemu_board.PROJECT_ROOT / "hardware" / "hil"
+    extra = {"lib/uart_stream.mpy": hil / "uart_stream.py", "lib/region_storage.mpy": hil / "region_storage.py"}
     return qemu_board.library_image(tmp_path_factory.mktemp("qemu-cycle") / "lib.romfs", extra)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["session", "signed"])
-def test_client_cycle_on_the_110k_board_over_uart1_to_the_real_stack(stack, cycle_image, mode):
+def test_client_cycle_on_the_110k_board_over_uart1_to_the_real_stack(stack, site, cycle_image, mode):
     """Library in ROMFS on the 110 KB board; its MQTT bytes go out on UART1, through the host bridge into
-    mosquitto; the gateway and the 4-node ledger answer; the board checks every receipt itself."""
+    mosquitto; the gateway and the 4-node ledger answer; the board checks every receipt itself (certified
+    header, batch proof, anchor), then one controller command against the controller's ledger record."""
     priv = stack.crypto.generate_private_key()
     device_id = stack.crypto.sha256(stack.crypto.public_key(priv, True))[:16]
     login = stack.device_login(device_id)
     setup = CYCLE_SETUP % {
         "rng": qemu_board.RNG_SOURCE % os.urandom(16).hex(), "now_ms": int(time.time() * 1000),
         "user": login["username"], "password": login["password"], "site": SITE, "priv": priv.hex(),
-        "ca": stack.public_key("gw-ca").hex(), "chain": stack.chain_id, "validators": [k.hex() for k in stack.validators], "mode": mode}
+        "ca": stack.public_key("gw-ca").hex(), "chain": stack.chain_id, "validators": [k.hex() for k in stack.validators], "mode": mode,
+        "n": READINGS, "flash": FLASH_ADDRESS, "flash_bytes": FLASH_BYTES}
     app = Verified(stack.broker_port, SITE, "qemu-app-" + mode, stack.consumer_login())
     try:
         with QemuBoard(cycle_image, heap_kb=110, uart1=True) as board:
@@ -207,6 +240,7 @@ def test_client_cycle_on_the_110k_board_over_uart1_to_the_real_stack(stack, cycl
                     assert opened["sessions_opened"] == 1, opened
                 board_step(board, "for i in range(%d):\n    client.publish({'t': 20 + i, 'i': i})" % READINGS)
                 stats = run_until(board, lambda st: st["receipts_valid"] + st["receipts_invalid"] >= READINGS, 180)
+                command = board.exec(COMMAND % tuple(b.hex() for b in command_for(site, priv)))
                 out = board.exec(RESULTS)
                 wall = time.monotonic() - started
         deadline = time.monotonic() + 5
@@ -221,6 +255,7 @@ def test_client_cycle_on_the_110k_board_over_uart1_to_the_real_stack(stack, cycl
     assert sorted(r[1] for r in results) == list(range(1, READINGS + 1))
     assert all(r[0] is True and r[2] == "" and r[3] >= 1 for r in results)
     assert stats["published"] >= READINGS and stats["acked"] >= READINGS
+    assert ast.literal_eval(command.split("CMD ", 1)[1].strip()) == [True, "open-valve", {"pct": 30}, ""]
     # the bytes really went over UART1 and the bridge: what the gateway republished is what the board sealed
     assert bridge.connections >= 1 and bridge.bytes_up > 0 and bridge.bytes_down > 0
     mine = sorted((r for r in app.readings if r[1] == device_id), key=lambda r: r[2])
