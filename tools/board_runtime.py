@@ -406,7 +406,9 @@ def _now_ms() -> int:
 def least_heap(site: CycleSite, board: Board, mode: str, low: int = 32 * 1024, high: int = 512 * 1024,
                step: int = 1024) -> int | None:
     """The smallest heap (a multiple of ``step``) at which the cycle completes, by bisection between
-    ``low`` and ``high``; None if it fails even at ``high``."""
+    ``low`` and ``high``; None if it fails even at ``high``. Where a MemoryError strikes depends on
+    how the heap is fragmented, so pass/fail is not strictly monotonic in the heap size: the figure
+    moves by some KB between runs (the fixed-heap tests are the pass/fail record)."""
 
     def passes(heap: int) -> bool:
         try:
