@@ -296,19 +296,6 @@ def encode_commands(fence_ms, seqs):
     return _checked(cbor.dumps([COMMAND_RECORD_VERSION, fence_ms, seqs]))
 
 
-def decode_commands(data):
-    """(fence-ms, {controller id: last seq}) of a record by ``encode_commands``; raises on any damage."""
-    obj = cbor.loads(_unchecked(data, "command record"), max_depth=3, max_size=65536)
-    if (not isinstance(obj, list) or len(obj) != 3 or obj[0] != COMMAND_RECORD_VERSION or not cbor.is_uint(obj[1])
-            or not isinstance(obj[2], dict)):
-        raise InvalidMessage("command record must be [1, fence-ms, {controller: seq}]")
-    for cid in obj[2]:
-        seq = obj[2][cid]
-        if not isinstance(cid, bytes) or not cbor.is_uint(seq) or seq > MAX_SEQ:
-            raise InvalidMessage("command record entries must be controller id: seq")
-    return obj[1], obj[2]
-
-
 # --- the protocol state of one device ---------------------------------------------------------------
 
 
@@ -352,7 +339,8 @@ class DeviceProtocol:
         self._record_heights = {}       # newest proof height seen per device id
         self.command_seqs = {}          # controller id -> last executed seq (as in the command store)
         self._command_store = None
-        self._command_fence_ms = None   # after a lost command store: its time (see open_commands)
+        self._command_start_ms = None
+        self._command_fence_ms = None   # None until the command record is read (see open_commands)
         self._replay_skip = REPLAY_SKIP_MIN
         self._replay_upto = 0           # replay refusals of numbers up to this one moved the counter already
         self._headers = []              # [(trust-bound hash, Header)], newest last
@@ -739,25 +727,9 @@ class DeviceProtocol:
         Returns the controller id (for an absence proof: the state key). Raises DeviceError or a
         LedgerlinkError when the proof does not check or is older than the one held.
         """
-        height, record, key = self._device_record(record_proof)
-        if record is None:
-            for cid in list(self.controllers):
-                if spv.state_key(RECORD_DEVICE, cid) == key and self.controllers[cid][1] <= height:
-                    del self.controllers[cid]
-                    self._record_heights[cid] = height
-            return key
-        cid = record[1]
-        seen = self._record_heights.get(cid, -1)
-        if height < seen:
-            raise DeviceError("record proof of height %d is older than one already taken (%d)" % (height, seen))
-        self._record_heights[cid] = height
-        if record.get(3) != ROLE_CONTROLLER or record.get(5) != STATUS_ACTIVE:
-            self.controllers.pop(cid, None)
-            if record.get(3) != ROLE_CONTROLLER:
-                raise DeviceError("device %s is not a controller" % cid.hex())
-            return cid
-        self.controllers[cid] = (record[2], height)
-        return cid
+        from ledgerlink.core import commands
+
+        return commands.update_controller(self, record_proof)
 
     def update_gateway(self, record_proof):
         """Trust a gateway's identity key for anchor signatures from a proved, active gateway record."""
@@ -777,7 +749,8 @@ class DeviceProtocol:
         for a board).
 
         A missing or damaged record (first start, flash erased or corrupted) cannot say which commands
-        ran, so it fails closed: a new record fenced at ``now_ms`` is written at once, and a controller
+        ran, so it fails closed: a new record fenced at ``now_ms`` is written (with the first command: the
+        record is read then, so sensors that take no command never load ``commands``), and a controller
         with no command executed under it is taken only with a not-after of at least fence + 24 h. Every
         command executed before the loss had a not-after at most 24 h after the device time it ran at
         (the cap below), so none of them passes; a controller that signs a command after the start with
@@ -786,61 +759,20 @@ class DeviceProtocol:
         is unexpired. (Taking the first seq seen after a loss as the mark would let a captured series of
         commands be replayed in increasing order.)
         """
-        try:
-            fence_ms, seqs = decode_commands(store.load())
-        except (LedgerlinkError, TypeError):
-            fence_ms, seqs = 0 if new_identity and store.load() is None else int(now_ms), {}
-            store.store(encode_commands(fence_ms, seqs))
         self._command_store = store
-        self._command_fence_ms = fence_ms
-        self.command_seqs = seqs
+        self._command_start_ms = int(now_ms)
+        self._command_fence_ms = None
+        if new_identity:
+            from ledgerlink.core import commands
+
+            commands.load(self, True)
 
     def handle_command(self, topic, payload, now_ms):
         """Check a command (COSE_Sign1 by a controller, external_aad = the ``cmd`` topic); never raises
         (but for a failing command store). Its seq is stored before it is accepted."""
-        if topic != self.cmd_topic:
-            return CommandResult(False, "command on topic %r, not this device's" % (topic,))
-        try:
-            msg = cose.decode_sign1(bytes(payload))
-        except (LedgerlinkError, TypeError, ValueError) as exc:
-            return CommandResult(False, "malformed command: %s" % exc)
-        cid = msg.kid
-        held = self.controllers.get(cid) if cid is not None else None
-        if held is None:
-            return CommandResult(False, "signer %s is not a controller listed by the ledger"
-                                 % (cid.hex() if cid else "(no kid)"), cid)
-        if not self.crypto.verify(held[0], msg.to_be_signed(topic.encode()), msg.signature):
-            return CommandResult(False, "command signature does not verify with the controller key", cid)
-        try:
-            body = cbor.loads(msg.payload, max_depth=16)
-        except LedgerlinkError as exc:
-            return CommandResult(False, "command body is not deterministic CBOR: %s" % exc, cid)
-        if (not isinstance(body, dict) or len(body) != 5 or 1 not in body or 2 not in body or 3 not in body
-                or 4 not in body or 5 not in body or not isinstance(body[3], str)
-                or not cbor.is_uint(body[2]) or not 1 <= body[2] <= MAX_SEQ or not cbor.is_uint(body[5])):
-            return CommandResult(False, "command must be {1: target, 2: seq, 3: action, 4: args, 5: not-after}", cid)
-        seq = body[2]
-        if body[1] != self.device_id:
-            return CommandResult(False, "command is for another device", cid, seq)
-        not_after = body[5]
-        if now_ms > not_after:
-            return CommandResult(False, "command expired %d ms ago" % (now_ms - not_after), cid, seq)
-        if not_after - now_ms > COMMAND_AHEAD_MAX_MS:
-            return CommandResult(False, "command not-after is more than 24 h ahead of the device clock", cid, seq)
-        store, fence_ms = self._command_store, self._command_fence_ms
-        if store is None:
-            return CommandResult(False, "no command store is open: commands are refused", cid, seq)
-        last = self.command_seqs.get(cid)
-        if last is None and not_after < fence_ms + COMMAND_AHEAD_MAX_MS:
-            return CommandResult(False, "the command store was new or lost at %d: the first command of a controller "
-                                 "must be valid until at least 24 h after that" % fence_ms, cid, seq)
-        if last is not None and seq <= last:
-            return CommandResult(False, "command seq %d already used (last %d)" % (seq, last), cid, seq)
-        seqs = dict(self.command_seqs)
-        seqs[cid] = seq
-        store.store(encode_commands(fence_ms, seqs))
-        self.command_seqs = seqs
-        return CommandResult(True, "", cid, seq, body[3], body[4], not_after)
+        from ledgerlink.core import commands
+
+        return commands.handle_command(self, topic, payload, now_ms)
 
 
 def _default_rng(n):
