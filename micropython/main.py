@@ -32,6 +32,7 @@ def load_config(path="ledgerlink.json"):
     with open(path) as f:
         cfg = json.load(f)
     if isinstance(cfg.get("broker"), dict):
+        cfg["tls_ca"] = cfg["broker"].get("tls_ca")        # the site CA (DER, hex): TLS to the broker
         cfg["port"] = cfg["broker"].get("port", 1883)
         cfg["broker"] = cfg["broker"]["host"]
     if "validators" not in cfg and "validator_keys" in cfg:
@@ -78,8 +79,10 @@ def make_factory(cfg, device_id):
         return lambda: UmqttAdapter(Umqtt(client_id, cfg["broker"], cfg.get("port", 1883), keepalive=60))
     call = globals().get("host_call")              # the virtual board's host sockets (--network)
     login = json.loads(_read("ledgerlink.mqtt.json") or "{}")    # the broker login ``ledgerlink provision`` stored
-    return lambda: mqtt.MQTTClient(transport.open_stream(cfg["broker"], cfg.get("port", 1883), call), client_id,
-                                   keepalive=60, username=login.get("username"), password=login.get("password"))
+    ca = bytes.fromhex(cfg["tls_ca"]) if cfg.get("tls_ca") else None
+    return lambda: mqtt.MQTTClient(transport.open_stream(cfg["broker"], cfg.get("port", 1883), call, tls_ca=ca),
+                                   client_id, keepalive=60, username=login.get("username"),
+                                   password=login.get("password"))
 
 
 def read_sensor():

@@ -45,8 +45,11 @@ class SocketTransport:
             self.sock.close()
 
 
-def open_socket(host, port, timeout_ms=5000):
-    """Connect a TCP socket to ``host:port`` and wrap it (board networking must already be up)."""
+def open_socket(host, port, timeout_ms=5000, tls_ca=None):
+    """Connect a TCP socket to ``host:port`` and wrap it (board networking must already be up).
+
+    ``tls_ca``: the site CA certificate (DER bytes): TLS, and the broker's certificate must chain to it.
+    A port whose ``tls`` cannot check certificates (axTLS) raises OSError rather than connect unchecked."""
     import socket
 
     addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
@@ -54,18 +57,62 @@ def open_socket(host, port, timeout_ms=5000):
     try:
         sock.settimeout(timeout_ms / 1000)
         sock.connect(addr)
+        if tls_ca is not None:
+            return TlsTransport(sock, _tls_wrap(sock, host, tls_ca))
     except BaseException:
         sock.close()
         raise
     return SocketTransport(sock)
 
 
-def open_stream(host, port, call=None, timeout_ms=5000):
+def _tls_wrap(sock, host, ca_der):
+    import tls
+
+    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+    if not hasattr(ctx, "load_verify_locations") or not hasattr(tls, "CERT_REQUIRED"):
+        raise OSError("this port's tls cannot check the broker's certificate: use plain TCP (frames are "
+                      "signed or encrypted) or a board with mbedTLS")
+    ctx.verify_mode = tls.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=ca_der)
+    return ctx.wrap_socket(sock, server_hostname=host)
+
+
+class TlsTransport(SocketTransport):
+    """A TLS stream (``tls`` sockets have read/write; the timeout is the underlying socket's)."""
+
+    def __init__(self, raw, sock):
+        SocketTransport.__init__(self, sock)
+        self.raw = raw
+
+    def write(self, data):
+        if self.closed:
+            raise OSError("stream closed")
+        self.sock.write(data)
+
+    def read(self, n, timeout_ms):
+        if self.closed:
+            raise OSError("stream closed")
+        self.raw.settimeout(max(timeout_ms, 1) / 1000)
+        try:
+            data = self.sock.read(n)
+        except OSError as exc:
+            code = exc.args[0] if exc.args else None
+            if code in _TIMEOUT_ERRNOS or type(exc).__name__ in ("timeout", "TimeoutError"):
+                return b""
+            raise
+        if not data:
+            self.closed = True
+            raise OSError("connection closed by peer")
+        return data
+
+
+def open_stream(host, port, call=None, timeout_ms=5000, tls_ca=None):
     """The board's route to ``host:port``: through the host's sockets when ``call`` (the virtual
-    board's ``host_call``, present when it runs with --network) is given, else the board's own TCP."""
+    board's ``host_call``, present when it runs with --network) is given, else the board's own TCP
+    (with TLS checked against ``tls_ca``, when given)."""
     if call is not None:
         return CallTransport(call, host, port)
-    return open_socket(host, port, timeout_ms)
+    return open_socket(host, port, timeout_ms, tls_ca)
 
 
 class CallTransport:
