@@ -18,7 +18,8 @@ operator        ``ll/S/#``                                 ``ll/S/#`` (no ``$sha
 broker-admin    ``$CONTROL/dynamic-security/#``            its responses (mosquitto only)
 ==============  =========================================  ==============================================
 
-(S the site, D the device id in hex.) The site's accounts live in ``accounts.json`` in the broker
+(S the site, D the device id in hex. Receipt requests on ``ll/S/dev/D/ask`` go as ``up`` does: the
+device publishes, the gateways' shared group receives.) The site's accounts live in ``accounts.json`` in the broker
 folder (``data_dir/broker``, mode 0700; files 0600): role, PBKDF2-SHA512 hash of the password and
 whether the account is disabled. Passwords are 24 random bytes (base64url), so the hash's iteration
 count (mosquitto's 101) does not carry their strength. Each account's client login is written once to
@@ -95,7 +96,7 @@ def rules(site: str, username: str, role: str, device: str | None = None) -> lis
     base = "ll/%s" % site
     if role in ("device", "controller"):
         own = "%s/dev/%s" % (base, device)
-        out = [(SEND, own + "/" + level) for level in ("up", "reg", "session")]
+        out = [(SEND, own + "/" + level) for level in ("up", "reg", "session", "ask")]
         for topic in (own + "/down", own + "/cmd", base + "/ledger/header"):
             out += [(SUBSCRIBE, topic), (RECEIVE, topic)]
         if role == "controller":
@@ -103,7 +104,7 @@ def rules(site: str, username: str, role: str, device: str | None = None) -> lis
         return out
     if role == "gateway":
         out = [(SEND, base + "/dev/+/down"), (SEND, base + "/verified/+"), (SEND, base + "/ledger/header")]
-        for level in ("up", "session", "reg"):
+        for level in ("up", "session", "reg", "ask"):
             out += [(SUBSCRIBE, "$share/ll-gw-%s/%s/dev/+/%s" % (site, base, level)),
                     (RECEIVE, "%s/dev/+/%s" % (base, level))]
         return out

@@ -148,3 +148,13 @@ def test_receipts_not_published_before_a_crash_are_sent_after_the_restart(tmp_pa
     again = [o for o in b.step(NOW + 2000) if o.topic.endswith("/down")]
     assert sorted(cbor.loads(o.payload)[2] for o in again) == [1, 2, 3]
     assert [o for o in b.step(NOW + 3000) if o.topic.endswith("/down")] == []     # once published, not again
+
+
+def test_the_site_acl_lets_a_device_ask_and_the_gateways_receive_asks():
+    from ledgerlink.tools.broker_access import RECEIVE, SEND, SUBSCRIBE, rules
+
+    dev = "ab" * 16
+    assert (SEND, "ll/%s/dev/%s/ask" % (SITE, dev)) in rules(SITE, "ll-" + dev, "device", dev)
+    gw = rules(SITE, "ll-gw-%s-1" % SITE, "gateway")
+    assert (SUBSCRIBE, "$share/ll-gw-%s/ll/%s/dev/+/ask" % (SITE, SITE)) in gw
+    assert (RECEIVE, "ll/%s/dev/+/ask" % SITE) in gw
