@@ -16,8 +16,10 @@ import shutil
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ledgerlink.core import cbor, cose
+from ledgerlink.core import cbor, commands, cose
 from ledgerlink.core import device_protocol as dp
 from ledgerlink.device import core as dc
 from ledgerlink.device.keystore import FileCounter, FileRecord
@@ -460,3 +462,31 @@ def test_sdk_device_open_keeps_command_seqs_and_fences_a_lost_record(env, tmp_pa
     refused = fenced.core.handle_command(topic, short, NOW + 2000)
     assert not refused.accepted and "command store" in refused.reason
     fenced.queue.close()
+
+
+# --- the records' decoders ----------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**64 - 1), st.dictionaries(st.binary(min_size=16, max_size=16), st.integers(1, dc.MAX_SEQ),
+                                                  max_size=8))
+def test_command_record_round_trip_and_damage(fence_ms, seqs):
+    raw = dp.encode_commands(fence_ms, seqs)
+    assert commands.decode_commands(raw) == (fence_ms, seqs)
+    for i in (0, len(raw) // 2, len(raw) - 1):
+        with pytest.raises(dp.LedgerlinkError):
+            commands.decode_commands(raw[:i] + bytes([raw[i] ^ 0x10]) + raw[i + 1:])
+    with pytest.raises(dp.LedgerlinkError):
+        commands.decode_commands(raw[:-1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80))
+def test_junk_command_and_counter_records_are_refused(tmp_path_factory, data):
+    with pytest.raises(dp.LedgerlinkError):
+        commands.decode_commands(data)
+    path = tmp_path_factory.mktemp("c") / "seq"
+    path.write_bytes(data)
+    os.chmod(path, 0o600)
+    value = FileCounter(path).load()
+    assert value is None or (len(data) == 8 and value == int.from_bytes(data[:4], "big"))
