@@ -87,7 +87,7 @@ class PortLimits:
     fetch_rate: float = 20.0              # fetch-blocks per peer; burst twice that
     peer_message_rate: float = 2000.0     # every other kind, per peer and kind; burst twice that
     client_max_connections: int = 256
-    client_max_per_address: int = 128
+    client_max_per_address: int = 64
     client_buffered_bytes: int = 8 << 20
     client_frame_timeout_s: float = 5.0
     client_idle_timeout_s: float = 120.0
@@ -657,6 +657,9 @@ class PeerNetwork:
 Handler = Callable[[dict], Awaitable[dict]]
 MAX_REPLY_BUFFER = 1 << 20
 MAX_SMALL_REQUEST = 4096
+#: bytes a client connection reads ahead of the request it is on: asyncio's stream buffer stops
+#: reading at twice this (a stalled connection holds at most about 3x)
+CLIENT_READ_LIMIT = 16 << 10
 #: the largest request of each operation (bytes); others, and requests whose op cannot be read from
 #: their first bytes, are held to MAX_SMALL_REQUEST
 REQUEST_SIZE_CAPS = {"submit": 64 << 10, "submit_many": MAX_CLIENT_FRAME}
@@ -738,7 +741,7 @@ class ClientServer:
         self.limited[name] += 1
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.server = await asyncio.start_server(self._serve, self.host, self.port, limit=CLIENT_READ_LIMIT)
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -805,6 +808,8 @@ class ClientServer:
             writer.transport.abort()
             return
         lim = self.limits
+        if hasattr(writer.transport, "max_size"):
+            writer.transport.max_size = CLIENT_READ_LIMIT    # bytes per recv (asyncio's default: 256 KiB)
         tasks: set[asyncio.Task] = set()
         replies = _Replies(writer)
         frames = FrameSplitter(self.max_frame)
