@@ -13,8 +13,15 @@ raises ``BoardCodeError`` with the board's traceback. Variables live on between 
 ``time.ticks_us()`` differences times 1000 are instruction counts, repeatable run after run to one tick
 (1,000 instructions: idle time passes in host time and shifts the phase of the microsecond).
 
-Command line (prints QEMU instructions per core operation, from the bench's inputs):
-``python3 -m ledgerlink.tools.qemu_board [--heap-kb 110|190] [--json FILE]``.
+``run_cycle`` runs the whole client cycle on the board against a running stack: the board's MQTT bytes
+leave on UART1 (``hardware/hil/uart_stream.py``) and ``socket_bridge.UartBridge`` relays them to the
+broker; queues, counter and session sit in PSRAM outside the heap (``hardware/hil/region_storage.py``),
+as on a board's flash; the host sets the board's clock before each step of the board's loop (QEMU's
+tick falls behind the host's clock while the emulated CPU is busy).
+
+Command line: ``python3 -m ledgerlink.tools.qemu_board [--heap-kb 110|190] [--json FILE]`` prints QEMU
+instructions per core operation (the bench's inputs); ``--cycle`` starts a stack and prints, per mode
+and firmware heap, whether the client cycle completes, its peak live heap and its wall time.
 The board tools must be present at ../shared/tools beside the project; without them every entry
 point fails with a message naming the missing file.
 """
@@ -22,6 +29,7 @@ point fails with a message naming the missing file.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import socket
@@ -32,7 +40,11 @@ import time
 from pathlib import Path
 from typing import Mapping
 
+from ledgerlink.core import cbor, cose
+from ledgerlink.core import device_protocol as dp
 from ledgerlink.tools import deploy
+from ledgerlink.tools.board_runtime import CycleSite
+from ledgerlink.tools.socket_bridge import UartBridge
 from ledgerlink.tools.stack import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -238,20 +250,191 @@ def format_instructions(table: dict[str, int], heap_kb: int) -> list[str]:
     return lines
 
 
+# --- the client cycle over UART1 ----------------------------------------------------------------
+
+CYCLE_READINGS = 10
+CYCLE_MODES = ("session", "signed")
+FLASH_ADDRESS = 0x21400000   # mps2-an385 PSRAM above the 4 MiB the ROMFS image may take: the board's "flash"
+FLASH_BYTES = 1 << 20
+HIL = PROJECT_ROOT / "hardware" / "hil"
+
+CYCLE_SETUP = """
+import gc, time
+from uart1 import UART
+from uart_stream import UartStream
+from region_storage import RegionStorage
+from ledgerlink_client import device, mqtt
+%(rng)s
+clock = [%(now_ms)d, time.ticks_ms()]
+def sync(now_ms):
+    clock[0] = now_ms
+    clock[1] = time.ticks_ms()
+def time_ms():
+    return clock[0] + time.ticks_diff(time.ticks_ms(), clock[1])
+def factory():
+    return mqtt.MQTTClient(UartStream(UART(1)), %(user)r, keepalive=30, username=%(user)r,
+                           password=%(password)r)
+h = bytes.fromhex
+cfg = {'site': %(site)r, 'identity_key': h(%(priv)r), 'ca_public': h(%(ca)r), 'chain_id': %(chain)r,
+       'validators': [h(k) for k in %(validators)r], 'mode': %(mode)r, 'max_results': %(n)d}
+storage = RegionStorage(%(flash)d, %(flash_bytes)d)   # the board's "flash": PSRAM outside the heap
+storage.replace('llcmd', device.dp.encode_commands(0, {}))   # the empty command record provisioning writes
+client = device.DeviceClient(cfg, factory, storage=storage, rng=rng, time_ms=time_ms)
+print('REQ', client.protocol.registration_request(client.time_ms(), 1, {'name': 'qemu-board'}).payload.hex())
+gc.collect()
+gc.peak_live(True)
+"""
+READ_STATS = "print('STATS', repr(client.stats))"
+COMMAND = """
+from ledgerlink.core import cbor
+client.protocol.update_controller(cbor.loads(h(%r)))
+r = client.protocol.handle_command(client.protocol.cmd_topic, h(%r), client.time_ms())
+print('CMD', repr([r.accepted, r.action, r.args, r.reason]))
+"""
+RESULTS = """
+client.close()
+gc.collect()
+print('OUT', repr([[r.valid, r.seq, r.reason, r.height] for r in client.receipts]), gc.peak_live()[0])
+"""
+
+
+def board_step(board: "QemuBoard", code: str) -> dict:
+    """One step of the board's main loop: the host sets the board's clock first (as NTP would: QEMU's
+    tick counter falls behind the host's clock while the emulated CPU is busy), then ``code`` runs."""
+    out = board.exec("sync(%d)\n%s\n%s" % (int(time.time() * 1000), code, READ_STATS), timeout=120)
+    return ast.literal_eval(out.split("STATS ", 1)[1].strip())
+
+
+def run_until(board: "QemuBoard", done, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    stats = board_step(board, "client.step(100)")
+    while not done(stats) and time.monotonic() < deadline:
+        stats = board_step(board, "client.step(200)")
+    return stats
+
+
+def cycle_image(image: Path) -> Path:
+    """The QEMU image with the board side of the cycle: the UART stream and the storage outside the heap."""
+    return library_image(image, {"lib/uart_stream.mpy": HIL / "uart_stream.py",
+                                 "lib/region_storage.mpy": HIL / "region_storage.py"})
+
+
+def command_for(site: CycleSite, priv: bytes) -> tuple[bytes, bytes]:
+    """(the controller's record proof, one command it signed for the device of ``priv``)."""
+    proof = site.stack._ledger().record(dp.RECORD_DEVICE, site.controller_id)
+    if not proof.get("ok"):
+        raise RuntimeError("no record proof of the controller: %r" % (proof,))
+    device = dp.DeviceProtocol(priv, site.stack.site, None)
+    expires_ms = int(time.time() * 1000) + 600_000
+    body = cbor.dumps({1: device.device_id, 2: 1, 3: "open-valve", 4: {"pct": 30}, 5: expires_ms})
+    return cbor.dumps(proof["proof"]), cose.sign1(body, site.controller_key, site.controller_id,
+                                                   device.cmd_topic.encode())
+
+
+def run_cycle(site: CycleSite, image: Path, mode: str, heap_kb: int = 110) -> dict:
+    """The whole client cycle on a QEMU board with ``image`` (``cycle_image``) against ``site``'s stack: a new
+    device registered from the board's own request, session open (session mode), ``CYCLE_READINGS``
+    readings, every receipt checked on the board, one controller command checked. The board's MQTT
+    bytes go over UART1 and ``UartBridge`` to the broker. Returns what the board reported; a board
+    error (MemoryError included) raises ``BoardCodeError``."""
+    stack = site.stack
+    priv = stack.crypto.generate_private_key()
+    device_id = stack.crypto.sha256(stack.crypto.public_key(priv, True))[:16]
+    login = stack.device_login(device_id)
+    setup = CYCLE_SETUP % {
+        "rng": RNG_SOURCE % os.urandom(16).hex(), "now_ms": int(time.time() * 1000),
+        "user": login["username"], "password": login["password"], "site": stack.site, "priv": priv.hex(),
+        "ca": stack.public_key("gw-ca").hex(), "chain": stack.chain_id,
+        "validators": [k.hex() for k in stack.validators], "mode": mode, "n": CYCLE_READINGS,
+        "flash": FLASH_ADDRESS, "flash_bytes": FLASH_BYTES}
+    report: dict = {"mode": mode, "heap_kb": heap_kb, "device_id": device_id}
+    with QemuBoard(image, heap_kb=heap_kb, uart1=True) as board:
+        with UartBridge(("127.0.0.1", board.uart1_port), ("127.0.0.1", stack.broker_port),
+                        allow=["127.0.0.1"]) as bridge:
+            request = board.exec(setup).split("REQ ")[1].split()[0]
+            [report["registered"]] = stack.register([bytes.fromhex(request)])
+            started = time.monotonic()
+            if mode == "session":
+                report["opened"] = run_until(board, lambda st: st["sessions_opened"] >= 1, 120)["sessions_opened"]
+            board_step(board, "for i in range(%d):\n    client.publish({'t': 20 + i, 'i': i})" % CYCLE_READINGS)
+            report["stats"] = run_until(
+                board, lambda st: st["receipts_valid"] + st["receipts_invalid"] >= CYCLE_READINGS, 180)
+            command = board.exec(COMMAND % tuple(b.hex() for b in command_for(site, priv)))
+            report["command"] = ast.literal_eval(command.split("CMD ", 1)[1].strip())
+            receipts, peak_live = board.exec(RESULTS).split("OUT ", 1)[1].rsplit(" ", 1)
+            report.update(receipts=ast.literal_eval(receipts), peak_live=int(peak_live),
+                          wall_s=time.monotonic() - started, bridge_connections=bridge.connections,
+                          bridge_bytes=(bridge.bytes_up, bridge.bytes_down))
+    return report
+
+
+def cycle_ok(report: dict) -> bool:
+    """Session opened (session mode), every receipt valid, the command accepted."""
+    stats = report.get("stats", {})
+    return ((report["mode"] != "session" or report.get("opened") == 1)
+            and stats.get("receipts_valid") == CYCLE_READINGS and stats.get("receipts_invalid") == 0
+            and bool(report.get("command")) and report["command"][0] is True)
+
+
+def cycle_table(data_dir: Path, heaps_kb: tuple[int, ...] = (110, 190)) -> list[dict]:
+    """Each mode at each firmware heap: a stack (mosquitto, 4 ledger nodes, gateway) and one cycle per row."""
+    from ledgerlink.tools.stack import Stack
+
+    stack = Stack(data_dir / "site", site="qemusite", broker="mosquitto")
+    stack.start()
+    rows = []
+    try:
+        site = CycleSite(stack)
+        image = cycle_image(data_dir / "cycle.romfs")
+        for heap_kb in heaps_kb:
+            for mode in CYCLE_MODES:
+                try:
+                    report = run_cycle(site, image, mode, heap_kb)
+                    rows.append(dict(report, ok=cycle_ok(report), error=""))
+                except (BoardCodeError, TimeoutError) as exc:
+                    rows.append({"mode": mode, "heap_kb": heap_kb, "ok": False,
+                                 "error": str(exc).strip().splitlines()[-1]})
+    finally:
+        stack.stop()
+    return rows
+
+
+def format_cycle(rows: list[dict]) -> list[str]:
+    lines = ["QEMU board client cycle (library in ROMFS; session open, %d readings, every receipt checked on "
+             "the board, one command; MQTT over UART1)" % CYCLE_READINGS,
+             "%-9s%9s%8s%16s%9s  %s" % ("mode", "heap", "result", "peak live B", "wall s", "")]
+    for r in rows:
+        lines.append("%-9s%8dK%8s%16s%9s  %s" % (r["mode"], r["heap_kb"], "pass" if r["ok"] else "FAIL",
+                                                  r.get("peak_live", "-"), "%.1f" % r["wall_s"] if "wall_s" in r
+                                                  else "-", r["error"]))
+    lines.append("peak live: gc.peak_live() over the cycle (highest live heap after any collection)")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m ledgerlink.tools.qemu_board",
                                      description="QEMU instructions per core operation on the QEMU board.")
     parser.add_argument("--heap-kb", type=int, choices=sorted(FIRMWARE), default=110)
+    parser.add_argument("--cycle", action="store_true",
+                        help="instead: start a stack and run the client cycle in both modes at 110 KB and 190 KB")
     parser.add_argument("--json", metavar="FILE", help="also write the table as JSON to FILE")
     args = parser.parse_args(argv)
     try:
-        table = instructions_table(args.heap_kb)
+        if args.cycle:
+            with tempfile.TemporaryDirectory(prefix="ledgerlink-qemu-cycle-") as tmp:
+                rows = cycle_table(Path(tmp))
+            print("\n".join(format_cycle(rows)))
+            result: dict = {"cycle": [{k: v for k, v in r.items() if k in ("mode", "heap_kb", "ok", "peak_live",
+                                                                            "wall_s", "error")} for r in rows]}
+        else:
+            table = instructions_table(args.heap_kb)
+            print("\n".join(format_instructions(table, args.heap_kb)))
+            result = {"heap_kb": args.heap_kb, "instructions": table}
     except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
         print("qemu_board: error: %s" % exc, file=sys.stderr)
         return 1
-    print("\n".join(format_instructions(table, args.heap_kb)))
     if args.json:
-        Path(args.json).write_text(json.dumps({"heap_kb": args.heap_kb, "instructions": table}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -36,9 +36,9 @@ directory moved to ``/input``). Either way ``import ledgerlink.core.p256`` loads
 the flash) stay in the folder for the life of the server, as on a board's flash: later execs and
 mpremote's file commands see them. ``os.urandom`` is board32's own; on the WASI build it is
 ``host_urandom`` of the preamble (a fresh 32-byte seed from the host's ``os.urandom`` per exec, expanded
-with SHA-256): that build's own reads ``/dev/urandom``, which the sandbox does not have. Not supported: variables kept
-between two execs (each exec is a new VM), interrupting a running program with Ctrl-C, the friendly REPL (input there is ignored),
-``mpremote mount``, ``machine`` peripherals.
+with SHA-256): that build's own reads ``/dev/urandom``, which the sandbox does not have. Not supported:
+variables kept between two execs (each exec is a new MicroPython), interrupting a running program with
+Ctrl-C, the friendly REPL (input there is ignored), ``mpremote mount``, ``machine`` peripherals.
 
 Network (opt-in, ``network_allow`` / ``--network``): a real board reaches its broker over Wi-Fi with
 ``socket``; here each exec gets ``host_call`` and the host functions of a fresh

@@ -2,9 +2,7 @@
 operations give the same bytes as CPython, instruction counts under -icount are repeatable, and a
 program error comes back with the board's traceback."""
 
-import ast
 import hashlib
-import os
 import time
 
 import pytest
@@ -12,11 +10,9 @@ import pytest
 from ledgerlink import cpython_cbor
 from ledgerlink.core import cbor, cose, ecdh, ecdsa, kdf, merkle
 from ledgerlink.core.backend import get_backend
-from ledgerlink.core import device_protocol as dp
 from ledgerlink.tools import qemu_board
 from ledgerlink.tools.board_runtime import CycleSite
 from ledgerlink.tools.qemu_board import BoardCodeError, QemuBoard
-from ledgerlink.tools.socket_bridge import UartBridge
 from ledgerlink.tools.stack import Stack
 from tests.mqtt_helpers import Verified
 
@@ -123,62 +119,6 @@ def test_instruction_counts_are_repeatable(image):
 # --- the client cycle over UART1 ----------------------------------------------------------------
 
 SITE = "qemusite"
-READINGS = 10
-FLASH_ADDRESS = 0x21400000   # mps2-an385 PSRAM above the 4 MiB the ROMFS image may take
-FLASH_BYTES = 1 << 20
-
-CYCLE_SETUP = """
-import gc, time
-from uart1 import UART
-from uart_stream import UartStream
-from region_storage import RegionStorage
-from ledgerlink_client import device, mqtt
-%(rng)s
-clock = [%(now_ms)d, time.ticks_ms()]
-def sync(now_ms):
-    clock[0] = now_ms
-    clock[1] = time.ticks_ms()
-def time_ms():
-    return clock[0] + time.ticks_diff(time.ticks_ms(), clock[1])
-def factory():
-    return mqtt.MQTTClient(UartStream(UART(1)), %(user)r, keepalive=30, username=%(user)r, password=%(password)r)
-h = bytes.fromhex
-cfg = {'site': %(site)r, 'identity_key': h(%(priv)r), 'ca_public': h(%(ca)r), 'chain_id': %(chain)r,
-       'validators': [h(k) for k in %(validators)r], 'mode': %(mode)r, 'max_results': %(n)d}
-storage = RegionStorage(%(flash)d, %(flash_bytes)d)   # the board's "flash": PSRAM outside the heap
-storage.replace('llcmd', device.dp.encode_commands(0, {}))   # the empty command record provisioning writes
-client = device.DeviceClient(cfg, factory, storage=storage, rng=rng, time_ms=time_ms)
-print('REQ', client.protocol.registration_request(client.time_ms(), 1, {'name': 'qemu-board'}).payload.hex())
-gc.collect()
-gc.peak_live(True)
-"""
-READ_STATS = "print('STATS', repr(client.stats))"
-COMMAND = """
-from ledgerlink.core import cbor
-client.protocol.update_controller(cbor.loads(h(%r)))
-r = client.protocol.handle_command(client.protocol.cmd_topic, h(%r), client.time_ms())
-print('CMD', repr([r.accepted, r.action, r.args, r.reason]))
-"""
-RESULTS = """
-client.close()
-gc.collect()
-print('OUT', repr([[r.valid, r.seq, r.reason, r.height] for r in client.receipts]), gc.peak_live()[0])
-"""
-
-
-def board_step(board: QemuBoard, code: str) -> dict:
-    """One step of the board's main loop: the host sets the board's clock first (as NTP would: QEMU's
-    tick counter falls behind the host's clock while the emulated CPU is busy), then ``code`` runs."""
-    out = board.exec("sync(%d)\n%s\n%s" % (int(time.time() * 1000), code, READ_STATS), timeout=120)
-    return ast.literal_eval(out.split("STATS ", 1)[1].strip())
-
-
-def run_until(board: QemuBoard, done, timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    stats = board_step(board, "client.step(100)")
-    while not done(stats) and time.monotonic() < deadline:
-        stats = board_step(board, "client.step(200)")
-    return stats
 
 
 @pytest.fixture(scope="module")
@@ -195,71 +135,39 @@ def site(stack):
     return CycleSite(stack)
 
 
-def command_for(site: CycleSite, priv: bytes) -> tuple[bytes, bytes]:
-    """(the controller's record proof, one command it signed for the device of ``priv``)."""
-    proof = site.stack._ledger().record(dp.RECORD_DEVICE, site.controller_id)
-    assert proof.get("ok"), proof
-    device = dp.DeviceProtocol(priv, SITE, None)
-    expires_ms = int(time.time() * 1000) + 600_000
-    body = cbor.dumps({1: device.device_id, 2: 1, 3: "open-valve", 4: {"pct": 30}, 5: expires_ms})
-    return cbor.dumps(proof["proof"]), cose.sign1(body, site.controller_key, site.controller_id,
-                                                   device.cmd_topic.encode())
-
-
 @pytest.fixture(scope="module")
 def cycle_image(tmp_path_factory):
-    hil = qemu_board.PROJECT_ROOT / "hardware" / "hil"
-    extra = {"lib/uart_stream.mpy": hil / "uart_stream.py", "lib/region_storage.mpy": hil / "region_storage.py"}
-    return qemu_board.library_image(tmp_path_factory.mktemp("qemu-cycle") / "lib.romfs", extra)
+    return qemu_board.cycle_image(tmp_path_factory.mktemp("qemu-cycle") / "lib.romfs")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["session", "signed"])
+@pytest.mark.parametrize("mode", qemu_board.CYCLE_MODES)
 def test_client_cycle_on_the_110k_board_over_uart1_to_the_real_stack(stack, site, cycle_image, mode):
     """Library in ROMFS on the 110 KB board; its MQTT bytes go out on UART1, through the host bridge into
     mosquitto; the gateway and the 4-node ledger answer; the board checks every receipt itself (certified
     header, batch proof, anchor), then one controller command against the controller's ledger record."""
-    priv = stack.crypto.generate_private_key()
-    device_id = stack.crypto.sha256(stack.crypto.public_key(priv, True))[:16]
-    login = stack.device_login(device_id)
-    setup = CYCLE_SETUP % {
-        "rng": qemu_board.RNG_SOURCE % os.urandom(16).hex(), "now_ms": int(time.time() * 1000),
-        "user": login["username"], "password": login["password"], "site": SITE, "priv": priv.hex(),
-        "ca": stack.public_key("gw-ca").hex(), "chain": stack.chain_id, "validators": [k.hex() for k in stack.validators], "mode": mode,
-        "n": READINGS, "flash": FLASH_ADDRESS, "flash_bytes": FLASH_BYTES}
+    n = qemu_board.CYCLE_READINGS
     app = Verified(stack.broker_port, SITE, "qemu-app-" + mode, stack.consumer_login())
     try:
-        with QemuBoard(cycle_image, heap_kb=110, uart1=True) as board:
-            with UartBridge(("127.0.0.1", board.uart1_port), ("127.0.0.1", stack.broker_port),
-                            allow=["127.0.0.1"]) as bridge:
-                request = board.exec(setup).split("REQ ")[1].split()[0]
-                [registered] = stack.register([bytes.fromhex(request)])
-                started = time.monotonic()
-                if mode == "session":
-                    opened = run_until(board, lambda st: st["sessions_opened"] >= 1, 120)
-                    assert opened["sessions_opened"] == 1, opened
-                board_step(board, "for i in range(%d):\n    client.publish({'t': 20 + i, 'i': i})" % READINGS)
-                stats = run_until(board, lambda st: st["receipts_valid"] + st["receipts_invalid"] >= READINGS, 180)
-                command = board.exec(COMMAND % tuple(b.hex() for b in command_for(site, priv)))
-                out = board.exec(RESULTS)
-                wall = time.monotonic() - started
+        report = qemu_board.run_cycle(site, cycle_image, mode, heap_kb=110)
         deadline = time.monotonic() + 5
-        while len([r for r in app.readings if r[1] == device_id]) < READINGS and time.monotonic() < deadline:
+        while len([r for r in app.readings if r[1] == report["device_id"]]) < n and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         app.close()
-    receipts, peak_live = out.split("OUT ", 1)[1].rsplit(" ", 1)
-    results, peak_live = ast.literal_eval(receipts), int(peak_live)
-    assert registered["code"] == 0
-    assert stats["receipts_valid"] == READINGS and stats["receipts_invalid"] == 0, stats
-    assert sorted(r[1] for r in results) == list(range(1, READINGS + 1))
-    assert all(r[0] is True and r[2] == "" and r[3] >= 1 for r in results)
-    assert stats["published"] >= READINGS and stats["acked"] >= READINGS
-    assert ast.literal_eval(command.split("CMD ", 1)[1].strip()) == [True, "open-valve", {"pct": 30}, ""]
+    stats = report["stats"]
+    assert report["registered"]["code"] == 0 and qemu_board.cycle_ok(report), report
+    assert stats["receipts_valid"] == n and stats["receipts_invalid"] == 0, stats
+    assert sorted(r[1] for r in report["receipts"]) == list(range(1, n + 1))
+    assert all(r[0] is True and r[2] == "" and r[3] >= 1 for r in report["receipts"])
+    assert stats["published"] >= n and stats["acked"] >= n
+    assert report["command"] == [True, "open-valve", {"pct": 30}, ""]
+    if mode == "session":
+        assert report["opened"] == 1 and stats["sessions_opened"] == 1
     # the bytes really went over UART1 and the bridge: what the gateway republished is what the board sealed
-    assert bridge.connections >= 1 and bridge.bytes_up > 0 and bridge.bytes_down > 0
-    mine = sorted((r for r in app.readings if r[1] == device_id), key=lambda r: r[2])
-    assert [r[4] for r in mine] == [{"t": 20 + i, "i": i} for i in range(READINGS)]
-    assert 0 < peak_live < 110 * 1024
+    assert report["bridge_connections"] >= 1 and min(report["bridge_bytes"]) > 0
+    mine = sorted((r for r in app.readings if r[1] == report["device_id"]), key=lambda r: r[2])
+    assert [r[4] for r in mine] == [{"t": 20 + i, "i": i} for i in range(n)]
+    assert 0 < report["peak_live"] < 110 * 1024
     print("QEMU board, %s mode: %d receipts checked on the board, peak live heap %d B, %.1f s"
-          % (mode, READINGS, peak_live, wall))
+          % (mode, n, report["peak_live"], report["wall_s"]))
