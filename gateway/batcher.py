@@ -6,7 +6,9 @@ when ``max_batch`` frames wait or the oldest waited ``interval_ms``: the RFC 916
 submitted, so after a crash the same transaction is submitted again (the ledger answers a committed
 transaction with where it was committed). Once the ledger has committed it, the transaction's inclusion
 proof and certified header are checked with ``spv`` against the trusted validator set, and every
-frame of the batch gets a ``receipt`` (docs/protocol.md) on its device's down topic. Refusal records go
+frame of the batch gets a ``receipt`` (docs/protocol.md) on its device's down topic. The receipts a step
+returns are marked published at the next step (the transport publishes them in between), so a step
+after a restart publishes those of batches anchored just before the crash. Refusal records go
 to the ledger in ``tx-warnings`` of at most 32 entries; session certificates in ``tx-cert-record``. The
 transactions of a step are submitted together (``submit_many``), so a step waits for about one commit.
 

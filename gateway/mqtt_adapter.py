@@ -10,8 +10,8 @@ with manual acks: a PUBACK is sent only once the frame is decided, i.e. after an
 append to the SQLite store has been committed (WAL, synchronous=FULL) or after its refusal was handled.
 A frame that waits for a registry answer is acknowledged when that answer (or the timeout refusal)
 comes. If the gateway dies before the ack, the broker redelivers the frame (to this or another member
-of the shared group); the redelivery of an already stored frame is refused as a replay, while its
-receipt still comes from the stored copy.
+of the shared group); the redelivery of an already stored frame is answered with its stored-ack and
+receipt (docs/protocol.md, "Delivery") and stored once.
 
 Outgoing QoS 1 publishes wait for the broker's PUBACK at most the broker's Receive Maximum at a time
 (mosquitto announces its ``max_inflight_messages``, 20 unless set; ``ledgerlink.tools.stack`` sets 1000):
@@ -32,7 +32,8 @@ Several processes of one site share the group and one store file (see ``ledgerli
 sessions opened through one are known to all, and a sequence number is accepted once across them.
 
 Registration requests on ``reg`` are checked and held in the store until an admin registers the device
-(``ledgerlink admin pending``). Limits: receipts of a batch anchored just before a crash are not sent again.
+(``ledgerlink admin pending``). Receipt requests on ``ask`` are answered from the store; the receipts of a
+batch anchored just before a crash are published after the restart (``Batcher.step``).
 """
 
 from __future__ import annotations

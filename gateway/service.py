@@ -6,12 +6,17 @@ are committed to the store in one transaction (durable) before anything is publi
 refusals are queued as ledger warnings and answered on the device's down topic; issued session
 certificates are stored (to restore sessions after a restart and to record them on the ledger).
 It returns what to publish and the SHA-256 of every frame that is now decided, so the transport
-acknowledges a frame only after its durable append (or its refusal). Registry lookups
+acknowledges a frame only after its durable append (or its refusal). Each stored frame's device gets a
+stored-ack, all of a group's under one signed commit statement (docs/protocol.md, "Delivery"); a copy of
+a stored frame, and a frame a device asks for on its ``ask`` topic, is answered from the store with its
+ack and, once anchored, its receipt. Registry lookups
 (``fetch_registry``) and the batcher's ledger calls block, so the transport runs them on other threads.
 
-Protects against the loss of acknowledged frames (append before ack), replays across restarts
-(``restore`` rebuilds the replay windows from the stored sequence numbers) and lost sessions (``restore``
-re-derives session keys from the stored certificates). Tested through tests/gateway/test_e2e.py.
+Protects against the loss of acknowledged frames (append before ack; a device drops a frame only on a
+stored-ack), replays across restarts (``restore`` rebuilds the replay windows exactly as the store holds
+them: no seq that was never stored counts as seen) and lost sessions (``restore`` re-derives session keys
+from the stored certificates). Tested in tests/gateway/test_service.py, tests/gateway/test_delivery.py
+and through tests/gateway/test_e2e.py.
 """
 
 from __future__ import annotations

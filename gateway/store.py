@@ -31,8 +31,13 @@ room for it, in the same transaction as the frame, and reports the frames that a
 already stored (or that fell below the shared window), so a replay sent to a second process is caught
 even when both check it at once.
 
-Protects against losing acknowledged readings at a crash, and, through ``highest_seqs`` and
-``certificates``, against replays and lost sessions after a restart. Tested in
+Stored frames are also found by (device, seq) (``message_by_seq``, for receipt requests): a
+``seq_index`` in the index file, extended in the same steps as the frame index, then the rows after its
+mark. Each batch records whether its receipts were published (``receipts_sent``), so the receipts of a
+batch anchored just before a crash are published after the restart.
+
+Protects against losing acknowledged readings at a crash, and, through ``seq_windows`` (each device's
+stored window, exactly) and ``certificates``, against replays and lost sessions after a restart. Tested in
 tests/gateway/test_batcher.py (restart with un-anchored messages, reopen after anchoring),
 tests/gateway/test_shared_store.py (two processes' services on one file) and
 tests/gateway/test_store.py (the shared window against a model; frames found before and after batching,
