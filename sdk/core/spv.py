@@ -16,7 +16,7 @@ short-quorum, duplicate-vote, wrong-chain and tampered proofs; the same checks r
 
 import hashlib
 
-from ledgerlink.core import cbor, merkle, smt
+from ledgerlink.core import cbor, merkle, smt_proof
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof
 
@@ -139,7 +139,7 @@ def verify_record(header, key, value, proof):
         raise InvalidMessage("state key must be 32 bytes")
     if value is not None and not isinstance(value, bytes):
         raise InvalidMessage("record must be bytes or null")
-    smt.verify(header.state_root, key, value, proof)
+    smt_proof.verify(header.state_root, key, value, proof)
 
 
 def verify_record_proof(record_proof, chain_id, validator_keys, backend=None):
