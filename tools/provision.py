@@ -183,6 +183,11 @@ def main():
         return {'status': 'bad-proof', 'error': '%%s: %%s' %% (type(exc).__name__, exc)}
     if path == P['pending']:
         replace(P['pending'], P['key'])
+        try:
+            os.mkdir('ll')
+        except OSError:
+            pass
+        write('ll/llcmd', bytes.fromhex(P['commands_data']))   # a new key: an empty command record, no fence
     write(P['proof'], data)
     write(P['id'], P['id_data'].encode())
     if P.get('mqtt_data'):
@@ -435,7 +440,7 @@ def provision(args: argparse.Namespace, out: Callable[[str], None] = print) -> i
     finally:
         ctx.close()
 
-    from ledgerlink.core import cbor
+    from ledgerlink.core import cbor, device_protocol
 
     doc: dict[int, Any] = {1: ctx.chain_id, 2: dev, 3: cbor.dumps(raw_proof)}
     if tx_id is not None:
@@ -444,7 +449,8 @@ def provision(args: argparse.Namespace, out: Callable[[str], None] = print) -> i
     login = _broker_login(ctx, dev, role, out)
     answer = board.run(COMMIT, {"public_key": pub.hex(), "use_pending": made != "kept",
                                 "proof_data": cbor.dumps(doc).hex(), "id_data": json.dumps(ident, sort_keys=True),
-                                "mqtt_data": json.dumps(login) if login else ""})
+                                "mqtt_data": json.dumps(login) if login else "",
+                                "commands_data": device_protocol.encode_commands(0, {}).hex()})
     if answer.get("status") == "key-changed":
         raise ProvisionError("the key on the board changed while provisioning: rerun provision")
     _board_status(answer, args.port)
