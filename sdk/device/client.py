@@ -497,10 +497,12 @@ class Device:
                 return True
             self.queue.refuse(frame.id)
             self._deliveries.pop(frame.id, None)
-            if frame.seq is not None and self.core.sent.get(frame.seq) == frame.hash:
-                del self.core.sent[frame.seq]
-            self._dispatch(Refused(frame.hash, code if cbor.is_uint(code) else 0,
-                                   text if isinstance(text, str) else "", frame.seq))
+            with self._lock:                    # the protocol's own handling (session, counter) first
+                event = self.core.handle_down(payload, self.clock())
+            if not isinstance(event, Refused):  # sent before a restart: not in the protocol's RAM list
+                event = Refused(frame.hash, code if cbor.is_uint(code) else 0, text if isinstance(text, str) else "",
+                                frame.seq)
+            self._dispatch(event)
             return True
         return False
 

@@ -394,3 +394,19 @@ def test_receipts_published_while_the_device_was_down_are_asked_for(broker, tmp_
     finally:
         (dev2 or dev).stop()
         gw.stop()
+
+
+def test_a_frame_refused_for_good_leaves_the_queue_and_is_counted(broker, tmp_path):
+    env = Env()
+    gw = LiveGateway(env, broker, tmp_path / "gw.db")
+    refusals: list = []
+    dev = make_device(env, broker, tmp_path, on_refusal=refusals.append)
+    try:
+        stale = dev.publish_reading({"t": 1}, time_ms=NOW - 2 * 24 * 3600 * 1000)     # older than the gateway takes
+        fresh = dev.publish_reading({"t": 2})
+        assert dev.wait_flushed(10)
+        assert sorted(gw.seqs()) == [fresh.seq] and dev.queue.refused == 1
+        assert [(r.seq, r.code) for r in refusals] == [(stale.seq, c.CLOCK_SKEW)]
+    finally:
+        dev.stop()
+        gw.stop()
