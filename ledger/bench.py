@@ -10,14 +10,26 @@ all times (pipelined over one connection per node), one transaction per request 
 gateway submits) ``--submit-batch`` transactions per ``submit_many`` request; the CPU time the node
 processes spent per committed transaction is printed as well: on a shared machine it varies much
 less than the rates.
+
+``python3 -m ledgerlink.ledger.bench --byzantine`` measures the issue-17 targets instead: for each
+attack a fresh 4-node cluster gets ``BYZ_RATE`` (150) tx/s on its honest nodes; the attack runs
+from ``--before-s`` to ``--before-s + --attack-s`` and the honest nodes' block rate is measured
+before (unattacked), during, and in 1 s windows after it, with their peak RSS and a safety audit
+(``audit``: certificates as a device checks them, one chain, no transaction twice, every admitted
+transaction committed). Attacks: a rogue validator (``ledgerlink.ledger.rogue``, its real key; the
+primary of view 0 for ``slow`` and ``equivocate``, a backup for the floods) and keyless
+connections (``ledgerlink.ledger.attacks``) on every node. Targets: during the attack at least 70%
+of the unattacked block rate, full rate (90% of it over 1 s) again within 5 s after it, RSS under
+200 MB, safety in every run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import hashlib
+import os
+import signal
 import statistics
 import tempfile
 import threading
@@ -201,6 +213,24 @@ async def _verify_times(cluster: LocalCluster) -> tuple[float, float]:
 # --- Byzantine runs -------------------------------------------------------------------------------
 
 BYZ_RATE = 150                 # tx/s offered to the honest nodes during a Byzantine run
+BYZ_KEEP = 0.70                # target: share of the unattacked block rate kept under attack
+BYZ_RECOVER_S = 5.0            # target: full rate again this soon after the attack
+BYZ_FULL = 0.90                # "full rate": this share of the unattacked rate over a 1 s window
+BYZ_RSS_MB = 200.0
+ROGUE_ATTACKS = {              # attack -> (rogue index, extra rogue arguments)
+    "slow": (0, ["--hold-ms", "800"]),
+    "equivocate": (0, []),
+    "oversized": (3, ["--rate", "2"]),
+    "fetch-flood": (3, ["--rate", "1000"]),
+    "vote-flood": (3, ["--rate", "1000"]),
+}
+KEYLESS_ATTACKS = {            # attack -> (port kind, Attack options), on every node
+    "junk": ("peer", {"rate": 2.0}),
+    "huge": ("peer", {}),
+    "partial": ("peer", {"connections": 100}),
+    "idle": ("client", {"connections": 100}),
+    "hello": ("peer", {"connections": 20}),
+}
 
 
 def rss_mb(pid: int) -> float | None:
@@ -330,6 +360,114 @@ def audit(cluster: LocalCluster, nodes: list[int], submitted: list[bytes] = (), 
     return bad
 
 
+def _sampler(cluster: LocalCluster, honest: list[int], out: list[tuple[float, int, float]],
+             stop: threading.Event) -> None:
+    """Every 0.25 s: (time, lowest honest height, highest honest RSS in MB) into ``out``."""
+    from ledgerlink.ledger.client import LedgerClient
+    with LedgerClient(cluster.config_path, prefer=honest[0], timeout=2.0) as c:
+        while not stop.is_set():
+            hs = heights(c, honest)
+            rss = max((rss_mb(cluster.procs[i].pid) or 0.0) for i in honest)
+            out.append((time.monotonic(), min(hs.values()), rss))
+            stop.wait(0.25)
+
+
+def _rate(samples: list[tuple[float, int, float]], t0: float, t1: float) -> float:
+    """Blocks a second the honest nodes committed between ``t0`` and ``t1`` (from the samples)."""
+    inside = [s for s in samples if t0 <= s[0] <= t1 and s[1] >= 0]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return float("nan")
+    return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+
+def byzantine_run(attack: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One attack on a fresh cluster (see the module docstring); the measured numbers."""
+    rogue = ROGUE_ATTACKS.get(attack)
+    with tempfile.TemporaryDirectory() as data:
+        rogues = {}
+        if rogue is not None:
+            rogues[rogue[0]] = ["--attack", attack, "--on-signal"] + rogue[1]
+        cluster = LocalCluster(data, 4, rogues=rogues, log_level="WARNING")
+        honest = [i for i in range(4) if i not in rogues]
+        cluster.start()
+        samples: list[tuple[float, int, float]] = []
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sampler, args=(cluster, honest, samples, stop), daemon=True)
+        keyless = None
+        try:
+            with RateLoad(cluster, honest, args.byz_rate) as load:
+                time.sleep(1.0)
+                sampler.start()
+                time.sleep(args.before_s)
+                mono0 = time.monotonic()
+                if rogue is not None:
+                    cluster.procs[rogue[0]].send_signal(signal.SIGUSR1)
+                else:
+                    from ledgerlink.ledger import attacks
+                    port_kind, options = KEYLESS_ATTACKS[attack]
+                    targets = [(a.host, a.peer_port if port_kind == "peer" else a.client_port)
+                               for a in cluster.config.nodes]
+                    keyless = attacks.Attack(attack, targets, chain_id=cluster.config.chain_id, **options).start()
+                time.sleep(args.attack_s)
+                if rogue is not None:
+                    cluster.procs[rogue[0]].send_signal(signal.SIGUSR2)
+                if keyless is not None:
+                    keyless.stop()
+                time.sleep(args.after_s)
+            stop.set()
+            sampler.join(10)
+            violations = audit(cluster, honest, load.submitted)
+        finally:
+            stop.set()
+            if keyless is not None:
+                keyless.stop()
+            cluster.stop()
+    mono1 = mono0 + args.attack_s
+    base = _rate(samples, mono0 - args.before_s, mono0)
+    during = _rate(samples, mono0, mono1)
+    recovery = None
+    t = mono1
+    while t + 1.0 <= mono1 + args.after_s:
+        if _rate(samples, t, t + 1.0) >= BYZ_FULL * base:
+            recovery = t - mono1
+            break
+        t += 0.25
+    rss = max((s[2] for s in samples), default=float("nan"))
+    ok = (during >= BYZ_KEEP * base and recovery is not None and recovery <= BYZ_RECOVER_S
+          and rss < BYZ_RSS_MB and not violations)
+    return {"attack": attack, "rogue": rogue is not None, "base": base, "during": during, "recovery": recovery,
+            "rss": rss, "violations": violations, "submitted": len(load.submitted), "ok": ok}
+
+
+def byzantine(args: argparse.Namespace) -> int:
+    """Run the attacks of ``--attacks`` and print the table; 0 when every target held."""
+    names = args.attacks.split(",") if args.attacks else list(ROGUE_ATTACKS) + list(KEYLESS_ATTACKS)
+    for name in names:
+        if name not in ROGUE_ATTACKS and name not in KEYLESS_ATTACKS:
+            raise SystemExit("unknown attack %r (rogue: %s; keyless: %s)"
+                             % (name, ", ".join(ROGUE_ATTACKS), ", ".join(KEYLESS_ATTACKS)))
+    print("ledger under attack: 4 validator processes on %d CPU(s), loopback, %d tx/s offered to the honest "
+          "nodes; attack %.0f s after %.0f s unattacked, then %.0f s" % (os.cpu_count() or 0, args.byz_rate,
+                                                                       args.attack_s, args.before_s, args.after_s))
+    print("targets: >= %d%% of the unattacked block rate, full rate (%d%% over 1 s) within %.0f s after, "
+          "RSS < %.0f MB, safety" % (BYZ_KEEP * 100, BYZ_FULL * 100, BYZ_RECOVER_S, BYZ_RSS_MB))
+    print("%-22s %10s %10s %7s %11s %9s %7s %5s" % ("attack", "blocks/s", "attacked", "kept", "recovery s",
+                                                     "RSS MB", "safety", "met"))
+    failed = 0
+    for name in names:
+        r = byzantine_run(name, args)
+        label = ("rogue " if r["rogue"] else "keyless ") + name
+        rec = "%.2f" % r["recovery"] if r["recovery"] is not None else "> %.0f" % args.after_s
+        print("%-22s %10.2f %10.2f %6.0f%% %11s %9.0f %7s %5s" % (
+            label, r["base"], r["during"], 100 * r["during"] / r["base"] if r["base"] else float("nan"), rec,
+            r["rss"], "held" if not r["violations"] else "BROKEN", "yes" if r["ok"] else "NO"), flush=True)
+        for v in r["violations"]:
+            print("    " + v)
+        failed += not r["ok"]
+    print("%d of %d attacks within the targets" % (len(names) - failed, len(names)))
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python3 -m ledgerlink.ledger.bench", description=__doc__.split("\n")[0])
     p.add_argument("--saturation-txs", type=int, default=4000)
@@ -341,7 +479,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-timeout-ms", type=int, default=0,
                    help="replica batch_timeout_ms (a block is proposed at once while none is in flight)")
     p.add_argument("--data", help="cluster directory (default: a temporary one)")
+    p.add_argument("--byzantine", action="store_true",
+                   help="measure the honest nodes under each attack instead (see the module docstring)")
+    p.add_argument("--attacks", help="with --byzantine: comma-separated attacks (default: all)")
+    p.add_argument("--attack-s", type=float, default=10.0, help="with --byzantine: how long each attack lasts")
+    p.add_argument("--before-s", type=float, default=5.0, help="with --byzantine: unattacked time before it")
+    p.add_argument("--after-s", type=float, default=7.0, help="with --byzantine: time measured after it")
+    p.add_argument("--byz-rate", type=int, default=BYZ_RATE, help="with --byzantine: tx/s offered")
     args = p.parse_args(argv)
+    if args.byzantine:
+        raise SystemExit(byzantine(args))
     tmp = None
     data = args.data
     if data is None:

@@ -3,7 +3,7 @@
 ``python3 -m ledgerlink.ledger.rogue --config C --index i --data DIR --attack KIND`` runs validator
 ``i`` with its real key, exactly as ``ledgerlink.ledger.node`` does (same transport, hello and
 replica), and between ``--start-at`` and ``--stop-at`` (Unix seconds; default: from the start, for
-good) it also attacks the other validators:
+good), or with ``--on-signal`` from a SIGUSR1 to a SIGUSR2, it also attacks the other validators:
 
   slow         as primary, holds each of its pre-prepares ``--hold-ms`` (800) before sending it;
   equivocate   as primary, sends two different signed pre-prepares for each height (the header's
@@ -84,6 +84,16 @@ class RogueNode(Node):
 
     def active(self) -> bool:
         return self.start_at <= time.time() < self.stop_at
+
+    def begin(self) -> None:
+        """Attack from now on."""
+        self.start_at, self.stop_at = time.time(), float("inf")
+        log.warning("rogue %d: attack %s starts", self.index, self.attack)
+
+    def end(self) -> None:
+        """Stop attacking."""
+        self.stop_at = time.time()
+        log.warning("rogue %d: attack %s stops after %d attack messages", self.index, self.attack, self.sent)
 
     def _peers(self) -> list[int]:
         return [i for i in range(self.config.n) if i != self.index]
@@ -204,8 +214,9 @@ async def _main(args: argparse.Namespace) -> None:
     key_file = args.key or config.nodes[args.index].key_file
     if key_file is None:
         raise SystemExit("no key file: give --key or nodes[i].key_file in the config")
+    start_at = float("inf") if args.on_signal else args.start_at
     node = RogueNode(config, args.index, args.data, load_key(key_file), args.attack, args.rate, args.hold_ms,
-                     args.start_at, args.stop_at)
+                     start_at, args.stop_at)
     gc.freeze()
     await node.start()
     log.warning("rogue %d: attack %s (rate %s, hold %d ms) from %s to %s", args.index, args.attack, node.rate,
@@ -214,6 +225,8 @@ async def _main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, node.begin)
+    loop.add_signal_handler(signal.SIGUSR2, node.end)
     await stop.wait()
     log.warning("rogue %d stopping at height %d after %d attack messages", args.index, node.replica.height,
                 node.sent)
@@ -231,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hold-ms", type=int, default=DEFAULT_HOLD_MS, help="how long a slow primary holds a proposal")
     p.add_argument("--start-at", type=float, default=0.0, help="Unix time the attack starts")
     p.add_argument("--stop-at", type=float, default=float("inf"), help="Unix time the attack stops")
+    p.add_argument("--on-signal", action="store_true", help="attack from a SIGUSR1 to a SIGUSR2 instead")
     p.add_argument("--log-level", default=os.environ.get("LEDGERLINK_LOG", "INFO"))
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
