@@ -29,14 +29,21 @@ def decode_commands(data):
     return obj[1], obj[2]
 
 
-def load(device, new_identity=False):
-    """Read the command record of ``device``; a missing or damaged one is replaced, fenced at the start."""
+CLOCK_SET_MIN_MS = 1577836800000      # 2020-01-01: an earlier start time means the clock was not set yet
+
+
+def load(device, new_identity=False, now_ms=None):
+    """Read the command record of ``device``; a missing or damaged one is replaced, fenced at the start
+    (or, when the clock was not set at the start, at ``now_ms``, the first command's time)."""
     store = device._command_store
     raw = store.load()
     try:
         fence_ms, seqs = decode_commands(raw)
     except (LedgerlinkError, TypeError):
-        fence_ms, seqs = 0 if new_identity and raw is None else device._command_start_ms, {}
+        fence_ms = device._command_start_ms
+        if fence_ms < CLOCK_SET_MIN_MS and now_ms is not None:
+            fence_ms = now_ms
+        fence_ms, seqs = 0 if new_identity and raw is None else fence_ms, {}
         store.store(dp.encode_commands(fence_ms, seqs))
     device._command_fence_ms = fence_ms
     device.command_seqs = seqs
@@ -101,7 +108,7 @@ def handle_command(device, topic, payload, now_ms):
     if store is None:
         return result(False, "no command store is open: commands are refused", cid, seq)
     if device._command_fence_ms is None:
-        load(device)
+        load(device, False, now_ms)
     fence_ms = device._command_fence_ms
     last = device.command_seqs.get(cid)
     if last is None and not_after < fence_ms + dp.COMMAND_AHEAD_MAX_MS:

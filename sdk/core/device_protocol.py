@@ -743,7 +743,8 @@ class DeviceProtocol:
 
     def open_commands(self, store, now_ms, new_identity=False):
         """Take the store of the last executed seq of each controller (``load()``: bytes or None,
-        ``store(data)``); call it at start, with the clock set. Until then every command is refused.
+        ``store(data)``); call it at start, with the clock set (a start time before 2020 counts as unset:
+        the fence is then the first command's time). Until then every command is refused.
         ``new_identity``: the identity key was made at this start, so no command can name the device
         yet and a missing record starts empty without a fence (provisioning writes that empty record
         for a board).

@@ -490,3 +490,13 @@ def test_junk_command_and_counter_records_are_refused(tmp_path_factory, data):
     os.chmod(path, 0o600)
     value = FileCounter(path).load()
     assert value is None or (len(data) == 8 and value == int.from_bytes(data[:4], "big"))
+
+
+def test_sdk_lost_command_store_with_an_unset_clock_at_start_is_fenced_at_the_first_command(env):
+    dev = command_device(env, dp.MemoryRecord(), 0)     # a board that started before its clock was set
+    target = dev.device_id
+    short = env.command("controller", target, 1, "x", None, NOW + 60_000)
+    refused = dev.handle_command(dev.cmd_topic, short, NOW)
+    assert not refused.accepted and "command store" in refused.reason
+    assert dev.handle_command(dev.cmd_topic, env.command("controller", target, 2, "x", None, NOW + DAY_MS),
+                              NOW).accepted
