@@ -40,7 +40,7 @@ broker, gateway and ledger, tests/micropython/test_stack_in_vm.py.
 
 import hashlib
 
-from ledgerlink.core import cbor, cose, ecqv, merkle, p256, session_keys, spv
+from ledgerlink.core import cbor, cose, merkle, p256, spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof, LedgerlinkError
 
@@ -260,6 +260,8 @@ def decode_session(data, device_id):
     recomputed from it, so a record cannot pair keys with another certificate's id. Records of
     version 1 (no counter mark) are refused.
     """
+    from ledgerlink.core import ecqv, session_keys   # sessions only: a signed-mode board never loads them
+
     obj = cbor.loads(_unchecked(data, "session record"), max_depth=4, max_size=1024)
     if not isinstance(obj, list) or len(obj) != 6 or obj[0] != SESSION_RECORD_VERSION:
         raise InvalidMessage("session record must be [2, cert, key, base-iv, gateway-id, mark]")
@@ -413,6 +415,8 @@ class DeviceProtocol:
 
     def session_request(self, time_ms):
         """Start an ECQV session request; a newer request replaces a pending one."""
+        from ledgerlink.core import ecqv
+
         priv = self._identity()
         secret, point = ecqv.create_request(self.rng)
         nonce = self.rng(NONCE_LEN)
@@ -562,6 +566,8 @@ class DeviceProtocol:
         for label in (1, 2, 3, 4, 5):
             if label not in resp:
                 raise InvalidMessage("session response lacks field %d" % label)
+        from ledgerlink.core import ecqv, session_keys
+
         nonce, cert, r, q_gw, gw_id = resp[1], resp[2], resp[3], resp[4], resp[5]
         cert_tx = resp.get(6)
         if nonce != pending.nonce:
