@@ -314,11 +314,12 @@ def config_target(profile: dict) -> str:
 def stage(profile: dict, board_config: dict, dest: Path, layout: str = "files") -> list[str]:
     """Compile every file into ``dest`` (``files``) or build ``dest/library.romfs`` from them (``romfs``),
     and write the config into ``dest``; return the board paths of the library."""
+    files = board_files(profile)
     if layout == "romfs":
-        build_image(board_files(profile), dest / IMAGE_NAME, profile["mpy_arch"])
-        written = list(board_files(profile))
+        build_image(files, dest / IMAGE_NAME, profile["mpy_arch"])
+        written = list(files)
     else:
-        written = compile_files(board_files(profile), dest, profile["mpy_arch"])
+        written = compile_files(files, dest, profile["mpy_arch"])
     (dest / config_target(profile)).write_text(json.dumps(board_config, sort_keys=True))
     return written
 
@@ -401,9 +402,9 @@ def check_memory(profile: dict, board: Board, layout: str, flash_needed: int, im
     smaller than the image."""
     need = heap_needed(profile, layout)
     if 0 <= board.heap < need:
-        hint = ("use a board with more RAM or PSRAM (esp32s3), or free memory (remove boot.py/main.py imports)"
-                if layout == "romfs" or default_layout(profile) != "romfs" else
-                "deploy with --layout romfs, which keeps the bytecode out of the heap")
+        hint = ("deploy with --layout romfs (MicroPython >= 1.25 with a ROMFS partition), which keeps the bytecode "
+                "out of the heap" if layout == "files" and board.heap >= heap_needed(profile, "romfs") else
+                "use a board with more RAM or PSRAM (esp32s3), or free memory (remove boot.py/main.py imports)")
         raise DeployError(8, "the board has %d bytes of free heap, ledgerlink needs at least %d with the library "
                              "as %s (profile %s): %s" % (board.heap, need, layout_words(layout), profile["name"],
                                                         hint))

@@ -104,14 +104,14 @@ host_urandom = os.urandom
 
 class _RomPartition:
     def __len__(self):
-        return %d
+        return %(size)d
 
 class _BoardVfs:
     def rom_ioctl(self, op, *args):
         if op == 1:
-            return 1 if %d else 0
+            return 1 if %(size)d else 0
         if op == 2:
-            return _RomPartition() if %d and args[0] == 0 else -19
+            return _RomPartition() if %(size)d and args[0] == 0 else -19
         return -22
 
     def __getattr__(self, name):
@@ -548,7 +548,13 @@ class RomPartition:
 
     def finish(self) -> None:
         if self.pending is not None:
-            self.path.write_bytes(bytes(self.pending[:self.end]))
+            self.store(bytes(self.pending[:self.end]))
+
+    def store(self, image: bytes) -> None:
+        """Write ``image`` as the partition's contents; ValueError when it does not fit."""
+        if len(image) > self.size:
+            raise ValueError("a %d-byte image does not fit the %d-byte ROMFS partition" % (len(image), self.size))
+        self.path.write_bytes(image)
         self.pending = None
 
 
@@ -604,12 +610,10 @@ class VirtualBoard:
         if layout == "romfs":
             if self.romfs.size == 0:
                 raise ValueError("this virtual board has no ROMFS partition: preload with layout files")
-            self.romfs.erase()
-            deploy.build_image(files, self.romfs.path)
-            self.romfs.pending = None
-            if self.romfs.path.stat().st_size > self.romfs.size:
-                self.romfs.path.unlink()
-                raise ValueError("the library image does not fit the %d-byte ROMFS partition" % self.romfs.size)
+            with tempfile.TemporaryDirectory(prefix="ledgerlink-preload-") as tmp:
+                image = Path(tmp) / "lib.romfs"
+                deploy.build_image(files, image)
+                self.romfs.store(image.read_bytes())
         else:
             deploy.compile_files(files, self.flash.root)
 
@@ -638,8 +642,7 @@ class VirtualBoard:
 
     def _run_board32(self, code: str) -> tuple[bytes, bytes]:
         self.execs += 1
-        size = self.romfs.size
-        program = BOARD32_PREAMBLE % (size, size, size)
+        program = BOARD32_PREAMBLE % {"size": self.romfs.size}
         bridge = link = None
         if self.network_allow is not None:
             bridge = SocketBridge(self.network_allow)

@@ -33,7 +33,8 @@ def test_profiles_load_and_validate(name, arch):
         files = deploy.board_files(profile)
         assert files["lib/ledgerlink/core/p256.mpy"].name == "p256.py"
         assert files["lib/bme280.mpy"].is_file()
-        assert profile["memory"]["heap_bytes"] > profile["memory"]["min_free_bytes"]
+        # every MicroPython board profiled can hold the library in ROMFS (from .mpy files only the larger ones)
+        assert profile["memory"]["heap_bytes"] > deploy.heap_needed(profile, "romfs")
 
 
 def test_broken_profiles_are_refused():
@@ -180,7 +181,7 @@ def test_dry_run_shows_the_layout(config, capsys):
 @pytest.mark.slow
 def test_romfs_layout_writes_one_image_and_keeps_the_config_on_flash(tmp_path, capsys):
     config = device_config(tmp_path)
-    with VirtualBoard(tmp_path / "flash", heap_bytes=110_000) as board:
+    with VirtualBoard(tmp_path / "flash", heap_bytes=300_000) as board:     # room for either layout
         assert run_deploy(board, config) == 0, capsys.readouterr().err
         out = capsys.readouterr().out
         assert "as a ROMFS image" in out and "ROMFS partition 1048576 bytes" in out
