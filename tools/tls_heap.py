@@ -32,15 +32,17 @@ import gc, sys
 sys.path.insert(0, %(lib)r)
 from ledgerlink_client import mqtt, transport
 import socket
+if %(tls)r:
+    import tls
+    from ledgerlink_client import tls_transport
 gc.collect()
 base = gc.mem_alloc()
 if %(tls)r:
-    import tls
     raw = socket.socket()
     raw.connect(socket.getaddrinfo('127.0.0.1', %(port)d, 0, socket.SOCK_STREAM)[0][-1])
     ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = tls.CERT_NONE
-    stream = transport.TlsTransport(raw, ctx.wrap_socket(raw, server_hostname='127.0.0.1'))
+    stream = tls_transport.TlsTransport(raw, ctx.wrap_socket(raw, server_hostname='127.0.0.1'))
 else:
     stream = transport.open_socket('127.0.0.1', %(port)d)
 client = mqtt.MQTTClient(stream, 'll-heap', keepalive=30)

@@ -58,52 +58,13 @@ def open_socket(host, port, timeout_ms=5000, tls_ca=None):
         sock.settimeout(timeout_ms / 1000)
         sock.connect(addr)
         if tls_ca is not None:
-            return TlsTransport(sock, _tls_wrap(sock, host, tls_ca))
+            from ledgerlink_client.tls_transport import wrap     # only boards that use TLS load it
+
+            return wrap(sock, host, tls_ca)
     except BaseException:
         sock.close()
         raise
     return SocketTransport(sock)
-
-
-def _tls_wrap(sock, host, ca_der):
-    import tls
-
-    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-    if not hasattr(ctx, "load_verify_locations") or not hasattr(tls, "CERT_REQUIRED"):
-        raise OSError("this port's tls cannot check the broker's certificate: use plain TCP (frames are "
-                      "signed or encrypted) or a board with mbedTLS")
-    ctx.verify_mode = tls.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=ca_der)
-    return ctx.wrap_socket(sock, server_hostname=host)
-
-
-class TlsTransport(SocketTransport):
-    """A TLS stream (``tls`` sockets have read/write; the timeout is the underlying socket's)."""
-
-    def __init__(self, raw, sock):
-        SocketTransport.__init__(self, sock)
-        self.raw = raw
-
-    def write(self, data):
-        if self.closed:
-            raise OSError("stream closed")
-        self.sock.write(data)
-
-    def read(self, n, timeout_ms):
-        if self.closed:
-            raise OSError("stream closed")
-        self.raw.settimeout(max(timeout_ms, 1) / 1000)
-        try:
-            data = self.sock.read(n)
-        except OSError as exc:
-            code = exc.args[0] if exc.args else None
-            if code in _TIMEOUT_ERRNOS or type(exc).__name__ in ("timeout", "TimeoutError"):
-                return b""
-            raise
-        if not data:
-            self.closed = True
-            raise OSError("connection closed by peer")
-        return data
 
 
 def open_stream(host, port, call=None, timeout_ms=5000, tls_ca=None):

@@ -124,7 +124,7 @@ class Dev:
         assert not hashes, "%d readings without a valid receipt" % len(hashes)
 
 
-@pytest.fixture(scope="module", params=["mosquitto", "embedded"])
+@pytest.fixture(scope="package", params=["mosquitto", "embedded"])
 def stack(request, tmp_path_factory):
     s = Stack(tmp_path_factory.mktemp("access-" + request.param), site=SITE, broker=request.param,
               batch={"max": 256, "interval_ms": 50})
@@ -135,7 +135,7 @@ def stack(request, tmp_path_factory):
         s.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def register(stack):
     def make(n: int) -> list[Dev]:
         devs = [Dev(stack) for _ in range(n)]
