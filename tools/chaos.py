@@ -13,8 +13,8 @@ every device online), devices stop making readings and drain, and the checks run
 - every reading a device made (its ``created.log``, written after the reading is in its durable queue)
   is in the gateway store exactly once, in an anchored batch, and its receipt was checked by the device
   (the receipts kept in its queue file, and those its ``on_receipt`` logged);
-- no acknowledged ledger transaction is lost: every batch the store calls anchored is committed on the
-  ledger;
+- no acknowledged ledger transaction is lost: every batch the store calls anchored is committed on
+  every ledger node (a node still catching up is waited for);
 - no process is left behind (site parts and devices, all that ever ran).
 
 It prints, per seed and over all seeds: readings lost, stored twice, not anchored, without a checked
@@ -58,6 +58,7 @@ STOP_S = (0.5, 3.0)                  # a SIGSTOPped process is continued after t
 OFFLINE_S = (3.0, 10.0)              # a device goes offline for this long
 FAULT_GAP_S = (0.7, 2.5)             # time between faults
 HEAL_S = 60.0                        # after the schedule: time for every part to run and subscribe again
+LEDGER_CATCH_UP_S = 30.0             # after the drain: time for every node to hold every anchored transaction
 DRAIN_S = 120.0                      # then for every device's queue to drain and its receipts to come
 RECEIPT_TARGET_S = 5.0
 FAULTS = ("gateway-kill", "gateways-kill", "gateway-term", "gateway-stop", "node-kill", "primary-kill",
@@ -617,13 +618,36 @@ class Chaos:
         r.no_receipt += sum(1 for q in created if q not in receipts)
 
     def check_ledger(self) -> None:
-        """Count the anchor transactions the store holds as anchored that the healed ledger does not hold."""
+        """Count the anchor transactions the store holds as anchored that no node of the healed ledger holds
+        committed; a node that is still catching up is waited for (``LEDGER_CATCH_UP_S``)."""
         import hashlib
 
         db = self.base / "site" / "gateway.db"
-        txs = _store(db)[2] if db.exists() else []
-        self.result.txs_lost = sum(1 for tx in txs
-                                   if self.stack.ledger.status(hashlib.sha256(tx).digest()).get("status") != "committed")
+        hashes = [hashlib.sha256(tx).digest() for tx in (_store(db)[2] if db.exists() else [])]
+        deadline = time.monotonic() + LEDGER_CATCH_UP_S
+        while True:
+            missing = [h for h in hashes if not self._committed_everywhere(h)]
+            if not missing or time.monotonic() > deadline:
+                break
+            self.supervise()
+            time.sleep(0.5)
+        self.result.txs_lost = sum(1 for h in missing if not self._committed_anywhere(h))
+        behind = len(missing) - self.result.txs_lost
+        if behind:
+            self.result.problems.append("%d anchored transactions not on every node %g s after heal"
+                                        % (behind, LEDGER_CATCH_UP_S))
+
+    def _node_status(self, i: int, tx_hash: bytes) -> str | None:
+        try:
+            return self.stack.ledger.request_to(i, "status", hash=tx_hash).get("status")
+        except Exception:  # noqa: BLE001 - a node that does not answer holds nothing we can count
+            return None
+
+    def _committed_everywhere(self, tx_hash: bytes) -> bool:
+        return all(self._node_status(i, tx_hash) == "committed" for i in range(NODES))
+
+    def _committed_anywhere(self, tx_hash: bytes) -> bool:
+        return any(self._node_status(i, tx_hash) == "committed" for i in range(NODES))
 
 
 def _alive(pid: int) -> bool:
