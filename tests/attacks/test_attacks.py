@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledgerlink.core import cbor, cose
+from ledgerlink.core import cbor, cose, stored_ack
 from ledgerlink.gateway import checks as c
 from tests.attacks.conftest import CRYPTO, LIMITS, SITE, Dev, now_ms, sha256
 
@@ -68,16 +68,16 @@ def test_replayed_frames(net, devs):
         net.publish(d.up, f)
     for f in frames:
         net.wait(lambda: net.receipt_of(f), 15, "receipt")
-    net.publish(d.up, frames[0])                                 # the same frame again
-    r = net.wait(lambda: [x for x in net.replies(d.down) if x[0] == 2 and x[1] == sha256(frames[0])])
-    assert r[0][2] == c.REPLAY
+    acks = lambda f: [x for x in net.replies(d.down) if x[0] == stored_ack.KIND_STORED and x[1] == sha256(f)]  # noqa: E731
+    net.publish(d.up, frames[0])                                 # the same frame again: stored once, its ack again
+    net.wait(lambda: len(acks(frames[0])) >= 2)
     newer = [d.reading({"n": 10 + i}) for i in range(2)]
     for f in newer:
         net.publish(d.up, f)
     net.wait(lambda: net.verified_of(newer[-1]))
     net.publish(d.up, frames[1])                                 # an old frame after newer ones
-    r = net.wait(lambda: [x for x in net.replies(d.down) if x[0] == 2 and x[1] == sha256(frames[1])])
-    assert r[0][2] == c.REPLAY
+    net.wait(lambda: len(acks(frames[1])) >= 2)
+    assert not [x for x in net.replies(d.down) if x[0] == 2 and x[1] in (sha256(frames[0]), sha256(frames[1]))]
     # a frame never sent but below the sliding window
     old = d.reading({"n": "old"})
     d.core.counter.last = d.core.counter.mark = d.core.counter.last + LIMITS_WINDOW + 10
@@ -86,7 +86,7 @@ def test_replayed_frames(net, devs):
     net.wait(lambda: net.verified_of(jump))
     net.publish(d.up, old)
     net.assert_refused(old, c.REPLAY)
-    assert net.refused_counts().get(c.REPLAY, 0) >= 3
+    assert net.refused_counts().get(c.REPLAY, 0) >= 1
     net.assert_served(d)
 
 
