@@ -307,6 +307,7 @@ cfg = {'site': %(site)r, 'mode': %(mode)r, 'identity_key': bytes.fromhex(%(priv)
        'validators': [bytes.fromhex(k) for k in %(validators)r],
        'gateway_keys': {bytes.fromhex(%(gw_id)r): bytes.fromhex(%(gw_key)r)}}
 storage = queue.FileStorage(%(flash)r)   # queues, counter and session on flash, as on a board
+storage.replace('llcmd', device.dp.encode_commands(0, {}))   # the empty command record provisioning writes
 client = device.DeviceClient(cfg, factory, storage=storage)
 phase('start')
 out['opened'] = client.open_session(20000) if %(mode)r == 'session' else None
