@@ -6,7 +6,8 @@ ECQV, publishes readings encrypted under it, and checks each receipt the gateway
 inclusion, anchor inclusion, certified header with 2f+1 validator signatures) inside the VM. Then the
 board "resets": a new client on the same storage takes the stored session back and its readings are
 accepted without a new session request; near the end of the (short) session lifetime it opens the next
-session before the old one expires. The VM reaches the broker only through ``SocketBridge``.
+session before the old one expires. The WASI VM reaches the broker only through ``SocketBridge``;
+board32 (at its layout's heap) through its own sockets.
 """
 
 import json
@@ -45,7 +46,7 @@ import json, time
 from ledgerlink_client import device, mqtt, queue, transport
 
 def factory():
-    return mqtt.MQTTClient(transport.CallTransport(host_call, '127.0.0.1', %(port)d), %(user)r, keepalive=30,
+    return mqtt.MQTTClient(transport.open_stream('127.0.0.1', %(port)d, %(call)s), %(user)r, keepalive=30,
                            username=%(user)r, password=%(password)r)
 
 def ms():
@@ -113,7 +114,7 @@ def test_board_client_opens_a_session_and_checks_receipts_against_the_real_stack
         return res["height"]
 
     program = PROGRAM % {
-        "port": stack.broker_port, "site": SITE, "priv": priv.hex(), "ca": stack.public_key("gw-ca").hex(),
+        "call": "None" if client_vm.sockets else "host_call", "port": stack.broker_port, "site": SITE, "priv": priv.hex(), "ca": stack.public_key("gw-ca").hex(),
         "chain": stack.chain_id, "validators": [k.hex() for k in stack.validators],
         "gw_id": stack.gateway_id.hex(), "gw_key": stack.public_key("gateway").hex(), "n": N, "margin": MARGIN_S,
         **{"user" if k == "username" else k: v
@@ -121,8 +122,9 @@ def test_board_client_opens_a_session_and_checks_receipts_against_the_real_stack
     app = Verified(stack.broker_port, SITE, 'vm-app', stack.consumer_login())
     try:
         started = time.monotonic()
+        sockets = {} if client_vm.sockets else bridge.functions()   # board32 has its own sockets
         result = client_vm.run(program, fuel=FUEL, heap_bytes=HEAP, timeout=400,
-                               host_functions=dict(bridge.functions(), register=register))
+                               host_functions=dict(sockets, register=register))
         wall = time.monotonic() - started
         deadline = time.monotonic() + 5
         while len(app.readings) < N + 3 and time.monotonic() < deadline:
@@ -155,5 +157,5 @@ def test_board_client_opens_a_session_and_checks_receipts_against_the_real_stack
     assert [r[4] for r in mine] == ([{"t": 19}] + [{"t": 20 + i, "i": i} for i in range(N)]
                                     + [{"after": 1}, {"after": 2}])
     assert all(r[6] == stack.gateway_id.hex() for r in mine)
-    print("in the VM: init %d ms, session open %d ms, %d receipts checked in %d ms; %d fuel in all, %.1f s wall"
-          % (out["init_ms"], out["session_ms"], N + 1, out["receipts_ms"], result.fuel_used, wall))
+    print("in %s: init %d ms, session open %d ms, %d receipts checked in %d ms; %s fuel in all, %.1f s wall"
+          % (client_vm.name, out["init_ms"], out["session_ms"], N + 1, out["receipts_ms"], result.fuel_used, wall))
