@@ -284,7 +284,10 @@ print('REQ', client.protocol.registration_request(client.time_ms(), 1, {'name': 
 gc.collect()
 gc.peak_live(True)
 """
-READ_STATS = "print('STATS', repr(client.stats))"
+# the counters the host's loop waits on (the whole stats dict is read once, at the end: its repr is a
+# large string, and one per step fragments the board's heap)
+WATCHED = ("sessions_opened", "receipts_valid", "receipts_invalid")
+READ_STATS = "print('STATS', %s)" % ", ".join("client.stats[%r]" % name for name in WATCHED)
 COMMAND = """
 from ledgerlink.core import cbor
 client.protocol.update_controller(cbor.loads(h(%r)))
@@ -302,7 +305,7 @@ def board_step(board: "QemuBoard", code: str) -> dict:
     """One step of the board's main loop: the host sets the board's clock first (as NTP would: QEMU's
     tick counter falls behind the host's clock while the emulated CPU is busy), then ``code`` runs."""
     out = board.exec("sync(%d)\n%s\n%s" % (int(time.time() * 1000), code, READ_STATS), timeout=120)
-    return ast.literal_eval(out.split("STATS ", 1)[1].strip())
+    return dict(zip(WATCHED, map(int, out.split("STATS ", 1)[1].split())))
 
 
 def run_until(board: "QemuBoard", done, timeout_s: float) -> dict:
@@ -357,8 +360,8 @@ def run_cycle(site: CycleSite, image: Path, mode: str, heap_kb: int = 110) -> di
             if mode == "session":
                 report["opened"] = run_until(board, lambda st: st["sessions_opened"] >= 1, 120)["sessions_opened"]
             board_step(board, "for i in range(%d):\n    client.publish({'t': 20 + i, 'i': i})" % CYCLE_READINGS)
-            report["stats"] = run_until(
-                board, lambda st: st["receipts_valid"] + st["receipts_invalid"] >= CYCLE_READINGS, 180)
+            run_until(board, lambda st: st["receipts_valid"] + st["receipts_invalid"] >= CYCLE_READINGS, 180)
+            report["stats"] = ast.literal_eval(board.exec("print(repr(client.stats))"))
             command = board.exec(COMMAND % tuple(b.hex() for b in command_for(site, priv)))
             report["command"] = ast.literal_eval(command.split("CMD ", 1)[1].strip())
             receipts, peak_live = board.exec(RESULTS).split("OUT ", 1)[1].rsplit(" ", 1)
