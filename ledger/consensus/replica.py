@@ -63,9 +63,10 @@ in a new view and before each commit vote, the replica emits ``SaveVotes`` with 
 was changing view) with its prepared proof, and casts no vote at the height above its last block in
 that view or a lower one, where it may already have voted. A store without a record belongs to a
 replica that never voted: it abstains from nothing, so a fresh cluster commits in view 0 (no view
-change in its first second). So a restarted replica stays honest: it never votes for two proposals of one view and height and
-never forgets a prepared proof it voted to commit (tests/ledger/test_pbft_replica.py; the simulator
-restarts an extra, honest validator in 30% of its schedules).
+change in its first second). So a restarted replica stays honest: it never votes for two proposals
+of one view and height and never forgets a prepared proof it voted to commit
+(tests/ledger/test_pbft_replica.py; the simulator restarts an extra, honest validator in 30% of its
+schedules).
 
 Limits. Committed blocks and the hashes
 of committed transactions are kept in memory (blocks answer fetches); the application is replayed
@@ -73,11 +74,11 @@ from the blocks on restore. Blocks sent to a peer (fetch answers and pushes to a
 view-change shows it behind) draw on a per-peer byte budget that refills at ``max_message_size //
 SEND_BUDGET_DIV`` bytes per second (512 KiB/s by default; one full answer of half a message at
 once) and each answer counts at least ``max_message_size // FETCH_MIN_COST_DIV`` bytes (so at
-most 32 answers a second); a fetch beyond it is dropped ("fetch rate"),
-which bounds what a peer asking ``fetch-blocks 0..10^6`` in a loop costs in encoding and signing
-(tests/ledger/test_pbft_replica.py, and the simulator's flooding adversary). An honest replica
-asks one peer at a time, once per reply or per ``retransmit_ms``, and catches up at several
-megabytes of blocks per second per peer. Cheap refusals before the signature check (``receive``):
+most 32 answers a second); a fetch beyond it is dropped ("fetch rate"), which bounds what a peer
+asking ``fetch-blocks 0..10^6`` in a loop costs in encoding and signing
+(tests/ledger/test_pbft_replica.py, and the simulator's flooding adversary). A replica that catches
+up asks its peers in turn, so it fetches up to 512 KiB/s from each (at 150 tx/s a block is a few
+kB; at saturation the chain grows by about 0.6 MB/s, which three peers out-supply). Cheap refusals before the signature check (``receive``):
 a peer's fetch-blocks beyond ``FETCH_REQUESTS_PER_S`` a second, and a prepare or commit that would
 be dropped and tells nothing new about its sender (a second vote of the sender for a view and
 height, a vote for a stale height or another view already noted from that sender) are dropped
