@@ -58,12 +58,13 @@ class Ledger(Protocol):
 
 @dataclass
 class Outgoing:
-    """Something to publish: ``retain`` for the certified header."""
+    """Something to publish: ``retain`` for the certified header; ``qos`` 0 for stored-acks."""
 
     topic: str
     payload: bytes
     retain: bool = False
     frame_hash: bytes | None = None     # for a receipt: the frame it is for
+    qos: int = 1
 
 
 def down_topic(site: str, dev: bytes) -> str:

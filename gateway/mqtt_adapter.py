@@ -162,12 +162,18 @@ class MqttGateway:
     # --- effects ------------------------------------------------------------------------------------
 
     def publish(self, items: list[Outgoing]) -> None:
+        """Publish ``items``: QoS 1, but stored-acks QoS 0 (a lost ack costs the device one resend, which is
+        answered with the ack again; QoS 1 cost a PUBACK to handle per frame)."""
         if self.client_kind == "ledgerlink":
+            client = self.client
             if items:
-                self.client.publish_many([(o.topic, o.payload, o.retain) for o in items])
+                for o in items:
+                    if not o.qos:
+                        client.publish(o.topic, o.payload, qos=0, flush=False)
+                client.publish_many([(o.topic, o.payload, o.retain) for o in items if o.qos])
             return
         for o in items:
-            self.client.publish(o.topic, o.payload, qos=1, retain=o.retain)
+            self.client.publish(o.topic, o.payload, qos=o.qos, retain=o.retain)
 
     def _carry_out(self, h: Handled) -> None:
         core = self.service.core
@@ -175,7 +181,10 @@ class MqttGateway:
         if self.client_kind == "ledgerlink":
             client = self.client
             if h.outgoing:
-                client.publish_many([(o.topic, o.payload, o.retain) for o in h.outgoing], flush=False)
+                client.publish_many([(o.topic, o.payload, o.retain) for o in h.outgoing if o.qos], flush=False)
+                for o in h.outgoing:
+                    if not o.qos:
+                        client.publish(o.topic, o.payload, qos=0, flush=False)
             client.ack_many([token for token, _ in self._acks(h.decided)])
         else:
             self.publish(h.outgoing)

@@ -186,7 +186,7 @@ class GatewayService:
         tail = b"\x05" + head(2, len(statement)) + statement
         down = core.down_topic
         return [Outgoing(down(dev), b"".join((b"\xa6\x00\x05\x01\x58\x20", h, b"\x02", head(0, seq), b"\x03", head(0, i),
-                                             b"\x04", head(4, count), path, tail)), frame_hash=h)
+                                             b"\x04", head(4, count), path, tail)), frame_hash=h, qos=0)
                 for i, ((dev, seq, h), (count, path)) in enumerate(zip(stored, proofs))]
 
     def _stored_elsewhere(self, effects: list[c.Effect], accepts: list[tuple[int, Outgoing]],

@@ -65,6 +65,7 @@ def test_each_stored_frame_gets_an_ack_signed_once_per_group(tmp_path):
     h = svc.handle_many([("frame", up(dev), f) for f in group], NOW)
     acks = replies(h, stored_ack.KIND_STORED)
     assert len(signs) == 1 and [a[2] for a in acks] == [2, 3, 4]
+    assert {o.qos for o in h.outgoing if o.topic.endswith("/down") and o.payload[:3] == b"\xa6\x00\x05"} == {0}
     keys = gateway_keys(ledger)
     for frame, ack in zip(group, acks):
         checked = stored_ack.check(ack, dev, SITE, keys, CRYPTO)
