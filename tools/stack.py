@@ -491,7 +491,10 @@ class Stack:
                 part.name = self.broker_name
             lines.extend(part.check(now))
         if lines or not (self.data_dir / "status.json").exists():
-            self.write_status()
+            try:
+                self.write_status()
+            except OSError as exc:                      # a full disk must not stop the supervision
+                lines.append("status files not written: %s" % exc)
         return lines
 
     def status(self) -> dict[str, Any]:
