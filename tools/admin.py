@@ -408,7 +408,7 @@ def cmd_register(ctx: Context, args: argparse.Namespace) -> int:
     print(line)
     access = _broker_accounts(ctx)
     if access is not None:
-        login = access.add_registered(request)
+        [login] = access.add_registered([request])
         print("broker account %s: its login is in %s (mode 0600); give it to the device"
               % (login["username"], access.credentials_path(login["username"])))
     return EXIT_OK

@@ -41,7 +41,9 @@ Enforcement:
   reads the same ``accounts.json`` with the same rules, and reads it again within ``RELOAD_S`` of a
   change, disconnecting the clients of disabled accounts.
 
-Tested in tests/access/ against both brokers on a live site.
+Also here: the site CA and the broker's TLS certificate (``site_tls``, ``client_certificate``,
+``client_tls_context``), the dashboard's login token (``dashboard_token``) and owner-only files
+(``private_dir`` 0700, files 0600). Tested in tests/access/ against both brokers on a live site.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ DYNSEC_PLUGIN_PATHS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
                        "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
                        "/usr/lib/mosquitto_dynamic_security.so", "/usr/local/lib/mosquitto_dynamic_security.so")
 DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
+DYNSEC_CHUNK = 64                       # commands per message to the plugin
 ACCOUNTS_FILE = "accounts.json"
 RUNTIME_FILE = "runtime.json"
 DASHBOARD_TOKEN_FILE = "dashboard.token"
@@ -239,35 +242,53 @@ class SiteAccess:
         """Make the account (or, with ``rotate``, give it a new password; enable it again when it was
         disabled); write its credentials file; return its login. An existing account is kept as it is.
         ``site``: the account's topics are another site's on the same broker (default: this one's)."""
-        rules(site or self.site, username, role, device.hex() if device else None)       # the role is known
+        return self.add_many([(username, role, device, site)], rotate)[0]
+
+    def add_many(self, wanted: list[tuple[str, str, bytes | None, str | None]], rotate: bool = False
+                 ) -> list[dict[str, str]]:
+        """``add`` of each (username, role, device, site), with one write of the accounts and one change
+        sent to the running broker."""
         accounts = self.load()
-        old = accounts.get(username)
-        if old is not None and old["role"] != role:
-            raise AccessError("MQTT account %s has role %s, not %s" % (username, old["role"], role))
-        if old is not None and not rotate and self.credentials_path(username).exists():
-            return self.login(username)
-        password = base64.urlsafe_b64encode(secrets.token_bytes(PASSWORD_BYTES)).decode()
-        account = {"role": role, "disabled": False, **hash_password(password)}
-        if device is not None:
-            account["device"] = device.hex()
-        if site is not None and site != self.site:
-            account["site"] = site
-        accounts[username] = account
-        private_dir(self.folder / "credentials")
-        _write_private(self.credentials_path(username), json.dumps({"username": username, "password": password}) + "\n")
-        self._save(accounts)
-        self.apply_live([("set", username, password)])
-        return {"username": username, "password": password}
+        logins, changes = [], []
+        for username, role, device, site in wanted:
+            rules(site or self.site, username, role, device.hex() if device else None)       # the role is known
+            old = accounts.get(username)
+            if old is not None and old["role"] != role:
+                raise AccessError("MQTT account %s has role %s, not %s" % (username, old["role"], role))
+            if old is not None and not rotate and self.credentials_path(username).exists():
+                logins.append(self.login(username))
+                continue
+            password = base64.urlsafe_b64encode(secrets.token_bytes(PASSWORD_BYTES)).decode()
+            account = {"role": role, "disabled": False, **hash_password(password)}
+            if device is not None:
+                account["device"] = device.hex()
+            if site is not None and site != self.site:
+                account["site"] = site
+            accounts[username] = account
+            private_dir(self.folder / "credentials")
+            _write_private(self.credentials_path(username),
+                           json.dumps({"username": username, "password": password}) + "\n")
+            logins.append({"username": username, "password": password})
+            changes.append(("set", username, password))
+        if changes:
+            self._save(accounts)
+            self.apply_live(changes)
+        return logins
 
     def add_device(self, device_id: bytes, role: str = "device", rotate: bool = False) -> dict[str, str]:
         return self.add(device_username(device_id), role, device_id, rotate)
 
-    def add_registered(self, request: bytes, rotate: bool = False) -> dict[str, str]:
-        """The account of the device whose ``registration-request`` this is (controllers may also send commands)."""
+    def add_registered(self, requests: list[bytes], rotate: bool = False) -> list[dict[str, str]]:
+        """The accounts of the devices whose ``registration-request``s these are (a controller's may also
+        send commands)."""
         from ledgerlink.core import cbor, cose
 
-        payload = cbor.loads(cose.decode_sign1(request).payload)
-        return self.add_device(payload[1], "controller" if payload.get(3) == ROLE_CONTROLLER else "device", rotate)
+        wanted = []
+        for request in requests:
+            payload = cbor.loads(cose.decode_sign1(request).payload)
+            wanted.append((device_username(payload[1]), "controller" if payload.get(3) == ROLE_CONTROLLER else "device",
+                           payload[1], None))
+        return self.add_many(wanted, rotate)
 
     def set_disabled(self, username: str, disabled: bool) -> bool:
         """Disable (or enable) an account; False when there is no such account."""
@@ -281,10 +302,9 @@ class SiteAccess:
 
     def site_accounts(self, gateways: int = 1) -> None:
         """The accounts every site has: its gateway processes, the consumer and the broker admin."""
-        for i in range(1, gateways + 1):
-            self.add(gateway_username(self.site, i), "gateway")
-        self.add(consumer_username(self.site), "consumer")
-        self.add(ADMIN_USER, "broker-admin")
+        self.add_many([(gateway_username(self.site, i), "gateway", None, None) for i in range(1, gateways + 1)]
+                      + [(consumer_username(self.site), "consumer", None, None),
+                         (ADMIN_USER, "broker-admin", None, None)])
 
     # --- mosquitto -----------------------------------------------------------------------------------
 
@@ -395,8 +415,9 @@ def dynsec_command(host: str, port: int, login: dict[str, str], commands: list[d
     try:
         if not subscribed.wait(timeout):
             raise AccessError("mosquitto at %s:%d did not take the broker admin's subscription" % (host, port))
-        c.publish(DYNSEC_TOPIC, json.dumps({"commands": commands}), qos=1)
-        deadline = time.monotonic() + timeout
+        for i in range(0, len(commands), DYNSEC_CHUNK):            # each message well below the size limit
+            c.publish(DYNSEC_TOPIC, json.dumps({"commands": commands[i:i + DYNSEC_CHUNK]}), qos=1)
+        deadline = time.monotonic() + timeout + len(commands) / 1000
         while len(answers) < len(commands) and time.monotonic() < deadline:
             done.wait(0.05)
             done.clear()

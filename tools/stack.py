@@ -530,16 +530,17 @@ class Stack:
         res = self._ledger().latest()
         return int(res.get("height") or 0)
 
-    def register(self, requests: Sequence[bytes]) -> list[dict]:
-        """Admin-signed ``tx-register`` of each device ``registration-request``; raises unless all commit with code 0."""
+    def register(self, requests: Sequence[bytes], accounts: bool = True) -> list[dict]:
+        """Admin-signed ``tx-register`` of each device ``registration-request``; raises unless all commit with code 0.
+        ``accounts``: also make each device's broker account (False: the devices never connect themselves)."""
         admin = self._cluster().key("admin")
         txs = [enc.register_tx(self.chain_id, admin, r, now_ms()) for r in requests]
         results = self._ledger().submit_many(txs)
         for res in results:
             if res.get("status") != "committed" or res.get("code") != REASON_OK:
                 raise StackError("registration refused: %r" % (res,))
-        for r in requests:
-            self.access.add_registered(r)
+        if accounts:
+            self.access.add_registered(list(requests))
         return results
 
     def login(self, username: str) -> dict[str, str]:
