@@ -30,6 +30,7 @@ from typing import Any, Callable, Protocol
 from ledgerlink.core import cbor, merkle, spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof
+from ledgerlink.gateway.chain_statements import covering as covering_statement
 from ledgerlink.gateway.store import Batch, Store
 from ledgerlink.ledger.state import encoding as enc
 
@@ -153,9 +154,13 @@ def batch_receipts(store: Store, site: str, batch_id: bytes, only: bytes | None 
     for (frame_hash, device, seq, leaf), (count, path) in zip(leaves, proofs):
         if only is not None and frame_hash != only:
             continue
-        # the deterministic map of 8 entries, keys 0..7 in order (6 and 7 shared by the batch)
-        payload = b"".join((b"\xa8\x00\x01\x01", cbor_head(2, len(frame_hash)), frame_hash, b"\x02", cbor_head(0, seq),
-                            b"\x03", cbor_head(0, leaf), size_item, b"\x05", cbor_head(4, count), path, shared))
+        # the deterministic map of 8 entries, keys 0..7 in order (6 and 7 shared by the batch), and 8: the
+        # device-signed chain statement that covers a session reading, when one is stored and anchored
+        statement = covering_statement(store, frame_hash)
+        payload = b"".join((b"\xa8\x00\x01\x01" if statement is None else b"\xa9\x00\x01\x01",
+                            cbor_head(2, len(frame_hash)), frame_hash, b"\x02", cbor_head(0, seq),
+                            b"\x03", cbor_head(0, leaf), size_item, b"\x05", cbor_head(4, count), path, shared,
+                            b"" if statement is None else b"\x08\x58\x20" + statement))
         out.append(Outgoing(down_topic(site, device), payload, frame_hash=frame_hash))
     return out
 

@@ -40,7 +40,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ledgerlink.core import cbor, cose, ecdsa, ecqv, session_keys, spv, stored_ack
+from ledgerlink.core import cbor, cose, ecdsa, ecqv, session_chain, session_keys, spv, stored_ack
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, LedgerlinkError
 from ledgerlink.ledger.consensus.messages import tx_root
@@ -61,6 +61,7 @@ EXPIRED_SESSION = 11
 WRONG_TOPIC = 12
 CERTIFICATE_REUSE = 13
 LEDGER_UNAVAILABLE = 14
+CHAIN_MISMATCH = 15
 
 REASON_TEXT = {
     MALFORMED: "malformed frame", OVERSIZED: "frame larger than 4096 bytes", UNKNOWN_DEVICE: "unknown device",
@@ -69,6 +70,7 @@ REASON_TEXT = {
     RATE_LIMITED: "rate limit exceeded", UNKNOWN_SESSION: "unknown session", EXPIRED_SESSION: "session expired",
     WRONG_TOPIC: "frame does not belong to this topic", CERTIFICATE_REUSE: "request or certificate reused",
     LEDGER_UNAVAILABLE: "registry not available from the ledger",
+    CHAIN_MISMATCH: "chain statement does not match the stored session frames",
 }
 
 KIND_RECEIPT = 1
@@ -136,6 +138,7 @@ class Accept:
     topic: str
     mode: str                      # "sign1" or "session"
     reading: bytes | None = None   # the checked ``reading`` (deterministic CBOR map with keys 1..4)
+    chain: tuple | None = None     # a chain statement's (session id, first, last, head): checked against the store
 
     def verified_reading(self, gateway_name: str) -> bytes:
         """The ``verified-reading`` republished to applications: the reading's map with 5 and 6 added."""
@@ -756,8 +759,18 @@ class GatewayCore:
             raise _Refusal(CLOCK_SKEW, "device time is %d ms off" % (t - now_ms))
         if not st.bucket.take(now_ms):
             raise _Refusal(RATE_LIMITED, "more than %g frames/s from %s" % (self.limits.rate_per_s, dev.hex()))
+        chain = None
+        if session_chain.STATEMENT_KEY in meas:
+            if mode != "sign1":
+                raise _Refusal(MALFORMED, "a chain statement must be signed with the device key")
+            try:
+                chain = session_chain.parse(meas)
+            except LedgerlinkError as exc:
+                raise _Refusal(MALFORMED, "chain statement: %s" % exc) from None
+            if chain[1] <= seq <= chain[2]:
+                raise _Refusal(MALFORMED, "a chain statement cannot cover its own seq")
         st.window.mark(seq)
-        return [Accept(dev, seq, t, meas, frame, frame_hash or sha256(frame), topic, mode, bytes(plaintext))]
+        return [Accept(dev, seq, t, meas, frame, frame_hash or sha256(frame), topic, mode, bytes(plaintext), chain)]
 
     # --- receipt requests --------------------------------------------------------------------------
 

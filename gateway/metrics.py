@@ -39,7 +39,7 @@ REASON_NAME = {
     c.BANNED_DEVICE: "banned-device", c.BAD_SIGNATURE: "bad-signature", c.BAD_TAG: "bad-tag", c.REPLAY: "replay",
     c.CLOCK_SKEW: "clock-skew", c.RATE_LIMITED: "rate-limited", c.UNKNOWN_SESSION: "unknown-session",
     c.EXPIRED_SESSION: "expired-session", c.WRONG_TOPIC: "wrong-topic", c.CERTIFICATE_REUSE: "certificate-reuse",
-    c.LEDGER_UNAVAILABLE: "ledger-unavailable",
+    c.LEDGER_UNAVAILABLE: "ledger-unavailable", c.CHAIN_MISMATCH: "chain-mismatch",
 }
 STATES = ("online", "offline", "banned", "unregistered")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)

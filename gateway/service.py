@@ -27,6 +27,8 @@ from typing import Any
 
 from ledgerlink.core import cbor, cose, ecqv, stored_ack
 from ledgerlink.gateway import checks as c
+from ledgerlink.core.errors import InvalidProof
+from ledgerlink.gateway.chain_statements import ChainStatements
 from ledgerlink.gateway.batcher import Ledger, Outgoing, batch_receipts, cbor_head, encoded_inclusion_proofs
 from ledgerlink.gateway.store import StoredMessage, Store
 from ledgerlink.gateway.verify_ahead import VerifyAhead
@@ -57,6 +59,7 @@ class GatewayService:
         self.core = core
         self.store = store
         core.session_source = store.session_cert
+        self.chains = ChainStatements(store)
         self.verifier: VerifyAhead | None = None
         if verify_threads > 1:
             self.verifier = core.crypto = VerifyAhead(core.crypto, verify_threads)
@@ -88,7 +91,10 @@ class GatewayService:
         settled: list[bytes] = []
         found: list[StoredMessage] = []                   # frames answered from the store: ack and receipt
         in_group: dict[bytes, tuple[bytes, int]] = {}     # frames accepted in this group: hash -> (device, seq)
+        statements: list[tuple[bytes, list[bytes]]] = []   # chain statements that match: (hash, covered hashes)
         for k, e in enumerate(effects):
+            if isinstance(e, c.Accept) and e.chain is not None:
+                e = effects[k] = self._chain_checked(e, effects[:k], statements, now_ms)
             if isinstance(e, c.Refuse) and e.code == c.REPLAY and e.reply_topic is not None:
                 dup = self._stored(e.warning_id, e.offender, in_group)
                 if dup is not None:
@@ -142,6 +148,8 @@ class GatewayService:
                 msg = self.store.message_by_hash(accepted[i][6]) if same_frame else None
                 if msg is not None:
                     found.append(msg)
+        if statements:
+            self.chains.record(statements)
         stored += [(m.device, m.seq, m.frame_hash) for m in found]
         if stored:
             out.outgoing.extend(self._acks(stored, now_ms))
@@ -152,6 +160,18 @@ class GatewayService:
         if self.observer is not None:
             self.observer.effects(effects, now_ms)
         return out
+
+    def _chain_checked(self, e: c.Accept, earlier: list[c.Effect], statements: list[tuple[bytes, list[bytes]]],
+                       now_ms: int) -> c.Accept | c.Refuse:
+        """A chain statement that matches the session frames stored (or accepted earlier in the group), noted in
+        ``statements``; else its refusal (``CHAIN_MISMATCH``)."""
+        try:
+            statements.append((e.frame_hash, self.chains.check(e, earlier)))
+            return e
+        except InvalidProof as exc:
+            core = self.core
+            return c.Refuse(e.frame_hash, core.gateway_id, e.device_id, now_ms, c.CHAIN_MISMATCH, str(exc)[:c.MAX_DETAIL],
+                            core.down_topic(e.device_id), core._reportable(e.device_id, now_ms))
 
     def _stored(self, frame_hash: bytes, device: bytes, in_group: dict[bytes, tuple[bytes, int]]) -> StoredMessage | None:
         """The stored message (or one accepted earlier in this group: id 0) of ``device`` whose frame hash is

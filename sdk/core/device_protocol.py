@@ -71,6 +71,7 @@ COMMAND_AHEAD_MAX_MS = 24 * 3600 * 1000     # a command's not-after is at most t
 REFUSAL_REPLAY = 7
 REPLAY_SKIP_MIN = 64                        # the gateway's replay window
 REPLAY_SKIP_MAX = 1 << 16                   # bounds what forged replay refusals can burn of the 2^32 numbers
+CHAINS_CLOSED_MAX = 4                       # chains of earlier sessions kept for their statement
 
 
 class DeviceError(LedgerlinkError):
@@ -137,13 +138,14 @@ class SessionOpened:
 class ReceiptResult:
     """Outcome of a receipt check: ``valid`` with ``reason`` when not; ``height`` of the certified header."""
 
-    def __init__(self, valid, seq, frame_hash, reason="", height=None, gateway_id=None):
+    def __init__(self, valid, seq, frame_hash, reason="", height=None, gateway_id=None, covered_by=None):
         self.valid = valid
         self.seq = seq
         self.frame_hash = frame_hash
         self.reason = reason
         self.height = height
         self.gateway_id = gateway_id
+        self.covered_by = covered_by    # frame hash of the chain statement said to cover this session reading
 
     def __repr__(self):
         return "ReceiptResult(valid=%s, seq=%s%s)" % (self.valid, self.seq, "" if self.valid else ", " + self.reason)
@@ -347,6 +349,8 @@ class DeviceProtocol:
         self._replay_upto = 0           # replay refusals of numbers up to this one moved the counter already
         self._headers = []              # [(trust-bound hash, Header)], newest last
         self._anchors = []              # trust-bound hashes of anchor signatures that verified
+        self.chain = None               # session_chain.Chain of the current session's frames since the last statement
+        self._chains_closed = []        # chains of earlier sessions not yet stated
 
     def __repr__(self):
         return "DeviceProtocol(%s, site=%s)" % (self.device_id.hex(), self.site)
@@ -406,7 +410,41 @@ class DeviceProtocol:
                 self.session.first_seq = seq
         out = OutFrame(topic, frame, seq)
         self._track(seq, out.frame_hash)
+        if mode == MODE_SESSION:
+            self._chain_frame(keys.session_id, seq, out.frame_hash, time_ms)
         return out
+
+    # --- session chain statements (ledgerlink.core.session_chain) ------------------------------------
+
+    def _chain_frame(self, session_id, seq, frame_hash, time_ms):
+        from ledgerlink.core import session_chain
+
+        chain = self.chain
+        if chain is not None and chain.session_id != session_id:
+            self._chains_closed.append(chain)
+            while len(self._chains_closed) > CHAINS_CLOSED_MAX:
+                self._chains_closed.pop(0)
+            chain = None
+        if chain is None:
+            chain = self.chain = session_chain.Chain(session_id, time_ms)
+        chain.add(seq, frame_hash)
+
+    def chain_due(self, now_ms):
+        """True when a chain statement is due: a chain of an earlier session, or the current one is long or old."""
+        return len(self._chains_closed) > 0 or (self.chain is not None and self.chain.due(now_ms))
+
+    def chain_statement(self, time_ms, close=False):
+        """The next chain statement due (a signed reading, see ``session_chain``), or None. ``close``: state
+        the current chain even when not due (the session closes). The stated chain is done with: the next
+        session frame starts a new one, and a chain lost with the device's memory is never stated."""
+        if self._chains_closed:
+            chain = self._chains_closed.pop(0)
+        elif self.chain is not None and self.chain.count and (close or self.chain.due(time_ms)):
+            chain = self.chain
+            self.chain = None
+        else:
+            return None
+        return self.reading(chain.measurements(), time_ms, MODE_SIGNED)
 
     def _track(self, seq, frame_hash):
         self.sent[seq] = frame_hash
@@ -635,8 +673,10 @@ class DeviceProtocol:
     def _verify_receipt(self, r, frame):
         if self.validator_keys is None or self.chain_id is None:
             raise DeviceError("no trusted validator set: receipts cannot be checked")
-        if not isinstance(r, dict) or r.get(0) != KIND_RECEIPT or len(r) != 8:
-            raise InvalidMessage("receipt must be a map with keys 0..7 and kind 1")
+        covered_by = r.get(8) if isinstance(r, dict) else None
+        if not isinstance(r, dict) or r.get(0) != KIND_RECEIPT or len(r) != (8 if covered_by is None else 9) \
+                or not (covered_by is None or _is_hash(covered_by)):
+            raise InvalidMessage("receipt must be a map with keys 0..7 (8: a chain statement hash) and kind 1")
         for label in (1, 2, 3, 4, 5, 6, 7):
             if label not in r:
                 raise InvalidMessage("receipt must be a map with keys 0..7 and kind 1")
@@ -681,7 +721,7 @@ class DeviceProtocol:
         if frame is None:
             del self.sent[seq]
         self._replay_skip = REPLAY_SKIP_MIN
-        return ReceiptResult(True, seq, frame_hash, "", header.height, gateway)
+        return ReceiptResult(True, seq, frame_hash, "", header.height, gateway, covered_by)
 
     def _remember(self, cache, entry):
         cache.append(entry)

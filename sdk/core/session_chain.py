@@ -1,0 +1,194 @@
+"""Session chain statements (docs/protocol.md, "Session chain statements"), in the portable subset.
+
+A session frame (COSE_Encrypt0) is sealed with a key the gateway can compute too, so on its own it does
+not show that the device sent it. A device therefore chains the frames it seals under one session, in
+seq order, and signs the chain head with its identity key:
+
+    head_0 = SHA-256("ledgerlink-chain-v1" || session id)
+    head_i = SHA-256(head_(i-1) || SHA-256(frame_i))
+
+A chain statement is a signed reading (COSE_Sign1, kid = device id, external_aad = the device's ``up``
+topic) whose measurements are exactly {"ll.chain": [session id, first seq, last seq, head]}: it is
+stored, acknowledged, anchored and receipted like any reading. Each statement starts a new chain
+(head_0 again) at the first session frame after the previous statement's range.
+
+Protects against a gateway (or anyone holding the site key) passing off a session frame as the device's:
+a frame is covered only when it is among the frames of ``session id`` with seq in [first, last] whose
+hashes, in seq order, give the head the device signed. A forged frame, a dropped or reordered frame, or a
+frame of another session in the range gives another head. Tested in tests/core/test_session_chain.py
+(hypothesis on the encoder and decoder, forged, dropped and reordered frames),
+tests/gateway/test_session_chain.py (the gateway's check against its store, receipts saying whether a
+reading is covered) and tests/micropython/test_session_chain_in_vm.py.
+"""
+
+import hashlib
+
+from ledgerlink.core import cbor, cose
+from ledgerlink.core.errors import InvalidMessage, InvalidProof
+
+CHAIN_LABEL = b"ledgerlink-chain-v1"
+STATEMENT_KEY = "ll.chain"      # the measurement that makes a signed reading a chain statement
+SESSION_ID_LEN = 8
+HASH_LEN = 32
+DEVICE_ID_LEN = 16
+MAX_SEQ = 0xFFFFFFFF
+MAX_SPAN = 1024                 # last seq - first seq of one statement (the gateway looks up each seq)
+EVERY_FRAMES = 16               # a device states its chain after this many session frames,
+EVERY_MS = 60000                # or this long after the chain's first frame, and when the session changes
+
+
+def _sha256(data):
+    return hashlib.sha256(data).digest()
+
+
+def start(session_id):
+    """head_0 of a chain over frames of ``session_id``."""
+    return _sha256(CHAIN_LABEL + bytes(session_id))
+
+
+def link(head, frame_hash):
+    """The head after a frame whose SHA-256 is ``frame_hash``."""
+    return _sha256(head + frame_hash)
+
+
+def head_of(session_id, frame_hashes):
+    """The head of a chain over ``frame_hashes`` (in seq order)."""
+    head = start(session_id)
+    for h in frame_hashes:
+        head = link(head, h)
+    return head
+
+
+class Chain:
+    """A device's chain of one session's frames since its last statement: ``session_id``, ``first``,
+    ``last`` (seqs), ``head``, ``count`` of frames and ``started_ms`` (the first frame's time)."""
+
+    def __init__(self, session_id, started_ms):
+        self.session_id = bytes(session_id)
+        self.head = start(session_id)
+        self.first = None
+        self.last = None
+        self.count = 0
+        self.started_ms = started_ms
+
+    def add(self, seq, frame_hash):
+        """Chain the next frame sealed under the session (seqs increase)."""
+        if self.last is not None and seq <= self.last:
+            raise ValueError("chained frames must have increasing seqs")
+        if self.first is None:
+            self.first = seq
+        self.last = seq
+        self.head = link(self.head, frame_hash)
+        self.count += 1
+
+    def due(self, now_ms):
+        """True when a statement of this chain is due (``EVERY_FRAMES`` frames or ``EVERY_MS`` old)."""
+        return self.count >= EVERY_FRAMES or (self.count > 0 and now_ms - self.started_ms >= EVERY_MS)
+
+    def measurements(self):
+        """The measurements of the chain's statement reading."""
+        if self.count == 0:
+            raise ValueError("an empty chain has no statement")
+        return {STATEMENT_KEY: [self.session_id, self.first, self.last, self.head]}
+
+
+class Statement:
+    """A decoded chain statement: ``device_id``, ``seq`` and ``time_ms`` of its reading, ``session_id``,
+    ``first``, ``last`` and ``head``."""
+
+    def __init__(self, device_id, seq, time_ms, session_id, first, last, head):
+        self.device_id = device_id
+        self.seq = seq
+        self.time_ms = time_ms
+        self.session_id = session_id
+        self.first = first
+        self.last = last
+        self.head = head
+
+    def __repr__(self):
+        return "Statement(%s, %d..%d)" % (self.session_id.hex(), self.first, self.last)
+
+
+def is_statement(measurements):
+    """True when a reading's measurements name a chain statement (the gateway then checks it as one)."""
+    return isinstance(measurements, dict) and STATEMENT_KEY in measurements
+
+
+def parse(measurements):
+    """(session id, first, last, head) of a statement's measurements; InvalidMessage when malformed."""
+    if not isinstance(measurements, dict) or len(measurements) != 1:
+        raise InvalidMessage("a chain statement's measurements are exactly {%r: [...]}" % STATEMENT_KEY)
+    body = measurements.get(STATEMENT_KEY)
+    if not isinstance(body, list) or len(body) != 4:
+        raise InvalidMessage("chain statement must be [session id, first seq, last seq, head]")
+    sid, first, last, head = body
+    if not isinstance(sid, bytes) or len(sid) != SESSION_ID_LEN:
+        raise InvalidMessage("chain statement session id must be %d bytes" % SESSION_ID_LEN)
+    if not isinstance(head, bytes) or len(head) != HASH_LEN:
+        raise InvalidMessage("chain statement head must be %d bytes" % HASH_LEN)
+    if not cbor.is_uint(first) or not cbor.is_uint(last) or not 1 <= first <= last <= MAX_SEQ:
+        raise InvalidMessage("chain statement seqs must satisfy 1 <= first <= last < 2^32")
+    if last - first > MAX_SPAN:
+        raise InvalidMessage("chain statement spans more than %d seqs" % MAX_SPAN)
+    return sid, first, last, head
+
+
+def decode(reading):
+    """A ``Statement`` from the CBOR of a statement reading {1: device id, 2: seq, 3: time, 4: measurements}."""
+    obj = cbor.loads(bytes(reading), max_depth=8, max_size=cose.MAX_FRAME)
+    if not isinstance(obj, dict) or len(obj) != 4:
+        raise InvalidMessage("a reading is a map with keys 1..4")
+    dev, seq, t, meas = obj.get(1), obj.get(2), obj.get(3), obj.get(4)
+    if not isinstance(dev, bytes) or len(dev) != DEVICE_ID_LEN or not cbor.is_uint(seq) or not cbor.is_uint(t) \
+            or not 1 <= seq <= MAX_SEQ:
+        raise InvalidMessage("reading fields 1..3 have the wrong types")
+    sid, first, last, head = parse(meas)
+    if first <= seq <= last:
+        raise InvalidMessage("a chain statement cannot cover its own seq")
+    return Statement(dev, seq, t, sid, first, last, head)
+
+
+def verify(frame, public_key, topic, backend=None):
+    """Check a statement frame (COSE_Sign1 by the device key ``public_key``, bound to the ``up`` ``topic``);
+    return its ``Statement``. InvalidSignature, InvalidMessage or DecodeError when it does not check."""
+    payload = cose.verify_sign1(frame, public_key, topic.encode(), backend)
+    return decode(payload)
+
+
+def session_frame(frame):
+    """(session id, seq) of a session frame (COSE_Encrypt0 with a Partial IV), or None for any other frame."""
+    try:
+        msg = cose.decode_encrypt0(bytes(frame))
+    except Exception:   # noqa: BLE001 - not a session frame
+        return None
+    if msg.kid is None or len(msg.kid) != SESSION_ID_LEN or msg.partial_iv is None:
+        return None
+    return msg.kid, int.from_bytes(msg.partial_iv, "big")
+
+
+def covered(statement, frames):
+    """The SHA-256 of each frame the statement covers: ``frames`` are (seq, frame bytes) of the device,
+    e.g. all it stored with seq in [first, last]; those of the statement's session in that range, in seq
+    order, must give its head. InvalidProof when they do not (a frame forged, dropped or reordered)."""
+    chained = []
+    for seq, frame in frames:
+        if not statement.first <= seq <= statement.last:
+            continue
+        found = session_frame(frame)
+        if found is None or found[0] != statement.session_id:
+            continue
+        if found[1] != seq:
+            raise InvalidProof("frame stored at seq %d carries Partial IV %d" % (seq, found[1]))
+        chained.append((seq, _sha256(bytes(frame))))
+    chained.sort()
+    for i in range(1, len(chained)):
+        if chained[i][0] == chained[i - 1][0]:
+            raise InvalidProof("two frames of the session at seq %d" % chained[i][0])
+    hashes = [h for _, h in chained]
+    if not chained or chained[0][0] != statement.first or chained[-1][0] != statement.last:
+        raise InvalidProof("the frames of the session do not span the statement's range %d..%d"
+                           % (statement.first, statement.last))
+    if head_of(statement.session_id, hashes) != statement.head:
+        raise InvalidProof("the frames of session %s in %d..%d do not give the signed head"
+                           % (statement.session_id.hex(), statement.first, statement.last))
+    return hashes
