@@ -364,7 +364,7 @@ def _sampler(cluster: LocalCluster, honest: list[int], out: list[tuple[float, in
              stop: threading.Event) -> None:
     """Every 0.25 s: (time, lowest honest height, highest honest RSS in MB) into ``out``."""
     from ledgerlink.ledger.client import LedgerClient
-    with LedgerClient(cluster.config_path, prefer=honest[0], timeout=2.0) as c:
+    with LedgerClient(cluster.config_path, prefer=honest[0], timeout=5.0) as c:
         while not stop.is_set():
             hs = heights(c, honest)
             rss = max((rss_mb(cluster.procs[i].pid) or 0.0) for i in honest)
@@ -413,6 +413,7 @@ def byzantine_run(attack: str, args: argparse.Namespace) -> dict[str, Any]:
                     cluster.procs[rogue[0]].send_signal(signal.SIGUSR2)
                 if keyless is not None:
                     keyless.stop()
+                    keyless = None
                 time.sleep(args.after_s)
             stop.set()
             sampler.join(10)
