@@ -159,8 +159,11 @@ class QemuBoard:
                 chunk = self.sock.recv(1)
             except socket.timeout:
                 continue
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
-                raise ConnectionError("the QEMU board closed its REPL (log %s)" % self.log)
+                log = self.log.read_text(errors="replace").strip()[-500:] if self.log.is_file() else ""
+                raise ConnectionError("the QEMU board closed its REPL; QEMU said: %s" % (log or "nothing"))
             data += chunk
         return bytes(data[:-len(marker)])
 
