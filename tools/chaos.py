@@ -3,7 +3,8 @@
 Each seed starts a site (``ledgerlink.tools.stack``: an MQTT broker, a 4-node PBFT ledger, two gateway
 processes in one shared subscription, supervised as ``ledgerlink up`` supervises it) in a temporary
 directory, and CPython devices (``ledgerlink.device.Device``, each its own process) that publish readings
-throughout. A schedule drawn from the seed then SIGKILLs, SIGSTOPs (and SIGCONTs) and SIGTERMs gateways
+throughout, and with ``--board`` a MicroPython client on board32 (``../shared/tools``, signed mode, its
+queues and counter on its flash). A schedule drawn from the seed then SIGKILLs, SIGSTOPs (and SIGCONTs) and SIGTERMs gateways
 (one, or both at once), ledger nodes (the primary among them; at most one node down at a time, the
 fault PBFT tolerates), the broker and devices, and takes devices offline for long stretches (they go
 on making readings into their durable queue). The supervisor starts crashed parts again; killed devices
@@ -22,8 +23,12 @@ receipt; and the first new receipt after a gateway restart (from the restart to 
 device checked after it) at p50/p99, against the 5 s target. ``--outage`` runs the backlog scenario
 instead: one device offline for what a 1 Hz device makes in ``--outage-s`` seconds (600: ten minutes),
 made at ``--outage-rate`` per second (time compressed: the backlog is the same size, its readings are
-younger), then online; it prints the drain time, the refusals the device saw and how many readings were
-lost. Exit status 0 when every check of every seed held.
+younger; the gateway takes readings up to 24 h old), then online; it prints the drain time, the refusals
+the device saw and how many readings were lost. ``--ports`` runs the partial-frame attack instead: 1,000
+loopback connections each send all but the last byte of a packet at the size limit to the embedded
+broker (after a CONNECT with keep alive 0) and to the dashboard's HTTP server; it prints the server's
+RSS growth (target < 50 MB), whether another client was served meanwhile, and how many connections the
+server closed within its time limit. Exit status 0 when every check held.
 
 ``--keep DIR`` keeps each seed's site and device directories (logs, stores, queues) under DIR.
 """
