@@ -370,10 +370,10 @@ class CycleSite:
         self.devices += 1
         flash = board.input / ("flash-%d" % self.devices)
         flash.mkdir()
-        login = stack.device_login(device.device_id) if hasattr(stack, "device_login") else {}
+        login = stack.device_login(device.device_id)
         program = CYCLE % {
-            "port": stack.broker_port, "client_id": login.get("username", "board-%d" % self.devices),
-            "username": login.get("username"), "password": login.get("password"), "site": stack.site, "mode": mode,
+            "port": stack.broker_port, "client_id": login["username"], "username": login["username"],
+            "password": login["password"], "site": stack.site, "mode": mode,
             "priv": priv.hex(), "ca": stack.public_key("gw-ca").hex(), "chain": stack.chain_id,
             "validators": [k.hex() for k in stack.validators], "gw_id": stack.gateway_id.hex(),
             "gw_key": stack.public_key("gateway").hex(), "n": CYCLE_READINGS, "flash": str(flash)}
