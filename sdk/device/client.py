@@ -205,6 +205,11 @@ class Device:
         self._thread.start()
 
     def stop(self, close_queue: bool = True) -> None:
+        try:
+            while self.state_chain() is not None:
+                pass
+        except Exception as exc:  # noqa: BLE001 - the queue was closed by an earlier stop
+            log.warning("chain statement not queued at stop: %s", exc)
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -278,8 +283,22 @@ class Device:
                 log.info("no valid session; reading %s is signed instead", self.core.device_id.hex())
                 mode = MODE_SIGNED
             out = self.core.reading(measurements, t, mode)
+            statement = self.core.chain_statement(t) if self.core.chain_due(t) else None
         self._enqueue(out)
+        if statement is not None:
+            self._enqueue(statement)
         return out
+
+    def state_chain(self, time_ms: int | None = None) -> OutFrame | None:
+        """Queue the device-signed chain statement of the session frames not stated yet (``session_chain``;
+        done on its own every 16 session frames, after 60 s and when the session changes), or return None
+        when there are none. ``stop`` calls it, so a closed session's last readings are covered too."""
+        t = self.clock() if time_ms is None else time_ms
+        with self._lock:
+            statement = self.core.chain_statement(t, close=True)
+        if statement is not None:
+            self._enqueue(statement)
+        return statement
 
     def _enqueue(self, out: OutFrame) -> None:
         self.queue.put(out.topic, out.payload, out.seq)
