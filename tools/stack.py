@@ -268,6 +268,7 @@ class Stack:
         self.crypto = get_backend("cpython")
         self.access = SiteAccess(self.data_dir / "broker", site)
         self.dashboard_login = dashboard_login
+        self.followed: int | None = None            # ledger height whose bans the broker accounts reflect
         self.parts: dict[str, _Part] = {}
         self.stopping = False
 
@@ -561,6 +562,37 @@ class Stack:
     def consumer_login(self) -> dict[str, str]:
         """The broker login of the site's consumer (reads the verified readings)."""
         return self.access.login(consumer_username(self.site))
+
+    def follow_bans(self) -> list[str]:
+        """Keep the broker accounts in step with bans made by any admin: for each block committed since
+        the last call, the accounts of devices it banned are disabled and those it unbanned enabled. Called
+        by whoever runs the site (``ledgerlink up``'s loop, every ``SUPERVISE_S``); one line per change."""
+        from ledgerlink.core import cbor
+        from ledgerlink.gateway.checks import _device_changed_by
+        from ledgerlink.ledger.state.codes import DeviceStatus, RecordKind
+
+        if self.ledger is None:
+            return []
+        try:
+            top = self.height()
+            if self.followed is None:
+                self.followed = top
+            lines = []
+            while self.followed < top:
+                block = self.ledger.block(self.followed + 1)
+                if not block.get("ok"):
+                    break
+                self.followed += 1
+                for dev in filter(None, map(_device_changed_by, block["txs"])):
+                    proof = self.ledger.record(int(RecordKind.DEVICE), dev).get("proof")
+                    record = cbor.loads(proof[3]) if proof and proof[3] else None
+                    banned = isinstance(record, dict) and record.get(5) == DeviceStatus.BANNED
+                    if self.access.set_disabled(device_username(dev), banned):
+                        lines.append("broker account %s %s (ledger height %d)" % (
+                            device_username(dev), "disabled: banned" if banned else "enabled", self.followed))
+            return lines
+        except (OSError, StackError, ValueError, KeyError, TypeError) as exc:
+            return ["following bans: %s" % exc]
 
     def ban(self, device_id: bytes, reason: str) -> dict:
         """Admin-signed ``tx-ban`` of ``device_id``; raises unless it commits with code 0."""

@@ -481,7 +481,7 @@ def run(cfg: UpConfig, broker: str | None = None) -> int:
             if _received:
                 raise _Stop(_received[0])
             time.sleep(SUPERVISE_S)
-            for line in stack.supervise():
+            for line in stack.supervise() + stack.follow_bans():
                 say(line)
     except _Stop as stop:
         _ignore_signals()

@@ -43,3 +43,22 @@ def test_broker_login_rotate_ban_and_unban(stack, capsys, tmp_path):
     again = Client(stack, dev.username, login)
     assert again.accepted
     again.close()
+
+
+def test_a_ban_by_any_admin_disables_the_account_within_a_second(stack, register):
+    from ledgerlink.ledger.state import encoding as enc
+
+    [dev] = register(1)
+    c = dev.client()
+    stack.follow_bans()                                           # caught up before the ban
+    tx = enc.ban_tx(stack.chain_id, stack.cluster.key("admin"), dev.id, "banned elsewhere", int(time.time() * 1000))
+    res = stack.ledger.submit(tx)                                 # not through Stack.ban: as another admin would
+    committed = time.monotonic()
+    assert res.get("status") == "committed", res
+    lines: list[str] = []
+    while not c.disconnected.is_set() and time.monotonic() - committed < 1.0:
+        lines += stack.follow_bans()                              # what `ledgerlink up` runs every 0.25 s
+        time.sleep(0.25)
+    assert c.disconnected.is_set(), lines
+    assert any("%s disabled: banned" % dev.username in line for line in lines), lines
+    assert not Client(stack, dev.username, dev.login()).accepted
