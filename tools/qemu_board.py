@@ -53,6 +53,7 @@ QEMU_DIR = SHARED_TOOLS / "qemu-board"
 FIRMWARE = {110: "firmware-mps2an385-heap110k.elf", 190: "firmware-mps2an385-heap190k.elf"}
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 START_TIMEOUT_S = 20.0
+PUT_CHUNK = 256
 
 # The board's random source: SHA-256 in counter mode over a host-given seed (the port has no urandom).
 RNG_SOURCE = """\
@@ -183,6 +184,13 @@ class QemuBoard:
             raise BoardCodeError(err.decode("utf-8", "replace").strip())
         return out.decode("utf-8", "replace")
 
+    def put(self, name: str, data: bytes, chunk: int = PUT_CHUNK) -> None:
+        """Make ``data`` the board's global ``name`` (a bytearray), sent in pieces: the raw REPL holds a
+        whole program in the heap before it runs, and a full heap there ends the firmware."""
+        self.exec("%s = bytearray()" % name)
+        for at in range(0, len(data), chunk):
+            self.exec("%s.extend(bytes.fromhex(%r))" % (name, data[at:at + chunk].hex()))
+
     def soft_reset(self) -> None:
         """A soft reset: the heap and every variable are gone, the image stays mounted."""
         assert self.sock is not None
@@ -293,8 +301,8 @@ WATCHED = ("sessions_opened", "receipts_valid", "receipts_invalid")
 READ_STATS = "print('STATS', %s)" % ", ".join("client.stats[%r]" % name for name in WATCHED)
 COMMAND = """
 from ledgerlink.core import cbor
-client.protocol.update_controller(cbor.loads(h(%r)))
-r = client.protocol.handle_command(client.protocol.cmd_topic, h(%r), client.time_ms())
+client.protocol.update_controller(cbor.loads(controller_proof))
+r = client.protocol.handle_command(client.protocol.cmd_topic, bytes(command), client.time_ms())
 print('CMD', repr([r.accepted, r.action, r.args, r.reason]))
 """
 RESULTS = """
@@ -365,7 +373,10 @@ def run_cycle(site: CycleSite, image: Path, mode: str, heap_kb: int = 110) -> di
             board_step(board, "for i in range(%d):\n    client.publish({'t': 20 + i, 'i': i})" % CYCLE_READINGS)
             run_until(board, lambda st: st["receipts_valid"] + st["receipts_invalid"] >= CYCLE_READINGS, 180)
             report["stats"] = ast.literal_eval(board.exec("print(repr(client.stats))"))
-            command = board.exec(COMMAND % tuple(b.hex() for b in command_for(site, priv)))
+            proof, command = command_for(site, priv)
+            board.put("controller_proof", proof)
+            board.put("command", command)
+            command = board.exec(COMMAND)
             report["command"] = ast.literal_eval(command.split("CMD ", 1)[1].strip())
             receipts, peak_live = board.exec(RESULTS).split("OUT ", 1)[1].rsplit(" ", 1)
             report.update(receipts=ast.literal_eval(receipts), peak_live=int(peak_live),
