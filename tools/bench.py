@@ -300,15 +300,17 @@ a1 = gc.mem_alloc()
 print(json.dumps([a0, a1]))
 """
 
+BOARD_SAMPLE_BYTES = 1024   # the collector runs after every KB allocated, so the peak is sampled that finely
 BOARD_PEAK = """
 gc.collect()
 base = gc.mem_alloc()
+gc.threshold(%d)
 gc.peak_live(1)
-result = %s
+result = %%s
 gc.collect()
 print(json.dumps(gc.peak_live()[0] - base))
-"""
-BOARD_LAYOUT = "romfs"   # at its 64 KB heap the collector runs every few KB of allocation
+""" % BOARD_SAMPLE_BYTES
+BOARD_LAYOUT = "romfs"
 
 VM_RETAINED = """
 %s
@@ -378,8 +380,9 @@ def micropython_table(inp: Inputs, workers: int = 2) -> dict[str, dict[str, int 
 
 def board32_table(inp: Inputs) -> dict[str, int]:
     """{operation: peak live heap in bytes above the setup} on board32 (tools/board_runtime.py): the
-    library in ROMFS at a 64 KB heap, collector on; ``gc.peak_live()`` is the highest live heap seen
-    after any collection during the operation. One fresh run per operation."""
+    library in ROMFS at a 64 KB heap, collector on and run after every ``BOARD_SAMPLE_BYTES``
+    allocated; ``gc.peak_live()`` is the highest live heap seen after any collection during the
+    operation. One fresh run per operation."""
     from ledgerlink.tools.board_runtime import Board
 
     setup = vm_setup(inp)
@@ -451,8 +454,8 @@ def format_micropython(table: dict[str, dict[str, int | None]], board: dict[str,
         "QEMU instr: instructions of the operation on the QEMU board (Cortex-M3, 110 KB heap, library in",
         "  ROMFS, -icount shift=0; tools/qemu_board.py), its second run.",
         "board32 peak: peak live heap of the operation on board32 (32-bit MicroPython, collector on,",
-        "  library in ROMFS, 64 KB heap): gc.peak_live() during the operation minus the live heap",
-        "  before it (tools/board_runtime.py).",
+        "  library in ROMFS, 64 KB heap, a collection after every KB allocated): gc.peak_live() during",
+        "  the operation minus the live heap before it (tools/board_runtime.py).",
         "fuel: Wasmtime fuel used by the operation alone (operation run minus baseline run); repeatable to",
         "  a few hundred units (keygen draws a random key; printed numbers differ in length).",
         "allocated: gc.mem_alloc() after minus before the operation, collection off: every byte the",
