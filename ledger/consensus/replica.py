@@ -78,13 +78,14 @@ most 32 answers a second); a fetch beyond it is dropped ("fetch rate"), which bo
 asking ``fetch-blocks 0..10^6`` in a loop costs in encoding and signing
 (tests/ledger/test_pbft_replica.py, and the simulator's flooding adversary). A replica that catches
 up asks its peers in turn, so it fetches up to 512 KiB/s from each (at 150 tx/s a block is a few
-kB; at saturation the chain grows by about 0.6 MB/s, which three peers out-supply). Cheap refusals before the signature check (``receive``):
-a peer's fetch-blocks beyond ``FETCH_REQUESTS_PER_S`` a second, and a prepare or commit that would
-be dropped and tells nothing new about its sender (a second vote of the sender for a view and
-height, a vote for a stale height or another view already noted from that sender) are dropped
-unverified, so a validator that floods such messages costs a CBOR decode each, not an ECDSA
-verification. The budgets are per transport sender, which a peer link must authenticate (else a
-host that claims to be validator j spends j's fetch budget).
+kB; at saturation the chain grows by about 0.6 MB/s, which three peers out-supply).
+
+Cheap refusals before the signature check (``receive``): a peer's fetch-blocks beyond
+``FETCH_REQUESTS_PER_S`` a second, and a prepare or commit that would be dropped and tells nothing
+new about its sender (a second vote of the sender for a view and height, a vote for a stale height
+or another view already noted from that sender) are dropped unverified, so a validator that floods
+such messages costs a CBOR decode each, not an ECDSA verification. The budgets are per transport
+sender, which the peer link authenticates (the transport's signed-nonce handshake).
 """
 
 from __future__ import annotations

@@ -9,16 +9,29 @@ from ``random.Random(seed)``, so a seed replays exactly. Each seed draws a scena
            good, restart from its persisted blocks and vote record (pool and unsaved state lost),
            equivocating primary (different pre-prepares and commits to two halves of the
            validators), invalid signatures and malformed/oversized frames, votes for unknown
-           batches, a twin running the same key; in 30% of the seeds one more, honest, validator
-           restarts from its persisted blocks and vote record (durable votes keep it honest);
-  clients  signed key-value transactions submitted to random validators, and replays of them.
+           batches, a twin running the same key, a slow primary (holds each pre-prepare
+           ``SLOW_HOLD`` of the view-change timeout), a flooder (resource exhaustion, below); in
+           30% of the seeds one more, honest, validator restarts from its persisted blocks and
+           vote record (durable votes keep it honest);
+  clients  signed key-value transactions submitted to random validators, and replays of them; with
+           a slow primary also a stream of ``STREAM_TPS`` transactions a second for
+           ``STREAM_MS`` after the heal.
+
+Costs. With a flooder the simulation charges CPU time (``Costs``): every delivered message its
+decode (per KB) and, if the replica gets as far, a signature verification; every executed
+transaction; every block answer its encoding and signature. A node works through its messages one
+at a time, so what a flooder makes it spend delays everything else it does. The flooder sends each
+peer, per tick, fetch-blocks 0..10^6 and prepares/commits with random hashes just above its own
+view and height at 1,000 a second each, and two max-size non-canonical CBOR frames a second.
 
 Invariants checked on every run:
   safety    no two non-Byzantine replicas commit different blocks (cbor [header, txs]) at one
             height; every commit certificate verifies; no transaction is committed twice;
   liveness  transactions submitted after the heal are committed by every non-Byzantine replica that
             is up, within ``LIVENESS_BOUND_MS`` of virtual time; then, with no new transactions, those
-            replicas reach one height within ``CONVERGE_BOUND_MS``.
+            replicas reach one height within ``CONVERGE_BOUND_MS``;
+  slow      after the heal, no live honest replica spends more than ``SLOW_BOUND_MS`` with work
+            waiting in a view whose primary is slow (backups demand a view change).
 
 ``python -m ledgerlink.ledger.consensus.simulator --seed N`` prints the trace of one schedule;
 ``--seeds A:B`` runs seeds A..B-1 and prints a summary with the failing seeds.
@@ -29,6 +42,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import heapq
+import math
 import random
 import sys
 from collections import Counter
@@ -45,8 +59,50 @@ from ledgerlink.ledger.consensus.replica import (
 LIVENESS_BOUND_MS = 20000
 CONVERGE_BOUND_MS = 5000        # after the liveness commits, every live honest replica reaches one height
 TICK_MS = 25
-FAULT_KINDS = ("crash", "crash_forever", "restart", "equivocate", "badsig", "junk", "twin")
-BYZANTINE = ("equivocate", "badsig", "junk", "twin")
+FAULT_KINDS = ("crash", "crash_forever", "restart", "equivocate", "badsig", "junk", "twin", "slow", "flood")
+BYZANTINE = ("equivocate", "badsig", "junk", "twin", "slow", "flood")
+_FIRST_KINDS = FAULT_KINDS[:7]       # drawn from the seed's stream; the later ones from a second one
+LATER_KIND_SHARE = 0.5
+SLOW_HOLD = 0.6                      # a slow primary holds each proposal 0.6 of the view-change timeout
+SLOW_BOUND_MS = 2500
+STREAM_TPS = 25
+STREAM_MS = 3000
+FLOOD_PER_S = 1000                   # fetches, and votes, a flooder sends each peer a second
+JUNK_PER_S = 2
+FLOOD_BEFORE_MS = 500                # a flooder floods from this long before the heal
+FLOOD_AFTER_MS = 2000                # to this long after it (while the liveness transactions commit)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """CPU time (ms) a node spends, when costs are modelled."""
+
+    message: float = 0.01            # per delivered message
+    decode_per_kb: float = 0.1
+    verify: float = 0.2              # a signature check (one decode of a signed message)
+    execute_per_tx: float = 0.05
+    answer: float = 0.2              # signing a block answer
+    answer_per_kb: float = 0.2       # encoding it
+
+
+def noncanonical_frame(size: int) -> bytes:
+    """``size`` bytes (at least 10) of valid CBOR that no canonical decoder accepts: an array (4-byte
+    count) of the uint 1 written in two bytes (0x19 0x00 0x01) instead of one, ending in one byte
+    string of non-minimal 4-byte length."""
+    count = (size - 10) // 3
+    pad = size - 10 - 3 * count
+    return (b"\x9a" + (count + 1).to_bytes(4, "big") + b"\x19\x00\x01" * count
+            + b"\x5a" + pad.to_bytes(4, "big") + bytes(pad))
+
+
+class _CountingKV(KVApp):
+    """``KVApp`` that counts the transactions it executes (for the cost model)."""
+
+    executed = 0
+
+    def execute(self, height: int, time_ms: int, txs: Any) -> bytes:
+        self.executed += len(txs)
+        return super().execute(height, time_ms, txs)
 
 
 class CachingCrypto:
@@ -122,6 +178,13 @@ class Scenario:
 
 
 def draw_scenario(rnd: random.Random, kinds: tuple[str, ...] = FAULT_KINDS) -> Scenario:
+    later = ()
+    if kinds == FAULT_KINDS:
+        # the seed's own stream draws what it drew before the later kinds existed, so a seed keeps
+        # its schedule unless a second stream derived from it turns a Byzantine fault into a later kind
+        later = kinds[len(_FIRST_KINDS):]
+        kinds = _FIRST_KINDS
+        aux = random.Random(hash(rnd.getstate()[1][:16]))
     n = 7 if rnd.random() < 0.15 else 4
     f = (n - 1) // 3
     count = rnd.choice([0] + [f] * 3 + list(range(1, f + 1)))
@@ -131,6 +194,14 @@ def draw_scenario(rnd: random.Random, kinds: tuple[str, ...] = FAULT_KINDS) -> S
         idx.remove(0)
         idx.insert(0, 0)
     faults = {i: rnd.choice(kinds) for i in idx[:count]}
+    if later:
+        for i in list(faults):                   # Byzantine kinds only: they draw nothing more from rnd
+            if faults[i] in BYZANTINE and aux.random() < LATER_KIND_SHARE:
+                kind = aux.choice(later)
+                if kind == "slow" and 0 not in faults:   # the primary of view 0
+                    del faults[i]
+                    i = 0
+                faults[i] = kind
     if "restart" in kinds and count < n and rnd.random() < 0.3:
         faults[idx[count]] = "restart"           # honest: restarts from its blocks and vote record
     heal = rnd.randint(500, 2500)
@@ -164,6 +235,8 @@ class Node:
     persisted: list[tuple[bytes, bytes]] = field(default_factory=list)
     votes: bytes | None = None
     variants: dict[bytes, bytes] = field(default_factory=dict)
+    cpu_free: float = 0.0            # with costs: virtual time its CPU is free again
+    slow_ms: int = 0                 # time spent with work under a slow primary after the heal
 
 
 @dataclass
@@ -186,7 +259,11 @@ class Simulation:
     """One seeded schedule; ``run()`` returns a ``Result``."""
 
     def __init__(self, seed: int, trace: bool = False, scenario: Scenario | None = None,
-                 config_overrides: dict[str, Any] | None = None):
+                 config_overrides: dict[str, Any] | None = None, costs: Costs | None = None,
+                 stream: tuple[int, int] | None = None):
+        """``costs`` (default: modelled when a flooder runs) charges CPU time; ``stream`` = (tx/s,
+        ms) offers transactions after the heal (default: ``STREAM_TPS`` for ``STREAM_MS`` with a
+        slow primary)."""
         self.seed = seed
         self.rnd = random.Random(seed)
         self.sc = scenario or draw_scenario(self.rnd)
@@ -196,7 +273,8 @@ class Simulation:
         pubs = tuple(self.crypto.public_key(k) for k in self.keys)
         params = dict(chain_id="sim", validators=pubs, max_batch=8, batch_timeout_ms=10,
                       view_change_timeout_ms=300, max_backoff_exp=3, retransmit_ms=100,
-                      checkpoint_interval=4, max_message_size=1 << 18, max_blocks_per_reply=8)
+                      checkpoint_interval=4, max_message_size=1 << 18, max_blocks_per_reply=8,
+                      slow_primary_grace_ms=20)
         params.update(config_overrides or {})
         self.config = Config(**params)
         self.client = random.Random(7).randbytes(31) + b"\x01"
@@ -213,6 +291,13 @@ class Simulation:
         self.submitted: list[bytes] = []
         self.liveness_txs: set[bytes] = set()
         self._decoded: dict[bytes, m.Message | str] = {}
+        kinds = set(self.sc.faults.values())
+        self.costs = costs if costs is not None else (Costs() if "flood" in kinds else None)
+        self.stream = stream if stream is not None else ((STREAM_TPS, STREAM_MS) if "slow" in kinds else None)
+        self.stream_end = self.sc.heal_ms + self.stream[1] if self.stream else 0
+        self.decodes = 0
+        self.junk = noncanonical_frame(self.config.max_message_size)
+        self.flood_hashes = [random.Random(seed).randbytes(32) for _ in range(4)]
         self.nodes = []
         for i in range(self.sc.n):
             kind = self.sc.faults.get(i, "honest")
@@ -224,7 +309,7 @@ class Simulation:
 
     def _new_replica(self, i: int, persisted: list[tuple[bytes, bytes]] | None = None,
                      votes: bytes | None = None) -> Replica:
-        app = KVApp(self.crypto)
+        app = _CountingKV(self.crypto)
         if persisted is None:
             return Replica(i, self.config, self.keys[i], app, self.crypto, self.now, self._decode)
         return Replica.restore(i, self.config, self.keys[i], app, self.crypto, self.now, persisted,
@@ -232,6 +317,7 @@ class Simulation:
 
     def _decode(self, data: bytes) -> m.Message:
         """decode_message memoized by the wire bytes (decoding is a function of them)."""
+        self.decodes += 1
         r = self._decoded.get(data)
         if r is None:
             try:
@@ -292,6 +378,10 @@ class Simulation:
         if kind == "equivocate":
             self._equivocate(node, dsts, data)
             return
+        if kind == "slow" and m.kind_of(data) == m.PRE_PREPARE:
+            hold = int(SLOW_HOLD * self.config.view_change_timeout_ms)
+            self._push(self.now + hold, SEND_LATER, (node.index, dsts, data))
+            return
         for d in dsts:
             self._send(node.index, d, data)
         if kind == "junk" and self.rnd.random() < 0.5:
@@ -343,6 +433,42 @@ class Simulation:
         for d in dsts:
             self._send(node.index, d, junk)
 
+    def _flood(self, node: Node) -> None:
+        """One tick of a flooder (see the module docstring)."""
+        rep = node.replicas[0]
+        per_tick = FLOOD_PER_S * TICK_MS // 1000
+        fetch = self._resign(node, [m.FETCH_BLOCKS, node.index, 0, 10 ** 6])
+        votes = []
+        for _ in range(per_tick):
+            kind = self.rnd.choice((m.PREPARE, m.COMMIT))
+            votes.append(self._resign(node, [kind, node.index, rep.view + self.rnd.randint(0, 2),
+                                             rep.height + 1 + self.rnd.randint(0, self.config.lookahead),
+                                             self.rnd.choice(self.flood_hashes)]))
+        junk = self.now % (1000 // JUNK_PER_S) < TICK_MS
+        for d in range(self.sc.n):
+            if d == node.index:
+                continue
+            for raw in [fetch] * per_tick + votes + ([self.junk] if junk else []):
+                self._send(node.index, d, raw)
+
+    def _costed(self, node: Node, size: int, call: Any) -> None:
+        """Run ``call(replica)`` on ``node`` and charge its CPU for it (costs modelled): a message of
+        ``size`` bytes (0 for timers and client submissions), the signature checks and the
+        executed transactions; its effects leave when that work is done."""
+        c = self.costs
+        rep = node.replicas[0]
+        self.decodes = 0
+        executed = rep.app.executed
+        start = max(node.cpu_free, self.now)
+        effects = call(rep)
+        cost = self.decodes * c.verify + (rep.app.executed - executed) * c.execute_per_tx
+        if size:
+            cost += c.message + size / 1024 * c.decode_per_kb
+        node.cpu_free = start + cost
+        now, self.now = self.now, max(self.now, math.ceil(node.cpu_free))
+        self._effects(node, rep, effects)
+        self.now = now
+
     # --- effects ----------------------------------------------------------------------------------
 
     def _effects(self, node: Node, rep: Replica, effects: list) -> None:
@@ -355,6 +481,9 @@ class Simulation:
             elif isinstance(e, Send):
                 if self.tracing:
                     self._log("%d -> %d %s" % (node.index, e.to, _describe(e.data)))
+                if self.costs is not None and m.kind_of(e.data) == m.BLOCKS:
+                    node.cpu_free = max(node.cpu_free, self.now) + self.costs.answer \
+                        + len(e.data) / 1024 * self.costs.answer_per_kb
                 self._out(node, [e.to], e.data)
             elif isinstance(e, Persist):
                 if rep is node.replicas[0]:
@@ -402,6 +531,8 @@ class Simulation:
             if end is not None:
                 self._push(end, RECOVER, i)
         self._push(sc.heal_ms, HEAL, None)
+        if self.stream:
+            self._push(sc.heal_ms, STREAM, None)
         deadline = sc.heal_ms + LIVENESS_BOUND_MS if max_ms is None else max_ms
         done_at = None
         while self.queue:
@@ -414,22 +545,49 @@ class Simulation:
                 node = self.nodes[dst]
                 if not node.up:
                     continue
+                if self.costs is not None and self.honest(dst):
+                    if node.cpu_free > t:                   # busy: the message waits its turn
+                        self._push(math.ceil(node.cpu_free), DELIVER, data)
+                        continue
+                    self._costed(node, len(raw), lambda r: r.receive(src, raw, t))
+                    continue
                 for rep in node.replicas:
                     self._effects(node, rep, rep.receive(src, raw, t))
+            elif kind == SEND_LATER:
+                src, dsts, raw = data
+                if self.nodes[src].up:
+                    for d in dsts:
+                        self._send(src, d, raw)
             elif kind == TICK:
                 node = self.nodes[data]
-                if node.up:
+                if node.up and self.costs is not None and self.honest(data):
+                    self._costed(node, 0, lambda r: r.tick(t))
+                elif node.up:
                     for rep in node.replicas:
                         self._effects(node, rep, rep.tick(t))
+                if node.up:
+                    if node.kind == "flood" and sc.heal_ms - FLOOD_BEFORE_MS <= t < sc.heal_ms + FLOOD_AFTER_MS:
+                        self._flood(node)
+                    elif t >= sc.heal_ms and self.honest(data):
+                        self._watch_slow(node)
                 self._push(t + TICK_MS, TICK, data)
+            elif kind == STREAM:
+                if t < self.stream_end:
+                    live = [i for i in range(sc.n) if self.nodes[i].up and self.honest(i)]
+                    if live:
+                        self._push(t, SUBMIT, (self.rnd.choice(live), None))
+                    self._push(t + max(1, 1000 // self.stream[0]), STREAM, None)
             elif kind == SUBMIT:
                 i, tx = data
                 node = self.nodes[i]
                 tx = tx or self._new_tx()
                 if node.up:
                     self._log("client submits %s to %d" % (hashlib.sha256(tx).hexdigest()[:8], i))
-                    for rep in node.replicas:
-                        self._effects(node, rep, rep.submit(tx, t))
+                    if self.costs is not None and self.honest(i):
+                        self._costed(node, 0, lambda r: r.submit(tx, t))
+                    else:
+                        for rep in node.replicas:
+                            self._effects(node, rep, rep.submit(tx, t))
             elif kind == REPLAY:
                 if self.submitted:
                     tx = self.rnd.choice(self.submitted)
@@ -453,7 +611,7 @@ class Simulation:
                         tx = self._new_tx()
                         self.liveness_txs.add(hashlib.sha256(tx).digest())
                         self._push(t + 1 + i, SUBMIT, (i, tx))
-            if t >= sc.heal_ms and self.liveness_txs:
+            if t >= sc.heal_ms and self.liveness_txs and t >= self.stream_end:
                 if done_at is None and self._live_done():
                     done_at = t
                 if done_at is not None:
@@ -464,6 +622,10 @@ class Simulation:
                         self.violations.append("LIVENESS: live honest replicas at heights %s %d ms after the "
                                                "last liveness commit" % (sorted(heights), CONVERGE_BOUND_MS))
                         break
+        for node in self.nodes:
+            if node.slow_ms > SLOW_BOUND_MS:
+                self.violations.append("SLOW PRIMARY: replica %d spent %d ms with work under a slow primary "
+                                       "after the heal" % (node.index, node.slow_ms))
         if done_at is None and max_ms is None:
             if not self._live_done():
                 self.violations.append("LIVENESS: transactions submitted at the heal (%d ms) not "
@@ -474,6 +636,12 @@ class Simulation:
         self._log("end heights %s violations %d" % (heights, len(self.violations)))
         return Result(self.seed, sc, self.violations, heights, self.messages, self.drops, self.now,
                       self.trace)
+
+    def _watch_slow(self, node: Node) -> None:
+        rep = node.replicas[0]
+        primary = self.nodes[self.config.primary(rep.view)]
+        if primary.kind == "slow" and primary.up and not rep.in_view_change and rep._has_work():
+            node.slow_ms += TICK_MS
 
     def _live_replicas(self) -> list[Replica]:
         return [n.replicas[0] for n in self.nodes if n.up and self.honest(n.index)]
@@ -511,7 +679,7 @@ class Simulation:
                                        % (node.index, len(node.persisted), rep.height))
 
 
-DELIVER, TICK, SUBMIT, REPLAY, CRASH, RECOVER, HEAL = range(7)
+DELIVER, TICK, SUBMIT, REPLAY, CRASH, RECOVER, HEAL, SEND_LATER, STREAM = range(9)
 
 
 def _describe(data: bytes) -> str:
