@@ -82,3 +82,23 @@ def test_supervise_restarts_a_broker_and_writes_the_status(tmp_path):
     s.stopping = True
     s.broker = FakeProc(4242, returncode=-9)
     assert s.supervise(now=20.0) == []                                    # the operator is stopping the site
+
+
+def test_up_status_prints_the_supervisors_view(tmp_path, capsys):
+    from ledgerlink.tools import up
+
+    (tmp_path / "up.json").write_text(json.dumps({"data_dir": "site", "site": "st"}))
+    assert up.main(["--status", "--config", str(tmp_path / "up.json")]) == 1
+    assert "no site status in %s" % (tmp_path / "site" / "status.json") in capsys.readouterr().err
+    (tmp_path / "site").mkdir()
+    s = st.Stack(tmp_path / "site", site="st")
+    s.broker_kind = "mosquitto"
+    s.broker = FakeProc(77, returncode=-9)
+    s._spawn_broker = lambda: setattr(s, "broker", FakeProc(78))
+    s.supervise(now=1.0)
+    assert up.main(["--status", "--config", str(tmp_path / "up.json")]) == 1     # restarting
+    assert "mosquitto            restarting pid -        restarts 0, last exit status -9" in capsys.readouterr().out
+    s.supervise(now=2.0)
+    assert up.main(["--status", "--config", str(tmp_path / "up.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("site 'st', status written ") and "mosquitto            running    pid 78" in out

@@ -32,8 +32,8 @@ later runs reuse them. When everything runs it prints where each part is and a l
 The site is supervised: a part that exits by itself (a crashed gateway, ledger node or broker) is started
 again with backoff while the others keep running (``ledgerlink.tools.stack``: 0.5 s, doubled for each crash
 in a row, at most 30 s), and each exit and restart is printed. ``data_dir/status.json`` and
-``data_dir/status.prom`` say what runs and how often each part was restarted. The site stops only when
-the operator stops it. Private keys are never printed.
+``data_dir/status.prom`` say what runs and how often each part was restarted (``ledgerlink up --status
+--config FILE`` prints it). The site stops only when the operator stops it. Private keys are never printed.
 
 The local broker admits no anonymous client: every client logs in with its own account, bound to its
 client id, and may use only its role's topics (``ledgerlink.tools.broker_access``: the accounts in
@@ -498,18 +498,39 @@ def run(cfg: UpConfig, broker: str | None = None) -> int:
         return EXIT_FAILED
 
 
+def print_status(cfg: UpConfig) -> int:
+    """Print each part of the site from ``data_dir/status.json``; 1 when there is none or a part is down."""
+    path = cfg.data_dir / "status.json"
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print("ledgerlink up: no site status in %s (%s): is the site running?" % (path, exc), file=sys.stderr)
+        return EXIT_FAILED
+    age_s = (time.time() * 1000 - status["time_ms"]) / 1000
+    print("site %r, status written %.0f s ago" % (cfg.site, age_s))
+    for part in status["parts"]:
+        print("%-20s %-10s pid %-8s restarts %d%s" % (part["name"], part["state"], part["pid"] or "-", part["restarts"],
+                                                      "" if part["last_exit"] is None
+                                                      else ", last exit status %s" % part["last_exit"]))
+    return 0 if all(p["state"] == "running" for p in status["parts"]) else EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ledgerlink up", description=__doc__.split("\n")[0].replace("`", ""),
                                 epilog="Config format: see the module docstring of ledgerlink.tools.up "
                                        "and tools/up.example.json.")
     p.add_argument("--config", required=True, metavar="FILE", help="site config (JSON, or TOML ending in .toml)")
     p.add_argument("--check", action="store_true", help="only check the config and the machine, start nothing")
+    p.add_argument("--status", action="store_true",
+                   help="print what the running site's supervisor last wrote (data_dir/status.json) and exit")
     p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default=None,
                    help="MQTT broker to start unless broker.external is set: mosquitto, embedded (in Python) or "
                         "auto (default, or $LEDGERLINK_BROKER): mosquitto when installed, else embedded")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
+        if args.status:
+            return print_status(cfg)
         if args.check:
             preflight(cfg, args.broker)
             print("config %s is usable: site %r, data in %s" % (args.config, cfg.site, cfg.data_dir))
