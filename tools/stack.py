@@ -23,8 +23,9 @@ Supervision: ``supervise()``, called every fraction of a second by whoever runs 
 (``ledgerlink up``, the chaos tool), starts again every part that exited without being asked to
 (broker, a ledger node, a gateway), after a delay of ``RESTART_FIRST_S`` doubled for each crash in a
 row up to ``RESTART_MAX_S`` (a part that ran ``STABLE_S`` starts over at the first delay); the other
-parts keep running. It returns one line per event ("... exited ...; restart N in D s", "... restarted")
-and writes ``data_dir/status.json`` (each part: pid, state, restarts, last exit status) and
+parts keep running. It returns one line per event ("... exited ...; starting it again in D s",
+"... restarted") and writes, at each event and every ``STATUS_EVERY_S``, ``data_dir/status.json`` (each
+part: pid, state, restarts, last exit status) and
 ``data_dir/status.prom`` (Prometheus text: ``ledgerlink_site_restarts_total``,
 ``ledgerlink_site_part_up``, for a node exporter's text-file collector).
 """
@@ -70,6 +71,7 @@ AUTOSAVE_S = 1                        # mosquitto writes its persistence file th
 RESTART_FIRST_S = 0.5                 # delay before a crashed part is started again; doubled per crash in a row
 RESTART_MAX_S = 30.0
 STABLE_S = 60.0                       # a part that ran this long counts its next crash as the first in a row
+STATUS_EVERY_S = 5.0                  # status files are written at least this often (and at each event)
 REASON_OK = 0
 PR_SET_PDEATHSIG = 1
 
@@ -271,6 +273,7 @@ class Stack:
         self.followed: int | None = None            # ledger height whose bans the broker accounts reflect
         self.parts: dict[str, _Part] = {}
         self.stopping = False
+        self.status_written = float("-inf")
 
     @property
     def gateway(self) -> subprocess.Popen | None:
@@ -491,7 +494,8 @@ class Stack:
             if part.key == "broker":
                 part.name = self.broker_name
             lines.extend(part.check(now))
-        if lines or not (self.data_dir / "status.json").exists():
+        if lines or now - self.status_written >= STATUS_EVERY_S:
+            self.status_written = now
             try:
                 self.write_status()
             except OSError as exc:                      # a full disk must not stop the supervision
