@@ -248,7 +248,22 @@ class DeviceClient:
             self._plain_order.append(out.seq)
             while len(self._plain_order) > self.config["max_tracked"]:
                 self._plain.pop(self._plain_order.pop(0), None)
+            if self.protocol.chain_due(t):
+                self.state_chain(t, False)
         return out.seq
+
+    def state_chain(self, time_ms=None, close=True):
+        """Queue the device-signed chain statements of the session readings (``ledgerlink.core.session_chain``):
+        those due (16 readings, 60 s, a session change: done by ``publish``), and with ``close`` the rest too
+        (``close()`` does it). Returns how many were queued. A chain lost with a reset is never stated."""
+        t = self.time_ms() if time_ms is None else time_ms
+        n = 0
+        while True:
+            out = self.protocol.chain_statement(t, close)
+            if out is None:
+                return n
+            self.queue.push(out.topic, out.payload)
+            n += 1
 
     def _release_held(self):
         """Seal the held readings in order under the session now open."""
@@ -482,6 +497,8 @@ class DeviceClient:
         return self.stats["receipts_valid"] + self.stats["receipts_invalid"]
 
     def close(self):
+        if self.ecqv:
+            self.state_chain()
         if self.mqtt is not None:
             try:
                 self.mqtt.disconnect()
