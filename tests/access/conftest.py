@@ -16,6 +16,7 @@ import pytest
 from ledgerlink.core.backend import get_backend
 from ledgerlink.device.core import DeviceCore, MemoryCounter, ReceiptResult, SequenceCounter
 from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.tools.broker_access import ROLE_CONTROLLER
 from ledgerlink.tools.stack import Stack
 
 SITE = "acc"
@@ -87,7 +88,8 @@ class Client:
 class Dev:
     """A registered device with its broker login; builds its own signed readings."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, role: int = 1) -> None:
+        self.role = role
         self.priv = CRYPTO.generate_private_key()
         self.core = DeviceCore(self.priv, stack.site, SequenceCounter(MemoryCounter()), stack.chain_id,
                                stack.validators, ca_public=stack.public_key("gw-ca"),
@@ -97,9 +99,11 @@ class Dev:
         self.stack = stack
 
     def registration(self) -> bytes:
-        return enc.registration_request(self.priv, 1, {"name": "access-test"}, now_ms())
+        return enc.registration_request(self.priv, self.role, {"name": "access-test"}, now_ms())
 
     def login(self) -> dict[str, str]:
+        if self.role == ROLE_CONTROLLER:
+            return self.stack.access.add_device(self.id, "controller")
         return self.stack.device_login(self.id)
 
     def client(self) -> Client:

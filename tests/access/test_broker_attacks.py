@@ -12,7 +12,8 @@ import re
 import time
 
 from ledgerlink.core import cbor
-from tests.access.conftest import NOT_AUTHORIZED, SITE, Client, now_ms
+from ledgerlink.tools.broker_access import ROLE_CONTROLLER
+from tests.access.conftest import NOT_AUTHORIZED, SITE, Client, Dev, now_ms
 
 
 def _gateway_connects(stack) -> int:
@@ -120,3 +121,19 @@ def test_banned_device_is_cut_off_within_a_second(stack, register):
     gc = good.client()
     good.served(gc)
     gc.close()
+
+
+def test_only_a_controller_publishes_commands(stack, register):
+    target, device = register(2)
+    controller = Dev(stack, role=ROLE_CONTROLLER)
+    stack.register([controller.registration()])
+    target_c = target.client()
+    assert target_c.subscribe("ll/%s/dev/%s/cmd" % (SITE, target.id.hex())) == 1
+    device_c, controller_c = device.client(), controller.client()
+    cmd_topic = "ll/%s/dev/%s/cmd" % (SITE, target.id.hex())
+    assert device_c.publish(cmd_topic, b"from a device") == NOT_AUTHORIZED
+    assert controller_c.publish(cmd_topic, b"from the controller") == 0
+    got = [p for t, p, _ in target_c.drain(1.0) if t == cmd_topic]
+    assert got == [b"from the controller"]
+    for c in (target_c, device_c, controller_c):
+        c.close()
