@@ -35,6 +35,7 @@ import sys
 import time
 from typing import Any
 
+from ledgerlink.ledger.attacks import noncanonical_frame
 from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.consensus.replica import Broadcast, Send
 from ledgerlink.ledger.node import Node, load_key
@@ -47,16 +48,6 @@ DEFAULT_RATE = {"oversized": 2.0, "fetch-flood": 1000.0, "vote-flood": 1000.0}
 DEFAULT_HOLD_MS = 800
 FLOOD_TICK_S = 0.02
 NEVER_READ_AFTER_S = 0.5      # inbound connections older than this stop being read (the hello is done)
-
-
-def noncanonical_frame(size: int) -> bytes:
-    """``size`` bytes (at least 8) of valid CBOR that no canonical decoder accepts: an array (4-byte
-    count) of the uint 1 written in two bytes (0x19 0x00 0x01) instead of one, padded with one
-    byte string of non-minimal 4-byte length."""
-    count = (size - 5 - 5) // 3
-    pad = size - 5 - 3 * count - 5
-    return (b"\x9a" + (count + 1).to_bytes(4, "big") + b"\x19\x00\x01" * count
-            + b"\x5a" + pad.to_bytes(4, "big") + bytes(pad))
 
 
 class RogueNode(Node):

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledgerlink.core.backend import get_backend
+from ledgerlink.ledger.attacks import noncanonical_frame
 from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.consensus.kv_app import KVApp, make_tx
 from ledgerlink.ledger.consensus.replica import (
@@ -83,16 +84,6 @@ class Costs:
     execute_per_tx: float = 0.05
     answer: float = 0.2              # signing a block answer
     answer_per_kb: float = 0.2       # encoding it
-
-
-def noncanonical_frame(size: int) -> bytes:
-    """``size`` bytes (at least 10) of valid CBOR that no canonical decoder accepts: an array (4-byte
-    count) of the uint 1 written in two bytes (0x19 0x00 0x01) instead of one, ending in one byte
-    string of non-minimal 4-byte length."""
-    count = (size - 10) // 3
-    pad = size - 10 - 3 * count
-    return (b"\x9a" + (count + 1).to_bytes(4, "big") + b"\x19\x00\x01" * count
-            + b"\x5a" + pad.to_bytes(4, "big") + bytes(pad))
 
 
 class _CountingKV(KVApp):
