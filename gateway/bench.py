@@ -349,8 +349,12 @@ def main(argv: list[str] | None = None) -> int:
             "gateway CPU %.3f ms per message" % (n, len(first), secs, n / secs, first_cpu))
 
         def make_frames(count: int, pool: list[DeviceCore], mode: str = MODE_SIGNED) -> list[tuple[str, bytes]]:
-            return [(pool[i % len(pool)].up_topic, pool[i % len(pool)].reading({"t": i}, now_ms(), mode).payload)
-                    for i in range(count)]
+            frames = [(pool[i % len(pool)].up_topic, pool[i % len(pool)].reading({"t": i}, now_ms(), mode).payload)
+                      for i in range(count)]
+            if mode == MODE_SESSION:        # then each device states its session chain (clients: every 16 readings)
+                t = now_ms()
+                frames += [(d.up_topic, s.payload) for d in pool for s in [d.chain_statement(t, close=True)] if s]
+            return frames
 
         def repeated(name: str, count: int, pool: list[DeviceCore], mode: str) -> tuple[float, float, float, float]:
             """Medians over ``args.repeat`` closed-loop runs of: msg/s, gateway CPU ms per message, CPU ms per
