@@ -150,6 +150,10 @@ class GatewayService:
                     found.append(msg)
         if statements:
             self.chains.record(statements)
+        gone = {i for i, _ in elsewhere}
+        for i, row in enumerate(accepted):
+            if row[0][:1] == b"\xd0" and i not in gone:         # a session frame this process stored
+                self.chains.note(row[1], row[2], row[0])
         stored += [(m.device, m.seq, m.frame_hash) for m in found]
         if stored:
             out.outgoing.extend(self._acks(stored, now_ms))

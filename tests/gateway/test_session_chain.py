@@ -137,3 +137,21 @@ def test_chain_statements_must_be_signed_and_well_formed(tmp_path):
                        dev.up_topic.encode(), CRYPTO)                # signed by the gateway, not the device
     [refusal] = replies(svc.handle_frame(dev.up_topic, other, NOW), c.KIND_REFUSAL)
     assert refusal[2] == c.BAD_SIGNATURE
+
+
+def test_statements_are_checked_against_the_store_after_a_restart(tmp_path):
+    ledger, svc, dev = setup(tmp_path)
+    outs = [dev.reading({"i": i}, NOW, dp.MODE_SESSION) for i in range(5)]
+    assert send(svc, outs) == []
+    first = dev.chain_statement(NOW, close=True)
+    svc.store.close()
+    svc = make(ledger, tmp_path / "gw.db")                          # nothing held in memory: the store is read
+    assert svc.chains.recent == {}
+    assert replies(run(svc, ledger, first.topic, first.payload), c.KIND_REFUSAL) == [] and svc.chains.verified == 1
+    more = [dev.reading({"i": i}, NOW, dp.MODE_SESSION) for i in range(3)]
+    assert send(svc, more[:1] + more[2:]) == []
+    svc.store.close()
+    svc = make(ledger, tmp_path / "gw.db")
+    last = dev.chain_statement(NOW, close=True)                      # a frame of its range was never stored
+    [refusal] = replies(run(svc, ledger, last.topic, last.payload), c.KIND_REFUSAL)
+    assert refusal[2] == c.CHAIN_MISMATCH
