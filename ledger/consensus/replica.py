@@ -260,6 +260,7 @@ class _ViewChange:
 _VOTES = (m.PRE_PREPARE, m.PREPARE, m.COMMIT)
 SLOW_PRIMARY_FRACTION = 3     # a backup demands a view change below 1/3 of the rate the pool and recent blocks allow
 SLOW_PRIMARY_MIN_BLOCKS = 2
+SLOW_PRIMARY_MAX_BLOCKS = 256      # samples kept (a window of blocks under 4 ms each is not judged)
 FETCH_MIN_COST_DIV = 256
 SEND_BUDGET_DIV = 8                # blocks sent to one peer: max_message_size / 8 bytes a second
 FETCH_REQUESTS_PER_S = 50          # fetch-blocks a peer may send a second (burst as many)
@@ -321,7 +322,7 @@ class Replica:
         self.votes_saved = False            # a vote record was emitted (or restored): votes may leave
         self.waiting_since: int | None = None      # ready for the next proposal with work waiting
         self.proposed_at: int | None = None        # the valid proposal for the next height arrived
-        self.service: deque[tuple[int, int]] = deque()   # (d, p) of this view's recent blocks
+        self.service: deque[tuple[int, int]] = deque(maxlen=SLOW_PRIMARY_MAX_BLOCKS)   # (d, p) of recent blocks
         self.slow_primary_demands = 0               # view changes this replica demanded for a slow primary
         self.send_budget: dict[int, tuple[int, int]] = {}   # peer -> (bytes of blocks it may get, at ms)
         self.fetch_budget: dict[int, tuple[float, int]] = {}  # peer -> (fetch requests it may send, at ms)
