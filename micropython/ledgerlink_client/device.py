@@ -255,7 +255,8 @@ class DeviceClient:
     def state_chain(self, time_ms=None, close=True):
         """Queue the device-signed chain statements of the session readings (``ledgerlink.core.session_chain``):
         those due (16 readings, 60 s, a session change: done by ``publish``), and with ``close`` the rest too
-        (``close()`` does it). Returns how many were queued. A chain lost with a reset is never stated."""
+        (call it before a reset or power-down that ends the session). Returns how many were queued. A chain
+        lost with a reset is never stated: its readings stay uncovered."""
         t = self.time_ms() if time_ms is None else time_ms
         n = 0
         while True:
@@ -497,8 +498,6 @@ class DeviceClient:
         return self.stats["receipts_valid"] + self.stats["receipts_invalid"]
 
     def close(self):
-        if self.ecqv:
-            self.state_chain()
         if self.mqtt is not None:
             try:
                 self.mqtt.disconnect()
