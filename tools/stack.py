@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ledgerlink.core.backend import get_backend
-from ledgerlink.ledger.client import LedgerClient
+from ledgerlink.ledger.client import LedgerClient, LedgerUnavailable
 from ledgerlink.ledger.cluster import LocalCluster, write_key
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.tools.broker_access import (DASHBOARD_TOKEN_FILE, SiteAccess, consumer_username, dashboard_token,
@@ -595,6 +595,8 @@ class Stack:
                         lines.append("broker account %s %s (ledger height %d)" % (
                             device_username(dev), "disabled: banned" if banned else "enabled", self.followed))
             return lines
+        except LedgerUnavailable:
+            return []                    # no node answers now (the supervisor reports and restarts them): next call
         except (OSError, StackError, ValueError, KeyError, TypeError) as exc:
             return ["following bans: %s" % exc]
 
