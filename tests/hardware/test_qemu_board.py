@@ -140,10 +140,10 @@ def cycle_image(tmp_path_factory):
     return qemu_board.cycle_image(tmp_path_factory.mktemp("qemu-cycle") / "lib.romfs")
 
 
-# Signed mode completes on the 110 KB firmware. Session mode does not reliably yet: about half of its runs
-# at 110 KB end in MemoryError (a 1 KB block of aes._build_tables on the fragmented heap; peak live heap
-# 87 KB), so it runs here on the 190 KB firmware; `python3 -m ledgerlink.tools.qemu_board --cycle`
-# prints both modes at both heaps.
+# Signed mode completes on the 110 KB firmware. Session mode runs here on the 190 KB one: at 110 KB it
+# completes in most runs (peak live heap 88 KB of 110) but not all (MemoryError on a 1 KB block of
+# aes._build_tables on the fragmented heap, or receipts not all in); `python3 -m
+# ledgerlink.tools.qemu_board --cycle` prints both modes at both heaps.
 @pytest.mark.slow
 @pytest.mark.parametrize("mode,heap_kb", [("signed", 110), ("session", 190)])
 def test_client_cycle_on_the_qemu_board_over_uart1_to_the_real_stack(stack, site, cycle_image, mode, heap_kb):
@@ -160,7 +160,8 @@ def test_client_cycle_on_the_qemu_board_over_uart1_to_the_real_stack(stack, site
     finally:
         app.close()
     stats = report["stats"]
-    assert report["registered"]["code"] == 0 and qemu_board.cycle_ok(report), report
+    assert report["registered"]["code"] == 0
+    assert qemu_board.cycle_ok(report), {k: report.get(k) for k in ("opened", "stats", "command", "wall_s")}
     assert stats["receipts_valid"] == n and stats["receipts_invalid"] == 0, stats
     assert sorted(r[1] for r in report["receipts"]) == list(range(1, n + 1))
     assert all(r[0] is True and r[2] == "" and r[3] >= 1 for r in report["receipts"])
