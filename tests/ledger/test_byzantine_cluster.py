@@ -7,7 +7,7 @@ view 0.
 The floors (about 1.3 blocks/s) are far below what an idle machine gives at this load (about 15
 blocks/s) so that a busy 2-core CI machine meets them; the slow-primary test also asserts the view
 change, which did not happen before the defence (the primary kept the chain at 1.3 blocks/s for
-good). Each test starts its own cluster and takes 8-12 s, hence ``slow``."""
+good). Each test starts its own cluster and takes 8-20 s, hence ``slow``."""
 
 import time
 
