@@ -5,6 +5,10 @@ as .mpy files in 110 KB (a plain ESP32's free heap), in session and in signed mo
 session open (session mode), ten readings, every receipt checked on the board (certified header,
 batch proof, anchor), one controller command checked against the controller's ledger record.
 ``python3 -m ledgerlink.tools.board_runtime --cycle`` prints the same runs with their peak heap.
+
+Until the targets are met, ``KEPT_COMPACT_HEAP`` holds what the client reaches today from ROMFS: with
+the collector run every ``gc_threshold`` bytes (device.py) the cycle completes in 88 KB, where a
+collection only on a full heap needed 102 KB (session) and 91 KB (signed).
 """
 
 import pytest
@@ -13,6 +17,8 @@ from ledgerlink.tools.board_runtime import CYCLE_READINGS, LAYOUT_HEAP, Board, C
 from ledgerlink.tools.stack import Stack
 
 pytestmark = [pytest.mark.micropython, pytest.mark.slow]
+
+KEPT_COMPACT_HEAP = 88 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +47,17 @@ def test_client_cycle_completes_at_the_layout_heap(site, board, mode):
     assert report["stats"]["receipts_valid"] == CYCLE_READINGS
     assert run.heap_bytes == LAYOUT_HEAP[board.layout] and run.peak_live <= run.heap_bytes
     print("%s, %s mode: peak live %d B of %d B" % (board.name, mode, run.peak_live, run.heap_bytes))
+
+
+@pytest.fixture(scope="module")
+def romfs_board(tmp_path_factory):
+    b = Board("romfs", workdir=tmp_path_factory.mktemp("board-romfs-compact"))
+    yield b
+    b.close()
+
+
+@pytest.mark.parametrize("mode", ["session", "signed"])
+def test_client_cycle_completes_from_romfs_in_a_heap_kept_compact(site, romfs_board, mode):
+    report, run = site.cycle(romfs_board, mode, KEPT_COMPACT_HEAP)
+    assert cycle_ok(report, mode), report
+    assert run.heap_bytes == KEPT_COMPACT_HEAP
