@@ -71,7 +71,6 @@ COMMAND_AHEAD_MAX_MS = 24 * 3600 * 1000     # a command's not-after is at most t
 REFUSAL_REPLAY = 7
 REPLAY_SKIP_MIN = 64                        # the gateway's replay window
 REPLAY_SKIP_MAX = 1 << 16                   # bounds what forged replay refusals can burn of the 2^32 numbers
-CHAINS_CLOSED_MAX = 4                       # chains of earlier sessions kept for their statement
 
 
 class DeviceError(LedgerlinkError):
@@ -349,8 +348,7 @@ class DeviceProtocol:
         self._replay_upto = 0           # replay refusals of numbers up to this one moved the counter already
         self._headers = []              # [(trust-bound hash, Header)], newest last
         self._anchors = []              # trust-bound hashes of anchor signatures that verified
-        self.chain = None               # session_chain.Chain of the current session's frames since the last statement
-        self._chains_closed = []        # chains of earlier sessions not yet stated
+        self.chains = None              # session_chain.Chains of the session frames not yet stated
 
     def __repr__(self):
         return "DeviceProtocol(%s, site=%s)" % (self.device_id.hex(), self.site)
@@ -411,40 +409,23 @@ class DeviceProtocol:
         out = OutFrame(topic, frame, seq)
         self._track(seq, out.frame_hash)
         if mode == MODE_SESSION:
-            self._chain_frame(keys.session_id, seq, out.frame_hash, time_ms)
+            if self.chains is None:
+                from ledgerlink.core.session_chain import Chains
+                self.chains = Chains()
+            self.chains.add(keys.session_id, seq, out.frame_hash, time_ms)
         return out
 
     # --- session chain statements (ledgerlink.core.session_chain) ------------------------------------
 
-    def _chain_frame(self, session_id, seq, frame_hash, time_ms):
-        from ledgerlink.core import session_chain
-
-        chain = self.chain
-        if chain is not None and chain.session_id != session_id:
-            self._chains_closed.append(chain)
-            while len(self._chains_closed) > CHAINS_CLOSED_MAX:
-                self._chains_closed.pop(0)
-            chain = None
-        if chain is None:
-            chain = self.chain = session_chain.Chain(session_id, time_ms)
-        chain.add(seq, frame_hash)
-
     def chain_due(self, now_ms):
-        """True when a chain statement is due: a chain of an earlier session, or the current one is long or old."""
-        return len(self._chains_closed) > 0 or (self.chain is not None and self.chain.due(now_ms))
+        """True when a chain statement is due (``session_chain.Chains.due``)."""
+        return self.chains is not None and self.chains.due(now_ms)
 
     def chain_statement(self, time_ms, close=False):
-        """The next chain statement due (a signed reading, see ``session_chain``), or None. ``close``: state
-        the current chain even when not due (the session closes). The stated chain is done with: the next
-        session frame starts a new one, and a chain lost with the device's memory is never stated."""
-        if self._chains_closed:
-            chain = self._chains_closed.pop(0)
-        elif self.chain is not None and self.chain.count and (close or self.chain.due(time_ms)):
-            chain = self.chain
-            self.chain = None
-        else:
-            return None
-        return self.reading(chain.measurements(), time_ms, MODE_SIGNED)
+        """The next chain statement due (a signed reading), or None; ``close``: also the current chain
+        (``session_chain.Chains.take``)."""
+        chain = self.chains.take(time_ms, close) if self.chains is not None else None
+        return None if chain is None else self.reading(chain.measurements(), time_ms, MODE_SIGNED)
 
     def _track(self, seq, frame_hash):
         self.sent[seq] = frame_hash

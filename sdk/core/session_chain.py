@@ -92,6 +92,44 @@ class Chain:
         return {STATEMENT_KEY: [self.session_id, self.first, self.last, self.head]}
 
 
+class Chains:
+    """A device's chains not yet stated: ``current`` (of the session it seals under now) and ``closed``
+    ones of earlier sessions (at most ``CLOSED_MAX``; older ones are dropped, their frames uncovered)."""
+
+    CLOSED_MAX = 4
+
+    def __init__(self):
+        self.current = None
+        self.closed = []
+
+    def add(self, session_id, seq, frame_hash, time_ms):
+        """Chain a frame sealed under ``session_id``; a frame of another session closes the current chain."""
+        chain = self.current
+        if chain is not None and chain.session_id != session_id:
+            self.closed.append(chain)
+            while len(self.closed) > self.CLOSED_MAX:
+                self.closed.pop(0)
+            chain = None
+        if chain is None:
+            chain = self.current = Chain(session_id, time_ms)
+        chain.add(seq, frame_hash)
+
+    def due(self, now_ms):
+        """True when a statement is due: a closed chain, or the current one is long or old (``Chain.due``)."""
+        return len(self.closed) > 0 or (self.current is not None and self.current.due(now_ms))
+
+    def take(self, now_ms, close=False):
+        """The next chain to state (then done with: the next frame starts a new chain), or None. ``close``:
+        the current chain even when not due (its session ends)."""
+        if self.closed:
+            return self.closed.pop(0)
+        chain = self.current
+        if chain is not None and chain.count and (close or chain.due(now_ms)):
+            self.current = None
+            return chain
+        return None
+
+
 class Statement:
     """A decoded chain statement: ``device_id``, ``seq`` and ``time_ms`` of its reading, ``session_id``,
     ``first``, ``last`` and ``head``."""

@@ -91,7 +91,7 @@ def test_a_device_that_lost_its_chain_starts_a_new_range():
     dev = session_device(env)
     for i in range(3):
         dev.reading({"i": i}, NOW, dp.MODE_SESSION)
-    dev.chain = None                                                    # memory lost (reset): never stated
+    dev.chains = None                                                   # memory lost (reset): never stated
     later = dev.reading({"i": 3}, NOW, dp.MODE_SESSION)
     s = sc.verify(dev.chain_statement(NOW, close=True).payload, dev.public_key, dev.up_topic, CRYPTO)
     assert (s.first, s.last) == (later.seq, later.seq)
