@@ -862,8 +862,9 @@ class GatewayCore:
             raise _Refusal(RATE_LIMITED, "too many requests from %s" % topic_dev.hex())
         now_s = now_ms // 1000
         try:
-            cert, r = ecqv.issue(req[2], self.keys.ca, self.rng(16), self.gateway_id, topic_dev, now_s,
-                                 now_s + self.limits.session_lifetime_s, ecqv.USAGE_SESSION, rng=self.rng,
+            # valid from the device's own clock (within the skew), so a device behind can use it at once
+            cert, r = ecqv.issue(req[2], self.keys.ca, self.rng(16), self.gateway_id, topic_dev,
+                                 min(now_s, req[4] // 1000), now_s + self.limits.session_lifetime_s, ecqv.USAGE_SESSION, rng=self.rng,
                                  peer=self.site_public)
         except LedgerlinkError:
             raise _Refusal(MALFORMED, "request point R_U is not a valid P-256 point") from None

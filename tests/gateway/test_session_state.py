@@ -68,3 +68,14 @@ def test_restart_reinstalls_only_unexpired_certificates(tmp_path):
     core.install_session = lambda cert, d: installed.append(cert) or install(cert, d)
     GatewayService(core, store).restore(NOW)
     assert installed == [new]
+
+
+def test_a_session_is_valid_from_the_devices_request_time():
+    """A device whose clock is behind the gateway's (within the skew allowed) can use its certificate at once."""
+    e = Env()
+    behind = NOW - 1500
+    _, _, topic, req = _session(e, nonce=b"c" * 16, now=behind)          # the device's clock
+    cert = [x for x in e.feed(topic, req, NOW) if isinstance(x, c.CertIssued)][0].cert
+    parsed = c.ecqv.decode_cert(cert)
+    assert parsed.valid_at(behind // 1000)
+    assert parsed.valid_until == NOW // 1000 + e.core.limits.session_lifetime_s
