@@ -22,7 +22,8 @@ decode (per KB) and, if the replica gets as far, a signature verification; every
 transaction; every block answer its encoding and signature. A node works through its messages one
 at a time, so what a flooder makes it spend delays everything else it does. The flooder sends each
 peer, per tick, fetch-blocks 0..10^6 and prepares/commits with random hashes just above its own
-view and height at 1,000 a second each, and two max-size non-canonical CBOR frames a second.
+view and height at ``FLOOD_PER_S`` (200) a second each, and two max-size non-canonical CBOR frames a
+second, from ``FLOOD_BEFORE_MS`` before the heal to ``FLOOD_AFTER_MS`` after it.
 
 Invariants checked on every run:
   safety    no two non-Byzantine replicas commit different blocks (cbor [header, txs]) at one
@@ -68,10 +69,10 @@ SLOW_HOLD = 0.6                      # a slow primary holds each proposal 0.6 of
 SLOW_BOUND_MS = 2500
 STREAM_TPS = 25
 STREAM_MS = 3000
-FLOOD_PER_S = 1000                   # fetches, and votes, a flooder sends each peer a second
+FLOOD_PER_S = 200                    # fetches, and votes, a flooder sends each peer a second (the rogue process: 1,000)
 JUNK_PER_S = 2
 FLOOD_BEFORE_MS = 500                # a flooder floods from this long before the heal
-FLOOD_AFTER_MS = 2000                # to this long after it (while the liveness transactions commit)
+FLOOD_AFTER_MS = 1000               # to this long after it (while the liveness transactions commit)
 
 
 @dataclass(frozen=True)
