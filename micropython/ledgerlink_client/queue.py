@@ -262,6 +262,12 @@ class SeqCounter:
         if seq > self.last:
             self.last = min(seq, 0xFFFFFFFF)
 
+    def hold(self):
+        """Store the mark now (at least ``last``), so a session opened at ``last`` outlives a reset."""
+        if self.last > self.reserved:
+            self.reserved = self.last
+        _store_u32(self.storage, self.name, self.reserved)
+
     def next(self):
         seq = self.last + 1
         if seq > 0xFFFFFFFF:

@@ -308,7 +308,8 @@ class DeviceProtocol:
     ``private_key``: 32-byte identity key (``device_id``, when given, must be its id). ``counter``: the
     persistent sequence counter: ``next()`` returns the next number, ``last`` is the last one handed
     out (after a start: the stored mark), ``lost`` says its store was missing or damaged at start, and
-    ``advance(n)`` makes every later number higher than ``n``. ``chain_id`` and ``validator_keys``: the validator set
+    ``advance(n)`` makes every later number higher than ``n``; ``hold()``, where present, stores the mark at
+    once (called when a session opens). ``chain_id`` and ``validator_keys``: the validator set
     trusted for receipts and record proofs (None: receipts cannot be checked). ``ca_public``: the
     fog CA key that issues session certificates. ``gateway_keys``: optional {gateway device-id:
     identity public key}; when given, receipts need an anchor signed by one of them. ``rng(n)``:
@@ -623,6 +624,9 @@ class DeviceProtocol:
             return Ignored("session response refused: %s: %s" % (type(exc).__name__, exc))
         self._pending_session = None
         session.mark = getattr(self.counter, "last", None)
+        hold = getattr(self.counter, "hold", None)
+        if hold is not None:
+            hold()                      # the mark is stored: a restart keeps the counter and the session
         self.session = session
         return SessionOpened(session.keys.session_id, session.gateway_id, session.valid_until_s, cert_tx)
 

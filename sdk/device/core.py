@@ -76,6 +76,12 @@ class SequenceCounter:
         """Make every later number higher than ``seq`` (stored with the next number handed out)."""
         self.last = max(self.last, min(seq, MAX_SEQ))
 
+    def hold(self) -> None:
+        """Store the mark now (at least ``last``): a session opened at ``last`` is then kept across a restart
+        even when no number was handed out since the store was lost or made."""
+        self.mark = max(self.mark, self.last)
+        self.storage.store(self.mark)
+
     def next(self) -> int:
         seq = self.last + 1
         if seq > MAX_SEQ:

@@ -501,3 +501,24 @@ def test_sdk_lost_command_store_with_an_unset_clock_at_start_is_fenced_at_the_fi
     assert not refused.accepted and "command store" in refused.reason
     assert dev.handle_command(dev.cmd_topic, env.command("controller", target, 2, "x", None, NOW + DAY_MS),
                               NOW).accepted
+
+
+def test_sdk_session_opened_before_any_reading_survives_a_restart(env, tmp_path):
+    """A session opened on a fresh device (no counter file yet) is kept: opening it stores the counter mark."""
+    dev = SdkDevice(env, str(tmp_path))
+    assert dev.core.counter.lost
+    dev.open_session()
+    dev.restart()
+    assert dev.restored and not dev.core.counter.lost
+    dev.publish(1)
+    pairs = nonce_pairs(dev.sent)
+    assert len(pairs) == len(set(pairs))
+
+
+def test_board_session_opened_before_any_reading_survives_a_reset(env, tmp_path):
+    storage, sent, accepted = FileStorage(str(tmp_path)), [], []
+    client = board_client(env, storage, sent, accepted)
+    assert client.seq.lost and client.open_session(5000)
+    again = board_client(env, storage, sent, accepted)
+    assert not again.seq.lost and again.stats["sessions_restored"] == 1
+    assert again.session.keys.session_id == client.session.keys.session_id
