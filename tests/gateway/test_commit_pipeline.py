@@ -31,7 +31,7 @@ class FakeClient:
     def ack_many(self, acks, flush=True) -> None:
         self.log += [("ack", token) for token in acks]
 
-    def publish(self, topic, payload, qos=1, retain=False) -> None:        # as paho's
+    def publish(self, topic, payload, qos=1, retain=False, flush=True) -> None:    # as paho's (flush: ours)
         self.log.append(("publish", topic))
 
     def ack(self, mid, qos) -> None:                                        # as paho's
