@@ -186,7 +186,7 @@ def test_counter_faults_and_replay_refusals_in_vm(client_vm):
     params = session_params()
     # the WASI VM does not collect: its heap holds everything the ~40 sealed frames allocate; board32 runs
     # several client lives in one program at 256 KB (the heap budgets are tests/boards' subject)
-    out, _ = client_vm.run_json(PROGRAM % params, fuel=12_000_000_000, heap_bytes=96 * 1024 * 1024,
+    out, _ = client_vm.run_json(PROGRAM % params, fuel=40_000_000_000, heap_bytes=96 * 1024 * 1024,
                                 board_heap=256 * 1024, timeout=180)
     assert out["intact"] == {"lost": False, "restored": 1, "seq": 17, "session": True,
                              "record": out["intact"]["record"]} and out["intact"]["record"] > 0

@@ -19,7 +19,9 @@ FUEL = 20_000_000_000
 HEAP = 64 * 1024 * 1024
 
 SETUP = """
-import json
+import gc, json
+if hasattr(gc, "threshold"):
+    gc.threshold(8192)          # as the board client does (its gc_threshold): collect before the heap fragments
 from ledgerlink.core import cbor, device_protocol as dp
 from ledgerlink.core.errors import LedgerlinkError
 
