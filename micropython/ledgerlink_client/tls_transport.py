@@ -4,7 +4,7 @@ The broker's certificate must chain to the site CA (``tls_ca``, DER); a port who
 certificates (axTLS) raises OSError instead of connecting unchecked.
 """
 
-from ledgerlink_client.transport import _TIMEOUT_ERRNOS, SocketTransport
+from ledgerlink_client.transport import SocketTransport
 
 
 def wrap(sock, host, ca_der):
@@ -33,17 +33,4 @@ class TlsTransport(SocketTransport):
         self.sock.write(data)
 
     def read(self, n, timeout_ms):
-        if self.closed:
-            raise OSError("stream closed")
-        self.raw.settimeout(max(timeout_ms, 1) / 1000)
-        try:
-            data = self.sock.read(n)
-        except OSError as exc:
-            code = exc.args[0] if exc.args else None
-            if code in _TIMEOUT_ERRNOS or type(exc).__name__ in ("timeout", "TimeoutError"):
-                return b""
-            raise
-        if not data:
-            self.closed = True
-            raise OSError("connection closed by peer")
-        return data
+        return self._read(self.raw, self.sock.read, n, timeout_ms)

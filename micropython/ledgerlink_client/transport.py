@@ -24,11 +24,16 @@ class SocketTransport:
             view = view[sent:]
 
     def read(self, n, timeout_ms):
+        return self._read(self.sock, self.sock.recv, n, timeout_ms)
+
+    def _read(self, timed, receive, n, timeout_ms):
+        """``receive(n)`` under a timeout set on the socket ``timed``: b"" when it passes, OSError when the
+        peer closed."""
         if self.closed:
             raise OSError("stream closed")
-        self.sock.settimeout(max(timeout_ms, 1) / 1000)
+        timed.settimeout(max(timeout_ms, 1) / 1000)
         try:
-            data = self.sock.recv(n)
+            data = receive(n)
         except OSError as exc:
             code = exc.args[0] if exc.args else None
             if code in _TIMEOUT_ERRNOS or type(exc).__name__ in ("timeout", "TimeoutError"):
