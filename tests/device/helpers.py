@@ -64,4 +64,58 @@ class Env:
         return cose.sign1(body, self.net[signer].priv, self.net[signer].id, topic.encode(), CRYPTO)
 
 
-__all__ = ["Env", "SITE", "NOW", "CRYPTO", "Role"]
+class Clock:
+    """The board client's tick clock, moved by the test (and by its idle polls)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def ticks(self) -> int:
+        return self.now
+
+    def sleep(self, ms: int) -> None:
+        self.now += ms
+
+
+class BoardLink:
+    """An MQTT object for the board client: every publish gets its PUBACK and goes to ``deliver``, whose
+    answers (``events``) come back on the next poll; an empty poll moves the clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.events: list = []
+        self.pid = 0
+
+    def deliver(self, topic: str, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def connect(self) -> None:
+        pass
+
+    def subscribe(self, topic, qos) -> None:
+        pass
+
+    def publish(self, topic, payload, qos=1, retain=False, pid=None, dup=False):
+        if pid is None:
+            self.pid += 1
+            pid = self.pid
+        self.events.append(("puback", pid))
+        self.deliver(topic, bytes(payload))
+        return pid
+
+    def ping(self) -> None:
+        pass
+
+    def poll(self, timeout_ms):
+        events, self.events = self.events, []
+        if not events:
+            self.clock.now += timeout_ms
+        return events
+
+    def close(self) -> None:
+        pass
+
+    disconnect = close
+
+
+__all__ = ["Env", "SITE", "NOW", "CRYPTO", "Role", "Clock", "BoardLink"]

@@ -14,7 +14,7 @@ from ledgerlink.gateway.service import GatewayService, fetch_registry, sign_stat
 from ledgerlink.gateway.store import Store
 
 from tests.conftest import PROJECT_ROOT
-from tests.device.helpers import CRYPTO, NOW, Env
+from tests.device.helpers import CRYPTO, NOW, BoardLink, Clock, Env
 
 sys.path.insert(0, str(PROJECT_ROOT / "micropython"))
 
@@ -22,64 +22,26 @@ from ledgerlink_client import device  # noqa: E402
 from ledgerlink_client.queue import MemoryStorage  # noqa: E402
 
 
-class Link:
+class Link(BoardLink):
     """The broker and the gateway service: a publish gets its PUBACK (when ``gateway_up``: the gateway
     checks and stores it, and its replies come back on the next poll). Time is the test's clock."""
 
-    def __init__(self, env: Env, service: GatewayService, clock: "Clock") -> None:
+    def __init__(self, env: Env, service: GatewayService, clock: Clock) -> None:
+        super().__init__(clock)
         self.env = env
         self.service = service
-        self.clock = clock
         self.gateway_up = True
-        self.events: list = []
         self.published: list = []
-        self.pid = 0
 
-    def connect(self) -> None:
-        pass
-
-    def subscribe(self, topic, qos) -> None:
-        pass
-
-    def publish(self, topic, payload, qos=1, retain=False, pid=None, dup=False):
-        if pid is None:
-            self.pid += 1
-            pid = self.pid
-        self.published.append((topic, bytes(payload)))
-        self.events.append(("puback", pid))            # the broker takes it either way
+    def deliver(self, topic: str, payload: bytes) -> None:
+        self.published.append((topic, payload))            # the broker takes it either way
         if self.gateway_up:
             now = NOW + self.clock.now
-            h = self.service.handle_frame(topic, bytes(payload), now)
+            h = self.service.handle_frame(topic, payload, now)
             for dev in h.fetch:
                 more = self.service.handle_registry(dev, fetch_registry(self.env.ledger, dev), now)
                 h.outgoing += more.outgoing
             self.events += [("msg", o.topic, o.payload) for o in h.outgoing if o.topic.endswith("/down")]
-        return pid
-
-    def ping(self) -> None:
-        pass
-
-    def poll(self, timeout_ms):
-        events, self.events = self.events, []
-        if not events:
-            self.clock.now += timeout_ms
-        return events
-
-    def close(self) -> None:
-        pass
-
-    disconnect = close
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def ticks(self) -> int:
-        return self.now
-
-    def sleep(self, ms: int) -> None:
-        self.now += ms
 
 
 def setup(tmp_path, limits: c.Limits | None = None):

@@ -26,7 +26,7 @@ from ledgerlink.device.keystore import FileCounter, FileRecord
 from ledgerlink.gateway import checks as c
 
 from tests.conftest import PROJECT_ROOT
-from tests.device.helpers import CRYPTO, NOW, Env
+from tests.device.helpers import CRYPTO, NOW, BoardLink, Clock, Env
 
 sys.path.insert(0, str(PROJECT_ROOT / "micropython"))
 
@@ -292,37 +292,15 @@ def test_sdk_commands_need_a_command_store(env):
 # --- the board client under CPython ------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def ticks(self) -> int:
-        return self.now
-
-    def sleep(self, ms: int) -> None:
-        self.now += ms
-
-
-class GatewayLink:
+class GatewayLink(BoardLink):
     """An MQTT object for the board client: every publish goes through ``GatewayCore`` and is kept."""
 
     def __init__(self, env: Env, sent: list, accepted: list, clock: Clock) -> None:
-        self.env, self.sent, self.accepted, self.clock = env, sent, accepted, clock
-        self.events: list = []
-        self.pid = 0
+        super().__init__(clock)
+        self.env, self.sent, self.accepted = env, sent, accepted
 
-    def connect(self) -> None:
-        pass
-
-    def subscribe(self, topic, qos) -> None:
-        pass
-
-    def publish(self, topic, payload, qos=1, retain=False, pid=None, dup=False):
-        if pid is None:
-            self.pid += 1
-            pid = self.pid
-        self.sent.append(bytes(payload))
-        self.events.append(("puback", pid))
+    def deliver(self, topic: str, payload: bytes) -> None:
+        self.sent.append(payload)
         for e in self.env.feed(topic, payload, NOW):
             if isinstance(e, c.Reply):
                 self.events.append(("msg", e.topic, e.payload))
@@ -330,21 +308,6 @@ class GatewayLink:
                 self.accepted.append(e)
             elif isinstance(e, c.Refuse) and e.reply_topic:
                 self.events.append(("msg", e.reply_topic, e.reply()))
-        return pid
-
-    def ping(self) -> None:
-        pass
-
-    def poll(self, timeout_ms):
-        events, self.events = self.events, []
-        if not events:
-            self.clock.now += timeout_ms
-        return events
-
-    def close(self) -> None:
-        pass
-
-    disconnect = close
 
 
 def board_client(env: Env, storage, sent: list, accepted: list, **cfg):
