@@ -1204,8 +1204,10 @@ class Replica:
         self.next_sync = self.now + self.config.idle_sync_ms
         if self.in_view_change or self._has_work():
             return
-        self.fetch_round += 1
         peers = [i for i in range(self.config.n) if i != self.index]
+        if not peers:                   # a single validator has nobody to be behind
+            return
+        self.fetch_round += 1
         peer = peers[self.fetch_round % len(peers)]
         self._out.append(Send(peer, self._sign([m.FETCH_BLOCKS, self.index, self.height + 1,
                                                 self.height + self.config.max_blocks_per_reply])))

@@ -696,3 +696,15 @@ def test_floods_of_useless_votes_and_fetches_are_dropped_before_the_signature_ch
     assert reasons.count("fetch rate") >= 400
     assert {"conflicting vote", "future view", "stale height"} <= set(reasons)
     assert r.height == net.replicas[1].height and r.view == 0
+
+
+def test_a_single_validator_commits_and_idles_without_peers():
+    """n = 1 (f = 0): the replica commits alone, and its idle poll, having no peer to ask, asks nobody."""
+    config = Config(chain_id="t", validators=PUBS[:1], batch_timeout_ms=10, view_change_timeout_ms=200,
+                    retransmit_ms=50, checkpoint_interval=4)
+    replica = Replica(0, config, KEYS[0], KVApp(CRYPTO), CRYPTO, 0)
+    effects = replica.submit(make_tx(CRYPTO, CLIENT, b"\x01" * 16, b"k", b"v"), 0)
+    for now in range(10, 6000, 10):
+        effects += replica.tick(now)
+    assert replica.height == 1
+    assert not any(isinstance(e, Send) for e in effects)
