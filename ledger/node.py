@@ -406,17 +406,27 @@ async def _main(args: argparse.Namespace) -> None:
     await node.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python3 -m ledgerlink.ledger.node", description=__doc__.split("\n")[0])
+def node_arguments(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every validator process takes (config, index, data, key, log level)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", required=True, help="cluster config (JSON or TOML)")
     p.add_argument("--index", required=True, type=int, help="validator index")
     p.add_argument("--data", required=True, help="data directory (block store)")
     p.add_argument("--key", help="private key file (hex); default: nodes[i].key_file of the config")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: off)")
     p.add_argument("--log-level", default=os.environ.get("LEDGERLINK_LOG", "INFO"))
-    args = p.parse_args(argv)
+    return p
+
+
+def start_logging(args: argparse.Namespace, name: str) -> None:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s node" + str(args.index) + " %(name)s %(levelname)s %(message)s")
+                        format="%(asctime)s " + name + str(args.index) + " %(name)s %(levelname)s %(message)s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = node_arguments("python3 -m ledgerlink.ledger.node", __doc__.split("\n")[0])
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: off)")
+    args = p.parse_args(argv)
+    start_logging(args, "node")
     prof_dir = os.environ.get("LEDGERLINK_PROFILE_DIR")
     if not prof_dir:
         asyncio.run(_main(args))

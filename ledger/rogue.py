@@ -31,14 +31,13 @@ import logging
 import os
 import random
 import signal
-import sys
 import time
 from typing import Any
 
 from ledgerlink.ledger.attacks import noncanonical_frame
 from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.consensus.replica import Broadcast, Send
-from ledgerlink.ledger.node import Node, load_key
+from ledgerlink.ledger.node import Node, load_key, node_arguments, start_logging
 from ledgerlink.ledger.transport import ClusterConfig
 
 log = logging.getLogger("ledgerlink.rogue")
@@ -225,21 +224,15 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python3 -m ledgerlink.ledger.rogue", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="cluster config (JSON or TOML)")
-    p.add_argument("--index", required=True, type=int, help="validator index (its real key is used)")
-    p.add_argument("--data", required=True, help="data directory (block store)")
-    p.add_argument("--key", help="private key file (hex); default: nodes[i].key_file of the config")
+    p = node_arguments("python3 -m ledgerlink.ledger.rogue", __doc__.split("\n")[0])
     p.add_argument("--attack", required=True, choices=ATTACKS)
     p.add_argument("--rate", type=float, help="messages a second to each peer (floods)")
     p.add_argument("--hold-ms", type=int, default=DEFAULT_HOLD_MS, help="how long a slow primary holds a proposal")
     p.add_argument("--start-at", type=float, default=0.0, help="Unix time the attack starts")
     p.add_argument("--stop-at", type=float, default=float("inf"), help="Unix time the attack stops")
     p.add_argument("--on-signal", action="store_true", help="attack from a SIGUSR1 to a SIGUSR2 instead")
-    p.add_argument("--log-level", default=os.environ.get("LEDGERLINK_LOG", "INFO"))
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s rogue" + str(args.index) + " %(name)s %(levelname)s %(message)s")
+    start_logging(args, "rogue")
     asyncio.run(_main(args))
 
 
