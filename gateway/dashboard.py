@@ -1,14 +1,25 @@
 """The gateway's web dashboard and ``/metrics``, over the standard library's ``http.server``.
 
-Paths: ``/`` (the page, ``static/index.html``), ``/static/app.js``, ``/static/style.css``,
-``/api/state`` (JSON of ``GatewayMetrics.state``), ``/api/registrations`` (registration requests held
-for an admin, each with the device's signed request in hex: ``ledgerlink admin pending`` reads it and
-checks every proof of possession itself), ``/metrics`` (Prometheus text format). The page
-fetches ``/api/state`` every 1.5 s and renders devices and their state (online, offline after
-``offline_after_s`` without a frame, banned, unregistered), recent verified messages, refusals with
-their reasons, the verified ledger height and validators, and receipts per second. A thread polls the
-ledger's latest certified header every ``poll_s`` and keeps it only if it verifies against the
-gateway's trusted validator set.
+Pages (rendered on the server with their data, ``ledgerlink.gateway.pages``; the scripts keep them live
+and draw the plots): ``/`` the overview (devices and their state: online, offline after
+``offline_after_s`` without a frame, banned, unregistered; refusals with their reasons; recent verified
+messages; the verified ledger height and validators; plots of accepted, refused and receipts per
+second, ledger height and commit latency over the last hour), ``/device?id=HEX`` a device's page (state,
+public key and key version from its proven ledger record, sessions, its readings plotted and listed,
+its last refusals), ``/proof?device=HEX&seq=N`` the proof explorer (the checked chain of a stored
+reading's receipt, ``ledgerlink.gateway.explorer``; ``&receipt=HEX`` checks a receipt given by the user).
+
+API: ``/api/state`` (JSON of ``GatewayMetrics.state``; the overview fetches it every 1.5 s),
+``/api/history`` (the site series, ``ledgerlink.gateway.history``), ``/api/readings?last=N`` (the newest
+N readings of every device with a series), ``/api/device?id=HEX`` (a device's record, readings and
+refusals), ``/api/proof?device=HEX&seq=N[&receipt=HEX]`` (the checked chain as JSON),
+``/api/receipt?device=HEX&seq=N`` and ``/api/frame?device=HEX&seq=N`` (the receipt and the frame as
+CBOR: ``ledgerlink admin verify-receipt RECEIPT --frame FRAME`` checks them offline),
+``/api/registrations`` (registration requests held for an admin, each with the device's signed request
+in hex: ``ledgerlink admin pending`` reads it and checks every proof of possession itself), ``/metrics``
+(Prometheus text format). A thread polls the ledger's latest certified header every ``poll_s`` and keeps
+it only if it verifies against the gateway's trusted validator set; another samples the site series
+every ``history.SAMPLE_S``.
 
 Gateway config (``ledgerlink.gateway.main``)::
 
@@ -21,8 +32,8 @@ token as password (a browser asks for it), or ``Authorization: Bearer TOKEN`` (`
 a Prometheus scrape's ``authorization`` credentials).
 
 Protects against script injection from device-provided text (measurements, device names, ban
-reasons, topics and details in refusals): the page builds the DOM with ``textContent`` only, never
-markup from data; ``/api/state`` escapes ``<``, ``>`` and ``&`` inside JSON strings; every answer
+reasons, topics and details in refusals): the pages escape every value on the server and the scripts build the DOM
+with ``textContent`` only, never markup from data; ``/api/state`` escapes ``<``, ``>`` and ``&`` inside JSON strings; every answer
 carries a Content-Security-Policy without inline scripts and ``X-Content-Type-Options: nosniff``.
 Only the listed files are served (no path from the request reaches the file system). The dashboard
 is read-only; without a token it has no login: bind it to loopback or a management network. Tested in
@@ -45,24 +56,32 @@ import logging
 import socket
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
-from ledgerlink.gateway.metrics import GatewayMetrics
+from ledgerlink.core import cbor
+from ledgerlink.gateway import explorer, pages
+from ledgerlink.gateway.history import READING_POINTS, SAMPLE_S, History
+from ledgerlink.gateway.metrics import GatewayMetrics, jsonable
 from ledgerlink.ledger.metrics import CONTENT_TYPE, Handler, HttpServer, Response, _RequestHandler
 
 log = logging.getLogger("ledgerlink.gateway.dashboard")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 FILES = {
-    "/": ("index.html", "text/html; charset=utf-8"),
-    "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/plot.js": ("plot.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 
 
 MAX_LISTED = 1000                      # registration requests listed by /api/registrations
+SPARK_POINTS = 60                      # readings per device in /api/readings by default
+HTML = "text/html; charset=utf-8"
+JSON = "application/json; charset=utf-8"
+CBOR = "application/cbor"
+DEVICE_HEX = 32                        # hex digits of a device id
 HTTP_MAX_CONNECTIONS = 64              # connections served at once
 HTTP_READ_S = 5.0                      # longest wait for the next bytes of a request
 HTTP_CONNECTION_S = 10.0               # longest life of a connection
@@ -175,13 +194,58 @@ def state_json(state: dict) -> bytes:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
 
 
+class BadRequest(ValueError):
+    """A query the dashboard cannot answer (answered 400 with the reason)."""
+
+
+def _query(query: str) -> dict[str, str]:
+    try:
+        parsed = urllib.parse.parse_qs(query, max_num_fields=8, strict_parsing=False)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return {k: v[0].strip() for k, v in parsed.items() if v}
+
+
+def _device_arg(q: dict[str, str], name: str = "device") -> bytes:
+    text = q.get(name, "").lower()
+    if len(text) != DEVICE_HEX:
+        raise BadRequest("%s must be a device id of %d hex digits" % (name, DEVICE_HEX))
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise BadRequest("%s must be a device id of %d hex digits" % (name, DEVICE_HEX)) from None
+
+
+def _seq_arg(q: dict[str, str]) -> int:
+    text = q.get("seq", "")
+    if not text.isdigit() or len(text) > 19:
+        raise BadRequest("seq must be an unsigned integer")
+    return int(text)
+
+
+def _receipt_arg(text: str) -> bytes:
+    digits = "".join(text.split())
+    try:
+        receipt = bytes.fromhex(digits)
+    except ValueError:
+        raise BadRequest("the receipt must be hex") from None
+    if not receipt or len(receipt) > explorer.MAX_RECEIPT_BYTES:
+        raise BadRequest("the receipt must be 1..%d bytes" % explorer.MAX_RECEIPT_BYTES)
+    return receipt
+
+
 class Dashboard:
-    """Serves the dashboard of ``metrics``; ``ledger`` (a ``LedgerClient``) is polled for the latest header."""
+    """Serves the dashboard of ``metrics``; ``ledger`` (a ``LedgerClient``) is polled for the latest header;
+    ``store`` (the gateway's ``Store``) answers the device pages and the proof explorer; ``history`` is
+    sampled every ``SAMPLE_S`` (and fed readings by ``metrics``)."""
 
     def __init__(self, metrics: GatewayMetrics, ledger: Any = None, poll_s: float = 2.0,
                  static_dir: Path = STATIC_DIR, registrations: Callable[[], list] | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, store: Any = None, history: History | None = None) -> None:
         self.metrics = metrics
+        self.store = store
+        self.history = history if history is not None else History(metrics.wall_ms, metrics.mono)
+        metrics.history = self.history
         self.token = token
         self.registrations = registrations
         self.ledger = ledger
@@ -190,11 +254,41 @@ class Dashboard:
         self.server: DashboardServer | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._sampler: threading.Thread | None = None
 
     def handle(self, path: str, query: str) -> Response | None:
         if path in self.files:
             body, ctype = self.files[path]
             return 200, ctype, body
+        try:
+            return self._answer(path, _query(query))
+        except BadRequest as exc:
+            return 400, "text/plain; charset=utf-8", (str(exc) + "\n").encode()
+
+    def _answer(self, path: str, q: dict[str, str]) -> Response | None:
+        if path in ("/", "/index.html"):
+            return 200, HTML, pages.overview(self.metrics.state())
+        if path == "/device":
+            return 200, HTML, self.device_page(_device_arg(q, "id"))
+        if path == "/proof":
+            return 200, HTML, self.proof_page(q)
+        if path == "/api/history":
+            return 200, JSON, state_json(self.history.site_json())
+        if path == "/api/readings":
+            last = q.get("last", str(SPARK_POINTS))
+            if not last.isdigit():
+                raise BadRequest("last must be an unsigned integer")
+            return 200, JSON, state_json(self.history.readings_json(min(int(last), READING_POINTS)))
+        if path == "/api/device":
+            return 200, JSON, state_json(self.device_json(_device_arg(q, "id")))
+        if path == "/api/proof":
+            return 200, JSON, state_json(self.proof_json(q))
+        if path in ("/api/receipt", "/api/frame"):
+            found = self._stored(_device_arg(q), _seq_arg(q))
+            body = found.get("receipt" if path == "/api/receipt" else "frame")
+            if body is None:
+                return 404, "text/plain; charset=utf-8", b"no anchored receipt for this reading yet\n"
+            return 200, CBOR, body
         if path == "/api/state":
             return 200, "application/json; charset=utf-8", state_json(self.metrics.state())
         if path == "/metrics":
@@ -205,6 +299,108 @@ class Dashboard:
             return 200, "application/json; charset=utf-8", state_json({"registrations": held})
         return None
 
+    # --- device pages and the proof explorer ------------------------------------------------------------
+
+    def _site(self) -> tuple[str, str]:
+        core = self.metrics.core
+        return core.site, core.gateway_name
+
+    def _device_facts(self, dev: bytes) -> tuple[dict | None, dict | None, int | None, list[dict]]:
+        """(its row of ``/api/state``, its proven record, the height of that proof, its sessions)."""
+        core = self.metrics.core
+        hex_id = dev.hex()
+        info = next((d for d in self.metrics.state()["devices"] if d["id"] == hex_id), None)
+        entry = core.registry.get(dev)
+        record = entry.record if entry is not None else None
+        sessions = [{"id": s.session_id.hex(), "valid_until_s": s.valid_until_s}
+                    for s in list(core.sessions.values()) if s.device_id == dev]
+        return info, record, entry.height if entry is not None else None, sessions
+
+    def device_page(self, dev: bytes) -> bytes:
+        info, record, height, sessions = self._device_facts(dev)
+        site, gateway = self._site()
+        return pages.device_page(site, gateway, dev.hex(), info, record, height, sessions,
+                                 self.history.device_json(dev))
+
+    def device_json(self, dev: bytes) -> dict:
+        info, record, height, sessions = self._device_facts(dev)
+        return {"device": info, "record": jsonable(record) if record is not None else None,
+                "record_height": height, "sessions": sessions, "history": self.history.device_json(dev)}
+
+    def _stored(self, dev: bytes, seq: int) -> dict:
+        if self.store is None:
+            raise BadRequest("this dashboard has no store to look readings up in")
+        return explorer.reading_proof(self.store, self.metrics.core.site, dev, seq)
+
+    def _explain(self, receipt: bytes, frame: bytes | None) -> dict:
+        core = self.metrics.core
+        return explorer.explain(receipt, frame, core.chain_id, core.validator_keys)
+
+    def _given_frame(self, receipt: bytes) -> bytes | None:
+        """The stored frame a receipt names by its frame hash (None when it names none stored)."""
+        try:
+            r = cbor.loads(receipt, max_depth=12)
+            h = r.get(1) if isinstance(r, dict) else None
+        except Exception:  # noqa: BLE001 - the explorer reports the receipt as undecodable
+            return None
+        if not isinstance(h, bytes) or len(h) != 32 or self.store is None:
+            return None
+        return self.store.blob(h)
+
+    def proof_json(self, q: dict[str, str]) -> dict:
+        out: dict[str, Any] = {}
+        if "device" in q or "seq" in q:
+            found = self._stored(_device_arg(q), _seq_arg(q))
+            out["found"] = found["found"]
+            out["anchored"] = found["receipt"] is not None
+            if found["receipt"] is not None:
+                out["stored"] = self._explain(found["receipt"], found["frame"])
+        if q.get("receipt"):
+            receipt = _receipt_arg(q["receipt"])
+            out["given"] = self._explain(receipt, self._given_frame(receipt))
+        return out
+
+    def proof_page(self, q: dict[str, str]) -> bytes:
+        site, gateway = self._site()
+        device, seq = q.get("device", ""), q.get("seq", "")
+        found = stored = given = None
+        message = ""
+        if device or seq:
+            try:
+                found = self._stored(_device_arg(q), _seq_arg(q))
+            except BadRequest as exc:
+                message = str(exc)
+            if found is not None and not found["found"]:
+                message, found = "this gateway stores no reading %s of device %s" % (seq, device), None
+            elif found is not None and found["receipt"] is None:
+                message = "stored, not anchored yet: its batch waits for a ledger commit (reload in a moment)"
+            elif found is not None:
+                stored = self._explain(found["receipt"], found["frame"])
+        else:
+            message = "pick a reading (a device's page lists its readings with links here), or check a receipt below"
+        text = q.get("receipt", "")
+        if text:
+            try:
+                receipt = _receipt_arg(text)
+                given = self._explain(receipt, self._given_frame(receipt))
+            except BadRequest as exc:
+                given = {"ok": False, "error": str(exc), "steps": []}
+        return pages.proof_page(site, gateway, device, seq, found, stored, given, text, message)
+
+    # --- threads --------------------------------------------------------------------------------------
+
+    def sample(self) -> None:
+        """One point of the site series from the metrics' running totals."""
+        m = self.metrics
+        self.history.sample(sum(m.accepted.values().values()), sum(m.refused.values().values()), m.receipts.value(),
+                            m.receipt_latency_s_total, m.receipt_latency.count, m.ledger_height())
+
+    def _sample(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(SAMPLE_S):
+                return
+
     def _poll(self) -> None:
         while True:
             self.metrics.poll_ledger(self.ledger)
@@ -213,6 +409,8 @@ class Dashboard:
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> "Dashboard":
         self.server = DashboardServer(host, port, self.handle, token=self.token).start()
+        self._sampler = threading.Thread(target=self._sample, name="ll-gw-dashboard-history", daemon=True)
+        self._sampler.start()
         if self.ledger is not None:
             self._poller = threading.Thread(target=self._poll, name="ll-gw-dashboard-poll", daemon=True)
             self._poller.start()
@@ -229,8 +427,9 @@ class Dashboard:
         self._stop.set()
         if self.server is not None:
             self.server.stop()
-        if self._poller is not None:
-            self._poller.join(timeout=10)
+        for thread in (self._poller, self._sampler):
+            if thread is not None:
+                thread.join(timeout=10)
 
 
 def start_for(gateway: Any, cfg: dict[str, Any]) -> Dashboard | None:
@@ -245,5 +444,6 @@ def start_for(gateway: Any, cfg: dict[str, Any]) -> Dashboard | None:
         path = Path(http["token_file"])
         token = (path if path.is_absolute() else Path(cfg["_dir"]) / path).read_text().strip()
     return Dashboard(metrics, gateway.ledger, float(http.get("poll_s", 2)),
-                     registrations=lambda: gateway.service.store.registrations(MAX_LISTED), token=token).start(
+                     registrations=lambda: gateway.service.store.registrations(MAX_LISTED), token=token,
+                     store=gateway.service.store).start(
         str(http.get("host", "127.0.0.1")), int(http.get("port", 0)))

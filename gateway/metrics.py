@@ -113,6 +113,8 @@ class GatewayMetrics:
         self._receipt_times: deque[tuple[float, int]] = deque()
         self.ledger: dict[str, Any] = {"height": None, "time_ms": None, "checked_ms": None, "error": None}
         self._ignored = 0
+        self.receipt_latency_s_total = 0.0     # sum of the receipt latencies observed (for the history's mean)
+        self.history: Any = None               # a ``history.History`` fed accepted readings and refusals
 
         self.registry = reg = Registry()
         self.received = reg.counter("ledgerlink_gateway_frames_received_total", "Frames received from devices.")
@@ -178,6 +180,7 @@ class GatewayMetrics:
         """Effects of one input, after they were carried out."""
         t = self.mono()
         accepted: dict[str, int] = {}
+        history = self.history
         with self.lock:
             for e in effects:
                 if isinstance(e, c.Accept):
@@ -189,6 +192,8 @@ class GatewayMetrics:
                     d = self._device(e.device_id, now_ms)
                     d.accepted += 1
                     self.recent.appendleft((e, now_ms))
+                    if history is not None:
+                        history.reading(e.device_id, e.time_ms, e.seq, e.measurements)
                 elif isinstance(e, c.Refuse):
                     self.refused.inc(1, (str(e.code), reason_name(e.code)))
                     self._arrived.pop(e.warning_id, None)
@@ -200,9 +205,12 @@ class GatewayMetrics:
                             d.registry = "banned"
                         elif e.code == c.UNKNOWN_DEVICE:
                             d.registry = "unregistered"
-                    self.warnings.appendleft({"device": e.offender.hex(), "time_ms": now_ms, "code": e.code,
-                                              "reason": reason_name(e.code), "text": e.text[:MAX_TEXT],
-                                              "frame_hash": e.warning_id.hex(), "reported": e.report})
+                    warning = {"device": e.offender.hex(), "time_ms": now_ms, "code": e.code,
+                               "reason": reason_name(e.code), "text": e.text[:MAX_TEXT],
+                               "frame_hash": e.warning_id.hex(), "reported": e.report}
+                    self.warnings.appendleft(warning)
+                    if history is not None and e.offender:
+                        history.refusal(e.offender, warning)
                 elif isinstance(e, c.Reply) and e.frame_hash is not None:
                     self._arrived.pop(e.frame_hash, None)
                 elif isinstance(e, c.Ignored):
@@ -240,6 +248,7 @@ class GatewayMetrics:
                 t0 = self._accepted.pop(h, None)
                 if t0 is not None:
                     self.receipt_latency.observe(max(0.0, t - t0))
+                    self.receipt_latency_s_total += max(0.0, t - t0)
             self.receipts.inc(len(frame_hashes))
             self._receipt_times.append((t, len(frame_hashes)))
             self._trim_rate(t)

@@ -1,8 +1,12 @@
-// Dashboard of the ledgerlink gateway: polls /api/state and renders it.
-// Every value from the API is put into the page with textContent (device-provided text is data, never markup).
+// Dashboard of the ledgerlink gateway. The server renders every page with its data; this script keeps the
+// overview live (/api/state every 1.5 s), draws the plots (/api/history, /api/readings, /api/device) and
+// reads a receipt file into the explorer's form. Every value from the API is put into the page with
+// textContent (device-provided text is data, never markup).
 "use strict";
 
 const POLL_MS = 1500;
+const PLOT_MS = 5000;
+const SPARK_POINTS = 60;
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);
@@ -54,11 +58,34 @@ function clock(tMs) {
   return tMs ? new Date(tMs).toLocaleTimeString() : "\u2013";
 }
 
+function link(href, child) {
+  const a = el("a");
+  a.href = href;
+  a.appendChild(child);
+  return a;
+}
+
 function deviceCell(hex) {
   const code = el("code", shortId(hex));
   code.title = hex || "";
-  return code;
+  return link("/device?id=" + encodeURIComponent(hex || ""), code);
 }
+
+function proofLink(hex, seq) {
+  const a = el("a", "proof", "proof");
+  a.href = "/proof?device=" + encodeURIComponent(hex) + "&seq=" + encodeURIComponent(seq);
+  return a;
+}
+
+async function getJson(path) {
+  const r = await fetch(path, { cache: "no-store" });
+  if (!r.ok) throw new Error("HTTP " + r.status);
+  return r.json();
+}
+
+// --- overview --------------------------------------------------------------------------------------------
+
+let readings = {};
 
 function render(s) {
   setText("site", s.gateway.site);
@@ -72,18 +99,21 @@ function render(s) {
 
   fill("devices", s.devices.map((d) => {
     const badge = el("span", d.state, "state state-" + d.state);
+    const spark = el("span", null, "spark");
+    spark.dataset.device = d.id;
     const row = [deviceCell(d.id), d.name || "", badge, ago(s.now_ms, d.last_ms), d.accepted, d.refused,
-                 d.last_code === null ? "" : d.last_code + " " + d.last_reason];
+                 d.last_code === null ? "" : d.last_code + " " + d.last_reason, spark];
     if (d.ban_reason) row[2] = wrapBan(badge, d.ban_reason);
     return row;
-  }), "no device seen yet", 7);
+  }), "no device seen yet", 8);
+  drawSparks();
 
   fill("warnings", s.warnings.map((w) => [clock(w.time_ms), deviceCell(w.device), w.code, w.reason, w.text]),
        "no refusals", 5);
 
   fill("recent", s.recent.map((m) => [clock(m.received_ms), deviceCell(m.device), m.seq, m.mode,
-                                      JSON.stringify(m.measurements)]),
-       "no verified message yet", 5);
+                                      JSON.stringify(m.measurements), proofLink(m.device, m.seq)]),
+       "no verified message yet", 6);
 
   setText("chain-id", s.ledger.chain_id);
   setText("header-time", s.ledger.time_ms ? clock(s.ledger.time_ms) : null);
@@ -100,12 +130,21 @@ function wrapBan(badge, reason) {
   return span;
 }
 
+function drawSparks() {
+  for (const spark of document.querySelectorAll("span.spark")) {
+    const r = readings[spark.dataset.device];
+    const keys = r ? Object.keys(r.series) : [];
+    if (!keys.length) continue;
+    spark.title = keys[0];
+    LLPlot.draw(spark, r.t, r.series[keys[0]], { width: 120, height: 26, left: 1, right: 1, top: 2, bottom: 2,
+                                                labels: false });
+  }
+}
+
 async function poll() {
   const status = document.getElementById("status");
   try {
-    const r = await fetch("/api/state", { cache: "no-store" });
-    if (!r.ok) throw new Error("HTTP " + r.status);
-    render(await r.json());
+    render(await getJson("/api/state"));
     status.textContent = "updated " + new Date().toLocaleTimeString();
     status.className = "status ok";
   } catch (e) {
@@ -115,4 +154,65 @@ async function poll() {
   setTimeout(poll, POLL_MS);
 }
 
-poll();
+async function pollPlots() {
+  try {
+    const h = await getJson("/api/history");
+    for (const fig of document.querySelectorAll("#site-charts figure[data-series]")) {
+      LLPlot.draw(fig, h.t, h.series[fig.dataset.series] || []);
+    }
+    readings = await getJson("/api/readings?last=" + SPARK_POINTS);
+    drawSparks();
+  } catch (e) {
+    // the status line shows when the gateway does not answer
+  }
+  setTimeout(pollPlots, PLOT_MS);
+}
+
+// --- device page -----------------------------------------------------------------------------------------
+
+async function pollDevice() {
+  const holder = document.getElementById("device-charts");
+  try {
+    const d = await getJson("/api/device?id=" + encodeURIComponent(holder.dataset.device));
+    const h = d.history;
+    for (const key of Object.keys(h.series)) {
+      let fig = [...holder.querySelectorAll("figure[data-key]")].find((f) => f.dataset.key === key);
+      if (!fig) {
+        fig = el("figure", null, "chart");
+        fig.dataset.key = key;
+        fig.appendChild(el("figcaption", key));
+        holder.appendChild(fig);
+      }
+      LLPlot.draw(fig, h.t, h.series[key]);
+    }
+  } catch (e) {
+    // drawn again at the next poll
+  }
+  setTimeout(pollDevice, PLOT_MS);
+}
+
+// --- proof explorer --------------------------------------------------------------------------------------
+
+function readReceiptFile() {
+  const input = document.getElementById("receipt-file");
+  const text = document.getElementById("receipt-hex");
+  if (!input || !text) return;
+  input.addEventListener("change", async () => {
+    const file = input.files[0];
+    if (!file) return;
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    const ascii = new TextDecoder().decode(bytes).replace(/\s+/g, "");
+    text.value = /^([0-9a-fA-F]{2})+$/.test(ascii) ? ascii
+      : Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  });
+}
+
+const PAGE = document.body.dataset.page;
+if (PAGE === "overview") {
+  poll();
+  pollPlots();
+} else if (PAGE === "device") {
+  pollDevice();
+} else if (PAGE === "proof") {
+  readReceiptFile();
+}
