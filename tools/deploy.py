@@ -45,11 +45,15 @@ import tomllib
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import ledgerlink
+
+# The checkout's root, or the installed package's folder: both hold micropython/ and hardware/boards/ (package
+# data in a wheel); the portable library is the ledgerlink package itself (sdk/ in a checkout).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BOARDS_DIR = PROJECT_ROOT / "hardware" / "boards"
 CLIENT_DIR = PROJECT_ROOT / "micropython" / "ledgerlink_client"
 DRIVERS_DIR = PROJECT_ROOT / "micropython" / "drivers"
-SDK = PROJECT_ROOT / "sdk"
+SDK = Path(ledgerlink.__file__).resolve().parent
 KNOWN_ARCHS = {"", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
                "xtensa", "xtensawin", "rv32imc"}
 VERIFY_MARK = "ledgerlink-deploy-ok"
@@ -113,6 +117,8 @@ def validate_profile(profile: dict, where: str = "profile") -> dict:
 def load_profile(name: str) -> dict:
     """The validated profile hardware/boards/<name>.toml."""
     path = BOARDS_DIR / (name + ".toml")
+    if not board_names():
+        raise DeployError(2, "no board profiles in %s: reinstall ledgerlink (its package data is missing)" % BOARDS_DIR)
     if not name.replace("_", "").isalnum() or not path.is_file():
         raise DeployError(2, "unknown board %r: choose one of %s" % (name, ", ".join(board_names())))
     try:

@@ -39,8 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import ledgerlink
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SDK = PROJECT_ROOT / "sdk"
+SDK = Path(ledgerlink.__file__).resolve().parent        # sdk/ in a checkout, the package folder when installed
 DEFAULT_FUEL = 2_000_000_000
 DEFAULT_HEAP = 8 * 1024 * 1024
 
