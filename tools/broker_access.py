@@ -41,6 +41,20 @@ Enforcement:
   reads the same ``accounts.json`` with the same rules, and reads it again within ``RELOAD_S`` of a
   change, disconnecting the clients of disabled accounts.
 
+A device's password follows its key: when the ledger records a rotation of the device's key
+(``tx-rotate-key``, signed by the old key with the new key's proof of possession), ``follow_record``
+gives the account the password ``key_password(site login key, new device key)``:
+HKDF-SHA256 over the ECDH secret of the new device key and the site's broker-login key
+(``data_dir/broker/login.key``, 0600; its public key goes to the board with its login), for the account's
+username. The device computes the same password with its new private key (``device_login``), so nothing
+secret travels and no one else can: the broker and an eavesdropper see two public keys, and the old
+key's holder cannot compute a password that needs the new private key. The old password stops working
+at once (the account is replaced and its connection ended, as at a ban). Rejected alternatives: a random
+password sent to the device would need a confidential channel to it that the site does not have; a
+password derived from the public key alone would be known to everyone. The record comes with a proof
+checked against the trusted validators (``proven_device_record``), so a lying ledger node cannot move
+an account to a key of its choosing.
+
 Also here: the site CA and the broker's TLS certificate (``site_tls``, ``client_certificate``,
 ``client_tls_context``), the dashboard's login token (``dashboard_token``) and owner-only files
 (``private_dir`` 0700, files 0600). Tested in tests/access/ against both brokers on a live site.
@@ -68,6 +82,8 @@ DYNSEC_PLUGIN_PATHS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 DYNSEC_CHUNK = 64                       # commands per message to the plugin
 ACCOUNTS_FILE = "accounts.json"
+LOGIN_KEY_FILE = "login.key"            # the site's broker-login key: device passwords after a key rotation
+LOGIN_SALT = b"ledgerlink-broker-login-v1"
 RUNTIME_FILE = "runtime.json"
 DASHBOARD_TOKEN_FILE = "dashboard.token"
 DYNSEC_FILE = "dynamic-security.json"
@@ -118,6 +134,49 @@ def rules(site: str, username: str, role: str, device: str | None = None) -> lis
     if role == "broker-admin":
         return [(SEND, DYNSEC_TOPIC), (SUBSCRIBE, DYNSEC_TOPIC + "/response"), (RECEIVE, DYNSEC_TOPIC + "/response")]
     raise AccessError("unknown role %r (one of %s)" % (role, ", ".join(ROLES)))
+
+
+def key_password(own_private: bytes, peer_public: bytes, username: str, backend: Any = None) -> str:
+    """The broker password of a device account under a device key: HKDF-SHA256 (salt ``LOGIN_SALT``, info
+    the username) over the ECDH secret of the two keys, ``PASSWORD_BYTES`` base64url. The site calls it with
+    its login key and the device's public key, the device with its private key and the site's login key."""
+    from ledgerlink.core.backend import get_backend
+
+    be = backend or get_backend("cpython")
+    secret = be.hkdf(be.ecdh(own_private, peer_public), LOGIN_SALT, username.encode(), PASSWORD_BYTES)
+    return base64.urlsafe_b64encode(secret).decode()
+
+
+def device_login(device_id: bytes, device_private: bytes, login_public: bytes, backend: Any = None) -> dict[str, str]:
+    """What a device computes after a key rotation: its broker login under its new private key (its device
+    id stays the one it registered with)."""
+    username = device_username(device_id)
+    return {"username": username, "password": key_password(device_private, login_public, username, backend)}
+
+
+def proven_device_record(ledger: Any, chain_id: str, validators: list[bytes], dev: bytes,
+                         min_height: int = 0) -> dict[Any, Any] | None:
+    """A device's ledger record (None when it has none), from ``ledger`` (a ``LedgerClient``) with its
+    proof checked against the trusted ``validators`` under a header at ``min_height`` or later; AccessError
+    when the answer does not verify (a lying or lagging node: the account stays as it is)."""
+    from ledgerlink.core import cbor, spv
+    from ledgerlink.core.errors import LedgerlinkError
+    from ledgerlink.ledger.state.codes import RecordKind
+    from ledgerlink.ledger.state.encoding import state_key
+
+    res = ledger.record(int(RecordKind.DEVICE), dev)
+    try:
+        header, key, value = spv.verify_record_proof(cbor.dumps(res["proof"]), chain_id, validators)
+        record = cbor.loads(value) if value is not None else None
+    except (LedgerlinkError, KeyError, TypeError, ValueError) as exc:
+        raise AccessError("the ledger's record of device %s does not verify: %s" % (dev.hex(), exc)) from None
+    if key != state_key(RecordKind.DEVICE, dev) or header.height < min_height:
+        raise AccessError("the ledger answered for device %s with another key or an older header (%d < %d)"
+                          % (dev.hex(), header.height, min_height))
+    if record is not None and not (isinstance(record, dict) and record.get(1) == dev
+                                   and isinstance(record.get(2), bytes)):
+        raise AccessError("the proven record of device %s is not a device record" % dev.hex())
+    return record
 
 
 def hash_password(password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> dict[str, Any]:
@@ -244,12 +303,18 @@ class SiteAccess:
         ``site``: the account's topics are another site's on the same broker (default: this one's)."""
         return self.add_many([(username, role, device, site)], rotate)[0]
 
-    def add_many(self, wanted: list[tuple[str, str, bytes | None, str | None]], rotate: bool = False
-                 ) -> list[dict[str, str]]:
+    def add_many(self, wanted: list[tuple[str, str, bytes | None, str | None]], rotate: bool = False,
+                 keys: dict[str, str] | None = None) -> list[dict[str, str]]:
         """``add`` of each (username, role, device, site), with one write of the accounts and one change
-        sent to the running broker."""
+        sent to the running broker. ``keys``: username -> the registered device key (hex), noted on accounts
+        that have none, so that a later key on the ledger is taken as a rotation (``follow_record``)."""
         accounts = self.load()
         logins, changes = [], []
+        noted = False
+        for username, key in (keys or {}).items():
+            if username in accounts and "key" not in accounts[username]:
+                accounts[username]["key"] = key
+                noted = True
         for username, role, device, site in wanted:
             rules(site or self.site, username, role, device.hex() if device else None)       # the role is known
             old = accounts.get(username)
@@ -262,16 +327,19 @@ class SiteAccess:
             account = {"role": role, "disabled": False, **hash_password(password)}
             if device is not None:
                 account["device"] = device.hex()
+            if old is not None and "key" in old:
+                account["key"] = old["key"]                   # the device key the password follows
+            elif username in (keys or {}):
+                account["key"] = keys[username]
             if site is not None and site != self.site:
                 account["site"] = site
             accounts[username] = account
-            private_dir(self.folder / "credentials")
-            _write_private(self.credentials_path(username),
-                           json.dumps({"username": username, "password": password}) + "\n")
+            self._write_login(username, password, device is not None)
             logins.append({"username": username, "password": password})
             changes.append(("set", username, password))
-        if changes:
+        if changes or noted:
             self._save(accounts)
+        if changes:
             self.apply_live(changes)
         return logins
 
@@ -283,12 +351,78 @@ class SiteAccess:
         send commands)."""
         from ledgerlink.core import cbor, cose
 
-        wanted = []
+        from ledgerlink.ledger.state.encoding import compress_pubkey
+
+        wanted, keys = [], {}
         for request in requests:
             payload = cbor.loads(cose.decode_sign1(request).payload)
             wanted.append((device_username(payload[1]), "controller" if payload.get(3) == ROLE_CONTROLLER else "device",
                            payload[1], None))
-        return self.add_many(wanted, rotate)
+            keys[device_username(payload[1])] = compress_pubkey(payload[2]).hex()
+        return self.add_many(wanted, rotate, keys)
+
+    def login_key(self) -> bytes:
+        """The site's broker-login private key (``login.key``, hex, 0600; made on first use)."""
+        from ledgerlink.core.backend import get_backend
+
+        path = self.folder / LOGIN_KEY_FILE
+        if not path.exists():
+            private_dir(self.folder)
+            _write_private(path, get_backend("cpython").generate_private_key().hex() + "\n")
+        return bytes.fromhex(path.read_text().strip())
+
+    def login_public(self) -> bytes:
+        """The public key a device needs to compute its login after a key rotation (``device_login``)."""
+        from ledgerlink.core.backend import get_backend
+
+        return get_backend("cpython").public_key(self.login_key(), True)
+
+    def follow_record(self, dev: bytes, record: dict[Any, Any] | None) -> list[str]:
+        """Bring a device's account in step with its proven ledger ``record``: disabled while the device is
+        banned; after a key rotation (a key other than the account's, or key version above 1 for an account
+        that noted none) the password of ``key_password`` for the new key, the old one refused and its
+        connection ended. One line per change; nothing when the device has no account."""
+        from ledgerlink.ledger.state.codes import DeviceStatus
+        from ledgerlink.ledger.state.encoding import compress_pubkey
+
+        username = device_username(dev)
+        accounts = self.load()
+        a = accounts.get(username)
+        if a is None or not isinstance(record, dict):
+            return []
+        lines: list[str] = []
+        changes: list[tuple[str, str, str | None]] = []
+        key = compress_pubkey(record[2]).hex()
+        noted = a.get("key") == key
+        if not noted and (a.get("key") is not None or record.get(8, 1) > 1):
+            password = key_password(self.login_key(), bytes.fromhex(key), username)
+            a.update(hash_password(password))
+            self._write_login(username, password, True)
+            changes.append(("set", username, password))         # mosquitto: the client made again, enabled
+            lines.append("broker account %s: new password for the device's rotated key (version %s)"
+                         % (username, record.get(8)))
+        a["key"] = key
+        was_disabled, banned = bool(a.get("disabled")), record.get(5) == DeviceStatus.BANNED
+        if banned and (changes or not was_disabled):
+            changes.append(("disable", username, None))
+        elif was_disabled and not banned and not changes:
+            changes.append(("enable", username, None))
+        if was_disabled != banned:
+            lines.append("broker account %s %s" % (username, "disabled: banned" if banned else "enabled"))
+        a["disabled"] = banned
+        if changes or not noted:
+            self._save(accounts)
+        if changes:
+            self.apply_live(changes)
+        return lines
+
+    def _write_login(self, username: str, password: str, device: bool = False) -> None:
+        """The account's credentials file (0600); a device's also names the site's broker-login public key."""
+        login = {"username": username, "password": password}
+        if device:
+            login["login_key"] = self.login_public().hex()
+        private_dir(self.folder / "credentials")
+        _write_private(self.credentials_path(username), json.dumps(login) + "\n")
 
     def set_disabled(self, username: str, disabled: bool) -> bool:
         """Disable (or enable) an account; False when there is no such account."""

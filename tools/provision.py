@@ -13,8 +13,10 @@ validator set of the cluster config. It then writes to the board:
   ``record-proof`` map that ``ledgerlink.core.spv.verify_record_proof`` takes), 4: registration tx id
   (bstr; absent when the device was registered before)};
 - ``ledgerlink.id.json``: ``device_id``, ``public_key``, ``chain_id``, ``height`` of the proof's header;
-- ``ledgerlink.mqtt.json``: the device's broker login ``{"username", "password"}``, when the site's broker
-  accounts are beside the cluster config (``ledgerlink up``'s ``data_dir/broker``; ``broker_access``).
+- ``ledgerlink.mqtt.json``: the device's broker login ``{"username", "password", "login_key"}``, when the
+  site's broker accounts are beside the cluster config (``ledgerlink up``'s ``data_dir/broker``;
+  ``broker_access``); ``login_key`` is the site's broker-login public key, with which the device computes
+  its new password after a rotation of its key (``broker_access.device_login``).
 
 Both travel inside the program sent to the board, which first verifies the proof itself with
 ``ledgerlink.core.spv`` against the ``validator_keys`` of its own config (written by ``ledgerlink
@@ -473,7 +475,8 @@ def _broker_login(ctx: LedgerContext, dev: bytes, role: int, out: Callable[[str]
         out("no broker accounts beside %s: give the board a login of your broker's own" % ctx.cluster_path)
         return None
     try:
-        login = access.add_device(dev, "controller" if role == ROLE_CONTROLLER else "device")
+        login = dict(access.add_device(dev, "controller" if role == ROLE_CONTROLLER else "device"),
+                     login_key=access.login_public().hex())
     except (OSError, AccessError) as exc:
         raise ProvisionError("the device's broker account could not be made in %s: %s" % (access.folder, exc)) from None
     out("broker account %s (its password also in %s, mode 0600)"

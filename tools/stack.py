@@ -568,12 +568,13 @@ class Stack:
         return self.access.login(consumer_username(self.site))
 
     def follow_bans(self) -> list[str]:
-        """Keep the broker accounts in step with bans made by any admin: for each block committed since
-        the last call, the accounts of devices it banned are disabled and those it unbanned enabled. Called
-        by whoever runs the site (``ledgerlink up``'s loop, every ``SUPERVISE_S``); one line per change."""
-        from ledgerlink.core import cbor
+        """Keep the broker accounts in step with bans made by any admin and key rotations made by any device:
+        for each block committed since the last call, the account of each device whose record it changed
+        follows the record, proven against the validators (``SiteAccess.follow_record``: disabled while
+        banned, a new password for a rotated key). Called by whoever runs the site (``ledgerlink up``'s
+        loop, every ``SUPERVISE_S``); one line per change."""
         from ledgerlink.gateway.checks import _device_changed_by
-        from ledgerlink.ledger.state.codes import DeviceStatus, RecordKind
+        from ledgerlink.tools.broker_access import AccessError, proven_device_record
 
         if self.ledger is None:
             return []
@@ -586,18 +587,15 @@ class Stack:
                 block = self.ledger.block(self.followed + 1)
                 if not block.get("ok"):
                     break
-                self.followed += 1
                 for dev in filter(None, map(_device_changed_by, block["txs"])):
-                    proof = self.ledger.record(int(RecordKind.DEVICE), dev).get("proof")
-                    record = cbor.loads(proof[3]) if proof and proof[3] else None
-                    banned = isinstance(record, dict) and record.get(5) == DeviceStatus.BANNED
-                    if self.access.set_disabled(device_username(dev), banned):
-                        lines.append("broker account %s %s (ledger height %d)" % (
-                            device_username(dev), "disabled: banned" if banned else "enabled", self.followed))
+                    record = proven_device_record(self.ledger, self.chain_id, self.validators, dev, self.followed + 1)
+                    lines += ["%s (ledger height %d)" % (line, self.followed + 1)
+                              for line in self.access.follow_record(dev, record)]
+                self.followed += 1
             return lines
         except LedgerUnavailable:
             return []                    # no node answers now (the supervisor reports and restarts them): next call
-        except (OSError, StackError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, StackError, AccessError, ValueError, KeyError, TypeError) as exc:
             return ["following bans: %s" % exc]
 
     def ban(self, device_id: bytes, reason: str) -> dict:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from ledgerlink.tools import admin
-from tests.access.conftest import Client, Dev
+from tests.access.conftest import CRYPTO, Client, Dev
 
 
 def _admin(capsys, *args) -> tuple[int, str]:
@@ -62,3 +64,59 @@ def test_a_ban_by_any_admin_disables_the_account_within_a_second(stack, register
     assert c.disconnected.is_set(), lines
     assert any("%s disabled: banned" % dev.username in line for line in lines), lines
     assert not Client(stack, dev.username, dev.login()).accepted
+
+
+def _follow_until(stack, done, limit_s: float = 1.0) -> tuple[list[str], float]:
+    """``stack.follow_bans()`` every 0.25 s (as `ledgerlink up` runs it) until ``done()`` or ``limit_s``."""
+    t0 = time.monotonic()
+    lines: list[str] = []
+    while not done() and time.monotonic() - t0 < limit_s:
+        lines += stack.follow_bans()
+        time.sleep(0.02 if done() else 0.25)
+    return lines, time.monotonic() - t0
+
+
+def test_a_key_rotation_on_the_ledger_replaces_the_broker_password_within_a_second(stack, register):
+    from ledgerlink.ledger.state import encoding as enc
+    from ledgerlink.tools.broker_access import device_login
+
+    [dev] = register(1)
+    old = dev.login()
+    c = dev.client()
+    stack.follow_bans()                                           # caught up before the rotation
+    new_priv = CRYPTO.generate_private_key()
+    res = stack.ledger.submit(enc.rotate_key_tx(stack.chain_id, dev.priv, new_priv, int(time.time() * 1000)))
+    assert res.get("status") == "committed" and res.get("code") == 0, res     # the device's own transaction
+    lines, took = _follow_until(stack, c.disconnected.is_set)
+    assert c.disconnected.is_set() and took < 1.0, lines          # the old login's connection ends
+    assert any("%s: new password for the device's rotated key (version 2)" % dev.username in l for l in lines), lines
+    assert not Client(stack, dev.username, old).accepted          # the old password is refused
+    assert device_login(dev.id, dev.priv, stack.access.login_public()) != stack.login(dev.username)
+    new = device_login(dev.id, new_priv, stack.access.login_public())     # what the device computes with its new key
+    assert new == stack.login(dev.username)
+    again = Client(stack, dev.username, new)
+    assert again.accepted
+    again.close()
+
+
+def test_an_account_follows_only_a_proven_record(stack, register):
+    from ledgerlink.core import cbor
+    from ledgerlink.ledger.state.codes import RecordKind
+    from ledgerlink.tools.broker_access import AccessError, proven_device_record
+
+    [dev] = register(1)
+    record = proven_device_record(stack.ledger, stack.chain_id, stack.validators, dev.id)
+    assert record[2] == dev.core.public_key
+    proof = stack.ledger.record(int(RecordKind.DEVICE), dev.id)["proof"]
+    forged = dict(cbor.loads(proof[3]))
+    forged[2] = CRYPTO.public_key(CRYPTO.generate_private_key(), True)    # a lying node's key of its choosing
+    proof[3] = cbor.dumps(forged)
+
+    class Lying:
+        def record(self, kind, dev_id):
+            return {"ok": True, "proof": proof}
+
+    with pytest.raises(AccessError, match="does not verify"):
+        proven_device_record(Lying(), stack.chain_id, stack.validators, dev.id)
+    with pytest.raises(AccessError, match="older header"):
+        proven_device_record(stack.ledger, stack.chain_id, stack.validators, dev.id, stack.height() + 5)
