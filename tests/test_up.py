@@ -154,6 +154,7 @@ BAD = [
     ({"data_dir": "d", "site": "p", "admin_key": "missing.key"}, "ledgerlink admin keygen --out"),
     ({"data_dir": "d", "site": "p", "broker": {"external": "127.0.0.1:%d"}}, "does not answer"),
     ({"data_dir": "d", "site": "p", "broker": {"external": "nohost"}}, "HOST:PORT"),
+    ({"data_dir": "d", "site": "p", "broker": {"admin_login": "a.json"}}, "give broker.external"),
 ]
 
 
@@ -223,6 +224,7 @@ def test_external_broker_and_a_node_that_exits_is_started_again(tmp_path):
         seen: list[str] = []
         try:
             assert "MQTT broker: external at 127.0.0.1:%d" % port in text
+            assert text.count("broker accounts: none made on the external broker") == 1    # what to set up there
             assert "broker: mqtt://127.0.0.1:%d" % port in text
             pids = _pids_of(text)
             assert len(pids) == 2

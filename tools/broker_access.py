@@ -37,6 +37,10 @@ Enforcement:
   SIGHUP reload of password files disconnects every client, the gateway too). ``mosquitto_lines``
   writes the plugin's config from ``accounts.json`` at each start; changes while it runs go to it as
   ``$CONTROL/dynamic-security/v1`` commands from the ``ll-broker-admin`` account (``apply_live``).
+- an external mosquitto (``ledgerlink up``'s ``broker.external``) with the same plugin: given the login
+  of one of its admins (``broker.admin_login``), ``sync_external`` makes every account there at start and
+  ``apply_live`` sends later changes; ``up`` names the broker settings that still let more through
+  (anonymous clients, a default that allows). Without an admin login ``up`` prints ``external_advice``.
 - the embedded broker (``ledgerlink.tools.mqtt_broker --accounts FILE``): ``ledgerlink.tools.mqtt_acl``
   reads the same ``accounts.json`` with the same rules, and reads it again within ``RELOAD_S`` of a
   change, disconnecting the clients of disabled accounts.
@@ -434,11 +438,12 @@ class SiteAccess:
         self.apply_live([("disable" if disabled else "enable", username, None)])
         return True
 
-    def site_accounts(self, gateways: int = 1) -> None:
-        """The accounts every site has: its gateway processes, the consumer and the broker admin."""
+    def site_accounts(self, gateways: int = 1, broker_admin: bool = True) -> None:
+        """The accounts every site has: its gateway processes, the consumer and (``broker_admin``: for the
+        mosquitto started here) the broker admin."""
         self.add_many([(gateway_username(self.site, i), "gateway", None, None) for i in range(1, gateways + 1)]
-                      + [(consumer_username(self.site), "consumer", None, None),
-                         (ADMIN_USER, "broker-admin", None, None)])
+                      + [(consumer_username(self.site), "consumer", None, None)]
+                      + ([(ADMIN_USER, "broker-admin", None, None)] if broker_admin else []))
 
     # --- mosquitto -----------------------------------------------------------------------------------
 
@@ -469,10 +474,14 @@ class SiteAccess:
 
     # --- the running broker --------------------------------------------------------------------------
 
-    def write_runtime(self, kind: str, host: str, port: int) -> None:
-        """Note which broker serves the accounts (read by ``apply_live`` in other processes)."""
+    def write_runtime(self, kind: str, host: str, port: int, admin_login: str | Path | None = None) -> None:
+        """Note which broker serves the accounts (read by ``apply_live`` in other processes); ``admin_login``:
+        the file with the login of an external mosquitto's dynamic-security admin."""
         private_dir(self.folder)
-        _write_private(self.folder / RUNTIME_FILE, json.dumps({"kind": kind, "host": host, "port": port}) + "\n")
+        runtime: dict[str, Any] = {"kind": kind, "host": host, "port": port}
+        if admin_login is not None:
+            runtime["admin_login"] = str(Path(admin_login).resolve())
+        _write_private(self.folder / RUNTIME_FILE, json.dumps(runtime) + "\n")
 
     def apply_live(self, changes: Iterable[tuple[str, str, str | None]]) -> None:
         """Tell a running mosquitto about changed accounts (the embedded broker reads the file itself).
@@ -488,6 +497,19 @@ class SiteAccess:
             return
         if runtime.get("kind") != "mosquitto":
             return
+        commands = self._dynsec_commands(changes)
+        if commands:
+            dynsec_command(runtime["host"], int(runtime["port"]), self._admin_login(runtime), commands)
+
+    def _admin_login(self, runtime: dict[str, Any]) -> dict[str, str]:
+        """The login that may send dynamic-security commands: an external broker's admin, else ours."""
+        if "admin_login" not in runtime:
+            return self.login(ADMIN_USER)
+        return read_admin_login(runtime["admin_login"])
+
+    def _dynsec_commands(self, changes: Iterable[tuple[str, str, str | None]]) -> list[dict[str, Any]]:
+        """The dynamic-security commands of ``apply_live``'s changes (the broker admin's own account is
+        never changed this way)."""
         commands: list[dict[str, Any]] = []
         accounts = self.load()
         for op, username, password in changes:
@@ -505,8 +527,65 @@ class SiteAccess:
                               "clientid": username, "roles": [{"rolename": username}]}]
             else:
                 commands.append({"command": op + "Client", "username": username})
-        if commands:
-            dynsec_command(runtime["host"], int(runtime["port"]), self.login(ADMIN_USER), commands)
+        return commands
+
+    def sync_external(self, host: str, port: int, admin_login: str | Path, gateways: int = 1) -> list[str]:
+        """Make the site's accounts and ACLs on an external mosquitto with the dynamic security plugin, over
+        ``DYNSEC_TOPIC`` as ``admin_login`` (a JSON file ``{"username", "password"}`` of one of its admins):
+        the gateway and consumer accounts (made here when missing) and every account of ``accounts.json``,
+        each replaced by ours (its role, ACLs, password, client id; disabled when it is), so the broker
+        agrees with the file after any earlier run or a broker that lost its state. Later changes (register,
+        ban, key rotation) go to it as they happen (``apply_live``). Returns lines for the operator: what
+        was made, and what in the broker's own settings still lets more through than the ACLs (anonymous
+        clients, a default that allows). AccessError when the admin login is refused or a command fails."""
+        login = read_admin_login(admin_login)
+        self.write_runtime("external", host, port)             # nothing sent live while the accounts are made
+        self.site_accounts(gateways, broker_admin=False)
+        accounts = self.load()
+        changes: list[tuple[str, str, str | None]] = []
+        missing = []
+        for username, a in sorted(accounts.items()):
+            if username == ADMIN_USER:
+                continue
+            try:
+                changes.append(("set", username, self.login(username)["password"]))
+            except AccessError:
+                missing.append(username)
+                continue
+            if a.get("disabled"):
+                changes.append(("disable", username, None))
+        commands = [{"command": "getDefaultACLAccess"}] + self._dynsec_commands(changes)
+        try:
+            answers = dynsec_command(host, port, login, commands)
+        except (OSError, ValueError) as exc:
+            raise AccessError("the external broker %s:%d did not take the dynamic-security admin's login from %s: %s"
+                              % (host, port, admin_login, exc)) from None
+        failed = [a for a in answers if a.get("error") and a.get("command") not in ("deleteClient", "deleteRole")]
+        if len(answers) < len(commands) or failed:
+            raise AccessError("the external broker %s:%d did not take the accounts (%d of %d answers%s): is the "
+                              "dynamic security plugin loaded and %s one of its admins?"
+                              % (host, port, len(answers), len(commands),
+                                 "; %s: %s" % (failed[0].get("command"), failed[0].get("error")) if failed else "",
+                                 login["username"]))
+        self.write_runtime("mosquitto", host, port, admin_login)
+        made = len(accounts) - (ADMIN_USER in accounts) - len(missing)
+        lines = ["broker accounts: %d made on the external broker %s:%d with its dynamic security plugin "
+                 "(as %s); registrations, bans and key rotations follow" % (made, host, port, login["username"])]
+        if missing:
+            lines.append("broker accounts without a credentials file here, not made on the broker: %s"
+                         % ", ".join(missing))
+        defaults = {acl.get("acltype"): acl.get("allow") for a in answers if a.get("command") == "getDefaultACLAccess"
+                    for acl in (a.get("data") or {}).get("acls", [])}
+        open_kinds = [k for k in ("publishClientSend", "subscribe") if defaults.get(k)]   # receive: as subscribed
+        if open_kinds:
+            lines.append("warning: the external broker allows %s by default, so clients may do more than their "
+                         "ACLs say; set it to deny: %s" % (", ".join(open_kinds), "; ".join(
+                             "mosquitto_ctrl -u %s -h %s -p %d dynsec setDefaultACLAccess %s deny"
+                             % (login["username"], host, port, k) for k in open_kinds)))
+        if anonymous_accepted(host, port):
+            lines.append("warning: the external broker accepts anonymous clients: set `allow_anonymous false` "
+                         "in its mosquitto.conf")
+        return lines
 
 
     def _wait_applied(self, timeout: float = 2.0) -> None:
@@ -522,6 +601,49 @@ class SiteAccess:
                 pass
             time.sleep(0.01)
         raise AccessError("the embedded broker did not read the changed accounts within %.1f s" % timeout)
+
+
+def external_advice(site: str, host: str, port: int) -> str:
+    """What the operator of an external broker must set up when ``ledgerlink up`` is given no admin login
+    for it (printed once at start)."""
+    return ("broker accounts: none made on the external broker %s:%d (no broker.admin_login). Either let "
+            "`ledgerlink up` make and keep them: load mosquitto's dynamic security plugin there (mosquitto.conf: "
+            "`plugin %s`, `plugin_opt_config_file dynamic-security.json`, `allow_anonymous false`), make an admin "
+            "(`mosquitto_ctrl dynsec init dynamic-security.json ADMIN`) and set broker.admin_login to a file "
+            "(mode 0600) holding {\"username\": \"ADMIN\", \"password\": \"...\"}; or set up on that broker "
+            "yourself: no anonymous clients, one login per client bound to its client id (the gateway's: "
+            "%s; the consumer's: %s; a device's: ll-<device id hex>), and each role only its topics "
+            "(docs/protocol.md, \"Broker accounts and ACLs\", site %s). Until then the gateway connects "
+            "without a login." % (host, port, find_dynsec_plugin() or DYNSEC_PLUGIN_PATHS[0],
+                                  gateway_username(site), consumer_username(site), site))
+
+
+def read_admin_login(path: str | Path) -> dict[str, str]:
+    """``{"username", "password"}`` from a broker admin's login file; AccessError says what is wrong."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return {"username": str(data["username"]), "password": str(data["password"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AccessError("broker admin login %s is not a readable JSON file {\"username\", \"password\"}: %s"
+                          % (path, exc)) from None
+
+
+def anonymous_accepted(host: str, port: int, timeout: float = 5.0) -> bool:
+    """Whether the broker at ``host``:``port`` lets a client in without an account (an MQTT 5 CONNECT with
+    no username, answered by CONNACK code 0)."""
+    import socket
+
+    from ledgerlink import mqtt5
+
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(mqtt5.encode_connect("ll-probe-%s" % secrets.token_hex(4), 10, True))
+        data = b""
+        while len(data) < 4:
+            chunk = sock.recv(64)
+            if not chunk:
+                return False
+            data += chunk
+    return data[0] == 0x20 and data[3] == 0
 
 
 def dynsec_command(host: str, port: int, login: dict[str, str], commands: list[dict[str, Any]],
@@ -543,12 +665,22 @@ def dynsec_command(host: str, port: int, login: dict[str, str], commands: list[d
 
     c.on_message = on_message
     c.on_subscribe = lambda *a: subscribed.set()
-    c.on_connect = lambda cl, u, f, r, p: cl.subscribe(DYNSEC_TOPIC + "/response", 1)
+    refused: list[str] = []
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+            subscribed.set()
+        else:
+            client.subscribe(DYNSEC_TOPIC + "/response", 1)
+
+    c.on_connect = on_connect
     c.connect(host, port)
     c.loop_start()
     try:
-        if not subscribed.wait(timeout):
-            raise AccessError("mosquitto at %s:%d did not take the broker admin's subscription" % (host, port))
+        if not subscribed.wait(timeout) or refused:
+            raise AccessError("mosquitto at %s:%d did not take the broker admin %s%s" % (
+                host, port, login["username"], ": login refused (%s)" % refused[0] if refused else "'s subscription"))
         for i in range(0, len(commands), DYNSEC_CHUNK):            # each message well below the size limit
             c.publish(DYNSEC_TOPIC, json.dumps({"commands": commands[i:i + DYNSEC_CHUNK]}), qos=1)
         deadline = time.monotonic() + timeout + len(commands) / 1000

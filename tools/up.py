@@ -9,7 +9,9 @@ config file (JSON, or TOML when the name ends in .toml; relative paths are relat
       "broker": {"host": "127.0.0.1", "port": 1883, "tls_port": 8883},
                                                        # the broker started here (port 0: a free one), also
                                                        # with TLS on tls_port (the site CA in data_dir/broker/tls)
-                                                       # or {"external": "mqtt.lan:1883"}: a running MQTT 5 broker
+                                                       # or {"external": "mqtt.lan:1883"}: a running MQTT 5 broker,
+                                                       # with "admin_login": "admin.json" when it is a mosquitto
+                                                       # with the dynamic security plugin (up makes the accounts)
       "ledger": {"nodes": 4, "host": "127.0.0.1", "base_port": 27000, "chain_id": "ll-plant-1"},
                                                        # peer ports base_port+i, client ports base_port+1000+i
       "gateway": {"http_host": "127.0.0.1", "http_port": 8080, "limits": {}, "batch": {}, "processes": 1},
@@ -41,7 +43,10 @@ client id, and may use only its role's topics (``ledgerlink.tools.broker_access`
 makes the accounts of the gateway processes, the consumer (reads the verified readings) and the broker
 admin; ``ledgerlink provision`` and ``admin register`` make a device's, and a ban disables it at once.
 The dashboard asks for the token in ``data_dir/dashboard.token``. Secret files are mode 0600 and
-``data_dir`` is 0700. An external broker (``broker.external``) enforces its own accounts.
+``data_dir`` is 0700. On an external broker (``broker.external``) ``up`` makes and keeps the same accounts
+and ACLs when it is a mosquitto with the dynamic security plugin and ``broker.admin_login`` names a file
+with one of its admins' login (``SiteAccess.sync_external``); otherwise it prints once what the operator
+must set up there (``broker_access.external_advice``).
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ MAX_GATEWAY_PROCESSES = 16
 SUPERVISE_S = 0.25             # how often the parts are looked at
 KNOWN = {
     "": ("data_dir", "site", "broker", "ledger", "gateway", "admin_key"),
-    "broker": ("host", "port", "tls_port", "external"),
+    "broker": ("host", "port", "tls_port", "external", "admin_login"),
     "ledger": ("nodes", "host", "base_port", "chain_id"),
     "gateway": ("http_host", "http_port", "limits", "batch", "processes"),
 }
@@ -100,6 +105,11 @@ class UpConfig:
             if "port" in broker or "host" in broker:
                 raise ConfigError("broker: give either external (a running broker) or host/port (start one), not both")
             self.broker_external = _host_port(broker["external"], "broker.external")
+        self.broker_admin_login: Path | None = None
+        if "admin_login" in broker:
+            if "external" not in broker:
+                raise ConfigError("broker.admin_login is the login of an external broker's admin: give broker.external")
+            self.broker_admin_login = _resolve(base, _text(broker, "admin_login", None, "broker.admin_login"))
         self.broker_host = _text(broker, "host", "127.0.0.1", "broker.host")
         self.broker_port = _port(broker, "port", 1883, "broker.port")
         self.broker_tls_port = _port(broker, "tls_port", 0, "broker.tls_port")
@@ -301,6 +311,13 @@ def preflight(cfg: UpConfig, broker: str | None = None) -> dict[str, Any] | None
         except OSError as exc:
             raise ConfigError("broker %s:%d does not answer (%s): start it or fix broker.external"
                               % (host, port, exc.strerror or exc)) from None
+        if cfg.broker_admin_login is not None:
+            from ledgerlink.tools.broker_access import AccessError, read_admin_login
+
+            try:
+                read_admin_login(cfg.broker_admin_login)
+            except AccessError as exc:
+                raise ConfigError("%s (broker.admin_login)" % exc) from None
     base = int(existing["base_port"]) if existing is not None else cfg.base_port
     if base:
         for i in range(cfg.nodes):
@@ -379,11 +396,28 @@ def _make_stack_class() -> type:
             try:
                 self.broker_host, self.broker_port = self.cfg.broker_external
                 self.progress("MQTT broker: external at %s:%d" % self.cfg.broker_external)
+                self._external_accounts()
                 self._start_cluster(timeout)
                 self._start_gateway(timeout)
             except BaseException:
                 self.stop()
                 raise
+
+        def _external_accounts(self) -> None:
+            """The site's accounts on the external broker, or what the operator must set up there."""
+            from ledgerlink.tools.broker_access import AccessError, external_advice, private_dir
+
+            private_dir(self.data_dir)
+            if self.cfg.broker_admin_login is None:
+                self.progress(external_advice(self.site, self.broker_host, self.broker_port))
+                return
+            try:
+                lines = self.access.sync_external(self.broker_host, self.broker_port, self.cfg.broker_admin_login,
+                                                  len(self.gateways))
+            except AccessError as exc:
+                raise st.StackError(str(exc)) from None
+            for line in lines:
+                self.progress(line)
 
         def _gateway_http(self, index: int) -> tuple[str, int]:
             """The configured dashboard address for the first gateway (kept across restarts), a free port for
@@ -425,7 +459,9 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
              "broker TLS: as the external broker offers it",
              "broker accounts: %s (no anonymous clients; each account's login in %s/<username>.json, mode 0600; "
              "devices get theirs from `ledgerlink provision`)" % (stack.access.accounts_path,
-                                                                  stack.access.folder / "credentials"),
+                                                                  stack.access.folder / "credentials")
+             if cfg.broker_external is None or cfg.broker_admin_login is not None else
+             "broker accounts: the external broker's own (see above)",
              "ledger: chain %r, %d nodes; client ports %s" % (
                  c.chain_id, c.n, ", ".join("%s:%d" % (a.host, a.client_port) for a in c.nodes)),
              "cluster config (trust anchor: chain id + validator keys): %s" % cfg.cluster_path]

@@ -1,0 +1,153 @@
+"""``ledgerlink up`` with an external broker: given the login of a mosquitto dynamic-security admin
+(``broker.admin_login``) it makes the site's accounts and ACLs there over ``$CONTROL/dynamic-security/v1``
+and keeps them (registrations, bans, key rotations); without one it says once what the operator must set up.
+The external broker is a real mosquitto with the dynamic security plugin, started by the test."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.tools import up
+from ledgerlink.tools.broker_access import (ADMIN_USER, AccessError, SiteAccess, anonymous_accepted, consumer_username,
+                                            device_login, external_advice, find_dynsec_plugin, hash_password)
+from ledgerlink.tools.stack import find_mosquitto, free_port
+from tests.access.conftest import CRYPTO, NOT_AUTHORIZED, Client, Dev
+
+ADMIN = {"username": "site-ops", "password": "external-admin-password-0123456789"}
+
+
+def _dynsec_file(path: Path, default_allow: bool) -> None:
+    """A plugin config with one admin (``ADMIN``) who may only use the control topic; the defaults of
+    ``mosquitto_ctrl dynsec init`` (receive allowed), or everything allowed."""
+    h = hash_password(ADMIN["password"])
+    path.write_text(json.dumps({
+        "defaultACLAccess": {"publishClientSend": default_allow, "publishClientReceive": True,
+                             "subscribe": default_allow, "unsubscribe": True},
+        "clients": [{"username": ADMIN["username"], "password": h["hash"], "salt": h["salt"],
+                     "iterations": h["iterations"], "roles": [{"rolename": "admin"}]}],
+        "groups": [],
+        "roles": [{"rolename": "admin", "acls": [
+            {"acltype": "publishClientSend", "topic": "$CONTROL/dynamic-security/#", "allow": True},
+            {"acltype": "publishClientReceive", "topic": "$CONTROL/dynamic-security/#", "allow": True},
+            {"acltype": "subscribePattern", "topic": "$CONTROL/dynamic-security/#", "allow": True}]}]}))
+
+
+@contextlib.contextmanager
+def external_mosquitto(folder: Path, open_broker: bool = False):
+    """A mosquitto with the dynamic security plugin, not started by ``up`` (``open_broker``: anonymous
+    clients and everything allowed by default): yields (port, admin login file)."""
+    folder.mkdir()
+    _dynsec_file(folder / "dynsec.json", default_allow=open_broker)
+    port = free_port()
+    (folder / "mosquitto.conf").write_text(
+        "listener %d 127.0.0.1\nallow_anonymous %s\npersistence false\nuser %s\nplugin %s\n"
+        "plugin_opt_config_file %s\n" % (port, "true" if open_broker else "false", pwd.getpwuid(os.geteuid()).pw_name,
+                                         find_dynsec_plugin(), folder / "dynsec.json"))
+    proc = subprocess.Popen([find_mosquitto(), "-c", str(folder / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    login = folder / "admin.json"
+    login.write_text(json.dumps(ADMIN))
+    os.chmod(login, 0o600)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                anonymous_accepted("127.0.0.1", port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the external mosquitto did not start"
+                time.sleep(0.05)
+        yield port, login
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def external(tmp_path):
+    with external_mosquitto(tmp_path / "external") as found:
+        yield found
+
+
+def _site(tmp_path: Path, port: int, **broker) -> up.UpConfig:
+    path = tmp_path / "up.json"
+    path.write_text(json.dumps({"data_dir": "site", "site": "ext", "ledger": {"nodes": 1},
+                                "broker": {"external": "127.0.0.1:%d" % port, **broker}}))
+    return up.load_config(path)
+
+
+@pytest.mark.slow
+def test_up_makes_and_keeps_the_accounts_on_an_external_mosquitto(tmp_path, external):
+    port, login = external
+    cfg = _site(tmp_path, port, admin_login=str(login))
+    up.preflight(cfg)
+    up.make_ledger(cfg)
+    lines: list[str] = []
+    stack = up._make_stack_class()(cfg, lines.append)
+    try:
+        stack.start()
+        assert any("broker accounts: 2 made on the external broker 127.0.0.1:%d" % port in l for l in lines), lines
+        assert not any(l.startswith("warning") for l in lines), lines
+        assert not stack.access.credentials_path(ADMIN_USER).exists()     # the broker's admin is its operator's
+        assert not Client(stack, "anybody").accepted                       # no account, no connection
+        dev = Dev(stack)
+        stack.register([dev.registration()])                              # its account made there as it registers
+        c = dev.client()
+        assert c.subscribe("ll/ext/dev/+/down") == NOT_AUTHORIZED         # the device role's ACLs apply
+        dev.served(c)                                                      # the gateway logged in with its account
+        consumer = Client(stack, consumer_username("ext"), stack.consumer_login())
+        assert consumer.accepted and consumer.subscribe("#") == NOT_AUTHORIZED
+        consumer.close()
+        stack.follow_bans()
+        new_priv = CRYPTO.generate_private_key()                          # a key rotation on the ledger
+        assert stack.ledger.submit(enc.rotate_key_tx(stack.chain_id, dev.priv, new_priv,
+                                                     int(time.time() * 1000)))["status"] == "committed"
+        t0 = time.monotonic()
+        while not c.disconnected.is_set() and time.monotonic() - t0 < 1.0:
+            stack.follow_bans()
+            time.sleep(0.25)
+        assert c.disconnected.is_set()
+        assert not Client(stack, dev.username, device_login(dev.id, dev.priv, stack.access.login_public())).accepted
+        new = Client(stack, dev.username, device_login(dev.id, new_priv, stack.access.login_public()))
+        assert new.accepted
+        new.close()
+    finally:
+        stack.stop()
+    again: list[str] = []                                                 # a second run finds the accounts in place
+    stack = up._make_stack_class()(cfg, again.append)
+    try:
+        stack.start()
+        assert any("broker accounts: 3 made on the external broker" in l for l in again), again
+        assert Client(stack, dev.username, stack.login(dev.username)).accepted
+    finally:
+        stack.stop()
+
+
+def test_external_broker_login_checked_open_settings_named_and_advice(tmp_path, external):
+    port, login = external
+    lines = SiteAccess(tmp_path / "broker", "ext").sync_external("127.0.0.1", port, login)
+    assert len(lines) == 1 and "2 made" in lines[0], lines                  # nothing to warn about
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"username": ADMIN["username"], "password": "wrong"}))
+    with pytest.raises(AccessError, match="login refused"):
+        SiteAccess(tmp_path / "other", "ext").sync_external("127.0.0.1", port, bad)
+    with external_mosquitto(tmp_path / "open", open_broker=True) as (open_port, open_login):
+        lines = SiteAccess(tmp_path / "broker3", "ext").sync_external("127.0.0.1", open_port, open_login)
+    assert any("allows publishClientSend, subscribe by default" in l and "setDefaultACLAccess subscribe deny" in l
+               for l in lines), lines
+    assert any("accepts anonymous clients: set `allow_anonymous false`" in l for l in lines), lines
+    with pytest.raises(up.ConfigError, match=r"missing.json is not a readable JSON file .*\(broker.admin_login\)"):
+        up.preflight(_site(tmp_path, port, admin_login="missing.json"))
+    advice = external_advice("ext", "127.0.0.1", port)
+    for needed in ("broker.admin_login", "allow_anonymous false", "mosquitto_ctrl dynsec init", "ll-gw-ext-1",
+                   "ll-app-ext", "Broker accounts and ACLs"):
+        assert needed in advice
