@@ -8,7 +8,7 @@ import hashlib
 import queue
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -139,11 +139,18 @@ def stack(request, tmp_path_factory):
         s.stop()
 
 
-@pytest.fixture(scope="package")
-def register(stack):
-    def make(n: int) -> list[Dev]:
-        devs = [Dev(stack) for _ in range(n)]
+def registrar(stack: Stack, make_dev: Callable[[Stack], Any]) -> Callable[[int], list]:
+    """``register(n)``: ``n`` new devices ``make_dev(stack)``, registered on the ledger in one batch of
+    admin-signed txs, each with its broker account."""
+
+    def register(n: int) -> list:
+        devs = [make_dev(stack) for _ in range(n)]
         stack.register([d.registration() for d in devs])
         return devs
 
-    return make
+    return register
+
+
+@pytest.fixture(scope="package")
+def register(stack):
+    return registrar(stack, Dev)

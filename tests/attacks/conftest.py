@@ -26,6 +26,7 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.device.core import DeviceCore, MemoryCounter, SequenceCounter
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.tools.stack import Stack
+from tests.access.conftest import registrar
 
 SITE = "atk"
 LIMITS = {"rate_per_s": 5, "burst": 10, "registry_ttl_ms": 500, "registry_timeout_ms": 2000}
@@ -233,11 +234,4 @@ def net(stack):
 
 @pytest.fixture(scope="module")
 def register(stack):
-    """``register(n)``: ``n`` new devices registered on the ledger in one batch of admin-signed txs."""
-
-    def make(n: int) -> list[Dev]:
-        devs = [Dev(stack) for _ in range(n)]
-        stack.register([d.registration() for d in devs])
-        return devs
-
-    return make
+    return registrar(stack, Dev)
