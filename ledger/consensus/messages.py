@@ -13,7 +13,7 @@ so that 2f+1 commit messages for one header form that block's ``commit-certifica
 
 ```cddl
 pbft-msg = request / pre-prepare / prepare / commit / checkpoint / view-change / new-view /
-           fetch-blocks / blocks
+           fetch-blocks / blocks / equivocation
 sender = uint                      ; validator index, 0 .. n-1
 view = uint .le 4294967295
 height = uint                      ; PBFT sequence number == block height
@@ -33,12 +33,16 @@ new-view     = [7, sender, view, view-changes: [+ bstr],   ; 2f+1 signed view-ch
                 pre-prepare: bstr / null, sig64]    ; required when a prepared proposal is carried over
 fetch-blocks = [8, sender, from: height, to: height, sig64]
 blocks       = [9, sender, [* [header, txs: [* bstr], commit-certificate]], sig64]
+equivocation = [10, sender, pre-prepare: bstr, pre-prepare: bstr, sig64]   ; two signed pre-prepares
+                                                     ; of one primary for one view and height
 ```
 
 Validity beyond the CDDL: the sender field equals the transport sender; the sender of a pre-prepare
 or new-view is the primary of its view (``view mod n``); view-changes inside a new-view come from
 distinct validators and name the new view; prepared-proof votes come from distinct non-primary
-validators and sign the prepare ``[3, index, view, height, header-hash]`` of the pre-prepare.
+validators and sign the prepare ``[3, index, view, height, header-hash]`` of the pre-prepare; the
+two pre-prepares of an equivocation verify, come from the primary of their view, and name the same
+view and height with different headers.
 
 This module decodes untrusted bytes: every decoder raises ``MessageError`` (never IndexError,
 KeyError or TypeError) on malformed input, and signatures are checked against the validator set.
@@ -60,11 +64,12 @@ def _loads(data: bytes) -> Any:
     return _core_loads(data, max_size=max(len(data), 1))  # callers bound the size
 
 
-REQUEST, PRE_PREPARE, PREPARE, COMMIT, CHECKPOINT, VIEW_CHANGE, NEW_VIEW, FETCH_BLOCKS, BLOCKS = range(1, 10)
+REQUEST, PRE_PREPARE, PREPARE, COMMIT, CHECKPOINT, VIEW_CHANGE, NEW_VIEW, FETCH_BLOCKS, BLOCKS, EQUIVOCATION = \
+    range(1, 11)
 KIND_NAMES = {
     REQUEST: "request", PRE_PREPARE: "pre-prepare", PREPARE: "prepare", COMMIT: "commit",
     CHECKPOINT: "checkpoint", VIEW_CHANGE: "view-change", NEW_VIEW: "new-view",
-    FETCH_BLOCKS: "fetch-blocks", BLOCKS: "blocks",
+    FETCH_BLOCKS: "fetch-blocks", BLOCKS: "blocks", EQUIVOCATION: "equivocation",
 }
 PBFT_DOMAIN = "ledgerlink-pbft-v1"
 COMMIT_DOMAIN = "ledgerlink-commit-v1"
@@ -343,11 +348,13 @@ def _parse_fields(kind: int, a: list, limits: Limits) -> tuple:
             out.append((Header.from_obj(b[0]), _txs(b[1], limits.max_batch, limits.max_tx_size),
                         CommitCertificate.from_obj(b[2])))
         return (tuple(out),)
+    if kind == EQUIVOCATION:
+        return (_bstr(a[0]), _bstr(a[1]))
     raise MessageError("unknown kind")
 
 
 _ARITY = {REQUEST: 1, PRE_PREPARE: 4, PREPARE: 3, COMMIT: 3, CHECKPOINT: 2, VIEW_CHANGE: 3,
-          NEW_VIEW: 3, FETCH_BLOCKS: 2, BLOCKS: 1}
+          NEW_VIEW: 3, FETCH_BLOCKS: 2, BLOCKS: 1, EQUIVOCATION: 2}
 
 
 def decode_message(data: bytes, chain_id: str, validators: Sequence[bytes], crypto: Crypto,

@@ -29,11 +29,17 @@ rounds, fsyncs). With a grace ``g`` = ``batch_timeout_ms`` + ``slow_primary_grac
 for batching and the primary's tick, the pool and the recent blocks allow one block per
 ``p + g``. When, over the last ``slow_primary_window_ms`` of such blocks in the view (at least
 ``SLOW_PRIMARY_MIN_BLOCKS``), sum(d) > (``SLOW_PRIMARY_FRACTION`` - 1) * sum(p + g), the primary
-delivers less than a third of that rate and the backup demands a view change (moves to the next
+delivers less than half of that rate and the backup demands a view change (moves to the next
 view; f+1 such demands move every honest replica). An honest primary under load keeps its view:
 it proposes the next batch as soon as it commits the last one, so ``d`` is its own execution of
-the batch plus one message delay, while ``p`` contains the backups' execution of the same batch
-plus two vote rounds; load lengthens both alike and the ratio stays far below the bound. A backup
+the batch plus one message delay (and at most the batch timeout), while ``p`` contains the
+backups' execution of the same batch plus two vote rounds; load lengthens both alike, so ``d``
+stays below ``p + g`` (at most 0.84 of it in the simulator's saturated runs). So a slow primary
+keeps its view only while it at most doubles the replicas' share of each block (plus ``g``); one
+that holds each proposal near the view-change timeout is replaced after two blocks. A primary a
+backup demoted for slowness stays a suspect of that backup until it serves a full window within
+the bound: when the view rotates back to it, one slow block is enough (its turn comes every n
+views, and each costs one block instead of a window). A backup
 that lags measures ``d`` near 0 (the proposal is there when it gets ready), and a backup with no
 transactions waiting measures nothing, so neither blames the primary for its own slowness or for
 idle time. The new primary's new-view carries 2f+1 view-changes; from them every
@@ -46,6 +52,17 @@ certificate, 2f+1 commits for a proposal it never got, or f+1 replicas working a
 fetches committed blocks, verifies each certificate and the header chain, re-executes and checks
 the state root. With no work of its own it also asks one peer in turn for newer blocks every
 ``idle_sync_ms``, so a replica that missed the last blocks' votes catches up with no new traffic.
+
+Equivocation. A backup that holds two pre-prepares its primary signed for one view and height
+with different headers has a proof of misbehaviour: it sends both to every other validator in an
+``equivocation`` message, and every replica that holds the proof (checked like the pre-prepares
+themselves) leaves the view that primary leads and skips every later view it would lead (the
+view after it is led by the next validator). An honest validator never signs two pre-prepares
+for one view and height (restored replicas abstain where they may have proposed), so only a
+Byzantine one can be skipped, and with at most f of them every n views hold n - f honest
+primaries. So an equivocation one backup sees moves all honest replicas at once, and the
+equivocator never leads again (until a replica restarts and forgets the proof, which it learns
+again from the next pair).
 
 Security. Protects the agreement of honest replicas on one block per height against up to f
 Byzantine validators (equivocation, forged or replayed votes, invalid proposals, lying view-changes)
@@ -80,6 +97,9 @@ asking ``fetch-blocks 0..10^6`` in a loop costs in encoding and signing
 up asks its peers in turn, so it fetches up to 512 KiB/s from each (at 150 tx/s a block is a few
 kB; at saturation the chain grows by about 0.6 MB/s, which three peers out-supply).
 
+The node's peer transport already caps each peer's fetch-blocks (``PortLimits.fetch_rate``) and
+every other kind per second before the replica sees them (``ledgerlink.ledger.transport``); the
+limits here hold for any transport (the simulator's), and bound the bytes of blocks sent.
 Cheap refusals before the signature check (``receive``): a peer's fetch-blocks beyond
 ``FETCH_REQUESTS_PER_S`` a second, and a prepare or commit that would be dropped and tells nothing
 new about its sender (a second vote of the sender for a view and height, a vote for a stale height
@@ -258,7 +278,7 @@ class _ViewChange:
 
 
 _VOTES = (m.PRE_PREPARE, m.PREPARE, m.COMMIT)
-SLOW_PRIMARY_FRACTION = 3     # a backup demands a view change below 1/3 of the rate the pool and recent blocks allow
+SLOW_PRIMARY_FRACTION = 2     # a backup demands a view change below 1/2 of the rate the pool and recent blocks allow
 SLOW_PRIMARY_MIN_BLOCKS = 2
 SLOW_PRIMARY_MAX_BLOCKS = 256      # samples kept (a window of blocks under 4 ms each is not judged)
 FETCH_MIN_COST_DIV = 256
@@ -324,6 +344,8 @@ class Replica:
         self.proposed_at: int | None = None        # the valid proposal for the next height arrived
         self.service: deque[tuple[int, int]] = deque(maxlen=SLOW_PRIMARY_MAX_BLOCKS)   # (d, p) of recent blocks
         self.slow_primary_demands = 0               # view changes this replica demanded for a slow primary
+        self.slow_suspects: set[int] = set()        # primaries demoted for slowness, not cleared since
+        self.convicted: dict[int, bytes] = {}       # validator -> our signed equivocation proof against it
         self.send_budget: dict[int, tuple[int, int]] = {}   # peer -> (bytes of blocks it may get, at ms)
         self.fetch_budget: dict[int, tuple[float, int]] = {}  # peer -> (fetch requests it may send, at ms)
         self._out: list[Effect] = []
@@ -609,6 +631,8 @@ class Replica:
             self._on_fetch(msg)
         elif k == m.BLOCKS:
             self._on_blocks(msg)
+        elif k == m.EQUIVOCATION:
+            self._on_equivocation(msg)
 
     # --- requests ---------------------------------------------------------------------------------
 
@@ -730,11 +754,32 @@ class Replica:
         if old is not None:
             if old.hash == hh:
                 raise MessageError("duplicate")
-            if not self.in_view_change:
-                self._start_view_change(self.view + 1)
+            self._convict(msg.sender, old.raw, msg.raw)
             raise MessageError("equivocation")
         slot.proposals[view] = _Proposal(view, header, txs, hh, msg.raw)
         self._progress(self.height + 1)
+
+    def _convict(self, culprit: int, raw_a: bytes, raw_b: bytes) -> None:
+        """``culprit`` signed both pre-prepares (one view and height, different headers): send the
+        pair to every other validator and leave any view it leads, now and later."""
+        if culprit in self.convicted:
+            return
+        self.convicted[culprit] = self._broadcast([m.EQUIVOCATION, self.index, raw_a, raw_b])
+        if self.config.primary(self.view) == culprit:
+            self._start_view_change(self.view + 1)
+
+    def _on_equivocation(self, msg: Message) -> None:
+        """A peer's proof that a primary equivocated (see ``_convict``)."""
+        raw_a, raw_b = msg.fields
+        head = m.loads(raw_a)
+        if isinstance(head, list) and len(head) > 1 and type(head[1]) is int and head[1] in self.convicted:
+            raise MessageError("duplicate")                  # before the signature checks
+        a, b = self._decode(raw_a), self._decode(raw_b)
+        if a.kind != m.PRE_PREPARE or b.kind != m.PRE_PREPARE or a.sender != b.sender \
+                or a.sender != self.config.primary(a.fields[0]) or a.fields[:2] != b.fields[:2] \
+                or a.fields[2].hash() == b.fields[2].hash():
+            raise MessageError("bad equivocation proof")
+        self._convict(a.sender, raw_a, raw_b)
 
     def _help_commit(self, view: int, h: int, hh: bytes) -> None:
         """Vote for a re-proposal of our own last committed block so that others can commit it."""
@@ -847,6 +892,7 @@ class Replica:
             h = self.height + 1
             if served and self._primary_too_slow():
                 self.slow_primary_demands += 1
+                self.slow_suspects.add(self.config.primary(self.view))
                 self._start_view_change(self.view + 1)
                 return
             self._maybe_propose()
@@ -862,16 +908,28 @@ class Replica:
         return True
 
     def _primary_too_slow(self) -> bool:
-        """The slow-primary rule of the module docstring over the samples of this view."""
+        """The slow-primary rule of the module docstring over the samples of this view (a suspect
+        primary also over its last block alone)."""
         cfg = self.config
         grace = cfg.batch_timeout_ms + cfg.slow_primary_grace_ms
         service = self.service
+        primary = cfg.primary(self.view)
+
+        def slow(samples: Iterable[tuple[int, int]]) -> bool:
+            samples = list(samples)
+            return sum(d for d, _ in samples) > (SLOW_PRIMARY_FRACTION - 1) * sum(p + grace for _, p in samples)
+
+        if primary in self.slow_suspects and slow([service[-1]]):
+            return True
         while len(service) > SLOW_PRIMARY_MIN_BLOCKS \
                 and sum(d + p for d, p in itertools.islice(service, 1, None)) >= cfg.slow_primary_window_ms:
             service.popleft()
         if len(service) < SLOW_PRIMARY_MIN_BLOCKS or sum(d + p for d, p in service) < cfg.slow_primary_window_ms:
             return False
-        return sum(d for d, _ in service) > (SLOW_PRIMARY_FRACTION - 1) * sum(p + grace for _, p in service)
+        if slow(service):
+            return True
+        self.slow_suspects.discard(primary)               # a full window within the bound clears it
+        return False
 
     def _fetch_if_certified(self, slot: _Slot, h: int, have: bytes | None) -> bool:
         """2f+1 commits of this view at h for a header other than ``have`` (the valid proposal held,
@@ -982,6 +1040,8 @@ class Replica:
             self._start_view_change(self.view + 1)
 
     def _start_view_change(self, view: int) -> None:
+        while self.config.primary(view) in self.convicted and len(self.convicted) < self.config.n:
+            view += 1
         if view > m.MAX_VIEW:
             return
         self.view = view
@@ -1165,6 +1225,9 @@ class Replica:
             elif self.height < h <= self.height + 1 + self.config.lookahead:
                 slot = self._slot(h)
                 slot.proposals[view] = _Proposal(view, header, txs, header.hash(), raw_pp)
+        if self.config.primary(view) in self.convicted:
+            self._start_view_change(view + 1)
+            return
         self._progress(self.height + 1)
         self._maybe_propose()
 

@@ -27,7 +27,8 @@ second, from ``FLOOD_BEFORE_MS`` before the heal to ``FLOOD_AFTER_MS`` after it.
 
 Invariants checked on every run:
   safety    no two non-Byzantine replicas commit different blocks (cbor [header, txs]) at one
-            height; every commit certificate verifies; no transaction is committed twice;
+            height; every commit certificate verifies; no transaction is committed twice; no
+            non-Byzantine replica holds an equivocation proof against a non-Byzantine validator;
   liveness  transactions submitted after the heal are committed by every non-Byzantine replica that
             is up, within ``LIVENESS_BOUND_MS`` of virtual time; then, with no new transactions, those
             replicas reach one height within ``CONVERGE_BOUND_MS``;
@@ -649,6 +650,10 @@ class Simulation:
             if not self.honest(node.index):
                 continue
             rep = node.replicas[0]
+            for culprit in rep.convicted:
+                if self.honest(culprit):
+                    self.violations.append("SAFETY: replica %d holds an equivocation proof against honest "
+                                           "validator %d" % (node.index, culprit))
             seen: set[bytes] = set()
             prev = m.ZERO_HASH
             for h in range(rep.height + 1):

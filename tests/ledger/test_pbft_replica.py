@@ -708,3 +708,120 @@ def test_a_single_validator_commits_and_idles_without_peers():
         effects += replica.tick(now)
     assert sum(isinstance(e, Committed) for e in effects) == 1
     assert not any(isinstance(e, Send) for e in effects)
+
+
+class EquivocatingNet(Net):
+    """Replica 0 signs two proposals for each of its pre-prepares: the one it made goes to every
+    backup, then one whose header time is 1 ms later to replica 3 only (so one backup alone holds
+    the proof); everything else it sends is unchanged."""
+
+    def apply(self, i, effects):
+        if i != 0:
+            return super().apply(i, effects)
+        keep = []
+        for e in effects:
+            a = m.loads(e.data) if isinstance(e, (Broadcast, Send)) else None
+            if a is not None and a[0] == m.PRE_PREPARE:
+                header = list(a[4])
+                header[3] += 1
+                alt = m.encode_message("t", [a[0], a[1], a[2], a[3], header, a[5]], KEYS[0], CRYPTO)
+                dsts = [1, 2, 3] if isinstance(e, Broadcast) else [e.to]
+                self.queue.extend((0, j, e.data) for j in dsts)
+                self.queue.extend((0, j, alt) for j in dsts if j == 3)
+            else:
+                keep.append(e)
+        return super().apply(i, keep)
+
+
+def test_an_equivocation_one_backup_sees_moves_every_backup():
+    """Only replica 3 receives the second proposal; it forwards the signed pair, so replicas 1 and 2
+    (which could go on committing with the equivocator) also leave its view at once."""
+    net = EquivocatingNet()
+    net.submit(1, net.tx())
+    net.run(100)
+    for i in (1, 2, 3):
+        r = net.replicas[i]
+        assert r.view >= 1 and 0 in r.convicted, (i, r.view)
+    net.submit(2, net.tx(b"k2"))
+    net.run(200)
+    assert [net.replicas[i].height for i in (1, 2, 3)] == [1, 1, 1]
+    assert net.blocks(1) == net.blocks(2) == net.blocks(3)
+
+
+def test_a_convicted_primary_gets_no_view_of_its_own():
+    """After the proof, honest replicas never ask for a view the equivocator would lead: with the
+    primaries of views 1, 2 and 3 silent, they go from view 3 to view 5, not 4."""
+    net = SilencingNet()
+    net.submit(1, net.tx())
+    net.run(100)
+    assert all(0 in net.replicas[i].convicted for i in (1, 2, 3))
+    net.silent.update({1, 2, 3})
+    net.submit(3, net.tx(b"k2"))
+    net.run(8000)
+    for i in (1, 2, 3):
+        views = {m.loads(e.data)[2] for e in net.effects[i]
+                 if isinstance(e, Broadcast) and m.loads(e.data)[0] == m.VIEW_CHANGE}
+        assert 4 not in views and max(views) >= 5, (i, views)
+
+
+class SilencingNet(EquivocatingNet):
+    """``EquivocatingNet`` where the replicas in ``silent`` send no pre-prepare or new-view."""
+
+    def __init__(self, **overrides):
+        super().__init__(**overrides)
+        self.silent = set()
+
+    def apply(self, i, effects):
+        if i in self.silent:
+            effects = [e for e in effects if not (isinstance(e, (Broadcast, Send))
+                                                  and m.loads(e.data)[0] in (m.PRE_PREPARE, m.NEW_VIEW))]
+        return super().apply(i, effects)
+
+
+def test_a_primary_at_twice_its_share_loses_its_view():
+    """A primary that holds each proposal 100 ms while the replicas' share of a block plus the
+    grace is about 60 ms (it delivers well under half the rate they allow; under the old one-third
+    bound it kept its view) is demoted."""
+    net = SlowPrimaryNet(100, view_change_timeout_ms=1000)
+    net.run(2500, every=20)
+    assert [r.view for r in net.replicas[1:]] == [1, 1, 1]
+    assert sum(r.slow_primary_demands for r in net.replicas[1:]) >= 2
+
+
+class SlowAgainNet(SlowPrimaryNet):
+    """``SlowPrimaryNet`` where replica 0 holds its pre-prepares in every view, and the replicas in
+    ``silent`` send no pre-prepare or new-view."""
+
+    def __init__(self, hold, **overrides):
+        super().__init__(hold, **overrides)
+        self.silent = set()
+
+    def apply(self, i, effects):
+        if i in self.silent:
+            effects = [e for e in effects if not (isinstance(e, (Broadcast, Send))
+                                                  and m.loads(e.data)[0] in (m.PRE_PREPARE, m.NEW_VIEW))]
+        if i == 0:
+            keep = []
+            for e in effects:
+                if isinstance(e, Broadcast) and m.loads(e.data)[0] == m.PRE_PREPARE:
+                    self.held.append((self.now + self.hold, e))
+                else:
+                    keep.append(e)
+            effects = keep
+        return Net.apply(self, i, effects)
+
+
+def test_a_demoted_slow_primary_is_judged_on_its_first_block_next_time():
+    """Demoted once for slowness, the primary gets its turn again in view 4 (the primaries of
+    views 1-3 fall silent): the backups now demand the view change after its first slow block
+    instead of a full window of them."""
+    net = SlowAgainNet(240, view_change_timeout_ms=300)
+    net.run(1500, every=20)
+    assert all(r.view >= 1 for r in net.replicas[1:]) and net.replicas[1].slow_primary_demands == 1
+    net.silent.update({1, 2, 3})
+    while net.now < 30000 and min(r.view for r in net.replicas[1:]) < 5:
+        net.run(100, every=20)
+    in_view_4 = [[c.height for c in net.committed(i) if c.certificate.view == 4] for i in (1, 2, 3)]
+    assert all(r.view >= 5 for r in net.replicas[1:]), [r.view for r in net.replicas]
+    assert all(r.slow_primary_demands == 2 for r in net.replicas[1:])
+    assert max(len(h) for h in in_view_4) <= 2, in_view_4      # the new-view's block, then one held
