@@ -20,7 +20,10 @@ transaction committed). Attacks: a rogue validator (``ledgerlink.ledger.rogue``,
 primary of view 0 for ``slow`` and ``equivocate``, a backup for the floods) and keyless
 connections (``ledgerlink.ledger.attacks``) on every node. Targets: during the attack at least 70%
 of the unattacked block rate, full rate (90% of it over 1 s) again within 5 s after it, RSS under
-200 MB, safety in every run.
+200 MB, safety in every run. Each row shows the unattacked and attacked block rates, their ratio,
+the recovery time, the peak RSS, safety, and the honest nodes' highest view at the start and end of
+the attack (a rogue primary attacks only while it leads a view); ``--attacks slow,equivocate``
+runs a subset, ``--repeat N`` runs each N times and prints medians.
 """
 
 from __future__ import annotations
@@ -360,19 +363,27 @@ def audit(cluster: LocalCluster, nodes: list[int], submitted: list[bytes] = (), 
     return bad
 
 
-def _sampler(cluster: LocalCluster, honest: list[int], out: list[tuple[float, int, float]],
+def _sampler(cluster: LocalCluster, honest: list[int], out: list[tuple[float, int, float, int]],
              stop: threading.Event) -> None:
-    """Every 0.25 s: (time, lowest honest height, highest honest RSS in MB) into ``out``."""
+    """Every 0.25 s: (time, lowest honest height, highest honest RSS in MB, highest honest view)
+    into ``out``."""
     from ledgerlink.ledger.client import LedgerClient
     with LedgerClient(cluster.config_path, prefer=honest[0], timeout=5.0) as c:
         while not stop.is_set():
-            hs = heights(c, honest)
+            hs, views = [], []
+            for i in honest:
+                try:
+                    info = c.request_to(i, "info")
+                    hs.append(info["height"])
+                    views.append(info["view"])
+                except Exception:
+                    hs.append(-1)
             rss = max((rss_mb(cluster.procs[i].pid) or 0.0) for i in honest)
-            out.append((time.monotonic(), min(hs.values()), rss))
+            out.append((time.monotonic(), min(hs), rss, max(views, default=-1)))
             stop.wait(0.25)
 
 
-def _rate(samples: list[tuple[float, int, float]], t0: float, t1: float) -> float:
+def _rate(samples: list[tuple[float, int, float, int]], t0: float, t1: float) -> float:
     """Blocks a second the honest nodes committed between ``t0`` and ``t1`` (from the samples)."""
     inside = [s for s in samples if t0 <= s[0] <= t1 and s[1] >= 0]
     if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
@@ -390,7 +401,7 @@ def byzantine_run(attack: str, args: argparse.Namespace) -> dict[str, Any]:
         cluster = LocalCluster(data, 4, rogues=rogues, log_level="WARNING")
         honest = [i for i in range(4) if i not in rogues]
         cluster.start()
-        samples: list[tuple[float, int, float]] = []
+        samples: list[tuple[float, int, float, int]] = []
         stop = threading.Event()
         sampler = threading.Thread(target=_sampler, args=(cluster, honest, samples, stop), daemon=True)
         keyless = None
@@ -434,10 +445,29 @@ def byzantine_run(attack: str, args: argparse.Namespace) -> dict[str, Any]:
             break
         t += 0.25
     rss = max((s[2] for s in samples), default=float("nan"))
+    views = [s[3] for s in samples if mono0 <= s[0] <= mono1]
     ok = (during >= BYZ_KEEP * base and recovery is not None and recovery <= BYZ_RECOVER_S
           and rss < BYZ_RSS_MB and not violations)
     return {"attack": attack, "rogue": rogue is not None, "base": base, "during": during, "recovery": recovery,
-            "rss": rss, "violations": violations, "submitted": len(load.submitted), "ok": ok}
+            "rss": rss, "violations": violations, "submitted": len(load.submitted), "ok": ok,
+            "views": (views[0], views[-1]) if views else (-1, -1)}
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for repeated runs of an attack: the median of each number (recovery: a run that did
+    not recover counts as infinitely long), safety only if it held in every run, met only if the
+    median row meets every target."""
+    kept = [r["during"] / r["base"] if r["base"] else float("nan") for r in runs]
+    recs = [r["recovery"] if r["recovery"] is not None else float("inf") for r in runs]
+    rec = statistics.median(recs)
+    out = dict(runs[0])
+    out.update(base=statistics.median(r["base"] for r in runs), during=statistics.median(r["during"] for r in runs),
+               kept=statistics.median(kept), recovery=None if rec == float("inf") else rec,
+               rss=max(r["rss"] for r in runs), violations=[v for r in runs for v in r["violations"]],
+               all_kept=kept)
+    out["ok"] = (out["kept"] >= BYZ_KEEP and out["recovery"] is not None and out["recovery"] <= BYZ_RECOVER_S
+                 and out["rss"] < BYZ_RSS_MB and not out["violations"])
+    return out
 
 
 def byzantine(args: argparse.Namespace) -> int:
@@ -452,16 +482,25 @@ def byzantine(args: argparse.Namespace) -> int:
                                                                        args.attack_s, args.before_s, args.after_s))
     print("targets: >= %d%% of the unattacked block rate, full rate (%d%% over 1 s) within %.0f s after, "
           "RSS < %.0f MB, safety" % (BYZ_KEEP * 100, BYZ_FULL * 100, BYZ_RECOVER_S, BYZ_RSS_MB))
-    print("%-22s %10s %10s %7s %11s %9s %7s %5s" % ("attack", "blocks/s", "attacked", "kept", "recovery s",
-                                                     "RSS MB", "safety", "met"))
+    if args.repeat > 1:
+        print("each row: median of %d runs (kept: median of the runs' ratios, all listed; peak RSS: the "
+              "highest; safety: held in every run)" % args.repeat)
+    print("%-22s %10s %10s %7s %11s %9s %7s %5s  %s" % ("attack", "blocks/s", "attacked", "kept", "recovery s",
+                                                         "RSS MB", "safety", "met", "views during attack"))
     failed = 0
     for name in names:
-        r = byzantine_run(name, args)
+        runs = [byzantine_run(name, args) for _ in range(args.repeat)]
+        r = _median_run(runs)
         label = ("rogue " if r["rogue"] else "keyless ") + name
         rec = "%.2f" % r["recovery"] if r["recovery"] is not None else "> %.0f" % args.after_s
-        print("%-22s %10.2f %10.2f %6.0f%% %11s %9.0f %7s %5s" % (
-            label, r["base"], r["during"], 100 * r["during"] / r["base"] if r["base"] else float("nan"), rec,
-            r["rss"], "held" if not r["violations"] else "BROKEN", "yes" if r["ok"] else "NO"), flush=True)
+        extra = "  ".join("%d->%d" % x["views"] for x in runs)
+        if args.repeat > 1:
+            extra += "  (kept: %s; recovery s: %s)" % (
+                ", ".join("%.0f%%" % (100 * k) for k in r["all_kept"]),
+                ", ".join("%.2f" % x["recovery"] if x["recovery"] is not None else "-" for x in runs))
+        print("%-22s %10.2f %10.2f %6.0f%% %11s %9.0f %7s %5s  %s" % (
+            label, r["base"], r["during"], 100 * r["kept"], rec,
+            r["rss"], "held" if not r["violations"] else "BROKEN", "yes" if r["ok"] else "NO", extra), flush=True)
         for v in r["violations"]:
             print("    " + v)
         failed += not r["ok"]
@@ -487,6 +526,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--before-s", type=float, default=5.0, help="with --byzantine: unattacked time before it")
     p.add_argument("--after-s", type=float, default=7.0, help="with --byzantine: time measured after it")
     p.add_argument("--byz-rate", type=int, default=BYZ_RATE, help="with --byzantine: tx/s offered")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="with --byzantine: runs of each attack, each on a fresh cluster; rows show medians")
     args = p.parse_args(argv)
     if args.byzantine:
         raise SystemExit(byzantine(args))

@@ -348,6 +348,11 @@ class NodeMetrics:
                   func=lambda: 1 if r().in_view_change else 0)
         reg.gauge("ledgerlink_node_pool_transactions", "Transactions waiting in the pool.", func=lambda: len(r().pool))
         reg.gauge("ledgerlink_node_validators", "Number of validators.", func=lambda: node.config.n)
+        reg.register(CounterFunc("ledgerlink_node_slow_primary_demands_total",
+                                 "View changes this node demanded because the primary served too slowly.",
+                                 func=lambda: r().slow_primary_demands))
+        reg.gauge("ledgerlink_node_equivocators", "Validators this node holds an equivocation proof against.",
+                  func=lambda: len(r().convicted))
         self.committed_blocks = reg.counter("ledgerlink_node_committed_blocks_total",
                                             "Blocks committed since the node started.")
         self.committed_txs = reg.counter("ledgerlink_node_committed_transactions_total",
