@@ -264,3 +264,26 @@ def test_ledger_and_key_errors_come_before_the_board(ledger, library, tmp_path, 
         assert rc == 2 and "unknown board" in one_line_error(err)
         assert b.execs == 0
     assert snapshot(flash) == before
+
+
+def test_broker_login_made_and_stored_on_the_board(ledger, library, tmp_path, capsys):
+    """With the site's broker accounts beside the cluster config (``ledgerlink up``'s layout), provision
+    makes the device's account and stores its login, with the site's broker-login key, on the board."""
+    from ledgerlink.tools.broker_access import SiteAccess, password_matches
+
+    folder = ledger.config_path.resolve().parent.parent / "broker"
+    access = SiteAccess(folder, "prov")
+    access.site_accounts()
+    try:
+        with VirtualBoard(make_flash(tmp_path / "flash", library, board_config(ledger))) as fresh:
+            rc, out, err = run_here(capsys, "--port", fresh.url, "--cluster", ledger.config_path)
+            assert rc == 0, out + err
+            login = json.loads((fresh.flash.root / "ledgerlink.mqtt.json").read_text())
+            dev = enc.device_id(ecdsa.public_key(board_key(fresh), True))
+        assert login["username"] == "ll-" + dev.hex() and "broker account %s" % login["username"] in out
+        assert password_matches(access.load()[login["username"]], login["password"])
+        assert login["login_key"] == access.login_public().hex()          # for its password after a key rotation
+        assert access.credentials_path(login["username"]).stat().st_mode & 0o777 == 0o600
+        assert login["password"] not in out + err
+    finally:
+        shutil.rmtree(folder)
