@@ -163,9 +163,12 @@ def _profiled(run: Any, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python3 -m ledgerlink.gateway.main", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, help="gateway config (JSON or TOML)")
-    p.add_argument("--log-level", default=os.environ.get("LEDGERLINK_LOG", "INFO"))
+    p = argparse.ArgumentParser(prog="ledgerlink gateway", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Run one gateway from its config file, until SIGINT or SIGTERM.",
+                                epilog=__doc__[__doc__.index("The config"):])
+    p.add_argument("--config", required=True, help="gateway config (JSON or TOML; format below)")
+    p.add_argument("--log-level", default=os.environ.get("LEDGERLINK_LOG", "INFO"),
+                   help="DEBUG, INFO, WARNING or ERROR (default $LEDGERLINK_LOG, else INFO)")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s gateway %(name)s %(levelname)s %(message)s")

@@ -225,12 +225,13 @@ class LocalCluster:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python3 -m ledgerlink.ledger.cluster",
-                                description="Start a local ledger cluster.")
-    p.add_argument("--nodes", type=int, default=4)
+    p = argparse.ArgumentParser(prog="ledgerlink cluster",
+                                description="Start a local ledger cluster: keys and genesis (once), one process "
+                                            "per validator on loopback; Ctrl-C stops it.")
+    p.add_argument("--nodes", type=int, default=4, help="validators (default 4: tolerates one faulty node)")
     p.add_argument("--data", required=True, help="cluster directory (created; reused when it exists)")
     p.add_argument("--base-port", type=int, help="peer port of node 0 (client ports at +1000)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", help="node log level: DEBUG, INFO (default), WARNING, ERROR")
     args = p.parse_args(argv)
     data = Path(args.data)
     if not (data / "cluster.json").exists():

@@ -508,7 +508,7 @@ def format_peak_live(peaks: dict[str, int]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m ledgerlink.tools.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="ledgerlink bench", description=__doc__.split("\n\n")[0].replace("`", ""))
     parser.add_argument("--quick", action="store_true", help="few iterations, no MicroPython section")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     parser.add_argument("--cbor", action="store_true", help="only the CBOR decoding table")

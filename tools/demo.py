@@ -153,7 +153,7 @@ def run_demo(backend: str | None = None, readings: int = 8) -> int:
         wrong = _expect_refused(
             lambda: merkle.verify_inclusion(merkle.leaf_hash(entries[0]), index, len(entries), proof, root),
             (LedgerlinkError,))
-        return f"batch of {len(entries)}, root {root.hex()[:16]}..., proof of {len(proof)} hashes; wrong leaf {wrong[:8]}"
+        return f"batch of {len(entries)}, root {root.hex()[:16]}..., proof of {len(proof)} hashes; wrong leaf {wrong}"
 
     def registry_proof() -> str:
         tree = smt.SparseMerkleTree()
@@ -427,9 +427,10 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
         user = stack.consumer_login()["username"]
         creds = stack.access.credentials_path(user)
         if stack.broker_kind == "mosquitto":
-            say("verified readings: mosquitto_sub -h 127.0.0.1 -p %d -V mqttv5 -i %s -u %s -P PASSWORD -t "
+            say("verified readings: %smosquitto_sub -h 127.0.0.1 -p %d -V mqttv5 -i %s -u %s -P PASSWORD -t "
                 "'ll/%s/verified/+' (the consumer account; its password is in %s)"
-                % (stack.broker_port, user, user, site, creds))
+                % ("" if shutil.which("mosquitto_sub") else "apt-get install mosquitto-clients, then ",
+                   stack.broker_port, user, user, site, creds))
         else:
             say("verified readings: subscribe with an MQTT client to 'll/%s/verified/+' on 127.0.0.1:%d as client id "
                 "and user %s (the consumer account; its password is in %s)" % (site, stack.broker_port, user, creds))
@@ -502,7 +503,7 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
         checks.append((not left, "clean shutdown"))
         signals.restore()
         ok = all(c for c, _ in checks)
-        if temporary and ok and not failed:
+        if temporary and ok and not failed and steps_done:     # an interrupted run keeps its logs
             shutil.rmtree(data_dir, ignore_errors=True)
     for good, text in checks:
         print("  [%s] %s" % ("ok" if good else "FAILED", text))

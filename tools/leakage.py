@@ -253,7 +253,7 @@ def verdict(t: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m ledgerlink.tools.leakage",
+    parser = argparse.ArgumentParser(prog="ledgerlink leakage",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=2000, metavar="N",
                         help="CPython timing samples per class and operation (default 2000)")

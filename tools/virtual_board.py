@@ -67,6 +67,7 @@ import os
 import posixpath
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -707,9 +708,10 @@ class VirtualBoard:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m ledgerlink.tools.virtual_board",
+    parser = argparse.ArgumentParser(prog="ledgerlink virtual-board",
                                      description="A MicroPython raw REPL on 127.0.0.1 for mpremote socket:// URLs.")
-    parser.add_argument("--port", type=int, default=2323)
+    parser.add_argument("--port", type=int, default=2323,
+                        help="TCP port on 127.0.0.1 (default 2323): mpremote connect socket://127.0.0.1:PORT")
     parser.add_argument("--board", default=DEFAULT_BOARD,
                         help="board profile whose heap and ROMFS partition the board has: %s (default %s)"
                              % (", ".join(deploy.board_names()), DEFAULT_BOARD))
@@ -753,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
         print("virtual board: cannot listen on 127.0.0.1:%d (%s); pick another --port" % (args.port, exc.strerror),
               file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, signal.default_int_handler)    # stop as on Ctrl-C: the temp flash goes too
     network = "network to %s" % ", ".join(allow) if allow is not None else "no network"
     rom = "ROMFS partition %d bytes" % romfs_bytes if romfs_bytes else "no ROMFS partition"
     print("virtual board on %s, flash %s, %s; %s, %s heap %d bytes, %s" % (

@@ -1,0 +1,63 @@
+"""First run and the small things a newcomer meets: the demo's messages, the virtual board's clean exit."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ledgerlink.tools import demo
+
+
+def test_library_demo_prints_each_refusal_whole(capsys):
+    assert demo.run_demo(readings=2) == 0
+    out = capsys.readouterr().out
+    refusals = re.findall(r"refused:(.*)", out)
+    assert len(refusals) >= 3
+    for reason in refusals:
+        assert re.match(r" \w+: \S", reason), "a refusal without its reason: %r" % reason
+
+
+def test_virtual_board_removes_its_temp_flash_on_sigterm():
+    proc = subprocess.Popen([sys.executable, "-m", "ledgerlink.tools.cli", "virtual-board", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        flash = Path(re.search(r"flash (\S+),", line).group(1))
+        assert flash.is_dir(), line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not flash.exists() and not flash.with_name(flash.name + ".romfs").exists()
+
+
+@pytest.mark.slow
+def test_interrupted_demo_keeps_the_logs_it_names_and_suggests_only_what_is_installed():
+    proc = subprocess.Popen([sys.executable, "-m", "ledgerlink.tools.cli", "demo", "--devices", "2", "--duration", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "verified readings:" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        out = "".join(lines) + proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+        proc.wait()
+    logs = re.search(r"interrupted before every step ran \(logs in (\S+)\)", out)
+    assert logs, out
+    try:
+        assert Path(logs.group(1)).is_dir() and any(Path(logs.group(1)).rglob("*.log"))
+    finally:
+        shutil.rmtree(logs.group(1), ignore_errors=True)
+    hint = next(line for line in out.splitlines() if "verified readings:" in line)
+    if "mosquitto_sub" in hint and shutil.which("mosquitto_sub") is None:
+        assert "apt-get install mosquitto-clients, then mosquitto_sub" in hint
