@@ -155,6 +155,7 @@ BAD = [
     ({"data_dir": "d", "site": "p", "broker": {"external": "127.0.0.1:%d"}}, "does not answer"),
     ({"data_dir": "d", "site": "p", "broker": {"external": "nohost"}}, "HOST:PORT"),
     ({"data_dir": "d", "site": "p", "broker": {"admin_login": "a.json"}}, "give broker.external"),
+    ({"data_dir": "d", "site": "p", "broker": {"tls_ca": "ca.pem"}}, "makes its own site CA"),
 ]
 
 

@@ -38,7 +38,8 @@ Enforcement:
   writes the plugin's config from ``accounts.json`` at each start; changes while it runs go to it as
   ``$CONTROL/dynamic-security/v1`` commands from the ``ll-broker-admin`` account (``apply_live``).
 - an external mosquitto (``ledgerlink up``'s ``broker.external``) with the same plugin: given the login
-  of one of its admins (``broker.admin_login``), ``sync_external`` makes every account there at start and
+  of one of its admins (``broker.admin_login``; over TLS checked against ``broker.tls_ca`` when given),
+  ``sync_external`` makes every account there at start and
   ``apply_live`` sends later changes; ``up`` names the broker settings that still let more through
   (anonymous clients, a default that allows). Without an admin login ``up`` prints ``external_advice``.
 - the embedded broker (``ledgerlink.tools.mqtt_broker --accounts FILE``): ``ledgerlink.tools.mqtt_acl``
@@ -474,13 +475,17 @@ class SiteAccess:
 
     # --- the running broker --------------------------------------------------------------------------
 
-    def write_runtime(self, kind: str, host: str, port: int, admin_login: str | Path | None = None) -> None:
+    def write_runtime(self, kind: str, host: str, port: int, admin_login: str | Path | None = None,
+                      tls_ca: str | Path | None = None) -> None:
         """Note which broker serves the accounts (read by ``apply_live`` in other processes); ``admin_login``:
-        the file with the login of an external mosquitto's dynamic-security admin."""
+        the file with the login of an external mosquitto's dynamic-security admin; ``tls_ca``: the CA its
+        TLS listener on ``port`` is checked against."""
         private_dir(self.folder)
         runtime: dict[str, Any] = {"kind": kind, "host": host, "port": port}
         if admin_login is not None:
             runtime["admin_login"] = str(Path(admin_login).resolve())
+        if tls_ca is not None:
+            runtime["tls_ca"] = str(Path(tls_ca).resolve())
         _write_private(self.folder / RUNTIME_FILE, json.dumps(runtime) + "\n")
 
     def apply_live(self, changes: Iterable[tuple[str, str, str | None]]) -> None:
@@ -499,7 +504,8 @@ class SiteAccess:
             return
         commands = self._dynsec_commands(changes)
         if commands:
-            dynsec_command(runtime["host"], int(runtime["port"]), self._admin_login(runtime), commands)
+            dynsec_command(runtime["host"], int(runtime["port"]), self._admin_login(runtime), commands,
+                           tls_ca=runtime.get("tls_ca"))
 
     def _admin_login(self, runtime: dict[str, Any]) -> dict[str, str]:
         """The login that may send dynamic-security commands: an external broker's admin, else ours."""
@@ -529,7 +535,8 @@ class SiteAccess:
                 commands.append({"command": op + "Client", "username": username})
         return commands
 
-    def sync_external(self, host: str, port: int, admin_login: str | Path, gateways: int = 1) -> list[str]:
+    def sync_external(self, host: str, port: int, admin_login: str | Path, gateways: int = 1,
+                      tls_ca: str | Path | None = None) -> list[str]:
         """Make the site's accounts and ACLs on an external mosquitto with the dynamic security plugin, over
         ``DYNSEC_TOPIC`` as ``admin_login`` (a JSON file ``{"username", "password"}`` of one of its admins):
         the gateway and consumer accounts (made here when missing) and every account of ``accounts.json``,
@@ -537,7 +544,9 @@ class SiteAccess:
         agrees with the file after any earlier run or a broker that lost its state. Later changes (register,
         ban, key rotation) go to it as they happen (``apply_live``). Returns lines for the operator: what
         was made, and what in the broker's own settings still lets more through than the ACLs (anonymous
-        clients, a default that allows). AccessError when the admin login is refused or a command fails."""
+        clients, a default that allows). ``tls_ca``: ``port`` is a TLS listener whose certificate this CA
+        issued (then no password crosses the network in the clear). AccessError when the admin login is
+        refused or a command fails."""
         login = read_admin_login(admin_login)
         self.write_runtime("external", host, port)             # nothing sent live while the accounts are made
         self.site_accounts(gateways, broker_admin=False)
@@ -556,7 +565,7 @@ class SiteAccess:
                 changes.append(("disable", username, None))
         commands = [{"command": "getDefaultACLAccess"}] + self._dynsec_commands(changes)
         try:
-            answers = dynsec_command(host, port, login, commands)
+            answers = dynsec_command(host, port, login, commands, tls_ca=tls_ca)
         except (OSError, ValueError) as exc:
             raise AccessError("the external broker %s:%d did not take the dynamic-security admin's login from %s: %s"
                               % (host, port, admin_login, exc)) from None
@@ -567,7 +576,7 @@ class SiteAccess:
                               % (host, port, len(answers), len(commands),
                                  "; %s: %s" % (failed[0].get("command"), failed[0].get("error")) if failed else "",
                                  login["username"]))
-        self.write_runtime("mosquitto", host, port, admin_login)
+        self.write_runtime("mosquitto", host, port, admin_login, tls_ca)
         made = len(accounts) - (ADMIN_USER in accounts) - len(missing)
         lines = ["broker accounts: %d made on the external broker %s:%d with its dynamic security plugin "
                  "(as %s); registrations, bans and key rotations follow" % (made, host, port, login["username"])]
@@ -582,7 +591,7 @@ class SiteAccess:
                          "ACLs say; set it to deny: %s" % (", ".join(open_kinds), "; ".join(
                              "mosquitto_ctrl -u %s -h %s -p %d dynsec setDefaultACLAccess %s deny"
                              % (login["username"], host, port, k) for k in open_kinds)))
-        if anonymous_accepted(host, port):
+        if anonymous_accepted(host, port, tls_ca):
             lines.append("warning: the external broker accepts anonymous clients: set `allow_anonymous false` "
                          "in its mosquitto.conf")
         return lines
@@ -610,7 +619,8 @@ def external_advice(site: str, host: str, port: int) -> str:
             "`ledgerlink up` make and keep them: load mosquitto's dynamic security plugin there (mosquitto.conf: "
             "`plugin %s`, `plugin_opt_config_file dynamic-security.json`, `allow_anonymous false`), make an admin "
             "(`mosquitto_ctrl dynsec init dynamic-security.json ADMIN`) and set broker.admin_login to a file "
-            "(mode 0600) holding {\"username\": \"ADMIN\", \"password\": \"...\"}; or set up on that broker "
+            "(mode 0600) holding {\"username\": \"ADMIN\", \"password\": \"...\"} (and broker.tls_ca to its CA "
+            "when that port speaks TLS, as it should beyond this machine); or set up on that broker "
             "yourself: no anonymous clients, one login per client bound to its client id (the gateway's: "
             "%s; the consumer's: %s; a device's: ll-<device id hex>), and each role only its topics "
             "(docs/protocol.md, \"Broker accounts and ACLs\", site %s). Until then the gateway connects "
@@ -628,14 +638,15 @@ def read_admin_login(path: str | Path) -> dict[str, str]:
                           % (path, exc)) from None
 
 
-def anonymous_accepted(host: str, port: int, timeout: float = 5.0) -> bool:
-    """Whether the broker at ``host``:``port`` lets a client in without an account (an MQTT 5 CONNECT with
-    no username, answered by CONNACK code 0)."""
+def anonymous_accepted(host: str, port: int, tls_ca: str | Path | None = None, timeout: float = 5.0) -> bool:
+    """Whether the broker at ``host``:``port`` (TLS checked against ``tls_ca`` when given) lets a client in
+    without an account (an MQTT 5 CONNECT with no username, answered by CONNACK code 0)."""
     import socket
 
     from ledgerlink import mqtt5
 
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    raw = socket.create_connection((host, port), timeout=timeout)
+    with (client_tls_context(tls_ca).wrap_socket(raw, server_hostname=host) if tls_ca else raw) as sock:
         sock.sendall(mqtt5.encode_connect("ll-probe-%s" % secrets.token_hex(4), 10, True))
         data = b""
         while len(data) < 4:
@@ -647,8 +658,9 @@ def anonymous_accepted(host: str, port: int, timeout: float = 5.0) -> bool:
 
 
 def dynsec_command(host: str, port: int, login: dict[str, str], commands: list[dict[str, Any]],
-                   timeout: float = 5.0) -> list[dict[str, Any]]:
-    """Send ``commands`` to mosquitto's dynamic security plugin and wait for its answers."""
+                   timeout: float = 5.0, tls_ca: str | Path | None = None) -> list[dict[str, Any]]:
+    """Send ``commands`` to mosquitto's dynamic security plugin and wait for its answers (over TLS checked
+    against ``tls_ca`` when given)."""
     import threading
 
     import paho.mqtt.client as mqtt
@@ -657,6 +669,8 @@ def dynsec_command(host: str, port: int, login: dict[str, str], commands: list[d
     answers: list[dict[str, Any]] = []
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=login["username"], protocol=mqtt.MQTTv5)
     c.username_pw_set(login["username"], login["password"])
+    if tls_ca is not None:
+        c.tls_set_context(client_tls_context(tls_ca))
     subscribed = threading.Event()
 
     def on_message(client: Any, userdata: Any, msg: Any) -> None:

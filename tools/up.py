@@ -12,6 +12,7 @@ config file (JSON, or TOML when the name ends in .toml; relative paths are relat
                                                        # or {"external": "mqtt.lan:1883"}: a running MQTT 5 broker,
                                                        # with "admin_login": "admin.json" when it is a mosquitto
                                                        # with the dynamic security plugin (up makes the accounts)
+                                                       # and "tls_ca": "ca.pem" when that port speaks TLS
       "ledger": {"nodes": 4, "host": "127.0.0.1", "base_port": 27000, "chain_id": "ll-plant-1"},
                                                        # peer ports base_port+i, client ports base_port+1000+i
       "gateway": {"http_host": "127.0.0.1", "http_port": 8080, "limits": {}, "batch": {}, "processes": 1},
@@ -78,7 +79,7 @@ MAX_GATEWAY_PROCESSES = 16
 SUPERVISE_S = 0.25             # how often the parts are looked at
 KNOWN = {
     "": ("data_dir", "site", "broker", "ledger", "gateway", "admin_key"),
-    "broker": ("host", "port", "tls_port", "external", "admin_login"),
+    "broker": ("host", "port", "tls_port", "external", "admin_login", "tls_ca"),
     "ledger": ("nodes", "host", "base_port", "chain_id"),
     "gateway": ("http_host", "http_port", "limits", "batch", "processes"),
 }
@@ -110,6 +111,12 @@ class UpConfig:
             if "external" not in broker:
                 raise ConfigError("broker.admin_login is the login of an external broker's admin: give broker.external")
             self.broker_admin_login = _resolve(base, _text(broker, "admin_login", None, "broker.admin_login"))
+        self.broker_tls_ca: Path | None = None
+        if "tls_ca" in broker:
+            if "external" not in broker:
+                raise ConfigError("broker.tls_ca is the CA of an external broker's TLS listener: give broker.external "
+                                  "(the broker started here makes its own site CA)")
+            self.broker_tls_ca = _resolve(base, _text(broker, "tls_ca", None, "broker.tls_ca"))
         self.broker_host = _text(broker, "host", "127.0.0.1", "broker.host")
         self.broker_port = _port(broker, "port", 1883, "broker.port")
         self.broker_tls_port = _port(broker, "tls_port", 0, "broker.tls_port")
@@ -318,6 +325,14 @@ def preflight(cfg: UpConfig, broker: str | None = None) -> dict[str, Any] | None
                 read_admin_login(cfg.broker_admin_login)
             except AccessError as exc:
                 raise ConfigError("%s (broker.admin_login)" % exc) from None
+        if cfg.broker_tls_ca is not None:
+            from ledgerlink.tools.broker_access import client_tls_context
+
+            try:
+                client_tls_context(cfg.broker_tls_ca)
+            except (OSError, ValueError) as exc:
+                raise ConfigError("broker.tls_ca %s is not a readable PEM CA certificate: %s"
+                                  % (cfg.broker_tls_ca, exc)) from None
     base = int(existing["base_port"]) if existing is not None else cfg.base_port
     if base:
         for i in range(cfg.nodes):
@@ -413,11 +428,17 @@ def _make_stack_class() -> type:
                 return
             try:
                 lines = self.access.sync_external(self.broker_host, self.broker_port, self.cfg.broker_admin_login,
-                                                  len(self.gateways))
+                                                  len(self.gateways), self.cfg.broker_tls_ca)
             except AccessError as exc:
                 raise st.StackError(str(exc)) from None
             for line in lines:
                 self.progress(line)
+
+        def _gateway_config(self, http_host: str, http_port: int, index: int = 1) -> dict:
+            cfg = super()._gateway_config(http_host, http_port, index)
+            if self.cfg.broker_external is not None and self.cfg.broker_tls_ca is not None:
+                cfg["mqtt"]["tls"] = {"ca": str(self.cfg.broker_tls_ca)}
+            return cfg
 
         def _gateway_http(self, index: int) -> tuple[str, int]:
             """The configured dashboard address for the first gateway (kept across restarts), a free port for

@@ -18,7 +18,8 @@ import pytest
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.tools import up
 from ledgerlink.tools.broker_access import (ADMIN_USER, AccessError, SiteAccess, anonymous_accepted, consumer_username,
-                                            device_login, external_advice, find_dynsec_plugin, hash_password)
+                                            client_tls_context, device_login, external_advice, find_dynsec_plugin,
+                                            hash_password, site_tls)
 from ledgerlink.tools.stack import find_mosquitto, free_port
 from tests.access.conftest import CRYPTO, NOT_AUTHORIZED, Client, Dev
 
@@ -42,16 +43,21 @@ def _dynsec_file(path: Path, default_allow: bool) -> None:
 
 
 @contextlib.contextmanager
-def external_mosquitto(folder: Path, open_broker: bool = False):
+def external_mosquitto(folder: Path, open_broker: bool = False, tls: bool = False):
     """A mosquitto with the dynamic security plugin, not started by ``up`` (``open_broker``: anonymous
-    clients and everything allowed by default): yields (port, admin login file)."""
+    clients and everything allowed by default; ``tls``: its one listener speaks TLS, with a certificate
+    from its operator's CA in ``folder/tls/ca.pem``): yields (port, admin login file)."""
     folder.mkdir()
     _dynsec_file(folder / "dynsec.json", default_allow=open_broker)
     port = free_port()
+    listener = "listener %d 127.0.0.1\n" % port
+    if tls:
+        paths = site_tls(folder, "operator", ["127.0.0.1"])
+        listener += "cafile %s\ncertfile %s\nkeyfile %s\n" % (paths["ca"], paths["cert"], paths["key"])
     (folder / "mosquitto.conf").write_text(
-        "listener %d 127.0.0.1\nallow_anonymous %s\npersistence false\nuser %s\nplugin %s\n"
-        "plugin_opt_config_file %s\n" % (port, "true" if open_broker else "false", pwd.getpwuid(os.geteuid()).pw_name,
-                                         find_dynsec_plugin(), folder / "dynsec.json"))
+        "%sallow_anonymous %s\npersistence false\nuser %s\nplugin %s\nplugin_opt_config_file %s\n"
+        % (listener, "true" if open_broker else "false", pwd.getpwuid(os.geteuid()).pw_name, find_dynsec_plugin(),
+           folder / "dynsec.json"))
     proc = subprocess.Popen([find_mosquitto(), "-c", str(folder / "mosquitto.conf")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     login = folder / "admin.json"
@@ -61,7 +67,7 @@ def external_mosquitto(folder: Path, open_broker: bool = False):
         deadline = time.monotonic() + 10
         while True:
             try:
-                anonymous_accepted("127.0.0.1", port)
+                anonymous_accepted("127.0.0.1", port, folder / "tls" / "ca.pem" if tls else None)
                 break
             except OSError:
                 assert time.monotonic() < deadline and proc.poll() is None, "the external mosquitto did not start"
@@ -151,3 +157,30 @@ def test_external_broker_login_checked_open_settings_named_and_advice(tmp_path, 
     for needed in ("broker.admin_login", "allow_anonymous false", "mosquitto_ctrl dynsec init", "ll-gw-ext-1",
                    "ll-app-ext", "Broker accounts and ACLs"):
         assert needed in advice
+
+
+def test_an_external_broker_over_tls(tmp_path):
+    """With broker.tls_ca the accounts are made, and the gateway connects, over TLS checked against the
+    operator's CA: no password crosses the network in the clear."""
+    with external_mosquitto(tmp_path / "external", tls=True) as (port, login):
+        ca = tmp_path / "external" / "tls" / "ca.pem"
+        with pytest.raises(AccessError, match="did not take"):        # a broker its CA did not certify
+            SiteAccess(tmp_path / "broker", "ext").sync_external("127.0.0.1", port, login,
+                                                                  tls_ca=site_tls(tmp_path / "other", "x", [])["ca"])
+        cfg = _site(tmp_path, port, admin_login=str(login), tls_ca=str(ca))
+        up.preflight(cfg)
+        up.make_ledger(cfg)
+        lines: list[str] = []
+        stack = up._make_stack_class()(cfg, lines.append)
+        try:
+            stack.start()
+            assert any("broker accounts: 2 made on the external broker" in l for l in lines), lines
+            consumer = Client(stack, consumer_username("ext"), stack.consumer_login(), tls=client_tls_context(ca))
+            assert consumer.accepted
+            consumer.close()
+            deadline = time.monotonic() + 10
+            while "MQTT connected to" not in (stack.data_dir / "gateway.log").read_text():
+                assert time.monotonic() < deadline, (stack.data_dir / "gateway.log").read_text()[-2000:]
+                time.sleep(0.1)
+        finally:
+            stack.stop()
