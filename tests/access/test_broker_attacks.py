@@ -137,3 +137,23 @@ def test_only_a_controller_publishes_commands(stack, register):
     assert got == [b"from the controller"]
     for c in (target_c, device_c, controller_c):
         c.close()
+
+
+def test_gateway_account_reads_only_its_sites_group(stack, register):
+    """A gateway account (a second gateway process's, made here) receives device topics only through its
+    site's shared group, reads nothing else and cannot publish as a device or for another site."""
+    login = stack.access.add("ll-gw-%s-9" % SITE, "gateway")
+    gw = Client(stack, login["username"], login)
+    assert gw.accepted
+    [dev] = register(1)
+    for topic in ("#", "ll/%s/dev/+/up" % SITE, dev.core.up_topic, "ll/%s/dev/+/down" % SITE,
+                  "ll/%s/verified/+" % SITE, "ll/%s/ledger/header" % SITE, "$share/ll-gw-other/ll/other/dev/+/up",
+                  "$share/ll-gw-%s/ll/other/dev/+/up" % SITE, "$share/spy/ll/%s/dev/+/up" % SITE):
+        assert gw.subscribe(topic) == NOT_AUTHORIZED, topic
+    assert gw.publish(dev.core.up_topic, dev.core.reading({"x": 1}, now_ms()).payload) == NOT_AUTHORIZED
+    assert gw.publish("ll/other/verified/%s" % dev.id.hex(), b"x") == NOT_AUTHORIZED
+    assert gw.drain(0.3) == []
+    gw.close()
+    c = dev.client()
+    dev.served(c)
+    c.close()
