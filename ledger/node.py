@@ -66,6 +66,7 @@ MAX_REFUSED = 100000
 MAX_SUBMIT_MANY = 1024
 GC_THRESHOLD = 20000     # net new container objects between young collections (CPython default 700)
 _TIMED_OUT = object()
+NODE_STOPPING = "node stopping"
 
 
 def load_key(path: str | Path) -> bytes:
@@ -109,13 +110,17 @@ class Node:
         me = config.nodes[index]
         self.client = ClientServer(me.host, me.client_port, self.handle, limits=config.ports)
         self._tasks: list[asyncio.Task] = []
+        self.stopping = False
 
     # --- replica driving --------------------------------------------------------------------------
 
     def on_peer_message(self, sender: int, data: bytes) -> None:
-        self.effects(self.replica.receive(sender, data, now_ms()))
+        if not self.stopping:
+            self.effects(self.replica.receive(sender, data, now_ms()))
 
     def effects(self, effects: list) -> None:
+        if self.stopping:                     # the block store may be closed: nothing is carried out
+            return
         for e in effects:
             if isinstance(e, Broadcast):
                 self.net.broadcast(e.data)
@@ -197,10 +202,18 @@ class Node:
                  self.config.nodes[self.index].host, self.config.nodes[self.index].client_port)
 
     async def stop(self) -> None:
+        """Stop taking input (timers, peers, clients), answer the transactions still queued for the
+        replica with "node stopping", let the cancelled tasks end, then close the block store."""
+        self.stopping = True
         for t in self._tasks:
             t.cancel()
         await self.client.stop()
         await self.net.stop()
+        arrived, self._arriving = self._arriving, []
+        for _, fut in arrived:
+            if not fut.done():
+                fut.set_result(NODE_STOPPING)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.store.close()
 
     # --- client requests --------------------------------------------------------------------------
@@ -238,6 +251,8 @@ class Node:
 
     def _admit_arrived(self) -> None:
         arrived, self._arriving = self._arriving, []
+        if not arrived:
+            return                            # answered by ``stop``
         try:
             effects = self.replica.submit_many([tx for tx, _ in arrived], now_ms())
         except Exception as exc:
@@ -281,6 +296,9 @@ class Node:
         waiting: list[tuple[int, bytes, asyncio.Future]] = []
         for i, h, admitted in admitting:
             reason = await admitted
+            if reason == NODE_STOPPING:
+                out[i] = {"ok": False, "error": NODE_STOPPING}
+                continue
             if reason is not None:
                 if reason.startswith("invalid tx "):
                     out[i] = self._refuse(h, int(reason[11:]), reason)
@@ -291,10 +309,10 @@ class Node:
                 if reason == "pool full":
                     out[i] = {"ok": True, "status": "refused", "code": 9, "reason": reason}
                     continue
-                st = self._status(h)
-                if st["status"] == "committed":
-                    out[i] = dict(st, ok=True)
-                    continue
+            st = self._status(h)                # committed already (e.g. by a single validator at once)
+            if st["status"] == "committed":
+                out[i] = dict(st, ok=True)
+                continue
             if wait == 0:
                 out[i] = {"ok": True, "status": "pending"}
                 continue
