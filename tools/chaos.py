@@ -19,16 +19,24 @@ every device online), devices stop making readings and drain, and the checks run
 - no process is left behind (site parts and devices, all that ever ran).
 
 It prints, per seed and over all seeds: readings lost, stored twice, not anchored, without a checked
-receipt; and the first new receipt after a gateway restart (from the restart to the first receipt any
-device checked after it) at p50/p99, against the 5 s target. ``--outage`` runs the backlog scenario
+receipt; and the first new receipt after a gateway restart at p50/p99, against the 5 s target. That is,
+for each gateway process the supervisor starts again: the time from its start (the supervisor's spawn)
+to the first receipt a CPython device checked for a reading that this new process stored (the store's
+``owner`` of the row is that gateway, received after the spawn). Receipts the other gateway sends, or
+receipts of readings stored before the restart, do not count. A restart whose process stores nothing
+and is killed again within the target is left out (counted as "interrupted"); one that stores nothing
+for longer counts with the time it ran (at least that long); one that never stores anything counts as
+infinite. ``--timeline`` prints, per restart, when the process logged its start, connected, subscribed,
+stored its first new reading, cut the batch holding it, and when the device checked its receipt. ``--outage`` runs the backlog scenario
 instead: one device offline for what a 1 Hz device makes in ``--outage-s`` seconds (600: ten minutes),
 made at ``--outage-rate`` per second (time compressed: the backlog is the same size, its readings are
 younger; the gateway takes readings up to 24 h old), then online; it prints the drain time, the refusals
 the device saw and how many readings were lost. ``--ports`` runs the partial-frame attack instead: 1,000
 loopback connections each send all but the last byte of a packet at the size limit to the embedded
-broker (after a CONNECT with keep alive 0) and to the dashboard's HTTP server; it prints the server's
-RSS growth (target < 50 MB), whether another client was served meanwhile, and how many connections the
-server closed within its time limit. Exit status 0 when every check held.
+broker (after a CONNECT with keep alive 0), to the dashboard's HTTP server and to the virtual board (a
+raw-REPL program never ended); it prints the server's RSS growth (target < 50 MB), whether another client
+was served (meanwhile; on the virtual board, which serves one client at a time, after them), and how many
+connections the server closed within its time limit. Exit status 0 when every check held.
 
 ``--keep DIR`` keeps each seed's site and device directories (logs, stores, queues) under DIR.
 """
@@ -777,6 +785,11 @@ def _http_partial(packet_bytes: int) -> tuple[bytes, bytes]:
     return b"", b"GET / HTTP/1.1\r\nX-Fill: " + b"a" * max(0, min(packet_bytes, HTTP_LINE_MAX - 100) - 30)
 
 
+def _board_partial(packet_bytes: int) -> tuple[bytes, bytes]:
+    """(raw-REPL mode, all but the end of a program of ``packet_bytes`` bytes)."""
+    return b"\x01", b"x=1\n" * (packet_bytes // 4)
+
+
 def _open_attack(port: int, first: bytes, partial: bytes, count: int) -> list[socket.socket]:
     conns = []
     for _ in range(count):
@@ -842,19 +855,48 @@ def _served_http(port: int) -> bool:
         return False
 
 
+def _served_board(port: int) -> bool:
+    """A client enters the raw REPL, runs ``print(1+1)`` and reads its output, as mpremote does."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"\r\x03\x01")
+            got = b""
+            while not got.endswith(b"to exit\r\n>"):
+                data = c.recv(4096)
+                if not data:
+                    return False
+                got += data
+            c.sendall(b"print(1+1)\x04")
+            got = b""
+            while not got.endswith(b"\x04>"):
+                data = c.recv(4096)
+                if not data:
+                    return False
+                got += data
+            return got.startswith(b"OK2")
+    except OSError:
+        return False
+
+
+ATTACKS = {"mqtt": (_mqtt_partial, _served_mqtt), "http": (_http_partial, _served_http),
+           "board": (_board_partial, _served_board)}
+
+
 def attack(kind: str, pid: int, port: int, packet_bytes: int, connections: int, timeout_s: float) -> dict[str, Any]:
     """Open ``connections`` connections to ``port`` (process ``pid``), each sending all but the last byte of a
     ``packet_bytes`` packet (MQTT: after a CONNECT with keep alive 0; HTTP: a request header line); measure
     the target's RSS growth while they are held, whether another client is served meanwhile, and how many
-    the target closed within ``timeout_s`` (its packet or connection time limit) and a margin."""
-    first, partial = _mqtt_partial(packet_bytes) if kind == "mqtt" else _http_partial(packet_bytes)
-    served = _served_mqtt if kind == "mqtt" else _served_http
+    the target closed within ``timeout_s`` (its packet or connection time limit) and a margin. The virtual
+    board serves one client at a time, as a serial port does: there the other client is served after the
+    attack's connections were closed."""
+    make, served = ATTACKS[kind]
+    first, partial = make(packet_bytes)
     before = rss_kib(pid)
     started = time.monotonic()
     conns = _open_attack(port, first, partial, connections)
     time.sleep(ATTACK_HOLD_S)
     held = rss_kib(pid)
-    ok = served(port)
+    ok = served(port) if kind != "board" else None
     peak = max(held, rss_kib(pid))
     deadline = time.monotonic() + timeout_s + 5
     closed: set[socket.socket] = set()
@@ -863,15 +905,19 @@ def attack(kind: str, pid: int, port: int, packet_bytes: int, connections: int, 
         time.sleep(0.5)
         _closed_by_server(conns, closed)
         peak = max(peak, rss_kib(pid))
+    closed_within_s = time.monotonic() - started
+    if ok is None:
+        ok = served(port)
     for c in conns:
         c.close()
     return {"kind": kind, "connections": len(conns), "packet_bytes": packet_bytes, "rss_before_mib": before / 1024,
             "rss_growth_mib": (peak - before) / 1024, "served": ok, "closed": len(closed),
-            "closed_within_s": time.monotonic() - started}
+            "closed_within_s": closed_within_s}
 
 
 def _start_target(kind: str, packet_bytes: int, timeout_s: float, log_path: Path) -> tuple[subprocess.Popen, int]:
-    """The embedded broker with the site's limits, or the dashboard's HTTP server, as a child process."""
+    """The embedded broker with the site's limits, the dashboard's HTTP server, or the virtual board (its
+    command time limit ``timeout_s``), as a child process."""
     from ledgerlink.tools.stack import MAX_CONNECTIONS, MAX_KEEPALIVE_S, free_port, wait_listening
 
     port = free_port()
@@ -879,6 +925,9 @@ def _start_target(kind: str, packet_bytes: int, timeout_s: float, log_path: Path
         cmd = [sys.executable, "-m", "ledgerlink.tools.mqtt_broker", "--port", str(port), "--max-packet-size",
                str(packet_bytes + 16), "--max-connections", str(MAX_CONNECTIONS), "--max-keepalive",
                str(MAX_KEEPALIVE_S), "--packet-timeout", str(timeout_s), "--log-level", "WARNING"]
+    elif kind == "board":
+        cmd = [sys.executable, "-m", "ledgerlink.tools.virtual_board", "--port", str(port),
+               "--command-timeout", str(timeout_s)]
     else:
         cmd = [sys.executable, "-m", "ledgerlink.tools.chaos", "--serve-http", str(port)]
     with open(log_path, "ab") as log:
@@ -907,25 +956,32 @@ def serve_http(port: int) -> int:
 
 
 def port_attacks(connections: int, packet_bytes: int, timeout_s: float, say: Callable[[str], None]) -> bool:
-    """Run the attack on the embedded broker and the dashboard's HTTP server; True when both held."""
+    """Run the attack on the embedded broker, the dashboard's HTTP server and the virtual board (``timeout_s``:
+    the broker's packet and the board's command time limit); True when all held."""
     from ledgerlink.gateway.dashboard import HTTP_CONNECTION_S
+    from ledgerlink.tools import virtual_board
 
     ok = True
-    for kind, limit_s in (("mqtt", timeout_s), ("http", HTTP_CONNECTION_S)):
+    sizes = {"mqtt": packet_bytes, "http": min(packet_bytes, HTTP_LINE_MAX - 100),
+             "board": virtual_board.MAX_PROGRAM_BYTES}
+    for kind, limit_s in (("mqtt", timeout_s), ("http", HTTP_CONNECTION_S),
+                          ("board", virtual_board.MAX_CONNECTIONS * timeout_s)):
         with tempfile.TemporaryDirectory(prefix="ll-attack-") as tmp:
             proc, port = _start_target(kind, packet_bytes, timeout_s, Path(tmp) / (kind + ".log"))
             try:
-                r = attack(kind, proc.pid, port, packet_bytes if kind == "mqtt" else min(packet_bytes, HTTP_LINE_MAX - 100),
-                       connections, limit_s)
+                r = attack(kind, proc.pid, port, sizes[kind], connections, limit_s)
             finally:
                 proc.terminate()
                 proc.wait(10)
         held = r["rss_growth_mib"] < ATTACK_RSS_MIB and r["served"] and r["closed"] == r["connections"]
         ok = ok and held
         say("%s port: %d connections each holding all but 1 byte of a %d-byte packet: RSS %.1f MiB, grew %.1f MiB "
-            "(target < %d); another client served: %s; closed by the server: %d within %.1f s: %s"
-            % ("embedded MQTT broker" if kind == "mqtt" else "dashboard HTTP", r["connections"], r["packet_bytes"],
-               r["rss_before_mib"], r["rss_growth_mib"], ATTACK_RSS_MIB, "yes" if r["served"] else "NO",
+            "(target < %d); another client served%s: %s; closed by the server: %d within %.1f s: %s"
+            % ({"mqtt": "embedded MQTT broker", "http": "dashboard HTTP", "board": "virtual board"}[kind],
+               r["connections"], r["packet_bytes"],
+               r["rss_before_mib"], r["rss_growth_mib"], ATTACK_RSS_MIB,
+               " after them (one client at a time, as on a serial port)" if kind == "board" else "",
+               "yes" if r["served"] else "NO",
                r["closed"], r["closed_within_s"], "ok" if held else "FAILED"))
     return ok
 

@@ -65,6 +65,7 @@ import binascii
 import hashlib
 import os
 import posixpath
+import queue
 import re
 import shutil
 import signal
@@ -74,6 +75,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from ledgerlink.tools import deploy
@@ -93,6 +95,10 @@ DEFAULT_EXEC_TIMEOUT = 300.0
 DEFAULT_NETWORK_ALLOW = ("127.0.0.1",)
 RUNTIMES = ("board32", "wasi")
 DEFAULT_BOARD = "virtual"
+IDLE_S = 30.0                  # a connection that sends nothing this long while the board waits for input is closed
+COMMAND_S = 10.0               # a command (mode switch, program, raw paste) must arrive this long after its first byte
+MAX_PROGRAM_BYTES = 1 << 20    # a longer program closes the connection (mpremote sends files in small chunks)
+MAX_CONNECTIONS = 4            # one served, the others wait their turn as on a serial port; more are closed at once
 ROMFS_MAGIC = b"\xd2\xcd\x31"
 ROMFS_MIN_WRITE = 4096
 # board32: the script's folder is sys.path[0]; a board's is '' (its working directory, the flash root).
@@ -295,16 +301,31 @@ class Session:
         self.file = None
         self.hash = None
         self.rom_buf = b""
+        self.command_due: float | None = None      # monotonic deadline of the command whose first byte came
 
     def send(self, data: bytes) -> None:
+        self.conn.settimeout(self.board.idle_s)     # a client that reads nothing is dropped, not waited for
         self.conn.sendall(data)
 
     def recv(self) -> bytes:
-        """Receive, acknowledging at once: mpremote's small writes would otherwise wait out delayed ACKs."""
+        """Receive, acknowledging at once: mpremote's small writes would otherwise wait out delayed ACKs.
+        Raises TimeoutError after ``idle_s`` without a byte, or when the command begun is not complete
+        ``command_s`` after its first byte."""
+        now = time.monotonic()
+        wait = self.board.idle_s if self.command_due is None else min(self.board.idle_s, self.command_due - now)
+        if wait <= 0:
+            raise TimeoutError("command not complete within %g s" % self.board.command_s)
+        self.conn.settimeout(wait)
         data = self.conn.recv(65536)
+        if data and self.command_due is None:
+            self.command_due = now + self.board.command_s
         if _QUICKACK is not None:
             self.conn.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         return data
+
+    def complete(self) -> None:
+        """A command is complete: the next byte starts the next one's time limit."""
+        self.command_due = None
 
     def reset(self) -> None:
         if self.file is not None:
@@ -344,13 +365,17 @@ class Session:
                     if not buf:
                         self.reset()
                         self.send(SOFT_REBOOT + RAW_BANNER + b">")
-                        continue
-                    self.send(b"OK")
-                    self._execute_and_reply(bytes(buf))
-                    buf.clear()
+                    else:
+                        self.send(b"OK")
+                        self._execute_and_reply(bytes(buf))
+                        buf.clear()
                 else:
+                    if len(buf) >= MAX_PROGRAM_BYTES:
+                        return
                     buf.append(c)
-        except OSError:
+                    continue
+                self.complete()
+        except OSError:                             # closed, reset, or a time limit (TimeoutError)
             return
         finally:
             self.reset()
@@ -379,6 +404,8 @@ class Session:
             c = pending.pop(0)
             if c == 0x04:
                 break
+            if len(program) >= MAX_PROGRAM_BYTES:
+                return None
             program.append(c)
             since_ack += 1
             if since_ack == PASTE_WINDOW:
@@ -560,17 +587,33 @@ class RomPartition:
 
 
 class VirtualBoard:
-    """A raw-REPL server on 127.0.0.1 backed by a flash folder; one client at a time, like a serial port."""
+    """A raw-REPL server on 127.0.0.1 backed by a flash folder; one client at a time, like a serial port.
+
+    Its port is bounded as our other ports are: ``max_connections`` connections at once (one served, the
+    rest waiting their turn unread; more are closed at once), a served connection is closed after
+    ``idle_s`` without a byte or when a command is not complete ``command_s`` after its first byte, a
+    program longer than ``MAX_PROGRAM_BYTES`` closes it, and a client that reads no output is dropped
+    after ``idle_s``. So a client that holds the connection open, or sends part of a program and stops,
+    keeps the board from others for at most that long. Tested by ``python3 -m ledgerlink.tools.chaos
+    --ports`` (tests/chaos/test_port_attack.py)."""
 
     def __init__(self, flash_dir: Path | None = None, port: int = 0, heap_bytes: int = DEFAULT_HEAP,
                  fuel: int = DEFAULT_FUEL, exec_timeout: float = DEFAULT_EXEC_TIMEOUT,
                  preload_library: bool = False, network_allow: list[str] | tuple[str, ...] | None = None,
-                 runtime: str = "board32", romfs_bytes: int | None = None, layout: str = "files") -> None:
+                 runtime: str = "board32", romfs_bytes: int | None = None, layout: str = "files",
+                 idle_s: float = IDLE_S, command_s: float = COMMAND_S, max_connections: int = MAX_CONNECTIONS) -> None:
         """``network_allow``: addresses or networks board code may connect to through the host (None: no
         network); ValueError when an entry is not an address or network, or ``runtime`` / ``layout`` is
         unknown; ``board_runtime.BoardError`` when board32 is missing. ``romfs_bytes``: the ROMFS
         partition (0: none; default: the virtual profile's on board32, none on the WASI build, which
         cannot mount an image). ``preload_library`` stages the library and client in ``layout``."""
+        self.idle_s = idle_s
+        self.command_s = command_s
+        self.max_connections = max_connections
+        self.refused = 0                            # connections closed at once: the cap was reached
+        self._connections = 0                       # served and waiting
+        self._count_lock = threading.Lock()
+        self._waiting: queue.Queue = queue.Queue()
         if network_allow is not None:
             parse_allow(network_allow)
         if runtime not in RUNTIMES:
@@ -596,7 +639,7 @@ class VirtualBoard:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", port))
-        self._sock.listen(1)
+        self._sock.listen(16)
         self.port = self._sock.getsockname()[1]
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -671,16 +714,40 @@ class VirtualBoard:
         return _split_board32_output(proc, str(script).encode(), program.count("\n"))
 
     def serve_forever(self) -> None:
+        """Serve the connections one after another, in the order they came, until ``stop``."""
+        threading.Thread(target=self._accept_loop, name="virtual-board-accept", daemon=True).start()
+        while not self._stopping.is_set():
+            conn = self._waiting.get()
+            if conn is None:
+                return
+            try:
+                with conn:
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if _QUICKACK is not None:
+                        conn.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+                    Session(self, conn).serve()
+            except OSError:
+                pass
+            finally:
+                with self._count_lock:
+                    self._connections -= 1
+
+    def _accept_loop(self) -> None:
         while not self._stopping.is_set():
             try:
                 conn, _ = self._sock.accept()
             except OSError:
+                self._waiting.put(None)
                 return
-            with conn:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if _QUICKACK is not None:
-                    conn.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-                Session(self, conn).serve()
+            with self._count_lock:
+                full = self._connections >= self.max_connections
+                if not full:
+                    self._connections += 1
+            if full:
+                self.refused += 1
+                conn.close()
+            else:
+                self._waiting.put(conn)
 
     def start(self) -> "VirtualBoard":
         self._thread = threading.Thread(target=self.serve_forever, name="virtual-board", daemon=True)
@@ -694,8 +761,16 @@ class VirtualBoard:
         except OSError:
             pass
         self._sock.close()
+        self._waiting.put(None)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        while True:
+            try:
+                conn = self._waiting.get_nowait()
+            except queue.Empty:
+                break
+            if conn is not None:
+                conn.close()
         if self._own_flash:
             shutil.rmtree(self.flash.root, ignore_errors=True)
             self.romfs.path.unlink(missing_ok=True)
@@ -728,6 +803,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--network-allow", action="append", metavar="ADDR",
                         help="address or network board code may connect to (repeatable; implies --network; "
                              "default 127.0.0.1)")
+    parser.add_argument("--idle-timeout", type=float, default=IDLE_S,
+                        help="close a connection silent this many seconds (default %g)" % IDLE_S)
+    parser.add_argument("--command-timeout", type=float, default=COMMAND_S,
+                        help="close a connection whose command is not complete this many seconds after its first "
+                             "byte (default %g)" % COMMAND_S)
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                        help="connections at once, one served and the others waiting (default %d)" % MAX_CONNECTIONS)
     args = parser.parse_args(argv)
     allow = None
     if args.network or args.network_allow:
@@ -747,7 +829,9 @@ def main(argv: list[str] | None = None) -> int:
     layout = args.layout or deploy.default_layout(profile)
     try:
         board = VirtualBoard(args.flash, port=args.port, heap_bytes=heap, preload_library=args.preload,
-                             network_allow=allow, runtime=args.runtime, romfs_bytes=romfs_bytes, layout=layout)
+                             network_allow=allow, runtime=args.runtime, romfs_bytes=romfs_bytes, layout=layout,
+                             idle_s=args.idle_timeout, command_s=args.command_timeout,
+                             max_connections=args.max_connections)
     except (ValueError, VMError, deploy.DeployError) as exc:
         print("virtual board: %s" % exc, file=sys.stderr)
         return 2
