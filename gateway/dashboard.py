@@ -334,7 +334,18 @@ class Dashboard:
 
     def _explain(self, receipt: bytes, frame: bytes | None) -> dict:
         core = self.metrics.core
-        return explorer.explain(receipt, frame, core.chain_id, core.validator_keys)
+        return explorer.explain(receipt, frame, core.chain_id, core.validator_keys, self._statement)
+
+    def _statement(self, frame_hash: bytes, statement_hash: bytes) -> dict:
+        """Step 6 of the explorer, against the store and the device's registered key (its proven record)."""
+        core = self.metrics.core
+        stored = self.store.message_by_hash(statement_hash) if self.store is not None else None
+        entry = core.registry.get(stored.device) if stored is not None else None
+        key = entry.record.get(2) if entry is not None and entry.record is not None else None
+        if self.store is None:
+            return explorer.statement_pending(frame_hash, statement_hash, None)
+        return explorer.statement_step(self.store, core.site, core.chain_id, core.validator_keys, key, frame_hash,
+                                       statement_hash)
 
     def _given_frame(self, receipt: bytes) -> bytes | None:
         """The stored frame a receipt names by its frame hash (None when it names none stored)."""

@@ -11,9 +11,15 @@ and the frame it is for and checks its chain with the SDK's own verifiers, each 
 4. header: the certified header carries 2f+1 valid commit signatures of the trusted validators, for
    this chain and validator set (``spv.verify_certified_header``); its signers are listed;
 5. receipt: the whole receipt as a device and ``ledgerlink admin verify-receipt`` check it
-   (``batcher.verify_receipt``).
+   (``batcher.verify_receipt``);
+6. statement (session frames only, ``statement_step``): a session frame is sealed with a key the gateway
+   holds too, so what shows that the device sent it is the device-signed chain statement the receipt
+   names (field 8): it must be stored, signed by the device's registered key for its ``up`` topic, cover
+   this frame among the stored frames of its range (``session_chain.verify`` and ``covered``), and have a
+   receipt of its own that verifies. Without field 8 the step is pending (ok None: a device states its
+   chain every ``session_chain.EVERY_FRAMES`` frames or ``EVERY_MS``), not failed.
 
-A step is ok only when its own check passes; the chain holds only when every step is ok, so a receipt
+A step is ok only when its own check passes; the chain holds only when no step failed, so a receipt
 with any byte changed in what it proves (hash, path, transaction, header, signature) shows the step that
 fails. ``reading_proof`` builds the receipt of a stored reading from the gateway's store, as the batcher
 does for its device. Nothing here trusts the store: every value shown is checked against the trusted
@@ -23,9 +29,9 @@ validator set.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Callable
 
-from ledgerlink.core import cbor, merkle, spv
+from ledgerlink.core import cbor, merkle, session_chain, spv
 from ledgerlink.gateway.batcher import batch_receipts, verify_receipt
 from ledgerlink.gateway.store import Store
 
@@ -45,8 +51,13 @@ def _step(name: str, title: str) -> dict:
     return {"name": name, "title": title, "ok": False, "detail": "not checked", "facts": []}
 
 
-def explain(receipt: bytes, frame: bytes | None, chain_id: str, validator_keys: list[bytes]) -> dict:
-    """The checked steps of ``receipt`` for ``frame`` (see the module docstring): {"ok", "steps", "error"}."""
+StatementCheck = Callable[[bytes, bytes], dict]     # (frame hash, statement hash) -> the statement step
+
+
+def explain(receipt: bytes, frame: bytes | None, chain_id: str, validator_keys: list[bytes],
+            statement: StatementCheck | None = None) -> dict:
+    """The checked steps of ``receipt`` for ``frame`` (see the module docstring): {"ok", "steps", "error"};
+    ``statement`` checks the chain statement a session frame's receipt names (step 6)."""
     steps = [_step("frame", "frame hash"), _step("batch", "batch root and inclusion path"),
              _step("anchor", "anchor transaction"), _step("header", "certified header and signers"),
              _step("receipt", "whole receipt, as a device checks it")]
@@ -129,9 +140,65 @@ def explain(receipt: bytes, frame: bytes | None, chain_id: str, validator_keys: 
         whole_s.update(ok=True, detail="verifies (what `ledgerlink admin verify-receipt` checks)")
     except Exception as exc:  # noqa: BLE001
         whole_s["detail"] = "does not verify: %s" % _reason(exc)
-    ok = all(s["ok"] for s in steps)
-    failed = [s for s in steps if not s["ok"]]
+    covered_by = r.get(8)
+    if covered_by is not None or (frame is not None and session_chain.session_frame(frame) is not None):
+        steps.append(statement_pending(frame_hash, covered_by, statement))
+    failed = [s for s in steps if s["ok"] is False]
+    ok = not failed
     return {"ok": ok, "steps": steps, "error": None if ok else failed[0]["detail"]}
+
+
+def statement_pending(frame_hash: Any, covered_by: Any, check: StatementCheck | None) -> dict:
+    """Step 6 when ``check`` cannot run or field 8 is absent or malformed; else ``check``'s step."""
+    step = _step("statement", "device-signed chain statement (session frame)")
+    if covered_by is None:
+        step.update(ok=None, detail="pending: no chain statement of the device covers this session frame yet")
+        return step
+    step["facts"] = [("statement frame hash (receipt field 8)", _hex(covered_by))]
+    if not isinstance(covered_by, bytes) or len(covered_by) != 32 or not isinstance(frame_hash, bytes):
+        step["detail"] = "field 8 is not a frame hash"
+    elif check is None:
+        step["detail"] = "not checked: no store to find the statement in"
+    else:
+        step = check(frame_hash, covered_by)
+    return step
+
+
+def statement_step(store: Store, site: str, chain_id: str, validator_keys: list[bytes], device_key: bytes | None,
+                   frame_hash: bytes, statement_hash: bytes) -> dict:
+    """Step 6 of ``explain`` for the frame ``frame_hash`` whose receipt names the statement ``statement_hash``,
+    checked against ``store`` and the device's registered public key ``device_key``."""
+    step = _step("statement", "device-signed chain statement (session frame)")
+    step["facts"] = [("statement frame hash (receipt field 8)", statement_hash.hex())]
+    try:
+        stored = store.message_by_hash(statement_hash)
+        frame = store.blob(statement_hash)
+        if stored is None or frame is None:
+            raise ValueError("the statement is not stored by this gateway")
+        if device_key is None:
+            raise ValueError("the device's registered key is not known to this gateway yet")
+        topic = "ll/%s/dev/%s/up" % (site, stored.device.hex())
+        stmt = session_chain.verify(frame, device_key, topic)
+        step["facts"] += [("statement", "seq %d of the device, session %s, covers seq %d..%d"
+                           % (stmt.seq, stmt.session_id.hex(), stmt.first, stmt.last)),
+                          ("signed by", device_key.hex())]
+        frames = []
+        for seq in range(stmt.first, stmt.last + 1):
+            msg = store.message_by_seq(stored.device, seq)
+            held = store.blob(msg.frame_hash) if msg is not None else None
+            if held is not None:
+                frames.append((seq, held))
+        if frame_hash not in session_chain.covered(stmt, frames):
+            raise ValueError("the statement's chain does not hold this frame")
+        own = reading_proof(store, site, stored.device, stmt.seq)
+        if own["receipt"] is None:
+            raise ValueError("the statement is not anchored yet")
+        verify_receipt(own["receipt"], frame, chain_id, validator_keys)
+        step["facts"].append(("statement's own receipt", "verifies (seq %d)" % stmt.seq))
+        step.update(ok=True, detail="the device signed a chain over its session frames that holds this frame")
+    except Exception as exc:  # noqa: BLE001
+        step["detail"] = "does not verify: %s" % _reason(exc)
+    return step
 
 
 def reading_proof(store: Store, site: str, device: bytes, seq: int) -> dict:

@@ -251,17 +251,22 @@ def _hex(value: Any) -> str:
 # --- proof explorer -------------------------------------------------------------------------------------
 
 
+STEP_STATES = {True: ("ok", "true", "verified"), False: ("failed", "false", "FAILED"),
+               None: ("pending", "pending", "pending")}
+
+
 def chain_html(result: dict, list_id: str) -> str:
     """The checked steps of ``explorer.explain`` as an ordered list."""
     items = []
     for s in result["steps"]:
         fact_pairs = [(label, "<code>%s</code>" % esc(value)) for label, value in s["facts"]]
+        css, ok, verdict = STEP_STATES[s["ok"]]
         items.append('<li class="step %s" data-step="%s" data-ok="%s"><span class="verdict">%s</span> '
                      '<strong>%s</strong><p>%s</p>%s</li>' % (
-                         "ok" if s["ok"] else "failed", esc(s["name"]), "true" if s["ok"] else "false",
-                         "verified" if s["ok"] else "FAILED", esc(s["title"]), esc(s["detail"]), facts(fact_pairs)))
-    verdict = ('<p class="verdict-line ok" data-ok="true">every step verified against the trusted validator set</p>'
-               if result["ok"] else
+                         css, esc(s["name"]), ok, verdict, esc(s["title"]), esc(s["detail"]), facts(fact_pairs)))
+    pending = [s["title"] for s in result["steps"] if s["ok"] is None]
+    verdict = ('<p class="verdict-line ok" data-ok="true">every step verified against the trusted validator set%s</p>'
+               % esc("; pending: " + ", ".join(pending) if pending else "") if result["ok"] else
                '<p class="verdict-line failed" data-ok="false">does NOT verify: %s</p>' % esc(result["error"]))
     return '<div class="proof-result" id="%s">%s<ol class="chain">%s</ol></div>' % (list_id, verdict, "".join(items))
 

@@ -39,7 +39,9 @@ const LLPlot = (() => {
 
   // Draws the series (t: ms times, v: values or null) into `holder` (its old plot is replaced).
   function draw(holder, t, v, opts) {
-    const o = Object.assign({ width: 460, height: 150, left: 52, right: 10, top: 10, bottom: 22, labels: true }, opts);
+    const fit = Math.floor(holder.clientWidth || 0) - 4;      // a plot as wide as its holder, at least 240 px
+    const o = Object.assign({ width: Math.max(240, fit), height: 150, left: 52, right: 10, top: 10, bottom: 22,
+                              labels: true }, opts);
     const w = o.width - o.left - o.right, h = o.height - o.top - o.bottom;
     const [y0, y1] = range(v);
     const t0 = t.length ? t[0] : 0, t1 = t.length > 1 ? t[t.length - 1] : t0 + 1;

@@ -132,3 +132,38 @@ def test_pages_render_their_data_before_scripts(anchored):
     assert EVIL_NAME not in evil_page and "&lt;img src=x" in evil_page
     info = json.loads(get(dash, "/api/device", "id=%s" % sensor)[2])
     assert info["record"]["2"] == "h'%s'" % record[2].hex() and info["history"]["seq"] == [1, 2]
+
+
+def test_session_frames_show_the_device_signed_chain_statement(tmp_path):
+    """A session frame is proved the device's by the chain statement its receipt names: checked, it shows
+    verified; a frame the gateway sealed itself shows the statement pending; field 8 changed fails."""
+    from ledgerlink.core import session_chain as sc
+    from ledgerlink.core import device_protocol as dp
+    from ledgerlink.gateway.batcher import Batcher
+    from ledgerlink.gateway.metrics import GatewayMetrics
+    from tests.gateway.test_checks import NOW, SITE
+    from tests.gateway.test_session_chain import forged_reading, send, setup
+
+    ledger, svc, dev = setup(tmp_path)
+    dash = Dashboard(GatewayMetrics(svc.core), store=svc.store)
+    outs = [dev.reading({"i": i}, NOW, dp.MODE_SESSION) for i in range(sc.EVERY_FRAMES)]
+    statement = dev.chain_statement(NOW)
+    assert send(svc, outs + [statement]) == []
+    forged = forged_reading(svc, dev, statement.seq + 1)
+    assert len(svc.handle_frame(dev.up_topic, forged, NOW).decided) == 1
+    Batcher(svc.store, ledger, SITE, ledger.chain_id, ledger.keys, ledger.net["gateway"].priv).step(NOW + 1000,
+                                                                                                    force=True)
+    device = dev.device_id.hex()
+    stored = json.loads(get(dash, "/api/proof", "device=%s&seq=%d" % (device, outs[5].seq))[2])["stored"]
+    assert stored["ok"] and [s["name"] for s in stored["steps"]] == STEPS + ["statement"]
+    assert stored["steps"][-1]["ok"] is True and dict(stored["steps"][-1]["facts"])["signed by"] == dev.public_key.hex()
+    sealed = json.loads(get(dash, "/api/proof", "device=%s&seq=%d" % (device, statement.seq + 1))[2])["stored"]
+    assert sealed["ok"] and sealed["steps"][-1]["ok"] is None and "pending" in sealed["steps"][-1]["detail"]
+    page = get(dash, "/proof", "device=%s&seq=%d" % (device, statement.seq + 1))[2].decode()
+    assert '<li class="step pending" data-step="statement" data-ok="pending">' in page
+    receipt = bytearray(get(dash, "/api/receipt", "device=%s&seq=%d" % (device, outs[5].seq))[2])
+    assert receipt[-35:-32] == b"\x08\x58\x20"                     # field 8 ends the receipt
+    receipt[-1] ^= 0x01
+    given = json.loads(get(dash, "/api/proof", "receipt=%s" % receipt.hex())[2])["given"]
+    assert not given["ok"] and [s["ok"] for s in given["steps"]] == [True] * 5 + [False]
+    assert "not stored by this gateway" in given["steps"][-1]["detail"]
