@@ -48,6 +48,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -288,6 +289,8 @@ class SeedResult:
     left_running: list[int] = field(default_factory=list)
     faults: dict[str, int] = field(default_factory=dict)
     receipt_after_restart_s: list[float] = field(default_factory=list)
+    restarts_interrupted: int = 0
+    timelines: list[str] = field(default_factory=list)
     refusals: int = 0
     board_readings: int = 0
     problems: list[str] = field(default_factory=list)
@@ -319,7 +322,9 @@ class Chaos:
         self.undo: list[tuple[float, Callable[[], None]]] = []
         self.stopped: set[int] = set()            # pids SIGSTOPped and not yet continued
         self.site_pids: set[int] = set()
-        self.gateway_restarts: list[float] = []   # wall-clock times at which a gateway was started again
+        self.gateway_restarts: list[GatewayRestart] = []
+        self.gateway_exits: dict[int, list[float]] = {}   # gateway index -> wall-clock times its exit was noticed
+        self.gateway_faults: dict[int, float] = {}        # gateway index -> wall-clock time of its last kill
 
     # --- set up ------------------------------------------------------------------------------------
 
@@ -436,6 +441,9 @@ class Chaos:
         except Exception:  # noqa: BLE001 - a node being restarted may not answer: any node will do
             return self.rng.randrange(NODES)
 
+    def _gateway_fault(self, proc: subprocess.Popen) -> None:
+        self.gateway_faults[self.stack.gateways.index(proc) + 1] = time.time()
+
     def inject(self, fault: str, now: float) -> None:
         s = self.stack
         gws = self._live_gateways()
@@ -444,9 +452,11 @@ class Chaos:
             if fault == "gateway-stop":
                 self._stop_for(p.pid, now)
             else:
+                self._gateway_fault(p)
                 self._signal(p.pid, signal.SIGKILL if fault == "gateway-kill" else signal.SIGTERM)
         elif fault == "gateways-kill":
             for p in gws:
+                self._gateway_fault(p)
                 self._signal(p.pid, signal.SIGKILL)
         elif fault in ("node-kill", "primary-kill", "node-stop"):
             if self._node_down():
@@ -478,8 +488,17 @@ class Chaos:
 
     def supervise(self) -> None:
         for line in self.stack.supervise():
-            if line.startswith("gateway") and " restarted " in line:
-                self.gateway_restarts.append(time.time())
+            found = re.match(r"gateway(?: (\d+))? (restarted|exited) ", line)
+            if found is None:
+                continue
+            index = int(found.group(1) or 1)
+            now = time.time()
+            if found.group(2) == "exited":
+                self.gateway_exits.setdefault(index, []).append(now)
+                continue
+            log = self.base / "site" / ("%s.log" % ("gateway" if index == 1 else "gateway-%d" % index))
+            self.gateway_restarts.append(GatewayRestart(index, now, self.gateway_faults.get(index),
+                                                        log.stat().st_size if log.exists() else 0))
         self.site_pids.update(self.stack.pids())
 
     def run_undos(self, now: float, everything: bool = False) -> None:
@@ -571,7 +590,7 @@ class Chaos:
         r = self.result
         created: dict[bytes, tuple[str, int]] = {}
         receipts: set[bytes] = set()
-        receipt_times: list[float] = []
+        receipt_times: dict[bytes, float] = {}     # frame hash -> when its device first checked its receipt
         for dev in self.devices:
             if isinstance(dev, BoardDevice):
                 self._check_board(dev)
@@ -582,7 +601,7 @@ class Chaos:
             for line in _lines(dev.directory / "receipts.log"):
                 t, _, h = line.split()
                 receipts.add(bytes.fromhex(h))
-                receipt_times.append(float(t))
+                receipt_times[bytes.fromhex(h)] = min(float(t), receipt_times.get(bytes.fromhex(h), float(t)))
             receipts.update(_kept_receipts(dev.directory / "state" / "queue.db"))
             r.refusals += len(_lines(dev.directory / "refusals.log"))
         r.readings += len(created)
@@ -593,16 +612,45 @@ class Chaos:
         r.stored_twice += sum(n - 1 for n in ours.values() if n > 1)
         r.not_anchored += sum(1 for h in created if h in stored and h not in anchored)
         r.no_receipt += sum(1 for h in created if h not in receipts)
-        receipt_times.sort()
-        for t in self.gateway_restarts:
-            later = [x for x in receipt_times if x >= t]
-            if later:
-                r.receipt_after_restart_s.append(later[0] - t)
+        self._receipts_after_restarts(db, receipt_times)
         pids = self.site_pids | {p for dev in self.devices for p in dev.pids}
         deadline = time.monotonic() + 5
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
         r.left_running = sorted(p for p in pids if _alive(p))
+
+    def _receipts_after_restarts(self, db: Path, receipt_times: dict[bytes, float]) -> None:
+        """The first new receipt after each gateway restart (module docstring), and its timeline."""
+        from ledgerlink.tools.broker_access import gateway_username
+
+        r = self.result
+        end_of_run = time.time()
+        for rs in self.gateway_restarts:
+            until = min([t for t in self.gateway_exits.get(rs.index, []) if t > rs.at] or [end_of_run])
+            first = _first_new_frame(db, gateway_username(SITE, rs.index), rs.at, until, receipt_times) \
+                if db.exists() else None
+            if first is None:
+                if until - rs.at < RECEIPT_TARGET_S:
+                    r.restarts_interrupted += 1
+                    continue
+                wait = until - rs.at if until < end_of_run else float("inf")
+            else:
+                wait = first["receipt"] - rs.at
+            r.receipt_after_restart_s.append(wait)
+            r.timelines.append(self._timeline(rs, first, wait))
+
+    def _timeline(self, rs: "GatewayRestart", first: dict[str, float] | None, wait: float) -> str:
+        """One line: the restart's steps, in seconds after the supervisor started the process."""
+        log = self.base / "site" / ("gateway.log" if rs.index == 1 else "gateway-%d.log" % rs.index)
+        steps = [("killed", rs.fault - rs.at if rs.fault is not None and rs.fault <= rs.at else None)]
+        steps += [(name, t - rs.at if t is not None else None) for name, t in _log_times(log, rs.log_offset)]
+        if first is not None:
+            steps += [("first new reading stored", first["stored"] - rs.at),
+                      ("its batch cut", first["batch"] - rs.at if first["batch"] else None),
+                      ("its receipt checked by the device", first["receipt"] - rs.at)]
+        return "gateway %d restarted: %s; first new receipt %s" % (
+            rs.index, ", ".join("%s %s" % (name, "-" if t is None else "%+.2f s" % t) for name, t in steps),
+            "never" if wait == float("inf") else "%.2f s" % wait)
 
     def _check_board(self, dev: BoardDevice) -> None:
         """The board device's readings by seq: stored once, anchored, receipt checked on the board."""
@@ -661,6 +709,59 @@ class Chaos:
 
     def _committed_anywhere(self, tx_hash: bytes) -> bool:
         return any(self._node_status(i, tx_hash) == "committed" for i in range(NODES))
+
+
+@dataclass
+class GatewayRestart:
+    """A gateway process started again by the supervisor."""
+    index: int
+    at: float                   # wall-clock time of the spawn
+    fault: float | None         # wall-clock time the chaos schedule last killed this gateway
+    log_offset: int             # its log's size at the spawn
+
+
+LOG_STEPS = (("logged its start", b" starting"), ("connected", b"MQTT connected"), ("subscribed", b"subscribed"))
+
+
+def _log_times(log: Path, offset: int) -> list[tuple[str, float | None]]:
+    """Wall-clock times of the first lines of each of ``LOG_STEPS`` in ``log`` after ``offset``."""
+    import datetime
+
+    found: dict[str, float] = {}
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        for name, marker in LOG_STEPS:
+            if name not in found and marker in line:
+                try:
+                    found[name] = datetime.datetime.strptime(line[:23].decode(), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                except ValueError:
+                    pass
+    return [(name, found.get(name)) for name, _ in LOG_STEPS]
+
+
+def _first_new_frame(db: Path, owner: str, since: float, until: float,
+                     receipt_times: dict[bytes, float]) -> dict[str, float] | None:
+    """Of the readings ``owner`` stored from ``since`` to ``until`` (wall-clock seconds), the one whose receipt a
+    device checked first: {"stored", "batch" (the batch's creation, 0 when unknown), "receipt"}; None if none."""
+    con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=10)
+    try:
+        rows = con.execute("SELECT m.frame_hash, m.received_ms, (SELECT b.created_ms FROM batches b WHERE b.owner = "
+                           "m.owner AND m.id BETWEEN b.first_id AND b.last_id) FROM messages m WHERE m.owner = ? "
+                           "AND m.received_ms >= ? AND m.received_ms < ?",
+                           (owner, int(since * 1000), int(until * 1000))).fetchall()
+    finally:
+        con.close()
+    best = None
+    for h, received_ms, batch_ms in rows:
+        t = receipt_times.get(bytes(h))
+        if t is not None and (best is None or t < best["receipt"]):
+            best = {"stored": received_ms / 1000, "batch": (batch_ms or 0) / 1000, "receipt": t}
+    return best
 
 
 def _alive(pid: int) -> bool:
@@ -1023,6 +1124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--outage-s", type=int, default=600, help="readings of the 1 Hz device's outage (default 600)")
     p.add_argument("--outage-rate", type=float, default=40.0, help="readings per second made while offline")
     p.add_argument("--keep", metavar="DIR", help="keep each seed's directories under DIR")
+    p.add_argument("--timeline", action="store_true",
+                   help="print each gateway restart's steps up to its first new receipt")
     p.add_argument("--ports", action="store_true",
                    help="run the partial-frame attack on the embedded broker and the dashboard's HTTP port instead")
     p.add_argument("--connections", type=int, default=ATTACK_CONNECTIONS, help="attack connections (default 1000)")
@@ -1066,22 +1169,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             r = c.run()
             results.append(r)
             say("seed %d: %s; %d readings (%d by the board32 client): lost %d, stored twice %d, not anchored %d, without receipt %d; "
-                "ledger txs lost %d; processes left %d; refusals seen %d; first receipt after gateway restart %s%s"
+                "ledger txs lost %d; processes left %d; refusals seen %d; first new receipt after gateway restart %s%s"
                 % (seed, "ok" if r.ok else "FAILED", r.readings, r.board_readings, r.lost, r.stored_twice, r.not_anchored, r.no_receipt,
                    r.txs_lost, len(r.left_running), r.refusals,
                    ", ".join("%.1f s" % x for x in r.receipt_after_restart_s) or "-",
                    "; faults: " + ", ".join("%s %d" % kv for kv in sorted(r.faults.items()))
                    + ("; problems: " + "; ".join(r.problems) if r.problems else "")))
+            if args.timeline:
+                for line in r.timelines:
+                    say("seed %d: %s" % (seed, line))
         waits = [x for r in results for x in r.receipt_after_restart_s]
         p99 = percentile(waits, 0.99)
         say("over %d seeds: readings %d; lost %d; stored twice %d; not anchored %d; without receipt %d; "
-            "ledger txs lost %d; processes left %d; first new receipt after a gateway restart p50 %s, p99 %s "
-            "(target %g s, %d restarts); seeds failing: %s"
+            "ledger txs lost %d; processes left %d; first new receipt after a gateway restart p50 %s, p99 %s, "
+            "max %s (target %g s, %d restarts, %d over target, %d interrupted before storing); seeds failing: %s"
             % (len(results), sum(r.readings for r in results), sum(r.lost for r in results),
                sum(r.stored_twice for r in results), sum(r.not_anchored for r in results),
                sum(r.no_receipt for r in results), sum(r.txs_lost for r in results),
                sum(len(r.left_running) for r in results), _seconds(percentile(waits, 0.5)), _seconds(p99),
-               RECEIPT_TARGET_S, len(waits), " ".join(str(r.seed) for r in results if not r.ok) or "none"))
+               _seconds(max(waits) if waits else None), RECEIPT_TARGET_S, len(waits),
+               sum(1 for w in waits if w > RECEIPT_TARGET_S), sum(r.restarts_interrupted for r in results),
+               " ".join(str(r.seed) for r in results if not r.ok) or "none"))
         return 0 if all(r.ok for r in results) else 1
     finally:
         if not args.keep:
