@@ -196,3 +196,38 @@ def test_explorer_download_verifies_offline_and_tampered_receipt_fails(live):
     assert '<li class="step failed" data-step="header" data-ok="false">' in given
     assert '<li class="step failed" data-step="receipt" data-ok="false">' in given
     assert '<li class="step ok" data-step="batch" data-ok="true">' in given      # what was not changed still checks
+
+
+@pytest.mark.slow
+def test_explorer_checks_a_receipt_file_chosen_in_the_page(live):
+    """Through the page as an operator uses it (DevTools protocol): choose the receipt file, the script reads
+    it into the form, submit; the stored receipt verifies, the same file with one byte changed fails."""
+    from tests.dashboard.cdp import Browser
+
+    receipt = fetch(live.url + "api/receipt?device=%s&seq=2" % live.dev)
+    tampered = bytearray(receipt)
+    tampered[10] ^= 0x01                                    # inside the frame hash (the batch leaf)
+    browser = Browser(chromium(), live.tmp / "profile-cdp")
+    try:
+        browser.call("Page.enable")
+        for data, name, verdict in ((receipt, "good.cbor", "true"), (bytes(tampered), "bad.cbor", "false")):
+            path = live.tmp / name
+            path.write_bytes(data)
+            browser.navigate(live.url + "proof?device=%s&seq=2" % live.dev)
+            root = browser.call("DOM.getDocument")["root"]["nodeId"]
+            node = browser.call("DOM.querySelector", nodeId=root, selector="#receipt-file")["nodeId"]
+            browser.call("DOM.setFileInputFiles", nodeId=node, files=[str(path)])
+            assert browser.wait_for("document.getElementById('receipt-hex').value") == data.hex()
+            browser.events.clear()
+            browser.evaluate("document.querySelector('form.check').submit()")
+            browser.wait_event("Page.loadEventFired")
+            shown = browser.wait_for("(() => { const v = document.querySelector('#given-chain .verdict-line');"
+                                     " return v && [v.dataset.ok, [...document.querySelectorAll("
+                                     "'#given-chain li.step')].map((s) => s.dataset.step + ':' + s.dataset.ok)]; })()")
+            assert shown[0] == verdict, shown
+            if verdict == "false":
+                assert shown[1] == ["frame:false", "batch:false", "anchor:true", "header:true", "receipt:false"]
+            else:
+                assert all(s.endswith(":true") for s in shown[1]) and len(shown[1]) == 5
+    finally:
+        browser.close()
