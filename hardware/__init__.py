@@ -1,0 +1,1 @@
+"""Board profiles and hardware-in-the-loop scripts."""

@@ -1,0 +1,1 @@
+"""Board profiles (<board>.toml) that deploy, provision and the virtual board read."""
