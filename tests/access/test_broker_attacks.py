@@ -157,3 +157,36 @@ def test_gateway_account_reads_only_its_sites_group(stack, register):
     c = dev.client()
     dev.served(c)
     c.close()
+
+
+def test_flipped_signature_copy_sent_first_cannot_pre_empt_the_device(stack, register):
+    """From the broker's position (an operator account), the (r, n - s) copy of a device's reading is
+    published before the device's own: the gateway refuses it (bad signature, on the device's down topic)
+    and the device's frame is stored and gets its receipt."""
+    from ledgerlink.device.core import ReceiptResult
+    from ledgerlink.gateway.checks import BAD_SIGNATURE
+    from tests.gateway.test_malleability import malleated
+
+    [dev] = register(1)
+    c = dev.client()
+    assert c.subscribe(dev.core.down_topic) == 1
+    ops = Client(stack, "ops-malleate", stack.access.add("ops-malleate", "operator"))
+    frame = dev.core.reading({"t": 5}, now_ms()).payload
+    copy = malleated(frame)
+    assert ops.publish(dev.core.up_topic, copy) == 0
+    replies = []
+    deadline = time.monotonic() + 15
+    while not any(r.get(1) == hashlib.sha256(copy).digest() for r in replies) and time.monotonic() < deadline:
+        replies += [cbor.loads(p) for _, p, _ in c.drain(0.2)]
+    about_copy = [r for r in replies if r.get(1) == hashlib.sha256(copy).digest()]
+    assert about_copy and all(r[0] == 2 and r[2] == BAD_SIGNATURE for r in about_copy), about_copy   # refused only
+    assert c.publish(dev.core.up_topic, frame) == 0
+    receipt = None
+    while receipt is None and time.monotonic() < deadline + 15:
+        for _, payload, _ in c.drain(0.2):
+            res = dev.core.handle_down(payload, now_ms())
+            if isinstance(res, ReceiptResult) and res.frame_hash == hashlib.sha256(frame).digest():
+                receipt = res
+    assert receipt is not None and receipt.valid
+    for cl in (ops, c):
+        cl.close()
