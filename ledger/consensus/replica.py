@@ -35,10 +35,13 @@ it proposes the next batch as soon as it commits the last one, so ``d`` is its o
 the batch plus one message delay (and at most the batch timeout), while ``p`` contains the
 backups' execution of the same batch plus two vote rounds; load lengthens both alike, so ``d``
 stays below ``p + g`` (at most 0.84 of it in the simulator's saturated runs). So a slow primary
-keeps its view only while it at most doubles the replicas' share of each block (plus ``g``); one
-that holds each proposal near the view-change timeout is replaced after two blocks. A primary a
+keeps its view only while it at most doubles the replicas' share of each block (plus ``g``). The
+window and its two blocks keep one slow fsync or scheduling stall of an honest primary from
+costing it its view; but a block whose ``d`` alone exceeds half the view-change timeout
+(``SLOW_PRIMARY_ALONE``) is judged by itself, so a primary that holds each proposal just under the
+timeout loses its view after its first such block. A primary a
 backup demoted for slowness stays a suspect of that backup until it serves a full window within
-the bound: when the view rotates back to it, one slow block is enough (its turn comes every n
+the bound: when the view rotates back to it, its first slow block is enough (its turn comes every n
 views, and each costs one block instead of a window). A backup
 that lags measures ``d`` near 0 (the proposal is there when it gets ready), and a backup with no
 transactions waiting measures nothing, so neither blames the primary for its own slowness or for
@@ -280,6 +283,7 @@ class _ViewChange:
 _VOTES = (m.PRE_PREPARE, m.PREPARE, m.COMMIT)
 SLOW_PRIMARY_FRACTION = 2     # a backup demands a view change below 1/2 of the rate the pool and recent blocks allow
 SLOW_PRIMARY_MIN_BLOCKS = 2
+SLOW_PRIMARY_ALONE = 2             # a block whose wait is over 1/2 of the view-change timeout is judged alone
 SLOW_PRIMARY_MAX_BLOCKS = 256      # samples kept (a window of blocks under 4 ms each is not judged)
 FETCH_MIN_COST_DIV = 256
 SEND_BUDGET_DIV = 8                # blocks sent to one peer: max_message_size / 8 bytes a second
@@ -908,8 +912,8 @@ class Replica:
         return True
 
     def _primary_too_slow(self) -> bool:
-        """The slow-primary rule of the module docstring over the samples of this view (a suspect
-        primary also over its last block alone)."""
+        """The slow-primary rule of the module docstring over the samples of this view (and over the
+        last block alone for a suspect primary or a wait near the timeout)."""
         cfg = self.config
         grace = cfg.batch_timeout_ms + cfg.slow_primary_grace_ms
         service = self.service
@@ -919,7 +923,9 @@ class Replica:
             samples = list(samples)
             return sum(d for d, _ in samples) > (SLOW_PRIMARY_FRACTION - 1) * sum(p + grace for _, p in samples)
 
-        if primary in self.slow_suspects and slow([service[-1]]):
+        d, _ = service[-1]
+        alone = primary in self.slow_suspects or d * SLOW_PRIMARY_ALONE >= cfg.view_change_timeout_ms
+        if alone and slow([service[-1]]):
             return True
         while len(service) > SLOW_PRIMARY_MIN_BLOCKS \
                 and sum(d + p for d, p in itertools.islice(service, 1, None)) >= cfg.slow_primary_window_ms:

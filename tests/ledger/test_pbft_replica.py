@@ -825,3 +825,13 @@ def test_a_demoted_slow_primary_is_judged_on_its_first_block_next_time():
     assert all(r.view >= 5 for r in net.replicas[1:]), [r.view for r in net.replicas]
     assert all(r.slow_primary_demands == 2 for r in net.replicas[1:])
     assert max(len(h) for h in in_view_4) <= 2, in_view_4      # the new-view's block, then one held
+
+
+def test_a_primary_holding_proposals_near_the_timeout_loses_its_view_after_one_block():
+    """Each proposal held 800 ms of a 1,000 ms timeout: the first such block is evidence enough
+    (it alone spans the judging window), so the view costs one slow block, not two."""
+    net = SlowPrimaryNet(800, view_change_timeout_ms=1000)
+    net.run(2500, every=20)
+    assert [r.view for r in net.replicas[1:]] == [1, 1, 1]
+    in_view_0 = [[c.height for c in net.committed(i) if c.certificate.view == 0] for i in (1, 2, 3)]
+    assert max(len(h) for h in in_view_0) == 1, in_view_0
