@@ -134,7 +134,7 @@ class LocalCluster:
         args = [sys.executable, "-m", module, "--config", str(self.config_path),
                 "--index", str(i), "--data", str(self.data_dir / ("node%d" % i)), "--log-level", self.log_level]
         args += self.rogues.get(i, [])
-        if self.metrics:
+        if self.metrics and i not in self.rogues:          # metrics of the honest nodes
             if i not in self.metrics_ports:
                 with socket.socket() as s:
                     s.bind((self.config.nodes[i].host, 0))

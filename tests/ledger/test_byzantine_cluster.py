@@ -10,6 +10,7 @@ change, which did not happen before the defence (the primary kept the chain at 1
 good). Each test starts its own cluster and takes 8-20 s, hence ``slow``."""
 
 import time
+import urllib.request
 
 import pytest
 
@@ -22,10 +23,21 @@ FLOOR_BLOCKS = 5               # in ATTACK_S
 RSS_LIMIT_MB = 200
 
 
-def run(tmp_path, rogue_args, rogue=0, attack_s=ATTACK_S):
+def metric(cluster, i, name):
+    """The value of the unlabelled metric ``name`` on node ``i``'s /metrics."""
+    url = "http://127.0.0.1:%d/metrics" % cluster.metrics_ports[i]
+    with urllib.request.urlopen(url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise KeyError(name)
+
+
+def run(tmp_path, rogue_args, rogue=0, attack_s=ATTACK_S, metrics=()):
     """Start the cluster with validator ``rogue`` attacking from the start; offer load for
-    ``attack_s``; return (blocks the honest nodes committed meanwhile, views, peak RSS, violations)."""
-    cluster = LocalCluster(tmp_path, 4, rogues={rogue: rogue_args}, log_level="WARNING")
+    ``attack_s``; return (blocks the honest nodes committed meanwhile, views, peak RSS, violations),
+    and with ``metrics`` also {name: [value on each honest node]}."""
+    cluster = LocalCluster(tmp_path, 4, rogues={rogue: rogue_args}, log_level="WARNING", metrics=bool(metrics))
     honest = [i for i in range(4) if i != rogue]
     cluster.start()
     try:
@@ -40,8 +52,11 @@ def run(tmp_path, rogue_args, rogue=0, attack_s=ATTACK_S):
                         peak = max(peak, rss_mb(cluster.procs[i].pid) or 0.0)
             h1 = heights(c, honest)
             views = {i: c.request_to(i, "info")["view"] for i in honest}
+        values = {name: [metric(cluster, i, name) for i in honest] for name in metrics}
         violations = audit(cluster, honest, load.submitted)
         blocks = min(h1[i] - h0[i] for i in honest)
+        if metrics:
+            return blocks, views, peak, violations, values
         return blocks, views, peak, violations
     finally:
         cluster.stop()
@@ -64,16 +79,23 @@ def test_a_fresh_cluster_commits_in_view_0(tmp_path):
 
 @pytest.mark.slow
 def test_slow_primary_is_replaced(tmp_path):
-    blocks, views, peak, bad = run(tmp_path, ["--attack", "slow", "--hold-ms", "800"], attack_s=6.0)
+    blocks, views, peak, bad, values = run(tmp_path, ["--attack", "slow", "--hold-ms", "800"], attack_s=6.0,
+                                           metrics=["ledgerlink_node_slow_primary_demands_total"])
     assert not bad
     assert min(views.values()) >= 1                  # the honest backups left the slow primary's view
+    assert sum(values["ledgerlink_node_slow_primary_demands_total"]) >= 1, values   # for its slowness
     assert blocks >= 8, blocks                       # at most 1.3 blocks/s (about 7) without the rule
 
 
 @pytest.mark.slow
 def test_equivocating_primary(tmp_path):
-    blocks, views, peak, bad = run(tmp_path, ["--attack", "equivocate"])
+    """Every honest node holds the proof (one of them saw both proposals and sent the pair on)
+    and left the equivocator's view."""
+    blocks, views, peak, bad, values = run(tmp_path, ["--attack", "equivocate"],
+                                           metrics=["ledgerlink_node_equivocators"])
     assert not bad
+    assert values["ledgerlink_node_equivocators"] == [1, 1, 1], values
+    assert min(views.values()) >= 1
     assert blocks >= FLOOR_BLOCKS, blocks
 
 
