@@ -89,6 +89,8 @@ DYNSEC_CHUNK = 64                       # commands per message to the plugin
 ACCOUNTS_FILE = "accounts.json"
 LOGIN_KEY_FILE = "login.key"            # the site's broker-login key: device passwords after a key rotation
 LOGIN_SALT = b"ledgerlink-broker-login-v1"
+FOLLOWED_FILE = "followed.json"          # the ledger height whose bans and key rotations the accounts reflect
+FOLLOW_BLOCKS_PER_CALL = 1000           # blocks read per follow call (a long catch-up does not stall the caller)
 RUNTIME_FILE = "runtime.json"
 DASHBOARD_TOKEN_FILE = "dashboard.token"
 DYNSEC_FILE = "dynamic-security.json"
@@ -420,6 +422,19 @@ class SiteAccess:
         if changes:
             self.apply_live(changes)
         return lines
+
+    def followed(self, chain_id: str) -> int | None:
+        """The ledger height of chain ``chain_id`` up to which the accounts follow the device records (kept
+        across restarts, so a ban or key rotation committed while nobody followed is not missed)."""
+        try:
+            data = json.loads((self.folder / FOLLOWED_FILE).read_text())
+            return int(data["height"]) if data.get("chain_id") == chain_id else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def note_followed(self, chain_id: str, height: int) -> None:
+        private_dir(self.folder)
+        _write_private(self.folder / FOLLOWED_FILE, json.dumps({"chain_id": chain_id, "height": height}) + "\n")
 
     def _write_login(self, username: str, password: str, device: bool = False) -> None:
         """The account's credentials file (0600); a device's also names the site's broker-login public key."""

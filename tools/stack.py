@@ -572,18 +572,21 @@ class Stack:
         for each block committed since the last call, the account of each device whose record it changed
         follows the record, proven against the validators (``SiteAccess.follow_record``: disabled while
         banned, a new password for a rotated key). Called by whoever runs the site (``ledgerlink up``'s
-        loop, every ``SUPERVISE_S``); one line per change."""
+        loop, every ``SUPERVISE_S``); one line per change. A restarted site goes on from the height the
+        accounts last followed (``SiteAccess.followed``), so nothing committed meanwhile is missed."""
         from ledgerlink.gateway.checks import _device_changed_by
-        from ledgerlink.tools.broker_access import AccessError, proven_device_record
+        from ledgerlink.tools.broker_access import FOLLOW_BLOCKS_PER_CALL, AccessError, proven_device_record
 
         if self.ledger is None:
             return []
         try:
             top = self.height()
             if self.followed is None:
-                self.followed = top
+                noted = self.access.followed(self.chain_id)
+                self.followed = top if noted is None or noted > top else noted
+            start = self.followed
             lines = []
-            while self.followed < top:
+            while self.followed < min(top, start + FOLLOW_BLOCKS_PER_CALL):
                 block = self.ledger.block(self.followed + 1)
                 if not block.get("ok"):
                     break
@@ -592,6 +595,8 @@ class Stack:
                     lines += ["%s (ledger height %d)" % (line, self.followed + 1)
                               for line in self.access.follow_record(dev, record)]
                 self.followed += 1
+            if self.followed != start:
+                self.access.note_followed(self.chain_id, self.followed)
             return lines
         except LedgerUnavailable:
             return []                    # no node answers now (the supervisor reports and restarts them): next call

@@ -120,3 +120,18 @@ def test_an_account_follows_only_a_proven_record(stack, register):
         proven_device_record(Lying(), stack.chain_id, stack.validators, dev.id)
     with pytest.raises(AccessError, match="older header"):
         proven_device_record(stack.ledger, stack.chain_id, stack.validators, dev.id, stack.height() + 5)
+
+
+def test_a_ban_committed_while_nobody_followed_is_caught_up(stack, register):
+    from ledgerlink.ledger.state import encoding as enc
+
+    [dev] = register(1)
+    c = dev.client()
+    stack.follow_bans()
+    stack.followed = None                                         # as after a restart of `ledgerlink up`
+    tx = enc.ban_tx(stack.chain_id, stack.cluster.key("admin"), dev.id, "banned while up was down",
+                    int(time.time() * 1000))
+    assert stack.ledger.submit(tx).get("status") == "committed"
+    lines, took = _follow_until(stack, c.disconnected.is_set)
+    assert c.disconnected.is_set(), lines
+    assert any("%s disabled: banned" % dev.username in line for line in lines), lines
