@@ -28,10 +28,12 @@ def _mode(path) -> int:
 
 def test_store_logs_keys_and_logins_are_owner_only(site):
     d = site.data_dir
+    site.device_login(bytes(16))                                  # a device account: the broker-login key is made
     assert _mode(d) == 0o700 and _mode(d / "broker") == 0o700 and _mode(d / "broker" / "credentials") == 0o700
     for f in ["gateway.db", "gateway.log", "mqtt_broker.log", "dashboard.token", "ledger/node0.log",
               "broker/accounts.json", "broker/credentials/ll-gw-fil-1.json", "broker/credentials/ll-app-fil.json",
-              "ledger/keys/gateway.key", "ledger/keys/admin.key"]:
+              "ledger/keys/gateway.key", "ledger/keys/admin.key", "broker/login.key",
+              "broker/credentials/ll-%s.json" % bytes(16).hex()]:
         assert _mode(d / f) == 0o600, "%s is %o" % (f, _mode(d / f))
 
 
