@@ -108,7 +108,9 @@ Cheap refusals before the signature check (``receive``): a peer's fetch-blocks b
 new about its sender (a second vote of the sender for a view and height, a vote for a stale height
 or another view already noted from that sender) are dropped unverified, so a validator that floods
 such messages costs a CBOR decode each, not an ECDSA verification. The budgets are per transport
-sender, which the peer link authenticates (the transport's signed-nonce handshake).
+sender, which the peer link authenticates (the transport's signed-nonce handshake). An
+equivocation message (three signature checks) is recognised by its first two bytes; a peer may
+send n of them at once and one a second after that.
 """
 
 from __future__ import annotations
@@ -289,6 +291,7 @@ FETCH_MIN_COST_DIV = 256
 SEND_BUDGET_DIV = 8                # blocks sent to one peer: max_message_size / 8 bytes a second
 FETCH_REQUESTS_PER_S = 50          # fetch-blocks a peer may send a second (burst as many)
 MAX_PEEK = 256                     # messages up to this size are looked at before their signature
+EQUIVOCATION_PREFIX = bytes([0x85, m.EQUIVOCATION])   # cbor: an array of 5 items, kind 10
 MAX_REFORWARD_EXP = 3      # a pending tx goes to the primary again after 1, 2, 4, 8, 8, ... retransmit_ms
 
 
@@ -352,6 +355,7 @@ class Replica:
         self.convicted: dict[int, bytes] = {}       # validator -> our signed equivocation proof against it
         self.send_budget: dict[int, tuple[int, int]] = {}   # peer -> (bytes of blocks it may get, at ms)
         self.fetch_budget: dict[int, tuple[float, int]] = {}  # peer -> (fetch requests it may send, at ms)
+        self.proof_budget: dict[int, tuple[float, int]] = {}  # peer -> (equivocation messages it may send, at ms)
         self._out: list[Effect] = []
         self._decode = decoder or functools.partial(
             _decode_message, config.chain_id, config.validators, crypto, config.limits)
@@ -450,6 +454,9 @@ class Replica:
             if reason is not None:
                 self._drop(reason, sender_index)
                 return self._end()
+        elif data[:2] == EQUIVOCATION_PREFIX and not self._take_proof_token(sender_index):
+            self._drop("equivocation rate", sender_index)
+            return self._end()
         try:
             msg = self._decode(data)
             if msg.sender != sender_index:
@@ -460,6 +467,18 @@ class Replica:
         except MessageError as exc:
             self._drop(exc.reason, sender_index)
         return self._end()
+
+    def _take_proof_token(self, sender: int) -> bool:
+        """An equivocation message costs three signature checks: a peer may send n at once (one per
+        validator it convicts) and one a second after that."""
+        cap = self.config.n
+        tokens, at = self.proof_budget.get(sender, (cap, self.now))
+        tokens = min(cap, tokens + (self.now - at) / 1000)
+        if tokens < 1:
+            self.proof_budget[sender] = (tokens, self.now)
+            return False
+        self.proof_budget[sender] = (tokens - 1, self.now)
+        return True
 
     def _refuse_unverified(self, sender: int, data: bytes) -> str | None:
         """The reason to drop a small message before its signature is checked, or None (see

@@ -835,3 +835,21 @@ def test_a_primary_holding_proposals_near_the_timeout_loses_its_view_after_one_b
     assert [r.view for r in net.replicas[1:]] == [1, 1, 1]
     in_view_0 = [[c.height for c in net.committed(i) if c.certificate.view == 0] for i in (1, 2, 3)]
     assert max(len(h) for h in in_view_0) == 1, in_view_0
+
+
+def test_equivocation_messages_beyond_a_peers_budget_are_dropped_unverified():
+    """Each equivocation message costs three signature checks: a peer that sends 100 in a second
+    gets n of them checked (one per validator it could convict) and one more a second, the rest
+    are dropped before any signature check."""
+    net = EquivocatingNet()
+    r = net.replicas[1]
+    pp = [m.encode_message("t", [m.PRE_PREPARE, 0, 0, 0, m.Header("t", 0, bytes(32), t, bytes(32), bytes(32),
+                                                                    r._vhash).to_obj(), []], KEYS[0], CRYPTO)
+          for t in (1, 2)]
+    bogus = m.encode_message("t", [m.EQUIVOCATION, 3, pp[0], pp[0]], KEYS[3], CRYPTO)
+    reasons = [e.reason for t in range(100) for e in r.receive(3, bogus, 20 * t) if isinstance(e, Dropped)]
+    checked = reasons.count("bad equivocation proof")
+    assert 4 + 1 <= checked <= 4 + 2 and reasons.count("equivocation rate") == 100 - checked, reasons
+    real = m.encode_message("t", [m.EQUIVOCATION, 2, pp[0], pp[1]], KEYS[2], CRYPTO)
+    assert not [e for e in r.receive(2, real, 1000) if isinstance(e, Dropped)]      # other peers keep theirs
+    assert 0 in r.convicted and r.view == 1
