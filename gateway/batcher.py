@@ -151,12 +151,16 @@ def batch_receipts(store: Store, site: str, batch_id: bytes, only: bytes | None 
         return []
     out = []
     size_item = b"\x04" + cbor_head(0, size)
+    named = store.batch_covering(batch_id)            # frame -> the chain statement chain_frames names for it
+    checked: dict[bytes, bool] = {}                   # statement -> stored and anchored
     for (frame_hash, device, seq, leaf), (count, path) in zip(leaves, proofs):
         if only is not None and frame_hash != only:
             continue
         # the deterministic map of 8 entries, keys 0..7 in order (6 and 7 shared by the batch), and 8: the
         # device-signed chain statement that covers a session reading, when one is stored and anchored
-        statement = covering_statement(store, frame_hash)
+        statement = named.get(frame_hash)
+        if statement is not None:
+            statement = covering_statement(store, frame_hash, checked, statement)
         payload = b"".join((b"\xa8\x00\x01\x01" if statement is None else b"\xa9\x00\x01\x01",
                             cbor_head(2, len(frame_hash)), frame_hash, b"\x02", cbor_head(0, seq),
                             b"\x03", cbor_head(0, leaf), size_item, b"\x05", cbor_head(4, count), path, shared,

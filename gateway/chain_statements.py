@@ -5,8 +5,10 @@ device's registered key), its binding to the device's ``up`` topic and its struc
 in ``Accept.chain``. Here it is checked against the frames the store holds (and those accepted earlier
 in the same group): the session's frames with seq in [first, last], in seq order, must give the signed
 head. A statement that matches is stored and anchored like any reading, and the hashes of the frames
-it covers are kept (``chain_frames``), so a receipt can say which device-signed statement covers its
-reading. One that does not match is refused (``CHAIN_MISMATCH``) and counted.
+it covers are kept (``chain_frames``, in the same transaction as the statement), so a receipt can say
+which device-signed statement covers its reading. One that does not match is refused (``CHAIN_MISMATCH``)
+and counted. The check costs one ES256 verification (done with the other signed readings) and a
+SHA-256 per covered frame, hashes the gateway keeps as it stores the frames.
 
 Protects against a session frame the device did not send (the gateway, holding the site key, can seal
 one) passing as the device's: only frames in a verified statement's chain are ever reported covered.
@@ -15,6 +17,7 @@ Tested in tests/gateway/test_session_chain.py.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections import OrderedDict
 from typing import Any
@@ -23,46 +26,67 @@ from ledgerlink.core import session_chain
 from ledgerlink.core.errors import InvalidProof
 from ledgerlink.gateway.store import SEQ_INDEXED_UPTO, Store
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS chain_frames (frame_hash BLOB PRIMARY KEY, statement BLOB NOT NULL) WITHOUT ROWID"
+# a session frame as the gateway accepts it: tag 16, [protected {1: 10}, unprotected {4: 8-byte kid, ...}, ...]
+SESSION_FRAME_HEAD = bytes.fromhex("d08343a1010aa2044" "8")
+SID_AT = len(SESSION_FRAME_HEAD)
+
+
+def session_id_of(frame: bytes) -> bytes | None:
+    """The session id (kid) of a session frame the checks accepted; None for any other frame."""
+    if frame[:SID_AT] == SESSION_FRAME_HEAD:
+        return frame[SID_AT:SID_AT + session_chain.SESSION_ID_LEN]
+    found = session_chain.session_frame(frame)
+    return found[0] if found is not None else None
 
 
 class ChainStatements:
-    """Checks chain statements against ``store`` and keeps which frames they cover.
+    """Checks chain statements against ``store``; the covered frames go into the store's ``chain_frames`` with
+    the group that stores the statement (``Store.write_many``).
 
-    The session frames of the last ``DEVICES`` devices (at most ``PER_DEVICE`` each) are kept in memory
-    as they are accepted (``note``), so a statement is usually checked without reading the store; seqs
-    of its range not held there (after a restart, from another gateway process, or signed frames and
-    skipped seqs) are read from the store with one range query."""
+    The (session id, frame hash) of the session frames of the last ``DEVICES`` devices (at most
+    ``PER_DEVICE`` each) are kept in memory as they are stored (``note``), so a statement is usually
+    checked without reading or decoding a frame; seqs of its range not held there (after a restart, from
+    another gateway process, or signed frames and skipped seqs) are read from the store with one range query."""
 
-    PER_DEVICE = 3 * session_chain.EVERY_FRAMES
+    PER_DEVICE = 2 * session_chain.EVERY_FRAMES
     DEVICES = 8192
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        with store.lock:
-            store.db.execute(SCHEMA)
-        self.recent: OrderedDict[bytes, dict[int, bytes]] = OrderedDict()   # device -> {seq: session frame}
+        self.recent: OrderedDict[bytes, dict[int, tuple[bytes, bytes]]] = OrderedDict()   # device -> {seq: (sid, hash)}
         self.verified = 0
         self.refused = 0
 
-    def note(self, dev: bytes, seq: int, frame: bytes) -> None:
-        """An accepted session frame."""
+    def note(self, dev: bytes, seq: int, frame: bytes, frame_hash: bytes | None = None) -> None:
+        """A stored session frame."""
+        sid = session_id_of(frame)
+        if sid is None:
+            return
         frames = self.recent.get(dev)
         if frames is None:
             if len(self.recent) >= self.DEVICES:
                 self.recent.popitem(last=False)
             frames = self.recent[dev] = {}
-        frames[seq] = frame
+        frames[seq] = (sid, frame_hash or hashlib.sha256(frame).digest())
         if len(frames) > self.PER_DEVICE:
             del frames[next(iter(frames))]
 
-    def _stored(self, dev: bytes, first: int, last: int) -> dict[int, bytes]:
-        """{seq: frame} of the store's frames of ``dev`` with seq in [first, last]."""
+    def _stored(self, dev: bytes, first: int, last: int) -> dict[int, tuple[bytes, bytes]]:
+        """{seq: (session id, frame hash)} of the store's session frames of ``dev`` with seq in [first, last];
+        InvalidProof when one's Partial IV is not its seq."""
         rows = self.store._query("SELECT s.seq, m.frame FROM frames.seq_index s JOIN messages m ON m.id = s.id "
                                  "WHERE s.device = ? AND s.seq BETWEEN ? AND ?", (dev, first, last))
         rows += self.store._query("SELECT seq, frame FROM messages WHERE id > " + SEQ_INDEXED_UPTO +
                                   " AND device = ? AND seq BETWEEN ? AND ?", (dev, first, last))
-        return {seq: frame for seq, frame in rows if frame is not None}
+        out = {}
+        for seq, frame in rows:
+            found = session_chain.session_frame(frame) if frame is not None else None
+            if found is None:
+                continue
+            if found[1] != seq:
+                raise InvalidProof("frame stored at seq %d carries Partial IV %d" % (seq, found[1]))
+            out[seq] = (found[0], hashlib.sha256(frame).digest())
+        return out
 
     def check(self, accept: Any, earlier: list[Any]) -> list[bytes]:
         """The hashes of the frames the statement ``accept`` (an ``Accept`` with ``chain``) covers; InvalidProof
@@ -75,12 +99,13 @@ class ChainStatements:
         for e in earlier:
             if getattr(e, "device_id", None) == dev and getattr(e, "mode", None) == "session" \
                     and first <= e.seq <= last:
-                frames[e.seq] = e.frame
-        if len(frames) < last - first + 1:
-            frames = {**self._stored(dev, first, last), **frames}
-        statement = session_chain.Statement(dev, accept.seq, accept.time_ms, sid, first, last, head)
+                kid = session_id_of(e.frame)
+                if kid is not None:
+                    frames[e.seq] = (kid, e.frame_hash)
         try:
-            hashes = session_chain.covered(statement, sorted(frames.items()))
+            if len(frames) < last - first + 1:
+                frames = {**self._stored(dev, first, last), **frames}
+            hashes = covered(sid, first, last, head, frames)
         except InvalidProof:
             self.refused += 1
             raise
@@ -89,23 +114,35 @@ class ChainStatements:
             del held[seq]
         return hashes
 
-    def record(self, covered: list[tuple[bytes, list[bytes]]]) -> None:
-        """Keep (statement frame hash, covered frame hashes) of statements now stored."""
-        sql = "INSERT OR REPLACE INTO chain_frames (frame_hash, statement) VALUES (?,?)"
-        rows = [(sql, (h, statement)) for statement, hashes in covered for h in hashes]
-        if rows:
-            self.store._tx(rows)
+
+def covered(sid: bytes, first: int, last: int, head: bytes, frames: dict[int, tuple[bytes, bytes]]) -> list[bytes]:
+    """``session_chain.covered`` over {seq: (session id, frame hash)}: the hashes of the frames of session ``sid``
+    with seq in [first, last], in seq order, when they span the range and give ``head``; else InvalidProof."""
+    chained = sorted((seq, h) for seq, (kid, h) in frames.items() if first <= seq <= last and kid == sid)
+    if not chained or chained[0][0] != first or chained[-1][0] != last:
+        raise InvalidProof("the frames of the session do not span the statement's range %d..%d" % (first, last))
+    hashes = [h for _, h in chained]
+    if session_chain.head_of(sid, hashes) != head:
+        raise InvalidProof("the frames of session %s in %d..%d do not give the signed head" % (sid.hex(), first, last))
+    return hashes
 
 
-def covering(store: Store, frame_hash: bytes) -> bytes | None:
-    """The frame hash of the stored, anchored chain statement that covers the frame ``frame_hash``, or None."""
-    try:
-        rows = store._query("SELECT statement FROM chain_frames WHERE frame_hash = ?", (frame_hash,))
-    except sqlite3.OperationalError:        # no statement was ever checked with this store
-        return None
-    if not rows:
-        return None
-    msg = store.message_by_hash(rows[0][0])
-    if msg is None or store.anchored_batch_of(msg) is None:
-        return None
-    return rows[0][0]
+def covering(store: Store, frame_hash: bytes, statements: dict[bytes, bool] | None = None,
+             statement: bytes | None = None) -> bytes | None:
+    """The frame hash of the stored, anchored chain statement that covers the frame ``frame_hash``, or None.
+    ``statement``: the one ``chain_frames`` names, when the caller read it already; ``statements`` caches
+    whether each statement is stored and anchored, for the receipts of one batch."""
+    if statement is None:
+        try:
+            statement = store.covering(frame_hash)
+        except sqlite3.OperationalError:        # a store of the layout before chain_frames
+            return None
+        if statement is None:
+            return None
+    ok = statements.get(statement) if statements is not None else None
+    if ok is None:
+        msg = store.message_by_hash(statement)
+        ok = msg is not None and store.anchored_batch_of(msg) is not None
+        if statements is not None:
+            statements[statement] = ok
+    return statement if ok else None

@@ -138,7 +138,7 @@ class GatewayService:
                 out.decided.append(e.frame_hash)
         self.store.write_registrations(held, settled)
         elsewhere: list[tuple[int, bool]] = []
-        self.store.write_many(accepted, warnings, certs, elsewhere)
+        self.store.write_many(accepted, warnings, certs, elsewhere, statements)   # and what statements cover
         stored = [(row[1], row[2], row[6]) for row in accepted]
         if elsewhere:
             self._stored_elsewhere(effects, accepts, elsewhere, out, now_ms)
@@ -148,12 +148,10 @@ class GatewayService:
                 msg = self.store.message_by_hash(accepted[i][6]) if same_frame else None
                 if msg is not None:
                     found.append(msg)
-        if statements:
-            self.chains.record(statements)
         gone = {i for i, _ in elsewhere}
         for i, row in enumerate(accepted):
             if row[0][:1] == b"\xd0" and i not in gone:         # a session frame this process stored
-                self.chains.note(row[1], row[2], row[0])
+                self.chains.note(row[1], row[2], row[0], row[6])
         stored += [(m.device, m.seq, m.frame_hash) for m in found]
         if stored:
             out.outgoing.extend(self._acks(stored, now_ms))

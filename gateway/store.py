@@ -34,7 +34,9 @@ even when both check it at once.
 Stored frames are also found by (device, seq) (``message_by_seq``, for receipt requests): a
 ``seq_index`` in the index file, extended in the same steps as the frame index, then the rows after its
 mark. Each batch records whether its receipts were published (``receipts_sent``), so the receipts of a
-batch anchored just before a crash are published after the restart.
+batch anchored just before a crash are published after the restart. ``chain_frames`` names, for each
+session frame a matched chain statement covers, that statement; the rows are written in the group commit
+that stores the statement (``write_many``), and a batch's are read with one query (``batch_covering``).
 
 Protects against losing acknowledged readings at a crash, and, through ``seq_windows`` (each device's
 stored window, exactly) and ``certificates``, against replays and lost sessions after a restart. Tested in
@@ -75,6 +77,7 @@ CREATE TABLE IF NOT EXISTS certs (
 CREATE TABLE IF NOT EXISTS registrations (
     device BLOB PRIMARY KEY, request BLOB NOT NULL, role INTEGER NOT NULL, attributes BLOB NOT NULL,
     time_ms INTEGER NOT NULL, held_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chain_frames (frame_hash BLOB PRIMARY KEY, statement BLOB NOT NULL) WITHOUT ROWID;
 """
 
 FRAMES_SCHEMA = """
@@ -268,9 +271,11 @@ class Store:
 
     def write_many(self, accepted: list[tuple[bytes, bytes, int, int, str, int, bytes]] = (),
                    warnings: list[tuple[dict, int]] = (), certs: list[tuple[bytes, bytes, int]] = (),
-                   stored_elsewhere: list[tuple[int, bool]] | None = None) -> int:
+                   stored_elsewhere: list[tuple[int, bool]] | None = None,
+                   chain_frames: list[tuple[bytes, list[bytes]]] = ()) -> int:
         """Commit in one transaction ``accepted`` frames (frame, device, seq, time_ms, topic, received_ms, SHA-256)
-        in order, queued ``warnings`` (entry, now_ms) and session ``certs`` (device, cert, now_ms).
+        in order, queued ``warnings`` (entry, now_ms), session ``certs`` (device, cert, now_ms) and the
+        ``chain_frames`` of chain statements that matched (statement frame hash, hashes of the frames it covers).
 
         Returns the number of warnings newly queued (an id already queued is kept once). The indexes
         of accepted frames whose (device, seq) was already stored (by another process sharing the
@@ -278,12 +283,13 @@ class Store:
         the same frame is stored; those frames are not stored again. Without ``stored_elsewhere``, such a
         frame raises ``sqlite3.IntegrityError`` and nothing of the group is stored.
         """
-        if not accepted and not warnings and not certs:
+        if not accepted and not warnings and not certs and not chain_frames:
             return 0
         owner = self.owner
         warn_rows = [(e[1], cbor.dumps(e), now_ms, "queued", owner) for e, now_ms in warnings]
         cert_rows = [(hashlib.sha256(cert).digest(), dev, cert, now_ms, "pending", owner)
                      for dev, cert, now_ms in certs]
+        covered_rows = [(h, statement) for statement, hashes in chain_frames for h in hashes]
         with self.lock, _transaction(self.db):
             if accepted:
                 self._append_messages(accepted, stored_elsewhere)
@@ -295,6 +301,8 @@ class Store:
             if cert_rows:
                 self.db.executemany("INSERT OR IGNORE INTO certs (hash, device, cert, created_ms, status, owner) "
                                     "VALUES (?,?,?,?,?,?)", cert_rows)
+            if covered_rows:
+                self._insert_rows("INSERT OR REPLACE INTO chain_frames (frame_hash, statement) VALUES ", covered_rows)
         return added
 
     def _append_messages(self, accepted: list[tuple[bytes, bytes, int, int, str, int, bytes]],
@@ -394,6 +402,18 @@ class Store:
                            "ON m.id BETWEEN b.first_id AND b.last_id AND m.owner = b.owner WHERE b.id = ? ORDER BY m.id",
                            (batch_id,))
         return [(h, dev, seq, leaf) for leaf, (h, dev, seq) in enumerate(rows)]
+
+    def batch_covering(self, batch_id: bytes) -> dict[bytes, bytes]:
+        """Frame hash -> the chain statement (its frame hash) that covers it, for the covered frames of a batch
+        (one query; whether each statement is stored and anchored is for the caller to check)."""
+        return dict(self._query("SELECT c.frame_hash, c.statement FROM batches b JOIN messages m "
+                                "ON m.id BETWEEN b.first_id AND b.last_id AND m.owner = b.owner "
+                                "JOIN chain_frames c ON c.frame_hash = m.frame_hash WHERE b.id = ?", (batch_id,)))
+
+    def covering(self, frame_hash: bytes) -> bytes | None:
+        """The frame hash of the chain statement recorded as covering the frame ``frame_hash``, or None."""
+        rows = self._query("SELECT statement FROM chain_frames WHERE frame_hash = ?", (frame_hash,))
+        return rows[0][0] if rows else None
 
     def highest_seqs(self) -> dict[bytes, int]:
         """The highest stored sequence number of each device."""

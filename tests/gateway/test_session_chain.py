@@ -23,6 +23,7 @@ def setup(tmp_path):
     ledger = FakeLedgerAdapter(clock=lambda: DevNet().time_ms)
     net = ledger.net
     svc = make(ledger, tmp_path / "gw.db")
+    svc.core.limits.burst = 2 * sc.EVERY_FRAMES                     # a statement's frames sent at once
     dev = dp.DeviceProtocol(net["sensor"].priv, SITE, SequenceCounter(MemoryCounter()), net.chain_id, ledger.keys,
                             svc.core.ca_public, backend=CRYPTO)
     req = dev.session_request(NOW)
@@ -155,3 +156,44 @@ def test_statements_are_checked_against_the_store_after_a_restart(tmp_path):
     last = dev.chain_statement(NOW, close=True)                      # a frame of its range was never stored
     [refusal] = replies(run(svc, ledger, last.topic, last.payload), c.KIND_REFUSAL)
     assert refusal[2] == c.CHAIN_MISMATCH
+
+
+def test_a_statement_and_the_frames_it_covers_are_stored_in_one_transaction(tmp_path):
+    ledger, svc, dev = setup(tmp_path)
+    outs = [dev.reading({"i": i}, NOW, dp.MODE_SESSION) for i in range(3)]
+    assert send(svc, outs) == []
+    statement = dev.chain_statement(NOW, close=True)
+    writes = []
+    svc.store.db.set_trace_callback(lambda sql: writes.append(sql) if sql.startswith("BEGIN") else None)
+    assert send(svc, [statement]) == []
+    svc.store.db.set_trace_callback(None)
+    assert len(writes) == 1                                          # one group commit, one fsync
+    assert {svc.store.covering(o.frame_hash) for o in outs} == {statement.frame_hash}
+
+
+def test_a_statement_over_frames_held_in_memory_decodes_no_frame(tmp_path, monkeypatch):
+    ledger, svc, dev = setup(tmp_path)
+    outs = [dev.reading({"i": i}, NOW, dp.MODE_SESSION) for i in range(sc.EVERY_FRAMES)]
+    assert send(svc, outs[:10]) == [] and send(svc, outs[10:]) == []
+    statement = dev.chain_statement(NOW)
+
+    def no_decoding(frame):
+        raise AssertionError("a frame decoded to check a statement")
+
+    monkeypatch.setattr(sc, "session_frame", no_decoding)
+    assert send(svc, [statement]) == [] and svc.chains.verified == 1
+
+
+def test_the_receipts_of_a_batch_find_their_statements_with_one_query(tmp_path):
+    ledger, svc, dev = setup(tmp_path)
+    outs = [dev.reading({"i": i}, NOW, dp.MODE_SESSION) for i in range(20)]
+    assert send(svc, outs) == []
+    statement = dev.chain_statement(NOW, close=True)
+    assert send(svc, [statement]) == []
+    batcher = Batcher(svc.store, ledger, SITE, ledger.chain_id, ledger.keys, ledger.net["gateway"].priv)
+    reads = []
+    svc.store.reader.set_trace_callback(lambda sql: reads.append(sql) if "chain_frames" in sql else None)
+    receipts = [cbor.loads(o.payload) for o in batcher.step(NOW + 1000, force=True) if o.frame_hash is not None]
+    svc.store.reader.set_trace_callback(None)
+    assert len(receipts) == len(outs) + 1 and len(reads) == 1
+    assert [r.get(8) for r in receipts] == [statement.frame_hash] * len(outs) + [None]
