@@ -269,7 +269,8 @@ class DeviceClient:
 
     def state_chain(self, time_ms=None, close=True):
         """Queue the device-signed chain statements of the session readings (``ledgerlink.core.session_chain``):
-        those due (16 readings, 60 s, a session change: done by ``publish``), and with ``close`` the rest too
+        those due (``EVERY_FRAMES`` readings or a session change: done by ``publish``; ``EVERY_MS`` after a
+        chain's first reading with no reading since: done by ``step``), and with ``close`` the rest too
         (call it before a reset or power-down that ends the session). Returns how many were queued. A chain
         lost with a reset is never stated: its readings stay uncovered."""
         t = self.time_ms() if time_ms is None else time_ms
@@ -451,7 +452,10 @@ class DeviceClient:
         return True
 
     def step(self, timeout_ms=100):
-        """One round: (re)connect when due, send and retransmit, keep alive, handle what arrives."""
+        """One round: state a quiet session chain when due, (re)connect when due, send and retransmit, keep
+        alive, handle what arrives."""
+        if self.protocol.chains is not None and self.protocol.chain_due(self.time_ms()):
+            self.state_chain(None, False)
         now = self.ticks_ms()
         if self.mqtt is None:
             if self._retry_from is not None:

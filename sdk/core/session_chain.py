@@ -33,8 +33,8 @@ HASH_LEN = 32
 DEVICE_ID_LEN = 16
 MAX_SEQ = 0xFFFFFFFF
 MAX_SPAN = 1024                 # last seq - first seq of one statement (the gateway looks up each seq)
-EVERY_FRAMES = 16               # a device states its chain after this many session frames,
-EVERY_MS = 60000                # or this long after the chain's first frame, and when the session changes
+EVERY_FRAMES = 64               # a device states its chain after this many session frames,
+EVERY_MS = 60000                # or this long after the chain's first frame (also with no frame since), and when the session changes
 
 
 def _sha256(data):

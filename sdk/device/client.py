@@ -291,7 +291,8 @@ class Device:
 
     def state_chain(self, time_ms: int | None = None) -> OutFrame | None:
         """Queue the device-signed chain statement of the session frames not stated yet (``session_chain``;
-        done on its own every 16 session frames, after 60 s and when the session changes), or return None
+        done on its own every ``session_chain.EVERY_FRAMES`` session frames, ``EVERY_MS`` after a chain's first
+        frame even when no frame follows, and when the session changes), or return None
         when there are none. ``stop`` calls it, so a closed session's last readings are covered too."""
         t = self.clock() if time_ms is None else time_ms
         with self._lock:
@@ -299,6 +300,15 @@ class Device:
         if statement is not None:
             self._enqueue(statement)
         return statement
+
+    def _chain_step(self) -> None:
+        """Queue a chain statement that came due with no reading to carry it (``session_chain.EVERY_MS`` after
+        the chain's first frame), so the last readings of a device that goes quiet are covered too."""
+        t = self.clock()
+        with self._lock:
+            statement = self.core.chain_statement(t) if self.core.chain_due(t) else None
+        if statement is not None:
+            self._enqueue(statement)
 
     def _enqueue(self, out: OutFrame) -> None:
         self.queue.put(out.topic, out.payload, out.seq)
@@ -333,6 +343,7 @@ class Device:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            self._chain_step()
             if not self._connected.is_set() and not self._try_connect():
                 continue
             rc = self._client.loop(timeout=0.05)

@@ -36,7 +36,7 @@ def test_a_statement_covers_exactly_the_devices_session_frames_not_a_forged_one(
     [accept] = env.feed(statement.topic, statement.payload)       # the gateway takes it as a signed reading
     assert isinstance(accept, c.Accept) and accept.chain is not None
     got = sc.verify(statement.payload, dev.public_key, dev.up_topic, CRYPTO)
-    assert (got.device_id, got.session_id, got.first, got.last) == (dev.device_id, dev.session.keys.session_id, 1, 16)
+    assert (got.device_id, got.session_id, got.first, got.last) == (dev.device_id, dev.session.keys.session_id, 1, sc.EVERY_FRAMES)
     frames = [(o.seq, o.payload) for o in outs]
     assert sc.covered(got, frames) == [o.frame_hash for o in outs]
     # the gateway seals a reading of its own under a seq the device never used: no statement covers it,
