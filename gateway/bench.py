@@ -13,7 +13,16 @@ registers ``--devices`` simulated devices (their own keys; admin-signed ``tx-reg
 - receipt latency: pre-made signed readings published at ``--rate`` msg/s for ``--latency-s`` seconds,
   publish to receipt on the device's down topic, p50/p99;
 - session-mode throughput: ``--session-devices`` devices open ECQV sessions with the gateway's fog CA
-  (the rest stay in signed mode), then ``--messages`` pre-made COSE_Encrypt0 readings of those devices.
+  (the rest stay in signed mode), then ``--messages`` pre-made COSE_Encrypt0 readings of those devices,
+  each device sending its chain statement after every ``--chain-every`` of its readings (default: the
+  clients' ``session_chain.EVERY_FRAMES``; devices start at spread-out points of their chains, so a run
+  has one statement per that many readings from the first run on). Its CPU is given per reading, the
+  statements' cost included.
+
+``--against PATH`` compares this code with another checkout of the project at PATH (e.g. a
+``git worktree`` of an earlier commit): ``--rounds`` times, it runs this bench with the other arguments
+under PATH's code and under this code, in alternating order, and prints the gateway CPU per message of
+both (signed; session per reading) in each round, their medians and the ratio.
 
 ``--repeat N`` runs each throughput phase N times and the table gives the medians (the host's speed may
 drift within a run; each run's line is printed too). ``--mqtt-client`` picks the gateway's MQTT client (``mqtt.client`` of ``ledgerlink.gateway.main``); the
@@ -35,15 +44,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ledgerlink.core import cbor
+from ledgerlink.core import cbor, session_chain
 from ledgerlink.core.backend import get_backend
 from ledgerlink.device.core import MODE_SESSION, MODE_SIGNED, DeviceCore, MemoryCounter, SequenceCounter, SessionOpened
 from ledgerlink.gateway.mqtt_client import MqttClient
@@ -303,7 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verify-threads", type=int,
                    help="the gateway's signature-checking threads (default: the gateway's default)")
     p.add_argument("--data", help="keep the stack's data here (default: a temporary directory, removed)")
+    p.add_argument("--chain-every", type=int, default=session_chain.EVERY_FRAMES,
+                   help="session readings per chain statement of each device (default: the clients' cadence)")
+    p.add_argument("--against", metavar="PATH",
+                   help="compare with the project checkout at PATH: run this bench under both, interleaved")
+    p.add_argument("--rounds", type=int, default=3, help="runs under each code with --against")
     args = p.parse_args(argv)
+    if args.against:
+        return compare(args.against, args.rounds, strip_compare_args(sys.argv[1:] if argv is None else argv))
     crypto = get_backend("cpython")
 
     def say(line: str) -> None:
@@ -348,12 +367,25 @@ def main(argv: list[str] | None = None) -> int:
         say("first contact: %d of %d devices accepted in %.1f s (%.0f/s, one ledger record proof each); "
             "gateway CPU %.3f ms per message" % (n, len(first), secs, n / secs, first_cpu))
 
+        chained: dict[int, int] = {}     # session device (index in its pool) -> readings since its last statement
+
         def make_frames(count: int, pool: list[DeviceCore], mode: str = MODE_SIGNED) -> list[tuple[str, bytes]]:
-            frames = [(pool[i % len(pool)].up_topic, pool[i % len(pool)].reading({"t": i}, now_ms(), mode).payload)
-                      for i in range(count)]
-            if mode == MODE_SESSION:        # then each device states its session chain (clients: every 16 readings)
-                t = now_ms()
-                frames += [(d.up_topic, s.payload) for d in pool for s in [d.chain_statement(t, close=True)] if s]
+            if mode != MODE_SESSION:
+                return [(pool[i % len(pool)].up_topic, pool[i % len(pool)].reading({"t": i}, now_ms(), mode).payload)
+                        for i in range(count)]
+            every = max(1, args.chain_every)
+            frames = []
+            for i in range(count):
+                j = i % len(pool)
+                d = pool[j]
+                frames.append((d.up_topic, d.reading({"t": i}, now_ms(), mode).payload))
+                since = chained.setdefault(j, j * every // len(pool)) + 1       # spread-out starting points
+                chained[j] = since
+                if since >= every:
+                    statement = d.chain_statement(now_ms(), close=True)
+                    chained[j] = 0
+                    if statement is not None:
+                        frames.append((d.up_topic, statement.payload))
             return frames
 
         def repeated(name: str, count: int, pool: list[DeviceCore], mode: str) -> tuple[float, float, float, float]:
@@ -364,20 +396,30 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.monotonic()
                 frames = make_frames(count, pool, mode)
                 say("made %d %s readings in %.1f s" % (len(frames), name, time.monotonic() - t))
-                runs.append(closed_loop(name, frames))
+                if mode == MODE_SESSION:
+                    say("  of them %d chain statements: each device states its chain every %d readings (clients: "
+                        "every %d session frames, or %d s after the chain's first frame with no more frames, and at "
+                        "close); CPU is per reading, the statements' cost included"
+                        % (len(frames) - count, args.chain_every, session_chain.EVERY_FRAMES,
+                           session_chain.EVERY_MS // 1000))
+                runs.append(closed_loop(name, frames, count))
             return tuple(percentile([r[k] for r in runs], 50) for k in range(4))  # type: ignore[return-value]
 
-        def closed_loop(name: str, frames: list[tuple[str, bytes]]) -> tuple[float, float, float, float]:
-            """One run of ``repeated`` with ``args.window`` frames in flight."""
+        def closed_loop(name: str, frames: list[tuple[str, bytes]], readings: int) -> tuple[float, float, float, float]:
+            """One run of ``repeated`` with ``args.window`` frames in flight; CPU per message is per reading (the
+            ``readings`` among ``frames``; the rest are chain statements)."""
             user0, sys0 = cpu_times(gw_pid)
             shares.start()
             n, secs = run_closed_loop(pub, obs, frames, args.window)
+            all_accepted = n
+            n = n * readings // len(frames)
             user1, sys1 = cpu_times(gw_pid)
             per, busy = shares.per_message(n)
             cpu = user1 - user0 + sys1 - sys0
             others = sum(v for role, v in per.items() if role != "gateway")
-            say("%s mode: %d of %d accepted in %.2f s; gateway process CPU %.0f%% of one core, %.3f ms per message "
-                "(user %.3f, system %.3f)" % (name, n, len(frames), secs, 100 * cpu / secs, cpu_ms_per(cpu, n),
+            say("%s mode: %d of %d accepted in %.2f s; gateway process CPU %.0f%% of one core, %.3f ms per %s "
+                "(user %.3f, system %.3f)" % (name, all_accepted, len(frames), secs, 100 * cpu / secs, cpu_ms_per(cpu, n),
+                                              "reading" if readings < len(frames) else "message",
                                               cpu_ms_per(user1 - user0, n), cpu_ms_per(sys1 - sys0, n)))
             say("  CPU ms per message: %s; machine %.0f%% busy (%d cores)" % (
                 ", ".join("%s %.3f" % kv for kv in per.items()), 100 * busy, CORES))
@@ -454,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             ("gateway CPU per message, first contact", "%.3f ms" % first_cpu, "-", "-"),
             ("gateway CPU per message, signed", "%.3f ms" % signed_cpu, "<= %.3f ms" % (2000 / best),
              "met" if signed_cpu <= 2000 / best else "NOT met"),
-            ("gateway CPU per message, session", "%.3f ms" % session_cpu, "<= %.3f ms" % (signed_cpu / 3),
+            ("gateway CPU per message, session (per reading)", "%.3f ms" % session_cpu, "<= %.3f ms" % (signed_cpu / 3),
              "met" if session_cpu <= signed_cpu / 3 else "NOT met"),
             ("gateway CPU per message, latency phase", "%.3f ms" % latency_cpu, "-", "-"),
             ("signed msg/s at one full core (1000 / CPU ms)", "%.0f msg/s" % (1000 / signed_cpu), "-", "-"),
@@ -482,6 +524,114 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data:
             shutil.rmtree(data, ignore_errors=True)
     return 0
+
+
+ATTEMPTS = 3                       # runs of one compared bench before the comparison gives up
+AB_ROWS = {"signed": r"gateway CPU per message, signed\s+([\d.]+) ms",
+           "session": r"gateway CPU per message, session[^\d]*?([\d.]+) ms"}
+
+
+def strip_compare_args(argv: list[str]) -> list[str]:
+    """``argv`` without ``--against`` and ``--rounds`` (and their values): the arguments of each compared run."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--against", "--rounds"):
+            skip = True
+        elif not a.startswith(("--against=", "--rounds=")):
+            out.append(a)
+    return out
+
+
+def known_args(help_text: str, argv: list[str]) -> list[str]:
+    """``argv`` without the options (and their values) that a bench whose ``--help`` is ``help_text`` lacks."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        takes_value = a.startswith("--") and "=" not in a and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+        n = 2 if takes_value else 1
+        if not a.startswith("--") or a.split("=")[0] in help_text.split():
+            out += argv[i:i + n]
+        i += n
+    return out
+
+
+def checkout_path(root: Path, into: Path) -> str:
+    """A PYTHONPATH entry under which ``import ledgerlink`` (and ledgerlink.gateway, .ledger, .tools) loads the
+    project checkout at ``root`` instead of the installed one (setup.cfg's package_dir, as symlinks)."""
+    parts = into / "parts"
+    (into / "ledgerlink").mkdir(parents=True)
+    parts.mkdir()
+    for name in ("gateway", "ledger", "tools"):
+        (parts / name).symlink_to(root / name)
+    init = root / "sdk" / "__init__.py"
+    (into / "ledgerlink" / "__init__.py").write_text(
+        "__path__ = [%r, %r]\nexec(compile(open(%r).read(), %r, 'exec'))\n"
+        % (str(root / "sdk"), str(parts), str(init), str(init)))
+    return str(into)
+
+
+def compare(against: str, rounds: int, bench_args: list[str]) -> int:
+    """Run the bench ``rounds`` times under the checkout at ``against`` (A) and under this code (B), alternating
+    which goes first; print the gateway CPU per message of each mode in each run, the medians and B / A."""
+    root = Path(against).resolve()
+    if not (root / "sdk" / "__init__.py").is_file() or not (root / "gateway" / "bench.py").is_file():
+        print("%s is not a checkout of this project (no sdk/__init__.py, gateway/bench.py)" % root, file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="ll-bench-ab-"))
+    try:
+        env_a = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [checkout_path(root, tmp / "a")] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        env_b = dict(os.environ)
+        this = Path(__file__).resolve().parents[1]
+        print("A: %s (git %s)\nB: %s (git %s)\nbench arguments: %s" % (
+            root, _git_head(root), this, _git_head(this), " ".join(bench_args) or "(defaults)"), flush=True)
+        help_a = subprocess.run([sys.executable, "-m", "ledgerlink.gateway.bench", "--help"], env=env_a,
+                                capture_output=True, text=True).stdout.replace("[", " ").replace("]", " ")
+        args_a = known_args(help_a, bench_args)
+        if args_a != bench_args:
+            print("A's bench lacks some options; its arguments: %s" % " ".join(args_a), flush=True)
+        got: dict[str, dict[str, list[float]]] = {"A": {m: [] for m in AB_ROWS}, "B": {m: [] for m in AB_ROWS}}
+        for r in range(rounds):
+            for label in ("A", "B") if r % 2 == 0 else ("B", "A"):
+                for _ in range(ATTEMPTS):        # a setup step may time out on a busy host (ledger registrations)
+                    out = subprocess.run([sys.executable, "-m", "ledgerlink.gateway.bench",
+                                          *(args_a if label == "A" else bench_args)],
+                                         env=env_a if label == "A" else env_b, capture_output=True, text=True)
+                    values = {m: re.search(rx, out.stdout) for m, rx in AB_ROWS.items()}
+                    if out.returncode == 0 and all(values.values()):
+                        break
+                    print("round %d, %s: the bench failed (exit %d), again" % (r + 1, label, out.returncode), flush=True)
+                else:
+                    print("round %d, %s: the bench failed (exit %d)\n%s\n%s" % (r + 1, label, out.returncode,
+                          out.stdout[-3000:], out.stderr[-3000:]), file=sys.stderr)
+                    return 1
+                for m, match in values.items():
+                    got[label][m].append(float(match.group(1)))
+                cadence = re.search(r"each device states its chain every (\d+) readings", out.stdout)
+                print("round %d, %s: gateway CPU signed %.3f ms/message, session %.3f ms/reading%s" % (
+                    r + 1, label, got[label]["signed"][-1], got[label]["session"][-1],
+                    " (a chain statement every %s readings)" % cadence.group(1) if cadence else
+                    " (no chain statements)"), flush=True)
+        print("")
+        print("%-34s %10s %10s %8s" % ("gateway CPU (median of %d runs)" % rounds, "A", "B", "B / A"))
+        for m in AB_ROWS:
+            a, b = percentile(got["A"][m], 50), percentile(got["B"][m], 50)
+            ratios = [y / x for x, y in zip(got["A"][m], got["B"][m]) if x]
+            print("%-34s %7.3f ms %7.3f ms %8.2f   (per round: %s)" % (
+                "signed, per message" if m == "signed" else "session, per reading", a, b, b / a if a else
+                float("nan"), ", ".join("%.2f" % x for x in ratios)))
+        return 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _git_head(root: Path) -> str:
+    out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return (out.stdout.strip() or "?") + (" with local changes" if dirty else "")
 
 
 if __name__ == "__main__":
