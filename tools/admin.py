@@ -15,7 +15,8 @@ request on its ``reg`` topic has it checked and held by the gateway: ``pending``
 requests (from the gateway's ``/api/registrations``; ``--gateway URL``, or the up config's dashboard
 address) with each proof of possession checked here again and each device's ledger status proven, and
 ``register --pending DEVICE_ID`` registers one of them. The gateway is not trusted for any of it: a
-request it altered fails its proof of possession.
+request it altered fails its proof of possession. ``rotate-key``, run on a CPython device, replaces its
+key on the ledger and writes its new broker password into its login file.
 
 Exit status: 0 done, 1 refused by the ledger / not found / does not verify, 2 bad arguments, config or
 key file, 3 no ledger node answered. Errors are one line on stderr. Private keys are never printed.
@@ -614,6 +615,49 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rotate_key(ctx: Context, args: argparse.Namespace) -> int:
+    """On a device: rotate its key on the ledger (signed by the current key, with the new key's proof of
+    possession) and, with ``--login``, write its new broker login into that file (0600), computed here from
+    the new key and the site's broker-login key (``broker_access.device_login``); the site gives the account
+    that password when it follows the rotation, and the old one stops working."""
+    from ledgerlink.tools.broker_access import AccessError, device_login, write_private
+
+    priv = load_key(args.key, "device key")
+    pub = ctx.crypto.public_key(priv, True)
+    dev = parse_device_id(args.device_id) if args.device_id else enc.device_id(pub)
+    login = None
+    if args.login:
+        try:
+            login = json.loads(Path(args.login).read_text())
+            login_key = bytes.fromhex(login["login_key"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise _usage("login file %s has no usable login_key (the site's broker-login key): %s"
+                         % (args.login, exc)) from None
+    record, _, _ = ctx.proven_record(RecordKind.DEVICE, dev)
+    if record is None or enc.compress_pubkey(record[2]) != pub:
+        raise AdminError("the ledger's key of device %s is not the key in %s (after an earlier rotation give "
+                         "--device-id)" % (dev.hex(), args.key))
+    new_priv = write_new_key(args.new_key)
+    try:
+        res, line = ctx.submit(enc.rotate_key_tx(ctx.chain_id, priv, new_priv, now_ms(), kid=dev), "key rotation")
+    except BaseException:
+        Path(args.new_key).unlink()
+        raise
+    print("rotated the key of device %s: new key %s in %s (mode 0600), version %d; committed at height %d"
+          % (dev.hex(), ctx.crypto.public_key(new_priv, True).hex(), args.new_key, record.get(8, 1) + 1,
+             res["height"]))
+    print(line)
+    if login is not None:
+        try:
+            login.update(device_login(dev, new_priv, login_key))
+        except (AccessError, LedgerlinkError, ValueError) as exc:
+            raise AdminError("the new broker login could not be computed: %s" % exc) from None
+        write_private(Path(args.login), json.dumps(login) + "\n")
+        print("broker login %s: new password written to %s (mode 0600); the old one stops working when the site "
+              "follows the rotation (within a second)" % (login["username"], args.login))
+    return EXIT_OK
+
+
 def cmd_request(args: argparse.Namespace) -> int:
     priv = load_key(args.key, "device key")
     if args.name is None:
@@ -681,6 +725,14 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--role", choices=("device", "controller"), default="device",
                     help="the account's topics: a device's (default) or a controller's")
     bl.add_argument("--rotate", action="store_true", help="a new password (the old one stops working at once)")
+    rk = with_ledger("rotate-key", help="on a device: rotate its key on the ledger (and its broker password)")
+    rk.add_argument("--key", required=True, metavar="FILE", help="the device's current private key file")
+    rk.add_argument("--new-key", required=True, metavar="FILE", help="where to write the new private key (must "
+                    "not exist; mode 0600)")
+    rk.add_argument("--device-id", metavar="DEVICE_ID", help="the device id (default: from the key; needed after "
+                    "an earlier rotation)")
+    rk.add_argument("--login", metavar="FILE", help="the device's broker login file (with login_key): its new "
+                    "password is written into it")
     s = with_ledger("show", help="a device's record, with its state proof verified")
     s.add_argument("device_id", metavar="DEVICE_ID", help="the device id (hex)")
     f = with_ledger("firmware", help="record a firmware or configuration image (maintenance key)")
@@ -713,6 +765,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "ban": cmd_ban,
     "unban": lambda ctx, args: cmd_ban(ctx, args, unban=True),
     "broker-login": cmd_broker_login,
+    "rotate-key": cmd_rotate_key,
     "show": cmd_show,
     "firmware": cmd_firmware,
     "headers": cmd_headers,

@@ -211,7 +211,7 @@ def password_matches(account: dict[str, Any], password: bytes | str | None) -> b
     return hmac.compare_digest(got, want)
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` (mode 0600) through a temporary file renamed into place."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -239,7 +239,7 @@ def dashboard_token(data_dir: Path) -> str:
     """The dashboard's login token in ``data_dir/dashboard.token`` (made on first use, mode 0600)."""
     path = Path(data_dir) / DASHBOARD_TOKEN_FILE
     if not path.exists():
-        _write_private(path, secrets.token_urlsafe(PASSWORD_BYTES) + "\n")
+        write_private(path, secrets.token_urlsafe(PASSWORD_BYTES) + "\n")
     return path.read_text().strip()
 
 
@@ -287,7 +287,7 @@ class SiteAccess:
 
     def _save(self, accounts: dict[str, dict[str, Any]]) -> None:
         private_dir(self.folder)
-        _write_private(self.accounts_path, json.dumps({"site": self.site, "accounts": accounts}, indent=1,
+        write_private(self.accounts_path, json.dumps({"site": self.site, "accounts": accounts}, indent=1,
                                                       sort_keys=True) + "\n")
 
     def credentials_path(self, username: str) -> Path:
@@ -375,7 +375,7 @@ class SiteAccess:
         path = self.folder / LOGIN_KEY_FILE
         if not path.exists():
             private_dir(self.folder)
-            _write_private(path, get_backend("cpython").generate_private_key().hex() + "\n")
+            write_private(path, get_backend("cpython").generate_private_key().hex() + "\n")
         return bytes.fromhex(path.read_text().strip())
 
     def login_public(self) -> bytes:
@@ -434,7 +434,7 @@ class SiteAccess:
 
     def note_followed(self, chain_id: str, height: int) -> None:
         private_dir(self.folder)
-        _write_private(self.folder / FOLLOWED_FILE, json.dumps({"chain_id": chain_id, "height": height}) + "\n")
+        write_private(self.folder / FOLLOWED_FILE, json.dumps({"chain_id": chain_id, "height": height}) + "\n")
 
     def _write_login(self, username: str, password: str, device: bool = False) -> None:
         """The account's credentials file (0600); a device's also names the site's broker-login public key."""
@@ -442,7 +442,7 @@ class SiteAccess:
         if device:
             login["login_key"] = self.login_public().hex()
         private_dir(self.folder / "credentials")
-        _write_private(self.credentials_path(username), json.dumps(login) + "\n")
+        write_private(self.credentials_path(username), json.dumps(login) + "\n")
 
     def set_disabled(self, username: str, disabled: bool) -> bool:
         """Disable (or enable) an account; False when there is no such account."""
@@ -485,7 +485,7 @@ class SiteAccess:
             raise AccessError("mosquitto's dynamic security plugin (mosquitto_dynamic_security.so) was not found "
                               "in %s" % ", ".join(DYNSEC_PLUGIN_PATHS))
         path = self.folder / DYNSEC_FILE
-        _write_private(path, json.dumps(self.dynsec_config(), indent=1) + "\n")
+        write_private(path, json.dumps(self.dynsec_config(), indent=1) + "\n")
         return "allow_anonymous false\nplugin %s\nplugin_opt_config_file %s\n" % (plugin, path)
 
     # --- the running broker --------------------------------------------------------------------------
@@ -501,7 +501,7 @@ class SiteAccess:
             runtime["admin_login"] = str(Path(admin_login).resolve())
         if tls_ca is not None:
             runtime["tls_ca"] = str(Path(tls_ca).resolve())
-        _write_private(self.folder / RUNTIME_FILE, json.dumps(runtime) + "\n")
+        write_private(self.folder / RUNTIME_FILE, json.dumps(runtime) + "\n")
 
     def apply_live(self, changes: Iterable[tuple[str, str, str | None]]) -> None:
         """Tell a running mosquitto about changed accounts (the embedded broker reads the file itself).
@@ -736,7 +736,7 @@ def _tls_dir(folder: Path) -> Path:
 def _write_key(path: Path, key: Any) -> None:
     from cryptography.hazmat.primitives import serialization
 
-    _write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()).decode())
 
 
@@ -780,7 +780,7 @@ def _issue(tls: Path, name: str, subject: str, hosts: Iterable[str] = (), client
     cert = builder.sign(ca_key, hashes.SHA256())
     cert_path, key_path = tls / (name + ".pem"), tls / (name + ".key")
     _write_key(key_path, key)
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM).decode())
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM).decode())
     os.chmod(cert_path, 0o644)
     return cert_path, key_path
 
@@ -811,13 +811,13 @@ def site_tls(folder: str | Path, site: str, hosts: Iterable[str]) -> dict[str, P
                                              decipher_only=False), critical=True)
                 .sign(key, hashes.SHA256()))
         _write_key(tls / "ca.key", key)
-        _write_private(tls / "ca.pem", cert.public_bytes(serialization.Encoding.PEM).decode())
+        write_private(tls / "ca.pem", cert.public_bytes(serialization.Encoding.PEM).decode())
         os.chmod(tls / "ca.pem", 0o644)
     hosts = sorted(set(hosts) | {"127.0.0.1", "localhost"})
     stamp = tls / "server.hosts"
     if not (tls / "server.pem").exists() or not stamp.exists() or stamp.read_text() != " ".join(hosts):
         _issue(tls, "server", "ledgerlink broker %s" % site, hosts)
-        _write_private(stamp, " ".join(hosts))
+        write_private(stamp, " ".join(hosts))
     return {"ca": tls / "ca.pem", "cert": tls / "server.pem", "key": tls / "server.key"}
 
 

@@ -135,3 +135,30 @@ def test_a_ban_committed_while_nobody_followed_is_caught_up(stack, register):
     lines, took = _follow_until(stack, c.disconnected.is_set)
     assert c.disconnected.is_set(), lines
     assert any("%s disabled: banned" % dev.username in line for line in lines), lines
+
+
+def test_admin_rotate_key_on_a_device_writes_its_new_login(stack, register, capsys, tmp_path):
+    [dev] = register(1)
+    key, new_key = tmp_path / "dev.key", tmp_path / "dev-new.key"
+    key.write_text(dev.priv.hex() + "\n")
+    login_file = tmp_path / "login.json"                          # what the device holds (provision's file)
+    login_file.write_text(stack.access.credentials_path(dev.username).read_text())
+    old = json.loads(login_file.read_text())
+    c = Client(stack, dev.username, old)
+    assert c.accepted
+    stack.follow_bans()
+    rc, out = _admin(capsys, "--cluster", stack.cluster.config_path, "rotate-key", "--key", key, "--new-key", new_key,
+                     "--login", login_file)
+    assert rc == 0 and "rotated the key of device %s" % dev.id.hex() in out and "version 2" in out, out
+    assert (login_file.stat().st_mode & 0o777, new_key.stat().st_mode & 0o777) == (0o600, 0o600)
+    new = json.loads(login_file.read_text())
+    assert new["password"] != old["password"] and new["password"] not in out
+    lines, took = _follow_until(stack, c.disconnected.is_set)
+    assert c.disconnected.is_set(), lines
+    assert not Client(stack, dev.username, old).accepted
+    again = Client(stack, dev.username, new)
+    assert again.accepted
+    again.close()
+    rc, out = _admin(capsys, "--cluster", stack.cluster.config_path, "rotate-key", "--key", key, "--new-key",
+                     tmp_path / "third.key", "--device-id", dev.id.hex())
+    assert rc == 1 and "is not the key in" in out and not (tmp_path / "third.key").exists()   # the old key is spent
