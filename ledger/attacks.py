@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import struct
 import tempfile
 import threading
@@ -225,8 +226,10 @@ class FetchFlood:
     each and reading nothing the nodes send it."""
 
     def __init__(self, config: ClusterConfig, index: int, key: bytes, targets: Sequence[int],
-                 rate: float = 1000.0) -> None:
+                 rate: float = 1000.0, receive_buffer: int | None = None) -> None:
+        """``receive_buffer``: SO_RCVBUF of the connections the nodes dial (default: the kernel's)."""
         self.config = config
+        self.receive_buffer = receive_buffer
         self.index = index
         self.key = key
         self.targets = list(targets)
@@ -263,7 +266,12 @@ class FetchFlood:
 
     async def _run(self) -> None:
         me = self.config.nodes[self.index]
-        server = await asyncio.start_server(self._accept, me.host, me.peer_port)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.receive_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)   # inherited by accepted ones
+        sock.bind((me.host, me.peer_port))
+        server = await asyncio.start_server(self._accept, sock=sock)
         try:
             await asyncio.gather(*(self._flood(t) for t in self.targets))
         finally:

@@ -369,6 +369,9 @@ class NodeMetrics:
                                  ("port", "limit"), func=lambda: _limited(node)))
         reg.gauge("ledgerlink_node_peer_queued_bytes", "Bytes queued for the peers, all links.",
                   func=lambda: node.net.queued_bytes())
+        reg.gauge("ledgerlink_node_peer_unsent_bytes",
+                  "Bytes on their way to the peers not taken by them yet (queues, stream and kernel buffers), all links.",
+                  func=lambda: sum(node.net.unsent_bytes(i) for i in node.net.links))
         reg.gauge("ledgerlink_node_peer_connections", "Authenticated inbound peer connections.",
                   func=lambda: len(node.net.peers))
         reg.gauge("ledgerlink_node_client_connections", "Open client port connections.",

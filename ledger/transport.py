@@ -21,7 +21,11 @@ Every resource a connection can hold is bounded (``PortLimits``, each limit coun
 when it bites): handshakes at once in total and per address and their rate per address; one
 authenticated inbound connection per peer (a newer one replaces it); per peer and message kind a
 token bucket (``fetch-blocks`` 20/s, everything else 2000/s) checked on the kind read from the
-frame's first bytes, before the frame is decoded; a partial frame must complete within
+frame's first bytes, before the frame is decoded; a peer's ``fetch-blocks`` is dropped undecoded
+while more than ``peer_fetch_backlog_bytes`` wait to reach it (our queue, the stream buffer and the
+kernel's send queue), so a peer that asks and does not read gets no more answers encoded and
+signed for it, and what it finds waiting when it reads again is one backlog, not everything its
+asking earned; a partial frame must complete within
 ``peer_frame_timeout_s``; each outbound queue holds at most ``peer_queue_bytes`` and a peer that
 lets more pile up (it does not read) is cut off, its queue dropped (it catches up by fetching
 blocks) rather than the node growing.
@@ -44,10 +48,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import struct
+import termios
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +91,7 @@ class PortLimits:
     peer_queue_bytes: int = 16 << 20
     peer_write_timeout_s: float = 10.0
     fetch_rate: float = 20.0              # fetch-blocks per peer; burst twice that
+    peer_fetch_backlog_bytes: int = 1 << 20   # a peer's fetch-blocks is dropped while this much waits to reach it
     peer_message_rate: float = 2000.0     # every other kind, per peer and kind; burst twice that
     client_max_connections: int = 256
     client_max_per_address: int = 64
@@ -325,6 +332,15 @@ class FrameSplitter:
             raise FrameError("truncated length" if len(self._buf) < 4 else "truncated frame")
 
 
+def _kernel_unsent(writer: asyncio.StreamWriter) -> int:
+    """Bytes in the kernel's send queue of ``writer``'s socket (Linux SIOCOUTQ; 0 where unavailable)."""
+    sock = writer.get_extra_info("socket")
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
 def _close(writer: asyncio.StreamWriter) -> None:
     try:
         writer.close()
@@ -560,6 +576,18 @@ class PeerNetwork:
     def queued_bytes(self) -> int:
         return sum(link.queued_bytes for link in self.links.values())
 
+    def unsent_bytes(self, peer: int) -> int:
+        """Bytes on their way to ``peer`` that it has not taken: our queue, the stream's buffer and the
+        kernel's send queue of the link."""
+        link = self.links.get(peer)
+        if link is None:
+            return 0
+        n = link.queued_bytes
+        writer = link.writer
+        if writer is not None:
+            n += writer.transport.get_write_buffer_size() + _kernel_unsent(writer)
+        return n
+
     def _drop(self, peer: Any, reason: str, authenticated: bool = False) -> None:
         """Count a dropped frame; logged as a warning only for an authenticated peer (strangers' frames
         are counted, not logged one by one: a flood of them must not become a flood of log lines)."""
@@ -646,6 +674,9 @@ class PeerNetwork:
                     bucket = buckets[kind] = TokenBucket(rate, 2 * rate)
                 if not bucket.take():
                     self.limit("peer_rate_" + KIND_NAMES.get(kind, "other").replace("-", "_"))
+                    continue
+                if kind == FETCH_BLOCKS and self.unsent_bytes(sender) > lim.peer_fetch_backlog_bytes:
+                    self.limit("peer_fetch_backlog")
                     continue
                 self.on_message(sender, data)
             if frames.error is not None:
