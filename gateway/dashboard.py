@@ -32,12 +32,15 @@ token as password (a browser asks for it), or ``Authorization: Bearer TOKEN`` (`
 a Prometheus scrape's ``authorization`` credentials).
 
 Protects against script injection from device-provided text (measurements, device names, ban
-reasons, topics and details in refusals): the pages escape every value on the server and the scripts build the DOM
-with ``textContent`` only, never markup from data; ``/api/state`` escapes ``<``, ``>`` and ``&`` inside JSON strings; every answer
-carries a Content-Security-Policy without inline scripts and ``X-Content-Type-Options: nosniff``.
-Only the listed files are served (no path from the request reaches the file system). The dashboard
-is read-only; without a token it has no login: bind it to loopback or a management network. Tested in
-tests/gateway/test_dashboard.py, including a page rendered by headless Chromium with hostile device text.
+reasons, topics and details in refusals): the pages escape every value on the server and the scripts
+build the DOM with ``textContent`` only, never markup from data; the JSON answers escape ``<``, ``>`` and
+``&`` inside strings; every answer carries a Content-Security-Policy without inline scripts and
+``X-Content-Type-Options: nosniff``. Only the listed files are served (no path from the request reaches
+the file system); queries are parsed with bounds (at most 8 fields, a receipt of at most
+``explorer.MAX_RECEIPT_BYTES``) and a bad one answers 400 with the reason. The dashboard is read-only;
+without a token it has no login: bind it to loopback or a management network. Tested in
+tests/gateway/test_dashboard.py and tests/dashboard/ (pages rendered by headless Chromium with hostile
+device text; the plots against the API; the explorer with tampered receipts).
 
 Protects against clients that hold the port (``DashboardServer``): at most ``HTTP_MAX_CONNECTIONS``
 connections are served at once (a new one beyond them closes the oldest), each read waits at most

@@ -90,8 +90,8 @@ def page(title: str, page_name: str, site: str, gateway_id: str, content: str, s
 </main>
 </body>
 </html>
-""" % {"title": esc(title), "page": esc(page_name), "site": esc(site), "gw": esc(gateway_id), "status": " &middot; " + status if status else "",
-       "content": content}).encode()
+""" % {"title": esc(title), "page": esc(page_name), "site": esc(site), "gw": esc(gateway_id),
+       "status": " &middot; " + status if status else "", "content": content}).encode()
 
 
 # --- overview ---------------------------------------------------------------------------------------------
