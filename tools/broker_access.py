@@ -186,6 +186,37 @@ def proven_device_record(ledger: Any, chain_id: str, validators: list[bytes], de
     return record
 
 
+def proven_block_txs(ledger: Any, chain_id: str, validators: list[bytes], height: int) -> list[bytes]:
+    """The transactions of block ``height``, from the first node (``ledger``'s own choice, then each node of
+    its config) whose answer checks: a certified header of that height signed by the trusted
+    ``validators`` and transactions that hash to its tx root. So a lying node can hide no ban or key
+    rotation. AccessError when a node answered but none gave one that checks; when no node answered at
+    all, the client's own error (``LedgerUnavailable``)."""
+    from ledgerlink.core import cbor, spv
+    from ledgerlink.ledger.consensus.messages import tx_root
+
+    asks = [lambda: ledger.block(height)]
+    asks += [lambda i=i: ledger.request_to(i, "block", height=height) for i in range(len(ledger.config.nodes))]
+    unanswered: list[Exception] = []
+    for ask in asks:
+        try:
+            res = ask()
+        except Exception as exc:  # noqa: BLE001 - this node does not answer: the next one is asked
+            unanswered.append(exc)
+            continue
+        try:
+            header = spv.verify_certified_header(cbor.dumps(res["certified_header"]), chain_id, validators)
+            txs = res["txs"]
+            if (header.height == height and isinstance(txs, list) and all(type(tx) is bytes for tx in txs)
+                    and tx_root(txs) == header.tx_root):
+                return txs
+        except Exception:  # noqa: BLE001 - this node lied or answered an error: the next one is asked
+            continue
+    if len(unanswered) == len(asks):
+        raise unanswered[0]
+    raise AccessError("no ledger node gave block %d in a form that checks" % height)
+
+
 def hash_password(password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> dict[str, Any]:
     salt = salt if salt is not None else secrets.token_bytes(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)

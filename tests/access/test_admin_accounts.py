@@ -162,3 +162,31 @@ def test_admin_rotate_key_on_a_device_writes_its_new_login(stack, register, caps
     rc, out = _admin(capsys, "--cluster", stack.cluster.config_path, "rotate-key", "--key", key, "--new-key",
                      tmp_path / "third.key", "--device-id", dev.id.hex())
     assert rc == 1 and "is not the key in" in out and not (tmp_path / "third.key").exists()   # the old key is spent
+
+
+def test_a_node_that_hides_a_ban_from_its_block_is_not_believed(stack, register):
+    from ledgerlink.ledger.state import encoding as enc
+    from ledgerlink.tools.broker_access import AccessError, proven_block_txs
+
+    [dev] = register(1)
+    stack.follow_bans()
+    tx = enc.ban_tx(stack.chain_id, stack.cluster.key("admin"), dev.id, "hidden ban", int(time.time() * 1000))
+    height = stack.ledger.submit(tx)["height"]
+
+    class Hiding:                                                 # its own answers drop the ban; other nodes honest
+        config = stack.ledger.config
+
+        def block(self, h):
+            res = dict(stack.ledger.block(h))
+            res["txs"] = [t for t in res["txs"] if t != tx]
+            return res
+
+        def request_to(self, i, op, **args):
+            return self.block(args["height"]) if i == 0 else stack.ledger.request_to(i, op, **args)
+
+    assert tx in proven_block_txs(Hiding(), stack.chain_id, stack.validators, height)
+    Hiding.request_to = lambda self, i, op, **args: self.block(args["height"])      # every node hides it
+    with pytest.raises(AccessError, match="in a form that checks"):
+        proven_block_txs(Hiding(), stack.chain_id, stack.validators, height)
+    lines, _ = _follow_until(stack, lambda: False, 0.3)
+    assert any("%s disabled: banned" % dev.username in line for line in lines), lines
