@@ -839,12 +839,12 @@ def main(argv: list[str] | None = None) -> int:
         print("virtual board: cannot listen on 127.0.0.1:%d (%s); pick another --port" % (args.port, exc.strerror),
               file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, signal.default_int_handler)    # stop as on Ctrl-C: the temp flash goes too
     network = "network to %s" % ", ".join(allow) if allow is not None else "no network"
     rom = "ROMFS partition %d bytes" % romfs_bytes if romfs_bytes else "no ROMFS partition"
-    print("virtual board on %s, flash %s, %s; %s, %s heap %d bytes, %s" % (
-        board.url, board.flash.root, network, profile["name"], args.runtime, heap, rom), flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)    # stop as on Ctrl-C: the temp flash goes too
     try:
+        print("virtual board on %s, flash %s, %s; %s, %s heap %d bytes, %s" % (
+            board.url, board.flash.root, network, profile["name"], args.runtime, heap, rom), flush=True)
         board.serve_forever()
     except KeyboardInterrupt:
         pass

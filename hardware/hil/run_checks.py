@@ -19,9 +19,10 @@ own queue and sequence counter (folder ``ll``, as the board program's ``/ll``), 
 never reused. Wi-Fi (config ``wifi``) is brought up and the clock set by NTP when it is not. The board
 reaches the broker through ``socket`` (``transport.open_socket``), or on the virtual board through
 the host's sockets (``transport.CallTransport`` with ``host_call``, given by ``virtual_board
---network``); ``open_stream`` picks. The step is skipped, with a line saying so, only when the config
-has no broker (or with ``--skip-session``); every other problem (no key, broker unreachable, the
-session response or a receipt not checking out, a timeout) fails it with the reason.
+--network``); ``open_stream`` picks. The step is skipped, with a line saying what it needs, when the
+config has no broker or the board has no key yet (not provisioned), or with ``--skip-session``; every
+other problem (broker unreachable, the session response or a receipt not checking out, a timeout) fails
+it with the reason.
 
 Each program reports the peak heap of its step (``heap.peak_per_step`` in the JSON, a table in the text):
 ``gc.peak_live()`` where the firmware has it (board32, the QEMU board: the highest live heap after any
@@ -199,7 +200,7 @@ def load_config():
         return None, ['skip', 'no broker configured in %s' % P['config']]
     key = read_text('ledgerlink.key')
     if not key:
-        return None, ['fail', 'no ledgerlink.key on the board: run ledgerlink provision']
+        return None, ['skip', 'needs a provisioned board: no ledgerlink.key on it (run ledgerlink provision)']
     cfg['identity_key'] = bytes.fromhex(key.strip())
     ident = read_text('ledgerlink.id.json')
     if 'chain_id' not in cfg and ident:

@@ -61,3 +61,24 @@ def test_interrupted_demo_keeps_the_logs_it_names_and_suggests_only_what_is_inst
     hint = next(line for line in out.splitlines() if "verified readings:" in line)
     if "mosquitto_sub" in hint and shutil.which("mosquitto_sub") is None:
         assert "apt-get install mosquitto-clients, then mosquitto_sub" in hint
+
+
+@pytest.mark.slow
+def test_hil_session_step_says_what_it_needs_on_a_board_not_provisioned(tmp_path):
+    import importlib.util
+    import json
+
+    from ledgerlink.tools import deploy
+    from ledgerlink.tools.virtual_board import VirtualBoard
+
+    spec = importlib.util.spec_from_file_location("hil_run_checks", deploy.PROJECT_ROOT / "hardware" / "hil" /
+                                                  "run_checks.py")
+    hil = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hil)
+    config = json.loads((deploy.PROJECT_ROOT / "hardware" / "config.example.json").read_text())
+    with VirtualBoard(tmp_path / "flash", heap_bytes=300_000, preload_library=True) as board:
+        (board.flash.root / "ledgerlink.json").write_text(json.dumps(config))
+        step = hil.run_session(board.url, timeout=120)
+    assert step["status"] == "skipped", step
+    assert step["reason"] == "needs a provisioned board: no ledgerlink.key on it (run ledgerlink provision)"
+    assert hil.render_session(step) == ["session and receipt: skipped (%s)" % step["reason"]]

@@ -82,24 +82,24 @@ def test_deploy_then_hil_checks(board, tmp_path):
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "hardware" / "hil" / "run_checks.py"),
                              "--port", board.url, "--board", "virtual", "--out", str(out),
                              "--cases", "2", "--repeat", "2"], capture_output=True, text=True, timeout=300)
-    # every check passes; the session step runs (a broker is configured) and fails: no key provisioned
-    assert result.returncode == 1, result.stderr
+    # every check passes; the session step cannot run without a provisioned key and says so
+    assert result.returncode == 0, result.stderr
     report = json.loads((out / "virtual.json").read_text())
-    assert not report["passed"] and report["device"]["wasi"] is False      # board32, collector on
-    assert report["session"]["status"] == "fail"
-    assert report["session"]["reason"] == ("opening the session: no ledgerlink.key on the board: "
-                                           "run ledgerlink provision")
+    assert report["passed"] and report["device"]["wasi"] is False      # board32, collector on
+    assert report["session"]["status"] == "skipped"
+    assert report["session"]["reason"] == ("needs a provisioned board: no ledgerlink.key on it "
+                                           "(run ledgerlink provision)")
     assert not report["vectors"]["ecdsa"]["failed"] and not report["vectors"]["aes_ccm"]["failed"]
     assert report["vectors"]["ecdsa"]["total"] == 4 and report["vectors"]["aes_ccm"]["total"] == 4
     for op in ("keygen", "sign", "verify", "ecqv_issue", "ecqv_reconstruct", "ecqv_public_key"):
         assert report["timings"][op]["n"] == 2 and report["timings"][op]["min_ms"] >= 0
     assert 0 < report["heap"]["lowest_during_ecqv"] < report["heap"]["free_at_start"]
     peaks = report["heap"]["peak_per_step"]
-    assert set(peaks) == {"info", "ecdsa_vectors", "ccm_vectors", "ecdsa_timings", "ecqv_timings", "session_open"}
+    assert set(peaks) == {"info", "ecdsa_vectors", "ccm_vectors", "ecdsa_timings", "ecqv_timings"}
     assert all(p["measure"] == "peak_live" and 0 < p["bytes"] < board.heap_bytes for p in peaks.values())
     assert peaks["ecqv_timings"]["bytes"] > peaks["info"]["bytes"]
     table = (out / "virtual.txt").read_text()
-    assert "result: FAIL" in table and "ecqv_reconstruct" in table and "run ledgerlink provision" in table
+    assert "result: PASS" in table and "ecqv_reconstruct" in table and "run ledgerlink provision" in table
     assert "peak heap per step" in table and "gc.peak_live (highest live heap)" in table
 
 
