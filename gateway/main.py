@@ -162,6 +162,15 @@ def _profiled(run: Any, path: str) -> None:
         stats.dump_stats(path)
 
 
+def _wait_for_go() -> bool:
+    """As a warm standby: import what ``build`` and ``run`` import later, then wait for ``go`` on stdin; False at
+    the end of input (the supervisor stops the standby)."""
+    import ledgerlink.ledger.client  # noqa: F401 - imported now, not after the start
+    import ledgerlink.ledger.transport  # noqa: F401
+
+    return sys.stdin.readline().strip() == "go"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="ledgerlink gateway", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Run one gateway from its config file, until SIGINT or SIGTERM.",
@@ -169,7 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", required=True, help="gateway config (JSON or TOML; format below)")
     p.add_argument("--log-level", default=os.environ.get("LEDGERLINK_LOG", "INFO"),
                    help="DEBUG, INFO, WARNING or ERROR (default $LEDGERLINK_LOG, else INFO)")
+    p.add_argument("--standby", action="store_true",
+                   help="import everything, then wait for a line 'go' on stdin before starting (a supervisor's warm "
+                        "standby: a restart then skips the interpreter's start and imports); exit at end of input")
     args = p.parse_args(argv)
+    if args.standby and not _wait_for_go():
+        return
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s gateway %(name)s %(levelname)s %(message)s")
     cfg = load_config(args.config)

@@ -245,3 +245,49 @@ def test_a_gateway_that_does_not_subscribe_is_stopped(tmp_path, monkeypatch):
     with pytest.raises(StackError, match="did not subscribe"):
         stack_mod.launch_gateway({}, tmp_path, 0.5)
     assert kept[0].poll() is not None
+
+
+def test_a_crashed_gateway_starts_again_from_its_warm_standby(tmp_path):
+    """The supervisor keeps an imported gateway interpreter waiting; a crashed gateway is started from it (the
+    restart skips the interpreter's start and imports), it subscribes, and stop() ends the standby too."""
+    import signal
+
+    s = Stack(tmp_path / "site", site="ws", nodes=1)
+    standbys: list[int] = []
+    try:
+        s.start()
+        deadline = time.monotonic() + 30
+        while not s.standby_pids():
+            assert time.monotonic() < deadline, "no warm standby"
+            s.supervise()
+            time.sleep(0.1)
+        standby = s.standby_pids()[0]
+        standbys.append(standby)
+        os.kill(s.gateway.pid, signal.SIGKILL)
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        while not any("subscribed again" in line for line in lines):
+            assert time.monotonic() < deadline, lines
+            lines += s.supervise()
+            time.sleep(0.05)
+        assert s.gateway.pid == standby, lines
+        deadline = time.monotonic() + 30
+        while not s.standby_pids():                             # and a new standby for the next crash
+            assert time.monotonic() < deadline
+            s.supervise()
+            time.sleep(0.1)
+        standbys += s.standby_pids()
+    finally:
+        s.stop()
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in standbys) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(p) for p in standbys)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -28,6 +28,15 @@ parts keep running. It returns one line per event ("... exited ...; starting it 
 part: pid, state, restarts, last exit status) and
 ``data_dir/status.prom`` (Prometheus text: ``ledgerlink_site_restarts_total``,
 ``ledgerlink_site_part_up``, for a node exporter's text-file collector).
+
+Warm standby (``warm_standby``, on by default): ``supervise`` keeps, for each gateway process that runs
+and has subscribed, a second interpreter that has imported the gateway and waits
+(``ledgerlink.gateway.main --standby``); a crashed gateway is started again from it, which saves the
+interpreter's start and imports (about 0.4 s of CPU, several seconds on a loaded machine: most of the
+time from a restart to its first new receipt, ``python3 -m ledgerlink.tools.chaos --timeline``). A
+standby costs the memory of an idle interpreter with the gateway's modules, holds no file or connection,
+and ends with the site (the end of its input, or the parent-death signal). It runs the code it imported:
+after an upgrade, restart the site.
 """
 
 from __future__ import annotations
@@ -70,6 +79,7 @@ MAX_KEEPALIVE_S = 300                 # keep alive granted at most (MQTT 5 serve
 AUTOSAVE_S = 1                        # mosquitto writes its persistence file this often
 RESTART_FIRST_S = 0.5                 # delay before a crashed part is started again; doubled per crash in a row
 RESTART_MAX_S = 30.0
+STANDBY_GO = b"go\n"                  # tells a gateway's warm standby to start (``spawn_gateway``)
 STABLE_S = 60.0                       # a part that ran this long counts its next crash as the first in a row
 STATUS_EVERY_S = 5.0                  # status files are written at least this often (and at each event)
 REASON_OK = 0
@@ -154,7 +164,8 @@ def _child_setup() -> None:
         pass
 
 
-def spawn(cmd: Sequence[str], log: Any, keep: Callable[[subprocess.Popen], None]) -> subprocess.Popen:
+def spawn(cmd: Sequence[str], log: Any, keep: Callable[[subprocess.Popen], None],
+          stdin: int = subprocess.DEVNULL) -> subprocess.Popen:
     """Start ``cmd`` with ``_child_setup``, output to the open file ``log``, and hand the process to ``keep``
     before a SIGINT or SIGTERM that arrived meanwhile is handled.
 
@@ -164,7 +175,7 @@ def spawn(cmd: Sequence[str], log: Any, keep: Callable[[subprocess.Popen], None]
     nothing lost.
     """
     def start() -> subprocess.Popen:
-        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=stdin,
                                 preexec_fn=_child_setup)
         keep(proc)
         return proc
@@ -247,7 +258,7 @@ class Stack:
                  limits: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
                  progress: Callable[[str], None] | None = None, broker: str | None = None,
                  broker_bind: str = "127.0.0.1", broker_port: int = 0, gateways: int = 1,
-                 dashboard_login: bool = False, broker_tls_port: int = 0) -> None:
+                 dashboard_login: bool = False, broker_tls_port: int = 0, warm_standby: bool = True) -> None:
         self.data_dir = Path(data_dir)
         self.site = site
         self.nodes = nodes
@@ -273,6 +284,8 @@ class Stack:
         self.followed: int | None = None            # ledger height whose bans the broker accounts reflect
         self.parts: dict[str, _Part] = {}
         self.stopping = False
+        self.standbys: dict[int, subprocess.Popen] = {}   # gateway index -> its warm standby (``supervise``)
+        self.warm_standby = warm_standby
         self.status_written = float("-inf")
 
     @property
@@ -440,6 +453,9 @@ class Stack:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.gateways:
             stop_process(proc, 15)
+        for proc in self.standbys.values():
+            _end_standby(proc)
+        self.standbys.clear()
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None
@@ -475,11 +491,34 @@ class Stack:
         return out
 
     def _respawn_gateway(self, index: int) -> None:
-        """Start gateway ``index`` again without waiting for it to subscribe (``supervise`` reports that)."""
+        """Start gateway ``index`` again, from its warm standby when it has one, without waiting for it to
+        subscribe (``supervise`` reports that)."""
         cfg = self._gateway_config(*self._gateway_http(index), index)
         offset = spawn_gateway(cfg, self.data_dir, gateway_name(index),
-                               functools.partial(self.gateways.__setitem__, index - 1))
+                               functools.partial(self.gateways.__setitem__, index - 1), self.standbys.pop(index, None))
         self.parts[part_name("gateway", index, len(self.gateways))].watch = offset
+
+    def _keep_standbys(self) -> None:
+        """Give each running gateway that has subscribed a warm standby (made after it subscribed, so the
+        standby's imports do not slow the gateway's own start)."""
+        if not self.warm_standby:
+            return
+        for index in range(1, len(self.gateways) + 1):
+            standby = self.standbys.get(index)
+            if standby is not None and standby.poll() is None:
+                continue
+            part = self.parts.get(part_name("gateway", index, len(self.gateways)))
+            if self.gateways[index - 1] is None or (part is not None and (part.due is not None or part.watch is not None)):
+                continue
+            path = self.data_dir / (gateway_name(index) + ".json")
+            with private_log(self.data_dir / (gateway_name(index) + ".log")) as log:
+                spawn([sys.executable, "-m", "ledgerlink.gateway.main", "--standby", "--config", str(path),
+                       "--log-level", "INFO"], log, functools.partial(self.standbys.__setitem__, index),
+                      stdin=subprocess.PIPE)
+
+    def standby_pids(self) -> list[int]:
+        """Process ids of the gateways' warm standbys."""
+        return [p.pid for p in self.standbys.values() if p.poll() is None]
 
     def supervise(self, now: float | None = None) -> list[str]:
         """Start again each part that exited by itself, once its restart delay has passed; the lines to report.
@@ -494,6 +533,7 @@ class Stack:
             if part.key == "broker":
                 part.name = self.broker_name
             lines.extend(part.check(now))
+        self._keep_standbys()
         if lines or now - self.status_written >= STATUS_EVERY_S:
             self.status_written = now
             try:
@@ -686,13 +726,37 @@ def gateway_name(index: int) -> str:
     return "gateway" if index == 1 else "gateway-%d" % index
 
 
-def spawn_gateway(cfg: dict, data_dir: Path, name: str, keep: Callable[[subprocess.Popen], None]) -> int:
+def _end_standby(proc: subprocess.Popen) -> None:
+    """Stop a warm standby: the end of its input tells it so; SIGTERM after a timeout."""
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        stop_process(proc)
+
+
+def spawn_gateway(cfg: dict, data_dir: Path, name: str, keep: Callable[[subprocess.Popen], None],
+                  standby: subprocess.Popen | None = None) -> int:
     """Write ``data_dir/<name>.json`` and start the gateway with output to ``<name>.log``, handing the process
-    to ``keep`` (as ``spawn`` does); the log's size before it started."""
+    to ``keep`` (as ``spawn`` does); the log's size before it started. ``standby``: a warm standby of this
+    gateway (``ledgerlink.gateway.main --standby``, its imports done), told to start instead of a new
+    process when it still runs."""
     path = data_dir / (name + ".json")
     path.write_text(json.dumps(cfg, indent=2) + "\n")
     log_path = data_dir / (name + ".log")
     start = log_path.stat().st_size if log_path.exists() else 0
+    if standby is not None and standby.poll() is None and standby.stdin is not None:
+        try:
+            standby.stdin.write(STANDBY_GO)
+            standby.stdin.close()
+            keep(standby)
+            return start
+        except OSError:                     # it ended meanwhile: a new process instead
+            stop_process(standby)
     with private_log(log_path) as log:
         spawn([sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(path), "--log-level", "INFO"],
               log, keep)
