@@ -26,7 +26,8 @@ to the first receipt a CPython device checked for a reading that this new proces
 receipts of readings stored before the restart, do not count. A restart whose process stores nothing
 and is killed again within the target is left out (counted as "interrupted"); one that stores nothing
 for longer counts with the time it ran (at least that long); one that never stores anything counts as
-infinite. ``--timeline`` prints, per restart, when the process logged its start, connected, subscribed,
+infinite. (Killed again, or devices stopped making readings for the drain, within the target of its
+start: interrupted.) ``--timeline`` prints, per restart, when the process logged its start, connected, subscribed,
 stored its first new reading, cut the batch holding it, and when the device checked its receipt. ``--outage`` runs the backlog scenario
 instead: one device offline for what a 1 Hz device makes in ``--outage-s`` seconds (600: ten minutes),
 made at ``--outage-rate`` per second (time compressed: the backlog is the same size, its readings are
@@ -325,6 +326,7 @@ class Chaos:
         self.gateway_restarts: list[GatewayRestart] = []
         self.gateway_exits: dict[int, list[float]] = {}   # gateway index -> wall-clock times its exit was noticed
         self.gateway_faults: dict[int, float] = {}        # gateway index -> wall-clock time of its last kill
+        self.drain_started: float | None = None           # devices stop making readings
 
     # --- set up ------------------------------------------------------------------------------------
 
@@ -334,7 +336,7 @@ class Chaos:
         self.stack = Stack(self.base / "site", site=SITE, nodes=NODES, broker=self.broker, gateways=GATEWAYS,
                            progress=lambda line: None)
         self.stack.start()
-        self.site_pids.update(self.stack.pids())
+        self.site_pids.update(self.stack.pids() + self.stack.standby_pids())
         s = self.stack
         requests: list[bytes] = []
         ids: list[bytes] = []
@@ -499,7 +501,7 @@ class Chaos:
             log = self.base / "site" / ("%s.log" % ("gateway" if index == 1 else "gateway-%d" % index))
             self.gateway_restarts.append(GatewayRestart(index, now, self.gateway_faults.get(index),
                                                         log.stat().st_size if log.exists() else 0))
-        self.site_pids.update(self.stack.pids())
+        self.site_pids.update(self.stack.pids() + self.stack.standby_pids())
 
     def run_undos(self, now: float, everything: bool = False) -> None:
         due = [u for u in self.undo if everything or u[0] <= now]
@@ -553,6 +555,7 @@ class Chaos:
             time.sleep(TICK_S)
 
     def drain(self) -> None:
+        self.drain_started = time.time()
         for dev in self.devices:
             (dev.directory / "done").write_text("")
         deadline = time.monotonic() + DRAIN_S
@@ -581,7 +584,7 @@ class Chaos:
                     dev.proc.kill()
                     dev.proc.wait()
         if self.stack is not None:
-            self.site_pids.update(self.stack.pids())
+            self.site_pids.update(self.stack.pids() + self.stack.standby_pids())
             self.stack.stop()
 
     # --- the checks ------------------------------------------------------------------------------------
@@ -630,7 +633,7 @@ class Chaos:
             first = _first_new_frame(db, gateway_username(SITE, rs.index), rs.at, until, receipt_times) \
                 if db.exists() else None
             if first is None:
-                if until - rs.at < RECEIPT_TARGET_S:
+                if min(until, self.drain_started or until) - rs.at < RECEIPT_TARGET_S:
                     r.restarts_interrupted += 1
                     continue
                 wait = until - rs.at if until < end_of_run else float("inf")
@@ -1140,6 +1143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve_http:
         return serve_http(args.serve_http)
     t_start = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))    # the site stopped and every process continued
 
     def say(line: str) -> None:
         print("[%6.1fs] %s" % (time.monotonic() - t_start, line), flush=True)
