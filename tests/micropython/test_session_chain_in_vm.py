@@ -30,15 +30,18 @@ out = []
 due = []
 for i in range(%(n)d):
     f = dev.reading({"i": i}, NOW, dp.MODE_SESSION)
-    out.append([f.seq, f.payload.hex()])
+    out.append((f.seq, f.payload))
     due.append(dev.chain_due(NOW))
     if due[-1]:
         s = dev.chain_statement(NOW)
-        out.append([s.seq, s.payload.hex()])
+        out.append((s.seq, s.payload))
 s = dev.chain_statement(NOW, True)
-out.append([s.seq, s.payload.hex()])
+out.append((s.seq, s.payload))
 peak = gc.peak_live()[0] if hasattr(gc, "peak_live") else None     # board32 (the WASI VM does not collect)
-print(json.dumps([out, due, dev.up_topic, peak]))
+print('[[', end='')             # one JSON line, printed a frame at a time (EVERY_FRAMES frames as one string overflow the heap)
+for k in range(len(out)):
+    print('%%s[%%d, "%%s"]' %% (',' if k else '', out[k][0], out[k][1].hex()), end='')
+print('], %%s, %%s, %%s]' %% (json.dumps(due), json.dumps(dev.up_topic), json.dumps(peak)))
 """
 
 
