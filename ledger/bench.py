@@ -23,7 +23,8 @@ of the unattacked block rate, full rate (90% of it over 1 s) again within 5 s af
 200 MB, safety in every run. Each row shows the unattacked and attacked block rates, their ratio,
 the recovery time, the peak RSS, safety, and the honest nodes' highest view at the start and end of
 the attack (a rogue primary attacks only while it leads a view); ``--attacks slow,equivocate``
-runs a subset, ``--repeat N`` runs each N times and prints medians.
+runs a subset, ``--repeat N`` runs each N times and prints medians, and the attack ``none`` is a
+control run (the same phases, no attack).
 """
 
 from __future__ import annotations
@@ -227,6 +228,7 @@ ROGUE_ATTACKS = {              # attack -> (rogue index, extra rogue arguments)
     "fetch-flood": (3, ["--rate", "1000"]),
     "vote-flood": (3, ["--rate", "1000"]),
 }
+NO_ATTACK = "none"             # the control row: the same phases with no attack
 KEYLESS_ATTACKS = {            # attack -> (port kind, Attack options), on every node
     "junk": ("peer", {"rate": 2.0}),
     "huge": ("peer", {}),
@@ -383,6 +385,19 @@ def _sampler(cluster: LocalCluster, honest: list[int], out: list[tuple[float, in
             stop.wait(0.25)
 
 
+def _metric(cluster: LocalCluster, i: int, name: str) -> float:
+    """The unlabelled metric ``name`` of node ``i`` (NaN when it cannot be read)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % cluster.metrics_ports[i], timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, KeyError):
+        pass
+    return float("nan")
+
+
 def _rate(samples: list[tuple[float, int, float, int]], t0: float, t1: float) -> float:
     """Blocks a second the honest nodes committed between ``t0`` and ``t1`` (from the samples)."""
     inside = [s for s in samples if t0 <= s[0] <= t1 and s[1] >= 0]
@@ -398,7 +413,7 @@ def byzantine_run(attack: str, args: argparse.Namespace) -> dict[str, Any]:
         rogues = {}
         if rogue is not None:
             rogues[rogue[0]] = ["--attack", attack, "--on-signal"] + rogue[1]
-        cluster = LocalCluster(data, 4, rogues=rogues, log_level="WARNING")
+        cluster = LocalCluster(data, 4, rogues=rogues, log_level="WARNING", metrics=True)
         honest = [i for i in range(4) if i not in rogues]
         cluster.start()
         samples: list[tuple[float, int, float, int]] = []
@@ -413,7 +428,7 @@ def byzantine_run(attack: str, args: argparse.Namespace) -> dict[str, Any]:
                 mono0 = time.monotonic()
                 if rogue is not None:
                     cluster.procs[rogue[0]].send_signal(signal.SIGUSR1)
-                else:
+                elif attack != NO_ATTACK:
                     from ledgerlink.ledger import attacks
                     port_kind, options = KEYLESS_ATTACKS[attack]
                     targets = [(a.host, a.peer_port if port_kind == "peer" else a.client_port)
@@ -428,6 +443,7 @@ def byzantine_run(attack: str, args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(args.after_s)
             stop.set()
             sampler.join(10)
+            demands = sum(_metric(cluster, i, "ledgerlink_node_slow_primary_demands_total") for i in honest)
             violations = audit(cluster, honest, load.submitted)
         finally:
             stop.set()
@@ -450,7 +466,7 @@ def byzantine_run(attack: str, args: argparse.Namespace) -> dict[str, Any]:
           and rss < BYZ_RSS_MB and not violations)
     return {"attack": attack, "rogue": rogue is not None, "base": base, "during": during, "recovery": recovery,
             "rss": rss, "violations": violations, "submitted": len(load.submitted), "ok": ok,
-            "views": (views[0], views[-1]) if views else (-1, -1)}
+            "views": (views[0], views[-1]) if views else (-1, -1), "demands": demands}
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -474,7 +490,7 @@ def byzantine(args: argparse.Namespace) -> int:
     """Run the attacks of ``--attacks`` and print the table; 0 when every target held."""
     names = args.attacks.split(",") if args.attacks else list(ROGUE_ATTACKS) + list(KEYLESS_ATTACKS)
     for name in names:
-        if name not in ROGUE_ATTACKS and name not in KEYLESS_ATTACKS:
+        if name not in ROGUE_ATTACKS and name not in KEYLESS_ATTACKS and name != NO_ATTACK:
             raise SystemExit("unknown attack %r (rogue: %s; keyless: %s)"
                              % (name, ", ".join(ROGUE_ATTACKS), ", ".join(KEYLESS_ATTACKS)))
     print("ledger under attack: 4 validator processes on %d CPU(s), loopback, %d tx/s offered to the honest "
@@ -486,14 +502,15 @@ def byzantine(args: argparse.Namespace) -> int:
         print("each row: median of %d runs (kept: median of the runs' ratios, all listed; peak RSS: the "
               "highest; safety: held in every run)" % args.repeat)
     print("%-22s %10s %10s %7s %11s %9s %7s %5s  %s" % ("attack", "blocks/s", "attacked", "kept", "recovery s",
-                                                         "RSS MB", "safety", "met", "views during attack"))
+                                                         "RSS MB", "safety", "met",
+                                                         "views during attack (slow-primary demands)"))
     failed = 0
     for name in names:
         runs = [byzantine_run(name, args) for _ in range(args.repeat)]
         r = _median_run(runs)
-        label = ("rogue " if r["rogue"] else "keyless ") + name
+        label = ("rogue " if r["rogue"] else "keyless " if name != NO_ATTACK else "") + name
         rec = "%.2f" % r["recovery"] if r["recovery"] is not None else "> %.0f" % args.after_s
-        extra = "  ".join("%d->%d" % x["views"] for x in runs)
+        extra = "  ".join("%d->%d (%.0f)" % (x["views"] + (x["demands"],)) for x in runs)
         if args.repeat > 1:
             extra += "  (kept: %s; recovery s: %s)" % (
                 ", ".join("%.0f%%" % (100 * k) for k in r["all_kept"]),
