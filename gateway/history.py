@@ -3,16 +3,17 @@
 ``History.sample`` (the dashboard calls it every ``SAMPLE_S``) appends one point to each site series:
 accepted, refused and receipts per second (from the metrics' counters), the verified ledger height and
 the commit latency (mean time from a frame's acceptance to its receipt, i.e. to the certified commit of
-its batch's anchor, over the interval; null when no receipt was sent). ``History.effects`` (called by
-``GatewayMetrics.effects`` once per input) appends each accepted reading's numeric measurements to its
-device's series (a reading without one is not kept) and each refusal to its device's last refusals.
+its batch's anchor, over the interval; null when no receipt was sent). ``GatewayMetrics.effects`` hands
+each accepted reading to ``History.reading`` (its numeric measurements are appended to its device's
+series; a reading without one is not kept) and each refusal to ``History.refusal``.
 
 Protects against memory growth from traffic an attacker controls: every series is a ring buffer with a
 fixed cap (``SITE_POINTS`` per site series, ``READING_POINTS`` readings and ``REFUSALS_KEPT`` refusals
 per device), at most ``READING_KEYS`` numeric values of a reading are kept, and at most
 ``DEVICES_KEPT`` devices have a series (the one updated longest ago is dropped first). Keys are
 device-provided text, cut to ``KEY_TEXT`` characters and shown as text only. At every cap the history
-holds about 27 MB with 2 numeric values per reading, 34 MB with 8 (measured with tracemalloc).
+holds about 4.6 MB with 2 numeric values per reading, 8.4 MB with 8 (refusals included; measured with
+tracemalloc): readings are kept in fixed arrays of machine numbers, not as Python objects.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from array import array
 from collections import OrderedDict, deque
 from typing import Any, Callable
 
@@ -30,31 +32,77 @@ READING_KEYS = 8           # numeric measurements kept per reading
 REFUSALS_KEPT = 10         # refusals kept per device
 DEVICES_KEPT = 256         # devices with a readings series
 KEY_TEXT = 40              # characters of a measurement name
+NAN = math.nan
+EXACT_INT = 2 ** 53       # integers a float holds exactly
+INT64_END = 2 ** 63       # times and seqs are kept as signed 64-bit numbers
 SITE_SERIES = ("accepted_per_s", "refused_per_s", "receipts_per_s", "ledger_height", "commit_latency_ms")
 
 
 def numeric_values(measurements: Any) -> dict[str, float]:
-    """The finite numeric entries (not booleans) of a reading's measurement map, at most ``READING_KEYS``."""
+    """The finite numeric entries (not booleans) of a reading's measurement map as floats, at most
+    ``READING_KEYS`` (integers beyond 2^53 are left out: a float would not hold them exactly)."""
     out: dict[str, float] = {}
-    if not isinstance(measurements, dict):
+    if type(measurements) is not dict:
         return out
     for key, value in measurements.items():
-        if len(out) >= READING_KEYS:
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                continue
+        elif kind is int:
+            if not -EXACT_INT < value < EXACT_INT:
+                continue
+            value = float(value)
+        else:
+            continue
+        out[key if type(key) is str and len(key) <= KEY_TEXT else str(key)[:KEY_TEXT]] = value
+        if len(out) == READING_KEYS:
             break
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            continue
-        if isinstance(value, int) and abs(value) >= 2 ** 53:
-            continue
-        out[str(key)[:KEY_TEXT]] = value
     return out
 
 
 class _DeviceHistory:
+    """A device's last ``READING_POINTS`` readings in fixed arrays (a ring: ``start`` is the oldest, NaN where a
+    reading lacks a value; the first ``READING_KEYS`` measurement names seen get a column) and its refusals."""
+
     def __init__(self) -> None:
-        self.readings: deque[tuple[int, int, dict[str, float]]] = deque(maxlen=READING_POINTS)  # (time_ms, seq, values)
+        self.times = array("q", bytes(8 * READING_POINTS))
+        self.seqs = array("q", bytes(8 * READING_POINTS))
+        self.columns: dict[str, array] = {}
+        self.start = 0
+        self.count = 0
         self.refusals: deque[dict] = deque(maxlen=REFUSALS_KEPT)
+
+    def append(self, time_ms: int, seq: int, values: dict[str, float]) -> None:
+        if self.count == READING_POINTS:
+            i = self.start
+            self.start = (i + 1) % READING_POINTS
+        else:
+            i = (self.start + self.count) % READING_POINTS
+            self.count += 1
+        self.times[i] = time_ms
+        self.seqs[i] = seq
+        columns = self.columns
+        if not columns.keys() >= values.keys():
+            for key in values:
+                if key not in columns and len(columns) < READING_KEYS:
+                    columns[key] = array("d", [NAN]) * READING_POINTS
+        for key, column in columns.items():
+            column[i] = values.get(key, NAN)
+
+    def newest(self, last: int) -> tuple[list[int], list[int], dict[str, list[float | None]]]:
+        """(times, seqs, values by name: null where missing) of the newest ``last`` readings, oldest first."""
+        n = min(last, self.count)
+        order = [(self.start + self.count - n + k) % READING_POINTS for k in range(n)]
+        series = {key: [None if math.isnan(column[i]) else _number(column[i]) for i in order]
+                  for key, column in self.columns.items()}
+        return ([self.times[i] for i in order], [self.seqs[i] for i in order],
+                {key: values for key, values in series.items() if any(v is not None for v in values)})
+
+
+def _number(value: float) -> float | int:
+    """A stored value as the device sent it when that was an integer (JSON shows 57, not 57.0)."""
+    return int(value) if value.is_integer() and abs(value) < 2 ** 53 else value
 
 
 class History:
@@ -84,10 +132,10 @@ class History:
 
     def reading(self, dev: bytes, time_ms: int, seq: int, measurements: Any) -> None:
         values = numeric_values(measurements)
-        if not values:
+        if not values or not (0 <= time_ms < INT64_END and 0 <= seq < INT64_END):
             return
         with self.lock:
-            self._device(dev).readings.append((time_ms, seq, values))
+            self._device(dev).append(time_ms, seq, values)
 
     def refusal(self, dev: bytes, entry: dict) -> None:
         with self.lock:
@@ -126,16 +174,9 @@ class History:
         it) and its last refusals, newest first."""
         with self.lock:
             d = self.devices.get(dev)
-            readings = list(d.readings)[-last:] if d is not None and last > 0 else []
+            times, seqs, series = d.newest(max(0, last)) if d is not None else ([], [], {})
             refusals = list(d.refusals) if d is not None else []
-        names: list[str] = []
-        for _, _, values in readings:
-            for key in values:
-                if key not in names and len(names) < READING_KEYS:
-                    names.append(key)
-        return {"cap": READING_POINTS, "t": [t for t, _, _ in readings], "seq": [s for _, s, _ in readings],
-                "series": {k: [values.get(k) for _, _, values in readings] for k in names},
-                "refusals": refusals}
+        return {"cap": READING_POINTS, "t": times, "seq": seqs, "series": series, "refusals": refusals}
 
     def readings_json(self, last: int) -> dict:
         """The newest ``last`` readings of every device with a series (hex id -> ``device_json``)."""

@@ -55,6 +55,7 @@ def test_device_series_and_refusals_are_capped():
     for seq in range(hist.READING_POINTS + 20):
         h.reading(dev, 1000 + seq, seq, {"t": seq / 2, "rh": seq} if seq % 2 else {"t": seq / 2})
     h.reading(dev, 5, 999, {"label": "text only"})       # nothing to plot: not kept
+    h.reading(dev, 5, 2 ** 64 - 1, {"t": 1})              # beyond the numbers kept: not kept, no error
     for i in range(hist.REFUSALS_KEPT + 5):
         h.refusal(dev, {"code": 5, "n": i})
     d = h.device_json(dev)
