@@ -17,20 +17,29 @@ index stopped) listens on ``index``'s peer port, proves the key in every handsha
 it dials ``targets`` (validator indices) and sends each ``rate`` signed ``fetch-blocks 0..10^6`` a second.
 
 ``python3 -m ledgerlink.ledger.attacks --attack partial --port client`` starts a 4-node cluster,
-submits transactions at ``--tps`` and prints the block rate and the nodes' RSS without the attack,
-under it and after it (``--attack fetch-flood`` runs ``FetchFlood`` as validator 3).
+submits transactions at ``--tps`` and prints, without the attack, under it and after it: each
+node's block rate, the nodes' CPU per block and per second (/proc), the attacker's CPU per second,
+and RSS (``--attack fetch-flood`` runs ``FetchFlood`` as validator 3). The attacker is a process of
+its own (``AttackerProcess``); on a real site it runs on another host, so for a fair measurement
+on one machine ``--attacker-nice 19`` and/or ``--attacker-cpu 0.25`` (a cgroup CPU cap) lower its
+share, and the output says which applied. ``--config C`` runs just the attack on a running cluster.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -311,6 +320,129 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (Linux /proc)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CGROUP_V2 = Path("/sys/fs/cgroup")
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+CPU_PERIOD_US = 100000
+
+
+class Confinement:
+    """Lower the CPU share of an attacking process on the machine of the nodes under test (on a real
+    site the attacker is another host): ``nice`` (setpriority) and/or ``cpu`` cores at most (a cgroup
+    of its own, v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``). ``describe()`` says what was applied;
+    ``release()`` removes the cgroup."""
+
+    def __init__(self, pid: int, nice: int | None = None, cpu: float | None = None) -> None:
+        self.pid = pid
+        self.nice = nice
+        self.cpu = cpu
+        self.group: Path | None = None
+        self.problem = ""
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+        if cpu:
+            try:
+                self._cap(cpu)
+            except OSError as exc:
+                self.problem = "CPU cap not applied (%s)" % exc
+
+    def _cap(self, cpu: float) -> None:
+        quota = max(1000, int(cpu * CPU_PERIOD_US))
+        if (CGROUP_V2 / "cgroup.controllers").exists():
+            self.group = CGROUP_V2 / ("ledgerlink-attacker-%d" % self.pid)
+            self.group.mkdir()
+            (self.group / "cpu.max").write_text("%d %d" % (quota, CPU_PERIOD_US))
+            (self.group / "cgroup.procs").write_text(str(self.pid))
+        elif (CGROUP_V1_CPU / "cpu.cfs_quota_us").exists():
+            self.group = CGROUP_V1_CPU / ("ledgerlink-attacker-%d" % self.pid)
+            self.group.mkdir()
+            (self.group / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (self.group / "cpu.cfs_quota_us").write_text(str(quota))
+            (self.group / "cgroup.procs").write_text(str(self.pid))
+        else:
+            raise OSError("no cgroup cpu controller found")
+
+    def describe(self) -> str:
+        parts = ["nice %d" % self.nice if self.nice else "same priority as the nodes"]
+        if self.cpu and not self.problem:
+            parts.append("capped at %.2f of a core (cgroup %s)" % (self.cpu, self.group))
+        elif self.problem:
+            parts.append(self.problem)
+        else:
+            parts.append("no CPU cap")
+        return ", ".join(parts)
+
+    def release(self) -> None:
+        if self.group is None:
+            return
+        for _ in range(50):                  # the group can be removed once its process has exited
+            try:
+                self.group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.group = None
+
+
+class AttackerProcess:
+    """``python3 -m ledgerlink.ledger.attacks --config C ...`` (one attack on a running cluster, until
+    SIGTERM) as a child process, confined as ``Confinement`` says; ``stop()`` returns its counts."""
+
+    def __init__(self, config_path: str | Path, args: list[str], nice: int | None = None,
+                 cpu: float | None = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "ledgerlink.ledger.attacks", "--config",
+                                      str(config_path)] + args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.confinement = Confinement(self.proc.pid, nice, cpu)
+        self.proc.stdout.readline()                       # "started": the attack is under way
+
+    def cpu(self) -> float:
+        try:
+            return cpu_seconds(self.proc.pid)
+        except OSError:
+            return float("nan")
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.confinement.release()
+        try:
+            return json.loads(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {"exit": self.proc.returncode}
+
+
+def _attack_cluster(args: argparse.Namespace) -> None:
+    """Child mode: run ``args.attack`` on the cluster of ``args.config`` until SIGTERM; print its counts."""
+    config = ClusterConfig.load(args.config)
+    attack: Any
+    if args.attack == "fetch-flood":
+        index = config.n - 1
+        key = bytes.fromhex(Path(config.nodes[index].key_file or "").read_text().strip())
+        attack = FetchFlood(config, index, key, [i for i in range(config.n) if i != index], args.rate or 1000.0)
+    else:
+        port = "peer_port" if args.port == "peer" else "client_port"
+        attack = Attack(args.attack, [(a.host, getattr(a, port)) for a in config.nodes], rate=args.rate or 2.0,
+                        connections=args.connections, frame_size=args.frame_size, source=args.source,
+                        chain_id=config.chain_id)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    attack.start()
+    print("started", flush=True)
+    done.wait()
+    stats = attack.stop()
+    print(json.dumps(stats.as_dict() if isinstance(stats, AttackStats) else stats), flush=True)
+
+
 def _measure(args: argparse.Namespace) -> None:
     from ledgerlink.ledger.client import LedgerClient
     from ledgerlink.ledger.cluster import LocalCluster
@@ -320,8 +452,10 @@ def _measure(args: argparse.Namespace) -> None:
         cluster = LocalCluster(d, log_level="WARNING")
         cluster.start()
         client = LedgerClient(cluster.config_path)
+        loader_client = LedgerClient(cluster.config_path)
         stop_load = threading.Event()
         gateway = cluster.key("gateway")
+        load_counts = {"admitted": 0, "failed": 0}
 
         def load() -> None:
             batch = 0
@@ -331,45 +465,63 @@ def _measure(args: argparse.Namespace) -> None:
                 txs = [enc.anchor_tx(cluster.config.chain_id, gateway, batch * 1000 + k, os.urandom(32), 1,
                                      int(time.time() * 1000)) for k in range(n)]
                 try:
-                    client.submit_many(txs, wait_ms=0)
+                    results = loader_client.submit_many(txs, wait_ms=0)
+                    load_counts["admitted"] += sum(r.get("status") in ("pending", "committed") for r in results)
                 except Exception:  # noqa: BLE001 - the load goes on whatever a node answers
-                    pass
+                    load_counts["failed"] += len(txs)
                 stop_load.wait(0.1)
 
+        attacker: AttackerProcess | None = None
+
         def phase(name: str, seconds: float, nodes: list[int]) -> None:
-            h0 = [client.request_to(i, "info")["height"] for i in nodes]
+            def snap() -> tuple[float, list[int], list[float], float]:
+                cpu = [cpu_seconds(cluster.procs[i].pid) for i in nodes]
+                return (time.monotonic(), [client.request_to(i, "info")["height"] for i in nodes], cpu,
+                        attacker.cpu() if attacker is not None else 0.0)
+            t0, h0, c0, a0 = snap()
+            l0 = dict(load_counts)
             time.sleep(seconds)
-            h1 = [client.request_to(i, "info")["height"] for i in nodes]
-            rates = ["%.1f" % ((b - a) / seconds) for a, b in zip(h0, h1)]
-            rss = ["%.0f" % rss_mb(cluster.procs[i].pid) for i in nodes]
-            print("%-8s blocks/s %s   RSS MB %s" % (name, " ".join(rates), " ".join(rss)), flush=True)
+            t1, h1, c1, a1 = snap()
+            secs = t1 - t0
+            blocks = min(b - a for a, b in zip(h0, h1))
+            node_cpu = sum(c1) - sum(c0)
+            rates = " ".join("%.1f" % ((b - a) / secs) for a, b in zip(h0, h1))
+            rss = " ".join("%.0f" % rss_mb(cluster.procs[i].pid) for i in nodes)
+            admitted = (load_counts["admitted"] - l0["admitted"]) / secs
+            failed = (load_counts["failed"] - l0["failed"]) / secs
+            print("%-7s blocks/s %s   tx/s admitted %.0f (failed %.0f)   node CPU ms/block %s  node CPU s/s %.2f  "
+                  "attacker CPU s/s %s   RSS MB %s"
+                  % (name, rates, admitted, failed, "%.1f" % (1000 * node_cpu / blocks) if blocks else "-",
+                     node_cpu / secs, "%.2f" % ((a1 - a0) / secs) if attacker is not None else "-", rss), flush=True)
 
         loader = threading.Thread(target=load, daemon=True)
         loader.start()
         try:
             nodes = list(range(cluster.config.n))
-            attack: Any
+            child = ["--attack", args.attack, "--port", args.port, "--connections", str(args.connections),
+                     "--frame-size", str(args.frame_size)]
+            if args.rate:
+                child += ["--rate", str(args.rate)]
+            if args.source:
+                child += ["--source", args.source]
             if args.attack == "fetch-flood":
-                cluster.stop_node(3)
-                nodes = [0, 1, 2]
-                phase("before", args.seconds, nodes)
-                attack = FetchFlood(cluster.config, 3, cluster.key("validator3"), nodes, args.rate or 1000.0)
-            else:
-                phase("before", args.seconds, nodes)
-                port = "peer_port" if args.port == "peer" else "client_port"
-                targets = [(a.host, getattr(a, port)) for a in cluster.config.nodes]
-                attack = Attack(args.attack, targets, rate=args.rate or 2.0, connections=args.connections,
-                                frame_size=args.frame_size, source=args.source, chain_id=cluster.config.chain_id)
-            attack.start()
+                cluster.stop_node(cluster.config.n - 1)
+                nodes = nodes[:-1]
+            phase("before", args.seconds, nodes)
+            attacker = AttackerProcess(cluster.config_path, child, args.attacker_nice, args.attacker_cpu)
+            print("attacker: pid %d, %s" % (attacker.proc.pid, attacker.confinement.describe()), flush=True)
             try:
                 phase("attack", args.seconds, nodes)
             finally:
-                stats = attack.stop()
+                a_cpu = attacker.cpu()
+                stats = attacker.stop()
+                attacker = None
             phase("after", args.seconds, nodes)
-            print("attack:", stats.as_dict() if isinstance(stats, AttackStats) else stats)
+            print("attack: %s, attacker CPU %.2f s" % (stats, a_cpu))
         finally:
             stop_load.set()
             loader.join(5)
+            loader_client.close()
             client.close()
             cluster.stop()
 
@@ -384,8 +536,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--source", help="local address to attack from (e.g. 127.0.0.2)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     p.add_argument("--tps", type=float, default=150.0, help="transactions a second submitted throughout")
+    p.add_argument("--attacker-nice", type=int, help="run the attacker process at this nice value (e.g. 19)")
+    p.add_argument("--attacker-cpu", type=float,
+                   help="cap the attacker process at this many cores (cgroup; needs a writable cgroup cpu controller)")
+    p.add_argument("--config", help="attack the running cluster of this config until SIGTERM (no measuring; "
+                                    "fetch-flood takes over the last validator, whose node must be stopped)")
     main_args = p.parse_args(argv)
-    _measure(main_args)
+    if main_args.config:
+        _attack_cluster(main_args)
+    else:
+        _measure(main_args)
 
 
 if __name__ == "__main__":

@@ -256,3 +256,20 @@ def test_fetch_flood_is_rate_limited_and_answers_wait_for_a_peer_that_never_read
         assert lim.get(("peer", "peer_rate_fetch_blocks"), 0) > 0, lim
         assert lim.get(("peer", "peer_fetch_backlog"), 0) > 0, lim
     assert max(unsent.values()) < 3 << 20, unsent          # 1 MiB of answers, one more, and votes
+
+
+def test_attacker_process_runs_confined_and_reports(cluster, client):
+    """The measuring tool's attacker is a process of its own at the nice value asked for (so its CPU
+    is counted apart from the nodes', and can be kept from competing with them on one machine)."""
+    from ledgerlink.ledger.attacks import AttackerProcess
+    attacker = AttackerProcess(cluster.config_path, ["--attack", "idle", "--port", "client", "--connections", "5",
+                                                     "--source", ATTACKER], nice=10)
+    try:
+        assert os.getpriority(os.PRIO_PROCESS, attacker.proc.pid) == 10
+        assert "nice 10" in attacker.confinement.describe()
+        time.sleep(1.0)
+        assert attacker.cpu() > 0
+    finally:
+        stats = attacker.stop()
+    assert stats["opened"] >= 4 * 5, stats
+    assert commit(client, cluster, 5) == 5
