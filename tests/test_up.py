@@ -151,7 +151,7 @@ BAD = [
     ({"data_dir": "d", "site": "p", "gateway": {"http_port": "8080"}}, "must be an integer"),
     ({"data_dir": "d", "site": "p", "ledger": {"nodes": 3}}, "3f+1"),
     ({"data_dir": "d", "site": "p", "brokr": {}}, "unknown config field brokr"),
-    ({"data_dir": "d", "site": "p", "admin_key": "missing.key"}, "ledgerlink admin keygen --out"),
+    ({"data_dir": "d", "site": "p", "admin_key": "no-such-folder/admin.key"}, "folder"),  # a missing key is made
     ({"data_dir": "d", "site": "p", "broker": {"external": "127.0.0.1:%d"}}, "does not answer"),
     ({"data_dir": "d", "site": "p", "broker": {"external": "nohost"}}, "HOST:PORT"),
     ({"data_dir": "d", "site": "p", "broker": {"admin_login": "a.json"}}, "give broker.external"),

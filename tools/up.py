@@ -293,12 +293,16 @@ def preflight(cfg: UpConfig, broker: str | None = None) -> dict[str, Any] | None
 
     if cfg.data_dir.exists() and not cfg.data_dir.is_dir():
         raise ConfigError("data_dir %s is not a directory" % cfg.data_dir)
+    existing = _existing_cluster(cfg)
     if cfg.admin_key_given and not cfg.admin_key_path.exists():
-        raise ConfigError("admin key file %s does not exist: make one with `ledgerlink admin keygen --out %s` "
-                          "or leave admin_key out" % (cfg.admin_key_path, cfg.admin_key_path))
+        if existing is not None:            # the ledger's admin exists already: a new key would not be it
+            raise ConfigError("admin key file %s does not exist: this site's ledger has its admin already; "
+                              "give its key file, or leave admin_key out" % cfg.admin_key_path)
+        if not cfg.admin_key_path.parent.is_dir():
+            raise ConfigError("admin_key %s: folder %s does not exist" % (cfg.admin_key_path,
+                                                                            cfg.admin_key_path.parent))
     if cfg.admin_key_path.exists():
         read_key(cfg.admin_key_path, "admin key")
-    existing = _existing_cluster(cfg)
     ports: list[tuple[str, str, int]] = []
     if cfg.broker_external is None:
         try:
@@ -354,27 +358,43 @@ def preflight(cfg: UpConfig, broker: str | None = None) -> dict[str, Any] | None
 # --- first run: keys and genesis ------------------------------------------------------------------------
 
 
-def make_ledger(cfg: UpConfig) -> None:
-    """Write validator, gateway (and admin, unless configured) keys, genesis and cluster.json, all or nothing."""
+def make_ledger(cfg: UpConfig) -> list[str]:
+    """Write validator, gateway and admin keys (the admin's to ``admin_key`` when it names a file not there
+    yet; a configured key that exists is used), genesis and cluster.json, all or nothing; return what was made."""
     from ledgerlink.ledger.cluster import free_base_port, generate
 
     be = get_backend("cpython")
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".ledger-", dir=cfg.data_dir))
+    new_admin = cfg.admin_key_given and not cfg.admin_key_path.exists()
+    made = []
     try:
         base = cfg.base_port or free_base_port(cfg.nodes, cfg.ledger_host)
         path = generate(tmp, cfg.nodes, base, cfg.chain_id)
         data = json.loads(path.read_text())
         data["host"] = cfg.ledger_host
-        if cfg.admin_key_given:
+        if new_admin:
+            fd = os.open(cfg.admin_key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write((tmp / "keys" / "admin.key").read_bytes())
+            (tmp / "keys" / "admin.key").unlink()
+            made.append("admin key %s (mode 0600; the ledger's genesis admin)" % cfg.admin_key_path)
+        elif cfg.admin_key_given:
             admin_pub = be.public_key(read_key(cfg.admin_key_path, "admin key"), True)
             data["genesis"]["admins"] = [{"key": admin_pub.hex(), "attributes": {"name": "admin"}}]
             (tmp / "keys" / "admin.key").unlink()
+        else:
+            made.append("admin key %s (mode 0600; the ledger's genesis admin)" % cfg.admin_key_path)
         path.write_text(json.dumps(data, indent=2) + "\n")
         os.rename(tmp, cfg.ledger_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if new_admin:
+            cfg.admin_key_path.unlink(missing_ok=True)
         raise
+    made.append("%d validator keys, the gateway's ledger key, genesis and cluster.json in %s"
+                % (cfg.nodes, cfg.ledger_dir))
+    return made
 
 
 def _admin_warning(cfg: UpConfig, cluster: dict[str, Any]) -> str | None:
@@ -501,6 +521,15 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
     return lines
 
 
+def _first_run_files(stack: Any, cfg: UpConfig) -> dict[Path, str]:
+    """Files a site's first start makes beside the ledger, with what each is."""
+    from ledgerlink.tools.broker_access import TLS_DIR
+
+    return {stack.access.accounts_path: "broker accounts and ACLs (gateways, consumer, broker admin)",
+            stack.access.folder / TLS_DIR / "ca.pem": "site CA (the broker's TLS certificate is signed by it)",
+            cfg.ledger_dir / "keys" / "gw-ca.key": "the gateway's fog CA key (ECQV session certificates)"}
+
+
 def run(cfg: UpConfig, broker: str | None = None) -> int:
     """Start the site of ``cfg``, print where everything is, run until SIGINT/SIGTERM; the exit status.
 
@@ -522,15 +551,19 @@ def run(cfg: UpConfig, broker: str | None = None) -> int:
     try:
         say("ledgerlink up: site %r, data in %s" % (cfg.site, cfg.data_dir))
         if existing is None:
-            make_ledger(cfg)
-            say("new ledger: keys and genesis written to %s" % cfg.ledger_dir)
+            for line in make_ledger(cfg):
+                say("made: " + line)
         else:
             warning = _admin_warning(cfg, existing)
             if warning:
                 say(warning)
         stack = _make_stack_class()(cfg, say, broker)
+        fresh = {path: what for path, what in _first_run_files(stack, cfg).items() if not path.exists()}
         stack.start()
         started = True
+        for path, what in fresh.items():
+            if path.exists():
+                say("made: %s %s" % (what, path))
         for line in _summary(stack, cfg):
             say(line)
         say("ready: Ctrl-C or SIGTERM stops")

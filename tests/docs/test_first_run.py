@@ -82,3 +82,60 @@ def test_hil_session_step_says_what_it_needs_on_a_board_not_provisioned(tmp_path
     assert step["status"] == "skipped", step
     assert step["reason"] == "needs a provisioned board: no ledgerlink.key on it (run ledgerlink provision)"
     assert hil.render_session(step) == ["session and receipt: skipped (%s)" % step["reason"]]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_up_on_an_empty_site_makes_what_it_needs_and_says_what_it_made(tmp_path):
+    import json
+    import queue
+    import threading
+    import time
+
+    config = tmp_path / "up.json"
+    config.write_text(json.dumps({"data_dir": "site", "site": "first", "broker": {"port": _free_port()},
+                                  "ledger": {"nodes": 1}, "gateway": {"http_port": _free_port()},
+                                  "admin_key": "admin.key"}))
+    proc = subprocess.Popen([sys.executable, "-m", "ledgerlink.tools.cli", "up", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)], daemon=True).start()
+    out = []
+    try:
+        deadline = time.monotonic() + 120
+        while not any("] ready" in line for line in out):
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "".join(out)
+            out.append(line)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    text = "".join(out)
+    site = tmp_path / "site"
+    made = [line.split("] made: ", 1)[1].strip() for line in out if "] made: " in line]
+    assert made == ["admin key %s (mode 0600; the ledger's genesis admin)" % (tmp_path / "admin.key"),
+                    "1 validator keys, the gateway's ledger key, genesis and cluster.json in %s" % (site / "ledger"),
+                    "broker accounts and ACLs (gateways, consumer, broker admin) %s" % (site / "broker" / "accounts.json"),
+                    "site CA (the broker's TLS certificate is signed by it) %s" % (site / "broker" / "tls" / "ca.pem"),
+                    "the gateway's fog CA key (ECQV session certificates) %s" % (site / "ledger" / "keys" / "gw-ca.key")
+                    ], text
+    assert (tmp_path / "admin.key").stat().st_mode & 0o777 == 0o600
+    cluster = json.loads((site / "ledger" / "cluster.json").read_text())
+    from ledgerlink.core.backend import get_backend
+
+    admin = get_backend("cpython").public_key(bytes.fromhex((tmp_path / "admin.key").read_text().strip()), True)
+    assert cluster["genesis"]["admins"][0]["key"] == admin.hex()
+    # an existing ledger's admin key is not made again: a missing one is an error naming what to do
+    (tmp_path / "admin.key").unlink()
+    check = subprocess.run([sys.executable, "-m", "ledgerlink.tools.cli", "up", "--config", str(config), "--check"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 2 and "has its admin already" in check.stderr
