@@ -27,9 +27,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from ledgerlink.core import cbor, merkle, spv
+from ledgerlink.core import cbor, cose, merkle, spv
 from ledgerlink.core.backend import get_backend
-from ledgerlink.core.errors import InvalidMessage, InvalidProof
+from ledgerlink.core.errors import InvalidMessage, InvalidProof, LedgerlinkError
 from ledgerlink.gateway.chain_statements import covering as covering_statement
 from ledgerlink.gateway.store import Batch, Store
 from ledgerlink.ledger.state import encoding as enc
@@ -84,7 +84,27 @@ def verify_receipt(receipt: bytes | dict, frame: bytes, chain_id: str, validator
     if body.get(1) != 5 or body.get(6) != r[4]:
         raise InvalidProof("the transaction is not an anchor of this batch")
     merkle.verify_inclusion(merkle.leaf_hash(r[1]), r[3], r[4], r[5], body[5])
+    seq = frame_seq(frame)
+    if seq is not None and r.get(2) != seq:
+        raise InvalidProof("the receipt names seq %r, the frame has seq %d" % (r.get(2), seq))
     return header
+
+
+def frame_seq(frame: bytes) -> int | None:
+    """The seq a reading frame carries (the signed reading's key 2, or a session frame's Partial IV), or
+    None when ``frame`` is not a COSE reading. The receipt's seq is bookkeeping outside the proof; this
+    binds it to the frame the proof is for."""
+    try:
+        if frame[:1] == b"\xd2":
+            reading = cbor.loads(cose.decode_sign1(frame).payload)
+            seq = reading.get(2) if isinstance(reading, dict) else None
+            return seq if cbor.is_uint(seq) else None
+        if frame[:1] == b"\xd0":
+            piv = cose.decode_encrypt0(frame).partial_iv
+            return int.from_bytes(piv, "big") if piv else None
+    except (LedgerlinkError, ValueError, TypeError):
+        return None
+    return None
 
 
 def cbor_head(major: int, n: int) -> bytes:

@@ -589,7 +589,7 @@ def cmd_validators(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_verify_receipt(ctx: Context, args: argparse.Namespace) -> int:
-    from ledgerlink.gateway.batcher import verify_receipt
+    from ledgerlink.gateway.batcher import frame_seq, verify_receipt
 
     receipt = read_blob(args.receipt, "receipt")
     frame = read_blob(args.frame, "frame")
@@ -600,8 +600,10 @@ def cmd_verify_receipt(ctx: Context, args: argparse.Namespace) -> int:
     except (LedgerlinkError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         print("receipt does NOT verify for this frame: %s" % (exc or type(exc).__name__), file=sys.stderr)
         return EXIT_FAILED
-    print("receipt verified: frame %s (seq %s) is leaf %d of %d in a batch anchored by transaction %s in block %d"
-          % (r[1].hex(), r[2], r[3], r[4], enc.tx_id(r[6][1]).hex(), header.height))
+    seq = frame_seq(frame)
+    print("receipt verified: frame %s (%s) is leaf %d of %d in a batch anchored by transaction %s in block %d"
+          % (r[1].hex(), "not a reading" if seq is None else "seq %d" % seq, r[3], r[4],
+             enc.tx_id(r[6][1]).hex(), header.height))
     print(ctx.proof_line(header, votes))
     return EXIT_OK
 

@@ -56,6 +56,10 @@ def test_batch_anchored_and_receipts_verify(tmp_path):
         assert header.height == ledger.height
     with pytest.raises(InvalidProof):
         verify_receipt(receipts[0].payload, items[1][0], ledger.chain_id, ledger.keys)
+    renumbered = cbor.loads(receipts[0].payload)
+    renumbered[2] = 4
+    with pytest.raises(InvalidProof, match="seq"):
+        verify_receipt(cbor.dumps(renumbered), items[0][0], ledger.chain_id, ledger.keys)
     batch = store.batches("anchored")[0]
     rec = ledger.state.get_record(RecordKind.ANCHOR, [ledger.net["gateway"].id, batch.id])
     assert rec[3] == batch.root and rec[4] == 5
