@@ -1,4 +1,5 @@
-"""One live site per test module: mosquitto, a 4-node PBFT ledger and the gateway (``Stack``).
+"""One live site per test module and broker (mosquitto, and the embedded broker): the broker, a 4-node PBFT
+ledger and the gateway (``Stack``).
 
 The attacker publishes with its own paho MQTT 5 client straight to the broker; an observer subscribed
 to every device's ``down`` topic and to the ``verified`` topics sees what the gateway answers. The
@@ -212,10 +213,10 @@ class Net:
             assert res.valid, res.reason
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("attack-stack"), site=SITE, limits=LIMITS,
-              batch={"max": 256, "interval_ms": 50})
+@pytest.fixture(scope="module", params=["mosquitto", "embedded"])
+def stack(request, tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("attack-stack-" + request.param), site=SITE, limits=LIMITS,
+              batch={"max": 256, "interval_ms": 50}, broker=request.param)
     try:
         s.start()
         yield s
