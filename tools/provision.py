@@ -2,6 +2,10 @@
 
 ``ledgerlink provision --port PORT [--board esp32] (--cluster FILE | --up-config FILE) [--name N] ...``
 
+``ledgerlink provision --up-config UP.json --write-config FILE --name N [--broker-host HOST]`` writes, with
+no board, the device config ``ledgerlink deploy --config`` takes, from what the site's first run made: the
+broker's address, site, chain id, validator keys and the gateway's fog CA key (``site_device_config``).
+
 The device key pair is made ON THE BOARD, by ``ledgerlink.core.ecdsa`` with the board's ``os.urandom``;
 the board keeps the private key in ``ledgerlink.key`` (hex) and sends only its public key and its signed
 registration request (the proof of possession). The host checks the request, wraps it in an
@@ -484,6 +488,62 @@ def _broker_login(ctx: LedgerContext, dev: bytes, role: int, out: Callable[[str]
     return login
 
 
+def site_device_config(up_config: str, name: str, broker_host: str | None = None,
+                       wifi_file: str = "~/.config/ledgerlink/wifi.json") -> dict[str, Any]:
+    """The device config (what ``ledgerlink deploy --config`` takes) of the site a ``ledgerlink up`` config
+    names, from what its first run made: broker address, site, chain id, validator keys, the fog CA key."""
+    from pathlib import Path
+
+    from ledgerlink.core.backend import get_backend
+    from ledgerlink.tools import up
+
+    try:
+        cfg = up.load_config(up_config)
+        cluster = json.loads(cfg.cluster_path.read_text())
+        ca_key = up.read_key(cfg.ledger_dir / "keys" / "gw-ca.key", "fog CA key")
+        gateway_key = up.read_key(cfg.ledger_dir / "keys" / "gateway.key", "gateway key")
+    except up.ConfigError as exc:
+        raise ProvisionError("%s: start the site once with `ledgerlink up --config %s`" % (exc, up_config),
+                             EXIT_USAGE) from None
+    except OSError as exc:
+        raise ProvisionError("the site of %s has not run yet (%s): start it once with `ledgerlink up --config %s`"
+                             % (up_config, exc.strerror, up_config), EXIT_USAGE) from None
+    if cfg.broker_external is not None:
+        host, port = cfg.broker_external
+    else:
+        runtime = cfg.data_dir / "broker" / "runtime.json"        # the port the broker got (port 0: a free one)
+        port = json.loads(runtime.read_text())["port"] if runtime.is_file() else cfg.broker_port
+        host = cfg.broker_host
+    host = broker_host or host
+    if host in ("0.0.0.0", "::", ""):
+        raise ProvisionError("the broker listens on all addresses (%s): give the one devices reach it at with "
+                             "--broker-host" % host, EXIT_USAGE)
+    be = get_backend("cpython")
+    return {"broker": {"host": host, "port": port, "tls": False}, "site": cfg.site, "device_name": name,
+            "gateway_id": enc.device_id(be.public_key(gateway_key, True)).hex(), "chain_id": cluster["chain_id"],
+            "ca_public": be.public_key(ca_key, True).hex(), "mode": "session",
+            "validator_keys": list(cluster["validators"]), "wifi_file": wifi_file}
+
+
+def write_config(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
+    """``--write-config FILE``: the device config from the site of ``--up-config``, for ``ledgerlink deploy``."""
+    if not args.up_config or not args.name:
+        raise ProvisionError("--write-config needs --up-config (the site) and --name (the device)", EXIT_USAGE)
+    config = site_device_config(args.up_config, args.name, args.broker_host, args.wifi_file)
+    try:
+        with open(args.write_config, "x") as f:
+            f.write(json.dumps(config, indent=2) + "\n")
+    except FileExistsError:
+        raise ProvisionError("%s exists: not overwriting a device config (remove it first)" % args.write_config,
+                             EXIT_USAGE) from None
+    out("wrote %s: broker %s:%d, site %r, chain %r, %d validator keys, fog CA key %s"
+        % (args.write_config, config["broker"]["host"], config["broker"]["port"], config["site"],
+           config["chain_id"], len(config["validator_keys"]), config["ca_public"]))
+    out("next: ledgerlink deploy --config %s --board BOARD --port PORT, then ledgerlink provision --port PORT "
+        "--board BOARD --up-config %s" % (args.write_config, args.up_config))
+    return EXIT_OK
+
+
 def check(board: Board, out: Callable[[str], None] = print) -> int:
     answer = board.run(CHECK, {})
     _board_status(answer, board.port)
@@ -509,12 +569,22 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--new-key", action="store_true", help="replace the board's key with a new one (needs --force)")
     dev.add_argument("--force", action="store_true", help="allow --new-key to replace an existing key")
     p.add_argument("--check", action="store_true", help="only re-verify the proof stored on the board")
+    conf = p.add_argument_group("device config (no board needed)")
+    conf.add_argument("--write-config", metavar="FILE",
+                      help="write the device config for `ledgerlink deploy --config` from the site of --up-config "
+                           "(broker, site, chain_id, ca_public, validator_keys), named --name; then stop")
+    conf.add_argument("--broker-host", metavar="HOST",
+                      help="--write-config: the broker address devices connect to (default: the up config's)")
+    conf.add_argument("--wifi-file", default="~/.config/ledgerlink/wifi.json", metavar="FILE",
+                      help="--write-config: the Wi-Fi file deploy reads on the host (default %(default)s)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.write_config:
+            return write_config(args)
         return provision(args)
     except ProvisionError as exc:
         print("ledgerlink provision: error: %s" % exc, file=sys.stderr)

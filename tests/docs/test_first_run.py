@@ -93,7 +93,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_up_on_an_empty_site_makes_what_it_needs_and_says_what_it_made(tmp_path):
+def test_up_on_an_empty_site_makes_what_it_needs_and_provision_writes_the_device_config(tmp_path):
     import json
     import queue
     import threading
@@ -134,6 +134,26 @@ def test_up_on_an_empty_site_makes_what_it_needs_and_says_what_it_made(tmp_path)
 
     admin = get_backend("cpython").public_key(bytes.fromhex((tmp_path / "admin.key").read_text().strip()), True)
     assert cluster["genesis"]["admins"][0]["key"] == admin.hex()
+    # the device config comes from the site: deploy takes it as it is
+    from ledgerlink.tools import deploy
+
+    device = tmp_path / "press-1.json"
+    wrote = subprocess.run([sys.executable, "-m", "ledgerlink.tools.cli", "provision", "--up-config", str(config),
+                            "--write-config", str(device), "--name", "press-1"], capture_output=True, text=True,
+                           timeout=60)
+    assert wrote.returncode == 0, wrote.stderr
+    written = json.loads(device.read_text())
+    broker_port = json.loads(config.read_text())["broker"]["port"]
+    assert written["broker"] == {"host": "127.0.0.1", "port": broker_port, "tls": False}
+    assert written["site"] == "first" and written["device_name"] == "press-1"
+    assert written["chain_id"] == cluster["chain_id"] and written["validator_keys"] == cluster["validators"]
+    ca_key = bytes.fromhex((site / "ledger" / "keys" / "gw-ca.key").read_text().strip())
+    assert written["ca_public"] == get_backend("cpython").public_key(ca_key, True).hex()
+    assert deploy.load_config(device, deploy.load_profile("virtual"))["ca_public"] == written["ca_public"]
+    again = subprocess.run([sys.executable, "-m", "ledgerlink.tools.cli", "provision", "--up-config", str(config),
+                            "--write-config", str(device), "--name", "press-1"], capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode == 2 and "exists: not overwriting" in again.stderr
     # an existing ledger's admin key is not made again: a missing one is an error naming what to do
     (tmp_path / "admin.key").unlink()
     check = subprocess.run([sys.executable, "-m", "ledgerlink.tools.cli", "up", "--config", str(config), "--check"],
