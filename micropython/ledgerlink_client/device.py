@@ -466,10 +466,12 @@ class DeviceClient:
             if not self._connect(now):
                 return
         keepalive_ms = self.config["keepalive_s"] * 1000
+        pending = getattr(self.mqtt, "pending", None)
         try:
-            self._maintain_session(now)
-            self.delivery.send(now)
-            self.delivery.ask(now)
+            if pending is None or not pending():    # what already arrived is handled before anything is resent
+                self._maintain_session(now)
+                self.delivery.send(now)
+                self.delivery.ask(now)
             if self._ping_sent is not None:
                 if self.ticks_diff(now, self._ping_sent) > keepalive_ms:
                     raise OSError("no answer to PINGREQ")

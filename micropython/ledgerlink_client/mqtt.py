@@ -366,8 +366,25 @@ class MQTTClient:
     def ping(self):
         self.stream.write(encode_pingreq())
 
+    def pending(self):
+        """True when a whole packet is already in the buffer (``poll`` returns it without reading)."""
+        buf = self._buf
+        n = 0
+        shift = 0
+        i = 1
+        while i < len(buf) and i <= 4:
+            b = buf[i]
+            n |= (b & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not b & 0x80:
+                return len(buf) >= i + n
+        return False
+
     def poll(self, timeout_ms=0):
-        """Read what arrives within ``timeout_ms`` and return the events of all complete packets."""
+        """Read what arrives within ``timeout_ms`` and return the events of the complete packets, up to and
+        including the first PUBLISH: the next messages wait in the buffer as raw bytes, so a burst of
+        receipts is decoded and checked one at a time instead of all held decoded at once."""
         events = []
         pkt = self._read_packet(timeout_ms)
         while pkt is not None:
@@ -383,6 +400,7 @@ class MQTTClient:
                 if pkt.qos == 1:
                     self.stream.write(encode_puback(pkt.pid))
                 events.append(("msg", pkt.topic, pkt.payload, pkt.qos, pkt.retain))
+                return events
             else:
                 raise MQTTError("unexpected packet type %d from the broker" % pkt.kind)
             pkt, used = parse(self._buf, self.max_packet)

@@ -117,9 +117,31 @@ def test_client_poll_splits_packets_and_acks_qos1():
                 mqtt.encode_pingresp())
     pipe = Pipe([incoming[:5], incoming[5:]])
     client = mqtt.MQTTClient(pipe, "c")
-    events = client.poll(10) + client.poll(10)
+    events = client.poll(10) + client.poll(10) + client.poll(10)
     assert events == [("puback", 7), ("msg", "x/down", b"hi", 1, False), ("pingresp",)]
     assert pipe.written == [mqtt.encode_puback(9)]
+
+
+def test_client_poll_returns_at_most_one_message():
+    """A burst of receipts is decoded one message per poll: the rest waits as raw bytes, so a board's heap
+    never holds every decoded payload of a batch while it checks the first."""
+    incoming = b"".join(mqtt.encode_publish("x/down", b"r%d" % i, 1, pid=i + 1) for i in range(3)) + mqtt.encode_puback(4)
+    client = mqtt.MQTTClient(Pipe([incoming]), "c")
+    assert client.poll(10) == [("msg", "x/down", b"r0", 1, False)]
+    assert client.poll(10) == [("msg", "x/down", b"r1", 1, False)]
+    assert client.poll(10) == [("msg", "x/down", b"r2", 1, False)]
+    assert client.poll(10) == [("puback", 4)]
+
+
+def test_client_pending_says_when_a_whole_packet_waits_in_the_buffer():
+    incoming = mqtt.encode_publish("x/down", b"r" * 200, 1, pid=1) + mqtt.encode_puback(2)
+    client = mqtt.MQTTClient(Pipe([incoming[:100], incoming[100:]]), "c")
+    assert not client.pending()
+    assert client.poll(10) == []                 # half a packet read
+    assert not client.pending()
+    assert client.poll(10)[0][0] == "msg"
+    assert client.pending()                      # the PUBACK came with it and waits
+    assert client.poll(10) == [("puback", 2)] and not client.pending()
 
 
 def test_client_connect_refused_and_silent():
