@@ -87,6 +87,7 @@ DEFAULTS = {
     "receipt_wait_ms": 30000,
     "receipts_kept": 32,
     "gc_threshold": 8192,
+    "header_cache": 1,
 }
 
 SESSION_FILE = "llsess"
@@ -121,6 +122,24 @@ def _default_rng(n):
     import os
 
     return os.urandom(n)
+
+
+# Modules a session opening needs and nothing after it (device_protocol imports them when the next one opens).
+SESSION_OPEN_MODULES = ("ecqv", "session_keys", "ecdh")
+
+
+def _unload(names):
+    """On MicroPython, forget the ``ledgerlink.core`` modules ``names`` (sys.modules and the package's
+    attribute), so their functions and tables are freed until they are imported again; a no-op on CPython."""
+    import sys
+
+    if sys.implementation.name != "micropython":
+        return
+    package = sys.modules.get("ledgerlink.core")
+    for name in names:
+        sys.modules.pop("ledgerlink.core." + name, None)
+        if package is not None and name in package.__dict__:
+            delattr(package, name)
 
 
 def _collect_every(n):
@@ -175,7 +194,7 @@ class DeviceClient:
         self.sleep_ms = sleep_ms or _sleep_ms
         self.protocol = dp.DeviceProtocol(
             identity, cfg["site"], self.seq, cfg.get("chain_id"), cfg.get("validators"), cfg.get("ca_public"),
-            cfg.get("gateway_keys"), backend, self.rng, cfg["max_tracked"], cfg.get("device_id"))
+            cfg.get("gateway_keys"), backend, self.rng, cfg["max_tracked"], cfg.get("device_id"), cfg["header_cache"])
         self.device_id = self.protocol.device_id
         if cfg.get("device_id") is not None and bytes(cfg["device_id"]) != self.device_id:
             raise ValueError("device_id does not belong to the identity key")
@@ -393,6 +412,7 @@ class DeviceClient:
             if len(self.receipts) > self.config["max_results"]:
                 self.receipts.pop(0)
         elif isinstance(result, dp.SessionOpened):
+            _unload(SESSION_OPEN_MODULES)
             self.stats["sessions_opened"] += 1
             self._session_at = None
             self.storage.replace(SESSION_FILE, dp.encode_session(self.protocol.session))

@@ -700,6 +700,7 @@ class DeviceProtocol:
                 return ReceiptResult(False, seq, frame_hash, "anchor is not signed by a known gateway")
             if not self._anchor_signed(key, sign1):
                 return ReceiptResult(False, seq, frame_hash, "anchor signature does not verify")
+        sign1 = body = None             # not kept alive through the header's signature checks
         merkle.verify_inclusion(merkle.leaf_hash(frame_hash), index, size, path, root)
         header = self._certified_header(r[7])
         spv.verify_tx_inclusion(header, tx, tx_index, tx_count, tx_path)
@@ -727,8 +728,10 @@ class DeviceProtocol:
     def _certified_header(self, certified):
         """The checked Header of a certified header, from the cache when the same bytes were checked
         against the same chain and validator set."""
-        raw = cbor.dumps(certified) if not isinstance(certified, (bytes, bytearray)) else bytes(certified)
-        mark = _sha256(cbor.dumps([self.chain_id, self.validator_keys, raw]))
+        h = hashlib.sha256(cbor.dumps([self.chain_id, self.validator_keys]))
+        h.update(cbor.dumps(certified) if not isinstance(certified, (bytes, bytearray)) else certified)
+        mark = h.digest()
+        h = None                        # no copy of the header's bytes stays alive through the signature checks
         for entry in self._headers:
             if entry[0] == mark:
                 return entry[1]
