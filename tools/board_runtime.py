@@ -6,8 +6,8 @@ folder's README) behaves like a board: a real garbage collector, ``-X heapsize=N
 holds it: ``sdk/__init__.py`` and ``sdk/core/*.py`` as ``lib/ledgerlink/...`` and
 ``micropython/ledgerlink_client/*.py`` as ``lib/ledgerlink_client/...``, compiled with ``mpy-cross``:
 - ``files``: .mpy files on a filesystem (bytecode is copied to the heap when imported);
-- ``romfs``: an image made by ``mpremote romfs --no-mpy -o IMG build DIR`` and mapped at ``/rom``
-  (bytecode runs in place, as after ``mpremote romfs deploy``).
+- ``romfs``: the image ``ledgerlink deploy --layout romfs`` writes (``deploy.build_image``), mapped at
+  ``/rom`` (bytecode runs in place, as after ``mpremote romfs deploy``).
 
 ``Board.run(code)`` compiles ``code`` (after a short preamble) to a .mpy, imports it in a fresh
 board32 process and returns its output with ``gc.peak_live()``: the highest live heap seen after any
@@ -100,15 +100,15 @@ def library_sources() -> dict[str, Path]:
     return files
 
 
-def build_romfs(source_dir: Path, image: Path) -> None:
-    """``mpremote romfs --no-mpy -o image build source_dir``; BoardError with its output on failure."""
-    exe = shutil.which("mpremote")
-    if exe is None:
-        raise BoardError("mpremote not found: install the project (pip install -e .) to get it")
-    result = subprocess.run([exe, "romfs", "--no-mpy", "-o", str(image), "build", str(source_dir)],
-                            capture_output=True, text=True)
-    if result.returncode != 0 or not image.is_file():
-        raise BoardError("mpremote romfs build failed: " + (result.stderr or result.stdout).strip()[-400:])
+def build_romfs(files: Mapping[str, Path], image: Path) -> None:
+    """The ROMFS image of ``files`` (image path -> source) at ``image``, made by ``deploy.build_image``
+    (the image ``ledgerlink deploy --layout romfs`` writes); BoardError with the reason on failure."""
+    from ledgerlink.tools import deploy
+
+    try:
+        deploy.build_image(files, image)
+    except deploy.DeployError as exc:
+        raise BoardError("ROMFS image not built: %s" % exc) from None
 
 
 def parse_size(text: str) -> int:
@@ -203,7 +203,9 @@ class Board:
         self.image: Path | None = None
         if layout == "romfs":
             self.image = self.dir / "lib.romfs"
-            build_romfs(self.fs, self.image)
+            image_files = {"lib/" + rel.replace(".py", ".mpy"): src for rel, src in library_sources().items()}
+            image_files.update({name + ".mpy": src for name, src in (extra_modules or {}).items()})
+            build_romfs(image_files, self.image)
 
     @property
     def name(self) -> str:
@@ -302,10 +304,8 @@ def factory():
     return mqtt.MQTTClient(transport.open_socket('127.0.0.1', %(port)d), %(client_id)r, keepalive=30,
                            username=%(username)r, password=%(password)r)
 
-cfg = {'site': %(site)r, 'mode': %(mode)r, 'identity_key': bytes.fromhex(%(priv)r),
-       'ca_public': bytes.fromhex(%(ca)r), 'chain_id': %(chain)r,
-       'validators': [bytes.fromhex(k) for k in %(validators)r],
-       'gateway_keys': {bytes.fromhex(%(gw_id)r): bytes.fromhex(%(gw_key)r)}}
+with open(%(config)r, 'rb') as f:   # the configuration provisioning leaves on the board's flash
+    cfg = cbor.loads(f.read())
 storage = queue.FileStorage(%(flash)r)   # queues, counter and session on flash, as on a board
 storage.replace('llcmd', device.dp.encode_commands(0, {}))   # the empty command record provisioning writes
 client = device.DeviceClient(cfg, factory, storage=storage)
@@ -371,12 +371,15 @@ class CycleSite:
         flash = board.input / ("flash-%d" % self.devices)
         flash.mkdir()
         login = stack.device_login(device.device_id)
+        config = board.input / ("config-%d.cbor" % self.devices)
+        config.write_bytes(cbor.dumps({
+            "site": stack.site, "mode": mode, "identity_key": priv, "ca_public": stack.public_key("gw-ca"),
+            "chain_id": stack.chain_id, "validators": list(stack.validators),
+            "gateway_keys": {stack.gateway_id: stack.public_key("gateway")}}))
         program = CYCLE % {
             "port": stack.broker_port, "client_id": login["username"], "username": login["username"],
-            "password": login["password"], "site": stack.site, "mode": mode,
-            "priv": priv.hex(), "ca": stack.public_key("gw-ca").hex(), "chain": stack.chain_id,
-            "validators": [k.hex() for k in stack.validators], "gw_id": stack.gateway_id.hex(),
-            "gw_key": stack.public_key("gateway").hex(), "n": CYCLE_READINGS, "flash": str(flash)}
+            "password": login["password"], "mode": mode, "config": str(config), "n": CYCLE_READINGS,
+            "flash": str(flash)}
         value, result = board.run_json_result(program, board_heap=heap, timeout=CYCLE_TIMEOUT_S)
         return value, result
 
