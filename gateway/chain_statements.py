@@ -128,10 +128,11 @@ def covered(sid: bytes, first: int, last: int, head: bytes, frames: dict[int, tu
 
 
 def covering(store: Store, frame_hash: bytes, statements: dict[bytes, bool] | None = None,
-             statement: bytes | None = None) -> bytes | None:
+             statement: bytes | None = None, frame_id: int = 0) -> bytes | None:
     """The frame hash of the stored, anchored chain statement that covers the frame ``frame_hash``, or None.
-    ``statement``: the one ``chain_frames`` names, when the caller read it already; ``statements`` caches
-    whether each statement is stored and anchored, for the receipts of one batch."""
+    ``statement``: the one ``chain_frames`` names, when the caller read it already, and ``frame_id`` the
+    frame's message id (a statement is stored after the frames it covers); ``statements`` caches whether
+    each statement is stored and anchored, for the receipts of one batch."""
     if statement is None:
         try:
             statement = store.covering(frame_hash)
@@ -141,7 +142,7 @@ def covering(store: Store, frame_hash: bytes, statements: dict[bytes, bool] | No
             return None
     ok = statements.get(statement) if statements is not None else None
     if ok is None:
-        msg = store.message_by_hash(statement)
+        msg = store.message_by_hash(statement, frame_id)
         ok = msg is not None and store.anchored_batch_of(msg) is not None
         if statements is not None:
             statements[statement] = ok

@@ -361,9 +361,10 @@ class Store:
                 self.db.execute(sql, [v for row in rows[i:i + size] for v in row])
                 i += size
 
-    def _by_hash(self, h: bytes, column: str, with_frame: bool, whole_row: bool = False) -> Any:
+    def _by_hash(self, h: bytes, column: str, with_frame: bool, whole_row: bool = False, after_id: int = 0) -> Any:
         """``column`` (columns, with ``whole_row``) of the stored message whose frame hash is ``h``, None
-        when there is none: through the frame index, then among the messages after it. ``with_frame``: only
+        when there is none: through the frame index, then among the messages after it (and after message
+        ``after_id``, when the caller knows the message is newer than that). ``with_frame``: only
         rows that hold their frame (those of the earlier layout have it in ``blobs``). Read through the
         reader, which attaches the index; inside the writer's transaction it sees every other process's
         committed rows."""
@@ -371,8 +372,8 @@ class Store:
         columns = _prefixed(column)
         rows = self._query("SELECT %s FROM frames.frame_index f JOIN messages m ON m.id = f.id "
                            "WHERE f.prefix = ? AND m.frame_hash = ?%s" % (columns, held), (h[:FRAME_PREFIX], h)) \
-            or self._query("SELECT %s FROM messages m WHERE m.id > %s AND m.frame_hash = ?%s"
-                           % (columns, INDEXED_UPTO, held), (h,))
+            or self._query("SELECT %s FROM messages m WHERE m.id > MAX(%s, ?) AND m.frame_hash = ?%s"
+                           % (columns, INDEXED_UPTO, held), (after_id, h))
         if not rows:
             return None
         return rows[0] if whole_row else rows[0][0]
@@ -403,12 +404,14 @@ class Store:
                            (batch_id,))
         return [(h, dev, seq, leaf) for leaf, (h, dev, seq) in enumerate(rows)]
 
-    def batch_covering(self, batch_id: bytes) -> dict[bytes, bytes]:
-        """Frame hash -> the chain statement (its frame hash) that covers it, for the covered frames of a batch
-        (one query; whether each statement is stored and anchored is for the caller to check)."""
-        return dict(self._query("SELECT c.frame_hash, c.statement FROM batches b JOIN messages m "
-                                "ON m.id BETWEEN b.first_id AND b.last_id AND m.owner = b.owner "
-                                "JOIN chain_frames c ON c.frame_hash = m.frame_hash WHERE b.id = ?", (batch_id,)))
+    def batch_covering(self, batch_id: bytes) -> dict[bytes, tuple[bytes, int]]:
+        """Frame hash -> (the chain statement (its frame hash) that covers it, the frame's message id), for the
+        covered frames of a batch (one query; whether each statement is stored and anchored is for the caller
+        to check)."""
+        return {h: (statement, i) for h, statement, i in self._query(
+            "SELECT c.frame_hash, c.statement, m.id FROM batches b JOIN messages m "
+            "ON m.id BETWEEN b.first_id AND b.last_id AND m.owner = b.owner "
+            "JOIN chain_frames c ON c.frame_hash = m.frame_hash WHERE b.id = ?", (batch_id,))}
 
     def covering(self, frame_hash: bytes) -> bytes | None:
         """The frame hash of the chain statement recorded as covering the frame ``frame_hash``, or None."""
@@ -424,9 +427,10 @@ class Store:
         return {dev: (highest, int.from_bytes(seen, "little"))
                 for dev, highest, seen in self._query("SELECT device, highest, seen FROM device_seqs")}
 
-    def message_by_hash(self, h: bytes) -> StoredMessage | None:
-        """The stored message whose frame hash is ``h`` (by any owner), None when there is none."""
-        row = self._by_hash(h, MESSAGE_COLUMNS, with_frame=False, whole_row=True)
+    def message_by_hash(self, h: bytes, after_id: int = 0) -> StoredMessage | None:
+        """The stored message whose frame hash is ``h`` (by any owner), None when there is none; ``after_id``:
+        it is known to be newer than that message (fewer rows past the frame index to look through)."""
+        row = self._by_hash(h, MESSAGE_COLUMNS, with_frame=False, whole_row=True, after_id=after_id)
         return StoredMessage(*row) if row is not None else None
 
     def message_by_seq(self, device: bytes, seq: int) -> StoredMessage | None:
