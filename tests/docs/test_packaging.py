@@ -98,3 +98,17 @@ def test_installed_wheel_deploys_the_board_library(installed, tmp_path):
         assert "verified: library imports on the board" in result.stdout
         shown = deploy.mpremote(board.url, "exec", "import ledgerlink_client.device as d\nprint(d.__file__)")
         assert shown.stdout.split() == ["/rom/lib/ledgerlink_client/device.mpy"], shown.stderr
+
+
+@pytest.mark.slow
+def test_mip_installs_the_board_client_from_package_json(tmp_path):
+    """`mpremote mip install` with this package.json (a local path here, github:OWNER/ledgerlink on a board)."""
+    with VirtualBoard(tmp_path / "flash", heap_bytes=400_000, romfs_bytes=0) as board:
+        result = subprocess.run([sys.executable, "-m", "mpremote", "connect", board.url, "mip", "install", "--target",
+                                 "/lib", str(ROOT / "package.json")], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0 and "Done" in result.stdout, result.stdout + result.stderr
+        shown = deploy.mpremote(board.url, "exec", "import ledgerlink_client.device as d, ledgerlink.core.p256 as p, "
+                                                   "bme280\nprint(d.__file__, p.__file__, bme280.__file__)")
+    paths = shown.stdout.split()
+    assert [p.split("/flash/", 1)[1] for p in paths] == ["lib/ledgerlink_client/device.py",
+                                                        "lib/ledgerlink/core/p256.py", "lib/bme280.py"], shown.stderr
