@@ -162,28 +162,49 @@ def _profiled(run: Any, path: str) -> None:
         stats.dump_stats(path)
 
 
-def _wait_for_go() -> bool:
-    """As a warm standby: import what ``build`` and ``run`` import later, then wait for ``go`` on stdin; False at
+def _wait_for_go() -> list[str] | None:
+    """As a warm standby: import what ``build`` and ``run`` import later, then wait for a line ``go`` on stdin,
+    optionally followed by a JSON list [config path, log path]; that list ([] for a plain ``go``), or None at
     the end of input (the supervisor stops the standby)."""
     import ledgerlink.ledger.client  # noqa: F401 - imported now, not after the start
     import ledgerlink.ledger.transport  # noqa: F401
 
-    return sys.stdin.readline().strip() == "go"
+    line = sys.stdin.readline()
+    if not line.startswith("go"):
+        return None
+    rest = line[2:].strip()
+    return [str(x) for x in json.loads(rest)] if rest else []
+
+
+def _log_to(path: str) -> None:
+    """Send this process's stdout and stderr to the end of ``path`` (made with mode 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="ledgerlink gateway", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Run one gateway from its config file, until SIGINT or SIGTERM.",
                                 epilog=__doc__[__doc__.index("The config"):])
-    p.add_argument("--config", required=True, help="gateway config (JSON or TOML; format below)")
+    p.add_argument("--config", help="gateway config (JSON or TOML; format below); required")
     p.add_argument("--log-level", default=os.environ.get("LEDGERLINK_LOG", "INFO"),
                    help="DEBUG, INFO, WARNING or ERROR (default $LEDGERLINK_LOG, else INFO)")
     p.add_argument("--standby", action="store_true",
-                   help="import everything, then wait for a line 'go' on stdin before starting (a supervisor's warm "
-                        "standby: a restart then skips the interpreter's start and imports); exit at end of input")
+                   help="import everything, then wait for a line 'go' on stdin before starting, optionally followed by "
+                        "a JSON list [config, log file] (a supervisor's warm standby: a restart then skips the "
+                        "interpreter's start and imports); exit at end of input")
     args = p.parse_args(argv)
-    if args.standby and not _wait_for_go():
-        return
+    if args.standby:
+        go = _wait_for_go()
+        if go is None:
+            return
+        if go:
+            args.config = go[0]
+            _log_to(go[1])
+    if not args.config:
+        p.error("--config is required")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s gateway %(name)s %(levelname)s %(message)s")
     cfg = load_config(args.config)

@@ -29,14 +29,15 @@ part: pid, state, restarts, last exit status) and
 ``data_dir/status.prom`` (Prometheus text: ``ledgerlink_site_restarts_total``,
 ``ledgerlink_site_part_up``, for a node exporter's text-file collector).
 
-Warm standby (``warm_standby``, on by default): ``supervise`` keeps, for each gateway process that runs
-and has subscribed, a second interpreter that has imported the gateway and waits
-(``ledgerlink.gateway.main --standby``); a crashed gateway is started again from it, which saves the
-interpreter's start and imports (about 0.4 s of CPU, several seconds on a loaded machine: most of the
-time from a restart to its first new receipt, ``python3 -m ledgerlink.tools.chaos --timeline``). A
-standby costs the memory of an idle interpreter with the gateway's modules, holds no file or connection,
-and ends with the site (the end of its input, or the parent-death signal). It runs the code it imported:
-after an upgrade, restart the site.
+Warm standby (``warm_standby``, on by default): once every gateway process runs and has subscribed,
+``supervise`` keeps ``min(gateways, MAX_STANDBYS)`` spare interpreters that have imported the gateway
+and wait (``ledgerlink.gateway.main --standby``, output to ``gateway-standby.log`` until used); a
+crashed gateway is started again from one of them (its config and log named on its input), which saves
+the interpreter's start and imports (about 0.4 s of CPU, several seconds on a loaded machine: most of
+the time from a restart to its first new receipt, ``python3 -m ledgerlink.tools.chaos --timeline``).
+A standby costs the memory of an idle interpreter with the gateway's modules (about 35 MB), holds no
+file or connection, and ends with the site (the end of its input, or the parent-death signal). It runs
+the code it imported: after an upgrade, restart the site.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ MAX_KEEPALIVE_S = 300                 # keep alive granted at most (MQTT 5 serve
 AUTOSAVE_S = 1                        # mosquitto writes its persistence file this often
 RESTART_FIRST_S = 0.5                 # delay before a crashed part is started again; doubled per crash in a row
 RESTART_MAX_S = 30.0
-STANDBY_GO = b"go\n"                  # tells a gateway's warm standby to start (``spawn_gateway``)
+MAX_STANDBYS = 2                      # warm standby interpreters kept for gateway restarts (at most one per gateway)
+STANDBY_LOG = "gateway-standby.log"   # a standby's output until it becomes a gateway
 STABLE_S = 60.0                       # a part that ran this long counts its next crash as the first in a row
 STATUS_EVERY_S = 5.0                  # status files are written at least this often (and at each event)
 REASON_OK = 0
@@ -284,7 +286,7 @@ class Stack:
         self.followed: int | None = None            # ledger height whose bans the broker accounts reflect
         self.parts: dict[str, _Part] = {}
         self.stopping = False
-        self.standbys: dict[int, subprocess.Popen] = {}   # gateway index -> its warm standby (``supervise``)
+        self.standbys: list[subprocess.Popen] = []          # warm standbys of the gateways (``supervise``)
         self.warm_standby = warm_standby
         self.status_written = float("-inf")
 
@@ -453,7 +455,7 @@ class Stack:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.gateways:
             stop_process(proc, 15)
-        for proc in self.standbys.values():
+        for proc in self.standbys:
             _end_standby(proc)
         self.standbys.clear()
         if self.ledger is not None:
@@ -491,34 +493,34 @@ class Stack:
         return out
 
     def _respawn_gateway(self, index: int) -> None:
-        """Start gateway ``index`` again, from its warm standby when it has one, without waiting for it to
+        """Start gateway ``index`` again, from a warm standby when there is one, without waiting for it to
         subscribe (``supervise`` reports that)."""
         cfg = self._gateway_config(*self._gateway_http(index), index)
+        self.standbys = [p for p in self.standbys if p.poll() is None]
         offset = spawn_gateway(cfg, self.data_dir, gateway_name(index),
-                               functools.partial(self.gateways.__setitem__, index - 1), self.standbys.pop(index, None))
+                               functools.partial(self.gateways.__setitem__, index - 1),
+                               self.standbys.pop(0) if self.standbys else None)
         self.parts[part_name("gateway", index, len(self.gateways))].watch = offset
 
     def _keep_standbys(self) -> None:
-        """Give each running gateway that has subscribed a warm standby (made after it subscribed, so the
-        standby's imports do not slow the gateway's own start)."""
+        """Start one more warm standby when fewer than ``min(gateways, MAX_STANDBYS)`` wait, once every gateway
+        runs and has subscribed (so a standby's imports do not slow a gateway's own start)."""
         if not self.warm_standby:
             return
+        self.standbys = [p for p in self.standbys if p.poll() is None]
+        if len(self.standbys) >= min(len(self.gateways), MAX_STANDBYS):
+            return
         for index in range(1, len(self.gateways) + 1):
-            standby = self.standbys.get(index)
-            if standby is not None and standby.poll() is None:
-                continue
             part = self.parts.get(part_name("gateway", index, len(self.gateways)))
             if self.gateways[index - 1] is None or (part is not None and (part.due is not None or part.watch is not None)):
-                continue
-            path = self.data_dir / (gateway_name(index) + ".json")
-            with private_log(self.data_dir / (gateway_name(index) + ".log")) as log:
-                spawn([sys.executable, "-m", "ledgerlink.gateway.main", "--standby", "--config", str(path),
-                       "--log-level", "INFO"], log, functools.partial(self.standbys.__setitem__, index),
-                      stdin=subprocess.PIPE)
+                return
+        with private_log(self.data_dir / STANDBY_LOG) as log:
+            spawn([sys.executable, "-m", "ledgerlink.gateway.main", "--standby", "--log-level", "INFO"], log,
+                  self.standbys.append, stdin=subprocess.PIPE)
 
     def standby_pids(self) -> list[int]:
         """Process ids of the gateways' warm standbys."""
-        return [p.pid for p in self.standbys.values() if p.poll() is None]
+        return [p.pid for p in self.standbys if p.poll() is None]
 
     def supervise(self, now: float | None = None) -> list[str]:
         """Start again each part that exited by itself, once its restart delay has passed; the lines to report.
@@ -742,16 +744,16 @@ def _end_standby(proc: subprocess.Popen) -> None:
 def spawn_gateway(cfg: dict, data_dir: Path, name: str, keep: Callable[[subprocess.Popen], None],
                   standby: subprocess.Popen | None = None) -> int:
     """Write ``data_dir/<name>.json`` and start the gateway with output to ``<name>.log``, handing the process
-    to ``keep`` (as ``spawn`` does); the log's size before it started. ``standby``: a warm standby of this
-    gateway (``ledgerlink.gateway.main --standby``, its imports done), told to start instead of a new
-    process when it still runs."""
+    to ``keep`` (as ``spawn`` does); the log's size before it started. ``standby``: a warm standby
+    (``ledgerlink.gateway.main --standby``, its imports done), told to start as this gateway instead of a
+    new process when it still runs."""
     path = data_dir / (name + ".json")
     path.write_text(json.dumps(cfg, indent=2) + "\n")
     log_path = data_dir / (name + ".log")
     start = log_path.stat().st_size if log_path.exists() else 0
     if standby is not None and standby.poll() is None and standby.stdin is not None:
         try:
-            standby.stdin.write(STANDBY_GO)
+            standby.stdin.write(b"go " + json.dumps([str(path), str(log_path)]).encode() + b"\n")
             standby.stdin.close()
             keep(standby)
             return start
