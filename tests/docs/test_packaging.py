@@ -112,3 +112,16 @@ def test_mip_installs_the_board_client_from_package_json(tmp_path):
     paths = shown.stdout.split()
     assert [p.split("/flash/", 1)[1] for p in paths] == ["lib/ledgerlink_client/device.py",
                                                         "lib/ledgerlink/core/p256.py", "lib/bme280.py"], shown.stderr
+
+
+@pytest.mark.slow
+def test_every_command_runs_from_the_installed_wheel(installed):
+    from ledgerlink.tools import cli
+
+    for command in ["demo", *cli.PASSTHROUGH]:
+        usage = _ledgerlink(installed, command, "--help", timeout=120)
+        assert usage.returncode == 0 and usage.stdout.startswith("usage: ledgerlink " + command), usage.stderr
+    library = _ledgerlink(installed, "demo", "--library")
+    assert library.returncode == 0 and "all steps passed" in library.stdout, library.stdout + library.stderr
+    live = _ledgerlink(installed, "demo", "--devices", "2", "--duration", "4", timeout=300)
+    assert live.returncode == 0 and "demo passed: every step worked" in live.stdout, live.stdout + live.stderr
