@@ -335,11 +335,29 @@ class MqttGateway:
                 self.events.put(("header", last_header[1]))
 
     def run(self) -> None:
-        """Connect and serve until ``stop()``."""
-        self.service.restore(self.clock())
+        """Connect and serve until ``stop()``. The broker connection is made first, and the newest header is
+        asked of the ledger on a thread of its own, so neither waits for the other nor for the store's restore
+        (frames that come meanwhile wait in the queue for the checks, which start after the restore)."""
+        self._connect()
+        try:
+            self.service.restore(self.clock())
+        except BaseException:
+            self._disconnect()
+            raise
+        threading.Thread(target=self._first_header, name="ll-gw-header", daemon=True).start()
+        threads = [threading.Thread(target=self._batch_loop, name="ll-gw-batcher", daemon=True),
+                   threading.Thread(target=self._follow_loop, name="ll-gw-follow", daemon=True)]
+        committer = threading.Thread(target=self._commit_loop, name="ll-gw-commit", daemon=True)
+        for t in threads + [committer]:
+            t.start()
+        self._serve(threads, committer)
+
+    def _first_header(self) -> None:
         header = fetch_header(self.ledger)
         if header is not None:
             self.events.put(("header", header))
+
+    def _connect(self) -> None:
         if self.client_kind == "ledgerlink":
             self.client.start()
         else:
@@ -348,11 +366,8 @@ class MqttGateway:
             props.ReceiveMaximum = self.receive_maximum
             self.client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
             self.client.loop_start()
-        threads = [threading.Thread(target=self._batch_loop, name="ll-gw-batcher", daemon=True),
-                   threading.Thread(target=self._follow_loop, name="ll-gw-follow", daemon=True)]
-        committer = threading.Thread(target=self._commit_loop, name="ll-gw-commit", daemon=True)
-        for t in threads + [committer]:
-            t.start()
+
+    def _serve(self, threads: list[threading.Thread], committer: threading.Thread) -> None:
         try:
             self._checks_loop()
         finally:
@@ -368,11 +383,14 @@ class MqttGateway:
             self.fetches.shutdown(wait=False, cancel_futures=True)
             if self.service.verifier is not None:
                 self.service.verifier.close()
-            if self.client_kind == "ledgerlink":
-                self.client.stop()
-            else:
-                self.client.disconnect()
-                self.client.loop_stop()
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        if self.client_kind == "ledgerlink":
+            self.client.stop()
+        else:
+            self.client.disconnect()
+            self.client.loop_stop()
 
     def stop(self) -> None:
         self.stop_event.set()
