@@ -50,3 +50,12 @@ def test_help_names_the_command_and_documents_every_option(command, monkeypatch,
         if parser.description:
             text = " ".join(parser.description.split())
             assert text[-1] in ".)", "description stops mid-sentence: %r" % text[-60:]
+
+
+def test_gateway_help_describes_its_config(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["gateway", "--help"])
+    out = capsys.readouterr().out
+    for key in ('"site"', '"mqtt"', '"store"', '"keys"', '"ledger"', '"trust"', '"limits"', '"batch"', '"http"',
+                "verify_threads", "Relative paths are relative to the config file"):
+        assert key in out, key
