@@ -34,7 +34,8 @@ later runs reuse them. When everything runs it prints where each part is and a l
 
 The site is supervised: a part that exits by itself (a crashed gateway, ledger node or broker) is started
 again with backoff while the others keep running (``ledgerlink.tools.stack``: 0.5 s, doubled for each crash
-in a row, at most 30 s), and each exit and restart is printed. ``data_dir/status.json`` and
+in a row, at most 30 s; a gateway from a warm standby interpreter that has its imports done, so it is
+serving a fraction of a second later), and each exit and restart is printed. ``data_dir/status.json`` and
 ``data_dir/status.prom`` say what runs and how often each part was restarted (``ledgerlink up --status
 --config FILE`` prints it). The site stops only when the operator stops it. Private keys are never printed.
 
