@@ -18,7 +18,10 @@ signature check (mutual TLS would add that protection and confidentiality, at th
 certificate authority for the validators; validators' traffic is not secret).
 
 Every resource a connection can hold is bounded (``PortLimits``, each limit counted in ``limited``
-when it bites): handshakes at once in total and per address and their rate per address; one
+when it bites): new connections in total on each port (``peer_accept_rate``,
+``client_accept_rate``; beyond it a connection is reset as it is accepted, before any stream or task
+exists, so a connect flood from many addresses costs an accept and a reset each; meter it in the
+host's firewall as well, see docs/ledger-operations.md); handshakes at once in total and per address and their rate per address; one
 authenticated inbound connection per peer (a newer one replaces it); per peer and message kind a
 token bucket (``fetch-blocks`` 20/s, everything else 2000/s) checked on the kind read from the
 frame's first bytes, before the frame is decoded; a peer's ``fetch-blocks`` is dropped undecoded
@@ -101,6 +104,8 @@ class PortLimits:
     client_request_rate: float = 5000.0   # per address; burst twice that
     client_bytes_rate: float = 16 << 20   # bytes read per address; burst twice that
     client_connect_rate: float = 100.0    # new connections per address; burst twice that
+    client_accept_rate: float = 1000.0    # new connections in total; burst twice that
+    peer_accept_rate: float = 200.0       # new peer port connections in total; burst twice that
     client_max_in_flight: int = 2048      # per connection
     client_write_timeout_s: float = 10.0
 
@@ -341,6 +346,29 @@ def _kernel_unsent(writer: asyncio.StreamWriter) -> int:
         return 0
 
 
+class _Refused(asyncio.Protocol):
+    """A connection beyond a port's accept rate: reset at once, before any stream, task or buffer."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()      # type: ignore[attr-defined]
+
+
+async def _serve_gated(serve: Callable[..., Awaitable[None]], host: str, port: int, bucket: TokenBucket,
+                       refused: Callable[[], None], limit: int = 1 << 16) -> asyncio.base_events.Server:
+    """``asyncio.start_server(serve, host, port, limit=limit)``, except that a connection beyond
+    ``bucket`` is reset as it is accepted (``refused()`` counts it): a connect flood from many
+    addresses, which per-address limits cannot see, costs the node an accept and a reset each."""
+    loop = asyncio.get_running_loop()
+
+    def protocol() -> asyncio.BaseProtocol:
+        if not bucket.take():
+            refused()
+            return _Refused()
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=limit), serve)
+
+    return await loop.create_server(protocol, host, port)
+
+
 def _close(writer: asyncio.StreamWriter) -> None:
     try:
         writer.close()
@@ -551,7 +579,9 @@ class PeerNetwork:
 
     async def start(self) -> None:
         me = self.config.nodes[self.index]
-        self.server = await asyncio.start_server(self._serve, me.host, me.peer_port)
+        rate = self.limits.peer_accept_rate
+        self.server = await _serve_gated(self._serve, me.host, me.peer_port, TokenBucket(rate, 2 * rate),
+                                         lambda: self.limit("peer_accept_rate"))
         for link in self.links.values():
             link.task = asyncio.create_task(link.run())
 
@@ -772,7 +802,9 @@ class ClientServer:
         self.limited[name] += 1
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, self.host, self.port, limit=CLIENT_READ_LIMIT)
+        rate = self.limits.client_accept_rate
+        self.server = await _serve_gated(self._serve, self.host, self.port, TokenBucket(rate, 2 * rate),
+                                         lambda: self.limit("client_accept_rate"), CLIENT_READ_LIMIT)
 
     async def stop(self) -> None:
         if self.server is not None:

@@ -249,3 +249,42 @@ def test_client_port_caps_request_size_per_op():
         w.close()
         await server.stop()
     asyncio.run(run())
+
+
+def test_connections_beyond_the_accept_rate_are_reset_as_accepted():
+    """A connect flood from many addresses (which per-address limits do not see): beyond
+    ``client_accept_rate`` a connection is reset at once, no stream or task made for it, and once
+    the flood stops new clients are served again."""
+    from ledgerlink.ledger.transport import PortLimits
+
+    served = []
+
+    async def handler(req):
+        served.append(req["id"])
+        return {"ok": True}
+
+    async def ask(port, i):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            w.write(frame(cbor.dumps({"id": i, "op": "x"})))
+            return await asyncio.wait_for(read_frame(r, 1 << 20), 5)
+        except (ConnectionError, FrameError):
+            return None
+        finally:
+            w.close()
+
+    async def run():
+        port = free_base_port(1)
+        server = ClientServer("127.0.0.1", port, handler, limits=PortLimits(client_accept_rate=5.0))
+        await server.start()
+        answers = [await ask(port, i) for i in range(40)]           # burst 10, then 5 a second
+        refused = server.limited["client_accept_rate"]
+        await asyncio.sleep(1.0)
+        later = await ask(port, 99)
+        await server.stop()
+        return answers, refused, later
+
+    answers, refused, later = asyncio.run(run())
+    assert refused >= 20 and sum(a is None for a in answers) == refused, (refused, answers)
+    assert 10 <= len([a for a in answers if a is not None]) <= 20
+    assert later is not None and cbor.loads(later)["ok"] and 99 in served
