@@ -10,7 +10,10 @@ ports); a connection the node closes is reopened ``reconnect_s`` later. Kinds wi
   partial   ``connections`` connections per target, each sending all but the last byte of a
             ``frame_size`` frame and holding it;
   idle      ``connections`` connections per target that send nothing;
-  hello     connections that send a v2 hello claiming a validator, then a random signature.
+  hello     connections that send a v2 hello claiming a validator, then a random signature;
+  connect   ``rate`` new connections a second per target, each from the next of many source addresses
+            (127.x.0.y) and dropped at once (RST): a connect flood from many hosts, which per-address
+            limits do not see; the nodes can only refuse cheaply (and a firewall meter limit it).
 
 ``FetchFlood(config, index, key, targets, rate)`` (needs validator ``index``'s key, the node of that
 index stopped) listens on ``index``'s peer port, proves the key in every handshake and never reads;
@@ -49,7 +52,8 @@ from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.transport import (HELLO, MAX_HELLO_FRAME, ClusterConfig, frame, handshake_accept,
                                          handshake_dial, read_frame)
 
-KINDS = ("junk", "huge", "partial", "idle", "hello")
+KINDS = ("junk", "huge", "partial", "idle", "hello", "connect")
+CONNECT_SOURCES = 250 * 250            # 127.1.0.1 .. 127.250.0.250: one address per connection in turn
 JUNK_FRAME = 4 << 20
 
 
@@ -152,6 +156,9 @@ class Attack:
         self.stats.errors[name] = self.stats.errors.get(name, 0) + 1
 
     async def _run(self) -> None:
+        if self.kind == "connect":
+            await asyncio.gather(*(self._connect_flood(h, p, k) for k, (h, p) in enumerate(self.targets)))
+            return
         per_target = self.connections if self.kind in ("partial", "idle") else 1
         tasks = [asyncio.create_task(self._connection(h, p, k)) for h, p in self.targets for k in range(per_target)]
         try:
@@ -175,6 +182,33 @@ class Attack:
                 if w is not None:
                     w.transport.abort()
             await asyncio.sleep(self.reconnect_s)
+
+    async def _connect_flood(self, host: str, port: int, k: int) -> None:
+        """``rate`` connections a second to one target, from source addresses in turn, each reset at once."""
+        loop = asyncio.get_running_loop()
+        n = k * 7919
+        owed = 0.0
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            owed = min(owed + (now - last) * self.rate, self.rate)
+            last = now
+            while owed >= 1:
+                owed -= 1
+                n += 1
+                src = "127.%d.0.%d" % (1 + n // 250 % 250, 1 + n % 250)
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # close sends RST
+                try:
+                    sock.bind((src, 0))
+                    await asyncio.wait_for(loop.sock_connect(sock, (host, port)), 1.0)
+                    self.stats.opened += 1
+                except Exception as exc:  # noqa: BLE001 - refused or timed out: count it, go on
+                    self._error(exc)
+                finally:
+                    sock.close()
 
     async def _send(self, w: asyncio.StreamWriter, data: bytes) -> None:
         w.write(data)

@@ -273,3 +273,13 @@ def test_attacker_process_runs_confined_and_reports(cluster, client):
         stats = attacker.stop()
     assert stats["opened"] >= 4 * 5, stats
     assert commit(client, cluster, 5) == 5
+
+
+def test_connect_flood_from_many_addresses_is_survived(cluster, client):
+    """Connections opened and reset from thousands of addresses (127.x.0.y) at 300 a second: the
+    node accepts or resets them and clients are served meanwhile."""
+    a = cluster.config.nodes[1]
+    with Attack("connect", [(a.host, a.client_port)], rate=300) as flood:
+        time.sleep(1.5)
+        assert commit(client, cluster, 5, node=1) == 5
+    assert flood.stats.opened >= 100, flood.stats.as_dict()
