@@ -778,16 +778,6 @@ class SilencingNet(EquivocatingNet):
         return super().apply(i, effects)
 
 
-def test_a_primary_at_twice_its_share_loses_its_view():
-    """A primary that holds each proposal 100 ms while the replicas' share of a block plus the
-    grace is about 60 ms (it delivers well under half the rate they allow; under the old one-third
-    bound it kept its view) is demoted."""
-    net = SlowPrimaryNet(100, view_change_timeout_ms=1000)
-    net.run(2500, every=20)
-    assert [r.view for r in net.replicas[1:]] == [1, 1, 1]
-    assert sum(r.slow_primary_demands for r in net.replicas[1:]) >= 2
-
-
 class SlowAgainNet(SlowPrimaryNet):
     """``SlowPrimaryNet`` where replica 0 holds its pre-prepares in every view, and the replicas in
     ``silent`` send no pre-prepare or new-view."""
@@ -815,7 +805,7 @@ def test_a_demoted_slow_primary_is_judged_on_its_first_block_next_time():
     """Demoted once for slowness, the primary gets its turn again in view 4 (the primaries of
     views 1-3 fall silent): the backups now demand the view change after its first slow block
     instead of a full window of them."""
-    net = SlowAgainNet(240, view_change_timeout_ms=300)
+    net = SlowAgainNet(160, view_change_timeout_ms=300)
     net.run(1500, every=20)
     assert all(r.view >= 1 for r in net.replicas[1:]) and net.replicas[1].slow_primary_demands == 1
     net.silent.update({1, 2, 3})
