@@ -29,18 +29,19 @@ rounds, fsyncs). With a grace ``g`` = ``batch_timeout_ms`` + ``slow_primary_grac
 for batching and the primary's tick, the pool and the recent blocks allow one block per
 ``p + g``. When, over the last ``slow_primary_window_ms`` of such blocks in the view (at least
 ``SLOW_PRIMARY_MIN_BLOCKS``), sum(d) > (``SLOW_PRIMARY_FRACTION`` - 1) * sum(p + g), the primary
-delivers less than half of that rate and the backup demands a view change (moves to the next
+delivers less than a third of that rate and the backup demands a view change (moves to the next
 view; f+1 such demands move every honest replica). An honest primary under load keeps its view:
 it proposes the next batch as soon as it commits the last one, so ``d`` is its own execution of
 the batch plus one message delay (and at most the batch timeout), while ``p`` contains the
 backups' execution of the same batch plus two vote rounds; load lengthens both alike, so ``d``
-stays below ``p + g`` (at most 0.84 of it in the simulator's saturated runs). The bound leaves
-room above that because on a machine whose CPUs and disk the validators share, one primary
+stays below ``p + g`` (at most 0.84 of it in the simulator's saturated runs). The bound (``d`` up
+to twice ``p + g``) leaves room above that because on a machine whose CPUs and disk the validators share, one primary
 process stalls while the others run (a bound of one half demoted honest primaries in most 15 s
 runs at a load of 20 on 2 cores); the window and its two blocks keep one slow fsync or stall from
 costing a primary its view. But a block on which ``d`` exceeds ``p + g`` by more than half the
 view-change timeout (``SLOW_PRIMARY_ALONE``) is slow by itself, so a primary that holds each
-proposal just under the timeout loses its view after its first such block. A primary a
+proposal just under the timeout loses its view after its first such block (with an 800 ms hold
+and a 1,000 ms timeout, while ``p + g`` stays under 300 ms; the window rule judges the rest). A primary a
 backup demoted for slowness stays a suspect of that backup until it serves a full window within
 the bound: when the view rotates back to it, its first slow block is enough (its turn comes every n
 views, and each costs one block instead of a window). A backup
