@@ -21,14 +21,14 @@ Every resource a connection can hold is bounded (``PortLimits``, each limit coun
 when it bites): new connections in total on each port (``peer_accept_rate``,
 ``client_accept_rate``; beyond it a connection is reset as it is accepted, before any stream or task
 exists, so a connect flood from many addresses costs an accept and a reset each; meter it in the
-host's firewall as well, see docs/ledger-operations.md); handshakes at once in total and per address and their rate per address; one
-authenticated inbound connection per peer (a newer one replaces it); per peer and message kind a
-token bucket (``fetch-blocks`` 20/s, everything else 2000/s) checked on the kind read from the
-frame's first bytes, before the frame is decoded; a peer's ``fetch-blocks`` is dropped undecoded
-while more than ``peer_fetch_backlog_bytes`` wait to reach it (our queue, the stream buffer and the
-kernel's send queue), so a peer that asks and does not read gets no more answers encoded and
-signed for it, and what it finds waiting when it reads again is one backlog, not everything its
-asking earned; a partial frame must complete within
+host's firewall as well, see docs/ledger-operations.md); handshakes at once in total and per
+address and their rate per address; one authenticated inbound connection per peer (a newer one
+replaces it); per peer and message kind a token bucket (``fetch-blocks`` 20/s, everything else
+2000/s) checked on the kind read from the frame's first bytes, before the frame is decoded; a
+peer's ``fetch-blocks`` is dropped undecoded while more than ``peer_fetch_backlog_bytes`` wait to
+reach it (our queue, the stream buffer and the kernel's send queue), so a peer that asks and does
+not read gets no more answers encoded and signed for it, and what it finds waiting when it reads
+again is one backlog, not everything its asking earned; a partial frame must complete within
 ``peer_frame_timeout_s``; each outbound queue holds at most ``peer_queue_bytes`` and a peer that
 lets more pile up (it does not read) is cut off, its queue dropped (it catches up by fetching
 blocks) rather than the node growing.
