@@ -88,8 +88,8 @@ class ChainStatements:
             out[seq] = (found[0], hashlib.sha256(frame).digest())
         return out
 
-    def check(self, accept: Any, earlier: list[Any]) -> list[bytes]:
-        """The hashes of the frames the statement ``accept`` (an ``Accept`` with ``chain``) covers; InvalidProof
+    def check(self, accept: Any, earlier: list[Any]) -> list[tuple[bytes, int, bytes]]:
+        """(device, seq, frame hash) of the frames the statement ``accept`` (an ``Accept`` with ``chain``) covers; InvalidProof
         when its session's frames in its range, stored or among the ``earlier`` accepts of its group, do not
         give its head."""
         sid, first, last, head = accept.chain
@@ -105,18 +105,19 @@ class ChainStatements:
         try:
             if len(frames) < last - first + 1:
                 frames = {**self._stored(dev, first, last), **frames}
-            hashes = covered(sid, first, last, head, frames)
+            chained = covered(sid, first, last, head, frames)
         except InvalidProof:
             self.refused += 1
             raise
         self.verified += 1
         for seq in [seq for seq in held if seq <= last]:
             del held[seq]
-        return hashes
+        return [(dev, seq, h) for seq, h in chained]
 
 
-def covered(sid: bytes, first: int, last: int, head: bytes, frames: dict[int, tuple[bytes, bytes]]) -> list[bytes]:
-    """``session_chain.covered`` over {seq: (session id, frame hash)}: the hashes of the frames of session ``sid``
+def covered(sid: bytes, first: int, last: int, head: bytes,
+            frames: dict[int, tuple[bytes, bytes]]) -> list[tuple[int, bytes]]:
+    """``session_chain.covered`` over {seq: (session id, frame hash)}: (seq, hash) of the frames of session ``sid``
     with seq in [first, last], in seq order, when they span the range and give ``head``; else InvalidProof."""
     chained = sorted((seq, h) for seq, (kid, h) in frames.items() if first <= seq <= last and kid == sid)
     if not chained or chained[0][0] != first or chained[-1][0] != last:
@@ -124,7 +125,7 @@ def covered(sid: bytes, first: int, last: int, head: bytes, frames: dict[int, tu
     hashes = [h for _, h in chained]
     if session_chain.head_of(sid, hashes) != head:
         raise InvalidProof("the frames of session %s in %d..%d do not give the signed head" % (sid.hex(), first, last))
-    return hashes
+    return chained
 
 
 def covering(store: Store, frame_hash: bytes, statements: dict[bytes, bool] | None = None,

@@ -36,7 +36,9 @@ Stored frames are also found by (device, seq) (``message_by_seq``, for receipt r
 mark. Each batch records whether its receipts were published (``receipts_sent``), so the receipts of a
 batch anchored just before a crash are published after the restart. ``chain_frames`` names, for each
 session frame a matched chain statement covers, that statement; the rows are written in the group commit
-that stores the statement (``write_many``), and a batch's are read with one query (``batch_covering``).
+that stores the statement (``write_many``), keyed by (device, seq), so a statement's rows go to one or two
+pages (keyed by frame hash, each row wrote a page of its own), and a batch's are read with one query
+(``batch_covering``).
 
 Protects against losing acknowledged readings at a crash, and, through ``seq_windows`` (each device's
 stored window, exactly) and ``certificates``, against replays and lost sessions after a restart. Tested in
@@ -59,6 +61,10 @@ from typing import Any, Iterator
 
 from ledgerlink.core import cbor
 
+CHAIN_FRAMES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chain_frames (device BLOB NOT NULL, seq INTEGER NOT NULL, frame_hash BLOB NOT NULL,
+    statement BLOB NOT NULL, PRIMARY KEY (device, seq)) WITHOUT ROWID"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT, frame_hash BLOB NOT NULL, device BLOB NOT NULL, seq INTEGER NOT NULL,
@@ -77,8 +83,7 @@ CREATE TABLE IF NOT EXISTS certs (
 CREATE TABLE IF NOT EXISTS registrations (
     device BLOB PRIMARY KEY, request BLOB NOT NULL, role INTEGER NOT NULL, attributes BLOB NOT NULL,
     time_ms INTEGER NOT NULL, held_ms INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS chain_frames (frame_hash BLOB PRIMARY KEY, statement BLOB NOT NULL) WITHOUT ROWID;
-"""
+""" + CHAIN_FRAMES_SCHEMA + ";"
 
 FRAMES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames.frame_index (prefix BLOB NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (prefix, id))
@@ -221,6 +226,14 @@ class Store:
                    for table in ("messages", "batches")}
         if "frame" not in columns["messages"]:
             self.db.execute("ALTER TABLE messages ADD COLUMN frame BLOB")
+        covered = [r[1] for r in self.db.execute("PRAGMA table_info(chain_frames)")]
+        if "device" not in covered:         # keyed by frame hash: rows moved to the (device, seq) layout
+            self.db.execute("ALTER TABLE chain_frames RENAME TO chain_frames_by_hash")
+            self.db.execute(CHAIN_FRAMES_SCHEMA)
+            self.db.execute("INSERT OR REPLACE INTO chain_frames (device, seq, frame_hash, statement) SELECT m.device, "
+                            "m.seq, c.frame_hash, c.statement FROM chain_frames_by_hash c JOIN messages m "
+                            "ON m.frame_hash = c.frame_hash")
+            self.db.execute("DROP TABLE chain_frames_by_hash")
         if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_device_seq'").fetchone():
             self.db.execute("INSERT OR IGNORE INTO device_seqs (device, highest, seen) "
                             "SELECT device, MAX(seq), ? FROM messages GROUP BY device", (self._full_window(),))
@@ -272,10 +285,11 @@ class Store:
     def write_many(self, accepted: list[tuple[bytes, bytes, int, int, str, int, bytes]] = (),
                    warnings: list[tuple[dict, int]] = (), certs: list[tuple[bytes, bytes, int]] = (),
                    stored_elsewhere: list[tuple[int, bool]] | None = None,
-                   chain_frames: list[tuple[bytes, list[bytes]]] = ()) -> int:
+                   chain_frames: list[tuple[bytes, list[tuple[bytes, int, bytes]]]] = ()) -> int:
         """Commit in one transaction ``accepted`` frames (frame, device, seq, time_ms, topic, received_ms, SHA-256)
         in order, queued ``warnings`` (entry, now_ms), session ``certs`` (device, cert, now_ms) and the
-        ``chain_frames`` of chain statements that matched (statement frame hash, hashes of the frames it covers).
+        ``chain_frames`` of chain statements that matched (statement frame hash, (device, seq, frame hash) of each
+        frame it covers).
 
         Returns the number of warnings newly queued (an id already queued is kept once). The indexes
         of accepted frames whose (device, seq) was already stored (by another process sharing the
@@ -289,7 +303,7 @@ class Store:
         warn_rows = [(e[1], cbor.dumps(e), now_ms, "queued", owner) for e, now_ms in warnings]
         cert_rows = [(hashlib.sha256(cert).digest(), dev, cert, now_ms, "pending", owner)
                      for dev, cert, now_ms in certs]
-        covered_rows = [(h, statement) for statement, hashes in chain_frames for h in hashes]
+        covered_rows = [(dev, seq, h, statement) for statement, frames in chain_frames for dev, seq, h in frames]
         with self.lock, _transaction(self.db):
             if accepted:
                 self._append_messages(accepted, stored_elsewhere)
@@ -302,7 +316,8 @@ class Store:
                 self.db.executemany("INSERT OR IGNORE INTO certs (hash, device, cert, created_ms, status, owner) "
                                     "VALUES (?,?,?,?,?,?)", cert_rows)
             if covered_rows:
-                self._insert_rows("INSERT OR REPLACE INTO chain_frames (frame_hash, statement) VALUES ", covered_rows)
+                self._insert_rows("INSERT OR REPLACE INTO chain_frames (device, seq, frame_hash, statement) VALUES ",
+                                  covered_rows)
         return added
 
     def _append_messages(self, accepted: list[tuple[bytes, bytes, int, int, str, int, bytes]],
@@ -411,11 +426,16 @@ class Store:
         return {h: (statement, i) for h, statement, i in self._query(
             "SELECT c.frame_hash, c.statement, m.id FROM batches b JOIN messages m "
             "ON m.id BETWEEN b.first_id AND b.last_id AND m.owner = b.owner "
-            "JOIN chain_frames c ON c.frame_hash = m.frame_hash WHERE b.id = ?", (batch_id,))}
+            "JOIN chain_frames c ON c.device = m.device AND c.seq = m.seq AND c.frame_hash = m.frame_hash "
+            "WHERE b.id = ?", (batch_id,))}
 
     def covering(self, frame_hash: bytes) -> bytes | None:
         """The frame hash of the chain statement recorded as covering the frame ``frame_hash``, or None."""
-        rows = self._query("SELECT statement FROM chain_frames WHERE frame_hash = ?", (frame_hash,))
+        msg = self.message_by_hash(frame_hash)
+        if msg is None:
+            return None
+        rows = self._query("SELECT statement FROM chain_frames WHERE device = ? AND seq = ? AND frame_hash = ?",
+                           (msg.device, msg.seq, frame_hash))
         return rows[0][0] if rows else None
 
     def highest_seqs(self) -> dict[bytes, int]:

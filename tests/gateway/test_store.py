@@ -241,3 +241,19 @@ def test_an_index_file_ahead_of_a_restored_store_is_dropped(tmp_path, monkeypatc
     other = [row(DEVICES[1], seq) for seq in (1, 2, 3)]             # new messages take the ids again
     s.write_many(other)
     assert all(s.blob(r[6]) == r[0] for r in other)
+
+
+def test_chain_frames_keyed_by_frame_hash_are_moved_to_the_device_seq_layout(tmp_path):
+    path = tmp_path / "gw.db"
+    s = Store(path, "gw")
+    rows = [row(DEVICES[0], seq) for seq in (1, 2)] + [row(DEVICES[1], 5)]
+    s.write_many(rows)
+    s.db.execute("DROP TABLE chain_frames")                          # the layout before (device, seq) keys
+    s.db.execute("CREATE TABLE chain_frames (frame_hash BLOB PRIMARY KEY, statement BLOB NOT NULL) WITHOUT ROWID")
+    s.db.executemany("INSERT INTO chain_frames VALUES (?, ?)", [(r[6], b"s" * 32) for r in rows[:2]])
+    s.close()
+    s = Store(path, "gw")
+    assert [s.covering(r[6]) for r in rows] == [b"s" * 32, b"s" * 32, None]
+    assert [r[1] for r in s.db.execute("PRAGMA table_info(chain_frames)")][:2] == ["device", "seq"]
+    s.write_many(chain_frames=[(b"t" * 32, [(DEVICES[1], 5, rows[2][6])])])
+    assert s.covering(rows[2][6]) == b"t" * 32
