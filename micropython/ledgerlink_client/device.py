@@ -373,15 +373,19 @@ class DeviceClient:
         self._ping_sent = None
         return True
 
-    def _on_message(self, topic, payload):
+    def _reply_of(self, topic, payload):
+        """The decoded reply of a message on the ``down`` topic, or None when nothing more is to be done
+        with it (another topic; a stored-ack, a not-stored answer or a bad reply, handled here)."""
         if topic != self.topic_down:
-            return
+            return None
         try:
-            reply = self.protocol.decode_reply(payload)
+            return self.protocol.decode_reply(payload)
         except LedgerlinkError:
             if not self.delivery.reply(payload):
                 self.stats["bad_replies"] += 1
-            return
+            return None
+
+    def _on_reply(self, reply):
         if self.on_reply is not None:
             self.on_reply(reply)
         if reply[0] != dp.KIND_RECEIPT or not self.check_receipts:
@@ -500,14 +504,21 @@ class DeviceClient:
                 self._ping_sent = now
                 self._last_tx = now
                 self.stats["pings"] += 1
-            for event in self.mqtt.poll(timeout_ms):
+            events = self.mqtt.poll(timeout_ms)
+            while events:
+                event = events.pop(0)
                 self._ping_sent = None
                 if event[0] == "puback":
                     self.delivery.puback(event[1])
                 elif event[0] == "msg":
-                    self._on_message(event[1], event[2])
+                    reply = self._reply_of(event[1], event[2])
+                    event = None                # the raw payload is not kept while the reply is checked
+                    if reply is not None:
+                        self._on_reply(reply)
                 elif event[0] == "suback" and 0x80 in event[2]:
                     raise OSError("subscription refused")
+                if not events and pending is not None and pending():
+                    events = self.mqtt.poll(0)  # the next message already received, decoded only now
         except OSError:
             self._drop(self.ticks_ms())
 

@@ -295,7 +295,7 @@ def parse(buf, max_packet=DEFAULT_MAX_PACKET):
         raise MQTTError("packet of %d bytes exceeds the %d-byte limit" % (i + n, max_packet))
     if len(buf) < i + n:
         return None, 0
-    return _decode_body(first >> 4, first & 0x0F, bytes(buf[i:i + n])), i + n
+    return _decode_body(first >> 4, first & 0x0F, memoryview(buf)[i:i + n]), i + n   # its fields are copied once
 
 
 class MQTTClient:
