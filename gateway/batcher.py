@@ -180,7 +180,7 @@ def batch_receipts(store: Store, site: str, batch_id: bytes, only: bytes | None 
         # the deterministic map of 8 entries, keys 0..7 in order (6 and 7 shared by the batch), and 8: the
         # device-signed chain statement that covers a session reading, when one is stored and anchored
         statement, frame_id = named.get(frame_hash, (None, 0))
-        if statement is not None:
+        if statement is not None and not checked.get(statement):
             statement = covering_statement(store, frame_hash, checked, statement, frame_id)
         payload = b"".join((b"\xa8\x00\x01\x01" if statement is None else b"\xa9\x00\x01\x01",
                             cbor_head(2, len(frame_hash)), frame_hash, b"\x02", cbor_head(0, seq),

@@ -96,14 +96,15 @@ class ChainStatements:
         dev = accept.device_id
         held = self.recent.get(dev, {})
         frames = {seq: f for seq, f in held.items() if first <= seq <= last}
-        for e in earlier:
+        span = last - first + 1
+        for e in earlier if len(frames) < span else ():      # a seq is accepted once: held and earlier are apart
             if getattr(e, "device_id", None) == dev and getattr(e, "mode", None) == "session" \
                     and first <= e.seq <= last:
                 kid = session_id_of(e.frame)
                 if kid is not None:
                     frames[e.seq] = (kid, e.frame_hash)
         try:
-            if len(frames) < last - first + 1:
+            if len(frames) < span:
                 frames = {**self._stored(dev, first, last), **frames}
             chained = covered(sid, first, last, head, frames)
         except InvalidProof:
