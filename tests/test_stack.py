@@ -247,6 +247,7 @@ def test_a_gateway_that_does_not_subscribe_is_stopped(tmp_path, monkeypatch):
     assert kept[0].poll() is not None
 
 
+@pytest.mark.slow
 def test_a_crashed_gateway_starts_again_from_its_warm_standby(tmp_path):
     """The supervisor keeps an imported gateway interpreter waiting; a crashed gateway is started from it (the
     restart skips the interpreter's start and imports), it subscribes, and stop() ends the standby too."""
