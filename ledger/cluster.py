@@ -155,9 +155,15 @@ class LocalCluster:
         log.close()
 
     def start(self, wait: float = 30.0) -> None:
-        for i in range(self.config.n):
-            self.start_node(i)
-        self.wait_ready(wait)
+        """Start every node and wait until each answers; if one does not, stop them all and raise
+        (a caller whose ``start`` raised has nothing to stop, also as a context manager)."""
+        try:
+            for i in range(self.config.n):
+                self.start_node(i)
+            self.wait_ready(wait)
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 30.0, nodes: list[int] | None = None) -> None:
         """Wait until the client port of each running node accepts connections."""

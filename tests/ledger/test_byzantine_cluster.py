@@ -106,3 +106,12 @@ def test_flooding_replica(tmp_path, attack, rogue):
     assert not bad
     assert blocks >= FLOOR_BLOCKS, blocks
     assert peak < RSS_LIMIT_MB, peak
+
+
+def test_a_cluster_that_fails_to_start_leaves_no_node_running(tmp_path):
+    """A node that exits at start (here a rogue given an unknown option) makes ``start`` raise after
+    stopping the nodes it started, which would otherwise outlive the test."""
+    cluster = LocalCluster(tmp_path, 4, rogues={0: ["--no-such-option"]}, log_level="WARNING")
+    with pytest.raises(RuntimeError):
+        cluster.start()
+    assert [p.poll() is not None for p in cluster.procs.values()] == [True] * 4
