@@ -169,6 +169,8 @@ class Delivery:
             if entry is not None:                   # its ack was lost: a valid receipt says it is stored
                 frame = c.queue.peek(self.inflight.index(entry))[1]
             if frame is None:
+                if self._confirmed(frame_hash):     # published again (its stored-ack was late): a repeat
+                    return dp.Ignored("receipt of a reading already confirmed")
                 return None
             result = c.protocol.verify_receipt(reply, frame)
             if result.valid:
@@ -211,6 +213,13 @@ class Delivery:
             if held == name:
                 return frame
         return None
+
+    def _confirmed(self, frame_hash):
+        """True when a valid receipt of ``frame_hash`` is among the kept ones (``llr``)."""
+        for i in range(len(self.kept)):
+            if cbor.loads(self.kept.peek(i)[1])[1] == frame_hash:
+                return True
+        return False
 
     def _done(self, frame_hash):
         self.received.append(frame_hash)

@@ -462,6 +462,28 @@ def test_client_opens_a_session_itself_and_checks_receipts(gw_env, storage):
     assert [a.seq for a in accepted] == [seq] and accepted[0].mode == "session"
 
 
+def test_a_second_receipt_for_a_confirmed_reading_is_ignored_not_counted_invalid(gw_env, storage):
+    """A reading published again (its stored-ack late on a slow link) gets a second receipt: the reading is
+    confirmed already, so the repeat is ignored, neither counted as an invalid receipt nor as a reading."""
+    env, accepted = gw_env, []
+    client, mq, _ = gateway_client(env, storage, accepted, mode="signed")
+    client.publish({"t": 1})
+    client.publish({"t": 2})
+    assert client.flush(5000)
+    again = list(accepted)
+    deliver_receipts(env, client, mq, accepted)
+    assert client.stats["receipts_valid"] == 2 and client.stats["receipts_invalid"] == 0
+    ignored = client.stats["ignored_replies"]
+    deliver_receipts(env, client, mq, again)
+    assert client.stats["receipts_valid"] == 2 and client.stats["receipts_invalid"] == 0
+    assert client.stats["ignored_replies"] == ignored + 2
+    # a receipt for a frame this device never sent is still refused as invalid
+    client.publish({"t": 3})
+    assert client.flush(5000)
+    deliver_receipts(env, client, mq, accepted, lambda r: r.__setitem__(1, bytes(32)))
+    assert client.stats["receipts_invalid"] == 1
+
+
 def test_client_sends_its_registration_request_and_hears_the_answer(gw_env, storage):
     env, accepted = gw_env, []
     client, mq, _ = gateway_client(env, storage, accepted, identity_key=env.net["newcomer"].priv, mode="signed")
