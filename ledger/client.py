@@ -2,9 +2,24 @@
 
 ``AsyncLedgerClient`` pipelines requests over one connection per node; ``LedgerClient`` is the same
 API made synchronous (its event loop runs in a background thread). A request that fails because its
-node is unreachable, the connection drops or no answer comes in time is retried on the next node;
-``submit`` is idempotent (a transaction already committed answers with where it was committed), so a
-retry never commits a transaction twice.
+node is unreachable, the connection drops or no answer comes in time is retried on the next node.
+
+Hedged requests: a request not answered within ``HEDGE_READ_S`` (a read) or ``HEDGE_SUBMIT_S`` (a
+submit, which waits for the commit) is also sent to the next node, and the first answer is taken (the
+others are cancelled); a node that fails at once (refused or dropped connection) is followed by the
+next one at once. A request so goes to at most one node per ``HEDGE_*`` delay and to each node at most
+once, and its attempts end with it. A node that did not answer before another node did, or failed, is
+slow for ``SLOW_NODE_S``: requests go to the other nodes first until then. Reads are idempotent;
+``submit`` is too: a node answers a committed transaction with where it was committed, admits one it
+holds pending once ("duplicate tx") and waits for its commit, and its validators drop one already
+committed ("replayed tx"), so asking a second node never commits a transaction twice.
+
+Protects against: one node that accepts connections but does not answer (SIGSTOPped, or loading after
+a restart; the kernel accepts for it) holding every request for the full timeout (5 s for a read, 15
+s for a submit), and so a gateway's receipts. Tested in tests/ledger/test_client_failover.py: a
+4-node cluster with the client's preferred node SIGSTOPped answers a read within 2 s, a submit and a
+submit_many within 4 s, later reads without waiting for that node, and the node, continued, answers
+the submitted transaction with the same place in the chain.
 """
 
 from __future__ import annotations
@@ -13,6 +28,7 @@ import asyncio
 import hashlib
 import itertools
 import threading
+import time
 from pathlib import Path
 from typing import Any, Coroutine, Sequence
 
@@ -21,6 +37,9 @@ from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.ledger.transport import ClusterConfig, FrameError, frame, read_frame
 
 MAX_RESPONSE = 16 << 20
+HEDGE_READ_S = 0.5          # a read not answered this long is asked of the next node too
+HEDGE_SUBMIT_S = 1.0        # the same for a submit (its answer waits for the commit)
+SLOW_NODE_S = 10.0          # a node that lost a hedge or failed is asked after the others this long
 
 
 class LedgerUnavailable(Exception):
@@ -79,6 +98,7 @@ class AsyncLedgerClient:
         self._conns: dict[int, _Conn] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._ids = itertools.count(1)
+        self._slow_until: dict[int, float] = {}     # node -> monotonic time until which it is asked last
 
     async def _conn(self, i: int) -> _Conn:
         lock = self._locks.setdefault(i, asyncio.Lock())
@@ -113,31 +133,67 @@ class AsyncLedgerClient:
                 c.pending.pop(rid, None)
         raise AssertionError("unreachable")
 
-    async def request(self, op: str, timeout: float | None = None, **args: Any) -> dict:
-        """``op`` on the current node, moving on to the next ones when a node does not answer."""
+    def _order(self) -> list[int]:
+        """The nodes to ask, in order: from the current one on, those not slow first."""
+        now = time.monotonic()
+        nodes = [(self.current + k) % self.config.n for k in range(self.config.n)]
+        return sorted(nodes, key=lambda i: self._slow_until.get(i, 0.0) > now)
+
+    def _mark_slow(self, i: int) -> None:
+        self._slow_until[i] = time.monotonic() + SLOW_NODE_S
+
+    async def request(self, op: str, timeout: float | None = None, hedge_s: float = HEDGE_READ_S,
+                      **args: Any) -> dict:
+        """``op`` on the current node, asking the next node too when no answer came within ``hedge_s``
+        or a node failed (module docstring); the first answer is returned."""
+        order = self._order()
+        asked: dict[asyncio.Task, int] = {}          # attempts not finished -> their node
         last: BaseException | None = None
-        for k in range(self.config.n):
-            i = (self.current + k) % self.config.n
-            try:
-                resp = await self.request_to(i, op, timeout, **args)
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
-                last = exc
-                continue
-            self.current = i
-            return resp
+
+        def ask_next() -> None:
+            i = order.pop(0)
+            asked[asyncio.ensure_future(self.request_to(i, op, timeout, **args))] = i
+
+        try:
+            ask_next()
+            while asked:
+                more = bool(order)
+                done, _ = await asyncio.wait(asked, timeout=hedge_s if more else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    i = asked.pop(t)
+                    exc = t.exception()
+                    if exc is None:
+                        self.current = i
+                        self._slow_until.pop(i, None)
+                        for j in asked.values():
+                            self._mark_slow(j)
+                        return t.result()
+                    if not isinstance(exc, (OSError, ConnectionError, asyncio.TimeoutError)):
+                        raise exc
+                    last = exc
+                    self._mark_slow(i)
+                if more:
+                    ask_next()
+        finally:
+            for t in asked:
+                t.cancel()
+            if asked:
+                await asyncio.wait(asked)
         raise LedgerUnavailable("no node answered %s: %s" % (op, last))
 
     async def submit(self, tx: bytes, wait_ms: int = 10000) -> dict:
         """Submit ``tx`` and wait for its outcome: ``status`` committed (height, index, code),
         refused (code, reason) or pending (not committed within ``wait_ms``)."""
-        return await self.request("submit", timeout=wait_ms / 1000 + self.timeout, tx=tx, wait_ms=wait_ms)
+        return await self.request("submit", timeout=wait_ms / 1000 + self.timeout, hedge_s=HEDGE_SUBMIT_S,
+                                  tx=tx, wait_ms=wait_ms)
 
     async def submit_many(self, txs: Sequence[bytes], wait_ms: int = 10000) -> list[dict]:
         """Submit ``txs`` in one request (to one node) and wait for their outcomes, one ``submit``
         answer per tx in order; raises LedgerUnavailable if no node answers, ValueError if the node
         refuses the request as a whole."""
-        resp = await self.request("submit_many", timeout=wait_ms / 1000 + self.timeout, txs=list(txs),
-                                  wait_ms=wait_ms)
+        resp = await self.request("submit_many", timeout=wait_ms / 1000 + self.timeout, hedge_s=HEDGE_SUBMIT_S,
+                                  txs=list(txs), wait_ms=wait_ms)
         results = resp.get("results")
         if not resp.get("ok") or not isinstance(results, list) or len(results) != len(txs):
             raise ValueError("submit_many refused: %s" % resp.get("error", "bad answer"))
