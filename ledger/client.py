@@ -4,22 +4,26 @@
 API made synchronous (its event loop runs in a background thread). A request that fails because its
 node is unreachable, the connection drops or no answer comes in time is retried on the next node.
 
-Hedged requests: a request not answered within ``HEDGE_READ_S`` (a read) or ``HEDGE_SUBMIT_S`` (a
-submit, which waits for the commit) is also sent to the next node, and the first answer is taken (the
-others are cancelled); a node that fails at once (refused or dropped connection) is followed by the
-next one at once. A request so goes to at most one node per ``HEDGE_*`` delay and to each node at most
-once, and its attempts end with it. A node that did not answer before another node did, or failed, is
-slow for ``SLOW_NODE_S``: requests go to the other nodes first until then. Reads are idempotent;
-``submit`` is too: a node answers a committed transaction with where it was committed, admits one it
-holds pending once ("duplicate tx") and waits for its commit, and its validators drop one already
-committed ("replayed tx"), so asking a second node never commits a transaction twice.
+Hedged requests: a read not answered within ``HEDGE_READ_S`` is also sent to the next node. A submit
+(its answer waits for the commit, which may rightly take longer) not answered within ``HEDGE_SUBMIT_S``
+goes to the next node too only when its node is dead: it answered nothing in the last ``PROBE_S`` and
+does not answer an ``info`` probe within it; a live node keeps it (probed again every
+``HEDGE_SUBMIT_S``), so a loaded cluster is not sent each slow commit twice. The first answer is taken
+and the other attempts cancelled; a node that fails at once (refused or dropped connection) is followed
+by the next at once. A request goes to each node at most once, to one more node per delay, and its
+attempts and probe end with it. A node that did not answer before another did, or failed, is slow for
+``SLOW_NODE_S``: requests go to the other nodes first until then. Reads are idempotent; ``submit`` is
+too: a node answers a committed transaction with where it was committed, admits one it holds pending
+once ("duplicate tx") and waits for its commit, and validators drop one already committed ("replayed
+tx"), so asking a second node never commits a transaction twice.
 
 Protects against: one node that accepts connections but does not answer (SIGSTOPped, or loading after
 a restart; the kernel accepts for it) holding every request for the full timeout (5 s for a read, 15
 s for a submit), and so a gateway's receipts. Tested in tests/ledger/test_client_failover.py: a
 4-node cluster with the client's preferred node SIGSTOPped answers a read within 2 s, a submit and a
 submit_many within 4 s, later reads without waiting for that node, and the node, continued, answers
-the submitted transaction with the same place in the chain.
+the submitted transaction with the same place in the chain; tests/ledger/test_client_hedging.py: a
+submit whose live node commits after 1.6 s is sent to no other node, one to a silent node goes on.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from ledgerlink.ledger.transport import ClusterConfig, FrameError, frame, read_f
 
 MAX_RESPONSE = 16 << 20
 HEDGE_READ_S = 0.5          # a read not answered this long is asked of the next node too
-HEDGE_SUBMIT_S = 1.0        # the same for a submit (its answer waits for the commit)
+HEDGE_SUBMIT_S = 0.5        # a submit not answered this long: its node is probed, and if dead the next asked
+PROBE_S = 0.5               # a node that answered nothing in this long (a probe included) counts as dead
 SLOW_NODE_S = 10.0          # a node that lost a hedge or failed is asked after the others this long
 
 
@@ -68,6 +73,7 @@ class _Conn:
                     fut = self.pending.pop(resp.get("id"), None)
                     if fut is not None and not fut.done():
                         self.answered += 1
+                        self.answered_at = time.monotonic()
                         fut.set_result(resp)
         except (OSError, ConnectionError, FrameError) as exc:
             err = ConnectionError(str(exc))
@@ -86,6 +92,7 @@ class _Conn:
 
     closed = False
     answered = 0
+    answered_at = 0.0
 
 
 class AsyncLedgerClient:
@@ -142,24 +149,51 @@ class AsyncLedgerClient:
     def _mark_slow(self, i: int) -> None:
         self._slow_until[i] = time.monotonic() + SLOW_NODE_S
 
+    async def _alive(self, i: int) -> bool:
+        """Whether node ``i`` answered anything in the last ``PROBE_S``, or answers ``info`` within it."""
+        c = self._conns.get(i)
+        if c is not None and not c.closed and time.monotonic() - c.answered_at < PROBE_S:
+            return True
+        try:
+            await self.request_to(i, "info", PROBE_S)
+        except (OSError, ConnectionError, asyncio.TimeoutError):
+            return False
+        return True
+
     async def request(self, op: str, timeout: float | None = None, hedge_s: float = HEDGE_READ_S,
-                      **args: Any) -> dict:
+                      probe: bool = False, **args: Any) -> dict:
         """``op`` on the current node, asking the next node too when no answer came within ``hedge_s``
-        or a node failed (module docstring); the first answer is returned."""
+        (with ``probe``: and the node did not answer a probe either) or a node failed (module
+        docstring); the first answer is returned."""
         order = self._order()
         asked: dict[asyncio.Task, int] = {}          # attempts not finished -> their node
+        newest = -1                                  # the node asked last
+        probing: asyncio.Task | None = None          # whether ``newest`` is alive
         last: BaseException | None = None
 
         def ask_next() -> None:
-            i = order.pop(0)
-            asked[asyncio.ensure_future(self.request_to(i, op, timeout, **args))] = i
+            nonlocal newest
+            if order:
+                newest = order.pop(0)
+                asked[asyncio.ensure_future(self.request_to(newest, op, timeout, **args))] = newest
 
         try:
             ask_next()
             while asked:
-                more = bool(order)
-                done, _ = await asyncio.wait(asked, timeout=hedge_s if more else None,
+                waiting = set(asked) if probing is None else set(asked) | {probing}
+                done, _ = await asyncio.wait(waiting, timeout=hedge_s if order and probing is None else None,
                                              return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    if probe:
+                        probing = asyncio.ensure_future(self._alive(newest))
+                    else:
+                        ask_next()
+                    continue
+                if probing in done:
+                    done.discard(probing)
+                    if not probing.result():
+                        ask_next()
+                    probing = None
                 for t in done:
                     i = asked.pop(t)
                     exc = t.exception()
@@ -173,27 +207,27 @@ class AsyncLedgerClient:
                         raise exc
                     last = exc
                     self._mark_slow(i)
-                if more:
                     ask_next()
         finally:
-            for t in asked:
+            rest = set(asked) if probing is None else set(asked) | {probing}
+            for t in rest:
                 t.cancel()
-            if asked:
-                await asyncio.wait(asked)
+            if rest:
+                await asyncio.wait(rest)
         raise LedgerUnavailable("no node answered %s: %s" % (op, last))
 
     async def submit(self, tx: bytes, wait_ms: int = 10000) -> dict:
         """Submit ``tx`` and wait for its outcome: ``status`` committed (height, index, code),
         refused (code, reason) or pending (not committed within ``wait_ms``)."""
         return await self.request("submit", timeout=wait_ms / 1000 + self.timeout, hedge_s=HEDGE_SUBMIT_S,
-                                  tx=tx, wait_ms=wait_ms)
+                                  probe=True, tx=tx, wait_ms=wait_ms)
 
     async def submit_many(self, txs: Sequence[bytes], wait_ms: int = 10000) -> list[dict]:
         """Submit ``txs`` in one request (to one node) and wait for their outcomes, one ``submit``
         answer per tx in order; raises LedgerUnavailable if no node answers, ValueError if the node
         refuses the request as a whole."""
         resp = await self.request("submit_many", timeout=wait_ms / 1000 + self.timeout, hedge_s=HEDGE_SUBMIT_S,
-                                  txs=list(txs), wait_ms=wait_ms)
+                                  probe=True, txs=list(txs), wait_ms=wait_ms)
         results = resp.get("results")
         if not resp.get("ok") or not isinstance(results, list) or len(results) != len(txs):
             raise ValueError("submit_many refused: %s" % resp.get("error", "bad answer"))

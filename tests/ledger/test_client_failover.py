@@ -13,7 +13,7 @@ from ledgerlink.ledger.cluster import LocalCluster
 from ledgerlink.ledger.state import encoding as enc
 
 READ_WITHIN_S = 2.0          # hedged after 0.5 s; the timeout it must not wait for is 5 s
-SUBMIT_WITHIN_S = 4.0        # hedged after 1 s, then one commit; the timeout is 15 s
+SUBMIT_WITHIN_S = 4.0        # its node probed after 0.5 s for 0.5 s, then one commit; the timeout is 15 s
 
 
 @pytest.fixture(scope="module")
