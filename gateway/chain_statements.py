@@ -144,8 +144,11 @@ def covering(store: Store, frame_hash: bytes, statements: dict[bytes, bool] | No
             return None
     ok = statements.get(statement) if statements is not None else None
     if ok is None:
-        msg = store.message_by_hash(statement, frame_id)
-        ok = msg is not None and store.anchored_batch_of(msg) is not None
+        if frame_id:
+            ok = store.anchored_by_hash(statement, frame_id)
+        else:
+            msg = store.message_by_hash(statement)
+            ok = msg is not None and store.anchored_batch_of(msg) is not None
         if statements is not None:
             statements[statement] = ok
     return statement if ok else None

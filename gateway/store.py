@@ -248,6 +248,7 @@ class Store:
             self.db.execute("ALTER TABLE batches ADD COLUMN receipts_sent INTEGER NOT NULL DEFAULT 1")
         self.db.execute("CREATE INDEX IF NOT EXISTS batches_owner_last ON batches (owner, last_id)")
         self.db.execute("CREATE INDEX IF NOT EXISTS batches_unreceipted ON batches (owner) WHERE receipts_sent = 0")
+        self.db.execute("CREATE INDEX IF NOT EXISTS batches_last ON batches (last_id)")
         self.legacy_blobs = bool(self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'blobs'").fetchone())
 
     def _full_window(self) -> bytes:
@@ -452,6 +453,19 @@ class Store:
         it is known to be newer than that message (fewer rows past the frame index to look through)."""
         row = self._by_hash(h, MESSAGE_COLUMNS, with_frame=False, whole_row=True, after_id=after_id)
         return StoredMessage(*row) if row is not None else None
+
+    def anchored_by_hash(self, h: bytes, after_id: int) -> bool:
+        """Whether the stored message whose frame hash is ``h`` (by any owner), known to be newer than message
+        ``after_id``, is in an anchored batch. Past the frame index it looks only through the messages of
+        anchored batches that end after ``after_id`` (``message_by_hash`` reads every message stored since,
+        the batches still waiting for their anchor and the frames not yet batched included)."""
+        rows = self._query("SELECT m.id, m.owner FROM frames.frame_index f JOIN messages m ON m.id = f.id "
+                           "WHERE f.prefix = ? AND m.frame_hash = ?", (h[:FRAME_PREFIX], h))
+        if rows:
+            return self.anchored_batch_of(StoredMessage(rows[0][0], h, b"", 0, 0, "", 0)) is not None
+        return bool(self._query("SELECT 1 FROM batches b CROSS JOIN messages m ON m.id BETWEEN MAX(b.first_id, ?, %s + 1) "
+                                "AND b.last_id AND +m.owner = b.owner WHERE b.last_id > ? AND b.status = 'anchored' "
+                                "AND +m.frame_hash = ? LIMIT 1" % INDEXED_UPTO, (after_id + 1, after_id, h)))
 
     def message_by_seq(self, device: bytes, seq: int) -> StoredMessage | None:
         """The stored message of ``device`` with sequence number ``seq`` (by any owner), None when there is

@@ -257,3 +257,29 @@ def test_chain_frames_keyed_by_frame_hash_are_moved_to_the_device_seq_layout(tmp
     assert [r[1] for r in s.db.execute("PRAGMA table_info(chain_frames)")][:2] == ["device", "seq"]
     s.write_many(chain_frames=[(b"t" * 32, [(DEVICES[1], 5, rows[2][6])])])
     assert s.covering(rows[2][6]) == b"t" * 32
+
+
+def test_anchored_by_hash_agrees_with_the_message_and_its_batch(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "FRAME_INDEX_STEP", 4)
+    path = tmp_path / "site.db"
+    a, b = Store(path, "a"), Store(path, "b")
+    for seq in range(1, 7):
+        a.write_many([row(DEVICES[0], seq)])
+        b.write_many([row(DEVICES[1], seq)])
+    for store, name, n in ((a, b"a1", 2), (b, b"b1", 3), (a, b"a2", 2), (b, b"b2", 1), (a, b"a3", 1)):
+        store.create_batch(name, b"r" * 32, b"tx", [m.id for m in store.unbatched(n)], 5)
+    for store, name in ((a, b"a1"), (b, b"b2"), (a, b"a3")):
+        store.set_batch_status(name, "anchored", b"proof")
+    assert 0 < a.reader.execute("SELECT COUNT(*) FROM frames.frame_index").fetchone()[0] < 12   # indexed and not
+    messages = [a.message_by_hash(r[6]) for r in [row(DEVICES[0], s) for s in range(1, 7)]
+                + [row(DEVICES[1], s) for s in range(1, 7)]]
+    found = []
+    for m in messages:
+        assert m is not None
+        expected = a.anchored_batch_of(m) is not None
+        found.append(expected)
+        for after in range(0, m.id):
+            assert a.anchored_by_hash(m.frame_hash, after) is expected
+            assert b.anchored_by_hash(m.frame_hash, after) is expected
+    assert True in found and False in found
+    assert not a.anchored_by_hash(hashlib.sha256(b"other").digest(), 0)
