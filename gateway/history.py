@@ -73,6 +73,12 @@ class _DeviceHistory:
         self.count = 0
         self.refusals: deque[dict] = deque(maxlen=REFUSALS_KEPT)
 
+    def clear(self) -> None:
+        """Empty, for another device (the arrays are kept: a reading writes every column at its place)."""
+        self.columns.clear()
+        self.start = self.count = 0
+        self.refusals.clear()
+
     def append(self, time_ms: int, seq: int, values: dict[str, float]) -> None:
         if self.count == READING_POINTS:
             i = self.start
@@ -123,9 +129,12 @@ class History:
     def _device(self, dev: bytes) -> _DeviceHistory:
         d = self.devices.get(dev)
         if d is None:
-            d = self.devices[dev] = _DeviceHistory()
-            if len(self.devices) > DEVICES_KEPT:
-                self.devices.popitem(last=False)
+            if len(self.devices) >= DEVICES_KEPT:       # the arrays of the device updated longest ago are reused
+                d = self.devices.popitem(last=False)[1]
+                d.clear()
+            else:
+                d = _DeviceHistory()
+            self.devices[dev] = d
         else:
             self.devices.move_to_end(dev)
         return d

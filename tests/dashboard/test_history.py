@@ -70,6 +70,22 @@ def test_device_series_and_refusals_are_capped():
     assert h.device_json(dev) == {"cap": hist.READING_POINTS, "t": [], "seq": [], "series": {}, "refusals": []}
 
 
+def test_a_device_that_takes_the_place_of_a_dropped_one_shows_only_its_own_readings():
+    h = History()
+    first = b"\x01" * 16
+    for seq in range(hist.READING_POINTS + 3):
+        h.reading(first, 1000 + seq, seq, {"t": seq, "rh": 50})
+    h.refusal(first, {"code": 5})
+    for i in range(2, hist.DEVICES_KEPT + 1):
+        h.reading(i.to_bytes(16, "big"), 1, 1, {"t": 1})
+    late = b"\x02" * 16                                    # drops ``first``, takes its arrays
+    h.reading(late, 7, 3, {"p": 1.5})
+    h.reading(late, 8, 4, {"p": 2, "q": 1})
+    assert first not in h.devices
+    assert h.device_json(late) == {"cap": hist.READING_POINTS, "t": [7, 8], "seq": [3, 4],
+                                   "series": {"p": [1.5, 2], "q": [None, 1]}, "refusals": []}
+
+
 def test_metrics_feed_readings_and_refusals(site):  # noqa: F811 - the imported fixture
     h = History()
     site.metrics.history = h
