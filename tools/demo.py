@@ -483,7 +483,7 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
             accepted, _refused_text(by_reason), receipts, height))
         if tally.header_height is not None:
             say("certified header of height %d retained on ll/%s/ledger/header" % (tally.header_height, site))
-        checks.extend(_final_checks(devs, tally, ban_target, ban_ms, signals.received is not None, cut_off_ms))
+        checks.extend(_final_checks(devs, tally, ban_target, ban_ms, signals.received is not None, cut_off_ms, seq))
     except _Interrupted:
         pass
     except Exception as exc:  # noqa: BLE001 - any failure ends the run with the checks so far
@@ -528,13 +528,16 @@ def _alive(pid: int) -> bool:
 
 
 def _final_checks(devs: list[Any], tally: _Tally, ban_target: Any, ban_ms: int | None,
-                  interrupted: bool, cut_off_ms: int | None = None) -> list[tuple[bool, str]]:
+                  interrupted: bool, cut_off_ms: int | None = None, published: int = 1) -> list[tuple[bool, str]]:
     out: list[tuple[bool, str]] = []
     accepted, _, receipts = tally.totals()
     others = [d for d in devs if d is not ban_target]
     silent = [d.name for d in others if not tally.accepted.get(d.core.device_id)]
-    out.append((accepted > 0 and not silent, "accepted %d readings; every device not banned had readings accepted%s"
-                % (accepted, "" if not silent else " (none from %s)" % ", ".join(silent))))
+    if interrupted and not published:
+        out.append((True, "interrupted before the first reading was published"))
+    else:
+        out.append((accepted > 0 and not silent, "accepted %d readings; every device not banned had readings accepted%s"
+                    % (accepted, "" if not silent else " (none from %s)" % ", ".join(silent))))
     undecided = sum(len(d.core.sent) for d in others)      # the banned device is cut off from its receipts
     good_accepted = sum(len(tally.accepted.get(d.core.device_id, ())) for d in others)
     good_receipts = sum(tally.receipts_of.get(d.core.device_id, 0) for d in others)
