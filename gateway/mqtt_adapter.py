@@ -182,9 +182,7 @@ class MqttGateway:
         if self.client_kind == "ledgerlink":
             client = self.client
             if items:
-                for o in items:
-                    if not o.qos:
-                        client.publish(o.topic, o.payload, qos=0, flush=False)
+                client.publish_many_qos0([(o.topic, o.payload) for o in items if not o.qos], flush=False)
                 client.publish_many([(o.topic, o.payload, o.retain) for o in items if o.qos])
             return
         for o in items:
@@ -197,9 +195,7 @@ class MqttGateway:
             client = self.client
             if h.outgoing:
                 client.publish_many([(o.topic, o.payload, o.retain) for o in h.outgoing if o.qos], flush=False)
-                for o in h.outgoing:
-                    if not o.qos:
-                        client.publish(o.topic, o.payload, qos=0, flush=False)
+                client.publish_many_qos0([(o.topic, o.payload) for o in h.outgoing if not o.qos], flush=False)
             client.ack_many([token for token, _ in self._acks(h.decided)])
         else:
             self.publish(h.outgoing)

@@ -32,7 +32,7 @@ from ledgerlink.mqtt5 import (
     CONNACK, DISCONNECT, P_ASSIGNED_ID, P_MAXIMUM_PACKET_SIZE, P_RECEIVE_MAXIMUM, P_SERVER_KEEP_ALIVE,
     P_SESSION_EXPIRY, PINGREQ_PACKET, PINGRESP, PUBACK, PUBLISH, SUBACK, SUCCESS, UNSUBACK, MqttError,
     decode_server_packet, decode_server_publish_qos1, encode_connect, encode_disconnect, encode_properties,
-    encode_publish, encode_publish_qos1, encode_subscribe, puback, split_frame, topic_field,
+    encode_publish, encode_publish_qos1, encode_subscribe, puback, split_frame, topic_field, vbi,
 )
 
 log = logging.getLogger("ledgerlink.gateway.mqtt_client")
@@ -154,6 +154,30 @@ class MqttClient:
         with self._lock:
             self._waiting.extend((topic, payload, retain, _NO_PROPS) for topic, payload, retain in items)
             self._pump_locked()
+            if flush:
+                self._flush_locked()
+
+    def publish_many_qos0(self, items: Sequence[tuple[str, bytes]], flush: bool = True) -> None:
+        """QoS 0 ``publish`` of each ``(topic, payload)`` (no properties, not retained), in order, under one lock;
+        nothing is sent while not connected."""
+        with self._lock:
+            if self._sock is None or not self.connected.is_set():
+                return
+            out, fields = self._out, self._topic_fields
+            for topic, payload in items:
+                field = fields.get(topic)
+                if field is None:
+                    if len(fields) >= TOPIC_FIELDS:
+                        fields.clear()
+                    field = fields[topic] = topic_field(topic)
+                n = len(field) + 1 + len(payload)
+                if n < 128:
+                    fixed = bytes((0x30, n))
+                elif n < 16384:
+                    fixed = bytes((0x30, (n & 0x7F) | 0x80, n >> 7))
+                else:
+                    fixed = bytes((0x30,)) + vbi(n)
+                out.append(b"".join((fixed, field, _NO_PROPS, payload)))
             if flush:
                 self._flush_locked()
 

@@ -132,6 +132,20 @@ def test_qos1_round_trip_with_retain_and_properties(broker):
     sub.stop()
 
 
+def test_qos0_publishes_of_a_group_arrive_whole_and_in_order(broker):
+    sub = Box(broker.port)
+    sub.subscribe("q0/#")
+    pub = Box(broker.port)
+    payloads = [b"", b"a" * 100, b"b" * 130, b"c" * 20000, b"\x00d"]      # remaining lengths of 1, 2 and 3 bytes
+    pub.c.publish_many_qos0([("q0/%d" % i, p) for i, p in enumerate(payloads)], flush=False)
+    pub.c.publish_many_qos0([("q0/x", b"last")])
+    got = [sub.get() for _ in range(len(payloads) + 1)]
+    assert [(m.topic, m.payload, m.qos, m.retain) for m in got] == \
+        [("q0/%d" % i, p, 0, False) for i, p in enumerate(payloads)] + [("q0/x", b"last", 0, False)]
+    pub.stop()
+    sub.stop()
+
+
 def test_retained_publish_reaches_a_later_subscriber(broker):
     pub = Box(broker.port)
     pub.c.publish("ret/h", b"header", 1, retain=True)
