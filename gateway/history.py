@@ -69,17 +69,20 @@ class _DeviceHistory:
         self.times = array("q", bytes(8 * READING_POINTS))
         self.seqs = array("q", bytes(8 * READING_POINTS))
         self.columns: dict[str, array] = {}
+        self.spare: list[array] = []          # columns of the device this one took the place of
         self.start = 0
         self.count = 0
         self.refusals: deque[dict] = deque(maxlen=REFUSALS_KEPT)
 
     def clear(self) -> None:
         """Empty, for another device (the arrays are kept: a reading writes every column at its place)."""
+        self.spare = list(self.columns.values())
         self.columns.clear()
         self.start = self.count = 0
         self.refusals.clear()
 
     def append(self, time_ms: int, seq: int, values: dict[str, float]) -> None:
+        first = self.count == 0
         if self.count == READING_POINTS:
             i = self.start
             self.start = (i + 1) % READING_POINTS
@@ -92,7 +95,10 @@ class _DeviceHistory:
         if not columns.keys() >= values.keys():
             for key in values:
                 if key not in columns and len(columns) < READING_KEYS:
-                    columns[key] = array("d", [NAN]) * READING_POINTS
+                    # a spare column's old values are never read: each reading from now on writes its place
+                    columns[key] = self.spare.pop() if first and self.spare else array("d", [NAN]) * READING_POINTS
+        if first:
+            self.spare = []
         for key, column in columns.items():
             column[i] = values.get(key, NAN)
 

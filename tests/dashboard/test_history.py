@@ -79,7 +79,7 @@ def test_a_device_that_takes_the_place_of_a_dropped_one_shows_only_its_own_readi
     for i in range(2, hist.DEVICES_KEPT + 1):
         h.reading(i.to_bytes(16, "big"), 1, 1, {"t": 1})
     late = b"\x02" * 16                                    # drops ``first``, takes its arrays
-    h.reading(late, 7, 3, {"p": 1.5})
+    h.reading(late, 7, 3, {"p": 1.5})                      # a column of ``first``, reused
     h.reading(late, 8, 4, {"p": 2, "q": 1})
     assert first not in h.devices
     assert h.device_json(late) == {"cap": hist.READING_POINTS, "t": [7, 8], "seq": [3, 4],
