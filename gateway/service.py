@@ -36,6 +36,8 @@ from ledgerlink.ledger.state.codes import RecordKind
 
 log = logging.getLogger("ledgerlink.gateway")
 
+DOWN_TOPICS = 1 << 14          # down topics of devices remembered (emptied when full)
+
 
 @dataclass
 class Handled:
@@ -64,6 +66,7 @@ class GatewayService:
         if verify_threads > 1:
             self.verifier = core.crypto = VerifyAhead(core.crypto, verify_threads)
         self.observer: Any = None      # ``ledgerlink.gateway.metrics.GatewayMetrics``: sees inputs and effects
+        self._down_topics: dict[bytes, str] = {}      # device -> its down topic, for the stored-acks
 
     def restore(self, now_ms: int) -> None:
         """After a (re)start: replay windows from the store, sessions from the stored certificates."""
@@ -200,16 +203,26 @@ class GatewayService:
     def _acks(self, stored: list[tuple[bytes, int, bytes]], now_ms: int) -> list[Outgoing]:
         """One ``stored-ack`` per stored (device, seq, frame hash), all under one signed commit statement."""
         head = cbor_head
-        leaves = [b"\x83\x50" + dev + head(0, seq) + b"\x58\x20" + h for dev, seq, h in stored]   # stored_ack.entry
+        seqs = [head(0, seq) for _, seq, _ in stored]
+        leaves = [b"".join((b"\x83\x50", dev, s, b"\x58\x20", h))                          # stored_ack.entry
+                  for (dev, _, h), s in zip(stored, seqs)]
         root, proofs = encoded_inclusion_proofs(leaves)
         core = self.core
         statement = sign_statement(root, len(leaves), now_ms, core.keys.identity, core.gateway_id, core.site,
                                    core.crypto)
         tail = b"\x05" + head(2, len(statement)) + statement
-        down = core.down_topic
-        return [Outgoing(down(dev), b"".join((b"\xa6\x00\x05\x01\x58\x20", h, b"\x02", head(0, seq), b"\x03", head(0, i),
-                                             b"\x04", head(4, count), path, tail)), frame_hash=h, qos=0)
-                for i, ((dev, seq, h), (count, path)) in enumerate(zip(stored, proofs))]
+        topics = self._down_topics
+        if len(topics) > DOWN_TOPICS:
+            topics.clear()
+        counts = [b"\x04" + head(4, n) for n in range(max(count for count, _ in proofs) + 1)]
+        out = []
+        for i, ((dev, _, h), s, (count, path)) in enumerate(zip(stored, seqs, proofs)):
+            topic = topics.get(dev)
+            if topic is None:
+                topic = topics[dev] = core.down_topic(dev)
+            out.append(Outgoing(topic, b"".join((b"\xa6\x00\x05\x01\x58\x20", h, b"\x02", s, b"\x03", head(0, i),
+                                                counts[count], path, tail)), frame_hash=h, qos=0))
+        return out
 
     def _stored_elsewhere(self, effects: list[c.Effect], accepts: list[tuple[int, Outgoing]],
                           elsewhere: list[tuple[int, bool]], out: Handled, now_ms: int) -> None:
