@@ -45,21 +45,21 @@ def sign_group(readings: list[bytes], key: bytes, gateway_id: bytes, site: str, 
                backend: Any = "cpython") -> list[bytes]:
     """The ``signed-verified-reading`` of each ``verified-reading`` (deterministic CBOR maps with keys 1..6),
     all under one signature."""
-    from ledgerlink.gateway.batcher import encoded_inclusion_proofs
+    from ledgerlink.gateway.batcher import cbor_head, encoded_inclusion_proofs
 
     if not readings:
         return []
+    for reading in readings:
+        if reading[:1] != b"\xa6":
+            raise ValueError("a verified-reading is a CBOR map of 6 entries")
     root, proofs = encoded_inclusion_proofs(readings)
     t = int(time.time() * 1000) if now_ms is None else now_ms
     group = cose.sign1(cbor.dumps({1: root, 2: len(readings), 3: t}), key, gateway_id, _aad(site), backend)
     group_item = cbor.dumps(group)
-    out = []
-    for index, (reading, (count, hashes)) in enumerate(zip(readings, proofs)):
-        if reading[:1] != b"\xa6":
-            raise ValueError("a verified-reading is a CBOR map of 6 entries")
-        tail = b"\x07\x83" + cbor.dumps(index) + _array_head(count) + hashes + group_item
-        out.append(b"\xa7" + reading[1:] + tail)
-    return out
+    heads = [_array_head(n) for n in range(max(count for count, _ in proofs) + 1)]
+    return [b"".join((b"\xa7", memoryview(reading)[1:], b"\x07\x83", cbor_head(0, index), heads[count], hashes,
+                      group_item))
+            for index, (reading, (count, hashes)) in enumerate(zip(readings, proofs))]
 
 
 def _array_head(n: int) -> bytes:
