@@ -146,11 +146,19 @@ class History:
         return d
 
     def reading(self, dev: bytes, time_ms: int, seq: int, measurements: Any) -> None:
-        values = numeric_values(measurements)
-        if not values or not (0 <= time_ms < INT64_END and 0 <= seq < INT64_END):
-            return
-        with self.lock:
-            self._device(dev).append(time_ms, seq, values)
+        self.readings([(dev, time_ms, seq, measurements)])
+
+    def readings(self, items: list[tuple[bytes, int, int, Any]]) -> None:
+        """``reading`` of each (device, time_ms, seq, measurements), under one hold of the lock."""
+        kept = []
+        for dev, time_ms, seq, measurements in items:
+            values = numeric_values(measurements)
+            if values and 0 <= time_ms < INT64_END and 0 <= seq < INT64_END:
+                kept.append((dev, time_ms, seq, values))
+        if kept:
+            with self.lock:
+                for dev, time_ms, seq, values in kept:
+                    self._device(dev).append(time_ms, seq, values)
 
     def refusal(self, dev: bytes, entry: dict) -> None:
         with self.lock:

@@ -181,6 +181,7 @@ class GatewayMetrics:
         t = self.mono()
         accepted: dict[str, int] = {}
         history = self.history
+        readings: list[tuple[bytes, int, int, Any]] = []     # for the history, after the lock
         with self.lock:
             for e in effects:
                 if isinstance(e, c.Accept):
@@ -193,7 +194,7 @@ class GatewayMetrics:
                     d.accepted += 1
                     self.recent.appendleft((e, now_ms))
                     if history is not None:
-                        history.reading(e.device_id, e.time_ms, e.seq, e.measurements)
+                        readings.append((e.device_id, e.time_ms, e.seq, e.measurements))
                 elif isinstance(e, c.Refuse):
                     self.refused.inc(1, (str(e.code), reason_name(e.code)))
                     self._arrived.pop(e.warning_id, None)
@@ -217,6 +218,8 @@ class GatewayMetrics:
                     self._ignored += 1
             for mode, n in accepted.items():
                 self.accepted.inc(n, (mode,))
+        if readings:
+            history.readings(readings)
 
     def registry_updated(self, dev: bytes) -> None:
         """The core took (or refused) a registry answer for ``dev``."""
