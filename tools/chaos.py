@@ -964,22 +964,24 @@ def _served_board(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
             c.sendall(b"\r\x03\x01")
-            got = b""
-            while not got.endswith(b"to exit\r\n>"):
-                data = c.recv(4096)
-                if not data:
-                    return False
-                got += data
+            if _read_until(c, b"to exit\r\n>") is None:
+                return False
             c.sendall(b"print(1+1)\x04")
-            got = b""
-            while not got.endswith(b"\x04>"):
-                data = c.recv(4096)
-                if not data:
-                    return False
-                got += data
-            return got.startswith(b"OK2")
+            got = _read_until(c, b"\x04>")
+            return got is not None and got.startswith(b"OK2")
     except OSError:
         return False
+
+
+def _read_until(c: socket.socket, end: bytes) -> bytes | None:
+    """What ``c`` sends up to and including ``end``; None when it closes first."""
+    got = b""
+    while not got.endswith(end):
+        data = c.recv(4096)
+        if not data:
+            return None
+        got += data
+    return got
 
 
 ATTACKS = {"mqtt": (_mqtt_partial, _served_mqtt), "http": (_http_partial, _served_http),
