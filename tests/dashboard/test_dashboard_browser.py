@@ -17,11 +17,10 @@ import pytest
 
 from ledgerlink.core import cbor, cose
 from ledgerlink.ledger.client import LedgerClient
-from ledgerlink.ledger.cluster import LocalCluster, write_key
-from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.ledger.cluster import LocalCluster
 from ledgerlink.tools.stack import stop_process
 
-from tests.gateway.test_dashboard import CRYPTO, MOSQUITTO, _free_port, _wait_log, chromium, render_dom
+from tests.gateway.test_dashboard import CRYPTO, MOSQUITTO, _free_port, chromium, register, render_dom, start_gateway
 
 SITE = "dashplot"
 READINGS = 8
@@ -52,27 +51,8 @@ def live(tmp_path_factory):
     try:
         cluster.start()
         client = LedgerClient(cluster.config_path)
-        admin, chain = cluster.key("admin"), cluster.config.chain_id
-        priv = CRYPTO.generate_private_key()
-        dev = enc.device_id(CRYPTO.public_key(priv, True))
-        req = enc.registration_request(priv, 1, {"name": "boiler-7"}, int(time.time() * 1000))
-        res = client.submit(enc.register_tx(chain, admin, req, int(time.time() * 1000)))
-        assert res["status"] == "committed" and res["code"] == 0, res
-        for name in ("gw-ca", "gw-site"):
-            write_key(tmp / "ledger" / "keys" / (name + ".key"), CRYPTO.generate_private_key())
-        cfg = {"site": SITE, "mqtt": {"host": "127.0.0.1", "port": port, "client_id": "gw-plot-1"},
-               "store": str(tmp / "gw.db"),
-               "keys": {"identity": "ledger/keys/gateway.key", "ca": "ledger/keys/gw-ca.key",
-                        "site": "ledger/keys/gw-site.key"},
-               "ledger": {"cluster": "ledger/cluster.json"}, "batch": {"max": 64, "interval_ms": 100},
-               "http": {"host": "127.0.0.1", "port": 0, "offline_after_s": 60, "poll_s": 0.5}}
-        (tmp / "gw.json").write_text(json.dumps(cfg))
-        log = tmp / "gw.log"
-        with open(log, "wb") as f:
-            gw_proc = subprocess.Popen([sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(tmp / "gw.json")],
-                                       stdout=f, stderr=subprocess.STDOUT)
-        url = _wait_log(log, r"dashboard on (http://127\.0\.0\.1:\d+/)", gw_proc).group(1)
-        _wait_log(log, "subscribed", gw_proc)
+        priv, dev = register(client, cluster, {"name": "boiler-7"})
+        gw_proc, url = start_gateway(tmp, port, SITE, "gw-plot-1")
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dash-plot", protocol=mqtt.MQTTv5)
         pub.connect("127.0.0.1", port)
         pub.loop_start()

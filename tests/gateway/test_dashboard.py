@@ -252,6 +252,41 @@ def _wait_log(path: Path, pattern: str, proc: subprocess.Popen, timeout: float =
     raise TimeoutError("no %r in %s" % (pattern, path))
 
 
+def register(client: LedgerClient, cluster: LocalCluster, attrs: dict) -> tuple[int, bytes]:
+    """A new device key registered by the cluster's admin with ``attrs``: (private key, device id)."""
+    priv = CRYPTO.generate_private_key()
+    req = enc.registration_request(priv, 1, attrs, int(time.time() * 1000))
+    res = client.submit(enc.register_tx(cluster.config.chain_id, cluster.key("admin"), req, int(time.time() * 1000)))
+    assert res["status"] == "committed" and res["code"] == 0, res
+    return priv, enc.device_id(CRYPTO.public_key(priv, True))
+
+
+def start_gateway(tmp: Path, port: int, site: str, client_id: str) -> tuple[subprocess.Popen, str]:
+    """A gateway process for ``site`` on the broker at ``port`` and the cluster in ``tmp``/ledger, subscribed,
+    with its dashboard: (process, dashboard URL)."""
+    for name in ("gw-ca", "gw-site"):
+        write_key(tmp / "ledger" / "keys" / (name + ".key"), CRYPTO.generate_private_key())
+    cfg = {"site": site, "mqtt": {"host": "127.0.0.1", "port": port, "client_id": client_id},
+           "store": str(tmp / "gw.db"),
+           "keys": {"identity": "ledger/keys/gateway.key", "ca": "ledger/keys/gw-ca.key",
+                    "site": "ledger/keys/gw-site.key"},
+           "ledger": {"cluster": "ledger/cluster.json"}, "batch": {"max": 64, "interval_ms": 100},
+           "http": {"host": "127.0.0.1", "port": 0, "offline_after_s": 60, "poll_s": 0.5}}
+    (tmp / "gw.json").write_text(json.dumps(cfg))
+    log = tmp / "gw.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "ledgerlink.gateway.main", "--config", str(tmp / "gw.json")],
+                                stdout=f, stderr=subprocess.STDOUT)
+    try:
+        url = _wait_log(log, r"dashboard on (http://127\.0\.0\.1:\d+/)", proc).group(1)
+        _wait_log(log, "subscribed", proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, url
+
+
 def test_dashboard_renders_in_chromium_against_running_gateway(tmp_path):
     import paho.mqtt.client as mqtt
 
@@ -263,29 +298,9 @@ def test_dashboard_renders_in_chromium_against_running_gateway(tmp_path):
     try:
         cluster.start()
         client = LedgerClient(cluster.config_path)
-        admin, chain = cluster.key("admin"), cluster.config.chain_id
-        devs = {}
-        for name, attrs in (("good", {"name": "boiler-1"}), ("evil", {"name": EVIL_NAME})):
-            priv = CRYPTO.generate_private_key()
-            devs[name] = (priv, enc.device_id(CRYPTO.public_key(priv, True)))
-            req = enc.registration_request(priv, 1, attrs, int(time.time() * 1000))
-            res = client.submit(enc.register_tx(chain, admin, req, int(time.time() * 1000)))
-            assert res["status"] == "committed" and res["code"] == 0, res
-        for name in ("gw-ca", "gw-site"):
-            write_key(tmp_path / "ledger" / "keys" / (name + ".key"), CRYPTO.generate_private_key())
-        cfg = {"site": E2E_SITE, "mqtt": {"host": "127.0.0.1", "port": port, "client_id": "gw-dash-1"},
-               "store": str(tmp_path / "gw.db"),
-               "keys": {"identity": "ledger/keys/gateway.key", "ca": "ledger/keys/gw-ca.key",
-                        "site": "ledger/keys/gw-site.key"},
-               "ledger": {"cluster": "ledger/cluster.json"}, "batch": {"max": 64, "interval_ms": 100},
-               "http": {"host": "127.0.0.1", "port": 0, "offline_after_s": 60, "poll_s": 0.5}}
-        (tmp_path / "gw.json").write_text(json.dumps(cfg))
-        log = tmp_path / "gw.log"
-        with open(log, "wb") as f:
-            gw_proc = subprocess.Popen([sys.executable, "-m", "ledgerlink.gateway.main", "--config",
-                                        str(tmp_path / "gw.json")], stdout=f, stderr=subprocess.STDOUT)
-        url = _wait_log(log, r"dashboard on (http://127\.0\.0\.1:\d+/)", gw_proc).group(1)
-        _wait_log(log, "subscribed", gw_proc)
+        devs = {"good": register(client, cluster, {"name": "boiler-1"}),
+                "evil": register(client, cluster, {"name": EVIL_NAME})}
+        gw_proc, url = start_gateway(tmp_path, port, E2E_SITE, "gw-dash-1")
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dash-test", protocol=mqtt.MQTTv5)
         pub.connect("127.0.0.1", port)
         pub.loop_start()
