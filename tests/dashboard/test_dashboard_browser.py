@@ -18,9 +18,9 @@ import pytest
 from ledgerlink.core import cbor, cose
 from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.cluster import LocalCluster
-from ledgerlink.tools.stack import stop_process
 
-from tests.gateway.test_dashboard import CRYPTO, MOSQUITTO, _free_port, chromium, register, render_dom, start_gateway
+from tests.gateway.test_dashboard import (CRYPTO, MOSQUITTO, _free_port, chromium, register, render_dom, start_gateway,
+                                         stop_live)
 
 SITE = "dashplot"
 READINGS = 8
@@ -75,15 +75,7 @@ def live(tmp_path_factory):
             time.sleep(0.3)
         yield type("Live", (), {"url": url, "dev": dev.hex(), "tmp": tmp, "cluster": cluster.config_path})
     finally:
-        if pub is not None:
-            pub.loop_stop()
-            pub.disconnect()
-        stop_process(gw_proc, 15)
-        if client is not None:
-            client.close()
-        cluster.stop()
-        broker.terminate()
-        broker.wait(10)
+        stop_live(pub, gw_proc, client, cluster, broker)
 
 
 def plots(dom: str, holder_attr: str) -> dict[str, tuple[dict, dict]]:

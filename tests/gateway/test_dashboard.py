@@ -287,6 +287,19 @@ def start_gateway(tmp: Path, port: int, site: str, client_id: str) -> tuple[subp
     return proc, url
 
 
+def stop_live(pub, gw_proc, client, cluster: LocalCluster, broker: subprocess.Popen) -> None:
+    """Stop what a live dashboard test started (the parts that were not started are None)."""
+    if pub is not None:
+        pub.loop_stop()
+        pub.disconnect()
+    stop_process(gw_proc, 15)
+    if client is not None:
+        client.close()
+    cluster.stop()
+    broker.terminate()
+    broker.wait(10)
+
+
 def test_dashboard_renders_in_chromium_against_running_gateway(tmp_path):
     import paho.mqtt.client as mqtt
 
@@ -341,12 +354,4 @@ def test_dashboard_renders_in_chromium_against_running_gateway(tmp_path):
         assert "&lt;script&gt;document.body.setAttribute" in dom and "&lt;/td&gt;&lt;b id=pwned&gt;" in dom
         assert "data-pwned=" not in dom and 'id="pwned"' not in dom and "<img" not in dom
     finally:
-        if pub is not None:
-            pub.loop_stop()
-            pub.disconnect()
-        stop_process(gw_proc, 15)
-        if client is not None:
-            client.close()
-        cluster.stop()
-        broker.terminate()
-        broker.wait(10)
+        stop_live(pub, gw_proc, client, cluster, broker)
