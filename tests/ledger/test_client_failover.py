@@ -9,19 +9,12 @@ import time
 import pytest
 
 from ledgerlink.ledger.client import LedgerClient
-from ledgerlink.ledger.cluster import LocalCluster
 from ledgerlink.ledger.state import encoding as enc
+
+from tests.ledger.test_node_cluster import cluster  # noqa: F401 - the module's 4-node cluster fixture
 
 READ_WITHIN_S = 2.0          # hedged after 0.5 s; the timeout it must not wait for is 5 s
 SUBMIT_WITHIN_S = 4.0        # its node probed after 0.5 s for 0.5 s, then one commit; the timeout is 15 s
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    c.start()
-    yield c
-    c.stop()
 
 
 def anchor(cluster, batch_id):
