@@ -27,7 +27,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from ledgerlink.core import cbor, cose, merkle, spv
+from ledgerlink.core import cbor, cose, merkle
+from ledgerlink.protocol import spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof, LedgerlinkError
 from ledgerlink.gateway.chain_statements import covering as covering_statement

@@ -55,7 +55,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ledgerlink.core import cbor, session_chain
+from ledgerlink.core import cbor
+from ledgerlink.protocol import session_chain
 from ledgerlink.core.backend import get_backend
 from ledgerlink.device.core import MODE_SESSION, MODE_SIGNED, DeviceCore, MemoryCounter, SequenceCounter, SessionOpened
 from ledgerlink.gateway.mqtt_client import MqttClient

@@ -22,7 +22,7 @@ import sqlite3
 from collections import OrderedDict
 from typing import Any
 
-from ledgerlink.core import session_chain
+from ledgerlink.protocol import session_chain
 from ledgerlink.core.errors import InvalidProof
 from ledgerlink.gateway.store import SEQ_INDEXED_UPTO, Store
 

@@ -40,7 +40,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ledgerlink.core import cbor, cose, ecdsa, ecqv, session_chain, session_keys, spv, stored_ack
+from ledgerlink.core import cbor, cose, ecdsa, ecqv, session_keys
+from ledgerlink.protocol import session_chain, spv, stored_ack
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, LedgerlinkError
 from ledgerlink.ledger.consensus.messages import tx_root

@@ -31,7 +31,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Callable
 
-from ledgerlink.core import cbor, merkle, session_chain, spv
+from ledgerlink.core import cbor, merkle
+from ledgerlink.protocol import session_chain, spv
 from ledgerlink.gateway.batcher import batch_receipts, verify_receipt
 from ledgerlink.gateway.store import Store
 

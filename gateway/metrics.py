@@ -28,7 +28,8 @@ import time
 from collections import OrderedDict, deque
 from typing import Any, Callable
 
-from ledgerlink.core import cbor, spv
+from ledgerlink.core import cbor
+from ledgerlink.protocol import spv
 from ledgerlink.gateway import checks as c
 from ledgerlink.ledger.metrics import CounterFunc, Registry
 

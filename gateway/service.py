@@ -25,7 +25,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledgerlink.core import cbor, cose, ecqv, stored_ack
+from ledgerlink.core import cbor, cose, ecqv
+from ledgerlink.protocol import stored_ack
 from ledgerlink.gateway import checks as c
 from ledgerlink.core.errors import InvalidProof
 from ledgerlink.gateway.chain_statements import ChainStatements

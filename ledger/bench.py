@@ -40,7 +40,8 @@ import threading
 import time
 from typing import Any
 
-from ledgerlink.core import cbor, spv
+from ledgerlink.core import cbor
+from ledgerlink.protocol import spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.client import AsyncLedgerClient
 from ledgerlink.ledger.cluster import LocalCluster

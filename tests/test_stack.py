@@ -9,7 +9,7 @@ import pytest
 
 from ledgerlink.core import cbor
 from ledgerlink.device.core import DeviceCore, MemoryCounter, SequenceCounter
-from ledgerlink.core.stored_ack import KIND_STORED
+from ledgerlink.protocol.stored_ack import KIND_STORED
 from ledgerlink.tools import stack as stack_mod
 from ledgerlink.tools.stack import BrokerMissing, Stack, StackError, choose_broker
 from tests.mqtt_helpers import subscriber

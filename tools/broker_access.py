@@ -166,7 +166,8 @@ def proven_device_record(ledger: Any, chain_id: str, validators: list[bytes], de
     """A device's ledger record (None when it has none), from ``ledger`` (a ``LedgerClient``) with its
     proof checked against the trusted ``validators`` under a header at ``min_height`` or later; AccessError
     when the answer does not verify (a lying or lagging node: the account stays as it is)."""
-    from ledgerlink.core import cbor, spv
+    from ledgerlink.core import cbor
+    from ledgerlink.protocol import spv
     from ledgerlink.core.errors import LedgerlinkError
     from ledgerlink.ledger.state.codes import RecordKind
     from ledgerlink.ledger.state.encoding import state_key
@@ -192,7 +193,8 @@ def proven_block_txs(ledger: Any, chain_id: str, validators: list[bytes], height
     ``validators`` and transactions that hash to its tx root. So a lying node can hide no ban or key
     rotation. AccessError when a node answered but none gave one that checks; when no node answered at
     all, the client's own error (``LedgerUnavailable``)."""
-    from ledgerlink.core import cbor, spv
+    from ledgerlink.core import cbor
+    from ledgerlink.protocol import spv
     from ledgerlink.ledger.consensus.messages import tx_root
 
     asks = [lambda: ledger.block(height)]

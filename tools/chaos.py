@@ -362,7 +362,7 @@ class Chaos:
 
     def _board(self) -> bytes:
         """Stage the board32 device (its own key) and return its registration request."""
-        from ledgerlink.core import device_protocol as dp
+        from ledgerlink.protocol import device_protocol as dp
         from ledgerlink.core import ecdsa
 
         s = self.stack

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import ledgerlink
+from ledgerlink.tools.micropython_vm import PORTABLE_PACKAGES
 
 # The checkout's root, or the installed package's folder: both hold micropython/ and hardware/boards/ (package
 # data in a wheel); the portable library is the ledgerlink package itself (sdk/ in a checkout).
@@ -204,8 +205,9 @@ def library_sources(library: bool = True, client: bool = True, drivers: Iterable
     files: dict[str, Path] = {}
     if library:
         files["lib/ledgerlink/__init__.mpy"] = SDK / "__init__.py"
-        for src in sorted((SDK / "core").glob("*.py")):
-            files["lib/ledgerlink/core/%s.mpy" % src.stem] = src
+        for package in PORTABLE_PACKAGES:
+            for src in sorted((SDK / package).glob("*.py")):
+                files["lib/ledgerlink/%s/%s.mpy" % (package, src.stem)] = src
     if client:
         for src in sorted(CLIENT_DIR.glob("*.py")):
             files["lib/ledgerlink_client/%s.mpy" % src.stem] = src

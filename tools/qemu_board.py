@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ledgerlink.core import cbor, cose
-from ledgerlink.core import device_protocol as dp
+from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.tools import deploy
 from ledgerlink.tools.board_runtime import CycleSite
 from ledgerlink.tools.socket_bridge import UartBridge

@@ -28,8 +28,9 @@ on board32 against the real stack in tests/micropython/test_stack_in_vm.py.
 
 import hashlib
 
-from ledgerlink.core import cbor, stored_ack
-from ledgerlink.core import device_protocol as dp
+from ledgerlink.core import cbor
+from ledgerlink.protocol import stored_ack
+from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.core.errors import LedgerlinkError
 
 from ledgerlink_client.queue import OfflineQueue

@@ -6,7 +6,7 @@ moment it is taken, with the next sequence number, and appends it to the offline
 unconnected MQTT object with the interface of ``mqtt.MQTTClient`` (``connect``, ``publish`` returning
 a packet id, ``subscribe``, ``ping``, ``poll`` returning events, ``close``); it may raise OSError
 (broker unreachable). The protocol itself (frames, session requests and responses, receipts) is
-``ledgerlink.core.device_protocol``, the same code the CPython SDK runs.
+``ledgerlink.protocol.device_protocol``, the same code the CPython SDK runs.
 
 Delivery (docs/protocol.md, "Delivery"; ``delivery.py``, loaded on the first connected step): up to
 ``max_inflight`` frames in flight, paced under the gateway's per-device limit so a backlog drains without
@@ -57,8 +57,8 @@ and against the real broker, gateway and ledger (tests/micropython/test_stack_in
 import time
 
 from ledgerlink.core import cbor
-from ledgerlink.core import device_protocol as dp
-from ledgerlink.core.device_protocol import partial_iv  # noqa: F401  (part of this module's API)
+from ledgerlink.protocol import device_protocol as dp
+from ledgerlink.protocol.device_protocol import partial_iv  # noqa: F401  (part of this module's API)
 from ledgerlink.core.errors import LedgerlinkError
 
 from ledgerlink_client.queue import MemoryStorage, OfflineQueue, SeqCounter, StoredRecord
@@ -287,7 +287,7 @@ class DeviceClient:
         return out.seq
 
     def state_chain(self, time_ms=None, close=True):
-        """Queue the device-signed chain statements of the session readings (``ledgerlink.core.session_chain``):
+        """Queue the device-signed chain statements of the session readings (``ledgerlink.protocol.session_chain``):
         those due (``EVERY_FRAMES`` readings or a session change: done by ``publish``; ``EVERY_MS`` after a
         chain's first reading with no reading since: done by ``step``), and with ``close`` the rest too
         (call it before a reset or power-down that ends the session). Returns how many were queued. A chain

@@ -7,7 +7,7 @@ topics, and publishes queued frames in queue order. Session requests are sent on
 
 Delivery is end to end (docs/protocol.md, "Delivery"): every reading and registration request is first
 put in the durable ``OfflineQueue`` and leaves it only when the gateway says it is stored (a
-gateway-signed stored-ack checked with ``ledgerlink.core.stored_ack``, a valid receipt, or the held
+gateway-signed stored-ack checked with ``ledgerlink.protocol.stored_ack``, a valid receipt, or the held
 reply to a registration request) or refuses it for good. A broker PUBACK only marks a frame sent; a
 PUBACK with reason 0x10 (no gateway subscribed) or a failure code, a transient refusal (rate-limited,
 ledger-unavailable) and a frame with no ack within ``ack_timeout`` are published again after the
@@ -36,8 +36,9 @@ from typing import Any, Callable, Iterable, Mapping
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ledgerlink.core import cbor, stored_ack
-from ledgerlink.core.device_protocol import KIND_REGISTRATION
+from ledgerlink.core import cbor
+from ledgerlink.protocol import stored_ack
+from ledgerlink.protocol.device_protocol import KIND_REGISTRATION
 from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.device.core import (KIND_RECEIPT, KIND_REFUSAL, MODE_SESSION, MODE_SIGNED, CommandResult, DeviceCore,
                                     DeviceError, OutFrame, ReceiptResult, Refused, RegistrationHeld, SequenceCounter,

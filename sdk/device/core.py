@@ -1,4 +1,4 @@
-"""Sans-I/O device state machine for CPython: a typed wrapper over ``ledgerlink.core.device_protocol``.
+"""Sans-I/O device state machine for CPython: a typed wrapper over ``ledgerlink.protocol.device_protocol``.
 
 The protocol itself (readings signed with the identity key or encrypted under a session key, the
 registration request, ECQV session requests and responses, receipts, refusals, commands) is
@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Mapping
 
-from ledgerlink.core import cbor, device_protocol as dp
+from ledgerlink.core import cbor
+from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.core.backend import get_backend
-from ledgerlink.core.device_protocol import (DEVICE_ID_LEN, KIND_RECEIPT, KIND_REFUSAL, KIND_SESSION, MAX_SEQ,
+from ledgerlink.protocol.device_protocol import (DEVICE_ID_LEN, KIND_RECEIPT, KIND_REFUSAL, KIND_SESSION, MAX_SEQ,
                                              MODE_SESSION, MODE_SIGNED, NONCE_LEN, RECORD_DEVICE, ROLE_CONTROLLER,
                                              ROLE_GATEWAY, ROLE_SENSOR, STATUS_ACTIVE, TX_ANCHOR, TX_DOMAIN,
                                              CommandResult, DeviceError, Ignored, MemoryRecord, OutFrame, ReceiptResult,

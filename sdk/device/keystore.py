@@ -10,7 +10,7 @@ a regular file is refused (``KeystoreError``) rather than used. The key appears 
 Protects against: key disclosure through file permissions or logs, torn writes, and sequence numbers
 repeating after a crash (the counter mark is written the same atomic way, with a check). A counter file
 that is missing, damaged, or open to others reads as lost (None), never as a smaller number: the caller
-then restarts the sequence under a new session (``ledgerlink.core.device_protocol``). Tested in
+then restarts the sequence under a new session (``ledgerlink.protocol.device_protocol``). Tested in
 tests/device/test_keystore.py and tests/device/test_counter_faults.py.
 """
 

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledgerlink.core import cbor, cose, stored_ack
+from ledgerlink.core import cbor, cose
+from ledgerlink.protocol import stored_ack
 from ledgerlink.gateway import checks as c
 from tests.attacks.conftest import CRYPTO, LIMITS, SITE, Dev, now_ms, sha256
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from ledgerlink.core import cbor, smt, spv
+from ledgerlink.core import cbor, smt
+from ledgerlink.protocol import spv
 from ledgerlink.gateway import checks as c
 from ledgerlink.ledger.client import AsyncLedgerClient
 from ledgerlink.ledger.transport import frame, read_frame

@@ -137,8 +137,8 @@ def test_pages_render_their_data_before_scripts(anchored):
 def test_session_frames_show_the_device_signed_chain_statement(tmp_path):
     """A session frame is proved the device's by the chain statement its receipt names: checked, it shows
     verified; a frame the gateway sealed itself shows the statement pending; field 8 changed fails."""
-    from ledgerlink.core import session_chain as sc
-    from ledgerlink.core import device_protocol as dp
+    from ledgerlink.protocol import session_chain as sc
+    from ledgerlink.protocol import device_protocol as dp
     from ledgerlink.gateway.batcher import Batcher
     from ledgerlink.gateway.metrics import GatewayMetrics
     from tests.gateway.test_checks import NOW, SITE

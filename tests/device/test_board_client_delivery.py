@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
-from ledgerlink.core import cbor, merkle, stored_ack
+from ledgerlink.core import cbor, merkle
+from ledgerlink.protocol import stored_ack
 from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.service import GatewayService, fetch_registry, sign_statement
 from ledgerlink.gateway.store import Store

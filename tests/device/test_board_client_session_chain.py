@@ -4,7 +4,7 @@ gateway verified, and none is refused."""
 
 from __future__ import annotations
 
-from ledgerlink.core import session_chain as sc
+from ledgerlink.protocol import session_chain as sc
 from ledgerlink.gateway import checks as c
 
 from tests.device.helpers import CRYPTO

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ledgerlink.core import cbor, cose, ecqv, session_keys
-from ledgerlink.core import device_protocol as dp
+from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.core.errors import InvalidProof
 from ledgerlink.device import core as dc
 from ledgerlink.gateway import checks as c

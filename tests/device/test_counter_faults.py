@@ -19,8 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledgerlink.core import cbor, commands, cose
-from ledgerlink.core import device_protocol as dp
+from ledgerlink.core import cbor, cose
+from ledgerlink.protocol import commands
+from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.device import core as dc
 from ledgerlink.device.keystore import FileCounter, FileRecord
 from ledgerlink.gateway import checks as c

@@ -10,7 +10,7 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ledgerlink.core import session_chain as sc
+from ledgerlink.protocol import session_chain as sc
 from ledgerlink.device import core as dc
 from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.service import GatewayService

@@ -2,7 +2,7 @@
 
 Every accepted transaction is committed at once as a one-transaction block whose header is certified
 by 2f+1 (or ``votes``) real DevNet validator signatures, so record and transaction proofs check with
-``ledgerlink.core.spv`` exactly as proofs from real nodes do. Answers have the shapes of the node's
+``ledgerlink.protocol.spv`` exactly as proofs from real nodes do. Answers have the shapes of the node's
 client port (``submit``, ``status``, ``latest``, ``block``, ``record``, ``tx_proof``).
 """
 

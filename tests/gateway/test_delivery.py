@@ -51,7 +51,7 @@ def test_restart_restores_exactly_the_stored_seqs(tmp_path):
 
 
 def test_each_stored_frame_gets_an_ack_signed_once_per_group(tmp_path):
-    from ledgerlink.core import stored_ack
+    from ledgerlink.protocol import stored_ack
 
     ledger = FakeLedgerAdapter(clock=lambda: DevNet().time_ms)
     net = ledger.net
@@ -82,7 +82,7 @@ def test_each_stored_frame_gets_an_ack_signed_once_per_group(tmp_path):
 
 
 def test_duplicate_of_a_stored_frame_is_answered_with_its_ack_and_receipt(tmp_path):
-    from ledgerlink.core import stored_ack
+    from ledgerlink.protocol import stored_ack
 
     ledger = FakeLedgerAdapter(clock=lambda: DevNet().time_ms)
     net = ledger.net
@@ -102,7 +102,7 @@ def test_duplicate_of_a_stored_frame_is_answered_with_its_ack_and_receipt(tmp_pa
 
 
 def test_receipts_on_demand_by_seq_and_hash_also_after_a_restart(tmp_path):
-    from ledgerlink.core import stored_ack
+    from ledgerlink.protocol import stored_ack
 
     ledger = FakeLedgerAdapter(clock=lambda: DevNet().time_ms)
     net = ledger.net

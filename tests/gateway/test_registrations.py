@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ledgerlink.core import cbor, cose
-from ledgerlink.core.device_protocol import RegistrationHeld
+from ledgerlink.protocol.device_protocol import RegistrationHeld
 from ledgerlink.device.core import DeviceCore, MemoryCounter, Refused, SequenceCounter
 from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.service import GatewayService

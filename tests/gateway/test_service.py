@@ -6,7 +6,8 @@ import sqlite3
 
 import pytest
 
-from ledgerlink.core import cbor, cose, ecqv, stored_ack
+from ledgerlink.core import cbor, cose, ecqv
+from ledgerlink.protocol import stored_ack
 from ledgerlink.core.backend import get_backend
 from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.service import GatewayService, fetch_header, fetch_registry

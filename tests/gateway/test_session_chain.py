@@ -4,7 +4,8 @@ session reading, so a session frame the gateway sealed itself shows as not cover
 
 from __future__ import annotations
 
-from ledgerlink.core import cbor, cose, device_protocol as dp, session_chain as sc
+from ledgerlink.core import cbor, cose
+from ledgerlink.protocol import device_protocol as dp, session_chain as sc
 from ledgerlink.core.backend import get_backend
 from ledgerlink.device.core import MemoryCounter, SequenceCounter
 from ledgerlink.gateway import checks as c

@@ -3,7 +3,8 @@ number accepted once across both, each process batching only its own messages.""
 
 from __future__ import annotations
 
-from ledgerlink.core import cbor, cose, ecqv, stored_ack
+from ledgerlink.core import cbor, cose, ecqv
+from ledgerlink.protocol import stored_ack
 from ledgerlink.core.backend import get_backend
 from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.batcher import Batcher

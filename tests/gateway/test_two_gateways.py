@@ -11,7 +11,8 @@ import urllib.request
 
 import pytest
 
-from ledgerlink.core import cbor, stored_ack
+from ledgerlink.core import cbor
+from ledgerlink.protocol import stored_ack
 from ledgerlink.device.core import MODE_SESSION, DeviceCore, MemoryCounter, ReceiptResult, SequenceCounter
 from ledgerlink.tools.stack import Stack, launch_gateway, stop_process
 from tests.mqtt_helpers import subscriber

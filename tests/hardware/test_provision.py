@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ledgerlink.core import cbor, ecdsa, spv
+from ledgerlink.core import cbor, ecdsa
+from ledgerlink.protocol import spv
 from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.cluster import LocalCluster, generate

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from ledgerlink.core import cbor, smt, spv
+from ledgerlink.core import cbor, smt
+from ledgerlink.protocol import spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.cluster import LocalCluster

@@ -269,7 +269,8 @@ class Clock:
 
 def make_client(clock, factory, **cfg):
     """A session-mode client with a session of known keys and no end (set directly, as a test may)."""
-    from ledgerlink.core import device_protocol as dp, session_keys
+    from ledgerlink.core import session_keys
+    from ledgerlink.protocol import device_protocol as dp
 
     keys = {"key": os.urandom(16), "base_iv": os.urandom(13), "session_id": os.urandom(8)}
     config = {"site": "s", "identity_key": bytes(31) + b"\x05", "ca_public": b"\x02" + bytes(32),

@@ -6,7 +6,7 @@ the host; the client runs on ``MemoryStorage`` whose files the program damages b
 
 import pytest
 
-from ledgerlink.core import device_protocol as dp
+from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.gateway import checks as c
 from tests.device.helpers import NOW, Env
 
@@ -14,7 +14,8 @@ pytestmark = pytest.mark.micropython
 
 PROGRAM = """
 import gc, json, hashlib
-from ledgerlink.core import cbor, cose, device_protocol as dp, session_keys
+from ledgerlink.core import cbor, cose, session_keys
+from ledgerlink.protocol import device_protocol as dp
 from ledgerlink_client import device
 from ledgerlink_client.queue import MemoryStorage
 

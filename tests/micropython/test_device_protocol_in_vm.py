@@ -22,7 +22,8 @@ SETUP = """
 import gc, json
 if hasattr(gc, "threshold"):
     gc.threshold(8192)          # as the board client does (its gc_threshold): collect before the heap fragments
-from ledgerlink.core import cbor, device_protocol as dp
+from ledgerlink.core import cbor
+from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.core.errors import LedgerlinkError
 
 class Counter:

@@ -2,7 +2,8 @@
 the portable protocol chains its session frames and signs the statement; the host checks it with the
 device's public key alone and finds exactly the device's frames covered."""
 
-from ledgerlink.core import cbor, cose, device_protocol as dp, session_chain as sc
+from ledgerlink.core import cbor, cose
+from ledgerlink.protocol import device_protocol as dp, session_chain as sc
 from tests.device.helpers import CRYPTO, NOW, Env
 
 KEY = bytes(range(16))
@@ -12,7 +13,8 @@ SESSION_HEAP = 192 * 1024       # board32's heap for a session client from .mpy 
 
 CODE = """
 import gc, json
-from ledgerlink.core import device_protocol as dp, session_keys
+from ledgerlink.core import session_keys
+from ledgerlink.protocol import device_protocol as dp
 
 class Counter:
     n = 0

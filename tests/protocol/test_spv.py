@@ -2,7 +2,8 @@
 
 import pytest
 
-from ledgerlink.core import cbor, merkle, smt, spv
+from ledgerlink.core import cbor, merkle, smt
+from ledgerlink.protocol import spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import DecodeError, InvalidMessage, InvalidProof
 from ledgerlink.ledger.consensus import messages as m

@@ -11,8 +11,9 @@ Protects against:
   which is stored before the command is accepted; a lost record is fenced (``DeviceProtocol.open_commands``).
 """
 
-from ledgerlink.core import cbor, cose, spv
-from ledgerlink.core import device_protocol as dp
+from ledgerlink.core import cbor, cose
+from ledgerlink.protocol import spv
+from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.core.errors import InvalidMessage, LedgerlinkError
 
 

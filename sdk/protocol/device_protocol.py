@@ -32,7 +32,7 @@ Protects against:
   ``open_commands`` for a lost or damaged record.
 Malformed network data never escapes as IndexError, KeyError or TypeError: ``handle_down`` and
 ``handle_command`` return results, ``check_receipt`` raises only errors of ``ledgerlink.core.errors``.
-Tested in tests/core/test_device_protocol.py (forged receipts, wrong header signatures, tampered
+Tested in tests/protocol/test_device_protocol.py (forged receipts, wrong header signatures, tampered
 session responses; hypothesis on the decoders), tests/device/test_core.py against the gateway's own
 checks, and under MicroPython in tests/micropython/test_device_protocol_in_vm.py and, against the real
 broker, gateway and ledger, tests/micropython/test_stack_in_vm.py.
@@ -40,7 +40,8 @@ broker, gateway and ledger, tests/micropython/test_stack_in_vm.py.
 
 import hashlib
 
-from ledgerlink.core import cbor, cose, merkle, p256, spv
+from ledgerlink.core import cbor, cose, merkle, p256
+from ledgerlink.protocol import spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof, LedgerlinkError
 
@@ -411,12 +412,12 @@ class DeviceProtocol:
         self._track(seq, out.frame_hash)
         if mode == MODE_SESSION:
             if self.chains is None:
-                from ledgerlink.core.session_chain import Chains
+                from ledgerlink.protocol.session_chain import Chains
                 self.chains = Chains()
             self.chains.add(keys.session_id, seq, out.frame_hash, time_ms)
         return out
 
-    # --- session chain statements (ledgerlink.core.session_chain) ------------------------------------
+    # --- session chain statements (ledgerlink.protocol.session_chain) ------------------------------------
 
     def chain_due(self, now_ms):
         """True when a chain statement is due (``session_chain.Chains.due``)."""
@@ -761,7 +762,7 @@ class DeviceProtocol:
         Returns the controller id (for an absence proof: the state key). Raises DeviceError or a
         LedgerlinkError when the proof does not check or is older than the one held.
         """
-        from ledgerlink.core import commands
+        from ledgerlink.protocol import commands
 
         return commands.update_controller(self, record_proof)
 
@@ -798,14 +799,14 @@ class DeviceProtocol:
         self._command_start_ms = int(now_ms)
         self._command_fence_ms = None
         if new_identity:
-            from ledgerlink.core import commands
+            from ledgerlink.protocol import commands
 
             commands.load(self, True)
 
     def handle_command(self, topic, payload, now_ms):
         """Check a command (COSE_Sign1 by a controller, external_aad = the ``cmd`` topic); never raises
         (but for a failing command store). Its seq is stored before it is accepted."""
-        from ledgerlink.core import commands
+        from ledgerlink.protocol import commands
 
         return commands.handle_command(self, topic, payload, now_ms)
 

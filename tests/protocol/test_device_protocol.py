@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledgerlink.core import cbor, device_protocol as dp, ecqv, p256, session_keys
+from ledgerlink.core import cbor, ecqv, p256, session_keys
+from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.core.errors import (DecodeError, InvalidCertificate, InvalidMessage, InvalidPoint, InvalidProof,
                                     LedgerlinkError)
 from ledgerlink.device.core import MemoryCounter, SequenceCounter

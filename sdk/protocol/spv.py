@@ -10,7 +10,7 @@ gateway. It accepts:
 Everything else raises InvalidProof (or DecodeError/InvalidMessage for malformed bytes) with the reason.
 
 Protects against a lying gateway, broker or ledger node: forging any of these needs 2f+1 validator
-keys. Tested in tests/core/test_spv.py with headers certified by real replicas and with forged,
+keys. Tested in tests/protocol/test_spv.py with headers certified by real replicas and with forged,
 short-quorum, duplicate-vote, wrong-chain and tampered proofs; the same checks run under MicroPython.
 """
 

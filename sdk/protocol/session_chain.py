@@ -15,7 +15,7 @@ stored, acknowledged, anchored and receipted like any reading. Each statement st
 Protects against a gateway (or anyone holding the site key) passing off a session frame as the device's:
 a frame is covered only when it is among the frames of ``session id`` with seq in [first, last] whose
 hashes, in seq order, give the head the device signed. A forged frame, a dropped or reordered frame, or a
-frame of another session in the range gives another head. Tested in tests/core/test_session_chain.py
+frame of another session in the range gives another head. Tested in tests/protocol/test_session_chain.py
 (hypothesis on the encoder and decoder, forged, dropped and reordered frames),
 tests/gateway/test_session_chain.py (the gateway's check against its store, receipts saying whether a
 reading is covered) and tests/micropython/test_session_chain_in_vm.py.

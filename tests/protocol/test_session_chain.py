@@ -5,10 +5,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledgerlink.core import cbor, cose, device_protocol as dp, session_chain as sc
+from ledgerlink.core import cbor, cose
+from ledgerlink.protocol import device_protocol as dp, session_chain as sc
 from ledgerlink.core.errors import InvalidMessage, InvalidProof, InvalidSignature, LedgerlinkError
 from ledgerlink.gateway import checks as c
-from tests.core.test_device_protocol import protocol, session_reply
+from tests.protocol.test_device_protocol import protocol, session_reply
 from tests.device.helpers import CRYPTO, NOW, Env
 
 
