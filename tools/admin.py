@@ -621,9 +621,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_rotate_key(ctx: Context, args: argparse.Namespace) -> int:
     """On a device: rotate its key on the ledger (signed by the current key, with the new key's proof of
     possession) and, with ``--login``, write its new broker login into that file (0600), computed here from
-    the new key and the site's broker-login key (``broker_access.device_login``); the site gives the account
-    that password when it follows the rotation, and the old one stops working."""
-    from ledgerlink.tools.broker_access import AccessError, device_login, write_private
+    the new key and the site's broker-login key (``ledgerlink.protocol.broker_login``, the board's code too);
+    the site gives the account that password when it follows the rotation, and the old one stops working."""
+    from ledgerlink.protocol import broker_login
+    from ledgerlink.tools.broker_access import write_private
 
     priv = load_key(args.key, "device key")
     pub = ctx.crypto.public_key(priv, True)
@@ -652,8 +653,8 @@ def cmd_rotate_key(ctx: Context, args: argparse.Namespace) -> int:
     print(line)
     if login is not None:
         try:
-            login.update(device_login(dev, new_priv, login_key))
-        except (AccessError, LedgerlinkError, ValueError) as exc:
+            login.update(broker_login.login(dev, new_priv, login_key, ctx.crypto))
+        except (LedgerlinkError, ValueError) as exc:
             raise AdminError("the new broker login could not be computed: %s" % exc) from None
         write_private(Path(args.login), json.dumps(login) + "\n")
         print("broker login %s: new password written to %s (mode 0600); the old one stops working when the site "

@@ -51,7 +51,8 @@ A device's password follows its key: when the ledger records a rotation of the d
 gives the account the password ``key_password(site login key, new device key)``:
 HKDF-SHA256 over the ECDH secret of the new device key and the site's broker-login key
 (``data_dir/broker/login.key``, 0600; its public key goes to the board with its login), for the account's
-username. The device computes the same password with its new private key (``device_login``), so nothing
+username (``ledgerlink.protocol.broker_login``, portable). The device computes the same password with the
+same code and its new private key (``device_login`` on CPython, ``DeviceClient.key_rotated`` on a board), so nothing
 secret travels and no one else can: the broker and an eavesdropper see two public keys, and the old
 key's holder cannot compute a password that needs the new private key. The old password stops working
 at once (the account is replaced and its connection ended, as at a ban). Rejected alternatives: a random
@@ -77,9 +78,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from ledgerlink.protocol import broker_login
+
 ROLES = ("device", "controller", "gateway", "consumer", "operator", "broker-admin")
 PBKDF2_ITERATIONS = 101                 # mosquitto's own; the passwords are random, see the module docstring
-PASSWORD_BYTES = 24
+PASSWORD_BYTES = broker_login.PASSWORD_BYTES
 ADMIN_USER = "ll-broker-admin"
 DYNSEC_PLUGIN_PATHS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
                        "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
@@ -88,7 +91,6 @@ DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 DYNSEC_CHUNK = 64                       # commands per message to the plugin
 ACCOUNTS_FILE = "accounts.json"
 LOGIN_KEY_FILE = "login.key"            # the site's broker-login key: device passwords after a key rotation
-LOGIN_SALT = b"ledgerlink-broker-login-v1"
 FOLLOWED_FILE = "followed.json"          # the ledger height whose bans and key rotations the accounts reflect
 FOLLOW_BLOCKS_PER_CALL = 1000           # blocks read per follow call (a long catch-up does not stall the caller)
 RUNTIME_FILE = "runtime.json"
@@ -106,7 +108,7 @@ class AccessError(Exception):
 
 
 def device_username(device_id: bytes) -> str:
-    return "ll-" + device_id.hex()
+    return broker_login.username(device_id)
 
 
 def gateway_username(site: str, index: int = 1) -> str:
@@ -143,22 +145,17 @@ def rules(site: str, username: str, role: str, device: str | None = None) -> lis
     raise AccessError("unknown role %r (one of %s)" % (role, ", ".join(ROLES)))
 
 
-def key_password(own_private: bytes, peer_public: bytes, username: str, backend: Any = None) -> str:
-    """The broker password of a device account under a device key: HKDF-SHA256 (salt ``LOGIN_SALT``, info
-    the username) over the ECDH secret of the two keys, ``PASSWORD_BYTES`` base64url. The site calls it with
-    its login key and the device's public key, the device with its private key and the site's login key."""
-    from ledgerlink.core.backend import get_backend
-
-    be = backend or get_backend("cpython")
-    secret = be.hkdf(be.ecdh(own_private, peer_public), LOGIN_SALT, username.encode(), PASSWORD_BYTES)
-    return base64.urlsafe_b64encode(secret).decode()
+def key_password(own_private: bytes, peer_public: bytes, username: str, backend: Any = "cpython") -> str:
+    """The broker password of a device account under a device key (``ledgerlink.protocol.broker_login``, the
+    code the device runs too): the site calls it with its login key and the device's public key, the device
+    with its private key and the site's login key."""
+    return broker_login.password(own_private, peer_public, username, backend)
 
 
-def device_login(device_id: bytes, device_private: bytes, login_public: bytes, backend: Any = None) -> dict[str, str]:
+def device_login(device_id: bytes, device_private: bytes, login_public: bytes, backend: Any = "cpython") -> dict[str, str]:
     """What a device computes after a key rotation: its broker login under its new private key (its device
     id stays the one it registered with)."""
-    username = device_username(device_id)
-    return {"username": username, "password": key_password(device_private, login_public, username, backend)}
+    return broker_login.login(device_id, device_private, login_public, backend)
 
 
 def proven_device_record(ledger: Any, chain_id: str, validators: list[bytes], dev: bytes,

@@ -126,18 +126,21 @@ def _default_rng(n):
 
 # Modules a session opening needs and nothing after it (device_protocol imports them when the next one opens).
 SESSION_OPEN_MODULES = ("ecqv", "session_keys", "ecdh")
+# Modules the broker password after a key rotation needs (``key_rotated``) and nothing after it (``kdf``
+# stays: ECDSA signs with it).
+KEY_ROTATION_MODULES = ("ecdh",)
 
 
-def _unload(names):
-    """On MicroPython, forget the ``ledgerlink.core`` modules ``names`` (sys.modules and the package's
+def _unload(names, package_name="ledgerlink.core"):
+    """On MicroPython, forget the modules ``names`` of ``package_name`` (sys.modules and the package's
     attribute), so their functions and tables are freed until they are imported again; a no-op on CPython."""
     import sys
 
     if sys.implementation.name != "micropython":
         return
-    package = sys.modules.get("ledgerlink.core")
+    package = sys.modules.get(package_name)
     for name in names:
-        sys.modules.pop("ledgerlink.core." + name, None)
+        sys.modules.pop(package_name + "." + name, None)
         if package is not None and name in package.__dict__:
             delattr(package, name)
 
@@ -161,7 +164,9 @@ class DeviceClient:
     against it); "mode"; "ca_public" (fog CA key: sessions through ECQV; needed in session mode);
     "chain_id", "validators" (list of public keys) and optional "gateway_keys" ({id: key}) to check
     receipts; optional tuning keys as in ``DEFAULTS`` ("gc_threshold": see ``_collect_every``) and
-    "client_id". ``storage`` holds the queues,
+    "client_id"; "login": the broker login ``mqtt_factory`` connects with ({"username", "password",
+    "login_key"}: the site's broker-login public key), whose password ``key_rotated`` changes in place.
+    ``storage`` holds the queues,
     the sequence counter, the session and the command record (``queue.FileStorage`` on flash; RAM when omitted).
     ``rng(n)``, ``ticks_ms()``, ``ticks_diff(a, b)``, ``time_ms()`` (epoch milliseconds) and
     ``sleep_ms(ms)`` can be injected. ``on_reply(reply)`` gets each decoded reply map, ``on_result(r)``
@@ -203,6 +208,7 @@ class DeviceClient:
         self.topic_down = self.protocol.down_topic
         self.client_id = cfg.get("client_id") or "ll-" + self.device_id.hex()
         self.mqtt_factory = mqtt_factory
+        self.login = cfg.get("login")
         self.queue = OfflineQueue(storage, "llq", cfg["queue_bytes"], cfg["queue_frames"])
         self.held = OfflineQueue(storage, "llh", cfg["hold_bytes"], cfg["hold_frames"])
         self.on_reply = on_reply
@@ -548,6 +554,34 @@ class DeviceClient:
                 break
             self.step(step_ms)
         return self.stats["receipts_valid"] + self.stats["receipts_invalid"]
+
+    def key_rotated(self, identity_key):
+        """After the ledger recorded the rotation of this device's key to ``identity_key`` (its device id
+        stays): sign with that key from now on, set ``login``'s password to the one the site gives the
+        account for it (``ledgerlink.protocol.broker_login``, the site's code, with "login_key"; ECDH is
+        imported for it and unloaded after) and reconnect with it at the next step. Returns
+        ``login`` for the board to store."""
+        login = self.login
+        if not login or not login.get("login_key"):
+            raise ValueError("no broker login with the site's login_key: the new password cannot be computed")
+        from ledgerlink.protocol import broker_login
+
+        protocol = self.protocol
+        priv = bytes(identity_key)
+        public_key = protocol.crypto.public_key(priv, True)
+        user = broker_login.username(self.device_id)
+        login_key = login["login_key"]
+        login["password"] = broker_login.password(priv, bytes.fromhex(login_key) if isinstance(login_key, str)
+                                                  else login_key, user, protocol.crypto)
+        login["username"] = user
+        protocol._priv = priv
+        protocol.public_key = public_key
+        _unload(KEY_ROTATION_MODULES)
+        _unload(("broker_login",), "ledgerlink.protocol")
+        self._drop(self.ticks_ms())             # the old password's connection (the broker ends it too)
+        self._retry_wait = 0
+        self.failures = 0
+        return login
 
     def close(self):
         if self.mqtt is not None:
