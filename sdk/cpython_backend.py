@@ -14,7 +14,7 @@ import hmac
 import os
 from typing import Callable
 
-from ledgerlink.core import ecdsa
+from ledgerlink.core import backend
 from ledgerlink.core.errors import InvalidKey, InvalidPoint, InvalidScalar, InvalidTag
 
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -90,6 +90,9 @@ class CryptographyBackend(_Common):
         from cryptography.hazmat.primitives.ciphers.aead import AESCCM
         from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+        from ledgerlink.core.ecdsa import canonical_s
+
+        self._canonical_s = canonical_s
         self._ec, self._bad, self._bad_tag, self._aesccm = ec, _Bad, _BadTag, AESCCM
         self._decode_sig, self._encode_sig = decode_dss_signature, encode_dss_signature
         self._sign_alg = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
@@ -136,7 +139,7 @@ class CryptographyBackend(_Common):
 
     def sign(self, priv: bytes, msg: bytes) -> bytes:
         r, s = self._decode_sig(self._private(priv).sign(msg, self._sign_alg))
-        return r.to_bytes(32, "big") + ecdsa.canonical_s(s).to_bytes(32, "big")
+        return r.to_bytes(32, "big") + self._canonical_s(s).to_bytes(32, "big")
 
     def verify(self, pub: bytes, msg: bytes, sig: bytes) -> bool:
         key = self._public(pub)
@@ -194,6 +197,9 @@ class PycryptodomeBackend(_Common):
         from Crypto.PublicKey import ECC
         from Crypto.Signature import DSS
 
+        from ledgerlink.core.ecdsa import canonical_s
+
+        self._canonical_s = canonical_s
         self._aes, self._sha, self._ecc, self._dss, self._agree = AES, SHA256, ECC, DSS, key_agreement
 
     def _private(self, priv: bytes):
@@ -212,7 +218,7 @@ class PycryptodomeBackend(_Common):
 
     def sign(self, priv: bytes, msg: bytes) -> bytes:
         sig = self._dss.new(self._private(priv), "deterministic-rfc6979").sign(self._sha.new(msg))
-        return sig[:32] + ecdsa.canonical_s(int.from_bytes(sig[32:], "big")).to_bytes(32, "big")
+        return sig[:32] + self._canonical_s(int.from_bytes(sig[32:], "big")).to_bytes(32, "big")
 
     def verify(self, pub: bytes, msg: bytes, sig: bytes) -> bool:
         key = self._public(pub)
@@ -248,3 +254,7 @@ class PycryptodomeBackend(_Common):
             return cipher.decrypt_and_verify(bytes(data[:-tag_len]), bytes(data[-tag_len:]))
         except ValueError:
             raise InvalidTag("AES-CCM tag does not match") from None
+
+
+backend.register("cpython", CryptographyBackend, preferred=True)
+backend.register("pycryptodome", PycryptodomeBackend)

@@ -529,4 +529,4 @@ try:
 except Exception:
     _CHECKED = False
 if _CHECKED:
-    _portable._use_fast(dumps, loads)
+    _portable.register_fast(dumps, loads)

@@ -1,10 +1,9 @@
 """Choice of crypto backend behind one interface.
 
-``get_backend("portable")`` is the pure-Python core in this package (runs on MicroPython);
-``get_backend("cpython")`` uses `cryptography` (OpenSSL) on CPython; ``get_backend("pycryptodome")``
-uses pycryptodome. ``get_backend()`` picks "cpython" when it can be imported, else "portable".
-Every backend gives byte-identical results for deterministic operations (RFC 6979 signatures, ECDH,
-HKDF, HMAC, AES-CCM); tests/core/test_backends.py holds them to that.
+``get_backend("portable")`` is the pure-Python core in this package (runs on MicroPython). Other
+backends are added with ``register``; ``get_backend()`` returns the first preferred one that loads,
+else the portable one. Every backend gives byte-identical results for deterministic operations
+(RFC 6979 signatures, ECDH, HKDF, HMAC, AES-CCM).
 
 A backend has: ``name``, ``generate_private_key(rng=None)``, ``public_key(priv, compressed=False)``,
 ``sign(priv, msg)`` (64-byte r||s), ``verify(pub, msg, sig) -> bool``, ``ecdh(priv, peer_pub)``,
@@ -61,20 +60,30 @@ class PortableBackend:
         return ccm.open(key, nonce, data, aad, tag_len)
 
 
+_factories = {"portable": PortableBackend}
+_preferred = []
+
+
+def register(name, factory, preferred=False):
+    """Make ``get_backend(name)`` return ``factory()`` (made on first use, ImportError if it cannot load).
+
+    A ``preferred`` backend is tried by ``get_backend()`` before the portable one, in registration order.
+    """
+    _factories[name] = factory
+    if preferred and name not in _preferred:
+        _preferred.append(name)
+
+
 def _load(name):
-    if name == "portable":
-        return PortableBackend()
-    if name == "cpython":
-        from ledgerlink.cpython_backend import CryptographyBackend
-        return CryptographyBackend()
-    if name == "pycryptodome":
-        from ledgerlink.cpython_backend import PycryptodomeBackend
-        return PycryptodomeBackend()
-    raise ValueError("unknown crypto backend: %r (use portable, cpython or pycryptodome)" % (name,))
+    factory = _factories.get(name)
+    if factory is None:
+        raise ValueError("unknown crypto backend %r: registered are %s"
+                         % (name, ", ".join(sorted(_factories))))
+    return factory()
 
 
 def get_backend(name=None):
-    """Return the backend called ``name``, or the fastest available one when ``name`` is None.
+    """Return the backend called ``name``, or the first preferred one that loads when ``name`` is None.
 
     A backend object passed as ``name`` is returned as it is.
     """
@@ -82,10 +91,12 @@ def get_backend(name=None):
         return name
     if name is None:
         if "default" not in _cache:
-            try:
-                _cache["default"] = _load("cpython")
-            except ImportError:
-                _cache["default"] = _load("portable")
+            for candidate in _preferred + ["portable"]:
+                try:
+                    _cache["default"] = get_backend(candidate)
+                    break
+                except ImportError:
+                    continue
         return _cache["default"]
     if name not in _cache:
         _cache[name] = _load(name)

@@ -24,9 +24,10 @@ map with two keys that are distinct in CBOR but equal in Python (1, 1.0 and true
 Encoding raises TypeError for unsupported types and ValueError for values CBOR cannot carry (duplicate
 encoded keys, Tag 2/3 built by hand, out-of-range tag numbers, strings that are not valid Unicode).
 
-On CPython, when ``ledgerlink.cpython_cbor`` (cbor2) is importable and passes a self-check at import,
-``dumps``/``loads`` are the cbor2-backed versions; the pure ones stay reachable as
-``portable_dumps``/``portable_loads``. Both produce identical bytes and accept identical input.
+A faster codec that produces identical bytes and accepts identical input can take the place of
+``dumps``/``loads`` through ``register_fast`` (on CPython the ``ledgerlink`` package registers one when
+it is imported, before any module takes ``dumps`` or ``loads`` by name); the pure ones stay reachable
+as ``portable_dumps``/``portable_loads``.
 """
 
 import struct
@@ -484,15 +485,10 @@ portable_dumps = dumps
 portable_loads = loads
 
 
-def _use_fast(fast_dumps, fast_loads):
-    """Rebind dumps/loads; called by ledgerlink.cpython_cbor once its self-check has passed."""
+def register_fast(fast_dumps, fast_loads):
+    """Make ``dumps``/``loads`` the given codec, which must match the portable one byte for byte."""
+    if not callable(fast_dumps) or not callable(fast_loads):
+        raise TypeError("register_fast needs a dumps and a loads function")
     global dumps, loads
     dumps = fast_dumps
     loads = fast_loads
-
-
-if _IS_CPYTHON:
-    try:
-        import ledgerlink.cpython_cbor  # noqa: F401  (installs itself through _use_fast)
-    except ImportError:
-        pass
