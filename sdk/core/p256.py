@@ -169,9 +169,10 @@ _SHIFT_COMB = N - ((1 << 64) - 1)  # adding it subtracts 2^64 - 1 mod n
 
 
 def _comb_table():
-    """The comb entries, parsed anew for each use (about 1.6 KB of a board's heap not kept between
-    signatures; parsing costs under 1% of a signature)."""
-    return [_pack((int(h[:64], 16), int(h[64:128], 16), int(h[128:], 16))) for h in _COMB_HEX]
+    """The comb entries, read anew from ``_COMB`` for each use (about 1.6 KB of a board's heap not kept
+    between signatures; reading costs under 1% of a signature)."""
+    return [int.from_bytes(_COMB[at:at + 32], "big") | (int.from_bytes(_COMB[at + 32:at + 64], "big") << 256)
+            | (1 << 512) for at in range(0, len(_COMB), 64)]
 
 
 def _compute_comb_table():
@@ -434,10 +435,15 @@ _g_odd = []
 
 
 def _g_table():
-    """The odd multiples of G as one bytes object, 64 bytes (x, y) each: on a board 520 B of heap
-    where a list of integer pairs took 1.7 KB; ``_g_point`` reads an entry."""
+    """The odd multiples of G that width-``_G_WINDOW`` digits use, as one bytes object, 64 bytes (x, y)
+    each; ``_g_point`` reads an entry. A board's window takes ``_G_ODD`` itself (read in place from
+    ROMFS: no heap; a list of integer pairs took 1.7 KB); a wider one (CPython) is computed once."""
     if not _g_odd:
-        _g_odd.append(bytes.fromhex("".join(_G_ODD_HEX[:1 << (_G_WINDOW - 2)])))
+        count = 1 << (_G_WINDOW - 2)
+        if 64 * count <= len(_G_ODD):
+            _g_odd.append(_G_ODD)
+        else:
+            _g_odd.append(b"".join(x.to_bytes(32, "big") + y.to_bytes(32, "big") for x, y in _compute_g_table(count)))
     return _g_odd[0]
 
 
@@ -574,57 +580,75 @@ def encode_point(pt, compressed=False):
     return b"\x04" + x.to_bytes(32, "big") + y.to_bytes(32, "big")
 
 
-# Precomputed tables (tests/core/test_ecdsa_ecdh.py recomputes them): comb entries as x|y|z,
-# odd multiples of G as x|y.
-_COMB_HEX = (
-    "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f51",
-    "7cf27b188d034f7e8a52380304b51ac3c08969e277f21b35a60b48fc4766997807775510db8ed040293d9ac69f7430dbba7dade63ce982299e04b79d227873d11",
-    "300a4bbc89d6726fb257c0de95e02789e96c98fd0d35f1fa93391ce2097992af72aac7e0d09b46447f1ddb25ff1e3c6f5bb1eeada9d806a5aa54a291c08127a01",
-    "72dc0565ee2f7e1dea07b9f6b9f640ee821fbd55b22aab1e26211f8da5a937982dbfcb580d6281cfa457e509ebda3061c9b0a2f36da4af20643dc3d1f3f696801",
-    "ef9519328a9c72ffddc6068bb91dfc60ef7fbd2b1a0a11b713949c932a1d367f611e9fc37dbb2c9bc1ee9807022c219c23183b0895ca1740196035a77376d8a81",
-    "69481ed9a52fe85a116b7fe8ecc10fc9b6c216ef38279827f0ec08a365408f4536a0263a82dc2d289df2469287bff82c9981014e4ed50b6c086897091db511441",
-    "eb5d7745b21141eaa2e8f483f43e43917ccd84e70d715f26e48ecafffc5cde01eafd72ebdbecc17b0990e6a158006cee85f22cfe2844b645cac917e2731a34791",
-    "9eb490010e852e9a8ae206ee90df78a0796ab4b9194754e392caf71738333a9da7cf15dbd3c85ba1cabcd3b1edf29f87de53e982423acb768cee5f0f2d774f7a1",
-    "4e769e7672c9ddad31855f7db8c7fedb74e02f080203a56b2df48c04677c8a3e42b99082de8306631ec0057206947281fb9ae16f3b9122a5a4c36165b824bbb01",
-    "f0d1c5c3cc83a1d7131a01186d7645f9966e66a6ffa344b79d333ed7f06edcf8a83f46a33284a18399876aabec5946cf4893a3fafe515de7de3151bb99b069d61",
-    "0c88bc4d716b1287595c5220812ffcae5b82dd5bd54fb4967f991ed2c31a3573dd5ddea3f3901dc618d1b5b39c04e6aa7c8181f4df2564f33a57bf635f48aca81",
-    "1508fd2eab708735a070513e8b5ee04ca86084393d435d7c3174ced2ad0cb19b1cdf8f5691782b58eebc414b49cd01f1083e99ffad1334606596b01de268da0d1",
-    "4052bf4b6f461db9663c62c3edbad7a00d1a10144ec39c28d36b4789a2582e7ffecf4d5190b0fc61862be6bd71d70cc8e724f33999bfcc5b235a27c3188d25eb1",
-    "4e047a3af74872be32fb69ce2440fc703c1ad92be031e62d87ac16e3f789decff40e74b2c2477e0ec7a51c72c8a37ee78a0849acaf8a1264febb367c3efb40e71",
-    "b48e26b484f7a21c0a4a46fb6aaf363a66b0de3225c4744b9615b5110d1d78e5fac015404d4d3dab64131bcdfed6f668c004e4048b7b0f9806ebb0f621a01b2d1",
-    "2f4b5a77144daf0b0739fc33ab60eeae42c705e319a1d4a2b6388a3ce2afd0374817b0f723e5b59eab413986968c8e185bf1a315b04f03bbaa6c8056c1afc7421",
+# Precomputed tables (tests/core/test_ecdsa_ecdh.py recomputes them), bytes constants that a board reads
+# in place from ROMFS: the comb entries (affine x, y; z = 1), 64 bytes each, and the odd multiples
+# 1*G .. 15*G of the board's verification window (x, y), 64 bytes each.
+_COMB = (
+    b"\x6b\x17\xd1\xf2\xe1\x2c\x42\x47\xf8\xbc\xe6\xe5\x63\xa4\x40\xf2\x77\x03\x7d\x81\x2d\xeb\x33\xa0"
+    b"\xf4\xa1\x39\x45\xd8\x98\xc2\x96\x4f\xe3\x42\xe2\xfe\x1a\x7f\x9b\x8e\xe7\xeb\x4a\x7c\x0f\x9e\x16"
+    b"\x2b\xce\x33\x57\x6b\x31\x5e\xce\xcb\xb6\x40\x68\x37\xbf\x51\xf5\x7c\xf2\x7b\x18\x8d\x03\x4f\x7e"
+    b"\x8a\x52\x38\x03\x04\xb5\x1a\xc3\xc0\x89\x69\xe2\x77\xf2\x1b\x35\xa6\x0b\x48\xfc\x47\x66\x99\x78"
+    b"\x07\x77\x55\x10\xdb\x8e\xd0\x40\x29\x3d\x9a\xc6\x9f\x74\x30\xdb\xba\x7d\xad\xe6\x3c\xe9\x82\x29"
+    b"\x9e\x04\xb7\x9d\x22\x78\x73\xd1\x30\x0a\x4b\xbc\x89\xd6\x72\x6f\xb2\x57\xc0\xde\x95\xe0\x27\x89"
+    b"\xe9\x6c\x98\xfd\x0d\x35\xf1\xfa\x93\x39\x1c\xe2\x09\x79\x92\xaf\x72\xaa\xc7\xe0\xd0\x9b\x46\x44"
+    b"\x7f\x1d\xdb\x25\xff\x1e\x3c\x6f\x5b\xb1\xee\xad\xa9\xd8\x06\xa5\xaa\x54\xa2\x91\xc0\x81\x27\xa0"
+    b"\x72\xdc\x05\x65\xee\x2f\x7e\x1d\xea\x07\xb9\xf6\xb9\xf6\x40\xee\x82\x1f\xbd\x55\xb2\x2a\xab\x1e"
+    b"\x26\x21\x1f\x8d\xa5\xa9\x37\x98\x2d\xbf\xcb\x58\x0d\x62\x81\xcf\xa4\x57\xe5\x09\xeb\xda\x30\x61"
+    b"\xc9\xb0\xa2\xf3\x6d\xa4\xaf\x20\x64\x3d\xc3\xd1\xf3\xf6\x96\x80\xef\x95\x19\x32\x8a\x9c\x72\xff"
+    b"\xdd\xc6\x06\x8b\xb9\x1d\xfc\x60\xef\x7f\xbd\x2b\x1a\x0a\x11\xb7\x13\x94\x9c\x93\x2a\x1d\x36\x7f"
+    b"\x61\x1e\x9f\xc3\x7d\xbb\x2c\x9b\xc1\xee\x98\x07\x02\x2c\x21\x9c\x23\x18\x3b\x08\x95\xca\x17\x40"
+    b"\x19\x60\x35\xa7\x73\x76\xd8\xa8\x69\x48\x1e\xd9\xa5\x2f\xe8\x5a\x11\x6b\x7f\xe8\xec\xc1\x0f\xc9"
+    b"\xb6\xc2\x16\xef\x38\x27\x98\x27\xf0\xec\x08\xa3\x65\x40\x8f\x45\x36\xa0\x26\x3a\x82\xdc\x2d\x28"
+    b"\x9d\xf2\x46\x92\x87\xbf\xf8\x2c\x99\x81\x01\x4e\x4e\xd5\x0b\x6c\x08\x68\x97\x09\x1d\xb5\x11\x44"
+    b"\xeb\x5d\x77\x45\xb2\x11\x41\xea\xa2\xe8\xf4\x83\xf4\x3e\x43\x91\x7c\xcd\x84\xe7\x0d\x71\x5f\x26"
+    b"\xe4\x8e\xca\xff\xfc\x5c\xde\x01\xea\xfd\x72\xeb\xdb\xec\xc1\x7b\x09\x90\xe6\xa1\x58\x00\x6c\xee"
+    b"\x85\xf2\x2c\xfe\x28\x44\xb6\x45\xca\xc9\x17\xe2\x73\x1a\x34\x79\x9e\xb4\x90\x01\x0e\x85\x2e\x9a"
+    b"\x8a\xe2\x06\xee\x90\xdf\x78\xa0\x79\x6a\xb4\xb9\x19\x47\x54\xe3\x92\xca\xf7\x17\x38\x33\x3a\x9d"
+    b"\xa7\xcf\x15\xdb\xd3\xc8\x5b\xa1\xca\xbc\xd3\xb1\xed\xf2\x9f\x87\xde\x53\xe9\x82\x42\x3a\xcb\x76"
+    b"\x8c\xee\x5f\x0f\x2d\x77\x4f\x7a\x4e\x76\x9e\x76\x72\xc9\xdd\xad\x31\x85\x5f\x7d\xb8\xc7\xfe\xdb"
+    b"\x74\xe0\x2f\x08\x02\x03\xa5\x6b\x2d\xf4\x8c\x04\x67\x7c\x8a\x3e\x42\xb9\x90\x82\xde\x83\x06\x63"
+    b"\x1e\xc0\x05\x72\x06\x94\x72\x81\xfb\x9a\xe1\x6f\x3b\x91\x22\xa5\xa4\xc3\x61\x65\xb8\x24\xbb\xb0"
+    b"\xf0\xd1\xc5\xc3\xcc\x83\xa1\xd7\x13\x1a\x01\x18\x6d\x76\x45\xf9\x96\x6e\x66\xa6\xff\xa3\x44\xb7"
+    b"\x9d\x33\x3e\xd7\xf0\x6e\xdc\xf8\xa8\x3f\x46\xa3\x32\x84\xa1\x83\x99\x87\x6a\xab\xec\x59\x46\xcf"
+    b"\x48\x93\xa3\xfa\xfe\x51\x5d\xe7\xde\x31\x51\xbb\x99\xb0\x69\xd6\x0c\x88\xbc\x4d\x71\x6b\x12\x87"
+    b"\x59\x5c\x52\x20\x81\x2f\xfc\xae\x5b\x82\xdd\x5b\xd5\x4f\xb4\x96\x7f\x99\x1e\xd2\xc3\x1a\x35\x73"
+    b"\xdd\x5d\xde\xa3\xf3\x90\x1d\xc6\x18\xd1\xb5\xb3\x9c\x04\xe6\xaa\x7c\x81\x81\xf4\xdf\x25\x64\xf3"
+    b"\x3a\x57\xbf\x63\x5f\x48\xac\xa8\x15\x08\xfd\x2e\xab\x70\x87\x35\xa0\x70\x51\x3e\x8b\x5e\xe0\x4c"
+    b"\xa8\x60\x84\x39\x3d\x43\x5d\x7c\x31\x74\xce\xd2\xad\x0c\xb1\x9b\x1c\xdf\x8f\x56\x91\x78\x2b\x58"
+    b"\xee\xbc\x41\x4b\x49\xcd\x01\xf1\x08\x3e\x99\xff\xad\x13\x34\x60\x65\x96\xb0\x1d\xe2\x68\xda\x0d"
+    b"\x40\x52\xbf\x4b\x6f\x46\x1d\xb9\x66\x3c\x62\xc3\xed\xba\xd7\xa0\x0d\x1a\x10\x14\x4e\xc3\x9c\x28"
+    b"\xd3\x6b\x47\x89\xa2\x58\x2e\x7f\xfe\xcf\x4d\x51\x90\xb0\xfc\x61\x86\x2b\xe6\xbd\x71\xd7\x0c\xc8"
+    b"\xe7\x24\xf3\x39\x99\xbf\xcc\x5b\x23\x5a\x27\xc3\x18\x8d\x25\xeb\x4e\x04\x7a\x3a\xf7\x48\x72\xbe"
+    b"\x32\xfb\x69\xce\x24\x40\xfc\x70\x3c\x1a\xd9\x2b\xe0\x31\xe6\x2d\x87\xac\x16\xe3\xf7\x89\xde\xcf"
+    b"\xf4\x0e\x74\xb2\xc2\x47\x7e\x0e\xc7\xa5\x1c\x72\xc8\xa3\x7e\xe7\x8a\x08\x49\xac\xaf\x8a\x12\x64"
+    b"\xfe\xbb\x36\x7c\x3e\xfb\x40\xe7\xb4\x8e\x26\xb4\x84\xf7\xa2\x1c\x0a\x4a\x46\xfb\x6a\xaf\x36\x3a"
+    b"\x66\xb0\xde\x32\x25\xc4\x74\x4b\x96\x15\xb5\x11\x0d\x1d\x78\xe5\xfa\xc0\x15\x40\x4d\x4d\x3d\xab"
+    b"\x64\x13\x1b\xcd\xfe\xd6\xf6\x68\xc0\x04\xe4\x04\x8b\x7b\x0f\x98\x06\xeb\xb0\xf6\x21\xa0\x1b\x2d"
+    b"\x2f\x4b\x5a\x77\x14\x4d\xaf\x0b\x07\x39\xfc\x33\xab\x60\xee\xae\x42\xc7\x05\xe3\x19\xa1\xd4\xa2"
+    b"\xb6\x38\x8a\x3c\xe2\xaf\xd0\x37\x48\x17\xb0\xf7\x23\xe5\xb5\x9e\xab\x41\x39\x86\x96\x8c\x8e\x18"
+    b"\x5b\xf1\xa3\x15\xb0\x4f\x03\xbb\xaa\x6c\x80\x56\xc1\xaf\xc7\x42"
 )
-_G_ODD_HEX = (
-    "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
-    "5ecbe4d1a6330a44c8f7ef951d4bf165e6c6b721efada985fb41661bc6e7fd6c8734640c4998ff7e374b06ce1a64a2ecd82ab036384fb83d9a79b127a27d5032",
-    "51590b7a515140d2d784c85608668fdfef8c82fd1f5be52421554a0dc3d033ede0c17da8904a727d8ae1bf36bf8a79260d012f00d4d80888d1d0bb44fda16da4",
-    "8e533b6fa0bf7b4625bb30667c01fb607ef9f8b8a80fef5b300628703187b2a373eb1dbde03318366d069f83a6f5900053c73633cb041b21c55e1a86c1f400b4",
-    "ea68d7b6fedf0b71878938d51d71f8729e0acb8c2c6df8b3d79e8a4b90949ee02a2744c972c9fce787014a964a8ea0c84d714feaa4de823fe85a224a4dd048fa",
-    "3ed113b7883b4c590638379db0c21cda16742ed0255048bf433391d374bc21d19099209accc4c8a224c843afa4f4c68a090d04da5e9889dae2f8eefce82a3740",
-    "177c837ae0ac495a61805df2d85ee2fc792e284b65ead58a98e15d9d46072c0163bb58cd4ebea558a24091adb40f4e7226ee14c3a1fb4df39c43bbe2efc7bfd8",
-    "f0454dc6971abae7adfb378999888265ae03af92de3a0ef163668c63e59b9d5fb5b93ee3592e2d1f4e6594e51f9643e62a3b21ce75b5fa3f47e59cde0d034f36",
-    "47776904c0f1cc3a9c0984b66f75301a5fa68678f0d64af8ba1abce34738a73eaa005ee6b5b957286231856577648e8381b2804428d5733f32f787ff71f1fcdc",
-    "cb6d2861102c0c25ce39b7c17108c507782c452257884895c1fc7b74ab03ed8358d7614b24d9ef515c35e7100d6d6ce4a496716e30fa3e03e39150752bcecdaa",
-    "3250fcf686637c7b2e4ac86eb473bca53a582139f42b1523fd76364e67399e8342e7c342667d359397b3090d1d7eb88c897cd3c33b566a8215de24a071d48c09",
-    "0e91c7239c2640d7d28a3e39d4583fa63c0bc0a5df64a4fe672e573045ca78965df65c3b550dba221a22733bb8e0bd6d7e68833575e7a5ae138046543140ad55",
-    "3a67e2554b0c0bb685f4f52d8c07fa8441652fc5b76f1b2484a4dc45f200d68727d0f1872f1fcf4326daf267163afb0d8c188af735a7618aa9ed16b302f79324",
-    "184ffa5819d80d51deba2fac4611f378576355bd683e54abf2e201173b0883d1c0a66e276688f359a4c6d90826cb999545bdeccc63f0491620d242c260906e6f",
-    "d6d33adefa195b07a7c36da090853b8cfd8cd1c688b58a41dedd693d1c784def84aaba16ee195d7e3f78245f558a5dcb09a166ab4b95eded550c124593d1bca6",
-    "301d9e502dc7e05da85da026a7ae9aa0fac9db7d52a95b3e3e3f9aa0a1b45b8b6551b6f6b3061223e0d23c026b017d72298d9ae46887ca61d58db6aea17ee267",
-    "9807d699fcd81356fa9aa25b89d9d34ea03b0a533aa872fd65c100f3cb2cd793c2a59cdccab11bf286a01a4d1d091b2fffe630b96c5878532f6bf92479634af4",
-    "d58d4a589ed27d168ffa3ad7326c48ca94e8e1fe92af9700a12d389033bb291ad45514d102726b8576ea92632dc7fef667271c163b034979a5b0c9c6f586b9d5",
-    "419a6a646ddb817dd6b0978611a826aae0d21379246bfd4473a92894502b3348332544cf1102f584545c9fb1954c2fd513c6d072f3dee1e2db1d6c81b09214b2",
-    "22a682f7c3996d4d42014976a179046e547b942dd2d138d4a0c199ddfb2776c44f4606b0102223eeb918c9835a54356c979dcc310265b0685347f649cbaa285d",
-    "67a6bec240dee0651cf258d2e6cfe8aa6067c5c3d4175a593a7de694995d2fa2de692b7022d131586c249b49464d44991542c7ee209aca6c49c24ce1441feed5",
-    "986ae2506f1ff104d04230861d8f4b498f4bc4c6d009b30f7544dc129b82d28d003cccc0a6460e0ae328a4d97d3c7b61d86fc6289c189f2525110c441bb07e97",
-    "a891d06670bde99b3ecd0f5ddff0672e0f5f609edd29d6d979c78080fae0ba03b596cd922cbfa1c1419a88c4033c1ce71c6b38f0feb0f2ccefc3edc8166934ae",
-    "42c315cc48958708595361ea83071bbcdd5b31583e19066d51d689227b1c0d7c649a61ce571b95852914d1dfbb7a799074f1a1e1eb87f164d6c4a72bb2f9b1b9",
-    "f785b0e098068875bb22b146866e6c0528fb7ea9758fd4fd7d228ce6a567445573fdb0bf6080da6ee15c767f0d9f5b414b04b6fd5f3aa60ae7bc490c10d62408",
-    "672c4a514d9de43eaadee6863c1d68bc95f7eb56e81008ff044360f0018e22b1548c7e9196a25bfe611de5a4ace203f7136246589704d9419935399191f37104",
-    "6f01bd49c9d952455a47802254b88039982b1ca78de9b983f126ec9f7449d0361562080ff1d5deab11a0f21a608776cea78551bfc3749b08360233dd989e17db",
-    "079dba7ba068c9267571a109fe7fea2cc2a595b762c1eadadec1dff7df6e60a0dc1e19b743d4d1811d223f9d2a9588ab83eb2df35751a397fb0da5aeb4824dea",
-    "c116e30ebb4d2865126d45a8ea907f86289d406e2d6c6bd88abd97b1d0f56077e9478823c35b30c2b8b16d9bb13b87657d5bd5e89e59c8c5313fd7fda410c206",
-    "665f1a6ffe0c6437765b2784fca9bdf7e50941119e8dc8eca2b6ea0e0faa4b45490e2ca49ffd18c26e8cca29f7eac37f7dede5bf81e215bc6e25a6602b7f4ccf",
-    "059ccb19edd3da9a2d3a6b3d8d9900013e7910a08b724fd55939ac380d32af0ebb6ad7eccad49159da65281b9345638e1621f7a33956cecd928e1e3c97fe91d1",
-    "6a9501d85bf5dc802a1f28a08acc7d8fdf53c8af01a7cd3832a290825d8bdac1ca640ad19347374381c6c6e44a3c56a3f8461b5c697a6f3530aff53d5f1ef1a3",
+_G_ODD = (
+    b"\x6b\x17\xd1\xf2\xe1\x2c\x42\x47\xf8\xbc\xe6\xe5\x63\xa4\x40\xf2\x77\x03\x7d\x81\x2d\xeb\x33\xa0"
+    b"\xf4\xa1\x39\x45\xd8\x98\xc2\x96\x4f\xe3\x42\xe2\xfe\x1a\x7f\x9b\x8e\xe7\xeb\x4a\x7c\x0f\x9e\x16"
+    b"\x2b\xce\x33\x57\x6b\x31\x5e\xce\xcb\xb6\x40\x68\x37\xbf\x51\xf5\x5e\xcb\xe4\xd1\xa6\x33\x0a\x44"
+    b"\xc8\xf7\xef\x95\x1d\x4b\xf1\x65\xe6\xc6\xb7\x21\xef\xad\xa9\x85\xfb\x41\x66\x1b\xc6\xe7\xfd\x6c"
+    b"\x87\x34\x64\x0c\x49\x98\xff\x7e\x37\x4b\x06\xce\x1a\x64\xa2\xec\xd8\x2a\xb0\x36\x38\x4f\xb8\x3d"
+    b"\x9a\x79\xb1\x27\xa2\x7d\x50\x32\x51\x59\x0b\x7a\x51\x51\x40\xd2\xd7\x84\xc8\x56\x08\x66\x8f\xdf"
+    b"\xef\x8c\x82\xfd\x1f\x5b\xe5\x24\x21\x55\x4a\x0d\xc3\xd0\x33\xed\xe0\xc1\x7d\xa8\x90\x4a\x72\x7d"
+    b"\x8a\xe1\xbf\x36\xbf\x8a\x79\x26\x0d\x01\x2f\x00\xd4\xd8\x08\x88\xd1\xd0\xbb\x44\xfd\xa1\x6d\xa4"
+    b"\x8e\x53\x3b\x6f\xa0\xbf\x7b\x46\x25\xbb\x30\x66\x7c\x01\xfb\x60\x7e\xf9\xf8\xb8\xa8\x0f\xef\x5b"
+    b"\x30\x06\x28\x70\x31\x87\xb2\xa3\x73\xeb\x1d\xbd\xe0\x33\x18\x36\x6d\x06\x9f\x83\xa6\xf5\x90\x00"
+    b"\x53\xc7\x36\x33\xcb\x04\x1b\x21\xc5\x5e\x1a\x86\xc1\xf4\x00\xb4\xea\x68\xd7\xb6\xfe\xdf\x0b\x71"
+    b"\x87\x89\x38\xd5\x1d\x71\xf8\x72\x9e\x0a\xcb\x8c\x2c\x6d\xf8\xb3\xd7\x9e\x8a\x4b\x90\x94\x9e\xe0"
+    b"\x2a\x27\x44\xc9\x72\xc9\xfc\xe7\x87\x01\x4a\x96\x4a\x8e\xa0\xc8\x4d\x71\x4f\xea\xa4\xde\x82\x3f"
+    b"\xe8\x5a\x22\x4a\x4d\xd0\x48\xfa\x3e\xd1\x13\xb7\x88\x3b\x4c\x59\x06\x38\x37\x9d\xb0\xc2\x1c\xda"
+    b"\x16\x74\x2e\xd0\x25\x50\x48\xbf\x43\x33\x91\xd3\x74\xbc\x21\xd1\x90\x99\x20\x9a\xcc\xc4\xc8\xa2"
+    b"\x24\xc8\x43\xaf\xa4\xf4\xc6\x8a\x09\x0d\x04\xda\x5e\x98\x89\xda\xe2\xf8\xee\xfc\xe8\x2a\x37\x40"
+    b"\x17\x7c\x83\x7a\xe0\xac\x49\x5a\x61\x80\x5d\xf2\xd8\x5e\xe2\xfc\x79\x2e\x28\x4b\x65\xea\xd5\x8a"
+    b"\x98\xe1\x5d\x9d\x46\x07\x2c\x01\x63\xbb\x58\xcd\x4e\xbe\xa5\x58\xa2\x40\x91\xad\xb4\x0f\x4e\x72"
+    b"\x26\xee\x14\xc3\xa1\xfb\x4d\xf3\x9c\x43\xbb\xe2\xef\xc7\xbf\xd8\xf0\x45\x4d\xc6\x97\x1a\xba\xe7"
+    b"\xad\xfb\x37\x89\x99\x88\x82\x65\xae\x03\xaf\x92\xde\x3a\x0e\xf1\x63\x66\x8c\x63\xe5\x9b\x9d\x5f"
+    b"\xb5\xb9\x3e\xe3\x59\x2e\x2d\x1f\x4e\x65\x94\xe5\x1f\x96\x43\xe6\x2a\x3b\x21\xce\x75\xb5\xfa\x3f"
+    b"\x47\xe5\x9c\xde\x0d\x03\x4f\x36"
 )

@@ -189,4 +189,8 @@ def test_point_round_trip_and_signature_edge_cases():
 def test_precomputed_tables_match_first_principles():
     comb = [p256._unpack(e) for e in p256._comb_table()]
     assert comb == p256._compute_comb_table()
-    assert [(int(h[:64], 16), int(h[64:], 16)) for h in p256._G_ODD_HEX] == p256._compute_g_table(32)
+    odd = p256._G_ODD
+    assert [(int.from_bytes(odd[i:i + 32], "big"), int.from_bytes(odd[i + 32:i + 64], "big"))
+            for i in range(0, len(odd), 64)] == p256._compute_g_table(8)
+    table = p256._g_table()
+    assert [p256._g_point(table, i) for i in range(len(table) // 64)] == p256._compute_g_table(1 << (p256._G_WINDOW - 2))
