@@ -35,7 +35,7 @@ class _IdleBatcher:
 
 
 def test_the_broker_connection_does_not_wait_for_the_ledger(tmp_path):
-    from ledgerlink.ledger.state.testing import DevNet
+    from tests.devnet import DevNet
 
     svc = make(FakeLedgerAdapter(clock=lambda: DevNet().time_ms), tmp_path / "gw.db")
     server = socket.socket()

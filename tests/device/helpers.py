@@ -9,7 +9,7 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.device.core import DeviceCore, MemoryCounter, SequenceCounter
 from ledgerlink.gateway import checks as c
 from ledgerlink.ledger.state.codes import Role, TxKind
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 from tests.gateway.fake_ledger import FakeLedgerAdapter
 

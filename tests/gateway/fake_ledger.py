@@ -17,7 +17,7 @@ from ledgerlink.core import merkle, smt
 from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.state.codes import RecordKind, Role
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 CRYPTO = get_backend("cpython")
 

@@ -12,7 +12,7 @@ from ledgerlink.core import merkle
 from ledgerlink.gateway.batcher import Batcher, inclusion_proofs, verify_receipt
 from ledgerlink.gateway.store import Store
 from ledgerlink.ledger.state.codes import RecordKind
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 from tests.gateway.fake_ledger import FakeLedgerAdapter
 

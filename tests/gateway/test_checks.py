@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ledgerlink.core import cbor, cose, ecqv, session_keys
 from ledgerlink.core.backend import get_backend
 from ledgerlink.gateway import checks as c
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 from tests.gateway.fake_ledger import FakeLedgerAdapter
 

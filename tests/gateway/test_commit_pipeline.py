@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ledgerlink.gateway.mqtt_adapter import MqttGateway
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 from tests.gateway.fake_ledger import FakeLedgerAdapter
 from tests.gateway.test_checks import NOW, SITE, reading, up

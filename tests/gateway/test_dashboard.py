@@ -32,7 +32,7 @@ from ledgerlink.ledger.cluster import LocalCluster, write_key
 from ledgerlink.ledger.metrics import CONTENT_TYPE
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.ledger.state.codes import Role
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 from ledgerlink.tools.stack import stop_process
 
 from tests.gateway.fake_ledger import FakeLedgerAdapter

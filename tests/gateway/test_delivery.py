@@ -11,7 +11,7 @@ from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.core.backend import get_backend
 from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.batcher import Batcher, verify_receipt
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 from tests.gateway.fake_ledger import FakeLedgerAdapter
 from tests.gateway.test_checks import NOW, SITE, reading, up

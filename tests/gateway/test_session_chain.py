@@ -10,7 +10,7 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.device.core import MemoryCounter, SequenceCounter
 from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.batcher import Batcher
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 from tests.gateway.fake_ledger import FakeLedgerAdapter
 from tests.gateway.test_checks import NOW, SITE

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.service import GatewayService
 from ledgerlink.gateway.store import Store
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 from tests.gateway.fake_ledger import FakeLedgerAdapter
 from tests.gateway.test_checks import NOW, SITE, CRYPTO, Env, _session, refused

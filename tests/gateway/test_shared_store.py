@@ -10,7 +10,7 @@ from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.batcher import Batcher
 from ledgerlink.gateway.service import GatewayService
 from ledgerlink.gateway.store import Store
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 from tests.gateway.fake_ledger import FakeLedgerAdapter
 from tests.gateway.test_checks import NOW, SITE, _device_keys, reading, session_reading, up

@@ -11,7 +11,7 @@ from ledgerlink.gateway import checks as c
 from ledgerlink.gateway.service import GatewayService
 from ledgerlink.gateway.store import Store
 from ledgerlink.gateway.verify_ahead import VerifyAhead
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 from tests.gateway.fake_ledger import FakeLedgerAdapter
 from tests.gateway.test_checks import NOW, SITE, reading, up

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from ledgerlink.core import cbor, cose, smt
 from ledgerlink.ledger.state import Reason, RecordKind as RK, TxKind, state_key
 from ledgerlink.ledger.state import encoding as enc
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 T = DevNet().time_ms
 

@@ -10,7 +10,7 @@ from ledgerlink.core import cbor, smt
 from ledgerlink.core.errors import InvalidProof
 from ledgerlink.ledger.state import LedgerState, Reason, RecordKind as RK, Role, TxKind, state_key
 from ledgerlink.ledger.state import encoding as enc
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 
 def h(label):

@@ -7,7 +7,7 @@ import pytest
 from ledgerlink.core import merkle
 from ledgerlink.ledger.state import Reason, RecordKind as RK, TxKind
 from ledgerlink.ledger.state import encoding as enc
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.state import LedgerState, Reason, RecordKind, Role, StateError, TxKind, device_id
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.ledger.state.codes import DeviceStatus
-from ledgerlink.ledger.state.testing import DevNet
+from tests.devnet import DevNet
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""A deterministic development network for tests of the ledger and its clients.
+"""A deterministic development network for tests of the ledger, the gateway and the devices.
 
 ``DevNet`` derives one key per member name from a seed, writes a genesis config that registers admins,
 validators and the usual devices, and signs transactions with counter-derived nonces, so two runs (and
