@@ -20,7 +20,8 @@ record: the frame) and leaves it in order once its receipt checked, so a reset k
 still waits, not only the last ``max_tracked`` the protocol keeps in RAM. Checked receipts are kept in
 ``llr`` as [seq, frame hash, height] (the last ``receipts_kept``; the whole receipt can be asked for
 again). When no receipt came for ``receipt_wait_ms`` the client asks for those of the oldest waiting
-readings on its ``ask`` topic, doubling the wait while none comes.
+readings on its ``ask`` topic, doubling the wait while none comes, up to ``ASK_WAIT_MAX`` times
+``receipt_wait_ms``.
 
 Tested under CPython against the gateway's service in tests/device/test_board_client_delivery.py, and
 on board32 against the real stack in tests/micropython/test_stack_in_vm.py.
@@ -34,6 +35,10 @@ from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.core.errors import LedgerlinkError
 
 from ledgerlink_client.queue import OfflineQueue
+
+# The wait between receipt asks doubles up to this many ``receipt_wait_ms`` (2 min by default): a receipt
+# held up by a ledger outage is asked for again within minutes of its end.
+ASK_WAIT_MAX = 4
 
 
 class Delivery:
@@ -246,7 +251,7 @@ class Delivery:
         if names:
             self.request(names)
         self.ask_from = now
-        self.ask_wait = min(self.ask_wait * 2, 16 * c.config["receipt_wait_ms"])
+        self.ask_wait = min(self.ask_wait * 2, ASK_WAIT_MAX * c.config["receipt_wait_ms"])
 
     def request(self, items):
         """Ask for the stored-acks and receipts of frames named by seq or frame hash."""

@@ -562,3 +562,23 @@ def test_a_damaged_or_expired_stored_session_is_not_used(gw_env):
     late, _, _ = gateway_client(env, storage, accepted)
     assert late.session is None and storage.read("llsess") == b""
     assert late.open_session(5000) and late.stats["session_requests"] == 1
+
+
+def test_receipt_asks_back_off_to_four_waits_at_most(tmp_path):
+    from tests.device.test_board_client_delivery import board, setup
+    from tests.device.helpers import Clock
+
+    env, service = setup(tmp_path)
+    clock, link = Clock(), []
+    client = board(env, service, MemoryStorage(), clock, link, receipt_wait_ms=1000)
+    client.publish({"i": 1})
+    assert client.flush(10_000) and len(client.delivery.queue) == 1   # stored, no receipt comes (no batch)
+    asks = []
+    while clock.now < 40_000:
+        n = client.stats["asks"]
+        client.step(50)
+        if client.stats["asks"] > n:
+            asks.append(clock.now)
+    gaps = [b - a for a, b in zip(asks, asks[1:])]
+    assert len(gaps) >= 6 and 1900 <= gaps[0] <= 2100                  # the wait doubles ...
+    assert all(3900 <= g <= 4100 for g in gaps[2:]), gaps                # ... up to 4 x receipt_wait_ms
