@@ -114,7 +114,8 @@ def vm_program(port: int, config: str, body: str, call: str = "host_call", sessi
     ``session``: (key, base_iv, session_id) of a session set on the client before ``body`` runs."""
     setup = ""
     if session is not None:
-        setup = ("from ledgerlink.core import device_protocol as dp, session_keys\n"
+        setup = ("from ledgerlink.core import session_keys\n"
+                 "from ledgerlink.protocol import device_protocol as dp\n"
                  "client.protocol.set_session(dp.Session(session_keys.SessionKeys(bytes.fromhex(%r), "
                  "bytes.fromhex(%r), bytes.fromhex(%r)), b'gw', None, None, 0))\n" % tuple(v.hex() for v in session))
     return """
