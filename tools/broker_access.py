@@ -39,9 +39,14 @@ Enforcement:
   ``$CONTROL/dynamic-security/v1`` commands from the ``ll-broker-admin`` account (``apply_live``).
 - an external mosquitto (``ledgerlink up``'s ``broker.external``) with the same plugin: given the login
   of one of its admins (``broker.admin_login``; over TLS checked against ``broker.tls_ca`` when given),
-  ``sync_external`` makes every account there at start and
-  ``apply_live`` sends later changes; ``up`` names the broker settings that still let more through
-  (anonymous clients, a default that allows). Without an admin login ``up`` prints ``external_advice``.
+  ``sync_external`` reads the broker's clients and roles at start and sends only what differs from
+  ``accounts.json`` (so a restart leaves connected clients alone, and the plugin, which saves its file
+  after every changing command, does not save 600 times for 300 accounts), and ``apply_live`` sends later
+  changes; ``up`` names the broker settings that still let more through (anonymous clients, a default
+  that allows). The broker never shows a password: the hash of each account's password when it was last
+  set there is kept in ``external.json`` (0600), so a password changed while ``up`` was stopped is set
+  again (the first start after an upgrade sets each once). Without an admin login ``up`` prints
+  ``external_advice``.
 - the embedded broker (``ledgerlink.tools.mqtt_broker --accounts FILE``): ``ledgerlink.tools.mqtt_acl``
   reads the same ``accounts.json`` with the same rules, and reads it again within ``RELOAD_S`` of a
   change, disconnecting the clients of disabled accounts.
@@ -79,6 +84,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ledgerlink.protocol import broker_login
+from ledgerlink.protocol.codes import ROLE_CONTROLLER
 
 ROLES = ("device", "controller", "gateway", "consumer", "operator", "broker-admin")
 PBKDF2_ITERATIONS = 101                 # mosquitto's own; the passwords are random, see the module docstring
@@ -91,6 +97,7 @@ DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 DYNSEC_CHUNK = 64                       # commands per message to the plugin
 ACCOUNTS_FILE = "accounts.json"
 LOGIN_KEY_FILE = "login.key"            # the site's broker-login key: device passwords after a key rotation
+SYNCED_FILE = "external.json"            # the password hash of each account when last set on an external broker
 FOLLOWED_FILE = "followed.json"          # the ledger height whose bans and key rotations the accounts reflect
 FOLLOW_BLOCKS_PER_CALL = 1000           # blocks read per follow call (a long catch-up does not stall the caller)
 RUNTIME_FILE = "runtime.json"
@@ -100,7 +107,6 @@ RELOAD_S = 0.2                          # the embedded broker looks at accounts.
 APPLIED_SUFFIX = ".applied"             # it writes the mtime of what it read to accounts.json.applied
 
 SEND, RECEIVE, SUBSCRIBE = "send", "receive", "subscribe"
-ROLE_CONTROLLER = 6                     # the ledger role of a device that may command others
 
 
 class AccessError(Exception):
@@ -278,6 +284,18 @@ def find_dynsec_plugin() -> str | None:
         if os.path.isfile(p):
             return p
     return None
+
+
+_DYNSEC_KINDS = {SEND: "publishClientSend", RECEIVE: "publishClientReceive", SUBSCRIBE: "subscribePattern"}
+
+
+def _dynsec_acls(allowances: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The plugin's ACL entries of ``rules``' (kind, topic filter) allowances."""
+    return [{"acltype": _DYNSEC_KINDS[kind], "topic": topic, "allow": True} for kind, topic in allowances]
+
+
+def _acl_set(acls: Iterable[dict[str, Any]]) -> set[tuple[Any, Any, bool]]:
+    return {(acl.get("acltype"), acl.get("topic"), bool(acl.get("allow"))) for acl in acls}
 
 
 class SiteAccess:
@@ -495,14 +513,13 @@ class SiteAccess:
 
     def dynsec_config(self) -> dict[str, Any]:
         """The dynamic security plugin's config for the accounts (one role per account)."""
-        kinds = {SEND: "publishClientSend", RECEIVE: "publishClientReceive", SUBSCRIBE: "subscribePattern"}
         clients, roles = [], []
         for username, a in sorted(self.load().items()):
             clients.append({"username": username, "clientid": username, "password": a["hash"], "salt": a["salt"],
                             "iterations": a["iterations"], "disabled": bool(a.get("disabled")),
                             "roles": [{"rolename": username}]})
             roles.append({"rolename": username, "acls": [
-                {"acltype": kinds[kind], "topic": topic, "allow": True, "priority": 0}
+                {"acltype": _DYNSEC_KINDS[kind], "topic": topic, "allow": True, "priority": 0}
                 for kind, topic in rules(a.get("site", self.site), username, a["role"], a.get("device"))]})
         return {"defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
                                      "unsubscribe": True},
@@ -547,10 +564,16 @@ class SiteAccess:
             return
         if runtime.get("kind") != "mosquitto":
             return
+        changes = list(changes)
         commands = self._dynsec_commands(changes)
         if commands:
             dynsec_command(runtime["host"], int(runtime["port"]), self._admin_login(runtime), commands,
                            tls_ca=runtime.get("tls_ca"))
+        if "admin_login" in runtime:                  # an external broker: its passwords as set (sync_external)
+            accounts = self.load()
+            self._note_synced(runtime["host"], int(runtime["port"]), {
+                username: accounts[username]["hash"] for op, username, _ in changes
+                if op == "set" and username != ADMIN_USER and username in accounts})
 
     def _admin_login(self, runtime: dict[str, Any]) -> dict[str, str]:
         """The login that may send dynamic-security commands: an external broker's admin, else ours."""
@@ -568,9 +591,7 @@ class SiteAccess:
                 continue
             a = accounts[username]
             if op == "set":
-                acls = [{"acltype": {SEND: "publishClientSend", RECEIVE: "publishClientReceive",
-                                     SUBSCRIBE: "subscribePattern"}[kind], "topic": topic, "allow": True}
-                        for kind, topic in rules(a.get("site", self.site), username, a["role"], a.get("device"))]
+                acls = _dynsec_acls(rules(a.get("site", self.site), username, a["role"], a.get("device")))
                 commands += [{"command": "deleteClient", "username": username},
                              {"command": "deleteRole", "rolename": username},
                              {"command": "createRole", "rolename": username, "acls": acls},
@@ -582,33 +603,67 @@ class SiteAccess:
 
     def sync_external(self, host: str, port: int, admin_login: str | Path, gateways: int = 1,
                       tls_ca: str | Path | None = None) -> list[str]:
-        """Make the site's accounts and ACLs on an external mosquitto with the dynamic security plugin, over
-        ``DYNSEC_TOPIC`` as ``admin_login`` (a JSON file ``{"username", "password"}`` of one of its admins):
-        the gateway and consumer accounts (made here when missing) and every account of ``accounts.json``,
-        each replaced by ours (its role, ACLs, password, client id; disabled when it is), so the broker
-        agrees with the file after any earlier run or a broker that lost its state. Later changes (register,
-        ban, key rotation) go to it as they happen (``apply_live``). Returns lines for the operator: what
-        was made, and what in the broker's own settings still lets more through than the ACLs (anonymous
-        clients, a default that allows). ``tls_ca``: ``port`` is a TLS listener whose certificate this CA
-        issued (then no password crosses the network in the clear). AccessError when the admin login is
-        refused or a command fails."""
+        """Bring the site's accounts and ACLs on an external mosquitto with the dynamic security plugin in
+        step with ``accounts.json``, over ``DYNSEC_TOPIC`` as ``admin_login`` (a JSON file ``{"username",
+        "password"}`` of one of its admins): the gateway and consumer accounts (made here when missing) and
+        every account of the file. The broker's clients and roles are read first (``listClients``,
+        ``listRoles``) and only what differs is sent (``_sync_commands``): missing ones made, changed ones
+        modified, disabled ones disabled, ours that are gone deleted; an account as it should be gets no
+        command, so its client stays connected and the plugin does not save its file again. Later changes
+        (register, ban, key rotation) go to it as they happen (``apply_live``). Returns lines for the
+        operator: what was done, and what in the broker's own settings still lets more through than the ACLs
+        (anonymous clients, a default that allows). ``tls_ca``: ``port`` is a TLS listener whose certificate
+        this CA issued (then no password crosses the network in the clear). AccessError when the admin login
+        is refused or a command fails."""
         login = read_admin_login(admin_login)
         self.write_runtime("external", host, port)             # nothing sent live while the accounts are made
         self.site_accounts(gateways, broker_admin=False)
         accounts = self.load()
-        changes: list[tuple[str, str, str | None]] = []
+        wanted: dict[str, tuple[dict[str, Any], str]] = {}
         missing = []
         for username, a in sorted(accounts.items()):
             if username == ADMIN_USER:
                 continue
             try:
-                changes.append(("set", username, self.login(username)["password"]))
+                wanted[username] = (a, self.login(username)["password"])
             except AccessError:
                 missing.append(username)
-                continue
-            if a.get("disabled"):
-                changes.append(("disable", username, None))
-        commands = [{"command": "getDefaultACLAccess"}] + self._dynsec_commands(changes)
+        reads = [{"command": "getDefaultACLAccess"}, {"command": "listClients", "verbose": True},
+                 {"command": "listRoles", "verbose": True}]
+        answers = self._dynsec_checked(host, port, login, admin_login, reads, tls_ca)
+        found = {a.get("command"): a.get("data") or {} for a in answers}
+        clients = {c["username"]: c for c in found["listClients"].get("clients", []) if "username" in c}
+        roles = {r["rolename"]: r for r in found["listRoles"].get("roles", []) if "rolename" in r}
+        synced = self._synced(host, port)
+        commands, counts = self._sync_commands(wanted, clients, roles, synced, set(accounts))
+        if commands:
+            self._dynsec_checked(host, port, login, admin_login, commands, tls_ca)
+        self._note_synced(host, port, {u: a["hash"] for u, (a, _) in wanted.items()}, replace=True,
+                          keep=set(missing) & set(synced))
+        self.write_runtime("mosquitto", host, port, admin_login, tls_ca)
+        lines = ["broker accounts: %d made, %d changed, %d deleted, %d as they were on the external broker %s:%d "
+                 "with its dynamic security plugin (as %s); registrations, bans and key rotations follow"
+                 % (counts["made"], counts["changed"], counts["deleted"], counts["kept"], host, port,
+                    login["username"])]
+        if missing:
+            lines.append("broker accounts without a credentials file here, not made on the broker: %s"
+                         % ", ".join(missing))
+        defaults = {acl.get("acltype"): acl.get("allow") for acl in found["getDefaultACLAccess"].get("acls", [])}
+        open_kinds = [k for k in ("publishClientSend", "subscribe") if defaults.get(k)]   # receive: as subscribed
+        if open_kinds:
+            lines.append("warning: the external broker allows %s by default, so clients may do more than their "
+                         "ACLs say; set it to deny: %s" % (", ".join(open_kinds), "; ".join(
+                             "mosquitto_ctrl -u %s -h %s -p %d dynsec setDefaultACLAccess %s deny"
+                             % (login["username"], host, port, k) for k in open_kinds)))
+        if anonymous_accepted(host, port, tls_ca):
+            lines.append("warning: the external broker accepts anonymous clients: set `allow_anonymous false` "
+                         "in its mosquitto.conf")
+        return lines
+
+    def _dynsec_checked(self, host: str, port: int, login: dict[str, str], admin_login: str | Path,
+                        commands: list[dict[str, Any]], tls_ca: str | Path | None) -> list[dict[str, Any]]:
+        """``dynsec_command``'s answers; AccessError when the login is refused, an answer is missing or a
+        command failed (a delete of what is not there excepted)."""
         try:
             answers = dynsec_command(host, port, login, commands, tls_ca=tls_ca)
         except (OSError, ValueError) as exc:
@@ -621,26 +676,79 @@ class SiteAccess:
                               % (host, port, len(answers), len(commands),
                                  "; %s: %s" % (failed[0].get("command"), failed[0].get("error")) if failed else "",
                                  login["username"]))
-        self.write_runtime("mosquitto", host, port, admin_login, tls_ca)
-        made = len(accounts) - (ADMIN_USER in accounts) - len(missing)
-        lines = ["broker accounts: %d made on the external broker %s:%d with its dynamic security plugin "
-                 "(as %s); registrations, bans and key rotations follow" % (made, host, port, login["username"])]
-        if missing:
-            lines.append("broker accounts without a credentials file here, not made on the broker: %s"
-                         % ", ".join(missing))
-        defaults = {acl.get("acltype"): acl.get("allow") for a in answers if a.get("command") == "getDefaultACLAccess"
-                    for acl in (a.get("data") or {}).get("acls", [])}
-        open_kinds = [k for k in ("publishClientSend", "subscribe") if defaults.get(k)]   # receive: as subscribed
-        if open_kinds:
-            lines.append("warning: the external broker allows %s by default, so clients may do more than their "
-                         "ACLs say; set it to deny: %s" % (", ".join(open_kinds), "; ".join(
-                             "mosquitto_ctrl -u %s -h %s -p %d dynsec setDefaultACLAccess %s deny"
-                             % (login["username"], host, port, k) for k in open_kinds)))
-        if anonymous_accepted(host, port, tls_ca):
-            lines.append("warning: the external broker accepts anonymous clients: set `allow_anonymous false` "
-                         "in its mosquitto.conf")
-        return lines
+        return answers
 
+    def _sync_commands(self, wanted: dict[str, tuple[dict[str, Any], str]], clients: dict[str, dict[str, Any]],
+                       roles: dict[str, dict[str, Any]], synced: dict[str, str],
+                       known: set[str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """The dynamic-security commands that make the broker's ``clients`` and ``roles`` (as ``listClients``
+        and ``listRoles`` give them) hold the ``wanted`` accounts (username -> (account, password)), and the
+        counts made / changed / deleted / kept. The broker never shows a password: one counts as set when
+        ``synced`` (the account's password hash when it was last set there) holds the account's hash now.
+        Deleted: the accounts set there before (``synced``) that are no longer in the file (``known``)."""
+        commands: list[dict[str, Any]] = []
+        counts = {"made": 0, "changed": 0, "deleted": 0, "kept": 0}
+        for username, (a, password) in sorted(wanted.items()):
+            acls = _dynsec_acls(rules(a.get("site", self.site), username, a["role"], a.get("device")))
+            role = roles.get(username)
+            client = clients.get(username)
+            before = len(commands)
+            if role is None:
+                commands.append({"command": "createRole", "rolename": username, "acls": acls})
+            elif _acl_set(role.get("acls", [])) != _acl_set(acls):
+                commands.append({"command": "modifyRole", "rolename": username, "acls": acls})
+            if client is None:
+                commands.append({"command": "createClient", "username": username, "password": password,
+                                 "clientid": username, "roles": [{"rolename": username}]})
+                if a.get("disabled"):
+                    commands.append({"command": "disableClient", "username": username})
+                counts["made"] += 1
+                continue
+            modify: dict[str, Any] = {}
+            if client.get("clientid") != username:
+                modify["clientid"] = username
+            if [r.get("rolename") for r in client.get("roles", [])] != [username]:
+                modify["roles"] = [{"rolename": username}]
+            if client.get("groups"):
+                modify["groups"] = []
+            if synced.get(username) != a["hash"]:
+                modify["password"] = password
+            if modify:
+                commands.append({"command": "modifyClient", "username": username, **modify})
+            if bool(client.get("disabled")) != bool(a.get("disabled")):
+                commands.append({"command": "disableClient" if a.get("disabled") else "enableClient",
+                                 "username": username})
+            counts["changed" if len(commands) > before else "kept"] += 1
+        for username in sorted(set(synced) - known):
+            if username in clients:
+                commands.append({"command": "deleteClient", "username": username})
+            if username in roles:
+                commands.append({"command": "deleteRole", "rolename": username})
+            if username in clients or username in roles:
+                counts["deleted"] += 1
+        return commands, counts
+
+    def _synced(self, host: str, port: int) -> dict[str, str]:
+        """username -> the password hash of the account when its password was last set on the external
+        broker ``host``:``port`` (``SYNCED_FILE``; empty for another broker)."""
+        try:
+            data = json.loads((self.folder / SYNCED_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("broker") != "%s:%d" % (host, port):
+            return {}
+        return dict(data.get("passwords") or {})
+
+    def _note_synced(self, host: str, port: int, passwords: dict[str, str], replace: bool = False,
+                     keep: Iterable[str] = ()) -> None:
+        """Note the password hashes just set on the external broker (``replace``: these are all of ours
+        there, with the ``keep`` ones noted before)."""
+        before = self._synced(host, port)
+        noted = {u: before[u] for u in keep if u in before} if replace else before
+        noted.update(passwords)
+        private_dir(self.folder)
+        write_private(self.folder / SYNCED_FILE, json.dumps({"broker": "%s:%d" % (host, port),
+                                                             "passwords": noted}, sort_keys=True) + "\n")
 
     def _wait_applied(self, timeout: float = 2.0) -> None:
         """Wait until the embedded broker has read the accounts file as it is now."""

@@ -17,9 +17,10 @@ import pytest
 
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.tools import up
-from ledgerlink.tools.broker_access import (ADMIN_USER, AccessError, SiteAccess, anonymous_accepted, consumer_username,
-                                            client_tls_context, device_login, external_advice, find_dynsec_plugin,
-                                            hash_password, site_tls)
+from ledgerlink.tools.broker_access import (ADMIN_USER, AccessError, SiteAccess, anonymous_accepted,
+                                            consumer_username, client_tls_context, device_login, device_username,
+                                            dynsec_command, external_advice, find_dynsec_plugin, hash_password,
+                                            site_tls)
 from ledgerlink.tools.stack import find_mosquitto, free_port
 from tests.access.conftest import CRYPTO, NOT_AUTHORIZED, Client, Dev
 
@@ -101,7 +102,8 @@ def test_up_makes_and_keeps_the_accounts_on_an_external_mosquitto(tmp_path, exte
     stack = up._make_stack_class()(cfg, lines.append)
     try:
         stack.start()
-        assert any("broker accounts: 2 made on the external broker 127.0.0.1:%d" % port in l for l in lines), lines
+        assert any("broker accounts: 2 made, 0 changed, 0 deleted, 0 as they were on the external broker 127.0.0.1:%d"
+                   % port in l for l in lines), lines
         assert not any(l.startswith("warning") for l in lines), lines
         assert not stack.access.credentials_path(ADMIN_USER).exists()     # the broker's admin is its operator's
         assert not Client(stack, "anybody").accepted                       # no account, no connection
@@ -132,7 +134,8 @@ def test_up_makes_and_keeps_the_accounts_on_an_external_mosquitto(tmp_path, exte
     stack = up._make_stack_class()(cfg, again.append)
     try:
         stack.start()
-        assert any("broker accounts: 3 made on the external broker" in l for l in again), again
+        assert any("broker accounts: 0 made, 0 changed, 0 deleted, 3 as they were on the external broker" in l
+                   for l in again), again
         assert Client(stack, dev.username, stack.login(dev.username)).accepted
     finally:
         stack.stop()
@@ -141,7 +144,7 @@ def test_up_makes_and_keeps_the_accounts_on_an_external_mosquitto(tmp_path, exte
 def test_external_broker_login_checked_open_settings_named_and_advice(tmp_path, external):
     port, login = external
     lines = SiteAccess(tmp_path / "broker", "ext").sync_external("127.0.0.1", port, login)
-    assert len(lines) == 1 and "2 made" in lines[0], lines                  # nothing to warn about
+    assert len(lines) == 1 and "2 made, 0 changed" in lines[0], lines                  # nothing to warn about
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"username": ADMIN["username"], "password": "wrong"}))
     with pytest.raises(AccessError, match="login refused"):
@@ -174,7 +177,7 @@ def test_an_external_broker_over_tls(tmp_path):
         stack = up._make_stack_class()(cfg, lines.append)
         try:
             stack.start()
-            assert any("broker accounts: 2 made on the external broker" in l for l in lines), lines
+            assert any("broker accounts: 2 made, 0 changed" in l for l in lines), lines
             consumer = Client(stack, consumer_username("ext"), stack.consumer_login(), tls=client_tls_context(ca))
             assert consumer.accepted
             consumer.close()
@@ -184,3 +187,76 @@ def test_an_external_broker_over_tls(tmp_path):
                 time.sleep(0.1)
         finally:
             stack.stop()
+
+
+READ_ONLY = {"getDefaultACLAccess", "listClients", "listRoles", "getClient", "getRole"}
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """The dynamic-security commands sent to a broker (by name), in order; cleared by the test."""
+    from ledgerlink.tools import broker_access
+
+    names: list[str] = []
+    real = broker_access.dynsec_command
+
+    def spy(host, port, login, commands, *args, **kwargs):
+        names.extend(c["command"] for c in commands)
+        return real(host, port, login, commands, *args, **kwargs)
+
+    monkeypatch.setattr(broker_access, "dynsec_command", spy)
+    return names
+
+
+def test_a_restart_sends_only_what_differs_and_connected_devices_stay(tmp_path, external, sent):
+    """``sync_external`` reads the broker's clients and roles and sends only what differs from the accounts:
+    with nothing changed no modifying command (the plugin's file is not written) and no device
+    disconnected; a new password, a disabled account, an account gone and an ACL someone widened on the
+    broker are each put right."""
+    port, login = external
+    saved = tmp_path / "external" / "dynsec.json"
+    access = SiteAccess(tmp_path / "broker", "ext")
+    first = access.sync_external("127.0.0.1", port, login)
+    assert "2 made, 0 changed, 0 deleted, 0 as they were" in first[0], first
+    devs = [bytes([i]) * 16 for i in (1, 2, 3, 4)]
+    logins = [access.add_device(d) for d in devs]                        # made there as they are added
+    clients = [Client(None, x["username"], x, port=port) for x in logins]
+    assert all(c.accepted for c in clients)
+    del sent[:]
+    before = saved.stat().st_mtime_ns, saved.read_bytes()
+    again = access.sync_external("127.0.0.1", port, login)               # `up` started again, nothing changed
+    assert sent and set(sent) <= READ_ONLY, sent
+    assert (saved.stat().st_mtime_ns, saved.read_bytes()) == before
+    assert "0 made, 0 changed, 0 deleted, 6 as they were" in again[0], again
+    time.sleep(0.5)
+    assert not any(c.disconnected.is_set() for c in clients)
+
+    access.write_runtime("stopped", "127.0.0.1", port)                  # changes while nobody runs the site
+    rotated = access.add_device(devs[0], rotate=True)
+    access.set_disabled(device_username(devs[1]), True)
+    accounts = access.load()
+    del accounts[device_username(devs[2])]
+    access._save(accounts)
+    widened = [{"acltype": "subscribePattern", "topic": "#", "allow": True}]
+    assert not dynsec_command("127.0.0.1", port, ADMIN, [{"command": "modifyRole", "rolename": consumer_username("ext"),
+                                                          "acls": widened}])[0].get("error")
+    del sent[:]
+    lines = access.sync_external("127.0.0.1", port, login)
+    changes = sorted(c for c in sent if c not in READ_ONLY)
+    assert changes == ["deleteClient", "deleteRole", "disableClient", "modifyClient", "modifyRole"], changes
+    assert "0 made, 3 changed, 1 deleted, 2 as they were" in lines[0], lines
+    deadline = time.monotonic() + 2
+    while not all(c.disconnected.is_set() for c in clients[:3]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [c.disconnected.is_set() for c in clients] == [True, True, True, False]
+    assert not Client(None, logins[0]["username"], logins[0], port=port).accepted     # the old password
+    assert Client(None, rotated["username"], rotated, port=port).accepted
+    assert not Client(None, logins[1]["username"], logins[1], port=port).accepted     # disabled
+    assert not Client(None, logins[2]["username"], logins[2], port=port).accepted     # gone
+    consumer = Client(None, consumer_username("ext"), access.login(consumer_username("ext")), port=port)
+    assert consumer.accepted and consumer.subscribe("#") == NOT_AUTHORIZED             # its ACLs as they should be
+    del sent[:]
+    lines = access.sync_external("127.0.0.1", port, login)                          # and now as they were
+    assert set(sent) <= READ_ONLY and "0 made, 0 changed, 0 deleted, 5 as they were" in lines[0], (sent, lines)
+    for c in [consumer] + clients:
+        c.close()
