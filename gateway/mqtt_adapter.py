@@ -18,7 +18,7 @@ Outgoing QoS 1 publishes wait for the broker's PUBACK at most the broker's Recei
 with 20, a site's republishes and receipts are held to about 20 per broker round trip.
 
 Accepted readings are republished as ``verified-reading`` on ``ll/{site}/verified/{dev}``, the readings
-of a group under one gateway signature (``ledgerlink.gateway.republish``); replies
+of a group under the signature of its stored-acks (``ledgerlink.gateway.republish``); replies
 (refusals, receipts, session responses) go to ``ll/{site}/dev/{dev}/down``; the latest certified header
 is published retained on ``ll/{site}/ledger/header``. All checks run on one thread (``GatewayCore`` is
 not thread-safe) and take the queued inputs in groups of up to ``MAX_GROUP``: the group's accepted frames
@@ -64,7 +64,6 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ledgerlink.gateway.batcher import Batcher, Ledger, Outgoing
 from ledgerlink.gateway.mqtt_client import MqttClient
-from ledgerlink.gateway.republish import sign_outgoing
 from ledgerlink.gateway.service import GatewayService, Handled, fetch_header, fetch_registry
 
 log = logging.getLogger("ledgerlink.gateway.mqtt")
@@ -189,8 +188,6 @@ class MqttGateway:
             self.client.publish(o.topic, o.payload, qos=o.qos, retain=o.retain)
 
     def _carry_out(self, h: Handled) -> None:
-        core = self.service.core
-        sign_outgoing(h.outgoing, core.keys.identity, core.gateway_id, self.site)    # one signature per group
         if self.client_kind == "ledgerlink":
             client = self.client
             if h.outgoing:

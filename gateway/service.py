@@ -7,7 +7,8 @@ refusals are queued as ledger warnings and answered on the device's down topic; 
 certificates are stored (to restore sessions after a restart and to record them on the ledger).
 It returns what to publish and the SHA-256 of every frame that is now decided, so the transport
 acknowledges a frame only after its durable append (or its refusal). Each stored frame's device gets a
-stored-ack, all of a group's under one signed commit statement (docs/protocol.md, "Delivery"); a copy of
+stored-ack, all of a group's under one signed commit statement, which signs the group's republished
+verified readings too (docs/protocol.md, "Delivery", "Signed republish"); a copy of
 a stored frame, and a frame a device asks for on its ``ask`` topic, is answered from the store with its
 ack and, once anchored, its receipt. Registry lookups
 (``fetch_registry``) and the batcher's ledger calls block, so the transport runs them on other threads.
@@ -21,6 +22,7 @@ and through tests/gateway/test_e2e.py.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,7 +145,7 @@ class GatewayService:
         self.store.write_registrations(held, settled)
         elsewhere: list[tuple[int, bool]] = []
         self.store.write_many(accepted, warnings, certs, elsewhere, statements)   # and what statements cover
-        stored = [(row[1], row[2], row[6]) for row in accepted]
+        stored = [(row[1], row[2], row[6], verified) for row, (_, verified) in zip(accepted, accepts)]
         if elsewhere:
             self._stored_elsewhere(effects, accepts, elsewhere, out, now_ms)
             gone = {i for i, _ in elsewhere}
@@ -156,7 +158,7 @@ class GatewayService:
         for i, row in enumerate(accepted):
             if row[0][:1] == b"\xd0" and i not in gone:         # a session frame this process stored
                 self.chains.note(row[1], row[2], row[0], row[6])
-        stored += [(m.device, m.seq, m.frame_hash) for m in found]
+        stored += [(m.device, m.seq, m.frame_hash, None) for m in found]
         if stored:
             out.outgoing.extend(self._acks(stored, now_ms))
         for m in found:
@@ -201,28 +203,24 @@ class GatewayService:
                                              cbor.dumps({0: stored_ack.KIND_NOT_STORED, 1: item})))
         return found
 
-    def _acks(self, stored: list[tuple[bytes, int, bytes]], now_ms: int) -> list[Outgoing]:
-        """One ``stored-ack`` per stored (device, seq, frame hash), all under one signed commit statement."""
-        head = cbor_head
-        seqs = [head(0, seq) for _, seq, _ in stored]
-        leaves = [b"".join((b"\x83\x50", dev, s, b"\x58\x20", h))                          # stored_ack.entry
-                  for (dev, _, h), s in zip(stored, seqs)]
-        root, proofs = encoded_inclusion_proofs(leaves)
+    def _acks(self, stored: list[tuple[bytes, int, bytes, Outgoing | None]], now_ms: int) -> list[Outgoing]:
+        """One ``stored-ack`` per stored (device, seq, frame hash, its verified republish or None), all under
+        one signed commit statement that also signs the verified readings (their payloads are replaced by
+        their ``signed-verified-reading``)."""
         core = self.core
-        statement = sign_statement(root, len(leaves), now_ms, core.keys.identity, core.gateway_id, core.site,
-                                   core.crypto)
-        tail = b"\x05" + head(2, len(statement)) + statement
+        acks, signed = commit_group([(dev, seq, h, None if v is None else v.payload) for dev, seq, h, v in stored],
+                                    now_ms, core.keys.identity, core.gateway_id, core.site, core.crypto)
         topics = self._down_topics
         if len(topics) > DOWN_TOPICS:
             topics.clear()
-        counts = [b"\x04" + head(4, n) for n in range(max(count for count, _ in proofs) + 1)]
         out = []
-        for i, ((dev, _, h), s, (count, path)) in enumerate(zip(stored, seqs, proofs)):
+        for (dev, _, h, verified), ack, reading in zip(stored, acks, signed):
             topic = topics.get(dev)
             if topic is None:
                 topic = topics[dev] = core.down_topic(dev)
-            out.append(Outgoing(topic, b"".join((b"\xa6\x00\x05\x01\x58\x20", h, b"\x02", s, b"\x03", head(0, i),
-                                                counts[count], path, tail)), frame_hash=h, qos=0))
+            if verified is not None:
+                verified.payload = reading
+            out.append(Outgoing(topic, ack, frame_hash=h, qos=0))
         return out
 
     def _stored_elsewhere(self, effects: list[c.Effect], accepts: list[tuple[int, Outgoing]],
@@ -319,6 +317,42 @@ def sign_statement(root: bytes, count: int, time_ms: int, private_key: bytes, ga
     """A ``commit-statement`` (docs/protocol.md, "Delivery") over the root of ``count`` ack entries."""
     return cose.sign1(cbor.dumps({1: root, 2: count, 3: time_ms}), private_key, gateway_id,
                       stored_ack.statement_aad(site), backend)
+
+
+def commit_group(stored: list[tuple[bytes, int, bytes, bytes | None]], time_ms: int, private_key: bytes,
+                 gateway_id: bytes, site: str, backend: Any = None) -> tuple[list[bytes], list[bytes | None]]:
+    """The ``stored-ack`` of each stored (device id of 16 bytes, seq, frame hash, its ``verified-reading`` or
+    None) and the ``signed-verified-reading`` of each reading (None where there is none), all under one
+    commit statement (docs/protocol.md, "Delivery" and "Signed republish"): the ack entry of a frame with
+    a reading ends with the reading's SHA-256, so one signature binds (device, seq, frame hash) for the
+    device and (reading, frame hash) for its subscribers."""
+    head = cbor_head
+    sha256 = hashlib.sha256
+    seqs = [head(0, seq) for _, seq, _, _ in stored]
+    digests = [None if r is None else sha256(r).digest() for _, _, _, r in stored]
+    leaves = [b"".join((b"\x83\x50", dev, s, b"\x58\x20", h)) if d is None                      # stored_ack.entry
+              else b"".join((b"\x84\x50", dev, s, b"\x58\x20", h, b"\x58\x20", d))
+              for (dev, _, h, _), s, d in zip(stored, seqs, digests)]
+    root, proofs = encoded_inclusion_proofs(leaves)
+    statement = sign_statement(root, len(leaves), time_ms, private_key, gateway_id, site, backend)
+    item = head(2, len(statement)) + statement
+    tail = b"\x05" + item
+    arrays = [head(4, n) for n in range(max(count for count, _ in proofs) + 1)]
+    acks: list[bytes] = []
+    signed: list[bytes | None] = []
+    for i, ((_, _, h, reading), s, d, (count, path)) in enumerate(zip(stored, seqs, digests, proofs)):
+        index = head(0, i)
+        if reading is None:
+            acks.append(b"".join((b"\xa6\x00\x05\x01\x58\x20", h, b"\x02", s, b"\x03", index, b"\x04", arrays[count],
+                                  path, tail)))
+            signed.append(None)
+            continue
+        if reading[:1] != b"\xa6":
+            raise ValueError("a verified-reading is a CBOR map of 6 entries")
+        acks.append(b"".join((b"\xa7\x00\x05\x01\x58\x20", h, b"\x02", s, b"\x03", index, b"\x04", arrays[count],
+                              path, tail, b"\x06\x58\x20", d)))
+        signed.append(b"".join((b"\xa7", memoryview(reading)[1:], b"\x07\x83", index, arrays[count], path, item)))
+    return acks, signed
 
 
 def _frame_hash(payload: Any) -> bytes:

@@ -3,10 +3,12 @@
 A gateway commits the frames it accepts in groups (one store transaction each). Per group it signs one
 ``commit-statement`` (COSE_Sign1 with its identity key, kid = its device id, external_aad = CBOR
 ["ledgerlink-ack-v1", site]) over the RFC 9162 root of the group's ``ack-entry`` list
-([device-id, seq, frame hash]); each frame's device gets a ``stored-ack`` with its entry's index, the
-inclusion proof and the statement. A device keeps a frame in its durable queue until an ack for it checks
-(or the gateway refuses it for good), and asks for the acks and receipts it misses with a
-``receipt-request`` on its ``ask`` topic.
+([device-id, seq, frame hash], with the SHA-256 of the frame's republished verified reading appended
+when the group republished one); each frame's device gets a ``stored-ack`` with its entry's index, the
+inclusion proof, the reading's hash (key 6, when the entry has one) and the statement. The same
+statement signs the group's republished readings (``ledgerlink.gateway.republish``). A device keeps a
+frame in its durable queue until an ack for it checks (or the gateway refuses it for good), and asks for
+the acks and receipts it misses with a ``receipt-request`` on its ``ask`` topic.
 
 Protects against a broker, or another client that may publish on a device's down topic, making the
 device drop frames no gateway stored: the device's own (device id, seq, frame hash) must be in the
@@ -31,9 +33,12 @@ TRANSIENT_REFUSALS = (9, 14)    # rate-limited, ledger-unavailable: the device s
 CACHE_SIZE = 4                  # verified commit statements remembered
 
 
-def entry(device_id, seq, frame_hash):
-    """The ``ack-entry`` of a stored frame: CBOR [device-id, seq, frame hash] (its leaf in the commit root)."""
-    return cbor.dumps([bytes(device_id), seq, bytes(frame_hash)])
+def entry(device_id, seq, frame_hash, reading_hash=None):
+    """The ``ack-entry`` of a stored frame: CBOR [device-id, seq, frame hash] (its leaf in the commit root),
+    with ``reading_hash`` (SHA-256 of its republished verified reading) appended when given."""
+    if reading_hash is None:
+        return cbor.dumps([bytes(device_id), seq, bytes(frame_hash)])
+    return cbor.dumps([bytes(device_id), seq, bytes(frame_hash), bytes(reading_hash)])
 
 
 def statement_aad(site):
@@ -64,10 +69,12 @@ def check(ack, device_id, site, gateway_keys=None, backend=None, cache=None):
     Raises InvalidMessage (malformed) or InvalidProof (the entry is not in the signed root, or the
     statement is not signed by a gateway of ``gateway_keys`` {gateway id: identity public key}).
     """
-    if not isinstance(ack, dict) or ack.get(0) != KIND_STORED or len(ack) != 6:
-        raise InvalidMessage("stored-ack must be a map with keys 0..5 and kind 5")
+    if not isinstance(ack, dict) or ack.get(0) != KIND_STORED or len(ack) != (7 if 6 in ack else 6):
+        raise InvalidMessage("stored-ack must be a map with keys 0..5 (and 6) and kind 5")
     frame_hash, seq, index, path, signed = ack.get(1), ack.get(2), ack.get(3), ack.get(4), ack.get(5)
-    if not _is_hash(frame_hash) or not cbor.is_uint(seq) or not cbor.is_uint(index) or not isinstance(signed, bytes):
+    reading_hash = ack.get(6)
+    if not _is_hash(frame_hash) or not cbor.is_uint(seq) or not cbor.is_uint(index) or not isinstance(signed, bytes) \
+            or not (reading_hash is None or _is_hash(reading_hash)):
         raise InvalidMessage("stored-ack fields have the wrong types")
     if not isinstance(path, list):
         raise InvalidMessage("stored-ack inclusion proof must be a list of hashes")
@@ -81,7 +88,7 @@ def check(ack, device_id, site, gateway_keys=None, backend=None, cache=None):
     root, count, time_ms = body.get(1), body.get(2), body.get(3)
     if not _is_hash(root) or not cbor.is_uint(count) or not cbor.is_uint(time_ms):
         raise InvalidMessage("commit statement fields have the wrong types")
-    merkle.verify_inclusion(merkle.leaf_hash(entry(device_id, seq, frame_hash)), index, count, path, root)
+    merkle.verify_inclusion(merkle.leaf_hash(entry(device_id, seq, frame_hash, reading_hash)), index, count, path, root)
     gateway = sign1.kid
     if not isinstance(gateway, bytes):
         raise InvalidMessage("commit statement has no kid")

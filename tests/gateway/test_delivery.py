@@ -65,7 +65,7 @@ def test_each_stored_frame_gets_an_ack_signed_once_per_group(tmp_path):
     h = svc.handle_many([("frame", up(dev), f) for f in group], NOW)
     acks = replies(h, stored_ack.KIND_STORED)
     assert len(signs) == 1 and [a[2] for a in acks] == [2, 3, 4]
-    assert {o.qos for o in h.outgoing if o.topic.endswith("/down") and o.payload[:3] == b"\xa6\x00\x05"} == {0}
+    assert {o.qos for o in h.outgoing if o.topic.endswith("/down") and cbor.loads(o.payload)[0] == stored_ack.KIND_STORED} == {0}
     keys = gateway_keys(ledger)
     for frame, ack in zip(group, acks):
         checked = stored_ack.check(ack, dev, SITE, keys, CRYPTO)
@@ -79,6 +79,47 @@ def test_each_stored_frame_gets_an_ack_signed_once_per_group(tmp_path):
             stored_ack.check(bad, dev_id, SITE, keys_used, CRYPTO)
     with pytest.raises(LedgerlinkError):
         stored_ack.check(acks[0], dev, "other-site", keys, CRYPTO)     # a statement signed for another site
+
+
+def test_one_signature_covers_a_groups_acks_and_its_republished_readings(tmp_path):
+    """The stored-acks and the verified readings of a group carry one commit statement; each republished
+    reading verifies under it, an ack's entry cannot pass for a reading, and a changed reading fails."""
+    from ledgerlink.gateway import republish
+    from ledgerlink.protocol import stored_ack
+
+    ledger = FakeLedgerAdapter(clock=lambda: DevNet().time_ms)
+    net = ledger.net
+    dev = net["sensor"].id
+    svc = make(ledger, tmp_path / "gw.db")
+    run(svc, ledger, up(dev), reading(net, "sensor", 1))
+    group = [reading(net, "sensor", s, meas={"t": s}) for s in (2, 3, 4)]
+    signs = []
+    sign = svc.core.crypto.sign
+    svc.core.crypto.sign = lambda *a: signs.append(1) or sign(*a)
+    h = svc.handle_many([("frame", up(dev), f) for f in group] + [("frame", up(dev), group[0])], NOW)
+    assert len(signs) == 1
+    verified = [o.payload for o in h.outgoing if "/verified/" in o.topic]
+    acks = replies(h, stored_ack.KIND_STORED)
+    assert len(verified) == 3 and [a[2] for a in acks] == [2, 3, 4, 2]     # the copy: its ack, no reading
+    keys = gateway_keys(ledger)
+    statements = {cbor.loads(v)[7][2] for v in verified} | {a[5] for a in acks}
+    assert len(statements) == 1
+    for frame, payload, ack in zip(group, verified, acks):
+        got = republish.verify(payload, SITE, keys)
+        assert got[5] == CRYPTO.sha256(frame) and got[2] == ack[2] and got[4] == {"t": got[2]}
+        assert stored_ack.check(ack, dev, SITE, keys, CRYPTO).frame_hash == got[5]
+    for bad in ({k: v for k, v in acks[0].items() if k != 6}, {**acks[0], 6: bytes(32)}):
+        with pytest.raises(LedgerlinkError):                        # the reading's hash left out or changed
+            stored_ack.check(bad, dev, SITE, keys, CRYPTO)
+    one = cbor.loads(verified[0])
+    one[4] = {"t": 99}                                              # another value under the same proof
+    with pytest.raises(republish.Unverified):
+        republish.verify(cbor.dumps(one), SITE, keys)
+    copy_ack = acks[3]                                              # an entry without a reading: no reading passes
+    forged = {1: dev, 2: 2, 3: NOW, 4: {"t": 2}, 5: copy_ack[1], 6: net["gateway"].id.hex(),
+              7: [copy_ack[3], copy_ack[4], copy_ack[5]]}
+    with pytest.raises(republish.Unverified):
+        republish.verify(cbor.dumps(forged), SITE, keys)
 
 
 def test_duplicate_of_a_stored_frame_is_answered_with_its_ack_and_receipt(tmp_path):
