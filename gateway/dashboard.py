@@ -1,4 +1,4 @@
-"""The gateway's web dashboard and ``/metrics``, over the standard library's ``http.server``.
+"""The gateway's web dashboard and ``/metrics``, a WSGI app served by ``ledgerlink.service_http`` (waitress).
 
 Pages (rendered on the server with their data, ``ledgerlink.gateway.pages``; the scripts keep them live
 and draw the plots): ``/`` the overview (devices and their state: online, offline after
@@ -42,23 +42,21 @@ without a token it has no login: bind it to loopback or a management network. Te
 tests/gateway/test_dashboard.py and tests/dashboard/ (pages rendered by headless Chromium with hostile
 device text; the plots against the API; the explorer with tampered receipts).
 
-Protects against clients that hold the port (``DashboardServer``): at most ``HTTP_MAX_CONNECTIONS``
-connections are served at once (a new one beyond them closes the oldest), each read waits at most
-``HTTP_READ_S``, and a connection lives at most ``HTTP_CONNECTION_S`` (request and answer; one request per
-connection), so slow or incomplete requests hold a bounded number of threads and line buffers (at most
-64 KiB each, ``http.server``'s limit) for a bounded time. Tested in tests/chaos/test_port_attack.py.
+Protects against clients that hold the port (``DashboardServer``): the limits of
+``ledgerlink.service_http.WsgiServer`` (at most ``MAX_CONNECTIONS`` connections, a new one beyond them
+closing the oldest; ``IDLE_S`` without a byte and ``CONNECTION_S`` in all close a connection; a request
+head of at most ``MAX_REQUEST_HEAD`` bytes and no body), so slow or incomplete requests hold a bounded
+number of buffers for a bounded time and no thread. Tested in tests/test_service_http.py and
+tests/chaos/test_port_attack.py.
 """
 
 from __future__ import annotations
 
 import base64
 import hmac
-import http.server
 import json
 import logging
-import socket
 import threading
-import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
@@ -67,7 +65,8 @@ from ledgerlink.core import cbor
 from ledgerlink.gateway import explorer, pages
 from ledgerlink.gateway.history import READING_POINTS, SAMPLE_S, History
 from ledgerlink.gateway.metrics import GatewayMetrics, jsonable
-from ledgerlink.ledger.metrics import CONTENT_TYPE, Handler, HttpServer, Response, _RequestHandler
+from ledgerlink.service_http import (CONNECTION_S, CONTENT_TYPE, MAX_CONNECTIONS, TEXT, Handler, Response,
+                                     WsgiApp, WsgiServer, answer, handler_app)
 
 log = logging.getLogger("ledgerlink.gateway.dashboard")
 
@@ -85,27 +84,6 @@ HTML = "text/html; charset=utf-8"
 JSON = "application/json; charset=utf-8"
 CBOR = "application/cbor"
 DEVICE_HEX = 32                        # hex digits of a device id
-HTTP_MAX_CONNECTIONS = 64              # connections served at once
-HTTP_READ_S = 5.0                      # longest wait for the next bytes of a request
-HTTP_CONNECTION_S = 10.0               # longest life of a connection
-REAP_S = 0.5                           # how often connections are checked against HTTP_CONNECTION_S
-
-
-class _TimedHandler(_RequestHandler):
-    timeout = HTTP_READ_S
-
-    def _answer(self, body: bool) -> None:
-        token = getattr(self.server, "token", None)
-        if token is not None and not authorized(self.headers.get("Authorization", ""), token):
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="ledgerlink gateway", charset="UTF-8"')
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", "13")
-            self.end_headers()
-            if body:
-                self.wfile.write(b"login needed\n")
-            return
-        super()._answer(body)
 
 
 def authorized(header: str, token: str) -> bool:
@@ -122,73 +100,30 @@ def authorized(header: str, token: str) -> bool:
     return hmac.compare_digest(value.strip().encode(), token.encode())
 
 
-class _BoundedHTTPServer(http.server.ThreadingHTTPServer):
-    """A thread per connection, at most ``max_connections`` of them, each closed after ``connection_s``."""
+def dashboard_app(handler: Handler, token: str | None = None) -> WsgiApp:
+    """``handler`` as a WSGI app; with ``token``, every request without it is answered 401 before any path
+    is looked at."""
+    app = handler_app(handler)
+    if token is None:
+        return app
 
-    daemon_threads = True
-    request_queue_size = 128               # listen backlog: a burst of connections is taken, then bounded here
+    def logged_in(environ: dict, start_response: Callable) -> list[bytes]:
+        if not authorized(environ.get("HTTP_AUTHORIZATION", ""), token):
+            return answer(environ, start_response, (401, TEXT, b"login needed\n"),
+                          [("WWW-Authenticate", 'Basic realm="ledgerlink gateway", charset="UTF-8"')])
+        return app(environ, start_response)
 
-    def __init__(self, address: tuple[str, int], max_connections: int, connection_s: float) -> None:
-        self.max_connections = max_connections
-        self.connection_s = connection_s
-        self.open: dict[socket.socket, float] = {}         # connection -> when accepted, oldest first
-        self.lock = threading.Lock()
-        self.evicted = 0                                    # closed to make room for a newer one
-        self.expired = 0                                    # closed after connection_s
-        self.closed = threading.Event()
-        super().__init__(address, _TimedHandler)
-        threading.Thread(target=self._reap, name="ll-http-reaper", daemon=True).start()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.lock:
-            if len(self.open) >= self.max_connections:
-                oldest = next(iter(self.open))
-                del self.open[oldest]
-                self.evicted += 1
-                _cut(oldest)
-            self.open[request] = time.monotonic()
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.lock:
-            self.open.pop(request, None)
-        super().shutdown_request(request)
-
-    def _reap(self) -> None:
-        while not self.closed.wait(REAP_S):
-            limit = time.monotonic() - self.connection_s
-            with self.lock:
-                old = [conn for conn, since in self.open.items() if since < limit]
-                for conn in old:
-                    del self.open[conn]
-            self.expired += len(old)
-            for conn in old:
-                _cut(conn)
-
-    def server_close(self) -> None:
-        self.closed.set()
-        super().server_close()
+    return logged_in
 
 
-def _cut(conn: socket.socket) -> None:
-    """End a connection another thread may be reading (its read returns at once; that thread closes it)."""
-    try:
-        conn.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+class DashboardServer(WsgiServer):
+    """The dashboard's ``handler`` served with the port limits of ``ledgerlink.service_http`` and, with
+    ``token``, its login."""
 
-
-class DashboardServer(HttpServer):
-    """``HttpServer`` bounded as the module docstring says."""
-
-    def __init__(self, host: str, port: int, handler: Handler, max_connections: int = HTTP_MAX_CONNECTIONS,
-                 connection_s: float = HTTP_CONNECTION_S, token: str | None = None) -> None:
-        self.httpd = _BoundedHTTPServer((host, port), max_connections, connection_s)
-        self.httpd.handler = handler  # type: ignore[attr-defined]
-        self.httpd.token = token  # type: ignore[attr-defined]
-        self.host = host
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="ll-http", daemon=True)
+    def __init__(self, host: str, port: int, handler: Handler, max_connections: int = MAX_CONNECTIONS,
+                 connection_s: float = CONNECTION_S, token: str | None = None) -> None:
+        super().__init__(host, port, dashboard_app(handler, token), max_connections=max_connections,
+                         connection_s=connection_s)
 
 
 def state_json(state: dict) -> bytes:
@@ -266,7 +201,7 @@ class Dashboard:
         try:
             return self._answer(path, _query(query))
         except BadRequest as exc:
-            return 400, "text/plain; charset=utf-8", (str(exc) + "\n").encode()
+            return 400, TEXT, (str(exc) + "\n").encode()
 
     def _answer(self, path: str, q: dict[str, str]) -> Response | None:
         if path in ("/", "/index.html"):
@@ -290,12 +225,12 @@ class Dashboard:
             found = self._stored(_device_arg(q), _seq_arg(q))
             body = found.get("receipt" if path == "/api/receipt" else "frame")
             if body is None:
-                return 404, "text/plain; charset=utf-8", b"no anchored receipt for this reading yet\n"
+                return 404, TEXT, b"no anchored receipt for this reading yet\n"
             return 200, CBOR, body
         if path == "/api/state":
             return 200, "application/json; charset=utf-8", state_json(self.metrics.state())
         if path == "/metrics":
-            return 200, CONTENT_TYPE, self.metrics.registry.render().encode()
+            return 200, CONTENT_TYPE, self.metrics.registry.exposition()
         if path == "/api/registrations" and self.registrations is not None:
             held = [{"device": r.device.hex(), "role": r.role, "attributes": r.attributes, "time_ms": r.time_ms,
                      "held_ms": r.held_ms, "request": r.request.hex()} for r in self.registrations()]

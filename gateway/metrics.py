@@ -31,7 +31,7 @@ from typing import Any, Callable
 from ledgerlink.core import cbor
 from ledgerlink.protocol import spv
 from ledgerlink.gateway import checks as c
-from ledgerlink.ledger.metrics import CounterFunc, Registry
+from ledgerlink.service_http import Registry
 
 log = logging.getLogger("ledgerlink.gateway.metrics")
 
@@ -131,14 +131,14 @@ class GatewayMetrics:
         self.batch_size = reg.histogram("ledgerlink_gateway_batch_size", "Frames per anchored batch.",
                                         BATCH_BUCKETS)
         self.receipts = reg.counter("ledgerlink_gateway_receipts_total", "Receipts sent to devices.")
-        reg.gauge("ledgerlink_gateway_devices", "Devices seen, by state.", ("state",), self._device_counts)
+        reg.gauge("ledgerlink_gateway_devices", "Devices seen, by state.", ("state",), func=self._device_counts)
         reg.gauge("ledgerlink_gateway_sessions", "Session keys held.", func=lambda: len(core.sessions))
         reg.gauge("ledgerlink_gateway_pending_frames", "Frames waiting for a registry answer.",
                   func=lambda: sum(len(v) for v in list(core.pending.values())))
         reg.gauge("ledgerlink_gateway_ledger_height", "Height of the newest verified ledger header (NaN: none yet).",
                   func=lambda: self._height_or_nan())
-        reg.register(CounterFunc("ledgerlink_gateway_ignored_inputs_total", "Ledger inputs not taken (forged, older).",
-                                 func=lambda: self._ignored))
+        reg.counter_func("ledgerlink_gateway_ignored_inputs_total", "Ledger inputs not taken (forged, older).",
+                         func=lambda: self._ignored)
 
     # --- inputs (check thread, MQTT thread, batch thread) -----------------------------------------------
 

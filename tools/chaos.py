@@ -1064,7 +1064,7 @@ def serve_http(port: int) -> int:
 def port_attacks(connections: int, packet_bytes: int, timeout_s: float, say: Callable[[str], None]) -> bool:
     """Run the attack on the embedded broker, the dashboard's HTTP server and the virtual board (``timeout_s``:
     the broker's packet and the board's command time limit); True when all held."""
-    from ledgerlink.gateway.dashboard import HTTP_CONNECTION_S
+    from ledgerlink.service_http import CONNECTION_S as HTTP_CONNECTION_S
     from ledgerlink.tools import virtual_board
 
     ok = True

@@ -29,7 +29,7 @@ from ledgerlink.gateway.service import GatewayService, fetch_registry
 from ledgerlink.gateway.store import Store
 from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.cluster import LocalCluster, write_key
-from ledgerlink.ledger.metrics import CONTENT_TYPE
+from ledgerlink.service_http import CONTENT_TYPE
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.ledger.state.codes import Role
 from tests.devnet import DevNet

@@ -1,4 +1,4 @@
-"""Prometheus exposition format of ``ledgerlink.ledger.metrics`` (parsed back by a strict parser here) and
+"""Prometheus exposition format of ``ledgerlink.service_http`` (parsed back by a strict parser here) and
 the ``/metrics`` of real node processes started by ``LocalCluster(metrics=True)``."""
 
 import math
@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ledgerlink.core import cbor
-from ledgerlink.ledger import metrics as m
+from ledgerlink import service_http as m
+from ledgerlink.ledger.metrics import reason_label
 from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.cluster import LocalCluster
 from ledgerlink.ledger.state import encoding as enc
@@ -186,9 +187,9 @@ def test_value_format():
 
 
 def test_reason_label_is_bounded():
-    assert m.reason_label("invalid tx 12") == "invalid tx"
-    assert m.reason_label("rejected proposal: bad root 0x12") == "rejected proposal"
-    assert len(m.reason_label("x" * 500)) == 64 and m.reason_label(":") == "unknown"
+    assert reason_label("invalid tx 12") == "invalid tx"
+    assert reason_label("rejected proposal: bad root 0x12") == "rejected proposal"
+    assert len(reason_label("x" * 500)) == 64 and reason_label(":") == "unknown"
 
 
 @settings(max_examples=200, deadline=None)
@@ -227,7 +228,7 @@ def test_parser_rejects(bad):
 def test_http_server_answers_metrics_and_404():
     reg = m.Registry()
     reg.counter("hits_total", "hits").inc(4)
-    srv = m.HttpServer("127.0.0.1", 0, m.metrics_handler(reg)).start()
+    srv = m.WsgiServer("127.0.0.1", 0, m.handler_app(m.metrics_handler(reg))).start()
     try:
         with urllib.request.urlopen(srv.url + "metrics", timeout=5) as r:
             assert r.headers["Content-Type"] == m.CONTENT_TYPE
@@ -313,3 +314,32 @@ def test_metrics_port_survives_restart(cluster):
     assert cluster.metrics_ports[3] == port
     fams = _wait_metrics(port)
     assert sample(fams, "ledgerlink_node_info", index=3, chain_id=cluster.config.chain_id) == 1
+
+
+def test_metrics_port_serves_beside_partial_requests_and_closes_them(cluster):
+    """A node's ``/metrics`` port has the limits of ``ledgerlink.service_http``: a full set of connections
+    holding partial requests does not stop a scrape, and the node closes them once idle."""
+    port = cluster.metrics_ports[2]
+    _wait_metrics(port)
+    held = []
+    for _ in range(m.MAX_CONNECTIONS):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nX-Fill: " + b"a" * 1000)
+        held.append(s)
+    assert sample(_wait_metrics(port), "ledgerlink_node_validators") == 4
+    deadline = time.monotonic() + m.IDLE_S + 15
+    while held and time.monotonic() < deadline:
+        for s in list(held):
+            s.settimeout(0.05)
+            try:
+                if s.recv(65536):
+                    continue
+            except socket.timeout:
+                continue
+            except OSError:
+                pass
+            s.close()
+            held.remove(s)
+    for s in held:
+        s.close()
+    assert not held, "%d partial requests still open" % len(held)
