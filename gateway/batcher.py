@@ -366,14 +366,6 @@ class Batcher:
                 log.warning("cert record refused: %s %s", res.get("code"), res.get("reason"))
         self.store.set_cert_statuses(statuses)
 
-    def post_warnings(self, now_ms: int) -> None:
-        pending = self._warning_txs(now_ms)
-        self._warnings_done(pending, self._submit_many([tx for _, tx in pending]))
-
-    def record_certs(self, now_ms: int) -> None:
-        certs, txs = self._cert_txs(now_ms)
-        self._certs_done(certs, self._submit_many(txs))
-
     # --- one step -----------------------------------------------------------------------------------
 
     def step(self, now_ms: int, force: bool = False) -> list[Outgoing]:

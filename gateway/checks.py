@@ -512,7 +512,6 @@ class GatewayCore:
         self.devices: dict[bytes, _DeviceState] = {}
         self.sessions: dict[bytes, Session] = {}
         self.header: spv.Header | None = None
-        self.certified_header: bytes | None = None
         self.pending: OrderedDict[bytes, list[_Pending]] = OrderedDict()
         self.pending_count = 0                                               # frames in ``pending``
         self.pending_bytes = 0                                               # and their bytes
@@ -954,7 +953,6 @@ class GatewayCore:
         if self.header is not None and header.height <= self.header.height:
             return []
         self.header = header
-        self.certified_header = raw
         return [HeaderUpdated(header.height, raw)]
 
     def _verified_header(self, certified: Any) -> tuple[spv.Header, bytes]:

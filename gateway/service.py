@@ -305,9 +305,6 @@ class GatewayService:
     def handle_registry(self, dev: bytes, proof: object, now_ms: int) -> Handled:
         return self.handle_many([("registry", dev, proof)], now_ms)
 
-    def handle_header(self, certified: object, now_ms: int) -> Handled:
-        return self.handle_many([("header", certified)], now_ms)
-
     def tick(self, now_ms: int) -> Handled:
         return self.handle_many([("tick",)], now_ms)
 

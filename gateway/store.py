@@ -603,9 +603,6 @@ class Store:
         rows = self._query("SELECT device, cert FROM certs WHERE hash BETWEEN ? AND ? LIMIT 2", (lo, hi))
         return (bytes(rows[0][0]), bytes(rows[0][1])) if len(rows) == 1 else None
 
-    def set_cert_status(self, cert: bytes, status: str) -> None:
-        self.set_cert_statuses([(cert, status)])
-
     def set_cert_statuses(self, statuses: list[tuple[bytes, str]]) -> None:
         """Set the status of several certificates in one transaction."""
         if statuses:

@@ -53,7 +53,6 @@ from ledgerlink.ledger.transport import (HELLO, MAX_HELLO_FRAME, ClusterConfig, 
                                          handshake_dial, read_frame)
 
 KINDS = ("junk", "huge", "partial", "idle", "hello", "connect")
-CONNECT_SOURCES = 250 * 250            # 127.1.0.1 .. 127.250.0.250: one address per connection in turn
 JUNK_FRAME = 4 << 20
 
 
@@ -197,7 +196,7 @@ class Attack:
             while owed >= 1:
                 owed -= 1
                 n += 1
-                src = "127.%d.0.%d" % (1 + n // 250 % 250, 1 + n % 250)
+                src = "127.%d.0.%d" % (1 + n // 250 % 250, 1 + n % 250)   # 127.1.0.1 .. 127.250.0.250 in turn
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.setblocking(False)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # close sends RST

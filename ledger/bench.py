@@ -399,7 +399,7 @@ def _metric(cluster: LocalCluster, i: int, name: str) -> float:
     return float("nan")
 
 
-def _rate(samples: list[tuple[float, int, float, int]], t0: float, t1: float) -> float:
+def _blocks_per_s(samples: list[tuple[float, int, float, int]], t0: float, t1: float) -> float:
     """Blocks a second the honest nodes committed between ``t0`` and ``t1`` (from the samples)."""
     inside = [s for s in samples if t0 <= s[0] <= t1 and s[1] >= 0]
     if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
@@ -452,12 +452,12 @@ def byzantine_run(attack: str, args: argparse.Namespace) -> dict[str, Any]:
                 keyless.stop()
             cluster.stop()
     mono1 = mono0 + args.attack_s
-    base = _rate(samples, mono0 - args.before_s, mono0)
-    during = _rate(samples, mono0, mono1)
+    base = _blocks_per_s(samples, mono0 - args.before_s, mono0)
+    during = _blocks_per_s(samples, mono0, mono1)
     recovery = None
     t = mono1
     while t + 1.0 <= mono1 + args.after_s:
-        if _rate(samples, t, t + 1.0) >= BYZ_FULL * base:
+        if _blocks_per_s(samples, t, t + 1.0) >= BYZ_FULL * base:
             recovery = t - mono1
             break
         t += 0.25

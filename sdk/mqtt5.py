@@ -4,8 +4,7 @@ Pure functions and plain classes, no I/O; CPython only. The embedded broker
 (``ledgerlink.tools.mqtt_broker``) decodes what clients send with ``decode_packet`` and
 ``decode_connect``; the gateway's client (``ledgerlink.gateway.mqtt_client``) decodes what a
 server sends with ``decode_server_packet`` and encodes its packets with ``encode_connect``,
-``encode_publish``, ``encode_subscribe``, ``encode_unsubscribe``, ``puback`` and
-``encode_disconnect``. ``split_frame`` cuts one packet from a byte stream.
+``encode_publish``, ``encode_subscribe``, ``puback`` and ``encode_disconnect``. ``split_frame`` cuts one packet from a byte stream.
 
 Protects against malformed or hostile peers: every length, flag, property identifier (per packet
 type), duplicate property, variable byte integer form and UTF-8 string is checked, and the decoders
@@ -703,10 +702,6 @@ def encode_subscribe(pid: int, topics: Sequence[tuple[str, int]], props: Sequenc
     for f, opts in topics:
         body.append(_s(f) + bytes((opts,)))
     return packet((SUBSCRIBE << 4) | 2, b"".join(body))
-
-
-def encode_unsubscribe(pid: int, filters: Sequence[str]) -> bytes:
-    return packet((UNSUBSCRIBE << 4) | 2, pid.to_bytes(2, "big") + b"\x00" + b"".join(_s(f) for f in filters))
 
 
 def puback(pid: int) -> bytes:

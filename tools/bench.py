@@ -40,7 +40,7 @@ import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from ledgerlink.core import ccm, cose, ecdh, ecdsa, ecqv, p256, smt
+from ledgerlink.core import cose, ecdsa, ecqv, p256, smt
 from ledgerlink.core.backend import get_backend
 
 HEAP_TARGET = 16 * 1024

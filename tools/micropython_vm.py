@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import hashlib
 import json
 import math
 import os
@@ -34,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -323,14 +321,6 @@ class MicroPythonVM:
         except ValueError as exc:
             raise VMError(f"VM output is not JSON: {lines[-1][:200]!r}") from exc
         return value, result.fuel_used
-
-
-def source_digest() -> str:
-    """A digest of the portable sources (for caching staged folders)."""
-    digest = hashlib.sha256()
-    for rel, src in portable_sources().items():
-        digest.update(rel.encode() + b"\0" + src.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -494,8 +494,6 @@ def site_device_config(up_config: str, name: str, broker_host: str | None = None
                        wifi_file: str = "~/.config/ledgerlink/wifi.json") -> dict[str, Any]:
     """The device config (what ``ledgerlink deploy --config`` takes) of the site a ``ledgerlink up`` config
     names, from what its first run made: broker address, site, chain id, validator keys, the fog CA key."""
-    from pathlib import Path
-
     from ledgerlink.core.backend import get_backend
     from ledgerlink.tools import up
 

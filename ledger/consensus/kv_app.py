@@ -56,7 +56,6 @@ class KVApp:
         self.pending: dict[bytes, bytes] | None = None
         self.height = -1
         self._tree = SparseMerkleTree() if SparseMerkleTree is not None else None
-        self.executions = 0
 
     def check_tx(self, tx: bytes) -> int | None:
         parsed = parse_tx(tx)
@@ -75,7 +74,6 @@ class KVApp:
     def execute(self, height: int, time_ms: int, txs: Sequence[bytes]) -> bytes:
         if self.pending is not None:
             raise RuntimeError("execute without commit or rollback")
-        self.executions += 1
         writes: dict[bytes, bytes] = {}
         for tx in txs:
             parsed = parse_tx(tx)

@@ -338,7 +338,6 @@ class Replica:
         self.peer_heights: dict[int, int] = {}
         self.peer_views: dict[int, int] = {}
         self.certified_height = -1
-        self.certified_by: int | None = None
         self.next_fetch = 0
         self.fetch_round = 0
         self.next_sync = now_ms + config.idle_sync_ms
@@ -1265,7 +1264,6 @@ class Replica:
         self._note_height(sender, h)
         if h > self.certified_height:
             self.certified_height = h
-            self.certified_by = sender
 
     def _fetch_target(self) -> int:
         claims = sorted(self.peer_heights.values(), reverse=True)

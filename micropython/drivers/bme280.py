@@ -14,7 +14,6 @@ import time
 CHIP_ID = 0x60
 REG_CALIB_A = 0x88  # 26 bytes: dig_T1..dig_P9, (0xA0 unused), dig_H1
 REG_CHIP_ID = 0xD0
-REG_RESET = 0xE0
 REG_CALIB_B = 0xE1  # 7 bytes: dig_H2..dig_H6
 REG_CTRL_HUM = 0xF2
 REG_STATUS = 0xF3
@@ -22,7 +21,6 @@ REG_CTRL_MEAS = 0xF4
 REG_CONFIG = 0xF5
 REG_DATA = 0xF7  # 8 bytes: press[3], temp[3], hum[2]
 
-MODE_SLEEP = 0
 MODE_FORCED = 1
 STATUS_MEASURING = 0x08
 

@@ -147,11 +147,6 @@ class Statement:
         return "Statement(%s, %d..%d)" % (self.session_id.hex(), self.first, self.last)
 
 
-def is_statement(measurements):
-    """True when a reading's measurements name a chain statement (the gateway then checks it as one)."""
-    return isinstance(measurements, dict) and STATEMENT_KEY in measurements
-
-
 def parse(measurements):
     """(session id, first, last, head) of a statement's measurements; InvalidMessage when malformed."""
     if not isinstance(measurements, dict) or len(measurements) != 1:
