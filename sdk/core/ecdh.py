@@ -2,7 +2,7 @@
 
 Protects against invalid-curve and small-subgroup attacks (the peer point is fully validated: range,
 on-curve, not infinity; P-256 has cofactor 1) and against leaking d (constant-sequence p256.mult).
-Tested with Wycheproof ECDH (SEC 1 point and SubjectPublicKeyInfo forms) in tests/core/test_ecdh.py.
+Tested with Wycheproof ECDH (SEC 1 point and SubjectPublicKeyInfo forms) in tests/core/test_ecdsa_ecdh.py.
 """
 
 from ledgerlink.core import p256

@@ -12,7 +12,7 @@ Protects against: nonce reuse or bias (RFC 6979 HMAC-DRBG, no RNG needed to sign
 through the nonce multiplication (p256.base_mult is fixed-sequence) or the nonce inversion (Fermat or
 blinded); forged or malleable encodings on verify (r, s range checks, strict DER, full point
 validation). Tested with Wycheproof (P1363 and DER files) on CPython, under MicroPython, and against
-the `cryptography` backend (tests/core/test_ecdsa.py, tests/micropython/).
+the `cryptography` backend (tests/core/test_ecdsa_ecdh.py, tests/micropython/test_vectors_in_vm.py).
 """
 
 import hashlib

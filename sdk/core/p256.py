@@ -8,12 +8,14 @@ Secret scalars (private keys, nonces, ECQV values) only go through ``base_mult``
 - the sequence of field operations is the same for every scalar: a fixed number of doublings and
   additions, and every table entry is read on every step and combined with an arithmetic mask
   (``_select``), so no branch and no table index depends on the scalar;
-- ``base_mult`` is a fixed-base comb (4 teeth, 64 rows, a 16-entry table built once);
-  ``mult`` is a fixed 4-bit window over a 16-entry table of multiples of the point.
+- ``base_mult`` (``BASE_METHOD``): on CPython 52 signed odd 5-bit digits, no doublings and 51
+  complete mixed additions over per-window tables of 16 odd multiples of G made on first use; on
+  MicroPython a 4-tooth comb, 64 doublings and 64 mixed additions over the 16 entries of ``_COMB``;
+- ``mult`` is a fixed 4-bit window (63 of four doublings and one addition) over 1*Q .. 16*Q.
 What is *not* claimed: big-integer arithmetic of the interpreter (CPython or MicroPython mpz) may take
 time that depends on operand values (e.g. normalisation of leading zero limbs). ``tools/leakage.py``
-measures it (dudect-style Welch t-test on time and on MicroPython fuel); tests/core/test_p256.py
-checks the arithmetic against independent implementations and the fixed operation counts.
+measures it (dudect-style Welch t-test on time and on MicroPython fuel); tests/core/test_ecdsa_ecdh.py
+checks the arithmetic against OpenSSL, the tables against first principles and the fixed operation counts.
 
 ``mul_add_vartime`` (u1*G + u2*Q, used by signature verification) works on public data only and is
 variable-time (Jacobian coordinates, width-w NAF, interleaved).
@@ -159,8 +161,8 @@ def _select(table, digit):
 # --- scalar multiplication -------------------------------------------------------------------
 
 _windows = []
-# Per-window tables (64 x 16 affine points, ~100 KB) where memory is plentiful; the 16-entry comb
-# (~2 KB) on boards.
+# Per-window tables (52 x 16 affine points, about 90 KB) where memory is plentiful; the 16-entry comb
+# on boards.
 BASE_METHOD = "windows" if sys.implementation.name == "cpython" else "comb"
 _WINDOWS = 52  # signed odd 5-bit digits of an odd scalar below 2^257
 _SENTINEL = 1 << 320
@@ -278,8 +280,8 @@ def _base_mult_comb(k):
 def base_mult(k, method=None):
     """k*G for a secret scalar 1 <= k < n with a fixed operation sequence.
 
-    ``method`` is "windows" (64 fixed 4-bit windows, one complete mixed addition each) or "comb"
-    (4-tooth comb, 64 doublings and additions); the default is ``BASE_METHOD``.
+    ``method`` is "windows" (52 signed odd 5-bit digits, 51 complete mixed additions) or "comb"
+    (4-tooth comb, 64 doublings and 64 mixed additions); the default is ``BASE_METHOD``.
     """
     _check_scalar(k)
     if (method or BASE_METHOD) == "windows":
