@@ -1,40 +1,32 @@
 """Deterministic CBOR for CPython, byte-identical to ``ledgerlink.core.cbor`` (cbor2 encoder, own decoder).
 
-``dumps`` prepares the value and hands it to cbor2's plain encoder, which already writes shortest
-heads, definite lengths and bignums as tags 2/3 and keeps dict order. cbor2's canonical mode is not
-used: it is slower and sorts map keys length-first (RFC 7049), not bytewise (RFC 8949). Maps are
-therefore re-ordered here: keys of one major type (all text, all byte strings, all integers) by plain
-sorts, which give the bytewise order of their encodings; maps with other keys are encoded pair by pair
-and passed to cbor2 as pre-encoded bytes, as are floats (shortest of binary16/32/64 via struct).
+``dumps`` prepares the value and hands it to cbor2's plain encoder, which writes shortest heads,
+definite lengths and bignums as tags 2/3 and keeps dict order (cbor2's canonical mode sorts keys
+length-first, RFC 7049, not bytewise, RFC 8949). Map keys of one major type are ordered by plain sorts,
+which give the bytewise order of their encodings; maps with other keys are encoded pair by pair and
+passed to cbor2 as pre-encoded bytes, as are floats (shortest of binary16/32/64 via struct).
 
-``loads`` is a strict recursive-descent decoder tuned for CPython rather than cbor2 (cbor2 accepts
-non-shortest heads and unsorted keys, and proving its result deterministic by re-encoding costs more
-than decoding). It makes the portable decoder's checks -- shortest heads, lengths, bignums and floats,
-definite lengths, bytewise ordered keys without duplicates (also in Python), UTF-8, simple values,
-nesting -- and returns the same values. It reads the common small items of arrays and maps inline, and
-checks bounds once: offsets only grow, so reading past the end raises IndexError or struct.error or
-leaves the offset beyond the input, where the final check refuses it. It is the only decoder that
-sees the input: whatever it refuses raises ``DecodeError`` at once, without a second parse by
-``portable_loads`` (a fallback let a 4 MB non-deterministic frame cost a ledger node 0.94 s of CPU).
-Its cost is linear in the input: one pass, every slice and UTF-8 check over bytes it then steps past,
-nesting bounded by ``max_depth``, and at most ``MAX_COLLIDING_KEYS`` map keys per map whose Python
-hash an attacker can choose (arrays, tags, bignums and floats as keys: 20,000 bignum keys that all
-hash alike, 258 kB of CBOR, took 3.5 s to insert into one dict; other keys hash with a per-process
-seed or have at most a few values per hash). That limit is the one place it refuses a deterministic
-encoding ``portable_loads`` accepts.
+``loads`` is a strict one-pass recursive-descent decoder (cbor2 accepts non-shortest heads and unsorted
+keys). It makes the portable decoder's checks -- shortest heads, lengths, bignums and floats, definite
+lengths, bytewise ordered keys without duplicates (also in Python), UTF-8, simple values, nesting --
+and returns the same values. It reads the common small items of arrays and maps inline and checks
+bounds once: offsets only grow, so reading past the end raises IndexError or struct.error or leaves
+the offset beyond the input, where the final check refuses it. Whatever it refuses raises
+``DecodeError`` at once, with no second parse. Its cost is linear in the input: nesting is bounded by
+``max_depth``, and a map holds at most ``MAX_COLLIDING_KEYS`` keys whose Python hash a sender can
+choose (arrays, tags, bignums and floats: 20,000 bignum keys that hash alike, 258 kB of CBOR, cost
+3.5 s to insert into one dict). That limit is the one place it refuses a deterministic encoding
+``portable_loads`` accepts.
 
 Against the portable codec, messages with text or integer map keys, byte strings and lists encode
 1.6-3x faster and maps whose keys mix types about 1.4x slower; gateway frames, reading bodies and
 ledger transactions decode 2-3x faster (1.5-3 us each), large arrays of byte strings up to 3.5x.
 
-Protects against: divergence between the two codecs; decoding work an input's sender can make
-grow faster than its size (tests/core/test_cbor_strict.py bounds the CPU time of refusing 4 MB
-frames of each hostile shape and checks both decoders agree on generated deterministic input). ``self_check`` runs at import over edge cases
-(bignums, float widths, NaN, mixed-type keys, non-deterministic input) and only when it passes does
-this module install itself as ``ledgerlink.core.cbor.dumps``/``loads``. Tested in
-tests/core/test_cbor.py by property tests comparing both codecs, and the fast decoder alone, on
-generated values, on random non-deterministic encodings of them, on arbitrary and mutated bytes and on
-every input of up to two bytes, plus each non-deterministic form in each position of a message.
+``self_check`` runs at import over edge cases (bignums, float widths, NaN, mixed-type keys,
+non-deterministic input); only when it passes does this module register itself with
+``ledgerlink.core.cbor.register_fast``. Tested in tests/core/test_cbor.py (both codecs compared on
+generated values, their non-deterministic encodings, arbitrary and mutated bytes) and
+tests/core/test_cbor_strict.py (CPU time of refusing 4 MB hostile frames).
 """
 
 import struct

@@ -439,7 +439,7 @@ _g_odd = []
 def _g_table():
     """The odd multiples of G that width-``_G_WINDOW`` digits use, as one bytes object, 64 bytes (x, y)
     each; ``_g_point`` reads an entry. A board's window takes ``_G_ODD`` itself (read in place from
-    ROMFS: no heap; a list of integer pairs took 1.7 KB); a wider one (CPython) is computed once."""
+    ROMFS: no heap); a wider one (CPython) is computed once."""
     if not _g_odd:
         count = 1 << (_G_WINDOW - 2)
         if 64 * count <= len(_G_ODD):

@@ -27,7 +27,7 @@ Protects against:
   (``ecqv.reconstruct``);
 - forged or replayed commands: only commands signed by a controller whose device record (role
   controller, active) was proved by an SPV record proof are executed, for this device, in time (not
-  after at most 24 h ahead of the device clock), with a per-controller sequence number above the last
+  expired, valid at most 24 h ahead of the device clock), with a per-controller sequence number above the last
   executed one, kept in a checked record that is written before a command is accepted. See
   ``open_commands`` for a lost or damaged record.
 Malformed network data never escapes as IndexError, KeyError or TypeError: ``handle_down`` and
