@@ -33,12 +33,13 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof, LedgerlinkError
 from ledgerlink.gateway.chain_statements import covering as covering_statement
 from ledgerlink.gateway.store import Batch, Store
-from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.protocol import ledger_tx as enc
+from ledgerlink.protocol.codes import REASON_CLOCK_SKEW, REASON_REPLAY
 
 log = logging.getLogger("ledgerlink.gateway.batcher")
 
-REBUILD_CODES = (7, 8)          # replay (nonce), clock-skew: rebuild the transaction
-MAX_WARNINGS_PER_TX = 32
+REBUILD_CODES = (REASON_REPLAY, REASON_CLOCK_SKEW)     # a tx refused for its nonce or time is built again
+MAX_WARNINGS_PER_TX = enc.MAX_WARNINGS
 MAX_WARNING_TXS_PER_STEP = 8
 MAX_CERTS_PER_STEP = 256
 POOL_FULL = "pool full"         # the node's transaction pool is full: submitted again at the next step

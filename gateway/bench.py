@@ -60,7 +60,7 @@ from ledgerlink.protocol import session_chain
 from ledgerlink.core.backend import get_backend
 from ledgerlink.device.core import MODE_SESSION, MODE_SIGNED, DeviceCore, MemoryCounter, SequenceCounter, SessionOpened
 from ledgerlink.gateway.mqtt_client import MqttClient
-from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.protocol import ledger_tx as enc
 from ledgerlink.tools.stack import Stack
 
 SITE = "bench"

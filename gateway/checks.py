@@ -44,25 +44,17 @@ from ledgerlink.core import cbor, cose, ecdsa, ecqv, session_keys
 from ledgerlink.protocol import session_chain, spv, stored_ack
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, LedgerlinkError
-from ledgerlink.ledger.consensus.messages import tx_root
-from ledgerlink.ledger.state import contracts
-from ledgerlink.ledger.state.codes import Reason, TxKind
-
-MALFORMED = 1
-OVERSIZED = 2
-UNKNOWN_DEVICE = 3
-BANNED_DEVICE = 4
-BAD_SIGNATURE = 5
-BAD_TAG = 6
-REPLAY = 7
-CLOCK_SKEW = 8
-RATE_LIMITED = 9
-UNKNOWN_SESSION = 10
-EXPIRED_SESSION = 11
-WRONG_TOPIC = 12
-CERTIFICATE_REUSE = 13
-LEDGER_UNAVAILABLE = 14
-CHAIN_MISMATCH = 15
+from ledgerlink.protocol.codes import (DEVICE_ID_LEN, KIND_RECEIPT, KIND_REFUSAL, KIND_REGISTRATION,  # noqa: F401
+                                       KIND_SESSION, MAX_SEQ, RECORD_DEVICE, STATUS_BANNED)
+from ledgerlink.protocol.codes import (  # the gateway's names of its reason codes  # noqa: F401
+    REASON_MALFORMED as MALFORMED, REASON_OVERSIZED as OVERSIZED, REASON_UNKNOWN_DEVICE as UNKNOWN_DEVICE,
+    REASON_BANNED_DEVICE as BANNED_DEVICE, REASON_BAD_SIGNATURE as BAD_SIGNATURE, REASON_BAD_TAG as BAD_TAG,
+    REASON_REPLAY as REPLAY, REASON_CLOCK_SKEW as CLOCK_SKEW, REASON_RATE_LIMITED as RATE_LIMITED,
+    REASON_UNKNOWN_SESSION as UNKNOWN_SESSION, REASON_EXPIRED_SESSION as EXPIRED_SESSION,
+    REASON_WRONG_TOPIC as WRONG_TOPIC, REASON_CERTIFICATE_REUSE as CERTIFICATE_REUSE,
+    REASON_LEDGER_UNAVAILABLE as LEDGER_UNAVAILABLE, REASON_CHAIN_MISMATCH as CHAIN_MISMATCH)
+from ledgerlink.protocol.ledger_tx import (MAX_TEXT as MAX_DETAIL, REASON_BAD_PROOF_OF_POSSESSION, TX_BAN, TX_REGISTER,
+                                           TX_ROTATE_KEY, TX_UNBAN, Refusal, check_registration_request, tx_root)
 
 REASON_TEXT = {
     MALFORMED: "malformed frame", OVERSIZED: "frame larger than 4096 bytes", UNKNOWN_DEVICE: "unknown device",
@@ -74,15 +66,6 @@ REASON_TEXT = {
     CHAIN_MISMATCH: "chain statement does not match the stored session frames",
 }
 
-KIND_RECEIPT = 1
-KIND_REFUSAL = 2
-KIND_SESSION = 3
-KIND_REGISTRATION = 4
-DEVICE_RECORD_KIND = 1
-STATUS_BANNED = 2
-MAX_SEQ = 0xFFFFFFFF
-DEVICE_ID_LEN = 16
-MAX_DETAIL = 256
 TOPIC_CACHE = 1 << 16              # parsed device topics remembered (emptied when full)
 REPORT_BUCKETS = 4096              # offenders whose warning budget is remembered (least recent forgotten)
 HEADER_CACHE = 16                  # certified headers whose quorum signatures were checked, by exact bytes
@@ -458,7 +441,7 @@ def parse_receipt_request(payload: bytes) -> list:
     return items
 
 
-_STATUS_TXS = (TxKind.BAN, TxKind.UNBAN)
+_STATUS_TXS = (TX_BAN, TX_UNBAN)
 
 
 def _check_txs(header: spv.Header, txs: Any) -> None:
@@ -477,9 +460,9 @@ def _device_changed_by(tx: bytes) -> bytes | None:
         kind = body[1]
         if kind in _STATUS_TXS:
             dev = body[4]
-        elif kind == TxKind.ROTATE_KEY:
+        elif kind == TX_ROTATE_KEY:
             dev = msg.kid
-        elif kind == TxKind.REGISTER:
+        elif kind == TX_REGISTER:
             dev = cose.decode_sign1(body[4]).kid
         else:
             return None
@@ -811,9 +794,9 @@ class GatewayCore:
         if not self._registration_bucket.take(now_ms):
             raise _Refusal(RATE_LIMITED, "too many registration requests at this gateway")
         try:
-            req = contracts.check_registration_request(frame, self.crypto)
-        except contracts.Refusal as exc:
-            code = BAD_SIGNATURE if exc.code == Reason.BAD_PROOF_OF_POSSESSION else MALFORMED
+            req = check_registration_request(frame, self.crypto)
+        except Refusal as exc:
+            code = BAD_SIGNATURE if exc.code == REASON_BAD_PROOF_OF_POSSESSION else MALFORMED
             raise _Refusal(code, "registration request: %s" % exc.text) from None
         if req.time_ms > now_ms + self.limits.max_skew_ms or req.time_ms < now_ms - self.limits.max_age_ms:
             raise _Refusal(CLOCK_SKEW, "registration request time is %d ms off" % (req.time_ms - now_ms))
@@ -988,7 +971,7 @@ class GatewayCore:
             key, value = proof[2], proof[3]
             spv.verify_record(header, key, value, proof[4])
             if value is None:
-                if device_id is None or spv.state_key(DEVICE_RECORD_KIND, bytes(device_id)) != key:
+                if device_id is None or spv.state_key(RECORD_DEVICE, bytes(device_id)) != key:
                     raise ValueError("absence proof for another key")
                 dev, record = bytes(device_id), None
             else:
@@ -996,7 +979,7 @@ class GatewayCore:
                 if not isinstance(record, dict) or not isinstance(record.get(1), bytes):
                     raise ValueError("not a device record")
                 dev = record[1]
-                if spv.state_key(DEVICE_RECORD_KIND, dev) != key or (device_id is not None and device_id != dev):
+                if spv.state_key(RECORD_DEVICE, dev) != key or (device_id is not None and device_id != dev):
                     raise ValueError("record is not the device record of its key")
                 if not isinstance(record.get(2), bytes) or record.get(5) not in (1, 2):
                     raise ValueError("device record lacks key or status")

@@ -12,10 +12,11 @@ import datetime
 from html import escape
 from typing import Any, Iterable
 
-from ledgerlink.ledger.state.codes import Role
+from ledgerlink.protocol import codes
 
 STATE_ROWS = 50            # readings listed on a device page
 NO_VALUE = "\u2013"
+ROLE_NAMES = {value: name[5:].lower() for name, value in vars(codes).items() if name.startswith("ROLE_")}
 
 
 def esc(value: Any) -> str:
@@ -55,8 +56,8 @@ def proof_link(hex_id: str, seq: Any) -> str:
 
 def role_name(role: Any) -> str:
     try:
-        return Role(role).name.lower()
-    except (ValueError, TypeError):
+        return ROLE_NAMES.get(role) or str(role)
+    except TypeError:
         return str(role)
 
 

@@ -35,7 +35,7 @@ from ledgerlink.gateway.chain_statements import ChainStatements
 from ledgerlink.gateway.batcher import Ledger, Outgoing, batch_receipts, cbor_head, encoded_inclusion_proofs
 from ledgerlink.gateway.store import StoredMessage, Store
 from ledgerlink.gateway.verify_ahead import VerifyAhead
-from ledgerlink.ledger.state.codes import RecordKind
+from ledgerlink.protocol.codes import RECORD_DEVICE
 
 log = logging.getLogger("ledgerlink.gateway")
 
@@ -360,7 +360,7 @@ def _frame_hash(payload: Any) -> bytes:
 def fetch_registry(ledger: Ledger, dev: bytes) -> object | None:
     """The ledger's record proof of device ``dev`` (checked by the core, not here), or None."""
     try:
-        res = ledger.record(int(RecordKind.DEVICE), dev)
+        res = ledger.record(RECORD_DEVICE, dev)
     except Exception as exc:  # noqa: BLE001 - ledger unavailable; the core times the frame out
         log.warning("registry lookup failed: %s", exc)
         return None

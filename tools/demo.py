@@ -32,6 +32,7 @@ from typing import Any, Callable
 from ledgerlink.core import cbor, cose, ecqv, merkle, session_keys, smt
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidSignature, InvalidTag, LedgerlinkError
+from ledgerlink.protocol.codes import REASON_BANNED_DEVICE as BANNED_DEVICE
 
 SITE_TOPIC = "ll/demo-site/dev/%s/up"
 
@@ -197,7 +198,6 @@ REASON_NAMES = {
     7: "replay", 8: "clock-skew", 9: "rate-limited", 10: "unknown-session", 11: "expired-session",
     12: "wrong-topic", 13: "certificate-reuse", 14: "ledger-unavailable",
 }
-BANNED_DEVICE = 4
 BAN_REASON = "demo: tampering suspected"
 EXIT_OK, EXIT_FAILED, EXIT_NO_BROKER, EXIT_INTERRUPTED = 0, 1, 2, 130
 SUMMARY_EVERY_S = 5.0

@@ -61,6 +61,7 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.client import LedgerClient, LedgerUnavailable
 from ledgerlink.ledger.cluster import LocalCluster, write_key
 from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.protocol.codes import REASON_OK
 from ledgerlink.tools.broker_access import (DASHBOARD_TOKEN_FILE, SiteAccess, consumer_username, dashboard_token,
                                             device_username, gateway_username, mosquitto_tls_lines, private_dir,
                                             private_log, site_tls)
@@ -84,7 +85,6 @@ MAX_STANDBYS = 2                      # warm standby interpreters kept for gatew
 STANDBY_LOG = "gateway-standby.log"   # a standby's output until it becomes a gateway
 STABLE_S = 60.0                       # a part that ran this long counts its next crash as the first in a row
 STATUS_EVERY_S = 5.0                  # status files are written at least this often (and at each event)
-REASON_OK = 0
 PR_SET_PDEATHSIG = 1
 
 

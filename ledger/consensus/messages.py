@@ -57,7 +57,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from ledgerlink.core.cbor import UINT_MAX, dumps as _dumps, is_uint, loads as _core_loads
-from ledgerlink.core.merkle import root_of
+from ledgerlink.protocol.codes import COMMIT_DOMAIN
+from ledgerlink.protocol.ledger_tx import tx_root  # noqa: F401 - the replica hashes its blocks with m.tx_root
 
 
 def _loads(data: bytes) -> Any:
@@ -72,7 +73,6 @@ KIND_NAMES = {
     FETCH_BLOCKS: "fetch-blocks", BLOCKS: "blocks", EQUIVOCATION: "equivocation",
 }
 PBFT_DOMAIN = "ledgerlink-pbft-v1"
-COMMIT_DOMAIN = "ledgerlink-commit-v1"
 ZERO_HASH = bytes(32)
 MAX_UINT64 = UINT_MAX
 MAX_VIEW = (1 << 32) - 1
@@ -189,11 +189,6 @@ class Header:
 
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-def tx_root(txs: Sequence[bytes]) -> bytes:
-    """RFC 9162 Merkle tree head over the block's transactions (``merkle.root_of``)."""
-    return root_of(txs)
 
 
 def validators_hash(validators: Sequence[bytes]) -> bytes:

@@ -1,6 +1,7 @@
-"""Numeric constants of the ledger state machine: tx kinds, roles, record kinds, refusal reasons.
+"""The ledger's IntEnum views of the protocol codes (``ledgerlink.protocol.codes`` and ``.ledger_tx``) and its
+reason texts.
 
-Reason codes 1-14 share their meaning with the gateway `reason-code` of docs/protocol.md; codes from
+Reason codes 1-15 share their meaning with the gateway `reason-code` of docs/protocol.md; codes from
 20 on are ledger-only. Code 0 means the transaction was applied.
 """
 
@@ -8,73 +9,22 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-
-class TxKind(IntEnum):
-    REGISTER = 1
-    ROTATE_KEY = 2
-    BAN = 3
-    UNBAN = 4
-    ANCHOR = 5
-    CERT_RECORD = 6
-    FIRMWARE = 7
-    PROVENANCE = 8
-    COMMUNICATION = 9
-    WARNINGS = 10
+from ledgerlink.protocol import codes, ledger_tx
 
 
-class Role(IntEnum):
-    SENSOR = 1
-    ACTUATOR = 2
-    GATEWAY = 3
-    VALIDATOR = 4
-    ADMIN = 5
-    CONTROLLER = 6
-    MAINTENANCE = 7
+def _view(name: str, prefix: str) -> type[IntEnum]:
+    """An IntEnum of the integers named ``prefix + member`` in ``codes`` and ``ledger_tx``."""
+    members = {key[len(prefix):]: value for module in (codes, ledger_tx) for key, value in vars(module).items()
+               if key.startswith(prefix) and type(value) is int}
+    return IntEnum(name, sorted(members.items(), key=lambda m: m[1]), module=__name__)
 
 
-class RecordKind(IntEnum):
-    """First element of the state key preimage ``cbor([record-kind, id])``."""
-
-    CHAIN = 0               # id 0: chain configuration written at genesis
-    DEVICE = 1              # id device-id
-    NONCE = 2               # id [submitter device-id, nonce]
-    ANCHOR = 3              # id [gateway device-id, batch-id]
-    CERT = 4                # id certificate hash (SHA-256 of the ecqv-cert bytes)
-    FIRMWARE = 5            # id image hash
-    FIRMWARE_LATEST = 6     # id [image-type, device-class]
-    PROVENANCE = 7          # id material-id
-    COMMUNICATION = 8       # id [sender device-id, digest]
-    WARNING = 9             # id [gateway device-id, warning-id]
-    OFFENCES = 10           # id offender (bstr)
-
-
-class DeviceStatus(IntEnum):
-    ACTIVE = 1
-    BANNED = 2
-
-
-class ImageType(IntEnum):
-    FIRMWARE = 1
-    CONFIGURATION = 2
-
-
-class Reason(IntEnum):
-    OK = 0
-    MALFORMED = 1
-    OVERSIZED = 2
-    UNKNOWN_DEVICE = 3
-    BANNED_DEVICE = 4
-    BAD_SIGNATURE = 5
-    REPLAY = 7
-    CLOCK_SKEW = 8
-    CERTIFICATE_REUSE = 13
-    UNKNOWN_TX_KIND = 20
-    INVALID_FIELD = 21
-    NOT_AUTHORIZED = 22
-    BAD_PROOF_OF_POSSESSION = 23
-    ALREADY_EXISTS = 24
-    UNKNOWN_TARGET = 25
-    WRONG_STATUS = 26
+TxKind = _view("TxKind", "TX_")
+Role = _view("Role", "ROLE_")
+RecordKind = _view("RecordKind", "RECORD_")     # first element of the state key preimage cbor([record-kind, id])
+DeviceStatus = _view("DeviceStatus", "STATUS_")
+ImageType = _view("ImageType", "IMAGE_")
+Reason = _view("Reason", "REASON_")
 
 
 REASON_TEXT = {
@@ -98,8 +48,5 @@ REASON_TEXT = {
 
 
 def reason_text(code: int) -> str:
-    """Short text for a reason code ("unknown reason" for codes this version does not define)."""
-    try:
-        return REASON_TEXT[Reason(code)]
-    except ValueError:
-        return "unknown reason"
+    """Short text of a ledger reason code ("unknown reason" for codes the ledger does not give)."""
+    return REASON_TEXT.get(code, "unknown reason")

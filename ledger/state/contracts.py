@@ -8,32 +8,16 @@ so every replica reaches the same result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from ledgerlink.core import cbor, cose
-from ledgerlink.core.errors import LedgerlinkError
+from ledgerlink.core import cbor
 
 from ledgerlink.ledger.state.codes import DeviceStatus, ImageType, Reason, RecordKind as RK, Role, TxKind
-from ledgerlink.ledger.state.encoding import compress_pubkey, device_id, rotation_message, state_key
+from ledgerlink.protocol.ledger_tx import (MAX_ID, MAX_REQUEST, MAX_TEXT, MAX_WARNINGS, Refusal,  # noqa: F401
+                                           check_attributes, check_registration_request, get_bstr, get_pubkey,
+                                           get_tstr, get_uint, invalid_field as _bad, rotation_message, state_key)
 
-MAX_ID = 64
-MAX_TEXT = 256
-MAX_ATTRIBUTES = 16
-MAX_ATTR_KEY = 32
-MAX_REQUEST = 2048
-MAX_WARNINGS = 32
-MAX_UINT = cbor.UINT_MAX
 _ANCHOR = int(RK.ANCHOR)
-
-
-class Refusal(Exception):
-    """A transaction is refused with a numeric reason code and a text."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(code, text)
-        self.code = int(code)
-        self.text = text
 
 
 class Journal:
@@ -98,11 +82,7 @@ class TxContext:
         self.backend = backend
 
 
-# -- field checks -----------------------------------------------------------------------------------
-
-def _bad(text: str) -> Refusal:
-    return Refusal(Reason.INVALID_FIELD, text)
-
+# -- field checks ----------------------------------------------------------------------------------
 
 _KEY_SETS: dict[tuple, tuple[frozenset, frozenset]] = {}
 
@@ -131,53 +111,6 @@ def check_keys(body: dict, required: Iterable[int], optional: Iterable[int] = ()
 is_uint = cbor.is_uint
 
 
-def get_uint(m: dict, key: int, lo: int = 0, hi: int = MAX_UINT) -> int:
-    value = m.get(key)
-    if not is_uint(value) or not lo <= value <= hi:
-        raise _bad("field %d must be an unsigned integer in [%d, %d]" % (key, lo, hi))
-    return value
-
-
-def get_bstr(m: dict, key: int, lo: int, hi: int) -> bytes:
-    value = m.get(key)
-    if not isinstance(value, (bytes, bytearray)) or not lo <= len(value) <= hi:
-        raise _bad("field %d must be a byte string of %d to %d bytes" % (key, lo, hi))
-    return bytes(value)
-
-
-def get_tstr(m: dict, key: int, lo: int = 1, hi: int = MAX_TEXT) -> str:
-    value = m.get(key)
-    if not isinstance(value, str) or not lo <= len(value) <= hi:
-        raise _bad("field %d must be a text string of %d to %d characters" % (key, lo, hi))
-    return value
-
-
-def get_pubkey(m: dict, key: int) -> bytes:
-    value = m.get(key)
-    if not isinstance(value, (bytes, bytearray)) or len(value) not in (33, 65):
-        raise _bad("field %d must be a 33- or 65-byte P-256 public key" % key)
-    try:
-        return compress_pubkey(bytes(value))
-    except LedgerlinkError:
-        raise _bad("field %d is not a valid P-256 point" % key) from None
-
-
-def check_attributes(attrs: Any) -> dict:
-    if not isinstance(attrs, dict) or len(attrs) > MAX_ATTRIBUTES:
-        raise _bad("device attributes must be a map of at most %d entries" % MAX_ATTRIBUTES)
-    for name, value in attrs.items():
-        if not isinstance(name, str) or not 1 <= len(name) <= MAX_ATTR_KEY:
-            raise _bad("attribute names must be text of 1 to %d characters" % MAX_ATTR_KEY)
-        if isinstance(value, str):
-            if len(value) > MAX_TEXT:
-                raise _bad("attribute %r is longer than %d characters" % (name, MAX_TEXT))
-        elif not (isinstance(value, int) and not isinstance(value, bool) and -MAX_UINT - 1 <= value <= MAX_UINT):
-            raise _bad("attribute %r must be text or an integer" % (name,))
-        if name in ("name", "model", "location") and not isinstance(value, str):
-            raise _bad("attribute %r must be text" % (name,))
-    return dict(attrs)
-
-
 def require_role(ctx: TxContext, *roles: int) -> None:
     if ctx.record[3] not in roles:
         names = "/".join(Role(r).name.lower() for r in roles)
@@ -196,49 +129,6 @@ def _target(ctx: TxContext, dev: bytes) -> dict:
 def device_record(dev: bytes, pubkey: bytes, role: int, attributes: dict, at: int, by: bytes) -> dict:
     """A new device record (see docs/protocol.md, `device-record`)."""
     return {1: dev, 2: pubkey, 3: int(role), 4: attributes, 5: int(DeviceStatus.ACTIVE), 6: at, 7: by, 8: 1}
-
-
-@dataclass
-class RegistrationRequest:
-    """The checked content of a device's ``registration-request`` (its proof of possession verified)."""
-
-    device_id: bytes
-    pubkey: bytes
-    role: int
-    attributes: dict
-    time_ms: int
-
-
-def check_registration_request(request: bytes, backend: Any) -> RegistrationRequest:
-    """Decode a ``registration-request`` and verify its proof of possession; raise Refusal.
-
-    Used by the register contract and by gateways that take requests on the ``reg`` topic.
-    """
-    try:
-        frame = cose.decode_sign1(request)
-        req = cbor.loads(frame.payload)
-        kid = frame.kid
-    except LedgerlinkError:
-        raise _bad("registration request is not a well-formed COSE_Sign1") from None
-    if not isinstance(req, dict):
-        raise _bad("registration request payload must be a map")
-    for key in req:
-        if key not in (1, 2, 3, 4, 5):
-            raise _bad("registration request field %r is not defined" % (key,))
-    dev = get_bstr(req, 1, 16, 16)
-    pubkey = get_pubkey(req, 2)
-    role = get_uint(req, 3, 1, 7)
-    attrs = check_attributes(req.get(4))
-    req_time = get_uint(req, 5)
-    if device_id(pubkey) != dev:
-        raise Refusal(Reason.BAD_PROOF_OF_POSSESSION, "device id is not derived from the public key")
-    if kid != dev:
-        raise Refusal(Reason.BAD_PROOF_OF_POSSESSION, "registration request kid is not the device id")
-    try:
-        cose.verify_sign1(request, bytes(req[2]), b"", backend)
-    except LedgerlinkError:
-        raise Refusal(Reason.BAD_PROOF_OF_POSSESSION, "registration request signature does not verify") from None
-    return RegistrationRequest(dev, pubkey, role, attrs, req_time)
 
 
 def register(ctx: TxContext) -> None:

@@ -42,26 +42,14 @@ import hashlib
 
 from ledgerlink.core import cbor, cose, merkle, p256
 from ledgerlink.protocol import spv
+from ledgerlink.protocol.codes import (DEVICE_ID_LEN, KIND_RECEIPT, KIND_REFUSAL, KIND_REGISTRATION,  # noqa: F401
+                                       KIND_SESSION, MAX_SEQ, NONCE_LEN, RECORD_DEVICE, REASON_REPLAY as REFUSAL_REPLAY,
+                                       ROLE_CONTROLLER, ROLE_GATEWAY, ROLE_SENSOR, STATUS_ACTIVE, TX_ANCHOR, TX_DOMAIN,
+                                       device_id as device_id_of)
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof, LedgerlinkError
 
-MAX_SEQ = 0xFFFFFFFF
-DEVICE_ID_LEN = 16
-NONCE_LEN = 16
-TX_DOMAIN = "ledgerlink-tx-v1"
 MAX_REPLY = cose.MAX_FRAME * 4
-
-KIND_RECEIPT = 1
-KIND_REFUSAL = 2
-KIND_SESSION = 3
-KIND_REGISTRATION = 4
-
-ROLE_SENSOR = 1
-ROLE_GATEWAY = 3
-ROLE_CONTROLLER = 6
-STATUS_ACTIVE = 1
-RECORD_DEVICE = 1
-TX_ANCHOR = 5
 
 MODE_SIGNED = "signed"
 MODE_SESSION = "session"
@@ -69,7 +57,6 @@ MODE_SESSION = "session"
 SESSION_RECORD_VERSION = 2
 COMMAND_RECORD_VERSION = 1
 COMMAND_AHEAD_MAX_MS = 24 * 3600 * 1000     # a command's not-after is at most this far ahead of the device clock
-REFUSAL_REPLAY = 7
 REPLAY_SKIP_MIN = 64                        # the gateway's replay window
 REPLAY_SKIP_MAX = 1 << 16                   # bounds what forged replay refusals can burn of the 2^32 numbers
 
@@ -84,16 +71,6 @@ def _sha256(data):
 
 def _is_hash(v):
     return isinstance(v, bytes) and len(v) == 32
-
-
-def device_id_of(public_key):
-    """First 16 bytes of SHA-256 of the compressed identity public key (33 or 65 bytes given)."""
-    from ledgerlink.core import p256
-
-    public_key = bytes(public_key)
-    if len(public_key) != 33:
-        public_key = p256.encode_point(p256.decode_point(public_key), True)
-    return _sha256(public_key)[:DEVICE_ID_LEN]
 
 
 def partial_iv(seq):

@@ -25,13 +25,12 @@ import hashlib
 
 from ledgerlink.core import cbor, cose
 from ledgerlink.core.errors import InvalidMessage, InvalidProof
+from ledgerlink.protocol.codes import DEVICE_ID_LEN, MAX_SEQ
 
 CHAIN_LABEL = b"ledgerlink-chain-v1"
 STATEMENT_KEY = "ll.chain"      # the measurement that makes a signed reading a chain statement
-SESSION_ID_LEN = 8
+SESSION_ID_LEN = 8              # as session_keys.SESSION_ID_LEN, which a board unloads once its session is open
 HASH_LEN = 32
-DEVICE_ID_LEN = 16
-MAX_SEQ = 0xFFFFFFFF
 MAX_SPAN = 1024                 # last seq - first seq of one statement (the gateway looks up each seq)
 EVERY_FRAMES = 64               # a device states its chain after this many session frames,
 EVERY_MS = 60000                # or this long after the chain's first frame (also with no frame since), and when the session changes

@@ -19,8 +19,8 @@ import hashlib
 from ledgerlink.core import cbor, merkle
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof
+from ledgerlink.protocol.codes import COMMIT_DOMAIN
 
-COMMIT_DOMAIN = "ledgerlink-commit-v1"
 MAX_VALIDATORS = 64
 
 

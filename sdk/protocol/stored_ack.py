@@ -24,12 +24,12 @@ import hashlib
 from ledgerlink.core import cbor, cose, merkle
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof
+from ledgerlink.protocol.codes import (KIND_NOT_STORED, KIND_STORED, REASON_LEDGER_UNAVAILABLE,  # noqa: F401
+                                       REASON_RATE_LIMITED)
 
-KIND_STORED = 5
-KIND_NOT_STORED = 6
 ACK_DOMAIN = "ledgerlink-ack-v1"
 MAX_ASK = 16                    # items in one receipt request
-TRANSIENT_REFUSALS = (9, 14)    # rate-limited, ledger-unavailable: the device sends the frame again later
+TRANSIENT_REFUSALS = (REASON_RATE_LIMITED, REASON_LEDGER_UNAVAILABLE)   # the device sends the frame again later
 CACHE_SIZE = 4                  # verified commit statements remembered
 
 
