@@ -1,0 +1,64 @@
+"""The scale table (ledgerlink.ledger.scale) run small: its columns agree with each other and with
+PBFT's message pattern, and every replica of the simulation commits the same chain."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from hypothesis import given, settings, strategies as st
+
+from ledgerlink.ledger import scale
+
+MIN_MESSAGE_BYTES = 66          # any consensus message carries a 64-byte signature and CBOR heads
+
+
+def _rows(output: str, label: str) -> dict[int, dict[str, str]]:
+    rows = {}
+    for line in output.splitlines():
+        cells = line.split()
+        if cells and cells[0] == label:
+            rows[int(cells[1])] = dict(zip(scale.COLUMNS, cells))
+    return rows
+
+
+def test_table_columns_are_consistent():
+    out = subprocess.run([sys.executable, "-m", "ledgerlink.ledger.scale", "--sizes", "4,7", "--blocks", "3",
+                          "--network", "lan"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "CHAINS DIFFER" not in out.stdout
+    rows = _rows(out.stdout, "sim-lan")
+    assert sorted(rows) == [4, 7]
+    for n, r in rows.items():
+        msgs, phase = float(r["msgs/blk"]), float(r["3phase/blk"])
+        # pre-prepare to n-1, prepares from n-1 backups to n-1, commits from n to n-1
+        assert 2 * n * (n - 1) <= phase <= 1.5 * 2 * n * (n - 1)
+        assert phase <= msgs <= phase + 2 * (n - 1)          # plus the forwarded request
+        assert float(r["KB/blk"]) * 1024 > msgs * MIN_MESSAGE_BYTES
+        assert float(r["lat_p99_ms"]) >= float(r["lat_p50_ms"]) > 3 * scale.ONE_WAY_MS["lan"]
+        assert float(r["cpu_ms/blk/rep"]) > float(r["verif_ms/blk/rep"]) > 0
+        assert float(r["verif/blk/rep"]) >= 2 * ((n - 1) // 3)       # at least the 2f prepares it needs
+        assert r["view"] == "0"
+    growth = float(rows[7]["msgs/blk"]) / float(rows[4]["msgs/blk"])
+    assert 0.75 < growth / (7 * 6 / (4 * 3)) < 1.33                 # ~N^2
+    ratio = float(rows[7]["lat_p50_ms"]) / float(rows[4]["lat_p50_ms"])
+    assert abs(float(rows[7]["ratio_vs_4"]) - ratio) <= 0.01 + ratio * 0.01
+    assert rows[4]["ratio_vs_4"] == "1.00"
+    assert "sim-lan: latency(7)/latency(4) = %s" % rows[7]["ratio_vs_4"] in out.stdout
+
+
+def test_wan_latency_holds_the_network_delays():
+    row = scale.simulate(4, "wan", blocks=2, seed=1)
+    # request to the primary (unless submitted there), pre-prepare, prepare, commit: three or four one-way delays
+    assert min(row.latencies_ms) >= 3 * scale.ONE_WAY_MS["wan"]
+    assert row.latency_p50_ms < 4 * scale.ONE_WAY_MS["wan"] + 50
+
+
+@settings(max_examples=4, deadline=None)
+@given(n=st.sampled_from([4, 7]), network=st.sampled_from(sorted(scale.ONE_WAY_MS)), seed=st.integers(0, 1000))
+def test_replicas_commit_identical_chains(n, network, seed):
+    row = scale.simulate(n, network, blocks=2, seed=seed)
+    assert len(row.chains) == n
+    assert all(len(c) == 3 for c in row.chains)
+    assert all(c == row.chains[0] for c in row.chains)
+    assert len(row.latencies_ms) == 2 * n
