@@ -315,8 +315,8 @@ class WsgiServer:
             log_socket_errors=False)
         self._map: dict = {}
         dispatcher = ThreadedTaskDispatcher()
-        dispatcher.set_thread_count(threads)
         self.server = _BoundedServer(app, map=self._map, dispatcher=dispatcher, adj=adj)
+        dispatcher.set_thread_count(threads)          # once the port is bound: no threads left behind otherwise
         self.server.max_connections = max_connections
         self.server.connection_s = connection_s
         self.host = host
