@@ -239,7 +239,8 @@ WORKER_THREADS = 4
 LISTEN_BACKLOG = 128              # a burst of connections is taken, then bounded here
 
 
-def answer(environ: dict, start_response: Callable, res: Response, headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
+def answer(environ: dict, start_response: Callable, res: Response,
+           headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
     """Start ``res`` with the security headers (and ``headers``); its body unless the request is HEAD."""
     status, ctype, body = res
     start_response("%d %s" % (status, http.HTTPStatus(status).phrase),
