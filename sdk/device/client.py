@@ -174,6 +174,23 @@ class Device:
         client id; ``ledgerlink.tools.broker_access`` binds each account to its client id)."""
         self._client.username_pw_set(username or "ll-" + self.core.device_id.hex(), password)
 
+    def key_rotated(self, identity_key: bytes, login_key: bytes) -> dict[str, str]:
+        """After the ledger recorded the rotation of this device's key to ``identity_key`` (its device id
+        stays): sign with that key from now on, and log in with the broker password the site gives the
+        account for it (``ledgerlink.protocol.broker_login``, the board's code too, with the site's
+        broker-login public key ``login_key``) from the next connect on; the broker ends the old login's
+        connection when the site follows the rotation. Returns the new login for the caller to store."""
+        from ledgerlink.protocol import broker_login
+
+        core = self.core
+        login = broker_login.login(core.device_id, identity_key, login_key, core.crypto)
+        public_key = core.crypto.public_key(bytes(identity_key), True)
+        with self._lock:
+            core._priv = bytes(identity_key)
+            core.public_key = public_key
+            self.set_login(login["password"], login["username"])
+        return login
+
     @classmethod
     def open(cls, directory: str, site: str, host: str, port: int, chain_id: str, validator_keys: Iterable[bytes],
              ca_public: bytes | None = None, gateway_keys: Mapping[bytes, bytes] | None = None,

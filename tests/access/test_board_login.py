@@ -142,3 +142,39 @@ def test_a_board_reconnects_with_its_new_password_after_a_key_rotation(stack, bo
     again = Client(stack, dev.username, {"username": dev.username, "password": report["password"]})
     assert again.accepted
     again.close()
+
+
+def test_a_cpython_device_logs_in_with_its_new_password_after_a_key_rotation(stack, tmp_path):
+    """The CPython client (``Device.key_rotated``) runs the same computation: served under its old key, then
+    under its new key and the new password once the site followed the rotation."""
+    from ledgerlink.device.client import Device
+    from ledgerlink.device.offline_queue import OfflineQueue
+
+    dev = Dev(stack)
+    stack.register([dev.registration()])
+    old = dev.login()
+    stack.follow_bans()
+    refused: list = []
+    device = Device(dev.core, OfflineQueue(str(tmp_path / "queue.db")), "127.0.0.1", stack.broker_port,
+                    mode="signed", username=old["username"], password=old["password"], backoff_initial=0.1,
+                    backoff_max=0.5, on_refusal=refused.append)
+    device.start()
+    try:
+        device.publish_reading({"t": 1})
+        assert device.wait_flushed(20) and device.connects == 1
+        new_priv = CRYPTO.generate_private_key()
+        res = stack.ledger.submit(enc.rotate_key_tx(stack.chain_id, dev.priv, new_priv, int(time.time() * 1000)))
+        assert res.get("status") == "committed", res
+        login = device.key_rotated(new_priv, stack.access.login_public())
+        deadline = time.monotonic() + 10
+        while stack.login(dev.username) == old:
+            assert time.monotonic() < deadline, "the site did not follow the rotation"
+            stack.follow_bans()
+            time.sleep(0.1)
+        assert login == stack.login(dev.username)
+        device.publish_reading({"t": 2})
+        assert device.wait_flushed(20), "the reading under the new key was not stored"
+        assert device.connects == 2 and not refused, refused
+    finally:
+        device.stop()
+    assert not Client(stack, dev.username, old).accepted
