@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ledgerlink.core import cbor, cose, ecdsa, ecqv, session_keys
-from ledgerlink.protocol import session_chain, spv, stored_ack
+from ledgerlink.protocol import reading, session_chain, spv, stored_ack
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, LedgerlinkError
 from ledgerlink.protocol.codes import (DEVICE_ID_LEN, KIND_RECEIPT, KIND_REFUSAL, KIND_REGISTRATION,  # noqa: F401
@@ -73,25 +73,6 @@ HEADER_CACHE = 16                  # certified headers whose quorum signatures w
 
 def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-def _uint_at(data: bytes, pos: int) -> tuple[int, int] | None:
-    """(value, end) of the shortest-form unsigned integer at ``data[pos]``."""
-    if pos >= len(data):
-        return None
-    b = data[pos]
-    if b < 24:
-        return b, pos + 1
-    if not 24 <= b <= 27:
-        return None
-    n = 1 << (b - 24)
-    end = pos + 1 + n
-    if end > len(data):
-        return None
-    v = int.from_bytes(data[pos + 1:end], "big")
-    if v < (24 if n == 1 else 1 << (4 * n)):
-        return None
-    return v, end
 
 
 _TEXT_CACHE: dict[str, bytes] = {}
@@ -370,63 +351,21 @@ class _DeviceState:
     asks: TokenBucket | None = None
 
 
-_READING_HEAD = b"\xa4\x01\x50"          # {1: 16-byte device id, ...
-
-
-def _parse_reading_fast(payload: bytes) -> tuple[bytes, int, int, dict] | None:
-    """``parse_reading(payload)`` of a valid reading (its deterministic encoding), else None: the
-    head {1: id, 2: seq, 3: time, 4: is read here, the measurements by the strict decoder."""
-    if len(payload) > cose.MAX_FRAME or not payload.startswith(_READING_HEAD) or payload[19:20] != b"\x02":
-        return None
-    got = _uint_at(payload, 20)
-    if got is None or not 1 <= got[0] <= MAX_SEQ:
-        return None
-    seq, p = got
-    if payload[p:p + 1] != b"\x03":
-        return None
-    got = _uint_at(payload, p + 1)
-    if got is None:
-        return None
-    t, p = got
-    if payload[p:p + 1] != b"\x04":
-        return None
-    try:
-        meas = cbor.loads(payload[p + 1:], max_depth=15, max_size=cose.MAX_FRAME)   # one level below the reading
-    except LedgerlinkError:
-        return None
-    if type(meas) is not dict:
-        return None
-    for k in meas:
-        if type(k) is not str and type(k) is not int:
-            return None
-    return payload[3:19], seq, t, meas
+_parse_reading_fast = reading.parse_fast
 
 
 def parse_reading(payload: bytes) -> tuple[bytes, int, int, dict]:
-    """Decode and check a ``reading``; raise _Refusal(MALFORMED)."""
-    fast = _parse_reading_fast(payload)
+    """Decode and check a ``reading`` (``reading.parse``); raise _Refusal(MALFORMED)."""
+    fast = reading.parse_fast(payload)
     return fast if fast is not None else _parse_reading_strict(payload)
 
 
 def _parse_reading_strict(payload: bytes) -> tuple[bytes, int, int, dict]:
     """``parse_reading`` by the strict decoder (any input)."""
     try:
-        obj = cbor.loads(payload, max_depth=16, max_size=cose.MAX_FRAME)
-    except LedgerlinkError as exc:
-        raise _Refusal(MALFORMED, "reading is not deterministic CBOR: %s" % exc) from None
-    if not isinstance(obj, dict) or set(obj) != {1, 2, 3, 4}:
-        raise _Refusal(MALFORMED, "reading must be a map with keys 1, 2, 3, 4")
-    dev, seq, t, meas = obj[1], obj[2], obj[3], obj[4]
-    if not isinstance(dev, bytes) or len(dev) != DEVICE_ID_LEN:
-        raise _Refusal(MALFORMED, "reading device id must be 16 bytes")
-    if not cbor.is_uint(seq) or not 1 <= seq <= MAX_SEQ:
-        raise _Refusal(MALFORMED, "reading seq must be 1..2^32-1")
-    if not cbor.is_uint(t):
-        raise _Refusal(MALFORMED, "reading time must be an unsigned integer")
-    if not isinstance(meas, dict) or not all(isinstance(k, str) or (isinstance(k, int) and not isinstance(k, bool))
-                                             for k in meas):
-        raise _Refusal(MALFORMED, "measurements must be a map with text or integer keys")
-    return dev, seq, t, meas
+        return reading.parse_strict(payload)
+    except InvalidMessage as exc:
+        raise _Refusal(MALFORMED, str(exc)) from None
 
 
 def parse_receipt_request(payload: bytes) -> list:

@@ -16,7 +16,7 @@ from hashlib import sha256 as _sha256
 from ledgerlink.core import cbor, cose, merkle, p256
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import LedgerlinkError
-from ledgerlink.protocol import codes
+from ledgerlink.protocol import codes, spv
 from ledgerlink.protocol.codes import NONCE_LEN, TX_ANCHOR, TX_DOMAIN
 
 TX_REGISTER = 1
@@ -117,11 +117,11 @@ def _id_cbor(record_id):
 
 
 def state_key(kind, record_id):
-    """State key of a record: SHA-256(cbor([record-kind, id])).
+    """State key of a record: ``spv.state_key``, SHA-256(cbor([record-kind, id])).
 
     ``record_id`` is a bstr, an int, or a list of those (composite ids such as [gateway, batch-id]).
     Byte strings, unsigned integers and lists of them are encoded here directly (the same bytes as
-    ``cbor.dumps``); any other id goes through ``cbor.dumps``.
+    ``cbor.dumps``); any other id goes through ``spv.state_key``.
     """
     kind = int(kind)
     body = _id_cbor(record_id) if 0 <= kind < 24 else None
@@ -129,7 +129,7 @@ def state_key(kind, record_id):
         return _sha256(_PAIR[kind] + body).digest()
     if isinstance(record_id, tuple):
         record_id = list(record_id)
-    return hashlib.sha256(cbor.dumps([kind, record_id])).digest()
+    return spv.state_key(kind, record_id)
 
 
 _SIGN1_HEAD = b"\xd2\x84\x43\xa1\x01\x26\xa1\x04\x50"   # 18([h'A10126', {4: 16-byte kid ...

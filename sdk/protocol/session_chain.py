@@ -25,7 +25,7 @@ import hashlib
 
 from ledgerlink.core import cbor, cose
 from ledgerlink.core.errors import InvalidMessage, InvalidProof
-from ledgerlink.protocol.codes import DEVICE_ID_LEN, MAX_SEQ
+from ledgerlink.protocol.codes import MAX_SEQ
 
 CHAIN_LABEL = b"ledgerlink-chain-v1"
 STATEMENT_KEY = "ll.chain"      # the measurement that makes a signed reading a chain statement
@@ -166,14 +166,11 @@ def parse(measurements):
 
 
 def decode(reading):
-    """A ``Statement`` from the CBOR of a statement reading {1: device id, 2: seq, 3: time, 4: measurements}."""
-    obj = cbor.loads(bytes(reading), max_depth=8, max_size=cose.MAX_FRAME)
-    if not isinstance(obj, dict) or len(obj) != 4:
-        raise InvalidMessage("a reading is a map with keys 1..4")
-    dev, seq, t, meas = obj.get(1), obj.get(2), obj.get(3), obj.get(4)
-    if not isinstance(dev, bytes) or len(dev) != DEVICE_ID_LEN or not cbor.is_uint(seq) or not cbor.is_uint(t) \
-            or not 1 <= seq <= MAX_SEQ:
-        raise InvalidMessage("reading fields 1..3 have the wrong types")
+    """A ``Statement`` from the CBOR of a statement reading (``ledgerlink.protocol.reading``, which a
+    device does not load)."""
+    from ledgerlink.protocol import reading as readings
+
+    dev, seq, t, meas = readings.parse(bytes(reading))
     sid, first, last, head = parse(meas)
     if first <= seq <= last:
         raise InvalidMessage("a chain statement cannot cover its own seq")
