@@ -165,7 +165,9 @@ class DeviceClient:
     "chain_id", "validators" (list of public keys) and optional "gateway_keys" ({id: key}) to check
     receipts; optional tuning keys as in ``DEFAULTS`` ("gc_threshold": see ``_collect_every``) and
     "client_id"; "login": the broker login ``mqtt_factory`` connects with ({"username", "password",
-    "login_key"}: the site's broker-login public key), whose password ``key_rotated`` changes in place.
+    "login_key"}: the site's broker-login public key), whose password ``key_rotated`` changes in place;
+    "key_rotated": true after a rotation, when "identity_key" is the rotated key and "device_id" the id
+    the device registered with.
     ``storage`` holds the queues,
     the sequence counter, the session and the command record (``queue.FileStorage`` on flash; RAM when omitted).
     ``rng(n)``, ``ticks_ms()``, ``ticks_diff(a, b)``, ``time_ms()`` (epoch milliseconds) and
@@ -197,11 +199,16 @@ class DeviceClient:
         self.ticks_diff = ticks_diff or _ticks_diff
         self.time_ms = time_ms or _time_ms
         self.sleep_ms = sleep_ms or _sleep_ms
+        registered = cfg.get("device_id")
+        rotated = registered is not None and cfg.get("key_rotated")
         self.protocol = dp.DeviceProtocol(
             identity, cfg["site"], self.seq, cfg.get("chain_id"), cfg.get("validators"), cfg.get("ca_public"),
-            cfg.get("gateway_keys"), backend, self.rng, cfg["max_tracked"], cfg.get("device_id"), cfg["header_cache"])
+            cfg.get("gateway_keys"), backend, self.rng, cfg["max_tracked"], None if rotated else registered,
+            cfg["header_cache"])
+        if rotated:                             # the id registered under an earlier key (``key_rotated``)
+            self.protocol.device_id = bytes(registered)
         self.device_id = self.protocol.device_id
-        if cfg.get("device_id") is not None and bytes(cfg["device_id"]) != self.device_id:
+        if registered is not None and bytes(registered) != self.device_id:
             raise ValueError("device_id does not belong to the identity key")
         self.check_receipts = cfg.get("chain_id") is not None and cfg.get("validators") is not None
         self.topic_up = self.protocol.up_topic

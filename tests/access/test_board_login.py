@@ -94,7 +94,8 @@ def factory():
     return mqtt.MQTTClient(transport.open_socket('127.0.0.1', cfg['port']), login['username'], keepalive=30,
                            username=login['username'], password=login['password'])
 
-client = device.DeviceClient(cfg, factory, storage=queue.MemoryStorage())
+flash = queue.MemoryStorage()
+client = device.DeviceClient(cfg, factory, storage=flash)
 out = {}
 client.publish({'t': 1})
 out['before'] = client.flush(30000)
@@ -106,6 +107,18 @@ out['after'] = client.flush(30000)
 out['stats'] = client.stats
 out['password'] = login['password']
 client.close()
+cfg['identity_key'] = new_key                     # the board restarts with what it stored
+try:
+    device.DeviceClient(dict(cfg, device_id=client.device_id), factory)
+    out['unflagged'] = 'taken'
+except ValueError as exc:
+    out['unflagged'] = str(exc)
+cfg.update(device_id=client.device_id, key_rotated=True)
+restarted = device.DeviceClient(cfg, factory, storage=flash)
+restarted.publish({'t': 4})
+out['restarted'] = restarted.flush(30000)
+out['restarted_refused'] = restarted.stats['refused']
+restarted.close()
 print(json.dumps(out))
 """
 
@@ -138,6 +151,8 @@ def test_a_board_reconnects_with_its_new_password_after_a_key_rotation(stack, bo
     assert report["password"] == stack.login(dev.username)["password"], "not the password the site set"
     assert report["stats"]["connects"] == report["rotated_at_connects"] + 1, report["stats"]
     assert report["stats"]["refused"] == 0, report["stats"]
+    assert report["unflagged"] == "device_id does not belong to the identity key"
+    assert report["restarted"] and report["restarted_refused"] == 0, report  # with its registered id and new key
     assert not Client(stack, dev.username, old).accepted            # the old password is refused
     again = Client(stack, dev.username, {"username": dev.username, "password": report["password"]})
     assert again.accepted
