@@ -14,9 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"sdk": "ledgerlink", "gateway": "ledgerlink.gateway", "ledger": "ledgerlink.ledger",
             "tools": "ledgerlink.tools"}
 UPPER = ("ledgerlink.device", "ledgerlink.gateway", "ledgerlink.ledger", "ledgerlink.tools")
-# What the gateway may take of the ledger: the client it talks through and its transport (and, until the
-# metrics registry leaves it, the ledger's metrics module).
-GATEWAY_MAY_IMPORT = ("ledgerlink.ledger.client", "ledgerlink.ledger.transport", "ledgerlink.ledger.metrics")
+GATEWAY_MAY_IMPORT = ("ledgerlink.ledger.client", "ledgerlink.ledger.transport")   # what it talks to the ledger through
 GROUPS = {"KIND_": None, "REASON_": "Reason", "TX_": "TxKind", "RECORD_": "RecordKind", "ROLE_": "Role",
           "STATUS_": "DeviceStatus", "IMAGE_": "ImageType"}
 
