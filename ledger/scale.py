@@ -28,6 +28,12 @@ and is not counted. Commit latency is from the submission to a replica's commit,
 and block; messages and bytes count every copy sent (all kinds: request forwarding, the three
 phases, checkpoints, retransmissions), per block; CPU is the sum of the replicas' handler times
 per block and replica, with the share spent in signature verification.
+
+What-ifs, to see what dominates: ``--no-verify-cost`` keeps the measured verification time out of
+virtual time, ``--bandwidth-mbit 0`` makes the uplinks unlimited. Real rows (``--real``): a
+``LocalCluster`` of each size on this machine's loopback, closed-loop transactions to the nodes in
+turn, latency from submission to the committed answer; rows with a LAN or WAN delay would need
+``tc netem`` inside a network namespace, and the command prints why they did not run.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ import argparse
 import heapq
 import os
 import random
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +54,7 @@ from typing import Any, Callable
 
 from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.consensus.kv_app import KVApp, make_tx
-from ledgerlink.ledger.consensus.messages import PRE_PREPARE, PREPARE, COMMIT, quorum
+from ledgerlink.ledger.consensus.messages import COMMIT, PRE_PREPARE, PREPARE
 from ledgerlink.ledger.consensus.replica import Broadcast, Committed, Config, Dropped, Replica, Send
 from ledgerlink.ledger.consensus.simulator import validator_keys
 
@@ -152,13 +160,17 @@ _DELIVER, _WAKE, _TICK, _SUBMIT = range(4)
 class ScaleSimulation:
     """n honest replicas on the network and node model of the module docstring."""
 
-    def __init__(self, n: int, network: str, seed: int = 0, txs_per_block: int = TXS_PER_BLOCK):
+    def __init__(self, n: int, network: str, seed: int = 0, txs_per_block: int = TXS_PER_BLOCK,
+                 bandwidth_mbit_s: float = BANDWIDTH_MBIT_S, charge_verify: bool = True):
+        """``bandwidth_mbit_s`` 0 is an unlimited uplink; ``charge_verify`` False leaves the time spent in
+        signature verification out of virtual time (what the latency would be if it cost nothing)."""
         if network not in ONE_WAY_MS:
             raise ValueError("network must be one of %s" % ", ".join(ONE_WAY_MS))
         self.n = n
         self.network = network
         self.one_way_ms = ONE_WAY_MS[network]
-        self.ms_per_byte = 8 / (BANDWIDTH_MBIT_S * 1000)
+        self.ms_per_byte = 8 / (bandwidth_mbit_s * 1000) if bandwidth_mbit_s > 0 else 0.0
+        self.charge_verify = charge_verify
         self.rnd = random.Random(seed)
         self.txs_per_block = txs_per_block
         backend = get_backend("cpython")
@@ -198,6 +210,7 @@ class ScaleSimulation:
         kind, data = node.inbox.popleft()
         rep = node.replica
         now_ms = int(self.now)
+        verify_ns = node.crypto.verify_ns
         t0 = time.thread_time_ns()
         if kind == _DELIVER:
             effects = rep.receive(data[0], data[1], now_ms)
@@ -207,6 +220,8 @@ class ScaleSimulation:
             effects = rep.submit_many(data, now_ms)
         spent = time.thread_time_ns() - t0
         node.cpu_ns += spent
+        if not self.charge_verify:
+            spent -= node.crypto.verify_ns - verify_ns
         done = self.now + spent / 1e6
         node.cpu_free_ms = done
         self._effects(i, effects, done)
@@ -290,9 +305,10 @@ class ScaleSimulation:
                       time.perf_counter() - wall0)
 
 
-def simulate(n: int, network: str, blocks: int, seed: int = 0, txs_per_block: int = TXS_PER_BLOCK) -> SimRow:
-    """The simulated row of one cluster size (see the module docstring)."""
-    return ScaleSimulation(n, network, seed, txs_per_block).run(blocks)
+def simulate(n: int, network: str, blocks: int, seed: int = 0, txs_per_block: int = TXS_PER_BLOCK,
+             bandwidth_mbit_s: float = BANDWIDTH_MBIT_S, charge_verify: bool = True) -> SimRow:
+    """The simulated row of one cluster size (see the module docstring and ``ScaleSimulation``)."""
+    return ScaleSimulation(n, network, seed, txs_per_block, bandwidth_mbit_s, charge_verify).run(blocks)
 
 
 # --- real processes -----------------------------------------------------------------------------
@@ -361,6 +377,27 @@ def real_run(n: int, txs: int = REAL_TXS) -> RealRow:
     return row
 
 
+def netem_unavailable() -> str | None:
+    """Why a LAN or WAN delay cannot be put on real processes' loopback here (``tc netem`` on the loopback
+    of a throwaway network namespace, never the machine's own), or None when it can."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "no ip/tc command"
+    name = "llscale%d" % os.getpid()
+    try:
+        r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=10)
+        if r.returncode:
+            return "ip netns add: " + r.stderr.strip()
+        r = subprocess.run(["ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
+                            "delay", "1ms"], capture_output=True, text=True, timeout=10)
+        if r.returncode:
+            return "tc netem in a namespace: %s (this kernel has no netem qdisc)" % r.stderr.strip()
+        return None
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
 # --- table --------------------------------------------------------------------------------------
 
 COLUMNS = ("rows", "N", "f", "lat_p50_ms", "lat_p99_ms", "ratio_vs_4", "target", "msgs/blk", "3phase/blk",
@@ -402,12 +439,16 @@ def _line(cells: list[str]) -> str:
     return " ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(cells, _WIDTHS)))
 
 
-def header_lines(network_names: list[str], blocks: int, txs_per_block: int, seed: int) -> list[str]:
+def header_lines(network_names: list[str], blocks: int, txs_per_block: int, seed: int,
+                 bandwidth_mbit_s: float = BANDWIDTH_MBIT_S, charge_verify: bool = True) -> list[str]:
     nets = ", ".join("%s %.1f ms one-way" % (k, ONE_WAY_MS[k]) for k in network_names)
+    link = ("%.0f Mbit/s uplink per validator, each copy serialized on the sender's link" % bandwidth_mbit_s
+            if bandwidth_mbit_s > 0 else "unlimited bandwidth (what-if)")
+    verify = ("" if charge_verify else
+              "; WHAT-IF: time in signature verification is measured but not charged to virtual time")
     return [
-        "PBFT scale: simulated replicas (%s; %.0f Mbit/s uplink per validator, each copy serialized on the "
-        "sender's link); each handler runs for its measured CPU time (time.thread_time, real ECDSA P-256 via "
-        "the CPython backend, no cache shared between replicas)" % (nets, BANDWIDTH_MBIT_S),
+        "PBFT scale: simulated replicas (%s; %s); each handler runs for its measured CPU time (time.thread_time, "
+        "real ECDSA P-256 via the CPython backend, no cache shared between replicas)%s" % (nets, link, verify),
         "load: %d blocks after a warm-up block, %d signed txs per block, one block in flight; seed %d; latency: "
         "submission to a replica's commit, over every replica and block; ratio: median(N) / median(4) of the "
         "same rows; messages and bytes: every copy sent, per block" % (blocks, txs_per_block, seed),
@@ -438,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="draws the validator each block's transactions go to")
     p.add_argument("--txs", type=int, default=TXS_PER_BLOCK, help="transactions per block")
     p.add_argument("--full", action="store_true", help="the whole table: every size on both networks")
+    p.add_argument("--bandwidth-mbit", type=float, default=BANDWIDTH_MBIT_S,
+                   help="uplink per validator in Mbit/s (default %(default)s; 0: unlimited, a what-if)")
+    p.add_argument("--no-verify-cost", action="store_true",
+                   help="what-if: leave signature verification time out of virtual time (CPU columns stay measured)")
     p.add_argument("--real", action="store_true", help="also rows from real node processes on loopback")
     p.add_argument("--real-sizes", default=",".join(map(str, REAL_SIZES_DEFAULT)),
                    help="validator counts of the real rows (default %(default)s)")
@@ -449,19 +494,21 @@ def main(argv: list[str] | None = None) -> int:
     blocks = args.blocks or (BLOCKS_FULL if args.full else BLOCKS_DEFAULT)
     networks = [args.network] if args.network else (["lan", "wan"] if args.full else ["lan"])
     wall0 = time.perf_counter()
-    for line in header_lines(networks, blocks, args.txs, args.seed):
+    for line in header_lines(networks, blocks, args.txs, args.seed, args.bandwidth_mbit, not args.no_verify_cost):
         print(line)
     verdicts = []
+    status = 0
     for network in networks:
         rows: list[SimRow] = []
         for n in sizes:
-            row = simulate(n, network, blocks, args.seed, args.txs)
+            row = simulate(n, network, blocks, args.seed, args.txs, args.bandwidth_mbit, not args.no_verify_cost)
             identical = all(c == row.chains[0] for c in row.chains)
             base = next((r.latency_p50_ms for r in rows if r.n == 4), row.latency_p50_ms if n == 4 else None)
             rows.append(row)
             line = sim_line(row, base)
             if not identical:
                 line += "  CHAINS DIFFER"
+                status = 1
             print(line, flush=True)
         verdicts.append(_ratio_verdict(rows, "sim-" + network))
     if args.real:
@@ -477,11 +524,14 @@ def main(argv: list[str] | None = None) -> int:
             real_rows.append(row)
             print(real_line(row, base), flush=True)
         verdicts.append(_ratio_verdict(real_rows, "real-lo"))
+        why = netem_unavailable()
+        print(_line(["real-lan", "-", "-"]) + "  not run: " + (why or "delayed real rows are not implemented"))
+        print(_line(["real-wan", "-", "-"]) + "  not run: " + (why or "delayed real rows are not implemented"))
     for v in verdicts:
         if v:
             print(v)
     print("(took %.0f s wall)" % (time.perf_counter() - wall0))
-    return 0
+    return status
 
 
 if __name__ == "__main__":
