@@ -126,6 +126,9 @@ def _default_rng(n):
 
 # Modules a session opening needs and nothing after it (device_protocol imports them when the next one opens).
 SESSION_OPEN_MODULES = ("ecqv", "session_keys", "ecdh")
+# Modules sealing a session reading loads (AES-CCM; session_keys through the session-chain code) and nothing
+# until the next reading: unloaded after each, so a receipt check does not hold them.
+SEAL_MODULES = ("ccm", "aes", "session_keys")
 # Modules the broker password after a key rotation needs (``key_rotated``) and nothing after it (``kdf``
 # stays: ECDSA signs with it).
 KEY_ROTATION_MODULES = ("ecdh",)
@@ -291,6 +294,7 @@ class DeviceClient:
         out = self.protocol.reading(measurements, t, self.mode)
         self.queue.push(out.topic, out.payload)
         if self.ecqv:
+            _unload(SEAL_MODULES)
             self._plain[out.seq] = (self.protocol.session.keys.session_id, cbor.dumps([t, measurements]))
             self._plain_order.append(out.seq)
             while len(self._plain_order) > self.config["max_tracked"]:

@@ -298,6 +298,22 @@ def parse(buf, max_packet=DEFAULT_MAX_PACKET):
     return _decode_body(first >> 4, first & 0x0F, memoryview(buf)[i:i + n]), i + n   # its fields are copied once
 
 
+def _missing(buf):
+    """Bytes still to read for the packet at the front of ``buf`` (0: it is all there); as much as is
+    known while its remaining length is incomplete (at least 1)."""
+    n = 0
+    shift = 0
+    i = 1
+    while i < len(buf) and i <= 4:
+        b = buf[i]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not b & 0x80:
+            return max(0, i + n - len(buf))
+    return max(1, 2 - len(buf))
+
+
 class MQTTClient:
     """MQTT 3.1.1 client over a stream; QoS 0/1 publish without blocking, events from ``poll``.
 
@@ -322,14 +338,19 @@ class MQTTClient:
         return self._next_pid
 
     def _read_packet(self, timeout_ms):
+        """The next packet, read up to its last byte and no further (the first read waits up to
+        ``timeout_ms``), or None when it has not all arrived yet. Packets behind it stay in the network
+        stack, so the heap holds one received packet at a time, never a 1 KB read of several."""
         pkt, used = parse(self._buf, self.max_packet)
-        if pkt is None:
-            data = self.stream.read(1024, timeout_ms)
-            if data:
-                self._buf.extend(data)
-                pkt, used = parse(self._buf, self.max_packet)
+        while pkt is None:
+            data = self.stream.read(_missing(self._buf), timeout_ms)
+            if not data:
+                break
+            self._buf.extend(data)
+            timeout_ms = 0
+            pkt, used = parse(self._buf, self.max_packet)
         if pkt is not None:
-            self._buf = self._buf[used:]
+            self._buf = self._buf[used:] if used < len(self._buf) else bytearray()
         return pkt
 
     def connect(self, timeout_ms=5000):
@@ -368,18 +389,7 @@ class MQTTClient:
 
     def pending(self):
         """True when a whole packet is already in the buffer (``poll`` returns it without reading)."""
-        buf = self._buf
-        n = 0
-        shift = 0
-        i = 1
-        while i < len(buf) and i <= 4:
-            b = buf[i]
-            n |= (b & 0x7F) << shift
-            shift += 7
-            i += 1
-            if not b & 0x80:
-                return len(buf) >= i + n
-        return False
+        return _missing(self._buf) == 0
 
     def poll(self, timeout_ms=0):
         """Read what arrives within ``timeout_ms`` and return the events of the complete packets, up to and

@@ -135,13 +135,38 @@ def test_client_poll_returns_at_most_one_message():
 
 def test_client_pending_says_when_a_whole_packet_waits_in_the_buffer():
     incoming = mqtt.encode_publish("x/down", b"r" * 200, 1, pid=1) + mqtt.encode_puback(2)
-    client = mqtt.MQTTClient(Pipe([incoming[:100], incoming[100:]]), "c")
+    client = mqtt.MQTTClient(Pipe([incoming[:100], b"", incoming[100:]]), "c")
     assert not client.pending()
-    assert client.poll(10) == []                 # half a packet read
+    assert client.poll(10) == []                 # half a packet arrived
     assert not client.pending()
     assert client.poll(10)[0][0] == "msg"
     assert client.pending()                      # the PUBACK came with it and waits
     assert client.poll(10) == [("puback", 2)] and not client.pending()
+
+
+class Socketish(Pipe):
+    """A stream like a socket: a read gives at most ``n`` of the bytes that arrived."""
+
+    def __init__(self, data):
+        super().__init__()
+        self.data = data
+
+    def read(self, n, timeout_ms):
+        out, self.data = self.data[:n], self.data[n:]
+        return out
+
+
+def test_client_reads_one_packet_at_a_time_leaving_the_rest_in_the_network_stack():
+    """A board's heap holds one received packet at a time: the ones behind it wait in the network stack
+    (its own buffers) until they are polled, not read ahead into the client's buffer."""
+    packets = [mqtt.encode_publish("x/down", b"r%d" % i * 300, 1, pid=i + 1) for i in range(3)] + [mqtt.encode_puback(9)]
+    stream = Socketish(b"".join(packets))
+    client = mqtt.MQTTClient(stream, "c")
+    for i, packet in enumerate(packets):
+        event = client.poll(10)[0]
+        assert event[:2] == (("msg", "x/down") if i < 3 else ("puback", 9))
+        assert len(client._buf) == 0 and stream.data == b"".join(packets[i + 1:])
+    assert client.poll(10) == []
 
 
 def test_client_connect_refused_and_silent():
