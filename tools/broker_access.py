@@ -158,7 +158,8 @@ def key_password(own_private: bytes, peer_public: bytes, username: str, backend:
     return broker_login.password(own_private, peer_public, username, backend)
 
 
-def device_login(device_id: bytes, device_private: bytes, login_public: bytes, backend: Any = "cpython") -> dict[str, str]:
+def device_login(device_id: bytes, device_private: bytes, login_public: bytes,
+                 backend: Any = "cpython") -> dict[str, str]:
     """What a device computes after a key rotation: its broker login under its new private key (its device
     id stays the one it registered with)."""
     return broker_login.login(device_id, device_private, login_public, backend)

@@ -39,7 +39,8 @@ gc.peak_live(True)
 login = client.key_rotated(cfg['new_key'])
 gc.collect()
 print(json.dumps({'login': login, 'kept': gc.mem_alloc() - before, 'peak': gc.peak_live()[0] - before,
-                  'loaded': [m for m in ('ledgerlink.core.ecdh', 'ledgerlink.protocol.broker_login') if m in sys.modules],
+                  'loaded': [m for m in ('ledgerlink.core.ecdh', 'ledgerlink.protocol.broker_login')
+                             if m in sys.modules],
                   'public_key': client.protocol.public_key.hex(), 'device_id': client.device_id.hex()}))
 """
 
