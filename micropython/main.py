@@ -28,7 +28,8 @@ def _read(path):
 
 def load_config(path="ledgerlink.json"):
     """The client config from ``path``, also in the layout ``ledgerlink deploy`` and ``provision`` write
-    (broker {host, port}, validator_keys, the key in ``ledgerlink.key``, the chain in ``ledgerlink.id.json``)."""
+    (broker {host, port}, validator_keys, the key in ``ledgerlink.key``, the chain, and after a key rotation
+    the registered device id, in ``ledgerlink.id.json``)."""
     with open(path) as f:
         cfg = json.load(f)
     if isinstance(cfg.get("broker"), dict):
@@ -41,10 +42,11 @@ def load_config(path="ledgerlink.json"):
         key = _read("ledgerlink.key")
         if key:
             cfg["identity_key"] = key.strip()
-    if "chain_id" not in cfg:
-        ident = _read("ledgerlink.id.json")
-        if ident:
-            cfg["chain_id"] = json.loads(ident)["chain_id"]
+    ident = json.loads(_read("ledgerlink.id.json") or "{}")
+    if "chain_id" not in cfg and ident:
+        cfg["chain_id"] = ident["chain_id"]
+    if ident.get("key_rotated"):            # ``ledgerlink provision --rotate-key``: the registered id stays
+        cfg.update(device_id=ident["device_id"], key_rotated=True)
     for name in ("device_id", "identity_key", "ca_public"):
         if name in cfg:
             cfg[name] = bytes.fromhex(cfg[name])

@@ -20,13 +20,22 @@ validator set of the cluster config. It then writes to the board:
 - ``ledgerlink.mqtt.json``: the device's broker login ``{"username", "password", "login_key"}``, when the
   site's broker accounts are beside the cluster config (``ledgerlink up``'s ``data_dir/broker``;
   ``broker_access``); ``login_key`` is the site's broker-login public key, with which the device computes
-  its new password after a rotation of its key (``broker_access.device_login``).
+  its new password after a rotation of its key (``ledgerlink.protocol.broker_login``).
 
 Both travel inside the program sent to the board, which first verifies the proof itself with
 ``ledgerlink.protocol.spv`` against the ``validator_keys`` of its own config (written by ``ledgerlink
 deploy``) and checks that the proven record holds its own public key; only then does it write them
 (each to a temporary name, then renamed into place). ``--check`` reruns that verification on the
 board from the stored files.
+
+``ledgerlink provision --port PORT (--cluster FILE | --up-config FILE) --rotate-key`` rotates a provisioned
+board's key: the board makes a new key pair (kept as ``ledgerlink.key.new`` until the ledger proves it) and
+signs the ``tx-rotate-key`` with its current key (``ledgerlink.protocol.ledger_tx``); the host submits it;
+the board checks the proof of its record under the new key as above, takes the new key, notes
+``key_rotated`` and its registered device id in ``ledgerlink.id.json`` (the board client keeps that id,
+``main.load_config``), and computes its new broker password into ``ledgerlink.mqtt.json``
+(``ledgerlink.protocol.broker_login``, the code with which ``ledgerlink up`` sets it when it follows the
+rotation). Nothing secret crosses to the host.
 
 Protects against: the private key leaving the board (no program sent to the board prints it; the host
 never reads the key file; tests scan everything the host printed or wrote for it); losing a registered
@@ -98,7 +107,7 @@ def trusted_keys(path):
         cfg = json.load(f)
     return cfg, [bytes.fromhex(k) for k in cfg.get('validator_keys') or []]
 
-def verify_stored(data, trusted, pub):
+def verify_stored(data, trusted, pub, rotated=False):
     from ledgerlink.core import cbor
     from ledgerlink.protocol import spv
     doc = cbor.loads(data)
@@ -107,7 +116,7 @@ def verify_stored(data, trusted, pub):
     if key != spv.state_key(1, dev) or value is None:
         raise ValueError('the proof is not of this device record')
     record = cbor.loads(value)
-    if record[1] != dev or record[2] != pub or hashlib.sha256(pub).digest()[:16] != dev:
+    if record[1] != dev or record[2] != pub or (not rotated and hashlib.sha256(pub).digest()[:16] != dev):
         raise ValueError('the proven record does not hold this board key')
     if record[5] != 1:
         raise ValueError('the device is not active on the ledger')
@@ -232,10 +241,93 @@ def main():
     with open(P['proof'], 'rb') as f:
         data = f.read()
     try:
-        dev, height = verify_stored(data, trusted, pub)
+        with open(P['id']) as f:
+            rotated = bool(json.load(f).get('key_rotated'))
+    except (OSError, ValueError):
+        rotated = False
+    try:
+        dev, height = verify_stored(data, trusted, pub, rotated)
     except Exception as exc:
         return {'status': 'bad-proof', 'error': '%%s: %%s' %% (type(exc).__name__, exc)}
     return {'status': 'ok', 'device_id': dev.hex(), 'height': height, 'validators': len(trusted)}
+
+out(main())
+"""
+
+
+# A new key on the board and the rotate-key transaction to it, signed by the current key.
+ROTATE = BOARD_COMMON + """\
+P = json.loads(%r)
+
+def main():
+    try:
+        from ledgerlink.core import ecdsa
+        from ledgerlink.protocol import ledger_tx
+    except ImportError as exc:
+        return {'status': 'no-library', 'error': str(exc)}
+    try:
+        cfg, trusted = trusted_keys(P['config'])
+    except (OSError, ValueError) as exc:
+        return {'status': 'no-config', 'error': str(exc)}
+    if [k.hex() for k in trusted] != P['validators']:
+        return {'status': 'other-validators', 'count': len(trusted)}
+    if not exists(P['key']) or not exists(P['id']):
+        return {'status': 'not-provisioned'}
+    with open(P['id']) as f:
+        dev = bytes.fromhex(json.load(f)['device_id'])
+    made = 'resumed'
+    if not exists(P['pending']):
+        tmp = P['pending'] + '.tmp'
+        with open(tmp, 'w') as f:
+            f.write(ecdsa.generate_private_key().hex())
+        os.rename(tmp, P['pending'])
+        made = 'new'
+    priv, new = read_private(P['key']), read_private(P['pending'])
+    tx = ledger_tx.rotate_key_tx(P['chain_id'], priv, new, P['time_ms'], kid=dev)
+    return {'status': 'ok', 'key': made, 'device_id': dev.hex(), 'public_key': ecdsa.public_key(priv, True).hex(),
+            'new_public_key': ecdsa.public_key(new, True).hex(), 'tx': tx.hex()}
+
+out(main())
+"""
+
+# Verify the proof of the rotated record on the board, then take the new key, store the proof and compute
+# the broker password the site gives the account for it (ledgerlink.protocol.broker_login).
+ROTATE_COMMIT = BOARD_COMMON + """\
+P = json.loads(%r)
+
+def write(path, data):
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        f.write(data)
+    replace(tmp, path)
+
+def main():
+    from ledgerlink.core import ecdsa
+    cfg, trusted = trusted_keys(P['config'])
+    try:
+        new = read_private(P['pending'])
+    except OSError:
+        return {'status': 'key-changed'}
+    pub = ecdsa.public_key(new, True)
+    if pub.hex() != P['public_key']:
+        return {'status': 'key-changed'}
+    data = bytes.fromhex(P['proof_data'])
+    try:
+        dev, height = verify_stored(data, trusted, pub, True)
+    except Exception as exc:
+        return {'status': 'bad-proof', 'error': '%%s: %%s' %% (type(exc).__name__, exc)}
+    replace(P['pending'], P['key'])
+    write(P['proof'], data)
+    write(P['id'], P['id_data'].encode())
+    login = None
+    if exists(P['mqtt']):
+        with open(P['mqtt']) as f:
+            login = json.load(f)
+    if login and login.get('login_key'):
+        from ledgerlink.protocol import broker_login
+        login.update(broker_login.login(dev, new, bytes.fromhex(login['login_key'])))
+        write(P['mqtt'], json.dumps(login).encode())
+    return {'status': 'ok', 'device_id': dev.hex(), 'height': height, 'login': bool(login and login.get('login_key'))}
 
 out(main())
 """
@@ -383,9 +475,14 @@ def provision(args: argparse.Namespace, out: Callable[[str], None] = print) -> i
     if args.new_key and args.check:
         raise ProvisionError("--check only verifies what the board stores; it cannot be combined with --new-key",
                              EXIT_USAGE)
+    if args.rotate_key and (args.new_key or args.check):
+        raise ProvisionError("--rotate-key keeps the board's device id and replaces its key on the ledger; it "
+                             "cannot be combined with --new-key or --check", EXIT_USAGE)
     board = Board(args.port, config_path)
     if args.check:
         return check(board, out)
+    if args.rotate_key:
+        return rotate_key(args, board, out)
 
     ctx = _context(args)
     try:
@@ -468,6 +565,67 @@ def provision(args: argparse.Namespace, out: Callable[[str], None] = print) -> i
         out("the board's old key was replaced; its old device id stays registered until you ban it "
             "(`ledgerlink admin ban OLD_DEVICE_ID`)")
     out("provisioned device %s" % dev.hex())
+    return EXIT_OK
+
+
+def rotate_key(args: argparse.Namespace, board: Board, out: Callable[[str], None] = print) -> int:
+    """``--rotate-key``: the board makes a new key pair and signs the rotation of its key on the ledger (with
+    its current key, the new key's proof of possession); the host submits it, and once the ledger proves the
+    board's record holds the new key the board checks that proof itself, takes the new key and computes its
+    new broker password (``ledgerlink.protocol.broker_login``: the one the site gives the account when it
+    follows the rotation). The device id stays. A run that stopped half way resumes with the same new key:
+    one the ledger already holds is not submitted again."""
+    from ledgerlink.core import cbor
+
+    ctx = _context(args)
+    try:
+        _check_ledger(ctx)
+        out("ledger %r answers; %d validators trusted from %s" % (ctx.chain_id, len(ctx.validators),
+                                                                 ctx.cluster_path))
+        answer = board.run(ROTATE, {"validators": [k.hex() for k in ctx.validators], "chain_id": ctx.chain_id,
+                                    "time_ms": admin.now_ms()})
+        _board_status(answer, args.port)
+        dev, pub, new_pub = (bytes.fromhex(answer[k]) for k in ("device_id", "public_key", "new_public_key"))
+        tx = bytes.fromhex(answer["tx"])
+        out("device %s: %s %s (the private key stays on the board in %s)" % (
+            dev.hex(), "the board made the new key" if answer["key"] == "new" else
+            "the board reuses the new key of an earlier unfinished rotation", new_pub.hex(), PENDING_KEY_FILE))
+        record = _existing_record(ctx, dev)
+        if _active_record_of(record, dev, new_pub):
+            out("the ledger already holds the board's new key (an earlier run's rotation)")
+        elif _active_record_of(record, dev, pub):
+            try:
+                res, line = _ledger(lambda: ctx.submit(tx, "key rotation"))
+            except ProvisionError as exc:
+                if answer["key"] == "new" and " refused by the ledger" in str(exc):
+                    board.run(DISCARD, {"public_key": new_pub.hex()})
+                    raise ProvisionError(str(exc) + "; the board's new key was removed again", exc.status) from None
+                raise
+            out("key rotated at height %d" % res["height"])
+            out(line)
+        else:
+            raise ProvisionError("the ledger holds no active record of device %s with the board's key: check "
+                                 "`ledgerlink admin show %s`" % (dev.hex(), dev.hex()))
+        record, header, votes = _ledger(lambda: ctx.proven_record(RecordKind.DEVICE, dev))
+        if not _active_record_of(record, dev, new_pub):
+            raise ProvisionError("the ledger's proven record of %s does not hold the board's new key" % dev.hex())
+        out("device record " + ctx.proof_line(header, votes))
+        raw_proof = ctx.last_record["proof"]
+    finally:
+        ctx.close()
+    ident = {"device_id": dev.hex(), "public_key": new_pub.hex(), "chain_id": ctx.chain_id, "height": header.height,
+             "key_rotated": True}
+    answer = board.run(ROTATE_COMMIT, {"public_key": new_pub.hex(),
+                                       "proof_data": cbor.dumps({1: ctx.chain_id, 2: dev,
+                                                                 3: cbor.dumps(raw_proof)}).hex(),
+                                       "id_data": json.dumps(ident, sort_keys=True)})
+    if answer.get("status") == "key-changed":
+        raise ProvisionError("the new key on the board changed while rotating: rerun provision --rotate-key")
+    _board_status(answer, args.port)
+    out("the board verified its proof (header %d), took its new key%s" % (
+        answer["height"], " and computed its new broker password into %s (the site sets the same one when it "
+        "follows the rotation)" % MQTT_FILE if answer["login"] else ""))
+    out("rotated the key of device %s (version %d)" % (dev.hex(), record.get(8, 1)))
     return EXIT_OK
 
 
@@ -569,6 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--new-key", action="store_true", help="replace the board's key with a new one (needs --force)")
     dev.add_argument("--force", action="store_true", help="allow --new-key to replace an existing key")
     p.add_argument("--check", action="store_true", help="only re-verify the proof stored on the board")
+    p.add_argument("--rotate-key", action="store_true",
+                   help="a new key pair made on the board replaces its key on the ledger (device id kept); the "
+                        "board computes its new broker password")
     conf = p.add_argument_group("device config (no board needed)")
     conf.add_argument("--write-config", metavar="FILE",
                       help="write the device config for `ledgerlink deploy --config` from the site of --up-config "
