@@ -61,7 +61,7 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.client import LedgerClient, LedgerUnavailable
 from ledgerlink.ledger.cluster import LocalCluster, write_key
 from ledgerlink.ledger.state import encoding as enc
-from ledgerlink.protocol.codes import REASON_OK
+from ledgerlink.protocol.ledger_tx import REASON_OK
 from ledgerlink.tools.broker_access import (DASHBOARD_TOKEN_FILE, SiteAccess, consumer_username, dashboard_token,
                                             device_username, gateway_username, mosquitto_tls_lines, private_dir,
                                             private_log, site_tls)
