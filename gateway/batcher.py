@@ -7,10 +7,13 @@ submitted, so after a crash the same transaction is submitted again (the ledger 
 transaction with where it was committed). Once the ledger has committed it, the transaction's inclusion
 proof and certified header are checked with ``spv`` against the trusted validator set, and every
 frame of the batch gets a ``receipt`` (docs/protocol.md) on its device's down topic. The receipts a step
-returns are marked published at the next step (the transport publishes them in between), so a step
-after a restart publishes those of batches anchored just before the crash. Refusal records go
-to the ledger in ``tx-warnings`` of at most 32 entries; session certificates in ``tx-cert-record``. The
-transactions of a step are submitted together (``submit_many``), so a step waits for about one commit.
+returns are marked published at the next step (the transport publishes them in between), so the first
+step after a restart publishes those of batches anchored just before the crash. Queued warnings and
+pending certificates are asked of the store only while some wait or after this process wrote one
+(``Store.records_written``), so a step with nothing to post costs the store two queries. Refusal
+records go to the ledger in ``tx-warnings`` of at most 32 entries; session certificates in
+``tx-cert-record``. The transactions of a step are submitted together (``submit_many``), so a step waits
+for about one commit.
 
 Protects against: losing acknowledged frames (they are in the store before the ack and anchored after a
 restart); receipts the ledger did not certify (proofs are verified before a receipt is sent);
@@ -211,6 +214,8 @@ class Batcher:
         self.kid = enc.device_id(get_backend(None).public_key(gateway_priv, True))    # of the signed transactions
         self.last_header: tuple[int, bytes] | None = None
         self._handed_out: list[bytes] = []     # batches whose receipts the last step returned
+        self._resent = False                   # the receipts left unsent before this start were looked for
+        self._records_seen: int | None = None  # ``store.records_written`` when no warning or certificate waited
 
     # --- cutting ----------------------------------------------------------------------------------
 
@@ -314,10 +319,13 @@ class Batcher:
 
     def _unsent_receipts(self) -> list[Outgoing]:
         """Mark the receipts handed out by the last step as sent (the transport published them before it
-        called this step); return those of anchored batches still unmarked: after a restart, the receipts
-        of batches anchored just before the crash."""
+        called this step); at the first step, return those of anchored batches still unmarked: the receipts
+        of batches anchored just before a crash."""
         self.store.mark_receipts_sent(self._handed_out)
         self._handed_out = []
+        if self._resent:
+            return []
+        self._resent = True
         out: list[Outgoing] = []
         for batch_id in self.store.unreceipted_batches():
             out.extend(self.receipts(batch_id))
@@ -379,8 +387,12 @@ class Batcher:
         while self.cut(now_ms, force) is not None:
             pass
         batches = self.store.batches("pending")
-        warnings = self._warning_txs(now_ms)
-        certs, cert_txs = self._cert_txs(now_ms)
+        written = self.store.records_written
+        idle = written == self._records_seen
+        warnings = [] if idle else self._warning_txs(now_ms)
+        certs, cert_txs = ([], []) if idle else self._cert_txs(now_ms)
+        if not warnings and not certs:
+            self._records_seen = written
         results = self._submit_many([b.tx for b in batches] + [tx for _, tx in warnings] + cert_txs)
         for batch, res in zip(batches, results):
             out.extend(self._anchored(batch, res, now_ms))

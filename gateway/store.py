@@ -170,6 +170,8 @@ class Store:
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self.lock = threading.RLock()
         self._insert_sql: dict[tuple[str, int], str] = {}
+        self.records_written = 0        # writes of warnings or certificates by this instance (``Batcher`` asks
+                                        # for queued ones again only after one)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA wal_autocheckpoint=%d" % WAL_AUTOCHECKPOINT_PAGES)
@@ -319,6 +321,8 @@ class Store:
             if covered_rows:
                 self._insert_rows("INSERT OR REPLACE INTO chain_frames (device, seq, frame_hash, statement) VALUES ",
                                   covered_rows)
+        if warn_rows or cert_rows:
+            self.records_written += 1
         return added
 
     def _append_messages(self, accepted: list[tuple[bytes, bytes, int, int, str, int, bytes]],
@@ -557,6 +561,7 @@ class Store:
             before = self.db.total_changes
             self._tx([("INSERT OR IGNORE INTO warnings (id, entry, created_ms, status, owner) VALUES (?,?,?,?,?)",
                        (entry[1], cbor.dumps(entry), now_ms, "queued", self.owner))])
+            self.records_written += 1
             return self.db.total_changes > before
 
     def queued_warnings(self, limit: int) -> list[dict]:
@@ -582,6 +587,7 @@ class Store:
     def add_cert(self, device: bytes, cert: bytes, now_ms: int) -> None:
         self._tx([("INSERT OR IGNORE INTO certs (hash, device, cert, created_ms, status, owner) VALUES (?,?,?,?,?,?)",
                    (hashlib.sha256(cert).digest(), device, cert, now_ms, "pending", self.owner))])
+        self.records_written += 1
 
     def certificates(self, status: str | None = None, limit: int = -1,
                      issued_from_ms: int = 0) -> list[tuple[bytes, bytes]]:

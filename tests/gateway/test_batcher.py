@@ -200,3 +200,29 @@ def test_inclusion_proofs_of_all_entries_match_the_tree(entries: list[bytes]):
     for i, p in enumerate(proofs):
         assert p == list(tree.inclusion_proof(i))
         merkle.verify_inclusion(merkle.leaf_hash(entries[i]), i, len(entries), p, root)
+
+
+def test_idle_steps_ask_the_store_only_whether_frames_wait(tmp_path):
+    """After a step that found nothing to post, steps ask the store again for warnings, certificates and
+    receipts not yet sent only when this process wrote a warning or certificate (or after a restart)."""
+    ledger, store, b = setup(tmp_path)
+    net = ledger.net
+    append(store, net, frames(net, 2))
+    assert len([o for o in b.step(NOW + 200) if o.topic.endswith("/down")]) == 2
+    b.step(NOW + 300)
+    asked = []
+    query = store._query
+    store._query = lambda sql, args=(): asked.append(sql.split(" FROM ")[1].split()[0]) or query(sql, args)
+    b.step(NOW + 400)
+    assert sorted(set(asked)) == ["batches", "messages"], asked
+    store.add_warning({1: b"w" * 32, 2: net["sensor"].id, 3: NOW, 4: 5, 5: "x"}, NOW)
+    b.step(NOW + 500)
+    assert store.stats()["warnings"] == {"batched": 1}
+    dev = net["sensor"].id
+    cert, _ = ecqv.issue(ecqv.create_request()[1], net["gw-ca"].priv, b"s1", net["gateway"].id, dev, NOW // 1000,
+                         NOW // 1000 + 3600)
+    store.add_cert(dev, cert, NOW)
+    b.step(NOW + 600)
+    assert store.certificates("recorded") == [(dev, cert)]
+    append(store, net, frames(net, 1, start=3))
+    assert len([o for o in b.step(NOW + 900) if o.topic.endswith("/down")]) == 1
