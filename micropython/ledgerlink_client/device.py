@@ -78,7 +78,7 @@ DEFAULTS = {
     "session_margin_s": 600,
     "session_timeout_ms": 20000,
     "max_tracked": 64,
-    "max_results": 8,
+    "max_results": 4,
     "ack_timeout_ms": 10000,
     "pace_per_s": 8,
     "pace_burst": 16,
@@ -125,10 +125,11 @@ def _default_rng(n):
 
 
 # Modules a session opening needs and nothing after it (device_protocol imports them when the next one opens).
-SESSION_OPEN_MODULES = ("ecqv", "session_keys", "ecdh")
-# Modules sealing a session reading loads (AES-CCM; session_keys through the session-chain code) and nothing
-# until the next reading: unloaded after each, so a receipt check does not hold them.
-SEAL_MODULES = ("ccm", "aes", "session_keys")
+SESSION_OPEN_MODULES = ("ecqv", "session_keys", "ecdh", "kdf")
+# Modules sealing a session reading loads (AES-CCM; session_keys through the session-chain code; HMAC for the
+# signature of a chain statement) and nothing until the next reading: unloaded after each, so a receipt
+# check does not hold them.
+SEAL_MODULES = ("ccm", "aes", "session_keys", "kdf")
 # Modules the broker password after a key rotation needs (``key_rotated``) and nothing after it (``kdf``
 # stays: ECDSA signs with it).
 KEY_ROTATION_MODULES = ("ecdh",)
@@ -146,6 +147,13 @@ def _unload(names, package_name="ledgerlink.core"):
         sys.modules.pop(package_name + "." + name, None)
         if package is not None and name in package.__dict__:
             delattr(package, name)
+
+
+def _unload_session_code():
+    """Forget the code that opens, checks and restores sessions (``SESSION_OPEN_MODULES`` and
+    ``ledgerlink.protocol.device_session``) until the next session needs it."""
+    _unload(SESSION_OPEN_MODULES)
+    _unload(("device_session",), "ledgerlink.protocol")
 
 
 def _collect_every(n):
@@ -256,6 +264,8 @@ class DeviceClient:
         except LedgerlinkError:                 # damaged, expired, or the counter was lost or is behind
             self.storage.remove(SESSION_FILE)
             return
+        finally:
+            _unload_session_code()
         self.stats["sessions_restored"] += 1
 
     @property
@@ -294,13 +304,13 @@ class DeviceClient:
         out = self.protocol.reading(measurements, t, self.mode)
         self.queue.push(out.topic, out.payload)
         if self.ecqv:
-            _unload(SEAL_MODULES)
             self._plain[out.seq] = (self.protocol.session.keys.session_id, cbor.dumps([t, measurements]))
             self._plain_order.append(out.seq)
             while len(self._plain_order) > self.config["max_tracked"]:
                 self._plain.pop(self._plain_order.pop(0), None)
             if self.protocol.chain_due(t):
                 self.state_chain(t, False)
+            _unload(SEAL_MODULES)
         return out.seq
 
     def state_chain(self, time_ms=None, close=True):
@@ -433,10 +443,10 @@ class DeviceClient:
             if len(self.receipts) > self.config["max_results"]:
                 self.receipts.pop(0)
         elif isinstance(result, dp.SessionOpened):
-            _unload(SESSION_OPEN_MODULES)
             self.stats["sessions_opened"] += 1
             self._session_at = None
-            self.storage.replace(SESSION_FILE, dp.encode_session(self.protocol.session))
+            self.storage.replace(SESSION_FILE, self.protocol.session_record())
+            _unload_session_code()
             self._release_held()
         elif isinstance(result, dp.RegistrationHeld):
             self.stats["registrations_held"] += 1

@@ -19,7 +19,6 @@ import hashlib
 
 from ledgerlink.core import p256
 from ledgerlink.core.errors import InvalidScalar, InvalidSignature
-from ledgerlink.core.kdf import hmac_sha256
 
 N = p256.N
 HALF_N = N // 2
@@ -55,7 +54,10 @@ def _bits2int(digest):
 
 
 def _nonces(d, digest):
-    """RFC 6979 section 3.2 candidate nonces for key d and a message digest."""
+    """RFC 6979 section 3.2 candidate nonces for key d and a message digest (HMAC from ``kdf``, imported
+    here: a board that only verifies never loads it)."""
+    from ledgerlink.core.kdf import hmac_sha256
+
     x = d.to_bytes(32, "big")
     h1 = (_bits2int(digest) % N).to_bytes(32, "big")
     k = bytes(32)

@@ -40,7 +40,7 @@ broker, gateway and ledger, tests/micropython/test_stack_in_vm.py.
 
 import hashlib
 
-from ledgerlink.core import cbor, cose, merkle, p256
+from ledgerlink.core import cbor, cose, merkle
 from ledgerlink.protocol import spv
 from ledgerlink.protocol.codes import (DEVICE_ID_LEN, KIND_RECEIPT, KIND_REFUSAL, KIND_REGISTRATION,  # noqa: F401
                                        KIND_SESSION, MAX_SEQ, NONCE_LEN, RECORD_DEVICE, REASON_REPLAY as REFUSAL_REPLAY,
@@ -183,16 +183,6 @@ class CommandResult:
         return "CommandResult(refused: %s)" % self.reason
 
 
-class PendingSession:
-    """An open session request: the ECQV secret k_U, the nonce, the time and the request frame hash."""
-
-    def __init__(self, secret, nonce, time_ms, frame_hash=None):
-        self.secret = secret
-        self.nonce = nonce
-        self.time_ms = time_ms
-        self.frame_hash = frame_hash
-
-
 class Session:
     """Session keys with the gateway id, the end of validity (seconds; None: unknown), the certificate and
     ``mark``, the counter's last number when the session opened (every frame of the session has a higher one)."""
@@ -209,7 +199,7 @@ class Session:
         return "Session(%s, gateway=%s)" % (self.keys.session_id.hex(), self.gateway_id.hex())
 
 
-# --- session records (persistence) ------------------------------------------------------------------
+# --- records kept across resets: CBOR + a 4-byte check ------------------------------------------------
 
 
 def _checked(body):
@@ -221,39 +211,6 @@ def _unchecked(data, what):
     if len(data) < 5 or _sha256(data[:-4])[:4] != data[-4:]:
         raise InvalidMessage("%s check does not match" % what)
     return data[:-4]
-
-
-def encode_session(session):
-    """Bytes to keep a session across resets: cbor([2, cert, key, base-iv, gateway-id, mark]) + 4-byte check."""
-    if not cbor.is_uint(session.mark) or session.mark > MAX_SEQ:
-        raise DeviceError("the session has no counter mark: it cannot be kept")
-    k = session.keys
-    return _checked(cbor.dumps([SESSION_RECORD_VERSION, session.cert, k.key, k.base_iv, session.gateway_id,
-                                session.mark]))
-
-
-def decode_session(data, device_id):
-    """The Session stored by ``encode_session`` for ``device_id``; raises DecodeError/InvalidMessage.
-
-    The certificate must name ``device_id`` and be a session certificate; the session id is
-    recomputed from it, so a record cannot pair keys with another certificate's id. Records of
-    version 1 (no counter mark) are refused.
-    """
-    from ledgerlink.core import ecqv, session_keys   # sessions only: a signed-mode board never loads them
-
-    obj = cbor.loads(_unchecked(data, "session record"), max_depth=4, max_size=1024)
-    if not isinstance(obj, list) or len(obj) != 6 or obj[0] != SESSION_RECORD_VERSION:
-        raise InvalidMessage("session record must be [2, cert, key, base-iv, gateway-id, mark]")
-    cert, key, base_iv, gateway_id, mark = obj[1], obj[2], obj[3], obj[4], obj[5]
-    if (not isinstance(key, bytes) or len(key) != session_keys.KEY_LEN or not isinstance(base_iv, bytes)
-            or len(base_iv) != session_keys.IV_LEN or not isinstance(gateway_id, bytes)
-            or not 0 < len(gateway_id) <= 64 or not cbor.is_uint(mark) or mark > MAX_SEQ):
-        raise InvalidMessage("session record fields have the wrong sizes")
-    parsed = ecqv.decode_cert(cert)
-    if parsed.subject != device_id or parsed.usage != ecqv.USAGE_SESSION:
-        raise InvalidMessage("session record is not a session of this device")
-    keys = session_keys.SessionKeys(key, base_iv, session_keys.session_id(cert))
-    return Session(keys, gateway_id, parsed.valid_until, cert, mark)
 
 
 # --- command records (persistence) ------------------------------------------------------------------
@@ -413,17 +370,9 @@ class DeviceProtocol:
 
     def session_request(self, time_ms):
         """Start an ECQV session request; a newer request replaces a pending one."""
-        from ledgerlink.core import ecqv
+        from ledgerlink.protocol import device_session
 
-        priv = self._identity()
-        secret, point = ecqv.create_request(self.rng)
-        nonce = self.rng(NONCE_LEN)
-        topic = self.topic("session")
-        payload = cbor.dumps({1: self.device_id, 2: point, 3: nonce, 4: int(time_ms)})
-        frame = cose.sign1(payload, priv, self.device_id, topic.encode(), self.crypto)
-        out = OutFrame(topic, frame)
-        self._pending_session = PendingSession(secret, nonce, int(time_ms), out.frame_hash)
-        return out
+        return device_session.request(self, time_ms)
 
     @property
     def session_pending(self):
@@ -440,6 +389,8 @@ class DeviceProtocol:
         """Bytes that keep the current session across resets (``encode_session``); DeviceError without one."""
         if self.session is None:
             raise DeviceError("no session to keep")
+        from ledgerlink.protocol.device_session import encode_session
+
         return encode_session(self.session)
 
     def restore_session(self, record, now_ms):
@@ -447,16 +398,9 @@ class DeviceProtocol:
         it may not be used: damaged or not this device's (InvalidMessage, DecodeError), the counter was
         lost at start or is below the record's mark (its numbers, and so its nonces, could repeat), or the
         session has expired (DeviceError). The caller deletes a refused record."""
-        session = decode_session(record, self.device_id)
-        if getattr(self.counter, "lost", True):
-            raise DeviceError("the sequence counter was lost: the stored session cannot be used again")
-        if self.counter.last < session.mark:
-            raise DeviceError("the sequence counter (%d) is below the mark of the stored session (%d)"
-                              % (self.counter.last, session.mark))
-        if session.valid_until_s is not None and now_ms // 1000 >= session.valid_until_s:
-            raise DeviceError("the stored session has expired")
-        self.session = session
-        return session
+        from ledgerlink.protocol import device_session
+
+        return device_session.restore(self, record, now_ms)
 
     def session_valid(self, now_ms, margin_s=0):
         """True when a session exists and is valid for at least ``margin_s`` more seconds."""
@@ -551,62 +495,16 @@ class DeviceProtocol:
         LedgerlinkError) when the certificate or the reconstructed key does not check, DeviceError when
         nothing is pending or no CA key is configured. The pending request stays pending on failure.
         """
-        pending = self._pending_session
-        if pending is None:
-            raise DeviceError("no session request is pending")
-        if self.ca_public is None:
-            raise DeviceError("no fog CA key configured: sessions cannot be checked")
-        if not isinstance(resp, dict):
-            raise InvalidMessage("session response must be a map")
-        for label in resp:
-            if label not in (1, 2, 3, 4, 5, 6):
-                raise InvalidMessage("session response has an unknown field %r" % (label,))
-        for label in (1, 2, 3, 4, 5):
-            if label not in resp:
-                raise InvalidMessage("session response lacks field %d" % label)
-        from ledgerlink.core import ecqv, session_keys
+        from ledgerlink.protocol import device_session
 
-        nonce, cert, r, q_gw, gw_id = resp[1], resp[2], resp[3], resp[4], resp[5]
-        cert_tx = resp.get(6)
-        if nonce != pending.nonce:
-            raise InvalidMessage("session response for another request")
-        if (not isinstance(cert, bytes) or not isinstance(r, bytes) or len(r) != 32 or not isinstance(q_gw, bytes)
-                or not isinstance(gw_id, bytes) or not 0 < len(gw_id) <= 64
-                or (cert_tx is not None and not _is_hash(cert_tx))):
-            raise InvalidMessage("malformed session response")
-        parsed = ecqv.decode_cert(cert)
-        if parsed.subject != self.device_id:
-            raise InvalidMessage("session certificate names another device")
-        if parsed.usage != ecqv.USAGE_SESSION:
-            raise InvalidMessage("certificate is not a session certificate")
-        if parsed.issuer != gw_id:
-            raise InvalidMessage("session certificate issued by another gateway")
-        if parsed.peer is None or p256.decode_point(q_gw) != parsed.peer:
-            raise InvalidMessage("gateway key is not the one the certificate names")
-        if not parsed.valid_at(now_ms // 1000):
-            raise InvalidMessage("session certificate is not valid now")
-        d_u, _ = ecqv.reconstruct(pending.secret, cert, r, self.ca_public)
-        keys = session_keys.derive(d_u, q_gw, cert, self.device_id, gw_id, self.crypto)
-        return Session(keys, gw_id, parsed.valid_until, cert), cert_tx
+        return device_session.check_response(self, resp, now_ms)
 
     def handle_session_response(self, resp, now_ms):
         """Reconstruct the session key from a ``session-response`` and take the session; never raises
         for bad input (returns Ignored with the reason)."""
-        if self._pending_session is None:
-            return Ignored("no session request is pending")
-        try:
-            session, cert_tx = self.check_session_response(resp, now_ms)
-        except DeviceError:
-            raise
-        except LedgerlinkError as exc:
-            return Ignored("session response refused: %s: %s" % (type(exc).__name__, exc))
-        self._pending_session = None
-        session.mark = getattr(self.counter, "last", None)
-        hold = getattr(self.counter, "hold", None)
-        if hold is not None:
-            hold()                      # the mark is stored: a restart keeps the counter and the session
-        self.session = session
-        return SessionOpened(session.keys.session_id, session.gateway_id, session.valid_until_s, cert_tx)
+        from ledgerlink.protocol import device_session
+
+        return device_session.handle_response(self, resp, now_ms)
 
     # --- receipts ---------------------------------------------------------------------------------
 
@@ -792,3 +690,15 @@ def _default_rng(n):
     import os
 
     return os.urandom(n)
+
+
+_SESSION_NAMES = ("encode_session", "decode_session", "PendingSession")
+
+
+def __getattr__(name):
+    """The session records and pending requests (``device_session``), loaded when first named."""
+    if name in _SESSION_NAMES:
+        from ledgerlink.protocol import device_session
+
+        return getattr(device_session, name)
+    raise AttributeError(name)
