@@ -54,6 +54,21 @@ def test_wan_latency_holds_the_network_delays():
     assert row.latency_p50_ms < 4 * scale.ONE_WAY_MS["wan"] + 50
 
 
+def test_uplink_serializes_each_copy_in_turn():
+    sim = scale.ScaleSimulation(4, "wan", seed=0)
+    size = int(scale.BANDWIDTH_MBIT_S * 1000 / 8)        # bytes the uplink carries in 1 ms
+    data = bytes([0x85, 3]) + bytes(size - 2)
+    sim._send(0, [1, 2, 3], data, at=5.0)
+    sim._send(0, [2], data, at=5.5)                       # waits behind the broadcast's copies
+    arrivals = sorted((t, dst) for t, _, _, (_, dst, _) in sim.queue)
+    one_way = scale.ONE_WAY_MS["wan"]
+    assert [(round(t - one_way, 6), d) for t, d in arrivals] == [(6.0, 1), (7.0, 2), (8.0, 3), (9.0, 2)]
+    assert (sim.messages, sim.bytes, sim.phase_messages) == (4, 4 * size, 4)
+    unlimited = scale.ScaleSimulation(4, "lan", seed=0, bandwidth_mbit_s=0)
+    unlimited._send(0, [1, 2, 3], data, at=5.0)
+    assert {t for t, *_ in unlimited.queue} == {5.0 + scale.ONE_WAY_MS["lan"]}
+
+
 @settings(max_examples=4, deadline=None)
 @given(n=st.sampled_from([4, 7]), network=st.sampled_from(sorted(scale.ONE_WAY_MS)), seed=st.integers(0, 1000))
 def test_replicas_commit_identical_chains(n, network, seed):
