@@ -69,6 +69,34 @@ def test_uplink_serializes_each_copy_in_turn():
     assert {t for t, *_ in unlimited.queue} == {5.0 + scale.ONE_WAY_MS["lan"]}
 
 
+def test_node_cpu_runs_handlers_in_turn_for_their_measured_time(monkeypatch):
+    """Two messages reach a node at once: the second waits for the first's CPU time, and each one's
+    effects (here a broadcast) leave when its handler is done."""
+    clock = [0]
+    monkeypatch.setattr(scale.time, "thread_time_ns", lambda: clock[0])
+    sim = scale.ScaleSimulation(4, "lan", seed=0, bandwidth_mbit_s=0)
+
+    class TwoMsReplica:
+        def receive(self, sender, data, now_ms):
+            clock[0] += 2_000_000
+            return [scale.Broadcast(b"\x85\x03" + data)]
+
+    sim.nodes[1].replica = TwoMsReplica()
+    sim._enqueue(1, (scale._DELIVER, (0, b"a")))
+    sim._enqueue(1, (scale._DELIVER, (2, b"b")))
+    delivered = []
+    while sim.queue:
+        t, _, kind, data = scale.heapq.heappop(sim.queue)
+        sim.now = t
+        if kind == scale._WAKE:
+            sim._run_handler(data)
+        else:
+            delivered.append((t, data[0], data[1], data[2][2:]))
+    lan = scale.ONE_WAY_MS["lan"]
+    assert delivered == [(2.0 + lan, 1, d, b"a") for d in (2, 3, 0)] + [(4.0 + lan, 1, d, b"b") for d in (2, 3, 0)]
+    assert sim.nodes[1].cpu_ns == 4_000_000 and sim.nodes[1].cpu_free_ms == 4.0
+
+
 @settings(max_examples=4, deadline=None)
 @given(n=st.sampled_from([4, 7]), network=st.sampled_from(sorted(scale.ONE_WAY_MS)), seed=st.integers(0, 1000))
 def test_replicas_commit_identical_chains(n, network, seed):
