@@ -1,6 +1,7 @@
 """P-256, ECDSA and ECDH of the portable core: Wycheproof, RFC 6979, cross-checks and bad input."""
 
 import hashlib
+import random
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -194,3 +195,18 @@ def test_precomputed_tables_match_first_principles():
             for i in range(0, len(odd), 64)] == p256._compute_g_table(8)
     table = p256._g_table()
     assert [p256._g_point(table, i) for i in range(len(table) // 64)] == p256._compute_g_table(1 << (p256._G_WINDOW - 2))
+
+
+@pytest.mark.parametrize("window", [2, 3, 4, 5])
+def test_verification_agrees_for_every_q_window(monkeypatch, window):
+    """A board verifies with width-3 digits for Q, CPython with width 4: both give a*G + b*Q."""
+    monkeypatch.setattr(p256, "_Q_WINDOW", window)
+    rng = random.Random(window)
+    for _ in range(5):
+        a, b = rng.randrange(1, p256.N), rng.randrange(1, p256.N)
+        q = p256.base_mult(rng.randrange(1, p256.N))
+        assert p256.mul_add_vartime(a, b, q) == p256.add(p256.base_mult(a), p256.mult(b, q))
+    priv = ecdsa.generate_private_key()
+    signature = ecdsa.sign(priv, b"m")
+    assert ecdsa.verify(ecdsa.public_key(priv), b"m", signature)
+    assert not ecdsa.verify(ecdsa.public_key(priv), b"n", signature)
