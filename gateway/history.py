@@ -5,7 +5,9 @@ accepted, refused and receipts per second (from the metrics' counters), the veri
 the commit latency (mean time from a frame's acceptance to its receipt, i.e. to the certified commit of
 its batch's anchor, over the interval; null when no receipt was sent). ``GatewayMetrics.effects`` hands
 each accepted reading to ``History.reading`` (its numeric measurements are appended to its device's
-series; a reading without one is not kept) and each refusal to ``History.refusal``.
+series; a reading without one is not kept) and each refusal to ``History.refusal``. The readings of a
+group are taken with one hold of the lock and put into the series at the next read of the history (or
+once ``PENDING_READINGS`` wait), newest first, so a reading that a cap drops by then is not parsed.
 
 Protects against memory growth from traffic an attacker controls: every series is a ring buffer with a
 fixed cap (``SITE_POINTS`` per site series, ``READING_POINTS`` readings and ``REFUSALS_KEPT`` refusals
@@ -13,7 +15,8 @@ per device), at most ``READING_KEYS`` numeric values of a reading are kept, and 
 ``DEVICES_KEPT`` devices have a series (the one updated longest ago is dropped first). Keys are
 device-provided text, cut to ``KEY_TEXT`` characters and shown as text only. At every cap the history
 holds about 4.6 MB with 2 numeric values per reading, 8.4 MB with 8 (refusals included; measured with
-tracemalloc): readings are kept in fixed arrays of machine numbers, not as Python objects.
+tracemalloc): readings are kept in fixed arrays of machine numbers, not as Python objects, once they leave
+the at most ``PENDING_READINGS`` pending ones.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ KEY_TEXT = 40              # characters of a measurement name
 NAN = math.nan
 EXACT_INT = 2 ** 53       # integers a float holds exactly
 INT64_END = 2 ** 63       # times and seqs are kept as signed 64-bit numbers
+PENDING_READINGS = 2048    # readings taken and not yet put into the series
 SITE_SERIES = ("accepted_per_s", "refused_per_s", "receipts_per_s", "ledger_height", "commit_latency_ms")
 
 
@@ -127,41 +131,81 @@ class History:
         self.lock = threading.Lock()
         self.site_times: deque[int] = deque(maxlen=SITE_POINTS)
         self.site: dict[str, deque] = {name: deque(maxlen=SITE_POINTS) for name in SITE_SERIES}
-        self.devices: OrderedDict[bytes, _DeviceHistory] = OrderedDict()
+        self._series: OrderedDict[bytes, _DeviceHistory] = OrderedDict()
+        self._pending: list[list[tuple[bytes, int, int, Any]]] = []     # groups of readings, oldest first
+        self._pending_count = 0
         self._last: tuple[float, float, float, float, float, float] | None = None   # (mono, counters...)
 
     # --- inputs ---------------------------------------------------------------------------------------
 
+    @property
+    def devices(self) -> OrderedDict[bytes, _DeviceHistory]:
+        """The devices with a series, the one updated longest ago first."""
+        with self.lock:
+            self._put_pending()
+            return self._series
+
     def _device(self, dev: bytes) -> _DeviceHistory:
-        d = self.devices.get(dev)
+        series = self._series
+        d = series.get(dev)
         if d is None:
-            if len(self.devices) >= DEVICES_KEPT:       # the arrays of the device updated longest ago are reused
-                d = self.devices.popitem(last=False)[1]
+            if len(series) >= DEVICES_KEPT:             # the arrays of the device updated longest ago are reused
+                d = series.popitem(last=False)[1]
                 d.clear()
             else:
                 d = _DeviceHistory()
-            self.devices[dev] = d
+            series[dev] = d
         else:
-            self.devices.move_to_end(dev)
+            series.move_to_end(dev)
         return d
 
     def reading(self, dev: bytes, time_ms: int, seq: int, measurements: Any) -> None:
         self.readings([(dev, time_ms, seq, measurements)])
 
     def readings(self, items: list[tuple[bytes, int, int, Any]]) -> None:
-        """``reading`` of each (device, time_ms, seq, measurements), under one hold of the lock."""
-        kept = []
-        for dev, time_ms, seq, measurements in items:
-            values = numeric_values(measurements)
-            if values and 0 <= time_ms < INT64_END and 0 <= seq < INT64_END:
-                kept.append((dev, time_ms, seq, values))
-        if kept:
-            with self.lock:
-                for dev, time_ms, seq, values in kept:
-                    self._device(dev).append(time_ms, seq, values)
+        """``reading`` of each (device, time_ms, seq, measurements), in order (``items`` is kept, not copied)."""
+        if not items:
+            return
+        with self.lock:
+            self._pending.append(items)
+            self._pending_count += len(items)
+            if self._pending_count >= PENDING_READINGS:
+                self._put_pending()
+
+    def _put_pending(self) -> None:
+        """Under the lock: put the pending readings into the series. Newest first, each device's readings and
+        the devices are picked as the caps keep them (its last ``READING_POINTS`` readings with a number, of
+        the ``DEVICES_KEPT`` devices updated last); then they are appended oldest first."""
+        if not self._pending:
+            return
+        groups, self._pending, self._pending_count = self._pending, [], 0
+        picked: dict[bytes, list[tuple[int, int, dict[str, float]]]] = {}    # device -> readings, newest first
+        for items in reversed(groups):
+            for dev, time_ms, seq, measurements in reversed(items):
+                got = picked.get(dev)
+                if got is None:
+                    if len(picked) >= DEVICES_KEPT:
+                        continue
+                elif len(got) >= READING_POINTS:
+                    continue
+                values = numeric_values(measurements)
+                if values and 0 <= time_ms < INT64_END and 0 <= seq < INT64_END:
+                    if got is None:
+                        got = picked[dev] = []
+                    got.append((time_ms, seq, values))
+        order = list(picked)[::-1]                      # the device whose newest reading is oldest first
+        series = self._series
+        for dev in order:                               # series the picked devices have are not dropped for them
+            if dev in series:
+                series.move_to_end(dev)
+        for dev in order:
+            d = self._device(dev)
+            for time_ms, seq, values in reversed(picked[dev]):
+                d.append(time_ms, seq, values)
 
     def refusal(self, dev: bytes, entry: dict) -> None:
         with self.lock:
+            self._put_pending()
             self._device(dev).refusals.appendleft(entry)
 
     def sample(self, accepted: float, refused: float, receipts: float, latency_s_total: float,
@@ -196,7 +240,8 @@ class History:
         """A device's readings (``t``, ``seq``, one list per measurement name, null where a reading lacks
         it) and its last refusals, newest first."""
         with self.lock:
-            d = self.devices.get(dev)
+            self._put_pending()
+            d = self._series.get(dev)
             times, seqs, series = d.newest(max(0, last)) if d is not None else ([], [], {})
             refusals = list(d.refusals) if d is not None else []
         return {"cap": READING_POINTS, "t": times, "seq": seqs, "series": series, "refusals": refusals}
@@ -204,5 +249,6 @@ class History:
     def readings_json(self, last: int) -> dict:
         """The newest ``last`` readings of every device with a series (hex id -> ``device_json``)."""
         with self.lock:
-            devices = list(self.devices)
+            self._put_pending()
+            devices = list(self._series)
         return {dev.hex(): self.device_json(dev, last) for dev in devices}
