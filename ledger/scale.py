@@ -50,13 +50,13 @@ import tempfile
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.consensus.kv_app import KVApp, make_tx
 from ledgerlink.ledger.consensus.messages import COMMIT, PRE_PREPARE, PREPARE
 from ledgerlink.ledger.consensus.replica import Broadcast, Committed, Config, Dropped, Replica, Send
-from ledgerlink.ledger.consensus.simulator import validator_keys
+from ledgerlink.ledger.consensus.simulator import TICK_MS, validator_keys
 
 ONE_WAY_MS = {"lan": 0.5, "wan": 20.0}
 BANDWIDTH_MBIT_S = 100.0
@@ -66,8 +66,8 @@ REAL_SIZES_DEFAULT = (4, 7, 10)
 TARGET_RATIO = 5.34                  # seed 001: consensus time at N=100 over N=4
 TXS_PER_BLOCK = 8
 BLOCKS_DEFAULT = 5
-BLOCKS_FULL = 10
-TICK_MS = 25.0
+BLOCKS_FULL = 5
+ROUNDS_FULL = 2                      # rounds over all sizes, so that the machine's load drift hits each size alike
 BLOCK_WAIT_MS = 60000.0              # virtual time a block may take before the run is declared stuck
 PHASE_KINDS = (PRE_PREPARE, PREPARE, COMMIT)
 SIM_CONFIG = dict(chain_id="scale", batch_timeout_ms=10, view_change_timeout_ms=1000, retransmit_ms=250,
@@ -144,6 +144,21 @@ class SimRow:
 
     def per_block_replica(self, total: float) -> float:
         return total / self.blocks / self.n
+
+    @property
+    def chains_identical(self) -> bool:
+        return all(c == self.chains[0] for c in self.chains)
+
+
+def combine(runs: list[SimRow]) -> SimRow:
+    """Runs of one size and network pooled: latencies joined, counts added, each replica's chains of
+    the runs one after the other."""
+    first = runs[0]
+    return SimRow(first.network, first.n, sum(r.blocks for r in runs), [x for r in runs for x in r.latencies_ms],
+                  sum(r.messages for r in runs), sum(r.phase_messages for r in runs), sum(r.bytes for r in runs),
+                  sum(r.cpu_ns for r in runs), sum(r.verifies for r in runs), sum(r.verify_ns for r in runs),
+                  max(r.view for r in runs), sum((r.drops for r in runs), Counter()),
+                  [[h for r in runs for h in r.chains[i]] for i in range(first.n)], sum(r.wall_s for r in runs))
 
 
 def percentile(xs: list[float], p: float) -> float:
@@ -439,7 +454,7 @@ def _line(cells: list[str]) -> str:
     return " ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(cells, _WIDTHS)))
 
 
-def header_lines(network_names: list[str], blocks: int, txs_per_block: int, seed: int,
+def header_lines(network_names: list[str], blocks: int, rounds: int, txs_per_block: int, seed: int,
                  bandwidth_mbit_s: float = BANDWIDTH_MBIT_S, charge_verify: bool = True) -> list[str]:
     nets = ", ".join("%s %.1f ms one-way" % (k, ONE_WAY_MS[k]) for k in network_names)
     link = ("%.0f Mbit/s uplink per validator, each copy serialized on the sender's link" % bandwidth_mbit_s
@@ -449,9 +464,10 @@ def header_lines(network_names: list[str], blocks: int, txs_per_block: int, seed
     return [
         "PBFT scale: simulated replicas (%s; %s); each handler runs for its measured CPU time (time.thread_time, "
         "real ECDSA P-256 via the CPython backend, no cache shared between replicas)%s" % (nets, link, verify),
-        "load: %d blocks after a warm-up block, %d signed txs per block, one block in flight; seed %d; latency: "
-        "submission to a replica's commit, over every replica and block; ratio: median(N) / median(4) of the "
-        "same rows; messages and bytes: every copy sent, per block" % (blocks, txs_per_block, seed),
+        "load: %d round(s) over the sizes (seeds %d..%d), each size %d blocks a round after a warm-up block, %d "
+        "signed txs per block, one block in flight; latency: submission to a replica's commit, over every replica "
+        "and block; ratio: median(N) / median(4) of the same rows; messages and bytes: every copy sent, per block"
+        % (rounds, seed, seed + rounds - 1, blocks, txs_per_block),
         _line(list(COLUMNS)),
     ]
 
@@ -473,8 +489,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m ledgerlink.ledger.scale", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", help="comma-separated validator counts (default %s; with --full %s)"
                    % (",".join(map(str, SIZES_DEFAULT)), ",".join(map(str, SIZES_FULL))))
-    p.add_argument("--blocks", type=int, help="measured blocks per size (default %d; with --full %d)"
+    p.add_argument("--blocks", type=int, help="measured blocks per size and round (default %d; with --full %d)"
                    % (BLOCKS_DEFAULT, BLOCKS_FULL))
+    p.add_argument("--rounds", type=int, help="rounds over all sizes, pooled (default 1; with --full %d)"
+                   % ROUNDS_FULL)
     p.add_argument("--network", choices=sorted(ONE_WAY_MS), help="one network (default lan; with --full both)")
     p.add_argument("--seed", type=int, default=0, help="draws the validator each block's transactions go to")
     p.add_argument("--txs", type=int, default=TXS_PER_BLOCK, help="transactions per block")
@@ -492,21 +510,27 @@ def main(argv: list[str] | None = None) -> int:
     if any(s < 1 for s in sizes):
         p.error("sizes must be positive")
     blocks = args.blocks or (BLOCKS_FULL if args.full else BLOCKS_DEFAULT)
+    rounds = args.rounds or (ROUNDS_FULL if args.full else 1)
     networks = [args.network] if args.network else (["lan", "wan"] if args.full else ["lan"])
     wall0 = time.perf_counter()
-    for line in header_lines(networks, blocks, args.txs, args.seed, args.bandwidth_mbit, not args.no_verify_cost):
+    for line in header_lines(networks, blocks, rounds, args.txs, args.seed, args.bandwidth_mbit,
+                             not args.no_verify_cost):
         print(line)
     verdicts = []
     status = 0
     for network in networks:
-        rows: list[SimRow] = []
-        for n in sizes:
-            row = simulate(n, network, blocks, args.seed, args.txs, args.bandwidth_mbit, not args.no_verify_cost)
-            identical = all(c == row.chains[0] for c in row.chains)
-            base = next((r.latency_p50_ms for r in rows if r.n == 4), row.latency_p50_ms if n == 4 else None)
-            rows.append(row)
+        runs: dict[int, list[SimRow]] = {n: [] for n in sizes}
+        for r in range(rounds):
+            for n in sizes:
+                runs[n].append(simulate(n, network, blocks, args.seed + r, args.txs, args.bandwidth_mbit,
+                                        not args.no_verify_cost))
+                if rounds > 1:
+                    print("  (%s round %d N=%d done)" % (network, r + 1, n), file=sys.stderr, flush=True)
+        rows = [combine(runs[n]) for n in sizes]
+        base = next((row.latency_p50_ms for row in rows if row.n == 4), None)
+        for row in rows:
             line = sim_line(row, base)
-            if not identical:
+            if not row.chains_identical:
                 line += "  CHAINS DIFFER"
                 status = 1
             print(line, flush=True)

@@ -23,8 +23,8 @@ def _rows(output: str, label: str) -> dict[int, dict[str, str]]:
 
 
 def test_table_columns_are_consistent():
-    out = subprocess.run([sys.executable, "-m", "ledgerlink.ledger.scale", "--sizes", "4,7", "--blocks", "3",
-                          "--network", "lan"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "ledgerlink.ledger.scale", "--sizes", "4,7", "--blocks", "2",
+                          "--rounds", "2", "--network", "lan"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "CHAINS DIFFER" not in out.stdout
     rows = _rows(out.stdout, "sim-lan")
@@ -105,3 +105,6 @@ def test_replicas_commit_identical_chains(n, network, seed):
     assert all(len(c) == 3 for c in row.chains)
     assert all(c == row.chains[0] for c in row.chains)
     assert len(row.latencies_ms) == 2 * n
+    pooled = scale.combine([row, scale.simulate(n, network, blocks=1, seed=seed + 1)])
+    assert pooled.blocks == 3 and len(pooled.latencies_ms) == 3 * n
+    assert pooled.chains_identical and len(pooled.chains[0]) == 5
