@@ -134,7 +134,12 @@ def encoded_inclusion_proofs(entries: list[bytes]) -> tuple[bytes, list[tuple[in
     with a common ancestor share the encoding of the path above it)."""
     if not entries:
         raise ValueError("no entries")
-    levels = merkle.tree_levels([merkle.leaf_hash(e) for e in entries])
+    return encoded_proofs_of_leaves([merkle.leaf_hash(e) for e in entries])
+
+
+def encoded_proofs_of_leaves(leaf_hashes: list[bytes]) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """``encoded_inclusion_proofs`` of the entries whose leaf hashes are ``leaf_hashes`` (at least one)."""
+    levels = merkle.tree_levels(leaf_hashes)
     above: list[tuple[int, bytes]] = [(0, b"")]
     for level in reversed(levels[:-1]):
         m = len(level)

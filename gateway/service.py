@@ -32,7 +32,7 @@ from ledgerlink.protocol import stored_ack
 from ledgerlink.gateway import checks as c
 from ledgerlink.core.errors import InvalidProof
 from ledgerlink.gateway.chain_statements import ChainStatements
-from ledgerlink.gateway.batcher import Ledger, Outgoing, batch_receipts, cbor_head, encoded_inclusion_proofs
+from ledgerlink.gateway.batcher import Ledger, Outgoing, batch_receipts, cbor_head, encoded_proofs_of_leaves
 from ledgerlink.gateway.store import StoredMessage, Store
 from ledgerlink.gateway.verify_ahead import VerifyAhead
 from ledgerlink.protocol.codes import RECORD_DEVICE
@@ -327,10 +327,11 @@ def commit_group(stored: list[tuple[bytes, int, bytes, bytes | None]], time_ms: 
     sha256 = hashlib.sha256
     seqs = [head(0, seq) for _, seq, _, _ in stored]
     digests = [None if r is None else sha256(r).digest() for _, _, _, r in stored]
-    leaves = [b"".join((b"\x83\x50", dev, s, b"\x58\x20", h)) if d is None                      # stored_ack.entry
-              else b"".join((b"\x84\x50", dev, s, b"\x58\x20", h, b"\x58\x20", d))
+    # merkle.leaf_hash of each stored_ack.entry, the entry encoded in place
+    leaves = [sha256(b"".join((b"\x00\x83\x50", dev, s, b"\x58\x20", h))).digest() if d is None
+              else sha256(b"".join((b"\x00\x84\x50", dev, s, b"\x58\x20", h, b"\x58\x20", d))).digest()
               for (dev, _, h, _), s, d in zip(stored, seqs, digests)]
-    root, proofs = encoded_inclusion_proofs(leaves)
+    root, proofs = encoded_proofs_of_leaves(leaves)
     statement = sign_statement(root, len(leaves), time_ms, private_key, gateway_id, site, backend)
     item = head(2, len(statement)) + statement
     tail = b"\x05" + item
@@ -339,16 +340,16 @@ def commit_group(stored: list[tuple[bytes, int, bytes, bytes | None]], time_ms: 
     signed: list[bytes | None] = []
     for i, ((_, _, h, reading), s, d, (count, path)) in enumerate(zip(stored, seqs, digests, proofs)):
         index = head(0, i)
+        proof = arrays[count] + path
         if reading is None:
-            acks.append(b"".join((b"\xa6\x00\x05\x01\x58\x20", h, b"\x02", s, b"\x03", index, b"\x04", arrays[count],
-                                  path, tail)))
+            acks.append(b"".join((b"\xa6\x00\x05\x01\x58\x20", h, b"\x02", s, b"\x03", index, b"\x04", proof, tail)))
             signed.append(None)
             continue
         if reading[:1] != b"\xa6":
             raise ValueError("a verified-reading is a CBOR map of 6 entries")
-        acks.append(b"".join((b"\xa7\x00\x05\x01\x58\x20", h, b"\x02", s, b"\x03", index, b"\x04", arrays[count],
-                              path, tail, b"\x06\x58\x20", d)))
-        signed.append(b"".join((b"\xa7", memoryview(reading)[1:], b"\x07\x83", index, arrays[count], path, item)))
+        acks.append(b"".join((b"\xa7\x00\x05\x01\x58\x20", h, b"\x02", s, b"\x03", index, b"\x04", proof, tail,
+                              b"\x06\x58\x20", d)))
+        signed.append(b"".join((b"\xa7", memoryview(reading)[1:], b"\x07\x83", index, proof, item)))
     return acks, signed
 
 
