@@ -814,7 +814,8 @@ def anonymous_accepted(host: str, port: int, tls_ca: str | Path | None = None, t
 def dynsec_command(host: str, port: int, login: dict[str, str], commands: list[dict[str, Any]],
                    timeout: float = 5.0, tls_ca: str | Path | None = None) -> list[dict[str, Any]]:
     """Send ``commands`` to mosquitto's dynamic security plugin and wait for its answers (over TLS checked
-    against ``tls_ca`` when given)."""
+    against ``tls_ca`` when given) until all came or ``timeout`` seconds passed without one: the plugin
+    saves its file after each changing command, so a long list takes a while on a busy machine."""
     import threading
 
     import paho.mqtt.client as mqtt
@@ -851,10 +852,14 @@ def dynsec_command(host: str, port: int, login: dict[str, str], commands: list[d
                 host, port, login["username"], ": login refused (%s)" % refused[0] if refused else "'s subscription"))
         for i in range(0, len(commands), DYNSEC_CHUNK):            # each message well below the size limit
             c.publish(DYNSEC_TOPIC, json.dumps({"commands": commands[i:i + DYNSEC_CHUNK]}), qos=1)
-        deadline = time.monotonic() + timeout + len(commands) / 1000
+        deadline = time.monotonic() + timeout
+        seen = 0
         while len(answers) < len(commands) and time.monotonic() < deadline:
             done.wait(0.05)
             done.clear()
+            if len(answers) > seen:                # the broker is answering: ``timeout`` again for the rest
+                seen = len(answers)
+                deadline = time.monotonic() + timeout
     finally:
         c.disconnect()
         c.loop_stop()

@@ -9,7 +9,9 @@ import contextlib
 import json
 import os
 import pwd
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from ledgerlink.tools.stack import find_mosquitto, free_port
 from tests.access.conftest import CRYPTO, NOT_AUTHORIZED, Client, Dev
 
 ADMIN = {"username": "site-ops", "password": "external-admin-password-0123456789"}
+MOSQUITTO: dict[int, subprocess.Popen] = {}          # port -> the external mosquitto listening there
 
 
 def _dynsec_file(path: Path, default_allow: bool) -> None:
@@ -64,6 +67,7 @@ def external_mosquitto(folder: Path, open_broker: bool = False, tls: bool = Fals
     login = folder / "admin.json"
     login.write_text(json.dumps(ADMIN))
     os.chmod(login, 0o600)
+    MOSQUITTO[port] = proc
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -75,6 +79,9 @@ def external_mosquitto(folder: Path, open_broker: bool = False, tls: bool = Fals
                 time.sleep(0.05)
         yield port, login
     finally:
+        MOSQUITTO.pop(port, None)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
         proc.terminate()
         proc.wait(10)
 
@@ -260,3 +267,35 @@ def test_a_restart_sends_only_what_differs_and_connected_devices_stay(tmp_path, 
     assert set(sent) <= READ_ONLY and "0 made, 0 changed, 0 deleted, 5 as they were" in lines[0], (sent, lines)
     for c in [consumer] + clients:
         c.close()
+
+
+def test_commands_wait_while_a_slow_broker_still_answers(external):
+    """A broker that answers slowly (here: stopped for 1 s at a time, 6 times) is waited for as long as it
+    goes on answering within ``timeout``, however long the whole list takes; one that stops answering is not."""
+    port, login = external
+    proc = MOSQUITTO[port]
+    stopped = threading.Event()
+
+    def pauses() -> None:
+        for _ in range(6):
+            os.kill(proc.pid, signal.SIGSTOP)
+            time.sleep(1.0)
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.2)
+        stopped.set()
+
+    commands = [{"command": "createRole", "rolename": "slow-%d" % i} for i in range(320)]     # 5 messages
+    threading.Thread(target=pauses, daemon=True).start()
+    t0 = time.monotonic()
+    answers = dynsec_command("127.0.0.1", port, ADMIN, commands, timeout=2.5)
+    took = time.monotonic() - t0
+    assert len(answers) == len(commands) and not any(a.get("error") for a in answers), answers[-1:]
+    assert took > 2.5 + len(commands) / 1000, took                   # longer than the old fixed wait
+    assert stopped.wait(10)
+    os.kill(proc.pid, signal.SIGSTOP)                                  # and one that does not answer at all
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(AccessError):
+            dynsec_command("127.0.0.1", port, ADMIN, [{"command": "listRoles"}], timeout=1.0)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
