@@ -86,7 +86,7 @@ DEFAULTS = {
     "await_frames": 128,
     "receipt_wait_ms": 30000,
     "receipts_kept": 32,
-    "gc_threshold": 8192,
+    "gc_threshold": None,
     "header_cache": 1,
 }
 
@@ -156,15 +156,25 @@ def _unload_session_code():
     _unload(("device_session",), "ledgerlink.protocol")
 
 
+# The default ``gc_threshold`` is this fraction of the heap (4 KB of a 64 KB heap, 7 KB of 110 KB).
+GC_THRESHOLD_SHARE = 16
+
+
 def _collect_every(n):
-    """On MicroPython, collect after every ``n`` bytes allocated (0: the port's default). A collection
-    only when the heap is full leaves long-lived objects between dead ones, and a small heap then has
-    no free 1-2 KB block for an MQTT packet. board32, whole client cycle: it completes in 88 KB from
-    ROMFS and 164 KB from .mpy files, against a least heap of 102 KB and 183 KB without (at about
-    twice the time); tests/boards/test_board_cycle.py."""
+    """On MicroPython, collect after every ``n`` bytes allocated (None: 1/``GC_THRESHOLD_SHARE`` of the
+    heap; 0: the port's default, when the heap is full). A collection only when the heap is full leaves
+    long-lived objects between dead ones, and a small heap then has no free 1-2 KB block for an MQTT
+    packet; collecting more often costs time (each collection scans the live heap). board32, whole
+    client cycle from ROMFS in session mode: least heap 64 KB with 1/16 of the heap, 65-66 KB with 8 KB,
+    102 KB without; an ECDSA check on a 64 KB heap takes about 1.4 times as long with 4 KB as with
+    8 KB (tests/boards/test_board_cycle.py)."""
     import gc
 
-    if n and hasattr(gc, "threshold"):
+    if not hasattr(gc, "threshold"):
+        return
+    if n is None:
+        n = (gc.mem_free() + gc.mem_alloc()) // GC_THRESHOLD_SHARE
+    if n:
         gc.threshold(n)
 
 
