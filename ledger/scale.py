@@ -54,7 +54,7 @@ from typing import Any
 
 from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.consensus.kv_app import KVApp, make_tx
-from ledgerlink.ledger.consensus.messages import COMMIT, PRE_PREPARE, PREPARE
+from ledgerlink.ledger.consensus.messages import COMMIT, KIND_NAMES, PRE_PREPARE, PREPARE
 from ledgerlink.ledger.consensus.replica import Broadcast, Committed, Config, Dropped, Replica, Send
 from ledgerlink.ledger.consensus.simulator import TICK_MS, validator_keys
 
@@ -130,6 +130,7 @@ class SimRow:
     drops: Counter
     chains: list[list[bytes]]
     wall_s: float
+    verifies_by_kind: Counter = field(default_factory=Counter)   # what was being handled -> verifications
 
     @property
     def latency_p50_ms(self) -> float:
@@ -158,7 +159,8 @@ def combine(runs: list[SimRow]) -> SimRow:
                   sum(r.messages for r in runs), sum(r.phase_messages for r in runs), sum(r.bytes for r in runs),
                   sum(r.cpu_ns for r in runs), sum(r.verifies for r in runs), sum(r.verify_ns for r in runs),
                   max(r.view for r in runs), sum((r.drops for r in runs), Counter()),
-                  [[h for r in runs for h in r.chains[i]] for i in range(first.n)], sum(r.wall_s for r in runs))
+                  [[h for r in runs for h in r.chains[i]] for i in range(first.n)], sum(r.wall_s for r in runs),
+                  sum((r.verifies_by_kind for r in runs), Counter()))
 
 
 def percentile(xs: list[float], p: float) -> float:
@@ -206,6 +208,7 @@ class ScaleSimulation:
         self.phase_messages = 0
         self.bytes = 0
         self.drops: Counter = Counter()
+        self.verifies_by_kind: Counter = Counter()
         self.commit_ms: dict[int, dict[int, float]] = {}      # height -> replica -> virtual commit time
 
     def _push(self, t: float, kind: int, data: Any) -> None:
@@ -225,7 +228,7 @@ class ScaleSimulation:
         kind, data = node.inbox.popleft()
         rep = node.replica
         now_ms = int(self.now)
-        verify_ns = node.crypto.verify_ns
+        verify_ns, verifies = node.crypto.verify_ns, node.crypto.verifies
         t0 = time.thread_time_ns()
         if kind == _DELIVER:
             effects = rep.receive(data[0], data[1], now_ms)
@@ -235,6 +238,11 @@ class ScaleSimulation:
             effects = rep.submit_many(data, now_ms)
         spent = time.thread_time_ns() - t0
         node.cpu_ns += spent
+        if kind == _DELIVER:
+            what = KIND_NAMES.get(data[1][1], "?") if len(data[1]) > 1 else "?"
+        else:
+            what = "timer" if kind == _TICK else "client"
+        self.verifies_by_kind[what] += node.crypto.verifies - verifies
         if not self.charge_verify:
             spent -= node.crypto.verify_ns - verify_ns
         done = self.now + spent / 1e6
@@ -282,6 +290,7 @@ class ScaleSimulation:
     def _reset_counters(self) -> None:
         self.messages = self.phase_messages = self.bytes = 0
         self.drops.clear()
+        self.verifies_by_kind.clear()
         for node in self.nodes:
             node.cpu_ns = node.crypto.verifies = node.crypto.verify_ns = 0
 
@@ -317,7 +326,7 @@ class ScaleSimulation:
                       sum(nd.cpu_ns for nd in self.nodes), sum(nd.crypto.verifies for nd in self.nodes),
                       sum(nd.crypto.verify_ns for nd in self.nodes),
                       max(nd.replica.view for nd in self.nodes), Counter(self.drops), chains,
-                      time.perf_counter() - wall0)
+                      time.perf_counter() - wall0, Counter(self.verifies_by_kind))
 
 
 def simulate(n: int, network: str, blocks: int, seed: int = 0, txs_per_block: int = TXS_PER_BLOCK,
@@ -501,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="uplink per validator in Mbit/s (default %(default)s; 0: unlimited, a what-if)")
     p.add_argument("--no-verify-cost", action="store_true",
                    help="what-if: leave signature verification time out of virtual time (CPU columns stay measured)")
+    p.add_argument("--by-kind", action="store_true",
+                   help="under each row: signature verifications per block and replica by what was handled")
     p.add_argument("--real", action="store_true", help="also rows from real node processes on loopback")
     p.add_argument("--real-sizes", default=",".join(map(str, REAL_SIZES_DEFAULT)),
                    help="validator counts of the real rows (default %(default)s)")
@@ -534,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
                 line += "  CHAINS DIFFER"
                 status = 1
             print(line, flush=True)
+            if args.by_kind:
+                print("  verifications per block per replica, by what was handled: " + ", ".join(
+                    "%s %.1f" % (k, row.per_block_replica(v)) for k, v in sorted(row.verifies_by_kind.items()) if v))
         verdicts.append(_ratio_verdict(rows, "sim-" + network))
     if args.real:
         real_rows: list[RealRow] = []
