@@ -25,13 +25,16 @@ import logging
 import math
 import threading
 import time
+from bisect import bisect_left
 from collections import OrderedDict, deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
+
+from prometheus_client.core import HistogramMetricFamily, Metric
 
 from ledgerlink.core import cbor
 from ledgerlink.protocol import spv
 from ledgerlink.gateway import checks as c
-from ledgerlink.service_http import Registry
+from ledgerlink.service_http import LATENCY_BUCKETS, Registry, format_value
 
 log = logging.getLogger("ledgerlink.gateway.metrics")
 
@@ -81,6 +84,53 @@ def jsonable(value: Any, depth: int = 0) -> Any:
     return str(type(value).__name__)
 
 
+class GroupHistogram:
+    """A histogram fed a group of observations at a time (``observe_many``: one lock, the buckets found by
+    bisection), exposed like ``service_http.Histogram`` (cumulative buckets with ``le`` as Go writes it,
+    count and sum). prometheus_client's ``observe`` takes two locks and walks the buckets per observation,
+    a cost per frame for the latencies (tests/gateway/test_metrics_groups.py holds the two alike)."""
+
+    def __init__(self, name: str, help: str, buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
+        self.name = name
+        self.help = help
+        self.buckets = tuple(sorted(float(b) for b in buckets))
+        if not self.buckets or any(math.isinf(b) or math.isnan(b) for b in self.buckets):
+            raise ValueError("buckets must be finite numbers")
+        self._counts = [0] * (len(self.buckets) + 1)         # per bucket, the last one +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        self.observe_many((value,))
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        bounds = self.buckets
+        values = list(values)
+        places = [bisect_left(bounds, v) for v in values]
+        total = math.fsum(values)
+        with self._lock:
+            counts = self._counts
+            for i in places:
+                counts[i] += 1
+            self._sum += total
+
+    @property
+    def count(self) -> int:
+        return sum(self._counts)
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.help)]
+
+    def collect(self) -> list[Metric]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, running = [], 0
+        for bound, n in zip(self.buckets + (math.inf,), counts):
+            running += n
+            cumulative.append((format_value(bound), running))
+        return [HistogramMetricFamily(self.name, self.help, buckets=cumulative, sum_value=total)]
+
+
 class _Device:
     def __init__(self, now_ms: int) -> None:
         self.first_ms = now_ms
@@ -123,11 +173,11 @@ class GatewayMetrics:
                                     "Frames accepted (stored durably), by mode.", ("mode",))
         self.refused = reg.counter("ledgerlink_gateway_refused_total",
                                    "Frames refused, by reason code of docs/protocol.md.", ("code", "reason"))
-        self.accept_latency = reg.histogram("ledgerlink_gateway_accept_latency_seconds",
-                                            "Time from frame arrival to its durable acceptance.")
-        self.receipt_latency = reg.histogram(
+        self.accept_latency = reg.register(GroupHistogram("ledgerlink_gateway_accept_latency_seconds",
+                                                          "Time from frame arrival to its durable acceptance."))
+        self.receipt_latency = reg.register(GroupHistogram(
             "ledgerlink_gateway_receipt_latency_seconds", "Time from acceptance to the frame's ledger receipt.",
-            (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+            (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)))
         self.batch_size = reg.histogram("ledgerlink_gateway_batch_size", "Frames per anchored batch.",
                                         BATCH_BUCKETS)
         self.receipts = reg.counter("ledgerlink_gateway_receipts_total", "Receipts sent to devices.")
@@ -183,13 +233,14 @@ class GatewayMetrics:
         accepted: dict[str, int] = {}
         history = self.history
         readings: list[tuple[bytes, int, int, Any]] = []     # for the history, after the lock
+        latencies: list[float] = []
         with self.lock:
             for e in effects:
                 if isinstance(e, c.Accept):
                     accepted[e.mode] = accepted.get(e.mode, 0) + 1
                     t0 = self._arrived.pop(e.frame_hash, None)
                     if t0 is not None:
-                        self.accept_latency.observe(max(0.0, t - t0))
+                        latencies.append(max(0.0, t - t0))
                     self._remember(self._accepted, e.frame_hash, t)
                     d = self._device(e.device_id, now_ms)
                     d.accepted += 1
@@ -219,6 +270,8 @@ class GatewayMetrics:
                     self._ignored += 1
             for mode, n in accepted.items():
                 self.accepted.inc(n, (mode,))
+            if latencies:
+                self.accept_latency.observe_many(latencies)
         if readings:
             history.readings(readings)
 
@@ -247,12 +300,14 @@ class GatewayMetrics:
 
     def receipts_sent(self, frame_hashes: list[bytes]) -> None:
         t = self.mono()
+        latencies = []
         with self.lock:
             for h in frame_hashes:
                 t0 = self._accepted.pop(h, None)
                 if t0 is not None:
-                    self.receipt_latency.observe(max(0.0, t - t0))
-                    self.receipt_latency_s_total += max(0.0, t - t0)
+                    latencies.append(max(0.0, t - t0))
+            self.receipt_latency.observe_many(latencies)
+            self.receipt_latency_s_total += math.fsum(latencies)
             self.receipts.inc(len(frame_hashes))
             self._receipt_times.append((t, len(frame_hashes)))
             self._trim_rate(t)
