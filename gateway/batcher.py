@@ -181,6 +181,7 @@ def batch_receipts(store: Store, site: str, batch_id: bytes, only: bytes | None 
         return []
     out = []
     size_item = b"\x04" + cbor_head(0, size)
+    arrays = [b"\x05" + cbor_head(4, n) for n in range(max(count for count, _ in proofs) + 1)]
     named = store.batch_covering(batch_id)            # frame -> (the statement chain_frames names for it, its id)
     in_batch = {leaf[0] for leaf in leaves} if named else set()
     checked = {s: True for s, _ in named.values() if s in in_batch}    # statement -> stored and anchored
@@ -189,12 +190,12 @@ def batch_receipts(store: Store, site: str, batch_id: bytes, only: bytes | None 
             continue
         # the deterministic map of 8 entries, keys 0..7 in order (6 and 7 shared by the batch), and 8: the
         # device-signed chain statement that covers a session reading, when one is stored and anchored
-        statement, frame_id = named.get(frame_hash, (None, 0))
+        statement, frame_id = named.get(frame_hash, (None, 0)) if named else (None, 0)
         if statement is not None and not checked.get(statement):
             statement = covering_statement(store, frame_hash, checked, statement, frame_id)
         payload = b"".join((b"\xa8\x00\x01\x01" if statement is None else b"\xa9\x00\x01\x01",
                             cbor_head(2, len(frame_hash)), frame_hash, b"\x02", cbor_head(0, seq),
-                            b"\x03", cbor_head(0, leaf), size_item, b"\x05", cbor_head(4, count), path, shared,
+                            b"\x03", cbor_head(0, leaf), size_item, arrays[count], path, shared,
                             b"" if statement is None else b"\x08\x58\x20" + statement))
         out.append(Outgoing(down_topic(site, device), payload, frame_hash=frame_hash))
     return out

@@ -39,7 +39,7 @@ from ledgerlink.protocol.codes import RECORD_DEVICE
 
 log = logging.getLogger("ledgerlink.gateway")
 
-DOWN_TOPICS = 1 << 14          # down topics of devices remembered (emptied when full)
+DOWN_TOPICS = 1 << 14          # down and verified topics of devices remembered (each emptied when full)
 
 
 @dataclass
@@ -70,6 +70,7 @@ class GatewayService:
             self.verifier = core.crypto = VerifyAhead(core.crypto, verify_threads)
         self.observer: Any = None      # ``ledgerlink.gateway.metrics.GatewayMetrics``: sees inputs and effects
         self._down_topics: dict[bytes, str] = {}      # device -> its down topic, for the stored-acks
+        self._verified_topics: dict[bytes, str] = {}  # device -> its verified topic, for the republished readings
 
     def restore(self, now_ms: int) -> None:
         """After a (re)start: replay windows from the store, sessions from the stored certificates."""
@@ -98,6 +99,9 @@ class GatewayService:
         found: list[StoredMessage] = []                   # frames answered from the store: ack and receipt
         in_group: dict[bytes, tuple[bytes, int]] = {}     # frames accepted in this group: hash -> (device, seq)
         statements: list[tuple[bytes, list[bytes]]] = []   # chain statements that match: (hash, covered hashes)
+        verified_topics = self._verified_topics
+        if len(verified_topics) > DOWN_TOPICS:
+            verified_topics.clear()
         for k, e in enumerate(effects):
             if isinstance(e, c.Accept) and e.chain is not None:
                 e = effects[k] = self._chain_checked(e, effects[:k], statements, now_ms)
@@ -111,7 +115,10 @@ class GatewayService:
             if isinstance(e, c.Accept):
                 in_group[e.frame_hash] = (e.device_id, e.seq)
                 accepted.append((e.frame, e.device_id, e.seq, e.time_ms, e.topic, now_ms, e.frame_hash))
-                verified = Outgoing(self.core.verified_topic(e.device_id), e.verified_reading(self.core.gateway_name))
+                topic = verified_topics.get(e.device_id)
+                if topic is None:
+                    topic = verified_topics[e.device_id] = self.core.verified_topic(e.device_id)
+                verified = Outgoing(topic, e.verified_reading(self.core.gateway_name))
                 accepts.append((k, verified))
                 out.outgoing.append(verified)
                 out.decided.append(e.frame_hash)
