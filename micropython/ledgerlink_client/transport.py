@@ -77,41 +77,17 @@ def open_stream(host, port, call=None, timeout_ms=5000, tls_ca=None):
     board's ``host_call``, present when it runs with --network) is given, else the board's own TCP
     (with TLS checked against ``tls_ca``, when given)."""
     if call is not None:
+        from ledgerlink_client.call_transport import CallTransport
+
         return CallTransport(call, host, port)
     return open_socket(host, port, timeout_ms, tls_ca)
 
 
-class CallTransport:
-    """A socket held by a host process, reached through ``call(name, *args)``.
+def __getattr__(name):
+    """``CallTransport`` (``call_transport``), loaded when first named: a board with its own network never
+    holds it."""
+    if name == "CallTransport":
+        from ledgerlink_client.call_transport import CallTransport
 
-    The host offers ``sock_connect(host, port) -> id``, ``sock_send(id, hex) -> n``,
-    ``sock_recv(id, n, timeout_ms) -> hex`` ("" on timeout, null once closed) and ``sock_close(id)``;
-    ``call`` raises OSError when the host reports an error (as ``host_call`` in the VM does).
-    """
-
-    def __init__(self, call, host, port):
-        self.call = call
-        self.id = call("sock_connect", host, port)
-        self.closed = False
-
-    def write(self, data):
-        if self.closed:
-            raise OSError("stream closed")
-        self.call("sock_send", self.id, bytes(data).hex())
-
-    def read(self, n, timeout_ms):
-        if self.closed:
-            raise OSError("stream closed")
-        data = self.call("sock_recv", self.id, n, timeout_ms)
-        if data is None:
-            self.closed = True
-            raise OSError("connection closed by peer")
-        return bytes.fromhex(data)
-
-    def close(self):
-        if not self.closed:
-            self.closed = True
-            try:
-                self.call("sock_close", self.id)
-            except OSError:
-                pass
+        return CallTransport
+    raise AttributeError(name)

@@ -112,21 +112,6 @@ def _sign1_fast(frame):
     return Sign1(_PROTECTED_ES256, frame[kid[0]:kid[1]], frame[payload[0]:end], frame[end + 2:])
 
 
-def _encrypt0_fast(frame):
-    if len(frame) > MAX_FRAME or not frame.startswith(_ENC0_HEAD):
-        return None
-    kid = _bstr_at(frame, len(_ENC0_HEAD))
-    if kid is None or kid[1] - kid[0] > MAX_KID or kid[1] >= len(frame) or frame[kid[1]] != HDR_PARTIAL_IV:
-        return None
-    piv = _bstr_at(frame, kid[1] + 1)
-    if piv is None or not 0 < piv[1] - piv[0] <= NONCE_LEN:
-        return None
-    ct = _bstr_at(frame, piv[1])
-    if ct is None or ct[1] != len(frame) or ct[1] - ct[0] < TAG_LEN:
-        return None
-    return Encrypt0(_PROTECTED_CCM, frame[kid[0]:kid[1]], frame[piv[0]:piv[1]], None, frame[ct[0]:ct[1]])
-
-
 def _decode(frame, tag, length, protected_expected, what):
     if not isinstance(frame, (bytes, bytearray)):
         raise InvalidMessage("%s must be bytes" % what)
@@ -220,27 +205,6 @@ def nonce_from_partial_iv(base_iv, partial_iv):
     return (int.from_bytes(bytes(base_iv), "big") ^ int.from_bytes(bytes(partial_iv), "big")).to_bytes(NONCE_LEN, "big")
 
 
-def decode_encrypt0(frame):
-    """Decode a COSE_Encrypt0 frame without decrypting it."""
-    return _fast_or_full(frame, _encrypt0_fast, _decode_encrypt0_full)
-
-
-def _decode_encrypt0_full(frame):
-    arr, unprotected, kid = _decode(frame, TAG_ENCRYPT0, 3, _PROTECTED_CCM, "COSE_Encrypt0")
-    partial_iv = unprotected.get(HDR_PARTIAL_IV)
-    iv = unprotected.get(HDR_IV)
-    if (partial_iv is None) == (iv is None):
-        raise InvalidMessage("COSE_Encrypt0 needs exactly one of IV and Partial IV")
-    if iv is not None and (not isinstance(iv, bytes) or len(iv) != NONCE_LEN):
-        raise InvalidMessage("COSE_Encrypt0 IV must be %d bytes" % NONCE_LEN)
-    if partial_iv is not None and (not isinstance(partial_iv, bytes) or not 0 < len(partial_iv) <= NONCE_LEN):
-        raise InvalidMessage("COSE_Encrypt0 Partial IV must be 1 to %d bytes" % NONCE_LEN)
-    ciphertext = arr[2]
-    if not isinstance(ciphertext, bytes) or len(ciphertext) < TAG_LEN:
-        raise InvalidMessage("COSE_Encrypt0 ciphertext must be a byte string of at least %d bytes" % TAG_LEN)
-    return Encrypt0(arr[0], kid, partial_iv, iv, ciphertext)
-
-
 def encrypt0(plaintext, key, partial_iv=None, base_iv=None, iv=None, kid=None, external_aad=b"",
              backend=None):
     """Make a tagged COSE_Encrypt0 with AES-CCM-16-64-128.
@@ -270,13 +234,15 @@ def encrypt0(plaintext, key, partial_iv=None, base_iv=None, iv=None, kid=None, e
     return frame
 
 
-def decrypt0(frame, key, base_iv=None, external_aad=b"", backend=None):
-    """Decrypt a COSE_Encrypt0 frame; return the plaintext. InvalidTag when it was altered."""
-    msg = decode_encrypt0(frame)
-    if msg.iv is not None:
-        nonce = msg.iv
-    else:
-        if base_iv is None:
-            raise InvalidKey("frame carries a Partial IV: the Base IV of the context is needed")
-        nonce = nonce_from_partial_iv(base_iv, msg.partial_iv)
-    return get_backend(backend).ccm_open(key, nonce, msg.ciphertext, msg.aad(external_aad), TAG_LEN)
+_OPEN = ("decode_encrypt0", "decrypt0", "_encrypt0_fast", "_decode_encrypt0_full")
+
+
+def __getattr__(name):
+    """Decoding and decrypting COSE_Encrypt0 frames (``cose_open``, what a gateway does with them), loaded
+    when first named: a board only seals them."""
+    if name in _OPEN:
+        from ledgerlink.core import cose_open
+
+        value = globals()[name] = getattr(cose_open, name)     # named directly from now on
+        return value
+    raise AttributeError(name)

@@ -139,5 +139,6 @@ def __getattr__(name):
     if name in _TREE:
         from ledgerlink.core import merkle_tree
 
-        return getattr(merkle_tree, name)
+        value = globals()[name] = getattr(merkle_tree, name)     # named directly from now on
+        return value
     raise AttributeError(name)

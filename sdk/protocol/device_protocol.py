@@ -700,5 +700,6 @@ def __getattr__(name):
     if name in _SESSION_NAMES:
         from ledgerlink.protocol import device_session
 
-        return getattr(device_session, name)
+        value = globals()[name] = getattr(device_session, name)     # named directly from now on
+        return value
     raise AttributeError(name)
