@@ -113,10 +113,6 @@ def encode_connect(client_id, keepalive=60, clean_session=True, username=None, p
     return _packet(CONNECT << 4, body)
 
 
-def encode_connack(session_present, return_code):
-    return _packet(CONNACK << 4, bytes([1 if session_present else 0, return_code]))
-
-
 def encode_publish(topic, payload, qos=0, retain=False, pid=None, dup=False):
     """PUBLISH; ``pid`` is required for QoS 1."""
     if qos not in (0, 1):
@@ -146,16 +142,8 @@ def encode_subscribe(pid, topics):
     return _packet(0x82, body)
 
 
-def encode_suback(pid, codes):
-    return _packet(SUBACK << 4, _pid_bytes(pid) + bytes(codes))
-
-
 def encode_pingreq():
     return b"\xc0\x00"
-
-
-def encode_pingresp():
-    return b"\xd0\x00"
 
 
 def encode_disconnect():
@@ -209,6 +197,10 @@ def _decode_body(kind, flags, body):
     r = _Reader(body)
     if kind in (PUBACK, PINGREQ, PINGRESP, DISCONNECT, CONNACK, SUBACK, CONNECT) and flags != 0:
         raise MQTTError("reserved flags set")
+    if kind == CONNECT or kind == SUBSCRIBE:
+        from ledgerlink_client.mqtt_server import decode_body
+
+        return decode_body(kind, flags, r, body)
     if kind == CONNACK:
         ack, code = r.u8(), r.u8()
         r.done()
@@ -227,21 +219,6 @@ def _decode_body(kind, flags, body):
         pid = _pid(r)
         r.done()
         return Packet(kind, pid=pid)
-    if kind == SUBSCRIBE:
-        if flags != 2:
-            raise MQTTError("SUBSCRIBE flags must be 2")
-        pid = _pid(r)
-        codes = []
-        topics = []
-        while r.pos < len(body):
-            topics.append(r.string())
-            q = r.u8()
-            if q > 2:
-                raise MQTTError("bad requested QoS")
-            codes.append(q)
-        if not topics:
-            raise MQTTError("SUBSCRIBE without topics")
-        return Packet(kind, flags, pid=pid, topic=topics, codes=codes)
     if kind == SUBACK:
         pid = _pid(r)
         codes = list(r.rest())
@@ -254,21 +231,6 @@ def _decode_body(kind, flags, body):
     if kind in (PINGREQ, PINGRESP, DISCONNECT):
         r.done()
         return Packet(kind)
-    if kind == CONNECT:
-        if r.string() != "MQTT" or r.u8() != 4:
-            raise MQTTError("not an MQTT 3.1.1 CONNECT")
-        cflags = r.u8()
-        if cflags & 0x3D:
-            raise MQTTError("CONNECT will/reserved flags are not supported")
-        if cflags & 0x40 and not cflags & 0x80:
-            raise MQTTError("password without user name")
-        keepalive = r.u16()
-        client_id = r.string()
-        username = r.string() if cflags & 0x80 else None
-        password = r.binary() if cflags & 0x40 else None
-        r.done()
-        return Packet(kind, client_id=client_id, keepalive=keepalive, clean_session=bool(cflags & 2),
-                      username=username, password=password)
     raise MQTTError("unsupported packet type %d" % kind)
 
 
@@ -426,3 +388,15 @@ class MQTTClient:
 
     def close(self):
         self.stream.close()
+
+
+_SERVER = ("encode_connack", "encode_suback", "encode_pingresp")
+
+
+def __getattr__(name):
+    """The broker's encoders (``mqtt_server``), loaded when first named: a device never sends them."""
+    if name in _SERVER:
+        from ledgerlink_client import mqtt_server
+
+        return getattr(mqtt_server, name)
+    raise AttributeError(name)
