@@ -108,8 +108,19 @@ limits here hold for any transport (the simulator's), and bound the bytes of blo
 Cheap refusals before the signature check (``receive``): a peer's fetch-blocks beyond
 ``FETCH_REQUESTS_PER_S`` a second, and a prepare or commit that would be dropped and tells nothing
 new about its sender (a second vote of the sender for a view and height, a vote for a stale height
-or another view already noted from that sender) are dropped unverified, so a validator that floods
-such messages costs a CBOR decode each, not an ECDSA verification. The budgets are per transport
+or another view) are dropped unverified, so a validator that floods such messages costs a CBOR
+decode each, not an ECDSA verification. A vote tells something new only when it shows its sender
+above our height (``_maybe_fetch`` fetches only above it) or in a view above ours and above the
+sender's last noted one (only those can make us join a view), so a late vote for a height we
+committed is not verified. Votes that can no longer change what this replica does are not verified
+either ("prepared already", "certified already"): a prepare for a (view, height, header hash) of
+which 2f verified prepares are logged (the 2f a prepared certificate needs, the prepared proof of
+a view-change carries and ``_check_prepared`` verifies), and a commit for one of which 2f+1
+verified commits are logged (a commit certificate). Neither lets a Byzantine validator starve a
+replica of a vote it needs: the 2f or 2f+1 logged votes are verified ones from distinct validators
+for that very hash, and votes for any other hash are verified as before. Nothing else reads votes
+beyond a quorum (equivocation proofs are made of pre-prepares). So at n = 100 a replica verifies
+about 2f prepares and 2f commits a block instead of n - 1 and more. The budgets are per transport
 sender, which the peer link authenticates (the transport's signed-nonce handshake). An
 equivocation message (three signature checks) is recognised by its first two bytes; a peer may
 send n of them at once and one a second after that.
@@ -504,7 +515,8 @@ class Replica:
         view, h = a[2], a[3]
         if not m.is_uint(view) or not m.is_uint(h):
             return None
-        if h - 1 > self.peer_heights.get(sender, -1) or view > self.peer_views.get(sender, -1):
+        if h - 1 > max(self.peer_heights.get(sender, -1), self.height) \
+                or view > max(self.peer_views.get(sender, -1), self.view):
             return None                                  # news about the sender: verify and note it
         if h <= self.height:
             return "stale height"
@@ -518,9 +530,17 @@ class Replica:
         if slot is None:
             return None
         prev = (slot.prepare_by if kind == m.PREPARE else slot.commit_by).get((view, sender))
-        if prev is None:
+        if prev is not None:
+            return "duplicate" if prev == a[4] else "conflicting vote"
+        if type(a[4]) is not bytes:
             return None
-        return "duplicate" if prev == a[4] else "conflicting vote"
+        # a quorum of verified votes for this very hash is logged: one more changes nothing (module docstring)
+        if kind == m.PREPARE:
+            if len(slot.prepares.get((view, a[4]), ())) >= 2 * self.config.f:
+                return "prepared already"
+        elif len(slot.commits.get((view, a[4]), ())) >= self.config.quorum:
+            return "certified already"
+        return None
 
     def tick(self, now_ms: int) -> list[Effect]:
         """Timers: batching, view-change timeouts, retransmission and block fetching."""

@@ -843,3 +843,72 @@ def test_equivocation_messages_beyond_a_peers_budget_are_dropped_unverified():
     real = m.encode_message("t", [m.EQUIVOCATION, 2, pp[0], pp[1]], KEYS[2], CRYPTO)
     assert not [e for e in r.receive(2, real, 1000) if isinstance(e, Dropped)]      # other peers keep theirs
     assert 0 in r.convicted and r.view == 1
+
+
+def _block_votes(net, h):
+    """The signed pre-prepare, prepares and commits the replicas of ``net`` broadcast for height h,
+    by (kind, sender)."""
+    out = {}
+    for i in range(4):
+        for e in net.effects[i]:
+            if isinstance(e, Broadcast):
+                a = m.loads(e.data)
+                if a[0] in (m.PRE_PREPARE, m.PREPARE, m.COMMIT) and a[3] == h:
+                    out.setdefault((a[0], a[1]), e.data)
+    return out
+
+
+def _restored_counting(net):
+    """Replica 3 restored at height 0 from its store, verifying through a counter; the votes of block 1."""
+    net.submit(1, net.tx(b"a"))
+    net.run(60)
+    net.down.add(3)
+    net.submit(1, net.tx(b"b"))
+    net.run(60)
+    assert net.replicas[0].height == 1 and net.replicas[3].height == 0
+    counting = CountingCrypto(CRYPTO)
+    r = Replica.restore(3, net.config, KEYS[3], KVApp(CRYPTO), counting, net.now, net.persisted[3])
+    return r, counting, _block_votes(net, 1)
+
+
+def _verifies(r, counting, sender, data, now):
+    before = counting.verifies
+    effects = r.receive(sender, data, now)
+    return counting.verifies - before, [e.reason for e in effects if isinstance(e, Dropped)]
+
+
+def test_prepares_beyond_the_prepared_certificate_are_dropped_unverified():
+    """Once 2f prepares for a (view, height, hash) are logged, another prepare for it cannot change
+    anything: it is dropped before its signature check, and the prepared proof still carries 2f
+    prepares that a view change accepts."""
+    net = Net()
+    r, counting, votes = _restored_counting(net)
+    now = net.now
+    assert _verifies(r, counting, 0, votes[(m.PRE_PREPARE, 0)], now)[0] >= 1
+    assert _verifies(r, counting, 1, votes[(m.PREPARE, 1)], now) == (1, [])
+    assert r.prepared_proof is not None and len(r.prepared_proof[1]) == 2 * net.config.f
+    assert _verifies(r, counting, 2, votes[(m.PREPARE, 2)], now) == (0, ["prepared already"])
+    # a prepare for another hash is still verified (and logged: sender 2's first logged prepare)
+    other = m.encode_message("t", [m.PREPARE, 2, 0, 1, bytes(32)], KEYS[2], CRYPTO)
+    assert _verifies(r, counting, 2, other, now) == (1, [])
+    r._start_view_change(1)
+    judge = net.replicas[1]
+    vc = judge._parse_view_change(judge._decode(r.my_view_change))
+    assert vc.prepared is not None and vc.prepared.header.height == 1
+
+
+def test_late_votes_for_a_committed_height_are_dropped_unverified():
+    """A prepare or commit for a height already committed is not verified, also when it is the first
+    vote seen from its sender at that height."""
+    net = Net()
+    r, counting, votes = _restored_counting(net)
+    now = net.now
+    for (kind, sender) in ((m.PRE_PREPARE, 0), (m.PREPARE, 1), (m.COMMIT, 0), (m.COMMIT, 1)):
+        r.receive(sender, votes[(kind, sender)], now)
+    assert r.height == 1
+    assert _verifies(r, counting, 2, votes[(m.PREPARE, 2)], now) == (0, ["stale height"])
+    assert _verifies(r, counting, 2, votes[(m.COMMIT, 2)], now) == (0, ["stale height"])
+    # a vote that shows its sender above our height is still verified (the replica fetches from it)
+    ahead = m.encode_message("t", [m.PREPARE, 2, 0, 3, bytes(32)], KEYS[2], CRYPTO)
+    assert _verifies(r, counting, 2, ahead, now)[0] == 1
+    assert r.peer_heights[2] == 2
