@@ -342,7 +342,7 @@ def commit_group(stored: list[tuple[bytes, int, bytes, bytes | None]], time_ms: 
     statement = sign_statement(root, len(leaves), time_ms, private_key, gateway_id, site, backend)
     item = head(2, len(statement)) + statement
     tail = b"\x05" + item
-    arrays = [head(4, n) for n in range(max(count for count, _ in proofs) + 1)]
+    arrays = [head(4, n) for n in range((len(leaves) - 1).bit_length() + 1)]      # up to the tree's depth
     acks: list[bytes] = []
     signed: list[bytes | None] = []
     for i, ((_, _, h, reading), s, d, (count, path)) in enumerate(zip(stored, seqs, digests, proofs)):
