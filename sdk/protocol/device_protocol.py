@@ -639,7 +639,10 @@ class DeviceProtocol:
         """
         from ledgerlink.protocol import commands
 
-        return commands.update_controller(self, record_proof)
+        try:
+            return commands.update_controller(self, record_proof)
+        finally:
+            _forget_on_boards(("ledgerlink.protocol", "commands"), ("ledgerlink.core", "smt_proof"))
 
     def update_gateway(self, record_proof):
         """Trust a gateway's identity key for anchor signatures from a proved, active gateway record."""
@@ -683,13 +686,30 @@ class DeviceProtocol:
         (but for a failing command store). Its seq is stored before it is accepted."""
         from ledgerlink.protocol import commands
 
-        return commands.handle_command(self, topic, payload, now_ms)
+        try:
+            return commands.handle_command(self, topic, payload, now_ms)
+        finally:
+            _forget_on_boards(("ledgerlink.protocol", "commands"))
 
 
 def _default_rng(n):
     import os
 
     return os.urandom(n)
+
+
+def _forget_on_boards(*modules):
+    """On MicroPython, forget the modules (package, name) until they are next imported, so code a board
+    runs rarely (controller records and commands, record proofs) leaves its heap after each use."""
+    import sys
+
+    if sys.implementation.name != "micropython":
+        return
+    for package, name in modules:
+        sys.modules.pop(package + "." + name, None)
+        parent = sys.modules.get(package)
+        if parent is not None and name in parent.__dict__:
+            delattr(parent, name)
 
 
 _SESSION_NAMES = ("encode_session", "decode_session", "PendingSession")
