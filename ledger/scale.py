@@ -9,7 +9,8 @@ latency(N) / latency(4) beside the 5.34 of seed 001 for N = 100. ``--full`` runs
 Network model. Every pair of validators has its own link with a fixed one-way delay (``lan``
 0.5 ms, ``wan`` 20 ms). A sender's uplink carries ``BANDWIDTH_MBIT_S`` (100 Mbit/s): each copy of a
 message occupies it for its bytes' serialization time, copies leave one after the other (a
-broadcast to n-1 peers is n-1 copies, first to the next index up), and a copy arrives one delay
+broadcast to n-1 peers is n-1 copies, first to the validator it names first, if any, then to the
+next index up), and a copy arrives one delay
 after its last byte left. No loss, no reordering on a link, no receive-side queueing.
 
 Node model. Each validator is one CPU that runs its handlers (message, client submission, timer
@@ -255,7 +256,11 @@ class ScaleSimulation:
     def _effects(self, i: int, effects: list, done: float) -> None:
         for e in effects:
             if isinstance(e, Broadcast):
-                self._send(i, [(i + k) % self.n for k in range(1, self.n)], e.data, done)
+                dsts = [(i + k) % self.n for k in range(1, self.n)]
+                if e.first is not None and e.first != i:
+                    dsts.remove(e.first)
+                    dsts.insert(0, e.first)
+                self._send(i, dsts, e.data, done)
             elif isinstance(e, Send):
                 self._send(i, [e.to], e.data, done)
             elif isinstance(e, Committed):

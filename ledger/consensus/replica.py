@@ -210,9 +210,11 @@ class Send:
 
 @dataclass(frozen=True)
 class Broadcast:
-    """Send to every other validator."""
+    """Send to every other validator; to ``first`` (a validator index), if set, before the others
+    (where copies leave one after the other on one uplink, the one that needs it soonest gets it first)."""
 
     data: bytes
+    first: int | None = None
 
 
 @dataclass(frozen=True)
@@ -450,10 +452,13 @@ class Replica:
         return self._end()
 
     def _forward(self, txs: list[bytes], to: int | None) -> None:
+        """Send ``txs`` in signed requests to validator ``to``, or to all (the primary first: its
+        proposal waits for them; the backups need them only to check it, and to time it out)."""
         step = self.config.max_batch
+        primary = self.config.primary(self.view)
         for i in range(0, len(txs), step):
             raw = self._sign([m.REQUEST, self.index, txs[i:i + step]])
-            self._out.append(Broadcast(raw) if to is None else Send(to, raw))
+            self._out.append(Broadcast(raw, primary) if to is None else Send(to, raw))
 
     def receive(self, sender_index: int, data: bytes, now_ms: int) -> list[Effect]:
         """A message from validator ``sender_index`` (as authenticated by the transport, if at all)."""

@@ -126,3 +126,17 @@ def test_a_replica_verifies_only_the_votes_a_quorum_needs():
     assert per_replica["prepare"] <= 2 * f + 0.5, per_replica
     assert per_replica["commit"] <= 2 * f + 0.5, per_replica
     assert row.drops["prepared already"] > 0 and row.drops["stale height"] > 0
+
+
+def test_forwarded_transactions_reach_the_primary_first():
+    """A validator that takes client transactions sends its request to the primary before the other
+    validators: at N=100 the last of 99 copies leaves about 11 ms after the first."""
+    sim = scale.ScaleSimulation(7, "lan", seed=0)
+    submitter = 3
+    effects = sim.nodes[submitter].replica.submit_many(
+        [scale.make_tx(sim.backend, sim.client_key, bytes(15) + b"\x01", b"k", b"v")], 0)
+    requests = [e for e in effects if isinstance(e, scale.Broadcast)]
+    assert len(requests) == 1 and requests[0].first == sim.config.primary(0) == 0
+    sim._effects(submitter, requests, 5.0)
+    arrivals = sorted((t, dst) for t, _, _, (_, dst, _) in sim.queue)
+    assert [d for _, d in arrivals] == [0, 4, 5, 6, 1, 2]
