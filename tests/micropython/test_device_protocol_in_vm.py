@@ -21,7 +21,7 @@ HEAP = 64 * 1024 * 1024
 SETUP = """
 import gc, json
 if hasattr(gc, "threshold"):
-    gc.threshold(8192)          # as the board client does (its gc_threshold): collect before the heap fragments
+    gc.threshold((gc.mem_free() + gc.mem_alloc()) // 16)   # as the board client does by default (gc_threshold)
 from ledgerlink.core import cbor
 from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.core.errors import LedgerlinkError
