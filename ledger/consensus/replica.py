@@ -336,6 +336,7 @@ class Replica:
         self.committed_txs: set[bytes] = set()
         self.committed_hashes: tuple[int, tuple[bytes, ...]] = (-1, ())   # the last block's tx hashes
         self.pool: OrderedDict[bytes, tuple[bytes, int, bool]] = OrderedDict()
+        self.proposal_checked: set[bytes] = set()   # txs of valid proposals above the last block (checked)
         self._reforward: dict[bytes, tuple[int, int]] = {}    # tx hash -> (next re-forward time, interval)
         self.slots: dict[int, _Slot] = {}
         self.executed: bytes | None = None
@@ -695,7 +696,12 @@ class Replica:
             return "duplicate tx"
         if len(self.pool) >= self.config.max_pool:
             return "pool full"
-        code = self.app.check_tx(tx) if origin else self.app.precheck_tx(tx)
+        if origin:
+            code = self.app.check_tx(tx)
+        elif h in self.proposal_checked:   # passed check_tx (a superset of precheck_tx) in a proposal at this height
+            code = None
+        else:
+            code = self.app.precheck_tx(tx)
         if code is not None:
             return "invalid tx %d" % code
         self.pool[h] = (tx, self.now, origin)
@@ -909,6 +915,7 @@ class Replica:
                     slot.rejected.add(self.view)
                     self._drop("rejected proposal: " + exc.reason, self.config.primary(self.view))
                     return
+                self.proposal_checked.update(p.tx_hashes)
                 self.progress_deadline = None      # a valid proposal for the next height is progress
                 if self.proposed_at is None:
                     self.proposed_at = self.now
@@ -1013,6 +1020,7 @@ class Replica:
         for th in hashes:
             pool.pop(th, None)
         self.committed_hashes = (h, hashes)
+        self.proposal_checked.clear()
         if self.prepared_proof is not None and self.prepared_proof[0].header.height <= h:
             self.prepared_proof = None
         self.progress_deadline = None

@@ -867,7 +867,7 @@ def _restored_counting(net):
     net.run(60)
     assert net.replicas[0].height == 1 and net.replicas[3].height == 0
     counting = CountingCrypto(CRYPTO)
-    r = Replica.restore(3, net.config, KEYS[3], KVApp(CRYPTO), counting, net.now, net.persisted[3])
+    r = Replica.restore(3, net.config, KEYS[3], KVApp(counting), counting, net.now, net.persisted[3])
     return r, counting, _block_votes(net, 1)
 
 
@@ -912,3 +912,21 @@ def test_late_votes_for_a_committed_height_are_dropped_unverified():
     ahead = m.encode_message("t", [m.PREPARE, 2, 0, 3, bytes(32)], KEYS[2], CRYPTO)
     assert _verifies(r, counting, 2, ahead, now)[0] == 1
     assert r.peer_heights[2] == 2
+
+
+def test_a_forwarded_transaction_checked_in_the_proposal_is_not_checked_again():
+    """The pre-prepare came first, so its transaction was checked in full (check_tx) with the proposal;
+    the forwarded request that brings it later costs the request's signature check only."""
+    net = Net()
+    r, counting, votes = _restored_counting(net)
+    pp = m.loads(votes[(m.PRE_PREPARE, 0)])
+    requests = [e.data for e in net.effects[1] if isinstance(e, Broadcast) and m.loads(e.data)[0] == m.REQUEST
+                and m.loads(e.data)[2] == pp[5]]
+    assert len(requests) == 1
+    assert _verifies(r, counting, 0, votes[(m.PRE_PREPARE, 0)], net.now)[0] == 1 + len(pp[5])
+    assert _verifies(r, counting, 1, requests[0], net.now) == (1, [])
+    assert list(r.pool) == [hashlib.sha256(tx).digest() for tx in pp[5]]
+    # once the block commits, the set is forgotten: at the next height a forwarded tx is prechecked again
+    for key in ((m.PREPARE, 1), (m.COMMIT, 0), (m.COMMIT, 1)):
+        r.receive(key[1], votes[key], net.now)
+    assert r.height == 1 and not r.proposal_checked and not r.pool
