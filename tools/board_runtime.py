@@ -497,13 +497,20 @@ def import_kept(board: Board, modules: tuple[str, ...]) -> int:
     return int(board.run(code, board_heap=1024 * 1024).stdout.split()[-1])
 
 
+# What a device imports to start (the client cycle's imports; the rest loads when first used).
+CLIENT_IMPORTS = ("ledgerlink.core.cbor", "ledgerlink_client.device", "ledgerlink_client.mqtt", "ledgerlink_client.queue",
+                  "ledgerlink_client.transport")
+
+
 def import_table() -> dict[str, dict[str, int]]:
-    """{module or "all": {layout: heap kept after importing it (with what it imports)}}."""
+    """{module, "client" (``CLIENT_IMPORTS``) or "all": {layout: heap kept after importing it (with what it
+    imports)}}."""
     table: dict[str, dict[str, int]] = {}
     for layout in LAYOUTS:
         with Board(layout) as board:
             for module in IMPORT_MODULES:
                 table.setdefault(module, {})[layout] = import_kept(board, (module,))
+            table.setdefault("client", {})[layout] = import_kept(board, CLIENT_IMPORTS)
             table.setdefault("all", {})[layout] = import_kept(board, IMPORT_MODULES)
     return table
 
