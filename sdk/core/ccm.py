@@ -17,7 +17,6 @@ costs its output buffers and a few small objects, not an allocation per block.
 
 from ledgerlink.core.aes import AES
 from ledgerlink.core.errors import InvalidKey, InvalidTag
-from ledgerlink.core.kdf import constant_time_equal
 
 COSE_ALG_AES_CCM_16_64_128 = 10
 AES_CCM_16_64_128_KEY_LEN = 16
@@ -155,6 +154,8 @@ def open(key, nonce, data, aad=b"", tag_len=8):
     view = memoryview(data)
     out = bytearray(n)
     expected = _ccm(cipher, nonce, aad, view[:n], tag_len, length_size, out, False)
+    from ledgerlink.core.kdf import constant_time_equal   # opening only: sealing (all a board does) never loads it
+
     if not constant_time_equal(expected, view[n:]):
         raise InvalidTag("CCM authentication tag does not match")
     return bytes(out)
