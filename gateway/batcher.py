@@ -126,6 +126,7 @@ def cbor_head(major: int, n: int) -> bytes:
 
 
 _HASH_ITEM = b"\x58\x20"           # CBOR head of a 32-byte byte string
+TREES_KEPT = 16                    # trees of batches cut and not yet anchored, kept for their receipts
 
 
 def encoded_inclusion_proofs(entries: list[bytes]) -> tuple[bytes, list[tuple[int, bytes]]]:
@@ -134,12 +135,36 @@ def encoded_inclusion_proofs(entries: list[bytes]) -> tuple[bytes, list[tuple[in
     with a common ancestor share the encoding of the path above it)."""
     if not entries:
         raise ValueError("no entries")
-    return encoded_proofs_of_leaves([merkle.leaf_hash(e) for e in entries])
+    return encoded_proofs_of_leaves(leaf_hashes_of(entries))
+
+
+def leaf_hashes_of(entries: list[bytes]) -> list[bytes]:
+    """``merkle.leaf_hash`` of each entry (bytes), SHA-256(0x00 || entry) taken in one call each."""
+    sha256 = hashlib.sha256
+    return [sha256(b"\x00" + e).digest() for e in entries]
+
+
+def tree_levels(leaf_hashes: list[bytes]) -> list[list[bytes]]:
+    """``merkle.tree_levels`` of ``leaf_hashes`` (at least one), each node hash taken in one call."""
+    sha256 = hashlib.sha256
+    level = leaf_hashes
+    levels = [level]
+    while len(level) > 1:
+        up = [sha256(b"\x01" + level[k] + level[k + 1]).digest() for k in range(0, len(level) - 1, 2)]
+        if len(level) & 1:
+            up.append(level[-1])
+        levels.append(up)
+        level = up
+    return levels
 
 
 def encoded_proofs_of_leaves(leaf_hashes: list[bytes]) -> tuple[bytes, list[tuple[int, bytes]]]:
     """``encoded_inclusion_proofs`` of the entries whose leaf hashes are ``leaf_hashes`` (at least one)."""
-    levels = merkle.tree_levels(leaf_hashes)
+    return encoded_proofs_of_levels(tree_levels(leaf_hashes))
+
+
+def encoded_proofs_of_levels(levels: list[list[bytes]]) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """``encoded_inclusion_proofs`` of the tree whose ``tree_levels`` are ``levels``."""
     above: list[tuple[int, bytes]] = [(0, b"")]
     for level in reversed(levels[:-1]):
         m = len(level)
@@ -158,9 +183,12 @@ def inclusion_proofs(entries: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
     return root, [[enc[k + 2:k + 34] for k in range(0, 34 * count, 34)] for count, enc in encoded]
 
 
-def batch_receipts(store: Store, site: str, batch_id: bytes, only: bytes | None = None) -> list[Outgoing]:
+def batch_receipts(store: Store, site: str, batch_id: bytes, only: bytes | None = None,
+                   tree: tuple[list[bytes], list[list[bytes]]] | None = None) -> list[Outgoing]:
     """The receipts of an anchored batch of ``store``, one per frame (``only``: of that frame hash alone),
-    for the devices' down topics.
+    for the devices' down topics. ``tree``: the (frame hashes, ``tree_levels``) the batch's root was made
+    from when it was cut, used when the stored leaves are those frame hashes (its node hashes are not
+    taken again).
 
     A receipt is the deterministic CBOR map {0: 1, 1: frame hash, 2: seq, 3: leaf, 4: size,
     5: inclusion proof, 6: anchor proof, 7: certified header}; the encoding of 6 and 7, the same in
@@ -175,7 +203,9 @@ def batch_receipts(store: Store, site: str, batch_id: bytes, only: bytes | None 
     size = len(leaves)
     if not leaves:
         return []
-    root, proofs = encoded_inclusion_proofs([leaf[0] for leaf in leaves])
+    hashes = [leaf[0] for leaf in leaves]
+    levels = tree[1] if tree is not None and tree[0] == hashes else tree_levels(leaf_hashes_of(hashes))
+    root, proofs = encoded_proofs_of_levels(levels)
     if root != batch.root or [leaf[3] for leaf in leaves] != list(range(size)):
         log.error("stored batch %s does not match its anchored root", batch_id.hex())
         return []
@@ -183,6 +213,7 @@ def batch_receipts(store: Store, site: str, batch_id: bytes, only: bytes | None 
     size_item = b"\x04" + cbor_head(0, size)
     arrays = [b"\x05" + cbor_head(4, n) for n in range(max(count for count, _ in proofs) + 1)]
     named = store.batch_covering(batch_id)            # frame -> (the statement chain_frames names for it, its id)
+    topics: dict[bytes, str] = {}                     # device -> its down topic
     in_batch = {leaf[0] for leaf in leaves} if named else set()
     checked = {s: True for s, _ in named.values() if s in in_batch}    # statement -> stored and anchored
     for (frame_hash, device, seq, leaf), (count, path) in zip(leaves, proofs):
@@ -197,7 +228,10 @@ def batch_receipts(store: Store, site: str, batch_id: bytes, only: bytes | None 
                             cbor_head(2, len(frame_hash)), frame_hash, b"\x02", cbor_head(0, seq),
                             b"\x03", cbor_head(0, leaf), size_item, arrays[count], path, shared,
                             b"" if statement is None else b"\x08\x58\x20" + statement))
-        out.append(Outgoing(down_topic(site, device), payload, frame_hash=frame_hash))
+        topic = topics.get(device)
+        if topic is None:
+            topic = topics[device] = down_topic(site, device)
+        out.append(Outgoing(topic, payload, frame_hash=frame_hash))
     return out
 
 
@@ -220,6 +254,7 @@ class Batcher:
         self.kid = enc.device_id(get_backend(None).public_key(gateway_priv, True))    # of the signed transactions
         self.last_header: tuple[int, bytes] | None = None
         self._handed_out: list[bytes] = []     # batches whose receipts the last step returned
+        self._trees: dict[bytes, tuple[list[bytes], list[list[bytes]]]] = {}   # batch cut here -> (frame hashes, levels)
         self._resent = False                   # the receipts left unsent before this start were looked for
         self._records_seen: int | None = None  # ``store.records_written`` when no warning or certificate waited
 
@@ -236,10 +271,15 @@ class Batcher:
         waiting = self.store.unbatched_leaves(self.max_batch)
         if not waiting:
             return None
-        root = merkle.root_of([m[1] for m in waiting])
+        hashes = [m[1] for m in waiting]
+        levels = tree_levels(leaf_hashes_of(hashes))
+        root = levels[-1][0]
         batch_id = self.rng(16)
         tx = enc.anchor_tx(self.chain_id, self.priv, batch_id, root, len(waiting), now_ms, rng=self.rng, kid=self.kid)
         self.store.create_batch(batch_id, root, tx, [m[0] for m in waiting], now_ms)
+        if len(self._trees) >= TREES_KEPT:
+            del self._trees[next(iter(self._trees))]
+        self._trees[batch_id] = (hashes, levels)
         return self.store.batch(batch_id)
 
     # --- anchoring --------------------------------------------------------------------------------
@@ -321,7 +361,7 @@ class Batcher:
     def receipts(self, batch_id: bytes) -> list[Outgoing]:
         """The receipts of an anchored batch, one per frame (``batch_receipts``)."""
         self._handed_out.append(batch_id)
-        return batch_receipts(self.store, self.site, batch_id)
+        return batch_receipts(self.store, self.site, batch_id, tree=self._trees.pop(batch_id, None))
 
     def _unsent_receipts(self) -> list[Outgoing]:
         """Mark the receipts handed out by the last step as sent (the transport published them before it

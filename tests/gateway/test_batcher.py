@@ -226,3 +226,33 @@ def test_idle_steps_ask_the_store_only_whether_frames_wait(tmp_path):
     assert store.certificates("recorded") == [(dev, cert)]
     append(store, net, frames(net, 1, start=3))
     assert len([o for o in b.step(NOW + 900) if o.topic.endswith("/down")]) == 1
+
+
+def test_receipts_reuse_the_tree_of_the_cut(tmp_path, monkeypatch):
+    """The receipts of a batch this batcher cut take no hash of its tree again (the levels made for its
+    root at the cut are used), and equal those made from the stored leaves alone (after a restart)."""
+    import hashlib
+
+    from ledgerlink.gateway import batcher as batcher_module
+
+    ledger, store, b = setup(tmp_path)
+    items = frames(ledger.net, 64)
+    append(store, ledger.net, items)
+    made = b.cut(NOW + 1, force=True)
+    assert made is not None
+    taken = []
+    real_sha256 = hashlib.sha256
+
+    def counted(data: bytes = b"", *args):
+        taken.append(bytes(data[:1]))
+        return real_sha256(data, *args)
+
+    monkeypatch.setattr(hashlib, "sha256", counted)
+    out = [o for o in b.step(NOW + 2) if o.topic.endswith("/down")]
+    monkeypatch.setattr(hashlib, "sha256", real_sha256)
+    assert len(out) == 64
+    assert taken.count(b"\x00") + taken.count(b"\x01") < 40        # the tree alone: 64 leaves and 63 nodes
+    fresh = batcher_module.batch_receipts(store, SITE, made.id)
+    assert [(o.topic, o.payload, o.frame_hash) for o in fresh] == [(o.topic, o.payload, o.frame_hash) for o in out]
+    for (frame, _), o in zip(items, out):
+        verify_receipt(o.payload, frame, ledger.chain_id, ledger.keys)
