@@ -69,6 +69,8 @@ REASON_TEXT = {
 TOPIC_CACHE = 1 << 16              # parsed device topics remembered (emptied when full)
 REPORT_BUCKETS = 4096              # offenders whose warning budget is remembered (least recent forgotten)
 HEADER_CACHE = 16                  # certified headers whose quorum signatures were checked, by exact bytes
+ENC_AADS = 1 << 14                 # Enc_structures of session frames remembered by (protected, topic) (emptied when full)
+MAX_PROTECTED_KEPT = 16            # longest protected header whose Enc_structure is remembered (ours is 3 bytes)
 
 
 def sha256(data: bytes) -> bytes:
@@ -448,6 +450,7 @@ class GatewayCore:
         self._prefix = "ll/%s/dev/" % site
         self._topics: dict[str, tuple[bytes, str]] = {}                     # parsed device topics
         self._ahead: dict[bytes, tuple[str, Any, bytes]] = {}   # frame -> (topic, Sign1, signed bytes), one group
+        self._enc_aads: dict[tuple[bytes, str], bytes] = {}      # (protected, topic) -> AES-CCM aad of a session frame
         self.registrations: OrderedDict[bytes, tuple[int, int]] = OrderedDict()  # dev -> (request time, held since)
         self.changed: OrderedDict[bytes, int] = OrderedDict()    # device -> height of a block that touched its record
         self.min_proof_height = -1                                # after a gap in the followed blocks
@@ -633,7 +636,6 @@ class GatewayCore:
                 raise _Refusal(MALFORMED, "not a COSE_Sign1 or COSE_Encrypt0 frame")
         except LedgerlinkError as exc:
             raise _Refusal(MALFORMED, "bad COSE frame: %s" % exc) from None
-        aad = topic.encode()
         if mode == "sign1":
             if msg.kid is None or len(msg.kid) != DEVICE_ID_LEN:
                 raise _Refusal(MALFORMED, "kid must be a 16-byte device id")
@@ -643,7 +645,7 @@ class GatewayCore:
             if isinstance(rec, list):
                 return rec
             _require_canonical(msg.signature)
-            if not self.crypto.verify(rec[2], signed or msg.to_be_signed(aad), msg.signature):
+            if not self.crypto.verify(rec[2], signed or msg.to_be_signed(topic.encode()), msg.signature):
                 raise _Refusal(BAD_SIGNATURE, "signature does not verify with the registered key")
             plaintext = msg.payload
         else:
@@ -663,10 +665,17 @@ class GatewayCore:
             rec = self._device_record(topic_dev, topic, frame, now_ms)
             if isinstance(rec, list):
                 return rec
+            aads = self._enc_aads
+            enc_aad = aads.get((msg.protected, topic))
+            if enc_aad is None:
+                enc_aad = msg.aad(topic.encode())
+                if len(msg.protected) <= MAX_PROTECTED_KEPT:
+                    if len(aads) >= ENC_AADS:
+                        aads.clear()
+                    aads[(msg.protected, topic)] = enc_aad
             try:
                 nonce = cose.nonce_from_partial_iv(session.base_iv, msg.partial_iv)
-                plaintext = self.crypto.ccm_open(session.key, nonce, msg.ciphertext, msg.aad(aad),
-                                                 cose.TAG_LEN)
+                plaintext = self.crypto.ccm_open(session.key, nonce, msg.ciphertext, enc_aad, cose.TAG_LEN)
             except LedgerlinkError:             # InvalidTag
                 raise _Refusal(BAD_TAG, "AES-CCM tag does not verify") from None
         dev, seq, t, meas = parse_reading(plaintext)

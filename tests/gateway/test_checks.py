@@ -329,6 +329,32 @@ def test_session_issue_and_encrypted_readings():
     refused(e.one(up(dev), session_reading(keys, dev, 7)), c.BANNED_DEVICE)
 
 
+def test_session_frames_of_a_topic_make_their_enc_structure_once(monkeypatch):
+    """The AES-CCM aad (Enc_structure over the protected header and the topic) of a device's session frames is
+    made for its first frame and taken again for the next ones; a frame altered after it still fails its tag."""
+    e = Env()
+    dev = e.net["sensor"].id
+    secret, _, topic, req = _session(e)
+    keys = _device_keys(e, "sensor", secret, e.feed(topic, req)[0].payload)
+    frames = [session_reading(keys, dev, seq) for seq in (1, 2, 3, 4)]
+    altered = bytearray(frames[3])
+    altered[-1] ^= 0x01
+    made = []
+    real_aad = cose.Encrypt0.aad
+
+    def counted(self, external_aad=b""):
+        made.append(external_aad)
+        return real_aad(self, external_aad)
+
+    monkeypatch.setattr(cose.Encrypt0, "aad", counted)
+    for seq, frame in zip((1, 2, 3), frames):
+        acc = e.one(up(dev), frame)
+        assert isinstance(acc, c.Accept) and acc.seq == seq
+    assert made == [up(dev).encode()]
+    refused(e.one(up(dev), bytes(altered)), c.BAD_TAG)
+    assert isinstance(e.one(up(dev), frames[3]), c.Accept)
+
+
 def test_session_request_reuse_and_bad_requests():
     e = Env()
     secret, r_u, topic, req = _session(e)
