@@ -231,7 +231,7 @@ def batch_receipts(store: Store, site: str, batch_id: bytes, only: bytes | None 
         topic = topics.get(device)
         if topic is None:
             topic = topics[device] = down_topic(site, device)
-        out.append(Outgoing(topic, payload, frame_hash=frame_hash))
+        out.append(Outgoing(topic, payload, False, frame_hash))
     return out
 
 

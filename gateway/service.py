@@ -227,7 +227,7 @@ class GatewayService:
                 topic = topics[dev] = core.down_topic(dev)
             if verified is not None:
                 verified.payload = reading
-            out.append(Outgoing(topic, ack, frame_hash=h, qos=0))
+            out.append(Outgoing(topic, ack, False, h, 0))       # QoS 0 (positional: half the cost of keywords)
         return out
 
     def _stored_elsewhere(self, effects: list[c.Effect], accepts: list[tuple[int, Outgoing]],
