@@ -34,17 +34,11 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from ledgerlink.core import cbor
 from ledgerlink.protocol import spv
 from ledgerlink.gateway import checks as c
+from ledgerlink.protocol.ledger_tx import reason_name
 from ledgerlink.service_http import LATENCY_BUCKETS, Registry, format_value
 
 log = logging.getLogger("ledgerlink.gateway.metrics")
 
-REASON_NAME = {
-    c.MALFORMED: "malformed", c.OVERSIZED: "oversized", c.UNKNOWN_DEVICE: "unknown-device",
-    c.BANNED_DEVICE: "banned-device", c.BAD_SIGNATURE: "bad-signature", c.BAD_TAG: "bad-tag", c.REPLAY: "replay",
-    c.CLOCK_SKEW: "clock-skew", c.RATE_LIMITED: "rate-limited", c.UNKNOWN_SESSION: "unknown-session",
-    c.EXPIRED_SESSION: "expired-session", c.WRONG_TOPIC: "wrong-topic", c.CERTIFICATE_REUSE: "certificate-reuse",
-    c.LEDGER_UNAVAILABLE: "ledger-unavailable", c.CHAIN_MISMATCH: "chain-mismatch",
-}
 STATES = ("online", "offline", "banned", "unregistered")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 MAX_DEVICES = 10000
@@ -54,10 +48,6 @@ RATE_WINDOW_S = 10.0
 MAX_TEXT = 200
 MAX_ITEMS = 32
 MAX_DEPTH = 4
-
-
-def reason_name(code: int) -> str:
-    return REASON_NAME.get(code, "code-%d" % code if isinstance(code, int) else "unknown")
 
 
 def jsonable(value: Any, depth: int = 0) -> Any:

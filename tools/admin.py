@@ -41,7 +41,8 @@ from ledgerlink.protocol import spv
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.ledger.state import encoding as enc
-from ledgerlink.ledger.state.codes import DeviceStatus, ImageType, Reason, RecordKind, Role, reason_text
+from ledgerlink.ledger.state.codes import DeviceStatus, ImageType, RecordKind, Role, reason_text
+from ledgerlink.protocol.ledger_tx import reason_name
 from ledgerlink.tools.up import ConfigError, load_config, read_key
 
 EXIT_OK = 0
@@ -76,12 +77,6 @@ def now_ms() -> int:
 def fmt_time(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
-
-def reason_name(code: int) -> str:
-    try:
-        return Reason(code).name.lower().replace("_", "-")
-    except ValueError:
-        return "code-%d" % code
 
 
 def role_name(role: Any) -> str:

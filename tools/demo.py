@@ -33,6 +33,7 @@ from ledgerlink.core import cbor, cose, ecqv, merkle, session_keys, smt
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidSignature, InvalidTag, LedgerlinkError
 from ledgerlink.protocol.codes import REASON_BANNED_DEVICE as BANNED_DEVICE
+from ledgerlink.protocol.ledger_tx import reason_name
 
 SITE_TOPIC = "ll/demo-site/dev/%s/up"
 
@@ -193,11 +194,6 @@ def run_demo(backend: str | None = None, readings: int = 8) -> int:
 
 # --- the live system ---------------------------------------------------------------------------------
 
-REASON_NAMES = {
-    1: "malformed", 2: "oversized", 3: "unknown-device", 4: "banned-device", 5: "bad-signature", 6: "bad-tag",
-    7: "replay", 8: "clock-skew", 9: "rate-limited", 10: "unknown-session", 11: "expired-session",
-    12: "wrong-topic", 13: "certificate-reuse", 14: "ledger-unavailable",
-}
 BAN_REASON = "demo: tampering suspected"
 EXIT_OK, EXIT_FAILED, EXIT_NO_BROKER, EXIT_INTERRUPTED = 0, 1, 2, 130
 SUMMARY_EVERY_S = 5.0
@@ -288,7 +284,7 @@ class _Tally:
             by_reason: dict[str, int] = {}
             for items in self.refused.values():
                 for code, _ in items:
-                    name = REASON_NAMES.get(code, str(code))
+                    name = reason_name(code)
                     by_reason[name] = by_reason.get(name, 0) + 1
             return accepted, by_reason, self.receipts_valid
 
@@ -545,7 +541,7 @@ def _final_checks(devs: list[Any], tally: _Tally, ban_target: Any, ban_ms: int |
                 "receipts verified %d of %d accepted (batch root, anchor tx, 2f+1 certified header); "
                 "%d invalid, %d frames without an answer" % (good_receipts, good_accepted, len(tally.receipts_invalid),
                                                              undecided)))
-    unexpected = [(REASON_NAMES.get(c, c), r) for d in others for c, r in tally.refused.get(d.core.device_id, [])]
+    unexpected = [(reason_name(c), r) for d in others for c, r in tally.refused.get(d.core.device_id, [])]
     out.append((not unexpected, "no refusal of a device in good standing%s"
                 % ("" if not unexpected else ": %r" % unexpected[:3])))
     if ban_ms is None:

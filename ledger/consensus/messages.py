@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from ledgerlink.core.cbor import UINT_MAX, dumps as _dumps, is_uint, loads as _core_loads
-from ledgerlink.protocol.codes import COMMIT_DOMAIN
+from ledgerlink.protocol.spv import commit_sign_bytes, validators_hash  # noqa: F401 - the replica's m.validators_hash
 from ledgerlink.protocol.ledger_tx import tx_root  # noqa: F401 - the replica hashes its blocks with m.tx_root
 
 
@@ -191,14 +191,6 @@ def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def validators_hash(validators: Sequence[bytes]) -> bytes:
-    """SHA-256(cbor(validator-set)) with ``validator-set = [+ [index, key]]``."""
-    return _sha256(dumps([[i, k] for i, k in enumerate(validators)]))
-
-
-def commit_sign_bytes(chain_id: str, height: int, view: int, header_hash: bytes) -> bytes:
-    """The bytes a replica signs in its commit message and a certificate vote attests."""
-    return dumps([COMMIT_DOMAIN, chain_id, height, view, header_hash])
 
 
 @dataclass(frozen=True)

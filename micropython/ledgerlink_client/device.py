@@ -57,7 +57,7 @@ and against the real broker, gateway and ledger (tests/micropython/test_stack_in
 import time
 
 from ledgerlink.core import cbor
-from ledgerlink.protocol import device_protocol as dp
+from ledgerlink.protocol import codes, device_protocol as dp
 from ledgerlink.protocol.device_protocol import partial_iv  # noqa: F401  (part of this module's API)
 from ledgerlink.core.errors import LedgerlinkError
 
@@ -92,7 +92,7 @@ DEFAULTS = {
 
 SESSION_FILE = "llsess"
 COMMAND_FILE = "llcmd"
-SESSION_GONE = (10, 11)  # unknown-session, expired-session
+SESSION_GONE = (codes.REASON_UNKNOWN_SESSION, codes.REASON_EXPIRED_SESSION)
 
 
 def _ticks_ms():

@@ -50,9 +50,24 @@ REASON_BAD_PROOF_OF_POSSESSION = 23
 REASON_ALREADY_EXISTS = 24
 REASON_UNKNOWN_TARGET = 25
 REASON_WRONG_STATUS = 26
+_reason_names = None
 
 IMAGE_FIRMWARE = 1
 IMAGE_CONFIGURATION = 2
+
+
+def reason_name(code):
+    """The name of a refusal reason, the gateway's or the ledger's (5 -> "bad-signature"); "code-N" if unknown."""
+    global _reason_names
+    if _reason_names is None:
+        from ledgerlink.protocol import codes
+
+        _reason_names = {}
+        for names in (codes.__dict__, globals()):
+            for name, value in names.items():
+                if name.startswith("REASON_") and name != "REASON_OK":
+                    _reason_names[value] = name[7:].lower().replace("_", "-")
+    return _reason_names.get(code, "code-%d" % code if isinstance(code, int) else "unknown")
 
 ROTATE_DOMAIN = "ledgerlink-rotate-v1"      # rotate-pop
 MAX_ID = 64                     # ids of other records (offender, material, ...), bytes
