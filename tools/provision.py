@@ -98,6 +98,12 @@ def replace(src, dst):
         pass
     os.rename(src, dst)
 
+def write(path, data):
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        f.write(data)
+    replace(tmp, path)
+
 def read_private(path):
     with open(path) as f:
         return bytes.fromhex(f.read().strip())
@@ -175,12 +181,6 @@ out(main())
 # Verify the proof against the board's own key and trust anchor, then write the files and commit the key.
 COMMIT = BOARD_COMMON + """\
 P = json.loads(%r)
-
-def write(path, data):
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        f.write(data)
-    replace(tmp, path)
 
 def main():
     from ledgerlink.core import ecdsa
@@ -294,12 +294,6 @@ out(main())
 # the broker password the site gives the account for it (ledgerlink.protocol.broker_login).
 ROTATE_COMMIT = BOARD_COMMON + """\
 P = json.loads(%r)
-
-def write(path, data):
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        f.write(data)
-    replace(tmp, path)
 
 def main():
     from ledgerlink.core import ecdsa
