@@ -113,6 +113,17 @@ def trusted_keys(path):
         cfg = json.load(f)
     return cfg, [bytes.fromhex(k) for k in cfg.get('validator_keys') or []]
 
+def site_config(path, validators):
+    # (config, trusted keys, None), or (None, None, the refusal) when the config is unreadable or names
+    # other validators than the host's
+    try:
+        cfg, trusted = trusted_keys(path)
+    except (OSError, ValueError) as exc:
+        return None, None, {'status': 'no-config', 'error': str(exc)}
+    if [k.hex() for k in trusted] != validators:
+        return None, None, {'status': 'other-validators', 'count': len(trusted)}
+    return cfg, trusted, None
+
 def verify_stored(data, trusted, pub, rotated=False):
     from ledgerlink.core import cbor
     from ledgerlink.protocol import spv
@@ -138,12 +149,9 @@ def main():
         from ledgerlink.core import cbor, cose, ecdsa
     except ImportError as exc:
         return {'status': 'no-library', 'error': str(exc)}
-    try:
-        cfg, trusted = trusted_keys(P['config'])
-    except (OSError, ValueError) as exc:
-        return {'status': 'no-config', 'error': str(exc)}
-    if [k.hex() for k in trusted] != P['validators']:
-        return {'status': 'other-validators', 'count': len(trusted)}
+    cfg, trusted, refused = site_config(P['config'], P['validators'])
+    if refused:
+        return refused
     name = P['name'] or cfg.get('device_name')
     if not name:
         return {'status': 'no-name'}
@@ -265,12 +273,9 @@ def main():
         from ledgerlink.protocol import ledger_tx
     except ImportError as exc:
         return {'status': 'no-library', 'error': str(exc)}
-    try:
-        cfg, trusted = trusted_keys(P['config'])
-    except (OSError, ValueError) as exc:
-        return {'status': 'no-config', 'error': str(exc)}
-    if [k.hex() for k in trusted] != P['validators']:
-        return {'status': 'other-validators', 'count': len(trusted)}
+    cfg, trusted, refused = site_config(P['config'], P['validators'])
+    if refused:
+        return refused
     if not exists(P['key']) or not exists(P['id']):
         return {'status': 'not-provisioned'}
     with open(P['id']) as f:
