@@ -345,7 +345,10 @@ class WsgiServer:
     def stop(self) -> None:
         self._stopping.set()
         if self._thread.is_alive():
-            self.server.pull_trigger()
+            try:
+                self.server.pull_trigger()
+            except OSError:         # the loop saw the stop on its own and closed the trigger meanwhile
+                pass
             self._thread.join(10)
         elif self._thread.ident is None:
             self._close()
