@@ -323,6 +323,8 @@ class WsgiServer:
         self.host = host
         self.port = int(self.server.effective_port)
         self._stopping = threading.Event()
+        self._closing = threading.Lock()            # the trigger is pulled only while it is open
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="ll-http", daemon=True)
 
     def start(self) -> "WsgiServer":
@@ -337,18 +339,21 @@ class WsgiServer:
             self._close()
 
     def _close(self) -> None:
-        for ch in list(self.server.active_channels.values()):
-            ch.handle_close()
-        self.server.close()
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            for ch in list(self.server.active_channels.values()):
+                ch.handle_close()
+            self.server.close()
         self.server.task_dispatcher.shutdown(timeout=5)
 
     def stop(self) -> None:
         self._stopping.set()
         if self._thread.is_alive():
-            try:
-                self.server.pull_trigger()
-            except OSError:         # the loop saw the stop on its own and closed the trigger meanwhile
-                pass
+            with self._closing:
+                if not self._closed:            # else the loop saw the stop on its own and closed the trigger
+                    self.server.pull_trigger()
             self._thread.join(10)
         elif self._thread.ident is None:
             self._close()
