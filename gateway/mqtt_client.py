@@ -58,6 +58,17 @@ class Message:
         return self.pid
 
 
+class PacketTooLarge(ValueError):
+    """A PUBLISH that would exceed the server's Maximum Packet Size (MQTT 5, 3.2.2.3.6): the server would
+    end the connection on it, and a QoS 1 one would be sent again after every reconnect."""
+
+
+def _publish_size_bound(topic: str, payload: bytes, props: bytes) -> int:
+    """An upper bound of a PUBLISH packet's size: fixed header (5), topic (2 + at most 3 UTF-8 bytes per
+    character), packet id (2), properties, payload."""
+    return 9 + 3 * len(topic) + len(props) + len(payload)
+
+
 class ConnectRefused(Exception):
     """The server answered CONNECT with a failure reason code ``code``."""
 
@@ -137,9 +148,13 @@ class MqttClient:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 properties: Sequence[tuple[int, Any]] = (), flush: bool = True) -> None:
-        """Send (QoS 1: once the in-flight window has room, and again after a reconnect until acknowledged)."""
+        """Send (QoS 1: once the in-flight window has room, and again after a reconnect until acknowledged).
+
+        Raises PacketTooLarge, sending nothing, when the packet exceeds the server's Maximum Packet Size.
+        """
         props = encode_properties(properties) if properties else _NO_PROPS
         with self._lock:
+            self._check_size_locked(topic, payload, props)
             if qos == 0:
                 if self._sock is not None and self.connected.is_set():
                     self._out.append(encode_publish(topic, payload, 0, 0, retain, False, props))
@@ -150,8 +165,10 @@ class MqttClient:
                 self._flush_locked()
 
     def publish_many(self, items: Sequence[tuple[str, bytes, bool]], flush: bool = True) -> None:
-        """QoS 1 ``publish`` of each ``(topic, payload, retain)``, in order, under one lock."""
+        """QoS 1 ``publish`` of each ``(topic, payload, retain)``, in order, under one lock. One that exceeds
+        the server's Maximum Packet Size is dropped, logged and named in ``errors``; the others go out."""
         with self._lock:
+            items = [item for item in items if self._fits_locked(item[0], item[1])]
             self._waiting.extend((topic, payload, retain, _NO_PROPS) for topic, payload, retain in items)
             self._pump_locked()
             if flush:
@@ -240,6 +257,24 @@ class MqttClient:
         except OSError as exc:
             self._drop_locked("send failed: %s" % exc)
 
+    def _check_size_locked(self, topic: str, payload: bytes, props: bytes) -> None:
+        limit = self.server_max_packet
+        if _publish_size_bound(topic, payload, props) <= limit:
+            return
+        size = len(encode_publish(topic, payload, 1, 1, False, False, props))
+        if size > limit:
+            raise PacketTooLarge("a %d-byte PUBLISH to %r exceeds the server's Maximum Packet Size of %d bytes"
+                                 % (size, topic, limit))
+
+    def _fits_locked(self, topic: str, payload: bytes) -> bool:
+        try:
+            self._check_size_locked(topic, payload, _NO_PROPS)
+        except PacketTooLarge as exc:
+            log.error("MQTT %s:%d: %s; dropped", self.host, self.port, exc)
+            self._note_error_locked("dropped: %s" % exc)
+            return False
+        return True
+
     def _pump_locked(self) -> None:
         """Move waiting publishes into the window (the server's Receive Maximum)."""
         if self._sock is None or not self.connected.is_set():
@@ -258,6 +293,12 @@ class MqttClient:
                 pkt = encode_publish_qos1(field, payload, pid, retain)
             else:
                 pkt = encode_publish(topic, payload, 1, pid, retain, False, props)
+            if len(pkt) > self.server_max_packet:
+                log.error("MQTT %s:%d: dropped a %d-byte PUBLISH to %r over the server's Maximum Packet Size (%d)",
+                          self.host, self.port, len(pkt), topic, self.server_max_packet)
+                self._note_error_locked("dropped a %d-byte PUBLISH to %r: over the Maximum Packet Size (%d) "
+                                        "of the server reconnected to" % (len(pkt), topic, self.server_max_packet))
+                continue
             inflight[pid] = pkt
             out.append(pkt)
 
@@ -282,8 +323,11 @@ class MqttClient:
             except OSError:
                 pass
             sock.close()
-            self.errors.append(why)
-            del self.errors[:-20]
+            self._note_error_locked(why)
+
+    def _note_error_locked(self, why: str) -> None:
+        self.errors.append(why)
+        del self.errors[:-20]
 
     # --- network thread ---------------------------------------------------------------------------------
 

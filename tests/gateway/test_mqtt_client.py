@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ledgerlink import mqtt5
+from ledgerlink.gateway import mqtt_client
 from ledgerlink.gateway.mqtt_client import MqttClient
 from ledgerlink.tools.mqtt_broker import BrokerThread
 
@@ -549,3 +550,38 @@ def test_server_packet_checks():
         with pytest.raises(mqtt5.MqttError) as e:
             mqtt5.decode_server_packet(first, body)
         assert e.value.code == code, (first, body)
+
+
+def test_publish_over_the_server_maximum_packet_size_is_refused_and_the_connection_stays(tmp_path):
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\nmax_packet_size 2000\n" % port)
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        got: queue.Queue = queue.Queue()
+        sub = MqttClient("127.0.0.1", port, "sub-%d" % next(_ids),
+                         on_message=lambda c, u, m: (got.put(m.payload), c.ack(m.pid, m.generation))).start()
+        pub = MqttClient("127.0.0.1", port, "pub-%d" % next(_ids)).start()
+        try:
+            assert sub.wait_connected(10) and pub.wait_connected(10)
+            assert pub.server_max_packet == 2000
+            sub.subscribe(["big/t"])
+            time.sleep(0.3)
+            generation = pub.generation
+            with pytest.raises(mqtt_client.PacketTooLarge, match="Maximum Packet Size of 2000"):
+                pub.publish("big/t", b"x" * 2100)
+            pub.publish_many([("big/t", b"small", False), ("big/t", b"y" * 5000, False)])
+            assert "Maximum Packet Size of 2000" in pub.errors[-1]
+            pub.publish("big/t", b"z" * 1900)
+            assert got.get(timeout=10) == b"small"
+            assert got.get(timeout=10) == b"z" * 1900
+            time.sleep(0.3)
+            assert got.empty()
+            assert pub.connected.is_set() and pub.generation == generation
+        finally:
+            pub.stop()
+            sub.stop()
+    finally:
+        proc.terminate()
+        proc.wait(10)
