@@ -379,13 +379,14 @@ def decode_signature(signature):
         raise InvalidSignature("malformed signature: %s" % exc)
 
 
-def verify(group_key, msg, signature):
+def verify(group_key, msg, signature, backend=None):
     """True when ``signature`` (65 bytes R || z) is a valid FROST(P-256, SHA-256) signature of ``msg``
     under the 33-byte ``group_key``: z < n and [z]G - [c]PK == R, c = H2(R || PK || msg).
 
     R is checked by encoding: the one double-scalar multiplication's result, compressed, must equal the
     33 bytes of R (so R is the canonical encoding of a point on the curve, not the identity) without a
     square root to decompress it. A malformed signature is False; a malformed key raises InvalidPoint.
+    ``backend`` (a name or object, as in ``backend.get_backend``) is accepted for a registered fast path.
     """
     pk = decode_point(group_key, "group key")
     if not isinstance(signature, (bytes, bytearray)) or len(signature) != SIGNATURE_LEN:

@@ -5,6 +5,9 @@ gateway. It accepts:
 - a certified header ``[header, commit-certificate]`` only when the certificate holds at least 2f+1
   distinct validators' ES256 signatures over ``cbor(["ledgerlink-commit-v1", chain-id, height, view,
   header-hash])`` and the header names the trusted validator set (``validators-hash``);
+- or, for a validator set with a FROST group key, a threshold certificate ``[view, signature]``: one
+  FROST(P-256, SHA-256) signature over the same bytes, made by any 2f+1 validators' key shares, checked
+  at the same cost for any number of validators;
 - a registry record or its absence only with a sparse-Merkle proof against that header's state root;
 - a transaction only with an RFC 9162 inclusion proof against that header's tx root.
 Everything else raises InvalidProof (or DecodeError/InvalidMessage for malformed bytes) with the reason.
@@ -33,9 +36,15 @@ def quorum(n):
     return n - (n - 1) // 3
 
 
-def validators_hash(validator_keys):
-    """SHA-256(cbor(validator-set)), validator-set = [+ [index, key]]."""
-    return _sha256(cbor.dumps([[i, k] for i, k in enumerate(validator_keys)]))
+def validators_hash(validator_keys, group_key=None):
+    """SHA-256(cbor(validator-set)), validator-set = [+ [index, key]]; with the set's 33-byte FROST group
+    key, SHA-256(cbor([validator-set, group-key])) (docs/protocol.md, ``validators-hash``)."""
+    validator_set = [[i, k] for i, k in enumerate(validator_keys)]
+    if group_key is None:
+        return _sha256(cbor.dumps(validator_set))
+    if not isinstance(group_key, bytes) or len(group_key) != 33:
+        raise InvalidMessage("group key must be a 33-byte compressed point")
+    return _sha256(cbor.dumps([validator_set, group_key]))
 
 
 def _uint(value, what):
@@ -74,18 +83,26 @@ def commit_sign_bytes(chain_id, height, view, header_hash):
     return cbor.dumps([COMMIT_DOMAIN, chain_id, height, view, header_hash])
 
 
-def verify_certified_header(certified, chain_id, validator_keys, backend=None):
-    """Check ``[header, commit-certificate]`` (object or CBOR bytes) against a trusted validator set.
-
-    Returns the Header. Raises InvalidProof when the quorum, a signature, the chain or the validator
-    set does not check.
-    """
+def _certified_pair(certified):
     if isinstance(certified, (bytes, bytearray)):
         certified = cbor.loads(bytes(certified), max_depth=8)
     if not isinstance(certified, list) or len(certified) != 2:
         raise InvalidMessage("certified header must be [header, commit-certificate]")
-    header = Header(certified[0])
-    cert = certified[1]
+    return Header(certified[0]), certified[1]
+
+
+def verify_certified_header(certified, chain_id, validator_keys, backend=None, group_key=None):
+    """Check ``[header, commit-certificate]`` (object or CBOR bytes) against a trusted validator set.
+
+    With the set's FROST ``group_key`` (33 bytes), the header must name ``validators_hash(keys,
+    group_key)`` and the certificate may be either shape: a threshold certificate ``[view,
+    signature]`` (checked by ``verify_threshold_header``) or the 2f+1-vote certificate.
+    Returns the Header. Raises InvalidProof when the quorum, a signature, the chain or the validator
+    set does not check.
+    """
+    header, cert = _certified_pair(certified)
+    if group_key is not None and isinstance(cert, list) and len(cert) == 2:
+        return _verify_threshold(header, cert, chain_id, validator_keys, group_key, backend)
     if not isinstance(cert, list) or len(cert) != 4 or not isinstance(cert[3], list):
         raise InvalidMessage("commit certificate must be [height, view, header-hash, votes]")
     height = _uint(cert[0], "certificate height")
@@ -96,7 +113,7 @@ def verify_certified_header(certified, chain_id, validator_keys, backend=None):
         raise InvalidProof("trusted validator set must have 1..%d keys" % MAX_VALIDATORS)
     if header.chain_id != chain_id:
         raise InvalidProof("header is for chain %r, not %r" % (header.chain_id, chain_id))
-    if header.validators_hash != validators_hash(validator_keys):
+    if header.validators_hash != validators_hash(validator_keys, group_key):
         raise InvalidProof("header names a different validator set")
     if height != header.height or cert_hash != header.hash:
         raise InvalidProof("certificate is not for this header")
@@ -122,6 +139,48 @@ def verify_certified_header(certified, chain_id, validator_keys, backend=None):
     return header
 
 
+def verify_threshold_header(certified, chain_id, validator_keys, group_key, backend=None):
+    """Check ``[header, threshold-certificate]`` (object or CBOR bytes), threshold-certificate =
+    ``[view, frost-signature]``: one FROST(P-256, SHA-256) signature by the validator set's group key
+    over ``commit_sign_bytes(chain_id, height, view, header-hash)``, the bytes the votes sign.
+
+    ``validator_keys`` is the set's key list, or its 32-byte ``validators_hash(keys, group_key)`` (a
+    device that keeps only that anchor checks a header at the same cost for any number of validators).
+    The group key's threshold is the one its key generation chose (t = 2f+1); the check cannot see it,
+    so the anchor must come from that key generation. Returns the Header; raises InvalidProof when the
+    signature, the chain or the validator set does not check, InvalidMessage when malformed.
+    """
+    header, cert = _certified_pair(certified)
+    return _verify_threshold(header, cert, chain_id, validator_keys, group_key, backend)
+
+
+def _verify_threshold(header, cert, chain_id, validator_keys, group_key, backend):
+    from ledgerlink.core import frost   # threshold certificates only: a board on 2f+1 votes never loads it
+
+    if not isinstance(cert, list) or len(cert) != 2:
+        raise InvalidMessage("threshold certificate must be [view, frost-signature]")
+    view = _uint(cert[0], "certificate view")
+    signature = cert[1]
+    if not isinstance(signature, bytes) or len(signature) != frost.SIGNATURE_LEN:
+        raise InvalidMessage("threshold signature must be %d bytes R || z" % frost.SIGNATURE_LEN)
+    if not isinstance(group_key, bytes) or len(group_key) != frost.POINT_LEN:
+        raise InvalidMessage("group key must be a 33-byte compressed point")
+    if isinstance(validator_keys, bytes):
+        trusted_hash = _hash32(validator_keys, "trusted validators-hash")
+    else:
+        if not 0 < len(validator_keys) <= frost.MAX_PARTICIPANTS:
+            raise InvalidProof("trusted validator set must have 1..%d keys" % frost.MAX_PARTICIPANTS)
+        trusted_hash = validators_hash(validator_keys, group_key)
+    if header.chain_id != chain_id:
+        raise InvalidProof("header is for chain %r, not %r" % (header.chain_id, chain_id))
+    if header.validators_hash != trusted_hash:
+        raise InvalidProof("header names a different validator set")
+    message = commit_sign_bytes(chain_id, header.height, view, header.hash)
+    if not frost.verify(group_key, message, signature, backend):
+        raise InvalidProof("threshold signature does not verify")
+    return header
+
+
 def verify_header_link(previous, header):
     """Check that ``header`` directly follows ``previous`` (both verified Header objects)."""
     if header.height != previous.height + 1 or header.prev_hash != previous.hash:
@@ -144,8 +203,9 @@ def verify_record(header, key, value, proof):
     smt_proof.verify(header.state_root, key, value, proof)
 
 
-def verify_record_proof(record_proof, chain_id, validator_keys, backend=None):
-    """Check a ``record-proof`` map {1: certified-header, 2: key, 3: record/null, 4: smt-proof}.
+def verify_record_proof(record_proof, chain_id, validator_keys, backend=None, group_key=None):
+    """Check a ``record-proof`` map {1: certified-header, 2: key, 3: record/null, 4: smt-proof}
+    (``group_key`` as in ``verify_certified_header``).
 
     Returns (header, key, record bytes or None).
     """
@@ -156,7 +216,7 @@ def verify_record_proof(record_proof, chain_id, validator_keys, backend=None):
     for label in (1, 2, 3, 4):
         if label not in record_proof:
             raise InvalidMessage("record proof lacks field %d" % label)
-    header = verify_certified_header(record_proof[1], chain_id, validator_keys, backend)
+    header = verify_certified_header(record_proof[1], chain_id, validator_keys, backend, group_key)
     key, value = record_proof[2], record_proof[3]
     verify_record(header, key, value, record_proof[4])
     return header, key, value
