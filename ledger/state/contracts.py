@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from ledgerlink.core import cbor
+from ledgerlink.core import cbor, schnorr_zk
+from ledgerlink.core.errors import LedgerlinkError
 
+from ledgerlink.protocol import anon_wire
 from ledgerlink.ledger.state.codes import DeviceStatus, ImageType, Reason, RecordKind as RK, Role, TxKind
 from ledgerlink.protocol.ledger_tx import (MAX_ID, MAX_REQUEST, MAX_TEXT, MAX_WARNINGS, Refusal,  # noqa: F401
                                            check_attributes, check_registration_request, get_bstr, get_pubkey,
@@ -311,6 +313,52 @@ def warnings(ctx: TxContext) -> None:
             ctx.view.put(RK.OFFENCES, offender, {1: count, 2: when, 3: reason, 4: ctx.submitter})
 
 
+# -- anonymous sessions (docs/protocol.md, "Anonymous sessions") -----------------------------------------
+
+def anon_certs(ctx: TxContext) -> None:
+    """Record a batch of dynamic certificates (anon-id -> X_k), submitted by the devices' owner (an admin)."""
+    require_role(ctx, Role.ADMIN)
+    check_keys(ctx.body, (4,))
+    pairs = ctx.body[4]
+    if not isinstance(pairs, list) or not 1 <= len(pairs) <= anon_wire.MAX_ANON_BATCH:
+        raise _bad("field 4 must be a list of 1 to %d [anon-id, point] pairs" % anon_wire.MAX_ANON_BATCH)
+    previous = b""
+    for pair in pairs:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise _bad("a dynamic certificate is [anon-id, point]")
+        anon_id = get_bstr({4: pair[0]}, 4, anon_wire.ANON_ID_LEN, anon_wire.ANON_ID_LEN)
+        point = get_pubkey({5: pair[1]}, 5)
+        if len(pair[1]) != 33:
+            raise _bad("a dynamic certificate's point is compressed (33 bytes)")
+        if anon_id <= previous:
+            raise _bad("dynamic certificates must be sorted by anon-id, without repeats")
+        previous = anon_id
+        if ctx.view.exists(RK.ANON_CERT, anon_id):
+            raise Refusal(Reason.ALREADY_EXISTS, "dynamic certificate %s is already recorded" % anon_id.hex())
+        ctx.view.put(RK.ANON_CERT, anon_id, {1: point, 2: ctx.submitter, 3: ctx.height})
+
+
+def anon_spend(ctx: TxContext) -> None:
+    """Spend a dynamic certificate: its record exists, its secondaryHash is not spent (algorithm 3), and the
+    requester's Schnorr proof verifies against its point for the request's C1."""
+    require_role(ctx, Role.GATEWAY)
+    check_keys(ctx.body, (4, 5, 6))
+    anon_id = get_bstr(ctx.body, 4, anon_wire.ANON_ID_LEN, anon_wire.ANON_ID_LEN)
+    proof = get_bstr(ctx.body, 5, schnorr_zk.PROOF_LEN, schnorr_zk.PROOF_LEN)
+    c1 = get_bstr(ctx.body, 6, 33, 33)
+    cert = ctx.view.get(RK.ANON_CERT, anon_id)
+    if cert is None:
+        raise Refusal(Reason.ANON_UNKNOWN_CERTIFICATE, "no dynamic certificate %s" % anon_id.hex())
+    spent_id = anon_wire.secondary_hash(anon_id)
+    if ctx.view.exists(RK.ANON_SPENT, spent_id):
+        raise Refusal(Reason.ANON_SPENT_SECONDARY, "dynamic certificate already spent")
+    try:
+        schnorr_zk.verify(cert[1], proof, anon_id, anon_wire.proof_context(c1))
+    except LedgerlinkError:
+        raise Refusal(Reason.ANON_BAD_PROOF, "the proof of the certificate's secret does not verify") from None
+    ctx.view.put(RK.ANON_SPENT, spent_id, {1: ctx.submitter, 2: ctx.height, 3: ctx.tx_id})
+
+
 CONTRACTS: dict[int, Callable[[TxContext], None]] = {
     TxKind.REGISTER: register,
     TxKind.ROTATE_KEY: rotate_key,
@@ -322,4 +370,6 @@ CONTRACTS: dict[int, Callable[[TxContext], None]] = {
     TxKind.PROVENANCE: provenance,
     TxKind.COMMUNICATION: communication,
     TxKind.WARNINGS: warnings,
+    TxKind.ANON_CERTS: anon_certs,
+    TxKind.ANON_SPEND: anon_spend,
 }

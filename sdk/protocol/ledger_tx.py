@@ -28,6 +28,8 @@ TX_FIRMWARE = 7
 TX_PROVENANCE = 8
 TX_COMMUNICATION = 9
 TX_WARNINGS = 10
+TX_ANON_CERTS = 20              # anonymous sessions: an owner records a batch of dynamic certificates
+TX_ANON_SPEND = 21              # a fog spends one, with the requester's proof
 
 # First element of the state key preimage cbor([record-kind, id]); the id of each kind follows it.
 RECORD_CHAIN = 0                # 0: chain configuration written at genesis
@@ -40,6 +42,7 @@ RECORD_PROVENANCE = 7           # material-id
 RECORD_COMMUNICATION = 8        # [sender device-id, digest]
 RECORD_WARNING = 9              # [gateway device-id, warning-id]
 RECORD_OFFENCES = 10            # offender (bstr)
+RECORD_ANON_CERT = 20           # anon-id: the point X_k of a dynamic certificate
 
 # ledger-reason: the reasons only the ledger gives (the others are codes.REASON_*)
 REASON_OK = 0
@@ -50,6 +53,12 @@ REASON_BAD_PROOF_OF_POSSESSION = 23
 REASON_ALREADY_EXISTS = 24
 REASON_UNKNOWN_TARGET = 25
 REASON_WRONG_STATUS = 26
+# anonymous sessions, given by the fog (in its encrypted answer) and by the anon-spend contract
+REASON_ANON_UNKNOWN_CERTIFICATE = 60    # no anon-cert record for the id
+REASON_ANON_BAD_PROOF = 61              # the Schnorr proof does not verify
+REASON_ANON_SPENT_PRIMARY = 62          # the fog's primaryHash table holds the certificate (algorithm 2)
+REASON_ANON_SPENT_SECONDARY = 63        # the ledger's secondaryHash table holds it (algorithm 3)
+REASON_ANON_REPLAY = 64                 # the fog saw this request (its C1) before
 _reason_names = None
 
 IMAGE_FIRMWARE = 1
@@ -311,6 +320,20 @@ def provenance_tx(chain_id, priv, material_id, origin, batch, form, produced_ms,
 def communication_tx(chain_id, priv, sender, receiver, msg_type, size, digest, time_ms, **kw):
     fields = {4: bytes(sender), 5: bytes(receiver), 6: msg_type, 7: size, 8: bytes(digest)}
     return build_tx(chain_id, priv, TX_COMMUNICATION, time_ms, fields, **kw)
+
+
+def anon_certs_tx(chain_id, owner_priv, certificates, time_ms, **kw):
+    """anon-certs transaction: the (anon-id, X_k) pairs of a batch, sorted by id (the order tells nothing of
+    which device holds which)."""
+    pairs = sorted([bytes(i), bytes(x)] for i, x in certificates)
+    return build_tx(chain_id, owner_priv, TX_ANON_CERTS, time_ms, {4: pairs}, **kw)
+
+
+def anon_spend_tx(chain_id, fog_priv, anon_id, proof, c1, time_ms, **kw):
+    """anon-spend transaction: the fog spends certificate ``anon_id``; the contract checks ``proof`` against
+    the request's ``c1``."""
+    return build_tx(chain_id, fog_priv, TX_ANON_SPEND, time_ms, {4: bytes(anon_id), 5: bytes(proof), 6: bytes(c1)},
+                    **kw)
 
 
 def warning_entry(warning_id, offender, time_ms, reason, detail=None):
