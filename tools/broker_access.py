@@ -86,7 +86,7 @@ from typing import Any, Iterable
 from ledgerlink.protocol import broker_login
 from ledgerlink.protocol.codes import ROLE_CONTROLLER
 
-ROLES = ("device", "controller", "gateway", "consumer", "operator", "broker-admin")
+ROLES = ("device", "controller", "gateway", "consumer", "operator", "broker-admin", "directory")
 PBKDF2_ITERATIONS = 101                 # mosquitto's own; the passwords are random, see the module docstring
 PASSWORD_BYTES = broker_login.PASSWORD_BYTES
 ADMIN_USER = "ll-broker-admin"
@@ -125,8 +125,12 @@ def consumer_username(site: str) -> str:
     return "ll-app-%s" % site
 
 
-def rules(site: str, username: str, role: str, device: str | None = None) -> list[tuple[str, str]]:
-    """The (kind, topic filter) allowances of one account: kind is send, receive or subscribe."""
+def rules(site: str, username: str, role: str, device: str | None = None,
+          pairs: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """The (kind, topic filter) allowances of one account: kind is send, receive or subscribe. ``pairs``: the
+    devices (hex ids) a device may exchange peer frames with (``ledgerlink.tools.pair_access``)."""
+    from ledgerlink.tools.pair_access import directory_rules, peer_rules
+
     base = "ll/%s" % site
     if role in ("device", "controller"):
         own = "%s/dev/%s" % (base, device)
@@ -135,7 +139,7 @@ def rules(site: str, username: str, role: str, device: str | None = None) -> lis
             out += [(SUBSCRIBE, topic), (RECEIVE, topic)]
         if role == "controller":
             out.append((SEND, base + "/dev/+/cmd"))
-        return out
+        return out + peer_rules(site, device, pairs)
     if role == "gateway":
         out = [(SEND, base + "/dev/+/down"), (SEND, base + "/verified/+"), (SEND, base + "/ledger/header")]
         for level in ("up", "session", "reg", "ask"):
@@ -146,6 +150,8 @@ def rules(site: str, username: str, role: str, device: str | None = None) -> lis
         return [(SUBSCRIBE, base + "/verified/+"), (RECEIVE, base + "/verified/+")]
     if role == "operator":
         return [(SEND, base + "/#"), (SUBSCRIBE, base + "/#"), (RECEIVE, base + "/#")]
+    if role == "directory":
+        return directory_rules(site)
     if role == "broker-admin":
         return [(SEND, DYNSEC_TOPIC), (SUBSCRIBE, DYNSEC_TOPIC + "/response"), (RECEIVE, DYNSEC_TOPIC + "/response")]
     raise AccessError("unknown role %r (one of %s)" % (role, ", ".join(ROLES)))
@@ -521,7 +527,8 @@ class SiteAccess:
                             "roles": [{"rolename": username}]})
             roles.append({"rolename": username, "acls": [
                 {"acltype": _DYNSEC_KINDS[kind], "topic": topic, "allow": True, "priority": 0}
-                for kind, topic in rules(a.get("site", self.site), username, a["role"], a.get("device"))]})
+                for kind, topic in rules(a.get("site", self.site), username, a["role"], a.get("device"),
+                                         a.get("pairs", ()))]})
         return {"defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
                                      "unsubscribe": True},
                 "clients": clients, "groups": [], "roles": roles}
@@ -592,7 +599,8 @@ class SiteAccess:
                 continue
             a = accounts[username]
             if op == "set":
-                acls = _dynsec_acls(rules(a.get("site", self.site), username, a["role"], a.get("device")))
+                acls = _dynsec_acls(rules(a.get("site", self.site), username, a["role"], a.get("device"),
+                                          a.get("pairs", ())))
                 commands += [{"command": "deleteClient", "username": username},
                              {"command": "deleteRole", "rolename": username},
                              {"command": "createRole", "rolename": username, "acls": acls},
@@ -690,7 +698,8 @@ class SiteAccess:
         commands: list[dict[str, Any]] = []
         counts = {"made": 0, "changed": 0, "deleted": 0, "kept": 0}
         for username, (a, password) in sorted(wanted.items()):
-            acls = _dynsec_acls(rules(a.get("site", self.site), username, a["role"], a.get("device")))
+            acls = _dynsec_acls(rules(a.get("site", self.site), username, a["role"], a.get("device"),
+                                      a.get("pairs", ())))
             role = roles.get(username)
             client = clients.get(username)
             before = len(commands)

@@ -73,7 +73,8 @@ class Access:
         gone = [u for u, a in self.accounts.items()
                 if u not in accounts or accounts[u].get("disabled") or accounts[u].get("hash") != a.get("hash")]
         self.site, self.accounts, self._stamp = site, accounts, stamp
-        self.rules = {u: rules(a.get("site", site), u, a["role"], a.get("device")) for u, a in accounts.items()}
+        self.rules = {u: rules(a.get("site", site), u, a["role"], a.get("device"), a.get("pairs", ()))
+                      for u, a in accounts.items()}
         self._receive_cache.clear()
         applied = self.path.with_name(self.path.name + APPLIED_SUFFIX)
         tmp = applied.with_name(applied.name + ".tmp")
