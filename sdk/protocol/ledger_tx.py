@@ -43,6 +43,7 @@ RECORD_COMMUNICATION = 8        # [sender device-id, digest]
 RECORD_WARNING = 9              # [gateway device-id, warning-id]
 RECORD_OFFENCES = 10            # offender (bstr)
 RECORD_ANON_CERT = 20           # anon-id: the point X_k of a dynamic certificate
+RECORD_ANON_SPENT = 21          # secondaryHash of a spent dynamic certificate
 
 # ledger-reason: the reasons only the ledger gives (the others are codes.REASON_*)
 REASON_OK = 0

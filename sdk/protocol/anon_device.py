@@ -1,0 +1,189 @@
+"""The device side of anonymous sessions (docs/protocol.md, "Anonymous sessions"): the dynamic-certificate
+counter, the ECIES-protected request and the check of the fog's answer.
+
+``AnonCounter`` keeps k in a file that is written before a certificate is used, so a reset never reuses
+one: a reused id_k would link two sessions (the fog and the ledger see the same id) and be refused as
+spent. A counter file that is missing, damaged or of another device secret means the counter is lost,
+and the device refuses to make requests until it is provisioned again (a new device secret, whose
+batch the owner records): it cannot learn which of its ids are spent without asking the ledger about
+them, which would link them to the asker, and jumping ahead would only skip into a finite batch.
+
+Portable: runs on CPython and MicroPython (``os.rename`` replaces the file in one step on both).
+"""
+
+import hashlib
+import os
+
+from ledgerlink.core import ecies, schnorr_zk
+from ledgerlink.core.backend import get_backend
+from ledgerlink.core.errors import LedgerlinkError
+from ledgerlink.protocol import anon_wire as aw
+
+COUNTER_FILE_LEN = 12
+
+
+class AnonError(LedgerlinkError):
+    """The device may not make an anonymous request (counter lost, batch used up)."""
+
+
+class AnonRefused(LedgerlinkError):
+    """The fog or the ledger refused the request; ``code`` is the reason code."""
+
+    def __init__(self, code):
+        super().__init__("anonymous request refused with reason %d" % code)
+        self.code = code
+
+
+class AnonSession:
+    """A granted anonymous session: AES-CCM ``key``, ``base_iv``, ``session_id``, ``valid_until_s``, and
+    ``spend_tx`` (the ledger transaction that spent the certificate)."""
+
+    def __init__(self, key, base_iv, session_id, valid_until_s, spend_tx):
+        self.key = key
+        self.base_iv = base_iv
+        self.session_id = session_id
+        self.valid_until_s = valid_until_s
+        self.spend_tx = spend_tx
+
+    def __repr__(self):
+        return "AnonSession(%s)" % self.session_id.hex()
+
+
+def _batch_tag(secret):
+    return hashlib.sha256(aw.COUNTER_DOMAIN + bytes(secret)).digest()[:4]
+
+
+def encode_counter(k, secret):
+    """anon-counter-file = uint32 k || tag (4) || SHA-256(k || tag)[0:4], tag = SHA-256(COUNTER_DOMAIN || s)[0:4]."""
+    body = k.to_bytes(4, "big") + _batch_tag(secret)
+    return body + hashlib.sha256(body).digest()[:4]
+
+
+def decode_counter(data, secret):
+    """k of a counter file of ``secret``; None when it is damaged or belongs to another secret."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) != COUNTER_FILE_LEN:
+        return None
+    body = bytes(data[:8])
+    if hashlib.sha256(body).digest()[:4] != bytes(data[8:]) or body[4:] != _batch_tag(secret):
+        return None
+    return int.from_bytes(body[:4], "big")
+
+
+class AnonCounter:
+    """The counter k of the device secret's certificates, in the file ``path``; fails closed."""
+
+    def __init__(self, path, secret):
+        self.path = path
+        self.secret = secret
+
+    def provision(self):
+        """Start at k = 0: called once when the owner records the batch of this secret."""
+        self._write(0)
+
+    def last(self):
+        """The last k used; AnonError when the file is lost or damaged."""
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except OSError:
+            data = None
+        k = decode_counter(data, self.secret)
+        if k is None:
+            raise AnonError("the certificate counter is lost: provision the device again")
+        return k
+
+    def take(self):
+        """The next k, stored before it is returned."""
+        k = self.last() + 1
+        self._write(k)
+        return k
+
+    def _write(self, k):
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(encode_counter(k, self.secret))
+        os.rename(tmp, self.path)
+
+
+class AnonRequest:
+    """A request made: its wire ``topic`` and ``payload``, the ``reply_topic`` to read, and what checks the answer."""
+
+    def __init__(self, topic, payload, reply_topic, response_keys, anon_id, k):
+        self.topic = topic
+        self.payload = payload
+        self.reply_topic = reply_topic
+        self.response_keys = response_keys
+        self.anon_id = anon_id
+        self.k = k
+
+
+def build_request(site, device_id, identity_priv, secret, k, fog_public, cloud_public, time_ms, rng, backend=None):
+    """The anon-request of certificate ``k``: ECIES to the fog (C1 = e*G), the Schnorr proof of x_k bound to
+    C1, and the escrow (device id and its signature over C1 and id_k) sealed to the cloud under the same e."""
+    crypto = get_backend(backend)
+    e, c1 = ecies.ephemeral(rng)
+    z_fog = ecies.shared(e, fog_public, crypto)
+    z_cloud = ecies.shared(e, cloud_public, crypto)
+    e = None
+    id_k = aw.anon_id(secret, k)
+    proof = schnorr_zk.prove(aw.anon_secret(secret, k), id_k, aw.proof_context(c1), rng)
+    signature = crypto.sign(identity_priv, aw.escrow_message(c1, id_k))
+    escrow = ecies.seal(ecies.derive(z_cloud, c1, aw.ESCROW_INFO, crypto),
+                        aw.encode_escrow_plain(device_id, signature), c1, crypto)
+    reply_tag = rng(aw.REPLY_TAG_LEN)
+    topic = aw.request_topic(site)
+    body = aw.encode_request_body(id_k, proof, time_ms, reply_tag, escrow)
+    c2, c3 = ecies.seal(ecies.derive(z_fog, c1, aw.REQUEST_INFO, crypto), body, topic.encode(), crypto)
+    return AnonRequest(topic, aw.encode_request(c1, c2, c3), aw.reply_topic(site, reply_tag),
+                       ecies.derive(z_fog, c1, aw.RESPONSE_INFO, crypto), id_k, k)
+
+
+def check_response(request, payload, backend=None):
+    """The AnonSession the fog granted to ``request``; AnonRefused with the reason code, or
+    InvalidTag/DecodeError/InvalidMessage for an answer that is not the fog's to this request."""
+    c2, c3 = aw.decode_response(payload)
+    body = ecies.open_sealed(request.response_keys, c2, c3, request.reply_topic.encode(), backend)
+    result, granted = aw.decode_response_body(body)
+    if result != aw.RESULT_OK:
+        raise AnonRefused(result)
+    return AnonSession(*granted)
+
+
+class AnonDevice:
+    """A device's anonymous mode: ``request(time_ms)`` takes the next certificate, ``check_response`` reads
+    the answer. ``batch_last`` is the last k its owner recorded; past it the device must be provisioned."""
+
+    def __init__(self, site, device_id, identity_priv, secret, counter, batch_last, fog_public, cloud_public,
+                 rng, backend=None):
+        if not isinstance(secret, bytes) or len(secret) != aw.SECRET_LEN:
+            raise AnonError("the device secret must be 32 bytes")
+        self.site = site
+        self.device_id = device_id
+        self._identity = identity_priv
+        self._secret = secret
+        self.counter = counter
+        self.batch_last = batch_last
+        self.fog_public = fog_public
+        self.cloud_public = cloud_public
+        self.rng = rng
+        self.backend = backend
+        self.pending = None
+
+    def request(self, time_ms):
+        """A new anon-request (a newer one replaces a pending one); AnonError when the counter is lost or
+        the batch is used up."""
+        if self.counter.last() >= self.batch_last:
+            raise AnonError("every certificate of the batch is used: provision the device again")
+        k = self.counter.take()
+        self.pending = build_request(self.site, self.device_id, self._identity, self._secret, k, self.fog_public,
+                                     self.cloud_public, time_ms, self.rng, self.backend)
+        return self.pending
+
+    def check_response(self, payload):
+        """The granted AnonSession (the pending request is then done); raises as ``check_response``."""
+        if self.pending is None:
+            raise AnonError("no anonymous request is pending")
+        session = check_response(self.pending, payload, self.backend)
+        self.pending = None
+        return session
+

@@ -1,0 +1,226 @@
+"""Anonymous sessions end to end: the honest run, each refusal with its reason code, the counter failing
+closed, and who can de-anonymize."""
+
+import pytest
+
+from ledgerlink.core import cbor, cose, ecies, schnorr_zk
+from ledgerlink.core.errors import InvalidSignature, InvalidTag, LedgerlinkError
+from ledgerlink.gateway.anon_fog import AnonRefused, AnonReply, AnonSpend
+from ledgerlink.ledger.state import Reason, RecordKind as RK, TxKind
+from ledgerlink.protocol import anon_device, anon_wire
+from ledgerlink.protocol.codes import REASON_BAD_TAG, REASON_CLOCK_SKEW, REASON_MALFORMED
+from ledgerlink.protocol.ledger_tx import anon_certs_tx, anon_spend_tx
+from tests.anon.site import BATCH, SITE, Rng, Site, secret_of
+
+
+@pytest.fixture
+def site(tmp_path):
+    return Site(tmp_path, fogs=2)
+
+
+def test_honest_session_gives_device_and_cloud_one_key_and_the_cloud_the_device(site):
+    out = site.session("devA")
+    assert out.refused is None
+    s, c = out.session, out.cloud_session
+    assert (s.key, s.base_iv, s.session_id, s.valid_until_s) == (c.key, c.base_iv, c.session_id, c.valid_until_s)
+    assert site.cloud.deanonymize(c) == site.net["devA"].id
+    spent = site.state.get_record(RK.ANON_SPENT, anon_wire.secondary_hash(anon_wire.anon_id(secret_of("devA"), 1)))
+    assert spent[1] == site.net["gateway"].id and spent[3] == s.spend_tx
+    second = site.session("devA")
+    assert second.refused is None and second.session.key != s.key
+    assert site.cloud.deanonymize(second.cloud_session) == site.net["devA"].id
+    assert site.devices["devA"].counter.last() == 2
+
+
+def _again(site, name, k, fog):
+    dev = site.devices[name]
+    now = site.tick()
+    return anon_device.build_request(SITE, dev.device_id, dev._identity, dev._secret, k, site.fogs[fog].public_key,
+                                     site.cloud.public_key, now, Rng("again/%s/%d/%d" % (name, fog, now)),
+                                     site.net.backend)
+
+
+def test_certificate_used_twice_at_one_fog_is_refused_by_its_primary_hash_table(site):
+    assert site.session("devA").refused is None
+    out = site.submit("devA", _again(site, "devA", 1, 0))
+    assert out.refused == Reason.ANON_SPENT_PRIMARY and out.session is None and out.cloud_session is None
+    assert not any(isinstance(e, AnonSpend) for e in out.fog_effects)        # the ledger was not asked
+
+
+def test_certificate_used_again_at_another_fog_is_refused_by_the_ledger_secondary_hash(site):
+    assert site.session("devA").refused is None
+    out = site.submit("devA", _again(site, "devA", 1, 1), fog=1)
+    assert any(isinstance(e, AnonSpend) for e in out.fog_effects)            # fog 1's own table is empty
+    assert out.refused == Reason.ANON_SPENT_SECONDARY and out.session is None and out.cloud_session is None
+    # the answer reaches the device encrypted, with the ledger's reason
+    reply = [e for e in out.fog_effects if isinstance(e, AnonReply)]
+    assert len(reply) == 1 and reply[0].topic.startswith("ll/%s/anon/rsp/" % SITE)
+
+
+def _forged(site, name, k, proof_of):
+    """A request for id_k whose proof is made with the secret ``proof_of(s, k)`` (not x_k)."""
+    real = anon_wire.anon_secret
+
+    def fake(secret, kk):
+        return proof_of(secret, kk) if kk == k else real(secret, kk)
+
+    anon_wire.anon_secret = fake
+    try:
+        return _again(site, name, k, 0)
+    finally:
+        anon_wire.anon_secret = real
+
+
+def test_forged_proof_is_refused_by_the_fog_and_by_the_contract(site):
+    forged = _forged(site, "devA", 1, lambda s, k: bytes(31) + b"\x07")
+    out = site.submit("devA", forged)
+    assert out.refused == Reason.ANON_BAD_PROOF and out.session is None
+    # the forged proof did not burn the certificate: the device's honest request still passes
+    assert site.session("devA").refused is None
+    # the contract checks the proof itself, whatever a fog says
+    bad = anon_spend_tx(site.net.chain_id, site.net["gateway"].priv, anon_wire.anon_id(secret_of("devB"), 1),
+                        bytes(65), bytes([2]) + bytes(32), site.tick(), nonce=site.net.nonce())
+    c1 = ecies.ephemeral(Rng("c1"))[1]
+    other = anon_wire.anon_secret(secret_of("devB"), 2)
+    wrong = anon_spend_tx(site.net.chain_id, site.net["gateway"].priv, anon_wire.anon_id(secret_of("devB"), 1),
+                          schnorr_zk.prove(other, anon_wire.anon_id(secret_of("devB"), 1), anon_wire.proof_context(c1),
+                                           Rng("p")), c1, site.tick(), nonce=site.net.nonce())
+    assert [r.code for r in site.net.block(site.state, [bad, wrong], site.time_ms)] == [Reason.ANON_BAD_PROOF] * 2
+
+
+def test_wrong_counter_is_refused(site):
+    # the secret of the next counter behind this counter's id: the proof does not verify
+    out = site.submit("devA", _forged(site, "devA", 1, lambda s, k: anon_wire.anon_secret(s, k + 1)))
+    assert out.refused == Reason.ANON_BAD_PROOF
+    # a counter past the recorded batch: no certificate
+    out = site.submit("devA", _again(site, "devA", BATCH + 1, 0))
+    assert out.refused == Reason.ANON_UNKNOWN_CERTIFICATE
+    spend = anon_spend_tx(site.net.chain_id, site.net["gateway"].priv, anon_wire.anon_id(secret_of("devA"), BATCH + 1),
+                          bytes(65), bytes(33), site.tick(), nonce=site.net.nonce())
+    assert site.net.block(site.state, [spend], site.time_ms)[0].code == Reason.ANON_UNKNOWN_CERTIFICATE
+
+
+def test_replayed_request_is_refused_silently(site):
+    request = site.devices["devB"].request(site.tick())
+    assert site.submit("devB", request).refused is None
+    effects = site.fogs[0].on_request(request.topic, request.payload, site.tick())
+    assert [type(e) for e in effects] == [AnonRefused] and effects[0].reason == Reason.ANON_REPLAY
+    # once the fog has forgotten its C1, the request's time is too old
+    effects = site.fogs[0].on_request(request.topic, request.payload, site.time_ms + 61_000)
+    assert effects[0].reason == REASON_CLOCK_SKEW
+
+
+def test_altered_or_misdirected_requests_are_refused(site):
+    request = site.devices["devC"].request(site.tick())
+    c1, c2, c3 = anon_wire.decode_request(request.payload)
+    flipped = anon_wire.encode_request(c1, c2[:-1] + bytes([c2[-1] ^ 1]), c3)
+    assert site.fogs[0].on_request(request.topic, flipped, site.tick())[0].reason == REASON_BAD_TAG
+    assert site.fogs[0].on_request(request.topic, b"\xa0", site.tick())[0].reason == REASON_MALFORMED
+    assert site.fogs[0].on_request("ll/other/anon/req", request.payload, site.tick())[0].reason == REASON_MALFORMED
+    # a request sealed to another fog's key does not open here
+    stranger = anon_device.build_request(SITE, site.net["devC"].id, site.net["devC"].priv, secret_of("devC"), 2,
+                                         site.cloud.public_key, site.cloud.public_key, site.tick(), Rng("x"))
+    assert site.fogs[0].on_request(stranger.topic, stranger.payload, site.tick())[0].reason == REASON_BAD_TAG
+    assert site.submit("devC", request).refused is None                   # the original still passes
+
+
+def test_counter_persists_and_fails_closed(site, tmp_path):
+    path = str(tmp_path / "devA.counter")
+    site.session("devA")
+    assert anon_device.AnonCounter(path, secret_of("devA")).last() == 1      # a restart reads k back
+    with pytest.raises(anon_device.AnonError):
+        anon_device.AnonCounter(path, secret_of("devB")).last()              # a file of another secret
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(anon_device.AnonError):
+        site.devices["devA"].request(site.tick())                            # damaged: refused
+    import os
+    os.remove(path)
+    with pytest.raises(anon_device.AnonError):
+        site.devices["devA"].request(site.tick())                            # lost: refused
+    anon_device.AnonCounter(path, secret_of("devA")).provision()
+    for _ in range(BATCH):
+        site.devices["devA"].counter.take()
+    with pytest.raises(anon_device.AnonError):
+        site.devices["devA"].request(site.tick())                            # batch used up
+
+
+def test_only_the_cloud_can_deanonymize(site):
+    out = site.session("devB")
+    grant = cose.decode_sign1([p for t, p in out.broker if t.endswith("/anon/cloud")][0])
+    _, box, c1, escrow, _, _, anon_id = anon_wire.decode_grant_payload(grant.payload)
+    assert site.cloud.deanonymize(out.cloud_session) == site.net["devB"].id
+    # every private key the fog, the gateways, the admin and the devices hold: none opens the escrow or the key box
+    others = [site.net[n].priv for n in ("fog-ecies", "gateway", "gateway2", "admin", "devA", "devB", "devC")]
+    for priv in others:
+        with pytest.raises(LedgerlinkError):
+            ecies.open_sealed(ecies.derive(ecies.shared(priv, c1), c1, anon_wire.ESCROW_INFO), *escrow, c1)
+        with pytest.raises(LedgerlinkError):
+            ecies.decrypt(priv, box[0], box[1], box[2], anon_wire.GRANT_INFO, out.cloud_session.session_id)
+    # the cloud's escrow key does both
+    assert ecies.decrypt(site.cloud_priv, box[0], box[1], box[2], anon_wire.GRANT_INFO,
+                         out.cloud_session.session_id)[:16] == out.session.key
+
+
+def test_a_device_cannot_frame_another_in_the_escrow(site):
+    dev = site.devices["devC"]
+    dev.device_id = site.net["devA"].id                 # claims to be A, signs with its own key
+    out = site.session("devC")
+    assert out.refused is None
+    with pytest.raises(InvalidSignature):
+        site.cloud.deanonymize(out.cloud_session)
+
+
+def test_grants_from_unknown_fogs_or_altered_are_refused(site):
+    out = site.session("devA")
+    grant = [p for t, p in out.broker if t.endswith("/anon/cloud")][0]
+    with pytest.raises(LedgerlinkError):
+        site.cloud.on_grant(grant[:-1] + bytes([grant[-1] ^ 1]))
+    msg = cose.decode_sign1(grant)
+    forged = cose.sign1(msg.payload, site.net["admin"].priv, site.net["gateway"].id, anon_wire.GRANT_AAD)
+    with pytest.raises(LedgerlinkError):
+        site.cloud.on_grant(forged)
+
+
+def test_anon_certs_contract_refusals(site):
+    batch = anon_wire.certificate_batch(secret_of("new"), 1, 3)
+    net = site.net
+    ok = anon_certs_tx(net.chain_id, net["admin"].priv, batch, site.tick(), nonce=net.nonce())
+    by_gateway = anon_certs_tx(net.chain_id, net["gateway"].priv, batch, site.time_ms, nonce=net.nonce())
+    pairs = sorted([list(p) for p in anon_wire.certificate_batch(secret_of("other"), 1, 3)])
+    unsorted = net.tx("admin", TxKind.ANON_CERTS, {4: pairs[::-1]})
+    repeated = net.tx("admin", TxKind.ANON_CERTS, {4: [pairs[0], pairs[0]]})
+    uncompressed = net.tx("admin", TxKind.ANON_CERTS, {4: [[pairs[0][0], bytes(65)]]})
+    off_curve = net.tx("admin", TxKind.ANON_CERTS, {4: [[pairs[0][0], b"\x02" + (1).to_bytes(32, "big")]]})
+    empty = net.tx("admin", TxKind.ANON_CERTS, {4: []})
+    again = anon_certs_tx(net.chain_id, net["admin"].priv, batch[:1], site.time_ms, nonce=net.nonce())
+    codes = [r.code for r in net.block(site.state, [ok, by_gateway, unsorted, repeated, uncompressed, off_curve,
+                                                    empty, again], site.time_ms)]
+    assert codes == [0, Reason.NOT_AUTHORIZED] + [Reason.INVALID_FIELD] * 5 + [Reason.ALREADY_EXISTS]
+    assert site.state.get_record(RK.ANON_CERT, batch[0][0]) == {1: batch[0][1], 2: net["admin"].id,
+                                                                  3: site.state.height}
+
+
+def test_spend_by_a_non_gateway_is_refused(site):
+    dev = site.devices["devA"]
+    request = dev.request(site.tick())
+    effects = site.fogs[0].on_request(request.topic, request.payload, site.tick())
+    body = cbor.loads(cose.decode_sign1(effects[0].tx).payload)
+    tx = anon_spend_tx(site.net.chain_id, site.net["admin"].priv, body[4], body[5], body[6], site.time_ms,
+                       nonce=site.net.nonce())
+    assert site.net.block(site.state, [tx], site.time_ms)[0].code == Reason.NOT_AUTHORIZED
+    assert site.net.block(site.state, [effects[0].tx], site.time_ms)[0].code == 0
+    # the same spend once more (a new transaction): the secondaryHash refuses it
+    again = anon_spend_tx(site.net.chain_id, site.net["gateway2"].priv, body[4], body[5], body[6], site.time_ms,
+                          nonce=site.net.nonce())
+    assert site.net.block(site.state, [again], site.time_ms)[0].code == Reason.ANON_SPENT_SECONDARY
+
+
+def test_answer_is_checked_against_the_request(site):
+    first = site.devices["devA"].request(site.tick())
+    out = site.submit("devA", first)
+    second = site.devices["devA"].request(site.tick())
+    reply = [p for t, p in out.broker if t == first.reply_topic][0]
+    with pytest.raises(InvalidTag):
+        anon_device.check_response(second, reply)          # another request's answer does not open
+    assert isinstance(out.session, anon_device.AnonSession)
