@@ -228,19 +228,28 @@ def cert_record(ctx: TxContext) -> None:
 
 
 def firmware(ctx: TxContext) -> None:
+    """An image record; with a sequence (field 9), the record of an update manifest, whose sequence must be
+    above the latest release of its class and component."""
     require_role(ctx, Role.MAINTENANCE)
-    check_keys(ctx.body, (4, 5, 6, 7), (8,))
+    check_keys(ctx.body, (4, 5, 6, 7), (8, 9))
     image_hash = get_bstr(ctx.body, 4, 32, 32)
     version = get_tstr(ctx.body, 5, 1, MAX_ID)
     device_class = get_tstr(ctx.body, 6, 1, MAX_ID)
-    image_type = get_uint(ctx.body, 7, ImageType.FIRMWARE, ImageType.CONFIGURATION)
+    image_type = get_uint(ctx.body, 7, ImageType.FIRMWARE, ImageType.APP_LIBRARY)
     if ctx.view.exists(RK.FIRMWARE, image_hash):
         raise Refusal(Reason.ALREADY_EXISTS, "image %s is already recorded" % image_hash.hex())
     rec = {1: image_type, 2: version, 3: device_class, 5: ctx.submitter, 6: ctx.height, 7: ctx.block_time}
+    latest = {1: image_hash, 2: version, 3: ctx.height}
     if 8 in ctx.body:
         rec[4] = get_uint(ctx.body, 8)
+    if 9 in ctx.body:
+        sequence = get_uint(ctx.body, 9, 1)
+        prev = ctx.view.get(RK.FIRMWARE_LATEST, [image_type, device_class])
+        if prev is not None and sequence <= prev.get(4, 0):
+            raise _bad("sequence %d is not above the latest release's %d" % (sequence, prev[4]))
+        rec[8] = latest[4] = sequence
     ctx.view.put(RK.FIRMWARE, image_hash, rec)
-    ctx.view.put(RK.FIRMWARE_LATEST, [image_type, device_class], {1: image_hash, 2: version, 3: ctx.height})
+    ctx.view.put(RK.FIRMWARE_LATEST, [image_type, device_class], latest)
 
 
 # -- manufacturing records ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The numbers and strings of docs/protocol.md that a device sends, reads or checks, and the device-id rule.
 
-Codes only gateways and ledger nodes use (the other tx and record kinds, the ledger-only reasons, image
-types) are in ``ledger_tx``, which a board never imports: every name here costs a board heap. A group's
+Codes only gateways and ledger nodes use (the other tx and record kinds, the ledger-only reasons) are in
+``ledger_tx``, which a board never imports: every name here costs a board heap. A group's
 names share a prefix that no other integer uses, in either module: ``KIND_`` (gateway-reply kinds),
 ``REASON_`` (refusal reasons), ``TX_`` (tx kinds), ``RECORD_`` (state record kinds), ``ROLE_``, ``STATUS_``
 (device status), ``IMAGE_`` (firmware image types); the ledger's IntEnum views are built from them.
@@ -46,6 +46,12 @@ STATUS_BANNED = 2
 
 TX_ANCHOR = 5                   # the tx a receipt proves
 RECORD_DEVICE = 1               # the record a record proof shows; id device-id
+RECORD_FIRMWARE = 5             # image or update-manifest digest: the record an update offer proves
+
+# image types, also the update-manifest components (docs/protocol.md, "Updates")
+IMAGE_FIRMWARE = 1
+IMAGE_CONFIGURATION = 2
+IMAGE_APP_LIBRARY = 3
 
 DEVICE_ID_LEN = 16
 NONCE_LEN = 16                  # tx nonces and session-request nonces

@@ -36,8 +36,7 @@ RECORD_CHAIN = 0                # 0: chain configuration written at genesis
 RECORD_NONCE = 2                # [submitter device-id, nonce]; RECORD_DEVICE (1) is in codes
 RECORD_ANCHOR = 3               # [gateway device-id, batch-id]
 RECORD_CERT = 4                 # SHA-256 of the ecqv-cert bytes
-RECORD_FIRMWARE = 5             # image hash
-RECORD_FIRMWARE_LATEST = 6      # [image-type, device-class]
+RECORD_FIRMWARE_LATEST = 6      # [image-type, device-class]; RECORD_FIRMWARE (5) is in codes
 RECORD_PROVENANCE = 7           # material-id
 RECORD_COMMUNICATION = 8        # [sender device-id, digest]
 RECORD_WARNING = 9              # [gateway device-id, warning-id]
@@ -61,9 +60,6 @@ REASON_ANON_SPENT_PRIMARY = 62          # the fog's primaryHash table holds the 
 REASON_ANON_SPENT_SECONDARY = 63        # the ledger's secondaryHash table holds it (algorithm 3)
 REASON_ANON_REPLAY = 64                 # the fog saw this request (its C1) before
 _reason_names = None
-
-IMAGE_FIRMWARE = 1
-IMAGE_CONFIGURATION = 2
 
 
 def reason_name(code):
@@ -305,10 +301,13 @@ def cert_record_tx_for(chain_id, issuer_priv, cert_bytes, time_ms, **kw):
 
 
 def firmware_tx(chain_id, maintenance_priv, image_hash, version, device_class, image_type, time_ms, size=None,
-                **kw):
+                sequence=None, **kw):
+    """A firmware record; with ``sequence``, the record of an update manifest whose digest is ``image_hash``."""
     fields = {4: bytes(image_hash), 5: version, 6: device_class, 7: image_type}
     if size is not None:
         fields[8] = size
+    if sequence is not None:
+        fields[9] = sequence
     return build_tx(chain_id, maintenance_priv, TX_FIRMWARE, time_ms, fields, **kw)
 
 

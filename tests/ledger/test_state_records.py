@@ -154,7 +154,7 @@ def test_firmware_refusals(net, state):
     assert codes(net.block(state, [_fw(net, "maintenance", h("fw1"))])) == [0]
     txs = [
         _fw(net, "maintenance", h("fw1"), "2.0"),
-        _fw(net, "maintenance", h("fw2"), image_type=3),
+        _fw(net, "maintenance", h("fw2"), image_type=4),
         _fw(net, "maintenance", h("fw2"), version=""),
         _fw(net, "maintenance", h("fw2"), cls="c" * 65),
         _fw(net, "maintenance", h("fw2")[:20]),

@@ -1,0 +1,117 @@
+"""The checks of an update offer a device makes before it takes one byte of payload (docs/protocol.md, "Updates").
+
+An offer is ``{1: signed manifest, 2: record proof of the signer's device record, 3: record proof of the
+manifest's ledger record}``. ``check_offer`` runs, in this order: the signer is a maintenance device whose
+active record a proof against a 2f+1 certified header shows, and the manifest's signature verifies with
+that record's key; the ledger holds the manifest digest's record (proved the same way), naming the same
+component, class, sequence, size and signer; the manifest is for this device's class. The sequence,
+dependency, size and digest checks need the device's state and are made by ``update_agent``.
+
+Each refusal is an ``UpdateRefused`` with a reason code ``UPDATE_*`` (docs/protocol.md, ``update-reason``).
+Protects against: a key that is not (or no longer) a maintenance key; a manifest not released on the
+ledger; a lying ledger node, gateway or broker (any proof that does not check against 2f+1 validators);
+a release for another class of device.
+"""
+
+from ledgerlink.core import cbor
+from ledgerlink.core.errors import LedgerlinkError
+from ledgerlink.protocol import spv
+from ledgerlink.protocol.codes import RECORD_DEVICE, RECORD_FIRMWARE, ROLE_MAINTENANCE, STATUS_ACTIVE
+
+# update-reason: why a device refused an update or gave up a new version (docs/protocol.md)
+UPDATE_MALFORMED = 1            # offer, manifest or stored state of the download does not decode
+UPDATE_UNTRUSTED_SIGNER = 2     # the signer's record is absent, not a maintenance key or not active
+UPDATE_BAD_SIGNATURE = 3
+UPDATE_BAD_PROOF = 4            # a record proof does not check against a 2f+1 certified header
+UPDATE_NOT_ON_LEDGER = 5        # no ledger record of the manifest digest, or one that says otherwise
+UPDATE_WRONG_CLASS = 6
+UPDATE_UNSUPPORTED = 7          # a component this device does not install
+UPDATE_STALE_SEQUENCE = 8       # sequence not above the one the device accepted last
+UPDATE_STATE_UNREADABLE = 9     # the device's update state is missing or damaged: nothing is installed
+UPDATE_DEPENDENCY = 10          # a dependency is not the manifest of an installed component
+UPDATE_BUSY = 11                # an update of the component awaits its check-in
+UPDATE_SIZE = 12                # payload shorter or longer than the manifest says
+UPDATE_DIGEST = 13
+UPDATE_WRITE_FAILED = 14        # storing or switching failed; the running version stays
+UPDATE_ROLLED_BACK = 15         # the new version did not check in within its deadline
+
+OFFER_MAX = 8192                # bytes of an update offer (a manifest and two record proofs)
+
+
+class UpdateRefused(LedgerlinkError):
+    """An update refused with ``code`` (``UPDATE_*``) and ``reason`` (text); nothing of it was installed."""
+
+    def __init__(self, code, reason):
+        LedgerlinkError.__init__(self, "update refused (%d): %s" % (code, reason))
+        self.code = code
+        self.reason = reason
+
+
+def encode_offer(signed_manifest, signer_proof, manifest_proof):
+    """An update offer from the signed manifest and the two record proofs (maps or CBOR bytes)."""
+    def obj(p):
+        return cbor.loads(bytes(p), max_depth=12) if isinstance(p, (bytes, bytearray)) else p
+    return cbor.dumps({1: bytes(signed_manifest), 2: obj(signer_proof), 3: obj(manifest_proof)})
+
+
+def _decode_offer(data):
+    try:
+        if len(data) > OFFER_MAX:
+            raise UpdateRefused(UPDATE_MALFORMED, "offer of %d bytes exceeds %d" % (len(data), OFFER_MAX))
+        offer = cbor.loads(bytes(data), max_depth=14)
+    except (LedgerlinkError, TypeError) as exc:
+        if isinstance(exc, UpdateRefused):
+            raise
+        raise UpdateRefused(UPDATE_MALFORMED, "offer does not decode: %s" % exc)
+    if not isinstance(offer, dict) or sorted(offer) != [1, 2, 3] or not isinstance(offer[1], bytes):
+        raise UpdateRefused(UPDATE_MALFORMED, "offer must be {1: signed manifest, 2: proof, 3: proof}")
+    return offer
+
+
+def _proven(proof, chain_id, validator_keys, expected_key, what, backend):
+    """The decoded record (or None when proven absent) a record proof shows under ``expected_key``."""
+    try:
+        _, key, value = spv.verify_record_proof(proof, chain_id, validator_keys, backend)
+        if key != expected_key:
+            raise UpdateRefused(UPDATE_BAD_PROOF, "the %s proof is for another record" % what)
+        record = None if value is None else cbor.loads(value, max_depth=8)
+    except (LedgerlinkError, TypeError) as exc:
+        if isinstance(exc, UpdateRefused):
+            raise
+        raise UpdateRefused(UPDATE_BAD_PROOF, "the %s proof does not check: %s" % (what, exc))
+    if record is not None and not isinstance(record, dict):
+        raise UpdateRefused(UPDATE_BAD_PROOF, "the %s record is not a map" % what)
+    return record
+
+
+def check_offer(data, chain_id, validator_keys, device_class, backend=None):
+    """The ``update_manifest.Signed`` of an offer that passes the signer, signature, ledger and class
+    checks, in that order; UpdateRefused otherwise."""
+    from ledgerlink.protocol import update_manifest
+
+    offer = _decode_offer(data)
+    try:
+        signed = update_manifest.Signed(offer[1])
+    except (LedgerlinkError, TypeError) as exc:
+        raise UpdateRefused(UPDATE_MALFORMED, "signed manifest does not decode: %s" % exc)
+    m = signed.manifest
+    signer = _proven(offer[2], chain_id, validator_keys, spv.state_key(RECORD_DEVICE, signed.signer), "signer",
+                     backend)
+    if signer is None:
+        raise UpdateRefused(UPDATE_UNTRUSTED_SIGNER, "the ledger has no device %s" % signed.signer.hex())
+    if signer.get(1) != signed.signer or signer.get(3) != ROLE_MAINTENANCE or signer.get(5) != STATUS_ACTIVE:
+        raise UpdateRefused(UPDATE_UNTRUSTED_SIGNER, "device %s is not an active maintenance key" % signed.signer.hex())
+    if not isinstance(signer.get(2), bytes) or not signed.verify(signer[2], backend):
+        raise UpdateRefused(UPDATE_BAD_SIGNATURE, "the manifest's signature does not verify with the signer's key")
+    record = _proven(offer[3], chain_id, validator_keys, spv.state_key(RECORD_FIRMWARE, signed.digest), "manifest",
+                     backend)
+    if record is None:
+        raise UpdateRefused(UPDATE_NOT_ON_LEDGER, "manifest %s is not recorded on the ledger" % signed.digest.hex())
+    if (record.get(1) != m.component or record.get(3) != m.device_class or record.get(8) != m.sequence
+            or record.get(5) != signed.signer or record.get(4, m.size) != m.size):
+        raise UpdateRefused(UPDATE_NOT_ON_LEDGER, "the ledger's record of manifest %s says otherwise"
+                            % signed.digest.hex())
+    if m.device_class != device_class:
+        raise UpdateRefused(UPDATE_WRONG_CLASS, "manifest is for class %r, this device is %r"
+                            % (m.device_class, device_class))
+    return signed
