@@ -332,3 +332,19 @@ def test_dkg_refuses_malformed_broadcasts():
     with pytest.raises(frost.DealerError, match="differs"):
         swapped = [broadcasts[0], broadcasts[1], frost.dkg_round1(3, 3, 2, rng)[1]]
         frost.dkg_finish(states[1], swapped, {2: outgoing[2][1], 3: outgoing[3][1]})
+
+
+@settings(max_examples=15, deadline=None)
+@given(count=st.integers(1, 9), seed=st.integers(0, 2 ** 32))
+def test_group_commitment_equals_the_plain_sum(count, seed):
+    """The interleaved multi-scalar group commitment against one multiplication per signer."""
+    rng = seeded_rng(seed)
+    commitments = [[i, frost.verifying_share(frost._random_scalar(rng)), frost.verifying_share(frost._random_scalar(rng))]
+                   for i in range(1, count + 1)]
+    decoded = frost.decode_commitments(commitments)
+    factors = {i: int.from_bytes(rng(32), "big") % p256.N for i in range(1, count + 1)}
+    factors[1] = 0 if seed % 3 == 0 else factors[1]
+    plain = None
+    for index, hiding, binding, _ in decoded:
+        plain = p256.add(plain, p256.add(hiding, p256.mul_vartime(factors[index], binding)))
+    assert frost._group_commitment(decoded, factors) == plain
