@@ -230,7 +230,7 @@ def _body(payload):
         body = cbor.loads(payload, max_depth=4)
     except LedgerlinkError as exc:
         raise PeerError("malformed", "signed body is not CBOR: %s" % exc)
-    if not isinstance(body, dict) or sorted(body) != [1, 2, 3, 4, 5]:
+    if not isinstance(body, dict) or len(body) != 5 or not all(k in (1, 2, 3, 4, 5) for k in body):
         raise PeerError("malformed", "signed body must have fields 1 to 5")
     for key, size in ((1, ID_LEN), (2, ID_LEN), (3, SESSION_ID_LEN), (4, EPHEMERAL_LEN)):
         if not isinstance(body[key], bytes) or len(body[key]) != size:
