@@ -436,6 +436,11 @@ class UpdateAgent:
         self._received = 0
 
     @property
+    def pending_digest(self):
+        """The manifest digest of the download under way, or None."""
+        return None if self._pending is None or self._pending[1] is None else self._pending[1].digest
+
+    @property
     def pending(self):
         """The Manifest of the download under way, or None."""
         return None if self._pending is None else self._pending[1].manifest

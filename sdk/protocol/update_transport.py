@@ -1,0 +1,206 @@
+"""Updates over MQTT (docs/protocol.md, "Updates"): the device's status and chunk requests, the publisher's
+offers and chunks, and both ends' logic without I/O.
+
+Topics, under the device's own prefix ``ll/<site>/dev/<device-id>/``: the device sends ``upd``
+(``update-request``: its status, or a request for chunks) and receives ``fw`` (``update-message``: an
+offer, or a chunk); the broker lets only the device send on its ``upd`` and only the site's gateway on
+its ``fw``. Nothing here is trusted by the device: every offer goes through ``update_check`` and every
+payload through the digest of its signed manifest (``update_agent``).
+
+``UpdateClient`` (device): ``status()`` at each start and after each change; ``handle(payload)`` for
+each ``fw`` message, returning the requests to send. ``UpdatePublisher`` (gateway side): the releases
+it serves (``add``), the device's status (``status_of``), and the answers to each request.
+"""
+
+from ledgerlink.core import cbor
+from ledgerlink.core.errors import LedgerlinkError
+from ledgerlink.protocol import update_check as uc
+
+UP_LEAF = "upd"                 # device -> publisher
+DOWN_LEAF = "fw"                # publisher -> device
+MSG_STATUS = 1                  # [1, update-status]
+MSG_CHUNKS = 2                  # [2, manifest-digest, first chunk, count]
+MSG_OFFER = 1                   # [1, update-offer]
+MSG_CHUNK = 2                   # [2, manifest-digest, index, bytes]
+CHUNK_WINDOW = 4                # chunks asked for at a time (a board holds one at a time)
+MESSAGE_MAX = 8192 + 64
+
+
+REFUSALS_KEPT = 4
+
+
+def encode_status(device_class, running, refusals=()):
+    """update-status: {1: class, 2: {component: [sequence, manifest digest/null, version/null, trial]},
+    ? 3: [+ [reason, manifest digest/null]]} (the last refusals, newest last)."""
+    status = {1: device_class, 2: {c: [e["sequence"], e["digest"], e["version"], e["trial"]] for c, e in running.items()}}
+    if refusals:
+        status[3] = [list(r) for r in refusals]
+    return cbor.dumps([MSG_STATUS, status])
+
+
+def decode_request(payload):
+    """(MSG_STATUS, status map) or (MSG_CHUNKS, (digest, first, count)); InvalidMessage/DecodeError otherwise."""
+    from ledgerlink.core.errors import InvalidMessage
+
+    msg = cbor.loads(bytes(payload), max_depth=6, max_size=MESSAGE_MAX)
+    if isinstance(msg, list) and len(msg) == 2 and msg[0] == MSG_STATUS and isinstance(msg[1], dict):
+        status = msg[1]
+        if not isinstance(status.get(1), str) or not isinstance(status.get(2), dict):
+            raise InvalidMessage("update-status needs a class and a map of running components")
+        return MSG_STATUS, status
+    if (isinstance(msg, list) and len(msg) == 4 and msg[0] == MSG_CHUNKS and isinstance(msg[1], bytes)
+            and len(msg[1]) == 32 and cbor.is_uint(msg[2]) and cbor.is_uint(msg[3]) and 1 <= msg[3] <= CHUNK_WINDOW):
+        return MSG_CHUNKS, (msg[1], msg[2], msg[3])
+    raise InvalidMessage("not an update-request")
+
+
+class UpdateClient:
+    """The device's end: drives an ``UpdateAgent`` from ``fw`` messages; ``refusals`` are the last
+    [reason, manifest digest] refused, reported in the status (the publisher does not offer them again)."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.refusals = []
+        self._digest = None             # manifest digest of the download under way
+        self._asked_upto = 0            # chunks asked for up to this index (exclusive)
+
+    def status(self):
+        """The status message (the versions this device runs) to send at start and after a change."""
+        return encode_status(self.agent.device_class, self.agent.running(), self.refusals)
+
+    def _refused(self, code, digest):
+        self.refusals = (self.refusals + [[code, digest]])[-REFUSALS_KEPT:]
+
+    def requests(self):
+        """The chunk request of the download under way (also after a reset: it resumes), or []."""
+        nxt = self.agent.next_chunk()
+        if nxt is None or self._digest is None:
+            return []
+        m = self.agent.pending
+        count = min(CHUNK_WINDOW, m.chunks - nxt)
+        self._asked_upto = nxt + count
+        return [cbor.dumps([MSG_CHUNKS, self._digest, nxt, count])]
+
+    def resume(self):
+        """After ``agent.boot``: the requests that continue a download the reset cut short."""
+        self._digest = self.agent.pending_digest
+        return self.requests()
+
+    def handle(self, payload, now_ms=None):
+        """Take one ``fw`` message; the messages to send on ``upd`` (requests, or the new status)."""
+        try:
+            msg = cbor.loads(bytes(payload), max_depth=16, max_size=MESSAGE_MAX)
+        except (LedgerlinkError, TypeError):
+            return []
+        if not isinstance(msg, list) or not msg:
+            return []
+        try:
+            if msg[0] == MSG_OFFER and len(msg) == 2 and isinstance(msg[1], bytes):
+                return self._offer(msg[1])
+            if (msg[0] == MSG_CHUNK and len(msg) == 4 and msg[1] == self._digest and cbor.is_uint(msg[2])
+                    and isinstance(msg[3], bytes)):
+                return self._chunk(msg[2], msg[3], now_ms)
+        except uc.UpdateRefused as exc:
+            self._refused(exc.code, self._digest)
+            self._digest = None
+            return [self.status()]
+        return []
+
+    def _offer(self, offer):
+        if self._digest is not None:
+            return []                   # one download at a time; the next offer comes with the next status
+        try:
+            self.agent.offer(offer)
+        except uc.UpdateRefused as exc:
+            self._refused(exc.code, _offer_digest(offer))
+            return [self.status()]
+        self._digest = self.agent.pending_digest
+        return self.requests()
+
+    def _chunk(self, index, data, now_ms):
+        if not self.agent.chunk(index, data):
+            return []
+        if self.agent.next_chunk() is None:
+            digest, self._digest = self._digest, None
+            try:
+                self.agent.finish(now_ms)
+            except uc.UpdateRefused as exc:
+                self._refused(exc.code, digest)
+            return [self.status()]
+        if self.agent.next_chunk() >= self._asked_upto:
+            return self.requests()
+        return []
+
+
+def _offer_digest(offer):
+    try:
+        from ledgerlink.protocol import update_manifest
+
+        return update_manifest.Signed(cbor.loads(offer, max_depth=14)[1]).digest
+    except (LedgerlinkError, TypeError, KeyError, IndexError):
+        return None
+
+
+class Release:
+    """A release the publisher serves: its offer and payload."""
+
+    def __init__(self, offer, payload):
+        from ledgerlink.protocol import update_manifest
+
+        self.offer = bytes(offer)
+        self.payload = bytes(payload)
+        signed = update_manifest.Signed(cbor.loads(self.offer, max_depth=14)[1])
+        self.digest = signed.digest
+        self.manifest = signed.manifest
+
+
+class UpdatePublisher:
+    """The gateway's end: offers each device the newest release of its class above what it runs, and
+    serves chunks of a release on request. Holds no secret; every device checks what it gets."""
+
+    def __init__(self):
+        self.releases = {}              # manifest digest -> Release
+        self.statuses = {}              # device id -> last update-status
+
+    def add(self, release):
+        self.releases[release.digest] = release
+
+    def latest(self, device_class, component):
+        best = None
+        for r in self.releases.values():
+            m = r.manifest
+            if m.device_class == device_class and m.component == component and (
+                    best is None or m.sequence > best.manifest.sequence):
+                best = r
+        return best
+
+    def status_of(self, device):
+        """The last status a device sent (its running versions), or None."""
+        return self.statuses.get(device)
+
+    def handle(self, device, payload):
+        """The ``fw`` messages that answer one ``upd`` message of ``device``; [] for a bad message."""
+        try:
+            kind, body = decode_request(payload)
+        except (LedgerlinkError, TypeError):
+            return []
+        if kind == MSG_STATUS:
+            self.statuses[device] = body
+            refused = body.get(3)
+            refused = [r[1] for r in refused if isinstance(r, list) and len(r) == 2] if isinstance(refused, list) else []
+            for component in (1, 2, 3):
+                r = self.latest(body[1], component)
+                running = body[2].get(component)
+                seq = running[0] if isinstance(running, list) and running and cbor.is_uint(running[0]) else 0
+                if r is not None and r.manifest.sequence > seq and r.digest not in refused:
+                    return [cbor.dumps([MSG_OFFER, r.offer])]
+            return []
+        digest, first, count = body
+        r = self.releases.get(digest)
+        if r is None:
+            return []
+        size = r.manifest.chunk_size
+        out = []
+        for index in range(first, min(first + count, r.manifest.chunks)):
+            out.append(cbor.dumps([MSG_CHUNK, digest, index, r.payload[index * size:(index + 1) * size]]))
+        return out

@@ -1,0 +1,130 @@
+"""Updates over the device's own topics: status, offer, chunk requests and chunks between the device's
+UpdateClient and the gateway-side UpdatePublisher, through resets and lost or forged messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ledgerlink.core import cbor
+from ledgerlink.core.errors import LedgerlinkError
+from ledgerlink.protocol import update_agent as ua, update_check as uc, update_transport as ut
+from ledgerlink.protocol.codes import IMAGE_APP_LIBRARY, IMAGE_CONFIGURATION
+from tests.updates.site import ReleaseSite, offer_digest
+from tests.updates.test_update_agent import make_agent
+
+CONFIG = b'{"interval_s": 3}' * 40
+APP = bytes(range(251)) * 11
+
+
+def _pump(client: ut.UpdateClient, publisher: ut.UpdatePublisher, out: list[bytes], device: bytes = b"d" * 16,
+          budget: int = 10_000, lose_every: int = 0) -> int:
+    """Deliver requests and answers until both ends are quiet; the number of fw messages delivered."""
+    delivered = 0
+    while out and budget:
+        request = out.pop(0)
+        for answer in publisher.handle(device, request):
+            delivered += 1
+            budget -= 1
+            if lose_every and delivered % lose_every == 0:
+                continue
+            out.extend(client.handle(answer, now_ms=0))
+        if not out:
+            out.extend(client.requests())     # the device's retry when nothing came for a while
+    return delivered
+
+
+@pytest.fixture
+def site() -> ReleaseSite:
+    return ReleaseSite()
+
+
+def test_device_gets_the_newest_release_of_each_component_and_reports_it(site, tmp_path):
+    publisher = ut.UpdatePublisher()
+    publisher.add(ut.Release(site.release(CONFIG[:100], IMAGE_CONFIGURATION, 1), CONFIG[:100]))
+    newest = site.release(CONFIG, IMAGE_CONFIGURATION, 2, version="cfg-2")
+    publisher.add(ut.Release(newest, CONFIG))
+    publisher.add(ut.Release(site.release(APP, IMAGE_APP_LIBRARY, 7, chunk_size=512), APP))
+    agent = make_agent(site, tmp_path)
+    agent.boot(0)
+    client = ut.UpdateClient(agent)
+    _pump(client, publisher, [client.status()])
+    assert (tmp_path / "config.json").read_bytes() == CONFIG
+    assert (tmp_path / "app.1").read_bytes() == APP
+    status = publisher.status_of(b"d" * 16)
+    assert status[2][IMAGE_CONFIGURATION] == [2, offer_digest(newest), "cfg-2", True]
+    assert status[2][IMAGE_APP_LIBRARY][0] == 7
+    assert publisher.handle(b"d" * 16, client.status()) == []          # nothing newer to offer
+
+
+def test_lost_chunks_are_asked_again_and_a_reset_resumes(site, tmp_path):
+    publisher = ut.UpdatePublisher()
+    publisher.add(ut.Release(site.release(APP, IMAGE_APP_LIBRARY, 3, chunk_size=64), APP))
+    agent = make_agent(site, tmp_path)
+    agent.boot(0)
+    client = ut.UpdateClient(agent)
+    out = [client.status()]
+    offer_msg = publisher.handle(b"d" * 16, out.pop())[0]
+    out = client.handle(offer_msg)
+    for request in out[:1]:
+        for answer in publisher.handle(b"d" * 16, request)[:3]:
+            client.handle(answer)
+    assert agent.next_chunk() == 3
+    restarted = make_agent(site, tmp_path, provision=False)          # reset mid-download
+    restarted.boot(0)
+    client = ut.UpdateClient(restarted)
+    resumed = client.resume()
+    assert cbor.loads(resumed[0])[2] == 3
+    asked = _pump(client, publisher, resumed, lose_every=5)
+    assert (tmp_path / "app.1").read_bytes() == APP
+    assert asked >= len(APP) // 64 - 3
+
+
+def test_a_forged_chunk_is_refused_and_reported_not_offered_again(site, tmp_path):
+    publisher = ut.UpdatePublisher()
+    offer = site.release(CONFIG, IMAGE_CONFIGURATION, 5)
+    release = ut.Release(offer, CONFIG)
+    release.payload = CONFIG[:-1] + b"X"                                 # a publisher (or broker) that lies
+    publisher.add(release)
+    agent = make_agent(site, tmp_path)
+    agent.boot(0)
+    client = ut.UpdateClient(agent)
+    _pump(client, publisher, [client.status()])
+    assert not (tmp_path / "config.json").exists()
+    assert client.refusals == [[uc.UPDATE_DIGEST, offer_digest(offer)]]
+    assert publisher.status_of(b"d" * 16)[3] == [[uc.UPDATE_DIGEST, offer_digest(offer)]]
+    assert publisher.handle(b"d" * 16, client.status()) == []
+    assert IMAGE_CONFIGURATION not in agent.running()
+
+
+def test_an_offer_refused_by_the_device_is_reported(site, tmp_path):
+    publisher = ut.UpdatePublisher()
+    offer = site.release(CONFIG, IMAGE_CONFIGURATION, 5, on_ledger=False)
+    publisher.add(ut.Release(offer, CONFIG))
+    agent = make_agent(site, tmp_path)
+    agent.boot(0)
+    client = ut.UpdateClient(agent)
+    _pump(client, publisher, [client.status()])
+    assert client.refusals == [[uc.UPDATE_NOT_ON_LEDGER, offer_digest(offer)]]
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_junk_on_either_topic_is_dropped(data):
+    publisher = ut.UpdatePublisher()
+    assert publisher.handle(b"d" * 16, data) == []                       # no release: nothing to send
+    try:
+        ut.decode_request(data)
+    except LedgerlinkError:
+        pass
+
+
+def test_junk_fw_messages_leave_the_device_as_it_was(site, tmp_path: Path):
+    agent = make_agent(site, tmp_path)
+    agent.boot(0)
+    client = ut.UpdateClient(agent)
+    for junk in (b"", b"\xff", cbor.dumps([1, b"x"]), cbor.dumps([2, bytes(32), 0, b"x"]), cbor.dumps({1: 2})):
+        client.handle(junk)
+    assert agent.pending is None and agent.running() == {}
