@@ -15,7 +15,8 @@ from ledgerlink.core.errors import LedgerlinkError
 
 from ledgerlink.protocol import anon_wire
 from ledgerlink.ledger.state.codes import DeviceStatus, ImageType, Reason, RecordKind as RK, Role, TxKind
-from ledgerlink.protocol.ledger_tx import (MAX_ID, MAX_REQUEST, MAX_TEXT, MAX_WARNINGS, Refusal,  # noqa: F401
+from ledgerlink.protocol.ledger_tx import (MAX_ID, MAX_INPUTS, MAX_REQUEST, MAX_TEXT, MAX_WARNINGS,  # noqa: F401
+                                           Refusal,
                                            check_attributes, check_registration_request, get_bstr, get_pubkey,
                                            get_tstr, get_uint, invalid_field as _bad, rotation_message, state_key)
 
@@ -255,7 +256,8 @@ def firmware(ctx: TxContext) -> None:
 # -- manufacturing records ------------------------------------------------------------------------------
 
 def provenance(ctx: TxContext) -> None:
-    check_keys(ctx.body, (4, 5, 6, 7, 8, 9))
+    """A lot's provenance; field 10: the recorded lots it was made from (record field 8)."""
+    check_keys(ctx.body, (4, 5, 6, 7, 8, 9), (10,))
     material = get_bstr(ctx.body, 4, 1, MAX_ID)
     origin = get_tstr(ctx.body, 5)
     batch = get_tstr(ctx.body, 6, 1, MAX_ID)
@@ -266,8 +268,18 @@ def provenance(ctx: TxContext) -> None:
         raise _bad("production time is after the block time")
     if ctx.view.exists(RK.PROVENANCE, material):
         raise Refusal(Reason.ALREADY_EXISTS, "material %s is already recorded" % material.hex())
-    ctx.view.put(RK.PROVENANCE, material, {1: origin, 2: batch, 3: form, 4: produced, 5: key,
-                                           6: ctx.submitter, 7: ctx.height})
+    rec = {1: origin, 2: batch, 3: form, 4: produced, 5: key, 6: ctx.submitter, 7: ctx.height}
+    if 10 in ctx.body:
+        inputs = ctx.body[10]
+        if not isinstance(inputs, list) or not 1 <= len(inputs) <= MAX_INPUTS:
+            raise _bad("field 10 must be a list of 1 to %d input lots" % MAX_INPUTS)
+        for lot in inputs:
+            if not isinstance(lot, bytes) or not 1 <= len(lot) <= MAX_ID:
+                raise _bad("field 10 must hold lot ids of 1 to %d bytes" % MAX_ID)
+            if lot == material or not ctx.view.exists(RK.PROVENANCE, lot):
+                raise Refusal(Reason.UNKNOWN_TARGET, "input lot %s is not recorded" % lot.hex())
+        rec[8] = list(inputs)
+    ctx.view.put(RK.PROVENANCE, material, rec)
 
 
 def communication(ctx: TxContext) -> None:

@@ -82,6 +82,7 @@ MAX_ATTRIBUTES = 16
 MAX_ATTR_KEY = 32
 MAX_REQUEST = 2048              # a registration-request inside a register transaction, bytes
 MAX_WARNINGS = 32               # refusal records in one warnings transaction
+MAX_INPUTS = 16                 # input lots one provenance record names
 MAX_UINT = cbor.UINT_MAX
 
 _head = cbor.head
@@ -312,8 +313,11 @@ def firmware_tx(chain_id, maintenance_priv, image_hash, version, device_class, i
 
 
 def provenance_tx(chain_id, priv, material_id, origin, batch, form, produced_ms, material_pubkey, time_ms,
-                  **kw):
+                  inputs=None, **kw):
+    """A lot's provenance; ``inputs``: the ids of the recorded lots it was made from (its material chain)."""
     fields = {4: bytes(material_id), 5: origin, 6: batch, 7: form, 8: produced_ms, 9: bytes(material_pubkey)}
+    if inputs is not None:
+        fields[10] = [bytes(lot) for lot in inputs]
     return build_tx(chain_id, priv, TX_PROVENANCE, time_ms, fields, **kw)
 
 
