@@ -44,6 +44,7 @@ from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.ledger.state.codes import DeviceStatus, ImageType, RecordKind, Role, reason_text
 from ledgerlink.protocol.ledger_tx import reason_name
 from ledgerlink.tools.up import ConfigError, load_config, read_key
+from ledgerlink.tools import admin_trace
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -755,6 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, metavar="FILE", help="the request file to write (CBOR)")
     attributes(q)
     q.set_defaults(role="sensor")
+    admin_trace.add_parser(with_ledger)
     return p
 
 
@@ -770,6 +772,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "headers": cmd_headers,
     "validators": cmd_validators,
     "verify-receipt": cmd_verify_receipt,
+    "trace": admin_trace.cmd_trace,
 }
 LOCAL = {"keygen": cmd_keygen, "request": cmd_request}
 
