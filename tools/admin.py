@@ -45,6 +45,7 @@ from ledgerlink.ledger.state.codes import DeviceStatus, ImageType, RecordKind, R
 from ledgerlink.protocol.ledger_tx import reason_name
 from ledgerlink.tools.up import ConfigError, load_config, read_key
 from ledgerlink.tools import admin_trace
+from ledgerlink.tools import admin_release
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -757,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
     attributes(q)
     q.set_defaults(role="sensor")
     admin_trace.add_parser(with_ledger)
+    admin_release.add_parser(with_ledger)
     return p
 
 
@@ -773,6 +775,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "validators": cmd_validators,
     "verify-receipt": cmd_verify_receipt,
     "trace": admin_trace.cmd_trace,
+    "release": admin_release.cmd_release,
 }
 LOCAL = {"keygen": cmd_keygen, "request": cmd_request}
 

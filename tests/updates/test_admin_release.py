@@ -1,0 +1,72 @@
+"""``ledgerlink admin release`` against a running 4-node ledger: the offer it publishes is one a device
+installs; a sequence not above the latest, and a key that is not a maintenance key, are refused."""
+
+import os
+import re
+
+import pytest
+
+from ledgerlink.ledger.cluster import LocalCluster
+from ledgerlink.ledger.transport import ClusterConfig
+from ledgerlink.protocol import update_agent as ua, update_transport as ut
+from ledgerlink.protocol.codes import IMAGE_CONFIGURATION
+from ledgerlink.tools.admin_release import load_releases
+from tests.test_admin import one_line_error, run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory):
+    c = LocalCluster(tmp_path_factory.mktemp("release-ledger") / "c", 4, log_level="WARNING")
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def test_release_is_recorded_published_and_installed(ledger, tmp_path):
+    cluster = ledger.config_path
+    run("register", "--demo-key", tmp_path / "maint.key", "--role", "maintenance", "--name", "m-1",
+        cluster=cluster, check=0)
+    config = os.urandom(2500)
+    (tmp_path / "cfg.bin").write_bytes(config)
+    out_dir = tmp_path / "releases"
+    _, out, _ = run("release", "--component", "config", "--class", "esp32-th", "--seq", "3", "--version", "c-3",
+                    "--chunk-size", "512", "--maintenance-key", tmp_path / "maint.key", "--out", out_dir,
+                    tmp_path / "cfg.bin", cluster=cluster, check=0)
+    assert re.search(r"config release 3 for class 'esp32-th': manifest [0-9a-f]{64} \(2500 bytes in 5 chunks\)", out)
+    assert "offer checked as a device of class 'esp32-th' checks it" in out
+    releases = load_releases(out_dir)
+    assert len(releases) == 1 and releases[0].payload == config
+
+    trusted = ClusterConfig.load(cluster)
+    (tmp_path / "dev").mkdir()
+    files = ua.Files()
+    agent = ua.UpdateAgent(str(tmp_path / "dev" / "upd"), "esp32-th", trusted.chain_id, list(trusted.validators),
+                           [ua.ConfigTarget(files, str(tmp_path / "dev" / "config"))], files)
+    agent.provision()
+    agent.boot(0)
+    client = ut.UpdateClient(agent)
+    publisher = ut.UpdatePublisher()
+    publisher.add(releases[0])
+    queue = [client.status()]
+    while queue:
+        for answer in publisher.handle(b"d" * 16, queue.pop(0)):
+            queue.extend(client.handle(answer, now_ms=0))
+    assert (tmp_path / "dev" / "config").read_bytes() == config
+    assert agent.running()[IMAGE_CONFIGURATION]["version"] == "c-3"
+
+    rc, _, err = run("release", "--component", "config", "--class", "esp32-th", "--seq", "3",
+                     "--maintenance-key", tmp_path / "maint.key", "--out", out_dir, tmp_path / "cfg.bin",
+                     cluster=cluster)
+    assert rc == 1 and "code 21 invalid-field" in one_line_error(err)
+    rc, _, err = run("release", "--component", "config", "--class", "esp32-th", "--seq", "4",
+                     "--maintenance-key", ledger.data_dir / "keys" / "admin.key", "--out", out_dir,
+                     tmp_path / "cfg.bin", cluster=cluster)
+    assert rc == 1 and "code 22 not-authorized" in one_line_error(err)
+    rc, _, err = run("release", "--component", "config", "--class", "esp32-th", "--seq", "4", "--chunk-size", "9",
+                     "--maintenance-key", tmp_path / "maint.key", tmp_path / "cfg.bin", cluster=cluster)
+    assert rc == 2 and "chunk size" in one_line_error(err)
+    assert len(load_releases(out_dir)) == 1
