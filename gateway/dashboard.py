@@ -210,6 +210,10 @@ class Dashboard:
             return 200, HTML, self.device_page(_device_arg(q, "id"))
         if path == "/proof":
             return 200, HTML, self.proof_page(q)
+        if path == "/trace":
+            from ledgerlink.gateway.trace_page import trace_page
+
+            return 200, HTML, trace_page(self, q)
         if path == "/api/history":
             return 200, JSON, state_json(self.history.site_json())
         if path == "/api/readings":

@@ -70,3 +70,28 @@ def test_directory_relays_only_the_requesters_own_records(site):
     ans = a.ask(dsc.DIR_SUBMIT, foreign)
     assert ans[2] == dsc.DIR_REFUSED
     assert site.ledger.record(RECORD_PROVENANCE, b"lot-b")["proof"][3] is None
+
+
+def test_dashboard_trace_page_shows_the_proved_chain_with_device_text_escaped(site):
+    from types import SimpleNamespace
+
+    from ledgerlink.gateway.dashboard import Dashboard
+
+    record_chain(site, 3)
+    priv, _ = site.register({"type": "combing machine"})
+    d = site.device(priv)
+    now = int(time.time() * 1000)
+    tx = provenance_tx(site.stack.chain_id, priv, b"<b>lap-3</b>", "<script>alert(1)</script>", "B-3", "lap",
+                       now - 10, d.pub, now, inputs=[b"combed-3"], backend=CRYPTO)
+    assert d.ask(dsc.DIR_SUBMIT, tx, timeout=20)[2] == dsc.DIR_OK
+    core = SimpleNamespace(chain_id=site.stack.chain_id, validator_keys=site.stack.validators, site="m2m",
+                           gateway_name="gw")
+    fake = SimpleNamespace(metrics=SimpleNamespace(core=core), ledger=site.ledger)
+    status, ctype, body = Dashboard._answer(fake, "/trace", {"lot": "<b>lap-3</b>"})
+    html = body.decode()
+    assert status == 200 and "<script>alert" not in html and "&lt;script&gt;alert(1)" in html
+    for lot in ("combed-3", "carded-3", "sliver-3", "bale-3"):
+        assert lot in html
+    assert html.count("verified (header") == 5
+    _, _, body = Dashboard._answer(fake, "/trace", {"lot": "hex:zz"})
+    assert "trace failed" in body.decode()
