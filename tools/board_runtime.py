@@ -227,8 +227,10 @@ class Board:
         if self.image is not None:
             env["MICROPY_ROMFS"] = str(self.image)
             env["MICROPYPATH"] = ".frozen:%s:/rom:/rom/lib" % app_dir
-        else:
-            env["MICROPYPATH"] = ".frozen:%s:%s:%s" % (app_dir, self.fs, self.fs / "lib")
+        else:   # lib/... relative to the program's folder, as /lib/... on a board (module paths are interned)
+            for entry in self.fs.iterdir():
+                (app_dir / entry.name).symlink_to(entry)
+            env["MICROPYPATH"] = ".frozen::lib"
         return env
 
     def run(self, code: str, board_heap: int | None = None, timeout: float | None = DEFAULT_TIMEOUT_S,

@@ -30,8 +30,7 @@ on board32 against the real stack in tests/micropython/test_stack_in_vm.py.
 import hashlib
 
 from ledgerlink.core import cbor
-from ledgerlink.protocol import stored_ack
-from ledgerlink.protocol import device_protocol as dp
+from ledgerlink.protocol import codes, device_protocol as dp
 from ledgerlink.core.errors import LedgerlinkError
 
 from ledgerlink_client.queue import OfflineQueue
@@ -39,6 +38,15 @@ from ledgerlink_client.queue import OfflineQueue
 # The wait between receipt asks doubles up to this many ``receipt_wait_ms`` (2 min by default): a receipt
 # held up by a ledger outage is asked for again within minutes of its end.
 ASK_WAIT_MAX = 4
+# The stored-ack check (with the inclusion proof's merkle), loaded for each stored-ack, receipt request or
+# transient refusal and forgotten after it, so it is off the heap while a receipt is checked.
+ACK_MODULES = (("ledgerlink.protocol", "stored_ack"), ("ledgerlink.core", "merkle"))
+
+
+def _stored_ack():
+    from ledgerlink.protocol import stored_ack
+
+    return stored_ack
 
 
 class Delivery:
@@ -144,16 +152,19 @@ class Delivery:
         except LedgerlinkError:
             return False
         kind = msg.get(0) if isinstance(msg, dict) else None
-        if kind == stored_ack.KIND_STORED:
+        if kind == codes.KIND_STORED:
             p = c.protocol
             try:
-                ack = stored_ack.check(msg, c.device_id, p.site, p.gateway_keys, p.crypto, self.statements)
+                frame_hash = _stored_ack().check(msg, c.device_id, p.site, p.gateway_keys, p.crypto,
+                                                 self.statements).frame_hash
             except LedgerlinkError:
                 c.stats["acks_invalid"] += 1
                 return True
-            self._decided(ack.frame_hash, "stored")
+            finally:
+                dp._forget_on_boards(*ACK_MODULES)
+            self._decided(frame_hash, "stored")
             return True
-        if kind == stored_ack.KIND_NOT_STORED:
+        if kind == codes.KIND_NOT_STORED:
             item = msg.get(1)
             frame = self._frame(item) if isinstance(item, bytes) else None
             if frame is not None:
@@ -193,7 +204,9 @@ class Delivery:
             return result
         if kind == dp.KIND_REFUSAL:
             entry = self._entry(frame_hash)
-            if entry is not None and entry[4] is None and reply.get(2) in stored_ack.TRANSIENT_REFUSALS:
+            transient = entry is not None and entry[4] is None and reply.get(2) in _stored_ack().TRANSIENT_REFUSALS
+            dp._forget_on_boards(*ACK_MODULES)
+            if transient:
                 entry[6] = [c.ticks_ms(), c._backoff_ms()]
                 return False
             self._decided(frame_hash, "refused")
@@ -242,11 +255,13 @@ class Delivery:
         if not len(self.queue) or c.ticks_diff(now, self.ask_from) < self.ask_wait:
             return
         names = []
+        max_ask = _stored_ack().MAX_ASK
+        dp._forget_on_boards(*ACK_MODULES)
         for i in range(len(self.queue)):
             h = bytes.fromhex(self.queue.peek(i)[0])
             if h not in self.received:
                 names.append(h)
-                if len(names) == stored_ack.MAX_ASK:
+                if len(names) == max_ask:
                     break
         if names:
             self.request(names)
@@ -256,5 +271,7 @@ class Delivery:
     def request(self, items):
         """Ask for the stored-acks and receipts of frames named by seq or frame hash."""
         c = self.client
-        c.mqtt.publish(c.protocol.topic("ask"), stored_ack.request(items), 1)
+        payload = _stored_ack().request(items)
+        dp._forget_on_boards(*ACK_MODULES)
+        c.mqtt.publish(c.protocol.topic("ask"), payload, 1)
         c.stats["asks"] += 1

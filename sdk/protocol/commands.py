@@ -1,8 +1,8 @@
-"""Controller records and command checks of ``DeviceProtocol`` (docs/protocol.md, "Commands").
+"""Device records (controllers, gateways) and command checks of ``DeviceProtocol`` (docs/protocol.md, "Commands").
 
-Loaded on the first controller record or command, so a sensor that takes no command keeps none of it
-on its heap. The functions work on the ``DeviceProtocol`` they are given (its controllers, record
-heights, command store and seqs).
+Loaded for each controller or gateway record and command; a board forgets it after each use, so a sensor
+that takes no command keeps none of it on its heap. The functions work on the ``DeviceProtocol`` they are
+given (its trust anchors, controllers, record heights, command store and seqs).
 
 Protects against:
 - commands from anyone but a controller whose active device record an SPV proof showed;
@@ -12,9 +12,8 @@ Protects against:
 """
 
 from ledgerlink.core import cbor, cose
-from ledgerlink.protocol import spv
 from ledgerlink.protocol import device_protocol as dp
-from ledgerlink.core.errors import InvalidMessage, LedgerlinkError
+from ledgerlink.core.errors import InvalidMessage, InvalidProof, LedgerlinkError
 
 
 def decode_commands(data):
@@ -50,10 +49,40 @@ def load(device, new_identity=False, now_ms=None):
     device.command_seqs = seqs
 
 
+def device_record(device, record_proof):
+    """(height, device record or None for an absence proof, state key) of a checked record proof."""
+    from ledgerlink.protocol import spv     # here: a command check does not load it
+
+    if device.validator_keys is None or device.chain_id is None:
+        raise dp.DeviceError("no trusted validator set: record proofs cannot be checked")
+    header, key, value = spv.verify_record_proof(record_proof, device.chain_id, device.validator_keys, device.crypto)
+    if value is None:
+        return header.height, None, key
+    record = cbor.loads(value, max_depth=8)
+    if not isinstance(record, dict) or not isinstance(record.get(1), bytes) or not isinstance(record.get(2), bytes):
+        raise InvalidMessage("not a device record")
+    if spv.state_key(dp.RECORD_DEVICE, record[1]) != key:
+        raise InvalidProof("record is not the device record of its key")
+    return header.height, record, key
+
+
+def update_gateway(device, record_proof):
+    """``DeviceProtocol.update_gateway``."""
+    record = device_record(device, record_proof)[1]
+    if record is None or record.get(3) != dp.ROLE_GATEWAY or record.get(5) != dp.STATUS_ACTIVE:
+        raise dp.DeviceError("record proof does not show an active gateway")
+    if device.gateway_keys is None:
+        device.gateway_keys = {}
+    device.gateway_keys[record[1]] = record[2]
+    return record[1]
+
+
 def update_controller(device, record_proof):
     """``DeviceProtocol.update_controller``."""
-    height, record, key = device._device_record(record_proof)
+    height, record, key = device_record(device, record_proof)
     if record is None:
+        from ledgerlink.protocol import spv
+
         for cid in list(device.controllers):
             if spv.state_key(dp.RECORD_DEVICE, cid) == key and device.controllers[cid][1] <= height:
                 del device.controllers[cid]

@@ -40,8 +40,7 @@ broker, gateway and ledger, tests/micropython/test_stack_in_vm.py.
 
 import hashlib
 
-from ledgerlink.core import cbor, cose, merkle
-from ledgerlink.protocol import spv
+from ledgerlink.core import cbor, cose
 from ledgerlink.protocol.codes import (DEVICE_ID_LEN, KIND_RECEIPT, KIND_REFUSAL, KIND_REGISTRATION,  # noqa: F401
                                        KIND_SESSION, MAX_SEQ, NONCE_LEN, RECORD_DEVICE, REASON_REPLAY as REFUSAL_REPLAY,
                                        ROLE_CONTROLLER, ROLE_GATEWAY, ROLE_SENSOR, STATUS_ACTIVE, TX_ANCHOR, TX_DOMAIN,
@@ -282,7 +281,7 @@ class DeviceProtocol:
         self._command_fence_ms = None   # None until the command record is read (see open_commands)
         self._replay_skip = REPLAY_SKIP_MIN
         self._replay_upto = 0           # replay refusals of numbers up to this one moved the counter already
-        self._headers = []              # [(trust-bound hash, Header)], newest last
+        self._headers = []              # [(trust-bound hash, (height, tx root))] of checked headers, newest last
         self._anchors = []              # trust-bound hashes of anchor signatures that verified
         self.chains = None              # session_chain.Chains of the session frames not yet stated
 
@@ -531,105 +530,15 @@ class DeviceProtocol:
             raise InvalidProof(result.reason)
         return result
 
-    def _verify_receipt(self, r, frame):
-        if self.validator_keys is None or self.chain_id is None:
-            raise DeviceError("no trusted validator set: receipts cannot be checked")
-        covered_by = r.get(8) if isinstance(r, dict) else None
-        if not isinstance(r, dict) or r.get(0) != KIND_RECEIPT or len(r) != (8 if covered_by is None else 9) \
-                or not (covered_by is None or _is_hash(covered_by)):
-            raise InvalidMessage("receipt must be a map with keys 0..7 (8: a chain statement hash) and kind 1")
-        for label in (1, 2, 3, 4, 5, 6, 7):
-            if label not in r:
-                raise InvalidMessage("receipt must be a map with keys 0..7 and kind 1")
-        frame_hash, seq, index, size, path, anchor = r[1], r[2], r[3], r[4], r[5], r[6]
-        if not _is_hash(frame_hash) or not cbor.is_uint(seq) or not cbor.is_uint(index) or not cbor.is_uint(size):
-            raise InvalidMessage("receipt fields 1..4 have the wrong types")
-        if not isinstance(path, list):
-            raise InvalidMessage("receipt inclusion proof must be a list of hashes")
-        for h in path:
-            if not _is_hash(h):
-                raise InvalidMessage("receipt inclusion proof must be a list of hashes")
-        if frame is not None:
-            if _sha256(bytes(frame)) != frame_hash:
-                return ReceiptResult(False, seq, frame_hash, "receipt is for another frame")
-        elif self.sent.get(seq) != frame_hash:
-            return ReceiptResult(False, seq, frame_hash, "receipt is not for a frame this device sent with seq %d" % seq)
-        if not isinstance(anchor, dict) or len(anchor) != 4 or 1 not in anchor or 2 not in anchor \
-                or 3 not in anchor or 4 not in anchor:
-            raise InvalidMessage("anchor-tx-proof must be a map with keys 1..4")
-        tx, tx_index, tx_count, tx_path = anchor[1], anchor[2], anchor[3], anchor[4]
-        if not isinstance(tx, bytes) or not cbor.is_uint(tx_index) or not cbor.is_uint(tx_count) or not isinstance(tx_path, list):
-            raise InvalidMessage("anchor-tx-proof fields have the wrong types")
-        sign1 = cose.decode_sign1(tx)
-        body = cbor.loads(sign1.payload, max_depth=8)
-        if not isinstance(body, dict) or body.get(1) != TX_ANCHOR:
-            return ReceiptResult(False, seq, frame_hash, "anchor transaction is not a tx-anchor")
-        root, count = body.get(5), body.get(6)
-        if not _is_hash(root) or not cbor.is_uint(count):
-            raise InvalidMessage("tx-anchor lacks its batch root or size")
-        if count != size:
-            return ReceiptResult(False, seq, frame_hash, "batch size %d differs from the anchored %d" % (size, count))
-        gateway = sign1.kid
-        if self.gateway_keys is not None:
-            key = self.gateway_keys.get(gateway)
-            if key is None:
-                return ReceiptResult(False, seq, frame_hash, "anchor is not signed by a known gateway")
-            if not self._anchor_signed(key, sign1):
-                return ReceiptResult(False, seq, frame_hash, "anchor signature does not verify")
-        sign1 = body = None             # not kept alive through the header's signature checks
-        merkle.verify_inclusion(merkle.leaf_hash(frame_hash), index, size, path, root)
-        header = self._certified_header(r[7])
-        spv.verify_tx_inclusion(header, tx, tx_index, tx_count, tx_path)
-        if frame is None:
-            del self.sent[seq]
-        self._replay_skip = REPLAY_SKIP_MIN
-        return ReceiptResult(True, seq, frame_hash, "", header.height, gateway, covered_by)
+    def _verify_receipt(self, receipt, frame):
+        from ledgerlink.protocol import device_receipts
 
-    def _remember(self, cache, entry):
-        cache.append(entry)
-        while len(cache) > self.cache_size:
-            cache.pop(0)
-
-    def _anchor_signed(self, key, sign1):
-        tbs = sign1.to_be_signed(cbor.dumps([TX_DOMAIN, self.chain_id]))
-        mark = _sha256(cbor.dumps([bytes(key), tbs, sign1.signature]))
-        if mark in self._anchors:
-            return True
-        if not self.crypto.verify(key, tbs, sign1.signature):
-            return False
-        if self.cache_size:
-            self._remember(self._anchors, mark)
-        return True
-
-    def _certified_header(self, certified):
-        """The checked Header of a certified header, from the cache when the same bytes were checked
-        against the same chain and validator set."""
-        h = hashlib.sha256(cbor.dumps([self.chain_id, self.validator_keys]))
-        h.update(cbor.dumps(certified) if not isinstance(certified, (bytes, bytearray)) else certified)
-        mark = h.digest()
-        h = None                        # no copy of the header's bytes stays alive through the signature checks
-        for entry in self._headers:
-            if entry[0] == mark:
-                return entry[1]
-        header = spv.verify_certified_header(certified, self.chain_id, self.validator_keys, self.crypto)
-        if self.cache_size:
-            self._remember(self._headers, (mark, header))
-        return header
+        try:
+            return device_receipts.verify(self, receipt, frame)
+        finally:
+            _forget_on_boards(*RECEIPT_MODULES)
 
     # --- controllers and commands -------------------------------------------------------------------
-
-    def _device_record(self, record_proof):
-        if self.validator_keys is None or self.chain_id is None:
-            raise DeviceError("no trusted validator set: record proofs cannot be checked")
-        header, key, value = spv.verify_record_proof(record_proof, self.chain_id, self.validator_keys, self.crypto)
-        if value is None:
-            return header.height, None, key
-        record = cbor.loads(value, max_depth=8)
-        if not isinstance(record, dict) or not isinstance(record.get(1), bytes) or not isinstance(record.get(2), bytes):
-            raise InvalidMessage("not a device record")
-        if spv.state_key(RECORD_DEVICE, record[1]) != key:
-            raise InvalidProof("record is not the device record of its key")
-        return header.height, record, key
 
     def update_controller(self, record_proof):
         """Take a controller from a proved device record; a banned or absent record removes it.
@@ -642,17 +551,16 @@ class DeviceProtocol:
         try:
             return commands.update_controller(self, record_proof)
         finally:
-            _forget_on_boards(("ledgerlink.protocol", "commands"), ("ledgerlink.core", "smt_proof"))
+            _forget_on_boards(*RECORD_MODULES)
 
     def update_gateway(self, record_proof):
         """Trust a gateway's identity key for anchor signatures from a proved, active gateway record."""
-        record = self._device_record(record_proof)[1]
-        if record is None or record.get(3) != ROLE_GATEWAY or record.get(5) != STATUS_ACTIVE:
-            raise DeviceError("record proof does not show an active gateway")
-        if self.gateway_keys is None:
-            self.gateway_keys = {}
-        self.gateway_keys[record[1]] = record[2]
-        return record[1]
+        from ledgerlink.protocol import commands
+
+        try:
+            return commands.update_gateway(self, record_proof)
+        finally:
+            _forget_on_boards(*RECORD_MODULES)
 
     def open_commands(self, store, now_ms, new_identity=False):
         """Take the store of the last executed seq of each controller (``load()``: bytes or None,
@@ -689,13 +597,19 @@ class DeviceProtocol:
         try:
             return commands.handle_command(self, topic, payload, now_ms)
         finally:
-            _forget_on_boards(("ledgerlink.protocol", "commands"))
+            _forget_on_boards(*RECORD_MODULES)
 
 
 def _default_rng(n):
     import os
 
     return os.urandom(n)
+
+
+# Code a board loads for each receipt check (``device_receipts``), and for each device record or command
+# (``commands``), and forgets after it.
+RECEIPT_MODULES = (("ledgerlink.protocol", "device_receipts"), ("ledgerlink.protocol", "spv"), ("ledgerlink.core", "merkle"))
+RECORD_MODULES = (("ledgerlink.protocol", "commands"), ("ledgerlink.core", "smt_proof"), ("ledgerlink.protocol", "spv"))
 
 
 def _forget_on_boards(*modules):

@@ -19,7 +19,7 @@ short-quorum, duplicate-vote, wrong-chain and tampered proofs; the same checks r
 
 import hashlib
 
-from ledgerlink.core import cbor, merkle
+from ledgerlink.core import cbor
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof
 from ledgerlink.protocol.codes import COMMIT_DOMAIN
@@ -228,4 +228,6 @@ def verify_tx_inclusion(header, tx, index, size, proof):
         raise InvalidMessage("transaction must be bytes")
     if not isinstance(proof, list):
         raise InvalidMessage("inclusion proof must be a list of hashes")
+    from ledgerlink.core import merkle     # here: a board checking a record proof does not load it
+
     merkle.verify_inclusion(merkle.leaf_hash(bytes(tx)), index, size, proof, header.tx_root)

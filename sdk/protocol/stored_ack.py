@@ -21,7 +21,7 @@ and tests/device/test_client.py (devices over a real broker and gateway).
 
 import hashlib
 
-from ledgerlink.core import cbor, cose, merkle
+from ledgerlink.core import cbor, cose
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof
 from ledgerlink.protocol.codes import (KIND_NOT_STORED, KIND_STORED, REASON_LEDGER_UNAVAILABLE,  # noqa: F401
@@ -88,6 +88,8 @@ def check(ack, device_id, site, gateway_keys=None, backend=None, cache=None):
     root, count, time_ms = body.get(1), body.get(2), body.get(3)
     if not _is_hash(root) or not cbor.is_uint(count) or not cbor.is_uint(time_ms):
         raise InvalidMessage("commit statement fields have the wrong types")
+    from ledgerlink.core import merkle     # here, not at the top: a board forgets it after each receipt check
+
     merkle.verify_inclusion(merkle.leaf_hash(entry(device_id, seq, frame_hash, reading_hash)), index, count, path, root)
     gateway = sign1.kid
     if not isinstance(gateway, bytes):
