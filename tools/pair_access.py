@@ -11,7 +11,8 @@ Both brokers get the same rules from ``broker_access.rules``: the embedded one r
 again (``SiteAccess._wait_applied``); a mosquitto gets ``addRoleACL`` / ``removeRoleACL`` commands for
 the two roles (so nobody is disconnected and the change holds at the next delivery), sent as the
 directory's own broker admin (``DIRECTORY_ADMIN``, so these never take over the site admin's client id).
-Tested against real mosquitto and the embedded broker in tests/m2m/test_pair_broker.py.
+Tested against real mosquitto in tests/m2m/test_peer_devices.py and with the embedded broker's
+rules in tests/m2m/test_pair_rules.py.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the latter; the former is stated in docs/protocol.md's trust model.
 
 Protects against: a lying directory, gateway or ledger node presenting an unregistered device, a
 changed key or attributes, or a banned device as a partner (``partner`` refuses a proof of banned
-status, and a proof of absence is the "unregistered" answer). Tested in tests/m2m/test_discovery.py.
+status, and a proof of absence is the "unregistered" answer). Tested in tests/m2m/test_peer_devices.py.
 """
 
 from ledgerlink.core import cbor
