@@ -13,7 +13,8 @@ so that 2f+1 commit messages for one header form that block's ``commit-certifica
 
 ```cddl
 pbft-msg = request / pre-prepare / prepare / commit / checkpoint / view-change / new-view /
-           fetch-blocks / blocks / equivocation
+           fetch-blocks / blocks / equivocation / nonce-commitment / sign-request / signature-share /
+           threshold-cert-msg
 sender = uint                      ; validator index, 0 .. n-1
 view = uint .le 4294967295
 height = uint                      ; PBFT sequence number == block height
@@ -32,9 +33,20 @@ prepared-proof = [pre-prepare: bstr,                 ; the signed pre-prepare me
 new-view     = [7, sender, view, view-changes: [+ bstr],   ; 2f+1 signed view-change messages for view
                 pre-prepare: bstr / null, sig64]    ; required when a prepared proposal is carried over
 fetch-blocks = [8, sender, from: height, to: height, sig64]
-blocks       = [9, sender, [* [header, txs: [* bstr], commit-certificate]], sig64]
+blocks       = [9, sender, [* [header, txs: [* bstr], commit-certificate, ? threshold-certificate]], sig64]
 equivocation = [10, sender, pre-prepare: bstr, pre-prepare: bstr, sig64]   ; two signed pre-prepares
                                                      ; of one primary for one view and height
+; threshold certificates (FROST(P-256, SHA-256), RFC 9591; t = 2f+1 of n)
+nonce-commitment = [11, sender, height, commitment, sig64]        ; to the aggregator: a fresh
+                                                     ; round-one commitment for a committed height
+sign-request  = [12, sender, view, height, header-hash: hash32,   ; the aggregator (primary of view)
+                 commitments: [+ commitment], sig64]   ; t commitments, one per signer, by index
+signature-share = [13, sender, height, header-hash: hash32, z: bstr .size 32,
+                   next: commitment, sig64]           ; the sender's share and its next commitment
+threshold-cert-msg = [14, sender, height, threshold-certificate, sig64]
+commitment = [index: uint, hiding: bstr .size 33, binding: bstr .size 33]   ; index = validator + 1
+threshold-certificate = [view, frost-signature: bstr .size 65]   ; R (33) || z (32) by the group key
+                                                     ; over commit-sign-bytes(chain, height, view, hash)
 ```
 
 Validity beyond the CDDL: the sender field equals the transport sender; the sender of a pre-prepare
@@ -42,7 +54,8 @@ or new-view is the primary of its view (``view mod n``); view-changes inside a n
 distinct validators and name the new view; prepared-proof votes come from distinct non-primary
 validators and sign the prepare ``[3, index, view, height, header-hash]`` of the pre-prepare; the
 two pre-prepares of an equivocation verify, come from the primary of their view, and name the same
-view and height with different headers.
+view and height with different headers. A commitment's FROST index is its validator index + 1 (FROST
+indices start at 1); in a nonce-commitment and as the ``next`` of a signature-share it is the sender's.
 
 This module decodes untrusted bytes: every decoder raises ``MessageError`` (never IndexError,
 KeyError or TypeError) on malformed input, and signatures are checked against the validator set.
@@ -67,11 +80,16 @@ def _loads(data: bytes) -> Any:
 
 REQUEST, PRE_PREPARE, PREPARE, COMMIT, CHECKPOINT, VIEW_CHANGE, NEW_VIEW, FETCH_BLOCKS, BLOCKS, EQUIVOCATION = \
     range(1, 11)
+NONCE_COMMITMENT, SIGN_REQUEST, SIGNATURE_SHARE, THRESHOLD_CERT = range(11, 15)
 KIND_NAMES = {
     REQUEST: "request", PRE_PREPARE: "pre-prepare", PREPARE: "prepare", COMMIT: "commit",
     CHECKPOINT: "checkpoint", VIEW_CHANGE: "view-change", NEW_VIEW: "new-view",
     FETCH_BLOCKS: "fetch-blocks", BLOCKS: "blocks", EQUIVOCATION: "equivocation",
+    NONCE_COMMITMENT: "nonce-commitment", SIGN_REQUEST: "sign-request",
+    SIGNATURE_SHARE: "signature-share", THRESHOLD_CERT: "threshold-cert",
 }
+POINT_SIZE = 33                    # a compressed P-256 point
+FROST_SIGNATURE_SIZE = 65          # R (compressed point) || z
 PBFT_DOMAIN = "ledgerlink-pbft-v1"
 ZERO_HASH = bytes(32)
 MAX_UINT64 = UINT_MAX
@@ -220,6 +238,42 @@ class CommitCertificate:
         return dumps(self.to_obj())
 
 
+@dataclass(frozen=True)
+class ThresholdCertificate:
+    """The ``threshold-certificate`` CDDL: the validator set's FROST signature over the commit bytes
+    ``commit_sign_bytes(chain, height, view, header-hash)`` of a header."""
+
+    view: int
+    signature: bytes
+
+    def to_obj(self) -> list:
+        return [self.view, self.signature]
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> "ThresholdCertificate":
+        a = _arr(obj, 2)
+        return cls(_view(a[0]), _bstr(a[1], FROST_SIGNATURE_SIZE))
+
+    def encode(self) -> bytes:
+        return dumps(self.to_obj())
+
+    @classmethod
+    def decode(cls, data: bytes) -> "ThresholdCertificate":
+        return cls.from_obj(loads(data))
+
+
+Commitment = tuple[int, bytes, bytes]     # (FROST index, hiding point, binding point), the CDDL ``commitment``
+
+
+def commitment_from_obj(obj: Any) -> Commitment:
+    """A ``commitment`` with a non-zero index and two 33-byte points (their curve check is FROST's)."""
+    a = _arr(obj, 3)
+    index = _uint(a[0])
+    if index == 0:
+        raise MessageError("malformed")
+    return index, _bstr(a[1], POINT_SIZE), _bstr(a[2], POINT_SIZE)
+
+
 def quorum(n: int) -> int:
     """2f+1 for n = 3f+1 (and the smallest Byzantine quorum for other n)."""
     return n - (n - 1) // 3
@@ -331,17 +385,32 @@ def _parse_fields(kind: int, a: list, limits: Limits) -> tuple:
             raise MessageError("oversized")
         out = []
         for it in items:
-            b = _arr(it, 3)
+            b = _arr(it)
+            if len(b) not in (3, 4):
+                raise MessageError("malformed")
+            threshold = ThresholdCertificate.from_obj(b[3]) if len(b) == 4 else None
             out.append((Header.from_obj(b[0]), _txs(b[1], limits.max_batch, limits.max_tx_size),
-                        CommitCertificate.from_obj(b[2])))
+                        CommitCertificate.from_obj(b[2]), threshold))
         return (tuple(out),)
     if kind == EQUIVOCATION:
         return (_bstr(a[0]), _bstr(a[1]))
+    if kind == NONCE_COMMITMENT:
+        return (_uint(a[0]), commitment_from_obj(a[1]))
+    if kind == SIGN_REQUEST:
+        commitments = tuple(commitment_from_obj(c) for c in _arr(a[3]))
+        if not commitments:
+            raise MessageError("malformed")
+        return (_view(a[0]), _uint(a[1]), _bstr(a[2], 32), commitments)
+    if kind == SIGNATURE_SHARE:
+        return (_uint(a[0]), _bstr(a[1], 32), _bstr(a[2], 32), commitment_from_obj(a[3]))
+    if kind == THRESHOLD_CERT:
+        return (_uint(a[0]), ThresholdCertificate.from_obj(a[1]))
     raise MessageError("unknown kind")
 
 
 _ARITY = {REQUEST: 1, PRE_PREPARE: 4, PREPARE: 3, COMMIT: 3, CHECKPOINT: 2, VIEW_CHANGE: 3,
-          NEW_VIEW: 3, FETCH_BLOCKS: 2, BLOCKS: 1, EQUIVOCATION: 2}
+          NEW_VIEW: 3, FETCH_BLOCKS: 2, BLOCKS: 1, EQUIVOCATION: 2, NONCE_COMMITMENT: 2, SIGN_REQUEST: 4,
+          SIGNATURE_SHARE: 4, THRESHOLD_CERT: 2}
 
 
 def decode_message(data: bytes, chain_id: str, validators: Sequence[bytes], crypto: Crypto,

@@ -135,9 +135,11 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol, Sequence
 
+from ledgerlink.core import frost
+from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.consensus.messages import (
-    Block, CommitCertificate, Header, Message, MessageError, quorum,
+    Block, CommitCertificate, Header, Message, MessageError, ThresholdCertificate, quorum,
 )
 
 
@@ -179,6 +181,8 @@ class Config:
     idle_sync_ms: int = 2000
     slow_primary_window_ms: int = 1000
     slow_primary_grace_ms: int = 50
+    group_key: bytes | None = None                  # FROST group key of the validators (33 B), or none
+    verifying_shares: tuple[bytes, ...] = ()        # FROST verifying share of each validator (33 B each)
 
     @property
     def n(self) -> int:
@@ -227,6 +231,15 @@ class Persist:
 
 
 @dataclass(frozen=True)
+class PersistThreshold:
+    """Store the ``threshold-certificate`` (cbor [view, frost-signature]) of committed block ``height``
+    beside it; it is verified, and ``Replica.restore`` verifies it again."""
+
+    height: int
+    certificate: bytes
+
+
+@dataclass(frozen=True)
 class SaveVotes:
     """Store ``record`` (the replica's vote record, replacing the previous one) durably before later
     effects; ``Replica.restore`` takes it back."""
@@ -251,7 +264,7 @@ class Dropped:
     tx: bytes | None = None
 
 
-Effect = Send | Broadcast | Persist | SaveVotes | Committed | Dropped
+Effect = Send | Broadcast | Persist | PersistThreshold | SaveVotes | Committed | Dropped
 
 
 # --- internal state -----------------------------------------------------------------------------
@@ -310,26 +323,60 @@ EQUIVOCATION_PREFIX = bytes([0x85, m.EQUIVOCATION])   # cbor: an array of 5 item
 MAX_REFORWARD_EXP = 3      # a pending tx goes to the primary again after 1, 2, 4, 8, 8, ... retransmit_ms
 
 
+THRESHOLD_WINDOW = 64          # heights below the last block for which a threshold certificate is still made
+THRESHOLD_RESEND_MAX = 8       # heights whose commitment a replica re-sends to the aggregator per retransmission
+THRESHOLD_SHARE_TIMEOUT_DIV = 2    # an aggregation waits 2 * retransmit_ms for its shares, then retries
+SHARES_PER_HEIGHT_MAX = 16     # shares a replica makes for one height (each costs a FROST signing)
+
+
 def _txhash(tx: bytes) -> bytes:
     return hashlib.sha256(tx).digest()
+
+
+def header_validators_hash(config: Config) -> bytes:
+    """The ``validators-hash`` every header names: the validator keys, and the group key when there is one."""
+    if config.group_key is None:
+        return m.validators_hash(config.validators)
+    return m.validators_hash(config.validators, config.group_key)
+
+
+@dataclass
+class _Aggregation:
+    """The aggregator's state for one committed height without a threshold certificate."""
+
+    commitments: dict[int, list] = field(default_factory=dict)   # validator -> its latest commitment
+    bad: set[int] = field(default_factory=set)            # sent a bad share for this height: never asked again
+    slow: set[int] = field(default_factory=set)           # did not answer the last request
+    signers: tuple[int, ...] = ()                         # the request in flight (empty: none)
+    request: list = field(default_factory=list)           # its commitments, by index
+    shares: dict[int, int] = field(default_factory=dict)  # FROST index -> share received
+    deadline: int = 0
+    view: int = 0
+    committed_at: int = 0
 
 
 class Replica:
     """One PBFT validator; see the module docstring."""
 
     def __init__(self, index: int, config: Config, signing_key: bytes, app: App, crypto: m.Crypto,
-                 now_ms: int, decoder: Callable[[bytes], Message] | None = None):
+                 now_ms: int, decoder: Callable[[bytes], Message] | None = None,
+                 threshold_share: int | None = None, rng: Callable[[int], bytes] | None = None):
         """``decoder`` (optional) replaces ``messages.decode_message`` for this configuration, e.g.
-        a cache of verified messages shared by the replicas of one process."""
+        a cache of verified messages shared by the replicas of one process. ``threshold_share`` is this
+        validator's FROST signing share (with ``config.group_key``; secret, never logged) and ``rng(n)``
+        the randomness of its nonces: with both the replica helps make threshold certificates."""
         if not 0 <= index < config.n:
             raise ValueError("replica index out of range")
+        if threshold_share is not None and (config.group_key is None or rng is None
+                                            or len(config.verifying_shares) != config.n):
+            raise ValueError("a threshold share needs the group key, n verifying shares and an rng")
         self.index = index
         self.config = config
         self._key = signing_key
         self.app = app
         self.crypto = crypto
         self.now = now_ms
-        self._vhash = m.validators_hash(config.validators)
+        self._vhash = header_validators_hash(config)
         self.view = 0
         self.in_view_change = False
         self.chain: list[_Stored] = []
@@ -371,6 +418,17 @@ class Replica:
         self.send_budget: dict[int, tuple[int, int]] = {}   # peer -> (bytes of blocks it may get, at ms)
         self.fetch_budget: dict[int, tuple[float, int]] = {}  # peer -> (fetch requests it may send, at ms)
         self.proof_budget: dict[int, tuple[float, int]] = {}  # peer -> (equivocation messages it may send, at ms)
+        self._threshold_share = threshold_share
+        self._rng = rng
+        self.threshold_certs: dict[int, ThresholdCertificate] = {}   # height -> verified threshold certificate
+        self._early_certs: dict[int, dict[int, ThresholdCertificate]] = {}   # height above ours -> sender -> cert
+        self._nonces: dict[int, dict[int, list]] = {}   # height -> aggregator -> our unused nonces (``_held_nonces``)
+        self._shares_made: dict[int, int] = {}                        # height -> shares signed (a bound)
+        self._aggregations: dict[int, _Aggregation] = {}
+        self._cert_sent: dict[tuple[int, int], int] = {}              # (height, peer) -> when it may be sent it again
+        self._cert_raw: dict[int, bytes] = {}                         # height -> our signed threshold-cert message
+        self._cert_round = 0                                          # the peer asked in turn for certificates
+        self.threshold_latency_ms: deque[int] = deque(maxlen=1024)   # commit to threshold cert, as aggregator
         self._out: list[Effect] = []
         self._decode = decoder or functools.partial(
             _decode_message, config.chain_id, config.validators, crypto, config.limits)
@@ -381,16 +439,18 @@ class Replica:
     def restore(cls, index: int, config: Config, signing_key: bytes, app: App, crypto: m.Crypto,
                 now_ms: int, blocks: Iterable[tuple[bytes, bytes]],
                 decoder: Callable[[bytes], Message] | None = None,
-                votes: bytes | None = None) -> "Replica":
-        """Rebuild a replica from its persisted (block, certificate) pairs, replaying ``app``, and its
-        last ``SaveVotes`` record (None when it never saved one).
+                votes: bytes | None = None, threshold_certs: Iterable[tuple[int, bytes]] = (),
+                threshold_share: int | None = None, rng: Callable[[int], bytes] | None = None) -> "Replica":
+        """Rebuild a replica from its persisted (block, certificate) pairs, replaying ``app``, its
+        last ``SaveVotes`` record (None when it never saved one) and its persisted (height,
+        threshold-certificate) pairs (each verified again).
 
         The replica comes back in the recorded view with the recorded prepared proof, and casts no
         vote (prepare, commit or proposal) at the height above its last block in that view or any
         lower one, where it may have voted before it stopped. ``app`` must be at the empty initial
         state. Raises ValueError if the store is inconsistent.
         """
-        r = cls(index, config, signing_key, app, crypto, now_ms, decoder)
+        r = cls(index, config, signing_key, app, crypto, now_ms, decoder, threshold_share, rng)
         for block_bytes, cert_bytes in blocks:
             try:
                 block = Block.decode(block_bytes)
@@ -398,6 +458,11 @@ class Replica:
                 r._apply_certified(block.header, block.txs, cert, persist=False)
             except MessageError as exc:
                 raise ValueError("corrupt block store: " + exc.reason) from exc
+        for height, tcert_bytes in threshold_certs:
+            try:
+                r._accept_threshold(height, ThresholdCertificate.decode(tcert_bytes), persist=False)
+            except MessageError as exc:
+                raise ValueError("corrupt threshold certificate at %d: %s" % (height, exc.reason)) from exc
         if votes is not None:
             try:
                 view, prepared, changing = r._parse_vote_record(votes)
@@ -553,11 +618,13 @@ class Replica:
         self._begin(now_ms)
         self._maybe_propose()
         self._timers()
+        self._threshold_timers()
         self._maybe_fetch()
         self._idle_sync()
         if self.now >= self.next_retransmit:
             self.next_retransmit = self.now + self.config.retransmit_ms
             self._retransmit()
+            self._threshold_retransmit()
         return self._end()
 
     # --- plumbing ---------------------------------------------------------------------------------
@@ -683,6 +750,14 @@ class Replica:
             self._on_blocks(msg)
         elif k == m.EQUIVOCATION:
             self._on_equivocation(msg)
+        elif k == m.NONCE_COMMITMENT:
+            self._on_nonce_commitment(msg)
+        elif k == m.SIGN_REQUEST:
+            self._on_sign_request(msg)
+        elif k == m.SIGNATURE_SHARE:
+            self._on_signature_share(msg)
+        elif k == m.THRESHOLD_CERT:
+            self._on_threshold_cert(msg)
 
     # --- requests ---------------------------------------------------------------------------------
 
@@ -938,6 +1013,7 @@ class Replica:
                 slot.my_commit[self.view] = raw
                 slot.commit_by[(self.view, self.index)] = p.hash
                 slot.commits.setdefault((self.view, p.hash), {})[self.index] = sig
+                self._offer_commitment(h)
             commits = slot.commits.get((self.view, p.hash), {})
             if len(commits) < self.config.quorum:
                 return
@@ -1033,6 +1109,7 @@ class Replica:
         if persist:
             self._out.append(Persist(h, block.encode(), cert.encode()))
             self._out.append(Committed(h, header, cert, txs))
+        self._threshold_committed(h, persist)
         if (h + 1) % self.config.checkpoint_interval == 0:
             self._broadcast([m.CHECKPOINT, self.index, h, cert.header_hash])
             self._add_checkpoint(self.index, h, cert.header_hash)
@@ -1288,6 +1365,7 @@ class Replica:
         if self.config.primary(view) in self.convicted:
             self._start_view_change(view + 1)
             return
+        self._threshold_new_view()
         self._progress(self.height + 1)
         self._maybe_propose()
 
@@ -1355,6 +1433,9 @@ class Replica:
         for h in range(lo, hi + 1):
             s = self.chain[h]
             item = [s.block.header.to_obj(), list(s.block.txs), s.cert.to_obj()]
+            tcert = self.threshold_certs.get(h)
+            if tcert is not None:
+                item.append(tcert.to_obj())
             size += len(s.block.encode()) + 80 * len(s.cert.votes) + 64
             if items and size > self.config.max_message_size // 2:
                 break
@@ -1366,7 +1447,13 @@ class Replica:
         (items,) = msg.fields
         applied = 0
         error = None
-        for header, txs, cert in items:
+        for header, txs, cert, tcert in items:
+            if header.height <= self.height and tcert is not None and header.height not in self.threshold_certs \
+                    and header.hash() == self.chain[header.height].hash:
+                try:                                  # a block we have, with the certificate we lack
+                    self._accept_threshold(header.height, tcert, persist=True)
+                except MessageError as exc:
+                    self._drop(exc.reason, msg.sender)
             if header.height != self.height + 1:
                 continue
             try:
@@ -1375,6 +1462,11 @@ class Replica:
                 error = exc
                 break
             applied += 1
+            if tcert is not None and header.height not in self.threshold_certs:
+                try:
+                    self._accept_threshold(header.height, tcert, persist=True)
+                except MessageError as exc:           # the block stands on its commit certificate
+                    self._drop(exc.reason, msg.sender)
         if applied == 0:
             raise error or MessageError("no usable blocks")
         if error is not None:
@@ -1437,6 +1529,306 @@ class Replica:
                         break
             self._forward(late, primary)
 
+    # --- threshold certificates -------------------------------------------------------------------
+    # After commit the primary (aggregator) asks t = 2f+1 replicas whose round-one commitments it holds
+    # for FROST shares over the block's commit bytes, aggregates them and broadcasts the certificate.
+    # A replica signs only a header it committed, with nonces it made for that height and uses once.
+
+    def _pending_threshold(self) -> list[int]:
+        """Committed heights in the window without a threshold certificate, oldest first."""
+        low = max(0, self.height - THRESHOLD_WINDOW + 1)
+        return [h for h in range(low, self.height + 1) if h not in self.threshold_certs]
+
+    def _commit_bytes(self, height: int, view: int) -> bytes:
+        return m.commit_sign_bytes(self.config.chain_id, height, view, self.chain[height].hash)
+
+    def _held_nonces(self, height: int, aggregator: int) -> list:
+        """[nonces, commitment, signed nonce-commitment, view it was last offered in] for ``height``,
+        offered to ``aggregator`` alone (so two aggregators never spend one commitment), made now if
+        none are held. Never sent or stored."""
+        per_height = self._nonces.setdefault(height, {})
+        held = per_height.get(aggregator)
+        if held is None:
+            nonces, commitment = frost.commit(self._threshold_share, self._rng, self.index + 1)
+            raw = self._sign([m.NONCE_COMMITMENT, self.index, height, commitment])
+            held = per_height[aggregator] = [nonces, commitment, raw, -1]
+        return held
+
+    def _offer_commitment(self, height: int, again: bool = False) -> None:
+        """Give the aggregator (primary of this view) a commitment for ``height``, once per view unless
+        ``again``."""
+        if self._threshold_share is None or height in self.threshold_certs:
+            return
+        held = self._held_nonces(height, self.config.primary(self.view))
+        if held[3] == self.view and not again:
+            return
+        held[3] = self.view
+        if self.is_primary():
+            self._aggregation(height).commitments[self.index] = held[1]
+            self._try_aggregate(height)
+        else:
+            self._out.append(Send(self.config.primary(self.view), held[2]))
+
+    def _aggregation(self, height: int) -> _Aggregation:
+        agg = self._aggregations.get(height)
+        if agg is None:
+            agg = self._aggregations[height] = _Aggregation()
+        return agg
+
+    def _threshold_committed(self, height: int, live: bool) -> None:
+        """Block ``height`` committed: take a certificate that came early, forget what fell out of the
+        window, and (``live``) start or join its aggregation."""
+        early = self._early_certs.pop(height, None)
+        if early is not None:
+            for tcert in early.values():
+                try:
+                    self._accept_threshold(height, tcert, persist=live)
+                    break
+                except MessageError:
+                    continue
+        if height % 16 == 0:
+            low = height - THRESHOLD_WINDOW
+            for table in (self._nonces, self._aggregations, self._shares_made, self._cert_raw):
+                for k in [k for k in table if k <= low]:
+                    del table[k]
+            for k in [k for k in self._cert_sent if k[0] <= low]:
+                del self._cert_sent[k]
+            for k in [k for k in self._early_certs if k <= height]:
+                del self._early_certs[k]
+        if not live or self.config.group_key is None or height in self.threshold_certs:
+            return
+        self._aggregation(height).committed_at = self.now
+        self._offer_commitment(height)
+        self._try_aggregate(height)
+
+    def _on_nonce_commitment(self, msg: Message) -> None:
+        height, commitment = msg.fields
+        cfg = self.config
+        if cfg.group_key is None:
+            raise MessageError("no group key")
+        if commitment[0] != msg.sender + 1:
+            raise MessageError("bad commitment")
+        if height in self.threshold_certs:
+            self._send_threshold(height, msg.sender)
+            return
+        if height <= self.height - THRESHOLD_WINDOW:
+            raise MessageError("stale height")
+        if height > self.height + 1 + cfg.lookahead:
+            raise MessageError("too far ahead")
+        self._aggregation(height).commitments[msg.sender] = list(commitment)
+        self._try_aggregate(height)
+
+    def _send_threshold(self, height: int, to: int) -> None:
+        """Send our certificate of ``height`` to a replica that still offers commitments for it
+        (at most once a retransmission interval)."""
+        if self._cert_sent.get((height, to), -1) > self.now:
+            return
+        self._cert_sent[(height, to)] = self.now + self.config.retransmit_ms
+        raw = self._cert_raw.get(height)
+        if raw is None:
+            raw = self._cert_raw[height] = self._sign([m.THRESHOLD_CERT, self.index, height,
+                                                       self.threshold_certs[height].to_obj()])
+        self._out.append(Send(to, raw))
+
+    def _try_aggregate(self, height: int) -> None:
+        """As aggregator, ask t replicas for shares of ``height`` when no request is in flight: our own
+        commitment first, then the lowest indices that neither sent a bad share nor let the last request
+        time out (those too when the others are fewer than t)."""
+        cfg = self.config
+        if cfg.group_key is None:
+            return
+        if height > self.height or height in self.threshold_certs or height <= self.height - THRESHOLD_WINDOW:
+            return
+        agg = self._aggregation(height)
+        if agg.signers:
+            return
+        if self._threshold_share is not None and self.index not in agg.commitments:
+            agg.commitments[self.index] = self._held_nonces(height, self.index)[1]
+        t = cfg.quorum
+        usable = [i for i in sorted(agg.commitments) if i not in agg.bad]
+        chosen = [i for i in usable if i not in agg.slow]
+        if len(chosen) < t:
+            agg.slow.clear()
+            chosen = usable
+        if len(chosen) < t:
+            return
+        if self.index in chosen:
+            chosen = [self.index] + [i for i in chosen if i != self.index][:t - 1]
+        chosen = sorted(chosen[:t])
+        agg.signers = tuple(chosen)
+        agg.request = [agg.commitments.pop(i) for i in chosen]    # each commitment is asked for once
+        agg.shares = {}
+        agg.view = self.view
+        agg.deadline = self.now + THRESHOLD_SHARE_TIMEOUT_DIV * cfg.retransmit_ms
+        hh = self.chain[height].hash
+        raw = self._sign([m.SIGN_REQUEST, self.index, self.view, height, hh, agg.request])
+        for i in chosen:
+            if i != self.index:
+                self._out.append(Send(i, raw))
+        if self.index in chosen:
+            try:
+                agg.shares[self.index + 1] = self._make_share(height, self.view, agg.request, self.index)
+            except MessageError as exc:
+                self._drop(exc.reason, self.index)
+            agg.commitments[self.index] = self._held_nonces(height, self.index)[1]
+        self._maybe_finish(height)
+
+    def _make_share(self, height: int, view: int, commitments: list, aggregator: int) -> int:
+        """Our share of the certificate of committed block ``height`` under ``commitments``, which must
+        hold the commitment of the nonces we hold for it and ``aggregator``; those nonces are dropped
+        before signing (used once) and new ones made."""
+        per_height = self._nonces.get(height, {})
+        held = per_height.get(aggregator)
+        mine = [c for c in commitments if c[0] == self.index + 1]
+        if held is None or len(mine) != 1 or list(mine[0]) != held[1]:
+            raise MessageError("unknown commitment")
+        del per_height[aggregator]
+        try:
+            return frost.sign(self.index + 1, self._threshold_share, self.config.group_key, held[0],
+                              self._commit_bytes(height, view), [list(c) for c in commitments])
+        except LedgerlinkError as exc:
+            raise MessageError("bad sign request") from exc
+        finally:
+            self._held_nonces(height, aggregator)
+
+    def _on_sign_request(self, msg: Message) -> None:
+        view, height, hh, commitments = msg.fields
+        cfg = self.config
+        if self._threshold_share is None:
+            raise MessageError("no threshold key")
+        if height > self.height or self.chain[height].hash != hh:
+            raise MessageError("not committed")             # never a share for a header not committed here
+        if height in self.threshold_certs:
+            self._send_threshold(height, msg.sender)
+            return
+        if len(commitments) != cfg.quorum or any(c[0] > cfg.n for c in commitments):
+            raise MessageError("bad sign request")
+        made = self._shares_made.get(height, 0)
+        if made >= SHARES_PER_HEIGHT_MAX:
+            raise MessageError("share limit")
+        self._shares_made[height] = made + 1
+        z = self._make_share(height, view, list(commitments), msg.sender)
+        self._out.append(Send(msg.sender, self._sign([m.SIGNATURE_SHARE, self.index, height, hh,
+                                                      frost.scalar_bytes(z), self._nonces[height][msg.sender][1]])))
+
+    def _on_signature_share(self, msg: Message) -> None:
+        height, hh, z_bytes, commitment = msg.fields
+        if commitment[0] != msg.sender + 1:
+            raise MessageError("bad commitment")
+        agg = self._aggregations.get(height)
+        if agg is None or height > self.height:
+            raise MessageError("no request")
+        agg.commitments[msg.sender] = list(commitment)      # its next one (the one asked for is used)
+        if msg.sender not in agg.signers or msg.sender + 1 in agg.shares or hh != self.chain[height].hash:
+            raise MessageError("unexpected share")
+        agg.shares[msg.sender + 1] = int.from_bytes(z_bytes, "big") % frost.N
+        self._maybe_finish(height)
+
+    def _maybe_finish(self, height: int) -> None:
+        """All shares of the request in: aggregate (the result is verified) and broadcast the
+        certificate; else name each bad share's sender, never ask it again for this height, and retry."""
+        cfg = self.config
+        agg = self._aggregations[height]
+        if len(agg.shares) < len(agg.signers):
+            return
+        message = self._commit_bytes(height, agg.view)
+        try:
+            signature = frost.aggregate(cfg.group_key, agg.request, message, agg.shares)
+        except LedgerlinkError:
+            for i in agg.signers:
+                try:
+                    ok = frost.verify_share(i + 1, cfg.verifying_shares[i], cfg.group_key, agg.request,
+                                            message, agg.shares[i + 1])
+                except LedgerlinkError:
+                    ok = False
+                if not ok:
+                    agg.bad.add(i)
+                    self._drop("bad threshold share", i)
+            agg.signers = ()
+            return                                          # retried by the timers
+        tcert = ThresholdCertificate(agg.view, signature)
+        self.threshold_latency_ms.append(self.now - agg.committed_at)
+        self._accept_threshold(height, tcert, persist=True, verified=True)
+        raw = self._cert_raw[height] = self._sign([m.THRESHOLD_CERT, self.index, height, tcert.to_obj()])
+        self._out.append(Broadcast(raw))
+
+    def _accept_threshold(self, height: int, tcert: ThresholdCertificate, persist: bool,
+                          verified: bool = False) -> None:
+        """Keep the certificate of our committed block ``height`` once it verifies under the group key."""
+        cfg = self.config
+        if height > self.height:
+            raise MessageError("too far ahead")
+        if not verified:
+            if cfg.group_key is None:
+                raise MessageError("no group key")
+            try:
+                ok = frost.verify(cfg.group_key, self._commit_bytes(height, tcert.view), tcert.signature)
+            except LedgerlinkError:
+                ok = False
+            if not ok:
+                raise MessageError("bad threshold certificate")
+        self.threshold_certs[height] = tcert
+        self._nonces.pop(height, None)
+        self._aggregations.pop(height, None)
+        if persist:
+            self._out.append(PersistThreshold(height, tcert.encode()))
+
+    def _on_threshold_cert(self, msg: Message) -> None:
+        height, tcert = msg.fields
+        cfg = self.config
+        if height in self.threshold_certs:
+            raise MessageError("duplicate")
+        if height > self.height:
+            if height > self.height + 1 + cfg.lookahead + cfg.max_blocks_per_reply:
+                raise MessageError("too far ahead")
+            self._early_certs.setdefault(height, {})[msg.sender] = tcert   # checked when the block commits
+            return
+        self._accept_threshold(height, tcert, persist=True)
+
+    def _threshold_new_view(self) -> None:
+        """A new view has a new aggregator: offer it our commitments of the heights still without a
+        certificate (it takes over their aggregation); requests of an earlier view are void."""
+        if self.config.group_key is None:
+            return
+        for agg in self._aggregations.values():
+            agg.signers = ()
+        for height in self._pending_threshold()[-THRESHOLD_RESEND_MAX:]:
+            self._offer_commitment(height)
+            self._try_aggregate(height)
+
+    def _threshold_timers(self) -> None:
+        """Retry an aggregation whose shares did not all come in time, without the replicas that did not
+        answer (while enough others are there)."""
+        if not self._aggregations:
+            return
+        for height, agg in list(self._aggregations.items()):
+            if agg.signers and self.now >= agg.deadline:
+                agg.slow = {i for i in agg.signers if i + 1 not in agg.shares}
+                agg.signers = ()
+                self._try_aggregate(height)
+
+    def _threshold_retransmit(self) -> None:
+        """Offer the aggregator again our commitments of heights still without a certificate, and one
+        other peer in turn (whoever holds the certificate answers with it: a replica left in a view
+        change, or one the broadcast missed, gets it so); as aggregator, retry them."""
+        cfg = self.config
+        if cfg.group_key is None:
+            return
+        pending = self._pending_threshold()
+        if pending and pending[-1] == self.height and self.now - self.committed_at < cfg.retransmit_ms:
+            pending.pop()
+        if not pending:
+            return
+        self._cert_round += 1
+        peer = (self.index + 1 + self._cert_round % (cfg.n - 1)) % cfg.n if cfg.n > 1 else self.index
+        for height in pending[:THRESHOLD_RESEND_MAX]:
+            if self.is_primary() or self.in_view_change:
+                self._try_aggregate(height)
+            else:
+                self._offer_commitment(height, again=True)
+            if self._threshold_share is not None and peer != self.index \
+                    and (peer != cfg.primary(self.view) or self.in_view_change):
+                self._out.append(Send(peer, self._held_nonces(height, peer)[2]))
 
 def _decode_message(chain_id: str, validators: tuple[bytes, ...], crypto: m.Crypto, limits: m.Limits,
                     data: bytes) -> Message:

@@ -51,12 +51,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledgerlink.core import frost
 from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.attacks import noncanonical_frame
 from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.consensus.kv_app import KVApp, make_tx
 from ledgerlink.ledger.consensus.replica import (
-    Broadcast, Committed, Config, Dropped, Persist, Replica, SaveVotes, Send,
+    Broadcast, Committed, Config, Dropped, Persist, PersistThreshold, Replica, SaveVotes, Send,
 )
 
 LIVENESS_BOUND_MS = 20000
@@ -74,6 +75,7 @@ FLOOD_PER_S = 200                    # fetches, and votes, a flooder sends each 
 JUNK_PER_S = 2
 FLOOD_BEFORE_MS = 500                # a flooder floods from this long before the heal
 FLOOD_AFTER_MS = 1000               # to this long after it (while the liveness transactions commit)
+THRESHOLD_BOUND_MS = 5000           # with threshold certificates: after convergence, every block has one by then
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,34 @@ class CachingCrypto:
 
 
 _KEYS: dict[int, list[bytes]] = {}
+_GROUPS: dict[int, tuple[list[int], tuple[bytes, ...], bytes]] = {}
+
+
+def threshold_keys(n: int) -> tuple[list[int], tuple[bytes, ...], bytes]:
+    """Fixed FROST keys of n validators, t = 2f+1: (signing shares by validator index, verifying
+    shares, group key), from the dealerless DKG run among n participants in one process (seeded)."""
+    if n not in _GROUPS:
+        shares, verifying, group_key = dkg_in_process(n, m.quorum(n), random.Random(2000 + n).randbytes, b"sim")
+        _GROUPS[n] = (shares, verifying, group_key)
+    return _GROUPS[n]
+
+
+def dkg_in_process(n: int, t: int, rng: Any, context: bytes) -> tuple[list[int], tuple[bytes, ...], bytes]:
+    """Run the FROST KeyGen of ``frost`` among n participants in this process (each one's state kept
+    apart, messages passed as the ceremony would): (signing shares by validator index, verifying shares
+    by validator index, group key). For set-up and tests; a consortium runs it across its sites."""
+    states = [frost.dkg_round1(i + 1, n, t, rng, context) for i in range(n)]
+    broadcasts = [b for _, b in states]
+    outgoing = [frost.dkg_round2(state, broadcasts) for state, _ in states]
+    results = []
+    for i, (state, _) in enumerate(states):
+        mine = {j + 1: outgoing[j][i + 1] for j in range(n) if j != i}
+        results.append(frost.dkg_finish(state, broadcasts, mine))
+    group_key = results[0][2]
+    verifying = results[0][1]
+    if any(r[2] != group_key or r[1] != verifying for r in results):
+        raise ValueError("participants disagree on the group key")
+    return [r[0] for r in results], tuple(verifying[i + 1] for i in range(n)), group_key
 
 
 def validator_keys(backend: Any, n: int) -> list[bytes]:
@@ -230,6 +260,8 @@ class Node:
     variants: dict[bytes, bytes] = field(default_factory=dict)
     cpu_free: float = 0.0            # with costs: virtual time its CPU is free again
     slow_ms: int = 0                 # time spent with work under a slow primary after the heal
+    threshold_certs: dict[int, bytes] = field(default_factory=dict)   # persisted threshold certificates
+    incarnations: int = 0            # replicas made for it (each draws its own nonce randomness)
 
 
 @dataclass
@@ -253,10 +285,11 @@ class Simulation:
 
     def __init__(self, seed: int, trace: bool = False, scenario: Scenario | None = None,
                  config_overrides: dict[str, Any] | None = None, costs: Costs | None = None,
-                 stream: tuple[int, int] | None = None):
+                 stream: tuple[int, int] | None = None, threshold: bool = False):
         """``costs`` (default: modelled when a flooder runs) charges CPU time; ``stream`` = (tx/s,
         ms) offers transactions after the heal (default: ``STREAM_TPS`` for ``STREAM_MS`` with a
-        slow primary)."""
+        slow primary); ``threshold`` gives the validators FROST shares, so blocks get threshold
+        certificates (checked as the module docstring says)."""
         self.seed = seed
         self.rnd = random.Random(seed)
         self.sc = scenario or draw_scenario(self.rnd)
@@ -268,8 +301,16 @@ class Simulation:
                       view_change_timeout_ms=300, max_backoff_exp=3, retransmit_ms=100,
                       checkpoint_interval=4, max_message_size=1 << 18, max_blocks_per_reply=8,
                       slow_primary_grace_ms=20)
+        self.threshold = threshold
+        self.shares: list[int] = []
+        if threshold:
+            self.shares, verifying, group_key = threshold_keys(self.sc.n)
+            params.update(group_key=group_key, verifying_shares=verifying)
         params.update(config_overrides or {})
         self.config = Config(**params)
+        self.proposed: dict[int, set[bytes]] = {}      # height -> header hashes proposed (threshold checks)
+        self.cert_messages: list[tuple[int, int, bytes]] = []   # (sender, height, threshold-cert message)
+        self.share_rnd = random.Random("shares/%d" % seed)
         self.client = random.Random(7).randbytes(31) + b"\x01"
         self.tracing = trace
         self.trace: list[str] = []
@@ -295,18 +336,25 @@ class Simulation:
         for i in range(self.sc.n):
             kind = self.sc.faults.get(i, "honest")
             count = 2 if kind == "twin" else 1
-            reps = [self._new_replica(i) for _ in range(count)]
-            self.nodes.append(Node(i, kind, reps))
+            self.nodes.append(Node(i, kind, []))
+            self.nodes[i].replicas = [self._new_replica(i) for _ in range(count)]
 
     # --- setup ------------------------------------------------------------------------------------
 
     def _new_replica(self, i: int, persisted: list[tuple[bytes, bytes]] | None = None,
                      votes: bytes | None = None) -> Replica:
         app = _CountingKV(self.crypto)
+        share = rng = None
+        if self.threshold:
+            node = self.nodes[i]
+            node.incarnations += 1             # a restarted replica never draws its old nonces again
+            share, rng = self.shares[i], random.Random("nonces/%d/%d/%d" % (self.seed, i, node.incarnations)).randbytes
         if persisted is None:
-            return Replica(i, self.config, self.keys[i], app, self.crypto, self.now, self._decode)
+            return Replica(i, self.config, self.keys[i], app, self.crypto, self.now, self._decode,
+                           threshold_share=share, rng=rng)
         return Replica.restore(i, self.config, self.keys[i], app, self.crypto, self.now, persisted,
-                               self._decode, votes)
+                               self._decode, votes, sorted(self.nodes[i].threshold_certs.items()),
+                               threshold_share=share, rng=rng)
 
     def _decode(self, data: bytes) -> m.Message:
         """decode_message memoized by the wire bytes (decoding is a function of them)."""
@@ -352,6 +400,8 @@ class Simulation:
     def _send(self, src: int, dst: int, data: bytes) -> None:
         if dst == src:
             return
+        if self.threshold:
+            self._watch_threshold(src, data)
         self.messages += 1
         if self.now < self.sc.heal_ms:
             if self._partitioned(src, dst) or self.rnd.random() < self.sc.drop:
@@ -364,6 +414,9 @@ class Simulation:
     def _out(self, node: Node, dsts: list[int], data: bytes) -> None:
         """Outgoing message of ``node``; Byzantine kinds rewrite it here."""
         kind = node.kind
+        if kind in ("junk", "equivocate") and m.kind_of(data) == m.SIGNATURE_SHARE:
+            a = m.loads(data)                               # a share that does not verify
+            data = self._resign(node, a[:4] + [self.share_rnd.randbytes(32)] + a[5:6])
         if kind == "badsig":
             for d in dsts:
                 self._send(node.index, d, self._corrupt(data))
@@ -484,6 +537,9 @@ class Simulation:
             elif isinstance(e, SaveVotes):
                 if rep is node.replicas[0]:
                     node.votes = e.record
+            elif isinstance(e, PersistThreshold):
+                if rep is node.replicas[0]:
+                    node.threshold_certs[e.height] = e.certificate
             elif isinstance(e, Committed):
                 self._on_committed(node, rep, e)
             elif isinstance(e, Dropped):
@@ -532,78 +588,7 @@ class Simulation:
             t, _, kind, data = heapq.heappop(self.queue)
             if t > deadline:
                 break
-            self.now = t
-            if kind == DELIVER:
-                src, dst, raw = data
-                node = self.nodes[dst]
-                if not node.up:
-                    continue
-                if self.costs is not None and self.honest(dst):
-                    if node.cpu_free > t:                   # busy: the message waits its turn
-                        self._push(math.ceil(node.cpu_free), DELIVER, data)
-                        continue
-                    self._costed(node, len(raw), lambda r: r.receive(src, raw, t))
-                    continue
-                for rep in node.replicas:
-                    self._effects(node, rep, rep.receive(src, raw, t))
-            elif kind == SEND_LATER:
-                src, dsts, raw = data
-                if self.nodes[src].up:
-                    for d in dsts:
-                        self._send(src, d, raw)
-            elif kind == TICK:
-                node = self.nodes[data]
-                if node.up and self.costs is not None and self.honest(data):
-                    self._costed(node, 0, lambda r: r.tick(t))
-                elif node.up:
-                    for rep in node.replicas:
-                        self._effects(node, rep, rep.tick(t))
-                if node.up:
-                    if node.kind == "flood" and sc.heal_ms - FLOOD_BEFORE_MS <= t < sc.heal_ms + FLOOD_AFTER_MS:
-                        self._flood(node)
-                    elif t >= sc.heal_ms and self.honest(data):
-                        self._watch_slow(node)
-                self._push(t + TICK_MS, TICK, data)
-            elif kind == STREAM:
-                if t < self.stream_end:
-                    live = [i for i in range(sc.n) if self.nodes[i].up and self.honest(i)]
-                    if live:
-                        self._push(t, SUBMIT, (self.rnd.choice(live), None))
-                    self._push(t + max(1, 1000 // self.stream[0]), STREAM, None)
-            elif kind == SUBMIT:
-                i, tx = data
-                node = self.nodes[i]
-                tx = tx or self._new_tx()
-                if node.up:
-                    self._log("client submits %s to %d" % (hashlib.sha256(tx).hexdigest()[:8], i))
-                    if self.costs is not None and self.honest(i):
-                        self._costed(node, 0, lambda r: r.submit(tx, t))
-                    else:
-                        for rep in node.replicas:
-                            self._effects(node, rep, rep.submit(tx, t))
-            elif kind == REPLAY:
-                if self.submitted:
-                    tx = self.rnd.choice(self.submitted)
-                    self._push(t, SUBMIT, (self.rnd.randrange(sc.n), tx))
-            elif kind == CRASH:
-                self.nodes[data].up = False
-                self._log("%d crashes" % data)
-            elif kind == RECOVER:
-                node = self.nodes[data]
-                node.up = True
-                if node.kind == "restart":
-                    node.replicas = [self._new_replica(data, list(node.persisted), node.votes)]
-                    self._log("%d restarts from %d persisted blocks and its vote record"
-                              % (data, len(node.persisted)))
-                else:
-                    self._log("%d recovers" % data)
-            elif kind == HEAL:
-                self._log("network heals")
-                for i in range(sc.n):
-                    if self.nodes[i].up and self.honest(i):
-                        tx = self._new_tx()
-                        self.liveness_txs.add(hashlib.sha256(tx).digest())
-                        self._push(t + 1 + i, SUBMIT, (i, tx))
+            self._step(t, kind, data)
             if t >= sc.heal_ms and self.liveness_txs and t >= self.stream_end:
                 if done_at is None and self._live_done():
                     done_at = t
@@ -615,6 +600,8 @@ class Simulation:
                         self.violations.append("LIVENESS: live honest replicas at heights %s %d ms after the "
                                                "last liveness commit" % (sorted(heights), CONVERGE_BOUND_MS))
                         break
+        if self.threshold and not self.violations:
+            self._drain_threshold()
         for node in self.nodes:
             if node.slow_ms > SLOW_BOUND_MS:
                 self.violations.append("SLOW PRIMARY: replica %d spent %d ms with work under a slow primary "
@@ -629,6 +616,151 @@ class Simulation:
         self._log("end heights %s violations %d" % (heights, len(self.violations)))
         return Result(self.seed, sc, self.violations, heights, self.messages, self.drops, self.now,
                       self.trace)
+
+    def _step(self, t: int, kind: int, data: Any) -> None:
+        """Carry out one scheduled event at virtual time ``t``."""
+        sc = self.sc
+        self.now = t
+        if kind == DELIVER:
+            src, dst, raw = data
+            node = self.nodes[dst]
+            if not node.up:
+                return
+            if self.costs is not None and self.honest(dst):
+                if node.cpu_free > t:                   # busy: the message waits its turn
+                    self._push(math.ceil(node.cpu_free), DELIVER, data)
+                    return
+                self._costed(node, len(raw), lambda r: r.receive(src, raw, t))
+                return
+            for rep in node.replicas:
+                self._effects(node, rep, rep.receive(src, raw, t))
+        elif kind == SEND_LATER:
+            src, dsts, raw = data
+            if self.nodes[src].up:
+                for d in dsts:
+                    self._send(src, d, raw)
+        elif kind == TICK:
+            node = self.nodes[data]
+            if node.up and self.costs is not None and self.honest(data):
+                self._costed(node, 0, lambda r: r.tick(t))
+            elif node.up:
+                for rep in node.replicas:
+                    self._effects(node, rep, rep.tick(t))
+            if node.up:
+                if node.kind == "flood" and sc.heal_ms - FLOOD_BEFORE_MS <= t < sc.heal_ms + FLOOD_AFTER_MS:
+                    self._flood(node)
+                elif t >= sc.heal_ms and self.honest(data):
+                    self._watch_slow(node)
+            self._push(t + TICK_MS, TICK, data)
+        elif kind == STREAM:
+            if t < self.stream_end:
+                live = [i for i in range(sc.n) if self.nodes[i].up and self.honest(i)]
+                if live:
+                    self._push(t, SUBMIT, (self.rnd.choice(live), None))
+                self._push(t + max(1, 1000 // self.stream[0]), STREAM, None)
+        elif kind == SUBMIT:
+            i, tx = data
+            node = self.nodes[i]
+            tx = tx or self._new_tx()
+            if node.up:
+                self._log("client submits %s to %d" % (hashlib.sha256(tx).hexdigest()[:8], i))
+                if self.costs is not None and self.honest(i):
+                    self._costed(node, 0, lambda r: r.submit(tx, t))
+                else:
+                    for rep in node.replicas:
+                        self._effects(node, rep, rep.submit(tx, t))
+        elif kind == REPLAY:
+            if self.submitted:
+                tx = self.rnd.choice(self.submitted)
+                self._push(t, SUBMIT, (self.rnd.randrange(sc.n), tx))
+        elif kind == CRASH:
+            self.nodes[data].up = False
+            self._log("%d crashes" % data)
+        elif kind == RECOVER:
+            node = self.nodes[data]
+            node.up = True
+            if node.kind == "restart":
+                node.replicas = [self._new_replica(data, list(node.persisted), node.votes)]
+                self._log("%d restarts from %d persisted blocks and its vote record"
+                          % (data, len(node.persisted)))
+            else:
+                self._log("%d recovers" % data)
+        elif kind == HEAL:
+            self._log("network heals")
+            for i in range(sc.n):
+                if self.nodes[i].up and self.honest(i):
+                    tx = self._new_tx()
+                    self.liveness_txs.add(hashlib.sha256(tx).digest())
+                    self._push(t + 1 + i, SUBMIT, (i, tx))
+
+    # --- threshold certificates ---------------------------------------------------------------------
+
+    def _watch_threshold(self, src: int, data: bytes) -> None:
+        """Note proposals and threshold certificates on the wire; an honest replica's share must be for
+        the header committed at its height."""
+        kind = m.kind_of(data)
+        if kind not in (m.PRE_PREPARE, m.SIGNATURE_SHARE, m.THRESHOLD_CERT):
+            return
+        try:
+            a = m.loads(data)
+            if kind == m.PRE_PREPARE:
+                self.proposed.setdefault(a[3], set()).add(hashlib.sha256(m.dumps(a[4])).digest())
+            elif kind == m.THRESHOLD_CERT:
+                self.cert_messages.append((src, a[2], m.dumps(a[3])))
+            elif self.honest(src):
+                block = self.global_blocks.get(a[2])
+                if block is None or m.Block.decode(block).header.hash() != a[3]:
+                    self.violations.append("SAFETY: replica %d made a threshold share for a header not "
+                                           "committed at %d" % (src, a[2]))
+        except (m.MessageError, IndexError, TypeError):
+            return                               # a Byzantine node's junk
+
+    def _threshold_done(self) -> bool:
+        return all(not rep._pending_threshold() for rep in self._live_replicas())
+
+    def _drain_threshold(self) -> None:
+        """Run on (no new transactions) until every live honest replica holds a threshold certificate
+        for each of its blocks, for up to ``THRESHOLD_BOUND_MS``."""
+        end = self.now + THRESHOLD_BOUND_MS
+        while self.queue and not self._threshold_done():
+            t, _, kind, data = heapq.heappop(self.queue)
+            if t > end:
+                break
+            self._step(t, kind, data)
+
+    def _threshold_checks(self) -> None:
+        """No threshold certificate verifies for a header other than the committed one at its height;
+        every honest replica's certificates verify; with 2f+1 honest replicas up, each of them holds one
+        for every block of its chain."""
+        cfg = self.config
+        committed = {h: m.Block.decode(b).header.hash() for h, b in self.global_blocks.items()}
+        for src, h, raw in set(self.cert_messages):
+            try:
+                tcert = m.ThresholdCertificate.decode(raw)
+            except m.MessageError:
+                continue
+            for hh in self.proposed.get(h, set()) | {committed.get(h, m.ZERO_HASH)}:
+                if hh != committed.get(h) and frost.verify(
+                        cfg.group_key, m.commit_sign_bytes(cfg.chain_id, h, tcert.view, hh), tcert.signature):
+                    self.violations.append("SAFETY: a threshold certificate (sent by %d) for a header not "
+                                           "committed at %d" % (src, h))
+        for node in self.nodes:
+            if not self.honest(node.index):
+                continue
+            rep = node.replicas[0]
+            for h, tcert in rep.threshold_certs.items():
+                if not frost.verify(cfg.group_key, m.commit_sign_bytes(cfg.chain_id, h, tcert.view,
+                                                                       rep.block(h)[1].header_hash),
+                                    tcert.signature):
+                    self.violations.append("replica %d: invalid threshold certificate at %d" % (node.index, h))
+        live = self._live_replicas()
+        if len(live) < cfg.quorum:
+            return
+        for rep in live:
+            missing = rep._pending_threshold()
+            if missing:
+                self.violations.append("THRESHOLD LIVENESS: replica %d has no threshold certificate at heights "
+                                       "%s %d ms after convergence" % (rep.index, missing, THRESHOLD_BOUND_MS))
 
     def _watch_slow(self, node: Node) -> None:
         rep = node.replicas[0]
@@ -646,6 +778,8 @@ class Simulation:
         return True
 
     def _final_checks(self) -> None:
+        if self.threshold:
+            self._threshold_checks()
         for node in self.nodes:
             if not self.honest(node.index):
                 continue
@@ -699,8 +833,8 @@ def _describe(data: bytes) -> str:
         return "(undecodable %d bytes)" % len(data)
 
 
-def run_seed(seed: int, trace: bool = False) -> Result:
-    return Simulation(seed, trace=trace).run()
+def run_seed(seed: int, trace: bool = False, threshold: bool = False) -> Result:
+    return Simulation(seed, trace=trace, threshold=threshold).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -709,9 +843,11 @@ def main(argv: list[str] | None = None) -> int:
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--seed", type=int, help="run one seed and print its trace")
     g.add_argument("--seeds", help="A:B runs seeds A..B-1 and prints a summary")
+    ap.add_argument("--threshold", action="store_true",
+                    help="validators hold FROST shares: check the threshold certificates of every block too")
     args = ap.parse_args(argv)
     if args.seed is not None:
-        r = run_seed(args.seed, trace=True)
+        r = run_seed(args.seed, trace=True, threshold=args.threshold)
         print("\n".join(r.trace))
         for v in r.violations:
             print("VIOLATION", v)
@@ -724,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds: Counter = Counter()
     total_height = 0
     for seed in range(lo, hi):
-        r = run_seed(seed)
+        r = run_seed(seed, threshold=args.threshold)
         for k in r.scenario.faults.values():
             kinds[k] += 1
         total_height += max(r.heights) + 1
