@@ -24,7 +24,9 @@ transaction and its body), for the CPython fast path, the portable decoder and p
 (which checks none of the determinism rules; for scale). Each cell is process CPU time, the best
 of five runs, so that other processes on the machine disturb it less.
 
-Usage: ``python3 -m ledgerlink.tools.bench [--quick] [--cbor] [--json FILE]``.
+``--header-check`` prints only the header-check table of ``ledgerlink.tools.header_check``.
+
+Usage: ``python3 -m ledgerlink.tools.bench [--quick] [--cbor] [--header-check] [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -512,8 +514,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few iterations, no MicroPython section")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     parser.add_argument("--cbor", action="store_true", help="only the CBOR decoding table")
+    parser.add_argument("--header-check", action="store_true",
+                        help="only the header-check table (tools/header_check.py: votes against FROST, N = 4..100)")
     args = parser.parse_args(argv)
     target_s = 0.005 if args.quick else 0.3
+    if args.header_check:
+        from ledgerlink.tools import header_check
+        return header_check.main(["--json", args.json] if args.json else [])
     inp = Inputs()
     if args.cbor:
         table = cbor_table(inp, target_s)

@@ -1,7 +1,6 @@
 """The RFC 9591 FROST(P-256, SHA-256) vectors replayed by the portable core inside MicroPython: on
 board32 (collector on, library from ROMFS at a plain ESP32's heap) and in the WASI build."""
 
-import json
 from pathlib import Path
 
 import pytest
