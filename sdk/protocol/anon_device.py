@@ -8,7 +8,9 @@ and the device refuses to make requests until it is provisioned again (a new dev
 batch the owner records): it cannot learn which of its ids are spent without asking the ledger about
 them, which would link them to the asker, and jumping ahead would only skip into a finite batch.
 
-Portable: runs on CPython and MicroPython (``os.rename`` replaces the file in one step on both).
+Portable: runs on CPython and MicroPython. The file is written as ``path.tmp`` and renamed over ``path``
+(removed first where rename does not replace), and a whole ``.tmp`` copy counts when reading, so a
+power loss at any step leaves a counter at or above every k handed out.
 """
 
 import hashlib
@@ -80,17 +82,20 @@ class AnonCounter:
         """Start at k = 0: called once when the owner records the batch of this secret."""
         self._write(0)
 
-    def last(self):
-        """The last k used; AnonError when the file is lost or damaged."""
+    def _read(self, path):
         try:
-            with open(self.path, "rb") as f:
-                data = f.read()
+            with open(path, "rb") as f:
+                return decode_counter(f.read(), self.secret)
         except OSError:
-            data = None
-        k = decode_counter(data, self.secret)
-        if k is None:
+            return None
+
+    def last(self):
+        """The last k used (the higher of the file and a whole copy left by an interrupted write); AnonError
+        when neither holds a valid counter of this secret."""
+        found = [k for k in (self._read(self.path), self._read(self.path + ".tmp")) if k is not None]
+        if not found:
             raise AnonError("the certificate counter is lost: provision the device again")
-        return k
+        return max(found)
 
     def take(self):
         """The next k, stored before it is returned."""
@@ -102,7 +107,11 @@ class AnonCounter:
         tmp = self.path + ".tmp"
         with open(tmp, "wb") as f:
             f.write(encode_counter(k, self.secret))
-        os.rename(tmp, self.path)
+        try:
+            os.rename(tmp, self.path)
+        except OSError:                 # a filesystem whose rename does not replace (FAT): the copy stays valid
+            os.remove(self.path)
+            os.rename(tmp, self.path)
 
 
 class AnonRequest:

@@ -224,3 +224,35 @@ def test_answer_is_checked_against_the_request(site):
     with pytest.raises(InvalidTag):
         anon_device.check_response(second, reply)          # another request's answer does not open
     assert isinstance(out.session, anon_device.AnonSession)
+
+
+def test_counter_survives_a_power_loss_at_each_step_of_a_write_on_a_fat_like_filesystem(tmp_path, monkeypatch):
+    import os
+
+    path = str(tmp_path / "c")
+    counter = anon_device.AnonCounter(path, secret_of("devA"))
+    counter.provision()
+    assert counter.take() == 1
+    real_rename, real_remove = os.rename, os.remove
+
+    def fat_rename(src, dst):
+        if os.path.exists(dst):
+            raise OSError("target exists")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", fat_rename)
+    assert counter.take() == 2 and counter.last() == 2       # the rename that does not replace is handled
+
+    class PowerLoss(Exception):
+        pass
+
+    def lose_after_remove(p):
+        real_remove(p)
+        raise PowerLoss()
+
+    monkeypatch.setattr(os, "remove", lose_after_remove)
+    with pytest.raises(PowerLoss):
+        counter.take()                                      # power lost with only path.tmp (k = 3) on flash
+    monkeypatch.setattr(os, "remove", real_remove)
+    assert not os.path.exists(path)
+    assert anon_device.AnonCounter(path, secret_of("devA")).take() == 4    # 3 may not have been used: skipped
