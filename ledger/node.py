@@ -51,7 +51,7 @@ from typing import Any, Sequence
 from ledgerlink.core import merkle, smt
 from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.consensus.replica import (
-    Broadcast, Committed, Dropped, Persist, Replica, SaveVotes, Send,
+    Broadcast, Committed, Dropped, Persist, PersistThreshold, Replica, SaveVotes, Send,
 )
 from ledgerlink.ledger.state import LedgerState
 from ledgerlink.ledger.storage import BlockStore
@@ -92,7 +92,8 @@ class Node:
         started = time.perf_counter()
         self.app = LedgerState.genesis(config.genesis_config(), self.backend)
         self.replica = Replica.restore(index, self.rconfig, key, self.app, self.backend, now_ms(),
-                                       self.store.blocks(), votes=self.store.votes())
+                                       self.store.blocks(), votes=self.store.votes(),
+                                       threshold_certs=list(self.store.threshold_certs()))
         if self.replica.height != self.store.height:
             raise RuntimeError("restored height %d differs from the store's %d"
                                % (self.replica.height, self.store.height))
@@ -136,6 +137,8 @@ class Node:
                                         self._tx_hashes(e.height, block.txs))
             elif isinstance(e, SaveVotes):
                 self.store.save_votes(e.record)
+            elif isinstance(e, PersistThreshold):
+                self.store.save_threshold(e.height, e.certificate)
             elif isinstance(e, Committed):
                 self._on_committed(e)
             elif isinstance(e, Dropped):
@@ -221,6 +224,14 @@ class Node:
     def _certified(self, height: int) -> list:
         block, cert = self.replica.block(height)
         return [block.header.to_obj(), cert.to_obj()]
+
+    def _with_threshold(self, out: dict, height: int) -> dict:
+        """Add ``threshold_header`` = [header, threshold-certificate] when block ``height`` has one (a
+        client holding the group key checks it with one verification)."""
+        tcert = self.replica.threshold_certs.get(height)
+        if tcert is not None:
+            out["threshold_header"] = [self.replica.block(height)[0].header.to_obj(), tcert.to_obj()]
+        return out
 
     def _status(self, h: bytes) -> dict:
         loc = self.store.tx_location(h) if h in self.replica.committed_txs else None
@@ -376,7 +387,7 @@ class Node:
             out: dict[str, Any] = {"ok": True, "height": height, "certified_header": self._certified(height)}
             if op == "block":
                 out["txs"] = list(r.block(height)[0].txs)
-            return out
+            return self._with_threshold(out, height)
         if op == "record":
             kind, rid = req.get("kind"), req.get("record_id")
             if type(kind) is not int or r.height < 0:
@@ -397,9 +408,9 @@ class Node:
             height, index, code = loc
             txs = list(r.block(height)[0].txs)
             proof = merkle.MerkleTree(txs).inclusion_proof(index)
-            return {"ok": True, "height": height, "certified_header": self._certified(height),
-                    "tx": txs[index], "index": index, "size": len(txs), "proof": list(proof),
-                    "code": code}
+            return self._with_threshold({"ok": True, "height": height, "certified_header": self._certified(height),
+                                         "tx": txs[index], "index": index, "size": len(txs), "proof": list(proof),
+                                         "code": code}, height)
         return {"ok": False, "error": "unknown op"}
 
 

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     block BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS votes (id INTEGER PRIMARY KEY CHECK (id = 0), record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS threshold (height INTEGER PRIMARY KEY, certificate BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS txs (
     hash BLOB PRIMARY KEY,
     height INTEGER NOT NULL,
@@ -108,6 +109,22 @@ class BlockStore:
             db.execute("ROLLBACK")
             raise
         self._height = height
+
+    def save_threshold(self, height: int, certificate: bytes) -> None:
+        """Store the threshold certificate (cbor [view, frost-signature]) of stored block ``height``."""
+        if not 0 <= height <= self._height:
+            raise StoreError("no block %d for a threshold certificate" % height)
+        self._db.execute("INSERT OR REPLACE INTO threshold (height, certificate) VALUES (?, ?)",
+                         (height, certificate))
+
+    def threshold_certs(self) -> Iterator[tuple[int, bytes]]:
+        """(height, threshold certificate) pairs in height order: an input of ``Replica.restore``."""
+        for height, cert in self._db.execute("SELECT height, certificate FROM threshold ORDER BY height"):
+            yield height, bytes(cert)
+
+    def threshold(self, height: int) -> bytes | None:
+        row = self._db.execute("SELECT certificate FROM threshold WHERE height = ?", (height,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def save_votes(self, record: bytes) -> None:
         """Replace the vote record; durable on return."""

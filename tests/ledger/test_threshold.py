@@ -223,3 +223,25 @@ def test_simulated_schedules_certify_every_block_over_many_seeds():
     for each of its blocks within the bound after convergence."""
     failed = [s for s in range(100, 160) if not Simulation(s, threshold=True).run().ok]
     assert not failed
+
+
+def test_block_store_keeps_threshold_certificates_across_reopen(tmp_path):
+    from ledgerlink.ledger.storage import BlockStore, StoreError
+
+    net = Net()
+    for _ in range(2):
+        net.submit(1)
+        net.run(100)
+    path = tmp_path / "blocks.sqlite"
+    store = BlockStore(path, "t", bytes(32))
+    for h, (block, cert) in enumerate(net.persisted[1]):
+        store.append_block(h, block, cert)
+    with pytest.raises(StoreError):
+        store.save_threshold(5, net.tcerts[1][0])
+    for h, cert in net.tcerts[1].items():
+        store.save_threshold(h, cert)
+    store.close()
+    store = BlockStore(path, "t", bytes(32))
+    back = net.make(1, list(store.blocks()), list(store.threshold_certs()))
+    assert sorted(back.threshold_certs) == [0, 1]
+    store.close()
