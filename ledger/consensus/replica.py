@@ -137,7 +137,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 from ledgerlink.core import frost
 from ledgerlink.core.errors import LedgerlinkError
-from ledgerlink.ledger.consensus import messages as m
+from ledgerlink.ledger.consensus import messages as m, reconfig
 from ledgerlink.ledger.consensus.messages import (
     Block, CommitCertificate, Header, Message, MessageError, ThresholdCertificate, quorum,
 )
@@ -365,7 +365,7 @@ class Replica:
         a cache of verified messages shared by the replicas of one process. ``threshold_share`` is this
         validator's FROST signing share (with ``config.group_key``; secret, never logged) and ``rng(n)``
         the randomness of its nonces: with both the replica helps make threshold certificates."""
-        if not 0 <= index < config.n:
+        if index < 0:                  # an index outside the set: not a member (yet), see reconfig
             raise ValueError("replica index out of range")
         if threshold_share is not None and (config.group_key is None or rng is None
                                             or len(config.verifying_shares) != config.n):
@@ -432,6 +432,7 @@ class Replica:
         self._out: list[Effect] = []
         self._decode = decoder or functools.partial(
             _decode_message, config.chain_id, config.validators, crypto, config.limits)
+        reconfig.attach(self)
 
     # --- public API -------------------------------------------------------------------------------
 
@@ -490,7 +491,7 @@ class Replica:
         return self.chain[-1].hash if self.chain else m.ZERO_HASH
 
     def is_primary(self) -> bool:
-        return self.config.primary(self.view) == self.index
+        return self.member and self.config.primary(self.view) == self.index
 
     def block(self, height: int) -> tuple[Block, CommitCertificate]:
         s = self.chain[height]
@@ -635,7 +636,7 @@ class Replica:
 
     def _end(self) -> list[Effect]:
         out, self._out = self._out, []
-        return out
+        return out if self.member else reconfig.member_effects(self, out)
 
     def _drop(self, reason: str, sender: int | None = None) -> None:
         self._out.append(Dropped(reason, sender))
@@ -660,7 +661,7 @@ class Replica:
 
     def _may_vote(self, view: int, height: int) -> bool:
         """False where a restored replica may have voted before it stopped (see ``restore``)."""
-        return height != self.abstain_height or view > self.abstain_view
+        return self.member and (height != self.abstain_height or view > self.abstain_view)
 
     def _save_votes(self) -> None:
         """Emit the vote record: ``cbor([view, in-view-change: bool, prepared-proof / null])``."""
@@ -693,6 +694,8 @@ class Replica:
             votes.append((v[0], v[1]))
         if not isinstance(raw_pp, bytes):
             raise MessageError("malformed")
+        if reconfig.below_chain(self, raw_pp):
+            return view, None, changing          # a proof for a committed height (perhaps of an earlier set)
         proposal = self._check_prepared(raw_pp, votes, view + 1, -1)
         if proposal.header.height <= self.height:
             return view, None, changing
@@ -1113,6 +1116,7 @@ class Replica:
         if (h + 1) % self.config.checkpoint_interval == 0:
             self._broadcast([m.CHECKPOINT, self.index, h, cert.header_hash])
             self._add_checkpoint(self.index, h, cert.header_hash)
+        reconfig.after_commit(self, h, persist)
 
     # --- checkpoints ------------------------------------------------------------------------------
 
@@ -1161,6 +1165,8 @@ class Replica:
         return slot is not None and self.view in slot.proposals
 
     def _timers(self) -> None:
+        if not self.member or reconfig.switch_view_change(self):
+            return
         if self.in_view_change:
             if self.vc_deadline is None:
                 if len(self.view_changes.get(self.view, ())) >= self.config.quorum:
@@ -1177,6 +1183,8 @@ class Replica:
             self._start_view_change(self.view + 1)
 
     def _start_view_change(self, view: int) -> None:
+        if not self.member:
+            return
         while self.config.primary(view) in self.convicted and len(self.convicted) < self.config.n:
             view += 1
         if view > m.MAX_VIEW:
@@ -1210,9 +1218,10 @@ class Replica:
         ch = -1
         if committed is not None:
             header, cert = committed
-            if header.validators_hash != self._vhash:
+            keys, vhash = reconfig.validators_at(self, header.height)
+            if header.validators_hash != vhash:
                 raise MessageError("bad view-change")
-            m.verify_certificate(cert, header, cfg.chain_id, cfg.validators, self.crypto)
+            m.verify_certificate(cert, header, cfg.chain_id, keys, self.crypto)
             ch = header.height
         proposal = None
         if prepared is not None:

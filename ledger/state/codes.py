@@ -44,6 +44,16 @@ REASON_TEXT = {
     Reason.ALREADY_EXISTS: "record already exists",
     Reason.UNKNOWN_TARGET: "target device is not registered",
     Reason.WRONG_STATUS: "target device status does not allow this",
+    Reason.STALE_EPOCH: "validator set change is not for the next epoch",
+    Reason.SHORT_QUORUM: "validator set change lacks 2f+1 approvals of the current set",
+    Reason.DUPLICATE_SIGNER: "validator set change approved twice by one validator",
+    Reason.FOREIGN_SIGNER: "validator set change approved by a validator outside the current set",
+    Reason.HEIGHT_NOT_FUTURE: "validator set change effective height is not in the future",
+    Reason.EMPTY_SET: "new validator set is empty",
+    Reason.OVERSIZED_SET: "new validator set is too large",
+    Reason.BAD_APPROVAL: "validator set change approval does not verify",
+    Reason.CHANGE_PENDING: "a validator set change is pending",
+    Reason.MEMBER_MOVED: "a validator of both sets changes index",
 }
 
 

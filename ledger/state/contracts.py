@@ -17,8 +17,10 @@ from ledgerlink.protocol import anon_wire
 from ledgerlink.ledger.state.codes import DeviceStatus, ImageType, Reason, RecordKind as RK, Role, TxKind
 from ledgerlink.protocol.ledger_tx import (MAX_ID, MAX_INPUTS, MAX_REQUEST, MAX_TEXT, MAX_WARNINGS,  # noqa: F401
                                            Refusal,
-                                           check_attributes, check_registration_request, get_bstr, get_pubkey,
-                                           get_tstr, get_uint, invalid_field as _bad, rotation_message, state_key)
+                                           check_attributes, check_registration_request, check_set_change,
+                                           get_bstr, get_pubkey, get_tstr, get_uint, invalid_field as _bad,
+                                           rotation_message, state_key)
+from ledgerlink.protocol.validator_set import keys_of
 
 _ANCHOR = int(RK.ANCHOR)
 
@@ -334,6 +336,35 @@ def warnings(ctx: TxContext) -> None:
             ctx.view.put(RK.OFFENCES, offender, {1: count, 2: when, 3: reason, 4: ctx.submitter})
 
 
+# -- validator set changes -----------------------------------------------------------------------------
+
+def validator_set_at(view: Journal, chain: dict, height: int) -> tuple[int, list[bytes], int | None]:
+    """(epoch, keys, effective height of a change recorded and not yet in effect, or None) of the
+    validator set that signs the block at ``height``: the genesis set (epoch 0) or the last change."""
+    latest = view.get(RK.VALIDATOR_EPOCH, 0)
+    if latest is None:
+        return 0, list(chain[5]), None
+    epoch, effective = latest[1], latest[2]
+    if effective > height:
+        previous = view.get(RK.VALIDATOR_SET, epoch - 1) if epoch > 1 else None
+        keys = list(chain[5]) if previous is None else keys_of(previous[2])
+        return epoch - 1, keys, effective
+    return epoch, keys_of(view.get(RK.VALIDATOR_SET, epoch)[2]), None
+
+
+def validator_set_change(ctx: TxContext) -> None:
+    """Record a validator set approved by 2f+1 of the current set, effective at its height (one pending
+    change at a time)."""
+    require_role(ctx, Role.ADMIN, Role.VALIDATOR)
+    check_keys(ctx.body, (4, 5, 6, 7), (8, 9))
+    epoch, keys, pending = validator_set_at(ctx.view, ctx.chain, ctx.height)
+    if pending is not None:
+        raise Refusal(Reason.CHANGE_PENDING, "a validator set change takes effect at height %d" % pending)
+    change = check_set_change(ctx.body, ctx.chain_id, epoch, keys, ctx.height, ctx.backend)
+    ctx.view.put(RK.VALIDATOR_SET, change.epoch, change.record(ctx.height))
+    ctx.view.put(RK.VALIDATOR_EPOCH, 0, {1: change.epoch, 2: change.height})
+
+
 # -- anonymous sessions (docs/protocol.md, "Anonymous sessions") -----------------------------------------
 
 def anon_certs(ctx: TxContext) -> None:
@@ -393,4 +424,5 @@ CONTRACTS: dict[int, Callable[[TxContext], None]] = {
     TxKind.WARNINGS: warnings,
     TxKind.ANON_CERTS: anon_certs,
     TxKind.ANON_SPEND: anon_spend,
+    TxKind.VALIDATOR_SET_CHANGE: validator_set_change,
 }

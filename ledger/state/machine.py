@@ -31,6 +31,7 @@ from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.ledger.state.codes import DeviceStatus, Reason, RecordKind as RK, Role, reason_text
 from ledgerlink.ledger.state.contracts import (CONTRACTS, Journal, Refusal, TxContext, check_attributes,
                                                device_record, is_uint)
+from ledgerlink.protocol.validator_set import keys_of
 from ledgerlink.ledger.state.encoding import (NONCE_LEN, bstr_head, compress_pubkey, device_id, split_sign1,
                                               state_key, tx_aad, tx_id, tx_tbs_prefix)
 
@@ -238,6 +239,15 @@ class LedgerState:
             "registered_at": rec[6], "registered_by": rec[7], "key_version": rec[8],
             "ban": rec.get(9), "unban": rec.get(10), "key_rotated_at": rec.get(11),
         }
+
+    def scheduled_validator_set(self) -> tuple[int, int, tuple[bytes, ...], bytes | None, list | None] | None:
+        """(epoch, effective height, keys, group key, verifying shares) of the last validator set change
+        committed, or None."""
+        latest = self.get_record(RK.VALIDATOR_EPOCH, 0)
+        if latest is None:
+            return None
+        record = self.get_record(RK.VALIDATOR_SET, latest[1])
+        return latest[1], latest[2], tuple(keys_of(record[2])), record.get(5), record.get(6)
 
     def results_of(self, height: int) -> list[TxResult]:
         """Per-transaction results of a committed (or the pending) block; KeyError for other heights."""

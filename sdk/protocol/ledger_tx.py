@@ -16,7 +16,8 @@ from hashlib import sha256 as _sha256
 from ledgerlink.core import cbor, cose, merkle, p256
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import LedgerlinkError
-from ledgerlink.protocol import codes, spv
+from ledgerlink.protocol import codes, spv, validator_set
+from ledgerlink.protocol.validator_set import RECORD_VALIDATOR_EPOCH, RECORD_VALIDATOR_SET  # noqa: F401 - record kinds
 from ledgerlink.protocol.codes import NONCE_LEN, TX_ANCHOR, TX_DOMAIN
 
 TX_REGISTER = 1
@@ -30,6 +31,7 @@ TX_COMMUNICATION = 9
 TX_WARNINGS = 10
 TX_ANON_CERTS = 20              # anonymous sessions: an owner records a batch of dynamic certificates
 TX_ANON_SPEND = 21              # a fog spends one, with the requester's proof
+TX_VALIDATOR_SET_CHANGE = 16    # validator-set-change (validator_set); records RECORD_VALIDATOR_SET/_EPOCH
 
 # First element of the state key preimage cbor([record-kind, id]); the id of each kind follows it.
 RECORD_CHAIN = 0                # 0: chain configuration written at genesis
@@ -59,6 +61,17 @@ REASON_ANON_BAD_PROOF = 61              # the Schnorr proof does not verify
 REASON_ANON_SPENT_PRIMARY = 62          # the fog's primaryHash table holds the certificate (algorithm 2)
 REASON_ANON_SPENT_SECONDARY = 63        # the ledger's secondaryHash table holds it (algorithm 3)
 REASON_ANON_REPLAY = 64                 # the fog saw this request (its C1) before
+# validator-set-change refusals
+REASON_STALE_EPOCH = 40         # epoch is not the current epoch + 1
+REASON_SHORT_QUORUM = 41        # fewer than 2f+1 approvals of the current set
+REASON_DUPLICATE_SIGNER = 42    # two approvals by one validator
+REASON_FOREIGN_SIGNER = 43      # an approval by an index outside the current set
+REASON_HEIGHT_NOT_FUTURE = 44   # effective height not above the block that records the change
+REASON_EMPTY_SET = 45
+REASON_OVERSIZED_SET = 46       # more than validator_set.MAX_VALIDATORS
+REASON_BAD_APPROVAL = 47        # an approval signature that does not verify
+REASON_CHANGE_PENDING = 48      # a change is recorded and not yet in effect
+REASON_MEMBER_MOVED = 49        # a validator of both sets at another index
 _reason_names = None
 
 
@@ -352,6 +365,25 @@ def warnings_tx(chain_id, gateway_priv, entries, time_ms, **kw):
     return build_tx(chain_id, gateway_priv, TX_WARNINGS, time_ms, {4: list(entries)}, **kw)
 
 
+def approve_set_change(chain_id, validator_priv, epoch, new_keys, height, backend=None):
+    """One validator's approval signature of the change to ``new_keys`` at ``height`` (epoch = current + 1)."""
+    message = validator_set.approval_message(chain_id, epoch, validator_set.set_hash(new_keys), height)
+    return get_backend(backend).sign(validator_priv, message)
+
+
+def validator_set_change_tx(chain_id, priv, epoch, new_keys, height, approvals, time_ms, group_key=None,
+                            verifying_shares=None, **kw):
+    """validator-set-change transaction; ``approvals`` is ``[[index, signature], ...]`` by the current set.
+    ``group_key`` and ``verifying_shares`` (the new set's threshold key) are carried as given."""
+    fields = {4: epoch, 5: validator_set.set_entries(new_keys), 6: height,
+              7: [[int(i), bytes(sig)] for i, sig in approvals]}
+    if group_key is not None:
+        fields[8] = bytes(group_key)
+    if verifying_shares is not None:
+        fields[9] = list(verifying_shares)
+    return build_tx(chain_id, priv, TX_VALIDATOR_SET_CHANGE, time_ms, fields, **kw)
+
+
 def tx_root(txs):
     """RFC 9162 Merkle tree head over a block's transactions (``merkle.root_of``)."""
     return merkle.root_of(txs)
@@ -465,3 +497,97 @@ def check_registration_request(request, backend=None):
     except LedgerlinkError:
         raise Refusal(REASON_BAD_PROOF_OF_POSSESSION, "registration request signature does not verify") from None
     return RegistrationRequest(dev, pubkey, role, attrs, req_time)
+
+
+class SetChange:
+    """The checked content of a ``validator-set-change``: ``epoch``, ``keys``, ``height`` (effective),
+    ``set_hash``, ``group_key`` and ``verifying_shares`` (None when absent)."""
+
+    def __init__(self, epoch, keys, height, set_hash, group_key, verifying_shares):
+        self.epoch = epoch
+        self.keys = keys
+        self.height = height
+        self.set_hash = set_hash
+        self.group_key = group_key
+        self.verifying_shares = verifying_shares
+
+    def record(self, recorded_at):
+        """The ``validator-set-record`` written for this change by the block at ``recorded_at``."""
+        rec = {1: self.epoch, 2: validator_set.set_entries(self.keys), 3: self.height, 4: self.set_hash,
+               7: recorded_at}
+        if self.group_key is not None:
+            rec[5] = self.group_key
+        if self.verifying_shares is not None:
+            rec[6] = self.verifying_shares
+        return rec
+
+
+MAX_GROUP_KEY = 65
+MAX_SHARE = 65
+
+
+def check_set_change(body, chain_id, current_epoch, current_keys, block_height, backend=None):
+    """Check a validator-set-change body against the set in effect at ``block_height`` (``current_keys``
+    of ``current_epoch``); return a SetChange or raise Refusal with the reason that refuses it.
+
+    Refuses: a stale epoch, an empty or oversized set, a validator of both sets at another index,
+    an effective height not above ``block_height``, and approvals that are short of 2f+1 of the
+    current set, repeat a signer, name an index outside it or do not verify.
+    """
+    epoch = get_uint(body, 4)
+    if epoch != current_epoch + 1:
+        raise Refusal(REASON_STALE_EPOCH, "epoch %d is not the next epoch %d" % (epoch, current_epoch + 1))
+    entries = body.get(5)
+    if not isinstance(entries, list):
+        raise invalid_field("field 5 must be the validator set [+ [index, key]]")
+    if not entries:
+        raise Refusal(REASON_EMPTY_SET, "the new validator set is empty")
+    if len(entries) > validator_set.MAX_VALIDATORS:
+        raise Refusal(REASON_OVERSIZED_SET, "the new validator set has %d members, at most %d"
+                      % (len(entries), validator_set.MAX_VALIDATORS))
+    try:
+        keys = validator_set.keys_of(entries)
+        for key in keys:
+            compress_pubkey(key)
+    except LedgerlinkError as exc:
+        raise invalid_field(str(exc)) from None
+    old = [compress_pubkey(k) for k in current_keys]
+    for i, key in enumerate(keys):
+        short = compress_pubkey(key)
+        if short in old and old.index(short) != i:
+            raise Refusal(REASON_MEMBER_MOVED, "validator %d of the current set would move to index %d"
+                          % (old.index(short), i))
+    height = get_uint(body, 6)
+    if height <= block_height:
+        raise Refusal(REASON_HEIGHT_NOT_FUTURE, "effective height %d is not above block %d" % (height, block_height))
+    group_key = get_bstr(body, 8, 33, MAX_GROUP_KEY) if 8 in body else None
+    shares = None
+    if 9 in body:
+        shares = body[9]
+        if not isinstance(shares, list) or len(shares) != len(keys) \
+                or not all(isinstance(x, bytes) and 0 < len(x) <= MAX_SHARE for x in shares):
+            raise invalid_field("field 9 must hold one verifying share (bstr) per validator")
+    new_hash = validator_set.set_hash(keys)
+    approvals = body.get(7)
+    if not isinstance(approvals, list):
+        raise invalid_field("field 7 must be the approvals [+ [index, signature]]")
+    message = validator_set.approval_message(chain_id, epoch, new_hash, height)
+    crypto = get_backend(backend)
+    seen = set()
+    for item in approvals:
+        if not isinstance(item, list) or len(item) != 2 or not cbor.is_uint(item[0]) \
+                or not isinstance(item[1], bytes) or len(item[1]) != 64:
+            raise invalid_field("an approval must be [validator-index, 64-byte signature]")
+        index = item[0]
+        if index >= len(current_keys):
+            raise Refusal(REASON_FOREIGN_SIGNER, "approval by index %d outside the current set of %d"
+                          % (index, len(current_keys)))
+        if index in seen:
+            raise Refusal(REASON_DUPLICATE_SIGNER, "two approvals by validator %d" % index)
+        seen.add(index)
+        if not crypto.verify(current_keys[index], message, item[1]):
+            raise Refusal(REASON_BAD_APPROVAL, "approval of validator %d does not verify" % index)
+    need = spv.quorum(len(current_keys)) if current_keys else 1
+    if not current_keys or len(seen) < need:
+        raise Refusal(REASON_SHORT_QUORUM, "%d approvals of the current set, %d needed" % (len(seen), need))
+    return SetChange(epoch, keys, height, new_hash, group_key, shares)

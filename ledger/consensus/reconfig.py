@@ -1,0 +1,180 @@
+"""Validator set changes in the PBFT replica: the switch at the effective height, and sets by height.
+
+The application records a change (``LedgerState.scheduled_validator_set``: epoch, effective height
+H, keys) in a block below H; every replica commits that block, so all of them know the same change.
+When a replica commits block H-1 it switches (``after_commit``): from height H on its validator list,
+n, f, quorum, primary rotation (``view mod n``), message decoding and the header's
+``validators_hash`` are the new set's. Heights below H were all certified by the old set; the
+replica keeps each set with its first height (``validators_at``) to check the certificates that
+view-changes carry for lower heights. Votes and proposals for heights at or above H logged before
+the switch were checked against the old set, so they are dropped at it (retransmission brings the
+valid ones again). A validator of both sets keeps its index (the ledger refuses a change that moves
+one), so messages of a replica that has not switched yet still verify where its key is unchanged.
+
+A replica whose key is not in the set in force (a removed validator, or a new one catching up
+through blocks certified by the old set) is not a member: it sends only fetch-blocks and block
+answers, never a vote, proposal, checkpoint or view-change, so a removed node cannot vote and a new
+one cannot vote before its set is in force. Others refuse a removed node's messages (its index is
+outside the new set, or the key at it is another one: "unknown sender" or "bad signature").
+
+Tested in tests/ledger/test_reconfig.py and over 1,000+ seeds by ``ledgerlink.ledger.consensus.reconfig_sim``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import TYPE_CHECKING, Any
+
+from ledgerlink.ledger.consensus import messages as m
+from ledgerlink.protocol.ledger_tx import compress_pubkey
+
+if TYPE_CHECKING:
+    from ledgerlink.ledger.consensus.replica import Replica
+
+
+def _short(key: bytes) -> bytes:
+    return compress_pubkey(key)
+
+
+def own_key(replica: "Replica") -> bytes | None:
+    """The replica's public key in compressed form, or None when the crypto backend cannot derive it."""
+    derive = getattr(replica.crypto, "public_key", None)
+    if derive is None:
+        return None
+    return _short(derive(replica._key, True))
+
+
+def is_member(replica: "Replica", validators: tuple[bytes, ...]) -> bool:
+    """The replica's index names its own key in ``validators``."""
+    if replica.index >= len(validators):
+        return False
+    mine = getattr(replica, "own_key", None)
+    return mine is None or _short(validators[replica.index]) == mine
+
+
+def attach(replica: "Replica") -> None:
+    """Set up a new replica's set history (the configured set from height 0) and membership."""
+    replica.set_history = [(0, tuple(replica.config.validators), replica._vhash)]
+    replica.own_key = own_key(replica)
+    replica.member = is_member(replica, replica.config.validators)
+    replica.switch_view_change = False
+
+
+def validators_at(replica: "Replica", height: int) -> tuple[tuple[bytes, ...], bytes]:
+    """(keys, header validators-hash) of the set that certifies ``height`` as far as this replica
+    knows (its newest set for heights above the last change it knows of)."""
+    found = replica.set_history[0]
+    for entry in replica.set_history:
+        if entry[0] <= height:
+            found = entry
+    return found[1], found[2]
+
+
+def _scheduled(app: Any) -> tuple | None:
+    get = getattr(app, "scheduled_validator_set", None)
+    return None if get is None else get()
+
+
+def _config_for(config: Any, change: tuple) -> Any:
+    """``config`` with the changed set (and its threshold key, when the change carries one)."""
+    keys = tuple(change[2])
+    fields = {"validators": keys}
+    names = {f.name for f in dataclasses.fields(config)}
+    if "group_key" in names:
+        group_key = change[3] if len(change) > 3 else None
+        shares = change[4] if len(change) > 4 and change[4] is not None else ()
+        fields.update(group_key=group_key, verifying_shares=tuple(shares))
+    return dataclasses.replace(config, **fields)
+
+
+def _header_hash(config: Any) -> bytes:
+    from ledgerlink.ledger.consensus import replica as replica_module
+
+    make = getattr(replica_module, "header_validators_hash", None)
+    return make(config) if make is not None else m.validators_hash(config.validators)
+
+
+def after_commit(replica: "Replica", height: int, live: bool) -> None:
+    """Note a change the committed state schedules; switch when ``height`` is the block before it
+    (``live``: not while a restore replays the stored blocks)."""
+    change = _scheduled(replica.app)
+    if change is None:
+        return
+    start = change[1]
+    if replica.set_history[-1][0] < start:
+        cfg = _config_for(replica.config, change)
+        replica.set_history.append((start, cfg.validators, _header_hash(cfg)))
+    if start == height + 1:
+        switch(replica, _config_for(replica.config, change), start, live)
+
+
+def switch(replica: "Replica", cfg: Any, start: int, live: bool) -> None:
+    """Make ``cfg`` (the replica's config with the new set) its config for heights from ``start``
+    (= its height + 1) on. A validator of both sets then moves to the next view: the new set starts
+    with a new-view made of its own members' view-changes, which every member can check and later
+    hand to one that switches late (a new-view of the old set may hold a removed validator's)."""
+    was_member = replica.member
+    old = replica.config.validators
+    keys = cfg.validators
+    same = {i for i in range(min(len(old), len(keys))) if _short(old[i]) == _short(keys[i])}
+    replica.config = cfg
+    replica._vhash = _header_hash(cfg)
+    if hasattr(replica, "_threshold_share"):
+        replica._threshold_share = None          # a share of the old group key signs nothing of the new set
+    replica._decode = functools.partial(_decode, cfg.chain_id, keys, replica.crypto, cfg.limits)
+    replica.member = is_member(replica, keys)
+    for h in [h for h in replica.slots if h >= start]:
+        del replica.slots[h]
+    for h in [h for h in replica.checkpoints if h >= start]:
+        del replica.checkpoints[h]
+    replica.view_changes = {}
+    replica.peer_heights = {i: h for i, h in replica.peer_heights.items() if i in same}
+    replica.peer_views = {i: v for i, v in replica.peer_views.items() if i in same}
+    replica.convicted = {i: p for i, p in replica.convicted.items() if i in same}
+    replica.slow_suspects = {i for i in replica.slow_suspects if i in same}
+    replica.new_view_raw = None
+    replica.progress_deadline = None
+    if replica.chain:
+        replica.view = max(replica.view, replica.chain[-1].cert.view)   # where the last old-set block committed
+    replica.switch_view_change = live and was_member and replica.member
+
+
+def switch_view_change(replica: "Replica") -> bool:
+    """At the first timer after a switch, move to the next view (see ``switch``); True when it did."""
+    if not replica.switch_view_change:
+        return False
+    replica.switch_view_change = False
+    replica._start_view_change(replica.view + 1)
+    return True
+
+
+def _decode(chain_id: str, validators: tuple[bytes, ...], crypto: m.Crypto, limits: m.Limits,
+            data: bytes) -> m.Message:
+    return m.decode_message(data, chain_id, validators, crypto, limits)
+
+
+def below_chain(replica: "Replica", raw_pre_prepare: bytes) -> bool:
+    """The pre-prepare (not verified) names a height the replica has committed: a prepared proof for it,
+    which may be signed by a set no longer in force, is of no use."""
+    try:
+        a = m.loads(raw_pre_prepare)
+    except m.MessageError:
+        return False
+    return isinstance(a, list) and len(a) > 3 and m.is_uint(a[3]) and a[3] <= replica.height
+
+
+def member_effects(replica: "Replica", effects: list) -> list:
+    """What a replica outside the set in force may send: fetch-blocks and block answers only."""
+    if replica.member:
+        return effects
+    from ledgerlink.ledger.consensus.replica import Broadcast, Send
+
+    out = []
+    for e in effects:
+        if isinstance(e, Broadcast):
+            continue
+        if isinstance(e, Send) and m.kind_of(e.data) not in (m.FETCH_BLOCKS, m.BLOCKS):
+            continue
+        out.append(e)
+    return out
