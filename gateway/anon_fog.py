@@ -3,9 +3,12 @@
 ``AnonFog.on_request`` takes an anon-request from the site's request topic and either refuses it
 (``AnonRefused``, with an encrypted ``AnonReply`` when the request could be read) or asks the ledger to
 spend the certificate (``AnonSpend``: an anon-spend transaction). ``on_spend_result`` takes the
-ledger's answer: applied, the fog makes the session key and sends it to the device (``AnonReply``) and,
-encrypted to the cloud's escrow key, to the cloud (``AnonGrant``); refused, the device gets the ledger's
-reason. A request passes, in order: size and form (malformed) -> ECIES tag with the topic as aad
+ledger's answer: applied, shown by a record proof of the spent record this very transaction wrote, the
+fog makes the session key and sends it to the device (``AnonReply``) and, encrypted to the cloud's
+escrow key, to the cloud (``AnonGrant``); refused, the device gets the ledger's reason. Both ledger
+facts the fog relies on (the certificate's point, the spend) come as record proofs under headers
+certified by 2f+1 of the validators it trusts (``spv.verify_record_proof``), so one lying ledger node
+can delay or refuse a session but not grant one. ``AnonService`` runs a fog against a ledger client. A request passes, in order: size and form (malformed) -> ECIES tag with the topic as aad
 (bad-tag) -> time within the skew (clock-skew) -> its C1 not seen before (anon-replay) -> a certificate
 record for its id (anon-unknown-certificate) -> primaryHash not in the fog's table (anon-spent-primary,
 algorithm 2) -> the Schnorr proof (anon-bad-proof); then the contract checks secondaryHash
@@ -26,13 +29,15 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ledgerlink.core import cose, ecies, schnorr_zk
+from ledgerlink.core import cbor, cose, ecies, schnorr_zk
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidTag, LedgerlinkError
-from ledgerlink.protocol import anon_wire as aw
-from ledgerlink.protocol.codes import REASON_BAD_TAG, REASON_CLOCK_SKEW, REASON_MALFORMED, device_id
-from ledgerlink.protocol.ledger_tx import (REASON_ANON_BAD_PROOF, REASON_ANON_REPLAY, REASON_ANON_SPENT_PRIMARY,
-                                           REASON_ANON_UNKNOWN_CERTIFICATE, anon_spend_tx, tx_id)
+from ledgerlink.protocol import anon_wire as aw, spv
+from ledgerlink.protocol.codes import (REASON_BAD_TAG, REASON_CLOCK_SKEW, REASON_LEDGER_UNAVAILABLE, REASON_MALFORMED,
+                                       device_id)
+from ledgerlink.protocol.ledger_tx import (RECORD_ANON_CERT, RECORD_ANON_SPENT, REASON_ANON_BAD_PROOF,
+                                           REASON_ANON_REPLAY, REASON_ANON_SPENT_PRIMARY,
+                                           REASON_ANON_UNKNOWN_CERTIFICATE, anon_spend_tx, state_key, tx_id)
 
 
 @dataclass
@@ -121,15 +126,17 @@ class AnonFog:
 
     ``ecies_private``: the fog's request key (its public key is what devices encrypt to);
     ``identity_private``: its ledger key (signs anon-spend transactions and grants); ``cert_source(anon_id)``
-    gives the X_k of a recorded dynamic certificate (from a ledger record proof) or None.
+    gives a ledger record proof of the anon-cert record of ``anon_id`` (present or absent), checked
+    against ``validator_keys``; it may raise (the ledger is not reachable).
     """
 
-    def __init__(self, site: str, chain_id: str, ecies_private: bytes, identity_private: bytes,
-                 cloud_public: bytes, cert_source: Callable[[bytes], bytes | None], store: AnonStore,
+    def __init__(self, site: str, chain_id: str, validator_keys: list[bytes], ecies_private: bytes,
+                 identity_private: bytes, cloud_public: bytes, cert_source: Callable[[bytes], Any], store: AnonStore,
                  rng: Callable[[int], bytes], max_skew_ms: int = 30_000, session_lifetime_s: int = 3600,
                  backend: Any = None) -> None:
         self.site = site
         self.chain_id = chain_id
+        self.validator_keys = list(validator_keys)
         self._ecies = ecies_private
         self._identity = identity_private
         self.crypto = get_backend(backend)
@@ -184,7 +191,11 @@ class AnonFog:
         if self.store.seen(seen, now_ms):
             raise _Refusal(REASON_ANON_REPLAY, "request seen before", False)
         self.store.mark_seen(seen, now_ms + 2 * self.max_skew_ms, now_ms)
-        point = self.cert_source(anon_id)
+        point = self._proved_record(RECORD_ANON_CERT, anon_id, lambda: self.cert_source(anon_id))
+        if point is not None:
+            point = point.get(1) if isinstance(point, dict) else None
+            if not isinstance(point, bytes) or len(point) != 33:
+                raise _Refusal(REASON_LEDGER_UNAVAILABLE, "the certificate record is malformed", True)
         if point is None:
             raise _Refusal(REASON_ANON_UNKNOWN_CERTIFICATE, "no dynamic certificate with this id", True)
         primary = aw.primary_hash(anon_id)
@@ -201,11 +212,31 @@ class AnonFog:
         self.pending[txid] = _Pending(reply_topic, keys, c1, escrow, anon_id)
         return [AnonSpend(tx, txid)]
 
-    def on_spend_result(self, txid: bytes, code: int, now_ms: int) -> list:
-        """The ledger applied (code 0) or refused the anon-spend ``txid``: answer the device and the cloud."""
+    def _proved_record(self, kind: int, record_id: bytes, fetch: Callable[[], Any]) -> dict | None:
+        """The record of (kind, record_id) from a record proof ``fetch()`` gives, checked under a certified
+        header; None when the proof shows it absent; _Refusal(ledger-unavailable) for anything else."""
+        try:
+            _, key, value = spv.verify_record_proof(fetch(), self.chain_id, self.validator_keys, self.crypto)
+            if key != state_key(kind, record_id):
+                raise LedgerlinkError("the proof is of another record")
+            return None if value is None else cbor.loads(value)
+        except (LedgerlinkError, ConnectionError, OSError, ValueError, TypeError, KeyError) as exc:
+            raise _Refusal(REASON_LEDGER_UNAVAILABLE, "no proved ledger record: %s" % exc, True) from None
+
+    def on_spend_result(self, txid: bytes, code: int, now_ms: int, spent_proof: Any = None) -> list:
+        """The ledger's answer to the anon-spend ``txid``: ``code`` 0 (applied) with ``spent_proof``, a record
+        proof of the spent record it wrote, or a refusal code. Answers the device, and the cloud on success."""
         pending = self.pending.pop(txid, None)
         if pending is None:
             return []
+        if code == 0:
+            try:
+                spent = self._proved_record(RECORD_ANON_SPENT, aw.secondary_hash(pending.anon_id), lambda: spent_proof)
+            except _Refusal as r:
+                spent, code = None, r.reason
+            else:
+                if spent is None or spent.get(1) != self.gateway_id or spent.get(3) != txid:
+                    code = REASON_LEDGER_UNAVAILABLE
         if code != 0:
             return [AnonRefused(code, "the ledger refused the spend"),
                     self._reply(pending.reply_topic, pending.response_keys, aw.encode_response_body(code))]
@@ -222,3 +253,44 @@ class AnonFog:
     def _reply(self, topic: str, keys: tuple, body: bytes) -> AnonReply:
         c2, c3 = ecies.seal(keys, body, topic.encode(), self.crypto)
         return AnonReply(topic, aw.encode_response(c2, c3))
+
+
+class AnonService:
+    """A fog run against a ledger client (``LedgerClient`` or anything with its ``submit`` and ``record``):
+    ``handle`` takes an anon-request and returns the (topic, payload) pairs to publish, having spent the
+    certificate on the ledger in between. Refusals are counted in ``refused`` by reason."""
+
+    def __init__(self, fog: AnonFog, ledger: Any, wait_ms: int = 10_000) -> None:
+        self.fog = fog
+        self.ledger = ledger
+        self.wait_ms = wait_ms
+        self.refused: dict[int, int] = {}
+        fog.cert_source = self._cert_proof
+
+    def _cert_proof(self, anon_id: bytes) -> Any:
+        return self.ledger.record(RECORD_ANON_CERT, anon_id)["proof"]
+
+    def _spend(self, effect: AnonSpend, now_ms: int) -> list:
+        spent = aw.secondary_hash(self.fog.pending[effect.tx_id].anon_id)
+        try:
+            answer = self.ledger.submit(effect.tx, self.wait_ms)
+            code = answer.get("code", REASON_LEDGER_UNAVAILABLE) if answer.get("ok") else REASON_LEDGER_UNAVAILABLE
+            if answer.get("status") not in ("committed", "refused"):
+                code = REASON_LEDGER_UNAVAILABLE
+            proof = self.ledger.record(RECORD_ANON_SPENT, spent)["proof"] if code == 0 else None
+        except (ConnectionError, OSError, TimeoutError, KeyError):
+            code, proof = REASON_LEDGER_UNAVAILABLE, None
+        return self.fog.on_spend_result(effect.tx_id, code, now_ms, proof)
+
+    def handle(self, topic: str, payload: bytes, now_ms: int) -> list[tuple[str, bytes]]:
+        effects = self.fog.on_request(topic, payload, now_ms)
+        out = []
+        for effect in effects:
+            if isinstance(effect, AnonSpend):
+                effects = effects + self._spend(effect, now_ms)
+        for effect in effects:
+            if isinstance(effect, (AnonReply, AnonGrant)):
+                out.append((effect.topic, effect.payload))
+            elif isinstance(effect, AnonRefused):
+                self.refused[effect.reason] = self.refused.get(effect.reason, 0) + 1
+        return out

@@ -1,5 +1,6 @@
-"""A test site for anonymous sessions: a DevNet ledger, devices A, B and C, one or two fogs and the cloud,
-wired together in memory. ``Site.session(name)`` runs one session set-up and records what each party saw."""
+"""A test site for anonymous sessions: a DevNet ledger whose blocks are certified by its validators
+(``FakeLedgerAdapter``, so the fog checks real record proofs), devices A, B and C, one or two fogs and
+the cloud, wired together in memory. ``Site.session(name)`` runs one session set-up and records what each party saw."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ledgerlink.ledger.state.codes import Role
 from ledgerlink.protocol import anon_device, anon_wire
 from ledgerlink.protocol.ledger_tx import anon_certs_tx
 from tests.devnet import DevNet
+from tests.gateway.fake_ledger import FakeLedgerAdapter
 
 SITE = "plant-1"
 BATCH = 4
@@ -55,21 +57,22 @@ class Outcome:
 class Site:
     def __init__(self, tmp_path, fogs: int = 1) -> None:
         self.net = DevNet()
-        self.state = self.net.genesis()
         self.time_ms = self.net.time_ms
+        self.ledger = FakeLedgerAdapter(self.net, clock=lambda: self.time_ms)
+        self.state = self.ledger.state
         regs = [self.net.register("admin", name, Role.SENSOR) for name in DEVICES]
         batch = []
         for name in DEVICES:
             batch += anon_wire.certificate_batch(secret_of(name), 1, BATCH)
         self.certs_tx = anon_certs_tx(self.net.chain_id, self.net["admin"].priv, batch, self.time_ms,
                                       nonce=self.net.nonce())
-        assert [r.code for r in self.net.block(self.state, regs + [self.certs_tx])] == [0, 0, 0, 0]
+        assert [r.code for r in self.block(regs + [self.certs_tx])] == [0, 0, 0, 0]
         self.cloud_priv = self.net["cloud-escrow"].priv
         self.cloud = AnonCloud(self.cloud_priv, {self.net[g].id: self.net[g].pub for g in ("gateway", "gateway2")},
                                self.device_key, backend=self.net.backend)
         self.stores = [AnonStore(str(tmp_path / ("fog%d.sqlite" % i))) for i in range(fogs)]
-        self.fogs = [AnonFog(SITE, self.net.chain_id, self.net["fog-ecies"].priv, self.net[g].priv,
-                             self.cloud.public_key, self.cert_point, self.stores[i], Rng("fog%d" % i),
+        self.fogs = [AnonFog(SITE, self.net.chain_id, self.ledger.keys, self.net["fog-ecies"].priv, self.net[g].priv,
+                             self.cloud.public_key, self.cert_proof, self.stores[i], Rng("fog%d" % i),
                              backend=self.net.backend)
                      for i, g in enumerate(("gateway", "gateway2")[:fogs])]
         self.devices = {}
@@ -84,9 +87,12 @@ class Site:
         rec = self.state.get_record(RK.DEVICE, dev)
         return None if rec is None else rec[2]
 
-    def cert_point(self, anon_id: bytes) -> bytes | None:
-        rec = self.state.get_record(RK.ANON_CERT, anon_id)
-        return None if rec is None else rec[1]
+    def cert_proof(self, anon_id: bytes) -> dict:
+        return self.ledger.record(RK.ANON_CERT, anon_id)["proof"]
+
+    def block(self, txs: list, time_ms: int | None = None) -> list:
+        """Commit ``txs`` as the next certified block; their results."""
+        return self.ledger.commit_block(list(txs), self.time_ms if time_ms is None else time_ms)
 
     def tick(self) -> int:
         self.time_ms += STEP_MS
@@ -101,12 +107,14 @@ class Site:
         out.fog_effects += effects
         for effect in list(effects):
             if isinstance(effect, AnonSpend):
-                result = self.net.block(self.state, [effect.tx], now)[0]
+                result = self.block([effect.tx], now)[0]
                 out.ledger.append(effect.tx)
+                proof = None
                 if result.code == 0:
                     spent = anon_wire.secondary_hash(self._spent_id(effect.tx))
                     out.ledger.append(self.state.get_record_bytes(RK.ANON_SPENT, spent))
-                more = self.fogs[fog].on_spend_result(effect.tx_id, result.code, now)
+                    proof = self.ledger.record(RK.ANON_SPENT, spent)["proof"]
+                more = self.fogs[fog].on_spend_result(effect.tx_id, result.code, now, proof)
                 out.fog_effects += more
                 effects += more
         for effect in effects:

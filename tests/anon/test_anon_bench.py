@@ -12,3 +12,11 @@ def test_wire_table_prints_the_sizes_of_a_checked_exchange(capsys):
     assert any(line.startswith("anonymous: device <-> fog, total") and line.split()[-1] == str(total)
                for line in out.splitlines())
     assert "EDHOC" in out and "ECQV: total" in out
+
+
+def test_bench_messages_have_the_sizes_of_a_real_fogs(tmp_path):
+    from tests.anon.site import Site
+
+    inp = anon_bench.Inputs()
+    out = Site(tmp_path).session("devA")
+    assert [len(p) for _, p in out.broker] == [len(inp.request.payload), len(inp.answer), len(inp.grant)]

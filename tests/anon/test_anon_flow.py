@@ -85,7 +85,7 @@ def test_forged_proof_is_refused_by_the_fog_and_by_the_contract(site):
     wrong = anon_spend_tx(site.net.chain_id, site.net["gateway"].priv, anon_wire.anon_id(secret_of("devB"), 1),
                           schnorr_zk.prove(other, anon_wire.anon_id(secret_of("devB"), 1), anon_wire.proof_context(c1),
                                            Rng("p")), c1, site.tick(), nonce=site.net.nonce())
-    assert [r.code for r in site.net.block(site.state, [bad, wrong], site.time_ms)] == [Reason.ANON_BAD_PROOF] * 2
+    assert [r.code for r in site.block([bad, wrong], site.time_ms)] == [Reason.ANON_BAD_PROOF] * 2
 
 
 def test_wrong_counter_is_refused(site):
@@ -97,7 +97,7 @@ def test_wrong_counter_is_refused(site):
     assert out.refused == Reason.ANON_UNKNOWN_CERTIFICATE
     spend = anon_spend_tx(site.net.chain_id, site.net["gateway"].priv, anon_wire.anon_id(secret_of("devA"), BATCH + 1),
                           bytes(65), bytes(33), site.tick(), nonce=site.net.nonce())
-    assert site.net.block(site.state, [spend], site.time_ms)[0].code == Reason.ANON_UNKNOWN_CERTIFICATE
+    assert site.block([spend], site.time_ms)[0].code == Reason.ANON_UNKNOWN_CERTIFICATE
 
 
 def test_replayed_request_is_refused_silently(site):
@@ -194,7 +194,7 @@ def test_anon_certs_contract_refusals(site):
     off_curve = net.tx("admin", TxKind.ANON_CERTS, {4: [[pairs[0][0], b"\x02" + (1).to_bytes(32, "big")]]})
     empty = net.tx("admin", TxKind.ANON_CERTS, {4: []})
     again = anon_certs_tx(net.chain_id, net["admin"].priv, batch[:1], site.time_ms, nonce=net.nonce())
-    codes = [r.code for r in net.block(site.state, [ok, by_gateway, unsorted, repeated, uncompressed, off_curve,
+    codes = [r.code for r in site.block([ok, by_gateway, unsorted, repeated, uncompressed, off_curve,
                                                     empty, again], site.time_ms)]
     assert codes == [0, Reason.NOT_AUTHORIZED] + [Reason.INVALID_FIELD] * 5 + [Reason.ALREADY_EXISTS]
     assert site.state.get_record(RK.ANON_CERT, batch[0][0]) == {1: batch[0][1], 2: net["admin"].id,
@@ -208,12 +208,12 @@ def test_spend_by_a_non_gateway_is_refused(site):
     body = cbor.loads(cose.decode_sign1(effects[0].tx).payload)
     tx = anon_spend_tx(site.net.chain_id, site.net["admin"].priv, body[4], body[5], body[6], site.time_ms,
                        nonce=site.net.nonce())
-    assert site.net.block(site.state, [tx], site.time_ms)[0].code == Reason.NOT_AUTHORIZED
-    assert site.net.block(site.state, [effects[0].tx], site.time_ms)[0].code == 0
+    assert site.block([tx], site.time_ms)[0].code == Reason.NOT_AUTHORIZED
+    assert site.block([effects[0].tx], site.time_ms)[0].code == 0
     # the same spend once more (a new transaction): the secondaryHash refuses it
     again = anon_spend_tx(site.net.chain_id, site.net["gateway2"].priv, body[4], body[5], body[6], site.time_ms,
                           nonce=site.net.nonce())
-    assert site.net.block(site.state, [again], site.time_ms)[0].code == Reason.ANON_SPENT_SECONDARY
+    assert site.block([again], site.time_ms)[0].code == Reason.ANON_SPENT_SECONDARY
 
 
 def test_answer_is_checked_against_the_request(site):
@@ -256,3 +256,74 @@ def test_counter_survives_a_power_loss_at_each_step_of_a_write_on_a_fat_like_fil
     monkeypatch.setattr(os, "remove", real_remove)
     assert not os.path.exists(path)
     assert anon_device.AnonCounter(path, secret_of("devA")).take() == 4    # 3 may not have been used: skipped
+
+
+def _spend_pending(site, name="devA"):
+    request = site.devices[name].request(site.tick())
+    effects = site.fogs[0].on_request(request.topic, request.payload, site.time_ms)
+    assert isinstance(effects[0], AnonSpend)
+    return request, effects[0]
+
+
+def _answer(request, effects):
+    reply = [e for e in effects if isinstance(e, AnonReply)][0]
+    with pytest.raises(anon_device.AnonRefused) as refused:
+        anon_device.check_response(request, reply.payload)
+    return refused.value.code
+
+
+def test_no_grant_without_a_proof_that_the_ledger_applied_this_spend(site):
+    from ledgerlink.gateway.anon_fog import AnonGrant
+    from ledgerlink.protocol.codes import REASON_LEDGER_UNAVAILABLE
+
+    request, spend = _spend_pending(site)
+    effects = site.fogs[0].on_spend_result(spend.tx_id, 0, site.time_ms, None)      # "applied", no proof
+    assert not any(isinstance(e, AnonGrant) for e in effects)
+    assert _answer(request, effects) == REASON_LEDGER_UNAVAILABLE
+    # a proof of another record, and a proof that the spent record is absent
+    for proof in (site.ledger.record(RK.ANON_CERT, request.anon_id)["proof"],
+                  site.ledger.record(RK.ANON_SPENT, anon_wire.secondary_hash(request.anon_id))["proof"]):
+        request, spend = _spend_pending(site)
+        effects = site.fogs[0].on_spend_result(spend.tx_id, 0, site.time_ms, proof)
+        assert not any(isinstance(e, AnonGrant) for e in effects) and _answer(request, effects) == 14
+    # the spent record of this certificate, written by another transaction (the ledger applied another spend)
+    request, spend = _spend_pending(site, "devB")
+    other = anon_spend_tx(site.net.chain_id, site.net["gateway"].priv, request.anon_id,
+                          cbor.loads(cose.decode_sign1(spend.tx).payload)[5],
+                          anon_wire.decode_request(request.payload)[0], site.time_ms, nonce=site.net.nonce())
+    assert site.block([other])[0].code == 0
+    proof = site.ledger.record(RK.ANON_SPENT, anon_wire.secondary_hash(request.anon_id))["proof"]
+    effects = site.fogs[0].on_spend_result(spend.tx_id, 0, site.time_ms, proof)
+    assert not any(isinstance(e, AnonGrant) for e in effects) and _answer(request, effects) == 14
+
+
+def test_a_certificate_record_not_proved_by_a_quorum_is_not_used(site):
+    from tests.gateway.fake_ledger import FakeLedgerAdapter
+
+    short = FakeLedgerAdapter(site.net, votes=2, clock=lambda: site.time_ms)     # 2 of 4 signatures
+    short.commit_block([site.certs_tx], site.time_ms)
+    site.fogs[0].cert_source = lambda anon_id: short.record(RK.ANON_CERT, anon_id)["proof"]
+    request = site.devices["devA"].request(site.tick())
+    out = site.submit("devA", request)
+    assert out.refused == 14 and out.session is None
+    site.fogs[0].cert_source = lambda anon_id: (_ for _ in ()).throw(ConnectionError("down"))
+    assert site.session("devA").refused == 14
+
+
+def test_anon_service_runs_the_fog_against_a_ledger_client(site):
+    from ledgerlink.gateway.anon_fog import AnonService
+
+    service = AnonService(site.fogs[0], site.ledger)
+    request = site.devices["devC"].request(site.tick())
+    published = service.handle(request.topic, request.payload, site.time_ms)
+    assert [t for t, _ in published] == [request.reply_topic, anon_wire.grant_topic(SITE)]
+    session = anon_device.check_response(request, published[0][1])
+    assert site.cloud.on_grant(published[1][1]).key == session.key
+    assert service.handle(request.topic, request.payload, site.time_ms) == [] and service.refused == {
+        Reason.ANON_REPLAY: 1}
+    site.ledger.available = False
+    request = site.devices["devC"].request(site.tick())
+    published = service.handle(request.topic, request.payload, site.time_ms)
+    with pytest.raises(anon_device.AnonRefused) as refused:
+        anon_device.check_response(request, published[0][1])
+    assert refused.value.code == 14
