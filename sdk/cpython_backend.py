@@ -101,6 +101,7 @@ class CryptographyBackend(_Common):
         self._priv_cache: dict[bytes, object] = {}
         self._pub_cache: dict[bytes, object] = {}
         self._ccm_cache: dict[tuple[bytes, int], object] = {}
+        self._prehashed_alg = None
 
     def _private(self, priv: bytes):
         key = self._priv_cache.get(priv)
@@ -156,6 +157,41 @@ class CryptographyBackend(_Common):
 
     def ecdh(self, priv: bytes, peer_pub: bytes) -> bytes:
         return self._private(priv).exchange(self._ec.ECDH(), self._public(peer_pub))
+
+    def mul_add_equals(self, u1: int, u2: int, q: bytes, r: bytes) -> bool | None:
+        """For public data: whether u1*G + u2*Q == R (SEC 1 points; InvalidPoint if one is not on the
+        curve), or None where this check cannot decide exactly and the caller computes it.
+
+        Two ECDSA verifications with a chosen digest and s: x(u1*G + u2*Q) mod n == x(R) fixes the sum up
+        to its sign, x((u1 + 1)*G + u2*Q) mod n == x(R + G) fixes the sign (R + G and -R + G differ in
+        x). Both are exact when x(R) and x(R + G) lie in [p - n, n), where x mod n has one preimage below
+        p; outside that range (probability about 2^-127 for a random R), for u2 = 0 or R = +-G: None.
+        """
+        from ledgerlink.core.p256 import GX, GY, P
+
+        key = self._public(q)
+        numbers = self._public(r).public_numbers()
+        rx, ry = numbers.x, numbers.y
+        if u2 % N == 0 or rx == GX:
+            return None
+        slope = (ry - GY) * pow(rx - GX, -1, P) % P
+        sx = (slope * slope - rx - GX) % P
+        if not (P - N <= rx < N and P - N <= sx < N):
+            return None
+        return self._x_check(key, u1, u2, rx) and self._x_check(key, u1 + 1, u2, sx)
+
+    def _x_check(self, key, u1: int, u2: int, r: int) -> bool:
+        """x(u1*G + u2*key) mod n == r, through ECDSA verification with s = r/u2, digest = u1*s."""
+        if self._prehashed_alg is None:
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+            self._prehashed_alg = self._ec.ECDSA(Prehashed(hashes.SHA256()))
+        s = r * pow(u2, -1, N) % N
+        try:
+            key.verify(self._encode_sig(r, s), (u1 * s % N).to_bytes(32, "big"), self._prehashed_alg)
+        except self._bad:
+            return False
+        return True
 
     def _ccm(self, key: bytes, nonce: bytes, tag_len: int):
         """The AESCCM context of (key, tag length), kept for the session keys in use (a gateway opens

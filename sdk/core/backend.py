@@ -9,6 +9,8 @@ A backend has: ``name``, ``generate_private_key(rng=None)``, ``public_key(priv, 
 ``sign(priv, msg)`` (64-byte r||s), ``verify(pub, msg, sig) -> bool``, ``ecdh(priv, peer_pub)``,
 ``hkdf(ikm, salt, info, length)``, ``hmac_sha256(key, data)``, ``sha256(data)``,
 ``ccm_seal(key, nonce, plaintext, aad, tag_len=8)``, ``ccm_open(key, nonce, data, aad, tag_len=8)``.
+Optional: ``mul_add_equals(u1, u2, q, r)`` (public points: whether u1*G + u2*Q == R, or None when it
+cannot decide), which ``frost.verify`` uses where a backend has it.
 """
 
 _cache = {}

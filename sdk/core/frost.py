@@ -443,8 +443,12 @@ def verify(group_key, msg, signature, backend=None):
     R is checked by encoding: the one double-scalar multiplication's result, compressed, must equal the
     33 bytes of R (so R is the canonical encoding of a point on the curve, not the identity) without a
     square root to decompress it. A malformed signature is False; a malformed key raises InvalidPoint.
-    ``backend`` (a name or object, as in ``backend.get_backend``) is accepted for a registered fast path.
+
+    Where the backend (``backend.get_backend(backend)``) has ``mul_add_equals(u1, u2, Q, R)`` (the
+    CPython one: OpenSSL), it makes the same check; where it cannot decide, the portable one does.
     """
+    from ledgerlink.core.backend import get_backend
+
     pk = decode_point(group_key, "group key")
     if not isinstance(signature, (bytes, bytearray)) or len(signature) != SIGNATURE_LEN:
         return False
@@ -455,6 +459,14 @@ def verify(group_key, msg, signature, backend=None):
     if z >= N:
         return False
     c = _challenge(r_bytes, bytes(group_key), bytes(msg))
+    fast = getattr(get_backend(backend), "mul_add_equals", None)
+    if fast is not None:
+        try:
+            verdict = fast(z, (N - c) % N, bytes(group_key), r_bytes)
+        except InvalidPoint:
+            return False
+        if verdict is not None:
+            return verdict
     point = p256.mul_add_vartime(z, (N - c) % N, pk)
     return point is not None and p256.encode_point(point, True) == r_bytes
 

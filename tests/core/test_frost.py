@@ -348,3 +348,49 @@ def test_group_commitment_equals_the_plain_sum(count, seed):
     for index, hiding, binding, _ in decoded:
         plain = p256.add(plain, p256.add(hiding, p256.mul_vartime(factors[index], binding)))
     assert frost._group_commitment(decoded, factors) == plain
+
+
+CPYTHON = backend.get_backend("cpython")
+
+
+@settings(max_examples=40, deadline=None)
+@given(u1=st.integers(0, p256.N - 1), u2=st.integers(1, p256.N - 1), q=st.integers(1, p256.N - 1),
+       which=st.sampled_from(["sum", "negated", "other"]))
+def test_openssl_mul_add_equals_matches_the_portable_check(u1, u2, q, which):
+    """The CPython backend's x-only OpenSSL check decides u1*G + u2*Q == R exactly as the portable
+    arithmetic, including for -R (same x, other sign)."""
+    point_q = p256.base_mult(q)
+    total = p256.mul_add_vartime(u1, u2, point_q)
+    if total is None:
+        return
+    r = {"sum": total, "negated": p256.negate(total), "other": p256.add(total, p256.G)}[which]
+    if r is None:
+        return
+    verdict = CPYTHON.mul_add_equals(u1, u2, p256.encode_point(point_q, True), p256.encode_point(r, True))
+    assert verdict in (None, which == "sum")
+    if verdict is None:
+        r_plus_g = p256.add(r, p256.G)
+        assert r[0] == p256.GX or not p256.P - p256.N <= r[0] < p256.N or not p256.P - p256.N <= r_plus_g[0] < p256.N
+
+
+def test_openssl_mul_add_equals_leaves_edge_cases_to_the_caller():
+    q = p256.encode_point(p256.base_mult(7), True)
+    small_x = next(x for x in range(1, 100) if p256._sqrt((x ** 3 - 3 * x + p256.B) % p256.P) is not None)
+    y = p256._sqrt((small_x ** 3 - 3 * small_x + p256.B) % p256.P)
+    assert CPYTHON.mul_add_equals(3, 5, q, p256.encode_point((small_x, y), True)) is None    # x(R) < p - n
+    assert CPYTHON.mul_add_equals(3, 0, q, p256.encode_point(p256.base_mult(3), True)) is None
+    assert CPYTHON.mul_add_equals(3, 5, q, p256.encode_point(p256.G, True)) is None
+    with pytest.raises(InvalidPoint):
+        CPYTHON.mul_add_equals(3, 5, q, b"\x02" + b"\xff" * 32)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(position=st.integers(-1, 64), flip=st.integers(1, 255))
+def test_verify_same_verdict_on_both_backends(good_signature, position, flip):
+    group_key, signature = good_signature
+    tampered = bytearray(signature)
+    if position >= 0:
+        tampered[position] ^= flip
+    tampered = bytes(tampered)
+    assert frost.verify(group_key, MSG, tampered, "cpython") == frost.verify(group_key, MSG, tampered, "portable") \
+        == (tampered == signature)
