@@ -327,3 +327,19 @@ def test_anon_service_runs_the_fog_against_a_ledger_client(site):
     with pytest.raises(anon_device.AnonRefused) as refused:
         anon_device.check_response(request, published[0][1])
     assert refused.value.code == 14
+
+
+def test_the_fogs_tables_survive_a_restart(site, tmp_path):
+    from ledgerlink.gateway.anon_fog import AnonFog, AnonStore
+
+    request = site.devices["devA"].request(site.tick())
+    assert site.submit("devA", request).refused is None
+    site.stores[0].db.close()
+    store = AnonStore(str(tmp_path / "fog0.sqlite"))                     # the same file, opened again
+    site.fogs[0] = AnonFog(SITE, site.net.chain_id, site.ledger.keys, site.net["fog-ecies"].priv,
+                           site.net["gateway"].priv, site.cloud.public_key, site.cert_proof, store, Rng("fog0b"),
+                           backend=site.net.backend)
+    site.stores[0] = store
+    effects = site.fogs[0].on_request(request.topic, request.payload, site.tick())
+    assert effects[0].reason == Reason.ANON_REPLAY                       # the request's C1 is remembered
+    assert site.submit("devA", _again(site, "devA", 1, 0)).refused == Reason.ANON_SPENT_PRIMARY
