@@ -1,7 +1,12 @@
 """A local ledger cluster: keys, genesis and config generation, and node processes.
 
 ``python3 -m ledgerlink.ledger.cluster --nodes 4 --data DIR`` writes (once) ``DIR/cluster.json``
-and ``DIR/keys/*.key`` (validator keys, an admin key and a gateway key, hex, mode 0600), starts one
+and ``DIR/keys/*.key`` (validator keys, an admin key and a gateway key, hex, mode 0600), and the
+validators' FROST keys for threshold certificates with ``--threshold``: the validators run the dealerless DKG (t = 2f+1;
+here all of them in this one process, each participant's secret state apart, which is fine for a
+local set-up), each signing share goes to ``keys/validator<i>.share`` (mode 0600, never logged) and
+the group key and verifying shares into the genesis (the chain record, so clients get them with a
+proof). It starts one
 ``ledgerlink.ledger.node`` process per validator (logs in ``DIR/node<i>.log``, blocks in
 ``DIR/node<i>/``), prints where they listen and stops them cleanly on Ctrl-C. ``LocalCluster`` is
 the same as a Python API for tests and benchmarks (start, stop, kill, restart single nodes; a node
@@ -23,7 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ledgerlink.core import frost
 from ledgerlink.core.backend import get_backend
+from ledgerlink.ledger.consensus.messages import quorum
 from ledgerlink.ledger.transport import CLIENT_PORT_OFFSET, ClusterConfig
 
 DEFAULT_CONSENSUS = {"max_batch": 256, "batch_timeout_ms": 10, "view_change_timeout_ms": 1000,
@@ -38,6 +45,37 @@ def write_key(path: Path, priv: bytes) -> None:
     finally:
         os.close(fd)
     os.chmod(path, 0o600)
+
+
+def dkg_in_process(n: int, t: int, rng: Any, context: bytes) -> tuple[list[int], tuple[bytes, ...], bytes]:
+    """Run the FROST KeyGen of ``frost`` among n participants in this process (each one's state kept
+    apart, messages passed as the ceremony would): (signing shares by validator index, verifying shares
+    by validator index, group key). For set-up and tests; a consortium runs it across its sites."""
+    states = [frost.dkg_round1(i + 1, n, t, rng, context) for i in range(n)]
+    broadcasts = [b for _, b in states]
+    outgoing = [frost.dkg_round2(state, broadcasts) for state, _ in states]
+    results = []
+    for i, (state, _) in enumerate(states):
+        mine = {j + 1: outgoing[j][i + 1] for j in range(n) if j != i}
+        results.append(frost.dkg_finish(state, broadcasts, mine))
+    group_key = results[0][2]
+    verifying = results[0][1]
+    if any(r[2] != group_key or r[1] != verifying for r in results):
+        raise ValueError("participants disagree on the group key")
+    return [r[0] for r in results], tuple(verifying[i + 1] for i in range(n)), group_key
+
+
+def write_share(path: Path, share: int) -> None:
+    """Write a FROST signing share (64 hex characters) readable by its owner only."""
+    write_key(path, share.to_bytes(32, "big"))
+
+
+def load_share(key_file: str | Path) -> int | None:
+    """The FROST signing share stored beside a validator key file (``<name>.share``), or None."""
+    path = Path(key_file).with_suffix(".share")
+    if not path.exists():
+        return None
+    return int(path.read_text().strip(), 16)
 
 
 def _ports_free(host: str, ports: list[int]) -> bool:
@@ -72,8 +110,10 @@ def free_base_port(n: int, host: str = "127.0.0.1") -> int:
 
 
 def generate(data_dir: str | Path, nodes: int = 4, base_port: int | None = None, chain_id: str = "ll-local",
-             consensus: dict[str, Any] | None = None) -> Path:
-    """Write keys, genesis and cluster config into ``data_dir``; return the config path."""
+             consensus: dict[str, Any] | None = None, threshold: bool = False) -> Path:
+    """Write keys, genesis and cluster config into ``data_dir``; return the config path. With
+    ``threshold`` the validators also get FROST keys (see the module docstring): every header then names
+    the group key in its validators-hash, so each client's trust anchor must hold it."""
     d = Path(data_dir)
     keys = d / "keys"
     keys.mkdir(parents=True, exist_ok=True)
@@ -86,6 +126,12 @@ def generate(data_dir: str | Path, nodes: int = 4, base_port: int | None = None,
         write_key(keys / ("validator%d.key" % i), priv)
         pubs.append(be.public_key(priv, True).hex())
         entries.append({"key_file": "keys/validator%d.key" % i})
+    frost_keys: dict[str, Any] = {}
+    if threshold:
+        shares, verifying, group_key = dkg_in_process(nodes, quorum(nodes), os.urandom, chain_id.encode())
+        for i, share in enumerate(shares):
+            write_share(keys / ("validator%d.share" % i), share)
+        frost_keys = {"group_key": group_key.hex(), "verifying_shares": [v.hex() for v in verifying]}
     admin = be.generate_private_key()
     write_key(keys / "admin.key", admin)
     gateway = be.generate_private_key()
@@ -101,6 +147,7 @@ def generate(data_dir: str | Path, nodes: int = 4, base_port: int | None = None,
             "admins": [{"key": be.public_key(admin, True).hex(), "attributes": {"name": "admin"}}],
             "devices": [{"key": be.public_key(gateway, True).hex(), "role": 3,
                          "attributes": {"name": "gateway"}}],
+            **frost_keys,
         },
         "consensus": dict(DEFAULT_CONSENSUS, **(consensus or {})),
     }
@@ -114,13 +161,14 @@ class LocalCluster:
 
     def __init__(self, data_dir: str | Path, nodes: int = 4, consensus: dict[str, Any] | None = None,
                  log_level: str = "INFO", metrics: bool = False,
-                 rogues: dict[int, list[str]] | None = None) -> None:
+                 rogues: dict[int, list[str]] | None = None, threshold: bool = False) -> None:
         """``rogues`` maps a validator index to the arguments of ``ledgerlink.ledger.rogue`` after the
-        common ones (e.g. ``["--attack", "slow"]``): that node runs as a Byzantine validator."""
+        common ones (e.g. ``["--attack", "slow"]``): that node runs as a Byzantine validator.
+        ``threshold``: a new cluster's validators get FROST keys (``generate``)."""
         self.data_dir = Path(data_dir)
         self.config_path = self.data_dir / "cluster.json"
         if not self.config_path.exists():
-            generate(self.data_dir, nodes, consensus=consensus)
+            generate(self.data_dir, nodes, consensus=consensus, threshold=threshold)
         self.config = ClusterConfig.load(self.config_path)
         self.log_level = log_level
         self.procs: dict[int, subprocess.Popen] = {}
@@ -238,10 +286,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="cluster directory (created; reused when it exists)")
     p.add_argument("--base-port", type=int, help="peer port of node 0 (client ports at +1000)")
     p.add_argument("--log-level", default="INFO", help="node log level: DEBUG, INFO (default), WARNING, ERROR")
+    p.add_argument("--threshold", action="store_true",
+                   help="a new cluster's validators run the FROST DKG: every block also gets a threshold certificate")
     args = p.parse_args(argv)
     data = Path(args.data)
     if not (data / "cluster.json").exists():
-        generate(data, args.nodes, args.base_port)
+        generate(data, args.nodes, args.base_port, threshold=args.threshold)
     cluster = LocalCluster(data, args.nodes, log_level=args.log_level)
     stop = []
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import hashlib
 import heapq
@@ -50,6 +51,8 @@ from typing import Any, Sequence
 
 from ledgerlink.core import merkle, smt
 from ledgerlink.core.backend import get_backend
+from ledgerlink.ledger.cluster import load_share
+from ledgerlink.ledger.consensus import reconfig
 from ledgerlink.ledger.consensus.replica import (
     Broadcast, Committed, Dropped, Persist, PersistThreshold, Replica, SaveVotes, Send,
 )
@@ -78,22 +81,42 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def threshold_genesis(config: ClusterConfig) -> dict[str, Any]:
+    """The genesis config of ``LedgerState.genesis``, with the group key and verifying shares (hex in
+    the cluster config) as bytes when there are any."""
+    genesis = config.genesis_config()
+    if "group_key" in genesis:
+        genesis["group_key"] = bytes.fromhex(genesis["group_key"])
+        genesis["verifying_shares"] = [bytes.fromhex(v) for v in genesis["verifying_shares"]]
+    return genesis
+
+
 class Node:
     """One validator: replica, block store, peer network and client port."""
 
-    def __init__(self, config: ClusterConfig, index: int, data_dir: str | Path, key: bytes) -> None:
+    def __init__(self, config: ClusterConfig, index: int, data_dir: str | Path, key: bytes,
+                 threshold_share: int | None = None) -> None:
+        """``threshold_share``: this validator's FROST signing share (secret), when the genesis names a group key."""
         self.config = config
         self.index = index
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.backend = get_backend("cpython")
+        genesis = threshold_genesis(config)
         self.rconfig = config.replica_config()
+        if "group_key" in genesis:
+            self.rconfig = dataclasses.replace(self.rconfig, group_key=genesis["group_key"],
+                                               verifying_shares=tuple(genesis["verifying_shares"]))
+        else:
+            threshold_share = None
         self.store = BlockStore(self.data_dir / "blocks.sqlite", config.chain_id, config.genesis_hash())
         started = time.perf_counter()
-        self.app = LedgerState.genesis(config.genesis_config(), self.backend)
+        self.app = LedgerState.genesis(genesis, self.backend)
         self.replica = Replica.restore(index, self.rconfig, key, self.app, self.backend, now_ms(),
                                        self.store.blocks(), votes=self.store.votes(),
-                                       threshold_certs=list(self.store.threshold_certs()))
+                                       threshold_certs=list(self.store.threshold_certs()),
+                                       threshold_share=threshold_share,
+                                       rng=os.urandom if threshold_share is not None else None)
         if self.replica.height != self.store.height:
             raise RuntimeError("restored height %d differs from the store's %d"
                                % (self.replica.height, self.store.height))
@@ -140,6 +163,7 @@ class Node:
             elif isinstance(e, PersistThreshold):
                 self.store.save_threshold(e.height, e.certificate)
             elif isinstance(e, Committed):
+                reconfig.follow_peers(self)
                 self._on_committed(e)
             elif isinstance(e, Dropped):
                 self.drops[e.reason] += 1
@@ -377,9 +401,15 @@ class Node:
             return {"ok": True, "index": self.index, "height": r.height, "view": r.view,
                     "primary": self.rconfig.primary(r.view), "pool": len(r.pool),
                     "in_view_change": r.in_view_change}
+        if op == "set_change":
+            return reconfig.set_change_answer(self, req)
         if op == "validators":
-            return {"ok": True, "chain_id": self.config.chain_id, "f": self.rconfig.f,
-                    "validators": [[i, k] for i, k in enumerate(self.config.validators)]}
+            out = {"ok": True, "chain_id": self.config.chain_id, "f": self.rconfig.f,
+                   "validators": [[i, k] for i, k in enumerate(self.config.validators)]}
+            if self.rconfig.group_key is not None:
+                out["group_key"] = self.rconfig.group_key
+                out["verifying_shares"] = list(self.rconfig.verifying_shares)
+            return out
         if op in ("latest", "header", "block"):
             height = r.height if op == "latest" else req.get("height")
             if type(height) is not int or not 0 <= height <= r.height:
@@ -419,7 +449,7 @@ async def _main(args: argparse.Namespace) -> None:
     key_file = args.key or config.nodes[args.index].key_file
     if key_file is None:
         raise SystemExit("no key file: give --key or nodes[i].key_file in the config")
-    node = Node(config, args.index, args.data, load_key(key_file))
+    node = Node(config, args.index, args.data, load_key(key_file), load_share(key_file))
     gc.freeze()                       # the restored state is long-lived: no collection scans it again
     gc.set_threshold(GC_THRESHOLD, 10, 10)
     await node.start()

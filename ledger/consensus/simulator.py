@@ -54,6 +54,7 @@ from typing import Any
 from ledgerlink.core import frost
 from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.attacks import noncanonical_frame
+from ledgerlink.ledger.cluster import dkg_in_process
 from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.consensus.kv_app import KVApp, make_tx
 from ledgerlink.ledger.consensus.replica import (
@@ -148,24 +149,6 @@ def threshold_keys(n: int) -> tuple[list[int], tuple[bytes, ...], bytes]:
         shares, verifying, group_key = dkg_in_process(n, m.quorum(n), random.Random(2000 + n).randbytes, b"sim")
         _GROUPS[n] = (shares, verifying, group_key)
     return _GROUPS[n]
-
-
-def dkg_in_process(n: int, t: int, rng: Any, context: bytes) -> tuple[list[int], tuple[bytes, ...], bytes]:
-    """Run the FROST KeyGen of ``frost`` among n participants in this process (each one's state kept
-    apart, messages passed as the ceremony would): (signing shares by validator index, verifying shares
-    by validator index, group key). For set-up and tests; a consortium runs it across its sites."""
-    states = [frost.dkg_round1(i + 1, n, t, rng, context) for i in range(n)]
-    broadcasts = [b for _, b in states]
-    outgoing = [frost.dkg_round2(state, broadcasts) for state, _ in states]
-    results = []
-    for i, (state, _) in enumerate(states):
-        mine = {j + 1: outgoing[j][i + 1] for j in range(n) if j != i}
-        results.append(frost.dkg_finish(state, broadcasts, mine))
-    group_key = results[0][2]
-    verifying = results[0][1]
-    if any(r[2] != group_key or r[1] != verifying for r in results):
-        raise ValueError("participants disagree on the group key")
-    return [r[0] for r in results], tuple(verifying[i + 1] for i in range(n)), group_key
 
 
 def validator_keys(backend: Any, n: int) -> list[bytes]:

@@ -162,7 +162,9 @@ class LedgerState:
         Keys: ``chain_id`` (str, required), ``admins`` (at least one) and ``validators``: lists of public
         keys or of ``{"key": pubkey, "attributes": {...}}``; ``devices``: optional list of
         ``{"key", "role", "attributes"}``; ``time_ms`` (genesis time, default 0), ``max_skew_ms``
-        (default 60000), ``max_tx_bytes`` (default and maximum: the 4096-byte COSE frame limit). Raises ValueError on a bad config.
+        (default 60000), ``max_tx_bytes`` (default and maximum: the 4096-byte COSE frame limit), and with
+        threshold certificates ``group_key`` (33 bytes) and ``verifying_shares`` (33 bytes each, validator
+        order), recorded in the chain record as fields 6 and 7. Raises ValueError on a bad config.
         """
         chain_id = config.get("chain_id")
         if not isinstance(chain_id, str) or not 1 <= len(chain_id) <= 64:
@@ -186,6 +188,14 @@ class LedgerState:
                 raise ValueError("genesis lists device %s twice" % dev.hex())
             records[skey] = cbor.dumps(device_record(dev, key, role, attrs, genesis_time, b""))
         chain = {1: chain_id, 2: skew, 3: max_tx, 4: genesis_time, 5: [key for key, _, _ in validators]}
+        group_key, verifying = config.get("group_key"), config.get("verifying_shares")
+        if group_key is not None:           # the validators' FROST group key and verifying shares
+            if not isinstance(group_key, bytes) or len(group_key) != 33 or not isinstance(verifying, list) \
+                    or len(verifying) != len(validators) \
+                    or any(not isinstance(v, bytes) or len(v) != 33 for v in verifying):
+                raise ValueError("group_key must be 33 bytes with one 33-byte verifying share per validator")
+            chain[6] = group_key
+            chain[7] = list(verifying)
         records[state_key(RK.CHAIN, CHAIN_RECORD_ID)] = cbor.dumps(chain)
         return cls(records, backend)
 

@@ -1,0 +1,93 @@
+"""A 4-node cluster as real processes: every block gets a threshold certificate, a follower checks the
+chain with one verification per header, and certificates continue after one node is SIGKILLed."""
+
+import itertools
+import json
+import os
+import stat
+import time
+
+import pytest
+
+from ledgerlink.ledger.client import LedgerClient
+from ledgerlink.ledger.cluster import LocalCluster
+from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.protocol import spv
+
+_batch = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LocalCluster(tmp_path_factory.mktemp("tcluster"), threshold=True)
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    cl = LedgerClient(cluster.config_path)
+    yield cl
+    cl.close()
+
+
+def anchors(cluster, n):
+    gw = cluster.key("gateway")
+    now = int(time.time() * 1000)
+    return [enc.anchor_tx(cluster.config.chain_id, gw, next(_batch), os.urandom(32), 3, now) for _ in range(n)]
+
+
+def group_key(cluster):
+    genesis = json.loads(cluster.config_path.read_text())["genesis"]
+    return bytes.fromhex(genesis["group_key"])
+
+
+def follow(cluster, client, node, start, top, timeout=20.0):
+    """Check headers start..top from ``node`` by their threshold certificates alone (one FROST verify
+    each) and their links; return the last header."""
+    keys = list(cluster.config.validators)
+    gk = group_key(cluster)
+    previous = None
+    for height in range(start, top + 1):
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = client.request_to(node, "header", height=height)
+            if answer.get("threshold_header") is not None:
+                break
+            assert time.monotonic() < deadline, "no threshold certificate at %d" % height
+            time.sleep(0.05)
+        header = spv.verify_certified_header(answer["threshold_header"], cluster.config.chain_id, keys,
+                                             group_key=gk)
+        assert len(answer["threshold_header"][1]) == 2               # [view, signature], not the vote list
+        if previous is not None:
+            spv.verify_header_link(previous, header)
+        previous = header
+    return previous
+
+
+def test_shares_are_owner_only_and_the_genesis_holds_the_group_key(cluster):
+    for i in range(cluster.config.n):
+        mode = stat.S_IMODE(os.stat(cluster.data_dir / "keys" / ("validator%d.share" % i)).st_mode)
+        assert mode == 0o600
+    assert len(group_key(cluster)) == 33
+    with LedgerClient(cluster.config_path) as cl:
+        assert cl.validators()["group_key"] == group_key(cluster)
+    for i in range(cluster.config.n):
+        log = (cluster.data_dir / ("node%d.log" % i)).read_text()
+        share = (cluster.data_dir / "keys" / ("validator%d.share" % i)).read_text().strip()
+        assert share not in log
+
+
+def test_follower_checks_threshold_certificates_and_they_continue_after_a_sigkill(cluster, client):
+    results = client.submit_many(anchors(cluster, 10))
+    assert all(r["status"] == "committed" for r in results)
+    top = max(r["height"] for r in results)
+    last = follow(cluster, client, 0, 0, top)
+    cluster.kill_node(3)
+    results = client.submit_many(anchors(cluster, 10), wait_ms=20000)
+    assert all(r["status"] == "committed" for r in results)
+    new_top = max(r["height"] for r in results)
+    assert new_top > top
+    header = follow(cluster, client, 1, top + 1, new_top)
+    assert header.height == new_top and last.height == top
