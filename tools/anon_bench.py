@@ -6,8 +6,9 @@
   device and the gateway run, and EDHOC's 101 bytes (RFC 9528 messages 1 to 3, method 3, suite 2, the
   smallest form) as a reference;
 - the prover's cost on the QEMU board (Cortex-M3, library in ROMFS, ``-icount shift=0``): instructions
-  of the whole request and of its parts (Schnorr proof, ECIES ephemeral key and two ECDH, the escrow's
-  ES256 signature) and of opening the fog's answer; the ECQV device side for comparison;
+  of the whole request, of its part made ahead while idle and of its part made when sent, of the parts
+  of the work ahead (Schnorr proof, ECIES ephemeral key and two ECDH, the escrow's ES256 signature) and
+  of opening the fog's answer; the ECQV device side for comparison;
 - the peak live heap (``gc.peak_live()``) of making the request and opening the answer on board32, with
   the library from ROMFS and from .mpy files.
 ``--no-qemu`` / ``--no-board32`` leave those parts out. The board tools must be at ../shared/tools.
@@ -150,6 +151,7 @@ x = anon_wire.anon_secret(secret, 1)
 anon_id = anon_wire.anon_id(secret, 1)
 ctx = anon_wire.proof_context(request.payload[3:36])
 rng = Rng('board')
+prepared = anon_device.prepare_request(dev, priv, secret, 1, fog, cloud, rng)
 k_u, cert, cert_r, ca_pub, site_pub, gw_id = %s, %s, %s, %s, %s, %s
 """ % (SITE, h(inp.device_id), h(inp.device_priv), h(inp.secret), h(inp.fog_pub), h(inp.cloud_pub), TIME_MS,
        h(inp.answer), h(inp.ecqv_secret), h(inp.cert), h(inp.cert_r), h(inp.ca_pub), h(inp.site_pub),
@@ -158,6 +160,8 @@ k_u, cert, cert_r, ca_pub, site_pub, gw_id = %s, %s, %s, %s, %s, %s
 
 OPERATIONS = {
     "anon request, whole (device)": "anon_device.build_request(SITE, dev, priv, secret, 1, fog, cloud, 0, rng)",
+    "  prepared ahead (while idle)": "anon_device.prepare_request(dev, priv, secret, 1, fog, cloud, rng)",
+    "  sealed when sent (online)": "anon_device.seal_request(SITE, prepared, 0, rng)",
     "  Schnorr proof (RFC 8235)": "schnorr_zk.prove(x, anon_id, ctx, rng)",
     "  ECIES ephemeral + 2 ECDH": "[ecies.shared(e[0], q) for e in [ecies.ephemeral(rng)] for q in (fog, cloud)]",
     "  escrow ES256 signature": "ecdsa.sign(priv, ctx)",

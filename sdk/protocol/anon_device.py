@@ -126,9 +126,24 @@ class AnonRequest:
         self.k = k
 
 
-def build_request(site, device_id, identity_priv, secret, k, fog_public, cloud_public, time_ms, rng, backend=None):
-    """The anon-request of certificate ``k``: ECIES to the fog (C1 = e*G), the Schnorr proof of x_k bound to
-    C1, and the escrow (device id and its signature over C1 and id_k) sealed to the cloud under the same e."""
+class PreparedRequest:
+    """Everything of a request but its time and reply tag, made ahead (all its elliptic-curve work):
+    C1, the request and response keys, id_k, the proof and the escrow. Used once."""
+
+    def __init__(self, c1, request_keys, response_keys, anon_id, proof, escrow, k):
+        self.c1 = c1
+        self.request_keys = request_keys
+        self.response_keys = response_keys
+        self.anon_id = anon_id
+        self.proof = proof
+        self.escrow = escrow
+        self.k = k
+
+
+def prepare_request(device_id, identity_priv, secret, k, fog_public, cloud_public, rng, backend=None):
+    """The prepared request of certificate ``k``: ECIES to the fog (C1 = e*G), the Schnorr proof of x_k bound
+    to C1, and the escrow (device id and its signature over C1 and id_k) sealed to the cloud under the same e.
+    Nothing in it depends on the time, so a device makes it while idle."""
     crypto = get_backend(backend)
     e, c1 = ecies.ephemeral(rng)
     z_fog = ecies.shared(e, fog_public, crypto)
@@ -139,12 +154,24 @@ def build_request(site, device_id, identity_priv, secret, k, fog_public, cloud_p
     signature = crypto.sign(identity_priv, aw.escrow_message(c1, id_k))
     escrow = ecies.seal(ecies.derive(z_cloud, c1, aw.ESCROW_INFO, crypto),
                         aw.encode_escrow_plain(device_id, signature), c1, crypto)
+    return PreparedRequest(c1, ecies.derive(z_fog, c1, aw.REQUEST_INFO, crypto),
+                           ecies.derive(z_fog, c1, aw.RESPONSE_INFO, crypto), id_k, proof, escrow, k)
+
+
+def seal_request(site, prepared, time_ms, rng, backend=None):
+    """The anon-request of ``prepared`` at ``time_ms``, with a fresh reply tag (AES-CCM only)."""
     reply_tag = rng(aw.REPLY_TAG_LEN)
     topic = aw.request_topic(site)
-    body = aw.encode_request_body(id_k, proof, time_ms, reply_tag, escrow)
-    c2, c3 = ecies.seal(ecies.derive(z_fog, c1, aw.REQUEST_INFO, crypto), body, topic.encode(), crypto)
-    return AnonRequest(topic, aw.encode_request(c1, c2, c3), aw.reply_topic(site, reply_tag),
-                       ecies.derive(z_fog, c1, aw.RESPONSE_INFO, crypto), id_k, k)
+    body = aw.encode_request_body(prepared.anon_id, prepared.proof, time_ms, reply_tag, prepared.escrow)
+    c2, c3 = ecies.seal(prepared.request_keys, body, topic.encode(), backend)
+    return AnonRequest(topic, aw.encode_request(prepared.c1, c2, c3), aw.reply_topic(site, reply_tag),
+                       prepared.response_keys, prepared.anon_id, prepared.k)
+
+
+def build_request(site, device_id, identity_priv, secret, k, fog_public, cloud_public, time_ms, rng, backend=None):
+    """``prepare_request`` then ``seal_request``: the anon-request of certificate ``k`` at ``time_ms``."""
+    prepared = prepare_request(device_id, identity_priv, secret, k, fog_public, cloud_public, rng, backend)
+    return seal_request(site, prepared, time_ms, rng, backend)
 
 
 def check_response(request, payload, backend=None):
@@ -177,15 +204,24 @@ class AnonDevice:
         self.rng = rng
         self.backend = backend
         self.pending = None
+        self.prepared = None
 
-    def request(self, time_ms):
-        """A new anon-request (a newer one replaces a pending one); AnonError when the counter is lost or
-        the batch is used up."""
+    def prepare(self):
+        """Take the next certificate and do a request's elliptic-curve work ahead (while idle); AnonError when
+        the counter is lost or the batch is used up. A reset before it is used skips that certificate."""
         if self.counter.last() >= self.batch_last:
             raise AnonError("every certificate of the batch is used: provision the device again")
         k = self.counter.take()
-        self.pending = build_request(self.site, self.device_id, self._identity, self._secret, k, self.fog_public,
-                                     self.cloud_public, time_ms, self.rng, self.backend)
+        self.prepared = prepare_request(self.device_id, self._identity, self._secret, k, self.fog_public,
+                                        self.cloud_public, self.rng, self.backend)
+
+    def request(self, time_ms):
+        """A new anon-request from the prepared one (prepared now if there is none); a newer request
+        replaces a pending one. AnonError as ``prepare``."""
+        if self.prepared is None:
+            self.prepare()
+        prepared, self.prepared = self.prepared, None
+        self.pending = seal_request(self.site, prepared, time_ms, self.rng, self.backend)
         return self.pending
 
     def check_response(self, payload):

@@ -343,3 +343,16 @@ def test_the_fogs_tables_survive_a_restart(site, tmp_path):
     effects = site.fogs[0].on_request(request.topic, request.payload, site.tick())
     assert effects[0].reason == Reason.ANON_REPLAY                       # the request's C1 is remembered
     assert site.submit("devA", _again(site, "devA", 1, 0)).refused == Reason.ANON_SPENT_PRIMARY
+
+
+def test_a_request_prepared_ahead_is_used_once(site):
+    dev = site.devices["devB"]
+    dev.prepare()
+    assert dev.counter.last() == 1 and dev.prepared.k == 1           # the certificate is taken when prepared
+    prepared = dev.prepared
+    first = dev.request(site.tick())
+    assert dev.prepared is None and first.anon_id == prepared.anon_id
+    assert site.submit("devB", first).refused is None
+    second = dev.request(site.tick())                                  # nothing prepared: made now, k = 2
+    assert second.k == 2 and second.anon_id != first.anon_id
+    assert site.submit("devB", second).refused is None
