@@ -69,6 +69,20 @@ primaries. So an equivocation one backup sees moves all honest replicas at once,
 equivocator never leads again (until a replica restarts and forgets the proof, which it learns
 again from the next pair).
 
+Threshold certificates. With a FROST group key in ``Config`` and the validator's signing share, each
+committed block also gets a ``threshold-certificate`` [view, signature] over its commit bytes, so a
+device or gateway checks a header with one verification at any n (docs/protocol.md, "PBFT messages
+between validators"). A replica offers each aggregator its own round-one commitment per height (the
+primary with its commit vote; one other validator in turn while the height waits, so a primary that
+never aggregates cannot withhold certificates), signs only a header it committed and only with the
+nonces of the commitment it gave that aggregator, which it drops before signing (nonces are never
+reused; a crashed replica has none); an aggregator with t = 2f+1 commitments asks those signers,
+checks the aggregate once, names the senders of bad shares (never asked again for that height) and
+retries without signers that did not answer. Every replica verifies the certificate and persists it
+(``PersistThreshold``); ``restore`` verifies it again. The simulator (``--threshold``) checks that no
+certificate verifies for a header other than the committed one and that every block of each live
+honest replica gets one.
+
 Security. Protects the agreement of honest replicas on one block per height against up to f
 Byzantine validators (equivocation, forged or replayed votes, invalid proposals, lying view-changes)
 and an adversarial network (loss, delay, reordering, duplication, partitions). Every message is
