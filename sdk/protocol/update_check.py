@@ -42,7 +42,7 @@ class UpdateRefused(LedgerlinkError):
     """An update refused with ``code`` (``UPDATE_*``) and ``reason`` (text); nothing of it was installed."""
 
     def __init__(self, code, reason):
-        LedgerlinkError.__init__(self, "update refused (%d): %s" % (code, reason))
+        super().__init__("update refused (%d): %s" % (code, reason))
         self.code = code
         self.reason = reason
 

@@ -142,16 +142,26 @@ def _offer_digest(offer):
 
 
 class Release:
-    """A release the publisher serves: its offer and payload."""
+    """A release the publisher serves: its offer, and its payload as bytes or as the path of a file (read a
+    chunk at a time)."""
 
-    def __init__(self, offer, payload):
+    def __init__(self, offer, payload=None, path=None):
         from ledgerlink.protocol import update_manifest
 
         self.offer = bytes(offer)
-        self.payload = bytes(payload)
+        self.payload = payload
+        self.path = path
         signed = update_manifest.Signed(cbor.loads(self.offer, max_depth=14)[1])
         self.digest = signed.digest
         self.manifest = signed.manifest
+
+    def chunk(self, index):
+        size = self.manifest.chunk_size
+        if self.path is None:
+            return self.payload[index * size:(index + 1) * size]
+        with open(self.path, "rb") as f:
+            f.seek(index * size)
+            return f.read(size)
 
 
 class UpdatePublisher:
@@ -199,8 +209,5 @@ class UpdatePublisher:
         r = self.releases.get(digest)
         if r is None:
             return []
-        size = r.manifest.chunk_size
-        out = []
-        for index in range(first, min(first + count, r.manifest.chunks)):
-            out.append(cbor.dumps([MSG_CHUNK, digest, index, r.payload[index * size:(index + 1) * size]]))
-        return out
+        return [cbor.dumps([MSG_CHUNK, digest, index, r.chunk(index)])
+                for index in range(first, min(first + count, r.manifest.chunks))]
