@@ -30,6 +30,15 @@ and block; messages and bytes count every copy sent (all kinds: request forwardi
 phases, checkpoints, retransmissions), per block; CPU is the sum of the replicas' handler times
 per block and replica, with the share spent in signature verification.
 
+Threshold certificates (``--threshold``): the validators also hold FROST keys (t = 2f+1; made by the
+trusted-dealer key generation of RFC 9591 appendix C for speed, since an in-process DKG of 100 is
+slow in pure Python: signing is the same), every block gets its threshold certificate before the next
+block's transactions come, and a second table prints per size: the certificate's latency after the
+commit (each replica, from its commit to holding the verified certificate, median and p99), the
+messages and bytes it adds per block (nonce-commitment, sign-request, signature-share,
+threshold-cert), and the gateway's check of one header of that run with the CPython backend:
+2f+1 ES256 votes against one FROST verification (median of ``HEADER_CHECK_REPEAT`` runs).
+
 What-ifs, to see what dominates: ``--no-verify-cost`` keeps the measured verification time out of
 virtual time, ``--bandwidth-mbit 0`` makes the uplinks unlimited. Real rows (``--real``): a
 ``LocalCluster`` of each size on this machine's loopback, closed-loop transactions to the nodes in
@@ -53,10 +62,17 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledgerlink.core import frost
 from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.consensus.kv_app import KVApp, make_tx
-from ledgerlink.ledger.consensus.messages import COMMIT, KIND_NAMES, PRE_PREPARE, PREPARE
-from ledgerlink.ledger.consensus.replica import Broadcast, Committed, Config, Dropped, Replica, Send
+from ledgerlink.ledger.consensus.messages import (
+    COMMIT, KIND_NAMES, NONCE_COMMITMENT, PRE_PREPARE, PREPARE, SIGN_REQUEST, SIGNATURE_SHARE, THRESHOLD_CERT,
+    quorum,
+)
+from ledgerlink.ledger.consensus.replica import (
+    Broadcast, Committed, Config, Dropped, PersistThreshold, Replica, Send,
+)
+from ledgerlink.protocol import spv
 from ledgerlink.ledger.consensus.simulator import TICK_MS, validator_keys
 
 ONE_WAY_MS = {"lan": 0.5, "wan": 20.0}
@@ -71,6 +87,8 @@ BLOCKS_FULL = 5
 ROUNDS_FULL = 2                      # rounds over all sizes, so that the machine's load drift hits each size alike
 BLOCK_WAIT_MS = 60000.0              # virtual time a block may take before the run is declared stuck
 PHASE_KINDS = (PRE_PREPARE, PREPARE, COMMIT)
+THRESHOLD_KINDS = (NONCE_COMMITMENT, SIGN_REQUEST, SIGNATURE_SHARE, THRESHOLD_CERT)
+HEADER_CHECK_REPEAT = 15
 SIM_CONFIG = dict(chain_id="scale", batch_timeout_ms=10, view_change_timeout_ms=1000, retransmit_ms=250,
                   checkpoint_interval=16, idle_sync_ms=600000)
 REAL_TXS = 30                        # closed-loop transactions per real cluster size
@@ -132,6 +150,11 @@ class SimRow:
     chains: list[list[bytes]]
     wall_s: float
     verifies_by_kind: Counter = field(default_factory=Counter)   # what was being handled -> verifications
+    threshold_latencies_ms: list[float] = field(default_factory=list)   # commit -> certificate, each replica
+    threshold_messages: int = 0
+    threshold_bytes: int = 0
+    check_ecdsa_ms: list[float] = field(default_factory=list)     # gateway check of one header: 2f+1 votes
+    check_frost_ms: list[float] = field(default_factory=list)     # and its threshold certificate
 
     @property
     def latency_p50_ms(self) -> float:
@@ -161,7 +184,10 @@ def combine(runs: list[SimRow]) -> SimRow:
                   sum(r.cpu_ns for r in runs), sum(r.verifies for r in runs), sum(r.verify_ns for r in runs),
                   max(r.view for r in runs), sum((r.drops for r in runs), Counter()),
                   [[h for r in runs for h in r.chains[i]] for i in range(first.n)], sum(r.wall_s for r in runs),
-                  sum((r.verifies_by_kind for r in runs), Counter()))
+                  sum((r.verifies_by_kind for r in runs), Counter()),
+                  [x for r in runs for x in r.threshold_latencies_ms], sum(r.threshold_messages for r in runs),
+                  sum(r.threshold_bytes for r in runs), [x for r in runs for x in r.check_ecdsa_ms],
+                  [x for r in runs for x in r.check_frost_ms])
 
 
 def percentile(xs: list[float], p: float) -> float:
@@ -179,9 +205,10 @@ class ScaleSimulation:
     """n honest replicas on the network and node model of the module docstring."""
 
     def __init__(self, n: int, network: str, seed: int = 0, txs_per_block: int = TXS_PER_BLOCK,
-                 bandwidth_mbit_s: float = BANDWIDTH_MBIT_S, charge_verify: bool = True):
+                 bandwidth_mbit_s: float = BANDWIDTH_MBIT_S, charge_verify: bool = True, threshold: bool = False):
         """``bandwidth_mbit_s`` 0 is an unlimited uplink; ``charge_verify`` False leaves the time spent in
-        signature verification out of virtual time (what the latency would be if it cost nothing)."""
+        signature verification out of virtual time (what the latency would be if it cost nothing);
+        ``threshold`` gives the validators FROST keys (module docstring)."""
         if network not in ONE_WAY_MS:
             raise ValueError("network must be one of %s" % ", ".join(ONE_WAY_MS))
         self.n = n
@@ -194,11 +221,20 @@ class ScaleSimulation:
         backend = get_backend("cpython")
         keys = validator_keys(backend, n)
         pubs = tuple(backend.public_key(k) for k in keys)
-        self.config = Config(validators=pubs, max_batch=txs_per_block, **SIM_CONFIG)
+        self.threshold = threshold
+        shares: dict[int, int] = {}
+        frost_keys: dict[str, Any] = {}
+        if threshold:
+            shares, verifying, group_key = frost.trusted_dealer_keygen(None, n, quorum(n),
+                                                                       random.Random(seed ^ 0xF057).randbytes)
+            frost_keys = dict(group_key=group_key, verifying_shares=tuple(verifying[i + 1] for i in range(n)))
+        self.config = Config(validators=pubs, max_batch=txs_per_block, **SIM_CONFIG, **frost_keys)
         self.nodes = []
         for i in range(n):
             crypto = MeteredCrypto(backend)
-            self.nodes.append(_Node(Replica(i, self.config, keys[i], KVApp(crypto), crypto, 0), crypto))
+            rng = random.Random("scale/%d/%d" % (seed, i)).randbytes if threshold else None
+            self.nodes.append(_Node(Replica(i, self.config, keys[i], KVApp(crypto), crypto, 0,
+                                            threshold_share=shares.get(i + 1), rng=rng), crypto))
         self.backend = backend
         self.client_key = random.Random(seed ^ 0x5CA1E).randbytes(31) + b"\x01"
         self.nonce = 0
@@ -211,6 +247,9 @@ class ScaleSimulation:
         self.drops: Counter = Counter()
         self.verifies_by_kind: Counter = Counter()
         self.commit_ms: dict[int, dict[int, float]] = {}      # height -> replica -> virtual commit time
+        self.threshold_ms: dict[int, dict[int, float]] = {}   # height -> replica -> it holds the certificate
+        self.threshold_messages = 0
+        self.threshold_bytes = 0
 
     def _push(self, t: float, kind: int, data: Any) -> None:
         self.seq += 1
@@ -265,6 +304,8 @@ class ScaleSimulation:
                 self._send(i, [e.to], e.data, done)
             elif isinstance(e, Committed):
                 self.commit_ms.setdefault(e.height, {})[i] = done
+            elif isinstance(e, PersistThreshold):
+                self.threshold_ms.setdefault(e.height, {})[i] = done
             elif isinstance(e, Dropped):
                 self.drops[e.reason] += 1
 
@@ -272,6 +313,7 @@ class ScaleSimulation:
         node = self.nodes[src]
         size = len(data)
         phase = data[1] in PHASE_KINDS           # cbor: a short array head, then the kind (< 24) in one byte
+        threshold = data[1] in THRESHOLD_KINDS
         serialize_ms = size * self.ms_per_byte
         t = max(node.uplink_free_ms, at)
         for d in dsts:
@@ -281,6 +323,9 @@ class ScaleSimulation:
             self.messages += 1
             self.bytes += size
             self.phase_messages += phase
+            if threshold:
+                self.threshold_messages += 1
+                self.threshold_bytes += size
             self._push(t + self.one_way_ms, _DELIVER, (src, d, data))
         node.uplink_free_ms = t
 
@@ -294,6 +339,7 @@ class ScaleSimulation:
 
     def _reset_counters(self) -> None:
         self.messages = self.phase_messages = self.bytes = 0
+        self.threshold_messages = self.threshold_bytes = 0
         self.drops.clear()
         self.verifies_by_kind.clear()
         for node in self.nodes:
@@ -305,11 +351,13 @@ class ScaleSimulation:
         for i in range(self.n):
             self._push(self.rnd.uniform(0, TICK_MS), _TICK, i)
         latencies: list[float] = []
+        threshold_latencies: list[float] = []
         for height in range(blocks + 1):
             submitted = self.now
             self._submit_block()
             deadline = submitted + BLOCK_WAIT_MS
-            while len(self.commit_ms.get(height, ())) < self.n:
+            while len(self.commit_ms.get(height, ())) < self.n \
+                    or (self.threshold and len(self.threshold_ms.get(height, ())) < self.n):
                 if not self.queue or self.queue[0][0] > deadline:
                     raise RuntimeError("N=%d %s: block %d not committed by every replica within %.0f ms "
                                        "(virtual)" % (self.n, self.network, height, BLOCK_WAIT_MS))
@@ -326,18 +374,45 @@ class ScaleSimulation:
                 self._reset_counters()
             else:
                 latencies += [t - submitted for t in self.commit_ms[height].values()]
+                if self.threshold:
+                    threshold_latencies += [self.threshold_ms[height][i] - self.commit_ms[height][i]
+                                            for i in range(self.n)]
         chains = [[s.hash for s in node.replica.chain] for node in self.nodes]
-        return SimRow(self.network, self.n, blocks, latencies, self.messages, self.phase_messages, self.bytes,
-                      sum(nd.cpu_ns for nd in self.nodes), sum(nd.crypto.verifies for nd in self.nodes),
-                      sum(nd.crypto.verify_ns for nd in self.nodes),
-                      max(nd.replica.view for nd in self.nodes), Counter(self.drops), chains,
-                      time.perf_counter() - wall0, Counter(self.verifies_by_kind))
+        row = SimRow(self.network, self.n, blocks, latencies, self.messages, self.phase_messages, self.bytes,
+                     sum(nd.cpu_ns for nd in self.nodes), sum(nd.crypto.verifies for nd in self.nodes),
+                     sum(nd.crypto.verify_ns for nd in self.nodes),
+                     max(nd.replica.view for nd in self.nodes), Counter(self.drops), chains,
+                     time.perf_counter() - wall0, Counter(self.verifies_by_kind), threshold_latencies,
+                     self.threshold_messages, self.threshold_bytes)
+        if self.threshold:
+            row.check_ecdsa_ms, row.check_frost_ms = self.header_check_ms(blocks)
+        return row
+
+    def header_check_ms(self, height: int) -> tuple[list[float], list[float]]:
+        """A gateway's check of block ``height``'s header (CPython backend, ms per run): by its 2f+1
+        votes, and by its threshold certificate."""
+        replica = self.nodes[0].replica
+        block, cert = replica.block(height)
+        header = block.header.to_obj()
+        keys = list(self.config.validators)
+        gk = self.config.group_key
+        by_votes = [header, cert.to_obj()]
+        by_threshold = [header, replica.threshold_certs[height].to_obj()]
+        out: tuple[list[float], list[float]] = ([], [])
+        for _ in range(HEADER_CHECK_REPEAT):                 # interleaved, so load drift hits both alike
+            for certified, times in ((by_votes, out[0]), (by_threshold, out[1])):
+                t0 = time.perf_counter()
+                spv.verify_certified_header(certified, self.config.chain_id, keys, self.backend, group_key=gk)
+                times.append((time.perf_counter() - t0) * 1000)
+        return out
 
 
 def simulate(n: int, network: str, blocks: int, seed: int = 0, txs_per_block: int = TXS_PER_BLOCK,
-             bandwidth_mbit_s: float = BANDWIDTH_MBIT_S, charge_verify: bool = True) -> SimRow:
+             bandwidth_mbit_s: float = BANDWIDTH_MBIT_S, charge_verify: bool = True,
+             threshold: bool = False) -> SimRow:
     """The simulated row of one cluster size (see the module docstring and ``ScaleSimulation``)."""
-    return ScaleSimulation(n, network, seed, txs_per_block, bandwidth_mbit_s, charge_verify).run(blocks)
+    return ScaleSimulation(n, network, seed, txs_per_block, bandwidth_mbit_s, charge_verify,
+                           threshold).run(blocks)
 
 
 # --- real processes -----------------------------------------------------------------------------
@@ -468,6 +543,22 @@ def _line(cells: list[str]) -> str:
     return " ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(cells, _WIDTHS)))
 
 
+THRESHOLD_COLUMNS = ("rows", "N", "t", "tcert_p50_ms", "tcert_p99_ms", "+msgs/blk", "+KB/blk",
+                     "gw_votes_ms", "gw_frost_ms", "votes/frost")
+_THRESHOLD_WIDTHS = (8, 4, 3, 13, 13, 10, 8, 12, 12, 12)
+
+
+def threshold_line(row: SimRow) -> str:
+    votes = statistics.median(row.check_ecdsa_ms) if row.check_ecdsa_ms else None
+    one = statistics.median(row.check_frost_ms) if row.check_frost_ms else None
+    cells = ["sim-" + row.network, str(row.n), str(quorum(row.n)),
+             _fmt(statistics.median(row.threshold_latencies_ms) if row.threshold_latencies_ms else None, 2),
+             _fmt(percentile(row.threshold_latencies_ms, 99), 2), _fmt(row.per_block(row.threshold_messages), 0),
+             _fmt(row.per_block(row.threshold_bytes) / 1024, 1), _fmt(votes, 3), _fmt(one, 3),
+             _fmt(votes / one if votes and one else None, 1)]
+    return " ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(cells, _THRESHOLD_WIDTHS)))
+
+
 def header_lines(network_names: list[str], blocks: int, rounds: int, txs_per_block: int, seed: int,
                  bandwidth_mbit_s: float = BANDWIDTH_MBIT_S, charge_verify: bool = True) -> list[str]:
     nets = ", ".join("%s %.1f ms one-way" % (k, ONE_WAY_MS[k]) for k in network_names)
@@ -517,6 +608,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="what-if: leave signature verification time out of virtual time (CPU columns stay measured)")
     p.add_argument("--by-kind", action="store_true",
                    help="under each row: signature verifications per block and replica by what was handled")
+    p.add_argument("--threshold", action="store_true",
+                   help="validators hold FROST keys: a second table with the threshold certificates' latency "
+                        "after commit, the messages and bytes they add, and the gateway's header check (votes vs FROST)")
     p.add_argument("--real", action="store_true", help="also rows from real node processes on loopback")
     p.add_argument("--real-sizes", default=",".join(map(str, REAL_SIZES_DEFAULT)),
                    help="validator counts of the real rows (default %(default)s)")
@@ -539,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(rounds):
             for n in sizes:
                 runs[n].append(simulate(n, network, blocks, args.seed + r, args.txs, args.bandwidth_mbit,
-                                        not args.no_verify_cost))
+                                        not args.no_verify_cost, args.threshold))
                 if rounds > 1:
                     print("  (%s round %d N=%d done)" % (network, r + 1, n), file=sys.stderr, flush=True)
         rows = [combine(runs[n]) for n in sizes]
@@ -554,6 +648,14 @@ def main(argv: list[str] | None = None) -> int:
                 print("  verifications per block per replica, by what was handled: " + ", ".join(
                     "%s %.1f" % (k, row.per_block_replica(v)) for k, v in sorted(row.verifies_by_kind.items()) if v))
         verdicts.append(_ratio_verdict(rows, "sim-" + network))
+        if args.threshold:
+            print("threshold certificates (t = 2f+1, FROST(P-256, SHA-256)): tcert = a replica's commit to its "
+                  "verified certificate; +msgs, +KB: what they add per block; gw: one header check by a gateway "
+                  "(CPython backend), 2f+1 ES256 votes vs one FROST verification")
+            print(" ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(THRESHOLD_COLUMNS,
+                                                                                            _THRESHOLD_WIDTHS))))
+            for row in rows:
+                print(threshold_line(row), flush=True)
     if args.real:
         real_rows: list[RealRow] = []
         print("real: node processes on loopback (no netem delay), %d CPU(s), SQLite synchronous=FULL, consensus %s; "

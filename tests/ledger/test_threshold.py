@@ -245,3 +245,15 @@ def test_block_store_keeps_threshold_certificates_across_reopen(tmp_path):
     back = net.make(1, list(store.blocks()), list(store.threshold_certs()))
     assert sorted(back.threshold_certs) == [0, 1]
     store.close()
+
+
+@pytest.mark.parametrize("n", [4, 7])
+def test_scale_model_counts_what_threshold_certificates_add(n):
+    """Per block: n-1 commitments to the aggregator, t-1 requests, t-1 shares, n-1 certificates."""
+    from ledgerlink.ledger.scale import simulate
+
+    row = simulate(n, "lan", 2, threshold=True)
+    t = m.quorum(n)
+    assert row.per_block(row.threshold_messages) == 2 * (n - 1) + 2 * (t - 1)
+    assert len(row.threshold_latencies_ms) == 2 * n and min(row.threshold_latencies_ms) > 0
+    assert row.check_frost_ms and row.check_ecdsa_ms
