@@ -54,7 +54,7 @@ class DirectoryIndex:
         self.banned: set[bytes] = set()
         self.lots_by: dict[bytes, list[bytes]] = {}
         self.comms_of: dict[bytes, list[list[bytes]]] = {}
-        self.height = 0
+        self.height = -1                # the last block taken in (blocks count from 0)
 
     def apply(self, height: int, txs: list[bytes]) -> list[bytes]:
         """Take in block ``height``; the devices it bans."""
@@ -103,6 +103,7 @@ class Directory:
         self.pairs = pairs
         self.index = DirectoryIndex()
         self._bans: list[bytes] = []
+        self._lock = threading.Lock()
 
     def proof(self, kind: int, record_id: Any) -> dict:
         res = self.ledger.record(kind, record_id)
@@ -115,16 +116,22 @@ class Directory:
         proof = self.proof(RECORD_DEVICE, dev)
         return proof, dsc.device_record(proof, self.chain_id, self.validators, dev)
 
-    def follow(self) -> list[bytes]:
-        """Take in the blocks committed since the last call; the devices they banned (proven banned now).
-        A ban seen before a failure (a node not answering) is returned by the next call."""
+    def catch_up(self) -> None:
+        """Take in the blocks committed since the last call (their bans wait for ``follow``)."""
         from ledgerlink.tools.broker_access import proven_block_txs
 
-        top = int(self.ledger.latest().get("height") or 0)
-        while self.index.height < top:
-            height = self.index.height + 1
-            self._bans += self.index.apply(height, proven_block_txs(self.ledger, self.chain_id, self.validators,
-                                                                    height))
+        with self._lock:
+            latest = self.ledger.latest()
+            top = int(latest["height"]) if latest.get("ok") else -1        # no block yet
+            while self.index.height < top:
+                height = self.index.height + 1
+                self._bans += self.index.apply(height, proven_block_txs(self.ledger, self.chain_id,
+                                                                        self.validators, height))
+
+    def follow(self) -> list[bytes]:
+        """``catch_up``; the devices banned since the last call (proven banned now). A ban seen before a
+        failure (a node not answering) is returned by the next call."""
+        self.catch_up()
         banned = []
         while self._bans:
             rec = self.device(self._bans[0])[1]
@@ -149,6 +156,8 @@ class Directory:
 
     def _answer(self, requester: bytes, request_id: int, op: int, arg: Any) -> bytes:
         answer = dsc.encode_answer
+        if op in (dsc.DIR_BY_ATTRIBUTES, dsc.DIR_HISTORY):
+            self.catch_up()                 # what the ledger committed before the request is in the index
         if op in (dsc.DIR_BY_ID, dsc.DIR_PAIR, dsc.DIR_HISTORY):
             if not isinstance(arg, bytes) or len(arg) != DEVICE_ID_LEN:
                 return answer(request_id, dsc.DIR_REFUSED, text="the argument must be a 16-byte device id")
