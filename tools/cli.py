@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default=None,
                       help="MQTT broker: mosquitto, embedded (Python, nothing to install) or auto (default, or "
                            "$LEDGERLINK_BROKER): mosquitto when installed, else embedded")
+    demo.add_argument("--scenario", choices=("site", "spinning"), default="site",
+                      help="spinning: machines of a spinning line query each other and record their lots "
+                           "(ledgerlink.tools.demo_spinning); default: the site with --devices devices")
     demo.add_argument("--library", action="store_true",
                       help="instead: the in-process example of the protocol library (no processes, no network)")
     demo.add_argument("--backend", choices=("portable", "cpython"), default=None,
@@ -72,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if readings < 1:
                 parser.error("--readings must be at least 1")
             return run_demo(backend=args.backend, readings=readings)
+        if args.scenario == "spinning":
+            from ledgerlink.tools.demo_spinning import run_spinning
+
+            return run_spinning(site_name=args.site, data=args.data, broker=args.broker)
         if args.devices < 2:
             parser.error("--devices must be at least 2 (one of them is banned)")
         if args.duration < 0:
