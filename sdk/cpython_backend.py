@@ -170,7 +170,13 @@ class CryptographyBackend(_Common):
         from ledgerlink.core.p256 import GX, GY, P
 
         key = self._public(q)
-        numbers = self._public(r).public_numbers()
+        if not isinstance(r, (bytes, bytearray)) or len(r) not in (33, 65) or r[0] not in (2, 3, 4):
+            raise InvalidPoint("R must be a 33- or 65-byte SEC 1 point")
+        try:   # not through _public: R is new for every signature and would only crowd out keys in use
+            point = self._ec.EllipticCurvePublicKey.from_encoded_point(self._ec.SECP256R1(), bytes(r))
+            numbers = point.public_numbers()
+        except ValueError as exc:
+            raise InvalidPoint("invalid P-256 point: %s" % exc) from None
         rx, ry = numbers.x, numbers.y
         if u2 % N == 0 or rx == GX:
             return None
@@ -178,15 +184,16 @@ class CryptographyBackend(_Common):
         sx = (slope * slope - rx - GX) % P
         if not (P - N <= rx < N and P - N <= sx < N):
             return None
-        return self._x_check(key, u1, u2, rx) and self._x_check(key, u1 + 1, u2, sx)
+        w = pow(u2, -1, N)
+        return self._x_check(key, u1, w, rx) and self._x_check(key, u1 + 1, w, sx)
 
-    def _x_check(self, key, u1: int, u2: int, r: int) -> bool:
-        """x(u1*G + u2*key) mod n == r, through ECDSA verification with s = r/u2, digest = u1*s."""
+    def _x_check(self, key, u1: int, w: int, r: int) -> bool:
+        """x(u1*G + u2*key) mod n == r for w = 1/u2, through ECDSA verification with s = r*w, digest = u1*s."""
         if self._prehashed_alg is None:
             from cryptography.hazmat.primitives import hashes
             from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
             self._prehashed_alg = self._ec.ECDSA(Prehashed(hashes.SHA256()))
-        s = r * pow(u2, -1, N) % N
+        s = r * w % N
         try:
             key.verify(self._encode_sig(r, s), (u1 * s % N).to_bytes(32, "big"), self._prehashed_alg)
         except self._bad:

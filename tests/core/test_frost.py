@@ -288,7 +288,8 @@ def test_dkg_refuses_a_rogue_key_without_its_proof():
     """A dealer that copies another's constant term (or cancels it out) cannot reuse that proof under
     its own index, nor a proof from another run's context."""
     def copy_other(broadcasts):
-        broadcasts[1][1][0], broadcasts[1][2], broadcasts[1][3] = broadcasts[0][1][0], broadcasts[0][2], broadcasts[0][3]
+        victim, rogue = broadcasts[0], broadcasts[1]
+        rogue[1][0], rogue[2], rogue[3] = victim[1][0], victim[2], victim[3]
     with pytest.raises(frost.DealerError, match="^dealer 2: proof of knowledge"):
         run_dkg(4, 3, 11, tamper_broadcast=copy_other)
     rng = seeded_rng(12)
@@ -339,8 +340,8 @@ def test_dkg_refuses_malformed_broadcasts():
 def test_group_commitment_equals_the_plain_sum(count, seed):
     """The interleaved multi-scalar group commitment against one multiplication per signer."""
     rng = seeded_rng(seed)
-    commitments = [[i, frost.verifying_share(frost._random_scalar(rng)), frost.verifying_share(frost._random_scalar(rng))]
-                   for i in range(1, count + 1)]
+    commitments = [[i, frost.verifying_share(frost._random_scalar(rng)),
+                    frost.verifying_share(frost._random_scalar(rng))] for i in range(1, count + 1)]
     decoded = frost.decode_commitments(commitments)
     factors = {i: int.from_bytes(rng(32), "big") % p256.N for i in range(1, count + 1)}
     factors[1] = 0 if seed % 3 == 0 else factors[1]
@@ -370,7 +371,8 @@ def test_openssl_mul_add_equals_matches_the_portable_check(u1, u2, q, which):
     assert verdict in (None, which == "sum")
     if verdict is None:
         r_plus_g = p256.add(r, p256.G)
-        assert r[0] == p256.GX or not p256.P - p256.N <= r[0] < p256.N or not p256.P - p256.N <= r_plus_g[0] < p256.N
+        in_range = [p256.P - p256.N <= x < p256.N for x in (r[0], r_plus_g[0])]
+        assert r[0] == p256.GX or not all(in_range)
 
 
 def test_openssl_mul_add_equals_leaves_edge_cases_to_the_caller():

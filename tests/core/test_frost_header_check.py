@@ -19,7 +19,8 @@ def test_frost_header_check_does_not_grow_with_n(tmp_path, capsys):
     out = tmp_path / "header_check.json"
     assert header_check.main(["--sizes", "4,100", "--checks", "frost", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "FROST" in printed and len([line for line in printed.splitlines() if line.strip().startswith(("4 ", "100 "))]) == 2
+    rows = [line for line in printed.splitlines() if line.strip().startswith(("4 ", "100 "))]
+    assert "FROST" in printed and len(rows) == 2
     result = json.loads(out.read_text())
     qemu = result["qemu_instructions"]
     small, large = qemu["4"]["frost"], qemu["100"]["frost"]
