@@ -8,9 +8,11 @@ fog makes the session key and sends it to the device (``AnonReply``) and, encryp
 escrow key, to the cloud (``AnonGrant``); refused, the device gets the ledger's reason. Both ledger
 facts the fog relies on (the certificate's point, the spend) come as record proofs under headers
 certified by 2f+1 of the validators it trusts (``spv.verify_record_proof``), so one lying ledger node
-can delay or refuse a session but not grant one. ``AnonService`` runs a fog against a ledger client. A request passes, in order: size and form (malformed) -> ECIES tag with the topic as aad
-(bad-tag) -> time within the skew (clock-skew) -> its C1 not seen before (anon-replay) -> a certificate
-record for its id (anon-unknown-certificate) -> primaryHash not in the fog's table (anon-spent-primary,
+can delay or refuse a session but not grant one. ``AnonService`` runs a fog against a ledger client.
+
+A request passes, in order: size and form (malformed) -> ECIES tag with the topic as aad (bad-tag) ->
+time within the skew (clock-skew) -> its C1 not seen before (anon-replay) -> a certificate
+record for its id, proved (anon-unknown-certificate; ledger-unavailable) -> primaryHash not in the fog's table (anon-spent-primary,
 algorithm 2) -> the Schnorr proof (anon-bad-proof); then the contract checks secondaryHash
 (anon-spent-secondary, algorithm 3) and the proof again.
 
@@ -240,7 +242,8 @@ class AnonFog:
         if code != 0:
             return [AnonRefused(code, "the ledger refused the spend"),
                     self._reply(pending.reply_topic, pending.response_keys, aw.encode_response_body(code))]
-        key, base_iv, session_id = self.rng(aw.SESSION_KEY_LEN), self.rng(aw.SESSION_IV_LEN), self.rng(aw.SESSION_ID_LEN)
+        key, base_iv = self.rng(aw.SESSION_KEY_LEN), self.rng(aw.SESSION_IV_LEN)
+        session_id = self.rng(aw.SESSION_ID_LEN)
         valid_until_s = now_ms // 1000 + self.session_lifetime_s
         body = aw.encode_response_body(aw.RESULT_OK, (key, base_iv, session_id, valid_until_s), txid)
         box = ecies.encrypt(self.cloud_public, key + base_iv, aw.GRANT_INFO, session_id, self.rng, self.crypto)

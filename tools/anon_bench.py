@@ -67,8 +67,8 @@ def fog_answer(request: anon_device.AnonRequest, fog_priv: bytes, gateway_priv: 
     key, base_iv, session_id, txid = rng(16), rng(13), rng(8), rng(32)
     until = TIME_MS // 1000 + 3600
     reply_topic = anon_wire.reply_topic(SITE, reply_tag)
-    sealed = ecies.seal(ecies.derive(z, c1, anon_wire.RESPONSE_INFO),
-                        anon_wire.encode_response_body(0, (key, base_iv, session_id, until), txid), reply_topic.encode())
+    body = anon_wire.encode_response_body(0, (key, base_iv, session_id, until), txid)
+    sealed = ecies.seal(ecies.derive(z, c1, anon_wire.RESPONSE_INFO), body, reply_topic.encode())
     box = ecies.encrypt(cloud_pub, key + base_iv, anon_wire.GRANT_INFO, session_id, rng)
     grant = anon_wire.encode_grant_payload(session_id, box, c1, escrow, txid, until, anon_id)
     gateway_id = hashlib.sha256(crypto.public_key(gateway_priv, True)).digest()[:16]
