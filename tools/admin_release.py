@@ -6,7 +6,13 @@ the ledger (a firmware record with the sequence, refused by the ledger unless N 
 component's latest), then takes the two record proofs a device needs from the ledger, checks the whole
 offer as a device of class K would (``update_check``), and writes ``DIGEST.offer`` and ``DIGEST.payload``
 into the release folder (``--out``, default ``releases/`` beside the cluster config), where the
-gateway's update publisher (``load_releases``) serves them.
+update service serves them.
+
+``UpdateService`` is that service: an ``UpdatePublisher`` over MQTT 5 (paho), logged in with an account of
+role ``updates`` (it may send on every device's ``fw`` topic and read every ``upd`` topic, nothing else),
+serving the releases of a release folder, read again when it changes. It keeps each device's last status
+(``statuses``: the versions it runs), which ``versions`` sets beside the latest release of its class.
+``python3 -m ledgerlink.tools.admin_release serve --port P --site S --releases DIR`` runs one.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.ledger.state.codes import RecordKind
 from ledgerlink.protocol import update_check, update_manifest as um
+from ledgerlink.protocol import update_transport as ut
 from ledgerlink.protocol.update_transport import Release
 
 COMPONENTS = {name: code for code, name in um.COMPONENT_NAMES.items()}
@@ -120,3 +127,107 @@ def cmd_release(ctx: Any, args: argparse.Namespace) -> int:
     path = write_release(folder, offer, payload)
     print("offer checked as a device of class %r checks it; published as %s" % (manifest.device_class, path))
     return EXIT_OK
+
+
+class UpdateService:
+    """The update publisher of a site over MQTT; ``start``/``stop``. Its state is on paho's thread."""
+
+    def __init__(self, host: str, port: int, site: str, releases: Path, username: str | None = None,
+                 password: str | None = None, client_id: str = "ll-updates") -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.site = site
+        self.folder = Path(releases)
+        self.publisher = ut.UpdatePublisher()
+        self._stamp: tuple = ()
+        self._prefix = "ll/%s/dev/" % site
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if password is not None:
+            self._client.username_pw_set(username or client_id, password)
+        self._client.on_connect = lambda c, u, f, rc, p: c.subscribe(self._prefix + "+/" + ut.UP_LEAF, 1)
+        self._client.on_message = self._message
+        self._host, self._port = host, port
+
+    def reload(self) -> None:
+        """Take the release folder again when a file in it changed."""
+        try:
+            stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in self.folder.iterdir()))
+        except OSError:
+            stamp = ()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self.publisher.releases = {}
+            for release in load_releases(self.folder):
+                self.publisher.add(release)
+
+    def _message(self, client: Any, userdata: Any, msg: Any) -> None:
+        parts = msg.topic[len(self._prefix):].split("/")
+        if len(parts) != 2 or not msg.topic.startswith(self._prefix):
+            return
+        try:
+            device = bytes.fromhex(parts[0])
+        except ValueError:
+            return
+        self.reload()
+        for answer in self.publisher.handle(device, msg.payload):
+            client.publish(self._prefix + parts[0] + "/" + ut.DOWN_LEAF, answer, qos=1)
+
+    def versions(self) -> dict[str, dict]:
+        """{device id hex: {component name: {"running": seq, "version", "trial", "latest": seq}}}."""
+        out: dict[str, dict] = {}
+        for device, status in list(self.publisher.statuses.items()):
+            row = {}
+            for component, name in um.COMPONENT_NAMES.items():
+                running = status[2].get(component)
+                latest = self.publisher.latest(status[1], component)
+                if running is None and latest is None:
+                    continue
+                row[name] = {"running": running[0] if running else 0, "version": running[2] if running else None,
+                             "trial": bool(running[3]) if running else False,
+                             "latest": latest.manifest.sequence if latest else None}
+            out[device.hex()] = row
+        return out
+
+    def start(self) -> None:
+        self.reload()
+        self._client.connect(self._host, self._port, keepalive=30)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+    import signal
+    import threading
+
+    p = argparse.ArgumentParser(prog="python3 -m ledgerlink.tools.admin_release",
+                                description="serve a site's update releases over MQTT")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve the releases of a folder to the site's devices")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--site", required=True)
+    s.add_argument("--releases", required=True, metavar="DIR")
+    s.add_argument("--username", default="ll-updates", help="broker account of role updates")
+    s.add_argument("--password-env", default="LL_UPDATES_PASSWORD", metavar="VAR",
+                   help="environment variable holding the account's password")
+    args = p.parse_args(argv)
+    service = UpdateService(args.host, args.port, args.site, Path(args.releases), args.username,
+                            os.environ.get(args.password_env), args.username)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    service.start()
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -86,7 +86,7 @@ from typing import Any, Iterable
 from ledgerlink.protocol import broker_login
 from ledgerlink.protocol.codes import ROLE_CONTROLLER
 
-ROLES = ("device", "controller", "gateway", "consumer", "operator", "broker-admin", "directory")
+ROLES = ("device", "controller", "gateway", "consumer", "operator", "broker-admin", "directory", "updates")
 PBKDF2_ITERATIONS = 101                 # mosquitto's own; the passwords are random, see the module docstring
 PASSWORD_BYTES = broker_login.PASSWORD_BYTES
 ADMIN_USER = "ll-broker-admin"
@@ -134,8 +134,8 @@ def rules(site: str, username: str, role: str, device: str | None = None,
     base = "ll/%s" % site
     if role in ("device", "controller"):
         own = "%s/dev/%s" % (base, device)
-        out = [(SEND, own + "/" + level) for level in ("up", "reg", "session", "ask")]
-        for topic in (own + "/down", own + "/cmd", base + "/ledger/header"):
+        out = [(SEND, own + "/" + level) for level in ("up", "reg", "session", "ask", "upd")]
+        for topic in (own + "/down", own + "/cmd", own + "/fw", base + "/ledger/header"):
             out += [(SUBSCRIBE, topic), (RECEIVE, topic)]
         if role == "controller":
             out.append((SEND, base + "/dev/+/cmd"))
@@ -152,6 +152,8 @@ def rules(site: str, username: str, role: str, device: str | None = None,
         return [(SEND, base + "/#"), (SUBSCRIBE, base + "/#"), (RECEIVE, base + "/#")]
     if role == "directory":
         return directory_rules(site)
+    if role == "updates":                       # the update publisher: offers and chunks to each device's fw
+        return [(SEND, base + "/dev/+/fw"), (SUBSCRIBE, base + "/dev/+/upd"), (RECEIVE, base + "/dev/+/upd")]
     if role == "broker-admin":
         return [(SEND, DYNSEC_TOPIC), (SUBSCRIBE, DYNSEC_TOPIC + "/response"), (RECEIVE, DYNSEC_TOPIC + "/response")]
     raise AccessError("unknown role %r (one of %s)" % (role, ", ".join(ROLES)))

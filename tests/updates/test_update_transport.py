@@ -128,3 +128,19 @@ def test_junk_fw_messages_leave_the_device_as_it_was(site, tmp_path: Path):
     for junk in (b"", b"\xff", cbor.dumps([1, b"x"]), cbor.dumps([2, bytes(32), 0, b"x"]), cbor.dumps({1: 2})):
         client.handle(junk)
     assert agent.pending is None and agent.running() == {}
+
+
+def test_broker_rules_give_the_device_its_fw_topic_read_only():
+    from ledgerlink.tools.broker_access import RECEIVE, SEND, SUBSCRIBE, rules
+    from ledgerlink.tools.mqtt_acl import topic_matches
+
+    dev, other = "ab" * 16, "cd" * 16
+    mine = rules("s", "ll-" + dev, "device", dev)
+    fw, upd = "ll/s/dev/%s/fw" % dev, "ll/s/dev/%s/upd" % dev
+    assert (SUBSCRIBE, fw) in mine and (RECEIVE, fw) in mine and (SEND, upd) in mine
+    assert not any(kind == SEND and topic_matches(rule, fw) for kind, rule in mine)
+    assert not any(topic_matches(rule, "ll/s/dev/%s/fw" % other) for _, rule in mine)
+    service = rules("s", "ll-updates", "updates")
+    assert any(kind == SEND and topic_matches(rule, fw) for kind, rule in service)
+    assert any(kind == RECEIVE and topic_matches(rule, upd) for kind, rule in service)
+    assert not any(kind == SEND and topic_matches(rule, "ll/s/dev/%s/down" % dev) for kind, rule in service)

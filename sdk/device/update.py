@@ -1,0 +1,106 @@
+"""Updates for a CPython ``Device`` (docs/protocol.md, "Updates"): the same ``update_agent`` and
+``update_transport`` a board runs, over the device's paho client.
+
+``attach(device, device_class, directory, config_path=..., app_prefix=...)`` makes the update state at
+the first start (``UpdateAgent.provision``), finishes what a reset cut short (``boot``), and then, on
+the device's I/O thread: at each connection subscribes to the device's ``fw`` topic and sends its
+status (the versions it runs) on ``upd``; takes offers and chunks; and takes the first valid receipt
+while a new version is on trial as its check-in. ``tick`` (called by ``DeviceUpdates.run_ticks`` or the
+application) rolls back a version whose check-in is overdue. ``restart_due`` tells the application that
+an app library was installed and takes effect at its next start.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from ledgerlink.device.client import QOS, Device
+from ledgerlink.protocol import update_agent as ua, update_transport as ut
+from ledgerlink.protocol.codes import IMAGE_APP_LIBRARY
+
+
+class DeviceUpdates:
+    """The updates of one ``Device``: ``agent`` (UpdateAgent), ``client`` (UpdateClient), ``restart_due``."""
+
+    def __init__(self, device: Device, agent: ua.UpdateAgent, clock: Callable[[], int] | None = None) -> None:
+        self.device = device
+        self.agent = agent
+        self.client = ut.UpdateClient(agent)
+        self.topic_fw = device.core.topic(ut.DOWN_LEAF)
+        self.topic_upd = device.core.topic(ut.UP_LEAF)
+        self.restart_due = False
+        self.clock = clock or (lambda: int(time.monotonic() * 1000))
+        self._lock = threading.Lock()
+        paho = device._client
+        self._on_connect = paho.on_connect
+        paho.on_connect = self._connected
+        paho.message_callback_add(self.topic_fw, self._message)
+        self._on_receipt = device.on_receipt
+        device.on_receipt = self._receipt
+
+    def _publish(self, messages: list[bytes]) -> None:
+        for payload in messages:
+            self.device._client.publish(self.topic_upd, payload, qos=QOS)
+
+    def _connected(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self._on_connect(client, userdata, flags, reason_code, properties)
+        if reason_code.is_failure:
+            return
+        client.subscribe(self.topic_fw, QOS)
+        with self._lock:
+            self._publish([self.client.status()] + self.client.resume())
+
+    def _message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            before = self.agent.running().get(IMAGE_APP_LIBRARY)
+            out = self.client.handle(msg.payload, self.clock())
+            after = self.agent.running().get(IMAGE_APP_LIBRARY)
+            if after != before and after is not None and after["trial"]:
+                self.restart_due = True
+            self._publish(out)
+
+    def _receipt(self, result: Any) -> None:
+        if self._on_receipt is not None:
+            self._on_receipt(result)
+        if not result.valid:
+            return
+        with self._lock:
+            if any(e["trial"] for e in self.agent.running().values()):
+                self.agent.checked_in()
+                self._publish([self.client.status()])
+
+    def status(self) -> dict:
+        """What runs: {component: {"sequence", "digest", "version", "trial"}}."""
+        with self._lock:
+            return self.agent.running()
+
+    def tick(self) -> list[int]:
+        """Roll back the versions whose check-in is overdue; the components rolled back."""
+        with self._lock:
+            done = self.agent.tick(self.clock())
+            if done:
+                self._publish([self.client.status()])
+            return done
+
+
+def attach(device: Device, device_class: str, directory: str, config_path: str | None = None,
+           app_prefix: str | None = None, trial_deadline_ms: int = ua.TRIAL_DEADLINE_MS,
+           clock: Callable[[], int] | None = None) -> DeviceUpdates:
+    """Give ``device`` its updates (before ``device.start()``): a configuration file at ``config_path`` and/or
+    an app library in A/B slots ``app_prefix.0``/``.1``, for devices of class ``device_class``; the update
+    state lives in ``directory``."""
+    files = ua.Files()
+    targets: list[Any] = []
+    if config_path is not None:
+        targets.append(ua.ConfigTarget(files, config_path))
+    if app_prefix is not None:
+        targets.append(ua.AppTarget(files, app_prefix))
+    core = device.core
+    agent = ua.UpdateAgent(directory, device_class, core.chain_id, core.validator_keys, targets, files,
+                           core.crypto, trial_deadline_ms)
+    agent.provision()
+    updates = DeviceUpdates(device, agent, clock)
+    agent.boot(updates.clock())
+    return updates
