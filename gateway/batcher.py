@@ -77,12 +77,13 @@ def down_topic(site: str, dev: bytes) -> str:
     return "ll/%s/dev/%s/down" % (site, dev.hex())
 
 
-def verify_receipt(receipt: bytes | dict, frame: bytes, chain_id: str, validator_keys: list[bytes]) -> spv.Header:
+def verify_receipt(receipt: bytes | dict, frame: bytes, chain_id: str, validator_keys: list[bytes],
+                   group_key: bytes | None = None) -> spv.Header:
     """A device's check of a receipt for ``frame``; returns the certifying header or raises InvalidProof."""
     r = cbor.loads(receipt) if isinstance(receipt, (bytes, bytearray)) else receipt
     if not isinstance(r, dict) or r.get(0) != 1 or r.get(1) != hashlib.sha256(frame).digest():
         raise InvalidProof("not a receipt of this frame")
-    header = spv.verify_certified_header(r[7], chain_id, validator_keys)
+    header = spv.verify_certified_header(r[7], chain_id, validator_keys, group_key=group_key)
     atp = r[6]
     spv.verify_tx_inclusion(header, atp[1], atp[2], atp[3], atp[4])
     body = cbor.loads(cbor.loads(atp[1]).value[2])
@@ -240,12 +241,15 @@ class Batcher:
 
     def __init__(self, store: Store, ledger: Ledger, site: str, chain_id: str, validator_keys: list[bytes],
                  gateway_priv: bytes, max_batch: int = 256, interval_ms: int = 100, wait_ms: int = 10000,
-                 rng: Callable[[int], bytes] | None = None) -> None:
+                 rng: Callable[[int], bytes] | None = None, group_key: bytes | None = None) -> None:
+        """``group_key``: the validator set's FROST group key, when it has one; receipts then carry the
+        header with its threshold certificate (one verification for the device) when the ledger has it."""
         self.store = store
         self.ledger = ledger
         self.site = site
         self.chain_id = chain_id
         self.validator_keys = list(validator_keys)
+        self.group_key = group_key
         self.priv = gateway_priv
         self.max_batch = max_batch
         self.interval_ms = interval_ms
@@ -312,9 +316,12 @@ class Batcher:
             return None
         if not p.get("ok") or p.get("tx") != tx:
             return None
+        if self.group_key is not None and p.get("threshold_header") is not None:
+            p = dict(p, certified_header=p["threshold_header"])
         try:
             certified = cbor.dumps(p["certified_header"])
-            header = spv.verify_certified_header(certified, self.chain_id, self.validator_keys)
+            header = spv.verify_certified_header(certified, self.chain_id, self.validator_keys,
+                                                 group_key=self.group_key)
             spv.verify_tx_inclusion(header, tx, p["index"], p["size"], p["proof"])
         except Exception as exc:  # noqa: BLE001 - a node lying about the anchor
             log.error("anchor proof from the ledger does not verify: %s", exc)

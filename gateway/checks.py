@@ -415,12 +415,14 @@ def _device_changed_by(tx: bytes) -> bytes | None:
 class GatewayCore:
     """Checks of one gateway of ``site``; see the module docstring.
 
-    ``chain_id`` and ``validator_keys`` are the trusted validator set; ``keys`` the gateway's keys.
+    ``chain_id`` and ``validator_keys`` are the trusted validator set; ``keys`` the gateway's keys;
+    ``group_key`` the set's FROST group key, when it has one (then a header with a threshold certificate
+    costs one verification).
     """
 
     def __init__(self, site: str, keys: GatewayKeys, chain_id: str, validator_keys: list[bytes],
                  limits: Limits | None = None, backend: Any = None,
-                 rng: Callable[[int], bytes] | None = None) -> None:
+                 rng: Callable[[int], bytes] | None = None, group_key: bytes | None = None) -> None:
         self.site = site
         self.keys = keys
         self.crypto = get_backend(backend)
@@ -430,6 +432,7 @@ class GatewayCore:
         self.site_public = self.crypto.public_key(keys.site, True)
         self.chain_id = chain_id
         self.validator_keys = list(validator_keys)
+        self.group_key = group_key
         self.limits = limits or Limits()
         self.rng = rng or os.urandom
         self.registry: OrderedDict[bytes, RegistryEntry] = OrderedDict()     # by time of the last answer
@@ -893,7 +896,8 @@ class GatewayCore:
             else cbor.dumps(certified)
         header = self._headers.get(raw)
         if header is None:
-            header = spv.verify_certified_header(raw, self.chain_id, self.validator_keys, self.crypto)
+            header = spv.verify_certified_header(raw, self.chain_id, self.validator_keys, self.crypto,
+                                                 group_key=self.group_key)
             self._remember_header(raw, header)
         return header, raw
 

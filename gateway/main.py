@@ -105,13 +105,15 @@ def build(cfg: dict[str, Any]) -> MqttGateway:
     chain_id = trust.get("chain_id", cluster.chain_id)
     validators = [bytes.fromhex(k) for k in trust["validators"]] if "validators" in trust else list(cluster.validators)
     limits = Limits(**cfg.get("limits", {}))
-    core = GatewayCore(site, keys, chain_id, validators, limits)
+    group_hex = trust.get("group_key", cluster.genesis.get("group_key"))
+    group_key = bytes.fromhex(group_hex) if group_hex else None
+    core = GatewayCore(site, keys, chain_id, validators, limits, group_key=group_key)
     store = Store(_path(cfg, cfg.get("store", "gateway-%s.db" % site)),
                   owner=str(cfg.get("mqtt", {}).get("client_id", "")), window=limits.window)
     ledger = LedgerClient(cluster_path)
     batch = cfg.get("batch", {})
     batcher = Batcher(store, ledger, site, chain_id, validators, keys.identity, max_batch=int(batch.get("max", 256)),
-                      interval_ms=int(batch.get("interval_ms", 100)))
+                      interval_ms=int(batch.get("interval_ms", 100)), group_key=group_key)
     mq = cfg.get("mqtt", {})
     threads = int(cfg.get("verify_threads", default_verify_threads()))
     login = json.loads(_path(cfg, mq["credentials"]).read_text()) if "credentials" in mq else None

@@ -89,6 +89,15 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+
+def served_header(core: Any, answer: dict) -> Any:
+    """The header of a ledger answer that the gateway checks: the threshold certificate's (one FROST
+    verification) when the trusted set has a group key and the node sent one, else the 2f+1-vote one."""
+    threshold = answer.get("threshold_header")
+    if getattr(core, "group_key", None) is not None and threshold is not None:
+        return threshold
+    return answer["certified_header"]
+
 class MqttGateway:
     def __init__(self, service: GatewayService, batcher: Batcher, ledger: Ledger, site: str, host: str,
                  port: int, client_id: str, shared: bool = True, batch_interval_ms: int = 100,
@@ -283,11 +292,11 @@ class MqttGateway:
                 latest = self.ledger.latest()
                 if not latest.get("ok"):
                     continue
-                top = core.check_header(latest["certified_header"]).height
+                top = core.check_header(served_header(core, latest)).height
                 if followed is None or top - followed > FOLLOW_MAX_BLOCKS:
                     if followed is not None:
                         log.warning("ledger blocks %d..%d not followed; registry cache dropped", followed + 1, top)
-                    self.events.put(("gap", latest["certified_header"]))
+                    self.events.put(("gap", served_header(core, latest)))
                     followed = top
                     continue
                 while followed < top and not self.stop_event.is_set():
@@ -310,8 +319,9 @@ class MqttGateway:
         for ask in asks:
             try:
                 res = ask()
-                if res.get("ok") and self.service.core.check_block(res["certified_header"], res["txs"]).height == height:
-                    return res["certified_header"], res["txs"]
+                certified = served_header(self.service.core, res) if res.get("ok") else None
+                if certified is not None and self.service.core.check_block(certified, res["txs"]).height == height:
+                    return certified, res["txs"]
             except Exception:  # noqa: BLE001 - this node failed or lied: the next one is asked
                 continue
         return None

@@ -91,3 +91,50 @@ def test_follower_checks_threshold_certificates_and_they_continue_after_a_sigkil
     assert new_top > top
     header = follow(cluster, client, 1, top + 1, new_top)
     assert header.height == new_top and last.height == top
+
+
+class CountingBackend:
+    """The CPython backend, counting ES256 verifications."""
+
+    def __init__(self):
+        from ledgerlink.core.backend import get_backend
+        self.inner = get_backend("cpython")
+        self.verifies = 0
+
+    def verify(self, pub, msg, sig):
+        self.verifies += 1
+        return self.inner.verify(pub, msg, sig)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_gateway_follows_the_chain_with_one_frost_verification_per_header(cluster, client):
+    from ledgerlink.gateway.checks import GatewayCore, GatewayKeys
+    from ledgerlink.gateway.mqtt_adapter import served_header
+
+    results = client.submit_many(anchors(cluster, 4))
+    top = max(r["height"] for r in results)
+    key = cluster.key("gateway")
+    backend = CountingBackend()
+    core = GatewayCore("site", GatewayKeys(key, key, key), cluster.config.chain_id, list(cluster.config.validators),
+                       backend=backend, group_key=group_key(cluster))
+    votes = GatewayCore("site", GatewayKeys(key, key, key), cluster.config.chain_id, list(cluster.config.validators),
+                        backend=CountingBackend(), group_key=group_key(cluster))
+    votes_only = votes.group_key
+    votes.group_key = None                      # chooses the 2f+1-vote header, still checked with the group key
+    for height in range(top + 1):
+        deadline = time.monotonic() + 20
+        while True:
+            res = client.request_to(0, "block", height=height)
+            if res.get("threshold_header") is not None:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert core.check_block(served_header(core, res), res["txs"]).height == height
+        certified = served_header(votes, res)
+        votes.group_key = votes_only
+        assert votes.check_block(certified, res["txs"]).height == height
+        votes.group_key = None
+    assert backend.verifies == 0                # no ES256 vote checked: one FROST verification a header
+    assert votes.crypto.verifies >= 3 * (top + 1)
