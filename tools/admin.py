@@ -46,6 +46,7 @@ from ledgerlink.protocol.ledger_tx import reason_name
 from ledgerlink.tools.up import ConfigError, load_config, read_key
 from ledgerlink.tools import admin_trace
 from ledgerlink.tools import admin_release
+from ledgerlink.tools import admin_validators
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -759,6 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(role="sensor")
     admin_trace.add_parser(with_ledger)
     admin_release.add_parser(with_ledger)
+    admin_validators.add_parser(with_ledger)
     return p
 
 
@@ -776,6 +778,9 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "verify-receipt": cmd_verify_receipt,
     "trace": admin_trace.cmd_trace,
     "release": admin_release.cmd_release,
+    "approve-set": admin_validators.cmd_approve_set,
+    "set-change": admin_validators.cmd_set_change,
+    "follow-set": admin_validators.cmd_follow_set,
 }
 LOCAL = {"keygen": cmd_keygen, "request": cmd_request}
 

@@ -27,7 +27,9 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from ledgerlink.ledger.consensus import messages as m
+from ledgerlink.core import smt
 from ledgerlink.protocol.ledger_tx import compress_pubkey
+from ledgerlink.protocol.validator_set import RECORD_VALIDATOR_SET
 
 if TYPE_CHECKING:
     from ledgerlink.ledger.consensus.replica import Replica
@@ -59,6 +61,7 @@ def attach(replica: "Replica") -> None:
     replica.own_key = own_key(replica)
     replica.member = is_member(replica, replica.config.validators)
     replica.switch_view_change = False
+    replica.set_change_proofs = {}          # epoch -> (height of the recording block, record, smt proof)
 
 
 def validators_at(replica: "Replica", height: int) -> tuple[tuple[bytes, ...], bytes]:
@@ -105,6 +108,10 @@ def after_commit(replica: "Replica", height: int, live: bool) -> None:
     if replica.set_history[-1][0] < start:
         cfg = _config_for(replica.config, change)
         replica.set_history.append((start, cfg.validators, _header_hash(cfg)))
+        prove = getattr(replica.app, "prove", None)
+        if prove is not None:                   # the record under this block's root, certified by the old set
+            _, record, proof = prove(RECORD_VALIDATOR_SET, change[0])
+            replica.set_change_proofs[change[0]] = (height, record, proof)
     if start == height + 1:
         switch(replica, _config_for(replica.config, change), start, live)
 
@@ -178,3 +185,39 @@ def member_effects(replica: "Replica", effects: list) -> list:
             continue
         out.append(e)
     return out
+
+
+# --- ledger node process -------------------------------------------------------------------------------
+
+
+def follow_peers(node: Any) -> None:
+    """Point a node's peer transport at the keys of the set in force (after its replica switched): a
+    peer index whose key changed is authenticated with the new key from now on, and links to it are
+    cut so they reconnect and prove it. Indices beyond the configured nodes have no address here."""
+    keys = node.replica.config.validators
+    if getattr(node, "_peer_keys", None) is keys:
+        return
+    node._peer_keys = keys
+    nodes = node.config.nodes
+    for i, key in enumerate(keys[:len(nodes)]):
+        if _short(nodes[i].pubkey) == _short(key):
+            continue
+        nodes[i] = dataclasses.replace(nodes[i], pubkey=key)
+        net = node.net
+        writer = net.peers.get(i)
+        if writer is not None:
+            writer.transport.abort()
+        link = net.links.get(i)
+        if link is not None and link.writer is not None:
+            link.writer.transport.abort()
+
+
+def set_change_answer(node: Any, req: dict) -> dict:
+    """The node's answer to ``set_change`` {epoch}: the ``set-change-proof`` [certified header of the block
+    that recorded the change, record, smt proof] a light client follows the change with."""
+    epoch = req.get("epoch")
+    found = node.replica.set_change_proofs.get(epoch) if type(epoch) is int else None
+    if found is None:
+        return {"ok": False, "error": "no validator set change of that epoch"}
+    height, record, proof = found
+    return {"ok": True, "height": height, "proof": [node._certified(height), record, smt.proof_to_cbor_obj(proof)]}

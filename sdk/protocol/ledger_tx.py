@@ -365,9 +365,10 @@ def warnings_tx(chain_id, gateway_priv, entries, time_ms, **kw):
     return build_tx(chain_id, gateway_priv, TX_WARNINGS, time_ms, {4: list(entries)}, **kw)
 
 
-def approve_set_change(chain_id, validator_priv, epoch, new_keys, height, backend=None):
-    """One validator's approval signature of the change to ``new_keys`` at ``height`` (epoch = current + 1)."""
-    message = validator_set.approval_message(chain_id, epoch, validator_set.set_hash(new_keys), height)
+def approve_set_change(chain_id, validator_priv, epoch, new_keys, height, backend=None, group_key=None):
+    """One validator's approval signature of the change to ``new_keys`` (with its FROST ``group_key``, if
+    any) at ``height`` (epoch = current + 1)."""
+    message = validator_set.approval_message(chain_id, epoch, validator_set.set_hash(new_keys, group_key), height)
     return get_backend(backend).sign(validator_priv, message)
 
 
@@ -522,8 +523,7 @@ class SetChange:
         return rec
 
 
-MAX_GROUP_KEY = 65
-MAX_SHARE = 65
+GROUP_KEY_LEN = 33              # a FROST group key or verifying share: a compressed P-256 point
 
 
 def check_set_change(body, chain_id, current_epoch, current_keys, block_height, backend=None):
@@ -560,14 +560,14 @@ def check_set_change(body, chain_id, current_epoch, current_keys, block_height, 
     height = get_uint(body, 6)
     if height <= block_height:
         raise Refusal(REASON_HEIGHT_NOT_FUTURE, "effective height %d is not above block %d" % (height, block_height))
-    group_key = get_bstr(body, 8, 33, MAX_GROUP_KEY) if 8 in body else None
+    group_key = get_bstr(body, 8, GROUP_KEY_LEN, GROUP_KEY_LEN) if 8 in body else None
     shares = None
     if 9 in body:
         shares = body[9]
-        if not isinstance(shares, list) or len(shares) != len(keys) \
-                or not all(isinstance(x, bytes) and 0 < len(x) <= MAX_SHARE for x in shares):
-            raise invalid_field("field 9 must hold one verifying share (bstr) per validator")
-    new_hash = validator_set.set_hash(keys)
+        if group_key is None or not isinstance(shares, list) or len(shares) != len(keys) \
+                or not all(isinstance(x, bytes) and len(x) == GROUP_KEY_LEN for x in shares):
+            raise invalid_field("field 9 must hold one 33-byte verifying share per validator, with a group key")
+    new_hash = validator_set.set_hash(keys, group_key)
     approvals = body.get(7)
     if not isinstance(approvals, list):
         raise invalid_field("field 7 must be the approvals [+ [index, signature]]")

@@ -36,9 +36,10 @@ def set_entries(keys):
     return [[i, bytes(k)] for i, k in enumerate(keys)]
 
 
-def set_hash(keys):
-    """SHA-256(cbor(validator-set)): the header's ``validators-hash`` of a set (``spv.validators_hash``)."""
-    return spv.validators_hash(keys)
+def set_hash(keys, group_key=None):
+    """The header's ``validators-hash`` of a set (``spv.validators_hash``: of the keys, and of the FROST
+    group key when the set has one)."""
+    return spv.validators_hash(keys, group_key)
 
 
 def approval_message(chain_id, epoch, new_set_hash, height):
@@ -94,7 +95,7 @@ def decode_set_record(record):
     for value in (epoch, height, recorded):
         if not cbor.is_uint(value):
             raise InvalidMessage("validator set record epoch and heights must be unsigned integers")
-    if record[4] != set_hash(keys):
+    if record[4] != set_hash(keys, record.get(5)):
         raise InvalidMessage("validator set record hash does not match its set")
     return epoch, keys, height, record[4], record.get(5), record.get(6), recorded
 
@@ -105,7 +106,7 @@ def follow_set_change(trusted, certified, record, proof, backend=None):
 
     Raises InvalidProof when the header, the proof or the record's epoch or heights do not check.
     """
-    header = spv.verify_certified_header(certified, trusted.chain_id, trusted.keys, backend)
+    header = spv.verify_certified_header(certified, trusted.chain_id, trusted.keys, backend, trusted.group_key)
     if header.height < trusted.from_height:
         raise InvalidProof("header %d is below the trusted set's first height %d"
                            % (header.height, trusted.from_height))

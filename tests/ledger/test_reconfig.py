@@ -36,8 +36,8 @@ def change_tx(net, new_pubs, height, signers=None, epoch=1, privs=None, approval
     privs = privs or old_privs(net)
     if approvals is None:
         signers = range(3) if signers is None else signers
-        approvals = [[i, ledger_tx.approve_set_change(net.chain_id, privs[i], epoch, new_pubs, height, CRYPTO)]
-                     for i in signers]
+        approvals = [[i, ledger_tx.approve_set_change(net.chain_id, privs[i], epoch, new_pubs, height, CRYPTO,
+                                                      kw.get("group_key"))] for i in signers]
     return ledger_tx.validator_set_change_tx(net.chain_id, net["admin"].priv, epoch, new_pubs, height, approvals,
                                              net.time_ms, backend=CRYPTO, nonce=net.nonce(), **kw)
 
@@ -54,13 +54,31 @@ def replaced(net, index=3, name="validator-new"):
 def test_an_approved_change_is_recorded_and_proved(net):
     state = net.genesis()
     new = replaced(net)
-    assert net.block(state, [change_tx(net, new, 5, group_key=b"\x02" * 33)]) == [(True, 0)]
-    epoch, height, keys, group_key, _ = state.scheduled_validator_set()
-    assert (epoch, height, list(keys), group_key) == (1, 5, new, b"\x02" * 33)
+    group_key, shares = net["group"].pub, [net["share%d" % i].pub for i in range(4)]
+    assert net.block(state, [change_tx(net, new, 5, group_key=group_key, verifying_shares=shares)]) == [(True, 0)]
+    assert state.scheduled_validator_set() == (1, 5, tuple(new), group_key, shares)
     key, value, proof = state.prove(RK.VALIDATOR_SET, 1)
     smt.verify(state.state_root(), key, value, proof)
-    assert validator_set.decode_set_record(value)[:4] == (1, new, 5, validator_set.set_hash(new))
+    assert validator_set.decode_set_record(value)[:5] == (1, new, 5, validator_set.set_hash(new, group_key), group_key)
+    assert validator_set.set_hash(new, group_key) != validator_set.set_hash(new)
     assert key == spv.state_key(validator_set.RECORD_VALIDATOR_SET, 1)
+    unbound = change_tx(net, new, 6, epoch=2, privs=replaced_privs(net), signers=[1, 2, 3])
+    assert [r.code for r in net.block(state, [unbound])] == [Reason.CHANGE_PENDING]
+
+
+def replaced_privs(net, index=3, name="validator-new"):
+    privs = old_privs(net)
+    privs[index] = net[name].priv
+    return privs
+
+
+def test_approvals_bind_the_group_key(net):
+    state = net.genesis()
+    new = replaced(net)
+    approvals = [[i, ledger_tx.approve_set_change(net.chain_id, old_privs(net)[i], 1, new, 5, CRYPTO)] for i in range(3)]
+    tx = ledger_tx.validator_set_change_tx(net.chain_id, net["admin"].priv, 1, new, 5, approvals, net.time_ms,
+                                           group_key=net["group"].pub, backend=CRYPTO, nonce=net.nonce())
+    assert [r.code for r in net.block(state, [tx])] == [Reason.BAD_APPROVAL]
 
 
 @pytest.mark.parametrize("case, reason", [

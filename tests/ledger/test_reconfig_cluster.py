@@ -1,0 +1,134 @@
+"""A 4-node site on real processes replaces a validator killed for good: a new node with a new key
+catches up by state transfer across the change, the site keeps committing, and a device checks a
+receipt from before and one from after the change."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from ledgerlink.core import cbor, cose
+from ledgerlink.core.backend import get_backend
+from ledgerlink.core.errors import InvalidProof
+from ledgerlink.gateway.batcher import Batcher
+from ledgerlink.gateway.store import Store
+from ledgerlink.ledger.client import LedgerClient
+from ledgerlink.ledger.cluster import LocalCluster, write_key
+from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.protocol import spv, validator_set
+from ledgerlink.protocol.validator_set import TrustedSet
+from ledgerlink.tools import admin
+
+CRYPTO = get_backend("cpython")
+SITE = "plant-1"
+
+
+def heights(client, nodes):
+    out = []
+    for i in nodes:
+        try:
+            out.append(client.request_to(i, "info")["height"])
+        except Exception:  # noqa: BLE001 - a node still starting
+            out.append(-1)
+    return out
+
+
+def keep_committing(cluster, client, nodes, height, timeout=60.0):
+    """Submit anchors until every node in ``nodes`` is at ``height`` or above; return their heights."""
+    gw = cluster.key("gateway")
+    deadline = time.monotonic() + timeout
+    batch = int(time.time() * 1000)
+    while True:
+        hs = heights(client, nodes)
+        if min(hs) >= height:
+            return hs
+        assert time.monotonic() < deadline, "nodes %s stuck at %s, want %d" % (nodes, hs, height)
+        batch += 1
+        res = client.submit(enc.anchor_tx(cluster.config.chain_id, gw, batch, os.urandom(32), 1,
+                                          int(time.time() * 1000)), wait_ms=3000)
+        assert res.get("ok"), res
+        time.sleep(0.05)
+
+
+def receipts(batcher, store, device_priv, seqs):
+    """Frames ``seqs`` of the device, batched and anchored; [(frame, receipt)]."""
+    dev = enc.device_id(CRYPTO.public_key(device_priv, True))
+    topic = "ll/%s/dev/%s/up" % (SITE, dev.hex())
+    now = int(time.time() * 1000)
+    frames = [cose.sign1(cbor.dumps({1: dev, 2: s, 3: now, 4: {"i": s}}), device_priv, dev, topic.encode(), CRYPTO)
+              for s in seqs]
+    for frame, seq in zip(frames, seqs):
+        store.append_accepted(frame, dev, seq, now, topic, now)
+    out = [o for o in batcher.step(now + 10_000) if o.topic.endswith("/down")]
+    assert len(out) == len(frames), out
+    return [(f, cbor.loads(o.payload)) for f, o in zip(frames, out)]
+
+
+@pytest.mark.slow
+def test_a_killed_validator_is_replaced_and_the_site_keeps_committing(tmp_path):
+    from ledgerlink.device.core import DeviceCore, MemoryCounter, SequenceCounter
+
+    cluster = LocalCluster(tmp_path / "site", consensus={"view_change_timeout_ms": 800})
+    cluster.start()
+    client = LedgerClient(cluster.config_path, timeout=3.0)
+    try:
+        chain = cluster.config.chain_id
+        old = list(cluster.config.validators)
+        store = Store(tmp_path / "gw.db")
+        batcher = Batcher(store, client, SITE, chain, old, cluster.key("gateway"))
+        sensor = CRYPTO.generate_private_key()
+        device = DeviceCore(sensor, SITE, SequenceCounter(MemoryCounter()), chain, old, backend="cpython")
+        before = receipts(batcher, store, sensor, [1, 2])
+        for frame, r in before:
+            assert device.verify_receipt(r, frame).valid
+
+        cluster.kill_node(3)                                          # lost for good
+        new_priv = CRYPTO.generate_private_key()
+        new_key_file = cluster.data_dir / "keys" / "validator3-new.key"
+        write_key(new_key_file, new_priv)
+        new_pub = CRYPTO.public_key(new_priv, True)
+        args = cluster.node_args(3)
+        args[args.index("--data") + 1] = str(cluster.data_dir / "node3-new")
+        log = open(cluster.data_dir / "node3-new.log", "ab")
+        cluster.procs[3] = subprocess.Popen(args + ["--key", str(new_key_file)], stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        cluster.wait_ready(30.0, [3])
+
+        start = max(heights(client, [0, 1, 2]))
+        effective = start + 4
+        keys_dir = cluster.data_dir / "keys"
+        code = admin.main(["--cluster", str(cluster.config_path), "set-change", "--replace", "3=" + new_pub.hex(),
+                           "--height", str(effective)]
+                          + sum((["--approve-key", str(keys_dir / ("validator%d.key" % i))] for i in range(3)), []))
+        assert code == 0
+        keep_committing(cluster, client, [0, 1, 2], effective + 3)
+        caught_up = keep_committing(cluster, client, [0, 1, 2, 3], effective + 5, timeout=90.0)
+        assert min(caught_up) >= effective + 5                      # the new node took the blocks and votes
+        info = client.request_to(3, "validators")
+        assert [bytes(k) for _, k in info["validators"]][3] == new_pub
+
+        answer = client.request_to(0, "set_change", epoch=1)
+        trusted = validator_set.follow_set_change_proof(TrustedSet(chain, old), answer["proof"])
+        assert trusted.keys[:3] == old[:3] and trusted.keys[3] == new_pub and trusted.from_height == effective
+        latest = client.latest()
+        assert spv.verify_certified_header(latest["certified_header"], chain, trusted.keys).height > effective
+        with pytest.raises(InvalidProof):
+            spv.verify_certified_header(latest["certified_header"], chain, old)
+
+        batcher.validator_keys = list(trusted.keys)                  # the gateway follows the change
+        after = receipts(batcher, store, sensor, [3, 4])
+        frame, r = after[0]
+        assert not device.verify_receipt(r, frame).valid             # a block of the new set
+        device.validator_keys = list(trusted.keys)                   # the device follows it with the proof
+        for frame, r in after:
+            result = device.verify_receipt(r, frame)
+            assert result.valid, result.reason
+            assert result.height >= effective
+        assert code == 0 and admin.main(["--cluster", str(cluster.config_path), "follow-set"]) == 0
+    finally:
+        client.close()
+        cluster.stop()
