@@ -2,7 +2,9 @@
 
 ``DevNet`` derives one key per member name from a seed, writes a genesis config that registers admins,
 validators and the usual devices, and signs transactions with counter-derived nonces, so two runs (and
-two replicas) see byte-identical transactions. Never use these keys outside tests.
+two replicas) see byte-identical transactions. With ``threshold=True`` the validators also run the FROST
+DKG (t = 2f+1, seeded, in this process) and the genesis records the group key and verifying shares;
+``frost_keys`` gives the signing shares. Never use these keys outside tests.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class DevNet:
     """Keys, genesis config and transaction factory of a test chain."""
 
     def __init__(self, chain_id: str = "ll-test", time_ms: int = GENESIS_TIME, seed: bytes = b"ll-devnet",
-                 validators: int = 4, admins: int = 2, backend: Any = "cpython", **chain: Any) -> None:
+                 validators: int = 4, admins: int = 2, backend: Any = "cpython", threshold: bool = False,
+                 **chain: Any) -> None:
         self.chain_id = chain_id
         self.time_ms = time_ms
         self.seed = seed
@@ -57,6 +60,22 @@ class DevNet:
         self._counter = 0
         self.admin_names = ["admin"] + ["admin%d" % i for i in range(2, admins + 1)]
         self.validator_names = ["validator%d" % i for i in range(validators)]
+        self.threshold = threshold
+        self._frost: tuple[list[int], tuple[bytes, ...], bytes] | None = None
+
+    @property
+    def frost_keys(self) -> tuple[list[int], tuple[bytes, ...], bytes]:
+        """(signing share of each validator, verifying shares, group key) from a seeded dealerless DKG."""
+        if self._frost is None:
+            import random
+
+            from ledgerlink.ledger.cluster import dkg_in_process
+            from ledgerlink.ledger.consensus.messages import quorum
+
+            n = len(self.validator_names)
+            rng = random.Random(hashlib.sha256(self.seed + b"/frost").digest()).randbytes
+            self._frost = dkg_in_process(n, quorum(n), rng, self.chain_id.encode())
+        return self._frost
 
     def __getitem__(self, name: str) -> Member:
         member = self._members.get(name)
@@ -80,6 +99,9 @@ class DevNet:
             "devices": [{"key": self[n].pub, "role": r, "attributes": {"name": n}}
                         for n, r in GENESIS_DEVICES.items()],
         }
+        if self.threshold:
+            _, verifying, group_key = self.frost_keys
+            cfg.update(group_key=group_key, verifying_shares=list(verifying))
         cfg.update(self.chain)
         return cfg
 

@@ -257,3 +257,15 @@ def test_scale_model_counts_what_threshold_certificates_add(n):
     assert row.per_block(row.threshold_messages) == 2 * (n - 1) + 2 * (t - 1)
     assert len(row.threshold_latencies_ms) == 2 * n and min(row.threshold_latencies_ms) > 0
     assert row.check_frost_ms and row.check_ecdsa_ms
+
+
+def test_devnet_records_the_group_key_in_the_chain_record():
+    from ledgerlink.protocol.ledger_tx import RECORD_CHAIN
+    from tests.devnet import DevNet
+
+    net = DevNet(threshold=True)
+    shares, verifying, group_key = net.frost_keys
+    chain = net.genesis().get_record(RECORD_CHAIN, 0)
+    assert chain[6] == group_key and chain[7] == list(verifying)
+    assert all(frost.verifying_share(s) == v for s, v in zip(shares, verifying))
+    assert 6 not in DevNet().genesis().get_record(RECORD_CHAIN, 0)
