@@ -52,13 +52,16 @@ def _close(c):
 
 def test_sessions_over_mosquitto_are_unlinkable_on_the_wire(mosquitto, tmp_path):
     site = Site(tmp_path)
-    site.ledger.clock = lambda: int(time.time() * 1000)
+    # times step by a second per session, as in test_anon_unlinkable: the property leaves times out (a
+    # wall clock's would share high bytes by chance), the fog's rows and the spend carry them
+    clock = [int(time.time() * 1000)]
+    site.ledger.clock = lambda: clock[0]
     observed = queue.Queue()
     observer = _client("observer", mosquitto, ["#"], observed)
     grants = queue.Queue()
     cloud = _client("cloud", mosquitto, [anon_wire.grant_topic(SITE)], grants)
     fog_client = MqttClient("127.0.0.1", mosquitto, "fog-1", backoff=(0.05, 0.2))
-    fog = AnonMqtt(AnonService(site.fogs[0], site.ledger), fog_client).start()
+    fog = AnonMqtt(AnonService(site.fogs[0], site.ledger), fog_client, clock=lambda: clock[0]).start()
     fog_client.start()
     assert fog_client.wait_connected(WAIT_S)
     time.sleep(0.3)
@@ -67,7 +70,8 @@ def test_sessions_over_mosquitto_are_unlinkable_on_the_wire(mosquitto, tmp_path)
     try:
         for label, name in (("A1", "devA"), ("B", "devB"), ("A2", "devA"), ("C", "devC")):
             before = site.stores[0].rows()
-            request = site.devices[name].request(int(time.time() * 1000))
+            clock[0] += 1000
+            request = site.devices[name].request(clock[0])
             client_id = "anon-" + ids(8).hex()                 # fresh per session, nothing of the device
             answers = queue.Queue()
             device = _client(client_id, mosquitto, [request.reply_topic], answers)
