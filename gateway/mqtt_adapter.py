@@ -62,8 +62,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ledgerlink.core.errors import InvalidProof
 from ledgerlink.gateway.batcher import Batcher, Ledger, Outgoing
 from ledgerlink.gateway.mqtt_client import MqttClient
+from ledgerlink.protocol import validator_set
+from ledgerlink.protocol.validator_set import TrustedSet
 from ledgerlink.gateway.service import GatewayService, Handled, fetch_header, fetch_registry
 
 log = logging.getLogger("ledgerlink.gateway.mqtt")
@@ -292,7 +295,12 @@ class MqttGateway:
                 latest = self.ledger.latest()
                 if not latest.get("ok"):
                     continue
-                top = core.check_header(served_header(core, latest)).height
+                try:
+                    top = core.check_header(served_header(core, latest)).height
+                except InvalidProof:
+                    if not self._follow_validators():
+                        raise
+                    top = core.check_header(served_header(core, latest)).height
                 if followed is None or top - followed > FOLLOW_MAX_BLOCKS:
                     if followed is not None:
                         log.warning("ledger blocks %d..%d not followed; registry cache dropped", followed + 1, top)
@@ -309,6 +317,35 @@ class MqttGateway:
                 if time.monotonic() - warned > 10:
                     warned = time.monotonic()
                     log.warning("following the ledger: %s", exc)
+
+    def _follow_validators(self) -> bool:
+        """Follow the validator set changes the ledger proves, each certified by the set before it
+        (``validator_set.follow_changes``), so the checks and the batcher trust the set in force; True when
+        the set changed. Asked when the newest header does not verify against the trusted set."""
+        core = self.service.core
+        trusted = getattr(self, "_trusted_set", None) or TrustedSet(core.chain_id, core.validator_keys,
+                                                                    group_key=core.group_key)
+        nodes = len(getattr(getattr(self.ledger, "config", None), "nodes", ())) or 1
+
+        def ask(epoch: int) -> Any:
+            for i in range(nodes):
+                try:
+                    res = self.ledger.request_to(i, "set_change", epoch=epoch)
+                except Exception:  # noqa: BLE001 - this node is down: the next one is asked
+                    continue
+                if res.get("ok"):
+                    return res["proof"]
+            return None
+
+        new = validator_set.follow_changes(trusted, ask, core.crypto)
+        self._trusted_set = new
+        if new is trusted:
+            return False
+        log.info("validator set epoch %d: %d validators from height %d", new.epoch, len(new.keys), new.from_height)
+        core.group_key = self.batcher.group_key = new.group_key
+        core.validator_keys = list(new.keys)
+        self.batcher.validator_keys = list(new.keys)
+        return True
 
     def _checked_block(self, height: int) -> tuple[Any, list] | None:
         """(certified header, txs) of block ``height`` that pass ``GatewayCore.check_block``, from the

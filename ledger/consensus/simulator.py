@@ -35,6 +35,15 @@ Invariants checked on every run:
   slow      after the heal, no live honest replica spends more than ``SLOW_BOUND_MS`` with work
             waiting in a view whose primary is slow (backups demand a view change).
 
+With ``--threshold`` (``Simulation(threshold=True)``) the validators hold FROST shares from an in-process
+DKG (``THRESHOLD_BOUND_MS`` after convergence the run ends) and three more checks run:
+  threshold safety    an honest replica's signature share is for the header committed at its height,
+                      and no threshold certificate on the wire verifies for any other header proposed
+                      at its height (junk and equivocating replicas send shares that do not verify);
+  threshold validity  every certificate an honest replica holds verifies for its block;
+  threshold liveness  with 2f+1 honest replicas up, each of them holds a certificate for every block
+                      of its chain within ``THRESHOLD_BOUND_MS`` after convergence.
+
 ``python -m ledgerlink.ledger.consensus.simulator --seed N`` prints the trace of one schedule;
 ``--seeds A:B`` runs seeds A..B-1 and prints a summary with the failing seeds.
 """

@@ -134,3 +134,15 @@ def follow_set_change_proof(trusted, data, backend=None):
         raise InvalidMessage("set-change proof must be [certified-header, record, smt-proof]")
     return follow_set_change(trusted, obj[0], obj[1], obj[2], backend)
 
+
+
+def follow_changes(trusted, ask, backend=None):
+    """``trusted`` moved along every change the ledger proves, in epoch order: ``ask(epoch)`` gives the
+    ``set-change-proof`` of that epoch (encoded or decoded), or None when there is none (yet). Raises
+    InvalidProof (or InvalidMessage) on a proof that does not check; returns ``trusted`` itself when no
+    change is proved."""
+    while True:
+        proof = ask(trusted.epoch + 1)
+        if proof is None:
+            return trusted
+        trusted = follow_set_change_proof(trusted, proof, backend)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +15,8 @@ from ledgerlink.core import cbor, cose
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidProof
 from ledgerlink.gateway.batcher import Batcher
+from ledgerlink.gateway.checks import GatewayCore, GatewayKeys
+from ledgerlink.gateway.mqtt_adapter import MqttGateway
 from ledgerlink.gateway.store import Store
 from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.cluster import LocalCluster, write_key
@@ -119,7 +122,14 @@ def test_a_killed_validator_is_replaced_and_the_site_keeps_committing(tmp_path):
         with pytest.raises(InvalidProof):
             spv.verify_certified_header(latest["certified_header"], chain, old)
 
-        batcher.validator_keys = list(trusted.keys)                  # the gateway follows the change
+        core = GatewayCore(SITE, GatewayKeys(*(CRYPTO.generate_private_key() for _ in range(3))), chain, old)
+        gateway = SimpleNamespace(service=SimpleNamespace(core=core), ledger=client, batcher=batcher)
+        with pytest.raises(InvalidProof):
+            core.check_header(latest["certified_header"])
+        assert MqttGateway._follow_validators(gateway)                 # the gateway follows the change
+        assert core.validator_keys == batcher.validator_keys == trusted.keys
+        assert core.check_header(latest["certified_header"]).height > effective
+        assert not MqttGateway._follow_validators(gateway)             # nothing more to follow
         after = receipts(batcher, store, sensor, [3, 4])
         frame, r = after[0]
         assert not device.verify_receipt(r, frame).valid             # a block of the new set
