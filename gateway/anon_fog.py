@@ -11,17 +11,21 @@ certified by 2f+1 of the validators it trusts (``spv.verify_record_proof``), so 
 can delay or refuse a session but not grant one. ``AnonService`` runs a fog against a ledger client.
 
 A request passes, in order: size and form (malformed) -> ECIES tag with the topic as aad (bad-tag) ->
-time within the skew (clock-skew) -> its C1 not seen before (anon-replay) -> a certificate
-record for its id, proved (anon-unknown-certificate; ledger-unavailable) -> primaryHash not in the fog's table (anon-spent-primary,
+time within the skew (clock-skew) -> its C1 not seen before (anon-replay) -> a token of the fog's bucket
+for the checks that cost signatures (rate-limited) -> a proved certificate record for its id
+(anon-unknown-certificate; ledger-unavailable) -> primaryHash not in the fog's table (anon-spent-primary,
 algorithm 2) -> the Schnorr proof (anon-bad-proof); then the contract checks secondaryHash
 (anon-spent-secondary, algorithm 3) and the proof again.
 
 Protects against: a certificate used twice at this fog (primaryHash, kept in ``AnonStore`` across
 restarts; marked only once a proof verified, so nobody can burn another's certificate with a forged
 proof) or at two fogs (the ledger's secondaryHash); replayed requests; a session key reaching the cloud
-or the device before both tables and both proof checks passed. What the fog keeps (``AnonStore``): the
-primaryHash of each spent certificate and SHA-256(C1) of recent requests; nothing names a device, and it
-cannot open the escrow (it holds no escrow key).
+or the device before both tables and both proof checks passed; a flood of requests that name public
+certificate ids with forged proofs costing more than ``checks_per_s`` checks (the bucket is the fog's,
+not a device's: a request does not say whose it is, so such a flood delays every device alike).
+
+What the fog keeps (``AnonStore``): the primaryHash of each spent certificate and SHA-256(C1) of recent
+requests; nothing names a device, and it cannot open the escrow (it holds no escrow key).
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ from ledgerlink.core import cbor, cose, ecies, schnorr_zk
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidTag, LedgerlinkError
 from ledgerlink.protocol import anon_wire as aw, spv
+from ledgerlink.gateway.checks import TokenBucket
 from ledgerlink.protocol.codes import (REASON_BAD_TAG, REASON_CLOCK_SKEW, REASON_LEDGER_UNAVAILABLE, REASON_MALFORMED,
-                                       device_id)
+                                       REASON_RATE_LIMITED, device_id)
 from ledgerlink.protocol.ledger_tx import (RECORD_ANON_CERT, RECORD_ANON_SPENT, REASON_ANON_BAD_PROOF,
                                            REASON_ANON_REPLAY, REASON_ANON_SPENT_PRIMARY,
                                            REASON_ANON_UNKNOWN_CERTIFICATE, anon_spend_tx, state_key, tx_id)
@@ -135,7 +140,7 @@ class AnonFog:
     def __init__(self, site: str, chain_id: str, validator_keys: list[bytes], ecies_private: bytes,
                  identity_private: bytes, cloud_public: bytes, cert_source: Callable[[bytes], Any], store: AnonStore,
                  rng: Callable[[int], bytes], max_skew_ms: int = 30_000, session_lifetime_s: int = 3600,
-                 backend: Any = None) -> None:
+                 checks_per_s: float = 200.0, checks_burst: float = 400.0, backend: Any = None) -> None:
         self.site = site
         self.chain_id = chain_id
         self.validator_keys = list(validator_keys)
@@ -150,6 +155,7 @@ class AnonFog:
         self.max_skew_ms = max_skew_ms
         self.session_lifetime_s = session_lifetime_s
         self.pending: dict[bytes, _Pending] = {}
+        self.bucket = TokenBucket(checks_per_s, checks_burst, 0)
 
     @property
     def public_key(self) -> bytes:
@@ -193,6 +199,8 @@ class AnonFog:
         if self.store.seen(seen, now_ms):
             raise _Refusal(REASON_ANON_REPLAY, "request seen before", False)
         self.store.mark_seen(seen, now_ms + 2 * self.max_skew_ms, now_ms)
+        if not self.bucket.take(now_ms):
+            raise _Refusal(REASON_RATE_LIMITED, "too many anonymous requests", True)
         point = self._proved_record(RECORD_ANON_CERT, anon_id, lambda: self.cert_source(anon_id))
         if point is not None:
             point = point.get(1) if isinstance(point, dict) else None

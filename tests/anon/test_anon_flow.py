@@ -356,3 +356,17 @@ def test_a_request_prepared_ahead_is_used_once(site):
     second = dev.request(site.tick())                                  # nothing prepared: made now, k = 2
     assert second.k == 2 and second.anon_id != first.anon_id
     assert site.submit("devB", second).refused is None
+
+
+def test_a_flood_of_forged_proofs_is_held_to_the_fogs_check_rate(tmp_path):
+    from ledgerlink.protocol.codes import REASON_RATE_LIMITED
+
+    site = Site(tmp_path)
+    fog = site.fogs[0]
+    fog.bucket.rate, fog.bucket.burst, fog.bucket.tokens = 1.0, 2.0, 2.0      # 1 check per second, 2 at once
+    forged = [_forged(site, "devA", 1, lambda s, k: bytes(31) + b"\x09") for _ in range(3)]
+    now = site.time_ms
+    reasons = [fog.on_request(f.topic, f.payload, now)[0].reason for f in forged]
+    assert reasons == [Reason.ANON_BAD_PROOF, Reason.ANON_BAD_PROOF, REASON_RATE_LIMITED]
+    later = site.devices["devA"].request(now + 1000)                       # a second on, a token is back
+    assert site.submit("devA", later).refused is None
