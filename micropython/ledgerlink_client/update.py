@@ -199,7 +199,7 @@ class _UpdatingMQTT:
                 self._send(u.message(event[2]))
             else:
                 kept.append(event)
-        u.tick()
+        self._send(u.tick())
         return kept
 
 
@@ -232,11 +232,15 @@ class Updates:
         return out
 
     def tick(self):
+        """Roll back an overdue trial; the chunk requests to send again when a download stalled."""
         now = self.ticks_ms()
-        if self._last_tick is None or now - self._last_tick >= TICK_EVERY_MS:
-            self._last_tick = now
-            if self.agent.tick(now):
-                self.reboot_due = True
+        if self._last_tick is not None and now - self._last_tick < TICK_EVERY_MS:
+            return []
+        self._last_tick = now
+        if self.agent.tick(now):
+            self.reboot_due = True
+            return [self.client.status()]
+        return self.client.retry(now)
 
     def _result(self, result):
         if self._on_result is not None:

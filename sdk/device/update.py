@@ -5,13 +5,15 @@
 the first start (``UpdateAgent.provision``), finishes what a reset cut short (``boot``), and then, on
 the device's I/O thread: at each connection subscribes to the device's ``fw`` topic and sends its
 status (the versions it runs) on ``upd``; takes offers and chunks; and takes the first valid receipt
-while a new version is on trial as its check-in. ``tick`` (called by ``DeviceUpdates.run_ticks`` or the
-application) rolls back a version whose check-in is overdue. ``restart_due`` tells the application that
-an app library was installed and takes effect at its next start.
+while a new version is on trial as its check-in. A timer thread calls ``tick`` every second: it rolls
+back a version whose check-in is overdue and asks again for chunks that did not come (``stop`` ends it).
+``restart_due`` tells the application that an app library was installed and takes effect at its next
+start.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Callable
@@ -19,6 +21,9 @@ from typing import Any, Callable
 from ledgerlink.device.client import QOS, Device
 from ledgerlink.protocol import update_agent as ua, update_transport as ut
 from ledgerlink.protocol.codes import IMAGE_APP_LIBRARY
+
+log = logging.getLogger(__name__)
+TICK_S = 1.0
 
 
 class DeviceUpdates:
@@ -39,6 +44,25 @@ class DeviceUpdates:
         paho.message_callback_add(self.topic_fw, self._message)
         self._on_receipt = device.on_receipt
         device.on_receipt = self._receipt
+        self._stopping = threading.Event()
+        self._timer: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the timer thread (``attach`` does)."""
+        self._timer = threading.Thread(target=self._run, name="ll-updates", daemon=True)
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._timer is not None:
+            self._timer.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(TICK_S):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - a storage error must not end the timer; it is logged
+                log.exception("update tick failed")
 
     def _publish(self, messages: list[bytes]) -> None:
         for payload in messages:
@@ -77,11 +101,14 @@ class DeviceUpdates:
             return self.agent.running()
 
     def tick(self) -> list[int]:
-        """Roll back the versions whose check-in is overdue; the components rolled back."""
+        """Roll back the versions whose check-in is overdue and ask again for chunks that did not come;
+        the components rolled back."""
         with self._lock:
-            done = self.agent.tick(self.clock())
-            if done:
-                self._publish([self.client.status()])
+            now = self.clock()
+            done = self.agent.tick(now)
+            if not self.device.connected:
+                return done
+            self._publish([self.client.status()] if done else self.client.retry(now))
             return done
 
 
@@ -103,4 +130,5 @@ def attach(device: Device, device_class: str, directory: str, config_path: str |
     agent.provision()
     updates = DeviceUpdates(device, agent, clock)
     agent.boot(updates.clock())
+    updates.start()
     return updates

@@ -23,6 +23,7 @@ MSG_CHUNKS = 2                  # [2, manifest-digest, first chunk, count]
 MSG_OFFER = 1                   # [1, update-offer]
 MSG_CHUNK = 2                   # [2, manifest-digest, index, bytes]
 CHUNK_WINDOW = 4                # chunks asked for at a time (a board holds one at a time)
+RETRY_MS = 5000                 # a download with no chunk for this long asks again
 MESSAGE_MAX = 8192 + 64
 
 
@@ -63,6 +64,7 @@ class UpdateClient:
         self.refusals = []
         self._digest = None             # manifest digest of the download under way
         self._asked_upto = 0            # chunks asked for up to this index (exclusive)
+        self._heard_ms = None           # when the last fw message of the download came (or it was asked for)
 
     def status(self):
         """The status message (the versions this device runs) to send at start and after a change."""
@@ -81,6 +83,15 @@ class UpdateClient:
         self._asked_upto = nxt + count
         return [cbor.dumps([MSG_CHUNKS, self._digest, nxt, count])]
 
+    def retry(self, now_ms):
+        """The chunk request again when the download under way heard nothing for RETRY_MS, else []."""
+        if self._digest is None:
+            return []
+        if self._heard_ms is None or now_ms - self._heard_ms >= RETRY_MS:
+            self._heard_ms = now_ms
+            return self.requests()
+        return []
+
     def resume(self):
         """After ``agent.boot``: the requests that continue a download the reset cut short."""
         self._digest = self.agent.pending_digest
@@ -94,6 +105,8 @@ class UpdateClient:
             return []
         if not isinstance(msg, list) or not msg:
             return []
+        if now_ms is not None:
+            self._heard_ms = now_ms
         try:
             if msg[0] == MSG_OFFER and len(msg) == 2 and isinstance(msg[1], bytes):
                 return self._offer(msg[1])

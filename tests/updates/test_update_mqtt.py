@@ -61,6 +61,7 @@ def test_release_over_mqtt_installs_and_the_version_is_reported(broker, tmp_path
         assert updates.status()[IMAGE_CONFIGURATION]["trial"] is False
         assert _wait(lambda: service.versions()[dev]["config"]["trial"] is False)
     finally:
+        updates.stop()
         device.stop()
         service.stop()
 
@@ -74,6 +75,7 @@ def test_a_restart_mid_download_resumes(broker, tmp_path):
     agent.offer(offer)
     for index in range(10):
         agent.chunk(index, CONFIG[index * 64:(index + 1) * 64])
+    updates.stop()
     device.stop()                                                                # the reset
     service = UpdateService("127.0.0.1", broker.port, SITE, tmp_path / "releases")
     service.start()
@@ -84,5 +86,6 @@ def test_a_restart_mid_download_resumes(broker, tmp_path):
         assert _wait(lambda: (tmp_path / "dev" / "config.json").exists()), "config not installed"
         assert (tmp_path / "dev" / "config.json").read_bytes() == CONFIG
     finally:
+        updates.stop()
         device.stop()
         service.stop()

@@ -144,3 +144,20 @@ def test_broker_rules_give_the_device_its_fw_topic_read_only():
     assert any(kind == SEND and topic_matches(rule, fw) for kind, rule in service)
     assert any(kind == RECEIVE and topic_matches(rule, upd) for kind, rule in service)
     assert not any(kind == SEND and topic_matches(rule, "ll/s/dev/%s/down" % dev) for kind, rule in service)
+
+
+def test_a_stalled_download_asks_again_only_after_the_retry_time(site, tmp_path):
+    publisher = ut.UpdatePublisher()
+    publisher.add(ut.Release(site.release(CONFIG, IMAGE_CONFIGURATION, 2, chunk_size=64), CONFIG))
+    agent = make_agent(site, tmp_path)
+    agent.boot(0)
+    client = ut.UpdateClient(agent)
+    offer = publisher.handle(b"d" * 16, client.status())[0]
+    first = client.handle(offer, now_ms=1000)
+    assert cbor.loads(first[0])[2:] == [0, ut.CHUNK_WINDOW]                 # the answers are lost
+    assert client.retry(1000 + ut.RETRY_MS - 1) == []
+    again = client.retry(1000 + ut.RETRY_MS)
+    assert again == first
+    for answer in publisher.handle(b"d" * 16, again[0]):
+        client.handle(answer, now_ms=7000)
+    assert agent.next_chunk() == ut.CHUNK_WINDOW
