@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.core import smt
 from ledgerlink.protocol.ledger_tx import compress_pubkey
-from ledgerlink.protocol.validator_set import RECORD_VALIDATOR_SET
+from ledgerlink.protocol.codes import RECORD_VALIDATOR_SET
 
 if TYPE_CHECKING:
     from ledgerlink.ledger.consensus.replica import Replica

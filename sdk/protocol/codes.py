@@ -47,6 +47,7 @@ STATUS_BANNED = 2
 TX_ANCHOR = 5                   # the tx a receipt proves
 RECORD_DEVICE = 1               # the record a record proof shows; id device-id
 RECORD_FIRMWARE = 5             # image or update-manifest digest: the record an update offer proves
+RECORD_VALIDATOR_SET = 16       # id epoch: a validator set change, the record a light client follows
 
 # image types, also the update-manifest components (docs/protocol.md, "Updates")
 IMAGE_FIRMWARE = 1

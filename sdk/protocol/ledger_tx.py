@@ -17,7 +17,6 @@ from ledgerlink.core import cbor, cose, merkle, p256
 from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.protocol import codes, spv, validator_set
-from ledgerlink.protocol.validator_set import RECORD_VALIDATOR_EPOCH, RECORD_VALIDATOR_SET  # noqa: F401 - record kinds
 from ledgerlink.protocol.codes import NONCE_LEN, TX_ANCHOR, TX_DOMAIN
 
 TX_REGISTER = 1
@@ -43,6 +42,8 @@ RECORD_PROVENANCE = 7           # material-id
 RECORD_COMMUNICATION = 8        # [sender device-id, digest]
 RECORD_WARNING = 9              # [gateway device-id, warning-id]
 RECORD_OFFENCES = 10            # offender (bstr)
+RECORD_VALIDATOR_EPOCH = 17     # 0: the last validator set change {1: epoch, 2: effective height};
+                                # RECORD_VALIDATOR_SET (16) is in codes
 RECORD_ANON_CERT = 20           # anon-id: the point X_k of a dynamic certificate
 RECORD_ANON_SPENT = 21          # secondaryHash of a spent dynamic certificate
 

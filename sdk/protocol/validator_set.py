@@ -24,10 +24,9 @@ rest of ``ledgerlink.protocol`` (no CPython-only code).
 from ledgerlink.core import cbor
 from ledgerlink.core.errors import InvalidMessage, InvalidProof
 from ledgerlink.protocol import spv
+from ledgerlink.protocol.codes import RECORD_VALIDATOR_SET
 
 RECONFIG_DOMAIN = "ledgerlink-reconfig-v1"
-RECORD_VALIDATOR_SET = 16       # id: epoch (uint); the record of an accepted validator-set-change
-RECORD_VALIDATOR_EPOCH = 17     # id: 0; {1: latest epoch, 2: its effective height}
 MAX_VALIDATORS = spv.MAX_VALIDATORS
 
 
@@ -146,3 +145,17 @@ def follow_changes(trusted, ask, backend=None):
         if proof is None:
             return trusted
         trusted = follow_set_change_proof(trusted, proof, backend)
+
+
+def follow_into(holder, proof, backend=None):
+    """Move a holder of a trusted set (a device: ``chain_id``, ``validator_keys``, ``validator_epoch``
+    (0 when absent), ``group_key`` if any) to the next epoch with a ``set-change-proof``; the holder is
+    unchanged when the proof does not check (InvalidProof or InvalidMessage). Returns the new TrustedSet."""
+    trusted = TrustedSet(holder.chain_id, holder.validator_keys, getattr(holder, "validator_epoch", 0),
+                         group_key=getattr(holder, "group_key", None))
+    new = follow_set_change_proof(trusted, proof, backend)
+    holder.validator_keys = list(new.keys)
+    holder.validator_epoch = new.epoch
+    if hasattr(holder, "group_key"):
+        holder.group_key = new.group_key
+    return new

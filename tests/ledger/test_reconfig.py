@@ -12,7 +12,7 @@ from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.consensus import reconfig_sim
 from ledgerlink.ledger.consensus.reconfig_sim import Scenario, Simulation
 from ledgerlink.ledger.state import Reason, RecordKind as RK
-from ledgerlink.protocol import ledger_tx, spv, validator_set
+from ledgerlink.protocol import codes, ledger_tx, spv, validator_set
 from ledgerlink.protocol.validator_set import TrustedSet
 from tests.devnet import DevNet
 
@@ -61,7 +61,7 @@ def test_an_approved_change_is_recorded_and_proved(net):
     smt.verify(state.state_root(), key, value, proof)
     assert validator_set.decode_set_record(value)[:5] == (1, new, 5, validator_set.set_hash(new, group_key), group_key)
     assert validator_set.set_hash(new, group_key) != validator_set.set_hash(new)
-    assert key == spv.state_key(validator_set.RECORD_VALIDATOR_SET, 1)
+    assert key == spv.state_key(codes.RECORD_VALIDATOR_SET, 1)
     unbound = change_tx(net, new, 6, epoch=2, privs=replaced_privs(net), signers=[1, 2, 3])
     assert [r.code for r in net.block(state, [unbound])] == [Reason.CHANGE_PENDING]
 

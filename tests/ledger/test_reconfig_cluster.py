@@ -13,7 +13,7 @@ import pytest
 
 from ledgerlink.core import cbor, cose
 from ledgerlink.core.backend import get_backend
-from ledgerlink.core.errors import InvalidProof
+from ledgerlink.core.errors import InvalidMessage, InvalidProof
 from ledgerlink.gateway.batcher import Batcher
 from ledgerlink.gateway.checks import GatewayCore, GatewayKeys
 from ledgerlink.gateway.mqtt_adapter import MqttGateway
@@ -133,7 +133,13 @@ def test_a_killed_validator_is_replaced_and_the_site_keeps_committing(tmp_path):
         after = receipts(batcher, store, sensor, [3, 4])
         frame, r = after[0]
         assert not device.verify_receipt(r, frame).valid             # a block of the new set
-        device.validator_keys = list(trusted.keys)                   # the device follows it with the proof
+        forged = cbor.loads(cbor.dumps(answer["proof"]))
+        forged[1] = cbor.dumps({**cbor.loads(forged[1]), 3: effective + 1})
+        with pytest.raises((InvalidProof, InvalidMessage)):
+            validator_set.follow_into(device, forged)
+        assert device.validator_keys == old
+        validator_set.follow_into(device, cbor.dumps(answer["proof"]))      # the device follows it with the proof
+        assert device.validator_keys == trusted.keys and device.validator_epoch == 1
         for frame, r in after:
             result = device.verify_receipt(r, frame)
             assert result.valid, result.reason
