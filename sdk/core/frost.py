@@ -218,18 +218,20 @@ def _binding_factors(group_key_bytes, decoded, msg):
     return {entry[0]: h1(prefix + scalar_bytes(entry[0])) for entry in decoded}
 
 
-_last_round = []  # [(group key, message, encoded commitments), factors, R bytes]: public values of the
-                  # last signing round, so that signers and the coordinator in one process share them
+# ((group key, message, encoded commitments), factors, R bytes) of the last signing round, so that signers
+# and the coordinator in one process share them; one tuple, replaced whole (threads see one round's values)
+_last_round = [None]
 
 
 def _round_values(group_key_bytes, decoded, msg):
     """(binding factors, encoded group commitment R) of one signing round."""
     key = (group_key_bytes, msg, _encode_commitment_list(decoded))
-    if _last_round and _last_round[0] == key:
-        return _last_round[1], _last_round[2]
+    last = _last_round[0]
+    if last is not None and last[0] == key:
+        return last[1], last[2]
     factors = _binding_factors(group_key_bytes, decoded, msg)
     r_bytes = point_bytes(_group_commitment(decoded, factors))
-    _last_round[:] = [key, factors, r_bytes]
+    _last_round[0] = (key, factors, r_bytes)
     return factors, r_bytes
 
 
