@@ -156,3 +156,26 @@ def test_any_altered_byte_is_refused(site, encoded, position, flip):
     altered[position % len(altered)] ^= flip
     with pytest.raises((InvalidProof, InvalidMessage, DecodeError)):
         spv.verify_certified_header(bytes(altered), CHAIN, site.keys, group_key=site.group_key)
+
+
+def test_record_proof_under_a_threshold_certified_header():
+    from ledgerlink.core import merkle, smt
+    from ledgerlink.ledger.state.codes import RecordKind, Role
+    from tests.devnet import DevNet
+
+    net = DevNet()
+    state = net.genesis()
+    txs = [net.register("admin", "sensor-1", Role.SENSOR)]
+    root = state.execute(1, net.time_ms + 1000, txs)
+    state.commit(1)
+    site = Site(seed=3)
+    header = [net.chain_id, 1, bytes(32), net.time_ms + 1000, merkle.root_of(txs), root,
+              spv.validators_hash(site.keys, site.group_key)]
+    msg = spv.commit_sign_bytes(net.chain_id, 1, 0, spv.Header(header).hash)
+    certified = [header, [0, threshold_sign(site.shares, site.group_key, [1, 2, 3], msg)]]
+    key, value, proof = state.prove(RecordKind.DEVICE, net["sensor-1"].id)
+    record_proof = cbor.dumps({1: certified, 2: key, 3: value, 4: smt.proof_to_cbor_obj(proof)})
+    h, k, v = spv.verify_record_proof(record_proof, net.chain_id, site.keys, group_key=site.group_key)
+    assert h.height == 1 and v == value is not None
+    with pytest.raises(InvalidMessage):   # without the group key, a threshold certificate is not a vote certificate
+        spv.verify_record_proof(record_proof, net.chain_id, site.keys)
