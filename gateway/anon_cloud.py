@@ -1,7 +1,8 @@
 """The cloud side of anonymous sessions (docs/protocol.md, "Anonymous sessions"): the escrow key holder.
 
 ``AnonCloud.on_grant`` takes a fog's signed anon-grant (sent only after the fog's and the ledger's checks
-passed) and opens the session key sealed to the escrow key; ``deanonymize`` opens the device's escrow
+passed) and opens the session key sealed to the escrow key; ``open_data`` opens what the device sends
+under that session (replays and other sessions' frames refused); ``deanonymize`` opens the device's escrow
 (sealed under the request's C1 to the same key) and returns the device id, after checking the device's
 identity signature over (C1, anon-id) with the key the registry holds for that id, so a device cannot
 name another as itself.
@@ -35,6 +36,7 @@ class CloudSession:
     c1: bytes
     escrow: tuple
     anon_id: bytes
+    last_seq: int = 0
 
 
 class AnonCloud:
@@ -80,3 +82,22 @@ class AnonCloud:
         if key is None or not self.crypto.verify(key, aw.escrow_message(session.c1, session.anon_id), signature):
             raise InvalidSignature("the escrow's identity signature does not check")
         return device
+
+    def open_data(self, topic: str, frame: bytes, now_ms: int) -> tuple[bytes, int, bytes]:
+        """(session id, seq, plaintext) of a device's anon-data frame; InvalidMessage for an unknown or expired
+        session, a topic not the session's, or a sequence number not above the last one taken (a replay);
+        InvalidTag when anything was altered. Only a session this cloud holds a grant for opens."""
+        msg = cose.decode_encrypt0(frame)
+        session = self.sessions.get(msg.kid or b"")
+        if session is None:
+            raise InvalidMessage("no granted session with this id")
+        if not topic.endswith("/anon/up/" + session.session_id.hex()):
+            raise InvalidMessage("frame is not on its session's topic")
+        if now_ms // 1000 >= session.valid_until_s:
+            raise InvalidMessage("the session has expired")
+        seq = int.from_bytes(msg.partial_iv or b"", "big")
+        if msg.partial_iv is None or len(msg.partial_iv) != 4 or seq <= session.last_seq:
+            raise InvalidMessage("sequence number %d is not above the session's last (%d)" % (seq, session.last_seq))
+        plaintext = cose.decrypt0(frame, session.key, session.base_iv, topic.encode(), self.crypto)
+        session.last_seq = seq
+        return session.session_id, seq, plaintext

@@ -38,7 +38,8 @@ class AnonRefused(LedgerlinkError):
 
 class AnonSession:
     """A granted anonymous session: AES-CCM ``key``, ``base_iv``, ``session_id``, ``valid_until_s``, and
-    ``spend_tx`` (the ledger transaction that spent the certificate)."""
+    ``spend_tx`` (the ledger transaction that spent the certificate). It lives in RAM only: a reset opens
+    a new session, so its sequence numbers, and the nonces made from them, never repeat under its key."""
 
     def __init__(self, key, base_iv, session_id, valid_until_s, spend_tx):
         self.key = key
@@ -46,9 +47,22 @@ class AnonSession:
         self.session_id = session_id
         self.valid_until_s = valid_until_s
         self.spend_tx = spend_tx
+        self.seq = 0
 
     def __repr__(self):
         return "AnonSession(%s)" % self.session_id.hex()
+
+    def seal(self, site, payload, backend=None):
+        """(topic, anon-data frame) of ``payload`` for the cloud: COSE_Encrypt0 under the session key, kid =
+        session id, Partial IV = the next sequence number (4 bytes), external_aad = the topic."""
+        from ledgerlink.core import cose
+
+        if self.seq >= 0xFFFFFFFF:
+            raise AnonError("the session's sequence numbers are used up: open a new session")
+        self.seq += 1
+        topic = aw.data_topic(site, self.session_id)
+        return topic, cose.encrypt0(payload, self.key, self.seq.to_bytes(4, "big"), self.base_iv, kid=self.session_id,
+                                    external_aad=topic.encode(), backend=backend)
 
 
 def _batch_tag(secret):

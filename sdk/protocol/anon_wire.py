@@ -223,7 +223,13 @@ def reply_topic(site, reply_tag):
 
 
 def grant_topic(site):
+    """The topic of the fog's grants to the cloud."""
     return "ll/%s/anon/cloud" % site
+
+
+def data_topic(site, session_id):
+    """The topic of a device's data under an anonymous session: its random session id, nothing else."""
+    return "ll/%s/anon/up/%s" % (site, bytes(session_id).hex())
 
 
 def check_point(data, what):

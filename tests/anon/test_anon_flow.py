@@ -370,3 +370,27 @@ def test_a_flood_of_forged_proofs_is_held_to_the_fogs_check_rate(tmp_path):
     assert reasons == [Reason.ANON_BAD_PROOF, Reason.ANON_BAD_PROOF, REASON_RATE_LIMITED]
     later = site.devices["devA"].request(now + 1000)                       # a second on, a token is back
     assert site.submit("devA", later).refused is None
+
+
+def test_data_under_a_session_reaches_the_cloud_once_and_only_its_own(site):
+    from ledgerlink.core.errors import InvalidMessage
+
+    a, b = site.session("devA"), site.session("devB")
+    now = site.time_ms
+    frames = [a.session.seal(SITE, b"temp=21.5"), a.session.seal(SITE, b"temp=21.6")]
+    assert frames[0][0] == anon_wire.data_topic(SITE, a.session.session_id)
+    assert [site.cloud.open_data(t, f, now)[1:] for t, f in frames] == [(1, b"temp=21.5"), (2, b"temp=21.6")]
+    with pytest.raises(InvalidMessage):
+        site.cloud.open_data(*frames[1], now)                                   # a replay
+    topic, frame = a.session.seal(SITE, b"x")
+    with pytest.raises(InvalidTag):
+        site.cloud.open_data(topic, frame[:-1] + bytes([frame[-1] ^ 1]), now)   # altered
+    with pytest.raises(InvalidMessage):
+        site.cloud.open_data(anon_wire.data_topic(SITE, b.session.session_id), frame, now)   # moved to B's topic
+    stray = anon_device.AnonSession(a.session.key, a.session.base_iv, bytes(8), 0, bytes(32))
+    with pytest.raises(InvalidMessage):
+        site.cloud.open_data(*stray.seal(SITE, b"x"), now)                     # no grant for this session id
+    topic, frame = b.session.seal(SITE, b"late")
+    with pytest.raises(InvalidMessage):
+        site.cloud.open_data(topic, frame, b.session.valid_until_s * 1000)     # expired
+    assert site.cloud.open_data(topic, frame, now)[2] == b"late"

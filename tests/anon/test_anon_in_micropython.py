@@ -1,6 +1,7 @@
 """The device side of anonymous sessions inside MicroPython (board32, collector on, the library in ROMFS at a
 plain ESP32's heap): the request is byte for byte the one CPython makes from the same inputs, the fog accepts
-it, and the board opens the fog's answer, with its counter file on the board's filesystem."""
+it, the board opens the fog's answer and seals a reading the cloud opens, with its counter file on the
+board's filesystem."""
 
 import json
 import tempfile
@@ -39,6 +40,7 @@ out = {'topic': req.topic, 'payload': req.payload.hex(), 'k': counter.last()}
 if args['answer']:
     s = dev.check_response(h(args['answer']))
     out['key'] = s.key.hex()
+    out['data'] = [s.seal(args['site'], b'temp=21.5 C')[0], s.seal(args['site'], b'temp=21.5 C')[1].hex()]
 print(json.dumps(out))
 """
 
@@ -67,6 +69,9 @@ def test_board_request_equals_cpython_and_the_board_opens_the_answer(board, tmp_
     args.update(answer=reply.hex())
     out, _ = board.run_json_result(BOARD_REQUEST % json.dumps(args))
     assert bytes.fromhex(out["key"]) == answered.session.key
+    # the board's reading under the session (its second) opens at the cloud, which holds the grant
+    assert site.cloud.open_data(out["data"][0], bytes.fromhex(out["data"][1]), site.time_ms) == (
+        answered.session.session_id, 2, b"temp=21.5 C")
     # the counter lives on between runs: without provisioning, the next run takes k = 2
     args.update(provision=False, answer=None)
     out, _ = board.run_json_result(BOARD_REQUEST % json.dumps(args))

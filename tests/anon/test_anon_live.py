@@ -1,7 +1,8 @@
-"""Anonymous sessions over a real mosquitto: devices connect with a fresh client id per session, the fog
-answers through ``AnonMqtt``, the cloud takes grants from its topic, and an observer subscribed to ``#``
-(the broker's position) records every topic and payload. The unlinkability property of
-``test_anon_unlinkable`` is then checked on what the broker carried, client ids included."""
+"""Anonymous sessions over a real mosquitto: devices connect with a fresh client id per session and send a
+reading under it, the fog answers through ``AnonMqtt``, the cloud takes grants and readings from their
+topics, and an observer subscribed to ``#`` (the broker's position) records every topic and payload. The
+unlinkability property of ``test_anon_unlinkable`` is then checked on what the broker carried, client ids
+included."""
 
 import queue
 import subprocess
@@ -60,6 +61,8 @@ def test_sessions_over_mosquitto_are_unlinkable_on_the_wire(mosquitto, tmp_path)
     observer = _client("observer", mosquitto, ["#"], observed)
     grants = queue.Queue()
     cloud = _client("cloud", mosquitto, [anon_wire.grant_topic(SITE)], grants)
+    cloud_data = queue.Queue()
+    cloud_up = _client("cloud-data", mosquitto, ["ll/%s/anon/up/+" % SITE], cloud_data)
     fog_client = MqttClient("127.0.0.1", mosquitto, "fog-1", backoff=(0.05, 0.2))
     fog = AnonMqtt(AnonService(site.fogs[0], site.ledger), fog_client, clock=lambda: clock[0]).start()
     fog_client.start()
@@ -78,13 +81,16 @@ def test_sessions_over_mosquitto_are_unlinkable_on_the_wire(mosquitto, tmp_path)
             device.publish(request.topic, request.payload, qos=1)
             topic, payload = answers.get(timeout=WAIT_S)
             session = anon_device.check_response(request, payload)
-            _close(device)
             grant_topic, grant = grants.get(timeout=WAIT_S)
             cloud_session = site.cloud.on_grant(grant)
             assert cloud_session.key == session.key
             keys[label] = site.cloud.deanonymize(cloud_session)
+            data_topic, frame = session.seal(SITE, b"temp=21.5 C")
+            device.publish(data_topic, frame, qos=1).wait_for_publish(WAIT_S)
+            _close(device)
+            assert site.cloud.open_data(*cloud_data.get(timeout=WAIT_S), clock[0])[2] == b"temp=21.5 C"
             seen = []
-            while not all(x in seen for x in (request.payload, payload, grant)):
+            while not all(x in seen for x in (request.payload, payload, grant, frame)):
                 seen += list(observed.get(timeout=WAIT_S))    # the observer sees all three, maybe later
             spend = site.ledger.submitted[-1]
             views[label] = seen + [client_id, spend] + [tuple(r) for r in site.stores[0].rows() if r not in before]
@@ -92,6 +98,7 @@ def test_sessions_over_mosquitto_are_unlinkable_on_the_wire(mosquitto, tmp_path)
         fog.stop()
         fog_client.stop()
         _close(cloud)
+        _close(cloud_up)
         _close(observer)
     assert keys == {"A1": site.net["devA"].id, "B": site.net["devB"].id, "A2": site.net["devA"].id,
                     "C": site.net["devC"].id}

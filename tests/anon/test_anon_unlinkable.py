@@ -2,7 +2,8 @@
 
 The property: run two sessions of device A and one each of B and C (A1, B, A2, C, one second apart).
 For each session gather every byte string a party other than the device and the cloud sees:
-- the broker: each topic and payload published (request, answer, grant);
+- the broker: each topic and payload published (request, answer, grant, and two readings, the same in
+  every session, under the session's key);
 - the fog's store: every row the session added (both tables);
 - a ledger reader: the spend transaction, the records it read and wrote, and their state keys;
 plus the derived values: the SHA-256 of each, and recursively every byte string and integer inside
@@ -19,9 +20,10 @@ from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.ledger.state import RecordKind as RK
 from ledgerlink.protocol import anon_wire
 from ledgerlink.protocol.ledger_tx import state_key
-from tests.anon.site import Site
+from tests.anon.site import SITE, Site
 
 WINDOW = 8
+READING = b"temp=21.5 C"
 
 
 def _leaves(value, out):
@@ -81,6 +83,10 @@ def run_sessions(tmp_path):
         before = site.stores[0].rows()
         out = site.session(name)
         assert out.refused is None and out.session is not None
+        for _ in range(2):                                      # the same readings in every session
+            topic, frame = out.session.seal(SITE, READING)
+            assert site.cloud.open_data(topic, frame, site.time_ms)[2] == READING
+            out.broker.append((topic, frame))
         outcomes[label] = out
         views[label] = observed(site, out, before)
     return site, views, outcomes
