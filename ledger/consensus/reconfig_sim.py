@@ -7,14 +7,16 @@ height H a few blocks ahead (and submits it again, with a later H, while none is
 node starts from genesis and catches up by state transfer, verifying the chain across the change.
 Faults, within f of the set in force at each height: message loss, delay, duplication and
 partitions until the heal time; a crash (and recovery) of a validator of both sets; a Byzantine
-twin (two replicas under one validator key of both sets, which equivocate); the leaving validator
+twin (two replicas under one validator key of both sets, each with transactions of its own, so they
+equivocate when they lead a view; in half of its seeds the twin leads view 0); the leaving validator
 dead for good, or alive and ignoring the change, so that it keeps proposing and voting with the
 old set after H.
 
 Invariants checked on every run:
   safety    non-Byzantine replicas never commit two different blocks at one height; each committed
             block's certificate verifies against the set in force at its height (the old set below
-            H, the new one from H), and its header names that set;
+            H, the new one from H), and its header names that set; no non-Byzantine replica holds
+            an equivocation proof against a non-Byzantine validator;
   change    the change is recorded and every live honest validator of the new set switches;
   liveness  transactions submitted after the heal are committed by every live honest validator of
             the new set (the new node included) within ``LIVENESS_BOUND_MS``.
@@ -198,6 +200,8 @@ class Simulation:
                              view_change_timeout_ms=300, max_backoff_exp=3, retransmit_ms=100,
                              checkpoint_interval=4, max_message_size=1 << 18, max_blocks_per_reply=8,
                              idle_sync_ms=500)
+        if sc.fault == "twin" and self.leaver != 0 and self.rnd.random() < 0.5:
+            sc.fault_at = 0                                # the twin leads view 0: its copies equivocate
         self.nodes: list[Node] = []
         for i in range(sc.n):
             kind = "honest"
@@ -381,6 +385,9 @@ class Simulation:
             elif kind == 2:
                 honest = [j for j in self._node_ids() if self._honest(self.nodes[j])]
                 self._submit(self._register_tx(), [self.rnd.choice(honest)])
+                for j, node in enumerate(self.nodes):         # a twin's second copy gets work of its own
+                    if node.kind == "twin" and node.up:
+                        self._effects(j, node.replicas[1], node.replicas[1].submit(self._register_tx(), self.now))
             elif kind == 3:
                 tx = self._register_tx()
                 self.liveness.add(tx)
@@ -414,6 +421,12 @@ class Simulation:
         return all(self.liveness <= self.live_commits.get(n.name, set()) for n in self._new_set_nodes())
 
     def _final_checks(self) -> None:
+        twins = {n.index for n in self.nodes if n.kind == "twin"}
+        for node in self.nodes:
+            for rep in node.replicas if self._honest(node) else ():
+                if set(rep.convicted) - twins:
+                    self.violations.append("safety: %s holds an equivocation proof against honest %s"
+                                           % (node.name, sorted(set(rep.convicted) - twins)))
         if self.change_height is None:
             self.violations.append("change: never recorded")
             return
