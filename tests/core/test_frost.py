@@ -396,3 +396,14 @@ def test_verify_same_verdict_on_both_backends(good_signature, position, flip):
     tampered = bytes(tampered)
     assert frost.verify(group_key, MSG, tampered, "cpython") == frost.verify(group_key, MSG, tampered, "portable") \
         == (tampered == signature)
+
+
+def test_nonces_are_not_kept_in_a_backend_key_cache():
+    """The CPython backend caches the private keys it is given; a nonce kept there would outlive its
+    signature (a nonce and its signature share give the signing share away)."""
+    cache = CPYTHON._priv_cache
+    nonces, _ = frost.commit(77, seeded_rng(21), index=1)
+    secrets = {frost.scalar_bytes(nonces.hiding), frost.scalar_bytes(nonces.binding)}
+    assert not secrets & set(cache)
+    state, _ = frost.dkg_round1(1, 3, 2, seeded_rng(22))
+    assert not {frost.scalar_bytes(a) for a in state.coefficients} & set(cache)
