@@ -760,6 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(role="sensor")
     admin_trace.add_parser(with_ledger)
     admin_release.add_parser(with_ledger)
+    admin_release.add_versions_parser(with_ledger)
     admin_validators.add_parser(with_ledger)
     return p
 
@@ -778,6 +779,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "verify-receipt": cmd_verify_receipt,
     "trace": admin_trace.cmd_trace,
     "release": admin_release.cmd_release,
+    "versions": admin_release.cmd_versions,
     "approve-set": admin_validators.cmd_approve_set,
     "set-change": admin_validators.cmd_set_change,
     "follow-set": admin_validators.cmd_follow_set,

@@ -12,6 +12,8 @@ update service serves them.
 role ``updates`` (it may send on every device's ``fw`` topic and read every ``upd`` topic, nothing else),
 serving the releases of a release folder, read again when it changes. It keeps each device's last status
 (``statuses``: the versions it runs), which ``versions`` sets beside the latest release of its class.
+It writes them to ``versions.json`` in the release folder, which ``ledgerlink admin versions`` sets
+beside the latest release the ledger records (proved) for each device's class and component.
 ``python3 -m ledgerlink.tools.admin_release serve --port P --site S --releases DIR`` runs one.
 """
 
@@ -31,6 +33,7 @@ from ledgerlink.protocol.update_transport import Release
 
 COMPONENTS = {name: code for code, name in um.COMPONENT_NAMES.items()}
 DEFAULT_CHUNK = 1024
+VERSIONS_FILE = "versions.json"
 OFFER_SUFFIX = ".offer"
 PAYLOAD_SUFFIX = ".payload"
 
@@ -65,6 +68,58 @@ def _manifest(args: argparse.Namespace, payload: bytes, usage: Any) -> um.Manife
                            len(payload), args.chunk_size, deps, args.version)
     except LedgerlinkError as exc:
         raise usage(str(exc)) from None
+
+
+def add_versions_parser(with_ledger: Any) -> None:
+    """The ``versions`` subcommand: what each device runs beside the latest release on the ledger."""
+    v = with_ledger("versions", help="each device's running versions beside the latest release on the ledger")
+    v.add_argument("--releases", metavar="DIR", help="the release folder the update service serves and writes "
+                   "versions.json into (default: releases/ beside the cluster config)")
+
+
+def cmd_versions(ctx: Any, args: argparse.Namespace) -> int:
+    import json
+
+    from ledgerlink.tools.admin import EXIT_OK, NoCertifiedBlock, _usage
+
+    folder = Path(args.releases) if args.releases else ctx.cluster_path.parent / "releases"
+    try:
+        reported = json.loads((folder / VERSIONS_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise _usage("no device versions in %s (is the update service running?): %s" % (folder, exc)) from None
+    latest: dict[tuple[int, str], Any] = {}
+    line = None
+    for dev in sorted(reported):
+        cls = reported[dev]["class"]
+        print("device %s class %r" % (dev, cls))
+        for name, code in sorted(COMPONENTS.items(), key=lambda kv: kv[1]):
+            if (code, cls) not in latest:
+                try:
+                    record, header, votes = ctx.proven_record(RecordKind.FIRMWARE_LATEST, [code, cls])
+                except NoCertifiedBlock:
+                    record, header, votes = None, None, 0
+                latest[(code, cls)] = record
+                if header is not None:
+                    line = ctx.proof_line(header, votes)
+            record = latest[(code, cls)]
+            running = reported[dev]["components"].get(name)
+            if record is None and running is None:
+                continue
+            runs = "runs %d%s%s" % (running["running"], " (%s)" % running["version"] if running["version"] else "",
+                                    ", on trial" if running["trial"] else "") if running and running["running"] else \
+                "runs as deployed"
+            if record is None or 4 not in record:
+                state = "no release on the ledger"
+            else:
+                seq = running["running"] if running else 0
+                state = "latest %d (%s) on the ledger: %s" % (record[4], record[2],
+                                                             "up to date" if seq >= record[4] else "BEHIND")
+            if running and running["accepted"] > running["running"]:
+                runs += " (release %d rolled back)" % running["accepted"]
+            print("  %-11s %s; %s" % (name, runs, state))
+    if line:
+        print("latest releases: " + line)
+    return EXIT_OK
 
 
 def write_release(folder: Path, offer: bytes, payload: bytes) -> Path:
@@ -170,11 +225,25 @@ class UpdateService:
         except ValueError:
             return
         self.reload()
+        before = self.publisher.status_of(device)
         for answer in self.publisher.handle(device, msg.payload):
             client.publish(self._prefix + parts[0] + "/" + ut.DOWN_LEAF, answer, qos=1)
+        if self.publisher.status_of(device) is not before:
+            self.write_versions()
+
+    def write_versions(self) -> None:
+        """``versions.json`` in the release folder: {device id hex: {"class", "components": versions}}."""
+        import json
+
+        out = {dev.hex(): {"class": status[1], "components": self.versions().get(dev.hex(), {})}
+               for dev, status in list(self.publisher.statuses.items())}
+        tmp = self.folder / (VERSIONS_FILE + ".tmp")
+        tmp.write_text(json.dumps(out, sort_keys=True))
+        tmp.replace(self.folder / VERSIONS_FILE)
 
     def versions(self) -> dict[str, dict]:
-        """{device id hex: {component name: {"running": seq, "version", "trial", "latest": seq}}}."""
+        """{device id hex: {component name: {"running": seq (0: as deployed), "version", "trial", "accepted": the
+        sequence it accepted last (above "running" after a rollback), "latest": seq of the newest release}}}."""
         out: dict[str, dict] = {}
         for device, status in list(self.publisher.statuses.items()):
             row = {}
@@ -183,8 +252,9 @@ class UpdateService:
                 latest = self.publisher.latest(status[1], component)
                 if running is None and latest is None:
                     continue
-                row[name] = {"running": running[0] if running else 0, "version": running[2] if running else None,
-                             "trial": bool(running[3]) if running else False,
+                runs = running is not None and running[1] is not None     # null digest: as deployed (or rolled back)
+                row[name] = {"running": running[0] if runs else 0, "version": running[2] if runs else None,
+                             "trial": bool(running[3]) if runs else False, "accepted": running[0] if running else 0,
                              "latest": latest.manifest.sequence if latest else None}
             out[device.hex()] = row
         return out

@@ -10,7 +10,7 @@ from ledgerlink.ledger.cluster import LocalCluster
 from ledgerlink.ledger.transport import ClusterConfig
 from ledgerlink.protocol import update_agent as ua, update_transport as ut
 from ledgerlink.protocol.codes import IMAGE_CONFIGURATION
-from ledgerlink.tools.admin_release import load_releases
+from ledgerlink.tools.admin_release import UpdateService, load_releases
 from tests.test_admin import one_line_error, run
 
 pytestmark = pytest.mark.slow
@@ -49,14 +49,27 @@ def test_release_is_recorded_published_and_installed(ledger, tmp_path):
     agent.provision()
     agent.boot(0)
     client = ut.UpdateClient(agent)
-    publisher = ut.UpdatePublisher()
-    publisher.add(releases[0])
+    service = UpdateService("127.0.0.1", 1, "s", out_dir)          # its publisher, without a broker
+    service.reload()
+    publisher = service.publisher
+    rc, _, err = run("versions", "--releases", out_dir, cluster=cluster)
+    assert rc == 2 and "no device versions" in one_line_error(err)
+    publisher.handle(b"d" * 16, client.status())
+    service.write_versions()
+    _, out, _ = run("versions", "--releases", out_dir, cluster=cluster, check=0)
+    assert "device %s class 'esp32-th'" % ("64" * 16) in out
+    assert "config      runs as deployed; latest 3 (c-3) on the ledger: BEHIND" in out
     queue = [client.status()]
     while queue:
         for answer in publisher.handle(b"d" * 16, queue.pop(0)):
             queue.extend(client.handle(answer, now_ms=0))
     assert (tmp_path / "dev" / "config").read_bytes() == config
     assert agent.running()[IMAGE_CONFIGURATION]["version"] == "c-3"
+    publisher.handle(b"d" * 16, client.status())
+    service.write_versions()
+    _, out, _ = run("versions", "--releases", out_dir, cluster=cluster, check=0)
+    assert "config      runs 3 (c-3), on trial; latest 3 (c-3) on the ledger: up to date" in out
+    assert re.search(r"latest releases: proof verified against header \d+", out)
 
     rc, _, err = run("release", "--component", "config", "--class", "esp32-th", "--seq", "3",
                      "--maintenance-key", tmp_path / "maint.key", "--out", out_dir, tmp_path / "cfg.bin",

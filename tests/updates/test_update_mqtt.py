@@ -56,7 +56,8 @@ def test_release_over_mqtt_installs_and_the_version_is_reported(broker, tmp_path
         assert updates.status()[IMAGE_CONFIGURATION]["digest"] == offer_digest(offer)
         dev = device.core.device_id.hex()
         assert _wait(lambda: service.versions().get(dev, {}).get("config", {}).get("running") == 4)
-        assert service.versions()[dev]["config"] == {"running": 4, "version": "c-4", "trial": True, "latest": 4}
+        assert service.versions()[dev]["config"] == {"running": 4, "version": "c-4", "trial": True, "accepted": 4,
+                                                     "latest": 4}
         device.on_receipt(type("Receipt", (), {"valid": True})())                 # the check-in
         assert updates.status()[IMAGE_CONFIGURATION]["trial"] is False
         assert _wait(lambda: service.versions()[dev]["config"]["trial"] is False)
