@@ -297,3 +297,41 @@ class DirectoryService:
                         self.on_ban(dev, time.monotonic())
             except Exception as exc:  # noqa: BLE001 - the ledger may be down for a while: look again
                 log.warning("directory: following the ledger: %s", exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m ledgerlink.gateway.directory --up-config UP.json``: the directory of a running site (its
+    ledger, broker and accounts from the ``ledgerlink up`` config), until Ctrl-C."""
+    import argparse
+
+    from ledgerlink.ledger.client import LedgerClient
+    from ledgerlink.ledger.transport import ClusterConfig
+    from ledgerlink.tools.broker_access import SiteAccess
+    from ledgerlink.tools.pair_access import PairAccess
+    from ledgerlink.tools.up import load_config
+
+    parser = argparse.ArgumentParser(prog="python3 -m ledgerlink.gateway.directory", description=main.__doc__)
+    parser.add_argument("--up-config", required=True, metavar="FILE", help="the `ledgerlink up` config")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = load_config(args.up_config)
+    cluster = ClusterConfig.load(cfg.cluster_path)
+    ledger = LedgerClient(cluster)
+    pairs = PairAccess(SiteAccess(cfg.data_dir / "broker", cfg.site))
+    host, port = cfg.broker_external or (cfg.broker_host, cfg.broker_port)
+    service = DirectoryService(Directory(ledger, cluster.chain_id, list(cluster.validators), cfg.site, pairs),
+                               "127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port,
+                               pairs.directory_login()).start()
+    print("directory of site %s on %s:%d (ledger height %d)" % (cfg.site, host, port, service.directory.index.height))
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        service.stop()
+        ledger.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
