@@ -131,6 +131,7 @@ class Node:
         self.drops: Counter[str] = Counter()
         self.net = PeerNetwork(config, index, self.rconfig.max_message_size + 1024, self.on_peer_message, key,
                                self.backend)
+        reconfig.follow_peers(self)          # the restored chain may have changed the validator set
         me = config.nodes[index]
         self.client = ClientServer(me.host, me.client_port, self.handle, limits=config.ports)
         self._tasks: list[asyncio.Task] = []

@@ -111,6 +111,8 @@ def test_a_killed_validator_is_replaced_and_the_site_keeps_committing(tmp_path):
         keep_committing(cluster, client, [0, 1, 2], effective + 3)
         caught_up = keep_committing(cluster, client, [0, 1, 2, 3], effective + 5, timeout=90.0)
         assert min(caught_up) >= effective + 5                      # the new node took the blocks and votes
+        cluster.restart_node(0)                                     # restores across the change and rejoins
+        keep_committing(cluster, client, [0, 1, 2, 3], max(caught_up) + 3, timeout=90.0)
         info = client.request_to(3, "validators")
         assert [bytes(k) for _, k in info["validators"]][3] == new_pub
 
