@@ -214,6 +214,10 @@ class Dashboard:
             from ledgerlink.gateway.trace_page import trace_page
 
             return 200, HTML, trace_page(self, q)
+        if path == "/versions":
+            from ledgerlink.gateway.update_versions import versions_page
+
+            return 200, HTML, versions_page(self, q)
         if path == "/api/history":
             return 200, JSON, state_json(self.history.site_json())
         if path == "/api/readings":
