@@ -124,15 +124,15 @@ def _default_rng(n):
     return os.urandom(n)
 
 
-# Modules a session opening needs and nothing after it (device_protocol imports them when the next one opens).
-SESSION_OPEN_MODULES = ("ecqv", "session_keys", "ecdh", "kdf")
-# Modules sealing a session reading loads (AES-CCM; session_keys through the session-chain code; HMAC for the
-# signature of a chain statement) and nothing until the next reading: unloaded after each, so a receipt
-# check does not hold them.
-SEAL_MODULES = ("ccm", "aes", "session_keys", "kdf")
-# Modules the broker password after a key rotation needs (``key_rotated``) and nothing after it (``kdf``
-# stays: ECDSA signs with it).
-KEY_ROTATION_MODULES = ("ecdh",)
+# Modules a session opening needs and nothing after it (device_protocol imports them when the next one opens);
+# p256_ct: multiplications with secret scalars (the request's, ECDH, the key check; also the public key at start).
+SESSION_OPEN_MODULES = ("ecqv", "session_keys", "ecdh", "kdf", "p256_ct")
+# Modules sealing a reading loads (AES-CCM; session_keys through the session-chain code; signing: p256_ct and
+# RFC 6979's HMAC, kdf) and nothing until the next reading: unloaded after each, so a receipt check does not
+# hold them.
+SEAL_MODULES = ("ccm", "aes", "session_keys", "kdf", "p256_ct")
+# Modules the broker password after a key rotation needs (``key_rotated``) and nothing after it.
+KEY_ROTATION_MODULES = ("ecdh", "kdf", "p256_ct")
 
 
 def _unload(names, package_name="ledgerlink.core"):
@@ -264,6 +264,7 @@ class DeviceClient:
         self.protocol.open_commands(StoredRecord(storage, COMMAND_FILE), self.time_ms())
         if self.ecqv:
             self._restore_session()
+        _unload(SEAL_MODULES)                   # the public key's multiplication
 
     def _restore_session(self):
         raw = self.storage.read(SESSION_FILE)
@@ -320,7 +321,7 @@ class DeviceClient:
                 self._plain.pop(self._plain_order.pop(0), None)
             if self.protocol.chain_due(t):
                 self.state_chain(t, False)
-            _unload(SEAL_MODULES)
+        _unload(SEAL_MODULES)
         return out.seq
 
     def state_chain(self, time_ms=None, close=True):
@@ -517,6 +518,7 @@ class DeviceClient:
         alive, handle what arrives."""
         if self.protocol.chains is not None and self.protocol.chain_due(self.time_ms()):
             self.state_chain(None, False)
+            _unload(SEAL_MODULES)
         now = self.ticks_ms()
         if self.mqtt is None:
             if self._retry_from is not None:

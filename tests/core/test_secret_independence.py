@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ledgerlink.core import ecdh, ecdsa, ecqv, p256, session_keys
+from ledgerlink.core import ecdh, ecdsa, ecqv, p256, p256_ct, session_keys
 
 CORE = str(Path(p256.__file__).resolve().parent)
 # Functions of public data only: the signature's s, points that are published (R_U, P_U, Q_U), and the
@@ -173,19 +173,19 @@ DIRECT_READS = {
 def test_the_guard_sees_a_secret_table_index(name: str, monkeypatch, recording_tables) -> None:
     """The mutation the guard exists for: the masked scan replaced by a direct read of the entry."""
     function, source = DIRECT_READS[name]
-    namespace = dict(vars(p256))
-    exec(compile(source, p256.__file__, "exec"), namespace)
-    monkeypatch.setattr(p256, function, namespace[function])
+    namespace = dict(vars(p256_ct))
+    exec(compile(source, p256_ct.__file__, "exec"), namespace)
+    monkeypatch.setattr(p256_ct, function, namespace[function])
     with pytest.raises(AssertionError, match="depend on the secret"):
         test_control_flow_and_table_reads_do_not_depend_on_the_secret(name, None)
 
 
 def test_the_guard_sees_a_secret_branch(monkeypatch, recording_tables) -> None:
     """A secret-dependent early exit, compiled as part of the core, changes the executed instructions."""
-    namespace = {"original": p256._check_scalar}
+    namespace = {"original": p256_ct._check_scalar}
     exec(compile("def _check_scalar(k):\n    if k & 1:\n        return None\n    return original(k)\n",
-                 p256.__file__, "exec"), namespace)
-    monkeypatch.setattr(p256, "_check_scalar", namespace["_check_scalar"])
+                 p256_ct.__file__, "exec"), namespace)
+    monkeypatch.setattr(p256_ct, "_check_scalar", namespace["_check_scalar"])
     odd, even = _secrets()[1] | 1, _secrets()[2] & ~1
     assert _trace(OPERATIONS["base_mult comb"], odd)[0] != _trace(OPERATIONS["base_mult comb"], even)[0]
 
