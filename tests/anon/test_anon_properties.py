@@ -148,3 +148,16 @@ def fog_site(tmp_path_factory):
 def test_fog_refuses_any_bytes_without_raising(fog_site, payload):
     effects = fog_site.fogs[0].on_request("ll/plant-1/anon/req", payload, fog_site.time_ms)
     assert len(effects) == 1 and effects[0].reason in (1, 6)       # malformed or bad-tag, and no reply
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=300))
+def test_cloud_refuses_any_bytes_as_a_grant_or_data_with_a_ledgerlink_error(fog_site, grant, frame):
+    for call in (lambda: fog_site.cloud.on_grant(grant),
+                 lambda: fog_site.cloud.open_data("ll/plant-1/anon/up/00", frame, fog_site.time_ms)):
+        try:
+            call()
+        except LedgerlinkError:
+            pass
+        else:
+            raise AssertionError("random bytes were taken")
