@@ -128,30 +128,35 @@ def test_third_client_is_refused_on_a_pairs_topics_by_mosquitto(site):
         eve.close()
 
 
-def test_a_ban_ends_the_session_within_a_second(site):
+@pytest.mark.parametrize("banned_side", ["responder", "initiator"])
+def test_a_ban_ends_the_session_within_a_second(site, banned_side):
     pa, a_id = site.register({"type": "lap-former", "line": "S1"})
     pb, b_id = site.register({"type": "carding-machine", "line": "S1"})
     a, b = site.device(pa), site.device(pb, machine_state("carder"))
     out = a.query(b_id, "state")
     assert out.case == "online" and a.sessions and b.sessions
-    frame_from_b = b.sessions[out.session.session_id].seal(ps.encode_query(7, "state"))
+    # the side that stays, the banned one, and a frame the banned one sealed before its ban
+    (stays, stays_id), (gone, gone_id) = ((a, a_id), (b, b_id)) if banned_side == "responder" else \
+        ((b, b_id), (a, a_id))
+    stays_session = stays.sessions[out.session.session_id]
+    frame_from_gone = gone.sessions[out.session.session_id].seal(ps.encode_query(7, "state"))
     acks: dict[int, int] = {}
-    a.client.on_publish = lambda c, u, mid, reason, props: acks.__setitem__(mid, reason.value)
-    site.stack.ban(b_id, "test")
+    stays.client.on_publish = lambda c, u, mid, reason, props: acks.__setitem__(mid, reason.value)
+    site.stack.ban(gone_id, "test")
     banned_at = time.monotonic()
     deadline = banned_at + 5
     refused_s = None
-    while time.monotonic() < deadline and (refused_s is None or b_id not in a.closed_at):
-        info = a.client.publish(ps.pair_topic("m2m", a_id, b_id), b"\x83\x03", 1)
+    while time.monotonic() < deadline and (refused_s is None or gone_id not in stays.closed_at):
+        info = stays.client.publish(ps.pair_topic("m2m", stays_id, gone_id), b"\x83\x03", 1)
         while info.mid not in acks and time.monotonic() < deadline:
             time.sleep(0.005)
         if refused_s is None and acks.get(info.mid) == NOT_AUTHORIZED:
             refused_s = time.monotonic() - banned_at
-    assert b_id in a.closed_at and refused_s is not None, "the session did not end"
-    closed_s = a.closed_at[b_id] - banned_at
-    print("ban committed -> partner closed the session %.3f s, broker refused the pair topic %.3f s"
-          % (closed_s, refused_s))
+    assert gone_id in stays.closed_at and refused_s is not None, "the session did not end"
+    closed_s = stays.closed_at[gone_id] - banned_at
+    print("%s banned: ban committed -> partner closed the session %.3f s, broker refused the pair topic %.3f s"
+          % (banned_side, closed_s, refused_s))
     assert closed_s < BAN_WITHIN_S and refused_s < BAN_WITHIN_S
-    assert not a.sessions
+    assert not stays.sessions
     with pytest.raises(ps.PeerError):
-        out.session.receive(frame_from_b)
+        stays_session.receive(frame_from_gone)
