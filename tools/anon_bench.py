@@ -192,7 +192,14 @@ def board32_heap(inp: Inputs) -> dict[str, tuple[int, int]]:
     """{layout: (peak live heap of the request and the answer, heap given)} on board32."""
     from ledgerlink.tools.board_runtime import LAYOUT_HEAP, Board
 
-    code = board_setup(inp) + "s = anon_device.check_response(request, answer)\nprint(s.key.hex())\n"
+    h = lambda b: "bytes.fromhex(%r)" % b.hex()  # noqa: E731
+    code = RNG_CLASS + """
+from ledgerlink.protocol import anon_device
+request = anon_device.build_request(%r, %s, %s, %s, 1, %s, %s, %d, Rng('device'))
+s = anon_device.check_response(request, %s)
+print(s.key.hex())
+""" % (SITE, h(inp.device_id), h(inp.device_priv), h(inp.secret), h(inp.fog_pub), h(inp.cloud_pub), TIME_MS,
+       h(inp.answer))
     out = {}
     for layout in ("romfs", "files"):
         with Board(layout) as board:
