@@ -400,16 +400,17 @@ class Node:
             return dict(self._status(h), ok=True)
         if op == "info":
             return {"ok": True, "index": self.index, "height": r.height, "view": r.view,
-                    "primary": self.rconfig.primary(r.view), "pool": len(r.pool),
+                    "primary": r.config.primary(r.view), "pool": len(r.pool),
                     "in_view_change": r.in_view_change}
         if op == "set_change":
             return reconfig.set_change_answer(self, req)
         if op == "validators":
-            out = {"ok": True, "chain_id": self.config.chain_id, "f": self.rconfig.f,
-                   "validators": [[i, k] for i, k in enumerate(self.config.validators)]}
-            if self.rconfig.group_key is not None:
-                out["group_key"] = self.rconfig.group_key
-                out["verifying_shares"] = list(self.rconfig.verifying_shares)
+            rc = r.config                              # the set in force (it changes through the ledger)
+            out = {"ok": True, "chain_id": self.config.chain_id, "f": rc.f,
+                   "validators": [[i, k] for i, k in enumerate(rc.validators)]}
+            if rc.group_key is not None:
+                out["group_key"] = rc.group_key
+                out["verifying_shares"] = list(rc.verifying_shares)
             return out
         if op in ("latest", "header", "block"):
             height = r.height if op == "latest" else req.get("height")

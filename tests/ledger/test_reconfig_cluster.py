@@ -113,8 +113,11 @@ def test_a_killed_validator_is_replaced_and_the_site_keeps_committing(tmp_path):
         assert min(caught_up) >= effective + 5                      # the new node took the blocks and votes
         cluster.restart_node(0)                                     # restores across the change and rejoins
         keep_committing(cluster, client, [0, 1, 2, 3], max(caught_up) + 3, timeout=90.0)
-        info = client.request_to(3, "validators")
-        assert [bytes(k) for _, k in info["validators"]][3] == new_pub
+        for i in range(4):                                            # every node names the set in force
+            info = client.request_to(i, "validators")
+            assert [bytes(k) for _, k in info["validators"]] == old[:3] + [new_pub], i
+            state = client.request_to(i, "info")
+            assert state["primary"] == state["view"] % 4
 
         answer = client.request_to(0, "set_change", epoch=1)
         trusted = validator_set.follow_set_change_proof(TrustedSet(chain, old), answer["proof"])
