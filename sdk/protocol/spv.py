@@ -108,6 +108,8 @@ def verify_certified_header(certified, chain_id, validator_keys, backend=None, g
     height = _uint(cert[0], "certificate height")
     view = _uint(cert[1], "certificate view")
     cert_hash = _hash32(cert[2], "certificate header-hash")
+    if isinstance(validator_keys, bytes):
+        raise InvalidMessage("a vote certificate is checked against the validators' keys, not an anchor hash")
     n = len(validator_keys)
     if not 0 < n <= MAX_VALIDATORS:
         raise InvalidProof("trusted validator set must have 1..%d keys" % MAX_VALIDATORS)

@@ -179,3 +179,9 @@ def test_record_proof_under_a_threshold_certified_header():
     assert h.height == 1 and v == value is not None
     with pytest.raises(InvalidMessage):   # without the group key, a threshold certificate is not a vote certificate
         spv.verify_record_proof(record_proof, net.chain_id, site.keys)
+
+
+def test_vote_certificate_against_an_anchor_hash_is_refused_clearly(site):
+    anchor = spv.validators_hash(site.keys, site.group_key)
+    with pytest.raises(InvalidMessage, match="anchor"):
+        spv.verify_certified_header(site.votes(), CHAIN, anchor, group_key=site.group_key)
