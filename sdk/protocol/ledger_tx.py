@@ -548,13 +548,13 @@ def check_set_change(body, chain_id, current_epoch, current_keys, block_height, 
                       % (len(entries), validator_set.MAX_VALIDATORS))
     try:
         keys = validator_set.keys_of(entries)
-        for key in keys:
-            compress_pubkey(key)
+        shorts = [compress_pubkey(key) for key in keys]
     except LedgerlinkError as exc:
         raise invalid_field(str(exc)) from None
+    if len(set(shorts)) != len(shorts):             # one key in both forms would vote twice
+        raise invalid_field("the new validator set names one key twice")
     old = [compress_pubkey(k) for k in current_keys]
-    for i, key in enumerate(keys):
-        short = compress_pubkey(key)
+    for i, short in enumerate(shorts):
         if short in old and old.index(short) != i:
             raise Refusal(REASON_MEMBER_MOVED, "validator %d of the current set would move to index %d"
                           % (old.index(short), i))

@@ -16,9 +16,10 @@ each change is certified by the previous set, as a light client follows validato
 
 Protects against a gateway, broker or node that hands a device a set of its own: a set is taken only
 from a record under a state root 2f+1 keys of the previous set certified. Tested in
-tests/ledger/test_reconfig.py (honest change, forged header, wrong epoch, tampered record, proof
-for another key; and a device verifying receipts before and after a change). Portable like the
-rest of ``ledgerlink.protocol`` (no CPython-only code).
+tests/ledger/test_reconfig.py (honest change, forged, short-quorum and other-set headers, wrong
+epoch, tampered record, proof for another key), tests/ledger/test_reconfig_cluster.py (a device
+checking receipts before and after a change on real processes) and
+tests/micropython/test_validator_set_in_vm.py. Portable like the rest of ``ledgerlink.protocol``.
 """
 
 from ledgerlink.core import cbor

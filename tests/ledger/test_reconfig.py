@@ -93,6 +93,7 @@ def test_approvals_bind_the_group_key(net):
     ("member moved", Reason.MEMBER_MOVED),
     ("approved for another height", Reason.BAD_APPROVAL),
     ("device submits", Reason.NOT_AUTHORIZED),
+    ("one key in both forms", Reason.INVALID_FIELD),
 ])
 def test_each_bad_change_is_refused_with_its_reason(net, case, reason):
     state = net.genesis()
@@ -121,6 +122,9 @@ def test_each_bad_change_is_refused_with_its_reason(net, case, reason):
         tx = change_tx(net, [new[1], new[0], new[2], new[3]], 5)
     elif case == "approved for another height":
         tx = change_tx(net, new, 5, approvals=[[i, sig(i, height=6)] for i in range(3)])
+    elif case == "one key in both forms":
+        twice = new[:3] + [CRYPTO.public_key(net["validator0"].priv, False)]
+        tx = change_tx(net, twice, 5, approvals=[[i, sig(i, keys=twice)] for i in range(3)])
     else:
         approvals = [[i, sig(i)] for i in range(3)]
         tx = ledger_tx.validator_set_change_tx(net.chain_id, net["sensor"].priv, 1, new, 5, approvals, net.time_ms,
