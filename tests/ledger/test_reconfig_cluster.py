@@ -104,9 +104,16 @@ def test_a_killed_validator_is_replaced_and_the_site_keeps_committing(tmp_path):
         start = max(heights(client, [0, 1, 2]))
         effective = start + 4
         keys_dir = cluster.data_dir / "keys"
-        code = admin.main(["--cluster", str(cluster.config_path), "set-change", "--replace", "3=" + new_pub.hex(),
-                           "--height", str(effective)]
-                          + sum((["--approve-key", str(keys_dir / ("validator%d.key" % i))] for i in range(3)), []))
+        change = ["--replace", "3=" + new_pub.hex(), "--height", str(effective)]
+        cluster_arg = ["--cluster", str(cluster.config_path)]
+        approval = tmp_path / "v0.json"                              # validator 0's operator signs elsewhere
+        assert admin.main(cluster_arg + ["approve-set", "--key", str(keys_dir / "validator0.key"), "--out",
+                                         str(approval)] + change) == 0
+        short = admin.main(cluster_arg + ["set-change", "--approval", str(approval), "--approve-key",
+                                          str(keys_dir / "validator1.key")] + change)
+        assert short == admin.EXIT_USAGE                              # 2 of 4 approvals: 2f+1 = 3 needed
+        code = admin.main(cluster_arg + ["set-change", "--approval", str(approval)] + change
+                          + sum((["--approve-key", str(keys_dir / ("validator%d.key" % i))] for i in (1, 2)), []))
         assert code == 0
         keep_committing(cluster, client, [0, 1, 2], effective + 3)
         caught_up = keep_committing(cluster, client, [0, 1, 2, 3], effective + 5, timeout=90.0)
