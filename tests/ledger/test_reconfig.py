@@ -282,6 +282,7 @@ def test_a_removed_validator_that_keeps_voting_is_refused():
     assert drops == ["bad signature"]
 
 
+@pytest.mark.slow
 def test_simulator_seeds_hold_safety_and_liveness():
     """A few seeds here; ``python3 -m ledgerlink.ledger.consensus.reconfig_sim --seeds 0:1000`` runs 1,000."""
     for seed in range(6):
