@@ -474,8 +474,9 @@ class Replica:
             except MessageError as exc:
                 raise ValueError("corrupt block store: " + exc.reason) from exc
         for height, tcert_bytes in threshold_certs:
-            try:
-                r._accept_threshold(height, ThresholdCertificate.decode(tcert_bytes), persist=False)
+            try:                # one of an earlier validator set was checked with its group key when it came
+                r._accept_threshold(height, ThresholdCertificate.decode(tcert_bytes), persist=False,
+                                    verified=height < r._threshold_set_start())
             except MessageError as exc:
                 raise ValueError("corrupt threshold certificate at %d: %s" % (height, exc.reason)) from exc
         if votes is not None:
@@ -1557,9 +1558,14 @@ class Replica:
     # for FROST shares over the block's commit bytes, aggregates them and broadcasts the certificate.
     # A replica signs only a header it committed, with nonces it made for that height and uses once.
 
+    def _threshold_set_start(self) -> int:
+        """The first height of the validator set in force (its group key signs from there)."""
+        history = getattr(self, "set_history", None)
+        return history[-1][0] if history else 0
+
     def _pending_threshold(self) -> list[int]:
-        """Committed heights in the window without a threshold certificate, oldest first."""
-        low = max(0, self.height - THRESHOLD_WINDOW + 1)
+        """Committed heights of the set in force, in the window, without a threshold certificate, oldest first."""
+        low = max(0, self.height - THRESHOLD_WINDOW + 1, self._threshold_set_start())
         return [h for h in range(low, self.height + 1) if h not in self.threshold_certs]
 
     def _commit_bytes(self, height: int, view: int) -> bytes:
@@ -1660,7 +1666,8 @@ class Replica:
         cfg = self.config
         if cfg.group_key is None:
             return
-        if height > self.height or height in self.threshold_certs or height <= self.height - THRESHOLD_WINDOW:
+        if height > self.height or height in self.threshold_certs or height <= self.height - THRESHOLD_WINDOW \
+                or height < self._threshold_set_start():
             return
         agg = self._aggregation(height)
         if agg.signers:
