@@ -269,3 +269,60 @@ def test_devnet_records_the_group_key_in_the_chain_record():
     assert chain[6] == group_key and chain[7] == list(verifying)
     assert all(frost.verifying_share(s) == v for s, v in zip(shares, verifying))
     assert 6 not in DevNet().genesis().get_record(RECORD_CHAIN, 0)
+
+
+def threshold_samples():
+    commitment = [2, b"\x02" + bytes(32), b"\x03" + bytes(32)]
+    hh = bytes(range(32))
+    return [
+        [m.NONCE_COMMITMENT, 1, 7, commitment],
+        [m.SIGN_REQUEST, 0, 3, 7, hh, [[1, b"\x02" + bytes(32), b"\x02" + bytes(32)], commitment]],
+        [m.SIGNATURE_SHARE, 1, 7, hh, bytes(31) + b"\x05", commitment],
+        [m.THRESHOLD_CERT, 2, 7, [3, b"\x02" + bytes(64)]],
+        [m.BLOCKS, 3, [[m.Header("t", 0, bytes(32), 0, bytes(32), bytes(32), bytes(32)).to_obj(), [],
+                        [0, 0, bytes(32), [[0, bytes(64)]]], [3, b"\x02" + bytes(64)]]]],
+    ]
+
+
+@pytest.mark.parametrize("body", threshold_samples(), ids=lambda b: m.KIND_NAMES[b[0]])
+def test_threshold_messages_round_trip_and_refuse_damage(body):
+    raw = m.encode_message("t", body, KEYS[body[1]], CRYPTO)
+    msg = m.decode_message(raw, "t", PUBS, CRYPTO)
+    assert (msg.kind, msg.sender) == (body[0], body[1])
+    with pytest.raises(m.MessageError) as e:
+        m.decode_message(m.encode_message("t", body, KEYS[(body[1] + 1) % 4], CRYPTO), "t", PUBS, CRYPTO)
+    assert e.value.reason == "bad signature"
+    for cut in range(0, len(raw), max(1, len(raw) // 25)):
+        with pytest.raises(m.MessageError):
+            m.decode_message(raw[:cut], "t", PUBS, CRYPTO)
+    for pos in range(0, len(raw), max(1, len(raw) // 25)):
+        with pytest.raises(m.MessageError):
+            m.decode_message(raw[:pos] + bytes([raw[pos] ^ 0x10]) + raw[pos + 1:], "t", PUBS, CRYPTO)
+
+
+def test_threshold_fields_of_the_wrong_shape_are_malformed():
+    hh = bytes(32)
+    for body in ([m.NONCE_COMMITMENT, 1, 7, [0, b"\x02" + bytes(32), b"\x02" + bytes(32)]],   # index 0
+                 [m.NONCE_COMMITMENT, 1, 7, [2, b"\x02" + bytes(31), b"\x02" + bytes(32)]],   # short point
+                 [m.SIGN_REQUEST, 0, 3, 7, hh, []],                                           # no commitment
+                 [m.SIGNATURE_SHARE, 1, 7, hh, bytes(31), [2, b"\x02" + bytes(32), b"\x02" + bytes(32)]],
+                 [m.THRESHOLD_CERT, 2, 7, [3, bytes(64)]]):
+        with pytest.raises(m.MessageError) as e:
+            m.decode_message(m.encode_message("t", body, KEYS[body[1]], CRYPTO), "t", PUBS, CRYPTO)
+        assert e.value.reason == "malformed"
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_cbor_values = st.recursive(st.none() | st.booleans() | st.integers(-2, 2 ** 64) | st.binary(max_size=70)
+                            | st.text(max_size=4), lambda inner: st.lists(inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_cbor_values)
+def test_threshold_decoders_refuse_any_value_with_message_error(value):
+    for decode in (m.ThresholdCertificate.from_obj, m.commitment_from_obj):
+        try:
+            decode(value)
+        except m.MessageError:
+            pass
