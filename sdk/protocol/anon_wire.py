@@ -19,7 +19,7 @@ Portable: runs on CPython and MicroPython.
 import hashlib
 
 from ledgerlink.core import cbor, ecies, kdf, p256
-from ledgerlink.core.errors import InvalidMessage, LedgerlinkError
+from ledgerlink.core.errors import InvalidMessage
 
 SECRET_LEN = 32
 ANON_ID_LEN = 16
@@ -231,11 +231,3 @@ def data_topic(site, session_id):
     """The topic of a device's data under an anonymous session: its random session id, nothing else."""
     return "ll/%s/anon/up/%s" % (site, bytes(session_id).hex())
 
-
-def check_point(data, what):
-    """``data`` as a validated compressed point; InvalidMessage otherwise."""
-    try:
-        p256.decode_point(_bstr(data, 33, 33, what))
-    except LedgerlinkError:
-        raise InvalidMessage("%s is not a valid P-256 point" % what) from None
-    return data
