@@ -234,3 +234,32 @@ print(json.dumps(sorted(m for m in sys.modules if 'update' in m)))
     with Board("romfs", workdir=tmp_path / "b") as board:
         out, _ = board.run_json_result(program)
     assert out == []
+
+
+def measure(layout: str, low: int = 48 * 1024, high: int = 256 * 1024) -> tuple[int, int]:
+    """(peak live heap of the whole program at the layout's board heap, least heap it completes in, to 1 KB)."""
+    import tempfile
+
+    heap = load_profile({"files": "picow", "romfs": "esp32"}[layout])["memory"]["heap_bytes"]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _cases(Path(tmp))
+        peak = None
+        while high - low > 1024:
+            mid = (low + high) // 2
+            with Board(layout, heap_bytes=mid, files=files, workdir=Path(tmp) / ("b%d" % mid)) as board:
+                try:
+                    board.run_json_result(PROGRAM, timeout=300)
+                    high = mid
+                except Exception:       # noqa: BLE001 - MemoryError on the board: more heap needed
+                    low = mid
+        with Board(layout, heap_bytes=heap, files=files, workdir=Path(tmp) / "full") as board:
+            _, result = board.run_json_result(PROGRAM, timeout=300)
+            peak = result.peak_live
+    return peak, high
+
+
+if __name__ == "__main__":
+    for layout in ("files", "romfs"):
+        peak, least = measure(layout)
+        print("board32 %-5s update program (3 installs, 7 refusals, rollback): peak live heap %d B, "
+              "least heap %d KB" % (layout, peak, least // 1024))
