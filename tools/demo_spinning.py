@@ -64,10 +64,8 @@ tx = provenance_tx(cfg['chain_id'], cfg['key'], lot, cfg['origin'], cfg['batch']
                    cfg['tag'], now, inputs=[out['info'].body['lot'].encode()])
 report['lot'] = board.ask(dsc.DIR_SUBMIT, tx, 30000)[2]
 lots.append(lot)
-sender, receiver, sid, query, info = board.exchanges[-1]
-digest = ps.exchange_digest(sid, query, info)
-tx = communication_tx(cfg['chain_id'], cfg['key'], sender, receiver, 'peer-query', len(query) + len(info),
-                      digest, board.now_ms())
+sender, receiver, digest, size = board.exchanges[-1]
+tx = communication_tx(cfg['chain_id'], cfg['key'], sender, receiver, 'peer-query', size, digest, board.now_ms())
 report['recorded'] = board.ask(dsc.DIR_SUBMIT, tx, 30000)[2]
 report['digest'] = digest.hex()
 deadline = time.ticks_add(time.ticks_ms(), 60000)

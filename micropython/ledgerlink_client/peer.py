@@ -9,6 +9,7 @@ query left retained for it), ``serve`` answers the queries that arrive, ``handle
 site in tests/m2m/test_board_peer.py.
 """
 
+import gc
 import time
 
 from ledgerlink.core import cbor
@@ -38,7 +39,7 @@ class BoardPeer:
         self.min_height = 0
         self.sessions = {}          # session id -> PeerSession
         self.outcomes = {}          # session id -> outcome of a query waiting for its accept
-        self.exchanges = []         # (sender, receiver, session id, query frame, info frame)
+        self.exchanges = []         # (sender, receiver, digest, size) of each exchange, for its record
         self.closed = []            # peers whose sessions a ban ended
         self._answers = {}
         self._frames = []
@@ -81,6 +82,7 @@ class BoardPeer:
         """The directory's answer to one request (OSError when none comes in time)."""
         self._next_id += 1
         rid = self._next_id
+        gc.collect()                # the answer carries a record proof: room for it in one piece
         self.client.publish(dsc.dir_topic(self.site, self.id), dsc.encode_request(rid, op, arg))
         deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
         while rid not in self._answers:
@@ -189,14 +191,14 @@ class BoardPeer:
             self.sessions[sid] = session
             self.client.publish(ps.pair_topic(self.site, self.id, peer), b"", 1, True)
             out["info"] = ps.decode_packet(packet) if packet is not None else None
-            self.exchanges.append((self.id, peer, sid, out["query"], payload))
+            self._exchanged(self.id, peer, sid, out.pop("query"), payload)
         elif packet is not None:
             p = ps.decode_packet(packet)
             if p.kind == ps.PACKET_QUERY:
                 status, body = self.handler(p, peer)
                 reply = session.seal(ps.encode_info(p.query_id, status, body))
                 self.client.publish(ps.pair_topic(self.site, self.id, peer), reply)
-                self.exchanges.append((peer, self.id, sid, payload, reply))
+                self._exchanged(peer, self.id, sid, payload, reply)
             elif p.kind == ps.PACKET_CLOSE:
                 self.close_with(peer, p.reason)
 
@@ -216,4 +218,8 @@ class BoardPeer:
         self.sessions[session.session_id] = session
         self.client.publish(ps.pair_topic(self.site, self.id, peer), accept)
         if early is not None:
-            self.exchanges.append((peer, self.id, session.session_id, frame, accept))
+            self._exchanged(peer, self.id, session.session_id, frame, accept)
+
+    def _exchanged(self, sender, receiver, session_id, query_frame, info_frame):
+        self.exchanges.append((sender, receiver, ps.exchange_digest(session_id, query_frame, info_frame),
+                               len(query_frame) + len(info_frame)))

@@ -1,5 +1,5 @@
-"""The MicroPython board client as either side of a peer session: on board32 (library in ROMFS, a
-plain ESP32's heap) it queries a CPython device and answers a CPython device's query, over the real
+"""The MicroPython board client as either side of a peer session: on board32 (library in ROMFS, an 80 KB
+heap) it queries a CPython device and answers a CPython device's query, over the real
 mosquitto with its own broker account, every directory answer checked on the board."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .conftest import machine_state
 
 pytestmark = pytest.mark.micropython
 
-BOARD_HEAP = 110_000
+BOARD_HEAP = 80_000          # both sides complete at 72 KB; at 64 KB (the session cycle's target) they do not
 
 BOARD_PEER = """
 import gc, json, time
@@ -67,7 +67,8 @@ def test_board_is_either_side_of_a_peer_session(site, tmp_path):
         "username": login["username"], "password": login["password"], "key": board_key,
         "chain_id": site.stack.chain_id, "validators": site.stack.validators, "peer": b_id}))
     result: dict = {}
-    run = threading.Thread(target=lambda: result.update(report=board.run_json(BOARD_PEER, timeout=180)[0]))
+    run = threading.Thread(target=lambda: result.update(report=board.run_json(BOARD_PEER, timeout=180)[0]),
+                           daemon=True)
     run.start()
     deadline = time.monotonic() + 120
     while not any(e.sender == board_id for e in b.exchanges) and run.is_alive() and time.monotonic() < deadline:
@@ -75,6 +76,7 @@ def test_board_is_either_side_of_a_peer_session(site, tmp_path):
     assert any(e.sender == board_id for e in b.exchanges), "the board's query did not reach the CPython device"
     out = a.query(board_id, "state", timeout=60)                  # the board answers within its serve loop
     run.join(timeout=120)
+    assert "report" in result, "the board did not finish its part"
     report = result["report"]
     assert report["case"] == "online" and report["info"] == {"machine": "carder", "n": 1, "args": {"from": "board"}}
     assert out.case == "online" and out.info.status == ps.INFO_OK
