@@ -1,6 +1,7 @@
 """The MicroPython board client as either side of a peer session: on board32 (library in ROMFS, an 80 KB
 heap) it queries a CPython device and answers a CPython device's query, over the real
-mosquitto with its own broker account, every directory answer checked on the board."""
+mosquitto with its own broker account, every directory answer checked on the board; when the ledger
+bans its partner, the board closes that session on the directory's proven notice."""
 
 from __future__ import annotations
 
@@ -47,6 +48,12 @@ deadline = time.ticks_add(time.ticks_ms(), 60000)
 while not answered and time.ticks_diff(deadline, time.ticks_ms()) > 0:
     board.serve(100)
 report['answered'] = [p.hex() for p in answered]
+report['sessions'] = len(board.sessions)
+deadline = time.ticks_add(time.ticks_ms(), 30000)
+while not board.closed and time.ticks_diff(deadline, time.ticks_ms()) > 0:     # the partner's ban comes
+    board.serve(100)
+report['closed'] = [p.hex() for p in board.closed]
+report['left'] = len(board.sessions)
 report['errors'] = board.errors
 report['peak'] = gc.peak_live()[0]
 client.disconnect()
@@ -75,6 +82,8 @@ def test_board_is_either_side_of_a_peer_session(site, tmp_path):
         time.sleep(0.1)
     assert any(e.sender == board_id for e in b.exchanges), "the board's query did not reach the CPython device"
     out = a.query(board_id, "state", timeout=60)                  # the board answers within its serve loop
+    assert out.case == "online" and a.record_exchange(out.exchange)[2] == 0
+    site.stack.ban(a_id, "test")                                   # the board ends its session with a
     run.join(timeout=120)
     assert "report" in result, "the board did not finish its part"
     report = result["report"]
@@ -82,5 +91,6 @@ def test_board_is_either_side_of_a_peer_session(site, tmp_path):
     assert out.case == "online" and out.info.status == ps.INFO_OK
     assert out.info.body == {"machine": "board", "subject": "state"}
     assert report["answered"] == [a_id.hex()] and report["errors"] == []
-    assert a.record_exchange(out.exchange)[2] == 0
+    assert report["sessions"] == 2 and report["closed"] == [a_id.hex()] and report["left"] == 1
+    assert b.communication_record(a_id, out.exchange.digest)[2] == board_id        # a is banned by now
     print("board peer peak heap %d of %d" % (report["peak"], BOARD_HEAP))
