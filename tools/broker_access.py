@@ -16,6 +16,10 @@ consumer        nothing                                    ``ll/S/verified/+``
 operator        ``ll/S/#``                                 ``ll/S/#`` (no ``$share`` group; made only on
                                                            request, for diagnosis)
 broker-admin    ``$CONTROL/dynamic-security/#``            its responses (mosquitto only)
+anon            ``ll/S/anon/req``, ``ll/S/anon/up/+``      ``ll/S/anon/rsp/T`` for one named T only (a
+                                                           filter with a wildcard is refused)
+anon-fog        ``ll/S/anon/rsp/+``, ``ll/S/anon/cloud``   ``$share/ll-anon-S/ll/S/anon/req``
+anon-cloud      nothing                                    ``ll/S/anon/cloud``, ``ll/S/anon/up/+``
 ==============  =========================================  ==============================================
 
 (S the site, D the device id in hex. Receipt requests on ``ll/S/dev/D/ask`` go as ``up`` does: the
@@ -26,6 +30,21 @@ count (mosquitto's 101) does not carry their strength. Each account's client log
 ``credentials/<username>.json`` (0600) for the client that uses it; the password itself is kept nowhere else.
 Usernames: ``ll-<device id hex>`` for devices and controllers (the client id the device SDKs already
 use), ``ll-gw-<site>-<i>`` for gateway processes, ``ll-app-<site>`` for the consumer.
+
+Anonymous sessions (docs/protocol.md), only when the site turns them on (``anon_accounts``; ``ledgerlink
+up``'s ``anon.enabled``): one account ``ll-anon-<site>`` shared by every anonymous device, not bound to a
+client id, so a device connects for each session with a fresh random one (``anon-`` and 16 hex digits, which
+the embedded broker requires) and its login names no device; ``ll-anonfog-<site>-<i>`` for each gateway
+process's fog service and ``ll-anoncloud-<site>`` for the cloud side. A session's answer topic
+``ll/S/anon/rsp/{hex(reply tag)}`` is named by the 8-byte tag that travels only inside the request's ECIES
+ciphertext, and the anonymous account may subscribe only to a topic name, never a filter with a wildcard
+(mosquitto: a ``subscribeLiteral`` deny of the wildcard filter beside the pattern allow; embedded: the rule
+kind ``subscribe-name``), so another anonymous device cannot read or even find that answer (and it is
+sealed to the requester's ECIES key besides); registered devices' accounts have no rule on ``ll/S/anon``.
+Not enforced on mosquitto 2.0: the shared account's client id is free, so a holder of the anonymous login
+can connect with a client id in use (another account's) and mosquitto ends that client's connection; it
+reads nothing of that account's topics (its ACLs stay those of the anonymous account) and the client takes
+its id back when it reconnects. The embedded broker refuses such a client id.
 
 Enforcement:
 
@@ -86,7 +105,10 @@ from typing import Any, Iterable
 from ledgerlink.protocol import broker_login
 from ledgerlink.protocol.codes import ROLE_CONTROLLER
 
-ROLES = ("device", "controller", "gateway", "consumer", "operator", "broker-admin", "directory", "updates")
+ROLES = ("device", "controller", "gateway", "consumer", "operator", "broker-admin", "directory", "updates", "anon",
+         "anon-fog", "anon-cloud")
+ANON_ROLE = "anon"                      # the account shared by anonymous devices: no client id bound to it
+ANON_CLIENT_ID_PREFIX = "anon-"         # + 16 hex digits, fresh per session; no account's username starts so
 PBKDF2_ITERATIONS = 101                 # mosquitto's own; the passwords are random, see the module docstring
 PASSWORD_BYTES = broker_login.PASSWORD_BYTES
 ADMIN_USER = "ll-broker-admin"
@@ -107,6 +129,7 @@ RELOAD_S = 0.2                          # the embedded broker looks at accounts.
 APPLIED_SUFFIX = ".applied"             # it writes the mtime of what it read to accounts.json.applied
 
 SEND, RECEIVE, SUBSCRIBE = "send", "receive", "subscribe"
+SUBSCRIBE_NAME = "subscribe-name"       # a subscription to one topic name the filter matches, no wildcard
 
 
 class AccessError(Exception):
@@ -123,6 +146,30 @@ def gateway_username(site: str, index: int = 1) -> str:
 
 def consumer_username(site: str) -> str:
     return "ll-app-%s" % site
+
+
+def anon_username(site: str) -> str:
+    """The broker account every anonymous device of ``site`` shares."""
+    return "ll-anon-%s" % site
+
+
+def anon_fog_username(site: str, index: int = 1) -> str:
+    return "ll-anonfog-%s-%d" % (site, index)
+
+
+def anon_cloud_username(site: str) -> str:
+    return "ll-anoncloud-%s" % site
+
+
+def anon_client_id(rng: Any = None) -> str:
+    """A fresh client id for one anonymous session (``rng(n)``: n random bytes; default os.urandom)."""
+    return ANON_CLIENT_ID_PREFIX + (rng or os.urandom)(8).hex()
+
+
+def is_anon_client_id(client_id: str) -> bool:
+    rest = client_id[len(ANON_CLIENT_ID_PREFIX):]
+    return (client_id.startswith(ANON_CLIENT_ID_PREFIX) and len(rest) == 16
+            and all(c in "0123456789abcdef" for c in rest))
 
 
 def rules(site: str, username: str, role: str, device: str | None = None,
@@ -156,6 +203,16 @@ def rules(site: str, username: str, role: str, device: str | None = None,
         return [(SEND, base + "/dev/+/fw"), (SUBSCRIBE, base + "/dev/+/upd"), (RECEIVE, base + "/dev/+/upd")]
     if role == "broker-admin":
         return [(SEND, DYNSEC_TOPIC), (SUBSCRIBE, DYNSEC_TOPIC + "/response"), (RECEIVE, DYNSEC_TOPIC + "/response")]
+    anon = base + "/anon"
+    if role == ANON_ROLE:
+        return [(SEND, anon + "/req"), (SEND, anon + "/up/+"), (SUBSCRIBE_NAME, anon + "/rsp/+"),
+                (RECEIVE, anon + "/rsp/+")]
+    if role == "anon-fog":
+        return [(SUBSCRIBE, "$share/ll-anon-%s/%s/req" % (site, anon)), (RECEIVE, anon + "/req"),
+                (SEND, anon + "/rsp/+"), (SEND, anon + "/cloud")]
+    if role == "anon-cloud":
+        return [(SUBSCRIBE, anon + "/cloud"), (RECEIVE, anon + "/cloud"), (SUBSCRIBE, anon + "/up/+"),
+                (RECEIVE, anon + "/up/+")]
     raise AccessError("unknown role %r (one of %s)" % (role, ", ".join(ROLES)))
 
 
@@ -295,12 +352,33 @@ def find_dynsec_plugin() -> str | None:
     return None
 
 
-_DYNSEC_KINDS = {SEND: "publishClientSend", RECEIVE: "publishClientReceive", SUBSCRIBE: "subscribePattern"}
+_DYNSEC_KINDS = {SEND: "publishClientSend", RECEIVE: "publishClientReceive", SUBSCRIBE: "subscribePattern",
+                 SUBSCRIBE_NAME: "subscribePattern"}
 
 
 def _dynsec_acls(allowances: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
-    """The plugin's ACL entries of ``rules``' (kind, topic filter) allowances."""
-    return [{"acltype": _DYNSEC_KINDS[kind], "topic": topic, "allow": True} for kind, topic in allowances]
+    """The plugin's ACL entries of ``rules``' (kind, topic filter) allowances. ``subscribe-name``: the
+    pattern allowed and the filter itself (its only form with a wildcard the pattern covers) denied, which
+    the plugin checks before the patterns."""
+    out = []
+    for kind, topic in allowances:
+        out.append({"acltype": _DYNSEC_KINDS[kind], "topic": topic, "allow": True, "priority": 0})
+        if kind == SUBSCRIBE_NAME:
+            out.append({"acltype": "subscribeLiteral", "topic": topic, "allow": False, "priority": 0})
+    return out
+
+
+def _bound_client_id(username: str, account: dict[str, Any]) -> str | None:
+    """The client id an account must use (its username), None for the shared anonymous account."""
+    return None if account.get("role") == ANON_ROLE else username
+
+
+def _dynsec_client(username: str, account: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    client = {"username": username, **fields, "roles": [{"rolename": username}]}
+    clientid = _bound_client_id(username, account)
+    if clientid is not None:
+        client["clientid"] = clientid
+    return client
 
 
 def _acl_set(acls: Iterable[dict[str, Any]]) -> set[tuple[Any, Any, bool]]:
@@ -511,6 +589,13 @@ class SiteAccess:
         self.apply_live([("disable" if disabled else "enable", username, None)])
         return True
 
+    def anon_accounts(self, gateways: int = 1) -> None:
+        """The accounts of anonymous sessions (made only when the site turns them on): the one anonymous
+        devices share, each gateway process's fog service and the cloud side's."""
+        self.add_many([(anon_username(self.site), ANON_ROLE, None, None),
+                       (anon_cloud_username(self.site), "anon-cloud", None, None)]
+                      + [(anon_fog_username(self.site, i), "anon-fog", None, None) for i in range(1, gateways + 1)])
+
     def site_accounts(self, gateways: int = 1, broker_admin: bool = True) -> None:
         """The accounts every site has: its gateway processes, the consumer and (``broker_admin``: for the
         mosquitto started here) the broker admin."""
@@ -524,13 +609,10 @@ class SiteAccess:
         """The dynamic security plugin's config for the accounts (one role per account)."""
         clients, roles = [], []
         for username, a in sorted(self.load().items()):
-            clients.append({"username": username, "clientid": username, "password": a["hash"], "salt": a["salt"],
-                            "iterations": a["iterations"], "disabled": bool(a.get("disabled")),
-                            "roles": [{"rolename": username}]})
-            roles.append({"rolename": username, "acls": [
-                {"acltype": _DYNSEC_KINDS[kind], "topic": topic, "allow": True, "priority": 0}
-                for kind, topic in rules(a.get("site", self.site), username, a["role"], a.get("device"),
-                                         a.get("pairs", ()))]})
+            clients.append(_dynsec_client(username, a, password=a["hash"], salt=a["salt"], iterations=a["iterations"],
+                                          disabled=bool(a.get("disabled"))))
+            roles.append({"rolename": username, "acls": _dynsec_acls(
+                rules(a.get("site", self.site), username, a["role"], a.get("device"), a.get("pairs", ())))})
         return {"defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
                                      "unsubscribe": True},
                 "clients": clients, "groups": [], "roles": roles}
@@ -606,8 +688,8 @@ class SiteAccess:
                 commands += [{"command": "deleteClient", "username": username},
                              {"command": "deleteRole", "rolename": username},
                              {"command": "createRole", "rolename": username, "acls": acls},
-                             {"command": "createClient", "username": username, "password": password,
-                              "clientid": username, "roles": [{"rolename": username}]}]
+                             {"command": "createClient",
+                              **_dynsec_client(username, a, password=password)}]
             else:
                 commands.append({"command": op + "Client", "username": username})
         return commands
@@ -710,15 +792,14 @@ class SiteAccess:
             elif _acl_set(role.get("acls", [])) != _acl_set(acls):
                 commands.append({"command": "modifyRole", "rolename": username, "acls": acls})
             if client is None:
-                commands.append({"command": "createClient", "username": username, "password": password,
-                                 "clientid": username, "roles": [{"rolename": username}]})
+                commands.append({"command": "createClient", **_dynsec_client(username, a, password=password)})
                 if a.get("disabled"):
                     commands.append({"command": "disableClient", "username": username})
                 counts["made"] += 1
                 continue
             modify: dict[str, Any] = {}
-            if client.get("clientid") != username:
-                modify["clientid"] = username
+            if client.get("clientid") != _bound_client_id(username, a):
+                modify["clientid"] = _bound_client_id(username, a) or ""
             if [r.get("rolename") for r in client.get("roles", [])] != [username]:
                 modify["roles"] = [{"rolename": username}]
             if client.get("groups"):
