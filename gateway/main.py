@@ -15,7 +15,9 @@ The config (JSON, or TOML when the name ends in .toml)::
       "limits": {"rate_per_s": 10, "burst": 20, ...},
       "batch": {"max": 256, "interval_ms": 100},
       "http": {"host": "127.0.0.1", "port": 8080},
-      "verify_threads": 2
+      "verify_threads": 2,
+      "anon": {"fog_key": "keys/anon-fog.key", "cloud_public": "<hex key>", "store": "anon-fog.sqlite",
+               "client_id": "ll-anonfog-plant-1-1", "credentials": "broker/credentials/ll-anonfog-plant-1-1.json"}
     }
 
 Key files hold a hex private key (as written by ``ledgerlink.ledger.cluster``); ``identity`` is the
@@ -37,6 +39,13 @@ Several gateway processes of one site on one host share the load: give them the 
 ``store`` file and ``mqtt.shared``, and each its own stable ``mqtt.client_id`` (it names the process's
 rows in the shared store, so a restarted process anchors what it had accepted). Sessions opened
 through one process are then known to all, and a sequence number is accepted once across them.
+
+``anon`` (optional) runs the fog's anonymous-session service (``ledgerlink.gateway.anon_mqtt``, docs/protocol.md
+"Anonymous sessions") on its own MQTT connection (``client_id``, ``credentials``, the ``mqtt`` host, port and
+TLS): ``fog_key`` is its request key (devices encrypt to its public key; the file must be mode 0600, else
+the gateway does not start), ``cloud_public`` the cloud side's escrow public key (hex, compressed), ``store``
+its primaryHash and replay tables (SQLite, shared by the site's gateway processes); it signs spends and
+grants with the ``identity`` key.
 
 ``LEDGERLINK_PROFILE_DIR=DIR`` writes a cProfile of the gateway's threads to ``DIR/gateway-<pid>.prof`` at exit
 (times are the threads' CPU time, so waits for the GIL, locks and sockets do not count).
@@ -131,6 +140,45 @@ def build(cfg: dict[str, Any]) -> MqttGateway:
                        login=login and {"username": login["username"], "password": login["password"]}, tls=tls)
 
 
+def start_anon(cfg: dict[str, Any], gw: MqttGateway) -> Any:
+    """The fog's anonymous-session service of ``cfg["anon"]``, started (None without it); SystemExit when
+    its key file is readable by others than the owner or the escrow key is not a P-256 point."""
+    a = cfg.get("anon")
+    if not a:
+        return None
+    from ledgerlink.core import p256
+    from ledgerlink.core.errors import LedgerlinkError
+    from ledgerlink.gateway.anon_fog import AnonFog, AnonService, AnonStore
+    from ledgerlink.gateway.anon_mqtt import AnonMqtt
+    from ledgerlink.gateway.mqtt_client import MqttClient
+    from ledgerlink.ledger.client import LedgerClient
+
+    key_path = _path(cfg, a["fog_key"])
+    if os.stat(key_path).st_mode & 0o077:
+        raise SystemExit("anon.fog_key %s must be mode 0600 (it opens every anonymous request)" % key_path)
+    try:
+        cloud_public = bytes.fromhex(a["cloud_public"])
+        p256.decode_point(cloud_public)
+    except (ValueError, LedgerlinkError):
+        raise SystemExit("anon.cloud_public must be the cloud's escrow public key (P-256 point, hex)") from None
+    core = gw.service.core
+    fog = AnonFog(gw.site, core.chain_id, list(core.validator_keys), _key(cfg, a["fog_key"]), core.keys.identity,
+                  cloud_public, None, AnonStore(str(_path(cfg, a.get("store", "anon-fog.sqlite")))), os.urandom)
+    mq = cfg.get("mqtt", {})
+    login = json.loads(_path(cfg, a["credentials"]).read_text()) if "credentials" in a else {}
+    tls = None
+    if "tls" in mq:
+        from ledgerlink.tools.broker_access import client_tls_context
+
+        tls = client_tls_context(*(_path(cfg, mq["tls"][k]) for k in ("ca", "cert", "key") if k in mq["tls"]))
+    client = MqttClient(mq.get("host", "127.0.0.1"), int(mq.get("port", 1883)), a["client_id"],
+                        username=login.get("username"), password=login.get("password"), tls=tls)
+    service = AnonMqtt(AnonService(fog, LedgerClient(_path(cfg, cfg["ledger"]["cluster"]))), client).start()
+    client.start()
+    log.info("anonymous sessions: fog request key %s", fog.public_key.hex())
+    return service
+
+
 def _profiled(run: Any, path: str) -> None:
     """``run()`` with the threads it starts profiled too (one profile per thread, merged into ``path``)."""
     import cProfile
@@ -215,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(sig, lambda *_: gw.stop())
     log.info("gateway %s of site %s starting", gw.service.core.gateway_name, gw.site)
     dashboard = start_for(gw, cfg)
+    anon = start_anon(cfg, gw)
     prof_dir = os.environ.get("LEDGERLINK_PROFILE_DIR")
     try:
         if prof_dir:
@@ -224,6 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if dashboard is not None:
             dashboard.stop()
+        if anon is not None:
+            anon.stop()
+            anon.client.stop()
+            anon.service.ledger.close()
         gw.ledger.close()
         gw.service.store.close()
     log.info("gateway stopped")

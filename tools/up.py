@@ -17,7 +17,11 @@ config file (JSON, or TOML when the name ends in .toml; relative paths are relat
                                                        # peer ports base_port+i, client ports base_port+1000+i
       "gateway": {"http_host": "127.0.0.1", "http_port": 8080, "limits": {}, "batch": {}, "processes": 1},
                                                        # processes: gateways sharing the subscription and store
-      "admin_key": "admin.key"                         # the genesis admin's key (default: made in data_dir)
+      "admin_key": "admin.key",                        # the genesis admin's key (default: made in data_dir)
+      "anon": {"enabled": true, "cloud_public": "<hex>", "fog_key": "anon-fog.key"}
+                                                       # anonymous sessions (off by default): the cloud side's
+                                                       # escrow public key; the fog's request key file (0600;
+                                                       # default: made in data_dir/ledger/keys)
     }
 
 The broker started is chosen by ``--broker``: mosquitto, embedded (``ledgerlink.tools.mqtt_broker``, in
@@ -49,6 +53,12 @@ The dashboard asks for the token in ``data_dir/dashboard.token``. Secret files a
 and ACLs when it is a mosquitto with the dynamic security plugin and ``broker.admin_login`` names a file
 with one of its admins' login (``SiteAccess.sync_external``); otherwise it prints once what the operator
 must set up there (``broker_access.external_advice``).
+
+Anonymous sessions (docs/protocol.md) are off unless ``anon.enabled`` is true. Then ``up`` also makes the
+broker accounts of anonymous sessions (``SiteAccess.anon_accounts``: the login anonymous devices share, limited
+to ``ll/S/anon``, one for each gateway's fog service and one for the cloud side) and each gateway process runs
+the fog's service (``ledgerlink.gateway.main``'s ``anon``) with the fog request key and the configured escrow
+public key; the summary prints the fog's request key and where the shared login is.
 """
 
 from __future__ import annotations
@@ -79,11 +89,14 @@ CLIENT_PORT_OFFSET = 1000
 MAX_GATEWAY_PROCESSES = 16
 SUPERVISE_S = 0.25             # how often the parts are looked at
 KNOWN = {
-    "": ("data_dir", "site", "broker", "ledger", "gateway", "admin_key"),
+    "": ("data_dir", "site", "broker", "ledger", "gateway", "admin_key", "anon"),
     "broker": ("host", "port", "tls_port", "external", "admin_login", "tls_ca"),
     "ledger": ("nodes", "host", "base_port", "chain_id"),
     "gateway": ("http_host", "http_port", "limits", "batch", "processes"),
+    "anon": ("enabled", "cloud_public", "fog_key"),
 }
+ANON_FOG_KEY = "anon-fog.key"      # in data_dir/ledger/keys unless anon.fog_key names a file
+ANON_STORE = "anon-fog.sqlite"
 
 
 class ConfigError(Exception):
@@ -147,6 +160,20 @@ class UpConfig:
         self.admin_key_given = admin is not None
         self.admin_key_path = (_resolve(base, admin) if admin is not None
                                else self.data_dir / "ledger" / "keys" / "admin.key")
+        anon = _section(raw, "anon")
+        self.anon = anon.get("enabled", False)
+        if type(self.anon) is not bool:
+            raise ConfigError("anon.enabled must be true or false, not %r" % (self.anon,))
+        self.anon_cloud_public: bytes | None = None
+        if self.anon:
+            try:
+                self.anon_cloud_public = bytes.fromhex(_text(anon, "cloud_public", None, "anon.cloud_public"))
+                p256.decode_point(self.anon_cloud_public)
+            except (ValueError, LedgerlinkError):
+                raise ConfigError("anon.cloud_public must be the cloud side's escrow public key: a P-256 point in "
+                                  "hex") from None
+        self.anon_fog_key = (_resolve(base, _text(anon, "fog_key", None, "anon.fog_key")) if "fog_key" in anon
+                             else self.data_dir / "ledger" / "keys" / ANON_FOG_KEY)
 
     @property
     def ledger_dir(self) -> Path:
@@ -295,6 +322,11 @@ def preflight(cfg: UpConfig, broker: str | None = None) -> dict[str, Any] | None
     if cfg.data_dir.exists() and not cfg.data_dir.is_dir():
         raise ConfigError("data_dir %s is not a directory" % cfg.data_dir)
     existing = _existing_cluster(cfg)
+    if cfg.anon and cfg.anon_fog_key.exists():
+        read_key(cfg.anon_fog_key, "anon.fog_key")
+        if cfg.anon_fog_key.stat().st_mode & 0o077:
+            raise ConfigError("anon.fog_key %s is readable by others than its owner: chmod 600 it (it opens every "
+                              "anonymous request)" % cfg.anon_fog_key)
     if cfg.admin_key_given and not cfg.admin_key_path.exists():
         if existing is not None:            # the ledger's admin exists already: a new key would not be it
             raise ConfigError("admin key file %s does not exist: this site's ledger has its admin already; "
@@ -425,6 +457,8 @@ def _make_stack_class() -> type:
             self.cfg = cfg
 
         def start(self, timeout: float = 60.0) -> None:
+            if self.cfg.anon:
+                self._anon_setup()
             if self.cfg.broker_external is None:
                 super().start(timeout)
                 return
@@ -455,8 +489,27 @@ def _make_stack_class() -> type:
             for line in lines:
                 self.progress(line)
 
+        def _anon_setup(self) -> None:
+            """The fog request key (made once, 0600) and the broker accounts of anonymous sessions, made
+            before the broker starts (nothing sent to a broker of an earlier run)."""
+            from ledgerlink.tools.broker_access import write_private
+
+            if not self.cfg.anon_fog_key.exists():
+                self.cfg.anon_fog_key.parent.mkdir(parents=True, exist_ok=True)
+                write_private(self.cfg.anon_fog_key, self.crypto.generate_private_key().hex() + "\n")
+                self.progress("made: the fog's anonymous-session request key %s (mode 0600)" % self.cfg.anon_fog_key)
+            self.access.write_runtime("starting", self.broker_host, self.broker_port)
+            self.access.anon_accounts(len(self.gateways))
+
         def _gateway_config(self, http_host: str, http_port: int, index: int = 1) -> dict:
             cfg = super()._gateway_config(http_host, http_port, index)
+            if self.cfg.anon:
+                from ledgerlink.tools.broker_access import anon_fog_username
+
+                username = anon_fog_username(self.site, index)
+                cfg["anon"] = {"fog_key": str(self.cfg.anon_fog_key), "cloud_public": self.cfg.anon_cloud_public.hex(),
+                               "store": ANON_STORE, "client_id": username,
+                               "credentials": str(self.access.credentials_path(username))}
             if self.cfg.broker_external is not None and self.cfg.broker_tls_ca is not None:
                 cfg["mqtt"]["tls"] = {"ca": str(self.cfg.broker_tls_ca)}
             return cfg
@@ -518,6 +571,16 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
     lines.append("dashboard: %s (metrics at %smetrics; log in with the token in %s)"
                  % (stack.dashboard_url, stack.dashboard_url, cfg.data_dir / "dashboard.token")
                  if stack.dashboard_url else "dashboard: not started (see the gateway log)")
+    if cfg.anon:
+        from ledgerlink.tools.broker_access import anon_cloud_username, anon_username
+
+        lines.append("anonymous sessions: on; fog request key %s, escrow key %s; devices share the login %s and "
+                     "connect with a fresh client id per session; the cloud side's login %s"
+                     % (be.public_key(read_key(cfg.anon_fog_key, "anon.fog_key"), True).hex(),
+                        cfg.anon_cloud_public.hex(), stack.access.credentials_path(anon_username(cfg.site)),
+                        stack.access.credentials_path(anon_cloud_username(cfg.site))))
+    else:
+        lines.append("anonymous sessions: off (anon.enabled)")
     lines.append("processes: %s" % " ".join(str(p) for p in stack.pids()))
     return lines
 
