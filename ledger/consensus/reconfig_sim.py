@@ -18,8 +18,9 @@ Invariants checked on every run:
             H, the new one from H), and its header names that set; no non-Byzantine replica holds
             an equivocation proof against a non-Byzantine validator;
   change    the change is recorded and every live honest validator of the new set switches;
-  liveness  transactions submitted after the heal are committed by every live honest validator of
-            the new set (the new node included) within ``LIVENESS_BOUND_MS``.
+  liveness  transactions submitted after the heal, once the new set is in force, are committed by
+            every live honest validator of the new set (the new node included) within
+            ``LIVENESS_BOUND_MS``. Site traffic goes on between the change's record and H.
 
 ``python3 -m ledgerlink.ledger.consensus.reconfig_sim --seeds 0:1000`` runs seeds 0..999 and prints
 a summary (failing seeds, kinds, messages); ``--seed N --trace`` prints one schedule.
@@ -46,6 +47,8 @@ from ledgerlink.protocol import ledger_tx
 TICK_MS = 25
 LIVENESS_BOUND_MS = 20000
 RESUBMIT_MS = 1500          # the operator submits the change again (with a later H) while none is recorded
+FILLER_MS = 200             # site traffic between the change's record and H
+LIVENESS_TXS = 3
 CHANGES = ("replace", "add", "remove")
 CHAIN_ID = "sim-reconfig"
 
@@ -216,6 +219,7 @@ class Simulation:
         self.dead_at = self.rnd.randint(0, sc.heal_ms // 2) if sc.leaving == "dead" else None
         self.change_height: int | None = None          # H of the recorded change, from the first honest commit
         self.submitted_change = -10 ** 9
+        self.filled_at = -10 ** 9
         self.tx_count = 0
         self.liveness: set[bytes] = set()
         self.committed: dict[int, tuple[bytes, str]] = {}
@@ -342,13 +346,23 @@ class Simulation:
             if node.up and node.replicas:
                 self._effects(j, node.replicas[0], node.replicas[0].submit(tx, self.now))
 
+    def _top(self) -> int:
+        return max(r.height for n in self.nodes if self._honest(n) for r in n.replicas)
+
+    def _in_force(self) -> bool:
+        """The new set signs blocks: an honest replica is at or above H."""
+        return self.change_height is not None and self._top() >= self.change_height
+
     def _operator(self) -> None:
-        """Submit the change (again) while no honest replica has recorded it; a register tx now and then."""
+        """Submit the change (again) while no honest replica has recorded it; once it is recorded, site
+        traffic goes on (a register tx every ``FILLER_MS``) until the new set is in force."""
+        honest = [j for j in self._node_ids() if self._honest(self.nodes[j])]
         if self.change_height is None and self.now - self.submitted_change >= RESUBMIT_MS:
             self.submitted_change = self.now
-            top = max(r.height for n in self.nodes if self._honest(n) for r in n.replicas)
-            tx = self._change_tx(top + 1 + self.sc.ahead)
-            self._submit(tx, [j for j in self._node_ids() if self._honest(self.nodes[j])])
+            self._submit(self._change_tx(self._top() + 1 + self.sc.ahead), honest)
+        elif self.change_height is not None and self.now - self.filled_at >= FILLER_MS and not self._in_force():
+            self.filled_at = self.now
+            self._submit(self._register_tx(), [self.rnd.choice(honest)])
 
     # --- run --------------------------------------------------------------------------------------
 
@@ -357,8 +371,8 @@ class Simulation:
         for t in range(0, sc.heal_ms + 500, 150):
             self._push(t, 2, None)                              # register traffic
         live_at = sc.heal_ms + 1000
-        for k in range(3):
-            self._push(live_at + 200 * k, 3, None)              # liveness transactions
+        for k in range(LIVENESS_TXS):
+            self._push(live_at + 200 * k, 3, None)              # liveness transactions, once the new set is in force
         for t in range(0, live_at + LIVENESS_BOUND_MS, TICK_MS):
             self._push(t, 0, None)
         end = live_at + LIVENESS_BOUND_MS
@@ -389,6 +403,9 @@ class Simulation:
                     if node.kind == "twin" and node.up:
                         self._effects(j, node.replicas[1], node.replicas[1].submit(self._register_tx(), self.now))
             elif kind == 3:
+                if not self._in_force():
+                    self._push(self.now + FILLER_MS, 3, None)   # liveness is asked of the new set
+                    continue
                 tx = self._register_tx()
                 self.liveness.add(tx)
                 self._submit(tx, [j for j in self._node_ids() if self._in_new_set(self.nodes[j])])
@@ -418,7 +435,7 @@ class Simulation:
         return [n for n in self.nodes if self._honest(n) and self._in_new_set(n) and n.up]
 
     def _live_done(self) -> bool:
-        return all(self.liveness <= self.live_commits.get(n.name, set()) for n in self._new_set_nodes())
+        return len(self.liveness) == LIVENESS_TXS and all(self.liveness <= self.live_commits.get(n.name, set()) for n in self._new_set_nodes())
 
     def _final_checks(self) -> None:
         twins = {n.index for n in self.nodes if n.kind == "twin"}
@@ -435,7 +452,7 @@ class Simulation:
             if rep.height + 1 < self.change_height or not rep.member:
                 self.violations.append("change: %s did not switch (height %d, H %d)"
                                        % (node.name, rep.height, self.change_height))
-            if not self.liveness <= self.live_commits.get(node.name, set()):
+            if len(self.liveness) < LIVENESS_TXS or not self.liveness <= self.live_commits.get(node.name, set()):
                 self.violations.append("liveness: %s did not commit the transactions after the heal (height %d)"
                                        % (node.name, rep.height))
 
