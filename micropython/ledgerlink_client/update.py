@@ -175,6 +175,7 @@ class _UpdatingMQTT:
     def __init__(self, inner, updates):
         self._inner = inner
         self._updates = updates
+        self._pids = []                 # packet ids of the update messages sent: their PUBACKs stay here
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
@@ -188,7 +189,8 @@ class _UpdatingMQTT:
 
     def _send(self, messages):
         for payload in messages:
-            self._inner.publish(self._updates.topic_upd, payload, 1)
+            self._pids.append(self._inner.publish(self._updates.topic_upd, payload, 1))
+        del self._pids[:-16]
 
     def poll(self, timeout_ms=0):
         events = self._inner.poll(timeout_ms)
@@ -197,6 +199,8 @@ class _UpdatingMQTT:
         for event in events:
             if event[0] == "msg" and event[1] == u.topic_fw:
                 self._send(u.message(event[2]))
+            elif event[0] == "puback" and event[1] in self._pids:
+                self._pids.remove(event[1])
             else:
                 kept.append(event)
         self._send(u.tick())
@@ -247,7 +251,8 @@ class Updates:
             self._on_result(result)
         if getattr(result, "valid", False) and any(e["trial"] for e in self.agent.running().values()):
             self.agent.checked_in()
-            self.device.mqtt and self.device.mqtt.publish(self.topic_upd, self.client.status(), 1)
+            if self.device.mqtt is not None:
+                self.device.mqtt._send([self.client.status()])
 
 
 def attach(device, device_class, directory="/upd", config_path=None, app_prefix=None, firmware=False,

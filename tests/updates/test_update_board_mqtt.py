@@ -1,0 +1,112 @@
+"""The board client with updates attached (ledgerlink_client.update) on board32, over its own TCP to a real
+mosquitto: the site's UpdateService offers a config release, the board checks and installs it, reports
+the version it runs, and a valid receipt is its check-in."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ledgerlink.protocol.codes import IMAGE_CONFIGURATION
+from ledgerlink.tools.admin_release import UpdateService, write_release
+from ledgerlink.tools.board_runtime import Board
+from ledgerlink.tools.deploy import load_profile
+from tests.micropython.test_client_in_vm import Broker, free_port
+from tests.updates.site import DEVICE_CLASS, ReleaseSite, offer_digest
+
+SITE = "plant-9"
+KEY = bytes(31) + b"\x2a"
+CONFIG = b'{"interval_s": 4, "threshold": 30}' * 50         # 1,750 bytes
+
+
+PROGRAM = r"""
+import json, os
+from ledgerlink_client import device, mqtt, transport, update
+
+class Valid:
+    valid = True
+
+def factory():
+    return mqtt.MQTTClient(transport.open_stream('127.0.0.1', %(port)d, None), 'll-board', keepalive=30)
+
+setup = json.loads(open(INPUT + '/setup.json').read())
+cfg = {'site': %(site)r, 'mode': 'signed', 'identity_key': bytes.fromhex(setup['key']),
+       'chain_id': setup['chain'], 'validators': [bytes.fromhex(k) for k in setup['validators']]}
+client = device.DeviceClient(cfg, factory)
+root = INPUT + '/dev'
+os.mkdir(root)
+u = update.attach(client, %(cls)r, root + '/upd', config_path=root + '/config.json')
+installed = False
+for i in range(600):
+    client.step(50)
+    try:
+        os.stat(root + '/config.json')
+        installed = True
+        break
+    except OSError:
+        pass
+running = u.agent.running()
+out = {'installed': installed, 'config': open(root + '/config.json').read() if installed else None,
+       'trial': running.get(2, {}).get('trial'), 'sequence': running.get(2, {}).get('sequence'),
+       'digest': (running.get(2, {}).get('digest') or b'').hex(), 'old_kept': 'config.json.old' in os.listdir(root)}
+client.on_result(Valid())                   # the first valid receipt after the new config: its check-in
+for i in range(10):
+    client.step(50)
+out['trial_after_check_in'] = u.agent.running()[2]['trial']
+client.close()
+print(json.dumps(out))
+"""
+
+
+def run_board(tmp_path: Path, heap: int) -> tuple[dict, object, dict, bytes]:
+    """(the board's output, its run result, the service's versions, the offer) of one run at ``heap``."""
+    site = ReleaseSite()
+    offer = site.release(CONFIG, IMAGE_CONFIGURATION, 3, version="c-3", chunk_size=512)
+    write_release(tmp_path / "releases", offer, CONFIG)
+    broker = Broker(free_port())
+    broker.start()
+    service = UpdateService("127.0.0.1", broker.port, SITE, tmp_path / "releases")
+    service.start()
+    setup = tmp_path / "setup.json"
+    setup.write_text(json.dumps({"key": KEY.hex(), "chain": site.chain_id, "validators": [k.hex() for k in site.keys]}))
+    try:
+        with Board("romfs", heap_bytes=heap, files={"setup.json": setup}, workdir=tmp_path / "b") as board:
+            out, result = board.run_json_result(PROGRAM % {"port": broker.port, "site": SITE, "cls": DEVICE_CLASS},
+                                                timeout=120)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+                row.get("config", {}).get("trial") is False for row in service.versions().values()):
+            time.sleep(0.05)
+        versions = service.versions()
+    finally:
+        service.stop()
+        broker.stop()
+    return out, result, versions, offer
+
+
+def test_board_client_takes_a_release_over_mqtt(tmp_path):
+    out, result, versions, offer = run_board(tmp_path, load_profile("esp32")["memory"]["heap_bytes"])
+    assert out["installed"] and out["config"] == CONFIG.decode()
+    assert out["sequence"] == 3 and out["trial"] is True and out["old_kept"] is False
+    assert bytes.fromhex(out["digest"]) == offer_digest(offer)
+    assert out["trial_after_check_in"] is False
+    assert list(versions.values()) == [{"config": {"running": 3, "version": "c-3", "trial": False, "accepted": 3,
+                                                   "latest": 3}}]
+    assert result.peak_live < result.heap_bytes
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    low, high = 32 * 1024, 110 * 1024
+    while high - low > 1024:
+        mid = (low + high) // 2
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                ok = run_board(Path(tmp), mid)[0]["installed"]
+            except Exception:       # noqa: BLE001 - MemoryError on the board
+                ok = False
+        low, high = (low, mid) if ok else (mid, high)
+    print("board32 romfs: a board client installs a config release over MQTT at %d KB heap, not at %d KB"
+          % (high // 1024, low // 1024))
