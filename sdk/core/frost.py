@@ -595,7 +595,45 @@ def _decode_broadcast(item, t, context):
     return dealer, points
 
 
+# (key of a broadcast set, {dealer: points}, (verifying shares, group key) or None): the last set checked,
+# so the participants of a DKG run in one process check the proofs and derive the public keys once
+_last_dkg = [None]
+
+
+def _broadcasts_key(state, broadcasts):
+    """A digest that names a well-shaped broadcast set one to one (fields length-checked and prefixed),
+    or None (the full check then says what is wrong)."""
+    if not isinstance(broadcasts, (list, tuple)):
+        return None
+    digest = hashlib.sha256(bytes((state.n, state.t)) + _sha256(state.context))
+    for item in broadcasts:
+        if not isinstance(item, (list, tuple)) or len(item) != 4 or not isinstance(item[1], (list, tuple)):
+            return None
+        index = item[0]
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 < index <= MAX_PARTICIPANTS:
+            return None
+        fields = list(item[1]) + [item[2], item[3]]
+        lengths = [POINT_LEN] * len(item[1]) + [POINT_LEN, SCALAR_LEN]
+        if any(not isinstance(f, (bytes, bytearray)) or len(f) != size for f, size in zip(fields, lengths)):
+            return None
+        digest.update(bytes((index, len(item[1]))))
+        for f in fields:
+            digest.update(f)
+    return digest.digest()
+
+
 def _decode_broadcasts(state, broadcasts):
+    key = _broadcasts_key(state, broadcasts)
+    last = _last_dkg[0]
+    if key is not None and last is not None and last[0] == key:
+        return last[1]
+    out = _check_broadcasts(state, broadcasts)
+    if key is not None:
+        _last_dkg[0] = (key, out, None)
+    return out
+
+
+def _check_broadcasts(state, broadcasts):
     if not isinstance(broadcasts, (list, tuple)):
         raise InvalidMessage("broadcasts must be a list")
     out = {}
@@ -650,20 +688,37 @@ def dkg_finish(state, broadcasts, shares_for_me):
         share = shares_for_me[dealer]
         if not isinstance(share, int) or isinstance(share, bool) or not 0 <= share < N:
             raise DealerError(dealer, "share is not an integer below n")
-        if p256.mul_vartime(share, p256.G) != _commitment_eval(decoded[dealer], state.index):
-            raise DealerError(dealer, "share does not match its commitments")
         total = (total + share) % N
-    if total == 0:
-        raise InvalidMessage("the signing share is zero; run the DKG again")
+    verifying, group_key = _public_keys(state, broadcasts, decoded)
+    # One check for all shares: sum_j f_j(i) * G == sum_j sum_k i^k C_jk, the verifying share of i;
+    # only when it fails is each share checked, to name its dealer. Shares are secret: multiplied by
+    # p256.base_mult alone.
+    if total == 0 or verifying_share(total) != verifying[state.index]:
+        for dealer in expected:
+            if _share_point(shares_for_me[dealer]) != _commitment_eval(decoded[dealer], state.index):
+                raise DealerError(dealer, "share does not match its commitments")
+        raise InvalidMessage("the signing share is zero or does not match the verifying shares; run the DKG again")
+    state.coefficients = None
+    return total, verifying, group_key
+
+
+def _share_point(share):
+    return None if share == 0 else p256.base_mult(share)
+
+
+def _public_keys(state, broadcasts, decoded):
+    """(verifying shares {j: bytes33}, group key) of a checked broadcast set, derived once per set."""
+    key = _broadcasts_key(state, broadcasts)
+    last = _last_dkg[0]
+    if key is not None and last is not None and last[0] == key and last[2] is not None:
+        return last[2]
     summed = []
     for k in range(state.t):
         acc = None
         for dealer in decoded:
             acc = p256.add_vartime(acc, decoded[dealer][k])
         summed.append(acc)
-    group_key = point_bytes(summed[0])
-    verifying = {j: point_bytes(_commitment_eval(summed, j)) for j in range(1, state.n + 1)}
-    if verifying[state.index] != verifying_share(total):
-        raise InvalidMessage("the signing share does not match the verifying shares")
-    state.coefficients = None
-    return total, verifying, group_key
+    keys = ({j: point_bytes(_commitment_eval(summed, j)) for j in range(1, state.n + 1)}, point_bytes(summed[0]))
+    if key is not None:
+        _last_dkg[0] = (key, decoded, keys)
+    return keys
