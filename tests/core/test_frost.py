@@ -408,3 +408,21 @@ def test_nonces_are_not_kept_in_a_backend_key_cache():
     assert not secrets & set(cache)
     state, _ = frost.dkg_round1(1, 3, 2, seeded_rng(22))
     assert not {frost.scalar_bytes(a) for a in state.coefficients} & set(cache)
+
+
+def test_dkg_shares_never_meet_variable_time_multiplication(monkeypatch):
+    """Received shares are secret: only p256.base_mult (fixed operation sequence) multiplies them."""
+    rng = seeded_rng(31)
+    states, broadcasts = {}, []
+    for i in range(1, 5):
+        states[i], b = frost.dkg_round1(i, 4, 3, rng, context=b"vt")
+        broadcasts.append(b)
+    outgoing = {i: frost.dkg_round2(states[i], broadcasts) for i in states}
+    secrets = {outgoing[j][i] for i in states for j in states if j != i}
+    scalars = []
+    real_mul, real_mul_add = p256.mul_vartime, p256.mul_add_vartime
+    monkeypatch.setattr(p256, "mul_vartime", lambda k, q: scalars.append(k) or real_mul(k, q))
+    monkeypatch.setattr(p256, "mul_add_vartime", lambda a, b, q: scalars.extend((a, b)) or real_mul_add(a, b, q))
+    for i in states:
+        frost.dkg_finish(states[i], broadcasts, {j: outgoing[j][i] for j in states if j != i})
+    assert not secrets & set(scalars)
