@@ -61,6 +61,7 @@ print(json.dumps(report))
 """
 
 
+@pytest.mark.slow
 def test_board_is_either_side_of_a_peer_session(site, tmp_path):
     pb, b_id = site.register({"type": "carding-machine", "line": "MP"})
     pa, a_id = site.register({"type": "lap-former", "line": "MP"})

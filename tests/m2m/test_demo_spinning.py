@@ -9,6 +9,7 @@ import pytest
 from ledgerlink.tools import cli, demo_spinning
 
 
+@pytest.mark.slow
 def test_spinning_scenario_with_the_board_comber(capsys):
     assert cli.main(["demo", "--scenario", "spinning", "--site", "spin", "--broker", "mosquitto"]) == 0
     out = capsys.readouterr().out
