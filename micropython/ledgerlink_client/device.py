@@ -61,35 +61,6 @@ from ledgerlink.protocol import codes, device_protocol as dp
 from ledgerlink.protocol.device_protocol import partial_iv  # noqa: F401  (part of this module's API)
 from ledgerlink.core.errors import LedgerlinkError
 
-from ledgerlink_client.queue import MemoryStorage, OfflineQueue, SeqCounter, StoredRecord
-
-DEFAULTS = {
-    "mode": "session",
-    "keepalive_s": 60,
-    "backoff_min_ms": 500,
-    "backoff_max_ms": 60000,
-    "retry_ms": 5000,
-    "max_inflight": 4,
-    "queue_bytes": 32768,
-    "queue_frames": 256,
-    "max_replies": 16,
-    "hold_bytes": 8192,
-    "hold_frames": 64,
-    "session_margin_s": 600,
-    "session_timeout_ms": 20000,
-    "max_tracked": 64,
-    "max_results": 4,
-    "ack_timeout_ms": 10000,
-    "pace_per_s": 8,
-    "pace_burst": 16,
-    "await_bytes": 16384,
-    "await_frames": 128,
-    "receipt_wait_ms": 30000,
-    "receipts_kept": 32,
-    "gc_threshold": None,
-    "header_cache": 1,
-}
-
 SESSION_FILE = "llsess"
 COMMAND_FILE = "llcmd"
 SESSION_GONE = (codes.REASON_UNKNOWN_SESSION, codes.REASON_EXPIRED_SESSION)
@@ -156,36 +127,14 @@ def _unload_session_code():
     _unload(("device_session",), "ledgerlink.protocol")
 
 
-# The default ``gc_threshold`` is this fraction of the heap (4 KB of a 64 KB heap, 7 KB of 110 KB).
-GC_THRESHOLD_SHARE = 16
-
-
-def _collect_every(n):
-    """On MicroPython, collect after every ``n`` bytes allocated (None: 1/``GC_THRESHOLD_SHARE`` of the
-    heap; 0: the port's default, when the heap is full). A collection only when the heap is full leaves
-    long-lived objects between dead ones, and a small heap then has no free 1-2 KB block for an MQTT
-    packet; collecting more often costs time (each collection scans the live heap). board32, whole
-    client cycle from ROMFS in session mode: least heap 64 KB with 1/16 of the heap, 65-66 KB with 8 KB,
-    102 KB without; an ECDSA check on a 64 KB heap takes about 1.4 times as long with 4 KB as with
-    8 KB (tests/boards/test_board_cycle.py)."""
-    import gc
-
-    if not hasattr(gc, "threshold"):
-        return
-    if n is None:
-        n = (gc.mem_free() + gc.mem_alloc()) // GC_THRESHOLD_SHARE
-    if n:
-        gc.threshold(n)
-
-
 class DeviceClient:
     """A device's link to its gateway.
 
     ``config`` (dict): "site"; "identity_key" (32 bytes) and optionally "device_id" (16 bytes, checked
     against it); "mode"; "ca_public" (fog CA key: sessions through ECQV; needed in session mode);
     "chain_id", "validators" (list of public keys) and optional "gateway_keys" ({id: key}) to check
-    receipts; optional tuning keys as in ``DEFAULTS`` ("gc_threshold": see ``_collect_every``) and
-    "client_id"; "login": the broker login ``mqtt_factory`` connects with ({"username", "password",
+    receipts; optional tuning keys as in ``device_setup.DEFAULTS`` ("gc_threshold": see
+    ``device_setup._collect_every``) and "client_id"; "login": the broker login ``mqtt_factory`` connects with ({"username", "password",
     "login_key"}: the site's broker-login public key), whose password ``key_rotated`` changes in place;
     "key_rotated": true after a rotation, when "identity_key" is the rotated key and "device_id" the id
     the device registered with.
@@ -198,86 +147,14 @@ class DeviceClient:
 
     def __init__(self, config, mqtt_factory, storage=None, rng=None, ticks_ms=None, ticks_diff=None,
                  time_ms=None, sleep_ms=None, on_reply=None, backend=None, on_result=None):
-        cfg = dict(DEFAULTS)
-        cfg.update(config)
-        self.config = cfg
-        _collect_every(cfg["gc_threshold"])
-        self.mode = cfg["mode"]
-        if self.mode != "session" and self.mode != "signed":
-            raise ValueError("mode must be 'session' or 'signed'")
-        identity = cfg.get("identity_key")
-        if "session" in cfg:
-            raise ValueError("pre-made session keys are not supported: the device opens its sessions (ca_public)")
-        if identity is None:
-            raise ValueError("an identity_key is needed")
-        if self.mode == "session" and cfg.get("ca_public") is None:
-            raise ValueError("session mode needs the fog CA key (ca_public)")
-        storage = storage if storage is not None else MemoryStorage()
-        self.storage = storage
-        self.seq = SeqCounter(storage, "llseq")
-        self.rng = rng or _default_rng
-        self.ticks_ms = ticks_ms or _ticks_ms
-        self.ticks_diff = ticks_diff or _ticks_diff
-        self.time_ms = time_ms or _time_ms
-        self.sleep_ms = sleep_ms or _sleep_ms
-        registered = cfg.get("device_id")
-        rotated = registered is not None and cfg.get("key_rotated")
-        self.protocol = dp.DeviceProtocol(
-            identity, cfg["site"], self.seq, cfg.get("chain_id"), cfg.get("validators"), cfg.get("ca_public"),
-            cfg.get("gateway_keys"), backend, self.rng, cfg["max_tracked"], None if rotated else registered,
-            cfg["header_cache"])
-        if rotated:                             # the id registered under an earlier key (``key_rotated``)
-            self.protocol.device_id = bytes(registered)
-        self.device_id = self.protocol.device_id
-        if registered is not None and bytes(registered) != self.device_id:
-            raise ValueError("device_id does not belong to the identity key")
-        self.check_receipts = cfg.get("chain_id") is not None and cfg.get("validators") is not None
-        self.topic_up = self.protocol.up_topic
-        self.topic_down = self.protocol.down_topic
-        self.client_id = cfg.get("client_id") or "ll-" + self.device_id.hex()
-        self.mqtt_factory = mqtt_factory
-        self.login = cfg.get("login")
-        self.queue = OfflineQueue(storage, "llq", cfg["queue_bytes"], cfg["queue_frames"])
-        self.held = OfflineQueue(storage, "llh", cfg["hold_bytes"], cfg["hold_frames"])
-        self.on_reply = on_reply
-        self.on_result = on_result
-        self.replies = []
-        self.receipts = []
-        self.mqtt = None
-        self.failures = 0
-        self._retry_from = None
-        self._retry_wait = 0
-        self._delivery = None
-        self._last_tx = 0
-        self._ping_sent = None
-        self._session_at = None
-        self._plain = {}            # seq -> (session id, cbor [time, measurements]) awaiting a receipt
-        self._plain_order = []
-        self.stats = {"connects": 0, "connect_failures": 0, "drops": 0, "published": 0, "retransmitted": 0,
-                      "acked": 0, "pings": 0, "bad_replies": 0, "session_requests": 0, "sessions_opened": 0,
-                      "sessions_restored": 0, "sessions_refused": 0, "receipts_valid": 0, "receipts_invalid": 0,
-                      "refused": 0, "ignored_replies": 0, "resealed": 0, "registrations_held": 0,
-                      "registrations_refused": 0, "stored": 0, "acks_invalid": 0, "refused_for_good": 0,
-                      "resent": 0, "asks": 0}
-        self._registration = None
-        self.ecqv = self.mode == "session"
-        self.protocol.open_commands(StoredRecord(storage, COMMAND_FILE), self.time_ms())
-        if self.ecqv:
-            self._restore_session()
-        _unload(SEAL_MODULES)                   # the public key's multiplication
+        from ledgerlink_client import device_setup
 
-    def _restore_session(self):
-        raw = self.storage.read(SESSION_FILE)
-        if not raw:
-            return
         try:
-            self.protocol.restore_session(raw, self.time_ms())
-        except LedgerlinkError:                 # damaged, expired, or the counter was lost or is behind
-            self.storage.remove(SESSION_FILE)
-            return
+            device_setup.start(self, config, mqtt_factory, storage, rng, ticks_ms, ticks_diff, time_ms, sleep_ms,
+                               on_reply, backend, on_result)
         finally:
-            _unload_session_code()
-        self.stats["sessions_restored"] += 1
+            _unload(("device_setup",), "ledgerlink_client")
+        _unload(SEAL_MODULES)                   # the public key's multiplication
 
     @property
     def session(self):
@@ -594,27 +471,12 @@ class DeviceClient:
         account for it (``ledgerlink.protocol.broker_login``, the site's code, with "login_key"; ECDH is
         imported for it and unloaded after) and reconnect with it at the next step. Returns
         ``login`` for the board to store."""
-        login = self.login
-        if not login or not login.get("login_key"):
-            raise ValueError("no broker login with the site's login_key: the new password cannot be computed")
-        from ledgerlink.protocol import broker_login
+        from ledgerlink_client import device_setup
 
-        protocol = self.protocol
-        priv = bytes(identity_key)
-        public_key = protocol.crypto.public_key(priv, True)
-        user = broker_login.username(self.device_id)
-        login_key = login["login_key"]
-        login["password"] = broker_login.password(priv, bytes.fromhex(login_key) if isinstance(login_key, str)
-                                                  else login_key, user, protocol.crypto)
-        login["username"] = user
-        protocol._priv = priv
-        protocol.public_key = public_key
-        _unload(KEY_ROTATION_MODULES)
-        _unload(("broker_login",), "ledgerlink.protocol")
-        self._drop(self.ticks_ms())             # the old password's connection (the broker ends it too)
-        self._retry_wait = 0
-        self.failures = 0
-        return login
+        try:
+            return device_setup.key_rotated(self, identity_key)
+        finally:
+            _unload(("device_setup",), "ledgerlink_client")
 
     def close(self):
         if self.mqtt is not None:

@@ -43,25 +43,17 @@ def _bit(key, depth):
     return (key[depth >> 3] >> (7 - (depth & 7))) & 1
 
 
-def _leading_zeros():
-    out = bytearray(256)
-    for x in range(256):
-        n = 0
-        while n < 8 and not (x << n) & 0x80:
-            n += 1
-        out[x] = n
-    return bytes(out)
-
-
-_LZ = _leading_zeros()
-
-
 def _first_diff(a, b):
     """Index of the first bit where the distinct 32-byte strings a and b differ."""
     i = 0
     while a[i] == b[i]:
         i += 1
-    return i * 8 + _LZ[a[i] ^ b[i]]
+    x = a[i] ^ b[i]
+    n = i * 8
+    while not x & 0x80:
+        x <<= 1
+        n += 1
+    return n
 
 
 def _is_bytes(x, n):

@@ -1,7 +1,9 @@
 """Receipt checks of ``DeviceProtocol`` (docs/protocol.md, "Receipts"), in the portable subset.
 
-Loaded when a receipt is checked; a board forgets it (with ``spv`` and ``merkle``) after each check, so
-sessions, readings and commands run without this code on the heap.
+Loaded when a receipt is checked; a board forgets it after each check, so sessions, readings and
+commands run without this code on the heap. The check loads no more than it runs at each step: the
+anchor's signature with this module alone, the header's with ``spv``, the inclusion proofs with ``merkle``
+(a board forgets ``spv`` before it loads ``merkle``).
 The functions work on the ``DeviceProtocol`` they are given (its trust anchors, sent frames and caches).
 
 Protects against a gateway or broker lying about a reading's fate: a receipt is valid only when the
@@ -13,10 +15,9 @@ tests/protocol/test_device_protocol.py and on board32 in tests/boards/test_board
 
 import hashlib
 
-from ledgerlink.core import cbor, cose, merkle
-from ledgerlink.protocol import spv
+from ledgerlink.core import cbor, cose
 from ledgerlink.protocol.device_protocol import (KIND_RECEIPT, REPLAY_SKIP_MIN, TX_ANCHOR, TX_DOMAIN, DeviceError,
-                                                 ReceiptResult, _is_hash, _sha256)
+                                                 ReceiptResult, _forget_on_boards, _is_hash, _sha256)
 from ledgerlink.core.errors import InvalidMessage
 
 
@@ -68,8 +69,11 @@ def verify(device, r, frame):
         if not _anchor_signed(device, key, sign1):
             return ReceiptResult(False, seq, frame_hash, "anchor signature does not verify")
     sign1 = body = None             # not kept alive through the header's signature checks
-    merkle.verify_inclusion(merkle.leaf_hash(frame_hash), index, size, path, root)
     height, tx_root = _certified_header(device, r[7])
+    _forget_on_boards(("ledgerlink.protocol", "spv"))
+    from ledgerlink.core import merkle     # only now: not on the heap through the signature checks
+
+    merkle.verify_inclusion(merkle.leaf_hash(frame_hash), index, size, path, root)
     merkle.verify_inclusion(merkle.leaf_hash(tx), tx_index, tx_count, tx_path, tx_root)
     if frame is None:
         del device.sent[seq]
@@ -103,6 +107,8 @@ def _certified_header(device, certified):
     for entry in device._headers:
         if entry[0] == mark:
             return entry[1]
+    from ledgerlink.protocol import spv
+
     header = spv.verify_certified_header(certified, device.chain_id, device.validator_keys, device.crypto)
     checked = (header.height, header.tx_root)
     if device.cache_size:

@@ -11,7 +11,7 @@ from ledgerlink.core import cbor, cose, p256
 from ledgerlink.core.errors import InvalidMessage, LedgerlinkError
 from ledgerlink.protocol.codes import MAX_SEQ, NONCE_LEN
 from ledgerlink.protocol.device_protocol import (SESSION_RECORD_VERSION, DeviceError, Ignored, OutFrame, Session,
-                                                 SessionOpened, _checked, _is_hash, _unchecked)
+                                                 SessionOpened, _checked, _forget_on_boards, _is_hash, _unchecked)
 
 
 class PendingSession:
@@ -113,9 +113,12 @@ def check_response(device, resp, now_ms):
         raise InvalidMessage("gateway key is not the one the certificate names")
     if not parsed.valid_at(now_ms // 1000):
         raise InvalidMessage("session certificate is not valid now")
+    valid_until = parsed.valid_until
     d_u, _ = ecqv.reconstruct(pending.secret, cert, r, device.ca_public)
+    parsed = ecqv = None            # a board forgets ECQV before the ECDH of the key derivation
+    _forget_on_boards(("ledgerlink.core", "ecqv"))
     keys = session_keys.derive(d_u, q_gw, cert, device.device_id, gw_id, device.crypto)
-    return Session(keys, gw_id, parsed.valid_until, cert), cert_tx
+    return Session(keys, gw_id, valid_until, cert), cert_tx
 
 
 def handle_response(device, resp, now_ms):
