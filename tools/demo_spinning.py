@@ -33,6 +33,7 @@ LINE = "spin-1"
 Check = tuple[str, bool, str]
 UPDATE_STEPS: list[Callable[["SpinningSite"], list[Check]]] = []
 BOARD_HEAP = 110_000
+ONLINE_S = 15.0             # an online machine answers well within this (longer: it counts as offline)
 
 COMBER_ON_BOARD = """
 import json, time
@@ -199,7 +200,7 @@ def run_scenario(site: SpinningSite, use_board: bool, progress: Callable[[str], 
     found = card.find_by({"step": "lap", "line": LINE})
     check("carding machine finds the lap former", [r.device_id for r in found] == [lap_id],
           "by attributes step=lap line=%s, record proven at height %s" % (LINE, found[0].height if found else "-"))
-    out = card.query(lap_id, "lot")
+    out = card.query(lap_id, "lot", timeout=ONLINE_S)
     check("carding machine queries the lap former", out.case == "online" and out.info.body["lot"] == sliver,
           "live answer %r" % (out.info.body if out.info else None,))
     check(*_exchange_recorded(card, out.exchange))
@@ -226,13 +227,13 @@ def run_scenario(site: SpinningSite, use_board: bool, progress: Callable[[str], 
             check("carding machine checks the board's record", rec[2] == card_id, "proven at height %s" % rec[7])
     else:
         comb = site.machine("combing machine", lot_handler([combed], "combed yarn"))
-        c_out = comb.query(card_id, "lot")
+        c_out = comb.query(card_id, "lot", timeout=ONLINE_S)
         check("combing machine (CPython: no board32 here) queries the carder",
               c_out.case == "online" and c_out.info.body["lot"] == carded, "live answer %r" % (c_out.info.body,))
         check(*_exchange_recorded(comb, c_out.exchange))
         check("combing machine records combed yarn", site.record_lot(comb, combed, "combed yarn", [carded]) == 0,
               "%s made from %s" % (combed, carded))
-        comb_out = lap.query(comb_id, "lot", timeout=10)
+        comb_out = lap.query(comb_id, "lot", timeout=ONLINE_S)
     check("lap former queries the combing machine",
           comb_out.case == "online" and comb_out.info is not None and comb_out.info.body["lot"] == combed,
           "live answer %r" % (comb_out.info.body if comb_out.info else None,))
