@@ -7,7 +7,8 @@ messages; the verified ledger height and validators; plots of accepted, refused 
 second, ledger height and commit latency over the last hour), ``/device?id=HEX`` a device's page (state,
 public key and key version from its proven ledger record, sessions, its readings plotted and listed,
 its last refusals), ``/proof?device=HEX&seq=N`` the proof explorer (the checked chain of a stored
-reading's receipt, ``ledgerlink.gateway.explorer``; ``&receipt=HEX`` checks a receipt given by the user).
+reading's receipt, ``ledgerlink.gateway.explorer``; ``&receipt=HEX`` checks a receipt given by the user),
+``/trace?lot=LOT`` a material lot's chain, every step proven (``ledgerlink.gateway.trace_page``).
 
 API: ``/api/state`` (JSON of ``GatewayMetrics.state``; the overview fetches it every 1.5 s),
 ``/api/history`` (the site series, ``ledgerlink.gateway.history``), ``/api/readings?last=N`` (the newest
