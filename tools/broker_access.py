@@ -108,6 +108,7 @@ from ledgerlink.protocol.codes import ROLE_CONTROLLER
 ROLES = ("device", "controller", "gateway", "consumer", "operator", "broker-admin", "directory", "updates", "anon",
          "anon-fog", "anon-cloud")
 ANON_ROLE = "anon"                      # the account shared by anonymous devices: no client id bound to it
+ANON_ROLES = (ANON_ROLE, "anon-fog", "anon-cloud")
 ANON_CLIENT_ID_PREFIX = "anon-"         # + 16 hex digits, fresh per session; no account's username starts so
 PBKDF2_ITERATIONS = 101                 # mosquitto's own; the passwords are random, see the module docstring
 PASSWORD_BYTES = broker_login.PASSWORD_BYTES
@@ -589,12 +590,18 @@ class SiteAccess:
         self.apply_live([("disable" if disabled else "enable", username, None)])
         return True
 
-    def anon_accounts(self, gateways: int = 1) -> None:
-        """The accounts of anonymous sessions (made only when the site turns them on): the one anonymous
-        devices share, each gateway process's fog service and the cloud side's."""
-        self.add_many([(anon_username(self.site), ANON_ROLE, None, None),
-                       (anon_cloud_username(self.site), "anon-cloud", None, None)]
-                      + [(anon_fog_username(self.site, i), "anon-fog", None, None) for i in range(1, gateways + 1)])
+    def anon_accounts(self, gateways: int = 1, enabled: bool = True) -> None:
+        """The accounts of anonymous sessions, made (or enabled again) only when the site turns them on: the
+        one anonymous devices share, each gateway process's fog service and the cloud side's; with
+        ``enabled`` false, those made before are disabled."""
+        if enabled:
+            self.add_many([(anon_username(self.site), ANON_ROLE, None, None),
+                           (anon_cloud_username(self.site), "anon-cloud", None, None)]
+                          + [(anon_fog_username(self.site, i), "anon-fog", None, None)
+                             for i in range(1, gateways + 1)])
+        for username, a in self.load().items():
+            if a["role"] in ANON_ROLES and bool(a.get("disabled")) == enabled:
+                self.set_disabled(username, not enabled)
 
     def site_accounts(self, gateways: int = 1, broker_admin: bool = True) -> None:
         """The accounts every site has: its gateway processes, the consumer and (``broker_admin``: for the

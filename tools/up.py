@@ -457,8 +457,7 @@ def _make_stack_class() -> type:
             self.cfg = cfg
 
         def start(self, timeout: float = 60.0) -> None:
-            if self.cfg.anon:
-                self._anon_setup()
+            self._anon_setup()
             if self.cfg.broker_external is None:
                 super().start(timeout)
                 return
@@ -490,10 +489,16 @@ def _make_stack_class() -> type:
                 self.progress(line)
 
         def _anon_setup(self) -> None:
-            """The fog request key (made once, 0600) and the broker accounts of anonymous sessions, made
-            before the broker starts (nothing sent to a broker of an earlier run)."""
-            from ledgerlink.tools.broker_access import write_private
+            """The fog request key (made once, 0600) and the broker accounts of anonymous sessions, made (or,
+            when the site turned them off, disabled) before the broker starts, so nothing is sent to a broker
+            of an earlier run."""
+            from ledgerlink.tools.broker_access import ANON_ROLES, write_private
 
+            if not self.cfg.anon:
+                if any(a["role"] in ANON_ROLES and not a.get("disabled") for a in self.access.load().values()):
+                    self.access.write_runtime("starting", self.broker_host, self.broker_port)
+                    self.access.anon_accounts(len(self.gateways), enabled=False)
+                return
             if not self.cfg.anon_fog_key.exists():
                 self.cfg.anon_fog_key.parent.mkdir(parents=True, exist_ok=True)
                 write_private(self.cfg.anon_fog_key, self.crypto.generate_private_key().hex() + "\n")

@@ -113,6 +113,25 @@ def test_the_anonymous_account_reaches_only_its_own_anonymous_topics(broker):
             c.close()
 
 
+def test_accounts_of_anonymous_sessions_turned_off_are_refused(tmp_path):
+    access, _ = _site(tmp_path)
+    access.anon_accounts(1, enabled=False)
+    logins = [access.login(u) for u in (anon_username(SITE), anon_fog_username(SITE, 1), anon_cloud_username(SITE))]
+    for kind in ("mosquitto", "embedded"):
+        proc, port = _start(kind, access, tmp_path)
+        try:
+            for login in logins:
+                c = _client(_Port(port), anon_client_id() if login["username"] == anon_username(SITE)
+                            else login["username"], login)
+                assert not c.accepted, (kind, login["username"])
+                c.close()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    access.anon_accounts(1)                                  # on again: the same accounts, enabled
+    assert not any(a.get("disabled") for a in access.load().values())
+
+
 def test_the_anonymous_account_takes_no_registered_client_id_on_the_embedded_broker(tmp_path):
     access, _ = _site(tmp_path)
     proc, port = _start("embedded", access, tmp_path)

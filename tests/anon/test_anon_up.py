@@ -112,3 +112,27 @@ def test_an_anonymous_session_through_a_running_site(tmp_path):
         for c in clients:
             _close(c)
         _rest(proc, q)
+
+    # turned off again: the same site starts without the fog's service and the anonymous logins are refused
+    write_config(cfg, data_dir="site", site=SITE, broker={"port": broker}, ledger={"nodes": 4})
+    proc, q, text = _start_up("--config", str(cfg), "--broker", "mosquitto")
+    try:
+        assert "anonymous sessions: off" in text
+        for username in (anon_username(SITE), anon_cloud_username(SITE)):
+            refused: queue.Queue = queue.Queue()
+            c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
+                            client_id=anon_client_id() if username == anon_username(SITE) else username)
+            login = access.login(username)
+            c.username_pw_set(login["username"], login["password"])
+            c.on_connect = lambda cl, u, f, r, p: refused.put(r.is_failure)
+            c.reconnect_delay_set(60, 60)
+            c.connect("127.0.0.1", broker)
+            c.loop_start()
+            try:
+                assert refused.get(timeout=WAIT_S), username
+            finally:
+                c.loop_stop()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        _rest(proc, q)
