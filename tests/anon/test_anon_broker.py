@@ -21,6 +21,7 @@ from tests.gateway.test_mqtt_client import MOSQUITTO, free_port, wait_port
 SITE = "plant-7"
 OTHER_DEVICE = bytes(range(16))
 GRANTED_QOS1 = 1
+CUT_OFF_S = 5.0             # the embedded broker reads the accounts every 0.2 s; mosquitto is told at once
 SENT = (0x00, 0x10)           # PUBACK success, or success with no matching subscribers
 
 
@@ -130,6 +131,28 @@ def test_accounts_of_anonymous_sessions_turned_off_are_refused(tmp_path):
             proc.wait(10)
     access.anon_accounts(1)                                  # on again: the same accounts, enabled
     assert not any(a.get("disabled") for a in access.load().values())
+
+
+@pytest.mark.parametrize("kind", ["mosquitto", "embedded"])
+def test_turning_anonymous_sessions_off_cuts_connected_anonymous_clients_off(kind, tmp_path):
+    access, _ = _site(tmp_path)
+    access.site_accounts(1)                                  # with the broker admin, which applies changes live
+    proc, port = _start(kind, access, tmp_path)
+    access.write_runtime(kind, "127.0.0.1", port)
+    clients = []
+    try:
+        anon = [_client(_Port(port), anon_client_id(), access.login(anon_username(SITE))) for _ in range(2)]
+        dev = _client(_Port(port), device_username(OTHER_DEVICE), access.login(device_username(OTHER_DEVICE)))
+        clients = anon + [dev]
+        assert all(c.accepted for c in clients)
+        access.anon_accounts(1, enabled=False)
+        assert all(c.disconnected.wait(CUT_OFF_S) for c in anon)
+        assert not dev.disconnected.is_set()
+    finally:
+        for c in clients:
+            c.close()
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_the_anonymous_account_takes_no_registered_client_id_on_the_embedded_broker(tmp_path):
