@@ -138,10 +138,11 @@ def lot_handler(lots: list[str], form: str) -> Callable:
     return handler
 
 
-def _exchange_recorded(machine: Any, exchange: Any) -> Check:
-    res = machine.record_exchange(exchange)
-    if res[2] != dsc.DIR_OK:
-        return ("communication record", False, "refused: %s" % res.get(4))
+def _exchange_recorded(machine: Any, outcome: Any) -> Check:
+    """The check of the communication record the machine left for its answered query."""
+    exchange, res = outcome.exchange, outcome.recorded
+    if res is None or res[2] != dsc.DIR_OK:
+        return ("communication record", False, "not recorded: %s" % (res or {}).get(4))
     rec = machine.communication_record(exchange.sender, exchange.digest)
     return ("communication record proven", rec[2] == exchange.receiver,
             "digest %s, %d bytes, height %s" % (exchange.digest.hex()[:16], rec[4], rec[7]))
@@ -203,7 +204,7 @@ def run_scenario(site: SpinningSite, use_board: bool, progress: Callable[[str], 
     out = card.query(lap_id, "lot", timeout=ONLINE_S)
     check("carding machine queries the lap former", out.case == "online" and out.info.body["lot"] == sliver,
           "live answer %r" % (out.info.body if out.info else None,))
-    check(*_exchange_recorded(card, out.exchange))
+    check(*_exchange_recorded(card, out))
     check("carding machine records carded yarn", site.record_lot(card, carded, "carded yarn", [sliver]) == 0,
           "%s made from %s" % (carded, sliver))
     card_lots.append(carded)
@@ -230,7 +231,7 @@ def run_scenario(site: SpinningSite, use_board: bool, progress: Callable[[str], 
         c_out = comb.query(card_id, "lot", timeout=ONLINE_S)
         check("combing machine (CPython: no board32 here) queries the carder",
               c_out.case == "online" and c_out.info.body["lot"] == carded, "live answer %r" % (c_out.info.body,))
-        check(*_exchange_recorded(comb, c_out.exchange))
+        check(*_exchange_recorded(comb, c_out))
         check("combing machine records combed yarn", site.record_lot(comb, combed, "combed yarn", [carded]) == 0,
               "%s made from %s" % (combed, carded))
         comb_out = lap.query(comb_id, "lot", timeout=ONLINE_S)

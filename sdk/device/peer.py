@@ -11,8 +11,9 @@ against the trusted validators) and talks to a partner over their pair topics wi
   the partner comes back (``QueryOutcome.later``);
 - partner online: the live information packet.
 
-Each answered exchange is recorded on the ledger (``record_exchange``: parties, time, digest of the
-frames, never their content) and its record can be fetched with its proof (``communication_record``).
+Each answered query leaves its record on the ledger before ``query`` returns (``record_exchange``:
+parties, time, digest of the frames, never their content), and the record can be fetched with its
+proof (``communication_record``).
 A ``dir-notice`` that proves a partner banned closes every session with it at once.
 Tested in tests/m2m/test_peer_devices.py against a live site with mosquitto.
 """
@@ -68,7 +69,8 @@ class Exchange:
 class QueryOutcome:
     """``case``: "online" (``info`` is the answer now) or "offline" (``history``: the partner's proven
     records, [(record kind, record id, record map)]; ``later`` is set when the queued query is answered,
-    then ``info`` holds the answer). ``exchange`` once answered."""
+    then ``info`` holds the answer). ``exchange`` once answered, and ``recorded``: the directory's answer
+    to its communication record (None when the device records none)."""
 
     def __init__(self, peer: dsc.DeviceRecord, session: ps.PeerSession, query_frame: bytes) -> None:
         self.peer = peer
@@ -78,6 +80,7 @@ class QueryOutcome:
         self.info: ps.Packet | None = None
         self.history: list[tuple[int, Any, dict]] = []
         self.exchange: Exchange | None = None
+        self.recorded: dict | None = None
         self.later = threading.Event()
 
 
@@ -85,12 +88,16 @@ class PeerDevice:
     """One device on the site's broker for discovery and peer queries.
 
     ``handler(query packet, peer id) -> (info status, body)`` answers queries from partners (default:
-    INFO_UNKNOWN_SUBJECT). ``validators``: the trusted validator keys of ``chain_id``.
+    INFO_UNKNOWN_SUBJECT). ``validators``: the trusted validator keys of ``chain_id``. ``record``: each
+    answered query of this device leaves its communication record before ``query`` returns it (False:
+    the app calls ``record_exchange`` itself).
     """
 
     def __init__(self, priv: bytes, site: str, chain_id: str, validators: list[bytes], host: str, port: int,
-                 login: dict[str, str], handler: Handler | None = None, backend: str = "cpython") -> None:
+                 login: dict[str, str], handler: Handler | None = None, backend: str = "cpython",
+                 record: bool = True) -> None:
         self.crypto = get_backend(backend)
+        self.record_exchanges = record
         self.priv = priv
         self.pub = self.crypto.public_key(priv, True)
         self.id = device_id(self.pub)
@@ -316,6 +323,11 @@ class PeerDevice:
             outcome.info = ps.decode_packet(packet) if packet is not None else None
             outcome.exchange = Exchange(self.id, peer, sid, outcome.query_frame, payload)
             self.exchanges.append(outcome.exchange)
+            if self.record_exchanges:
+                try:
+                    outcome.recorded = self.record_exchange(outcome.exchange)
+                except TimeoutError as exc:
+                    outcome.recorded = {1: 0, 2: dsc.DIR_UNAVAILABLE, 4: str(exc)}
             outcome.later.set()
         elif packet is not None:
             self._on_packet(session, ps.decode_packet(packet), payload)

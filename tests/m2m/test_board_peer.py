@@ -83,7 +83,7 @@ def test_board_is_either_side_of_a_peer_session(site, tmp_path):
         time.sleep(0.1)
     assert any(e.sender == board_id for e in b.exchanges), "the board's query did not reach the CPython device"
     out = a.query(board_id, "state", timeout=60)                  # the board answers within its serve loop
-    assert out.case == "online" and a.record_exchange(out.exchange)[2] == 0
+    assert out.case == "online" and out.recorded[2] == 0
     site.stack.ban(a_id, "test")                                   # the board ends its session with a
     run.join(timeout=120)
     assert "report" in result, "the board did not finish its part"

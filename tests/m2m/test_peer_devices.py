@@ -42,8 +42,8 @@ def test_online_partner_answers_live_and_the_exchange_is_recorded_with_proof(sit
     assert out.info.status == ps.INFO_OK and out.info.body == {"machine": "carder", "n": 1, "args": {"lot": "L-1"}}
     ex = out.exchange
     assert ex.sender == a_id and ex.receiver == b_id
-    res = a.record_exchange(ex)
-    assert res[2] == dsc.DIR_OK, res
+    assert out.recorded[2] == dsc.DIR_OK, out.recorded          # recorded before query returned
+    assert a.record_exchange(ex)[2] == dsc.DIR_REFUSED          # once
     rec = a.communication_record(a_id, ex.digest)
     assert rec[1] == a_id and rec[2] == b_id and rec[5] == ex.digest and rec[4] == ex.size
     seen_by_b = [e for e in b.exchanges if e.digest == ex.digest]
@@ -57,8 +57,9 @@ def test_tampered_record_proof_of_the_communication_is_refused(site):
     pa, a_id = site.register({"type": "lap-former", "line": "T1"})
     pb, b_id = site.register({"type": "carding-machine", "line": "T1"})
     a, _ = site.device(pa), site.device(pb, machine_state("carder"))
-    ex = a.query(b_id, "state", timeout=ONLINE_S).exchange
-    assert a.record_exchange(ex)[2] == dsc.DIR_OK
+    out = a.query(b_id, "state", timeout=ONLINE_S)
+    ex = out.exchange
+    assert out.recorded[2] == dsc.DIR_OK
     proof = a.ask(dsc.DIR_RECORD, [RECORD_COMMUNICATION, [a_id, ex.digest]])[3][0]
     rid = [a_id, ex.digest]
     dsc.verify_record(proof, site.stack.chain_id, site.stack.validators, RECORD_COMMUNICATION, rid)
