@@ -426,3 +426,25 @@ def test_dkg_shares_never_meet_variable_time_multiplication(monkeypatch):
     for i in states:
         frost.dkg_finish(states[i], broadcasts, {j: outgoing[j][i] for j in states if j != i})
     assert not secrets & set(scalars)
+
+
+
+@settings(max_examples=20, deadline=None)
+@given(dealer=st.integers(1, 4), field=st.integers(0, 4), position=st.integers(0, 32), flip=st.integers(1, 255))
+def test_any_altered_broadcast_byte_is_refused_naming_its_dealer(dealer, field, position, flip):
+    """A changed constant-term commitment or proof fails the proof of knowledge in round 2; a changed
+    higher commitment makes the dealer's shares fail in dkg_finish. Either way the dealer is named."""
+    rng = seeded_rng(41)
+    pairs = [frost.dkg_round1(i, 4, 3, rng, context=b"prop") for i in range(1, 5)]
+    states = {i: pairs[i - 1][0] for i in range(1, 5)}
+    altered = [[b[0], list(b[1]), b[2], b[3]] for _, b in pairs]
+    target = altered[dealer - 1]
+    where = (target[1], field) if field < 3 else (target, field - 1)
+    data = bytearray(where[0][where[1]])
+    data[position % len(data)] ^= flip
+    where[0][where[1]] = bytes(data)
+    receiver = dealer % 4 + 1
+    with pytest.raises(frost.DealerError) as caught:
+        outgoing = {i: frost.dkg_round2(states[i], altered) for i in states}
+        frost.dkg_finish(states[receiver], altered, {j: outgoing[j][receiver] for j in states if j != receiver})
+    assert caught.value.dealer == dealer
