@@ -242,8 +242,10 @@ class UpdateAgent:
         """Make the folder and the empty state of a new device (no update accepted yet). Where the folder
         exists, nothing is made: a state lost from it is not remade, so every update is refused (fail closed)."""
         if self.files.size(self.dir) is None:
-            self.files.mkdir(self.dir)
-            self._save({})
+            made = self.dir + ".new"                 # made whole, then renamed: a reset in between makes it again
+            self.files.mkdir(made)
+            self.files.write(made + "/state", cbor.dumps([STATE_FORMAT, {}]))
+            self.files.rename(made, self.dir)
 
     def _decode_state(self, raw):
         obj = cbor.loads(raw, max_depth=6)

@@ -344,3 +344,20 @@ def test_power_loss_at_every_write_step_of_install_and_rollback(site, tmp_path, 
             steps += 1
             fail_at += 1
     assert steps >= 12                      # offer, three chunks, commit, renames, state writes, rollback
+
+
+def test_power_loss_at_every_write_step_of_provisioning(site, tmp_path):
+    offer = site.release(NEW_CONFIG, IMAGE_CONFIGURATION, 1500)
+    fail_at = 1
+    while True:
+        root = tmp_path / ("p-%d" % fail_at)
+        root.mkdir()
+        files = FailingFiles(fail_at, fat=True)
+        lost = _run_until_loss(lambda: make_agent(site, root, files), files)
+        agent = make_agent(site, root)                 # the next start provisions again where it must
+        agent.boot(0)
+        assert install(agent, offer, NEW_CONFIG)["sequence"] == 1500
+        if not lost:
+            break
+        fail_at += 1
+    assert fail_at == 4                                 # mkdir, write, rename, then no loss
