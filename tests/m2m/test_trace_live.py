@@ -95,3 +95,8 @@ def test_dashboard_trace_page_shows_the_proved_chain_with_device_text_escaped(si
     assert html.count("verified (header") == 5
     _, _, body = Dashboard._answer(fake, "/trace", {"lot": "hex:zz"})
     assert "trace failed" in body.decode()
+    import urllib.request                                  # the same page from the site's running gateway
+
+    with urllib.request.urlopen(site.stack.dashboard_url.rstrip("/") + "/trace?lot=combed-3", timeout=20) as resp:
+        live = resp.read().decode()
+    assert live.count("verified (header") == 4 and "cotton bale" in live
