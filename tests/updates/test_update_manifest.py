@@ -108,3 +108,48 @@ def test_signed_manifest_names_its_signer_and_binds_the_update_domain():
     with pytest.raises(InvalidMessage):
         um.sign(m, key.priv, b"x" * 15)
     assert um.COMPONENT_NAMES[IMAGE_APP_LIBRARY] == "app-library"
+
+
+_OFFER = {}
+
+
+def _offer():
+    if not _OFFER:
+        from ledgerlink.protocol.codes import IMAGE_CONFIGURATION as CFG
+        from tests.updates.site import ReleaseSite
+
+        site = ReleaseSite()
+        _OFFER["site"] = site
+        _OFFER["offer"] = site.release(b"{}", CFG, 1)
+    return _OFFER["site"], _OFFER["offer"]
+
+
+@given(st.binary(max_size=400))
+@settings(max_examples=300, deadline=None)
+def test_junk_offers_are_refused_as_update_refusals(data):
+    from ledgerlink.protocol import update_check as uc
+
+    site, _ = _offer()
+    try:
+        uc.check_offer(data, site.chain_id, site.keys, "sensor-v2", "cpython")
+    except uc.UpdateRefused as exc:
+        assert exc.code in (uc.UPDATE_MALFORMED, uc.UPDATE_BAD_PROOF)
+    else:
+        raise AssertionError("junk accepted")
+
+
+@given(st.data())
+@settings(max_examples=150, deadline=None)
+def test_any_changed_byte_of_an_offer_is_refused_or_changes_nothing_signed(data):
+    from ledgerlink.protocol import update_check as uc
+
+    site, offer = _offer()
+    good = uc.check_offer(offer, site.chain_id, site.keys, "sensor-v2", "cpython")
+    raw = bytearray(offer)
+    at = data.draw(st.integers(0, len(raw) - 1))
+    raw[at] ^= data.draw(st.integers(1, 255))
+    try:
+        signed = uc.check_offer(bytes(raw), site.chain_id, site.keys, "sensor-v2", "cpython")
+    except uc.UpdateRefused:
+        return
+    assert signed.digest == good.digest and signed.manifest == good.manifest     # e.g. a byte of an unsigned vote
