@@ -41,6 +41,7 @@ from ledgerlink.protocol.ledger_tx import (RECORD_COMMUNICATION, RECORD_PROVENAN
 log = logging.getLogger(__name__)
 
 FOLLOW_S = 0.1                  # the directory looks for new blocks this often
+WORKERS = 4                     # requests answered at once (a submit waits for its commit)
 HISTORY_ITEMS = 8               # communication records and lots in a history answer, each
 RELAYED_TXS = (TX_COMMUNICATION, TX_PROVENANCE)
 RECORD_KINDS = (RECORD_DEVICE, RECORD_COMMUNICATION, RECORD_PROVENANCE)
@@ -225,8 +226,8 @@ class Directory:
 
 
 class DirectoryService:
-    """A ``Directory`` on the site's broker: one MQTT client (paho, the directory's account), a thread that
-    answers requests and one that follows the ledger."""
+    """A ``Directory`` on the site's broker: one MQTT client (paho, the directory's account), ``WORKERS``
+    threads that answer requests and one that follows the ledger."""
 
     def __init__(self, directory: Directory, host: str, port: int, login: dict[str, str],
                  on_ban: Callable[[bytes, float], None] | None = None) -> None:
@@ -243,8 +244,8 @@ class DirectoryService:
         self.client.on_subscribe = lambda *a: self._ready.set()
         self.client.on_message = self._on_message
         self.client.connect(host, port)
-        self._threads = [threading.Thread(target=self._serve, daemon=True),
-                         threading.Thread(target=self._follow, daemon=True)]
+        self._threads = [threading.Thread(target=self._serve, daemon=True) for _ in range(WORKERS)]
+        self._threads.append(threading.Thread(target=self._follow, daemon=True))
 
     def start(self, timeout: float = 10.0) -> "DirectoryService":
         self.client.loop_start()
@@ -257,7 +258,8 @@ class DirectoryService:
 
     def stop(self) -> None:
         self._stop.set()
-        self._requests.put(None)
+        for _ in range(WORKERS):
+            self._requests.put(None)
         for t in self._threads:
             t.join(timeout=5)
         self.client.disconnect()
