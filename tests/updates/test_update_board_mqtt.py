@@ -8,12 +8,16 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from ledgerlink.protocol.codes import IMAGE_CONFIGURATION
 from ledgerlink.tools.admin_release import UpdateService, write_release
 from ledgerlink.tools.board_runtime import Board
 from ledgerlink.tools.deploy import load_profile
 from tests.micropython.test_client_in_vm import Broker, free_port
 from tests.updates.site import DEVICE_CLASS, ReleaseSite, offer_digest
+
+pytestmark = pytest.mark.slow
 
 SITE = "plant-9"
 KEY = bytes(31) + b"\x2a"

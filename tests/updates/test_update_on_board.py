@@ -18,6 +18,8 @@ from ledgerlink.tools.board_runtime import Board
 from ledgerlink.tools.deploy import load_profile
 from tests.updates.site import DEVICE_CLASS, ReleaseSite
 
+pytestmark = pytest.mark.slow               # each run starts board32 and checks ECDSA signatures at its speed
+
 CONFIG = b'{"interval_s": 7}' * 30
 APP_SET = cbor.dumps({"sensor_app.py": b"VALUE = 2\n", "drivers/extra.py": b"X = 1\n"})
 FIRMWARE = bytes(range(256)) * 40 + b"end"          # 10,243 bytes: three 4 KB blocks
