@@ -1,13 +1,12 @@
-"""The board's anonymous mode (``ledgerlink_client.anon``) on board32 (library in ROMFS, 64 KB heap) against a real
-mosquitto with the site's accounts (dynamic security plugin) and the fog's MQTT service: the board logs in
-with the shared anonymous account and a fresh client id, its request is answered, and the reading it sends
-under the session reaches the cloud side, which alone names the device."""
+"""The board's anonymous mode (``ledgerlink_client.anon``) on board32 (library in ROMFS, 64 KB heap) against
+mosquitto with the site's accounts (dynamic security plugin) and against the embedded broker, with the fog's
+MQTT service: the board logs in with the shared anonymous account and a fresh client id, its request is
+answered, and the reading it sends under the session reaches the cloud side, which alone names the device."""
 
 from __future__ import annotations
 
 import json
 import queue
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,9 +20,8 @@ from ledgerlink.gateway.mqtt_client import MqttClient
 from ledgerlink.protocol import anon_wire
 from ledgerlink.tools.board_runtime import Board
 from ledgerlink.tools.broker_access import SiteAccess, anon_cloud_username, anon_fog_username, anon_username
-from ledgerlink.tools.stack import mosquitto_config
 from tests.anon.site import SITE, Site, secret_of
-from tests.gateway.test_mqtt_client import MOSQUITTO, free_port, wait_port
+from tests.anon.test_anon_broker import _start
 
 pytestmark = pytest.mark.slow          # about 20 s: the board's ROMFS image, then its elliptic-curve work
 
@@ -80,20 +78,17 @@ def board():
         yield Board("romfs", heap_bytes=HEAP, workdir=Path(tmp))
 
 
-def test_a_board_opens_an_anonymous_session_through_the_broker_and_sends_under_it(board, tmp_path):
+@pytest.mark.parametrize("kind", ["mosquitto", "embedded"])
+def test_a_board_opens_an_anonymous_session_through_the_broker_and_sends_under_it(kind, board, tmp_path):
     site = Site(tmp_path)
     site.ledger.clock = lambda: int(time.time() * 1000)
     access = SiteAccess(tmp_path / "broker", SITE)
     access.site_accounts(1, broker_admin=False)
     access.anon_accounts(1)
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(mosquitto_config(tmp_path, "127.0.0.1", port, access.mosquitto_lines()))
-    broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker, port = _start(kind, access, tmp_path)
     cloud_box: queue.Queue = queue.Queue()
     cloud = fog = fog_client = None
     try:
-        wait_port(port)
         cloud = _paho(port, access.login(anon_cloud_username(SITE)),
                       [anon_wire.grant_topic(SITE), "ll/%s/anon/up/+" % SITE], cloud_box)
         fog_login = access.login(anon_fog_username(SITE, 1))
@@ -120,7 +115,7 @@ def test_a_board_opens_an_anonymous_session_through_the_broker_and_sends_under_i
         assert out["client_id"].startswith("anon-") and len(out["client_id"]) == 21
         assert site.net["devA"].id.hex() not in json.dumps(out)
         assert fog.handled == 1 and result.peak_live < HEAP
-        print("board32 anonymous session: peak live heap %d bytes of %d" % (result.peak_live, HEAP))
+        print("board32 anonymous session over %s: peak live heap %d bytes of %d" % (kind, result.peak_live, HEAP))
     finally:
         if fog is not None:
             fog.stop()
