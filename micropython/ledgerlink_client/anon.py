@@ -12,7 +12,6 @@ A device imports this module only when it uses the anonymous mode, so the signed
 their heap (``ledgerlink_client.device`` never imports it).
 """
 
-from ledgerlink.protocol import anon_device
 from ledgerlink_client import mqtt
 
 CLIENT_ID_PREFIX = "anon-"          # as ledgerlink.tools.broker_access.ANON_CLIENT_ID_PREFIX
