@@ -160,3 +160,32 @@ def test_a_killed_validator_is_replaced_and_the_site_keeps_committing(tmp_path):
     finally:
         client.close()
         cluster.stop()
+
+
+@pytest.mark.slow
+def test_a_removed_validator_is_no_longer_needed(tmp_path):
+    cluster = LocalCluster(tmp_path / "site", consensus={"view_change_timeout_ms": 800})
+    cluster.start()
+    client = LedgerClient(cluster.config_path, timeout=3.0)
+    try:
+        chain = cluster.config.chain_id
+        old = list(cluster.config.validators)
+        start = max(keep_committing(cluster, client, [0, 1, 2, 3], 1))
+        effective = start + 4
+        keys_dir = cluster.data_dir / "keys"
+        assert admin.main(["--cluster", str(cluster.config_path), "set-change", "--remove-last", "1",
+                           "--height", str(effective)]
+                          + sum((["--approve-key", str(keys_dir / ("validator%d.key" % i))] for i in range(3)), [])) == 0
+        keep_committing(cluster, client, [0, 1, 2], effective + 2)
+        cluster.kill_node(3)                                          # removed: the three go on without it
+        top = keep_committing(cluster, client, [0, 1, 2], effective + 6, timeout=90.0)
+        trusted = validator_set.follow_set_change_proof(TrustedSet(chain, old),
+                                                        client.request_to(0, "set_change", epoch=1)["proof"])
+        assert trusted.keys == old[:3] and trusted.from_height == effective
+        header = spv.verify_certified_header(client.request_to(0, "header", height=min(top))["certified_header"],
+                                             chain, trusted.keys)
+        assert header.height >= effective and header.validators_hash == validator_set.set_hash(old[:3])
+        assert [bytes(k) for _, k in client.request_to(0, "validators")["validators"]] == old[:3]
+    finally:
+        client.close()
+        cluster.stop()
