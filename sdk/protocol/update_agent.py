@@ -389,14 +389,15 @@ class UpdateAgent:
             return signed.manifest
         if self._pending is not None:
             self._drop_pending()
+        target = self.targets[signed.manifest.component]
+        if hasattr(target, "set_running"):
+            target.set_running(self._state().get(signed.manifest.component))
         if not stored:
+            target.discard()                # what an earlier download left is not this payload's beginning
             self.files.mkdir(self.dir)
             self.files.write(self._path("offer.new"), bytes(data))
             self.files.rename(self._path("offer.new"), self._path("offer"))
         self._pending = (bytes(data), signed)
-        target = self.targets[signed.manifest.component]
-        if hasattr(target, "set_running"):
-            target.set_running(self._state().get(signed.manifest.component))
         self._received = target.received(signed.manifest.chunk_size)
         return signed.manifest
 

@@ -361,3 +361,16 @@ def test_power_loss_at_every_write_step_of_provisioning(site, tmp_path):
             break
         fail_at += 1
     assert fail_at == 4                                 # mkdir, write, rename, then no loss
+
+
+def test_a_new_download_does_not_resume_what_another_left(site, device, tmp_path):
+    first = site.release(NEW_CONFIG, IMAGE_CONFIGURATION, 1600)
+    m = device.offer(first)
+    device.chunk(0, NEW_CONFIG[:m.chunk_size])
+    (tmp_path / "upd" / "offer").unlink()                 # its offer gone (as after a refusal at the restart)
+    other = b'{"interval_s": 9}' * 30
+    restarted = make_agent_like(device)
+    restarted.boot(0)
+    assert restarted.pending is None
+    assert install(restarted, site.release(other, IMAGE_CONFIGURATION, 1601), other)["sequence"] == 1601
+    assert (tmp_path / "config.json").read_bytes() == other
