@@ -14,13 +14,17 @@ serving the releases of a release folder, read again when it changes. It keeps e
 (``statuses``: the versions it runs), which ``versions`` sets beside the latest release of its class.
 It writes them to ``versions.json`` in the release folder, which ``ledgerlink admin versions`` sets
 beside the latest release the ledger records (proved) for each device's class and component.
-``python3 -m ledgerlink.tools.admin_release serve --port P --site S --releases DIR`` runs one.
+Given the ledger (``--cluster``), it sends each offer with record proofs taken from the ledger at most
+``FRESH_S`` before and checked as a device checks them, so a release whose maintenance key was banned
+since is no longer offered. ``python3 -m ledgerlink.tools.admin_release serve --port P --site S --releases
+DIR [--cluster C.json]`` runs one.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +35,11 @@ from ledgerlink.protocol import update_check, update_manifest as um
 from ledgerlink.protocol import update_transport as ut
 from ledgerlink.protocol.update_transport import Release
 
+log = logging.getLogger(__name__)
 COMPONENTS = {name: code for code, name in um.COMPONENT_NAMES.items()}
 DEFAULT_CHUNK = 1024
 VERSIONS_FILE = "versions.json"
+FRESH_S = 10.0                  # an offer's proofs taken from the ledger are used this long
 OFFER_SUFFIX = ".offer"
 PAYLOAD_SUFFIX = ".payload"
 
@@ -188,13 +194,15 @@ class UpdateService:
     """The update publisher of a site over MQTT; ``start``/``stop``. Its state is on paho's thread."""
 
     def __init__(self, host: str, port: int, site: str, releases: Path, username: str | None = None,
-                 password: str | None = None, client_id: str = "ll-updates") -> None:
+                 password: str | None = None, client_id: str = "ll-updates", ledger: Any = None) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.site = site
         self.folder = Path(releases)
-        self.publisher = ut.UpdatePublisher()
+        self.ledger = ledger
+        self._fresh: dict[bytes, tuple[float, bytes | None]] = {}
+        self.publisher = ut.UpdatePublisher(self.fresh_offer if ledger is not None else None)
         self._stamp: tuple = ()
         self._prefix = "ll/%s/dev/" % site
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -203,6 +211,33 @@ class UpdateService:
         self._client.on_connect = lambda c, u, f, rc, p: c.subscribe(self._prefix + "+/" + ut.UP_LEAF, 1)
         self._client.on_message = self._message
         self._host, self._port = host, port
+
+    def fresh_offer(self, release: Release) -> bytes | None:
+        """The release's offer with record proofs taken from the ledger now (kept ``FRESH_S``), checked as a
+        device checks it; None (not offered) when a device would refuse it, e.g. its maintenance key banned
+        since the release. The ledger's answers are checked against the cluster's validators."""
+        import time
+
+        now = time.monotonic()
+        kept = self._fresh.get(release.digest)
+        if kept is not None and now - kept[0] < FRESH_S:
+            return kept[1]
+        from ledgerlink.core import cbor
+
+        offer: bytes | None
+        try:
+            signed = cbor.loads(release.offer)[1]
+            signer = um.Signed(signed).signer
+            proofs = [self.ledger.record(int(kind), rid)["proof"]
+                      for kind, rid in ((RecordKind.DEVICE, signer), (RecordKind.FIRMWARE, release.digest))]
+            offer = update_check.encode_offer(signed, proofs[0], proofs[1])
+            config = self.ledger.config
+            update_check.check_offer(offer, config.chain_id, list(config.validators), release.manifest.device_class)
+        except (update_check.UpdateRefused, LedgerlinkError, KeyError, TypeError, OSError) as exc:
+            log.warning("release %s not offered: %s", release.digest.hex(), exc)
+            offer = None
+        self._fresh[release.digest] = (now, offer)
+        return offer
 
     def reload(self) -> None:
         """Take the release folder again when a file in it changed."""
@@ -282,12 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--site", required=True)
     s.add_argument("--releases", required=True, metavar="DIR")
+    s.add_argument("--cluster", metavar="FILE", help="cluster config: offers get record proofs from the ledger "
+                   "at most %d s old, and a release a device would refuse (its key banned) is not offered" % FRESH_S)
     s.add_argument("--username", default="ll-updates", help="broker account of role updates")
     s.add_argument("--password-env", default="LL_UPDATES_PASSWORD", metavar="VAR",
                    help="environment variable holding the account's password")
     args = p.parse_args(argv)
+    ledger = None
+    if args.cluster:
+        from ledgerlink.ledger.client import LedgerClient
+
+        ledger = LedgerClient(args.cluster)
     service = UpdateService(args.host, args.port, args.site, Path(args.releases), args.username,
-                            os.environ.get(args.password_env), args.username)
+                            os.environ.get(args.password_env), args.username, ledger)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     service.start()

@@ -181,9 +181,10 @@ class UpdatePublisher:
     """The gateway's end: offers each device the newest release of its class above what it runs, and
     serves chunks of a release on request. Holds no secret; every device checks what it gets."""
 
-    def __init__(self):
+    def __init__(self, offer_of=None):
         self.releases = {}              # manifest digest -> Release
         self.statuses = {}              # device id -> last update-status
+        self.offer_of = offer_of or (lambda release: release.offer)   # the offer to send, or None: not now
 
     def add(self, release):
         self.releases[release.digest] = release
@@ -216,7 +217,9 @@ class UpdatePublisher:
                 running = body[2].get(component)
                 seq = running[0] if isinstance(running, list) and running and cbor.is_uint(running[0]) else 0
                 if r is not None and r.manifest.sequence > seq and r.digest not in refused:
-                    return [cbor.dumps([MSG_OFFER, r.offer])]
+                    offer = self.offer_of(r)
+                    if offer is not None:
+                        return [cbor.dumps([MSG_OFFER, offer])]
             return []
         digest, first, count = body
         r = self.releases.get(digest)

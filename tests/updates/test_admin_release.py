@@ -8,7 +8,8 @@ import pytest
 
 from ledgerlink.ledger.cluster import LocalCluster
 from ledgerlink.ledger.transport import ClusterConfig
-from ledgerlink.protocol import update_agent as ua, update_transport as ut
+from ledgerlink.core import cbor
+from ledgerlink.protocol import update_agent as ua, update_check as uc, update_transport as ut
 from ledgerlink.protocol.codes import IMAGE_CONFIGURATION
 from ledgerlink.tools.admin_release import UpdateService, load_releases
 from tests.test_admin import one_line_error, run
@@ -83,3 +84,30 @@ def test_release_is_recorded_published_and_installed(ledger, tmp_path):
                      "--maintenance-key", tmp_path / "maint.key", tmp_path / "cfg.bin", cluster=cluster)
     assert rc == 2 and "chunk size" in one_line_error(err)
     assert len(load_releases(out_dir)) == 1
+
+
+def test_the_service_takes_fresh_proofs_and_stops_offering_a_banned_keys_release(ledger, tmp_path):
+    from ledgerlink.ledger.client import LedgerClient
+
+    cluster = ledger.config_path
+    _, out, _ = run("register", "--demo-key", tmp_path / "maint.key", "--role", "maintenance", "--name", "m-2",
+                    cluster=cluster, check=0)
+    maintenance = re.search(r"registered device ([0-9a-f]{32})", out).group(1)
+    (tmp_path / "cfg.bin").write_bytes(b'{"a": 1}')
+    out_dir = tmp_path / "releases"
+    run("release", "--component", "config", "--class", "esp32-fresh", "--seq", "1", "--maintenance-key",
+        tmp_path / "maint.key", "--out", out_dir, tmp_path / "cfg.bin", cluster=cluster, check=0)
+    status = ut.encode_status("esp32-fresh", {})
+    with LedgerClient(cluster) as client:
+        fresh = UpdateService("127.0.0.1", 1, "s", out_dir, ledger=client)
+        fresh.reload()
+        offered = fresh.publisher.handle(b"d" * 16, status)
+        assert len(offered) == 1
+        trusted = ClusterConfig.load(cluster)
+        uc.check_offer(cbor.loads(offered[0])[1], trusted.chain_id, list(trusted.validators), "esp32-fresh")
+        run("ban", maintenance, "--reason", "key leaked", cluster=cluster, check=0)
+        fresh._fresh.clear()
+        assert fresh.publisher.handle(b"d" * 16, status) == []         # a device would refuse it now
+    stored = UpdateService("127.0.0.1", 1, "s", out_dir)                # without the ledger: the proofs of the release
+    stored.reload()
+    assert len(stored.publisher.handle(b"d" * 16, status)) == 1
