@@ -57,13 +57,12 @@ and against the real broker, gateway and ledger (tests/micropython/test_stack_in
 import time
 
 from ledgerlink.core import cbor
-from ledgerlink.protocol import codes, device_protocol as dp
+from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.protocol.device_protocol import partial_iv  # noqa: F401  (part of this module's API)
 from ledgerlink.core.errors import LedgerlinkError
 
 SESSION_FILE = "llsess"
 COMMAND_FILE = "llcmd"
-SESSION_GONE = (codes.REASON_UNKNOWN_SESSION, codes.REASON_EXPIRED_SESSION)
 
 
 def _ticks_ms():
@@ -339,29 +338,10 @@ class DeviceClient:
         elif isinstance(result, dp.RegistrationHeld):
             self.stats["registrations_held"] += 1
         elif isinstance(result, dp.Refused):
-            self.stats["refused"] += 1
-            if result.seq is None and result.frame_hash == self._registration:
-                self.stats["registrations_refused"] += 1
-            elif result.seq is None:
-                self.stats["sessions_refused"] += 1
-            elif result.code == dp.REFUSAL_REPLAY:
-                if result.session_dropped:          # a replay under the session: its numbers may repeat
-                    self.storage.remove(SESSION_FILE)
-                sealed = self._plain.pop(result.seq, None) if self.seq.lost else None
-                if sealed is not None:              # the sequence restarted: another frame has this seq
-                    self._plain_order.remove(result.seq)
-                    self.held.push("h", sealed[1])
-                    self.stats["resealed"] += 1
-            elif result.code in SESSION_GONE and self.ecqv:
-                sealed = self._plain.pop(result.seq, None)
-                current = self.protocol.session
-                if current is not None and (sealed is None or sealed[0] == current.keys.session_id):
-                    self.protocol.drop_session()
-                    self.storage.remove(SESSION_FILE)
-                if sealed is not None:               # sealed again, with a new seq, under the next session
-                    self._plain_order.remove(result.seq)
-                    self.held.push("h", sealed[1])
-                    self.stats["resealed"] += 1
+            from ledgerlink_client import refused
+
+            refused.taken(self, result)
+            _unload(("refused",), "ledgerlink_client")
         else:
             self.stats["ignored_replies"] += 1
 

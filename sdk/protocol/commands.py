@@ -1,8 +1,9 @@
-"""Device records (controllers, gateways) and command checks of ``DeviceProtocol`` (docs/protocol.md, "Commands").
+"""Command checks of ``DeviceProtocol`` (docs/protocol.md, "Commands"); the controllers they trust come from
+``device_records``.
 
-Loaded for each controller or gateway record and command; a board forgets it after each use, so a sensor
-that takes no command keeps none of it on its heap. The functions work on the ``DeviceProtocol`` they are
-given (its trust anchors, controllers, record heights, command store and seqs).
+Loaded for each command; a board forgets it after each use, so a sensor that takes no command keeps none
+of it on its heap. The functions work on the ``DeviceProtocol`` they are given (its controllers, command
+store and seqs).
 
 Protects against:
 - commands from anyone but a controller whose active device record an SPV proof showed;
@@ -13,7 +14,7 @@ Protects against:
 
 from ledgerlink.core import cbor, cose
 from ledgerlink.protocol import device_protocol as dp
-from ledgerlink.core.errors import InvalidMessage, InvalidProof, LedgerlinkError
+from ledgerlink.core.errors import InvalidMessage, LedgerlinkError
 
 
 def decode_commands(data):
@@ -47,59 +48,6 @@ def load(device, new_identity=False, now_ms=None):
         store.store(dp.encode_commands(fence_ms, seqs))
     device._command_fence_ms = fence_ms
     device.command_seqs = seqs
-
-
-def device_record(device, record_proof):
-    """(height, device record or None for an absence proof, state key) of a checked record proof."""
-    from ledgerlink.protocol import spv     # here: a command check does not load it
-
-    if device.validator_keys is None or device.chain_id is None:
-        raise dp.DeviceError("no trusted validator set: record proofs cannot be checked")
-    header, key, value = spv.verify_record_proof(record_proof, device.chain_id, device.validator_keys, device.crypto)
-    if value is None:
-        return header.height, None, key
-    record = cbor.loads(value, max_depth=8)
-    if not isinstance(record, dict) or not isinstance(record.get(1), bytes) or not isinstance(record.get(2), bytes):
-        raise InvalidMessage("not a device record")
-    if spv.state_key(dp.RECORD_DEVICE, record[1]) != key:
-        raise InvalidProof("record is not the device record of its key")
-    return header.height, record, key
-
-
-def update_gateway(device, record_proof):
-    """``DeviceProtocol.update_gateway``."""
-    record = device_record(device, record_proof)[1]
-    if record is None or record.get(3) != dp.ROLE_GATEWAY or record.get(5) != dp.STATUS_ACTIVE:
-        raise dp.DeviceError("record proof does not show an active gateway")
-    if device.gateway_keys is None:
-        device.gateway_keys = {}
-    device.gateway_keys[record[1]] = record[2]
-    return record[1]
-
-
-def update_controller(device, record_proof):
-    """``DeviceProtocol.update_controller``."""
-    height, record, key = device_record(device, record_proof)
-    if record is None:
-        from ledgerlink.protocol import spv
-
-        for cid in list(device.controllers):
-            if spv.state_key(dp.RECORD_DEVICE, cid) == key and device.controllers[cid][1] <= height:
-                del device.controllers[cid]
-                device._record_heights[cid] = height
-        return key
-    cid = record[1]
-    seen = device._record_heights.get(cid, -1)
-    if height < seen:
-        raise dp.DeviceError("record proof of height %d is older than one already taken (%d)" % (height, seen))
-    device._record_heights[cid] = height
-    if record.get(3) != dp.ROLE_CONTROLLER or record.get(5) != dp.STATUS_ACTIVE:
-        device.controllers.pop(cid, None)
-        if record.get(3) != dp.ROLE_CONTROLLER:
-            raise dp.DeviceError("device %s is not a controller" % cid.hex())
-        return cid
-    device.controllers[cid] = (record[2], height)
-    return cid
 
 
 def handle_command(device, topic, payload, now_ms):

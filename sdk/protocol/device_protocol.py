@@ -443,7 +443,12 @@ class DeviceProtocol:
             if kind == KIND_RECEIPT:
                 return self.verify_receipt(msg)
             if kind == KIND_REFUSAL:
-                return self._refusal(msg)
+                from ledgerlink.protocol import device_refusals
+
+                try:
+                    return device_refusals.refusal(self, msg)
+                finally:
+                    _forget_on_boards(("ledgerlink.protocol", "device_refusals"))
             if kind == KIND_REGISTRATION:
                 if self._registration is None or msg.get(1) != self._registration:
                     return Ignored("registration reply for a request this device did not send")
@@ -451,41 +456,6 @@ class DeviceProtocol:
         except DeviceError as exc:
             return Ignored(str(exc))
         return Ignored("reply has no known kind")
-
-    def _refusal(self, msg):
-        frame_hash, code, text = msg.get(1), msg.get(2), msg.get(3)
-        if not _is_hash(frame_hash) or not cbor.is_uint(code) or not isinstance(text, str):
-            return Ignored("malformed refusal")
-        pending = self._pending_session
-        if pending is not None and pending.frame_hash == frame_hash:
-            self._pending_session = None
-            return Refused(frame_hash, code, text, None)
-        if frame_hash == self._registration:
-            self._registration = None
-            return Refused(frame_hash, code, text, None)
-        seq = None
-        for s in self.sent:
-            if self.sent[s] == frame_hash:
-                seq = s
-                break
-        if seq is None:
-            return Ignored("refusal of a frame this device did not send")
-        del self.sent[seq]
-        dropped = code == REFUSAL_REPLAY and self._replayed(seq)
-        return Refused(frame_hash, code, text, seq, dropped)
-
-    def _replayed(self, seq):
-        """The gateway already has ``seq``: move the counter ahead unless an earlier refusal did; drop the
-        session when the frame was sealed under it (its numbers may repeat). True when it was dropped."""
-        if seq > self._replay_upto:
-            self.counter.advance(min(MAX_SEQ, max(self.counter.last, seq) + self._replay_skip))
-            self._replay_upto = self.counter.last
-            self._replay_skip = min(REPLAY_SKIP_MAX, self._replay_skip * 2)
-        session = self.session
-        if session is not None and session.first_seq is not None and seq >= session.first_seq:
-            self.session = None
-            return True
-        return False
 
     def check_session_response(self, resp, now_ms):
         """Check a ``session-response`` map against the pending request; return (Session, cert-tx or None).
@@ -546,19 +516,19 @@ class DeviceProtocol:
         Returns the controller id (for an absence proof: the state key). Raises DeviceError or a
         LedgerlinkError when the proof does not check or is older than the one held.
         """
-        from ledgerlink.protocol import commands
+        from ledgerlink.protocol import device_records
 
         try:
-            return commands.update_controller(self, record_proof)
+            return device_records.update_controller(self, record_proof)
         finally:
             _forget_on_boards(*RECORD_MODULES)
 
     def update_gateway(self, record_proof):
         """Trust a gateway's identity key for anchor signatures from a proved, active gateway record."""
-        from ledgerlink.protocol import commands
+        from ledgerlink.protocol import device_records
 
         try:
-            return commands.update_gateway(self, record_proof)
+            return device_records.update_gateway(self, record_proof)
         finally:
             _forget_on_boards(*RECORD_MODULES)
 
@@ -588,6 +558,7 @@ class DeviceProtocol:
             from ledgerlink.protocol import commands
 
             commands.load(self, True)
+            _forget_on_boards(*COMMAND_MODULES)
 
     def handle_command(self, topic, payload, now_ms):
         """Check a command (COSE_Sign1 by a controller, external_aad = the ``cmd`` topic); never raises
@@ -597,7 +568,7 @@ class DeviceProtocol:
         try:
             return commands.handle_command(self, topic, payload, now_ms)
         finally:
-            _forget_on_boards(*RECORD_MODULES)
+            _forget_on_boards(*COMMAND_MODULES)
 
 
 def _default_rng(n):
@@ -606,10 +577,12 @@ def _default_rng(n):
     return os.urandom(n)
 
 
-# Code a board loads for each receipt check (``device_receipts``), and for each device record or command
+# Code a board loads for each receipt check (``device_receipts``), device record (``device_records``) and command
 # (``commands``), and forgets after it.
 RECEIPT_MODULES = (("ledgerlink.protocol", "device_receipts"), ("ledgerlink.protocol", "spv"), ("ledgerlink.core", "merkle"))
-RECORD_MODULES = (("ledgerlink.protocol", "commands"), ("ledgerlink.core", "smt_proof"), ("ledgerlink.protocol", "spv"))
+RECORD_MODULES = (("ledgerlink.protocol", "device_records"), ("ledgerlink.core", "smt_proof"),
+                  ("ledgerlink.protocol", "spv"))
+COMMAND_MODULES = (("ledgerlink.protocol", "commands"),)
 
 
 def _forget_on_boards(*modules):
