@@ -208,6 +208,33 @@ class AppTarget:
         pass
 
 
+def _digest_or_none(value):
+    return value is None or (isinstance(value, bytes) and len(value) == 32)
+
+
+def _entry_ok(component, entry):
+    """Whether a state entry has exactly the shape ``update-state`` gives it."""
+    if not cbor.is_uint(component) or not isinstance(entry, dict) or not cbor.is_uint(entry.get(_SEQUENCE)):
+        return False
+    for key, value in entry.items():
+        if key in (_DIGEST, _REFUSED):
+            ok = isinstance(value, bytes) and len(value) == 32
+        elif key == _VERSION:
+            ok = isinstance(value, str)
+        elif key in (_SLOT, _BOOTS):
+            ok = cbor.is_uint(value) and (key != _SLOT or value <= 1)
+        elif key == _PREVIOUS:
+            ok = (isinstance(value, list) and len(value) == 3 and _digest_or_none(value[0])
+                  and (value[1] is None or isinstance(value[1], str)) and value[2] in (0, 1) and type(value[2]) is int)
+        elif key == _OP:
+            ok = value in (OP_SWITCH, OP_REVERT) and type(value) is int
+        else:
+            ok = key == _SEQUENCE
+        if not ok:
+            return False
+    return True
+
+
 def _running(entry):
     return None if entry is None else [entry.get(_DIGEST), entry.get(_VERSION), entry.get(_SLOT, 0)]
 
@@ -252,7 +279,7 @@ class UpdateAgent:
         if not isinstance(obj, list) or len(obj) != 2 or obj[0] != STATE_FORMAT or not isinstance(obj[1], dict):
             raise uc.UpdateRefused(uc.UPDATE_STATE_UNREADABLE, "update state has the wrong shape")
         for component, entry in obj[1].items():
-            if not isinstance(entry, dict) or not cbor.is_uint(entry.get(_SEQUENCE)):
+            if not _entry_ok(component, entry):
                 raise uc.UpdateRefused(uc.UPDATE_STATE_UNREADABLE, "update state entry %r is damaged" % (component,))
         return obj[1]
 

@@ -374,3 +374,34 @@ def test_a_new_download_does_not_resume_what_another_left(site, device, tmp_path
     assert restarted.pending is None
     assert install(restarted, site.release(other, IMAGE_CONFIGURATION, 1601), other)["sequence"] == 1601
     assert (tmp_path / "config.json").read_bytes() == other
+
+
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
+
+_values = st.none() | st.booleans() | st.integers(-1, 3) | st.binary(max_size=33) | st.text(max_size=3) | st.lists(
+    st.none() | st.integers(0, 2) | st.binary(min_size=32, max_size=32) | st.text(max_size=2), max_size=4)
+
+
+@given(st.binary(max_size=64) | st.builds(
+    lambda entries: cbor.dumps([ua.STATE_FORMAT, entries]),
+    st.dictionaries(st.integers(0, 4), st.dictionaries(st.integers(0, 9), _values, max_size=6), max_size=3)))
+@example(cbor.dumps([ua.STATE_FORMAT, {IMAGE_CONFIGURATION: {1: 1, 5: [b"x"], 6: 1}}]))     # a previous cut short
+@example(cbor.dumps([ua.STATE_FORMAT, {IMAGE_APP_LIBRARY: {1: 1, 5: [None, None, 9], 6: 1}}]))
+@example(cbor.dumps([ua.STATE_FORMAT, {IMAGE_CONFIGURATION: {1: 1, 2: 5}}]))             # a digest that is a number
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_damaged_state_is_refused_or_taken_never_a_crash(tmp_path, data):
+    site = _SITE.get("site") or _SITE.setdefault("site", ReleaseSite())
+    root = tmp_path / ("s%d" % len(list(tmp_path.iterdir())))
+    root.mkdir()
+    (root / "config.json").write_bytes(OLD_CONFIG)
+    agent = make_agent(site, root)
+    (root / "upd" / "state").write_bytes(data)
+    agent = make_agent(site, root, provision=False)
+    running = agent.boot(0)                                   # never raises
+    agent.tick(ua.TRIAL_DEADLINE_MS)
+    assert isinstance(running, dict)
+    if agent.state is None:
+        assert agent.running() == {}
+
+
+_SITE: dict = {}
