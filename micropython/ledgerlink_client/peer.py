@@ -23,6 +23,19 @@ def _now_ms():
     return int(time.time() * 1000)
 
 
+def _forget_proof_code():
+    """On MicroPython, forget the record-proof check (``smt_proof``) until the next proof: a board holds
+    it only while it checks one."""
+    import sys
+
+    if sys.implementation.name != "micropython":
+        return
+    sys.modules.pop("ledgerlink.core.smt_proof", None)
+    package = sys.modules.get("ledgerlink.core")
+    if package is not None and "smt_proof" in package.__dict__:
+        delattr(package, "smt_proof")
+
+
 class BoardPeer:
     """Discovery and peer sessions of one board over ``client`` (a connected ``mqtt.MQTTClient``)."""
 
@@ -97,7 +110,10 @@ class BoardPeer:
         proofs = ans.get(3) or []
         if not proofs:
             raise dsc.DiscoveryError("refused", ans.get(4) or "no record shown")
-        rec = dsc.partner(proofs[0], self.chain_id, self.validators, peer, self.min_height, self.crypto)
+        try:
+            rec = dsc.partner(proofs[0], self.chain_id, self.validators, peer, self.min_height, self.crypto)
+        finally:
+            _forget_proof_code()
         if ans[2] != dsc.DIR_OK:
             raise dsc.DiscoveryError("refused", ans.get(4) or "refused")
         if rec.height > self.min_height:
