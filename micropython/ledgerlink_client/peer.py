@@ -171,6 +171,7 @@ class BoardPeer:
                 continue
             if value is not None:
                 out.append((ident[0], ident[1], cbor.loads(value)))
+        _forget_proof_code()
         return out
 
     def serve(self, timeout_ms=0):
