@@ -67,9 +67,9 @@ def app_path(directory, prefix):
         entry = cbor.loads(raw)[1].get(IMAGE_APP_LIBRARY) if raw else None
     except Exception:                   # a damaged state: the deployed library, and updates refused
         return None
-    if not entry or entry.get(2) is None:
+    if not entry or not ua._entry_ok(IMAGE_APP_LIBRARY, entry) or entry.get(ua._DIGEST) is None:
         return None
-    return "%s.%d.d" % (prefix, entry.get(4, 0))
+    return "%s.%d.d" % (prefix, entry.get(ua._SLOT, 0))
 
 
 class FirmwareTarget:
