@@ -19,9 +19,10 @@ A missing runtime raises ``BoardError``: tests never skip for it.
 Command line:
 ``python3 -m ledgerlink.tools.board_runtime --import-table`` prints the heap kept after importing each
 module, from files and from ROMFS; ``--cycle`` starts a stack (mosquitto, ledger, gateway) and runs
-the whole client cycle (``CycleSite``) in each layout and mode: pass/fail at the layout's target heap,
-peak live heap per phase, and the least heap that completes it; ``python3 -m ledgerlink.tools.board_runtime -c CODE [--layout
-romfs] [--heap 64K]`` runs code against the staged library and prints its peak live heap.
+the whole client cycle (``CycleSite``) in each layout and mode (``--layout files``, ``--mode session``: only
+those): pass/fail at the layout's target heap, peak live heap per phase, and the least heap that completes
+it; ``python3 -m ledgerlink.tools.board_runtime -c CODE [--layout romfs] [--heap 64K]`` runs code against
+the staged library and prints its peak live heap.
 """
 
 from __future__ import annotations
@@ -436,9 +437,9 @@ def least_heap(site: CycleSite, board: Board, mode: str, low: int = 32 * 1024, h
     return hi * step
 
 
-def cycle_table(data_dir: Path) -> list[dict]:
-    """For each layout and mode: pass/fail at the layout's target heap, peak live heap there (or at
-    512 KB when it fails) per phase, and the least heap that completes the cycle."""
+def cycle_table(data_dir: Path, layouts: tuple[str, ...] = LAYOUTS, modes: tuple[str, ...] = MODES) -> list[dict]:
+    """For each of ``layouts`` and ``modes``: pass/fail at the layout's target heap, peak live heap there (or
+    at 512 KB when it fails) per phase, and the least heap that completes the cycle."""
     from ledgerlink.tools.stack import Stack
 
     rows = []
@@ -446,9 +447,9 @@ def cycle_table(data_dir: Path) -> list[dict]:
     stack.start()
     try:
         site = CycleSite(stack)
-        for layout in LAYOUTS:
+        for layout in layouts:
             with Board(layout) as board:
-                for mode in MODES:
+                for mode in modes:
                     row = {"layout": layout, "mode": mode, "target": board.heap_bytes}
                     try:
                         report = site.cycle(board, mode)[0]
@@ -532,7 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cycle", action="store_true",
                         help="start a stack and run the client cycle on board32 in each layout and mode")
     parser.add_argument("-c", dest="code", help="code to run against the staged library")
-    parser.add_argument("--layout", choices=LAYOUTS, default="files")
+    parser.add_argument("--layout", choices=LAYOUTS, help="the library's layout (-c: default files; --cycle: "
+                        "only this one, default both)")
+    parser.add_argument("--mode", choices=MODES, help="--cycle: only this mode (default both)")
     parser.add_argument("--heap", type=parse_size, help="heap size, e.g. 64K (default: the layout's target)")
     args = parser.parse_args(argv)
     try:
@@ -540,9 +543,11 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(format_import_table(import_table())))
         if args.cycle:
             with tempfile.TemporaryDirectory(prefix="ledgerlink-cycle-") as tmp:
-                print("\n".join(format_cycle_table(cycle_table(Path(tmp)))))
+                rows = cycle_table(Path(tmp), (args.layout,) if args.layout else LAYOUTS,
+                                   (args.mode,) if args.mode else MODES)
+                print("\n".join(format_cycle_table(rows)))
         if args.code is not None:
-            with Board(args.layout, args.heap) as board:
+            with Board(args.layout or "files", args.heap) as board:
                 result = board.run(args.code)
             sys.stdout.write(result.stdout)
             print("heap %d B, peak live %d B, %d collections, kept %d B"

@@ -95,24 +95,6 @@ def _packet(first, body):
     return bytes([first]) + encode_length(len(body)) + body
 
 
-def encode_connect(client_id, keepalive=60, clean_session=True, username=None, password=None):
-    """CONNECT, protocol level 4 (3.1.1)."""
-    if not 0 <= keepalive < 65536:
-        raise MQTTError("keepalive must be 0..65535 s")
-    flags = 0x02 if clean_session else 0
-    tail = b""
-    if username is not None:
-        flags |= 0x80
-        tail += _string(username)
-    if password is not None:
-        if username is None:
-            raise MQTTError("a password needs a user name in MQTT 3.1.1")
-        flags |= 0x40
-        tail += _string(password)
-    body = _string("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big") + _string(client_id) + tail
-    return _packet(CONNECT << 4, body)
-
-
 def encode_publish(topic, payload, qos=0, retain=False, pid=None, dup=False):
     """PUBLISH; ``pid`` is required for QoS 1."""
     if qos not in (0, 1):
@@ -128,18 +110,6 @@ def encode_publish(topic, payload, qos=0, retain=False, pid=None, dup=False):
 
 def encode_puback(pid):
     return _packet(PUBACK << 4, _pid_bytes(pid))
-
-
-def encode_subscribe(pid, topics):
-    """SUBSCRIBE for a list of (topic filter, qos)."""
-    if not topics:
-        raise MQTTError("SUBSCRIBE needs at least one topic")
-    body = _pid_bytes(pid)
-    for topic, qos in topics:
-        if not topic or qos not in (0, 1, 2):
-            raise MQTTError("bad subscription")
-        body += _string(topic) + bytes([qos])
-    return _packet(0x82, body)
 
 
 def encode_pingreq():
@@ -317,21 +287,12 @@ class MQTTClient:
 
     def connect(self, timeout_ms=5000):
         """Send CONNECT and wait for CONNACK; return session-present. MQTTError if refused or silent."""
-        self.stream.write(encode_connect(self.client_id, self.keepalive, self.clean_session, self.username,
-                                         self.password))
-        waited = 0
-        step = 100
-        while waited < timeout_ms:
-            pkt = self._read_packet(step)
-            waited += step
-            if pkt is None:
-                continue
-            if pkt.kind != CONNACK:
-                raise MQTTError("expected CONNACK, got packet type %d" % pkt.kind)
-            if pkt.return_code != 0:
-                raise MQTTError("connection refused by the broker, code %d" % pkt.return_code)
-            return pkt.session_present
-        raise MQTTError("no CONNACK within %d ms" % timeout_ms)
+        from ledgerlink_client import mqtt_connect
+
+        try:
+            return mqtt_connect.connect(self, timeout_ms)
+        finally:
+            _forget("mqtt_connect")
 
     def publish(self, topic, payload, qos=1, retain=False, pid=None, dup=False):
         """Send a PUBLISH; return its packet id (None for QoS 0). Give ``pid`` and ``dup`` to resend."""
@@ -342,9 +303,12 @@ class MQTTClient:
 
     def subscribe(self, topic, qos=1):
         """Send a SUBSCRIBE; the SUBACK comes as a ("suback", pid, codes) event."""
-        pid = self._alloc_pid()
-        self.stream.write(encode_subscribe(pid, [(topic, qos)]))
-        return pid
+        from ledgerlink_client import mqtt_connect
+
+        try:
+            return mqtt_connect.subscribe(self, topic, qos)
+        finally:
+            _forget("mqtt_connect")
 
     def ping(self):
         self.stream.write(encode_pingreq())
@@ -391,12 +355,29 @@ class MQTTClient:
 
 
 _SERVER = ("encode_connack", "encode_suback", "encode_pingresp")
+_CONNECT = ("encode_connect", "encode_subscribe")
+
+
+def _forget(name):
+    """On MicroPython, forget the module ``ledgerlink_client.<name>`` until it is imported again."""
+    import sys
+
+    if sys.implementation.name == "micropython":
+        sys.modules.pop("ledgerlink_client." + name, None)
+        package = sys.modules.get("ledgerlink_client")
+        if package is not None and name in package.__dict__:
+            delattr(package, name)
 
 
 def __getattr__(name):
-    """The broker's encoders (``mqtt_server``), loaded when first named: a device never sends them."""
+    """The broker's encoders (``mqtt_server``: a device never sends them) and CONNECT and SUBSCRIBE
+    (``mqtt_connect``: once per connection), loaded when first named."""
     if name in _SERVER:
         from ledgerlink_client import mqtt_server
 
         return getattr(mqtt_server, name)
+    if name in _CONNECT:
+        from ledgerlink_client import mqtt_connect
+
+        return getattr(mqtt_connect, name)
     raise AttributeError(name)
