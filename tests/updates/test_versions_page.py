@@ -20,7 +20,8 @@ def _dashboard(site: ReleaseSite, tmp_path, lie: bool = False):
             proof[3] = cbor.dumps({**cbor.loads(proof[3]), 4: 1})              # claims an older latest release
         return {"proof": proof}
 
-    core = SimpleNamespace(chain_id=site.chain_id, validator_keys=site.keys, site="plant", gateway_name="gw")
+    core = SimpleNamespace(chain_id=site.chain_id, validator_keys=site.keys, group_key=None, site="plant",
+                           gateway_name="gw")
     ledger = SimpleNamespace(record=record, config=SimpleNamespace(path=tmp_path / "cluster.json"))
     return SimpleNamespace(metrics=SimpleNamespace(core=core), ledger=ledger)
 
