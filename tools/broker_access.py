@@ -93,14 +93,18 @@ Also here: the site CA and the broker's TLS certificate (``site_tls``, ``client_
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
+import functools
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from ledgerlink.protocol import broker_login
 from ledgerlink.protocol.codes import ROLE_CONTROLLER
@@ -119,6 +123,7 @@ DYNSEC_PLUGIN_PATHS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
 DYNSEC_CHUNK = 64                       # commands per message to the plugin
 ACCOUNTS_FILE = "accounts.json"
+ACCOUNTS_LOCK_FILE = "accounts.lock"     # flock'ed by every process while it changes accounts.json
 LOGIN_KEY_FILE = "login.key"            # the site's broker-login key: device passwords after a key rotation
 SYNCED_FILE = "external.json"            # the password hash of each account when last set on an external broker
 FOLLOWED_FILE = "followed.json"          # the ledger height whose bans and key rotations the accounts reflect
@@ -386,8 +391,53 @@ def _acl_set(acls: Iterable[dict[str, Any]]) -> set[tuple[Any, Any, bool]]:
     return {(acl.get("acltype"), acl.get("topic"), bool(acl.get("allow"))) for acl in acls}
 
 
+_LOCKS_GUARD = threading.Lock()
+_THREAD_LOCKS: dict[str, threading.RLock] = {}       # accounts lock path -> the threads' lock in this process
+_HELD: dict[str, list[int]] = {}                      # accounts lock path -> [flock'ed fd, depth] while held
+
+
+@contextlib.contextmanager
+def accounts_lock(folder: Path) -> Iterator[None]:
+    """Hold the accounts of ``folder`` for one change: a thread lock within the process, ``fcntl.flock`` on
+    ``ACCOUNTS_LOCK_FILE`` between processes (the ``ledgerlink up`` process and the directory both change
+    accounts.json; without it one's read-change-write lost the other's change). Reentrant in a thread."""
+    private_dir(folder)
+    path = str((folder / ACCOUNTS_LOCK_FILE).resolve())
+    with _LOCKS_GUARD:
+        thread_lock = _THREAD_LOCKS.setdefault(path, threading.RLock())
+    with thread_lock:
+        held = _HELD.get(path)
+        if held is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            held = _HELD[path] = [fd, 0]
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+            if held[1] == 0:
+                del _HELD[path]
+                os.close(held[0])                     # closing the descriptor releases the flock
+
+
+def under_accounts_lock(method: Callable) -> Callable:
+    """``method`` of ``SiteAccess`` (or of an owner of one as ``self.access``) runs under ``accounts_lock``."""
+    @functools.wraps(method)
+    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        access = self if isinstance(self, SiteAccess) else self.access
+        with accounts_lock(access.folder):
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class SiteAccess:
-    """The accounts of one site in ``folder`` (``data_dir/broker``)."""
+    """The accounts of one site in ``folder`` (``data_dir/broker``). Every change of accounts.json reads,
+    changes and writes it (through a rename) under ``accounts_lock``."""
 
     def __init__(self, folder: str | Path, site: str) -> None:
         self.folder = Path(folder)
@@ -446,6 +496,7 @@ class SiteAccess:
         ``site``: the account's topics are another site's on the same broker (default: this one's)."""
         return self.add_many([(username, role, device, site)], rotate)[0]
 
+    @under_accounts_lock
     def add_many(self, wanted: list[tuple[str, str, bytes | None, str | None]], rotate: bool = False,
                  keys: dict[str, str] | None = None) -> list[dict[str, str]]:
         """``add`` of each (username, role, device, site), with one write of the accounts and one change
@@ -472,6 +523,8 @@ class SiteAccess:
                 account["device"] = device.hex()
             if old is not None and "key" in old:
                 account["key"] = old["key"]                   # the device key the password follows
+            if old is not None and old.get("pairs"):
+                account["pairs"] = old["pairs"]               # a new password keeps the pair grants
             elif username in (keys or {}):
                 account["key"] = keys[username]
             if site is not None and site != self.site:
@@ -520,6 +573,7 @@ class SiteAccess:
 
         return get_backend("cpython").public_key(self.login_key(), True)
 
+    @under_accounts_lock
     def follow_record(self, dev: bytes, record: dict[Any, Any] | None) -> list[str]:
         """Bring a device's account in step with its proven ledger ``record``: disabled while the device is
         banned; after a key rotation (a key other than the account's, or key version above 1 for an account
@@ -580,6 +634,7 @@ class SiteAccess:
         private_dir(self.folder / "credentials")
         write_private(self.credentials_path(username), json.dumps(login) + "\n")
 
+    @under_accounts_lock
     def set_disabled(self, username: str, disabled: bool) -> bool:
         """Disable (or enable) an account; False when there is no such account."""
         accounts = self.load()

@@ -17,13 +17,12 @@ rules in tests/m2m/test_pair_rules.py.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Iterable
 
 from ledgerlink.protocol.discovery import answer_topic, dir_topic
 from ledgerlink.protocol.peer_session import inbox_filter, pair_topic
 from ledgerlink.tools.broker_access import (RECEIVE, RUNTIME_FILE, SEND, SUBSCRIBE, AccessError, SiteAccess,
-                                            _dynsec_acls, device_username, dynsec_command)
+                                            _dynsec_acls, under_accounts_lock, device_username, dynsec_command)
 
 DIRECTORY_ADMIN = "ll-broker-admin-dir"
 RETRIES = 3
@@ -53,11 +52,11 @@ def directory_rules(site: str) -> list[tuple[str, str]]:
 
 
 class PairAccess:
-    """Grants and revokes pair topics in a site's accounts (one process changes them at a time: a lock)."""
+    """Grants and revokes pair topics in a site's accounts (under the accounts' inter-process lock, so the
+    ``ledgerlink up`` process changing accounts at the same time loses nothing and nor does this)."""
 
     def __init__(self, access: SiteAccess) -> None:
         self.access = access
-        self._lock = threading.Lock()
 
     def directory_login(self) -> dict[str, str]:
         """The directory's MQTT login and its broker admin's (made on first use)."""
@@ -68,45 +67,45 @@ class PairAccess:
         a = self.access.load().get(device_username(dev)) or {}
         return [bytes.fromhex(h) for h in a.get("pairs", ())]
 
+    @under_accounts_lock
     def grant(self, a: bytes, b: bytes) -> bool:
         """Let devices ``a`` and ``b`` use their pair topics; False when either has no account or is disabled."""
-        with self._lock:
-            accounts = self.access.load()
-            ua, ub = device_username(a), device_username(b)
-            if any(u not in accounts or accounts[u].get("disabled") for u in (ua, ub)):
-                return False
-            changes = []
-            for user, own, peer in ((ua, a, b), (ub, b, a)):
-                pairs = accounts[user].setdefault("pairs", [])
-                if peer.hex() not in pairs:
-                    pairs.append(peer.hex())
-                    changes.append(("addRoleACL", user, own, peer))
-            if changes:
-                self.access._save(accounts)
-                self._apply(changes)
-            return True
+        accounts = self.access.load()
+        ua, ub = device_username(a), device_username(b)
+        if any(u not in accounts or accounts[u].get("disabled") for u in (ua, ub)):
+            return False
+        changes = []
+        for user, own, peer in ((ua, a, b), (ub, b, a)):
+            pairs = accounts[user].setdefault("pairs", [])
+            if peer.hex() not in pairs:
+                pairs.append(peer.hex())
+                changes.append(("addRoleACL", user, own, peer))
+        if changes:
+            self.access._save(accounts)
+            self._apply(changes)
+        return True
 
+    @under_accounts_lock
     def revoke_device(self, dev: bytes) -> list[bytes]:
         """Take away every pair of ``dev``; the partners it had."""
-        with self._lock:
-            accounts = self.access.load()
-            user = device_username(dev)
-            mine = (accounts.get(user) or {}).get("pairs", [])
-            partners, changes = [], []
-            for peer_hex in list(mine):
-                peer = bytes.fromhex(peer_hex)
-                partners.append(peer)
-                changes.append(("removeRoleACL", user, dev, peer))
-                other = accounts.get(device_username(peer))
-                if other is not None and dev.hex() in other.get("pairs", []):
-                    other["pairs"].remove(dev.hex())
-                    changes.append(("removeRoleACL", device_username(peer), peer, dev))
-            if user in accounts:
-                accounts[user]["pairs"] = []
-            if changes:
-                self.access._save(accounts)
-                self._apply(changes)
-            return partners
+        accounts = self.access.load()
+        user = device_username(dev)
+        mine = (accounts.get(user) or {}).get("pairs", [])
+        partners, changes = [], []
+        for peer_hex in list(mine):
+            peer = bytes.fromhex(peer_hex)
+            partners.append(peer)
+            changes.append(("removeRoleACL", user, dev, peer))
+            other = accounts.get(device_username(peer))
+            if other is not None and dev.hex() in other.get("pairs", []):
+                other["pairs"].remove(dev.hex())
+                changes.append(("removeRoleACL", device_username(peer), peer, dev))
+        if user in accounts:
+            accounts[user]["pairs"] = []
+        if changes:
+            self.access._save(accounts)
+            self._apply(changes)
+        return partners
 
     def _apply(self, changes: list[tuple[str, str, bytes, bytes]]) -> None:
         """Make a running broker follow the changed pairs (embedded: it rereads the file)."""
