@@ -47,7 +47,7 @@ def load_config(path="ledgerlink.json"):
         cfg["chain_id"] = ident["chain_id"]
     if ident.get("key_rotated"):            # ``ledgerlink provision --rotate-key``: the registered id stays
         cfg.update(device_id=ident["device_id"], key_rotated=True)
-    for name in ("device_id", "identity_key", "ca_public"):
+    for name in ("device_id", "identity_key", "ca_public", "group_key"):
         if name in cfg:
             cfg[name] = bytes.fromhex(cfg[name])
     if "validators" in cfg:

@@ -131,8 +131,8 @@ class DeviceClient:
 
     ``config`` (dict): "site"; "identity_key" (32 bytes) and optionally "device_id" (16 bytes, checked
     against it); "mode"; "ca_public" (fog CA key: sessions through ECQV; needed in session mode);
-    "chain_id", "validators" (list of public keys) and optional "gateway_keys" ({id: key}) to check
-    receipts; optional tuning keys as in ``device_setup.DEFAULTS`` ("gc_threshold": see
+    "chain_id", "validators" (list of public keys), optional "gateway_keys" ({id: key}) and "group_key"
+    (the set's FROST group key, when its chain has one) to check receipts; optional tuning keys as in ``device_setup.DEFAULTS`` ("gc_threshold": see
     ``device_setup._collect_every``) and "client_id"; "login": the broker login ``mqtt_factory`` connects with ({"username", "password",
     "login_key"}: the site's broker-login public key), whose password ``key_rotated`` changes in place;
     "key_rotated": true after a rotation, when "identity_key" is the rotated key and "device_id" the id

@@ -89,7 +89,7 @@ def start(client, config, mqtt_factory, storage, rng, ticks_ms, ticks_diff, time
     client.protocol = dp.DeviceProtocol(
         identity, cfg["site"], client.seq, cfg.get("chain_id"), cfg.get("validators"), cfg.get("ca_public"),
         cfg.get("gateway_keys"), backend, client.rng, cfg["max_tracked"], None if rotated else registered,
-        cfg["header_cache"])
+        cfg["header_cache"], cfg.get("group_key"))
     if rotated:                             # the id registered under an earlier key (``key_rotated``)
         client.protocol.device_id = bytes(registered)
     client.device_id = client.protocol.device_id

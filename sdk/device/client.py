@@ -194,14 +194,16 @@ class Device:
     @classmethod
     def open(cls, directory: str, site: str, host: str, port: int, chain_id: str, validator_keys: Iterable[bytes],
              ca_public: bytes | None = None, gateway_keys: Mapping[bytes, bytes] | None = None,
-             max_queued: int = 10_000, backend: Any = None, **kw: Any) -> "Device":
-        """A device whose key (made on first use), sequence mark, command record and queue live in ``directory``."""
+             max_queued: int = 10_000, backend: Any = None, group_key: bytes | None = None, **kw: Any) -> "Device":
+        """A device whose key (made on first use), sequence mark, command record and queue live in ``directory``
+        (``group_key``: the validator set's FROST group key, when its chain has one)."""
         os.makedirs(directory, mode=0o700, exist_ok=True)
         keystore = FileKeystore(os.path.join(directory, "identity.key"), backend)
         new_identity = not keystore.exists()
         priv = keystore.load_or_create()
         counter = SequenceCounter(FileCounter(os.path.join(directory, "seq")))
-        core = DeviceCore(priv, site, counter, chain_id, validator_keys, ca_public, gateway_keys, backend)
+        core = DeviceCore(priv, site, counter, chain_id, validator_keys, ca_public, gateway_keys, backend,
+                          group_key=group_key)
         core.open_commands(FileRecord(os.path.join(directory, "commands")), kw.get("clock", now_ms)(), new_identity)
         queue = OfflineQueue(os.path.join(directory, "queue.db"), max_queued)
         return cls(core, queue, host, port, **kw)

@@ -104,6 +104,7 @@ class DeviceCore(dp.DeviceProtocol):
     ``validator_keys``: the validator set the device trusts for receipts and record proofs.
     ``ca_public``: the fog CA key that issues session certificates. ``gateway_keys``: optional
     {gateway device-id: identity public key}; when given, receipts need an anchor signed by one of them.
+    ``group_key``: the set's FROST group key when the chain has one (threshold-certified headers).
     """
 
     session: Session | None
@@ -114,9 +115,10 @@ class DeviceCore(dp.DeviceProtocol):
     def __init__(self, private_key: bytes, site: str, counter: SequenceCounter, chain_id: str,
                  validator_keys: Iterable[bytes], ca_public: bytes | None = None,
                  gateway_keys: Mapping[bytes, bytes] | None = None, backend: Any = None,
-                 rng: Callable[[int], bytes] | None = None, max_tracked: int = 4096) -> None:
+                 rng: Callable[[int], bytes] | None = None, max_tracked: int = 4096,
+                 group_key: bytes | None = None) -> None:
         super().__init__(private_key, site, counter, chain_id, list(validator_keys), ca_public, gateway_keys,
-                         get_backend(backend), rng or os.urandom, max_tracked)
+                         get_backend(backend), rng or os.urandom, max_tracked, group_key=group_key)
 
     def __repr__(self) -> str:
         return "DeviceCore(%s, site=%s)" % (self.device_id.hex(), self.site)

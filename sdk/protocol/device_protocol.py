@@ -248,10 +248,13 @@ class DeviceProtocol:
     fog CA key that issues session certificates. ``gateway_keys``: optional {gateway device-id:
     identity public key}; when given, receipts need an anchor signed by one of them. ``rng(n)``:
     random bytes (default os.urandom). ``max_tracked``: sent frames remembered for receipts.
+    ``group_key``: the set's FROST group key (33 bytes) when its chain record holds one: headers then name
+    it and may carry one threshold signature instead of 2f+1 votes (``spv.verify_certified_header``).
     """
 
     def __init__(self, private_key, site, counter, chain_id=None, validator_keys=None, ca_public=None,
-                 gateway_keys=None, backend=None, rng=None, max_tracked=4096, device_id=None, cache_size=4):
+                 gateway_keys=None, backend=None, rng=None, max_tracked=4096, device_id=None, cache_size=4,
+                 group_key=None):
         self.crypto = get_backend(backend)
         if private_key is None:
             raise ValueError("an identity key is needed")
@@ -264,6 +267,7 @@ class DeviceProtocol:
         self.counter = counter
         self.chain_id = chain_id
         self.validator_keys = [bytes(k) for k in validator_keys] if validator_keys is not None else None
+        self.group_key = bytes(group_key) if group_key is not None else None
         self.ca_public = ca_public
         self.gateway_keys = dict(gateway_keys) if gateway_keys is not None else None
         self.rng = rng or _default_rng

@@ -8,7 +8,9 @@ The functions work on the ``DeviceProtocol`` they are given (its trust anchors, 
 
 Protects against a gateway or broker lying about a reading's fate: a receipt is valid only when the
 frame hash is in the batch root, the anchor transaction carrying that root and batch size is in the tx
-root of a header certified by 2f+1 of the validators the device trusts, and (when the device knows
+root of a header certified by 2f+1 of the validators the device trusts (or, when the device holds the
+set's FROST group key, by one threshold signature of t = 2f+1 of them: ``frost`` is loaded for that
+check only), and (when the device knows
 gateway keys) the anchor is signed by a known gateway. Tested through ``DeviceProtocol`` in
 tests/protocol/test_device_protocol.py and on board32 in tests/boards/test_board_cycle.py.
 """
@@ -100,7 +102,7 @@ def _certified_header(device, certified):
     """(height, tx root) of a checked certified header, from the cache when the same bytes were checked
     against the same chain and validator set. The cache holds no ``spv.Header``: its class would keep
     the ``spv`` a board forgets after each check alive, and the next check would load a second copy."""
-    h = hashlib.sha256(cbor.dumps([device.chain_id, device.validator_keys]))
+    h = hashlib.sha256(cbor.dumps([device.chain_id, device.validator_keys, device.group_key]))
     h.update(cbor.dumps(certified) if not isinstance(certified, (bytes, bytearray)) else certified)
     mark = h.digest()
     h = None                        # no copy of the header's bytes stays alive through the signature checks
@@ -109,7 +111,9 @@ def _certified_header(device, certified):
             return entry[1]
     from ledgerlink.protocol import spv
 
-    header = spv.verify_certified_header(certified, device.chain_id, device.validator_keys, device.crypto)
+    header = spv.verify_certified_header(certified, device.chain_id, device.validator_keys, device.crypto,
+                                         device.group_key)
+    _forget_on_boards(("ledgerlink.core", "frost"))
     checked = (header.height, header.tx_root)
     if device.cache_size:
         _remember(device, device._headers, (mark, checked))

@@ -19,7 +19,8 @@ def device_record(device, record_proof):
 
     if device.validator_keys is None or device.chain_id is None:
         raise dp.DeviceError("no trusted validator set: record proofs cannot be checked")
-    header, key, value = spv.verify_record_proof(record_proof, device.chain_id, device.validator_keys, device.crypto)
+    header, key, value = spv.verify_record_proof(record_proof, device.chain_id, device.validator_keys, device.crypto,
+                                                device.group_key)
     if value is None:
         return header.height, None, key
     record = cbor.loads(value, max_depth=8)
