@@ -84,7 +84,7 @@ def page(title: str, page_name: str, site: str, gateway_id: str, content: str, s
 <header>
   <h1>ledgerlink gateway <span id="site">%(site)s</span></h1>
   <p class="sub">gateway <code id="gateway-id">%(gw)s</code>%(status)s</p>
-  <nav><a href="/">overview</a> <a href="/proof">proof explorer</a> <a href="/trace">material trace</a> <a href="/metrics">metrics</a></nav>
+  <nav><a href="/">overview</a> <a href="/proof">proof explorer</a> <a href="/trace">material trace</a> <a href="/versions">versions</a> <a href="/metrics">metrics</a></nav>
 </header>
 <main>
 %(content)s

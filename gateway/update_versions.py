@@ -30,7 +30,8 @@ def _latest(dashboard: Any, component: int, device_class: str) -> tuple[dict | N
     core = dashboard.metrics.core
     try:
         proof = dashboard.ledger.record(RECORD_FIRMWARE_LATEST, [component, device_class])["proof"]
-        header, key, value = spv.verify_record_proof(cbor.dumps(proof), core.chain_id, core.validator_keys)
+        header, key, value = spv.verify_record_proof(cbor.dumps(proof), core.chain_id, core.validator_keys,
+                                                    group_key=core.group_key)
         if key != spv.state_key(RECORD_FIRMWARE_LATEST, [component, device_class]):
             return None, "proof for another record"
         return (cbor.loads(value) if value is not None else None), "verified (header %d)" % header.height

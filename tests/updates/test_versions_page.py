@@ -51,3 +51,10 @@ def test_versions_page(tmp_path):
 def test_versions_page_without_a_service(tmp_path):
     status, _, body = Dashboard._answer(_dashboard(ReleaseSite(), tmp_path), "/versions", {})
     assert status == 200 and "no device versions yet" in body.decode()
+
+
+def test_every_page_links_to_versions(tmp_path):
+    """The dashboard's navigation names the versions page, so an operator finds it from any page."""
+    status, _, body = Dashboard._answer(_dashboard(ReleaseSite(), tmp_path), "/versions", {})
+    nav = body.decode().split("<nav>")[1].split("</nav>")[0]
+    assert status == 200 and '<a href="/versions">versions</a>' in nav
