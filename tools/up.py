@@ -479,6 +479,10 @@ def _make_stack_class() -> type:
             private_dir(self.data_dir)
             if self.cfg.broker_admin_login is None:
                 self.progress(external_advice(self.site, self.broker_host, self.broker_port))
+                if self.cfg.anon:
+                    self.progress("anonymous sessions: also make there the accounts of %s with the roles anon (no "
+                                  "client id bound), anon-fog and anon-cloud of ledgerlink.tools.broker_access, "
+                                  "logins in %s" % (self.access.accounts_path, self.access.folder / "credentials"))
                 return
             try:
                 lines = self.access.sync_external(self.broker_host, self.broker_port, self.cfg.broker_admin_login,
