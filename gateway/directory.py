@@ -302,36 +302,59 @@ class DirectoryService:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python3 -m ledgerlink.gateway.directory --up-config UP.json``: the directory of a running site (its
-    ledger, broker and accounts from the ``ledgerlink up`` config), until Ctrl-C."""
+    """``python3 -m ledgerlink.gateway.directory --up-config UP.json`` (or ``--data-dir DIR --site S --broker
+    HOST:PORT``, as ``ledgerlink up`` starts it): the directory of a running site (its ledger config in
+    ``DIR/ledger/cluster.json``, its broker accounts in ``DIR/broker``), until SIGTERM or Ctrl-C."""
     import argparse
+    import signal
+    from pathlib import Path
 
     from ledgerlink.ledger.client import LedgerClient
     from ledgerlink.ledger.transport import ClusterConfig
     from ledgerlink.tools.broker_access import SiteAccess
     from ledgerlink.tools.pair_access import PairAccess
-    from ledgerlink.tools.up import load_config
 
     parser = argparse.ArgumentParser(prog="python3 -m ledgerlink.gateway.directory", description=main.__doc__)
-    parser.add_argument("--up-config", required=True, metavar="FILE", help="the `ledgerlink up` config")
+    parser.add_argument("--up-config", metavar="FILE", help="the `ledgerlink up` config")
+    parser.add_argument("--data-dir", metavar="DIR", help="the site's data directory (instead of --up-config)")
+    parser.add_argument("--site", help="the site's name (with --data-dir)")
+    parser.add_argument("--broker", metavar="HOST:PORT", help="the site's broker (with --data-dir)")
     args = parser.parse_args(argv)
+    if args.up_config:
+        from ledgerlink.tools.up import load_config
+
+        cfg = load_config(args.up_config)
+        data_dir, site = cfg.data_dir, cfg.site
+        host, port = cfg.broker_external or (cfg.broker_host, cfg.broker_port)
+    elif args.data_dir and args.site and args.broker:
+        data_dir, site = Path(args.data_dir), args.site
+        host, _, port_text = args.broker.rpartition(":")
+        port = int(port_text)
+    else:
+        parser.error("give --up-config, or --data-dir, --site and --broker")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = load_config(args.up_config)
-    cluster = ClusterConfig.load(cfg.cluster_path)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    cluster = ClusterConfig.load(data_dir / "ledger" / "cluster.json")
     ledger = LedgerClient(cluster)
-    pairs = PairAccess(SiteAccess(cfg.data_dir / "broker", cfg.site))
-    host, port = cfg.broker_external or (cfg.broker_host, cfg.broker_port)
-    service = DirectoryService(Directory(ledger, cluster.chain_id, list(cluster.validators), cfg.site, pairs),
-                               "127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port,
-                               pairs.directory_login()).start()
-    print("directory of site %s on %s:%d (ledger height %d)" % (cfg.site, host, port, service.directory.index.height))
+    pairs = PairAccess(SiteAccess(data_dir / "broker", site))
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    service = None
     try:
+        service = DirectoryService(Directory(ledger, cluster.chain_id, list(cluster.validators), site, pairs),
+                                   host, port, pairs.directory_login()).start()
+        print("directory of site %s on %s:%d (ledger height %d)" % (site, host, port, service.directory.index.height),
+              flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         return 0
     finally:
-        service.stop()
+        if service is not None:
+            service.stop()
         ledger.close()
 
 

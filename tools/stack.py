@@ -21,7 +21,7 @@ first serves the dashboard on the given HTTP address, the others on a free loopb
 
 Supervision: ``supervise()``, called every fraction of a second by whoever runs the site
 (``ledgerlink up``, the chaos tool), starts again every part that exited without being asked to
-(broker, a ledger node, a gateway), after a delay of ``RESTART_FIRST_S`` doubled for each crash in a
+(broker, a ledger node, a gateway, the directory), after a delay of ``RESTART_FIRST_S`` doubled for each crash in a
 row up to ``RESTART_MAX_S`` (a part that ran ``STABLE_S`` starts over at the first delay); the other
 parts keep running. It returns one line per event ("... exited ...; starting it again in D s",
 "... restarted") and writes, at each event and every ``STATUS_EVERY_S``, ``data_dir/status.json`` (each
@@ -81,6 +81,8 @@ MAX_KEEPALIVE_S = 300                 # keep alive granted at most (MQTT 5 serve
 AUTOSAVE_S = 1                        # mosquitto writes its persistence file this often
 RESTART_FIRST_S = 0.5                 # delay before a crashed part is started again; doubled per crash in a row
 RESTART_MAX_S = 30.0
+DIRECTORY_LOG = "directory.log"
+DIRECTORY_READY = b"directory of site"      # what the directory logs once it subscribed
 MAX_STANDBYS = 2                      # warm standby interpreters kept for gateway restarts (at most one per gateway)
 STANDBY_LOG = "gateway-standby.log"   # a standby's output until it becomes a gateway
 STABLE_S = 60.0                       # a part that ran this long counts its next crash as the first in a row
@@ -287,6 +289,7 @@ class Stack:
         self.parts: dict[str, _Part] = {}
         self.stopping = False
         self.standbys: list[subprocess.Popen] = []          # warm standbys of the gateways (``supervise``)
+        self.directory: subprocess.Popen | None = None      # the site's directory (``start_directory``)
         self.warm_standby = warm_standby
         self.status_written = float("-inf")
 
@@ -319,7 +322,8 @@ class Stack:
 
     def pids(self) -> list[int]:
         """Process ids of the running children."""
-        procs = [self.broker, *self.gateways] + (list(self.cluster.procs.values()) if self.cluster else [])
+        procs = ([self.broker, *self.gateways, self.directory]
+                 + (list(self.cluster.procs.values()) if self.cluster else []))
         return [p.pid for p in procs if p is not None and p.poll() is None]
 
     def _cluster(self) -> _SessionCluster:
@@ -447,9 +451,42 @@ class Stack:
         self.progress("%s %s: site %r, subscribed to ll/%s/dev/+/up, .../session and .../reg"
                       % (part_name("gateway", index, len(self.gateways)), self.gateway_id.hex(), self.site, self.site))
 
+    def start_directory(self, timeout: float = 30.0) -> None:
+        """Start the site's directory (``ledgerlink.gateway.directory``: discovery and the pair topics of peer
+        sessions, its own broker account) and wait until it subscribed; ``supervise`` restarts it from then on."""
+        log_path = self.data_dir / DIRECTORY_LOG
+        offset = self._spawn_directory()
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                if DIRECTORY_READY in f.read():
+                    break
+            if self.directory is None or self.directory.poll() is not None:
+                raise StackError("directory exited with %s (see %s)"
+                                 % (self.directory.returncode if self.directory else "?", log_path))
+            if time.monotonic() > deadline:
+                stop_process(self.directory)
+                raise StackError("directory did not subscribe (see %s)" % log_path)
+            time.sleep(0.05)
+        self.progress("directory: discovery and pair topics of peer sessions on ll/%s/dev/+/dir (pid %d, log %s)"
+                      % (self.site, self.directory.pid, log_path))
+
+    def _spawn_directory(self) -> int:
+        """Start the directory process without waiting; the size of its log before it started."""
+        log_path = self.data_dir / DIRECTORY_LOG
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        host = "127.0.0.1" if self.broker_host in ("0.0.0.0", "::", "") else self.broker_host
+        with private_log(log_path) as log:
+            spawn([sys.executable, "-m", "ledgerlink.gateway.directory", "--data-dir", str(self.data_dir),
+                   "--site", self.site, "--broker", "%s:%d" % (host, self.broker_port)], log,
+                  functools.partial(setattr, self, "directory"))
+        return offset
+
     def stop(self) -> None:
-        """Stop gateways, ledger client, cluster and broker (each waited for)."""
+        """Stop directory, gateways, ledger client, cluster and broker (each waited for)."""
         self.stopping = True
+        stop_process(self.directory)
         for proc in self.gateways:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -484,6 +521,8 @@ class Stack:
                            self.data_dir / (gateway_name(index) + ".log"),
                            functools.partial(self.gateways.__getitem__, index - 1),
                            functools.partial(self._respawn_gateway, index)))
+        if self.directory is not None or "directory" in self.parts:
+            wanted.append(("directory", self.data_dir / DIRECTORY_LOG, lambda: self.directory, self._spawn_directory))
         out = []
         for key, log, current, start in wanted:
             part = self.parts.get(key)

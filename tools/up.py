@@ -18,10 +18,12 @@ config file (JSON, or TOML when the name ends in .toml; relative paths are relat
       "gateway": {"http_host": "127.0.0.1", "http_port": 8080, "limits": {}, "batch": {}, "processes": 1},
                                                        # processes: gateways sharing the subscription and store
       "admin_key": "admin.key",                        # the genesis admin's key (default: made in data_dir)
-      "anon": {"enabled": true, "cloud_public": "<hex>", "fog_key": "anon-fog.key"}
+      "anon": {"enabled": true, "cloud_public": "<hex>", "fog_key": "anon-fog.key"},
                                                        # anonymous sessions (off by default): the cloud side's
                                                        # escrow public key; the fog's request key file (0600;
                                                        # default: made in data_dir/ledger/keys)
+      "peer": {"enabled": true}                        # device-to-device sessions (off by default): runs the
+                                                       # site's directory
     }
 
 The broker started is chosen by ``--broker``: mosquitto, embedded (``ledgerlink.tools.mqtt_broker``, in
@@ -59,6 +61,12 @@ broker accounts of anonymous sessions (``SiteAccess.anon_accounts``: the login a
 to ``ll/S/anon``, one for each gateway's fog service and one for the cloud side) and each gateway process runs
 the fog's service (``ledgerlink.gateway.main``'s ``anon``) with the fog request key and the configured escrow
 public key; the summary prints the fog's request key and where the shared login is.
+
+Device-to-device sessions (issue 14: discovery, query and information packets on pair topics) are off unless
+``peer.enabled`` is true. Then ``up`` also runs the site's directory (``ledgerlink.gateway.directory``, log
+``data_dir/directory.log``) with its own broker account and its own broker admin for pair-topic ACLs, and
+supervises it like a gateway; without it no account reads the devices' directory requests and no pair topic
+is ever granted.
 """
 
 from __future__ import annotations
@@ -89,11 +97,12 @@ CLIENT_PORT_OFFSET = 1000
 MAX_GATEWAY_PROCESSES = 16
 SUPERVISE_S = 0.25             # how often the parts are looked at
 KNOWN = {
-    "": ("data_dir", "site", "broker", "ledger", "gateway", "admin_key", "anon"),
+    "": ("data_dir", "site", "broker", "ledger", "gateway", "admin_key", "anon", "peer"),
     "broker": ("host", "port", "tls_port", "external", "admin_login", "tls_ca"),
     "ledger": ("nodes", "host", "base_port", "chain_id"),
     "gateway": ("http_host", "http_port", "limits", "batch", "processes"),
     "anon": ("enabled", "cloud_public", "fog_key"),
+    "peer": ("enabled",),
 }
 ANON_FOG_KEY = "anon-fog.key"      # in data_dir/ledger/keys unless anon.fog_key names a file
 ANON_STORE = "anon-fog.sqlite"
@@ -174,6 +183,9 @@ class UpConfig:
                                   "hex") from None
         self.anon_fog_key = (_resolve(base, _text(anon, "fog_key", None, "anon.fog_key")) if "fog_key" in anon
                              else self.data_dir / "ledger" / "keys" / ANON_FOG_KEY)
+        self.peer = _section(raw, "peer").get("enabled", False)
+        if type(self.peer) is not bool:
+            raise ConfigError("peer.enabled must be true or false, not %r" % (self.peer,))
 
     @property
     def ledger_dir(self) -> Path:
@@ -460,6 +472,7 @@ def _make_stack_class() -> type:
             self._anon_setup()
             if self.cfg.broker_external is None:
                 super().start(timeout)
+                self._peer_setup(timeout)
                 return
             self.data_dir.mkdir(parents=True, exist_ok=True)
             try:
@@ -468,6 +481,17 @@ def _make_stack_class() -> type:
                 self._external_accounts()
                 self._start_cluster(timeout)
                 self._start_gateway(timeout)
+            except BaseException:
+                self.stop()
+                raise
+            self._peer_setup(timeout)
+
+        def _peer_setup(self, timeout: float) -> None:
+            """The site's directory, only when the config asks for peer sessions (``peer.enabled``)."""
+            if not self.cfg.peer:
+                return
+            try:
+                self.start_directory(timeout)
             except BaseException:
                 self.stop()
                 raise
@@ -590,6 +614,8 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
                         stack.access.credentials_path(anon_cloud_username(cfg.site))))
     else:
         lines.append("anonymous sessions: off (anon.enabled)")
+    lines.append("peer sessions: on; the directory (discovery, pair topics) logs to %s"
+                 % (cfg.data_dir / "directory.log") if cfg.peer else "peer sessions: off (peer.enabled)")
     lines.append("processes: %s" % " ".join(str(p) for p in stack.pids()))
     return lines
 
