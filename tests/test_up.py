@@ -17,6 +17,7 @@ import urllib.request
 import pytest
 
 from ledgerlink.core.backend import get_backend
+from ledgerlink.core.errors import InvalidProof
 from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.cluster import free_base_port
 from ledgerlink.tools import up
@@ -117,6 +118,7 @@ def test_up_runs_a_site_and_stops_on_sigint(tmp_path):
                                     str(tmp_path / "dev.key"), "--name", "probe"], capture_output=True, text=True)
         assert reg.returncode == 0, reg.stderr
         assert not (tmp_path / "site" / "ledger" / "keys" / "admin.key").exists()
+        _threshold_headers(tmp_path / "site" / "ledger", text)
         pids = [int(p) for p in re.search(r"processes: ([\d ]+)", text).group(1).split()]
         assert len(pids) == 6 and all(alive(p) for p in pids)
 
@@ -136,8 +138,36 @@ def test_up_runs_a_site_and_stops_on_sigint(tmp_path):
     bad = write_config(tmp_path / "bad.json", data_dir="site", site="hall-2", ledger={"nodes": 7})
     p = subprocess.run(CLI + ["up", "--config", str(bad)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "holds a 4-node ledger" in p.stderr
+    off = write_config(tmp_path / "off.json", data_dir="site", site="hall-2", ledger={"nodes": 4, "threshold": False})
+    p = subprocess.run(CLI + ["up", "--config", str(off)], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "with threshold header certificates but ledger.threshold is false" in p.stderr
     p = subprocess.run(CLI + ["up", "--check", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and "is usable" in p.stdout
+
+
+def _threshold_headers(ledger_dir, text):
+    """The first run's DKG: a 0600 signing share beside each validator key, the group key in the genesis and
+    in the summary, and the nodes' blocks certified by one FROST signature a device checks with the group key."""
+    from ledgerlink.protocol import spv
+
+    cluster = json.loads((ledger_dir / "cluster.json").read_text())
+    group_key = bytes.fromhex(cluster["genesis"]["group_key"])
+    assert len(cluster["genesis"]["verifying_shares"]) == 4
+    assert "threshold headers: group key %s (t = 3 of 4" % group_key.hex() in text
+    assert "validator_keys and group_key as above" in text
+    for i in range(4):
+        share = ledger_dir / "keys" / ("validator%d.share" % i)
+        assert share.stat().st_mode & 0o777 == 0o600
+    keys = [bytes.fromhex(k) for k in cluster["validators"]]
+    deadline = time.monotonic() + 20
+    with LedgerClient(ledger_dir / "cluster.json") as c:
+        while "threshold_header" not in (latest := c.latest()):
+            assert time.monotonic() < deadline, latest
+            time.sleep(0.2)
+    header = spv.verify_threshold_header(latest["threshold_header"], cluster["chain_id"], keys, group_key)
+    assert header.height == latest["height"]
+    with pytest.raises(InvalidProof, match="different validator set"):
+        spv.verify_certified_header(latest["certified_header"], cluster["chain_id"], keys)   # the anchor needs the key
 
 
 def _dead_port():
@@ -150,6 +180,7 @@ BAD = [
     ({"data_dir": "d", "site": "p", "broker": {"port": 70000}}, "port number"),
     ({"data_dir": "d", "site": "p", "gateway": {"http_port": "8080"}}, "must be an integer"),
     ({"data_dir": "d", "site": "p", "ledger": {"nodes": 3}}, "3f+1"),
+    ({"data_dir": "d", "site": "p", "ledger": {"threshold": "yes"}}, "ledger.threshold must be true or false"),
     ({"data_dir": "d", "site": "p", "brokr": {}}, "unknown config field brokr"),
     ({"data_dir": "d", "site": "p", "admin_key": "no-such-folder/admin.key"}, "folder"),  # a missing key is made
     ({"data_dir": "d", "site": "p", "broker": {"external": "127.0.0.1:%d"}}, "does not answer"),

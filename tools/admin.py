@@ -169,6 +169,8 @@ class Context:
             self.gateway_url = "http://%s:%d" % (host, up.http_port)
         self.chain_id = self.config.chain_id
         self.validators = list(self.config.validators)
+        group = self.config.genesis.get("group_key")
+        self.group_key = bytes.fromhex(group) if group else None      # FROST group key: threshold headers
         self.admin_key_path = Path(args.admin_key) if args.admin_key else (
             admin_default or self.cluster_path.parent / "keys" / "admin.key")
         self._client: Any = None
@@ -230,7 +232,8 @@ class Context:
     def verify_header(self, certified: Any) -> tuple[spv.Header, int]:
         """(header, number of commit votes) of a certified header checked against the trusted set."""
         try:
-            header = spv.verify_certified_header(cbor.dumps(certified), self.chain_id, self.validators)
+            header = spv.verify_certified_header(cbor.dumps(certified), self.chain_id, self.validators,
+                                                 group_key=self.group_key)
         except (LedgerlinkError, TypeError) as exc:
             raise AdminError("certified header from the ledger does NOT verify against the trusted validator "
                              "set: %s" % exc) from None
@@ -246,7 +249,8 @@ class Context:
             raise AdminError("ledger error: %s" % res.get("error"))
         proof = res.get("proof")
         try:
-            header, key, value = spv.verify_record_proof(cbor.dumps(proof), self.chain_id, self.validators)
+            header, key, value = spv.verify_record_proof(cbor.dumps(proof), self.chain_id, self.validators,
+                                                        group_key=self.group_key)
         except (LedgerlinkError, TypeError) as exc:
             raise AdminError("record proof from the ledger does NOT verify: %s" % exc) from None
         if key != enc.state_key(kind, record_id):
@@ -593,9 +597,10 @@ def cmd_verify_receipt(ctx: Context, args: argparse.Namespace) -> int:
     receipt = read_blob(args.receipt, "receipt")
     frame = read_blob(args.frame, "frame")
     try:
-        header = verify_receipt(receipt, frame, ctx.chain_id, ctx.validators)
+        header = verify_receipt(receipt, frame, ctx.chain_id, ctx.validators, group_key=ctx.group_key)
         r = cbor.loads(receipt)
-        votes = len(r[7][1][3])
+        cert = r[7][1]                      # votes, or one threshold signature standing for t = 2f+1 shares
+        votes = len(cert[3]) if len(cert) == 4 else spv.quorum(len(ctx.validators))
     except (LedgerlinkError, KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
         print("receipt does NOT verify for this frame: %s" % (exc or type(exc).__name__), file=sys.stderr)
         return EXIT_FAILED

@@ -4,7 +4,9 @@ library in-process.
 ``run_live`` starts a ``Stack`` (an MQTT broker, a 4-node PBFT ledger, a gateway), registers N simulated
 devices (``ledgerlink.device.Device``: their own keys; admin-signed tx-register), opens ECQV sessions
 for half of them (the others sign with their identity key), publishes readings, checks every receipt
-as a device does (batch inclusion, anchor tx inclusion, 2f+1 certified header), bans one device
+as a device does (batch inclusion, anchor tx inclusion, certified header: the ledger's validators run the
+FROST DKG at genesis, so the header carries one threshold signature of 2f+1 of them and each device holds
+the group key beside the validator keys), bans one device
 halfway through (admin-signed tx-ban) and checks that the gateway refuses it from then on. It prints a
 live summary, stops every process on Ctrl-C or after ``--duration``, and returns 0 only when every
 check held (1 when one failed, 2 when the broker asked for cannot be used, 130 when interrupted before
@@ -329,7 +331,8 @@ def _open_devices(stack: Any, count: int, directory: Path, tally: _Tally) -> lis
         holder: list[Any] = []
         dev = Device.open(str(directory / ("dev%02d" % i)), stack.site, "127.0.0.1", stack.broker_port,
                           stack.chain_id, stack.validators, ca_public=stack.public_key("gw-ca"),
-                          gateway_keys=gateway_keys, mode=mode, backoff_initial=0.2, backoff_max=2.0,
+                          gateway_keys=gateway_keys, group_key=stack.group_key, mode=mode, backoff_initial=0.2,
+                          backoff_max=2.0,
                           on_receipt=lambda ev, h=holder: tally.receipt(h[0].core.device_id, ev),
                           on_refusal=lambda ev, h=holder: tally.refusal(h[0].core.device_id, ev))
         holder.append(dev)
@@ -367,7 +370,7 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
     def say(line: str) -> None:
         print("[%6.1fs] %s" % (time.monotonic() - t0, line), flush=True)
 
-    stack = Stack(data_dir, site, limits=GATEWAY_LIMITS, progress=say, broker=broker)
+    stack = Stack(data_dir, site, limits=GATEWAY_LIMITS, progress=say, broker=broker, threshold=True)
     tally = _Tally()
     devs: list[Any] = []
     monitor: _Monitor | None = None
@@ -538,7 +541,7 @@ def _final_checks(devs: list[Any], tally: _Tally, ban_target: Any, ban_ms: int |
     good_accepted = sum(len(tally.accepted.get(d.core.device_id, ())) for d in others)
     good_receipts = sum(tally.receipts_of.get(d.core.device_id, 0) for d in others)
     out.append((good_receipts == good_accepted and not tally.receipts_invalid and undecided == 0,
-                "receipts verified %d of %d accepted (batch root, anchor tx, 2f+1 certified header); "
+                "receipts verified %d of %d accepted (batch root, anchor tx, certified header); "
                 "%d invalid, %d frames without an answer" % (good_receipts, good_accepted, len(tally.receipts_invalid),
                                                              undecided)))
     unexpected = [(reason_name(c), r) for d in others for c, r in tally.refused.get(d.core.device_id, [])]

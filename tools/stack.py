@@ -262,8 +262,10 @@ class Stack:
                  limits: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
                  progress: Callable[[str], None] | None = None, broker: str | None = None,
                  broker_bind: str = "127.0.0.1", broker_port: int = 0, gateways: int = 1,
-                 dashboard_login: bool = False, broker_tls_port: int = 0, warm_standby: bool = True) -> None:
+                 dashboard_login: bool = False, broker_tls_port: int = 0, warm_standby: bool = True,
+                 threshold: bool = False) -> None:
         self.data_dir = Path(data_dir)
+        self.threshold = threshold                  # a new ledger's validators run the FROST DKG (cluster.generate)
         self.site = site
         self.nodes = nodes
         self.limits = dict(limits or {})
@@ -311,6 +313,12 @@ class Stack:
     @property
     def validators(self) -> list[bytes]:
         return list(self._cluster().config.validators)
+
+    @property
+    def group_key(self) -> bytes | None:
+        """The validators' FROST group key from the genesis (None: headers are certified by votes only)."""
+        group = self._cluster().config.genesis.get("group_key")
+        return bytes.fromhex(group) if group else None
 
     def public_key(self, name: str) -> bytes:
         """Compressed public key of ``ledger/keys/<name>.key`` (gateway, gw-ca, gw-site, admin)."""
@@ -398,7 +406,7 @@ class Stack:
 
     def _start_cluster(self, timeout: float) -> None:
         ledger_dir = self.data_dir / "ledger"
-        self.cluster = _SessionCluster(ledger_dir, self.nodes)
+        self.cluster = _SessionCluster(ledger_dir, self.nodes, threshold=self.threshold)
         self.cluster.start(timeout)
         self.ledger = LedgerClient(self.cluster.config_path)
         cfg = self.cluster.config

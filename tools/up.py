@@ -13,8 +13,10 @@ config file (JSON, or TOML when the name ends in .toml; relative paths are relat
                                                        # with "admin_login": "admin.json" when it is a mosquitto
                                                        # with the dynamic security plugin (up makes the accounts)
                                                        # and "tls_ca": "ca.pem" when that port speaks TLS
-      "ledger": {"nodes": 4, "host": "127.0.0.1", "base_port": 27000, "chain_id": "ll-plant-1"},
-                                                       # peer ports base_port+i, client ports base_port+1000+i
+      "ledger": {"nodes": 4, "host": "127.0.0.1", "base_port": 27000, "chain_id": "ll-plant-1",
+                 "threshold": true},
+                                                       # peer ports base_port+i, client ports base_port+1000+i;
+                                                       # threshold (default true): FROST header certificates
       "gateway": {"http_host": "127.0.0.1", "http_port": 8080, "limits": {}, "batch": {}, "processes": 1},
                                                        # processes: gateways sharing the subscription and store
       "admin_key": "admin.key",                        # the genesis admin's key (default: made in data_dir)
@@ -35,7 +37,20 @@ free, the external broker answering, the admin key file, an existing data direct
 config); a bad config ends with one line saying what to change and exit status 2. The first run writes
 the validator keys, the genesis (the configured admin key is its admin) and ``data_dir/ledger/cluster.json``
 into a temporary directory renamed into place, so an interrupted first run leaves nothing half-made;
-later runs reuse them. When everything runs it prints where each part is and a line starting with
+later runs reuse them.
+
+Threshold headers (``ledger.threshold``, default true): the first run also runs the dealerless FROST key
+generation among the validators (``ledgerlink.ledger.cluster.dkg_in_process``, t = 2f+1): each signing share
+goes to ``ledger/keys/validator<i>.share`` (0600, beside the node key), the group key and the verifying
+shares into the genesis chain record. Every block then gets a threshold certificate, and a device checks
+a receipt's header with one FROST verification whatever the number of validators; the group key is part of
+the trust anchor ``ledgerlink provision`` writes to boards. Turn it off (``"threshold": false``) only for a
+site whose devices or readers cannot carry the group key yet (their anchor names the validator keys alone,
+and a header of a set with a group key names a different validators-hash) or whose validators must not
+hold a second secret. The choice is fixed at the first run (the genesis names it): a later run whose config
+sets the other value is refused, one that leaves it out runs the ledger as made.
+
+When everything runs it prints where each part is and a line starting with
 ``ready``; Ctrl-C or SIGTERM stops the gateways, the nodes and the broker in that order (exit 0).
 
 The site is supervised: a part that exits by itself (a crashed gateway, ledger node or broker) is started
@@ -99,7 +114,7 @@ SUPERVISE_S = 0.25             # how often the parts are looked at
 KNOWN = {
     "": ("data_dir", "site", "broker", "ledger", "gateway", "admin_key", "anon", "peer"),
     "broker": ("host", "port", "tls_port", "external", "admin_login", "tls_ca"),
-    "ledger": ("nodes", "host", "base_port", "chain_id"),
+    "ledger": ("nodes", "host", "base_port", "chain_id", "threshold"),
     "gateway": ("http_host", "http_port", "limits", "batch", "processes"),
     "anon": ("enabled", "cloud_public", "fog_key"),
     "peer": ("enabled",),
@@ -155,6 +170,9 @@ class UpConfig:
         self.chain_id = _text(ledger, "chain_id", "ll-" + self.site, "ledger.chain_id")
         if not CHAIN_RE.fullmatch(self.chain_id):
             raise ConfigError("ledger.chain_id %r must be 1..64 of A-Z a-z 0-9 . _ -" % self.chain_id)
+        self.threshold = ledger.get("threshold", True)
+        if type(self.threshold) is not bool:
+            raise ConfigError("ledger.threshold must be true or false, not %r" % (self.threshold,))
         gateway = _section(raw, "gateway")
         self.http_host = _text(gateway, "http_host", "127.0.0.1", "gateway.http_host")
         self.http_port = _port(gateway, "http_port", 0, "gateway.http_port")
@@ -321,6 +339,11 @@ def _existing_cluster(cfg: UpConfig) -> dict[str, Any] | None:
     if data.get("chain_id") != cfg.chain_id and "chain_id" in cfg.raw.get("ledger", {}):
         raise ConfigError("data_dir %s holds chain %r but ledger.chain_id is %r" % (cfg.data_dir, data.get("chain_id"),
                                                                                   cfg.chain_id))
+    made_threshold = bool((data.get("genesis") or {}).get("group_key"))
+    if "threshold" in cfg.raw.get("ledger", {}) and made_threshold != cfg.threshold:
+        raise ConfigError("data_dir %s holds a ledger %s threshold header certificates but ledger.threshold is %s: "
+                          "leave it out or use another data_dir"
+                          % (cfg.data_dir, "with" if made_threshold else "without", str(cfg.threshold).lower()))
     return data
 
 
@@ -415,7 +438,7 @@ def make_ledger(cfg: UpConfig) -> list[str]:
     made = []
     try:
         base = cfg.base_port or free_base_port(cfg.nodes, cfg.ledger_host)
-        path = generate(tmp, cfg.nodes, base, cfg.chain_id)
+        path = generate(tmp, cfg.nodes, base, cfg.chain_id, threshold=cfg.threshold)
         data = json.loads(path.read_text())
         data["host"] = cfg.ledger_host
         if new_admin:
@@ -579,6 +602,7 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
     c = stack.cluster.config
     admin_pub = be.public_key(read_key(cfg.admin_key_path, "admin key"), True)
     from ledgerlink.ledger.state.encoding import device_id
+    from ledgerlink.protocol.spv import quorum
 
     lines = ["broker: mqtt://%s:%d (MQTT 5; devices use ll/%s/dev/<device-id>/up, reg, session; replies on .../down)"
              % (stack.broker_host, stack.broker_port, cfg.site),
@@ -595,12 +619,16 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
              "cluster config (trust anchor: chain id + validator keys): %s" % cfg.cluster_path]
     for a in c.nodes:
         lines.append("  validator %d: %s (key file %s)" % (a.index, a.pubkey.hex(), a.key_file))
+    group = c.genesis.get("group_key")
+    lines.append("threshold headers: group key %s (t = %d of %d; signing shares beside the validator keys)"
+                 % (group, quorum(c.n), c.n) if group else
+                 "threshold headers: off (headers certified by 2f+1 votes; ledger.threshold)")
     lines.append("admin key: %s (device %s); e.g. ledgerlink admin --up-config %s validators"
                  % (cfg.admin_key_path, device_id(admin_pub).hex(), cfg.path))
     lines.append("gateway: device %s, log %s" % (stack.gateway_id.hex(), cfg.data_dir / "gateway.log"))
     ca_key = read_key(cfg.data_dir / "ledger" / "keys" / "gw-ca.key", "fog CA key")
-    lines.append("board configs: chain_id %r, ca_public %s (the fog CA key), validator_keys as above"
-                 % (c.chain_id, be.public_key(ca_key, True).hex()))
+    lines.append("board configs: chain_id %r, ca_public %s (the fog CA key), validator_keys%s as above"
+                 % (c.chain_id, be.public_key(ca_key, True).hex(), " and group_key" if group else ""))
     lines.append("dashboard: %s (metrics at %smetrics; log in with the token in %s)"
                  % (stack.dashboard_url, stack.dashboard_url, cfg.data_dir / "dashboard.token")
                  if stack.dashboard_url else "dashboard: not started (see the gateway log)")
