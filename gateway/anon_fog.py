@@ -140,10 +140,12 @@ class AnonFog:
     def __init__(self, site: str, chain_id: str, validator_keys: list[bytes], ecies_private: bytes,
                  identity_private: bytes, cloud_public: bytes, cert_source: Callable[[bytes], Any], store: AnonStore,
                  rng: Callable[[int], bytes], max_skew_ms: int = 30_000, session_lifetime_s: int = 3600,
-                 checks_per_s: float = 200.0, checks_burst: float = 400.0, backend: Any = None) -> None:
+                 checks_per_s: float = 200.0, checks_burst: float = 400.0, backend: Any = None,
+                 group_key: bytes | None = None) -> None:
         self.site = site
         self.chain_id = chain_id
         self.validator_keys = list(validator_keys)
+        self.group_key = group_key          # the set's FROST group key, when its headers name one
         self._ecies = ecies_private
         self._identity = identity_private
         self.crypto = get_backend(backend)
@@ -226,7 +228,8 @@ class AnonFog:
         """The record of (kind, record_id) from a record proof ``fetch()`` gives, checked under a certified
         header; None when the proof shows it absent; _Refusal(ledger-unavailable) for anything else."""
         try:
-            _, key, value = spv.verify_record_proof(fetch(), self.chain_id, self.validator_keys, self.crypto)
+            _, key, value = spv.verify_record_proof(fetch(), self.chain_id, self.validator_keys, self.crypto,
+                                                   self.group_key)
             if key != state_key(kind, record_id):
                 raise LedgerlinkError("the proof is of another record")
             return None if value is None else cbor.loads(value)

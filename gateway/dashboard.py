@@ -281,7 +281,7 @@ class Dashboard:
 
     def _explain(self, receipt: bytes, frame: bytes | None) -> dict:
         core = self.metrics.core
-        return explorer.explain(receipt, frame, core.chain_id, core.validator_keys, self._statement)
+        return explorer.explain(receipt, frame, core.chain_id, core.validator_keys, self._statement, core.group_key)
 
     def _statement(self, frame_hash: bytes, statement_hash: bytes) -> dict:
         """Step 6 of the explorer, against the store and the device's registered key (its proven record)."""
@@ -292,7 +292,7 @@ class Dashboard:
         if self.store is None:
             return explorer.statement_pending(frame_hash, statement_hash, None)
         return explorer.statement_step(self.store, core.site, core.chain_id, core.validator_keys, key, frame_hash,
-                                       statement_hash)
+                                       statement_hash, core.group_key)
 
     def _given_frame(self, receipt: bytes) -> bytes | None:
         """The stored frame a receipt names by its frame hash (None when it names none stored)."""

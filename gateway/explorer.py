@@ -56,9 +56,10 @@ StatementCheck = Callable[[bytes, bytes], dict]     # (frame hash, statement has
 
 
 def explain(receipt: bytes, frame: bytes | None, chain_id: str, validator_keys: list[bytes],
-            statement: StatementCheck | None = None) -> dict:
+            statement: StatementCheck | None = None, group_key: bytes | None = None) -> dict:
     """The checked steps of ``receipt`` for ``frame`` (see the module docstring): {"ok", "steps", "error"};
-    ``statement`` checks the chain statement a session frame's receipt names (step 6)."""
+    ``statement`` checks the chain statement a session frame's receipt names (step 6); ``group_key``: the
+    set's FROST group key, when its headers name one (a threshold certificate is one signature)."""
     steps = [_step("frame", "frame hash"), _step("batch", "batch root and inclusion path"),
              _step("anchor", "anchor transaction"), _step("header", "certified header and signers"),
              _step("receipt", "whole receipt, as a device checks it")]
@@ -123,21 +124,27 @@ def explain(receipt: bytes, frame: bytes | None, chain_id: str, validator_keys: 
         header_s["facts"] = [("height", header.height), ("time (ms since 1970)", header.time_ms),
                              ("header hash", header.hash.hex()), ("tx root", header.tx_root.hex())]
         try:
-            votes = r[7][1][3]
-            signers = [v[0] for v in votes if isinstance(v, list) and v and isinstance(v[0], int)]
-            header_s["facts"] += [("signer %d" % i, validator_keys[i].hex() if i < len(validator_keys) else
-                                   "(not a trusted validator)") for i in signers]
-            header_s["facts"] += [
-                ("quorum", "%d of %d" % (spv.quorum(len(validator_keys)), len(validator_keys)))]
-            spv.verify_certified_header(r[7], chain_id, validator_keys)
-            header_s.update(ok=True, detail="%d commit signatures of the trusted validators verify" % len(signers))
+            cert = r[7][1]
+            if group_key is not None and isinstance(cert, list) and len(cert) == 2:
+                header_s["facts"] += [("group key", group_key.hex()),
+                                      ("quorum", "%d of %d" % (spv.quorum(len(validator_keys)), len(validator_keys)))]
+                spv.verify_certified_header(r[7], chain_id, validator_keys, group_key=group_key)
+                header_s.update(ok=True, detail="the validators' threshold signature verifies")
+            else:
+                signers = [v[0] for v in cert[3] if isinstance(v, list) and v and isinstance(v[0], int)]
+                header_s["facts"] += [("signer %d" % i, validator_keys[i].hex() if i < len(validator_keys) else
+                                       "(not a trusted validator)") for i in signers]
+                header_s["facts"] += [
+                    ("quorum", "%d of %d" % (spv.quorum(len(validator_keys)), len(validator_keys)))]
+                spv.verify_certified_header(r[7], chain_id, validator_keys, group_key=group_key)
+                header_s.update(ok=True, detail="%d commit signatures of the trusted validators verify" % len(signers))
         except Exception as exc:  # noqa: BLE001
             header_s["detail"] = "certified header does not verify: %s" % _reason(exc)
 
     try:
         if frame is None:
             raise ValueError("the frame is not stored")
-        verify_receipt(receipt, frame, chain_id, validator_keys)
+        verify_receipt(receipt, frame, chain_id, validator_keys, group_key)
         whole_s.update(ok=True, detail="verifies (what `ledgerlink admin verify-receipt` checks)")
     except Exception as exc:  # noqa: BLE001
         whole_s["detail"] = "does not verify: %s" % _reason(exc)
@@ -166,7 +173,7 @@ def statement_pending(frame_hash: Any, covered_by: Any, check: StatementCheck | 
 
 
 def statement_step(store: Store, site: str, chain_id: str, validator_keys: list[bytes], device_key: bytes | None,
-                   frame_hash: bytes, statement_hash: bytes) -> dict:
+                   frame_hash: bytes, statement_hash: bytes, group_key: bytes | None = None) -> dict:
     """Step 6 of ``explain`` for the frame ``frame_hash`` whose receipt names the statement ``statement_hash``,
     checked against ``store`` and the device's registered public key ``device_key``."""
     step = _step("statement", "device-signed chain statement (session frame)")
@@ -194,7 +201,7 @@ def statement_step(store: Store, site: str, chain_id: str, validator_keys: list[
         own = reading_proof(store, site, stored.device, stmt.seq)
         if own["receipt"] is None:
             raise ValueError("the statement is not anchored yet")
-        verify_receipt(own["receipt"], frame, chain_id, validator_keys)
+        verify_receipt(own["receipt"], frame, chain_id, validator_keys, group_key)
         step["facts"].append(("statement's own receipt", "verifies (seq %d)" % stmt.seq))
         step.update(ok=True, detail="the device signed a chain over its session frames that holds this frame")
     except Exception as exc:  # noqa: BLE001

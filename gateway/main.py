@@ -163,7 +163,8 @@ def start_anon(cfg: dict[str, Any], gw: MqttGateway) -> Any:
         raise SystemExit("anon.cloud_public must be the cloud's escrow public key (P-256 point, hex)") from None
     core = gw.service.core
     fog = AnonFog(gw.site, core.chain_id, list(core.validator_keys), _key(cfg, a["fog_key"]), core.keys.identity,
-                  cloud_public, None, AnonStore(str(_path(cfg, a.get("store", "anon-fog.sqlite")))), os.urandom)
+                  cloud_public, None, AnonStore(str(_path(cfg, a.get("store", "anon-fog.sqlite")))), os.urandom,
+                  group_key=core.group_key)
     mq = cfg.get("mqtt", {})
     login = json.loads(_path(cfg, a["credentials"]).read_text()) if "credentials" in a else {}
     tls = None

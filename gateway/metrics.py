@@ -320,7 +320,7 @@ class GatewayMetrics:
             if not isinstance(res, dict) or not res.get("ok"):
                 raise ValueError("ledger answered %r" % (res.get("error") if isinstance(res, dict) else res))
             header = spv.verify_certified_header(cbor.dumps(res["certified_header"]), self.core.chain_id,
-                                                 self.core.validator_keys, self.core.crypto)
+                                                 self.core.validator_keys, self.core.crypto, self.core.group_key)
         except Exception as exc:  # noqa: BLE001 - shown on the dashboard
             self.ledger_checked(None, None, str(exc)[:MAX_TEXT] or type(exc).__name__)
             return
