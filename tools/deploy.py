@@ -165,6 +165,15 @@ def load_config(path: Path, profile: dict) -> dict:
                 p256.decode_point(bytes.fromhex(key))
             except (TypeError, ValueError, LedgerlinkError):
                 raise DeployError(2, "%s: validator_keys[%d] is not a hex P-256 public key" % (where, i)) from None
+        if "group_key" in config:
+            try:
+                group_key = bytes.fromhex(_need(config, "group_key", str, where))
+                if len(group_key) != 33:
+                    raise ValueError("not 33 bytes")
+                p256.decode_point(group_key)
+            except (ValueError, LedgerlinkError):
+                raise DeployError(2, "%s: group_key is not the ledger's FROST group key (a compressed P-256 point "
+                                     "in hex, the genesis group_key of cluster.json)" % where) from None
         if not _need(config, "chain_id", str, where):
             raise DeployError(2, "%s: 'chain_id' is empty" % where)
         mode = config.get("mode", "session")

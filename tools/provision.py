@@ -23,8 +23,9 @@ validator set of the cluster config. It then writes to the board:
   its new password after a rotation of its key (``ledgerlink.protocol.broker_login``).
 
 Both travel inside the program sent to the board, which first verifies the proof itself with
-``ledgerlink.protocol.spv`` against the ``validator_keys`` of its own config (written by ``ledgerlink
-deploy``) and checks that the proven record holds its own public key; only then does it write them
+``ledgerlink.protocol.spv`` against the ``validator_keys`` (and, on a ledger with threshold headers, the
+``group_key``) of its own config (written by ``ledgerlink deploy``; a config whose keys differ from the
+ledger's is refused before the board makes a key) and checks that the proven record holds its own public key; only then does it write them
 (each to a temporary name, then renamed into place). ``--check`` reruns that verification on the
 board from the stored files.
 
@@ -113,23 +114,27 @@ def trusted_keys(path):
         cfg = json.load(f)
     return cfg, [bytes.fromhex(k) for k in cfg.get('validator_keys') or []]
 
-def site_config(path, validators):
+def site_config(path, validators, group_key):
     # (config, trusted keys, None), or (None, None, the refusal) when the config is unreadable or names
-    # other validators than the host's
+    # other validators (or another FROST group key) than the host's
     try:
         cfg, trusted = trusted_keys(path)
     except (OSError, ValueError) as exc:
         return None, None, {'status': 'no-config', 'error': str(exc)}
     if [k.hex() for k in trusted] != validators:
         return None, None, {'status': 'other-validators', 'count': len(trusted)}
+    if cfg.get('group_key') != group_key:
+        return None, None, {'status': 'other-group-key', 'has': cfg.get('group_key') is not None}
     return cfg, trusted, None
 
-def verify_stored(data, trusted, pub, rotated=False):
+def verify_stored(data, trusted, pub, rotated=False, group=None):
+    # group: the FROST group key (hex) of the board's config, on a ledger with threshold headers
     from ledgerlink.core import cbor
     from ledgerlink.protocol import spv
     doc = cbor.loads(data)
     chain_id, dev = doc[1], doc[2]
-    header, key, value = spv.verify_record_proof(doc[3], chain_id, trusted)
+    header, key, value = spv.verify_record_proof(doc[3], chain_id, trusted, None,
+                                                 bytes.fromhex(group) if group else None)
     if key != spv.state_key(1, dev) or value is None:
         raise ValueError('the proof is not of this device record')
     record = cbor.loads(value)
@@ -149,7 +154,7 @@ def main():
         from ledgerlink.core import cbor, cose, ecdsa
     except ImportError as exc:
         return {'status': 'no-library', 'error': str(exc)}
-    cfg, trusted, refused = site_config(P['config'], P['validators'])
+    cfg, trusted, refused = site_config(P['config'], P['validators'], P.get('group_key'))
     if refused:
         return refused
     name = P['name'] or cfg.get('device_name')
@@ -202,7 +207,7 @@ def main():
         return {'status': 'key-changed'}
     data = bytes.fromhex(P['proof_data'])
     try:
-        dev, height = verify_stored(data, trusted, pub)
+        dev, height = verify_stored(data, trusted, pub, False, cfg.get('group_key'))
     except Exception as exc:
         return {'status': 'bad-proof', 'error': '%%s: %%s' %% (type(exc).__name__, exc)}
     if path == P['pending']:
@@ -254,7 +259,7 @@ def main():
     except (OSError, ValueError):
         rotated = False
     try:
-        dev, height = verify_stored(data, trusted, pub, rotated)
+        dev, height = verify_stored(data, trusted, pub, rotated, cfg.get('group_key'))
     except Exception as exc:
         return {'status': 'bad-proof', 'error': '%%s: %%s' %% (type(exc).__name__, exc)}
     return {'status': 'ok', 'device_id': dev.hex(), 'height': height, 'validators': len(trusted)}
@@ -273,7 +278,7 @@ def main():
         from ledgerlink.protocol import ledger_tx
     except ImportError as exc:
         return {'status': 'no-library', 'error': str(exc)}
-    cfg, trusted, refused = site_config(P['config'], P['validators'])
+    cfg, trusted, refused = site_config(P['config'], P['validators'], P.get('group_key'))
     if refused:
         return refused
     if not exists(P['key']) or not exists(P['id']):
@@ -312,7 +317,7 @@ def main():
         return {'status': 'key-changed'}
     data = bytes.fromhex(P['proof_data'])
     try:
-        dev, height = verify_stored(data, trusted, pub, True)
+        dev, height = verify_stored(data, trusted, pub, True, cfg.get('group_key'))
     except Exception as exc:
         return {'status': 'bad-proof', 'error': '%%s: %%s' %% (type(exc).__name__, exc)}
     replace(P['pending'], P['key'])
@@ -402,6 +407,11 @@ def _board_status(answer: dict, port: str) -> None:
                              "ledger's validators (cluster.json) in the config's validator_keys and %s"
                              % (answer.get("count", 0), _deploy_hint(port).replace(" first", " again")),
                              EXIT_NOT_DEPLOYED)
+    if status == "other-group-key":
+        raise ProvisionError("the board's config %s: put the ledger's group_key (cluster.json genesis) in the "
+                             "config and %s" % ("names another FROST group key than this ledger" if answer.get("has")
+                                                else "lacks the ledger's FROST group_key (threshold headers)",
+                                                _deploy_hint(port).replace(" first", " again")), EXIT_NOT_DEPLOYED)
     if status == "no-name":
         raise ProvisionError("no device name: pass --name or set device_name in the board config", EXIT_USAGE)
     if status == "has-key":
@@ -416,6 +426,11 @@ def _board_status(answer: dict, port: str) -> None:
     if status == "bad-proof":
         raise ProvisionError("the proof on the board does NOT verify on the board: %s" % answer.get("error"))
     raise ProvisionError("unexpected answer from the board: %r" % (answer,))
+
+
+def _group_hex(ctx: LedgerContext) -> str | None:
+    """The ledger's FROST group key as a board config holds it (hex), None for a chain without one."""
+    return ctx.group_key.hex() if ctx.group_key is not None else None
 
 
 def _context(args: argparse.Namespace) -> LedgerContext:
@@ -493,7 +508,8 @@ def provision(args: argparse.Namespace, out: Callable[[str], None] = print) -> i
         out("ledger %r answers; %d validators trusted from %s" % (ctx.chain_id, len(ctx.validators),
                                                                  ctx.cluster_path))
         answer = board.run(PREPARE, {
-            "validators": [k.hex() for k in ctx.validators], "name": args.name, "model": args.model,
+            "validators": [k.hex() for k in ctx.validators], "group_key": _group_hex(ctx), "name": args.name,
+            "model": args.model,
             "location": args.location, "role": role, "time_ms": admin.now_ms(), "new_key": args.new_key,
             "force": args.force})
         _board_status(answer, args.port)
@@ -581,7 +597,8 @@ def rotate_key(args: argparse.Namespace, board: Board, out: Callable[[str], None
         _check_ledger(ctx)
         out("ledger %r answers; %d validators trusted from %s" % (ctx.chain_id, len(ctx.validators),
                                                                  ctx.cluster_path))
-        answer = board.run(ROTATE, {"validators": [k.hex() for k in ctx.validators], "chain_id": ctx.chain_id,
+        answer = board.run(ROTATE, {"validators": [k.hex() for k in ctx.validators], "group_key": _group_hex(ctx),
+                                    "chain_id": ctx.chain_id,
                                     "time_ms": admin.now_ms()})
         _board_status(answer, args.port)
         dev, pub, new_pub = (bytes.fromhex(answer[k]) for k in ("device_id", "public_key", "new_public_key"))
@@ -650,7 +667,8 @@ def _broker_login(ctx: LedgerContext, dev: bytes, role: int, out: Callable[[str]
 def site_device_config(up_config: str, name: str, broker_host: str | None = None,
                        wifi_file: str = "~/.config/ledgerlink/wifi.json") -> dict[str, Any]:
     """The device config (what ``ledgerlink deploy --config`` takes) of the site a ``ledgerlink up`` config
-    names, from what its first run made: broker address, site, chain id, validator keys, the fog CA key."""
+    names, from what its first run made: broker address, site, chain id, validator keys (and the FROST group
+    key when the ledger has one: the device then checks threshold-certified headers), the fog CA key."""
     from ledgerlink.core.backend import get_backend
     from ledgerlink.tools import up
 
@@ -676,10 +694,12 @@ def site_device_config(up_config: str, name: str, broker_host: str | None = None
         raise ProvisionError("the broker listens on all addresses (%s): give the one devices reach it at with "
                              "--broker-host" % host, EXIT_USAGE)
     be = get_backend("cpython")
+    group = (cluster.get("genesis") or {}).get("group_key")
     return {"broker": {"host": host, "port": port, "tls": False}, "site": cfg.site, "device_name": name,
             "gateway_id": enc.device_id(be.public_key(gateway_key, True)).hex(), "chain_id": cluster["chain_id"],
             "ca_public": be.public_key(ca_key, True).hex(), "mode": "session",
-            "validator_keys": list(cluster["validators"]), "wifi_file": wifi_file}
+            "validator_keys": list(cluster["validators"]), **({"group_key": group} if group else {}),
+            "wifi_file": wifi_file}
 
 
 def write_config(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
