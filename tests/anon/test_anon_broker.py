@@ -155,6 +155,26 @@ def test_turning_anonymous_sessions_off_cuts_connected_anonymous_clients_off(kin
         proc.wait(10)
 
 
+def test_the_anonymous_accounts_on_an_external_mosquitto(tmp_path):
+    from tests.access.test_external_broker import external_mosquitto
+
+    with external_mosquitto(tmp_path / "external") as (port, admin_login):
+        access = SiteAccess(tmp_path / "broker", SITE)
+        access.anon_accounts(1)
+        lines = access.sync_external("127.0.0.1", port, admin_login)
+        assert any("5 made, 0 changed" in line for line in lines), lines       # gateway, consumer and the three
+        tag = b"\x03" * anon_wire.REPLY_TAG_LEN
+        c = _client(_Port(port), anon_client_id(), access.login(anon_username(SITE)))
+        try:
+            assert c.accepted
+            assert c.subscribe(anon_wire.reply_topic(SITE, tag)) == GRANTED_QOS1
+            assert c.subscribe("ll/%s/anon/rsp/+" % SITE) == NOT_AUTHORIZED
+        finally:
+            c.close()
+        again = access.sync_external("127.0.0.1", port, admin_login)
+        assert any("0 made, 0 changed, 0 deleted, 5 as they were" in line for line in again), again
+
+
 def test_the_anonymous_account_takes_no_registered_client_id_on_the_embedded_broker(tmp_path):
     access, _ = _site(tmp_path)
     proc, port = _start("embedded", access, tmp_path)
