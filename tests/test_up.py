@@ -181,6 +181,7 @@ BAD = [
     ({"data_dir": "d", "site": "p", "gateway": {"http_port": "8080"}}, "must be an integer"),
     ({"data_dir": "d", "site": "p", "ledger": {"nodes": 3}}, "3f+1"),
     ({"data_dir": "d", "site": "p", "ledger": {"threshold": "yes"}}, "ledger.threshold must be true or false"),
+    ({"data_dir": "d", "site": "p", "ledger": {"nodes": 1, "threshold": True}}, "threshold needs ledger.nodes >= 4"),
     ({"data_dir": "d", "site": "p", "brokr": {}}, "unknown config field brokr"),
     ({"data_dir": "d", "site": "p", "admin_key": "no-such-folder/admin.key"}, "folder"),  # a missing key is made
     ({"data_dir": "d", "site": "p", "broker": {"external": "127.0.0.1:%d"}}, "does not answer"),

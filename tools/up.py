@@ -16,7 +16,8 @@ config file (JSON, or TOML when the name ends in .toml; relative paths are relat
       "ledger": {"nodes": 4, "host": "127.0.0.1", "base_port": 27000, "chain_id": "ll-plant-1",
                  "threshold": true},
                                                        # peer ports base_port+i, client ports base_port+1000+i;
-                                                       # threshold (default true): FROST header certificates
+                                                       # threshold (default true, nodes >= 4): FROST header
+                                                       # certificates
       "gateway": {"http_host": "127.0.0.1", "http_port": 8080, "limits": {}, "batch": {}, "processes": 1},
                                                        # processes: gateways sharing the subscription and store
       "admin_key": "admin.key",                        # the genesis admin's key (default: made in data_dir)
@@ -39,7 +40,8 @@ the validator keys, the genesis (the configured admin key is its admin) and ``da
 into a temporary directory renamed into place, so an interrupted first run leaves nothing half-made;
 later runs reuse them.
 
-Threshold headers (``ledger.threshold``, default true): the first run also runs the dealerless FROST key
+Threshold headers (``ledger.threshold``, default true from 4 nodes on; a 1-node ledger has no threshold
+key, FROST needs t >= 2 shares): the first run also runs the dealerless FROST key
 generation among the validators (``ledgerlink.ledger.cluster.dkg_in_process``, t = 2f+1): each signing share
 goes to ``ledger/keys/validator<i>.share`` (0600, beside the node key), the group key and the verifying
 shares into the genesis chain record. Every block then gets a threshold certificate, and a device checks
@@ -170,9 +172,11 @@ class UpConfig:
         self.chain_id = _text(ledger, "chain_id", "ll-" + self.site, "ledger.chain_id")
         if not CHAIN_RE.fullmatch(self.chain_id):
             raise ConfigError("ledger.chain_id %r must be 1..64 of A-Z a-z 0-9 . _ -" % self.chain_id)
-        self.threshold = ledger.get("threshold", True)
+        self.threshold = ledger.get("threshold", self.nodes > 1)
         if type(self.threshold) is not bool:
             raise ConfigError("ledger.threshold must be true or false, not %r" % (self.threshold,))
+        if self.threshold and self.nodes == 1:
+            raise ConfigError("ledger.threshold needs ledger.nodes >= 4 (a threshold key has at least two shares)")
         gateway = _section(raw, "gateway")
         self.http_host = _text(gateway, "http_host", "127.0.0.1", "gateway.http_host")
         self.http_port = _port(gateway, "http_port", 0, "gateway.http_port")
