@@ -201,6 +201,11 @@ class Board:
         for rel, src in (files or {}).items():
             (self.input / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, self.input / rel)
+        # The files as a board's /lib/...: under a short folder, since the interpreter interns each module's
+        # path (on the heap, as a board does with /lib/ledgerlink/core/p256.mpy).
+        self.short = Path(tempfile.mkdtemp(prefix="ll", dir="/tmp" if os.path.isdir("/tmp") else None))
+        for entry in self.fs.iterdir():
+            (self.short / entry.name).symlink_to(entry)
         self.image: Path | None = None
         if layout == "romfs":
             self.image = self.dir / "lib.romfs"
@@ -213,6 +218,7 @@ class Board:
         return "board32-%s-%dK" % (self.layout, self.heap_bytes // 1024)
 
     def close(self) -> None:
+        shutil.rmtree(self.short, ignore_errors=True)
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -228,10 +234,8 @@ class Board:
         if self.image is not None:
             env["MICROPY_ROMFS"] = str(self.image)
             env["MICROPYPATH"] = ".frozen:%s:/rom:/rom/lib" % app_dir
-        else:   # lib/... relative to the program's folder, as /lib/... on a board (module paths are interned)
-            for entry in self.fs.iterdir():
-                (app_dir / entry.name).symlink_to(entry)
-            env["MICROPYPATH"] = ".frozen::lib"
+        else:
+            env["MICROPYPATH"] = ".frozen:%s:%s:%s" % (app_dir, self.short, self.short / "lib")
         return env
 
     def run(self, code: str, board_heap: int | None = None, timeout: float | None = DEFAULT_TIMEOUT_S,
@@ -293,7 +297,7 @@ CYCLE_TIMEOUT_S = 240.0   # the cycle takes seconds; each of its waits gives up 
 MODES = ("session", "signed")
 
 CYCLE = """
-import gc, json
+import gc, json, time
 from ledgerlink.core import cbor
 from ledgerlink_client import device, mqtt, queue, transport
 
@@ -319,6 +323,17 @@ for i in range(%(n)d):
     client.publish({'t': 20 + i, 'i': i})
 out['flushed'] = client.flush(60000)
 phase('readings')
+_check = client.protocol._verify_receipt
+out['check_ms'] = 0
+
+def _timed(receipt, frame):
+    t = time.ticks_ms()
+    try:
+        return _check(receipt, frame)
+    finally:
+        out['check_ms'] += time.ticks_diff(time.ticks_ms(), t)
+
+client.protocol._verify_receipt = _timed   # the time the board spends checking receipts, not waiting for them
 out['checked'] = client.wait_receipts(%(n)d, 60000)
 out['stats'] = client.stats
 phase('receipts')
@@ -378,7 +393,8 @@ class CycleSite:
         config.write_bytes(cbor.dumps({
             "site": stack.site, "mode": mode, "identity_key": priv, "ca_public": stack.public_key("gw-ca"),
             "chain_id": stack.chain_id, "validators": list(stack.validators),
-            "gateway_keys": {stack.gateway_id: stack.public_key("gateway")}}))
+            "gateway_keys": {stack.gateway_id: stack.public_key("gateway")},
+            **({"group_key": stack.group_key} if stack.group_key is not None else {})}))
         program = CYCLE % {
             "port": stack.broker_port, "client_id": login["username"], "username": login["username"],
             "password": login["password"], "mode": mode, "config": str(config), "n": CYCLE_READINGS,
@@ -437,13 +453,16 @@ def least_heap(site: CycleSite, board: Board, mode: str, low: int = 32 * 1024, h
     return hi * step
 
 
-def cycle_table(data_dir: Path, layouts: tuple[str, ...] = LAYOUTS, modes: tuple[str, ...] = MODES) -> list[dict]:
+def cycle_table(data_dir: Path, layouts: tuple[str, ...] = LAYOUTS, modes: tuple[str, ...] = MODES,
+                threshold: bool = False, least: bool = True) -> list[dict]:
     """For each of ``layouts`` and ``modes``: pass/fail at the layout's target heap, peak live heap there (or
-    at 512 KB when it fails) per phase, and the least heap that completes the cycle."""
+    at 512 KB when it fails) per phase, the board's time in receipt checks, and the least heap that completes
+    the cycle (unless not ``least``). ``threshold``: the ledger certifies headers with one FROST signature
+    (the board holds the group key) instead of 2f+1 votes."""
     from ledgerlink.tools.stack import Stack
 
     rows = []
-    stack = Stack(data_dir / "site", site="boardsite", broker="mosquitto")
+    stack = Stack(data_dir / "site", site="boardsite", broker="mosquitto", threshold=threshold)
     stack.start()
     try:
         site = CycleSite(stack)
@@ -460,7 +479,8 @@ def cycle_table(data_dir: Path, layouts: tuple[str, ...] = LAYOUTS, modes: tuple
                         row["ok"] = False
                         report = site.cycle(board, mode, 512 * 1024)[0]
                     row["peak"], row["peaks"] = report["peak"], report["peaks"]
-                    row["least"] = least_heap(site, board, mode)
+                    row["check_ms"], row["checked"] = report["check_ms"], report["checked"]
+                    row["least"] = least_heap(site, board, mode) if least else None
                     rows.append(row)
     finally:
         stack.stop()
@@ -469,14 +489,16 @@ def cycle_table(data_dir: Path, layouts: tuple[str, ...] = LAYOUTS, modes: tuple
 
 def format_cycle_table(rows: list[dict]) -> list[str]:
     lines = ["Client cycle on board32 (session open, %d readings, every receipt checked, one command),"
-             % CYCLE_READINGS, "  real stack over board32's sockets; peak = gc.peak_live() after collections:",
-             "  %-6s %-8s %-22s %10s %11s   %s" % ("layout", "mode", "at target heap", "peak live", "least heap",
-                                                  "peak per phase")]
+             % CYCLE_READINGS, "  real stack over board32's sockets; peak = gc.peak_live() after collections;",
+             "  checks = the board's milliseconds in receipt checks (all receipts, each header checked once):",
+             "  %-6s %-8s %-22s %10s %11s %12s   %s" % ("layout", "mode", "at target heap", "peak live", "least heap",
+                                                        "checks ms", "peak per phase")]
     for r in rows:
         verdict = "%s at %dK" % ("completes" if r["ok"] else "FAILS", r["target"] // 1024)
         least = "%dK" % (r["least"] // 1024) if r["least"] else "-"
         phases = " ".join("%s %d" % (k, v[0]) for k, v in r["peaks"].items())
-        lines.append("  %-6s %-8s %-22s %10d %11s   %s" % (r["layout"], r["mode"], verdict, r["peak"], least, phases))
+        lines.append("  %-6s %-8s %-22s %10d %11s %12d   %s" % (r["layout"], r["mode"], verdict, r["peak"], least,
+                                                                r["check_ms"], phases))
     return lines
 
 
@@ -537,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
                         "only this one, default both)")
     parser.add_argument("--mode", choices=MODES, help="--cycle: only this mode (default both)")
     parser.add_argument("--heap", type=parse_size, help="heap size, e.g. 64K (default: the layout's target)")
+    parser.add_argument("--threshold", action="store_true", help="--cycle: the ledger's headers carry a FROST "
+                        "threshold certificate (the board holds the group key) instead of 2f+1 votes")
+    parser.add_argument("--no-least", action="store_true", help="--cycle: skip the least-heap search")
     args = parser.parse_args(argv)
     try:
         if args.import_table:
@@ -544,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cycle:
             with tempfile.TemporaryDirectory(prefix="ledgerlink-cycle-") as tmp:
                 rows = cycle_table(Path(tmp), (args.layout,) if args.layout else LAYOUTS,
-                                   (args.mode,) if args.mode else MODES)
+                                   (args.mode,) if args.mode else MODES, args.threshold, not args.no_least)
                 print("\n".join(format_cycle_table(rows)))
         if args.code is not None:
             with Board(args.layout or "files", args.heap) as board:
