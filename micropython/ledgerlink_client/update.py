@@ -249,7 +249,11 @@ class Updates:
     def _result(self, result):
         if self._on_result is not None:
             self._on_result(result)
-        if getattr(result, "valid", False) and any(e["trial"] for e in self.agent.running().values()):
+        if not getattr(result, "valid", False):
+            return
+        if getattr(result, "height", None) is not None:
+            self.agent.saw_header(result.height)
+        if any(e["trial"] for e in self.agent.running().values()):
             self.agent.checked_in()
             if self.device.mqtt is not None:
                 self.device.mqtt._send([self.client.status()])

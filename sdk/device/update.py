@@ -5,7 +5,8 @@
 the first start (``UpdateAgent.provision``), finishes what a reset cut short (``boot``), and then, on
 the device's I/O thread: at each connection subscribes to the device's ``fw`` topic and sends its
 status (the versions it runs) on ``upd``; takes offers and chunks; and takes the first valid receipt
-while a new version is on trial as its check-in. A timer thread calls ``tick`` every second: it rolls
+while a new version is on trial as its check-in; every valid receipt's header height bounds the age
+of the proofs an offer may carry (``UpdateAgent.saw_header``). A timer thread calls ``tick`` every second: it rolls
 back a version whose check-in is overdue and asks again for chunks that did not come (``stop`` ends it).
 ``restart_due`` tells the application that an app library was installed and takes effect at its next
 start.
@@ -91,6 +92,8 @@ class DeviceUpdates:
         if not result.valid:
             return
         with self._lock:
+            if getattr(result, "height", None) is not None:
+                self.agent.saw_header(result.height)
             if any(e["trial"] for e in self.agent.running().values()):
                 self.agent.checked_in()
                 self._publish([self.client.status()])

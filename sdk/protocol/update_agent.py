@@ -243,7 +243,7 @@ class UpdateAgent:
     """A device's updates, kept in the folder ``directory`` (state, pending offer) beside its targets."""
 
     def __init__(self, directory, device_class, chain_id, validator_keys, targets, files=None, backend=None,
-                 trial_deadline_ms=TRIAL_DEADLINE_MS):
+                 trial_deadline_ms=TRIAL_DEADLINE_MS, fresh_heights=uc.FRESH_HEIGHTS):
         self.files = files or Files()
         self.dir = directory
         self.device_class = device_class
@@ -259,6 +259,35 @@ class UpdateAgent:
         self._pending = None            # (offer bytes, Signed) of the download under way
         self._received = 0
         self._trial_start_ms = None
+        self.fresh_heights = fresh_heights
+        self._newest_height = None      # the newest certified header verified (read from "seen" at first use)
+        self._saved_height = 0
+
+    # --- freshness ----------------------------------------------------------------------------------------
+
+    def newest_height(self):
+        """The height of the newest certified header this device verified (kept across resets)."""
+        if self._newest_height is None:
+            height = 0
+            try:
+                raw = self.files.read(self._path("seen"))
+                height = cbor.loads(raw) if raw is not None else 0
+            except (LedgerlinkError, TypeError, OSError):
+                pass                    # unreadable: as before any header was seen
+            self._newest_height = self._saved_height = height if cbor.is_uint(height) else 0
+        return self._newest_height
+
+    def saw_header(self, height):
+        """Note a certified header this device verified (a receipt's, an offer's). Offers whose proofs lie
+        more than ``fresh_heights`` below the newest are refused. Saved each ``fresh_heights // 4`` blocks,
+        so a reset forgets at most that many (flash is not written for each receipt)."""
+        if not cbor.is_uint(height) or height <= self.newest_height():
+            return
+        self._newest_height = height
+        if height >= self._saved_height + max(1, self.fresh_heights // 4) and self.files.size(self.dir) is not None:
+            self.files.write(self._path("seen.new"), cbor.dumps(height))
+            self.files.rename(self._path("seen.new"), self._path("seen"))
+            self._saved_height = height
 
     # --- state ------------------------------------------------------------------------------------------
 
@@ -410,8 +439,10 @@ class UpdateAgent:
     def offer(self, data, stored=False):
         """Check an offer; the Manifest of a download now under way (resumed when it is the same one).
         UpdateRefused otherwise, with nothing stored. ``stored``: the offer is the one kept at the start."""
-        signed = uc.check_offer(data, self.chain_id, self.validator_keys, self.device_class, self.backend)
+        signed = uc.check_offer(data, self.chain_id, self.validator_keys, self.device_class, self.backend,
+                                self.newest_height(), self.fresh_heights)
         self._check_state(signed)
+        self.saw_header(signed.proof_height)
         if self._pending is not None and self._pending[1].digest == signed.digest:
             return signed.manifest
         if self._pending is not None:

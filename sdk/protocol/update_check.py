@@ -10,7 +10,8 @@ dependency, size and digest checks need the device's state and are made by ``upd
 Each refusal is an ``UpdateRefused`` with a reason code ``UPDATE_*`` (docs/protocol.md, ``update-reason``).
 Protects against: a key that is not (or no longer) a maintenance key; a manifest not released on the
 ledger; a lying ledger node, gateway or broker (any proof that does not check against 2f+1 validators);
-a release for another class of device.
+a release for another class of device; an offer whose proofs predate a ban of its signer, replayed
+(its proofs' headers lie more than ``fresh_heights`` below the newest header the device verified).
 """
 
 from ledgerlink.core import cbor
@@ -34,8 +35,10 @@ UPDATE_SIZE = 12                # payload shorter or longer than the manifest sa
 UPDATE_DIGEST = 13
 UPDATE_WRITE_FAILED = 14        # storing or switching failed; the running version stays
 UPDATE_ROLLED_BACK = 15         # the new version did not check in within its deadline
+UPDATE_STALE_PROOF = 16         # a proof's header is more than fresh-heights below the newest the device verified
 
 OFFER_MAX = 8192                # bytes of an update offer (a manifest and two record proofs)
+FRESH_HEIGHTS = 256             # default: blocks an offer's proofs may lie below the newest header seen
 
 
 class UpdateRefused(LedgerlinkError):
@@ -68,10 +71,14 @@ def _decode_offer(data):
     return offer
 
 
-def _proven(proof, chain_id, validator_keys, expected_key, what, backend):
-    """The decoded record (or None when proven absent) a record proof shows under ``expected_key``."""
+def _proven(proof, chain_id, validator_keys, expected_key, what, backend, oldest_height=0):
+    """The decoded record (or None when proven absent) a record proof shows under ``expected_key`` and its
+    header's height, which is at least ``oldest_height``."""
     try:
-        _, key, value = spv.verify_record_proof(proof, chain_id, validator_keys, backend)
+        header, key, value = spv.verify_record_proof(proof, chain_id, validator_keys, backend)
+        if header.height < oldest_height:
+            raise UpdateRefused(UPDATE_STALE_PROOF, "the %s proof is of header %d, below the oldest taken (%d)"
+                                % (what, header.height, oldest_height))
         if key != expected_key:
             raise UpdateRefused(UPDATE_BAD_PROOF, "the %s proof is for another record" % what)
         record = None if value is None else cbor.loads(value, max_depth=8)
@@ -81,12 +88,15 @@ def _proven(proof, chain_id, validator_keys, expected_key, what, backend):
         raise UpdateRefused(UPDATE_BAD_PROOF, "the %s proof does not check: %s" % (what, exc))
     if record is not None and not isinstance(record, dict):
         raise UpdateRefused(UPDATE_BAD_PROOF, "the %s record is not a map" % what)
-    return record
+    return record, header.height
 
 
-def check_offer(data, chain_id, validator_keys, device_class, backend=None):
+def check_offer(data, chain_id, validator_keys, device_class, backend=None, newest_height=0,
+                fresh_heights=FRESH_HEIGHTS):
     """The ``update_manifest.Signed`` of an offer that passes the signer, signature, ledger and class
-    checks, in that order; UpdateRefused otherwise."""
+    checks, in that order; UpdateRefused otherwise. Both proofs' headers must be at most ``fresh_heights``
+    below ``newest_height`` (the newest certified header the device verified); ``Signed.proof_height`` is
+    the higher of the two."""
     from ledgerlink.protocol import update_manifest
 
     offer = _decode_offer(data)
@@ -95,16 +105,17 @@ def check_offer(data, chain_id, validator_keys, device_class, backend=None):
     except (LedgerlinkError, TypeError) as exc:
         raise UpdateRefused(UPDATE_MALFORMED, "signed manifest does not decode: %s" % exc)
     m = signed.manifest
-    signer = _proven(offer[2], chain_id, validator_keys, spv.state_key(RECORD_DEVICE, signed.signer), "signer",
-                     backend)
+    oldest = newest_height - fresh_heights
+    signer, signer_height = _proven(offer[2], chain_id, validator_keys, spv.state_key(RECORD_DEVICE, signed.signer),
+                                    "signer", backend, oldest)
     if signer is None:
         raise UpdateRefused(UPDATE_UNTRUSTED_SIGNER, "the ledger has no device %s" % signed.signer.hex())
     if signer.get(1) != signed.signer or signer.get(3) != ROLE_MAINTENANCE or signer.get(5) != STATUS_ACTIVE:
         raise UpdateRefused(UPDATE_UNTRUSTED_SIGNER, "device %s is not an active maintenance key" % signed.signer.hex())
     if not isinstance(signer.get(2), bytes) or not signed.verify(signer[2], backend):
         raise UpdateRefused(UPDATE_BAD_SIGNATURE, "the manifest's signature does not verify with the signer's key")
-    record = _proven(offer[3], chain_id, validator_keys, spv.state_key(RECORD_FIRMWARE, signed.digest), "manifest",
-                     backend)
+    record, record_height = _proven(offer[3], chain_id, validator_keys, spv.state_key(RECORD_FIRMWARE, signed.digest),
+                                    "manifest", backend, oldest)
     if record is None:
         raise UpdateRefused(UPDATE_NOT_ON_LEDGER, "manifest %s is not recorded on the ledger" % signed.digest.hex())
     if (record.get(1) != m.component or record.get(3) != m.device_class or record.get(8) != m.sequence
@@ -114,4 +125,5 @@ def check_offer(data, chain_id, validator_keys, device_class, backend=None):
     if m.device_class != device_class:
         raise UpdateRefused(UPDATE_WRONG_CLASS, "manifest is for class %r, this device is %r"
                             % (m.device_class, device_class))
+    signed.proof_height = max(signer_height, record_height)
     return signed

@@ -185,6 +185,7 @@ class UpdatePublisher:
         self.releases = {}              # manifest digest -> Release
         self.statuses = {}              # device id -> last update-status
         self.offer_of = offer_of or (lambda release: release.offer)   # the offer to send, or None: not now
+        self._sent = {}                 # device id -> the last offer sent to it
 
     def add(self, release):
         self.releases[release.digest] = release
@@ -211,14 +212,18 @@ class UpdatePublisher:
         if kind == MSG_STATUS:
             self.statuses[device] = body
             refused = body.get(3)
-            refused = [r[1] for r in refused if isinstance(r, list) and len(r) == 2] if isinstance(refused, list) else []
+            refused = [r for r in refused if isinstance(r, list) and len(r) == 2] if isinstance(refused, list) else []
+            stale = [r[1] for r in refused if r[0] == uc.UPDATE_STALE_PROOF]
+            refused = [r[1] for r in refused if r[0] != uc.UPDATE_STALE_PROOF]
             for component in (1, 2, 3):
                 r = self.latest(body[1], component)
                 running = body[2].get(component)
                 seq = running[0] if isinstance(running, list) and running and cbor.is_uint(running[0]) else 0
                 if r is not None and r.manifest.sequence > seq and r.digest not in refused:
                     offer = self.offer_of(r)
-                    if offer is not None:
+                    # proofs refused as too old: offered again only once re-proved (other proofs)
+                    if offer is not None and not (r.digest in stale and self._sent.get(device) == offer):
+                        self._sent[device] = offer
                         return [cbor.dumps([MSG_OFFER, offer])]
             return []
         digest, first, count = body

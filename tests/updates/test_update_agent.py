@@ -405,3 +405,29 @@ def test_a_damaged_state_is_refused_or_taken_never_a_crash(tmp_path, data):
 
 
 _SITE: dict = {}
+
+
+def test_an_offer_whose_proofs_predate_a_ban_is_refused_once_newer_headers_are_seen(site, device, tmp_path):
+    """Replay after a maintenance-key ban: the offer's proofs (from before the ban) still check against
+    2f+1 signatures, so only their age tells. Once the device has verified a header more than
+    ``fresh_heights`` above them (its receipts' headers), it refuses the offer; after a restart too."""
+    from ledgerlink.protocol.ledger_tx import TX_BAN
+
+    offer = site.release(NEW_CONFIG, IMAGE_CONFIGURATION, 400)
+    assert site.commit([site.net.tx("admin", TX_BAN, {4: site.net["maintenance"].id, 5: "key lost"})]) == [0]
+    fresh = site.height
+    for _ in range(ua.uc.FRESH_HEIGHTS):
+        site.commit([])
+    device.saw_header(site.height)                                    # a receipt's certified header
+    assert refused(uc.UPDATE_STALE_PROOF, device, offer, NEW_CONFIG).code == uc.UPDATE_STALE_PROOF
+    restarted = make_agent_like(device)
+    restarted.boot(0)
+    with pytest.raises(uc.UpdateRefused) as info:
+        restarted.offer(offer)
+    assert info.value.code == uc.UPDATE_STALE_PROOF
+    # proofs exactly fresh_heights below the newest header are taken: the bound is what a ban leaves open
+    (tmp_path / "other").mkdir()
+    other = make_agent(site, tmp_path / "other")
+    other.boot(0)
+    other.saw_header(fresh - 1 + ua.uc.FRESH_HEIGHTS)
+    assert other.offer(offer).sequence == 400

@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 from ledgerlink.core import cbor
 from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.protocol import update_agent as ua, update_check as uc, update_transport as ut
+from ledgerlink.ledger.state.codes import RecordKind
 from ledgerlink.protocol.codes import IMAGE_APP_LIBRARY, IMAGE_CONFIGURATION
 from tests.updates.site import ReleaseSite, offer_digest
 from tests.updates.test_update_agent import make_agent
@@ -108,6 +109,28 @@ def test_an_offer_refused_by_the_device_is_reported(site, tmp_path):
     client = ut.UpdateClient(agent)
     _pump(client, publisher, [client.status()])
     assert client.refusals == [[uc.UPDATE_NOT_ON_LEDGER, offer_digest(offer)]]
+
+
+def test_an_offer_refused_for_stale_proofs_is_offered_again_with_fresh_ones(site, tmp_path):
+    """A device that refused an offer's proofs as too old gets the release again: the service re-proves
+    offers (``admin_release serve --cluster``), so that refusal is not the release's."""
+    offer = site.release(CONFIG, IMAGE_CONFIGURATION, 5)
+    fresh = {"offer": offer}
+    publisher = ut.UpdatePublisher(lambda release: fresh["offer"])
+    publisher.add(ut.Release(offer, CONFIG))
+    for _ in range(4):
+        site.commit([])
+    agent = make_agent(site, tmp_path)
+    agent.fresh_heights = 2
+    agent.boot(0)
+    agent.saw_header(site.height)
+    client = ut.UpdateClient(agent)
+    _pump(client, publisher, [client.status()])
+    assert client.refusals == [[uc.UPDATE_STALE_PROOF, offer_digest(offer)]]
+    fresh["offer"] = uc.encode_offer(cbor.loads(offer)[1], site.proof(RecordKind.DEVICE, site.net["maintenance"].id),
+                                     site.proof(RecordKind.FIRMWARE, offer_digest(offer)))
+    _pump(client, publisher, [client.status()])
+    assert (tmp_path / "config.json").read_bytes() == CONFIG
 
 
 @given(st.binary(max_size=300))
