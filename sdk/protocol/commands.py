@@ -17,6 +17,37 @@ from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.core.errors import InvalidMessage, LedgerlinkError
 
 
+class CommandResult:
+    """A checked command: ``accepted`` with ``action``/``args``, or refused with ``reason``."""
+
+    def __init__(self, accepted, reason="", controller=None, seq=None, action=None, args=None, not_after_ms=None):
+        self.accepted = accepted
+        self.reason = reason
+        self.controller = controller
+        self.seq = seq
+        self.action = action
+        self.args = args
+        self.not_after_ms = not_after_ms
+
+    def __repr__(self):
+        if self.accepted:
+            return "CommandResult(accepted, %r, seq=%s)" % (self.action, self.seq)
+        return "CommandResult(refused: %s)" % self.reason
+
+
+class MemoryRecord:
+    """A record store in RAM (tests): ``load()`` gives the stored bytes or None, ``store(data)`` keeps them."""
+
+    def __init__(self, data=None):
+        self.data = data
+
+    def load(self):
+        return self.data
+
+    def store(self, data):
+        self.data = bytes(data)
+
+
 def decode_commands(data):
     """(fence-ms, {controller id: last seq}) of a record by ``encode_commands``; raises on any damage."""
     obj = cbor.loads(dp._unchecked(data, "command record"), max_depth=3, max_size=65536)
@@ -52,7 +83,7 @@ def load(device, new_identity=False, now_ms=None):
 
 def handle_command(device, topic, payload, now_ms):
     """``DeviceProtocol.handle_command``."""
-    result = dp.CommandResult
+    result = CommandResult
     if topic != device.cmd_topic:
         return result(False, "command on topic %r, not this device's" % (topic,))
     try:

@@ -39,6 +39,7 @@ broker, gateway and ledger, tests/micropython/test_stack_in_vm.py.
 """
 
 import hashlib
+import sys
 
 from ledgerlink.core import cbor, cose
 from ledgerlink.protocol.codes import (DEVICE_ID_LEN, KIND_RECEIPT, KIND_REFUSAL, KIND_REGISTRATION,  # noqa: F401
@@ -49,6 +50,7 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import InvalidMessage, InvalidProof, LedgerlinkError
 
 MAX_REPLY = cose.MAX_FRAME * 4
+_IS_CPYTHON = sys.implementation.name == "cpython"
 
 MODE_SIGNED = "signed"
 MODE_SESSION = "session"
@@ -164,24 +166,6 @@ class Ignored:
         return "Ignored(%s)" % self.reason
 
 
-class CommandResult:
-    """A checked command: ``accepted`` with ``action``/``args``, or refused with ``reason``."""
-
-    def __init__(self, accepted, reason="", controller=None, seq=None, action=None, args=None, not_after_ms=None):
-        self.accepted = accepted
-        self.reason = reason
-        self.controller = controller
-        self.seq = seq
-        self.action = action
-        self.args = args
-        self.not_after_ms = not_after_ms
-
-    def __repr__(self):
-        if self.accepted:
-            return "CommandResult(accepted, %r, seq=%s)" % (self.action, self.seq)
-        return "CommandResult(refused: %s)" % self.reason
-
-
 class Session:
     """Session keys with the gateway id, the end of validity (seconds; None: unknown), the certificate and
     ``mark``, the counter's last number when the session opened (every frame of the session has a higher one)."""
@@ -213,19 +197,6 @@ def _unchecked(data, what):
 
 
 # --- command records (persistence) ------------------------------------------------------------------
-
-
-class MemoryRecord:
-    """A record store in RAM (tests): ``load()`` gives the stored bytes or None, ``store(data)`` keeps them."""
-
-    def __init__(self, data=None):
-        self.data = data
-
-    def load(self):
-        return self.data
-
-    def store(self, data):
-        self.data = bytes(data)
 
 
 def encode_commands(fence_ms, seqs):
@@ -316,11 +287,12 @@ class DeviceProtocol:
 
     def registration_request(self, time_ms, role=ROLE_SENSOR, attributes=None):
         """The registration request (proof of possession, external_aad empty) for the ``reg`` topic."""
-        payload = {1: self.device_id, 2: self.public_key, 3: int(role), 4: dict(attributes or {}), 5: int(time_ms)}
-        frame = cose.sign1(cbor.dumps(payload), self._identity(), self.device_id, b"", self.crypto)
-        out = OutFrame(self.topic("reg"), frame)
-        self._registration = out.frame_hash
-        return out
+        from ledgerlink.protocol import device_records
+
+        try:
+            return device_records.registration_request(self, time_ms, role, attributes)
+        finally:
+            _forget_on_boards(*RECORD_MODULES)
 
     def reading(self, measurements, time_ms, mode=MODE_SIGNED):
         """Build the next reading as a signed or session-encrypted frame bound to the ``up`` topic."""
@@ -604,13 +576,23 @@ def _forget_on_boards(*modules):
 
 
 _SESSION_NAMES = ("encode_session", "decode_session", "PendingSession")
+_COMMAND_NAMES = ("CommandResult", "MemoryRecord")
 
 
 def __getattr__(name):
-    """The session records and pending requests (``device_session``), loaded when first named."""
+    """The session records and pending requests (``device_session``), and the command results and the RAM
+    command store (``commands``), loaded when first named. CPython keeps them here once looked up; a board
+    looks them up each time, so it can forget ``commands`` after each command."""
     if name in _SESSION_NAMES:
         from ledgerlink.protocol import device_session
 
         value = globals()[name] = getattr(device_session, name)     # named directly from now on
+        return value
+    if name in _COMMAND_NAMES:
+        from ledgerlink.protocol import commands
+
+        value = getattr(commands, name)
+        if _IS_CPYTHON:
+            globals()[name] = value
         return value
     raise AttributeError(name)

@@ -1,6 +1,7 @@
 """Device records of ``DeviceProtocol``: controllers and gateways taken from SPV record proofs (docs/protocol.md,
-"Commands"). Loaded for each record and forgotten after it on a board (with ``spv`` and ``smt_proof``), so
-the heap holds none of it while the device takes readings or checks a command.
+"Commands"), and the device's own registration request. Loaded for each and forgotten after it on a board
+(with ``spv`` and ``smt_proof``), so the heap holds none of it while the device takes readings or checks a
+command.
 
 Protects against a controller or gateway key the ledger does not hold: a record counts only with a
 sparse-Merkle proof under a header certified by 2f+1 of the trusted validators, and an older proof than
@@ -8,7 +9,7 @@ one already taken is refused. Tested in tests/protocol/test_device_protocol.py a
 tests/boards/test_board_cycle.py.
 """
 
-from ledgerlink.core import cbor
+from ledgerlink.core import cbor, cose
 from ledgerlink.protocol import device_protocol as dp
 from ledgerlink.core.errors import InvalidMessage, InvalidProof
 
@@ -65,3 +66,12 @@ def update_controller(device, record_proof):
         return cid
     device.controllers[cid] = (record[2], height)
     return cid
+
+
+def registration_request(device, time_ms, role, attributes):
+    """``DeviceProtocol.registration_request``."""
+    payload = {1: device.device_id, 2: device.public_key, 3: int(role), 4: dict(attributes or {}), 5: int(time_ms)}
+    frame = cose.sign1(cbor.dumps(payload), device._identity(), device.device_id, b"", device.crypto)
+    out = dp.OutFrame(device.topic("reg"), frame)
+    device._registration = out.frame_hash
+    return out
