@@ -31,7 +31,15 @@ from ledgerlink.protocol.ledger_tx import provenance_tx
 CRYPTO = get_backend("cpython")
 LINE = "spin-1"
 Check = tuple[str, bool, str]
-UPDATE_STEPS: list[Callable[["SpinningSite"], list[Check]]] = []
+
+
+def _updates(site: "SpinningSite") -> list[Check]:
+    from ledgerlink.tools.demo_updates import update_step
+
+    return update_step(site)
+
+
+UPDATE_STEPS: list[Callable[["SpinningSite"], list[Check]]] = [_updates]
 BOARD_HEAP = 110_000
 ONLINE_S = 15.0             # an online machine answers well within this (longer: it counts as offline)
 

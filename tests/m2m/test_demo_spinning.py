@@ -13,8 +13,10 @@ from ledgerlink.tools import cli, demo_spinning
 def test_spinning_scenario_with_the_board_comber(capsys):
     assert cli.main(["demo", "--scenario", "spinning", "--site", "spin", "--broker", "mosquitto"]) == 0
     out = capsys.readouterr().out
-    assert "summary: 12 checks, 0 failed" in out
+    assert "summary: 17 checks, 0 failed" in out
     assert "combing machine (MicroPython, board32) queries the carder" in out
+    assert "[ok] carding controller checks in: config kept" in out
+    assert "[ok] lap controller's app update fails its check and rolls back" in out
     assert "trace of combed-" in out and "combed yarn <- carded yarn <- sliver <- cotton bale" in out
 
 
