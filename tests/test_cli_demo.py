@@ -155,6 +155,7 @@ def test_live_demo_runs_bans_and_stops_cleanly(tmp_path):
     out = run.out
     assert rc == 0, out
     assert "mosquitto on 127.0.0.1:" in out and "4 PBFT nodes" in out and "subscribed to ll/demo/dev/+/up" in out
+    assert re.search(r"threshold headers: group key [0-9a-f]{66}", out), out
     assert "registered 4 devices: admin-signed tx-register" in out
     assert "sessions: 2/2 devices hold an ECQV session certificate" in out
     assert "mosquitto_sub -h 127.0.0.1 -p" in out and "'ll/demo/verified/+'" in out

@@ -435,6 +435,9 @@ def run_live(devices: int = 20, duration: float = 30.0, site: str = "demo", data
                 "and user %s (the consumer account; its password is in %s)" % (site, stack.broker_port, user, creds))
         say("ledger: chain %r, node client ports %s, logs and keys in %s" % (
             stack.chain_id, ", ".join(str(a.client_port) for a in stack.cluster.config.nodes), data_dir))
+        if stack.group_key is not None:
+            say("threshold headers: group key %s; devices check each receipt's header with one FROST signature "
+                "of 2f+1 validators" % stack.group_key.hex())
 
         signals.check()
         signals.raising = False
