@@ -5,7 +5,9 @@ The same protocol as the CPython ``ledgerlink.device.peer`` (``ledgerlink.protoc
 (unregistered and banned partners refused from the ledger's proofs; offline: its proven history, the
 query left retained for it), ``serve`` answers the queries that arrive, ``handler(packet, peer) ->
 (status, body)``. Every directory answer is checked on the board against the trusted validators. A
-``dir-notice`` proving a partner banned closes the sessions with it. Tested on board32 against a live
+``dir-notice`` proving a partner banned closes the sessions with it. The heap is collected every
+``gc_threshold`` bytes allocated (default 1/``GC_SHARE`` of it) and before each frame is handled, so
+both sides of a session fit in a 64 KB heap with the library in ROMFS. Tested on board32 against a live
 site in tests/m2m/test_board_peer.py.
 """
 
@@ -19,8 +21,25 @@ from ledgerlink.protocol import peer_session as ps
 from ledgerlink.protocol.codes import RECORD_DEVICE, device_id
 
 
+# Collect after every 1/GC_SHARE of the heap allocated (as the session client does, device_setup): a
+# collection only when the heap is full leaves long-lived objects between dead ones, and then no free
+# block is left for a record proof's MQTT packet or a frame's plaintext.
+GC_SHARE = 16
+
+
 def _now_ms():
     return int(time.time() * 1000)
+
+
+def _collect_often(n):
+    """On MicroPython, collect after every ``n`` bytes allocated (None: 1/``GC_SHARE`` of the heap; 0: only
+    when the heap is full)."""
+    if not hasattr(gc, "threshold"):
+        return
+    if n is None:
+        n = (gc.mem_free() + gc.mem_alloc()) // GC_SHARE
+    if n:
+        gc.threshold(n)
 
 
 def _forget_proof_code():
@@ -39,7 +58,9 @@ def _forget_proof_code():
 class BoardPeer:
     """Discovery and peer sessions of one board over ``client`` (a connected ``mqtt.MQTTClient``)."""
 
-    def __init__(self, client, site, priv, chain_id, validators, handler=None, backend=None, clock_ms=None):
+    def __init__(self, client, site, priv, chain_id, validators, handler=None, backend=None, clock_ms=None,
+                 gc_threshold=None):
+        _collect_often(gc_threshold)
         self.client = client
         self.site = site
         self.priv = priv
@@ -181,6 +202,7 @@ class BoardPeer:
         handled = 0
         while self._frames:
             topic, payload = self._frames.pop(0)
+            gc.collect()            # a frame's keys and packets go into the lowest holes, the top stays whole
             try:
                 self._on_frame(topic, payload)
                 handled += 1
@@ -193,11 +215,13 @@ class BoardPeer:
         if ids is None or ids[1] != self.id:
             return
         peer = ids[0]
-        kind = ps.decode_frame(payload)[0]
+        kind, fields = ps.decode_frame(payload)
         if kind == ps.FRAME_OPEN:
+            fields = None
             self._on_open(peer, payload)
             return
-        sid = ps.frame_session_id(payload)
+        sid = fields[0] if kind == ps.FRAME_DATA else ps.frame_session_id(payload)
+        fields = None               # the frame is decoded again by the session: one copy at a time
         out = self.outcomes.get(sid)
         session = self.sessions.get(sid) or (out["session"] if out else None)
         if session is None or session.peer_id != peer:

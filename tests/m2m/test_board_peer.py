@@ -1,5 +1,5 @@
-"""The MicroPython board client as either side of a peer session: on board32 (library in ROMFS, a 72 KB
-heap) it queries a CPython device and answers a CPython device's query, over the real
+"""The MicroPython board client as either side of a peer session: on board32 (library in ROMFS, a 64 KB
+heap: the board target) it queries a CPython device and answers a CPython device's query, over the real
 mosquitto with its own broker account, every directory answer checked on the board; when the ledger
 bans its partner, the board closes that session on the directory's proven notice."""
 
@@ -12,14 +12,13 @@ import pytest
 
 from ledgerlink.core import cbor
 from ledgerlink.protocol import peer_session as ps
-from ledgerlink.tools.board_runtime import Board
+from ledgerlink.tools.board_runtime import LAYOUT_HEAP, Board
 
 from .conftest import machine_state
 
 pytestmark = pytest.mark.micropython
 
-# measured: both sides complete at 68 KB in every run, at 64 KB (the session cycle's target) in 3 runs of 4
-BOARD_HEAP = 72_000
+BOARD_HEAP = LAYOUT_HEAP["romfs"]        # the board target with the library in ROMFS (64 KB)
 
 BOARD_PEER = """
 import gc, json, time

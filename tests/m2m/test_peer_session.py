@@ -143,6 +143,16 @@ def test_exchange_digest_binds_session_and_both_frames():
                 ps.exchange_digest(b"s" * 16, b"q", b"i2")}) == 4
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=16, max_size=16), st.binary(max_size=70_000), st.binary(max_size=600))
+def test_exchange_digest_is_the_hash_of_its_cbor_array(session_id, query_frame, info_frame):
+    """Hashed part by part (no copy of the frames on a board), it is still SHA-256 of the CBOR array."""
+    import hashlib
+
+    want = hashlib.sha256(cbor.dumps([ps.PEER_DOMAIN, session_id, query_frame, info_frame])).digest()
+    assert ps.exchange_digest(session_id, query_frame, bytearray(info_frame)) == want
+
+
 def test_topics():
     a, b = bytes(range(16)), bytes(range(16, 32))
     assert ps.parse_pair_topic(ps.pair_topic("x", a, b)) == (a, b)
