@@ -341,8 +341,10 @@ class _SiteDevice:
         be = get_backend("cpython")
         gateway_key = bytes.fromhex((keys / "gateway.key").read_text().strip())
         gateway_pub = be.public_key(gateway_key, True)
+        group = cfg.genesis.get("group_key")        # the site's threshold headers: part of the trust anchor
         self.core = DeviceCore(bytes([seed]) * 32, site, SequenceCounter(MemoryCounter()), cfg.chain_id,
-                               list(cfg.validators), gateway_keys={enc.device_id(gateway_pub): gateway_pub})
+                               list(cfg.validators), gateway_keys={enc.device_id(gateway_pub): gateway_pub},
+                               group_key=bytes.fromhex(group) if group else None)
         admin = bytes.fromhex((keys / "admin.key").read_text().strip())
         req = self.core.registration_request(int(time.time() * 1000), attributes={"name": "probe%d" % seed}).payload
         with LedgerClient(cluster_path) as c:
