@@ -61,6 +61,7 @@ def attach(replica: "Replica") -> None:
     replica.own_key = own_key(replica)
     replica.member = is_member(replica, replica.config.validators)
     replica.switch_view_change = False
+    replica.joined = False
     replica.set_change_proofs = {}          # epoch -> (height of the recording block, record, smt proof)
 
 
@@ -144,15 +145,26 @@ def switch(replica: "Replica", cfg: Any, start: int, live: bool) -> None:
     replica.progress_deadline = None
     if replica.chain:
         replica.view = max(replica.view, replica.chain[-1].cert.view)   # where the last old-set block committed
-    replica.switch_view_change = live and was_member and replica.member
+    replica.switch_view_change = live and replica.member
+    replica.joined = not was_member
 
 
 def switch_view_change(replica: "Replica") -> bool:
-    """At the first timer after a switch, move to the next view (see ``switch``); True when it did."""
+    """At the first timer after a switch, a validator of both sets moves to the next view (see
+    ``switch``); one that has just joined the set moves to the view f+1 of its peers are in, if higher
+    than its own (it noted their views while it was not a member and could not follow them).
+    True when it started a view change."""
     if not replica.switch_view_change:
         return False
     replica.switch_view_change = False
-    replica._start_view_change(replica.view + 1)
+    view = replica.view + 1
+    if replica.joined:
+        views = sorted((v for i, v in replica.peer_views.items() if i != replica.index), reverse=True)
+        f = replica.config.f
+        view = views[f] if len(views) > f else -1
+        if view <= replica.view:
+            return False
+    replica._start_view_change(view)
     return True
 
 

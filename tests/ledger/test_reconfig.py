@@ -282,6 +282,13 @@ def test_a_removed_validator_that_keeps_voting_is_refused():
     assert drops == ["bad signature"]
 
 
+def test_a_new_validator_joins_the_view_its_peers_are_in():
+    """Seed 1010: the new node noted its peers' view changes while it was not a member (and could not
+    follow them); at the switch it stayed behind alone, the others short of a quorum for their view."""
+    result = reconfig_sim.run_seed(1010)
+    assert result.ok, result.violations
+
+
 @pytest.mark.slow
 def test_simulator_seeds_hold_safety_and_liveness():
     """A few seeds here; ``python3 -m ledgerlink.ledger.consensus.reconfig_sim --seeds 0:1000`` runs 1,000."""
