@@ -42,6 +42,8 @@ VERSIONS_FILE = "versions.json"
 FRESH_S = 10.0                  # an offer's proofs taken from the ledger are used this long
 OFFER_SUFFIX = ".offer"
 PAYLOAD_SUFFIX = ".payload"
+UPDATES_USER = "ll-updates"     # the site's update service's broker account (role updates)
+SERVICE_READY = "update service of site"     # logged once it subscribed
 
 
 def add_parser(with_ledger: Any) -> None:
@@ -194,7 +196,7 @@ class UpdateService:
     """The update publisher of a site over MQTT; ``start``/``stop``. Its state is on paho's thread."""
 
     def __init__(self, host: str, port: int, site: str, releases: Path, username: str | None = None,
-                 password: str | None = None, client_id: str = "ll-updates", ledger: Any = None) -> None:
+                 password: str | None = None, client_id: str = UPDATES_USER, ledger: Any = None) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -208,9 +210,17 @@ class UpdateService:
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if password is not None:
             self._client.username_pw_set(username or client_id, password)
-        self._client.on_connect = lambda c, u, f, rc, p: c.subscribe(self._prefix + "+/" + ut.UP_LEAF, 1)
+        self._client.on_connect = self._connected
         self._client.on_message = self._message
         self._host, self._port = host, port
+
+    def _connected(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused the update service: %s", reason_code)
+            return
+        client.subscribe(self._prefix + "+/" + ut.UP_LEAF, 1)
+        log.info("%s %s: subscribed to %s+/%s, releases in %s", SERVICE_READY, self.site, self._prefix, ut.UP_LEAF,
+                 self.folder)
 
     def fresh_offer(self, release: Release) -> bytes | None:
         """The release's offer with record proofs taken from the ledger now (kept ``FRESH_S``), checked as a
@@ -316,20 +326,36 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--site", required=True)
-    s.add_argument("--releases", required=True, metavar="DIR")
+    s.add_argument("--releases", metavar="DIR", help="release folder (default with --data-dir: DATA/ledger/releases)")
+    s.add_argument("--data-dir", metavar="DATA", help="a site's data directory (ledgerlink up): the account "
+                   "%s (made when missing), the release folder and the cluster config from there" % UPDATES_USER)
     s.add_argument("--cluster", metavar="FILE", help="cluster config: offers get record proofs from the ledger "
                    "at most %d s old, and a release a device would refuse (its key banned) is not offered" % FRESH_S)
-    s.add_argument("--username", default="ll-updates", help="broker account of role updates")
+    s.add_argument("--username", default=UPDATES_USER, help="broker account of role updates")
     s.add_argument("--password-env", default="LL_UPDATES_PASSWORD", metavar="VAR",
                    help="environment variable holding the account's password")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    password = os.environ.get(args.password_env)
+    releases, cluster = args.releases, args.cluster
+    if args.data_dir:
+        from ledgerlink.tools.broker_access import SiteAccess
+
+        data = Path(args.data_dir)
+        login = SiteAccess(data / "broker", args.site).add(args.username, "updates")
+        password = login["password"]
+        releases = releases or str(data / "ledger" / "releases")
+        cluster = cluster or str(data / "ledger" / "cluster.json")
+    if not releases:
+        p.error("give --releases or --data-dir")
+    Path(releases).mkdir(parents=True, exist_ok=True)
     ledger = None
-    if args.cluster:
+    if cluster:
         from ledgerlink.ledger.client import LedgerClient
 
-        ledger = LedgerClient(args.cluster)
-    service = UpdateService(args.host, args.port, args.site, Path(args.releases), args.username,
-                            os.environ.get(args.password_env), args.username, ledger)
+        ledger = LedgerClient(cluster)
+    service = UpdateService(args.host, args.port, args.site, Path(releases), args.username, password,
+                            args.username, ledger)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     service.start()

@@ -83,6 +83,8 @@ RESTART_FIRST_S = 0.5                 # delay before a crashed part is started a
 RESTART_MAX_S = 30.0
 DIRECTORY_LOG = "directory.log"
 DIRECTORY_READY = b"directory of site"      # what the directory logs once it subscribed
+UPDATES_LOG = "updates.log"
+UPDATES_READY = b"update service of site"   # what the update service logs once it subscribed
 MAX_STANDBYS = 2                      # warm standby interpreters kept for gateway restarts (at most one per gateway)
 STANDBY_LOG = "gateway-standby.log"   # a standby's output until it becomes a gateway
 STABLE_S = 60.0                       # a part that ran this long counts its next crash as the first in a row
@@ -292,6 +294,7 @@ class Stack:
         self.stopping = False
         self.standbys: list[subprocess.Popen] = []          # warm standbys of the gateways (``supervise``)
         self.directory: subprocess.Popen | None = None      # the site's directory (``start_directory``)
+        self.updates: subprocess.Popen | None = None        # the site's update service (``start_updates``)
         self.warm_standby = warm_standby
         self.status_written = float("-inf")
 
@@ -330,7 +333,7 @@ class Stack:
 
     def pids(self) -> list[int]:
         """Process ids of the running children."""
-        procs = ([self.broker, *self.gateways, self.directory]
+        procs = ([self.broker, *self.gateways, self.directory, self.updates]
                  + (list(self.cluster.procs.values()) if self.cluster else []))
         return [p.pid for p in procs if p is not None and p.poll() is None]
 
@@ -491,9 +494,47 @@ class Stack:
                   functools.partial(setattr, self, "directory"))
         return offset
 
+    def start_updates(self, timeout: float = 30.0) -> None:
+        """Make the broker account ``ll-updates`` (role updates: the only one that may publish on the devices'
+        ``fw`` topics) and start the site's update service (``admin_release serve --data-dir``: releases in
+        ``data_dir/ledger/releases``, offers re-proved from the ledger); wait until it subscribed; ``supervise``
+        restarts it from then on."""
+        from ledgerlink.tools.admin_release import UPDATES_USER
+
+        self.access.add(UPDATES_USER, "updates")
+        log_path = self.data_dir / UPDATES_LOG
+        offset = self._spawn_updates()
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                if UPDATES_READY in f.read():
+                    break
+            if self.updates is None or self.updates.poll() is not None:
+                raise StackError("update service exited with %s (see %s)"
+                                 % (self.updates.returncode if self.updates else "?", log_path))
+            if time.monotonic() > deadline:
+                stop_process(self.updates)
+                raise StackError("update service did not subscribe (see %s)" % log_path)
+            time.sleep(0.05)
+        self.progress("updates: offers and chunks on ll/%s/dev/+/fw as %s (pid %d, log %s)"
+                      % (self.site, UPDATES_USER, self.updates.pid, log_path))
+
+    def _spawn_updates(self) -> int:
+        """Start the update service without waiting; the size of its log before it started."""
+        log_path = self.data_dir / UPDATES_LOG
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        host = "127.0.0.1" if self.broker_host in ("0.0.0.0", "::", "") else self.broker_host
+        with private_log(log_path) as log:
+            spawn([sys.executable, "-m", "ledgerlink.tools.admin_release", "serve", "--data-dir", str(self.data_dir),
+                   "--site", self.site, "--host", host, "--port", str(self.broker_port)], log,
+                  functools.partial(setattr, self, "updates"))
+        return offset
+
     def stop(self) -> None:
-        """Stop directory, gateways, ledger client, cluster and broker (each waited for)."""
+        """Stop update service, directory, gateways, ledger client, cluster and broker (each waited for)."""
         self.stopping = True
+        stop_process(self.updates)
         stop_process(self.directory)
         for proc in self.gateways:
             if proc is not None and proc.poll() is None:
@@ -531,6 +572,8 @@ class Stack:
                            functools.partial(self._respawn_gateway, index)))
         if self.directory is not None or "directory" in self.parts:
             wanted.append(("directory", self.data_dir / DIRECTORY_LOG, lambda: self.directory, self._spawn_directory))
+        if self.updates is not None or "updates" in self.parts:
+            wanted.append(("updates", self.data_dir / UPDATES_LOG, lambda: self.updates, self._spawn_updates))
         out = []
         for key, log, current, start in wanted:
             part = self.parts.get(key)

@@ -25,8 +25,10 @@ config file (JSON, or TOML when the name ends in .toml; relative paths are relat
                                                        # anonymous sessions (off by default): the cloud side's
                                                        # escrow public key; the fog's request key file (0600;
                                                        # default: made in data_dir/ledger/keys)
-      "peer": {"enabled": true}                        # device-to-device sessions (off by default): runs the
+      "peer": {"enabled": true},                       # device-to-device sessions (off by default): runs the
                                                        # site's directory
+      "updates": {"enabled": true}                     # verified updates (off by default): runs the site's
+                                                       # update service under the broker account ll-updates
     }
 
 The broker started is chosen by ``--broker``: mosquitto, embedded (``ledgerlink.tools.mqtt_broker``, in
@@ -84,6 +86,12 @@ Device-to-device sessions (issue 14: discovery, query and information packets on
 ``data_dir/directory.log``) with its own broker account and its own broker admin for pair-topic ACLs, and
 supervises it like a gateway; without it no account reads the devices' directory requests and no pair topic
 is ever granted.
+
+Verified updates (issue 14, docs/protocol.md "Updates") are off unless ``updates.enabled`` is true (least
+privilege: otherwise no account may publish on the devices' ``fw`` topics). Then ``up`` also makes the broker
+account ``ll-updates`` (role updates) and runs the site's update service (``ledgerlink.tools.admin_release
+serve --data-dir``, log ``data_dir/updates.log``), supervised like the directory: it offers the releases that
+``ledgerlink admin release`` writes to ``data_dir/ledger/releases`` with record proofs re-taken from the ledger.
 """
 
 from __future__ import annotations
@@ -114,12 +122,13 @@ CLIENT_PORT_OFFSET = 1000
 MAX_GATEWAY_PROCESSES = 16
 SUPERVISE_S = 0.25             # how often the parts are looked at
 KNOWN = {
-    "": ("data_dir", "site", "broker", "ledger", "gateway", "admin_key", "anon", "peer"),
+    "": ("data_dir", "site", "broker", "ledger", "gateway", "admin_key", "anon", "peer", "updates"),
     "broker": ("host", "port", "tls_port", "external", "admin_login", "tls_ca"),
     "ledger": ("nodes", "host", "base_port", "chain_id", "threshold"),
     "gateway": ("http_host", "http_port", "limits", "batch", "processes"),
     "anon": ("enabled", "cloud_public", "fog_key"),
     "peer": ("enabled",),
+    "updates": ("enabled",),
 }
 ANON_FOG_KEY = "anon-fog.key"      # in data_dir/ledger/keys unless anon.fog_key names a file
 ANON_STORE = "anon-fog.sqlite"
@@ -208,6 +217,9 @@ class UpConfig:
         self.peer = _section(raw, "peer").get("enabled", False)
         if type(self.peer) is not bool:
             raise ConfigError("peer.enabled must be true or false, not %r" % (self.peer,))
+        self.updates = _section(raw, "updates").get("enabled", False)
+        if type(self.updates) is not bool:
+            raise ConfigError("updates.enabled must be true or false, not %r" % (self.updates,))
 
     @property
     def ledger_dir(self) -> Path:
@@ -497,6 +509,7 @@ def _make_stack_class() -> type:
 
         def start(self, timeout: float = 60.0) -> None:
             self._anon_setup()
+            self._peer_accounts()
             if self.cfg.broker_external is None:
                 super().start(timeout)
                 self._peer_setup(timeout)
@@ -513,12 +526,29 @@ def _make_stack_class() -> type:
                 raise
             self._peer_setup(timeout)
 
+        def _peer_accounts(self) -> None:
+            """The directory's broker accounts (its own and its broker admin's), disabled before the broker starts
+            when the site turned peer sessions off since an earlier run, enabled again when it turns them on."""
+            from ledgerlink.tools.pair_access import DIRECTORY_ADMIN, directory_username
+
+            accounts = self.access.load()
+            changed = [u for u in (directory_username(self.site), DIRECTORY_ADMIN)
+                       if u in accounts and bool(accounts[u].get("disabled")) == self.cfg.peer]
+            if changed:
+                self.access.write_runtime("starting", self.broker_host, self.broker_port)
+                for username in changed:
+                    self.access.set_disabled(username, not self.cfg.peer)
+
         def _peer_setup(self, timeout: float) -> None:
-            """The site's directory, only when the config asks for peer sessions (``peer.enabled``)."""
-            if not self.cfg.peer:
+            """The site's directory, only when the config asks for peer sessions (``peer.enabled``); the update
+            service, only when it asks for updates (``updates.enabled``)."""
+            if not self.cfg.peer and not self.cfg.updates:
                 return
             try:
-                self.start_directory(timeout)
+                if self.cfg.peer:
+                    self.start_directory(timeout)
+                if self.cfg.updates:
+                    self.start_updates(timeout)
             except BaseException:
                 self.stop()
                 raise
@@ -648,6 +678,9 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
         lines.append("anonymous sessions: off (anon.enabled)")
     lines.append("peer sessions: on; the directory (discovery, pair topics) logs to %s"
                  % (cfg.data_dir / "directory.log") if cfg.peer else "peer sessions: off (peer.enabled)")
+    lines.append("updates: on; the update service (account ll-updates) serves the releases of %s, logs to %s"
+                 % (cfg.data_dir / "ledger" / "releases", cfg.data_dir / "updates.log") if cfg.updates
+                 else "updates: off (updates.enabled)")
     lines.append("processes: %s" % " ".join(str(p) for p in stack.pids()))
     return lines
 

@@ -24,6 +24,7 @@ MSG_OFFER = 1                   # [1, update-offer]
 MSG_CHUNK = 2                   # [2, manifest-digest, index, bytes]
 CHUNK_WINDOW = 4                # chunks asked for at a time (a board holds one at a time)
 RETRY_MS = 5000                 # a download with no chunk for this long asks again
+STATUS_EVERY_MS = 600000        # an idle device repeats its status this often (a restarted service hears it)
 MESSAGE_MAX = 8192 + 64
 
 
@@ -65,6 +66,7 @@ class UpdateClient:
         self._digest = None             # manifest digest of the download under way
         self._asked_upto = 0            # chunks asked for up to this index (exclusive)
         self._heard_ms = None           # when the last fw message of the download came (or it was asked for)
+        self._status_ms = None          # when the status was last repeated (``retry``)
 
     def status(self):
         """The status message (the versions this device runs) to send at start and after a change."""
@@ -84,8 +86,15 @@ class UpdateClient:
         return [cbor.dumps([MSG_CHUNKS, self._digest, nxt, count])]
 
     def retry(self, now_ms):
-        """The chunk request again when the download under way heard nothing for RETRY_MS, else []."""
+        """The chunk request again when the download under way heard nothing for RETRY_MS; without a download,
+        the status every STATUS_EVERY_MS (an update service started after this device connected missed it);
+        else []."""
         if self._digest is None:
+            if self._status_ms is None:
+                self._status_ms = now_ms
+            elif now_ms - self._status_ms >= STATUS_EVERY_MS:
+                self._status_ms = now_ms
+                return [self.status()]
             return []
         if self._heard_ms is None or now_ms - self._heard_ms >= RETRY_MS:
             self._heard_ms = now_ms

@@ -184,3 +184,19 @@ def test_a_stalled_download_asks_again_only_after_the_retry_time(site, tmp_path)
     for answer in publisher.handle(b"d" * 16, again[0]):
         client.handle(answer, now_ms=7000)
     assert agent.next_chunk() == ut.CHUNK_WINDOW
+
+
+def test_an_idle_device_sends_its_status_again_so_a_restarted_service_hears_it(site, tmp_path):
+    """A service (re)started after a device connected has missed its status: the device repeats it every
+    STATUS_EVERY_MS while no download is under way, and the release then reaches it."""
+    agent = make_agent(site, tmp_path)
+    agent.boot(0)
+    client = ut.UpdateClient(agent)
+    assert client.retry(1000) == []
+    assert client.retry(1000 + ut.STATUS_EVERY_MS - 1) == []
+    again = client.retry(1000 + ut.STATUS_EVERY_MS)
+    assert again == [client.status()]
+    publisher = ut.UpdatePublisher()
+    publisher.add(ut.Release(site.release(CONFIG, IMAGE_CONFIGURATION, 3), CONFIG))
+    _pump(client, publisher, again)
+    assert (tmp_path / "config.json").read_bytes() == CONFIG

@@ -1,0 +1,100 @@
+"""``ledgerlink up`` runs the site's update service only when the config asks (``updates.enabled``, off by
+default: no account may publish on the devices' ``fw`` topics otherwise), under its own broker account
+``ll-updates``, supervised like the directory; a release made with ``ledgerlink admin release`` reaches a
+device of a site made by ``up``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from ledgerlink.device.client import Device
+from ledgerlink.device.update import attach
+from ledgerlink.ledger.client import LedgerClient
+from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.ledger.transport import ClusterConfig
+from ledgerlink.protocol.codes import IMAGE_CONFIGURATION
+from ledgerlink.tools import up
+from ledgerlink.tools.broker_access import SiteAccess
+from tests.m2m.test_up_directory import _config, _Up
+from tests.test_admin import run
+
+CONFIG = b'{"interval_s": 4, "alarm_c": 75}' * 40
+
+
+def _pid_of(site_dir, part: str) -> int | None:
+    deadline = time.monotonic() + 10
+    while not (site_dir / "status.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    parts = {p["part"]: p for p in json.loads((site_dir / "status.json").read_text())["parts"]}
+    return parts[part]["pid"] if part in parts else None
+
+
+def test_updates_are_off_unless_the_config_asks(tmp_path):
+    assert up.load_config(_config(tmp_path / "a.json")).updates is False
+    assert up.load_config(_config(tmp_path / "b.json", updates={"enabled": True})).updates is True
+    with pytest.raises(up.ConfigError, match="updates.enabled"):
+        up.load_config(_config(tmp_path / "c.json", updates={"enabled": 1}))
+
+
+@pytest.mark.slow
+def test_a_release_reaches_a_device_of_a_site_made_by_up(tmp_path):
+    site_dir = tmp_path / "site"
+    run_up = _Up(_config(tmp_path / "up.json", updates={"enabled": True}))
+    device = updates = None
+    try:
+        run_up.wait_line("ready")
+        assert "updates: on" in "".join(run_up.lines)
+        first = _pid_of(site_dir, "updates")
+        assert first is not None
+        cluster_path = site_dir / "ledger" / "cluster.json"
+        access = SiteAccess.beside(cluster_path)
+        assert access.load()["ll-updates"]["role"] == "updates"
+        run("register", "--demo-key", tmp_path / "maint.key", "--role", "maintenance", "--name", "m-1",
+            cluster=cluster_path, check=0)
+        (tmp_path / "cfg.json").write_bytes(CONFIG)
+        run("release", "--component", "config", "--class", "th-sensor", "--seq", "2", "--version", "c-2",
+            "--maintenance-key", tmp_path / "maint.key", tmp_path / "cfg.json", cluster=cluster_path, check=0)
+        os.kill(first, signal.SIGKILL)                           # supervised: started again
+        run_up.wait_line("updates restarted")
+        log = site_dir / "updates.log"
+        deadline = time.monotonic() + 30
+        while log.read_text().count("update service of site") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)                                      # subscribed again (an idle device's status
+        assert log.read_text().count("update service of site") == 2   # comes again only each STATUS_EVERY_MS)
+
+        cluster = ClusterConfig.load(cluster_path)
+        admin = bytes.fromhex((site_dir / "ledger" / "keys" / "admin.key").read_text().strip())
+        port = json.loads((site_dir / "broker" / "runtime.json").read_text())["port"]
+        device = Device.open(str(tmp_path / "dev"), up.load_config(tmp_path / "up.json").site, "127.0.0.1", port,
+                             cluster.chain_id, list(cluster.validators))
+        request = device.core.registration_request(int(time.time() * 1000)).payload
+        ledger = LedgerClient(cluster)
+        try:
+            res = ledger.submit(enc.register_tx(cluster.chain_id, admin, request, int(time.time() * 1000)))
+            assert res.get("status") == "committed" and res.get("code") == 0, res
+        finally:
+            ledger.close()
+        device.set_login(access.add_registered([request])[0]["password"])
+        updates = attach(device, "th-sensor", str(tmp_path / "dev" / "upd"), config_path=str(tmp_path / "dev" / "cfg"))
+        device.start()
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "dev" / "cfg").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "dev" / "cfg").read_bytes() == CONFIG, "".join(run_up.lines)
+        assert updates.status()[IMAGE_CONFIGURATION]["version"] == "c-2"
+        versions = site_dir / "ledger" / "releases" / "versions.json"
+        deadline = time.monotonic() + 20
+        while not versions.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert json.loads(versions.read_text())[device.core.device_id.hex()]["components"]["config"]["running"] == 2
+    finally:
+        if updates is not None:
+            updates.stop()
+        if device is not None:
+            device.stop()
+        run_up.stop()
