@@ -11,9 +11,11 @@ cache), the device holding chain id, validator keys, group key and the gateway's
 the two receipts (``--rounds`` each); each run times ``--checks`` checks with ``time.ticks_us``.
 
 Printed per layout and certificate: median milliseconds per check (first check of a run apart: it loads
-the modules), peak live heap of the run, and the ratio threshold / votes.
+the modules), peak live heap of the run, and the ratio threshold / votes. With ``--qemu``, also the QEMU
+board's instructions per check (Cortex-M3, library in ROMFS, ``-icount shift=0``, 110 KB heap: exact and
+the same on every run), each shape checked ``--checks`` times after one check that loads its code.
 
-Usage: ``python3 -m ledgerlink.tools.receipt_cost [--nodes 4] [--rounds 3] [--checks 3]``.
+Usage: ``python3 -m ledgerlink.tools.receipt_cost [--nodes 4] [--rounds 3] [--checks 3] [--qemu]``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,34 @@ for i in range(%(checks)d):
 print(json.dumps(times))
 """
 SHAPES = ("votes", "threshold")
+QEMU_HEAP_KB = 110
+
+QEMU_SETUP = """
+import gc, time
+from ledgerlink.core import cbor
+from ledgerlink.protocol import device_protocol as dp
+
+class Counter:
+    n = 0
+    def next(self):
+        self.n += 1
+        return self.n
+
+case = cbor.loads(bytes(blob))
+blob = None
+gc.collect()
+
+def check(shape):
+    dev = dp.DeviceProtocol(case['key'], 'cost', Counter(), case['chain'], case['validators'], None,
+                            case['gateways'], group_key=case['group_key'])
+    gc.collect()
+    t = time.ticks_us()
+    r = dev.verify_receipt(case['receipts'][shape], case['frame'])
+    dt = time.ticks_diff(time.ticks_us(), t)
+    if not r.valid:
+        raise ValueError(r.reason)
+    return dt
+"""
 
 
 def receipts(data_dir: Path, nodes: int) -> dict[str, Any]:
@@ -96,29 +126,55 @@ def receipts(data_dir: Path, nodes: int) -> dict[str, Any]:
         cluster.stop()
 
 
-def measure(nodes: int = 4, rounds: int = 3, checks: int = 3) -> dict[str, dict[str, dict[str, float]]]:
+def measure(inputs: dict[str, Any], rounds: int = 3, checks: int = 3) -> dict[str, dict[str, dict[str, float]]]:
     """{layout: {shape: {"ms": median ms per check after the first, "first_ms", "peak": bytes}}}."""
     from ledgerlink.tools.board_runtime import LAYOUTS, Board
 
     out: dict[str, dict[str, dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory(prefix="ledgerlink-receipt-cost-") as tmp:
-        inputs = receipts(Path(tmp) / "ledger", nodes)
-        for layout in LAYOUTS:
-            samples: dict[str, dict[str, list[float]]] = {s: {"later": [], "first": [], "peak": []} for s in SHAPES}
-            with Board(layout) as board:
-                for _ in range(rounds):
-                    for shape in SHAPES:          # interleaved, so load drift hits both alike
-                        case = dict(inputs, receipt=inputs["receipts"][shape])
-                        del case["receipts"]
-                        (board.input / "case.cbor").write_bytes(cbor.dumps(case))
-                        times, result = board.run_json_result(CHECK % {"checks": checks})
-                        samples[shape]["first"].append(times[0] / 1000)
-                        samples[shape]["later"].extend(t / 1000 for t in times[1:])
-                        samples[shape]["peak"].append(result.peak_live)
-            out[layout] = {s: {"ms": statistics.median(v["later"]) if v["later"] else float("nan"),
-                               "first_ms": statistics.median(v["first"]), "peak": max(v["peak"])}
-                           for s, v in samples.items()}
+    for layout in LAYOUTS:
+        samples: dict[str, dict[str, list[float]]] = {s: {"later": [], "first": [], "peak": []} for s in SHAPES}
+        with Board(layout) as board:
+            for _ in range(rounds):
+                for shape in SHAPES:          # interleaved, so load drift hits both alike
+                    case = dict(inputs, receipt=inputs["receipts"][shape])
+                    del case["receipts"]
+                    (board.input / "case.cbor").write_bytes(cbor.dumps(case))
+                    times, result = board.run_json_result(CHECK % {"checks": checks})
+                    samples[shape]["first"].append(times[0] / 1000)
+                    samples[shape]["later"].extend(t / 1000 for t in times[1:])
+                    samples[shape]["peak"].append(result.peak_live)
+        out[layout] = {s: {"ms": statistics.median(v["later"]) if v["later"] else float("nan"),
+                           "first_ms": statistics.median(v["first"]), "peak": max(v["peak"])}
+                       for s, v in samples.items()}
     return out
+
+
+def qemu_instructions(inputs: dict[str, Any], checks: int = 3) -> dict[str, list[int]]:
+    """{shape: QEMU instructions of each check after a warm-up check}, the shapes interleaved on one board."""
+    from ledgerlink.tools.qemu_board import QemuBoard, library_image
+
+    out: dict[str, list[int]] = {s: [] for s in SHAPES}
+    with tempfile.TemporaryDirectory(prefix="ledgerlink-receipt-cost-") as tmp:
+        image = library_image(Path(tmp) / "lib.romfs")
+        with QemuBoard(image, heap_kb=QEMU_HEAP_KB, icount=0) as board:
+            board.put("blob", cbor.dumps(inputs))
+            board.exec(QEMU_SETUP)
+            for shape in SHAPES:
+                board.exec("check(%r)" % shape, timeout=1800)
+            for _ in range(checks):
+                for shape in SHAPES:
+                    text = board.exec("print('ICOUNT', check(%r))" % shape, timeout=1800)
+                    out[shape].append(int(text.split("ICOUNT")[-1]) * 1000)
+    return out
+
+
+def format_qemu(counts: dict[str, list[int]], nodes: int) -> list[str]:
+    mean = {s: sum(v) / len(v) for s, v in counts.items()}
+    return ["One receipt check on the QEMU board (N = %d, ROMFS, %d KB heap, -icount shift=0), instructions:"
+            % (nodes, QEMU_HEAP_KB)] + ["  %-10s %8.1f M  (%s)" % (s, mean[s] / 1e6, ", ".join("%.1f" % (c / 1e6)
+                                                                                                  for c in counts[s]))
+                                       for s in SHAPES] + ["  threshold / votes: %.2f" % (mean["threshold"] /
+                                                                                        mean["votes"])]
 
 
 def format_table(result: dict[str, dict[str, dict[str, float]]], nodes: int) -> list[str]:
@@ -142,10 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=4, help="validators (3f+1, at least 4)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per certificate shape and layout")
     parser.add_argument("--checks", type=int, default=3, help="checks per run")
+    parser.add_argument("--qemu", action="store_true", help="also count the QEMU board's instructions per check")
     args = parser.parse_args(argv)
     if args.nodes < 4 or (args.nodes - 1) % 3:
         parser.error("--nodes must be 3f+1 and at least 4")
-    print("\n".join(format_table(measure(args.nodes, args.rounds, args.checks), args.nodes)))
+    with tempfile.TemporaryDirectory(prefix="ledgerlink-receipt-cost-") as tmp:
+        inputs = receipts(Path(tmp) / "ledger", args.nodes)
+    print("\n".join(format_table(measure(inputs, args.rounds, args.checks), args.nodes)), flush=True)
+    if args.qemu:
+        print("\n".join(format_qemu(qemu_instructions(inputs, args.checks), args.nodes)))
     return 0
 
 
