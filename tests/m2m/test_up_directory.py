@@ -1,6 +1,6 @@
 """``ledgerlink up`` runs the site's directory only when the config asks for peer sessions (``peer.enabled``),
 supervises it like the gateway (a killed directory is started again) and two devices query each other
-through a site it made."""
+through a site it made; turned off again, the directory's broker accounts are disabled."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.ledger.transport import ClusterConfig
 from ledgerlink.tools import up
 from ledgerlink.tools.broker_access import SiteAccess
+from ledgerlink.tools.pair_access import DIRECTORY_ADMIN, directory_username
 
 from .conftest import machine_state, now_ms
 
@@ -144,5 +145,17 @@ def test_two_devices_query_each_other_through_a_site_of_up(tmp_path):
     finally:
         for d in devices:
             d.stop()
+        run.stop()
+    assert run.proc.returncode == 0, "".join(run.lines)
+
+    (site_dir / "status.json").unlink()                             # the next run's supervisor writes its own
+    run = _Up(_config(tmp_path / "up.json"))                     # the same site, peer sessions turned off
+    try:
+        run.wait_line("ready")
+        assert "peer sessions: off (peer.enabled)" in "".join(run.lines)
+        assert _directory_pid(site_dir) is None
+        accounts = access.load()
+        assert accounts[directory_username(SITE)]["disabled"] and accounts[DIRECTORY_ADMIN]["disabled"]
+    finally:
         run.stop()
     assert run.proc.returncode == 0, "".join(run.lines)
