@@ -510,7 +510,6 @@ def _make_stack_class() -> type:
         def start(self, timeout: float = 60.0) -> None:
             self._anon_setup()
             self._peer_accounts()
-            self._peer_accounts()
             if self.cfg.broker_external is None:
                 super().start(timeout)
                 self._peer_setup(timeout)
@@ -526,19 +525,6 @@ def _make_stack_class() -> type:
                 self.stop()
                 raise
             self._peer_setup(timeout)
-
-        def _peer_accounts(self) -> None:
-            """The directory's broker accounts (its own and its broker admin's), disabled before the broker starts
-            when the site turned peer sessions off since an earlier run, enabled again when it turns them on."""
-            from ledgerlink.tools.pair_access import DIRECTORY_ADMIN, directory_username
-
-            accounts = self.access.load()
-            changed = [u for u in (directory_username(self.site), DIRECTORY_ADMIN)
-                       if u in accounts and bool(accounts[u].get("disabled")) == self.cfg.peer]
-            if changed:
-                self.access.write_runtime("starting", self.broker_host, self.broker_port)
-                for username in changed:
-                    self.access.set_disabled(username, not self.cfg.peer)
 
         def _peer_accounts(self) -> None:
             """The directory's broker accounts (its own and its broker admin's), disabled before the broker starts
