@@ -510,6 +510,7 @@ def _make_stack_class() -> type:
         def start(self, timeout: float = 60.0) -> None:
             self._anon_setup()
             self._peer_accounts()
+            self._updates_account()
             if self.cfg.broker_external is None:
                 super().start(timeout)
                 self._peer_setup(timeout)
@@ -538,6 +539,17 @@ def _make_stack_class() -> type:
                 self.access.write_runtime("starting", self.broker_host, self.broker_port)
                 for username in changed:
                     self.access.set_disabled(username, not self.cfg.peer)
+
+        def _updates_account(self) -> None:
+            """The update service's broker account (the only one that may publish on the devices' fw topics),
+            disabled before the broker starts when the site turned updates off since an earlier run, enabled
+            again when it turns them on."""
+            from ledgerlink.tools.admin_release import UPDATES_USER
+
+            account = self.access.load().get(UPDATES_USER)
+            if account is not None and bool(account.get("disabled")) == self.cfg.updates:
+                self.access.write_runtime("starting", self.broker_host, self.broker_port)
+                self.access.set_disabled(UPDATES_USER, not self.cfg.updates)
 
         def _peer_setup(self, timeout: float) -> None:
             """The site's directory, only when the config asks for peer sessions (``peer.enabled``); the update

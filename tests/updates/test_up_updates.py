@@ -98,3 +98,17 @@ def test_a_release_reaches_a_device_of_a_site_made_by_up(tmp_path):
         if device is not None:
             device.stop()
         run_up.stop()
+
+
+def test_turning_updates_off_disables_the_update_account(tmp_path):
+    """A site that turned updates off since an earlier run keeps no account able to publish on fw topics:
+    ll-updates is disabled before the broker starts, and enabled again when updates are turned on."""
+    on = up.load_config(_config(tmp_path / "on.json", updates={"enabled": True}))
+    access = SiteAccess(on.data_dir / "broker", on.site)
+    access.add("ll-updates", "updates")
+    stack_class = up._make_stack_class()
+    off = up.load_config(_config(tmp_path / "off.json"))
+    stack_class(off, lambda line: None)._updates_account()
+    assert access.load()["ll-updates"]["disabled"] is True
+    stack_class(on, lambda line: None)._updates_account()
+    assert access.load()["ll-updates"]["disabled"] is False
