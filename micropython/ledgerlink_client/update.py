@@ -274,7 +274,7 @@ def attach(device, device_class, directory="/upd", config_path=None, app_prefix=
         targets.append(FirmwareTarget(files, directory + "/fw.progress", partition))
     cfg = device.config
     agent = ua.UpdateAgent(directory, device_class, cfg["chain_id"], cfg["validators"], targets, files,
-                           device.protocol.crypto)
+                           device.protocol.crypto, group_key=device.protocol.group_key)
     agent.provision()
     agent.boot(device.ticks_ms())
     return Updates(device, agent)

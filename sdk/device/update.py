@@ -129,7 +129,7 @@ def attach(device: Device, device_class: str, directory: str, config_path: str |
         targets.append(ua.AppTarget(files, app_prefix))
     core = device.core
     agent = ua.UpdateAgent(directory, device_class, core.chain_id, core.validator_keys, targets, files,
-                           core.crypto, trial_deadline_ms)
+                           core.crypto, trial_deadline_ms, group_key=core.group_key)
     agent.provision()
     updates = DeviceUpdates(device, agent, clock)
     agent.boot(updates.clock())

@@ -243,12 +243,13 @@ class UpdateAgent:
     """A device's updates, kept in the folder ``directory`` (state, pending offer) beside its targets."""
 
     def __init__(self, directory, device_class, chain_id, validator_keys, targets, files=None, backend=None,
-                 trial_deadline_ms=TRIAL_DEADLINE_MS, fresh_heights=uc.FRESH_HEIGHTS):
+                 trial_deadline_ms=TRIAL_DEADLINE_MS, fresh_heights=uc.FRESH_HEIGHTS, group_key=None):
         self.files = files or Files()
         self.dir = directory
         self.device_class = device_class
         self.chain_id = chain_id
         self.validator_keys = [bytes(k) for k in validator_keys]
+        self.group_key = group_key      # the set's FROST group key, when its headers name one
         self.targets = {}
         for target in targets:
             self.targets[target.component] = target
@@ -440,7 +441,7 @@ class UpdateAgent:
         """Check an offer; the Manifest of a download now under way (resumed when it is the same one).
         UpdateRefused otherwise, with nothing stored. ``stored``: the offer is the one kept at the start."""
         signed = uc.check_offer(data, self.chain_id, self.validator_keys, self.device_class, self.backend,
-                                self.newest_height(), self.fresh_heights)
+                                self.newest_height(), self.fresh_heights, self.group_key)
         self._check_state(signed)
         self.saw_header(signed.proof_height)
         if self._pending is not None and self._pending[1].digest == signed.digest:

@@ -71,11 +71,11 @@ def _decode_offer(data):
     return offer
 
 
-def _proven(proof, chain_id, validator_keys, expected_key, what, backend, oldest_height=0):
+def _proven(proof, chain_id, validator_keys, expected_key, what, backend, oldest_height=0, group_key=None):
     """The decoded record (or None when proven absent) a record proof shows under ``expected_key`` and its
     header's height, which is at least ``oldest_height``."""
     try:
-        header, key, value = spv.verify_record_proof(proof, chain_id, validator_keys, backend)
+        header, key, value = spv.verify_record_proof(proof, chain_id, validator_keys, backend, group_key)
         if header.height < oldest_height:
             raise UpdateRefused(UPDATE_STALE_PROOF, "the %s proof is of header %d, below the oldest taken (%d)"
                                 % (what, header.height, oldest_height))
@@ -92,9 +92,10 @@ def _proven(proof, chain_id, validator_keys, expected_key, what, backend, oldest
 
 
 def check_offer(data, chain_id, validator_keys, device_class, backend=None, newest_height=0,
-                fresh_heights=FRESH_HEIGHTS):
+                fresh_heights=FRESH_HEIGHTS, group_key=None):
     """The ``update_manifest.Signed`` of an offer that passes the signer, signature, ledger and class
-    checks, in that order; UpdateRefused otherwise. Both proofs' headers must be at most ``fresh_heights``
+    checks, in that order; UpdateRefused otherwise (``group_key``: the set's FROST group key, when its
+    headers name one). Both proofs' headers must be at most ``fresh_heights``
     below ``newest_height`` (the newest certified header the device verified); ``Signed.proof_height`` is
     the higher of the two."""
     from ledgerlink.protocol import update_manifest
@@ -107,7 +108,7 @@ def check_offer(data, chain_id, validator_keys, device_class, backend=None, newe
     m = signed.manifest
     oldest = newest_height - fresh_heights
     signer, signer_height = _proven(offer[2], chain_id, validator_keys, spv.state_key(RECORD_DEVICE, signed.signer),
-                                    "signer", backend, oldest)
+                                    "signer", backend, oldest, group_key)
     if signer is None:
         raise UpdateRefused(UPDATE_UNTRUSTED_SIGNER, "the ledger has no device %s" % signed.signer.hex())
     if signer.get(1) != signed.signer or signer.get(3) != ROLE_MAINTENANCE or signer.get(5) != STATUS_ACTIVE:
@@ -115,7 +116,7 @@ def check_offer(data, chain_id, validator_keys, device_class, backend=None, newe
     if not isinstance(signer.get(2), bytes) or not signed.verify(signer[2], backend):
         raise UpdateRefused(UPDATE_BAD_SIGNATURE, "the manifest's signature does not verify with the signer's key")
     record, record_height = _proven(offer[3], chain_id, validator_keys, spv.state_key(RECORD_FIRMWARE, signed.digest),
-                                    "manifest", backend, oldest)
+                                    "manifest", backend, oldest, group_key)
     if record is None:
         raise UpdateRefused(UPDATE_NOT_ON_LEDGER, "manifest %s is not recorded on the ledger" % signed.digest.hex())
     if (record.get(1) != m.component or record.get(3) != m.device_class or record.get(8) != m.sequence
