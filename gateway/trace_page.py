@@ -32,7 +32,7 @@ def trace_page(dashboard: Any, q: dict[str, str]) -> bytes:
             if dashboard.ledger is None:
                 raise TraceError("this gateway has no ledger client")
             steps = trace(lambda kind, rid: dashboard.ledger.record(kind, rid)["proof"], core.chain_id,
-                          core.validator_keys, lot)
+                          core.validator_keys, lot, core.group_key)
             body = _table([s.as_json() for s in steps])
             message = "every step's record proof verified against a certified header (2f+1 validator signatures)"
         except (ValueError, TraceError, KeyError) as exc:

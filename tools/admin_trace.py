@@ -60,9 +60,10 @@ def parse_lot(text: str) -> bytes:
 
 
 def trace(record_proof: Callable[[int, Any], Any], chain_id: str, validators: list[bytes],
-          lot: bytes) -> list[TraceStep]:
+          lot: bytes, group_key: bytes | None = None) -> list[TraceStep]:
     """The steps of ``lot``'s provenance, breadth first; ``record_proof(kind, id)`` returns a record-proof
-    (map or CBOR bytes) from the ledger. TraceError when any proof does not check."""
+    (map or CBOR bytes) from the ledger (``group_key``: the set's FROST group key, when its headers name
+    one). TraceError when any proof does not check."""
     steps: list[TraceStep] = []
     seen = {lot}
     todo = [(lot, 0)]
@@ -71,7 +72,8 @@ def trace(record_proof: Callable[[int, Any], Any], chain_id: str, validators: li
         proof = record_proof(RECORD_PROVENANCE, current)
         try:
             header, key, value = spv.verify_record_proof(proof if isinstance(proof, (bytes, bytearray))
-                                                         else cbor.dumps(proof), chain_id, validators)
+                                                         else cbor.dumps(proof), chain_id, validators,
+                                                         group_key=group_key)
         except (LedgerlinkError, TypeError, KeyError) as exc:
             raise TraceError("the proof of lot %s does not verify: %s" % (_lot_text(current), exc)) from None
         if key != state_key(RECORD_PROVENANCE, current):
@@ -104,7 +106,7 @@ def cmd_trace(ctx: Any, args: argparse.Namespace) -> int:
         return res["proof"]
 
     try:
-        steps = trace(record_proof, ctx.chain_id, ctx.validators, parse_lot(args.lot))
+        steps = trace(record_proof, ctx.chain_id, ctx.validators, parse_lot(args.lot), ctx.group_key)
     except TraceError as exc:
         raise AdminError(str(exc)) from None
     n = len(ctx.validators)

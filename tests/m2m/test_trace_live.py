@@ -84,7 +84,8 @@ def test_dashboard_trace_page_shows_the_proved_chain_with_device_text_escaped(si
     tx = provenance_tx(site.stack.chain_id, priv, b"<b>lap-3</b>", "<script>alert(1)</script>", "B-3", "lap",
                        now - 10, d.pub, now, inputs=[b"combed-3"], backend=CRYPTO)
     assert d.ask(dsc.DIR_SUBMIT, tx, timeout=20)[2] == dsc.DIR_OK
-    core = SimpleNamespace(chain_id=site.stack.chain_id, validator_keys=site.stack.validators, site="m2m",
+    core = SimpleNamespace(chain_id=site.stack.chain_id, validator_keys=site.stack.validators,
+                           group_key=site.stack.group_key, site="m2m",
                            gateway_name="gw")
     fake = SimpleNamespace(metrics=SimpleNamespace(core=core), ledger=site.ledger)
     status, ctype, body = Dashboard._answer(fake, "/trace", {"lot": "<b>lap-3</b>"})
