@@ -96,10 +96,12 @@ class Directory:
     """Answers ``dir-request``s from the ledger (``ledger``: a LedgerClient) for site ``site``;
     ``pairs``: a ``PairAccess`` (None: pair requests are refused)."""
 
-    def __init__(self, ledger: Any, chain_id: str, validators: list[bytes], site: str, pairs: Any = None) -> None:
+    def __init__(self, ledger: Any, chain_id: str, validators: list[bytes], site: str, pairs: Any = None,
+                 group_key: bytes | None = None) -> None:
         self.ledger = ledger
         self.chain_id = chain_id
         self.validators = validators
+        self.group_key = group_key      # the set's FROST group key, when its headers name one
         self.site = site
         self.pairs = pairs
         self.index = DirectoryIndex()
@@ -115,7 +117,7 @@ class Directory:
     def device(self, dev: bytes) -> tuple[dict, dsc.DeviceRecord | None]:
         """(proof, proven record or None) of a device; raises DiscoveryError when the ledger's answer lies."""
         proof = self.proof(RECORD_DEVICE, dev)
-        return proof, dsc.device_record(proof, self.chain_id, self.validators, dev)
+        return proof, dsc.device_record(proof, self.chain_id, self.validators, dev, group_key=self.group_key)
 
     def catch_up(self) -> None:
         """Take in the blocks committed since the last call (their bans wait for ``follow``)."""
@@ -344,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     service = None
     try:
-        service = DirectoryService(Directory(ledger, cluster.chain_id, list(cluster.validators), site, pairs),
+        group = cluster.genesis.get("group_key")
+        service = DirectoryService(Directory(ledger, cluster.chain_id, list(cluster.validators), site, pairs,
+                                             bytes.fromhex(group) if group else None),
                                    host, port, pairs.directory_login()).start()
         print("directory of site %s on %s:%d (ledger height %d)" % (site, host, port, service.directory.index.height),
               flush=True)

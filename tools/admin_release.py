@@ -183,7 +183,8 @@ def cmd_release(ctx: Any, args: argparse.Namespace) -> int:
         proofs.append(answer["proof"])
     offer = update_check.encode_offer(signed, proofs[0], proofs[1])
     try:
-        update_check.check_offer(offer, ctx.chain_id, ctx.validators, manifest.device_class, ctx.crypto)
+        update_check.check_offer(offer, ctx.chain_id, ctx.validators, manifest.device_class, ctx.crypto,
+                                 group_key=ctx.group_key)
     except update_check.UpdateRefused as exc:
         raise AdminError("a device would refuse this release: %s" % exc) from None
     folder = Path(args.out) if args.out else ctx.cluster_path.parent / "releases"
@@ -242,7 +243,9 @@ class UpdateService:
                       for kind, rid in ((RecordKind.DEVICE, signer), (RecordKind.FIRMWARE, release.digest))]
             offer = update_check.encode_offer(signed, proofs[0], proofs[1])
             config = self.ledger.config
-            update_check.check_offer(offer, config.chain_id, list(config.validators), release.manifest.device_class)
+            group = config.genesis.get("group_key")
+            update_check.check_offer(offer, config.chain_id, list(config.validators), release.manifest.device_class,
+                                     group_key=bytes.fromhex(group) if group else None)
         except (update_check.UpdateRefused, LedgerlinkError, KeyError, TypeError, OSError) as exc:
             log.warning("release %s not offered: %s", release.digest.hex(), exc)
             offer = None

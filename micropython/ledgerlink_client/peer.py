@@ -59,13 +59,14 @@ class BoardPeer:
     """Discovery and peer sessions of one board over ``client`` (a connected ``mqtt.MQTTClient``)."""
 
     def __init__(self, client, site, priv, chain_id, validators, handler=None, backend=None, clock_ms=None,
-                 gc_threshold=None):
+                 gc_threshold=None, group_key=None):
         _collect_often(gc_threshold)
         self.client = client
         self.site = site
         self.priv = priv
         self.chain_id = chain_id
         self.validators = validators
+        self.group_key = group_key      # the set's FROST group key, when its headers name one
         self.handler = handler or (lambda packet, peer: (ps.INFO_UNKNOWN_SUBJECT, None))
         self.crypto = get_backend(backend)
         self.now_ms = clock_ms or _now_ms
@@ -132,7 +133,8 @@ class BoardPeer:
         if not proofs:
             raise dsc.DiscoveryError("refused", ans.get(4) or "no record shown")
         try:
-            rec = dsc.partner(proofs[0], self.chain_id, self.validators, peer, self.min_height, self.crypto)
+            rec = dsc.partner(proofs[0], self.chain_id, self.validators, peer, self.min_height, self.crypto,
+                              self.group_key)
         finally:
             _forget_proof_code()
         if ans[2] != dsc.DIR_OK:
@@ -152,7 +154,8 @@ class BoardPeer:
             dev = dsc.proof_device_id(proof)
             if dev is None:
                 continue
-            rec = dsc.device_record(proof, self.chain_id, self.validators, dev, self.min_height, self.crypto)
+            rec = dsc.device_record(proof, self.chain_id, self.validators, dev, self.min_height, self.crypto,
+                                    self.group_key)
             if rec is not None and rec.banned:
                 self.close_with(dev, ps.CLOSE_PEER_BANNED)
 
@@ -187,7 +190,7 @@ class BoardPeer:
                 continue
             try:
                 _, value = dsc.verify_record(proof, self.chain_id, self.validators, ident[0], ident[1], 0,
-                                             self.crypto)
+                                             self.crypto, self.group_key)
             except dsc.DiscoveryError:
                 continue
             if value is not None:

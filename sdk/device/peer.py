@@ -95,7 +95,7 @@ class PeerDevice:
 
     def __init__(self, priv: bytes, site: str, chain_id: str, validators: list[bytes], host: str, port: int,
                  login: dict[str, str], handler: Handler | None = None, backend: str = "cpython",
-                 record: bool = True) -> None:
+                 record: bool = True, group_key: bytes | None = None) -> None:
         self.crypto = get_backend(backend)
         self.record_exchanges = record
         self.priv = priv
@@ -104,6 +104,7 @@ class PeerDevice:
         self.site = site
         self.chain_id = chain_id
         self.validators = validators
+        self.group_key = group_key      # the set's FROST group key, when its headers name one
         self.handler = handler or (lambda packet, peer: (ps.INFO_UNKNOWN_SUBJECT, None))
         self.min_height = 0
         self.sessions: dict[bytes, ps.PeerSession] = {}       # session id -> session
@@ -212,7 +213,7 @@ class PeerDevice:
             if dev is None:
                 continue
             try:
-                dsc.partner(proof, self.chain_id, self.validators, dev, self.min_height, self.crypto)
+                dsc.partner(proof, self.chain_id, self.validators, dev, self.min_height, self.crypto, self.group_key)
             except dsc.DiscoveryError as exc:
                 if exc.reason == "banned":
                     self.close_with(dev, ps.CLOSE_PEER_BANNED)
@@ -233,7 +234,8 @@ class PeerDevice:
         if not proofs:
             raise PartnerUnavailable("refused", ans.get(4) or "the directory showed no record")
         try:
-            rec = dsc.partner(proofs[0], self.chain_id, self.validators, peer, self.min_height, self.crypto)
+            rec = dsc.partner(proofs[0], self.chain_id, self.validators, peer, self.min_height, self.crypto,
+                              self.group_key)
         except dsc.DiscoveryError as exc:
             if exc.reason in ("unregistered", "banned"):
                 raise PartnerUnavailable(exc.reason, str(exc)) from None
@@ -247,7 +249,7 @@ class PeerDevice:
         """Active devices whose registered attributes hold ``attributes``, each proven."""
         ans = self.ask(dsc.DIR_BY_ATTRIBUTES, dict(attributes))
         return dsc.partners(ans.get(3) or [], self.chain_id, self.validators, attributes, self.min_height,
-                            self.crypto)
+                            self.crypto, self.group_key)
 
     def record(self, kind: int, record_id: Any) -> dict | None:
         """A ledger record (kind, id), proven; None when proven absent."""
@@ -255,7 +257,8 @@ class PeerDevice:
         proofs = ans.get(3) or []
         if not proofs:
             raise dsc.DiscoveryError("malformed", ans.get(4) or "no proof in the answer")
-        _, value = dsc.verify_record(proofs[0], self.chain_id, self.validators, kind, record_id, 0, self.crypto)
+        _, value = dsc.verify_record(proofs[0], self.chain_id, self.validators, kind, record_id, 0, self.crypto,
+                                     self.group_key)
         return None if value is None else cbor.loads(value)
 
     def history(self, peer: bytes) -> list[tuple[int, Any, dict]]:
@@ -268,7 +271,8 @@ class PeerDevice:
             if kind == RECORD_DEVICE and rid != bytes(peer):
                 continue
             try:
-                _, value = dsc.verify_record(proof, self.chain_id, self.validators, kind, rid, 0, self.crypto)
+                _, value = dsc.verify_record(proof, self.chain_id, self.validators, kind, rid, 0, self.crypto,
+                                             self.group_key)
             except dsc.DiscoveryError:
                 continue
             if value is not None:

@@ -128,11 +128,12 @@ class DeviceRecord:
                                                             self.attributes)
 
 
-def verify_record(proof, chain_id, validators, kind, record_id, min_height=0, backend=None):
+def verify_record(proof, chain_id, validators, kind, record_id, min_height=0, backend=None, group_key=None):
     """The record bytes (None: proven absent) of ``[kind, record_id]`` from a ``record-proof``, checked
-    against the trusted validators, under a header at ``min_height`` or later. Returns (header, bytes)."""
+    against the trusted validators (and their FROST ``group_key``, when their headers name one), under a
+    header at ``min_height`` or later. Returns (header, bytes)."""
     try:
-        header, key, value = spv.verify_record_proof(proof, chain_id, validators, backend)
+        header, key, value = spv.verify_record_proof(proof, chain_id, validators, backend, group_key)
     except LedgerlinkError as exc:
         raise DiscoveryError("proof", "record proof does not verify: %s" % exc)
     except (TypeError, ValueError, KeyError, IndexError) as exc:
@@ -144,9 +145,10 @@ def verify_record(proof, chain_id, validators, kind, record_id, min_height=0, ba
     return header, value
 
 
-def device_record(proof, chain_id, validators, device_id, min_height=0, backend=None):
+def device_record(proof, chain_id, validators, device_id, min_height=0, backend=None, group_key=None):
     """The proven DeviceRecord of ``device_id``, or None when the proof shows it is not registered."""
-    header, value = verify_record(proof, chain_id, validators, RECORD_DEVICE, bytes(device_id), min_height, backend)
+    header, value = verify_record(proof, chain_id, validators, RECORD_DEVICE, bytes(device_id), min_height, backend,
+                                  group_key)
     if value is None:
         return None
     try:
@@ -172,10 +174,10 @@ def proof_device_id(proof):
     return dev if isinstance(dev, bytes) and len(dev) == DEVICE_ID_LEN else None
 
 
-def partner(proof, chain_id, validators, device_id, min_height=0, backend=None):
+def partner(proof, chain_id, validators, device_id, min_height=0, backend=None, group_key=None):
     """The proven record of ``device_id`` as a communication partner: DiscoveryError "unregistered" when
     proven absent, "banned" when proven banned."""
-    rec = device_record(proof, chain_id, validators, device_id, min_height, backend)
+    rec = device_record(proof, chain_id, validators, device_id, min_height, backend, group_key)
     if rec is None:
         raise DiscoveryError("unregistered", "device %s is not registered" % bytes(device_id).hex())
     if rec.status != STATUS_ACTIVE:
@@ -191,7 +193,7 @@ def matches(attributes, wanted):
     return True
 
 
-def partners(proofs, chain_id, validators, wanted, min_height=0, backend=None):
+def partners(proofs, chain_id, validators, wanted, min_height=0, backend=None, group_key=None):
     """The active devices among ``proofs`` whose attributes hold ``wanted``, each proof checked; a proof
     that does not verify, a banned device or one that does not match is left out (never returned)."""
     out = []
@@ -200,7 +202,7 @@ def partners(proofs, chain_id, validators, wanted, min_height=0, backend=None):
         if dev is None:
             continue
         try:
-            rec = partner(proof, chain_id, validators, dev, min_height, backend)
+            rec = partner(proof, chain_id, validators, dev, min_height, backend, group_key)
         except DiscoveryError:
             continue
         if matches(rec.attributes, wanted):
