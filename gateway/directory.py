@@ -129,7 +129,7 @@ class Directory:
             while self.index.height < top:
                 height = self.index.height + 1
                 self._bans += self.index.apply(height, proven_block_txs(self.ledger, self.chain_id,
-                                                                        self.validators, height))
+                                                                        self.validators, height, self.group_key))
 
     def follow(self) -> list[bytes]:
         """``catch_up``; the devices banned since the last call (proven banned now). A ban seen before a

@@ -237,10 +237,11 @@ def device_login(device_id: bytes, device_private: bytes, login_public: bytes,
 
 
 def proven_device_record(ledger: Any, chain_id: str, validators: list[bytes], dev: bytes,
-                         min_height: int = 0) -> dict[Any, Any] | None:
+                         min_height: int = 0, group_key: bytes | None = None) -> dict[Any, Any] | None:
     """A device's ledger record (None when it has none), from ``ledger`` (a ``LedgerClient``) with its
     proof checked against the trusted ``validators`` under a header at ``min_height`` or later; AccessError
-    when the answer does not verify (a lying or lagging node: the account stays as it is)."""
+    when the answer does not verify (a lying or lagging node: the account stays as it is). ``group_key``:
+    the set's FROST group key, when its headers name one."""
     from ledgerlink.core import cbor
     from ledgerlink.protocol import spv
     from ledgerlink.core.errors import LedgerlinkError
@@ -249,7 +250,8 @@ def proven_device_record(ledger: Any, chain_id: str, validators: list[bytes], de
 
     res = ledger.record(int(RecordKind.DEVICE), dev)
     try:
-        header, key, value = spv.verify_record_proof(cbor.dumps(res["proof"]), chain_id, validators)
+        header, key, value = spv.verify_record_proof(cbor.dumps(res["proof"]), chain_id, validators,
+                                                     group_key=group_key)
         record = cbor.loads(value) if value is not None else None
     except (LedgerlinkError, KeyError, TypeError, ValueError) as exc:
         raise AccessError("the ledger's record of device %s does not verify: %s" % (dev.hex(), exc)) from None
@@ -262,7 +264,8 @@ def proven_device_record(ledger: Any, chain_id: str, validators: list[bytes], de
     return record
 
 
-def proven_block_txs(ledger: Any, chain_id: str, validators: list[bytes], height: int) -> list[bytes]:
+def proven_block_txs(ledger: Any, chain_id: str, validators: list[bytes], height: int,
+                     group_key: bytes | None = None) -> list[bytes]:
     """The transactions of block ``height``, from the first node (``ledger``'s own choice, then each node of
     its config) whose answer checks: a certified header of that height signed by the trusted
     ``validators`` and transactions that hash to its tx root. So a lying node can hide no ban or key
@@ -282,7 +285,8 @@ def proven_block_txs(ledger: Any, chain_id: str, validators: list[bytes], height
             unanswered.append(exc)
             continue
         try:
-            header = spv.verify_certified_header(cbor.dumps(res["certified_header"]), chain_id, validators)
+            header = spv.verify_certified_header(cbor.dumps(res["certified_header"]), chain_id, validators,
+                                                 group_key=group_key)
             txs = res["txs"]
             if (header.height == height and isinstance(txs, list) and all(type(tx) is bytes for tx in txs)
                     and tx_root(txs) == header.tx_root):

@@ -720,9 +720,10 @@ class Stack:
             start = self.followed
             lines = []
             while self.followed < min(top, start + FOLLOW_BLOCKS_PER_CALL):
-                txs = proven_block_txs(self.ledger, self.chain_id, self.validators, self.followed + 1)
+                txs = proven_block_txs(self.ledger, self.chain_id, self.validators, self.followed + 1, self.group_key)
                 for dev in filter(None, map(_device_changed_by, txs)):
-                    record = proven_device_record(self.ledger, self.chain_id, self.validators, dev, self.followed + 1)
+                    record = proven_device_record(self.ledger, self.chain_id, self.validators, dev, self.followed + 1,
+                                                  self.group_key)
                     lines += ["%s (ledger height %d)" % (line, self.followed + 1)
                               for line in self.access.follow_record(dev, record)]
                 self.followed += 1
