@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -46,6 +47,8 @@ MAX_WARNINGS_PER_TX = enc.MAX_WARNINGS
 MAX_WARNING_TXS_PER_STEP = 8
 MAX_CERTS_PER_STEP = 256
 POOL_FULL = "pool full"         # the node's transaction pool is full: submitted again at the next step
+THRESHOLD_WAIT_MS = 2000        # longest an anchor's proof is asked again for its block's threshold certificate
+THRESHOLD_REFETCH_MS = 20       # between two such asks
 
 
 class Ledger(Protocol):
@@ -308,9 +311,24 @@ class Batcher:
                 out.append(None)
         return out
 
+    def _fetch_proof(self, tx_hash: bytes) -> dict:
+        """The ledger's ``tx_proof`` answer; with a group key, asked again for up to THRESHOLD_WAIT_MS until
+        it carries the block's threshold certificate (made just after the commit), so receipts do."""
+        p = self.ledger.tx_proof(tx_hash)
+        if self.group_key is None:
+            return p
+        deadline = time.monotonic() + THRESHOLD_WAIT_MS / 1000
+        while p.get("ok") and p.get("threshold_header") is None and time.monotonic() < deadline:
+            time.sleep(THRESHOLD_REFETCH_MS / 1000)
+            p = self.ledger.tx_proof(tx_hash)
+        if p.get("ok") and p.get("threshold_header") is None:
+            log.warning("no threshold certificate for the anchor at height %s: its receipts carry votes",
+                        p.get("height"))
+        return p
+
     def _proof(self, tx: bytes) -> tuple[dict, spv.Header] | None:
         try:
-            p = self.ledger.tx_proof(enc.tx_id(tx))
+            p = self._fetch_proof(enc.tx_id(tx))
         except Exception as exc:  # noqa: BLE001
             log.warning("ledger tx_proof failed: %s", exc)
             return None
