@@ -165,6 +165,10 @@ def _verify_threshold(header, cert, chain_id, validator_keys, group_key, backend
     signature = cert[1]
     if not isinstance(signature, bytes) or len(signature) != frost.SIGNATURE_LEN:
         raise InvalidMessage("threshold signature must be %d bytes R || z" % frost.SIGNATURE_LEN)
+    if signature[0] not in (2, 3) or int.from_bytes(signature[1:frost.POINT_LEN], "big") >= frost.p256.P:
+        raise InvalidMessage("threshold signature's R is not a compressed point encoding")
+    if int.from_bytes(signature[frost.POINT_LEN:], "big") >= frost.N:
+        raise InvalidMessage("threshold signature's z is not below the group order n")
     if not isinstance(group_key, bytes) or len(group_key) != frost.POINT_LEN:
         raise InvalidMessage("group key must be a 33-byte compressed point")
     if isinstance(validator_keys, bytes):
