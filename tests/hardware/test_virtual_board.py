@@ -230,9 +230,9 @@ IMPORT_CLIENT = "import gc, ledgerlink_client.device\ngc.collect()\nprint('kept'
 
 
 def test_board32_heap_makes_the_layout_matter(tmp_path):
-    """At a 64 KB heap the client imports from the ROMFS image and runs out of memory as .mpy files, as on
+    """At a 40 KB heap the client imports from the ROMFS image and runs out of memory as .mpy files, as on
     a board: bytecode from files is copied to the heap, from ROMFS it runs in place."""
-    heap = 64 * 1024
+    heap = 40 * 1024
     with VirtualBoard(tmp_path / "files", heap_bytes=heap, preload_library=True, layout="files") as files:
         result = mpremote(files.url, "exec", IMPORT_CLIENT)
     assert result.returncode == 1 and "MemoryError" in result.stdout + result.stderr, result.stdout
