@@ -80,7 +80,7 @@ def _flip(b):
     ("view", lambda c: c[1].__setitem__(0, c[1][0] + 1), InvalidProof),
     ("header time", lambda c: c[0].__setitem__(3, c[0][3] + 1), InvalidProof),
     ("short signature", lambda c: c[1].__setitem__(1, c[1][1][:64]), InvalidMessage),
-    ("z out of range", lambda c: c[1].__setitem__(1, c[1][1][:33] + b"\xff" * 32), InvalidProof),
+    ("z out of range", lambda c: c[1].__setitem__(1, c[1][1][:33] + b"\xff" * 32), InvalidMessage),
 ])
 def test_an_altered_threshold_certificate_is_refused(name, mutate, error):
     env, shares, group_key, rng = threshold_site()
