@@ -261,7 +261,8 @@ class Context:
                 record = cbor.loads(value)
             except LedgerlinkError as exc:
                 raise AdminError("proven record is not CBOR: %s" % exc) from None
-        return record, header, len(proof[1][1][3])
+        cert = proof[1][1]                    # votes, or a threshold certificate: one signature by t = 2f+1 signers
+        return record, header, len(cert[3]) if len(cert) == 4 else spv.quorum(len(self.validators))
 
     def proof_line(self, header: spv.Header, votes: int) -> str:
         n = len(self.validators)
