@@ -15,6 +15,10 @@ truncated input, trailing bytes, indefinite lengths or breaks, reserved addition
 values 24-31, too deep nesting. Tested in tests/core/test_cbor.py with the RFC 8949 Appendix A
 examples, one case per malformed class, cross-checks against cbor2 and a fuzz property.
 
+Simple values, floats and bignums are coded by ``cbor_ext``, which this module imports the first time a
+value needs it (``cbor.Simple``, ``cbor.UNDEFINED``, ``cbor.float_bytes`` and ``cbor.half_to_float`` load it
+too), so a board whose messages hold none of them does not keep that code in its heap.
+
 Python types: int (any size), bytes (bytearray/memoryview encode as byte strings), str, list and tuple
 (arrays), dict (maps), bool, None, float, ``Tag``, ``Simple``, ``UNDEFINED``. Decoding gives int, bytes,
 str, list, dict, bool, None, float, ``Tag`` (tags other than 2 and 3), ``Simple``, ``UNDEFINED``. Inside a
@@ -30,7 +34,6 @@ it is imported, before any module takes ``dumps`` or ``loads`` by name); the pur
 as ``portable_dumps``/``portable_loads``.
 """
 
-import struct
 import sys
 
 from ledgerlink.core.errors import DecodeError
@@ -40,6 +43,8 @@ DEFAULT_MAX_SIZE = 1 << 20
 
 UINT_MAX = 0xFFFFFFFFFFFFFFFF                # the largest integer of major type 0
 _IS_CPYTHON = sys.implementation.name == "cpython"
+# Defined in cbor_ext (simple values, floats, bignums), which loads on first use; ``cbor.Simple`` etc. load it.
+_EXT_NAMES = ("Simple", "UNDEFINED", "float_bytes", "half_to_float")
 
 
 class Tag:
@@ -64,39 +69,16 @@ class Tag:
         return "Tag(%d, %r)" % (self.tag, self.value)
 
 
-class Simple:
-    """Simple value ``value`` in 0..19 or 32..255 (20..23 are False/True/None/UNDEFINED)."""
+def _ext():
+    from ledgerlink.core import cbor_ext
 
-    def __init__(self, value):
-        if not isinstance(value, int) or isinstance(value, bool) or not (
-                0 <= value <= 19 or 32 <= value <= 255):
-            raise ValueError("simple value must be in 0..19 or 32..255")
-        self.value = value
-
-    def __eq__(self, other):
-        return isinstance(other, Simple) and self.value == other.value
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
-    def __hash__(self):
-        return hash(("Simple", self.value))
-
-    def __repr__(self):
-        return "Simple(%d)" % self.value
+    return cbor_ext
 
 
-class _Undefined:
-    """Type of the single ``UNDEFINED`` value (CBOR simple value 23)."""
-
-    def __repr__(self):
-        return "UNDEFINED"
-
-    def __bool__(self):
-        return False
-
-
-UNDEFINED = _Undefined()
+def __getattr__(name):
+    if name in _EXT_NAMES:
+        return getattr(_ext(), name)
+    raise AttributeError("module 'ledgerlink.core.cbor' has no attribute %r" % name)
 
 
 # ---------------------------------------------------------------- encoding
@@ -136,60 +118,7 @@ def _encode_int(n, out):
     if n <= UINT_MAX:
         _head(out, major, n)
     else:
-        raw = n.to_bytes((len(hex(n)) - 1) // 2, "big")
-        out.append(0xC2 + major)
-        _head(out, 2, len(raw))
-        out.extend(raw)
-
-
-def float_bytes(x):
-    """Shortest exact CBOR encoding (head byte included) of float ``x``; any NaN gives f97e00."""
-    bits = int.from_bytes(struct.pack(">d", x), "big")
-    sign = bits >> 63
-    e = (bits >> 52) & 0x7FF
-    m = bits & 0xFFFFFFFFFFFFF
-    if e == 0x7FF:
-        if m:
-            return b"\xf9\x7e\x00"
-        return b"\xf9\xfc\x00" if sign else b"\xf9\x7c\x00"
-    if e == 0:
-        if m == 0:
-            return b"\xf9\x80\x00" if sign else b"\xf9\x00\x00"
-        return b"\xfb" + bits.to_bytes(8, "big")
-    exp = e - 1023
-    sig = m | (1 << 52)
-    if -14 <= exp <= 15:
-        if m & 0x3FFFFFFFFFF == 0:
-            h = (sign << 15) | ((exp + 15) << 10) | (m >> 42)
-            return b"\xf9" + h.to_bytes(2, "big")
-    elif -24 <= exp < -14:
-        shift = 28 - exp
-        if sig & ((1 << shift) - 1) == 0:
-            h = (sign << 15) | (sig >> shift)
-            return b"\xf9" + h.to_bytes(2, "big")
-    if -126 <= exp <= 127:
-        if m & 0x1FFFFFFF == 0:
-            f = (sign << 31) | ((exp + 127) << 23) | (m >> 29)
-            return b"\xfa" + f.to_bytes(4, "big")
-    elif -149 <= exp < -126:
-        shift = -97 - exp
-        if sig & ((1 << shift) - 1) == 0:
-            f = (sign << 31) | (sig >> shift)
-            return b"\xfa" + f.to_bytes(4, "big")
-    return b"\xfb" + bits.to_bytes(8, "big")
-
-
-def half_to_float(h):
-    """Value of the IEEE 754 binary16 number with bit pattern ``h`` (0..0xffff)."""
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    if e == 0:
-        v = m * 5.9604644775390625e-08
-    elif e == 31:
-        v = float("nan") if m else float("inf")
-    else:
-        v = (m + 1024) * 2.0 ** (e - 25)
-    return -v if h & 0x8000 else v
+        _ext().encode_bignum(n, major, out)
 
 
 def _encode(obj, out):
@@ -199,8 +128,6 @@ def _encode(obj, out):
         out.append(0xF5)
     elif obj is None:
         out.append(0xF6)
-    elif obj is UNDEFINED:
-        out.append(0xF7)
     elif isinstance(obj, int):
         _encode_int(obj, out)
     elif isinstance(obj, str):
@@ -214,8 +141,6 @@ def _encode(obj, out):
         raw = bytes(obj)
         _head(out, 2, len(raw))
         out.extend(raw)
-    elif isinstance(obj, float):
-        out.extend(float_bytes(obj))
     elif isinstance(obj, (list, tuple)):
         _head(out, 4, len(obj))
         for item in obj:
@@ -242,14 +167,8 @@ def _encode(obj, out):
             raise ValueError("tag number out of range")
         _head(out, 6, obj.tag)
         _encode(obj.value, out)
-    elif isinstance(obj, Simple):
-        if obj.value < 24:
-            out.append(0xE0 | obj.value)
-        else:
-            out.append(0xF8)
-            out.append(obj.value)
     else:
-        raise TypeError("cannot encode %s as CBOR" % type(obj).__name__)
+        _ext().encode(obj, out)
 
 
 def _first(pair):
@@ -334,29 +253,6 @@ class _Decoder:
             raise DecodeError("non-shortest head at offset %d" % start)
         return value
 
-    def _bignum(self, tag, start):
-        data = self.data
-        if self.pos >= self.end:
-            raise DecodeError("truncated input: bignum content missing at offset %d" % self.pos)
-        ib = data[self.pos]
-        self.pos += 1
-        if ib >> 5 != 2:
-            raise DecodeError("tag %d at offset %d must enclose a byte string" % (tag, start))
-        ai = ib & 31
-        if ai < 24:
-            length = ai
-        elif ai < 28:
-            length = self._argument(ai, self.pos - 1)
-        else:
-            raise DecodeError("indefinite or reserved length in bignum at offset %d" % start)
-        raw = self._take(length, "bignum")
-        if length == 0 or raw[0] == 0:
-            raise DecodeError("bignum with leading zero bytes at offset %d" % start)
-        value = int.from_bytes(raw, "big")
-        if value <= UINT_MAX:
-            raise DecodeError("bignum at offset %d fits a plain integer" % start)
-        return value if tag == 2 else -1 - value
-
     def item(self, depth, in_key):
         data = self.data
         start = self.pos
@@ -371,7 +267,13 @@ class _Decoder:
                 raise DecodeError("indefinite length or break at offset %d" % start)
             raise DecodeError("reserved additional information %d at offset %d" % (ai, start))
         if major == 7:
-            return self._major7(ai, start)
+            if ai == 20:
+                return False
+            if ai == 21:
+                return True
+            if ai == 22:
+                return None
+            return _ext().major7(self, ai, start)
         arg = ai if ai < 24 else self._argument(ai, start)
         if major == 0:
             return arg
@@ -389,7 +291,7 @@ class _Decoder:
                 raise DecodeError("invalid UTF-8 in text string at offset %d" % start)
             return text
         if major == 6 and (arg == 2 or arg == 3):
-            return self._bignum(arg, start)
+            return _ext().bignum(self, arg, start)
         if depth >= self.max_depth:
             raise DecodeError("nesting deeper than %d at offset %d" % (self.max_depth, start))
         if major == 4:
@@ -428,34 +330,6 @@ class _Decoder:
                                       % kstart)
             return result
         return Tag(arg, self.item(depth + 1, in_key))
-
-    def _major7(self, ai, start):
-        if ai < 20:
-            return Simple(ai)
-        if ai == 20:
-            return False
-        if ai == 21:
-            return True
-        if ai == 22:
-            return None
-        if ai == 23:
-            return UNDEFINED
-        if ai == 24:
-            value = self._take(1, "simple value")[0]
-            if value < 32:
-                raise DecodeError("simple value %d in two-byte form at offset %d" % (value, start))
-            return Simple(value)
-        raw = self._take(1 << (ai - 24), "float")
-        if ai == 25:
-            value = half_to_float(int.from_bytes(raw, "big"))
-        elif ai == 26:
-            value = struct.unpack(">f", raw)[0]
-        else:
-            value = struct.unpack(">d", raw)[0]
-        if float_bytes(value) != self.data[start:self.pos]:
-            raise DecodeError("float at offset %d not in shortest form" % start)
-        return value
-
 
 def is_uint(v):
     """``v`` is a CDDL ``uint``: an int of major type 0 (0 to 2^64 - 1; a bignum is not)."""
