@@ -29,16 +29,19 @@ SESSION_ID_LEN = 8
 INFO_LABEL = "ledgerlink-session-v1"
 
 
-class SessionKeys:
-    """Key material of one session: ``key`` (16), ``base_iv`` (13), ``session_id`` (8 bytes)."""
+class SessionKeyMaterial:
+    """Key material of one session: ``key`` (16), ``base_iv`` (13), ``session_id`` (8 bytes). It has no methods,
+    so a session's keys refer to nothing else in this module and a board that unloads it after the session
+    opens frees its code (a method's function would hold the module); its repr shows no key."""
 
-    def __init__(self, key, base_iv, session_id):
-        self.key = key
-        self.base_iv = base_iv
-        self.session_id = session_id
 
-    def __repr__(self):
-        return "SessionKeys(session_id=%s)" % self.session_id.hex()
+def SessionKeys(key, base_iv, session_id):
+    """The ``SessionKeyMaterial`` of one session."""
+    keys = SessionKeyMaterial()
+    keys.key = key
+    keys.base_iv = base_iv
+    keys.session_id = session_id
+    return keys
 
 
 def session_id(cert_bytes):
