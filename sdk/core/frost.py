@@ -36,51 +36,20 @@ import hashlib
 
 from ledgerlink.core import p256
 from ledgerlink.core.errors import InvalidMessage, InvalidPoint, InvalidScalar, InvalidSignature
+from ledgerlink.core.frost_verify import (
+    CONTEXT, MAX_PARTICIPANTS, N, POINT_LEN, SCALAR_LEN, SIGNATURE_LEN, challenge as _challenge, h2,
+    hash_to_scalar as _hash_to_scalar, sha256 as _sha256, verify as _verify,
+)
 
-N = p256.N
-CONTEXT = b"FROST-P256-SHA256-v1"
-POINT_LEN = 33
-SCALAR_LEN = 32
-SIGNATURE_LEN = POINT_LEN + SCALAR_LEN
-MAX_PARTICIPANTS = 255
 _DST_RHO = CONTEXT + b"rho"
-_DST_CHAL = CONTEXT + b"chal"
 _DST_NONCE = CONTEXT + b"nonce"
 _DST_DKG = CONTEXT + b"dkg"
-_HASH_TO_FIELD_LEN = 48  # L = ceil((ceil(log2(n)) + 128) / 8)
 
 
 # --- hashes (RFC 9591 section 6.4) -------------------------------------------------------------
 
-def _sha256(data):
-    return hashlib.sha256(data).digest()
-
-
-def _expand_message_xmd(msg, dst, length):
-    """RFC 9380 section 5.3.1 with SHA-256 (length <= 255 * 32, dst <= 255 bytes)."""
-    dst_prime = dst + bytes((len(dst),))
-    b0 = _sha256(bytes(64) + msg + length.to_bytes(2, "big") + b"\x00" + dst_prime)
-    block = _sha256(b0 + b"\x01" + dst_prime)
-    out = block
-    i = 2
-    while len(out) < length:
-        block = _sha256(bytes(x ^ y for x, y in zip(b0, block)) + bytes((i,)) + dst_prime)
-        out += block
-        i += 1
-    return out[:length]
-
-
-def _hash_to_scalar(msg, dst):
-    """hash_to_field(msg, 1) of RFC 9380 over the scalar field (L = 48)."""
-    return int.from_bytes(_expand_message_xmd(msg, dst, _HASH_TO_FIELD_LEN), "big") % N
-
-
 def h1(msg):
     return _hash_to_scalar(msg, _DST_RHO)
-
-
-def h2(msg):
-    return _hash_to_scalar(msg, _DST_CHAL)
 
 
 def h3(msg):
@@ -291,10 +260,6 @@ def interpolating_value(indices, index):
     return numerator * pow(denominator, N - 2, N) % N
 
 
-def _challenge(r_bytes, group_key_bytes, msg):
-    return h2(r_bytes + group_key_bytes + msg)
-
-
 # --- round one and two -------------------------------------------------------------------------
 
 class SigningNonces:
@@ -440,38 +405,9 @@ def decode_signature(signature):
 
 
 def verify(group_key, msg, signature, backend=None):
-    """True when ``signature`` (65 bytes R || z) is a valid FROST(P-256, SHA-256) signature of ``msg``
-    under the 33-byte ``group_key``: z < n and [z]G - [c]PK == R, c = H2(R || PK || msg).
-
-    R is checked by encoding: the one double-scalar multiplication's result, compressed, must equal the
-    33 bytes of R (so R is the canonical encoding of a point on the curve, not the identity) without a
-    square root to decompress it. A malformed signature is False; a malformed key raises InvalidPoint.
-
-    Where the backend (``backend.get_backend(backend)``) has ``mul_add_equals(u1, u2, Q, R)`` (the
-    CPython one: OpenSSL), it makes the same check; where it cannot decide, the portable one does.
-    """
-    from ledgerlink.core.backend import get_backend
-
-    pk = decode_point(group_key, "group key")
-    if not isinstance(signature, (bytes, bytearray)) or len(signature) != SIGNATURE_LEN:
-        return False
-    r_bytes = bytes(signature[:POINT_LEN])
-    if r_bytes[0] not in (2, 3):
-        return False
-    z = int.from_bytes(signature[POINT_LEN:], "big")
-    if z >= N:
-        return False
-    c = _challenge(r_bytes, bytes(group_key), bytes(msg))
-    fast = getattr(get_backend(backend), "mul_add_equals", None)
-    if fast is not None:
-        try:
-            verdict = fast(z, (N - c) % N, bytes(group_key), r_bytes)
-        except InvalidPoint:
-            return False
-        if verdict is not None:
-            return verdict
-    point = p256.mul_add_vartime(z, (N - c) % N, pk)
-    return point is not None and p256.encode_point(point, True) == r_bytes
+    """``frost_verify.verify`` (the check a device makes), with the group key decoded through this
+    module's cache of public points. A malformed signature is False; a malformed key raises InvalidPoint."""
+    return _verify(group_key, msg, signature, backend, decode_point(group_key, "group key"))
 
 
 # --- keys --------------------------------------------------------------------------------------

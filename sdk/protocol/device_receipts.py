@@ -9,7 +9,7 @@ The functions work on the ``DeviceProtocol`` they are given (its trust anchors, 
 Protects against a gateway or broker lying about a reading's fate: a receipt is valid only when the
 frame hash is in the batch root, the anchor transaction carrying that root and batch size is in the tx
 root of a header certified by 2f+1 of the validators the device trusts (or, when the device holds the
-set's FROST group key, by one threshold signature of t = 2f+1 of them: ``frost`` is loaded for that
+set's FROST group key, by one threshold signature of t = 2f+1 of them: ``frost_verify`` is loaded for that
 check only), and (when the device knows
 gateway keys) the anchor is signed by a known gateway. Tested through ``DeviceProtocol`` in
 tests/protocol/test_device_protocol.py and on board32 in tests/boards/test_board_cycle.py.
@@ -113,7 +113,7 @@ def _certified_header(device, certified):
 
     header = spv.verify_certified_header(certified, device.chain_id, device.validator_keys, device.crypto,
                                          device.group_key)
-    _forget_on_boards(("ledgerlink.core", "frost"))
+    _forget_on_boards(("ledgerlink.core", "frost_verify"))
     checked = (header.height, header.tx_root)
     if device.cache_size:
         _remember(device, device._headers, (mark, checked))

@@ -157,32 +157,32 @@ def verify_threshold_header(certified, chain_id, validator_keys, group_key, back
 
 
 def _verify_threshold(header, cert, chain_id, validator_keys, group_key, backend):
-    from ledgerlink.core import frost   # threshold certificates only: a board on 2f+1 votes never loads it
+    from ledgerlink.core import frost_verify   # threshold certificates only: a board on 2f+1 votes never loads it
 
     if not isinstance(cert, list) or len(cert) != 2:
         raise InvalidMessage("threshold certificate must be [view, frost-signature]")
     view = _uint(cert[0], "certificate view")
     signature = cert[1]
-    if not isinstance(signature, bytes) or len(signature) != frost.SIGNATURE_LEN:
-        raise InvalidMessage("threshold signature must be %d bytes R || z" % frost.SIGNATURE_LEN)
-    if signature[0] not in (2, 3) or int.from_bytes(signature[1:frost.POINT_LEN], "big") >= frost.p256.P:
+    if not isinstance(signature, bytes) or len(signature) != frost_verify.SIGNATURE_LEN:
+        raise InvalidMessage("threshold signature must be %d bytes R || z" % frost_verify.SIGNATURE_LEN)
+    if signature[0] not in (2, 3) or int.from_bytes(signature[1:frost_verify.POINT_LEN], "big") >= frost_verify.p256.P:
         raise InvalidMessage("threshold signature's R is not a compressed point encoding")
-    if int.from_bytes(signature[frost.POINT_LEN:], "big") >= frost.N:
+    if int.from_bytes(signature[frost_verify.POINT_LEN:], "big") >= frost_verify.N:
         raise InvalidMessage("threshold signature's z is not below the group order n")
-    if not isinstance(group_key, bytes) or len(group_key) != frost.POINT_LEN:
+    if not isinstance(group_key, bytes) or len(group_key) != frost_verify.POINT_LEN:
         raise InvalidMessage("group key must be a 33-byte compressed point")
     if isinstance(validator_keys, bytes):
         trusted_hash = _hash32(validator_keys, "trusted validators-hash")
     else:
-        if not 0 < len(validator_keys) <= frost.MAX_PARTICIPANTS:
-            raise InvalidProof("trusted validator set must have 1..%d keys" % frost.MAX_PARTICIPANTS)
+        if not 0 < len(validator_keys) <= frost_verify.MAX_PARTICIPANTS:
+            raise InvalidProof("trusted validator set must have 1..%d keys" % frost_verify.MAX_PARTICIPANTS)
         trusted_hash = validators_hash(validator_keys, group_key)
     if header.chain_id != chain_id:
         raise InvalidProof("header is for chain %r, not %r" % (header.chain_id, chain_id))
     if header.validators_hash != trusted_hash:
         raise InvalidProof("header names a different validator set")
     message = commit_sign_bytes(chain_id, header.height, view, header.hash)
-    if not frost.verify(group_key, message, signature, backend):
+    if not frost_verify.verify(group_key, message, signature, backend):
         raise InvalidProof("threshold signature does not verify")
     return header
 
