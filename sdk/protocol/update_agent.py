@@ -235,6 +235,10 @@ def _entry_ok(component, entry):
     return True
 
 
+def _minus(a, b):
+    return a - b
+
+
 def _running(entry):
     return None if entry is None else [entry.get(_DIGEST), entry.get(_VERSION), entry.get(_SLOT, 0)]
 
@@ -243,7 +247,7 @@ class UpdateAgent:
     """A device's updates, kept in the folder ``directory`` (state, pending offer) beside its targets."""
 
     def __init__(self, directory, device_class, chain_id, validator_keys, targets, files=None, backend=None,
-                 trial_deadline_ms=TRIAL_DEADLINE_MS, fresh_heights=uc.FRESH_HEIGHTS, group_key=None):
+                 trial_deadline_ms=TRIAL_DEADLINE_MS, fresh_heights=uc.FRESH_HEIGHTS, group_key=None, ticks_diff=None):
         self.files = files or Files()
         self.dir = directory
         self.device_class = device_class
@@ -257,9 +261,10 @@ class UpdateAgent:
         self.trial_deadline_ms = trial_deadline_ms
         self.state = None               # {component: entry} once read; None while unreadable
         self.state_error = None
-        self._pending = None            # (offer bytes, Signed) of the download under way
+        self._pending = None            # the update_manifest.Signed of the download under way (its offer is on flash)
         self._received = 0
         self._trial_start_ms = None
+        self.ticks_diff = ticks_diff or _minus      # time.ticks_diff on a board: its ms counter wraps
         self.fresh_heights = fresh_heights
         self._newest_height = None      # the newest certified header verified (read from "seen" at first use)
         self._saved_height = 0
@@ -407,7 +412,7 @@ class UpdateAgent:
 
     def tick(self, now_ms):
         """Roll back the versions on trial when their check-in is overdue; the components rolled back."""
-        if self._trial_start_ms is None or now_ms - self._trial_start_ms < self.trial_deadline_ms:
+        if self._trial_start_ms is None or self.ticks_diff(now_ms, self._trial_start_ms) < self.trial_deadline_ms:
             return []
         try:
             state = self._state()
@@ -444,7 +449,7 @@ class UpdateAgent:
                                 self.newest_height(), self.fresh_heights, self.group_key)
         self._check_state(signed)
         self.saw_header(signed.proof_height)
-        if self._pending is not None and self._pending[1].digest == signed.digest:
+        if self._pending is not None and self._pending.digest == signed.digest:
             return signed.manifest
         if self._pending is not None:
             self._drop_pending()
@@ -454,9 +459,9 @@ class UpdateAgent:
         if not stored:
             target.discard()                # what an earlier download left is not this payload's beginning
             self.files.mkdir(self.dir)
-            self.files.write(self._path("offer.new"), bytes(data))
+            self.files.write(self._path("offer.new"), data)
             self.files.rename(self._path("offer.new"), self._path("offer"))
-        self._pending = (bytes(data), signed)
+        self._pending = signed
         self._received = target.received(signed.manifest.chunk_size)
         return signed.manifest
 
@@ -486,13 +491,12 @@ class UpdateAgent:
         try:
             self.offer(raw, stored=True)
         except uc.UpdateRefused:
-            self._pending = (raw, None)
+            self._pending = None
             self._drop_pending()
 
     def _drop_pending(self):
-        raw, signed = self._pending
-        if signed is not None:
-            self.targets[signed.manifest.component].discard()
+        if self._pending is not None:
+            self.targets[self._pending.manifest.component].discard()
         self.files.remove(self._path("offer"))
         self._pending = None
         self._received = 0
@@ -500,12 +504,12 @@ class UpdateAgent:
     @property
     def pending_digest(self):
         """The manifest digest of the download under way, or None."""
-        return None if self._pending is None or self._pending[1] is None else self._pending[1].digest
+        return None if self._pending is None else self._pending.digest
 
     @property
     def pending(self):
         """The Manifest of the download under way, or None."""
-        return None if self._pending is None else self._pending[1].manifest
+        return None if self._pending is None else self._pending.manifest
 
     def next_chunk(self):
         """Index of the chunk to ask for next, or None when there is no download or every chunk is in."""
@@ -533,7 +537,7 @@ class UpdateAgent:
         """Check the payload's size and digest and install it; the component's running() entry. ``now_ms``
         starts the check-in deadline of a version that runs without a restart (a configuration).
         UpdateRefused (and the download dropped) when a check or a write fails; the running version stays."""
-        raw, signed = self._pending
+        signed = self._pending
         m = signed.manifest
         target = self.targets[m.component]
         try:

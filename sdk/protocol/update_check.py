@@ -61,7 +61,7 @@ def _decode_offer(data):
     try:
         if len(data) > OFFER_MAX:
             raise UpdateRefused(UPDATE_MALFORMED, "offer of %d bytes exceeds %d" % (len(data), OFFER_MAX))
-        offer = cbor.loads(bytes(data), max_depth=14)
+        offer = cbor.loads(data, max_depth=14)
     except (LedgerlinkError, TypeError) as exc:
         if isinstance(exc, UpdateRefused):
             raise
@@ -107,8 +107,10 @@ def check_offer(data, chain_id, validator_keys, device_class, backend=None, newe
         raise UpdateRefused(UPDATE_MALFORMED, "signed manifest does not decode: %s" % exc)
     m = signed.manifest
     oldest = newest_height - fresh_heights
+    offer[1] = None                 # each part is let go once checked: a board checks an offer in little heap
     signer, signer_height = _proven(offer[2], chain_id, validator_keys, spv.state_key(RECORD_DEVICE, signed.signer),
                                     "signer", backend, oldest, group_key)
+    offer[2] = None
     if signer is None:
         raise UpdateRefused(UPDATE_UNTRUSTED_SIGNER, "the ledger has no device %s" % signed.signer.hex())
     if signer.get(1) != signed.signer or signer.get(3) != ROLE_MAINTENANCE or signer.get(5) != STATUS_ACTIVE:

@@ -60,8 +60,9 @@ class UpdateClient:
     """The device's end: drives an ``UpdateAgent`` from ``fw`` messages; ``refusals`` are the last
     [reason, manifest digest] refused, reported in the status (the publisher does not offer them again)."""
 
-    def __init__(self, agent):
+    def __init__(self, agent, ticks_diff=None):
         self.agent = agent
+        self.ticks_diff = ticks_diff or (lambda a, b: a - b)    # time.ticks_diff on a board: its ms counter wraps
         self.refusals = []
         self._digest = None             # manifest digest of the download under way
         self._asked_upto = 0            # chunks asked for up to this index (exclusive)
@@ -92,11 +93,11 @@ class UpdateClient:
         if self._digest is None:
             if self._status_ms is None:
                 self._status_ms = now_ms
-            elif now_ms - self._status_ms >= STATUS_EVERY_MS:
+            elif self.ticks_diff(now_ms, self._status_ms) >= STATUS_EVERY_MS:
                 self._status_ms = now_ms
                 return [self.status()]
             return []
-        if self._heard_ms is None or now_ms - self._heard_ms >= RETRY_MS:
+        if self._heard_ms is None or self.ticks_diff(now_ms, self._heard_ms) >= RETRY_MS:
             self._heard_ms = now_ms
             return self.requests()
         return []
@@ -109,7 +110,7 @@ class UpdateClient:
     def handle(self, payload, now_ms=None):
         """Take one ``fw`` message; the messages to send on ``upd`` (requests, or the new status)."""
         try:
-            msg = cbor.loads(bytes(payload), max_depth=16, max_size=MESSAGE_MAX)
+            msg = cbor.loads(payload, max_depth=16, max_size=MESSAGE_MAX)
         except (LedgerlinkError, TypeError):
             return []
         if not isinstance(msg, list) or not msg:
@@ -118,7 +119,8 @@ class UpdateClient:
             self._heard_ms = now_ms
         try:
             if msg[0] == MSG_OFFER and len(msg) == 2 and isinstance(msg[1], bytes):
-                return self._offer(msg[1])
+                offer, msg = msg[1], None
+                return self._offer(offer)
             if (msg[0] == MSG_CHUNK and len(msg) == 4 and msg[1] == self._digest and cbor.is_uint(msg[2])
                     and isinstance(msg[3], bytes)):
                 return self._chunk(msg[2], msg[3], now_ms)

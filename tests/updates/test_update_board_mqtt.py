@@ -10,16 +10,20 @@ from pathlib import Path
 
 import pytest
 
+from ledgerlink.core import cbor
+from ledgerlink.protocol import update_transport as ut
 from ledgerlink.protocol.codes import IMAGE_CONFIGURATION
 from ledgerlink.tools.admin_release import UpdateService, write_release
 from ledgerlink.tools.board_runtime import Board
 from ledgerlink.tools.deploy import load_profile
 from tests.micropython.test_client_in_vm import Broker, free_port
 from tests.updates.site import DEVICE_CLASS, ReleaseSite, offer_digest
+from tests.updates.test_update_agent import make_agent
 
 pytestmark = pytest.mark.slow
 
 SITE = "plant-9"
+TICKS_PERIOD = 1 << 30          # time.ticks_ms() wraps at this on MicroPython ports
 KEY = bytes(31) + b"\x2a"
 CONFIG = b'{"interval_s": 4, "threshold": 30}' * 50         # 1,750 bytes
 
@@ -50,14 +54,14 @@ for i in range(600):
         break
     except OSError:
         pass
-running = u.agent.running()
+running = u.running()
 out = {'installed': installed, 'config': open(root + '/config.json').read() if installed else None,
        'trial': running.get(2, {}).get('trial'), 'sequence': running.get(2, {}).get('sequence'),
        'digest': (running.get(2, {}).get('digest') or b'').hex(), 'old_kept': 'config.json.old' in os.listdir(root)}
 client.on_result(Valid())                   # the first valid receipt after the new config: its check-in
 for i in range(10):
     client.step(50)
-out['trial_after_check_in'] = u.agent.running()[2]['trial']
+out["trial_after_check_in"] = u.running()[2]["trial"]
 client.close()
 print(json.dumps(out))
 """
@@ -98,6 +102,46 @@ def test_board_client_takes_a_release_over_mqtt(tmp_path):
     assert list(versions.values()) == [{"config": {"running": 3, "version": "c-3", "trial": False, "accepted": 3,
                                                    "latest": 3}}]
     assert result.peak_live < result.heap_bytes
+
+
+TICKS_PROGRAM = r"""
+import json, os, time
+from ledgerlink_client import device, update
+from ledgerlink.protocol import update_transport as ut
+
+setup = json.loads(open(INPUT + '/setup.json').read())
+cfg = {'site': 'plant-9', 'mode': 'signed', 'identity_key': bytes.fromhex(setup['key']),
+       'chain_id': setup['chain'], 'validators': [bytes.fromhex(k) for k in setup['validators']]}
+now = [time.ticks_add(0, -1000)]                    # 1 s before the ms counter wraps
+client = device.DeviceClient(cfg, lambda: None, ticks_ms=lambda: now[0])
+os.mkdir(INPUT + '/dev')
+u = update.attach(client, %(cls)r, INPUT + '/dev/upd', config_path=INPUT + '/dev/config.json')
+out = [len(u.tick())]                               # starts the status timer
+now[0] = time.ticks_add(now[0], ut.STATUS_EVERY_MS + 1000)
+out.append(len(u.tick()))                           # past the wrap: the status is due
+print(json.dumps(out))
+"""
+
+
+def test_board_repeats_its_status_across_the_wrap_of_its_ms_counter(tmp_path):
+    site = ReleaseSite()
+    setup = tmp_path / "setup.json"
+    setup.write_text(json.dumps({"key": KEY.hex(), "chain": site.chain_id, "validators": [k.hex() for k in site.keys]}))
+    with Board("romfs", files={"setup.json": setup}, workdir=tmp_path / "b") as board:
+        out, _ = board.run_json_result(TICKS_PROGRAM % {"cls": DEVICE_CLASS}, timeout=60)
+    assert out == [0, 1]
+
+
+def test_a_stalled_download_is_asked_again_across_the_wrap_of_the_ms_counter(tmp_path):
+    site = ReleaseSite()
+    agent = make_agent(site, tmp_path)
+    agent.boot(0)
+    client = ut.UpdateClient(agent, lambda a, b: (a - b + TICKS_PERIOD // 2) % TICKS_PERIOD - TICKS_PERIOD // 2)
+    offer = site.release(CONFIG, IMAGE_CONFIGURATION, 3, chunk_size=512)
+    before_wrap = TICKS_PERIOD - 1000
+    assert client.handle(cbor.dumps([ut.MSG_OFFER, offer]), before_wrap)        # the first chunk request
+    assert client.retry(ut.RETRY_MS - 2000) == []               # 4 s after, the counter wrapped: not yet
+    assert client.retry(ut.RETRY_MS - 1000) == client.requests()
 
 
 if __name__ == "__main__":
