@@ -156,5 +156,5 @@ if __name__ == "__main__":
             except Exception:       # noqa: BLE001 - MemoryError on the board
                 ok = False
         low, high = (low, mid) if ok else (mid, high)
-    print("board32 romfs: a board client installs a config release over MQTT at %d KB heap, not at %d KB"
-          % (high // 1024, low // 1024))
+    print("board32 romfs: a board client installs a config release over MQTT at %d B heap, not at %d B"
+          % (high, low))
