@@ -58,7 +58,7 @@ from ledgerlink.ledger.consensus.replica import (
 )
 from ledgerlink.ledger.state import LedgerState
 from ledgerlink.ledger.storage import BlockStore
-from ledgerlink.ledger.transport import ClientServer, ClusterConfig, PeerNetwork
+from ledgerlink.ledger.transport import ClientServer, ClusterConfig, PeerNetwork, added_address, default_peers_file
 
 log = logging.getLogger("ledgerlink.node")
 
@@ -130,6 +130,12 @@ class Node:
         self._arriving: list[tuple[bytes, asyncio.Future]] = []
         self.refused: OrderedDict[bytes, tuple[int, str]] = OrderedDict()
         self.drops: Counter[str] = Counter()
+        if index >= config.n:                # a validator added by a set change: its own address
+            me = added_address(index, self.backend.public_key(key, True), default_peers_file(config))
+            if index > config.n or me is None:
+                raise RuntimeError("validator %d is not in the cluster config and %s names no address for its key"
+                                   % (index, default_peers_file(config)))
+            config.nodes.append(me)
         self.net = PeerNetwork(config, index, self.rconfig.max_message_size + 1024, self.on_peer_message, key,
                                self.backend)
         reconfig.follow_peers(self)          # the restored chain may have changed the validator set
@@ -465,6 +471,7 @@ class Node:
 
 async def _main(args: argparse.Namespace) -> None:
     config = ClusterConfig.load(args.config)
+    config.peers_file = Path(args.peers) if args.peers else None
     key_file = args.key or config.nodes[args.index].key_file
     if key_file is None:
         raise SystemExit("no key file: give --key or nodes[i].key_file in the config")
@@ -503,6 +510,8 @@ def start_logging(args: argparse.Namespace, name: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = node_arguments("python3 -m ledgerlink.ledger.node", __doc__.split("\n")[0])
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (default: off)")
+    p.add_argument("--peers", metavar="FILE", help="addresses of validators added after genesis, by key "
+                   "(default: peers.json beside the config; read when the set grows)")
     args = p.parse_args(argv)
     start_logging(args, "node")
     prof_dir = os.environ.get("LEDGERLINK_PROFILE_DIR")

@@ -200,7 +200,9 @@ class ClusterConfig:
     (default 127.0.0.1), ``base_port`` (peer port of node i is base_port + i; client port
     base_port + 1000 + i), ``nodes`` (per-node overrides ``{host, peer_port, client_port, key_file}``),
     ``genesis`` (the ``LedgerState.genesis`` config with keys as hex), ``consensus`` (fields of
-    ``replica.Config``) and ``ports`` (fields of ``PortLimits``).
+    ``replica.Config``) and ``ports`` (fields of ``PortLimits``). Validators added later by a set change
+    are not in it (its validator list is part of the genesis hash): their addresses come from the
+    peers file (``load_peer_addresses``) and are appended to ``nodes`` when the set grows.
     """
 
     chain_id: str
@@ -209,6 +211,7 @@ class ClusterConfig:
     consensus: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     ports: PortLimits = field(default_factory=PortLimits)
+    peers_file: Path | None = None       # addresses of validators added after genesis (``default_peers_file``)
 
     @classmethod
     def load(cls, path: str | Path) -> "ClusterConfig":
@@ -273,6 +276,66 @@ class ClusterConfig:
         return hashlib.sha256(json.dumps(
             {"chain_id": self.chain_id, "validators": [k.hex() for k in self.validators],
              "genesis": self.genesis}, sort_keys=True).encode()).digest()
+
+
+# --- addresses of validators added after genesis -------------------------------------------------
+
+#: the operator's file of addresses of validators added by a set change, beside the cluster config
+PEERS_FILE = "peers.json"
+
+
+def default_peers_file(config: ClusterConfig) -> Path:
+    """The config's ``peers_file`` (a node's ``--peers``), else ``peers.json`` in the cluster config's
+    directory (the working directory without a config path)."""
+    if config.peers_file is not None:
+        return config.peers_file
+    return (config.path.parent if config.path is not None else Path(".")) / PEERS_FILE
+
+
+def _key_hex(key: bytes) -> str:
+    from ledgerlink.protocol.ledger_tx import compress_pubkey
+    return compress_pubkey(key).hex()
+
+
+def load_peer_addresses(path: str | Path) -> dict[str, tuple[str, int, int]]:
+    """The peers file: a JSON object mapping a validator's public key (compressed, hex) to
+    ``{host, peer_port, client_port}``; an absent file names none. ValueError if it is malformed.
+
+    The address is not trusted: the key comes from the set change certified by the ledger, and a
+    peer proves it in the handshake, so a wrong address only keeps the link from forming."""
+    p = Path(path)
+    if not p.exists():
+        return {}
+    data = json.loads(p.read_text())
+    if not isinstance(data, dict):
+        raise ValueError("%s: not a JSON object" % p)
+    out = {}
+    for key, a in data.items():
+        try:
+            host, peer_port, client_port = a["host"], a["peer_port"], a["client_port"]
+        except (TypeError, KeyError):
+            raise ValueError("%s: %s needs host, peer_port and client_port" % (p, key)) from None
+        if (not isinstance(host, str) or type(peer_port) is not int or type(client_port) is not int
+                or not 0 < peer_port < 65536 or not 0 < client_port < 65536):
+            raise ValueError("%s: bad address of %s" % (p, key))
+        out[_key_hex(bytes.fromhex(key))] = (host, peer_port, client_port)
+    return out
+
+
+def write_peer_address(path: str | Path, key: bytes, host: str, peer_port: int, client_port: int) -> None:
+    """Name validator ``key``'s address in the peers file (other entries kept; written atomically)."""
+    p = Path(path)
+    data = json.loads(p.read_text()) if p.exists() else {}
+    data[_key_hex(key)] = {"host": host, "peer_port": peer_port, "client_port": client_port}
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, p)
+
+
+def added_address(index: int, key: bytes, peers_file: str | Path) -> NodeAddress | None:
+    """Validator ``index`` (beyond the cluster config's) with ``key`` at its peers-file address, or None."""
+    found = load_peer_addresses(peers_file).get(_key_hex(key))
+    return None if found is None else NodeAddress(index, found[0], found[1], found[2], key)
 
 
 # --- framing ------------------------------------------------------------------------------------
@@ -593,6 +656,29 @@ class PeerNetwork:
             self.server.close()
         for w in list(self.inbound):
             _close(w)
+
+    def add_validators(self, keys: tuple[bytes, ...], peers_file: str | Path) -> bool:
+        """Link to the validators of ``keys`` beyond the known addresses (added by a set change), at
+        their addresses in ``peers_file``; they authenticate with these keys. False while one has none
+        there (logged; the caller asks again later)."""
+        nodes = self.config.nodes
+        while len(nodes) < len(keys):
+            i = len(nodes)
+            try:
+                addr = added_address(i, keys[i], peers_file)
+            except (OSError, ValueError) as exc:
+                log.warning("peers file %s not usable: %s", peers_file, exc)
+                return False
+            if addr is None:
+                log.warning("validator %d (key %s) has no address in %s: not linked yet", i, keys[i].hex(),
+                            peers_file)
+                return False
+            nodes.append(addr)
+            link = self.links[i] = _Outbound(self, addr)
+            if self.server is not None:
+                link.task = asyncio.create_task(link.run())
+            log.info("validator %d added: linking to %s:%d", i, addr.host, addr.peer_port)
+        return True
 
     def send(self, to: int, data: bytes) -> None:
         link = self.links.get(to)

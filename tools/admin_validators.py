@@ -4,7 +4,9 @@ A validator set change names the new set, the height H from which it signs block
 2f+1 validators of the current set (``ledger_tx.validator_set_change_tx``). Each validator's operator
 signs an approval with ``approve-set`` (or ``set-change --approve-key`` signs with key files held
 where it runs); ``set-change`` collects them, submits the change with the admin key and shows the
-recorded change. The current set and epoch are not taken on trust: starting from the cluster
+recorded change. ``--add-address`` names where an added validator listens in the peers file of the
+nodes where it runs (they link to it at the switch; a site whose nodes run elsewhere copies the entry
+into each node's peers file). The current set and epoch are not taken on trust: starting from the cluster
 config's validators, each change is followed with its proof (``validator_set.follow_set_change``).
 """
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ledgerlink.core.errors import LedgerlinkError
+from ledgerlink.ledger.transport import default_peers_file, write_peer_address
 from ledgerlink.protocol import ledger_tx, validator_set
 from ledgerlink.protocol.validator_set import TrustedSet
 
@@ -41,6 +44,10 @@ def _set_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replace", action="append", default=[], metavar="I=PUBKEY",
                    help="validator I gets a new key (hex; repeatable)")
     p.add_argument("--add", action="append", default=[], metavar="PUBKEY", help="a new validator at the end (hex)")
+    p.add_argument("--add-address", action="append", default=[], metavar="HOST:PEER_PORT:CLIENT_PORT",
+                   help="where the new validator of the --add at the same place listens: written to the peers file "
+                        "of the nodes here (repeatable, one per --add)")
+    p.add_argument("--peers", metavar="FILE", help="the nodes' peers file (default: peers.json beside the cluster config)")
     p.add_argument("--remove-last", type=int, default=0, metavar="K", help="remove the last K validators")
     p.add_argument("--height", type=int, required=True, metavar="H",
                    help="effective height: the first block the new set signs (above the block that records it)")
@@ -99,6 +106,44 @@ def new_keys(current: list[bytes], args: argparse.Namespace) -> list[bytes]:
     return keys
 
 
+def _addresses(args: argparse.Namespace) -> list[tuple[bytes, str, int, int]]:
+    """(key, host, peer port, client port) of each ``--add-address``, paired with the ``--add`` at its place."""
+    from ledgerlink.tools.admin import _usage
+
+    if len(args.add_address) > len(args.add):
+        raise _usage("%d --add-address for %d --add" % (len(args.add_address), len(args.add)))
+    out = []
+    for key, address in zip(args.add, args.add_address):
+        host, _, ports = address.rpartition(":")
+        host, _, peer_port = host.rpartition(":")
+        try:
+            ports_ok = all(0 < int(p) < 65536 for p in (peer_port, ports))
+        except ValueError:
+            ports_ok = False
+        if not host or not ports_ok:
+            raise _usage("--add-address %s: want HOST:PEER_PORT:CLIENT_PORT" % address)
+        out.append((ledger_tx.compress_pubkey(bytes.fromhex(key)), host, int(peer_port), int(ports)))
+    return out
+
+
+def write_addresses(ctx: Any, args: argparse.Namespace) -> None:
+    """Name the added validators' addresses in the peers file the nodes here read when the set grows
+    (their links to a new validator start at the switch). An address is not trusted: the node
+    authenticates the peer with the key of the certified change."""
+    from ledgerlink.tools.admin import _usage
+
+    addresses = _addresses(args)
+    if not addresses:
+        return
+    path = Path(args.peers) if args.peers else default_peers_file(ctx.config)
+    for key, host, peer_port, client_port in addresses:
+        try:
+            write_peer_address(path, key, host, peer_port, client_port)
+        except (OSError, ValueError) as exc:
+            raise _usage("peers file %s not writable: %s" % (path, exc)) from None
+        print("validator %s listens at %s:%d (clients %d): in %s" % (key.hex(), host, peer_port, client_port, path))
+
+
 def _approval(ctx: Any, trusted: TrustedSet, key_file: str, keys: list[bytes], height: int) -> list:
     from ledgerlink.tools.admin import _usage, load_key
 
@@ -117,6 +162,7 @@ def cmd_approve_set(ctx: Any, args: argparse.Namespace) -> int:
     trusted = follow(ctx)
     keys = new_keys(trusted.keys, args)
     index, sig = _approval(ctx, trusted, args.key, keys, args.height)
+    write_addresses(ctx, args)
     Path(args.out).write_text(json.dumps({"epoch": trusted.epoch + 1, "height": args.height, "index": index,
                                           "set": [k.hex() for k in keys], "signature": sig.hex()}) + "\n")
     print("validator %d approves epoch %d: %d validators from height %d; approval in %s"
@@ -144,6 +190,7 @@ def cmd_set_change(ctx: Any, args: argparse.Namespace) -> int:
     need = validator_set.spv.quorum(len(trusted.keys))
     if len(approvals) < need:
         raise _usage("%d approvals of the current %d validators, %d needed" % (len(approvals), len(trusted.keys), need))
+    write_addresses(ctx, args)
     admin = load_key(ctx.admin_key_path, "admin key")
     tx = ledger_tx.validator_set_change_tx(ctx.chain_id, admin, trusted.epoch + 1, keys, args.height,
                                            sorted(approvals.items()), now_ms(), backend=ctx.crypto)

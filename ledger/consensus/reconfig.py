@@ -205,7 +205,9 @@ def member_effects(replica: "Replica", effects: list) -> list:
 def follow_peers(node: Any) -> None:
     """Point a node's peer transport at the keys of the set in force (after its replica switched): a
     peer index whose key changed is authenticated with the new key from now on, and links to it are
-    cut so they reconnect and prove it. Indices beyond the configured nodes have no address here."""
+    cut so they reconnect and prove it. Validators added beyond the known addresses get links at their
+    addresses in the operator's peers file (``PeerNetwork.add_validators``; asked again at the next
+    commit while one is missing)."""
     keys = node.replica.config.validators
     if getattr(node, "_peer_keys", None) is keys:
         return
@@ -222,6 +224,11 @@ def follow_peers(node: Any) -> None:
         link = net.links.get(i)
         if link is not None and link.writer is not None:
             link.writer.transport.abort()
+    if len(keys) > len(nodes):
+        from ledgerlink.ledger.transport import default_peers_file
+
+        if not node.net.add_validators(keys, default_peers_file(node.config)):
+            node._peer_keys = None
 
 
 def set_change_answer(node: Any, req: dict) -> dict:
