@@ -47,7 +47,7 @@ import sys
 import time
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ledgerlink.core import merkle, smt
 from ledgerlink.core.backend import get_backend
@@ -96,8 +96,9 @@ class Node:
     """One validator: replica, block store, peer network and client port."""
 
     def __init__(self, config: ClusterConfig, index: int, data_dir: str | Path, key: bytes,
-                 threshold_share: int | None = None) -> None:
-        """``threshold_share``: this validator's FROST signing share (secret), when the genesis names a group key."""
+                 threshold_share: int | None = None, epoch_share: Callable[[int], int | None] | None = None) -> None:
+        """``threshold_share``: this validator's FROST signing share (secret), when the genesis names a group key;
+        ``epoch_share(epoch)``: its share of a later set's group key (``reconfig.take_share`` at the switch)."""
         self.config = config
         self.index = index
         self.data_dir = Path(data_dir)
@@ -117,7 +118,10 @@ class Node:
                                        self.store.blocks(), votes=self.store.votes(),
                                        threshold_certs=list(self.store.threshold_certs()),
                                        threshold_share=threshold_share,
-                                       rng=os.urandom if threshold_share is not None else None)
+                                       rng=os.urandom)
+        self.replica.epoch_share = epoch_share
+        if self.replica.epoch:
+            reconfig.take_share(self.replica)              # restored past a set change: that set's share
         if self.replica.height != self.store.height:
             raise RuntimeError("restored height %d differs from the store's %d"
                                % (self.replica.height, self.store.height))
@@ -475,7 +479,8 @@ async def _main(args: argparse.Namespace) -> None:
     key_file = args.key or config.nodes[args.index].key_file
     if key_file is None:
         raise SystemExit("no key file: give --key or nodes[i].key_file in the config")
-    node = Node(config, args.index, args.data, load_key(key_file), load_share(key_file))
+    node = Node(config, args.index, args.data, load_key(key_file), load_share(key_file),
+                reconfig.share_loader(key_file))
     gc.freeze()                       # the restored state is long-lived: no collection scans it again
     gc.set_threshold(GC_THRESHOLD, 10, 10)
     await node.start()

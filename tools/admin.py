@@ -786,6 +786,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "trace": admin_trace.cmd_trace,
     "release": admin_release.cmd_release,
     "versions": admin_release.cmd_versions,
+    "set-dkg": admin_validators.cmd_set_dkg,
     "approve-set": admin_validators.cmd_approve_set,
     "set-change": admin_validators.cmd_set_change,
     "follow-set": admin_validators.cmd_follow_set,

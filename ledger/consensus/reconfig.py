@@ -17,22 +17,33 @@ answers, never a vote, proposal, checkpoint or view-change, so a removed node ca
 one cannot vote before its set is in force. Others refuse a removed node's messages (its index is
 outside the new set, or the key at it is another one: "unknown sender" or "bad signature").
 
-Tested in tests/ledger/test_reconfig.py and over 1,000+ seeds by ``ledgerlink.ledger.consensus.reconfig_sim``.
+A change may carry the new set's FROST group key and verifying shares (made by the new set's DKG;
+the approvals cover them through the set hash). At the switch each replica takes its signing share of
+the new key from ``replica.epoch_share(epoch)`` (the node reads the file named by the epoch beside
+its key), kept only when it matches its verifying share in the change; the aggregator of the new set
+then makes threshold certificates under the new key from H on. A replica without a matching share
+votes as before and signs no threshold share.
+
+Tested in tests/ledger/test_reconfig.py, tests/ledger/test_reconfig_threshold_cluster.py and over 1,000+ seeds by ``ledgerlink.ledger.consensus.reconfig_sim``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from ledgerlink.ledger.consensus import messages as m
-from ledgerlink.core import smt
+from ledgerlink.core import frost, smt
 from ledgerlink.protocol.ledger_tx import compress_pubkey
 from ledgerlink.protocol.codes import RECORD_VALIDATOR_SET
 
 if TYPE_CHECKING:
     from ledgerlink.ledger.consensus.replica import Replica
+
+log = logging.getLogger("ledgerlink.reconfig")
 
 
 def _short(key: bytes) -> bytes:
@@ -62,6 +73,8 @@ def attach(replica: "Replica") -> None:
     replica.member = is_member(replica, replica.config.validators)
     replica.switch_view_change = False
     replica.joined = False
+    replica.epoch = 0                        # epoch of the set in force
+    replica.epoch_share = None               # epoch -> this validator's FROST signing share of that set, or None
     replica.set_change_proofs = {}          # epoch -> (height of the recording block, record, smt proof)
 
 
@@ -115,6 +128,53 @@ def after_commit(replica: "Replica", height: int, live: bool) -> None:
             replica.set_change_proofs[change[0]] = (height, record, proof)
     if start == height + 1:
         switch(replica, _config_for(replica.config, change), start, live)
+        replica.epoch = change[0]
+        take_share(replica)
+
+
+def share_path(key_file: str | Path, epoch: int) -> Path:
+    """Where a validator's FROST signing share of epoch ``epoch``'s set is kept: beside its key file,
+    ``<name>.epoch<epoch>.share`` (the genesis set's is ``<name>.share``)."""
+    path = Path(key_file)
+    return path.with_suffix(".share") if epoch == 0 else path.with_name("%s.epoch%d.share" % (path.stem, epoch))
+
+
+def share_loader(key_file: str | Path) -> Callable[[int], int | None]:
+    """``epoch -> signing share`` read from ``share_path`` (None when there is no such file)."""
+    def load(epoch: int) -> int | None:
+        path = share_path(key_file, epoch)
+        if not path.exists():
+            return None
+        return int(path.read_text().strip(), 16)
+    return load
+
+
+def take_share(replica: "Replica") -> bool:
+    """Give the replica its signing share of the set in force (``replica.epoch_share``), when the set
+    has a group key and the share matches this validator's verifying share; True when it has one. A
+    missing or foreign share leaves it without one (it votes, and signs no threshold share)."""
+    cfg = replica.config
+    replica._threshold_share = None
+    load = getattr(replica, "epoch_share", None)
+    if cfg.group_key is None or load is None or not replica.member or replica._rng is None:
+        return False
+    try:
+        share = load(replica.epoch)
+    except (OSError, ValueError) as exc:
+        log.warning("validator %d: signing share of epoch %d unreadable: %s", replica.index, replica.epoch,
+                    type(exc).__name__)
+        return False
+    if share is None:
+        log.warning("validator %d: no signing share of epoch %d; no threshold shares from it",
+                    replica.index, replica.epoch)
+        return False
+    if not 0 < share < frost.N or replica.index >= len(cfg.verifying_shares) \
+            or frost.verifying_share(share) != cfg.verifying_shares[replica.index]:
+        log.warning("validator %d: signing share of epoch %d does not match its verifying share",
+                    replica.index, replica.epoch)
+        return False
+    replica._threshold_share = share
+    return True
 
 
 def switch(replica: "Replica", cfg: Any, start: int, live: bool) -> None:
