@@ -318,7 +318,10 @@ def load_peer_addresses(path: str | Path) -> dict[str, tuple[str, int, int]]:
         if (not isinstance(host, str) or type(peer_port) is not int or type(client_port) is not int
                 or not 0 < peer_port < 65536 or not 0 < client_port < 65536):
             raise ValueError("%s: bad address of %s" % (p, key))
-        out[_key_hex(bytes.fromhex(key))] = (host, peer_port, client_port)
+        try:
+            out[_key_hex(bytes.fromhex(key))] = (host, peer_port, client_port)
+        except (ValueError, LedgerlinkError):
+            raise ValueError("%s: %r is not a P-256 public key in hex" % (p, key)) from None
     return out
 
 
@@ -635,6 +638,7 @@ class PeerNetwork:
         self._handshake_rate = _Buckets(self.limits.handshake_rate, self.limits.handshake_rate)
         self.dropped = 0
         self.limited: collections.Counter[str] = collections.Counter()
+        self._warned: set[str] = set()
 
     def limit(self, name: str) -> None:
         """Count a limit that bit."""
@@ -667,11 +671,11 @@ class PeerNetwork:
             try:
                 addr = added_address(i, keys[i], peers_file)
             except (OSError, ValueError) as exc:
-                log.warning("peers file %s not usable: %s", peers_file, exc)
+                self._warn_once("peers file %s not usable: %s" % (peers_file, exc))
                 return False
             if addr is None:
-                log.warning("validator %d (key %s) has no address in %s: not linked yet", i, keys[i].hex(),
-                            peers_file)
+                self._warn_once("validator %d (key %s) has no address in %s: not linked yet"
+                                % (i, keys[i].hex(), peers_file))
                 return False
             nodes.append(addr)
             link = self.links[i] = _Outbound(self, addr)
@@ -679,6 +683,12 @@ class PeerNetwork:
                 link.task = asyncio.create_task(link.run())
             log.info("validator %d added: linking to %s:%d", i, addr.host, addr.peer_port)
         return True
+
+    def _warn_once(self, text: str) -> None:
+        """Log ``text`` the first time only (the peers file is asked again at each commit)."""
+        if text not in self._warned and len(self._warned) < 64:
+            self._warned.add(text)
+            log.warning("%s", text)
 
     def send(self, to: int, data: bytes) -> None:
         link = self.links.get(to)
