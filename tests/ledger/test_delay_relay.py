@@ -1,0 +1,109 @@
+"""The delay relay holds each direction for its delay, keeps bytes in order and closes cleanly."""
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from ledgerlink.ledger.delay_relay import DelayRelay, _echo_server, measure_one_way_ms
+
+DELAY_MS = 30.0
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        data = sock.recv(n - len(out))
+        if not data:
+            break
+        out += data
+    return bytes(out)
+
+
+def test_a_round_trip_through_the_relay_takes_at_least_twice_the_delay():
+    srv, t = _echo_server()
+    try:
+        with DelayRelay([srv.getsockname()], DELAY_MS) as relay:
+            with socket.create_connection(("127.0.0.1", relay.ports[0]), timeout=10) as c:
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    c.sendall(b"ping")
+                    assert _recv_exactly(c, 4) == b"ping"
+                    assert (time.perf_counter() - t0) * 1000 >= 2 * DELAY_MS
+    finally:
+        srv.close()
+        t.join(5)
+
+
+def test_without_the_relay_the_same_round_trip_is_fast():
+    """The probe measures the relay, not the echo server: direct round trips stay far below 2x the delay."""
+    srv, t = _echo_server()
+    try:
+        with socket.create_connection(srv.getsockname(), timeout=10) as c:
+            t0 = time.perf_counter()
+            c.sendall(b"ping")
+            assert _recv_exactly(c, 4) == b"ping"
+            assert (time.perf_counter() - t0) * 1000 < 2 * DELAY_MS
+    finally:
+        srv.close()
+        t.join(5)
+
+
+def test_bytes_arrive_in_order_and_complete_both_ways():
+    payload = os.urandom(3 * 1024 * 1024)
+    srv, t = _echo_server()
+    try:
+        with DelayRelay([srv.getsockname()], 2.0) as relay:
+            with socket.create_connection(("127.0.0.1", relay.ports[0]), timeout=30) as c:
+                sender = threading.Thread(target=c.sendall, args=(payload,))
+                sender.start()
+                got = _recv_exactly(c, len(payload))
+                sender.join(30)
+            assert got == payload
+            assert relay.bytes == 2 * len(payload)
+    finally:
+        srv.close()
+        t.join(5)
+
+
+def test_bandwidth_cap_spaces_the_bytes():
+    """1 Mbit/s: 62,500 bytes take at least 0.5 s to pass one way."""
+    payload = os.urandom(62500)
+    srv, t = _echo_server()
+    try:
+        with DelayRelay([srv.getsockname()], 0.0, bandwidth_mbit_s=1.0) as relay:
+            with socket.create_connection(("127.0.0.1", relay.ports[0]), timeout=30) as c:
+                t0 = time.perf_counter()
+                c.sendall(payload)
+                assert _recv_exactly(c, len(payload)) == payload
+                assert time.perf_counter() - t0 >= 0.5 * 0.95 * 2    # capped on the way there and back
+    finally:
+        srv.close()
+        t.join(5)
+
+
+def test_a_close_at_one_end_reaches_the_other():
+    srv, t = _echo_server()
+    try:
+        with DelayRelay([srv.getsockname()], 5.0) as relay:
+            c = socket.create_connection(("127.0.0.1", relay.ports[0]), timeout=10)
+            c.sendall(b"last")
+            c.shutdown(socket.SHUT_WR)
+            assert _recv_exactly(c, 5) == b"last"      # echoed, then EOF: the echo server saw the close
+            c.close()
+    finally:
+        srv.close()
+        t.join(5)
+    assert not t.is_alive()
+
+
+def test_negative_delay_is_refused():
+    with pytest.raises(ValueError):
+        DelayRelay([("127.0.0.1", 1)], -1.0)
+
+
+def test_measured_one_way_hold_is_at_least_the_delay():
+    held = measure_one_way_ms(DELAY_MS, rounds=3)
+    assert min(held) >= DELAY_MS
