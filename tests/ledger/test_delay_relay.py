@@ -107,3 +107,19 @@ def test_negative_delay_is_refused():
 def test_measured_one_way_hold_is_at_least_the_delay():
     held = measure_one_way_ms(DELAY_MS, rounds=3)
     assert min(held) >= DELAY_MS
+
+
+def test_scale_real_row_through_the_relay_holds_three_one_way_delays(capsys):
+    """``scale --real --delay-ms 20`` at N=4: a commit needs pre-prepare, prepare and commit to cross the
+    relay one after the other, so it takes at least 3 x 20 ms (on plain loopback a few ms)."""
+    from ledgerlink.ledger import scale
+    assert scale.main(["--sizes", "4", "--blocks", "1", "--network", "wan", "--real", "--delay-ms", "20",
+                       "--real-sizes", "4", "--real-txs", "5"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("real-20ms ")]
+    assert len(rows) == 1, out
+    cells = dict(zip(scale.COLUMNS, rows[0]))
+    assert cells["N"] == "4"
+    assert float(cells["lat_p50_ms"]) >= 3 * 20, out
+    assert float(cells["KB/blk"]) > 0
+    assert "relay 20 ms: one-way hold measured" in out
