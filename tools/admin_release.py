@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ OFFER_SUFFIX = ".offer"
 PAYLOAD_SUFFIX = ".payload"
 UPDATES_USER = "ll-updates"     # the site's update service's broker account (role updates)
 SERVICE_READY = "update service of site"     # logged once it subscribed
+RELAYED_KEPT = 64               # the last relayed version statements and the ledger's answers, kept to inspect
 
 
 def add_parser(with_ledger: Any) -> None:
@@ -79,7 +81,8 @@ def _manifest(args: argparse.Namespace, payload: bytes, usage: Any) -> um.Manife
 
 
 def add_versions_parser(with_ledger: Any) -> None:
-    """The ``versions`` subcommand: what each device runs beside the latest release on the ledger."""
+    """The ``versions`` subcommand: what each device runs (its statement on the ledger, proved; else what the
+    update service heard) beside the latest release on the ledger."""
     v = with_ledger("versions", help="each device's running versions beside the latest release on the ledger")
     v.add_argument("--releases", metavar="DIR", help="the release folder the update service serves and writes "
                    "versions.json into (default: releases/ beside the cluster config)")
@@ -111,20 +114,29 @@ def cmd_versions(ctx: Any, args: argparse.Namespace) -> int:
                     line = ctx.proof_line(header, votes)
             record = latest[(code, cls)]
             running = reported[dev]["components"].get(name)
-            if record is None and running is None:
+            try:
+                stated, header, votes = ctx.proven_record(RecordKind.DEVICE_VERSION, [bytes.fromhex(dev), code])
+            except (NoCertifiedBlock, ValueError):
+                stated = None
+            if record is None and running is None and stated is None:
                 continue
-            runs = "runs %d%s%s" % (running["running"], " (%s)" % running["version"] if running["version"] else "",
-                                    ", on trial" if running["trial"] else "") if running and running["running"] else \
-                "runs as deployed"
+            if stated is not None:
+                seq = stated[1]
+                runs = ("runs %d%s" % (seq, " (%s)" % stated[3] if stated[3] else "") if seq else "runs as deployed")
+                source = " [stated by the device on the ledger, %s]" % ctx.proof_line(header, votes)
+            else:
+                seq = running["running"] if running else 0
+                runs = "runs %d%s%s" % (seq, " (%s)" % running["version"] if running["version"] else "",
+                                        ", on trial" if running["trial"] else "") if seq else "runs as deployed"
+                source = " [reported to the update service, not on the ledger]"
             if record is None or 4 not in record:
                 state = "no release on the ledger"
             else:
-                seq = running["running"] if running else 0
                 state = "latest %d (%s) on the ledger: %s" % (record[4], record[2],
                                                              "up to date" if seq >= record[4] else "BEHIND")
             if running and running["accepted"] > running["running"]:
                 runs += " (release %d rolled back)" % running["accepted"]
-            print("  %-11s %s; %s" % (name, runs, state))
+            print("  %-11s %s; %s%s" % (name, runs, state, source))
     if line:
         print("latest releases: " + line)
     return EXIT_OK
@@ -197,13 +209,23 @@ class UpdateService:
     """The update publisher of a site over MQTT; ``start``/``stop``. Its state is on paho's thread."""
 
     def __init__(self, host: str, port: int, site: str, releases: Path, username: str | None = None,
-                 password: str | None = None, client_id: str = UPDATES_USER, ledger: Any = None) -> None:
+                 password: str | None = None, client_id: str = UPDATES_USER, ledger: Any = None,
+                 relay_key: bytes | None = None, clock_ms: Any = None) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.site = site
         self.folder = Path(releases)
         self.ledger = ledger
+        self.relay_key = relay_key
+        self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))     # the relayed transactions' time
+        self.relayed: list[tuple[bytes, dict]] = []     # (statement, the ledger's answer), newest last
+        import threading
+
+        self._relay_due = threading.Event()
+        self._statements_lock = threading.Lock()      # the publisher's statements: paho's thread and the relay's
+        self._relay_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._fresh: dict[bytes, tuple[float, bytes | None]] = {}
         self.publisher = ut.UpdatePublisher(self.fresh_offer if ledger is not None else None)
         self._stamp: tuple = ()
@@ -227,8 +249,6 @@ class UpdateService:
         """The release's offer with record proofs taken from the ledger now (kept ``FRESH_S``), checked as a
         device checks it; None (not offered) when a device would refuse it, e.g. its maintenance key banned
         since the release. The ledger's answers are checked against the cluster's validators."""
-        import time
-
         now = time.monotonic()
         kept = self._fresh.get(release.digest)
         if kept is not None and now - kept[0] < FRESH_S:
@@ -274,10 +294,44 @@ class UpdateService:
             return
         self.reload()
         before = self.publisher.status_of(device)
-        for answer in self.publisher.handle(device, msg.payload):
+        with self._statements_lock:
+            answers = self.publisher.handle(device, msg.payload)
+        for answer in answers:
             client.publish(self._prefix + parts[0] + "/" + ut.DOWN_LEAF, answer, qos=1)
         if self.publisher.status_of(device) is not before:
             self.write_versions()
+        if self.publisher.statements:
+            self._relay_due.set()
+
+    def relay(self) -> list[dict]:
+        """Submit the version statements the devices sent as device-version transactions signed by the relay
+        key (the ledger checks each statement itself); the ledger's answers. Without a ledger or a relay key
+        the statements are dropped. Called from one thread at a time (the relay thread, or a test)."""
+        from ledgerlink.protocol.ledger_tx import device_version_tx, reason_name
+
+        with self._statements_lock:
+            pending = self.publisher.take_statements()
+        answers: list[dict] = []
+        if self.ledger is None or self.relay_key is None:
+            return answers
+        for device, statement in pending:
+            tx = device_version_tx(self.ledger.config.chain_id, self.relay_key, statement, self.clock_ms())
+            try:
+                res = self.ledger.submit(tx)
+            except (LedgerlinkError, OSError, TimeoutError) as exc:
+                res = {"ok": False, "error": str(exc)}
+            if res.get("status") != "committed" or res.get("code"):
+                log.warning("version statement of %s not recorded: %s", device.hex(),
+                            reason_name(int(res["code"])) if res.get("code") else res.get("error") or res)
+            answers.append(res)
+            self.relayed = (self.relayed + [(statement, res)])[-RELAYED_KEPT:]
+        return answers
+
+    def _relay_loop(self) -> None:
+        while not self._stopping.is_set():
+            if self._relay_due.wait(1.0):
+                self._relay_due.clear()
+                self.relay()
 
     def write_versions(self) -> None:
         """``versions.json`` in the release folder: {device id hex: {"class", "components": versions}}."""
@@ -308,13 +362,21 @@ class UpdateService:
         return out
 
     def start(self) -> None:
+        import threading
+
         self.reload()
+        if self.ledger is not None and self.relay_key is not None:
+            self._relay_thread = threading.Thread(target=self._relay_loop, name="ll-version-relay", daemon=True)
+            self._relay_thread.start()
         self._client.connect(self._host, self._port, keepalive=30)
         self._client.loop_start()
 
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+        self._stopping.set()
+        if self._relay_thread is not None:
+            self._relay_thread.join(timeout=15)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
                    "%s (made when missing), the release folder and the cluster config from there" % UPDATES_USER)
     s.add_argument("--cluster", metavar="FILE", help="cluster config: offers get record proofs from the ledger "
                    "at most %d s old, and a release a device would refuse (its key banned) is not offered" % FRESH_S)
+    s.add_argument("--relay-key", metavar="FILE", help="with --cluster: the private key (any registered, not "
+                   "banned device) that submits the devices' version statements to the ledger")
     s.add_argument("--username", default=UPDATES_USER, help="broker account of role updates")
     s.add_argument("--password-env", default="LL_UPDATES_PASSWORD", metavar="VAR",
                    help="environment variable holding the account's password")
@@ -357,8 +421,13 @@ def main(argv: list[str] | None = None) -> int:
         from ledgerlink.ledger.client import LedgerClient
 
         ledger = LedgerClient(cluster)
+    relay_key = None
+    if args.relay_key:
+        from ledgerlink.tools.admin import load_key
+
+        relay_key = load_key(args.relay_key, "relay key")
     service = UpdateService(args.host, args.port, args.site, Path(releases), args.username, password,
-                            args.username, ledger)
+                            args.username, ledger, relay_key)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     service.start()

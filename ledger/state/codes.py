@@ -44,6 +44,8 @@ REASON_TEXT = {
     Reason.ALREADY_EXISTS: "record already exists",
     Reason.UNKNOWN_TARGET: "target device is not registered",
     Reason.WRONG_STATUS: "target device status does not allow this",
+    Reason.UNKNOWN_RELEASE: "the stated manifest digest is not a recorded release",
+    Reason.WRONG_CLASS: "the stated release is of another device class, component or sequence",
     Reason.STALE_EPOCH: "validator set change is not for the next epoch",
     Reason.SHORT_QUORUM: "validator set change lacks 2f+1 approvals of the current set",
     Reason.DUPLICATE_SIGNER: "validator set change approved twice by one validator",

@@ -255,6 +255,47 @@ def firmware(ctx: TxContext) -> None:
     ctx.view.put(RK.FIRMWARE_LATEST, [image_type, device_class], latest)
 
 
+def device_version(ctx: TxContext) -> None:
+    """A device's version-statement, relayed by any registered key: signed by the device's registered key of a
+    device not banned, newer than the one recorded, naming a recorded release of the device's class, component
+    and sequence (or sequence 0, as deployed). Against a relayer that forges, replays or misattributes what a
+    device runs (tests/updates/test_versions_ledger.py)."""
+    from ledgerlink.protocol import update_version as uv
+
+    check_keys(ctx.body, (4,))
+    raw = get_bstr(ctx.body, 4, 1, uv.STATEMENT_MAX)
+    try:
+        body, st, sig = uv.decode_statement(raw)
+    except LedgerlinkError as exc:
+        raise _bad(str(exc)) from None
+    dev, cls, component, sequence, digest, when = st[1], st[2], st[3], st[4], st[5], st[6]
+    rec = _target(ctx, dev)
+    if rec[5] == DeviceStatus.BANNED:
+        raise Refusal(Reason.WRONG_STATUS, "device %s is banned" % dev.hex())
+    if not ctx.backend.verify(rec[2], uv.tbs(ctx.chain_id, body), sig):
+        raise Refusal(Reason.BAD_SIGNATURE, "the version-statement is not signed by the device's registered key")
+    registered_class = rec[4].get("class") if isinstance(rec[4], dict) else None
+    if registered_class is not None and registered_class != cls:
+        raise Refusal(Reason.WRONG_CLASS, "device %s is registered as class %r, not %r" % (dev.hex(),
+                                                                                         registered_class, cls))
+    if when > ctx.block_time + ctx.skew:
+        raise Refusal(Reason.CLOCK_SKEW, "version-statement is dated after the block time")
+    prev = ctx.view.get(RK.DEVICE_VERSION, [dev, component])
+    if prev is not None and when <= prev[5]:
+        raise Refusal(Reason.REPLAY, "a version-statement of this device and component as new is recorded")
+    version = None
+    if digest is not None:
+        release = ctx.view.get(RK.FIRMWARE, digest)
+        if release is None or 8 not in release:
+            raise Refusal(Reason.UNKNOWN_RELEASE, "manifest %s is not a recorded release" % digest.hex())
+        if release[3] != cls or release[1] != component or release[8] != sequence:
+            raise Refusal(Reason.WRONG_CLASS, "manifest %s is release %d of component %d for class %r" % (
+                digest.hex(), release[8], release[1], release[3]))
+        version = release[2]
+    ctx.view.put(RK.DEVICE_VERSION, [dev, component], {1: sequence, 2: digest, 3: version, 4: cls, 5: when,
+                                                      6: ctx.submitter, 7: ctx.height, 8: ctx.block_time})
+
+
 # -- manufacturing records ------------------------------------------------------------------------------
 
 def provenance(ctx: TxContext) -> None:
@@ -419,6 +460,7 @@ CONTRACTS: dict[int, Callable[[TxContext], None]] = {
     TxKind.ANCHOR: anchor,
     TxKind.CERT_RECORD: cert_record,
     TxKind.FIRMWARE: firmware,
+    TxKind.DEVICE_VERSION: device_version,
     TxKind.PROVENANCE: provenance,
     TxKind.COMMUNICATION: communication,
     TxKind.WARNINGS: warnings,

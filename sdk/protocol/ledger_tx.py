@@ -30,6 +30,7 @@ TX_COMMUNICATION = 9
 TX_WARNINGS = 10
 TX_ANON_CERTS = 20              # anonymous sessions: an owner records a batch of dynamic certificates
 TX_ANON_SPEND = 21              # a fog spends one, with the requester's proof
+TX_DEVICE_VERSION = 11          # a relayed version-statement (update_transport); records RECORD_DEVICE_VERSION
 TX_VALIDATOR_SET_CHANGE = 16    # validator-set-change (validator_set); records RECORD_VALIDATOR_SET/_EPOCH
 
 # First element of the state key preimage cbor([record-kind, id]); the id of each kind follows it.
@@ -42,6 +43,7 @@ RECORD_PROVENANCE = 7           # material-id
 RECORD_COMMUNICATION = 8        # [sender device-id, digest]
 RECORD_WARNING = 9              # [gateway device-id, warning-id]
 RECORD_OFFENCES = 10            # offender (bstr)
+RECORD_DEVICE_VERSION = 11      # [device-id, component]: the version the device states it runs
 RECORD_VALIDATOR_EPOCH = 17     # 0: the last validator set change {1: epoch, 2: effective height};
                                 # RECORD_VALIDATOR_SET (16) is in codes
 RECORD_ANON_CERT = 20           # anon-id: the point X_k of a dynamic certificate
@@ -56,6 +58,8 @@ REASON_BAD_PROOF_OF_POSSESSION = 23
 REASON_ALREADY_EXISTS = 24
 REASON_UNKNOWN_TARGET = 25
 REASON_WRONG_STATUS = 26
+REASON_UNKNOWN_RELEASE = 27     # a version-statement names a digest the ledger does not record as a release
+REASON_WRONG_CLASS = 28         # ... or a release of another device class or component, or another sequence
 # anonymous sessions, given by the fog (in its encrypted answer) and by the anon-spend contract
 REASON_ANON_UNKNOWN_CERTIFICATE = 60    # no anon-cert record for the id
 REASON_ANON_BAD_PROOF = 61              # the Schnorr proof does not verify
@@ -324,6 +328,11 @@ def firmware_tx(chain_id, maintenance_priv, image_hash, version, device_class, i
     if sequence is not None:
         fields[9] = sequence
     return build_tx(chain_id, maintenance_priv, TX_FIRMWARE, time_ms, fields, **kw)
+
+
+def device_version_tx(chain_id, relay_priv, statement, time_ms, **kw):
+    """A device-version transaction: a relayer (any registered key) carries a device's version-statement."""
+    return build_tx(chain_id, relay_priv, TX_DEVICE_VERSION, time_ms, {4: bytes(statement)}, **kw)
 
 
 def provenance_tx(chain_id, priv, material_id, origin, batch, form, produced_ms, material_pubkey, time_ms,

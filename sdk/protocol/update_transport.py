@@ -29,14 +29,18 @@ MESSAGE_MAX = 8192 + 64
 
 
 REFUSALS_KEPT = 4
+STATEMENTS_KEPT = 256           # version statements the publisher holds for relaying
 
 
-def encode_status(device_class, running, refusals=()):
+def encode_status(device_class, running, refusals=(), statements=None):
     """update-status: {1: class, 2: {component: [sequence, manifest digest/null, version/null, trial]},
-    ? 3: [+ [reason, manifest digest/null]]} (the last refusals, newest last)."""
+    ? 3: [+ [reason, manifest digest/null]], ? 4: {component: version-statement}} (the last refusals, newest
+    last; the statements of versions not stated before, ``update_version``)."""
     status = {1: device_class, 2: {c: [e["sequence"], e["digest"], e["version"], e["trial"]] for c, e in running.items()}}
     if refusals:
         status[3] = [list(r) for r in refusals]
+    if statements:
+        status[4] = statements
     return cbor.dumps([MSG_STATUS, status])
 
 
@@ -60,8 +64,10 @@ class UpdateClient:
     """The device's end: drives an ``UpdateAgent`` from ``fw`` messages; ``refusals`` are the last
     [reason, manifest digest] refused, reported in the status (the publisher does not offer them again)."""
 
-    def __init__(self, agent, ticks_diff=None):
+    def __init__(self, agent, ticks_diff=None, signer=None):
         self.agent = agent
+        self.signer = signer            # (device id, sign(message) -> signature, now_ms()) or None: states nothing
+        self.stated = {}                # component -> [sequence, digest] last stated
         self.ticks_diff = ticks_diff or (lambda a, b: a - b)    # time.ticks_diff on a board: its ms counter wraps
         self.refusals = []
         self._digest = None             # manifest digest of the download under way
@@ -71,7 +77,26 @@ class UpdateClient:
 
     def status(self):
         """The status message (the versions this device runs) to send at start and after a change."""
-        return encode_status(self.agent.device_class, self.agent.running(), self.refusals)
+        running = self.agent.running()
+        return encode_status(self.agent.device_class, running, self.refusals, self.statements(running))
+
+    def statements(self, running):
+        """{component: version-statement} of the versions in ``running`` not stated yet (all at the first
+        report, the new one after an install); signed only then, so a status repeat costs no signature."""
+        if self.signer is None:
+            return None
+        due = [(c, e) for c, e in running.items() if self.stated.get(c) != [e["sequence"], e["digest"]]]
+        if not due:
+            return None
+        from ledgerlink.protocol import update_version
+
+        device_id, sign, now_ms = self.signer
+        out = {}
+        for c, e in due:
+            out[c] = update_version.sign_statement(self.agent.chain_id, device_id, self.agent.device_class, c,
+                                                   e["sequence"], e["digest"], now_ms(), sign)
+            self.stated[c] = [e["sequence"], e["digest"]]
+        return out
 
     def _refused(self, code, digest):
         self.refusals = (self.refusals + [[code, digest]])[-REFUSALS_KEPT:]
@@ -195,6 +220,7 @@ class UpdatePublisher:
     def __init__(self, offer_of=None):
         self.releases = {}              # manifest digest -> Release
         self.statuses = {}              # device id -> last update-status
+        self.statements = []            # [device id, version-statement] heard and not yet taken (``take_statements``)
         self.offer_of = offer_of or (lambda release: release.offer)   # the offer to send, or None: not now
         self._sent = {}                 # device id -> the last offer sent to it
 
@@ -210,6 +236,11 @@ class UpdatePublisher:
                 best = r
         return best
 
+    def take_statements(self):
+        """The version statements heard since the last call, [[device id, statement]], oldest first."""
+        out, self.statements = self.statements, []
+        return out
+
     def status_of(self, device):
         """The last status a device sent (its running versions), or None."""
         return self.statuses.get(device)
@@ -222,6 +253,10 @@ class UpdatePublisher:
             return []
         if kind == MSG_STATUS:
             self.statuses[device] = body
+            stated = body.get(4)
+            if isinstance(stated, dict):
+                self.statements.extend([device, st] for st in stated.values() if isinstance(st, bytes))
+                self.statements = self.statements[-STATEMENTS_KEPT:]
             refused = body.get(3)
             refused = [r for r in refused if isinstance(r, list) and len(r) == 2] if isinstance(refused, list) else []
             stale = [r[1] for r in refused if r[0] == uc.UPDATE_STALE_PROOF]
