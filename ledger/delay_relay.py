@@ -138,6 +138,15 @@ class DelayRelay:
 
         await asyncio.gather(feed(), deliver())
 
+    def cpu_seconds(self) -> float:
+        """CPU time the relay's thread has used so far."""
+        if self._loop is None:
+            raise RuntimeError("the relay is not running")
+
+        async def thread_time() -> float:
+            return time.thread_time()
+        return asyncio.run_coroutine_threadsafe(thread_time(), self._loop).result(10)
+
     def stop(self) -> None:
         """Close the listeners and every relayed connection, and end the thread."""
         loop = self._loop

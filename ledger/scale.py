@@ -444,6 +444,7 @@ class RealRow:
     skipped: str | None = None
     delay_ms: float | None = None        # one-way delay of the relay between the nodes; None: no relay
     relay_bytes: int | None = None       # peer bytes the relay carried over the measured transactions
+    relay_cpu_s: float | None = None     # the relay thread's CPU over them
 
     @property
     def latency_p50_ms(self) -> float:
@@ -515,6 +516,7 @@ def real_run(n: int, txs: int = REAL_TXS, delay_ms: float | None = None,
                 h0 = clients[0].request_to(0, "info")["height"]
                 cpu0 = [_cpu_seconds(p.pid) for p in cluster.procs.values()]
                 bytes0 = relay.bytes if relay is not None else 0
+                relay_cpu0 = relay.cpu_seconds() if relay is not None else 0.0
                 for k, tx in enumerate(loader.txs(txs)):
                     t0 = time.perf_counter()
                     r = clients[k % n].submit(tx, wait_ms=20000)
@@ -525,6 +527,7 @@ def real_run(n: int, txs: int = REAL_TXS, delay_ms: float | None = None,
                 cpu1 = [_cpu_seconds(p.pid) for p in cluster.procs.values()]
                 if relay is not None:
                     row.relay_bytes = relay.bytes - bytes0
+                    row.relay_cpu_s = relay.cpu_seconds() - relay_cpu0
                 info = clients[0].request_to(0, "info")
                 row.blocks = info["height"] - h0
                 row.view = info["view"]
@@ -597,6 +600,8 @@ def real_line(row: RealRow, base_p50: float | None) -> str:
     cells = [label, str(row.n), str((row.n - 1) // 3), _fmt(row.latency_p50_ms, 2), _fmt(row.latency_p99_ms, 2),
              _fmt(ratio, 2), _fmt(TARGET_RATIO, 2), "-", "-", _fmt(kb, 1), _fmt(cpu, 2), "-", "-", str(row.view)]
     line = _line(cells)
+    if row.relay_cpu_s is not None and row.blocks:
+        line += "  relay cpu %.2f ms/blk" % (row.relay_cpu_s * 1000 / row.blocks)
     if row.failed:
         line += "  (%d of %d not committed)" % (row.failed, row.failed + len(row.latencies_ms))
     return line
@@ -678,8 +683,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="validators hold FROST keys: a second table with the threshold certificates' latency "
                         "after commit, the messages and bytes they add, and the gateway's header check (votes vs FROST)")
     p.add_argument("--real", action="store_true", help="also rows from real node processes on loopback")
-    p.add_argument("--real-sizes", default=",".join(map(str, REAL_SIZES_DEFAULT)),
-                   help="validator counts of the real rows (default %(default)s)")
+    p.add_argument("--real-sizes", help="validator counts of the real rows (default %s; with --delay-ms %s)"
+                   % (",".join(map(str, REAL_SIZES_DEFAULT)), ",".join(map(str, REAL_DELAY_SIZES_DEFAULT))))
     p.add_argument("--real-txs", type=int, default=REAL_TXS, help="closed-loop transactions per real size")
     p.add_argument("--delay-ms", help="with --real: comma-separated one-way delays (e.g. 0.5,20) between the nodes, "
                                       "each a set of rows through a delay relay (sizes default %s)"
@@ -693,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks = args.blocks or (BLOCKS_FULL if args.full else BLOCKS_DEFAULT)
     rounds = args.rounds or (ROUNDS_FULL if args.full else 1)
     networks = [args.network] if args.network else (["lan", "wan"] if args.full else ["lan"])
+    real_sizes = [int(x) for x in args.real_sizes.split(",")] if args.real_sizes else []
     delays: list[float] = []
     if args.delay_ms:
         try:
@@ -737,13 +743,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(threshold_line(row), flush=True)
     if args.real and delays:
         from ledgerlink.ledger.delay_relay import measure_one_way_ms
-        sizes_real = [int(x) for x in args.real_sizes.split(",")] if args.real_sizes != ",".join(
-            map(str, REAL_SIZES_DEFAULT)) else list(REAL_DELAY_SIZES_DEFAULT)
+        sizes_real = real_sizes or list(REAL_DELAY_SIZES_DEFAULT)
         print("real, delayed: node processes on loopback, every node-to-node connection through a delay relay "
               "(userspace, per chunk, in order, no loss or jitter; not netem: see the module docstring; "
               "relay cap %s); %d CPU(s), consensus %s; %d closed-loop txs per size; KB/blk: peer bytes the "
-              "relay carried per block" % ("%.0f Mbit/s" % args.relay_bandwidth_mbit if args.relay_bandwidth_mbit
-                                            else "none", os.cpu_count() or 0, REAL_CONSENSUS, args.real_txs))
+              "relay carried per block; the relay's own CPU per block follows each row (same CPUs)"
+              % ("%.0f Mbit/s" % args.relay_bandwidth_mbit if args.relay_bandwidth_mbit else "none",
+                 os.cpu_count() or 0, REAL_CONSENSUS, args.real_txs))
         for d in delays:
             held = measure_one_way_ms(d)
             print("  relay %g ms: one-way hold measured through it median %.2f ms, p99 %.2f ms (%d probes)"
@@ -765,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
               "%d closed-loop txs per size, each to the next node; latency: submit to the node's committed "
               "answer; CPU: all node processes over the run, per block and node"
               % (os.cpu_count() or 0, REAL_CONSENSUS, args.real_txs))
-        for n in [int(x) for x in args.real_sizes.split(",")]:
+        for n in real_sizes or list(REAL_SIZES_DEFAULT):
             row = real_run(n, args.real_txs)
             base = next((r.latency_p50_ms for r in real_rows if r.n == 4 and not r.skipped),
                         row.latency_p50_ms if n == 4 and not row.skipped else None)

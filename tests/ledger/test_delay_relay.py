@@ -123,3 +123,17 @@ def test_scale_real_row_through_the_relay_holds_three_one_way_delays(capsys):
     assert float(cells["lat_p50_ms"]) >= 3 * 20, out
     assert float(cells["KB/blk"]) > 0
     assert "relay 20 ms: one-way hold measured" in out
+
+
+def test_relay_reports_its_cpu_time():
+    srv, t = _echo_server()
+    try:
+        with DelayRelay([srv.getsockname()], 0.0) as relay:
+            c0 = relay.cpu_seconds()
+            with socket.create_connection(("127.0.0.1", relay.ports[0]), timeout=10) as c:
+                c.sendall(b"x" * 100000)
+                assert len(_recv_exactly(c, 100000)) == 100000
+            assert relay.cpu_seconds() > c0
+    finally:
+        srv.close()
+        t.join(5)
