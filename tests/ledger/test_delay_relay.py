@@ -42,10 +42,13 @@ def test_without_the_relay_the_same_round_trip_is_fast():
     srv, t = _echo_server()
     try:
         with socket.create_connection(srv.getsockname(), timeout=10) as c:
-            t0 = time.perf_counter()
-            c.sendall(b"ping")
-            assert _recv_exactly(c, 4) == b"ping"
-            assert (time.perf_counter() - t0) * 1000 < 2 * DELAY_MS
+            took = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                c.sendall(b"ping")
+                assert _recv_exactly(c, 4) == b"ping"
+                took.append((time.perf_counter() - t0) * 1000)
+            assert min(took) < 2 * DELAY_MS
     finally:
         srv.close()
         t.join(5)
