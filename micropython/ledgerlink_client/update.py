@@ -225,10 +225,10 @@ class _UpdatingMQTT:
 
 # loaded for one message and forgotten after it (with what the offer's proof check loaded), so a board keeps
 # none of this code between messages: (package, module names)
-_PER_MESSAGE = (("ledgerlink.protocol", ("update_agent", "update_check", "update_transport", "spv")),
+_PER_MESSAGE = (("ledgerlink.protocol", ("update_agent", "update_check", "update_transport", "update_version", "spv")),
                 ("ledgerlink.core", ("frost", "frost_verify", "smt_proof", "merkle")))
 _AGENT_FIELDS = ("state", "_pending", "_received", "_trial_start_ms", "_newest_height", "_saved_height")
-_CLIENT_FIELDS = ("refusals", "_digest", "_asked_upto", "_heard_ms", "_status_ms")
+_CLIENT_FIELDS = ("refusals", "_digest", "_asked_upto", "_heard_ms", "_status_ms", "stated")
 
 
 def _loaded_modules():
@@ -316,7 +316,9 @@ class Updates:
                                files, d.protocol.crypto, group_key=d.protocol.group_key, ticks_diff=self.ticks_diff)
         for name, value in self._agent_state.items():
             setattr(agent, name, value)
-        client = ut.UpdateClient(agent, self.ticks_diff)
+        p = d.protocol
+        client = ut.UpdateClient(agent, self.ticks_diff, (p.device_id, lambda m: p.crypto.sign(p._identity(), m),
+                                                          d.time_ms))     # version statements, signed when due
         for name, value in self._client_state.items():
             setattr(client, name, value)
         return agent, client

@@ -33,7 +33,9 @@ class DeviceUpdates:
     def __init__(self, device: Device, agent: ua.UpdateAgent, clock: Callable[[], int] | None = None) -> None:
         self.device = device
         self.agent = agent
-        self.client = ut.UpdateClient(agent)
+        core = device.core
+        self.client = ut.UpdateClient(agent, signer=(core.device_id, lambda m: core.crypto.sign(core._identity(), m),
+                                                     device.clock))    # version statements for the ledger
         self.topic_fw = device.core.topic(ut.DOWN_LEAF)
         self.topic_upd = device.core.topic(ut.UP_LEAF)
         self.restart_due = False

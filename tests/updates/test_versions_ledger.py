@@ -197,3 +197,32 @@ def test_versions_page_shows_the_ledgers_value(installed, tmp_path):
     row = rows[0]
     assert "2 cfg-2 (on the ledger)" in row and "up to date" in row and "cfg-1" not in row
     assert "device version verified (header" in row
+
+
+@pytest.mark.slow
+def test_a_board_states_its_install_with_its_key(tmp_path, monkeypatch):
+    """board32 at an ESP32's heap: after the install the board's status carries a statement of it, signed by
+    the board's identity key (signing loads update_version only then, and forgets it after the message)."""
+    from ledgerlink.core.backend import get_backend
+    from tests.updates import test_update_board_mqtt as board_mqtt
+    from tests.updates.test_update_board_mqtt import KEY, load_profile, run_board
+
+    services: list[UpdateService] = []
+
+    class Kept(UpdateService):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            services.append(self)
+
+    monkeypatch.setattr(board_mqtt, "UpdateService", Kept)
+    out, result, _, offer = run_board(tmp_path, load_profile("esp32")["memory"]["heap_bytes"])
+    assert out["installed"] and result.peak_live < result.heap_bytes
+    statements = services[0].publisher.take_statements()
+    assert len(statements) == 1
+    device, statement = statements[0]
+    body, fields, sig = uv.decode_statement(statement)
+    backend = get_backend("cpython")
+    pub = backend.public_key(KEY, True)
+    assert device == fields[1] == ledger_tx.device_id(pub)
+    assert (fields[2], fields[3], fields[4], fields[5]) == (DEVICE_CLASS, IMAGE_CONFIGURATION, 3, offer_digest(offer))
+    assert backend.verify(pub, uv.tbs(ReleaseSite().chain_id, body), sig)
