@@ -5,7 +5,9 @@ manifest's ledger record}``. ``check_offer`` runs, in this order: the signer is 
 active record a proof against a 2f+1 certified header shows, and the manifest's signature verifies with
 that record's key; the ledger holds the manifest digest's record (proved the same way), naming the same
 component, class, sequence, size and signer; the manifest is for this device's class. The sequence,
-dependency, size and digest checks need the device's state and are made by ``update_agent``.
+dependency, size and digest checks need the device's state and are made by ``update_agent``. The offer is
+taken apart by offsets (``_offer_parts``), and each part is decoded when its check comes and let go after
+it: never two proofs decoded at once, nor the whole offer (a board checks it in the heap of one part).
 
 Each refusal is an ``UpdateRefused`` with a reason code ``UPDATE_*`` (docs/protocol.md, ``update-reason``).
 Protects against: a key that is not (or no longer) a maintenance key; a manifest not released on the
@@ -14,8 +16,11 @@ a release for another class of device; an offer whose proofs predate a ban of it
 (its proofs' headers lie more than ``fresh_heights`` below the newest header the device verified).
 """
 
+import gc
+import sys
+
 from ledgerlink.core import cbor
-from ledgerlink.core.errors import LedgerlinkError
+from ledgerlink.core.errors import DecodeError, LedgerlinkError
 from ledgerlink.protocol import spv
 from ledgerlink.protocol.codes import RECORD_DEVICE, RECORD_FIRMWARE, ROLE_MAINTENANCE, STATUS_ACTIVE
 
@@ -38,6 +43,7 @@ UPDATE_ROLLED_BACK = 15         # the new version did not check in within its de
 UPDATE_STALE_PROOF = 16         # a proof's header is more than fresh-heights below the newest the device verified
 
 OFFER_MAX = 8192                # bytes of an update offer (a manifest and two record proofs)
+_ON_BOARD = sys.implementation.name != "cpython"
 FRESH_HEIGHTS = 256             # default: blocks an offer's proofs may lie below the newest header seen
 
 
@@ -57,18 +63,78 @@ def encode_offer(signed_manifest, signer_proof, manifest_proof):
     return cbor.dumps({1: bytes(signed_manifest), 2: obj(signer_proof), 3: obj(manifest_proof)})
 
 
-def _decode_offer(data):
+_PART_DEPTH = 13                # nesting of an offer's part: the offer nests at most 14 deep
+
+
+def _skip(data, pos, depth=0):
+    """The offset just after the CBOR data item at ``pos`` of ``data`` (its heads only are read; ``cbor.loads``
+    of the item's bytes checks the rest). DecodeError for a truncated, indefinite or too deep item."""
+    end = len(data)
+    if pos >= end:
+        raise DecodeError("truncated input: data item expected at offset %d" % pos)
+    ib = data[pos]
+    major, ai = ib >> 5, ib & 31
+    pos += 1
+    if ai < 24:
+        arg = ai
+    elif ai < 28:
+        n = 1 << (ai - 24)
+        if pos + n > end:
+            raise DecodeError("truncated head at offset %d" % (pos - 1))
+        arg = int.from_bytes(bytes(data[pos:pos + n]), "big")
+        pos += n
+    else:
+        raise DecodeError("indefinite length or reserved value at offset %d" % (pos - 1))
+    if major in (0, 1, 7):
+        return pos
+    if major in (2, 3):
+        if arg > end - pos:
+            raise DecodeError("truncated string at offset %d" % pos)
+        return pos + arg
+    if depth >= _PART_DEPTH + 1:
+        raise DecodeError("nesting deeper than %d at offset %d" % (_PART_DEPTH + 1, pos))
+    count = 1 if major == 6 else arg * 2 if major == 5 else arg
+    if count > end - pos:
+        raise DecodeError("container at offset %d declares more items than the input holds" % pos)
+    for _ in range(count):
+        pos = _skip(data, pos, depth + 1)
+    return pos
+
+
+def _offer_parts(data):
+    """The (start, end) offsets in ``data`` of an offer's signed manifest, signer proof and manifest proof;
+    each part is decoded alone (and let go) to refuse a malformed offer before any check, as a decode of the
+    whole offer would, without holding the offer's objects (UpdateRefused UPDATE_MALFORMED)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UpdateRefused(UPDATE_MALFORMED, "offer does not decode: CBOR input must be bytes")
+    if len(data) > OFFER_MAX:
+        raise UpdateRefused(UPDATE_MALFORMED, "offer of %d bytes exceeds %d" % (len(data), OFFER_MAX))
+    data = memoryview(data)
+    parts = []
     try:
-        if len(data) > OFFER_MAX:
-            raise UpdateRefused(UPDATE_MALFORMED, "offer of %d bytes exceeds %d" % (len(data), OFFER_MAX))
-        offer = cbor.loads(data, max_depth=14)
+        if bytes(data[:1]) != b"\xa3":
+            raise UpdateRefused(UPDATE_MALFORMED, "offer must be {1: signed manifest, 2: proof, 3: proof}")
+        pos = 1
+        for label in (1, 2, 3):
+            if bytes(data[pos:pos + 1]) != bytes((label,)):
+                raise UpdateRefused(UPDATE_MALFORMED, "offer must be {1: signed manifest, 2: proof, 3: proof}")
+            end = _skip(data, pos + 1)
+            if not isinstance(_part(data, (pos + 1, end)), bytes) and label == 1:
+                raise UpdateRefused(UPDATE_MALFORMED, "offer must be {1: signed manifest, 2: proof, 3: proof}")
+            parts.append((pos + 1, end))
+            pos = end
+        if pos != len(data):
+            raise DecodeError("%d trailing bytes after the data item" % (len(data) - pos))
     except (LedgerlinkError, TypeError) as exc:
         if isinstance(exc, UpdateRefused):
             raise
         raise UpdateRefused(UPDATE_MALFORMED, "offer does not decode: %s" % exc)
-    if not isinstance(offer, dict) or sorted(offer) != [1, 2, 3] or not isinstance(offer[1], bytes):
-        raise UpdateRefused(UPDATE_MALFORMED, "offer must be {1: signed manifest, 2: proof, 3: proof}")
-    return offer
+    return parts
+
+
+def _part(data, where):
+    """The decoded part of an offer at ``where`` (from ``_offer_parts``)."""
+    return cbor.loads(memoryview(data)[where[0]:where[1]], max_depth=_PART_DEPTH)
 
 
 def _proven(proof, chain_id, validator_keys, expected_key, what, backend, oldest_height=0, group_key=None):
@@ -100,25 +166,31 @@ def check_offer(data, chain_id, validator_keys, device_class, backend=None, newe
     the higher of the two."""
     from ledgerlink.protocol import update_manifest
 
-    offer = _decode_offer(data)
+    parts = _offer_parts(data)
     try:
-        signed = update_manifest.Signed(offer[1])
+        signed = update_manifest.Signed(_part(data, parts[0]))
     except (LedgerlinkError, TypeError) as exc:
         raise UpdateRefused(UPDATE_MALFORMED, "signed manifest does not decode: %s" % exc)
     m = signed.manifest
     oldest = newest_height - fresh_heights
-    offer[1] = None                 # each part is let go once checked: a board checks an offer in little heap
-    signer, signer_height = _proven(offer[2], chain_id, validator_keys, spv.state_key(RECORD_DEVICE, signed.signer),
-                                    "signer", backend, oldest, group_key)
-    offer[2] = None
+    # one part decoded at a time, each let go once checked (and collected on a board): little heap at once
+    if _ON_BOARD:
+        gc.collect()
+    signer, signer_height = _proven(_part(data, parts[1]), chain_id, validator_keys,
+                                    spv.state_key(RECORD_DEVICE, signed.signer), "signer", backend, oldest, group_key)
+    if _ON_BOARD:
+        gc.collect()
     if signer is None:
         raise UpdateRefused(UPDATE_UNTRUSTED_SIGNER, "the ledger has no device %s" % signed.signer.hex())
     if signer.get(1) != signed.signer or signer.get(3) != ROLE_MAINTENANCE or signer.get(5) != STATUS_ACTIVE:
         raise UpdateRefused(UPDATE_UNTRUSTED_SIGNER, "device %s is not an active maintenance key" % signed.signer.hex())
     if not isinstance(signer.get(2), bytes) or not signed.verify(signer[2], backend):
         raise UpdateRefused(UPDATE_BAD_SIGNATURE, "the manifest's signature does not verify with the signer's key")
-    record, record_height = _proven(offer[3], chain_id, validator_keys, spv.state_key(RECORD_FIRMWARE, signed.digest),
-                                    "manifest", backend, oldest, group_key)
+    record, record_height = _proven(_part(data, parts[2]), chain_id, validator_keys,
+                                    spv.state_key(RECORD_FIRMWARE, signed.digest), "manifest", backend, oldest,
+                                    group_key)
+    if _ON_BOARD:
+        gc.collect()
     if record is None:
         raise UpdateRefused(UPDATE_NOT_ON_LEDGER, "manifest %s is not recorded on the ledger" % signed.digest.hex())
     if (record.get(1) != m.component or record.get(3) != m.device_class or record.get(8) != m.sequence
