@@ -226,3 +226,33 @@ def test_a_board_states_its_install_with_its_key(tmp_path, monkeypatch):
     assert device == fields[1] == ledger_tx.device_id(pub)
     assert (fields[2], fields[3], fields[4], fields[5]) == (DEVICE_CLASS, IMAGE_CONFIGURATION, 3, offer_digest(offer))
     assert backend.verify(pub, uv.tbs(ReleaseSite().chain_id, body), sig)
+
+
+def test_admin_versions_prints_the_ledgers_value(installed, tmp_path, capsys):
+    """``ledgerlink admin versions`` shows the device's statement from the ledger (proved) over a stale report,
+    and marks a device without one as reported only."""
+    import argparse
+
+    from ledgerlink.tools.admin_release import cmd_versions
+
+    site = installed.site
+
+    def proven_record(kind, record_id):
+        proof = site.proof(kind, record_id)
+        header, _, value = spv.verify_record_proof(cbor.dumps(proof), site.chain_id, site.keys)
+        return (None if value is None else cbor.loads(value)), header, 3
+
+    stale = {"running": 1, "version": "cfg-1", "trial": False, "accepted": 1}
+    reported = {installed.device.hex(): {"class": DEVICE_CLASS, "components": {"config": stale}},
+                "ab" * 16: {"class": DEVICE_CLASS, "components": {"config": stale}}}
+    (tmp_path / "releases").mkdir(exist_ok=True)
+    (tmp_path / "releases" / "versions.json").write_text(json.dumps(reported))
+    ctx = SimpleNamespace(cluster_path=tmp_path / "cluster.json", proven_record=proven_record,
+                          proof_line=lambda header, votes: "proof verified against header %d" % header.height)
+    assert cmd_versions(ctx, argparse.Namespace(releases=None)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    stated = lines[lines.index("device %s class %r" % (installed.device.hex(), DEVICE_CLASS)) + 1]
+    other = lines[lines.index("device %s class %r" % ("ab" * 16, DEVICE_CLASS)) + 1]
+    assert "config      runs 2 (cfg-2); latest 2 (cfg-2) on the ledger: up to date [stated by the device" in stated
+    assert "cfg-1" not in stated
+    assert "runs 1 (cfg-1); latest 2 (cfg-2) on the ledger: BEHIND [reported to the update service" in other
