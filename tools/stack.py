@@ -85,6 +85,7 @@ DIRECTORY_LOG = "directory.log"
 DIRECTORY_READY = b"directory of site"      # what the directory logs once it subscribed
 UPDATES_LOG = "updates.log"
 UPDATES_READY = b"update service of site"   # what the update service logs once it subscribed
+UPDATES_RELAY_KEY = "updates-relay.key"    # in data_dir/ledger/keys: submits the devices' version statements
 MAX_STANDBYS = 2                      # warm standby interpreters kept for gateway restarts (at most one per gateway)
 STANDBY_LOG = "gateway-standby.log"   # a standby's output until it becomes a gateway
 STABLE_S = 60.0                       # a part that ran this long counts its next crash as the first in a row
@@ -496,12 +497,13 @@ class Stack:
 
     def start_updates(self, timeout: float = 30.0) -> None:
         """Make the broker account ``ll-updates`` (role updates: the only one that may publish on the devices'
-        ``fw`` topics) and start the site's update service (``admin_release serve --data-dir``: releases in
-        ``data_dir/ledger/releases``, offers re-proved from the ledger); wait until it subscribed; ``supervise``
-        restarts it from then on."""
+        ``fw`` topics) and the relay key, and start the site's update service (``admin_release serve
+        --data-dir``: releases in ``data_dir/ledger/releases``, offers re-proved from the ledger, the devices'
+        version statements relayed to it); wait until it subscribed; ``supervise`` restarts it from then on."""
         from ledgerlink.tools.admin_release import UPDATES_USER
 
         self.access.add(UPDATES_USER, "updates")
+        self._updates_relay_key()
         log_path = self.data_dir / UPDATES_LOG
         offset = self._spawn_updates()
         deadline = time.monotonic() + timeout
@@ -520,6 +522,36 @@ class Stack:
         self.progress("updates: offers and chunks on ll/%s/dev/+/fw as %s (pid %d, log %s)"
                       % (self.site, UPDATES_USER, self.updates.pid, log_path))
 
+    def _updates_relay_key(self) -> Path:
+        """``ledger/keys/updates-relay.key`` (mode 0600), the key that submits the devices' version statements:
+        made and registered on the ledger (admin-signed, role sensor: the least a submitter needs, since each
+        statement carries its device's own signature) at the first start. The key reaches its name only once the
+        registration committed, so a site never keeps a relay key the ledger does not know."""
+        from ledgerlink.protocol.codes import ROLE_SENSOR
+        from ledgerlink.protocol.ledger_tx import registration_request
+
+        path = self.data_dir / "ledger" / "keys" / UPDATES_RELAY_KEY
+        if path.exists():
+            return path
+        priv = self.crypto.generate_private_key()
+        pending = path.with_name(path.name + ".new")
+        write_key(pending, priv)
+        request = registration_request(priv, ROLE_SENSOR, {"name": "update-relay"}, now_ms())
+        try:
+            res = self._ledger().submit(enc.register_tx(self.chain_id, self._updates_admin_key(), request, now_ms()))
+            if res.get("status") != "committed" or res.get("code") != REASON_OK:
+                raise StackError("the update service's relay key was not registered: %r" % (res,))
+        except BaseException:
+            pending.unlink(missing_ok=True)
+            raise
+        os.rename(pending, path)
+        self.progress("made: the update service's relay key %s (mode 0600), registered on the ledger" % path)
+        return path
+
+    def _updates_admin_key(self) -> bytes:
+        """The admin key that registers the update service's relay key."""
+        return self._cluster().key("admin")
+
     def _spawn_updates(self) -> int:
         """Start the update service without waiting; the size of its log before it started."""
         log_path = self.data_dir / UPDATES_LOG
@@ -527,7 +559,9 @@ class Stack:
         host = "127.0.0.1" if self.broker_host in ("0.0.0.0", "::", "") else self.broker_host
         with private_log(log_path) as log:
             spawn([sys.executable, "-m", "ledgerlink.tools.admin_release", "serve", "--data-dir", str(self.data_dir),
-                   "--site", self.site, "--host", host, "--port", str(self.broker_port)], log,
+                   "--site", self.site, "--host", host, "--port", str(self.broker_port),
+                   "--cluster", str(self._cluster().config_path),
+                   "--relay-key", str(self.data_dir / "ledger" / "keys" / UPDATES_RELAY_KEY)], log,
                   functools.partial(setattr, self, "updates"))
         return offset
 

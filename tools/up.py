@@ -91,7 +91,9 @@ Verified updates (issue 14, docs/protocol.md "Updates") are off unless ``updates
 privilege: otherwise no account may publish on the devices' ``fw`` topics). Then ``up`` also makes the broker
 account ``ll-updates`` (role updates) and runs the site's update service (``ledgerlink.tools.admin_release
 serve --data-dir``, log ``data_dir/updates.log``), supervised like the directory: it offers the releases that
-``ledgerlink admin release`` writes to ``data_dir/ledger/releases`` with record proofs re-taken from the ledger.
+``ledgerlink admin release`` writes to ``data_dir/ledger/releases`` with record proofs re-taken from the ledger,
+and relays the devices' version statements to the ledger with its relay key ``data_dir/ledger/keys/updates-relay.key``
+(made once, mode 0600, registered by the admin key at the first start with updates on).
 """
 
 from __future__ import annotations
@@ -550,6 +552,10 @@ def _make_stack_class() -> type:
             if account is not None and bool(account.get("disabled")) == self.cfg.updates:
                 self.access.write_runtime("starting", self.broker_host, self.broker_port)
                 self.access.set_disabled(UPDATES_USER, not self.cfg.updates)
+
+        def _updates_admin_key(self) -> bytes:
+            """The configured admin key (``admin_key``) registers the update service's relay key."""
+            return read_key(self.cfg.admin_key_path, "admin key")
 
         def _peer_setup(self, timeout: float) -> None:
             """The site's directory, only when the config asks for peer sessions (``peer.enabled``); the update

@@ -1,7 +1,8 @@
 """``ledgerlink up`` runs the site's update service only when the config asks (``updates.enabled``, off by
 default: no account may publish on the devices' ``fw`` topics otherwise), under its own broker account
 ``ll-updates``, supervised like the directory; a release made with ``ledgerlink admin release`` reaches a
-device of a site made by ``up``."""
+device of a site made by ``up``, and the device's statement of what it runs reaches the ledger through the
+update service's relay key (made once, mode 0600, registered at the first start)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import time
 
 import pytest
 
+from ledgerlink.core import cbor
 from ledgerlink.device.client import Device
 from ledgerlink.device.update import attach
 from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.state import encoding as enc
+from ledgerlink.ledger.state.codes import RecordKind
 from ledgerlink.ledger.transport import ClusterConfig
+from ledgerlink.protocol import spv
 from ledgerlink.protocol.codes import IMAGE_CONFIGURATION
 from ledgerlink.tools import up
 from ledgerlink.tools.broker_access import SiteAccess
@@ -40,6 +44,22 @@ def _running_config(versions, device_id: str) -> int | None:
         return json.loads(versions.read_text())[device_id]["components"]["config"]["running"]
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _ledger_version(cluster: ClusterConfig, device: bytes, component: int) -> dict | None:
+    """The device-version record of ``device`` on the ledger (None: proven absent), its proof checked against
+    the cluster's validators."""
+    ledger = LedgerClient(cluster)
+    try:
+        res = ledger.record(int(RecordKind.DEVICE_VERSION), [device, component])
+    finally:
+        ledger.close()
+    assert res.get("ok"), res
+    group = cluster.genesis.get("group_key")
+    _, key, value = spv.verify_record_proof(cbor.dumps(res["proof"]), cluster.chain_id, list(cluster.validators),
+                                            group_key=bytes.fromhex(group) if group else None)
+    assert key == spv.state_key(RecordKind.DEVICE_VERSION, [device, component])
+    return None if value is None else cbor.loads(value)
 
 
 def test_updates_are_off_unless_the_config_asks(tmp_path):
@@ -101,6 +121,14 @@ def test_a_release_reaches_a_device_of_a_site_made_by_up(tmp_path):
         while _running_config(versions, device_id) != 2 and time.monotonic() < deadline:
             time.sleep(0.1)                 # the file may hold the status from before the install a while
         assert _running_config(versions, device_id) == 2, versions.read_text() if versions.exists() else None
+        deadline = time.monotonic() + 30
+        while ((stated := _ledger_version(cluster, device.core.device_id, IMAGE_CONFIGURATION)) is None
+               or stated[1] != 2) and time.monotonic() < deadline:
+            time.sleep(0.2)                 # relayed as a device-version transaction after the install
+        assert stated is not None and stated[1] == 2, (stated, log.read_text())
+        relay_key = site_dir / "ledger" / "keys" / "updates-relay.key"
+        assert relay_key.stat().st_mode & 0o777 == 0o600
+        assert "made: the update service's relay key" in "".join(run_up.lines)
     finally:
         if updates is not None:
             updates.stop()
