@@ -149,3 +149,63 @@ def test_turning_updates_off_disables_the_update_account(tmp_path):
     assert access.load()["ll-updates"]["disabled"] is True
     stack_class(on, lambda line: None)._updates_account()
     assert access.load()["ll-updates"]["disabled"] is False
+
+
+class _RegisterLedger:
+    """The ledger as the relay key's registration sees it: each submit answered with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.submitted: list[bytes] = []
+
+    def submit(self, tx: bytes) -> dict:
+        self.submitted.append(tx)
+        return {"status": "committed", "code": self.code}
+
+
+def _relay_stack(tmp_path, code: int, monkeypatch):
+    """An up stack of a site with updates on and its own admin key file, over a ledger answering ``code``; the
+    admin keys its registrations were signed with."""
+    from types import SimpleNamespace
+
+    from ledgerlink.tools import stack as stack_module
+
+    admin = tmp_path / "site-admin.key"
+    admin.write_text("11" * 32 + "\n")
+    cfg = up.load_config(_config(tmp_path / "up.json", updates={"enabled": True}, admin_key=str(admin)))
+    (cfg.data_dir / "ledger" / "keys").mkdir(parents=True)
+    stack = up._make_stack_class()(cfg, lambda line: None)
+    stack.cluster = SimpleNamespace(config=SimpleNamespace(chain_id="ll-test"))
+    ledger = _RegisterLedger(code)
+    stack._ledger = lambda: ledger
+    signers: list[bytes] = []
+    register_tx = stack_module.enc.register_tx
+    monkeypatch.setattr(stack_module.enc, "register_tx",
+                        lambda chain_id, admin_priv, *a, **kw: signers.append(admin_priv)
+                        or register_tx(chain_id, admin_priv, *a, **kw))
+    return stack, ledger, signers
+
+
+def test_the_relay_key_is_made_and_registered_once(tmp_path, monkeypatch):
+    """Made at the first start (mode 0600), registered by the configured admin key, reused after."""
+    stack, ledger, signers = _relay_stack(tmp_path, 0, monkeypatch)
+    path = stack._updates_relay_key()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(ledger.submitted) == 1 and signers == [bytes.fromhex("11" * 32)]
+    key = path.read_bytes()
+    assert stack._updates_relay_key() == path and path.read_bytes() == key
+    assert len(ledger.submitted) == 1
+
+
+def test_a_refused_relay_key_is_not_kept(tmp_path, monkeypatch):
+    """A registration the ledger refuses stops the start with its answer and leaves no key behind, so the next
+    start makes and registers one again."""
+    from ledgerlink.tools.stack import StackError
+
+    stack, ledger, _ = _relay_stack(tmp_path, 5, monkeypatch)
+    with pytest.raises(StackError, match="relay key was not registered"):
+        stack._updates_relay_key()
+    assert list((stack.data_dir / "ledger" / "keys").iterdir()) == []
+    ledger.code = 0
+    stack._updates_relay_key()
+    assert len(ledger.submitted) == 2
