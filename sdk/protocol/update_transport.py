@@ -134,6 +134,12 @@ class UpdateClient:
 
     def handle(self, payload, now_ms=None):
         """Take one ``fw`` message; the messages to send on ``upd`` (requests, or the new status)."""
+        offer = _offer_in(payload)
+        if offer is not None:               # checked as a view into the message: its bytes are held once
+            payload = None
+            if now_ms is not None:
+                self._heard_ms = now_ms
+            return self._offer(offer)
         try:
             msg = cbor.loads(payload, max_depth=16, max_size=MESSAGE_MAX)
         except (LedgerlinkError, TypeError):
@@ -179,6 +185,27 @@ class UpdateClient:
         if self.agent.next_chunk() >= self._asked_upto:
             return self.requests()
         return []
+
+
+def _offer_in(payload):
+    """The offer of an update-message ``[1, offer]`` in deterministic CBOR, as a memoryview into ``payload``
+    (no copy), or None for any other message (decoded whole by ``handle``)."""
+    if not isinstance(payload, (bytes, bytearray)) or not 3 <= len(payload) <= MESSAGE_MAX:
+        return None
+    if payload[0] != 0x82 or payload[1] != MSG_OFFER:
+        return None
+    head = payload[2]
+    if 0x40 <= head <= 0x57:
+        start, n = 3, head - 0x40
+    elif head == 0x58 and len(payload) > 3 and payload[3] >= 24:
+        start, n = 4, payload[3]
+    elif head == 0x59 and len(payload) > 4 and (payload[3] << 8 | payload[4]) >= 256:
+        start, n = 5, payload[3] << 8 | payload[4]
+    else:
+        return None
+    if start + n != len(payload):
+        return None
+    return memoryview(payload)[start:]
 
 
 def _offer_digest(offer):
