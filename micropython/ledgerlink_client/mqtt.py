@@ -279,6 +279,7 @@ class MQTTClient:
             if not data:
                 break
             self._buf.extend(data)
+            data = None                 # not held while the packet's payload is copied out of the buffer
             timeout_ms = 0
             pkt, used = parse(self._buf, self.max_packet)
         if pkt is not None:
