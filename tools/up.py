@@ -655,6 +655,7 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
     admin_pub = be.public_key(read_key(cfg.admin_key_path, "admin key"), True)
     from ledgerlink.ledger.state.encoding import device_id
     from ledgerlink.protocol.spv import quorum
+    from ledgerlink.tools.stack import UPDATES_RELAY_KEY
 
     lines = ["broker: mqtt://%s:%d (MQTT 5; devices use ll/%s/dev/<device-id>/up, reg, session; replies on .../down)"
              % (stack.broker_host, stack.broker_port, cfg.site),
@@ -696,8 +697,10 @@ def _summary(stack: Any, cfg: UpConfig) -> list[str]:
         lines.append("anonymous sessions: off (anon.enabled)")
     lines.append("peer sessions: on; the directory (discovery, pair topics) logs to %s"
                  % (cfg.data_dir / "directory.log") if cfg.peer else "peer sessions: off (peer.enabled)")
-    lines.append("updates: on; the update service (account ll-updates) serves the releases of %s, logs to %s"
-                 % (cfg.data_dir / "ledger" / "releases", cfg.data_dir / "updates.log") if cfg.updates
+    lines.append("updates: on; the update service (account ll-updates) serves the releases of %s, relays the "
+                 "devices' version statements to the ledger with %s, logs to %s"
+                 % (cfg.data_dir / "ledger" / "releases", cfg.data_dir / "ledger" / "keys" / UPDATES_RELAY_KEY,
+                    cfg.data_dir / "updates.log") if cfg.updates
                  else "updates: off (updates.enabled)")
     lines.append("processes: %s" % " ".join(str(p) for p in stack.pids()))
     return lines
