@@ -144,6 +144,22 @@ def test_a_stalled_download_is_asked_again_across_the_wrap_of_the_ms_counter(tmp
     assert client.retry(ut.RETRY_MS - 1000) == client.requests()
 
 
+def test_an_offer_is_checked_as_a_view_into_its_message_and_only_a_deterministic_one(tmp_path):
+    site = ReleaseSite()
+    agent = make_agent(site, tmp_path)
+    agent.boot(0)
+    seen = []
+    check = agent.offer
+    agent.offer = lambda data, stored=False: (seen.append(data), check(data, stored))[1]
+    offer = site.release(CONFIG, IMAGE_CONFIGURATION, 3, chunk_size=512)
+    message = cbor.dumps([ut.MSG_OFFER, offer])
+    client = ut.UpdateClient(agent)
+    long_head = b"\x82\x01\x5a" + len(offer).to_bytes(4, "big") + offer       # not deterministic CBOR
+    assert client.handle(message + b"\x00", 0) == [] and client.handle(long_head, 0) == [] and seen == []
+    assert client.handle(message, 0) == client.requests() != []
+    assert isinstance(seen[0], memoryview) and seen[0].obj is message and bytes(seen[0]) == offer
+
+
 if __name__ == "__main__":
     import tempfile
 
