@@ -3,7 +3,7 @@ number accepted once across both, each process batching only its own messages.""
 
 from __future__ import annotations
 
-from ledgerlink.core import cbor, cose, ecqv
+from ledgerlink.core import cbor, cose, ecqv, session_keys
 from ledgerlink.protocol import stored_ack
 from ledgerlink.core.backend import get_backend
 from ledgerlink.gateway import checks as c
@@ -58,7 +58,7 @@ def test_session_opened_through_one_process_is_known_to_the_other(tmp_path):
     assert len(verified(h)) == 1 and codes(h) == []
     assert keys.session_id in b.core.sessions
     # an unknown session id is still refused
-    other = type(keys)(keys.key, keys.base_iv, b"\x00" * 8)
+    other = session_keys.SessionKeys(keys.key, keys.base_iv, b"\x00" * 8)
     assert codes(run(b, ledger, up(dev), session_reading(other, dev, 2))) == [c.UNKNOWN_SESSION]
 
 
