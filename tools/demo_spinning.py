@@ -78,9 +78,9 @@ tx = communication_tx(cfg['chain_id'], cfg['key'], sender, receiver, 'peer-query
 report['recorded'] = board.ask(dsc.DIR_SUBMIT, tx, 30000)[2]
 report['digest'] = digest.hex()
 deadline = time.ticks_add(time.ticks_ms(), 60000)
-while len(board.exchanges) < 2 and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+while board.exchange_count < 2 and time.ticks_diff(deadline, time.ticks_ms()) > 0:
     board.serve(100)
-report['answered'] = len(board.exchanges) - 1
+report['answered'] = board.exchange_count - 1
 report['errors'] = board.errors
 client.disconnect()
 print(json.dumps(report))

@@ -55,6 +55,16 @@ def _forget_proof_code():
         delattr(package, "smt_proof")
 
 
+KEPT = 8                            # latest exchanges, closed peers and errors a board keeps
+
+
+def _keep_latest(items, item):
+    """Append ``item``, keeping the ``KEPT`` latest: a board that runs for months does not grow its heap."""
+    items.append(item)
+    if len(items) > KEPT:
+        del items[0]
+
+
 class BoardPeer:
     """Discovery and peer sessions of one board over ``client`` (a connected ``mqtt.MQTTClient``)."""
 
@@ -74,12 +84,13 @@ class BoardPeer:
         self.min_height = 0
         self.sessions = {}          # session id -> PeerSession
         self.outcomes = {}          # session id -> outcome of a query waiting for its accept
-        self.exchanges = []         # (sender, receiver, digest, size) of each exchange, for its record
-        self.closed = []            # peers whose sessions a ban ended
+        self.exchanges = []         # (sender, receiver, digest, size) of the latest exchanges, for their records
+        self.exchange_count = 0     # exchanges since the start
+        self.closed = []            # peers whose sessions a ban ended (the latest)
         self._answers = {}
         self._frames = []
         self._next_id = 0
-        self.errors = []            # why frames were dropped
+        self.errors = []            # why frames were dropped (the latest)
         self._responder = ps.Responder(priv, self.id, self._peer_key, backend=self.crypto)
 
     def start(self, timeout_ms=10000):
@@ -164,7 +175,7 @@ class BoardPeer:
             if self.sessions[sid].peer_id == peer:
                 self.sessions[sid].close(reason)
                 del self.sessions[sid]
-        self.closed.append(peer)
+        _keep_latest(self.closed, peer)
 
     def query(self, peer, subject, args=None, timeout_ms=5000):
         """{"case": "online"/"offline", "info": Packet or None, "history": [(kind, id, record)]}."""
@@ -210,7 +221,7 @@ class BoardPeer:
                 self._on_frame(topic, payload)
                 handled += 1
             except (ps.PeerError, dsc.DiscoveryError, OSError) as exc:
-                self.errors.append(str(exc))
+                _keep_latest(self.errors, str(exc))
         return handled
 
     def _on_frame(self, topic, payload):
@@ -265,5 +276,6 @@ class BoardPeer:
             self._exchanged(peer, self.id, session.session_id, frame, accept)
 
     def _exchanged(self, sender, receiver, session_id, query_frame, info_frame):
-        self.exchanges.append((sender, receiver, ps.exchange_digest(session_id, query_frame, info_frame),
-                               len(query_frame) + len(info_frame)))
+        _keep_latest(self.exchanges, (sender, receiver, ps.exchange_digest(session_id, query_frame, info_frame),
+                                      len(query_frame) + len(info_frame)))
+        self.exchange_count += 1
