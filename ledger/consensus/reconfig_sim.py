@@ -40,7 +40,7 @@ from typing import Any
 from ledgerlink.core.backend import get_backend
 from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.consensus.replica import Broadcast, Committed, Config, Persist, Replica, SaveVotes, Send
-from ledgerlink.ledger.consensus.simulator import CachingCrypto
+from ledgerlink.ledger.consensus.simulator import CachingCrypto, partitioned
 from ledgerlink.ledger.state import LedgerState, Role
 from ledgerlink.protocol import ledger_tx
 
@@ -259,10 +259,7 @@ class Simulation:
         return range(len(self.nodes))
 
     def _partitioned(self, a: int, b: int) -> bool:
-        for start, end, group in self.sc.partitions:
-            if start <= self.now < end and ((a in group) != (b in group)):
-                return True
-        return False
+        return partitioned(self.sc.partitions, self.now, a, b)
 
     def _send(self, src: int, dst: int, data: bytes) -> None:
         if src == dst:

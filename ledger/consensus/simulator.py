@@ -110,6 +110,14 @@ class _CountingKV(KVApp):
         return super().execute(height, time_ms, txs)
 
 
+def partitioned(partitions: Any, now: int, a: int, b: int) -> bool:
+    """Whether a partition ``(start, end, group)`` in force at ``now`` separates ``a`` from ``b``."""
+    for start, end, group in partitions:
+        if start <= now < end and ((a in group) != (b in group)):
+            return True
+    return False
+
+
 class CachingCrypto:
     """A backend wrapper that remembers signatures and verification results across replicas.
 
@@ -384,10 +392,7 @@ class Simulation:
     # --- network ----------------------------------------------------------------------------------
 
     def _partitioned(self, a: int, b: int) -> bool:
-        for start, end, group in self.sc.partitions:
-            if start <= self.now < end and ((a in group) != (b in group)):
-                return True
-        return False
+        return partitioned(self.sc.partitions, self.now, a, b)
 
     def _send(self, src: int, dst: int, data: bytes) -> None:
         if dst == src:
