@@ -11,175 +11,25 @@ device's ``ticks_diff`` (wrap-safe on a board).
 
 Components: configuration (a file, switched by renames), app library (A/B slots: an .mpy set unpacked
 into ``<prefix>.<slot>.d``, which ``app_path`` names at boot for ``sys.path``), firmware (``FirmwareTarget``:
-ESP32 OTA partitions through ``esp32.Partition``). After an app or firmware install ``reboot_due`` is
+ESP32 OTA partitions through ``esp32.Partition``); the last two are in ``update_targets``, loaded only by
+a board that installs them (their old names here still work). After an app or firmware install ``reboot_due`` is
 set; the application resets when it suits it (``machine.reset()``), and ``boot`` at the next start
 counts that start against the check-in.
 """
 
-from ledgerlink.core import cbor
 from ledgerlink.protocol.codes import IMAGE_APP_LIBRARY, IMAGE_FIRMWARE
 
-BLOCK = 4096                    # flash erase block of an ESP32 partition
 TICK_EVERY_MS = 1000
+# in ``update_targets`` (loaded by a board that installs an app library or firmware, or names them)
+_TARGET_NAMES = ("BLOCK", "FirmwareTarget", "app_path", "unpack_mpy_set")
 
 
-def unpack_mpy_set(slot_path, files=None):
-    """Unpack an .mpy set (CBOR map {relative path: bytes}) into ``slot_path + ".d"``."""
-    if files is None:
-        from ledgerlink.protocol.update_agent import Files
+def __getattr__(name):
+    if name in _TARGET_NAMES:
+        from ledgerlink_client import update_targets
 
-        files = Files()
-    folder = slot_path + ".d"
-    _remove_tree(folder)
-    files.mkdir(folder)
-    with open(slot_path, "rb") as f:
-        entries = cbor.loads(f.read(), max_depth=2)
-    if not isinstance(entries, dict):
-        raise OSError(22, "an .mpy set must be a map of paths to bytes")
-    for name, data in entries.items():
-        if (not isinstance(name, str) or not isinstance(data, bytes) or name.startswith("/") or ".." in name
-                or not name):
-            raise OSError(22, "bad entry in .mpy set")
-        parts = name.split("/")
-        path = folder
-        for part in parts[:-1]:
-            path = path + "/" + part
-            files.mkdir(path)
-        files.write(folder + "/" + name, data)
-
-
-def _remove_tree(path):
-    import os
-
-    try:
-        entries = list(os.ilistdir(path)) if hasattr(os, "ilistdir") else [(n, 0) for n in os.listdir(path)]
-    except OSError:
-        return
-    for entry in entries:
-        child = path + "/" + entry[0]
-        try:
-            os.remove(child)
-        except OSError:
-            _remove_tree(child)
-    os.rmdir(path)
-
-
-def app_path(directory, prefix):
-    """At boot: the folder of the app library slot the update state names (for ``sys.path``), or None for
-    the library the board was deployed with (no update, or rolled back to it)."""
-    from ledgerlink.protocol import update_agent as ua
-
-    raw = ua.Files().read(directory + "/state")
-    try:
-        entry = cbor.loads(raw)[1].get(IMAGE_APP_LIBRARY) if raw else None
-    except Exception:                   # a damaged state: the deployed library, and updates refused
-        return None
-    if not entry or not ua._entry_ok(IMAGE_APP_LIBRARY, entry) or entry.get(ua._DIGEST) is None:
-        return None
-    return "%s.%d.d" % (prefix, entry.get(ua._SLOT, 0))
-
-
-class FirmwareTarget:
-    """The firmware in ESP32 OTA partitions (``esp32.Partition``, or a class with its interface): chunks go
-    to ``get_next_update()`` through the extended block protocol (a block erased with ``ioctl(6, block)``
-    when its first chunk comes, then ``writeblocks(block, data, offset)``: no 4 KB buffer on the heap);
-    the count of whole blocks written is kept in ``progress``, so a reset resumes at a block boundary.
-    The switch is ``set_boot``, the check-in ``mark_app_valid_cancel_rollback``. The chunk size must
-    divide the 4096-byte block."""
-
-    component = IMAGE_FIRMWARE
-
-    def __init__(self, files, progress, partition=None):
-        if partition is None:
-            from esp32 import Partition as partition
-        self.partition = partition
-        self.files = files
-        self.progress = progress
-        self._bytes = 0                 # bytes written in this start (from the resumed block boundary on)
-        self._blocks = None
-
-    def _by_slot(self, slot):
-        found = self.partition.find(self.partition.TYPE_APP, label="ota_%d" % slot)
-        if not found:
-            raise OSError(2, "no partition ota_%d" % slot)
-        return found[0]
-
-    def _next(self):
-        return self.partition(self.partition.RUNNING).get_next_update()
-
-    def _written(self):
-        if self._blocks is None:
-            raw = self.files.read(self.progress)
-            try:
-                self._blocks = int(raw) if raw else 0
-            except ValueError:
-                self._blocks = 0
-        return self._blocks
-
-    def set_running(self, entry):
-        from ledgerlink.protocol.update_agent import _PREVIOUS
-
-        if entry is None or _PREVIOUS not in entry:
-            self.partition.mark_app_valid_cancel_rollback()     # also after a check-in whose mark was cut short
-
-    def received(self, chunk_size):
-        if BLOCK % chunk_size:
-            from ledgerlink.protocol import update_check as uc
-
-            raise uc.UpdateRefused(uc.UPDATE_UNSUPPORTED, "firmware chunks must divide %d bytes" % BLOCK)
-        self._bytes = self._written() * BLOCK
-        return self._bytes
-
-    def write(self, offset, data):
-        block, within = divmod(offset, BLOCK)
-        part = self._next()
-        if within == 0:
-            part.ioctl(6, block)
-        part.writeblocks(block, data, within)
-        self._bytes = offset + len(data)
-        if within + len(data) == BLOCK:
-            self._blocks = block + 1
-            self.files.write(self.progress, b"%d" % self._blocks)
-
-    def measure(self, size):
-        import hashlib
-
-        part = self._next()
-        h = hashlib.sha256()
-        buf = bytearray(256)
-        have = min(size, self._bytes)
-        at = 0
-        while at < have:
-            n = min(256, have - at)
-            view = memoryview(buf)[:n]
-            part.readblocks(at // BLOCK, view, at % BLOCK)
-            h.update(view)
-            at += n
-        return h.digest(), have
-
-    def discard(self):
-        self._bytes = 0
-        self._blocks = 0
-        self.files.remove(self.progress)
-
-    def prepare(self, entry):
-        label = self._next().info()[4]
-        return int(label.split("_")[-1])
-
-    def switch(self, entry):
-        from ledgerlink.protocol.update_agent import _SLOT
-
-        self._by_slot(entry[_SLOT]).set_boot()
-        self.files.remove(self.progress)
-        self._blocks = 0
-
-    def revert(self, entry):
-        from ledgerlink.protocol.update_agent import _SLOT
-
-        self._by_slot(entry[_SLOT]).set_boot()
-
-    def confirm(self, entry):
-        self.partition.mark_app_valid_cancel_rollback()
+        return getattr(update_targets, name)
+    raise AttributeError(name)
 
 
 class _UpdatingMQTT:
@@ -223,12 +73,18 @@ class _UpdatingMQTT:
         return kept
 
 
+def _unpack(path, files):
+    from ledgerlink_client.update_targets import unpack_mpy_set
+
+    unpack_mpy_set(path, files)
+
+
 # loaded for one message and forgotten after it (with what the offer's proof check loaded), so a board keeps
 # none of this code between messages: (package, module names)
 _PER_MESSAGE = (("ledgerlink.protocol", ("update_agent", "update_check", "update_transport", "update_version", "spv")),
-                ("ledgerlink.core", ("frost", "frost_verify", "smt_proof", "merkle")))
+                ("ledgerlink.core", ("frost", "frost_verify", "smt_proof", "merkle", "p256_ct", "kdf")))
 _AGENT_FIELDS = ("state", "_pending", "_received", "_trial_start_ms", "_newest_height", "_saved_height")
-_CLIENT_FIELDS = ("refusals", "_digest", "_asked_upto", "_heard_ms", "_status_ms", "stated")
+_CLIENT_FIELDS = ("refusals", "_digest", "_asked_upto", "_heard_ms", "_status_ms", "stated", "status_due")
 
 
 def _loaded_modules():
@@ -265,6 +121,8 @@ class _Loaded:
         u = self._updates
         u._agent_state = dict((name, getattr(agent, name)) for name in _AGENT_FIELDS)
         u._client_state = dict((name, getattr(client, name)) for name in _CLIENT_FIELDS)
+        if client.status_due:
+            u._running = agent.running()
         agent = client = None
         _forget(self._before)
         return False
@@ -293,6 +151,7 @@ class Updates:
         self._last_tick = None
         self._agent_state = {}
         self._client_state = {}
+        self._running = None            # what agent.running() said when a status became due
         self._on_result = device.on_result
         device.on_result = self._result
         factory = device.mqtt_factory
@@ -307,7 +166,7 @@ class Updates:
         if config_path is not None:
             targets.append(ua.ConfigTarget(files, config_path))
         if app_prefix is not None:
-            targets.append(ua.AppTarget(files, app_prefix, lambda path: unpack_mpy_set(path, files)))
+            targets.append(ua.AppTarget(files, app_prefix, lambda path: _unpack(path, files)))
         if firmware is not None:
             firmware.files = files
             targets.append(firmware)
@@ -316,9 +175,8 @@ class Updates:
                                files, d.protocol.crypto, group_key=d.protocol.group_key, ticks_diff=self.ticks_diff)
         for name, value in self._agent_state.items():
             setattr(agent, name, value)
-        p = d.protocol
-        client = ut.UpdateClient(agent, self.ticks_diff, (p.device_id, lambda m: p.crypto.sign(p._identity(), m),
-                                                          d.time_ms))     # version statements, signed when due
+        client = ut.UpdateClient(agent, self.ticks_diff)
+        client.status_later = True      # the status, with its version statements, is made by ``_status``
         for name, value in self._client_state.items():
             setattr(client, name, value)
         return agent, client
@@ -336,26 +194,81 @@ class Updates:
         with self.loaded() as (agent, client):
             agent.provision()
             agent.boot(self.ticks_ms())
+            agent.newest_height()       # read now: kept with the state, for the checks of offers
 
     def start(self):
         """The status and the requests that resume a download, to send at each connection."""
         with self.loaded() as (agent, client):
-            return [client.status()] + client.resume()
+            client.status_due = True
+            out = client.resume()
+        agent = client = None           # the with's names would keep the forgotten code alive
+        return self._status() + out
+
+    def _status(self):
+        """[the status message] when one is due (``UpdateClient.status_due``), else []. Made with the agent's
+        and the transport's code let go: a version statement's signature loads the code of the device
+        key, and the two together do not fit a 64 KB heap."""
+        state = self._client_state
+        if not state.get("status_due"):
+            return []
+        before = _loaded_modules()
+        from ledgerlink.protocol import update_version as uv
+
+        d = self.device
+        p = d.protocol
+        running, self._running = self._running, None
+        statements = uv.due_statements(state["stated"], running, d.config["chain_id"], p.device_id,
+                                       self.device_class, lambda m: p.crypto.sign(p._identity(), m), d.time_ms())
+        out = [uv.encode_status(self.device_class, running, state["refusals"], statements)]
+        state["status_due"] = False
+        uv = statements = None
+        _forget(before)
+        return out
+
+    def _check_offer(self, payload):
+        """For an offer in ``payload`` that the client would take, the outcome of its checks (the Signed, or
+        the UpdateRefused); None otherwise. Made with only the checks' code loaded, not the agent's nor the
+        transport's, and the proof checks' code forgotten after it: an offer's proofs are checked in the
+        heap of one part."""
+        import gc
+
+        newest = self._agent_state.get("_newest_height")
+        if newest is None or self._client_state.get("_digest") is not None:
+            return None
+        from ledgerlink.protocol import update_check as uc
+
+        offer = uc.offer_in_message(payload)
+        if offer is None:
+            return None
+        before = _loaded_modules()
+        d = self.device
+        gc.collect()
+        try:
+            outcome = uc.check_offer(offer, d.config["chain_id"], d.config["validators"], self.device_class,
+                                     d.protocol.crypto, newest, uc.FRESH_HEIGHTS, d.protocol.group_key)
+        except uc.UpdateRefused as exc:
+            outcome = exc
+        offer = uc = None
+        _forget(before)
+        return outcome
 
     def message(self, payload):
         """The ``upd`` messages that answer one ``fw`` message."""
-        import gc
-
-        with self.loaded() as (agent, client):
-            before = agent.running()
-            gc.collect()                # an offer is checked in the heap that is free now
-            out = client.handle(payload, self.ticks_ms())
-            payload = None
-            after = agent.running()
+        loaded_before = _loaded_modules()
+        checked = self._check_offer(payload)
+        try:
+            with self.loaded() as (agent, client):
+                before = agent.running()
+                out = client.handle(payload, self.ticks_ms(), checked)
+                payload = checked = None
+                after = agent.running()
+        finally:
+            agent = client = checked = None
+            _forget(loaded_before)
         for component in (IMAGE_APP_LIBRARY, IMAGE_FIRMWARE):
             if after.get(component) != before.get(component) and (after.get(component) or {}).get("trial"):
                 self.reboot_due = True
-        return out
+        return self._status() + out
 
     def tick(self):
         """Roll back an overdue trial; the chunk requests to send again when a download stalled."""
@@ -366,8 +279,12 @@ class Updates:
         with self.loaded() as (agent, client):
             if agent.tick(now):
                 self.reboot_due = True
-                return [client.status()]
-            return client.retry(now)
+                client.status_due = True
+                out = []
+            else:
+                out = client.retry(now)
+        agent = client = None
+        return self._status() + out
 
     def _result(self, result):
         if self._on_result is not None:
@@ -380,9 +297,11 @@ class Updates:
             if not any(e["trial"] for e in agent.running().values()):
                 return
             agent.checked_in()
-            status = client.status()
+            client.status_due = True
+        agent = client = None
+        status = self._status()
         if self.device.mqtt is not None:
-            self.device.mqtt._send([status])
+            self.device.mqtt._send(status)
 
 
 def attach(device, device_class, directory="/upd", config_path=None, app_prefix=None, firmware=False,
@@ -390,7 +309,11 @@ def attach(device, device_class, directory="/upd", config_path=None, app_prefix=
     """Give ``device`` (a DeviceClient with "chain_id" and "validators" in its config) its updates: the
     components named (a config file, app library slots, ESP32 firmware) under class ``device_class``.
     Makes the update state at the first start; returns the Updates."""
-    target = FirmwareTarget(files, directory + "/fw.progress", partition) if firmware else None
+    target = None
+    if firmware:
+        from ledgerlink_client.update_targets import FirmwareTarget
+
+        target = FirmwareTarget(files, directory + "/fw.progress", partition)
     updates = Updates(device, device_class, directory, (config_path, app_prefix, target), files)
     updates.boot()
     return updates

@@ -209,9 +209,11 @@ def verify_record(header, key, value, proof):
     smt_proof.verify(header.state_root, key, value, proof)
 
 
-def verify_record_proof(record_proof, chain_id, validator_keys, backend=None, group_key=None):
+def verify_record_proof(record_proof, chain_id, validator_keys, backend=None, group_key=None, verified=None):
     """Check a ``record-proof`` map {1: certified-header, 2: key, 3: record/null, 4: smt-proof}
-    (``group_key`` as in ``verify_certified_header``).
+    (``group_key`` as in ``verify_certified_header``). ``verified``: (certified-header, Header) that
+    ``verify_certified_header`` returned under the same trusted set; a proof on an equal certified header
+    checks its record alone.
 
     Returns (header, key, record bytes or None).
     """
@@ -222,7 +224,10 @@ def verify_record_proof(record_proof, chain_id, validator_keys, backend=None, gr
     for label in (1, 2, 3, 4):
         if label not in record_proof:
             raise InvalidMessage("record proof lacks field %d" % label)
-    header = verify_certified_header(record_proof[1], chain_id, validator_keys, backend, group_key)
+    if verified is not None and record_proof[1] == verified[0]:
+        header = verified[1]
+    else:
+        header = verify_certified_header(record_proof[1], chain_id, validator_keys, backend, group_key)
     key, value = record_proof[2], record_proof[3]
     verify_record(header, key, value, record_proof[4])
     return header, key, value

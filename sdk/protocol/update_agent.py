@@ -442,11 +442,18 @@ class UpdateAgent:
 
     # --- offer, download, install ------------------------------------------------------------------------
 
-    def offer(self, data, stored=False):
+    def offer(self, data, stored=False, checked=None):
         """Check an offer; the Manifest of a download now under way (resumed when it is the same one).
-        UpdateRefused otherwise, with nothing stored. ``stored``: the offer is the one kept at the start."""
-        signed = uc.check_offer(data, self.chain_id, self.validator_keys, self.device_class, self.backend,
-                                self.newest_height(), self.fresh_heights, self.group_key)
+        UpdateRefused otherwise, with nothing stored. ``stored``: the offer is the one kept at the start.
+        ``checked``: the outcome of ``update_check.check_offer`` for ``data`` with this agent's parameters
+        (``check_offer`` below), the Signed it returned or the UpdateRefused it raised, when the caller made
+        it already (a board checks an offer before it loads this module)."""
+        if checked is None:
+            signed = self.check_offer(data)
+        elif isinstance(checked, uc.UpdateRefused):
+            raise checked
+        else:
+            signed = checked
         self._check_state(signed)
         self.saw_header(signed.proof_height)
         if self._pending is not None and self._pending.digest == signed.digest:
@@ -464,6 +471,12 @@ class UpdateAgent:
         self._pending = signed
         self._received = target.received(signed.manifest.chunk_size)
         return signed.manifest
+
+    def check_offer(self, data):
+        """``update_check.check_offer`` of ``data`` with this agent's chain, validators, class, backend and
+        freshness."""
+        return uc.check_offer(data, self.chain_id, self.validator_keys, self.device_class, self.backend,
+                              self.newest_height(), self.fresh_heights, self.group_key)
 
     def _check_state(self, signed):
         m = signed.manifest

@@ -21,7 +21,6 @@ import sys
 
 from ledgerlink.core import cbor
 from ledgerlink.core.errors import DecodeError, LedgerlinkError
-from ledgerlink.protocol import spv
 from ledgerlink.protocol.codes import RECORD_DEVICE, RECORD_FIRMWARE, ROLE_MAINTENANCE, STATUS_ACTIVE
 
 # update-reason: why a device refused an update or gave up a new version (docs/protocol.md)
@@ -43,6 +42,8 @@ UPDATE_ROLLED_BACK = 15         # the new version did not check in within its de
 UPDATE_STALE_PROOF = 16         # a proof's header is more than fresh-heights below the newest the device verified
 
 OFFER_MAX = 8192                # bytes of an update offer (a manifest and two record proofs)
+MESSAGE_MAX = OFFER_MAX + 64    # bytes of an update-message
+MSG_OFFER = 1                   # update-message [1, update-offer]
 _ON_BOARD = sys.implementation.name != "cpython"
 FRESH_HEIGHTS = 256             # default: blocks an offer's proofs may lie below the newest header seen
 
@@ -137,11 +138,46 @@ def _part(data, where):
     return cbor.loads(memoryview(data)[where[0]:where[1]], max_depth=_PART_DEPTH)
 
 
-def _proven(proof, chain_id, validator_keys, expected_key, what, backend, oldest_height=0, group_key=None):
-    """The decoded record (or None when proven absent) a record proof shows under ``expected_key`` and its
-    header's height, which is at least ``oldest_height``."""
+def offer_in_message(payload):
+    """The offer of an update-message ``[1, offer]`` in deterministic CBOR, as a memoryview into ``payload``
+    (no copy), or None for any other message."""
+    if not isinstance(payload, (bytes, bytearray)) or not 3 <= len(payload) <= MESSAGE_MAX:
+        return None
+    if payload[0] != 0x82 or payload[1] != MSG_OFFER:
+        return None
+    head = payload[2]
+    if 0x40 <= head <= 0x57:
+        start, n = 3, head - 0x40
+    elif head == 0x58 and len(payload) > 3 and payload[3] >= 24:
+        start, n = 4, payload[3]
+    elif head == 0x59 and len(payload) > 4 and (payload[3] << 8 | payload[4]) >= 256:
+        start, n = 5, payload[3] << 8 | payload[4]
+    else:
+        return None
+    if start + n != len(payload):
+        return None
+    return memoryview(payload)[start:]
+
+
+def offer_digest(data):
+    """The manifest digest of an offer (its signed manifest decoded alone), or None when it does not decode."""
+    from ledgerlink.protocol import update_manifest
+
     try:
-        header, key, value = spv.verify_record_proof(proof, chain_id, validator_keys, backend, group_key)
+        return update_manifest.Signed(_part(data, _offer_parts(data)[0])).digest
+    except (LedgerlinkError, TypeError, KeyError, IndexError):
+        return None
+
+
+def _proven(proof, chain_id, validator_keys, expected_key, what, backend, oldest_height=0, group_key=None,
+            verified=None):
+    """(the decoded record, or None when proven absent, a record proof shows under ``expected_key``; its
+    header's height, which is at least ``oldest_height``; (its certified header, Header) for ``verified``
+    of the next proof's check: the offer's two proofs are usually of one header, checked once)."""
+    from ledgerlink.protocol import spv     # here: a board forgets the proof checks' code after an offer's check
+
+    try:
+        header, key, value = spv.verify_record_proof(proof, chain_id, validator_keys, backend, group_key, verified)
         if header.height < oldest_height:
             raise UpdateRefused(UPDATE_STALE_PROOF, "the %s proof is of header %d, below the oldest taken (%d)"
                                 % (what, header.height, oldest_height))
@@ -154,7 +190,7 @@ def _proven(proof, chain_id, validator_keys, expected_key, what, backend, oldest
         raise UpdateRefused(UPDATE_BAD_PROOF, "the %s proof does not check: %s" % (what, exc))
     if record is not None and not isinstance(record, dict):
         raise UpdateRefused(UPDATE_BAD_PROOF, "the %s record is not a map" % what)
-    return record, header.height
+    return record, header.height, (proof[1], header)
 
 
 def check_offer(data, chain_id, validator_keys, device_class, backend=None, newest_height=0,
@@ -164,7 +200,7 @@ def check_offer(data, chain_id, validator_keys, device_class, backend=None, newe
     headers name one). Both proofs' headers must be at most ``fresh_heights``
     below ``newest_height`` (the newest certified header the device verified); ``Signed.proof_height`` is
     the higher of the two."""
-    from ledgerlink.protocol import update_manifest
+    from ledgerlink.protocol import spv, update_manifest
 
     parts = _offer_parts(data)
     try:
@@ -176,8 +212,9 @@ def check_offer(data, chain_id, validator_keys, device_class, backend=None, newe
     # one part decoded at a time, each let go once checked (and collected on a board): little heap at once
     if _ON_BOARD:
         gc.collect()
-    signer, signer_height = _proven(_part(data, parts[1]), chain_id, validator_keys,
-                                    spv.state_key(RECORD_DEVICE, signed.signer), "signer", backend, oldest, group_key)
+    signer, signer_height, verified = _proven(_part(data, parts[1]), chain_id, validator_keys,
+                                              spv.state_key(RECORD_DEVICE, signed.signer), "signer", backend, oldest,
+                                              group_key)
     if _ON_BOARD:
         gc.collect()
     if signer is None:
@@ -186,9 +223,10 @@ def check_offer(data, chain_id, validator_keys, device_class, backend=None, newe
         raise UpdateRefused(UPDATE_UNTRUSTED_SIGNER, "device %s is not an active maintenance key" % signed.signer.hex())
     if not isinstance(signer.get(2), bytes) or not signed.verify(signer[2], backend):
         raise UpdateRefused(UPDATE_BAD_SIGNATURE, "the manifest's signature does not verify with the signer's key")
-    record, record_height = _proven(_part(data, parts[2]), chain_id, validator_keys,
-                                    spv.state_key(RECORD_FIRMWARE, signed.digest), "manifest", backend, oldest,
-                                    group_key)
+    record, record_height, verified = _proven(_part(data, parts[2]), chain_id, validator_keys,
+                                              spv.state_key(RECORD_FIRMWARE, signed.digest), "manifest", backend,
+                                              oldest, group_key, verified)
+    spv = verified = None
     if _ON_BOARD:
         gc.collect()
     if record is None:

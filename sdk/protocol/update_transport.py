@@ -15,33 +15,20 @@ it serves (``add``), the device's status (``status_of``), and the answers to eac
 from ledgerlink.core import cbor
 from ledgerlink.core.errors import LedgerlinkError
 from ledgerlink.protocol import update_check as uc
+from ledgerlink.protocol.update_check import MESSAGE_MAX, MSG_OFFER
+from ledgerlink.protocol.update_version import MSG_STATUS, due_statements, encode_status
 
 UP_LEAF = "upd"                 # device -> publisher
 DOWN_LEAF = "fw"                # publisher -> device
-MSG_STATUS = 1                  # [1, update-status]
 MSG_CHUNKS = 2                  # [2, manifest-digest, first chunk, count]
-MSG_OFFER = 1                   # [1, update-offer]
 MSG_CHUNK = 2                   # [2, manifest-digest, index, bytes]
 CHUNK_WINDOW = 4                # chunks asked for at a time (a board holds one at a time)
 RETRY_MS = 5000                 # a download with no chunk for this long asks again
 STATUS_EVERY_MS = 600000        # an idle device repeats its status this often (a restarted service hears it)
-MESSAGE_MAX = 8192 + 64
 
 
 REFUSALS_KEPT = 4
 STATEMENTS_KEPT = 256           # version statements the publisher holds for relaying
-
-
-def encode_status(device_class, running, refusals=(), statements=None):
-    """update-status: {1: class, 2: {component: [sequence, manifest digest/null, version/null, trial]},
-    ? 3: [+ [reason, manifest digest/null]], ? 4: {component: version-statement}} (the last refusals, newest
-    last; the statements of versions not stated before, ``update_version``)."""
-    status = {1: device_class, 2: {c: [e["sequence"], e["digest"], e["version"], e["trial"]] for c, e in running.items()}}
-    if refusals:
-        status[3] = [list(r) for r in refusals]
-    if statements:
-        status[4] = statements
-    return cbor.dumps([MSG_STATUS, status])
 
 
 def decode_request(payload):
@@ -74,6 +61,8 @@ class UpdateClient:
         self._asked_upto = 0            # chunks asked for up to this index (exclusive)
         self._heard_ms = None           # when the last fw message of the download came (or it was asked for)
         self._status_ms = None          # when the status was last repeated (``retry``)
+        self.status_later = False       # True: a change sets status_due, and the caller makes the status
+        self.status_due = False
 
     def status(self):
         """The status message (the versions this device runs) to send at start and after a change."""
@@ -85,18 +74,16 @@ class UpdateClient:
         report, the new one after an install); signed only then, so a status repeat costs no signature."""
         if self.signer is None:
             return None
-        due = [(c, e) for c, e in running.items() if self.stated.get(c) != [e["sequence"], e["digest"]]]
-        if not due:
-            return None
-        from ledgerlink.protocol import update_version
-
         device_id, sign, now_ms = self.signer
-        out = {}
-        for c, e in due:
-            out[c] = update_version.sign_statement(self.agent.chain_id, device_id, self.agent.device_class, c,
-                                                   e["sequence"], e["digest"], now_ms(), sign)
-            self.stated[c] = [e["sequence"], e["digest"]]
-        return out
+        return due_statements(self.stated, running, self.agent.chain_id, device_id,
+                                             self.agent.device_class, sign, now_ms())
+
+    def _changed(self):
+        """[the status] after a change, or [] with ``status_due`` set when the caller makes it (``status_later``)."""
+        if self.status_later:
+            self.status_due = True
+            return []
+        return [self.status()]
 
     def _refused(self, code, digest):
         self.refusals = (self.refusals + [[code, digest]])[-REFUSALS_KEPT:]
@@ -120,7 +107,7 @@ class UpdateClient:
                 self._status_ms = now_ms
             elif self.ticks_diff(now_ms, self._status_ms) >= STATUS_EVERY_MS:
                 self._status_ms = now_ms
-                return [self.status()]
+                return self._changed()
             return []
         if self._heard_ms is None or self.ticks_diff(now_ms, self._heard_ms) >= RETRY_MS:
             self._heard_ms = now_ms
@@ -132,14 +119,16 @@ class UpdateClient:
         self._digest = self.agent.pending_digest
         return self.requests()
 
-    def handle(self, payload, now_ms=None):
-        """Take one ``fw`` message; the messages to send on ``upd`` (requests, or the new status)."""
-        offer = _offer_in(payload)
+    def handle(self, payload, now_ms=None, checked=None):
+        """Take one ``fw`` message; the messages to send on ``upd`` (requests, or the new status).
+        ``checked``: for an offer, the outcome of its ``update_check.check_offer`` when the caller made it
+        (``UpdateAgent.offer``)."""
+        offer = uc.offer_in_message(payload)
         if offer is not None:               # checked as a view into the message: its bytes are held once
             payload = None
             if now_ms is not None:
                 self._heard_ms = now_ms
-            return self._offer(offer)
+            return self._offer(offer, checked)
         try:
             msg = cbor.loads(payload, max_depth=16, max_size=MESSAGE_MAX)
         except (LedgerlinkError, TypeError):
@@ -158,17 +147,17 @@ class UpdateClient:
         except uc.UpdateRefused as exc:
             self._refused(exc.code, self._digest)
             self._digest = None
-            return [self.status()]
+            return self._changed()
         return []
 
-    def _offer(self, offer):
+    def _offer(self, offer, checked=None):
         if self._digest is not None:
             return []                   # one download at a time; the next offer comes with the next status
         try:
-            self.agent.offer(offer)
+            self.agent.offer(offer, checked=checked)
         except uc.UpdateRefused as exc:
-            self._refused(exc.code, _offer_digest(offer))
-            return [self.status()]
+            self._refused(exc.code, uc.offer_digest(offer))
+            return self._changed()
         self._digest = self.agent.pending_digest
         return self.requests()
 
@@ -181,40 +170,10 @@ class UpdateClient:
                 self.agent.finish(now_ms)
             except uc.UpdateRefused as exc:
                 self._refused(exc.code, digest)
-            return [self.status()]
+            return self._changed()
         if self.agent.next_chunk() >= self._asked_upto:
             return self.requests()
         return []
-
-
-def _offer_in(payload):
-    """The offer of an update-message ``[1, offer]`` in deterministic CBOR, as a memoryview into ``payload``
-    (no copy), or None for any other message (decoded whole by ``handle``)."""
-    if not isinstance(payload, (bytes, bytearray)) or not 3 <= len(payload) <= MESSAGE_MAX:
-        return None
-    if payload[0] != 0x82 or payload[1] != MSG_OFFER:
-        return None
-    head = payload[2]
-    if 0x40 <= head <= 0x57:
-        start, n = 3, head - 0x40
-    elif head == 0x58 and len(payload) > 3 and payload[3] >= 24:
-        start, n = 4, payload[3]
-    elif head == 0x59 and len(payload) > 4 and (payload[3] << 8 | payload[4]) >= 256:
-        start, n = 5, payload[3] << 8 | payload[4]
-    else:
-        return None
-    if start + n != len(payload):
-        return None
-    return memoryview(payload)[start:]
-
-
-def _offer_digest(offer):
-    try:
-        from ledgerlink.protocol import update_manifest
-
-        return update_manifest.Signed(cbor.loads(offer, max_depth=14)[1]).digest
-    except (LedgerlinkError, TypeError, KeyError, IndexError):
-        return None
 
 
 class Release:

@@ -7,7 +7,8 @@ A statement is ``[body, signature]``: body = cbor {1: device-id, 2: class, 3: co
 ``cbor([VERSION_DOMAIN, chain-id, body])``. The domain and chain id keep it from being taken for any other
 signature of that key (a transaction, a registration request, a rotation) or on another chain. A device
 signs one at its first report and after each install; the update service relays it (``device-version``
-transaction) and the ledger's contract checks it. Portable; a board imports it only when it signs.
+transaction) and the ledger's contract checks it. The device's status (``update-status``), which carries its
+statements, is made here too. Portable; a board imports it only when it makes its status.
 """
 
 from ledgerlink.core import cbor
@@ -17,6 +18,33 @@ VERSION_DOMAIN = "ledgerlink-version-v1"
 STATEMENT_MAX = 320             # bytes of an encoded version-statement
 SIGNATURE_LEN = 64
 CLASS_MAX = 64                  # characters of a device class (ledger_tx.MAX_ID)
+MSG_STATUS = 1                  # update-request [1, update-status]
+
+
+def encode_status(device_class, running, refusals=(), statements=None):
+    """update-status: {1: class, 2: {component: [sequence, manifest digest/null, version/null, trial]},
+    ? 3: [+ [reason, manifest digest/null]], ? 4: {component: version-statement}} (the last refusals, newest
+    last; the statements of versions not stated before)."""
+    status = {1: device_class, 2: {c: [e["sequence"], e["digest"], e["version"], e["trial"]] for c, e in running.items()}}
+    if refusals:
+        status[3] = [list(r) for r in refusals]
+    if statements:
+        status[4] = statements
+    return cbor.dumps([MSG_STATUS, status])
+
+
+def due_statements(stated, running, chain_id, device_id, device_class, sign, time_ms):
+    """{component: version-statement} of the versions in ``running`` ({component: {"sequence", "digest",
+    ...}}) that ``stated`` ({component: [sequence, digest]}, updated here) does not hold, or None: signed
+    only then, so a repeated status costs no signature."""
+    due = [(c, e) for c, e in running.items() if stated.get(c) != [e["sequence"], e["digest"]]]
+    if not due:
+        return None
+    out = {}
+    for c, e in due:
+        out[c] = sign_statement(chain_id, device_id, device_class, c, e["sequence"], e["digest"], time_ms, sign)
+        stated[c] = [e["sequence"], e["digest"]]
+    return out
 
 
 def tbs(chain_id, body):

@@ -1,6 +1,8 @@
 """The board client with updates attached (ledgerlink_client.update) on board32, over its own TCP to a real
 mosquitto: the site's UpdateService offers a config release, the board checks and installs it, reports
-the version it runs, and a valid receipt is its check-in."""
+the version it runs, and a valid receipt is its check-in; at the board issue's target (library in ROMFS,
+64 KB of heap) and on a plain ESP32's heap. ``python3 -m tests.updates.test_update_board_mqtt`` prints the
+least heap it takes."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ledgerlink.core import cbor
-from ledgerlink.protocol import update_transport as ut
+from ledgerlink.protocol import update_check, update_transport as ut
 from ledgerlink.protocol.codes import IMAGE_CONFIGURATION
 from ledgerlink.tools.admin_release import UpdateService, write_release
 from ledgerlink.tools.board_runtime import Board
@@ -49,6 +51,8 @@ u = update.attach(client, %(cls)r, root + '/upd', config_path=root + '/config.js
 installed = False
 for i in range(600):
     client.step(50)
+    if u._client_state.get('refusals'):
+        break
     try:
         os.stat(root + '/config.json')
         installed = True
@@ -71,16 +75,22 @@ out = {'installed': installed, 'config': config,
 client.on_result(Valid())                   # the first valid receipt after the new config: its check-in
 for i in range(10):
     client.step(50)
-out["trial_after_check_in"] = u.running()[2]["trial"]
+out["trial_after_check_in"] = u.running().get(2, {}).get("trial")
 client.close()
 print(json.dumps(out))
 """
 
 
-def run_board(tmp_path: Path, heap: int) -> tuple[dict, object, dict, bytes]:
-    """(the board's output, its run result, the service's versions, the offer) of one run at ``heap``."""
+def checked_in(publisher, versions) -> bool:
+    return any(row.get("config", {}).get("trial") is False for row in versions.values())
+
+
+def run_board(tmp_path: Path, heap: int, until=checked_in, **release) -> tuple[dict, object, dict, bytes, object]:
+    """(the board's output, its run result, the service's versions, the offer, the service's publisher) of one
+    run at ``heap``, once ``until(publisher, versions)`` holds (5 s at most); ``release``: ReleaseSite.release
+    options (signer, on_ledger)."""
     site = ReleaseSite()
-    offer = site.release(CONFIG, IMAGE_CONFIGURATION, 3, version="c-3", chunk_size=512)
+    offer = site.release(CONFIG, IMAGE_CONFIGURATION, 3, version="c-3", chunk_size=512, **release)
     write_release(tmp_path / "releases", offer, CONFIG)
     broker = Broker(free_port())
     broker.start()
@@ -93,18 +103,22 @@ def run_board(tmp_path: Path, heap: int) -> tuple[dict, object, dict, bytes]:
             out, result = board.run_json_result(PROGRAM % {"port": broker.port, "site": SITE, "cls": DEVICE_CLASS},
                                                 timeout=120)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not any(
-                row.get("config", {}).get("trial") is False for row in service.versions().values()):
+        while time.monotonic() < deadline and not until(service.publisher, service.versions()):
             time.sleep(0.05)
         versions = service.versions()
     finally:
         service.stop()
         broker.stop()
-    return out, result, versions, offer
+    return out, result, versions, offer, service.publisher
 
 
-def test_board_client_takes_a_release_over_mqtt(tmp_path):
-    out, result, versions, offer = run_board(tmp_path, load_profile("esp32")["memory"]["heap_bytes"])
+ROMFS_TARGET = 64 * 1024       # the board issue's heap target with the library in ROMFS
+
+
+@pytest.mark.parametrize("heap", [ROMFS_TARGET, "esp32"])
+def test_board_client_takes_a_release_over_mqtt(tmp_path, heap):
+    heap = load_profile(heap)["memory"]["heap_bytes"] if isinstance(heap, str) else heap
+    out, result, versions, offer, publisher = run_board(tmp_path, heap)
     assert out["installed"] and out["config"] == hashlib.sha256(CONFIG).hexdigest()
     assert out["sequence"] == 3 and out["trial"] is True and out["old_kept"] is False
     assert bytes.fromhex(out["digest"]) == offer_digest(offer)
@@ -114,10 +128,21 @@ def test_board_client_takes_a_release_over_mqtt(tmp_path):
     assert result.peak_live < result.heap_bytes
 
 
+def test_board_client_refuses_a_release_of_a_key_that_is_not_a_maintenance_key(tmp_path):
+    out, result, versions, offer, publisher = run_board(
+        tmp_path, ROMFS_TARGET, lambda publisher, versions: any(3 in s for s in publisher.statuses.values()),
+        signer="sensor", on_ledger=False)
+    assert not out["installed"] and out["sequence"] is None and out["trial_after_check_in"] is None
+    status = next(iter(publisher.statuses.values()))
+    assert status[3] == [[update_check.UPDATE_UNTRUSTED_SIGNER, offer_digest(offer)]]
+    assert list(versions.values()) == [{"config": {"running": 0, "version": None, "trial": False, "accepted": 0,
+                                                   "latest": 3}}]
+
+
 TICKS_PROGRAM = r"""
 import json, os, time
 from ledgerlink_client import device, update
-from ledgerlink.protocol import update_transport as ut
+from ledgerlink.protocol import update_check, update_transport as ut
 
 setup = json.loads(open(INPUT + '/setup.json').read())
 cfg = {'site': 'plant-9', 'mode': 'signed', 'identity_key': bytes.fromhex(setup['key']),
@@ -160,7 +185,7 @@ def test_an_offer_is_checked_as_a_view_into_its_message_and_only_a_deterministic
     agent.boot(0)
     seen = []
     check = agent.offer
-    agent.offer = lambda data, stored=False: (seen.append(data), check(data, stored))[1]
+    agent.offer = lambda data, stored=False, checked=None: (seen.append(data), check(data, stored, checked))[1]
     offer = site.release(CONFIG, IMAGE_CONFIGURATION, 3, chunk_size=512)
     message = cbor.dumps([ut.MSG_OFFER, offer])
     client = ut.UpdateClient(agent)

@@ -200,24 +200,15 @@ def test_versions_page_shows_the_ledgers_value(installed, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_board_states_its_install_with_its_key(tmp_path, monkeypatch):
+def test_a_board_states_its_install_with_its_key(tmp_path):
     """board32 at an ESP32's heap: after the install the board's status carries a statement of it, signed by
     the board's identity key (signing loads update_version only then, and forgets it after the message)."""
     from ledgerlink.core.backend import get_backend
-    from tests.updates import test_update_board_mqtt as board_mqtt
     from tests.updates.test_update_board_mqtt import KEY, load_profile, run_board
 
-    services: list[UpdateService] = []
-
-    class Kept(UpdateService):
-        def __init__(self, *args, **kw):
-            super().__init__(*args, **kw)
-            services.append(self)
-
-    monkeypatch.setattr(board_mqtt, "UpdateService", Kept)
-    out, result, _, offer = run_board(tmp_path, load_profile("esp32")["memory"]["heap_bytes"])
+    out, result, _, offer, publisher = run_board(tmp_path, load_profile("esp32")["memory"]["heap_bytes"])
     assert out["installed"] and result.peak_live < result.heap_bytes
-    statements = services[0].publisher.take_statements()
+    statements = publisher.take_statements()
     assert len(statements) == 1
     device, statement = statements[0]
     body, fields, sig = uv.decode_statement(statement)
