@@ -29,6 +29,7 @@ DISCONNECT = 14
 
 MAX_REMAINING = 268435455
 DEFAULT_MAX_PACKET = 8192
+READ_MAX = 512                  # bytes read from the stream at a time into a packet's buffer
 
 
 class MQTTError(OSError):
@@ -230,6 +231,21 @@ def parse(buf, max_packet=DEFAULT_MAX_PACKET):
     return _decode_body(first >> 4, first & 0x0F, memoryview(buf)[i:i + n]), i + n   # its fields are copied once
 
 
+def _packet_len(buf):
+    """The whole length of the packet at the front of ``buf``, or None while its remaining length is incomplete."""
+    n = 0
+    shift = 0
+    i = 1
+    while i < len(buf) and i <= 4:
+        b = buf[i]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not b & 0x80:
+            return i + n
+    return None
+
+
 def _missing(buf):
     """Bytes still to read for the packet at the front of ``buf`` (0: it is all there); as much as is
     known while its remaining length is incomplete (at least 1)."""
@@ -262,7 +278,8 @@ class MQTTClient:
         self.username = username
         self.password = password
         self.max_packet = max_packet
-        self._buf = bytearray()
+        self._buf = bytearray()         # the bytes received: the front packet, and what a stream gave beyond it
+        self._fill = 0                  # bytes of _buf received (below its length while a packet's buffer fills)
         self._next_pid = 0
 
     def _alloc_pid(self):
@@ -272,19 +289,55 @@ class MQTTClient:
     def _read_packet(self, timeout_ms):
         """The next packet, read up to its last byte and no further (the first read waits up to
         ``timeout_ms``), or None when it has not all arrived yet. Packets behind it stay in the network
-        stack, so the heap holds one received packet at a time, never a 1 KB read of several."""
-        pkt, used = parse(self._buf, self.max_packet)
+        stack, so the heap holds one received packet at a time, never a 1 KB read of several. Once its
+        length is known, the packet's buffer is allocated whole and filled ``READ_MAX`` bytes at a time:
+        a packet never needs its bytes twice (a read and a grown buffer) at once."""
+        pkt, used = self._parse()
         while pkt is None:
-            data = self.stream.read(_missing(self._buf), timeout_ms)
+            data = self.stream.read(min(self._missing(), READ_MAX), timeout_ms)
             if not data:
                 break
-            self._buf.extend(data)
+            self._take(data)
             data = None                 # not held while the packet's payload is copied out of the buffer
             timeout_ms = 0
-            pkt, used = parse(self._buf, self.max_packet)
+            pkt, used = self._parse()
         if pkt is not None:
-            self._buf = self._buf[used:] if used < len(self._buf) else bytearray()
+            self._consume(used)
         return pkt
+
+    def _missing(self):
+        if self._fill < len(self._buf):
+            return len(self._buf) - self._fill
+        return _missing(self._buf)
+
+    def _take(self, data):
+        buf, fill = self._buf, self._fill
+        if fill < len(buf):
+            room = len(buf) - fill
+            buf[fill:fill + min(room, len(data))] = data[:room]
+            self._fill = fill + min(room, len(data))
+            if len(data) > room:        # a stream that gave more than asked: kept behind the packet
+                buf.extend(data[room:])
+                self._fill = len(buf)
+            return
+        buf.extend(data)
+        self._fill = len(buf)
+        total = _packet_len(buf)
+        if total is not None and total > len(buf):
+            if total > self.max_packet:
+                raise MQTTError("packet of %d bytes exceeds the %d-byte limit" % (total, self.max_packet))
+            whole = bytearray(total)
+            whole[:len(buf)] = buf
+            self._buf = whole
+
+    def _parse(self):
+        if self._fill < len(self._buf):
+            return None, 0
+        return parse(self._buf, self.max_packet)
+
+    def _consume(self, used):
+        self._buf = self._buf[used:] if used < len(self._buf) else bytearray()
+        self._fill = len(self._buf)
 
     def connect(self, timeout_ms=5000):
         """Send CONNECT and wait for CONNACK; return session-present. MQTTError if refused or silent."""
@@ -316,7 +369,7 @@ class MQTTClient:
 
     def pending(self):
         """True when a whole packet is already in the buffer (``poll`` returns it without reading)."""
-        return _missing(self._buf) == 0
+        return self._fill == len(self._buf) and _missing(self._buf) == 0
 
     def poll(self, timeout_ms=0):
         """Read what arrives within ``timeout_ms`` and return the events of the complete packets, up to and
@@ -340,9 +393,9 @@ class MQTTClient:
                 return events
             else:
                 raise MQTTError("unexpected packet type %d from the broker" % pkt.kind)
-            pkt, used = parse(self._buf, self.max_packet)
+            pkt, used = self._parse()
             if pkt is not None:
-                self._buf = self._buf[used:]
+                self._consume(used)
         return events
 
     def disconnect(self):

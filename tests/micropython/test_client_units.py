@@ -169,6 +169,44 @@ def test_client_reads_one_packet_at_a_time_leaving_the_rest_in_the_network_stack
     assert client.poll(10) == []
 
 
+class Recording(Socketish):
+    """A socket-like stream that records the sizes asked for."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.asked = []
+
+    def read(self, n, timeout_ms):
+        self.asked.append(n)
+        return super().read(n, timeout_ms)
+
+
+def test_a_packet_buffer_is_allocated_whole_once_its_length_is_known_and_filled_a_block_at_a_time():
+    payload = bytes(range(256)) * 6
+    packet = mqtt.encode_publish("x/fw", payload, 1, pid=3)
+    stream = Recording(packet)
+    client = mqtt.MQTTClient(stream, "c")
+    assert client.poll(10) == [("msg", "x/fw", payload, 1, False)]
+    rest = len(packet) - 3                  # after the type byte and a 2-byte remaining length
+    assert stream.asked == [2, 1] + [mqtt.READ_MAX] * (rest // mqtt.READ_MAX) + [rest % mqtt.READ_MAX]
+    assert len(client._buf) == 0 and not client.pending()
+
+
+def test_a_packet_longer_than_the_limit_is_refused_before_its_buffer_is_made():
+    packet = mqtt.encode_publish("x/fw", bytes(9000), 0)
+    client = mqtt.MQTTClient(Recording(packet), "c", max_packet=8192)
+    with pytest.raises(mqtt.MQTTError, match="exceeds the 8192-byte limit"):
+        client.poll(10)
+    assert len(client._buf) < 8
+
+
+def test_bytes_a_stream_gave_beyond_a_packet_stay_for_the_next():
+    first, second = mqtt.encode_publish("x/a", b"1" * 700, 0), mqtt.encode_puback(4)
+    client = mqtt.MQTTClient(Pipe([first[:3], first[3:] + second]), "c")
+    assert client.poll(10) == [("msg", "x/a", b"1" * 700, 0, False)]
+    assert client.pending() and client.poll(10) == [("puback", 4)]
+
+
 def test_client_connect_refused_and_silent():
     with pytest.raises(mqtt.MQTTError, match="code 5"):
         mqtt.MQTTClient(Pipe([mqtt.encode_connack(False, 5)]), "c").connect(200)
