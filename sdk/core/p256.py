@@ -84,6 +84,8 @@ def negate(pt):
 
 # --- variable-time arithmetic for public data (Jacobian coordinates) -------------------------
 
+# Each temporary is let go as soon as it is used: a board's collector can then reclaim it during the
+# addition, and a signature check holds fewer 256-bit integers at once (less heap at its peak).
 def _jdouble(pt, P=P, B=B):
     x1, y1, z1 = pt
     if z1 == 0 or y1 == 0:
@@ -92,8 +94,9 @@ def _jdouble(pt, P=P, B=B):
     gamma = y1 * y1 % P
     beta = x1 * gamma % P
     alpha = 3 * (x1 - delta) * (x1 + delta) % P
-    x3 = (alpha * alpha - 8 * beta) % P
     z3 = ((y1 + z1) * (y1 + z1) - gamma - delta) % P
+    delta = None
+    x3 = (alpha * alpha - 8 * beta) % P
     y3 = (alpha * (4 * beta - x3) - 8 * gamma * gamma) % P
     return (x3, y3, z3)
 
@@ -103,21 +106,22 @@ def _jadd_affine(pt, x2, y2, P=P, B=B):
     if z1 == 0:
         return (x2, y2, 1)
     z1z1 = z1 * z1 % P
-    u2 = x2 * z1z1 % P
-    s2 = y2 * z1 * z1z1 % P
-    h = (u2 - x1) % P
-    r = 2 * (s2 - y1) % P
+    h = (x2 * z1z1 - x1) % P
+    r = 2 * (y2 * z1 * z1z1 - y1) % P
     if h == 0:
         if r == 0:
             return _jdouble(pt)
         return (1, 1, 0)
     hh = h * h % P
+    z3 = ((z1 + h) * (z1 + h) - z1z1 - hh) % P
+    z1z1 = None
     i = 4 * hh
+    hh = None
     j = h * i % P
     v = x1 * i % P
+    i = None
     x3 = (r * r - j - 2 * v) % P
     y3 = (r * (v - x3) - 2 * y1 * j) % P
-    z3 = ((z1 + h) * (z1 + h) - z1z1 - hh) % P
     return (x3, y3, z3)
 
 
@@ -131,21 +135,21 @@ def _jadd(p1, p2, P=P, B=B):
     z1z1 = z1 * z1 % P
     z2z2 = z2 * z2 % P
     u1 = x1 * z2z2 % P
-    u2 = x2 * z1z1 % P
+    h = (x2 * z1z1 - u1) % P
     s1 = y1 * z2 * z2z2 % P
-    s2 = y2 * z1 * z1z1 % P
-    h = (u2 - u1) % P
-    r = 2 * (s2 - s1) % P
+    r = 2 * (y2 * z1 * z1z1 - s1) % P
     if h == 0:
         if r == 0:
             return _jdouble(p1)
         return (1, 1, 0)
+    z3 = ((z1 + z2) * (z1 + z2) - z1z1 - z2z2) * h % P
+    z1z1 = z2z2 = None
     i = 4 * h * h % P
     j = h * i % P
     v = u1 * i % P
+    i = u1 = None
     x3 = (r * r - j - 2 * v) % P
     y3 = (r * (v - x3) - 2 * s1 * j) % P
-    z3 = ((z1 + z2) * (z1 + z2) - z1z1 - z2z2) * h % P
     return (x3, y3, z3)
 
 
