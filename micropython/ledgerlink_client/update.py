@@ -11,8 +11,8 @@ device's ``ticks_diff`` (wrap-safe on a board).
 
 Components: configuration (a file, switched by renames), app library (A/B slots: an .mpy set unpacked
 into ``<prefix>.<slot>.d``, which ``app_path`` names at boot for ``sys.path``), firmware (``FirmwareTarget``:
-ESP32 OTA partitions through ``esp32.Partition``); the last two are in ``update_targets``, loaded only by
-a board that installs them (their old names here still work). After an app or firmware install ``reboot_due`` is
+ESP32 OTA partitions through ``esp32.Partition``); the last two are in ``update_app`` and
+``update_firmware``, loaded only by a board that installs them (their names here still work). After an app or firmware install ``reboot_due`` is
 set; the application resets when it suits it (``machine.reset()``), and ``boot`` at the next start
 counts that start against the check-in.
 """
@@ -20,15 +20,20 @@ counts that start against the check-in.
 from ledgerlink.protocol.codes import IMAGE_APP_LIBRARY, IMAGE_FIRMWARE
 
 TICK_EVERY_MS = 1000
-# in ``update_targets`` (loaded by a board that installs an app library or firmware, or names them)
-_TARGET_NAMES = ("BLOCK", "FirmwareTarget", "app_path", "unpack_mpy_set")
+# names of ``update_app`` and ``update_firmware`` (loaded by a board that installs an app library or firmware)
+_APP_NAMES = ("app_path", "unpack_mpy_set")
+_FIRMWARE_NAMES = ("BLOCK", "FirmwareTarget")
 
 
 def __getattr__(name):
-    if name in _TARGET_NAMES:
-        from ledgerlink_client import update_targets
+    if name in _APP_NAMES:
+        from ledgerlink_client import update_app
 
-        return getattr(update_targets, name)
+        return getattr(update_app, name)
+    if name in _FIRMWARE_NAMES:
+        from ledgerlink_client import update_firmware
+
+        return getattr(update_firmware, name)
     raise AttributeError(name)
 
 
@@ -74,7 +79,7 @@ class _UpdatingMQTT:
 
 
 def _unpack(path, files):
-    from ledgerlink_client.update_targets import unpack_mpy_set
+    from ledgerlink_client.update_app import unpack_mpy_set
 
     unpack_mpy_set(path, files)
 
@@ -82,7 +87,8 @@ def _unpack(path, files):
 # loaded for one message and forgotten after it (with what the offer's proof check loaded), so a board keeps
 # none of this code between messages: (package, module names)
 _PER_MESSAGE = (("ledgerlink.protocol", ("update_agent", "update_check", "update_transport", "update_version", "spv")),
-                ("ledgerlink.core", ("frost", "frost_verify", "smt_proof", "merkle", "p256_ct", "kdf")))
+                ("ledgerlink.core", ("frost", "frost_verify", "smt_proof", "merkle", "p256_ct", "kdf")),
+                ("ledgerlink_client", ("update_app",)))
 _AGENT_FIELDS = ("state", "_pending", "_received", "_trial_start_ms", "_newest_height", "_saved_height")
 _CLIENT_FIELDS = ("refusals", "_digest", "_asked_upto", "_heard_ms", "_status_ms", "stated", "status_due")
 
@@ -123,7 +129,10 @@ class _Loaded:
         u._client_state = dict((name, getattr(client, name)) for name in _CLIENT_FIELDS)
         if client.status_due:
             u._running = agent.running()
-        agent = client = None
+        firmware = u._targets[2]
+        if firmware is not None:
+            firmware.files = u._files   # not the agent's Files: it would keep the forgotten update_agent alive
+        agent = client = firmware = None
         _forget(self._before)
         return False
 
@@ -311,7 +320,7 @@ def attach(device, device_class, directory="/upd", config_path=None, app_prefix=
     Makes the update state at the first start; returns the Updates."""
     target = None
     if firmware:
-        from ledgerlink_client.update_targets import FirmwareTarget
+        from ledgerlink_client.update_firmware import FirmwareTarget
 
         target = FirmwareTarget(files, directory + "/fw.progress", partition)
     updates = Updates(device, device_class, directory, (config_path, app_prefix, target), files)

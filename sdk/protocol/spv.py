@@ -187,6 +187,13 @@ def _verify_threshold(header, cert, chain_id, validator_keys, group_key, backend
     return header
 
 
+def certified_hash(certified):
+    """SHA-256 of a certified header's deterministic encoding (object or CBOR bytes): equal for equal ones."""
+    if isinstance(certified, (bytes, bytearray)):
+        certified = cbor.loads(bytes(certified), max_depth=8)
+    return _sha256(cbor.dumps(certified))
+
+
 def verify_header_link(previous, header):
     """Check that ``header`` directly follows ``previous`` (both verified Header objects)."""
     if header.height != previous.height + 1 or header.prev_hash != previous.hash:
@@ -211,9 +218,9 @@ def verify_record(header, key, value, proof):
 
 def verify_record_proof(record_proof, chain_id, validator_keys, backend=None, group_key=None, verified=None):
     """Check a ``record-proof`` map {1: certified-header, 2: key, 3: record/null, 4: smt-proof}
-    (``group_key`` as in ``verify_certified_header``). ``verified``: (certified-header, Header) that
-    ``verify_certified_header`` returned under the same trusted set; a proof on an equal certified header
-    checks its record alone.
+    (``group_key`` as in ``verify_certified_header``). ``verified``: (``certified_hash`` of a certified
+    header, the Header ``verify_certified_header`` returned for it under the same trusted set); a proof on
+    the same certified header checks its record alone.
 
     Returns (header, key, record bytes or None).
     """
@@ -224,7 +231,7 @@ def verify_record_proof(record_proof, chain_id, validator_keys, backend=None, gr
     for label in (1, 2, 3, 4):
         if label not in record_proof:
             raise InvalidMessage("record proof lacks field %d" % label)
-    if verified is not None and record_proof[1] == verified[0]:
+    if verified is not None and certified_hash(record_proof[1]) == verified[0]:
         header = verified[1]
     else:
         header = verify_certified_header(record_proof[1], chain_id, validator_keys, backend, group_key)

@@ -172,7 +172,7 @@ def offer_digest(data):
 def _proven(proof, chain_id, validator_keys, expected_key, what, backend, oldest_height=0, group_key=None,
             verified=None):
     """(the decoded record, or None when proven absent, a record proof shows under ``expected_key``; its
-    header's height, which is at least ``oldest_height``; (its certified header, Header) for ``verified``
+    header's height, which is at least ``oldest_height``; (its certified header's hash, Header) for ``verified``
     of the next proof's check: the offer's two proofs are usually of one header, checked once)."""
     from ledgerlink.protocol import spv     # here: a board forgets the proof checks' code after an offer's check
 
@@ -190,7 +190,7 @@ def _proven(proof, chain_id, validator_keys, expected_key, what, backend, oldest
         raise UpdateRefused(UPDATE_BAD_PROOF, "the %s proof does not check: %s" % (what, exc))
     if record is not None and not isinstance(record, dict):
         raise UpdateRefused(UPDATE_BAD_PROOF, "the %s record is not a map" % what)
-    return record, header.height, (proof[1], header)
+    return record, header.height, (spv.certified_hash(proof[1]), header)
 
 
 def check_offer(data, chain_id, validator_keys, device_class, backend=None, newest_height=0,

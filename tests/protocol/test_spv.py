@@ -116,11 +116,11 @@ def test_a_record_proof_on_a_header_verified_already_checks_its_record_alone():
     header, _, _ = spv.verify_record_proof(record_proof, net.chain_id, keys, counting)
     assert counting.verifies == 3
     again = cbor.loads(cbor.dumps(record_proof))            # decoded apart, as an offer's second proof is
-    assert spv.verify_record_proof(again, net.chain_id, keys, counting, verified=(certified, header))[2] == value
+    assert spv.verify_record_proof(again, net.chain_id, keys, counting, verified=(spv.certified_hash(certified), header))[2] == value
     assert counting.verifies == 3
     with pytest.raises(InvalidProof):                       # the record is still checked against the header
         spv.verify_record_proof({**again, 3: value + b"x"}, net.chain_id, keys, counting,
-                                verified=(certified, header))
+                                verified=(spv.certified_hash(certified), header))
 
 
 def test_a_record_proof_on_another_header_is_checked_whole():
@@ -132,5 +132,5 @@ def test_a_record_proof_on_another_header_is_checked_whole():
     record_proof = {1: forged, 2: key, 3: value, 4: smt.proof_to_cbor_obj(proof)}
     counting = _Counting()
     with pytest.raises(InvalidProof):
-        spv.verify_record_proof(record_proof, net.chain_id, keys, counting, verified=(certified, header))
+        spv.verify_record_proof(record_proof, net.chain_id, keys, counting, verified=(spv.certified_hash(certified), header))
     assert counting.verifies == 1

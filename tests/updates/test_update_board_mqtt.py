@@ -17,7 +17,7 @@ from ledgerlink.core import cbor
 from ledgerlink.protocol import update_check, update_transport as ut
 from ledgerlink.protocol.codes import IMAGE_CONFIGURATION
 from ledgerlink.tools.admin_release import UpdateService, write_release
-from ledgerlink.tools.board_runtime import Board
+from ledgerlink.tools.board_runtime import LAYOUT_HEAP, Board
 from ledgerlink.tools.deploy import load_profile
 from tests.micropython.test_client_in_vm import Broker, free_port
 from tests.updates.site import DEVICE_CLASS, ReleaseSite, offer_digest
@@ -85,13 +85,15 @@ def checked_in(publisher, versions) -> bool:
     return any(row.get("config", {}).get("trial") is False for row in versions.values())
 
 
-def run_board(tmp_path: Path, heap: int, until=checked_in, **release) -> tuple[dict, object, dict, bytes, object]:
+def run_board(tmp_path: Path, heap: int, until=checked_in, program: str = PROGRAM, payload: bytes = CONFIG,
+              component: int = IMAGE_CONFIGURATION, **release) -> tuple[dict, object, dict, bytes, object]:
     """(the board's output, its run result, the service's versions, the offer, the service's publisher) of one
-    run at ``heap``, once ``until(publisher, versions)`` holds (5 s at most); ``release``: ReleaseSite.release
-    options (signer, on_ledger)."""
+    run of ``program`` at ``heap`` with a release of ``payload`` as ``component``, once ``until(publisher,
+    versions)`` holds (5 s at most); ``release``: ReleaseSite.release options (signer, on_ledger, chunk_size)."""
     site = ReleaseSite()
-    offer = site.release(CONFIG, IMAGE_CONFIGURATION, 3, version="c-3", chunk_size=512, **release)
-    write_release(tmp_path / "releases", offer, CONFIG)
+    release = {"version": "c-3", "chunk_size": 512, **release}
+    offer = site.release(payload, component, 3, **release)
+    write_release(tmp_path / "releases", offer, payload)
     broker = Broker(free_port())
     broker.start()
     service = UpdateService("127.0.0.1", broker.port, SITE, tmp_path / "releases")
@@ -100,7 +102,7 @@ def run_board(tmp_path: Path, heap: int, until=checked_in, **release) -> tuple[d
     setup.write_text(json.dumps({"key": KEY.hex(), "chain": site.chain_id, "validators": [k.hex() for k in site.keys]}))
     try:
         with Board("romfs", heap_bytes=heap, files={"setup.json": setup}, workdir=tmp_path / "b") as board:
-            out, result = board.run_json_result(PROGRAM % {"port": broker.port, "site": SITE, "cls": DEVICE_CLASS},
+            out, result = board.run_json_result(program % {"port": broker.port, "site": SITE, "cls": DEVICE_CLASS},
                                                 timeout=120)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not until(service.publisher, service.versions()):
@@ -112,7 +114,7 @@ def run_board(tmp_path: Path, heap: int, until=checked_in, **release) -> tuple[d
     return out, result, versions, offer, service.publisher
 
 
-ROMFS_TARGET = 64 * 1024       # the board issue's heap target with the library in ROMFS
+ROMFS_TARGET = LAYOUT_HEAP["romfs"]     # the board issue's heap target with the library in ROMFS (64 KB)
 
 
 @pytest.mark.parametrize("heap", [ROMFS_TARGET, "esp32"])

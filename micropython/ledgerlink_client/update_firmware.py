@@ -1,69 +1,10 @@
-"""The update targets of a board that installs an app library (A/B slots of .mpy sets) or ESP32 firmware
-(``esp32.Partition`` OTA), and the slot to boot from (``app_path``). ``ledgerlink_client.update`` loads
-this module only for a board that installs one of them: a board that updates its config alone keeps none
-of it.
+"""ESP32 firmware updates of a board: ``FirmwareTarget`` writes an image to the next OTA partition through
+``esp32.Partition``. ``ledgerlink_client.update`` loads this module only on a board that installs firmware.
 """
 
-from ledgerlink.core import cbor
-from ledgerlink.protocol.codes import IMAGE_APP_LIBRARY, IMAGE_FIRMWARE
+from ledgerlink.protocol.codes import IMAGE_FIRMWARE
 
 BLOCK = 4096                    # flash erase block of an ESP32 partition
-
-
-def unpack_mpy_set(slot_path, files=None):
-    """Unpack an .mpy set (CBOR map {relative path: bytes}) into ``slot_path + ".d"``."""
-    if files is None:
-        from ledgerlink.protocol.update_agent import Files
-
-        files = Files()
-    folder = slot_path + ".d"
-    _remove_tree(folder)
-    files.mkdir(folder)
-    with open(slot_path, "rb") as f:
-        entries = cbor.loads(f.read(), max_depth=2)
-    if not isinstance(entries, dict):
-        raise OSError(22, "an .mpy set must be a map of paths to bytes")
-    for name, data in entries.items():
-        if (not isinstance(name, str) or not isinstance(data, bytes) or name.startswith("/") or ".." in name
-                or not name):
-            raise OSError(22, "bad entry in .mpy set")
-        parts = name.split("/")
-        path = folder
-        for part in parts[:-1]:
-            path = path + "/" + part
-            files.mkdir(path)
-        files.write(folder + "/" + name, data)
-
-
-def _remove_tree(path):
-    import os
-
-    try:
-        entries = list(os.ilistdir(path)) if hasattr(os, "ilistdir") else [(n, 0) for n in os.listdir(path)]
-    except OSError:
-        return
-    for entry in entries:
-        child = path + "/" + entry[0]
-        try:
-            os.remove(child)
-        except OSError:
-            _remove_tree(child)
-    os.rmdir(path)
-
-
-def app_path(directory, prefix):
-    """At boot: the folder of the app library slot the update state names (for ``sys.path``), or None for
-    the library the board was deployed with (no update, or rolled back to it)."""
-    from ledgerlink.protocol import update_agent as ua
-
-    raw = ua.Files().read(directory + "/state")
-    try:
-        entry = cbor.loads(raw)[1].get(IMAGE_APP_LIBRARY) if raw else None
-    except Exception:                   # a damaged state: the deployed library, and updates refused
-        return None
-    if not entry or not ua._entry_ok(IMAGE_APP_LIBRARY, entry) or entry.get(ua._DIGEST) is None:
-        return None
-    return "%s.%d.d" % (prefix, entry.get(ua._SLOT, 0))
 
 
 class FirmwareTarget:
