@@ -34,7 +34,7 @@ from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.ledger.state.codes import RecordKind
 from ledgerlink.protocol import update_check, update_manifest as um
 from ledgerlink.protocol import update_transport as ut
-from ledgerlink.protocol.update_transport import Release
+from ledgerlink.protocol.update_publisher import Release
 
 log = logging.getLogger(__name__)
 COMPONENTS = {name: code for code, name in um.COMPONENT_NAMES.items()}
