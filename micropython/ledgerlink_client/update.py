@@ -37,6 +37,15 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
+class _Reads:
+    def read(self, path):
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+
 class _UpdatingMQTT:
     """An MQTT object of the client with the device's update topics added."""
 
@@ -199,11 +208,20 @@ class Updates:
             return agent.running()
 
     def boot(self):
-        """At the device's start: make the update state of a new device, finish what a reset cut short."""
+        """At the device's start: make the update state of a new device, finish what a reset cut short (a
+        download's stored offer is checked again as a received one is, ``_check``)."""
         with self.loaded() as (agent, client):
             agent.provision()
-            agent.boot(self.ticks_ms())
+            agent.boot(self.ticks_ms(), resume=False)
             agent.newest_height()       # read now: kept with the state, for the checks of offers
+        agent = client = None
+        stored = (self._files or _Reads()).read(self.dir + "/offer")
+        if stored is None:
+            return
+        checked = self._check(stored)
+        stored = None
+        with self.loaded() as (agent, client):
+            agent.resume(checked)
 
     def start(self):
         """The status and the requests that resume a download, to send at each connection."""
@@ -235,20 +253,27 @@ class Updates:
         return out
 
     def _check_offer(self, payload):
-        """For an offer in ``payload`` that the client would take, the outcome of its checks (the Signed, or
-        the UpdateRefused); None otherwise. Made with only the checks' code loaded, not the agent's nor the
-        transport's, and the proof checks' code forgotten after it: an offer's proofs are checked in the
-        heap of one part."""
-        import gc
-
-        newest = self._agent_state.get("_newest_height")
-        if newest is None or self._client_state.get("_digest") is not None:
+        """For an offer in ``payload`` that the client would take, the outcome of its checks (``_check``);
+        None otherwise."""
+        if self._client_state.get("_digest") is not None:
             return None
         from ledgerlink.protocol import update_check as uc
 
         offer = uc.offer_in_message(payload)
-        if offer is None:
+        return None if offer is None else self._check(offer)
+
+    def _check(self, offer):
+        """The outcome of an offer's checks (the Signed, or the UpdateRefused), for ``UpdateAgent.offer``'s
+        ``checked``; None before the agent's state was read. Made with only the checks' code loaded, not the
+        agent's nor the transport's, and the proof checks' code forgotten after it: an offer's proofs are
+        checked in the heap of one part."""
+        import gc
+
+        newest = self._agent_state.get("_newest_height")
+        if newest is None:
             return None
+        from ledgerlink.protocol import update_check as uc
+
         before = _loaded_modules()
         d = self.device
         gc.collect()

@@ -360,9 +360,10 @@ class UpdateAgent:
 
     # --- start, check-in, rollback ------------------------------------------------------------------------
 
-    def boot(self, now_ms=0):
+    def boot(self, now_ms=0, resume=True):
         """At each start: finish a switch or rollback cut short, count the start of a version on trial and
-        roll back one started twice without a check-in; resume a pending download. Returns the running()."""
+        roll back one started twice without a check-in; resume a pending download (unless not ``resume``:
+        the caller then calls ``resume``). Returns the running()."""
         try:
             state = self._state()
         except uc.UpdateRefused:
@@ -384,7 +385,8 @@ class UpdateAgent:
                 else:
                     self._put(component, entry, _BOOTS, entry.get(_BOOTS, 0) + 1)
         self._trial_start_ms = now_ms
-        self._resume()
+        if resume:
+            self.resume()
         return self.running()
 
     def _put(self, component, entry, key, value):
@@ -497,12 +499,14 @@ class UpdateAgent:
             if dep not in installed:
                 raise uc.UpdateRefused(uc.UPDATE_DEPENDENCY, "dependency %s is not installed" % dep.hex())
 
-    def _resume(self):
+    def resume(self, checked=None):
+        """Take up the download whose offer a reset left stored, checked again (``checked``: as in ``offer``);
+        a stored offer that no longer passes is dropped with what it downloaded."""
         raw = self.files.read(self._path("offer"))
         if raw is None:
             return
         try:
-            self.offer(raw, stored=True)
+            self.offer(raw, stored=True, checked=checked)
         except uc.UpdateRefused:
             self._pending = None
             self._drop_pending()

@@ -85,10 +85,11 @@ def checked_in(publisher, versions) -> bool:
     return any(row.get("config", {}).get("trial") is False for row in versions.values())
 
 
-def run_board(tmp_path: Path, heap: int, until=checked_in, program: str = PROGRAM, payload: bytes = CONFIG,
+def run_board(tmp_path: Path, heap: int, until=checked_in, program: str | list[str] = PROGRAM, payload: bytes = CONFIG,
               component: int = IMAGE_CONFIGURATION, **release) -> tuple[dict, object, dict, bytes, object]:
     """(the board's output, its run result, the service's versions, the offer, the service's publisher) of one
-    run of ``program`` at ``heap`` with a release of ``payload`` as ``component``, once ``until(publisher,
+    run of ``program`` (or of each of a list, the last one's output) at ``heap`` with a release of ``payload``
+    as ``component``, once ``until(publisher,
     versions)`` holds (5 s at most); ``release``: ReleaseSite.release options (signer, on_ledger, chunk_size)."""
     site = ReleaseSite()
     release = {"version": "c-3", "chunk_size": 512, **release}
@@ -102,8 +103,9 @@ def run_board(tmp_path: Path, heap: int, until=checked_in, program: str = PROGRA
     setup.write_text(json.dumps({"key": KEY.hex(), "chain": site.chain_id, "validators": [k.hex() for k in site.keys]}))
     try:
         with Board("romfs", heap_bytes=heap, files={"setup.json": setup}, workdir=tmp_path / "b") as board:
-            out, result = board.run_json_result(program % {"port": broker.port, "site": SITE, "cls": DEVICE_CLASS},
-                                                timeout=120)
+            for one in [program] if isinstance(program, str) else program:     # runs of one board, its files kept
+                out, result = board.run_json_result(one % {"port": broker.port, "site": SITE, "cls": DEVICE_CLASS},
+                                                    timeout=120)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not until(service.publisher, service.versions()):
             time.sleep(0.05)

@@ -26,7 +26,8 @@ import hashlib, json, os
 from ledgerlink_client import device, mqtt, transport, update
 bu = update
 root = INPUT + '/dev'
-os.mkdir(root)
+if 'dev' not in os.listdir(INPUT):
+    os.mkdir(root)
 
 %(fake)s
 
@@ -49,9 +50,10 @@ cfg = {'site': %%(site)r, 'mode': 'signed', 'identity_key': bytes.fromhex(setup[
        'chain_id': setup['chain'], 'validators': [bytes.fromhex(k) for k in setup['validators']]}
 client = device.DeviceClient(cfg, factory)
 u = update.attach(client, %%(cls)r, root + '/upd', %(targets)s)
+%(before)s
 for i in range(900):
     client.step(50)
-    if u._client_state.get('refusals') or u.reboot_due:
+    if u._client_state.get('refusals') or u.reboot_due %(stop)s:
         break
 out = {'reboot_due': u.reboot_due, 'refusals': u._client_state.get('refusals'),
        'running': dict((str(c), [e['sequence'], (e['digest'] or b'').hex(), e['trial']]) for c, e in u.running().items())}
@@ -60,6 +62,7 @@ client.close()
 print(json.dumps(out))
 """
 
+APP = {"fake": "", "targets": "app_prefix=root + '/app'", "before": "", "stop": ""}
 APP_REPORT = """
 folder = root + '/app.1.d'
 out['files'] = {'sensor_app.py': digest(folder + '/sensor_app.py'), 'drivers/extra.py': digest(folder + '/drivers/extra.py')}
@@ -80,7 +83,7 @@ def _running(out, component, offer_digest):
 def test_board_takes_an_app_library_over_mqtt_at_the_romfs_target(tmp_path):
     from tests.updates.site import offer_digest
 
-    program = PROGRAM % {"fake": "", "targets": "app_prefix=root + '/app'", "report": APP_REPORT}
+    program = PROGRAM % dict(APP, report=APP_REPORT)
     out, result, versions, offer, _ = run_board(tmp_path, ROMFS_TARGET, lambda p, v: True, program, APP_SET,
                                                 IMAGE_APP_LIBRARY, chunk_size=512)
     _running(out, IMAGE_APP_LIBRARY, offer_digest(offer))
@@ -93,9 +96,44 @@ def test_board_takes_firmware_over_mqtt_at_the_romfs_target(tmp_path):
     from tests.updates.site import offer_digest
 
     program = PROGRAM % {"fake": FAKE_PARTITION, "targets": "firmware=True, partition=FakePartition",
-                         "report": FIRMWARE_REPORT}
+                         "report": FIRMWARE_REPORT, "before": "", "stop": ""}
     out, result, versions, offer, _ = run_board(tmp_path, ROMFS_TARGET, lambda p, v: True, program, FIRMWARE,
                                                 IMAGE_FIRMWARE, chunk_size=1024)
     _running(out, IMAGE_FIRMWARE, offer_digest(offer))
     assert out["boot"] == 1 and out["image"] == hashlib.sha256(FIRMWARE).hexdigest()
     assert result.peak_live < result.heap_bytes
+
+
+# a reset in the middle of the download: the first run ends once 2 KB of the set are in the slot file
+CUT = {"stop": "or _size(root + '/app.1') >= 2048", "before": """
+def _size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return 0
+""", "report": "out['slot'] = _size(root + '/app.1')"}
+RESUME = {"before": """
+from ledgerlink.core import cbor
+asked = []
+_send = update._UpdatingMQTT._send
+def recorded(self, messages):
+    asked.extend(cbor.loads(m)[2] for m in messages if m[1] == 2)     # [2, digest, first chunk, count]
+    return _send(self, messages)
+update._UpdatingMQTT._send = recorded
+slot = os.stat(root + '/app.1')[6]
+""", "report": APP_REPORT + "out['slot'] = slot\nout['asked'] = asked"}
+
+
+def test_a_board_reset_in_a_download_resumes_it_at_the_romfs_target(tmp_path):
+    """The second start checks the stored offer again (its proofs against 2f+1) and asks only for the chunks
+    it lacks."""
+    from tests.updates.site import offer_digest
+
+    programs = [PROGRAM % dict(APP, **CUT), PROGRAM % dict(APP, **RESUME)]
+    out, result, versions, offer, _ = run_board(tmp_path, ROMFS_TARGET, lambda p, v: True, programs, APP_SET,
+                                                IMAGE_APP_LIBRARY, chunk_size=512)
+    _running(out, IMAGE_APP_LIBRARY, offer_digest(offer))
+    entries = cbor.loads(APP_SET)
+    assert out["files"] == {name: hashlib.sha256(data).hexdigest() for name, data in entries.items()}
+    assert out["slot"] >= 2048 and out["slot"] % 512 == 0
+    assert out["asked"][0] == out["slot"] // 512 and min(out["asked"]) == out["asked"][0]
