@@ -1,6 +1,7 @@
 """An app library (.mpy set in A/B slots) and ESP32 firmware (OTA partitions of a fake ``esp32.Partition``:
 board32 has no flash partitions) taken over MQTT from a real mosquitto by the board client at the board
-issue's target: library in ROMFS, 64 KB of heap."""
+issue's target: library in ROMFS, 64 KB of heap (the fake partition's code is on that heap too).
+``python3 -m tests.updates.test_update_board_slots`` prints the least heap each takes."""
 
 from __future__ import annotations
 
@@ -137,3 +138,27 @@ def test_a_board_reset_in_a_download_resumes_it_at_the_romfs_target(tmp_path):
     assert out["files"] == {name: hashlib.sha256(data).hexdigest() for name, data in entries.items()}
     assert out["slot"] >= 2048 and out["slot"] % 512 == 0
     assert out["asked"][0] == out["slot"] // 512 and min(out["asked"]) == out["asked"][0]
+
+
+if __name__ == "__main__":
+    import tempfile
+    from pathlib import Path
+
+    cases = {"an app library (%d B .mpy set)" % len(APP_SET): (PROGRAM % dict(APP, report=APP_REPORT), APP_SET,
+                                                             IMAGE_APP_LIBRARY),
+             "a firmware image (%d B)" % len(FIRMWARE): (PROGRAM % {"fake": FAKE_PARTITION, "report": FIRMWARE_REPORT,
+                                                                  "targets": "firmware=True, partition=FakePartition",
+                                                                  "before": "", "stop": ""}, FIRMWARE, IMAGE_FIRMWARE)}
+    for name, (program, payload, component) in cases.items():
+        low, high = 40 * 1024, 110 * 1024
+        while high - low > 256:
+            mid = (low + high) // 2
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    ok = run_board(Path(tmp), mid, lambda p, v: True, program, payload, component,
+                                   chunk_size=1024)[0]["reboot_due"]
+                except Exception:       # noqa: BLE001 - MemoryError on the board
+                    ok = False
+            low, high = (low, mid) if ok else (mid, high)
+        print("board32 romfs: a board client installs %s over MQTT (1 KB chunks) at %d B heap, not at %d B"
+              % (name, high, low))
