@@ -249,17 +249,10 @@ def _packet_len(buf):
 def _missing(buf):
     """Bytes still to read for the packet at the front of ``buf`` (0: it is all there); as much as is
     known while its remaining length is incomplete (at least 1)."""
-    n = 0
-    shift = 0
-    i = 1
-    while i < len(buf) and i <= 4:
-        b = buf[i]
-        n |= (b & 0x7F) << shift
-        shift += 7
-        i += 1
-        if not b & 0x80:
-            return max(0, i + n - len(buf))
-    return max(1, 2 - len(buf))
+    total = _packet_len(buf)
+    if total is None:
+        return max(1, 2 - len(buf))
+    return max(0, total - len(buf))
 
 
 class MQTTClient:
