@@ -287,7 +287,7 @@ class MQTTClient:
         a packet never needs its bytes twice (a read and a grown buffer) at once."""
         pkt, used = self._parse()
         while pkt is None:
-            data = self.stream.read(min(self._missing(), READ_MAX), timeout_ms)
+            data = self.stream.read(min(len(self._buf) - self._fill or _missing(self._buf), READ_MAX), timeout_ms)
             if not data:
                 break
             self._take(data)
@@ -298,30 +298,21 @@ class MQTTClient:
             self._consume(used)
         return pkt
 
-    def _missing(self):
-        if self._fill < len(self._buf):
-            return len(self._buf) - self._fill
-        return _missing(self._buf)
-
     def _take(self, data):
         buf, fill = self._buf, self._fill
-        if fill < len(buf):
-            room = len(buf) - fill
-            buf[fill:fill + min(room, len(data))] = data[:room]
-            self._fill = fill + min(room, len(data))
-            if len(data) > room:        # a stream that gave more than asked: kept behind the packet
-                buf.extend(data[room:])
-                self._fill = len(buf)
-            return
-        buf.extend(data)
-        self._fill = len(buf)
+        n = min(len(buf) - fill, len(data))
+        if n:
+            buf[fill:fill + n] = data if n == len(data) else memoryview(data)[:n]
+        if n < len(data):               # a packet's head, or what a stream gave beyond the packet's buffer
+            buf.extend(memoryview(data)[n:])
+        fill += len(data)
+        self._fill = fill
         total = _packet_len(buf)
         if total is not None and total > len(buf):
             if total > self.max_packet:
                 raise MQTTError("packet of %d bytes exceeds the %d-byte limit" % (total, self.max_packet))
-            whole = bytearray(total)
-            whole[:len(buf)] = buf
-            self._buf = whole
+            self._buf = bytearray(total)
+            self._buf[:fill] = buf
 
     def _parse(self):
         if self._fill < len(self._buf):
