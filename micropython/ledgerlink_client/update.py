@@ -136,8 +136,11 @@ class _Loaded:
         u = self._updates
         u._agent_state = dict((name, getattr(agent, name)) for name in _AGENT_FIELDS)
         u._client_state = dict((name, getattr(client, name)) for name in _CLIENT_FIELDS)
+        running = agent.running() if exc[0] is None else None
+        u._trial = running is None or any(e["trial"] for e in running.values())
         if client.status_due:
-            u._running = agent.running()
+            u._running = running if running is not None else agent.running()
+        running = None
         firmware = u._targets[2]
         if firmware is not None:
             firmware.files = u._files   # not the agent's Files: it would keep the forgotten update_agent alive
@@ -156,6 +159,7 @@ class Updates:
 
         self.topic_fw = device.protocol.topic(ut.DOWN_LEAF)
         self.topic_upd = device.protocol.topic(ut.UP_LEAF)
+        self._status_every = ut.STATUS_EVERY_MS
         ut = None
         _forget(before)
         self.device = device
@@ -170,6 +174,7 @@ class Updates:
         self._agent_state = {}
         self._client_state = {}
         self._running = None            # what agent.running() said when a status became due
+        self._trial = True              # a component may await its check-in (known after the first use)
         self._on_result = device.on_result
         device.on_result = self._result
         factory = device.mqtt_factory
@@ -305,11 +310,17 @@ class Updates:
         return self._status() + out
 
     def tick(self):
-        """Roll back an overdue trial; the chunk requests to send again when a download stalled."""
+        """Roll back an overdue trial; the chunk requests to send again when a download stalled; the status
+        again every ``update_transport.STATUS_EVERY_MS``. Idle (none of these due) it loads nothing."""
         now = self.ticks_ms()
         if self._last_tick is not None and self.ticks_diff(now, self._last_tick) < TICK_EVERY_MS:
             return []
         self._last_tick = now
+        state = self._client_state
+        status_ms = state.get("_status_ms")
+        if (not self._trial and state.get("_digest") is None and status_ms is not None
+                and self.ticks_diff(now, status_ms) < self._status_every):
+            return []                   # nothing to roll back, ask again or repeat: no update code loaded
         with self.loaded() as (agent, client):
             if agent.tick(now):
                 self.reboot_due = True

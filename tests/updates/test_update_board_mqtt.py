@@ -171,6 +171,46 @@ def test_board_repeats_its_status_across_the_wrap_of_its_ms_counter(tmp_path):
     assert out == [0, 1]
 
 
+IDLE_PROGRAM = r"""
+import json, os, sys, time
+from ledgerlink_client import device, update
+from ledgerlink.protocol import update_transport as ut
+
+STATUS_EVERY_MS = ut.STATUS_EVERY_MS
+ut = None
+setup = json.loads(open(INPUT + '/setup.json').read())
+cfg = {'site': 'plant-9', 'mode': 'signed', 'identity_key': bytes.fromhex(setup['key']),
+       'chain_id': setup['chain'], 'validators': [bytes.fromhex(k) for k in setup['validators']]}
+now = [0]
+client = device.DeviceClient(cfg, lambda: None, ticks_ms=lambda: now[0])
+os.mkdir(INPUT + '/dev')
+u = update.attach(client, %(cls)r, INPUT + '/dev/upd', config_path=INPUT + '/dev/config.json')
+builds = [0]
+_build = update.Updates._build
+def counted(self):
+    builds[0] += 1
+    return _build(self)
+update.Updates._build = counted
+out = []
+for step in range(6):                               # a tick each 1.5 s: the first starts the status timer
+    out.append([len(u.tick()), builds[0], 'ledgerlink.protocol.update_agent' in sys.modules])
+    now[0] += 1500
+now[0] = STATUS_EVERY_MS + 1                        # the status repeat is due
+out.append([len(u.tick()), builds[0], 'ledgerlink.protocol.update_agent' in sys.modules])
+print(json.dumps(out))
+"""
+
+
+def test_an_idle_board_loads_no_update_code_in_its_ticks(tmp_path):
+    """No download, nothing on trial: a tick loads the agent only when the status repeat is due."""
+    site = ReleaseSite()
+    setup = tmp_path / "setup.json"
+    setup.write_text(json.dumps({"key": KEY.hex(), "chain": site.chain_id, "validators": [k.hex() for k in site.keys]}))
+    with Board("romfs", files={"setup.json": setup}, workdir=tmp_path / "b") as board:
+        out, _ = board.run_json_result(IDLE_PROGRAM % {"cls": DEVICE_CLASS}, timeout=60)
+    assert out == [[0, 1, False]] + [[0, 1, False]] * 5 + [[1, 2, False]]
+
+
 def test_a_stalled_download_is_asked_again_across_the_wrap_of_the_ms_counter(tmp_path):
     site = ReleaseSite()
     agent = make_agent(site, tmp_path)
