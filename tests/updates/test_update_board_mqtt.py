@@ -143,35 +143,7 @@ def test_board_client_refuses_a_release_of_a_key_that_is_not_a_maintenance_key(t
                                                    "latest": 3}}]
 
 
-TICKS_PROGRAM = r"""
-import json, os, time
-from ledgerlink_client import device, update
-from ledgerlink.protocol import update_check, update_transport as ut
-
-setup = json.loads(open(INPUT + '/setup.json').read())
-cfg = {'site': 'plant-9', 'mode': 'signed', 'identity_key': bytes.fromhex(setup['key']),
-       'chain_id': setup['chain'], 'validators': [bytes.fromhex(k) for k in setup['validators']]}
-now = [time.ticks_add(0, -1000)]                    # 1 s before the ms counter wraps
-client = device.DeviceClient(cfg, lambda: None, ticks_ms=lambda: now[0])
-os.mkdir(INPUT + '/dev')
-u = update.attach(client, %(cls)r, INPUT + '/dev/upd', config_path=INPUT + '/dev/config.json')
-out = [len(u.tick())]                               # starts the status timer
-now[0] = time.ticks_add(now[0], ut.STATUS_EVERY_MS + 1000)
-out.append(len(u.tick()))                           # past the wrap: the status is due
-print(json.dumps(out))
-"""
-
-
-def test_board_repeats_its_status_across_the_wrap_of_its_ms_counter(tmp_path):
-    site = ReleaseSite()
-    setup = tmp_path / "setup.json"
-    setup.write_text(json.dumps({"key": KEY.hex(), "chain": site.chain_id, "validators": [k.hex() for k in site.keys]}))
-    with Board("romfs", files={"setup.json": setup}, workdir=tmp_path / "b") as board:
-        out, _ = board.run_json_result(TICKS_PROGRAM % {"cls": DEVICE_CLASS}, timeout=60)
-    assert out == [0, 1]
-
-
-IDLE_PROGRAM = r"""
+TICKING = r"""
 import json, os, sys, time
 from ledgerlink_client import device, update
 from ledgerlink.protocol import update_transport as ut
@@ -181,10 +153,37 @@ ut = None
 setup = json.loads(open(INPUT + '/setup.json').read())
 cfg = {'site': 'plant-9', 'mode': 'signed', 'identity_key': bytes.fromhex(setup['key']),
        'chain_id': setup['chain'], 'validators': [bytes.fromhex(k) for k in setup['validators']]}
-now = [0]
+now = [%(start)s]
 client = device.DeviceClient(cfg, lambda: None, ticks_ms=lambda: now[0])
 os.mkdir(INPUT + '/dev')
 u = update.attach(client, %(cls)r, INPUT + '/dev/upd', config_path=INPUT + '/dev/config.json')
+"""
+
+
+def run_ticking(tmp_path: Path, start: str, body: str) -> object:
+    """The output of ``body`` on board32 after a board client with updates attached (its ms counter ``now[0]``,
+    from ``start``; no broker)."""
+    site = ReleaseSite()
+    setup = tmp_path / "setup.json"
+    setup.write_text(json.dumps({"key": KEY.hex(), "chain": site.chain_id, "validators": [k.hex() for k in site.keys]}))
+    with Board("romfs", files={"setup.json": setup}, workdir=tmp_path / "b") as board:
+        return board.run_json_result((TICKING + body) % {"cls": DEVICE_CLASS, "start": start}, timeout=60)[0]
+
+
+def test_board_repeats_its_status_across_the_wrap_of_its_ms_counter(tmp_path):
+    """The board's ms counter starts 1 s before it wraps."""
+    out = run_ticking(tmp_path, "time.ticks_add(0, -1000)", """
+out = [len(u.tick())]                               # starts the status timer
+now[0] = time.ticks_add(now[0], STATUS_EVERY_MS + 1000)
+out.append(len(u.tick()))                           # past the wrap: the status is due
+print(json.dumps(out))
+""")
+    assert out == [0, 1]
+
+
+def test_an_idle_board_loads_no_update_code_in_its_ticks(tmp_path):
+    """No download, nothing on trial: a tick loads the agent only when the status repeat is due."""
+    out = run_ticking(tmp_path, "0", """
 builds = [0]
 _build = update.Updates._build
 def counted(self):
@@ -198,16 +197,7 @@ for step in range(6):                               # a tick each 1.5 s: the fir
 now[0] = STATUS_EVERY_MS + 1                        # the status repeat is due
 out.append([len(u.tick()), builds[0], 'ledgerlink.protocol.update_agent' in sys.modules])
 print(json.dumps(out))
-"""
-
-
-def test_an_idle_board_loads_no_update_code_in_its_ticks(tmp_path):
-    """No download, nothing on trial: a tick loads the agent only when the status repeat is due."""
-    site = ReleaseSite()
-    setup = tmp_path / "setup.json"
-    setup.write_text(json.dumps({"key": KEY.hex(), "chain": site.chain_id, "validators": [k.hex() for k in site.keys]}))
-    with Board("romfs", files={"setup.json": setup}, workdir=tmp_path / "b") as board:
-        out, _ = board.run_json_result(IDLE_PROGRAM % {"cls": DEVICE_CLASS}, timeout=60)
+""")
     assert out == [[0, 1, False]] + [[0, 1, False]] * 5 + [[1, 2, False]]
 
 
