@@ -223,10 +223,15 @@ class Updates:
         stored = (self._files or _Reads()).read(self.dir + "/offer")
         if stored is None:
             return
+        loaded_before = _loaded_modules()
         checked = self._check(stored)
         stored = None
-        with self.loaded() as (agent, client):
-            agent.resume(checked)
+        try:
+            with self.loaded() as (agent, client):
+                agent.resume(checked)
+        finally:
+            agent = client = checked = None
+            _forget(loaded_before)      # update_check, which _check left loaded for the agent's use
 
     def start(self):
         """The status and the requests that resume a download, to send at each connection."""

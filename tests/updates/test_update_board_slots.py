@@ -122,7 +122,9 @@ def recorded(self, messages):
     return _send(self, messages)
 update._UpdatingMQTT._send = recorded
 slot = os.stat(root + '/app.1')[6]
-""", "report": APP_REPORT + "out['slot'] = slot\nout['asked'] = asked"}
+import sys
+kept = sorted(m for m in sys.modules if 'update_' in m)        # after the resume at attach
+""", "report": APP_REPORT + "out['slot'] = slot\nout['asked'] = asked\nout['kept'] = kept"}
 
 
 def test_a_board_reset_in_a_download_resumes_it_at_the_romfs_target(tmp_path):
@@ -138,6 +140,7 @@ def test_a_board_reset_in_a_download_resumes_it_at_the_romfs_target(tmp_path):
     assert out["files"] == {name: hashlib.sha256(data).hexdigest() for name, data in entries.items()}
     assert out["slot"] >= 2048 and out["slot"] % 512 == 0
     assert out["asked"][0] == out["slot"] // 512 and min(out["asked"]) == out["asked"][0]
+    assert out["kept"] == ["ledgerlink.protocol.update_manifest"]         # the download's manifest, held
 
 
 if __name__ == "__main__":
