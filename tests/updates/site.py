@@ -9,7 +9,7 @@ from typing import Any
 from ledgerlink.core import merkle, smt
 from ledgerlink.ledger.consensus import messages as msgs
 from ledgerlink.ledger.state.codes import RecordKind, Role
-from ledgerlink.protocol import ledger_tx, update_check, update_manifest
+from ledgerlink.protocol import ledger_tx, spv, update_check, update_manifest
 from tests.devnet import DevNet
 
 DEVICE_CLASS = "sensor-v2"
@@ -17,6 +17,8 @@ DEVICE_CLASS = "sensor-v2"
 
 class ReleaseSite:
     """A DevNet ledger with a maintenance key; ``release`` makes offers as ``ledgerlink admin release`` does."""
+
+    group_key: bytes | None = None      # a threshold ledger's FROST group key: its headers name it
 
     def __init__(self, votes: int = 3) -> None:
         self.net = DevNet()
@@ -40,7 +42,7 @@ class ReleaseSite:
         root = self.state.execute(self.height, time_ms, txs)
         self.state.commit(self.height)
         header = msgs.Header(self.chain_id, self.height, self.prev, time_ms, merkle.root_of(txs), root,
-                             msgs.validators_hash(self.keys))
+                             spv.validators_hash(self.keys, self.group_key))
         hh = header.hash()
         sign = msgs.commit_sign_bytes(self.chain_id, self.height, 0, hh)
         cert = msgs.CommitCertificate(self.height, 0, hh, tuple(

@@ -6,9 +6,7 @@ import random
 
 import pytest
 
-from ledgerlink.core import frost, merkle
-from ledgerlink.ledger.consensus import messages as msgs
-from ledgerlink.protocol import spv
+from ledgerlink.core import frost
 from ledgerlink.protocol import update_check as uc
 from ledgerlink.protocol.codes import IMAGE_CONFIGURATION
 from tests.updates.site import DEVICE_CLASS, ReleaseSite
@@ -21,21 +19,6 @@ class ThresholdReleaseSite(ReleaseSite):
     def __init__(self) -> None:
         _, _, self.group_key = frost.trusted_dealer_keygen(None, 4, 3, random.Random(5).randbytes)
         super().__init__()
-
-    def commit(self, txs):
-        self.height += 1
-        time_ms = self.net.time_ms + self.height * 1000
-        root = self.state.execute(self.height, time_ms, txs)
-        self.state.commit(self.height)
-        header = msgs.Header(self.chain_id, self.height, self.prev, time_ms, merkle.root_of(txs), root,
-                             spv.validators_hash(self.keys, self.group_key))
-        hh = header.hash()
-        sign = msgs.commit_sign_bytes(self.chain_id, self.height, 0, hh)
-        cert = msgs.CommitCertificate(self.height, 0, hh, tuple(
-            (i, self.net.backend.sign(self.net[self.net.validator_names[i]].priv, sign)) for i in range(self.votes)))
-        self.certified = [header.to_obj(), cert.to_obj()]
-        self.prev = hh
-        return [r.code for r in self.state.results_of(self.height)]
 
 
 def test_an_offer_of_a_threshold_ledger_checks_with_the_group_key_only():
