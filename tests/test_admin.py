@@ -51,12 +51,8 @@ def one_line_error(err):
 @pytest.fixture(scope="module")
 def ledger(tmp_path_factory):
     d = tmp_path_factory.mktemp("admin-ledger")
-    c = LocalCluster(d / "c", 4, log_level="WARNING")
-    try:
-        c.start()
+    with LocalCluster(d / "c", 4, log_level="WARNING") as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

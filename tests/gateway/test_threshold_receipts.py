@@ -41,10 +41,8 @@ class LateCertificates:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster(tmp_path_factory.mktemp("treceipts"), threshold=True)
-    c.start()
-    yield c
-    c.stop()
+    with LocalCluster(tmp_path_factory.mktemp("treceipts"), threshold=True) as c:
+        yield c
 
 
 def test_every_receipt_of_a_threshold_site_carries_a_threshold_header(cluster, tmp_path):

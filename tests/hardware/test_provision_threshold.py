@@ -23,12 +23,8 @@ pytestmark = [pytest.mark.micropython, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def ledger(tmp_path_factory):
-    c = LocalCluster(tmp_path_factory.mktemp("prov-thr") / "c", 4, log_level="WARNING", threshold=True)
-    try:
-        c.start()
+    with LocalCluster(tmp_path_factory.mktemp("prov-thr") / "c", 4, log_level="WARNING", threshold=True) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,8 @@ _batch = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    c.start()
-    yield c
-    c.stop()
+    with LocalCluster(tmp_path_factory.mktemp("cluster")) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

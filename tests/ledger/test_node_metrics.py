@@ -250,12 +250,8 @@ def scrape(port: int) -> dict:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster(tmp_path_factory.mktemp("mcluster"), metrics=True)
-    try:
-        c.start()
+    with LocalCluster(tmp_path_factory.mktemp("mcluster"), metrics=True) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def _wait_metrics(port: int, timeout: float = 10.0) -> dict:

@@ -32,10 +32,8 @@ def cluster(tmp_path_factory):
     cfg = json.loads(path.read_text())
     cfg["ports"] = PORTS
     path.write_text(json.dumps(cfg))
-    c = LocalCluster(d, log_level="WARNING", metrics=True)
-    c.start()
-    yield c
-    c.stop()
+    with LocalCluster(d, log_level="WARNING", metrics=True) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,8 @@ THRESHOLD_CERT_ITEMS = 2           # [view, frost-signature]; a vote certificate
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster(tmp_path_factory.mktemp("trecords"), threshold=True)
-    c.start()
-    yield c
-    c.stop()
+    with LocalCluster(tmp_path_factory.mktemp("trecords"), threshold=True) as c:
+        yield c
 
 
 def test_record_proofs_carry_a_threshold_certificate_and_no_votes(cluster):

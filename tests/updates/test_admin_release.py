@@ -19,12 +19,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ledger(tmp_path_factory):
-    c = LocalCluster(tmp_path_factory.mktemp("release-ledger") / "c", 4, log_level="WARNING")
-    try:
-        c.start()
+    with LocalCluster(tmp_path_factory.mktemp("release-ledger") / "c", 4, log_level="WARNING") as c:
         yield c
-    finally:
-        c.stop()
 
 
 def test_release_is_recorded_published_and_installed(ledger, tmp_path):
