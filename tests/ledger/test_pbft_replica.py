@@ -12,6 +12,7 @@ from ledgerlink.ledger.consensus.replica import (
     Broadcast, Committed, Config, Dropped, Persist, Replica, SaveVotes, Send,
 )
 from ledgerlink.ledger.consensus.simulator import CachingCrypto, Scenario, Simulation
+from tests.backends import CountingBackend
 
 CRYPTO = CachingCrypto(get_backend("cpython"))
 KEYS = [bytes([0x40 + i]) * 32 for i in range(4)]
@@ -658,19 +659,6 @@ def test_block_fetches_beyond_a_peers_byte_budget_are_dropped():
     assert any(isinstance(e, Send) and e.to == 2 for e in again)            # other peers keep their budget
 
 
-class CountingCrypto:
-    def __init__(self, inner):
-        self.inner = inner
-        self.verifies = 0
-
-    def verify(self, pub, msg, sig):
-        self.verifies += 1
-        return self.inner.verify(pub, msg, sig)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 def test_floods_of_useless_votes_and_fetches_are_dropped_before_the_signature_check():
     """A validator that sends a second vote for one view and height, votes for stale heights or
     other views it already claimed, or more than FETCH_REQUESTS_PER_S fetches a second, costs no
@@ -679,7 +667,7 @@ def test_floods_of_useless_votes_and_fetches_are_dropped_before_the_signature_ch
     for k in range(3):
         net.submit(1, net.tx(b"k%d" % k))
         net.run(60)
-    counting = CountingCrypto(CRYPTO)
+    counting = CountingBackend(CRYPTO)
     r = Replica(1, net.config, KEYS[1], KVApp(CRYPTO), counting, net.now)
     for h in range(net.replicas[1].height + 1):
         block, cert = net.replicas[1].block(h)
@@ -866,7 +854,7 @@ def _restored_counting(net):
     net.submit(1, net.tx(b"b"))
     net.run(60)
     assert net.replicas[0].height == 1 and net.replicas[3].height == 0
-    counting = CountingCrypto(CRYPTO)
+    counting = CountingBackend(CRYPTO)
     r = Replica.restore(3, net.config, KEYS[3], KVApp(counting), counting, net.now, net.persisted[3])
     return r, counting, _block_votes(net, 1)
 

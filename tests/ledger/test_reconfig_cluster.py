@@ -29,6 +29,23 @@ CRYPTO = get_backend("cpython")
 SITE = "plant-1"
 
 
+def start_replacement(cluster, i):
+    """A new machine in the place of node ``i`` (stopped): a fresh key ``keys/validator<i>-new.key`` and an
+    empty data folder ``node<i>-new`` (log ``node<i>-new.log``); (its key file, its compressed public key),
+    once its client port answers."""
+    priv = CRYPTO.generate_private_key()
+    key_file = cluster.data_dir / "keys" / ("validator%d-new.key" % i)
+    write_key(key_file, priv)
+    args = cluster.node_args(i)
+    args[args.index("--data") + 1] = str(cluster.data_dir / ("node%d-new" % i))
+    log = open(cluster.data_dir / ("node%d-new.log" % i), "ab")
+    cluster.procs[i] = subprocess.Popen(args + ["--key", str(key_file)], stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+    log.close()
+    cluster.wait_ready(30.0, [i])
+    return key_file, CRYPTO.public_key(priv, True)
+
+
 def heights(client, nodes):
     out = []
     for i in nodes:
@@ -89,17 +106,7 @@ def test_a_killed_validator_is_replaced_and_the_site_keeps_committing(tmp_path):
             assert device.verify_receipt(r, frame).valid
 
         cluster.kill_node(3)                                          # lost for good
-        new_priv = CRYPTO.generate_private_key()
-        new_key_file = cluster.data_dir / "keys" / "validator3-new.key"
-        write_key(new_key_file, new_priv)
-        new_pub = CRYPTO.public_key(new_priv, True)
-        args = cluster.node_args(3)
-        args[args.index("--data") + 1] = str(cluster.data_dir / "node3-new")
-        log = open(cluster.data_dir / "node3-new.log", "ab")
-        cluster.procs[3] = subprocess.Popen(args + ["--key", str(new_key_file)], stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
-        cluster.wait_ready(30.0, [3])
+        new_key_file, new_pub = start_replacement(cluster, 3)
 
         start = max(heights(client, [0, 1, 2]))
         effective = start + 4

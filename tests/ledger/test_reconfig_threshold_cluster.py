@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 import time
 
 import pytest
@@ -21,30 +20,16 @@ from ledgerlink.core.errors import InvalidMessage, InvalidProof
 from ledgerlink.gateway.batcher import Batcher
 from ledgerlink.gateway.store import Store
 from ledgerlink.ledger.client import LedgerClient
-from ledgerlink.ledger.cluster import LocalCluster, write_key
+from ledgerlink.ledger.cluster import LocalCluster
 from ledgerlink.ledger.consensus.reconfig import share_path
 from ledgerlink.protocol import spv, validator_set
 from ledgerlink.protocol.validator_set import TrustedSet
 from ledgerlink.tools import admin
 
-from tests.ledger.test_reconfig_cluster import heights, keep_committing, receipts
+from tests.backends import CountingBackend
+from tests.ledger.test_reconfig_cluster import heights, keep_committing, receipts, start_replacement
 
 CRYPTO = get_backend("cpython")
-
-
-class CountingBackend:
-    """The CPython backend, counting ES256 verifications."""
-
-    def __init__(self):
-        self.inner = CRYPTO
-        self.verifies = 0
-
-    def verify(self, pub, msg, sig):
-        self.verifies += 1
-        return self.inner.verify(pub, msg, sig)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
 
 def threshold_header(client, node, height, timeout=30.0):
@@ -83,17 +68,7 @@ def test_a_replaced_validator_set_keeps_threshold_headers(tmp_path):
 
         cluster.kill_node(3)                                           # lost for good
         keys_dir = cluster.data_dir / "keys"
-        new_key_file = keys_dir / "validator3-new.key"
-        new_priv = CRYPTO.generate_private_key()
-        write_key(new_key_file, new_priv)
-        new_pub = CRYPTO.public_key(new_priv, True)
-        args = cluster.node_args(3)
-        args[args.index("--data") + 1] = str(cluster.data_dir / "node3-new")
-        log = open(cluster.data_dir / "node3-new.log", "ab")
-        cluster.procs[3] = subprocess.Popen(args + ["--key", str(new_key_file)], stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
-        cluster.wait_ready(30.0, [3])
+        new_key_file, new_pub = start_replacement(cluster, 3)
 
         effective = max(heights(client, [0, 1, 2])) + 5
         change = ["--replace", "3=" + new_pub.hex(), "--height", str(effective)]

@@ -13,6 +13,7 @@ from ledgerlink.ledger.client import LedgerClient
 from ledgerlink.ledger.cluster import LocalCluster
 from ledgerlink.ledger.state import encoding as enc
 from ledgerlink.protocol import spv
+from tests.backends import CountingBackend
 
 _batch = itertools.count(1)
 
@@ -89,22 +90,6 @@ def test_follower_checks_threshold_certificates_and_they_continue_after_a_sigkil
     assert new_top > top
     header = follow(cluster, client, 1, top + 1, new_top)
     assert header.height == new_top and last.height == top
-
-
-class CountingBackend:
-    """The CPython backend, counting ES256 verifications."""
-
-    def __init__(self):
-        from ledgerlink.core.backend import get_backend
-        self.inner = get_backend("cpython")
-        self.verifies = 0
-
-    def verify(self, pub, msg, sig):
-        self.verifies += 1
-        return self.inner.verify(pub, msg, sig)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
 
 def test_gateway_follows_the_chain_with_one_frost_verification_per_header(cluster, client):

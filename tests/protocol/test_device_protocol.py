@@ -18,21 +18,8 @@ from ledgerlink.core.errors import (DecodeError, InvalidCertificate, InvalidMess
                                     LedgerlinkError)
 from ledgerlink.device.core import MemoryCounter, SequenceCounter
 from ledgerlink.gateway import checks as c
+from tests.backends import CountingBackend
 from tests.device.helpers import CRYPTO, NOW, Env
-
-
-class CountingBackend:
-    """The CPython backend, counting signature verifications."""
-
-    def __init__(self):
-        self.verifies = 0
-
-    def __getattr__(self, name):
-        return getattr(CRYPTO, name)
-
-    def verify(self, pub, msg, sig):
-        self.verifies += 1
-        return CRYPTO.verify(pub, msg, sig)
 
 
 _ENV: list = []
@@ -187,7 +174,7 @@ def test_junk_session_records_raise_our_errors(data):
 
 def test_receipts_of_one_batch_check_the_header_once():
     env = Env()
-    backend = CountingBackend()
+    backend = CountingBackend(CRYPTO)
     gw = env.net["gateway"]
     dev = protocol(env, backend, gateway_keys={gw.id: gw.pub})
     outs, receipts = batch(env, dev, 3)

@@ -8,6 +8,7 @@ from ledgerlink.core.backend import get_backend
 from ledgerlink.core.errors import DecodeError, InvalidMessage, InvalidProof
 from ledgerlink.ledger.consensus import messages as m
 from ledgerlink.ledger.state.codes import RecordKind, Role
+from tests.backends import CountingBackend
 from tests.devnet import DevNet
 
 CRYPTO = get_backend("cpython")
@@ -97,22 +98,11 @@ def test_garbage_bytes():
         spv.verify_record_proof(cbor.dumps({1: 2}), "c", [b"k"])
 
 
-class _Counting:
-    """A backend that counts the signature checks it makes."""
-
-    def __init__(self):
-        self.verifies = 0
-
-    def verify(self, public, message, signature):
-        self.verifies += 1
-        return CRYPTO.verify(public, message, signature)
-
-
 def test_a_record_proof_on_a_header_verified_already_checks_its_record_alone():
     net, state, _, keys, certified = _certified_block()
     key, value, proof = state.prove(RecordKind.DEVICE, net["sensor-1"].id)
     record_proof = {1: certified, 2: key, 3: value, 4: smt.proof_to_cbor_obj(proof)}
-    counting = _Counting()
+    counting = CountingBackend()
     header, _, _ = spv.verify_record_proof(record_proof, net.chain_id, keys, counting)
     assert counting.verifies == 3
     again = cbor.loads(cbor.dumps(record_proof))            # decoded apart, as an offer's second proof is
@@ -130,7 +120,7 @@ def test_a_record_proof_on_another_header_is_checked_whole():
     forged = [certified[0], list(certified[1])]
     forged[1][1] = 1                                        # another view: the votes do not sign it
     record_proof = {1: forged, 2: key, 3: value, 4: smt.proof_to_cbor_obj(proof)}
-    counting = _Counting()
+    counting = CountingBackend()
     with pytest.raises(InvalidProof):
         spv.verify_record_proof(record_proof, net.chain_id, keys, counting, verified=(spv.certified_hash(certified), header))
     assert counting.verifies == 1
